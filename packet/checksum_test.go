@@ -1,0 +1,104 @@
+package packet
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+)
+
+// The example from RFC 1071 section 3: the sum of these bytes is 0xddf2.
+var rfc1071Example = []byte{0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7}
+
+// A real IPv4 header (192.168.0.1 -> 192.168.0.199, UDP) whose checksum
+// field holds 0xb861.
+var ipv4Example = []byte{
+	0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61,
+	0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+}
+
+func TestChecksumKnownAnswers(t *testing.T) {
+	if got := Checksum(rfc1071Example); got != ^uint16(0xddf2) {
+		t.Errorf("RFC 1071 example: checksum %#04x, want %#04x", got, ^uint16(0xddf2))
+	}
+	if got := Checksum(ipv4Example); got != 0 {
+		t.Errorf("checksum over a correct IPv4 header = %#04x, want 0", got)
+	}
+	h := append([]byte(nil), ipv4Example...)
+	h[10], h[11] = 0, 0
+	if got := Checksum(h); got != 0xb861 {
+		t.Errorf("IPv4 header checksum = %#04x, want 0xb861", got)
+	}
+	// An odd length pads the last byte with zero.
+	if got, want := Checksum([]byte{0x12, 0x34, 0x56}), Checksum([]byte{0x12, 0x34, 0x56, 0}); got != want {
+		t.Errorf("odd length: %#04x, want %#04x", got, want)
+	}
+	// Long input exercises the 8-byte loop and carries.
+	big := make([]byte, 9001)
+	for i := range big {
+		big[i] = 0xff
+	}
+	var ref uint32
+	for i := 0; i+1 < len(big); i += 2 {
+		ref += uint32(binary.BigEndian.Uint16(big[i:]))
+	}
+	ref += uint32(big[len(big)-1]) << 8
+	for ref>>16 != 0 {
+		ref = ref&0xffff + ref>>16
+	}
+	if got := Checksum(big); got != ^uint16(ref) {
+		t.Errorf("9001 bytes of 0xff: %#04x, want %#04x", got, ^uint16(ref))
+	}
+}
+
+func TestUpdateChecksumMatchesRecompute(t *testing.T) {
+	h := append(IPv4(nil), ipv4Example...)
+	// Decrement the TTL (the word holding TTL and protocol changes).
+	old := binary.BigEndian.Uint16(h[8:10])
+	h[8]--
+	h.SetChecksum(UpdateChecksum16(h.Checksum(), old, binary.BigEndian.Uint16(h[8:10])))
+	if !h.ChecksumValid() || h.Checksum() != h.HeaderChecksum() {
+		t.Fatalf("after TTL update checksum %#04x, recomputed %#04x", h.Checksum(), h.HeaderChecksum())
+	}
+	// Rewrite both addresses as NAT would.
+	for _, tc := range []struct{ src, dst string }{
+		{"10.0.0.1", "10.0.0.2"}, {"255.255.255.255", "0.0.0.0"}, {"0.0.0.0", "192.168.0.199"},
+	} {
+		src, dst := netip.MustParseAddr(tc.src), netip.MustParseAddr(tc.dst)
+		c := UpdateChecksumAddr(h.Checksum(), h.Src(), src)
+		c = UpdateChecksumAddr(c, h.Dst(), dst)
+		h.SetSrc(src)
+		h.SetDst(dst)
+		h.SetChecksum(c)
+		if !h.ChecksumValid() {
+			t.Errorf("%s -> %s: incremental %#04x, recomputed %#04x", src, dst, c, h.HeaderChecksum())
+		}
+	}
+}
+
+func TestUpdateChecksumAddrIPv6PseudoHeader(t *testing.T) {
+	payload := []byte("some transport bytes!")
+	a, b := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00:1234::ffff:2")
+	c := Fold(Sum(payload, PseudoHeaderSum(a, b, ProtoUDP, len(payload))))
+	c = UpdateChecksumAddr(c, a, netip.MustParseAddr("2001:db8::7"))
+	want := Fold(Sum(payload, PseudoHeaderSum(netip.MustParseAddr("2001:db8::7"), b, ProtoUDP, len(payload))))
+	if c != want {
+		t.Fatalf("incremental %#04x, recomputed %#04x", c, want)
+	}
+}
+
+func TestPseudoHeaderSumIPv4(t *testing.T) {
+	// UDP pseudo-header summed by hand: src, dst, zero+proto, length.
+	src, dst := netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("192.168.0.199")
+	hand := []byte{192, 168, 0, 1, 192, 168, 0, 199, 0, ProtoUDP, 0, 8}
+	if got, want := Fold(PseudoHeaderSum(src, dst, ProtoUDP, 8)), Checksum(hand); got != want {
+		t.Fatalf("pseudo-header checksum %#04x, want %#04x", got, want)
+	}
+}
+
+func BenchmarkChecksum1500(b *testing.B) {
+	buf := make([]byte, 1500)
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		Checksum(buf)
+	}
+}

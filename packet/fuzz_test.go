@@ -1,0 +1,87 @@
+package packet
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+)
+
+func FuzzEthernet(f *testing.F) {
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e := Ethernet(b)
+		if !e.Valid() {
+			if len(b) >= EthernetHeaderLen {
+				t.Fatalf("%d bytes not valid", len(b))
+			}
+			return
+		}
+		orig := bytes.Clone(b)
+		dst, src := e.Dst(), e.Src()
+		if dst.IsMulticast() != (b[0]&1 == 1) {
+			t.Fatal("IsMulticast disagrees with the group bit")
+		}
+		if len(e.Payload()) != len(b)-EthernetHeaderLen || e.EtherType() != binary.BigEndian.Uint16(b[12:]) {
+			t.Fatal("payload or EtherType inconsistent with the bytes")
+		}
+		e.SetDst(src)
+		e.SetSrc(dst)
+		if e.Dst() != src || e.Src() != dst || !bytes.Equal(b[12:], orig[12:]) {
+			t.Fatal("swapping addresses changed something else")
+		}
+	})
+}
+
+func FuzzARP(f *testing.F) {
+	f.Add([]byte(arpRequest()))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a := ARP(b)
+		if !a.Valid() {
+			return
+		}
+		orig := bytes.Clone(b)
+		sm, sip, tip := a.SenderMAC(), a.SenderIP(), a.TargetIP()
+		if !sip.Is4() || !tip.Is4() {
+			t.Fatal("ARP addresses must be IPv4")
+		}
+		mac := MAC{2, 0, 0, 0, 0, 1}
+		a.MakeReply(mac, tip)
+		if a.Op() != ARPReply || a.SenderMAC() != mac || a.SenderIP() != tip || a.TargetMAC() != sm || a.TargetIP() != sip {
+			t.Fatal("reply does not swap sender and target")
+		}
+		if !a.Valid() || !bytes.Equal(b[:6], orig[:6]) || !bytes.Equal(b[ARPLen:], orig[ARPLen:]) {
+			t.Fatal("MakeReply touched bytes outside the addresses and op")
+		}
+	})
+}
+
+func FuzzIPv4(f *testing.F) {
+	f.Add(bytes.Clone(ipv4Example), []byte{10, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, b []byte, newSrc []byte) {
+		p := IPv4(b)
+		if !p.Valid() {
+			return
+		}
+		if p.HeaderLen() < IPv4MinHeaderLen || p.HeaderLen() > p.TotalLen() || p.TotalLen() > len(b) {
+			t.Fatalf("Valid but hl %d tl %d len %d", p.HeaderLen(), p.TotalLen(), len(b))
+		}
+		if len(p.Payload()) != p.TotalLen()-p.HeaderLen() || !p.Src().Is4() || !p.Dst().Is4() {
+			t.Fatal("payload or addresses inconsistent")
+		}
+		p.SetChecksum(p.HeaderChecksum())
+		if !p.ChecksumValid() {
+			t.Fatal("recomputed checksum does not validate")
+		}
+		if len(newSrc) < 4 {
+			return
+		}
+		src := netip.AddrFrom4([4]byte(newSrc[:4]))
+		c := UpdateChecksumAddr(p.Checksum(), p.Src(), src)
+		p.SetSrc(src)
+		p.SetChecksum(c)
+		if p.Src() != src || !p.ChecksumValid() {
+			t.Fatalf("incremental update %#04x, recomputed %#04x", c, p.HeaderChecksum())
+		}
+	})
+}
