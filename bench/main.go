@@ -1,0 +1,342 @@
+// Command bench measures vxmesh's userspace datapath against the kernel
+// datapath Docker's bridge network uses, on the same single-host topology,
+// and prints both side by side with their ratio.
+//
+// Topologies (both: two containers on one subnet, MTU 1450):
+//
+//   - vxmesh: a testbed host running a vxmesh daemon, a network created with
+//     --mtu 1450 and two containers made by `vxmesh run`.
+//   - kernel: a "host" namespace with a Linux bridge (gateway address on it)
+//     and two container namespaces attached by veth pairs, as Docker's
+//     bridge driver builds them.
+//
+// In each, iperf3 -s runs in c2 and `iperf3 -c <c2> -t <duration> -J` in c1,
+// and c1 pings c2 20 times at 0.05 s intervals. Run as root:
+//
+//	go run ./bench [-duration 10s] [-binary bin/vxmesh] [-only kernel]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vxmesh/vxmesh/internal/testbed"
+)
+
+func main() {
+	cfg := config{}
+	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "iperf3 run time per topology")
+	flag.StringVar(&cfg.binary, "binary", "bin/vxmesh", "vxmesh binary (built from ./cmd/vxmesh if missing)")
+	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel)")
+	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
+	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	duration time.Duration
+	binary   string
+	only     string
+	pings    int
+	mtu      int
+}
+
+// result is one row of the table.
+type result struct {
+	name  string
+	desc  string
+	iperf testbed.IperfResult
+	ping  testbed.PingResult
+	err   error
+}
+
+// pair is a built topology: two container namespaces and c2's address.
+type pair struct {
+	c1, c2 string // netns paths
+	c2IP   string
+}
+
+func run(ctx context.Context, cfg config, out, log io.Writer) error {
+	if err := checkTools(); err != nil {
+		return err
+	}
+	want := map[string]bool{"vxmesh": true, "kernel": true}
+	if cfg.only != "" {
+		want = map[string]bool{}
+		for _, n := range strings.Split(cfg.only, ",") {
+			n = strings.TrimSpace(n)
+			if n != "vxmesh" && n != "kernel" {
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh or kernel)", n)
+			}
+			want[n] = true
+		}
+	}
+	prefix := "vxb" + testbed.RandomID(2) + "-"
+	var results []result
+	if want["vxmesh"] {
+		r := result{name: "vxmesh", desc: "userspace switch, TAP per container"}
+		r.iperf, r.ping, r.err = benchVxmesh(ctx, cfg, prefix+"v", log)
+		results = append(results, r)
+	}
+	if want["kernel"] && ctx.Err() == nil {
+		r := result{name: "kernel", desc: "Linux bridge + veth (Docker bridge)"}
+		r.iperf, r.ping, r.err = benchKernel(ctx, cfg, prefix+"k", log)
+		results = append(results, r)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+	printTable(out, cfg, results)
+	var errs []error
+	for _, r := range results {
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.name, r.err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkTools() error {
+	if err := testbed.CheckPrereqs(); err != nil {
+		return err
+	}
+	for _, c := range []string{"iperf3", "ping", "ss"} {
+		if _, err := exec.LookPath(c); err != nil {
+			return fmt.Errorf("missing %s: apt-get install iperf3 iputils-ping iproute2", c)
+		}
+	}
+	return nil
+}
+
+func printTable(out io.Writer, cfg config, results []result) {
+	var kernel *result
+	for i := range results {
+		if results[i].name == "kernel" && results[i].err == nil {
+			kernel = &results[i]
+		}
+	}
+	fmt.Fprintf(out, "\nsingle host, 2 containers, MTU %d, TCP iperf3 %v, %d pings at 0.05 s\n\n", cfg.mtu, cfg.duration, cfg.pings)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "topology\t\tGbit/s\tretrans\tping avg\tratio vxmesh/kernel\t")
+	for _, r := range results {
+		if r.err != nil {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t\n", r.name, r.desc)
+			continue
+		}
+		ratio := "-"
+		if kernel != nil && kernel.iperf.ReceivedBitsPerSecond > 0 {
+			ratio = fmt.Sprintf("%.2f", r.iperf.ReceivedBitsPerSecond/kernel.iperf.ReceivedBitsPerSecond)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%s\t%s\t\n", r.name, r.desc, r.iperf.Gbps(), r.iperf.Retransmits, fmtRTT(r.ping), ratio)
+	}
+	tw.Flush()
+	for _, r := range results {
+		if r.err != nil {
+			fmt.Fprintf(out, "%s failed: %v\n", r.name, r.err)
+		}
+	}
+}
+
+func fmtRTT(p testbed.PingResult) string {
+	if p.Received == 0 {
+		return "lost"
+	}
+	return fmt.Sprintf("%.3f ms", float64(p.Avg)/float64(time.Millisecond))
+}
+
+// measure pings and runs iperf3 between the two containers of a pair.
+func measure(ctx context.Context, cfg config, p pair, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+	var ir testbed.IperfResult
+	// One ping to resolve ARP and warm the path, then the measured run.
+	if _, err := testbed.InNetns(ctx, p.c1, "ping", "-c", "1", "-W", "2", p.c2IP); err != nil {
+		return ir, testbed.PingResult{}, fmt.Errorf("c1 cannot reach c2 (%s): %w", p.c2IP, err)
+	}
+	pout, err := testbed.InNetns(ctx, p.c1, "ping", "-q", "-c", fmt.Sprint(cfg.pings), "-i", "0.05", "-W", "1", p.c2IP)
+	pr, perr := testbed.ParsePing(pout)
+	if perr != nil {
+		return ir, pr, fmt.Errorf("ping: %v (%v)", perr, err)
+	}
+
+	srv := exec.CommandContext(ctx, "nsenter", "--net="+p.c2, "--", "iperf3", "-s", "-1", "-p", "5201")
+	var srvOut strings.Builder
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
+	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := srv.Start(); err != nil {
+		return ir, pr, fmt.Errorf("iperf3 server: %w", err)
+	}
+	defer func() {
+		_ = srv.Process.Kill()
+		_ = srv.Wait()
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := testbed.WaitTCPListen(wctx, p.c2, 5201); err != nil {
+		return ir, pr, fmt.Errorf("iperf3 server: %w: %s", err, srvOut.String())
+	}
+	fmt.Fprintf(log, "  iperf3 -c %s -t %d -J (in c1)\n", p.c2IP, int(cfg.duration.Seconds()))
+	cli := exec.CommandContext(ctx, "nsenter", "--net="+p.c1, "--", "iperf3", "-c", p.c2IP, "-p", "5201",
+		"-t", fmt.Sprint(int(cfg.duration.Seconds())), "-J")
+	cli.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	jout, cerr := cli.Output()
+	ir, err = testbed.ParseIperf3JSON(jout)
+	if err != nil {
+		return ir, pr, fmt.Errorf("iperf3 client: %v (%v)", err, cerr)
+	}
+	return ir, pr, nil
+}
+
+func benchVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+	fmt.Fprintln(log, "vxmesh: building testbed host and daemon")
+	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
+	if err != nil {
+		return testbed.IperfResult{}, testbed.PingResult{}, err
+	}
+	defer cleanupBin()
+	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix + "-"})
+	if err != nil {
+		return testbed.IperfResult{}, testbed.PingResult{}, err
+	}
+	defer func() {
+		if err := tb.Close(); err != nil {
+			fmt.Fprintln(log, "vxmesh: cleanup:", err)
+		}
+	}()
+	h := tb.Hosts[0]
+	fail := func(err error) (testbed.IperfResult, testbed.PingResult, error) {
+		return testbed.IperfResult{}, testbed.PingResult{}, err
+	}
+	if err := h.StartDaemon(); err != nil {
+		return fail(err)
+	}
+	steps := [][]string{
+		{"network", "create", "bench", "--subnet", "10.88.0.0/24", "--mtu", fmt.Sprint(cfg.mtu)},
+		{"run", "-d", "--network", "bench", "--name", "c1", "--", "sleep", "infinity"},
+		{"run", "-d", "--network", "bench", "--name", "c2", "--", "sleep", "infinity"},
+	}
+	for _, s := range steps {
+		if _, err := h.CLIContext(ctx, s...); err != nil {
+			return fail(err)
+		}
+	}
+	var eps []struct {
+		Name string `json:"name"`
+		IP   string `json:"ip"`
+	}
+	if err := h.CLIJSON(&eps, "endpoint", "ls"); err != nil {
+		return fail(err)
+	}
+	p := pair{c1: h.ContainerNetnsPath("c1"), c2: h.ContainerNetnsPath("c2")}
+	for _, e := range eps {
+		if e.Name == "c2" {
+			p.c2IP = strings.Split(e.IP, "/")[0]
+		}
+	}
+	if p.c2IP == "" {
+		return fail(fmt.Errorf("endpoint ls shows no c2: %+v", eps))
+	}
+	fmt.Fprintln(log, "vxmesh: measuring")
+	ir, pr, err := measure(ctx, cfg, p, log)
+	if err != nil {
+		err = fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15))
+	}
+	return ir, pr, err
+}
+
+// vxmeshBinary returns path if it exists, or builds ./cmd/vxmesh into a
+// temporary directory.
+func vxmeshBinary(path string) (string, func(), error) {
+	if st, err := os.Stat(path); err == nil && !st.IsDir() {
+		abs, err := filepath.Abs(path)
+		return abs, func() {}, err
+	}
+	dir, err := os.MkdirTemp("", "vxbench")
+	if err != nil {
+		return "", nil, err
+	}
+	bin := filepath.Join(dir, "vxmesh")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/vxmesh/vxmesh/cmd/vxmesh").CombinedOutput()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("%s missing and go build ./cmd/vxmesh failed: %v: %s", path, err, out)
+	}
+	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+func benchKernel(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+	fmt.Fprintln(log, "kernel: building Linux bridge + veth topology")
+	kb := kernelBridge{prefix: prefix + "-", mtu: cfg.mtu}
+	defer func() {
+		if err := testbed.Cleanup(kb.prefix); err != nil {
+			fmt.Fprintln(log, "kernel: cleanup:", err)
+		}
+	}()
+	p, err := kb.build()
+	if err != nil {
+		return testbed.IperfResult{}, testbed.PingResult{}, err
+	}
+	fmt.Fprintln(log, "kernel: measuring")
+	return measure(ctx, cfg, p, log)
+}
+
+// kernelBridge is what Docker's bridge driver builds: a bridge holding the
+// gateway address in the host and one veth pair per container.
+type kernelBridge struct {
+	prefix string
+	mtu    int
+}
+
+func (k kernelBridge) build() (pair, error) {
+	host := k.prefix + "host"
+	mtu := fmt.Sprint(k.mtu)
+	cmds := [][]string{
+		{"netns", "add", host},
+		{"-n", host, "link", "set", "lo", "up"},
+		{"-n", host, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"},
+		{"-n", host, "link", "set", "br0", "mtu", mtu, "up"},
+		{"-n", host, "addr", "add", "10.89.0.1/24", "dev", "br0"},
+	}
+	for i, c := range []string{"c1", "c2"} {
+		ns := k.prefix + c
+		ipAddr := fmt.Sprintf("10.89.0.%d", i+2)
+		mac := fmt.Sprintf("02:42:0a:59:00:%02x", i+2)
+		veth := "veth" + c
+		cmds = append(cmds,
+			[]string{"netns", "add", ns},
+			[]string{"-n", ns, "link", "set", "lo", "up"},
+			[]string{"-n", host, "link", "add", veth, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", ns},
+			[]string{"-n", host, "link", "set", veth, "master", "br0", "up"},
+			[]string{"-n", ns, "link", "set", "eth0", "address", mac, "mtu", mtu, "up"},
+			[]string{"-n", ns, "addr", "add", ipAddr + "/24", "dev", "eth0"},
+			[]string{"-n", ns, "route", "add", "default", "via", "10.89.0.1"},
+		)
+	}
+	for _, c := range cmds {
+		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+			return pair{}, fmt.Errorf("ip %s: %v: %s", strings.Join(c, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return pair{
+		c1:   filepath.Join(testbed.NetnsDir, k.prefix+"c1"),
+		c2:   filepath.Join(testbed.NetnsDir, k.prefix+"c2"),
+		c2IP: "10.89.0.3",
+	}, nil
+}
