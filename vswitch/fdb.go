@@ -1,0 +1,179 @@
+package vswitch
+
+import (
+	"bytes"
+	"net/netip"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// FDB entry kinds.
+const (
+	KindLocal   = "local"   // a port's own MAC
+	KindStatic  = "static"  // installed with AddStatic
+	KindLearned = "learned" // learned from traffic, subject to aging
+)
+
+// FDBEntry is one forwarding entry as reported by FDB.
+type FDBEntry struct {
+	MAC  packet.MAC
+	IP   netip.Addr // invalid when not known
+	Port string
+	Kind string
+	Age  time.Duration // time since last seen; 0 for local and static
+}
+
+type staticEntry struct {
+	ip   netip.Addr
+	port *PortRef
+	kind string
+}
+
+// learnedTable maps source MACs to where they were last seen. A table is
+// never modified once published; only the entries' timestamps change.
+type learnedTable map[packet.MAC]*learnedEntry
+
+type learnedEntry struct {
+	port *PortRef
+	seen atomic.Int64 // switch clock of the last frame from this MAC
+}
+
+// live reports whether e may be used for forwarding at time now.
+func (s *Switch) live(e *learnedEntry, now int64) bool {
+	return now-e.seen.Load() <= s.aging && !e.port.removed.Load()
+}
+
+// lookup returns the port for unicast dst, or nil if unknown.
+func (s *Switch) lookup(v *view, lt learnedTable, dst packet.MAC, now int64) *PortRef {
+	if p := v.fdb[dst]; p != nil {
+		return p
+	}
+	if e := lt[dst]; e != nil && s.live(e, now) {
+		return e.port
+	}
+	return nil
+}
+
+// learn records that src was seen on r. A MAC already learned on r only has
+// its timestamp refreshed, lock-free; new and moved MACs are queued in r's
+// scratch and installed once per batch by commitLearned.
+func (r *PortRef) learn(v *view, lt learnedTable, src packet.MAC, now int64) {
+	if v.fdb[src] != nil {
+		return // static entries do not move
+	}
+	if e := lt[src]; e != nil && e.port == r {
+		if e.seen.Load() != now {
+			e.seen.Store(now)
+		}
+		return
+	}
+	for _, m := range r.sc.learn {
+		if m == src {
+			return
+		}
+	}
+	r.sc.learn = append(r.sc.learn, src)
+}
+
+// commitLearned installs the MACs queued by learn with a copy-on-write of
+// the learned table, dropping expired entries on the way.
+func (s *Switch) commitLearned(r *PortRef, now int64) {
+	s.learnMu.Lock()
+	defer s.learnMu.Unlock()
+	if r.removed.Load() {
+		return // RemovePort already pruned; do not resurrect
+	}
+	old := *s.learned.Load()
+	lt := make(learnedTable, len(old)+len(r.sc.learn))
+	for mac, e := range old {
+		if s.live(e, now) {
+			lt[mac] = e
+		}
+	}
+	var limited uint64
+	for _, mac := range r.sc.learn {
+		if _, ok := lt[mac]; !ok && len(lt) >= s.maxLearned {
+			limited++
+			continue
+		}
+		e := &learnedEntry{port: r}
+		e.seen.Store(now)
+		lt[mac] = e
+	}
+	s.learned.Store(&lt)
+	if limited > 0 {
+		s.c.learnLimited.Add(limited)
+	}
+}
+
+// pruneLearned drops expired entries and entries of removed ports.
+func (s *Switch) pruneLearned(now int64) {
+	s.learnMu.Lock()
+	defer s.learnMu.Unlock()
+	old := *s.learned.Load()
+	lt := make(learnedTable, len(old))
+	for mac, e := range old {
+		if s.live(e, now) {
+			lt[mac] = e
+		}
+	}
+	s.learned.Store(&lt)
+}
+
+// AddStatic installs (or replaces) a static entry sending mac to r, with an
+// ARP suppression entry if ip is valid. It is how the control plane
+// announces endpoints behind a tunnel port.
+func (s *Switch) AddStatic(mac packet.MAC, ip netip.Addr, r *PortRef) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r == nil || r.sw != s || r.removed.Load() {
+		return s.errorf("static %s: port not attached", mac)
+	}
+	old, had := s.statics[mac]
+	if had && old.kind == KindLocal {
+		return s.errorf("static %s: MAC is local to port %q", mac, old.port.name)
+	}
+	delete(s.statics, mac)
+	if err := s.checkEntry(mac, ip); err != nil {
+		if had {
+			s.statics[mac] = old
+		}
+		return s.errorf("static: %w", err)
+	}
+	s.statics[mac] = staticEntry{ip: ip, port: r, kind: KindStatic}
+	s.publish()
+	return nil
+}
+
+// RemoveStatic removes the static entry for mac, if any; local entries stay.
+func (s *Switch) RemoveStatic(mac packet.MAC) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.statics[mac]; ok && e.kind == KindStatic {
+		delete(s.statics, mac)
+		s.publish()
+	}
+}
+
+// FDB returns the forwarding entries sorted by MAC: local, static and the
+// learned entries that have not aged out.
+func (s *Switch) FDB() []FDBEntry {
+	s.mu.Lock()
+	var out []FDBEntry
+	for mac, e := range s.statics {
+		out = append(out, FDBEntry{MAC: mac, IP: e.ip, Port: e.port.name, Kind: e.kind})
+	}
+	v := s.view.Load()
+	s.mu.Unlock()
+	now := s.clock()
+	for mac, e := range *s.learned.Load() {
+		if v.fdb[mac] == nil && s.live(e, now) {
+			out = append(out, FDBEntry{MAC: mac, Port: e.port.name, Kind: KindLearned, Age: time.Duration(now - e.seen.Load())})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i].MAC[:], out[j].MAC[:]) < 0 })
+	return out
+}

@@ -1,0 +1,173 @@
+package vswitch
+
+import (
+	"errors"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// scratch is an input port's per-batch state, reused for every batch so
+// that forwarding does not allocate once warm.
+type scratch struct {
+	q     [][][]byte   // frames queued per destination port id
+	owner []*PortRef   // which port q[id] is for in this batch
+	dests []*PortRef   // destinations with queued frames, in first-use order
+	learn []packet.MAC // sources to learn at the end of the batch
+	drops [numReasons]uint64
+}
+
+// add queues frame b (with its headroom) for p and reports whether it did.
+// It refuses only when p's id was reused by a port attached after the view
+// this batch started with was taken, a race with RemovePort.
+func (sc *scratch) add(p *PortRef, b []byte, batch int) bool {
+	id := p.id
+	if id >= len(sc.q) {
+		sc.q = append(sc.q, make([][][]byte, id+1-len(sc.q))...)
+		sc.owner = append(sc.owner, make([]*PortRef, id+1-len(sc.owner))...)
+	}
+	switch {
+	case len(sc.q[id]) == 0:
+		if cap(sc.q[id]) < batch {
+			sc.q[id] = make([][]byte, 0, max(batch, packet.BatchSize))
+		}
+		sc.owner[id] = p
+		sc.dests = append(sc.dests, p)
+	case sc.owner[id] != p:
+		return false
+	}
+	sc.q[id] = append(sc.q[id], b)
+	return true
+}
+
+// Input switches the frames read from r: frame i is
+// bufs[i][offset:offset+sizes[i]], with headroom in front of offset. Each
+// destination port gets one Write with all its frames of the batch, before
+// Input returns; the buffers are only borrowed, but ARP requests answered by
+// the switch are rewritten in place. Input must be called by one goroutine
+// per port; different ports may call it concurrently, and concurrently with
+// the control-plane methods.
+func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
+	s := r.sw
+	n := min(len(bufs), len(sizes))
+	sc := &r.sc
+	var rxBytes, forwarded, flooded, suppressed uint64
+	if s.closed.Load() || r.removed.Load() {
+		for i := range n {
+			rxBytes += uint64(max(sizes[i], 0))
+		}
+		sc.drops[dropPortDown] += uint64(n)
+		r.account(rxBytes, n, 0, 0, 0)
+		return
+	}
+	v, lt, now := s.view.Load(), *s.learned.Load(), s.clock()
+	for i := range n {
+		size := sizes[i]
+		rxBytes += uint64(max(size, 0))
+		if size < packet.EthernetHeaderLen || size > len(bufs[i])-offset {
+			sc.drops[dropMalformed]++
+			continue
+		}
+		buf := bufs[i][:offset+size]
+		eth := packet.Ethernet(buf[offset:])
+		src, dst := eth.Src(), eth.Dst()
+		if src.IsMulticast() || src.IsZero() {
+			sc.drops[dropMalformed]++
+			continue
+		}
+		if r.security {
+			if why, ok := r.check(eth); !ok {
+				sc.drops[why]++
+				continue
+			}
+		}
+		r.learn(v, lt, src, now)
+		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, eth) {
+			sc.add(r, buf, n)
+			suppressed++
+			continue
+		}
+		if dst == s.gwMAC && !dst.IsZero() {
+			sc.drops[dropNoRoute]++
+			continue
+		}
+		var out *PortRef
+		if !dst.IsMulticast() {
+			out = s.lookup(v, lt, dst, now)
+		}
+		switch {
+		case out == nil:
+			for _, p := range v.ports {
+				if p != r && !p.removed.Load() {
+					sc.add(p, buf, n)
+				}
+			}
+			flooded++
+		case out == r:
+			sc.drops[dropSamePort]++
+		case !sc.add(out, buf, n):
+			sc.drops[dropPortDown]++
+		default:
+			forwarded++
+		}
+	}
+	r.flush(offset)
+	if len(sc.learn) > 0 {
+		s.commitLearned(r, now)
+		clear(sc.learn)
+		sc.learn = sc.learn[:0]
+	}
+	r.account(rxBytes, n, forwarded, flooded, suppressed)
+}
+
+// flush writes every destination's queue with one Write and counts the
+// outcome on the destination port.
+func (r *PortRef) flush(offset int) {
+	sc := &r.sc
+	for _, p := range sc.dests {
+		q := sc.q[p.id]
+		sent, err := p.port.Write(q, offset)
+		sent = max(0, min(sent, len(q)))
+		var bytes uint64
+		for _, b := range q[:sent] {
+			bytes += uint64(len(b) - offset)
+		}
+		p.c.txPackets.Add(uint64(sent))
+		p.c.txBytes.Add(bytes)
+		if lost := uint64(len(q) - sent); lost > 0 {
+			why := dropTxError
+			if errors.Is(err, packet.ErrQueueFull) {
+				why = dropQueueFull
+			}
+			p.c.drops[why].Add(lost)
+			r.sw.c.drops[why].Add(lost)
+		}
+		clear(q)
+		sc.q[p.id] = q[:0]
+		sc.owner[p.id] = nil
+	}
+	clear(sc.dests)
+	sc.dests = sc.dests[:0]
+}
+
+// account adds a batch's counters with one atomic add each.
+func (r *PortRef) account(rxBytes uint64, rx int, forwarded, flooded, suppressed uint64) {
+	s := r.sw
+	r.c.rxPackets.Add(uint64(rx))
+	r.c.rxBytes.Add(rxBytes)
+	for i, d := range r.sc.drops {
+		if d > 0 {
+			r.c.drops[i].Add(d)
+			s.c.drops[i].Add(d)
+			r.sc.drops[i] = 0
+		}
+	}
+	if forwarded > 0 {
+		s.c.forwarded.Add(forwarded)
+	}
+	if flooded > 0 {
+		s.c.flooded.Add(flooded)
+	}
+	if suppressed > 0 {
+		s.c.arpSuppressed.Add(suppressed)
+	}
+}

@@ -1,0 +1,113 @@
+package vswitch
+
+import (
+	"sort"
+	"sync/atomic"
+)
+
+// reason is why a frame was dropped.
+type reason int
+
+const (
+	dropMalformed    reason = iota // shorter than an Ethernet header, bad source MAC, bad IPv4/ARP under port security
+	dropPortSecurity               // source MAC/IP not the port's
+	dropNoRoute                    // addressed to the gateway, which does not route yet
+	dropSamePort                   // destination is the input port
+	dropTxError                    // the destination port's Write failed
+	dropQueueFull                  // the destination port's queue was full
+	dropPortDown                   // input on a removed port or a closed switch
+	numReasons
+)
+
+// String returns the reason's key in Stats.
+func (r reason) String() string {
+	switch r {
+	case dropMalformed:
+		return "malformed"
+	case dropPortSecurity:
+		return "port-security"
+	case dropNoRoute:
+		return "no-route"
+	case dropSamePort:
+		return "same-port"
+	case dropTxError:
+		return "tx-error"
+	case dropQueueFull:
+		return "queue-full"
+	case dropPortDown:
+		return "port-down"
+	}
+	return "unknown"
+}
+
+type dropCounters [numReasons]atomic.Uint64
+
+func (d *dropCounters) snapshot() map[string]uint64 {
+	m := map[string]uint64{}
+	for i := range d {
+		if n := d[i].Load(); n > 0 {
+			m[reason(i).String()] = n
+		}
+	}
+	return m
+}
+
+type portCounters struct {
+	rxPackets, rxBytes, txPackets, txBytes atomic.Uint64
+	drops                                  dropCounters
+}
+
+type switchCounters struct {
+	forwarded, flooded, arpSuppressed, learnLimited atomic.Uint64
+	drops                                           dropCounters
+}
+
+// Stats is a snapshot of a switch's counters.
+type Stats struct {
+	// Ports lists the attached ports by name.
+	Ports []PortStats
+	// Drops counts dropped frames by reason over the switch's lifetime,
+	// including ports since removed. Drops on input are charged to the
+	// input port, tx-error and queue-full to the destination port.
+	Drops map[string]uint64
+	// Forwarded counts frames sent to one known destination port.
+	Forwarded uint64
+	// Flooded counts frames sent to all other ports (broadcast, multicast,
+	// unknown unicast); each counts once however many ports it reached.
+	Flooded uint64
+	// ARPSuppressed counts ARP requests answered by the switch.
+	ARPSuppressed uint64
+	// LearnLimited counts source MACs not learned because the table was full.
+	LearnLimited uint64
+}
+
+// PortStats are one port's counters. Rx counts every frame given to Input;
+// Tx counts frames the port's Write accepted.
+type PortStats struct {
+	Name                                   string
+	RxPackets, RxBytes, TxPackets, TxBytes uint64
+	Drops                                  map[string]uint64
+}
+
+// Stats returns the current counters.
+func (s *Switch) Stats() Stats {
+	st := Stats{
+		Drops:         s.c.drops.snapshot(),
+		Forwarded:     s.c.forwarded.Load(),
+		Flooded:       s.c.flooded.Load(),
+		ARPSuppressed: s.c.arpSuppressed.Load(),
+		LearnLimited:  s.c.learnLimited.Load(),
+	}
+	for _, r := range s.view.Load().ports {
+		st.Ports = append(st.Ports, PortStats{
+			Name:      r.name,
+			RxPackets: r.c.rxPackets.Load(),
+			RxBytes:   r.c.rxBytes.Load(),
+			TxPackets: r.c.txPackets.Load(),
+			TxBytes:   r.c.txBytes.Load(),
+			Drops:     r.c.drops.snapshot(),
+		})
+	}
+	sort.Slice(st.Ports, func(i, j int) bool { return st.Ports[i].Name < st.Ports[j].Name })
+	return st
+}

@@ -1,0 +1,262 @@
+// Package vswitch is the per-network virtual switch: it forwards Ethernet
+// frames between ports (container TAP devices, the tunnel) with MAC learning
+// and aging, static entries for known endpoints, flooding confined to the
+// switch, ARP suppression and port security. The data path (PortRef.Input)
+// forwards whole batches without allocating and reads only immutable
+// snapshots of the control-plane state, swapped with atomic.Pointer.
+package vswitch
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// Port is where the switch sends frames: frame i is bufs[i][offset:], and
+// the buffers are borrowed for the call only. A netdev.Device satisfies it.
+// The same buffer may be written to several ports when a frame is flooded,
+// so Write must not modify bytes at or after offset (it may use the
+// headroom in front of offset).
+type Port interface {
+	Write(bufs [][]byte, offset int) (int, error)
+}
+
+// Config configures a Switch.
+type Config struct {
+	// Name names the switch (usually the network name) in errors.
+	Name string
+	// AgingTime is how long a learned entry lives without traffic from its
+	// MAC; 0 means 300s.
+	AgingTime time.Duration
+	// GatewayIP and GatewayMAC, if set, are answered by ARP suppression;
+	// other frames to GatewayMAC are dropped as "no-route".
+	GatewayIP  netip.Addr
+	GatewayMAC packet.MAC
+	// MaxLearned bounds the learned entries (default 8192); sources beyond
+	// it are forwarded but not learned, and counted in Stats.LearnLimited.
+	MaxLearned int
+	// Now is the clock used for aging; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+// Switch is one virtual switch. Its methods are safe for concurrent use.
+type Switch struct {
+	name       string
+	aging      int64 // nanoseconds
+	maxLearned int
+	gwIP       netip.Addr
+	gwMAC      packet.MAC
+	now        func() time.Time
+	epoch      time.Time
+
+	view    atomic.Pointer[view]
+	learned atomic.Pointer[learnedTable]
+	learnMu sync.Mutex // serialises writers of learned
+	closed  atomic.Bool
+
+	mu      sync.Mutex // control plane state below
+	ports   map[string]*PortRef
+	statics map[packet.MAC]staticEntry
+	idUsed  []bool
+
+	c switchCounters
+}
+
+// view is the immutable forwarding state the data path reads.
+type view struct {
+	ports []*PortRef                // flooding targets, by id
+	fdb   map[packet.MAC]*PortRef   // local and static entries
+	arp   map[netip.Addr]packet.MAC // ARP suppression table
+}
+
+// PortRef is a port attached to a switch, returned by AddPort.
+type PortRef struct {
+	sw       *Switch
+	port     Port
+	name     string
+	mac      packet.MAC
+	ip       netip.Addr
+	security bool
+	id       int // small, unique among attached ports; indexes scratch queues
+	removed  atomic.Bool
+
+	c  portCounters
+	sc scratch // used only by the goroutine calling Input
+}
+
+// PortConfig describes a port.
+type PortConfig struct {
+	// Name identifies the port in FDB and Stats; unique per switch.
+	Name string
+	// MAC, if set, gets a static "local" FDB entry.
+	MAC packet.MAC
+	// IP, if set (IPv4), gets an ARP suppression entry for MAC.
+	IP netip.Addr
+	// Security allows only frames from MAC and IPv4/ARP from IP.
+	Security bool
+}
+
+// New returns a switch with no ports.
+func New(cfg Config) *Switch {
+	s := &Switch{
+		name:       cfg.Name,
+		aging:      int64(cfg.AgingTime),
+		maxLearned: cfg.MaxLearned,
+		gwIP:       cfg.GatewayIP,
+		gwMAC:      cfg.GatewayMAC,
+		now:        cfg.Now,
+		ports:      map[string]*PortRef{},
+		statics:    map[packet.MAC]staticEntry{},
+	}
+	if s.aging <= 0 {
+		s.aging = int64(300 * time.Second)
+	}
+	if s.maxLearned <= 0 {
+		s.maxLearned = 8192
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.epoch = s.now()
+	s.learned.Store(&learnedTable{})
+	s.publish()
+	return s
+}
+
+// clock returns the switch time in nanoseconds since New.
+func (s *Switch) clock() int64 { return int64(s.now().Sub(s.epoch)) }
+
+func (s *Switch) errorf(format string, args ...any) error {
+	return fmt.Errorf("switch %q: "+format, append([]any{s.name}, args...)...)
+}
+
+// AddPort attaches p. A port with a MAC gets a static "local" FDB entry and,
+// with an IP, an ARP suppression entry. Names, MACs and IPs must be unique.
+func (s *Switch) AddPort(p Port, cfg PortConfig) (*PortRef, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed.Load():
+		return nil, s.errorf("port %q: switch closed", cfg.Name)
+	case p == nil:
+		return nil, s.errorf("port %q: no device", cfg.Name)
+	case cfg.Name == "":
+		return nil, s.errorf("port needs a name")
+	case s.ports[cfg.Name] != nil:
+		return nil, s.errorf("port %q: name in use", cfg.Name)
+	case cfg.Security && cfg.MAC.IsZero():
+		return nil, s.errorf("port %q: port security needs a MAC", cfg.Name)
+	case cfg.IP.IsValid() && cfg.MAC.IsZero():
+		return nil, s.errorf("port %q: an IP needs a MAC", cfg.Name)
+	}
+	if !cfg.MAC.IsZero() {
+		if err := s.checkEntry(cfg.MAC, cfg.IP); err != nil {
+			return nil, s.errorf("port %q: %w", cfg.Name, err)
+		}
+	}
+	r := &PortRef{sw: s, port: p, name: cfg.Name, mac: cfg.MAC, ip: cfg.IP, security: cfg.Security, id: s.allocID()}
+	s.ports[r.name] = r
+	if !cfg.MAC.IsZero() {
+		s.statics[cfg.MAC] = staticEntry{ip: cfg.IP, port: r, kind: KindLocal}
+	}
+	s.publish()
+	return r, nil
+}
+
+// checkEntry reports why mac/ip cannot become a new entry. s.mu is held.
+func (s *Switch) checkEntry(mac packet.MAC, ip netip.Addr) error {
+	if mac.IsMulticast() || mac.IsZero() {
+		return fmt.Errorf("MAC %s is not a unicast address", mac)
+	}
+	if mac == s.gwMAC {
+		return fmt.Errorf("MAC %s is the gateway's", mac)
+	}
+	if e, ok := s.statics[mac]; ok {
+		return fmt.Errorf("MAC %s already on port %q", mac, e.port.name)
+	}
+	if !ip.IsValid() {
+		return nil
+	}
+	if !ip.Is4() {
+		return fmt.Errorf("IP %s is not IPv4", ip)
+	}
+	if ip == s.gwIP {
+		return fmt.Errorf("IP %s is the gateway's", ip)
+	}
+	for m, e := range s.statics {
+		if e.ip == ip {
+			return fmt.Errorf("IP %s already used by %s on port %q", ip, m, e.port.name)
+		}
+	}
+	return nil
+}
+
+func (s *Switch) allocID() int {
+	for i, used := range s.idUsed {
+		if !used {
+			s.idUsed[i] = true
+			return i
+		}
+	}
+	s.idUsed = append(s.idUsed, true)
+	return len(s.idUsed) - 1
+}
+
+// RemovePort detaches r and removes its static and learned entries. An
+// Input already running on another port may still write to r once.
+func (s *Switch) RemovePort(r *PortRef) {
+	s.mu.Lock()
+	if r == nil || r.sw != s || r.removed.Load() {
+		s.mu.Unlock()
+		return
+	}
+	r.removed.Store(true)
+	delete(s.ports, r.name)
+	for mac, e := range s.statics {
+		if e.port == r {
+			delete(s.statics, mac)
+		}
+	}
+	s.idUsed[r.id] = false
+	s.publish()
+	s.mu.Unlock()
+	s.pruneLearned(s.clock())
+}
+
+// publish builds and installs a new view. s.mu is held.
+func (s *Switch) publish() {
+	v := &view{
+		fdb: make(map[packet.MAC]*PortRef, len(s.statics)),
+		arp: make(map[netip.Addr]packet.MAC, len(s.statics)+1),
+	}
+	for _, r := range s.ports {
+		v.ports = append(v.ports, r)
+	}
+	sort.Slice(v.ports, func(i, j int) bool { return v.ports[i].id < v.ports[j].id })
+	for mac, e := range s.statics {
+		v.fdb[mac] = e.port
+		if e.ip.IsValid() {
+			v.arp[e.ip] = mac
+		}
+	}
+	if s.gwIP.IsValid() && !s.gwMAC.IsZero() {
+		v.arp[s.gwIP] = s.gwMAC
+	}
+	s.view.Store(v)
+}
+
+// Close stops forwarding: later Input calls drop their frames as
+// "port-down" and AddPort fails.
+func (s *Switch) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed.Store(true)
+}
+
+// Name returns the port name.
+func (r *PortRef) Name() string { return r.name }
