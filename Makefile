@@ -1,0 +1,61 @@
+# vxmesh build, test and measurement entry points. `make help` lists them.
+
+SHELL     := /bin/bash
+GO        ?= go
+BIN       := bin/vxmesh
+RACE_BIN  := bin/vxmesh-race
+FUZZTIME  ?= 5s
+DURATION  ?= 10s
+PKGS      ?= ./...
+# As root, e2e tests must run: a missing tool or binary fails instead of skipping.
+E2E_REQUIRE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
+
+.PHONY: help build test unit e2e bench fuzz lint demo clean
+
+help:
+	@echo "make build   build $(BIN)"
+	@echo "make test    unit tests (-race) for every package, then the e2e tests (root)"
+	@echo "make unit    unit tests only"
+	@echo "make e2e     end-to-end tests through the CLI on network namespaces (root)"
+	@echo "make bench   vxmesh vs Linux bridge throughput and RTT (root; DURATION=$(DURATION))"
+	@echo "make fuzz    every Fuzz target for FUZZTIME=$(FUZZTIME)"
+	@echo "make lint    gofmt and go vet"
+	@echo "make demo    build, then run the demo (root)"
+
+build:
+	$(GO) build -o $(BIN) ./cmd/vxmesh
+
+test: unit e2e
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/e2e$$')
+
+# The daemon under test is built with the race detector too: a data race in
+# it makes its exit status non-zero, which the tests report on clean stops.
+e2e:
+	$(GO) build -race -o $(RACE_BIN) ./cmd/vxmesh
+	VXMESH_BIN=$(CURDIR)/$(RACE_BIN) VXMESH_E2E_REQUIRE=$(E2E_REQUIRE) \
+		$(GO) test -race -count=1 -timeout 15m -v ./e2e 2>&1 | \
+		grep -v -e '^=== \(RUN\|PAUSE\|CONT\)' ; exit $${PIPESTATUS[0]}
+
+bench: build
+	$(GO) run ./bench -binary $(BIN) -duration $(DURATION)
+
+fuzz:
+	@set -eo pipefail; \
+	targets=$$($(GO) test -list '^Fuzz' $(PKGS) | awk '/^Fuzz/ { f[n++] = $$1; next } /^ok/ { for (i = 0; i < n; i++) print $$2 " " f[i]; n = 0 }'); \
+	if [ -z "$$targets" ]; then echo "no fuzz targets"; exit 0; fi; \
+	echo "$$targets" | while read -r pkg fn; do \
+		echo "== $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) "$$pkg" || exit 1; \
+	done
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+demo: build
+	./$(BIN) demo
+
+clean:
+	rm -rf bin
