@@ -1,0 +1,43 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/internal/testbed"
+)
+
+func TestTableShowsRatioToKernel(t *testing.T) {
+	var out bytes.Buffer
+	printTable(&out, config{duration: 10 * time.Second, pings: 20, mtu: 1450}, []result{
+		{name: "vxmesh", desc: "userspace", iperf: testbed.IperfResult{ReceivedBitsPerSecond: 2.5e9}, ping: testbed.PingResult{Received: 20, Avg: 90 * time.Microsecond}},
+		{name: "kernel", desc: "bridge", iperf: testbed.IperfResult{ReceivedBitsPerSecond: 10e9}, ping: testbed.PingResult{Received: 20, Avg: 30 * time.Microsecond}},
+	})
+	s := out.String()
+	for _, want := range []string{"2.50", "10.00", "0.25", "1.00", "0.090 ms", "MTU 1450"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("table lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+func TestKernelTopologyMeasuresAndCleansUp(t *testing.T) {
+	if err := checkTools(); err != nil {
+		t.Skip(err)
+	}
+	prefix := "vxbt" + testbed.RandomID(2)
+	var log bytes.Buffer
+	ir, pr, err := benchKernel(context.Background(), config{duration: time.Second, pings: 5, mtu: 1450}, prefix, &log)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	if ir.ReceivedBitsPerSecond <= 0 || pr.Received != 5 || pr.Avg <= 0 {
+		t.Errorf("iperf %+v ping %+v", ir, pr)
+	}
+	if left, _ := testbed.ListNetns(prefix); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
