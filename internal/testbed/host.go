@@ -121,8 +121,9 @@ func (h *Host) StartDaemon(extra ...string) error {
 	fmt.Fprintf(logf, "=== %s testbed: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(argv, " "))
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Kill the daemon if we die without cleaning up.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Kill the daemon if we die without cleaning up, and keep it out of
+	// our process group so a Ctrl-C reaches us, not it: we stop it in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("testbed: host %s: start daemon: %w", h.Name, err)
