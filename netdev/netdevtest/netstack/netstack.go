@@ -1,5 +1,3 @@
-//go:build gvisor
-
 // Package netstack provides fake containers for root-less tests: a gVisor
 // netstack TCP/IP stack with one Ethernet interface (a MAC and an IPv4
 // address), whose wire side is a netdev.Device, so it can be attached to a

@@ -1,5 +1,3 @@
-//go:build gvisor
-
 package netstack
 
 import (
