@@ -1,0 +1,533 @@
+//go:build linux
+
+package netdev
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// Virtio-net header flags (struct virtio_net_hdr, field flags).
+const (
+	// VirtioNetHdrFNeedsCsum says the checksum at CsumStart+CsumOffset is
+	// partial and must be completed over the bytes from CsumStart on.
+	VirtioNetHdrFNeedsCsum = 1
+	// VirtioNetHdrFDataValid says the receiver already validated the
+	// checksum.
+	VirtioNetHdrFDataValid = 2
+)
+
+// Virtio-net header GSO types (struct virtio_net_hdr, field gso_type).
+const (
+	VirtioNetHdrGSONone  = 0
+	VirtioNetHdrGSOTCPv4 = 1
+	VirtioNetHdrGSOUDP   = 3
+	VirtioNetHdrGSOTCPv6 = 4
+	VirtioNetHdrGSOUDPL4 = 5
+	VirtioNetHdrGSOECN   = 0x80
+)
+
+// VirtioNetHdr is struct virtio_net_hdr, the header a TAP device opened
+// with IFF_VNET_HDR puts in front of every frame. Multi-byte fields are in
+// the host's byte order (the legacy virtio convention the kernel uses when
+// TUNSETVNETLE/BE were not called).
+type VirtioNetHdr struct {
+	Flags      uint8
+	GSOType    uint8
+	HdrLen     uint16
+	GSOSize    uint16
+	CsumStart  uint16
+	CsumOffset uint16
+}
+
+// DecodeVirtioNetHdr parses the first VirtioNetHdrLen bytes of b.
+func DecodeVirtioNetHdr(b []byte) VirtioNetHdr {
+	_ = b[VirtioNetHdrLen-1]
+	return VirtioNetHdr{
+		Flags:      b[0],
+		GSOType:    b[1],
+		HdrLen:     binary.NativeEndian.Uint16(b[2:4]),
+		GSOSize:    binary.NativeEndian.Uint16(b[4:6]),
+		CsumStart:  binary.NativeEndian.Uint16(b[6:8]),
+		CsumOffset: binary.NativeEndian.Uint16(b[8:10]),
+	}
+}
+
+// Encode writes h into the first VirtioNetHdrLen bytes of b.
+func (h VirtioNetHdr) Encode(b []byte) {
+	_ = b[VirtioNetHdrLen-1]
+	b[0] = h.Flags
+	b[1] = h.GSOType
+	binary.NativeEndian.PutUint16(b[2:4], h.HdrLen)
+	binary.NativeEndian.PutUint16(b[4:6], h.GSOSize)
+	binary.NativeEndian.PutUint16(b[6:8], h.CsumStart)
+	binary.NativeEndian.PutUint16(b[8:10], h.CsumOffset)
+}
+
+// TAPStats are a TAP device's counters since it was opened.
+type TAPStats struct {
+	RxFrames uint64 // frames passed up by Read
+	RxBytes  uint64 // bytes of those frames (without the virtio-net header)
+	// RxDropGSO counts frames dropped because their virtio-net header asked
+	// for a segmentation offload this device does not perform.
+	RxDropGSO uint64
+	// RxDropBad counts frames dropped because they were malformed (shorter
+	// than the virtio-net header, bad checksum offsets, truncated).
+	RxDropBad uint64
+	TxFrames  uint64 // frames accepted by Write
+	TxBytes   uint64 // bytes of those frames (without the virtio-net header)
+	TxErrors  uint64 // frames the kernel refused
+}
+
+// tapFlags are the TUNSETIFF flags of every TAP vxmesh opens.
+const tapFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
+
+// TAP is a Linux TAP device opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR. It
+// implements Device. Read and Write may run concurrently with each other and
+// with Close; concurrent Reads (and concurrent Writes) are serialized.
+type TAP struct {
+	name string
+	file *os.File
+	rc   syscall.RawConn
+
+	rmu sync.Mutex // guards the read state below
+	rx  struct {
+		bufs   [][]byte
+		sizes  []int
+		offset int
+		n      int
+		err    error
+		frames uint64
+		bytes  uint64
+	}
+	readFn func(fd uintptr) bool // bound once so Read does not allocate
+
+	wmu sync.Mutex // guards the write state below
+	tx  struct {
+		bufs   [][]byte
+		offset int
+		i      int
+		n      int
+		err    error
+		bytes  uint64
+	}
+	writeFn func(fd uintptr) bool
+
+	closed atomic.Bool
+
+	rxFrames, rxBytes, rxDropGSO, rxDropBad atomic.Uint64
+	txFrames, txBytes, txErrors             atomic.Uint64
+}
+
+// CreateTAP creates a TAP device in the calling thread's network namespace
+// and returns it opened. An empty name lets the kernel pick one (Name
+// returns the real name); a non-empty name must not exist yet. With
+// persist the device outlives the file descriptor (see SetPersist) and can
+// be reopened with OpenTAP or OpenTAPInNetns.
+func CreateTAP(name string, persist bool) (*TAP, error) {
+	flags := uint16(tapFlags)
+	if name != "" {
+		flags |= unix.IFF_TUN_EXCL
+	}
+	fd, realName, err := openTUN(name, flags)
+	if err != nil {
+		return nil, err
+	}
+	if persist {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("tap %q: set persistent: %w", realName, err)
+		}
+	}
+	return newTAP(fd, realName)
+}
+
+// OpenTAP reopens the existing persistent TAP device name in the calling
+// thread's network namespace.
+func OpenTAP(name string) (*TAP, error) {
+	fd, err := openExistingTUN(name)
+	if err != nil {
+		return nil, err
+	}
+	return newTAP(fd, name)
+}
+
+// OpenTAPInNetns reopens the existing persistent TAP device name inside the
+// network namespace at nsPath (a /proc/PID/ns/net or /run/netns/NAME path).
+// The returned device keeps working from any namespace. The caller's thread
+// is not touched: the namespace switch happens on a dedicated locked thread
+// that is discarded if it cannot be switched back.
+func OpenTAPInNetns(nsPath, name string) (*TAP, error) {
+	ns, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tap %q: open netns %q: %w", name, nsPath, err)
+	}
+	defer unix.Close(ns)
+
+	type result struct {
+		fd  int
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{-1, fmt.Errorf("tap %q: open current netns: %w", name, err)}
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{-1, fmt.Errorf("tap %q: enter netns %q: %w", name, nsPath, err)}
+			return
+		}
+		fd, err := openExistingTUN(name)
+		if err != nil {
+			err = fmt.Errorf("netns %q: %w", nsPath, err)
+		}
+		if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr != nil {
+			// Leave the thread locked: the runtime destroys it when this
+			// goroutine exits instead of reusing it in the wrong netns.
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+			ch <- result{-1, fmt.Errorf("tap %q: return from netns %q: %w", name, nsPath, serr)}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{fd, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		return nil, r.err
+	}
+	return newTAP(r.fd, name)
+}
+
+// openTUN opens /dev/net/tun and attaches it to name with flags.
+func openTUN(name string, flags uint16) (fd int, realName string, err error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return -1, "", fmt.Errorf("tap %q: %w", name, err)
+	}
+	fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, "", fmt.Errorf("tap %q: open /dev/net/tun: %w", name, err)
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EBUSY) && flags&unix.IFF_TUN_EXCL != 0 {
+			return -1, "", fmt.Errorf("tap %q: interface already exists", name)
+		}
+		return -1, "", fmt.Errorf("tap %q: TUNSETIFF: %w", name, err)
+	}
+	realName = ifr.Name()
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VirtioNetHdrLen); err != nil {
+		unix.Close(fd)
+		return -1, "", fmt.Errorf("tap %q: TUNSETVNETHDRSZ: %w", realName, err)
+	}
+	// Offloads stay off for now: the kernel then hands us complete frames
+	// only and never expects us to segment or checksum.
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
+		unix.Close(fd)
+		return -1, "", fmt.Errorf("tap %q: TUNSETOFFLOAD: %w", realName, err)
+	}
+	return fd, realName, nil
+}
+
+// openExistingTUN attaches to the persistent TAP name. TUNSETIFF creates a
+// device that does not exist, so a result that is not persistent was just
+// created by us: it is destroyed again by closing the descriptor.
+func openExistingTUN(name string) (int, error) {
+	if name == "" {
+		return -1, errors.New("tap: empty interface name")
+	}
+	fd, _, err := openTUN(name, tapFlags)
+	if err != nil {
+		return -1, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err == nil {
+		err = unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("tap %q: TUNGETIFF: %w", name, err)
+	}
+	if ifr.Uint16()&unix.IFF_PERSIST == 0 {
+		unix.Close(fd)
+		return -1, fmt.Errorf("tap %q: no such persistent TAP device", name)
+	}
+	return fd, nil
+}
+
+func newTAP(fd int, name string) (*TAP, error) {
+	f := os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
+	if f == nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tap %q: invalid descriptor", name)
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("tap %q: %w", name, err)
+	}
+	t := &TAP{name: name, file: f, rc: rc}
+	t.readFn = t.readBatch
+	t.writeFn = t.writeBatch
+	return t, nil
+}
+
+// Name returns the interface name the device had when it was opened (a
+// later rename, e.g. inside a container's namespace, is not tracked).
+func (t *TAP) Name() string { return t.name }
+
+// BatchSize returns the largest number of frames one Read returns.
+func (t *TAP) BatchSize() int { return packet.BatchSize }
+
+// Close closes the file descriptor; a blocked Read returns an error that
+// matches os.ErrClosed. A persistent device stays in its namespace, any
+// other one is destroyed by the kernel.
+func (t *TAP) Close() error {
+	t.closed.Store(true)
+	return t.file.Close()
+}
+
+// pollErr turns an error of the file's poller into one naming the device;
+// after Close it matches os.ErrClosed.
+func (t *TAP) pollErr(op string, err error) error {
+	if t.closed.Load() {
+		return fmt.Errorf("tap %q: %s: %w", t.name, op, os.ErrClosed)
+	}
+	return fmt.Errorf("tap %q: %s: %w", t.name, op, err)
+}
+
+// SetPersist sets or clears the device's persistent flag. A persistent
+// device survives Close (and daemon restarts); clearing the flag makes
+// the next Close destroy it.
+func (t *TAP) SetPersist(persist bool) error {
+	v := 0
+	if persist {
+		v = 1
+	}
+	var ierr error
+	if err := t.rc.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, v)
+	}); err != nil {
+		return fmt.Errorf("tap %q: %w", t.name, err)
+	}
+	if ierr != nil {
+		return fmt.Errorf("tap %q: TUNSETPERSIST: %w", t.name, ierr)
+	}
+	return nil
+}
+
+// Stats returns a snapshot of the device's counters.
+func (t *TAP) Stats() TAPStats {
+	return TAPStats{
+		RxFrames:  t.rxFrames.Load(),
+		RxBytes:   t.rxBytes.Load(),
+		RxDropGSO: t.rxDropGSO.Load(),
+		RxDropBad: t.rxDropBad.Load(),
+		TxFrames:  t.txFrames.Load(),
+		TxBytes:   t.txBytes.Load(),
+		TxErrors:  t.txErrors.Load(),
+	}
+}
+
+// Read implements Device. It blocks in the Go netpoller until at least one
+// frame is available, then reads frames until the kernel queue is empty or
+// min(len(bufs), BatchSize()) frames were read. Each frame is read with its
+// virtio-net header at bufs[i][offset-VirtioNetHdrLen:offset]; frames whose
+// header requests GSO are dropped and counted, a partial checksum is
+// completed in place.
+func (t *TAP) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if offset < VirtioNetHdrLen {
+		return 0, fmt.Errorf("tap %q: read offset %d smaller than the virtio-net header", t.name, offset)
+	}
+	n := min(len(bufs), len(sizes), packet.BatchSize)
+	if n == 0 {
+		return 0, nil
+	}
+	t.rmu.Lock()
+	defer t.rmu.Unlock()
+	r := &t.rx
+	r.bufs, r.sizes, r.offset, r.n, r.err = bufs[:n], sizes, offset, 0, nil
+	r.frames, r.bytes = 0, 0
+	err := t.rc.Read(t.readFn)
+	got, rerr := r.n, r.err
+	r.bufs, r.sizes, r.err = nil, nil, nil
+	if r.frames > 0 {
+		t.rxFrames.Add(r.frames)
+		t.rxBytes.Add(r.bytes)
+	}
+	if got > 0 {
+		return got, nil
+	}
+	if err != nil {
+		return 0, t.pollErr("read", err)
+	}
+	return 0, rerr
+}
+
+// readBatch is the RawConn.Read callback: it returns false to wait for
+// readability only while nothing has been read yet.
+func (t *TAP) readBatch(fd uintptr) bool {
+	r := &t.rx
+	hdrAt := r.offset - VirtioNetHdrLen
+	for r.n < len(r.bufs) {
+		b := r.bufs[r.n]
+		if len(b) <= r.offset {
+			r.err = fmt.Errorf("tap %q: read buffer %d has no room behind offset %d", t.name, r.n, r.offset)
+			return true
+		}
+		m, err := unix.Read(int(fd), b[hdrAt:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return r.n > 0
+		case err == unix.EINVAL || err == unix.EFAULT || err == unix.EMSGSIZE:
+			// The kernel consumed a frame it could not deliver into this
+			// buffer; count it and go on with the next one.
+			t.rxDropBad.Add(1)
+			continue
+		case err != nil:
+			r.err = fmt.Errorf("tap %q: read: %w", t.name, err)
+			return true
+		}
+		if m < VirtioNetHdrLen+packet.EthernetHeaderLen {
+			t.rxDropBad.Add(1)
+			continue
+		}
+		frame := b[r.offset : hdrAt+m]
+		hdr := DecodeVirtioNetHdr(b[hdrAt:r.offset])
+		if hdr.GSOType != VirtioNetHdrGSONone {
+			t.rxDropGSO.Add(1)
+			continue
+		}
+		if hdr.Flags&VirtioNetHdrFNeedsCsum != 0 && !completeChecksum(frame, hdr) {
+			t.rxDropBad.Add(1)
+			continue
+		}
+		r.sizes[r.n] = len(frame)
+		r.n++
+		r.frames++
+		r.bytes += uint64(len(frame))
+	}
+	return true
+}
+
+// completeChecksum finishes a partial checksum (VirtioNetHdrFNeedsCsum):
+// the 16-bit ones' complement sum of frame[CsumStart:] is stored at
+// CsumStart+CsumOffset, whose current value is the pseudo-header sum.
+func completeChecksum(frame []byte, h VirtioNetHdr) bool {
+	start, at := int(h.CsumStart), int(h.CsumStart)+int(h.CsumOffset)
+	if start >= len(frame) || at+2 > len(frame) {
+		return false
+	}
+	var sum uint64
+	b := frame[start:]
+	for len(b) >= 8 {
+		sum += uint64(binary.BigEndian.Uint32(b)) + uint64(binary.BigEndian.Uint32(b[4:]))
+		b = b[8:]
+	}
+	for len(b) >= 2 {
+		sum += uint64(binary.BigEndian.Uint16(b))
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		sum += uint64(b[0]) << 8
+	}
+	for sum > 0xffff {
+		sum = (sum >> 16) + (sum & 0xffff)
+	}
+	binary.BigEndian.PutUint16(frame[at:], ^uint16(sum))
+	return true
+}
+
+// Write implements Device. Each frame bufs[i][offset:] is written with one
+// write(2), preceded in place by a zeroed virtio-net header (no offload) in
+// bufs[i][offset-VirtioNetHdrLen:offset]; the payload is not copied. A
+// refused frame is counted and skipped; the first refusal is returned
+// along with the number of frames accepted.
+func (t *TAP) Write(bufs [][]byte, offset int) (int, error) {
+	if offset < VirtioNetHdrLen {
+		return 0, fmt.Errorf("tap %q: write offset %d smaller than the virtio-net header", t.name, offset)
+	}
+	if len(bufs) == 0 {
+		return 0, nil
+	}
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	w := &t.tx
+	w.bufs, w.offset, w.i, w.n, w.err, w.bytes = bufs, offset, 0, 0, nil, 0
+	err := t.rc.Write(t.writeFn)
+	n, werr := w.n, w.err
+	w.bufs, w.err = nil, nil
+	if n > 0 {
+		t.txFrames.Add(uint64(n))
+		t.txBytes.Add(w.bytes)
+	}
+	if err != nil {
+		// The device was closed: everything not yet written is refused.
+		t.txErrors.Add(uint64(len(bufs) - w.i))
+		if werr == nil {
+			werr = t.pollErr("write", err)
+		}
+	}
+	return n, werr
+}
+
+// writeBatch is the RawConn.Write callback; it returns false (wait for
+// writability) only when the kernel says EAGAIN.
+func (t *TAP) writeBatch(fd uintptr) bool {
+	w := &t.tx
+	hdrAt := w.offset - VirtioNetHdrLen
+	for ; w.i < len(w.bufs); w.i++ {
+		b := w.bufs[w.i]
+		if len(b) < w.offset {
+			t.txErrors.Add(1)
+			if w.err == nil {
+				w.err = fmt.Errorf("tap %q: write buffer %d shorter than offset %d", t.name, w.i, w.offset)
+			}
+			continue
+		}
+		clear(b[hdrAt:w.offset]) // flags 0, GSO none
+		for {
+			m, err := unix.Write(int(fd), b[hdrAt:])
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.EAGAIN {
+				return false
+			}
+			if err != nil {
+				t.txErrors.Add(1)
+				if w.err == nil {
+					w.err = fmt.Errorf("tap %q: write: %w", t.name, err)
+				}
+			} else {
+				w.n++
+				w.bytes += uint64(m - VirtioNetHdrLen)
+			}
+			break
+		}
+	}
+	return true
+}
+
+var _ Device = (*TAP)(nil)
