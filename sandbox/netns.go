@@ -1,0 +1,307 @@
+//go:build linux
+
+// Package sandbox is the network-namespace plumbing for containers: named
+// namespaces that `ip netns` understands, TAP devices plugged into a
+// namespace and configured (name, MAC, MTU, address, default route),
+// reopened after a daemon restart and unplugged, processes started inside
+// a namespace with their own /etc/resolv.conf, and lookups of the
+// namespace of a Docker container.
+//
+// Namespace configuration goes through netlink sockets opened inside the
+// target namespace, so the caller's threads never change namespace; where a
+// thread has to switch (creating a TAP or a socket in place, starting a
+// process), it is a dedicated locked thread that is discarded if it cannot
+// be switched back.
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// NetnsDir is where named network namespaces are bind-mounted, as by
+// `ip netns add`.
+const NetnsDir = "/run/netns"
+
+// NetnsEtcDir holds per-namespace configuration files that `ip netns exec`
+// bind-mounts over /etc (NetnsEtcDir/NAME/resolv.conf).
+const NetnsEtcDir = "/etc/netns"
+
+// CreateNamedNetns creates a new network namespace and bind-mounts it at
+// NetnsDir/name, like `ip netns add name`, and returns that path. NetnsDir
+// is made a shared mount point first, as iproute2 does, so the namespace
+// stays visible to processes that later unshare their mount namespace.
+func CreateNamedNetns(name string) (string, error) {
+	if err := validNetnsName(name); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
+		return "", fmt.Errorf("netns %q: %w", name, err)
+	}
+	if err := makeSharedMount(NetnsDir); err != nil {
+		return "", fmt.Errorf("netns %q: %w", name, err)
+	}
+	path := filepath.Join(NetnsDir, name)
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0)
+	if errors.Is(err, fs.ErrExist) {
+		return "", fmt.Errorf("netns %q: already exists", name)
+	}
+	if err != nil {
+		return "", fmt.Errorf("netns %q: %w", name, err)
+	}
+	f.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		// The thread moves to the new namespace and is never unlocked, so
+		// the runtime discards it when this goroutine returns.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		if err := unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind mount on %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return "", fmt.Errorf("netns %q: %w", name, err)
+	}
+	return path, nil
+}
+
+// DeleteNamedNetns removes the named namespace created by CreateNamedNetns
+// (or `ip netns add`), like `ip netns delete`, and its NetnsEtcDir/name
+// directory. The namespace itself lives on while processes or open
+// descriptors still use it. A missing namespace is an error matching
+// fs.ErrNotExist.
+func DeleteNamedNetns(name string) error {
+	if err := validNetnsName(name); err != nil {
+		return err
+	}
+	path := filepath.Join(NetnsDir, name)
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+		return fmt.Errorf("netns %q: unmount %s: %w", name, path, err)
+	}
+	err := os.Remove(path)
+	etc := filepath.Join(NetnsEtcDir, name)
+	os.Remove(filepath.Join(etc, "resolv.conf"))
+	os.Remove(etc) // only if nothing else was put there
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("netns %q: %w", name, fs.ErrNotExist)
+	}
+	if err != nil {
+		return fmt.Errorf("netns %q: %w", name, err)
+	}
+	return nil
+}
+
+func validNetnsName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) > 255 {
+		return fmt.Errorf("netns %q: invalid name", name)
+	}
+	return nil
+}
+
+// makeSharedMount makes dir a mount point with shared propagation,
+// bind-mounting it onto itself if it is not a mount point yet.
+func makeSharedMount(dir string) error {
+	err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err != unix.EINVAL {
+		if err != nil {
+			return fmt.Errorf("make %s shared: %w", dir, err)
+		}
+		return nil
+	}
+	if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind mount %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", dir, err)
+	}
+	return nil
+}
+
+// NetnsPathForPID returns the path of the network namespace of process pid.
+func NetnsPathForPID(pid int) string {
+	return "/proc/" + strconv.Itoa(pid) + "/ns/net"
+}
+
+// NetnsID identifies a network namespace: the device and inode numbers of
+// its nsfs file. Two paths name the same namespace iff their IDs are
+// equal, so a daemon can remember the ID of a namespace and detect that a
+// path went stale (the namespace was deleted, the process exited, or the
+// name now refers to a different namespace).
+type NetnsID struct {
+	Dev uint64
+	Ino uint64
+}
+
+// String formats the ID like the kernel's readlink of /proc/PID/ns/net.
+func (id NetnsID) String() string { return fmt.Sprintf("net:[%d]", id.Ino) }
+
+// NetnsIdentity returns the identity of the network namespace at path. It
+// fails if path is not (or no longer) a network namespace, e.g. a name in
+// NetnsDir whose namespace was unmounted.
+func NetnsIdentity(path string) (NetnsID, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
+	}
+	if sfs.Type != unix.NSFS_MAGIC {
+		return NetnsID{}, fmt.Errorf("netns %q: not a namespace file", path)
+	}
+	typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	if err != nil {
+		return NetnsID{}, fmt.Errorf("netns %q: NS_GET_NSTYPE: %w", path, err)
+	}
+	if typ != unix.CLONE_NEWNET {
+		return NetnsID{}, fmt.Errorf("netns %q: not a network namespace", path)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
+	}
+	return NetnsID{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// NetnsExists reports whether path refers to a live network namespace.
+func NetnsExists(path string) bool {
+	_, err := NetnsIdentity(path)
+	return err == nil
+}
+
+// RunInNetns calls fn on a locked OS thread switched into the network
+// namespace at nsPath: sockets and TAP devices fn creates belong to that
+// namespace and keep working afterwards from any thread. The thread is
+// switched back when fn returns, or discarded if that fails. fn must not
+// start goroutines that expect to run in the namespace.
+func RunInNetns(nsPath string, fn func() error) error {
+	target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("netns %q: %w", nsPath, err)
+	}
+	defer unix.Close(target)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("netns: open current namespace: %w", err)
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("netns %q: enter: %w", nsPath, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			// Stay locked: the thread dies with this goroutine.
+			errc <- errors.Join(ferr, fmt.Errorf("netns %q: leave: %w", nsPath, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// PIDsInNetns returns the processes whose network namespace is the one at
+// nsPath, like `ip netns pids`, in ascending order. The calling process is
+// included if it is in that namespace.
+func PIDsInNetns(nsPath string) ([]int, error) {
+	id, err := NetnsIdentity(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("netns %q: %w", nsPath, err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		var st unix.Stat_t
+		// Processes may exit (or be zombies without namespaces) meanwhile.
+		if unix.Stat(NetnsPathForPID(pid), &st) != nil {
+			continue
+		}
+		if st.Dev == id.Dev && st.Ino == id.Ino {
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	return pids, nil
+}
+
+// DefaultKillGrace is how long KillNetns waits after SIGTERM when no grace
+// period is given.
+const DefaultKillGrace = 10 * time.Second
+
+// KillNetns stops every process in the network namespace at nsPath (except
+// the caller): SIGTERM first, then SIGKILL for those still there after
+// grace (DefaultKillGrace if grace <= 0). It polls until the namespace is
+// empty and fails if processes survive SIGKILL for another grace period.
+func KillNetns(nsPath string, grace time.Duration) error {
+	if grace <= 0 {
+		grace = DefaultKillGrace
+	}
+	self := os.Getpid()
+	others := func() ([]int, error) {
+		pids, err := PIDsInNetns(nsPath)
+		return slices.DeleteFunc(pids, func(p int) bool { return p == self }), err
+	}
+	for _, sig := range []syscall.Signal{unix.SIGTERM, unix.SIGKILL} {
+		pids, err := others()
+		if err != nil {
+			return err
+		}
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, pid := range pids {
+			unix.Kill(pid, sig) // ESRCH: already gone
+		}
+		deadline := time.Now().Add(grace)
+		for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+			pids, err = others()
+			if err != nil || len(pids) == 0 {
+				return err
+			}
+			if time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(delay)
+		}
+	}
+	pids, err := others()
+	if err == nil && len(pids) > 0 {
+		err = fmt.Errorf("netns %q: processes %v survived SIGKILL", nsPath, pids)
+	}
+	return err
+}

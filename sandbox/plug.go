@@ -1,0 +1,234 @@
+//go:build linux
+
+package sandbox
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/vxmesh/vxmesh/netdev"
+)
+
+// DefaultIfName is the interface name a container gets when IfaceConfig
+// leaves it empty.
+const DefaultIfName = "eth0"
+
+// IfaceConfig describes a container's interface.
+type IfaceConfig struct {
+	IfName  string           // name inside the namespace; DefaultIfName if empty
+	MAC     net.HardwareAddr // nil keeps the kernel's random address
+	Addr    netip.Prefix     // address and subnet; none if invalid
+	Gateway netip.Addr       // default route via Gateway if valid
+	MTU     int              // 0 keeps the kernel default
+}
+
+// tmpTAPPrefix names TAP devices while they are created in the daemon's
+// namespace, before they are moved and renamed.
+const tmpTAPPrefix = "vxp"
+
+// Plug creates a persistent TAP device in the caller's network namespace,
+// moves it into the namespace at nsPath and configures it there as cfg
+// says: name, MAC, MTU, address, link up, loopback up, default route. It
+// returns the opened device; the daemon reads and writes the container's
+// frames through it. On failure nothing is left behind in either
+// namespace and the error names the namespace, the interface and the
+// cause.
+func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
+	if cfg.IfName == "" {
+		cfg.IfName = DefaultIfName
+	}
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("netns %q: interface %q: %s", nsPath, cfg.IfName, fmt.Sprintf(format, args...))
+	}
+	if len(cfg.IfName) >= unix.IFNAMSIZ {
+		return nil, fail("name longer than %d bytes", unix.IFNAMSIZ-1)
+	}
+	if cfg.MAC != nil && len(cfg.MAC) != 6 {
+		return nil, fail("MAC %v is not a 6-byte Ethernet address", cfg.MAC)
+	}
+	if cfg.MTU < 0 {
+		return nil, fail("invalid MTU %d", cfg.MTU)
+	}
+	if cfg.Gateway.IsValid() && cfg.Addr.IsValid() && cfg.Gateway.Is4() != cfg.Addr.Addr().Is4() {
+		return nil, fail("gateway %v and address %v are of different families", cfg.Gateway, cfg.Addr)
+	}
+
+	nsh, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("netns %q: %w", nsPath, err)
+	}
+	defer nsh.Close()
+	in, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netns %q: netlink: %w", nsPath, err)
+	}
+	defer in.Close()
+	if _, err := in.LinkByName(cfg.IfName); err == nil {
+		return nil, fmt.Errorf("netns %q: interface %q already exists", nsPath, cfg.IfName)
+	}
+	here, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer here.Close()
+
+	tmp, err := tempIfName()
+	if err != nil {
+		return nil, fail("%v", err)
+	}
+	tap, err := netdev.CreateTAP(tmp, true)
+	if err != nil {
+		return nil, fail("%v", err)
+	}
+	defer func() {
+		if err != nil {
+			// Clearing the persistent flag and closing the only descriptor
+			// destroys the device, whichever namespace it is in by now.
+			tap.SetPersist(false)
+			tap.Close()
+		}
+	}()
+
+	link, err := here.LinkByName(tmp)
+	if err != nil {
+		return nil, fail("find new TAP %q: %v", tmp, err)
+	}
+	if err := here.LinkSetNsFd(link, int(nsh)); err != nil {
+		return nil, fail("move TAP into namespace: %v", err)
+	}
+	if link, err = in.LinkByName(tmp); err != nil {
+		return nil, fail("find moved TAP %q: %v", tmp, err)
+	}
+	if err := in.LinkSetName(link, cfg.IfName); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("netns %q: interface %q already exists", nsPath, cfg.IfName)
+		}
+		return nil, fail("rename from %q: %v", tmp, err)
+	}
+	if cfg.MAC != nil {
+		if err := in.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
+			return nil, fail("set MAC %v: %v", cfg.MAC, err)
+		}
+	}
+	if cfg.MTU > 0 {
+		if err := in.LinkSetMTU(link, cfg.MTU); err != nil {
+			return nil, fail("set MTU %d: %v", cfg.MTU, err)
+		}
+	}
+	if cfg.Addr.IsValid() {
+		a := &netlink.Addr{IPNet: prefixToIPNet(cfg.Addr)}
+		if cfg.Addr.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD // usable at once, like Docker's
+		}
+		if err := in.AddrAdd(link, a); err != nil {
+			return nil, fail("add address %v: %v", cfg.Addr, err)
+		}
+	}
+	if err := in.LinkSetUp(link); err != nil {
+		return nil, fail("set up: %v", err)
+	}
+	lo, err := in.LinkByName("lo")
+	if err == nil {
+		err = in.LinkSetUp(lo)
+	}
+	if err != nil {
+		return nil, fail("set loopback up: %v", err)
+	}
+	if cfg.Gateway.IsValid() {
+		r := &netlink.Route{
+			LinkIndex: link.Attrs().Index,
+			Gw:        cfg.Gateway.AsSlice(),
+			Scope:     netlink.SCOPE_UNIVERSE,
+		}
+		if !cfg.Addr.IsValid() || !cfg.Addr.Masked().Contains(cfg.Gateway) {
+			r.Flags = int(netlink.FLAG_ONLINK)
+		}
+		if err := in.RouteAdd(r); err != nil {
+			return nil, fail("add default route via %v: %v", cfg.Gateway, err)
+		}
+	}
+	return tap, nil
+}
+
+// Reopen opens again the persistent TAP device ifname that Plug put into
+// the namespace at nsPath, e.g. after a daemon restart. Its name,
+// addresses and routes are not touched.
+func Reopen(nsPath, ifname string) (*netdev.TAP, error) {
+	in, err := handleAt(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer in.Close()
+	link, err := in.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("netns %q: interface %q: %w", nsPath, ifname, err)
+	}
+	if typ := link.Type(); typ != "tuntap" {
+		return nil, fmt.Errorf("netns %q: interface %q is a %s device, not a TAP", nsPath, ifname, typ)
+	}
+	tap, err := netdev.OpenTAPInNetns(nsPath, ifname)
+	if err != nil {
+		return nil, fmt.Errorf("netns %q: interface %q: %w", nsPath, ifname, err)
+	}
+	return tap, nil
+}
+
+// Unplug deletes the interface ifname from the namespace at nsPath. The
+// daemon should Close its TAP first: reads on a deleted TAP fail. An
+// interface that no longer exists is not an error.
+func Unplug(nsPath, ifname string) error {
+	in, err := handleAt(nsPath)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	link, err := in.LinkByName(ifname)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("netns %q: interface %q: %w", nsPath, ifname, err)
+	}
+	if err := in.LinkDel(link); err != nil {
+		return fmt.Errorf("netns %q: interface %q: delete: %w", nsPath, ifname, err)
+	}
+	return nil
+}
+
+// handleAt returns a route netlink handle inside the namespace at nsPath.
+func handleAt(nsPath string) (*netlink.Handle, error) {
+	nsh, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("netns %q: %w", nsPath, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netns %q: netlink: %w", nsPath, err)
+	}
+	return h, nil
+}
+
+func tempIfName() (string, error) {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return tmpTAPPrefix + hex.EncodeToString(b), nil
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	bits := 32
+	if p.Addr().Is6() {
+		bits = 128
+	}
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
+}

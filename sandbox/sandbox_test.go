@@ -1,0 +1,546 @@
+//go:build linux
+
+package sandbox
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+func TestMain(m *testing.M) {
+	// Command re-executes this test binary (DefaultInitPath) as the init
+	// step, exactly as it re-executes cmd/vxmesh.
+	if len(os.Args) > 1 && os.Args[1] == NSInitArg {
+		NSInitMain(os.Args[2:])
+	}
+	os.Exit(m.Run())
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("/dev/net/tun missing")
+	}
+}
+
+func uniqueName() string {
+	b := make([]byte, 5)
+	rand.Read(b)
+	return "vxt" + hex.EncodeToString(b)
+}
+
+// newNamedNetns creates a named namespace deleted at cleanup.
+func newNamedNetns(t *testing.T) (name, path string) {
+	t.Helper()
+	name = uniqueName()
+	path, err := CreateNamedNetns(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		KillNetns(path, time.Second)
+		if err := DeleteNamedNetns(name); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return name, path
+}
+
+func handle(t *testing.T, nsPath string) *netlink.Handle {
+	t.Helper()
+	h, err := handleAt(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+func linkNames(t *testing.T, nsPath string) []string {
+	t.Helper()
+	links, err := handle(t, nsPath).LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range links {
+		names = append(names, l.Attrs().Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func TestNamedNetnsLifecycle(t *testing.T) {
+	requireRoot(t)
+	name, path := newNamedNetns(t)
+	if path != filepath.Join(NetnsDir, name) {
+		t.Errorf("path %q", path)
+	}
+	id, err := NetnsIdentity(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := NetnsIdentity(NetnsPathForPID(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id == host {
+		t.Fatalf("new namespace %v is the caller's", id)
+	}
+	if _, err := CreateNamedNetns(name); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("second CreateNamedNetns: %v", err)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", name, "ip", "-o", "link").CombinedOutput(); err != nil {
+		t.Logf("ip netns exec: %v: %s (iproute2 missing?)", err, out)
+	} else if got := strings.Count(string(out), "\n"); got != 1 || !strings.Contains(string(out), "lo:") {
+		t.Errorf("ip netns exec %s ip link: want only lo, got\n%s", name, out)
+	}
+	if err := WriteNetnsResolvConf(name); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(NetnsEtcDir, name, "resolv.conf")); err != nil || string(b) != ResolvConf {
+		t.Errorf("netns resolv.conf: %q, %v", b, err)
+	}
+	if err := DeleteNamedNetns(name); err != nil {
+		t.Fatal(err)
+	}
+	if NetnsExists(path) {
+		t.Error("namespace still exists after delete")
+	}
+	if _, err := os.Stat(filepath.Join(NetnsEtcDir, name)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s/%s left behind: %v", NetnsEtcDir, name, err)
+	}
+	// Recreate so the cleanup's delete finds it.
+	if _, err := CreateNamedNetns(name); err != nil {
+		t.Fatal(err)
+	}
+	if id2, err := NetnsIdentity(path); err != nil || id2 == host {
+		t.Errorf("recreated namespace: %v, %v", id2, err)
+	}
+}
+
+func TestNetnsIdentityRejects(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "plain")
+	os.WriteFile(f, nil, 0o644)
+	if _, err := NetnsIdentity(f); err == nil {
+		t.Error("a regular file passed as a namespace")
+	}
+	if NetnsExists(filepath.Join(t.TempDir(), "missing")) {
+		t.Error("missing path exists")
+	}
+	if NetnsExists("/proc/self/ns/mnt") {
+		t.Error("a mount namespace passed as a network namespace")
+	}
+	if !NetnsExists("/proc/self/ns/net") {
+		t.Error("own network namespace not found")
+	}
+	if err := DeleteNamedNetns("../etc"); err == nil {
+		t.Error("DeleteNamedNetns accepted a path")
+	}
+}
+
+// udpSender is a UDP socket created inside a namespace.
+func udpSender(t *testing.T, nsPath string, dst netip.AddrPort) net.Conn {
+	t.Helper()
+	var c net.Conn
+	err := RunInNetns(nsPath, func() (err error) {
+		c, err = net.Dial("udp4", dst.String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// exchange sends payload from inside the namespace (socket c) to
+// neighbour at neighbourHW, answering ARP for it on tap, until the UDP
+// datagram shows up on tap. Sends repeat: after a TAP is (re)opened the
+// kernel drops frames until its link watcher has activated the queue.
+func exchange(t *testing.T, tap *netdev.TAP, c net.Conn, neighbour netip.Addr, neighbourHW packet.MAC, payload string) packet.Ethernet {
+	t.Helper()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			c.Write([]byte(payload)) // may fail until ARP resolved
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	timer := time.AfterFunc(10*time.Second, func() { tap.Close() })
+	defer timer.Stop()
+	b := packet.NewBatch(packet.BatchSize)
+	for {
+		n, err := tap.Read(b.Bufs, b.Sizes, packet.Headroom)
+		if err != nil {
+			t.Fatalf("no UDP %q on the TAP: %v", payload, err)
+		}
+		for i := range n {
+			f := packet.Ethernet(b.Bufs[i][packet.Headroom : packet.Headroom+b.Sizes[i]])
+			switch f.EtherType() {
+			case packet.EtherTypeARP:
+				a := packet.ARP(f.Payload())
+				if a.Valid() && a.Op() == packet.ARPRequest && a.TargetIP() == neighbour {
+					a.MakeReply(neighbourHW, neighbour)
+					f.SetDst(f.Src())
+					f.SetSrc(neighbourHW)
+					if _, err := tap.Write(b.Bufs[i:i+1], packet.Headroom); err != nil {
+						t.Fatalf("ARP reply: %v", err)
+					}
+				}
+			case packet.EtherTypeIPv4:
+				ip := f.Payload()
+				if len(ip) >= 28 && ip[9] == unix.IPPROTO_UDP && netip.AddrFrom4([4]byte(ip[16:20])) == neighbour {
+					ihl := int(ip[0]&0xf) * 4
+					if string(ip[ihl+8:]) == payload {
+						return slices.Clone(f)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestPlugReopenUnplug(t *testing.T) {
+	requireRoot(t)
+	// The daemon side runs in a namespace of its own, so the test can
+	// check that nothing is left there.
+	_, daemonNS := newNamedNetns(t)
+	_, ctrNS := newNamedNetns(t)
+	mac := net.HardwareAddr{0x02, 0x42, 10, 0, 1, 5}
+	cfg := IfaceConfig{
+		MAC:     mac,
+		Addr:    netip.MustParsePrefix("10.0.1.5/24"),
+		Gateway: netip.MustParseAddr("10.0.1.1"),
+		MTU:     1450,
+	}
+	var tap *netdev.TAP
+	err := RunInNetns(daemonNS, func() (err error) {
+		tap, err = Plug(ctrNS, cfg)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tap.Close() })
+
+	if got := linkNames(t, daemonNS); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("daemon namespace links %v, want [lo]", got)
+	}
+	h := handle(t, ctrNS)
+	link, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := link.Attrs()
+	if link.Type() != "tuntap" || at.HardwareAddr.String() != mac.String() || at.MTU != 1450 || at.Flags&net.FlagUp == 0 {
+		t.Errorf("eth0: type %s mac %v mtu %d flags %v", link.Type(), at.HardwareAddr, at.MTU, at.Flags)
+	}
+	addrs, err := h.AddrList(link, unix.AF_INET)
+	if err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "10.0.1.5/24" {
+		t.Errorf("eth0 addresses %v, %v", addrs, err)
+	}
+	routes, err := h.RouteList(link, unix.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		return (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.Gw.String() == "10.0.1.1"
+	}) {
+		t.Errorf("no default route via 10.0.1.1 in %v", routes)
+	}
+	if lo, err := h.LinkByName("lo"); err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("lo not up: %v", err)
+	}
+
+	// Traffic from the container reaches the TAP, ARP answered through it.
+	neighbour, neighbourHW := netip.MustParseAddr("10.0.1.9"), packet.MAC{0x02, 0x42, 10, 0, 1, 9}
+	c := udpSender(t, ctrNS, netip.AddrPortFrom(neighbour, 4242))
+	f := exchange(t, tap, c, neighbour, neighbourHW, "before restart")
+	if f.Src() != packet.MAC(mac) || f.Dst() != neighbourHW {
+		t.Errorf("UDP frame %v -> %v", f.Src(), f.Dst())
+	}
+	// Off-link traffic goes to the gateway.
+	c2 := udpSender(t, ctrNS, netip.MustParseAddrPort("192.0.2.7:53"))
+	gwHW := packet.MAC{0x02, 0x42, 10, 0, 1, 1}
+	stop := make(chan struct{})
+	go func() {
+		// exchange answers ARP for the gateway; send to the off-link address.
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			c2.Write([]byte("via gateway"))
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	f = exchangeFrame(t, tap, netip.MustParseAddr("10.0.1.1"), gwHW, func(f packet.Ethernet) bool {
+		ip := f.Payload()
+		return f.EtherType() == packet.EtherTypeIPv4 && len(ip) >= 20 && netip.AddrFrom4([4]byte(ip[16:20])) == netip.MustParseAddr("192.0.2.7")
+	})
+	close(stop)
+	if f.Dst() != gwHW {
+		t.Errorf("off-link frame sent to %v, want the gateway %v", f.Dst(), gwHW)
+	}
+
+	// Daemon restart: close the descriptor, reopen by name.
+	if err := tap.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tap2, err := Reopen(ctrNS, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tap2.Close() })
+	link, _ = h.LinkByName("eth0")
+	if addrs, _ := h.AddrList(link, unix.AF_INET); len(addrs) != 1 || addrs[0].IPNet.String() != "10.0.1.5/24" {
+		t.Errorf("eth0 addresses after reopen: %v", addrs)
+	}
+	exchange(t, tap2, c, neighbour, neighbourHW, "after restart")
+
+	if _, err := Reopen(ctrNS, "lo"); err == nil || !strings.Contains(err.Error(), "not a TAP") {
+		t.Errorf("Reopen(lo): %v", err)
+	}
+	if _, err := Reopen(ctrNS, "eth9"); err == nil {
+		t.Error("Reopen of a missing interface succeeded")
+	}
+
+	tap2.Close()
+	if err := Unplug(ctrNS, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if got := linkNames(t, ctrNS); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("container links after Unplug %v, want [lo]", got)
+	}
+	if err := Unplug(ctrNS, "eth0"); err != nil {
+		t.Errorf("second Unplug: %v", err)
+	}
+}
+
+// exchangeFrame reads tap, answering ARP for neighbour, until match.
+func exchangeFrame(t *testing.T, tap *netdev.TAP, neighbour netip.Addr, neighbourHW packet.MAC, match func(packet.Ethernet) bool) packet.Ethernet {
+	t.Helper()
+	timer := time.AfterFunc(10*time.Second, func() { tap.Close() })
+	defer timer.Stop()
+	b := packet.NewBatch(packet.BatchSize)
+	for {
+		n, err := tap.Read(b.Bufs, b.Sizes, packet.Headroom)
+		if err != nil {
+			t.Fatalf("expected frame not seen: %v", err)
+		}
+		for i := range n {
+			f := packet.Ethernet(b.Bufs[i][packet.Headroom : packet.Headroom+b.Sizes[i]])
+			if match(f) {
+				return slices.Clone(f)
+			}
+			if f.EtherType() != packet.EtherTypeARP {
+				continue
+			}
+			a := packet.ARP(f.Payload())
+			if a.Valid() && a.Op() == packet.ARPRequest && a.TargetIP() == neighbour {
+				a.MakeReply(neighbourHW, neighbour)
+				f.SetDst(f.Src())
+				f.SetSrc(neighbourHW)
+				tap.Write(b.Bufs[i:i+1], packet.Headroom)
+			}
+		}
+	}
+}
+
+func TestPlugFailureLeavesNothing(t *testing.T) {
+	requireRoot(t)
+	_, daemonNS := newNamedNetns(t)
+	_, ctrNS := newNamedNetns(t)
+	h := handle(t, ctrNS)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "peer0"}); err != nil {
+		t.Fatal(err)
+	}
+	plug := func(cfg IfaceConfig) error {
+		return RunInNetns(daemonNS, func() error {
+			tap, err := Plug(ctrNS, cfg)
+			if err == nil {
+				tap.SetPersist(false)
+				tap.Close()
+			}
+			return err
+		})
+	}
+	check := func(what string, wantCtr []string) {
+		t.Helper()
+		if got := linkNames(t, daemonNS); !slices.Equal(got, []string{"lo"}) {
+			t.Errorf("%s: daemon namespace links %v, want [lo]", what, got)
+		}
+		if got := linkNames(t, ctrNS); !slices.Equal(got, wantCtr) {
+			t.Errorf("%s: container links %v, want %v", what, got, wantCtr)
+		}
+	}
+
+	err := plug(IfaceConfig{Addr: netip.MustParsePrefix("10.0.1.5/24")})
+	want := fmt.Sprintf("netns %q: interface %q already exists", ctrNS, "eth0")
+	if err == nil || err.Error() != want {
+		t.Errorf("Plug over an existing eth0: %v, want %s", err, want)
+	}
+	check("existing name", []string{"eth0", "lo", "peer0"})
+
+	// Failures after the TAP was moved and renamed: an MTU the kernel
+	// refuses, a gateway that cannot be routed.
+	err = plug(IfaceConfig{IfName: "eth1", MTU: 70000})
+	if err == nil || !strings.Contains(err.Error(), `interface "eth1": set MTU 70000`) {
+		t.Errorf("Plug with MTU 70000: %v", err)
+	}
+	check("bad MTU", []string{"eth0", "lo", "peer0"})
+	err = plug(IfaceConfig{IfName: "eth1", Addr: netip.MustParsePrefix("10.0.1.5/24"), Gateway: netip.MustParseAddr("10.0.1.255")})
+	if err == nil || !strings.Contains(err.Error(), "add default route via 10.0.1.255") {
+		// The kernel refuses a broadcast address as gateway.
+		t.Errorf("Plug with the broadcast address as gateway: %v", err)
+	}
+	check("bad gateway", []string{"eth0", "lo", "peer0"})
+
+	if err := plug(IfaceConfig{IfName: "eth1", MAC: net.HardwareAddr{1, 2, 3}}); err == nil {
+		t.Error("Plug with a 3-byte MAC succeeded")
+	}
+	if _, err := Plug(filepath.Join(NetnsDir, "vxt-no-such-ns"), IfaceConfig{}); err == nil || !strings.Contains(err.Error(), "vxt-no-such-ns") {
+		t.Errorf("Plug into a missing namespace: %v", err)
+	}
+}
+
+func TestCommandResolvConf(t *testing.T) {
+	requireRoot(t)
+	_, ns := newNamedNetns(t)
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := WriteResolvConf(resolv); err != nil {
+		t.Fatal(err)
+	}
+	hostBefore, hostErr := os.ReadFile("/etc/resolv.conf")
+	if hostErr != nil {
+		t.Skipf("host has no /etc/resolv.conf to bind over: %v", hostErr)
+	}
+
+	var out, errOut bytes.Buffer
+	c := Command(ns, resolv, []string{"sh", "-c", "cat /etc/resolv.conf; readlink /proc/self/ns/net; ls /sys/class/net"})
+	c.Stdout, c.Stderr = &out, &errOut
+	if err := c.Run(); err != nil {
+		t.Fatalf("%v: %s", err, errOut.String())
+	}
+	id, _ := NetnsIdentity(ns)
+	want := ResolvConf + id.String() + "\nlo\n"
+	if out.String() != want {
+		t.Errorf("inside the container:\n%s\nwant:\n%s", out.String(), want)
+	}
+	if hostAfter, _ := os.ReadFile("/etc/resolv.conf"); !bytes.Equal(hostBefore, hostAfter) {
+		t.Error("host /etc/resolv.conf changed")
+	}
+
+	// Stdin is connected and the exit status propagated.
+	out.Reset()
+	c = Command(ns, "", []string{"sh", "-c", "cat; exit 7"})
+	c.Stdin, c.Stdout = strings.NewReader("from stdin"), &out
+	if err := c.Run(); ExitStatus(err) != 7 || out.String() != "from stdin" {
+		t.Errorf("exit 7: status %d (%v), output %q", ExitStatus(err), err, out.String())
+	}
+	errOut.Reset()
+	c = Command(ns, resolv, []string{"vxmesh-no-such-command"})
+	c.Stderr = &errOut
+	if err := c.Run(); ExitStatus(err) != ExitNotFound || !strings.Contains(errOut.String(), "vxmesh-no-such-command") {
+		t.Errorf("missing command: status %d (%v), stderr %q", ExitStatus(err), err, errOut.String())
+	}
+	if err := Command(filepath.Join(NetnsDir, "vxt-no-such-ns"), "", []string{"true"}).Run(); err == nil {
+		t.Error("Command in a missing namespace ran")
+	}
+}
+
+func TestDetachedPIDsAndKill(t *testing.T) {
+	requireRoot(t)
+	_, ns := newNamedNetns(t)
+	if pids, err := PIDsInNetns(ns); err != nil || len(pids) != 0 {
+		t.Fatalf("fresh namespace pids %v, %v", pids, err)
+	}
+	c := Command(ns, "", []string{"sleep", "1000"})
+	c.Detach = true
+	if err := c.Run(); err != nil {
+		t.Fatal(err)
+	}
+	pid := c.PID()
+	t.Cleanup(func() { unix.Kill(pid, unix.SIGKILL) })
+	// Poll: the init step execs sleep in place, same PID throughout.
+	var pids []int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if pids, _ = PIDsInNetns(ns); slices.Contains(pids, pid) {
+			break
+		}
+	}
+	if !slices.Equal(pids, []int{pid}) {
+		t.Fatalf("PIDsInNetns = %v, want [%d]", pids, pid)
+	}
+	if sid, _ := unix.Getsid(pid); sid != pid {
+		t.Errorf("detached command in session %d, want its own (%d)", sid, pid)
+	}
+	if err := KillNetns(ns, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if pids, err := PIDsInNetns(ns); err != nil || len(pids) != 0 {
+		t.Errorf("after KillNetns: %v, %v", pids, err)
+	}
+}
+
+func TestWriteResolvConf(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sub", "resolv.conf")
+	if err := WriteResolvConf(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteResolvConf(p); err != nil { // replaces
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil || string(b) != "nameserver 127.0.0.11\noptions ndots:0\n" {
+		t.Errorf("%q, %v", b, err)
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v", st.Mode())
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(p)); len(ents) != 1 {
+		t.Errorf("temporary files left: %v", ents)
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	if ExitStatus(nil) != 0 || ExitStatus(errors.New("x")) != ExitInitFailed {
+		t.Error("ExitStatus of nil / non-exit error")
+	}
+	err := exec.Command("sh", "-c", "kill -TERM $$").Run()
+	if got := ExitStatus(err); got != 128+int(unix.SIGTERM) {
+		t.Errorf("killed by SIGTERM: %d", got)
+	}
+}
