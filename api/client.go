@@ -1,0 +1,165 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"syscall"
+	"time"
+)
+
+// Client talks to a local daemon over its unix socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socket; an empty
+// socket means $VXMESH_SOCKET or DefaultSocket.
+func NewClient(socket string) *Client {
+	if socket == "" {
+		socket = os.Getenv(SocketEnv)
+	}
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}
+	return &Client{socket: socket, http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
+}
+
+// Socket is the path the client connects to.
+func (c *Client) Socket() string { return c.socket }
+
+// do sends a request and decodes a JSON answer into out (unless nil).
+func (c *Client) do(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://vxmesh"+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("cannot reach the vxmesh daemon at %s: is `vxmesh daemon` running? (--socket or $%s)", c.socket, SocketEnv)
+		}
+		if errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("cannot reach the vxmesh daemon at %s: permission denied (the API is for root)", c.socket)
+		}
+		return fmt.Errorf("daemon at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("daemon at %s: %w", c.socket, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("daemon at %s: %s", c.socket, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("daemon at %s: bad answer: %w", c.socket, err)
+	}
+	return nil
+}
+
+// CreateNetwork creates a network.
+func (c *Client) CreateNetwork(req NetworkCreateRequest) (Network, error) {
+	var n Network
+	return n, c.do(http.MethodPost, "/v1/networks", req, &n)
+}
+
+// Networks lists the networks.
+func (c *Client) Networks() ([]Network, error) {
+	var n []Network
+	return n, c.do(http.MethodGet, "/v1/networks", nil, &n)
+}
+
+// Network returns one network with its endpoints.
+func (c *Client) Network(name string) (Network, error) {
+	var n Network
+	return n, c.do(http.MethodGet, "/v1/networks/"+url.PathEscape(name), nil, &n)
+}
+
+// RemoveNetwork deletes a network.
+func (c *Client) RemoveNetwork(name string) error {
+	return c.do(http.MethodDelete, "/v1/networks/"+url.PathEscape(name), nil, nil)
+}
+
+// FDB returns a network's forwarding database.
+func (c *Client) FDB(network string) ([]FDBEntry, error) {
+	var f []FDBEntry
+	return f, c.do(http.MethodGet, "/v1/networks/"+url.PathEscape(network)+"/fdb", nil, &f)
+}
+
+// Attach attaches a namespace (or a new container) to a network.
+func (c *Client) Attach(req AttachRequest) (Endpoint, error) {
+	var e Endpoint
+	return e, c.do(http.MethodPost, "/v1/endpoints", req, &e)
+}
+
+// Detach removes a container's endpoint on network (its only one if
+// network is empty).
+func (c *Client) Detach(name, network string) error {
+	p := "/v1/containers/" + url.PathEscape(name) + "/endpoints"
+	if network != "" {
+		p += "?network=" + url.QueryEscape(network)
+	}
+	return c.do(http.MethodDelete, p, nil, nil)
+}
+
+// Endpoints lists the endpoints of the host.
+func (c *Client) Endpoints() ([]Endpoint, error) {
+	var e []Endpoint
+	return e, c.do(http.MethodGet, "/v1/endpoints", nil, &e)
+}
+
+// Containers lists the containers of the host.
+func (c *Client) Containers() ([]Container, error) {
+	var cs []Container
+	return cs, c.do(http.MethodGet, "/v1/containers", nil, &cs)
+}
+
+// Container returns one container.
+func (c *Client) Container(name string) (Container, error) {
+	var ct Container
+	return ct, c.do(http.MethodGet, "/v1/containers/"+url.PathEscape(name), nil, &ct)
+}
+
+// RemoveContainer removes a container.
+func (c *Client) RemoveContainer(name string) error {
+	return c.do(http.MethodDelete, "/v1/containers/"+url.PathEscape(name), nil, nil)
+}
+
+// Stats returns the daemon's counters.
+func (c *Client) Stats() (Stats, error) {
+	var s Stats
+	return s, c.do(http.MethodGet, "/v1/stats", nil, &s)
+}

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/vxmesh/vxmesh/api"
+)
+
+func cmdRun(env *cliEnv, args []string) error {
+	fs := newFlags(env, "run", false)
+	detach := fs.Bool("d", false, "detach: start the command in the background and print the container name")
+	netw := fs.String("network", "", "network to attach the new container to")
+	netMode := fs.String("net", "", "container:NAME joins an existing container's network namespace")
+	name := fs.String("name", "", "container name")
+	ip := fs.String("ip", "", "IPv4 address (default: the next free one)")
+	remove := fs.Bool("rm", false, "remove the container when the command exits (not with -d)")
+	var aliases stringList
+	fs.Var(&aliases, "alias", "additional DNS name on the network (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	argv := fs.Args()
+	if len(argv) == 0 {
+		return fmt.Errorf("want a command after --")
+	}
+	if *detach && *remove {
+		return fmt.Errorf("-d and --rm: choose one")
+	}
+	// Refuse a command that cannot start before anything is created.
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		return fmt.Errorf("command %q: %w", argv[0], unwrapExec(err))
+	}
+	c := fs.client()
+	if *netMode != "" {
+		target, ok := strings.CutPrefix(*netMode, "container:")
+		if !ok || target == "" {
+			return fmt.Errorf("--net %q: want container:NAME", *netMode)
+		}
+		if *netw != "" || *ip != "" || len(aliases) > 0 {
+			return fmt.Errorf("--net container:%s shares that container's interfaces; --network, --ip and --alias do not apply", target)
+		}
+		ctr, err := c.Container(target)
+		if err != nil {
+			return err
+		}
+		return startIn(env, ctr.Netns, ctr.ResolvConf, argv, *detach, target)
+	}
+	if *netw == "" || *name == "" {
+		return fmt.Errorf("want --network NET and --name NAME (or --net container:NAME)")
+	}
+	ep, err := c.Attach(api.AttachRequest{Network: *netw, Name: *name, Create: true, IP: *ip, Aliases: aliases})
+	if err != nil {
+		return err
+	}
+	err = startIn(env, ep.Netns, ep.ResolvConf, argv, *detach, *name)
+	if _, exited := err.(exitError); err != nil && !exited {
+		// The command never started: take the container away again.
+		if rmErr := c.RemoveContainer(*name); rmErr != nil {
+			fmt.Fprintf(env.stderr, "vxmesh run: removing container %q after the failed start: %v\n", *name, rmErr)
+		}
+		return err
+	}
+	if *remove {
+		if rmErr := c.RemoveContainer(*name); rmErr != nil {
+			fmt.Fprintf(env.stderr, "vxmesh run: --rm: %v\n", rmErr)
+		}
+	}
+	return err
+}
+
+// startIn starts argv inside the namespace: detached (prints the container
+// name, like docker run -d prints the id) or attached (returns its exit
+// status as an exitError).
+func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, name string) error {
+	if detach {
+		if _, err := startDetached(netns, resolvConf, argv); err != nil {
+			return err
+		}
+		fmt.Fprintln(env.stdout, name)
+		return nil
+	}
+	code, err := runAttached(netns, resolvConf, argv)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return exitError{code}
+	}
+	return nil
+}
+
+func unwrapExec(err error) error {
+	if e, ok := err.(*exec.Error); ok {
+		return e.Err
+	}
+	return err
+}
+
+func cmdExec(env *cliEnv, args []string) error {
+	fs := newFlags(env, "exec", false)
+	detach := fs.Bool("d", false, "detach: run the command in the background")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return fmt.Errorf("want a container name, then the command")
+	}
+	name, argv := rest[0], rest[1:]
+	if len(argv) > 0 && argv[0] == "--" {
+		argv = argv[1:]
+	}
+	if len(argv) == 0 {
+		return fmt.Errorf("want a command after the container name")
+	}
+	ctr, err := fs.client().Container(name)
+	if err != nil {
+		return err
+	}
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		return fmt.Errorf("command %q: %w", argv[0], unwrapExec(err))
+	}
+	if *detach {
+		_, err := startDetached(ctr.Netns, ctr.ResolvConf, argv)
+		return err
+	}
+	return startIn(env, ctr.Netns, ctr.ResolvConf, argv, false, ctr.Name)
+}
+
+func cmdAttach(env *cliEnv, args []string) error {
+	fs := newFlags(env, "attach", true)
+	var req api.AttachRequest
+	fs.StringVar(&req.Network, "network", "", "network to attach to")
+	fs.StringVar(&req.Name, "name", "", "container name")
+	fs.StringVar(&req.Netns, "netns", "", "network namespace path (e.g. /run/netns/x or /proc/PID/ns/net)")
+	fs.IntVar(&req.PID, "pid", 0, "a process whose network namespace to attach")
+	fs.StringVar(&req.Docker, "docker", "", "a Docker container (started with --net=none) whose namespace to attach")
+	fs.StringVar(&req.IP, "ip", "", "IPv4 address (default: the next free one)")
+	fs.StringVar(&req.IfName, "ifname", "", "interface name inside the namespace (default eth0, then eth1...)")
+	var aliases stringList
+	fs.Var(&aliases, "alias", "additional DNS name on the network (repeatable)")
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "only flags"); err != nil {
+		return err
+	}
+	req.Aliases = aliases
+	if req.Network == "" || req.Name == "" {
+		return fmt.Errorf("want --network NET and --name NAME")
+	}
+	if req.Netns != "" {
+		if _, err := os.Stat(req.Netns); err != nil {
+			return fmt.Errorf("container %q: netns %s: %w", req.Name, req.Netns, unwrapPath(err))
+		}
+	}
+	ep, err := fs.client().Attach(req)
+	if err != nil {
+		return err
+	}
+	if fs.format == "json" {
+		return printJSON(env.stdout, ep)
+	}
+	fmt.Fprintf(env.stdout, "%s %s %s %s\n", ep.Name, ep.IfName, ep.IP, ep.MAC)
+	return nil
+}
+
+func unwrapPath(err error) error {
+	if e, ok := err.(*os.PathError); ok {
+		return e.Err
+	}
+	return err
+}
+
+func cmdDetach(env *cliEnv, args []string) error {
+	fs := newFlags(env, "detach", false)
+	netw := fs.String("network", "", "the network to detach from (needed when attached to several)")
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "a container name"); err != nil {
+		return err
+	}
+	if err := fs.client().Detach(pos[0], *netw); err != nil {
+		return err
+	}
+	fmt.Fprintln(env.stdout, pos[0])
+	return nil
+}
+
+func cmdRm(env *cliEnv, args []string) error {
+	fs := newFlags(env, "rm", false)
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return fmt.Errorf("want one or more container names")
+	}
+	c := fs.client()
+	for _, name := range pos {
+		if err := c.RemoveContainer(name); err != nil {
+			return err
+		}
+		fmt.Fprintln(env.stdout, name)
+	}
+	return nil
+}
+
+func cmdPs(env *cliEnv, args []string) error {
+	fs := newFlags(env, "ps", true)
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	cs, err := fs.client().Containers()
+	if err != nil {
+		return err
+	}
+	if fs.format == "json" {
+		return printJSON(env.stdout, cs)
+	}
+	t := newTable(env.stdout, "NAME", "NETWORKS", "IPS", "PIDS", "NETNS")
+	for _, c := range cs {
+		var nets, ips []string
+		for _, e := range c.Endpoints {
+			nets = append(nets, e.Network)
+			ips = append(ips, e.IP)
+		}
+		pids := make([]string, len(c.PIDs))
+		for i, p := range c.PIDs {
+			pids[i] = strconv.Itoa(p)
+		}
+		t.row(c.Name, dash(strings.Join(nets, ",")), dash(strings.Join(ips, ",")), dash(strings.Join(pids, ",")), c.Netns)
+	}
+	return t.flush()
+}
+
+func cmdEndpoint(env *cliEnv, args []string) error {
+	if len(args) == 0 || (args[0] != "ls" && args[0] != "list") {
+		return fmt.Errorf("want the subcommand ls")
+	}
+	fs := newFlags(env, "endpoint ls", true)
+	pos, _, err := fs.parse(args[1:])
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	eps, err := fs.client().Endpoints()
+	if err != nil {
+		return err
+	}
+	if fs.format == "json" {
+		return printJSON(env.stdout, eps)
+	}
+	printEndpoints(env.stdout, eps)
+	return nil
+}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/vxmesh/vxmesh/api"
+)
+
+func cmdNetwork(env *cliEnv, args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("want a subcommand: create, ls, inspect or rm")
+	}
+	switch args[0] {
+	case "create":
+		return networkCreate(env, args[1:])
+	case "ls", "list":
+		return networkLs(env, args[1:])
+	case "inspect":
+		return networkInspect(env, args[1:])
+	case "rm", "remove":
+		return networkRm(env, args[1:])
+	}
+	return fmt.Errorf("unknown subcommand %q: want create, ls, inspect or rm", args[0])
+}
+
+func networkCreate(env *cliEnv, args []string) error {
+	fs := newFlags(env, "network create", true)
+	var req api.NetworkCreateRequest
+	fs.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet in CIDR form (default: a free /24 of 10.0.0.0/8)")
+	fs.StringVar(&req.Gateway, "gateway", "", "gateway address (default: the subnet's first address)")
+	fs.IntVar(&req.MTU, "mtu", 0, "network MTU (default: underlay MTU - 50)")
+	vni := fs.Uint("vni", 0, "VXLAN network identifier (default: the lowest free from 4096)")
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "a network name"); err != nil {
+		return err
+	}
+	req.Name, req.VNI = pos[0], uint32(*vni)
+	if *vni > 1<<24-1 {
+		return fmt.Errorf("network %q: vni %d: out of range 1-16777215", req.Name, *vni)
+	}
+	n, err := fs.client().CreateNetwork(req)
+	if err != nil {
+		return err
+	}
+	if fs.format == "json" {
+		return printJSON(env.stdout, n)
+	}
+	fmt.Fprintln(env.stdout, n.Name)
+	return nil
+}
+
+func networkLs(env *cliEnv, args []string) error {
+	fs := newFlags(env, "network ls", true)
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	nets, err := fs.client().Networks()
+	if err != nil {
+		return err
+	}
+	if fs.format == "json" {
+		return printJSON(env.stdout, nets)
+	}
+	t := newTable(env.stdout, "NAME", "ID", "SUBNET", "GATEWAY", "VNI", "MTU")
+	for _, n := range nets {
+		t.row(n.Name, n.ID[:12], n.Subnet, n.Gateway, n.VNI, n.MTU)
+	}
+	return t.flush()
+}
+
+func networkInspect(env *cliEnv, args []string) error {
+	fs := newFlags(env, "network inspect", true)
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "a network name"); err != nil {
+		return err
+	}
+	n, err := fs.client().Network(pos[0])
+	if err != nil {
+		return err
+	}
+	if fs.format == "json" {
+		return printJSON(env.stdout, n)
+	}
+	fmt.Fprintf(env.stdout, "Name:     %s\nID:       %s\nSubnet:   %s\nGateway:  %s\nVNI:      %d\nMTU:      %d\nCreated:  %s\n",
+		n.Name, n.ID, n.Subnet, n.Gateway, n.VNI, n.MTU, n.Created.Format("2006-01-02 15:04:05 MST"))
+	fmt.Fprintf(env.stdout, "Endpoints: %d\n", len(n.Endpoints))
+	if len(n.Endpoints) > 0 {
+		printEndpoints(env.stdout, n.Endpoints)
+	}
+	return nil
+}
+
+func networkRm(env *cliEnv, args []string) error {
+	fs := newFlags(env, "network rm", false)
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return fmt.Errorf("want one or more network names")
+	}
+	c := fs.client()
+	for _, name := range pos {
+		if err := c.RemoveNetwork(name); err != nil {
+			return err
+		}
+		fmt.Fprintln(env.stdout, name)
+	}
+	return nil
+}

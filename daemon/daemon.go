@@ -1,0 +1,245 @@
+// Package daemon is the per-host vxmesh daemon: it owns the networks and
+// endpoints of this host, builds a virtual switch per network, wires
+// container namespaces to it through TAP devices, persists its decisions in
+// the state directory and serves the HTTP+JSON API on a unix socket.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config is what `vxmesh daemon` is started with.
+type Config struct {
+	// Node names this host; it defaults to the hostname.
+	Node string
+	// Socket is the unix socket the API listens on (mode 0600).
+	Socket string
+	// StateDir holds the persisted state and per-container files.
+	StateDir string
+	// NetnsPrefix is prepended to the named network namespace of every
+	// container made by `run`, so several daemons can share a machine.
+	NetnsPrefix string
+	// UnderlayMTU is the MTU networks are derived from (network MTU
+	// defaults to UnderlayMTU-50); zero means detect it from the interface
+	// holding the default route, or 1500.
+	UnderlayMTU int
+	// Logger receives the daemon's log; nil means slog.Default().
+	Logger *slog.Logger
+	// Sandbox does the namespace plumbing; nil means the real Linux one.
+	Sandbox Sandbox
+}
+
+// Daemon is one host's vxmesh daemon.
+type Daemon struct {
+	cfg  Config
+	log  *slog.Logger
+	sb   Sandbox
+	lock *os.File
+
+	mu         sync.Mutex
+	networks   map[string]*network
+	containers map[string]*container
+}
+
+// New validates cfg, takes the state directory's lock and restores the
+// persisted networks and endpoints, reopening every container's interface.
+func New(cfg Config) (*Daemon, error) {
+	if cfg.Node == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("node name: %w", err)
+		}
+		cfg.Node = h
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("state dir: not set")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Sandbox == nil {
+		cfg.Sandbox = linuxSandbox{}
+	}
+	if cfg.UnderlayMTU == 0 {
+		cfg.UnderlayMTU = detectUnderlayMTU()
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", cfg.StateDir, err)
+	}
+	lock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		sb:         cfg.Sandbox,
+		lock:       lock,
+		networks:   map[string]*network{},
+		containers: map[string]*container{},
+	}
+	if err := d.restore(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// lockStateDir takes an exclusive flock on DIR/lock so that two daemons
+// never share a state directory.
+func lockStateDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("state dir %s: in use by another vxmesh daemon", dir)
+	}
+	return f, nil
+}
+
+// Serve listens on cfg.Socket and serves the API until ctx is done, then
+// stops forwarding (containers keep their interfaces) and returns.
+func (d *Daemon) Serve(ctx context.Context) error {
+	ln, err := listenUnix(d.cfg.Socket)
+	if err != nil {
+		d.Close()
+		return err
+	}
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	d.log.Info("vxmesh daemon ready", "node", d.cfg.Node, "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir)
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	os.Remove(d.cfg.Socket)
+	d.Close()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// listenUnix creates the API socket with mode 0600, replacing a stale
+// socket file but refusing one a live daemon still answers on.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s: another daemon is listening on it", path)
+	}
+	os.Remove(path)
+	old := unix.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// Close stops every forwarder and releases the devices and the state lock.
+// Persistent TAP devices stay in their namespaces for the next start.
+func (d *Daemon) Close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.containers {
+		for _, ep := range c.endpoints {
+			ep.stop()
+		}
+	}
+	for _, n := range d.networks {
+		n.sw.Close()
+	}
+	if d.lock != nil {
+		d.lock.Close()
+		d.lock = nil
+	}
+}
+
+// save persists the current state; callers hold d.mu.
+func (d *Daemon) save() error {
+	s := &savedState{Version: 1}
+	for _, n := range d.sortedNetworks() {
+		s.Networks = append(s.Networks, n.rec)
+	}
+	for _, c := range d.sortedContainers() {
+		sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed}
+		for _, ep := range c.sortedEndpoints() {
+			sc.Endpoints = append(sc.Endpoints, ep.saved())
+		}
+		s.Containers = append(s.Containers, sc)
+	}
+	if err := writeState(d.cfg.StateDir, s); err != nil {
+		return fmt.Errorf("saving state: %w", err)
+	}
+	return nil
+}
+
+func (d *Daemon) sortedNetworks() []*network {
+	out := make([]*network, 0, len(d.networks))
+	for _, n := range d.networks {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].rec.Name < out[j].rec.Name })
+	return out
+}
+
+func (d *Daemon) sortedContainers() []*container {
+	out := make([]*container, 0, len(d.containers))
+	for _, c := range d.containers {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// detectUnderlayMTU returns the MTU of the interface that holds the IPv4
+// default route, or 1500 when there is none.
+func detectUnderlayMTU() int {
+	b, err := os.ReadFile("/proc/net/route")
+	if err != nil {
+		return 1500
+	}
+	var ifname string
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		var name, dst string
+		if _, err := fmt.Sscan(l, &name, &dst); err == nil && dst == "00000000" {
+			ifname = name
+			break
+		}
+	}
+	if ifname == "" {
+		return 1500
+	}
+	ifc, err := net.InterfaceByName(ifname)
+	if err != nil || ifc.MTU < 576 {
+		return 1500
+	}
+	return ifc.MTU
+}

@@ -1,0 +1,56 @@
+package daemon
+
+import (
+	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/sandbox"
+)
+
+// Sandbox is the namespace plumbing the daemon needs. The real one is the
+// sandbox package; tests substitute fakes backed by netdevtest devices.
+type Sandbox interface {
+	// CreateNamedNetns makes /run/netns/NAME and returns its path.
+	CreateNamedNetns(name string) (string, error)
+	// DeleteNamedNetns removes a namespace made by CreateNamedNetns.
+	DeleteNamedNetns(name string) error
+	// NetnsIdentity returns the device and inode that identify a netns.
+	NetnsIdentity(path string) (dev, ino uint64, err error)
+	// Plug creates the container interface in the namespace and returns
+	// the daemon's side of it.
+	Plug(nsPath string, cfg sandbox.IfaceConfig) (netdev.Device, error)
+	// Reopen attaches to an interface Plug made, after a restart.
+	Reopen(nsPath, ifname string) (netdev.Device, error)
+	// Unplug deletes the interface from the namespace.
+	Unplug(nsPath, ifname string) error
+	// KillNetns stops every process in the namespace.
+	KillNetns(nsPath string) error
+	// PIDsInNetns lists the processes in the namespace.
+	PIDsInNetns(nsPath string) ([]int, error)
+	// DockerPID asks the Docker Engine for a running container's PID.
+	DockerPID(container string) (int, error)
+}
+
+// linuxSandbox is the Sandbox of a real host.
+type linuxSandbox struct{}
+
+func (linuxSandbox) CreateNamedNetns(name string) (string, error) {
+	return sandbox.CreateNamedNetns(name)
+}
+func (linuxSandbox) DeleteNamedNetns(name string) error { return sandbox.DeleteNamedNetns(name) }
+func (linuxSandbox) NetnsIdentity(path string) (uint64, uint64, error) {
+	id, err := sandbox.NetnsIdentity(path)
+	return id.Dev, id.Ino, err
+}
+func (linuxSandbox) Plug(nsPath string, cfg sandbox.IfaceConfig) (netdev.Device, error) {
+	return sandbox.Plug(nsPath, cfg)
+}
+func (linuxSandbox) Reopen(nsPath, ifname string) (netdev.Device, error) {
+	return sandbox.Reopen(nsPath, ifname)
+}
+func (linuxSandbox) Unplug(nsPath, ifname string) error { return sandbox.Unplug(nsPath, ifname) }
+func (linuxSandbox) KillNetns(nsPath string) error {
+	return sandbox.KillNetns(nsPath, sandbox.DefaultKillGrace)
+}
+func (linuxSandbox) PIDsInNetns(p string) ([]int, error) { return sandbox.PIDsInNetns(p) }
+func (linuxSandbox) DockerPID(container string) (int, error) {
+	return sandbox.DockerPID(sandbox.DefaultDockerSocket, container)
+}

@@ -1,0 +1,120 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/vxmesh/vxmesh/api"
+)
+
+// notFoundError marks errors answered with 404.
+type notFoundError struct{ msg string }
+
+func (e notFoundError) Error() string { return e.msg }
+
+func notFound(format string, args ...any) error {
+	return notFoundError{fmt.Sprintf(format, args...)}
+}
+
+// maxRequestBody bounds API request bodies.
+const maxRequestBody = 1 << 20
+
+// Handler returns the API's HTTP handler (see package api for the routes).
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/networks", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, d.Networks(), nil)
+	})
+	mux.HandleFunc("POST /v1/networks", func(w http.ResponseWriter, r *http.Request) {
+		var req api.NetworkCreateRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		n, err := d.CreateNetwork(req)
+		reply(w, n, err)
+	})
+	mux.HandleFunc("GET /v1/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := d.Network(r.PathValue("name"))
+		reply(w, n, err)
+	})
+	mux.HandleFunc("DELETE /v1/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, d.RemoveNetwork(r.PathValue("name")))
+	})
+	mux.HandleFunc("GET /v1/networks/{name}/fdb", func(w http.ResponseWriter, r *http.Request) {
+		f, err := d.FDB(r.PathValue("name"))
+		reply(w, f, err)
+	})
+	mux.HandleFunc("GET /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, d.Endpoints(), nil)
+	})
+	mux.HandleFunc("POST /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
+		var req api.AttachRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		ep, err := d.Attach(req)
+		reply(w, ep, err)
+	})
+	mux.HandleFunc("DELETE /v1/containers/{name}/endpoints", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, d.Detach(r.PathValue("name"), r.URL.Query().Get("network")))
+	})
+	mux.HandleFunc("GET /v1/containers", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, d.Containers(), nil)
+	})
+	mux.HandleFunc("GET /v1/containers/{name}", func(w http.ResponseWriter, r *http.Request) {
+		c, err := d.Container(r.PathValue("name"))
+		reply(w, c, err)
+	})
+	mux.HandleFunc("DELETE /v1/containers/{name}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, d.RemoveContainer(r.PathValue("name")))
+	})
+	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, d.Stats(), nil)
+	})
+	return mux
+}
+
+// decode reads a JSON request body strictly: unknown fields and trailing
+// data are errors.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest{fmt.Errorf("request body: %w", err)}
+	}
+	if dec.More() {
+		return badRequest{errors.New("request body: trailing data after the JSON object")}
+	}
+	return nil
+}
+
+type badRequest struct{ error }
+
+func reply(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func fail(w http.ResponseWriter, err error) {
+	code := http.StatusConflict
+	var nf notFoundError
+	var br badRequest
+	switch {
+	case errors.As(err, &nf):
+		code = http.StatusNotFound
+	case errors.As(err, &br):
+		code = http.StatusBadRequest
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(api.Error{Error: err.Error()})
+}

@@ -1,0 +1,93 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// stateFile is the name of the persisted state inside --state-dir.
+const stateFile = "state.json"
+
+// savedState is what survives a daemon restart: the control-plane
+// decisions, never data-plane counters.
+type savedState struct {
+	Version    int              `json:"version"`
+	Networks   []savedNetwork   `json:"networks"`
+	Containers []savedContainer `json:"containers"`
+}
+
+type savedNetwork struct {
+	Name    string    `json:"name"`
+	ID      string    `json:"id"`
+	Subnet  string    `json:"subnet"`
+	Gateway string    `json:"gateway"`
+	MTU     int       `json:"mtu"`
+	VNI     uint32    `json:"vni"`
+	Created time.Time `json:"created"`
+}
+
+type savedContainer struct {
+	Name    string `json:"name"`
+	Netns   string `json:"netns"`
+	NsDev   uint64 `json:"ns_dev"`
+	NsIno   uint64 `json:"ns_ino"`
+	Managed bool   `json:"managed"`
+	// Endpoints are the container's interfaces, one per network.
+	Endpoints []savedEndpoint `json:"endpoints"`
+}
+
+type savedEndpoint struct {
+	Network string   `json:"network"`
+	IP      string   `json:"ip"`
+	MAC     string   `json:"mac"`
+	IfName  string   `json:"ifname"`
+	Aliases []string `json:"aliases,omitempty"`
+}
+
+// loadState reads dir/state.json; a missing file is an empty state.
+func loadState(dir string) (*savedState, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if os.IsNotExist(err) {
+		return &savedState{Version: 1}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s savedState
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("state %s: %w", filepath.Join(dir, stateFile), err)
+	}
+	return &s, nil
+}
+
+// writeState replaces dir/state.json atomically (write, fsync, rename), so
+// a crash leaves either the old or the new state, never a torn file.
+func writeState(dir string, s *savedState) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".state-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, stateFile))
+}

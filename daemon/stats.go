@@ -1,0 +1,47 @@
+package daemon
+
+import (
+	"github.com/vxmesh/vxmesh/api"
+)
+
+// FDB returns the forwarding database of a network's switch.
+func (d *Daemon) FDB(name string) ([]api.FDBEntry, error) {
+	d.mu.Lock()
+	n, ok := d.networks[name]
+	d.mu.Unlock()
+	if !ok {
+		return nil, notFound("network %q: not found", name)
+	}
+	out := []api.FDBEntry{}
+	for _, e := range n.sw.FDB() {
+		v := api.FDBEntry{MAC: e.MAC.String(), Port: e.Port, Kind: e.Kind}
+		if e.IP.IsValid() {
+			v.IP = e.IP.String()
+		}
+		if e.Kind == "learned" {
+			v.AgeSeconds = e.Age.Seconds()
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// Stats returns the counters of every network's switch.
+func (d *Daemon) Stats() api.Stats {
+	d.mu.Lock()
+	nets := d.sortedNetworks()
+	d.mu.Unlock()
+	out := api.Stats{Node: d.cfg.Node, Networks: []api.NetworkStats{}}
+	for _, n := range nets {
+		s := n.sw.Stats()
+		ns := api.NetworkStats{Network: n.rec.Name, Flooded: s.Flooded, ARPSuppressed: s.ARPSuppressed, Drops: s.Drops, Ports: []api.PortStats{}}
+		for _, p := range s.Ports {
+			ns.Ports = append(ns.Ports, api.PortStats{
+				Name: p.Name, RxPackets: p.RxPackets, RxBytes: p.RxBytes,
+				TxPackets: p.TxPackets, TxBytes: p.TxBytes, Drops: p.Drops,
+			})
+		}
+		out.Networks = append(out.Networks, ns)
+	}
+	return out
+}
