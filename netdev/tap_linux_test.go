@@ -42,21 +42,15 @@ func uniqueName(prefix string) string {
 // for it; the namespace goes away with the descriptor at cleanup.
 func newNetns(t *testing.T) int {
 	t.Helper()
-	ch := make(chan error, 1)
 	var fd int
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+	withThreadNetns(t, func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ch <- err
-			return
+			return err
 		}
 		var err error
 		fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		ch <- err
-	}()
-	if err := <-ch; err != nil {
-		t.Fatalf("new netns: %v", err)
-	}
+		return err
+	})
 	t.Cleanup(func() { unix.Close(fd) })
 	return fd
 }
@@ -64,18 +58,41 @@ func newNetns(t *testing.T) int {
 // inNetns runs fn on a thread switched into the namespace nsfd.
 func inNetns(t *testing.T, nsfd int, fn func()) {
 	t.Helper()
+	withThreadNetns(t, func() error {
+		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
+			return err
+		}
+		fn()
+		return nil
+	})
+}
+
+// withThreadNetns runs fn on a locked thread and puts the thread back into
+// its original network namespace afterwards. (A thread must not be left
+// in another namespace: if it is the main thread, the runtime cannot
+// discard it and /proc/self/ns/net would change for the whole process.)
+func withThreadNetns(t *testing.T, fn func() error) {
+	t.Helper()
 	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- err
 			return
 		}
-		fn() // thread stays locked and is discarded afterwards
-		ch <- nil
+		defer unix.Close(orig)
+		err = fn()
+		if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr != nil {
+			ch <- serr // stays locked: the thread is not reused
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- err
 	}()
 	if err := <-ch; err != nil {
-		t.Fatalf("setns: %v", err)
+		t.Fatalf("netns: %v", err)
 	}
 }
 

@@ -64,18 +64,32 @@ func CreateNamedNetns(name string) (string, error) {
 
 	errc := make(chan error, 1)
 	go func() {
-		// The thread moves to the new namespace and is never unlocked, so
-		// the runtime discards it when this goroutine returns.
 		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open current namespace: %w", err)
+			return
+		}
+		defer unix.Close(orig)
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("unshare: %w", err)
 			return
 		}
-		if err := unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind mount on %s: %w", path, err)
-			return
+		err = unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
+		if err != nil {
+			err = fmt.Errorf("bind mount on %s: %w", path, err)
 		}
-		errc <- nil
+		// Switch back rather than discard the thread: if it were the main
+		// thread, the runtime could not discard it and /proc/PID/ns/net
+		// would claim the whole process lives in the new namespace.
+		if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr != nil {
+			errc <- errors.Join(err, fmt.Errorf("return to the original namespace: %w", serr))
+			return // still locked: the thread is not reused
+		}
+		runtime.UnlockOSThread()
+		errc <- err
 	}()
 	if err := <-errc; err != nil {
 		os.Remove(path)
