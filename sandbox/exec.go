@@ -28,12 +28,15 @@ const DefaultInitPath = "/proc/self/exe"
 
 // Exit codes of the init step, as Docker uses them.
 const (
-	ExitInitFailed    = 125 // setting up the container failed
-	ExitCannotInvoke  = 126 // the command exists but cannot be executed
-	ExitNotFound      = 127 // the command was not found
-	exitSignaledBase  = 128 // + signal number, as shells report it
-	nsinitArgsMinimum = 3   // resolv.conf path, "--", argv[0]
+	ExitInitFailed   = 125 // setting up the container failed
+	ExitCannotInvoke = 126 // the command exists but cannot be executed
+	ExitNotFound     = 127 // the command was not found
+	exitSignaledBase = 128 // + signal number, as shells report it
 )
+
+// nsinitArgsMinimum counts the init step's arguments: resolv.conf path,
+// "--", argv[0].
+const nsinitArgsMinimum = 3
 
 // Cmd is a command to run inside a container's network namespace, in a
 // private mount namespace where ResolvConf (if set) is bind-mounted over
