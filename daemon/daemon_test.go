@@ -120,7 +120,7 @@ func (f *fakeSandbox) iface(ns, ifname string) *fakeIface {
 	return f.ifaces[ns+"/"+ifname]
 }
 
-func newTestDaemon(t *testing.T, sb *fakeSandbox, dir string) *Daemon {
+func newTestDaemon(t testing.TB, sb *fakeSandbox, dir string) *Daemon {
 	t.Helper()
 	d, err := New(Config{Node: "h1", StateDir: dir, Sandbox: sb, UnderlayMTU: 1500,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

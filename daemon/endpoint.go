@@ -325,10 +325,7 @@ func (d *Daemon) writeResolvConf() error {
 	if _, err := os.Stat(p); err == nil {
 		return nil
 	}
-	if err := os.WriteFile(p, []byte("nameserver 127.0.0.11\noptions ndots:0\n"), 0o644); err != nil {
-		return fmt.Errorf("resolv.conf: %w", err)
-	}
-	return nil
+	return sandbox.WriteResolvConf(p)
 }
 
 // Detach removes a container's endpoint on one network (on its only

@@ -32,8 +32,18 @@ type Sandbox interface {
 // linuxSandbox is the Sandbox of a real host.
 type linuxSandbox struct{}
 
+// CreateNamedNetns also writes /etc/netns/NAME/resolv.conf, so that
+// `ip netns exec NAME` users get the container's resolver too.
 func (linuxSandbox) CreateNamedNetns(name string) (string, error) {
-	return sandbox.CreateNamedNetns(name)
+	p, err := sandbox.CreateNamedNetns(name)
+	if err != nil {
+		return "", err
+	}
+	if err := sandbox.WriteNetnsResolvConf(name); err != nil {
+		sandbox.DeleteNamedNetns(name)
+		return "", err
+	}
+	return p, nil
 }
 func (linuxSandbox) DeleteNamedNetns(name string) error { return sandbox.DeleteNamedNetns(name) }
 func (linuxSandbox) NetnsIdentity(path string) (uint64, uint64, error) {

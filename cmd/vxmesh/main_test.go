@@ -1,0 +1,50 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"strings"
+	"testing"
+)
+
+func TestParseInterleavedFlags(t *testing.T) {
+	env := &cliEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	fs := newFlags(env, "network inspect", true)
+	pos, rest, err := fs.parse([]string{"web", "--format", "json", "--socket", "/s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pos) != 1 || pos[0] != "web" || fs.format != "json" || fs.socket != "/s" || rest != nil {
+		t.Fatalf("pos=%v rest=%v format=%q socket=%q", pos, rest, fs.format, fs.socket)
+	}
+	fs = newFlags(env, "x", true)
+	if _, _, err := fs.parse([]string{"--format", "yaml"}); err == nil || !strings.Contains(err.Error(), "table or json") {
+		t.Fatalf("bad --format: %v", err)
+	}
+	fs = newFlags(env, "x", false)
+	if _, _, err := fs.parse([]string{"-h"}); err != flag.ErrHelp {
+		t.Fatalf("-h: %v", err)
+	}
+}
+
+func TestCLIErrorsAreOneLineWithStatus(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"bogus"}, 2, `unknown command "bogus"`},
+		{[]string{"network", "create"}, 1, "want a network name"},
+		{[]string{"network", "ls", "--socket", "/nonexistent/vxmesh.sock"}, 1, "cannot reach the vxmesh daemon at /nonexistent/vxmesh.sock"},
+		{[]string{"run", "--network", "web", "--name", "c1", "--", "no-such-command-xyz"}, 1, `command "no-such-command-xyz"`},
+		{[]string{"run", "-d", "--rm", "--network", "web", "--name", "c1", "--", "true"}, 1, "choose one"},
+		{[]string{"attach", "--network", "web"}, 1, "want --network NET and --name NAME"},
+	} {
+		var out, errb bytes.Buffer
+		code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, tc.args)
+		msg := errb.String()
+		if code != tc.code || !strings.Contains(msg, tc.want) || strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+			t.Errorf("vxmesh %s: code %d, stderr %q; want code %d and one line containing %q", strings.Join(tc.args, " "), code, msg, tc.code, tc.want)
+		}
+	}
+}
