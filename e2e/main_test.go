@@ -70,6 +70,11 @@ func runTests(m *testing.M) int {
 	}
 	defer cleanup()
 	suite.bin = bin
+	// A race-enabled vxmesh (as `make e2e` builds) sleeps 1 s at every exit
+	// by default, which would make each CLI call take a second.
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 
 	// Ctrl-C or a timeout kill: remove every namespace (and so every
 	// process and interface) this run made before exiting.
