@@ -1,0 +1,438 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// Network is one overlay network (VNI) of a VTEP. It implements the
+// vswitch Port interface: the switch hands it the frames to carry to other
+// hosts with Write, and it hands received frames to the function set with
+// SetInput. Its methods are safe for concurrent use.
+type Network struct {
+	v       *VTEP
+	vni     uint32
+	mtu     int
+	removed atomic.Bool
+
+	input   atomic.Pointer[InputFunc]
+	state   atomic.Pointer[netState]     // immutable forwarding state
+	learned atomic.Pointer[learnedTable] // copy on write
+
+	mu      sync.Mutex // serialises control-plane writers of state and learned
+	peerSet []netip.Addr
+	remotes map[packet.MAC]netip.Addr
+	objs    map[netip.Addr]*peer // counters survive snapshot changes
+
+	rx struct { // used by the receive loop only
+		drops [numDrops]uint64
+	}
+	c netCounters
+}
+
+// netState is the immutable forwarding state the data path reads.
+type netState struct {
+	peers   []*peer                 // flooding targets, ordered by address
+	allowed map[netip.Addr]*peer    // who may send us this network's frames
+	remotes map[packet.MAC]*peer    // static remote FDB
+}
+
+// peer is a remote VTEP of one network, with its counters.
+type peer struct {
+	addr netip.Addr
+	dst  netip.AddrPort
+
+	rxPackets, rxBytes atomic.Uint64
+	txPackets, txBytes atomic.Uint64
+	txDrops            atomic.Uint64
+}
+
+// learnedTable maps inner MACs learned from the data plane to the VTEP
+// they were seen behind.
+type learnedTable struct {
+	m map[packet.MAC]*learnedEntry
+}
+
+type learnedEntry struct {
+	peer *peer
+	seen atomic.Int64 // VTEP clock of the last frame from the MAC
+}
+
+func newNetwork(v *VTEP, vni uint32, mtu int) *Network {
+	n := &Network{v: v, vni: vni, mtu: mtu, objs: map[netip.Addr]*peer{}}
+	n.state.Store(&netState{allowed: map[netip.Addr]*peer{}, remotes: map[packet.MAC]*peer{}})
+	n.learned.Store(&learnedTable{m: map[packet.MAC]*learnedEntry{}})
+	return n
+}
+
+// VNI returns the network's VXLAN network identifier.
+func (n *Network) VNI() uint32 { return n.vni }
+
+// MTU returns the largest inner IP packet the network carries.
+func (n *Network) MTU() int { return n.mtu }
+
+// SetInput sets the function that receives the network's decapsulated
+// frames (vswitch.PortRef.Input of the network's tunnel port). It is
+// called by the VTEP's receive loop only, never concurrently with itself.
+// Until it is set, received frames are dropped as "no-input".
+func (n *Network) SetInput(fn InputFunc) {
+	if fn == nil {
+		n.input.Store(nil)
+		return
+	}
+	n.input.Store(&fn)
+}
+
+// SetPeers sets the VTEPs of the network: every other host that has the
+// network and every external VTEP. Broadcast, multicast and unknown
+// unicast frames are replicated to each of them, and only datagrams from
+// them are accepted. Learned MACs behind a VTEP that is no longer a peer
+// are forgotten.
+func (n *Network) SetPeers(peers []netip.Addr) error {
+	set := make([]netip.Addr, 0, len(peers))
+	for _, a := range peers {
+		a = a.Unmap()
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("vni %d: invalid peer address %s", n.vni, a)
+		}
+		set = append(set, a)
+	}
+	slices.SortFunc(set, netip.Addr.Compare)
+	set = slices.Compact(set)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.peerSet = set
+	n.publish()
+	return nil
+}
+
+// SetRemotes replaces the static remote FDB: frames to each MAC are sent
+// to its VTEP only. The VTEPs should also be peers (SetPeers), or their
+// datagrams are not accepted.
+func (n *Network) SetRemotes(remotes map[packet.MAC]netip.Addr) error {
+	m := make(map[packet.MAC]netip.Addr, len(remotes))
+	for mac, a := range remotes {
+		a = a.Unmap()
+		if mac.IsMulticast() || mac.IsZero() {
+			return fmt.Errorf("vni %d: remote %s: not a unicast MAC", n.vni, mac)
+		}
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("vni %d: remote %s: invalid VTEP address %s", n.vni, mac, a)
+		}
+		m[mac] = a
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.remotes = m
+	n.publish()
+	return nil
+}
+
+// publish builds and swaps in a new netState from peerSet and remotes;
+// n.mu is held.
+func (n *Network) publish() {
+	objs := make(map[netip.Addr]*peer, len(n.peerSet))
+	get := func(a netip.Addr) *peer {
+		p := objs[a]
+		if p == nil {
+			if p = n.objs[a]; p == nil {
+				p = &peer{addr: a, dst: netip.AddrPortFrom(a, n.v.port)}
+			}
+			objs[a] = p
+		}
+		return p
+	}
+	st := &netState{
+		peers:   make([]*peer, 0, len(n.peerSet)),
+		allowed: make(map[netip.Addr]*peer, len(n.peerSet)),
+		remotes: make(map[packet.MAC]*peer, len(n.remotes)),
+	}
+	for _, a := range n.peerSet {
+		p := get(a)
+		st.peers = append(st.peers, p)
+		st.allowed[a] = p
+	}
+	for mac, a := range n.remotes {
+		st.remotes[mac] = get(a)
+	}
+	n.objs = objs
+	n.state.Store(st)
+	// Forget what was learned behind VTEPs that are no longer peers, and
+	// MACs that became static.
+	n.filterLearned(func(mac packet.MAC, e *learnedEntry) bool {
+		return st.allowed[e.peer.addr] == e.peer && st.remotes[mac] == nil
+	})
+}
+
+// filterLearned keeps the learned entries for which keep is true.
+func (n *Network) filterLearned(keep func(packet.MAC, *learnedEntry) bool) {
+	old := n.learned.Load()
+	drop := 0
+	for mac, e := range old.m {
+		if !keep(mac, e) {
+			drop++
+		}
+	}
+	if drop == 0 {
+		return
+	}
+	next := &learnedTable{m: make(map[packet.MAC]*learnedEntry, len(old.m)-drop)}
+	for mac, e := range old.m {
+		if keep(mac, e) {
+			next.m[mac] = e
+		}
+	}
+	n.learned.Store(next)
+}
+
+// learn records that src was seen behind p; it reports whether the table
+// changed. Called by the receive loop.
+func (n *Network) learn(src packet.MAC, p *peer, now int64) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state.Load().allowed[p.addr] != p {
+		return false // the peer was removed meanwhile
+	}
+	old := n.learned.Load()
+	if e := old.m[src]; e == nil && len(old.m) >= n.v.maxLearned {
+		n.c.learnLimited.Add(1)
+		return false
+	}
+	e := &learnedEntry{peer: p}
+	e.seen.Store(now)
+	next := &learnedTable{m: make(map[packet.MAC]*learnedEntry, len(old.m)+1)}
+	for mac, x := range old.m {
+		next.m[mac] = x
+	}
+	next.m[src] = e
+	n.learned.Store(next)
+	return true
+}
+
+// sweep removes learned entries older than the aging time.
+func (n *Network) sweep(now int64) {
+	aging := n.v.aging
+	stale := false
+	for _, e := range n.learned.Load().m {
+		if now-e.seen.Load() >= aging {
+			stale = true
+			break
+		}
+	}
+	if !stale {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.filterLearned(func(_ packet.MAC, e *learnedEntry) bool { return now-e.seen.Load() < aging })
+}
+
+// txScratch is one Write call's working state, reused through VTEP.txs.
+type txScratch struct {
+	msgs  []Message
+	peers []*peer // peer of msgs[i]
+	frame []int32 // frame index of msgs[i]
+	ok    []bool  // per frame: at least one datagram was sent
+	why   []dropReason
+}
+
+func (v *VTEP) getTx() *txScratch {
+	select {
+	case sc := <-v.txs:
+		return sc
+	default:
+		return &txScratch{
+			msgs:  make([]Message, 0, 2*packet.BatchSize),
+			peers: make([]*peer, 0, 2*packet.BatchSize),
+			frame: make([]int32, 0, 2*packet.BatchSize),
+		}
+	}
+}
+
+func (v *VTEP) putTx(sc *txScratch) {
+	clear(sc.msgs) // do not keep the callers' buffers reachable
+	clear(sc.peers)
+	select {
+	case v.txs <- sc:
+	default:
+	}
+}
+
+// errNetworkDown is returned by Write on a removed network or closed VTEP.
+var errNetworkDown = errors.New("network removed or VTEP closed")
+
+// Write implements the vswitch Port interface: it encapsulates and sends
+// every frame bufs[i][offset:] and returns how many were sent to at least
+// one VTEP. The VXLAN header is written in place at
+// bufs[i][offset-8:offset]; the frame itself is not modified, so the same
+// buffer may also go to other ports. A frame to a MAC in the static or the
+// learned FDB goes to that MAC's VTEP; any other frame goes to every peer,
+// all datagrams pointing at the same bytes. All datagrams of the call are
+// sent with one Underlay.WriteBatch. Frames longer than the MTU plus the
+// Ethernet header are dropped ("mtu"), never fragmented. Write may be
+// called concurrently and does not allocate once warm.
+func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
+	if len(bufs) == 0 {
+		return 0, nil
+	}
+	if offset < packet.VXLANHeaderLen {
+		n.c.drops[dropMalformed].Add(uint64(len(bufs)))
+		return 0, fmt.Errorf("vni %d: write offset %d leaves no room for the VXLAN header", n.vni, offset)
+	}
+	if n.removed.Load() || n.v.closed.Load() {
+		n.c.drops[dropDown].Add(uint64(len(bufs)))
+		return 0, fmt.Errorf("vni %d: %w", n.vni, errNetworkDown)
+	}
+	v := n.v
+	st, lt, now := n.state.Load(), n.learned.Load(), v.clock()
+	sc := v.getTx()
+	if cap(sc.ok) < len(bufs) {
+		sc.ok = make([]bool, len(bufs))
+		sc.why = make([]dropReason, len(bufs))
+	}
+	ok, why := sc.ok[:len(bufs)], sc.why[:len(bufs)]
+	clear(ok)
+	msgs, peers, frame := sc.msgs[:0], sc.peers[:0], sc.frame[:0]
+	var flooded uint64
+	for i, b := range bufs {
+		why[i] = dropNone
+		if len(b) < offset+packet.EthernetHeaderLen {
+			why[i] = dropMalformed
+			continue
+		}
+		f := b[offset:]
+		if len(f) > n.mtu+packet.EthernetHeaderLen {
+			why[i] = dropMTU
+			continue
+		}
+		dst := packet.Ethernet(f).Dst()
+		var to *peer
+		if !dst.IsMulticast() {
+			if to = st.remotes[dst]; to == nil {
+				if e := lt.m[dst]; e != nil && now-e.seen.Load() < v.aging {
+					to = e.peer
+				}
+			}
+		}
+		if to == nil && len(st.peers) == 0 {
+			why[i] = dropNoPeer
+			continue
+		}
+		dgram := b[offset-packet.VXLANHeaderLen:]
+		packet.PutVXLAN(dgram, n.vni)
+		h := flowHash(f)
+		if to != nil {
+			msgs = append(msgs, Message{Buf: dgram, Addr: to.dst, Hash: h})
+			peers = append(peers, to)
+			frame = append(frame, int32(i))
+			continue
+		}
+		flooded++
+		for _, p := range st.peers {
+			msgs = append(msgs, Message{Buf: dgram, Addr: p.dst, Hash: h})
+			peers = append(peers, p)
+			frame = append(frame, int32(i))
+		}
+	}
+	var err error
+	if len(msgs) > 0 {
+		_, err = v.u.WriteBatch(msgs)
+	}
+	var txBytes uint64
+	for j := range msgs {
+		m, p, i := &msgs[j], peers[j], frame[j]
+		size := uint64(len(m.Buf) - packet.VXLANHeaderLen)
+		if m.Err == nil {
+			p.txPackets.Add(1)
+			p.txBytes.Add(size)
+			if !ok[i] {
+				ok[i] = true
+				txBytes += size
+			}
+			continue
+		}
+		p.txDrops.Add(1)
+		if why[i] == dropNone {
+			why[i] = dropTxError
+			if errors.Is(m.Err, ErrMessageSize) {
+				why[i] = dropMTU
+			}
+		}
+	}
+	sent := 0
+	var drops [numDrops]uint64
+	for i := range bufs {
+		if ok[i] {
+			sent++
+		} else {
+			drops[why[i]]++
+		}
+	}
+	sc.msgs, sc.peers, sc.frame = msgs, peers, frame
+	v.putTx(sc)
+	n.c.txPackets.Add(uint64(sent))
+	n.c.txBytes.Add(txBytes)
+	n.c.txDatagrams.Add(uint64(len(msgs)))
+	if flooded > 0 {
+		n.c.flooded.Add(flooded)
+	}
+	for r, d := range drops {
+		if d > 0 {
+			n.c.drops[r].Add(d)
+		}
+	}
+	if sent == len(bufs) {
+		return sent, nil
+	}
+	if err == nil {
+		for i := range bufs {
+			if !ok[i] {
+				err = fmt.Errorf("vni %d: frame dropped: %s", n.vni, why[i])
+				break
+			}
+		}
+	}
+	return sent, err
+}
+
+// FDBEntry is one remote MAC of a network.
+type FDBEntry struct {
+	MAC  packet.MAC
+	VTEP netip.Addr
+	// Static is true for entries set with SetRemotes, false for learned
+	// ones.
+	Static bool
+	// Age is the time since a learned MAC was last seen (0 for static
+	// entries).
+	Age time.Duration
+}
+
+// FDB lists the static and the live learned remote entries, ordered by
+// MAC.
+func (n *Network) FDB() []FDBEntry {
+	st, lt, now := n.state.Load(), n.learned.Load(), n.v.clock()
+	out := make([]FDBEntry, 0, len(st.remotes)+len(lt.m))
+	for mac, p := range st.remotes {
+		out = append(out, FDBEntry{MAC: mac, VTEP: p.addr, Static: true})
+	}
+	for mac, e := range lt.m {
+		age := now - e.seen.Load()
+		if age >= n.v.aging || st.remotes[mac] != nil {
+			continue
+		}
+		out = append(out, FDBEntry{MAC: mac, VTEP: e.peer.addr, Age: time.Duration(age)})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].MAC, out[j].MAC
+		return string(a[:]) < string(b[:])
+	})
+	return out
+}

@@ -1,0 +1,165 @@
+package tunnel
+
+import (
+	"net/netip"
+	"sort"
+	"sync/atomic"
+)
+
+// dropReason says why a frame or datagram was dropped.
+type dropReason uint8
+
+const (
+	dropNone        dropReason = iota
+	dropMalformed              // too short, no I flag, truncated, bad inner source MAC
+	dropUnknownVNI             // no network for the VNI
+	dropUnknownPeer            // the outer source is not a VTEP of the network
+	dropNoInput                // the network has no input function yet
+	dropMTU                    // larger than the network or underlay MTU
+	dropNoPeer                 // flooding with no peer to send to
+	dropTxError                // the underlay refused the datagram
+	dropDown                   // the network was removed or the VTEP closed
+	numDrops
+)
+
+// String returns the reason's name as shown in Stats.
+func (r dropReason) String() string {
+	switch r {
+	case dropMalformed:
+		return "malformed"
+	case dropUnknownVNI:
+		return "unknown-vni"
+	case dropUnknownPeer:
+		return "unknown-peer"
+	case dropNoInput:
+		return "no-input"
+	case dropMTU:
+		return "mtu"
+	case dropNoPeer:
+		return "no-peer"
+	case dropTxError:
+		return "tx-error"
+	case dropDown:
+		return "down"
+	}
+	return "none"
+}
+
+type vtepCounters struct {
+	rxDatagrams, rxBytes atomic.Uint64
+	readErrors           atomic.Uint64
+	drops                [numDrops]atomic.Uint64
+}
+
+type netCounters struct {
+	rxPackets, rxBytes   atomic.Uint64
+	txPackets, txBytes   atomic.Uint64
+	txDatagrams, flooded atomic.Uint64
+	learnLimited         atomic.Uint64
+	drops                [numDrops]atomic.Uint64
+}
+
+// Stats are a VTEP's counters since New.
+type Stats struct {
+	// RxDatagrams and RxBytes count every datagram read from the underlay
+	// (bytes of UDP payload), whatever became of it.
+	RxDatagrams, RxBytes uint64
+	// ReadErrors counts failed underlay reads.
+	ReadErrors uint64
+	// Drops counts datagrams dropped before their network was known, by
+	// reason ("malformed", "unknown-vni").
+	Drops map[string]uint64
+	// Networks holds each network's counters, ordered by VNI.
+	Networks []NetworkStats
+}
+
+// NetworkStats are one network's counters. Packet and byte counts are of
+// inner Ethernet frames.
+type NetworkStats struct {
+	VNI uint32
+	MTU int
+	// RxPackets and RxBytes count frames handed to the input function.
+	RxPackets, RxBytes uint64
+	// TxPackets and TxBytes count frames Write sent to at least one VTEP;
+	// TxDatagrams counts the datagrams sent for them (replication
+	// included) and Flooded the frames replicated to every peer.
+	TxPackets, TxBytes, TxDatagrams, Flooded uint64
+	// Learned is the number of live learned MACs; LearnLimited counts
+	// sources not learned because the table was full.
+	Learned      int
+	LearnLimited uint64
+	// Drops counts dropped frames by reason: "malformed", "unknown-peer",
+	// "no-input" on receive; "mtu", "no-peer", "tx-error", "down",
+	// "malformed" on send.
+	Drops map[string]uint64
+	// Peers holds per-VTEP counters, ordered by address.
+	Peers []PeerStats
+}
+
+// PeerStats are the counters of one remote VTEP of a network.
+type PeerStats struct {
+	Addr               netip.Addr
+	RxPackets, RxBytes uint64
+	TxPackets, TxBytes uint64
+	// TxDrops counts datagrams to this VTEP the underlay refused.
+	TxDrops uint64
+}
+
+func dropMap(c *[numDrops]atomic.Uint64) map[string]uint64 {
+	m := map[string]uint64{}
+	for i := range c {
+		if v := c[i].Load(); v > 0 {
+			m[dropReason(i).String()] = v
+		}
+	}
+	return m
+}
+
+// Stats returns a snapshot of the VTEP's and its networks' counters.
+func (v *VTEP) Stats() Stats {
+	s := Stats{
+		RxDatagrams: v.c.rxDatagrams.Load(),
+		RxBytes:     v.c.rxBytes.Load(),
+		ReadErrors:  v.c.readErrors.Load(),
+		Drops:       dropMap(&v.c.drops),
+	}
+	for _, n := range v.Networks() {
+		s.Networks = append(s.Networks, n.Stats())
+	}
+	return s
+}
+
+// Stats returns a snapshot of the network's counters.
+func (n *Network) Stats() NetworkStats {
+	s := NetworkStats{
+		VNI:          n.vni,
+		MTU:          n.mtu,
+		RxPackets:    n.c.rxPackets.Load(),
+		RxBytes:      n.c.rxBytes.Load(),
+		TxPackets:    n.c.txPackets.Load(),
+		TxBytes:      n.c.txBytes.Load(),
+		TxDatagrams:  n.c.txDatagrams.Load(),
+		Flooded:      n.c.flooded.Load(),
+		LearnLimited: n.c.learnLimited.Load(),
+		Drops:        dropMap(&n.c.drops),
+	}
+	for _, e := range n.FDB() {
+		if !e.Static {
+			s.Learned++
+		}
+	}
+	n.mu.Lock()
+	for _, p := range n.objs {
+		s.Peers = append(s.Peers, PeerStats{
+			Addr:      p.addr,
+			RxPackets: p.rxPackets.Load(),
+			RxBytes:   p.rxBytes.Load(),
+			TxPackets: p.txPackets.Load(),
+			TxBytes:   p.txBytes.Load(),
+			TxDrops:   p.txDrops.Load(),
+		})
+	}
+	n.mu.Unlock()
+	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Addr.Less(s.Peers[j].Addr) })
+	return s
+}

@@ -1,0 +1,450 @@
+//go:build linux
+
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// UDPConfig configures ListenUDP.
+type UDPConfig struct {
+	// Addr is the local (advertise) address; the zero value binds
+	// 0.0.0.0. An IPv6 address opens dual-stack IPv6 sockets.
+	Addr netip.Addr
+	// Port is the data port the receive socket binds; 0 means 4789.
+	Port uint16
+	// TxSockets is the number of transmit sockets, each bound to its own
+	// ephemeral port; the inner flow hash picks one, which sets the outer
+	// source port. 0 means 8.
+	TxSockets int
+	// BatchSize bounds the datagrams per recvmmsg/sendmmsg; 0 means
+	// packet.BatchSize.
+	BatchSize int
+	// SocketBuffer is the SO_RCVBUF/SO_SNDBUF size in bytes; 0 means 4 MiB.
+	SocketBuffer int
+}
+
+// UDP is the Linux underlay: one socket receiving on the data port and a
+// pool of transmit sockets, all driven through the Go netpoller with
+// recvmmsg/sendmmsg on preallocated message arrays. Transmit sockets set
+// IP_PMTUDISC_DO, so a datagram above the path MTU fails with
+// ErrMessageSize instead of being fragmented. It implements Underlay.
+type UDP struct {
+	family int
+	local  netip.AddrPort
+	batch  int
+	rx     udpSock
+	tx     []udpSock
+	closed atomic.Bool
+
+	rmu sync.Mutex // one reader at a time; guards rs
+	rs  *mmsgState
+	txs chan *mmsgState // free transmit states
+}
+
+type udpSock struct {
+	f    *os.File
+	rc   syscall.RawConn
+	port uint16
+}
+
+// mmsgState is a preallocated recvmmsg/sendmmsg argument array plus the
+// RawConn callback bound to it, so that a call does not allocate.
+type mmsgState struct {
+	u     *UDP
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6 // large enough for either family
+	idx   []int                   // message index of hdrs[i] (send)
+	msgs  []Message
+	k     int // hdrs in use
+	done  int // hdrs completed
+	err   error
+	fn    func(fd uintptr) bool
+}
+
+// ListenUDP opens the receive socket on cfg.Addr:cfg.Port and the transmit
+// sockets. A data port that is taken fails with an error saying so.
+func ListenUDP(cfg UDPConfig) (*UDP, error) {
+	if cfg.Port == 0 {
+		cfg.Port = packet.VXLANPort
+	}
+	if cfg.TxSockets <= 0 {
+		cfg.TxSockets = 8
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = packet.BatchSize
+	}
+	if cfg.SocketBuffer <= 0 {
+		cfg.SocketBuffer = 4 << 20
+	}
+	addr := cfg.Addr.Unmap()
+	if !addr.IsValid() {
+		addr = netip.IPv4Unspecified()
+	}
+	u := &UDP{family: unix.AF_INET, batch: cfg.BatchSize}
+	if addr.Is6() {
+		u.family = unix.AF_INET6
+	}
+	u.txs = make(chan *mmsgState, 2*cfg.TxSockets)
+	var err error
+	u.rx, err = u.open(netip.AddrPortFrom(addr, cfg.Port), cfg.SocketBuffer, false)
+	if err != nil {
+		if errors.Is(err, unix.EADDRINUSE) {
+			return nil, fmt.Errorf("data port %d: address already in use (is a kernel VXLAN device bound to it?)", cfg.Port)
+		}
+		return nil, err
+	}
+	u.local = netip.AddrPortFrom(addr, u.rx.port)
+	for range cfg.TxSockets {
+		s, err := u.open(netip.AddrPortFrom(addr, 0), cfg.SocketBuffer, true)
+		if err != nil {
+			u.Close()
+			return nil, err
+		}
+		u.tx = append(u.tx, s)
+	}
+	u.rs = u.newState()
+	u.rs.fn = u.rs.recv
+	return u, nil
+}
+
+// open creates, configures and binds one non-blocking socket.
+func (u *UDP) open(at netip.AddrPort, bufSize int, tx bool) (udpSock, error) {
+	fd, err := unix.Socket(u.family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return udpSock{}, fmt.Errorf("udp %s: socket: %w", at, err)
+	}
+	fail := func(op string, err error) (udpSock, error) {
+		unix.Close(fd)
+		return udpSock{}, fmt.Errorf("udp %s: %s: %w", at, op, err)
+	}
+	if u.family == unix.AF_INET6 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return fail("IPV6_V6ONLY", err)
+		}
+	}
+	opt, force := unix.SO_RCVBUF, unix.SO_RCVBUFFORCE
+	if tx {
+		opt, force = unix.SO_SNDBUF, unix.SO_SNDBUFFORCE
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO); err != nil {
+			return fail("IP_MTU_DISCOVER", err)
+		}
+		if u.family == unix.AF_INET6 {
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO); err != nil {
+				return fail("IPV6_MTU_DISCOVER", err)
+			}
+		}
+	}
+	// Root may exceed net.core.[rw]mem_max; otherwise settle for the cap.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, bufSize) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, bufSize)
+	}
+	if err := unix.Bind(fd, sockaddr(at)); err != nil {
+		return fail("bind", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fail("getsockname", err)
+	}
+	var port uint16
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		port = uint16(sa.Port)
+	case *unix.SockaddrInet6:
+		port = uint16(sa.Port)
+	}
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("udp:%s", netip.AddrPortFrom(at.Addr(), port)))
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return udpSock{}, fmt.Errorf("udp %s: %w", at, err)
+	}
+	return udpSock{f: f, rc: rc, port: port}, nil
+}
+
+func sockaddr(a netip.AddrPort) unix.Sockaddr {
+	if a.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+}
+
+func (u *UDP) newState() *mmsgState {
+	s := &mmsgState{
+		u:     u,
+		hdrs:  make([]unix.Mmsghdr, u.batch),
+		iovs:  make([]unix.Iovec, u.batch),
+		names: make([]unix.RawSockaddrInet6, u.batch),
+		idx:   make([]int, u.batch),
+	}
+	for i := range s.hdrs {
+		h := &s.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&s.names[i]))
+		h.Iov = &s.iovs[i]
+		h.SetIovlen(1)
+	}
+	return s
+}
+
+// LocalAddr returns the address and data port the receive socket is bound
+// to.
+func (u *UDP) LocalAddr() netip.AddrPort { return u.local }
+
+// TxPorts returns the source ports of the transmit sockets.
+func (u *UDP) TxPorts() []uint16 {
+	ports := make([]uint16, len(u.tx))
+	for i, s := range u.tx {
+		ports[i] = s.port
+	}
+	return ports
+}
+
+// Close closes every socket; a blocked ReadBatch returns an error matching
+// net.ErrClosed.
+func (u *UDP) Close() error {
+	u.closed.Store(true)
+	var first error
+	for _, s := range append([]udpSock{u.rx}, u.tx...) {
+		if s.f != nil {
+			if err := s.f.Close(); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+func (u *UDP) pollErr(op string, err error) error {
+	if u.closed.Load() {
+		return fmt.Errorf("udp %s: %s: %w", u.local, op, net.ErrClosed)
+	}
+	return fmt.Errorf("udp %s: %s: %w", u.local, op, err)
+}
+
+// ReadBatch implements Underlay with one recvmmsg once the socket is
+// readable. Datagrams longer than their Buf are reported with N > len(Buf).
+func (u *UDP) ReadBatch(msgs []Message) (int, error) {
+	n := min(len(msgs), u.batch)
+	if n == 0 {
+		return 0, nil
+	}
+	u.rmu.Lock()
+	defer u.rmu.Unlock()
+	s := u.rs
+	for i := range n {
+		b := msgs[i].Buf
+		if len(b) == 0 {
+			return 0, fmt.Errorf("udp %s: read buffer %d is empty", u.local, i)
+		}
+		s.iovs[i].Base = &b[0]
+		s.iovs[i].SetLen(len(b))
+		s.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+		s.hdrs[i].Hdr.Flags = 0
+		s.hdrs[i].Len = 0
+	}
+	s.k, s.done, s.err = n, 0, nil
+	err := u.rx.rc.Read(s.fn)
+	got, rerr := s.done, s.err
+	for i := range n {
+		s.iovs[i].Base = nil
+	}
+	for i := range got {
+		m := &msgs[i]
+		m.N = int(s.hdrs[i].Len)
+		m.Addr = decodeSockaddr(&s.names[i])
+	}
+	if got > 0 {
+		return got, nil
+	}
+	if err != nil {
+		return 0, u.pollErr("read", err)
+	}
+	return 0, rerr
+}
+
+// recv is the receive RawConn callback; false means "wait for readability".
+func (s *mmsgState) recv(fd uintptr) bool {
+	for {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&s.hdrs[0])), uintptr(s.k),
+			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		switch errno {
+		case 0:
+			s.done = int(n)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			s.err = fmt.Errorf("udp %s: recvmmsg: %w", s.u.local, errno)
+			return true
+		}
+	}
+}
+
+func decodeSockaddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	port := func(p *uint16) uint16 {
+		b := (*[2]byte)(unsafe.Pointer(p))
+		return uint16(b[0])<<8 | uint16(b[1])
+	}
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port(&sa4.Port))
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port(&sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// encodeSockaddr writes a into sa for a socket of family and returns the
+// sockaddr length, or 0 if a cannot be reached from such a socket.
+func encodeSockaddr(sa *unix.RawSockaddrInet6, family int, a netip.AddrPort) uint32 {
+	ip := a.Addr()
+	if family == unix.AF_INET {
+		ip = ip.Unmap()
+		if !ip.Is4() {
+			return 0
+		}
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ip.As4()}
+		p := (*[2]byte)(unsafe.Pointer(&sa4.Port))
+		p[0], p[1] = byte(a.Port()>>8), byte(a.Port())
+		return unix.SizeofSockaddrInet4
+	}
+	if !ip.IsValid() {
+		return 0
+	}
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip.As16()}
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p[0], p[1] = byte(a.Port()>>8), byte(a.Port())
+	return unix.SizeofSockaddrInet6
+}
+
+// errAddrFamily is the Message.Err of a destination of the wrong family.
+var errAddrFamily = errors.New("destination address family does not match the underlay")
+
+// WriteBatch implements Underlay: messages are grouped by transmit socket
+// (Hash modulo the pool size) and each group is sent with sendmmsg.
+func (u *UDP) WriteBatch(msgs []Message) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	var s *mmsgState
+	select {
+	case s = <-u.txs:
+	default:
+		s = u.newState()
+		s.fn = s.send
+	}
+	sent := 0
+	var first error
+	fail := func(m *Message, err error) {
+		m.Err = err
+		if first == nil {
+			first = err
+		}
+	}
+	ntx := uint32(len(u.tx))
+	for t := range u.tx {
+		start := 0
+		for start < len(msgs) {
+			k := 0
+			i := start
+			for ; i < len(msgs) && k < len(s.hdrs); i++ {
+				m := &msgs[i]
+				if m.Hash%ntx != uint32(t) {
+					continue
+				}
+				m.Err = nil
+				nl := encodeSockaddr(&s.names[k], u.family, m.Addr)
+				if nl == 0 {
+					fail(m, errAddrFamily)
+					continue
+				}
+				if len(m.Buf) == 0 {
+					fail(m, errors.New("empty datagram"))
+					continue
+				}
+				s.hdrs[k].Hdr.Namelen = nl
+				s.iovs[k].Base = &m.Buf[0]
+				s.iovs[k].SetLen(len(m.Buf))
+				s.idx[k] = i
+				k++
+			}
+			start = i
+			if k == 0 {
+				continue
+			}
+			s.msgs, s.k, s.done, s.err = msgs, k, 0, nil
+			err := u.tx[t].rc.Write(s.fn)
+			for j := range k {
+				s.iovs[j].Base = nil
+			}
+			if err != nil {
+				err = u.pollErr("write", err)
+				for j := s.done; j < k; j++ {
+					fail(&msgs[s.idx[j]], err)
+				}
+			}
+			for j := range s.done {
+				if msgs[s.idx[j]].Err == nil {
+					sent++
+				} else if first == nil {
+					first = msgs[s.idx[j]].Err
+				}
+			}
+		}
+	}
+	s.msgs = nil
+	select {
+	case u.txs <- s:
+	default:
+	}
+	if first != nil {
+		return sent, fmt.Errorf("udp %s: %w", u.local, first)
+	}
+	return sent, nil
+}
+
+// send is the transmit RawConn callback: it sends hdrs[done:k], skipping a
+// datagram the kernel refuses; false means "wait for writability".
+func (s *mmsgState) send(fd uintptr) bool {
+	for s.done < s.k {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.hdrs[s.done])), uintptr(s.k-s.done),
+			unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			if n == 0 {
+				n = 1 // cannot happen; do not spin
+				s.msgs[s.idx[s.done]].Err = unix.EIO
+			}
+			s.done += int(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		case unix.EMSGSIZE:
+			s.msgs[s.idx[s.done]].Err = ErrMessageSize
+			s.done++
+		default:
+			s.msgs[s.idx[s.done]].Err = errno
+			s.done++
+		}
+	}
+	return true
+}
+
+var _ Underlay = (*UDP)(nil)
