@@ -40,9 +40,9 @@ type Network struct {
 
 // netState is the immutable forwarding state the data path reads.
 type netState struct {
-	peers   []*peer                 // flooding targets, ordered by address
-	allowed map[netip.Addr]*peer    // who may send us this network's frames
-	remotes map[packet.MAC]*peer    // static remote FDB
+	peers   []*peer              // flooding targets, ordered by address
+	allowed map[netip.Addr]*peer // who may send us this network's frames
+	remotes map[packet.MAC]*peer // static remote FDB
 }
 
 // peer is a remote VTEP of one network, with its counters.
