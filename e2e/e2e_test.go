@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -582,11 +584,11 @@ func TestDemo(t *testing.T) {
 		t.Skip("iperf3 not installed")
 	}
 	before, _ := testbed.ListNetns("vxdemo")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, suite.bin, "demo").CombinedOutput()
-	if err != nil {
-		t.Fatalf("vxmesh demo: %v\n%s", err, out)
+	demo := startDemo(t)
+	exited, err := demo.wait(2 * time.Minute)
+	out := demo.output()
+	if !exited || err != nil {
+		t.Fatalf("vxmesh demo: exited %v, %v\n%s", exited, err, out)
 	}
 	for _, want := range []string{"$ vxmesh network create", "$ vxmesh run -d", "$ vxmesh ps", "ping", "Gbit/s", "$ vxmesh stats", "$ vxmesh fdb", "nothing left behind"} {
 		if !strings.Contains(string(out), want) {
@@ -604,10 +606,10 @@ func TestDemoInterruptedCleansUp(t *testing.T) {
 		t.Skip("iperf3 not installed")
 	}
 	before, _ := testbed.ListNetns("vxdemo")
-	demo := startBackground(t, exec.Command(suite.bin, "demo"))
+	demo := startDemo(t)
 	// Interrupt once the containers exist.
 	eventually(t, 60*time.Second, func() error {
-		if !strings.Contains(demo.out.String(), "Ping c1") {
+		if !strings.Contains(demo.output(), "Ping c1") {
 			return fmt.Errorf("not there yet")
 		}
 		return nil
@@ -615,12 +617,46 @@ func TestDemoInterruptedCleansUp(t *testing.T) {
 	_ = demo.cmd.Process.Signal(os.Interrupt)
 	exited, err := demo.wait(30 * time.Second)
 	if !exited {
-		t.Fatalf("demo did not stop after SIGINT:\n%s", demo.out.String())
+		t.Fatalf("demo did not stop after SIGINT:\n%s", demo.output())
 	}
 	if err == nil {
 		t.Errorf("interrupted demo exited 0")
 	}
 	if after, _ := testbed.ListNetns("vxdemo"); len(after) > len(before) {
-		t.Errorf("interrupted demo left namespaces: %v\n%s", after, demo.out.String())
+		t.Errorf("interrupted demo left namespaces: %v\n%s", after, demo.output())
 	}
+}
+
+// demoProc is `vxmesh demo` running in the background.
+type demoProc struct {
+	*bgProc
+	outPath string
+}
+
+// startDemo starts `vxmesh demo` writing to a file (a pipe would kill it
+// with SIGPIPE if we died first) and interrupts it, so it cleans up, if
+// this test process dies.
+func startDemo(t *testing.T) demoProc {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "demo.out")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(suite.bin, "demo")
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGINT}
+	p := startBackground(t, cmd)
+	// Runs before startBackground's SIGKILL: let the demo clean up.
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_, _ = p.wait(30 * time.Second)
+	})
+	return demoProc{bgProc: p, outPath: path}
+}
+
+func (d demoProc) output() string {
+	b, _ := os.ReadFile(d.outPath)
+	return string(b)
 }

@@ -31,6 +31,9 @@ type env struct {
 // machine cannot run end-to-end tests.
 func skipUnlessReady(t *testing.T) {
 	t.Helper()
+	if suite.stopping.Load() {
+		t.Skip("interrupted")
+	}
 	if suite.skipReason == "" {
 		return
 	}
@@ -320,12 +323,15 @@ type bgProc struct {
 	err  error // valid after done is closed
 }
 
-// startBackground starts cmd with its output collected, SIGKILL on our
+// startBackground starts cmd with its output collected (unless it has
+// its own), SIGKILL on our
 // death, and kills it when the test ends.
 func startBackground(t *testing.T, cmd *exec.Cmd) *bgProc {
 	t.Helper()
 	p := &bgProc{cmd: cmd, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = &p.out, &p.out
+	if cmd.Stdout == nil && cmd.Stderr == nil {
+		cmd.Stdout, cmd.Stderr = &p.out, &p.out
+	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	}

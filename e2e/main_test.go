@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +39,8 @@ var suite struct {
 	self       string // this test binary
 	prefix     string // prefix of every namespace this run creates
 	skipReason string // why tests cannot run here
+	// stopping is set on SIGINT/SIGTERM so no test starts anything new.
+	stopping atomic.Bool
 }
 
 func TestMain(m *testing.M) {
@@ -82,8 +85,20 @@ func runTests(m *testing.M) int {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		s := <-sigs
+		suite.stopping.Store(true)
 		fmt.Fprintf(os.Stderr, "e2e: %v: cleaning up %s*\n", s, suite.prefix)
-		_ = testbed.Cleanup(suite.prefix)
+		// Tests keep running meanwhile and may create more: repeat until
+		// nothing has appeared for a while (bounded to 3 s).
+		quiet := 0
+		for i := 0; i < 60 && quiet < 5; i++ {
+			if left, _ := testbed.ListNetns(suite.prefix); len(left) == 0 {
+				quiet++
+			} else {
+				quiet = 0
+				_ = testbed.Cleanup(suite.prefix)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		cleanup()
 		os.Exit(130)
 	}()
