@@ -61,6 +61,11 @@ func main() {
 
 // runCLI dispatches args to a subcommand and returns the exit status.
 func runCLI(env *cliEnv, args []string) int {
+	args, err := globalSocket(args)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "vxmesh: %v\n", err)
+		return 2
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		usage(env.stdout)
 		if len(args) == 0 {
@@ -88,6 +93,37 @@ func runCLI(env *cliEnv, args []string) int {
 	}
 	fmt.Fprintf(env.stderr, "vxmesh: unknown command %q (see vxmesh help)\n", args[0])
 	return 2
+}
+
+// globalSocket moves a --socket flag given before the command word to the
+// command's own flags, so `vxmesh --socket S network ls` works too.
+func globalSocket(args []string) ([]string, error) {
+	if len(args) == 0 {
+		return args, nil
+	}
+	a := args[0]
+	var val string
+	switch {
+	case a == "--socket" || a == "-socket":
+		if len(args) < 2 {
+			return nil, fmt.Errorf("--socket: want a path")
+		}
+		val, args = args[1], args[2:]
+	case strings.HasPrefix(a, "--socket=") || strings.HasPrefix(a, "-socket="):
+		val, args = a[strings.Index(a, "=")+1:], args[1:]
+	default:
+		return args, nil
+	}
+	if len(args) == 0 {
+		return nil, fmt.Errorf("want a command after --socket %s", val)
+	}
+	out := append([]string{args[0]}, "--socket="+val)
+	// Subcommand groups take their verb first: network create, endpoint ls.
+	if (args[0] == "network" || args[0] == "endpoint") && len(args) > 1 {
+		out = append([]string{args[0], args[1]}, "--socket="+val)
+		return append(out, args[2:]...), nil
+	}
+	return append(out, args[1:]...), nil
 }
 
 func usage(w io.Writer) {

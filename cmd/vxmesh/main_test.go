@@ -48,3 +48,19 @@ func TestCLIErrorsAreOneLineWithStatus(t *testing.T) {
 		}
 	}
 }
+
+func TestGlobalSocketFlag(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"--socket /s network ls", "network ls --socket=/s"},
+		{"--socket=/s ps --format json", "ps --socket=/s --format json"},
+		{"ps", "ps"},
+	} {
+		got, err := globalSocket(strings.Fields(tc.in))
+		if err != nil || strings.Join(got, " ") != tc.want {
+			t.Errorf("globalSocket(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	if _, err := globalSocket([]string{"--socket", "/s"}); err == nil {
+		t.Error("--socket without a command accepted")
+	}
+}
