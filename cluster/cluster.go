@@ -1,0 +1,640 @@
+// Package cluster is vxmesh's control-plane membership and state replication.
+//
+// Every daemon runs one Cluster: a hashicorp/memberlist node (SWIM failure
+// detection, gossip always encrypted and authenticated with the 32-byte
+// cluster key) plus a set of replicated key/value tables. Tables are eventually
+// consistent: every write carries the writer's Lamport clock and name, deletes
+// are tombstones, and conflicts resolve the same way on every node (higher
+// version wins; on equal versions the lower owner name wins; then a tombstone
+// beats a value; then the higher value bytes). Writes spread by memberlist
+// broadcasts within a few gossip intervals and are reconciled by push/pull
+// anti-entropy, so a node that missed broadcasts or joins late converges.
+//
+// A table declared NodeScoped holds per-node facts (endpoints, VTEP addresses,
+// IPAM blocks): the entries written by a node disappear from every other node
+// once that node has been dead for Config.NodeGrace or has left, and come back
+// when it returns. The node that owns an entry of a node-scoped table is its
+// authority: copies of its entries that it does not hold itself (left over
+// from an earlier run of the process) are overwritten by a newer tombstone.
+//
+// ClaimBlock and Blocks implement IPAM block ownership on top of the
+// "ipam-blocks" table; see ClaimBlock for the exact guarantee.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// DefaultGossipPort is the TCP and UDP port of the gossip protocol.
+const DefaultGossipPort = 7946
+
+// Member states reported by Members.
+const (
+	StateAlive   = "alive"
+	StateSuspect = "suspect"
+	StateDead    = "dead"
+	StateLeft    = "left"
+)
+
+// maxBroadcast is the largest message sent with the UDP gossip broadcasts;
+// larger entries are sent to each member over TCP instead.
+const maxBroadcast = 1024
+
+// deadRetention is how long Members keeps reporting a dead or departed node,
+// and how long a dead node is retried for reconnection.
+const deadRetention = time.Hour
+
+// Config configures a Cluster. Zero values select the documented defaults.
+type Config struct {
+	// NodeName is this node's unique name in the cluster. Required.
+	NodeName string
+	// BindAddr is the address the gossip sockets listen on (default: all
+	// IPv4 addresses).
+	BindAddr netip.Addr
+	// AdvertiseAddr is the address other nodes use to reach this one
+	// (default: BindAddr when it is specified, else chosen by memberlist).
+	AdvertiseAddr netip.Addr
+	// GossipPort is the TCP and UDP gossip port (default 7946).
+	GossipPort int
+	// Key is the cluster key (KeySize bytes). Required: gossip is always
+	// encrypted.
+	Key []byte
+	// NodeGrace is how long a node must be dead before its entries in
+	// node-scoped tables are removed (default 30 s).
+	NodeGrace time.Duration
+	// Meta is published to the other nodes in memberlist's node meta.
+	Meta NodeMeta
+	// Logger receives the cluster's and memberlist's log (default: discard).
+	Logger *slog.Logger
+
+	// TombstoneTTL is how long deletes are remembered before being reaped
+	// (default the larger of 10 min and 2*NodeGrace). A node partitioned
+	// away for longer than this may resurrect entries deleted meanwhile.
+	TombstoneTTL time.Duration
+	// ClaimTimeout bounds how long ClaimBlock waits for every alive member
+	// to answer (default 5 s).
+	ClaimTimeout time.Duration
+	// ReconnectInterval is how often dead nodes are asked to rejoin, so a
+	// healed partition merges again (default 10 s; negative disables).
+	ReconnectInterval time.Duration
+
+	// Tuning knobs applied over memberlist.DefaultLANConfig; zero keeps the
+	// memberlist default. Tests use them for fast timing.
+	GossipInterval      time.Duration
+	ProbeInterval       time.Duration
+	ProbeTimeout        time.Duration
+	PushPullInterval    time.Duration
+	TCPTimeout          time.Duration
+	SuspicionMult       int
+	GossipToTheDeadTime time.Duration
+}
+
+// NodeMeta is what a node publishes about itself through memberlist.
+type NodeMeta struct {
+	// DataAddr is the node's VTEP: advertise IP and VXLAN data port.
+	DataAddr netip.AddrPort
+}
+
+// Member is one node as seen by this node.
+type Member struct {
+	Name  string
+	Addr  netip.AddrPort // gossip address
+	Meta  NodeMeta
+	State string // StateAlive, StateSuspect, StateDead or StateLeft
+	Self  bool
+}
+
+// TableOptions declares how a table behaves.
+type TableOptions struct {
+	// NodeScoped ties every entry to the node that wrote it: it is removed
+	// from the other nodes when the writer has been dead for NodeGrace or
+	// has left, and reappears when the writer returns.
+	NodeScoped bool
+}
+
+// Entry is one versioned key/value pair of a replicated table.
+type Entry struct {
+	Table   string
+	Key     string
+	Value   []byte
+	Owner   string // node that wrote this version
+	Version uint64 // Lamport clock of the write
+	Deleted bool   // tombstone
+}
+
+// beats reports whether e wins over o in the deterministic conflict order.
+func (e *Entry) beats(o *Entry) bool {
+	if e.Version != o.Version {
+		return e.Version > o.Version
+	}
+	if e.Owner != o.Owner {
+		return e.Owner < o.Owner
+	}
+	if e.Deleted != o.Deleted {
+		return e.Deleted
+	}
+	return string(e.Value) > string(o.Value)
+}
+
+func (e Entry) clone() Entry {
+	e.Value = slices.Clone(e.Value)
+	return e
+}
+
+type tkey struct{ table, key string }
+
+type record struct {
+	Entry
+	stamp   time.Time // when this node stored it (tombstone reaping)
+	expired bool      // local tombstone of a gone owner: never gossiped
+}
+
+type memberInfo struct {
+	name    string
+	addr    netip.AddrPort
+	meta    NodeMeta
+	state   string // alive, dead or left
+	suspect bool
+	since   time.Time
+}
+
+// Cluster is a running cluster node. Its methods are safe for concurrent use.
+type Cluster struct {
+	cfg   Config
+	log   *slog.Logger
+	ml    atomic.Pointer[memberlist.Memberlist]
+	queue *memberlist.TransmitLimitedQueue
+
+	mu      sync.Mutex
+	clock   uint64
+	tables  map[string]TableOptions
+	entries map[tkey]*record
+	members map[string]*memberInfo
+	gone    map[string]bool      // owners whose node-scoped entries are expired here
+	unknown map[string]time.Time // owners with entries but no membership record
+	subs    map[int]chan struct{}
+	nextSub int
+	leaving map[string]bool // nodes that announced they are leaving
+	refused map[string]bool // peers already logged as using another key
+	settled map[string]bool // claimKeyPrefix(network, block) won by this node
+	waiters map[uint64]chan *message
+	nextID  uint64
+	closed  bool
+	closing bool // set before Close waits for goroutines; guards wg.Add
+
+	claimMu     sync.Mutex
+	reconnectOn atomic.Bool
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	closeOnce   sync.Once
+}
+
+// Start creates the local node, listening on BindAddr:GossipPort. It does
+// not contact other nodes: call Join for that.
+func Start(cfg Config) (*Cluster, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("cluster: node name is required")
+	}
+	if len(cfg.NodeName) > maxNameLen {
+		return nil, fmt.Errorf("cluster: node name longer than %d bytes", maxNameLen)
+	}
+	if len(cfg.Key) != KeySize {
+		return nil, fmt.Errorf("cluster: key is %d bytes, want %d", len(cfg.Key), KeySize)
+	}
+	if cfg.GossipPort == 0 {
+		cfg.GossipPort = DefaultGossipPort
+	}
+	if cfg.GossipPort < 0 || cfg.GossipPort > 65535 {
+		return nil, fmt.Errorf("cluster: invalid gossip port %d", cfg.GossipPort)
+	}
+	if !cfg.BindAddr.IsValid() {
+		cfg.BindAddr = netip.IPv4Unspecified()
+	}
+	if !cfg.AdvertiseAddr.IsValid() && !cfg.BindAddr.IsUnspecified() {
+		cfg.AdvertiseAddr = cfg.BindAddr
+	}
+	if cfg.NodeGrace <= 0 {
+		cfg.NodeGrace = 30 * time.Second
+	}
+	if cfg.TombstoneTTL <= 0 {
+		cfg.TombstoneTTL = max(10*time.Minute, 2*cfg.NodeGrace)
+	}
+	if cfg.ClaimTimeout <= 0 {
+		cfg.ClaimTimeout = 5 * time.Second
+	}
+	if cfg.ReconnectInterval == 0 {
+		cfg.ReconnectInterval = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Key = slices.Clone(cfg.Key)
+
+	c := &Cluster{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "cluster"),
+		tables:  map[string]TableOptions{ipamTable: {NodeScoped: true}},
+		entries: map[tkey]*record{},
+		members: map[string]*memberInfo{},
+		gone:    map[string]bool{},
+		unknown: map[string]time.Time{},
+		subs:    map[int]chan struct{}{},
+		leaving: map[string]bool{},
+		refused: map[string]bool{},
+		settled: map[string]bool{},
+		waiters: map[uint64]chan *message{},
+		stop:    make(chan struct{}),
+	}
+	c.queue = &memberlist.TransmitLimitedQueue{
+		NumNodes: func() int {
+			if ml := c.ml.Load(); ml != nil {
+				return ml.NumMembers()
+			}
+			return 1
+		},
+		RetransmitMult: 3,
+	}
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.NodeName
+	mc.BindAddr = cfg.BindAddr.String()
+	mc.BindPort = cfg.GossipPort
+	mc.AdvertisePort = cfg.GossipPort
+	if cfg.AdvertiseAddr.IsValid() {
+		mc.AdvertiseAddr = cfg.AdvertiseAddr.String()
+	}
+	mc.SecretKey = cfg.Key
+	mc.GossipVerifyIncoming = true
+	mc.GossipVerifyOutgoing = true
+	mc.Delegate = (*delegate)(c)
+	mc.Events = (*delegate)(c)
+	mc.Alive = (*delegate)(c)
+	mc.Logger = log.New(&logBridge{c: c}, "", 0)
+	mc.DeadNodeReclaimTime = cfg.NodeGrace
+	setDur := func(dst *time.Duration, v time.Duration) {
+		if v > 0 {
+			*dst = v
+		}
+	}
+	setDur(&mc.GossipInterval, cfg.GossipInterval)
+	setDur(&mc.ProbeInterval, cfg.ProbeInterval)
+	setDur(&mc.ProbeTimeout, cfg.ProbeTimeout)
+	setDur(&mc.PushPullInterval, cfg.PushPullInterval)
+	setDur(&mc.TCPTimeout, cfg.TCPTimeout)
+	setDur(&mc.GossipToTheDeadTime, cfg.GossipToTheDeadTime)
+	if cfg.SuspicionMult > 0 {
+		mc.SuspicionMult = cfg.SuspicionMult
+	}
+
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: start gossip on %s: %w",
+			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
+	}
+	c.ml.Store(ml)
+	c.wg.Add(1)
+	go c.maintain()
+	return c, nil
+}
+
+// JoinError is returned by Join when no node could be reached.
+type JoinError struct {
+	Addrs []string // the addresses tried, as HOST:PORT
+	Err   error    // memberlist's error for each address
+}
+
+func (e *JoinError) Error() string {
+	return fmt.Sprintf("join %s: no node answered; wrong cluster key or unreachable", strings.Join(e.Addrs, ", "))
+}
+
+// Unwrap returns the underlying errors.
+func (e *JoinError) Unwrap() error { return e.Err }
+
+// Join contacts the given nodes (HOST or HOST:PORT; the port defaults to
+// GossipPort) and merges state with them. It returns how many answered; an
+// error (a *JoinError) only if none did, which is what happens when they use
+// another cluster key.
+func (c *Cluster) Join(addrs []string) (int, error) {
+	if len(addrs) == 0 {
+		return 0, nil
+	}
+	norm := make([]string, len(addrs))
+	for i, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			a = net.JoinHostPort(strings.Trim(a, "[]"), strconv.Itoa(c.cfg.GossipPort))
+		}
+		norm[i] = a
+	}
+	n, err := c.ml.Load().Join(norm)
+	if n == 0 {
+		if err == nil {
+			err = errors.New("no address answered")
+		}
+		return 0, &JoinError{Addrs: norm, Err: err}
+	}
+	return n, nil
+}
+
+// Leave announces that this node leaves the cluster and waits up to timeout
+// for the announcement to spread. The other nodes then drop its node-scoped
+// entries at once. Call Close afterwards.
+func (c *Cluster) Leave(timeout time.Duration) error {
+	// memberlist does not tell its event delegate whether a node died or
+	// left, so announce the departure first, reliably, to every peer.
+	msg := (&message{Type: msgLeave, From: c.cfg.NodeName}).encode()
+	var wg sync.WaitGroup
+	for _, p := range c.alivePeers() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.ml.Load().SendReliable(p, msg); err != nil {
+				c.log.Debug("announce leave", "node", p.Name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	return c.ml.Load().Leave(timeout)
+}
+
+// Close stops the node without announcing anything (to the others it looks
+// like a crash unless Leave was called first). Subscription channels are
+// closed. Close is idempotent.
+func (c *Cluster) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		c.mu.Unlock()
+		close(c.stop)
+		c.wg.Wait()
+		err = c.ml.Load().Shutdown()
+		c.mu.Lock()
+		c.closed = true
+		for id, ch := range c.subs {
+			close(ch)
+			delete(c.subs, id)
+		}
+		c.mu.Unlock()
+	})
+	return err
+}
+
+// LocalName returns this node's name.
+func (c *Cluster) LocalName() string { return c.cfg.NodeName }
+
+// Members returns every node this node knows, itself included, sorted by
+// name. Dead and departed nodes are reported for a while (one hour).
+// "suspect" means a probe of the node failed and it has not refuted yet.
+func (c *Cluster) Members() []Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Member, 0, len(c.members))
+	for _, mi := range c.members {
+		st := mi.state
+		if st == StateAlive && mi.suspect {
+			st = StateSuspect
+		}
+		out = append(out, Member{Name: mi.name, Addr: mi.addr, Meta: mi.meta, State: st, Self: mi.name == c.cfg.NodeName})
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Subscribe returns a channel that receives a value whenever a table or the
+// membership changed. Signals coalesce (the channel has capacity one), so a
+// consumer re-reads what it needs with List or Members. cancel releases the
+// subscription; the channel is closed by cancel or Close.
+func (c *Cluster) Subscribe() (<-chan struct{}, func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan struct{}, 1)
+	if c.closed {
+		close(ch)
+		return ch, func() {}
+	}
+	id := c.nextSub
+	c.nextSub++
+	c.subs[id] = ch
+	return ch, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if ch, ok := c.subs[id]; ok {
+			close(ch)
+			delete(c.subs, id)
+		}
+	}
+}
+
+// notifyLocked signals the subscribers. c.mu must be held.
+func (c *Cluster) notifyLocked() {
+	for _, ch := range c.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// maintain expires the entries of gone nodes, reaps tombstones and old
+// members, and asks dead nodes to rejoin.
+func (c *Cluster) maintain() {
+	defer c.wg.Done()
+	tick := min(max(c.cfg.NodeGrace/4, 10*time.Millisecond), time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var lastReconnect time.Time
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-t.C:
+			c.sweep(now)
+			if c.cfg.ReconnectInterval > 0 && now.Sub(lastReconnect) >= c.cfg.ReconnectInterval {
+				lastReconnect = now
+				c.reconnect()
+			}
+		}
+	}
+}
+
+// sweep does the time-driven state changes of maintain.
+func (c *Cluster) sweep(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := false
+	for name, mi := range c.members {
+		if name == c.cfg.NodeName {
+			continue
+		}
+		if mi.state == StateLeft || (mi.state == StateDead && now.Sub(mi.since) >= c.cfg.NodeGrace) {
+			changed = c.expireOwnerLocked(name, now) || changed
+		}
+		if mi.state != StateAlive && now.Sub(mi.since) >= deadRetention {
+			delete(c.members, name)
+		}
+	}
+	// Owners of node-scoped entries that this node has no membership
+	// record of (yet or any more) get the same grace.
+	seen := map[string]bool{}
+	for k, r := range c.entries {
+		if r.Deleted || !c.tables[k.table].NodeScoped || r.Owner == c.cfg.NodeName || c.members[r.Owner] != nil {
+			continue
+		}
+		seen[r.Owner] = true
+		if _, ok := c.unknown[r.Owner]; !ok {
+			c.unknown[r.Owner] = now
+		}
+	}
+	for owner, since := range c.unknown {
+		switch {
+		case !seen[owner]:
+			delete(c.unknown, owner)
+		case now.Sub(since) >= c.cfg.NodeGrace:
+			changed = c.expireOwnerLocked(owner, now) || changed
+			delete(c.unknown, owner)
+		}
+	}
+	for k, r := range c.entries {
+		if r.Deleted && now.Sub(r.stamp) >= c.cfg.TombstoneTTL {
+			delete(c.entries, k)
+		}
+	}
+	if changed {
+		c.notifyLocked()
+	}
+}
+
+// expireOwnerLocked turns the node-scoped entries of owner into local
+// tombstones and stops accepting new ones until owner returns.
+func (c *Cluster) expireOwnerLocked(owner string, now time.Time) bool {
+	if c.gone[owner] {
+		return false
+	}
+	c.gone[owner] = true
+	changed := false
+	n := 0
+	for k, r := range c.entries {
+		if r.Owner != owner || !c.tables[k.table].NodeScoped || r.expired {
+			continue
+		}
+		if !r.Deleted {
+			changed = true
+			n++
+		}
+		r.Deleted, r.expired, r.Value, r.stamp = true, true, nil, now
+	}
+	if n > 0 {
+		c.log.Info("removed entries of departed node", "node", owner, "entries", n)
+	}
+	return changed
+}
+
+// reconnect asks the dead (not departed) members to join again, so the
+// cluster heals after a partition longer than memberlist's own retries.
+func (c *Cluster) reconnect() {
+	c.mu.Lock()
+	var addrs []string
+	for _, mi := range c.members {
+		if mi.state == StateDead && mi.addr.IsValid() {
+			addrs = append(addrs, mi.addr.String())
+		}
+	}
+	c.mu.Unlock()
+	if len(addrs) == 0 || !c.reconnectOn.CompareAndSwap(false, true) {
+		return
+	}
+	c.spawn(func() {
+		defer c.reconnectOn.Store(false)
+		for _, a := range addrs {
+			select {
+			case <-c.stop:
+				return
+			default:
+			}
+			if n, _ := c.ml.Load().Join([]string{a}); n > 0 {
+				c.log.Info("reconnected to node", "addr", a)
+			}
+		}
+	})
+}
+
+// spawn runs f on a goroutine that Close waits for, unless Close has begun.
+func (c *Cluster) spawn(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+}
+
+// logBridge turns memberlist's log lines into slog records, and reports
+// peers using another cluster key once per peer address instead of per packet.
+type logBridge struct{ c *Cluster }
+
+func (b *logBridge) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	lvl := slog.LevelDebug
+	for tag, l := range map[string]slog.Level{"[ERR]": slog.LevelError, "[ERROR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelInfo} {
+		if strings.HasPrefix(line, tag) {
+			lvl = l
+			break
+		}
+	}
+	c := b.c
+	if strings.Contains(strings.ToLower(line), "decrypt") {
+		peer := "unknown"
+		if i := strings.LastIndex(line, "from="); i >= 0 {
+			peer = line[i+len("from="):]
+			if h, _, err := net.SplitHostPort(peer); err == nil {
+				peer = h // TCP source ports change per connection
+			}
+		}
+		c.mu.Lock()
+		first := !c.refused[peer]
+		if first {
+			if len(c.refused) >= 4096 {
+				clear(c.refused)
+			}
+			c.refused[peer] = true
+		}
+		c.mu.Unlock()
+		if first {
+			c.log.Warn("refusing gossip from a node with a different cluster key (logged once per peer)", "peer", peer, "detail", line)
+		}
+		return len(p), nil
+	}
+	if _, rest, ok := strings.Cut(line, "memberlist: Suspect "); ok {
+		if name, _, ok := strings.Cut(rest, " has failed"); ok {
+			c.mu.Lock()
+			if mi := c.members[name]; mi != nil && mi.state == StateAlive && !mi.suspect {
+				mi.suspect = true
+				c.notifyLocked()
+			}
+			c.mu.Unlock()
+		}
+	}
+	c.log.Log(context.Background(), lvl, strings.TrimPrefix(line, "memberlist: "), "source", "memberlist")
+	return len(p), nil
+}
+
+var _ io.Writer = (*logBridge)(nil)

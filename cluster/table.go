@@ -1,0 +1,390 @@
+package cluster
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// DefineTable declares a table before it is written. Defining a table again
+// changes its options. Entries of tables that are not defined here are still
+// stored and relayed, as not node-scoped.
+func (c *Cluster) DefineTable(name string, opt TableOptions) error {
+	if name == "" || len(name) > maxNameLen {
+		return fmt.Errorf("table name %q: must be 1 to %d bytes", name, maxNameLen)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tables[name] = opt
+	return nil
+}
+
+func (c *Cluster) checkWrite(table, key string, value []byte) error {
+	if _, ok := c.tables[table]; !ok {
+		return fmt.Errorf("table %q is not defined", table)
+	}
+	if len(key) > maxKeyLen {
+		return fmt.Errorf("table %q: key longer than %d bytes", table, maxKeyLen)
+	}
+	if len(value) > maxValueLen {
+		return fmt.Errorf("table %q key %q: value of %d bytes exceeds %d", table, key, len(value), maxValueLen)
+	}
+	return nil
+}
+
+// Put writes value under key in table, owned by this node, with a version
+// above every version this node has seen, and spreads it.
+func (c *Cluster) Put(table, key string, value []byte) error {
+	c.mu.Lock()
+	if err := c.checkWrite(table, key, value); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	e := c.writeLocked(Entry{Table: table, Key: key, Value: slices.Clone(value)})
+	c.mu.Unlock()
+	c.broadcast(e)
+	return nil
+}
+
+// Delete removes key from table by writing a tombstone. Deleting a key that
+// has no live entry is a no-op.
+func (c *Cluster) Delete(table, key string) error {
+	c.mu.Lock()
+	if err := c.checkWrite(table, key, nil); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	if r := c.entries[tkey{table, key}]; r == nil || r.Deleted {
+		c.mu.Unlock()
+		return nil
+	}
+	e := c.writeLocked(Entry{Table: table, Key: key, Deleted: true})
+	c.mu.Unlock()
+	c.broadcast(e)
+	return nil
+}
+
+// writeLocked stamps e as a new local write, stores it and returns a copy.
+func (c *Cluster) writeLocked(e Entry) Entry {
+	c.clock++
+	e.Owner = c.cfg.NodeName
+	e.Version = c.clock
+	c.entries[tkey{e.Table, e.Key}] = &record{Entry: e, stamp: time.Now()}
+	c.notifyLocked()
+	return e.clone()
+}
+
+// Get returns the live entry of key in table.
+func (c *Cluster) Get(table, key string) (Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.entries[tkey{table, key}]
+	if r == nil || r.Deleted {
+		return Entry{}, false
+	}
+	return r.Entry.clone(), true
+}
+
+// List returns the live entries of table sorted by key.
+func (c *Cluster) List(table string) []Entry {
+	c.mu.Lock()
+	var out []Entry
+	for k, r := range c.entries {
+		if k.table == table && !r.Deleted {
+			out = append(out, r.Entry.clone())
+		}
+	}
+	c.mu.Unlock()
+	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Key, b.Key) })
+	return out
+}
+
+// applyLocked merges an entry received from a peer. It returns whether the
+// local state changed and, when this node had to refute a stale copy of one
+// of its own node-scoped entries, the new entry to spread.
+func (c *Cluster) applyLocked(e Entry) (changed bool, refute *Entry) {
+	if e.Version > c.clock {
+		c.clock = e.Version
+	}
+	k := tkey{e.Table, e.Key}
+	cur := c.entries[k]
+	if c.tables[e.Table].NodeScoped {
+		if e.Owner == c.cfg.NodeName {
+			if cur != nil && !e.beats(&cur.Entry) {
+				return false, nil
+			}
+			if e.Deleted && (cur == nil || cur.Deleted) {
+				c.entries[k] = &record{Entry: e, stamp: time.Now()}
+				return true, nil
+			}
+			// A copy of "our" entry that we do not hold: left over from an
+			// earlier run. This node is the authority; overwrite it.
+			ne := Entry{Table: e.Table, Key: e.Key, Deleted: true}
+			if cur != nil && cur.Owner == c.cfg.NodeName && !cur.Deleted {
+				ne = cur.Entry.clone()
+				ne.Deleted = false
+			}
+			ne = c.writeLocked(ne)
+			return true, &ne
+		}
+		if c.gone[e.Owner] {
+			return false, nil
+		}
+	}
+	if cur != nil && !e.beats(&cur.Entry) {
+		return false, nil
+	}
+	c.entries[k] = &record{Entry: e, stamp: time.Now()}
+	return true, nil
+}
+
+// merge applies remote entries, relays the ones that were news (gossip) when
+// relay is set, and spreads refutations.
+func (c *Cluster) merge(entries []Entry, relay bool) {
+	var out []Entry
+	c.mu.Lock()
+	any := false
+	for _, e := range entries {
+		changed, refute := c.applyLocked(e)
+		any = any || changed
+		switch {
+		case refute != nil:
+			out = append(out, *refute)
+		case changed && relay:
+			out = append(out, e)
+		}
+	}
+	if any {
+		c.notifyLocked()
+	}
+	c.mu.Unlock()
+	for _, e := range out {
+		c.broadcast(e)
+	}
+}
+
+// broadcast spreads one entry: by gossip when it fits a packet, else over
+// TCP to every alive member.
+func (c *Cluster) broadcast(e Entry) {
+	msg := (&message{Type: msgEntries, From: c.cfg.NodeName, Entries: []Entry{e}}).encode()
+	if len(msg) <= maxBroadcast {
+		c.queue.QueueBroadcast(&broadcast{name: e.Table + "\x00" + e.Key, msg: msg})
+		return
+	}
+	peers := c.alivePeers()
+	c.spawn(func() {
+		for _, n := range peers {
+			if err := c.ml.Load().SendReliable(n, msg); err != nil {
+				c.log.Debug("send entry", "node", n.Name, "err", err)
+			}
+		}
+	})
+}
+
+// alivePeers returns the other alive (or suspect) members.
+func (c *Cluster) alivePeers() []*memberlist.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*memberlist.Node
+	for _, mi := range c.members {
+		if mi.state == StateAlive && mi.name != c.cfg.NodeName {
+			out = append(out, &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()})
+		}
+	}
+	return out
+}
+
+// broadcast is a memberlist broadcast of one entry; a newer one for the same
+// table and key replaces it in the queue.
+type broadcast struct {
+	name string
+	msg  []byte
+}
+
+func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
+	ob, ok := o.(*broadcast)
+	return ok && ob.name == b.name
+}
+func (b *broadcast) Name() string    { return b.name }
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}
+
+// delegate implements memberlist's Delegate, EventDelegate and AliveDelegate.
+// Its methods run on memberlist goroutines (some under memberlist's node
+// lock): they never block and never call back into memberlist.
+type delegate Cluster
+
+func (d *delegate) c() *Cluster { return (*Cluster)(d) }
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	b := encodeMeta(d.cfg.Meta)
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+
+func (d *delegate) NotifyMsg(b []byte) {
+	c := d.c()
+	m, err := decode(b)
+	if err != nil {
+		c.log.Debug("dropping malformed gossip message", "err", err)
+		return
+	}
+	switch m.Type {
+	case msgEntries:
+		c.merge(m.Entries, true)
+	case msgClaimReq:
+		c.merge(m.Entries, false)
+		c.answerClaim(m)
+	case msgLeave:
+		c.mu.Lock()
+		if len(c.leaving) < 4096 {
+			c.leaving[m.From] = true
+		}
+		if mi := c.members[m.From]; mi != nil && mi.state == StateDead {
+			mi.state = StateLeft
+			c.expireOwnerLocked(m.From, time.Now())
+			c.notifyLocked()
+		}
+		c.mu.Unlock()
+	case msgClaimResp:
+		c.merge(m.Entries, false)
+		c.mu.Lock()
+		if ch := c.waiters[m.ID]; ch != nil {
+			select {
+			case ch <- m:
+			default:
+			}
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.queue.GetBroadcasts(overhead, limit)
+}
+
+func (d *delegate) LocalState(join bool) []byte {
+	c := d.c()
+	c.mu.Lock()
+	m := &message{Type: msgState, From: c.cfg.NodeName, Clock: c.clock, Entries: make([]Entry, 0, len(c.entries))}
+	for _, r := range c.entries {
+		if !r.expired {
+			m.Entries = append(m.Entries, r.Entry)
+		}
+	}
+	b := m.encode()
+	c.mu.Unlock()
+	return b
+}
+
+func (d *delegate) MergeRemoteState(buf []byte, join bool) {
+	c := d.c()
+	m, err := decode(buf)
+	if err != nil || m.Type != msgState {
+		c.log.Debug("dropping malformed push/pull state", "err", err)
+		return
+	}
+	c.mu.Lock()
+	if m.Clock > c.clock {
+		c.clock = m.Clock
+	}
+	c.mu.Unlock()
+	c.merge(m.Entries, false)
+}
+
+func memberAddr(n *memberlist.Node) netip.AddrPort {
+	a, _ := netip.AddrFromSlice(n.Addr)
+	return netip.AddrPortFrom(a.Unmap(), n.Port)
+}
+
+func (d *delegate) NotifyJoin(n *memberlist.Node) {
+	c := d.c()
+	meta, err := decodeMeta(n.Meta)
+	if err != nil {
+		c.log.Warn("node meta", "node", n.Name, "err", err)
+	}
+	c.mu.Lock()
+	prev := c.members[n.Name]
+	rejoin := prev != nil && prev.state != StateAlive
+	c.members[n.Name] = &memberInfo{name: n.Name, addr: memberAddr(n), meta: meta, state: StateAlive, since: time.Now()}
+	delete(c.unknown, n.Name)
+	delete(c.leaving, n.Name)
+	if c.gone[n.Name] {
+		delete(c.gone, n.Name)
+		for k, r := range c.entries {
+			if r.expired && r.Owner == n.Name {
+				delete(c.entries, k)
+			}
+		}
+	}
+	var own []Entry
+	if rejoin && n.Name != c.cfg.NodeName {
+		// The returning node may have expired our entries: re-announce.
+		for k, r := range c.entries {
+			if r.Owner == c.cfg.NodeName && c.tables[k.table].NodeScoped {
+				own = append(own, r.Entry.clone())
+			}
+		}
+	}
+	c.notifyLocked()
+	c.mu.Unlock()
+	if n.Name != c.cfg.NodeName {
+		c.log.Info("node joined", "node", n.Name, "addr", memberAddr(n), "rejoin", rejoin)
+	}
+	for _, e := range own {
+		c.broadcast(e)
+	}
+}
+
+func (d *delegate) NotifyLeave(n *memberlist.Node) {
+	c := d.c()
+	st := StateDead
+	now := time.Now()
+	c.mu.Lock()
+	if c.leaving[n.Name] {
+		st = StateLeft
+	}
+	mi := c.members[n.Name]
+	if mi == nil {
+		mi = &memberInfo{name: n.Name, addr: memberAddr(n)}
+		c.members[n.Name] = mi
+	}
+	mi.state, mi.suspect, mi.since = st, false, now
+	if st == StateLeft {
+		c.expireOwnerLocked(n.Name, now)
+	}
+	c.notifyLocked()
+	c.mu.Unlock()
+	c.log.Info("node "+st, "node", n.Name)
+}
+
+func (d *delegate) NotifyUpdate(n *memberlist.Node) {
+	c := d.c()
+	meta, err := decodeMeta(n.Meta)
+	if err != nil {
+		c.log.Warn("node meta", "node", n.Name, "err", err)
+	}
+	c.mu.Lock()
+	if mi := c.members[n.Name]; mi != nil {
+		mi.meta, mi.addr = meta, memberAddr(n)
+	}
+	c.notifyLocked()
+	c.mu.Unlock()
+}
+
+func (d *delegate) NotifyAlive(n *memberlist.Node) error {
+	c := d.c()
+	c.mu.Lock()
+	if mi := c.members[n.Name]; mi != nil && mi.suspect {
+		mi.suspect = false
+		c.notifyLocked()
+	}
+	c.mu.Unlock()
+	return nil
+}
