@@ -199,6 +199,7 @@ type Cluster struct {
 
 	claimMu     sync.Mutex
 	reconnectOn atomic.Bool
+	alive       atomic.Int64 // alive members, self included
 	stop        chan struct{}
 	wg          sync.WaitGroup
 	closeOnce   sync.Once
@@ -261,12 +262,10 @@ func Start(cfg Config) (*Cluster, error) {
 		stop:    make(chan struct{}),
 	}
 	c.queue = &memberlist.TransmitLimitedQueue{
-		NumNodes: func() int {
-			if ml := c.ml.Load(); ml != nil {
-				return ml.NumMembers()
-			}
-			return 1
-		},
+		// Not ml.NumMembers: GetBroadcasts calls this holding the queue
+		// lock, and memberlist holds its node lock while calling our
+		// event delegate.
+		NumNodes:       func() int { return max(int(c.alive.Load()), 1) },
 		RetransmitMult: 3,
 	}
 
@@ -362,7 +361,7 @@ func (c *Cluster) Leave(timeout time.Duration) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := c.ml.Load().SendReliable(p, msg); err != nil {
+			if err := c.sendReliable(p, msg); err != nil {
 				c.log.Debug("announce leave", "node", p.Name, "err", err)
 			}
 		}()
@@ -486,6 +485,7 @@ func (c *Cluster) sweep(now time.Time) {
 		}
 		if mi.state != StateAlive && now.Sub(mi.since) >= deadRetention {
 			delete(c.members, name)
+			delete(c.leaving, name)
 		}
 	}
 	// Owners of node-scoped entries that this node has no membership
@@ -571,6 +571,27 @@ func (c *Cluster) reconnect() {
 			}
 		}
 	})
+}
+
+// countAliveLocked refreshes the alive member count used by the broadcast
+// queue. c.mu must be held.
+func (c *Cluster) countAliveLocked() {
+	n := 0
+	for _, mi := range c.members {
+		if mi.state == StateAlive {
+			n++
+		}
+	}
+	c.alive.Store(int64(n))
+}
+
+// sendReliable sends msg to node over TCP.
+func (c *Cluster) sendReliable(node *memberlist.Node, msg []byte) error {
+	ml := c.ml.Load()
+	if ml == nil {
+		return errors.New("cluster is starting")
+	}
+	return ml.SendReliable(node, msg)
 }
 
 // spawn runs f on a goroutine that Close waits for, unless Close has begun.

@@ -226,7 +226,7 @@ func (c *Cluster) settleClaim(network string, block netip.Prefix) (bool, error) 
 	req := (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()
 	for _, p := range peers {
 		c.spawn(func() {
-			if err := c.ml.Load().SendReliable(p, req); err != nil {
+			if err := c.sendReliable(p, req); err != nil {
 				c.log.Debug("send block claim", "node", p.Name, "err", err)
 			}
 		})
@@ -296,7 +296,7 @@ func (c *Cluster) answerClaim(req *message) {
 	}
 	b := resp.encode()
 	c.spawn(func() {
-		if err := c.ml.Load().SendReliable(to, b); err != nil {
+		if err := c.sendReliable(to, b); err != nil {
 			c.log.Debug("answer block claim", "node", to.Name, "err", err)
 		}
 	})

@@ -147,10 +147,10 @@ func (c *Cluster) applyLocked(e Entry) (changed bool, refute *Entry) {
 func (c *Cluster) merge(entries []Entry, relay bool) {
 	var out []Entry
 	c.mu.Lock()
-	any := false
+	anyChanged := false
 	for _, e := range entries {
 		changed, refute := c.applyLocked(e)
-		any = any || changed
+		anyChanged = anyChanged || changed
 		switch {
 		case refute != nil:
 			out = append(out, *refute)
@@ -158,7 +158,7 @@ func (c *Cluster) merge(entries []Entry, relay bool) {
 			out = append(out, e)
 		}
 	}
-	if any {
+	if anyChanged {
 		c.notifyLocked()
 	}
 	c.mu.Unlock()
@@ -178,7 +178,7 @@ func (c *Cluster) broadcast(e Entry) {
 	peers := c.alivePeers()
 	c.spawn(func() {
 		for _, n := range peers {
-			if err := c.ml.Load().SendReliable(n, msg); err != nil {
+			if err := c.sendReliable(n, msg); err != nil {
 				c.log.Debug("send entry", "node", n.Name, "err", err)
 			}
 		}
@@ -332,13 +332,19 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 			}
 		}
 	}
+	c.countAliveLocked()
 	c.notifyLocked()
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
 		c.log.Info("node joined", "node", n.Name, "addr", memberAddr(n), "rejoin", rejoin)
 	}
-	for _, e := range own {
-		c.broadcast(e)
+	if len(own) > 0 {
+		// Not here: memberlist holds its node lock while calling us.
+		c.spawn(func() {
+			for _, e := range own {
+				c.broadcast(e)
+			}
+		})
 	}
 }
 
@@ -359,6 +365,7 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	if st == StateLeft {
 		c.expireOwnerLocked(n.Name, now)
 	}
+	c.countAliveLocked()
 	c.notifyLocked()
 	c.mu.Unlock()
 	c.log.Info("node "+st, "node", n.Name)
