@@ -19,8 +19,47 @@ type Network struct {
 	MTU     int       `json:"mtu"`
 	VNI     uint32    `json:"vni"`
 	Created time.Time `json:"created"`
-	// Endpoints lists the endpoints attached to the network (inspect only).
+	// VTEPs are the external RFC 7348 VTEPs (not vxmesh nodes) that get
+	// the network's broadcast and unknown frames.
+	VTEPs []string `json:"vteps,omitempty"`
+	// Endpoints lists the network's endpoints on every node (inspect only).
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// Peers are the remote VTEPs this node exchanges the network's frames
+	// with, with their counters (inspect only).
+	Peers []Peer `json:"peers,omitempty"`
+}
+
+// Peer is a remote VTEP of a network as one node sees it.
+type Peer struct {
+	// VTEP is the peer's underlay address.
+	VTEP string `json:"vtep"`
+	// Node names the vxmesh node behind the VTEP; empty for an external
+	// VTEP.
+	Node      string `json:"node,omitempty"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	TxDrops   uint64 `json:"tx_drops"`
+}
+
+// NetworkUpdateRequest changes a network's external VTEPs.
+type NetworkUpdateRequest struct {
+	AddVTEPs    []string `json:"add_vteps,omitempty"`
+	RemoveVTEPs []string `json:"remove_vteps,omitempty"`
+}
+
+// Node is a cluster member.
+type Node struct {
+	Name string `json:"name"`
+	// Addr is the gossip address, DataAddr the VXLAN endpoint.
+	Addr     string `json:"addr"`
+	DataAddr string `json:"data_addr"`
+	// State is alive, suspect, dead or left.
+	State string `json:"state"`
+	Self  bool   `json:"self"`
+	// Networks are the networks the node has endpoints on.
+	Networks []string `json:"networks"`
 }
 
 // NetworkCreateRequest asks for a new network. Empty fields get defaults.
@@ -30,6 +69,8 @@ type NetworkCreateRequest struct {
 	Gateway string `json:"gateway,omitempty"`
 	MTU     int    `json:"mtu,omitempty"`
 	VNI     uint32 `json:"vni,omitempty"`
+	// VTEPs are external RFC 7348 VTEPs to flood to and learn from.
+	VTEPs []string `json:"vteps,omitempty"`
 }
 
 // Endpoint is a container interface attached to a network.
@@ -86,8 +127,12 @@ type FDBEntry struct {
 	MAC  string `json:"mac"`
 	IP   string `json:"ip,omitempty"`
 	Port string `json:"port"`
-	// Kind is "local" (a container port), "static" or "learned".
+	// Kind is "local" (a container port on this node), "remote" (an
+	// endpoint on another node), "static" or "learned".
 	Kind string `json:"kind"`
+	// VTEP is the underlay address behind which the MAC lives, for
+	// entries on the tunnel port.
+	VTEP string `json:"vtep,omitempty"`
 	// AgeSeconds is the time since a learned entry was last seen.
 	AgeSeconds float64 `json:"age_seconds,omitempty"`
 }
