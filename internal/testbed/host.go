@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vxmesh/vxmesh/api"
 )
 
 // Host is one simulated machine: a network namespace with an underlay
@@ -37,6 +39,20 @@ type Host struct {
 	// `vxmesh run` on this host lives in /run/netns/<ContainerPrefix>NAME.
 	ContainerPrefix string
 
+	// The fields below shape the daemon's command line; change them before
+	// StartDaemon to vary it.
+
+	// Join lists the nodes the daemon joins (--join); New sets it to h1's
+	// address for every host but h1.
+	Join []string
+	// KeyFile is the daemon's --cluster-key-file, the testbed's shared
+	// KeyFile unless changed; empty passes no flag (the daemon then makes
+	// its own key in its state directory).
+	KeyFile string
+	// Flags are appended to the daemon's arguments at every start
+	// (Options.DaemonFlags unless changed).
+	Flags []string
+
 	tb   *Testbed
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -49,21 +65,8 @@ func (h *Host) build() error {
 	if err := os.MkdirAll(h.StateDir, 0o700); err != nil {
 		return fmt.Errorf("testbed: host %s: %w", h.Name, err)
 	}
-	ul := h.tb.Underlay
-	steps := [][]string{
-		{"netns", "add", h.Netns},
-		{"-n", h.Netns, "link", "set", "lo", "up"},
-		// Both ends are made inside namespaces, so nothing appears in the
-		// caller's namespace even for a moment.
-		{"-n", ul, "link", "add", h.Name, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns", h.Netns},
-		{"-n", ul, "link", "set", h.Name, "master", "br0", "up"},
-		{"-n", h.Netns, "link", "set", "eth0", "mtu", "1500", "up"},
-		{"-n", h.Netns, "addr", "add", h.Addr + "/24", "dev", "eth0"},
-	}
-	for _, s := range steps {
-		if err := ip(s...); err != nil {
-			return fmt.Errorf("testbed: host %s: %w", h.Name, err)
-		}
+	if err := attachUnderlay(h.tb.Underlay, h.Netns, h.Name, h.Addr); err != nil {
+		return fmt.Errorf("testbed: host %s: %w", h.Name, err)
 	}
 	return nil
 }
@@ -77,16 +80,27 @@ func (h *Host) ContainerNetnsPath(name string) string {
 	return filepath.Join(NetnsDir, h.ContainerNetns(name))
 }
 
-// DaemonArgs returns the argv StartDaemon runs (before extra arguments).
+// DaemonArgs returns the argv StartDaemon runs (before its extra
+// arguments): the daemon in the host's namespace, advertising the host's
+// underlay address, with the key file, join list and Flags.
 func (h *Host) DaemonArgs() []string {
-	return []string{
+	args := []string{
 		"nsenter", "--net=" + h.NetnsPath, "--",
 		h.tb.binary, "daemon",
 		"--node", h.Name,
 		"--socket", h.Socket,
 		"--state-dir", h.StateDir,
 		"--netns-prefix", h.ContainerPrefix,
+		// The hosts have no default route to guess the address from.
+		"--advertise", h.Addr,
 	}
+	if h.KeyFile != "" {
+		args = append(args, "--cluster-key-file", h.KeyFile)
+	}
+	if len(h.Join) > 0 {
+		args = append(args, "--join", strings.Join(h.Join, ","))
+	}
+	return append(args, h.Flags...)
 }
 
 // Running reports whether the daemon started by StartDaemon is still alive.
@@ -321,4 +335,53 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// WaitExit waits up to timeout for the daemon started by StartDaemon to
+// exit on its own and returns its exit error (nil for status 0). It is for
+// daemons expected to give up, e.g. one refused by the cluster.
+func (h *Host) WaitExit(timeout time.Duration) (exited bool, err error) {
+	if h.cmd == nil {
+		return false, fmt.Errorf("testbed: host %s: no daemon started", h.Name)
+	}
+	select {
+	case <-h.done:
+		h.cmd = nil
+		return true, h.waitErr
+	case <-time.After(timeout):
+		return false, nil
+	}
+}
+
+// Nodes returns `vxmesh node ls` as this host's daemon sees the cluster.
+func (h *Host) Nodes() ([]api.Node, error) {
+	var ns []api.Node
+	err := h.CLIJSON(&ns, "node", "ls")
+	return ns, err
+}
+
+// clusterSees reports nil if h's `node ls` shows itself (as self) and every
+// host in want alive.
+func (h *Host) clusterSees(want []*Host) error {
+	ns, err := h.Nodes()
+	if err != nil {
+		return err
+	}
+	state := map[string]string{}
+	for _, n := range ns {
+		state[n.Name] = n.State
+		if n.Self && n.Name != h.Name {
+			return fmt.Errorf("host %s: node ls marks %s as self", h.Name, n.Name)
+		}
+	}
+	var missing []string
+	for _, w := range want {
+		if state[w.Name] != "alive" {
+			missing = append(missing, fmt.Sprintf("%s=%q", w.Name, state[w.Name]))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("host %s: node ls shows %s, want alive", h.Name, strings.Join(missing, " "))
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ package testbed
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -46,6 +47,9 @@ type Options struct {
 	Dir string
 	// ReadyTimeout bounds StartDaemon's wait; zero means DefaultReadyTimeout.
 	ReadyTimeout time.Duration
+	// DaemonFlags are appended to every host's daemon arguments (each
+	// Host.Flags starts as a copy), e.g. "--node-grace", "3s".
+	DaemonFlags []string
 }
 
 // Testbed is a set of hosts on one underlay bridge.
@@ -58,10 +62,15 @@ type Testbed struct {
 	Underlay string
 	// Hosts are the hosts, named h1, h2, ...
 	Hosts []*Host
+	// KeyFile is the cluster key shared by every host's daemon (base64,
+	// mode 0600), made by New as a user would with `vxmesh keygen`.
+	KeyFile string
 
 	binary       string
 	ownDir       bool
 	readyTimeout time.Duration
+	subnet       int // third octet of the underlay 192.168.X.0/24
+	peers        int // underlay peers made so far
 }
 
 // New builds the underlay namespace with its bridge and opts.Hosts host
@@ -125,25 +134,109 @@ func New(opts Options) (tb *Testbed, err error) {
 	if err := ipIn(tb.Underlay, "link", "set", "br0", "mtu", "1500", "up"); err != nil {
 		return tb, err
 	}
+	tb.subnet = k
+	tb.KeyFile = filepath.Join(tb.Dir, "cluster.key")
+	if err := WriteKeyFile(tb.KeyFile); err != nil {
+		return tb, err
+	}
 	for i := 1; i <= opts.Hosts; i++ {
-		h := &Host{
-			tb:   tb,
-			Name: fmt.Sprintf("h%d", i),
-		}
-		h.Netns = prefix + h.Name
-		h.NetnsPath = filepath.Join(NetnsDir, h.Netns)
-		h.Addr = fmt.Sprintf("192.168.%d.%d", k, i)
-		h.Dir = filepath.Join(tb.Dir, h.Name)
-		h.Socket = filepath.Join(h.Dir, "vxmesh.sock")
-		h.StateDir = filepath.Join(h.Dir, "state")
-		h.LogFile = filepath.Join(h.Dir, "daemon.log")
-		h.ContainerPrefix = prefix + h.Name + "-"
+		h := tb.newHost(i, opts.DaemonFlags)
 		tb.Hosts = append(tb.Hosts, h)
 		if err := h.build(); err != nil {
 			return tb, err
 		}
 	}
 	return tb, nil
+}
+
+// newHost describes host number i (h<i>, underlay address .i); it makes
+// nothing. Hosts after the first join the first one.
+func (tb *Testbed) newHost(i int, flags []string) *Host {
+	h := &Host{
+		tb:      tb,
+		Name:    fmt.Sprintf("h%d", i),
+		KeyFile: tb.KeyFile,
+		Flags:   append([]string(nil), flags...),
+	}
+	h.Netns = tb.Prefix + h.Name
+	h.NetnsPath = filepath.Join(NetnsDir, h.Netns)
+	h.Addr = tb.underlayAddr(i)
+	h.Dir = filepath.Join(tb.Dir, h.Name)
+	h.Socket = filepath.Join(h.Dir, "vxmesh.sock")
+	h.StateDir = filepath.Join(h.Dir, "state")
+	h.LogFile = filepath.Join(h.Dir, "daemon.log")
+	h.ContainerPrefix = tb.Prefix + h.Name + "-"
+	if i > 1 {
+		h.Join = []string{tb.underlayAddr(1)}
+	}
+	return h
+}
+
+// underlayAddr returns the underlay address with last octet i.
+func (tb *Testbed) underlayAddr(i int) string {
+	return fmt.Sprintf("192.168.%d.%d", tb.subnet, i)
+}
+
+// WriteKeyFile writes a new random cluster key to path in the form `vxmesh
+// keygen` prints (standard base64 of 32 bytes), with mode 0600.
+func WriteKeyFile(path string) error {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return fmt.Errorf("testbed: cluster key: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(k)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("testbed: cluster key: %w", err)
+	}
+	return nil
+}
+
+// UnderlayPeer is a namespace on the underlay bridge that runs no vxmesh
+// daemon, e.g. an external RFC 7348 VTEP.
+type UnderlayPeer struct {
+	// Netns is the namespace's name, NetnsPath its bind mount.
+	Netns, NetnsPath string
+	// Addr is its underlay address on eth0 (/24, MTU 1500).
+	Addr string
+}
+
+// AddUnderlayPeer creates a namespace named NetnsName(name) with an eth0 on
+// the underlay bridge, addressed after the hosts (.200, .201, ...). Close
+// removes it.
+func (tb *Testbed) AddUnderlayPeer(name string) (*UnderlayPeer, error) {
+	if tb.peers >= 50 {
+		return nil, fmt.Errorf("testbed: at most 50 underlay peers")
+	}
+	tb.peers++
+	p := &UnderlayPeer{Netns: tb.NetnsName(name), Addr: tb.underlayAddr(199 + tb.peers)}
+	p.NetnsPath = filepath.Join(NetnsDir, p.Netns)
+	// The bridge port is named after the peer's number: "p<N>" cannot
+	// clash with the hosts' "h<N>".
+	port := fmt.Sprintf("p%d", tb.peers)
+	if err := attachUnderlay(tb.Underlay, p.Netns, port, p.Addr); err != nil {
+		return nil, fmt.Errorf("testbed: underlay peer %s: %w", name, err)
+	}
+	return p, nil
+}
+
+// attachUnderlay creates netns ns with lo up and an eth0 (addr/24, MTU
+// 1500) whose veth peer, named port, is a port of the underlay bridge.
+func attachUnderlay(underlay, ns, port, addr string) error {
+	steps := [][]string{
+		{"netns", "add", ns},
+		{"-n", ns, "link", "set", "lo", "up"},
+		// Both ends are made inside namespaces, so nothing appears in the
+		// caller's namespace even for a moment.
+		{"-n", underlay, "link", "add", port, "mtu", "1500", "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", underlay, "link", "set", port, "master", "br0", "up"},
+		{"-n", ns, "link", "set", "eth0", "mtu", "1500", "up"},
+		{"-n", ns, "addr", "add", addr + "/24", "dev", "eth0"},
+	}
+	for _, s := range steps {
+		if err := ip(s...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Host returns the host named name (h1, h2, ...) or nil.
@@ -383,4 +476,57 @@ func InNetns(ctx context.Context, path string, argv ...string) (string, error) {
 		return string(out), fmt.Errorf("in %s: %s: %w: %s", path, strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// Running returns the hosts whose daemon is running.
+func (tb *Testbed) Running() []*Host {
+	var hs []*Host
+	for _, h := range tb.Hosts {
+		if h.Running() {
+			hs = append(hs, h)
+		}
+	}
+	return hs
+}
+
+// StartDaemons starts the daemon of every host not running yet, in order
+// (so h1 is up before the others join it), each with extra appended to its
+// arguments, then waits with WaitCluster until all of them see each other.
+func (tb *Testbed) StartDaemons(extra ...string) error {
+	for _, h := range tb.Hosts {
+		if h.Running() {
+			continue
+		}
+		if err := h.StartDaemon(extra...); err != nil {
+			return err
+		}
+	}
+	return tb.WaitCluster(tb.readyTimeout)
+}
+
+// WaitCluster waits until `vxmesh node ls` on every host with a running
+// daemon shows every one of those hosts alive, polling until timeout. The
+// error names what the last poll saw, with the log tails of the daemons.
+func (tb *Testbed) WaitCluster(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		running := tb.Running()
+		var err error
+		for _, h := range running {
+			if err = h.clusterSees(running); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			var logs strings.Builder
+			for _, h := range running {
+				fmt.Fprintf(&logs, "\n--- %s log:\n%s", h.Name, h.LogTail(10))
+			}
+			return fmt.Errorf("testbed: cluster not formed after %v: %w%s", timeout, err, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -84,6 +85,14 @@ func TestHostsReachEachOtherAndCloseRemovesEverything(t *testing.T) {
 			}
 		}
 	}
+	// A peer on the underlay (an external VTEP's machine) reaches the hosts.
+	p, err := tb.AddUnderlayPeer("ext")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := InNetns(context.Background(), p.NetnsPath, "ping", "-c", "1", "-W", "2", tb.Hosts[2].Addr); err != nil {
+		t.Errorf("underlay peer %s -> h3: %v", p.Addr, err)
+	}
 	// A namespace made by a user under the prefix goes away with Close too.
 	if _, err := tb.AddNetns("extra"); err != nil {
 		t.Fatal(err)
@@ -161,6 +170,64 @@ func TestDaemonRunsInHostNetnsAndStops(t *testing.T) {
 	}
 	if h.Running() {
 		t.Fatal("daemon still running after KillDaemon")
+	}
+}
+
+func TestDaemonGetsClusterFlags(t *testing.T) {
+	needRoot(t)
+	tb := newTestbed(t, Options{Hosts: 2, Binary: fakeBinary(t), DaemonFlags: []string{"--node-grace", "3s"}})
+	for _, h := range tb.Hosts {
+		if err := h.StartDaemon(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h1 := tb.Hosts[0]
+	b, err := os.ReadFile(filepath.Join(tb.Hosts[1].StateDir, "args"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(strings.Fields(string(b)), " ")
+	want := "daemon --node h2 --socket " + tb.Hosts[1].Socket + " --state-dir " + tb.Hosts[1].StateDir +
+		" --netns-prefix " + tb.Hosts[1].ContainerPrefix + " --advertise " + tb.Hosts[1].Addr +
+		" --cluster-key-file " + tb.KeyFile + " --join " + h1.Addr + " --node-grace 3s"
+	if got != want {
+		t.Errorf("h2 daemon args:\n got %s\nwant %s", got, want)
+	}
+	b, err = os.ReadFile(filepath.Join(h1.StateDir, "args"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "--join") || !strings.Contains(string(b), "--advertise\n"+h1.Addr+"\n") {
+		t.Errorf("h1 daemon args: %q, want --advertise and no --join", b)
+	}
+	st, err := os.Stat(tb.KeyFile)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("key file %s: %v %v, want mode 0600", tb.KeyFile, st, err)
+	}
+}
+
+func TestWriteKeyFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "k")
+	if err := WriteKeyFile(p); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(k) != 32 {
+		t.Errorf("key %q: %d bytes, %v; want base64 of 32 bytes", b, len(k), err)
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", st.Mode().Perm())
+	}
+	q := filepath.Join(t.TempDir(), "k")
+	if err := WriteKeyFile(q); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := os.ReadFile(q); string(c) == string(b) {
+		t.Error("two keys are equal")
 	}
 }
 
