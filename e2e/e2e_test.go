@@ -26,25 +26,32 @@ func TestTwoContainersPingAndMoveTCPDataExactly(t *testing.T) {
 	e.mustPing("c2", e.ip("c1"))
 
 	// 8 MiB of pseudo-random bytes c1 -> c2, compared by length and SHA-256.
-	const size = 8 << 20
-	recv := startBackground(t, e.h.Command(context.Background(), "exec", "c2", "--", suite.self, helperArg, "recv", "0.0.0.0:7000"))
+	moveBytes(t, e, "c1", e, "c2", 8<<20, 42)
+}
+
+// moveBytes sends size pseudo-random bytes over TCP from container src on
+// host se to container dst on host de and fails unless the receiver got
+// exactly those bytes (same length and SHA-256).
+func moveBytes(t *testing.T, se *env, src string, de *env, dst string, size int, seed uint64) {
+	t.Helper()
+	recv := startBackground(t, de.h.Command(context.Background(), "exec", dst, "--", suite.self, helperArg, "recv", "0.0.0.0:7000"))
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if err := testbed.WaitTCPListen(ctx, e.h.ContainerNetnsPath("c2"), 7000); err != nil {
-		t.Fatalf("receiver in c2: %v: %s", err, recv.out.String())
+	if err := testbed.WaitTCPListen(ctx, de.h.ContainerNetnsPath(dst), 7000); err != nil {
+		t.Fatalf("receiver in %s: %v: %s", dst, err, recv.out.String())
 	}
-	sent, err := e.h.Exec("c1", suite.self, helperArg, "send", e.ip("c2")+":7000", strconv.Itoa(size), "42")
+	sent, err := se.h.Exec(src, suite.self, helperArg, "send", de.ip(dst)+":7000", strconv.Itoa(size), strconv.FormatUint(seed, 10))
 	if err != nil {
-		t.Fatalf("sender in c1: %v", err)
+		t.Fatalf("sender in %s: %v", src, err)
 	}
 	exited, err := recv.wait(30 * time.Second)
 	if !exited || err != nil {
-		t.Fatalf("receiver: exited %v, %v: %s", exited, err, recv.out.String())
+		t.Fatalf("receiver in %s: exited %v, %v: %s", dst, exited, err, recv.out.String())
 	}
 	received := recv.out.String()
 	want := fmt.Sprintf("%d ", size)
 	if !strings.HasPrefix(sent, want) || strings.TrimSpace(received) != strings.TrimSpace(sent) {
-		t.Fatalf("TCP data differs: sent %q, received %q", sent, received)
+		t.Fatalf("TCP data %s -> %s differs: sent %q, received %q", src, dst, sent, received)
 	}
 }
 

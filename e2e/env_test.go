@@ -47,18 +47,44 @@ func skipUnlessReady(t *testing.T) {
 // removed when the test ends; on failure the daemon's log tail is logged.
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	e := newTestbed(t, 1)[0]
+	if err := e.h.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// newCluster builds an n-host testbed whose daemons share a cluster key,
+// with flags added to every daemon's arguments, starts them (h2... join
+// h1) and waits until every host's `node ls` shows all of them alive. It
+// returns one env per host.
+func newCluster(t *testing.T, n int, flags ...string) []*env {
+	t.Helper()
+	es := newTestbed(t, n, flags...)
+	if err := es[0].tb.StartDaemons(); err != nil {
+		t.Fatal(err)
+	}
+	return es
+}
+
+// newTestbed builds an n-host testbed without starting daemons and returns
+// one env per host. Everything is removed when the test ends; on failure
+// the daemons' log tails are logged.
+func newTestbed(t *testing.T, n int, flags ...string) []*env {
+	t.Helper()
 	skipUnlessReady(t)
 	h := fnv.New32a()
 	h.Write([]byte(t.Name()))
 	prefix := fmt.Sprintf("%s%04x-", suite.prefix, h.Sum32()&0xffff)
-	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: suite.bin, Prefix: prefix})
+	tb, err := testbed.New(testbed.Options{Hosts: n, Binary: suite.bin, Prefix: prefix, DaemonFlags: flags})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, tb: tb, h: tb.Hosts[0]}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("daemon log (%s):\n%s", e.h.LogFile, e.h.LogTail(40))
+			for _, h := range tb.Hosts {
+				t.Logf("daemon log of %s (%s):\n%s", h.Name, h.LogFile, h.LogTail(40))
+			}
 		}
 		if err := tb.Close(); err != nil {
 			t.Errorf("testbed close: %v", err)
@@ -67,10 +93,11 @@ func newEnv(t *testing.T) *env {
 			t.Errorf("namespaces left behind: %v", left)
 		}
 	})
-	if err := e.h.StartDaemon(); err != nil {
-		t.Fatal(err)
+	es := make([]*env, n)
+	for i, h := range tb.Hosts {
+		es[i] = &env{t: t, tb: tb, h: h}
 	}
-	return e
+	return es
 }
 
 // cli runs a vxmesh command that must succeed and returns its stdout.
