@@ -597,7 +597,8 @@ func TestDemo(t *testing.T) {
 	if !exited || err != nil {
 		t.Fatalf("vxmesh demo: exited %v, %v\n%s", exited, err, out)
 	}
-	for _, want := range []string{"$ vxmesh network create", "$ vxmesh run -d", "$ vxmesh ps", "ping", "Gbit/s", "$ vxmesh stats", "$ vxmesh fdb", "nothing left behind"} {
+	for _, want := range []string{"h1$ vxmesh node ls", "h3", "alive", "h1$ vxmesh network create", "h2$ vxmesh run -d", "h3$ vxmesh run -d",
+		"$ vxmesh ps", "ping", "0% packet loss", "Gbit/s", "$ vxmesh network inspect", "$ vxmesh stats", "$ vxmesh fdb", "remote", "nothing left behind"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
@@ -616,7 +617,7 @@ func TestDemoInterruptedCleansUp(t *testing.T) {
 	demo := startDemo(t)
 	// Interrupt once the containers exist.
 	eventually(t, 60*time.Second, func() error {
-		if !strings.Contains(demo.output(), "Ping c1") {
+		if !strings.Contains(demo.output(), "Ping across hosts") {
 			return fmt.Errorf("not there yet")
 		}
 		return nil

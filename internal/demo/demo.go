@@ -1,7 +1,9 @@
-// Package demo implements `vxmesh demo`: it builds a one-host testbed (a
-// network namespace running a vxmesh daemon), walks through the CLI flow a
-// user would follow, printing every command it runs and its output, and
-// removes everything it made, also when interrupted.
+// Package demo implements `vxmesh demo`: it builds a three-host testbed
+// (network namespaces on one underlay bridge, each running a vxmesh daemon,
+// joined into one cluster), walks through the CLI flow a user would follow
+// with one container per host, printing every command it runs (prefixed
+// with the host it runs on) and its output, and removes everything it made,
+// also when interrupted.
 package demo
 
 import (
@@ -19,6 +21,9 @@ import (
 
 // iperfSeconds is the length of the demo's TCP transfer.
 const iperfSeconds = 5
+
+// demoHosts is the number of hosts; container ci runs on host hi.
+const demoHosts = 3
 
 // CheckPrereqs reports what the demo needs and is missing: root and the
 // ip, nsenter, ping, ss and iperf3 commands.
@@ -45,11 +50,11 @@ func Run(ctx context.Context, out io.Writer, binary string) (err error) {
 	if err := CheckPrereqs(); err != nil {
 		return err
 	}
-	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: binary, Prefix: "vxdemo" + testbed.RandomID(2) + "-"})
+	tb, err := testbed.New(testbed.Options{Hosts: demoHosts, Binary: binary, Prefix: "vxdemo" + testbed.RandomID(2) + "-"})
 	if err != nil {
 		return err
 	}
-	d := &demo{ctx: ctx, out: out, h: tb.Hosts[0]}
+	d := &demo{ctx: ctx, out: out, tb: tb}
 	defer func() {
 		fmt.Fprintf(out, "\n==> Cleaning up: removing the demo's containers, network, daemon and namespaces\n")
 		d.cleanup()
@@ -68,19 +73,26 @@ func Run(ctx context.Context, out io.Writer, binary string) (err error) {
 type demo struct {
 	ctx     context.Context
 	out     io.Writer
-	h       *testbed.Host
-	made    []string // containers to remove
+	tb      *testbed.Testbed
+	made    []made // containers to remove
 	network string
+}
+
+// made is a container the demo started, and the host it runs on.
+type made struct {
+	h    *testbed.Host
+	name string
 }
 
 func (d *demo) step(format string, args ...any) {
 	fmt.Fprintf(d.out, "\n==> "+format+"\n", args...)
 }
 
-// cli prints and runs a vxmesh command, echoing its output indented.
-func (d *demo) cli(args ...string) (string, error) {
-	fmt.Fprintf(d.out, "$ vxmesh %s\n", strings.Join(args, " "))
-	out, err := d.h.CLIContext(d.ctx, args...)
+// cli prints and runs a vxmesh command on host h, echoing its output
+// indented.
+func (d *demo) cli(h *testbed.Host, args ...string) (string, error) {
+	fmt.Fprintf(d.out, "%s$ vxmesh %s\n", h.Name, strings.Join(args, " "))
+	out, err := h.CLIContext(d.ctx, args...)
 	if s := strings.TrimRight(out, "\n"); s != "" {
 		fmt.Fprintln(d.out, indent(s))
 	}
@@ -94,75 +106,112 @@ func (d *demo) cli(args ...string) (string, error) {
 }
 
 func (d *demo) steps() error {
-	h := d.h
-	d.step("Starting a vxmesh daemon on host %s (network namespace %s)", h.Name, h.Netns)
-	fmt.Fprintf(d.out, "$ %s\n", strings.Join(h.DaemonArgs(), " "))
-	if err := h.StartDaemon(); err != nil {
+	hosts := d.tb.Hosts
+	h1 := hosts[0]
+	d.step("Starting a vxmesh daemon on each of %d hosts (network namespaces on one underlay bridge)", len(hosts))
+	fmt.Fprintf(d.out, "    every daemon gets the same cluster key (made like `vxmesh keygen > %s`); h2 and h3 join h1\n", d.tb.KeyFile)
+	for _, h := range hosts {
+		// DaemonArgs starts with "nsenter --net=... -- BINARY".
+		fmt.Fprintf(d.out, "%s$ vxmesh %s\n", h.Name, strings.Join(h.DaemonArgs()[4:], " "))
+		if err := h.StartDaemon(); err != nil {
+			return err
+		}
+	}
+	if err := d.tb.WaitCluster(20 * time.Second); err != nil {
 		return err
 	}
-	fmt.Fprintf(d.out, "    ready; API socket %s, log %s\n", h.Socket, h.LogFile)
+	if _, err := d.cli(h1, "node", "ls"); err != nil {
+		return err
+	}
 
-	d.step("Creating an overlay network")
-	if _, err := d.cli("network", "create", "demo", "--subnet", "10.42.0.0/24"); err != nil {
+	d.step("Creating an overlay network on h1; it appears on every host")
+	if _, err := d.cli(h1, "network", "create", "demo", "--subnet", "10.42.0.0/24"); err != nil {
 		return err
 	}
 	d.network = "demo"
-	if _, err := d.cli("network", "ls"); err != nil {
+	for _, h := range hosts[1:] {
+		if err := waitFor(d.ctx, 10*time.Second, func() error {
+			_, err := h.CLIContext(d.ctx, "network", "inspect", "demo")
+			return err
+		}); err != nil {
+			return fmt.Errorf("demo: network demo did not reach %s: %w", h.Name, err)
+		}
+	}
+	if _, err := d.cli(hosts[len(hosts)-1], "network", "ls"); err != nil {
 		return err
 	}
 
-	d.step("Starting two containers (named network namespaces with eth0 on the network)")
-	for _, c := range []string{"c1", "c2"} {
-		if _, err := d.cli("run", "-d", "--network", "demo", "--name", c, "--", "sleep", "infinity"); err != nil {
+	d.step("Starting one container per host (named network namespaces with eth0 on the network)")
+	ips := map[string]string{}
+	for i, h := range hosts {
+		c := fmt.Sprintf("c%d", i+1)
+		if _, err := d.cli(h, "run", "-d", "--network", "demo", "--name", c, "--", "sleep", "infinity"); err != nil {
 			return err
 		}
-		d.made = append(d.made, c)
+		d.made = append(d.made, made{h, c})
+		var eps []struct {
+			Name string `json:"name"`
+			IP   string `json:"ip"`
+		}
+		if err := h.CLIJSON(&eps, "endpoint", "ls"); err != nil {
+			return err
+		}
+		for _, e := range eps {
+			if e.Name == c {
+				ips[c] = strings.Split(e.IP, "/")[0]
+			}
+		}
+		if ips[c] == "" {
+			return fmt.Errorf("demo: endpoint ls on %s does not show %s: %+v", h.Name, c, eps)
+		}
 	}
-	if _, err := d.cli("ps"); err != nil {
+	if _, err := d.cli(h1, "ps"); err != nil {
 		return err
 	}
-	var eps []struct {
-		Name string `json:"name"`
-		IP   string `json:"ip"`
-	}
-	if err := h.CLIJSON(&eps, "endpoint", "ls"); err != nil {
-		return err
-	}
-	ips := map[string]string{}
-	for _, e := range eps {
-		ips[e.Name] = strings.Split(e.IP, "/")[0]
-	}
-	if ips["c1"] == "" || ips["c2"] == "" {
-		return fmt.Errorf("demo: endpoint ls does not show c1 and c2: %+v", eps)
-	}
-	if _, err := d.cli("exec", "c1", "--", "ip", "-brief", "address", "show", "eth0"); err != nil {
-		return err
-	}
-
-	d.step("Ping c1 -> c2 (%s) through the vxmesh switch", ips["c2"])
-	if _, err := d.cli("exec", "c1", "--", "ping", "-c", "3", "-i", "0.2", "-W", "2", ips["c2"]); err != nil {
+	if _, err := d.cli(h1, "exec", "c1", "--", "ip", "-brief", "address", "show", "eth0"); err != nil {
 		return err
 	}
 
-	d.step("TCP throughput c1 -> c2 with iperf3 (%d s)", iperfSeconds)
-	if err := d.iperf(ips["c2"]); err != nil {
+	d.step("Ping across hosts: c1 (h1) -> c2 (%s, on h2) and c3 (%s, on h3), c3 -> c2, in VXLAN over the underlay", ips["c2"], ips["c3"])
+	for _, p := range []struct {
+		h        *testbed.Host
+		from, to string
+	}{{h1, "c1", "c2"}, {h1, "c1", "c3"}, {hosts[2], "c3", "c2"}} {
+		// The first packets may wait for the remote endpoints to arrive.
+		if err := waitFor(d.ctx, 10*time.Second, func() error {
+			_, err := p.h.CLIContext(d.ctx, "exec", p.from, "--", "ping", "-c", "1", "-W", "1", ips[p.to])
+			return err
+		}); err != nil {
+			return fmt.Errorf("demo: %s cannot reach %s: %w", p.from, p.to, err)
+		}
+		if _, err := d.cli(p.h, "exec", p.from, "--", "ping", "-c", "3", "-i", "0.2", "-W", "2", ips[p.to]); err != nil {
+			return err
+		}
+	}
+
+	d.step("TCP throughput c1 (h1) -> c2 (h2) with iperf3 (%d s), across hosts", iperfSeconds)
+	if err := d.iperf(h1, hosts[1], ips["c2"]); err != nil {
 		return err
 	}
 
-	d.step("Switch counters and the forwarding database")
-	if _, err := d.cli("stats"); err != nil {
+	d.step("What h1 knows: the network's endpoints on every node and its peer VTEPs, the forwarding database (remote entries point at the other hosts' VTEPs), counters")
+	if _, err := d.cli(h1, "network", "inspect", "demo"); err != nil {
 		return err
 	}
-	if _, err := d.cli("fdb", "demo"); err != nil {
+	if _, err := d.cli(h1, "fdb", "demo"); err != nil {
+		return err
+	}
+	if _, err := d.cli(h1, "stats"); err != nil {
 		return err
 	}
 	return nil
 }
 
-func (d *demo) iperf(server string) error {
-	h := d.h
-	fmt.Fprintf(d.out, "$ vxmesh exec c2 -- iperf3 -s -1      (in the background)\n")
-	srv := h.Command(d.ctx, "exec", "c2", "--", "iperf3", "-s", "-1")
+// iperf runs an iperf3 server in c2 on host sh and a client in c1 on host
+// ch against server, and prints the throughput.
+func (d *demo) iperf(ch, sh *testbed.Host, server string) error {
+	fmt.Fprintf(d.out, "%s$ vxmesh exec c2 -- iperf3 -s -1      (in the background)\n", sh.Name)
+	srv := sh.Command(d.ctx, "exec", "c2", "--", "iperf3", "-s", "-1")
 	var srvOut strings.Builder
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := srv.Start(); err != nil {
@@ -174,12 +223,12 @@ func (d *demo) iperf(server string) error {
 	}()
 	wctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
 	defer cancel()
-	if err := testbed.WaitTCPListen(wctx, h.ContainerNetnsPath("c2"), 5201); err != nil {
+	if err := testbed.WaitTCPListen(wctx, sh.ContainerNetnsPath("c2"), 5201); err != nil {
 		return fmt.Errorf("demo: iperf3 server in c2: %w: %s", err, srvOut.String())
 	}
 	args := []string{"exec", "c1", "--", "iperf3", "-c", server, "-t", fmt.Sprint(iperfSeconds), "-J"}
-	fmt.Fprintf(d.out, "$ vxmesh %s\n", strings.Join(args, " "))
-	out, err := h.CLIContext(d.ctx, args...)
+	fmt.Fprintf(d.out, "%s$ vxmesh %s\n", ch.Name, strings.Join(args, " "))
+	out, err := ch.CLIContext(d.ctx, args...)
 	res, perr := testbed.ParseIperf3JSON([]byte(out))
 	if perr != nil {
 		if d.ctx.Err() != nil {
@@ -192,23 +241,45 @@ func (d *demo) iperf(server string) error {
 	return nil
 }
 
+// waitFor polls f every 100 ms until it succeeds, timeout passes or ctx
+// ends, and returns f's last error.
+func waitFor(ctx context.Context, timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // cleanup removes what the demo made through the CLI, as a user would;
 // the testbed's Close removes whatever is left after that.
 func (d *demo) cleanup() {
-	if !d.h.Running() {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for _, c := range d.made {
-		fmt.Fprintf(d.out, "$ vxmesh rm %s\n", c)
-		if _, err := d.h.CLIContext(ctx, "rm", c); err != nil {
+	for _, m := range d.made {
+		if !m.h.Running() {
+			continue
+		}
+		fmt.Fprintf(d.out, "%s$ vxmesh rm %s\n", m.h.Name, m.name)
+		if _, err := m.h.CLIContext(ctx, "rm", m.name); err != nil {
 			fmt.Fprintln(d.out, indent(err.Error()))
 		}
 	}
-	if d.network != "" {
-		fmt.Fprintf(d.out, "$ vxmesh network rm %s\n", d.network)
-		if _, err := d.h.CLIContext(ctx, "network", "rm", d.network); err != nil {
+	if h1 := d.tb.Hosts[0]; d.network != "" && h1.Running() {
+		fmt.Fprintf(d.out, "%s$ vxmesh network rm %s\n", h1.Name, d.network)
+		// Until h1 hears that the other hosts' containers are gone, it
+		// refuses: retry for a while.
+		if err := waitFor(ctx, 10*time.Second, func() error {
+			_, err := h1.CLIContext(ctx, "network", "rm", d.network)
+			return err
+		}); err != nil {
 			fmt.Fprintln(d.out, indent(err.Error()))
 		}
 	}
