@@ -1,19 +1,29 @@
 // Command bench measures vxmesh's userspace datapath against the kernel
-// datapath Docker's bridge network uses, on the same single-host topology,
-// and prints both side by side with their ratio.
+// datapaths Docker uses, on the same topologies, and prints them side by
+// side with their ratio.
 //
-// Topologies (both: two containers on one subnet, MTU 1450):
+// Topologies (all: two containers on one subnet, MTU 1450):
 //
+// Single host:
 //   - vxmesh: a testbed host running a vxmesh daemon, a network created with
 //     --mtu 1450 and two containers made by `vxmesh run`.
 //   - kernel: a "host" namespace with a Linux bridge (gateway address on it)
 //     and two container namespaces attached by veth pairs, as Docker's
 //     bridge driver builds them.
 //
+// Two hosts (testbed hosts on one underlay bridge, MTU 1500):
+//   - vxmesh-overlay: a vxmesh daemon per host in one cluster, a network
+//     created on h1 with --mtu 1450, container c1 on h1 and c2 on h2: the
+//     traffic crosses the underlay in vxmesh's VXLAN.
+//   - kernel-vxlan: what Docker's overlay driver builds with the kernel: in
+//     each host a VXLAN device (VNI 4242, port 4789, the other host as
+//     remote) enslaved to a Linux bridge, and a veth pair into a container
+//     namespace.
+//
 // In each, iperf3 -s runs in c2 and `iperf3 -c <c2> -t <duration> -J` in c1,
 // and c1 pings c2 20 times at 0.05 s intervals. Run as root:
 //
-//	go run ./bench [-duration 10s] [-binary bin/vxmesh] [-only kernel]
+//	go run ./bench [-duration 10s] [-binary bin/vxmesh] [-only kernel,kernel-vxlan]
 package main
 
 import (
@@ -38,7 +48,7 @@ func main() {
 	cfg := config{}
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "iperf3 run time per topology")
 	flag.StringVar(&cfg.binary, "binary", "bin/vxmesh", "vxmesh binary (built from ./cmd/vxmesh if missing)")
-	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel)")
+	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,kernel-vxlan)")
 	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
 	flag.Parse()
@@ -64,9 +74,32 @@ type config struct {
 type result struct {
 	name  string
 	desc  string
-	iperf testbed.IperfResult
-	ping  testbed.PingResult
-	err   error
+	group string // the topology group: singleHost or twoHosts
+	// baseline marks the kernel row the group's ratios divide by.
+	baseline bool
+	iperf    testbed.IperfResult
+	ping     testbed.PingResult
+	err      error
+}
+
+// Topology groups, in the order the table prints them.
+const (
+	singleHost = "single host"
+	twoHosts   = "two hosts over a 1500-byte underlay"
+)
+
+// topology is one measured setup.
+type topology struct {
+	name, desc, group string
+	baseline          bool
+	run               func(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error)
+}
+
+var topologies = []topology{
+	{"vxmesh", "userspace switch, TAP per container", singleHost, false, benchVxmesh},
+	{"kernel", "Linux bridge + veth (Docker bridge)", singleHost, true, benchKernel},
+	{"vxmesh-overlay", "vxmesh VXLAN between two daemons", twoHosts, false, benchVxmeshOverlay},
+	{"kernel-vxlan", "kernel VXLAN + bridge + veth (Docker overlay)", twoHosts, true, benchKernelVXLAN},
 }
 
 // pair is a built topology: two container namespaces and c2's address.
@@ -79,27 +112,28 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	if err := checkTools(); err != nil {
 		return err
 	}
-	want := map[string]bool{"vxmesh": true, "kernel": true}
+	want := map[string]bool{}
+	for _, t := range topologies {
+		want[t.name] = cfg.only == ""
+	}
 	if cfg.only != "" {
-		want = map[string]bool{}
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
-			if n != "vxmesh" && n != "kernel" {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh or kernel)", n)
+			if _, ok := want[n]; !ok {
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay or kernel-vxlan)", n)
 			}
 			want[n] = true
 		}
 	}
 	prefix := "vxb" + testbed.RandomID(2) + "-"
 	var results []result
-	if want["vxmesh"] {
-		r := result{name: "vxmesh", desc: "userspace switch, TAP per container"}
-		r.iperf, r.ping, r.err = benchVxmesh(ctx, cfg, prefix+"v", log)
-		results = append(results, r)
-	}
-	if want["kernel"] && ctx.Err() == nil {
-		r := result{name: "kernel", desc: "Linux bridge + veth (Docker bridge)"}
-		r.iperf, r.ping, r.err = benchKernel(ctx, cfg, prefix+"k", log)
+	for i, t := range topologies {
+		if !want[t.name] || ctx.Err() != nil {
+			continue
+		}
+		r := result{name: t.name, desc: t.desc, group: t.group, baseline: t.baseline}
+		// Prefixes stay short: they become part of namespace names.
+		r.iperf, r.ping, r.err = t.run(ctx, cfg, fmt.Sprintf("%s%d", prefix, i), log)
 		results = append(results, r)
 	}
 	if ctx.Err() != nil {
@@ -128,27 +162,37 @@ func checkTools() error {
 }
 
 func printTable(out io.Writer, cfg config, results []result) {
-	var kernel *result
-	for i := range results {
-		if results[i].name == "kernel" && results[i].err == nil {
-			kernel = &results[i]
+	for _, g := range []string{singleHost, twoHosts} {
+		var rows []result
+		var base *result
+		for _, r := range results {
+			if r.group != g {
+				continue
+			}
+			rows = append(rows, r)
+			if r.baseline && r.err == nil {
+				base = &rows[len(rows)-1]
+			}
 		}
-	}
-	fmt.Fprintf(out, "\nsingle host, 2 containers, MTU %d, TCP iperf3 %v, %d pings at 0.05 s\n\n", cfg.mtu, cfg.duration, cfg.pings)
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "topology\t\tGbit/s\tretrans\tping avg\tratio vxmesh/kernel\t")
-	for _, r := range results {
-		if r.err != nil {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t\n", r.name, r.desc)
+		if len(rows) == 0 {
 			continue
 		}
-		ratio := "-"
-		if kernel != nil && kernel.iperf.ReceivedBitsPerSecond > 0 {
-			ratio = fmt.Sprintf("%.2f", r.iperf.ReceivedBitsPerSecond/kernel.iperf.ReceivedBitsPerSecond)
+		fmt.Fprintf(out, "\n%s, 2 containers, MTU %d, TCP iperf3 %v, %d pings at 0.05 s\n\n", g, cfg.mtu, cfg.duration, cfg.pings)
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "topology\t\tGbit/s\tretrans\tping avg\tratio to kernel\t")
+		for _, r := range rows {
+			if r.err != nil {
+				fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t\n", r.name, r.desc)
+				continue
+			}
+			ratio := "-"
+			if base != nil && base.iperf.ReceivedBitsPerSecond > 0 {
+				ratio = fmt.Sprintf("%.2f", r.iperf.ReceivedBitsPerSecond/base.iperf.ReceivedBitsPerSecond)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%s\t%s\t\n", r.name, r.desc, r.iperf.Gbps(), r.iperf.Retransmits, fmtRTT(r.ping), ratio)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%s\t%s\t\n", r.name, r.desc, r.iperf.Gbps(), r.iperf.Retransmits, fmtRTT(r.ping), ratio)
+		tw.Flush()
 	}
-	tw.Flush()
 	for _, r := range results {
 		if r.err != nil {
 			fmt.Fprintf(out, "%s failed: %v\n", r.name, r.err)
@@ -166,9 +210,18 @@ func fmtRTT(p testbed.PingResult) string {
 // measure pings and runs iperf3 between the two containers of a pair.
 func measure(ctx context.Context, cfg config, p pair, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
 	var ir testbed.IperfResult
-	// One ping to resolve ARP and warm the path, then the measured run.
-	if _, err := testbed.InNetns(ctx, p.c1, "ping", "-c", "1", "-W", "2", p.c2IP); err != nil {
-		return ir, testbed.PingResult{}, fmt.Errorf("c1 cannot reach c2 (%s): %w", p.c2IP, err)
+	// Ping until c2 answers (ARP, and on two hosts the remote endpoint
+	// reaching h1, may take a moment), then the measured run.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := testbed.InNetns(ctx, p.c1, "ping", "-c", "1", "-W", "1", p.c2IP)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return ir, testbed.PingResult{}, fmt.Errorf("c1 cannot reach c2 (%s): %w", p.c2IP, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	pout, err := testbed.InNetns(ctx, p.c1, "ping", "-q", "-c", fmt.Sprint(cfg.pings), "-i", "0.05", "-W", "1", p.c2IP)
 	pr, perr := testbed.ParsePing(pout)
@@ -339,4 +392,134 @@ func (k kernelBridge) build() (pair, error) {
 		c2:   filepath.Join(testbed.NetnsDir, k.prefix+"c2"),
 		c2IP: "10.89.0.3",
 	}, nil
+}
+
+// benchVxmeshOverlay measures two testbed hosts in one vxmesh cluster with
+// c1 on h1 and c2 on h2.
+func benchVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+	fail := func(err error) (testbed.IperfResult, testbed.PingResult, error) {
+		return testbed.IperfResult{}, testbed.PingResult{}, err
+	}
+	fmt.Fprintln(log, "vxmesh-overlay: building two testbed hosts with a daemon each")
+	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
+	if err != nil {
+		return fail(err)
+	}
+	defer cleanupBin()
+	tb, err := testbed.New(testbed.Options{Hosts: 2, Binary: bin, Prefix: prefix + "-"})
+	if err != nil {
+		return fail(err)
+	}
+	defer func() {
+		if err := tb.Close(); err != nil {
+			fmt.Fprintln(log, "vxmesh-overlay: cleanup:", err)
+		}
+	}()
+	if err := tb.StartDaemons(); err != nil {
+		return fail(err)
+	}
+	h1, h2 := tb.Hosts[0], tb.Hosts[1]
+	if _, err := h1.CLIContext(ctx, "network", "create", "bench", "--subnet", "10.88.1.0/24", "--mtu", fmt.Sprint(cfg.mtu)); err != nil {
+		return fail(err)
+	}
+	// The network reaches h2 through the cluster.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := h2.CLIContext(ctx, "network", "inspect", "bench")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fail(fmt.Errorf("network bench did not reach h2: %w", err))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, c := range []struct {
+		h    *testbed.Host
+		name string
+	}{{h1, "c1"}, {h2, "c2"}} {
+		if _, err := c.h.CLIContext(ctx, "run", "-d", "--network", "bench", "--name", c.name, "--", "sleep", "infinity"); err != nil {
+			return fail(err)
+		}
+	}
+	var eps []struct {
+		Name string `json:"name"`
+		IP   string `json:"ip"`
+	}
+	if err := h2.CLIJSON(&eps, "endpoint", "ls"); err != nil {
+		return fail(err)
+	}
+	p := pair{c1: h1.ContainerNetnsPath("c1"), c2: h2.ContainerNetnsPath("c2")}
+	for _, e := range eps {
+		if e.Name == "c2" {
+			p.c2IP = strings.Split(e.IP, "/")[0]
+		}
+	}
+	if p.c2IP == "" {
+		return fail(fmt.Errorf("endpoint ls on h2 shows no c2: %+v", eps))
+	}
+	fmt.Fprintln(log, "vxmesh-overlay: measuring")
+	ir, pr, err := measure(ctx, cfg, p, log)
+	if err != nil {
+		err = fmt.Errorf("%w; h1 log:\n%s\nh2 log:\n%s", err, h1.LogTail(10), h2.LogTail(10))
+	}
+	return ir, pr, err
+}
+
+// benchKernelVXLAN measures the kernel datapath of Docker's overlay driver
+// on two testbed hosts (no daemons).
+func benchKernelVXLAN(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+	fmt.Fprintln(log, "kernel-vxlan: building two hosts with kernel VXLAN + bridge + veth")
+	tb, err := testbed.New(testbed.Options{Hosts: 2, Prefix: prefix + "-"})
+	if err != nil {
+		return testbed.IperfResult{}, testbed.PingResult{}, err
+	}
+	defer func() {
+		if err := tb.Close(); err != nil {
+			fmt.Fprintln(log, "kernel-vxlan: cleanup:", err)
+		}
+	}()
+	p, err := buildKernelVXLAN(tb, cfg.mtu)
+	if err != nil {
+		return testbed.IperfResult{}, testbed.PingResult{}, err
+	}
+	fmt.Fprintln(log, "kernel-vxlan: measuring")
+	return measure(ctx, cfg, p, log)
+}
+
+// buildKernelVXLAN gives each of the testbed's two hosts a VXLAN device to
+// the other host, a bridge and a container namespace on it.
+func buildKernelVXLAN(tb *testbed.Testbed, mtu int) (pair, error) {
+	m := fmt.Sprint(mtu)
+	var p pair
+	for i, h := range tb.Hosts[:2] {
+		peer := tb.Hosts[1-i]
+		c := fmt.Sprintf("c%d", i+1)
+		ns, err := tb.AddNetns(c)
+		if err != nil {
+			return pair{}, err
+		}
+		ipAddr := fmt.Sprintf("10.89.1.%d", i+2)
+		cmds := [][]string{
+			{"-n", h.Netns, "link", "add", "vxlan0", "type", "vxlan", "id", "4242", "dstport", "4789", "local", h.Addr, "remote", peer.Addr},
+			{"-n", h.Netns, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"},
+			{"-n", h.Netns, "link", "set", "vxlan0", "mtu", m, "master", "br0", "up"},
+			{"-n", h.Netns, "link", "add", "veth" + c, "mtu", m, "type", "veth", "peer", "name", "eth0", "netns", tb.NetnsName(c)},
+			{"-n", h.Netns, "link", "set", "veth" + c, "master", "br0", "up"},
+			{"-n", h.Netns, "link", "set", "br0", "mtu", m, "up"},
+			{"-n", tb.NetnsName(c), "link", "set", "eth0", "address", fmt.Sprintf("02:42:0a:59:01:%02x", i+2), "up"},
+			{"-n", tb.NetnsName(c), "addr", "add", ipAddr + "/24", "dev", "eth0"},
+		}
+		for _, a := range cmds {
+			if out, err := exec.Command("ip", a...).CombinedOutput(); err != nil {
+				return pair{}, fmt.Errorf("ip %s: %v: %s", strings.Join(a, " "), err, strings.TrimSpace(string(out)))
+			}
+		}
+		if i == 0 {
+			p.c1 = ns
+		} else {
+			p.c2, p.c2IP = ns, ipAddr
+		}
+	}
+	return p, nil
 }

@@ -13,8 +13,8 @@ import (
 func TestTableShowsRatioToKernel(t *testing.T) {
 	var out bytes.Buffer
 	printTable(&out, config{duration: 10 * time.Second, pings: 20, mtu: 1450}, []result{
-		{name: "vxmesh", desc: "userspace", iperf: testbed.IperfResult{ReceivedBitsPerSecond: 2.5e9}, ping: testbed.PingResult{Received: 20, Avg: 90 * time.Microsecond}},
-		{name: "kernel", desc: "bridge", iperf: testbed.IperfResult{ReceivedBitsPerSecond: 10e9}, ping: testbed.PingResult{Received: 20, Avg: 30 * time.Microsecond}},
+		{name: "vxmesh", desc: "userspace", group: singleHost, iperf: testbed.IperfResult{ReceivedBitsPerSecond: 2.5e9}, ping: testbed.PingResult{Received: 20, Avg: 90 * time.Microsecond}},
+		{name: "kernel", desc: "bridge", group: singleHost, baseline: true, iperf: testbed.IperfResult{ReceivedBitsPerSecond: 10e9}, ping: testbed.PingResult{Received: 20, Avg: 30 * time.Microsecond}},
 	})
 	s := out.String()
 	for _, want := range []string{"2.50", "10.00", "0.25", "1.00", "0.090 ms", "MTU 1450"} {
@@ -31,6 +31,42 @@ func TestKernelTopologyMeasuresAndCleansUp(t *testing.T) {
 	prefix := "vxbt" + testbed.RandomID(2)
 	var log bytes.Buffer
 	ir, pr, err := benchKernel(context.Background(), config{duration: time.Second, pings: 5, mtu: 1450}, prefix, &log)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	if ir.ReceivedBitsPerSecond <= 0 || pr.Received != 5 || pr.Avg <= 0 {
+		t.Errorf("iperf %+v ping %+v", ir, pr)
+	}
+	if left, _ := testbed.ListNetns(prefix); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
+
+func TestTableGroupsTwoHostRowsWithTheirOwnBaseline(t *testing.T) {
+	var out bytes.Buffer
+	printTable(&out, config{duration: 10 * time.Second, pings: 20, mtu: 1450}, []result{
+		{name: "vxmesh", group: singleHost, iperf: testbed.IperfResult{ReceivedBitsPerSecond: 2e9}, ping: testbed.PingResult{Received: 20}},
+		{name: "kernel", group: singleHost, baseline: true, iperf: testbed.IperfResult{ReceivedBitsPerSecond: 8e9}, ping: testbed.PingResult{Received: 20}},
+		{name: "vxmesh-overlay", group: twoHosts, iperf: testbed.IperfResult{ReceivedBitsPerSecond: 3e9}, ping: testbed.PingResult{Received: 20}},
+		{name: "kernel-vxlan", group: twoHosts, baseline: true, iperf: testbed.IperfResult{ReceivedBitsPerSecond: 4e9}, ping: testbed.PingResult{Received: 20}},
+	})
+	s := out.String()
+	single, two, ok := strings.Cut(s, twoHosts)
+	if !ok || !strings.Contains(single, singleHost) {
+		t.Fatalf("no separate two-host section:\n%s", s)
+	}
+	if !strings.Contains(single, "0.25") || !strings.Contains(two, "0.75") || strings.Contains(two, "vxmesh  ") {
+		t.Errorf("ratios not per group (want 0.25 single host, 0.75 two hosts):\n%s", s)
+	}
+}
+
+func TestKernelVXLANTopologyMeasuresAndCleansUp(t *testing.T) {
+	if err := checkTools(); err != nil {
+		t.Skip(err)
+	}
+	prefix := "vxbt" + testbed.RandomID(2)
+	var log bytes.Buffer
+	ir, pr, err := benchKernelVXLAN(context.Background(), config{duration: time.Second, pings: 5, mtu: 1450}, prefix, &log)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
