@@ -133,7 +133,12 @@ func TestUnderlayCarriesRFC7348VXLANAndNoBroadcastToKnownPeers(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ping c1 -> c2 across hosts: %v\n%s", err, out)
 	}
-	pkts := capture.stop(2 * pings)
+	isEcho := func(p vxlanPacket) bool {
+		return (p.InnerICMPType == 8 || p.InnerICMPType == 0) && p.VNI == n.VNI
+	}
+	pkts := capture.stop(func(ps []vxlanPacket) bool {
+		return countFunc(ps, isEcho) >= 2*pings
+	})
 
 	var requests, replies int
 	for _, p := range pkts {
@@ -157,7 +162,7 @@ func TestUnderlayCarriesRFC7348VXLANAndNoBroadcastToKnownPeers(t *testing.T) {
 		}
 	}
 	if requests != pings || replies != pings {
-		t.Errorf("captured %d echo requests and %d replies in VXLAN, want %d each; capture:\n%s", requests, replies, pings, packetList(pkts))
+		t.Errorf("captured %d echo requests and %d replies in VXLAN, want %d each; ping:\n%s\ncapture:\n%s", requests, replies, pings, out, packetList(pkts))
 	}
 	var after api.Stats
 	h1.json(&after, "stats")
@@ -420,6 +425,16 @@ func arpSuppressed(st api.Stats, network string) uint64 {
 	return 0
 }
 
+func countFunc[T any](s []T, f func(T) bool) int {
+	n := 0
+	for _, v := range s {
+		if f(v) {
+			n++
+		}
+	}
+	return n
+}
+
 func packetList(ps []vxlanPacket) string {
 	var b strings.Builder
 	for _, p := range ps {
@@ -463,10 +478,10 @@ func startCapture(t *testing.T, netns, ifname string) *capture {
 	return &capture{t: t, path: path, proc: p}
 }
 
-// stop waits (up to 5 s) until at least min VXLAN packets are in the
-// capture file, so none still in tcpdump's buffer are lost, stops tcpdump
-// and returns the decoded packets.
-func (c *capture) stop(min int) []vxlanPacket {
+// stop waits (up to 5 s) until the packets in the capture file satisfy
+// complete, so that none still in tcpdump's buffer are lost, then stops
+// tcpdump and returns the decoded packets.
+func (c *capture) stop(complete func([]vxlanPacket) bool) []vxlanPacket {
 	c.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -474,7 +489,7 @@ func (c *capture) stop(min int) []vxlanPacket {
 		if err != nil {
 			c.t.Fatalf("capture: %v", err)
 		}
-		if len(pkts) >= min || time.Now().After(deadline) {
+		if complete(pkts) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
