@@ -163,3 +163,15 @@ func (c *Client) Stats() (Stats, error) {
 	var s Stats
 	return s, c.do(http.MethodGet, "/v1/stats", nil, &s)
 }
+
+// UpdateNetwork changes a network's external VTEPs.
+func (c *Client) UpdateNetwork(name string, req NetworkUpdateRequest) (Network, error) {
+	var n Network
+	return n, c.do(http.MethodPatch, "/v1/networks/"+url.PathEscape(name), req, &n)
+}
+
+// Nodes lists the cluster members.
+func (c *Client) Nodes() ([]Node, error) {
+	var n []Node
+	return n, c.do(http.MethodGet, "/v1/nodes", nil, &n)
+}

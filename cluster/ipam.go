@@ -3,7 +3,6 @@ package cluster
 import (
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math/big"
 	"net/netip"
 	"strings"
@@ -137,13 +136,12 @@ func (c *Cluster) ClaimBlock(network string, subnet netip.Prefix, blockBits int)
 	c.claimMu.Lock()
 	defer c.claimMu.Unlock()
 
-	// Start the search at a node-dependent block so that nodes claiming at
-	// the same moment rarely pick the same block.
+	// Take the lowest free block, so that addresses are handed out in
+	// order as users expect (.2 first); nodes that claim the same block at
+	// the same moment are sorted out by the confirmation round below.
 	n := blockBits - subnet.Bits()
 	total := uint64(1) << min(n, 24)
-	h := fnv.New64a()
-	h.Write([]byte(c.cfg.NodeName))
-	start := h.Sum64() % total
+	start := uint64(0)
 
 	tried := map[netip.Prefix]bool{}
 	for attempt := 0; attempt < maxClaimAttempts; attempt++ {

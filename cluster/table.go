@@ -395,3 +395,12 @@ func (d *delegate) NotifyAlive(n *memberlist.Node) error {
 	c.mu.Unlock()
 	return nil
 }
+
+// Known reports whether this node holds an entry for key in table, live or
+// as a tombstone: a caller restoring its own copy of an entry can tell
+// "deleted elsewhere" from "never seen".
+func (c *Cluster) Known(table, key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.entries[tkey{table, key}] != nil
+}

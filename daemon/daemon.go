@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -19,6 +20,10 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vxmesh/vxmesh/cluster"
+	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
 // Config is what `vxmesh daemon` is started with.
@@ -40,6 +45,26 @@ type Config struct {
 	Logger *slog.Logger
 	// Sandbox does the namespace plumbing; nil means the real Linux one.
 	Sandbox Sandbox
+
+	// Advertise is the underlay address other hosts reach this one at, for
+	// gossip and VXLAN; zero means the address of the interface holding
+	// the default route (127.0.0.1 when there is none).
+	Advertise netip.Addr
+	// Join lists members (HOST or HOST:PORT) to join at start.
+	Join []string
+	// GossipPort is the memberlist TCP+UDP port (default 7946).
+	GossipPort int
+	// ClusterKeyFile holds the cluster key; empty means STATE_DIR/cluster.key,
+	// created when missing.
+	ClusterKeyFile string
+	// NodeGrace is how long a dead node's endpoints stay (default 30 s).
+	NodeGrace time.Duration
+	// DataPort is the VXLAN UDP port (default 4789), the same on every node.
+	DataPort uint16
+	// Underlay replaces the VTEP's UDP sockets (tests).
+	Underlay tunnel.Underlay
+
+	tuneCluster func(*cluster.Config)
 }
 
 // Daemon is one host's vxmesh daemon.
@@ -48,6 +73,14 @@ type Daemon struct {
 	log  *slog.Logger
 	sb   Sandbox
 	lock *os.File
+
+	cl     *cluster.Cluster
+	vtep   *tunnel.VTEP
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+
+	closeOnce sync.Once
 
 	mu         sync.Mutex
 	networks   map[string]*network
@@ -73,8 +106,20 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.Sandbox == nil {
 		cfg.Sandbox = linuxSandbox{}
 	}
+	if !cfg.Advertise.IsValid() {
+		cfg.Advertise = detectAdvertise()
+	}
 	if cfg.UnderlayMTU == 0 {
-		cfg.UnderlayMTU = detectUnderlayMTU()
+		cfg.UnderlayMTU = underlayMTU(cfg.Advertise)
+	}
+	if cfg.GossipPort == 0 {
+		cfg.GossipPort = 7946
+	}
+	if cfg.DataPort == 0 {
+		cfg.DataPort = packet.VXLANPort
+	}
+	if cfg.NodeGrace == 0 {
+		cfg.NodeGrace = 30 * time.Second
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir %s: %w", cfg.StateDir, err)
@@ -91,11 +136,69 @@ func New(cfg Config) (*Daemon, error) {
 		networks:   map[string]*network{},
 		containers: map[string]*container{},
 	}
-	if err := d.restore(); err != nil {
-		lock.Close()
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	if err := d.start(); err != nil {
+		d.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// start brings up the VTEP and the cluster membership, restores the
+// persisted state, joins the cluster and announces this node's networks
+// and endpoints.
+func (d *Daemon) start() error {
+	ul := d.cfg.Underlay
+	if ul == nil {
+		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.DataPort})
+		if err != nil {
+			return err
+		}
+		ul = u
+	}
+	d.vtep = tunnel.New(tunnel.Config{Underlay: ul, DataPort: d.cfg.DataPort, Logger: d.log.With("component", "tunnel")})
+	d.done.Add(1)
+	go func() {
+		defer d.done.Done()
+		d.vtep.Run(d.ctx)
+	}()
+	if err := d.startCluster(); err != nil {
+		return err
+	}
+	saved, err := d.restore()
+	if err != nil {
+		return err
+	}
+	if len(d.cfg.Join) > 0 {
+		if _, err := d.cl.Join(d.cfg.Join); err != nil {
+			return err
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// Networks this node knew that the cluster has never heard of (a
+	// standalone node restarting, or the first node of a new cluster) are
+	// announced again; one deleted elsewhere meanwhile stays deleted.
+	for _, rec := range saved {
+		if !d.cl.Known(tblNetworks, rec.Name) {
+			if err := d.publishNetwork(rec); err != nil {
+				return err
+			}
+		}
+	}
+	for _, c := range d.containers {
+		for _, ep := range c.endpoints {
+			d.publishEndpoint(ep)
+		}
+	}
+	d.reconcile()
+	d.done.Add(1)
+	go func() {
+		defer d.done.Done()
+		d.watchCluster(d.ctx)
+	}()
+	d.log.Info("node started", "node", d.cfg.Node, "advertise", d.cfg.Advertise, "data_port", d.cfg.DataPort, "gossip_port", d.cfg.GossipPort)
+	return nil
 }
 
 // lockStateDir takes an exclusive flock on DIR/lock so that two daemons
@@ -163,19 +266,37 @@ func listenUnix(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Close stops every forwarder and releases the devices and the state lock.
-// Persistent TAP devices stay in their namespaces for the next start.
+// Close leaves the cluster, stops every forwarder and releases the devices
+// and the state lock. Persistent TAP devices stay in their namespaces for
+// the next start.
 func (d *Daemon) Close() {
+	d.closeOnce.Do(d.close)
+}
+
+func (d *Daemon) close() {
+	if d.cancel != nil {
+		d.cancel()
+	}
+	if d.cl != nil {
+		if err := d.cl.Leave(2 * time.Second); err != nil {
+			d.log.Warn("leaving the cluster", "err", err)
+		}
+		d.cl.Close()
+	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	for _, c := range d.containers {
 		for _, ep := range c.endpoints {
 			ep.stop()
 		}
 	}
 	for _, n := range d.networks {
-		n.sw.Close()
+		d.removeLocalNetwork(n)
 	}
+	d.mu.Unlock()
+	if d.vtep != nil {
+		d.vtep.Close()
+	}
+	d.done.Wait()
 	if d.lock != nil {
 		d.lock.Close()
 		d.lock = nil
@@ -219,27 +340,50 @@ func (d *Daemon) sortedContainers() []*container {
 	return out
 }
 
-// detectUnderlayMTU returns the MTU of the interface that holds the IPv4
-// default route, or 1500 when there is none.
-func detectUnderlayMTU() int {
+// defaultRouteInterface names the interface holding the IPv4 default
+// route, or "" when there is none.
+func defaultRouteInterface() string {
 	b, err := os.ReadFile("/proc/net/route")
 	if err != nil {
-		return 1500
+		return ""
 	}
-	var ifname string
 	for _, l := range strings.Split(string(b), "\n")[1:] {
 		var name, dst string
 		if _, err := fmt.Sscan(l, &name, &dst); err == nil && dst == "00000000" {
-			ifname = name
-			break
+			return name
 		}
 	}
-	if ifname == "" {
-		return 1500
+	return ""
+}
+
+// detectAdvertise returns the first IPv4 address of the default-route
+// interface, or 127.0.0.1 for a host without one.
+func detectAdvertise() netip.Addr {
+	if ifc, err := net.InterfaceByName(defaultRouteInterface()); err == nil {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
+				return p.Addr()
+			}
+		}
 	}
-	ifc, err := net.InterfaceByName(ifname)
-	if err != nil || ifc.MTU < 576 {
-		return 1500
+	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+}
+
+// underlayMTU returns the MTU of the interface that holds addr, or 1500
+// when no interface does (or it is loopback's).
+func underlayMTU(addr netip.Addr) int {
+	ifcs, _ := net.Interfaces()
+	for _, ifc := range ifcs {
+		if ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == addr && ifc.MTU >= 576 {
+				return ifc.MTU
+			}
+		}
 	}
-	return ifc.MTU
+	return 1500
 }

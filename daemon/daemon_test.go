@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -15,10 +16,13 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/netdev/netdevtest"
+	"github.com/vxmesh/vxmesh/netdev/netdevtest/netstack"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
 // fakeSandbox stands in for network namespaces: a namespace is a path in
@@ -30,11 +34,15 @@ type fakeSandbox struct {
 	ifaces   map[string]*fakeIface // path + "/" + ifname
 	nextIno  uint64
 	failPlug error
+	// useNetstack makes Plug give each interface a gVisor netstack
+	// container instead of a bare pipe end.
+	useNetstack bool
 }
 
 type fakeIface struct {
 	cfg       sandbox.IfaceConfig
 	container *netdevtest.Device
+	stack     *netstack.Container
 }
 
 func newFakeSandbox() *fakeSandbox {
@@ -87,6 +95,14 @@ func (f *fakeSandbox) Plug(nsPath string, cfg sandbox.IfaceConfig) (netdev.Devic
 	if _, ok := f.ifaces[key]; ok {
 		return nil, fmt.Errorf("netns %s: interface %q already exists", nsPath, cfg.IfName)
 	}
+	if f.useNetstack {
+		st, err := netstack.NewWithMTU(nsPath, packet.MAC(cfg.MAC), cfg.Addr, cfg.MTU)
+		if err != nil {
+			return nil, err
+		}
+		f.ifaces[key] = &fakeIface{cfg: cfg, stack: st}
+		return st.Device(), nil
+	}
 	host, ctr := netdevtest.NewPipe("tap", cfg.IfName, netdevtest.DefaultQueue)
 	f.ifaces[key] = &fakeIface{cfg: cfg, container: ctr}
 	return host, nil
@@ -122,12 +138,54 @@ func (f *fakeSandbox) iface(ns, ifname string) *fakeIface {
 
 func newTestDaemon(t testing.TB, sb *fakeSandbox, dir string) *Daemon {
 	t.Helper()
-	d, err := New(Config{Node: "h1", StateDir: dir, Sandbox: sb, UnderlayMTU: 1500,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	return newNode(t, tunnel.NewMemNetwork(), "h1", netip.MustParseAddr("127.0.0.1"), sb, dir)
+}
+
+// newNode starts a daemon whose VTEP sits on the in-memory underlay mem at
+// addr and whose gossip listens on addr with fast test timing.
+func newNode(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Addr, sb *fakeSandbox, dir string, join ...string) *Daemon {
+	t.Helper()
+	ul, err := mem.Listen(netip.AddrPortFrom(addr, 4789))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{
+		Node: name, StateDir: dir, Sandbox: sb, UnderlayMTU: 1500, Advertise: addr,
+		GossipPort: freePort(t, addr), Join: join, Underlay: ul, NodeGrace: time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		tuneCluster: func(c *cluster.Config) {
+			c.GossipInterval = 20 * time.Millisecond
+			c.ProbeInterval = 100 * time.Millisecond
+			c.ProbeTimeout = 50 * time.Millisecond
+			c.PushPullInterval = 300 * time.Millisecond
+			c.SuspicionMult = 2
+			c.ReconnectInterval = 500 * time.Millisecond
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// freePort returns a port free for both TCP and UDP on addr.
+func freePort(t testing.TB, addr netip.Addr) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", l.Addr().String())
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
 }
 
 // arpRequest builds an ARP who-has frame from (mac, ip) for target.
@@ -364,5 +422,14 @@ func TestRemoveNetworkRefusedWithEndpoints(t *testing.T) {
 	s, err := loadState(d.cfg.StateDir)
 	if err != nil || len(s.Networks) != 0 || len(s.Containers) != 0 {
 		t.Fatalf("persisted state after removals: %+v, %v", s, err)
+	}
+}
+
+func readFile(p string) ([]byte, error) { return os.ReadFile(p) }
+
+func writeFile(t *testing.T, p string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

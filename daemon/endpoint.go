@@ -270,16 +270,28 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	if err := d.save(); err != nil {
 		return api.Endpoint{}, err
 	}
+	d.publishEndpoint(e)
 	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", ip, "ifname", ifname, "netns", c.netns)
 	return d.endpointView(e), nil
 }
 
 // pickIP honours a requested address if it is a free host address of n,
-// or allocates the lowest free one.
+// or allocates the lowest free one from the address blocks this node has
+// claimed in the cluster, claiming another block when they are full, so
+// that two nodes never hand out the same address.
 func (d *Daemon) pickIP(n *network, want string) (netip.Addr, error) {
 	used := d.usedIPs(n)
 	if want == "" {
-		return allocate(n.subnet, used)
+		for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
+			if a, err := allocate(b, used, n.subnet); err == nil {
+				return a, nil
+			}
+		}
+		b, err := d.cl.ClaimBlock(n.rec.Name, n.subnet, blockBits(n.subnet))
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("network %q: no free address block: %w", n.rec.Name, err)
+		}
+		return allocate(b, used, n.subnet)
 	}
 	a, err := netip.ParseAddr(want)
 	if err != nil || !usableHost(n.subnet, a) {
@@ -360,6 +372,7 @@ func (d *Daemon) Detach(name, network string) error {
 // removeEndpoint stops forwarding and deletes the interface from the
 // container; callers hold d.mu.
 func (d *Daemon) removeEndpoint(ep *endpoint) {
+	d.unpublishEndpoint(ep)
 	ep.stop()
 	if err := d.sb.Unplug(ep.ctr.netns, ep.ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
 		d.log.Warn("removing interface", "container", ep.ctr.name, "ifname", ep.ifname, "err", err)
@@ -447,17 +460,17 @@ func (d *Daemon) containerView(c *container) api.Container {
 // reopens every endpoint's persistent TAP inside its namespace. An
 // endpoint whose namespace or interface is gone is kept, marked down, so
 // the operator sees it and can remove it.
-func (d *Daemon) restore() error {
+func (d *Daemon) restore() ([]savedNetwork, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	s, err := loadState(d.cfg.StateDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, rec := range s.Networks {
-		n, err := newNetwork(rec)
-		if err != nil {
-			return err
+		if err := d.addLocalNetwork(rec); err != nil {
+			return nil, err
 		}
-		d.networks[rec.Name] = n
 	}
 	for _, sc := range s.Containers {
 		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, endpoints: map[string]*endpoint{}}
@@ -471,15 +484,15 @@ func (d *Daemon) restore() error {
 		for _, se := range sc.Endpoints {
 			n, ok := d.networks[se.Network]
 			if !ok {
-				return fmt.Errorf("state: container %q: unknown network %q", sc.Name, se.Network)
+				return nil, fmt.Errorf("state: container %q: unknown network %q", sc.Name, se.Network)
 			}
 			ip, err := netip.ParseAddr(se.IP)
 			if err != nil {
-				return fmt.Errorf("state: container %q: %w", sc.Name, err)
+				return nil, fmt.Errorf("state: container %q: %w", sc.Name, err)
 			}
 			mac, err := packet.ParseMAC(se.MAC)
 			if err != nil {
-				return fmt.Errorf("state: container %q: %w", sc.Name, err)
+				return nil, fmt.Errorf("state: container %q: %w", sc.Name, err)
 			}
 			ep := &endpoint{ctr: c, net: n, ip: ip, mac: mac, ifname: se.IfName, aliases: se.Aliases}
 			c.endpoints[n.rec.Name] = ep
@@ -503,5 +516,5 @@ func (d *Daemon) restore() error {
 			d.log.Info("endpoint restored", "container", c.name, "network", n.rec.Name, "ip", ip)
 		}
 	}
-	return nil
+	return s.Networks, nil
 }

@@ -60,14 +60,30 @@ func usableHost(p netip.Prefix, a netip.Addr) bool {
 	return a != p.Masked().Addr() && a != broadcastAddr(p)
 }
 
-// allocate returns the lowest usable address of p that is not in used.
-func allocate(p netip.Prefix, used map[netip.Addr]bool) (netip.Addr, error) {
-	for a := firstHost(p); p.Contains(a); a = a.Next() {
-		if usableHost(p, a) && !used[a] {
+// allocate returns the lowest address of block that is a usable host
+// address of subnet and not in used.
+func allocate(block netip.Prefix, used map[netip.Addr]bool, subnet netip.Prefix) (netip.Addr, error) {
+	block = block.Masked()
+	for a := block.Addr(); block.Contains(a); a = a.Next() {
+		if usableHost(subnet, a) && !used[a] {
 			return a, nil
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("no free address left in %s", p)
+	return netip.Addr{}, fmt.Errorf("no free address left in %s", block)
+}
+
+// blockBits is the prefix length of the address blocks nodes claim in a
+// subnet: sixteen blocks per subnet, at least 16 addresses each (a small
+// subnet is a single block).
+func blockBits(subnet netip.Prefix) int {
+	b := subnet.Bits() + 4
+	if b > 28 {
+		b = 28
+	}
+	if b < subnet.Bits() {
+		b = subnet.Bits()
+	}
+	return b
 }
 
 // macForIP derives the endpoint MAC from its IPv4 address the way Docker

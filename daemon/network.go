@@ -12,6 +12,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
 
@@ -40,35 +41,76 @@ func checkName(kind, name string) error {
 	return nil
 }
 
-// network is one overlay network on this host and its switch.
+// network is one overlay network on this host: its switch, and the VXLAN
+// tunnel port that connects the switch to the other hosts.
 type network struct {
 	rec    savedNetwork
 	subnet netip.Prefix
 	gw     netip.Addr
 	sw     *vswitch.Switch
+	tn     *tunnel.Network
+	tport  *vswitch.PortRef
+	// remotes are the other nodes' endpoints installed as static switch
+	// entries (MAC -> IP).
+	remotes map[packet.MAC]netip.Addr
 }
 
-// newNetwork builds the runtime form of a validated record.
-func newNetwork(rec savedNetwork) (*network, error) {
+// tunnelPortName is the switch port that leads to the other hosts.
+const tunnelPortName = "vxlan"
+
+// addLocalNetwork builds the switch and tunnel of a network record and
+// makes the network known locally; callers hold d.mu.
+func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
 	subnet, err := netip.ParsePrefix(rec.Subnet)
 	if err != nil {
-		return nil, fmt.Errorf("network %q: subnet: %w", rec.Name, err)
+		return fmt.Errorf("network %q: subnet: %w", rec.Name, err)
 	}
 	gw, err := netip.ParseAddr(rec.Gateway)
 	if err != nil {
-		return nil, fmt.Errorf("network %q: gateway: %w", rec.Name, err)
+		return fmt.Errorf("network %q: gateway: %w", rec.Name, err)
 	}
-	n := &network{rec: rec, subnet: subnet, gw: gw}
+	n := &network{rec: rec, subnet: subnet, gw: gw, remotes: map[packet.MAC]netip.Addr{}}
 	n.sw = vswitch.New(vswitch.Config{Name: rec.Name, GatewayIP: gw, GatewayMAC: macForIP(gw)})
-	return n, nil
+	tn, err := d.vtep.AddNetwork(rec.VNI, rec.MTU)
+	if err != nil {
+		n.sw.Close()
+		return fmt.Errorf("network %q: %w", rec.Name, err)
+	}
+	ref, err := n.sw.AddPort(tn, vswitch.PortConfig{Name: tunnelPortName})
+	if err != nil {
+		d.vtep.RemoveNetwork(rec.VNI)
+		n.sw.Close()
+		return fmt.Errorf("network %q: %w", rec.Name, err)
+	}
+	tn.SetInput(ref.Input)
+	n.tn, n.tport = tn, ref
+	d.networks[rec.Name] = n
+	d.log.Info("network up", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
+	return nil
 }
 
-// usedIPs returns the addresses taken in n: its gateway and its endpoints.
+// removeLocalNetwork takes a network's switch and tunnel down; callers
+// hold d.mu.
+func (d *Daemon) removeLocalNetwork(n *network) {
+	n.sw.RemovePort(n.tport)
+	d.vtep.RemoveNetwork(n.rec.VNI)
+	n.sw.Close()
+	delete(d.networks, n.rec.Name)
+	d.log.Info("network down", "network", n.rec.Name)
+}
+
+// usedIPs returns the addresses taken in n: its gateway and the endpoints
+// of every node.
 func (d *Daemon) usedIPs(n *network) map[netip.Addr]bool {
 	used := map[netip.Addr]bool{n.gw: true}
 	for _, c := range d.containers {
 		if ep := c.endpoints[n.rec.Name]; ep != nil {
 			used[ep.ip] = true
+		}
+	}
+	for _, rec := range d.clusterEndpoints() {
+		if a, err := netip.ParseAddr(rec.IP); err == nil && rec.Network == n.rec.Name {
+			used[a] = true
 		}
 	}
 	return used
@@ -93,6 +135,7 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.reconcile()
 	if _, ok := d.networks[req.Name]; ok {
 		return api.Network{}, fmt.Errorf("network %q: already exists", req.Name)
 	}
@@ -150,24 +193,92 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	} else {
 		vni = d.freeVNI()
 	}
+	vteps, err := parseVTEPs(req.Name, req.VTEPs)
+	if err != nil {
+		return api.Network{}, err
+	}
 	id := make([]byte, networkIDBytes)
 	rand.Read(id)
 	rec := savedNetwork{
 		Name: req.Name, ID: hex.EncodeToString(id), Subnet: subnet.String(), Gateway: gw.String(),
-		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second),
+		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
 	}
-	n, err := newNetwork(rec)
-	if err != nil {
-		return api.Network{}, err
+	if err := d.publishNetwork(rec); err != nil {
+		return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
 	}
-	d.networks[rec.Name] = n
-	if err := d.save(); err != nil {
-		delete(d.networks, rec.Name)
-		n.sw.Close()
-		return api.Network{}, err
+	d.reconcile()
+	n, ok := d.networks[rec.Name]
+	if !ok {
+		return api.Network{}, fmt.Errorf("network %q: could not be set up on this node (see the daemon log)", req.Name)
 	}
 	d.log.Info("network created", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
 	return d.networkView(n, false), nil
+}
+
+// parseVTEPs validates external VTEP addresses and returns them sorted
+// and de-duplicated.
+func parseVTEPs(network string, in []string) ([]string, error) {
+	set := map[netip.Addr]bool{}
+	for _, v := range in {
+		a, err := netip.ParseAddr(v)
+		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
+			return nil, fmt.Errorf("network %q: vtep %q: not a unicast IPv4 address", network, v)
+		}
+		set[a] = true
+	}
+	out := make([]netip.Addr, 0, len(set))
+	for a := range set {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
+	strs := make([]string, len(out))
+	for i, a := range out {
+		strs[i] = a.String()
+	}
+	return strs, nil
+}
+
+// UpdateNetwork adds and removes a network's external VTEPs.
+func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.Network, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[name]
+	if !ok {
+		return api.Network{}, notFound("network %q: not found", name)
+	}
+	add, err := parseVTEPs(name, req.AddVTEPs)
+	if err != nil {
+		return api.Network{}, err
+	}
+	rm, err := parseVTEPs(name, req.RemoveVTEPs)
+	if err != nil {
+		return api.Network{}, err
+	}
+	cur := map[string]bool{}
+	for _, v := range n.rec.VTEPs {
+		cur[v] = true
+	}
+	for _, v := range rm {
+		if !cur[v] {
+			return api.Network{}, fmt.Errorf("network %q: vtep %s: not configured", name, v)
+		}
+		delete(cur, v)
+	}
+	for _, v := range add {
+		cur[v] = true
+	}
+	all := make([]string, 0, len(cur))
+	for v := range cur {
+		all = append(all, v)
+	}
+	vteps, _ := parseVTEPs(name, all)
+	rec := n.rec
+	rec.VTEPs = vteps
+	if err := d.publishNetwork(rec); err != nil {
+		return api.Network{}, err
+	}
+	d.reconcile()
+	return d.networkView(n, true), nil
 }
 
 // freeVNI returns the lowest VNI from firstVNI on that no network uses.
@@ -191,19 +302,22 @@ func (d *Daemon) RemoveNetwork(name string) error {
 	if !ok {
 		return notFound("network %q: not found", name)
 	}
-	if eps := d.endpointsOf(n); len(eps) > 0 {
-		names := make([]string, len(eps))
-		for i, ep := range eps {
-			names[i] = ep.ctr.name
+	var names []string
+	for _, ep := range d.endpointsOf(n) {
+		names = append(names, ep.ctr.name)
+	}
+	for _, rec := range d.clusterEndpoints() {
+		if rec.Network == name && rec.Node != d.cfg.Node {
+			names = append(names, rec.Name+"@"+rec.Node)
 		}
-		return fmt.Errorf("network %q: still has %d endpoint(s) attached (%s); detach or remove them first", name, len(eps), strings.Join(names, ", "))
 	}
-	delete(d.networks, name)
-	if err := d.save(); err != nil {
-		d.networks[name] = n
-		return err
+	if len(names) > 0 {
+		return fmt.Errorf("network %q: still has %d endpoint(s) attached (%s); detach or remove them first", name, len(names), strings.Join(names, ", "))
 	}
-	n.sw.Close()
+	if err := d.cl.Delete(tblNetworks, name); err != nil {
+		return fmt.Errorf("network %q: %w", name, err)
+	}
+	d.reconcile()
 	d.log.Info("network removed", "network", name)
 	return nil
 }
@@ -233,12 +347,33 @@ func (d *Daemon) Network(name string) (api.Network, error) {
 func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 	v := api.Network{
 		Name: n.rec.Name, ID: n.rec.ID, Subnet: n.rec.Subnet, Gateway: n.rec.Gateway,
-		MTU: n.rec.MTU, VNI: n.rec.VNI, Created: n.rec.Created,
+		MTU: n.rec.MTU, VNI: n.rec.VNI, Created: n.rec.Created, VTEPs: n.rec.VTEPs,
 	}
-	if withEndpoints {
-		for _, ep := range d.endpointsOf(n) {
-			v.Endpoints = append(v.Endpoints, d.endpointView(ep))
+	if !withEndpoints {
+		return v
+	}
+	for _, ep := range d.endpointsOf(n) {
+		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
+	}
+	for _, rec := range d.clusterEndpoints() {
+		if rec.Network == n.rec.Name && rec.Node != d.cfg.Node {
+			v.Endpoints = append(v.Endpoints, api.Endpoint{
+				Name: rec.Name, Network: rec.Network, IP: rec.IP, MAC: rec.MAC,
+				Aliases: rec.Aliases, Node: rec.Node, State: "remote",
+			})
 		}
+	}
+	nodeOf := map[netip.Addr]string{}
+	for _, m := range d.cl.Members() {
+		if m.Meta.DataAddr.IsValid() {
+			nodeOf[m.Meta.DataAddr.Addr()] = m.Name
+		}
+	}
+	for _, p := range n.tn.Stats().Peers {
+		v.Peers = append(v.Peers, api.Peer{
+			VTEP: p.Addr.String(), Node: nodeOf[p.Addr], RxPackets: p.RxPackets, RxBytes: p.RxBytes,
+			TxPackets: p.TxPackets, TxBytes: p.TxBytes, TxDrops: p.TxDrops,
+		})
 	}
 	return v
 }

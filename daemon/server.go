@@ -44,6 +44,18 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, d.RemoveNetwork(r.PathValue("name")))
 	})
+	mux.HandleFunc("PATCH /v1/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var req api.NetworkUpdateRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		n, err := d.UpdateNetwork(r.PathValue("name"), req)
+		reply(w, n, err)
+	})
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, d.Nodes(), nil)
+	})
 	mux.HandleFunc("GET /v1/networks/{name}/fdb", func(w http.ResponseWriter, r *http.Request) {
 		f, err := d.FDB(r.PathValue("name"))
 		reply(w, f, err)

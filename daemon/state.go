@@ -27,6 +27,8 @@ type savedNetwork struct {
 	MTU     int       `json:"mtu"`
 	VNI     uint32    `json:"vni"`
 	Created time.Time `json:"created"`
+	// VTEPs are external RFC 7348 VTEPs of the network.
+	VTEPs []string `json:"vteps,omitempty"`
 }
 
 type savedContainer struct {

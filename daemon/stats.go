@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/packet"
 )
 
 // FDB returns the forwarding database of a network's switch.
@@ -12,9 +13,19 @@ func (d *Daemon) FDB(name string) ([]api.FDBEntry, error) {
 	if !ok {
 		return nil, notFound("network %q: not found", name)
 	}
+	vtepOf := map[packet.MAC]string{}
+	for _, e := range n.tn.FDB() {
+		vtepOf[e.MAC] = e.VTEP.String()
+	}
 	out := []api.FDBEntry{}
 	for _, e := range n.sw.FDB() {
 		v := api.FDBEntry{MAC: e.MAC.String(), Port: e.Port, Kind: e.Kind}
+		if e.Port == tunnelPortName {
+			v.VTEP = vtepOf[e.MAC]
+			if e.Kind == "static" {
+				v.Kind = "remote"
+			}
+		}
 		if e.IP.IsValid() {
 			v.IP = e.IP.String()
 		}

@@ -4,11 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/daemon"
 )
 
@@ -18,6 +22,12 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	stateDir := fs.String("state-dir", "/var/lib/vxmesh", "directory for persisted state")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	prefix := fs.String("netns-prefix", "", "prefix for the named netns of containers made by run")
+	advertise := fs.String("advertise", "", "underlay address other hosts reach this one at (default: the default-route interface's address)")
+	join := fs.String("join", "", "comma-separated HOST[:PORT] of cluster members to join")
+	gossipPort := fs.Int("gossip-port", 7946, "memberlist gossip port (TCP and UDP)")
+	keyFile := fs.String("cluster-key-file", "", "file holding the cluster key (default: STATE_DIR/cluster.key, created if missing)")
+	grace := fs.Duration("node-grace", 30*time.Second, "how long a dead node's endpoints stay before they are removed")
+	dataPort := fs.Uint("data-port", 4789, "VXLAN UDP port (the same on every node)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -28,6 +38,27 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	var adv netip.Addr
+	if *advertise != "" {
+		if adv, err = netip.ParseAddr(*advertise); err != nil || !adv.Is4() {
+			return fmt.Errorf("--advertise %q: not an IPv4 address", *advertise)
+		}
+	}
+	if *dataPort == 0 || *dataPort > 65535 {
+		return fmt.Errorf("--data-port %d: out of range 1-65535", *dataPort)
+	}
+	if *gossipPort <= 0 || *gossipPort > 65535 {
+		return fmt.Errorf("--gossip-port %d: out of range 1-65535", *gossipPort)
+	}
+	if *grace <= 0 {
+		return fmt.Errorf("--node-grace %s: must be positive", *grace)
+	}
+	var peers []string
+	for _, p := range strings.Split(*join, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			peers = append(peers, p)
+		}
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("must run as root (it creates TAP devices and network namespaces)")
@@ -42,6 +73,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level}))
 	d, err := daemon.New(daemon.Config{
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
+		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
+		NodeGrace: *grace, DataPort: uint16(*dataPort),
 	})
 	if err != nil {
 		return err
@@ -51,4 +84,51 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	err = d.Serve(ctx)
 	log.Info("vxmesh daemon stopped")
 	return err
+}
+
+func cmdKeygen(env *cliEnv, args []string) error {
+	fs := newFlags(env, "keygen", false)
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	key, err := cluster.GenerateKey()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(env.stdout, cluster.EncodeKey(key))
+	return nil
+}
+
+func cmdNode(env *cliEnv, args []string) error {
+	if len(args) == 0 || (args[0] != "ls" && args[0] != "list") {
+		return fmt.Errorf("want the subcommand ls")
+	}
+	fs := newFlags(env, "node ls", true)
+	pos, _, err := fs.parse(args[1:])
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	nodes, err := fs.client().Nodes()
+	if err != nil {
+		return err
+	}
+	if fs.format == "json" {
+		return printJSON(env.stdout, nodes)
+	}
+	t := newTable(env.stdout, "NAME", "ADDRESS", "VTEP", "STATE", "NETWORKS")
+	for _, n := range nodes {
+		name := n.Name
+		if n.Self {
+			name += " *"
+		}
+		t.row(name, n.Addr, dash(n.DataAddr), n.State, dash(strings.Join(n.Networks, ",")))
+	}
+	return t.flush()
 }

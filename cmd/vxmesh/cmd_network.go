@@ -2,13 +2,14 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/vxmesh/vxmesh/api"
 )
 
 func cmdNetwork(env *cliEnv, args []string) error {
 	if len(args) == 0 {
-		return fmt.Errorf("want a subcommand: create, ls, inspect or rm")
+		return fmt.Errorf("want a subcommand: create, ls, inspect, update or rm")
 	}
 	switch args[0] {
 	case "create":
@@ -19,8 +20,10 @@ func cmdNetwork(env *cliEnv, args []string) error {
 		return networkInspect(env, args[1:])
 	case "rm", "remove":
 		return networkRm(env, args[1:])
+	case "update":
+		return networkUpdate(env, args[1:])
 	}
-	return fmt.Errorf("unknown subcommand %q: want create, ls, inspect or rm", args[0])
+	return fmt.Errorf("unknown subcommand %q: want create, ls, inspect, update or rm", args[0])
 }
 
 func networkCreate(env *cliEnv, args []string) error {
@@ -30,6 +33,8 @@ func networkCreate(env *cliEnv, args []string) error {
 	fs.StringVar(&req.Gateway, "gateway", "", "gateway address (default: the subnet's first address)")
 	fs.IntVar(&req.MTU, "mtu", 0, "network MTU (default: underlay MTU - 50)")
 	vni := fs.Uint("vni", 0, "VXLAN network identifier (default: the lowest free from 4096)")
+	var vteps stringList
+	fs.Var(&vteps, "vtep", "external RFC 7348 VTEP address (repeatable)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -37,7 +42,7 @@ func networkCreate(env *cliEnv, args []string) error {
 	if err := wantArgs(pos, 1, "a network name"); err != nil {
 		return err
 	}
-	req.Name, req.VNI = pos[0], uint32(*vni)
+	req.Name, req.VNI, req.VTEPs = pos[0], uint32(*vni), vteps
 	if *vni > 1<<24-1 {
 		return fmt.Errorf("network %q: vni %d: out of range 1-16777215", req.Name, *vni)
 	}
@@ -93,10 +98,47 @@ func networkInspect(env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "Name:     %s\nID:       %s\nSubnet:   %s\nGateway:  %s\nVNI:      %d\nMTU:      %d\nCreated:  %s\n",
 		n.Name, n.ID, n.Subnet, n.Gateway, n.VNI, n.MTU, n.Created.Format("2006-01-02 15:04:05 MST"))
+	fmt.Fprintf(env.stdout, "VTEPs:    %s\n", dash(strings.Join(n.VTEPs, ", ")))
 	fmt.Fprintf(env.stdout, "Endpoints: %d\n", len(n.Endpoints))
 	if len(n.Endpoints) > 0 {
 		printEndpoints(env.stdout, n.Endpoints)
 	}
+	fmt.Fprintf(env.stdout, "Peers: %d\n", len(n.Peers))
+	if len(n.Peers) > 0 {
+		t := newTable(env.stdout, "VTEP", "NODE", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "TX DROPS")
+		for _, p := range n.Peers {
+			t.row(p.VTEP, dash(p.Node), p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, p.TxDrops)
+		}
+		return t.flush()
+	}
+	return nil
+}
+
+func networkUpdate(env *cliEnv, args []string) error {
+	fs := newFlags(env, "network update", true)
+	var req api.NetworkUpdateRequest
+	var add, rm stringList
+	fs.Var(&add, "add-vtep", "add an external RFC 7348 VTEP (repeatable)")
+	fs.Var(&rm, "rm-vtep", "remove an external VTEP (repeatable)")
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 1, "a network name"); err != nil {
+		return err
+	}
+	if len(add) == 0 && len(rm) == 0 {
+		return fmt.Errorf("network %q: nothing to update (--add-vtep or --rm-vtep)", pos[0])
+	}
+	req.AddVTEPs, req.RemoveVTEPs = add, rm
+	n, err := fs.client().UpdateNetwork(pos[0], req)
+	if err != nil {
+		return err
+	}
+	if fs.format == "json" {
+		return printJSON(env.stdout, n)
+	}
+	fmt.Fprintln(env.stdout, n.Name)
 	return nil
 }
 

@@ -25,13 +25,13 @@ func cmdFDB(env *cliEnv, args []string) error {
 	if fs.format == "json" {
 		return printJSON(env.stdout, entries)
 	}
-	t := newTable(env.stdout, "MAC", "IP", "PORT", "KIND", "AGE")
+	t := newTable(env.stdout, "MAC", "IP", "PORT", "KIND", "VTEP", "AGE")
 	for _, e := range entries {
 		age := "-"
 		if e.Kind == "learned" {
 			age = fmt.Sprintf("%.0fs", e.AgeSeconds)
 		}
-		t.row(e.MAC, dash(e.IP), e.Port, e.Kind, age)
+		t.row(e.MAC, dash(e.IP), e.Port, e.Kind, dash(e.VTEP), age)
 	}
 	return t.flush()
 }
@@ -89,9 +89,9 @@ func dash(s string) string {
 }
 
 func printEndpoints(w io.Writer, eps []api.Endpoint) {
-	t := newTable(w, "CONTAINER", "NETWORK", "IP", "MAC", "IFNAME", "ALIASES", "STATE")
+	t := newTable(w, "CONTAINER", "NETWORK", "IP", "MAC", "IFNAME", "ALIASES", "NODE", "STATE")
 	for _, e := range eps {
-		t.row(e.Name, e.Network, e.IP, e.MAC, e.IfName, dash(strings.Join(e.Aliases, ",")), e.State)
+		t.row(e.Name, e.Network, e.IP, e.MAC, dash(e.IfName), dash(strings.Join(e.Aliases, ",")), dash(e.Node), e.State)
 	}
 	t.flush()
 }

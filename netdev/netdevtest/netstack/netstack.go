@@ -43,6 +43,12 @@ type Container struct {
 // New returns a container with the given MAC and address (its prefix is
 // the on-link subnet), MTU 1500 and a queue of 1024 outgoing frames.
 func New(name string, mac packet.MAC, addr netip.Prefix) (*Container, error) {
+	return NewWithMTU(name, mac, addr, 1500)
+}
+
+// NewWithMTU is New with an interface MTU, as a container gets from its
+// network.
+func NewWithMTU(name string, mac packet.MAC, addr netip.Prefix, mtu int) (*Container, error) {
 	if !addr.Addr().Is4() {
 		return nil, fmt.Errorf("container %q: address %s is not IPv4", name, addr)
 	}
@@ -50,7 +56,7 @@ func New(name string, mac packet.MAC, addr netip.Prefix) (*Container, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 	})
-	ep := channel.New(1024, 1500+packet.EthernetHeaderLen, tcpip.LinkAddress(mac[:]))
+	ep := channel.New(1024, uint32(mtu+packet.EthernetHeaderLen), tcpip.LinkAddress(mac[:]))
 	if err := s.CreateNIC(nicID, ethernet.New(ep)); err != nil {
 		return nil, fmt.Errorf("container %q: create NIC: %s", name, err)
 	}

@@ -1,0 +1,184 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/tunnel"
+)
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// threeNodes starts three daemons on one in-memory underlay, sharing a
+// cluster key, each with netstack containers.
+func threeNodes(t *testing.T) ([]*Daemon, []*fakeSandbox) {
+	t.Helper()
+	mem := tunnel.NewMemNetwork()
+	keyDir := t.TempDir()
+	var ds []*Daemon
+	var sbs []*fakeSandbox
+	for i := 1; i <= 3; i++ {
+		sb := newFakeSandbox()
+		sb.useNetstack = true
+		dir := t.TempDir()
+		// Every node uses the first node's key.
+		if i > 1 {
+			key, _ := readFile(keyDir + "/cluster.key")
+			writeFile(t, dir+"/cluster.key", key)
+		}
+		addr := netip.AddrFrom4([4]byte{127, 0, 0, byte(i)})
+		var join []string
+		if i > 1 {
+			join = []string{ds[0].cfg.Advertise.String() + ":" + fmt.Sprint(ds[0].cfg.GossipPort)}
+		}
+		d := newNode(t, mem, fmt.Sprintf("h%d", i), addr, sb, dir, join...)
+		if i == 1 {
+			key, _ := readFile(dir + "/cluster.key")
+			writeFile(t, keyDir+"/cluster.key", key)
+		}
+		t.Cleanup(d.Close)
+		ds = append(ds, d)
+		sbs = append(sbs, sb)
+	}
+	return ds, sbs
+}
+
+func TestThreeNodesTCPAcrossTheOverlay(t *testing.T) {
+	ds, sbs := threeNodes(t)
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.3.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds[1:] {
+		waitFor(t, "the network on every node", func() bool { _, err := d.Network("web"); return err == nil })
+	}
+	var eps []api.Endpoint
+	for i, d := range ds {
+		eps = append(eps, mustAttach(t, d, api.AttachRequest{Network: "web", Name: fmt.Sprintf("c%d", i+1), Create: true}))
+	}
+	seen := map[string]bool{}
+	for _, ep := range eps {
+		if seen[ep.IP] {
+			t.Fatalf("address %s handed out twice", ep.IP)
+		}
+		seen[ep.IP] = true
+	}
+	for _, d := range ds {
+		waitFor(t, "remote endpoints in every FDB", func() bool {
+			f, _ := d.FDB("web")
+			remote := 0
+			for _, e := range f {
+				if e.Kind == "remote" && e.VTEP != "" {
+					remote++
+				}
+			}
+			return remote == 2
+		})
+	}
+	// TCP from c1 (h1) to c3 (h3), byte-exact.
+	c1 := sbs[0].iface("/run/netns/c1", "eth0").stack
+	c3 := sbs[2].iface("/run/netns/c3", "eth0").stack
+	ln, err := c3.Listen(5001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	data := make([]byte, 2<<20)
+	rand.Read(data)
+	got := make(chan []byte, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer conn.Close()
+		b, _ := io.ReadAll(conn)
+		got <- b
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := c1.Dial(ctx, netip.AddrPortFrom(netip.MustParseAddr(eps[2].IP), 5001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, data) {
+			t.Fatalf("received %d bytes, not the %d sent", len(b), len(data))
+		}
+	case <-ctx.Done():
+		t.Fatal("transfer did not finish")
+	}
+	n, _ := ds[0].Network("web")
+	if len(n.Endpoints) != 3 || len(n.Peers) != 2 {
+		t.Fatalf("inspect on h1: %d endpoints, %d peers; want 3 and 2", len(n.Endpoints), len(n.Peers))
+	}
+	// The ARP for c3 was answered on h1 from the remote entry: nothing was
+	// flooded to the other hosts for it.
+	st := ds[0].Stats()
+	if st.Networks[0].ARPSuppressed == 0 {
+		t.Fatal("h1 answered no ARP request locally")
+	}
+
+	// h3 stops: its endpoint leaves h1's FDB; the network stays.
+	ds[2].Close()
+	waitFor(t, "h3's endpoint gone from h1", func() bool {
+		f, _ := ds[0].FDB("web")
+		for _, e := range f {
+			if e.MAC == eps[2].MAC {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := ds[1].Network("web"); err != nil {
+		t.Fatal("the network left with the node that stopped")
+	}
+}
+
+func TestNetworkRemovedEverywhere(t *testing.T) {
+	ds, _ := threeNodes(t)
+	if _, err := ds[1].CreateNetwork(api.NetworkCreateRequest{Name: "db"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "db on h3", func() bool { _, err := ds[2].Network("db"); return err == nil })
+	if _, err := ds[2].CreateNetwork(api.NetworkCreateRequest{Name: "db"}); err == nil {
+		t.Fatal("a second db was created on another node")
+	}
+	mustAttach(t, ds[0], api.AttachRequest{Network: "db", Name: "x", Create: true})
+	waitFor(t, "x visible on h3", func() bool { n, _ := ds[2].Network("db"); return len(n.Endpoints) == 1 })
+	if err := ds[2].RemoveNetwork("db"); err == nil {
+		t.Fatal("removed a network with an endpoint on another node")
+	}
+	if err := ds[0].RemoveContainer("x"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "x gone on h3", func() bool { n, _ := ds[2].Network("db"); return len(n.Endpoints) == 0 })
+	if err := ds[2].RemoveNetwork("db"); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		waitFor(t, "db gone everywhere", func() bool { _, err := d.Network("db"); return err != nil })
+	}
+}
