@@ -433,3 +433,27 @@ func writeFile(t *testing.T, p string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+func TestUpdateNetworkVTEPs(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	defer d.Close()
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", VTEPs: []string{"192.0.2.5"}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := d.UpdateNetwork("web", api.NetworkUpdateRequest{AddVTEPs: []string{"192.0.2.6"}})
+	if err != nil || strings.Join(n.VTEPs, ",") != "192.0.2.5,192.0.2.6" {
+		t.Fatalf("add: %v %v", n.VTEPs, err)
+	}
+	for _, rm := range []string{"192.0.2.5", "192.0.2.6"} {
+		if _, err := d.UpdateNetwork("web", api.NetworkUpdateRequest{RemoveVTEPs: []string{rm}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, _ = d.Network("web")
+	if len(n.VTEPs) != 0 || len(n.Peers) != 0 {
+		t.Fatalf("after removing both VTEPs: vteps %v, peers %v", n.VTEPs, n.Peers)
+	}
+	if _, err := d.UpdateNetwork("web", api.NetworkUpdateRequest{RemoveVTEPs: []string{"192.0.2.9"}}); err == nil {
+		t.Fatal("removing an unknown VTEP succeeded")
+	}
+}
