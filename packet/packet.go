@@ -5,19 +5,36 @@ package packet
 
 import "sync"
 
+// Buffer layout (every data-path buffer, from the start):
+//
+//	[0:OffloadLen]          offload metadata of the frame (see Offload)
+//	[OffloadLen:Headroom]   free headroom: encapsulation headers (VXLAN,
+//	                        outer UDP, ESP) are prepended here in place
+//	[Headroom:Headroom+n]   the frame, n <= MaxGSOFrame
+//	[...:+Tailroom]         ESP padding, trailer and ICV
 const (
-	// Headroom is the number of bytes kept free in front of every frame read
-	// from a device, so that a virtio-net header, outer UDP, ESP and VXLAN
-	// headers can be prepended in place without copying the payload.
+	// Headroom is the offset of the frame in every buffer read from a
+	// device. The first OffloadLen bytes are the metadata slot; the
+	// Headroom-OffloadLen bytes behind it are free for headers prepended in
+	// place, without copying the payload.
 	Headroom = 128
+	// EncapRoom is the headroom free for prepended headers.
+	EncapRoom = Headroom - OffloadLen
 	// Tailroom is kept free behind the largest frame for ESP padding,
 	// trailer and ICV.
 	Tailroom = 64
-	// MaxFrame is the largest Ethernet frame (without FCS) a buffer holds:
-	// a 9000-byte jumbo MTU plus Ethernet and VLAN headers.
+	// MaxFrame is the largest Ethernet frame (without FCS) that goes on a
+	// wire: a 9000-byte jumbo MTU plus Ethernet and VLAN headers. Network
+	// MTUs are bounded by it.
 	MaxFrame = 9216
-	// BufferSize is the length of every pooled buffer.
-	BufferSize = Headroom + MaxFrame + Tailroom
+	// MaxGSOFrame is the largest frame a buffer holds: a TCP/UDP
+	// super-segment handed over with segmentation offload (IP total length
+	// up to 65535) plus Ethernet and VLAN headers. Such a frame carries GSO
+	// metadata and is segmented to at most the MTU before it reaches a
+	// wire; its byte length is never checked against the MTU.
+	MaxGSOFrame = 65535 + 18
+	// BufferSize is the length of every pooled buffer (about 64 KiB).
+	BufferSize = Headroom + MaxGSOFrame + Tailroom
 	// BatchSize is the default number of frames moved per batch.
 	BatchSize = 64
 )
@@ -49,7 +66,10 @@ func (pl *Pool) Put(b *[]byte) {
 }
 
 // Batch is a set of buffers owned by one reader and reused for every read:
-// Bufs[i][Headroom:Headroom+Sizes[i]] holds frame i after a read.
+// Bufs[i][Headroom:Headroom+Sizes[i]] holds frame i after a read and
+// Bufs[i][0:OffloadLen] its offload metadata. A batch of n buffers takes
+// n*BufferSize bytes (64 KiB per buffer), so readers size n by the
+// device's BatchSize.
 type Batch struct {
 	Bufs  [][]byte
 	Sizes []int
