@@ -3,14 +3,26 @@
 // devices with golang.org/x/sys/unix.
 package netdev
 
-// Device moves Ethernet frames in batches.
+import "github.com/vxmesh/vxmesh/packet"
+
+// Device moves Ethernet frames in batches, with their offload metadata.
 //
-// Frames live at a fixed offset inside caller-owned buffers: a frame is
-// bufs[i][offset:offset+sizes[i]] after Read and bufs[i][offset:] for
-// Write. The bytes in front of offset are headroom the device may use (a TAP
-// device with IFF_VNET_HDR reads and writes its virtio-net header at
-// bufs[i][offset-VirtioNetHdrLen:offset]), so offset must be at least
-// VirtioNetHdrLen. Buffers are borrowed for the duration of the call only.
+// Buffers follow packet's layout: frame i is bufs[i][offset:offset+sizes[i]]
+// after Read and bufs[i][offset:] for Write, and its offload metadata
+// (struct virtio_net_hdr, see packet.Offload) is the slot
+// bufs[i][0:packet.OffloadLen], whatever offset is. offset must be at least
+// packet.OffloadLen; the bytes between the slot and offset are headroom the
+// device does not touch.
+//
+// Read sets the slot of every frame it returns: "no offload" (all zero) for
+// a complete frame, or what the kernel handed over (a partial checksum to
+// complete, a TCP super-segment of up to 64 KiB to segment). Write sends
+// each frame with the metadata found in its slot, unchanged; callers that
+// create or rewrite a frame must clear the slot (packet.ClearOffload)
+// first. A device that cannot honour some metadata refuses that frame.
+// Buffers are borrowed for the duration of the call only, and must be long
+// enough for the largest frame the device may return (packet.BufferSize
+// for a TAP device with offloads).
 type Device interface {
 	// Name is the interface name (as seen where the device was created).
 	Name() string
@@ -20,6 +32,9 @@ type Device interface {
 	Read(bufs [][]byte, sizes []int, offset int) (int, error)
 	// Write sends every frame and returns how many were accepted. A frame
 	// that is refused is dropped; the error describes the first refusal.
+	// Write leaves every frame equivalent (the same buffer may go to other
+	// ports): the only change it may make is completing a partial checksum
+	// in place with packet.CompleteChecksum, which also clears the flag.
 	Write(bufs [][]byte, offset int) (int, error)
 	// BatchSize is the largest batch Read can fill in one call.
 	BatchSize() int
@@ -28,5 +43,6 @@ type Device interface {
 }
 
 // VirtioNetHdrLen is the length of struct virtio_net_hdr, which a TAP
-// device opened with IFF_VNET_HDR puts in front of every frame.
-const VirtioNetHdrLen = 10
+// device opened with IFF_VNET_HDR puts in front of every frame; it is the
+// metadata slot at the start of every buffer.
+const VirtioNetHdrLen = packet.OffloadLen

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -21,24 +22,26 @@ import (
 const (
 	// VirtioNetHdrFNeedsCsum says the checksum at CsumStart+CsumOffset is
 	// partial and must be completed over the bytes from CsumStart on.
-	VirtioNetHdrFNeedsCsum = 1
+	VirtioNetHdrFNeedsCsum = packet.OffloadNeedsCsum
 	// VirtioNetHdrFDataValid says the receiver already validated the
 	// checksum.
-	VirtioNetHdrFDataValid = 2
+	VirtioNetHdrFDataValid = packet.OffloadDataValid
 )
 
 // Virtio-net header GSO types (struct virtio_net_hdr, field gso_type).
 const (
-	VirtioNetHdrGSONone  = 0
-	VirtioNetHdrGSOTCPv4 = 1
-	VirtioNetHdrGSOUDP   = 3
-	VirtioNetHdrGSOTCPv6 = 4
-	VirtioNetHdrGSOUDPL4 = 5
-	VirtioNetHdrGSOECN   = 0x80
+	VirtioNetHdrGSONone  = packet.GSONone
+	VirtioNetHdrGSOTCPv4 = packet.GSOTCPv4
+	VirtioNetHdrGSOUDP   = packet.GSOUDP
+	VirtioNetHdrGSOTCPv6 = packet.GSOTCPv6
+	VirtioNetHdrGSOUDPL4 = packet.GSOUDPL4
+	VirtioNetHdrGSOECN   = packet.GSOECN
 )
 
 // VirtioNetHdr is struct virtio_net_hdr, the header a TAP device opened
-// with IFF_VNET_HDR puts in front of every frame. Multi-byte fields are in
+// with IFF_VNET_HDR puts in front of every frame (the data path keeps it in
+// the buffer's metadata slot and reads it with packet.Offload; this struct
+// is for control code and tests). Multi-byte fields are in
 // the host's byte order (the legacy virtio convention the kernel uses when
 // TUNSETVNETLE/BE were not called).
 type VirtioNetHdr struct {
@@ -78,27 +81,45 @@ func (h VirtioNetHdr) Encode(b []byte) {
 type TAPStats struct {
 	RxFrames uint64 // frames passed up by Read
 	RxBytes  uint64 // bytes of those frames (without the virtio-net header)
+	// RxGSO counts the frames passed up that were TCP super-segments.
+	RxGSO uint64
 	// RxDropGSO counts frames dropped because their virtio-net header asked
-	// for a segmentation offload this device does not perform.
+	// for a segmentation offload that was not enabled (UFO, USO, or TSO on
+	// a device whose offloads could not be switched on).
 	RxDropGSO uint64
 	// RxDropBad counts frames dropped because they were malformed (shorter
 	// than the virtio-net header, bad checksum offsets, truncated).
 	RxDropBad uint64
 	TxFrames  uint64 // frames accepted by Write
 	TxBytes   uint64 // bytes of those frames (without the virtio-net header)
+	TxGSO     uint64 // of those, TCP super-segments passed on as such
 	TxErrors  uint64 // frames the kernel refused
 }
 
 // tapFlags are the TUNSETIFF flags of every TAP vxmesh opens.
 const tapFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
 
+// TAPOffloads are the offloads switched on with TUNSETOFFLOAD on every TAP
+// vxmesh opens: the kernel may hand over frames with a partial TCP/UDP
+// checksum (TUN_F_CSUM) and TCP super-segments of up to 64 KiB over IPv4
+// and IPv6 (TUN_F_TSO4, TUN_F_TSO6). UDP segmentation (TUN_F_USO4/6) is
+// not switched on: the tunnel only segments TCP.
+const TAPOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+
+// TAPBatchSize is the largest number of frames a TAP Read returns. It is
+// smaller than packet.BatchSize because every buffer must hold a 64 KiB
+// super-segment: a reader's batch is TAPBatchSize*packet.BufferSize, about
+// 1 MiB per endpoint; with TSO a batch of 16 carries up to 1 MiB of data.
+const TAPBatchSize = 16
+
 // TAP is a Linux TAP device opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR. It
 // implements Device. Read and Write may run concurrently with each other and
 // with Close; concurrent Reads (and concurrent Writes) are serialized.
 type TAP struct {
-	name string
-	file *os.File
-	rc   syscall.RawConn
+	name     string
+	file     *os.File
+	rc       syscall.RawConn
+	offloads int // TUN_F_* flags in effect
 
 	rmu sync.Mutex // guards the read state below
 	rx  struct {
@@ -109,6 +130,8 @@ type TAP struct {
 		err    error
 		frames uint64
 		bytes  uint64
+		gso    uint64
+		iov    [2]unix.Iovec // metadata slot, frame; preallocated for readv
 	}
 	readFn func(fd uintptr) bool // bound once so Read does not allocate
 
@@ -120,13 +143,15 @@ type TAP struct {
 		n      int
 		err    error
 		bytes  uint64
+		gso    uint64
+		iov    [2]unix.Iovec
 	}
 	writeFn func(fd uintptr) bool
 
 	closed atomic.Bool
 
-	rxFrames, rxBytes, rxDropGSO, rxDropBad atomic.Uint64
-	txFrames, txBytes, txErrors             atomic.Uint64
+	rxFrames, rxBytes, rxGSO, rxDropGSO, rxDropBad atomic.Uint64
+	txFrames, txBytes, txGSO, txErrors             atomic.Uint64
 }
 
 // CreateTAP creates a TAP device in the calling thread's network namespace
@@ -139,7 +164,7 @@ func CreateTAP(name string, persist bool) (*TAP, error) {
 	if name != "" {
 		flags |= unix.IFF_TUN_EXCL
 	}
-	fd, realName, err := openTUN(name, flags)
+	fd, realName, offloads, err := openTUN(name, flags)
 	if err != nil {
 		return nil, err
 	}
@@ -149,17 +174,17 @@ func CreateTAP(name string, persist bool) (*TAP, error) {
 			return nil, fmt.Errorf("tap %q: set persistent: %w", realName, err)
 		}
 	}
-	return newTAP(fd, realName)
+	return newTAP(fd, realName, offloads)
 }
 
 // OpenTAP reopens the existing persistent TAP device name in the calling
 // thread's network namespace.
 func OpenTAP(name string) (*TAP, error) {
-	fd, err := openExistingTUN(name)
+	fd, offloads, err := openExistingTUN(name)
 	if err != nil {
 		return nil, err
 	}
-	return newTAP(fd, name)
+	return newTAP(fd, name, offloads)
 }
 
 // OpenTAPInNetns reopens the existing persistent TAP device name inside the
@@ -175,8 +200,8 @@ func OpenTAPInNetns(nsPath, name string) (*TAP, error) {
 	defer unix.Close(ns)
 
 	type result struct {
-		fd  int
-		err error
+		fd, offloads int
+		err          error
 	}
 	ch := make(chan result, 1)
 	go func() {
@@ -184,16 +209,16 @@ func OpenTAPInNetns(nsPath, name string) (*TAP, error) {
 		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{-1, fmt.Errorf("tap %q: open current netns: %w", name, err)}
+			ch <- result{-1, 0, fmt.Errorf("tap %q: open current netns: %w", name, err)}
 			return
 		}
 		defer unix.Close(orig)
 		if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{-1, fmt.Errorf("tap %q: enter netns %q: %w", name, nsPath, err)}
+			ch <- result{-1, 0, fmt.Errorf("tap %q: enter netns %q: %w", name, nsPath, err)}
 			return
 		}
-		fd, err := openExistingTUN(name)
+		fd, offloads, err := openExistingTUN(name)
 		if err != nil {
 			err = fmt.Errorf("netns %q: %w", nsPath, err)
 		}
@@ -203,61 +228,68 @@ func OpenTAPInNetns(nsPath, name string) (*TAP, error) {
 			if fd >= 0 {
 				unix.Close(fd)
 			}
-			ch <- result{-1, fmt.Errorf("tap %q: return from netns %q: %w", name, nsPath, serr)}
+			ch <- result{-1, 0, fmt.Errorf("tap %q: return from netns %q: %w", name, nsPath, serr)}
 			return
 		}
 		runtime.UnlockOSThread()
-		ch <- result{fd, err}
+		ch <- result{fd, offloads, err}
 	}()
 	r := <-ch
 	if r.err != nil {
 		return nil, r.err
 	}
-	return newTAP(r.fd, name)
+	return newTAP(r.fd, name, r.offloads)
 }
 
-// openTUN opens /dev/net/tun and attaches it to name with flags.
-func openTUN(name string, flags uint16) (fd int, realName string, err error) {
+// openTUN opens /dev/net/tun, attaches it to name with flags and switches
+// the offloads on; it returns the TUN_F_* flags in effect.
+func openTUN(name string, flags uint16) (fd int, realName string, offloads int, err error) {
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
-		return -1, "", fmt.Errorf("tap %q: %w", name, err)
+		return -1, "", 0, fmt.Errorf("tap %q: %w", name, err)
 	}
 	fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		return -1, "", fmt.Errorf("tap %q: open /dev/net/tun: %w", name, err)
+		return -1, "", 0, fmt.Errorf("tap %q: open /dev/net/tun: %w", name, err)
 	}
 	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		if errors.Is(err, unix.EBUSY) && flags&unix.IFF_TUN_EXCL != 0 {
-			return -1, "", fmt.Errorf("tap %q: interface already exists", name)
+			return -1, "", 0, fmt.Errorf("tap %q: interface already exists", name)
 		}
-		return -1, "", fmt.Errorf("tap %q: TUNSETIFF: %w", name, err)
+		return -1, "", 0, fmt.Errorf("tap %q: TUNSETIFF: %w", name, err)
 	}
 	realName = ifr.Name()
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VirtioNetHdrLen); err != nil {
 		unix.Close(fd)
-		return -1, "", fmt.Errorf("tap %q: TUNSETVNETHDRSZ: %w", realName, err)
+		return -1, "", 0, fmt.Errorf("tap %q: TUNSETVNETHDRSZ: %w", realName, err)
 	}
-	// Offloads stay off for now: the kernel then hands us complete frames
-	// only and never expects us to segment or checksum.
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
-		unix.Close(fd)
-		return -1, "", fmt.Errorf("tap %q: TUNSETOFFLOAD: %w", realName, err)
+	// Checksum and TCP segmentation offload: the container's kernel hands
+	// over super-segments and partial checksums, which go to other TAPs as
+	// they are and are completed/segmented by the tunnel. A kernel that
+	// refuses them gets complete frames only.
+	offloads = TAPOffloads
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
+		offloads = 0
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
+			unix.Close(fd)
+			return -1, "", 0, fmt.Errorf("tap %q: TUNSETOFFLOAD: %w", realName, err)
+		}
 	}
-	return fd, realName, nil
+	return fd, realName, offloads, nil
 }
 
 // openExistingTUN attaches to the persistent TAP name. TUNSETIFF creates a
 // device that does not exist, so a result that is not persistent was just
 // created by us: it is destroyed again by closing the descriptor.
-func openExistingTUN(name string) (int, error) {
+func openExistingTUN(name string) (int, int, error) {
 	if name == "" {
-		return -1, errors.New("tap: empty interface name")
+		return -1, 0, errors.New("tap: empty interface name")
 	}
-	fd, _, err := openTUN(name, tapFlags)
+	fd, _, offloads, err := openTUN(name, tapFlags)
 	if err != nil {
-		return -1, err
+		return -1, 0, err
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err == nil {
@@ -265,16 +297,16 @@ func openExistingTUN(name string) (int, error) {
 	}
 	if err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("tap %q: TUNGETIFF: %w", name, err)
+		return -1, 0, fmt.Errorf("tap %q: TUNGETIFF: %w", name, err)
 	}
 	if ifr.Uint16()&unix.IFF_PERSIST == 0 {
 		unix.Close(fd)
-		return -1, fmt.Errorf("tap %q: no such persistent TAP device", name)
+		return -1, 0, fmt.Errorf("tap %q: no such persistent TAP device", name)
 	}
-	return fd, nil
+	return fd, offloads, nil
 }
 
-func newTAP(fd int, name string) (*TAP, error) {
+func newTAP(fd int, name string, offloads int) (*TAP, error) {
 	f := os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
 	if f == nil {
 		unix.Close(fd)
@@ -285,7 +317,7 @@ func newTAP(fd int, name string) (*TAP, error) {
 		f.Close()
 		return nil, fmt.Errorf("tap %q: %w", name, err)
 	}
-	t := &TAP{name: name, file: f, rc: rc}
+	t := &TAP{name: name, file: f, rc: rc, offloads: offloads}
 	t.readFn = t.readBatch
 	t.writeFn = t.writeBatch
 	return t, nil
@@ -295,8 +327,13 @@ func newTAP(fd int, name string) (*TAP, error) {
 // later rename, e.g. inside a container's namespace, is not tracked).
 func (t *TAP) Name() string { return t.name }
 
-// BatchSize returns the largest number of frames one Read returns.
-func (t *TAP) BatchSize() int { return packet.BatchSize }
+// BatchSize returns the largest number of frames one Read returns
+// (TAPBatchSize).
+func (t *TAP) BatchSize() int { return TAPBatchSize }
+
+// Offloads returns the TUN_F_* offload flags in effect: TAPOffloads, or 0
+// if the kernel refused them.
+func (t *TAP) Offloads() int { return t.offloads }
 
 // Close closes the file descriptor; a blocked Read returns an error that
 // matches os.ErrClosed. A persistent device stays in its namespace, any
@@ -340,25 +377,30 @@ func (t *TAP) Stats() TAPStats {
 	return TAPStats{
 		RxFrames:  t.rxFrames.Load(),
 		RxBytes:   t.rxBytes.Load(),
+		RxGSO:     t.rxGSO.Load(),
 		RxDropGSO: t.rxDropGSO.Load(),
 		RxDropBad: t.rxDropBad.Load(),
 		TxFrames:  t.txFrames.Load(),
 		TxBytes:   t.txBytes.Load(),
+		TxGSO:     t.txGSO.Load(),
 		TxErrors:  t.txErrors.Load(),
 	}
 }
 
 // Read implements Device. It blocks in the Go netpoller until at least one
 // frame is available, then reads frames until the kernel queue is empty or
-// min(len(bufs), BatchSize()) frames were read. Each frame is read with its
-// virtio-net header at bufs[i][offset-VirtioNetHdrLen:offset]; frames whose
-// header requests GSO are dropped and counted, a partial checksum is
-// completed in place.
+// min(len(bufs), BatchSize()) frames were read. Each frame is read with
+// one readv(2): its virtio-net header lands in the metadata slot
+// bufs[i][0:VirtioNetHdrLen], the frame at bufs[i][offset:]. The metadata is
+// passed on as the kernel wrote it (partial checksums are not completed,
+// TCP super-segments are not split); frames asking for an offload that was
+// not switched on, or whose checksum offsets lie outside the frame, are
+// dropped and counted.
 func (t *TAP) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if offset < VirtioNetHdrLen {
 		return 0, fmt.Errorf("tap %q: read offset %d smaller than the virtio-net header", t.name, offset)
 	}
-	n := min(len(bufs), len(sizes), packet.BatchSize)
+	n := min(len(bufs), len(sizes), TAPBatchSize)
 	if n == 0 {
 		return 0, nil
 	}
@@ -366,13 +408,17 @@ func (t *TAP) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	defer t.rmu.Unlock()
 	r := &t.rx
 	r.bufs, r.sizes, r.offset, r.n, r.err = bufs[:n], sizes, offset, 0, nil
-	r.frames, r.bytes = 0, 0
+	r.frames, r.bytes, r.gso = 0, 0, 0
 	err := t.rc.Read(t.readFn)
 	got, rerr := r.n, r.err
 	r.bufs, r.sizes, r.err = nil, nil, nil
+	r.iov = [2]unix.Iovec{} // do not keep the caller's buffers reachable
 	if r.frames > 0 {
 		t.rxFrames.Add(r.frames)
 		t.rxBytes.Add(r.bytes)
+		if r.gso > 0 {
+			t.rxGSO.Add(r.gso)
+		}
 	}
 	if got > 0 {
 		return got, nil
@@ -383,18 +429,49 @@ func (t *TAP) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return 0, rerr
 }
 
+// gsoAccepted reports whether a frame with GSO type typ may be passed up.
+func (t *TAP) gsoAccepted(typ uint8) bool {
+	switch typ &^ packet.GSOECN {
+	case packet.GSOTCPv4:
+		return t.offloads&unix.TUN_F_TSO4 != 0
+	case packet.GSOTCPv6:
+		return t.offloads&unix.TUN_F_TSO6 != 0
+	}
+	return false
+}
+
+// readv reads one frame into the slot and frame areas described by iov.
+func readv(fd uintptr, iov *[2]unix.Iovec) (int, error) {
+	m, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(m), nil
+}
+
+// writev writes one frame from the slot and frame areas described by iov.
+func writev(fd uintptr, iov *[2]unix.Iovec) (int, error) {
+	m, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), 2)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(m), nil
+}
+
 // readBatch is the RawConn.Read callback: it returns false to wait for
 // readability only while nothing has been read yet.
 func (t *TAP) readBatch(fd uintptr) bool {
 	r := &t.rx
-	hdrAt := r.offset - VirtioNetHdrLen
 	for r.n < len(r.bufs) {
 		b := r.bufs[r.n]
 		if len(b) <= r.offset {
 			r.err = fmt.Errorf("tap %q: read buffer %d has no room behind offset %d", t.name, r.n, r.offset)
 			return true
 		}
-		m, err := unix.Read(int(fd), b[hdrAt:])
+		r.iov[0].Base, r.iov[1].Base = &b[0], &b[r.offset]
+		r.iov[0].SetLen(VirtioNetHdrLen)
+		r.iov[1].SetLen(len(b) - r.offset)
+		m, err := readv(fd, &r.iov)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -413,55 +490,32 @@ func (t *TAP) readBatch(fd uintptr) bool {
 			t.rxDropBad.Add(1)
 			continue
 		}
-		frame := b[r.offset : hdrAt+m]
-		hdr := DecodeVirtioNetHdr(b[hdrAt:r.offset])
-		if hdr.GSOType != VirtioNetHdrGSONone {
-			t.rxDropGSO.Add(1)
-			continue
+		size := m - VirtioNetHdrLen
+		o := packet.OffloadOf(b)
+		if o.IsGSO() {
+			if !t.gsoAccepted(o.GSOType()) {
+				t.rxDropGSO.Add(1)
+				continue
+			}
+			r.gso++
 		}
-		if hdr.Flags&VirtioNetHdrFNeedsCsum != 0 && !completeChecksum(frame, hdr) {
+		if o.NeedsCsum() && (o.CsumStart() >= size || o.CsumStart()+o.CsumOffset()+2 > size) {
 			t.rxDropBad.Add(1)
 			continue
 		}
-		r.sizes[r.n] = len(frame)
+		r.sizes[r.n] = size
 		r.n++
 		r.frames++
-		r.bytes += uint64(len(frame))
+		r.bytes += uint64(size)
 	}
-	return true
-}
-
-// completeChecksum finishes a partial checksum (VirtioNetHdrFNeedsCsum):
-// the 16-bit ones' complement sum of frame[CsumStart:] is stored at
-// CsumStart+CsumOffset, whose current value is the pseudo-header sum.
-func completeChecksum(frame []byte, h VirtioNetHdr) bool {
-	start, at := int(h.CsumStart), int(h.CsumStart)+int(h.CsumOffset)
-	if start >= len(frame) || at+2 > len(frame) {
-		return false
-	}
-	var sum uint64
-	b := frame[start:]
-	for len(b) >= 8 {
-		sum += uint64(binary.BigEndian.Uint32(b)) + uint64(binary.BigEndian.Uint32(b[4:]))
-		b = b[8:]
-	}
-	for len(b) >= 2 {
-		sum += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint64(b[0]) << 8
-	}
-	for sum > 0xffff {
-		sum = (sum >> 16) + (sum & 0xffff)
-	}
-	binary.BigEndian.PutUint16(frame[at:], ^uint16(sum))
 	return true
 }
 
 // Write implements Device. Each frame bufs[i][offset:] is written with one
-// write(2), preceded in place by a zeroed virtio-net header (no offload) in
-// bufs[i][offset-VirtioNetHdrLen:offset]; the payload is not copied. A
+// writev(2) behind its metadata slot bufs[i][0:VirtioNetHdrLen], which the
+// kernel takes as the frame's virtio-net header: a super-segment or a
+// partial checksum is handed to the kernel as such (like veth does), a
+// cleared slot sends a complete frame. Nothing is copied or modified. A
 // refused frame is counted and skipped; the first refusal is returned
 // along with the number of frames accepted.
 func (t *TAP) Write(bufs [][]byte, offset int) (int, error) {
@@ -474,13 +528,17 @@ func (t *TAP) Write(bufs [][]byte, offset int) (int, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	w := &t.tx
-	w.bufs, w.offset, w.i, w.n, w.err, w.bytes = bufs, offset, 0, 0, nil, 0
+	w.bufs, w.offset, w.i, w.n, w.err, w.bytes, w.gso = bufs, offset, 0, 0, nil, 0, 0
 	err := t.rc.Write(t.writeFn)
 	n, werr := w.n, w.err
 	w.bufs, w.err = nil, nil
+	w.iov = [2]unix.Iovec{}
 	if n > 0 {
 		t.txFrames.Add(uint64(n))
 		t.txBytes.Add(w.bytes)
+		if w.gso > 0 {
+			t.txGSO.Add(w.gso)
+		}
 	}
 	if err != nil {
 		// The device was closed: everything not yet written is refused.
@@ -496,19 +554,20 @@ func (t *TAP) Write(bufs [][]byte, offset int) (int, error) {
 // writability) only when the kernel says EAGAIN.
 func (t *TAP) writeBatch(fd uintptr) bool {
 	w := &t.tx
-	hdrAt := w.offset - VirtioNetHdrLen
 	for ; w.i < len(w.bufs); w.i++ {
 		b := w.bufs[w.i]
-		if len(b) < w.offset {
+		if len(b) <= w.offset {
 			t.txErrors.Add(1)
 			if w.err == nil {
-				w.err = fmt.Errorf("tap %q: write buffer %d shorter than offset %d", t.name, w.i, w.offset)
+				w.err = fmt.Errorf("tap %q: write buffer %d has no frame behind offset %d", t.name, w.i, w.offset)
 			}
 			continue
 		}
-		clear(b[hdrAt:w.offset]) // flags 0, GSO none
+		w.iov[0].Base, w.iov[1].Base = &b[0], &b[w.offset]
+		w.iov[0].SetLen(VirtioNetHdrLen)
+		w.iov[1].SetLen(len(b) - w.offset)
 		for {
-			m, err := unix.Write(int(fd), b[hdrAt:])
+			m, err := writev(fd, &w.iov)
 			if err == unix.EINTR {
 				continue
 			}
@@ -523,6 +582,9 @@ func (t *TAP) writeBatch(fd uintptr) bool {
 			} else {
 				w.n++
 				w.bytes += uint64(m - VirtioNetHdrLen)
+				if b[1] != packet.GSONone {
+					w.gso++
+				}
 			}
 			break
 		}

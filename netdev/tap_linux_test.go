@@ -319,9 +319,10 @@ func TestTAPWrite(t *testing.T) {
 	const count = 8
 	bufs := make([][]byte, count)
 	for i := range bufs {
-		// Fill the headroom with junk: Write must zero the vnet header.
+		// Fill the headroom behind the metadata slot with junk (it must not
+		// be sent); the slot says "no offload".
 		buf := make([]byte, packet.BufferSize)
-		for j := range packet.Headroom {
+		for j := packet.OffloadLen; j < packet.Headroom; j++ {
 			buf[j] = 0xa5
 		}
 		bufs[i] = buildIPv4(buf, packet.Headroom, tt.nsHW, peerHW, peerIP, nsIP, unix.IPPROTO_UDP,
@@ -550,7 +551,7 @@ func TestVirtioNetHdrCodec(t *testing.T) {
 func TestCompleteChecksum(t *testing.T) {
 	// An odd-length UDP datagram with a correct checksum; then replace the
 	// checksum by the pseudo-header sum as the kernel does for
-	// CHECKSUM_PARTIAL and let completeChecksum finish it.
+	// CHECKSUM_PARTIAL and let packet.CompleteChecksum finish it.
 	sip, dip := [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}
 	udp := udpDatagram(1234, 53, []byte("odd-payload"))
 	pseudo := make([]byte, 0, 12+len(udp))
@@ -563,14 +564,19 @@ func TestCompleteChecksum(t *testing.T) {
 	frame := make([]byte, 14+20)
 	frame = append(frame, udp...)
 	binary.BigEndian.PutUint16(frame[34+6:], partial)
-	h := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 34, CsumOffset: 6}
-	if !completeChecksum(frame, h) {
-		t.Fatal("completeChecksum refused valid offsets")
+	slot := make([]byte, VirtioNetHdrLen)
+	VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 34, CsumOffset: 6}.Encode(slot)
+	if !packet.CompleteChecksum(frame, packet.OffloadOf(slot)) {
+		t.Fatal("CompleteChecksum refused valid offsets")
 	}
 	if got := binary.BigEndian.Uint16(frame[34+6:]); got != want {
 		t.Errorf("checksum %#04x, want %#04x", got, want)
 	}
-	if completeChecksum(frame, VirtioNetHdr{CsumStart: uint16(len(frame)), CsumOffset: 6}) {
-		t.Error("completeChecksum accepted offsets past the frame")
+	if !packet.OffloadOf(slot).IsNone() {
+		t.Errorf("slot % x after completion, want NeedsCsum cleared", slot)
+	}
+	VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: uint16(len(frame)), CsumOffset: 6}.Encode(slot)
+	if packet.CompleteChecksum(frame, packet.OffloadOf(slot)) {
+		t.Error("CompleteChecksum accepted offsets past the frame")
 	}
 }

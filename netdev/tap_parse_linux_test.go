@@ -21,7 +21,7 @@ func seqpacketTAP(t *testing.T) (*TAP, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tap, err := newTAP(fds[0], "fake0")
+	tap, err := newTAP(fds[0], "fake0", TAPOffloads)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,35 +45,75 @@ func TestTAPReadVnetHeader(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	tso := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, GSOType: VirtioNetHdrGSOTCPv4, GSOSize: 1448, HdrLen: 54, CsumStart: 34, CsumOffset: 16}
+	partial := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 14, CsumOffset: 2}
 	send(frame(VirtioNetHdr{}, "plain"))
-	send(frame(VirtioNetHdr{GSOType: VirtioNetHdrGSOTCPv4, GSOSize: 1448, HdrLen: 54}, "gso"))
+	send(frame(tso, "gso-gso-gso-gso-gso-gso-gso-gso-gso-gso-"))
+	send(frame(VirtioNetHdr{GSOType: VirtioNetHdrGSOUDP, GSOSize: 1448}, "ufo"))  // not switched on
 	send([]byte{1, 2, 3})                                                         // shorter than the header
 	send(frame(VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 200}, "x")) // offsets past the end
 	// Partial checksum over the 4 payload bytes at offset 14, stored at 14+2.
-	send(frame(VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 14, CsumOffset: 2}, "\x12\x34\x00\x00"))
+	send(frame(partial, "\x12\x34\x00\x00"))
 	send(frame(VirtioNetHdr{Flags: VirtioNetHdrFDataValid}, "valid"))
 
 	b := packet.NewBatch(packet.BatchSize)
+	for _, buf := range b.Bufs {
+		for j := range buf[:packet.Headroom] {
+			buf[j] = 0xee // Read must set every slot
+		}
+	}
 	n, err := tap.Read(b.Bufs, b.Sizes, packet.Headroom)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 3 {
-		t.Fatalf("Read = %d frames, want 3 (plain, checksummed, valid)", n)
+	if n != 4 {
+		t.Fatalf("Read = %d frames, want 4 (plain, gso, partial, valid)", n)
 	}
 	got := func(i int) []byte { return b.Bufs[i][packet.Headroom+14 : packet.Headroom+b.Sizes[i]] }
-	if string(got(0)) != "plain" || string(got(2)) != "valid" {
-		t.Errorf("payloads %q, %q", got(0), got(2))
+	slot := func(i int) VirtioNetHdr { return DecodeVirtioNetHdr(b.Bufs[i][:VirtioNetHdrLen]) }
+	if string(got(0)) != "plain" || string(got(3)) != "valid" || len(got(1)) != 40 {
+		t.Errorf("payloads %q, %q, %q", got(0), got(1), got(3))
 	}
-	if want := []byte{0x12, 0x34, 0xed, 0xcb}; !bytes.Equal(got(1), want) {
-		t.Errorf("checksummed payload % x, want % x", got(1), want)
+	// The metadata is passed on, not acted upon.
+	if slot(0) != (VirtioNetHdr{}) || slot(1) != tso || slot(2) != partial || slot(3).Flags != VirtioNetHdrFDataValid {
+		t.Errorf("slots %+v %+v %+v %+v", slot(0), slot(1), slot(2), slot(3))
+	}
+	if want := []byte{0x12, 0x34, 0x00, 0x00}; !bytes.Equal(got(2), want) {
+		t.Errorf("partial-checksum payload % x, want % x (unchanged)", got(2), want)
+	}
+	if b.Bufs[0][VirtioNetHdrLen] != 0xee || b.Bufs[0][packet.Headroom-1] != 0xee {
+		t.Error("Read wrote into the headroom behind the slot")
 	}
 	st := tap.Stats()
-	if st.RxFrames != 3 || st.RxDropGSO != 1 || st.RxDropBad != 2 {
-		t.Errorf("stats %+v, want 3 frames, 1 GSO drop, 2 bad", st)
+	if st.RxFrames != 4 || st.RxGSO != 1 || st.RxDropGSO != 1 || st.RxDropBad != 2 {
+		t.Errorf("stats %+v, want 4 frames (1 GSO), 1 GSO drop, 2 bad", st)
 	}
 	if _, err := tap.Read(b.Bufs, b.Sizes, VirtioNetHdrLen-1); err == nil {
 		t.Error("Read with offset < VirtioNetHdrLen succeeded")
+	}
+}
+
+func TestTAPReadGSOWithoutOffloads(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tap, err := newTAP(fds[0], "fake0", 0) // the kernel refused TUNSETOFFLOAD
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	defer unix.Close(fds[1])
+	f := make([]byte, VirtioNetHdrLen+60)
+	VirtioNetHdr{GSOType: VirtioNetHdrGSOTCPv6, GSOSize: 1000}.Encode(f)
+	unix.Write(fds[1], f)
+	unix.Write(fds[1], make([]byte, VirtioNetHdrLen+60))
+	b := packet.NewBatch(2)
+	if n, err := tap.Read(b.Bufs, b.Sizes, packet.Headroom); n != 1 || err != nil {
+		t.Fatalf("Read = %d, %v; want the plain frame only", n, err)
+	}
+	if st := tap.Stats(); st.RxDropGSO != 1 {
+		t.Errorf("stats %+v, want 1 GSO drop", st)
 	}
 }
 
@@ -95,33 +135,42 @@ func TestTAPReadBatchLimit(t *testing.T) {
 	}
 }
 
-func TestTAPWriteHeaderInPlace(t *testing.T) {
+func TestTAPWriteMetadataSlot(t *testing.T) {
 	tap, peer := seqpacketTAP(t)
 	buf := make([]byte, packet.Headroom+64)
 	for i := range buf {
 		buf[i] = byte(i)
 	}
+	plain := bytes.Clone(buf)
+	packet.ClearOffload(plain)
+	gso := bytes.Clone(buf)
+	hdr := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, GSOType: VirtioNetHdrGSOTCPv6, HdrLen: 74, GSOSize: 1388, CsumStart: 54, CsumOffset: 16}
+	hdr.Encode(gso)
+	before := bytes.Clone(gso)
 	want := bytes.Clone(buf[packet.Headroom:])
-	if n, err := tap.Write([][]byte{buf, buf}, packet.Headroom); n != 2 || err != nil {
+	if n, err := tap.Write([][]byte{plain, gso}, packet.Headroom); n != 2 || err != nil {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
 	got := make([]byte, 200)
-	for range 2 {
+	for i, wantHdr := range []VirtioNetHdr{{}, hdr} {
 		m, err := unix.Read(peer, got)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if m != VirtioNetHdrLen+64 {
-			t.Fatalf("wrote %d bytes, want %d", m, VirtioNetHdrLen+64)
+			t.Fatalf("wrote %d bytes, want %d (slot + frame, not the headroom)", m, VirtioNetHdrLen+64)
 		}
-		if h := got[:VirtioNetHdrLen]; !bytes.Equal(h, make([]byte, VirtioNetHdrLen)) {
-			t.Errorf("vnet header % x, want zeros", h)
+		if h := DecodeVirtioNetHdr(got); h != wantHdr {
+			t.Errorf("frame %d: vnet header %+v, want %+v (the slot)", i, h, wantHdr)
 		}
 		if !bytes.Equal(got[VirtioNetHdrLen:m], want) {
 			t.Error("frame bytes changed")
 		}
 	}
-	if st := tap.Stats(); st.TxFrames != 2 || st.TxBytes != 128 {
+	if !bytes.Equal(gso, before) {
+		t.Error("Write modified the buffer")
+	}
+	if st := tap.Stats(); st.TxFrames != 2 || st.TxBytes != 128 || st.TxGSO != 1 {
 		t.Errorf("stats %+v", st)
 	}
 }
@@ -132,7 +181,7 @@ func TestTAPAllocsFake(t *testing.T) {
 	}
 	tap, peer := seqpacketTAP(t)
 	wb := [][]byte{make([]byte, packet.Headroom+60)}
-	b := packet.NewBatch(packet.BatchSize)
+	b := packet.NewBatch(TAPBatchSize)
 	echo := make([]byte, 200)
 	allocs := testing.AllocsPerRun(1000, func() {
 		tap.Write(wb, packet.Headroom)

@@ -18,9 +18,10 @@ import (
 // starts dropping.
 const DefaultQueue = 1024
 
-// Device is one end of a Pipe. Write copies the frames (they cross a
-// simulated kernel boundary) and queues them as one batch for the other
-// end's Read; a full queue drops the batch and Write reports
+// Device is one end of a Pipe. Write copies the frames with their offload
+// metadata slot (they cross a simulated kernel boundary, like a TAP device
+// with IFF_VNET_HDR) and queues them as one batch for the other end's Read,
+// which restores the slot; a full queue drops the batch and Write reports
 // packet.ErrQueueFull, as a TAP device's full queue would.
 type Device struct {
 	name string
@@ -56,7 +57,8 @@ func (d *Device) Name() string { return d.name }
 // BatchSize returns packet.BatchSize.
 func (d *Device) BatchSize() int { return packet.BatchSize }
 
-// Write copies bufs[i][offset:] for every i and queues them for the peer.
+// Write copies the slot bufs[i][0:packet.OffloadLen] and the frame
+// bufs[i][offset:] for every i and queues them for the peer.
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
@@ -68,14 +70,18 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 		return 0, fmt.Errorf("%s: write: peer %w", d.name, net.ErrClosed)
 	default:
 	}
+	if offset < packet.OffloadLen {
+		return 0, fmt.Errorf("%s: write offset %d smaller than the offload slot", d.name, offset)
+	}
 	total := 0
 	for _, b := range bufs {
-		total += len(b) - offset
+		total += packet.OffloadLen + len(b) - offset
 	}
 	store := make([]byte, total)
 	batch := make([][]byte, len(bufs))
 	for i, b := range bufs {
-		n := copy(store, b[offset:])
+		copy(store, b[:packet.OffloadLen])
+		n := packet.OffloadLen + copy(store[packet.OffloadLen:], b[offset:])
 		batch[i], store = store[:n:n], store[n:]
 	}
 	select {
@@ -89,9 +95,9 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 }
 
 // Read blocks until at least one frame is available, then copies up to
-// len(bufs) frames to bufs[i][offset:] and their lengths to sizes. A frame
-// longer than the buffer is truncated. After Close it returns
-// net.ErrClosed.
+// len(bufs) frames to bufs[i][offset:], their metadata to
+// bufs[i][0:packet.OffloadLen] and their lengths to sizes. A frame longer
+// than the buffer is truncated. After Close it returns net.ErrClosed.
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	d.rmu.Lock()
 	defer d.rmu.Unlock()
@@ -114,7 +120,8 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 			break
 		}
-		sizes[n] = copy(bufs[n][offset:], d.pending[0])
+		copy(bufs[n][:packet.OffloadLen], d.pending[0])
+		sizes[n] = copy(bufs[n][offset:], d.pending[0][packet.OffloadLen:])
 		d.pending[0] = nil
 		d.pending = d.pending[1:]
 		n++

@@ -129,6 +129,7 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	n := 0
 	for pkt != nil {
+		packet.ClearOffload(bufs[n]) // netstack sends complete frames
 		sizes[n] = 0
 		for _, s := range pkt.AsSlices() {
 			sizes[n] += copy(bufs[n][offset+sizes[n]:], s)
@@ -142,15 +143,28 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
-// Write delivers frames to the container's stack, copying them.
+// Write delivers frames to the container's stack, copying them. The stack
+// takes complete frames only: a partial checksum is completed in place
+// (which leaves the frame equivalent, see packet.CompleteChecksum), and a
+// super-segment (GSO metadata) is refused.
 func (d *device) Write(bufs [][]byte, offset int) (int, error) {
 	if d.ctx.Err() != nil {
 		return 0, fmt.Errorf("%s: write: %w", d.c.name, net.ErrClosed)
 	}
+	sent := 0
+	var err error
 	for _, b := range bufs {
+		o := packet.OffloadOf(b)
+		if o.IsGSO() || !packet.CompleteChecksum(b[offset:], o) {
+			if err == nil {
+				err = fmt.Errorf("%s: write: frame with offload metadata % x not supported", d.c.name, []byte(o))
+			}
+			continue
+		}
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b[offset:])})
 		d.c.ep.InjectInbound(0, pkt)
 		pkt.DecRef()
+		sent++
 	}
-	return len(bufs), nil
+	return sent, err
 }
