@@ -40,10 +40,13 @@ func (sc *scratch) add(p *PortRef, b []byte, batch int) bool {
 }
 
 // Input switches the frames read from r: frame i is
-// bufs[i][offset:offset+sizes[i]], with headroom in front of offset. Each
-// destination port gets one Write with all its frames of the batch, before
-// Input returns; the buffers are only borrowed, but ARP requests answered by
-// the switch are rewritten in place. Input must be called by one goroutine
+// bufs[i][offset:offset+sizes[i]], with headroom in front of offset and its
+// offload metadata in bufs[i][0:packet.OffloadLen] (offset must be at least
+// packet.OffloadLen). Each destination port gets one Write with all its
+// frames of the batch, before Input returns; the buffers are only borrowed,
+// but ARP requests answered by the switch are rewritten in place (and their
+// slot cleared). Frames are parsed by their headers only, so a super-segment
+// (up to 64 KiB, GSO metadata) is switched like any frame. Input must be called by one goroutine
 // per port; different ports may call it concurrently, and concurrently with
 // the control-plane methods.
 func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
@@ -56,6 +59,11 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 			rxBytes += uint64(max(sizes[i], 0))
 		}
 		sc.drops[dropPortDown] += uint64(n)
+		r.account(rxBytes, n, 0, 0, 0)
+		return
+	}
+	if offset < packet.OffloadLen {
+		sc.drops[dropMalformed] += uint64(n)
 		r.account(rxBytes, n, 0, 0, 0)
 		return
 	}
@@ -82,6 +90,7 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 		}
 		r.learn(v, lt, src, now)
 		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, eth) {
+			packet.ClearOffload(buf) // a new frame: the reply
 			sc.add(r, buf, n)
 			suppressed++
 			continue

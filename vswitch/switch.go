@@ -17,11 +17,17 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 )
 
-// Port is where the switch sends frames: frame i is bufs[i][offset:], and
-// the buffers are borrowed for the call only. A netdev.Device satisfies it.
-// The same buffer may be written to several ports when a frame is flooded,
-// so Write must not modify bytes at or after offset (it may use the
-// headroom in front of offset).
+// Port is where the switch sends frames: frame i is bufs[i][offset:], its
+// offload metadata is the slot bufs[i][0:packet.OffloadLen] (see
+// packet.Offload), and the buffers are borrowed for the call only. A
+// netdev.Device satisfies it. The switch passes the metadata through
+// untouched, so a TCP super-segment read from one TAP device reaches
+// another as it is; a port that cannot send it as such (the tunnel)
+// segments it. The same buffer may be written to several ports when a
+// frame is flooded, so Write must leave the frame and its metadata
+// equivalent: it may use the headroom between the slot and offset, and
+// complete a partial checksum in place with packet.CompleteChecksum (which
+// clears the flag in the slot), nothing else.
 type Port interface {
 	Write(bufs [][]byte, offset int) (int, error)
 }
