@@ -237,12 +237,20 @@ func (n *Network) sweep(now int64) {
 
 // txScratch is one Write call's working state, reused through VTEP.txs.
 type txScratch struct {
-	msgs  []Message
-	peers []*peer // peer of msgs[i]
-	frame []int32 // frame index of msgs[i]
-	ok    []bool  // per frame: at least one datagram was sent
-	why   []dropReason
+	msgs    []Message
+	peers   []*peer // peer of msgs[i]
+	frame   []int32 // frame index of msgs[i]
+	ok      []bool  // per frame: at least one datagram was sent
+	why     []dropReason
+	arena   []byte // segments of super-segments, each behind its VXLAN header
+	used    int    // bytes of arena in msgs
+	txBytes uint64 // frame bytes of the frames marked ok
+	err     error  // first error of WriteBatch
 }
+
+// txArenaSize is the segment arena of one txScratch: room for four 64 KiB
+// super-segments' worth of segments before the pending datagrams are sent.
+const txArenaSize = 256 << 10
 
 func (v *VTEP) getTx() *txScratch {
 	select {
@@ -260,6 +268,7 @@ func (v *VTEP) getTx() *txScratch {
 func (v *VTEP) putTx(sc *txScratch) {
 	clear(sc.msgs) // do not keep the callers' buffers reachable
 	clear(sc.peers)
+	sc.err = nil
 	select {
 	case v.txs <- sc:
 	default:
@@ -271,21 +280,35 @@ var errNetworkDown = errors.New("network removed or VTEP closed")
 
 // Write implements the vswitch Port interface: it encapsulates and sends
 // every frame bufs[i][offset:] and returns how many were sent to at least
-// one VTEP. The VXLAN header is written in place at
-// bufs[i][offset-8:offset]; the frame itself is not modified, so the same
-// buffer may also go to other ports. A frame to a MAC in the static or the
-// learned FDB goes to that MAC's VTEP; any other frame goes to every peer,
-// all datagrams pointing at the same bytes. All datagrams of the call are
-// sent with one Underlay.WriteBatch. Frames longer than the MTU plus the
-// Ethernet header are dropped ("mtu"), never fragmented. Write may be
-// called concurrently and does not allocate once warm.
+// one VTEP. A frame to a MAC in the static or the learned FDB goes to that
+// MAC's VTEP; any other frame goes to every peer, all datagrams pointing at
+// the same bytes. Datagrams are sent with Underlay.WriteBatch, once per
+// call unless the segment arena fills up.
+//
+// The frame's offload metadata (bufs[i][0:packet.OffloadLen]) decides how:
+//   - none: the VXLAN header is written in place at bufs[i][offset-8:offset]
+//     and the datagram points into the caller's buffer.
+//   - partial checksum: it is completed in place first
+//     (packet.CompleteChecksum, which clears the flag), then as above.
+//   - TCP super-segment (GSOTCPv4/v6): it is split into segments of GSOSize
+//     payload bytes (packet.GSO: headers copied, lengths, IPv4 ID and
+//     checksums, TCP sequence numbers and checksums computed) in a scratch
+//     arena, each behind its own VXLAN header; the caller's frame is not
+//     modified. An inconsistent super-segment is dropped ("gso-invalid").
+//
+// No datagram exceeds the network MTU: a plain frame longer than the MTU
+// plus the Ethernet header, or a super-segment whose segments would be, is
+// dropped ("mtu"), never fragmented; a super-segment's own length is not
+// checked. The frame's bytes are not otherwise modified, so the same buffer
+// may also go to other ports. Write may be called concurrently and does
+// not allocate once warm.
 func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
 	}
-	if offset < packet.VXLANHeaderLen {
+	if offset < packet.OffloadLen+packet.VXLANHeaderLen {
 		n.c.drops[dropMalformed].Add(uint64(len(bufs)))
-		return 0, fmt.Errorf("vni %d: write offset %d leaves no room for the VXLAN header", n.vni, offset)
+		return 0, fmt.Errorf("vni %d: write offset %d leaves no room for the offload slot and the VXLAN header", n.vni, offset)
 	}
 	if n.removed.Load() || n.v.closed.Load() {
 		n.c.drops[dropDown].Add(uint64(len(bufs)))
@@ -300,8 +323,10 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	ok, why := sc.ok[:len(bufs)], sc.why[:len(bufs)]
 	clear(ok)
-	msgs, peers, frame := sc.msgs[:0], sc.peers[:0], sc.frame[:0]
-	var flooded uint64
+	sc.msgs, sc.peers, sc.frame = sc.msgs[:0], sc.peers[:0], sc.frame[:0]
+	sc.used, sc.txBytes, sc.err = 0, 0, nil
+	var flooded, gsoFrames uint64
+	maxFrame := n.mtu + packet.EthernetHeaderLen
 	for i, b := range bufs {
 		why[i] = dropNone
 		if len(b) < offset+packet.EthernetHeaderLen {
@@ -309,9 +334,28 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		f := b[offset:]
-		if len(f) > n.mtu+packet.EthernetHeaderLen {
-			why[i] = dropMTU
-			continue
+		o := packet.OffloadOf(b)
+		var g packet.GSO
+		isGSO := o.IsGSO()
+		if isGSO {
+			var valid bool
+			if g, valid = packet.ParseGSO(f, o); !valid {
+				why[i] = dropGSOInvalid
+				continue
+			}
+			if g.MaxSegmentLen() > maxFrame {
+				why[i] = dropMTU
+				continue
+			}
+		} else {
+			if len(f) > maxFrame {
+				why[i] = dropMTU
+				continue
+			}
+			if !packet.CompleteChecksum(f, o) {
+				why[i] = dropGSOInvalid
+				continue
+			}
 		}
 		dst := packet.Ethernet(f).Dst()
 		var to *peer
@@ -326,47 +370,36 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 			why[i] = dropNoPeer
 			continue
 		}
-		dgram := b[offset-packet.VXLANHeaderLen:]
-		packet.PutVXLAN(dgram, n.vni)
+		fan := 1
+		if to == nil {
+			fan = len(st.peers)
+			flooded++
+		}
 		h := flowHash(f)
-		if to != nil {
-			msgs = append(msgs, Message{Buf: dgram, Addr: to.dst, Hash: h})
-			peers = append(peers, to)
-			frame = append(frame, int32(i))
+		if !isGSO {
+			dgram := b[offset-packet.VXLANHeaderLen:]
+			packet.PutVXLAN(dgram, n.vni)
+			n.queue(sc, dgram, to, st.peers, h, i)
 			continue
 		}
-		flooded++
-		for _, p := range st.peers {
-			msgs = append(msgs, Message{Buf: dgram, Addr: p.dst, Hash: h})
-			peers = append(peers, p)
-			frame = append(frame, int32(i))
+		gsoFrames++
+		if sc.arena == nil {
+			sc.arena = make([]byte, txArenaSize)
 		}
-	}
-	var err error
-	if len(msgs) > 0 {
-		_, err = v.u.WriteBatch(msgs)
-	}
-	var txBytes uint64
-	for j := range msgs {
-		m, p, i := &msgs[j], peers[j], frame[j]
-		size := uint64(len(m.Buf) - packet.VXLANHeaderLen)
-		if m.Err == nil {
-			p.txPackets.Add(1)
-			p.txBytes.Add(size)
-			if !ok[i] {
-				ok[i] = true
-				txBytes += size
+		for k := range g.Segments() {
+			need := packet.VXLANHeaderLen + g.SegmentLen(k)
+			if len(sc.arena)-sc.used < need || len(sc.msgs)+fan > cap(sc.msgs) {
+				n.send(sc, bufs, offset)
 			}
-			continue
-		}
-		p.txDrops.Add(1)
-		if why[i] == dropNone {
-			why[i] = dropTxError
-			if errors.Is(m.Err, ErrMessageSize) {
-				why[i] = dropMTU
-			}
+			seg := sc.arena[sc.used : sc.used+need]
+			g.Segment(k, seg[packet.VXLANHeaderLen:])
+			packet.PutVXLAN(seg, n.vni)
+			sc.used += need
+			n.queue(sc, seg, to, st.peers, h, i)
 		}
 	}
+	n.send(sc, bufs, offset)
+	err := sc.err
 	sent := 0
 	var drops [numDrops]uint64
 	for i := range bufs {
@@ -376,23 +409,20 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 			drops[why[i]]++
 		}
 	}
-	sc.msgs, sc.peers, sc.frame = msgs, peers, frame
-	v.putTx(sc)
 	n.c.txPackets.Add(uint64(sent))
-	n.c.txBytes.Add(txBytes)
-	n.c.txDatagrams.Add(uint64(len(msgs)))
+	n.c.txBytes.Add(sc.txBytes)
 	if flooded > 0 {
 		n.c.flooded.Add(flooded)
+	}
+	if gsoFrames > 0 {
+		n.c.txGSO.Add(gsoFrames)
 	}
 	for r, d := range drops {
 		if d > 0 {
 			n.c.drops[r].Add(d)
 		}
 	}
-	if sent == len(bufs) {
-		return sent, nil
-	}
-	if err == nil {
+	if sent < len(bufs) && err == nil {
 		for i := range bufs {
 			if !ok[i] {
 				err = fmt.Errorf("vni %d: frame dropped: %s", n.vni, why[i])
@@ -400,7 +430,60 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 			}
 		}
 	}
+	v.putTx(sc)
 	return sent, err
+}
+
+// queue adds datagram dgram of frame i for to, or for every peer when to
+// is nil.
+func (n *Network) queue(sc *txScratch, dgram []byte, to *peer, peers []*peer, hash uint32, i int) {
+	if to != nil {
+		sc.msgs = append(sc.msgs, Message{Buf: dgram, Addr: to.dst, Hash: hash})
+		sc.peers = append(sc.peers, to)
+		sc.frame = append(sc.frame, int32(i))
+		return
+	}
+	for _, p := range peers {
+		sc.msgs = append(sc.msgs, Message{Buf: dgram, Addr: p.dst, Hash: hash})
+		sc.peers = append(sc.peers, p)
+		sc.frame = append(sc.frame, int32(i))
+	}
+}
+
+// send writes the queued datagrams with one WriteBatch, accounts them per
+// peer and per frame, and empties the queue and the segment arena.
+func (n *Network) send(sc *txScratch, bufs [][]byte, offset int) {
+	msgs := sc.msgs
+	if len(msgs) == 0 {
+		return
+	}
+	if _, err := n.v.u.WriteBatch(msgs); err != nil && sc.err == nil {
+		sc.err = err
+	}
+	for j := range msgs {
+		m, p, i := &msgs[j], sc.peers[j], sc.frame[j]
+		size := uint64(len(m.Buf) - packet.VXLANHeaderLen)
+		if m.Err == nil {
+			p.txPackets.Add(1)
+			p.txBytes.Add(size)
+			if !sc.ok[i] {
+				sc.ok[i] = true
+				sc.txBytes += uint64(len(bufs[i]) - offset)
+			}
+			continue
+		}
+		p.txDrops.Add(1)
+		if sc.why[i] == dropNone {
+			sc.why[i] = dropTxError
+			if errors.Is(m.Err, ErrMessageSize) {
+				sc.why[i] = dropMTU
+			}
+		}
+	}
+	n.c.txDatagrams.Add(uint64(len(msgs)))
+	clear(msgs)
+	clear(sc.peers)
+	sc.msgs, sc.peers, sc.frame, sc.used = msgs[:0], sc.peers[:0], sc.frame[:0], 0
 }
 
 // FDBEntry is one remote MAC of a network.

@@ -19,6 +19,7 @@ const (
 	dropNoPeer                 // flooding with no peer to send to
 	dropTxError                // the underlay refused the datagram
 	dropDown                   // the network was removed or the VTEP closed
+	dropGSOInvalid             // offload metadata that does not match the frame
 	numDrops
 )
 
@@ -41,6 +42,8 @@ func (r dropReason) String() string {
 		return "tx-error"
 	case dropDown:
 		return "down"
+	case dropGSOInvalid:
+		return "gso-invalid"
 	}
 	return "none"
 }
@@ -55,6 +58,7 @@ type netCounters struct {
 	rxPackets, rxBytes   atomic.Uint64
 	txPackets, txBytes   atomic.Uint64
 	txDatagrams, flooded atomic.Uint64
+	txGSO                atomic.Uint64
 	learnLimited         atomic.Uint64
 	drops                [numDrops]atomic.Uint64
 }
@@ -81,16 +85,19 @@ type NetworkStats struct {
 	// RxPackets and RxBytes count frames handed to the input function.
 	RxPackets, RxBytes uint64
 	// TxPackets and TxBytes count frames Write sent to at least one VTEP;
-	// TxDatagrams counts the datagrams sent for them (replication
-	// included) and Flooded the frames replicated to every peer.
-	TxPackets, TxBytes, TxDatagrams, Flooded uint64
+	// TxDatagrams counts the datagrams sent for them (replication and
+	// segmentation included) and Flooded the frames replicated to every
+	// peer. TxGSO counts the frames that were TCP super-segments and were
+	// split into segments before encapsulation.
+	TxPackets, TxBytes, TxDatagrams, Flooded, TxGSO uint64
 	// Learned is the number of live learned MACs; LearnLimited counts
 	// sources not learned because the table was full.
 	Learned      int
 	LearnLimited uint64
 	// Drops counts dropped frames by reason: "malformed", "unknown-peer",
 	// "no-input" on receive; "mtu", "no-peer", "tx-error", "down",
-	// "malformed" on send.
+	// "malformed", "gso-invalid" (offload metadata inconsistent with the
+	// frame) on send.
 	Drops map[string]uint64
 	// Peers holds per-VTEP counters, ordered by address.
 	Peers []PeerStats
@@ -140,6 +147,7 @@ func (n *Network) Stats() NetworkStats {
 		TxBytes:      n.c.txBytes.Load(),
 		TxDatagrams:  n.c.txDatagrams.Load(),
 		Flooded:      n.c.flooded.Load(),
+		TxGSO:        n.c.txGSO.Load(),
 		LearnLimited: n.c.learnLimited.Load(),
 		Drops:        dropMap(&n.c.drops),
 	}

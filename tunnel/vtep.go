@@ -321,6 +321,7 @@ func (v *VTEP) receive(msgs []Message) {
 		}
 		p.rxPackets.Add(1)
 		p.rxBytes.Add(uint64(size))
+		packet.ClearOffload(r.bufs[i]) // a complete frame from the wire
 		r.gbufs = append(r.gbufs, r.bufs[i])
 		r.gsizes = append(r.gsizes, size)
 	}
