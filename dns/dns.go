@@ -1,0 +1,304 @@
+// Package dns is vxmesh's embedded DNS resolver, the server that answers at
+// 127.0.0.11:53 inside every container namespace, as Docker's does.
+//
+// One Server holds the configuration, the counters and the upstream
+// forwarder; the daemon opens a UDP socket and a TCP listener inside each
+// container's namespace and hands them to Server.Serve together with the
+// identity of that container (the asker). A query is answered from the
+// Source when the Source knows the name for that asker (container names,
+// aliases, names qualified by network, services, tasks.<service>, PTR for
+// their addresses); every other query is forwarded to the upstream servers
+// from the caller's (the daemon's) own namespace, with a bounded timeout,
+// retries across upstreams and a bound on the queries in flight.
+package dns
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// ListenAddr is where the embedded resolver listens inside each
+// namespace, over UDP and TCP.
+const ListenAddr = "127.0.0.11:53"
+
+// Defaults of Config.
+const (
+	DefaultTimeout     = 2 * time.Second
+	DefaultMaxInflight = 1024
+	// LocalTTL is the TTL of local answers: short, because containers
+	// come and go and a stale cached address is worse than a new query.
+	LocalTTL = 5
+)
+
+// maxUDPRead is the largest query the UDP listeners read.
+const maxUDPRead = 4096
+
+// Source is where the Server finds local records. Lookups are scoped by the
+// asker, the identity the listener was opened with (the daemon uses the
+// container name), so a name is local only for askers that share a network
+// with it. Names are passed lower-cased and without the trailing dot.
+// Implementations must be safe for concurrent use and fast: they run for
+// every query.
+type Source interface {
+	// LookupName returns the IPv4 addresses of name as asker sees it, and
+	// whether the name is local at all. A local name with no IPv4 address
+	// is answered NOERROR with an empty answer; a name that is not local
+	// is forwarded. Every name goes through LookupName, so services (their
+	// VIPs, or their tasks for DNS round robin) and tasks.<service> are
+	// answered by a Source that knows them: the Server needs no change.
+	LookupName(asker, name string) (addrs []netip.Addr, ok bool)
+	// LookupAddr returns the names (without the trailing dot) of addr as
+	// asker sees it, for PTR queries; none means the query is forwarded.
+	LookupAddr(asker string, addr netip.Addr) []string
+}
+
+// Config configures a Server. Zero values select the defaults.
+type Config struct {
+	// Upstreams receive the queries that are not local, in order of
+	// preference. None means every such query gets SERVFAIL.
+	Upstreams []netip.AddrPort
+	// Timeout bounds a forwarded query from the first try to the last
+	// (DefaultTimeout). Tries share it: a try that fails fast leaves its
+	// time to the next.
+	Timeout time.Duration
+	// Attempts is how many tries a forwarded query gets across the
+	// upstreams, in order, wrapping around (default: the number of
+	// upstreams, at least 2).
+	Attempts int
+	// MaxInflight bounds the forwarded queries in flight; a query over it
+	// gets SERVFAIL at once and is counted as overloaded
+	// (DefaultMaxInflight).
+	MaxInflight int
+	// Logger receives debug messages about failing upstreams; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Server answers queries for any number of listeners. Its methods are safe
+// for concurrent use.
+type Server struct {
+	cfg      Config
+	src      Source
+	log      *slog.Logger
+	inflight atomic.Int64
+	stats    counters
+}
+
+// New returns a Server that answers from src and forwards to
+// cfg.Upstreams.
+func New(cfg Config, src Source) *Server {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Attempts <= 0 {
+		cfg.Attempts = max(2, len(cfg.Upstreams))
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = DefaultMaxInflight
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.Upstreams = append([]netip.AddrPort(nil), cfg.Upstreams...)
+	return &Server{cfg: cfg, src: src, log: cfg.Logger}
+}
+
+// Upstreams returns the upstream servers the Server forwards to.
+func (s *Server) Upstreams() []netip.AddrPort {
+	return append([]netip.AddrPort(nil), s.cfg.Upstreams...)
+}
+
+// Listener is one asker's pair of sockets being served.
+type Listener struct {
+	cancel context.CancelFunc
+	srvs   []*mdns.Server
+	done   sync.WaitGroup
+}
+
+// Serve answers the queries arriving on pc (UDP) and ln (TCP), either of
+// which may be nil, on behalf of asker, until the returned Listener is
+// closed. It takes ownership of the sockets.
+func (s *Server) Serve(asker string, pc net.PacketConn, ln net.Listener) *Listener {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &Listener{cancel: cancel}
+	start := func(srv *mdns.Server, tcp bool) {
+		srv.Handler = mdns.HandlerFunc(func(w mdns.ResponseWriter, req *mdns.Msg) {
+			if resp := s.answer(ctx, asker, req, tcp); resp != nil {
+				w.WriteMsg(resp)
+			}
+		})
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		ended := make(chan struct{})
+		l.done.Add(1)
+		go func() {
+			defer l.done.Done()
+			defer close(ended)
+			srv.ActivateAndServe()
+		}()
+		select {
+		case <-started:
+			l.srvs = append(l.srvs, srv)
+		case <-ended: // failed to start (and closed nothing): drop it
+		}
+	}
+	if pc != nil {
+		start(&mdns.Server{PacketConn: pc, UDPSize: maxUDPRead}, false)
+	}
+	if ln != nil {
+		start(&mdns.Server{Listener: ln, IdleTimeout: func() time.Duration { return 8 * time.Second }}, true)
+	}
+	return l
+}
+
+// Close stops serving, aborts the listener's forwarded queries, closes its
+// sockets and waits until its goroutines are gone.
+func (l *Listener) Close() error {
+	l.cancel()
+	var errs []error
+	for _, srv := range l.srvs {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, srv.ShutdownContext(ctx))
+		cancel()
+	}
+	l.done.Wait()
+	return errors.Join(errs...)
+}
+
+// answer returns the response to req from asker, or nil when there is
+// none to send (req is itself a response). tcp tells the transport the
+// query came on: over UDP, the response is truncated to what the client
+// can take.
+func (s *Server) answer(ctx context.Context, asker string, req *mdns.Msg, tcp bool) *mdns.Msg {
+	if req.Response {
+		return nil
+	}
+	s.stats.queries.Add(1)
+	resp := s.resolve(ctx, asker, req, tcp)
+	switch resp.Rcode {
+	case mdns.RcodeNameError:
+		s.stats.nxdomain.Add(1)
+	case mdns.RcodeServerFailure:
+		s.stats.servfail.Add(1)
+	}
+	if !tcp {
+		resp.Truncate(udpSize(req))
+	}
+	return resp
+}
+
+// udpSize is the largest UDP response the client of req accepts.
+func udpSize(req *mdns.Msg) int {
+	if opt := req.IsEdns0(); opt != nil && opt.UDPSize() > mdns.MinMsgSize {
+		return int(opt.UDPSize())
+	}
+	return mdns.MinMsgSize
+}
+
+func (s *Server) resolve(ctx context.Context, asker string, req *mdns.Msg, tcp bool) *mdns.Msg {
+	if req.Opcode != mdns.OpcodeQuery {
+		return reply(req, mdns.RcodeNotImplemented)
+	}
+	if len(req.Question) != 1 {
+		return reply(req, mdns.RcodeFormatError)
+	}
+	q := req.Question[0]
+	if q.Qclass == mdns.ClassINET || q.Qclass == mdns.ClassANY {
+		if resp := s.local(asker, req, q); resp != nil {
+			s.stats.local.Add(1)
+			return resp
+		}
+	}
+	return s.forward(ctx, req, tcp)
+}
+
+// reply is an empty response to req with rcode, keeping EDNS0.
+func reply(req *mdns.Msg, rcode int) *mdns.Msg {
+	m := new(mdns.Msg)
+	m.SetRcode(req, rcode)
+	m.RecursionAvailable = true
+	if len(req.Question) > 1 {
+		m.Question = nil
+	}
+	if req.IsEdns0() != nil {
+		m.SetEdns0(maxUDPRead, false)
+	}
+	return m
+}
+
+// local answers q from the Source, or returns nil if the name is not
+// local for asker.
+func (s *Server) local(asker string, req *mdns.Msg, q mdns.Question) *mdns.Msg {
+	name := strings.TrimSuffix(strings.ToLower(q.Name), ".")
+	if name == "" {
+		return nil
+	}
+	if q.Qtype == mdns.TypePTR {
+		addr, ok := reverseAddr(name)
+		if !ok {
+			return nil
+		}
+		names := s.src.LookupAddr(asker, addr)
+		if len(names) == 0 {
+			return nil
+		}
+		m := reply(req, mdns.RcodeSuccess)
+		m.Authoritative = true
+		for _, n := range names {
+			m.Answer = append(m.Answer, &mdns.PTR{
+				Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypePTR, Class: mdns.ClassINET, Ttl: LocalTTL},
+				Ptr: mdns.Fqdn(n),
+			})
+		}
+		return m
+	}
+	addrs, ok := s.src.LookupName(asker, name)
+	if !ok {
+		return nil
+	}
+	m := reply(req, mdns.RcodeSuccess)
+	m.Authoritative = true
+	if q.Qtype != mdns.TypeA && q.Qtype != mdns.TypeANY {
+		return m // a local name has no other records: NOERROR, no answer
+	}
+	order := rand.Perm(len(addrs)) // spread clients over several addresses
+	for _, i := range order {
+		a := addrs[i]
+		if !a.Is4() {
+			continue
+		}
+		b := a.As4()
+		m.Answer = append(m.Answer, &mdns.A{
+			Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: LocalTTL},
+			A:   net.IP(b[:]),
+		})
+	}
+	return m
+}
+
+// reverseAddr parses an IPv4 PTR name (d.c.b.a.in-addr.arpa).
+func reverseAddr(name string) (netip.Addr, bool) {
+	rest, ok := strings.CutSuffix(name, ".in-addr.arpa")
+	if !ok {
+		return netip.Addr{}, false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 4 {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(parts[3] + "." + parts[2] + "." + parts[1] + "." + parts[0])
+	if err != nil || !a.Is4() {
+		return netip.Addr{}, false
+	}
+	return a, true
+}

@@ -1,0 +1,527 @@
+package dns
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// fakeSource knows names per asker.
+type fakeSource struct {
+	names map[string]map[string][]netip.Addr // asker -> name -> addrs
+	ptrs  map[string]map[netip.Addr][]string
+}
+
+func (f fakeSource) LookupName(asker, name string) ([]netip.Addr, bool) {
+	a, ok := f.names[asker][name]
+	return a, ok
+}
+
+func (f fakeSource) LookupAddr(asker string, addr netip.Addr) []string {
+	return f.ptrs[asker][addr]
+}
+
+var testSource = fakeSource{
+	names: map[string]map[string][]netip.Addr{
+		"c1": {
+			"c2":     {netip.MustParseAddr("10.1.0.3")},
+			"c2.web": {netip.MustParseAddr("10.1.0.3")},
+			"db":     {netip.MustParseAddr("10.1.0.4"), netip.MustParseAddr("10.1.0.5")},
+			"noaddr": nil,
+		},
+		"c9": {"c9": {netip.MustParseAddr("10.2.0.9")}},
+	},
+	ptrs: map[string]map[netip.Addr][]string{
+		"c1": {netip.MustParseAddr("10.1.0.3"): {"c2.web"}},
+	},
+}
+
+// serve starts s for asker on loopback sockets and returns their address.
+func serve(t *testing.T, s *Server, asker string) string {
+	t.Helper()
+	pc, ln := listenPair(t)
+	l := s.Serve(asker, pc, ln)
+	t.Cleanup(func() { l.Close() })
+	return pc.LocalAddr().String()
+}
+
+// listenPair opens a UDP socket and a TCP listener on the same loopback
+// port.
+func listenPair(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	for range 20 {
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp4", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+	}
+	t.Fatal("no free port pair")
+	return nil, nil
+}
+
+// upstream is an in-process DNS server the Server forwards to.
+type upstream struct {
+	addr netip.AddrPort
+	mu   sync.Mutex
+	seen []*mdns.Msg
+	hits map[string]int // by transport
+}
+
+func (u *upstream) record(m *mdns.Msg, network string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.seen = append(u.seen, m.Copy())
+	u.hits[network]++
+}
+
+func (u *upstream) last() *mdns.Msg {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.seen[len(u.seen)-1]
+}
+
+func (u *upstream) count(network string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.hits[network]
+}
+
+// startUpstream serves, over UDP and TCP on one port: example.com A
+// 192.0.2.1, big.example.com with 40 A records, NXDOMAIN for anything
+// else under example.com, and calls handle (when set) for the other names.
+func startUpstream(t testing.TB, handle func(w mdns.ResponseWriter, r *mdns.Msg) bool) *upstream {
+	t.Helper()
+	pc, ln := listenPair(t)
+	u := &upstream{addr: netip.MustParseAddrPort(pc.LocalAddr().String()), hits: map[string]int{}}
+	exampleA := mustRR(t, "example.com. 60 IN A 192.0.2.1")
+	var bigA []mdns.RR
+	for i := range 40 {
+		bigA = append(bigA, mustRR(t, "big.example.com. 60 IN A 192.0.2."+strconv.Itoa(i+1)))
+	}
+	h := func(network string) mdns.HandlerFunc {
+		return func(w mdns.ResponseWriter, r *mdns.Msg) {
+			u.record(r, network)
+			if handle != nil && handle(w, r) {
+				return
+			}
+			m := new(mdns.Msg)
+			m.SetReply(r)
+			q := r.Question[0]
+			switch strings.ToLower(q.Name) {
+			case "example.com.":
+				m.Answer = append(m.Answer, exampleA)
+			case "big.example.com.":
+				m.Answer = append(m.Answer, bigA...)
+			default:
+				m.Rcode = mdns.RcodeNameError
+			}
+			if o := r.IsEdns0(); o != nil {
+				m.SetEdns0(o.UDPSize(), o.Do())
+			}
+			if network == "udp" {
+				m.Truncate(udpSize(r))
+			}
+			w.WriteMsg(m)
+		}
+	}
+	for _, srv := range []*mdns.Server{
+		{PacketConn: pc, Handler: h("udp")},
+		{Listener: ln, Handler: h("tcp")},
+	} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		go srv.ActivateAndServe()
+		<-started
+		t.Cleanup(func() { srv.Shutdown() })
+	}
+	return u
+}
+
+
+func mustRR(t testing.TB, s string) mdns.RR {
+	t.Helper()
+	rr, err := mdns.NewRR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rr
+}
+
+// query asks addr over network and fails the test on a transport error.
+func query(t *testing.T, network, addr, name string, qtype uint16, edns bool) *mdns.Msg {
+	t.Helper()
+	m := new(mdns.Msg)
+	m.SetQuestion(name, qtype)
+	if edns {
+		m.SetEdns0(4096, true)
+	}
+	c := &mdns.Client{Net: network, Timeout: 5 * time.Second}
+	r, _, err := c.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("%s %s %s: %v", network, name, mdns.TypeToString[qtype], err)
+	}
+	if r.Id != m.Id || !r.Response {
+		t.Fatalf("%s %s: response id %d response %v, want id %d", network, name, r.Id, r.Response, m.Id)
+	}
+	return r
+}
+
+func answers(r *mdns.Msg) []string {
+	var out []string
+	for _, rr := range r.Answer {
+		switch v := rr.(type) {
+		case *mdns.A:
+			out = append(out, v.A.String())
+		case *mdns.PTR:
+			out = append(out, v.Ptr)
+		default:
+			out = append(out, rr.String())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestLocalNamesAreAnsweredForTheirAsker(t *testing.T) {
+	s := New(Config{}, testSource)
+	c1 := serve(t, s, "c1")
+	c9 := serve(t, s, "c9")
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		want  []string
+	}{
+		{"c2.", mdns.TypeA, []string{"10.1.0.3"}},
+		{"C2.", mdns.TypeA, []string{"10.1.0.3"}},
+		{"c2.web.", mdns.TypeA, []string{"10.1.0.3"}},
+		{"c2.WEB.", mdns.TypeA, []string{"10.1.0.3"}},
+		{"db.", mdns.TypeA, []string{"10.1.0.4", "10.1.0.5"}},
+		{"c2.", mdns.TypeAAAA, nil},
+		{"c2.", mdns.TypeMX, nil},
+		{"noaddr.", mdns.TypeA, nil},
+		{"3.0.1.10.in-addr.arpa.", mdns.TypePTR, []string{"c2.web."}},
+	} {
+		for _, network := range []string{"udp", "tcp"} {
+			r := query(t, network, c1, tc.name, tc.qtype, false)
+			if r.Rcode != mdns.RcodeSuccess || !r.Authoritative || !slices.Equal(answers(r), tc.want) {
+				t.Errorf("c1 asks %s %s over %s: rcode %s aa %v answers %v, want NOERROR aa %v",
+					tc.name, mdns.TypeToString[tc.qtype], network, mdns.RcodeToString[r.Rcode], r.Authoritative, answers(r), tc.want)
+			}
+			for _, rr := range r.Answer {
+				if rr.Header().Ttl != LocalTTL || rr.Header().Name != tc.name {
+					t.Errorf("%s: record %v, want owner %s and ttl %d", tc.name, rr, tc.name, LocalTTL)
+				}
+			}
+		}
+	}
+	// c9 does not share c1's names: with no upstream, they are SERVFAIL,
+	// not answered; its own name is.
+	if r := query(t, "udp", c9, "c2.", mdns.TypeA, false); r.Rcode != mdns.RcodeServerFailure || len(r.Answer) != 0 {
+		t.Errorf("c9 asks c2: %v, want SERVFAIL without answer (not local for c9, no upstream)", r)
+	}
+	if r := query(t, "udp", c9, "c9.", mdns.TypeA, false); !slices.Equal(answers(r), []string{"10.2.0.9"}) {
+		t.Errorf("c9 asks c9: %v", r)
+	}
+	// EDNS0 is echoed on local answers.
+	if r := query(t, "udp", c1, "c2.", mdns.TypeA, true); r.IsEdns0() == nil {
+		t.Errorf("local answer to an EDNS0 query lacks OPT: %v", r)
+	}
+	st := s.Stats()
+	if st.Local != 2*9+2 || st.Forwarded != 0 || st.ServFail != 1 || st.Queries != st.Local+1 {
+		t.Errorf("stats %+v, want 20 local, 1 servfail, 21 queries", st)
+	}
+}
+
+func TestForwardingToUpstream(t *testing.T) {
+	u := startUpstream(t, nil)
+	s := New(Config{Upstreams: []netip.AddrPort{u.addr}}, testSource)
+	c1 := serve(t, s, "c1")
+
+	r := query(t, "udp", c1, "example.com.", mdns.TypeA, true)
+	if r.Rcode != mdns.RcodeSuccess || !slices.Equal(answers(r), []string{"192.0.2.1"}) {
+		t.Fatalf("example.com through the resolver: %v", r)
+	}
+	// The client's EDNS0 reached the upstream, and came back.
+	if o := u.last().IsEdns0(); o == nil || o.UDPSize() != 4096 || !o.Do() {
+		t.Errorf("upstream got %v, want the client's OPT (4096, DO)", u.last())
+	}
+	if r.IsEdns0() == nil {
+		t.Errorf("forwarded answer lost OPT: %v", r)
+	}
+	// A name unknown to the asker but local to another asker is forwarded.
+	if r := query(t, "udp", c1, "c9.", mdns.TypeA, false); r.Rcode != mdns.RcodeNameError {
+		t.Errorf("c9 asked by c1: %v, want the upstream's NXDOMAIN", r)
+	}
+	if r := query(t, "udp", c1, "nope.example.com.", mdns.TypeA, false); r.Rcode != mdns.RcodeNameError || len(r.Answer) != 0 {
+		t.Errorf("nope.example.com: %v, want NXDOMAIN passed through", r)
+	}
+	// PTR for an address the Source does not know goes upstream too.
+	if r := query(t, "udp", c1, "9.9.9.10.in-addr.arpa.", mdns.TypePTR, false); r.Rcode != mdns.RcodeNameError {
+		t.Errorf("unknown PTR: %v, want the upstream's NXDOMAIN", r)
+	}
+	st := s.Stats()
+	if st.Forwarded != 4 || st.NXDomain != 3 || st.Local != 0 || st.Upstream.Count != 4 || st.Upstream.Max <= 0 || st.Upstream.Sum < st.Upstream.Max {
+		t.Errorf("stats %+v, want 4 forwarded, 3 nxdomain, 4 upstream round trips", st)
+	}
+	var n uint64
+	for _, b := range st.Upstream.Buckets {
+		n += b
+	}
+	if n != st.Upstream.Count || len(st.Upstream.Buckets) != len(st.Upstream.Bounds)+1 {
+		t.Errorf("latency buckets %v (bounds %v) do not add up to %d", st.Upstream.Buckets, st.Upstream.Bounds, st.Upstream.Count)
+	}
+}
+
+func TestLargeAnswersOverTCPAndTruncatedOverUDP(t *testing.T) {
+	u := startUpstream(t, nil)
+	s := New(Config{Upstreams: []netip.AddrPort{u.addr}}, testSource)
+	c1 := serve(t, s, "c1")
+
+	// Over UDP without EDNS0 the 40 records do not fit in 512 bytes: the
+	// client gets TC and what fits.
+	r := query(t, "udp", c1, "big.example.com.", mdns.TypeA, false)
+	if !r.Truncated || len(r.Answer) >= 40 {
+		t.Errorf("big over UDP: tc %v with %d answers, want truncated", r.Truncated, len(r.Answer))
+	}
+	// Over TCP the client gets all of them: the resolver retried its
+	// truncated UDP answer over TCP.
+	r = query(t, "tcp", c1, "big.example.com.", mdns.TypeA, false)
+	if r.Truncated || len(r.Answer) != 40 {
+		t.Errorf("big over TCP: tc %v with %d answers, want 40", r.Truncated, len(r.Answer))
+	}
+	if u.count("tcp") != 1 {
+		t.Errorf("upstream got %d TCP queries, want 1 (the retry of a truncated answer)", u.count("tcp"))
+	}
+	// With a large EDNS0 buffer everything fits in one UDP answer.
+	r = query(t, "udp", c1, "big.example.com.", mdns.TypeA, true)
+	if r.Truncated || len(r.Answer) != 40 {
+		t.Errorf("big over UDP with EDNS0 4096: tc %v with %d answers, want 40", r.Truncated, len(r.Answer))
+	}
+}
+
+func TestDeadUpstreamsGiveServfailAndAliveOnesAreTried(t *testing.T) {
+	dead := deadAddr(t)
+	u := startUpstream(t, nil)
+	s := New(Config{Upstreams: []netip.AddrPort{dead, u.addr}, Timeout: 2 * time.Second}, testSource)
+	c1 := serve(t, s, "c1")
+	if r := query(t, "udp", c1, "example.com.", mdns.TypeA, false); !slices.Equal(answers(r), []string{"192.0.2.1"}) {
+		t.Errorf("with the first upstream dead: %v, want the second's answer", r)
+	}
+	if st := s.Stats(); st.UpstreamErrors == 0 {
+		t.Errorf("stats %+v: the dead upstream's failure is not counted", st)
+	}
+
+	s = New(Config{Upstreams: []netip.AddrPort{dead, deadAddr(t)}}, testSource)
+	c1 = serve(t, s, "c1")
+	start := time.Now()
+	if r := query(t, "udp", c1, "example.com.", mdns.TypeA, false); r.Rcode != mdns.RcodeServerFailure {
+		t.Errorf("every upstream dead: %v, want SERVFAIL", r)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("SERVFAIL for refusing upstreams took %v; a refused port fails at once", d)
+	}
+	// An upstream that answers SERVFAIL counts as failing too.
+	bad := startUpstream(t, func(w mdns.ResponseWriter, r *mdns.Msg) bool {
+		m := new(mdns.Msg)
+		m.SetRcode(r, mdns.RcodeServerFailure)
+		w.WriteMsg(m)
+		return true
+	})
+	s = New(Config{Upstreams: []netip.AddrPort{bad.addr, u.addr}}, testSource)
+	c1 = serve(t, s, "c1")
+	if r := query(t, "udp", c1, "example.com.", mdns.TypeA, false); !slices.Equal(answers(r), []string{"192.0.2.1"}) {
+		t.Errorf("first upstream answering SERVFAIL: %v, want the second's answer", r)
+	}
+}
+
+// deadAddr returns a loopback UDP address nobody listens on.
+func deadAddr(t *testing.T) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddrPort(pc.LocalAddr().String())
+	pc.Close()
+	return a
+}
+
+// blackhole is an upstream that reads queries and never answers; got
+// receives one value per query read.
+func blackhole(t *testing.T) (netip.AddrPort, chan struct{}) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	got := make(chan struct{}, 100)
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			if _, _, err := pc.ReadFrom(b); err != nil {
+				return
+			}
+			got <- struct{}{}
+		}
+	}()
+	return netip.MustParseAddrPort(pc.LocalAddr().String()), got
+}
+
+func TestSilentUpstreamIsBoundedByTimeout(t *testing.T) {
+	hole, got := blackhole(t)
+	const timeout = 600 * time.Millisecond
+	s := New(Config{Upstreams: []netip.AddrPort{hole}, Timeout: timeout, Attempts: 3}, testSource)
+	c1 := serve(t, s, "c1")
+	start := time.Now()
+	r := query(t, "udp", c1, "example.com.", mdns.TypeA, false)
+	d := time.Since(start)
+	if r.Rcode != mdns.RcodeServerFailure {
+		t.Errorf("silent upstream: %v, want SERVFAIL", r)
+	}
+	if d < timeout-50*time.Millisecond || d > timeout+400*time.Millisecond {
+		t.Errorf("silent upstream answered after %v, want about the %v timeout", d, timeout)
+	}
+	if len(got) != 3 {
+		t.Errorf("silent upstream got %d tries, want 3 (Attempts)", len(got))
+	}
+	if st := s.Stats(); st.ServFail != 1 || st.UpstreamErrors != 3 || st.Inflight != 0 {
+		t.Errorf("stats %+v, want 1 servfail, 3 upstream errors, none in flight", st)
+	}
+}
+
+func TestInflightBound(t *testing.T) {
+	release := make(chan struct{})
+	held := make(chan struct{}, 10)
+	slowA := mustRR(t, "slow.example.com. 60 IN A 192.0.2.7")
+	u := startUpstream(t, func(w mdns.ResponseWriter, r *mdns.Msg) bool {
+		if r.Question[0].Name != "slow.example.com." {
+			return false
+		}
+		held <- struct{}{}
+		<-release
+		m := new(mdns.Msg)
+		m.SetReply(r)
+		m.Answer = append(m.Answer, slowA)
+		w.WriteMsg(m)
+		return true
+	})
+	s := New(Config{Upstreams: []netip.AddrPort{u.addr}, MaxInflight: 2, Timeout: 10 * time.Second}, testSource)
+	c1 := serve(t, s, "c1")
+	results := make(chan *mdns.Msg, 2)
+	for range 2 {
+		go func() { results <- query(t, "udp", c1, "slow.example.com.", mdns.TypeA, false) }()
+	}
+	<-held
+	<-held
+	// Two forwarded queries are in flight: a third gets SERVFAIL at once,
+	// local names still resolve.
+	if r := query(t, "udp", c1, "example.com.", mdns.TypeA, false); r.Rcode != mdns.RcodeServerFailure {
+		t.Errorf("over the in-flight bound: %v, want SERVFAIL", r)
+	}
+	if r := query(t, "udp", c1, "c2.", mdns.TypeA, false); !slices.Equal(answers(r), []string{"10.1.0.3"}) {
+		t.Errorf("local name while the upstream is saturated: %v", r)
+	}
+	if st := s.Stats(); st.Overloaded != 1 || st.Inflight != 2 {
+		t.Errorf("stats %+v, want 1 overloaded, 2 in flight", st)
+	}
+	close(release)
+	for range 2 {
+		if r := <-results; !slices.Equal(answers(r), []string{"192.0.2.7"}) {
+			t.Errorf("held query: %v", r)
+		}
+	}
+	if r := query(t, "udp", c1, "example.com.", mdns.TypeA, false); r.Rcode != mdns.RcodeSuccess {
+		t.Errorf("after the held queries ended: %v, want an answer", r)
+	}
+}
+
+func TestCloseStopsServingAndAbortsForwarding(t *testing.T) {
+	hole, got := blackhole(t)
+	s := New(Config{Upstreams: []netip.AddrPort{hole}, Timeout: time.Minute}, testSource)
+	pc, ln := listenPair(t)
+	addr := pc.LocalAddr().String()
+	l := s.Serve("c1", pc, ln)
+	m := new(mdns.Msg)
+	m.SetQuestion("example.com.", mdns.TypeA)
+	c := &mdns.Client{Timeout: time.Minute}
+	go c.Exchange(m, addr)
+	<-got // the query is being forwarded
+	start := time.Now()
+	if err := l.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("close took %v with a forwarded query in flight", d)
+	}
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Errorf("TCP listener still accepts after Close")
+	}
+}
+
+func TestUpstreamParsing(t *testing.T) {
+	ups, err := ParseUpstreams("192.0.2.1, 192.0.2.2:5353,[2001:db8::1]:53,2001:db8::2")
+	want := []string{"192.0.2.1:53", "192.0.2.2:5353", "[2001:db8::1]:53", "[2001:db8::2]:53"}
+	var got []string
+	for _, u := range ups {
+		got = append(got, u.String())
+	}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("ParseUpstreams: %v, %v; want %v", got, err, want)
+	}
+	for _, bad := range []string{"example.com", "192.0.2.1:0", "192.0.2.1:x"} {
+		if _, err := ParseUpstreams(bad); err == nil {
+			t.Errorf("ParseUpstreams(%q) succeeded", bad)
+		}
+	}
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(p, []byte("# comment\nnameserver 127.0.0.11\nnameserver 127.0.0.53\nsearch example.com\nnameserver 2001:db8::1\nnameserver bogus\noptions ndots:0\n"), 0o644)
+	ups, err = ResolvConfUpstreams(p)
+	got = nil
+	for _, u := range ups {
+		got = append(got, u.String())
+	}
+	if err != nil || !slices.Equal(got, []string{"127.0.0.53:53", "[2001:db8::1]:53"}) {
+		t.Errorf("ResolvConfUpstreams: %v, %v; want 127.0.0.53 and 2001:db8::1 (not 127.0.0.11)", got, err)
+	}
+	if ups, err := ResolvConfUpstreams(filepath.Join(t.TempDir(), "missing")); err != nil || len(ups) != 0 {
+		t.Errorf("missing resolv.conf: %v, %v", ups, err)
+	}
+}
+
+func TestMalformedQueries(t *testing.T) {
+	s := New(Config{}, testSource)
+	ctx := context.Background()
+	two := new(mdns.Msg)
+	two.SetQuestion("c2.", mdns.TypeA)
+	two.Question = append(two.Question, two.Question[0])
+	if r := s.answer(ctx, "c1", two, false); r == nil || r.Rcode != mdns.RcodeFormatError {
+		t.Errorf("two questions: %v, want FORMERR", r)
+	}
+	upd := new(mdns.Msg)
+	upd.SetUpdate("web.")
+	if r := s.answer(ctx, "c1", upd, false); r == nil || r.Rcode != mdns.RcodeNotImplemented {
+		t.Errorf("update: %v, want NOTIMP", r)
+	}
+	resp := new(mdns.Msg)
+	resp.SetQuestion("c2.", mdns.TypeA)
+	resp.Response = true
+	if r := s.answer(ctx, "c1", resp, false); r != nil {
+		t.Errorf("a response got answered: %v", r)
+	}
+}
