@@ -160,6 +160,51 @@ type NetworkStats struct {
 type Stats struct {
 	Node     string         `json:"node"`
 	Networks []NetworkStats `json:"networks"`
+	// DNS are the counters of the embedded resolver (every container's
+	// 127.0.0.11 together).
+	DNS DNSStats `json:"dns"`
+}
+
+// DNSStats are the embedded resolver's counters.
+type DNSStats struct {
+	// Upstreams are the servers names that are not local go to.
+	Upstreams []string `json:"upstreams"`
+	// Listeners is the number of containers served now.
+	Listeners int `json:"listeners"`
+	// Queries counts the queries received; Local those answered from
+	// container names and aliases; Forwarded those sent upstream.
+	Queries   uint64 `json:"queries"`
+	Local     uint64 `json:"local"`
+	Forwarded uint64 `json:"forwarded"`
+	// NXDomain and ServFail count the answers with that rcode.
+	NXDomain uint64 `json:"nxdomain"`
+	ServFail uint64 `json:"servfail"`
+	// Overloaded counts the queries refused (SERVFAIL) because too many
+	// forwarded queries were in flight.
+	Overloaded uint64 `json:"overloaded"`
+	// UpstreamErrors counts the failed tries: timeouts, network errors,
+	// SERVFAIL, REFUSED or NOTIMP from an upstream.
+	UpstreamErrors uint64 `json:"upstream_errors"`
+	// Inflight is the number of forwarded queries in flight now.
+	Inflight int64 `json:"inflight"`
+	// UpstreamLatency is the round trip of the upstreams' answers.
+	UpstreamLatency LatencyStats `json:"upstream_latency"`
+}
+
+// LatencyStats summarizes round-trip times in milliseconds.
+type LatencyStats struct {
+	Count uint64  `json:"count"`
+	AvgMs float64 `json:"avg_ms"`
+	MaxMs float64 `json:"max_ms"`
+	// Buckets is a histogram: Count of the round trips up to LeMs; the
+	// last bucket, without LeMs, holds the slower ones.
+	Buckets []LatencyBucket `json:"buckets"`
+}
+
+// LatencyBucket is one histogram bucket of LatencyStats.
+type LatencyBucket struct {
+	LeMs  float64 `json:"le_ms,omitempty"`
+	Count uint64  `json:"count"`
 }
 
 // Error is the body of every non-2xx response.

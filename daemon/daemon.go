@@ -64,6 +64,15 @@ type Config struct {
 	// Underlay replaces the VTEP's UDP sockets (tests).
 	Underlay tunnel.Underlay
 
+	// DNSUpstreams are the servers the embedded resolver forwards names
+	// that are not containers' to; none means the nameservers of the
+	// host's /etc/resolv.conf (except 127.0.0.11).
+	DNSUpstreams []netip.AddrPort
+	// DNSTimeout bounds a forwarded query, retries included (default 2 s).
+	DNSTimeout time.Duration
+	// DNSMaxInflight bounds the forwarded queries in flight (default 1024).
+	DNSMaxInflight int
+
 	tuneCluster func(*cluster.Config)
 }
 
@@ -76,6 +85,7 @@ type Daemon struct {
 
 	cl     *cluster.Cluster
 	vtep   *tunnel.VTEP
+	dns    *resolver
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -165,6 +175,7 @@ func (d *Daemon) start() error {
 	if err := d.startCluster(); err != nil {
 		return err
 	}
+	d.startDNS()
 	saved, err := d.restore()
 	if err != nil {
 		return err
@@ -284,6 +295,7 @@ func (d *Daemon) close() {
 		d.cl.Close()
 	}
 	d.mu.Lock()
+	d.stopResolvers()
 	for _, c := range d.containers {
 		for _, ep := range c.endpoints {
 			ep.stop()

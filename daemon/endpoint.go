@@ -271,6 +271,7 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 		return api.Endpoint{}, err
 	}
 	d.publishEndpoint(e)
+	d.dnsAttached(c)
 	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", ip, "ifname", ifname, "netns", c.netns)
 	return d.endpointView(e), nil
 }
@@ -378,6 +379,7 @@ func (d *Daemon) removeEndpoint(ep *endpoint) {
 		d.log.Warn("removing interface", "container", ep.ctr.name, "ifname", ep.ifname, "err", err)
 	}
 	delete(ep.ctr.endpoints, ep.net.rec.Name)
+	d.dnsDetached(ep.ctr)
 	d.log.Info("endpoint detached", "container", ep.ctr.name, "network", ep.net.rec.Name)
 }
 
@@ -514,6 +516,9 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				continue
 			}
 			d.log.Info("endpoint restored", "container", c.name, "network", n.rec.Name, "ip", ip)
+		}
+		if nsErr == nil && len(c.endpoints) > 0 {
+			d.dnsAttached(c)
 		}
 	}
 	return s.Networks, nil

@@ -54,5 +54,6 @@ func (d *Daemon) Stats() api.Stats {
 		}
 		out.Networks = append(out.Networks, ns)
 	}
+	out.DNS = d.dnsStats()
 	return out
 }

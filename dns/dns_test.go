@@ -152,7 +152,6 @@ func startUpstream(t testing.TB, handle func(w mdns.ResponseWriter, r *mdns.Msg)
 	return u
 }
 
-
 func mustRR(t testing.TB, s string) mdns.RR {
 	t.Helper()
 	rr, err := mdns.NewRR(s)

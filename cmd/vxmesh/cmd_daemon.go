@@ -14,6 +14,7 @@ import (
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/daemon"
+	"github.com/vxmesh/vxmesh/dns"
 )
 
 func cmdDaemon(env *cliEnv, args []string) error {
@@ -28,6 +29,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	keyFile := fs.String("cluster-key-file", "", "file holding the cluster key (default: STATE_DIR/cluster.key, created if missing)")
 	grace := fs.Duration("node-grace", 30*time.Second, "how long a dead node's endpoints stay before they are removed")
 	dataPort := fs.Uint("data-port", 4789, "VXLAN UDP port (the same on every node)")
+	dnsUpstream := fs.String("dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
+	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -54,6 +57,13 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	if *grace <= 0 {
 		return fmt.Errorf("--node-grace %s: must be positive", *grace)
 	}
+	ups, err := dns.ParseUpstreams(*dnsUpstream)
+	if err != nil {
+		return fmt.Errorf("--dns-upstream: %w", err)
+	}
+	if *dnsTimeout <= 0 {
+		return fmt.Errorf("--dns-timeout %s: must be positive", *dnsTimeout)
+	}
 	var peers []string
 	for _, p := range strings.Split(*join, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -74,7 +84,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	d, err := daemon.New(daemon.Config{
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
-		NodeGrace: *grace, DataPort: uint16(*dataPort),
+		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 	})
 	if err != nil {
 		return err

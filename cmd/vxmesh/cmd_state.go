@@ -53,6 +53,10 @@ func cmdStats(env *cliEnv, args []string) error {
 		return printJSON(env.stdout, s)
 	}
 	fmt.Fprintf(env.stdout, "Node: %s\n", s.Node)
+	d := s.DNS
+	fmt.Fprintf(env.stdout, "DNS: %d queries, %d local, %d forwarded, %d nxdomain, %d servfail, %d overloaded, %d upstream errors; upstream avg %.3f ms, max %.3f ms (%d answers); upstreams %s\n",
+		d.Queries, d.Local, d.Forwarded, d.NXDomain, d.ServFail, d.Overloaded, d.UpstreamErrors,
+		d.UpstreamLatency.AvgMs, d.UpstreamLatency.MaxMs, d.UpstreamLatency.Count, dash(strings.Join(d.Upstreams, ",")))
 	for _, n := range s.Networks {
 		fmt.Fprintf(env.stdout, "\nNetwork %s: flooded %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.ARPSuppressed, formatDrops(n.Drops))
 		t := newTable(env.stdout, "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS")
