@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -45,6 +46,9 @@ func (linuxSandbox) ListenDNS(nsPath string) (pc net.PacketConn, ln net.Listener
 type resolver struct {
 	srv *dns.Server
 	idx dnsSource
+	// rebuild serializes index rebuilds, so the last one stored is built
+	// from the newest table.
+	rebuild sync.Mutex
 	// listeners by container name; guarded by Daemon.mu.
 	listeners map[string]*dns.Listener
 }
@@ -94,6 +98,8 @@ func (d *Daemon) refreshDNS() {
 	if d.dns == nil {
 		return
 	}
+	d.dns.rebuild.Lock()
+	defer d.dns.rebuild.Unlock()
 	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, d.clusterEndpoints()))
 }
 

@@ -55,6 +55,7 @@ func (s *Server) forward(ctx context.Context, req *mdns.Msg, tcp bool) *mdns.Msg
 			continue
 		}
 		resp.Id = req.Id
+		resp.RecursionAvailable = true // the recursion is done on the client's behalf
 		return resp
 	}
 	return reply(req, mdns.RcodeServerFailure)
