@@ -162,7 +162,9 @@ func TestNetworkRemovedEverywhere(t *testing.T) {
 	if _, err := ds[1].CreateNetwork(api.NetworkCreateRequest{Name: "db"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "db on h3", func() bool { _, err := ds[2].Network("db"); return err == nil })
+	for _, d := range ds {
+		waitFor(t, "db on every node", func() bool { _, err := d.Network("db"); return err == nil })
+	}
 	if _, err := ds[2].CreateNetwork(api.NetworkCreateRequest{Name: "db"}); err == nil {
 		t.Fatal("a second db was created on another node")
 	}
