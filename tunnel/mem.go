@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -103,7 +104,7 @@ func (mu *MemUnderlay) ReadBatch(msgs []Message) (int, error) {
 		s := &mu.q[mu.head]
 		m := &msgs[i]
 		copy(m.Buf, s.buf)
-		m.N, m.Addr = len(s.buf), s.src
+		m.N, m.Addr, m.GSOSize = len(s.buf), s.src, 0
 		mu.head = (mu.head + 1) % len(mu.q)
 		mu.n--
 	}
@@ -122,10 +123,22 @@ func (mu *MemUnderlay) WriteBatch(msgs []Message) (int, error) {
 	for i := range msgs {
 		m := &msgs[i]
 		m.Err = nil
-		if mtu > 0 && len(m.Buf) > mtu-28 {
-			m.Err = ErrMessageSize
-		} else if !mu.deliver(m) {
-			m.Err = net.ErrClosed
+		// A GSO message is split into its datagrams, as the kernel's UDP
+		// segmentation does, so the receiver sees each one.
+		seg := len(m.Buf)
+		if m.GSOSize > 0 {
+			seg = m.GSOSize
+		}
+		if m.GSOSize > 0 && (m.Segments(len(m.Buf)) > MaxGSOSegments || len(m.Buf) > MaxGSOBytes) {
+			m.Err = errGSOTooLarge
+		}
+		for off := 0; off < len(m.Buf) && m.Err == nil; off += seg {
+			d := m.Buf[off:min(off+seg, len(m.Buf))]
+			if mtu > 0 && len(d) > mtu-28 {
+				m.Err = ErrMessageSize
+			} else if !mu.deliver(d, m.Addr, m.Hash) {
+				m.Err = net.ErrClosed
+			}
 		}
 		if m.Err != nil {
 			first = cmpErr(first, m.Err)
@@ -139,6 +152,10 @@ func (mu *MemUnderlay) WriteBatch(msgs []Message) (int, error) {
 	return sent, nil
 }
 
+// errGSOTooLarge is the Message.Err of a GSO message with more datagrams
+// or bytes than one UDP segmentation send may carry.
+var errGSOTooLarge = errors.New("GSO message exceeds MaxGSOSegments or MaxGSOBytes")
+
 func cmpErr(first, err error) error {
 	if first == nil {
 		return err
@@ -148,14 +165,14 @@ func cmpErr(first, err error) error {
 
 // deliver queues m at its destination; it reports false only when mu
 // itself is closed.
-func (mu *MemUnderlay) deliver(m *Message) bool {
+func (mu *MemUnderlay) deliver(buf []byte, addr netip.AddrPort, hash uint32) bool {
 	mu.mu.Lock()
 	closed := mu.closed
 	mu.mu.Unlock()
 	if closed {
 		return false
 	}
-	dst := netip.AddrPortFrom(m.Addr.Addr().Unmap(), m.Addr.Port())
+	dst := netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 	mu.net.mu.RLock()
 	to := mu.net.nodes[dst]
 	mu.net.mu.RUnlock()
@@ -163,7 +180,7 @@ func (mu *MemUnderlay) deliver(m *Message) bool {
 		mu.net.lost.Add(1)
 		return true
 	}
-	src := netip.AddrPortFrom(mu.addr.Addr(), MemTxPortBase+uint16(m.Hash%MemTxPorts))
+	src := netip.AddrPortFrom(mu.addr.Addr(), MemTxPortBase+uint16(hash%MemTxPorts))
 	to.mu.Lock()
 	defer to.mu.Unlock()
 	if to.closed || to.n == len(to.q) {
@@ -171,11 +188,11 @@ func (mu *MemUnderlay) deliver(m *Message) bool {
 		return true
 	}
 	s := &to.q[(to.head+to.n)%len(to.q)]
-	if cap(s.buf) < len(m.Buf) {
-		s.buf = make([]byte, len(m.Buf), max(len(m.Buf), 2048))
+	if cap(s.buf) < len(buf) {
+		s.buf = make([]byte, len(buf), max(len(buf), 2048))
 	}
-	s.buf = s.buf[:len(m.Buf)]
-	copy(s.buf, m.Buf)
+	s.buf = s.buf[:len(buf)]
+	copy(s.buf, buf)
 	s.src = src
 	to.n++
 	to.cond.Signal()

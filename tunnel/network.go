@@ -379,23 +379,39 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 		if !isGSO {
 			dgram := b[offset-packet.VXLANHeaderLen:]
 			packet.PutVXLAN(dgram, n.vni)
-			n.queue(sc, dgram, to, st.peers, h, i)
+			n.queue(sc, dgram, 0, to, st.peers, h, i)
 			continue
 		}
 		gsoFrames++
 		if sc.arena == nil {
 			sc.arena = make([]byte, txArenaSize)
 		}
-		for k := range g.Segments() {
-			need := packet.VXLANHeaderLen + g.SegmentLen(k)
+		// The segments go into the arena back to back, each behind its
+		// VXLAN header, in runs that one UDP segmentation send carries:
+		// every datagram of a run but the last is dsize bytes long.
+		segs := g.Segments()
+		dsize := packet.VXLANHeaderLen + g.SegmentLen(0)
+		perRun := max(1, min(MaxGSOSegments, MaxGSOBytes/dsize))
+		for k := 0; k < segs; {
+			cnt := min(perRun, segs-k)
+			need := (cnt-1)*dsize + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1)
 			if len(sc.arena)-sc.used < need || len(sc.msgs)+fan > cap(sc.msgs) {
 				n.send(sc, bufs, offset)
 			}
-			seg := sc.arena[sc.used : sc.used+need]
-			g.Segment(k, seg[packet.VXLANHeaderLen:])
-			packet.PutVXLAN(seg, n.vni)
+			run := sc.arena[sc.used : sc.used+need]
+			for j := range cnt {
+				seg := run[j*dsize:]
+				seg = seg[:packet.VXLANHeaderLen+g.SegmentLen(k+j)]
+				g.Segment(k+j, seg[packet.VXLANHeaderLen:])
+				packet.PutVXLAN(seg, n.vni)
+			}
 			sc.used += need
-			n.queue(sc, seg, to, st.peers, h, i)
+			gso := 0
+			if cnt > 1 {
+				gso = dsize
+			}
+			n.queue(sc, run, gso, to, st.peers, h, i)
+			k += cnt
 		}
 	}
 	n.send(sc, bufs, offset)
@@ -434,17 +450,17 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 	return sent, err
 }
 
-// queue adds datagram dgram of frame i for to, or for every peer when to
-// is nil.
-func (n *Network) queue(sc *txScratch, dgram []byte, to *peer, peers []*peer, hash uint32, i int) {
+// queue adds datagram dgram of frame i (a run of datagrams of gsoSize
+// bytes if gsoSize > 0) for to, or for every peer when to is nil.
+func (n *Network) queue(sc *txScratch, dgram []byte, gsoSize int, to *peer, peers []*peer, hash uint32, i int) {
 	if to != nil {
-		sc.msgs = append(sc.msgs, Message{Buf: dgram, Addr: to.dst, Hash: hash})
+		sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gsoSize, Addr: to.dst, Hash: hash})
 		sc.peers = append(sc.peers, to)
 		sc.frame = append(sc.frame, int32(i))
 		return
 	}
 	for _, p := range peers {
-		sc.msgs = append(sc.msgs, Message{Buf: dgram, Addr: p.dst, Hash: hash})
+		sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gsoSize, Addr: p.dst, Hash: hash})
 		sc.peers = append(sc.peers, p)
 		sc.frame = append(sc.frame, int32(i))
 	}
@@ -460,11 +476,14 @@ func (n *Network) send(sc *txScratch, bufs [][]byte, offset int) {
 	if _, err := n.v.u.WriteBatch(msgs); err != nil && sc.err == nil {
 		sc.err = err
 	}
+	var dgrams uint64
 	for j := range msgs {
 		m, p, i := &msgs[j], sc.peers[j], sc.frame[j]
-		size := uint64(len(m.Buf) - packet.VXLANHeaderLen)
+		segs := m.Segments(len(m.Buf))
+		dgrams += uint64(segs)
+		size := uint64(len(m.Buf) - segs*packet.VXLANHeaderLen)
 		if m.Err == nil {
-			p.txPackets.Add(1)
+			p.txPackets.Add(uint64(segs))
 			p.txBytes.Add(size)
 			if !sc.ok[i] {
 				sc.ok[i] = true
@@ -472,7 +491,7 @@ func (n *Network) send(sc *txScratch, bufs [][]byte, offset int) {
 			}
 			continue
 		}
-		p.txDrops.Add(1)
+		p.txDrops.Add(uint64(segs))
 		if sc.why[i] == dropNone {
 			sc.why[i] = dropTxError
 			if errors.Is(m.Err, ErrMessageSize) {
@@ -480,7 +499,7 @@ func (n *Network) send(sc *txScratch, bufs [][]byte, offset int) {
 			}
 		}
 	}
-	n.c.txDatagrams.Add(uint64(len(msgs)))
+	n.c.txDatagrams.Add(dgrams)
 	clear(msgs)
 	clear(sc.peers)
 	sc.msgs, sc.peers, sc.frame, sc.used = msgs[:0], sc.peers[:0], sc.frame[:0], 0

@@ -34,6 +34,10 @@ type UDPConfig struct {
 	BatchSize int
 	// SocketBuffer is the SO_RCVBUF/SO_SNDBUF size in bytes; 0 means 4 MiB.
 	SocketBuffer int
+	// GRO switches UDP_GRO on on the receive socket: ReadBatch may then
+	// return several datagrams of one sender in one Message (GSOSize).
+	// The VTEP does not split such messages yet: leave it off for a VTEP.
+	GRO bool
 }
 
 // UDP is the Linux underlay: one socket receiving on the data port and a
@@ -52,9 +56,32 @@ type UDP struct {
 	rmu sync.Mutex // one reader at a time; guards rs
 	rs  *mmsgState
 	txs chan *mmsgState // free transmit states
+
+	gso          atomic.Bool // UDP_SEGMENT sends are used
+	gro          bool        // UDP_GRO is on on the receive socket
+	gsoFallbacks atomic.Uint64
+}
+
+// UDPOffloads describes the segmentation offloads a UDP underlay uses.
+type UDPOffloads struct {
+	// GSO is true while sends of several datagrams use UDP_SEGMENT (it
+	// goes off for good if the kernel refuses one with EIO: the route's
+	// device cannot checksum).
+	GSO bool
+	// GRO is true if the receive socket has UDP_GRO on.
+	GRO bool
+	// GSOFallbacks counts GSO sends the kernel refused that were sent
+	// again as separate datagrams.
+	GSOFallbacks uint64
+}
+
+// Offloads returns the offloads in use and the fallback count.
+func (u *UDP) Offloads() UDPOffloads {
+	return UDPOffloads{GSO: u.gso.Load(), GRO: u.gro, GSOFallbacks: u.gsoFallbacks.Load()}
 }
 
 type udpSock struct {
+	fd   uintptr // for setsockopt/getsockopt at setup only
 	f    *os.File
 	rc   syscall.RawConn
 	port uint16
@@ -67,13 +94,25 @@ type mmsgState struct {
 	hdrs  []unix.Mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6 // large enough for either family
+	ctrl  []byte                  // one udpCmsgSpace control buffer per hdr
 	idx   []int                   // message index of hdrs[i] (send)
+	gso   []bool                  // hdrs[i] is a UDP_SEGMENT send
 	msgs  []Message
 	k     int // hdrs in use
 	done  int // hdrs completed
+	retry int // GSO sends refused, to send again without
 	err   error
 	fn    func(fd uintptr) bool
 }
+
+// udpCmsgSpace is the control buffer of one message: a cmsghdr with an
+// int (UDP_GRO on receive, where the kernel writes an int) or a uint16
+// (UDP_SEGMENT on send).
+var udpCmsgSpace = unix.CmsgSpace(4)
+
+// errGSORetry marks, inside WriteBatch, a message whose UDP_SEGMENT send
+// the kernel refused; it is sent again as separate datagrams.
+var errGSORetry = errors.New("udp gso send refused")
 
 // ListenUDP opens the receive socket on cfg.Addr:cfg.Port and the transmit
 // sockets. A data port that is taken fails with an error saying so.
@@ -115,6 +154,14 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 			return nil, err
 		}
 		u.tx = append(u.tx, s)
+	}
+	// UDP segmentation offload (Linux 4.18+) on send, GRO (5.0+) on
+	// receive; without them every datagram is its own message.
+	if v, err := unix.GetsockoptInt(int(u.tx[0].fd), unix.SOL_UDP, unix.UDP_SEGMENT); err == nil && v >= 0 {
+		u.gso.Store(true)
+	}
+	if cfg.GRO && unix.SetsockoptInt(int(u.rx.fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil {
+		u.gro = true
 	}
 	u.rs = u.newState()
 	u.rs.fn = u.rs.recv
@@ -172,7 +219,7 @@ func (u *UDP) open(at netip.AddrPort, bufSize int, tx bool) (udpSock, error) {
 		f.Close()
 		return udpSock{}, fmt.Errorf("udp %s: %w", at, err)
 	}
-	return udpSock{f: f, rc: rc, port: port}, nil
+	return udpSock{fd: uintptr(fd), f: f, rc: rc, port: port}, nil
 }
 
 func sockaddr(a netip.AddrPort) unix.Sockaddr {
@@ -188,7 +235,9 @@ func (u *UDP) newState() *mmsgState {
 		hdrs:  make([]unix.Mmsghdr, u.batch),
 		iovs:  make([]unix.Iovec, u.batch),
 		names: make([]unix.RawSockaddrInet6, u.batch),
+		ctrl:  make([]byte, u.batch*udpCmsgSpace),
 		idx:   make([]int, u.batch),
+		gso:   make([]bool, u.batch),
 	}
 	for i := range s.hdrs {
 		h := &s.hdrs[i].Hdr
@@ -197,6 +246,50 @@ func (u *UDP) newState() *mmsgState {
 		h.SetIovlen(1)
 	}
 	return s
+}
+
+// cmsg returns hdr i's control buffer.
+func (s *mmsgState) cmsg(i int) []byte {
+	return s.ctrl[i*udpCmsgSpace : (i+1)*udpCmsgSpace]
+}
+
+// setSegment attaches a UDP_SEGMENT control message with size to hdr i.
+func (s *mmsgState) setSegment(i, size int) {
+	c := s.cmsg(i)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&c[unix.CmsgLen(0)])) = uint16(size)
+	s.hdrs[i].Hdr.Control = &c[0]
+	s.hdrs[i].Hdr.SetControllen(unix.CmsgSpace(2))
+}
+
+// noControl detaches hdr i's control buffer.
+func (s *mmsgState) noControl(i int) {
+	s.hdrs[i].Hdr.Control = nil
+	s.hdrs[i].Hdr.SetControllen(0)
+}
+
+// groSize returns the UDP_GRO segment size in hdr i's received control
+// data, or 0.
+func (s *mmsgState) groSize(i int) int {
+	n := int(s.hdrs[i].Hdr.Controllen)
+	c := s.cmsg(i)
+	for off := 0; off+unix.CmsgLen(0) <= min(n, len(c)); {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&c[off]))
+		l := int(h.Len)
+		if l < unix.CmsgLen(0) || off+l > len(c) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(2) {
+			if l >= unix.CmsgLen(4) {
+				return int(*(*int32)(unsafe.Pointer(&c[off+unix.CmsgLen(0)])))
+			}
+			return int(*(*uint16)(unsafe.Pointer(&c[off+unix.CmsgLen(0)])))
+		}
+		off += unix.CmsgSpace(l - unix.CmsgLen(0))
+	}
+	return 0
 }
 
 // LocalAddr returns the address and data port the receive socket is bound
@@ -254,6 +347,10 @@ func (u *UDP) ReadBatch(msgs []Message) (int, error) {
 		s.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 		s.hdrs[i].Hdr.Flags = 0
 		s.hdrs[i].Len = 0
+		if u.gro {
+			s.hdrs[i].Hdr.Control = &s.cmsg(i)[0]
+			s.hdrs[i].Hdr.SetControllen(udpCmsgSpace)
+		}
 	}
 	s.k, s.done, s.err = n, 0, nil
 	err := u.rx.rc.Read(s.fn)
@@ -265,6 +362,12 @@ func (u *UDP) ReadBatch(msgs []Message) (int, error) {
 		m := &msgs[i]
 		m.N = int(s.hdrs[i].Len)
 		m.Addr = decodeSockaddr(&s.names[i])
+		m.GSOSize = 0
+		if u.gro {
+			if g := s.groSize(i); g > 0 && g < m.N {
+				m.GSOSize = g
+			}
+		}
 	}
 	if got > 0 {
 		return got, nil
@@ -338,7 +441,12 @@ func encodeSockaddr(sa *unix.RawSockaddrInet6, family int, a netip.AddrPort) uin
 var errAddrFamily = errors.New("destination address family does not match the underlay")
 
 // WriteBatch implements Underlay: messages are grouped by transmit socket
-// (Hash modulo the pool size) and each group is sent with sendmmsg.
+// (Hash modulo the pool size) and each group is sent with sendmmsg. A
+// message with GSOSize goes as one UDP_SEGMENT send while the kernel
+// supports it; one the kernel refuses (EIO: no checksum offload on the
+// route's device, EINVAL or EMSGSIZE: over the path MTU) is sent again as
+// separate datagrams, which also reports a datagram over the path MTU as
+// ErrMessageSize, and counted in Offloads().GSOFallbacks.
 func (u *UDP) WriteBatch(msgs []Message) (int, error) {
 	if len(msgs) == 0 {
 		return 0, nil
@@ -350,63 +458,12 @@ func (u *UDP) WriteBatch(msgs []Message) (int, error) {
 		s = u.newState()
 		s.fn = s.send
 	}
-	sent := 0
-	var first error
-	fail := func(m *Message, err error) {
-		m.Err = err
-		if first == nil {
-			first = err
-		}
-	}
-	ntx := uint32(len(u.tx))
 	for t := range u.tx {
-		start := 0
-		for start < len(msgs) {
-			k := 0
-			i := start
-			for ; i < len(msgs) && k < len(s.hdrs); i++ {
-				m := &msgs[i]
-				if m.Hash%ntx != uint32(t) {
-					continue
-				}
-				m.Err = nil
-				nl := encodeSockaddr(&s.names[k], u.family, m.Addr)
-				if nl == 0 {
-					fail(m, errAddrFamily)
-					continue
-				}
-				if len(m.Buf) == 0 {
-					fail(m, errors.New("empty datagram"))
-					continue
-				}
-				s.hdrs[k].Hdr.Namelen = nl
-				s.iovs[k].Base = &m.Buf[0]
-				s.iovs[k].SetLen(len(m.Buf))
-				s.idx[k] = i
-				k++
-			}
-			start = i
-			if k == 0 {
-				continue
-			}
-			s.msgs, s.k, s.done, s.err = msgs, k, 0, nil
-			err := u.tx[t].rc.Write(s.fn)
-			for j := range k {
-				s.iovs[j].Base = nil
-			}
-			if err != nil {
-				err = u.pollErr("write", err)
-				for j := s.done; j < k; j++ {
-					fail(&msgs[s.idx[j]], err)
-				}
-			}
-			for j := range s.done {
-				if msgs[s.idx[j]].Err == nil {
-					sent++
-				} else if first == nil {
-					first = msgs[s.idx[j]].Err
-				}
-			}
+		s.retry = 0
+		u.writeSock(s, t, msgs, false)
+		if s.retry > 0 {
+			u.gsoFallbacks.Add(uint64(s.retry))
+			u.writeSock(s, t, msgs, true)
 		}
 	}
 	s.msgs = nil
@@ -414,10 +471,91 @@ func (u *UDP) WriteBatch(msgs []Message) (int, error) {
 	case u.txs <- s:
 	default:
 	}
+	sent := 0
+	var first error
+	for i := range msgs {
+		if msgs[i].Err == nil {
+			sent++
+		} else if first == nil {
+			first = msgs[i].Err
+		}
+	}
 	if first != nil {
 		return sent, fmt.Errorf("udp %s: %w", u.local, first)
 	}
 	return sent, nil
+}
+
+// writeSock sends the messages of transmit socket t, or with retry only
+// those marked errGSORetry, as separate datagrams.
+func (u *UDP) writeSock(s *mmsgState, t int, msgs []Message, retry bool) {
+	ntx := uint32(len(u.tx))
+	useGSO := !retry && u.gso.Load()
+	i, off := 0, 0 // next message, and datagram offset in it when split
+	for i < len(msgs) {
+		k := 0
+		for i < len(msgs) && k < len(s.hdrs) {
+			m := &msgs[i]
+			if off == 0 && (m.Hash%ntx != uint32(t) || retry && m.Err != errGSORetry) {
+				i++
+				continue
+			}
+			if off == 0 {
+				m.Err = nil
+				if len(m.Buf) == 0 {
+					m.Err = errors.New("empty datagram")
+					i++
+					continue
+				}
+			}
+			nl := encodeSockaddr(&s.names[k], u.family, m.Addr)
+			if nl == 0 {
+				m.Err = errAddrFamily
+				i, off = i+1, 0
+				continue
+			}
+			s.hdrs[k].Hdr.Namelen = nl
+			s.idx[k] = i
+			s.gso[k] = false
+			d := m.Buf
+			switch seg := m.GSOSize; {
+			case seg <= 0 || seg >= len(d):
+				i++
+			case useGSO:
+				s.gso[k] = true
+				i++
+			default: // one datagram of the run
+				d = d[off:min(off+seg, len(d))]
+				if off += seg; off >= len(m.Buf) {
+					i, off = i+1, 0
+				}
+			}
+			if s.gso[k] {
+				s.setSegment(k, m.GSOSize)
+			} else {
+				s.noControl(k)
+			}
+			s.iovs[k].Base = &d[0]
+			s.iovs[k].SetLen(len(d))
+			k++
+		}
+		if k == 0 {
+			continue
+		}
+		s.msgs, s.k, s.done, s.err = msgs, k, 0, nil
+		err := u.tx[t].rc.Write(s.fn)
+		for j := range k {
+			s.iovs[j].Base = nil
+		}
+		if err != nil {
+			err = u.pollErr("write", err)
+			for j := s.done; j < k; j++ {
+				if m := &msgs[s.idx[j]]; m.Err == nil || m.Err == errGSORetry {
+					m.Err = err
+				}
+			}
+		}
+	}
 }
 
 // send is the transmit RawConn callback: it sends hdrs[done:k], skipping a
@@ -430,21 +568,45 @@ func (s *mmsgState) send(fd uintptr) bool {
 		case 0:
 			if n == 0 {
 				n = 1 // cannot happen; do not spin
-				s.msgs[s.idx[s.done]].Err = unix.EIO
+				s.fail(unix.EIO)
 			}
 			s.done += int(n)
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return false
-		case unix.EMSGSIZE:
-			s.msgs[s.idx[s.done]].Err = ErrMessageSize
+		case unix.EIO, unix.EINVAL, unix.EMSGSIZE:
+			if s.gso[s.done] {
+				// Send the datagrams separately afterwards. EIO means the
+				// route's device cannot checksum: GSO cannot work at all.
+				if errno == unix.EIO {
+					s.u.gso.Store(false)
+				}
+				s.msgs[s.idx[s.done]].Err = errGSORetry
+				s.retry++
+			} else {
+				s.fail(errno)
+			}
 			s.done++
 		default:
-			s.msgs[s.idx[s.done]].Err = errno
+			s.fail(errno)
 			s.done++
 		}
 	}
 	return true
+}
+
+// fail records errno as the error of hdrs[done]'s message, keeping the
+// first error of a message sent as several datagrams.
+func (s *mmsgState) fail(errno syscall.Errno) {
+	m := &s.msgs[s.idx[s.done]]
+	if m.Err != nil && m.Err != errGSORetry {
+		return
+	}
+	if errno == unix.EMSGSIZE {
+		m.Err = ErrMessageSize
+		return
+	}
+	m.Err = errno
 }
 
 var _ Underlay = (*UDP)(nil)

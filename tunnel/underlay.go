@@ -23,9 +23,34 @@ type Message struct {
 	// source port and different flows spread over ECMP paths and RSS
 	// queues.
 	Hash uint32
+	// GSOSize, when positive, says Buf holds several datagrams laid out
+	// back to back, each GSOSize bytes long except possibly the last,
+	// shorter one, all to Addr (UDP segmentation offload on send, UDP GRO
+	// on receive: then N bytes of Buf are such datagrams). 0 means Buf is
+	// one datagram. WriteBatch sends such a message as len(Buf)/GSOSize
+	// (rounded up) datagrams, with one UDP_SEGMENT send where the kernel
+	// supports it; ReadBatch sets it for a coalesced read.
+	GSOSize int
 	// Err is set by WriteBatch for a datagram that was not sent (nil for a
 	// sent one). ErrMessageSize means it exceeded the path MTU.
 	Err error
+}
+
+// MaxGSOSegments is the most datagrams one Message may carry with GSOSize
+// (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels), and
+// MaxGSOBytes the most bytes: the UDP payload of one IPv4 datagram.
+const (
+	MaxGSOSegments = 64
+	MaxGSOBytes    = 65535 - 20 - 8
+)
+
+// Segments returns how many datagrams m carries (see GSOSize) within n
+// bytes of its Buf.
+func (m *Message) Segments(n int) int {
+	if m.GSOSize <= 0 || n <= m.GSOSize {
+		return 1
+	}
+	return (n + m.GSOSize - 1) / m.GSOSize
 }
 
 // Underlay is the UDP transport a VTEP sends and receives VXLAN datagrams
