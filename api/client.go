@@ -175,3 +175,24 @@ func (c *Client) Nodes() ([]Node, error) {
 	var n []Node
 	return n, c.do(http.MethodGet, "/v1/nodes", nil, &n)
 }
+
+// Keys returns the state of the cluster's data keys (no key material).
+func (c *Client) Keys() (Keys, error) {
+	var k Keys
+	return k, c.do(http.MethodGet, "/v1/keys", nil, &k)
+}
+
+// RotateKey forces a rotation of the data keys and returns the key state
+// once the new key is primary on the daemon's node.
+func (c *Client) RotateKey() (Keys, error) {
+	var k Keys
+	return k, c.do(http.MethodPost, "/v1/keys/rotate", nil, &k)
+}
+
+// ExportKeys returns the keys of the daemon's SAs as Wireshark esp_sa
+// lines. The answer contains key material; the daemon serves it to root
+// only.
+func (c *Client) ExportKeys() (KeyExport, error) {
+	var k KeyExport
+	return k, c.do(http.MethodGet, "/v1/keys/export?format=wireshark", nil, &k)
+}

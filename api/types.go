@@ -27,6 +27,77 @@ type Network struct {
 	// Peers are the remote VTEPs this node exchanges the network's frames
 	// with, with their counters (inspect only).
 	Peers []Peer `json:"peers,omitempty"`
+	// Encrypted networks carry their frames between hosts in ESP
+	// (AES-GCM) on the ESP port; Cipher is aes128-gcm or aes256-gcm.
+	Encrypted bool   `json:"encrypted,omitempty"`
+	Cipher    string `json:"cipher,omitempty"`
+	// SAs are this node's security associations with the other hosts of
+	// an encrypted network (inspect only): parameters and counters, never
+	// keys.
+	SAs []SA `json:"sas,omitempty"`
+}
+
+// SA is one direction of a security association between this node and a
+// peer, as network inspect shows it. It holds no key material.
+type SA struct {
+	// Node and VTEP name the peer.
+	Node string `json:"node"`
+	VTEP string `json:"vtep"`
+	// Direction is "out" (this node seals with it) or "in" (it opens).
+	Direction string `json:"direction"`
+	// Key is the ID of the data key the SA is derived from; State is
+	// "primary", "pending" or "secondary", the key's place in the ring.
+	Key    uint32 `json:"key"`
+	State  string `json:"state"`
+	SPI    string `json:"spi"`
+	Cipher string `json:"cipher"`
+	// Seq is, outbound, the last sequence number sent; inbound, the
+	// highest one authenticated.
+	Seq     uint64 `json:"seq"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+	// Drops counts refused packets by reason (auth, replay, malformed,
+	// seq-exhausted), nonzero ones only.
+	Drops map[string]uint64 `json:"drops,omitempty"`
+}
+
+// Keys describes the cluster's data keys (the key ring of encrypted
+// networks) without key material.
+type Keys struct {
+	// Version increases with every change of the ring; 0 means there is
+	// no ring yet (no encrypted network).
+	Version uint64 `json:"version"`
+	// Primary is the ID of the key SAs seal with; Pending, during a
+	// rotation, the new key not yet used for sending.
+	Primary uint32    `json:"primary"`
+	Pending uint32    `json:"pending,omitempty"`
+	Keys    []KeyInfo `json:"keys"`
+	// Rotator is the node that creates and rotates keys (the alive node
+	// with the lowest name); RotationInterval is its period in seconds.
+	Rotator          string  `json:"rotator"`
+	RotationInterval float64 `json:"rotation_interval_seconds"`
+	// Nodes lists, per node, the newest key it has installed.
+	Nodes []KeyNode `json:"nodes"`
+}
+
+// KeyInfo is one key of the ring, without its secret.
+type KeyInfo struct {
+	ID      uint32    `json:"id"`
+	Created time.Time `json:"created"`
+	// State is primary, pending or secondary.
+	State string `json:"state"`
+}
+
+// KeyNode is what a node reports about its keys.
+type KeyNode struct {
+	Node      string `json:"node"`
+	Installed uint32 `json:"installed"`
+}
+
+// KeyExport is the answer of a key export: THE KEYS of this node's SAs as
+// lines of Wireshark's ESP SA table (esp_sa). Root only.
+type KeyExport struct {
+	ESPSA string `json:"esp_sa"`
 }
 
 // Peer is a remote VTEP of a network as one node sees it.
@@ -71,6 +142,10 @@ type NetworkCreateRequest struct {
 	VNI     uint32 `json:"vni,omitempty"`
 	// VTEPs are external RFC 7348 VTEPs to flood to and learn from.
 	VTEPs []string `json:"vteps,omitempty"`
+	// Encrypted asks for ESP encryption between hosts; Cipher is
+	// aes128-gcm (default) or aes256-gcm.
+	Encrypted bool   `json:"encrypted,omitempty"`
+	Cipher    string `json:"cipher,omitempty"`
 }
 
 // Endpoint is a container interface attached to a network.

@@ -160,6 +160,7 @@ func (d *Daemon) reconcile() {
 		}
 	}
 	d.applyRemotes()
+	d.reconcileKeys()
 }
 
 // applyRemotes installs every other node's endpoints as static switch
@@ -303,6 +304,10 @@ func (d *Daemon) startCluster() error {
 			cl.Close()
 			return err
 		}
+	}
+	if err := defineKeyTables(cl); err != nil {
+		cl.Close()
+		return err
 	}
 	d.cl = cl
 	return nil

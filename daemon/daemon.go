@@ -73,7 +73,14 @@ type Config struct {
 	// DNSMaxInflight bounds the forwarded queries in flight (default 1024).
 	DNSMaxInflight int
 
+	// KeyRotationInterval is how often the rotator replaces the data key
+	// of encrypted networks (default DefaultKeyRotationInterval).
+	KeyRotationInterval time.Duration
+
 	tuneCluster func(*cluster.Config)
+	// encryptionPreview lets tests create encrypted networks before the
+	// data path encrypts.
+	encryptionPreview bool
 }
 
 // Daemon is one host's vxmesh daemon.
@@ -86,6 +93,7 @@ type Daemon struct {
 	cl     *cluster.Cluster
 	vtep   *tunnel.VTEP
 	dns    *resolver
+	keys   *keyState
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -131,6 +139,16 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.NodeGrace == 0 {
 		cfg.NodeGrace = 30 * time.Second
 	}
+	if cfg.KeyRotationInterval == 0 {
+		cfg.KeyRotationInterval = DefaultKeyRotationInterval
+	}
+	if cfg.KeyRotationInterval < time.Second {
+		return nil, fmt.Errorf("key rotation interval %s: at least 1s", cfg.KeyRotationInterval)
+	}
+	keys, err := newKeyState()
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir %s: %w", cfg.StateDir, err)
 	}
@@ -143,6 +161,7 @@ func New(cfg Config) (*Daemon, error) {
 		log:        cfg.Logger,
 		sb:         cfg.Sandbox,
 		lock:       lock,
+		keys:       keys,
 		networks:   map[string]*network{},
 		containers: map[string]*container{},
 	}
@@ -234,7 +253,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		d.Close()
 		return err
 	}
-	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withPeerUID}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	d.log.Info("vxmesh daemon ready", "node", d.cfg.Node, "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
 	"github.com/vxmesh/vxmesh/vswitch"
@@ -18,9 +19,13 @@ import (
 
 // VXLAN numbering and MTU defaults (DESIGN §4).
 const (
-	firstVNI       = 4096
-	maxVNI         = 1<<24 - 1
-	vxlanOverhead  = 50
+	firstVNI      = 4096
+	maxVNI        = 1<<24 - 1
+	vxlanOverhead = 50
+	// espOverhead is what an encrypted network loses on top of
+	// vxlanOverhead: the inner UDP header the ESP payload starts with and
+	// the most ESP adds (header, padding, trailer, ICV).
+	espOverhead    = 8 + esp.MaxOverhead
 	minMTU         = 68
 	maxNetworkMTU  = packet.MaxFrame - 18
 	maxNameLength  = 64
@@ -50,6 +55,9 @@ type network struct {
 	sw     *vswitch.Switch
 	tn     *tunnel.Network
 	tport  *vswitch.PortRef
+	// cipher is the ESP transform of an encrypted network, 0 for a
+	// cleartext one.
+	cipher esp.Cipher
 	// remotes are the other nodes' endpoints installed as static switch
 	// entries (MAC -> IP).
 	remotes map[packet.MAC]netip.Addr
@@ -70,6 +78,11 @@ func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
 		return fmt.Errorf("network %q: gateway: %w", rec.Name, err)
 	}
 	n := &network{rec: rec, subnet: subnet, gw: gw, remotes: map[packet.MAC]netip.Addr{}}
+	if rec.Encrypted {
+		if n.cipher, err = esp.ParseCipher(rec.Cipher); err != nil {
+			return fmt.Errorf("network %q: %w", rec.Name, err)
+		}
+	}
 	n.sw = vswitch.New(vswitch.Config{Name: rec.Name, GatewayIP: gw, GatewayMAC: macForIP(gw)})
 	tn, err := d.vtep.AddNetwork(rec.VNI, rec.MTU)
 	if err != nil {
@@ -173,7 +186,30 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 		}
 		gw = a
 	}
+	cipher := ""
+	switch {
+	case req.Encrypted:
+		c := esp.AES128GCM
+		if req.Cipher != "" {
+			var err error
+			if c, err = esp.ParseCipher(req.Cipher); err != nil {
+				return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
+			}
+		}
+		if !d.cfg.encryptionPreview {
+			return api.Network{}, fmt.Errorf("network %q: encrypted networks are not available yet", req.Name)
+		}
+		if len(req.VTEPs) > 0 {
+			return api.Network{}, fmt.Errorf("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", req.Name)
+		}
+		cipher = c.String()
+	case req.Cipher != "":
+		return api.Network{}, fmt.Errorf("network %q: a cipher needs an encrypted network (--encrypted)", req.Name)
+	}
 	mtu := d.cfg.UnderlayMTU - vxlanOverhead
+	if req.Encrypted {
+		mtu -= espOverhead
+	}
 	if req.MTU != 0 {
 		if req.MTU < minMTU || req.MTU > maxNetworkMTU {
 			return api.Network{}, fmt.Errorf("network %q: mtu %d: out of range %d-%d", req.Name, req.MTU, minMTU, maxNetworkMTU)
@@ -202,6 +238,7 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	rec := savedNetwork{
 		Name: req.Name, ID: hex.EncodeToString(id), Subnet: subnet.String(), Gateway: gw.String(),
 		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
+		Encrypted: req.Encrypted, Cipher: cipher,
 	}
 	if err := d.publishNetwork(rec); err != nil {
 		return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
@@ -272,6 +309,9 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 		all = append(all, v)
 	}
 	vteps, _ := parseVTEPs(name, all)
+	if n.rec.Encrypted && len(add) > 0 {
+		return api.Network{}, fmt.Errorf("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", name)
+	}
 	rec := n.rec
 	rec.VTEPs = vteps
 	if err := d.publishNetwork(rec); err != nil {
@@ -348,6 +388,7 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 	v := api.Network{
 		Name: n.rec.Name, ID: n.rec.ID, Subnet: n.rec.Subnet, Gateway: n.rec.Gateway,
 		MTU: n.rec.MTU, VNI: n.rec.VNI, Created: n.rec.Created, VTEPs: n.rec.VTEPs,
+		Encrypted: n.rec.Encrypted, Cipher: n.rec.Cipher,
 	}
 	if !withEndpoints {
 		return v
@@ -374,6 +415,9 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 			VTEP: p.Addr.String(), Node: nodeOf[p.Addr], RxPackets: p.RxPackets, RxBytes: p.RxBytes,
 			TxPackets: p.TxPackets, TxBytes: p.TxBytes, TxDrops: p.TxDrops,
 		})
+	}
+	if n.cipher != 0 {
+		v.SAs = d.saViews(n.cipher)
 	}
 	return v
 }

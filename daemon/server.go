@@ -1,11 +1,15 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vxmesh/vxmesh/api"
 )
@@ -88,8 +92,55 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, d.Stats(), nil)
 	})
+	mux.HandleFunc("GET /v1/keys", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, d.Keys(), nil)
+	})
+	mux.HandleFunc("POST /v1/keys/rotate", func(w http.ResponseWriter, r *http.Request) {
+		k, err := d.RotateKey(r.Context())
+		reply(w, k, err)
+	})
+	mux.HandleFunc("GET /v1/keys/export", func(w http.ResponseWriter, r *http.Request) {
+		if f := r.URL.Query().Get("format"); f != "wireshark" {
+			fail(w, badRequest{fmt.Errorf("key export: format %q: want wireshark", f)})
+			return
+		}
+		if uid, ok := r.Context().Value(peerUIDKey{}).(uint32); ok && uid != 0 {
+			fail(w, forbidden{errors.New("key export: root only")})
+			return
+		}
+		s, err := d.ExportWireshark()
+		reply(w, api.KeyExport{ESPSA: s}, err)
+	})
 	return mux
 }
+
+// peerUIDKey is the request context key of the uid of the process at the
+// other end of the API socket (SO_PEERCRED), set by Serve.
+type peerUIDKey struct{}
+
+// withPeerUID is the http.Server ConnContext of the API: it records the
+// peer's uid so that requests that reveal keys can be refused to non-root
+// callers even if the socket's mode was loosened.
+func withPeerUID(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	uid := uint32(1<<32 - 1) // unknown: not root
+	rc.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			uid = cred.Uid
+		}
+	})
+	return context.WithValue(ctx, peerUIDKey{}, uid)
+}
+
+// forbidden marks errors answered with 403.
+type forbidden struct{ error }
 
 // decode reads a JSON request body strictly: unknown fields and trailing
 // data are errors.
@@ -120,7 +171,10 @@ func fail(w http.ResponseWriter, err error) {
 	code := http.StatusConflict
 	var nf notFoundError
 	var br badRequest
+	var fb forbidden
 	switch {
+	case errors.As(err, &fb):
+		code = http.StatusForbidden
 	case errors.As(err, &nf):
 		code = http.StatusNotFound
 	case errors.As(err, &br):

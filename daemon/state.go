@@ -29,6 +29,10 @@ type savedNetwork struct {
 	Created time.Time `json:"created"`
 	// VTEPs are external RFC 7348 VTEPs of the network.
 	VTEPs []string `json:"vteps,omitempty"`
+	// Encrypted networks are carried in ESP between hosts with Cipher
+	// (aes128-gcm or aes256-gcm). Keys are never stored here.
+	Encrypted bool   `json:"encrypted,omitempty"`
+	Cipher    string `json:"cipher,omitempty"`
 }
 
 type savedContainer struct {

@@ -31,12 +31,16 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dataPort := fs.Uint("data-port", 4789, "VXLAN UDP port (the same on every node)")
 	dnsUpstream := fs.String("dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
+	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := wantArgs(pos, 0, "no arguments"); err != nil {
 		return err
+	}
+	if *keyInterval < time.Second {
+		return fmt.Errorf("--key-rotation-interval %s: at least 1s", *keyInterval)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -85,6 +89,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
+		KeyRotationInterval: *keyInterval,
 	})
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -99,6 +100,9 @@ func networkInspect(env *cliEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "Name:     %s\nID:       %s\nSubnet:   %s\nGateway:  %s\nVNI:      %d\nMTU:      %d\nCreated:  %s\n",
 		n.Name, n.ID, n.Subnet, n.Gateway, n.VNI, n.MTU, n.Created.Format("2006-01-02 15:04:05 MST"))
 	fmt.Fprintf(env.stdout, "VTEPs:    %s\n", dash(strings.Join(n.VTEPs, ", ")))
+	if n.Encrypted {
+		fmt.Fprintf(env.stdout, "Encrypted: %s (ESP in UDP)\n", n.Cipher)
+	}
 	fmt.Fprintf(env.stdout, "Endpoints: %d\n", len(n.Endpoints))
 	if len(n.Endpoints) > 0 {
 		printEndpoints(env.stdout, n.Endpoints)
@@ -109,9 +113,31 @@ func networkInspect(env *cliEnv, args []string) error {
 		for _, p := range n.Peers {
 			t.row(p.VTEP, dash(p.Node), p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, p.TxDrops)
 		}
-		return t.flush()
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
+	if n.Encrypted {
+		fmt.Fprintf(env.stdout, "SAs: %d\n", len(n.SAs))
+		if len(n.SAs) > 0 {
+			t := newTable(env.stdout, "NODE", "VTEP", "DIR", "KEY", "STATE", "SPI", "CIPHER", "SEQ", "PKTS", "BYTES", "DROPS")
+			for _, sa := range n.SAs {
+				t.row(sa.Node, sa.VTEP, sa.Direction, sa.Key, sa.State, sa.SPI, sa.Cipher, sa.Seq, sa.Packets, sa.Bytes, dash(fmtDrops(sa.Drops)))
+			}
+			return t.flush()
+		}
 	}
 	return nil
+}
+
+// fmtDrops prints drop counters as reason=count, sorted by reason.
+func fmtDrops(m map[string]uint64) string {
+	var out []string
+	for r, n := range m {
+		out = append(out, fmt.Sprintf("%s=%d", r, n))
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
 }
 
 func networkUpdate(env *cliEnv, args []string) error {

@@ -48,6 +48,7 @@ func commands() []command {
 		{"stats", "show switch counters", cmdStats},
 		{"node", "list cluster nodes (node ls)", cmdNode},
 		{"keygen", "print a new cluster key", cmdKeygen},
+		{"key", "data keys of encrypted networks (key ls, rotate, export --wireshark)", cmdKey},
 		{"demo", "build a demo overlay on this machine (root)", cmdDemo},
 	}
 }
@@ -121,7 +122,7 @@ func globalSocket(args []string) ([]string, error) {
 	}
 	out := append([]string{args[0]}, "--socket="+val)
 	// Subcommand groups take their verb first: network create, endpoint ls.
-	if (args[0] == "network" || args[0] == "endpoint" || args[0] == "node") && len(args) > 1 {
+	if (args[0] == "network" || args[0] == "endpoint" || args[0] == "node" || args[0] == "key") && len(args) > 1 {
 		out = append([]string{args[0], args[1]}, "--socket="+val)
 		return append(out, args[2:]...), nil
 	}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/vxmesh/vxmesh/api"
+)
+
+func cmdKey(env *cliEnv, args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("want a subcommand: ls, rotate or export")
+	}
+	switch args[0] {
+	case "ls", "list":
+		return keyLs(env, args[1:])
+	case "rotate":
+		return keyRotate(env, args[1:])
+	case "export":
+		return keyExport(env, args[1:])
+	}
+	return fmt.Errorf("unknown subcommand %q: want ls, rotate or export", args[0])
+}
+
+func keyLs(env *cliEnv, args []string) error {
+	fs := newFlags(env, "key ls", true)
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	k, err := fs.client().Keys()
+	if err != nil {
+		return err
+	}
+	return printKeys(env.stdout, fs.format, k)
+}
+
+func keyRotate(env *cliEnv, args []string) error {
+	fs := newFlags(env, "key rotate", true)
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	k, err := fs.client().RotateKey()
+	if err != nil {
+		return err
+	}
+	return printKeys(env.stdout, fs.format, k)
+}
+
+func printKeys(w io.Writer, format string, k api.Keys) error {
+	if format == "json" {
+		return printJSON(w, k)
+	}
+	if k.Version == 0 {
+		fmt.Fprintf(w, "No data keys (they are created with the first encrypted network). Rotator: %s\n", dash(k.Rotator))
+		return nil
+	}
+	fmt.Fprintf(w, "Ring version %d, primary key %d, rotator %s, rotation every %s\n", k.Version, k.Primary, dash(k.Rotator), fmtSeconds(k.RotationInterval))
+	t := newTable(w, "KEY", "STATE", "CREATED")
+	for _, ki := range k.Keys {
+		t.row(ki.ID, ki.State, ki.Created.Format("2006-01-02 15:04:05 MST"))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	nodes := make([]string, 0, len(k.Nodes))
+	for _, n := range k.Nodes {
+		nodes = append(nodes, fmt.Sprintf("%s=%d", n.Node, n.Installed))
+	}
+	sort.Strings(nodes)
+	fmt.Fprintf(w, "Installed: %s\n", dash(strings.Join(nodes, " ")))
+	return nil
+}
+
+func fmtSeconds(s float64) string {
+	return fmt.Sprintf("%gs", s)
+}
+
+func keyExport(env *cliEnv, args []string) error {
+	fs := newFlags(env, "key export", false)
+	wireshark := fs.Bool("wireshark", false, "print this node's SAs, KEYS INCLUDED, as lines of Wireshark's ESP SA table (esp_sa)")
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if !*wireshark {
+		return fmt.Errorf("want --wireshark (the only export format)")
+	}
+	k, err := fs.client().ExportKeys()
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(env.stdout, k.ESPSA)
+	return nil
+}

@@ -1,0 +1,170 @@
+package daemon
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/api"
+)
+
+// ringOf returns the ring a daemon has installed, under its lock.
+func primaryOf(d *Daemon) (primary uint32, keys int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.keys.ring == nil {
+		return 0, 0
+	}
+	return d.keys.ring.PrimaryID, len(d.keys.ring.Keys)
+}
+
+func secretsOf(d *Daemon) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for _, k := range d.keys.ring.Keys {
+		out = append(out, hex.EncodeToString(k.Secret[:]))
+	}
+	for _, o := range d.keys.sas {
+		out = append(out, hex.EncodeToString(o.spec.Key))
+	}
+	return out
+}
+
+func TestEncryptedNetworkKeysAndRotation(t *testing.T) {
+	ds, _ := threeNodes(t)
+	for _, d := range ds {
+		d.cfg.encryptionPreview = true
+	}
+	if _, err := ds[1].CreateNetwork(api.NetworkCreateRequest{Name: "sec", Cipher: "aes256-gcm"}); err == nil {
+		t.Fatal("a cipher without --encrypted was accepted")
+	}
+	if _, err := ds[1].CreateNetwork(api.NetworkCreateRequest{Name: "sec", Encrypted: true, VTEPs: []string{"192.0.2.9"}}); err == nil {
+		t.Fatal("an encrypted network with an external VTEP was accepted")
+	}
+	n, err := ds[1].CreateNetwork(api.NetworkCreateRequest{Name: "sec", Subnet: "10.9.0.0/24", Encrypted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1500 - 50 (outer IPv4, UDP, VXLAN, inner Ethernet) - 8 (inner UDP)
+	// - 37 (ESP header, padding, trailer, ICV).
+	if !n.Encrypted || n.Cipher != "aes128-gcm" || n.MTU != 1405 {
+		t.Fatalf("created %+v; want encrypted aes128-gcm with MTU 1405", n)
+	}
+	// h1, the lowest name, creates the ring; every node installs key 1.
+	for _, d := range ds {
+		waitFor(t, "key 1 installed everywhere", func() bool {
+			k := d.Keys()
+			if k.Primary != 1 || len(k.Nodes) != 3 {
+				return false
+			}
+			for _, kn := range k.Nodes {
+				if kn.Installed != 1 {
+					return false
+				}
+			}
+			return k.Rotator == "h1"
+		})
+	}
+	// SAs: h1's outbound SA to h2 is h2's inbound SA from h1.
+	var spi1to2 string
+	waitFor(t, "SAs on h1 and h2", func() bool {
+		a, _ := ds[0].Network("sec")
+		b, _ := ds[1].Network("sec")
+		spi1to2 = ""
+		for _, sa := range a.SAs {
+			if sa.Node == "h2" && sa.Direction == "out" {
+				spi1to2 = sa.SPI
+			}
+		}
+		for _, sa := range b.SAs {
+			if sa.Node == "h1" && sa.Direction == "in" && sa.SPI == spi1to2 && sa.Cipher == "aes128-gcm" && sa.State == "primary" {
+				return len(a.SAs) == 4 && len(b.SAs) == 4
+			}
+		}
+		return false
+	})
+
+	// A rotation asked for on h3 is served by h1; it returns once key 2
+	// is primary, with key 1 kept for receiving.
+	k, err := ds[2].RotateKey(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Primary != 2 || len(k.Keys) != 2 || k.Keys[1].State != "secondary" {
+		t.Fatalf("after rotate: %+v", k)
+	}
+	for _, d := range ds {
+		waitFor(t, "key 2 primary everywhere", func() bool { p, n := primaryOf(d); return p == 2 && n == 2 })
+	}
+	// Two more rotations: the ring keeps three keys.
+	for want := uint32(3); want <= 4; want++ {
+		if k, err = ds[0].RotateKey(context.Background()); err != nil || k.Primary != want {
+			t.Fatalf("rotate to %d: %+v, %v", want, k, err)
+		}
+	}
+	if len(k.Keys) != 3 || k.Keys[2].ID != 2 {
+		t.Fatalf("ring after four keys: %+v", k.Keys)
+	}
+
+	// Keys never show in API output or the state file; the explicit
+	// export has them.
+	secrets := secretsOf(ds[0])
+	inspect, _ := ds[0].Network("sec")
+	keys := ds[0].Keys()
+	var out strings.Builder
+	for _, v := range []any{inspect, keys, ds[0].Stats(), ds[0].Nodes()} {
+		b, _ := json.Marshal(v)
+		out.Write(b)
+	}
+	state, err := os.ReadFile(filepath.Join(ds[0].cfg.StateDir, stateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Write(state)
+	for _, s := range secrets {
+		if strings.Contains(strings.ToLower(out.String()), s) {
+			t.Fatal("key material in API output or state file")
+		}
+	}
+	exp, err := ds[0].ExportWireshark()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(exp), "\n")
+	// Per peer: one outbound SA and one inbound SA per key of the ring.
+	if len(lines) != 2*(1+3) {
+		t.Fatalf("export has %d lines, want 8:\n%s", len(lines), exp)
+	}
+	found := false
+	for _, s := range secrets {
+		found = found || strings.Contains(exp, s)
+	}
+	if !found || !strings.Contains(exp, `"127.0.0.1","127.0.0.2"`) {
+		t.Fatalf("export lacks this node's keys or addresses:\n%s", exp)
+	}
+}
+
+func TestKeyRotationOnInterval(t *testing.T) {
+	ds, _ := threeNodes(t)
+	for _, d := range ds {
+		d.cfg.encryptionPreview = true
+		d.mu.Lock()
+		d.cfg.KeyRotationInterval = time.Second
+		d.mu.Unlock()
+	}
+	if _, err := ds[0].RotateKey(context.Background()); err == nil {
+		t.Fatal("rotate without any data key succeeded")
+	}
+	if _, err := ds[2].CreateNetwork(api.NetworkCreateRequest{Name: "sec", Encrypted: true, Cipher: "aes256-gcm"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		waitFor(t, "a rotation on the interval", func() bool { p, _ := primaryOf(d); return p >= 3 })
+	}
+}
