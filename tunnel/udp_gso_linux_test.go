@@ -81,7 +81,7 @@ func TestUDPGSOSendAndGRORead(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			port := freeUDPPort(t)
 			ua := listenUDP(t, "127.0.0.1", port)
-			ub, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddr("127.0.0.2"), Port: port, GRO: tc.gro})
+			ub, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddr("127.0.0.2"), Port: port, NoGRO: !tc.gro})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -116,7 +116,7 @@ func TestUDPGSOSendAndGRORead(t *testing.T) {
 func TestUDPGSOFallback(t *testing.T) {
 	port := freeUDPPort(t)
 	ua := listenUDP(t, "127.0.0.1", port)
-	ub, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddr("127.0.0.2"), Port: port})
+	ub, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddr("127.0.0.2"), Port: port, NoGRO: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestUDPGSOFallback(t *testing.T) {
 func TestUDPGSOWriteDoesNotAllocate(t *testing.T) {
 	port := freeUDPPort(t)
 	ua := listenUDP(t, "127.0.0.1", port)
-	ub, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddr("127.0.0.2"), Port: port, GRO: true})
+	ub, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddr("127.0.0.2"), Port: port})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,10 +34,10 @@ type UDPConfig struct {
 	BatchSize int
 	// SocketBuffer is the SO_RCVBUF/SO_SNDBUF size in bytes; 0 means 4 MiB.
 	SocketBuffer int
-	// GRO switches UDP_GRO on on the receive socket: ReadBatch may then
-	// return several datagrams of one sender in one Message (GSOSize).
-	// The VTEP does not split such messages yet: leave it off for a VTEP.
-	GRO bool
+	// NoGRO leaves UDP_GRO off on the receive socket. With it on (where
+	// the kernel has it), ReadBatch may return several datagrams of one
+	// sender in one Message (GSOSize).
+	NoGRO bool
 }
 
 // UDP is the Linux underlay: one socket receiving on the data port and a
@@ -160,7 +160,7 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 	if v, err := unix.GetsockoptInt(int(u.tx[0].fd), unix.SOL_UDP, unix.UDP_SEGMENT); err == nil && v >= 0 {
 		u.gso.Store(true)
 	}
-	if cfg.GRO && unix.SetsockoptInt(int(u.rx.fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil {
+	if !cfg.NoGRO && unix.SetsockoptInt(int(u.rx.fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil {
 		u.gro = true
 	}
 	u.rs = u.newState()

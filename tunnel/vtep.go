@@ -9,8 +9,13 @@
 // reads batches of datagrams from the Underlay straight into buffers where
 // the inner frame lands at packet.Headroom, validates them, learns inner
 // source MACs behind external VTEPs and hands whole batches to each
-// network's input function. Neither direction copies or allocates per
-// packet; forwarding state is read from immutable snapshots.
+// network's input function. Runs of segments go to the underlay as one
+// UDP segmentation send (Message.GSOSize); coalesced (UDP_GRO) reads are
+// split into their datagrams, and consecutive TCP segments of one flow
+// are merged into one super-segment with GSO metadata (packet.GROHead),
+// moving their payloads within the receive buffers, so the TAP takes
+// them in one write. Neither direction allocates per packet; forwarding
+// state is read from immutable snapshots.
 package tunnel
 
 import (
@@ -19,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"sort"
 	"sync"
@@ -89,12 +95,35 @@ type VTEP struct {
 
 // rxState is the receive loop's batch, allocated once.
 type rxState struct {
-	bufs      [][]byte  // packet.BufferSize buffers
-	msgs      []Message // msgs[i].Buf = bufs[i][packet.Headroom-VXLANHeaderLen:]
-	gbufs     [][]byte  // frames of the group being collected
-	gsizes    []int
+	bufs   [][]byte  // packet.BufferSize buffers
+	msgs   []Message // msgs[i].Buf = bufs[i][packet.Headroom-VXLANHeaderLen:]
+	gbufs  [][]byte  // frames of the group being collected
+	gsizes []int
+	gheads []packet.GROHead // gheads[j] describes gbufs[j]'s frame
+	// spare buffers for the datagrams of a coalesced (GRO) read that
+	// start frames of their own; allocated on first use.
+	spare  [][]byte
+	nspare int // spare[:nspare] are in the group
+
+	gdgrams, gbytes uint64 // datagrams and their frame bytes in the group
+
+	// per batch
+	nets      map[uint32]*Network
+	now       int64
+	cur       *Network
+	st        *netState
+	lt        *learnedTable
+	drops     [numDrops]uint64 // VTEP level: before the network is known
 	lastSweep int64
 }
+
+// rxSpares is the number of spare buffers: when they are all in the
+// group, the group is delivered first.
+const rxSpares = 16
+
+// groWindow is how many of the group's latest frames a TCP segment is
+// tried against for coalescing.
+const groWindow = 8
 
 // New returns a VTEP with no networks. Call Run to start receiving.
 func New(cfg Config) *VTEP {
@@ -131,8 +160,9 @@ func New(cfg Config) *VTEP {
 	r := &v.rx
 	r.bufs = make([][]byte, v.batch)
 	r.msgs = make([]Message, v.batch)
-	r.gbufs = make([][]byte, 0, v.batch)
-	r.gsizes = make([]int, 0, v.batch)
+	r.gsizes = make([]int, 0, v.batch+rxSpares)
+	r.gbufs = make([][]byte, 0, v.batch+rxSpares)
+	r.gheads = make([]packet.GROHead, 0, v.batch+rxSpares)
 	for i := range r.bufs {
 		r.bufs[i] = make([]byte, packet.BufferSize)
 		r.msgs[i].Buf = r.bufs[i][packet.Headroom-packet.VXLANHeaderLen:]
@@ -264,104 +294,163 @@ func (v *VTEP) receiveOnce() error {
 }
 
 // receive validates the datagrams in msgs (filled by ReadBatch into
-// v.rx.bufs) and hands each run of consecutive frames of one network to
-// that network's input function.
+// v.rx.bufs; a message with GSOSize holds several) and hands each run of
+// consecutive frames of one network to that network's input function.
+// Consecutive TCP segments of one flow are coalesced into super-segments
+// (packet.GROHead) on the way.
 func (v *VTEP) receive(msgs []Message) {
 	r := &v.rx
-	nets := *v.nets.Load()
-	now := v.clock()
-	var (
-		cur   *Network
-		st    *netState
-		lt    *learnedTable
-		bytes uint64
-		drops [numDrops]uint64 // VTEP level: before the network is known
-	)
+	r.nets = *v.nets.Load()
+	r.now = v.clock()
+	r.cur, r.st, r.lt = nil, nil, nil
+	var bytes, dgrams uint64
 	for i := range msgs {
 		m := &msgs[i]
 		bytes += uint64(max(m.N, 0))
-		if m.N < packet.VXLANHeaderLen+packet.EthernetHeaderLen || m.N > len(m.Buf) {
-			drops[dropMalformed]++
+		if m.N < 0 || m.N > len(m.Buf) {
+			dgrams++
+			r.drops[dropMalformed]++
 			continue
 		}
-		x := packet.VXLAN(m.Buf[:m.N])
-		if !x.Valid() {
-			drops[dropMalformed]++
-			continue
+		seg := m.N
+		if m.GSOSize > 0 && m.GSOSize < m.N {
+			seg = m.GSOSize
 		}
-		nw := nets[x.VNI()]
-		if nw == nil {
-			drops[dropUnknownVNI]++
-			continue
-		}
-		if nw != cur {
-			v.deliver(cur)
-			cur, st, lt = nw, nw.state.Load(), nw.learned.Load()
-		}
-		p := st.allowed[m.Addr.Addr().Unmap()]
-		if p == nil {
-			nw.rx.drops[dropUnknownPeer]++
-			continue
-		}
-		size := m.N - packet.VXLANHeaderLen
-		eth := packet.Ethernet(x.Payload())
-		src := eth.Src()
-		if src.IsMulticast() || src.IsZero() {
-			nw.rx.drops[dropMalformed]++
-			continue
-		}
-		if st.remotes[src] == nil {
-			if e := lt.m[src]; e != nil && e.peer == p {
-				if now-e.seen.Load() > int64(time.Second) {
-					e.seen.Store(now)
-				}
-			} else if nw.learn(src, p, now) {
-				lt = nw.learned.Load()
+		for off := 0; off < m.N || off == 0; off += seg {
+			dgrams++
+			v.receiveDatagram(m.Buf[off:min(off+seg, m.N)], m.Addr, i, off == 0)
+			if seg == 0 {
+				break
 			}
 		}
-		p.rxPackets.Add(1)
-		p.rxBytes.Add(uint64(size))
-		packet.ClearOffload(r.bufs[i]) // a complete frame from the wire
-		r.gbufs = append(r.gbufs, r.bufs[i])
-		r.gsizes = append(r.gsizes, size)
 	}
-	v.deliver(cur)
-	v.c.rxDatagrams.Add(uint64(len(msgs)))
+	v.deliver(r.cur)
+	r.cur, r.st, r.lt = nil, nil, nil
+	v.c.rxDatagrams.Add(dgrams)
 	v.c.rxBytes.Add(bytes)
-	for i, d := range drops {
+	for i, d := range r.drops {
 		if d > 0 {
 			v.c.drops[i].Add(d)
+			r.drops[i] = 0
 		}
 	}
-	if now-r.lastSweep > min(v.aging/2, int64(30*time.Second)) {
+	if now := r.now; now-r.lastSweep > min(v.aging/2, int64(30*time.Second)) {
 		r.lastSweep = now
-		for _, nw := range nets {
+		for _, nw := range r.nets {
 			nw.sweep(now)
 		}
 	}
+	r.nets = nil
 }
 
-// deliver hands the collected group to n's input function and adds n's
-// receive counters.
+// receiveDatagram validates one datagram d from addr, read into
+// r.bufs[i] (at its start if first), and adds its frame to the group.
+func (v *VTEP) receiveDatagram(d []byte, addr netip.AddrPort, i int, first bool) {
+	r := &v.rx
+	if len(d) < packet.VXLANHeaderLen+packet.EthernetHeaderLen {
+		r.drops[dropMalformed]++
+		return
+	}
+	x := packet.VXLAN(d)
+	if !x.Valid() {
+		r.drops[dropMalformed]++
+		return
+	}
+	nw := r.nets[x.VNI()]
+	if nw == nil {
+		r.drops[dropUnknownVNI]++
+		return
+	}
+	if nw != r.cur {
+		v.deliver(r.cur)
+		r.cur, r.st, r.lt = nw, nw.state.Load(), nw.learned.Load()
+	}
+	st := r.st
+	p := st.allowed[addr.Addr().Unmap()]
+	if p == nil {
+		nw.rx.drops[dropUnknownPeer]++
+		return
+	}
+	frame := x.Payload()
+	src := packet.Ethernet(frame).Src()
+	if src.IsMulticast() || src.IsZero() {
+		nw.rx.drops[dropMalformed]++
+		return
+	}
+	if st.remotes[src] == nil {
+		if e := r.lt.m[src]; e != nil && e.peer == p {
+			if r.now-e.seen.Load() > int64(time.Second) {
+				e.seen.Store(r.now)
+			}
+		} else if nw.learn(src, p, r.now) {
+			r.lt = nw.learned.Load()
+		}
+	}
+	p.rxPackets.Add(1)
+	p.rxBytes.Add(uint64(len(frame)))
+	r.gdgrams++
+	r.gbytes += uint64(len(frame))
+	// A TCP segment that follows one of the group's latest frames of its
+	// flow is appended to it.
+	for j := len(r.gbufs) - 1; j >= max(0, len(r.gbufs)-groWindow); j-- {
+		h := &r.gheads[j]
+		hb := r.gbufs[j][packet.Headroom:]
+		if !packet.SameFlow(hb[:h.Len()], frame) {
+			continue
+		}
+		if h.Append(hb[:packet.MaxGSOFrame], frame) {
+			return
+		}
+		break // never reorder a flow's segments
+	}
+	var buf []byte
+	if first {
+		buf = r.bufs[i] // the frame is in place at packet.Headroom
+	} else {
+		if r.nspare == rxSpares {
+			v.deliver(r.cur)
+		}
+		if r.spare == nil {
+			r.spare = make([][]byte, rxSpares)
+			for k := range r.spare {
+				r.spare[k] = make([]byte, packet.BufferSize)
+			}
+		}
+		buf = r.spare[r.nspare]
+		r.nspare++
+		copy(buf[packet.Headroom:], frame)
+	}
+	r.gbufs = append(r.gbufs, buf)
+	r.gsizes = append(r.gsizes, len(frame))
+	r.gheads = append(r.gheads, packet.GROHead{})
+	r.gheads[len(r.gheads)-1].Start(buf[packet.Headroom : packet.Headroom+len(frame)])
+}
+
+// deliver completes the collected group's super-segments, hands the group
+// to n's input function and adds n's receive counters.
 func (v *VTEP) deliver(n *Network) {
 	if n == nil {
 		return
 	}
 	r := &v.rx
 	if k := len(r.gbufs); k > 0 {
-		var bytes uint64
-		for _, s := range r.gsizes {
-			bytes += uint64(s)
+		for j, b := range r.gbufs {
+			h := &r.gheads[j]
+			h.Finish(b[packet.Headroom:packet.Headroom+h.Len()], packet.OffloadOf(b))
+			r.gsizes[j] = h.Len()
 		}
 		if in := n.input.Load(); in != nil && !n.removed.Load() {
+			// Counted first, so that whoever sees the frames sees them
+			// counted.
+			n.c.rxPackets.Add(r.gdgrams)
+			n.c.rxBytes.Add(r.gbytes)
 			(*in)(r.gbufs, r.gsizes, packet.Headroom)
-			n.c.rxPackets.Add(uint64(k))
-			n.c.rxBytes.Add(bytes)
 		} else {
-			n.rx.drops[dropNoInput] += uint64(k)
+			n.rx.drops[dropNoInput] += r.gdgrams
 		}
 		clear(r.gbufs)
-		r.gbufs, r.gsizes = r.gbufs[:0], r.gsizes[:0]
+		r.gbufs, r.gsizes, r.gheads = r.gbufs[:0], r.gsizes[:0], r.gheads[:0]
+		r.gdgrams, r.gbytes, r.nspare = 0, 0, 0
 	}
 	for i, d := range n.rx.drops {
 		if d > 0 {
