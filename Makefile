@@ -10,7 +10,7 @@ PKGS      ?= ./...
 # As root, e2e tests must run: a missing tool or binary fails instead of skipping.
 E2E_REQUIRE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
-.PHONY: help build test unit e2e bench fuzz lint demo clean
+.PHONY: help build test unit e2e bench bench-dns fuzz lint demo clean
 
 help:
 	@echo "make build   build $(BIN)"
@@ -18,6 +18,7 @@ help:
 	@echo "make unit    unit tests only"
 	@echo "make e2e     end-to-end tests through the CLI on network namespaces (root)"
 	@echo "make bench   vxmesh vs Linux bridge throughput and RTT (root; DURATION=$(DURATION))"
+	@echo "make bench-dns  resolver 127.0.0.11 vs dnsmasq with dnsperf (root; DURATION=$(DURATION) per run)"
 	@echo "make fuzz    every Fuzz target for FUZZTIME=$(FUZZTIME)"
 	@echo "make lint    gofmt and go vet"
 	@echo "make demo    build, then run the demo (root)"
@@ -40,6 +41,9 @@ e2e:
 
 bench: build
 	$(GO) run ./bench -binary $(BIN) -duration $(DURATION)
+
+bench-dns: build
+	$(GO) run ./bench -dns -binary $(BIN) -duration $(DURATION)
 
 fuzz:
 	@set -eo pipefail; \

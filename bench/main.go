@@ -24,6 +24,12 @@
 // and c1 pings c2 20 times at 0.05 s intervals. Run as root:
 //
 //	go run ./bench [-duration 10s] [-binary bin/vxmesh] [-only kernel,kernel-vxlan]
+//
+// With -dns it instead measures the embedded DNS resolver (127.0.0.11)
+// against dnsmasq with dnsperf, from the same client container (see dns.go;
+// needs dnsperf and dnsmasq):
+//
+//	go run ./bench -dns [-duration 10s] [-dns-rate 10000]
 package main
 
 import (
@@ -51,11 +57,21 @@ func main() {
 	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,kernel-vxlan)")
 	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
+	dnsMode := flag.Bool("dns", false, "measure the embedded DNS resolver against dnsmasq with dnsperf instead (each dnsperf run lasts -duration)")
+	flag.IntVar(&cfg.dns.names, "dns-names", 10, "-dns: containers whose names are queried")
+	flag.IntVar(&cfg.dns.clients, "dns-clients", 4, "-dns: dnsperf -c (client sockets)")
+	flag.IntVar(&cfg.dns.threads, "dns-threads", 2, "-dns: dnsperf -T (threads)")
+	flag.IntVar(&cfg.dns.outstanding, "dns-outstanding", 200, "-dns: dnsperf -q (queries in flight)")
+	flag.IntVar(&cfg.dns.rate, "dns-rate", 10000, "-dns: dnsperf -Q of the fixed-rate latency run (queries/s)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, os.Stdout, os.Stderr); err != nil {
+	runMode := run
+	if *dnsMode {
+		runMode = runDNS
+	}
+	if err := runMode(ctx, cfg, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		stop()
 		os.Exit(1)
@@ -68,6 +84,7 @@ type config struct {
 	only     string
 	pings    int
 	mtu      int
+	dns      dnsConfig
 }
 
 // result is one row of the table.

@@ -1,0 +1,462 @@
+package main
+
+// The -dns mode: vxmesh's embedded resolver (127.0.0.11 in every container
+// namespace) against dnsmasq serving the same names from the same client
+// namespace, both measured with dnsperf.
+//
+// Topology: one testbed host running a vxmesh daemon (--dns-upstream
+// pointing at a closed local port, so nothing leaves the host), one network,
+// containers n1..nN made by `vxmesh run` and a client container "cli". In
+// cli, dnsmasq listens on 127.0.0.12:53 with a --host-record per container
+// (no cache, no upstream, no /etc/hosts, TTL 5 as vxmesh's local answers).
+// The query file asks each container name once (A), unqualified, as a
+// container's resolver would.
+//
+// Runs, each -duration long, vxmesh then dnsmasq:
+//   - max: dnsperf -c CLIENTS -T THREADS -q OUTSTANDING, as fast as it goes;
+//   - rate: the same with -Q RATE, for latency below saturation.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vxmesh/vxmesh/internal/testbed"
+)
+
+// dnsConfig are the -dns mode's knobs.
+type dnsConfig struct {
+	names       int // containers whose names are queried
+	clients     int // dnsperf -c
+	threads     int // dnsperf -T
+	outstanding int // dnsperf -q
+	rate        int // dnsperf -Q of the fixed-rate run
+}
+
+const (
+	vxmeshResolver  = "127.0.0.11"
+	dnsmasqResolver = "127.0.0.12"
+)
+
+// DNSPerfResult is dnsperf's final "Statistics:" block.
+type DNSPerfResult struct {
+	Sent, Completed, Lost int64
+	// RCodes counts responses by code (NOERROR, NXDOMAIN, ...).
+	RCodes map[string]int64
+	// RequestSize and ResponseSize are the average packet sizes in bytes.
+	RequestSize, ResponseSize float64
+	RunTime                   time.Duration
+	QPS                       float64
+	// AvgLatency, MinLatency and MaxLatency are zero when nothing completed.
+	AvgLatency, MinLatency, MaxLatency time.Duration
+	// StdDev is absent from dnsperf's output (HasStdDev false) when fewer
+	// than two queries completed.
+	StdDev    time.Duration
+	HasStdDev bool
+}
+
+var (
+	dnsperfSentRE      = regexp.MustCompile(`(?m)^\s*Queries sent:\s+(\d+)`)
+	dnsperfCompletedRE = regexp.MustCompile(`(?m)^\s*Queries completed:\s+(\d+)`)
+	dnsperfLostRE      = regexp.MustCompile(`(?m)^\s*Queries lost:\s+(\d+)`)
+	dnsperfRCodesRE    = regexp.MustCompile(`(?m)^\s*Response codes:[ \t]*(.*)$`)
+	dnsperfRCodeRE     = regexp.MustCompile(`([A-Z][A-Z0-9]*) (\d+)`)
+	dnsperfSizeRE      = regexp.MustCompile(`(?m)^\s*Average packet size:\s+request ([\d.]+), response ([\d.]+)`)
+	dnsperfRunTimeRE   = regexp.MustCompile(`(?m)^\s*Run time \(s\):\s+([\d.]+)`)
+	dnsperfQPSRE       = regexp.MustCompile(`(?m)^\s*Queries per second:\s+([\d.]+)`)
+	dnsperfLatencyRE   = regexp.MustCompile(`(?m)^\s*Average Latency \(s\):\s+([\d.]+) \(min ([\d.]+), max ([\d.]+)\)`)
+	dnsperfStdDevRE    = regexp.MustCompile(`(?m)^\s*Latency StdDev \(s\):\s+([\d.]+)`)
+)
+
+// ParseDNSPerf parses dnsperf's report (its stdout). The query counts and
+// the rate are required; latencies are read when present.
+func ParseDNSPerf(out string) (DNSPerfResult, error) {
+	var r DNSPerfResult
+	// Only the final statistics: timeouts and status lines come before.
+	i := strings.LastIndex(out, "Statistics:")
+	if i < 0 {
+		return r, fmt.Errorf("dnsperf: no statistics in output %q", tail(out, 300))
+	}
+	s := out[i:]
+	ints := []struct {
+		re *regexp.Regexp
+		v  *int64
+		n  string
+	}{{dnsperfSentRE, &r.Sent, "Queries sent"}, {dnsperfCompletedRE, &r.Completed, "Queries completed"}, {dnsperfLostRE, &r.Lost, "Queries lost"}}
+	for _, f := range ints {
+		m := f.re.FindStringSubmatch(s)
+		if m == nil {
+			return r, fmt.Errorf("dnsperf: no %q in statistics %q", f.n, tail(s, 300))
+		}
+		*f.v, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	m := dnsperfQPSRE.FindStringSubmatch(s)
+	if m == nil {
+		return r, fmt.Errorf("dnsperf: no \"Queries per second\" in statistics %q", tail(s, 300))
+	}
+	r.QPS, _ = strconv.ParseFloat(m[1], 64)
+	r.RCodes = map[string]int64{}
+	if m := dnsperfRCodesRE.FindStringSubmatch(s); m != nil {
+		for _, c := range dnsperfRCodeRE.FindAllStringSubmatch(m[1], -1) {
+			r.RCodes[c[1]], _ = strconv.ParseInt(c[2], 10, 64)
+		}
+	}
+	if m := dnsperfSizeRE.FindStringSubmatch(s); m != nil {
+		r.RequestSize, _ = strconv.ParseFloat(m[1], 64)
+		r.ResponseSize, _ = strconv.ParseFloat(m[2], 64)
+	}
+	if m := dnsperfRunTimeRE.FindStringSubmatch(s); m != nil {
+		r.RunTime = secDuration(m[1])
+	}
+	if m := dnsperfLatencyRE.FindStringSubmatch(s); m != nil {
+		r.AvgLatency, r.MinLatency, r.MaxLatency = secDuration(m[1]), secDuration(m[2]), secDuration(m[3])
+	}
+	if m := dnsperfStdDevRE.FindStringSubmatch(s); m != nil {
+		r.StdDev, r.HasStdDev = secDuration(m[1]), true
+	}
+	return r, nil
+}
+
+func secDuration(s string) time.Duration {
+	f, _ := strconv.ParseFloat(s, 64)
+	return time.Duration(f * float64(time.Second))
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
+}
+
+// dnsRun is one dnsperf run: a row of the table.
+type dnsRun struct {
+	mode   string // "max" or "rate"
+	server string // "vxmesh" or "dnsmasq"
+	addr   string
+	res    DNSPerfResult
+	err    error
+}
+
+func checkDNSTools() error {
+	if err := testbed.CheckPrereqs(); err != nil {
+		return err
+	}
+	var missing []string
+	for _, c := range []string{"dnsperf", "dnsmasq"} {
+		if _, err := lookTool(c); err != nil {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s: apt-get install dnsperf dnsmasq-base (Debian/Ubuntu packages; dnsmasq-base has the dnsmasq binary without the system service)", strings.Join(missing, " and "))
+	}
+	return nil
+}
+
+// lookTool finds a command in PATH or, as dnsmasq lives in /usr/sbin which
+// a user's PATH may lack, in the sbin directories.
+func lookTool(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
+		p := filepath.Join(d, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found", name)
+}
+
+// runDNS is the -dns mode: it builds the topology, runs dnsperf against
+// both resolvers, prints the table and removes everything (also when ctx
+// is cancelled by Ctrl-C).
+func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
+	if err := checkDNSTools(); err != nil {
+		return err
+	}
+	d := cfg.dns
+	if d.names < 1 || d.clients < 1 || d.threads < 1 || d.outstanding < 1 || d.rate < 1 {
+		return fmt.Errorf("-dns-names, -dns-clients, -dns-threads, -dns-outstanding and -dns-rate must be positive")
+	}
+	if d.names > 200 {
+		return fmt.Errorf("-dns-names %d: at most 200 (one /24)", d.names)
+	}
+	dnsperfBin, _ := lookTool("dnsperf")
+	dnsmasqBin, _ := lookTool("dnsmasq")
+	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
+	if err != nil {
+		return err
+	}
+	defer cleanupBin()
+
+	fmt.Fprintln(log, "dns: building testbed host and daemon")
+	prefix := "vxd" + testbed.RandomID(2) + "-"
+	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := tb.Close(); cerr != nil {
+			fmt.Fprintln(log, "dns: cleanup:", cerr)
+		}
+	}()
+	h := tb.Hosts[0]
+	// Names not local go upstream; a closed port on the host's loopback
+	// keeps a stray query from leaving the machine. warn: no per-query logs.
+	if err := h.StartDaemon("--dns-upstream", "127.0.0.1:5353", "--log-level", "warn"); err != nil {
+		return err
+	}
+	withLog := func(err error) error {
+		return fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15))
+	}
+	if _, err := h.CLIContext(ctx, "network", "create", "dnsb", "--subnet", "10.88.2.0/24"); err != nil {
+		return err
+	}
+	fmt.Fprintf(log, "dns: %d containers and a client\n", d.names)
+	names := make([]string, d.names)
+	for i := range names {
+		names[i] = fmt.Sprintf("n%d", i+1)
+	}
+	for _, n := range append(append([]string(nil), names...), "cli") {
+		if _, err := h.CLIContext(ctx, "run", "-d", "--network", "dnsb", "--name", n, "--", "sleep", "infinity"); err != nil {
+			return err
+		}
+	}
+	var eps []struct {
+		Name string `json:"name"`
+		IP   string `json:"ip"`
+	}
+	if err := h.CLIJSON(&eps, "endpoint", "ls"); err != nil {
+		return err
+	}
+	ips := map[string]string{}
+	for _, e := range eps {
+		ips[e.Name] = strings.Split(e.IP, "/")[0]
+	}
+	cli := h.ContainerNetnsPath("cli")
+
+	queries := filepath.Join(tb.Dir, "queries.txt")
+	var qf strings.Builder
+	dmArgs := []string{
+		"--net=" + cli, "--", dnsmasqBin,
+		"--keep-in-foreground", "--conf-file=/dev/null",
+		"--listen-address=" + dnsmasqResolver, "--bind-interfaces", "--port=53",
+		"--no-resolv", "--no-hosts", "--no-poll", "--cache-size=0", "--local-ttl=5",
+		"--pid-file=" + filepath.Join(tb.Dir, "dnsmasq.pid"),
+	}
+	for _, n := range names {
+		if ips[n] == "" {
+			return fmt.Errorf("endpoint ls shows no %s: %+v", n, eps)
+		}
+		fmt.Fprintf(&qf, "%s A\n", n)
+		dmArgs = append(dmArgs, "--host-record="+n+","+ips[n])
+	}
+	if err := os.WriteFile(queries, []byte(qf.String()), 0o644); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(log, "dns: dnsmasq on %s in the client container\n", dnsmasqResolver)
+	dmLog := filepath.Join(tb.Dir, "dnsmasq.log")
+	lf, err := os.Create(dmLog)
+	if err != nil {
+		return err
+	}
+	dm := exec.Command("nsenter", dmArgs...)
+	dm.Stdout, dm.Stderr = lf, lf
+	// Out of our process group (Ctrl-C reaches us, we stop it) and killed
+	// if we die; tb.Close kills whatever is left in the namespaces.
+	dm.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := dm.Start(); err != nil {
+		lf.Close()
+		return fmt.Errorf("dnsmasq: %w", err)
+	}
+	lf.Close()
+	dmDone := make(chan struct{})
+	go func() { _ = dm.Wait(); close(dmDone) }()
+	defer func() {
+		_ = dm.Process.Kill()
+		<-dmDone
+	}()
+	dmLogTail := func() string {
+		b, _ := os.ReadFile(dmLog)
+		return tail(strings.TrimSpace(string(b)), 500)
+	}
+
+	// Both resolvers must answer every name (NOERROR, each once) before
+	// anything is measured; this also waits for dnsmasq to listen.
+	for _, srv := range []struct{ name, addr string }{{"vxmesh", vxmeshResolver}, {"dnsmasq", dnsmasqResolver}} {
+		if err := waitResolves(ctx, dnsperfBin, cli, srv.addr, queries, d.names, dmDone); err != nil {
+			err = fmt.Errorf("%s (%s): %w", srv.name, srv.addr, err)
+			if srv.name == "vxmesh" {
+				return withLog(err)
+			}
+			return fmt.Errorf("%w; dnsmasq log:\n%s", err, dmLogTail())
+		}
+	}
+
+	var runs []dnsRun
+	for _, mode := range []string{"max", "rate"} {
+		for _, srv := range []struct{ name, addr string }{{"vxmesh", vxmeshResolver}, {"dnsmasq", dnsmasqResolver}} {
+			if ctx.Err() != nil {
+				return fmt.Errorf("interrupted: %w", ctx.Err())
+			}
+			args := dnsperfArgs(cfg, srv.addr, queries, mode == "rate")
+			fmt.Fprintf(log, "dns: %s: dnsperf %s (in cli)\n", srv.name, strings.Join(args, " "))
+			r := dnsRun{mode: mode, server: srv.name, addr: srv.addr}
+			r.res, r.err = dnsperf(ctx, dnsperfBin, cli, args)
+			if ctx.Err() != nil {
+				return fmt.Errorf("interrupted: %w", ctx.Err())
+			}
+			switch {
+			case srv.name == "vxmesh" && !h.Running():
+				r.err = withLog(errors.Join(r.err, errors.New("the vxmesh daemon exited")))
+			case srv.name == "dnsmasq" && chanClosed(dmDone):
+				r.err = fmt.Errorf("%v; dnsmasq exited; log:\n%s", r.err, dmLogTail())
+			}
+			runs = append(runs, r)
+		}
+	}
+	printDNSTable(out, cfg, runs)
+	var errs []error
+	for _, r := range runs {
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", r.mode, r.server, r.err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func chanClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// dnsperfArgs returns dnsperf's arguments for a measured run.
+func dnsperfArgs(cfg config, server, queries string, fixedRate bool) []string {
+	d := cfg.dns
+	args := []string{
+		"-s", server, "-d", queries,
+		"-l", strconv.FormatFloat(cfg.duration.Seconds(), 'f', -1, 64),
+		"-c", fmt.Sprint(d.clients), "-T", fmt.Sprint(d.threads), "-q", fmt.Sprint(d.outstanding),
+	}
+	if fixedRate {
+		args = append(args, "-Q", fmt.Sprint(d.rate))
+	}
+	return args
+}
+
+// dnsperf runs dnsperf in the namespace at netns and parses its report.
+func dnsperf(ctx context.Context, bin, netns string, args []string) (DNSPerfResult, error) {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + netns, "--", bin}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 2 * time.Second
+	b, runErr := cmd.CombinedOutput()
+	r, err := ParseDNSPerf(string(b))
+	if err != nil {
+		return r, fmt.Errorf("%v (exit: %v)", err, runErr)
+	}
+	return r, nil
+}
+
+// waitResolves runs the query file once (dnsperf -n 1) against server until
+// every name gets a NOERROR answer, for up to 10 s.
+func waitResolves(ctx context.Context, bin, netns, server, queries string, n int, serverDone chan struct{}) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := dnsperf(ctx, bin, netns, []string{"-s", server, "-d", queries, "-n", "1", "-t", "1"})
+		if err == nil {
+			if r.Completed == int64(n) && r.RCodes["NOERROR"] == int64(n) {
+				return nil
+			}
+			err = fmt.Errorf("%d queries for the %d names: %d completed, response codes %v", r.Sent, n, r.Completed, r.RCodes)
+		}
+		if chanClosed(serverDone) {
+			return fmt.Errorf("server exited: %w", err)
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("names do not resolve: %w", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// printDNSTable prints the runs, vxmesh's row of each mode with its ratios
+// to dnsmasq's (QPS and average latency).
+func printDNSTable(out io.Writer, cfg config, runs []dnsRun) {
+	d := cfg.dns
+	fmt.Fprintf(out, "\nDNS, 1 host, %d containers: A queries for their names from a client container, dnsperf -c %d -T %d -q %d, %v per run\n",
+		d.names, d.clients, d.threads, d.outstanding, cfg.duration)
+	fmt.Fprintf(out, "vxmesh = embedded resolver %s; dnsmasq = %s in the same client netns (--host-record, no cache, no upstream)\n\n", vxmeshResolver, dnsmasqResolver)
+	base := map[string]*dnsRun{}
+	for i := range runs {
+		if runs[i].server == "dnsmasq" && runs[i].err == nil {
+			base[runs[i].mode] = &runs[i]
+		}
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "run\tserver\tQPS\tcompleted\tlost\tavg latency\tstddev\tresp B\tQPS vxmesh/dnsmasq\tlatency vxmesh/dnsmasq\t")
+	for _, r := range runs {
+		mode := "max"
+		if r.mode == "rate" {
+			mode = fmt.Sprintf("-Q %d", d.rate)
+		}
+		if r.err != nil {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t\n", mode, r.server)
+			continue
+		}
+		qr, lr := "-", "-"
+		if b := base[r.mode]; b != nil && r.server == "vxmesh" {
+			qr, lr = ratio(r.res.QPS, b.res.QPS), ratio(float64(r.res.AvgLatency), float64(b.res.AvgLatency))
+		}
+		stddev := "-"
+		if r.res.HasStdDev {
+			stddev = fmtMs(r.res.StdDev)
+		}
+		avg := "-"
+		if r.res.Completed > 0 {
+			avg = fmtMs(r.res.AvgLatency)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%.0f\t%s\t%s\t\n", mode, r.server, r.res.QPS, r.res.Completed,
+			fmtLost(r.res), avg, stddev, r.res.ResponseSize, qr, lr)
+	}
+	tw.Flush()
+	for _, r := range runs {
+		if r.err != nil {
+			fmt.Fprintf(out, "%s %s failed: %v\n", r.mode, r.server, r.err)
+		}
+	}
+}
+
+func ratio(a, b float64) string {
+	if b <= 0 || a <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+func fmtMs(d time.Duration) string {
+	return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
+}
+
+func fmtLost(r DNSPerfResult) string {
+	if r.Sent == 0 {
+		return fmt.Sprint(r.Lost)
+	}
+	return fmt.Sprintf("%d (%.2f%%)", r.Lost, 100*float64(r.Lost)/float64(r.Sent))
+}
