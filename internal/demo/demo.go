@@ -189,6 +189,17 @@ func (d *demo) steps() error {
 		}
 	}
 
+	d.step("Names resolve through the embedded DNS at 127.0.0.11 in every container: c3 (h3) pings c1 (h1) by name")
+	if err := waitFor(d.ctx, 10*time.Second, func() error {
+		_, err := hosts[2].CLIContext(d.ctx, "exec", "c3", "--", "ping", "-c", "1", "-W", "1", "c1")
+		return err
+	}); err != nil {
+		return fmt.Errorf("demo: c3 cannot reach c1 by name: %w", err)
+	}
+	if _, err := d.cli(hosts[2], "exec", "c3", "--", "ping", "-c", "2", "-i", "0.2", "-W", "2", "c1"); err != nil {
+		return err
+	}
+
 	d.step("TCP throughput c1 (h1) -> c2 (h2) with iperf3 (%d s), across hosts", iperfSeconds)
 	if err := d.iperf(h1, hosts[1], ips["c2"]); err != nil {
 		return err
