@@ -35,6 +35,10 @@ type Network struct {
 	// an encrypted network (inspect only): parameters and counters, never
 	// keys.
 	SAs []SA `json:"sas,omitempty"`
+	// Drops counts the network's frames the tunnel dropped, by reason
+	// (inspect only): "cleartext" (VXLAN without ESP for an encrypted
+	// network), "no-sa", "unknown-peer", "mtu", ...
+	Drops map[string]uint64 `json:"drops,omitempty"`
 }
 
 // SA is one direction of a security association between this node and a
@@ -238,6 +242,10 @@ type Stats struct {
 	// DNS are the counters of the embedded resolver (every container's
 	// 127.0.0.11 together).
 	DNS DNSStats `json:"dns"`
+	// TunnelDrops counts datagrams the tunnel dropped before their
+	// network was known, by reason: "unknown-vni", "malformed", and for
+	// ESP "esp-auth", "esp-replay", "esp-unknown-spi", "esp-malformed".
+	TunnelDrops map[string]uint64 `json:"tunnel_drops,omitempty"`
 }
 
 // DNSStats are the embedded resolver's counters.

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vxmesh/vxmesh/cluster"
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
@@ -63,6 +64,11 @@ type Config struct {
 	DataPort uint16
 	// Underlay replaces the VTEP's UDP sockets (tests).
 	Underlay tunnel.Underlay
+	// ESPPort is the UDP port of encrypted networks' ESP datagrams
+	// (default 4500), the same on every node.
+	ESPPort uint16
+	// ESPUnderlay replaces the ESP receive socket (tests).
+	ESPUnderlay tunnel.Underlay
 
 	// DNSUpstreams are the servers the embedded resolver forwards names
 	// that are not containers' to; none means the nameservers of the
@@ -78,9 +84,6 @@ type Config struct {
 	KeyRotationInterval time.Duration
 
 	tuneCluster func(*cluster.Config)
-	// encryptionPreview lets tests create encrypted networks before the
-	// data path encrypts.
-	encryptionPreview bool
 }
 
 // Daemon is one host's vxmesh daemon.
@@ -136,6 +139,12 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.DataPort == 0 {
 		cfg.DataPort = packet.VXLANPort
 	}
+	if cfg.ESPPort == 0 {
+		cfg.ESPPort = esp.Port
+	}
+	if cfg.ESPPort == cfg.DataPort {
+		return nil, fmt.Errorf("esp port %d: the same as the data port", cfg.ESPPort)
+	}
 	if cfg.NodeGrace == 0 {
 		cfg.NodeGrace = 30 * time.Second
 	}
@@ -185,7 +194,20 @@ func (d *Daemon) start() error {
 		}
 		ul = u
 	}
-	d.vtep = tunnel.New(tunnel.Config{Underlay: ul, DataPort: d.cfg.DataPort, Logger: d.log.With("component", "tunnel")})
+	eul := d.cfg.ESPUnderlay
+	if eul == nil {
+		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort})
+		if err != nil {
+			ul.Close()
+			return fmt.Errorf("esp port: %w (--esp-port)", err)
+		}
+		eul = u
+	}
+	d.vtep = tunnel.New(tunnel.Config{
+		Underlay: ul, DataPort: d.cfg.DataPort, ESPUnderlay: eul, ESPPort: d.cfg.ESPPort,
+		Logger: d.log.With("component", "tunnel"),
+	})
+	d.keys.onInstall = d.installTunnelSAs
 	d.done.Add(1)
 	go func() {
 		defer d.done.Done()

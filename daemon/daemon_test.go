@@ -149,9 +149,13 @@ func newNode(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Addr,
 	if err != nil {
 		t.Fatal(err)
 	}
+	eul, err := mem.Listen(netip.AddrPortFrom(addr, 4500))
+	if err != nil {
+		t.Fatal(err)
+	}
 	d, err := New(Config{
 		Node: name, StateDir: dir, Sandbox: sb, UnderlayMTU: 1500, Advertise: addr,
-		GossipPort: freePort(t, addr), Join: join, Underlay: ul, NodeGrace: time.Second,
+		GossipPort: freePort(t, addr), Join: join, Underlay: ul, ESPUnderlay: eul, NodeGrace: time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		tuneCluster: func(c *cluster.Config) {
 			c.GossipInterval = 20 * time.Millisecond

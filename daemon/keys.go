@@ -17,6 +17,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/crypto/keyring"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
 // Data keys of encrypted networks (DESIGN §5). The ring travels only over
@@ -473,4 +474,20 @@ func (d *Daemon) ExportWireshark() (string, error) {
 		return "", err
 	}
 	return b.String(), nil
+}
+
+// installTunnelSAs hands the SAs to the VTEP: per peer, the outbound SA of
+// each cipher and the inbound SAs of every key.
+func (d *Daemon) installTunnelSAs(sets map[esp.Cipher][]*peerSAs) error {
+	var out []tunnel.OutboundSA
+	var in []tunnel.InboundSA
+	for _, list := range sets {
+		for _, ps := range list {
+			out = append(out, tunnel.OutboundSA{Peer: ps.addr, SA: ps.out.out})
+			for _, o := range ps.in {
+				in = append(in, tunnel.InboundSA{Peer: ps.addr, SA: o.in})
+			}
+		}
+	}
+	return d.vtep.SetSAs(out, in)
 }

@@ -89,6 +89,11 @@ func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
 		n.sw.Close()
 		return fmt.Errorf("network %q: %w", rec.Name, err)
 	}
+	if err := tn.SetCipher(n.cipher); err != nil {
+		d.vtep.RemoveNetwork(rec.VNI)
+		n.sw.Close()
+		return fmt.Errorf("network %q: %w", rec.Name, err)
+	}
 	ref, err := n.sw.AddPort(tn, vswitch.PortConfig{Name: tunnelPortName})
 	if err != nil {
 		d.vtep.RemoveNetwork(rec.VNI)
@@ -195,9 +200,6 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 			if c, err = esp.ParseCipher(req.Cipher); err != nil {
 				return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
 			}
-		}
-		if !d.cfg.encryptionPreview {
-			return api.Network{}, fmt.Errorf("network %q: encrypted networks are not available yet", req.Name)
 		}
 		if len(req.VTEPs) > 0 {
 			return api.Network{}, fmt.Errorf("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", req.Name)
@@ -418,6 +420,9 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 	}
 	if n.cipher != 0 {
 		v.SAs = d.saViews(n.cipher)
+	}
+	if drops := n.tn.Stats().Drops; len(drops) > 0 {
+		v.Drops = drops
 	}
 	return v
 }

@@ -55,5 +55,8 @@ func (d *Daemon) Stats() api.Stats {
 		out.Networks = append(out.Networks, ns)
 	}
 	out.DNS = d.dnsStats()
+	if drops := d.vtep.Stats().Drops; len(drops) > 0 {
+		out.TunnelDrops = drops
+	}
 	return out
 }

@@ -152,7 +152,8 @@ func vxmeshBinary() (string, func(), error) {
 // helperMain implements the in-container TCP helper:
 //
 //	recv ADDR          accept one connection, print "<bytes> <sha256>"
-//	send ADDR N SEED   send N pseudo-random bytes, print "<bytes> <sha256>"
+//	send ADDR N SEED [BPS]  send N pseudo-random bytes (at most BPS bytes
+//	                        per second), print "<bytes> <sha256>"
 func helperMain(args []string) int {
 	if len(args) < 2 {
 		fmt.Fprintln(os.Stderr, "helper: want recv ADDR | send ADDR N SEED")
@@ -163,17 +164,22 @@ func helperMain(args []string) int {
 	case "recv":
 		err = helperRecv(args[1])
 	case "send":
-		if len(args) != 4 {
-			err = fmt.Errorf("send: want ADDR N SEED")
+		if len(args) != 4 && len(args) != 5 {
+			err = fmt.Errorf("send: want ADDR N SEED [BPS]")
 			break
 		}
 		n, err1 := strconv.ParseInt(args[2], 10, 64)
 		seed, err2 := strconv.ParseUint(args[3], 10, 64)
-		if err1 != nil || err2 != nil {
-			err = fmt.Errorf("send: bad N or SEED")
+		var bps int64
+		var err3 error
+		if len(args) == 5 {
+			bps, err3 = strconv.ParseInt(args[4], 10, 64)
+		}
+		if err1 != nil || err2 != nil || err3 != nil {
+			err = fmt.Errorf("send: bad N, SEED or BPS")
 			break
 		}
-		err = helperSend(args[1], n, seed)
+		err = helperSend(args[1], n, seed, bps)
 	default:
 		err = fmt.Errorf("unknown mode %q", args[0])
 	}
@@ -206,7 +212,7 @@ func helperRecv(addr string) error {
 	return nil
 }
 
-func helperSend(addr string, n int64, seed uint64) error {
+func helperSend(addr string, n int64, seed uint64, bps int64) error {
 	var c net.Conn
 	var err error
 	deadline := time.Now().Add(15 * time.Second)
@@ -223,7 +229,10 @@ func helperSend(addr string, n int64, seed uint64) error {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
 	h := sha256.New()
-	src := io.LimitReader(rand.NewChaCha8(seedBytes(seed)), n)
+	var src io.Reader = io.LimitReader(rand.NewChaCha8(seedBytes(seed)), n)
+	if bps > 0 {
+		src = &pacedReader{r: src, bps: bps, start: time.Now()}
+	}
 	sent, err := io.Copy(io.MultiWriter(c, h), src)
 	if err != nil {
 		return err
@@ -235,6 +244,26 @@ func helperSend(addr string, n int64, seed uint64) error {
 	_, _ = io.Copy(io.Discard, c)
 	fmt.Printf("%d %x\n", sent, h.Sum(nil))
 	return nil
+}
+
+// pacedReader reads at most bps bytes per second from r.
+type pacedReader struct {
+	r     io.Reader
+	bps   int64
+	start time.Time
+	n     int64
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	if len(b) > 16<<10 {
+		b = b[:16<<10]
+	}
+	if due := p.start.Add(time.Duration(p.n * int64(time.Second) / p.bps)); time.Now().Before(due) {
+		time.Sleep(time.Until(due))
+	}
+	k, err := p.r.Read(b)
+	p.n += int64(k)
+	return k, err
 }
 
 func seedBytes(seed uint64) [32]byte {

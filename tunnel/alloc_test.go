@@ -166,7 +166,7 @@ func BenchmarkDecapReceiveOnly(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(packet.BatchSize * len(s.msgs[0].Buf)))
 	for b.Loop() {
-		s.v.receive(r.msgs)
+		s.v.receive(r, r.msgs, false)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*packet.BatchSize), "ns/frame")
 }

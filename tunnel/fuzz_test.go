@@ -39,7 +39,7 @@ func FuzzDecap(f *testing.F) {
 		if !fromPeer {
 			m.Addr = netip.AddrPortFrom(vtepC, 40000)
 		}
-		v.receive(v.rx.msgs[:1])
+		v.receive(&v.rx, v.rx.msgs[:1], false)
 		st := v.Stats()
 		var drops uint64
 		for _, c := range st.Drops {

@@ -50,7 +50,7 @@ func (g *groReceiver) feed(gso int, chunks ...[]byte) {
 		msgs[i].GSOSize = gso
 		msgs[i].Addr = netip.AddrPortFrom(vtepA, MemTxPortBase)
 	}
-	g.v.receive(msgs)
+	g.v.receive(&g.v.rx, msgs, false)
 }
 
 // segmentsOf returns the VXLAN datagrams a VTEP sends for a TSO buffer.

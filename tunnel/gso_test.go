@@ -228,7 +228,7 @@ func TestDecapClearsOffloadSlot(t *testing.T) {
 	m.N, m.Addr = len(d), netip.AddrPortFrom(vtepE, 40000)
 	copy(m.Buf, d)
 	packet.OffloadOf(v.rx.bufs[0]).Set(packet.OffloadNeedsCsum, packet.GSOTCPv4, 54, 1400, 34, 16) // stale
-	v.receive(v.rx.msgs[:1])
+	v.receive(&v.rx, v.rx.msgs[:1], false)
 	if len(slots) != 1 || !bytes.Equal(slots[0], make([]byte, packet.OffloadLen)) {
 		t.Errorf("delivered slots %x, want one cleared slot", slots)
 	}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -22,6 +23,7 @@ type Network struct {
 	vni     uint32
 	mtu     int
 	removed atomic.Bool
+	cipher  atomic.Uint32 // esp.Cipher of an encrypted network, 0 in the clear
 
 	input   atomic.Pointer[InputFunc]
 	state   atomic.Pointer[netState]     // immutable forwarding state
@@ -32,9 +34,6 @@ type Network struct {
 	remotes map[packet.MAC]netip.Addr
 	objs    map[netip.Addr]*peer // counters survive snapshot changes
 
-	rx struct { // used by the receive loop only
-		drops [numDrops]uint64
-	}
 	c netCounters
 }
 
@@ -242,10 +241,11 @@ type txScratch struct {
 	frame   []int32 // frame index of msgs[i]
 	ok      []bool  // per frame: at least one datagram was sent
 	why     []dropReason
-	arena   []byte // segments of super-segments, each behind its VXLAN header
-	used    int    // bytes of arena in msgs
-	txBytes uint64 // frame bytes of the frames marked ok
-	err     error  // first error of WriteBatch
+	fsize   []int32 // encrypted network: frame bytes of msgs[i]
+	arena   []byte  // segments of super-segments, each behind its VXLAN header
+	used    int     // bytes of arena in msgs
+	txBytes uint64  // frame bytes of the frames marked ok
+	err     error   // first error of WriteBatch
 }
 
 // txArenaSize is the segment arena of one txScratch: room for four 64 KiB
@@ -261,6 +261,7 @@ func (v *VTEP) getTx() *txScratch {
 			msgs:  make([]Message, 0, 2*packet.BatchSize),
 			peers: make([]*peer, 0, 2*packet.BatchSize),
 			frame: make([]int32, 0, 2*packet.BatchSize),
+			fsize: make([]int32, 0, 2*packet.BatchSize),
 		}
 	}
 }
@@ -300,7 +301,9 @@ var errNetworkDown = errors.New("network removed or VTEP closed")
 // plus the Ethernet header, or a super-segment whose segments would be, is
 // dropped ("mtu"), never fragmented; a super-segment's own length is not
 // checked. The frame's bytes are not otherwise modified, so the same buffer
-// may also go to other ports. Write may be called concurrently and does
+// may also go to other ports (except on encrypted networks, see writeESP:
+// a frame for a static remote MAC, which the switch sends to this port
+// only, is sealed in place). Write may be called concurrently and does
 // not allocate once warm.
 func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 	if len(bufs) == 0 {
@@ -316,6 +319,17 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	v := n.v
 	st, lt, now := n.state.Load(), n.learned.Load(), v.clock()
+	var sec *secState
+	cipher := esp.Cipher(n.cipher.Load())
+	if cipher != 0 {
+		if offset < packet.OffloadLen+espFrontLen {
+			n.c.drops[dropMalformed].Add(uint64(len(bufs)))
+			return 0, fmt.Errorf("vni %d: write offset %d leaves no room for the ESP headers", n.vni, offset)
+		}
+		if sec = v.sec.Load(); sec == nil {
+			sec = &secState{}
+		}
+	}
 	sc := v.getTx()
 	if cap(sc.ok) < len(bufs) {
 		sc.ok = make([]bool, len(bufs))
@@ -323,7 +337,7 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	ok, why := sc.ok[:len(bufs)], sc.why[:len(bufs)]
 	clear(ok)
-	sc.msgs, sc.peers, sc.frame = sc.msgs[:0], sc.peers[:0], sc.frame[:0]
+	sc.msgs, sc.peers, sc.frame, sc.fsize = sc.msgs[:0], sc.peers[:0], sc.frame[:0], sc.fsize[:0]
 	sc.used, sc.txBytes, sc.err = 0, 0, nil
 	var flooded, gsoFrames uint64
 	maxFrame := n.mtu + packet.EthernetHeaderLen
@@ -376,6 +390,13 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 			flooded++
 		}
 		h := flowHash(f)
+		if cipher != 0 {
+			if isGSO {
+				gsoFrames++
+			}
+			n.writeESP(sc, sec, cipher, bufs, offset, i, g, isGSO, to, st.peers, h, to != nil && st.remotes[dst] == to)
+			continue
+		}
 		if !isGSO {
 			dgram := b[offset-packet.VXLANHeaderLen:]
 			packet.PutVXLAN(dgram, n.vni)
@@ -482,6 +503,9 @@ func (n *Network) send(sc *txScratch, bufs [][]byte, offset int) {
 		segs := m.Segments(len(m.Buf))
 		dgrams += uint64(segs)
 		size := uint64(len(m.Buf) - segs*packet.VXLANHeaderLen)
+		if j < len(sc.fsize) {
+			size = uint64(sc.fsize[j])
+		}
 		if m.Err == nil {
 			p.txPackets.Add(uint64(segs))
 			p.txBytes.Add(size)
@@ -502,7 +526,7 @@ func (n *Network) send(sc *txScratch, bufs [][]byte, offset int) {
 	n.c.txDatagrams.Add(dgrams)
 	clear(msgs)
 	clear(sc.peers)
-	sc.msgs, sc.peers, sc.frame, sc.used = msgs[:0], sc.peers[:0], sc.frame[:0], 0
+	sc.msgs, sc.peers, sc.frame, sc.fsize, sc.used = msgs[:0], sc.peers[:0], sc.frame[:0], sc.fsize[:0], 0
 }
 
 // FDBEntry is one remote MAC of a network.

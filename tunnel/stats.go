@@ -10,16 +10,23 @@ import (
 type dropReason uint8
 
 const (
-	dropNone        dropReason = iota
-	dropMalformed              // too short, no I flag, truncated, bad inner source MAC
-	dropUnknownVNI             // no network for the VNI
-	dropUnknownPeer            // the outer source is not a VTEP of the network
-	dropNoInput                // the network has no input function yet
-	dropMTU                    // larger than the network or underlay MTU
-	dropNoPeer                 // flooding with no peer to send to
-	dropTxError                // the underlay refused the datagram
-	dropDown                   // the network was removed or the VTEP closed
-	dropGSOInvalid             // offload metadata that does not match the frame
+	dropNone          dropReason = iota
+	dropMalformed                // too short, no I flag, truncated, bad inner source MAC
+	dropUnknownVNI               // no network for the VNI
+	dropUnknownPeer              // the outer source is not a VTEP of the network
+	dropNoInput                  // the network has no input function yet
+	dropMTU                      // larger than the network or underlay MTU
+	dropNoPeer                   // flooding with no peer to send to
+	dropTxError                  // the underlay refused the datagram
+	dropDown                     // the network was removed or the VTEP closed
+	dropGSOInvalid               // offload metadata that does not match the frame
+	dropCleartext                // cleartext VXLAN for an encrypted network
+	dropNoSA                     // encrypted network: no SA for the peer yet
+	dropESPAuth                  // ESP: the ICV did not verify (wrong key, forged)
+	dropESPReplay                // ESP: sequence number seen or behind the window
+	dropESPUnknownSPI            // ESP: no inbound SA for the SPI
+	dropESPMalformed             // ESP: not ESP, bad trailer, not an inner VXLAN datagram
+	dropESPSeq                   // ESP: the outbound SA's sequence numbers are used up
 	numDrops
 )
 
@@ -44,6 +51,20 @@ func (r dropReason) String() string {
 		return "down"
 	case dropGSOInvalid:
 		return "gso-invalid"
+	case dropCleartext:
+		return "cleartext"
+	case dropNoSA:
+		return "no-sa"
+	case dropESPAuth:
+		return "esp-auth"
+	case dropESPReplay:
+		return "esp-replay"
+	case dropESPUnknownSPI:
+		return "esp-unknown-spi"
+	case dropESPMalformed:
+		return "esp-malformed"
+	case dropESPSeq:
+		return "esp-seq-exhausted"
 	}
 	return "none"
 }
@@ -71,7 +92,8 @@ type Stats struct {
 	// ReadErrors counts failed underlay reads.
 	ReadErrors uint64
 	// Drops counts datagrams dropped before their network was known, by
-	// reason ("malformed", "unknown-vni").
+	// reason ("malformed", "unknown-vni"; for ESP datagrams "esp-auth",
+	// "esp-replay", "esp-unknown-spi", "esp-malformed").
 	Drops map[string]uint64
 	// Networks holds each network's counters, ordered by VNI.
 	Networks []NetworkStats
@@ -95,9 +117,11 @@ type NetworkStats struct {
 	Learned      int
 	LearnLimited uint64
 	// Drops counts dropped frames by reason: "malformed", "unknown-peer",
-	// "no-input" on receive; "mtu", "no-peer", "tx-error", "down",
+	// "no-input", "cleartext" (VXLAN without ESP for an encrypted
+	// network) on receive; "mtu", "no-peer", "tx-error", "down",
 	// "malformed", "gso-invalid" (offload metadata inconsistent with the
-	// frame) on send.
+	// frame), "no-sa" (encrypted: no SA for any peer yet),
+	// "esp-seq-exhausted" on send.
 	Drops map[string]uint64
 	// Peers holds per-VTEP counters, ordered by address.
 	Peers []PeerStats

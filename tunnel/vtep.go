@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -56,6 +57,14 @@ type Config struct {
 	MaxLearned int
 	// Now is the clock used for aging; nil means time.Now. For tests.
 	Now func() time.Time
+	// ESPUnderlay receives the ESP datagrams (RFC 3948) of encrypted
+	// networks, one per message (no GRO); the VTEP owns it and closes it
+	// on Close. Nil: the VTEP receives no ESP, and encrypted networks
+	// receive nothing.
+	ESPUnderlay Underlay
+	// ESPPort is the UDP destination port of every ESP datagram sent; 0
+	// means 4500 (esp.Port).
+	ESPPort uint16
 }
 
 // DefaultMTU is the network MTU used when AddNetwork is given 0: 1500 minus
@@ -72,6 +81,8 @@ type InputFunc func(bufs [][]byte, sizes []int, offset int)
 type VTEP struct {
 	u          Underlay
 	port       uint16
+	espU       Underlay
+	espPort    uint16
 	log        *slog.Logger
 	batch      int
 	aging      int64
@@ -88,7 +99,10 @@ type VTEP struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	rx rxState // used by the receive loop only
+	rx   rxState                  // used by the receive loop only
+	erx  rxState                  // used by the ESP receive loop only
+	sec  atomic.Pointer[secState] // SAs, immutable snapshot
+	inMu sync.Mutex               // serialises the loops' input calls
 
 	c vtepCounters
 }
@@ -115,6 +129,9 @@ type rxState struct {
 	lt        *learnedTable
 	drops     [numDrops]uint64 // VTEP level: before the network is known
 	lastSweep int64
+	// ndrops are the drops counted for r.cur, added to its counters by
+	// deliver.
+	ndrops [numDrops]uint64
 }
 
 // rxSpares is the number of spare buffers: when they are all in the
@@ -135,6 +152,11 @@ func New(cfg Config) *VTEP {
 		aging:      int64(cfg.AgingTime),
 		maxLearned: cfg.MaxLearned,
 		now:        cfg.Now,
+		espU:       cfg.ESPUnderlay,
+		espPort:    cfg.ESPPort,
+	}
+	if v.espPort == 0 {
+		v.espPort = esp.Port
 	}
 	if v.port == 0 {
 		v.port = packet.VXLANPort
@@ -157,17 +179,25 @@ func New(cfg Config) *VTEP {
 	v.epoch = v.now()
 	v.nets.Store(&map[uint32]*Network{})
 	v.txs = make(chan *txScratch, 4*runtime.GOMAXPROCS(0))
-	r := &v.rx
-	r.bufs = make([][]byte, v.batch)
-	r.msgs = make([]Message, v.batch)
-	r.gsizes = make([]int, 0, v.batch+rxSpares)
-	r.gbufs = make([][]byte, 0, v.batch+rxSpares)
-	r.gheads = make([]packet.GROHead, 0, v.batch+rxSpares)
-	for i := range r.bufs {
-		r.bufs[i] = make([]byte, packet.BufferSize)
-		r.msgs[i].Buf = r.bufs[i][packet.Headroom-packet.VXLANHeaderLen:]
+	v.rx.init(v.batch, packet.VXLANHeaderLen)
+	if v.espU != nil {
+		v.erx.init(v.batch, espRxFront)
 	}
 	return v
+}
+
+// init allocates a receive batch whose datagrams are read front bytes
+// before packet.Headroom.
+func (r *rxState) init(batch, front int) {
+	r.bufs = make([][]byte, batch)
+	r.msgs = make([]Message, batch)
+	r.gsizes = make([]int, 0, batch+rxSpares)
+	r.gbufs = make([][]byte, 0, batch+rxSpares)
+	r.gheads = make([]packet.GROHead, 0, batch+rxSpares)
+	for i := range r.bufs {
+		r.bufs[i] = make([]byte, packet.BufferSize)
+		r.msgs[i].Buf = r.bufs[i][packet.Headroom-front:]
+	}
 }
 
 // clock returns the VTEP time in nanoseconds since New.
@@ -251,9 +281,25 @@ func (v *VTEP) Run(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, func() { v.Close() })
 	defer stop()
+	if v.espU == nil {
+		return v.loop(ctx, v.receiveOnce, "vxlan")
+	}
+	espDone := make(chan error, 1)
+	go func() { espDone <- v.loop(ctx, v.espReceiveOnce, "esp") }()
+	err := v.loop(ctx, v.receiveOnce, "vxlan")
+	v.Close() // ends the ESP loop too
+	if eerr := <-espDone; err == nil && ctx.Err() == nil {
+		err = eerr
+	}
+	return err
+}
+
+// loop runs one receive loop until the VTEP is closed or its underlay
+// fails for good.
+func (v *VTEP) loop(ctx context.Context, once func() error, what string) error {
 	var lastLog time.Time
 	for {
-		err := v.receiveOnce()
+		err := once()
 		if err == nil {
 			continue
 		}
@@ -269,7 +315,7 @@ func (v *VTEP) Run(ctx context.Context) error {
 		v.c.readErrors.Add(1)
 		if now := time.Now(); now.Sub(lastLog) > time.Second {
 			lastLog = now
-			v.log.Warn("vxlan underlay read failed", "err", err)
+			v.log.Warn("underlay read failed", "socket", what, "err", err)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -280,6 +326,11 @@ func (v *VTEP) Close() error {
 	v.closeOnce.Do(func() {
 		v.closed.Store(true)
 		v.closeErr = v.u.Close()
+		if v.espU != nil {
+			if err := v.espU.Close(); v.closeErr == nil {
+				v.closeErr = err
+			}
+		}
 	})
 	return v.closeErr
 }
@@ -288,7 +339,28 @@ func (v *VTEP) Close() error {
 func (v *VTEP) receiveOnce() error {
 	n, err := v.u.ReadBatch(v.rx.msgs)
 	if n > 0 {
-		v.receive(v.rx.msgs[:n])
+		v.receive(&v.rx, v.rx.msgs[:n], false)
+	}
+	return err
+}
+
+// espReceiveOnce reads one batch of ESP datagrams, opens them in place and
+// delivers their frames like cleartext ones.
+func (v *VTEP) espReceiveOnce() error {
+	r := &v.erx
+	for i := range r.msgs {
+		r.msgs[i].Buf = r.bufs[i][packet.Headroom-espRxFront:]
+	}
+	n, err := v.espU.ReadBatch(r.msgs)
+	if n > 0 {
+		var drops [numDrops]uint64
+		v.openESP(r, r.msgs[:n], &drops)
+		for i, d := range drops {
+			if d > 0 {
+				v.c.drops[i].Add(d)
+			}
+		}
+		v.receive(r, r.msgs[:n], true)
 	}
 	return err
 }
@@ -297,15 +369,20 @@ func (v *VTEP) receiveOnce() error {
 // v.rx.bufs; a message with GSOSize holds several) and hands each run of
 // consecutive frames of one network to that network's input function.
 // Consecutive TCP segments of one flow are coalesced into super-segments
-// (packet.GROHead) on the way.
-func (v *VTEP) receive(msgs []Message) {
-	r := &v.rx
+// (packet.GROHead) on the way. With fromESP, r is the ESP loop's batch,
+// opened by openESP, which marked the refused datagrams with N < 0 and
+// counted them; without, datagrams for an encrypted network are dropped
+// ("cleartext").
+func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 	r.nets = *v.nets.Load()
 	r.now = v.clock()
 	r.cur, r.st, r.lt = nil, nil, nil
 	var bytes, dgrams uint64
 	for i := range msgs {
 		m := &msgs[i]
+		if m.N < 0 && fromESP {
+			continue // refused and counted by openESP
+		}
 		bytes += uint64(max(m.N, 0))
 		if m.N < 0 || m.N > len(m.Buf) {
 			dgrams++
@@ -318,13 +395,13 @@ func (v *VTEP) receive(msgs []Message) {
 		}
 		for off := 0; off < m.N || off == 0; off += seg {
 			dgrams++
-			v.receiveDatagram(m.Buf[off:min(off+seg, m.N)], m.Addr, i, off == 0)
+			v.receiveDatagram(r, m.Buf[off:min(off+seg, m.N)], m.Addr, i, off == 0, fromESP)
 			if seg == 0 {
 				break
 			}
 		}
 	}
-	v.deliver(r.cur)
+	v.deliver(r, r.cur)
 	r.cur, r.st, r.lt = nil, nil, nil
 	v.c.rxDatagrams.Add(dgrams)
 	v.c.rxBytes.Add(bytes)
@@ -345,8 +422,7 @@ func (v *VTEP) receive(msgs []Message) {
 
 // receiveDatagram validates one datagram d from addr, read into
 // r.bufs[i] (at its start if first), and adds its frame to the group.
-func (v *VTEP) receiveDatagram(d []byte, addr netip.AddrPort, i int, first bool) {
-	r := &v.rx
+func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int, first, fromESP bool) {
 	if len(d) < packet.VXLANHeaderLen+packet.EthernetHeaderLen {
 		r.drops[dropMalformed]++
 		return
@@ -362,19 +438,23 @@ func (v *VTEP) receiveDatagram(d []byte, addr netip.AddrPort, i int, first bool)
 		return
 	}
 	if nw != r.cur {
-		v.deliver(r.cur)
+		v.deliver(r, r.cur)
 		r.cur, r.st, r.lt = nw, nw.state.Load(), nw.learned.Load()
+	}
+	if !fromESP && nw.cipher.Load() != 0 {
+		r.ndrops[dropCleartext]++
+		return
 	}
 	st := r.st
 	p := st.allowed[addr.Addr().Unmap()]
 	if p == nil {
-		nw.rx.drops[dropUnknownPeer]++
+		r.ndrops[dropUnknownPeer]++
 		return
 	}
 	frame := x.Payload()
 	src := packet.Ethernet(frame).Src()
 	if src.IsMulticast() || src.IsZero() {
-		nw.rx.drops[dropMalformed]++
+		r.ndrops[dropMalformed]++
 		return
 	}
 	if st.remotes[src] == nil {
@@ -408,7 +488,7 @@ func (v *VTEP) receiveDatagram(d []byte, addr netip.AddrPort, i int, first bool)
 		buf = r.bufs[i] // the frame is in place at packet.Headroom
 	} else {
 		if r.nspare == rxSpares {
-			v.deliver(r.cur)
+			v.deliver(r, r.cur)
 		}
 		if r.spare == nil {
 			r.spare = make([][]byte, rxSpares)
@@ -427,12 +507,13 @@ func (v *VTEP) receiveDatagram(d []byte, addr netip.AddrPort, i int, first bool)
 }
 
 // deliver completes the collected group's super-segments, hands the group
-// to n's input function and adds n's receive counters.
-func (v *VTEP) deliver(n *Network) {
+// to n's input function and adds n's receive counters and r.ndrops. The
+// VXLAN and ESP loops call input functions one at a time (v.inMu), so an
+// input function never runs concurrently with itself.
+func (v *VTEP) deliver(r *rxState, n *Network) {
 	if n == nil {
 		return
 	}
-	r := &v.rx
 	if k := len(r.gbufs); k > 0 {
 		for j, b := range r.gbufs {
 			h := &r.gheads[j]
@@ -444,18 +525,20 @@ func (v *VTEP) deliver(n *Network) {
 			// counted.
 			n.c.rxPackets.Add(r.gdgrams)
 			n.c.rxBytes.Add(r.gbytes)
+			v.inMu.Lock()
 			(*in)(r.gbufs, r.gsizes, packet.Headroom)
+			v.inMu.Unlock()
 		} else {
-			n.rx.drops[dropNoInput] += r.gdgrams
+			r.ndrops[dropNoInput] += r.gdgrams
 		}
 		clear(r.gbufs)
 		r.gbufs, r.gsizes, r.gheads = r.gbufs[:0], r.gsizes[:0], r.gheads[:0]
 		r.gdgrams, r.gbytes, r.nspare = 0, 0, 0
 	}
-	for i, d := range n.rx.drops {
+	for i, d := range r.ndrops {
 		if d > 0 {
 			n.c.drops[i].Add(d)
-			n.rx.drops[i] = 0
+			r.ndrops[i] = 0
 		}
 	}
 }

@@ -29,6 +29,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	keyFile := fs.String("cluster-key-file", "", "file holding the cluster key (default: STATE_DIR/cluster.key, created if missing)")
 	grace := fs.Duration("node-grace", 30*time.Second, "how long a dead node's endpoints stay before they are removed")
 	dataPort := fs.Uint("data-port", 4789, "VXLAN UDP port (the same on every node)")
+	espPort := fs.Uint("esp-port", 4500, "UDP port of encrypted networks' ESP (RFC 3948; the same on every node)")
 	dnsUpstream := fs.String("dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
 	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
@@ -54,6 +55,9 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	}
 	if *dataPort == 0 || *dataPort > 65535 {
 		return fmt.Errorf("--data-port %d: out of range 1-65535", *dataPort)
+	}
+	if *espPort == 0 || *espPort > 65535 || *espPort == *dataPort {
+		return fmt.Errorf("--esp-port %d: out of range 1-65535 or the same as --data-port", *espPort)
 	}
 	if *gossipPort <= 0 || *gossipPort > 65535 {
 		return fmt.Errorf("--gossip-port %d: out of range 1-65535", *gossipPort)
@@ -89,7 +93,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
-		KeyRotationInterval: *keyInterval,
+		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort),
 	})
 	if err != nil {
 		return err

@@ -32,10 +32,12 @@ func networkCreate(env *cliEnv, args []string) error {
 	var req api.NetworkCreateRequest
 	fs.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet in CIDR form (default: a free /24 of 10.0.0.0/8)")
 	fs.StringVar(&req.Gateway, "gateway", "", "gateway address (default: the subnet's first address)")
-	fs.IntVar(&req.MTU, "mtu", 0, "network MTU (default: underlay MTU - 50)")
+	fs.IntVar(&req.MTU, "mtu", 0, "network MTU (default: underlay MTU - 50; encrypted: - 95)")
 	vni := fs.Uint("vni", 0, "VXLAN network identifier (default: the lowest free from 4096)")
 	var vteps stringList
 	fs.Var(&vteps, "vtep", "external RFC 7348 VTEP address (repeatable)")
+	fs.BoolVar(&req.Encrypted, "encrypted", false, "encrypt the network's traffic between hosts (ESP in UDP, AES-GCM)")
+	fs.StringVar(&req.Cipher, "cipher", "", "cipher of an encrypted network: aes128-gcm (default) or aes256-gcm")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -106,6 +108,9 @@ func networkInspect(env *cliEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "Endpoints: %d\n", len(n.Endpoints))
 	if len(n.Endpoints) > 0 {
 		printEndpoints(env.stdout, n.Endpoints)
+	}
+	if len(n.Drops) > 0 {
+		fmt.Fprintf(env.stdout, "Drops:    %s\n", fmtDrops(n.Drops))
 	}
 	fmt.Fprintf(env.stdout, "Peers: %d\n", len(n.Peers))
 	if len(n.Peers) > 0 {

@@ -57,6 +57,9 @@ func cmdStats(env *cliEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "DNS: %d queries, %d local, %d forwarded, %d nxdomain, %d servfail, %d overloaded, %d upstream errors; upstream avg %.3f ms, max %.3f ms (%d answers); upstreams %s\n",
 		d.Queries, d.Local, d.Forwarded, d.NXDomain, d.ServFail, d.Overloaded, d.UpstreamErrors,
 		d.UpstreamLatency.AvgMs, d.UpstreamLatency.MaxMs, d.UpstreamLatency.Count, dash(strings.Join(d.Upstreams, ",")))
+	if len(s.TunnelDrops) > 0 {
+		fmt.Fprintf(env.stdout, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
+	}
 	for _, n := range s.Networks {
 		fmt.Fprintf(env.stdout, "\nNetwork %s: flooded %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.ARPSuppressed, formatDrops(n.Drops))
 		t := newTable(env.stdout, "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS")

@@ -1,0 +1,362 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/internal/testbed"
+)
+
+// The tests in this file cover encrypted networks (DESIGN.md §4, §5):
+// ESP in UDP on port 4500 between hosts, refusals, and key rotation.
+
+func TestEncryptedNetworkAcrossThreeHosts(t *testing.T) {
+	es := newCluster(t, 3)
+	h1, h2, h3 := es[0], es[1], es[2]
+	h1.network("sec", "10.73.0.0/24", "--encrypted")
+	var n api.Network
+	h1.json(&n, "network", "inspect", "sec")
+	// 1500 - 50 (outer IPv4, UDP, VXLAN, inner Ethernet) - 8 (inner UDP)
+	// - 37 (the most ESP adds): no encrypted datagram exceeds 1500.
+	if !n.Encrypted || n.Cipher != "aes128-gcm" || n.MTU != 1405 {
+		t.Fatalf("inspect: encrypted %v cipher %q mtu %d; want true, aes128-gcm, 1405", n.Encrypted, n.Cipher, n.MTU)
+	}
+	if out := h1.cli("network", "inspect", "sec"); !strings.Contains(out, "Encrypted: aes128-gcm") {
+		t.Errorf("inspect table does not say the network is encrypted:\n%s", out)
+	}
+	for _, e := range []*env{h2, h3} {
+		e.waitNetwork("sec")
+	}
+	h1.run("c1", "sec")
+	h2.run("c2", "sec")
+	h3.run("c3", "sec")
+	c1, c2, c3 := h1.endpoint("c1"), h2.endpoint("c2"), h3.endpoint("c3")
+	h1.waitRemote("sec", c2, h2.h.Addr)
+	h1.waitRemote("sec", c3, h3.h.Addr)
+	h2.waitRemote("sec", c1, h1.h.Addr)
+	h3.waitRemote("sec", c1, h1.h.Addr)
+
+	// Everything h1 sends and receives is captured on its underlay port.
+	capture := startUDPCapture(t, h1.tb.Underlay, h1.h.Name)
+	ctrs := []struct {
+		e    *env
+		name string
+	}{{h1, "c1"}, {h2, "c2"}, {h3, "c3"}}
+	for _, a := range ctrs {
+		for _, b := range ctrs {
+			if a != b {
+				a.e.mustPing(a.name, b.e.ip(b.name))
+			}
+		}
+	}
+	moveBytes(t, h1, "c1", h2, "c2", 4<<20, 11)
+	moveBytes(t, h3, "c3", h1, "c1", 1<<20, 12)
+	dgrams := capture.stop()
+
+	// No cleartext VXLAN of the network crossed the underlay; ESP in UDP
+	// to port 4500 did, both ways.
+	var esp12 []udpDatagram
+	espFrom, espTo := 0, 0
+	for _, d := range dgrams {
+		if d.DstPort == 4789 || d.SrcPort == 4789 {
+			if len(d.Payload) >= 8 && uint32(d.Payload[4])<<16|uint32(d.Payload[5])<<8|uint32(d.Payload[6]) == n.VNI {
+				t.Fatalf("cleartext VXLAN of the encrypted network on the underlay: %v", d)
+			}
+			continue
+		}
+		if d.DstPort != 4500 {
+			continue
+		}
+		if d.Src.String() == h1.h.Addr {
+			espFrom++
+			if d.Dst.String() == h2.h.Addr {
+				esp12 = append(esp12, d)
+			}
+		} else {
+			espTo++
+		}
+	}
+	if espFrom == 0 || espTo == 0 || len(esp12) == 0 {
+		t.Fatalf("captured %d ESP datagrams from h1 and %d to it (%d to h2), want some each way", espFrom, espTo, len(esp12))
+	}
+
+	// Inspect on h2 shows the SAs with h1 and h3 with their counters.
+	h2.json(&n, "network", "inspect", "sec")
+	var in21 api.SA
+	for _, sa := range n.SAs {
+		if sa.Node == "h1" && sa.Direction == "in" && sa.State == "primary" {
+			in21 = sa
+		}
+	}
+	if in21.Packets == 0 || in21.SPI == "" || in21.Cipher != "aes128-gcm" {
+		t.Fatalf("inspect on h2: inbound primary SA from h1 is %+v; all: %+v", in21, n.SAs)
+	}
+
+	// A captured ESP datagram sent again (from h1's namespace, to h2's ESP
+	// port) is refused as a replay and counted; nothing is delivered.
+	var before api.Stats
+	h2.json(&before, "stats")
+	replay := esp12[len(esp12)-1]
+	sendUDPFromNetns(t, h1.h.NetnsPath, replay.Dst, 4500, replay.Payload)
+	eventually(t, 10*time.Second, func() error {
+		var st api.Stats
+		h2.json(&st, "stats")
+		if got := st.TunnelDrops["esp-replay"]; got <= before.TunnelDrops["esp-replay"] {
+			return fmt.Errorf("esp-replay drops on h2: %d", got)
+		}
+		return nil
+	}, "replayed ESP datagram counted on h2")
+	h2.json(&n, "network", "inspect", "sec")
+	replays := uint64(0)
+	for _, sa := range n.SAs {
+		replays += sa.Drops["replay"]
+	}
+	if replays == 0 {
+		t.Errorf("inspect on h2: no SA counts the replay: %+v", n.SAs)
+	}
+
+	// The explicit export prints this node's SAs for Wireshark.
+	exp := h1.cli("key", "export", "--wireshark")
+	if !strings.Contains(exp, fmt.Sprintf(`"IPv4","%s","%s"`, h1.h.Addr, h2.h.Addr)) || !strings.Contains(exp, "AES-GCM with 16 octet ICV [RFC4106]") {
+		t.Errorf("key export --wireshark:\n%s", exp)
+	}
+	// Nothing else shows keys: inspect has SPIs, not key material.
+	if out := h1.cli("network", "inspect", "sec", "--format", "json"); strings.Contains(out, "key\":\"0x") {
+		t.Errorf("inspect shows key material:\n%s", out)
+	}
+}
+
+func TestEncryptedNetworkKeyRotationLosesNothing(t *testing.T) {
+	es := newCluster(t, 3)
+	h1, h2, h3 := es[0], es[1], es[2]
+	h1.network("sec", "10.74.0.0/24", "--encrypted", "--cipher", "aes256-gcm")
+	h2.waitNetwork("sec")
+	h3.waitNetwork("sec")
+	h1.run("c1", "sec")
+	h3.run("c3", "sec")
+	c1, c3 := h1.endpoint("c1"), h3.endpoint("c3")
+	h1.waitRemote("sec", c3, h3.h.Addr)
+	h3.waitRemote("sec", c1, h1.h.Addr)
+	h1.mustPing("c1", addrOnly(c3.IP))
+	var k api.Keys
+	h1.json(&k, "key", "ls")
+	if k.Primary != 1 || k.Rotator != "h1" {
+		t.Fatalf("key ls: %+v", k)
+	}
+
+	// A continuous ping and a paced TCP stream c1 -> c3 run while h2
+	// forces two rotations.
+	const pings = 150
+	ping := startBackground(t, h1.h.Command(context.Background(), "exec", "c1", "--", "ping", "-c", strconv.Itoa(pings), "-i", "0.02", "-W", "2", addrOnly(c3.IP)))
+	recv := startBackground(t, h3.h.Command(context.Background(), "exec", "c3", "--", suite.self, helperArg, "recv", "0.0.0.0:7000"))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := testbed.WaitTCPListen(ctx, h3.h.ContainerNetnsPath("c3"), 7000); err != nil {
+		t.Fatalf("receiver: %v", err)
+	}
+	const size = 6 << 20
+	send := startBackground(t, h1.h.Command(context.Background(), "exec", "c1", "--", suite.self, helperArg, "send", addrOnly(c3.IP)+":7000", strconv.Itoa(size), "21", strconv.Itoa(2<<20)))
+	time.Sleep(500 * time.Millisecond)
+	for want := uint32(2); want <= 3; want++ {
+		h2.json(&k, "key", "rotate")
+		if k.Primary != want {
+			t.Fatalf("key rotate: primary %d, want %d", k.Primary, want)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if exited, err := send.wait(30 * time.Second); !exited || err != nil {
+		t.Fatalf("sender: exited %v, %v: %s", exited, err, send.out.String())
+	}
+	if exited, err := recv.wait(30 * time.Second); !exited || err != nil {
+		t.Fatalf("receiver: exited %v, %v: %s", exited, err, recv.out.String())
+	}
+	if s, r := strings.TrimSpace(send.out.String()), strings.TrimSpace(recv.out.String()); !strings.HasPrefix(s, fmt.Sprintf("%d ", size)) || s != r {
+		t.Fatalf("TCP stream across the rotations: sent %q, received %q", s, r)
+	}
+	if exited, err := ping.wait(30 * time.Second); !exited || err != nil {
+		t.Fatalf("ping across the rotations: exited %v, %v:\n%s", exited, err, ping.out.String())
+	}
+	if out := ping.out.String(); !strings.Contains(out, fmt.Sprintf("%d packets transmitted, %d received", pings, pings)) {
+		t.Fatalf("ping lost packets across the rotations:\n%s", out)
+	}
+	// No host refused anything, and the newest key carried traffic.
+	for _, e := range es {
+		var st api.Stats
+		e.json(&st, "stats")
+		for _, r := range []string{"esp-auth", "esp-unknown-spi", "esp-replay", "esp-malformed"} {
+			if st.TunnelDrops[r] != 0 {
+				t.Errorf("%s: %s drops %d", e.h.Name, r, st.TunnelDrops[r])
+			}
+		}
+		var n api.Network
+		e.json(&n, "network", "inspect", "sec")
+		if n.Drops["no-sa"] != 0 || n.Drops["cleartext"] != 0 {
+			t.Errorf("%s: network drops %v", e.h.Name, n.Drops)
+		}
+	}
+	var n api.Network
+	h3.json(&n, "network", "inspect", "sec")
+	used := false
+	for _, sa := range n.SAs {
+		used = used || (sa.Node == "h1" && sa.Direction == "in" && sa.Key == 3 && sa.Packets > 0 && sa.Cipher == "aes256-gcm")
+	}
+	if !used {
+		t.Errorf("h3 received nothing under key 3 from h1: %+v", n.SAs)
+	}
+}
+
+// udpDatagram is one captured IPv4/UDP datagram.
+type udpDatagram struct {
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16
+	Payload          []byte
+}
+
+func (d udpDatagram) String() string {
+	return fmt.Sprintf("%v:%d > %v:%d len %d", d.Src, d.SrcPort, d.Dst, d.DstPort, len(d.Payload))
+}
+
+// udpCapture is tcpdump recording the VXLAN and ESP ports on one
+// interface.
+type udpCapture struct {
+	t    *testing.T
+	path string
+	proc *bgProc
+}
+
+// startUDPCapture starts tcpdump on ifname in namespace netns for UDP
+// ports 4789 and 4500 and returns once it is capturing.
+func startUDPCapture(t *testing.T, netns, ifname string) *udpCapture {
+	t.Helper()
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		if os.Getenv("VXMESH_E2E_REQUIRE") == "1" {
+			t.Fatal("tcpdump not installed (apt-get install tcpdump)")
+		}
+		t.Skip("tcpdump not installed")
+	}
+	path := filepath.Join(t.TempDir(), "underlay.pcap")
+	cmd := exec.Command("nsenter", "--net="+filepath.Join(testbed.NetnsDir, netns), "--", "tcpdump", "-i", ifname, "-n", "-U", "-c", "200000",
+		"-w", path, "udp", "port", "4789", "or", "udp", "port", "4500")
+	p := startBackground(t, cmd)
+	eventually(t, 10*time.Second, func() error {
+		if exited, err := p.wait(0); exited {
+			t.Fatalf("tcpdump exited: %v: %s", err, p.out.String())
+		}
+		if !strings.Contains(p.out.String(), "listening on") {
+			return fmt.Errorf("not listening yet: %q", p.out.String())
+		}
+		return nil
+	}, "tcpdump on %s in %s", ifname, netns)
+	return &udpCapture{t: t, path: path, proc: p}
+}
+
+// stop lets tcpdump write what it has, stops it and returns the datagrams.
+func (c *udpCapture) stop() []udpDatagram {
+	c.t.Helper()
+	time.Sleep(500 * time.Millisecond)
+	_ = c.proc.cmd.Process.Signal(syscall.SIGINT)
+	if exited, _ := c.proc.wait(5 * time.Second); !exited {
+		c.t.Fatalf("tcpdump ignored SIGINT: %s", c.proc.out.String())
+	}
+	b, err := os.ReadFile(c.path)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ds, err := decodeUDPCapture(b)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return ds
+}
+
+// decodeUDPCapture returns the unfragmented IPv4/UDP datagrams of a pcap
+// file of Ethernet frames.
+func decodeUDPCapture(b []byte) ([]udpDatagram, error) {
+	if len(b) < 24 {
+		return nil, nil
+	}
+	var bo binary.ByteOrder
+	switch binary.LittleEndian.Uint32(b) {
+	case 0xa1b2c3d4, 0xa1b23c4d:
+		bo = binary.LittleEndian
+	case 0xd4c3b2a1, 0x4d3cb2a1:
+		bo = binary.BigEndian
+	default:
+		return nil, fmt.Errorf("not a pcap file (magic %x)", b[:4])
+	}
+	var out []udpDatagram
+	for off := 24; off+16 <= len(b); {
+		incl := int(bo.Uint32(b[off+8:]))
+		if off+16+incl > len(b) {
+			break
+		}
+		f := b[off+16 : off+16+incl]
+		off += 16 + incl
+		if len(f) < 14+20+8 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+			continue
+		}
+		ip := f[14:]
+		ihl := int(ip[0]&0x0f) * 4
+		if ip[0]>>4 != 4 || ip[9] != 17 || len(ip) < ihl+8 || binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
+			continue
+		}
+		u := ip[ihl:]
+		ulen := int(binary.BigEndian.Uint16(u[4:]))
+		if ulen < 8 || ulen > len(u) {
+			continue // truncated capture
+		}
+		out = append(out, udpDatagram{
+			Src: netip.AddrFrom4([4]byte(ip[12:16])), Dst: netip.AddrFrom4([4]byte(ip[16:20])),
+			SrcPort: binary.BigEndian.Uint16(u), DstPort: binary.BigEndian.Uint16(u[2:]),
+			Payload: append([]byte(nil), u[8:ulen]...),
+		})
+	}
+	return out, nil
+}
+
+// sendUDPFromNetns sends payload to dst:port from a UDP socket opened in
+// the network namespace at nsPath (a host's), as an attacker on that host
+// replaying a captured datagram would.
+func sendUDPFromNetns(t *testing.T, nsPath string, dst netip.Addr, port int, payload []byte) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		// The thread enters the namespace and is never unlocked: it
+		// exits with the goroutine instead of serving other goroutines.
+		runtime.LockOSThread()
+		ns, err := os.Open(nsPath)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", nsPath, err)
+			return
+		}
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		errc <- unix.Sendto(fd, payload, 0, &unix.SockaddrInet4{Port: port, Addr: dst.As4()})
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("sending from %s: %v", nsPath, err)
+	}
+}

@@ -1,0 +1,293 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// Encrypted networks (DESIGN.md section 4). A network with a cipher
+// (Network.SetCipher) sends every datagram as ESP (RFC 4303, AES-GCM per
+// RFC 4106) in UDP (RFC 3948) to the peers' ESP port, and accepts its
+// frames only from ESP: cleartext VXLAN for its VNI is dropped and counted
+// ("cleartext").
+//
+// The ESP payload is exactly the UDP datagram that would have been sent in
+// the clear: an inner UDP header (source port from the flow hash,
+// destination the data port, length, checksum 0), the VXLAN header and the
+// frame, with next header 17. In the buffer:
+//
+//	scratch (8) | ESP header (16) | UDP (8) | VXLAN (8) | frame | trailer
+//	            ^ offset-espFrontLen                     ^ offset
+//
+// The SAs are the control plane's (VTEP.SetSAs): one outbound SA per peer
+// and cipher, sealing with the primary key, and any number of inbound SAs,
+// found by SPI. They are per host pair, not per network: the networks with
+// the same cipher share them, so a sequence number, and so a nonce, is
+// never used twice under one key.
+
+// espFrontLen is what an encrypted datagram needs in front of the frame:
+// VXLAN and inner UDP headers, the ESP header and the scratch Seal and
+// Open borrow in front of it.
+const espFrontLen = packet.VXLANHeaderLen + udpHeaderLen + esp.HeaderLen + esp.ScratchLen
+
+const udpHeaderLen = 8
+
+// OutboundSA is the SA this host seals a cipher's datagrams to Peer with.
+type OutboundSA struct {
+	Peer netip.Addr
+	SA   *esp.Outbound
+}
+
+// InboundSA is an SA this host opens datagrams from Peer with: a datagram
+// that authenticates under it is taken as sent by Peer, whatever its outer
+// source address.
+type InboundSA struct {
+	Peer netip.Addr
+	SA   *esp.Inbound
+}
+
+// secState is the immutable security snapshot the data path reads.
+type secState struct {
+	out    map[outKey]*esp.Outbound
+	in     *esp.Table
+	peerOf map[*esp.Inbound]netip.Addr
+}
+
+type outKey struct {
+	addr   netip.Addr
+	cipher esp.Cipher
+}
+
+// SetSAs replaces the VTEP's SAs. The SA objects carry sequence numbers
+// and replay windows, so the control plane passes the same objects again
+// for as long as their keys are in use, and new ones only for new keys or
+// peers. out has one SA per peer and cipher.
+func (v *VTEP) SetSAs(out []OutboundSA, in []InboundSA) error {
+	st := &secState{out: make(map[outKey]*esp.Outbound, len(out)), peerOf: make(map[*esp.Inbound]netip.Addr, len(in))}
+	for _, o := range out {
+		k := outKey{o.Peer.Unmap(), o.SA.Stats().Cipher}
+		if st.out[k] != nil {
+			return fmt.Errorf("vtep: two outbound %v SAs to %s", k.cipher, k.addr)
+		}
+		st.out[k] = o.SA
+	}
+	sas := make([]*esp.Inbound, 0, len(in))
+	for _, i := range in {
+		st.peerOf[i.SA] = i.Peer.Unmap()
+		sas = append(sas, i.SA)
+	}
+	t, err := esp.NewTable(sas...)
+	if err != nil {
+		return fmt.Errorf("vtep: %w", err)
+	}
+	st.in = t
+	v.sec.Store(st)
+	return nil
+}
+
+// putInnerUDP writes the inner UDP header of an encrypted datagram in
+// front of the VXLAN header at b[0:8]: source port from the flow hash,
+// destination port, length of the whole datagram b, checksum 0 (RFC 7348
+// allows it over IPv4, and ESP authenticates the datagram anyway).
+func putInnerUDP(b []byte, hash uint32, dport uint16) {
+	binary.BigEndian.PutUint16(b[0:], innerSrcPort(hash))
+	binary.BigEndian.PutUint16(b[2:], dport)
+	binary.BigEndian.PutUint16(b[4:], uint16(len(b)))
+	b[6], b[7] = 0, 0
+}
+
+// innerSrcPort maps a flow hash into the dynamic port range, as the
+// underlay does for the outer source port.
+func innerSrcPort(hash uint32) uint16 { return uint16(49152 + hash%16384) }
+
+// espDropReason maps an esp refusal to the VTEP drop reason.
+func espDropReason(err error) dropReason {
+	switch esp.ReasonOf(err) {
+	case esp.ReasonAuth:
+		return dropESPAuth
+	case esp.ReasonReplay:
+		return dropESPReplay
+	case esp.ReasonUnknownSPI:
+		return dropESPUnknownSPI
+	}
+	return dropESPMalformed
+}
+
+// openESP opens the ESP datagrams read into r.bufs (msgs[i].Buf =
+// r.bufs[i][packet.Headroom-espRxFront:]) in place and rewrites each
+// message to describe its inner VXLAN datagram, as the cleartext receive
+// path expects: Buf at packet.Headroom-VXLANHeaderLen, N its length, Addr
+// the peer the SA authenticates. A refused datagram gets N = -1 and is
+// counted here by reason.
+func (v *VTEP) openESP(r *rxState, msgs []Message, drops *[numDrops]uint64) {
+	st := v.sec.Load()
+	for i := range msgs {
+		m := &msgs[i]
+		if m.N < 0 || m.N > len(m.Buf) || m.GSOSize > 0 {
+			drops[dropESPMalformed]++
+			m.N = -1
+			continue
+		}
+		buf := r.bufs[i]
+		start := packet.Headroom - espRxFront
+		var sa *esp.Inbound
+		var in0, in1 int
+		var nh byte
+		var err error
+		if st == nil {
+			err = esp.ErrUnknownSPI
+		} else {
+			sa, in0, in1, nh, err = st.in.Open(buf[:start+m.N], start, start+m.N)
+		}
+		if err != nil {
+			drops[espDropReason(err)]++
+			m.N = -1
+			continue
+		}
+		// in0 is packet.Headroom-VXLANHeaderLen-udpHeaderLen.
+		u := buf[in0:in1]
+		if nh != esp.ProtoUDP || len(u) < udpHeaderLen || int(binary.BigEndian.Uint16(u[4:])) != len(u) ||
+			binary.BigEndian.Uint16(u[2:]) != v.port {
+			drops[dropESPMalformed]++
+			m.N = -1
+			continue
+		}
+		m.Buf = buf[in0+udpHeaderLen:]
+		m.N = len(u) - udpHeaderLen
+		m.Addr = netip.AddrPortFrom(st.peerOf[sa], 0)
+	}
+}
+
+// espRxFront is where an ESP datagram is read relative to packet.Headroom,
+// so that its frame lands at packet.Headroom after Open.
+const espRxFront = packet.VXLANHeaderLen + udpHeaderLen + esp.HeaderLen
+
+// SetCipher makes the network an encrypted one (c nonzero: its datagrams
+// are sealed with the VTEP's outbound SAs of cipher c and sent to the ESP
+// port, and cleartext VXLAN for it is dropped) or a cleartext one (0).
+// Set it before SetInput.
+func (n *Network) SetCipher(c esp.Cipher) error {
+	if c != 0 && c.KeyLen() == 0 {
+		return fmt.Errorf("vni %d: unknown %v", n.vni, c)
+	}
+	n.cipher.Store(uint32(c))
+	return nil
+}
+
+// Cipher returns the network's cipher, 0 for a cleartext network.
+func (n *Network) Cipher() esp.Cipher { return esp.Cipher(n.cipher.Load()) }
+
+// outbound returns the SA sealing cipher c's datagrams to addr, or nil.
+func (s *secState) outbound(addr netip.Addr, c esp.Cipher) *esp.Outbound {
+	return s.out[outKey{addr, c}]
+}
+
+// writeESP queues the ESP datagrams of frame i (bufs[i][offset:], a TCP
+// super-segment if isGSO) for to, or for every peer when to is nil.
+//
+// A plain frame to one peer that the switch sends to this port only
+// (inPlace: a static remote MAC) is sealed in place in the caller's
+// buffer: the VXLAN and inner UDP headers and the ESP header go into the
+// headroom, the trailer into the tailroom, and the frame is encrypted
+// where it is. Everything else (flooding: one sealed copy per peer;
+// super-segments: one per segment and peer) is built in the scratch arena,
+// the caller's frame untouched. A peer without an SA, or an SA out of
+// sequence numbers, is a drop of that datagram ("no-sa",
+// "esp-seq-exhausted" when no datagram of the frame was sent).
+func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]byte, offset, i int, g packet.GSO, isGSO bool, to *peer, peers []*peer, h uint32, inPlace bool) {
+	b := bufs[i]
+	f := b[offset:]
+	if !isGSO && to != nil && inPlace && cap(b)-len(b) >= esp.MaxTrailerLen {
+		sa := sec.outbound(to.addr, c)
+		if sa == nil {
+			n.espDrop(sc, to, i, dropNoSA)
+			return
+		}
+		if len(sc.msgs) == cap(sc.msgs) {
+			n.send(sc, bufs, offset)
+		}
+		start := offset - packet.VXLANHeaderLen - udpHeaderLen
+		packet.PutVXLAN(b[offset-packet.VXLANHeaderLen:], n.vni)
+		putInnerUDP(b[start:], h, n.v.port)
+		s0, s1, err := sa.Seal(b, start, len(b))
+		if err != nil {
+			n.espDrop(sc, to, i, espSealDrop(err))
+			return
+		}
+		n.queueESP(sc, b[s0:s1], to, h, i, len(f))
+		return
+	}
+	nseg := 1
+	if isGSO {
+		nseg = g.Segments()
+	}
+	for k := range nseg {
+		flen := len(f)
+		if isGSO {
+			flen = g.SegmentLen(k)
+		}
+		slot := espFrontLen + flen + esp.MaxTrailerLen
+		for j := 0; to != nil && j < 1 || to == nil && j < len(peers); j++ {
+			p := to
+			if p == nil {
+				p = peers[j]
+			}
+			sa := sec.outbound(p.addr, c)
+			if sa == nil {
+				n.espDrop(sc, p, i, dropNoSA)
+				continue
+			}
+			if sc.arena == nil {
+				sc.arena = make([]byte, txArenaSize)
+			}
+			if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) {
+				n.send(sc, bufs, offset)
+			}
+			base := sc.used
+			start := base + esp.ScratchLen + esp.HeaderLen
+			payload := start + udpHeaderLen + packet.VXLANHeaderLen
+			if isGSO {
+				g.Segment(k, sc.arena[payload:payload+flen])
+			} else {
+				copy(sc.arena[payload:], f)
+			}
+			packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
+			putInnerUDP(sc.arena[start:payload+flen], h, n.v.port)
+			s0, s1, err := sa.Seal(sc.arena[:base+slot], start, payload+flen)
+			if err != nil {
+				n.espDrop(sc, p, i, espSealDrop(err))
+				continue
+			}
+			sc.used += slot
+			n.queueESP(sc, sc.arena[s0:s1], p, h, i, flen)
+		}
+	}
+}
+
+// queueESP adds the sealed datagram dgram of frame i (flen frame bytes)
+// for p, to its ESP port.
+func (n *Network) queueESP(sc *txScratch, dgram []byte, p *peer, h uint32, i, flen int) {
+	sc.msgs = append(sc.msgs, Message{Buf: dgram, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: h})
+	sc.peers = append(sc.peers, p)
+	sc.frame = append(sc.frame, int32(i))
+	sc.fsize = append(sc.fsize, int32(flen))
+}
+
+// espDrop records that a datagram of frame i to p was not sealed.
+func (n *Network) espDrop(sc *txScratch, p *peer, i int, why dropReason) {
+	p.txDrops.Add(1)
+	if sc.why[i] == dropNone {
+		sc.why[i] = why
+	}
+}
+
+func espSealDrop(err error) dropReason {
+	if err == esp.ErrSeqExhausted {
+		return dropESPSeq
+	}
+	return dropMalformed
+}

@@ -1,0 +1,325 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// testSA returns the two ends of an SA with the given SPI; seed varies the
+// key.
+func testSA(t testing.TB, spi uint32, seed byte) (*esp.Outbound, *esp.Inbound) {
+	t.Helper()
+	key := bytes.Repeat([]byte{seed}, 16)
+	salt := []byte{seed, 1, 2, 3}
+	out, err := esp.NewOutbound(spi, key, salt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := esp.NewInbound(spi, key, salt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, in
+}
+
+// encNode is a VTEP with a VXLAN and an ESP underlay and one encrypted
+// network.
+type encNode struct {
+	*node
+	eu *MemUnderlay
+}
+
+func newEncNode(t *testing.T, mn *MemNetwork, addr netip.Addr, peers ...netip.Addr) *encNode {
+	t.Helper()
+	u, err := mn.Listen(netip.AddrPortFrom(addr, packet.VXLANPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eu, err := mn.Listen(netip.AddrPortFrom(addr, esp.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := New(Config{Underlay: u, ESPUnderlay: eu})
+	n, err := v.AddNetwork(testVNI, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetCipher(esp.AES128GCM); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetPeers(peers); err != nil {
+		t.Fatal(err)
+	}
+	s := newSink()
+	n.SetInput(s.input)
+	return &encNode{node: &node{v: v, u: u, n: n, sink: s}, eu: eu}
+}
+
+func (nd *encNode) run(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- nd.v.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != context.Canceled {
+			t.Errorf("Run returned %v, want context.Canceled", err)
+		}
+	})
+}
+
+// newRawAt is a plain endpoint at addr:port.
+func newRawAt(t *testing.T, mn *MemNetwork, addr netip.Addr, port uint16) *raw {
+	u, err := mn.Listen(netip.AddrPortFrom(addr, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	return &raw{u: u}
+}
+
+func (r *raw) sendTo(t *testing.T, to netip.AddrPort, dgrams ...[]byte) {
+	t.Helper()
+	msgs := make([]Message, len(dgrams))
+	for i, d := range dgrams {
+		msgs[i] = Message{Buf: d, Addr: to}
+	}
+	if n, err := r.u.WriteBatch(msgs); n != len(msgs) || err != nil {
+		t.Fatalf("raw send: %d, %v", n, err)
+	}
+}
+
+func TestEncryptedNetworkBetweenTwoVTEPs(t *testing.T) {
+	mn := NewMemNetwork()
+	a := newEncNode(t, mn, vtepA, vtepB)
+	b := newEncNode(t, mn, vtepB, vtepA)
+	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	b.n.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
+	ab, abIn := testSA(t, 0x1000ab, 1)
+	ba, baIn := testSA(t, 0x1000ba, 2)
+	if err := a.v.SetSAs([]OutboundSA{{vtepB, ab}}, []InboundSA{{vtepB, baIn}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.v.SetSAs([]OutboundSA{{vtepA, ba}}, []InboundSA{{vtepA, abIn}}); err != nil {
+		t.Fatal(err)
+	}
+	a.run(t)
+	b.run(t)
+
+	uni := udpFrame(macB, macA, 1000, 80, 1300)
+	bcast := udpFrame(packet.Broadcast, macA, 1001, 80, 60)
+	bufs := withHeadroom(uni, bcast)
+	if n, err := a.n.Write(bufs, packet.Headroom); n != 2 || err != nil {
+		t.Fatalf("Write: %d, %v", n, err)
+	}
+	got := b.sink.wait(t, 2)
+	if !bytes.Equal(got[0], uni) || !bytes.Equal(got[1], bcast) {
+		t.Fatal("frames changed in transit")
+	}
+	// And back, B to A.
+	if n, err := b.n.Write(withHeadroom(udpFrame(macA, macB, 7, 8, 100)), packet.Headroom); n != 1 || err != nil {
+		t.Fatalf("Write: %d, %v", n, err)
+	}
+	a.sink.wait(t, 1)
+	if s := ab.Stats(); s.Packets != 2 || s.Seq != 2 {
+		t.Fatalf("outbound SA: %+v", s)
+	}
+	if s := abIn.Stats(); s.Packets != 2 || s.Seq != 2 {
+		t.Fatalf("inbound SA: %+v", s)
+	}
+
+	// Cleartext VXLAN for the encrypted VNI, from A's address, is dropped
+	// and counted, never delivered.
+	mallory := newRaw(t, mn, vtepC)
+	mallory.send(t, vtepB, 1, vxlanDatagram(testVNI, udpFrame(macB, macA, 1, 2, 50)))
+	waitCount(t, "cleartext drop", func() uint64 { return b.n.Stats().Drops["cleartext"] }, 1)
+	// A sender without the key: the SPI B expects from A, another key.
+	forged, _ := testSA(t, 0x1000ab, 9)
+	unknown, _ := testSA(t, 0x7777, 1)
+	for _, sa := range []*esp.Outbound{forged, unknown} {
+		buf := make([]byte, packet.BufferSize)
+		for range 5 { // ahead of B's replay window: refused for the key
+			sa.Seal(buf, 64, 128)
+		}
+		d := vxlanDatagram(testVNI, udpFrame(macB, macA, 1, 2, 50))
+		start := packet.Headroom - udpHeaderLen
+		n := copy(buf[start+udpHeaderLen:], d)
+		putInnerUDP(buf[start:start+udpHeaderLen+n], 1, packet.VXLANPort)
+		s0, s1, err := sa.Seal(buf, start, start+udpHeaderLen+n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		espRaw := newRawAt(t, mn, netip.MustParseAddr("192.168.50.7"), uint16(40000+sa.SPI()%100))
+		espRaw.sendTo(t, netip.AddrPortFrom(vtepB, esp.Port), buf[s0:s1])
+	}
+	waitCount(t, "auth failure", func() uint64 { return b.v.Stats().Drops["esp-auth"] }, 1)
+	waitCount(t, "unknown SPI", func() uint64 { return b.v.Stats().Drops["esp-unknown-spi"] }, 1)
+	if s := abIn.Stats(); s.Drops[esp.ReasonAuth] != 1 {
+		t.Fatalf("inbound SA drops: %v", s.Drops)
+	}
+	if c := b.sink.count(); c != 2 {
+		t.Fatalf("B delivered %d frames, want the 2 sealed by A", c)
+	}
+}
+
+func TestEncryptedWireFormatAndReplay(t *testing.T) {
+	mn := NewMemNetwork()
+	a := newEncNode(t, mn, vtepA, vtepC)
+	sniff := newRawAt(t, mn, vtepC, esp.Port)
+	out, in := testSA(t, 0x2000ac, 3)
+	if err := a.v.SetSAs([]OutboundSA{{vtepC, out}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	frame := udpFrame(packet.Broadcast, macA, 5, 6, 333)
+	if n, err := a.n.Write(withHeadroom(frame), packet.Headroom); n != 1 || err != nil {
+		t.Fatalf("Write: %d, %v", n, err)
+	}
+	m := sniff.recv(t, 1)[0]
+	wire := bytes.Clone(m.Buf)
+	// A standard ESP decoder given the SA decrypts the UDP datagram that
+	// would have been sent in the clear.
+	buf := make([]byte, 64+len(wire))
+	copy(buf[64:], wire)
+	i0, i1, nh, err := in.Open(buf, 64, len(buf))
+	if err != nil || nh != esp.ProtoUDP {
+		t.Fatalf("open: %v, next header %d", err, nh)
+	}
+	u := buf[i0:i1]
+	if binary.BigEndian.Uint16(u[2:]) != packet.VXLANPort || int(binary.BigEndian.Uint16(u[4:])) != len(u) || u[6] != 0 || u[7] != 0 {
+		t.Fatalf("inner UDP header % x", u[:8])
+	}
+	if sp := binary.BigEndian.Uint16(u[0:]); sp < 49152 {
+		t.Fatalf("inner source port %d not from the flow hash range", sp)
+	}
+	x := packet.VXLAN(u[8:])
+	if !x.Valid() || x.VNI() != testVNI || !bytes.Equal(x.Payload(), frame) {
+		t.Fatal("inner VXLAN datagram differs")
+	}
+
+	// Replayed to B, which has the SA: accepted once, then refused.
+	b := newEncNode(t, mn, vtepB, vtepA)
+	if err := b.v.SetSAs(nil, []InboundSA{{vtepA, func() *esp.Inbound { _, i := testSA(t, 0x2000ac, 3); return i }()}}); err != nil {
+		t.Fatal(err)
+	}
+	b.run(t)
+	replayer := newRawAt(t, mn, vtepC, 4501)
+	replayer.sendTo(t, netip.AddrPortFrom(vtepB, esp.Port), wire)
+	if got := b.sink.wait(t, 1); !bytes.Equal(got[0], frame) {
+		t.Fatal("frame changed")
+	}
+	replayer.sendTo(t, netip.AddrPortFrom(vtepB, esp.Port), wire, wire)
+	waitCount(t, "replays", func() uint64 { return b.v.Stats().Drops["esp-replay"] }, 2)
+	if c := b.sink.count(); c != 1 {
+		t.Fatalf("delivered %d frames, want 1", c)
+	}
+}
+
+func TestEncryptedWriteWithoutSADrops(t *testing.T) {
+	mn := NewMemNetwork()
+	a := newEncNode(t, mn, vtepA, vtepB)
+	newRawAt(t, mn, vtepB, esp.Port)
+	if n, err := a.n.Write(withHeadroom(udpFrame(packet.Broadcast, macA, 5, 6, 33)), packet.Headroom); n != 0 || err == nil {
+		t.Fatalf("Write without SA: %d, %v", n, err)
+	}
+	if d := a.n.Stats().Drops["no-sa"]; d != 1 {
+		t.Fatalf("no-sa drops %d", d)
+	}
+}
+
+// waitCount waits until get returns at least want.
+func waitCount(t *testing.T, what string, get func() uint64, want uint64) {
+	t.Helper()
+	for range 500 {
+		if get() >= want {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s: %d, want %d", what, get(), want)
+}
+
+// TestEncryptedPathsDoNotAllocate checks the seal (unicast in place and
+// flooded copies) and open paths with AllocsPerRun.
+func TestEncryptedPathsDoNotAllocate(t *testing.T) {
+	mn := NewMemNetwork()
+	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
+	peer, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
+	out, _ := testSA(t, 0x3000ab, 4)
+	v := New(Config{Underlay: u})
+	t.Cleanup(func() { v.Close(); peer.Close() })
+	n, _ := v.AddNetwork(testVNI, 0)
+	n.SetCipher(esp.AES128GCM)
+	n.SetPeers([]netip.Addr{vtepB})
+	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	v.SetSAs([]OutboundSA{{vtepB, out}}, nil)
+	drain := make([]Message, packet.BatchSize)
+	for i := range drain {
+		drain[i].Buf = make([]byte, 2048)
+	}
+	for _, dst := range []packet.MAC{macB, packet.Broadcast} {
+		var bufs [][]byte
+		for i := range packet.BatchSize {
+			bufs = append(bufs, withHeadroom(udpFrame(dst, macA, uint16(i), 80, 1300))...)
+		}
+		frames := make([][]byte, len(bufs))
+		for i, b := range bufs {
+			frames[i] = bytes.Clone(b)
+		}
+		step := func() {
+			for i, b := range bufs {
+				copy(b[:cap(b)], frames[i][:cap(frames[i])])
+			}
+			n.Write(bufs, packet.Headroom)
+			for left := len(bufs); left > 0; {
+				k, _ := peer.ReadBatch(drain)
+				left -= k
+			}
+		}
+		if allocs := testing.AllocsPerRun(100, step); allocs != 0 {
+			t.Errorf("encrypted Write to %s allocates %.1f times per batch", dst, allocs)
+		}
+	}
+
+	// Receive: open and deliver a batch sealed in place in the receive
+	// buffers.
+	ru, _ := mn.Listen(netip.AddrPortFrom(vtepC, packet.VXLANPort))
+	eu, _ := mn.Listen(netip.AddrPortFrom(vtepC, esp.Port))
+	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
+	t.Cleanup(func() { rv.Close() })
+	rn, _ := rv.AddNetwork(testVNI, 0)
+	rn.SetCipher(esp.AES128GCM)
+	rn.SetPeers([]netip.Addr{vtepA})
+	rn.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
+	rn.SetInput(func([][]byte, []int, int) {})
+	sout, sin := testSA(t, 0x3000ac, 5)
+	rv.SetSAs(nil, []InboundSA{{vtepA, sin}})
+	d := vxlanDatagram(testVNI, udpFrame(macB, macA, 1, 2, 1300))
+	r := &rv.erx
+	msgs := r.msgs[:packet.BatchSize]
+	recvStep := func() {
+		for i := range msgs {
+			buf := r.bufs[i]
+			start := packet.Headroom - packet.VXLANHeaderLen - udpHeaderLen
+			copy(buf[start+udpHeaderLen:], d)
+			putInnerUDP(buf[start:start+udpHeaderLen+len(d)], 1, packet.VXLANPort)
+			s0, s1, _ := sout.Seal(buf, start, start+udpHeaderLen+len(d))
+			msgs[i].Buf = buf[s0:]
+			msgs[i].N = s1 - s0
+		}
+		var drops [numDrops]uint64
+		rv.openESP(r, msgs, &drops)
+		rv.receive(r, msgs, true)
+	}
+	if allocs := testing.AllocsPerRun(100, recvStep); allocs != 0 {
+		t.Errorf("encrypted receive allocates %.1f times per batch", allocs)
+	}
+	if st := rn.Stats(); st.RxPackets != 101*packet.BatchSize {
+		t.Errorf("delivered %d frames, want %d (drops %v, vtep %v)", st.RxPackets, 101*packet.BatchSize, st.Drops, rv.Stats().Drops)
+	}
+}
