@@ -15,6 +15,9 @@
 //   - vxmesh-overlay: a vxmesh daemon per host in one cluster, a network
 //     created on h1 with --mtu 1450, container c1 on h1 and c2 on h2: the
 //     traffic crosses the underlay in vxmesh's VXLAN.
+//   - vxmesh-esp: the same with an encrypted network (--encrypted,
+//     aes128-gcm): ESP in UDP between the hosts, at the encrypted
+//     network's MTU (1405 on a 1500-byte underlay, or -mtu if smaller).
 //   - kernel-vxlan: what Docker's overlay driver builds with the kernel: in
 //     each host a VXLAN device (VNI 4242, port 4789, the other host as
 //     remote) enslaved to a Linux bridge, and a veth pair into a container
@@ -54,7 +57,7 @@ func main() {
 	cfg := config{}
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "iperf3 run time per topology")
 	flag.StringVar(&cfg.binary, "binary", "bin/vxmesh", "vxmesh binary (built from ./cmd/vxmesh if missing)")
-	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,kernel-vxlan)")
+	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan)")
 	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
 	dnsMode := flag.Bool("dns", false, "measure the embedded DNS resolver against dnsmasq with dnsperf instead (each dnsperf run lasts -duration)")
@@ -116,6 +119,7 @@ var topologies = []topology{
 	{"vxmesh", "userspace switch, TAP per container", singleHost, false, benchVxmesh},
 	{"kernel", "Linux bridge + veth (Docker bridge)", singleHost, true, benchKernel},
 	{"vxmesh-overlay", "vxmesh VXLAN between two daemons", twoHosts, false, benchVxmeshOverlay},
+	{"vxmesh-esp", "vxmesh encrypted (ESP aes128-gcm), MTU <= 1405", twoHosts, false, benchVxmeshOverlayESP},
 	{"kernel-vxlan", "kernel VXLAN + bridge + veth (Docker overlay)", twoHosts, true, benchKernelVXLAN},
 }
 
@@ -137,7 +141,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay or kernel-vxlan)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp or kernel-vxlan)", n)
 			}
 			want[n] = true
 		}
@@ -414,6 +418,19 @@ func (k kernelBridge) build() (pair, error) {
 // benchVxmeshOverlay measures two testbed hosts in one vxmesh cluster with
 // c1 on h1 and c2 on h2.
 func benchVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+	return vxmeshOverlay(ctx, cfg, prefix, log, false)
+}
+
+// benchVxmeshOverlayESP is benchVxmeshOverlay with an encrypted network.
+func benchVxmeshOverlayESP(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+	return vxmeshOverlay(ctx, cfg, prefix, log, true)
+}
+
+// espMaxMTU is the largest MTU of an encrypted network on a 1500-byte
+// underlay.
+const espMaxMTU = 1405
+
+func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer, encrypted bool) (testbed.IperfResult, testbed.PingResult, error) {
 	fail := func(err error) (testbed.IperfResult, testbed.PingResult, error) {
 		return testbed.IperfResult{}, testbed.PingResult{}, err
 	}
@@ -436,7 +453,11 @@ func benchVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.W
 		return fail(err)
 	}
 	h1, h2 := tb.Hosts[0], tb.Hosts[1]
-	if _, err := h1.CLIContext(ctx, "network", "create", "bench", "--subnet", "10.88.1.0/24", "--mtu", fmt.Sprint(cfg.mtu)); err != nil {
+	create := []string{"network", "create", "bench", "--subnet", "10.88.1.0/24", "--mtu", fmt.Sprint(cfg.mtu)}
+	if encrypted {
+		create = []string{"network", "create", "bench", "--subnet", "10.88.1.0/24", "--encrypted", "--mtu", fmt.Sprint(min(cfg.mtu, espMaxMTU))}
+	}
+	if _, err := h1.CLIContext(ctx, create...); err != nil {
 		return fail(err)
 	}
 	// The network reaches h2 through the cluster.
