@@ -30,7 +30,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // cluster key, each with netstack containers.
 func threeNodes(t *testing.T) ([]*Daemon, []*fakeSandbox) {
 	t.Helper()
-	mem := tunnel.NewMemNetwork()
+	return threeNodesOn(t, tunnel.NewMemNetwork())
+}
+
+// threeNodesOn is threeNodes on a given in-memory underlay.
+func threeNodesOn(t *testing.T, mem *tunnel.MemNetwork) ([]*Daemon, []*fakeSandbox) {
+	t.Helper()
 	keyDir := t.TempDir()
 	var ds []*Daemon
 	var sbs []*fakeSandbox
