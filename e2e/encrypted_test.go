@@ -335,9 +335,18 @@ func sendUDPFromNetns(t *testing.T, nsPath string, dst netip.Addr, port int, pay
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
-		// The thread enters the namespace and is never unlocked: it
-		// exits with the goroutine instead of serving other goroutines.
+		// The thread enters the namespace and goes back before it is
+		// unlocked; if going back fails it stays locked and exits with the
+		// goroutine. (A thread left in another namespace could be the main
+		// thread, which makes the whole test process look like a member of
+		// that namespace in /proc.)
 		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer self.Close()
 		ns, err := os.Open(nsPath)
 		if err != nil {
 			errc <- err
@@ -349,12 +358,14 @@ func sendUDPFromNetns(t *testing.T, nsPath string, dst netip.Addr, port int, pay
 			return
 		}
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
+		if err == nil {
+			err = unix.Sendto(fd, payload, 0, &unix.SockaddrInet4{Port: port, Addr: dst.As4()})
+			unix.Close(fd)
 		}
-		defer unix.Close(fd)
-		errc <- unix.Sendto(fd, payload, 0, &unix.SockaddrInet4{Port: port, Addr: dst.As4()})
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	if err := <-errc; err != nil {
 		t.Fatalf("sending from %s: %v", nsPath, err)
