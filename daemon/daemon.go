@@ -196,7 +196,9 @@ func (d *Daemon) start() error {
 	}
 	eul := d.cfg.ESPUnderlay
 	if eul == nil {
-		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort})
+		// No UDP_GRO: each ESP datagram is opened in place in its own
+		// buffer, so coalesced reads are not split.
+		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort, NoGRO: true})
 		if err != nil {
 			ul.Close()
 			return fmt.Errorf("esp port: %w (--esp-port)", err)

@@ -302,7 +302,7 @@ func (d *Daemon) sa(id saID, k keyring.Key, self, peer keyring.Endpoint) (*saObj
 }
 
 // installSAs derives (or reuses) the SAs of every key of ring with every
-// live peer whose epoch is known, for every cipher in use, hands them to
+// peer whose epoch is known, for every cipher in use, hands them to
 // the data plane and forgets the SAs of keys that left the ring.
 func (d *Daemon) installSAs(ring *keyring.Ring, ciphers []esp.Cipher, members []cluster.Member, states map[string]keyStateRecord) error {
 	ks := d.keys
@@ -312,7 +312,11 @@ func (d *Daemon) installSAs(ring *keyring.Ring, ciphers []esp.Cipher, members []
 	for _, c := range ciphers {
 		for _, m := range members {
 			st, ok := states[m.Name]
-			if m.Self || !ok || !m.Meta.DataAddr.IsValid() || (m.State != cluster.StateAlive && m.State != cluster.StateSuspect) {
+			// Whatever its membership state: a node wrongly declared
+			// dead still gets and sends frames (its endpoints outlive
+			// its death by --node-grace), and its keystate entry leaves
+			// with them.
+			if m.Self || !ok || !m.Meta.DataAddr.IsValid() {
 				continue
 			}
 			peer := keyring.Endpoint{Node: m.Name, Epoch: st.Epoch}
