@@ -195,7 +195,8 @@ func (s *secState) outbound(addr netip.Addr, c esp.Cipher) *esp.Outbound {
 // headroom, the trailer into the tailroom, and the frame is encrypted
 // where it is. Everything else (flooding: one sealed copy per peer;
 // super-segments: one per segment and peer) is built in the scratch arena,
-// the caller's frame untouched. A peer without an SA, or an SA out of
+// the caller's frame untouched; super-segments go in UDP segmentation
+// runs (writeESPSegments). A peer without an SA, or an SA out of
 // sequence numbers, is a drop of that datagram ("no-sa",
 // "esp-seq-exhausted" when no datagram of the frame was sent).
 func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]byte, offset, i int, g packet.GSO, isGSO bool, to *peer, peers []*peer, h uint32, inPlace bool) {
@@ -218,60 +219,115 @@ func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]
 			n.espDrop(sc, to, i, espSealDrop(err))
 			return
 		}
-		n.queueESP(sc, b[s0:s1], to, h, i, len(f))
+		n.queueESP(sc, b[s0:s1], 0, to, h, i, len(f))
 		return
 	}
-	nseg := 1
 	if isGSO {
-		nseg = g.Segments()
+		n.writeESPSegments(sc, sec, c, bufs, offset, i, g, to, peers, h)
+		return
 	}
-	for k := range nseg {
-		flen := len(f)
-		if isGSO {
-			flen = g.SegmentLen(k)
+	flen := len(f)
+	slot := espFrontLen + flen + esp.MaxTrailerLen
+	for j := 0; to != nil && j < 1 || to == nil && j < len(peers); j++ {
+		p := to
+		if p == nil {
+			p = peers[j]
 		}
-		slot := espFrontLen + flen + esp.MaxTrailerLen
-		for j := 0; to != nil && j < 1 || to == nil && j < len(peers); j++ {
-			p := to
-			if p == nil {
-				p = peers[j]
-			}
-			sa := sec.outbound(p.addr, c)
-			if sa == nil {
-				n.espDrop(sc, p, i, dropNoSA)
-				continue
-			}
+		sa := sec.outbound(p.addr, c)
+		if sa == nil {
+			n.espDrop(sc, p, i, dropNoSA)
+			continue
+		}
+		if sc.arena == nil {
+			sc.arena = make([]byte, txArenaSize)
+		}
+		if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) {
+			n.send(sc, bufs, offset)
+		}
+		base := sc.used
+		start := base + esp.ScratchLen + esp.HeaderLen
+		payload := start + udpHeaderLen + packet.VXLANHeaderLen
+		copy(sc.arena[payload:], f)
+		packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
+		putInnerUDP(sc.arena[start:payload+flen], h, n.v.port)
+		s0, s1, err := sa.Seal(sc.arena[:base+slot], start, payload+flen)
+		if err != nil {
+			n.espDrop(sc, p, i, espSealDrop(err))
+			continue
+		}
+		sc.used += slot
+		n.queueESP(sc, sc.arena[s0:s1], 0, p, h, i, flen)
+	}
+}
+
+// writeESPSegments queues the ESP datagrams of the segments of the TCP
+// super-segment g (frame i) for to, or for every peer when to is nil. Per
+// peer, the segments are sealed back to back in the scratch arena in runs
+// that one UDP segmentation send carries (Message.GSOSize): segments of
+// equal length give ESP datagrams of equal length, stride bytes apart, and
+// only the last of a run may be shorter. Sealing datagram k borrows the
+// ScratchLen bytes in front of its ESP header, the tail of datagram k-1,
+// and restores them.
+func (n *Network) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]byte, offset, i int, g packet.GSO, to *peer, peers []*peer, h uint32) {
+	segs := g.Segments()
+	inner0 := udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(0)
+	stride := inner0 + esp.Overhead(inner0)
+	perRun := max(1, min(MaxGSOSegments, MaxGSOBytes/stride))
+	for j := 0; to != nil && j < 1 || to == nil && j < len(peers); j++ {
+		p := to
+		if p == nil {
+			p = peers[j]
+		}
+		sa := sec.outbound(p.addr, c)
+		if sa == nil {
+			n.espDrop(sc, p, i, dropNoSA)
+			continue
+		}
+		for k := 0; k < segs; {
+			cnt := min(perRun, segs-k)
+			need := esp.ScratchLen + (cnt-1)*stride + esp.HeaderLen + udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1) + esp.MaxTrailerLen
 			if sc.arena == nil {
 				sc.arena = make([]byte, txArenaSize)
 			}
-			if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) {
+			if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) {
 				n.send(sc, bufs, offset)
 			}
 			base := sc.used
-			start := base + esp.ScratchLen + esp.HeaderLen
-			payload := start + udpHeaderLen + packet.VXLANHeaderLen
-			if isGSO {
-				g.Segment(k, sc.arena[payload:payload+flen])
-			} else {
-				copy(sc.arena[payload:], f)
+			d0 := base + esp.ScratchLen
+			end, flen := d0, 0
+			var err error
+			for x := range cnt {
+				start := d0 + x*stride + esp.HeaderLen
+				payload := start + udpHeaderLen + packet.VXLANHeaderLen
+				sl := g.SegmentLen(k + x)
+				g.Segment(k+x, sc.arena[payload:payload+sl])
+				packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
+				putInnerUDP(sc.arena[start:payload+sl], h, n.v.port)
+				var s1 int
+				if _, s1, err = sa.Seal(sc.arena[:base+need], start, payload+sl); err != nil {
+					break
+				}
+				end, flen = s1, flen+sl
 			}
-			packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
-			putInnerUDP(sc.arena[start:payload+flen], h, n.v.port)
-			s0, s1, err := sa.Seal(sc.arena[:base+slot], start, payload+flen)
 			if err != nil {
 				n.espDrop(sc, p, i, espSealDrop(err))
-				continue
+				break
 			}
-			sc.used += slot
-			n.queueESP(sc, sc.arena[s0:s1], p, h, i, flen)
+			sc.used += need
+			gso := 0
+			if cnt > 1 {
+				gso = stride
+			}
+			n.queueESP(sc, sc.arena[d0:end], gso, p, h, i, flen)
+			k += cnt
 		}
 	}
 }
 
-// queueESP adds the sealed datagram dgram of frame i (flen frame bytes)
-// for p, to its ESP port.
-func (n *Network) queueESP(sc *txScratch, dgram []byte, p *peer, h uint32, i, flen int) {
-	sc.msgs = append(sc.msgs, Message{Buf: dgram, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: h})
+// queueESP adds the sealed datagram dgram of frame i (flen frame bytes;
+// a run of datagrams of gso bytes if gso > 0) for p, to its ESP port.
+func (n *Network) queueESP(sc *txScratch, dgram []byte, gso int, p *peer, h uint32, i, flen int) {
+	sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gso, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: h})
 	sc.peers = append(sc.peers, p)
 	sc.frame = append(sc.frame, int32(i))
 	sc.fsize = append(sc.fsize, int32(flen))

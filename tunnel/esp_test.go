@@ -286,6 +286,23 @@ func TestEncryptedPathsDoNotAllocate(t *testing.T) {
 		}
 	}
 
+	// A super-segment: segments sealed in GSO runs in the arena.
+	tso := tsoBuffer(macB, macA, false, 30000, 1300)
+	tsoOrig := bytes.Clone(tso)
+	gsoStep := func() {
+		n.Write([][]byte{tso}, packet.Headroom)
+		for left := (30000 + 1299) / 1300; left > 0; {
+			k, _ := peer.ReadBatch(drain)
+			left -= k
+		}
+	}
+	if allocs := testing.AllocsPerRun(100, gsoStep); allocs != 0 {
+		t.Errorf("encrypted Write of a super-segment allocates %.1f times", allocs)
+	}
+	if !bytes.Equal(tso, tsoOrig) {
+		t.Error("the super-segment was modified")
+	}
+
 	// Receive: open and deliver a batch sealed in place in the receive
 	// buffers.
 	ru, _ := mn.Listen(netip.AddrPortFrom(vtepC, packet.VXLANPort))
@@ -321,5 +338,62 @@ func TestEncryptedPathsDoNotAllocate(t *testing.T) {
 	}
 	if st := rn.Stats(); st.RxPackets != 101*packet.BatchSize {
 		t.Errorf("delivered %d frames, want %d (drops %v, vtep %v)", st.RxPackets, 101*packet.BatchSize, st.Drops, rv.Stats().Drops)
+	}
+}
+
+func TestEncryptedSuperSegmentGoesInGSORuns(t *testing.T) {
+	for _, flood := range []bool{false, true} {
+		mn := NewMemNetwork()
+		mn.SetMTU(1500) // no ESP datagram may exceed it
+		u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
+		v := New(Config{Underlay: u})
+		t.Cleanup(func() { v.Close() })
+		const mtu = 1405
+		n, _ := v.AddNetwork(testVNI, mtu)
+		n.SetCipher(esp.AES128GCM)
+		n.SetPeers([]netip.Addr{vtepB, vtepC})
+		if !flood {
+			n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+		}
+		sniffB, sniffC := newRawAt(t, mn, vtepB, esp.Port), newRawAt(t, mn, vtepC, esp.Port)
+		outB, inB := testSA(t, 0x4000ab, 6)
+		outC, inC := testSA(t, 0x4000ac, 7)
+		v.SetSAs([]OutboundSA{{vtepB, outB}, {vtepC, outC}}, nil)
+		dst := macB
+		if flood {
+			dst = packet.MAC{0x02, 0x42, 9, 9, 9, 9} // unknown: flooded
+		}
+		mss := mtu - 20 - 32
+		b := tsoBuffer(dst, macA, false, 60000, mss)
+		orig := bytes.Clone(b)
+		if k, err := n.Write([][]byte{b}, packet.Headroom); k != 1 || err != nil {
+			t.Fatalf("flood=%v: Write = %d, %v", flood, k, err)
+		}
+		segs := (60000 + mss - 1) / mss
+		open := func(in *esp.Inbound, msgs []Message) []Message {
+			var out []Message
+			for _, m := range msgs {
+				buf := make([]byte, 64+len(m.Buf))
+				copy(buf[64:], m.Buf)
+				i0, i1, nh, err := in.Open(buf, 64, len(buf))
+				if err != nil || nh != esp.ProtoUDP {
+					t.Fatalf("flood=%v: open: %v", flood, err)
+				}
+				out = append(out, Message{Buf: buf[i0+udpHeaderLen : i1]})
+			}
+			return out
+		}
+		checkTCPSegments(t, open(inB, sniffB.recv(t, segs)), mtu, orig[packet.Headroom+14+20+32:])
+		if flood {
+			checkTCPSegments(t, open(inC, sniffC.recv(t, segs)), mtu, orig[packet.Headroom+14+20+32:])
+		} else if sniffC.pending() != 0 {
+			t.Errorf("unicast reached C")
+		}
+		if !bytes.Equal(b, orig) {
+			t.Errorf("flood=%v: Write modified the super-segment", flood)
+		}
+		if st := n.Stats(); st.TxPackets != 1 || st.TxGSO != 1 || len(st.Drops) != 0 {
+			t.Errorf("flood=%v: stats %+v", flood, st)
+		}
 	}
 }
