@@ -5,6 +5,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 )
@@ -81,8 +82,9 @@ func printKeys(w io.Writer, format string, k api.Keys) error {
 	return nil
 }
 
+// fmtSeconds prints seconds as a duration ("12h0m0s").
 func fmtSeconds(s float64) string {
-	return fmt.Sprintf("%gs", s)
+	return time.Duration(s * float64(time.Second)).String()
 }
 
 func keyExport(env *cliEnv, args []string) error {
