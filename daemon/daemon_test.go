@@ -145,6 +145,14 @@ func newTestDaemon(t testing.TB, sb *fakeSandbox, dir string) *Daemon {
 // addr and whose gossip listens on addr with fast test timing.
 func newNode(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Addr, sb *fakeSandbox, dir string, join ...string) *Daemon {
 	t.Helper()
+	return startNode(t, nodeConfig(t, mem, name, addr, sb, dir, join...))
+}
+
+// nodeConfig is the Config of a test daemon: VXLAN and ESP on the
+// in-memory underlay mem at addr, gossip on a free port of addr with fast
+// timing, a one-second node grace.
+func nodeConfig(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Addr, sb Sandbox, dir string, join ...string) Config {
+	t.Helper()
 	ul, err := mem.Listen(netip.AddrPortFrom(addr, 4789))
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +161,7 @@ func newNode(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Addr,
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Config{
+	return Config{
 		Node: name, StateDir: dir, Sandbox: sb, UnderlayMTU: 1500, Advertise: addr,
 		GossipPort: freePort(t, addr), Join: join, Underlay: ul, ESPUnderlay: eul, NodeGrace: time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -165,7 +173,13 @@ func newNode(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Addr,
 			c.SuspicionMult = 2
 			c.ReconnectInterval = 500 * time.Millisecond
 		},
-	})
+	}
+}
+
+// startNode starts a daemon with cfg or fails the test.
+func startNode(t testing.TB, cfg Config) *Daemon {
+	t.Helper()
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,7 +12,6 @@ import (
 	mdns "github.com/miekg/dns"
 
 	"github.com/vxmesh/vxmesh/api"
-	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -54,27 +51,9 @@ func (s *dnsSandbox) addr(nsPath string) string {
 // newDNSNode is newNode with a dnsSandbox and upstream servers.
 func newDNSNode(t *testing.T, mem *tunnel.MemNetwork, name string, addr netip.Addr, sb *dnsSandbox, dir string, ups []netip.AddrPort, join ...string) *Daemon {
 	t.Helper()
-	ul, err := mem.Listen(netip.AddrPortFrom(addr, 4789))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(Config{
-		Node: name, StateDir: dir, Sandbox: sb, UnderlayMTU: 1500, Advertise: addr,
-		GossipPort: freePort(t, addr), Join: join, Underlay: ul, NodeGrace: time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DNSUpstreams: ups, DNSTimeout: time.Second,
-		tuneCluster: func(c *cluster.Config) {
-			c.GossipInterval = 20 * time.Millisecond
-			c.ProbeInterval = 100 * time.Millisecond
-			c.ProbeTimeout = 50 * time.Millisecond
-			c.PushPullInterval = 300 * time.Millisecond
-			c.SuspicionMult = 2
-			c.ReconnectInterval = 500 * time.Millisecond
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	cfg := nodeConfig(t, mem, name, addr, sb, dir, join...)
+	cfg.DNSUpstreams, cfg.DNSTimeout = ups, time.Second
+	return startNode(t, cfg)
 }
 
 // nxUpstream answers NXDOMAIN to everything but outside.example.
