@@ -1,11 +1,7 @@
 package daemon
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
 	"fmt"
-	"io"
 	"net/netip"
 	"testing"
 	"time"
@@ -97,44 +93,7 @@ func TestThreeNodesTCPAcrossTheOverlay(t *testing.T) {
 		})
 	}
 	// TCP from c1 (h1) to c3 (h3), byte-exact.
-	c1 := sbs[0].iface("/run/netns/c1", "eth0").stack
-	c3 := sbs[2].iface("/run/netns/c3", "eth0").stack
-	ln, err := c3.Listen(5001)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	data := make([]byte, 2<<20)
-	rand.Read(data)
-	got := make(chan []byte, 1)
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer conn.Close()
-		b, _ := io.ReadAll(conn)
-		got <- b
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := c1.Dial(ctx, netip.AddrPortFrom(netip.MustParseAddr(eps[2].IP), 5001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close()
-	select {
-	case b := <-got:
-		if !bytes.Equal(b, data) {
-			t.Fatalf("received %d bytes, not the %d sent", len(b), len(data))
-		}
-	case <-ctx.Done():
-		t.Fatal("transfer did not finish")
-	}
+	tcpOnce(t, sbs[0], sbs[2], "/run/netns/c1", "/run/netns/c3", netip.MustParseAddr(eps[2].IP), 5001, 2<<20)
 	n, _ := ds[0].Network("web")
 	if len(n.Endpoints) != 3 || len(n.Peers) != 2 {
 		t.Fatalf("inspect on h1: %d endpoints, %d peers; want 3 and 2", len(n.Endpoints), len(n.Peers))
