@@ -314,8 +314,21 @@ func Cleanup(prefix string) error {
 			errs = append(errs, err)
 		}
 	}
+	// The daemon writes /etc/netns/NAME/resolv.conf for the containers it
+	// makes (for `ip netns exec` users); namespaces deleted here, not by
+	// `vxmesh rm`, leave those behind.
+	etc, _ := filepath.Glob(filepath.Join(NetnsEtcDir, prefix+"*"))
+	for _, d := range etc {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, fmt.Errorf("testbed: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
+
+// NetnsEtcDir holds per-namespace configuration files that `ip netns exec`
+// bind-mounts over /etc.
+const NetnsEtcDir = "/etc/netns"
 
 // ListNetns returns the named network namespaces starting with prefix.
 func ListNetns(prefix string) ([]string, error) {

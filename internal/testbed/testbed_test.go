@@ -93,8 +93,16 @@ func TestHostsReachEachOtherAndCloseRemovesEverything(t *testing.T) {
 	if _, err := InNetns(context.Background(), p.NetnsPath, "ping", "-c", "1", "-W", "2", tb.Hosts[2].Addr); err != nil {
 		t.Errorf("underlay peer %s -> h3: %v", p.Addr, err)
 	}
-	// A namespace made by a user under the prefix goes away with Close too.
+	// A namespace made by a user under the prefix goes away with Close
+	// too, with the /etc/netns resolv.conf the daemon writes for containers.
 	if _, err := tb.AddNetns("extra"); err != nil {
+		t.Fatal(err)
+	}
+	etc := filepath.Join(NetnsEtcDir, tb.Prefix+"extra")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 127.0.0.11\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	dir := tb.Dir
@@ -106,6 +114,9 @@ func TestHostsReachEachOtherAndCloseRemovesEverything(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("dir %s left after Close: %v", dir, err)
+	}
+	if _, err := os.Stat(etc); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left after Close: %v", etc, err)
 	}
 }
 
