@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -128,7 +129,7 @@ func TestUnderlayCarriesRFC7348VXLANAndNoBroadcastToKnownPeers(t *testing.T) {
 	h1.json(&before, "stats")
 
 	const pings = 5
-	capture := startCapture(t, h1.tb.Underlay, h1.h.Name) // h1's port on the underlay bridge
+	capture := startCapture(t, h1.tb.Underlay, h1.h.Name, 10000, "udp", "port", "4789") // h1's port on the underlay bridge
 	out, err := h1.h.Exec("c1", "ping", "-c", fmt.Sprint(pings), "-i", "0.2", "-W", "2", addrOnly(c2.IP))
 	if err != nil {
 		t.Fatalf("ping c1 -> c2 across hosts: %v\n%s", err, out)
@@ -444,16 +445,17 @@ func packetList(ps []vxlanPacket) string {
 	return b.String()
 }
 
-// capture is tcpdump recording VXLAN datagrams on one interface.
+// capture is tcpdump recording UDP datagrams on one interface.
 type capture struct {
 	t    *testing.T
 	path string
 	proc *bgProc
 }
 
-// startCapture starts tcpdump on ifname in namespace netns for UDP port
-// 4789 and returns once it is capturing. It is stopped when the test ends.
-func startCapture(t *testing.T, netns, ifname string) *capture {
+// startCapture starts tcpdump on ifname in namespace netns with the
+// capture filter, stopping by itself after limit packets, and returns once
+// it is capturing. It is stopped when the test ends.
+func startCapture(t *testing.T, netns, ifname string, limit int, filter ...string) *capture {
 	t.Helper()
 	if _, err := exec.LookPath("tcpdump"); err != nil {
 		if os.Getenv("VXMESH_E2E_REQUIRE") == "1" {
@@ -464,8 +466,9 @@ func startCapture(t *testing.T, netns, ifname string) *capture {
 	path := filepath.Join(t.TempDir(), "underlay.pcap")
 	// -U writes every packet as it arrives, so the file can be read while
 	// tcpdump runs; -c bounds it if a test goes wrong.
-	cmd := exec.Command("nsenter", "--net="+filepath.Join(testbed.NetnsDir, netns), "--", "tcpdump", "-i", ifname, "-n", "-U", "-c", "10000",
-		"-w", path, "udp", "port", "4789")
+	args := append([]string{"--net=" + filepath.Join(testbed.NetnsDir, netns), "--", "tcpdump", "-i", ifname, "-n", "-U",
+		"-c", strconv.Itoa(limit), "-w", path}, filter...)
+	cmd := exec.Command("nsenter", args...)
 	p := startBackground(t, cmd)
 	eventually(t, 10*time.Second, func() error {
 		if exited, err := p.wait(0); exited {
@@ -495,13 +498,19 @@ func (c *capture) stop(complete func([]vxlanPacket) bool) []vxlanPacket {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	_ = c.proc.cmd.Process.Signal(syscall.SIGINT)
-	if exited, _ := c.proc.wait(5 * time.Second); !exited {
-		c.t.Fatalf("tcpdump ignored SIGINT: %s", c.proc.out.String())
-	}
+	c.halt()
 	pkts, err := readVXLANCapture(c.path, 4789)
 	if err != nil {
 		c.t.Fatalf("capture: %v", err)
 	}
 	return pkts
+}
+
+// halt stops tcpdump (SIGINT makes it write what it holds) and waits for it.
+func (c *capture) halt() {
+	c.t.Helper()
+	_ = c.proc.cmd.Process.Signal(syscall.SIGINT)
+	if exited, _ := c.proc.wait(5 * time.Second); !exited {
+		c.t.Fatalf("tcpdump ignored SIGINT: %s", c.proc.out.String())
+	}
 }

@@ -6,12 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -51,7 +48,7 @@ func TestEncryptedNetworkAcrossThreeHosts(t *testing.T) {
 	h3.waitRemote("sec", c1, h1.h.Addr)
 
 	// Everything h1 sends and receives is captured on its underlay port.
-	capture := startUDPCapture(t, h1.tb.Underlay, h1.h.Name)
+	capture := startCapture(t, h1.tb.Underlay, h1.h.Name, 200000, "udp", "port", "4789", "or", "udp", "port", "4500")
 	ctrs := []struct {
 		e    *env
 		name string
@@ -65,7 +62,7 @@ func TestEncryptedNetworkAcrossThreeHosts(t *testing.T) {
 	}
 	moveBytes(t, h1, "c1", h2, "c2", 4<<20, 11)
 	moveBytes(t, h3, "c3", h1, "c1", 1<<20, 12)
-	dgrams := capture.stop()
+	dgrams := capture.datagrams()
 
 	// No cleartext VXLAN of the network crossed the underlay; ESP in UDP
 	// to port 4500 did, both ways.
@@ -230,48 +227,14 @@ func (d udpDatagram) String() string {
 	return fmt.Sprintf("%v:%d > %v:%d len %d", d.Src, d.SrcPort, d.Dst, d.DstPort, len(d.Payload))
 }
 
-// udpCapture is tcpdump recording the VXLAN and ESP ports on one
-// interface.
-type udpCapture struct {
-	t    *testing.T
-	path string
-	proc *bgProc
-}
-
-// startUDPCapture starts tcpdump on ifname in namespace netns for UDP
-// ports 4789 and 4500 and returns once it is capturing.
-func startUDPCapture(t *testing.T, netns, ifname string) *udpCapture {
-	t.Helper()
-	if _, err := exec.LookPath("tcpdump"); err != nil {
-		if os.Getenv("VXMESH_E2E_REQUIRE") == "1" {
-			t.Fatal("tcpdump not installed (apt-get install tcpdump)")
-		}
-		t.Skip("tcpdump not installed")
-	}
-	path := filepath.Join(t.TempDir(), "underlay.pcap")
-	cmd := exec.Command("nsenter", "--net="+filepath.Join(testbed.NetnsDir, netns), "--", "tcpdump", "-i", ifname, "-n", "-U", "-c", "200000",
-		"-w", path, "udp", "port", "4789", "or", "udp", "port", "4500")
-	p := startBackground(t, cmd)
-	eventually(t, 10*time.Second, func() error {
-		if exited, err := p.wait(0); exited {
-			t.Fatalf("tcpdump exited: %v: %s", err, p.out.String())
-		}
-		if !strings.Contains(p.out.String(), "listening on") {
-			return fmt.Errorf("not listening yet: %q", p.out.String())
-		}
-		return nil
-	}, "tcpdump on %s in %s", ifname, netns)
-	return &udpCapture{t: t, path: path, proc: p}
-}
-
-// stop lets tcpdump write what it has, stops it and returns the datagrams.
-func (c *udpCapture) stop() []udpDatagram {
+// datagrams lets tcpdump write what it has, stops it and returns the
+// datagrams captured.
+func (c *capture) datagrams() []udpDatagram {
 	c.t.Helper()
+	// Packets may still sit in the capture ring buffer; SIGINT would drop
+	// them, and the callers have no count to wait for.
 	time.Sleep(500 * time.Millisecond)
-	_ = c.proc.cmd.Process.Signal(syscall.SIGINT)
-	if exited, _ := c.proc.wait(5 * time.Second); !exited {
-		c.t.Fatalf("tcpdump ignored SIGINT: %s", c.proc.out.String())
-	}
+	c.halt()
 	b, err := os.ReadFile(c.path)
 	if err != nil {
 		c.t.Fatal(err)
@@ -286,26 +249,12 @@ func (c *udpCapture) stop() []udpDatagram {
 // decodeUDPCapture returns the unfragmented IPv4/UDP datagrams of a pcap
 // file of Ethernet frames.
 func decodeUDPCapture(b []byte) ([]udpDatagram, error) {
-	if len(b) < 24 {
-		return nil, nil
-	}
-	var bo binary.ByteOrder
-	switch binary.LittleEndian.Uint32(b) {
-	case 0xa1b2c3d4, 0xa1b23c4d:
-		bo = binary.LittleEndian
-	case 0xd4c3b2a1, 0x4d3cb2a1:
-		bo = binary.BigEndian
-	default:
-		return nil, fmt.Errorf("not a pcap file (magic %x)", b[:4])
+	frames, err := pcapFrames(b)
+	if err != nil {
+		return nil, err
 	}
 	var out []udpDatagram
-	for off := 24; off+16 <= len(b); {
-		incl := int(bo.Uint32(b[off+8:]))
-		if off+16+incl > len(b) {
-			break
-		}
-		f := b[off+16 : off+16+incl]
-		off += 16 + incl
+	for _, f := range frames {
 		if len(f) < 14+20+8 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
 			continue
 		}

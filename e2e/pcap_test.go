@@ -48,8 +48,29 @@ func readVXLANCapture(path string, port uint16) ([]vxlanPacket, error) {
 	if err != nil {
 		return nil, err
 	}
+	frames, err := pcapFrames(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var out []vxlanPacket
+	for _, frame := range frames {
+		p, ok, err := decodeVXLANFrame(frame, port)
+		if err != nil {
+			return out, err
+		}
+		if ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// pcapFrames returns the complete records of a pcap file of Ethernet
+// frames; nil if tcpdump has not written its header yet. A record still
+// being written ends the list.
+func pcapFrames(b []byte) ([][]byte, error) {
 	if len(b) < 24 {
-		return nil, nil // tcpdump has not written its header yet
+		return nil, nil
 	}
 	var bo binary.ByteOrder
 	switch binary.LittleEndian.Uint32(b) {
@@ -58,26 +79,19 @@ func readVXLANCapture(path string, port uint16) ([]vxlanPacket, error) {
 	case 0xd4c3b2a1, 0x4d3cb2a1:
 		bo = binary.BigEndian
 	default:
-		return nil, fmt.Errorf("%s: not a pcap file (magic %x)", path, b[:4])
+		return nil, fmt.Errorf("not a pcap file (magic %x)", b[:4])
 	}
 	if lt := bo.Uint32(b[20:]); lt != 1 {
-		return nil, fmt.Errorf("%s: link type %d, want 1 (Ethernet)", path, lt)
+		return nil, fmt.Errorf("link type %d, want 1 (Ethernet)", lt)
 	}
-	var out []vxlanPacket
+	var out [][]byte
 	for off := 24; off+16 <= len(b); {
 		incl := int(bo.Uint32(b[off+8:]))
 		if off+16+incl > len(b) {
 			break
 		}
-		frame := b[off+16 : off+16+incl]
+		out = append(out, b[off+16:off+16+incl])
 		off += 16 + incl
-		p, ok, err := decodeVXLANFrame(frame, port)
-		if err != nil {
-			return out, err
-		}
-		if ok {
-			out = append(out, p)
-		}
 	}
 	return out, nil
 }
