@@ -10,9 +10,10 @@ PKGS      ?= ./...
 # As root, e2e tests must run: a missing tool or binary fails instead of skipping.
 E2E_REQUIRE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
-.PHONY: help build test unit e2e bench bench-dns fuzz lint demo clean
+.PHONY: help deps build test unit e2e bench bench-dns fuzz lint demo clean
 
 help:
+	@echo "make deps    install the Debian packages the demo and e2e tests need (root)"
 	@echo "make build   build $(BIN)"
 	@echo "make test    unit tests (-race) for every package, then the e2e tests (root)"
 	@echo "make unit    unit tests only"
@@ -23,10 +24,13 @@ help:
 	@echo "make lint    gofmt and go vet"
 	@echo "make demo    build, then run the demo (root)"
 
+deps:
+	@bash .ci/deps
+
 build:
 	$(GO) build -o $(BIN) ./cmd/vxmesh
 
-test: unit e2e
+test: deps unit e2e
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/e2e$$')
@@ -58,7 +62,7 @@ lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-demo: build
+demo: deps build
 	./$(BIN) demo
 
 clean:
