@@ -343,7 +343,8 @@ func (d *Daemon) writeResolvConf() error {
 
 // Detach removes a container's endpoint on one network (on its only
 // network when network is empty). An attached (unmanaged) container with no
-// endpoint left is forgotten; a managed one stays until `rm`.
+// endpoint left is forgotten; a managed one stays until `rm`. The state is
+// saved before anything is destroyed, so a failed save changes nothing.
 func (d *Daemon) Detach(name, network string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -353,7 +354,7 @@ func (d *Daemon) Detach(name, network string) error {
 	}
 	if network == "" {
 		if len(c.endpoints) != 1 {
-			return fmt.Errorf("container %q: attached to %d networks; name one with --network", name, len(c.endpoints))
+			return invalid("container %q: attached to %d networks; name one with --network", name, len(c.endpoints))
 		}
 		for k := range c.endpoints {
 			network = k
@@ -363,29 +364,59 @@ func (d *Daemon) Detach(name, network string) error {
 	if !ok {
 		return notFound("container %q: not attached to network %q", name, network)
 	}
-	d.removeEndpoint(ep)
-	if len(c.endpoints) == 0 && !c.managed {
+	delete(c.endpoints, network)
+	forget := len(c.endpoints) == 0 && !c.managed
+	if forget {
 		delete(d.containers, name)
 	}
-	return d.save()
+	if err := d.save(); err != nil {
+		c.endpoints[network] = ep
+		if forget {
+			d.containers[name] = c
+		}
+		return fmt.Errorf("container %q: %w", name, err)
+	}
+	nsPath, release, nsErr := d.pinNetns(c)
+	if nsErr != nil {
+		d.log.Warn("container's namespace is gone; its interface is forgotten, not deleted", "container", name, "netns", c.netns, "err", nsErr)
+	} else {
+		defer release()
+	}
+	d.removeEndpoint(ep, nsPath)
+	return nil
+}
+
+// pinNetns returns a path that names c's own namespace until release is
+// called. It fails when the namespace at c.netns is gone or is another
+// one: after a reboot or `ip netns del`, a new namespace may carry the
+// container's name, and nothing of it is the daemon's to touch.
+func (d *Daemon) pinNetns(c *container) (nsPath string, release func(), err error) {
+	return d.sb.PinNetns(c.netns, c.nsDev, c.nsIno)
 }
 
 // removeEndpoint stops forwarding and deletes the interface from the
-// container; callers hold d.mu.
-func (d *Daemon) removeEndpoint(ep *endpoint) {
+// namespace at nsPath (a pinned path of the container's namespace; empty
+// when that namespace is gone, and the interface with it). The caller has
+// taken ep out of its container's endpoints and holds d.mu.
+func (d *Daemon) removeEndpoint(ep *endpoint, nsPath string) {
 	d.unpublishEndpoint(ep)
 	ep.stop()
-	if err := d.sb.Unplug(ep.ctr.netns, ep.ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
-		d.log.Warn("removing interface", "container", ep.ctr.name, "ifname", ep.ifname, "err", err)
+	if nsPath != "" {
+		if err := d.sb.Unplug(nsPath, ep.ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("removing interface", "container", ep.ctr.name, "ifname", ep.ifname, "err", err)
+		}
 	}
-	delete(ep.ctr.endpoints, ep.net.rec.Name)
 	d.dnsDetached(ep.ctr)
 	d.log.Info("endpoint detached", "container", ep.ctr.name, "network", ep.net.rec.Name)
 }
 
 // RemoveContainer removes a container: a managed one's processes are
 // stopped and its namespace deleted; an attached one is detached from all
-// its networks and its namespace left alone.
+// its networks and its namespace left alone. A container whose namespace
+// is gone (or whose path now names another namespace) is only forgotten:
+// no process is killed and nothing is deleted. The record goes from the
+// saved state before anything is destroyed, so a failed save leaves the
+// container as it was, still removable.
 func (d *Daemon) RemoveContainer(name string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -393,22 +424,37 @@ func (d *Daemon) RemoveContainer(name string) error {
 	if !ok {
 		return notFound("container %q: not found", name)
 	}
-	if c.managed {
-		if err := d.sb.KillNetns(c.netns); err != nil {
+	nsPath, release, nsErr := d.pinNetns(c)
+	if nsErr != nil {
+		d.log.Warn("container's namespace is gone; forgetting the container without touching the namespace", "container", name, "netns", c.netns, "err", nsErr)
+	} else {
+		defer release()
+	}
+	if c.managed && nsErr == nil {
+		if err := d.sb.KillNetns(nsPath); err != nil {
 			return fmt.Errorf("container %q: stopping its processes: %w", name, err)
 		}
 	}
-	for _, ep := range c.sortedEndpoints() {
-		d.removeEndpoint(ep)
+	delete(d.containers, name)
+	if err := d.save(); err != nil {
+		d.containers[name] = c
+		return fmt.Errorf("container %q: %w", name, err)
 	}
-	if c.managed {
-		if err := d.sb.DeleteNamedNetns(filepath.Base(c.netns)); err != nil {
-			d.log.Warn("deleting netns", "container", name, "netns", c.netns, "err", err)
+	for _, ep := range c.sortedEndpoints() {
+		delete(c.endpoints, ep.net.rec.Name)
+		d.removeEndpoint(ep, nsPath)
+	}
+	if c.managed && nsErr == nil {
+		// The name is deleted only while it still names the container's
+		// namespace (KillNetns may have taken a while).
+		if dev, ino, err := d.sb.NetnsIdentity(c.netns); err == nil && dev == c.nsDev && ino == c.nsIno {
+			if err := d.sb.DeleteNamedNetns(filepath.Base(c.netns)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				d.log.Warn("deleting netns", "container", name, "netns", c.netns, "err", err)
+			}
 		}
 	}
-	delete(d.containers, name)
 	d.log.Info("container removed", "container", name)
-	return d.save()
+	return nil
 }
 
 // Endpoints lists every endpoint of this host.
@@ -447,11 +493,17 @@ func (d *Daemon) Container(name string) (api.Container, error) {
 }
 
 func (d *Daemon) containerView(c *container) api.Container {
-	pids, _ := d.sb.PIDsInNetns(c.netns)
-	if pids == nil {
-		pids = []int{}
+	v := api.Container{Name: c.name, Netns: c.netns, Managed: c.managed, PIDs: []int{}, State: api.ContainerGone,
+		ResolvConf: d.resolvConfPath(), Endpoints: []api.Endpoint{}}
+	// Processes are listed only in the container's own namespace, never
+	// in another one that took its name.
+	if nsPath, release, err := d.pinNetns(c); err == nil {
+		v.State = api.ContainerUp
+		if pids, _ := d.sb.PIDsInNetns(nsPath); pids != nil {
+			v.PIDs = pids
+		}
+		release()
 	}
-	v := api.Container{Name: c.name, Netns: c.netns, Managed: c.managed, PIDs: pids, ResolvConf: d.resolvConfPath(), Endpoints: []api.Endpoint{}}
 	for _, ep := range c.sortedEndpoints() {
 		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
 	}

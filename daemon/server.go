@@ -23,6 +23,25 @@ func notFound(format string, args ...any) error {
 	return notFoundError{fmt.Sprintf(format, args...)}
 }
 
+// invalidError marks errors of bad requests (answered with 400).
+type invalidError struct{ msg string }
+
+func (e invalidError) Error() string { return e.msg }
+
+func invalid(format string, args ...any) error {
+	return invalidError{fmt.Sprintf(format, args...)}
+}
+
+// conflictError marks requests that conflict with the current state:
+// already exists, in use (answered with 409).
+type conflictError struct{ msg string }
+
+func (e conflictError) Error() string { return e.msg }
+
+func conflict(format string, args ...any) error {
+	return conflictError{fmt.Sprintf(format, args...)}
+}
+
 // maxRequestBody bounds API request bodies.
 const maxRequestBody = 1 << 20
 

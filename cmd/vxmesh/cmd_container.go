@@ -47,6 +47,9 @@ func cmdRun(env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		if err := notGone(ctr); err != nil {
+			return err
+		}
 		return startIn(env, ctr.Netns, ctr.ResolvConf, argv, *detach, target)
 	}
 	if *netw == "" || *name == "" {
@@ -93,6 +96,15 @@ func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, 
 	return nil
 }
 
+// notGone refuses to enter a container whose namespace is gone: its path
+// may name someone else's namespace now.
+func notGone(ctr api.Container) error {
+	if ctr.State == api.ContainerGone {
+		return fmt.Errorf("container %q: its network namespace %s is gone (remove it with vxmesh rm)", ctr.Name, ctr.Netns)
+	}
+	return nil
+}
+
 func unwrapExec(err error) error {
 	if e, ok := err.(*exec.Error); ok {
 		return e.Err
@@ -119,6 +131,9 @@ func cmdExec(env *cliEnv, args []string) error {
 	}
 	ctr, err := fs.client().Container(name)
 	if err != nil {
+		return err
+	}
+	if err := notGone(ctr); err != nil {
 		return err
 	}
 	if _, err := exec.LookPath(argv[0]); err != nil {
@@ -229,7 +244,7 @@ func cmdPs(env *cliEnv, args []string) error {
 	if fs.format == "json" {
 		return printJSON(env.stdout, cs)
 	}
-	t := newTable(env.stdout, "NAME", "NETWORKS", "IPS", "PIDS", "NETNS")
+	t := newTable(env.stdout, "NAME", "STATE", "NETWORKS", "IPS", "PIDS", "NETNS")
 	for _, c := range cs {
 		var nets, ips []string
 		for _, e := range c.Endpoints {
@@ -240,7 +255,7 @@ func cmdPs(env *cliEnv, args []string) error {
 		for i, p := range c.PIDs {
 			pids[i] = strconv.Itoa(p)
 		}
-		t.row(c.Name, dash(strings.Join(nets, ",")), dash(strings.Join(ips, ",")), dash(strings.Join(pids, ",")), c.Netns)
+		t.row(c.Name, dash(c.State), dash(strings.Join(nets, ",")), dash(strings.Join(ips, ",")), dash(strings.Join(pids, ",")), c.Netns)
 	}
 	return t.flush()
 }

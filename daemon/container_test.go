@@ -1,0 +1,154 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/api"
+)
+
+// TestRemoveGoneContainerTouchesNothing: after `ip netns del` (or a
+// reboot) a new namespace carries the container's name; ps shows the
+// container gone without the newcomer's processes, and rm forgets it
+// without killing, unplugging or deleting anything of the newcomer.
+func TestRemoveGoneContainerTouchesNothing(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		t.Run(map[bool]string{false: "running", true: "restarted"}[restart], func(t *testing.T) {
+			sb := newFakeSandbox()
+			dir := t.TempDir()
+			d := newTestDaemon(t, sb, dir)
+			defer func() { d.Close() }()
+			if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web"}); err != nil {
+				t.Fatal(err)
+			}
+			mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+			mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c2", Create: true})
+			if restart {
+				d.Close()
+			}
+			newIno := sb.replaceNetns("/run/netns/c1", 4242)
+			if restart {
+				d = newTestDaemon(t, sb, dir)
+			}
+
+			c, err := d.Container("c1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.State != api.ContainerGone || len(c.PIDs) != 0 {
+				t.Fatalf("ps c1 after its namespace was replaced: state %q pids %v, want gone without pids", c.State, c.PIDs)
+			}
+			if c2, _ := d.Container("c2"); c2.State != api.ContainerUp {
+				t.Fatalf("ps c2: state %q, want up", c2.State)
+			}
+			if err := d.RemoveContainer("c1"); err != nil {
+				t.Fatalf("rm of a gone container: %v", err)
+			}
+			if len(sb.killed) != 0 || len(sb.unplugs) != 0 || len(sb.deleted) != 0 {
+				t.Fatalf("rm touched the new namespace: killed %v, unplugged %v, deleted %v", sb.killed, sb.unplugs, sb.deleted)
+			}
+			if _, ino, err := sb.NetnsIdentity("/run/netns/c1"); err != nil || ino != newIno || !slices.Equal(sb.pids[newIno], []int{4242}) {
+				t.Fatalf("the new namespace after rm: ino %d (want %d), pids %v, %v", ino, newIno, sb.pids[newIno], err)
+			}
+			if _, err := d.Container("c1"); err == nil {
+				t.Fatal("rm left c1 in ps")
+			}
+			s, err := loadState(dir)
+			if err != nil || len(s.Containers) != 1 || s.Containers[0].Name != "c2" {
+				t.Fatalf("saved state after rm: %+v, %v", s, err)
+			}
+		})
+	}
+}
+
+// TestRemoveContainerWithMissingNamespace: a container whose namespace no
+// longer exists at all is removed, its record forgotten.
+func TestRemoveContainerWithMissingNamespace(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	sb.DeleteNamedNetns("c1")
+	sb.deleted = nil
+	if c, _ := d.Container("c1"); c.State != api.ContainerGone {
+		t.Fatalf("ps c1 without its namespace: state %q, want gone", c.State)
+	}
+	if err := d.RemoveContainer("c1"); err != nil {
+		t.Fatalf("rm: %v", err)
+	}
+	if len(d.Containers()) != 0 || len(d.Endpoints()) != 0 {
+		t.Fatal("rm left the container or its endpoint")
+	}
+}
+
+// blockSave makes the next state save fail: state.json becomes a
+// non-empty directory, which no rename can replace (even for root). The
+// returned function undoes it.
+func blockSave(t *testing.T, dir string) func() {
+	t.Helper()
+	p := filepath.Join(dir, stateFile)
+	if err := os.Rename(p, p+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(p, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := os.RemoveAll(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(p+".aside", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFailedSaveLeavesRemovableContainer: when the state cannot be saved,
+// rm and detach fail and change nothing: the container keeps its
+// interfaces and stays listed, and the same command succeeds once the
+// state directory is writable again.
+func TestFailedSaveLeavesRemovableContainer(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	d := newTestDaemon(t, sb, dir)
+	defer d.Close()
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "db"})
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	mustAttach(t, d, api.AttachRequest{Network: "db", Name: "c1", Netns: "/run/netns/c1"})
+
+	unblock := blockSave(t, dir)
+	if err := d.Detach("c1", "db"); err == nil || !strings.Contains(err.Error(), "saving state") {
+		t.Fatalf("detach with a failing save: %v", err)
+	}
+	if err := d.RemoveContainer("c1"); err == nil || !strings.Contains(err.Error(), "saving state") {
+		t.Fatalf("rm with a failing save: %v", err)
+	}
+	c, err := d.Container("c1")
+	if err != nil || len(c.Endpoints) != 2 || len(sb.unplugs) != 0 || len(sb.deleted) != 0 {
+		t.Fatalf("after failed saves: %+v, %v; unplugged %v, deleted %v", c, err, sb.unplugs, sb.deleted)
+	}
+	for _, ep := range c.Endpoints {
+		if ep.State != "up" || sb.iface("/run/netns/c1", ep.IfName) == nil {
+			t.Fatalf("endpoint %s after failed saves: %+v", ep.Network, ep)
+		}
+	}
+
+	unblock()
+	if err := d.Detach("c1", "db"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RemoveContainer("c1"); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Containers()) != 0 || !slices.Equal(sb.deleted, []string{"c1"}) {
+		t.Fatalf("after rm: containers %+v, deleted %v", d.Containers(), sb.deleted)
+	}
+	if s, err := loadState(dir); err != nil || len(s.Containers) != 0 {
+		t.Fatalf("saved state after rm: %+v, %v", s, err)
+	}
+}
