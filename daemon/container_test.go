@@ -152,3 +152,23 @@ func TestFailedSaveLeavesRemovableContainer(t *testing.T) {
 		t.Fatalf("saved state after rm: %+v, %v", s, err)
 	}
 }
+
+// TestSecondNetworkAddsNoDefaultRoute: a container's first network gives
+// its default route, a second one only its subnet (a second default route
+// would fail with "file exists").
+func TestSecondNetworkAddsNoDefaultRoute(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"})
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "db", Subnet: "10.2.0.0/24"})
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	ep := mustAttach(t, d, api.AttachRequest{Network: "db", Name: "c1", Netns: "/run/netns/c1"})
+	if ep.IfName != "eth1" {
+		t.Fatalf("second interface %q, want eth1", ep.IfName)
+	}
+	eth0, eth1 := sb.iface("/run/netns/c1", "eth0"), sb.iface("/run/netns/c1", "eth1")
+	if eth0.cfg.Gateway.String() != "10.1.0.1" || eth1.cfg.Gateway.IsValid() || eth1.cfg.Addr.String() != "10.2.0.2/24" {
+		t.Fatalf("eth0 %+v, eth1 %+v: want the default route on eth0 only", eth0.cfg, eth1.cfg)
+	}
+}

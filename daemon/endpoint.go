@@ -249,10 +249,15 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	if err := d.writeResolvConf(); err != nil {
 		return api.Endpoint{}, err
 	}
-	dev, err := d.sb.Plug(c.netns, sandbox.IfaceConfig{
-		IfName: ifname, MAC: net.HardwareAddr(e.mac[:]), Addr: netip.PrefixFrom(ip, n.subnet.Bits()),
-		Gateway: n.gw, MTU: n.rec.MTU,
-	})
+	cfg := sandbox.IfaceConfig{
+		IfName: ifname, MAC: net.HardwareAddr(e.mac[:]), Addr: netip.PrefixFrom(ip, n.subnet.Bits()), MTU: n.rec.MTU,
+	}
+	// The first network gives the default route; later ones only their
+	// subnet's (the address's own route).
+	if len(c.endpoints) == 0 {
+		cfg.Gateway = n.gw
+	}
+	dev, err := d.sb.Plug(c.netns, cfg)
 	if err != nil {
 		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
 	}
