@@ -205,7 +205,7 @@ func (f *fakeSandbox) PIDsInNetns(path string) ([]int, error) {
 	}
 	return f.pids[ino], nil
 }
-func (f *fakeSandbox) DockerPID(c string) (int, error)   { return 0, errors.New("docker: no engine") }
+func (f *fakeSandbox) DockerPID(c string) (int, error) { return 0, errors.New("docker: no engine") }
 func (f *fakeSandbox) iface(ns, ifname string) *fakeIface {
 	f.mu.Lock()
 	defer f.mu.Unlock()
