@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -153,5 +155,34 @@ func TestRmOfGoneNamespaceTouchesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(ns); err != nil {
 		t.Error(err)
+	}
+}
+
+// logHas reports whether the daemon's log contains s.
+func (e *env) logHas(s string) bool {
+	b, err := os.ReadFile(e.h.LogFile)
+	return err == nil && strings.Contains(string(b), s)
+}
+
+func TestDaemonSurvivesSIGHUPAndLogsStopSignal(t *testing.T) {
+	e := newEnv(t)
+	if err := e.h.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() error {
+		if !e.h.Running() {
+			return errors.New("the daemon died of SIGHUP")
+		}
+		if !e.logHas("SIGHUP ignored") {
+			return errors.New("no \"SIGHUP ignored\" in the log")
+		}
+		return nil
+	}, "after SIGHUP")
+	e.network("web", "10.64.0.0/24")
+	if err := e.h.StopDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if !e.logHas("stopping on signal") || !e.logHas("signal=SIGTERM") {
+		t.Errorf("the log does not say SIGTERM stopped the daemon:\n%s", e.h.LogTail(10))
 	}
 }

@@ -216,6 +216,14 @@ func (h *Host) stop(sig syscall.Signal, grace time.Duration) error {
 	}
 }
 
+// Signal sends sig to the running daemon.
+func (h *Host) Signal(sig os.Signal) error {
+	if !h.Running() {
+		return fmt.Errorf("testbed: host %s: daemon not running", h.Name)
+	}
+	return h.cmd.Process.Signal(sig)
+}
+
 // LogTail returns the last n lines of the daemon log.
 func (h *Host) LogTail(n int) string {
 	b, err := os.ReadFile(h.LogFile)
