@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
 // TestRemoveGoneContainerTouchesNothing: after `ip netns del` (or a
@@ -170,5 +172,41 @@ func TestSecondNetworkAddsNoDefaultRoute(t *testing.T) {
 	eth0, eth1 := sb.iface("/run/netns/c1", "eth0"), sb.iface("/run/netns/c1", "eth1")
 	if eth0.cfg.Gateway.String() != "10.1.0.1" || eth1.cfg.Gateway.IsValid() || eth1.cfg.Addr.String() != "10.2.0.2/24" {
 		t.Fatalf("eth0 %+v, eth1 %+v: want the default route on eth0 only", eth0.cfg, eth1.cfg)
+	}
+}
+
+// TestStartSweepsOrphans: a daemon killed in the middle of `run` leaves a
+// prefixed namespace and a half-made TAP that no record owns; the next
+// start removes them and keeps the namespaces of its containers (gone
+// ones included) and everything without its prefix.
+func TestStartSweepsOrphans(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	cfg := nodeConfig(t, tunnel.NewMemNetwork(), "h1", netip.MustParseAddr("127.0.0.1"), sb, dir)
+	cfg.NetnsPrefix = "t-"
+	d := startNode(t, cfg)
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c2", Create: true})
+	d.Close()
+
+	sb.addNetns("/run/netns/t-orphan")
+	sb.addNetns("/run/netns/other")
+	sb.replaceNetns("/run/netns/t-c2") // c2 is gone; the name is kept
+	sb.taps = []string{"vxp0123456789ab"}
+	cfg = nodeConfig(t, tunnel.NewMemNetwork(), "h1", netip.MustParseAddr("127.0.0.1"), sb, dir)
+	cfg.NetnsPrefix = "t-"
+	d = startNode(t, cfg)
+	defer d.Close()
+	if !slices.Equal(sb.deleted, []string{"t-orphan"}) || sb.taps != nil {
+		t.Fatalf("sweep deleted namespaces %v, left TAPs %v; want t-orphan deleted and no TAP left", sb.deleted, sb.taps)
+	}
+	for _, p := range []string{"/run/netns/t-c1", "/run/netns/t-c2", "/run/netns/other"} {
+		if _, _, err := sb.NetnsIdentity(p); err != nil {
+			t.Errorf("sweep removed %s: %v", p, err)
+		}
+	}
+	if c, err := d.Container("c1"); err != nil || c.State != api.ContainerUp {
+		t.Fatalf("c1 after the sweep: %+v, %v", c, err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/sandbox"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -223,6 +224,7 @@ func (d *Daemon) start() error {
 	if err != nil {
 		return err
 	}
+	d.sweep()
 	if len(d.cfg.Join) > 0 {
 		if _, err := d.cl.Join(d.cfg.Join); err != nil {
 			return err
@@ -253,6 +255,44 @@ func (d *Daemon) start() error {
 	}()
 	d.log.Info("node started", "node", d.cfg.Node, "advertise", d.cfg.Advertise, "data_port", d.cfg.DataPort, "gossip_port", d.cfg.GossipPort)
 	return nil
+}
+
+// sweep removes what an interrupted `run` or attach (a daemon killed
+// between making a namespace or TAP and saving it) left without a record:
+// the named namespaces with this daemon's --netns-prefix that no container
+// names (their processes, if any, are left alone), and the unused
+// half-made TAP devices in the daemon's namespace. Without a prefix every
+// named namespace would match, so none is swept.
+func (d *Daemon) sweep() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg.NetnsPrefix != "" {
+		owned := map[string]bool{}
+		for _, c := range d.containers {
+			owned[c.netns] = true
+		}
+		names, err := d.sb.NamedNetns(d.cfg.NetnsPrefix)
+		if err != nil {
+			d.log.Warn("sweep: listing namespaces", "err", err)
+		}
+		for _, name := range names {
+			if owned[filepath.Join(sandbox.NetnsDir, name)] {
+				continue
+			}
+			if err := d.sb.DeleteNamedNetns(name); err != nil {
+				d.log.Warn("sweep: deleting a namespace no container owns", "netns", name, "err", err)
+				continue
+			}
+			d.log.Info("sweep: deleted a namespace no container owns", "netns", name)
+		}
+	}
+	taps, err := d.sb.RemoveUnusedTAPs()
+	for _, name := range taps {
+		d.log.Info("sweep: deleted an unused TAP device", "ifname", name)
+	}
+	if err != nil {
+		d.log.Warn("sweep: TAP devices", "err", err)
+	}
 }
 
 // lockStateDir takes an exclusive flock on DIR/lock so that two daemons

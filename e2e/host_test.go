@@ -186,3 +186,41 @@ func TestDaemonSurvivesSIGHUPAndLogsStopSignal(t *testing.T) {
 		t.Errorf("the log does not say SIGTERM stopped the daemon:\n%s", e.h.LogTail(10))
 	}
 }
+
+// TestDaemonStartSweepsOrphans: what a daemon killed in the middle of
+// `run` leaves without a record (a namespace with its prefix, a half-made
+// TAP in its own namespace) is removed at the next start; the namespaces
+// of its containers are kept.
+func TestDaemonStartSweepsOrphans(t *testing.T) {
+	e := newEnv(t)
+	e.network("web", "10.65.0.0/24")
+	e.run("c1", "web")
+	if err := e.h.KillDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	orphan := e.h.ContainerNetns("orphan")
+	tap := "vxp0123456789ab"
+	for _, args := range [][]string{
+		{"netns", "add", orphan},
+		{"-n", e.h.Netns, "tuntap", "add", "dev", tap, "mode", "tap"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	if err := e.h.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if testbed.NetnsExists(orphan) {
+		t.Errorf("the orphan namespace %s survived the daemon's start", orphan)
+	}
+	if links, err := e.h.Links(); err != nil || slices.Contains(links, tap) {
+		t.Errorf("the orphan TAP %s survived the daemon's start: %v %v", tap, links, err)
+	}
+	if !testbed.NetnsExists(e.h.ContainerNetns("c1")) {
+		t.Fatal("the sweep deleted c1's namespace")
+	}
+	if c, ok := e.container("c1"); !ok || c.State != api.ContainerUp || len(c.PIDs) == 0 {
+		t.Errorf("ps c1 after the sweep: %+v", c)
+	}
+}
