@@ -143,10 +143,10 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 		}
 	}
 	if sources != 1 {
-		return api.Endpoint{}, fmt.Errorf("container %q: name exactly one of --netns, --pid or --docker", req.Name)
+		return api.Endpoint{}, invalid("container %q: name exactly one of --netns, --pid or --docker", req.Name)
 	}
 	if req.IfName != "" && (len(req.IfName) > 15 || !validName.MatchString(req.IfName)) {
-		return api.Endpoint{}, fmt.Errorf("container %q: interface name %q: invalid", req.Name, req.IfName)
+		return api.Endpoint{}, invalid("container %q: interface name %q: invalid", req.Name, req.IfName)
 	}
 	for _, a := range req.Aliases {
 		if err := checkName("alias", a); err != nil {
@@ -162,10 +162,10 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	}
 	c := d.containers[req.Name]
 	if c != nil && req.Create {
-		return api.Endpoint{}, fmt.Errorf("container %q: already exists", req.Name)
+		return api.Endpoint{}, conflict("container %q: already exists", req.Name)
 	}
 	if c != nil && c.endpoints[n.rec.Name] != nil {
-		return api.Endpoint{}, fmt.Errorf("container %q: already attached to network %q", req.Name, n.rec.Name)
+		return api.Endpoint{}, conflict("container %q: already attached to network %q", req.Name, n.rec.Name)
 	}
 
 	ip, err := d.pickIP(n, req.IP)
@@ -207,10 +207,13 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 		}
 		dev, ino, err := d.sb.NetnsIdentity(c.netns)
 		if err != nil {
-			return api.Endpoint{}, fmt.Errorf("container %q: netns %s: %w", req.Name, c.netns, err)
+			return api.Endpoint{}, invalid("container %q: netns %s: %v", req.Name, c.netns, err)
+		}
+		if [2]uint64{dev, ino} == d.selfNs {
+			return api.Endpoint{}, invalid("container %q: netns %s is the daemon's own network namespace", req.Name, c.netns)
 		}
 		if other := d.containerByNetns(dev, ino); other != nil {
-			return api.Endpoint{}, fmt.Errorf("container %q: netns %s already belongs to container %q", req.Name, c.netns, other.name)
+			return api.Endpoint{}, conflict("container %q: netns %s already belongs to container %q", req.Name, c.netns, other.name)
 		}
 		c.nsDev, c.nsIno = dev, ino
 	} else if !req.Create {
@@ -229,10 +232,10 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 		}
 		dev, ino, err := d.sb.NetnsIdentity(path)
 		if err != nil {
-			return api.Endpoint{}, fmt.Errorf("container %q: netns %s: %w", req.Name, path, err)
+			return api.Endpoint{}, invalid("container %q: netns %s: %v", req.Name, path, err)
 		}
 		if dev != c.nsDev || ino != c.nsIno {
-			return api.Endpoint{}, fmt.Errorf("container %q: exists with another network namespace (%s)", req.Name, c.netns)
+			return api.Endpoint{}, conflict("container %q: exists with another network namespace (%s)", req.Name, c.netns)
 		}
 	}
 
@@ -242,7 +245,7 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	}
 	for _, other := range c.endpoints {
 		if other.ifname == ifname {
-			return api.Endpoint{}, fmt.Errorf("container %q: interface %q already used by network %q", req.Name, ifname, other.net.rec.Name)
+			return api.Endpoint{}, conflict("container %q: interface %q already used by network %q", req.Name, ifname, other.net.rec.Name)
 		}
 	}
 	e := &endpoint{ctr: c, net: n, ip: ip, mac: macForIP(ip), ifname: ifname, aliases: req.Aliases}
@@ -295,19 +298,19 @@ func (d *Daemon) pickIP(n *network, want string) (netip.Addr, error) {
 		}
 		b, err := d.cl.ClaimBlock(n.rec.Name, n.subnet, blockBits(n.subnet))
 		if err != nil {
-			return netip.Addr{}, fmt.Errorf("network %q: no free address block: %w", n.rec.Name, err)
+			return netip.Addr{}, conflict("network %q: no free address block: %v", n.rec.Name, err)
 		}
 		return allocate(b, used, n.subnet)
 	}
 	a, err := netip.ParseAddr(want)
 	if err != nil || !usableHost(n.subnet, a) {
-		return netip.Addr{}, fmt.Errorf("ip %q: not a host address of network %q (%s)", want, n.rec.Name, n.subnet)
+		return netip.Addr{}, invalid("ip %q: not a host address of network %q (%s)", want, n.rec.Name, n.subnet)
 	}
 	if used[a] {
 		if a == n.gw {
-			return netip.Addr{}, fmt.Errorf("ip %s: is the gateway of network %q", a, n.rec.Name)
+			return netip.Addr{}, conflict("ip %s: is the gateway of network %q", a, n.rec.Name)
 		}
-		return netip.Addr{}, fmt.Errorf("ip %s: already in use on network %q", a, n.rec.Name)
+		return netip.Addr{}, conflict("ip %s: already in use on network %q", a, n.rec.Name)
 	}
 	return a, nil
 }
