@@ -210,3 +210,25 @@ func TestStartSweepsOrphans(t *testing.T) {
 		t.Fatalf("c1 after the sweep: %+v, %v", c, err)
 	}
 }
+
+// TestAttachToGoneContainerRefused: a second network for a container
+// whose namespace path now names another namespace is refused, even when
+// the request names the container's old namespace by another path: the
+// interface would land in the newcomer.
+func TestAttachToGoneContainerRefused(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "db"})
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	sb.ns["/proc/9/ns/net"] = sb.ns["/run/netns/c1"] // a process still in the old namespace
+	sb.replaceNetns("/run/netns/c1")
+	_, err := d.Attach(api.AttachRequest{Network: "db", Name: "c1", PID: 9})
+	if err == nil || !strings.Contains(err.Error(), "is gone") {
+		t.Fatalf("attach to a gone container: %v", err)
+	}
+	if sb.iface("/run/netns/c1", "eth1") != nil {
+		t.Fatal("the refused attach plugged an interface into the new namespace")
+	}
+}

@@ -237,6 +237,13 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 		if dev != c.nsDev || ino != c.nsIno {
 			return api.Endpoint{}, conflict("container %q: exists with another network namespace (%s)", req.Name, c.netns)
 		}
+		// The interface goes in at c.netns: it must still name the
+		// container's namespace.
+		_, release, err := d.pinNetns(c)
+		if err != nil {
+			return api.Endpoint{}, conflict("container %q: its network namespace %s is gone (remove it with vxmesh rm)", req.Name, c.netns)
+		}
+		release()
 	}
 
 	ifname := req.IfName
