@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -222,5 +223,47 @@ func TestDaemonStartSweepsOrphans(t *testing.T) {
 	}
 	if c, ok := e.container("c1"); !ok || c.State != api.ContainerUp || len(c.PIDs) == 0 {
 		t.Errorf("ps c1 after the sweep: %+v", c)
+	}
+}
+
+func TestSecondDaemonOnBusySocketRefused(t *testing.T) {
+	e := newEnv(t)
+	e.network("web", "10.66.0.0/24")
+	dir := t.TempDir()
+	args := []string{"nsenter", "--net=" + e.h.NetnsPath, "--", suite.bin, "daemon",
+		"--node", "h1b", "--socket", e.h.Socket, "--state-dir", dir, "--netns-prefix", e.h.ContainerPrefix + "b-",
+		"--advertise", e.h.Addr, "--gossip-port", "17946", "--data-port", "14789", "--esp-port", "14500"}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() <= 0 {
+		t.Fatalf("second daemon on a busy socket: %v, want a failure exit status; output:\n%s", err, out)
+	}
+	want := "socket " + e.h.Socket + ": another daemon is listening on it"
+	if !strings.Contains(string(out), want) || strings.Contains(string(out), "node started") {
+		t.Errorf("second daemon's output, want only the refusal %q:\n%s", want, out)
+	}
+	if !e.h.Running() || !slices.Equal(e.networkNames(), []string{"web"}) {
+		t.Error("the first daemon stopped working")
+	}
+}
+
+func TestAttachDaemonOwnNetnsRefused(t *testing.T) {
+	e := newEnv(t)
+	e.network("web", "10.67.0.0/24")
+	links, err := e.h.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(e.h.DaemonPID())
+	e.cliFails([]string{"own network namespace"}, "attach", "--network", "web", "--name", "x", "--netns", e.h.NetnsPath)
+	e.cliFails([]string{"own network namespace"}, "attach", "--network", "web", "--name", "x", "--pid", pid)
+	e.cliFails([]string{"own network namespace"}, "attach", "--network", "web", "--name", "x", "--pid", pid, "--ifname", "vx9")
+	if after, err := e.h.Links(); err != nil || !slices.Equal(after, links) {
+		t.Errorf("host links changed by refused attaches: %v -> %v (%v)", links, after, err)
+	}
+	if _, ok := e.container("x"); ok {
+		t.Error("a refused attach left container x")
 	}
 }
