@@ -216,34 +216,8 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 			return api.Endpoint{}, conflict("container %q: netns %s already belongs to container %q", req.Name, c.netns, other.name)
 		}
 		c.nsDev, c.nsIno = dev, ino
-	} else if !req.Create {
-		// A second network for an existing container: the namespace must
-		// be the same one.
-		path := req.Netns
-		switch {
-		case req.PID != 0:
-			path = sandbox.NetnsPathForPID(req.PID)
-		case req.Docker != "":
-			pid, err := d.sb.DockerPID(req.Docker)
-			if err != nil {
-				return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
-			}
-			path = sandbox.NetnsPathForPID(pid)
-		}
-		dev, ino, err := d.sb.NetnsIdentity(path)
-		if err != nil {
-			return api.Endpoint{}, invalid("container %q: netns %s: %v", req.Name, path, err)
-		}
-		if dev != c.nsDev || ino != c.nsIno {
-			return api.Endpoint{}, conflict("container %q: exists with another network namespace (%s)", req.Name, c.netns)
-		}
-		// The interface goes in at c.netns: it must still name the
-		// container's namespace.
-		_, release, err := d.pinNetns(c)
-		if err != nil {
-			return api.Endpoint{}, conflict("container %q: its network namespace %s is gone (remove it with vxmesh rm)", req.Name, c.netns)
-		}
-		release()
+	} else if err := d.checkSameNetns(c, req); err != nil {
+		return api.Endpoint{}, err
 	}
 
 	ifname := req.IfName
@@ -289,6 +263,36 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	d.dnsAttached(c)
 	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", ip, "ifname", ifname, "netns", c.netns)
 	return d.endpointView(e), nil
+}
+
+// checkSameNetns checks that req, which adds a network to the existing
+// container c, names c's namespace, and that c's namespace path still
+// names it: the new interface goes in at that path.
+func (d *Daemon) checkSameNetns(c *container, req api.AttachRequest) error {
+	path := req.Netns
+	switch {
+	case req.PID != 0:
+		path = sandbox.NetnsPathForPID(req.PID)
+	case req.Docker != "":
+		pid, err := d.sb.DockerPID(req.Docker)
+		if err != nil {
+			return fmt.Errorf("container %q: %w", req.Name, err)
+		}
+		path = sandbox.NetnsPathForPID(pid)
+	}
+	dev, ino, err := d.sb.NetnsIdentity(path)
+	if err != nil {
+		return invalid("container %q: netns %s: %v", req.Name, path, err)
+	}
+	if dev != c.nsDev || ino != c.nsIno {
+		return conflict("container %q: exists with another network namespace (%s)", req.Name, c.netns)
+	}
+	_, release, err := d.pinNetns(c)
+	if err != nil {
+		return conflict("container %q: its network namespace %s is gone (remove it with vxmesh rm)", req.Name, c.netns)
+	}
+	release()
+	return nil
 }
 
 // pickIP honours a requested address if it is a free host address of n,
