@@ -196,10 +196,20 @@ type Container struct {
 	Managed   bool       `json:"managed"`
 	PIDs      []int      `json:"pids"`
 	Endpoints []Endpoint `json:"endpoints"`
+	// State is ContainerUp, or ContainerGone when its namespace no longer
+	// exists or its path names another namespace (after a reboot or `ip
+	// netns del`): then PIDs is empty and `rm` only forgets the container.
+	State string `json:"state"`
 	// ResolvConf is bind-mounted over /etc/resolv.conf for processes
 	// started by `run` and `exec`.
 	ResolvConf string `json:"resolv_conf"`
 }
+
+// Container states.
+const (
+	ContainerUp   = "up"
+	ContainerGone = "gone"
+)
 
 // FDBEntry is one forwarding-database entry of a network's switch.
 type FDBEntry struct {

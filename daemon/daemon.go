@@ -24,6 +24,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/sandbox"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -84,7 +85,23 @@ type Config struct {
 	KeyRotationInterval time.Duration
 
 	tuneCluster func(*cluster.Config)
+	// apiTimeouts replaces the API server's timeouts (tests).
+	apiTimeouts *apiTimeouts
 }
+
+// apiTimeouts bound how long the API waits for a client: for the request
+// headers, for the whole request (headers and body; the handler's own
+// work is not bounded), and for the next request on an idle connection.
+type apiTimeouts struct {
+	header, request, idle time.Duration
+}
+
+// The API server's timeouts (see apiTimeouts).
+const (
+	apiHeaderTimeout  = 10 * time.Second
+	apiRequestTimeout = 30 * time.Second
+	apiIdleTimeout    = 2 * time.Minute
+)
 
 // Daemon is one host's vxmesh daemon.
 type Daemon struct {
@@ -92,6 +109,9 @@ type Daemon struct {
 	log  *slog.Logger
 	sb   Sandbox
 	lock *os.File
+	// selfNs identifies the daemon's own network namespace, which is
+	// never a container's.
+	selfNs [2]uint64
 
 	cl     *cluster.Cluster
 	vtep   *tunnel.VTEP
@@ -154,6 +174,16 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.KeyRotationInterval < time.Second {
 		return nil, fmt.Errorf("key rotation interval %s: at least 1s", cfg.KeyRotationInterval)
 	}
+	if cfg.apiTimeouts == nil {
+		cfg.apiTimeouts = &apiTimeouts{header: apiHeaderTimeout, request: apiRequestTimeout, idle: apiIdleTimeout}
+	}
+	// A daemon already answering on the socket keeps it: refuse before
+	// taking ports, the cluster or the containers' resolvers.
+	if cfg.Socket != "" {
+		if err := socketAnswers(cfg.Socket); err != nil {
+			return nil, err
+		}
+	}
 	keys, err := newKeyState()
 	if err != nil {
 		return nil, err
@@ -173,6 +203,9 @@ func New(cfg Config) (*Daemon, error) {
 		keys:       keys,
 		networks:   map[string]*network{},
 		containers: map[string]*container{},
+	}
+	if dev, ino, err := d.sb.NetnsIdentity("/proc/self/ns/net"); err == nil {
+		d.selfNs = [2]uint64{dev, ino}
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if err := d.start(); err != nil {
@@ -223,6 +256,7 @@ func (d *Daemon) start() error {
 	if err != nil {
 		return err
 	}
+	d.sweep()
 	if len(d.cfg.Join) > 0 {
 		if _, err := d.cl.Join(d.cfg.Join); err != nil {
 			return err
@@ -255,6 +289,44 @@ func (d *Daemon) start() error {
 	return nil
 }
 
+// sweep removes what an interrupted `run` or attach (a daemon killed
+// between making a namespace or TAP and saving it) left without a record:
+// the named namespaces with this daemon's --netns-prefix that no container
+// names (their processes, if any, are left alone), and the unused
+// half-made TAP devices in the daemon's namespace. Without a prefix every
+// named namespace would match, so none is swept.
+func (d *Daemon) sweep() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg.NetnsPrefix != "" {
+		owned := map[string]bool{}
+		for _, c := range d.containers {
+			owned[c.netns] = true
+		}
+		names, err := d.sb.NamedNetns(d.cfg.NetnsPrefix)
+		if err != nil {
+			d.log.Warn("sweep: listing namespaces", "err", err)
+		}
+		for _, name := range names {
+			if owned[filepath.Join(sandbox.NetnsDir, name)] {
+				continue
+			}
+			if err := d.sb.DeleteNamedNetns(name); err != nil {
+				d.log.Warn("sweep: deleting a namespace no container owns", "netns", name, "err", err)
+				continue
+			}
+			d.log.Info("sweep: deleted a namespace no container owns", "netns", name)
+		}
+	}
+	taps, err := d.sb.RemoveUnusedTAPs()
+	for _, name := range taps {
+		d.log.Info("sweep: deleted an unused TAP device", "ifname", name)
+	}
+	if err != nil {
+		d.log.Warn("sweep: TAP devices", "err", err)
+	}
+}
+
 // lockStateDir takes an exclusive flock on DIR/lock so that two daemons
 // never share a state directory.
 func lockStateDir(dir string) (*os.File, error) {
@@ -277,7 +349,11 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		d.Close()
 		return err
 	}
-	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withPeerUID}
+	to := d.cfg.apiTimeouts
+	srv := &http.Server{
+		Handler: readRequestFirst(d.Handler()), ConnContext: withPeerUID,
+		ReadHeaderTimeout: to.header, ReadTimeout: to.request, IdleTimeout: to.idle,
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	d.log.Info("vxmesh daemon ready", "node", d.cfg.Node, "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir)
@@ -302,9 +378,8 @@ func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("socket %s: another daemon is listening on it", path)
+	if err := socketAnswers(path); err != nil {
+		return nil, err
 	}
 	os.Remove(path)
 	old := unix.Umask(0o177)
@@ -318,6 +393,17 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// socketAnswers fails if something (another daemon) accepts connections
+// on the unix socket at path.
+func socketAnswers(path string) error {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return nil
+	}
+	c.Close()
+	return fmt.Errorf("socket %s: another daemon is listening on it", path)
 }
 
 // Close leaves the cluster, stops every forwarder and releases the devices

@@ -34,6 +34,14 @@ type fakeSandbox struct {
 	ifaces   map[string]*fakeIface // path + "/" + ifname
 	nextIno  uint64
 	failPlug error
+	// pids are the processes in each namespace (by inode); killed and
+	// deleted record what KillNetns, Unplug and DeleteNamedNetns touched.
+	pids     map[uint64][]int
+	killed   []uint64
+	unplugs  []string
+	deleted  []string
+	taps     []string // unused half-made TAPs of the daemon's namespace
+	killWait time.Duration
 	// useNetstack makes Plug give each interface a gVisor netstack
 	// container instead of a bare pipe end.
 	useNetstack bool
@@ -46,7 +54,7 @@ type fakeIface struct {
 }
 
 func newFakeSandbox() *fakeSandbox {
-	return &fakeSandbox{ns: map[string]uint64{}, ifaces: map[string]*fakeIface{}, nextIno: 100}
+	return &fakeSandbox{ns: map[string]uint64{}, ifaces: map[string]*fakeIface{}, nextIno: 100, pids: map[uint64][]int{}}
 }
 
 func (f *fakeSandbox) addNetns(path string) {
@@ -71,8 +79,55 @@ func (f *fakeSandbox) CreateNamedNetns(name string) (string, error) {
 func (f *fakeSandbox) DeleteNamedNetns(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if _, ok := f.ns["/run/netns/"+name]; !ok {
+		return fmt.Errorf("netns %q: %w", name, os.ErrNotExist)
+	}
 	delete(f.ns, "/run/netns/"+name)
+	f.deleted = append(f.deleted, name)
 	return nil
+}
+
+// replaceNetns puts a new namespace with processes pids at path, as `ip
+// netns del` and `ip netns add` of the same name would (or a reboot).
+func (f *fakeSandbox) replaceNetns(path string, pids ...int) uint64 {
+	f.addNetns(path)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pids[f.ns[path]] = pids
+	return f.ns[path]
+}
+
+func (f *fakeSandbox) PinNetns(path string, dev, ino uint64) (string, func(), error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	got, ok := f.ns[path]
+	if !ok {
+		return "", nil, fmt.Errorf("netns %q: %w", path, os.ErrNotExist)
+	}
+	if dev != 1 || got != ino {
+		return "", nil, fmt.Errorf("netns %q: %w", path, sandbox.ErrNetnsReplaced)
+	}
+	return path, func() {}, nil
+}
+
+func (f *fakeSandbox) NamedNetns(prefix string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for p := range f.ns {
+		if name, ok := strings.CutPrefix(p, "/run/netns/"); ok && strings.HasPrefix(name, prefix) {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeSandbox) RemoveUnusedTAPs() ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := f.taps
+	f.taps = nil
+	return out, nil
 }
 
 func (f *fakeSandbox) NetnsIdentity(path string) (uint64, uint64, error) {
@@ -124,12 +179,33 @@ func (f *fakeSandbox) Unplug(nsPath, ifname string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.ifaces, nsPath+"/"+ifname)
+	f.unplugs = append(f.unplugs, nsPath+"/"+ifname)
 	return nil
 }
 
-func (f *fakeSandbox) KillNetns(string) error            { return nil }
-func (f *fakeSandbox) PIDsInNetns(string) ([]int, error) { return nil, nil }
-func (f *fakeSandbox) DockerPID(c string) (int, error)   { return 0, errors.New("docker: no engine") }
+func (f *fakeSandbox) KillNetns(path string) error {
+	time.Sleep(f.killWait)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ino, ok := f.ns[path]
+	if !ok {
+		return fmt.Errorf("netns %q: %w", path, os.ErrNotExist)
+	}
+	f.killed = append(f.killed, ino)
+	delete(f.pids, ino)
+	return nil
+}
+
+func (f *fakeSandbox) PIDsInNetns(path string) ([]int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ino, ok := f.ns[path]
+	if !ok {
+		return nil, fmt.Errorf("netns %q: %w", path, os.ErrNotExist)
+	}
+	return f.pids[ino], nil
+}
+func (f *fakeSandbox) DockerPID(c string) (int, error) { return 0, errors.New("docker: no engine") }
 func (f *fakeSandbox) iface(ns, ifname string) *fakeIface {
 	f.mu.Lock()
 	defer f.mu.Unlock()

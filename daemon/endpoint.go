@@ -143,10 +143,10 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 		}
 	}
 	if sources != 1 {
-		return api.Endpoint{}, fmt.Errorf("container %q: name exactly one of --netns, --pid or --docker", req.Name)
+		return api.Endpoint{}, invalid("container %q: name exactly one of --netns, --pid or --docker", req.Name)
 	}
 	if req.IfName != "" && (len(req.IfName) > 15 || !validName.MatchString(req.IfName)) {
-		return api.Endpoint{}, fmt.Errorf("container %q: interface name %q: invalid", req.Name, req.IfName)
+		return api.Endpoint{}, invalid("container %q: interface name %q: invalid", req.Name, req.IfName)
 	}
 	for _, a := range req.Aliases {
 		if err := checkName("alias", a); err != nil {
@@ -162,10 +162,10 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	}
 	c := d.containers[req.Name]
 	if c != nil && req.Create {
-		return api.Endpoint{}, fmt.Errorf("container %q: already exists", req.Name)
+		return api.Endpoint{}, conflict("container %q: already exists", req.Name)
 	}
 	if c != nil && c.endpoints[n.rec.Name] != nil {
-		return api.Endpoint{}, fmt.Errorf("container %q: already attached to network %q", req.Name, n.rec.Name)
+		return api.Endpoint{}, conflict("container %q: already attached to network %q", req.Name, n.rec.Name)
 	}
 
 	ip, err := d.pickIP(n, req.IP)
@@ -207,33 +207,17 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 		}
 		dev, ino, err := d.sb.NetnsIdentity(c.netns)
 		if err != nil {
-			return api.Endpoint{}, fmt.Errorf("container %q: netns %s: %w", req.Name, c.netns, err)
+			return api.Endpoint{}, invalid("container %q: netns %s: %v", req.Name, c.netns, err)
+		}
+		if [2]uint64{dev, ino} == d.selfNs {
+			return api.Endpoint{}, invalid("container %q: netns %s is the daemon's own network namespace", req.Name, c.netns)
 		}
 		if other := d.containerByNetns(dev, ino); other != nil {
-			return api.Endpoint{}, fmt.Errorf("container %q: netns %s already belongs to container %q", req.Name, c.netns, other.name)
+			return api.Endpoint{}, conflict("container %q: netns %s already belongs to container %q", req.Name, c.netns, other.name)
 		}
 		c.nsDev, c.nsIno = dev, ino
-	} else if !req.Create {
-		// A second network for an existing container: the namespace must
-		// be the same one.
-		path := req.Netns
-		switch {
-		case req.PID != 0:
-			path = sandbox.NetnsPathForPID(req.PID)
-		case req.Docker != "":
-			pid, err := d.sb.DockerPID(req.Docker)
-			if err != nil {
-				return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
-			}
-			path = sandbox.NetnsPathForPID(pid)
-		}
-		dev, ino, err := d.sb.NetnsIdentity(path)
-		if err != nil {
-			return api.Endpoint{}, fmt.Errorf("container %q: netns %s: %w", req.Name, path, err)
-		}
-		if dev != c.nsDev || ino != c.nsIno {
-			return api.Endpoint{}, fmt.Errorf("container %q: exists with another network namespace (%s)", req.Name, c.netns)
-		}
+	} else if err := d.checkSameNetns(c, req); err != nil {
+		return api.Endpoint{}, err
 	}
 
 	ifname := req.IfName
@@ -242,17 +226,22 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	}
 	for _, other := range c.endpoints {
 		if other.ifname == ifname {
-			return api.Endpoint{}, fmt.Errorf("container %q: interface %q already used by network %q", req.Name, ifname, other.net.rec.Name)
+			return api.Endpoint{}, conflict("container %q: interface %q already used by network %q", req.Name, ifname, other.net.rec.Name)
 		}
 	}
 	e := &endpoint{ctr: c, net: n, ip: ip, mac: macForIP(ip), ifname: ifname, aliases: req.Aliases}
 	if err := d.writeResolvConf(); err != nil {
 		return api.Endpoint{}, err
 	}
-	dev, err := d.sb.Plug(c.netns, sandbox.IfaceConfig{
-		IfName: ifname, MAC: net.HardwareAddr(e.mac[:]), Addr: netip.PrefixFrom(ip, n.subnet.Bits()),
-		Gateway: n.gw, MTU: n.rec.MTU,
-	})
+	cfg := sandbox.IfaceConfig{
+		IfName: ifname, MAC: net.HardwareAddr(e.mac[:]), Addr: netip.PrefixFrom(ip, n.subnet.Bits()), MTU: n.rec.MTU,
+	}
+	// The first network gives the default route; later ones only their
+	// subnet's (the address's own route).
+	if len(c.endpoints) == 0 {
+		cfg.Gateway = n.gw
+	}
+	dev, err := d.sb.Plug(c.netns, cfg)
 	if err != nil {
 		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
 	}
@@ -276,6 +265,36 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	return d.endpointView(e), nil
 }
 
+// checkSameNetns checks that req, which adds a network to the existing
+// container c, names c's namespace, and that c's namespace path still
+// names it: the new interface goes in at that path.
+func (d *Daemon) checkSameNetns(c *container, req api.AttachRequest) error {
+	path := req.Netns
+	switch {
+	case req.PID != 0:
+		path = sandbox.NetnsPathForPID(req.PID)
+	case req.Docker != "":
+		pid, err := d.sb.DockerPID(req.Docker)
+		if err != nil {
+			return fmt.Errorf("container %q: %w", req.Name, err)
+		}
+		path = sandbox.NetnsPathForPID(pid)
+	}
+	dev, ino, err := d.sb.NetnsIdentity(path)
+	if err != nil {
+		return invalid("container %q: netns %s: %v", req.Name, path, err)
+	}
+	if dev != c.nsDev || ino != c.nsIno {
+		return conflict("container %q: exists with another network namespace (%s)", req.Name, c.netns)
+	}
+	_, release, err := d.pinNetns(c)
+	if err != nil {
+		return conflict("container %q: its network namespace %s is gone (remove it with vxmesh rm)", req.Name, c.netns)
+	}
+	release()
+	return nil
+}
+
 // pickIP honours a requested address if it is a free host address of n,
 // or allocates the lowest free one from the address blocks this node has
 // claimed in the cluster, claiming another block when they are full, so
@@ -290,19 +309,19 @@ func (d *Daemon) pickIP(n *network, want string) (netip.Addr, error) {
 		}
 		b, err := d.cl.ClaimBlock(n.rec.Name, n.subnet, blockBits(n.subnet))
 		if err != nil {
-			return netip.Addr{}, fmt.Errorf("network %q: no free address block: %w", n.rec.Name, err)
+			return netip.Addr{}, conflict("network %q: no free address block: %v", n.rec.Name, err)
 		}
 		return allocate(b, used, n.subnet)
 	}
 	a, err := netip.ParseAddr(want)
 	if err != nil || !usableHost(n.subnet, a) {
-		return netip.Addr{}, fmt.Errorf("ip %q: not a host address of network %q (%s)", want, n.rec.Name, n.subnet)
+		return netip.Addr{}, invalid("ip %q: not a host address of network %q (%s)", want, n.rec.Name, n.subnet)
 	}
 	if used[a] {
 		if a == n.gw {
-			return netip.Addr{}, fmt.Errorf("ip %s: is the gateway of network %q", a, n.rec.Name)
+			return netip.Addr{}, conflict("ip %s: is the gateway of network %q", a, n.rec.Name)
 		}
-		return netip.Addr{}, fmt.Errorf("ip %s: already in use on network %q", a, n.rec.Name)
+		return netip.Addr{}, conflict("ip %s: already in use on network %q", a, n.rec.Name)
 	}
 	return a, nil
 }
@@ -343,7 +362,8 @@ func (d *Daemon) writeResolvConf() error {
 
 // Detach removes a container's endpoint on one network (on its only
 // network when network is empty). An attached (unmanaged) container with no
-// endpoint left is forgotten; a managed one stays until `rm`.
+// endpoint left is forgotten; a managed one stays until `rm`. The state is
+// saved before anything is destroyed, so a failed save changes nothing.
 func (d *Daemon) Detach(name, network string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -353,7 +373,7 @@ func (d *Daemon) Detach(name, network string) error {
 	}
 	if network == "" {
 		if len(c.endpoints) != 1 {
-			return fmt.Errorf("container %q: attached to %d networks; name one with --network", name, len(c.endpoints))
+			return invalid("container %q: attached to %d networks; name one with --network", name, len(c.endpoints))
 		}
 		for k := range c.endpoints {
 			network = k
@@ -363,29 +383,59 @@ func (d *Daemon) Detach(name, network string) error {
 	if !ok {
 		return notFound("container %q: not attached to network %q", name, network)
 	}
-	d.removeEndpoint(ep)
-	if len(c.endpoints) == 0 && !c.managed {
+	delete(c.endpoints, network)
+	forget := len(c.endpoints) == 0 && !c.managed
+	if forget {
 		delete(d.containers, name)
 	}
-	return d.save()
+	if err := d.save(); err != nil {
+		c.endpoints[network] = ep
+		if forget {
+			d.containers[name] = c
+		}
+		return fmt.Errorf("container %q: %w", name, err)
+	}
+	nsPath, release, nsErr := d.pinNetns(c)
+	if nsErr != nil {
+		d.log.Warn("container's namespace is gone; its interface is forgotten, not deleted", "container", name, "netns", c.netns, "err", nsErr)
+	} else {
+		defer release()
+	}
+	d.removeEndpoint(ep, nsPath)
+	return nil
+}
+
+// pinNetns returns a path that names c's own namespace until release is
+// called. It fails when the namespace at c.netns is gone or is another
+// one: after a reboot or `ip netns del`, a new namespace may carry the
+// container's name, and nothing of it is the daemon's to touch.
+func (d *Daemon) pinNetns(c *container) (nsPath string, release func(), err error) {
+	return d.sb.PinNetns(c.netns, c.nsDev, c.nsIno)
 }
 
 // removeEndpoint stops forwarding and deletes the interface from the
-// container; callers hold d.mu.
-func (d *Daemon) removeEndpoint(ep *endpoint) {
+// namespace at nsPath (a pinned path of the container's namespace; empty
+// when that namespace is gone, and the interface with it). The caller has
+// taken ep out of its container's endpoints and holds d.mu.
+func (d *Daemon) removeEndpoint(ep *endpoint, nsPath string) {
 	d.unpublishEndpoint(ep)
 	ep.stop()
-	if err := d.sb.Unplug(ep.ctr.netns, ep.ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
-		d.log.Warn("removing interface", "container", ep.ctr.name, "ifname", ep.ifname, "err", err)
+	if nsPath != "" {
+		if err := d.sb.Unplug(nsPath, ep.ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("removing interface", "container", ep.ctr.name, "ifname", ep.ifname, "err", err)
+		}
 	}
-	delete(ep.ctr.endpoints, ep.net.rec.Name)
 	d.dnsDetached(ep.ctr)
 	d.log.Info("endpoint detached", "container", ep.ctr.name, "network", ep.net.rec.Name)
 }
 
 // RemoveContainer removes a container: a managed one's processes are
 // stopped and its namespace deleted; an attached one is detached from all
-// its networks and its namespace left alone.
+// its networks and its namespace left alone. A container whose namespace
+// is gone (or whose path now names another namespace) is only forgotten:
+// no process is killed and nothing is deleted. The record goes from the
+// saved state before anything is destroyed, so a failed save leaves the
+// container as it was, still removable.
 func (d *Daemon) RemoveContainer(name string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -393,22 +443,37 @@ func (d *Daemon) RemoveContainer(name string) error {
 	if !ok {
 		return notFound("container %q: not found", name)
 	}
-	if c.managed {
-		if err := d.sb.KillNetns(c.netns); err != nil {
+	nsPath, release, nsErr := d.pinNetns(c)
+	if nsErr != nil {
+		d.log.Warn("container's namespace is gone; forgetting the container without touching the namespace", "container", name, "netns", c.netns, "err", nsErr)
+	} else {
+		defer release()
+	}
+	if c.managed && nsErr == nil {
+		if err := d.sb.KillNetns(nsPath); err != nil {
 			return fmt.Errorf("container %q: stopping its processes: %w", name, err)
 		}
 	}
-	for _, ep := range c.sortedEndpoints() {
-		d.removeEndpoint(ep)
+	delete(d.containers, name)
+	if err := d.save(); err != nil {
+		d.containers[name] = c
+		return fmt.Errorf("container %q: %w", name, err)
 	}
-	if c.managed {
-		if err := d.sb.DeleteNamedNetns(filepath.Base(c.netns)); err != nil {
-			d.log.Warn("deleting netns", "container", name, "netns", c.netns, "err", err)
+	for _, ep := range c.sortedEndpoints() {
+		delete(c.endpoints, ep.net.rec.Name)
+		d.removeEndpoint(ep, nsPath)
+	}
+	if c.managed && nsErr == nil {
+		// The name is deleted only while it still names the container's
+		// namespace (KillNetns may have taken a while).
+		if dev, ino, err := d.sb.NetnsIdentity(c.netns); err == nil && dev == c.nsDev && ino == c.nsIno {
+			if err := d.sb.DeleteNamedNetns(filepath.Base(c.netns)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				d.log.Warn("deleting netns", "container", name, "netns", c.netns, "err", err)
+			}
 		}
 	}
-	delete(d.containers, name)
 	d.log.Info("container removed", "container", name)
-	return d.save()
+	return nil
 }
 
 // Endpoints lists every endpoint of this host.
@@ -447,11 +512,17 @@ func (d *Daemon) Container(name string) (api.Container, error) {
 }
 
 func (d *Daemon) containerView(c *container) api.Container {
-	pids, _ := d.sb.PIDsInNetns(c.netns)
-	if pids == nil {
-		pids = []int{}
+	v := api.Container{Name: c.name, Netns: c.netns, Managed: c.managed, PIDs: []int{}, State: api.ContainerGone,
+		ResolvConf: d.resolvConfPath(), Endpoints: []api.Endpoint{}}
+	// Processes are listed only in the container's own namespace, never
+	// in another one that took its name.
+	if nsPath, release, err := d.pinNetns(c); err == nil {
+		v.State = api.ContainerUp
+		if pids, _ := d.sb.PIDsInNetns(nsPath); pids != nil {
+			v.PIDs = pids
+		}
+		release()
 	}
-	v := api.Container{Name: c.name, Netns: c.netns, Managed: c.managed, PIDs: pids, ResolvConf: d.resolvConfPath(), Endpoints: []api.Endpoint{}}
 	for _, ep := range c.sortedEndpoints() {
 		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
 	}

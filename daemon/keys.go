@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -418,7 +417,7 @@ func (d *Daemon) RotateKey(ctx context.Context) (api.Keys, error) {
 	r := d.clusterRing()
 	if r == nil {
 		d.mu.Unlock()
-		return api.Keys{}, errors.New("key rotate: there are no data keys yet (they are created with the first encrypted network)")
+		return api.Keys{}, conflict("key rotate: there are no data keys yet (they are created with the first encrypted network)")
 	}
 	newest := r.Keys[0].ID
 	id := make([]byte, 8)

@@ -38,10 +38,10 @@ var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
 
 func checkName(kind, name string) error {
 	if name == "" {
-		return fmt.Errorf("%s name: empty", kind)
+		return invalid("%s name: empty", kind)
 	}
 	if len(name) > maxNameLength || !validName.MatchString(name) {
-		return fmt.Errorf("%s %q: invalid name (letters, digits, '_', '.', '-'; at most %d characters)", kind, name, maxNameLength)
+		return invalid("%s %q: invalid name (letters, digits, '_', '.', '-'; at most %d characters)", kind, name, maxNameLength)
 	}
 	return nil
 }
@@ -155,7 +155,7 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	defer d.mu.Unlock()
 	d.reconcile()
 	if _, ok := d.networks[req.Name]; ok {
-		return api.Network{}, fmt.Errorf("network %q: already exists", req.Name)
+		return api.Network{}, conflict("network %q: already exists", req.Name)
 	}
 	var used []netip.Prefix
 	for _, n := range d.networks {
@@ -165,21 +165,21 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	if req.Subnet == "" {
 		p, err := pickSubnet(used)
 		if err != nil {
-			return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
+			return api.Network{}, conflict("network %q: %v", req.Name, err)
 		}
 		subnet = p
 	} else {
 		p, err := netip.ParsePrefix(req.Subnet)
 		if err != nil || !p.Addr().Is4() {
-			return api.Network{}, fmt.Errorf("network %q: subnet %q: not an IPv4 CIDR", req.Name, req.Subnet)
+			return api.Network{}, invalid("network %q: subnet %q: not an IPv4 CIDR", req.Name, req.Subnet)
 		}
 		if p.Bits() > 30 {
-			return api.Network{}, fmt.Errorf("network %q: subnet %s: too small (at most /30)", req.Name, p)
+			return api.Network{}, invalid("network %q: subnet %s: too small (at most /30)", req.Name, p)
 		}
 		subnet = p.Masked()
 		for _, n := range d.sortedNetworks() {
 			if overlaps(subnet, n.subnet) {
-				return api.Network{}, fmt.Errorf("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
+				return api.Network{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
 			}
 		}
 	}
@@ -187,7 +187,7 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	if req.Gateway != "" {
 		a, err := netip.ParseAddr(req.Gateway)
 		if err != nil || !usableHost(subnet, a) {
-			return api.Network{}, fmt.Errorf("network %q: gateway %q: not a host address of %s", req.Name, req.Gateway, subnet)
+			return api.Network{}, invalid("network %q: gateway %q: not a host address of %s", req.Name, req.Gateway, subnet)
 		}
 		gw = a
 	}
@@ -198,15 +198,15 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 		if req.Cipher != "" {
 			var err error
 			if c, err = esp.ParseCipher(req.Cipher); err != nil {
-				return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
+				return api.Network{}, invalid("network %q: %v", req.Name, err)
 			}
 		}
 		if len(req.VTEPs) > 0 {
-			return api.Network{}, fmt.Errorf("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", req.Name)
+			return api.Network{}, invalid("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", req.Name)
 		}
 		cipher = c.String()
 	case req.Cipher != "":
-		return api.Network{}, fmt.Errorf("network %q: a cipher needs an encrypted network (--encrypted)", req.Name)
+		return api.Network{}, invalid("network %q: a cipher needs an encrypted network (--encrypted)", req.Name)
 	}
 	mtu := d.cfg.UnderlayMTU - vxlanOverhead
 	if req.Encrypted {
@@ -214,18 +214,18 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	}
 	if req.MTU != 0 {
 		if req.MTU < minMTU || req.MTU > maxNetworkMTU {
-			return api.Network{}, fmt.Errorf("network %q: mtu %d: out of range %d-%d", req.Name, req.MTU, minMTU, maxNetworkMTU)
+			return api.Network{}, invalid("network %q: mtu %d: out of range %d-%d", req.Name, req.MTU, minMTU, maxNetworkMTU)
 		}
 		mtu = req.MTU
 	}
 	vni := req.VNI
 	if vni != 0 {
 		if vni > maxVNI {
-			return api.Network{}, fmt.Errorf("network %q: vni %d: out of range 1-%d", req.Name, vni, maxVNI)
+			return api.Network{}, invalid("network %q: vni %d: out of range 1-%d", req.Name, vni, maxVNI)
 		}
 		for _, n := range d.networks {
 			if n.rec.VNI == vni {
-				return api.Network{}, fmt.Errorf("network %q: vni %d: already used by network %q", req.Name, vni, n.rec.Name)
+				return api.Network{}, conflict("network %q: vni %d: already used by network %q", req.Name, vni, n.rec.Name)
 			}
 		}
 	} else {
@@ -261,7 +261,7 @@ func parseVTEPs(network string, in []string) ([]string, error) {
 	for _, v := range in {
 		a, err := netip.ParseAddr(v)
 		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
-			return nil, fmt.Errorf("network %q: vtep %q: not a unicast IPv4 address", network, v)
+			return nil, invalid("network %q: vtep %q: not a unicast IPv4 address", network, v)
 		}
 		set[a] = true
 	}
@@ -299,7 +299,7 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 	}
 	for _, v := range rm {
 		if !cur[v] {
-			return api.Network{}, fmt.Errorf("network %q: vtep %s: not configured", name, v)
+			return api.Network{}, notFound("network %q: vtep %s: not configured", name, v)
 		}
 		delete(cur, v)
 	}
@@ -312,7 +312,7 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 	}
 	vteps, _ := parseVTEPs(name, all)
 	if n.rec.Encrypted && len(add) > 0 {
-		return api.Network{}, fmt.Errorf("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", name)
+		return api.Network{}, invalid("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", name)
 	}
 	rec := n.rec
 	rec.VTEPs = vteps
@@ -354,7 +354,7 @@ func (d *Daemon) RemoveNetwork(name string) error {
 		}
 	}
 	if len(names) > 0 {
-		return fmt.Errorf("network %q: still has %d endpoint(s) attached (%s); detach or remove them first", name, len(names), strings.Join(names, ", "))
+		return conflict("network %q: still has %d endpoint(s) attached (%s); detach or remove them first", name, len(names), strings.Join(names, ", "))
 	}
 	if err := d.cl.Delete(tblNetworks, name); err != nil {
 		return fmt.Errorf("network %q: %w", name, err)

@@ -14,6 +14,15 @@ type Sandbox interface {
 	DeleteNamedNetns(name string) error
 	// NetnsIdentity returns the device and inode that identify a netns.
 	NetnsIdentity(path string) (dev, ino uint64, err error)
+	// PinNetns returns a path that names the namespace at path, if it is
+	// still the namespace (dev, ino), until release is called; it fails if
+	// the namespace is gone or the path names another one.
+	PinNetns(path string, dev, ino uint64) (pinned string, release func(), err error)
+	// NamedNetns lists the named namespaces whose name starts with prefix.
+	NamedNetns(prefix string) ([]string, error)
+	// RemoveUnusedTAPs destroys the half-made TAP devices of an
+	// interrupted Plug in the daemon's namespace and returns their names.
+	RemoveUnusedTAPs() ([]string, error)
 	// Plug creates the container interface in the namespace and returns
 	// the daemon's side of it.
 	Plug(nsPath string, cfg sandbox.IfaceConfig) (netdev.Device, error)
@@ -50,6 +59,11 @@ func (linuxSandbox) NetnsIdentity(path string) (uint64, uint64, error) {
 	id, err := sandbox.NetnsIdentity(path)
 	return id.Dev, id.Ino, err
 }
+func (linuxSandbox) PinNetns(path string, dev, ino uint64) (string, func(), error) {
+	return sandbox.PinNetns(path, sandbox.NetnsID{Dev: dev, Ino: ino})
+}
+func (linuxSandbox) NamedNetns(prefix string) ([]string, error) { return sandbox.NamedNetns(prefix) }
+func (linuxSandbox) RemoveUnusedTAPs() ([]string, error)        { return sandbox.RemoveUnusedTAPs() }
 func (linuxSandbox) Plug(nsPath string, cfg sandbox.IfaceConfig) (netdev.Device, error) {
 	return sandbox.Plug(nsPath, cfg)
 }

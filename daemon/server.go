@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -23,8 +25,49 @@ func notFound(format string, args ...any) error {
 	return notFoundError{fmt.Sprintf(format, args...)}
 }
 
+// invalidError marks errors of bad requests (answered with 400).
+type invalidError struct{ msg string }
+
+func (e invalidError) Error() string { return e.msg }
+
+func invalid(format string, args ...any) error {
+	return invalidError{fmt.Sprintf(format, args...)}
+}
+
+// conflictError marks requests that conflict with the current state:
+// already exists, in use (answered with 409).
+type conflictError struct{ msg string }
+
+func (e conflictError) Error() string { return e.msg }
+
+func conflict(format string, args ...any) error {
+	return conflictError{fmt.Sprintf(format, args...)}
+}
+
 // maxRequestBody bounds API request bodies.
 const maxRequestBody = 1 << 20
+
+// readRequestFirst reads the whole request body within the server's
+// ReadTimeout, then lifts the connection's read deadline: a client that
+// stalls while sending is cut off, while a handler that takes long (`rm`
+// waiting for processes to exit, `key rotate` waiting for the cluster)
+// keeps its connection and its context.
+func readRequestFirst(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
+		if err != nil {
+			fail(w, badRequest{fmt.Errorf("request body: %w", err)})
+			return
+		}
+		if len(b) > maxRequestBody {
+			fail(w, badRequest{fmt.Errorf("request body: larger than %d bytes", maxRequestBody)})
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		http.NewResponseController(w).SetReadDeadline(time.Time{})
+		h.ServeHTTP(w, r)
+	})
+}
 
 // Handler returns the API's HTTP handler (see package api for the routes).
 func (d *Daemon) Handler() http.Handler {
@@ -167,18 +210,25 @@ func reply(w http.ResponseWriter, v any, err error) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// fail answers err: 400 for invalid requests, 403, 404 for unknown
+// objects, 409 for conflicts with the current state (already exists, in
+// use) and 500 for everything else (a failed save, a kernel error).
 func fail(w http.ResponseWriter, err error) {
-	code := http.StatusConflict
+	code := http.StatusInternalServerError
 	var nf notFoundError
 	var br badRequest
+	var inv invalidError
+	var cf conflictError
 	var fb forbidden
 	switch {
 	case errors.As(err, &fb):
 		code = http.StatusForbidden
 	case errors.As(err, &nf):
 		code = http.StatusNotFound
-	case errors.As(err, &br):
+	case errors.As(err, &br), errors.As(err, &inv):
 		code = http.StatusBadRequest
+	case errors.As(err, &cf):
+		code = http.StatusConflict
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)

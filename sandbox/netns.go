@@ -124,6 +124,25 @@ func DeleteNamedNetns(name string) error {
 	return nil
 }
 
+// NamedNetns lists the names in NetnsDir that start with prefix, sorted.
+// A missing NetnsDir (a fresh boot) is an empty list.
+func NamedNetns(prefix string) ([]string, error) {
+	ents, err := os.ReadDir(NetnsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
 func validNetnsName(name string) error {
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) > 255 {
 		return fmt.Errorf("netns %q: invalid name", name)
@@ -177,6 +196,37 @@ func NetnsIdentity(path string) (NetnsID, error) {
 		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
 	}
 	defer unix.Close(fd)
+	return fdIdentity(path, fd)
+}
+
+// ErrNetnsReplaced is the error of PinNetns when the path names another
+// namespace than the one expected.
+var ErrNetnsReplaced = errors.New("another network namespace than the one expected")
+
+// PinNetns opens the network namespace at path if it is the namespace id
+// and returns a path (/proc/self/fd/N) that names that very namespace until
+// release is called, whatever becomes of path meanwhile: a name deleted
+// and made again for a new namespace cannot redirect what the caller does
+// through the pinned path. A missing namespace is an error matching
+// fs.ErrNotExist (or not a namespace file), another one ErrNetnsReplaced.
+func PinNetns(path string, id NetnsID) (pinned string, release func(), err error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", nil, fmt.Errorf("netns %q: %w", path, err)
+	}
+	got, err := fdIdentity(path, fd)
+	if err == nil && got != id {
+		err = fmt.Errorf("netns %q: %w", path, ErrNetnsReplaced)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return "", nil, err
+	}
+	return "/proc/self/fd/" + strconv.Itoa(fd), func() { unix.Close(fd) }, nil
+}
+
+// fdIdentity returns the identity of the network namespace open at fd.
+func fdIdentity(path string, fd int) (NetnsID, error) {
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {
 		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -201,6 +202,41 @@ func Unplug(nsPath, ifname string) error {
 		return fmt.Errorf("netns %q: interface %q: delete: %w", nsPath, ifname, err)
 	}
 	return nil
+}
+
+// RemoveUnusedTAPs destroys the TAP devices Plug left in the caller's
+// network namespace when its process died between creating a device and
+// moving it into its container: the tmpTAPPrefix devices that no process
+// holds open. A device that is open (Plug at work in another process)
+// refuses a second attachment and is left alone. It returns the names of
+// the devices it destroyed.
+func RemoveUnusedTAPs() ([]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, l := range links {
+		name := l.Attrs().Name
+		if !strings.HasPrefix(name, tmpTAPPrefix) || l.Type() != "tuntap" {
+			continue
+		}
+		tap, err := netdev.OpenTAP(name)
+		if errors.Is(err, unix.EBUSY) {
+			continue
+		}
+		if err == nil {
+			err = tap.SetPersist(false)
+			tap.Close()
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("interface %q: %w", name, err))
+			continue
+		}
+		removed = append(removed, name)
+	}
+	return removed, errors.Join(errs...)
 }
 
 // handleAt returns a route netlink handle inside the namespace at nsPath.

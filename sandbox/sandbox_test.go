@@ -544,3 +544,37 @@ func TestExitStatus(t *testing.T) {
 		t.Errorf("killed by SIGTERM: %d", got)
 	}
 }
+
+// TestRemoveUnusedTAPs: the half-made TAPs nobody holds are destroyed; one
+// held open (a Plug at work) and TAPs of other names are kept.
+func TestRemoveUnusedTAPs(t *testing.T) {
+	requireRoot(t)
+	_, path := newNamedNetns(t)
+	var held *netdev.TAP
+	var removed []string
+	err := RunInNetns(path, func() error {
+		for _, name := range []string{tmpTAPPrefix + "0000000001", "other0"} {
+			tap, err := netdev.CreateTAP(name, true)
+			if err != nil {
+				return err
+			}
+			tap.Close()
+		}
+		var err error
+		if held, err = netdev.CreateTAP(tmpTAPPrefix+"0000000002", true); err != nil {
+			return err
+		}
+		removed, err = RemoveUnusedTAPs()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if !slices.Equal(removed, []string{tmpTAPPrefix + "0000000001"}) {
+		t.Errorf("removed %v, want only the unused %s0000000001", removed, tmpTAPPrefix)
+	}
+	if got := linkNames(t, path); !slices.Equal(got, []string{"lo", "other0", tmpTAPPrefix + "0000000002"}) {
+		t.Errorf("links left: %v", got)
+	}
+}

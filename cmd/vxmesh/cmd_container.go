@@ -13,10 +13,11 @@ import (
 func cmdRun(env *cliEnv, args []string) error {
 	fs := newFlags(env, "run", false)
 	detach := fs.Bool("d", false, "detach: start the command in the background and print the container name")
-	netw := fs.String("network", "", "network to attach the new container to")
+	var netws stringList
+	fs.Var(&netws, "network", "network to attach the new container to (repeatable: eth0, eth1, ...; the first gives the default route)")
 	netMode := fs.String("net", "", "container:NAME joins an existing container's network namespace")
 	name := fs.String("name", "", "container name")
-	ip := fs.String("ip", "", "IPv4 address (default: the next free one)")
+	ip := fs.String("ip", "", "IPv4 address (default: the next free one; with one --network only)")
 	remove := fs.Bool("rm", false, "remove the container when the command exits (not with -d)")
 	var aliases stringList
 	fs.Var(&aliases, "alias", "additional DNS name on the network (repeatable)")
@@ -40,19 +41,25 @@ func cmdRun(env *cliEnv, args []string) error {
 		if !ok || target == "" {
 			return fmt.Errorf("--net %q: want container:NAME", *netMode)
 		}
-		if *netw != "" || *ip != "" || len(aliases) > 0 {
+		if len(netws) > 0 || *ip != "" || len(aliases) > 0 {
 			return fmt.Errorf("--net container:%s shares that container's interfaces; --network, --ip and --alias do not apply", target)
 		}
 		ctr, err := c.Container(target)
 		if err != nil {
 			return err
 		}
+		if err := notGone(ctr); err != nil {
+			return err
+		}
 		return startIn(env, ctr.Netns, ctr.ResolvConf, argv, *detach, target)
 	}
-	if *netw == "" || *name == "" {
+	if len(netws) == 0 || *name == "" {
 		return fmt.Errorf("want --network NET and --name NAME (or --net container:NAME)")
 	}
-	ep, err := c.Attach(api.AttachRequest{Network: *netw, Name: *name, Create: true, IP: *ip, Aliases: aliases})
+	if *ip != "" && len(netws) > 1 {
+		return fmt.Errorf("--ip %s: only with a single --network", *ip)
+	}
+	ep, err := attachAll(env, c, *name, netws, *ip, aliases)
 	if err != nil {
 		return err
 	}
@@ -72,6 +79,25 @@ func cmdRun(env *cliEnv, args []string) error {
 	return err
 }
 
+// attachAll makes container name on the first network and attaches it to
+// the others in order (eth0, eth1, ...). If one fails, the container is
+// removed again.
+func attachAll(env *cliEnv, c *api.Client, name string, netws []string, ip string, aliases []string) (api.Endpoint, error) {
+	ep, err := c.Attach(api.AttachRequest{Network: netws[0], Name: name, Create: true, IP: ip, Aliases: aliases})
+	if err != nil {
+		return ep, err
+	}
+	for _, n := range netws[1:] {
+		if _, err := c.Attach(api.AttachRequest{Network: n, Name: name, Netns: ep.Netns, Aliases: aliases}); err != nil {
+			if rmErr := c.RemoveContainer(name); rmErr != nil {
+				fmt.Fprintf(env.stderr, "vxmesh run: removing container %q after the failed attach: %v\n", name, rmErr)
+			}
+			return ep, err
+		}
+	}
+	return ep, nil
+}
+
 // startIn starts argv inside the namespace: detached (prints the container
 // name, like docker run -d prints the id) or attached (returns its exit
 // status as an exitError).
@@ -89,6 +115,15 @@ func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, 
 	}
 	if code != 0 {
 		return exitError{code}
+	}
+	return nil
+}
+
+// notGone refuses to enter a container whose namespace is gone: its path
+// may name someone else's namespace now.
+func notGone(ctr api.Container) error {
+	if ctr.State == api.ContainerGone {
+		return fmt.Errorf("container %q: its network namespace %s is gone (remove it with vxmesh rm)", ctr.Name, ctr.Netns)
 	}
 	return nil
 }
@@ -119,6 +154,9 @@ func cmdExec(env *cliEnv, args []string) error {
 	}
 	ctr, err := fs.client().Container(name)
 	if err != nil {
+		return err
+	}
+	if err := notGone(ctr); err != nil {
 		return err
 	}
 	if _, err := exec.LookPath(argv[0]); err != nil {
@@ -229,7 +267,7 @@ func cmdPs(env *cliEnv, args []string) error {
 	if fs.format == "json" {
 		return printJSON(env.stdout, cs)
 	}
-	t := newTable(env.stdout, "NAME", "NETWORKS", "IPS", "PIDS", "NETNS")
+	t := newTable(env.stdout, "NAME", "STATE", "NETWORKS", "IPS", "PIDS", "NETNS")
 	for _, c := range cs {
 		var nets, ips []string
 		for _, e := range c.Endpoints {
@@ -240,7 +278,7 @@ func cmdPs(env *cliEnv, args []string) error {
 		for i, p := range c.PIDs {
 			pids[i] = strconv.Itoa(p)
 		}
-		t.row(c.Name, dash(strings.Join(nets, ",")), dash(strings.Join(ips, ",")), dash(strings.Join(pids, ",")), c.Netns)
+		t.row(c.Name, dash(c.State), dash(strings.Join(nets, ",")), dash(strings.Join(ips, ",")), dash(strings.Join(pids, ",")), c.Netns)
 	}
 	return t.flush()
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/daemon"
@@ -98,11 +100,46 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := handleSignals(log)
 	defer stop()
 	err = d.Serve(ctx)
 	log.Info("vxmesh daemon stopped")
 	return err
+}
+
+// handleSignals returns a context that SIGINT or SIGTERM cancels, logging
+// which signal stopped the daemon. SIGHUP is logged and ignored, so the
+// daemon survives the end of the session that started it (`sudo vxmesh
+// daemon &`). stop releases the signals.
+func handleSignals(log *slog.Logger) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				name := unix.SignalName(s.(syscall.Signal))
+				switch {
+				case s == syscall.SIGHUP:
+					log.Info("SIGHUP ignored", "signal", name)
+				case ctx.Err() != nil:
+					log.Info("already stopping", "signal", name)
+				default:
+					log.Info("stopping on signal", "signal", name)
+					cancel()
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
 }
 
 func cmdKeygen(env *cliEnv, args []string) error {

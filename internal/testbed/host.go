@@ -216,6 +216,22 @@ func (h *Host) stop(sig syscall.Signal, grace time.Duration) error {
 	}
 }
 
+// DaemonPID returns the process ID of the running daemon (0 if none).
+func (h *Host) DaemonPID() int {
+	if !h.Running() {
+		return 0
+	}
+	return h.cmd.Process.Pid
+}
+
+// Signal sends sig to the running daemon.
+func (h *Host) Signal(sig os.Signal) error {
+	if !h.Running() {
+		return fmt.Errorf("testbed: host %s: daemon not running", h.Name)
+	}
+	return h.cmd.Process.Signal(sig)
+}
+
 // LogTail returns the last n lines of the daemon log.
 func (h *Host) LogTail(n int) string {
 	b, err := os.ReadFile(h.LogFile)
