@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/api"
 )
 
 func TestPickSubnetSkipsUsed(t *testing.T) {
@@ -41,5 +44,37 @@ func TestBlockBits(t *testing.T) {
 		if got := blockBits(netip.MustParsePrefix(in)); got != want {
 			t.Errorf("blockBits(%s) = %d, want %d", in, got, want)
 		}
+	}
+}
+
+// TestRunAfterRestartSkipsFullBlocks fills the first two /28 blocks of a
+// network, restarts the daemon (which forgets its block claims) and checks
+// that the next attach succeeds at the first try with the first address
+// of the third block: a block without a free address is never claimed.
+func TestRunAfterRestartSkipsFullBlocks(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	d := newTestDaemon(t, sb, dir)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.7.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	// .2-.15 fill the first block (.0 is the network, .1 the gateway),
+	// .16-.31 the second.
+	for i := 2; i < 32; i++ {
+		ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: fmt.Sprintf("c%d", i), Create: true})
+		if want := fmt.Sprintf("10.7.0.%d", i); ep.IP != want {
+			t.Fatalf("c%d got %s, want %s", i, ep.IP, want)
+		}
+	}
+	d.Close()
+
+	d2 := newTestDaemon(t, sb, dir)
+	defer d2.Close()
+	ep, err := d2.Attach(api.AttachRequest{Network: "web", Name: "new", Create: true})
+	if err != nil {
+		t.Fatalf("first run after the restart: %v", err)
+	}
+	if ep.IP != "10.7.0.32" {
+		t.Fatalf("first run after the restart got %s, want 10.7.0.32", ep.IP)
 	}
 }
