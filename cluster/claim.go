@@ -21,11 +21,11 @@ type claimRules struct {
 	// conflict reports whether resources a and b of one group exclude
 	// each other. It must be symmetric and true for a == b.
 	conflict func(a, b string) bool
-	// taken, when set, reports whether resource of group is already in
-	// use in this node's view of the cluster (for example by a record
-	// published after an earlier claim was released). It is called
-	// without c.mu held.
-	taken func(group, resource string) bool
+	// taken, when set, returns the entries that show resource of group
+	// already in use in this node's view of the cluster (for example a
+	// record published after an earlier claim was released); none means
+	// it is free. It is called without c.mu held.
+	taken func(group, resource string) []Entry
 }
 
 // ClaimConflict is the error of a claim that lost: Node won a conflicting
@@ -46,10 +46,11 @@ func (e *ClaimConflict) Error() string {
 // DefineClaims declares table as a node-scoped claim table for Claim.
 // conflict(a, b) reports whether two resources of one group exclude each
 // other; it must be symmetric and true when a == b. taken, which may be
-// nil, reports whether a resource is already in use for good in this
-// node's view; it must not call back into anything that waits for a claim.
-// Every node must define the same table with the same rules.
-func (c *Cluster) DefineClaims(table string, conflict func(a, b string) bool, taken func(group, resource string) bool) error {
+// nil, returns the entries (of any table) that show a resource already in
+// use for good in this node's view: a claim on it loses, and the entries
+// are sent to the claimer, which then knows why. taken must not wait for
+// a claim. Every node must define the same table with the same rules.
+func (c *Cluster) DefineClaims(table string, conflict func(a, b string) bool, taken func(group, resource string) []Entry) error {
 	if err := c.DefineTable(table, TableOptions{NodeScoped: true}); err != nil {
 		return err
 	}
@@ -206,6 +207,12 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 		case m := <-ch:
 			if m.Held && heldBy == "" {
 				heldBy = m.From
+				for _, e := range m.Entries {
+					if e.Table != table { // a record that took the resource
+						heldBy = e.Owner
+						break
+					}
+				}
 			}
 			delete(peers, m.From)
 		case <-recheck.C:
@@ -233,8 +240,10 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 	if loss := c.decideClaim(table, group, resource, &mine); loss != nil {
 		return loss, nil
 	}
-	if taken := c.rules(table).taken; taken != nil && taken(group, resource) {
-		return &ClaimConflict{Node: c.cfg.NodeName}, nil
+	if taken := c.rules(table).taken; taken != nil {
+		if in := taken(group, resource); len(in) > 0 {
+			return &ClaimConflict{Node: in[0].Owner}, nil
+		}
 	}
 	return nil, nil
 }
@@ -285,22 +294,46 @@ func (c *Cluster) answerClaim(req *message) {
 			resp.Held = true
 		}
 	}
-	mi := c.members[req.From]
-	var to *memberlist.Node
-	if mi != nil {
-		to = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
-	}
 	c.mu.Unlock()
-	if to == nil {
-		return
-	}
-	if !resp.Held && rules.taken != nil && rules.taken(group, resource) {
-		resp.Held = true
+	if rules.taken != nil {
+		if in := rules.taken(group, resource); len(in) > 0 {
+			resp.Held = true
+			resp.Entries = append(resp.Entries, in...)
+		}
 	}
 	b := resp.encode()
 	c.spawn(func() {
+		to := c.awaitMember(req.From)
+		if to == nil {
+			c.log.Debug("answer claim: unknown node", "node", req.From)
+			return
+		}
 		if err := c.sendReliable(to, b); err != nil {
 			c.log.Debug("answer claim", "node", to.Name, "table", table, "err", err)
 		}
 	})
+}
+
+// awaitMember returns the address of member name, waiting up to
+// ClaimTimeout for it to become known: a node that just joined through
+// another one can send a claim before gossip has told this node about it.
+func (c *Cluster) awaitMember(name string) *memberlist.Node {
+	deadline := time.Now().Add(c.cfg.ClaimTimeout)
+	for {
+		c.mu.Lock()
+		mi := c.members[name]
+		var to *memberlist.Node
+		if mi != nil {
+			to = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
+		}
+		c.mu.Unlock()
+		if to != nil || time.Now().After(deadline) {
+			return to
+		}
+		select {
+		case <-c.stop:
+			return nil
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -172,7 +172,10 @@ func fail(w http.ResponseWriter, err error) {
 	var nf notFoundError
 	var br badRequest
 	var fb forbidden
+	var cf conflict
 	switch {
+	case errors.As(err, &cf):
+		code = http.StatusConflict
 	case errors.As(err, &fb):
 		code = http.StatusForbidden
 	case errors.As(err, &nf):
