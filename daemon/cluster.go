@@ -108,6 +108,7 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 		d.mu.Lock()
 		d.reconcile()
 		d.mu.Unlock()
+		d.saveMembers()
 	}
 }
 
