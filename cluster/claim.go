@@ -197,7 +197,7 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 			}
 		})
 	}
-	heldBy := ""
+	var held *ClaimConflict
 	deadline := time.NewTimer(c.cfg.ClaimTimeout)
 	defer deadline.Stop()
 	recheck := time.NewTicker(50 * time.Millisecond)
@@ -205,14 +205,8 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 	for len(peers) > 0 {
 		select {
 		case m := <-ch:
-			if m.Held && heldBy == "" {
-				heldBy = m.From
-				for _, e := range m.Entries {
-					if e.Table != table { // a record that took the resource
-						heldBy = e.Owner
-						break
-					}
-				}
+			if m.Held && held == nil {
+				held = heldConflict(table, m)
 			}
 			delete(peers, m.From)
 		case <-recheck.C:
@@ -234,8 +228,8 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 			return nil, errors.New("cluster is closed")
 		}
 	}
-	if heldBy != "" {
-		return &ClaimConflict{Node: heldBy}, nil
+	if held != nil {
+		return held, nil
 	}
 	if loss := c.decideClaim(table, group, resource, &mine); loss != nil {
 		return loss, nil
@@ -246,6 +240,25 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 		}
 	}
 	return nil, nil
+}
+
+// heldConflict describes the answer m of a member that holds a conflicting
+// claim (one of its own in m.Entries) or knows the resource as taken (a
+// record of another table in m.Entries, whose writer is named).
+func heldConflict(table string, m *message) *ClaimConflict {
+	for _, e := range m.Entries {
+		if e.Table == table && e.Owner == m.From {
+			if _, res, ok := parseClaimKey(&e); ok {
+				return &ClaimConflict{Node: m.From, Resource: res}
+			}
+		}
+	}
+	for _, e := range m.Entries {
+		if e.Table != table {
+			return &ClaimConflict{Node: e.Owner}
+		}
+	}
+	return &ClaimConflict{Node: m.From}
 }
 
 func (c *Cluster) rules(table string) claimRules {

@@ -140,6 +140,23 @@ func TestConcurrentCreatesOfOneSubnetHaveOneWinner(t *testing.T) {
 	agreeOnNetworks(t, ds, map[string]api.Network{res[w].Name: res[w]})
 }
 
+func TestConcurrentCreatesOfOneVNIHaveOneWinner(t *testing.T) {
+	ds, _ := connectedNodes(t)
+	var res [2]api.Network
+	errs := race(
+		func() (err error) {
+			res[0], err = ds[1].CreateNetwork(api.NetworkCreateRequest{Name: "a", Subnet: "10.43.0.0/24", VNI: 7000})
+			return err
+		},
+		func() (err error) {
+			res[1], err = ds[2].CreateNetwork(api.NetworkCreateRequest{Name: "b", Subnet: "10.44.0.0/24", VNI: 7000})
+			return err
+		},
+	)
+	w := oneWinner(t, "one VNI", errs, "vni 7000")
+	agreeOnNetworks(t, ds, map[string]api.Network{res[w].Name: res[w]})
+}
+
 // Two creates without --subnet or --vni at once both succeed, with
 // different subnets and VNIs: what was chosen automatically is chosen
 // again when another node's create wins it.
