@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -202,7 +203,7 @@ func (c *Cluster) checkBlockName(network string, p netip.Prefix) error {
 }
 
 // ClaimedBlocks returns the blocks of network this node has claimed and
-// still wins.
+// still wins, lowest address first.
 func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 	var out []netip.Prefix
 	for b, owner := range c.Blocks(network) {
@@ -210,5 +211,6 @@ func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 			out = append(out, b)
 		}
 	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
 }

@@ -78,3 +78,24 @@ func TestRunAfterRestartSkipsFullBlocks(t *testing.T) {
 		t.Fatalf("first run after the restart got %s, want 10.7.0.32", ep.IP)
 	}
 }
+
+// TestExplicitIPDoesNotMoveTheNextAddress: an --ip in another block makes
+// this node hold that block too, but the next address is still the lowest
+// free one.
+func TestExplicitIPDoesNotMoveTheNextAddress(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	defer d.Close()
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.8.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	for i, ip := range []string{"10.8.0.50", "10.8.0.100", "10.8.0.200", "10.8.0.150"} {
+		mustAttach(t, d, api.AttachRequest{Network: "web", Name: fmt.Sprintf("x%d", i), Create: true, IP: ip})
+	}
+	for i := range 5 {
+		ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: fmt.Sprintf("c%d", i+2), Create: true})
+		if want := fmt.Sprintf("10.8.0.%d", i+3); ep.IP != want {
+			t.Fatalf("next address %s, want %s", ep.IP, want)
+		}
+	}
+}
