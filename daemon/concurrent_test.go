@@ -3,6 +3,8 @@ package daemon
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -65,6 +67,11 @@ func oneWinner(t *testing.T, what string, errs []error, wants ...string) int {
 	}
 	loser := errs[1-winner]
 	t.Logf("%s: the loser got: %v", what, loser)
+	rec := httptest.NewRecorder()
+	fail(rec, loser)
+	if rec.Code != http.StatusConflict {
+		t.Errorf("%s: the loser's error is answered with HTTP %d, want 409", what, rec.Code)
+	}
 	for _, w := range wants {
 		if strings.Contains(loser.Error(), w) {
 			return winner

@@ -299,11 +299,11 @@ func (d *Daemon) pickIP(n *network, want string) (netip.Addr, error) {
 	}
 	block, _ := a.Prefix(blockBits(n.subnet))
 	if err := d.cl.ClaimBlockAt(n.rec.Name, block); err != nil {
-		return netip.Addr{}, fmt.Errorf("ip %s: %w", a, err)
+		return netip.Addr{}, conflict{fmt.Errorf("ip %s: %w", a, err)}
 	}
 	// Endpoints learnt during the claim round count too.
 	if d.usedIPs(n)[a] {
-		return netip.Addr{}, fmt.Errorf("ip %s: already in use on network %q", a, n.rec.Name)
+		return netip.Addr{}, conflict{fmt.Errorf("ip %s: already in use on network %q", a, n.rec.Name)}
 	}
 	return a, nil
 }
