@@ -184,24 +184,25 @@ type Cluster struct {
 	ml    atomic.Pointer[memberlist.Memberlist]
 	queue *memberlist.TransmitLimitedQueue
 
-	mu         sync.Mutex
-	clock      uint64
-	tables     map[string]TableOptions
-	entries    map[tkey]*record
-	members    map[string]*memberInfo
-	gone       map[string]bool      // owners whose node-scoped entries are expired here
-	unknown    map[string]time.Time // owners with entries but no membership record
-	subs       map[int]chan struct{}
-	nextSub    int
-	leaving    map[string]bool // nodes that announced they are leaving
-	refused    map[string]bool // peers already logged as using another key
-	settled    map[string]bool // settledKey of the claims won by this node
-	claimRules map[string]claimRules
-	waiters    map[uint64]chan *message
-	nextID     uint64
-	closed     bool
-	closing    bool // set before Close waits for goroutines; guards wg.Add
+	mu      sync.Mutex
+	clock   uint64
+	tables  map[string]TableOptions
+	entries map[tkey]*record
+	members map[string]*memberInfo
+	gone    map[string]bool      // owners whose node-scoped entries are expired here
+	unknown map[string]time.Time // owners with entries but no membership record
+	subs    map[int]chan struct{}
+	nextSub int
+	leaving map[string]bool // nodes that announced they are leaving
+	refused map[string]bool // peers already logged as using another key
+	settled map[string]bool // settledKey of the claims won by this node
+	waiters map[uint64]chan *message
+	nextID  uint64
+	closed  bool
+	closing bool // set before Close waits for goroutines; guards wg.Add
 
+	// Also guarded by mu:
+	claimRules map[string]claimRules       // by claim table
 	rejoin     map[netip.AddrPort]*backoff // addresses being retried
 	rejoinWant map[netip.AddrPort]bool     // given to Rejoin, until alive
 
@@ -266,14 +267,13 @@ func Start(cfg Config) (*Cluster, error) {
 		leaving: map[string]bool{},
 		refused: map[string]bool{},
 		settled: map[string]bool{},
-		claimRules: map[string]claimRules{
-			ipamTable: {conflict: func(a, b string) bool { return a == b }},
-		},
-		waiters:    map[uint64]chan *message{},
-		stop:       make(chan struct{}),
-		rejoin:     map[netip.AddrPort]*backoff{},
-		rejoinWant: map[netip.AddrPort]bool{},
+		waiters: map[uint64]chan *message{},
+		stop:    make(chan struct{}),
 	}
+	c.claimRules = map[string]claimRules{
+		ipamTable: {conflict: func(a, b string) bool { return a == b }},
+	}
+	c.rejoin, c.rejoinWant = map[netip.AddrPort]*backoff{}, map[netip.AddrPort]bool{}
 	c.queue = &memberlist.TransmitLimitedQueue{
 		// Not ml.NumMembers: GetBroadcasts calls this holding the queue
 		// lock, and memberlist holds its node lock while calling our
