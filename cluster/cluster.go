@@ -17,8 +17,12 @@
 // authority: copies of its entries that it does not hold itself (left over
 // from an earlier run of the process) are overwritten by a newer tombstone.
 //
-// ClaimBlock and Blocks implement IPAM block ownership on top of the
-// "ipam-blocks" table; see ClaimBlock for the exact guarantee.
+// Claim (on tables declared with DefineClaims) gives a resource to at most
+// one of the nodes that see each other alive, confirmed with every alive
+// member; ClaimBlock and Blocks implement IPAM block ownership with it on
+// top of the "ipam-blocks" table; see ClaimBlock for the exact guarantee.
+// Rejoin and the per-address backoff of ReconnectInterval bring lost and
+// remembered members back.
 package cluster
 
 import (
