@@ -17,8 +17,12 @@
 // authority: copies of its entries that it does not hold itself (left over
 // from an earlier run of the process) are overwritten by a newer tombstone.
 //
-// ClaimBlock and Blocks implement IPAM block ownership on top of the
-// "ipam-blocks" table; see ClaimBlock for the exact guarantee.
+// Claim (on tables declared with DefineClaims) gives a resource to at most
+// one of the nodes that see each other alive, confirmed with every alive
+// member; ClaimBlock and Blocks implement IPAM block ownership with it on
+// top of the "ipam-blocks" table; see ClaimBlock for the exact guarantee.
+// Rejoin and the per-address backoff of ReconnectInterval bring lost and
+// remembered members back.
 package cluster
 
 import (
@@ -89,8 +93,12 @@ type Config struct {
 	// ClaimTimeout bounds how long ClaimBlock waits for every alive member
 	// to answer (default 5 s).
 	ClaimTimeout time.Duration
-	// ReconnectInterval is how often dead nodes are asked to rejoin, so a
-	// healed partition merges again (default 10 s; negative disables).
+	// ReconnectInterval is the longest wait between two attempts to
+	// rejoin a member that is dead or has left, or an address given to
+	// Rejoin, so that a healed partition merges again and a restarted
+	// node is found: the first attempt comes after 1 s (or
+	// ReconnectInterval if shorter) and the wait doubles up to this
+	// (default 60 s; negative disables).
 	ReconnectInterval time.Duration
 
 	// Tuning knobs applied over memberlist.DefaultLANConfig; zero keeps the
@@ -191,11 +199,16 @@ type Cluster struct {
 	nextSub int
 	leaving map[string]bool // nodes that announced they are leaving
 	refused map[string]bool // peers already logged as using another key
-	settled map[string]bool // claimKeyPrefix(network, block) won by this node
+	settled map[string]bool // settledKey of the claims won by this node
 	waiters map[uint64]chan *message
 	nextID  uint64
 	closed  bool
 	closing bool // set before Close waits for goroutines; guards wg.Add
+
+	// Also guarded by mu:
+	claimRules map[string]claimRules       // by claim table
+	rejoin     map[netip.AddrPort]*backoff // addresses being retried
+	rejoinWant map[netip.AddrPort]bool     // given to Rejoin, until alive
 
 	claimMu     sync.Mutex
 	reconnectOn atomic.Bool
@@ -239,7 +252,7 @@ func Start(cfg Config) (*Cluster, error) {
 		cfg.ClaimTimeout = 5 * time.Second
 	}
 	if cfg.ReconnectInterval == 0 {
-		cfg.ReconnectInterval = 10 * time.Second
+		cfg.ReconnectInterval = 60 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -261,6 +274,10 @@ func Start(cfg Config) (*Cluster, error) {
 		waiters: map[uint64]chan *message{},
 		stop:    make(chan struct{}),
 	}
+	c.claimRules = map[string]claimRules{
+		ipamTable: {conflict: func(a, b string) bool { return a == b }},
+	}
+	c.rejoin, c.rejoinWant = map[netip.AddrPort]*backoff{}, map[netip.AddrPort]bool{}
 	c.queue = &memberlist.TransmitLimitedQueue{
 		// Not ml.NumMembers: GetBroadcasts calls this holding the queue
 		// lock, and memberlist holds its node lock while calling our
@@ -450,22 +467,23 @@ func (c *Cluster) notifyLocked() {
 }
 
 // maintain expires the entries of gone nodes, reaps tombstones and old
-// members, and asks dead nodes to rejoin.
+// members, and rejoins lost members.
 func (c *Cluster) maintain() {
 	defer c.wg.Done()
 	tick := min(max(c.cfg.NodeGrace/4, 10*time.Millisecond), time.Second)
+	if c.cfg.ReconnectInterval > 0 {
+		tick = min(tick, c.cfg.ReconnectInterval)
+	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var lastReconnect time.Time
 	for {
 		select {
 		case <-c.stop:
 			return
 		case now := <-t.C:
 			c.sweep(now)
-			if c.cfg.ReconnectInterval > 0 && now.Sub(lastReconnect) >= c.cfg.ReconnectInterval {
-				lastReconnect = now
-				c.reconnect()
+			if c.cfg.ReconnectInterval > 0 {
+				c.reconnect(now)
 			}
 		}
 	}
@@ -544,30 +562,102 @@ func (c *Cluster) expireOwnerLocked(owner string, now time.Time) bool {
 	return changed
 }
 
-// reconnect asks the dead (not departed) members to join again, so the
-// cluster heals after a partition longer than memberlist's own retries.
-func (c *Cluster) reconnect() {
+// backoff is the retry schedule of one address to rejoin.
+type backoff struct {
+	next  time.Time
+	delay time.Duration
+}
+
+// Rejoin makes the node keep trying to join the given gossip addresses in
+// the background, with the backoff of ReconnectInterval, until a member is
+// alive at each. A daemon passes the members it knew before a restart, so
+// that a node started without a join address finds its cluster again.
+func (c *Cluster) Rejoin(addrs []netip.AddrPort) {
+	if c.cfg.ReconnectInterval <= 0 {
+		return
+	}
 	c.mu.Lock()
-	var addrs []string
-	for _, mi := range c.members {
-		if mi.state == StateDead && mi.addr.IsValid() {
-			addrs = append(addrs, mi.addr.String())
+	for _, a := range addrs {
+		if a.IsValid() {
+			c.rejoinWant[a] = true
 		}
 	}
 	c.mu.Unlock()
-	if len(addrs) == 0 || !c.reconnectOn.CompareAndSwap(false, true) {
+	c.reconnect(time.Now())
+}
+
+// reconnect tries to join, in the background, the addresses whose retry
+// is due: those given to Rejoin and those of dead or departed members,
+// until a member is alive there. Each failure doubles the address's wait,
+// up to ReconnectInterval.
+func (c *Cluster) reconnect(now time.Time) {
+	first := min(time.Second, c.cfg.ReconnectInterval)
+	c.mu.Lock()
+	alive := map[netip.AddrPort]bool{}
+	lost := map[netip.AddrPort]bool{}
+	for _, mi := range c.members {
+		switch {
+		case mi.state == StateAlive || mi.name == c.cfg.NodeName:
+			alive[mi.addr] = true
+		case mi.addr.IsValid():
+			lost[mi.addr] = true
+		}
+	}
+	for a := range c.rejoinWant {
+		if alive[a] {
+			delete(c.rejoinWant, a)
+		}
+	}
+	for a := range c.rejoin {
+		if alive[a] || (!lost[a] && !c.rejoinWant[a]) {
+			delete(c.rejoin, a)
+		}
+	}
+	var due []netip.AddrPort
+	add := func(a netip.AddrPort, wait time.Duration) {
+		if alive[a] {
+			return
+		}
+		b := c.rejoin[a]
+		if b == nil {
+			b = &backoff{next: now.Add(wait), delay: first}
+			c.rejoin[a] = b
+		}
+		if !now.Before(b.next) {
+			due = append(due, a)
+		}
+	}
+	for a := range c.rejoinWant {
+		add(a, 0) // known from before a restart: try at once
+	}
+	for a := range lost {
+		add(a, first) // memberlist itself retries for a moment first
+	}
+	c.mu.Unlock()
+	if len(due) == 0 || !c.reconnectOn.CompareAndSwap(false, true) {
 		return
 	}
 	c.spawn(func() {
 		defer c.reconnectOn.Store(false)
-		for _, a := range addrs {
+		for _, a := range due {
 			select {
 			case <-c.stop:
 				return
 			default:
 			}
-			if n, _ := c.ml.Load().Join([]string{a}); n > 0 {
-				c.log.Info("reconnected to node", "addr", a)
+			n, err := c.ml.Load().Join([]string{a.String()})
+			c.mu.Lock()
+			if b := c.rejoin[a]; b != nil {
+				if n == 0 {
+					b.delay = min(2*b.delay, c.cfg.ReconnectInterval)
+				}
+				b.next = time.Now().Add(b.delay)
+			}
+			c.mu.Unlock()
+			if n > 0 {
+				c.log.Info("rejoined node", "addr", a)
+			} else {
+				c.log.Debug("rejoin failed", "addr", a, "err", err)
 			}
 		}
 	})

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
+	"slices"
 	"strings"
-	"time"
-
-	"github.com/hashicorp/memberlist"
 )
 
 // ipamTable is the node-scoped table of IPAM block claims. Each claim is its
@@ -19,35 +17,25 @@ const ipamTable = "ipam-blocks"
 // maxClaimAttempts bounds how many blocks one ClaimBlock call tries.
 const maxClaimAttempts = 16
 
-func claimPrefix(network string, block netip.Prefix) string {
-	return network + "|" + block.String() + "|"
-}
-
 // parseClaim returns the network and block of a claim entry.
 func parseClaim(e *Entry) (network string, block netip.Prefix, ok bool) {
-	rest, found := strings.CutSuffix(e.Key, "|"+e.Owner)
-	if !found {
+	network, res, ok := parseClaimKey(e)
+	if !ok {
 		return "", netip.Prefix{}, false
 	}
-	i := strings.LastIndexByte(rest, '|')
-	if i < 0 {
-		return "", netip.Prefix{}, false
-	}
-	p, err := netip.ParsePrefix(rest[i+1:])
+	p, err := netip.ParsePrefix(res)
 	if err != nil {
 		return "", netip.Prefix{}, false
 	}
-	return rest[:i], p, true
+	return network, p, true
 }
 
 // claimWinner is the deterministic winner among claims of one block: the
-// earliest claim (lowest Lamport version), then the lower node name. Lamport
-// order makes "earliest" causal: a node that saw a claim before writing its
-// own always writes a higher version.
+// earliest claim (see earlier).
 func claimWinner(claims []*Entry) *Entry {
 	var w *Entry
 	for _, e := range claims {
-		if w == nil || e.Version < w.Version || (e.Version == w.Version && e.Owner < w.Owner) {
+		if w == nil || earlier(e, w) {
 			w = e
 		}
 	}
@@ -83,12 +71,7 @@ func (c *Cluster) Blocks(network string) map[netip.Prefix]string {
 
 // ReleaseBlock gives up this node's claim on block of network.
 func (c *Cluster) ReleaseBlock(network string, block netip.Prefix) error {
-	c.claimMu.Lock()
-	defer c.claimMu.Unlock()
-	c.mu.Lock()
-	delete(c.settled, claimPrefix(network, block))
-	c.mu.Unlock()
-	return c.Delete(ipamTable, claimPrefix(network, block)+c.cfg.NodeName)
+	return c.ReleaseClaim(ipamTable, network, block.String())
 }
 
 // nthBlock returns the idx-th block of size bits in subnet.
@@ -123,6 +106,13 @@ func nthBlock(subnet netip.Prefix, bits int, idx uint64) netip.Prefix {
 // of its blocks it still wins. Claims vanish with their node (node-scoped
 // table), so blocks of a node dead for NodeGrace become free again.
 func (c *Cluster) ClaimBlock(network string, subnet netip.Prefix, blockBits int) (netip.Prefix, error) {
+	return c.ClaimBlockFunc(network, subnet, blockBits, nil)
+}
+
+// ClaimBlockFunc is ClaimBlock limited to the blocks for which usable (when
+// not nil) returns true, so that a caller never claims a block it cannot
+// allocate from (one whose addresses are all in use already).
+func (c *Cluster) ClaimBlockFunc(network string, subnet netip.Prefix, blockBits int, usable func(netip.Prefix) bool) (netip.Prefix, error) {
 	if !subnet.IsValid() {
 		return netip.Prefix{}, fmt.Errorf("network %q: invalid subnet", network)
 	}
@@ -130,18 +120,17 @@ func (c *Cluster) ClaimBlock(network string, subnet netip.Prefix, blockBits int)
 	if blockBits < subnet.Bits() || blockBits > subnet.Addr().BitLen() {
 		return netip.Prefix{}, fmt.Errorf("network %q: block size /%d does not fit subnet %s", network, blockBits, subnet)
 	}
-	if network == "" || len(claimPrefix(network, subnet))+len(c.cfg.NodeName) > maxKeyLen {
-		return netip.Prefix{}, fmt.Errorf("network %q: invalid name", network)
+	if err := c.checkBlockName(network, subnet); err != nil {
+		return netip.Prefix{}, err
 	}
 	c.claimMu.Lock()
 	defer c.claimMu.Unlock()
 
 	// Take the lowest free block, so that addresses are handed out in
 	// order as users expect (.2 first); nodes that claim the same block at
-	// the same moment are sorted out by the confirmation round below.
+	// the same moment are sorted out by the confirmation round.
 	n := blockBits - subnet.Bits()
 	total := uint64(1) << min(n, 24)
-	start := uint64(0)
 
 	tried := map[netip.Prefix]bool{}
 	for attempt := 0; attempt < maxClaimAttempts; attempt++ {
@@ -150,8 +139,8 @@ func (c *Cluster) ClaimBlock(network string, subnet netip.Prefix, blockBits int)
 		c.mu.Unlock()
 		var block netip.Prefix
 		for i := uint64(0); i < total; i++ {
-			b := nthBlock(subnet, blockBits, (start+i)%total)
-			if len(claimed[b]) == 0 && !tried[b] {
+			b := nthBlock(subnet, blockBits, i)
+			if len(claimed[b]) == 0 && !tried[b] && (usable == nil || usable(b)) {
 				block = b
 				break
 			}
@@ -159,22 +148,12 @@ func (c *Cluster) ClaimBlock(network string, subnet netip.Prefix, blockBits int)
 		if !block.IsValid() {
 			return netip.Prefix{}, fmt.Errorf("network %q: no free /%d block left in %s", network, blockBits, subnet)
 		}
-		key := claimPrefix(network, block) + c.cfg.NodeName
-		if err := c.Put(ipamTable, key, nil); err != nil {
-			return netip.Prefix{}, err
-		}
-		won, err := c.settleClaim(network, block)
-		if err != nil || !won {
-			c.Delete(ipamTable, key)
-		}
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		if won {
-			c.mu.Lock()
-			c.settled[claimPrefix(network, block)] = true
-			c.mu.Unlock()
+		err := c.claimLocked(ipamTable, network, block.String())
+		if err == nil {
 			return block, nil
+		}
+		if _, lost := err.(*ClaimConflict); !lost {
+			return netip.Prefix{}, fmt.Errorf("network %q: %w", network, err)
 		}
 		tried[block] = true
 		c.log.Debug("lost block claim, trying another", "network", network, "block", block)
@@ -182,8 +161,49 @@ func (c *Cluster) ClaimBlock(network string, subnet netip.Prefix, blockBits int)
 	return netip.Prefix{}, fmt.Errorf("network %q: could not claim a /%d block of %s after %d conflicts", network, blockBits, subnet, maxClaimAttempts)
 }
 
+// ClaimBlockAt claims the given block of network for this node, with the
+// guarantee of ClaimBlock. It succeeds at once when this node already
+// holds the block, and fails naming the holder when another node does.
+func (c *Cluster) ClaimBlockAt(network string, block netip.Prefix) error {
+	if !block.IsValid() {
+		return fmt.Errorf("network %q: invalid block", network)
+	}
+	block = block.Masked()
+	if err := c.checkBlockName(network, block); err != nil {
+		return err
+	}
+	c.claimMu.Lock()
+	defer c.claimMu.Unlock()
+	c.mu.Lock()
+	w := claimWinner(c.claimsLocked(network)[block])
+	c.mu.Unlock()
+	switch {
+	case w != nil && w.Owner == c.cfg.NodeName:
+		return nil
+	case w != nil:
+		return fmt.Errorf("network %q: address block %s is held by node %s", network, block, w.Owner)
+	}
+	err := c.claimLocked(ipamTable, network, block.String())
+	var lost *ClaimConflict
+	if errors.As(err, &lost) {
+		return fmt.Errorf("network %q: address block %s is held by node %s", network, block, lost.Node)
+	}
+	if err != nil {
+		return fmt.Errorf("network %q: %w", network, err)
+	}
+	return nil
+}
+
+// checkBlockName checks that claims of network fit a table key.
+func (c *Cluster) checkBlockName(network string, p netip.Prefix) error {
+	if network == "" || strings.Contains(network, "|") || len(claimKey(network, p.String()))+len(c.cfg.NodeName) > maxKeyLen {
+		return fmt.Errorf("network %q: invalid name", network)
+	}
+	return nil
+}
+
 // ClaimedBlocks returns the blocks of network this node has claimed and
-// still wins.
+// still wins, lowest address first.
 func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 	var out []netip.Prefix
 	for b, owner := range c.Blocks(network) {
@@ -191,111 +211,6 @@ func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 			out = append(out, b)
 		}
 	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
-}
-
-// settleClaim runs the confirmation round of ClaimBlock and decides.
-func (c *Cluster) settleClaim(network string, block netip.Prefix) (bool, error) {
-	prefix := claimPrefix(network, block)
-	c.mu.Lock()
-	r := c.entries[tkey{ipamTable, prefix + c.cfg.NodeName}]
-	if r == nil || r.Deleted {
-		c.mu.Unlock()
-		return false, nil
-	}
-	mine := r.Entry.clone()
-	c.nextID++
-	id := c.nextID
-	peers := map[string]*memberlist.Node{}
-	for _, mi := range c.members {
-		if mi.state == StateAlive && mi.name != c.cfg.NodeName {
-			peers[mi.name] = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
-		}
-	}
-	ch := make(chan *message, len(peers)+1)
-	c.waiters[id] = ch
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.waiters, id)
-		c.mu.Unlock()
-	}()
-
-	req := (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()
-	for _, p := range peers {
-		c.spawn(func() {
-			if err := c.sendReliable(p, req); err != nil {
-				c.log.Debug("send block claim", "node", p.Name, "err", err)
-			}
-		})
-	}
-	held := false
-	deadline := time.NewTimer(c.cfg.ClaimTimeout)
-	defer deadline.Stop()
-	recheck := time.NewTicker(50 * time.Millisecond)
-	defer recheck.Stop()
-	for len(peers) > 0 {
-		select {
-		case m := <-ch:
-			held = held || m.Held
-			delete(peers, m.From)
-		case <-recheck.C:
-			// Members declared dead meanwhile no longer need to answer.
-			c.mu.Lock()
-			for name := range peers {
-				if mi := c.members[name]; mi == nil || mi.state != StateAlive {
-					delete(peers, name)
-				}
-			}
-			c.mu.Unlock()
-		case <-deadline.C:
-			names := make([]string, 0, len(peers))
-			for name := range peers {
-				names = append(names, name)
-			}
-			return false, fmt.Errorf("network %q: claim of block %s not confirmed by %s within %v", network, block, strings.Join(names, ", "), c.cfg.ClaimTimeout)
-		case <-c.stop:
-			return false, errors.New("cluster is closed")
-		}
-	}
-	if held {
-		return false, nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	w := claimWinner(c.claimsLocked(network)[block])
-	return w != nil && w.Owner == c.cfg.NodeName, nil
-}
-
-// answerClaim replies to a claim request with every claim this node knows
-// for the block (the request's claim is already merged) and whether this
-// node holds the block after its own confirmation round.
-func (c *Cluster) answerClaim(req *message) {
-	if len(req.Entries) != 1 || req.Entries[0].Table != ipamTable {
-		return
-	}
-	network, block, ok := parseClaim(&req.Entries[0])
-	if !ok {
-		return
-	}
-	c.mu.Lock()
-	resp := &message{Type: msgClaimResp, ID: req.ID, From: c.cfg.NodeName, Held: c.settled[claimPrefix(network, block)]}
-	for _, e := range c.claimsLocked(network)[block] {
-		resp.Entries = append(resp.Entries, *e)
-	}
-	mi := c.members[req.From]
-	var to *memberlist.Node
-	if mi != nil {
-		to = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
-	}
-	c.mu.Unlock()
-	if to == nil {
-		return
-	}
-	b := resp.encode()
-	c.spawn(func() {
-		if err := c.sendReliable(to, b); err != nil {
-			c.log.Debug("answer block claim", "node", to.Name, "err", err)
-		}
-	})
 }

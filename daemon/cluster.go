@@ -108,6 +108,7 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 		d.mu.Lock()
 		d.reconcile()
 		d.mu.Unlock()
+		d.saveMembers()
 	}
 }
 
@@ -125,6 +126,15 @@ func (d *Daemon) reconcile() {
 				continue
 			}
 			changed = true
+		case n.rec.ID != rec.ID && n.rec.Encrypted && !rec.Encrypted:
+			// Two creates of one name met (only possible across a
+			// partition: creates are confirmed with every member). An
+			// encrypted network is never silently downgraded: publish
+			// it again, so that it wins everywhere.
+			d.log.Error("a cleartext record of an encrypted network met it; keeping the encrypted one", "network", name, "other_id", rec.ID)
+			if err := d.publishNetwork(n.rec); err != nil {
+				d.log.Error("publishing network", "network", name, "err", err)
+			}
 		case n.rec.ID != rec.ID:
 			// A concurrent create of the same name elsewhere won.
 			if len(d.endpointsOf(n)) > 0 {
@@ -304,6 +314,10 @@ func (d *Daemon) startCluster() error {
 			cl.Close()
 			return err
 		}
+	}
+	if err := cl.DefineClaims(tblNetClaims, netClaimsConflict, netClaimTaken(cl)); err != nil {
+		cl.Close()
+		return err
 	}
 	if err := defineKeyTables(cl); err != nil {
 		cl.Close()

@@ -123,6 +123,10 @@ type Daemon struct {
 
 	closeOnce sync.Once
 
+	// known are the members saved in members.json, by name; only start
+	// and the cluster watcher use it.
+	known map[string]savedMember
+
 	mu         sync.Mutex
 	networks   map[string]*network
 	containers map[string]*container
@@ -262,6 +266,7 @@ func (d *Daemon) start() error {
 			return err
 		}
 	}
+	d.rejoinSavedMembers()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// Networks this node knew that the cluster has never heard of (a

@@ -298,20 +298,13 @@ func (d *Daemon) checkSameNetns(c *container, req api.AttachRequest) error {
 // pickIP honours a requested address if it is a free host address of n,
 // or allocates the lowest free one from the address blocks this node has
 // claimed in the cluster, claiming another block when they are full, so
-// that two nodes never hand out the same address.
+// that two nodes never hand out the same address. A requested address must
+// lie in a block this node holds or can claim: only the holder of a block
+// hands out its addresses.
 func (d *Daemon) pickIP(n *network, want string) (netip.Addr, error) {
 	used := d.usedIPs(n)
 	if want == "" {
-		for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
-			if a, err := allocate(b, used, n.subnet); err == nil {
-				return a, nil
-			}
-		}
-		b, err := d.cl.ClaimBlock(n.rec.Name, n.subnet, blockBits(n.subnet))
-		if err != nil {
-			return netip.Addr{}, conflict("network %q: no free address block: %v", n.rec.Name, err)
-		}
-		return allocate(b, used, n.subnet)
+		return d.allocateIP(n, used)
 	}
 	a, err := netip.ParseAddr(want)
 	if err != nil || !usableHost(n.subnet, a) {
@@ -323,7 +316,49 @@ func (d *Daemon) pickIP(n *network, want string) (netip.Addr, error) {
 		}
 		return netip.Addr{}, conflict("ip %s: already in use on network %q", a, n.rec.Name)
 	}
+	block, _ := a.Prefix(blockBits(n.subnet))
+	if err := d.cl.ClaimBlockAt(n.rec.Name, block); err != nil {
+		return netip.Addr{}, conflict("ip %s: %w", a, err)
+	}
+	// Endpoints learnt during the claim round count too.
+	if d.usedIPs(n)[a] {
+		return netip.Addr{}, conflict("ip %s: already in use on network %q", a, n.rec.Name)
+	}
 	return a, nil
+}
+
+// maxFreshBlocks bounds how many new blocks one allocation claims.
+const maxFreshBlocks = 4
+
+// allocateIP returns the lowest free address of the blocks this node
+// holds, or claims a block that still has a free address. A block found
+// full after its claim (endpoints learnt during the claim round) is given
+// back and the next one tried, within the same request.
+func (d *Daemon) allocateIP(n *network, used map[netip.Addr]bool) (netip.Addr, error) {
+	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
+		if a, err := allocate(b, used, n.subnet); err == nil {
+			return a, nil
+		}
+	}
+	bits := blockBits(n.subnet)
+	for range maxFreshBlocks {
+		usable := func(b netip.Prefix) bool {
+			_, err := allocate(b, used, n.subnet)
+			return err == nil
+		}
+		b, err := d.cl.ClaimBlockFunc(n.rec.Name, n.subnet, bits, usable)
+		if err != nil {
+			return netip.Addr{}, conflict("network %q: no free address block: %w", n.rec.Name, err)
+		}
+		used = d.usedIPs(n)
+		if a, err := allocate(b, used, n.subnet); err == nil {
+			return a, nil
+		}
+		if err := d.cl.ReleaseBlock(n.rec.Name, b); err != nil {
+			d.log.Warn("releasing a full address block", "network", n.rec.Name, "block", b, "err", err)
+		}
+	}
+	return netip.Addr{}, conflict("network %q: no free address found in %d newly claimed blocks", n.rec.Name, maxFreshBlocks)
 }
 
 func (c *container) freeIfName() string {

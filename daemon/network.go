@@ -242,7 +242,12 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
 		Encrypted: req.Encrypted, Cipher: cipher,
 	}
-	if err := d.publishNetwork(rec); err != nil {
+	if err := d.claimNetwork(&rec, createChoice{autoSubnet: req.Subnet == "" && req.Gateway == "", autoVNI: req.VNI == 0}); err != nil {
+		return api.Network{}, err
+	}
+	err = d.publishNetwork(rec)
+	d.releaseNetworkClaim(rec)
+	if err != nil {
 		return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
 	}
 	d.reconcile()
@@ -325,15 +330,7 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 
 // freeVNI returns the lowest VNI from firstVNI on that no network uses.
 func (d *Daemon) freeVNI() uint32 {
-	taken := map[uint32]bool{}
-	for _, n := range d.networks {
-		taken[n.rec.VNI] = true
-	}
-	v := uint32(firstVNI)
-	for taken[v] {
-		v++
-	}
-	return v
+	return d.freeVNIExcept(nil)
 }
 
 // RemoveNetwork deletes a network that has no endpoints left.

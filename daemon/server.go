@@ -26,22 +26,24 @@ func notFound(format string, args ...any) error {
 }
 
 // invalidError marks errors of bad requests (answered with 400).
-type invalidError struct{ msg string }
+type invalidError struct{ error }
 
-func (e invalidError) Error() string { return e.msg }
+func (e invalidError) Unwrap() error { return e.error }
 
 func invalid(format string, args ...any) error {
-	return invalidError{fmt.Sprintf(format, args...)}
+	return invalidError{fmt.Errorf(format, args...)}
 }
 
 // conflictError marks requests that conflict with the current state:
 // already exists, in use (answered with 409).
-type conflictError struct{ msg string }
+type conflictError struct{ error }
 
-func (e conflictError) Error() string { return e.msg }
+func (e conflictError) Unwrap() error { return e.error }
 
+// conflict formats like fmt.Errorf (%w wraps) and marks the result a
+// conflict.
 func conflict(format string, args ...any) error {
-	return conflictError{fmt.Sprintf(format, args...)}
+	return conflictError{fmt.Errorf(format, args...)}
 }
 
 // maxRequestBody bounds API request bodies.

@@ -209,6 +209,11 @@ func (s *Server) resolve(ctx context.Context, asker string, req *mdns.Msg, tcp b
 	if req.Opcode != mdns.OpcodeQuery {
 		return reply(req, mdns.RcodeNotImplemented)
 	}
+	if opt := req.IsEdns0(); opt != nil && opt.Version() != 0 {
+		// RFC 6891 §6.1.3: only version 0 is implemented; the answer
+		// carries an OPT of the version we do speak (reply adds it).
+		return reply(req, mdns.RcodeBadVers)
+	}
 	if len(req.Question) != 1 {
 		return reply(req, mdns.RcodeFormatError)
 	}

@@ -524,3 +524,38 @@ func TestMalformedQueries(t *testing.T) {
 		t.Errorf("a response got answered: %v", r)
 	}
 }
+
+// TestEDNSVersionOtherThanZeroGetsBadvers sends EDNS version 1 queries for
+// a local name and for a name that would be forwarded: both must be
+// answered BADVERS with an OPT record of version 0 (RFC 6891 §6.1.3), and
+// the upstream must never see the query.
+func TestEDNSVersionOtherThanZeroGetsBadvers(t *testing.T) {
+	u := startUpstream(t, nil)
+	s := New(Config{Upstreams: []netip.AddrPort{u.addr}}, testSource)
+	addr := serve(t, s, "c1")
+	for _, name := range []string{"c2.", "example.com."} {
+		for _, network := range []string{"udp", "tcp"} {
+			m := new(mdns.Msg)
+			m.SetQuestion(name, mdns.TypeA)
+			m.SetEdns0(1232, false)
+			m.IsEdns0().SetVersion(1)
+			c := &mdns.Client{Net: network, Timeout: 5 * time.Second}
+			r, _, err := c.Exchange(m, addr)
+			if err != nil {
+				t.Fatalf("%s %s: %v", network, name, err)
+			}
+			opt := r.IsEdns0()
+			if r.Rcode != mdns.RcodeBadVers || opt == nil || opt.Version() != 0 || len(r.Answer) != 0 {
+				t.Errorf("%s %s with EDNS version 1: rcode %s, opt %v, %d answers; want BADVERS, OPT version 0, none",
+					network, name, mdns.RcodeToString[r.Rcode], opt, len(r.Answer))
+			}
+		}
+	}
+	if n := u.count("udp") + u.count("tcp"); n != 0 {
+		t.Errorf("the upstream saw %d queries of an unsupported EDNS version", n)
+	}
+	// Version 0 is still answered normally.
+	if r := query(t, "udp", addr, "c2.", mdns.TypeA, true); r.Rcode != mdns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Errorf("EDNS version 0: %v", r)
+	}
+}

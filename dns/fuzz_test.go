@@ -34,6 +34,14 @@ func FuzzServe(f *testing.F) {
 		}
 		f.Add(b, false)
 	}
+	// An EDNS version this server does not speak (BADVERS).
+	v1 := new(mdns.Msg)
+	v1.SetQuestion("c2.", mdns.TypeA)
+	v1.SetEdns0(1232, false)
+	v1.IsEdns0().SetVersion(1)
+	if b, err := v1.Pack(); err == nil {
+		f.Add(b, true)
+	}
 	u := startUpstream(f, nil)
 	s := New(Config{Upstreams: []netip.AddrPort{u.addr}}, testSource)
 	f.Fuzz(func(t *testing.T, raw []byte, tcp bool) {

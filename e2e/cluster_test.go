@@ -227,6 +227,37 @@ func TestStoppedNodesEndpointsLeaveWithinGraceAndReturn(t *testing.T) {
 	}
 }
 
+// TestSeedRestartRejoinsTheCluster stops, with SIGTERM, the host the others
+// joined through (started without --join) and starts it again: it must find
+// the others from the members it saved, and they it.
+func TestSeedRestartRejoinsTheCluster(t *testing.T) {
+	es := newCluster(t, 3)
+	h1 := es[0]
+	if len(h1.h.Join) != 0 {
+		t.Fatalf("h1 is started with --join %v; the test needs the seed", h1.h.Join)
+	}
+	if err := h1.h.StopDaemon(); err != nil {
+		t.Fatalf("SIGTERM h1: %v", err)
+	}
+	if err := h1.h.StartDaemon(); err != nil {
+		t.Fatalf("restart h1: %v", err)
+	}
+	for _, e := range es {
+		eventually(t, 30*time.Second, func() error {
+			nodes := e.nodes()
+			if len(nodes) != 3 {
+				return fmt.Errorf("node ls on %s: %+v", e.h.Name, nodes)
+			}
+			for _, n := range nodes {
+				if n.State != "alive" {
+					return fmt.Errorf("node ls on %s: %s is %s", e.h.Name, n.Name, n.State)
+				}
+			}
+			return nil
+		}, "after the seed's restart, node ls on %s shows three alive", e.h.Name)
+	}
+}
+
 func TestWrongClusterKeyIsRefused(t *testing.T) {
 	es := newTestbed(t, 2)
 	h1, h2 := es[0], es[1]

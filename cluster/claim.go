@@ -1,0 +1,352 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Claims: a node that wants a resource no other node may have at the same
+// time (an IPAM block, a network's name, subnet and VNI) writes a claim
+// entry, keyed "<group>|<resource>|<node>", into a node-scoped claim table
+// and confirms it with every alive member before using the resource. The
+// rules of a claim table say which resources of one group exclude each
+// other (conflict) and which are already in use for good (taken).
+
+// claimRules are the rules of one claim table.
+type claimRules struct {
+	// conflict reports whether resources a and b of one group exclude
+	// each other. It must be symmetric and true for a == b.
+	conflict func(a, b string) bool
+	// taken, when set, returns the entries that show resource of group
+	// already in use in this node's view of the cluster (for example a
+	// record published after an earlier claim was released); none means
+	// it is free. It is called without c.mu held.
+	taken func(group, resource string) []Entry
+}
+
+// ClaimConflict is the error of a claim that lost: Node won a conflicting
+// claim on Resource (empty when that node only reported the resource as
+// taken).
+type ClaimConflict struct {
+	Node     string
+	Resource string
+}
+
+func (e *ClaimConflict) Error() string {
+	if e.Resource == "" {
+		return fmt.Sprintf("claimed concurrently on node %s", e.Node)
+	}
+	return fmt.Sprintf("claimed concurrently on node %s (%s)", e.Node, e.Resource)
+}
+
+// DefineClaims declares table as a node-scoped claim table for Claim.
+// conflict(a, b) reports whether two resources of one group exclude each
+// other; it must be symmetric and true when a == b. taken, which may be
+// nil, returns the entries (of any table) that show a resource already in
+// use for good in this node's view: a claim on it loses, and the entries
+// are sent to the claimer, which then knows why. taken must not wait for
+// a claim. Every node must define the same table with the same rules.
+func (c *Cluster) DefineClaims(table string, conflict func(a, b string) bool, taken func(group, resource string) []Entry) error {
+	if err := c.DefineTable(table, TableOptions{NodeScoped: true}); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.claimRules[table] = claimRules{conflict: conflict, taken: taken}
+	return nil
+}
+
+// Claim claims resource in group of a table declared with DefineClaims for
+// this node, with the guarantee described at ClaimBlock: once it returns
+// nil, no node that sees this one alive can win a conflicting claim until
+// ReleaseClaim. A claim that loses returns a *ClaimConflict and is
+// withdrawn. group and resource must not contain '|'.
+func (c *Cluster) Claim(table, group, resource string) error {
+	if group == "" || resource == "" || strings.Contains(group+resource, "|") ||
+		len(claimKey(group, resource))+len(c.cfg.NodeName) > maxKeyLen {
+		return fmt.Errorf("claim %q in %q: invalid", resource, group)
+	}
+	c.mu.Lock()
+	_, ok := c.claimRules[table]
+	c.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("table %q: not a claim table", table)
+	}
+	c.claimMu.Lock()
+	defer c.claimMu.Unlock()
+	return c.claimLocked(table, group, resource)
+}
+
+// claimLocked writes, confirms and settles one claim; c.claimMu is held.
+func (c *Cluster) claimLocked(table, group, resource string) error {
+	key := claimKey(group, resource) + c.cfg.NodeName
+	if err := c.Put(table, key, nil); err != nil {
+		return err
+	}
+	loss, err := c.settleClaim(table, group, resource)
+	if err != nil || loss != nil {
+		c.Delete(table, key)
+	}
+	if err != nil {
+		return err
+	}
+	if loss != nil {
+		return loss
+	}
+	c.mu.Lock()
+	c.settled[settledKey(table, group, resource)] = true
+	c.mu.Unlock()
+	return nil
+}
+
+// ReleaseClaim gives up this node's claim on resource of group.
+func (c *Cluster) ReleaseClaim(table, group, resource string) error {
+	c.claimMu.Lock()
+	defer c.claimMu.Unlock()
+	c.mu.Lock()
+	delete(c.settled, settledKey(table, group, resource))
+	c.mu.Unlock()
+	return c.Delete(table, claimKey(group, resource)+c.cfg.NodeName)
+}
+
+func claimKey(group, resource string) string { return group + "|" + resource + "|" }
+
+func settledKey(table, group, resource string) string {
+	return table + "\x00" + claimKey(group, resource)
+}
+
+// parseClaimKey returns the group and resource of a claim entry.
+func parseClaimKey(e *Entry) (group, resource string, ok bool) {
+	rest, found := strings.CutSuffix(e.Key, "|"+e.Owner)
+	if !found {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(rest, '|')
+	if i < 0 {
+		return "", "", false
+	}
+	return rest[:i], rest[i+1:], true
+}
+
+// earlier reports whether claim a was made before claim b: the lower
+// Lamport version, then the lower node name. A node that saw a claim
+// before writing its own always writes a higher version.
+func earlier(a, b *Entry) bool {
+	return a.Version < b.Version || (a.Version == b.Version && a.Owner < b.Owner)
+}
+
+// conflictingLocked returns the live claims of table and group whose
+// resource conflicts with resource, the equal one included.
+func (c *Cluster) conflictingLocked(table, group, resource string) []*Entry {
+	conflict := c.claimRules[table].conflict
+	var out []*Entry
+	for k, r := range c.entries {
+		if k.table != table || r.Deleted {
+			continue
+		}
+		g, res, ok := parseClaimKey(&r.Entry)
+		if ok && g == group && conflict(res, resource) {
+			e := r.Entry
+			out = append(out, &e)
+		}
+	}
+	return out
+}
+
+// settleClaim runs the confirmation round of this node's claim on resource
+// and decides it: nil means this node won. The claim is sent over TCP to
+// every member seen alive; each answers with the conflicting claims it
+// knows (the request's claim merged first) and whether it holds one of
+// them after its own round or knows the resource as taken. A member that
+// stops answering must be declared dead first; until then the round fails
+// after Config.ClaimTimeout.
+func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, error) {
+	c.mu.Lock()
+	r := c.entries[tkey{table, claimKey(group, resource) + c.cfg.NodeName}]
+	if r == nil || r.Deleted {
+		c.mu.Unlock()
+		return &ClaimConflict{Node: c.cfg.NodeName}, nil
+	}
+	mine := r.Entry.clone()
+	c.nextID++
+	id := c.nextID
+	peers := map[string]*memberlist.Node{}
+	for _, mi := range c.members {
+		if mi.state == StateAlive && mi.name != c.cfg.NodeName {
+			peers[mi.name] = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
+		}
+	}
+	ch := make(chan *message, len(peers)+1)
+	c.waiters[id] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiters, id)
+		c.mu.Unlock()
+	}()
+
+	req := (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()
+	for _, p := range peers {
+		c.spawn(func() {
+			if err := c.sendReliable(p, req); err != nil {
+				c.log.Debug("send claim", "node", p.Name, "table", table, "err", err)
+			}
+		})
+	}
+	var held *ClaimConflict
+	deadline := time.NewTimer(c.cfg.ClaimTimeout)
+	defer deadline.Stop()
+	recheck := time.NewTicker(50 * time.Millisecond)
+	defer recheck.Stop()
+	for len(peers) > 0 {
+		select {
+		case m := <-ch:
+			if m.Held && held == nil {
+				held = heldConflict(table, m)
+			}
+			delete(peers, m.From)
+		case <-recheck.C:
+			// Members declared dead meanwhile no longer need to answer.
+			c.mu.Lock()
+			for name := range peers {
+				if mi := c.members[name]; mi == nil || mi.state != StateAlive {
+					delete(peers, name)
+				}
+			}
+			c.mu.Unlock()
+		case <-deadline.C:
+			names := make([]string, 0, len(peers))
+			for name := range peers {
+				names = append(names, name)
+			}
+			return nil, fmt.Errorf("claim of %s in %q not confirmed by %s within %v", resource, group, strings.Join(names, ", "), c.cfg.ClaimTimeout)
+		case <-c.stop:
+			return nil, errors.New("cluster is closed")
+		}
+	}
+	if held != nil {
+		return held, nil
+	}
+	if loss := c.decideClaim(table, group, resource, &mine); loss != nil {
+		return loss, nil
+	}
+	if taken := c.rules(table).taken; taken != nil {
+		if in := taken(group, resource); len(in) > 0 {
+			return &ClaimConflict{Node: in[0].Owner}, nil
+		}
+	}
+	return nil, nil
+}
+
+// heldConflict describes the answer m of a member that holds a conflicting
+// claim (one of its own in m.Entries) or knows the resource as taken (a
+// record of another table in m.Entries, whose writer is named).
+func heldConflict(table string, m *message) *ClaimConflict {
+	for _, e := range m.Entries {
+		if e.Table == table && e.Owner == m.From {
+			if _, res, ok := parseClaimKey(&e); ok {
+				return &ClaimConflict{Node: m.From, Resource: res}
+			}
+		}
+	}
+	for _, e := range m.Entries {
+		if e.Table != table {
+			return &ClaimConflict{Node: e.Owner}
+		}
+	}
+	return &ClaimConflict{Node: m.From}
+}
+
+func (c *Cluster) rules(table string) claimRules {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.claimRules[table]
+}
+
+// decideClaim returns the conflicting claim that beats mine, if any: an
+// earlier one, or one this node already holds.
+func (c *Cluster) decideClaim(table, group, resource string, mine *Entry) *ClaimConflict {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.conflictingLocked(table, group, resource) {
+		if e.Key == mine.Key {
+			continue
+		}
+		_, res, _ := parseClaimKey(e)
+		if earlier(e, mine) || (e.Owner == c.cfg.NodeName && c.settled[settledKey(table, group, res)]) {
+			return &ClaimConflict{Node: e.Owner, Resource: res}
+		}
+	}
+	return nil
+}
+
+// answerClaim replies to a claim request with every conflicting claim this
+// node knows (the request's claim is already merged) and whether this node
+// holds one of them after its own confirmation round or knows the resource
+// as taken.
+func (c *Cluster) answerClaim(req *message) {
+	if len(req.Entries) != 1 {
+		return
+	}
+	table := req.Entries[0].Table
+	group, resource, ok := parseClaimKey(&req.Entries[0])
+	c.mu.Lock()
+	rules, defined := c.claimRules[table]
+	if !ok || !defined {
+		c.mu.Unlock()
+		return
+	}
+	resp := &message{Type: msgClaimResp, ID: req.ID, From: c.cfg.NodeName}
+	for _, e := range c.conflictingLocked(table, group, resource) {
+		resp.Entries = append(resp.Entries, *e)
+		if _, res, _ := parseClaimKey(e); e.Owner == c.cfg.NodeName && c.settled[settledKey(table, group, res)] {
+			resp.Held = true
+		}
+	}
+	c.mu.Unlock()
+	if rules.taken != nil {
+		if in := rules.taken(group, resource); len(in) > 0 {
+			resp.Held = true
+			resp.Entries = append(resp.Entries, in...)
+		}
+	}
+	b := resp.encode()
+	c.spawn(func() {
+		to := c.awaitMember(req.From)
+		if to == nil {
+			c.log.Debug("answer claim: unknown node", "node", req.From)
+			return
+		}
+		if err := c.sendReliable(to, b); err != nil {
+			c.log.Debug("answer claim", "node", to.Name, "table", table, "err", err)
+		}
+	})
+}
+
+// awaitMember returns the address of member name, waiting up to
+// ClaimTimeout for it to become known: a node that just joined through
+// another one can send a claim before gossip has told this node about it.
+func (c *Cluster) awaitMember(name string) *memberlist.Node {
+	deadline := time.Now().Add(c.cfg.ClaimTimeout)
+	for {
+		c.mu.Lock()
+		mi := c.members[name]
+		var to *memberlist.Node
+		if mi != nil {
+			to = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
+		}
+		c.mu.Unlock()
+		if to != nil || time.Now().After(deadline) {
+			return to
+		}
+		select {
+		case <-c.stop:
+			return nil
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,116 @@
+package cluster
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TestClaimRightAfterJoiningThroughAnotherNode has a node claim the moment
+// its Join through n1 returns, before n2 has heard of it by gossip: n2
+// must still answer, so the claim is confirmed at once instead of failing
+// after ClaimTimeout.
+func TestClaimRightAfterJoiningThroughAnotherNode(t *testing.T) {
+	key := mustKey(t)
+	nodes := startCluster(t, key, 2)
+	for round := range 3 {
+		n := startNode(t, "late"+itoa(round), key, 0)
+		if _, err := n.Join([]string{nodes[0].addr()}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := n.ClaimBlock("web", netip.MustParsePrefix("10.0.0.0/16"), 24); err != nil {
+			t.Fatalf("claim right after joining: %v", err)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Fatalf("claim right after joining took %v", took)
+		}
+		nodes = append(nodes, n)
+	}
+}
+
+// TestClaimsWithOverlapRulesAndTakenResources uses a claim table whose
+// resources are prefixes that conflict when they overlap, and that are
+// taken when a "networks" entry holds them.
+func TestClaimsWithOverlapRulesAndTakenResources(t *testing.T) {
+	nodes := startCluster(t, mustKey(t), 3)
+	overlap := func(a, b string) bool {
+		pa, err1 := netip.ParsePrefix(a)
+		pb, err2 := netip.ParsePrefix(b)
+		return a == b || (err1 == nil && err2 == nil && pa.Overlaps(pb))
+	}
+	for _, n := range nodes {
+		c := n.Cluster
+		taken := func(group, resource string) []Entry {
+			var out []Entry
+			for _, e := range c.List("networks") {
+				if overlap(string(e.Value), resource) {
+					out = append(out, e)
+				}
+			}
+			return out
+		}
+		if err := c.DefineClaims("subnets", overlap, taken); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round, pair := range [][2]string{{"10.0.0.0/16", "10.0.1.0/24"}, {"10.1.0.0/24", "10.1.0.0/24"}, {"10.2.0.0/25", "10.2.0.0/24"}} {
+		errs := make(chan error, 2)
+		gate := make(chan struct{})
+		for i, res := range pair {
+			go func() {
+				<-gate
+				errs <- nodes[i].Claim("subnets", "g", res)
+			}()
+		}
+		close(gate)
+		won, lost := 0, 0
+		for range 2 {
+			err := <-errs
+			var cc *ClaimConflict
+			switch {
+			case err == nil:
+				won++
+			case errors.As(err, &cc):
+				lost++
+			default:
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		if won != 1 || lost != 1 {
+			t.Fatalf("round %d: %d won, %d lost; want one each", round, won, lost)
+		}
+	}
+	// A resource taken by a record on n3 loses, and the claimer learns the
+	// record from the answer.
+	if err := nodes[2].Put("networks", "x", []byte("10.9.0.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	err := nodes[0].Claim("subnets", "g", "10.9.0.0/16")
+	var cc *ClaimConflict
+	if !errors.As(err, &cc) || cc.Node != "n3" {
+		t.Fatalf("claim of a taken resource: %v, want a conflict with n3", err)
+	}
+	if _, ok := nodes[0].Get("networks", "x"); !ok {
+		t.Fatal("the claimer did not learn the record that took the resource")
+	}
+	// A released claim frees the resource.
+	if err := nodes[1].Claim("subnets", "g", "10.8.0.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[1].ReleaseClaim("subnets", "g", "10.8.0.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the claim released everywhere", func() bool {
+		for _, n := range nodes {
+			if _, ok := n.Get("subnets", "g|10.8.0.0/24|n2"); ok {
+				return false
+			}
+		}
+		return true
+	})
+	if err := nodes[0].Claim("subnets", "g", "10.8.0.0/24"); err != nil {
+		t.Fatalf("claim after release: %v", err)
+	}
+}

@@ -1,0 +1,59 @@
+package cluster
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TestRejoinFindsANodeThatStartsLater gives a node the address of a node
+// that is not running yet, as a restarted daemon does with the members it
+// knew: once that node starts (knowing nothing), the two are one cluster.
+func TestRejoinFindsANodeThatStartsLater(t *testing.T) {
+	key := mustKey(t)
+	port := freePort(t)
+	n1 := startNode(t, "n1", key, 0)
+	n1.Rejoin([]netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))})
+	waitFor(t, 5*time.Second, "a failed first attempt", func() bool {
+		n1.mu.Lock()
+		defer n1.mu.Unlock()
+		return len(n1.rejoin) == 1 && !n1.reconnectOn.Load()
+	})
+	n2 := startNode(t, "n2", key, port)
+	waitFor(t, 10*time.Second, "n1 and n2 joined", func() bool {
+		return countState(n1.Members(), StateAlive) == 2 && countState(n2.Members(), StateAlive) == 2
+	})
+	waitFor(t, 5*time.Second, "the rejoin schedule cleared", func() bool {
+		n1.mu.Lock()
+		defer n1.mu.Unlock()
+		return len(n1.rejoin) == 0 && len(n1.rejoinWant) == 0
+	})
+}
+
+// TestRejoinBacksOff checks the retry schedule of an unreachable address:
+// 1 s, then doubling up to ReconnectInterval.
+func TestRejoinBacksOff(t *testing.T) {
+	key := mustKey(t)
+	cfg := testConfig("n1", key, freePort(t), &logSink{})
+	cfg.ReconnectInterval = 5 * time.Second
+	c, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dead := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freePort(t)))
+	c.Rejoin([]netip.AddrPort{dead})
+	now := time.Now()
+	for _, want := range []time.Duration{2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second} {
+		waitFor(t, 10*time.Second, "the attempt to end", func() bool { return !c.reconnectOn.Load() })
+		c.mu.Lock()
+		b := c.rejoin[dead]
+		got := b.delay
+		c.mu.Unlock()
+		if got != want {
+			t.Fatalf("after a failure the wait is %v, want %v", got, want)
+		}
+		now = now.Add(got + time.Second)
+		c.reconnect(now) // the next attempt is due
+	}
+}

@@ -1,0 +1,76 @@
+package daemon
+
+import (
+	"testing"
+
+	"github.com/vxmesh/vxmesh/tunnel"
+)
+
+// allAlive reports whether d sees want members, all alive.
+func allAlive(d *Daemon, want int) bool {
+	nodes := d.Nodes()
+	if len(nodes) != want {
+		return false
+	}
+	for _, n := range nodes {
+		if n.State != "alive" {
+			return false
+		}
+	}
+	return true
+}
+
+// restartNode closes d and starts it again with the same name, state
+// directory, addresses and ports, without --join.
+func restartNode(t *testing.T, mem *tunnel.MemNetwork, d *Daemon, sb *fakeSandbox) *Daemon {
+	t.Helper()
+	d.Close()
+	return startAgain(t, mem, d.cfg, sb)
+}
+
+// startAgain starts a stopped node of configuration old again, without
+// --join.
+func startAgain(t *testing.T, mem *tunnel.MemNetwork, old Config, sb *fakeSandbox) *Daemon {
+	t.Helper()
+	cfg := nodeConfig(t, mem, old.Node, old.Advertise, sb, old.StateDir)
+	cfg.GossipPort = old.GossipPort
+	nd := startNode(t, cfg)
+	t.Cleanup(nd.Close)
+	return nd
+}
+
+// TestSeedRestartRejoinsTheCluster restarts the node the others joined
+// through (started without --join) with a clean shutdown: it must see all
+// the others alive again, and they it.
+func TestSeedRestartRejoinsTheCluster(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	ds, sbs := threeNodesOn(t, mem)
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+	}
+	seed := restartNode(t, mem, ds[0], sbs[0])
+	for _, d := range []*Daemon{seed, ds[1], ds[2]} {
+		waitFor(t, d.cfg.Node+" seeing three alive after the seed's restart", func() bool { return allAlive(d, 3) })
+	}
+}
+
+// TestWholeClusterRestartWithoutJoin stops every node and starts them all
+// again without --join: the members saved in the state directories are
+// enough for them to find each other.
+func TestWholeClusterRestartWithoutJoin(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	ds, sbs := threeNodesOn(t, mem)
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+	}
+	for _, d := range ds {
+		d.Close()
+	}
+	var back []*Daemon
+	for i := len(ds) - 1; i >= 0; i-- {
+		back = append(back, startAgain(t, mem, ds[i].cfg, sbs[i]))
+	}
+	for _, d := range back {
+		waitFor(t, d.cfg.Node+" seeing three alive after the restart", func() bool { return allAlive(d, 3) })
+	}
+}
