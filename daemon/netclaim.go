@@ -195,4 +195,3 @@ func (d *Daemon) freeVNIExcept(avoid map[uint32]bool) uint32 {
 	}
 	return v
 }
-
