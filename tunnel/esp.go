@@ -36,6 +36,23 @@ const espFrontLen = packet.VXLANHeaderLen + udpHeaderLen + esp.HeaderLen + esp.S
 
 const udpHeaderLen = 8
 
+// Sealing takes a sequence number and sending happens later, so the
+// datagrams of Write calls running at the same time reach a peer out of
+// order; the receiver's replay window (esp.WindowSize) absorbs that as
+// long as no datagram is overtaken by WindowSize or more datagrams to the
+// same peer. A Write call holds at most espMaxHeld sealed datagrams before
+// it sends them (four of the largest GSO runs); so espMaxSealers Write
+// calls may hold theirs at the same time, each overtaken by all the
+// others, without a valid datagram being refused as a replay
+// (TestConcurrentSealersNeverReplay).
+const (
+	espMaxHeld    = 4 * MaxGSOSegments
+	espMaxSealers = 63
+)
+
+// The window covers espMaxSealers full holds; does not compile otherwise.
+const _ = uint(esp.WindowSize - espMaxSealers*espMaxHeld)
+
 // OutboundSA is the SA this host seals a cipher's datagrams to Peer with.
 type OutboundSA struct {
 	Peer netip.Addr
@@ -208,7 +225,7 @@ func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]
 			n.espDrop(sc, to, i, dropNoSA)
 			return
 		}
-		if len(sc.msgs) == cap(sc.msgs) {
+		if len(sc.msgs) == cap(sc.msgs) || sc.sealed >= espMaxHeld {
 			n.send(sc, bufs, offset)
 		}
 		start := offset - packet.VXLANHeaderLen - udpHeaderLen
@@ -241,7 +258,7 @@ func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]
 		if sc.arena == nil {
 			sc.arena = make([]byte, txArenaSize)
 		}
-		if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) {
+		if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) || sc.sealed >= espMaxHeld {
 			n.send(sc, bufs, offset)
 		}
 		base := sc.used
@@ -289,7 +306,7 @@ func (n *Network) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, b
 			if sc.arena == nil {
 				sc.arena = make([]byte, txArenaSize)
 			}
-			if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) {
+			if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) || sc.sealed+cnt > espMaxHeld {
 				n.send(sc, bufs, offset)
 			}
 			base := sc.used
@@ -327,7 +344,9 @@ func (n *Network) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, b
 // queueESP adds the sealed datagram dgram of frame i (flen frame bytes;
 // a run of datagrams of gso bytes if gso > 0) for p, to its ESP port.
 func (n *Network) queueESP(sc *txScratch, dgram []byte, gso int, p *peer, h uint32, i, flen int) {
-	sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gso, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: h})
+	m := Message{Buf: dgram, GSOSize: gso, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: h}
+	sc.sealed += m.Segments(len(dgram))
+	sc.msgs = append(sc.msgs, m)
 	sc.peers = append(sc.peers, p)
 	sc.frame = append(sc.frame, int32(i))
 	sc.fsize = append(sc.fsize, int32(flen))
