@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -83,17 +84,30 @@ type outKey struct {
 // and replay windows, so the control plane passes the same objects again
 // for as long as their keys are in use, and new ones only for new keys or
 // peers. out has one SA per peer and cipher.
+//
+// An SA that collides with an earlier one of the lists (a second outbound
+// SA for a peer and cipher, an inbound SA with an SPI already taken) is
+// left out and named in the error; every other SA is installed all the
+// same, so one bad SA does not cut the others off.
 func (v *VTEP) SetSAs(out []OutboundSA, in []InboundSA) error {
 	st := &secState{out: make(map[outKey]*esp.Outbound, len(out)), peerOf: make(map[*esp.Inbound]netip.Addr, len(in))}
+	var skipped []error
 	for _, o := range out {
 		k := outKey{o.Peer.Unmap(), o.SA.Stats().Cipher}
 		if st.out[k] != nil {
-			return fmt.Errorf("vtep: two outbound %v SAs to %s", k.cipher, k.addr)
+			skipped = append(skipped, fmt.Errorf("vtep: left out a second outbound %v SA to %s (SPI 0x%08x)", k.cipher, k.addr, o.SA.SPI()))
+			continue
 		}
 		st.out[k] = o.SA
 	}
 	sas := make([]*esp.Inbound, 0, len(in))
+	bySPI := make(map[uint32]netip.Addr, len(in))
 	for _, i := range in {
+		if prev, ok := bySPI[i.SA.SPI()]; ok {
+			skipped = append(skipped, fmt.Errorf("vtep: left out the inbound SA from %s with SPI 0x%08x, which the SA from %s has", i.Peer.Unmap(), i.SA.SPI(), prev))
+			continue
+		}
+		bySPI[i.SA.SPI()] = i.Peer.Unmap()
 		st.peerOf[i.SA] = i.Peer.Unmap()
 		sas = append(sas, i.SA)
 	}
@@ -103,7 +117,7 @@ func (v *VTEP) SetSAs(out []OutboundSA, in []InboundSA) error {
 	}
 	st.in = t
 	v.sec.Store(st)
-	return nil
+	return errors.Join(skipped...)
 }
 
 // putInnerUDP writes the inner UDP header of an encrypted datagram in

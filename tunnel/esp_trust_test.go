@@ -1,10 +1,12 @@
 package tunnel
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -111,5 +113,44 @@ func TestConcurrentSealersNeverReplay(t *testing.T) {
 		if _, _, _, err := in.Open(buf, esp.ScratchLen, len(buf)); esp.ReasonOf(err) != esp.ReasonReplay {
 			t.Fatalf("a datagram opened twice: %v", err)
 		}
+	}
+}
+
+// TestSetSAsInstallsWhatDoesNotCollide: two peers' inbound SAs with the
+// same SPI (and a second outbound SA to one peer) are left out and named
+// in the error; every other SA is installed, and traffic under them flows.
+func TestSetSAsInstallsWhatDoesNotCollide(t *testing.T) {
+	mn := NewMemNetwork()
+	b := newEncNode(t, mn, vtepB, vtepA, vtepC)
+	b.run(t)
+	_, fromA := testSA(t, 0x7000aa, 1)
+	_, fromC := testSA(t, 0x7000aa, 2) // the same SPI as fromA
+	outA, okA := testSA(t, 0x7000ab, 3)
+	toA, _ := testSA(t, 0x7000ba, 4)
+	toA2, _ := testSA(t, 0x7000bb, 5)
+	err := b.v.SetSAs([]OutboundSA{{vtepA, toA}, {vtepA, toA2}}, []InboundSA{{vtepA, fromA}, {vtepC, fromC}, {vtepA, okA}})
+	if err == nil || !strings.Contains(err.Error(), "0x007000aa") || !strings.Contains(err.Error(), "second outbound") {
+		t.Fatalf("SetSAs with collisions: %v", err)
+	}
+	st := b.v.sec.Load()
+	if st == nil || st.in.Len() != 2 || st.in.Lookup(0x7000ab) != okA || st.in.Lookup(0x7000aa) != fromA || st.outbound(vtepA, esp.AES128GCM) != toA {
+		t.Fatalf("installed: %+v", st)
+	}
+	// A frame sealed by A under the SA that does not collide arrives.
+	frame := udpFrame(macB, macA, 5, 6, 100)
+	buf := make([]byte, 2048)
+	start := esp.ScratchLen + esp.HeaderLen
+	u := buf[start:]
+	n := udpHeaderLen + packet.VXLANHeaderLen + len(frame)
+	packet.PutVXLAN(u[udpHeaderLen:], testVNI)
+	copy(u[udpHeaderLen+packet.VXLANHeaderLen:], frame)
+	putInnerUDP(u[:n], 1, packet.VXLANPort)
+	s0, s1, err := outA.Seal(buf, start, start+n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newRawAt(t, mn, vtepA, 4501).sendTo(t, netip.AddrPortFrom(vtepB, esp.Port), buf[s0:s1])
+	if got := b.sink.wait(t, 1); !bytes.Equal(got[0], frame) {
+		t.Fatal("frame changed")
 	}
 }
