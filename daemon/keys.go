@@ -135,6 +135,12 @@ func decodeKeyState(b []byte) (keyStateRecord, error) {
 	if len(rec.RefusedKeys) > keyring.MaxKeys {
 		return keyStateRecord{}, fmt.Errorf("%d refused keys", len(rec.RefusedKeys))
 	}
+	if len(rec.SPIs) == 0 {
+		rec.SPIs = nil
+	}
+	if len(rec.RefusedKeys) == 0 {
+		rec.RefusedKeys = nil
+	}
 	return rec, nil
 }
 
