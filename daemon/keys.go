@@ -397,7 +397,7 @@ func (d *Daemon) reconcileKeys() {
 	if len(live) == 0 || live[0] != d.cfg.Node {
 		return
 	}
-	next, err := d.nextRing(cr, live, states, ciphers)
+	next, served, err := d.nextRing(cr, live, states, ciphers)
 	if err != nil {
 		d.log.Error("data key ring", "err", err)
 		return
@@ -409,21 +409,26 @@ func (d *Daemon) reconcileKeys() {
 		d.log.Error("publishing the data key ring", "err", err)
 		return
 	}
+	if served {
+		d.cl.Delete(tblKeys, keyRotate)
+	}
 	d.log.Info("data key ring changed", "ring", next.String())
 }
 
 // nextRing is the rotator's decision: the ring to publish after the
-// cluster's ring cr, or nil for none. A ring that a live node refuses is
-// superseded at once; otherwise the ring is created with the first
-// encrypted network, a pending key promoted once every live node has it,
-// and a new key added when the newest is due or a rotation was asked for.
-func (d *Daemon) nextRing(cr *keyring.Ring, live []string, states map[string]keyStateRecord, ciphers []esp.Cipher) (*keyring.Ring, error) {
+// cluster's ring cr, or nil for none, and whether it serves a rotation
+// request. A ring that a live node refuses is superseded at once;
+// otherwise the ring is created with the first encrypted network, a
+// pending key promoted once every live node has it, and a new key added
+// when the newest is due or a rotation was asked for.
+func (d *Daemon) nextRing(cr *keyring.Ring, live []string, states map[string]keyStateRecord, ciphers []esp.Cipher) (next *keyring.Ring, served bool, err error) {
 	now := time.Now()
 	if cr == nil {
 		if len(ciphers) == 0 && !d.anyEncryptedInCluster() {
-			return nil, nil
+			return nil, false, nil
 		}
-		return keyring.New(d.keys.rand, now)
+		next, err = keyring.New(d.keys.rand, now)
+		return next, false, err
 	}
 	if base := d.keys.ring; base != nil && refusedByAny(cr, live, states) {
 		minV, minID := d.keys.guard.Floor()
@@ -436,7 +441,8 @@ func (d *Daemon) nextRing(cr *keyring.Ring, live []string, states map[string]key
 			}
 		}
 		d.log.Warn("superseding a data key ring that nodes refused", "ring", cr.String(), "refused_keys", drop)
-		return base.Supersede(d.keys.rand, now, minV, minID, drop)
+		next, err = base.Supersede(d.keys.rand, now, minV, minID, drop)
+		return next, false, err
 	}
 	if _, pending := cr.Pending(); pending {
 		inst := map[string]uint32{}
@@ -444,19 +450,17 @@ func (d *Daemon) nextRing(cr *keyring.Ring, live []string, states map[string]key
 			inst[n] = s.Installed
 		}
 		if !cr.ReadyToPromote(live, inst) {
-			return nil, nil
+			return nil, false, nil
 		}
-		return cr.Promote()
+		next, err = cr.Promote()
+		return next, false, err
 	}
 	_, requested := d.cl.Get(tblKeys, keyRotate)
 	if !requested && !cr.Due(now, d.cfg.KeyRotationInterval) {
-		return nil, nil
+		return nil, false, nil
 	}
-	next, err := cr.Rotate(d.keys.rand, now)
-	if err == nil && requested {
-		d.cl.Delete(tblKeys, keyRotate)
-	}
-	return next, err
+	next, err = cr.Rotate(d.keys.rand, now)
+	return next, requested, err
 }
 
 // refusedByAny reports whether a live node (this one included) refuses cr.
