@@ -67,3 +67,40 @@ func earlierEntry(all, e []byte, key uint32, c esp.Cipher) bool {
 	}
 	return false
 }
+
+// TestDecodeKeyStateRefusesBadRecords: a keystate record whose public key
+// has the wrong length or is of small order, or whose SPI entries are cut
+// or name a reserved SPI, an unknown cipher or key 0, counts as missing.
+func TestDecodeKeyStateRefusesBadRecords(t *testing.T) {
+	run, _ := keyring.NewRunKey(rand.Reader)
+	good := keyStateRecord{Pub: run.Public(), Installed: 1, SPIs: appendSPI(nil, run.Public(), 1, esp.AES128GCM, 0x1000)}
+	enc := func(r keyStateRecord) []byte { b, _ := json.Marshal(r); return b }
+	if _, err := decodeKeyState(enc(good)); err != nil {
+		t.Fatal(err)
+	}
+	mod := func(f func(r *keyStateRecord)) []byte {
+		r := good
+		r.Pub, r.SPIs = append([]byte{}, good.Pub...), append([]byte{}, good.SPIs...)
+		f(&r)
+		return enc(r)
+	}
+	order8 := []byte{0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00}
+	bad := map[string][]byte{
+		"not json":        []byte("{"),
+		"no public key":   mod(func(r *keyStateRecord) { r.Pub = nil }),
+		"short key":       mod(func(r *keyStateRecord) { r.Pub = r.Pub[:31] }),
+		"zero key":        mod(func(r *keyStateRecord) { r.Pub = make([]byte, 32) }),
+		"order 8 key":     mod(func(r *keyStateRecord) { r.Pub = order8 }),
+		"cut SPI entry":   mod(func(r *keyStateRecord) { r.SPIs = r.SPIs[:spiEntryLen-1] }),
+		"reserved SPI":    mod(func(r *keyStateRecord) { r.SPIs[spiEntryLen-2], r.SPIs[spiEntryLen-1] = 0, 7 }),
+		"unknown cipher":  mod(func(r *keyStateRecord) { r.SPIs[spiPeerLen+4] = 9 }),
+		"key 0":           mod(func(r *keyStateRecord) { copy(r.SPIs[spiPeerLen:], []byte{0, 0, 0, 0}) }),
+		"too many keys":   mod(func(r *keyStateRecord) { r.RefusedKeys = []uint32{1, 2, 3, 4} }),
+		"old epoch field": []byte(`{"epoch":12345,"installed":1}`),
+	}
+	for name, b := range bad {
+		if _, err := decodeKeyState(b); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
