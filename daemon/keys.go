@@ -423,24 +423,31 @@ func (d *Daemon) reconcileKeys() {
 // when the newest is due or a rotation was asked for.
 func (d *Daemon) nextRing(cr *keyring.Ring, live []string, states map[string]keyStateRecord, ciphers []esp.Cipher) (next *keyring.Ring, served bool, err error) {
 	now := time.Now()
-	if cr == nil {
+	base := d.keys.ring
+	if cr == nil && base == nil {
 		if len(ciphers) == 0 && !d.anyEncryptedInCluster() {
 			return nil, false, nil
 		}
 		next, err = keyring.New(d.keys.rand, now)
 		return next, false, err
 	}
-	if base := d.keys.ring; base != nil && refusedByAny(cr, live, states) {
+	if base != nil && (cr == nil || refusedByAny(cr, live, states)) {
+		// The ring entry is gone (while this node has a ring) or refused:
+		// a new key on the ring in use, above every node's floors.
 		minV, minID := d.keys.guard.Floor()
 		var drop []uint32
 		for _, n := range live {
 			st := states[n]
 			minV, minID = max(minV, st.SeenVersion), max(minID, st.SeenKey)
-			if base == cr && st.Refused == cr.Version {
+			if cr != nil && base == cr && st.Refused == cr.Version {
 				drop = append(drop, st.RefusedKeys...)
 			}
 		}
-		d.log.Warn("superseding a data key ring that nodes refused", "ring", cr.String(), "refused_keys", drop)
+		what := "missing"
+		if cr != nil {
+			what = cr.String()
+		}
+		d.log.Warn("superseding a data key ring that is missing or refused", "ring", what, "refused_keys", drop)
 		next, err = base.Supersede(d.keys.rand, now, minV, minID, drop)
 		return next, false, err
 	}

@@ -210,6 +210,21 @@ func TestReturningKeyNeverReusesNonces(t *testing.T) {
 			return k.RingsRefused == 1 && n == 3
 		})
 	}
+	// The ring entry deleted: every node keeps its ring, the rotator
+	// publishes a new key on it, and no key material is used twice.
+	if err := ds[2].cl.Delete(tblKeys, keyRingKey); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		waitFor(t, "a new primary after the ring entry was deleted", func() bool {
+			for _, d := range ds {
+				checkNoReuse(t, d, seen[d])
+			}
+			p, _ := primaryOf(d)
+			return p == 6
+		})
+	}
+	seal()
 }
 
 // hasSecret reports whether d's ring holds a key with secret s.

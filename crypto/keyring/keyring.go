@@ -2,8 +2,9 @@
 // of at most three keys (the primary, used for sending, and up to two
 // secondaries, accepted on receipt), the two-phase rotation that makes a new
 // key receivable everywhere before anyone sends with it, the derivation of
-// one ESP SA per direction between two hosts, and the binary encoding the
-// cluster carries over its encrypted gossip.
+// one ESP SA per direction between two daemon runs (RunKey, DeriveSA), the
+// Guard that keeps a run from taking a ring that goes backwards, and the
+// binary encoding the cluster carries over its encrypted gossip.
 //
 // A Ring is an immutable value: every change returns a new Ring with a
 // higher Version, so the control plane can replicate it and the data plane
