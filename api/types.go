@@ -82,6 +82,11 @@ type Keys struct {
 	RotationInterval float64 `json:"rotation_interval_seconds"`
 	// Nodes lists, per node, the newest key it has installed.
 	Nodes []KeyNode `json:"nodes"`
+	// RingsRefused counts the rings from the cluster this node refused in
+	// this run: rings older than one it used, or bringing back a key that
+	// had left the ring (their SAs would repeat nonces or accept replays).
+	// The rotator answers a refused ring with a new key.
+	RingsRefused uint64 `json:"rings_refused,omitempty"`
 }
 
 // KeyInfo is one key of the ring, without its secret.
@@ -96,6 +101,8 @@ type KeyInfo struct {
 type KeyNode struct {
 	Node      string `json:"node"`
 	Installed uint32 `json:"installed"`
+	// RingsRefused is the node's Keys.RingsRefused.
+	RingsRefused uint64 `json:"rings_refused,omitempty"`
 }
 
 // KeyExport is the answer of a key export: THE KEYS of this node's SAs as

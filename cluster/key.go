@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -42,11 +43,25 @@ func DecodeKey(s string) ([]byte, error) {
 	return k, nil
 }
 
-// LoadKeyFile reads a cluster key in text form from path.
+// LoadKeyFile reads a cluster key in text form from path. A file that its
+// group or others may read (mode & 0o077 != 0) is refused: whoever reads
+// the cluster key can join the cluster and learn every data key.
 func LoadKeyFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("cluster key file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("cluster key file: %w", err)
+	}
+	if m := fi.Mode().Perm(); m&0o077 != 0 {
+		return nil, fmt.Errorf("cluster key file %s: mode %04o lets group or others read the key; chmod 600 %s", path, m, path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return nil, fmt.Errorf("cluster key file %s: %w", path, err)
 	}
 	k, err := DecodeKey(string(b))
 	if err != nil {

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"sort"
@@ -26,9 +29,18 @@ import (
 //   - Table "keys" (outlives its writer): "ring" holds keyring.Ring.Marshal,
 //     "rotate" a pending rotation request (any node writes it for
 //     `vxmesh key rotate`; the rotator serves and deletes it).
-//   - Table "keystate" (node-scoped): one entry per node with the random
-//     epoch of its current run (keyring.Endpoint.Epoch) and the newest key
-//     it has installed inbound SAs for.
+//   - Table "keystate" (node-scoped): one entry per node (keyStateRecord)
+//     with the X25519 public key of its current run (keyring.RunKey), the
+//     SPIs it chose for its inbound SAs, the newest key it has installed
+//     inbound SAs for, and the rings it refused.
+//
+// Nonces never repeat under a key (DESIGN §4): SA key material comes from
+// the ring secret and the X25519 shared secret of the two runs, so every
+// daemon run has SAs of its own; an SA object lives as long as its key is
+// in the ring; within a run a ring that goes backwards or brings back a
+// key that left is refused (keyring.Guard) and answered by the rotator with
+// a new key; and the key material of a dropped outbound SA is never used
+// by a new one (keyState.spent).
 //
 // The rotator is the alive node with the lowest name. It creates the ring
 // when the first encrypted network appears, rotates it every
@@ -50,8 +62,85 @@ const (
 
 // keyStateRecord is a node's entry in the keystate table.
 type keyStateRecord struct {
-	Epoch     uint64 `json:"epoch"`
+	// Pub is the X25519 public key of the node's current run.
+	Pub []byte `json:"pub"`
+	// Installed is the newest key the node has inbound SAs for.
 	Installed uint32 `json:"installed"`
+	// SPIs are the SPIs of the node's inbound SAs, spiEntryLen bytes each
+	// (appendSPI): senders seal with the SPI their receiver chose.
+	SPIs []byte `json:"spis,omitempty"`
+	// SeenVersion and SeenKey are the version and newest key ID of the
+	// newest ring the node accepted in this run: the rotator's answer to a
+	// refused ring must not be below them.
+	SeenVersion uint64 `json:"seen_version,omitempty"`
+	SeenKey     uint32 `json:"seen_key,omitempty"`
+	// Refused is the version of the ring the node refuses now (0: none),
+	// RefusedKeys the keys in it that had left the ring, RefusedCount the
+	// rings the node refused in this run.
+	Refused      uint64   `json:"refused,omitempty"`
+	RefusedKeys  []uint32 `json:"refused_keys,omitempty"`
+	RefusedCount uint64   `json:"refused_count,omitempty"`
+}
+
+// spiEntryLen is the length of one entry of keyStateRecord.SPIs: the first
+// spiPeerLen bytes of the sending run's public key, the key ID (4), the
+// cipher (1) and the SPI (4), integers big-endian.
+const (
+	spiPeerLen  = 8
+	spiEntryLen = spiPeerLen + 4 + 1 + 4
+)
+
+// appendSPI appends the entry of the inbound SA with spi from the run with
+// public key peer, under key and cipher c.
+func appendSPI(b, peer []byte, key uint32, c esp.Cipher, spi uint32) []byte {
+	b = append(b, peer[:spiPeerLen]...)
+	b = binary.BigEndian.AppendUint32(b, key)
+	b = append(b, byte(c))
+	return binary.BigEndian.AppendUint32(b, spi)
+}
+
+// spiFor returns the SPI the node chose for the inbound SA from the run
+// with public key peer under key and cipher c.
+func (r *keyStateRecord) spiFor(peer []byte, key uint32, c esp.Cipher) (uint32, bool) {
+	for e := r.SPIs; len(e) >= spiEntryLen; e = e[spiEntryLen:] {
+		if bytes.Equal(e[:spiPeerLen], peer[:spiPeerLen]) && binary.BigEndian.Uint32(e[spiPeerLen:]) == key && esp.Cipher(e[spiPeerLen+4]) == c {
+			return binary.BigEndian.Uint32(e[spiPeerLen+5:]), true
+		}
+	}
+	return 0, false
+}
+
+// decodeKeyState parses and checks a keystate value: a valid public key
+// (keyring.CheckPublic: length, not of small order), whole SPI entries
+// with known ciphers, nonzero keys and unreserved SPIs. Errors never quote
+// the input.
+func decodeKeyState(b []byte) (keyStateRecord, error) {
+	var rec keyStateRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return keyStateRecord{}, errors.New("not a key state record")
+	}
+	if err := keyring.CheckPublic(rec.Pub); err != nil {
+		return keyStateRecord{}, err
+	}
+	if len(rec.SPIs)%spiEntryLen != 0 {
+		return keyStateRecord{}, fmt.Errorf("SPI list of %d bytes", len(rec.SPIs))
+	}
+	for e := rec.SPIs; len(e) > 0; e = e[spiEntryLen:] {
+		key, c, spi := binary.BigEndian.Uint32(e[spiPeerLen:]), esp.Cipher(e[spiPeerLen+4]), binary.BigEndian.Uint32(e[spiPeerLen+5:])
+		if key == 0 || c.KeyLen() == 0 || spi < 256 {
+			return keyStateRecord{}, fmt.Errorf("SPI entry: key %d, %v, SPI %d", key, c, spi)
+		}
+	}
+	if len(rec.RefusedKeys) > keyring.MaxKeys {
+		return keyStateRecord{}, fmt.Errorf("%d refused keys", len(rec.RefusedKeys))
+	}
+	if len(rec.SPIs) == 0 {
+		rec.SPIs = nil
+	}
+	if len(rec.RefusedKeys) == 0 {
+		rec.RefusedKeys = nil
+	}
+	return rec, nil
 }
 
 // rotateRequest is the value of the rotation request entry.
@@ -61,18 +150,22 @@ type rotateRequest struct {
 	At   time.Time `json:"at"`
 }
 
-// saID identifies one derived SA of this daemon run. The local epoch is
+// saID identifies one derived SA of this daemon run. The local run key is
 // fixed for the run, so it is not part of the ID. An SA object, once made,
-// is kept for as long as its key is in the ring: making it again would
-// start its sequence numbers (so its nonces) over under the same key, and
-// its replay window empty.
+// is kept for as long as its key is in the ring (and, outbound, its
+// receiver publishes its SPI): making it again would start its sequence
+// numbers (so its nonces) over under the same key, and its replay window
+// empty.
 type saID struct {
-	out       bool
-	peer      string
-	peerEpoch uint64
-	keyID     uint32
-	secret    keyring.Secret
-	cipher    esp.Cipher
+	out     bool
+	peer    string
+	peerPub [keyring.PubLen]byte
+	keyID   uint32
+	secret  keyring.Secret
+	cipher  esp.Cipher
+	// spi is, outbound, the SPI the receiver chose; inbound 0 (this node
+	// chooses it when it makes the SA).
+	spi uint32
 }
 
 // saObj is one derived SA: its parameters (key material, in memory only:
@@ -86,9 +179,12 @@ type saObj struct {
 // peerSAs are the SAs in use with one peer node for one cipher.
 type peerSAs struct {
 	node string
+	pub  []byte     // the public key of the peer's run
 	addr netip.Addr // the peer's VTEP address
-	// out seals with the primary key; in holds the inbound SA of every key
-	// of the ring, newest first.
+	// out seals with the primary key (or, until the peer publishes its
+	// SPI for it, the newest older key the peer has); nil while the peer
+	// has published no SPI for this node. in holds the inbound SA of every
+	// key of the ring, newest first.
 	out     *saObj
 	outKey  uint32
 	in      []*saObj
@@ -98,21 +194,42 @@ type peerSAs struct {
 
 // keyState is the daemon's key management state, guarded by d.mu.
 type keyState struct {
-	epoch     uint64
-	ring      *keyring.Ring
-	sas       map[saID]*saObj
-	installed map[esp.Cipher][]*peerSAs // what the data plane uses now
-	published keyStateRecord
+	run  *keyring.RunKey
+	pub  []byte
+	rand io.Reader // SPIs and keys: crypto/rand.Reader
+	// guard decides which rings this run uses; ring is the newest it
+	// accepted. refused counts the rings refused; lastRefused is the one
+	// refused now (nil once a ring is accepted), refusedRing its encoding.
+	guard       keyring.Guard
+	ring        *keyring.Ring
+	refused     uint64
+	lastRefused *keyring.RefusedError
+	refusedRing []byte
+	sas         map[saID]*saObj
+	// inSPIs are the SPIs of every inbound SA made in this run, dropped
+	// ones included: a new inbound SA never shares an SPI, so never key
+	// material (the SPI is part of the derivation), with an earlier one.
+	inSPIs map[uint32]bool
+	// spent holds the SHA-256 of the key and salt of every outbound SA
+	// dropped in this run: no outbound SA is made again with them.
+	spent     map[[32]byte]bool
+	shared    map[[keyring.PubLen]byte][]byte // X25519 shared secret by peer run
+	installed map[esp.Cipher][]*peerSAs       // what the data plane uses now
+	published []byte                          // the keystate value last published
 	// onInstall, when set, receives the SAs to install in the data plane.
 	onInstall func(map[esp.Cipher][]*peerSAs) error
 }
 
 func newKeyState() (*keyState, error) {
-	epoch, err := keyring.NewEpoch(rand.Reader)
+	run, err := keyring.NewRunKey(rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("node epoch: %w", err)
+		return nil, err
 	}
-	return &keyState{epoch: epoch, sas: map[saID]*saObj{}}, nil
+	return &keyState{
+		run: run, pub: run.Public(), rand: rand.Reader,
+		sas: map[saID]*saObj{}, inSPIs: map[uint32]bool{}, spent: map[[32]byte]bool{},
+		shared: map[[keyring.PubLen]byte][]byte{},
+	}, nil
 }
 
 // defineKeyTables declares the key tables on cl.
@@ -123,14 +240,18 @@ func defineKeyTables(cl *cluster.Cluster) error {
 	return cl.DefineTable(tblKeyState, cluster.TableOptions{NodeScoped: true})
 }
 
-// publishKeyState announces this node's epoch and installed key.
+// publishKeyState announces this node's run key, inbound SPIs, installed
+// key and refusals, if they changed.
 func (d *Daemon) publishKeyState(rec keyStateRecord) {
 	b, _ := json.Marshal(rec)
+	if bytes.Equal(b, d.keys.published) {
+		return
+	}
 	if err := d.cl.Put(tblKeyState, d.cfg.Node, b); err != nil {
 		d.log.Error("publishing key state", "err", err)
 		return
 	}
-	d.keys.published = rec
+	d.keys.published = b
 }
 
 // clusterRing decodes the ring entry, or returns nil.
@@ -147,17 +268,66 @@ func (d *Daemon) clusterRing() *keyring.Ring {
 	return r
 }
 
-// clusterKeyStates decodes the keystate table by node.
+// clusterKeyStates decodes the keystate table by node; invalid records
+// (decodeKeyState) count as missing.
 func (d *Daemon) clusterKeyStates() map[string]keyStateRecord {
 	out := map[string]keyStateRecord{}
 	for _, e := range d.cl.List(tblKeyState) {
-		var rec keyStateRecord
-		if err := json.Unmarshal(e.Value, &rec); err != nil || e.Key != e.Owner {
+		rec, err := decodeKeyState(e.Value)
+		if err != nil || e.Key != e.Owner {
+			d.log.Debug("ignoring a key state record", "node", e.Owner, "err", err)
 			continue
 		}
 		out[e.Owner] = rec
 	}
 	return out
+}
+
+// checkRing makes r the ring in use if the guard accepts it; otherwise it
+// keeps the ring in use and records the refusal (counted once per ring).
+func (d *Daemon) checkRing(r *keyring.Ring) {
+	ks := d.keys
+	err := ks.guard.Accept(r)
+	if err == nil {
+		ks.ring, ks.lastRefused, ks.refusedRing = r, nil, nil
+		return
+	}
+	var re *keyring.RefusedError
+	if !errors.As(err, &re) {
+		re = &keyring.RefusedError{Version: r.Version}
+	}
+	if b := r.Marshal(); !bytes.Equal(b, ks.refusedRing) {
+		ks.refused++
+		ks.refusedRing = b
+		d.log.Warn("refusing the cluster's data key ring; keeping the one in use", "ring", r.String(), "in_use", ks.ring, "err", err)
+	}
+	ks.lastRefused = re
+}
+
+// ownKeyState is the keystate record of this node.
+func (d *Daemon) ownKeyState(installed uint32) keyStateRecord {
+	ks := d.keys
+	rec := keyStateRecord{Pub: ks.pub, Installed: installed, RefusedCount: ks.refused}
+	rec.SeenVersion, rec.SeenKey = ks.guard.Floor()
+	if ks.lastRefused != nil {
+		rec.Refused, rec.RefusedKeys = ks.lastRefused.Version, ks.lastRefused.Returning
+	}
+	ciphers := make([]esp.Cipher, 0, len(ks.installed))
+	for c := range ks.installed {
+		ciphers = append(ciphers, c)
+	}
+	slices.Sort(ciphers)
+	var entries [][]byte
+	for _, c := range ciphers {
+		for _, ps := range ks.installed[c] {
+			for i, o := range ps.in {
+				entries = append(entries, appendSPI(nil, ps.pub, ps.inKeys[i], c, o.spec.SPI))
+			}
+		}
+	}
+	slices.SortFunc(entries, bytes.Compare) // a stable value: republished only on change
+	rec.SPIs = bytes.Join(entries, nil)
+	return rec
 }
 
 // liveMembers returns the names of the alive (or suspect) members, self
@@ -196,71 +366,117 @@ func (d *Daemon) encryptedCiphers() []esp.Cipher {
 	return out
 }
 
-// reconcileKeys installs the SAs of the current ring with every peer,
-// reports what is installed, and, on the rotator, creates, rotates and
-// promotes keys; callers hold d.mu.
+// reconcileKeys checks the cluster's ring (checkRing), installs the SAs of
+// the ring in use with every peer, reports what is installed, and, on the
+// rotator, creates, rotates and promotes keys and answers refused rings;
+// callers hold d.mu.
 func (d *Daemon) reconcileKeys() {
 	ks := d.keys
-	ring := d.clusterRing()
+	cr := d.clusterRing()
 	members := d.cl.Members()
 	states := d.clusterKeyStates()
 	ciphers := d.encryptedCiphers()
 
+	if cr != nil {
+		d.checkRing(cr)
+	}
 	installed := uint32(0)
-	if ring != nil {
+	if ring := ks.ring; ring != nil {
 		if err := d.installSAs(ring, ciphers, members, states); err != nil {
 			d.log.Error("installing security associations", "err", err)
 		} else {
 			installed = ring.Keys[0].ID
 		}
 	}
-	ks.ring = ring
-	if want := (keyStateRecord{Epoch: ks.epoch, Installed: installed}); want != ks.published {
-		d.publishKeyState(want)
-		states[d.cfg.Node] = want
-	}
+	rec := d.ownKeyState(installed)
+	d.publishKeyState(rec)
+	states[d.cfg.Node] = rec
 
 	live := liveMembers(members)
 	if len(live) == 0 || live[0] != d.cfg.Node {
 		return
 	}
-	now := time.Now()
-	var next *keyring.Ring
-	var err error
-	switch {
-	case ring == nil:
-		if len(ciphers) == 0 && !d.anyEncryptedInCluster() {
-			return
-		}
-		next, err = keyring.New(rand.Reader, now)
-	case func() bool { _, p := ring.Pending(); return p }():
-		inst := map[string]uint32{}
-		for n, s := range states {
-			inst[n] = s.Installed
-		}
-		if !ring.ReadyToPromote(live, inst) {
-			return
-		}
-		next, err = ring.Promote()
-	default:
-		_, requested := d.cl.Get(tblKeys, keyRotate)
-		if !requested && !ring.Due(now, d.cfg.KeyRotationInterval) {
-			return
-		}
-		next, err = ring.Rotate(rand.Reader, now)
-		if err == nil && requested {
-			defer d.cl.Delete(tblKeys, keyRotate)
-		}
-	}
+	next, served, err := d.nextRing(cr, live, states, ciphers)
 	if err != nil {
 		d.log.Error("data key ring", "err", err)
+		return
+	}
+	if next == nil {
 		return
 	}
 	if err := d.cl.Put(tblKeys, keyRingKey, next.Marshal()); err != nil {
 		d.log.Error("publishing the data key ring", "err", err)
 		return
 	}
+	if served {
+		d.cl.Delete(tblKeys, keyRotate)
+	}
 	d.log.Info("data key ring changed", "ring", next.String())
+}
+
+// nextRing is the rotator's decision: the ring to publish after the
+// cluster's ring cr, or nil for none, and whether it serves a rotation
+// request. A ring that a live node refuses is superseded at once;
+// otherwise the ring is created with the first encrypted network, a
+// pending key promoted once every live node has it, and a new key added
+// when the newest is due or a rotation was asked for.
+func (d *Daemon) nextRing(cr *keyring.Ring, live []string, states map[string]keyStateRecord, ciphers []esp.Cipher) (next *keyring.Ring, served bool, err error) {
+	now := time.Now()
+	base := d.keys.ring
+	if cr == nil && base == nil {
+		if len(ciphers) == 0 && !d.anyEncryptedInCluster() {
+			return nil, false, nil
+		}
+		next, err = keyring.New(d.keys.rand, now)
+		return next, false, err
+	}
+	if base != nil && (cr == nil || refusedByAny(cr, live, states)) {
+		// The ring entry is gone (while this node has a ring) or refused:
+		// a new key on the ring in use, above every node's floors.
+		minV, minID := d.keys.guard.Floor()
+		var drop []uint32
+		for _, n := range live {
+			st := states[n]
+			minV, minID = max(minV, st.SeenVersion), max(minID, st.SeenKey)
+			if cr != nil && base == cr && st.Refused == cr.Version {
+				drop = append(drop, st.RefusedKeys...)
+			}
+		}
+		what := "missing"
+		if cr != nil {
+			what = cr.String()
+		}
+		d.log.Warn("superseding a data key ring that is missing or refused", "ring", what, "refused_keys", drop)
+		next, err = base.Supersede(d.keys.rand, now, minV, minID, drop)
+		return next, false, err
+	}
+	if _, pending := cr.Pending(); pending {
+		inst := map[string]uint32{}
+		for n, s := range states {
+			inst[n] = s.Installed
+		}
+		if !cr.ReadyToPromote(live, inst) {
+			return nil, false, nil
+		}
+		next, err = cr.Promote()
+		return next, false, err
+	}
+	_, requested := d.cl.Get(tblKeys, keyRotate)
+	if !requested && !cr.Due(now, d.cfg.KeyRotationInterval) {
+		return nil, false, nil
+	}
+	next, err = cr.Rotate(d.keys.rand, now)
+	return next, requested, err
+}
+
+// refusedByAny reports whether a live node (this one included) refuses cr.
+func refusedByAny(cr *keyring.Ring, live []string, states map[string]keyStateRecord) bool {
+	for _, n := range live {
+		if st, ok := states[n]; ok && st.Refused != 0 && st.Refused == cr.Version {
+			return true
+		}
+	}
+	return false
 }
 
 // anyEncryptedInCluster reports whether the networks table has an
@@ -274,18 +490,57 @@ func (d *Daemon) anyEncryptedInCluster() bool {
 	return false
 }
 
-// sa returns the SA object for id, deriving and caching it if new.
-func (d *Daemon) sa(id saID, k keyring.Key, self, peer keyring.Endpoint) (*saObj, error) {
-	if o := d.keys.sas[id]; o != nil {
-		return o, nil
+// sharedWith returns the X25519 shared secret of this run and the run
+// with public key pub, computed once per peer run.
+func (d *Daemon) sharedWith(pub [keyring.PubLen]byte) ([]byte, error) {
+	ks := d.keys
+	if s := ks.shared[pub]; s != nil {
+		return s, nil
 	}
-	sender, receiver := peer, self
-	if id.out {
-		sender, receiver = self, peer
-	}
-	spec, err := keyring.DeriveSA(k, id.cipher, sender, receiver)
+	s, err := ks.run.Shared(pub[:])
 	if err != nil {
 		return nil, err
+	}
+	ks.shared[pub] = s
+	return s, nil
+}
+
+// material identifies an SA's key and salt, the pair a nonce is unique
+// under.
+func material(sa esp.SA) [32]byte {
+	h := sha256.New()
+	h.Write(sa.Key)
+	h.Write(sa.Salt[:])
+	return [32]byte(h.Sum(nil))
+}
+
+// sa returns the SA object for id, deriving and caching it if new. A new
+// inbound SA gets an SPI of its own (keyring.RandomSPI, never used before
+// in this run); a new outbound SA uses id.spi, the receiver's, and is
+// refused if its key material was used by an SA dropped in this run.
+func (d *Daemon) sa(id saID, k keyring.Key) (*saObj, error) {
+	ks := d.keys
+	if o := ks.sas[id]; o != nil {
+		return o, nil
+	}
+	shared, err := d.sharedWith(id.peerPub)
+	if err != nil {
+		return nil, err
+	}
+	self := keyring.Endpoint{Node: d.cfg.Node, Pub: ks.pub}
+	peer := keyring.Endpoint{Node: id.peer, Pub: id.peerPub[:]}
+	sender, receiver, spi := peer, self, id.spi
+	if id.out {
+		sender, receiver = self, peer
+	} else if spi, err = keyring.RandomSPI(ks.rand, func(s uint32) bool { return ks.inSPIs[s] }); err != nil {
+		return nil, err
+	}
+	spec, err := keyring.DeriveSA(k, id.cipher, spi, shared, sender, receiver)
+	if err != nil {
+		return nil, err
+	}
+	if id.out && ks.spent[material(spec)] {
+		return nil, fmt.Errorf("refusing to make the outbound SA to %s under key %d (SPI 0x%08x) again: its sequence numbers would repeat nonces", id.peer, id.keyID, spi)
 	}
 	o := &saObj{spec: spec}
 	if id.out {
@@ -296,18 +551,22 @@ func (d *Daemon) sa(id saID, k keyring.Key, self, peer keyring.Endpoint) (*saObj
 	if err != nil {
 		return nil, err
 	}
-	d.keys.sas[id] = o
+	if !id.out {
+		ks.inSPIs[spi] = true
+	}
+	ks.sas[id] = o
 	return o, nil
 }
 
 // installSAs derives (or reuses) the SAs of every key of ring with every
-// peer whose epoch is known, for every cipher in use, hands them to
-// the data plane and forgets the SAs of keys that left the ring.
+// peer whose run key is known, for every cipher in use, hands them to the
+// data plane and forgets the SAs that can no longer be used (dropSAs). An
+// inbound SA that cannot be made is an error (the node must not report the
+// key installed); an outbound one is logged and the peer left without.
 func (d *Daemon) installSAs(ring *keyring.Ring, ciphers []esp.Cipher, members []cluster.Member, states map[string]keyStateRecord) error {
 	ks := d.keys
-	self := keyring.Endpoint{Node: d.cfg.Node, Epoch: ks.epoch}
-	primary := ring.Primary()
 	sets := map[esp.Cipher][]*peerSAs{}
+	var inErrs []error
 	for _, c := range ciphers {
 		for _, m := range members {
 			st, ok := states[m.Name]
@@ -318,37 +577,77 @@ func (d *Daemon) installSAs(ring *keyring.Ring, ciphers []esp.Cipher, members []
 			if m.Self || !ok || !m.Meta.DataAddr.IsValid() {
 				continue
 			}
-			peer := keyring.Endpoint{Node: m.Name, Epoch: st.Epoch}
-			ps := &peerSAs{node: m.Name, addr: m.Meta.DataAddr.Addr()}
-			o, err := d.sa(saID{out: true, peer: m.Name, peerEpoch: st.Epoch, keyID: primary.ID, secret: primary.Secret, cipher: c}, primary, self, peer)
-			if err != nil {
-				return fmt.Errorf("outbound SA to %s: %w", m.Name, err)
-			}
-			ps.out, ps.outKey = o, primary.ID
+			ps := &peerSAs{node: m.Name, pub: st.Pub, addr: m.Meta.DataAddr.Addr()}
+			pub := [keyring.PubLen]byte(st.Pub)
 			for _, k := range ring.Keys {
-				o, err := d.sa(saID{peer: m.Name, peerEpoch: st.Epoch, keyID: k.ID, secret: k.Secret, cipher: c}, k, self, peer)
+				o, err := d.sa(saID{peer: m.Name, peerPub: pub, keyID: k.ID, secret: k.Secret, cipher: c}, k)
 				if err != nil {
-					return fmt.Errorf("inbound SA from %s: %w", m.Name, err)
+					inErrs = append(inErrs, fmt.Errorf("inbound SA from %s under key %d: %w", m.Name, k.ID, err))
+					continue
 				}
 				ps.in = append(ps.in, o)
 				ps.inKeys = append(ps.inKeys, k.ID)
 				ps.inState = append(ps.inState, ringState(ring, k.ID))
 			}
+			d.pickOutbound(ps, ring, c, &st)
 			sets[c] = append(sets[c], ps)
 		}
 	}
 	if ks.onInstall != nil {
+		// The data plane installs what does not collide and names the
+		// rest; SPIs chosen here are unique, so that is not expected.
 		if err := ks.onInstall(sets); err != nil {
-			return err
+			d.log.Error("security associations left out", "err", err)
 		}
 	}
 	ks.installed = sets
-	for id := range ks.sas {
-		if k, ok := ring.Key(id.keyID); !ok || k.Secret != id.secret {
-			delete(ks.sas, id)
+	d.dropSAs(ring, states)
+	return errors.Join(inErrs...)
+}
+
+// pickOutbound sets ps.out: the SA of the primary key with the SPI the peer
+// published for it or, until the peer has published that, of the newest
+// older key of the ring it has (it still accepts those).
+func (d *Daemon) pickOutbound(ps *peerSAs, ring *keyring.Ring, c esp.Cipher, st *keyStateRecord) {
+	for _, k := range ring.Keys {
+		if k.ID > ring.PrimaryID {
+			continue
 		}
+		spi, ok := st.spiFor(d.keys.pub, k.ID, c)
+		if !ok {
+			continue
+		}
+		o, err := d.sa(saID{out: true, peer: ps.node, peerPub: [keyring.PubLen]byte(st.Pub), keyID: k.ID, secret: k.Secret, cipher: c, spi: spi}, k)
+		if err != nil {
+			d.log.Error("outbound SA", "peer", ps.node, "key", k.ID, "err", err)
+			continue
+		}
+		ps.out, ps.outKey = o, k.ID
+		return
 	}
-	return nil
+}
+
+// dropSAs forgets the SAs of keys that left ring and the outbound SAs whose
+// receiver now publishes another SPI for the same run, key and cipher
+// (it made a new inbound SA). The key material of a dropped outbound SA is
+// remembered (spent) so no SA is made with it again in this run.
+func (d *Daemon) dropSAs(ring *keyring.Ring, states map[string]keyStateRecord) {
+	ks := d.keys
+	for id, o := range ks.sas {
+		k, ok := ring.Key(id.keyID)
+		drop := !ok || k.Secret != id.secret
+		if st, known := states[id.peer]; !drop && id.out && known && bytes.Equal(st.Pub, id.peerPub[:]) {
+			spi, ok := st.spiFor(ks.pub, id.keyID, id.cipher)
+			drop = ok && spi != id.spi
+		}
+		if !drop {
+			continue
+		}
+		if id.out {
+			ks.spent[material(o.spec)] = true
+		}
+		delete(ks.sas, id)
+	}
 }
 
 // saViews describes the installed SAs of cipher c with every peer, for
@@ -382,7 +681,8 @@ func (d *Daemon) saViews(c esp.Cipher) []api.SA {
 	return out
 }
 
-// Keys describes the data key ring without key material.
+// Keys describes the data key ring in use on this node, and the rings
+// refused, without key material.
 func (d *Daemon) Keys() api.Keys {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -390,11 +690,11 @@ func (d *Daemon) Keys() api.Keys {
 }
 
 func (d *Daemon) keysView() api.Keys {
-	v := api.Keys{Keys: []api.KeyInfo{}, Nodes: []api.KeyNode{}, RotationInterval: d.cfg.KeyRotationInterval.Seconds()}
+	v := api.Keys{Keys: []api.KeyInfo{}, Nodes: []api.KeyNode{}, RotationInterval: d.cfg.KeyRotationInterval.Seconds(), RingsRefused: d.keys.refused}
 	if live := liveMembers(d.cl.Members()); len(live) > 0 {
 		v.Rotator = live[0]
 	}
-	if r := d.clusterRing(); r != nil {
+	if r := d.keys.ring; r != nil {
 		v.Version, v.Primary = r.Version, r.PrimaryID
 		if p, ok := r.Pending(); ok {
 			v.Pending = p.ID
@@ -404,7 +704,7 @@ func (d *Daemon) keysView() api.Keys {
 		}
 	}
 	for n, s := range d.clusterKeyStates() {
-		v.Nodes = append(v.Nodes, api.KeyNode{Node: n, Installed: s.Installed})
+		v.Nodes = append(v.Nodes, api.KeyNode{Node: n, Installed: s.Installed, RingsRefused: s.RefusedCount})
 	}
 	sort.Slice(v.Nodes, func(i, j int) bool { return v.Nodes[i].Node < v.Nodes[j].Node })
 	return v
@@ -486,7 +786,9 @@ func (d *Daemon) installTunnelSAs(sets map[esp.Cipher][]*peerSAs) error {
 	var in []tunnel.InboundSA
 	for _, list := range sets {
 		for _, ps := range list {
-			out = append(out, tunnel.OutboundSA{Peer: ps.addr, SA: ps.out.out})
+			if ps.out != nil {
+				out = append(out, tunnel.OutboundSA{Peer: ps.addr, SA: ps.out.out})
+			}
 			for _, o := range ps.in {
 				in = append(in, tunnel.InboundSA{Peer: ps.addr, SA: o.in})
 			}

@@ -377,7 +377,7 @@ func TestEncryptedNetworkSurvivesRotatorRestart(t *testing.T) {
 	tcpOnce(t, sbs[0], sbs[2], "/run/netns/c1", "/run/netns/c3", netip.MustParseAddr(ep3.IP), 5001, 1<<20)
 	secret := secretsOf(ds[0])[0]
 
-	// h1, the rotator, restarts with a new epoch: the cluster keeps its
+	// h1, the rotator, restarts with a new run key: the cluster keeps its
 	// ring, and traffic resumes under SAs derived for the new run.
 	dir, addr := ds[0].cfg.StateDir, ds[0].cfg.Advertise
 	ds[0].Close()

@@ -149,7 +149,7 @@ func (d *Daemon) Handler() http.Handler {
 			fail(w, badRequest{fmt.Errorf("key export: format %q: want wireshark", f)})
 			return
 		}
-		if uid, ok := r.Context().Value(peerUIDKey{}).(uint32); ok && uid != 0 {
+		if uid, ok := r.Context().Value(peerUIDKey{}).(uint32); !ok || uid != 0 {
 			fail(w, forbidden{errors.New("key export: root only")})
 			return
 		}

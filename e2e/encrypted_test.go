@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/internal/testbed"
 )
 
@@ -130,6 +132,28 @@ func TestEncryptedNetworkAcrossThreeHosts(t *testing.T) {
 	exp := h1.cli("key", "export", "--wireshark")
 	if !strings.Contains(exp, fmt.Sprintf(`"IPv4","%s","%s"`, h1.h.Addr, h2.h.Addr)) || !strings.Contains(exp, "AES-GCM with 16 octet ICV [RFC4106]") {
 		t.Errorf("key export --wireshark:\n%s", exp)
+	}
+	// The exported key and salt of the SA h1 -> h2 decrypt a datagram
+	// captured on the wire, as Wireshark would.
+	spi := binary.BigEndian.Uint32(esp12[0].Payload)
+	var keyHex string
+	for _, line := range strings.Split(exp, "\n") {
+		f := strings.Split(line, ",")
+		if len(f) == 8 && f[1] == strconv.Quote(h1.h.Addr) && f[2] == strconv.Quote(h2.h.Addr) && f[3] == fmt.Sprintf(`"0x%08x"`, spi) {
+			keyHex = strings.Trim(f[5], `"`)
+		}
+	}
+	km, err := hex.DecodeString(strings.TrimPrefix(keyHex, "0x"))
+	if err != nil || len(km) != 16+4 {
+		t.Fatalf("key export has no usable line for SPI 0x%08x from h1 to h2:\n%s", spi, exp)
+	}
+	in, err := esp.NewInbound(spi, km[:16], km[16:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := append(make([]byte, esp.ScratchLen), esp12[0].Payload...)
+	if _, _, nh, err := in.Open(buf, esp.ScratchLen, len(buf)); err != nil || nh != esp.ProtoUDP {
+		t.Errorf("the exported SA does not open a captured datagram: %v (next header %d)", err, nh)
 	}
 	// Nothing else shows keys: inspect has SPIs, not key material.
 	if out := h1.cli("network", "inspect", "sec", "--format", "json"); strings.Contains(out, "key\":\"0x") {

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -36,6 +37,23 @@ const espFrontLen = packet.VXLANHeaderLen + udpHeaderLen + esp.HeaderLen + esp.S
 
 const udpHeaderLen = 8
 
+// Sealing takes a sequence number and sending happens later, so the
+// datagrams of Write calls running at the same time reach a peer out of
+// order; the receiver's replay window (esp.WindowSize) absorbs that as
+// long as no datagram is overtaken by WindowSize or more datagrams to the
+// same peer. A Write call holds at most espMaxHeld sealed datagrams before
+// it sends them (four of the largest GSO runs); so espMaxSealers Write
+// calls may hold theirs at the same time, each overtaken by all the
+// others, without a valid datagram being refused as a replay
+// (TestConcurrentSealersNeverReplay).
+const (
+	espMaxHeld    = 4 * MaxGSOSegments
+	espMaxSealers = 63
+)
+
+// The window covers espMaxSealers full holds; does not compile otherwise.
+const _ = uint(esp.WindowSize - espMaxSealers*espMaxHeld)
+
 // OutboundSA is the SA this host seals a cipher's datagrams to Peer with.
 type OutboundSA struct {
 	Peer netip.Addr
@@ -66,17 +84,30 @@ type outKey struct {
 // and replay windows, so the control plane passes the same objects again
 // for as long as their keys are in use, and new ones only for new keys or
 // peers. out has one SA per peer and cipher.
+//
+// An SA that collides with an earlier one of the lists (a second outbound
+// SA for a peer and cipher, an inbound SA with an SPI already taken) is
+// left out and named in the error; every other SA is installed all the
+// same, so one bad SA does not cut the others off.
 func (v *VTEP) SetSAs(out []OutboundSA, in []InboundSA) error {
 	st := &secState{out: make(map[outKey]*esp.Outbound, len(out)), peerOf: make(map[*esp.Inbound]netip.Addr, len(in))}
+	var skipped []error
 	for _, o := range out {
 		k := outKey{o.Peer.Unmap(), o.SA.Stats().Cipher}
 		if st.out[k] != nil {
-			return fmt.Errorf("vtep: two outbound %v SAs to %s", k.cipher, k.addr)
+			skipped = append(skipped, fmt.Errorf("vtep: left out a second outbound %v SA to %s (SPI 0x%08x)", k.cipher, k.addr, o.SA.SPI()))
+			continue
 		}
 		st.out[k] = o.SA
 	}
 	sas := make([]*esp.Inbound, 0, len(in))
+	bySPI := make(map[uint32]netip.Addr, len(in))
 	for _, i := range in {
+		if prev, ok := bySPI[i.SA.SPI()]; ok {
+			skipped = append(skipped, fmt.Errorf("vtep: left out the inbound SA from %s with SPI 0x%08x, which the SA from %s has", i.Peer.Unmap(), i.SA.SPI(), prev))
+			continue
+		}
+		bySPI[i.SA.SPI()] = i.Peer.Unmap()
 		st.peerOf[i.SA] = i.Peer.Unmap()
 		sas = append(sas, i.SA)
 	}
@@ -86,7 +117,7 @@ func (v *VTEP) SetSAs(out []OutboundSA, in []InboundSA) error {
 	}
 	st.in = t
 	v.sec.Store(st)
-	return nil
+	return errors.Join(skipped...)
 }
 
 // putInnerUDP writes the inner UDP header of an encrypted datagram in
@@ -208,7 +239,7 @@ func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]
 			n.espDrop(sc, to, i, dropNoSA)
 			return
 		}
-		if len(sc.msgs) == cap(sc.msgs) {
+		if len(sc.msgs) == cap(sc.msgs) || sc.sealed >= espMaxHeld {
 			n.send(sc, bufs, offset)
 		}
 		start := offset - packet.VXLANHeaderLen - udpHeaderLen
@@ -241,7 +272,7 @@ func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]
 		if sc.arena == nil {
 			sc.arena = make([]byte, txArenaSize)
 		}
-		if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) {
+		if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) || sc.sealed >= espMaxHeld {
 			n.send(sc, bufs, offset)
 		}
 		base := sc.used
@@ -289,7 +320,7 @@ func (n *Network) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, b
 			if sc.arena == nil {
 				sc.arena = make([]byte, txArenaSize)
 			}
-			if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) {
+			if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) || sc.sealed+cnt > espMaxHeld {
 				n.send(sc, bufs, offset)
 			}
 			base := sc.used
@@ -327,7 +358,9 @@ func (n *Network) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, b
 // queueESP adds the sealed datagram dgram of frame i (flen frame bytes;
 // a run of datagrams of gso bytes if gso > 0) for p, to its ESP port.
 func (n *Network) queueESP(sc *txScratch, dgram []byte, gso int, p *peer, h uint32, i, flen int) {
-	sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gso, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: h})
+	m := Message{Buf: dgram, GSOSize: gso, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: h}
+	sc.sealed += m.Segments(len(dgram))
+	sc.msgs = append(sc.msgs, m)
 	sc.peers = append(sc.peers, p)
 	sc.frame = append(sc.frame, int32(i))
 	sc.fsize = append(sc.fsize, int32(flen))

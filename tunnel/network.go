@@ -244,6 +244,7 @@ type txScratch struct {
 	fsize   []int32 // encrypted network: frame bytes of msgs[i]
 	arena   []byte  // segments of super-segments, each behind its VXLAN header
 	used    int     // bytes of arena in msgs
+	sealed  int     // encrypted network: ESP datagrams in msgs (espMaxHeld)
 	txBytes uint64  // frame bytes of the frames marked ok
 	err     error   // first error of WriteBatch
 }
@@ -526,7 +527,7 @@ func (n *Network) send(sc *txScratch, bufs [][]byte, offset int) {
 	n.c.txDatagrams.Add(dgrams)
 	clear(msgs)
 	clear(sc.peers)
-	sc.msgs, sc.peers, sc.frame, sc.fsize, sc.used = msgs[:0], sc.peers[:0], sc.frame[:0], sc.fsize[:0], 0
+	sc.msgs, sc.peers, sc.frame, sc.fsize, sc.used, sc.sealed = msgs[:0], sc.peers[:0], sc.frame[:0], sc.fsize[:0], 0, 0
 }
 
 // FDBEntry is one remote MAC of a network.

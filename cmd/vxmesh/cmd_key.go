@@ -74,11 +74,19 @@ func printKeys(w io.Writer, format string, k api.Keys) error {
 		return err
 	}
 	nodes := make([]string, 0, len(k.Nodes))
+	var refused []string
 	for _, n := range k.Nodes {
 		nodes = append(nodes, fmt.Sprintf("%s=%d", n.Node, n.Installed))
+		if n.RingsRefused > 0 {
+			refused = append(refused, fmt.Sprintf("%s=%d", n.Node, n.RingsRefused))
+		}
 	}
 	sort.Strings(nodes)
+	sort.Strings(refused)
 	fmt.Fprintf(w, "Installed: %s\n", dash(strings.Join(nodes, " ")))
+	if len(refused) > 0 {
+		fmt.Fprintf(w, "Rings refused (older, or bringing back a retired key): %s\n", strings.Join(refused, " "))
+	}
 	return nil
 }
 

@@ -164,9 +164,9 @@ func TestInferESN(t *testing.T) {
 		{0, 5000, 5000, true},
 		{0, 0xffffff00, 0, false}, // would be below 1
 		// Case A, window within subspace 0.
-		{10000, 10001, 10001, true},
-		{10000, 10000 - W + 1, 10000 - W + 1, true},
-		{10000, 10000 - W, 1<<32 + 10000 - W, true}, // below: the next subspace
+		{100000, 100001, 100001, true},
+		{100000, 100000 - W + 1, 100000 - W + 1, true},
+		{100000, 100000 - W, 1<<32 + 100000 - W, true}, // below: the next subspace
 		// Just below the 2^32 boundary: the wrap goes to subspace 1.
 		{1<<32 - 10, 1<<32 - 5, 1<<32 - 5, true},
 		{1<<32 - 10, 3, 1<<32 + 3, true},

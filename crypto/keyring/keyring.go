@@ -2,8 +2,9 @@
 // of at most three keys (the primary, used for sending, and up to two
 // secondaries, accepted on receipt), the two-phase rotation that makes a new
 // key receivable everywhere before anyone sends with it, the derivation of
-// one ESP SA per direction between two hosts, and the binary encoding the
-// cluster carries over its encrypted gossip.
+// one ESP SA per direction between two daemon runs (RunKey, DeriveSA), the
+// Guard that keeps a run from taking a ring that goes backwards, and the
+// binary encoding the cluster carries over its encrypted gossip.
 //
 // A Ring is an immutable value: every change returns a new Ring with a
 // higher Version, so the control plane can replicate it and the data plane
@@ -25,6 +26,7 @@ package keyring
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/binary"
@@ -302,64 +304,151 @@ func Unmarshal(b []byte) (*Ring, error) {
 	return r, nil
 }
 
-// Endpoint is one end of an SA: a node name and its epoch.
-//
-// The epoch must be chosen at random each time the node's daemon starts
-// (NewEpoch) and published with the node's cluster entry. It makes the SAs
-// of every daemon run distinct, so that a restarted sender, whose sequence
-// numbers start again at 1, never repeats a nonce under a key, and a
-// restarted receiver, whose replay window starts empty, never accepts
-// packets captured before it restarted.
+// Endpoint is one end of an SA: a node name and the X25519 public key of
+// the node's current daemon run (RunKey.Public).
 type Endpoint struct {
-	Node  string
-	Epoch uint64
+	Node string
+	Pub  []byte
 }
 
-// NewEpoch returns a random epoch from rand (crypto/rand.Reader in
-// production).
-func NewEpoch(rand io.Reader) (uint64, error) {
-	var b [8]byte
-	if _, err := io.ReadFull(rand, b[:]); err != nil {
-		return 0, err
+// RunKey is the ephemeral X25519 key pair of one daemon run. Every run makes
+// a new one (NewRunKey) and publishes its public half; the SAs between two
+// runs are keyed by the ring's secret and the two runs' X25519 shared
+// secret (DeriveSA). So a restarted sender, whose sequence numbers start at
+// 1 again, never repeats a nonce under a key, a restarted receiver, whose
+// replay window starts empty, never accepts what was captured before, and
+// the cluster key plus recorded gossip do not give the SA keys of a run
+// whose private key is gone (forward secrecy). The private key lives in
+// memory only.
+type RunKey struct {
+	priv *ecdh.PrivateKey
+}
+
+// PubLen is the length of a run's public key.
+const PubLen = 32
+
+// NewRunKey makes a run key from rand (crypto/rand.Reader in production).
+func NewRunKey(rand io.Reader) (*RunKey, error) {
+	priv, err := ecdh.X25519().GenerateKey(rand)
+	if err != nil {
+		return nil, fmt.Errorf("keyring: run key: %w", err)
 	}
-	return binary.BigEndian.Uint64(b[:]), nil
+	return &RunKey{priv: priv}, nil
+}
+
+// Public returns the public key to publish.
+func (k *RunKey) Public() []byte { return k.priv.PublicKey().Bytes() }
+
+// String hides the private key.
+func (k *RunKey) String() string { return "run key [redacted]" }
+
+// CheckPublic checks a peer's published public key: PubLen bytes and not a
+// point of small order (whose shared secret with any key is all zeros, RFC
+// 7748 section 6.1), whatever its encoding.
+func CheckPublic(pub []byte) error {
+	_, err := checkedPublic(pub)
+	return err
+}
+
+// lowOrderProbe is a fixed private key used to test a public key for small
+// order: X25519 clamps every scalar to a multiple of the cofactor, so the
+// result is all zeros exactly for the points of small order.
+var lowOrderProbe = func() *ecdh.PrivateKey {
+	k, err := ecdh.X25519().NewPrivateKey(bytes.Repeat([]byte{0x5a}, 32))
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+func checkedPublic(pub []byte) (*ecdh.PublicKey, error) {
+	if len(pub) != PubLen {
+		return nil, fmt.Errorf("keyring: public key of %d bytes (want %d)", len(pub), PubLen)
+	}
+	p, err := ecdh.X25519().NewPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("keyring: public key: %w", err)
+	}
+	if _, err := lowOrderProbe.ECDH(p); err != nil {
+		return nil, errors.New("keyring: public key is a point of small order")
+	}
+	return p, nil
+}
+
+// Shared returns the X25519 shared secret of this run and the run that
+// published pub, after CheckPublic.
+func (k *RunKey) Shared(pub []byte) ([]byte, error) {
+	p, err := checkedPublic(pub)
+	if err != nil {
+		return nil, err
+	}
+	s, err := k.priv.ECDH(p)
+	if err != nil {
+		return nil, fmt.Errorf("keyring: shared secret: %w", err)
+	}
+	return s, nil
+}
+
+// RandomSPI returns a random SPI from rand that is not reserved (0..255)
+// and for which taken reports false: receivers choose the SPIs of their
+// inbound SAs this way and publish them, as IKE does.
+func RandomSPI(rand io.Reader, taken func(uint32) bool) (uint32, error) {
+	var b [4]byte
+	for range 64 {
+		if _, err := io.ReadFull(rand, b[:]); err != nil {
+			return 0, fmt.Errorf("keyring: SPI: %w", err)
+		}
+		if spi := binary.BigEndian.Uint32(b[:]); spi >= 256 && !taken(spi) {
+			return spi, nil
+		}
+	}
+	return 0, errors.New("keyring: no free SPI found in 64 draws")
 }
 
 // DeriveSA returns the SA that sender uses to send to receiver under key k
-// with cipher c: its own AES key, salt and SPI, derived with HKDF-SHA256
-// (RFC 5869) from the key's secret, the key ID, the cipher and both
-// endpoints, so each direction between two hosts, each key and each daemon
-// run has its own SA. Sender and receiver derive the same SA. The SPI is
-// never 0 and never in the reserved 1..255. The SA uses extended sequence
-// numbers.
-func DeriveSA(k Key, c esp.Cipher, sender, receiver Endpoint) (esp.SA, error) {
+// with cipher c and the SPI the receiver chose: its AES key and salt,
+// derived with HKDF-SHA256 (RFC 5869) from the key's secret followed by
+// shared, the X25519 shared secret of the two endpoints' runs
+// (RunKey.Shared), with the key ID, the cipher, the SPI and both endpoints
+// as info. So each direction between two runs, each key, each cipher and
+// each SPI has its own key material; sender and receiver derive the same
+// SA. The SA uses extended sequence numbers.
+func DeriveSA(k Key, c esp.Cipher, spi uint32, shared []byte, sender, receiver Endpoint) (esp.SA, error) {
 	if c.KeyLen() == 0 {
 		return esp.SA{}, fmt.Errorf("keyring: unknown %v", c)
+	}
+	if spi < 256 {
+		return esp.SA{}, fmt.Errorf("keyring: SPI %d is reserved", spi)
+	}
+	if len(shared) != 32 {
+		return esp.SA{}, fmt.Errorf("keyring: shared secret of %d bytes (want 32)", len(shared))
 	}
 	if sender.Node == "" || receiver.Node == "" || len(sender.Node) > 255 || len(receiver.Node) > 255 {
 		return esp.SA{}, errors.New("keyring: node names must be 1..255 bytes")
 	}
-	if sender == receiver {
+	if len(sender.Pub) != PubLen || len(receiver.Pub) != PubLen {
+		return esp.SA{}, errors.New("keyring: endpoint without a public key")
+	}
+	if sender.Node == receiver.Node {
 		return esp.SA{}, fmt.Errorf("keyring: node %q cannot have an SA to itself", sender.Node)
 	}
-	info := []byte("vxmesh esp sa v1")
+	info := []byte("vxmesh esp sa v2")
 	info = append(info, byte(c))
 	info = binary.BigEndian.AppendUint32(info, k.ID)
+	info = binary.BigEndian.AppendUint32(info, spi)
 	for _, e := range []Endpoint{sender, receiver} {
 		info = append(info, byte(len(e.Node)))
 		info = append(info, e.Node...)
-		info = binary.BigEndian.AppendUint64(info, e.Epoch)
+		info = append(info, e.Pub...)
 	}
-	n := c.KeyLen() + esp.SaltLen + 4
-	okm, err := hkdf.Key(sha256.New, k.Secret[:], nil, string(info), n)
+	ikm := make([]byte, 0, SecretLen+len(shared))
+	ikm = append(append(ikm, k.Secret[:]...), shared...)
+	okm, err := hkdf.Key(sha256.New, ikm, nil, string(info), c.KeyLen()+esp.SaltLen)
+	clear(ikm)
 	if err != nil {
 		return esp.SA{}, err
 	}
-	sa := esp.SA{Cipher: c, Key: okm[:c.KeyLen()]}
+	sa := esp.SA{SPI: spi, Cipher: c, Key: okm[:c.KeyLen()]}
 	copy(sa.Salt[:], okm[c.KeyLen():])
-	sa.SPI = binary.BigEndian.Uint32(okm[c.KeyLen()+esp.SaltLen:])
-	if sa.SPI < 256 {
-		sa.SPI |= 1 << 31
-	}
 	return sa, nil
 }

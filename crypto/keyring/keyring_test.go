@@ -188,7 +188,8 @@ func TestNoSecretInOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 	outs = append(outs, string(j))
-	sa, _ := DeriveSA(k, esp.AES128GCM, Endpoint{"a", 1}, Endpoint{"b", 2})
+	ks, es := runs(t, 2)
+	sa, _ := DeriveSA(k, esp.AES128GCM, 0x1000, mustShared(t, ks[0], es[1].Pub), es[0], es[1])
 	outs = append(outs, fmt.Sprintf("%v %+v %#v %x %d", sa, sa, sa, sa, sa))
 	for _, o := range outs {
 		low := strings.ToLower(o)
@@ -199,71 +200,107 @@ func TestNoSecretInOutput(t *testing.T) {
 	}
 }
 
-func TestDeriveSA(t *testing.T) {
-	r := mustNew(t)
-	k := r.Primary()
-	a, b, c := Endpoint{"h1", 11}, Endpoint{"h2", 22}, Endpoint{"h3", 33}
-	ab, err := DeriveSA(k, esp.AES128GCM, a, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	again, _ := DeriveSA(k, esp.AES128GCM, a, b)
-	if again.SPI != ab.SPI || !bytes.Equal(again.Key, ab.Key) || again.Salt != ab.Salt {
-		t.Fatal("derivation is not deterministic")
-	}
-	if len(ab.Key) != 16 || ab.Cipher != esp.AES128GCM || ab.NoESN {
-		t.Fatalf("%v", ab)
-	}
-	// Every variation gives another SA: direction, peer, epoch, key,
-	// cipher.
-	r2, _ := r.Rotate(rand.Reader, t0)
-	k2, _ := r2.Pending()
-	variants := []struct {
-		k    Key
-		c    esp.Cipher
-		s, d Endpoint
-	}{
-		{k, esp.AES128GCM, b, a},
-		{k, esp.AES128GCM, a, c},
-		{k, esp.AES128GCM, Endpoint{"h1", 12}, b},
-		{k, esp.AES128GCM, a, Endpoint{"h2", 23}},
-		{k2, esp.AES128GCM, a, b},
-		{k, esp.AES256GCM, a, b},
-		{k, esp.AES128GCM, Endpoint{"h", 11}, Endpoint{"1h2", 22}}, // name boundaries
-	}
-	for i, v := range variants {
-		sa, err := DeriveSA(v.k, v.c, v.s, v.d)
+// runs returns n run keys and their endpoints named h1, h2, ...
+func runs(t *testing.T, n int) ([]*RunKey, []Endpoint) {
+	t.Helper()
+	var ks []*RunKey
+	var es []Endpoint
+	for i := range n {
+		k, err := NewRunKey(rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sa.SPI == ab.SPI || bytes.Equal(sa.Key[:16], ab.Key) || sa.Salt == ab.Salt {
-			t.Errorf("variant %d shares SPI, key or salt with the base SA", i)
+		ks = append(ks, k)
+		es = append(es, Endpoint{fmt.Sprint("h", i+1), k.Public()})
+	}
+	return ks, es
+}
+
+func mustShared(t *testing.T, k *RunKey, pub []byte) []byte {
+	t.Helper()
+	s, err := k.Shared(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestDeriveSA(t *testing.T) {
+	r := mustNew(t)
+	k := r.Primary()
+	ks, es := runs(t, 4)
+	a, b, c := es[0], es[1], es[2]
+	const spi = 0x1234567
+	// The sender's outbound SA is the receiver's inbound SA.
+	ab, err := DeriveSA(k, esp.AES128GCM, spi, mustShared(t, ks[0], b.Pub), a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	atB, _ := DeriveSA(k, esp.AES128GCM, spi, mustShared(t, ks[1], a.Pub), a, b)
+	if atB.SPI != spi || !bytes.Equal(atB.Key, ab.Key) || atB.Salt != ab.Salt {
+		t.Fatal("sender and receiver derive different SAs")
+	}
+	if len(ab.Key) != 16 || ab.Cipher != esp.AES128GCM || ab.NoESN || ab.SPI != spi {
+		t.Fatalf("%v", ab)
+	}
+	// Every variation gives other key material: direction, peer, run,
+	// key, cipher, SPI.
+	r2, _ := r.Rotate(rand.Reader, t0)
+	k2, _ := r2.Pending()
+	a2 := Endpoint{"h1", ks[3].Public()} // h1 restarted with h4's run key
+	variants := []struct {
+		k      Key
+		c      esp.Cipher
+		spi    uint32
+		shared []byte
+		s, d   Endpoint
+	}{
+		{k, esp.AES128GCM, spi, mustShared(t, ks[1], a.Pub), b, a},
+		{k, esp.AES128GCM, spi, mustShared(t, ks[0], c.Pub), a, c},
+		{k, esp.AES128GCM, spi, mustShared(t, ks[3], b.Pub), a2, b},
+		{k2, esp.AES128GCM, spi, mustShared(t, ks[0], b.Pub), a, b},
+		{k, esp.AES256GCM, spi, mustShared(t, ks[0], b.Pub), a, b},
+		{k, esp.AES128GCM, spi + 1, mustShared(t, ks[0], b.Pub), a, b},
+		{k, esp.AES128GCM, spi, mustShared(t, ks[0], b.Pub), Endpoint{"h", a.Pub}, Endpoint{"1h2", b.Pub}}, // name boundaries
+	}
+	for i, v := range variants {
+		sa, err := DeriveSA(v.k, v.c, v.spi, v.shared, v.s, v.d)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if sa.SPI < 256 {
-			t.Errorf("variant %d: reserved SPI %d", i, sa.SPI)
+		if bytes.Equal(sa.Key[:16], ab.Key) || sa.Salt == ab.Salt {
+			t.Errorf("variant %d shares key or salt with the base SA", i)
 		}
 	}
-	if _, err := DeriveSA(k, esp.AES128GCM, a, a); err == nil {
+	// The same ring secret and the same names in another run pair give
+	// other material: a restart never repeats an SA.
+	if _, err := DeriveSA(k, esp.AES128GCM, spi, mustShared(t, ks[0], a.Pub), a, a); err == nil {
 		t.Error("SA to self accepted")
 	}
-	if _, err := DeriveSA(k, esp.AES128GCM, Endpoint{}, b); err == nil {
-		t.Error("empty node name accepted")
+	sh := mustShared(t, ks[0], b.Pub)
+	bad := []struct {
+		name   string
+		spi    uint32
+		shared []byte
+		s, d   Endpoint
+		c      esp.Cipher
+	}{
+		{"empty node name", spi, sh, Endpoint{"", a.Pub}, b, esp.AES128GCM},
+		{"no public key", spi, sh, Endpoint{"h1", nil}, b, esp.AES128GCM},
+		{"unknown cipher", spi, sh, a, b, 0},
+		{"reserved SPI", 255, sh, a, b, esp.AES128GCM},
+		{"no shared secret", spi, nil, a, b, esp.AES128GCM},
 	}
-	if _, err := DeriveSA(k, 0, a, b); err == nil {
-		t.Error("unknown cipher accepted")
-	}
-	// Many SAs: no reserved SPI, and the SA works end to end.
-	for i := range 2000 {
-		sa, _ := DeriveSA(k, esp.AES256GCM, Endpoint{fmt.Sprint("n", i), 1}, b)
-		if sa.SPI < 256 {
-			t.Fatalf("reserved SPI %d", sa.SPI)
+	for _, x := range bad {
+		if _, err := DeriveSA(k, x.c, x.spi, x.shared, x.s, x.d); err == nil {
+			t.Errorf("%s accepted", x.name)
 		}
 	}
 	out, err := esp.NewOutboundSA(ab)
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := esp.NewInboundSA(ab)
+	in, err := esp.NewInboundSA(atB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,6 +313,58 @@ func TestDeriveSA(t *testing.T) {
 	is, ie, _, err := in.Open(buf, s, e)
 	if err != nil || string(buf[is:ie]) != "hello" {
 		t.Fatal(err)
+	}
+}
+
+// TestPublicKeyChecks: published run keys of the wrong length or of small
+// order (the all-zero shared secret) are refused, in every encoding.
+func TestPublicKeyChecks(t *testing.T) {
+	ks, es := runs(t, 2)
+	if err := CheckPublic(es[1].Pub); err != nil {
+		t.Fatal(err)
+	}
+	le := func(h string) []byte { b, _ := hex.DecodeString(h); return b }
+	bad := map[string][]byte{
+		"empty":          nil,
+		"short":          es[1].Pub[:31],
+		"long":           append(bytes.Clone(es[1].Pub), 0),
+		"zero":           make([]byte, 32),
+		"one":            le("0100000000000000000000000000000000000000000000000000000000000000"),
+		"order 8a":       le("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+		"order 8b":       le("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+		"p-1":            le("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+		"p":              le("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+		"p+1":            le("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+		"zero+2^255":     le("0000000000000000000000000000000000000000000000000000000000000080"),
+		"order 8a+2^255": le("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b880"),
+	}
+	for name, pub := range bad {
+		if err := CheckPublic(pub); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		if _, err := ks[0].Shared(pub); err == nil {
+			t.Errorf("%s: shared secret computed", name)
+		}
+	}
+	if fmt.Sprint(ks[0]) != "run key [redacted]" {
+		t.Error("run key prints itself")
+	}
+}
+
+func TestRandomSPI(t *testing.T) {
+	taken := map[uint32]bool{}
+	for range 1000 {
+		spi, err := RandomSPI(rand.Reader, func(s uint32) bool { return taken[s] })
+		if err != nil || spi < 256 || taken[spi] {
+			t.Fatalf("SPI %d, %v", spi, err)
+		}
+		taken[spi] = true
+	}
+	// A source that keeps giving reserved or taken SPIs: an error, not a
+	// duplicate.
+	rep := bytes.NewReader(bytes.Repeat([]byte{0, 0, 0, 7, 0, 0, 1, 0}, 100))
+	if spi, err := RandomSPI(rep, func(s uint32) bool { return s == 256 }); err == nil {
+		t.Fatalf("got SPI %d from a source of reserved and taken ones", spi)
 	}
 }
 
