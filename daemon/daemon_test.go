@@ -240,7 +240,7 @@ func nodeConfig(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Ad
 	return Config{
 		Node: name, StateDir: dir, Sandbox: sb, UnderlayMTU: 1500, Advertise: addr,
 		GossipPort: freePort(t, addr), Join: join, Underlay: ul, ESPUnderlay: eul, NodeGrace: time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.NewTextHandler(testLogOut(), nil)),
 		tuneCluster: func(c *cluster.Config) {
 			c.GossipInterval = 20 * time.Millisecond
 			c.ProbeInterval = 100 * time.Millisecond
@@ -550,4 +550,15 @@ func TestUpdateNetworkVTEPs(t *testing.T) {
 	if _, err := d.UpdateNetwork("web", api.NetworkUpdateRequest{RemoveVTEPs: []string{"192.0.2.9"}}); err == nil {
 		t.Fatal("removing an unknown VTEP succeeded")
 	}
+}
+
+// testLogOut is where test daemons log: the file named by
+// $VXMESH_TEST_LOG (appended to), or nowhere.
+func testLogOut() io.Writer {
+	if p := os.Getenv("VXMESH_TEST_LOG"); p != "" {
+		if f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+			return f
+		}
+	}
+	return io.Discard
 }
