@@ -203,8 +203,8 @@ func TestGSOSplit(t *testing.T) {
 		{5000, 1448, 4, fACK | fPSH | fFIN | fCWR},
 		{3 * 1398, 1398, 3, fACK | fPSH},
 		{65535 - 20 - 40 - 32, 1398, 47, fACK},
-		{1000, 1448, 1, fACK | fPSH | fCWR}, // shorter than one MSS
-		{0, 1448, 1, fACK | fFIN},           // no payload: headers only
+		{1000, 1448, 1, fACK | fPSH | fCWR},     // shorter than one MSS
+		{0, 1448, 1, fACK | fFIN},               // no payload: headers only
 		{3 * 1220, 1220, 3, fACK | fSYN | fPSH}, // the IPv6 minimum
 	} {
 		for _, v6 := range []bool{false, true} {
