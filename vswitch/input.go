@@ -125,7 +125,14 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 			sc.drops[why]++
 			continue
 		}
-		r.learn(v, lt, src, now)
+		if sp := v.fdb[src]; sp == nil {
+			r.learn(lt, src, now)
+		} else if sp != r {
+			// The MAC is a container's on another port, or an endpoint
+			// statically behind another port: not this one's to use.
+			sc.drops[dropSpoofedSrc]++
+			continue
+		}
 		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, eth) {
 			packet.ClearOffload(buf) // a new frame: the reply
 			sc.add(r, buf, n)

@@ -145,3 +145,31 @@ func TestNDGuardOnlyOnSecuredPorts(t *testing.T) {
 		t.Errorf("tunnel port's NA not forwarded")
 	}
 }
+
+// TestSpoofedSourceFromTunnel: a frame whose source MAC is a local
+// container's (or statically behind another port) is dropped on any other
+// port ("spoofed-src"), so a remote host cannot pose as a local endpoint;
+// the static entry does not move.
+func TestSpoofedSourceFromTunnel(t *testing.T) {
+	s := New(Config{Name: "web"})
+	var rb netdevtest.Recorder
+	addPort(t, s, &netdevtest.Recorder{}, PortConfig{Name: "a", MAC: macA, IP: ipA, Security: true})
+	addPort(t, s, &rb, PortConfig{Name: "b", MAC: macB, IP: ipB, Security: true})
+	tun := addPort(t, s, &netdevtest.Recorder{}, PortConfig{Name: "tunnel"})
+	ext := addPort(t, s, &netdevtest.Recorder{}, PortConfig{Name: "other"})
+	if err := s.AddStatic(macC, ipC, tun); err != nil {
+		t.Fatal(err)
+	}
+	input(tun, ipv4Frame(macB, macA, ipA, ipB)) // poses as a's container
+	input(ext, ipv4Frame(macB, macC, ipC, ipB)) // poses as the tunnel's endpoint
+	input(tun, ipv4Frame(macB, macC, ipC, ipB)) // the endpoint, where it is
+	if len(rb.Frames()) != 1 {
+		t.Errorf("b received %d frames, want only the legitimate one", len(rb.Frames()))
+	}
+	if d := s.Stats().Drops; d["spoofed-src"] != 2 {
+		t.Errorf("drops %v, want 2 spoofed-src", d)
+	}
+	if e, _ := findFDB(s, macA); e.Port != "a" || e.Kind != KindLocal {
+		t.Errorf("a's entry %+v", e)
+	}
+}

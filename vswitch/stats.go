@@ -21,6 +21,7 @@ const (
 	dropGSOInvalid                 // offload metadata that does not match the frame or breaks the GSO bounds
 	dropMTU                        // a frame (or a super-segment's segment) larger than the network MTU
 	dropStorm                      // a flooded frame over the port's storm limit
+	dropSpoofedSrc                 // source MAC with a local or static entry on another port
 	numReasons
 )
 
@@ -51,6 +52,8 @@ func (r reason) String() string {
 		return "mtu"
 	case dropStorm:
 		return "storm"
+	case dropSpoofedSrc:
+		return "spoofed-src"
 	}
 	return "unknown"
 }

@@ -47,7 +47,11 @@ func TestStormControl(t *testing.T) {
 	}
 	step("known unicast", uni, 50, 0)
 	rb.Reset()
-	input(tun, floods(50)...)
+	fromTunnel := make([][]byte, 50)
+	for i := range fromTunnel {
+		fromTunnel[i] = ipv4Frame(packet.Broadcast, macC, ipC, ipB)
+	}
+	input(tun, fromTunnel...)
 	if len(rb.Frames()) != 50 {
 		t.Errorf("tunnel port: %d of 50 floods delivered", len(rb.Frames()))
 	}
