@@ -27,7 +27,9 @@ import (
 // frame is flooded, so Write must leave the frame and its metadata
 // equivalent: it may use the headroom between the slot and offset, and
 // complete a partial checksum in place with packet.CompleteChecksum (which
-// clears the flag in the slot), nothing else.
+// clears the flag in the slot), nothing else. Write returns how many frames
+// it took (sent, or deliberately left with nowhere to go, like a flood
+// with no other host); the others count as "tx-error" or "queue-full".
 type Port interface {
 	Write(bufs [][]byte, offset int) (int, error)
 }
