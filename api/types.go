@@ -35,10 +35,17 @@ type Network struct {
 	// an encrypted network (inspect only): parameters and counters, never
 	// keys.
 	SAs []SA `json:"sas,omitempty"`
+	// StormLimit is how many flooded frames (broadcast, multicast,
+	// unknown unicast) per second each container port may send; -1 means
+	// no limit.
+	StormLimit int `json:"storm_limit"`
 	// Drops counts the network's frames the tunnel dropped, by reason
 	// (inspect only): "cleartext" (VXLAN without ESP for an encrypted
-	// network), "no-sa", "unknown-peer", "mtu", ...
+	// network), "no-sa", "unknown-peer", "spoofed-src", "mtu", ...
 	Drops map[string]uint64 `json:"drops,omitempty"`
+	// FloodNoPeers counts frames to flood to other hosts while there was
+	// none (inspect only): not an error, not in Drops.
+	FloodNoPeers uint64 `json:"flood_no_peers,omitempty"`
 }
 
 // SA is one direction of a security association between this node and a
@@ -157,6 +164,9 @@ type NetworkCreateRequest struct {
 	// aes128-gcm (default) or aes256-gcm.
 	Encrypted bool   `json:"encrypted,omitempty"`
 	Cipher    string `json:"cipher,omitempty"`
+	// StormLimit is how many flooded frames per second each container
+	// port may send: 0 means the default (1000), -1 no limit.
+	StormLimit int `json:"storm_limit,omitempty"`
 }
 
 // Endpoint is a container interface attached to a network.
@@ -250,6 +260,10 @@ type NetworkStats struct {
 	ARPSuppressed uint64            `json:"arp_suppressed"`
 	Drops         map[string]uint64 `json:"drops,omitempty"`
 	Ports         []PortStats       `json:"ports"`
+	// FloodNoPeers counts frames to flood to other hosts while there was
+	// none: not an error, not in Drops (network inspect shows the same
+	// counter).
+	FloodNoPeers uint64 `json:"flood_no_peers,omitempty"`
 }
 
 // Stats is the daemon-wide counter snapshot.

@@ -216,9 +216,11 @@ func (d *Daemon) applyRemotes() {
 			remotes[mac] = r.vtep
 			peerSet[r.vtep] = true
 		}
+		var external []netip.Addr
 		for _, v := range n.rec.VTEPs {
 			if a, err := netip.ParseAddr(v); err == nil {
 				peerSet[a] = true
+				external = append(external, a)
 			}
 		}
 		peers := make([]netip.Addr, 0, len(peerSet))
@@ -231,6 +233,10 @@ func (d *Daemon) applyRemotes() {
 		}
 		if err := n.tn.SetRemotes(remotes); err != nil {
 			d.log.Error("setting remote endpoints", "network", name, "err", err)
+		}
+		// MACs are learned behind external VTEPs only.
+		if err := n.tn.SetExternal(external); err != nil {
+			d.log.Error("setting external VTEPs", "network", name, "err", err)
 		}
 		for mac, ip := range n.remotes {
 			if r, ok := want[mac]; !ok || r.ip != ip {

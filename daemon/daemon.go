@@ -244,7 +244,7 @@ func (d *Daemon) start() error {
 	}
 	d.vtep = tunnel.New(tunnel.Config{
 		Underlay: ul, DataPort: d.cfg.DataPort, ESPUnderlay: eul, ESPPort: d.cfg.ESPPort,
-		Logger: d.log.With("component", "tunnel"),
+		Logger: d.log.With("component", "tunnel"), LocalAddr: d.cfg.Advertise,
 	})
 	d.keys.onInstall = d.installTunnelSAs
 	d.done.Add(1)

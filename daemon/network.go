@@ -83,7 +83,7 @@ func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
 			return fmt.Errorf("network %q: %w", rec.Name, err)
 		}
 	}
-	n.sw = vswitch.New(vswitch.Config{Name: rec.Name, GatewayIP: gw, GatewayMAC: macForIP(gw)})
+	n.sw = vswitch.New(vswitch.Config{Name: rec.Name, GatewayIP: gw, GatewayMAC: macForIP(gw), MTU: rec.MTU, StormLimit: rec.StormLimit})
 	tn, err := d.vtep.AddNetwork(rec.VNI, rec.MTU)
 	if err != nil {
 		n.sw.Close()
@@ -218,6 +218,10 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 		}
 		mtu = req.MTU
 	}
+	storm, err := stormLimit(req)
+	if err != nil {
+		return api.Network{}, err
+	}
 	vni := req.VNI
 	if vni != 0 {
 		if vni > maxVNI {
@@ -240,7 +244,7 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	rec := savedNetwork{
 		Name: req.Name, ID: hex.EncodeToString(id), Subnet: subnet.String(), Gateway: gw.String(),
 		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
-		Encrypted: req.Encrypted, Cipher: cipher,
+		Encrypted: req.Encrypted, Cipher: cipher, StormLimit: storm,
 	}
 	if err := d.claimNetwork(&rec, createChoice{autoSubnet: req.Subnet == "" && req.Gateway == "", autoVNI: req.VNI == 0}); err != nil {
 		return api.Network{}, err
@@ -257,6 +261,23 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	}
 	d.log.Info("network created", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
 	return d.networkView(n, false), nil
+}
+
+// maxStormLimit bounds a network's storm limit (flooded frames per second
+// and port); -1 means unlimited.
+const maxStormLimit = 10_000_000
+
+// stormLimit validates req's storm limit and returns the one to record:
+// 0 asks for the default (vswitch.DefaultStormLimit), -1 for no limit.
+func stormLimit(req api.NetworkCreateRequest) (int, error) {
+	switch l := req.StormLimit; {
+	case l == 0:
+		return vswitch.DefaultStormLimit, nil
+	case l < -1 || l > maxStormLimit:
+		return 0, fmt.Errorf("network %q: storm limit %d: out of range (1-%d frames/s, 0 for the default %d, -1 for no limit)", req.Name, l, maxStormLimit, vswitch.DefaultStormLimit)
+	default:
+		return l, nil
+	}
 }
 
 // parseVTEPs validates external VTEP addresses and returns them sorted
@@ -387,7 +408,10 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 	v := api.Network{
 		Name: n.rec.Name, ID: n.rec.ID, Subnet: n.rec.Subnet, Gateway: n.rec.Gateway,
 		MTU: n.rec.MTU, VNI: n.rec.VNI, Created: n.rec.Created, VTEPs: n.rec.VTEPs,
-		Encrypted: n.rec.Encrypted, Cipher: n.rec.Cipher,
+		Encrypted: n.rec.Encrypted, Cipher: n.rec.Cipher, StormLimit: n.rec.StormLimit,
+	}
+	if v.StormLimit == 0 {
+		v.StormLimit = vswitch.DefaultStormLimit
 	}
 	if !withEndpoints {
 		return v
@@ -418,8 +442,10 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 	if n.cipher != 0 {
 		v.SAs = d.saViews(n.cipher)
 	}
-	if drops := n.tn.Stats().Drops; len(drops) > 0 {
-		v.Drops = drops
+	ts := n.tn.Stats()
+	if len(ts.Drops) > 0 {
+		v.Drops = ts.Drops
 	}
+	v.FloodNoPeers = ts.FloodNoPeers
 	return v
 }

@@ -33,6 +33,10 @@ type savedNetwork struct {
 	// (aes128-gcm or aes256-gcm). Keys are never stored here.
 	Encrypted bool   `json:"encrypted,omitempty"`
 	Cipher    string `json:"cipher,omitempty"`
+	// StormLimit is how many flooded frames per second each container
+	// port may send (see vswitch.Config.StormLimit): -1 unlimited, 0 (a
+	// record written before the field existed) the default.
+	StormLimit int `json:"storm_limit,omitempty"`
 }
 
 type savedContainer struct {

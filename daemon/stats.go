@@ -45,7 +45,8 @@ func (d *Daemon) Stats() api.Stats {
 	out := api.Stats{Node: d.cfg.Node, Networks: []api.NetworkStats{}}
 	for _, n := range nets {
 		s := n.sw.Stats()
-		ns := api.NetworkStats{Network: n.rec.Name, Flooded: s.Flooded, ARPSuppressed: s.ARPSuppressed, Drops: s.Drops, Ports: []api.PortStats{}}
+		ns := api.NetworkStats{Network: n.rec.Name, Flooded: s.Flooded, ARPSuppressed: s.ARPSuppressed, Drops: s.Drops, Ports: []api.PortStats{},
+			FloodNoPeers: n.tn.Stats().FloodNoPeers}
 		for _, p := range s.Ports {
 			ns.Ports = append(ns.Ports, api.PortStats{
 				Name: p.Name, RxPackets: p.RxPackets, RxBytes: p.RxBytes,

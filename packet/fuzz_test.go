@@ -85,3 +85,47 @@ func FuzzIPv4(f *testing.F) {
 		}
 	})
 }
+
+// FuzzIPv6 walks arbitrary IPv6 packets' extension headers and ND
+// options: no panic, and what Transport reports lies inside the packet.
+func FuzzIPv6(f *testing.F) {
+	ip := make([]byte, IPv6HeaderLen, 128)
+	ip[0], ip[6], ip[7] = 0x60, ProtoFragment, 255
+	ip = append(ip, ProtoDestOpts, 0, 0, 0, 0, 0, 0, 1) // first fragment
+	ip = append(ip, ProtoICMPv6, 0, 0, 0, 0, 0, 0, 0)   // destination options
+	ip = append(ip, ICMPv6NeighborAdvert, 0, 0, 0, 0, 0, 0, 0)
+	ip = append(ip, make([]byte, 16)...) // target
+	ip = append(ip, NDOptTargetLinkAddr, 1, 2, 0, 0, 0, 0, 1)
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(ip)-IPv6HeaderLen))
+	f.Add(ip)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := IPv6(b)
+		if !p.Valid() {
+			return
+		}
+		end := IPv6HeaderLen + p.PayloadLen()
+		proto, off, frag, ok := p.Transport()
+		if !ok {
+			return
+		}
+		if off == -1 {
+			if !frag {
+				t.Fatal("no upper-layer offset for a packet that is not a fragment")
+			}
+			return
+		}
+		if off < IPv6HeaderLen || off > end {
+			t.Fatalf("upper layer %d at %d, outside [%d, %d]", proto, off, IPv6HeaderLen, end)
+		}
+		if proto != ProtoICMPv6 {
+			return
+		}
+		m := NDMessage(b[off:end])
+		if m.Valid() {
+			m.LinkAddrsAre(MAC{2, 0, 0, 0, 0, 1})
+			if m.Type() >= ICMPv6NeighborSolicit {
+				_ = m.Target()
+			}
+		}
+	})
+}

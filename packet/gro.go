@@ -16,7 +16,9 @@ import "encoding/binary"
 // next IP ID, the same ports, acknowledgment number, window and TCP
 // options byte for byte (timestamps included), the next sequence number,
 // and a payload no longer than the first segment's (the MSS); a shorter
-// segment or one with PSH ends the super-segment. Every merged segment's
+// segment or one with PSH ends the super-segment. A super-segment stays
+// within the GSO bounds (see ParseGSO): its first segment carries at least
+// GSOMinSizeIPv4 bytes and it holds at most GSOMaxSegments segments. Every merged segment's
 // IP header and TCP checksums are verified first (a bad one is not merged,
 // so the receiving kernel still sees and drops it), since the result
 // carries a partial checksum (NeedsCsum) the kernel does not check.
@@ -95,7 +97,9 @@ func (h *GROHead) Start(frame []byte) bool {
 	h.doff, h.mss = doff, payload
 	h.nextSeq = binary.BigEndian.Uint32(tcp[4:8]) + uint32(payload)
 	h.nextID = binary.BigEndian.Uint16(frame[EthernetHeaderLen+4:]) + 1
-	h.ok = tcp[13]&tcpPSH == 0
+	// Within the GSO bounds: the super-segment must pass ParseGSO
+	// wherever it goes next.
+	h.ok = tcp[13]&tcpPSH == 0 && payload >= GSOMinSizeIPv4
 	return true
 }
 
@@ -126,7 +130,7 @@ func SameFlow(head, seg []byte) bool {
 // its payload length] other than by starting behind it. The head's
 // headers are not updated until Finish.
 func (h *GROHead) Append(buf, seg []byte) bool {
-	if !h.ok || h.len > len(buf) {
+	if !h.ok || h.len > len(buf) || h.segs >= GSOMaxSegments {
 		return false
 	}
 	doff, payload, ok := groSegment(seg)

@@ -9,6 +9,19 @@ const (
 	tcpCWR = 0x80
 )
 
+// GSO bounds: a super-segment is refused unless its segments carry at
+// least the minimum segment size of its IP version (the IPv4 default MSS of
+// RFC 879, the IPv6 minimum MTU's MSS) and it splits into at most
+// GSOMaxSegments segments, so one frame never becomes more than
+// GSOMaxSegments datagrams. The switch and the tunnel refuse such frames
+// ("gso-invalid"); the daemon sets gso_max_segs to GSOMaxSegments on
+// container interfaces so that their kernel never builds bigger ones.
+const (
+	GSOMinSizeIPv4 = 536
+	GSOMinSizeIPv6 = 1220
+	GSOMaxSegments = 64
+)
+
 // GSO is a validated TCP super-segment (offload metadata GSOTCPv4 or
 // GSOTCPv6) and splits it into the segments the sender's stack would have
 // sent without TSO, the way the kernel's software GSO does: every segment
@@ -33,7 +46,8 @@ type GSO struct {
 // describes correctly: an untagged Ethernet frame carrying IPv4 (not a
 // fragment) for GSOTCPv4 or IPv6 without extension headers for GSOTCPv6,
 // TCP in it, headers inside the IP packet, the IP packet inside the frame
-// and a non-zero GSOSize. The metadata's HdrLen and checksum offsets are
+// and a GSOSize and segment count inside the GSO bounds (GSOMinSizeIPv4,
+// GSOMinSizeIPv6, GSOMaxSegments). The metadata's HdrLen and checksum offsets are
 // not trusted; the headers are parsed. It reports false for anything else.
 func ParseGSO(frame []byte, o Offload) (GSO, bool) {
 	var g GSO
@@ -82,6 +96,9 @@ func ParseGSO(frame []byte, o Offload) (GSO, bool) {
 	g.frame, g.l3, g.hdrLen, g.mss = frame[:end], l3, g.l4+doff, mss
 	g.payload = end - g.hdrLen
 	g.segs = max(1, (g.payload+mss-1)/mss)
+	if mss < GSOMinSizeIPv4 || g.v6 && mss < GSOMinSizeIPv6 || g.segs > GSOMaxSegments {
+		return GSO{}, false
+	}
 	g.seq = binary.BigEndian.Uint32(frame[g.l4+4:])
 	return g, true
 }

@@ -203,9 +203,9 @@ func TestGSOSplit(t *testing.T) {
 		{5000, 1448, 4, fACK | fPSH | fFIN | fCWR},
 		{3 * 1398, 1398, 3, fACK | fPSH},
 		{65535 - 20 - 40 - 32, 1398, 47, fACK},
-		{1000, 1448, 1, fACK | fPSH | fCWR}, // shorter than one MSS
-		{0, 1448, 1, fACK | fFIN},           // no payload: headers only
-		{999, 1, 999, fACK | fSYN | fPSH},   // tiny MSS
+		{1000, 1448, 1, fACK | fPSH | fCWR},     // shorter than one MSS
+		{0, 1448, 1, fACK | fFIN},               // no payload: headers only
+		{3 * 1220, 1220, 3, fACK | fSYN | fPSH}, // the IPv6 minimum
 	} {
 		for _, v6 := range []bool{false, true} {
 			t.Run(fmt.Sprintf("v6=%v/%d/%d", v6, tc.payload, tc.mss), func(t *testing.T) {
@@ -220,6 +220,36 @@ func TestGSOSplit(t *testing.T) {
 				}
 				checkSegments(t, v6, frame, slot, segs)
 			})
+		}
+	}
+}
+
+// TestGSOBounds checks the amplification bounds: a super-segment never
+// splits into more than packet.GSOMaxSegments segments, nor into segments
+// smaller than the minimum of its IP version (gso_size 1 and 60 KB of
+// payload would be 60,000 datagrams).
+func TestGSOBounds(t *testing.T) {
+	for _, tc := range []struct {
+		v6           bool
+		payload, mss int
+		ok           bool
+	}{
+		{false, 60000, 1, false},
+		{true, 60000, 1, false},
+		{false, 3000, packet.GSOMinSizeIPv4 - 1, false},
+		{false, 3000, packet.GSOMinSizeIPv4, true},
+		{true, 3000, packet.GSOMinSizeIPv6 - 1, false},
+		{true, 3000, packet.GSOMinSizeIPv6, true},
+		{false, packet.GSOMaxSegments * packet.GSOMinSizeIPv4, packet.GSOMinSizeIPv4, true},
+		{false, packet.GSOMaxSegments*packet.GSOMinSizeIPv4 + 1, packet.GSOMinSizeIPv4, false},
+	} {
+		frame, slot := superSegment(tc.v6, tc.payload, tc.mss, fACK)
+		g, ok := packet.ParseGSO(frame, packet.OffloadOf(slot))
+		if ok != tc.ok {
+			t.Errorf("v6=%v payload %d mss %d: accepted %v, want %v", tc.v6, tc.payload, tc.mss, ok, tc.ok)
+		}
+		if ok && g.Segments() > packet.GSOMaxSegments {
+			t.Errorf("v6=%v payload %d mss %d: %d segments", tc.v6, tc.payload, tc.mss, g.Segments())
 		}
 	}
 }

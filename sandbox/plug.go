@@ -7,8 +7,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -16,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/packet"
 )
 
 // DefaultIfName is the interface name a container gets when IfaceConfig
@@ -124,6 +127,9 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 			return nil, fail("set MTU %d: %v", cfg.MTU, err)
 		}
 	}
+	if err := hardenLink(nsPath, in, link, cfg); err != nil {
+		return nil, fail("%v", err)
+	}
 	if cfg.Addr.IsValid() {
 		a := &netlink.Addr{IPNet: prefixToIPNet(cfg.Addr)}
 		if cfg.Addr.Addr().Is6() {
@@ -157,6 +163,28 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 		}
 	}
 	return tap, nil
+}
+
+// hardenLink applies the data plane's limits to the container's side of
+// the link: accept_ra=0 unless the interface gets an IPv6 address (vxmesh
+// networks are IPv4: no router advertisement on them is legitimate, and
+// the switch drops containers' RAs too), and gso_max_segs
+// packet.GSOMaxSegments, so that the container's TCP never builds a
+// super-segment the switch and the tunnel refuse. A kernel without IPv6
+// (no conf directory) or without a settable gso_max_segs is tolerated.
+func hardenLink(nsPath string, in *netlink.Handle, link netlink.Link, cfg IfaceConfig) error {
+	if !cfg.Addr.IsValid() || !cfg.Addr.Addr().Is6() {
+		path := "/proc/sys/net/ipv6/conf/" + cfg.IfName + "/accept_ra"
+		err := RunInNetns(nsPath, func() error { return os.WriteFile(path, []byte("0\n"), 0) })
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("set accept_ra=0: %v", err)
+		}
+	}
+	err := in.LinkSetGSOMaxSegs(link, packet.GSOMaxSegments)
+	if err != nil && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("set gso_max_segs %d: %v", packet.GSOMaxSegments, err)
+	}
+	return nil
 }
 
 // Reopen opens again the persistent TAP device ifname that Plug put into

@@ -578,3 +578,41 @@ func TestRemoveUnusedTAPs(t *testing.T) {
 		t.Errorf("links left: %v", got)
 	}
 }
+
+// TestPlugHardensLink: a container interface of an IPv4 network ignores
+// router advertisements (accept_ra=0, read inside the container's
+// namespace) and its TCP builds no super-segment of more than
+// packet.GSOMaxSegments segments (gso_max_segs).
+func TestPlugHardensLink(t *testing.T) {
+	requireRoot(t)
+	_, daemonNS := newNamedNetns(t)
+	_, ctrNS := newNamedNetns(t)
+	cfg := IfaceConfig{IfName: "eth1", Addr: netip.MustParsePrefix("10.0.1.5/24"), MTU: 1450}
+	var tap *netdev.TAP
+	err := RunInNetns(daemonNS, func() (err error) {
+		tap, err = Plug(ctrNS, cfg)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tap.Close() })
+	var acceptRA []byte
+	err = RunInNetns(ctrNS, func() (err error) {
+		acceptRA, err = os.ReadFile("/proc/sys/net/ipv6/conf/eth1/accept_ra")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(acceptRA)); got != "0" {
+		t.Errorf("accept_ra = %s, want 0", got)
+	}
+	link, err := handle(t, ctrNS).LinkByName("eth1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := link.Attrs().GSOMaxSegs; got != packet.GSOMaxSegments {
+		t.Errorf("gso_max_segs = %d, want %d", got, packet.GSOMaxSegments)
+	}
+}

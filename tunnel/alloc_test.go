@@ -71,6 +71,7 @@ func newDecapSetup(tb testing.TB) *decapSetup {
 	tb.Cleanup(func() { v.Close(); peer.Close() })
 	n, _ := v.AddNetwork(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepE})
+	n.SetExternal([]netip.Addr{vtepE})
 	s := &decapSetup{v: v, peer: peer}
 	n.SetInput(func(bufs [][]byte, sizes []int, offset int) { s.count += len(bufs) })
 	for i := range packet.BatchSize {

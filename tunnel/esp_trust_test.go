@@ -64,12 +64,13 @@ func TestConcurrentSealersNeverReplay(t *testing.T) {
 	if err := v.SetSAs([]OutboundSA{{vtepB, out}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	// Small segments: a Write of a full batch of super-segments seals
+	// The smallest segments and the most of them that a super-segment may
+	// carry (gso_size 536, 64 segments): a Write of a full batch of them seals
 	// far more datagrams than fit in one chunk if nothing bounds it.
 	frames := make([][]byte, packet.BatchSize)
 	for round := 0; round < 3*espMaxSealers; round++ {
 		for i := range frames {
-			frames[i] = tsoBuffer(macB, macA, false, 64*200, 200)
+			frames[i] = tsoBuffer(macB, macA, false, packet.GSOMaxSegments*536, 536)
 		}
 		if k, err := n.Write(frames, packet.Headroom); k != len(frames) || err != nil {
 			t.Fatalf("Write: %d, %v", k, err)

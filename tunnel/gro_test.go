@@ -259,3 +259,60 @@ func FuzzReceiveGRO(f *testing.F) {
 		}
 	})
 }
+
+// retag makes the TSO buffer b (from tsoBuffer) continue a flow at seq
+// and IP ID id, without PSH.
+func retag(b []byte, seq uint32, id uint16) {
+	ip := packet.IPv4(b[packet.Headroom+14:])
+	binary.BigEndian.PutUint16(ip[4:], id)
+	ip.SetChecksum(ip.HeaderChecksum())
+	tcp := b[packet.Headroom+34:]
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	tcp[13] = 0x10 // ACK
+}
+
+// TestReceiveCoalescesWithinGSOBounds: coalescing never builds a
+// super-segment that packet.ParseGSO (and so the switch) refuses: at most
+// packet.GSOMaxSegments segments, and never of segments smaller than
+// packet.GSOMinSizeIPv4.
+func TestReceiveCoalescesWithinGSOBounds(t *testing.T) {
+	const mss = packet.GSOMinSizeIPv4
+	var dgrams [][]byte
+	seq, id := uint32(1000), uint16(777)
+	for _, n := range []int{60, 20} {
+		b := tsoBuffer(macB, macA, false, n*mss, mss)
+		retag(b, seq, id)
+		dgrams = append(dgrams, segmentsOf(t, b)...)
+		seq, id = seq+uint32(n*mss), id+uint16(n)
+	}
+	g := newGROReceiver(t)
+	g.feed(len(dgrams[0]), bytes.Join(dgrams, nil))
+	var segs []int
+	for _, f := range g.frames {
+		gs, ok := packet.ParseGSO(f.frame, packet.Offload(f.slot))
+		if !ok {
+			t.Fatalf("coalesced frame of %d bytes refused by ParseGSO", len(f.frame))
+		}
+		segs = append(segs, gs.Segments())
+	}
+	if len(segs) != 2 || segs[0] != packet.GSOMaxSegments || segs[1] != 80-packet.GSOMaxSegments {
+		t.Errorf("80 segments coalesced into %v, want [%d %d]", segs, packet.GSOMaxSegments, 80-packet.GSOMaxSegments)
+	}
+
+	var small [][]byte
+	for i := range 4 {
+		b := tsoBuffer(macB, macA, false, 100, 1400)
+		retag(b, 1000+uint32(100*i), 777+uint16(i))
+		small = append(small, segmentsOf(t, b)...)
+	}
+	g = newGROReceiver(t)
+	g.feed(0, small...)
+	if len(g.frames) != 4 {
+		t.Fatalf("4 segments of 100 bytes became %d frames, want 4 (not coalesced)", len(g.frames))
+	}
+	for i, f := range g.frames {
+		if !packet.Offload(f.slot).IsNone() {
+			t.Errorf("frame %d has GSO metadata % x", i, f.slot)
+		}
+	}
+}

@@ -182,13 +182,17 @@ func TestWriteGSODrops(t *testing.T) {
 	packet.OffloadOf(ufo).Set(0, packet.GSOUDP, 42, 1400, 0, 0)
 	partial := withHeadroom(udpFrame(macB, macA, 1, 2, 100))[0]
 	packet.OffloadOf(partial).Set(packet.OffloadNeedsCsum, 0, 0, 0, 2000, 6) // offsets past the frame
-	n, err := a.n.Write([][]byte{big, bad, ufo, partial}, packet.Headroom)
+	// Amplification: gso_size 1 with 60 KB would be 60,000 datagrams;
+	// more than packet.GSOMaxSegments segments are refused too.
+	tiny := tsoBuffer(macB, macA, false, 60000, 1)
+	many := tsoBuffer(macB, macA, false, (packet.GSOMaxSegments+1)*packet.GSOMinSizeIPv4, packet.GSOMinSizeIPv4)
+	n, err := a.n.Write([][]byte{big, bad, ufo, partial, tiny, many}, packet.Headroom)
 	if n != 0 || err == nil {
 		t.Errorf("Write = %d, %v; want 0 and an error", n, err)
 	}
 	st := a.n.Stats()
-	if st.Drops["mtu"] != 1 || st.Drops["gso-invalid"] != 3 || st.TxDatagrams != 0 {
-		t.Errorf("drops %v, datagrams %d; want 1 mtu, 3 gso-invalid, none sent", st.Drops, st.TxDatagrams)
+	if st.Drops["mtu"] != 1 || st.Drops["gso-invalid"] != 5 || st.TxDatagrams != 0 {
+		t.Errorf("drops %v, datagrams %d; want 1 mtu, 5 gso-invalid, none sent", st.Drops, st.TxDatagrams)
 	}
 }
 

@@ -157,6 +157,13 @@ func newNode(t *testing.T, mn *MemNetwork, addr netip.Addr, clock *fakeClock, pe
 	if err := n.SetPeers(peers); err != nil {
 		t.Fatal(err)
 	}
+	for _, p := range peers {
+		if p == vtepE { // the external VTEP of the tests
+			if err := n.SetExternal([]netip.Addr{vtepE}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	s := newSink()
 	n.SetInput(s.input)
 	return &node{v: v, u: u, n: n, sink: s}

@@ -31,6 +31,7 @@ type Network struct {
 
 	mu      sync.Mutex // serialises control-plane writers of state and learned
 	peerSet []netip.Addr
+	extSet  map[netip.Addr]bool // external VTEPs, see SetExternal
 	remotes map[packet.MAC]netip.Addr
 	objs    map[netip.Addr]*peer // counters survive snapshot changes
 
@@ -52,6 +53,10 @@ type peer struct {
 	rxPackets, rxBytes atomic.Uint64
 	txPackets, txBytes atomic.Uint64
 	txDrops            atomic.Uint64
+
+	// external is set for an external VTEP (SetExternal): the only kind
+	// behind which inner source MACs are learned.
+	external atomic.Bool
 }
 
 // learnedTable maps inner MACs learned from the data plane to the VTEP
@@ -113,6 +118,28 @@ func (n *Network) SetPeers(peers []netip.Addr) error {
 	return nil
 }
 
+// SetExternal names the peers that are external VTEPs (not cluster
+// members): inner source MACs are learned from their frames only. A
+// member's endpoints are all in the static FDB (SetRemotes), so its frames
+// never teach anything, and one that claims a MAC statically behind
+// another VTEP is dropped ("spoofed-src"). Learned MACs behind a VTEP that
+// is no longer external are forgotten.
+func (n *Network) SetExternal(vteps []netip.Addr) error {
+	set := make(map[netip.Addr]bool, len(vteps))
+	for _, a := range vteps {
+		a = a.Unmap()
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("vni %d: invalid external VTEP address %s", n.vni, a)
+		}
+		set[a] = true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.extSet = set
+	n.publish()
+	return nil
+}
+
 // SetRemotes replaces the static remote FDB: frames to each MAC are sent
 // to its VTEP only. The VTEPs should also be peers (SetPeers), or their
 // datagrams are not accepted.
@@ -156,6 +183,7 @@ func (n *Network) publish() {
 	}
 	for _, a := range n.peerSet {
 		p := get(a)
+		p.external.Store(n.extSet[a])
 		st.peers = append(st.peers, p)
 		st.allowed[a] = p
 	}
@@ -164,10 +192,10 @@ func (n *Network) publish() {
 	}
 	n.objs = objs
 	n.state.Store(st)
-	// Forget what was learned behind VTEPs that are no longer peers, and
-	// MACs that became static.
+	// Forget what was learned behind VTEPs that are no longer external
+	// peers, and MACs that became static.
 	n.filterLearned(func(mac packet.MAC, e *learnedEntry) bool {
-		return st.allowed[e.peer.addr] == e.peer && st.remotes[mac] == nil
+		return st.allowed[e.peer.addr] == e.peer && e.peer.external.Load() && st.remotes[mac] == nil
 	})
 }
 
@@ -197,8 +225,8 @@ func (n *Network) filterLearned(keep func(packet.MAC, *learnedEntry) bool) {
 func (n *Network) learn(src packet.MAC, p *peer, now int64) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.state.Load().allowed[p.addr] != p {
-		return false // the peer was removed meanwhile
+	if n.state.Load().allowed[p.addr] != p || !p.external.Load() {
+		return false // the peer was removed or is no longer external meanwhile
 	}
 	old := n.learned.Load()
 	if e := old.m[src]; e == nil && len(old.m) >= n.v.maxLearned {
@@ -281,8 +309,9 @@ func (v *VTEP) putTx(sc *txScratch) {
 var errNetworkDown = errors.New("network removed or VTEP closed")
 
 // Write implements the vswitch Port interface: it encapsulates and sends
-// every frame bufs[i][offset:] and returns how many were sent to at least
-// one VTEP. A frame to a MAC in the static or the learned FDB goes to that
+// every frame bufs[i][offset:] and returns how many it took: sent to at
+// least one VTEP, or to be flooded while the network has no peer (nothing
+// to do, counted in NetworkStats.FloodNoPeers, not an error). A frame to a MAC in the static or the learned FDB goes to that
 // MAC's VTEP; any other frame goes to every peer, all datagrams pointing at
 // the same bytes. Datagrams are sent with Underlay.WriteBatch, once per
 // call unless the segment arena fills up.
@@ -438,16 +467,22 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	n.send(sc, bufs, offset)
 	err := sc.err
-	sent := 0
+	sent, noPeers := 0, 0
 	var drops [numDrops]uint64
 	for i := range bufs {
-		if ok[i] {
+		switch {
+		case ok[i]:
 			sent++
-		} else {
+		case why[i] == dropNoPeer:
+			noPeers++
+		default:
 			drops[why[i]]++
 		}
 	}
 	n.c.txPackets.Add(uint64(sent))
+	if noPeers > 0 {
+		n.c.floodNoPeers.Add(uint64(noPeers))
+	}
 	n.c.txBytes.Add(sc.txBytes)
 	if flooded > 0 {
 		n.c.flooded.Add(flooded)
@@ -460,16 +495,16 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 			n.c.drops[r].Add(d)
 		}
 	}
-	if sent < len(bufs) && err == nil {
+	if sent+noPeers < len(bufs) && err == nil {
 		for i := range bufs {
-			if !ok[i] {
+			if !ok[i] && why[i] != dropNoPeer {
 				err = fmt.Errorf("vni %d: frame dropped: %s", n.vni, why[i])
 				break
 			}
 		}
 	}
 	v.putTx(sc)
-	return sent, err
+	return sent + noPeers, err
 }
 
 // queue adds datagram dgram of frame i (a run of datagrams of gsoSize

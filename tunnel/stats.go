@@ -16,7 +16,7 @@ const (
 	dropUnknownPeer              // the outer source is not a VTEP of the network
 	dropNoInput                  // the network has no input function yet
 	dropMTU                      // larger than the network or underlay MTU
-	dropNoPeer                   // flooding with no peer to send to
+	dropNoPeer                   // not a drop: flooding with no peer to send to (NetworkStats.FloodNoPeers)
 	dropTxError                  // the underlay refused the datagram
 	dropDown                     // the network was removed or the VTEP closed
 	dropGSOInvalid               // offload metadata that does not match the frame
@@ -27,6 +27,8 @@ const (
 	dropESPUnknownSPI            // ESP: no inbound SA for the SPI
 	dropESPMalformed             // ESP: not ESP, bad trailer, not an inner VXLAN datagram
 	dropESPSeq                   // ESP: the outbound SA's sequence numbers are used up
+	dropSpoofedSrc               // inner source MAC statically behind another VTEP
+	dropOwnAddr                  // outer source is this node's own underlay address
 	numDrops
 )
 
@@ -44,7 +46,7 @@ func (r dropReason) String() string {
 	case dropMTU:
 		return "mtu"
 	case dropNoPeer:
-		return "no-peer"
+		return "flood-no-peers"
 	case dropTxError:
 		return "tx-error"
 	case dropDown:
@@ -65,6 +67,10 @@ func (r dropReason) String() string {
 		return "esp-malformed"
 	case dropESPSeq:
 		return "esp-seq-exhausted"
+	case dropSpoofedSrc:
+		return "spoofed-src"
+	case dropOwnAddr:
+		return "own-address"
 	}
 	return "none"
 }
@@ -80,6 +86,7 @@ type netCounters struct {
 	txPackets, txBytes   atomic.Uint64
 	txDatagrams, flooded atomic.Uint64
 	txGSO                atomic.Uint64
+	floodNoPeers         atomic.Uint64
 	learnLimited         atomic.Uint64
 	drops                [numDrops]atomic.Uint64
 }
@@ -92,7 +99,8 @@ type Stats struct {
 	// ReadErrors counts failed underlay reads.
 	ReadErrors uint64
 	// Drops counts datagrams dropped before their network was known, by
-	// reason ("malformed", "unknown-vni"; for ESP datagrams "esp-auth",
+	// reason ("malformed", "unknown-vni", "own-address": sent from this
+	// node's own underlay address; for ESP datagrams "esp-auth",
 	// "esp-replay", "esp-unknown-spi", "esp-malformed").
 	Drops map[string]uint64
 	// Networks holds each network's counters, ordered by VNI.
@@ -112,13 +120,19 @@ type NetworkStats struct {
 	// peer. TxGSO counts the frames that were TCP super-segments and were
 	// split into segments before encapsulation.
 	TxPackets, TxBytes, TxDatagrams, Flooded, TxGSO uint64
+	// FloodNoPeers counts frames to flood while the network had no peer
+	// (no other host, no external VTEP): nothing to do, not an error and
+	// not a drop. Write accepts them (they count in its result) but not in
+	// TxPackets.
+	FloodNoPeers uint64
 	// Learned is the number of live learned MACs; LearnLimited counts
 	// sources not learned because the table was full.
 	Learned      int
 	LearnLimited uint64
 	// Drops counts dropped frames by reason: "malformed", "unknown-peer",
 	// "no-input", "cleartext" (VXLAN without ESP for an encrypted
-	// network) on receive; "mtu", "no-peer", "tx-error", "down",
+	// network), "spoofed-src" (an inner source MAC that is statically
+	// behind another VTEP) on receive; "mtu", "tx-error", "down",
 	// "malformed", "gso-invalid" (offload metadata inconsistent with the
 	// frame), "no-sa" (encrypted: no SA for any peer yet),
 	// "esp-seq-exhausted" on send.
@@ -172,6 +186,7 @@ func (n *Network) Stats() NetworkStats {
 		TxDatagrams:  n.c.txDatagrams.Load(),
 		Flooded:      n.c.flooded.Load(),
 		TxGSO:        n.c.txGSO.Load(),
+		FloodNoPeers: n.c.floodNoPeers.Load(),
 		LearnLimited: n.c.learnLimited.Load(),
 		Drops:        dropMap(&n.c.drops),
 	}

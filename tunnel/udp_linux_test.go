@@ -115,6 +115,7 @@ func TestUDPSourcePortPerFlowAndWire(t *testing.T) {
 func TestUDPRoundTripBetweenVTEPs(t *testing.T) {
 	port := freeUDPPort(t)
 	a, b := newUDPNode(t, "127.0.0.1", port, "127.0.0.3"), newUDPNode(t, "127.0.0.3", port, "127.0.0.1")
+	b.n.SetExternal([]netip.Addr{netip.MustParseAddr("127.0.0.1")}) // so that b learns
 	f := udpFrame(macB, macA, 1, 2, 1000)
 	if k, err := a.n.Write(withHeadroom(f), packet.Headroom); k != 1 || err != nil {
 		t.Fatalf("Write = %d, %v", k, err)
@@ -303,6 +304,7 @@ func TestKernelVXLANInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.SetPeers([]netip.Addr{netip.MustParseAddr("192.0.2.1")})
+	n.SetExternal([]netip.Addr{netip.MustParseAddr("192.0.2.1")}) // the kernel VTEP
 	nd := &node{v: v, n: n, sink: newSink()}
 	n.SetInput(nd.sink.input)
 	nd.run(t)

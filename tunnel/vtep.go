@@ -65,6 +65,9 @@ type Config struct {
 	// ESPPort is the UDP destination port of every ESP datagram sent; 0
 	// means 4500 (esp.Port).
 	ESPPort uint16
+	// LocalAddr, if set, is this node's own underlay address: datagrams
+	// claiming to come from it are dropped ("own-address").
+	LocalAddr netip.Addr
 }
 
 // DefaultMTU is the network MTU used when AddNetwork is given 0: 1500 minus
@@ -89,6 +92,7 @@ type VTEP struct {
 	maxLearned int
 	now        func() time.Time
 	epoch      time.Time
+	local      netip.Addr
 
 	nets atomic.Pointer[map[uint32]*Network] // immutable snapshot
 	mu   sync.Mutex                          // serialises network changes
@@ -154,6 +158,7 @@ func New(cfg Config) *VTEP {
 		now:        cfg.Now,
 		espU:       cfg.ESPUnderlay,
 		espPort:    cfg.ESPPort,
+		local:      cfg.LocalAddr.Unmap(),
 	}
 	if v.espPort == 0 {
 		v.espPort = esp.Port
@@ -389,6 +394,11 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 			r.drops[dropMalformed]++
 			continue
 		}
+		if v.local.IsValid() && m.Addr.Addr().Unmap() == v.local {
+			dgrams++
+			r.drops[dropOwnAddr]++
+			continue
+		}
 		seg := m.N
 		if m.GSOSize > 0 && m.GSOSize < m.N {
 			seg = m.GSOSize
@@ -457,7 +467,15 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 		r.ndrops[dropMalformed]++
 		return
 	}
-	if st.remotes[src] == nil {
+	// A MAC the cluster placed behind one VTEP cannot come from another;
+	// other MACs are learned only behind external VTEPs: a member's
+	// endpoints are all static, so its frames never teach anything.
+	if sp := st.remotes[src]; sp != nil {
+		if sp != p {
+			r.ndrops[dropSpoofedSrc]++
+			return
+		}
+	} else if p.external.Load() {
 		if e := r.lt.m[src]; e != nil && e.peer == p {
 			if r.now-e.seen.Load() > int64(time.Second) {
 				e.seen.Store(r.now)

@@ -72,8 +72,9 @@ func TestConcurrentInputAndControlPlane(t *testing.T) {
 		refs[i] = addPort(t, s, &netdevtest.Counter{}, PortConfig{Name: string(rune('a' + i)), MAC: mac,
 			IP: netip.AddrFrom4([4]byte{10, 0, 1, byte(10 + i)})})
 	}
-	var wg sync.WaitGroup
+	var wg, started sync.WaitGroup
 	stop := make(chan struct{})
+	started.Add(ports)
 	for i, r := range refs {
 		wg.Go(func() {
 			var frames [][]byte
@@ -86,6 +87,8 @@ func TestConcurrentInputAndControlPlane(t *testing.T) {
 			}
 			frames = append(frames, arpFrame(packet.MAC{2, 0, 0, 0, 1, byte(i)}, ipA, ipGW))
 			bufs, sizes := batch(frames...)
+			r.Input(bufs, sizes, off)
+			started.Done()
 			for {
 				select {
 				case <-stop:
@@ -96,6 +99,7 @@ func TestConcurrentInputAndControlPlane(t *testing.T) {
 			}
 		})
 	}
+	started.Wait() // every reader is running before the churn starts
 	for i := range 300 {
 		mac := packet.MAC{2, 0, 0, 0, 2, byte(i % 8)}
 		if err := s.AddStatic(mac, netip.Addr{}, refs[i%ports]); err != nil {
@@ -133,8 +137,12 @@ func TestConcurrentInputAndControlPlane(t *testing.T) {
 // sequence of records: port index byte, 2-byte length, frame.
 func FuzzInput(f *testing.F) {
 	f.Add(append([]byte{0, 0, byte(len(arpFrame(macA, ipA, ipB)))}, arpFrame(macA, ipA, ipB)...))
+	// IPv6 under the ND guard: an RA behind a fragment header, an NA.
+	ra := ipv6Frame(mcastA, macA, llA, allNodes, packet.ProtoFragment, cat(frag(packet.ProtoICMPv6, 0), ndMsg(packet.ICMPv6RouterAdvert, netip.Addr{}, llOpt(1, macA))))
+	na := ipv6Frame(mcastA, macA, llA, allNodes, packet.ProtoDestOpts, cat(ext(packet.ProtoICMPv6), ndMsg(packet.ICMPv6NeighborAdvert, llA, llOpt(2, macA))))
+	f.Add(cat([]byte{0, 0, byte(len(ra))}, ra, []byte{0, 0, byte(len(na))}, na))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s := New(Config{Name: "fuzz", GatewayIP: ipGW, GatewayMAC: macGW, MaxLearned: 4})
+		s := New(Config{Name: "fuzz", GatewayIP: ipGW, GatewayMAC: macGW, MaxLearned: 4, MTU: 1000, StormLimit: 5})
 		recs := []*netdevtest.Recorder{{}, {}, {}}
 		refs := []*PortRef{
 			addPort(t, s, recs[0], PortConfig{Name: "a", MAC: macA, IP: ipA, Security: true}),

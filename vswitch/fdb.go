@@ -57,13 +57,11 @@ func (s *Switch) lookup(v *view, lt learnedTable, dst packet.MAC, now int64) *Po
 	return nil
 }
 
-// learn records that src was seen on r. A MAC already learned on r only has
-// its timestamp refreshed, lock-free; new and moved MACs are queued in r's
+// learn records that src, which has no local or static entry (those do
+// not move), was seen on r. A MAC already learned on r only has its
+// timestamp refreshed, lock-free; new and moved MACs are queued in r's
 // scratch and installed once per batch by commitLearned.
-func (r *PortRef) learn(v *view, lt learnedTable, src packet.MAC, now int64) {
-	if v.fdb[src] != nil {
-		return // static entries do not move
-	}
+func (r *PortRef) learn(lt learnedTable, src packet.MAC, now int64) {
 	if e := lt[src]; e != nil && e.port == r {
 		if e.seen.Load() != now {
 			e.seen.Store(now)

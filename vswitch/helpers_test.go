@@ -142,3 +142,27 @@ func portStats(s *Switch, name string) PortStats {
 	}
 	return PortStats{}
 }
+
+// tcpSuperSegment builds an IPv4/TCP frame carrying payload bytes and the
+// offload slot of a TSO super-segment of gso_size mss.
+func tcpSuperSegment(dst, src packet.MAC, srcIP, dstIP netip.Addr, payload, mss int) (frame, slot []byte) {
+	ip := make(packet.IPv4, 20+20+payload)
+	ip[0], ip[8], ip[9] = 0x45, 64, packet.ProtoTCP
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	ip.SetSrc(srcIP)
+	ip.SetDst(dstIP)
+	ip.SetChecksum(ip.HeaderChecksum())
+	ip[20+12], ip[20+13] = 5<<4, 0x10 // data offset 5, ACK
+	slot = make([]byte, packet.OffloadLen)
+	packet.OffloadOf(slot).Set(packet.OffloadNeedsCsum, packet.GSOTCPv4, 54, mss, 34, 16)
+	return ether(dst, src, packet.EtherTypeIPv4, ip), slot
+}
+
+// batchWithSlots is batch with each frame's offload slot set.
+func batchWithSlots(frames, slots [][]byte) ([][]byte, []int) {
+	bufs, sizes := batch(frames...)
+	for i, s := range slots {
+		copy(bufs[i], s)
+	}
+	return bufs, sizes
+}

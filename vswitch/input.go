@@ -2,6 +2,7 @@ package vswitch
 
 import (
 	"errors"
+	"time"
 
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -14,6 +15,36 @@ type scratch struct {
 	dests []*PortRef   // destinations with queued frames, in first-use order
 	learn []packet.MAC // sources to learn at the end of the batch
 	drops [numReasons]uint64
+	// stormTAT is the storm limit's theoretical arrival time (GCRA): the
+	// switch clock at which the port's token bucket is full again.
+	stormTAT int64
+}
+
+// stormAllow takes a token of the port's storm limit for a flooded frame
+// at time now and reports whether there was one. The bucket holds one
+// second's worth of tokens (the burst) and refills one token every gap
+// nanoseconds.
+func (sc *scratch) stormAllow(now, gap int64) bool {
+	tat := max(sc.stormTAT, now)
+	if tat+gap-now > int64(time.Second) {
+		return false
+	}
+	sc.stormTAT = tat + gap
+	return true
+}
+
+// fits checks frame f (in buf, whose slot holds its offload metadata)
+// against the network MTU and the GSO bounds (packet.ParseGSO).
+func (s *Switch) fits(buf, f []byte) (reason, bool) {
+	o := packet.OffloadOf(buf)
+	if !o.IsGSO() {
+		return dropMTU, s.maxFrame == 0 || len(f) <= s.maxFrame
+	}
+	g, ok := packet.ParseGSO(f, o)
+	if !ok {
+		return dropGSOInvalid, false
+	}
+	return dropMTU, s.maxFrame == 0 || g.MaxSegmentLen() <= s.maxFrame
 }
 
 // add queues frame b (with its headroom) for p and reports whether it did.
@@ -46,7 +77,9 @@ func (sc *scratch) add(p *PortRef, b []byte, batch int) bool {
 // frames of the batch, before Input returns; the buffers are only borrowed,
 // but ARP requests answered by the switch are rewritten in place (and their
 // slot cleared). Frames are parsed by their headers only, so a super-segment
-// (up to 64 KiB, GSO metadata) is switched like any frame. Input must be called by one goroutine
+// (up to 64 KiB, GSO metadata) is switched like any frame once its metadata
+// passed packet.ParseGSO and its segments fit the MTU; a plain frame must
+// fit the MTU itself. Input must be called by one goroutine
 // per port; different ports may call it concurrently, and concurrently with
 // the control-plane methods.
 func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
@@ -88,7 +121,18 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 				continue
 			}
 		}
-		r.learn(v, lt, src, now)
+		if why, ok := s.fits(buf, eth); !ok {
+			sc.drops[why]++
+			continue
+		}
+		if sp := v.fdb[src]; sp == nil {
+			r.learn(lt, src, now)
+		} else if sp != r {
+			// The MAC is a container's on another port, or an endpoint
+			// statically behind another port: not this one's to use.
+			sc.drops[dropSpoofedSrc]++
+			continue
+		}
 		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, eth) {
 			packet.ClearOffload(buf) // a new frame: the reply
 			sc.add(r, buf, n)
@@ -104,6 +148,8 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 			out = s.lookup(v, lt, dst, now)
 		}
 		switch {
+		case out == nil && r.storm && !sc.stormAllow(now, s.stormGap):
+			sc.drops[dropStorm]++
 		case out == nil:
 			for _, p := range v.ports {
 				if p != r && !p.removed.Load() {

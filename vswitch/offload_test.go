@@ -24,14 +24,14 @@ func TestOffloadMetadataPassesThrough(t *testing.T) {
 
 	// The container behind A sends a "super-segment" and an ARP request,
 	// both with stale metadata in the slot for the ARP one.
-	big := ipv4Frame(macB, macA, ipA, ipB)
-	slot := make([]byte, packet.OffloadLen)
-	packet.OffloadOf(slot).Set(packet.OffloadNeedsCsum, packet.GSOTCPv4, 54, 1398, 34, 16)
+	big, slot := tcpSuperSegment(macB, macA, ipA, ipB, 3*1398, 1398)
 	w := make([]byte, packet.Headroom+len(big))
 	copy(w, slot)
 	copy(w[packet.Headroom:], big)
 	arp := make([]byte, packet.Headroom)
-	copy(arp, slot)
+	// Stale metadata (GSO metadata on an ARP frame would be dropped as
+	// "gso-invalid").
+	packet.OffloadOf(arp).Set(packet.OffloadNeedsCsum, packet.GSONone, 0, 0, 34, 16)
 	arp = append(arp, arpFrame(macA, ipA, ipB)...)
 	if n, err := ctrA.Write([][]byte{w, arp}, packet.Headroom); n != 2 || err != nil {
 		t.Fatal(n, err)

@@ -16,6 +16,12 @@ const (
 	dropTxError                    // the destination port's Write failed
 	dropQueueFull                  // the destination port's queue was full
 	dropPortDown                   // input on a removed port or a closed switch
+	dropRAGuard                    // IPv6 router advertisement or redirect from a secured port, or an ICMPv6 type hidden by the header chain
+	dropNDSpoof                    // neighbor discovery from a secured port that speaks for another address or MAC
+	dropGSOInvalid                 // offload metadata that does not match the frame or breaks the GSO bounds
+	dropMTU                        // a frame (or a super-segment's segment) larger than the network MTU
+	dropStorm                      // a flooded frame over the port's storm limit
+	dropSpoofedSrc                 // source MAC with a local or static entry on another port
 	numReasons
 )
 
@@ -36,6 +42,18 @@ func (r reason) String() string {
 		return "queue-full"
 	case dropPortDown:
 		return "port-down"
+	case dropRAGuard:
+		return "ra-guard"
+	case dropNDSpoof:
+		return "nd-spoof"
+	case dropGSOInvalid:
+		return "gso-invalid"
+	case dropMTU:
+		return "mtu"
+	case dropStorm:
+		return "storm"
+	case dropSpoofedSrc:
+		return "spoofed-src"
 	}
 	return "unknown"
 }

@@ -27,7 +27,9 @@ import (
 // frame is flooded, so Write must leave the frame and its metadata
 // equivalent: it may use the headroom between the slot and offset, and
 // complete a partial checksum in place with packet.CompleteChecksum (which
-// clears the flag in the slot), nothing else.
+// clears the flag in the slot), nothing else. Write returns how many frames
+// it took (sent, or deliberately left with nowhere to go, like a flood
+// with no other host); the others count as "tx-error" or "queue-full".
 type Port interface {
 	Write(bufs [][]byte, offset int) (int, error)
 }
@@ -46,9 +48,23 @@ type Config struct {
 	// MaxLearned bounds the learned entries (default 8192); sources beyond
 	// it are forwarded but not learned, and counted in Stats.LearnLimited.
 	MaxLearned int
-	// Now is the clock used for aging; nil means time.Now. For tests.
+	// Now is the clock used for aging and storm control, read once per
+	// batch; nil means time.Now. For tests.
 	Now func() time.Time
+	// MTU, if set, is the network MTU (the largest IP packet): a frame
+	// from any port longer than MTU plus the Ethernet header, or a
+	// super-segment whose segments would be, is dropped ("mtu").
+	MTU int
+	// StormLimit is how many flooded frames (broadcast, multicast, unknown
+	// unicast) per second each port with port security may send, with a
+	// burst of as many at once; more are dropped ("storm"). 0 means
+	// DefaultStormLimit, a negative value means no limit.
+	StormLimit int
 }
+
+// DefaultStormLimit is the storm limit of a Config that sets none, in
+// flooded frames per second and port.
+const DefaultStormLimit = 1000
 
 // Switch is one virtual switch. Its methods are safe for concurrent use.
 type Switch struct {
@@ -59,6 +75,8 @@ type Switch struct {
 	gwMAC      packet.MAC
 	now        func() time.Time
 	epoch      time.Time
+	maxFrame   int   // largest frame from a port; 0: no limit
+	stormGap   int64 // storm control: nanoseconds per token; 0: no limit
 
 	view    atomic.Pointer[view]
 	learned atomic.Pointer[learnedTable]
@@ -87,8 +105,10 @@ type PortRef struct {
 	name     string
 	mac      packet.MAC
 	ip       netip.Addr
+	ll       netip.Addr // the IPv6 link-local address derived from mac
 	security bool
-	id       int // small, unique among attached ports; indexes scratch queues
+	storm    bool // flooding is subject to the storm limit
+	id       int  // small, unique among attached ports; indexes scratch queues
 	removed  atomic.Bool
 
 	c  portCounters
@@ -103,7 +123,9 @@ type PortConfig struct {
 	MAC packet.MAC
 	// IP, if set (IPv4), gets an ARP suppression entry for MAC.
 	IP netip.Addr
-	// Security allows only frames from MAC and IPv4/ARP from IP.
+	// Security allows only frames from MAC, IPv4/ARP from IP and IPv6
+	// under the ND guard (see checkIPv6), and subjects the port's flooded
+	// frames to the switch's storm limit.
 	Security bool
 }
 
@@ -127,6 +149,15 @@ func New(cfg Config) *Switch {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if cfg.MTU > 0 {
+		s.maxFrame = cfg.MTU + packet.EthernetHeaderLen
+	}
+	switch limit := cfg.StormLimit; {
+	case limit == 0:
+		s.stormGap = int64(time.Second) / DefaultStormLimit
+	case limit > 0:
+		s.stormGap = max(1, int64(time.Second)/int64(limit))
 	}
 	s.epoch = s.now()
 	s.learned.Store(&learnedTable{})
@@ -166,6 +197,8 @@ func (s *Switch) AddPort(p Port, cfg PortConfig) (*PortRef, error) {
 		}
 	}
 	r := &PortRef{sw: s, port: p, name: cfg.Name, mac: cfg.MAC, ip: cfg.IP, security: cfg.Security, id: s.allocID()}
+	r.ll = packet.LinkLocalEUI64(cfg.MAC)
+	r.storm = cfg.Security && s.stormGap > 0
 	s.ports[r.name] = r
 	if !cfg.MAC.IsZero() {
 		s.statics[cfg.MAC] = staticEntry{ip: cfg.IP, port: r, kind: KindLocal}

@@ -186,7 +186,7 @@ func TestPortSecurity(t *testing.T) {
 		ether(macB, macA, packet.EtherTypeVLAN, make([]byte, 46)),                // tagged
 		ether(macB, macA, packet.EtherTypeIPv4, []byte{0x45, 0, 0, 20, 0, 0, 0}), // truncated IPv4
 	)
-	ip6 := ether(macB, macA, packet.EtherTypeIPv6, make([]byte, 40))
+	ip6 := ipv6Frame(macB, macA, llA, llB, packet.ProtoNoNext, nil)
 	input(a, ip6) // IPv6 with the right MAC passes
 
 	if got := len(rb.Frames()); got != 2 {

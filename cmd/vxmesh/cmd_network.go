@@ -38,6 +38,7 @@ func networkCreate(env *cliEnv, args []string) error {
 	fs.Var(&vteps, "vtep", "external RFC 7348 VTEP address (repeatable)")
 	fs.BoolVar(&req.Encrypted, "encrypted", false, "encrypt the network's traffic between hosts (ESP in UDP, AES-GCM)")
 	fs.StringVar(&req.Cipher, "cipher", "", "cipher of an encrypted network: aes128-gcm (default) or aes256-gcm")
+	fs.IntVar(&req.StormLimit, "storm-limit", 0, "flooded frames (broadcast, multicast, unknown unicast) per second each container may send; 0: the default 1000, -1: no limit")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -102,6 +103,11 @@ func networkInspect(env *cliEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "Name:     %s\nID:       %s\nSubnet:   %s\nGateway:  %s\nVNI:      %d\nMTU:      %d\nCreated:  %s\n",
 		n.Name, n.ID, n.Subnet, n.Gateway, n.VNI, n.MTU, n.Created.Format("2006-01-02 15:04:05 MST"))
 	fmt.Fprintf(env.stdout, "VTEPs:    %s\n", dash(strings.Join(n.VTEPs, ", ")))
+	storm := fmt.Sprintf("%d flooded frames/s per container", n.StormLimit)
+	if n.StormLimit < 0 {
+		storm = "unlimited"
+	}
+	fmt.Fprintf(env.stdout, "Storm limit: %s\n", storm)
 	if n.Encrypted {
 		fmt.Fprintf(env.stdout, "Encrypted: %s (ESP in UDP)\n", n.Cipher)
 	}
@@ -111,6 +117,9 @@ func networkInspect(env *cliEnv, args []string) error {
 	}
 	if len(n.Drops) > 0 {
 		fmt.Fprintf(env.stdout, "Drops:    %s\n", fmtDrops(n.Drops))
+	}
+	if n.FloodNoPeers > 0 {
+		fmt.Fprintf(env.stdout, "Flood without peers: %d (no other host yet; not an error)\n", n.FloodNoPeers)
 	}
 	fmt.Fprintf(env.stdout, "Peers: %d\n", len(n.Peers))
 	if len(n.Peers) > 0 {

@@ -61,7 +61,7 @@ func cmdStats(env *cliEnv, args []string) error {
 		fmt.Fprintf(env.stdout, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
 	}
 	for _, n := range s.Networks {
-		fmt.Fprintf(env.stdout, "\nNetwork %s: flooded %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.ARPSuppressed, formatDrops(n.Drops))
+		fmt.Fprintf(env.stdout, "\nNetwork %s: flooded %d, flood without peers %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.FloodNoPeers, n.ARPSuppressed, formatDrops(n.Drops))
 		t := newTable(env.stdout, "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS")
 		for _, p := range n.Ports {
 			t.row(p.Name, p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, formatDrops(p.Drops))

@@ -1,0 +1,83 @@
+package tunnel
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// TestSpoofedSourceAndLearning: a frame whose inner source MAC the cluster
+// placed behind one VTEP is dropped when another VTEP sends it
+// ("spoofed-src"); MACs are learned behind external VTEPs only, never from
+// a member's frames; datagrams from this node's own address are dropped
+// ("own-address").
+func TestSpoofedSourceAndLearning(t *testing.T) {
+	mn := NewMemNetwork()
+	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
+	v := New(Config{Underlay: u, LocalAddr: vtepA})
+	t.Cleanup(func() { v.Close() })
+	n, _ := v.AddNetwork(testVNI, 0)
+	if err := n.SetPeers([]netip.Addr{vtepA, vtepB, vtepC, vtepE}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetExternal([]netip.Addr{vtepE}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB}); err != nil {
+		t.Fatal(err)
+	}
+	var got []packet.MAC
+	n.SetInput(func(bufs [][]byte, sizes []int, offset int) {
+		for _, b := range bufs {
+			got = append(got, packet.Ethernet(b[offset:]).Src())
+		}
+	})
+	send := func(from netip.Addr, src packet.MAC) {
+		msgs := v.rx.msgs[:1]
+		msgs[0].N = copy(msgs[0].Buf, vxlanDatagram(testVNI, udpFrame(macA, src, 1, 2, 10)))
+		msgs[0].GSOSize = 0
+		msgs[0].Addr = netip.AddrPortFrom(from, MemTxPortBase)
+		v.receive(&v.rx, msgs, false)
+	}
+	for _, tc := range []struct {
+		what      string
+		from      netip.Addr
+		src       packet.MAC
+		delivered bool
+	}{
+		{"member C claims B's endpoint", vtepC, macB, false},
+		{"external VTEP claims B's endpoint", vtepE, macB, false},
+		{"B sends from its endpoint", vtepB, macB, true},
+		{"member C sends from an unknown MAC", vtepC, macX, true},
+		{"own address", vtepA, macX, false},
+	} {
+		got = nil
+		send(tc.from, tc.src)
+		if (len(got) == 1) != tc.delivered {
+			t.Errorf("%s: delivered %d frames, want delivered=%v", tc.what, len(got), tc.delivered)
+		}
+	}
+	st := v.Stats()
+	if d := st.Networks[0].Drops; d["spoofed-src"] != 2 || len(d) != 1 {
+		t.Errorf("network drops %v, want 2 spoofed-src", d)
+	}
+	if st.Drops["own-address"] != 1 {
+		t.Errorf("vtep drops %v, want 1 own-address", st.Drops)
+	}
+	if fdb := n.FDB(); len(fdb) != 1 || !fdb[0].Static {
+		t.Fatalf("fdb %+v: a member's frame taught something", fdb)
+	}
+	send(vtepE, macX)
+	send(vtepC, macX) // does not move it
+	if fdb := n.FDB(); len(fdb) != 2 || fdb[1].MAC != macX || fdb[1].VTEP != vtepE || fdb[1].Static {
+		t.Errorf("fdb %+v, want macX learned behind the external VTEP", fdb)
+	}
+	// A VTEP that stops being external takes its learned MACs along.
+	if err := n.SetExternal(nil); err != nil {
+		t.Fatal(err)
+	}
+	if fdb := n.FDB(); len(fdb) != 1 {
+		t.Errorf("fdb %+v after SetExternal(nil)", fdb)
+	}
+}
