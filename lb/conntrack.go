@@ -117,8 +117,6 @@ type entry struct {
 	expires              int64  // 0: free
 	since                int64  // when the last SYN went to the backend
 	be                   *beState
-	svcIdx               int32 // backend index at creation, a hint
-	_                    [4]byte
 }
 
 type shard struct {

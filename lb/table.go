@@ -210,7 +210,7 @@ func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, n
 	b := &c.backends[bi]
 	tmpl := entry{
 		client: k.client, vip: k.vip, backend: b.ip, cport: k.cport, vport: k.vport, bport: bport,
-		proto: k.proto, state: st, mac: b.mac, net: k.net, since: now, be: b.st, svcIdx: bi,
+		proto: k.proto, state: st, mac: b.mac, net: k.net, since: now, be: b.st,
 	}
 	b.st.newConns.Add(1)
 	c.st.newConns.Add(1)
@@ -302,7 +302,7 @@ func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool
 	b := &c.backends[bi]
 	t.ct.unlinkRev(s, i)
 	e.be.active.Add(-1)
-	e.backend, e.mac, e.be, e.svcIdx = b.ip, b.mac, b.st, bi
+	e.backend, e.mac, e.be = b.ip, b.mac, b.st
 	e.be.active.Add(1)
 	e.be.newConns.Add(1)
 	t.ct.linkRev(s, i)
