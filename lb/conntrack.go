@@ -82,6 +82,22 @@ type Conntrack struct {
 	seed   uint64
 	to     timeouts
 	aff    *affinity
+	// sources counts entries by a hash of (network, backend IP), so
+	// Untranslate passes frames from addresses that are no entry's
+	// backend (most frames to a local port) after one atomic load.
+	sources [sourceSlots]atomic.Int32
+}
+
+// sourceSlots is the size of Conntrack.sources.
+const sourceSlots = 4096
+
+func (c *Conntrack) sourceSlot(net uint32, ip [4]byte) *atomic.Int32 {
+	return &c.sources[mix64(c.seed^uint64(net)<<32^uint64(binary.BigEndian.Uint32(ip[:])))%sourceSlots]
+}
+
+// mayBeBackend reports whether some entry of net might have backend ip.
+func (c *Conntrack) mayBeBackend(net uint32, ip [4]byte) bool {
+	return c.sourceSlot(net, ip).Load() != 0
 }
 
 // timeouts is Timeouts in nanoseconds.
@@ -254,9 +270,9 @@ func (c *Conntrack) insert(s *shard, tmpl *entry) uint32 {
 	s.free = s.e[i].next
 	s.e[i] = *tmpl
 	e := &s.e[i]
-	fb, rb := c.fwdHash(e)&s.mask, c.revHash(e)&s.mask
+	fb := c.fwdHash(e) & s.mask
 	e.fnext, s.fwd[fb] = s.fwd[fb], i
-	e.rnext, s.rev[rb] = s.rev[rb], i
+	c.linkRev(s, i)
 	e.prev, e.next = 0, s.head
 	if s.head != 0 {
 		s.e[s.head].prev = i
@@ -308,6 +324,7 @@ func (c *Conntrack) remove(s *shard, i uint32) {
 }
 
 func (c *Conntrack) unlinkRev(s *shard, i uint32) {
+	c.sourceSlot(s.e[i].net, s.e[i].backend).Add(-1)
 	unlink(&s.rev[c.revHash(&s.e[i])&s.mask], i, s.e, func(e *entry) *uint32 { return &e.rnext })
 }
 
@@ -315,6 +332,7 @@ func (c *Conntrack) unlinkRev(s *shard, i uint32) {
 func (c *Conntrack) linkRev(s *shard, i uint32) {
 	rb := c.revHash(&s.e[i]) & s.mask
 	s.e[i].rnext, s.rev[rb] = s.rev[rb], i
+	c.sourceSlot(s.e[i].net, s.e[i].backend).Add(1)
 }
 
 func unlink(head *uint32, i uint32, es []entry, next func(*entry) *uint32) {

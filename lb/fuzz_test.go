@@ -73,7 +73,7 @@ func swapDirection(f []byte) {
 		l4[0], l4[1], l4[2], l4[3] = l4[2], l4[3], l4[0], l4[1]
 	} else if p == packet.ProtoICMP && f[14+hl] == 8 {
 		l4 := f[14+hl:]
-		l4[0] = 0 // echo reply
+		l4[0] = 0                                                                // echo reply
 		binary.BigEndian.PutUint16(l4[2:], binary.BigEndian.Uint16(l4[2:])+8<<8) // RFC 1624: the type word fell by 0x0800
 		if binary.BigEndian.Uint16(l4[2:]) < 8<<8 {
 			binary.BigEndian.PutUint16(l4[2:], binary.BigEndian.Uint16(l4[2:])+1) // end-around carry

@@ -29,7 +29,7 @@ func backendSends(tb *Table, b netip.Addr, port uint16, flags header.TCPFlags, n
 }
 
 func TestRetryOnRST(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{}, 3)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 3)
 	now := t0
 	first := synTo(t, tb, 1000, now)
 	v, _ := backendSends(tb, first, 1000, header.TCPFlagRst|header.TCPFlagAck, now)
@@ -62,7 +62,7 @@ func TestRetryOnRST(t *testing.T) {
 }
 
 func TestRetryOnSynTimeout(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{}, 2)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 2)
 	first := synTo(t, tb, 1000, t0)
 	if again := synTo(t, tb, 1000, t0+int64(500*time.Millisecond)); again != first {
 		t.Fatalf("SYN retransmitted within SynRetry moved from %v to %v", first, again)
@@ -79,7 +79,7 @@ func TestRetryOnSynTimeout(t *testing.T) {
 }
 
 func TestEjectAfterFailures(t *testing.T) {
-	tb := newTest(t, Config{Max: 256, Timeouts: Timeouts{Eject: 10 * time.Second}}, Service{}, 2)
+	tb := newTest(t, Config{Max: 4096, Timeouts: Timeouts{Eject: 10 * time.Second}}, Service{}, 2)
 	bad := beIP(1)
 	now := t0
 	fails := 0
@@ -109,7 +109,7 @@ func TestEjectAfterFailures(t *testing.T) {
 }
 
 func TestDrainingAndRemoved(t *testing.T) {
-	tb := newTest(t, Config{Max: 256}, Service{}, 2)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 2)
 	b1 := beIP(1)
 	// One TCP connection and one UDP flow on each backend.
 	tcpOn := map[netip.Addr]uint16{}
@@ -169,7 +169,7 @@ func TestDrainingAndRemoved(t *testing.T) {
 }
 
 func TestTimeouts(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{}, 1)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 1)
 	b := synTo(t, tb, 1000, t0)
 	backendSends(tb, b, 1000, header.TCPFlagSyn|header.TCPFlagAck, t0)
 	ack := func(now int64) Verdict {
@@ -183,7 +183,7 @@ func TestTimeouts(t *testing.T) {
 		t.Fatalf("idle established connection after 24h more: verdict %d, want Reject", v)
 	}
 	// Scaled-down timeouts, and Sweep.
-	short := newTest(t, Config{Max: 64, Timeouts: Timeouts{UDP: time.Second, TCPSyn: 2 * time.Second}}, Service{}, 1)
+	short := newTest(t, Config{Max: 4096, Timeouts: Timeouts{UDP: time.Second, TCPSyn: 2 * time.Second}}, Service{}, 1)
 	short.Translate(toVIP(packet.ProtoUDP, 1, 53, 0).build(), nil, t0)
 	synTo(t, short, 2, t0)
 	if n := short.ct.Sweep(t0 + int64(time.Second) - 1); n != 0 {
@@ -237,7 +237,7 @@ func TestLRUEviction(t *testing.T) {
 }
 
 func TestAffinity(t *testing.T) {
-	tb := newTest(t, Config{Max: 256}, Service{Affinity: 10 * time.Second}, 4)
+	tb := newTest(t, Config{Max: 4096}, Service{Affinity: 10 * time.Second}, 4)
 	first := synTo(t, tb, 1000, t0)
 	for port := uint16(1001); port < 1020; port++ {
 		if b := synTo(t, tb, port, t0+int64(port-1000)*int64(time.Second)); b != first {
@@ -255,7 +255,7 @@ func TestAffinity(t *testing.T) {
 }
 
 func TestSwapKeepsCounters(t *testing.T) {
-	tb := newTest(t, Config{Max: 256}, Service{}, 2)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 2)
 	synTo(t, tb, 1, t0)
 	snap, err := tb.Snapshot().With(Service{Name: "web", VIP: vip, Backends: []Backend{
 		{IP: beIP(1), MAC: beMAC(1)}, {IP: beIP(2), MAC: beMAC(2)}, {IP: beIP(3), MAC: beMAC(3)}}})
@@ -266,5 +266,64 @@ func TestSwapKeepsCounters(t *testing.T) {
 	st := tb.Stats(t0)[0]
 	if st.NewConns != 1 || st.Active != 1 || len(st.Backends) != 3 {
 		t.Fatalf("stats after swap %+v", st)
+	}
+}
+
+// The per-source counts that let Untranslate skip most frames return to
+// zero when the entries go, whichever way they go (moves included).
+func TestSourceCountsBalance(t *testing.T) {
+	tb := newTest(t, Config{Max: 4096, Timeouts: Timeouts{UDP: time.Second}}, Service{}, 3)
+	for port := uint16(1); port <= 30; port++ {
+		b := synTo(t, tb, port, t0)
+		if port%3 == 0 {
+			backendSends(tb, b, port, header.TCPFlagRst, t0) // moves the entry
+		}
+		tb.Translate(toVIP(packet.ProtoUDP, port, 53, 0).build(), nil, t0)
+	}
+	snap, _ := NewSnapshot([]Service{{Name: "web", VIP: vip, Backends: []Backend{{IP: beIP(1), MAC: beMAC(1)}}}})
+	tb.Swap(snap)
+	for port := uint16(1); port <= 30; port++ {
+		tb.Translate(toVIP(packet.ProtoUDP, port, 53, 0).build(), nil, t0) // UDP moves off removed backends
+	}
+	tb.Flush(beIP(2))
+	tb.Flush(beIP(3))
+	tb.ct.Sweep(t0 + int64(48*time.Hour))
+	for i := range tb.ct.sources {
+		if n := tb.ct.sources[i].Load(); n != 0 {
+			t.Fatalf("source slot %d counts %d with an empty table", i, n)
+		}
+	}
+	if v, _ := backendSends(tb, beIP(1), 1, header.TCPFlagAck, t0); v != Pass {
+		t.Fatalf("reply of a gone flow: verdict %d", v)
+	}
+}
+
+// A client that is itself a backend is not balanced to itself while
+// another backend is there (its kernel would drop its own source address).
+func TestClientIsBackendNotSelf(t *testing.T) {
+	svc := Service{Backends: []Backend{{IP: clientIP, MAC: clientMAC}}}
+	tb := newTest(t, Config{Max: 4096}, svc, 2)
+	for port := uint16(1); port <= 20; port++ {
+		if b := synTo(t, tb, port, t0); b == clientIP {
+			t.Fatal("client balanced to itself")
+		}
+	}
+}
+
+// An ICMP error from a router between backend and client (not from the
+// backend) still has its quote translated; its outer source is kept.
+func TestICMPErrorFromRouter(t *testing.T) {
+	tb := newTest(t, Config{Max: 4096}, Service{}, 1)
+	f := toVIP(packet.ProtoUDP, 4444, 53, 0).build()
+	orig := append([]byte(nil), f...)
+	tb.Translate(f, nil, t0)
+	router := netip.MustParseAddr("10.0.0.1")
+	e := icmpError(packet.MAC{2, 0, 0, 0, 0, 1}, clientMAC, router, clientIP, header.ICMPv4TimeExceeded, 0, f[14:])
+	if v := tb.Untranslate(e, nil, t0); v != Forward {
+		t.Fatalf("verdict %d", v)
+	}
+	checkSums(t, e)
+	if g := parseFields(e); g.src != router || string(e[42:]) != string(orig[14:]) {
+		t.Fatalf("from %v, quote % x", g.src, e[42:])
 	}
 }

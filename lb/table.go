@@ -203,7 +203,14 @@ func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, n
 			return 0, ReasonNoConn
 		}
 	}
-	bi := t.choose(c, k, now, none)
+	// A client that is a backend of the service is not sent to itself: the
+	// translated packet would arrive with its own address as the source,
+	// which its kernel drops as martian (there is no SNAT to avoid it).
+	self := int32(none)
+	if i, ok := c.byIP[k.client]; ok {
+		self = i
+	}
+	bi := t.choose(c, k, now, self)
 	if bi == none {
 		return 0, ReasonNoBackend
 	}

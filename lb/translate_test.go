@@ -129,7 +129,7 @@ func TestTranslateSuperSegment(t *testing.T) {
 }
 
 func TestUDPZeroChecksumStaysZero(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{Ports: []Port{{Proto: packet.ProtoUDP, Port: 53, Target: 5353}}}, 1)
+	tb := newTest(t, Config{Max: 4096}, Service{Ports: []Port{{Proto: packet.ProtoUDP, Port: 53, Target: 5353}}}, 1)
 	f := toVIP(packet.ProtoUDP, 1234, 53, 0).build()
 	binary.BigEndian.PutUint16(f[40:], 0)
 	if tb.Translate(f, nil, t0) != Forward {
@@ -142,7 +142,7 @@ func TestUDPZeroChecksumStaysZero(t *testing.T) {
 }
 
 func TestPortsRefused(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{Ports: []Port{{Proto: packet.ProtoTCP, Port: 80}}}, 1)
+	tb := newTest(t, Config{Max: 4096}, Service{Ports: []Port{{Proto: packet.ProtoTCP, Port: 80}}}, 1)
 	buf := make([]byte, RejectBufLen)
 
 	syn := toVIP(packet.ProtoTCP, 5555, 81, header.TCPFlagSyn)
@@ -175,7 +175,7 @@ func TestPortsRefused(t *testing.T) {
 }
 
 func TestNonSYNMissResets(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{}, 2)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 2)
 	f := toVIP(packet.ProtoTCP, 5555, 80, header.TCPFlagAck).build()
 	if v := tb.Translate(f, nil, t0); v != Reject {
 		t.Fatalf("ACK without a connection: verdict %d, want Reject", v)
@@ -219,7 +219,7 @@ func TestNonSYNMissMaglev(t *testing.T) {
 }
 
 func TestICMPErrorsTranslated(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{}, 2)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 2)
 	udp := toVIP(packet.ProtoUDP, 4444, 53, 0)
 	udp.payload = 12
 	orig := udp.build()
@@ -277,7 +277,7 @@ func icmpError(srcMAC, dstMAC packet.MAC, src, dst interface{ As4() [4]byte }, t
 func checksumOf(b []byte) uint16 { return ^packet.Checksum(b) }
 
 func TestEchoBalanced(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{}, 2)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 2)
 	f := toVIP(packet.ProtoICMP, 77, 0, 0).build()
 	if tb.Translate(f, nil, t0) != Forward {
 		t.Fatal("echo not forwarded")
@@ -298,7 +298,7 @@ func TestEchoBalanced(t *testing.T) {
 }
 
 func TestMalformedAndOffloadDrops(t *testing.T) {
-	tb := newTest(t, Config{Max: 64}, Service{}, 1)
+	tb := newTest(t, Config{Max: 4096}, Service{}, 1)
 	f := toVIP(packet.ProtoTCP, 1, 80, header.TCPFlagSyn).build()
 	frag := append([]byte(nil), f...)
 	binary.BigEndian.PutUint16(frag[20:], 0x2000) // MF

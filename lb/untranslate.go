@@ -18,6 +18,9 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 	if len(frame) < minIPFrame || frame[12] != 0x08 || frame[13] != 0x00 {
 		return Pass
 	}
+	if !t.ct.mayBeBackend(t.net, [4]byte(frame[offIPSrc:])) && !t.mayQuoteBackend(frame) {
+		return Pass
+	}
 	p, r := parse(frame, o)
 	if r != 0 {
 		return Pass // not ours to judge: the switch delivers it as it would without a balancer
@@ -90,4 +93,16 @@ func (t *Table) backendTCP(s *shard, i uint32, flags uint8, now int64) bool {
 		e.state = stClosing
 	}
 	return false
+}
+
+// mayQuoteBackend reports whether frame might be an ICMP error quoting a
+// packet to a backend of some entry (errors may come from a router, whose
+// address is no backend).
+func (t *Table) mayQuoteBackend(f []byte) bool {
+	hl := int(f[offIP]&0x0f) * 4
+	q := offIP + hl + 8 // the quoted IP header
+	if f[offIP+9] != protoICMP || hl < 20 || len(f) < q+20 || (f[offIP+hl] != icmpUnreachable && f[offIP+hl] != icmpTimeExceed) {
+		return false
+	}
+	return t.ct.mayBeBackend(t.net, [4]byte(f[q+16:q+20]))
 }
