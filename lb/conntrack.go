@@ -24,7 +24,10 @@ type Timeouts struct {
 	UDP            time.Duration // 120s
 	ICMP           time.Duration // 30s: echo
 	// SynRetry is how long a SYN may go unanswered before a retransmitted
-	// SYN is sent to another backend (1s, Linux's initial RTO).
+	// SYN is sent to another backend. The default, 900ms, is just under
+	// the client's own retransmission timeout (1s in Linux), so that the
+	// first retransmission moves even though the clock is read once per
+	// batch.
 	SynRetry time.Duration
 	// Eject is how long a backend is skipped after EjectAfter consecutive
 	// failed connection attempts (10s).
@@ -39,7 +42,7 @@ var DefaultTimeouts = Timeouts{
 	TCPClose:       10 * time.Second,
 	UDP:            120 * time.Second,
 	ICMP:           30 * time.Second,
-	SynRetry:       time.Second,
+	SynRetry:       900 * time.Millisecond,
 	Eject:          10 * time.Second,
 }
 
