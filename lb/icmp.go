@@ -127,7 +127,7 @@ func (t *Table) untranslateICMP(p *pkt, now int64) Verdict {
 	p.fixICMP(d)
 	if [4]byte(f[offIPSrc:]) == backendIP {
 		mac := VIPMAC(netipFrom4(vip))
-		if c := t.snap.Load().vips[vip]; c != nil {
+		if c := t.snap.Load().get(vip); c != nil {
 			mac = c.mac
 		}
 		copy(f[6:12], mac[:])

@@ -159,7 +159,7 @@ func TestMaglevDisruption(t *testing.T) {
 func TestScheduledBackendMatchesTranslate(t *testing.T) {
 	// The same flow on a Maglev service goes where the table says.
 	tb := newTest(t, Config{Max: 4096}, Service{Scheduler: Maglev}, 7)
-	c := tb.Snapshot().vips[vip.As4()]
+	c := tb.Snapshot().get(vip.As4())
 	for port := uint16(1); port < 50; port++ {
 		k := flowKey{net: 1, proto: packet.ProtoTCP, client: clientIP.As4(), cport: port, vip: vip.As4(), vport: 80}
 		want := netip.AddrFrom4(c.backends[c.maglev[k.maglevHash()%MaglevSize]].ip)

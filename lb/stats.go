@@ -35,7 +35,7 @@ func (t *Table) Stats(now int64) []ServiceStats {
 	snap := t.snap.Load()
 	var out []ServiceStats
 	for _, cfg := range snap.Services() {
-		c := snap.vips[cfg.VIP.As4()]
+		c := snap.get(cfg.VIP.As4())
 		ss := ServiceStats{
 			Name: cfg.Name, VIP: cfg.VIP, NewConns: c.st.newConns.Load(), Packets: c.st.packets.Load(),
 			Bytes: c.st.bytes.Load(), Retries: c.st.retries.Load(), Rejects: c.st.rejects.Load(),

@@ -71,7 +71,7 @@ type Table struct {
 // among the Tables sharing ct), with no services.
 func NewTable(ct *Conntrack, net uint32) *Table {
 	t := &Table{ct: ct, net: net}
-	t.snap.Store(&Snapshot{vips: map[[4]byte]*service{}})
+	t.snap.Store(&Snapshot{})
 	return t
 }
 
@@ -125,7 +125,7 @@ func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
 	if len(frame) < minIPFrame || frame[12] != 0x08 || frame[13] != 0x00 {
 		return Pass
 	}
-	c := t.snap.Load().vips[[4]byte(frame[offIPDst:offIPDst+4])]
+	c := t.snap.Load().get([4]byte(frame[offIPDst : offIPDst+4]))
 	if c == nil {
 		return Pass
 	}

@@ -49,7 +49,7 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 	s.touch(i)
 	vip, vport, be := e.vip, e.vport, e.be
 	s.mu.Unlock()
-	c := t.snap.Load().vips[vip]
+	c := t.snap.Load().get(vip)
 	mac := VIPMAC(netipFrom4(vip))
 	if c != nil {
 		mac = c.mac
@@ -71,7 +71,7 @@ func (t *Table) backendTCP(s *shard, i uint32, flags uint8, now int64) bool {
 	case e.state == stSynSent && flags&tcpRST != 0:
 		t.fail(e.be, now)
 		if e.retries < MaxRetries {
-			if c := t.snap.Load().vips[e.vip]; c != nil {
+			if c := t.snap.Load().get(e.vip); c != nil {
 				k := flowKey{net: e.net, proto: e.proto, client: e.client, cport: e.cport, vip: e.vip, vport: e.vport}
 				if t.retry(s, i, c, &k, now) {
 					s.e[i].flags |= flUnsent
