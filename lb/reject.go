@@ -16,9 +16,10 @@ const RejectBufLen = packet.EthernetHeaderLen + 20 + 8 + icmpQuote
 // WriteReject writes into dst (which must not overlap frame) the reply that
 // refuses frame, a frame Translate returned Reject for: a TCP RST (RFC
 // 9293 §3.10.7.1) for TCP, otherwise an ICMP destination unreachable (port
-// unreachable for UDP, protocol unreachable else) quoting the frame. The
-// reply goes from the VIP (IP and the MAC the client sent to) to the
-// client, with complete checksums: clear the buffer's offload metadata.
+// unreachable for UDP, host unreachable for an echo, protocol unreachable
+// else) quoting the frame. The reply goes from the VIP (IP and the MAC
+// the client sent to) to the client, with complete checksums: clear the
+// buffer's offload metadata.
 // It returns the reply's length, or 0 (write nothing) if frame is not an
 // IPv4 frame WriteReject can answer or dst is shorter than the reply.
 func WriteReject(dst, frame []byte) int {
@@ -92,8 +93,11 @@ func rejectICMP(dst []byte, p *pkt) int {
 	icmp := dst[minIPFrame : minIPFrame+8+q]
 	clear(icmp[:8])
 	icmp[0], icmp[1] = icmpUnreachable, 2 // protocol unreachable
-	if p.proto == protoUDP {
+	switch p.proto {
+	case protoUDP:
 		icmp[1] = 3 // port unreachable
+	case protoICMP:
+		icmp[1] = 1 // host unreachable: an echo with no backend to answer it
 	}
 	copy(icmp[8:], p.f[offIP:offIP+q])
 	binary.BigEndian.PutUint16(icmp[2:], packet.Checksum(icmp))
