@@ -43,6 +43,44 @@ func BenchmarkUntranslateHit(b *testing.B) {
 	}
 }
 
+// BenchmarkTranslatePass: a frame from a client port to a non-VIP
+// address (most traffic), with 1000 services on the network.
+func BenchmarkTranslatePass(b *testing.B) {
+	snap, err := NewSnapshot(manyServices(1000, 2))
+	if err != nil {
+		b.Fatal(err)
+	}
+	tb := NewTable(NewConntrack(Config{Max: 1024}), 1)
+	tb.Swap(snap)
+	fl := toVIP(packet.ProtoTCP, 1, 80, header.TCPFlagAck)
+	fl.dst = beIP(1)
+	f := fl.build()
+	b.ReportAllocs()
+	for b.Loop() {
+		if tb.Translate(f, nil, t0) != Pass {
+			b.Fatal("not Pass")
+		}
+	}
+}
+
+// BenchmarkUntranslateMiss: a frame to a local port that is no reply of a
+// translated flow (most traffic) while the table holds connections.
+func BenchmarkUntranslateMiss(b *testing.B) {
+	tb := newTest(b, Config{}, Service{}, 4)
+	for port := uint16(1); port < 1000; port++ {
+		tb.Translate(toVIP(packet.ProtoTCP, port, 80, header.TCPFlagSyn).build(), nil, t0)
+	}
+	fl := flow{srcMAC: packet.MAC{2, 0x42, 10, 0, 0, 9}, dstMAC: clientMAC, src: netip.MustParseAddr("10.0.0.9"), dst: clientIP,
+		sport: 80, dport: 1, proto: packet.ProtoTCP, flags: header.TCPFlagAck, payload: 1400 - 54}
+	f := fl.build()
+	b.ReportAllocs()
+	for b.Loop() {
+		if tb.Untranslate(f, nil, t0) != Pass {
+			b.Fatal("not Pass")
+		}
+	}
+}
+
 // BenchmarkNewConnection: a SYN of a new connection (scheduling, entry
 // insert, LRU eviction once the table is full).
 func BenchmarkNewConnection(b *testing.B) {

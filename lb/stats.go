@@ -12,7 +12,9 @@ type ServiceStats struct {
 	Bytes    uint64
 	Retries  uint64 // attempts moved to another backend
 	Rejects  uint64 // RST / ICMP unreachable asked for
-	Backends []BackendStats
+	// Ejections sums the backends' (those in the snapshot).
+	Ejections uint64
+	Backends  []BackendStats
 }
 
 // BackendStats are one backend's counters on this host.
@@ -49,6 +51,7 @@ func (t *Table) Stats(now int64) []ServiceStats {
 				Ejections: b.st.ejections.Load(),
 			}
 			ss.Active += bs.Active
+			ss.Ejections += bs.Ejections
 			ss.Backends = append(ss.Backends, bs)
 		}
 		out = append(out, ss)
