@@ -112,8 +112,17 @@ func manyServices(n, backends int) []Service {
 }
 
 // BenchmarkLookupServices: the per-connection cost (a new connection, then
-// its hit) as the network's service count grows.
-func BenchmarkLookupServices(b *testing.B) {
+// its hit) as the network's service count grows, connections spread over
+// all services round robin (so at 10,000 services every connection meets
+// its service's state cold in the CPU caches).
+func BenchmarkLookupServices(b *testing.B) { benchServices(b, false) }
+
+// BenchmarkLookupServicesHot is BenchmarkLookupServices with every
+// connection to one service: the cost of the lookup structure alone as
+// the other services grow.
+func BenchmarkLookupServicesHot(b *testing.B) { benchServices(b, true) }
+
+func benchServices(b *testing.B, hot bool) {
 	for _, n := range []int{1, 10, 100, 1000, 10000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			snap, err := NewSnapshot(manyServices(n, 4))
@@ -128,6 +137,9 @@ func BenchmarkLookupServices(b *testing.B) {
 			for b.Loop() {
 				i++
 				s := i % uint32(n)
+				if hot {
+					s = uint32(n / 2)
+				}
 				syn[26], syn[27], syn[34], syn[35] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
 				copy(syn[30:34], []byte{10, 100, byte(s >> 8), byte(s)})
 				tb.Translate(syn, nil, t0) // new connection
