@@ -72,6 +72,7 @@ func (t *Timeouts) fill() {
 type Config struct {
 	Max         int // entries; 0 means DefaultMax
 	AffinityMax int // client-IP affinity slots; 0 means DefaultAffinityMax
+	SynSlots    int // remembered SYNs for WriteRetry; 0 means DefaultSynSlots
 	Timeouts    Timeouts
 }
 
@@ -85,6 +86,7 @@ type Conntrack struct {
 	seed   uint64
 	to     timeouts
 	aff    *affinity
+	syns   *synStore
 	// sources counts entries by a hash of (network, backend IP), so
 	// Untranslate passes frames from addresses that are no entry's
 	// backend (most frames to a local port) after one atomic load.
@@ -172,6 +174,7 @@ func NewConntrack(cfg Config) *Conntrack {
 		c.shards[i].init(per)
 	}
 	c.aff = newAffinity(cfg.AffinityMax)
+	c.syns = newSynStore(cfg.SynSlots, c.seed)
 	return c
 }
 

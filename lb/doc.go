@@ -60,10 +60,13 @@
 // A backend's RST to a SYN, or a SYN still unanswered after
 // Timeouts.SynRetry (seen when the client retransmits it), counts as a
 // failed attempt: the connection moves to another backend, at most
-// MaxRetries times, before the client sees an error; the RST is hidden
-// (Drop, ReasonRetried) and the client's own SYN retransmission reaches
-// the new backend, so no copy of the SYN is kept. EjectAfter failures in
-// a row eject a backend from scheduling for Timeouts.Eject. Draining
+// MaxRetries times, before the client sees an error. The RST is hidden:
+// Untranslate returns Retry and WriteRetry writes the client's SYN (its
+// headers are remembered in a small bounded table, keyed by client port)
+// re-addressed to the new backend, for the caller to send at once; if it
+// was forgotten, the client's own retransmission reaches the new
+// backend. EjectAfter failures in a row eject a backend from scheduling
+// for Timeouts.Eject. Draining
 // backends get no new connections but keep theirs; when a backend leaves
 // the snapshot its UDP and echo flows move at once, and its TCP
 // connections stay until the caller's Table.Flush at the end of the stop

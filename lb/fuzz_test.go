@@ -121,6 +121,11 @@ func FuzzTranslate(f *testing.F) {
 	svc := Service{Ports: []Port{{Proto: packet.ProtoTCP, Port: 80, Target: 8080}, {Proto: packet.ProtoUDP, Port: 53}}, Scheduler: Maglev}
 	ported := newTest(f, Config{Max: 4096}, svc, 3)
 	buf := make([]byte, RejectBufLen)
+	retry := func(t *testing.T, tb *Table, fr []byte) {
+		if n := tb.WriteRetry(buf, fr, t0); n > 0 && !sumsOK(buf[:n], nil) {
+			t.Fatalf("WriteRetry wrote bad checksums:\n% x", buf[:n])
+		}
+	}
 	f.Fuzz(func(t *testing.T, frame, off []byte, reverse bool) {
 		var o packet.Offload
 		if len(off) >= packet.OffloadLen {
@@ -130,8 +135,12 @@ func FuzzTranslate(f *testing.F) {
 			fr := append([]byte(nil), frame...)
 			ok := sumsOK(fr, o)
 			if reverse {
-				if v := tb.Untranslate(fr, o, t0); ok && v == Forward && !sumsOK(fr, o) {
+				v := tb.Untranslate(fr, o, t0)
+				if ok && v == Forward && !sumsOK(fr, o) {
 					t.Fatalf("Untranslate broke checksums:\n% x\n% x", frame, fr)
+				}
+				if v == Retry {
+					retry(t, tb, fr)
 				}
 				continue
 			}
@@ -149,8 +158,12 @@ func FuzzTranslate(f *testing.F) {
 				continue
 			}
 			swapDirection(fr)
-			if v := tb.Untranslate(fr, o, t0); v == Forward && !sumsOK(fr, o) {
+			v = tb.Untranslate(fr, o, t0)
+			if v == Forward && !sumsOK(fr, o) {
 				t.Fatalf("Untranslate of the reply broke checksums:\n% x", fr)
+			}
+			if v == Retry {
+				retry(t, tb, fr)
 			}
 		}
 	})

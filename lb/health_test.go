@@ -33,8 +33,8 @@ func TestRetryOnRST(t *testing.T) {
 	now := t0
 	first := synTo(t, tb, 1000, now)
 	v, _ := backendSends(tb, first, 1000, header.TCPFlagRst|header.TCPFlagAck, now)
-	if v != Drop {
-		t.Fatalf("backend RST to a SYN: verdict %d, want Drop (hidden, retried)", v)
+	if v != Retry {
+		t.Fatalf("backend RST to a SYN: verdict %d, want Retry (hidden)", v)
 	}
 	// The client's own SYN retransmission goes to another backend at once
 	// (even if it comes later than SynRetry).
@@ -44,8 +44,8 @@ func TestRetryOnRST(t *testing.T) {
 		t.Fatalf("retransmitted SYN went to the backend that refused it (%v)", first)
 	}
 	v, _ = backendSends(tb, second, 1000, header.TCPFlagRst|header.TCPFlagAck, now)
-	if v != Drop {
-		t.Fatalf("second RST: verdict %d, want Drop", v)
+	if v != Retry {
+		t.Fatalf("second RST: verdict %d, want Retry", v)
 	}
 	third := synTo(t, tb, 1000, now+int64(time.Second))
 	if third == first || third == second {
@@ -325,5 +325,53 @@ func TestICMPErrorFromRouter(t *testing.T) {
 	checkSums(t, e)
 	if g := parseFields(e); g.src != router || string(e[42:]) != string(orig[14:]) {
 		t.Fatalf("from %v, quote % x", g.src, e[42:])
+	}
+}
+
+// A refused SYN is re-sent at once: WriteRetry writes the client's own SYN
+// (sequence number and options intact) to the next backend.
+func TestRetryResendsSYN(t *testing.T) {
+	tb := newTest(t, Config{Max: 4096}, Service{Ports: []Port{{Proto: packet.ProtoTCP, Port: 80, Target: 8080}}}, 3)
+	syn := toVIP(packet.ProtoTCP, 1000, 80, header.TCPFlagSyn)
+	syn.seq = 0xfffffff0
+	f := syn.build()
+	// Give the SYN options (MSS, SACK permitted, timestamps, window scale).
+	opts := []byte{2, 4, 0x05, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7}
+	f = append(f, opts...)
+	f[14+3] += byte(len(opts)) // IP total length (< 256 here)
+	f[14+20+12] = byte((20+len(opts))/4) << 4
+	header.IPv4(f[14:]).SetChecksum(0)
+	header.IPv4(f[14:]).SetChecksum(^header.IPv4(f[14:]).CalculateChecksum())
+	setFullL4(f)
+	orig := append([]byte(nil), f...)
+	if tb.Translate(f, nil, t0) != Forward {
+		t.Fatal("SYN not forwarded")
+	}
+	first := parseFields(f).dst
+	rst := flow{srcMAC: beMAC(backendIndex(first)), dstMAC: clientMAC, src: first, dst: clientIP, sport: 8080, dport: 1000,
+		proto: packet.ProtoTCP, flags: header.TCPFlagRst | header.TCPFlagAck, ack: syn.seq + 1}.build()
+	if v := tb.Untranslate(rst, nil, t0+1); v != Retry {
+		t.Fatalf("RST to the SYN: verdict %d, want Retry", v)
+	}
+	buf := make([]byte, RetryBufLen)
+	n := tb.WriteRetry(buf, rst, t0+1)
+	if n == 0 {
+		t.Fatal("WriteRetry wrote nothing")
+	}
+	checkSums(t, buf[:n])
+	got := parseFields(buf[:n])
+	tcp := header.TCP(buf[34:n])
+	if got.dst == first || backendIndex(got.dst) == 0 || got.dstMAC != beMAC(backendIndex(got.dst)) || got.dport != 8080 ||
+		got.src != clientIP || got.srcMAC != clientMAC || got.sport != 1000 || got.flags != header.TCPFlagSyn ||
+		tcp.SequenceNumber() != syn.seq || string(tcp.Options()) != string(orig[54:]) {
+		t.Fatalf("re-sent SYN: %+v seq %#x options % x", got, tcp.SequenceNumber(), tcp.Options())
+	}
+	if tb.WriteRetry(buf, rst, t0+1) != 0 {
+		t.Fatal("the same SYN was written twice")
+	}
+	// The new backend answers: the client gets it from the VIP.
+	sa := reply(got, packet.ProtoTCP, header.TCPFlagSyn|header.TCPFlagAck).build()
+	if v := tb.Untranslate(sa, nil, t0+2); v != Forward || parseFields(sa).src != vip || parseFields(sa).sport != 80 {
+		t.Fatalf("SYN-ACK of the new backend: verdict %d", v)
 	}
 }

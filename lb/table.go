@@ -27,6 +27,11 @@ const (
 	Reject
 	// Drop: drop the frame. Counted by reason.
 	Drop
+	// Retry (from Untranslate): the frame, a backend's RST to a client's
+	// SYN, is consumed and the connection moved to another backend; drop
+	// it and send the SYN that WriteRetry writes (if it writes one)
+	// towards the new backend. Counted as ReasonRetried.
+	Retry
 )
 
 // Reason is why a frame was dropped or rejected.
@@ -180,6 +185,9 @@ func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64)
 	s.touch(i)
 	addr, port, mac, be := e.backend, e.bport, e.mac, e.be
 	s.mu.Unlock()
+	if p.proto == protoTCP && p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN {
+		t.ct.syns.put(t.net, p, now)
+	}
 	p.rewriteDst(addr, port, mac)
 	n := uint64(len(p.f))
 	be.packets.Add(1)

@@ -11,9 +11,10 @@ import (
 // to the VIP's MAC (the one the client's ARP cache holds for the VIP),
 // with incremental checksum updates. ICMP errors about a translated flow
 // (from the backend or a router between) are translated too. A backend's
-// RST to a SYN is hidden (Drop, ReasonRetried) when the attempt could
-// move to another backend: the client's SYN retransmission goes there.
-// Frames of no translated flow get Pass.
+// RST to a SYN is hidden when the attempt could move to another backend:
+// the verdict is Retry, and the SYN WriteRetry writes (or, failing that,
+// the client's own retransmission) goes there. Frames of no translated
+// flow get Pass.
 func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 	if len(frame) < minIPFrame || frame[12] != 0x08 || frame[13] != 0x00 {
 		return Pass
@@ -43,7 +44,7 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 	e := &s.e[i]
 	if p.proto == protoTCP && t.backendTCP(s, i, p.flags, now) {
 		s.mu.Unlock()
-		return t.count(ReasonRetried, Drop)
+		return t.count(ReasonRetried, Retry)
 	}
 	e.expires = now + t.ct.timeout(e.proto, e.state)
 	s.touch(i)
