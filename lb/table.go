@@ -219,6 +219,12 @@ func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, n
 		self = i
 	}
 	bi := t.choose(c, k, now, self)
+	if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now) {
+		bi = t.choose(c, k, now, bi)
+		if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now) {
+			bi = none
+		}
+	}
 	if bi == none {
 		return 0, ReasonNoBackend
 	}
@@ -230,6 +236,15 @@ func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, n
 	b.st.newConns.Add(1)
 	c.st.newConns.Add(1)
 	return t.ct.insert(s, &tmpl), 0
+}
+
+// revTaken reports whether another connection of the client's port
+// already goes to backend ip:bport (the same client port to two VIPs
+// that share a backend): the backend could not tell the two apart, and
+// neither could the reply path.
+func (t *Table) revTaken(s *shard, k *flowKey, ip [4]byte, bport uint16, now int64) bool {
+	r := revKey{net: k.net, proto: k.proto, backend: ip, bport: bport, client: k.client, cport: k.cport}
+	return t.ct.findRev(s, &r, now) != 0
 }
 
 // choose applies client-IP affinity, then the scheduler.
@@ -311,7 +326,7 @@ func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool
 		exclude = bi
 	}
 	bi := t.choose(c, k, now, exclude)
-	if bi == none || bi == exclude {
+	if bi == none || bi == exclude || t.revTaken(s, k, c.backends[bi].ip, e.bport, now) {
 		return false
 	}
 	b := &c.backends[bi]

@@ -321,3 +321,32 @@ func TestMalformedAndOffloadDrops(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+// One client port to two VIPs that share a backend: the second connection
+// goes to another backend, since the shared one could not tell them apart
+// (same 4-tuple at the backend) and neither could the reply path.
+func TestReverseKeyCollision(t *testing.T) {
+	vip2 := netipFrom4([4]byte{10, 0, 0, 101})
+	snap, err := NewSnapshot([]Service{
+		{Name: "a", VIP: vip, Backends: []Backend{{IP: beIP(1), MAC: beMAC(1)}}},
+		{Name: "b", VIP: vip2, Backends: []Backend{{IP: beIP(1), MAC: beMAC(1)}, {IP: beIP(2), MAC: beMAC(2)}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := NewTable(NewConntrack(Config{Max: 4096}), 1)
+	tb.Swap(snap)
+	for i := range 4 { // whatever the round-robin position
+		port := uint16(1000 + i)
+		a := toVIP(packet.ProtoTCP, port, 80, header.TCPFlagSyn).build()
+		fl := toVIP(packet.ProtoTCP, port, 80, header.TCPFlagSyn)
+		fl.dst = vip2
+		b := fl.build()
+		if tb.Translate(a, nil, t0) != Forward || tb.Translate(b, nil, t0) != Forward {
+			t.Fatal("not forwarded")
+		}
+		if parseFields(a).dst != beIP(1) || parseFields(b).dst != beIP(2) {
+			t.Fatalf("port %d: VIP a went to %v, VIP b to %v", port, parseFields(a).dst, parseFields(b).dst)
+		}
+	}
+}
