@@ -156,9 +156,11 @@ func (c *service) pickMaglev(k *flowKey, now int64, exclude int32) int32 {
 }
 
 // buildMaglev fills a Maglev lookup table (Eisenbud et al., NSDI 2016,
-// §3.4) with the backends at indexes idx. Each backend's permutation comes
-// from a fixed hash of its address, and backends are visited in address
-// order, so the table depends only on the backend set.
+// §3.4) with the backends at indexes idx, each taking as many slots per
+// round as its weight (so shares follow weights). Each backend's
+// permutation comes from a fixed hash of its address, and backends are
+// visited in address order, so the table depends only on the backend set
+// and weights.
 func buildMaglev(bs []backend, idx []int32) []uint16 {
 	n := len(idx)
 	if n == 0 {
@@ -178,20 +180,22 @@ func buildMaglev(bs []backend, idx []int32) []uint16 {
 	}
 	filled := 0
 	for {
-		for j := range n {
-			c := (offset[j] + next[j]*skip[j]) % MaglevSize
-			for tab[c] != empty {
-				next[j]++
-				c = (offset[j] + next[j]*skip[j]) % MaglevSize
-			}
-			tab[c] = uint32(idx[j])
-			next[j]++
-			if filled++; filled == MaglevSize {
-				out := make([]uint16, MaglevSize)
-				for k, v := range tab {
-					out[k] = uint16(v)
+		for j, i := range idx {
+			for range bs[i].weight { // a weight-w backend takes w slots a round
+				c := (offset[j] + next[j]*skip[j]) % MaglevSize
+				for tab[c] != empty {
+					next[j]++
+					c = (offset[j] + next[j]*skip[j]) % MaglevSize
 				}
-				return out
+				tab[c] = uint32(i)
+				next[j]++
+				if filled++; filled == MaglevSize {
+					out := make([]uint16, MaglevSize)
+					for k, v := range tab {
+						out[k] = uint16(v)
+					}
+					return out
+				}
 			}
 		}
 	}

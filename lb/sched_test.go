@@ -170,3 +170,22 @@ func TestScheduledBackendMatchesTranslate(t *testing.T) {
 		}
 	}
 }
+
+func TestMaglevWeights(t *testing.T) {
+	svc := Service{Name: "m", VIP: vip, Scheduler: Maglev, Backends: []Backend{
+		{IP: beIP(1), MAC: beMAC(1), Weight: 3}, {IP: beIP(2), MAC: beMAC(2), Weight: 1}, {IP: beIP(3), MAC: beMAC(3)}}}
+	c, err := compile(&svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[netip.Addr]int{}
+	for _, ip := range resolve(c, c.maglev) {
+		count[ip]++
+	}
+	// Shares 3:1:1 of 65537, within 2%.
+	for ip, want := range map[netip.Addr]float64{beIP(1): 0.6, beIP(2): 0.2, beIP(3): 0.2} {
+		if got := float64(count[ip]) / MaglevSize; got < want-0.02 || got > want+0.02 {
+			t.Fatalf("%v holds %.3f of the table, want %.1f", ip, got, want)
+		}
+	}
+}

@@ -82,7 +82,7 @@ type Port struct {
 type Backend struct {
 	IP     netip.Addr // the backend's address on the network (IPv4)
 	MAC    packet.MAC // the backend's MAC: translated frames go to it
-	Weight int        // for WeightedRoundRobin; 0 means 1, at most MaxWeight
+	Weight int        // for WeightedRoundRobin and Maglev; 0 means 1, at most MaxWeight
 	State  BackendState
 }
 
