@@ -66,11 +66,14 @@
 // re-addressed to the new backend, for the caller to send at once; if it
 // was forgotten, the client's own retransmission reaches the new
 // backend. EjectAfter failures in a row eject a backend from scheduling
-// for Timeouts.Eject. Draining
-// backends get no new connections but keep theirs; when a backend leaves
-// the snapshot its UDP and echo flows move at once, and its TCP
-// connections stay until the caller's Table.Flush at the end of the stop
-// grace period.
+// for Timeouts.Eject. Draining backends get no new connections but keep
+// theirs; when a backend leaves the snapshot its UDP and echo flows move
+// at once, and its TCP connections stay until the caller's Table.Flush at
+// the end of the stop grace period. A client that is a backend of the
+// service is not balanced to itself, and a client port never gets two
+// connections to the same backend address and port (two VIPs sharing a
+// backend), which neither the backend nor the reply path could tell
+// apart.
 //
 // # Not handled (yet)
 //
