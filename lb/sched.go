@@ -1,0 +1,223 @@
+package lb
+
+import (
+	"math/rand/v2"
+)
+
+// MaglevSize is the size of a Maglev lookup table (a prime, as the Maglev
+// paper requires).
+const MaglevSize = 65537
+
+// none is "no backend" for backend indexes.
+const none = -1
+
+// usable reports whether b may get a new connection at now.
+func (b *backend) usable(now int64) bool {
+	return b.st.cfg.Load() == uint32(Active) && b.st.ejectedUntil.Load() <= now
+}
+
+// pick chooses a backend for a new flow k of c, avoiding backend index
+// exclude (a backend that just failed this flow) if it can. It returns
+// none if c has no active backend.
+func (c *service) pick(k *flowKey, now int64, exclude int32) int32 {
+	if len(c.active) == 0 {
+		return none
+	}
+	var i int32
+	switch c.cfg.Scheduler {
+	case WeightedRoundRobin:
+		i = c.pickWRR(now, exclude)
+	case LeastConns:
+		i = c.pickLC(now, exclude)
+	case PowerOfTwo:
+		i = c.pickP2C(now, exclude)
+	case Maglev:
+		i = c.pickMaglev(k, now, exclude)
+	default:
+		i = c.pickRR(now, exclude)
+	}
+	if i != none {
+		return i
+	}
+	return c.fallback(exclude)
+}
+
+// fallback is used when every active backend is ejected or excluded: an
+// active backend other than exclude (ejection is only a hint), or exclude.
+func (c *service) fallback(exclude int32) int32 {
+	n := len(c.active)
+	start := int(c.st.rr.Add(1) % uint64(n))
+	for j := range n {
+		if i := c.active[(start+j)%n]; i != exclude && c.backends[i].st.cfg.Load() == uint32(Active) {
+			return i
+		}
+	}
+	if exclude != none && c.backends[exclude].st.cfg.Load() == uint32(Active) {
+		return exclude
+	}
+	return none
+}
+
+func (c *service) pickRR(now int64, exclude int32) int32 {
+	n := uint64(len(c.active))
+	start := c.st.rr.Add(1) - 1
+	for j := range n {
+		i := c.active[(start+j)%n]
+		if i != exclude && c.backends[i].usable(now) {
+			return i
+		}
+	}
+	return none
+}
+
+// pickWRR is smooth weighted round robin: every usable backend's current
+// weight grows by its weight, the largest wins and loses the total.
+func (c *service) pickWRR(now int64, exclude int32) int32 {
+	c.st.mu.Lock()
+	defer c.st.mu.Unlock()
+	best, total := int32(none), int64(0)
+	for _, i := range c.active {
+		b := &c.backends[i]
+		if i == exclude || !b.usable(now) {
+			continue
+		}
+		b.st.cw += b.weight
+		total += b.weight
+		if best == none || b.st.cw > c.backends[best].st.cw {
+			best = i
+		}
+	}
+	if best != none {
+		c.backends[best].st.cw -= total
+	}
+	return best
+}
+
+// pickLC takes the usable backend with the fewest active connections;
+// ties go round robin so that an idle service still spreads.
+func (c *service) pickLC(now int64, exclude int32) int32 {
+	n := uint64(len(c.active))
+	start := c.st.rr.Add(1) - 1
+	best, min := int32(none), int64(0)
+	for j := range n {
+		i := c.active[(start+j)%n]
+		b := &c.backends[i]
+		if i == exclude || !b.usable(now) {
+			continue
+		}
+		if a := b.st.active.Load(); best == none || a < min {
+			best, min = i, a
+		}
+	}
+	return best
+}
+
+// pickP2C samples two distinct active backends and takes the one with
+// fewer active connections; if neither is usable it falls back to pickLC.
+func (c *service) pickP2C(now int64, exclude int32) int32 {
+	n := len(c.active)
+	if n == 1 {
+		return c.pickLC(now, exclude)
+	}
+	x := rand.IntN(n)
+	y := rand.IntN(n - 1)
+	if y >= x {
+		y++
+	}
+	a, b := c.active[x], c.active[y]
+	okA := a != exclude && c.backends[a].usable(now)
+	okB := b != exclude && c.backends[b].usable(now)
+	switch {
+	case okA && okB:
+		if c.backends[b].st.active.Load() < c.backends[a].st.active.Load() {
+			return b
+		}
+		return a
+	case okA:
+		return a
+	case okB:
+		return b
+	}
+	return c.pickLC(now, exclude)
+}
+
+// pickMaglev looks the flow up in the Maglev table; if that backend is not
+// usable it probes the following table slots, which is the same on every
+// host that sees the same backends unusable.
+func (c *service) pickMaglev(k *flowKey, now int64, exclude int32) int32 {
+	h := k.maglevHash()
+	for j := range uint64(64) {
+		i := int32(c.maglev[(h+j)%MaglevSize])
+		if i != exclude && c.backends[i].usable(now) {
+			return i
+		}
+	}
+	return none
+}
+
+// buildMaglev fills a Maglev lookup table (Eisenbud et al., NSDI 2016,
+// §3.4) with the backends at indexes idx, each taking as many slots per
+// round as its weight (so shares follow weights). Each backend's
+// permutation comes from a fixed hash of its address, and backends are
+// visited in address order, so the table depends only on the backend set
+// and weights.
+func buildMaglev(bs []backend, idx []int32) []uint16 {
+	n := len(idx)
+	if n == 0 {
+		return nil
+	}
+	offset := make([]uint64, n)
+	skip := make([]uint64, n)
+	next := make([]uint64, n)
+	for j, i := range idx {
+		offset[j] = fnv64(bs[i].ip[:], 0x9e3779b97f4a7c15) % MaglevSize
+		skip[j] = fnv64(bs[i].ip[:], 0xc2b2ae3d27d4eb4f)%(MaglevSize-1) + 1
+	}
+	const empty = 0xffffffff
+	tab := make([]uint32, MaglevSize)
+	for k := range tab {
+		tab[k] = empty
+	}
+	filled := 0
+	for {
+		for j, i := range idx {
+			for range bs[i].weight { // a weight-w backend takes w slots a round
+				c := (offset[j] + next[j]*skip[j]) % MaglevSize
+				for tab[c] != empty {
+					next[j]++
+					c = (offset[j] + next[j]*skip[j]) % MaglevSize
+				}
+				tab[c] = uint32(i)
+				next[j]++
+				if filled++; filled == MaglevSize {
+					out := make([]uint16, MaglevSize)
+					for k, v := range tab {
+						out[k] = uint16(v)
+					}
+					return out
+				}
+			}
+		}
+	}
+}
+
+// fnv64 is FNV-1a over b, started from basis: a fixed (host-independent)
+// hash for Maglev permutations.
+func fnv64(b []byte, basis uint64) uint64 {
+	h := basis
+	for _, c := range b {
+		h ^= uint64(c)
+		h *= 0x100000001b3
+	}
+	return h
+}
+
+// mix64 is a fixed 64-bit finalizer (splitmix64).
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}

@@ -1,0 +1,351 @@
+package lb
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// Verdict tells the caller what to do with a frame after Translate or
+// Untranslate.
+type Verdict uint8
+
+// Verdicts.
+const (
+	// Pass: not the balancer's business (not to a VIP, or not a reply of a
+	// translated flow); forward the frame unchanged.
+	Pass Verdict = iota
+	// Forward: the frame was translated in place; forward it by its
+	// (new) destination MAC like any frame. Its offload metadata still
+	// describes it.
+	Forward
+	// Reject: refuse the frame: write the reply with WriteReject into a buffer
+	// of your own, send it to the client (out of the port the frame came
+	// in), and drop the frame. Counted by reason.
+	Reject
+	// Drop: drop the frame. Counted by reason.
+	Drop
+	// Retry (from Untranslate): the frame, a backend's RST to a client's
+	// SYN, is consumed and the connection moved to another backend; drop
+	// it and send the SYN that WriteRetry writes (if it writes one)
+	// towards the new backend. Counted as ReasonRetried.
+	Retry
+)
+
+// Reason is why a frame was dropped or rejected.
+type Reason uint8
+
+// Reasons.
+const (
+	ReasonMalformed   Reason = iota + 1 // bad IPv4/TCP/UDP/ICMP header to a VIP
+	ReasonFragment                      // IP fragment to a VIP (not reassembled)
+	ReasonBadOffload                    // offload metadata that does not match the headers
+	ReasonUnsupported                   // protocol or ICMP type not balanced
+	ReasonNoConn                        // TCP non-SYN or ICMP error without a connection
+	ReasonPort                          // port not among the service's ports
+	ReasonNoBackend                     // no active backend
+	ReasonRetried                       // a backend's RST to a SYN, hidden: the attempt moved on
+	numReasons
+)
+
+var reasonNames = [numReasons]string{"", "malformed", "fragment", "bad-offload", "unsupported", "no-conn", "port", "no-backend", "retried"}
+
+// String returns the reason's metric label.
+func (r Reason) String() string {
+	if r < numReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Table is one network's balancer: its services (an immutable Snapshot
+// behind an atomic pointer) on top of the host's shared Conntrack.
+// Translate and Untranslate may be called concurrently from any number of
+// goroutines; Swap from one control-plane goroutine at a time.
+type Table struct {
+	ct      *Conntrack
+	net     uint32
+	snap    atomic.Pointer[Snapshot]
+	mu      sync.Mutex // serializes Swap
+	reasons [numReasons]atomic.Uint64
+}
+
+// NewTable returns the balancer of network net (a host-local id, unique
+// among the Tables sharing ct), with no services.
+func NewTable(ct *Conntrack, net uint32) *Table {
+	t := &Table{ct: ct, net: net}
+	t.snap.Store(&Snapshot{})
+	return t
+}
+
+// Swap publishes s: new connections use it from the next packet on.
+// Counters and scheduler state of services (same VIP and name) and
+// backends (same address) carry over; backends that left are marked
+// removed, so their UDP flows move at once while their TCP connections
+// stay until Flush.
+func (t *Table) Swap(s *Snapshot) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s.inherit(t.snap.Load())
+	t.snap.Store(s)
+}
+
+// Snapshot returns the published snapshot (read-only).
+func (t *Table) Snapshot() *Snapshot { return t.snap.Load() }
+
+// Flush removes the connections of this network to backend ip, at the
+// end of a removed backend's stop grace period; it returns how many.
+func (t *Table) Flush(ip netip.Addr) int {
+	if !ip.Is4() {
+		return 0
+	}
+	return t.ct.Flush(t.net, ip.As4())
+}
+
+// Reasons returns the drop and reject counters by reason label.
+func (t *Table) Reasons() map[string]uint64 {
+	m := make(map[string]uint64, numReasons)
+	for r := Reason(1); r < numReasons; r++ {
+		m[r.String()] = t.reasons[r].Load()
+	}
+	return m
+}
+
+func (t *Table) count(r Reason, v Verdict) Verdict {
+	t.reasons[r].Add(1)
+	return v
+}
+
+// Translate handles a frame from a client's port: frame is the Ethernet
+// frame, o its offload metadata (nil for none), now the batch's clock in
+// nanoseconds (any monotonic origin, > 0). A frame to a VIP gets its
+// connection-tracking entry (a new one from the scheduler for a TCP SYN,
+// a UDP datagram or an ICMP echo) and is rewritten in place: destination
+// MAC, IP and port become the backend's, checksums are updated
+// incrementally (partial checksums and super-segments included). ICMP
+// errors the client sends about a VIP flow are translated too.
+func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
+	if len(frame) < minIPFrame || frame[12] != 0x08 || frame[13] != 0x00 {
+		return Pass
+	}
+	c := t.snap.Load().get([4]byte(frame[offIPDst : offIPDst+4]))
+	if c == nil {
+		return Pass
+	}
+	p, r := parse(frame, o)
+	if r != 0 {
+		return t.count(r, Drop)
+	}
+	switch {
+	case p.isICMPError():
+		return t.translateICMP(c, &p, now)
+	case p.proto == protoICMP && p.icmpType != icmpEcho:
+		return t.count(ReasonUnsupported, Drop)
+	case p.proto != protoTCP && p.proto != protoUDP && p.proto != protoICMP:
+		return t.reject(c, ReasonUnsupported)
+	}
+	bport := p.dport
+	if p.proto != protoICMP {
+		var ok bool
+		if bport, ok = c.port(p.proto, p.dport); !ok {
+			return t.reject(c, ReasonPort)
+		}
+	}
+	k := flowKey{net: t.net, proto: p.proto, client: [4]byte(frame[offIPSrc:]), cport: p.sport, vip: c.vip, vport: p.dport}
+	return t.forward(c, &p, &k, bport, now)
+}
+
+func (t *Table) reject(c *service, r Reason) Verdict {
+	c.st.rejects.Add(1)
+	return t.count(r, Reject)
+}
+
+// forward finds or creates k's entry under its shard lock, updates it and
+// rewrites the frame.
+func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64) Verdict {
+	s := t.ct.shardOf(k.net, k.proto, k.client, k.cport)
+	s.mu.Lock()
+	i := t.ct.findFwd(s, k, now)
+	if i == 0 {
+		var r Reason
+		if i, r = t.create(s, c, p, k, bport, now); i == 0 {
+			s.mu.Unlock()
+			if r == ReasonNoConn && p.flags&tcpRST != 0 {
+				return t.count(r, Drop) // never answer a RST
+			}
+			return t.reject(c, r)
+		}
+	} else {
+		t.hit(s, i, c, p, k, now)
+	}
+	e := &s.e[i]
+	e.expires = now + t.ct.timeout(e.proto, e.state)
+	s.touch(i)
+	addr, port, mac, be := e.backend, e.bport, e.mac, e.be
+	s.mu.Unlock()
+	if p.proto == protoTCP && p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN {
+		t.ct.syns.put(t.net, p, now)
+	}
+	p.rewriteDst(addr, port, mac)
+	n := uint64(len(p.f))
+	be.packets.Add(1)
+	be.bytes.Add(n)
+	c.st.packets.Add(1)
+	c.st.bytes.Add(n)
+	return Forward
+}
+
+// create schedules a new flow and inserts its entry; 0 and the reason if
+// the flow cannot be created.
+func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, now int64) (uint32, Reason) {
+	st := uint8(stOther)
+	if p.proto == protoTCP {
+		switch {
+		case p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
+			st = stSynSent
+		case c.cfg.Scheduler == Maglev && p.flags&tcpRST == 0:
+			st = stEstablished // the backend any host would pick
+		default:
+			return 0, ReasonNoConn
+		}
+	}
+	// A client that is a backend of the service is not sent to itself: the
+	// translated packet would arrive with its own address as the source,
+	// which its kernel drops as martian (there is no SNAT to avoid it).
+	self := int32(none)
+	if i, ok := c.byIP[k.client]; ok {
+		self = i
+	}
+	bi := t.choose(c, k, now, self)
+	if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now) {
+		bi = t.choose(c, k, now, bi)
+		if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now) {
+			bi = none
+		}
+	}
+	if bi == none {
+		return 0, ReasonNoBackend
+	}
+	b := &c.backends[bi]
+	tmpl := entry{
+		client: k.client, vip: k.vip, backend: b.ip, cport: k.cport, vport: k.vport, bport: bport,
+		proto: k.proto, state: st, mac: b.mac, net: k.net, since: now, be: b.st,
+	}
+	b.st.newConns.Add(1)
+	c.st.newConns.Add(1)
+	return t.ct.insert(s, &tmpl), 0
+}
+
+// revTaken reports whether another connection of the client's port
+// already goes to backend ip:bport (the same client port to two VIPs
+// that share a backend): the backend could not tell the two apart, and
+// neither could the reply path.
+func (t *Table) revTaken(s *shard, k *flowKey, ip [4]byte, bport uint16, now int64) bool {
+	r := revKey{net: k.net, proto: k.proto, backend: ip, bport: bport, client: k.client, cport: k.cport}
+	return t.ct.findRev(s, &r, now) != 0
+}
+
+// choose applies client-IP affinity, then the scheduler.
+func (t *Table) choose(c *service, k *flowKey, now int64, exclude int32) int32 {
+	if c.affinity > 0 {
+		if ip, ok := t.ct.aff.get(k.net, k.vip, k.client, now, c.affinity); ok {
+			if bi, ok := c.byIP[ip]; ok && bi != exclude && c.backends[bi].usable(now) {
+				t.ct.aff.put(k.net, k.vip, k.client, ip, now)
+				return bi
+			}
+		}
+	}
+	bi := c.pick(k, now, exclude)
+	if bi != none && c.affinity > 0 {
+		t.ct.aff.put(k.net, k.vip, k.client, c.backends[bi].ip, now)
+	}
+	return bi
+}
+
+// hit updates entry i for a client packet: SYN retransmissions past
+// SynRetry move the attempt to another backend, a SYN on a closed entry
+// starts over, UDP and echo flows leave a backend that is gone.
+func (t *Table) hit(s *shard, i uint32, c *service, p *pkt, k *flowKey, now int64) {
+	e := &s.e[i]
+	if p.proto != protoTCP {
+		if st := e.be.cfg.Load(); st == removed || st == uint32(Ejected) {
+			t.move(s, i, c, k, now)
+		}
+		return
+	}
+	switch {
+	case p.flags&(tcpSYN|tcpACK) == tcpSYN:
+		t.clientSyn(s, i, c, k, now)
+	case p.flags&tcpRST != 0:
+		e.state = stClosed
+	case p.flags&tcpFIN != 0 && e.state < stClosing:
+		e.state = stClosing
+	}
+}
+
+func (t *Table) clientSyn(s *shard, i uint32, c *service, k *flowKey, now int64) {
+	e := &s.e[i]
+	switch {
+	case e.state >= stClosing: // the tuple is reused for a new connection
+		e.state, e.retries, e.flags, e.since = stSynSent, 0, 0, now
+		if e.be.cfg.Load() != uint32(Active) {
+			t.move(s, i, c, k, now)
+		}
+	case e.state != stSynSent:
+	case e.flags&flUnsent != 0: // first SYN to the backend it moved to
+		e.flags &^= flUnsent
+		e.since = now
+	case now-e.since >= t.ct.to.synRetry && e.retries < MaxRetries:
+		t.fail(e.be, now)
+		if t.retry(s, i, c, k, now) {
+			s.e[i].since = now
+		}
+	}
+}
+
+// retry moves entry i's attempt to another backend and counts it.
+func (t *Table) retry(s *shard, i uint32, c *service, k *flowKey, now int64) bool {
+	old := s.e[i].be
+	if !t.move(s, i, c, k, now) {
+		return false
+	}
+	s.e[i].retries++
+	old.retries.Add(1)
+	c.st.retries.Add(1)
+	return true
+}
+
+// move re-schedules entry i to a backend other than its own, re-keying
+// its backend-side index. It reports false if there is none.
+func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool {
+	e := &s.e[i]
+	exclude := int32(none)
+	if bi, ok := c.byIP[e.backend]; ok {
+		exclude = bi
+	}
+	bi := t.choose(c, k, now, exclude)
+	if bi == none || bi == exclude || t.revTaken(s, k, c.backends[bi].ip, e.bport, now) {
+		return false
+	}
+	b := &c.backends[bi]
+	t.ct.unlinkRev(s, i)
+	e.be.active.Add(-1)
+	e.backend, e.mac, e.be = b.ip, b.mac, b.st
+	e.be.active.Add(1)
+	e.be.newConns.Add(1)
+	t.ct.linkRev(s, i)
+	return true
+}
+
+// fail records a failed connection attempt on a backend: EjectAfter in a
+// row eject it for Timeouts.Eject.
+func (t *Table) fail(b *beState, now int64) {
+	b.failures.Add(1)
+	if b.fails.Add(1) >= EjectAfter {
+		b.fails.Store(0)
+		b.ejectedUntil.Store(now + t.ct.to.eject)
+		b.ejections.Add(1)
+	}
+}
