@@ -135,27 +135,37 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	res, err := p.add(c, args)
+	if err != nil {
+		return err
+	}
+	return types.PrintResult(res, c.CNIVersion)
+}
+
+// add attaches the namespace and returns the result (with the results of
+// earlier plugins of a chain).
+func (p *Plugin) add(c *Config, args *skel.CmdArgs) (*current.Result, error) {
 	ip, bits, err := c.FixedIP(args.Args)
 	if err != nil {
-		return cniErr(types.ErrInvalidNetworkConfig, "%v", err)
+		return nil, cniErr(types.ErrInvalidNetworkConfig, "%v", err)
 	}
 	if _, err := os.Stat(args.Netns); err != nil {
-		return cniErr(types.ErrInvalidNetNS, "vxmesh-cni: netns %s: %v", args.Netns, err)
+		return nil, cniErr(types.ErrInvalidNetNS, "vxmesh-cni: netns %s: %v", args.Netns, err)
 	}
 	prev, err := prevResult(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	d, n, err := p.network(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	subnet, err := netip.ParsePrefix(n.Subnet)
 	if err != nil {
-		return cniErr(types.ErrInternal, "vxmesh-cni: network %q: daemon sent subnet %q: %v", n.Name, n.Subnet, err)
+		return nil, cniErr(types.ErrInternal, "vxmesh-cni: network %q: daemon sent subnet %q: %v", n.Name, n.Subnet, err)
 	}
 	if bits >= 0 && bits != subnet.Bits() {
-		return cniErr(types.ErrInvalidNetworkConfig, "vxmesh-cni: ip %s/%d: network %q is %s", ip, bits, n.Name, subnet)
+		return nil, cniErr(types.ErrInvalidNetworkConfig, "vxmesh-cni: ip %s/%d: network %q is %s", ip, bits, n.Name, subnet)
 	}
 	req := api.AttachRequest{
 		Network: c.Network, Name: ContainerName(args.ContainerID), Netns: args.Netns,
@@ -166,19 +176,18 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 	ep, err := d.Attach(req)
 	if err != nil {
-		return daemonErr(err, types.ErrInvalidNetworkConfig)
+		return nil, daemonErr(err, types.ErrInvalidNetworkConfig)
 	}
 	link, err := p.Inspect(args.Netns, ep.IfName)
 	if err != nil {
-		return cniErr(types.ErrInternal, "vxmesh-cni: attached, but reading %s in netns %s: %v", ep.IfName, args.Netns, err)
+		return nil, cniErr(types.ErrInternal, "vxmesh-cni: attached, but reading %s in netns %s: %v", ep.IfName, args.Netns, err)
 	}
 	gw, _ := netip.ParseAddr(n.Gateway)
 	res, err := BuildResult(c, n, ep, args.Netns, link.DefaultGW.IsValid() && link.DefaultGW == gw)
 	if err != nil {
-		return cniErr(types.ErrInternal, "vxmesh-cni: %v", err)
+		return nil, cniErr(types.ErrInternal, "vxmesh-cni: %v", err)
 	}
-	res = mergePrev(prev, res)
-	return types.PrintResult(res, c.CNIVersion)
+	return mergePrev(prev, res), nil
 }
 
 // prevResult is the result of the plugins before this one in a chain (nil
