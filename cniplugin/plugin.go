@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -103,12 +104,15 @@ func parse(args *skel.CmdArgs) (*Config, error) {
 }
 
 // daemonErr turns an API error into a CNI error: 11 (try again later) when
-// the daemon did not answer, 7 when it refused the request as invalid,
+// the daemon did not answer (but 999 for a socket the plugin may not use:
+// waiting will not help), 7 when it refused the request as invalid,
 // code for an unknown object, 999 otherwise.
 func daemonErr(err error, notFound uint) error {
 	var ue *api.UnreachableError
 	var se *api.StatusError
 	switch {
+	case errors.Is(err, syscall.EACCES):
+		return cniErr(types.ErrInternal, "vxmesh-cni: %v", err)
 	case errors.As(err, &ue):
 		return cniErr(types.ErrTryAgainLater, "vxmesh-cni: %v", err)
 	case errors.As(err, &se) && se.Code == http.StatusBadRequest:
