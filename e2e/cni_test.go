@@ -82,6 +82,16 @@ func (c *cniEnv) run(cmd, netns string, env ...string) (string, error) {
 	return out.String(), err
 }
 
+// writeConf writes the conflist of c.net: vxmesh-cni on network through
+// the daemon at socket, with the ips and aliases capabilities.
+func (c *cniEnv) writeConf(network, socket string) {
+	c.t.Helper()
+	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"vxmesh-cni","network":%q,"socket":%q,"capabilities":{"ips":true,"aliases":true}}]}`, c.net, network, socket)
+	if err := os.WriteFile(filepath.Join(c.confDir, c.net+".conflist"), []byte(conf), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 func (c *cniEnv) must(cmd, netns string, env ...string) string {
 	c.t.Helper()
 	out, err := c.run(cmd, netns, env...)
@@ -110,8 +120,9 @@ type cniResult struct {
 // checkResult checks an ADD result: one interface ifname in netns, one
 // address in subnet (want, when set) through it with the gateway, the
 // default route via the gateway and the daemon's resolver. It returns the
-// address.
-func checkResult(t *testing.T, out, netns, ifname, subnet, gw, want string) string {
+// address. Without defaultRoute (a container's later network), it checks
+// that the result has no route.
+func checkResult(t *testing.T, out, netns, ifname, subnet, gw, want string, defaultRoute bool) string {
 	t.Helper()
 	var r cniResult
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
@@ -127,13 +138,17 @@ func checkResult(t *testing.T, out, netns, ifname, subnet, gw, want string) stri
 	if err != nil || p.Masked().String() != subnet || want != "" && p.Addr().String() != want {
 		t.Fatalf("result address %q, want one in %s (%s)", r.IPs[0].Address, subnet, want)
 	}
-	if len(r.Routes) != 1 || r.Routes[0].Dst != "0.0.0.0/0" || r.Routes[0].GW != gw {
+	if !defaultRoute {
+		if len(r.Routes) != 0 {
+			t.Fatalf("result routes for a later network: %s", out)
+		}
+	} else if len(r.Routes) != 1 || r.Routes[0].Dst != "0.0.0.0/0" || r.Routes[0].GW != gw {
 		t.Fatalf("result routes: %s", out)
 	}
 	if strings.Join(r.DNS.Nameservers, ",") != "127.0.0.11" {
 		t.Fatalf("result dns: %s", out)
 	}
-	if got := defaultGateway(t, netns); got != gw {
+	if got := defaultGateway(t, netns); defaultRoute && got != gw {
 		t.Fatalf("netns %s: default route via %q, want %s", netns, got, gw)
 	}
 	return p.Addr().String()
@@ -151,10 +166,7 @@ func TestCNI(t *testing.T) {
 	e.cli("network", "create", "cniweb", "--subnet", subnet)
 
 	c := &cniEnv{t: t, tool: tool, pluginDir: pluginDir, confDir: t.TempDir(), net: "vxnet-" + suite.prefix}
-	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"vxmesh-cni","network":"cniweb","socket":%q,"capabilities":{"ips":true,"aliases":true}}]}`, c.net, e.h.Socket)
-	if err := os.WriteFile(filepath.Join(c.confDir, "10-vxmesh.conflist"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.writeConf("cniweb", e.h.Socket)
 	// libcni caches results under /var/lib/cni; DEL removes them, this
 	// makes sure of it on failure.
 	t.Cleanup(func() {
@@ -175,8 +187,8 @@ func TestCNI(t *testing.T) {
 	capArgs := fmt.Sprintf(`CAP_ARGS={"ips":["10.93.0.50/24"],"aliases":{%q:["alpha"]}}`, c.net)
 	outA := c.must("add", nsA, capArgs)
 	t.Logf("cnitool add %s %s:\n%s", c.net, nsA, outA)
-	ipA := checkResult(t, outA, nsA, "eth0", subnet, gw, "10.93.0.50")
-	ipB := checkResult(t, c.must("add", nsB, "CNI_IFNAME=net0"), nsB, "net0", subnet, gw, "")
+	ipA := checkResult(t, outA, nsA, "eth0", subnet, gw, "10.93.0.50", true)
+	ipB := checkResult(t, c.must("add", nsB, "CNI_IFNAME=net0"), nsB, "net0", subnet, gw, "", true)
 
 	// The daemon records them under the runtime's container IDs.
 	ctrA := "cni-" + cnitoolContainerID(nsA)
@@ -200,6 +212,24 @@ func TestCNI(t *testing.T) {
 	c.must("check", nsA)
 	c.must("check", nsB, "CNI_IFNAME=net0")
 	c.must("status", nsA)
+
+	// A second network of the same container (cnitool derives the
+	// container ID from the namespace): another interface, no default
+	// route; its DEL leaves the first network alone.
+	e.cli("network", "create", "cniweb2", "--subnet", "10.95.0.0/24")
+	c2 := &cniEnv{t: t, tool: tool, pluginDir: pluginDir, confDir: t.TempDir(), net: c.net + "-b"}
+	c2.writeConf("cniweb2", e.h.Socket)
+	checkResult(t, c2.must("add", nsB, "CNI_IFNAME=net1"), nsB, "net1", "10.95.0.0/24", "10.95.0.1", "", false)
+	ctrB := "cni-" + cnitoolContainerID(nsB)
+	if ctr, ok := e.container(ctrB); !ok || len(ctr.Endpoints) != 2 {
+		t.Fatalf("vxmesh ps: container %s: %+v, want endpoints on cniweb and cniweb2", ctrB, ctr)
+	}
+	c2.must("check", nsB, "CNI_IFNAME=net1")
+	c2.must("del", nsB, "CNI_IFNAME=net1")
+	if ctr, ok := e.container(ctrB); !ok || len(ctr.Endpoints) != 1 || ctr.Endpoints[0].Network != "cniweb" {
+		t.Fatalf("after del on cniweb2: container %s: %+v", ctrB, ctr)
+	}
+	c.must("check", nsB, "CNI_IFNAME=net0")
 
 	// CHECK sees an address taken away behind the daemon's back.
 	if _, err := testbed.InNetns(context.Background(), nsA, "ip", "addr", "flush", "dev", "eth0"); err != nil {
@@ -227,7 +257,7 @@ func TestCNI(t *testing.T) {
 	}
 	e.cli("attach", "--network", "cniweb", "--name", "plain", "--netns", nsP)
 	c.must("gc", nsB)
-	if _, ok := e.container("cni-" + cnitoolContainerID(nsB)); ok {
+	if _, ok := e.container(ctrB); ok {
 		t.Fatal("gc left the cnitool container attached")
 	}
 	if _, ok := e.container("plain"); !ok {
