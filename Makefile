@@ -64,7 +64,8 @@ lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-demo: deps build
+demo: build
+	@bash .ci/deps demo
 	./$(BIN) demo
 
 clean:
