@@ -54,7 +54,7 @@ type network struct {
 	gw     netip.Addr
 	sw     *vswitch.Switch
 	tn     *tunnel.Network
-	tport  *vswitch.PortRef
+	tport  *vswitch.Port
 	// cipher is the ESP transform of an encrypted network, 0 for a
 	// cleartext one.
 	cipher esp.Cipher

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -10,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -84,7 +82,7 @@ func (n *Network) VNI() uint32 { return n.vni }
 func (n *Network) MTU() int { return n.mtu }
 
 // SetInput sets the function that receives the network's decapsulated
-// frames (vswitch.PortRef.Input of the network's tunnel port). It is
+// frames (vswitch.Port.Input of the network's tunnel port). It is
 // called by the VTEP's receive loop only, never concurrently with itself.
 // Until it is set, received frames are dropped as "no-input".
 func (n *Network) SetInput(fn InputFunc) {
@@ -264,17 +262,17 @@ func (n *Network) sweep(now int64) {
 
 // txScratch is one Write call's working state, reused through VTEP.txs.
 type txScratch struct {
-	msgs    []Message
-	peers   []*peer // peer of msgs[i]
-	frame   []int32 // frame index of msgs[i]
-	ok      []bool  // per frame: at least one datagram was sent
-	why     []dropReason
-	fsize   []int32 // encrypted network: frame bytes of msgs[i]
-	arena   []byte  // segments of super-segments, each behind its VXLAN header
-	used    int     // bytes of arena in msgs
-	sealed  int     // encrypted network: ESP datagrams in msgs (espMaxHeld)
-	txBytes uint64  // frame bytes of the frames marked ok
-	err     error   // first error of WriteBatch
+	one    [1]*peer // the fan-out of a frame to one peer
+	msgs   []Message
+	peers  []*peer // peer of msgs[i]
+	frame  []int32 // frame index of msgs[i]
+	ok     []bool  // per frame: at least one datagram was sent
+	why    []dropReason
+	fsize  []int32 // encrypted network: frame bytes of msgs[i]
+	arena  []byte  // segments of super-segments, each behind its VXLAN header
+	used   int     // bytes of arena in msgs
+	sealed int     // encrypted network: ESP datagrams in msgs (espMaxHeld)
+	err    error   // first error of WriteBatch
 }
 
 // txArenaSize is the segment arena of one txScratch: room for four 64 KiB
@@ -295,274 +293,35 @@ func (v *VTEP) getTx() *txScratch {
 	}
 }
 
+// start prepares sc for writing a batch of count frames.
+func (sc *txScratch) start(count int) {
+	if cap(sc.ok) < count {
+		sc.ok = make([]bool, count)
+		sc.why = make([]dropReason, count)
+	}
+	sc.ok, sc.why = sc.ok[:count], sc.why[:count]
+	clear(sc.ok)
+	clear(sc.why)
+	sc.msgs, sc.peers, sc.frame, sc.fsize = sc.msgs[:0], sc.peers[:0], sc.frame[:0], sc.fsize[:0]
+	sc.used, sc.sealed, sc.err = 0, 0, nil
+}
+
+// ensureArena allocates the segment arena on first use.
+func (sc *txScratch) ensureArena() {
+	if sc.arena == nil {
+		sc.arena = make([]byte, txArenaSize)
+	}
+}
+
 func (v *VTEP) putTx(sc *txScratch) {
 	clear(sc.msgs) // do not keep the callers' buffers reachable
 	clear(sc.peers)
+	sc.one = [1]*peer{}
 	sc.err = nil
 	select {
 	case v.txs <- sc:
 	default:
 	}
-}
-
-// errNetworkDown is returned by Write on a removed network or closed VTEP.
-var errNetworkDown = errors.New("network removed or VTEP closed")
-
-// Write implements the vswitch Port interface: it encapsulates and sends
-// every frame bufs[i][offset:] and returns how many it took: sent to at
-// least one VTEP, or to be flooded while the network has no peer (nothing
-// to do, counted in NetworkStats.FloodNoPeers, not an error). A frame to a MAC in the static or the learned FDB goes to that
-// MAC's VTEP; any other frame goes to every peer, all datagrams pointing at
-// the same bytes. Datagrams are sent with Underlay.WriteBatch, once per
-// call unless the segment arena fills up.
-//
-// The frame's offload metadata (bufs[i][0:packet.OffloadLen]) decides how:
-//   - none: the VXLAN header is written in place at bufs[i][offset-8:offset]
-//     and the datagram points into the caller's buffer.
-//   - partial checksum: it is completed in place first
-//     (packet.CompleteChecksum, which clears the flag), then as above.
-//   - TCP super-segment (GSOTCPv4/v6): it is split into segments of GSOSize
-//     payload bytes (packet.GSO: headers copied, lengths, IPv4 ID and
-//     checksums, TCP sequence numbers and checksums computed) in a scratch
-//     arena, each behind its own VXLAN header; the caller's frame is not
-//     modified. An inconsistent super-segment is dropped ("gso-invalid").
-//
-// No datagram exceeds the network MTU: a plain frame longer than the MTU
-// plus the Ethernet header, or a super-segment whose segments would be, is
-// dropped ("mtu"), never fragmented; a super-segment's own length is not
-// checked. The frame's bytes are not otherwise modified, so the same buffer
-// may also go to other ports (except on encrypted networks, see writeESP:
-// a frame for a static remote MAC, which the switch sends to this port
-// only, is sealed in place). Write may be called concurrently and does
-// not allocate once warm.
-func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
-	if len(bufs) == 0 {
-		return 0, nil
-	}
-	if offset < packet.OffloadLen+packet.VXLANHeaderLen {
-		n.c.drops[dropMalformed].Add(uint64(len(bufs)))
-		return 0, fmt.Errorf("vni %d: write offset %d leaves no room for the offload slot and the VXLAN header", n.vni, offset)
-	}
-	if n.removed.Load() || n.v.closed.Load() {
-		n.c.drops[dropDown].Add(uint64(len(bufs)))
-		return 0, fmt.Errorf("vni %d: %w", n.vni, errNetworkDown)
-	}
-	v := n.v
-	st, lt, now := n.state.Load(), n.learned.Load(), v.clock()
-	var sec *secState
-	cipher := esp.Cipher(n.cipher.Load())
-	if cipher != 0 {
-		if offset < packet.OffloadLen+espFrontLen {
-			n.c.drops[dropMalformed].Add(uint64(len(bufs)))
-			return 0, fmt.Errorf("vni %d: write offset %d leaves no room for the ESP headers", n.vni, offset)
-		}
-		if sec = v.sec.Load(); sec == nil {
-			sec = &secState{}
-		}
-	}
-	sc := v.getTx()
-	if cap(sc.ok) < len(bufs) {
-		sc.ok = make([]bool, len(bufs))
-		sc.why = make([]dropReason, len(bufs))
-	}
-	ok, why := sc.ok[:len(bufs)], sc.why[:len(bufs)]
-	clear(ok)
-	sc.msgs, sc.peers, sc.frame, sc.fsize = sc.msgs[:0], sc.peers[:0], sc.frame[:0], sc.fsize[:0]
-	sc.used, sc.txBytes, sc.err = 0, 0, nil
-	var flooded, gsoFrames uint64
-	maxFrame := n.mtu + packet.EthernetHeaderLen
-	for i, b := range bufs {
-		why[i] = dropNone
-		if len(b) < offset+packet.EthernetHeaderLen {
-			why[i] = dropMalformed
-			continue
-		}
-		f := b[offset:]
-		o := packet.OffloadOf(b)
-		var g packet.GSO
-		isGSO := o.IsGSO()
-		if isGSO {
-			var valid bool
-			if g, valid = packet.ParseGSO(f, o); !valid {
-				why[i] = dropGSOInvalid
-				continue
-			}
-			if g.MaxSegmentLen() > maxFrame {
-				why[i] = dropMTU
-				continue
-			}
-		} else {
-			if len(f) > maxFrame {
-				why[i] = dropMTU
-				continue
-			}
-			if !packet.CompleteChecksum(f, o) {
-				why[i] = dropGSOInvalid
-				continue
-			}
-		}
-		dst := packet.Ethernet(f).Dst()
-		var to *peer
-		if !dst.IsMulticast() {
-			if to = st.remotes[dst]; to == nil {
-				if e := lt.m[dst]; e != nil && now-e.seen.Load() < v.aging {
-					to = e.peer
-				}
-			}
-		}
-		if to == nil && len(st.peers) == 0 {
-			why[i] = dropNoPeer
-			continue
-		}
-		fan := 1
-		if to == nil {
-			fan = len(st.peers)
-			flooded++
-		}
-		h := flowHash(f)
-		if cipher != 0 {
-			if isGSO {
-				gsoFrames++
-			}
-			n.writeESP(sc, sec, cipher, bufs, offset, i, g, isGSO, to, st.peers, h, to != nil && st.remotes[dst] == to)
-			continue
-		}
-		if !isGSO {
-			dgram := b[offset-packet.VXLANHeaderLen:]
-			packet.PutVXLAN(dgram, n.vni)
-			n.queue(sc, dgram, 0, to, st.peers, h, i)
-			continue
-		}
-		gsoFrames++
-		if sc.arena == nil {
-			sc.arena = make([]byte, txArenaSize)
-		}
-		// The segments go into the arena back to back, each behind its
-		// VXLAN header, in runs that one UDP segmentation send carries:
-		// every datagram of a run but the last is dsize bytes long.
-		segs := g.Segments()
-		dsize := packet.VXLANHeaderLen + g.SegmentLen(0)
-		perRun := max(1, min(MaxGSOSegments, MaxGSOBytes/dsize))
-		for k := 0; k < segs; {
-			cnt := min(perRun, segs-k)
-			need := (cnt-1)*dsize + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1)
-			if len(sc.arena)-sc.used < need || len(sc.msgs)+fan > cap(sc.msgs) {
-				n.send(sc, bufs, offset)
-			}
-			run := sc.arena[sc.used : sc.used+need]
-			for j := range cnt {
-				seg := run[j*dsize:]
-				seg = seg[:packet.VXLANHeaderLen+g.SegmentLen(k+j)]
-				g.Segment(k+j, seg[packet.VXLANHeaderLen:])
-				packet.PutVXLAN(seg, n.vni)
-			}
-			sc.used += need
-			gso := 0
-			if cnt > 1 {
-				gso = dsize
-			}
-			n.queue(sc, run, gso, to, st.peers, h, i)
-			k += cnt
-		}
-	}
-	n.send(sc, bufs, offset)
-	err := sc.err
-	sent, noPeers := 0, 0
-	var drops [numDrops]uint64
-	for i := range bufs {
-		switch {
-		case ok[i]:
-			sent++
-		case why[i] == dropNoPeer:
-			noPeers++
-		default:
-			drops[why[i]]++
-		}
-	}
-	n.c.txPackets.Add(uint64(sent))
-	if noPeers > 0 {
-		n.c.floodNoPeers.Add(uint64(noPeers))
-	}
-	n.c.txBytes.Add(sc.txBytes)
-	if flooded > 0 {
-		n.c.flooded.Add(flooded)
-	}
-	if gsoFrames > 0 {
-		n.c.txGSO.Add(gsoFrames)
-	}
-	for r, d := range drops {
-		if d > 0 {
-			n.c.drops[r].Add(d)
-		}
-	}
-	if sent+noPeers < len(bufs) && err == nil {
-		for i := range bufs {
-			if !ok[i] && why[i] != dropNoPeer {
-				err = fmt.Errorf("vni %d: frame dropped: %s", n.vni, why[i])
-				break
-			}
-		}
-	}
-	v.putTx(sc)
-	return sent + noPeers, err
-}
-
-// queue adds datagram dgram of frame i (a run of datagrams of gsoSize
-// bytes if gsoSize > 0) for to, or for every peer when to is nil.
-func (n *Network) queue(sc *txScratch, dgram []byte, gsoSize int, to *peer, peers []*peer, hash uint32, i int) {
-	if to != nil {
-		sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gsoSize, Addr: to.dst, Hash: hash})
-		sc.peers = append(sc.peers, to)
-		sc.frame = append(sc.frame, int32(i))
-		return
-	}
-	for _, p := range peers {
-		sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gsoSize, Addr: p.dst, Hash: hash})
-		sc.peers = append(sc.peers, p)
-		sc.frame = append(sc.frame, int32(i))
-	}
-}
-
-// send writes the queued datagrams with one WriteBatch, accounts them per
-// peer and per frame, and empties the queue and the segment arena.
-func (n *Network) send(sc *txScratch, bufs [][]byte, offset int) {
-	msgs := sc.msgs
-	if len(msgs) == 0 {
-		return
-	}
-	if _, err := n.v.u.WriteBatch(msgs); err != nil && sc.err == nil {
-		sc.err = err
-	}
-	var dgrams uint64
-	for j := range msgs {
-		m, p, i := &msgs[j], sc.peers[j], sc.frame[j]
-		segs := m.Segments(len(m.Buf))
-		dgrams += uint64(segs)
-		size := uint64(len(m.Buf) - segs*packet.VXLANHeaderLen)
-		if j < len(sc.fsize) {
-			size = uint64(sc.fsize[j])
-		}
-		if m.Err == nil {
-			p.txPackets.Add(uint64(segs))
-			p.txBytes.Add(size)
-			if !sc.ok[i] {
-				sc.ok[i] = true
-				sc.txBytes += uint64(len(bufs[i]) - offset)
-			}
-			continue
-		}
-		p.txDrops.Add(uint64(segs))
-		if sc.why[i] == dropNone {
-			sc.why[i] = dropTxError
-			if errors.Is(m.Err, ErrMessageSize) {
-				sc.why[i] = dropMTU
-			}
-		}
-	}
-	n.c.txDatagrams.Add(dgrams)
-	clear(msgs)
-	clear(sc.peers)
-	sc.msgs, sc.peers, sc.frame, sc.fsize, sc.used, sc.sealed = msgs[:0], sc.peers[:0], sc.frame[:0], sc.fsize[:0], 0, 0
 }
 
 // FDBEntry is one remote MAC of a network.

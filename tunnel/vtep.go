@@ -76,7 +76,7 @@ const DefaultMTU = 1450
 
 // InputFunc receives decapsulated frames: frame i is
 // bufs[i][offset:offset+sizes[i]], with headroom in front of offset. The
-// buffers are borrowed for the call. vswitch.PortRef.Input fits.
+// buffers are borrowed for the call. vswitch.Port.Input fits.
 type InputFunc func(bufs [][]byte, sizes []int, offset int)
 
 // VTEP is a VXLAN tunnel end point serving any number of networks (VNIs)

@@ -28,7 +28,7 @@ type FDBEntry struct {
 
 type staticEntry struct {
 	ip   netip.Addr
-	port *PortRef
+	port *Port
 	kind string
 }
 
@@ -37,7 +37,7 @@ type staticEntry struct {
 type learnedTable map[packet.MAC]*learnedEntry
 
 type learnedEntry struct {
-	port *PortRef
+	port *Port
 	seen atomic.Int64 // switch clock of the last frame from this MAC
 }
 
@@ -47,7 +47,7 @@ func (s *Switch) live(e *learnedEntry, now int64) bool {
 }
 
 // lookup returns the port for unicast dst, or nil if unknown.
-func (s *Switch) lookup(v *view, lt learnedTable, dst packet.MAC, now int64) *PortRef {
+func (s *Switch) lookup(v *view, lt learnedTable, dst packet.MAC, now int64) *Port {
 	if p := v.fdb[dst]; p != nil {
 		return p
 	}
@@ -61,7 +61,7 @@ func (s *Switch) lookup(v *view, lt learnedTable, dst packet.MAC, now int64) *Po
 // not move), was seen on r. A MAC already learned on r only has its
 // timestamp refreshed, lock-free; new and moved MACs are queued in r's
 // scratch and installed once per batch by commitLearned.
-func (r *PortRef) learn(lt learnedTable, src packet.MAC, now int64) {
+func (r *Port) learn(lt learnedTable, src packet.MAC, now int64) {
 	if e := lt[src]; e != nil && e.port == r {
 		if e.seen.Load() != now {
 			e.seen.Store(now)
@@ -78,7 +78,7 @@ func (r *PortRef) learn(lt learnedTable, src packet.MAC, now int64) {
 
 // commitLearned installs the MACs queued by learn with a copy-on-write of
 // the learned table, dropping expired entries on the way.
-func (s *Switch) commitLearned(r *PortRef, now int64) {
+func (s *Switch) commitLearned(r *Port, now int64) {
 	s.learnMu.Lock()
 	defer s.learnMu.Unlock()
 	if r.removed.Load() {
@@ -124,7 +124,7 @@ func (s *Switch) pruneLearned(now int64) {
 // AddStatic installs (or replaces) a static entry sending mac to r, with an
 // ARP suppression entry if ip is valid. It is how the control plane
 // announces endpoints behind a tunnel port.
-func (s *Switch) AddStatic(mac packet.MAC, ip netip.Addr, r *PortRef) error {
+func (s *Switch) AddStatic(mac packet.MAC, ip netip.Addr, r *Port) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r == nil || r.sw != s || r.removed.Load() {

@@ -11,8 +11,9 @@ import (
 // that forwarding does not allocate once warm.
 type scratch struct {
 	q     [][][]byte   // frames queued per destination port id
-	owner []*PortRef   // which port q[id] is for in this batch
-	dests []*PortRef   // destinations with queued frames, in first-use order
+	sh    [][]bool     // per queued frame: flooded, so shared with other ports
+	owner []*Port      // which port q[id] is for in this batch
+	dests []*Port      // destinations with queued frames, in first-use order
 	learn []packet.MAC // sources to learn at the end of the batch
 	drops [numReasons]uint64
 	// stormTAT is the storm limit's theoretical arrival time (GCRA): the
@@ -47,19 +48,22 @@ func (s *Switch) fits(buf, f []byte) (reason, bool) {
 	return dropMTU, s.maxFrame == 0 || g.MaxSegmentLen() <= s.maxFrame
 }
 
-// add queues frame b (with its headroom) for p and reports whether it did.
-// It refuses only when p's id was reused by a port attached after the view
-// this batch started with was taken, a race with RemovePort.
-func (sc *scratch) add(p *PortRef, b []byte, batch int) bool {
+// add queues frame b (with its headroom) for p, shared with other ports
+// if shared, and reports whether it did. It refuses only when p's id was
+// reused by a port attached after the view this batch started with was
+// taken, a race with RemovePort.
+func (sc *scratch) add(p *Port, b []byte, shared bool, batch int) bool {
 	id := p.id
 	if id >= len(sc.q) {
 		sc.q = append(sc.q, make([][][]byte, id+1-len(sc.q))...)
-		sc.owner = append(sc.owner, make([]*PortRef, id+1-len(sc.owner))...)
+		sc.sh = append(sc.sh, make([][]bool, id+1-len(sc.sh))...)
+		sc.owner = append(sc.owner, make([]*Port, id+1-len(sc.owner))...)
 	}
 	switch {
 	case len(sc.q[id]) == 0:
 		if cap(sc.q[id]) < batch {
 			sc.q[id] = make([][]byte, 0, max(batch, packet.BatchSize))
+			sc.sh[id] = make([]bool, 0, max(batch, packet.BatchSize))
 		}
 		sc.owner[id] = p
 		sc.dests = append(sc.dests, p)
@@ -67,6 +71,7 @@ func (sc *scratch) add(p *PortRef, b []byte, batch int) bool {
 		return false
 	}
 	sc.q[id] = append(sc.q[id], b)
+	sc.sh[id] = append(sc.sh[id], shared)
 	return true
 }
 
@@ -74,15 +79,16 @@ func (sc *scratch) add(p *PortRef, b []byte, batch int) bool {
 // bufs[i][offset:offset+sizes[i]], with headroom in front of offset and its
 // offload metadata in bufs[i][0:packet.OffloadLen] (offset must be at least
 // packet.OffloadLen). Each destination port gets one Write with all its
-// frames of the batch, before Input returns; the buffers are only borrowed,
-// but ARP requests answered by the switch are rewritten in place (and their
+// frames of the batch, before Input returns, and owns a frame's buffer
+// only if the frame goes to it alone (packet.Frames); the buffers are
+// only borrowed, and ARP requests answered by the switch are rewritten in place (and their
 // slot cleared). Frames are parsed by their headers only, so a super-segment
 // (up to 64 KiB, GSO metadata) is switched like any frame once its metadata
 // passed packet.ParseGSO and its segments fit the MTU; a plain frame must
 // fit the MTU itself. Input must be called by one goroutine
 // per port; different ports may call it concurrently, and concurrently with
 // the control-plane methods.
-func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
+func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 	s := r.sw
 	n := min(len(bufs), len(sizes))
 	sc := &r.sc
@@ -135,7 +141,7 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 		}
 		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, eth) {
 			packet.ClearOffload(buf) // a new frame: the reply
-			sc.add(r, buf, n)
+			sc.add(r, buf, false, n)
 			suppressed++
 			continue
 		}
@@ -143,7 +149,7 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 			sc.drops[dropNoRoute]++
 			continue
 		}
-		var out *PortRef
+		var out *Port
 		if !dst.IsMulticast() {
 			out = s.lookup(v, lt, dst, now)
 		}
@@ -153,13 +159,13 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 		case out == nil:
 			for _, p := range v.ports {
 				if p != r && !p.removed.Load() {
-					sc.add(p, buf, n)
+					sc.add(p, buf, true, n)
 				}
 			}
 			flooded++
 		case out == r:
 			sc.drops[dropSamePort]++
-		case !sc.add(out, buf, n):
+		case !sc.add(out, buf, false, n):
 			sc.drops[dropPortDown]++
 		default:
 			forwarded++
@@ -176,11 +182,11 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 
 // flush writes every destination's queue with one Write and counts the
 // outcome on the destination port.
-func (r *PortRef) flush(offset int) {
+func (r *Port) flush(offset int) {
 	sc := &r.sc
 	for _, p := range sc.dests {
-		q := sc.q[p.id]
-		sent, err := p.port.Write(q, offset)
+		q, sh := sc.q[p.id], sc.sh[p.id]
+		sent, err := p.sink.WriteFrames(packet.NewFrames(q, offset, sh))
 		sent = max(0, min(sent, len(q)))
 		var bytes uint64
 		for _, b := range q[:sent] {
@@ -197,7 +203,7 @@ func (r *PortRef) flush(offset int) {
 			r.sw.c.drops[why].Add(lost)
 		}
 		clear(q)
-		sc.q[p.id] = q[:0]
+		sc.q[p.id], sc.sh[p.id] = q[:0], sh[:0]
 		sc.owner[p.id] = nil
 	}
 	clear(sc.dests)
@@ -205,7 +211,7 @@ func (r *PortRef) flush(offset int) {
 }
 
 // account adds a batch's counters with one atomic add each.
-func (r *PortRef) account(rxBytes uint64, rx int, forwarded, flooded, suppressed uint64) {
+func (r *Port) account(rxBytes uint64, rx int, forwarded, flooded, suppressed uint64) {
 	s := r.sw
 	r.c.rxPackets.Add(uint64(rx))
 	r.c.rxBytes.Add(rxBytes)
