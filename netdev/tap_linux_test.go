@@ -13,6 +13,8 @@ import (
 	"os"
 	"runtime"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -24,12 +26,7 @@ import (
 
 func requireTAP(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("/dev/net/tun missing")
-	}
+	testenv.RequireTUN(t)
 }
 
 func uniqueName(prefix string) string {
@@ -371,6 +368,13 @@ func TestTAPCloseUnblocksRead(t *testing.T) {
 			}
 		}
 	}()
+	// Close must unblock a Read that is blocked, not one yet to start.
+	testenv.WaitBlocked(t, "netdev.(*TAP).Read", 10*time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("Read failed before Close: %v", err)
+	default:
+	}
 	if err := tt.tap.Close(); err != nil {
 		t.Fatal(err)
 	}

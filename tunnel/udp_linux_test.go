@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -191,7 +193,13 @@ func TestUDPCloseUnblocksRead(t *testing.T) {
 	v := New(Config{Underlay: u})
 	done := make(chan error, 1)
 	go func() { done <- v.Run(context.Background()) }()
-	time.Sleep(20 * time.Millisecond)
+	// Close must unblock a read that is blocked, not one yet to start.
+	testenv.WaitBlocked(t, "tunnel.(*UDP).ReadBatch", 5*time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned before Close: %v", err)
+	default:
+	}
 	v.Close()
 	select {
 	case err := <-done:
@@ -265,12 +273,8 @@ func arpRequestFrame(srcMAC packet.MAC, srcIP, dstIP netip.Addr) []byte {
 }
 
 func TestKernelVXLANInterop(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2")
-	}
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip", "iproute2")
 	id := fmt.Sprintf("%d", os.Getpid()%100000)
 	nsK, nsM := "vxtk"+id, "vxtm"+id
 	for _, ns := range []string{nsK, nsM} {

@@ -158,10 +158,7 @@ func TestReceiveDropsAreCounted(t *testing.T) {
 	)
 	stranger.send(t, vtepA, 0, vxlanDatagram(testVNI, good)) // unknown peer
 	a.sink.wait(t, 1)
-	deadline := time.Now().Add(5 * time.Second)
-	for a.v.Stats().RxDatagrams < 6 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	waitCount(t, "received datagrams", func() uint64 { return a.v.Stats().RxDatagrams }, 6)
 	vs := a.v.Stats()
 	ns := vs.Networks[0]
 	if vs.RxDatagrams != 6 || vs.Drops["unknown-vni"] != 1 || vs.Drops["malformed"] != 2 {

@@ -10,10 +10,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -121,12 +122,7 @@ func newTAPContainer(t *testing.T, ip netip.Addr) *tapContainer {
 // sender's kernel hands over super-segments, which must reach the
 // receiver's kernel as they are (metadata slot included) and be accepted.
 func TestTAPToTAPWithOffloads(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("/dev/net/tun missing")
-	}
+	testenv.RequireTUN(t)
 	c1 := newTAPContainer(t, netip.MustParseAddr("10.79.0.2"))
 	c2 := newTAPContainer(t, netip.MustParseAddr("10.79.0.3"))
 	if c1.tap.Offloads() != netdev.TAPOffloads {

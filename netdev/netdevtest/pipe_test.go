@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -97,6 +98,13 @@ func TestPipeCloseUnblocksRead(t *testing.T) {
 		_, err := b.Read(batch.Bufs, batch.Sizes, off)
 		errc <- err
 	}()
+	// Close must unblock a Read that is blocked, not one yet to start.
+	testenv.WaitBlocked(t, "netdevtest.(*Device).Read", 5*time.Second)
+	select {
+	case err := <-errc:
+		t.Fatalf("Read returned before Close: %v", err)
+	default:
+	}
 	b.Close()
 	select {
 	case err := <-errc:
