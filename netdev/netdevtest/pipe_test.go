@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/internal/testenv"
+	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
