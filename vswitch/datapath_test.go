@@ -122,7 +122,7 @@ func TestConcurrentInputAndControlPlane(t *testing.T) {
 	}
 	var inDrops uint64
 	for k, v := range st.Drops {
-		if k != "tx-error" && k != "queue-full" {
+		if k != "tx-error" {
 			inDrops += v
 		}
 	}
@@ -170,7 +170,7 @@ func FuzzInput(f *testing.F) {
 		}
 		var inDrops, txDrops uint64
 		for k, v := range st.Drops {
-			if k == "tx-error" || k == "queue-full" {
+			if k == "tx-error" {
 				txDrops += v
 			} else {
 				inDrops += v

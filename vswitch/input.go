@@ -1,7 +1,6 @@
 package vswitch
 
 import (
-	"errors"
 	"time"
 
 	"github.com/vxmesh/vxmesh/packet"
@@ -186,7 +185,7 @@ func (r *Port) flush(offset int) {
 	sc := &r.sc
 	for _, p := range sc.dests {
 		q, sh := sc.q[p.id], sc.sh[p.id]
-		sent, err := p.sink.WriteFrames(packet.NewFrames(q, offset, sh))
+		sent, _ := p.sink.WriteFrames(packet.NewFrames(q, offset, sh))
 		sent = max(0, min(sent, len(q)))
 		var bytes uint64
 		for _, b := range q[:sent] {
@@ -195,12 +194,8 @@ func (r *Port) flush(offset int) {
 		p.c.txPackets.Add(uint64(sent))
 		p.c.txBytes.Add(bytes)
 		if lost := uint64(len(q) - sent); lost > 0 {
-			why := dropTxError
-			if errors.Is(err, packet.ErrQueueFull) {
-				why = dropQueueFull
-			}
-			p.c.drops[why].Add(lost)
-			r.sw.c.drops[why].Add(lost)
+			p.c.drops[dropTxError].Add(lost)
+			r.sw.c.drops[dropTxError].Add(lost)
 		}
 		clear(q)
 		sc.q[p.id], sc.sh[p.id] = q[:0], sh[:0]

