@@ -10,8 +10,8 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 )
 
-// Encrypted networks (DESIGN.md section 4). A network with a cipher
-// (Network.SetCipher) sends every datagram as ESP (RFC 4303, AES-GCM per
+// Encrypted networks (docs/architecture.md, "Encrypted networks"). A segment with
+// a cipher (Segment.SetCipher) sends every datagram as ESP (RFC 4303, AES-GCM per
 // RFC 4106) in UDP (RFC 3948) to the peers' ESP port, and accepts its
 // frames only from ESP: cleartext VXLAN for its VNI is dropped and counted
 // ("cleartext").
@@ -201,7 +201,7 @@ const espRxFront = packet.VXLANHeaderLen + udpHeaderLen + esp.HeaderLen
 // are sealed with the VTEP's outbound SAs of cipher c and sent to the ESP
 // port, and cleartext VXLAN for it is dropped) or a cleartext one (0).
 // Set it before SetInput.
-func (n *Network) SetCipher(c esp.Cipher) error {
+func (n *Segment) SetCipher(c esp.Cipher) error {
 	if c != 0 && c.KeyLen() == 0 {
 		return fmt.Errorf("vni %d: unknown %v", n.vni, c)
 	}
@@ -210,7 +210,7 @@ func (n *Network) SetCipher(c esp.Cipher) error {
 }
 
 // Cipher returns the network's cipher, 0 for a cleartext network.
-func (n *Network) Cipher() esp.Cipher { return esp.Cipher(n.cipher.Load()) }
+func (n *Segment) Cipher() esp.Cipher { return esp.Cipher(n.cipher.Load()) }
 
 // outbound returns the SA sealing cipher c's datagrams to addr, or nil.
 func (s *secState) outbound(addr netip.Addr, c esp.Cipher) *esp.Outbound {
@@ -225,7 +225,7 @@ func (s *secState) outbound(addr netip.Addr, c esp.Cipher) *esp.Outbound {
 // writeESPSegments). A peer without an SA, or an SA out of sequence
 // numbers, is a drop of that datagram ("no-sa", "esp-seq-exhausted" when
 // no datagram of the frame was sent).
-func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
+func (n *Segment) writeESP(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
 	switch {
 	case t.isGSO:
 		n.writeESPSegments(sc, sec, c, t)
@@ -241,7 +241,7 @@ func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, t *txFram
 // sealInPlace seals owned frame t for its one peer where it is: the
 // VXLAN, inner UDP and ESP headers go into the headroom, the trailer into
 // the tailroom.
-func (n *Network) sealInPlace(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
+func (n *Segment) sealInPlace(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
 	to, b := t.fan[0], t.owned
 	sa := sec.outbound(to.addr, c)
 	if sa == nil {
@@ -265,7 +265,7 @@ func (n *Network) sealInPlace(sc *txScratch, sec *secState, c esp.Cipher, t *txF
 
 // sealCopy seals a copy of plain frame t for peer p in the arena,
 // completing its checksum there if t.fill.
-func (n *Network) sealCopy(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame, p *peer) {
+func (n *Segment) sealCopy(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame, p *peer) {
 	sa := sec.outbound(p.addr, c)
 	if sa == nil {
 		n.espDrop(sc, p, t.i, dropNoSA)
@@ -302,7 +302,7 @@ func (n *Network) sealCopy(sc *txScratch, sec *secState, c esp.Cipher, t *txFram
 // of equal length, stride bytes apart, and only the last of a run may be
 // shorter. Sealing datagram k borrows the ScratchLen bytes in front of
 // its ESP header, the tail of datagram k-1, and restores them.
-func (n *Network) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
+func (n *Segment) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
 	segs := t.g.Segments()
 	inner0 := udpHeaderLen + packet.VXLANHeaderLen + t.g.SegmentLen(0)
 	stride := inner0 + esp.Overhead(inner0)
@@ -326,7 +326,7 @@ func (n *Network) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, t
 // sealRun seals segments k..k+cnt-1 of super-segment t for p as one run
 // of datagrams stride bytes apart and queues it; it reports false after a
 // drop.
-func (n *Network) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, k, cnt, stride int) bool {
+func (n *Segment) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, k, cnt, stride int) bool {
 	g := t.g
 	need := esp.ScratchLen + (cnt-1)*stride + esp.HeaderLen + udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1) + esp.MaxTrailerLen
 	sc.ensureArena()
@@ -361,7 +361,7 @@ func (n *Network) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, 
 
 // queueESP adds the sealed datagram dgram of frame t (flen frame bytes;
 // a run of datagrams of gso bytes if gso > 0) for p, to its ESP port.
-func (n *Network) queueESP(sc *txScratch, dgram []byte, gso int, p *peer, t *txFrame, flen int) {
+func (n *Segment) queueESP(sc *txScratch, dgram []byte, gso int, p *peer, t *txFrame, flen int) {
 	m := Message{Buf: dgram, GSOSize: gso, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: t.hash}
 	sc.sealed += m.Segments(len(dgram))
 	sc.msgs = append(sc.msgs, m)
@@ -371,7 +371,7 @@ func (n *Network) queueESP(sc *txScratch, dgram []byte, gso int, p *peer, t *txF
 }
 
 // espDrop records that a datagram of frame i to p was not sealed.
-func (n *Network) espDrop(sc *txScratch, p *peer, i int, why dropReason) {
+func (n *Segment) espDrop(sc *txScratch, p *peer, i int, why dropReason) {
 	p.txDrops.Add(1)
 	if sc.why[i] == dropNone {
 		sc.why[i] = why

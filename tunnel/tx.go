@@ -35,19 +35,19 @@ type txFrame struct {
 	flood bool // fan is every peer
 }
 
-// errNetworkDown is returned by Write on a removed network or closed VTEP.
-var errNetworkDown = errors.New("network removed or VTEP closed")
+// errSegmentDown is returned by Write on a removed network or closed VTEP.
+var errSegmentDown = errors.New("network removed or VTEP closed")
 
 // Write sends frames the caller owns for the call: WriteFrames of
 // packet.OwnedFrames(bufs, offset).
-func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
+func (n *Segment) Write(bufs [][]byte, offset int) (int, error) {
 	return n.WriteFrames(packet.OwnedFrames(bufs, offset))
 }
 
 // WriteFrames implements vswitch.Sink: it encapsulates and sends every
 // frame and returns how many it took: sent to at least one VTEP, or to be
 // flooded while the network has no peer (nothing to do, counted in
-// NetworkStats.FloodNoPeers, not an error). A frame to a MAC in the static
+// SegmentStats.FloodNoPeers, not an error). A frame to a MAC in the static
 // or the learned FDB goes to that MAC's VTEP; any other frame goes to
 // every peer, all datagrams pointing at the same bytes. Datagrams are sent
 // with Underlay.WriteBatch, once per call unless the segment arena fills
@@ -73,7 +73,7 @@ func (n *Network) Write(bufs [][]byte, offset int) (int, error) {
 // ("mtu"), never fragmented; a super-segment's own length is not checked.
 // A shared frame's bytes and slot are left byte-equal (packet.Frames).
 // WriteFrames may be called concurrently and does not allocate once warm.
-func (n *Network) WriteFrames(fr packet.Frames) (int, error) {
+func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 	count := fr.Len()
 	if count == 0 {
 		return 0, nil
@@ -85,7 +85,7 @@ func (n *Network) WriteFrames(fr packet.Frames) (int, error) {
 	}
 	if n.removed.Load() || n.v.closed.Load() {
 		n.c.drops[dropDown].Add(uint64(count))
-		return 0, fmt.Errorf("vni %d: %w", n.vni, errNetworkDown)
+		return 0, fmt.Errorf("vni %d: %w", n.vni, errSegmentDown)
 	}
 	var sec *secState
 	cipher := esp.Cipher(n.cipher.Load())
@@ -132,7 +132,7 @@ func (n *Network) WriteFrames(fr packet.Frames) (int, error) {
 // classify checks frame i of sc's batch and finds its fan-out; it returns
 // why the frame is dropped, or dropNone. An owned frame's partial checksum
 // is completed in place here.
-func (n *Network) classify(sc *txScratch, fr packet.Frames, st *netState, lt *learnedTable, now int64, i int) (txFrame, dropReason) {
+func (n *Segment) classify(sc *txScratch, fr packet.Frames, st *netState, lt *learnedTable, now int64, i int) (txFrame, dropReason) {
 	offset := fr.Offset()
 	b := fr.Buf(i)
 	if len(b) < offset+packet.EthernetHeaderLen {
@@ -188,7 +188,7 @@ func (n *Network) classify(sc *txScratch, fr packet.Frames, st *netState, lt *le
 // fan-out: in place (the VXLAN header in the headroom, which a port may
 // write into even in a shared buffer), or, for a shared frame whose
 // checksum must be completed, as a copy in the arena.
-func (n *Network) emitFrame(sc *txScratch, t *txFrame) {
+func (n *Segment) emitFrame(sc *txScratch, t *txFrame) {
 	if !t.fill {
 		dgram := t.buf[t.off-packet.VXLANHeaderLen:]
 		packet.PutVXLAN(dgram, n.vni)
@@ -212,7 +212,7 @@ func (n *Network) emitFrame(sc *txScratch, t *txFrame) {
 // segments for its fan-out. The segments go into the arena back to back,
 // each behind its VXLAN header, in runs that one UDP segmentation send
 // carries: every datagram of a run but the last is dsize bytes long.
-func (n *Network) emitSegments(sc *txScratch, t *txFrame) {
+func (n *Segment) emitSegments(sc *txScratch, t *txFrame) {
 	g := t.g
 	segs := g.Segments()
 	dsize := packet.VXLANHeaderLen + g.SegmentLen(0)
@@ -243,7 +243,7 @@ func (n *Network) emitSegments(sc *txScratch, t *txFrame) {
 
 // queue adds datagram dgram of frame t (a run of datagrams of gsoSize
 // bytes if gsoSize > 0) for every peer of its fan-out.
-func (n *Network) queue(sc *txScratch, dgram []byte, gsoSize int, t *txFrame) {
+func (n *Segment) queue(sc *txScratch, dgram []byte, gsoSize int, t *txFrame) {
 	for _, p := range t.fan {
 		sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gsoSize, Addr: p.dst, Hash: t.hash})
 		sc.peers = append(sc.peers, p)
@@ -253,7 +253,7 @@ func (n *Network) queue(sc *txScratch, dgram []byte, gsoSize int, t *txFrame) {
 
 // account adds a Write's counters and returns how many frames it took and
 // the error to report.
-func (n *Network) account(sc *txScratch, fr packet.Frames, flooded, gsoFrames uint64) (int, error) {
+func (n *Segment) account(sc *txScratch, fr packet.Frames, flooded, gsoFrames uint64) (int, error) {
 	count := fr.Len()
 	ok, why := sc.ok[:count], sc.why[:count]
 	err := sc.err
@@ -300,7 +300,7 @@ func (n *Network) account(sc *txScratch, fr packet.Frames, flooded, gsoFrames ui
 
 // send writes the queued datagrams with one WriteBatch, accounts them per
 // peer and per frame, and empties the queue and the segment arena.
-func (n *Network) send(sc *txScratch) {
+func (n *Segment) send(sc *txScratch) {
 	msgs := sc.msgs
 	if len(msgs) == 0 {
 		return

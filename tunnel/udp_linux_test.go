@@ -81,7 +81,7 @@ func TestUDPSourcePortPerFlowAndWire(t *testing.T) {
 	ua := listenUDP(t, "127.0.0.1", port)
 	ub := listenUDP(t, "127.0.0.2", port)
 	v := New(Config{Underlay: ua, DataPort: port})
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{netip.MustParseAddr("127.0.0.2")})
 	const flows = 32
 	var frames [][]byte
@@ -133,7 +133,7 @@ func TestUDPRoundTripBetweenVTEPs(t *testing.T) {
 func newUDPNode(t *testing.T, addr string, port uint16, peers ...string) *node {
 	u := listenUDP(t, addr, port)
 	v := New(Config{Underlay: u, DataPort: port})
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	var ps []netip.Addr
 	for _, p := range peers {
 		ps = append(ps, netip.MustParseAddr(p))
@@ -303,7 +303,7 @@ func TestKernelVXLANInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := New(Config{Underlay: u})
-	n, err := v.AddNetwork(4242, 9000) // larger than the underlay allows, to see EMSGSIZE
+	n, err := v.AddSegment(4242, 9000) // larger than the underlay allows, to see EMSGSIZE
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,7 @@
 // Package tunnel is the VTEP (RFC 7348 VXLAN tunnel end point): it carries
 // the Ethernet frames of overlay networks between hosts in VXLAN over UDP.
 //
-// Each overlay network is a *Network, which the host's virtual switch sees
+// Each overlay network is a *Segment, which the host's virtual switch sees
 // as one port: Write encapsulates frames in place (the VXLAN header goes in
 // the headroom in front of the frame) and sends them to the VTEP that has
 // the destination MAC, or to every peer (head-end replication) for
@@ -70,7 +70,7 @@ type Config struct {
 	LocalAddr netip.Addr
 }
 
-// DefaultMTU is the network MTU used when AddNetwork is given 0: 1500 minus
+// DefaultMTU is the network MTU used when AddSegment is given 0: 1500 minus
 // the 50 bytes of outer IPv4, UDP, VXLAN and inner Ethernet headers.
 const DefaultMTU = 1450
 
@@ -94,7 +94,7 @@ type VTEP struct {
 	epoch      time.Time
 	local      netip.Addr
 
-	nets atomic.Pointer[map[uint32]*Network] // immutable snapshot
+	nets atomic.Pointer[map[uint32]*Segment] // immutable snapshot
 	mu   sync.Mutex                          // serialises network changes
 	txs  chan *txScratch                     // free per-call transmit scratch
 
@@ -126,9 +126,9 @@ type rxState struct {
 	gdgrams, gbytes uint64 // datagrams and their frame bytes in the group
 
 	// per batch
-	nets      map[uint32]*Network
+	nets      map[uint32]*Segment
 	now       int64
-	cur       *Network
+	cur       *Segment
 	st        *netState
 	lt        *learnedTable
 	drops     [numDrops]uint64 // VTEP level: before the network is known
@@ -182,7 +182,7 @@ func New(cfg Config) *VTEP {
 		v.now = time.Now
 	}
 	v.epoch = v.now()
-	v.nets.Store(&map[uint32]*Network{})
+	v.nets.Store(&map[uint32]*Segment{})
 	v.txs = make(chan *txScratch, 4*runtime.GOMAXPROCS(0))
 	v.rx.init(v.batch, packet.VXLANHeaderLen)
 	if v.espU != nil {
@@ -208,10 +208,10 @@ func (r *rxState) init(batch, front int) {
 // clock returns the VTEP time in nanoseconds since New.
 func (v *VTEP) clock() int64 { return int64(v.now().Sub(v.epoch)) }
 
-// AddNetwork starts serving vni with the given MTU (the largest inner IP
+// AddSegment starts serving vni with the given MTU (the largest inner IP
 // packet; 0 means DefaultMTU). The network has no peers and no input
 // function yet.
-func (v *VTEP) AddNetwork(vni uint32, mtu int) (*Network, error) {
+func (v *VTEP) AddSegment(vni uint32, mtu int) (*Segment, error) {
 	if vni > packet.VXLANMaxVNI {
 		return nil, fmt.Errorf("vni %d: out of range (0-%d)", vni, packet.VXLANMaxVNI)
 	}
@@ -230,8 +230,8 @@ func (v *VTEP) AddNetwork(vni uint32, mtu int) (*Network, error) {
 	if old[vni] != nil {
 		return nil, fmt.Errorf("vni %d: network already exists", vni)
 	}
-	n := newNetwork(v, vni, mtu)
-	next := make(map[uint32]*Network, len(old)+1)
+	n := newSegment(v, vni, mtu)
+	next := make(map[uint32]*Segment, len(old)+1)
 	for k, x := range old {
 		next[k] = x
 	}
@@ -241,10 +241,10 @@ func (v *VTEP) AddNetwork(vni uint32, mtu int) (*Network, error) {
 	return n, nil
 }
 
-// RemoveNetwork stops serving vni: its datagrams are dropped as
+// RemoveSegment stops serving vni: its datagrams are dropped as
 // "unknown-vni" from now on and its Write refuses frames. Removing an
 // unknown VNI does nothing.
-func (v *VTEP) RemoveNetwork(vni uint32) {
+func (v *VTEP) RemoveSegment(vni uint32) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	old := *v.nets.Load()
@@ -253,7 +253,7 @@ func (v *VTEP) RemoveNetwork(vni uint32) {
 		return
 	}
 	n.removed.Store(true)
-	next := make(map[uint32]*Network, len(old))
+	next := make(map[uint32]*Segment, len(old))
 	for k, x := range old {
 		if k != vni {
 			next[k] = x
@@ -263,13 +263,13 @@ func (v *VTEP) RemoveNetwork(vni uint32) {
 	v.log.Info("vxlan network removed", "vni", vni)
 }
 
-// Network returns the network serving vni, or nil.
-func (v *VTEP) Network(vni uint32) *Network { return (*v.nets.Load())[vni] }
+// Segment returns the network serving vni, or nil.
+func (v *VTEP) Segment(vni uint32) *Segment { return (*v.nets.Load())[vni] }
 
-// Networks returns the networks, ordered by VNI.
-func (v *VTEP) Networks() []*Network {
+// Segments returns the networks, ordered by VNI.
+func (v *VTEP) Segments() []*Segment {
 	m := *v.nets.Load()
-	out := make([]*Network, 0, len(m))
+	out := make([]*Segment, 0, len(m))
 	for _, n := range m {
 		out = append(out, n)
 	}
@@ -326,7 +326,7 @@ func (v *VTEP) loop(ctx context.Context, once func() error, what string) error {
 	}
 }
 
-// Close closes the underlay, which ends Run. Networks refuse frames after.
+// Close closes the underlay, which ends Run. Segments refuse frames after.
 func (v *VTEP) Close() error {
 	v.closeOnce.Do(func() {
 		v.closed.Store(true)
@@ -528,7 +528,7 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 // to n's input function and adds n's receive counters and r.ndrops. The
 // VXLAN and ESP loops call input functions one at a time (v.inMu), so an
 // input function never runs concurrently with itself.
-func (v *VTEP) deliver(r *rxState, n *Network) {
+func (v *VTEP) deliver(r *rxState, n *Segment) {
 	if n == nil {
 		return
 	}

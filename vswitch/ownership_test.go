@@ -19,7 +19,7 @@ var (
 
 // encryptedSegment returns an encrypted tunnel segment with vtepPeer as its
 // only peer and an outbound SA to it.
-func encryptedSegment(t *testing.T, cipher esp.Cipher) *tunnel.Network {
+func encryptedSegment(t *testing.T, cipher esp.Cipher) *tunnel.Segment {
 	t.Helper()
 	mn := tunnel.NewMemNetwork()
 	u, err := mn.Listen(netip.AddrPortFrom(vtepHere, packet.VXLANPort))
@@ -38,7 +38,7 @@ func encryptedSegment(t *testing.T, cipher esp.Cipher) *tunnel.Network {
 	}
 	v := tunnel.New(tunnel.Config{Underlay: u, ESPUnderlay: eu})
 	t.Cleanup(func() { v.Close() })
-	n, err := v.AddNetwork(42, 0)
+	n, err := v.AddSegment(42, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,11 +12,12 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 )
 
-// Network is one overlay network (VNI) of a VTEP. It implements the
-// vswitch Port interface: the switch hands it the frames to carry to other
-// hosts with Write, and it hands received frames to the function set with
+// Segment is the part of one overlay network that crosses hosts: its VNI
+// on a VTEP, with the network's peers, remote FDB and cipher. It is a
+// vswitch.Sink: the switch hands it the frames to carry to other hosts
+// with WriteFrames, and it hands received frames to the function set with
 // SetInput. Its methods are safe for concurrent use.
-type Network struct {
+type Segment struct {
 	v       *VTEP
 	vni     uint32
 	mtu     int
@@ -68,24 +69,24 @@ type learnedEntry struct {
 	seen atomic.Int64 // VTEP clock of the last frame from the MAC
 }
 
-func newNetwork(v *VTEP, vni uint32, mtu int) *Network {
-	n := &Network{v: v, vni: vni, mtu: mtu, objs: map[netip.Addr]*peer{}}
+func newSegment(v *VTEP, vni uint32, mtu int) *Segment {
+	n := &Segment{v: v, vni: vni, mtu: mtu, objs: map[netip.Addr]*peer{}}
 	n.state.Store(&netState{allowed: map[netip.Addr]*peer{}, remotes: map[packet.MAC]*peer{}})
 	n.learned.Store(&learnedTable{m: map[packet.MAC]*learnedEntry{}})
 	return n
 }
 
 // VNI returns the network's VXLAN network identifier.
-func (n *Network) VNI() uint32 { return n.vni }
+func (n *Segment) VNI() uint32 { return n.vni }
 
 // MTU returns the largest inner IP packet the network carries.
-func (n *Network) MTU() int { return n.mtu }
+func (n *Segment) MTU() int { return n.mtu }
 
 // SetInput sets the function that receives the network's decapsulated
 // frames (vswitch.Port.Input of the network's tunnel port). It is
 // called by the VTEP's receive loop only, never concurrently with itself.
 // Until it is set, received frames are dropped as "no-input".
-func (n *Network) SetInput(fn InputFunc) {
+func (n *Segment) SetInput(fn InputFunc) {
 	if fn == nil {
 		n.input.Store(nil)
 		return
@@ -98,7 +99,7 @@ func (n *Network) SetInput(fn InputFunc) {
 // unicast frames are replicated to each of them, and only datagrams from
 // them are accepted. Learned MACs behind a VTEP that is no longer a peer
 // are forgotten.
-func (n *Network) SetPeers(peers []netip.Addr) error {
+func (n *Segment) SetPeers(peers []netip.Addr) error {
 	set := make([]netip.Addr, 0, len(peers))
 	for _, a := range peers {
 		a = a.Unmap()
@@ -122,7 +123,7 @@ func (n *Network) SetPeers(peers []netip.Addr) error {
 // never teach anything, and one that claims a MAC statically behind
 // another VTEP is dropped ("spoofed-src"). Learned MACs behind a VTEP that
 // is no longer external are forgotten.
-func (n *Network) SetExternal(vteps []netip.Addr) error {
+func (n *Segment) SetExternal(vteps []netip.Addr) error {
 	set := make(map[netip.Addr]bool, len(vteps))
 	for _, a := range vteps {
 		a = a.Unmap()
@@ -141,7 +142,7 @@ func (n *Network) SetExternal(vteps []netip.Addr) error {
 // SetRemotes replaces the static remote FDB: frames to each MAC are sent
 // to its VTEP only. The VTEPs should also be peers (SetPeers), or their
 // datagrams are not accepted.
-func (n *Network) SetRemotes(remotes map[packet.MAC]netip.Addr) error {
+func (n *Segment) SetRemotes(remotes map[packet.MAC]netip.Addr) error {
 	m := make(map[packet.MAC]netip.Addr, len(remotes))
 	for mac, a := range remotes {
 		a = a.Unmap()
@@ -162,7 +163,7 @@ func (n *Network) SetRemotes(remotes map[packet.MAC]netip.Addr) error {
 
 // publish builds and swaps in a new netState from peerSet and remotes;
 // n.mu is held.
-func (n *Network) publish() {
+func (n *Segment) publish() {
 	objs := make(map[netip.Addr]*peer, len(n.peerSet))
 	get := func(a netip.Addr) *peer {
 		p := objs[a]
@@ -198,7 +199,7 @@ func (n *Network) publish() {
 }
 
 // filterLearned keeps the learned entries for which keep is true.
-func (n *Network) filterLearned(keep func(packet.MAC, *learnedEntry) bool) {
+func (n *Segment) filterLearned(keep func(packet.MAC, *learnedEntry) bool) {
 	old := n.learned.Load()
 	drop := 0
 	for mac, e := range old.m {
@@ -220,7 +221,7 @@ func (n *Network) filterLearned(keep func(packet.MAC, *learnedEntry) bool) {
 
 // learn records that src was seen behind p; it reports whether the table
 // changed. Called by the receive loop.
-func (n *Network) learn(src packet.MAC, p *peer, now int64) bool {
+func (n *Segment) learn(src packet.MAC, p *peer, now int64) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.state.Load().allowed[p.addr] != p || !p.external.Load() {
@@ -243,7 +244,7 @@ func (n *Network) learn(src packet.MAC, p *peer, now int64) bool {
 }
 
 // sweep removes learned entries older than the aging time.
-func (n *Network) sweep(now int64) {
+func (n *Segment) sweep(now int64) {
 	aging := n.v.aging
 	stale := false
 	for _, e := range n.learned.Load().m {
@@ -338,7 +339,7 @@ type FDBEntry struct {
 
 // FDB lists the static and the live learned remote entries, ordered by
 // MAC.
-func (n *Network) FDB() []FDBEntry {
+func (n *Segment) FDB() []FDBEntry {
 	st, lt, now := n.state.Load(), n.learned.Load(), n.v.clock()
 	out := make([]FDBEntry, 0, len(st.remotes)+len(lt.m))
 	for mac, p := range st.remotes {
