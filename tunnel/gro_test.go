@@ -161,7 +161,7 @@ func TestReceiveDoesNotCoalesceBadChecksum(t *testing.T) {
 // of their own, each at Headroom of its own buffer, in order, more than
 // the spare buffers (the group is delivered in between).
 func TestReceiveSplitsGROReadOfUDP(t *testing.T) {
-	const n = 3*rxSpares + 5
+	const n = 3*groSpares + 5
 	var chunk []byte
 	var want [][]byte
 	for i := range n {

@@ -115,15 +115,7 @@ type VTEP struct {
 type rxState struct {
 	bufs   [][]byte  // packet.BufferSize buffers
 	msgs   []Message // msgs[i].Buf = bufs[i][packet.Headroom-VXLANHeaderLen:]
-	gbufs  [][]byte  // frames of the group being collected
-	gsizes []int
-	gheads []packet.GROHead // gheads[j] describes gbufs[j]'s frame
-	// spare buffers for the datagrams of a coalesced (GRO) read that
-	// start frames of their own; allocated on first use.
-	spare  [][]byte
-	nspare int // spare[:nspare] are in the group
-
-	gdgrams, gbytes uint64 // datagrams and their frame bytes in the group
+	group  groTable  // the current segment's frames, delivered together
 
 	// per batch
 	nets      map[uint32]*Segment
@@ -137,14 +129,6 @@ type rxState struct {
 	// deliver.
 	ndrops [numDrops]uint64
 }
-
-// rxSpares is the number of spare buffers: when they are all in the
-// group, the group is delivered first.
-const rxSpares = 16
-
-// groWindow is how many of the group's latest frames a TCP segment is
-// tried against for coalescing.
-const groWindow = 8
 
 // New returns a VTEP with no networks. Call Run to start receiving.
 func New(cfg Config) *VTEP {
@@ -196,9 +180,7 @@ func New(cfg Config) *VTEP {
 func (r *rxState) init(batch, front int) {
 	r.bufs = make([][]byte, batch)
 	r.msgs = make([]Message, batch)
-	r.gsizes = make([]int, 0, batch+rxSpares)
-	r.gbufs = make([][]byte, 0, batch+rxSpares)
-	r.gheads = make([]packet.GROHead, 0, batch+rxSpares)
+	r.group.init(batch)
 	for i := range r.bufs {
 		r.bufs[i] = make([]byte, packet.BufferSize)
 		r.msgs[i].Buf = r.bufs[i][packet.Headroom-front:]
@@ -486,42 +468,18 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 	}
 	p.rxPackets.Add(1)
 	p.rxBytes.Add(uint64(len(frame)))
-	r.gdgrams++
-	r.gbytes += uint64(len(frame))
-	// A TCP segment that follows one of the group's latest frames of its
-	// flow is appended to it.
-	for j := len(r.gbufs) - 1; j >= max(0, len(r.gbufs)-groWindow); j-- {
-		h := &r.gheads[j]
-		hb := r.gbufs[j][packet.Headroom:]
-		if !packet.SameFlow(hb[:h.Len()], frame) {
-			continue
-		}
-		if h.Append(hb[:packet.MaxGSOFrame], frame) {
-			return
-		}
-		break // never reorder a flow's segments
+	g := &r.group
+	if g.merge(frame) {
+		return
 	}
-	var buf []byte
 	if first {
-		buf = r.bufs[i] // the frame is in place at packet.Headroom
-	} else {
-		if r.nspare == rxSpares {
-			v.deliver(r, r.cur)
-		}
-		if r.spare == nil {
-			r.spare = make([][]byte, rxSpares)
-			for k := range r.spare {
-				r.spare[k] = make([]byte, packet.BufferSize)
-			}
-		}
-		buf = r.spare[r.nspare]
-		r.nspare++
-		copy(buf[packet.Headroom:], frame)
+		g.add(r.bufs[i], frame) // the frame is in place at packet.Headroom
+		return
 	}
-	r.gbufs = append(r.gbufs, buf)
-	r.gsizes = append(r.gsizes, len(frame))
-	r.gheads = append(r.gheads, packet.GROHead{})
-	r.gheads[len(r.gheads)-1].Start(buf[packet.Headroom : packet.Headroom+len(frame)])
+	if g.sparesUsed() {
+		v.deliver(r, r.cur)
+	}
+	g.add(nil, frame)
 }
 
 // deliver completes the collected group's super-segments, hands the group
@@ -532,26 +490,20 @@ func (v *VTEP) deliver(r *rxState, n *Segment) {
 	if n == nil {
 		return
 	}
-	if k := len(r.gbufs); k > 0 {
-		for j, b := range r.gbufs {
-			h := &r.gheads[j]
-			h.Finish(b[packet.Headroom:packet.Headroom+h.Len()], packet.OffloadOf(b))
-			r.gsizes[j] = h.Len()
-		}
+	if g := &r.group; g.len() > 0 {
+		bufs, sizes := g.finish()
 		if in := n.input.Load(); in != nil && !n.removed.Load() {
 			// Counted first, so that whoever sees the frames sees them
 			// counted.
-			n.c.rxPackets.Add(r.gdgrams)
-			n.c.rxBytes.Add(r.gbytes)
+			n.c.rxPackets.Add(g.dgrams)
+			n.c.rxBytes.Add(g.bytes)
 			v.inMu.Lock()
-			(*in)(r.gbufs, r.gsizes, packet.Headroom)
+			(*in)(bufs, sizes, packet.Headroom)
 			v.inMu.Unlock()
 		} else {
-			r.ndrops[dropNoInput] += r.gdgrams
+			r.ndrops[dropNoInput] += g.dgrams
 		}
-		clear(r.gbufs)
-		r.gbufs, r.gsizes, r.gheads = r.gbufs[:0], r.gsizes[:0], r.gheads[:0]
-		r.gdgrams, r.gbytes, r.nspare = 0, 0, 0
+		g.reset()
 	}
 	for i, d := range r.ndrops {
 		if d > 0 {
