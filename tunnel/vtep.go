@@ -113,9 +113,9 @@ type VTEP struct {
 
 // rxState is the receive loop's batch, allocated once.
 type rxState struct {
-	bufs   [][]byte  // packet.BufferSize buffers
-	msgs   []Message // msgs[i].Buf = bufs[i][packet.Headroom-VXLANHeaderLen:]
-	group  groTable  // the current segment's frames, delivered together
+	bufs  [][]byte  // packet.BufferSize buffers
+	msgs  []Message // msgs[i].Buf = bufs[i][packet.Headroom-VXLANHeaderLen:]
+	group groTable  // the current segment's frames, delivered together
 
 	// per batch
 	nets      map[uint32]*Segment
