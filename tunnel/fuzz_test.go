@@ -31,7 +31,7 @@ func FuzzDecap(f *testing.F) {
 		delivered += len(bufs)
 	})
 	f.Fuzz(func(t *testing.T, d []byte, fromPeer bool) {
-		before := len(n.learned.Load().m)
+		before := n.learned.Len()
 		m := &v.rx.msgs[0]
 		m.N = len(d)
 		copy(m.Buf, d)
@@ -51,7 +51,7 @@ func FuzzDecap(f *testing.F) {
 		if st.RxDatagrams != drops+uint64(delivered) || st.Segments[0].RxPackets != uint64(delivered) {
 			t.Fatalf("rx %d, dropped %d, delivered %d", st.RxDatagrams, drops, delivered)
 		}
-		if !fromPeer && len(n.learned.Load().m) > before {
+		if !fromPeer && n.learned.Len() > before {
 			t.Fatal("learned from a stranger")
 		}
 		for _, e := range n.FDB() {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/internal/aging"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -25,8 +26,8 @@ type Segment struct {
 	cipher  atomic.Uint32 // esp.Cipher of an encrypted network, 0 in the clear
 
 	input   atomic.Pointer[InputFunc]
-	state   atomic.Pointer[netState]     // immutable forwarding state
-	learned atomic.Pointer[learnedTable] // copy on write
+	state   atomic.Pointer[netState] // immutable forwarding state
+	learned *aging.Table[*peer]      // inner MACs behind external VTEPs
 
 	mu      sync.Mutex // serialises control-plane writers of state and learned
 	peerSet []netip.Addr
@@ -58,21 +59,10 @@ type peer struct {
 	external atomic.Bool
 }
 
-// learnedTable maps inner MACs learned from the data plane to the VTEP
-// they were seen behind.
-type learnedTable struct {
-	m map[packet.MAC]*learnedEntry
-}
-
-type learnedEntry struct {
-	peer *peer
-	seen atomic.Int64 // VTEP clock of the last frame from the MAC
-}
-
 func newSegment(v *VTEP, vni uint32, mtu int) *Segment {
 	n := &Segment{v: v, vni: vni, mtu: mtu, objs: map[netip.Addr]*peer{}}
 	n.state.Store(&netState{allowed: map[netip.Addr]*peer{}, remotes: map[packet.MAC]*peer{}})
-	n.learned.Store(&learnedTable{m: map[packet.MAC]*learnedEntry{}})
+	n.learned = aging.New[*peer](v.aging, v.maxLearned)
 	return n
 }
 
@@ -193,73 +183,29 @@ func (n *Segment) publish() {
 	n.state.Store(st)
 	// Forget what was learned behind VTEPs that are no longer external
 	// peers, and MACs that became static.
-	n.filterLearned(func(mac packet.MAC, e *learnedEntry) bool {
-		return st.allowed[e.peer.addr] == e.peer && e.peer.external.Load() && st.remotes[mac] == nil
+	n.learned.Filter(func(e *aging.Entry[*peer]) bool {
+		p := e.Value
+		return st.allowed[p.addr] == p && p.external.Load() && st.remotes[e.MAC] == nil
 	})
 }
 
-// filterLearned keeps the learned entries for which keep is true.
-func (n *Segment) filterLearned(keep func(packet.MAC, *learnedEntry) bool) {
-	old := n.learned.Load()
-	drop := 0
-	for mac, e := range old.m {
-		if !keep(mac, e) {
-			drop++
-		}
-	}
-	if drop == 0 {
-		return
-	}
-	next := &learnedTable{m: make(map[packet.MAC]*learnedEntry, len(old.m)-drop)}
-	for mac, e := range old.m {
-		if keep(mac, e) {
-			next.m[mac] = e
-		}
-	}
-	n.learned.Store(next)
-}
-
-// learn records that src was seen behind p; it reports whether the table
-// changed. Called by the receive loop.
+// learn records that src was seen behind p; it reports whether src is
+// now learned there. Called by the receive loop.
 func (n *Segment) learn(src packet.MAC, p *peer, now int64) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.state.Load().allowed[p.addr] != p || !p.external.Load() {
 		return false // the peer was removed or is no longer external meanwhile
 	}
-	old := n.learned.Load()
-	if e := old.m[src]; e == nil && len(old.m) >= n.v.maxLearned {
+	if !n.learned.Learn(src, p, now) {
 		n.c.learnLimited.Add(1)
 		return false
 	}
-	e := &learnedEntry{peer: p}
-	e.seen.Store(now)
-	next := &learnedTable{m: make(map[packet.MAC]*learnedEntry, len(old.m)+1)}
-	for mac, x := range old.m {
-		next.m[mac] = x
-	}
-	next.m[src] = e
-	n.learned.Store(next)
 	return true
 }
 
 // sweep removes learned entries older than the aging time.
-func (n *Segment) sweep(now int64) {
-	aging := n.v.aging
-	stale := false
-	for _, e := range n.learned.Load().m {
-		if now-e.seen.Load() >= aging {
-			stale = true
-			break
-		}
-	}
-	if !stale {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.filterLearned(func(_ packet.MAC, e *learnedEntry) bool { return now-e.seen.Load() < aging })
-}
+func (n *Segment) sweep(now int64) { n.learned.Sweep(now) }
 
 // txScratch is one Write call's working state, reused through VTEP.txs.
 type txScratch struct {
@@ -340,18 +286,16 @@ type FDBEntry struct {
 // FDB lists the static and the live learned remote entries, ordered by
 // MAC.
 func (n *Segment) FDB() []FDBEntry {
-	st, lt, now := n.state.Load(), n.learned.Load(), n.v.clock()
-	out := make([]FDBEntry, 0, len(st.remotes)+len(lt.m))
+	st, now := n.state.Load(), n.v.clock()
+	out := make([]FDBEntry, 0, len(st.remotes))
 	for mac, p := range st.remotes {
 		out = append(out, FDBEntry{MAC: mac, VTEP: p.addr, Static: true})
 	}
-	for mac, e := range lt.m {
-		age := now - e.seen.Load()
-		if age >= n.v.aging || st.remotes[mac] != nil {
-			continue
+	n.learned.Range(func(e *aging.Entry[*peer]) {
+		if n.learned.Live(e, now) && st.remotes[e.MAC] == nil {
+			out = append(out, FDBEntry{MAC: e.MAC, VTEP: e.Value.addr, Age: time.Duration(now - e.Seen())})
 		}
-		out = append(out, FDBEntry{MAC: mac, VTEP: e.peer.addr, Age: time.Duration(age)})
-	}
+	})
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].MAC, out[j].MAC
 		return string(a[:]) < string(b[:])

@@ -100,10 +100,10 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 	}
 	sc := n.v.getTx()
 	sc.start(count)
-	st, lt, now := n.state.Load(), n.learned.Load(), n.v.clock()
+	st, now := n.state.Load(), n.v.clock()
 	var flooded, gsoFrames uint64
 	for i := range count {
-		t, why := n.classify(sc, fr, st, lt, now, i)
+		t, why := n.classify(sc, fr, st, now, i)
 		if why != dropNone {
 			sc.why[i] = why
 			continue
@@ -132,7 +132,7 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 // classify checks frame i of sc's batch and finds its fan-out; it returns
 // why the frame is dropped, or dropNone. An owned frame's partial checksum
 // is completed in place here.
-func (n *Segment) classify(sc *txScratch, fr packet.Frames, st *netState, lt *learnedTable, now int64, i int) (txFrame, dropReason) {
+func (n *Segment) classify(sc *txScratch, fr packet.Frames, st *netState, now int64, i int) (txFrame, dropReason) {
 	offset := fr.Offset()
 	b := fr.Buf(i)
 	if len(b) < offset+packet.EthernetHeaderLen {
@@ -166,8 +166,8 @@ func (n *Segment) classify(sc *txScratch, fr packet.Frames, st *netState, lt *le
 	var to *peer
 	if !dst.IsMulticast() {
 		if to = st.remotes[dst]; to == nil {
-			if e := lt.m[dst]; e != nil && now-e.seen.Load() < n.v.aging {
-				to = e.peer
+			if e := n.learned.Lookup(dst); e != nil && n.learned.Live(e, now) {
+				to = e.Value
 			}
 		}
 	}

@@ -122,7 +122,6 @@ type rxState struct {
 	now       int64
 	cur       *Segment
 	st        *netState
-	lt        *learnedTable
 	drops     [numDrops]uint64 // VTEP level: before the network is known
 	lastSweep int64
 	// ndrops are the drops counted for r.cur, added to its counters by
@@ -363,7 +362,7 @@ func (v *VTEP) espReceiveOnce() error {
 func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 	r.nets = *v.nets.Load()
 	r.now = v.clock()
-	r.cur, r.st, r.lt = nil, nil, nil
+	r.cur, r.st = nil, nil
 	var bytes, dgrams uint64
 	for i := range msgs {
 		m := &msgs[i]
@@ -394,7 +393,7 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 		}
 	}
 	v.deliver(r, r.cur)
-	r.cur, r.st, r.lt = nil, nil, nil
+	r.cur, r.st = nil, nil
 	v.c.rxDatagrams.Add(dgrams)
 	v.c.rxBytes.Add(bytes)
 	for i, d := range r.drops {
@@ -431,7 +430,7 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 	}
 	if nw != r.cur {
 		v.deliver(r, r.cur)
-		r.cur, r.st, r.lt = nw, nw.state.Load(), nw.learned.Load()
+		r.cur, r.st = nw, nw.state.Load()
 	}
 	if !fromESP && nw.cipher.Load() != 0 {
 		r.ndrops[dropCleartext]++
@@ -458,12 +457,12 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 			return
 		}
 	} else if p.external.Load() {
-		if e := r.lt.m[src]; e != nil && e.peer == p {
-			if r.now-e.seen.Load() > int64(time.Second) {
-				e.seen.Store(r.now)
+		if e := nw.learned.Lookup(src); e != nil && e.Value == p {
+			if r.now-e.Seen() > int64(time.Second) {
+				e.Touch(r.now) // at most once a second: a store per frame would bounce the cache line
 			}
-		} else if nw.learn(src, p, r.now) {
-			r.lt = nw.learned.Load()
+		} else {
+			nw.learn(src, p, r.now)
 		}
 	}
 	p.rxPackets.Add(1)

@@ -220,8 +220,8 @@ func TestLearningFromExternalVTEPAndAging(t *testing.T) {
 	// The receive loop's sweep removes the stale entry from the table.
 	e.send(t, vtepA, 0, vxlanDatagram(testVNI, udpFrame(macA, packet.MAC{2, 0, 0, 0, 0, 0x55}, 5, 6, 10)))
 	a.v.receiveOnce()
-	if lt := a.n.learned.Load(); lt.m[macX] != nil || len(lt.m) != 1 {
-		t.Fatalf("learned table after sweep: %d entries", len(lt.m))
+	if lt := a.n.learned; lt.Lookup(macX) != nil || lt.Len() != 1 {
+		t.Fatalf("learned table after sweep: %d entries", lt.Len())
 	}
 	// A static entry wins over learning, and removing a peer forgets what
 	// was learned behind it.

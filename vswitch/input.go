@@ -105,7 +105,7 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		r.account(rxBytes, n, 0, 0, 0)
 		return
 	}
-	v, lt, now := s.view.Load(), *s.learned.Load(), s.clock()
+	v, now := s.view.Load(), s.clock()
 	for i := range n {
 		size := sizes[i]
 		rxBytes += uint64(max(size, 0))
@@ -131,7 +131,7 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 			continue
 		}
 		if sp := v.fdb[src]; sp == nil {
-			r.learn(lt, src, now)
+			r.learn(src, now)
 		} else if sp != r {
 			// The MAC is a container's on another port, or an endpoint
 			// statically behind another port: not this one's to use.
@@ -150,7 +150,7 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		}
 		var out *Port
 		if !dst.IsMulticast() {
-			out = s.lookup(v, lt, dst, now)
+			out = s.lookup(v, dst, now)
 		}
 		switch {
 		case out == nil && r.storm && !sc.stormAllow(now, s.stormGap):

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/internal/aging"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -79,8 +80,8 @@ type Switch struct {
 	stormGap   int64 // storm control: nanoseconds per token; 0: no limit
 
 	view    atomic.Pointer[view]
-	learned atomic.Pointer[learnedTable]
-	learnMu sync.Mutex // serialises writers of learned
+	learned *aging.Table[*Port] // learned MACs
+	learnMu sync.Mutex          // serialises commitLearned with RemovePort's pruning
 	closed  atomic.Bool
 
 	mu      sync.Mutex // control plane state below
@@ -161,7 +162,7 @@ func New(cfg Config) *Switch {
 		s.stormGap = max(1, int64(time.Second)/int64(limit))
 	}
 	s.epoch = s.now()
-	s.learned.Store(&learnedTable{})
+	s.learned = aging.New[*Port](s.aging, s.maxLearned)
 	s.publish()
 	return s
 }
