@@ -315,7 +315,7 @@ func (n *Segment) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, t
 		}
 		for k := 0; k < segs; {
 			cnt := min(perRun, segs-k)
-			if !n.sealRun(sc, sa, t, p, k, cnt, stride) {
+			if !n.sealRun(sc, sa, t, p, segRun{first: k, count: cnt, stride: stride}) {
 				break
 			}
 			k += cnt
@@ -323,11 +323,15 @@ func (n *Segment) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, t
 	}
 }
 
-// sealRun seals segments k..k+cnt-1 of super-segment t for p as one run
-// of datagrams stride bytes apart and queues it; it reports false after a
-// drop.
-func (n *Segment) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, k, cnt, stride int) bool {
+// segRun is a run of count segments of a super-segment from segment
+// first on, sealed stride bytes apart.
+type segRun struct{ first, count, stride int }
+
+// sealRun seals the segments of run of super-segment t for p as one run
+// of datagrams and queues it; it reports false after a drop.
+func (n *Segment) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, run segRun) bool {
 	g := t.g
+	k, cnt, stride := run.first, run.count, run.stride
 	need := esp.ScratchLen + (cnt-1)*stride + esp.HeaderLen + udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1) + esp.MaxTrailerLen
 	sc.ensureArena()
 	if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) || sc.sealed+cnt > espMaxHeld {

@@ -115,27 +115,8 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		}
 		buf := bufs[i][:offset+size]
 		eth := packet.Ethernet(buf[offset:])
-		src, dst := eth.Src(), eth.Dst()
-		if src.IsMulticast() || src.IsZero() {
-			sc.drops[dropMalformed]++
-			continue
-		}
-		if r.security {
-			if why, ok := r.check(eth); !ok {
-				sc.drops[why]++
-				continue
-			}
-		}
-		if why, ok := s.fits(buf, eth); !ok {
+		if why, ok := r.admit(v, buf, eth, now); !ok {
 			sc.drops[why]++
-			continue
-		}
-		if sp := v.fdb[src]; sp == nil {
-			r.learn(src, now)
-		} else if sp != r {
-			// The MAC is a container's on another port, or an endpoint
-			// statically behind another port: not this one's to use.
-			sc.drops[dropSpoofedSrc]++
 			continue
 		}
 		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, eth) {
@@ -144,6 +125,7 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 			suppressed++
 			continue
 		}
+		dst := eth.Dst()
 		if dst == s.gwMAC && !dst.IsZero() {
 			sc.drops[dropNoRoute]++
 			continue
@@ -177,6 +159,31 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		sc.learn = sc.learn[:0]
 	}
 	r.account(rxBytes, n, forwarded, flooded, suppressed)
+}
+
+// admit checks frame eth (in buf) from r: its source (which it learns),
+// port security and the MTU. It returns why the frame is dropped, or true.
+func (r *Port) admit(v *view, buf []byte, eth packet.Ethernet, now int64) (reason, bool) {
+	src := eth.Src()
+	if src.IsMulticast() || src.IsZero() {
+		return dropMalformed, false
+	}
+	if r.security {
+		if why, ok := r.check(eth); !ok {
+			return why, false
+		}
+	}
+	if why, ok := r.sw.fits(buf, eth); !ok {
+		return why, false
+	}
+	if sp := v.fdb[src]; sp == nil {
+		r.learn(src, now)
+	} else if sp != r {
+		// The MAC is a container's on another port, or an endpoint
+		// statically behind another port: not this one's to use.
+		return dropSpoofedSrc, false
+	}
+	return 0, true
 }
 
 // flush writes every destination's queue with one Write and counts the
