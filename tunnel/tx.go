@@ -102,9 +102,10 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 	sc.start(count)
 	st, now := n.state.Load(), n.v.clock()
 	var flooded, gsoFrames uint64
+	t := txFrame{off: offset} // reused for every frame: classify sets every field it uses
 	for i := range count {
-		t, why := n.classify(sc, fr, st, now, i)
-		if why != dropNone {
+		t.i, t.buf, t.owned = i, fr.Buf(i), fr.Owned(i)
+		if why := n.classify(sc, st, now, &t); why != dropNone {
 			sc.why[i] = why
 			continue
 		}
@@ -119,8 +120,14 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 			n.writeESP(sc, sec, cipher, &t)
 		case t.isGSO:
 			n.emitSegments(sc, &t)
+		case !t.fill:
+			// The common case, kept here: the VXLAN header into the
+			// headroom, the datagram pointing into the caller's buffer.
+			dgram := t.buf[t.off-packet.VXLANHeaderLen:]
+			packet.PutVXLAN(dgram, n.vni)
+			n.queue(sc, dgram, 0, &t)
 		default:
-			n.emitFrame(sc, &t)
+			n.emitCopy(sc, &t)
 		}
 	}
 	n.send(sc)
@@ -129,33 +136,34 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 	return sent, err
 }
 
-// classify checks frame i of sc's batch and finds its fan-out; it returns
+// classify checks the frame in t.buf (t.i, t.buf, t.off and t.owned are
+// set), finds its fan-out and describes it in the rest of t; it returns
 // why the frame is dropped, or dropNone. An owned frame's partial checksum
 // is completed in place here.
-func (n *Segment) classify(sc *txScratch, fr packet.Frames, st *netState, now int64, i int) (txFrame, dropReason) {
-	offset := fr.Offset()
-	b := fr.Buf(i)
-	if len(b) < offset+packet.EthernetHeaderLen {
-		return txFrame{}, dropMalformed
+func (n *Segment) classify(sc *txScratch, st *netState, now int64, t *txFrame) dropReason {
+	b := t.buf
+	if len(b) < t.off+packet.EthernetHeaderLen {
+		return dropMalformed
 	}
-	t := txFrame{i: i, buf: b, off: offset, f: b[offset:], owned: fr.Owned(i), o: packet.OffloadOf(b)}
+	t.f, t.o = b[t.off:], packet.OffloadOf(b)
+	t.fill, t.flood = false, false
 	maxFrame := n.mtu + packet.EthernetHeaderLen
 	if t.isGSO = t.o.IsGSO(); t.isGSO {
 		var valid bool
 		if t.g, valid = packet.ParseGSO(t.f, t.o); !valid {
-			return txFrame{}, dropGSOInvalid
+			return dropGSOInvalid
 		}
 		if t.g.MaxSegmentLen() > maxFrame {
-			return txFrame{}, dropMTU
+			return dropMTU
 		}
 	} else {
 		if len(t.f) > maxFrame {
-			return txFrame{}, dropMTU
+			return dropMTU
 		}
 		switch {
 		case !t.o.NeedsCsum():
 		case !t.o.CsumFits(len(t.f)):
-			return txFrame{}, dropGSOInvalid
+			return dropGSOInvalid
 		case t.owned != nil:
 			packet.CompleteChecksum(t.f, t.o)
 		default:
@@ -176,25 +184,19 @@ func (n *Segment) classify(sc *txScratch, fr packet.Frames, st *netState, now in
 		sc.one[0] = to
 		t.fan = sc.one[:]
 	case len(st.peers) == 0:
-		return txFrame{}, dropNoPeer
+		return dropNoPeer
 	default:
 		t.fan, t.flood = st.peers, true
 	}
 	t.hash = flowHash(t.f)
-	return t, dropNone
+	return dropNone
 }
 
-// emitFrame queues the cleartext datagram of a plain frame for its
-// fan-out: in place (the VXLAN header in the headroom, which a port may
-// write into even in a shared buffer), or, for a shared frame whose
-// checksum must be completed, as a copy in the arena.
-func (n *Segment) emitFrame(sc *txScratch, t *txFrame) {
-	if !t.fill {
-		dgram := t.buf[t.off-packet.VXLANHeaderLen:]
-		packet.PutVXLAN(dgram, n.vni)
-		n.queue(sc, dgram, 0, t)
-		return
-	}
+// emitCopy queues the cleartext datagram of a shared plain frame whose
+// checksum must be completed, as a copy in the arena. (Any other plain
+// frame is sent in place, its VXLAN header in the headroom, which a port
+// may write into even in a shared buffer.)
+func (n *Segment) emitCopy(sc *txScratch, t *txFrame) {
 	need := packet.VXLANHeaderLen + len(t.f)
 	if len(sc.msgs)+len(t.fan) > cap(sc.msgs) || len(sc.arena)-sc.used < need {
 		n.send(sc)
@@ -244,6 +246,13 @@ func (n *Segment) emitSegments(sc *txScratch, t *txFrame) {
 // queue adds datagram dgram of frame t (a run of datagrams of gsoSize
 // bytes if gsoSize > 0) for every peer of its fan-out.
 func (n *Segment) queue(sc *txScratch, dgram []byte, gsoSize int, t *txFrame) {
+	if len(t.fan) == 1 {
+		p := t.fan[0]
+		sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gsoSize, Addr: p.dst, Hash: t.hash})
+		sc.peers = append(sc.peers, p)
+		sc.frame = append(sc.frame, int32(t.i))
+		return
+	}
 	for _, p := range t.fan {
 		sc.msgs = append(sc.msgs, Message{Buf: dgram, GSOSize: gsoSize, Addr: p.dst, Hash: t.hash})
 		sc.peers = append(sc.peers, p)
