@@ -75,18 +75,19 @@ func (sc *scratch) add(p *Port, b []byte, shared bool, batch int) bool {
 }
 
 // Input switches the frames read from r: frame i is
-// bufs[i][offset:offset+sizes[i]], with headroom in front of offset and its
-// offload metadata in bufs[i][0:packet.OffloadLen] (offset must be at least
-// packet.OffloadLen). Each destination port gets one Write with all its
-// frames of the batch, before Input returns, and owns a frame's buffer
-// only if the frame goes to it alone (packet.Frames); the buffers are
-// only borrowed, and ARP requests answered by the switch are rewritten in place (and their
-// slot cleared). Frames are parsed by their headers only, so a super-segment
-// (up to 64 KiB, GSO metadata) is switched like any frame once its metadata
-// passed packet.ParseGSO and its segments fit the MTU; a plain frame must
-// fit the MTU itself. Input must be called by one goroutine
-// per port; different ports may call it concurrently, and concurrently with
-// the control-plane methods.
+// bufs[i][offset:offset+sizes[i]], with headroom in front of offset and
+// its offload metadata in bufs[i][0:packet.OffloadLen] (offset must be at
+// least packet.OffloadLen). Each destination port gets one WriteFrames
+// call with all its frames of the batch, before Input returns; it owns a
+// frame's buffer only if the frame goes to it alone, and shares it with
+// the other destinations of a flooded frame (packet.Frames). The buffers
+// are only borrowed; ARP requests answered by the switch are rewritten
+// in place (and their slot cleared). Frames are parsed by their headers
+// only, so a super-segment (up to 64 KiB, GSO metadata) is switched like
+// any frame once its metadata passed packet.ParseGSO and its segments fit
+// the MTU; a plain frame must fit the MTU itself. Input must be called by
+// one goroutine per port; different ports may call it concurrently, and
+// concurrently with the control-plane methods.
 func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 	s := r.sw
 	n := min(len(bufs), len(sizes))
@@ -186,7 +187,7 @@ func (r *Port) admit(v *view, buf []byte, eth packet.Ethernet, now int64) (reaso
 	return 0, true
 }
 
-// flush writes every destination's queue with one Write and counts the
+// flush writes every destination's queue with one WriteFrames call and counts the
 // outcome on the destination port.
 func (r *Port) flush(offset int) {
 	sc := &r.sc
