@@ -216,3 +216,13 @@ func TestTAPToTAPWithOffloads(t *testing.T) {
 		t.Errorf("switch drops %v", st.Drops)
 	}
 }
+
+// TestFloodedBufferStaysByteEqualOnRealTAP is
+// TestFloodedBufferStaysByteEqualForEveryPortKind with a kernel TAP
+// device (offloads on) as the port under test.
+func TestFloodedBufferStaysByteEqualOnRealTAP(t *testing.T) {
+	testenv.RequireTUN(t)
+	testFloodedBufferStaysByteEqual(t, []sinkKind{{"tap (kernel)", func(t *testing.T) Sink {
+		return newTAPContainer(t, netip.MustParseAddr("10.79.1.2")).tap
+	}, false}})
+}
