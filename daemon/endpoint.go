@@ -49,7 +49,7 @@ type endpoint struct {
 	aliases []string
 
 	dev     netdev.Device
-	port    *vswitch.PortRef
+	port    *vswitch.Port
 	done    chan struct{}
 	closing atomic.Bool
 	state   atomic.Pointer[string]

@@ -53,8 +53,8 @@ type network struct {
 	subnet netip.Prefix
 	gw     netip.Addr
 	sw     *vswitch.Switch
-	tn     *tunnel.Network
-	tport  *vswitch.PortRef
+	tn     *tunnel.Segment
+	tport  *vswitch.Port
 	// cipher is the ESP transform of an encrypted network, 0 for a
 	// cleartext one.
 	cipher esp.Cipher
@@ -84,19 +84,19 @@ func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
 		}
 	}
 	n.sw = vswitch.New(vswitch.Config{Name: rec.Name, GatewayIP: gw, GatewayMAC: macForIP(gw), MTU: rec.MTU, StormLimit: rec.StormLimit})
-	tn, err := d.vtep.AddNetwork(rec.VNI, rec.MTU)
+	tn, err := d.vtep.AddSegment(rec.VNI, rec.MTU)
 	if err != nil {
 		n.sw.Close()
 		return fmt.Errorf("network %q: %w", rec.Name, err)
 	}
 	if err := tn.SetCipher(n.cipher); err != nil {
-		d.vtep.RemoveNetwork(rec.VNI)
+		d.vtep.RemoveSegment(rec.VNI)
 		n.sw.Close()
 		return fmt.Errorf("network %q: %w", rec.Name, err)
 	}
 	ref, err := n.sw.AddPort(tn, vswitch.PortConfig{Name: tunnelPortName})
 	if err != nil {
-		d.vtep.RemoveNetwork(rec.VNI)
+		d.vtep.RemoveSegment(rec.VNI)
 		n.sw.Close()
 		return fmt.Errorf("network %q: %w", rec.Name, err)
 	}
@@ -111,7 +111,7 @@ func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
 // hold d.mu.
 func (d *Daemon) removeLocalNetwork(n *network) {
 	n.sw.RemovePort(n.tport)
-	d.vtep.RemoveNetwork(n.rec.VNI)
+	d.vtep.RemoveSegment(n.rec.VNI)
 	n.sw.Close()
 	delete(d.networks, n.rec.Name)
 	d.log.Info("network down", "network", n.rec.Name)
