@@ -40,7 +40,8 @@ func leafPaths(cmds []command, prefix []string) [][]string {
 func TestHelpForEveryCommandOnStdout(t *testing.T) {
 	for _, path := range leafPaths(commands(), nil) {
 		var forms [][]string
-		forms = append(forms, append([]string{"help"}, path...))
+		forms = append(forms, append([]string{"help"}, path...), append(append([]string{"help"}, path...), "--socket", "/s"),
+			append([]string{"--socket", "/s", "help"}, path...))
 		if path[0] != "help" {
 			forms = append(forms, append(append([]string{}, path...), "-h"), append(append([]string{}, path...), "--help"))
 		}

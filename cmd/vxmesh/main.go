@@ -290,6 +290,17 @@ func editDistance(a, b string) int {
 // runHelp prints the help of the command named by args (all commands if
 // none) to stdout.
 func runHelp(env *cliEnv, args []string) int {
+	// Flags (--socket S, wherever given) do not change the help.
+	var words []string
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--socket" || a == "-socket":
+			i++
+		case !strings.HasPrefix(a, "-"):
+			words = append(words, a)
+		}
+	}
+	args = words
 	if len(args) == 0 {
 		usage(env.stdout)
 		return 0

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -67,8 +68,8 @@ func startMonitored(netns, resolvConf string, argv []string, rep exitReport) (in
 		return 0, fmt.Errorf("starting the monitor of %q: %w", argv[0], err)
 	}
 	defer cmd.Process.Release()
-	b, _ := io.ReadAll(io.LimitReader(r, 4096))
-	line := strings.TrimSpace(string(b))
+	b, _ := bufio.NewReader(io.LimitReader(r, 4096)).ReadString('\n')
+	line := strings.TrimSpace(b)
 	if msg, ok := strings.CutPrefix(line, "error "); ok {
 		return 0, fmt.Errorf("%s", msg)
 	}
@@ -83,6 +84,9 @@ func startMonitored(netns, resolvConf string, argv []string, rep exitReport) (in
 // daemon socket, the container name, its netns and resolv.conf, "--" and
 // the command. It returns its own exit status.
 func monitorMain(args []string) int {
+	// The command must not inherit the status pipe: the CLI reads it
+	// until every writer closed it.
+	syscall.CloseOnExec(monitorStatusFD)
 	status := os.NewFile(monitorStatusFD, "monitor-status")
 	if len(args) < 6 || args[4] != "--" {
 		fmt.Fprintln(status, "error monitor: want SOCKET CONTAINER NETNS RESOLV_CONF -- COMMAND")
