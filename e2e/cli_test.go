@@ -3,6 +3,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,5 +158,40 @@ func TestFormatTemplatesThroughCLI(t *testing.T) {
 	}
 	if out := e.cli("help", "ps"); !strings.Contains(out, "Usage: vxmesh ps") {
 		t.Errorf("help ps: %q", out)
+	}
+}
+
+// TestDaemonNotifiesSystemd: started as a Type=notify unit would start it
+// (NOTIFY_SOCKET set), the daemon sends READY=1 once its API answers and
+// STOPPING=1 when SIGTERM stops it.
+func TestDaemonNotifiesSystemd(t *testing.T) {
+	e := newTestbed(t, 1)[0]
+	sock := filepath.Join(t.TempDir(), "notify")
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	if err := e.h.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	recv := func() string {
+		l.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 4096)
+		n, err := l.Read(buf)
+		if err != nil {
+			t.Fatalf("reading the notify socket: %v", err)
+		}
+		return string(buf[:n])
+	}
+	if got := recv(); got != "READY=1" {
+		t.Fatalf("first notification %q, want READY=1", got)
+	}
+	if err := e.h.StopDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(); got != "STOPPING=1" {
+		t.Fatalf("notification on SIGTERM %q, want STOPPING=1", got)
 	}
 }
