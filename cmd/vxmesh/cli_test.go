@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"testing"
@@ -341,5 +342,25 @@ func TestFormatTemplates(t *testing.T) {
 	code, out, errs := cli("ps", "--socket", sock, "--format", "{{.Nope}}")
 	if code != exitUsage || out != "" || !strings.HasPrefix(errs, "vxmesh ps: --format:") || !strings.Contains(errs, "Nope") || strings.Count(errs, "\n") != 1 {
 		t.Errorf("ps --format '{{.Nope}}': exit %d, stdout %q, stderr %q; want a one-line usage error", code, out, errs)
+	}
+}
+
+func TestVersionString(t *testing.T) {
+	info := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123456789abcdef0123456789abcdef01234567"}, {Key: "vcs.modified", Value: "true"},
+	}}
+	for _, tc := range []struct {
+		v    string
+		info *debug.BuildInfo
+		want string
+	}{
+		{"v1.2.3", info, "vxmesh v1.2.3 (revision 0123456789ab, modified) go1.26.8"},
+		{"", info, "vxmesh devel (revision 0123456789ab, modified) go1.26.8"},
+		{"", &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v0.4.0"}}, "vxmesh v0.4.0 go1.26.8"},
+		{"v1.2.3", nil, "vxmesh v1.2.3"},
+	} {
+		if got := versionString(tc.v, tc.info); got != tc.want {
+			t.Errorf("versionString(%q) = %q, want %q", tc.v, got, tc.want)
+		}
 	}
 }

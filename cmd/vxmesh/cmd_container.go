@@ -14,13 +14,13 @@ func cmdRun(env *cliEnv, args []string) error {
 	fs := newFlags(env, "run", false)
 	detach := fs.Bool("d", false, "detach: start the command in the background and print the container name")
 	var netws stringList
-	fs.Var(&netws, "network", "network to attach the new container to (repeatable: eth0, eth1, ...; the first gives the default route)")
+	fs.Var(&netws, "network", "network `NET` to attach the new container to (repeatable: eth0, eth1, ...; the first gives the default route)")
 	netMode := fs.String("net", "", "container:NAME joins an existing container's network namespace")
 	name := fs.String("name", "", "container name")
 	ip := fs.String("ip", "", "IPv4 address (default: the next free one; with one --network only)")
 	remove := fs.Bool("rm", false, "remove the container when the command exits (not with -d)")
 	var aliases stringList
-	fs.Var(&aliases, "alias", "additional DNS name on the network (repeatable)")
+	fs.Var(&aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -189,7 +189,7 @@ func cmdAttach(env *cliEnv, args []string) error {
 	fs.StringVar(&req.IP, "ip", "", "IPv4 address (default: the next free one)")
 	fs.StringVar(&req.IfName, "ifname", "", "interface name inside the namespace (default eth0, then eth1...)")
 	var aliases stringList
-	fs.Var(&aliases, "alias", "additional DNS name on the network (repeatable)")
+	fs.Var(&aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err

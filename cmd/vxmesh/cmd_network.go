@@ -17,7 +17,7 @@ func networkCreate(env *cliEnv, args []string) error {
 	fs.IntVar(&req.MTU, "mtu", 0, "network MTU (default: underlay MTU - 50; encrypted: - 95)")
 	vni := fs.Uint("vni", 0, "VXLAN network identifier (default: the lowest free from 4096)")
 	var vteps stringList
-	fs.Var(&vteps, "vtep", "external RFC 7348 VTEP address (repeatable)")
+	fs.Var(&vteps, "vtep", "external RFC 7348 VTEP address `IP` (repeatable)")
 	fs.BoolVar(&req.Encrypted, "encrypted", false, "encrypt the network's traffic between hosts (ESP in UDP, AES-GCM)")
 	fs.StringVar(&req.Cipher, "cipher", "", "cipher of an encrypted network: aes128-gcm (default) or aes256-gcm")
 	fs.IntVar(&req.StormLimit, "storm-limit", 0, "flooded frames (broadcast, multicast, unknown unicast) per second each container may send; 0: the default 1000, -1: no limit")
@@ -146,8 +146,8 @@ func networkUpdate(env *cliEnv, args []string) error {
 	fs := newFlags(env, "network update", true)
 	var req api.NetworkUpdateRequest
 	var add, rm stringList
-	fs.Var(&add, "add-vtep", "add an external RFC 7348 VTEP (repeatable)")
-	fs.Var(&rm, "rm-vtep", "remove an external VTEP (repeatable)")
+	fs.Var(&add, "add-vtep", "add an external RFC 7348 VTEP `IP` (repeatable)")
+	fs.Var(&rm, "rm-vtep", "remove an external VTEP `IP` (repeatable)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
