@@ -47,6 +47,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Sandbox does the namespace plumbing; nil means the real Linux one.
 	Sandbox Sandbox
+	// DockerSocket is the unix socket of the Docker Engine that `attach
+	// --docker` asks (the real Sandbox only); empty means
+	// sandbox.DefaultDockerSocket.
+	DockerSocket string
+	// Ready, if set, is called once the API is serving (the daemon's
+	// command sends systemd's READY=1 from it).
+	Ready func()
 
 	// Advertise is the underlay address other hosts reach this one at, for
 	// gossip and VXLAN; zero means the address of the interface holding
@@ -149,7 +156,7 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Sandbox == nil {
-		cfg.Sandbox = linuxSandbox{}
+		cfg.Sandbox = linuxSandbox{dockerSocket: cfg.DockerSocket}
 	}
 	if !cfg.Advertise.IsValid() {
 		cfg.Advertise = detectAdvertise()
@@ -362,6 +369,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	d.log.Info("vxmesh daemon ready", "node", d.cfg.Node, "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir)
+	if d.cfg.Ready != nil {
+		d.cfg.Ready()
+	}
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
