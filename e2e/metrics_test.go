@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,6 +48,26 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	if v := seriesValue(fams, "vxmesh_cluster_members", map[string]string{"state": "alive"}); v != 1 {
 		t.Errorf("vxmesh_cluster_members{state=alive} = %v, want 1", v)
+	}
+
+	// A second daemon (own socket and state) on the same metrics address
+	// exits non-zero naming it, before it joins a cluster.
+	args := []string{"nsenter", "--net=" + e.h.NetnsPath, "--", suite.bin, "daemon",
+		"--node", "h1b", "--socket", filepath.Join(t.TempDir(), "b.sock"), "--state-dir", t.TempDir(),
+		"--netns-prefix", e.h.ContainerPrefix + "b-", "--advertise", e.h.Addr, "--gossip-port", "17946",
+		"--data-port", "14789", "--esp-port", "14500", "--metrics-addr", addr}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() <= 0 {
+		t.Fatalf("second daemon on a busy metrics address: %v, want a failure exit status; output:\n%s", err, out)
+	}
+	if want := "metrics address " + addr + ": "; !strings.Contains(string(out), want) || strings.Contains(string(out), "node started") {
+		t.Errorf("second daemon's output, want only the refusal %q:\n%s", want, out)
+	}
+	if !e.h.Running() {
+		t.Error("the first daemon stopped")
 	}
 }
 
