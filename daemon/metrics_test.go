@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -111,6 +113,8 @@ func TestMetricsAddrBusy(t *testing.T) {
 	addr := netip.MustParseAddr("127.0.0.1")
 	cfg := nodeConfig(t, tunnel.NewMemNetwork(), "h1", addr, newFakeSandbox(), t.TempDir())
 	cfg.MetricsAddr = busy.Addr().String()
+	var log bytes.Buffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
 	d, err := New(cfg)
 	if err == nil {
 		d.Close()
@@ -118,6 +122,9 @@ func TestMetricsAddrBusy(t *testing.T) {
 	}
 	if !strings.HasPrefix(err.Error(), "metrics address "+cfg.MetricsAddr+": ") {
 		t.Fatalf("error %q does not name the busy metrics address", err)
+	}
+	if strings.Contains(log.String(), "node started") {
+		t.Errorf("the refused daemon started its node before failing:\n%s", log.String())
 	}
 	l, err := net.Listen("tcp", netip.AddrPortFrom(addr, uint16(cfg.GossipPort)).String())
 	if err != nil {
