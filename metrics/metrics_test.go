@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -291,6 +292,25 @@ func BenchmarkScrape(b *testing.B) {
 		h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
 		if w.Code != 200 {
 			b.Fatal(w.Code)
+		}
+	}
+}
+
+// BenchmarkCollect measures the collector alone (no encoding, no runtime
+// metrics) over a daemon with 500 ports.
+func BenchmarkCollect(b *testing.B) {
+	c := NewCollector(manyPorts(500))
+	b.ReportAllocs()
+	for b.Loop() {
+		ch := make(chan prometheus.Metric, 4096)
+		c.Collect(ch)
+		close(ch)
+		n := 0
+		for range ch {
+			n++
+		}
+		if n < 500*5 {
+			b.Fatalf("%d metrics, want at least %d", n, 500*5)
 		}
 	}
 }
