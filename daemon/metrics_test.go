@@ -3,9 +3,11 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -17,6 +19,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/metrics"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -134,4 +137,72 @@ func TestMetricsAddrBusy(t *testing.T) {
 	// The state directory is free again.
 	cfg.MetricsAddr = ""
 	startNode(t, cfg).Close()
+}
+
+// TestMetricsEncryptedNetworkNoSecrets: the exposition of a node of an
+// encrypted network shows its SAs' counters and the key ring's version
+// and primary key, and none of the keys.
+func TestMetricsEncryptedNetworkNoSecrets(t *testing.T) {
+	ds, sbs := threeNodes(t)
+	if _, err := ds[1].CreateNetwork(api.NetworkCreateRequest{Name: "sec", Subnet: "10.5.0.0/24", Encrypted: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		waitFor(t, "key 1 everywhere", func() bool { _, err := d.Network("sec"); return err == nil && d.Keys().Primary == 1 })
+	}
+	mustAttach(t, ds[0], api.AttachRequest{Network: "sec", Name: "c1", Create: true})
+	ep3 := mustAttach(t, ds[2], api.AttachRequest{Network: "sec", Name: "c3", Create: true})
+	waitFor(t, "SAs and remotes", func() bool {
+		n1, _ := ds[0].Network("sec")
+		return len(n1.Endpoints) == 2 && len(n1.SAs) == 4
+	})
+	tcpOnce(t, sbs[0], sbs[2], "/run/netns/c1", "/run/netns/c3", netip.MustParseAddr(ep3.IP), 5001, 64<<10)
+
+	srv := httptest.NewServer(metrics.Handler(ds[0], metrics.DefaultMaxPorts))
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	sent := 0.0
+	for _, m := range fams["vxmesh_sa_packets_total"].GetMetric() {
+		l := map[string]string{}
+		for _, p := range m.GetLabel() {
+			l[p.GetName()] = p.GetValue()
+		}
+		if l["network"] == "sec" && l["node"] == "h3" && l["direction"] == "out" && l["key"] == "1" {
+			sent += m.GetCounter().GetValue()
+		}
+	}
+	if sent <= 0 {
+		t.Errorf("vxmesh_sa_packets_total{network=sec,node=h3,direction=out,key=1} = %v after a TCP transfer, want > 0", sent)
+	}
+	for name, want := range map[string]float64{"vxmesh_keyring_primary_key_id": 1, "vxmesh_network_encrypted": 1} {
+		f := fams[name]
+		if f == nil || len(f.GetMetric()) != 1 || f.GetMetric()[0].GetGauge().GetValue() != want {
+			t.Errorf("%s: %v, want one series = %v", name, f, want)
+		}
+	}
+	secrets := secretsOf(ds[0])
+	if len(secrets) == 0 {
+		t.Fatal("no secrets to look for")
+	}
+	text := strings.ToLower(string(body))
+	for _, s := range secrets {
+		for _, frag := range []string{s, s[:16], s[len(s)-16:]} {
+			if strings.Contains(text, frag) {
+				t.Fatalf("the exposition holds key material %s...", frag[:8])
+			}
+		}
+	}
 }
