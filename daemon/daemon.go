@@ -91,6 +91,11 @@ type Config struct {
 	// of encrypted networks (default DefaultKeyRotationInterval).
 	KeyRotationInterval time.Duration
 
+	// MetricsAddr, if set, is the HOST:PORT of the Prometheus metrics
+	// listener (/metrics, plain HTTP, unauthenticated, no secrets). It is
+	// bound in New, so a busy address fails before the cluster is joined.
+	MetricsAddr string
+
 	tuneCluster func(*cluster.Config)
 	// apiTimeouts replaces the API server's timeouts (tests).
 	apiTimeouts *apiTimeouts
@@ -129,6 +134,9 @@ type Daemon struct {
 	done   sync.WaitGroup
 
 	closeOnce sync.Once
+
+	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
+	metricsLn net.Listener
 
 	// known are the members saved in members.json, by name; only start
 	// and the cluster watcher use it.
@@ -217,6 +225,10 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if dev, ino, err := d.sb.NetnsIdentity("/proc/self/ns/net"); err == nil {
 		d.selfNs = [2]uint64{dev, ino}
+	}
+	if err := d.listenMetrics(); err != nil {
+		d.Close()
+		return nil, err
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if err := d.start(); err != nil {
@@ -368,6 +380,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	stopMetrics := d.serveMetrics()
 	d.log.Info("vxmesh daemon ready", "node", d.cfg.Node, "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir)
 	if d.cfg.Ready != nil {
 		d.cfg.Ready()
@@ -378,6 +391,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	stopMetrics()
 	srv.Shutdown(sctx)
 	os.Remove(d.cfg.Socket)
 	d.Close()
@@ -451,6 +465,9 @@ func (d *Daemon) close() {
 	d.mu.Unlock()
 	if d.vtep != nil {
 		d.vtep.Close()
+	}
+	if d.metricsLn != nil {
+		d.metricsLn.Close()
 	}
 	d.done.Wait()
 	if d.lock != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -38,6 +39,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
 	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
 	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
+	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -84,6 +86,11 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	if *dnsTimeout <= 0 {
 		return usagef("--dns-timeout %s: must be positive", *dnsTimeout)
 	}
+	if *metricsAddr != "" {
+		if _, port, err := net.SplitHostPort(*metricsAddr); err != nil || port == "" {
+			return usagef("--metrics-addr %q: want HOST:PORT", *metricsAddr)
+		}
+	}
 	var peers []string
 	for _, p := range strings.Split(*join, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -106,7 +113,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
-		Ready: func() { notify(log, sdnotify.Ready) },
+		MetricsAddr: *metricsAddr,
+		Ready:       func() { notify(log, sdnotify.Ready) },
 	})
 	if err != nil {
 		return err
