@@ -189,9 +189,11 @@ type Cluster struct {
 	unknown map[string]time.Time // owners with entries but no membership record
 	subs    map[int]chan struct{}
 	nextSub int
-	leaving map[string]bool // nodes that announced they are leaving
-	refused map[string]bool // peers already logged as using another key
-	settled map[string]bool // claimKeyPrefix(network, block) won by this node
+	leaving map[string]bool   // nodes that announced they are leaving
+	refused map[string]bool   // peers already logged as using another key
+	drops   map[string]uint64 // refused entries and packets, by reason
+	logged  map[string]bool   // refusals already logged
+	settled map[string]bool   // claimKeyPrefix(network, block) won by this node
 	waiters map[uint64]chan *message
 	nextID  uint64
 	closed  bool
@@ -257,6 +259,8 @@ func Start(cfg Config) (*Cluster, error) {
 		subs:    map[int]chan struct{}{},
 		leaving: map[string]bool{},
 		refused: map[string]bool{},
+		drops:   map[string]uint64{},
+		logged:  map[string]bool{},
 		settled: map[string]bool{},
 		waiters: map[uint64]chan *message{},
 		stop:    make(chan struct{}),
