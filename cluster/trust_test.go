@@ -1,7 +1,14 @@
 package cluster
 
 import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
 	"math"
+	"net"
 	"testing"
 	"time"
 )
@@ -67,5 +74,82 @@ func TestClockNeverWraps(t *testing.T) {
 	}
 	if e, _ := n.Get("networks", "web"); string(e.Value) != "v1" || e.Version == 0 {
 		t.Fatalf("entry after refused write: %+v", e)
+	}
+}
+
+// sealV0 encrypts plain as memberlist's encryption version 0 (AES-GCM with
+// PKCS#7 padding) would, but without padding: the last plaintext byte
+// is then taken as a pad length larger than the message.
+func sealV0(t *testing.T, key, plain, ad []byte) []byte {
+	t.Helper()
+	blk, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcm, err := cipher.NewGCM(blk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := []byte{0} // encryption version 0
+	nonce := make([]byte, gcm.NonceSize())
+	rand.Read(nonce)
+	out = append(out, nonce...)
+	return gcm.Seal(out, nonce, plain, ad)
+}
+
+// TestGossipVersion0BadPadDoesNotCrash sends the packet and the stream that
+// make memberlist v0.5.4 panic in pkcs7decode: valid AES-GCM under the
+// cluster key, encryption version 0, a pad byte longer than the plaintext.
+// The node must drop both, count them and keep working.
+func TestGossipVersion0BadPadDoesNotCrash(t *testing.T) {
+	key := mustKey(t)
+	nodes := startCluster(t, key, 2)
+	n1 := nodes[0]
+	plain := bytes.Repeat([]byte{0xff}, 32)
+
+	udp, err := net.Dial("udp", n1.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	if _, err := udp.Write(sealV0(t, key, plain, nil)); err != nil {
+		t.Fatal(err)
+	}
+
+	ct := sealV0(t, key, plain, nil)
+	hdr := []byte{10, 0, 0, 0, 0} // memberlist's encryptMsg type, then the length
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(ct)))
+	ct = sealV0(t, key, plain, hdr) // the stream's header is the additional data
+	tcp, err := net.Dial("tcp", n1.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	if _, err := tcp.Write(append(hdr, ct...)); err != nil {
+		t.Fatal(err)
+	}
+
+	waitFor(t, 5*time.Second, "both refused", func() bool { return n1.Drops()["gossip-version"] >= 2 })
+	if err := n1.Put("networks", "after", []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "replication after the attack", func() bool { return valueOf(nodes[1], "networks", "after") == "ok" })
+}
+
+// TestMemberlistLogRateLimited: memberlist logs every malformed packet; a
+// peer sending garbage (from ever-changing ports or addresses) must not
+// flood the daemon's log.
+func TestMemberlistLogRateLimited(t *testing.T) {
+	n := startNode(t, "n1", mustKey(t), 0)
+	b := &logBridge{c: n.Cluster}
+	for i := range 200 {
+		fmt.Fprintf(b, "[ERR] memberlist: Failed to decode ping: msgpack decode error [pos %d]: EOF from=10.0.%d.%d:%d\n", i, i/250, i%250, 1000+i)
+	}
+	if got := n.logs.count("Failed to decode ping"); got != 1 {
+		t.Fatalf("200 garbage packets gave %d log lines, want 1", got)
+	}
+	fmt.Fprintf(b, "[ERR] memberlist: Push/Pull with n2 failed: dial tcp: connection refused\n")
+	if got := n.logs.count("Push/Pull with n2 failed"); got != 1 {
+		t.Fatalf("another message was suppressed too (%d lines)", got)
 	}
 }
