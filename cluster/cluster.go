@@ -192,6 +192,7 @@ type Cluster struct {
 	leaving map[string]bool   // nodes that announced they are leaving
 	refused map[string]bool   // peers already logged as using another key
 	drops   map[string]uint64 // refused entries and packets, by reason
+	marks   map[string]uint64 // per table: highest version of a reaped tombstone
 	logged  map[string]bool   // refusals already logged
 	settled map[string]bool   // claimKeyPrefix(network, block) won by this node
 	waiters map[uint64]chan *message
@@ -260,6 +261,7 @@ func Start(cfg Config) (*Cluster, error) {
 		leaving: map[string]bool{},
 		refused: map[string]bool{},
 		drops:   map[string]uint64{},
+		marks:   map[string]uint64{},
 		logged:  map[string]bool{},
 		settled: map[string]bool{},
 		waiters: map[uint64]chan *message{},
@@ -524,6 +526,12 @@ func (c *Cluster) sweep(now time.Time) {
 	}
 	for k, r := range c.entries {
 		if r.Deleted && now.Sub(r.stamp) >= c.cfg.TombstoneTTL {
+			// Remember how new the delete was, so that a replay of
+			// what it deleted stays refused (expired entries of a gone
+			// owner were not deleted: they may come back).
+			if !r.expired && r.Version > c.marks[k.table] {
+				c.marks[k.table] = r.Version
+			}
 			delete(c.entries, k)
 		}
 	}

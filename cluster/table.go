@@ -184,8 +184,60 @@ func (c *Cluster) applyLocked(e Entry) (changed bool, refute *Entry) {
 	if cur != nil && !e.beats(&cur.Entry) {
 		return false, nil
 	}
+	if cur == nil && e.Version <= c.marks[e.Table] {
+		c.refuseLocked("replayed", e, fmt.Sprintf("no newer than the table's reaped tombstones (version %d)", c.marks[e.Table]))
+		return false, nil
+	}
 	c.entries[k] = &record{Entry: e, stamp: time.Now()}
 	return true, nil
+}
+
+// marksLocked returns the watermarks sorted by table; c.mu must be held.
+func (c *Cluster) marksLocked() []mark {
+	out := make([]mark, 0, len(c.marks))
+	for t, v := range c.marks {
+		out = append(out, mark{t, v})
+	}
+	slices.SortFunc(out, func(a, b mark) int { return strings.Compare(a.Table, b.Table) })
+	return out
+}
+
+// mergeMarks adopts a peer's watermarks (never above the local clock) and
+// writes again, above them, this node's own live entries that the peer's
+// state lacks and its watermark would refuse: entries written while this
+// node was cut off or restarting would otherwise never spread.
+func (c *Cluster) mergeMarks(m *message) {
+	has := make(map[tkey]uint64, len(m.Entries))
+	for _, e := range m.Entries {
+		has[tkey{e.Table, e.Key}] = e.Version
+	}
+	var out []Entry
+	c.mu.Lock()
+	peer := map[string]uint64{}
+	for _, mk := range m.Marks {
+		if len(c.marks) >= maxMarks && c.marks[mk.Table] == 0 {
+			continue
+		}
+		peer[mk.Table] = mk.Version
+		if v := min(mk.Version, c.clock); v > c.marks[mk.Table] {
+			c.marks[mk.Table] = v
+		}
+	}
+	for k, r := range c.entries {
+		pv, ok := has[k]
+		if r.Deleted || r.Owner != c.cfg.NodeName || (ok && pv >= r.Version) || r.Version > peer[k.table] {
+			continue
+		}
+		ne, err := c.writeLocked(r.Entry.clone())
+		if err != nil {
+			break
+		}
+		out = append(out, ne)
+	}
+	c.mu.Unlock()
+	for _, e := range out {
+		c.broadcast(e)
+	}
 }
 
 // merge applies remote entries, relays the ones that were news (gossip) when
@@ -318,7 +370,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 func (d *delegate) LocalState(join bool) []byte {
 	c := d.c()
 	c.mu.Lock()
-	m := &message{Type: msgState, From: c.cfg.NodeName, Clock: c.clock, Entries: make([]Entry, 0, len(c.entries))}
+	m := &message{Type: msgState, From: c.cfg.NodeName, Clock: c.clock, Entries: make([]Entry, 0, len(c.entries)), Marks: c.marksLocked()}
 	for _, r := range c.entries {
 		if !r.expired {
 			m.Entries = append(m.Entries, r.Entry)
@@ -340,6 +392,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	c.advanceClockLocked(m.Clock)
 	c.mu.Unlock()
 	c.merge(m.Entries, false)
+	c.mergeMarks(m)
 }
 
 func memberAddr(n *memberlist.Node) netip.AddrPort {

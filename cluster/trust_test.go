@@ -153,3 +153,85 @@ func TestMemberlistLogRateLimited(t *testing.T) {
 		t.Fatalf("another message was suppressed too (%d lines)", got)
 	}
 }
+
+// TestReplayAfterTombstoneReaped: a recorded broadcast replayed after the
+// delete's tombstone was reaped must not resurrect the entry, on the node
+// that reaped it nor on a node that joins afterwards.
+func TestReplayAfterTombstoneReaped(t *testing.T) {
+	key := mustKey(t)
+	cfg := testConfig("n1", key, freePort(t), &logSink{})
+	cfg.TombstoneTTL = 50 * time.Millisecond
+	c, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.DefineTable("networks", TableOptions{})
+	if err := c.Put("networks", "web", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	recorded := (*delegate)(c).GetBroadcasts(0, 64<<10)
+	if len(recorded) != 1 {
+		t.Fatalf("%d broadcasts queued, want 1", len(recorded))
+	}
+	if err := c.Delete("networks", "web"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the tombstone reaped", func() bool { return !c.Known("networks", "web") })
+
+	(*delegate)(c).NotifyMsg(recorded[0])
+	if _, ok := c.Get("networks", "web"); ok {
+		t.Fatal("a replayed broadcast resurrected a deleted entry")
+	}
+	if c.Drops()["replayed"] == 0 {
+		t.Fatalf("replay not counted: %v", c.Drops())
+	}
+
+	// A node joining later learns the watermark with the state, and then
+	// refuses the replay too; later writes still spread.
+	n2 := startNode(t, "n2", key, 0)
+	if _, err := n2.Join([]string{net.JoinHostPort("127.0.0.1", itoa(cfg.GossipPort))}); err != nil {
+		t.Fatal(err)
+	}
+	(*delegate)(n2.Cluster).NotifyMsg(recorded[0])
+	if _, ok := n2.Get("networks", "web"); ok {
+		t.Fatal("a replayed broadcast resurrected a deleted entry on a node that joined later")
+	}
+	if err := c.Put("networks", "db", []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a new entry on n2", func() bool { return valueOf(n2, "networks", "db") == "v2" })
+}
+
+// TestEntryBelowWatermarkIsRestamped: a node holding an entry that others
+// lack and whose version is below their watermark (it wrote it while
+// partitioned, or before a restart) writes it again above the watermark
+// when it learns the watermark, so the entry still spreads.
+func TestEntryBelowWatermarkIsRestamped(t *testing.T) {
+	key := mustKey(t)
+	cfg := testConfig("n1", key, freePort(t), &logSink{})
+	cfg.TombstoneTTL = 50 * time.Millisecond
+	c, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.DefineTable("networks", TableOptions{})
+	for range 5 {
+		c.Put("networks", "tmp", []byte("x"))
+	}
+	c.Delete("networks", "tmp")
+	waitFor(t, 5*time.Second, "the tombstone reaped", func() bool { return !c.Known("networks", "tmp") })
+
+	n2 := startNode(t, "n2", key, 0) // its clock is far behind n1's watermark
+	if err := n2.Put("networks", "db", []byte("mine")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n2.Join([]string{net.JoinHostPort("127.0.0.1", itoa(cfg.GossipPort))}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "n2's entry on n1", func() bool {
+		e, ok := c.Get("networks", "db")
+		return ok && string(e.Value) == "mine"
+	})
+}
