@@ -33,7 +33,8 @@ type guardedTransport struct {
 	refuse  func(from net.Addr)
 	packets chan *memberlist.Packet
 	streams chan net.Conn
-	stop    chan struct{}
+	stop    chan struct{} // closed first by Shutdown
+	down    chan struct{} // closed once the NetTransport has shut down
 	wg      sync.WaitGroup
 	once    sync.Once
 }
@@ -47,7 +48,8 @@ func newGuardedTransport(nc *memberlist.NetTransportConfig, refuse func(net.Addr
 	}
 	g := &guardedTransport{
 		NetTransport: nt, refuse: refuse,
-		packets: make(chan *memberlist.Packet), streams: make(chan net.Conn), stop: make(chan struct{}),
+		packets: make(chan *memberlist.Packet), streams: make(chan net.Conn),
+		stop: make(chan struct{}), down: make(chan struct{}),
 	}
 	g.wg.Add(2)
 	go g.filterPackets()
@@ -57,12 +59,29 @@ func newGuardedTransport(nc *memberlist.NetTransportConfig, refuse func(net.Addr
 
 var _ memberlist.NodeAwareTransport = (*guardedTransport)(nil)
 
+// drain discards what the NetTransport still delivers until it has shut
+// down: its listeners block on their unbuffered channels otherwise.
+func (g *guardedTransport) drain() {
+	for {
+		select {
+		case <-g.NetTransport.PacketCh():
+		case c := <-g.NetTransport.StreamCh():
+			if c != nil {
+				c.Close()
+			}
+		case <-g.down:
+			return
+		}
+	}
+}
+
 func (g *guardedTransport) filterPackets() {
 	defer g.wg.Done()
 	in := g.NetTransport.PacketCh()
 	for {
 		select {
 		case <-g.stop:
+			g.drain()
 			return
 		case p := <-in:
 			if len(p.Buf) < mlMinPacket || p.Buf[0] != mlEncryptVersion {
@@ -72,6 +91,7 @@ func (g *guardedTransport) filterPackets() {
 			select {
 			case g.packets <- p:
 			case <-g.stop:
+				g.drain()
 				return
 			}
 		}
@@ -84,12 +104,14 @@ func (g *guardedTransport) filterStreams() {
 	for {
 		select {
 		case <-g.stop:
+			g.drain()
 			return
 		case c := <-in:
 			select {
 			case g.streams <- g.guard(c):
 			case <-g.stop:
 				c.Close()
+				g.drain()
 				return
 			}
 		}
@@ -118,9 +140,13 @@ func (g *guardedTransport) DialAddressTimeout(a memberlist.Address, timeout time
 
 // Shutdown stops the filters and the listeners.
 func (g *guardedTransport) Shutdown() error {
-	g.once.Do(func() { close(g.stop) })
-	err := g.NetTransport.Shutdown()
-	g.wg.Wait()
+	var err error
+	g.once.Do(func() {
+		close(g.stop)
+		err = g.NetTransport.Shutdown()
+		close(g.down)
+		g.wg.Wait()
+	})
 	return err
 }
 

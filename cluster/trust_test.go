@@ -235,3 +235,38 @@ func TestEntryBelowWatermarkIsRestamped(t *testing.T) {
 		return ok && string(e.Value) == "mine"
 	})
 }
+
+// TestCloseWhilePacketsArrive: the guarded transport must keep draining
+// memberlist's listener while it shuts down, or Close hangs when a packet
+// is in flight.
+func TestCloseWhilePacketsArrive(t *testing.T) {
+	key := mustKey(t)
+	n := startNode(t, "n1", key, 0)
+	udp, err := net.Dial("udp", n.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	stop := make(chan struct{})
+	go func() {
+		pkt := sealV0(t, key, []byte("x"), nil)
+		pkt[0] = mlEncryptVersion // passes the filter, fails to decrypt
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				udp.Write(pkt)
+			}
+		}
+	}()
+	defer close(stop)
+	time.Sleep(50 * time.Millisecond) // let the flood start; not a synchronisation
+	done := make(chan struct{})
+	go func() { n.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung while packets arrived")
+	}
+}
