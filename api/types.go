@@ -39,6 +39,10 @@ type Network struct {
 	// (inspect only): "cleartext" (VXLAN without ESP for an encrypted
 	// network), "no-sa", "unknown-peer", "mtu", ...
 	Drops map[string]uint64 `json:"drops,omitempty"`
+	// Conflicts lists the other nodes' endpoint records of the network
+	// that this node refuses, with the reason (inspect only): an address
+	// outside the blocks the node holds, or one claimed twice.
+	Conflicts []string `json:"conflicts,omitempty"`
 }
 
 // SA is one direction of a security association between this node and a
@@ -246,6 +250,14 @@ type Stats struct {
 	// network was known, by reason: "unknown-vni", "malformed", and for
 	// ESP "esp-auth", "esp-replay", "esp-unknown-spi", "esp-malformed".
 	TunnelDrops map[string]uint64 `json:"tunnel_drops,omitempty"`
+	// RefusedRecords counts records of the replicated tables this node
+	// refused, once per record version: by table ("networks",
+	// "endpoints") for invalid ones, "endpoint-conflict" for endpoints
+	// outside their node's address blocks or claiming a taken address.
+	RefusedRecords map[string]uint64 `json:"refused_records,omitempty"`
+	// GossipDrops counts what the cluster layer refused, by reason:
+	// "gossip-version", "version-ahead", "replayed".
+	GossipDrops map[string]uint64 `json:"gossip_drops,omitempty"`
 }
 
 // DNSStats are the embedded resolver's counters.

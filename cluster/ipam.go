@@ -299,3 +299,67 @@ func (c *Cluster) answerClaim(req *message) {
 		}
 	})
 }
+
+// ClaimBlockAt makes this node hold block of network's subnet, with the
+// same confirmation round as ClaimBlock: a node whose endpoints keep their
+// addresses across a restart claims their blocks again, and an address
+// asked for explicitly is taken only from a block this node can hold. It
+// fails, naming the holder, when another node holds the block.
+func (c *Cluster) ClaimBlockAt(network string, subnet, block netip.Prefix) error {
+	if !subnet.IsValid() || !block.IsValid() || block.Bits() < subnet.Bits() || !subnet.Contains(block.Addr()) || block != block.Masked() {
+		return fmt.Errorf("network %q: block %s is not a block of %s", network, block, subnet)
+	}
+	if network == "" || len(claimPrefix(network, block))+len(c.cfg.NodeName) > maxKeyLen {
+		return fmt.Errorf("network %q: invalid name", network)
+	}
+	c.claimMu.Lock()
+	defer c.claimMu.Unlock()
+	holder, held := c.Blocks(network)[block]
+	switch {
+	case held && holder == c.cfg.NodeName:
+		return nil
+	case held:
+		return fmt.Errorf("network %q: address block %s is held by node %q", network, block, holder)
+	}
+	key := claimPrefix(network, block) + c.cfg.NodeName
+	if err := c.Put(ipamTable, key, nil); err != nil {
+		return err
+	}
+	won, err := c.settleClaim(network, block)
+	if err != nil || !won {
+		c.Delete(ipamTable, key)
+	}
+	if err != nil {
+		return err
+	}
+	if !won {
+		return fmt.Errorf("network %q: address block %s was claimed by another node first", network, block)
+	}
+	c.mu.Lock()
+	c.settled[claimPrefix(network, block)] = true
+	c.mu.Unlock()
+	return nil
+}
+
+// KeepBlock records this node's claim on block of network without a
+// confirmation round, for a block its endpoints already use: after a
+// restart the claims of the previous run are overwritten by the cluster,
+// while the endpoints keep their addresses. It writes nothing and returns
+// an error naming the holder when another node holds the block.
+func (c *Cluster) KeepBlock(network string, subnet, block netip.Prefix) error {
+	if !subnet.IsValid() || !block.IsValid() || block.Bits() < subnet.Bits() || !subnet.Contains(block.Addr()) || block != block.Masked() {
+		return fmt.Errorf("network %q: block %s is not a block of %s", network, block, subnet)
+	}
+	if network == "" || len(claimPrefix(network, block))+len(c.cfg.NodeName) > maxKeyLen {
+		return fmt.Errorf("network %q: invalid name", network)
+	}
+	c.claimMu.Lock()
+	defer c.claimMu.Unlock()
+	switch holder, held := c.Blocks(network)[block]; {
+	case held && holder == c.cfg.NodeName:
+		return nil
+	case held:
+		return fmt.Errorf("network %q: address block %s is held by node %q", network, block, holder)
+	}
+	return c.Put(ipamTable, claimPrefix(network, block)+c.cfg.NodeName, nil)
+}

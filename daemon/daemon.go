@@ -102,6 +102,8 @@ type Daemon struct {
 	done   sync.WaitGroup
 
 	closeOnce sync.Once
+	// refused counts the table records this node refuses.
+	refused refusals
 
 	mu         sync.Mutex
 	networks   map[string]*network

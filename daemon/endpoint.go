@@ -304,6 +304,9 @@ func (d *Daemon) pickIP(n *network, want string) (netip.Addr, error) {
 		}
 		return netip.Addr{}, fmt.Errorf("ip %s: already in use on network %q", a, n.rec.Name)
 	}
+	if err := d.holdBlockOf(n, a); err != nil {
+		return netip.Addr{}, err
+	}
 	return a, nil
 }
 
