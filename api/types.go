@@ -253,7 +253,9 @@ type Stats struct {
 	// RefusedRecords counts records of the replicated tables this node
 	// refused, once per record version: by table ("networks",
 	// "endpoints") for invalid ones, "endpoint-conflict" for endpoints
-	// outside their node's address blocks or claiming a taken address.
+	// outside their node's address blocks or claiming a taken address,
+	// "own-endpoint-conflict" for this node's endpoints in a block another
+	// node holds, "reconcile-panic" for a panic reconcile survived.
 	RefusedRecords map[string]uint64 `json:"refused_records,omitempty"`
 	// GossipDrops counts what the cluster layer refused, by reason:
 	// "gossip-version", "version-ahead", "replayed".
