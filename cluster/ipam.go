@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -183,7 +184,7 @@ func (c *Cluster) ClaimBlock(network string, subnet netip.Prefix, blockBits int)
 }
 
 // ClaimedBlocks returns the blocks of network this node has claimed and
-// still wins.
+// still wins, lowest first (so addresses are handed out in order).
 func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 	var out []netip.Prefix
 	for b, owner := range c.Blocks(network) {
@@ -191,6 +192,12 @@ func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 			out = append(out, b)
 		}
 	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
 	return out
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -268,5 +269,27 @@ func TestCloseWhilePacketsArrive(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close hung while packets arrived")
+	}
+}
+
+// TestClaimedBlocksInOrder: with a block claimed for an explicit address
+// (ClaimBlockAt) above the first one, the lowest block still comes first,
+// so the next automatic address is the lowest free one.
+func TestClaimedBlocksInOrder(t *testing.T) {
+	n := startNode(t, "n1", mustKey(t), 0)
+	subnet := netip.MustParsePrefix("10.50.0.0/24")
+	if _, err := n.ClaimBlock("web", subnet, 28); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"10.50.0.48/28", "10.50.0.240/28", "10.50.0.112/28"} {
+		if err := n.ClaimBlockAt("web", subnet, netip.MustParsePrefix(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 20 {
+		got := n.ClaimedBlocks("web")
+		if len(got) != 4 || got[0].String() != "10.50.0.0/28" || got[3].String() != "10.50.0.240/28" {
+			t.Fatalf("claimed blocks %v, want them in address order", got)
+		}
 	}
 }
