@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -33,6 +34,8 @@ type epRecord struct {
 	MAC     string   `json:"mac"`
 	Node    string   `json:"node"`
 	Aliases []string `json:"aliases,omitempty"`
+
+	version uint64 // of the table entry, for logging a refusal once
 }
 
 func epKey(node, network, name string) string { return node + "/" + network + "/" + name }
@@ -60,27 +63,39 @@ func (d *Daemon) publishNetwork(rec savedNetwork) error {
 	return d.cl.Put(tblNetworks, rec.Name, b)
 }
 
-// clusterNetworks decodes the networks table.
+// clusterNetworks decodes and validates the networks table; invalid
+// records are left out, counted and logged once.
 func (d *Daemon) clusterNetworks() map[string]savedNetwork {
-	out := map[string]savedNetwork{}
-	for _, e := range d.cl.List(tblNetworks) {
-		var rec savedNetwork
-		if err := json.Unmarshal(e.Value, &rec); err != nil || rec.Name != e.Key {
-			d.log.Warn("ignoring a malformed network entry", "key", e.Key, "owner", e.Owner)
-			continue
-		}
-		out[rec.Name] = rec
-	}
-	return out
+	valid, _ := d.networkRecords()
+	return valid
 }
 
-// clusterEndpoints decodes the endpoints table.
+// networkRecords is clusterNetworks that also returns the names of the
+// invalid records, so that reconcile leaves this node's copy alone.
+func (d *Daemon) networkRecords() (valid map[string]savedNetwork, invalid map[string]bool) {
+	valid, invalid = map[string]savedNetwork{}, map[string]bool{}
+	rules := d.vtepRules()
+	for _, e := range d.cl.List(tblNetworks) {
+		rec, err := decodeNetwork(e, rules)
+		if err != nil {
+			d.refused.note(d.log, tblNetworks, e.Key, e.Owner, e.Version, err)
+			invalid[e.Key] = true
+			continue
+		}
+		valid[rec.Name] = rec
+	}
+	return valid, invalid
+}
+
+// clusterEndpoints decodes and validates the endpoints table; invalid
+// records are left out, counted and logged once. The records are not
+// checked against the address blocks: see endpointSet.
 func (d *Daemon) clusterEndpoints() []epRecord {
 	var out []epRecord
 	for _, e := range d.cl.List(tblEndpoints) {
-		var rec epRecord
-		if err := json.Unmarshal(e.Value, &rec); err != nil || rec.Node != e.Owner {
-			d.log.Warn("ignoring a malformed endpoint entry", "key", e.Key, "owner", e.Owner)
+		rec, err := decodeEndpoint(e)
+		if err != nil {
+			d.refused.note(d.log, tblEndpoints, e.Key, e.Owner, e.Version, err)
 			continue
 		}
 		out = append(out, rec)
@@ -113,9 +128,21 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 }
 
 // reconcile makes the local networks, remote FDB entries and VTEP peers
-// match the cluster's tables; callers hold d.mu.
+// match the cluster's tables; callers hold d.mu. Records are validated
+// before use, so reconcile does not panic; should it still, the panic is
+// counted ("reconcile-panic") and logged instead of killing the daemon.
 func (d *Daemon) reconcile() {
-	want := d.clusterNetworks()
+	defer func() {
+		if r := recover(); r != nil {
+			d.refused.note(d.log, "reconcile-panic", fmt.Sprint(r), "", 0, fmt.Errorf("%v\n%s", r, debug.Stack()))
+		}
+	}()
+	d.reconcileTables()
+}
+
+// reconcileTables is reconcile without its safety net.
+func (d *Daemon) reconcileTables() {
+	want, invalid := d.networkRecords()
 	changed := false
 	for name, rec := range want {
 		n := d.networks[name]
@@ -152,7 +179,7 @@ func (d *Daemon) reconcile() {
 		}
 	}
 	for name, n := range d.networks {
-		if _, ok := want[name]; ok {
+		if _, ok := want[name]; ok || invalid[name] {
 			continue
 		}
 		if len(d.endpointsOf(n)) > 0 {
@@ -169,6 +196,7 @@ func (d *Daemon) reconcile() {
 			d.log.Error("saving state", "err", err)
 		}
 	}
+	d.holdBlocks()
 	d.applyRemotes()
 	d.reconcileKeys()
 }
@@ -190,7 +218,7 @@ func (d *Daemon) applyRemotes() {
 		vtep netip.Addr
 	}
 	byNet := map[string]map[packet.MAC]remote{}
-	for _, rec := range d.clusterEndpoints() {
+	for _, rec := range d.endpointSet().accepted {
 		if rec.Node == d.cfg.Node {
 			continue
 		}
@@ -198,11 +226,8 @@ func (d *Daemon) applyRemotes() {
 		if !ok {
 			continue
 		}
-		mac, err1 := packet.ParseMAC(rec.MAC)
-		ip, err2 := netip.ParseAddr(rec.IP)
-		if err1 != nil || err2 != nil {
-			continue
-		}
+		mac, _ := packet.ParseMAC(rec.MAC)
+		ip, _ := netip.ParseAddr(rec.IP)
 		if byNet[rec.Network] == nil {
 			byNet[rec.Network] = map[packet.MAC]remote{}
 		}

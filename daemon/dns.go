@@ -100,7 +100,7 @@ func (d *Daemon) refreshDNS() {
 	}
 	d.dns.rebuild.Lock()
 	defer d.dns.rebuild.Unlock()
-	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, d.clusterEndpoints()))
+	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, d.endpointSet().accepted))
 }
 
 // dnsAttached updates the records after c got an endpoint (or its

@@ -157,94 +157,20 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	if _, ok := d.networks[req.Name]; ok {
 		return api.Network{}, conflict("network %q: already exists", req.Name)
 	}
-	var used []netip.Prefix
+	rec, err := d.networkFromRequest(req)
+	if err != nil {
+		return api.Network{}, asInvalid(err)
+	}
+	subnet := netip.MustParsePrefix(rec.Subnet)
+	for _, n := range d.sortedNetworks() {
+		if overlaps(subnet, n.subnet) {
+			return api.Network{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
+		}
+	}
 	for _, n := range d.networks {
-		used = append(used, n.subnet)
-	}
-	var subnet netip.Prefix
-	if req.Subnet == "" {
-		p, err := pickSubnet(used)
-		if err != nil {
-			return api.Network{}, conflict("network %q: %v", req.Name, err)
+		if req.VNI != 0 && n.rec.VNI == req.VNI {
+			return api.Network{}, conflict("network %q: vni %d: already used by network %q", req.Name, req.VNI, n.rec.Name)
 		}
-		subnet = p
-	} else {
-		p, err := netip.ParsePrefix(req.Subnet)
-		if err != nil || !p.Addr().Is4() {
-			return api.Network{}, invalid("network %q: subnet %q: not an IPv4 CIDR", req.Name, req.Subnet)
-		}
-		if p.Bits() > 30 {
-			return api.Network{}, invalid("network %q: subnet %s: too small (at most /30)", req.Name, p)
-		}
-		subnet = p.Masked()
-		for _, n := range d.sortedNetworks() {
-			if overlaps(subnet, n.subnet) {
-				return api.Network{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
-			}
-		}
-	}
-	gw := firstHost(subnet)
-	if req.Gateway != "" {
-		a, err := netip.ParseAddr(req.Gateway)
-		if err != nil || !usableHost(subnet, a) {
-			return api.Network{}, invalid("network %q: gateway %q: not a host address of %s", req.Name, req.Gateway, subnet)
-		}
-		gw = a
-	}
-	cipher := ""
-	switch {
-	case req.Encrypted:
-		c := esp.AES128GCM
-		if req.Cipher != "" {
-			var err error
-			if c, err = esp.ParseCipher(req.Cipher); err != nil {
-				return api.Network{}, invalid("network %q: %v", req.Name, err)
-			}
-		}
-		if len(req.VTEPs) > 0 {
-			return api.Network{}, invalid("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", req.Name)
-		}
-		cipher = c.String()
-	case req.Cipher != "":
-		return api.Network{}, invalid("network %q: a cipher needs an encrypted network (--encrypted)", req.Name)
-	}
-	mtu := d.cfg.UnderlayMTU - vxlanOverhead
-	if req.Encrypted {
-		mtu -= espOverhead
-	}
-	if req.MTU != 0 {
-		if req.MTU < minMTU || req.MTU > maxNetworkMTU {
-			return api.Network{}, invalid("network %q: mtu %d: out of range %d-%d", req.Name, req.MTU, minMTU, maxNetworkMTU)
-		}
-		mtu = req.MTU
-	}
-	storm, err := stormLimit(req)
-	if err != nil {
-		return api.Network{}, err
-	}
-	vni := req.VNI
-	if vni != 0 {
-		if vni > maxVNI {
-			return api.Network{}, invalid("network %q: vni %d: out of range 1-%d", req.Name, vni, maxVNI)
-		}
-		for _, n := range d.networks {
-			if n.rec.VNI == vni {
-				return api.Network{}, conflict("network %q: vni %d: already used by network %q", req.Name, vni, n.rec.Name)
-			}
-		}
-	} else {
-		vni = d.freeVNI()
-	}
-	vteps, err := parseVTEPs(req.Name, req.VTEPs)
-	if err != nil {
-		return api.Network{}, err
-	}
-	id := make([]byte, networkIDBytes)
-	rand.Read(id)
-	rec := savedNetwork{
-		Name: req.Name, ID: hex.EncodeToString(id), Subnet: subnet.String(), Gateway: gw.String(),
-		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
-		Encrypted: req.Encrypted, Cipher: cipher, StormLimit: storm,
 	}
 	if err := d.claimNetwork(&rec, createChoice{autoSubnet: req.Subnet == "" && req.Gateway == "", autoVNI: req.VNI == 0}); err != nil {
 		return api.Network{}, err
@@ -280,27 +206,64 @@ func stormLimit(req api.NetworkCreateRequest) (int, error) {
 	}
 }
 
-// parseVTEPs validates external VTEP addresses and returns them sorted
-// and de-duplicated.
-func parseVTEPs(network string, in []string) ([]string, error) {
-	set := map[netip.Addr]bool{}
-	for _, v := range in {
-		a, err := netip.ParseAddr(v)
-		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
-			return nil, invalid("network %q: vtep %q: not a unicast IPv4 address", network, v)
+// networkFromRequest fills in the defaults of a create request and
+// returns the record, checked by validateNetwork like every record read
+// from the cluster; callers hold d.mu.
+func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (savedNetwork, error) {
+	rec := savedNetwork{
+		Name: req.Name, Subnet: req.Subnet, Gateway: req.Gateway, MTU: req.MTU, VNI: req.VNI,
+		Created: time.Now().UTC().Truncate(time.Second), Encrypted: req.Encrypted, Cipher: req.Cipher,
+	}
+	id := make([]byte, networkIDBytes)
+	rand.Read(id)
+	rec.ID = hex.EncodeToString(id)
+	if rec.Subnet == "" {
+		var used []netip.Prefix
+		for _, n := range d.networks {
+			used = append(used, n.subnet)
 		}
-		set[a] = true
+		p, err := pickSubnet(used)
+		if err != nil {
+			return rec, conflict("network %q: %w", req.Name, err)
+		}
+		rec.Subnet = p.String()
 	}
-	out := make([]netip.Addr, 0, len(set))
-	for a := range set {
-		out = append(out, a)
+	if rec.Gateway == "" {
+		if p, err := netip.ParsePrefix(rec.Subnet); err == nil && p.Addr().Is4() {
+			rec.Gateway = firstHost(p).String()
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
-	strs := make([]string, len(out))
-	for i, a := range out {
-		strs[i] = a.String()
+	if req.Encrypted && rec.Cipher == "" {
+		rec.Cipher = esp.AES128GCM.String()
 	}
-	return strs, nil
+	if req.Encrypted {
+		if c, err := esp.ParseCipher(rec.Cipher); err == nil {
+			rec.Cipher = c.String()
+		}
+	}
+	if rec.MTU == 0 {
+		rec.MTU = d.cfg.UnderlayMTU - vxlanOverhead
+		if req.Encrypted {
+			rec.MTU -= espOverhead
+		}
+	}
+	if rec.VNI == 0 {
+		rec.VNI = d.freeVNI()
+	}
+	storm, err := stormLimit(req)
+	if err != nil {
+		return rec, err
+	}
+	rec.StormLimit = storm
+	rules := d.vtepRules()
+	vteps, err := parseVTEPs(req.Name, req.VTEPs, rules)
+	if err != nil {
+		return rec, err
+	}
+	if len(vteps) > 0 {
+		rec.VTEPs = vteps
+	}
+	return rec, validateNetwork(&rec, rules)
 }
 
 // UpdateNetwork adds and removes a network's external VTEPs.
@@ -311,11 +274,12 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 	if !ok {
 		return api.Network{}, notFound("network %q: not found", name)
 	}
-	add, err := parseVTEPs(name, req.AddVTEPs)
+	rules := d.vtepRules()
+	add, err := parseVTEPs(name, req.AddVTEPs, rules)
 	if err != nil {
 		return api.Network{}, err
 	}
-	rm, err := parseVTEPs(name, req.RemoveVTEPs)
+	rm, err := parseVTEPs(name, req.RemoveVTEPs, nil)
 	if err != nil {
 		return api.Network{}, err
 	}
@@ -336,12 +300,18 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 	for v := range cur {
 		all = append(all, v)
 	}
-	vteps, _ := parseVTEPs(name, all)
+	vteps, _ := parseVTEPs(name, all, nil)
 	if n.rec.Encrypted && len(add) > 0 {
 		return api.Network{}, invalid("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", name)
 	}
 	rec := n.rec
-	rec.VTEPs = vteps
+	rec.VTEPs = nil
+	if len(vteps) > 0 {
+		rec.VTEPs = vteps
+	}
+	if err := validateNetwork(&rec, rules); err != nil {
+		return api.Network{}, asInvalid(err)
+	}
 	if err := d.publishNetwork(rec); err != nil {
 		return api.Network{}, err
 	}
@@ -419,7 +389,9 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 	for _, ep := range d.endpointsOf(n) {
 		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
 	}
-	for _, rec := range d.clusterEndpoints() {
+	set := d.endpointSet()
+	v.Conflicts = set.refused[n.rec.Name]
+	for _, rec := range set.accepted {
 		if rec.Network == n.rec.Name && rec.Node != d.cfg.Node {
 			v.Endpoints = append(v.Endpoints, api.Endpoint{
 				Name: rec.Name, Network: rec.Network, IP: rec.IP, MAC: rec.MAC,

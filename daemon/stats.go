@@ -59,5 +59,9 @@ func (d *Daemon) Stats() api.Stats {
 	if drops := d.vtep.Stats().Drops; len(drops) > 0 {
 		out.TunnelDrops = drops
 	}
+	out.RefusedRecords = d.refused.snapshot()
+	if drops := d.cl.Drops(); len(drops) > 0 {
+		out.GossipDrops = drops
+	}
 	return out
 }
