@@ -92,6 +92,9 @@ type Server struct {
 	log      *slog.Logger
 	inflight atomic.Int64
 	stats    counters
+	// batches are the UDP loops' recvmmsg/sendmmsg states, held only
+	// while a socket is being drained.
+	batches sync.Pool
 }
 
 // New returns a Server that answers from src and forwards to
@@ -153,7 +156,15 @@ func (s *Server) Serve(asker string, pc net.PacketConn, ln net.Listener) *Listen
 		}
 	}
 	if pc != nil {
-		start(&mdns.Server{PacketConn: pc, UDPSize: maxUDPRead}, false)
+		general, run := s.serveUDP(asker, pc)
+		start(&mdns.Server{PacketConn: general, UDPSize: maxUDPRead}, false)
+		if run != nil {
+			l.done.Add(1)
+			go func() {
+				defer l.done.Done()
+				run()
+			}()
+		}
 	}
 	if ln != nil {
 		start(&mdns.Server{Listener: ln, IdleTimeout: func() time.Duration { return 8 * time.Second }}, true)
