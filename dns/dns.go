@@ -92,9 +92,9 @@ type Server struct {
 	log      *slog.Logger
 	inflight atomic.Int64
 	stats    counters
-	// batches are the UDP loops' recvmmsg/sendmmsg states, held only
-	// while a socket is being drained.
-	batches sync.Pool
+	// batches are the UDP loops' free recvmmsg/sendmmsg states: a loop
+	// holds one only while it drains its socket.
+	batches batchPool
 }
 
 // New returns a Server that answers from src and forwards to
@@ -113,7 +113,7 @@ func New(cfg Config, src Source) *Server {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Upstreams = append([]netip.AddrPort(nil), cfg.Upstreams...)
-	return &Server{cfg: cfg, src: src, log: cfg.Logger}
+	return &Server{cfg: cfg, src: src, log: cfg.Logger, batches: newBatchPool()}
 }
 
 // Upstreams returns the upstream servers the Server forwards to.

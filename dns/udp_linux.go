@@ -15,6 +15,33 @@ import (
 // udpBatch is the number of datagrams one recvmmsg/sendmmsg moves.
 const udpBatch = 32
 
+// freeBatches bounds the batches kept for reuse: about one per busy loop
+// at a time, and there are few cores.
+const freeBatches = 8
+
+// batchPool holds the free batches of a Server's UDP loops.
+type batchPool chan *batch
+
+func newBatchPool() batchPool { return make(batchPool, freeBatches) }
+
+// get returns a free batch or a new one.
+func (p batchPool) get() *batch {
+	select {
+	case b := <-p:
+		return b
+	default:
+		return newBatch()
+	}
+}
+
+// put frees b, or leaves it to the collector when enough are free.
+func (p batchPool) put(b *batch) {
+	select {
+	case p <- b:
+	default:
+	}
+}
+
 // batch is the preallocated recvmmsg/sendmmsg state of a busy UDP loop.
 // Idle loops hold none: a loop takes one from the Server's pool when its
 // socket is readable and gives it back when the socket is drained.
@@ -89,7 +116,7 @@ func (l *udpLoop) run() {
 		b := l.b
 		if err != nil || b == nil {
 			if b != nil {
-				l.s.batches.Put(b)
+				l.s.batches.put(b)
 			}
 			return
 		}
@@ -110,7 +137,7 @@ func (l *udpLoop) run() {
 				continue
 			}
 			if !l.slow.push(q, &b.names[i]) {
-				l.s.batches.Put(b)
+				l.s.batches.put(b)
 				return
 			}
 		}
@@ -120,17 +147,14 @@ func (l *udpLoop) run() {
 			b.done = 0
 			l.rc.Write(b.send) // a failed send is a lost answer; the client retries
 		}
-		l.s.batches.Put(b)
+		l.s.batches.put(b)
 	}
 }
 
 // recvFn is the RawConn read callback: it takes a batch and fills it with
 // recvmmsg; false means "wait for readability" (the batch goes back).
 func (l *udpLoop) recvFn(fd uintptr) bool {
-	b, _ := l.s.batches.Get().(*batch)
-	if b == nil {
-		b = newBatch()
-	}
+	b := l.s.batches.get()
 	for i := range udpBatch {
 		b.in[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 		b.in[i].Hdr.Flags = 0
@@ -147,12 +171,12 @@ func (l *udpLoop) recvFn(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			l.s.batches.Put(b)
+			l.s.batches.put(b)
 			return false
 		default:
 			// A pending socket error (an ICMP error for an earlier
 			// answer) is consumed by this call: read again.
-			l.s.batches.Put(b)
+			l.s.batches.put(b)
 			return false
 		}
 	}
