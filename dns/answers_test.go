@@ -232,3 +232,35 @@ func TestLocalUDPAnswersAllocateNothing(t *testing.T) {
 		t.Errorf("answer %v, %v", r, err)
 	}
 }
+
+// BenchmarkLocalAnswer compares one local A answer on the fast path with
+// the general path's parse, answer and pack.
+func BenchmarkLocalAnswer(b *testing.B) {
+	src := precomputed(testSource)
+	s := New(Config{}, src)
+	m := new(mdns.Msg)
+	m.SetQuestion("c2.web.", mdns.TypeA)
+	m.SetEdns0(1232, false)
+	raw, _ := m.Pack()
+	out := make([]byte, maxUDPRead)
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if src.answers.Answer("c1", raw, out) == 0 {
+				b.Fatal("not answered")
+			}
+		}
+	})
+	b.Run("general", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			req := new(mdns.Msg)
+			if err := req.Unpack(raw); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.answer(context.Background(), "c1", req, false).PackBuffer(out); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
