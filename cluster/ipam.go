@@ -165,10 +165,26 @@ func (c *Cluster) ClaimBlockFunc(network string, subnet netip.Prefix, blockBits 
 // guarantee of ClaimBlock. It succeeds at once when this node already
 // holds the block, and fails naming the holder when another node does.
 func (c *Cluster) ClaimBlockAt(network string, block netip.Prefix) error {
-	if !block.IsValid() {
-		return fmt.Errorf("network %q: invalid block", network)
+	return c.holdBlock(network, block, func() error {
+		err := c.claimLocked(ipamTable, network, block.String())
+		var lost *ClaimConflict
+		if errors.As(err, &lost) {
+			return heldBy(network, block, lost.Node)
+		}
+		if err != nil {
+			return fmt.Errorf("network %q: %w", network, err)
+		}
+		return nil
+	})
+}
+
+// holdBlock checks block, then, holding claimMu, returns nil if this node
+// already holds it, an error naming the holder if another node does, and
+// otherwise what take returns.
+func (c *Cluster) holdBlock(network string, block netip.Prefix, take func() error) error {
+	if !block.IsValid() || block != block.Masked() {
+		return fmt.Errorf("network %q: invalid block %s", network, block)
 	}
-	block = block.Masked()
 	if err := c.checkBlockName(network, block); err != nil {
 		return err
 	}
@@ -181,17 +197,13 @@ func (c *Cluster) ClaimBlockAt(network string, block netip.Prefix) error {
 	case w != nil && w.Owner == c.cfg.NodeName:
 		return nil
 	case w != nil:
-		return fmt.Errorf("network %q: address block %s is held by node %q", network, block, w.Owner)
+		return heldBy(network, block, w.Owner)
 	}
-	err := c.claimLocked(ipamTable, network, block.String())
-	var lost *ClaimConflict
-	if errors.As(err, &lost) {
-		return fmt.Errorf("network %q: address block %s is held by node %q", network, block, lost.Node)
-	}
-	if err != nil {
-		return fmt.Errorf("network %q: %w", network, err)
-	}
-	return nil
+	return take()
+}
+
+func heldBy(network string, block netip.Prefix, node string) error {
+	return fmt.Errorf("network %q: address block %s is held by node %q", network, block, node)
 }
 
 // checkBlockName checks that claims of network fit a table key.
@@ -221,22 +233,7 @@ func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 // while the endpoints keep their addresses. It writes nothing and returns
 // an error naming the holder when another node holds the block.
 func (c *Cluster) KeepBlock(network string, block netip.Prefix) error {
-	if !block.IsValid() || block != block.Masked() {
-		return fmt.Errorf("network %q: invalid block %s", network, block)
-	}
-	if err := c.checkBlockName(network, block); err != nil {
-		return err
-	}
-	c.claimMu.Lock()
-	defer c.claimMu.Unlock()
-	c.mu.Lock()
-	w := claimWinner(c.claimsLocked(network)[block])
-	c.mu.Unlock()
-	switch {
-	case w != nil && w.Owner == c.cfg.NodeName:
-		return nil
-	case w != nil:
-		return fmt.Errorf("network %q: address block %s is held by node %q", network, block, w.Owner)
-	}
-	return c.Put(ipamTable, claimKey(network, block.String())+c.cfg.NodeName, nil)
+	return c.holdBlock(network, block, func() error {
+		return c.Put(ipamTable, claimKey(network, block.String())+c.cfg.NodeName, nil)
+	})
 }
