@@ -11,7 +11,6 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
-	"github.com/vxmesh/vxmesh/packet"
 )
 
 // Replicated tables (DESIGN §5). Networks outlive the node that created
@@ -24,6 +23,36 @@ const (
 // reconcileInterval bounds how stale the data plane can be if a change
 // notification is coalesced away (membership state, member metadata).
 const reconcileInterval = 2 * time.Second
+
+// netRecord is a network as replicated to every node (the value of a
+// networks table entry, keyed by Name). It is the gossip schema, separate
+// from the on-disk savedNetwork: every node must decode every other
+// node's records, so fields are only added, with omitempty.
+type netRecord struct {
+	Name    string    `json:"name"`
+	ID      string    `json:"id"`
+	Subnet  string    `json:"subnet"`
+	Gateway string    `json:"gateway"`
+	MTU     int       `json:"mtu"`
+	VNI     uint32    `json:"vni"`
+	Created time.Time `json:"created"`
+	// VTEPs are external RFC 7348 VTEPs of the network.
+	VTEPs []string `json:"vteps,omitempty"`
+	// Encrypted networks are carried in ESP between hosts with Cipher.
+	Encrypted bool   `json:"encrypted,omitempty"`
+	Cipher    string `json:"cipher,omitempty"`
+	// StormLimit: -1 unlimited, 0 (a record from a node that predates
+	// the field) the default.
+	StormLimit int `json:"storm_limit,omitempty"`
+}
+
+// saved is the network as state.json keeps it.
+func (r netRecord) saved() savedNetwork {
+	return savedNetwork{
+		Name: r.Name, ID: r.ID, Subnet: r.Subnet, Gateway: r.Gateway, MTU: r.MTU, VNI: r.VNI,
+		Created: r.Created, VTEPs: r.VTEPs, Encrypted: r.Encrypted, Cipher: r.Cipher, StormLimit: r.StormLimit,
+	}
+}
 
 // epRecord is an endpoint as replicated to every node.
 type epRecord struct {
@@ -52,7 +81,7 @@ func (d *Daemon) unpublishEndpoint(ep *endpoint) {
 	}
 }
 
-func (d *Daemon) publishNetwork(rec savedNetwork) error {
+func (d *Daemon) publishNetwork(rec netRecord) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -61,10 +90,10 @@ func (d *Daemon) publishNetwork(rec savedNetwork) error {
 }
 
 // clusterNetworks decodes the networks table.
-func (d *Daemon) clusterNetworks() map[string]savedNetwork {
-	out := map[string]savedNetwork{}
+func (d *Daemon) clusterNetworks() map[string]netRecord {
+	out := map[string]netRecord{}
 	for _, e := range d.cl.List(tblNetworks) {
-		var rec savedNetwork
+		var rec netRecord
 		if err := json.Unmarshal(e.Value, &rec); err != nil || rec.Name != e.Key {
 			d.log.Warn("ignoring a malformed network entry", "key", e.Key, "owner", e.Owner)
 			continue
@@ -106,15 +135,19 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 		case <-t.C:
 		}
 		d.mu.Lock()
-		d.reconcile()
+		if err := d.reconcile(); err != nil {
+			d.log.Error("data plane", "err", err)
+		}
 		d.mu.Unlock()
 		d.saveMembers()
 	}
 }
 
-// reconcile makes the local networks, remote FDB entries and VTEP peers
-// match the cluster's tables; callers hold d.mu.
-func (d *Daemon) reconcile() {
+// reconcile makes the local networks match the cluster's tables, then
+// applies the desired data-plane state (networks, endpoints, remotes,
+// peers, SAs) and returns what the data plane could not apply; callers
+// hold d.mu.
+func (d *Daemon) reconcile() error {
 	want := d.clusterNetworks()
 	changed := false
 	for name, rec := range want {
@@ -169,92 +202,7 @@ func (d *Daemon) reconcile() {
 			d.log.Error("saving state", "err", err)
 		}
 	}
-	d.applyRemotes()
-	d.reconcileKeys()
-}
-
-// applyRemotes installs every other node's endpoints as static switch
-// entries behind the tunnel port (so their ARP is answered locally and
-// they are never flooded to) and as MAC -> VTEP entries in the tunnel,
-// and sets each network's flooding peers: nodes with endpoints on it plus
-// its external VTEPs.
-func (d *Daemon) applyRemotes() {
-	vtepOf := map[string]netip.Addr{}
-	for _, m := range d.cl.Members() {
-		if !m.Self && m.Meta.DataAddr.IsValid() {
-			vtepOf[m.Name] = m.Meta.DataAddr.Addr()
-		}
-	}
-	type remote struct {
-		ip   netip.Addr
-		vtep netip.Addr
-	}
-	byNet := map[string]map[packet.MAC]remote{}
-	for _, rec := range d.clusterEndpoints() {
-		if rec.Node == d.cfg.Node {
-			continue
-		}
-		vtep, ok := vtepOf[rec.Node]
-		if !ok {
-			continue
-		}
-		mac, err1 := packet.ParseMAC(rec.MAC)
-		ip, err2 := netip.ParseAddr(rec.IP)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		if byNet[rec.Network] == nil {
-			byNet[rec.Network] = map[packet.MAC]remote{}
-		}
-		byNet[rec.Network][mac] = remote{ip, vtep}
-	}
-	for name, n := range d.networks {
-		want := byNet[name]
-		remotes := make(map[packet.MAC]netip.Addr, len(want))
-		peerSet := map[netip.Addr]bool{}
-		for mac, r := range want {
-			remotes[mac] = r.vtep
-			peerSet[r.vtep] = true
-		}
-		var external []netip.Addr
-		for _, v := range n.rec.VTEPs {
-			if a, err := netip.ParseAddr(v); err == nil {
-				peerSet[a] = true
-				external = append(external, a)
-			}
-		}
-		peers := make([]netip.Addr, 0, len(peerSet))
-		for a := range peerSet {
-			peers = append(peers, a)
-		}
-		sort.Slice(peers, func(i, j int) bool { return peers[i].Less(peers[j]) })
-		if err := n.tn.SetPeers(peers); err != nil {
-			d.log.Error("setting VTEP peers", "network", name, "err", err)
-		}
-		if err := n.tn.SetRemotes(remotes); err != nil {
-			d.log.Error("setting remote endpoints", "network", name, "err", err)
-		}
-		// MACs are learned behind external VTEPs only.
-		if err := n.tn.SetExternal(external); err != nil {
-			d.log.Error("setting external VTEPs", "network", name, "err", err)
-		}
-		for mac, ip := range n.remotes {
-			if r, ok := want[mac]; !ok || r.ip != ip {
-				n.sw.RemoveStatic(mac)
-				delete(n.remotes, mac)
-			}
-		}
-		for mac, r := range want {
-			if _, ok := n.remotes[mac]; ok {
-				continue
-			}
-			if err := n.sw.AddStatic(mac, r.ip, n.tport); err != nil {
-				d.log.Warn("remote endpoint", "network", name, "mac", mac, "err", err)
-				continue
-			}
-			n.remotes[mac] = r.ip
-		}
-	}
+	return d.reconcileKeys()
 }
 
 // Nodes lists the cluster members and the networks each has endpoints on.

@@ -75,7 +75,7 @@ func netClaimTaken(cl *cluster.Cluster) func(group, resource string) []cluster.E
 		}
 		var out []cluster.Entry
 		for _, e := range cl.List(tblNetworks) {
-			var rec savedNetwork
+			var rec netRecord
 			if json.Unmarshal(e.Value, &rec) != nil {
 				continue
 			}
@@ -104,7 +104,7 @@ type createChoice struct {
 // or a part the user gave, the create fails with a conflict naming the
 // other node. On success the caller publishes rec and then calls
 // releaseNetworkClaim. Callers hold d.mu.
-func (d *Daemon) claimNetwork(rec *savedNetwork, choice createChoice) error {
+func (d *Daemon) claimNetwork(rec *netRecord, choice createChoice) error {
 	subnet, err := netip.ParsePrefix(rec.Subnet)
 	if err != nil {
 		return fmt.Errorf("network %q: subnet: %w", rec.Name, err)
@@ -124,7 +124,9 @@ func (d *Daemon) claimNetwork(rec *savedNetwork, choice createChoice) error {
 		}
 		// Learn the records published meanwhile (a taken answer carried
 		// them) and what the winning claim was.
-		d.reconcile()
+		if err := d.reconcile(); err != nil {
+			d.log.Error("data plane", "err", err)
+		}
 		other, known := parseNetClaim(lost.Resource)
 		if n := d.networks[rec.Name]; n != nil || (known && other.name == rec.Name) {
 			node := lost.Node
@@ -175,7 +177,7 @@ func (d *Daemon) claimNetwork(rec *savedNetwork, choice createChoice) error {
 
 // releaseNetworkClaim gives up the claim of a created network once its
 // record is published (the record itself now protects it).
-func (d *Daemon) releaseNetworkClaim(rec savedNetwork) {
+func (d *Daemon) releaseNetworkClaim(rec netRecord) {
 	subnet, _ := netip.ParsePrefix(rec.Subnet)
 	c := netClaim{name: rec.Name, subnet: subnet, vni: rec.VNI}
 	if err := d.cl.ReleaseClaim(tblNetClaims, netClaimGroup, c.String()); err != nil {

@@ -13,7 +13,6 @@ import (
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
-	"github.com/vxmesh/vxmesh/tunnel"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
 
@@ -46,29 +45,21 @@ func checkName(kind, name string) error {
 	return nil
 }
 
-// network is one overlay network on this host: its switch, and the VXLAN
-// tunnel port that connects the switch to the other hosts.
-type network struct {
-	rec    savedNetwork
+// localNetwork is an overlay network this host has: the cluster's record
+// and what is parsed from it. Its switch and tunnel belong to the data
+// plane, which builds them from the desired state (desiredDataplane).
+type localNetwork struct {
+	rec    netRecord
 	subnet netip.Prefix
 	gw     netip.Addr
-	sw     *vswitch.Switch
-	tn     *tunnel.Network
-	tport  *vswitch.PortRef
 	// cipher is the ESP transform of an encrypted network, 0 for a
 	// cleartext one.
 	cipher esp.Cipher
-	// remotes are the other nodes' endpoints installed as static switch
-	// entries (MAC -> IP).
-	remotes map[packet.MAC]netip.Addr
 }
 
-// tunnelPortName is the switch port that leads to the other hosts.
-const tunnelPortName = "vxlan"
-
-// addLocalNetwork builds the switch and tunnel of a network record and
-// makes the network known locally; callers hold d.mu.
-func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
+// addLocalNetwork makes the network of a record known locally; the next
+// applyDataplane builds it. Callers hold d.mu.
+func (d *Daemon) addLocalNetwork(rec netRecord) error {
 	subnet, err := netip.ParsePrefix(rec.Subnet)
 	if err != nil {
 		return fmt.Errorf("network %q: subnet: %w", rec.Name, err)
@@ -77,50 +68,31 @@ func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
 	if err != nil {
 		return fmt.Errorf("network %q: gateway: %w", rec.Name, err)
 	}
-	n := &network{rec: rec, subnet: subnet, gw: gw, remotes: map[packet.MAC]netip.Addr{}}
+	n := &localNetwork{rec: rec, subnet: subnet, gw: gw}
 	if rec.Encrypted {
 		if n.cipher, err = esp.ParseCipher(rec.Cipher); err != nil {
 			return fmt.Errorf("network %q: %w", rec.Name, err)
 		}
 	}
-	n.sw = vswitch.New(vswitch.Config{Name: rec.Name, GatewayIP: gw, GatewayMAC: macForIP(gw), MTU: rec.MTU, StormLimit: rec.StormLimit})
-	tn, err := d.vtep.AddNetwork(rec.VNI, rec.MTU)
-	if err != nil {
-		n.sw.Close()
-		return fmt.Errorf("network %q: %w", rec.Name, err)
-	}
-	if err := tn.SetCipher(n.cipher); err != nil {
-		d.vtep.RemoveNetwork(rec.VNI)
-		n.sw.Close()
-		return fmt.Errorf("network %q: %w", rec.Name, err)
-	}
-	ref, err := n.sw.AddPort(tn, vswitch.PortConfig{Name: tunnelPortName})
-	if err != nil {
-		d.vtep.RemoveNetwork(rec.VNI)
-		n.sw.Close()
-		return fmt.Errorf("network %q: %w", rec.Name, err)
-	}
-	tn.SetInput(ref.Input)
-	n.tn, n.tport = tn, ref
 	d.networks[rec.Name] = n
-	d.log.Info("network up", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
+	d.log.Info("network known", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
 	return nil
 }
 
-// removeLocalNetwork takes a network's switch and tunnel down; callers
-// hold d.mu.
-func (d *Daemon) removeLocalNetwork(n *network) {
-	n.sw.RemovePort(n.tport)
-	d.vtep.RemoveNetwork(n.rec.VNI)
-	n.sw.Close()
+// removeLocalNetwork forgets a network; the next applyDataplane takes it
+// down. Callers hold d.mu.
+func (d *Daemon) removeLocalNetwork(n *localNetwork) {
 	delete(d.networks, n.rec.Name)
-	d.log.Info("network down", "network", n.rec.Name)
+	d.log.Info("network forgotten", "network", n.rec.Name)
 }
 
-// usedIPs returns the addresses taken in n: its gateway and the endpoints
-// of every node.
-func (d *Daemon) usedIPs(n *network) map[netip.Addr]bool {
+// usedIPs returns the addresses taken in n: its gateway, the endpoints of
+// every node and the addresses reserved by attaches in flight.
+func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	used := map[netip.Addr]bool{n.gw: true}
+	for a := range d.reservedIPs[n.rec.Name] {
+		used[a] = true
+	}
 	for _, c := range d.containers {
 		if ep := c.endpoints[n.rec.Name]; ep != nil {
 			used[ep.ip] = true
@@ -135,7 +107,7 @@ func (d *Daemon) usedIPs(n *network) map[netip.Addr]bool {
 }
 
 // endpointsOf lists n's endpoints sorted by container name.
-func (d *Daemon) endpointsOf(n *network) []*endpoint {
+func (d *Daemon) endpointsOf(n *localNetwork) []*endpoint {
 	var out []*endpoint
 	for _, c := range d.containers {
 		if ep := c.endpoints[n.rec.Name]; ep != nil {
@@ -153,7 +125,9 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.reconcile()
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
 	if _, ok := d.networks[req.Name]; ok {
 		return api.Network{}, conflict("network %q: already exists", req.Name)
 	}
@@ -241,7 +215,7 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	}
 	id := make([]byte, networkIDBytes)
 	rand.Read(id)
-	rec := savedNetwork{
+	rec := netRecord{
 		Name: req.Name, ID: hex.EncodeToString(id), Subnet: subnet.String(), Gateway: gw.String(),
 		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
 		Encrypted: req.Encrypted, Cipher: cipher, StormLimit: storm,
@@ -254,10 +228,13 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	if err != nil {
 		return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
 	}
-	d.reconcile()
+	applyErr := d.reconcile()
 	n, ok := d.networks[rec.Name]
 	if !ok {
-		return api.Network{}, fmt.Errorf("network %q: could not be set up on this node (see the daemon log)", req.Name)
+		return api.Network{}, fmt.Errorf("network %q: removed again while it was being created", req.Name)
+	}
+	if err := networkError(applyErr, rec.Name); err != nil {
+		return api.Network{}, fmt.Errorf("network %q: created, but not set up on this node: %w", req.Name, err)
 	}
 	d.log.Info("network created", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
 	return d.networkView(n, false), nil
@@ -345,7 +322,9 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 	if err := d.publishNetwork(rec); err != nil {
 		return api.Network{}, err
 	}
-	d.reconcile()
+	if err := networkError(d.reconcile(), name); err != nil {
+		return api.Network{}, fmt.Errorf("network %q: updated, but not applied on this node: %w", name, err)
+	}
 	return d.networkView(n, true), nil
 }
 
@@ -371,13 +350,20 @@ func (d *Daemon) RemoveNetwork(name string) error {
 			names = append(names, rec.Name+"@"+rec.Node)
 		}
 	}
+	for ctr, network := range d.attaching {
+		if network == name {
+			names = append(names, ctr+" (attaching)")
+		}
+	}
 	if len(names) > 0 {
 		return conflict("network %q: still has %d endpoint(s) attached (%s); detach or remove them first", name, len(names), strings.Join(names, ", "))
 	}
 	if err := d.cl.Delete(tblNetworks, name); err != nil {
 		return fmt.Errorf("network %q: %w", name, err)
 	}
-	d.reconcile()
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
 	d.log.Info("network removed", "network", name)
 	return nil
 }
@@ -404,7 +390,7 @@ func (d *Daemon) Network(name string) (api.Network, error) {
 	return d.networkView(n, true), nil
 }
 
-func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
+func (d *Daemon) networkView(n *localNetwork, withEndpoints bool) api.Network {
 	v := api.Network{
 		Name: n.rec.Name, ID: n.rec.ID, Subnet: n.rec.Subnet, Gateway: n.rec.Gateway,
 		MTU: n.rec.MTU, VNI: n.rec.VNI, Created: n.rec.Created, VTEPs: n.rec.VTEPs,
@@ -433,7 +419,8 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 			nodeOf[m.Meta.DataAddr.Addr()] = m.Name
 		}
 	}
-	for _, p := range n.tn.Stats().Peers {
+	_, ts, _ := d.dp.NetworkStats(n.rec.Name)
+	for _, p := range ts.Peers {
 		v.Peers = append(v.Peers, api.Peer{
 			VTEP: p.Addr.String(), Node: nodeOf[p.Addr], RxPackets: p.RxPackets, RxBytes: p.RxBytes,
 			TxPackets: p.TxPackets, TxBytes: p.TxBytes, TxDrops: p.TxDrops,
@@ -442,7 +429,6 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 	if n.cipher != 0 {
 		v.SAs = d.saViews(n.cipher)
 	}
-	ts := n.tn.Stats()
 	if len(ts.Drops) > 0 {
 		v.Drops = ts.Drops
 	}
