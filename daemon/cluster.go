@@ -13,8 +13,9 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 )
 
-// Replicated tables (DESIGN §5). Networks outlive the node that created
-// them; endpoints belong to their node and leave with it.
+// Replicated tables (docs/architecture.md, "Cluster"). Networks outlive
+// the node that created them; endpoints belong to their node and leave
+// with it.
 const (
 	tblNetworks  = "networks"
 	tblEndpoints = "endpoints"

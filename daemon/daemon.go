@@ -1,7 +1,9 @@
-// Package daemon is the per-host vxmesh daemon: it owns the networks and
-// endpoints of this host, builds a virtual switch per network, wires
-// container namespaces to it through TAP devices, persists its decisions in
-// the state directory and serves the HTTP+JSON API on a unix socket.
+// Package daemon is the per-host vxmesh daemon: it decides which networks
+// and endpoints this host has (from API requests and the cluster's
+// tables), wires container namespaces through TAP devices, persists its
+// decisions in the state directory and serves the HTTP+JSON API on a unix
+// socket. The dataplane package applies its decisions: the daemon hands it
+// one complete desired state at a time (desiredDataplane).
 package daemon
 
 import (
@@ -130,8 +132,8 @@ type Daemon struct {
 
 	// mu guards the daemon's decisions. It is never held across a
 	// cluster round trip, the Docker API or plugging an interface: Attach
-	// and CreateNetwork reserve what they decide (attaching, reservedIPs)
-	// and validate again after re-taking it. The data plane has its own
+	// and CreateNetwork reserve what they decide (attaching, reservedIPs,
+	// creating) and validate again after re-taking it. The data plane has its own
 	// lock; applyDataplane hands it the desired state under mu.
 	mu         sync.Mutex
 	networks   map[string]*localNetwork
@@ -141,6 +143,9 @@ type Daemon struct {
 	// picked, by network.
 	attaching   map[string]string
 	reservedIPs map[string]map[netip.Addr]string
+	// creating holds the name, subnet and VNI of each CreateNetwork in
+	// flight, by name.
+	creating map[string]netClaim
 }
 
 // New validates cfg, takes the state directory's lock and restores the
@@ -220,6 +225,7 @@ func New(cfg Config) (*Daemon, error) {
 		containers:  map[string]*container{},
 		attaching:   map[string]string{},
 		reservedIPs: map[string]map[netip.Addr]string{},
+		creating:    map[string]netClaim{},
 	}
 	if dev, ino, err := d.sb.NetnsIdentity("/proc/self/ns/net"); err == nil {
 		d.selfNs = [2]uint64{dev, ino}

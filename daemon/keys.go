@@ -22,9 +22,10 @@ import (
 	"github.com/vxmesh/vxmesh/crypto/keyring"
 )
 
-// Data keys of encrypted networks (DESIGN §5). The ring travels only over
-// the cluster's gossip, which is encrypted with the cluster key, and lives
-// only in memory: it is never written to the state directory.
+// Data keys of encrypted networks (docs/architecture.md, "Encrypted
+// networks"). The ring travels only over the cluster's gossip, which is
+// encrypted with the cluster key, and lives only in memory: it is never
+// written to the state directory.
 //
 //   - Table "keys" (outlives its writer): "ring" holds keyring.Ring.Marshal,
 //     "rotate" a pending rotation request (any node writes it for
@@ -34,8 +35,8 @@ import (
 //     SPIs it chose for its inbound SAs, the newest key it has installed
 //     inbound SAs for, and the rings it refused.
 //
-// Nonces never repeat under a key (DESIGN §4): SA key material comes from
-// the ring secret and the X25519 shared secret of the two runs, so every
+// Nonces never repeat under a key: SA key material comes from the ring
+// secret and the X25519 shared secret of the two runs, so every
 // daemon run has SAs of its own; an SA object lives as long as its key is
 // in the ring; within a run a ring that goes backwards or brings back a
 // key that left is refused (keyring.Guard) and answered by the rotator with

@@ -16,7 +16,7 @@ import (
 	"github.com/vxmesh/vxmesh/vswitch"
 )
 
-// VXLAN numbering and MTU defaults (DESIGN §4).
+// VXLAN numbering and MTU defaults (docs/architecture.md, "Control plane").
 const (
 	firstVNI      = 4096
 	maxVNI        = 1<<24 - 1
@@ -124,105 +124,22 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 		return api.Network{}, err
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.reconcile(); err != nil {
-		d.log.Error("data plane", "err", err)
-	}
-	if _, ok := d.networks[req.Name]; ok {
-		return api.Network{}, conflict("network %q: already exists", req.Name)
-	}
-	var used []netip.Prefix
-	for _, n := range d.networks {
-		used = append(used, n.subnet)
-	}
-	var subnet netip.Prefix
-	if req.Subnet == "" {
-		p, err := pickSubnet(used)
-		if err != nil {
-			return api.Network{}, conflict("network %q: %v", req.Name, err)
-		}
-		subnet = p
-	} else {
-		p, err := netip.ParsePrefix(req.Subnet)
-		if err != nil || !p.Addr().Is4() {
-			return api.Network{}, invalid("network %q: subnet %q: not an IPv4 CIDR", req.Name, req.Subnet)
-		}
-		if p.Bits() > 30 {
-			return api.Network{}, invalid("network %q: subnet %s: too small (at most /30)", req.Name, p)
-		}
-		subnet = p.Masked()
-		for _, n := range d.sortedNetworks() {
-			if overlaps(subnet, n.subnet) {
-				return api.Network{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
-			}
-		}
-	}
-	gw := firstHost(subnet)
-	if req.Gateway != "" {
-		a, err := netip.ParseAddr(req.Gateway)
-		if err != nil || !usableHost(subnet, a) {
-			return api.Network{}, invalid("network %q: gateway %q: not a host address of %s", req.Name, req.Gateway, subnet)
-		}
-		gw = a
-	}
-	cipher := ""
-	switch {
-	case req.Encrypted:
-		c := esp.AES128GCM
-		if req.Cipher != "" {
-			var err error
-			if c, err = esp.ParseCipher(req.Cipher); err != nil {
-				return api.Network{}, invalid("network %q: %v", req.Name, err)
-			}
-		}
-		if len(req.VTEPs) > 0 {
-			return api.Network{}, invalid("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", req.Name)
-		}
-		cipher = c.String()
-	case req.Cipher != "":
-		return api.Network{}, invalid("network %q: a cipher needs an encrypted network (--encrypted)", req.Name)
-	}
-	mtu := d.cfg.UnderlayMTU - vxlanOverhead
-	if req.Encrypted {
-		mtu -= espOverhead
-	}
-	if req.MTU != 0 {
-		if req.MTU < minMTU || req.MTU > maxNetworkMTU {
-			return api.Network{}, invalid("network %q: mtu %d: out of range %d-%d", req.Name, req.MTU, minMTU, maxNetworkMTU)
-		}
-		mtu = req.MTU
-	}
-	storm, err := stormLimit(req)
+	rec, err := d.planNetwork(req)
+	d.mu.Unlock()
 	if err != nil {
 		return api.Network{}, err
 	}
-	vni := req.VNI
-	if vni != 0 {
-		if vni > maxVNI {
-			return api.Network{}, invalid("network %q: vni %d: out of range 1-%d", req.Name, vni, maxVNI)
-		}
-		for _, n := range d.networks {
-			if n.rec.VNI == vni {
-				return api.Network{}, conflict("network %q: vni %d: already used by network %q", req.Name, vni, n.rec.Name)
-			}
-		}
-	} else {
-		vni = d.freeVNI()
-	}
-	vteps, err := parseVTEPs(req.Name, req.VTEPs)
-	if err != nil {
-		return api.Network{}, err
-	}
-	id := make([]byte, networkIDBytes)
-	rand.Read(id)
-	rec := netRecord{
-		Name: req.Name, ID: hex.EncodeToString(id), Subnet: subnet.String(), Gateway: gw.String(),
-		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
-		Encrypted: req.Encrypted, Cipher: cipher, StormLimit: storm,
-	}
+	defer func() {
+		d.mu.Lock()
+		delete(d.creating, req.Name)
+		d.mu.Unlock()
+	}()
+	// The confirmation round, without d.mu.
 	if err := d.claimNetwork(&rec, createChoice{autoSubnet: req.Subnet == "" && req.Gateway == "", autoVNI: req.VNI == 0}); err != nil {
 		return api.Network{}, err
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	err = d.publishNetwork(rec)
 	d.releaseNetworkClaim(rec)
 	if err != nil {
@@ -238,6 +155,132 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	}
 	d.log.Info("network created", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
 	return d.networkView(n, false), nil
+}
+
+// planNetwork validates req against the networks known and in creation,
+// fills in defaults and reserves the name, subnet and VNI it picked
+// (d.creating) until the create ends; callers hold d.mu.
+func (d *Daemon) planNetwork(req api.NetworkCreateRequest) (netRecord, error) {
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
+	if _, ok := d.networks[req.Name]; ok {
+		return netRecord{}, conflict("network %q: already exists", req.Name)
+	}
+	if _, ok := d.creating[req.Name]; ok {
+		return netRecord{}, conflict("network %q: already being created", req.Name)
+	}
+	used := d.usedSubnets()
+	var subnet netip.Prefix
+	if req.Subnet == "" {
+		p, err := pickSubnet(used)
+		if err != nil {
+			return netRecord{}, conflict("network %q: %v", req.Name, err)
+		}
+		subnet = p
+	} else {
+		p, err := netip.ParsePrefix(req.Subnet)
+		if err != nil || !p.Addr().Is4() {
+			return netRecord{}, invalid("network %q: subnet %q: not an IPv4 CIDR", req.Name, req.Subnet)
+		}
+		if p.Bits() > 30 {
+			return netRecord{}, invalid("network %q: subnet %s: too small (at most /30)", req.Name, p)
+		}
+		subnet = p.Masked()
+		for _, n := range d.sortedNetworks() {
+			if overlaps(subnet, n.subnet) {
+				return netRecord{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
+			}
+		}
+		for _, c := range d.creating {
+			if overlaps(subnet, c.subnet) {
+				return netRecord{}, conflict("network %q: subnet %s overlaps network %q (%s), being created", req.Name, subnet, c.name, c.subnet)
+			}
+		}
+	}
+	gw := firstHost(subnet)
+	if req.Gateway != "" {
+		a, err := netip.ParseAddr(req.Gateway)
+		if err != nil || !usableHost(subnet, a) {
+			return netRecord{}, invalid("network %q: gateway %q: not a host address of %s", req.Name, req.Gateway, subnet)
+		}
+		gw = a
+	}
+	cipher := ""
+	switch {
+	case req.Encrypted:
+		c := esp.AES128GCM
+		if req.Cipher != "" {
+			var err error
+			if c, err = esp.ParseCipher(req.Cipher); err != nil {
+				return netRecord{}, invalid("network %q: %v", req.Name, err)
+			}
+		}
+		if len(req.VTEPs) > 0 {
+			return netRecord{}, invalid("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", req.Name)
+		}
+		cipher = c.String()
+	case req.Cipher != "":
+		return netRecord{}, invalid("network %q: a cipher needs an encrypted network (--encrypted)", req.Name)
+	}
+	mtu := d.cfg.UnderlayMTU - vxlanOverhead
+	if req.Encrypted {
+		mtu -= espOverhead
+	}
+	if req.MTU != 0 {
+		if req.MTU < minMTU || req.MTU > maxNetworkMTU {
+			return netRecord{}, invalid("network %q: mtu %d: out of range %d-%d", req.Name, req.MTU, minMTU, maxNetworkMTU)
+		}
+		mtu = req.MTU
+	}
+	storm, err := stormLimit(req)
+	if err != nil {
+		return netRecord{}, err
+	}
+	vni := req.VNI
+	if vni != 0 {
+		if vni > maxVNI {
+			return netRecord{}, invalid("network %q: vni %d: out of range 1-%d", req.Name, vni, maxVNI)
+		}
+		for _, n := range d.networks {
+			if n.rec.VNI == vni {
+				return netRecord{}, conflict("network %q: vni %d: already used by network %q", req.Name, vni, n.rec.Name)
+			}
+		}
+		for _, c := range d.creating {
+			if c.vni == vni {
+				return netRecord{}, conflict("network %q: vni %d: already used by network %q, being created", req.Name, vni, c.name)
+			}
+		}
+	} else {
+		vni = d.freeVNI()
+	}
+	vteps, err := parseVTEPs(req.Name, req.VTEPs)
+	if err != nil {
+		return netRecord{}, err
+	}
+	id := make([]byte, networkIDBytes)
+	rand.Read(id)
+	rec := netRecord{
+		Name: req.Name, ID: hex.EncodeToString(id), Subnet: subnet.String(), Gateway: gw.String(),
+		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
+		Encrypted: req.Encrypted, Cipher: cipher, StormLimit: storm,
+	}
+	d.creating[rec.Name] = netClaim{name: rec.Name, subnet: subnet, vni: vni}
+	return rec, nil
+}
+
+// usedSubnets lists the subnets of the networks known and in creation;
+// callers hold d.mu.
+func (d *Daemon) usedSubnets() []netip.Prefix {
+	var used []netip.Prefix
+	for _, n := range d.networks {
+		used = append(used, n.subnet)
+	}
+	for _, c := range d.creating {
+		used = append(used, c.subnet)
+	}
+	return used
 }
 
 // maxStormLimit bounds a network's storm limit (flooded frames per second
