@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/netdev/netdevtest"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
@@ -327,4 +328,42 @@ func TestReconfigRebuildKeepsPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	readRemote(t, tb.remote)
+}
+
+func outboundSA(t *testing.T, spi uint32) *esp.Outbound {
+	t.Helper()
+	sa, err := esp.NewOutboundSA(esp.SA{SPI: spi, Cipher: esp.AES128GCM, Key: make([]byte, 16)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa
+}
+
+// SAs the VTEP refuses (two outbound SAs to one peer for one cipher) are
+// reported as such, the rest is applied, and the next Reconfig tries
+// again; once they are fixed, applying them again changes nothing.
+func TestReconfigReportsRefusedSAs(t *testing.T) {
+	tb := newTestbed(t)
+	d0, _ := pipe(t, "p0")
+	d1, _ := pipe(t, "p1")
+	cfg := fullConfig(d0, d1)
+	cfg.Networks[0].Cipher = esp.AES128GCM
+	cfg.Outbound = []tunnel.OutboundSA{{Peer: remoteB, SA: outboundSA(t, 0x1000)}, {Peer: remoteB, SA: outboundSA(t, 0x1001)}}
+	for range 2 {
+		err := tb.dp.Reconfig(cfg)
+		if err == nil || !strings.Contains(err.Error(), "SAs: ") {
+			t.Fatalf("Reconfig with colliding SAs: %v", err)
+		}
+		if s := tb.dp.PortState("a", "c1/eth0"); s != "up" {
+			t.Fatalf("port c1/eth0: %q", s)
+		}
+	}
+	cfg.Outbound = cfg.Outbound[:1]
+	if err := tb.dp.Reconfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	before := tb.dp.changes
+	if err := tb.dp.Reconfig(cfg); err != nil || tb.dp.changes != before {
+		t.Fatalf("second apply: %v, %d changes", err, tb.dp.changes-before)
+	}
 }
