@@ -92,6 +92,15 @@ func (d *Daemon) desiredSAs() ([]tunnel.OutboundSA, []tunnel.InboundSA) {
 			}
 		}
 	}
+	// A stable order: the same SAs make the same lists, which the data
+	// plane then leaves alone.
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Peer.Compare(out[j].Peer); c != 0 {
+			return c < 0
+		}
+		return out[i].SA.SPI() < out[j].SA.SPI()
+	})
+	sort.Slice(in, func(i, j int) bool { return in[i].SA.SPI() < in[j].SA.SPI() })
 	return out, in
 }
 
@@ -111,9 +120,6 @@ func dataplaneErrors(err error, network, object string) error {
 
 // networkError returns the failures of network in err.
 func networkError(err error, network string) error { return dataplaneErrors(err, network, "") }
-
-// hasSAError reports whether err has a failure of the SAs.
-func hasSAError(err error) bool { return dataplaneErrors(err, "", "SAs") != nil }
 
 // flatten lists the errors joined in err.
 func flatten(err error) []error {

@@ -388,9 +388,11 @@ func (d *Daemon) reconcileKeys() error {
 		}
 	}
 	// Inbound SAs are in the data plane before this node reports the key
-	// installed (senders start using it only then).
+	// installed (senders start using it only then). The VTEP installs
+	// every SA that does not collide with another (SPIs chosen here are
+	// unique, so that is not expected) and names the rest in applyErr.
 	applyErr := d.applyDataplane()
-	if ring := ks.ring; ring != nil && saErr == nil && !hasSAError(applyErr) {
+	if ring := ks.ring; ring != nil && saErr == nil {
 		installed = ring.Keys[0].ID
 	}
 	rec := d.ownKeyState(installed)

@@ -111,8 +111,7 @@ func (d *Daemon) claimNetwork(rec *netRecord, choice createChoice) error {
 		return fmt.Errorf("network %q: subnet: %w", rec.Name, err)
 	}
 	claim := netClaim{name: rec.Name, subnet: subnet, vni: rec.VNI}
-	var avoidSubnets []netip.Prefix
-	avoidVNIs := map[uint32]bool{}
+	avoid := avoidList{vnis: map[uint32]bool{}}
 	for attempt := 1; ; attempt++ {
 		err := d.cl.Claim(tblNetClaims, netClaimGroup, claim.String())
 		if err == nil {
@@ -124,11 +123,12 @@ func (d *Daemon) claimNetwork(rec *netRecord, choice createChoice) error {
 			return fmt.Errorf("network %q: %w", rec.Name, err)
 		}
 		if known, ok := parseNetClaim(lost.Resource); ok {
-			avoidSubnets = append(avoidSubnets, known.subnet)
-			avoidVNIs[known.vni] = true
+			avoid.subnets = append(avoid.subnets, known.subnet)
+			avoid.vnis[known.vni] = true
 		}
+		avoid.last = attempt == maxCreateAttempts
 		d.mu.Lock()
-		next, err := d.repickNetwork(rec, claim, lost, choice, attempt, avoidSubnets, avoidVNIs)
+		next, err := d.repickNetwork(rec, claim, lost, choice, avoid)
 		d.mu.Unlock()
 		if err != nil {
 			return err
@@ -138,10 +138,18 @@ func (d *Daemon) claimNetwork(rec *netRecord, choice createChoice) error {
 	}
 }
 
+// avoidList is what the claims that beat a create took; last is set on
+// its last attempt.
+type avoidList struct {
+	subnets []netip.Prefix
+	vnis    map[uint32]bool
+	last    bool
+}
+
 // repickNetwork decides what a create does after losing claim to the
 // claim lost names: fail, or claim again with another automatically
 // chosen subnet or VNI (reserved in d.creating); callers hold d.mu.
-func (d *Daemon) repickNetwork(rec *netRecord, claim netClaim, lost *cluster.ClaimConflict, choice createChoice, attempt int, avoidSubnets []netip.Prefix, avoidVNIs map[uint32]bool) (netClaim, error) {
+func (d *Daemon) repickNetwork(rec *netRecord, claim netClaim, lost *cluster.ClaimConflict, choice createChoice, avoid avoidList) (netClaim, error) {
 	// Learn the records published meanwhile (a taken answer carried
 	// them) and what the winning claim was.
 	if err := d.reconcile(); err != nil {
@@ -179,11 +187,11 @@ func (d *Daemon) repickNetwork(rec *netRecord, claim netClaim, lost *cluster.Cla
 		return claim, conflict("network %q: subnet %s: taken concurrently on node %s", rec.Name, claim.subnet, lost.Node)
 	case vniLost && !choice.autoVNI:
 		return claim, conflict("network %q: vni %d: taken concurrently on node %s", rec.Name, claim.vni, lost.Node)
-	case !subnetLost && !vniLost, attempt == maxCreateAttempts:
+	case !subnetLost && !vniLost, avoid.last:
 		return claim, conflict("network %q: created concurrently on node %s", rec.Name, lost.Node)
 	}
 	if subnetLost {
-		p, err := pickSubnet(append(used, avoidSubnets...))
+		p, err := pickSubnet(append(used, avoid.subnets...))
 		if err != nil {
 			return claim, fmt.Errorf("network %q: %w", rec.Name, err)
 		}
@@ -191,7 +199,7 @@ func (d *Daemon) repickNetwork(rec *netRecord, claim netClaim, lost *cluster.Cla
 		rec.Gateway = firstHost(p).String()
 	}
 	if vniLost {
-		claim.vni = d.freeVNIExcept(avoidVNIs)
+		claim.vni = d.freeVNIExcept(avoid.vnis)
 	}
 	d.creating[rec.Name] = claim
 	return claim, nil

@@ -170,33 +170,9 @@ func (d *Daemon) planNetwork(req api.NetworkCreateRequest) (netRecord, error) {
 	if _, ok := d.creating[req.Name]; ok {
 		return netRecord{}, conflict("network %q: already being created", req.Name)
 	}
-	used := d.usedSubnets()
-	var subnet netip.Prefix
-	if req.Subnet == "" {
-		p, err := pickSubnet(used)
-		if err != nil {
-			return netRecord{}, conflict("network %q: %v", req.Name, err)
-		}
-		subnet = p
-	} else {
-		p, err := netip.ParsePrefix(req.Subnet)
-		if err != nil || !p.Addr().Is4() {
-			return netRecord{}, invalid("network %q: subnet %q: not an IPv4 CIDR", req.Name, req.Subnet)
-		}
-		if p.Bits() > 30 {
-			return netRecord{}, invalid("network %q: subnet %s: too small (at most /30)", req.Name, p)
-		}
-		subnet = p.Masked()
-		for _, n := range d.sortedNetworks() {
-			if overlaps(subnet, n.subnet) {
-				return netRecord{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
-			}
-		}
-		for _, c := range d.creating {
-			if overlaps(subnet, c.subnet) {
-				return netRecord{}, conflict("network %q: subnet %s overlaps network %q (%s), being created", req.Name, subnet, c.name, c.subnet)
-			}
-		}
+	subnet, err := d.planSubnet(req)
+	if err != nil {
+		return netRecord{}, err
 	}
 	gw := firstHost(subnet)
 	if req.Gateway != "" {
@@ -237,23 +213,9 @@ func (d *Daemon) planNetwork(req api.NetworkCreateRequest) (netRecord, error) {
 	if err != nil {
 		return netRecord{}, err
 	}
-	vni := req.VNI
-	if vni != 0 {
-		if vni > maxVNI {
-			return netRecord{}, invalid("network %q: vni %d: out of range 1-%d", req.Name, vni, maxVNI)
-		}
-		for _, n := range d.networks {
-			if n.rec.VNI == vni {
-				return netRecord{}, conflict("network %q: vni %d: already used by network %q", req.Name, vni, n.rec.Name)
-			}
-		}
-		for _, c := range d.creating {
-			if c.vni == vni {
-				return netRecord{}, conflict("network %q: vni %d: already used by network %q, being created", req.Name, vni, c.name)
-			}
-		}
-	} else {
-		vni = d.freeVNI()
+	vni, err := d.planVNI(req)
+	if err != nil {
+		return netRecord{}, err
 	}
 	vteps, err := parseVTEPs(req.Name, req.VTEPs)
 	if err != nil {
@@ -268,6 +230,58 @@ func (d *Daemon) planNetwork(req api.NetworkCreateRequest) (netRecord, error) {
 	}
 	d.creating[rec.Name] = netClaim{name: rec.Name, subnet: subnet, vni: vni}
 	return rec, nil
+}
+
+// planSubnet returns req's subnet, or picks a free one; callers hold d.mu.
+func (d *Daemon) planSubnet(req api.NetworkCreateRequest) (netip.Prefix, error) {
+	if req.Subnet == "" {
+		p, err := pickSubnet(d.usedSubnets())
+		if err != nil {
+			return netip.Prefix{}, conflict("network %q: %v", req.Name, err)
+		}
+		return p, nil
+	}
+	p, err := netip.ParsePrefix(req.Subnet)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, invalid("network %q: subnet %q: not an IPv4 CIDR", req.Name, req.Subnet)
+	}
+	if p.Bits() > 30 {
+		return netip.Prefix{}, invalid("network %q: subnet %s: too small (at most /30)", req.Name, p)
+	}
+	subnet := p.Masked()
+	for _, n := range d.sortedNetworks() {
+		if overlaps(subnet, n.subnet) {
+			return netip.Prefix{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
+		}
+	}
+	for _, c := range d.creating {
+		if overlaps(subnet, c.subnet) {
+			return netip.Prefix{}, conflict("network %q: subnet %s overlaps network %q (%s), being created", req.Name, subnet, c.name, c.subnet)
+		}
+	}
+	return subnet, nil
+}
+
+// planVNI returns req's VNI, or picks a free one; callers hold d.mu.
+func (d *Daemon) planVNI(req api.NetworkCreateRequest) (uint32, error) {
+	vni := req.VNI
+	if vni == 0 {
+		return d.freeVNI(), nil
+	}
+	if vni > maxVNI {
+		return 0, invalid("network %q: vni %d: out of range 1-%d", req.Name, vni, maxVNI)
+	}
+	for _, n := range d.networks {
+		if n.rec.VNI == vni {
+			return 0, conflict("network %q: vni %d: already used by network %q", req.Name, vni, n.rec.Name)
+		}
+	}
+	for _, c := range d.creating {
+		if c.vni == vni {
+			return 0, conflict("network %q: vni %d: already used by network %q, being created", req.Name, vni, c.name)
+		}
+	}
+	return vni, nil
 }
 
 // usedSubnets lists the subnets of the networks known and in creation;
