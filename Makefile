@@ -3,6 +3,7 @@
 SHELL     := /bin/bash
 GO        ?= go
 BIN       := bin/vxmesh
+CNI_BIN   := bin/vxmesh-cni
 RACE_BIN  := bin/vxmesh-race
 FUZZTIME  ?= 5s
 DURATION  ?= 10s
@@ -14,7 +15,7 @@ E2E_REQUIRE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
 help:
 	@echo "make deps    install the Debian packages the demo and e2e tests need (root)"
-	@echo "make build   build $(BIN)"
+	@echo "make build   build $(BIN) and the CNI plugin $(CNI_BIN)"
 	@echo "make test    unit tests (-race) for every package, then the e2e tests (root)"
 	@echo "make unit    unit tests only"
 	@echo "make e2e     end-to-end tests through the CLI on network namespaces (root)"
@@ -29,6 +30,7 @@ deps:
 
 build:
 	$(GO) build -o $(BIN) ./cmd/vxmesh
+	$(GO) build -o $(CNI_BIN) ./cmd/vxmesh-cni
 
 test: deps unit e2e
 
@@ -62,7 +64,8 @@ lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-demo: deps build
+demo: build
+	@bash .ci/deps demo
 	./$(BIN) demo
 
 clean:

@@ -39,6 +39,33 @@ func NewClient(socket string) *Client {
 	return &Client{socket: socket, http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
 }
 
+// StatusError is the daemon's answer to a refused request: the HTTP status
+// (400 invalid, 403, 404 unknown object, 409 conflict with the current
+// state, 500) and the daemon's one-line message, which is all Error shows.
+type StatusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// UnreachableError is a request that got no answer from the daemon: no
+// socket, connection refused or reset, permission denied, timeout.
+type UnreachableError struct {
+	Msg string
+	Err error
+}
+
+func (e *UnreachableError) Error() string { return e.Msg }
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// IsNotFound reports whether err is the daemon's "not found" (404) answer.
+func IsNotFound(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == http.StatusNotFound
+}
+
 // Socket is the path the client connects to.
 func (c *Client) Socket() string { return c.socket }
 
@@ -62,12 +89,12 @@ func (c *Client) do(method, path string, in, out any) error {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("cannot reach the vxmesh daemon at %s: is `vxmesh daemon` running? (--socket or $%s)", c.socket, SocketEnv)
+			return &UnreachableError{Msg: fmt.Sprintf("cannot reach the vxmesh daemon at %s: is `vxmesh daemon` running? (--socket or $%s)", c.socket, SocketEnv), Err: err}
 		}
 		if errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("cannot reach the vxmesh daemon at %s: permission denied (the API is for root)", c.socket)
+			return &UnreachableError{Msg: fmt.Sprintf("cannot reach the vxmesh daemon at %s: permission denied (the API is for root)", c.socket), Err: err}
 		}
-		return fmt.Errorf("daemon at %s: %w", c.socket, err)
+		return &UnreachableError{Msg: fmt.Sprintf("daemon at %s: %v", c.socket, err), Err: err}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -77,9 +104,9 @@ func (c *Client) do(method, path string, in, out any) error {
 	if resp.StatusCode/100 != 2 {
 		var e Error
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			return &StatusError{Code: resp.StatusCode, Msg: e.Error}
 		}
-		return fmt.Errorf("daemon at %s: %s", c.socket, resp.Status)
+		return &StatusError{Code: resp.StatusCode, Msg: fmt.Sprintf("daemon at %s: %s", c.socket, resp.Status)}
 	}
 	if out == nil {
 		return nil
