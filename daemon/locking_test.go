@@ -1,10 +1,15 @@
 package daemon
 
 import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
 )
 
 // An attach waiting on the Docker Engine (or on a cluster round trip)
@@ -59,5 +64,78 @@ func TestAPIAnswersWhileAttachWaitsOnDocker(t *testing.T) {
 	eps := d.Endpoints()
 	if len(eps) != 1 || eps[0].State != "up" {
 		t.Fatalf("endpoints after the attach: %+v", eps)
+	}
+}
+
+// A network create waits for every member to confirm its claim; the
+// daemon must answer other requests meanwhile. The other member here is a
+// bare cluster node whose answer blocks until released.
+func TestAPIAnswersWhileNetworkCreateWaitsOnTheCluster(t *testing.T) {
+	dir := t.TempDir()
+	d := newTestDaemon(t, newFakeSandbox(), dir)
+	key, err := cluster.LoadKeyFile(filepath.Join(dir, "cluster.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddr("127.0.0.2")
+	other, err := cluster.Start(cluster.Config{
+		NodeName: "slow", BindAddr: addr, AdvertiseAddr: addr, GossipPort: freePort(t, addr), Key: key,
+		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond, ClaimTimeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close() })
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	blocking := func(group, resource string) []cluster.Entry {
+		once.Do(func() { close(entered) })
+		<-release
+		return nil
+	}
+	if err := other.DefineClaims(tblNetClaims, netClaimsConflict, blocking); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Join([]string{d.cfg.Advertise.String() + ":" + fmt.Sprint(d.cfg.GossipPort)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the other member alive", func() bool {
+		for _, m := range d.cl.Members() {
+			if m.Name == "slow" && m.State == cluster.StateAlive {
+				return true
+			}
+		}
+		return false
+	})
+	created := make(chan error, 1)
+	go func() {
+		_, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+		created <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the create never asked the other member")
+	}
+	answered := make(chan int, 1)
+	go func() { answered <- len(d.Networks()) + len(d.Containers()) }()
+	select {
+	case n := <-answered:
+		if n != 0 {
+			t.Errorf("while the create waits: %d networks and containers, want none", n)
+		}
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("the API did not answer while a network create waited on the cluster")
+	}
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web"}); err == nil {
+		t.Error("a second create of the same name was accepted while the first was in flight")
+	}
+	close(release)
+	if err := <-created; err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := d.Network("web"); err != nil {
+		t.Fatal(err)
 	}
 }
