@@ -8,7 +8,9 @@ RACE_BIN  := bin/vxmesh-race
 FUZZTIME  ?= 5s
 DURATION  ?= 10s
 PKGS      ?= ./...
-# As root, e2e tests must run: a missing tool or binary fails instead of skipping.
+# As root, tests that need the machine (TAP devices, namespaces, tools) must
+# run: a missing requirement fails instead of skipping (internal/testenv,
+# which also lists the optional kernel features that may still skip).
 E2E_REQUIRE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
 .PHONY: help deps build test unit e2e bench bench-dns fuzz lint demo clean
@@ -35,7 +37,7 @@ build:
 test: deps unit e2e
 
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/e2e$$')
+	VXMESH_E2E_REQUIRE=$(E2E_REQUIRE) $(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/e2e$$')
 
 # The daemon under test is built with the race detector too: a data race in
 # it makes its exit status non-zero, which the tests report on clean stops.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/internal/testenv"
 )
 
 func readSample(t *testing.T, name string) string {
@@ -145,7 +146,7 @@ func TestDNSModeMeasuresAndCleansUp(t *testing.T) {
 		t.Skip("-short")
 	}
 	if err := checkDNSTools(); err != nil {
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 	before, _ := testbed.ListNetns("vxd")
 	var out, log bytes.Buffer

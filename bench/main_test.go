@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/internal/testenv"
 )
 
 func TestTableShowsRatioToKernel(t *testing.T) {
@@ -26,7 +27,7 @@ func TestTableShowsRatioToKernel(t *testing.T) {
 
 func TestKernelTopologyMeasuresAndCleansUp(t *testing.T) {
 	if err := checkTools(); err != nil {
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 	prefix := "vxbt" + testbed.RandomID(2)
 	var log bytes.Buffer
@@ -62,7 +63,7 @@ func TestTableGroupsTwoHostRowsWithTheirOwnBaseline(t *testing.T) {
 
 func TestKernelVXLANTopologyMeasuresAndCleansUp(t *testing.T) {
 	if err := checkTools(); err != nil {
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 	prefix := "vxbt" + testbed.RandomID(2)
 	var log bytes.Buffer

@@ -26,7 +26,7 @@ type Config struct {
 	Inbound  []tunnel.InboundSA
 }
 
-// NetworkConfig is one overlay network: its switch and its VXLAN network.
+// NetworkConfig is one overlay network: its switch and its VXLAN segment.
 // Changing VNI, MTU, Gateway or StormLimit rebuilds the network (its
 // ports stay open and are moved to the new switch); the rest is changed
 // in place.

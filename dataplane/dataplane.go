@@ -1,5 +1,5 @@
 // Package dataplane owns the forwarding objects of one host: each
-// network's switch (vswitch) and VXLAN network (tunnel), the VTEP they
+// network's switch (vswitch) and VXLAN segment (tunnel), the VTEP they
 // share, and the loops that read the local ports' devices into the
 // switches. The control plane describes what it wants as one Config and
 // hands it to Reconfig, which computes the difference from what it has
@@ -195,12 +195,12 @@ func (dp *Dataplane) index(cfg Config, errs *[]error) ([]*NetworkConfig, map[por
 }
 
 // NetworkStats returns the counters of a network's switch and tunnel.
-func (dp *Dataplane) NetworkStats(name string) (vswitch.Stats, tunnel.NetworkStats, bool) {
+func (dp *Dataplane) NetworkStats(name string) (vswitch.Stats, tunnel.SegmentStats, bool) {
 	dp.mu.Lock()
 	n := dp.nets[name]
 	dp.mu.Unlock()
 	if n == nil {
-		return vswitch.Stats{}, tunnel.NetworkStats{}, false
+		return vswitch.Stats{}, tunnel.SegmentStats{}, false
 	}
 	return n.sw.Stats(), n.tn.Stats(), true
 }

@@ -172,7 +172,7 @@ func TestReconfigFullStateAndBackToEmpty(t *testing.T) {
 			t.Errorf("network %s still exists", name)
 		}
 	}
-	if nets := tb.dp.vtep.Networks(); len(nets) != 0 {
+	if nets := tb.dp.vtep.Segments(); len(nets) != 0 {
 		t.Errorf("the VTEP still serves %d networks", len(nets))
 	}
 	if len(tb.dp.ports) != 0 || len(tb.dp.nets) != 0 {

@@ -19,8 +19,8 @@ func errorf(format string, args ...any) error { return fmt.Errorf(format, args..
 type network struct {
 	cfg   NetworkConfig // the shape it was built with (VNI, MTU, gateway, storm limit)
 	sw    *vswitch.Switch
-	tn    *tunnel.Network
-	tport *vswitch.PortRef
+	tn    *tunnel.Segment
+	tport *vswitch.Port
 
 	cipher   esp.Cipher
 	external []netip.Addr              // applied external VTEPs, sorted
@@ -59,14 +59,14 @@ func (dp *Dataplane) applyNetwork(w *NetworkConfig) (*network, error) {
 func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 	dp.changes++
 	sw := vswitch.New(vswitch.Config{Name: w.Name, GatewayIP: w.Gateway, GatewayMAC: w.GatewayMAC, MTU: w.MTU, StormLimit: w.StormLimit})
-	tn, err := dp.vtep.AddNetwork(w.VNI, w.MTU)
+	tn, err := dp.vtep.AddSegment(w.VNI, w.MTU)
 	if err != nil {
 		sw.Close()
 		return nil, err
 	}
 	ref, err := sw.AddPort(tn, vswitch.PortConfig{Name: TunnelPortName})
 	if err != nil {
-		dp.vtep.RemoveNetwork(w.VNI)
+		dp.vtep.RemoveSegment(w.VNI)
 		sw.Close()
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func (dp *Dataplane) removeNetwork(n *network) {
 	n.tn.SetPeers(nil)
 	n.tn.SetInput(nil)
 	n.sw.RemovePort(n.tport)
-	dp.vtep.RemoveNetwork(n.cfg.VNI)
+	dp.vtep.RemoveSegment(n.cfg.VNI)
 	n.sw.Close()
 	delete(dp.nets, n.cfg.Name)
 	dp.log.Info("network down", "network", n.cfg.Name)

@@ -15,7 +15,7 @@ type port struct {
 	key     portKey
 	cfg     PortConfig
 	sw      *vswitch.Switch // the switch ref belongs to
-	ref     atomic.Pointer[vswitch.PortRef]
+	ref     atomic.Pointer[vswitch.Port]
 	done    chan struct{}
 	closing atomic.Bool
 	state   atomic.Pointer[string]

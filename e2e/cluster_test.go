@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/internal/testenv"
 )
 
 // The tests in this file run several hosts (testbed namespaces, each with
@@ -296,9 +296,7 @@ func TestWrongClusterKeyIsRefused(t *testing.T) {
 }
 
 func TestExternalVTEPInteroperates(t *testing.T) {
-	if _, err := exec.LookPath("bridge"); err != nil {
-		t.Skip("bridge (iproute2) not installed")
-	}
+	testenv.RequireCommand(t, "bridge", "iproute2")
 	e := newCluster(t, 1)[0]
 	e.network("web", "10.72.0.0/24")
 	e.run("c1", "web")
@@ -488,12 +486,7 @@ type capture struct {
 // it is capturing. It is stopped when the test ends.
 func startCapture(t *testing.T, netns, ifname string, limit int, filter ...string) *capture {
 	t.Helper()
-	if _, err := exec.LookPath("tcpdump"); err != nil {
-		if os.Getenv("VXMESH_E2E_REQUIRE") == "1" {
-			t.Fatal("tcpdump not installed (apt-get install tcpdump)")
-		}
-		t.Skip("tcpdump not installed")
-	}
+	testenv.RequireCommand(t, "tcpdump", "tcpdump")
 	path := filepath.Join(t.TempDir(), "underlay.pcap")
 	// -U writes every packet as it arrives, so the file can be read while
 	// tcpdump runs; -c bounds it if a test goes wrong.

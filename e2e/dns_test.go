@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
 
@@ -137,12 +136,7 @@ func (e *env) wantDig(timeout time.Duration, ctr string, status string, answers 
 
 func needDig(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("dig"); err != nil {
-		if os.Getenv("VXMESH_E2E_REQUIRE") == "1" {
-			t.Fatal("dig not installed (apt-get install dnsutils)")
-		}
-		t.Skip("dig not installed")
-	}
+	testenv.RequireCommand(t, "dig", "dnsutils")
 }
 
 func TestDNSResolvesContainersAcrossHostsAndForwardsTheRest(t *testing.T) {

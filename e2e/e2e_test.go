@@ -15,6 +15,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/internal/testenv"
 )
 
 func TestTwoContainersPingAndMoveTCPDataExactly(t *testing.T) {
@@ -587,9 +588,7 @@ func TestResolvConfInsideContainers(t *testing.T) {
 
 func TestDemo(t *testing.T) {
 	skipUnlessReady(t)
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		t.Skip("iperf3 not installed")
-	}
+	testenv.RequireCommand(t, "iperf3", "iperf3")
 	before, _ := testbed.ListNetns("vxdemo")
 	demo := startDemo(t)
 	exited, err := demo.wait(2 * time.Minute)
@@ -610,9 +609,7 @@ func TestDemo(t *testing.T) {
 
 func TestDemoInterruptedCleansUp(t *testing.T) {
 	skipUnlessReady(t)
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		t.Skip("iperf3 not installed")
-	}
+	testenv.RequireCommand(t, "iperf3", "iperf3")
 	before, _ := testbed.ListNetns("vxdemo")
 	demo := startDemo(t)
 	// Interrupt once the containers exist.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/internal/testenv"
 )
 
 // env is one test's testbed with a running daemon on host h1.
@@ -27,7 +28,7 @@ type env struct {
 	h  *testbed.Host
 }
 
-// skipUnlessReady skips (or, with VXMESH_E2E_REQUIRE=1, fails) when the
+// skipUnlessReady skips (or, with testenv.RequireEnv=1, fails) when the
 // machine cannot run end-to-end tests.
 func skipUnlessReady(t *testing.T) {
 	t.Helper()
@@ -37,7 +38,7 @@ func skipUnlessReady(t *testing.T) {
 	if suite.skipReason == "" {
 		return
 	}
-	if os.Getenv("VXMESH_E2E_REQUIRE") == "1" {
+	if testenv.Required() {
 		t.Fatalf("e2e required but cannot run: %s", suite.skipReason)
 	}
 	t.Skip(suite.skipReason)

@@ -2,7 +2,7 @@
 // daemons, TAP devices and network namespaces built by internal/testbed.
 //
 // They need root, iproute2, util-linux (nsenter) and iputils-ping; without
-// them every test skips, unless VXMESH_E2E_REQUIRE=1 (set by `make e2e`),
+// them every test skips, unless testenv.RequireEnv=1 (set by `make e2e`),
 // which turns a skip into a failure so CI cannot pass without running them.
 // The vxmesh binary is $VXMESH_BIN or, if unset, built from ./cmd/vxmesh.
 //

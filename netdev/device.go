@@ -32,10 +32,12 @@ type Device interface {
 	Read(bufs [][]byte, sizes []int, offset int) (int, error)
 	// Write sends every frame and returns how many were accepted. A frame
 	// that is refused is dropped; the error describes the first refusal.
-	// Write leaves every frame equivalent (the same buffer may go to other
-	// ports): the only change it may make is completing a partial checksum
-	// in place with packet.CompleteChecksum, which also clears the flag.
+	// Write never changes a frame or its slot, so the same buffer may go
+	// to other ports.
 	Write(bufs [][]byte, offset int) (int, error)
+	// WriteFrames is Write for a batch a switch hands over (a
+	// vswitch.Sink); it changes no frame either, owned or shared.
+	WriteFrames(f packet.Frames) (int, error)
 	// BatchSize is the largest batch Read can fill in one call.
 	BatchSize() int
 	// Close releases the device; a blocked Read returns an error.

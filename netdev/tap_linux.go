@@ -3,7 +3,6 @@
 package netdev
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -17,65 +16,6 @@ import (
 
 	"github.com/vxmesh/vxmesh/packet"
 )
-
-// Virtio-net header flags (struct virtio_net_hdr, field flags).
-const (
-	// VirtioNetHdrFNeedsCsum says the checksum at CsumStart+CsumOffset is
-	// partial and must be completed over the bytes from CsumStart on.
-	VirtioNetHdrFNeedsCsum = packet.OffloadNeedsCsum
-	// VirtioNetHdrFDataValid says the receiver already validated the
-	// checksum.
-	VirtioNetHdrFDataValid = packet.OffloadDataValid
-)
-
-// Virtio-net header GSO types (struct virtio_net_hdr, field gso_type).
-const (
-	VirtioNetHdrGSONone  = packet.GSONone
-	VirtioNetHdrGSOTCPv4 = packet.GSOTCPv4
-	VirtioNetHdrGSOUDP   = packet.GSOUDP
-	VirtioNetHdrGSOTCPv6 = packet.GSOTCPv6
-	VirtioNetHdrGSOUDPL4 = packet.GSOUDPL4
-	VirtioNetHdrGSOECN   = packet.GSOECN
-)
-
-// VirtioNetHdr is struct virtio_net_hdr, the header a TAP device opened
-// with IFF_VNET_HDR puts in front of every frame (the data path keeps it in
-// the buffer's metadata slot and reads it with packet.Offload; this struct
-// is for control code and tests). Multi-byte fields are in
-// the host's byte order (the legacy virtio convention the kernel uses when
-// TUNSETVNETLE/BE were not called).
-type VirtioNetHdr struct {
-	Flags      uint8
-	GSOType    uint8
-	HdrLen     uint16
-	GSOSize    uint16
-	CsumStart  uint16
-	CsumOffset uint16
-}
-
-// DecodeVirtioNetHdr parses the first VirtioNetHdrLen bytes of b.
-func DecodeVirtioNetHdr(b []byte) VirtioNetHdr {
-	_ = b[VirtioNetHdrLen-1]
-	return VirtioNetHdr{
-		Flags:      b[0],
-		GSOType:    b[1],
-		HdrLen:     binary.NativeEndian.Uint16(b[2:4]),
-		GSOSize:    binary.NativeEndian.Uint16(b[4:6]),
-		CsumStart:  binary.NativeEndian.Uint16(b[6:8]),
-		CsumOffset: binary.NativeEndian.Uint16(b[8:10]),
-	}
-}
-
-// Encode writes h into the first VirtioNetHdrLen bytes of b.
-func (h VirtioNetHdr) Encode(b []byte) {
-	_ = b[VirtioNetHdrLen-1]
-	b[0] = h.Flags
-	b[1] = h.GSOType
-	binary.NativeEndian.PutUint16(b[2:4], h.HdrLen)
-	binary.NativeEndian.PutUint16(b[4:6], h.GSOSize)
-	binary.NativeEndian.PutUint16(b[6:8], h.CsumStart)
-	binary.NativeEndian.PutUint16(b[8:10], h.CsumOffset)
-}
 
 // TAPStats are a TAP device's counters since it was opened.
 type TAPStats struct {
@@ -518,6 +458,10 @@ func (t *TAP) readBatch(fd uintptr) bool {
 // cleared slot sends a complete frame. Nothing is copied or modified. A
 // refused frame is counted and skipped; the first refusal is returned
 // along with the number of frames accepted.
+// WriteFrames implements vswitch.Sink with Write, which hands the frames
+// to the kernel unchanged.
+func (t *TAP) WriteFrames(f packet.Frames) (int, error) { return t.Write(f.Bufs(), f.Offset()) }
+
 func (t *TAP) Write(bufs [][]byte, offset int) (int, error) {
 	if offset < VirtioNetHdrLen {
 		return 0, fmt.Errorf("tap %q: write offset %d smaller than the virtio-net header", t.name, offset)

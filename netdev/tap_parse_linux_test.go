@@ -34,9 +34,9 @@ func seqpacketTAP(t *testing.T) (*TAP, int) {
 
 func TestTAPReadVnetHeader(t *testing.T) {
 	tap, peer := seqpacketTAP(t)
-	frame := func(h VirtioNetHdr, payload string) []byte {
+	frame := func(h []byte, payload string) []byte {
 		b := make([]byte, VirtioNetHdrLen+14, VirtioNetHdrLen+14+len(payload))
-		h.Encode(b)
+		copy(b, h)
 		b[VirtioNetHdrLen+12], b[VirtioNetHdrLen+13] = 0x88, 0xb5 // local experimental EtherType
 		return append(b, payload...)
 	}
@@ -45,16 +45,18 @@ func TestTAPReadVnetHeader(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tso := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, GSOType: VirtioNetHdrGSOTCPv4, GSOSize: 1448, HdrLen: 54, CsumStart: 34, CsumOffset: 16}
-	partial := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 14, CsumOffset: 2}
-	send(frame(VirtioNetHdr{}, "plain"))
+	tso := vnet(packet.OffloadNeedsCsum, packet.GSOTCPv4, 54, 1448, 34, 16)
+	partial := vnet(packet.OffloadNeedsCsum, packet.GSONone, 0, 0, 14, 2)
+	none := vnet(0, packet.GSONone, 0, 0, 0, 0)
+	valid := vnet(packet.OffloadDataValid, packet.GSONone, 0, 0, 0, 0)
+	send(frame(none, "plain"))
 	send(frame(tso, "gso-gso-gso-gso-gso-gso-gso-gso-gso-gso-"))
-	send(frame(VirtioNetHdr{GSOType: VirtioNetHdrGSOUDP, GSOSize: 1448}, "ufo"))  // not switched on
+	send(frame(vnet(0, packet.GSOUDP, 0, 1448, 0, 0), "ufo"))                     // not switched on
 	send([]byte{1, 2, 3})                                                         // shorter than the header
-	send(frame(VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 200}, "x")) // offsets past the end
+	send(frame(vnet(packet.OffloadNeedsCsum, packet.GSONone, 0, 0, 200, 0), "x")) // offsets past the end
 	// Partial checksum over the 4 payload bytes at offset 14, stored at 14+2.
 	send(frame(partial, "\x12\x34\x00\x00"))
-	send(frame(VirtioNetHdr{Flags: VirtioNetHdrFDataValid}, "valid"))
+	send(frame(valid, "valid"))
 
 	b := packet.NewBatch(packet.BatchSize)
 	for _, buf := range b.Bufs {
@@ -70,13 +72,13 @@ func TestTAPReadVnetHeader(t *testing.T) {
 		t.Fatalf("Read = %d frames, want 4 (plain, gso, partial, valid)", n)
 	}
 	got := func(i int) []byte { return b.Bufs[i][packet.Headroom+14 : packet.Headroom+b.Sizes[i]] }
-	slot := func(i int) VirtioNetHdr { return DecodeVirtioNetHdr(b.Bufs[i][:VirtioNetHdrLen]) }
+	slot := func(i int) []byte { return b.Bufs[i][:VirtioNetHdrLen] }
 	if string(got(0)) != "plain" || string(got(3)) != "valid" || len(got(1)) != 40 {
 		t.Errorf("payloads %q, %q, %q", got(0), got(1), got(3))
 	}
 	// The metadata is passed on, not acted upon.
-	if slot(0) != (VirtioNetHdr{}) || slot(1) != tso || slot(2) != partial || slot(3).Flags != VirtioNetHdrFDataValid {
-		t.Errorf("slots %+v %+v %+v %+v", slot(0), slot(1), slot(2), slot(3))
+	if !bytes.Equal(slot(0), none) || !bytes.Equal(slot(1), tso) || !bytes.Equal(slot(2), partial) || !bytes.Equal(slot(3), valid) {
+		t.Errorf("slots % x, % x, % x, % x", slot(0), slot(1), slot(2), slot(3))
 	}
 	if want := []byte{0x12, 0x34, 0x00, 0x00}; !bytes.Equal(got(2), want) {
 		t.Errorf("partial-checksum payload % x, want % x (unchanged)", got(2), want)
@@ -105,7 +107,7 @@ func TestTAPReadGSOWithoutOffloads(t *testing.T) {
 	defer tap.Close()
 	defer unix.Close(fds[1])
 	f := make([]byte, VirtioNetHdrLen+60)
-	VirtioNetHdr{GSOType: VirtioNetHdrGSOTCPv6, GSOSize: 1000}.Encode(f)
+	copy(f, vnet(0, packet.GSOTCPv6, 0, 1000, 0, 0))
 	unix.Write(fds[1], f)
 	unix.Write(fds[1], make([]byte, VirtioNetHdrLen+60))
 	b := packet.NewBatch(2)
@@ -144,15 +146,15 @@ func TestTAPWriteMetadataSlot(t *testing.T) {
 	plain := bytes.Clone(buf)
 	packet.ClearOffload(plain)
 	gso := bytes.Clone(buf)
-	hdr := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, GSOType: VirtioNetHdrGSOTCPv6, HdrLen: 74, GSOSize: 1388, CsumStart: 54, CsumOffset: 16}
-	hdr.Encode(gso)
+	hdr := vnet(packet.OffloadNeedsCsum, packet.GSOTCPv6, 74, 1388, 54, 16)
+	copy(gso, hdr)
 	before := bytes.Clone(gso)
 	want := bytes.Clone(buf[packet.Headroom:])
 	if n, err := tap.Write([][]byte{plain, gso}, packet.Headroom); n != 2 || err != nil {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
 	got := make([]byte, 200)
-	for i, wantHdr := range []VirtioNetHdr{{}, hdr} {
+	for i, wantHdr := range [][]byte{make([]byte, packet.OffloadLen), hdr} {
 		m, err := unix.Read(peer, got)
 		if err != nil {
 			t.Fatal(err)
@@ -160,8 +162,8 @@ func TestTAPWriteMetadataSlot(t *testing.T) {
 		if m != VirtioNetHdrLen+64 {
 			t.Fatalf("wrote %d bytes, want %d (slot + frame, not the headroom)", m, VirtioNetHdrLen+64)
 		}
-		if h := DecodeVirtioNetHdr(got); h != wantHdr {
-			t.Errorf("frame %d: vnet header %+v, want %+v (the slot)", i, h, wantHdr)
+		if h := got[:VirtioNetHdrLen]; !bytes.Equal(h, wantHdr) {
+			t.Errorf("frame %d: vnet header % x, want % x (the slot)", i, h, wantHdr)
 		}
 		if !bytes.Equal(got[VirtioNetHdrLen:m], want) {
 			t.Error("frame bytes changed")
@@ -192,4 +194,12 @@ func TestTAPAllocsFake(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("Write+Read allocate %.1f times per frame, want 0", allocs)
 	}
+}
+
+// vnet returns a metadata slot (struct virtio_net_hdr) with the given
+// fields, written through packet.Offload.
+func vnet(flags, gsoType uint8, hdrLen, gsoSize, csumStart, csumOffset int) []byte {
+	b := make([]byte, packet.OffloadLen)
+	packet.OffloadOf(b).Set(flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset)
+	return b
 }

@@ -91,23 +91,37 @@ func (o Offload) Set(flags, gsoType uint8, hdrLen, gsoSize, csumStart, csumOffse
 	binary.NativeEndian.PutUint16(o[8:10], uint16(csumOffset))
 }
 
+// CsumFits reports whether the partial checksum's offsets fit a frame of
+// n bytes (what CompleteChecksum checks before changing anything).
+func (o Offload) CsumFits(n int) bool {
+	start := o.CsumStart()
+	return start < n && start+o.CsumOffset()+2 <= n
+}
+
 // CompleteChecksum completes the partial checksum of a frame whose slot o
 // has NeedsCsum and no GSO: the ones' complement sum of frame[CsumStart:]
 // (whose checksum field holds the pseudo-header sum) is stored in the
-// field, and NeedsCsum is cleared so the frame is a complete one. The frame
-// is semantically unchanged, so this may be done on a buffer shared with
-// other ports. It reports false, changing nothing, if the offsets do not
+// field, and NeedsCsum is cleared so the frame is a complete one. It changes
+// the frame and its slot, so a port does it only on a buffer it owns (see
+// Frames). It reports false, changing nothing, if the offsets do not
 // fit the frame. A slot without NeedsCsum is left alone (true).
 func CompleteChecksum(frame []byte, o Offload) bool {
 	if !o.NeedsCsum() {
 		return true
 	}
-	start := o.CsumStart()
-	at := start + o.CsumOffset()
-	if start >= len(frame) || at+2 > len(frame) {
+	if !o.CsumFits(len(frame)) {
 		return false
 	}
-	binary.BigEndian.PutUint16(frame[at:], Fold(Sum(frame[start:], 0)))
+	o.FillChecksum(frame)
 	o[0] &^= OffloadNeedsCsum
 	return true
+}
+
+// FillChecksum stores the completed partial checksum in frame (a copy of
+// the frame o describes), leaving o as it is: for a port completing a
+// copy of a shared frame. o must have NeedsCsum and fit the frame
+// (CsumFits).
+func (o Offload) FillChecksum(frame []byte) {
+	start := o.CsumStart()
+	binary.BigEndian.PutUint16(frame[start+o.CsumOffset():], Fold(Sum(frame[start:], 0)))
 }

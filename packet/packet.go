@@ -1,9 +1,8 @@
 // Package packet holds the data plane's shared vocabulary: buffer geometry
-// (headroom for in-place encapsulation), pooled buffers, header views over
+// (headroom for in-place encapsulation), the ownership of buffers handed
+// to ports (Frames), header views over
 // raw bytes and Internet checksums. It imports no other project package.
 package packet
-
-import "sync"
 
 // Buffer layout (every data-path buffer, from the start):
 //
@@ -33,37 +32,11 @@ const (
 	// metadata and is segmented to at most the MTU before it reaches a
 	// wire; its byte length is never checked against the MTU.
 	MaxGSOFrame = 65535 + 18
-	// BufferSize is the length of every pooled buffer (about 64 KiB).
+	// BufferSize is the length of every data-path buffer (about 64 KiB).
 	BufferSize = Headroom + MaxGSOFrame + Tailroom
 	// BatchSize is the default number of frames moved per batch.
 	BatchSize = 64
 )
-
-// Pool is a free list of BufferSize byte slices. Get hands a buffer to a new
-// owner; the last owner returns it with Put. The zero value is not usable;
-// create one with NewPool.
-type Pool struct {
-	p sync.Pool
-}
-
-// NewPool returns a pool of BufferSize buffers.
-func NewPool() *Pool {
-	pl := &Pool{}
-	pl.p.New = func() any {
-		b := make([]byte, BufferSize)
-		return &b
-	}
-	return pl
-}
-
-// Get returns a buffer of length BufferSize owned by the caller.
-func (pl *Pool) Get() *[]byte { return pl.p.Get().(*[]byte) }
-
-// Put returns a buffer obtained from Get. The caller must not use it after.
-func (pl *Pool) Put(b *[]byte) {
-	*b = (*b)[:cap(*b)]
-	pl.p.Put(b)
-}
 
 // Batch is a set of buffers owned by one reader and reused for every read:
 // Bufs[i][Headroom:Headroom+Sizes[i]] holds frame i after a read and

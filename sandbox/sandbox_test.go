@@ -17,6 +17,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -37,12 +39,7 @@ func TestMain(m *testing.M) {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("/dev/net/tun missing")
-	}
+	testenv.RequireTUN(t)
 }
 
 func uniqueName() string {
@@ -445,7 +442,7 @@ func TestCommandResolvConf(t *testing.T) {
 	}
 	hostBefore, hostErr := os.ReadFile("/etc/resolv.conf")
 	if hostErr != nil {
-		t.Skipf("host has no /etc/resolv.conf to bind over: %v", hostErr)
+		testenv.Missing(t, "/etc/resolv.conf on the host, to bind over: %v", hostErr)
 	}
 
 	var out, errOut bytes.Buffer

@@ -10,7 +10,7 @@ import (
 // encapSetup is a VTEP whose network sends to one peer, whose datagrams
 // are drained with a preallocated batch so the in-memory queue never fills.
 type encapSetup struct {
-	n     *Network
+	n     *Segment
 	peer  *MemUnderlay
 	drain []Message
 	bufs  [][]byte
@@ -22,7 +22,7 @@ func newEncapSetup(tb testing.TB, frames int, dst packet.MAC) *encapSetup {
 	peer, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
 	v := New(Config{Underlay: u})
 	tb.Cleanup(func() { v.Close(); peer.Close() })
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepB})
 	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
 	s := &encapSetup{n: n, peer: peer, drain: make([]Message, packet.BatchSize)}
@@ -69,7 +69,7 @@ func newDecapSetup(tb testing.TB) *decapSetup {
 	peer, _ := mn.Listen(netip.AddrPortFrom(vtepE, packet.VXLANPort))
 	v := New(Config{Underlay: u})
 	tb.Cleanup(func() { v.Close(); peer.Close() })
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepE})
 	n.SetExternal([]netip.Addr{vtepE})
 	s := &decapSetup{v: v, peer: peer}
@@ -103,7 +103,7 @@ func TestReceiveDoesNotAllocate(t *testing.T) {
 	if want := 201 * packet.BatchSize; s.count != want {
 		t.Errorf("delivered %d frames, want %d", s.count, want)
 	}
-	if fdb := s.v.Network(testVNI).FDB(); len(fdb) != 8 {
+	if fdb := s.v.Segment(testVNI).FDB(); len(fdb) != 8 {
 		t.Errorf("learned %d MACs, want 8", len(fdb))
 	}
 }
@@ -129,7 +129,7 @@ func BenchmarkEncap(b *testing.B) {
 // discards, without the in-memory network's copy.
 func BenchmarkEncapWriteOnly(b *testing.B) {
 	v := New(Config{Underlay: discard{}})
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepB})
 	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
 	var bufs [][]byte

@@ -10,8 +10,8 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 )
 
-// Encrypted networks (DESIGN.md section 4). A network with a cipher
-// (Network.SetCipher) sends every datagram as ESP (RFC 4303, AES-GCM per
+// Encrypted networks (docs/architecture.md, "Encrypted networks"). A segment with
+// a cipher (Segment.SetCipher) sends every datagram as ESP (RFC 4303, AES-GCM per
 // RFC 4106) in UDP (RFC 3948) to the peers' ESP port, and accepts its
 // frames only from ESP: cleartext VXLAN for its VNI is dropped and counted
 // ("cleartext").
@@ -201,7 +201,7 @@ const espRxFront = packet.VXLANHeaderLen + udpHeaderLen + esp.HeaderLen
 // are sealed with the VTEP's outbound SAs of cipher c and sent to the ESP
 // port, and cleartext VXLAN for it is dropped) or a cleartext one (0).
 // Set it before SetInput.
-func (n *Network) SetCipher(c esp.Cipher) error {
+func (n *Segment) SetCipher(c esp.Cipher) error {
 	if c != 0 && c.KeyLen() == 0 {
 		return fmt.Errorf("vni %d: unknown %v", n.vni, c)
 	}
@@ -210,164 +210,172 @@ func (n *Network) SetCipher(c esp.Cipher) error {
 }
 
 // Cipher returns the network's cipher, 0 for a cleartext network.
-func (n *Network) Cipher() esp.Cipher { return esp.Cipher(n.cipher.Load()) }
+func (n *Segment) Cipher() esp.Cipher { return esp.Cipher(n.cipher.Load()) }
 
 // outbound returns the SA sealing cipher c's datagrams to addr, or nil.
 func (s *secState) outbound(addr netip.Addr, c esp.Cipher) *esp.Outbound {
 	return s.out[outKey{addr, c}]
 }
 
-// writeESP queues the ESP datagrams of frame i (bufs[i][offset:], a TCP
-// super-segment if isGSO) for to, or for every peer when to is nil.
-//
-// A plain frame to one peer that the switch sends to this port only
-// (inPlace: a static remote MAC) is sealed in place in the caller's
-// buffer: the VXLAN and inner UDP headers and the ESP header go into the
-// headroom, the trailer into the tailroom, and the frame is encrypted
-// where it is. Everything else (flooding: one sealed copy per peer;
-// super-segments: one per segment and peer) is built in the scratch arena,
-// the caller's frame untouched; super-segments go in UDP segmentation
-// runs (writeESPSegments). A peer without an SA, or an SA out of
-// sequence numbers, is a drop of that datagram ("no-sa",
-// "esp-seq-exhausted" when no datagram of the frame was sent).
-func (n *Network) writeESP(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]byte, offset, i int, g packet.GSO, isGSO bool, to *peer, peers []*peer, h uint32, inPlace bool) {
-	b := bufs[i]
-	f := b[offset:]
-	if !isGSO && to != nil && inPlace && cap(b)-len(b) >= esp.MaxTrailerLen {
-		sa := sec.outbound(to.addr, c)
-		if sa == nil {
-			n.espDrop(sc, to, i, dropNoSA)
-			return
+// writeESP queues the ESP datagrams of frame t for its fan-out. A plain
+// frame to one peer that this port owns (packet.Frames.Owned) is sealed
+// in place (sealInPlace); everything else (a shared frame, flooding: one
+// sealed copy per peer; super-segments: one per segment and peer) is
+// built in the scratch arena, the caller's frame untouched (sealCopy,
+// writeESPSegments). A peer without an SA, or an SA out of sequence
+// numbers, is a drop of that datagram ("no-sa", "esp-seq-exhausted" when
+// no datagram of the frame was sent).
+func (n *Segment) writeESP(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
+	switch {
+	case t.isGSO:
+		n.writeESPSegments(sc, sec, c, t)
+	case len(t.fan) == 1 && t.owned != nil && cap(t.owned)-len(t.owned) >= esp.MaxTrailerLen:
+		n.sealInPlace(sc, sec, c, t)
+	default:
+		for _, p := range t.fan {
+			n.sealCopy(sc, sec, c, t, p)
 		}
-		if len(sc.msgs) == cap(sc.msgs) || sc.sealed >= espMaxHeld {
-			n.send(sc, bufs, offset)
-		}
-		start := offset - packet.VXLANHeaderLen - udpHeaderLen
-		packet.PutVXLAN(b[offset-packet.VXLANHeaderLen:], n.vni)
-		putInnerUDP(b[start:], h, n.v.port)
-		s0, s1, err := sa.Seal(b, start, len(b))
-		if err != nil {
-			n.espDrop(sc, to, i, espSealDrop(err))
-			return
-		}
-		n.queueESP(sc, b[s0:s1], 0, to, h, i, len(f))
-		return
-	}
-	if isGSO {
-		n.writeESPSegments(sc, sec, c, bufs, offset, i, g, to, peers, h)
-		return
-	}
-	flen := len(f)
-	slot := espFrontLen + flen + esp.MaxTrailerLen
-	for j := 0; to != nil && j < 1 || to == nil && j < len(peers); j++ {
-		p := to
-		if p == nil {
-			p = peers[j]
-		}
-		sa := sec.outbound(p.addr, c)
-		if sa == nil {
-			n.espDrop(sc, p, i, dropNoSA)
-			continue
-		}
-		if sc.arena == nil {
-			sc.arena = make([]byte, txArenaSize)
-		}
-		if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) || sc.sealed >= espMaxHeld {
-			n.send(sc, bufs, offset)
-		}
-		base := sc.used
-		start := base + esp.ScratchLen + esp.HeaderLen
-		payload := start + udpHeaderLen + packet.VXLANHeaderLen
-		copy(sc.arena[payload:], f)
-		packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
-		putInnerUDP(sc.arena[start:payload+flen], h, n.v.port)
-		s0, s1, err := sa.Seal(sc.arena[:base+slot], start, payload+flen)
-		if err != nil {
-			n.espDrop(sc, p, i, espSealDrop(err))
-			continue
-		}
-		sc.used += slot
-		n.queueESP(sc, sc.arena[s0:s1], 0, p, h, i, flen)
 	}
 }
 
+// sealInPlace seals owned frame t for its one peer where it is: the
+// VXLAN, inner UDP and ESP headers go into the headroom, the trailer into
+// the tailroom.
+func (n *Segment) sealInPlace(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
+	to, b := t.fan[0], t.owned
+	sa := sec.outbound(to.addr, c)
+	if sa == nil {
+		n.espDrop(sc, to, t.i, dropNoSA)
+		return
+	}
+	if len(sc.msgs) == cap(sc.msgs) || sc.sealed >= espMaxHeld {
+		n.send(sc)
+	}
+	offset := t.off
+	start := offset - packet.VXLANHeaderLen - udpHeaderLen
+	packet.PutVXLAN(b[offset-packet.VXLANHeaderLen:], n.vni)
+	putInnerUDP(b[start:], t.hash, n.v.port)
+	s0, s1, err := sa.Seal(b, start, len(b))
+	if err != nil {
+		n.espDrop(sc, to, t.i, espSealDrop(err))
+		return
+	}
+	n.queueESP(sc, b[s0:s1], 0, to, t, len(t.f))
+}
+
+// sealCopy seals a copy of plain frame t for peer p in the arena,
+// completing its checksum there if t.fill.
+func (n *Segment) sealCopy(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame, p *peer) {
+	sa := sec.outbound(p.addr, c)
+	if sa == nil {
+		n.espDrop(sc, p, t.i, dropNoSA)
+		return
+	}
+	flen := len(t.f)
+	slot := espFrontLen + flen + esp.MaxTrailerLen
+	sc.ensureArena()
+	if len(sc.arena)-sc.used < slot || len(sc.msgs) == cap(sc.msgs) || sc.sealed >= espMaxHeld {
+		n.send(sc)
+	}
+	base := sc.used
+	start := base + esp.ScratchLen + esp.HeaderLen
+	payload := start + udpHeaderLen + packet.VXLANHeaderLen
+	copy(sc.arena[payload:], t.f)
+	if t.fill {
+		t.o.FillChecksum(sc.arena[payload : payload+flen])
+	}
+	packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
+	putInnerUDP(sc.arena[start:payload+flen], t.hash, n.v.port)
+	s0, s1, err := sa.Seal(sc.arena[:base+slot], start, payload+flen)
+	if err != nil {
+		n.espDrop(sc, p, t.i, espSealDrop(err))
+		return
+	}
+	sc.used += slot
+	n.queueESP(sc, sc.arena[s0:s1], 0, p, t, flen)
+}
+
 // writeESPSegments queues the ESP datagrams of the segments of the TCP
-// super-segment g (frame i) for to, or for every peer when to is nil. Per
-// peer, the segments are sealed back to back in the scratch arena in runs
-// that one UDP segmentation send carries (Message.GSOSize): segments of
-// equal length give ESP datagrams of equal length, stride bytes apart, and
-// only the last of a run may be shorter. Sealing datagram k borrows the
-// ScratchLen bytes in front of its ESP header, the tail of datagram k-1,
-// and restores them.
-func (n *Network) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, bufs [][]byte, offset, i int, g packet.GSO, to *peer, peers []*peer, h uint32) {
-	segs := g.Segments()
-	inner0 := udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(0)
+// super-segment t for its fan-out. Per peer, the segments are sealed back
+// to back in the scratch arena in runs that one UDP segmentation send
+// carries (Message.GSOSize): segments of equal length give ESP datagrams
+// of equal length, stride bytes apart, and only the last of a run may be
+// shorter. Sealing datagram k borrows the ScratchLen bytes in front of
+// its ESP header, the tail of datagram k-1, and restores them.
+func (n *Segment) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, t *txFrame) {
+	segs := t.g.Segments()
+	inner0 := udpHeaderLen + packet.VXLANHeaderLen + t.g.SegmentLen(0)
 	stride := inner0 + esp.Overhead(inner0)
 	perRun := max(1, min(MaxGSOSegments, MaxGSOBytes/stride))
-	for j := 0; to != nil && j < 1 || to == nil && j < len(peers); j++ {
-		p := to
-		if p == nil {
-			p = peers[j]
-		}
+	for _, p := range t.fan {
 		sa := sec.outbound(p.addr, c)
 		if sa == nil {
-			n.espDrop(sc, p, i, dropNoSA)
+			n.espDrop(sc, p, t.i, dropNoSA)
 			continue
 		}
 		for k := 0; k < segs; {
 			cnt := min(perRun, segs-k)
-			need := esp.ScratchLen + (cnt-1)*stride + esp.HeaderLen + udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1) + esp.MaxTrailerLen
-			if sc.arena == nil {
-				sc.arena = make([]byte, txArenaSize)
-			}
-			if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) || sc.sealed+cnt > espMaxHeld {
-				n.send(sc, bufs, offset)
-			}
-			base := sc.used
-			d0 := base + esp.ScratchLen
-			end, flen := d0, 0
-			var err error
-			for x := range cnt {
-				start := d0 + x*stride + esp.HeaderLen
-				payload := start + udpHeaderLen + packet.VXLANHeaderLen
-				sl := g.SegmentLen(k + x)
-				g.Segment(k+x, sc.arena[payload:payload+sl])
-				packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
-				putInnerUDP(sc.arena[start:payload+sl], h, n.v.port)
-				var s1 int
-				if _, s1, err = sa.Seal(sc.arena[:base+need], start, payload+sl); err != nil {
-					break
-				}
-				end, flen = s1, flen+sl
-			}
-			if err != nil {
-				n.espDrop(sc, p, i, espSealDrop(err))
+			if !n.sealRun(sc, sa, t, p, segRun{first: k, count: cnt, stride: stride}) {
 				break
 			}
-			sc.used += need
-			gso := 0
-			if cnt > 1 {
-				gso = stride
-			}
-			n.queueESP(sc, sc.arena[d0:end], gso, p, h, i, flen)
 			k += cnt
 		}
 	}
 }
 
-// queueESP adds the sealed datagram dgram of frame i (flen frame bytes;
+// segRun is a run of count segments of a super-segment from segment
+// first on, sealed stride bytes apart.
+type segRun struct{ first, count, stride int }
+
+// sealRun seals the segments of run of super-segment t for p as one run
+// of datagrams and queues it; it reports false after a drop.
+func (n *Segment) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, run segRun) bool {
+	g := t.g
+	k, cnt, stride := run.first, run.count, run.stride
+	need := esp.ScratchLen + (cnt-1)*stride + esp.HeaderLen + udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1) + esp.MaxTrailerLen
+	sc.ensureArena()
+	if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) || sc.sealed+cnt > espMaxHeld {
+		n.send(sc)
+	}
+	base := sc.used
+	d0 := base + esp.ScratchLen
+	end, flen := d0, 0
+	for x := range cnt {
+		start := d0 + x*stride + esp.HeaderLen
+		payload := start + udpHeaderLen + packet.VXLANHeaderLen
+		sl := g.SegmentLen(k + x)
+		g.Segment(k+x, sc.arena[payload:payload+sl])
+		packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
+		putInnerUDP(sc.arena[start:payload+sl], t.hash, n.v.port)
+		_, s1, err := sa.Seal(sc.arena[:base+need], start, payload+sl)
+		if err != nil {
+			n.espDrop(sc, p, t.i, espSealDrop(err))
+			return false
+		}
+		end, flen = s1, flen+sl
+	}
+	sc.used += need
+	gso := 0
+	if cnt > 1 {
+		gso = stride
+	}
+	n.queueESP(sc, sc.arena[d0:end], gso, p, t, flen)
+	return true
+}
+
+// queueESP adds the sealed datagram dgram of frame t (flen frame bytes;
 // a run of datagrams of gso bytes if gso > 0) for p, to its ESP port.
-func (n *Network) queueESP(sc *txScratch, dgram []byte, gso int, p *peer, h uint32, i, flen int) {
-	m := Message{Buf: dgram, GSOSize: gso, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: h}
+func (n *Segment) queueESP(sc *txScratch, dgram []byte, gso int, p *peer, t *txFrame, flen int) {
+	m := Message{Buf: dgram, GSOSize: gso, Addr: netip.AddrPortFrom(p.addr, n.v.espPort), Hash: t.hash}
 	sc.sealed += m.Segments(len(dgram))
 	sc.msgs = append(sc.msgs, m)
 	sc.peers = append(sc.peers, p)
-	sc.frame = append(sc.frame, int32(i))
+	sc.frame = append(sc.frame, int32(t.i))
 	sc.fsize = append(sc.fsize, int32(flen))
 }
 
 // espDrop records that a datagram of frame i to p was not sealed.
-func (n *Network) espDrop(sc *txScratch, p *peer, i int, why dropReason) {
+func (n *Segment) espDrop(sc *txScratch, p *peer, i int, why dropReason) {
 	p.txDrops.Add(1)
 	if sc.why[i] == dropNone {
 		sc.why[i] = why

@@ -31,7 +31,7 @@ func FuzzReceiveESP(f *testing.F) {
 	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
 	v := New(Config{Underlay: u, ESPUnderlay: eu})
 	f.Cleanup(func() { v.Close() })
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetCipher(esp.AES128GCM)
 	n.SetPeers([]netip.Addr{vtepA})
 	n.SetInput(func([][]byte, []int, int) {})

@@ -47,7 +47,7 @@ func newEncNode(t *testing.T, mn *MemNetwork, addr netip.Addr, peers ...netip.Ad
 		t.Fatal(err)
 	}
 	v := New(Config{Underlay: u, ESPUnderlay: eu})
-	n, err := v.AddNetwork(testVNI, 0)
+	n, err := v.AddSegment(testVNI, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestEncryptedPathsDoNotAllocate(t *testing.T) {
 	out, _ := testSA(t, 0x3000ab, 4)
 	v := New(Config{Underlay: u})
 	t.Cleanup(func() { v.Close(); peer.Close() })
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetCipher(esp.AES128GCM)
 	n.SetPeers([]netip.Addr{vtepB})
 	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
@@ -309,7 +309,7 @@ func TestEncryptedPathsDoNotAllocate(t *testing.T) {
 	eu, _ := mn.Listen(netip.AddrPortFrom(vtepC, esp.Port))
 	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
 	t.Cleanup(func() { rv.Close() })
-	rn, _ := rv.AddNetwork(testVNI, 0)
+	rn, _ := rv.AddSegment(testVNI, 0)
 	rn.SetCipher(esp.AES128GCM)
 	rn.SetPeers([]netip.Addr{vtepA})
 	rn.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
@@ -349,7 +349,7 @@ func TestEncryptedSuperSegmentGoesInGSORuns(t *testing.T) {
 		v := New(Config{Underlay: u})
 		t.Cleanup(func() { v.Close() })
 		const mtu = 1405
-		n, _ := v.AddNetwork(testVNI, mtu)
+		n, _ := v.AddSegment(testVNI, mtu)
 		n.SetCipher(esp.AES128GCM)
 		n.SetPeers([]netip.Addr{vtepB, vtepC})
 		if !flood {

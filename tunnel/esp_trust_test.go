@@ -56,7 +56,7 @@ func TestConcurrentSealersNeverReplay(t *testing.T) {
 	rec := &batchRecorder{closed: make(chan struct{})}
 	v := New(Config{Underlay: rec})
 	t.Cleanup(func() { v.Close() })
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetCipher(esp.AES128GCM)
 	n.SetPeers([]netip.Addr{vtepB})
 	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})

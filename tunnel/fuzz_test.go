@@ -19,7 +19,7 @@ func FuzzDecap(f *testing.F) {
 	mn := NewMemNetwork()
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
 	v := New(Config{Underlay: u, MaxLearned: 16})
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepE})
 	delivered := 0
 	n.SetInput(func(bufs [][]byte, sizes []int, offset int) {
@@ -31,7 +31,7 @@ func FuzzDecap(f *testing.F) {
 		delivered += len(bufs)
 	})
 	f.Fuzz(func(t *testing.T, d []byte, fromPeer bool) {
-		before := len(n.learned.Load().m)
+		before := n.learned.Len()
 		m := &v.rx.msgs[0]
 		m.N = len(d)
 		copy(m.Buf, d)
@@ -45,13 +45,13 @@ func FuzzDecap(f *testing.F) {
 		for _, c := range st.Drops {
 			drops += c
 		}
-		for _, c := range st.Networks[0].Drops {
+		for _, c := range st.Segments[0].Drops {
 			drops += c
 		}
-		if st.RxDatagrams != drops+uint64(delivered) || st.Networks[0].RxPackets != uint64(delivered) {
+		if st.RxDatagrams != drops+uint64(delivered) || st.Segments[0].RxPackets != uint64(delivered) {
 			t.Fatalf("rx %d, dropped %d, delivered %d", st.RxDatagrams, drops, delivered)
 		}
-		if !fromPeer && len(n.learned.Load().m) > before {
+		if !fromPeer && n.learned.Len() > before {
 			t.Fatal("learned from a stranger")
 		}
 		for _, e := range n.FDB() {

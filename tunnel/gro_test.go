@@ -30,7 +30,7 @@ func newGROReceiver(tb testing.TB) *groReceiver {
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
 	v := New(Config{Underlay: u})
 	tb.Cleanup(func() { v.Close() })
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepA})
 	g := &groReceiver{v: v}
 	n.SetInput(func(bufs [][]byte, sizes []int, offset int) {
@@ -127,7 +127,7 @@ func TestReceiveCoalescesTCP(t *testing.T) {
 		}
 		checkSuperSegment(t, g.frames[0], mss, 1000, want)
 		st := g.v.Stats()
-		if st.RxDatagrams != uint64(len(dgrams)) || st.Networks[0].RxPackets != uint64(len(dgrams)) {
+		if st.RxDatagrams != uint64(len(dgrams)) || st.Segments[0].RxPackets != uint64(len(dgrams)) {
 			t.Errorf("%s: stats %+v", mode, st)
 		}
 	}
@@ -161,7 +161,7 @@ func TestReceiveDoesNotCoalesceBadChecksum(t *testing.T) {
 // of their own, each at Headroom of its own buffer, in order, more than
 // the spare buffers (the group is delivered in between).
 func TestReceiveSplitsGROReadOfUDP(t *testing.T) {
-	const n = 3*rxSpares + 5
+	const n = 3*groSpares + 5
 	var chunk []byte
 	var want [][]byte
 	for i := range n {
@@ -218,7 +218,7 @@ func TestReceiveGRODoesNotAllocate(t *testing.T) {
 	}
 	g := newGROReceiver(t)
 	count := 0
-	g.v.Network(testVNI).SetInput(func(bufs [][]byte, sizes []int, offset int) { count += len(bufs) })
+	g.v.Segment(testVNI).SetInput(func(bufs [][]byte, sizes []int, offset int) { count += len(bufs) })
 	step := func() {
 		g.feed(len(dgrams[0]), chunk, chunk)
 		g.feed(len(udp)/40, udp)

@@ -219,7 +219,7 @@ func TestDecapClearsOffloadSlot(t *testing.T) {
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
 	v := New(Config{Underlay: u})
 	defer v.Close()
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepE})
 	var slots [][]byte
 	n.SetInput(func(bufs [][]byte, sizes []int, offset int) {
@@ -244,7 +244,7 @@ func TestWriteGSODoesNotAllocate(t *testing.T) {
 	peer, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
 	v := New(Config{Underlay: u})
 	t.Cleanup(func() { v.Close(); peer.Close() })
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepB})
 	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
 	bufs := [][]byte{tsoBuffer(macB, macA, false, 60000, 1398), tsoBuffer(macB, macA, true, 60000, 1378)}
@@ -291,7 +291,7 @@ func FuzzWriteOffload(f *testing.F) {
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
 	v := New(Config{Underlay: u})
 	defer v.Close()
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{vtepB, vtepC}) // nobody listens: datagrams are lost, not refused
 	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
 	buf := make([]byte, packet.BufferSize)

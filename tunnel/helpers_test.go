@@ -135,7 +135,7 @@ func (c *fakeClock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.
 type node struct {
 	v    *VTEP
 	u    *MemUnderlay
-	n    *Network
+	n    *Segment
 	sink *sink
 }
 
@@ -150,7 +150,7 @@ func newNode(t *testing.T, mn *MemNetwork, addr netip.Addr, clock *fakeClock, pe
 		cfg.Now = clock.Now
 	}
 	v := New(cfg)
-	n, err := v.AddNetwork(testVNI, 0)
+	n, err := v.AddSegment(testVNI, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ func TestSpoofedSourceAndLearning(t *testing.T) {
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
 	v := New(Config{Underlay: u, LocalAddr: vtepA})
 	t.Cleanup(func() { v.Close() })
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	if err := n.SetPeers([]netip.Addr{vtepA, vtepB, vtepC, vtepE}); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestSpoofedSourceAndLearning(t *testing.T) {
 		}
 	}
 	st := v.Stats()
-	if d := st.Networks[0].Drops; d["spoofed-src"] != 2 || len(d) != 1 {
+	if d := st.Segments[0].Drops; d["spoofed-src"] != 2 || len(d) != 1 {
 		t.Errorf("network drops %v, want 2 spoofed-src", d)
 	}
 	if st.Drops["own-address"] != 1 {

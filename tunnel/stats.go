@@ -16,7 +16,7 @@ const (
 	dropUnknownPeer              // the outer source is not a VTEP of the network
 	dropNoInput                  // the network has no input function yet
 	dropMTU                      // larger than the network or underlay MTU
-	dropNoPeer                   // not a drop: flooding with no peer to send to (NetworkStats.FloodNoPeers)
+	dropNoPeer                   // not a drop: flooding with no peer to send to (SegmentStats.FloodNoPeers)
 	dropTxError                  // the underlay refused the datagram
 	dropDown                     // the network was removed or the VTEP closed
 	dropGSOInvalid               // offload metadata that does not match the frame
@@ -103,13 +103,13 @@ type Stats struct {
 	// node's own underlay address; for ESP datagrams "esp-auth",
 	// "esp-replay", "esp-unknown-spi", "esp-malformed").
 	Drops map[string]uint64
-	// Networks holds each network's counters, ordered by VNI.
-	Networks []NetworkStats
+	// Segments holds each network's counters, ordered by VNI.
+	Segments []SegmentStats
 }
 
-// NetworkStats are one network's counters. Packet and byte counts are of
+// SegmentStats are one network's counters. Packet and byte counts are of
 // inner Ethernet frames.
-type NetworkStats struct {
+type SegmentStats struct {
 	VNI uint32
 	MTU int
 	// RxPackets and RxBytes count frames handed to the input function.
@@ -168,15 +168,15 @@ func (v *VTEP) Stats() Stats {
 		ReadErrors:  v.c.readErrors.Load(),
 		Drops:       dropMap(&v.c.drops),
 	}
-	for _, n := range v.Networks() {
-		s.Networks = append(s.Networks, n.Stats())
+	for _, n := range v.Segments() {
+		s.Segments = append(s.Segments, n.Stats())
 	}
 	return s
 }
 
 // Stats returns a snapshot of the network's counters.
-func (n *Network) Stats() NetworkStats {
-	s := NetworkStats{
+func (n *Segment) Stats() SegmentStats {
+	s := SegmentStats{
 		VNI:          n.vni,
 		MTU:          n.mtu,
 		RxPackets:    n.c.rxPackets.Load(),

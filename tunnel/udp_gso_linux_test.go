@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 
 	"github.com/vxmesh/vxmesh/packet"
@@ -87,10 +89,10 @@ func TestUDPGSOSendAndGRORead(t *testing.T) {
 			}
 			defer ub.Close()
 			if !ua.Offloads().GSO {
-				t.Skip("kernel without UDP_SEGMENT")
+				testenv.Missing(t, "UDP_SEGMENT in the kernel")
 			}
 			if tc.gro && !ub.Offloads().GRO {
-				t.Skip("kernel without UDP_GRO")
+				testenv.Missing(t, "UDP_GRO in the kernel")
 			}
 			ua.gso.Store(tc.gso)
 			const n, size, last = 40, 1400, 321
@@ -122,7 +124,7 @@ func TestUDPGSOFallback(t *testing.T) {
 	}
 	defer ub.Close()
 	if !ua.Offloads().GSO {
-		t.Skip("kernel without UDP_SEGMENT")
+		testenv.Missing(t, "UDP_SEGMENT in the kernel")
 	}
 	const n, size, last = 3, 30000, 10000
 	m := []Message{{Buf: gsoRun(n, size, last), GSOSize: size, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port)}}

@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -79,7 +81,7 @@ func TestUDPSourcePortPerFlowAndWire(t *testing.T) {
 	ua := listenUDP(t, "127.0.0.1", port)
 	ub := listenUDP(t, "127.0.0.2", port)
 	v := New(Config{Underlay: ua, DataPort: port})
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	n.SetPeers([]netip.Addr{netip.MustParseAddr("127.0.0.2")})
 	const flows = 32
 	var frames [][]byte
@@ -131,7 +133,7 @@ func TestUDPRoundTripBetweenVTEPs(t *testing.T) {
 func newUDPNode(t *testing.T, addr string, port uint16, peers ...string) *node {
 	u := listenUDP(t, addr, port)
 	v := New(Config{Underlay: u, DataPort: port})
-	n, _ := v.AddNetwork(testVNI, 0)
+	n, _ := v.AddSegment(testVNI, 0)
 	var ps []netip.Addr
 	for _, p := range peers {
 		ps = append(ps, netip.MustParseAddr(p))
@@ -191,7 +193,13 @@ func TestUDPCloseUnblocksRead(t *testing.T) {
 	v := New(Config{Underlay: u})
 	done := make(chan error, 1)
 	go func() { done <- v.Run(context.Background()) }()
-	time.Sleep(20 * time.Millisecond)
+	// Close must unblock a read that is blocked, not one yet to start.
+	testenv.WaitBlocked(t, "tunnel.(*UDP).ReadBatch", 5*time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned before Close: %v", err)
+	default:
+	}
 	v.Close()
 	select {
 	case err := <-done:
@@ -265,12 +273,8 @@ func arpRequestFrame(srcMAC packet.MAC, srcIP, dstIP netip.Addr) []byte {
 }
 
 func TestKernelVXLANInterop(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2")
-	}
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip", "iproute2")
 	id := fmt.Sprintf("%d", os.Getpid()%100000)
 	nsK, nsM := "vxtk"+id, "vxtm"+id
 	for _, ns := range []string{nsK, nsM} {
@@ -299,7 +303,7 @@ func TestKernelVXLANInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := New(Config{Underlay: u})
-	n, err := v.AddNetwork(4242, 9000) // larger than the underlay allows, to see EMSGSIZE
+	n, err := v.AddSegment(4242, 9000) // larger than the underlay allows, to see EMSGSIZE
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,7 @@
 // Package tunnel is the VTEP (RFC 7348 VXLAN tunnel end point): it carries
 // the Ethernet frames of overlay networks between hosts in VXLAN over UDP.
 //
-// Each overlay network is a *Network, which the host's virtual switch sees
+// Each overlay network is a *Segment, which the host's virtual switch sees
 // as one port: Write encapsulates frames in place (the VXLAN header goes in
 // the headroom in front of the frame) and sends them to the VTEP that has
 // the destination MAC, or to every peer (head-end replication) for
@@ -70,13 +70,13 @@ type Config struct {
 	LocalAddr netip.Addr
 }
 
-// DefaultMTU is the network MTU used when AddNetwork is given 0: 1500 minus
+// DefaultMTU is the network MTU used when AddSegment is given 0: 1500 minus
 // the 50 bytes of outer IPv4, UDP, VXLAN and inner Ethernet headers.
 const DefaultMTU = 1450
 
 // InputFunc receives decapsulated frames: frame i is
 // bufs[i][offset:offset+sizes[i]], with headroom in front of offset. The
-// buffers are borrowed for the call. vswitch.PortRef.Input fits.
+// buffers are borrowed for the call. vswitch.Port.Input fits.
 type InputFunc func(bufs [][]byte, sizes []int, offset int)
 
 // VTEP is a VXLAN tunnel end point serving any number of networks (VNIs)
@@ -94,7 +94,7 @@ type VTEP struct {
 	epoch      time.Time
 	local      netip.Addr
 
-	nets atomic.Pointer[map[uint32]*Network] // immutable snapshot
+	nets atomic.Pointer[map[uint32]*Segment] // immutable snapshot
 	mu   sync.Mutex                          // serialises network changes
 	txs  chan *txScratch                     // free per-call transmit scratch
 
@@ -113,38 +113,21 @@ type VTEP struct {
 
 // rxState is the receive loop's batch, allocated once.
 type rxState struct {
-	bufs   [][]byte  // packet.BufferSize buffers
-	msgs   []Message // msgs[i].Buf = bufs[i][packet.Headroom-VXLANHeaderLen:]
-	gbufs  [][]byte  // frames of the group being collected
-	gsizes []int
-	gheads []packet.GROHead // gheads[j] describes gbufs[j]'s frame
-	// spare buffers for the datagrams of a coalesced (GRO) read that
-	// start frames of their own; allocated on first use.
-	spare  [][]byte
-	nspare int // spare[:nspare] are in the group
-
-	gdgrams, gbytes uint64 // datagrams and their frame bytes in the group
+	bufs  [][]byte  // packet.BufferSize buffers
+	msgs  []Message // msgs[i].Buf = bufs[i][packet.Headroom-VXLANHeaderLen:]
+	group groTable  // the current segment's frames, delivered together
 
 	// per batch
-	nets      map[uint32]*Network
+	nets      map[uint32]*Segment
 	now       int64
-	cur       *Network
+	cur       *Segment
 	st        *netState
-	lt        *learnedTable
 	drops     [numDrops]uint64 // VTEP level: before the network is known
 	lastSweep int64
 	// ndrops are the drops counted for r.cur, added to its counters by
 	// deliver.
 	ndrops [numDrops]uint64
 }
-
-// rxSpares is the number of spare buffers: when they are all in the
-// group, the group is delivered first.
-const rxSpares = 16
-
-// groWindow is how many of the group's latest frames a TCP segment is
-// tried against for coalescing.
-const groWindow = 8
 
 // New returns a VTEP with no networks. Call Run to start receiving.
 func New(cfg Config) *VTEP {
@@ -182,7 +165,7 @@ func New(cfg Config) *VTEP {
 		v.now = time.Now
 	}
 	v.epoch = v.now()
-	v.nets.Store(&map[uint32]*Network{})
+	v.nets.Store(&map[uint32]*Segment{})
 	v.txs = make(chan *txScratch, 4*runtime.GOMAXPROCS(0))
 	v.rx.init(v.batch, packet.VXLANHeaderLen)
 	if v.espU != nil {
@@ -196,9 +179,7 @@ func New(cfg Config) *VTEP {
 func (r *rxState) init(batch, front int) {
 	r.bufs = make([][]byte, batch)
 	r.msgs = make([]Message, batch)
-	r.gsizes = make([]int, 0, batch+rxSpares)
-	r.gbufs = make([][]byte, 0, batch+rxSpares)
-	r.gheads = make([]packet.GROHead, 0, batch+rxSpares)
+	r.group.init(batch)
 	for i := range r.bufs {
 		r.bufs[i] = make([]byte, packet.BufferSize)
 		r.msgs[i].Buf = r.bufs[i][packet.Headroom-front:]
@@ -208,10 +189,10 @@ func (r *rxState) init(batch, front int) {
 // clock returns the VTEP time in nanoseconds since New.
 func (v *VTEP) clock() int64 { return int64(v.now().Sub(v.epoch)) }
 
-// AddNetwork starts serving vni with the given MTU (the largest inner IP
+// AddSegment starts serving vni with the given MTU (the largest inner IP
 // packet; 0 means DefaultMTU). The network has no peers and no input
 // function yet.
-func (v *VTEP) AddNetwork(vni uint32, mtu int) (*Network, error) {
+func (v *VTEP) AddSegment(vni uint32, mtu int) (*Segment, error) {
 	if vni > packet.VXLANMaxVNI {
 		return nil, fmt.Errorf("vni %d: out of range (0-%d)", vni, packet.VXLANMaxVNI)
 	}
@@ -230,8 +211,8 @@ func (v *VTEP) AddNetwork(vni uint32, mtu int) (*Network, error) {
 	if old[vni] != nil {
 		return nil, fmt.Errorf("vni %d: network already exists", vni)
 	}
-	n := newNetwork(v, vni, mtu)
-	next := make(map[uint32]*Network, len(old)+1)
+	n := newSegment(v, vni, mtu)
+	next := make(map[uint32]*Segment, len(old)+1)
 	for k, x := range old {
 		next[k] = x
 	}
@@ -241,10 +222,10 @@ func (v *VTEP) AddNetwork(vni uint32, mtu int) (*Network, error) {
 	return n, nil
 }
 
-// RemoveNetwork stops serving vni: its datagrams are dropped as
+// RemoveSegment stops serving vni: its datagrams are dropped as
 // "unknown-vni" from now on and its Write refuses frames. Removing an
 // unknown VNI does nothing.
-func (v *VTEP) RemoveNetwork(vni uint32) {
+func (v *VTEP) RemoveSegment(vni uint32) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	old := *v.nets.Load()
@@ -253,7 +234,7 @@ func (v *VTEP) RemoveNetwork(vni uint32) {
 		return
 	}
 	n.removed.Store(true)
-	next := make(map[uint32]*Network, len(old))
+	next := make(map[uint32]*Segment, len(old))
 	for k, x := range old {
 		if k != vni {
 			next[k] = x
@@ -263,13 +244,13 @@ func (v *VTEP) RemoveNetwork(vni uint32) {
 	v.log.Info("vxlan network removed", "vni", vni)
 }
 
-// Network returns the network serving vni, or nil.
-func (v *VTEP) Network(vni uint32) *Network { return (*v.nets.Load())[vni] }
+// Segment returns the network serving vni, or nil.
+func (v *VTEP) Segment(vni uint32) *Segment { return (*v.nets.Load())[vni] }
 
-// Networks returns the networks, ordered by VNI.
-func (v *VTEP) Networks() []*Network {
+// Segments returns the networks, ordered by VNI.
+func (v *VTEP) Segments() []*Segment {
 	m := *v.nets.Load()
-	out := make([]*Network, 0, len(m))
+	out := make([]*Segment, 0, len(m))
 	for _, n := range m {
 		out = append(out, n)
 	}
@@ -326,7 +307,7 @@ func (v *VTEP) loop(ctx context.Context, once func() error, what string) error {
 	}
 }
 
-// Close closes the underlay, which ends Run. Networks refuse frames after.
+// Close closes the underlay, which ends Run. Segments refuse frames after.
 func (v *VTEP) Close() error {
 	v.closeOnce.Do(func() {
 		v.closed.Store(true)
@@ -381,7 +362,7 @@ func (v *VTEP) espReceiveOnce() error {
 func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 	r.nets = *v.nets.Load()
 	r.now = v.clock()
-	r.cur, r.st, r.lt = nil, nil, nil
+	r.cur, r.st = nil, nil
 	var bytes, dgrams uint64
 	for i := range msgs {
 		m := &msgs[i]
@@ -412,7 +393,7 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 		}
 	}
 	v.deliver(r, r.cur)
-	r.cur, r.st, r.lt = nil, nil, nil
+	r.cur, r.st = nil, nil
 	v.c.rxDatagrams.Add(dgrams)
 	v.c.rxBytes.Add(bytes)
 	for i, d := range r.drops {
@@ -449,7 +430,7 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 	}
 	if nw != r.cur {
 		v.deliver(r, r.cur)
-		r.cur, r.st, r.lt = nw, nw.state.Load(), nw.learned.Load()
+		r.cur, r.st = nw, nw.state.Load()
 	}
 	if !fromESP && nw.cipher.Load() != 0 {
 		r.ndrops[dropCleartext]++
@@ -476,82 +457,52 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 			return
 		}
 	} else if p.external.Load() {
-		if e := r.lt.m[src]; e != nil && e.peer == p {
-			if r.now-e.seen.Load() > int64(time.Second) {
-				e.seen.Store(r.now)
+		if e := nw.learned.Lookup(src); e != nil && e.Value == p {
+			if r.now-e.Seen() > int64(time.Second) {
+				e.Touch(r.now) // at most once a second: a store per frame would bounce the cache line
 			}
-		} else if nw.learn(src, p, r.now) {
-			r.lt = nw.learned.Load()
+		} else {
+			nw.learn(src, p, r.now)
 		}
 	}
 	p.rxPackets.Add(1)
 	p.rxBytes.Add(uint64(len(frame)))
-	r.gdgrams++
-	r.gbytes += uint64(len(frame))
-	// A TCP segment that follows one of the group's latest frames of its
-	// flow is appended to it.
-	for j := len(r.gbufs) - 1; j >= max(0, len(r.gbufs)-groWindow); j-- {
-		h := &r.gheads[j]
-		hb := r.gbufs[j][packet.Headroom:]
-		if !packet.SameFlow(hb[:h.Len()], frame) {
-			continue
-		}
-		if h.Append(hb[:packet.MaxGSOFrame], frame) {
-			return
-		}
-		break // never reorder a flow's segments
+	g := &r.group
+	if g.merge(frame) {
+		return
 	}
-	var buf []byte
 	if first {
-		buf = r.bufs[i] // the frame is in place at packet.Headroom
-	} else {
-		if r.nspare == rxSpares {
-			v.deliver(r, r.cur)
-		}
-		if r.spare == nil {
-			r.spare = make([][]byte, rxSpares)
-			for k := range r.spare {
-				r.spare[k] = make([]byte, packet.BufferSize)
-			}
-		}
-		buf = r.spare[r.nspare]
-		r.nspare++
-		copy(buf[packet.Headroom:], frame)
+		g.add(r.bufs[i], frame) // the frame is in place at packet.Headroom
+		return
 	}
-	r.gbufs = append(r.gbufs, buf)
-	r.gsizes = append(r.gsizes, len(frame))
-	r.gheads = append(r.gheads, packet.GROHead{})
-	r.gheads[len(r.gheads)-1].Start(buf[packet.Headroom : packet.Headroom+len(frame)])
+	if g.sparesUsed() {
+		v.deliver(r, r.cur)
+	}
+	g.add(nil, frame)
 }
 
 // deliver completes the collected group's super-segments, hands the group
 // to n's input function and adds n's receive counters and r.ndrops. The
 // VXLAN and ESP loops call input functions one at a time (v.inMu), so an
 // input function never runs concurrently with itself.
-func (v *VTEP) deliver(r *rxState, n *Network) {
+func (v *VTEP) deliver(r *rxState, n *Segment) {
 	if n == nil {
 		return
 	}
-	if k := len(r.gbufs); k > 0 {
-		for j, b := range r.gbufs {
-			h := &r.gheads[j]
-			h.Finish(b[packet.Headroom:packet.Headroom+h.Len()], packet.OffloadOf(b))
-			r.gsizes[j] = h.Len()
-		}
+	if g := &r.group; g.len() > 0 {
+		bufs, sizes := g.finish()
 		if in := n.input.Load(); in != nil && !n.removed.Load() {
 			// Counted first, so that whoever sees the frames sees them
 			// counted.
-			n.c.rxPackets.Add(r.gdgrams)
-			n.c.rxBytes.Add(r.gbytes)
+			n.c.rxPackets.Add(g.dgrams)
+			n.c.rxBytes.Add(g.bytes)
 			v.inMu.Lock()
-			(*in)(r.gbufs, r.gsizes, packet.Headroom)
+			(*in)(bufs, sizes, packet.Headroom)
 			v.inMu.Unlock()
 		} else {
-			r.ndrops[dropNoInput] += r.gdgrams
+			r.ndrops[dropNoInput] += g.dgrams
 		}
-		clear(r.gbufs)
-		r.gbufs, r.gsizes, r.gheads = r.gbufs[:0], r.gsizes[:0], r.gheads[:0]
-		r.gdgrams, r.gbytes, r.nspare = 0, 0, 0
+		g.reset()
 	}
 	for i, d := range r.ndrops {
 		if d > 0 {

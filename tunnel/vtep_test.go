@@ -82,7 +82,7 @@ func TestBytesOnTheWire(t *testing.T) {
 	// on 4789 only); a VTEP with another data port reaches nobody there.
 	v2u, _ := mn.Listen(netip.AddrPortFrom(vtepC, 4789))
 	v2 := New(Config{Underlay: v2u, DataPort: 8472})
-	n2, _ := v2.AddNetwork(1, 0)
+	n2, _ := v2.AddSegment(1, 0)
 	n2.SetPeers([]netip.Addr{vtepE})
 	lost := mn.Lost()
 	n2.Write(withHeadroom(f), packet.Headroom)
@@ -158,12 +158,9 @@ func TestReceiveDropsAreCounted(t *testing.T) {
 	)
 	stranger.send(t, vtepA, 0, vxlanDatagram(testVNI, good)) // unknown peer
 	a.sink.wait(t, 1)
-	deadline := time.Now().Add(5 * time.Second)
-	for a.v.Stats().RxDatagrams < 6 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	waitCount(t, "received datagrams", func() uint64 { return a.v.Stats().RxDatagrams }, 6)
 	vs := a.v.Stats()
-	ns := vs.Networks[0]
+	ns := vs.Segments[0]
 	if vs.RxDatagrams != 6 || vs.Drops["unknown-vni"] != 1 || vs.Drops["malformed"] != 2 {
 		t.Errorf("vtep stats %+v", vs)
 	}
@@ -223,8 +220,8 @@ func TestLearningFromExternalVTEPAndAging(t *testing.T) {
 	// The receive loop's sweep removes the stale entry from the table.
 	e.send(t, vtepA, 0, vxlanDatagram(testVNI, udpFrame(macA, packet.MAC{2, 0, 0, 0, 0, 0x55}, 5, 6, 10)))
 	a.v.receiveOnce()
-	if lt := a.n.learned.Load(); lt.m[macX] != nil || len(lt.m) != 1 {
-		t.Fatalf("learned table after sweep: %d entries", len(lt.m))
+	if lt := a.n.learned; lt.Lookup(macX) != nil || lt.Len() != 1 {
+		t.Fatalf("learned table after sweep: %d entries", lt.Len())
 	}
 	// A static entry wins over learning, and removing a peer forgets what
 	// was learned behind it.
@@ -265,17 +262,17 @@ func TestControlPlaneErrors(t *testing.T) {
 	mn := NewMemNetwork()
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, 4789))
 	v := New(Config{Underlay: u})
-	if _, err := v.AddNetwork(1<<24, 0); err == nil {
+	if _, err := v.AddSegment(1<<24, 0); err == nil {
 		t.Error("VNI 2^24 accepted")
 	}
-	if _, err := v.AddNetwork(5, 20); err == nil {
+	if _, err := v.AddSegment(5, 20); err == nil {
 		t.Error("mtu 20 accepted")
 	}
-	n, err := v.AddNetwork(5, 9000)
+	n, err := v.AddSegment(5, 9000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.AddNetwork(5, 0); err == nil {
+	if _, err := v.AddSegment(5, 0); err == nil {
 		t.Error("duplicate VNI accepted")
 	}
 	if err := n.SetPeers([]netip.Addr{{}}); err == nil {
@@ -284,12 +281,12 @@ func TestControlPlaneErrors(t *testing.T) {
 	if err := n.SetRemotes(map[packet.MAC]netip.Addr{packet.Broadcast: vtepB}); err == nil {
 		t.Error("broadcast remote accepted")
 	}
-	if v.Network(5) != n || len(v.Networks()) != 1 {
+	if v.Segment(5) != n || len(v.Segments()) != 1 {
 		t.Error("lookup")
 	}
-	v.RemoveNetwork(5)
-	v.RemoveNetwork(5)
-	if v.Network(5) != nil {
+	v.RemoveSegment(5)
+	v.RemoveSegment(5)
+	if v.Segment(5) != nil {
 		t.Error("still there")
 	}
 	if w, err := n.Write(withHeadroom(udpFrame(macB, macA, 1, 2, 3)), packet.Headroom); w != 0 || err == nil {
@@ -299,8 +296,8 @@ func TestControlPlaneErrors(t *testing.T) {
 		t.Error("offset 4 accepted")
 	}
 	v.Close()
-	if _, err := v.AddNetwork(6, 0); err == nil {
-		t.Error("AddNetwork after Close")
+	if _, err := v.AddSegment(6, 0); err == nil {
+		t.Error("AddSegment after Close")
 	}
 }
 

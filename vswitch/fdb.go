@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"net/netip"
 	"sort"
-	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/internal/aging"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -28,31 +28,23 @@ type FDBEntry struct {
 
 type staticEntry struct {
 	ip   netip.Addr
-	port *PortRef
+	port *Port
 	kind string
 }
 
-// learnedTable maps source MACs to where they were last seen. A table is
-// never modified once published; only the entries' timestamps change.
-type learnedTable map[packet.MAC]*learnedEntry
-
-type learnedEntry struct {
-	port *PortRef
-	seen atomic.Int64 // switch clock of the last frame from this MAC
-}
-
-// live reports whether e may be used for forwarding at time now.
-func (s *Switch) live(e *learnedEntry, now int64) bool {
-	return now-e.seen.Load() <= s.aging && !e.port.removed.Load()
+// live reports whether learned entry e may be used for forwarding at
+// time now.
+func (s *Switch) live(e *aging.Entry[*Port], now int64) bool {
+	return s.learned.Live(e, now) && !e.Value.removed.Load()
 }
 
 // lookup returns the port for unicast dst, or nil if unknown.
-func (s *Switch) lookup(v *view, lt learnedTable, dst packet.MAC, now int64) *PortRef {
+func (s *Switch) lookup(v *view, dst packet.MAC, now int64) *Port {
 	if p := v.fdb[dst]; p != nil {
 		return p
 	}
-	if e := lt[dst]; e != nil && s.live(e, now) {
-		return e.port
+	if e := s.learned.Lookup(dst); e != nil && s.live(e, now) {
+		return e.Value
 	}
 	return nil
 }
@@ -61,11 +53,9 @@ func (s *Switch) lookup(v *view, lt learnedTable, dst packet.MAC, now int64) *Po
 // not move), was seen on r. A MAC already learned on r only has its
 // timestamp refreshed, lock-free; new and moved MACs are queued in r's
 // scratch and installed once per batch by commitLearned.
-func (r *PortRef) learn(lt learnedTable, src packet.MAC, now int64) {
-	if e := lt[src]; e != nil && e.port == r {
-		if e.seen.Load() != now {
-			e.seen.Store(now)
-		}
+func (r *Port) learn(src packet.MAC, now int64) {
+	if e := r.sw.learned.Lookup(src); e != nil && e.Value == r {
+		e.Touch(now)
 		return
 	}
 	for _, m := range r.sc.learn {
@@ -76,32 +66,19 @@ func (r *PortRef) learn(lt learnedTable, src packet.MAC, now int64) {
 	r.sc.learn = append(r.sc.learn, src)
 }
 
-// commitLearned installs the MACs queued by learn with a copy-on-write of
-// the learned table, dropping expired entries on the way.
-func (s *Switch) commitLearned(r *PortRef, now int64) {
+// commitLearned installs the MACs queued by learn, each in O(1).
+func (s *Switch) commitLearned(r *Port, now int64) {
 	s.learnMu.Lock()
 	defer s.learnMu.Unlock()
 	if r.removed.Load() {
 		return // RemovePort already pruned; do not resurrect
 	}
-	old := *s.learned.Load()
-	lt := make(learnedTable, len(old)+len(r.sc.learn))
-	for mac, e := range old {
-		if s.live(e, now) {
-			lt[mac] = e
-		}
-	}
 	var limited uint64
 	for _, mac := range r.sc.learn {
-		if _, ok := lt[mac]; !ok && len(lt) >= s.maxLearned {
+		if !s.learned.Learn(mac, r, now) {
 			limited++
-			continue
 		}
-		e := &learnedEntry{port: r}
-		e.seen.Store(now)
-		lt[mac] = e
 	}
-	s.learned.Store(&lt)
 	if limited > 0 {
 		s.c.learnLimited.Add(limited)
 	}
@@ -111,20 +88,13 @@ func (s *Switch) commitLearned(r *PortRef, now int64) {
 func (s *Switch) pruneLearned(now int64) {
 	s.learnMu.Lock()
 	defer s.learnMu.Unlock()
-	old := *s.learned.Load()
-	lt := make(learnedTable, len(old))
-	for mac, e := range old {
-		if s.live(e, now) {
-			lt[mac] = e
-		}
-	}
-	s.learned.Store(&lt)
+	s.learned.Filter(func(e *aging.Entry[*Port]) bool { return s.live(e, now) })
 }
 
 // AddStatic installs (or replaces) a static entry sending mac to r, with an
 // ARP suppression entry if ip is valid. It is how the control plane
 // announces endpoints behind a tunnel port.
-func (s *Switch) AddStatic(mac packet.MAC, ip netip.Addr, r *PortRef) error {
+func (s *Switch) AddStatic(mac packet.MAC, ip netip.Addr, r *Port) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r == nil || r.sw != s || r.removed.Load() {
@@ -167,11 +137,11 @@ func (s *Switch) FDB() []FDBEntry {
 	v := s.view.Load()
 	s.mu.Unlock()
 	now := s.clock()
-	for mac, e := range *s.learned.Load() {
-		if v.fdb[mac] == nil && s.live(e, now) {
-			out = append(out, FDBEntry{MAC: mac, Port: e.port.name, Kind: KindLearned, Age: time.Duration(now - e.seen.Load())})
+	s.learned.Range(func(e *aging.Entry[*Port]) {
+		if v.fdb[e.MAC] == nil && s.live(e, now) {
+			out = append(out, FDBEntry{MAC: e.MAC, Port: e.Value.name, Kind: KindLearned, Age: time.Duration(now - e.Seen())})
 		}
-	}
+	})
 	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i].MAC[:], out[j].MAC[:]) < 0 })
 	return out
 }

@@ -86,12 +86,12 @@ func batch(frames ...[]byte) ([][]byte, []int) {
 	return bufs, sizes
 }
 
-func input(r *PortRef, frames ...[]byte) {
+func input(r *Port, frames ...[]byte) {
 	bufs, sizes := batch(frames...)
 	r.Input(bufs, sizes, off)
 }
 
-func addPort(t testing.TB, s *Switch, p Port, cfg PortConfig) *PortRef {
+func addPort(t testing.TB, s *Switch, p Sink, cfg PortConfig) *Port {
 	t.Helper()
 	r, err := s.AddPort(p, cfg)
 	if err != nil {
@@ -101,9 +101,9 @@ func addPort(t testing.TB, s *Switch, p Port, cfg PortConfig) *PortRef {
 }
 
 // recorders attaches n Recorder ports named p0..pn-1 without MACs.
-func recorders(t testing.TB, s *Switch, n int) ([]*netdevtest.Recorder, []*PortRef) {
+func recorders(t testing.TB, s *Switch, n int) ([]*netdevtest.Recorder, []*Port) {
 	recs := make([]*netdevtest.Recorder, n)
-	refs := make([]*PortRef, n)
+	refs := make([]*Port, n)
 	for i := range recs {
 		recs[i] = &netdevtest.Recorder{}
 		refs[i] = addPort(t, s, recs[i], PortConfig{Name: string(rune('a'+i)) + "port"})

@@ -1,7 +1,6 @@
 package vswitch
 
 import (
-	"errors"
 	"time"
 
 	"github.com/vxmesh/vxmesh/packet"
@@ -11,8 +10,9 @@ import (
 // that forwarding does not allocate once warm.
 type scratch struct {
 	q     [][][]byte   // frames queued per destination port id
-	owner []*PortRef   // which port q[id] is for in this batch
-	dests []*PortRef   // destinations with queued frames, in first-use order
+	sh    [][]bool     // per queued frame: flooded, so shared with other ports
+	owner []*Port      // which port q[id] is for in this batch
+	dests []*Port      // destinations with queued frames, in first-use order
 	learn []packet.MAC // sources to learn at the end of the batch
 	drops [numReasons]uint64
 	// stormTAT is the storm limit's theoretical arrival time (GCRA): the
@@ -47,19 +47,22 @@ func (s *Switch) fits(buf, f []byte) (reason, bool) {
 	return dropMTU, s.maxFrame == 0 || g.MaxSegmentLen() <= s.maxFrame
 }
 
-// add queues frame b (with its headroom) for p and reports whether it did.
-// It refuses only when p's id was reused by a port attached after the view
-// this batch started with was taken, a race with RemovePort.
-func (sc *scratch) add(p *PortRef, b []byte, batch int) bool {
+// add queues frame b (with its headroom) for p, shared with other ports
+// if shared, and reports whether it did. It refuses only when p's id was
+// reused by a port attached after the view this batch started with was
+// taken, a race with RemovePort.
+func (sc *scratch) add(p *Port, b []byte, shared bool, batch int) bool {
 	id := p.id
 	if id >= len(sc.q) {
 		sc.q = append(sc.q, make([][][]byte, id+1-len(sc.q))...)
-		sc.owner = append(sc.owner, make([]*PortRef, id+1-len(sc.owner))...)
+		sc.sh = append(sc.sh, make([][]bool, id+1-len(sc.sh))...)
+		sc.owner = append(sc.owner, make([]*Port, id+1-len(sc.owner))...)
 	}
 	switch {
 	case len(sc.q[id]) == 0:
 		if cap(sc.q[id]) < batch {
 			sc.q[id] = make([][]byte, 0, max(batch, packet.BatchSize))
+			sc.sh[id] = make([]bool, 0, max(batch, packet.BatchSize))
 		}
 		sc.owner[id] = p
 		sc.dests = append(sc.dests, p)
@@ -67,22 +70,25 @@ func (sc *scratch) add(p *PortRef, b []byte, batch int) bool {
 		return false
 	}
 	sc.q[id] = append(sc.q[id], b)
+	sc.sh[id] = append(sc.sh[id], shared)
 	return true
 }
 
 // Input switches the frames read from r: frame i is
-// bufs[i][offset:offset+sizes[i]], with headroom in front of offset and its
-// offload metadata in bufs[i][0:packet.OffloadLen] (offset must be at least
-// packet.OffloadLen). Each destination port gets one Write with all its
-// frames of the batch, before Input returns; the buffers are only borrowed,
-// but ARP requests answered by the switch are rewritten in place (and their
-// slot cleared). Frames are parsed by their headers only, so a super-segment
-// (up to 64 KiB, GSO metadata) is switched like any frame once its metadata
-// passed packet.ParseGSO and its segments fit the MTU; a plain frame must
-// fit the MTU itself. Input must be called by one goroutine
-// per port; different ports may call it concurrently, and concurrently with
-// the control-plane methods.
-func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
+// bufs[i][offset:offset+sizes[i]], with headroom in front of offset and
+// its offload metadata in bufs[i][0:packet.OffloadLen] (offset must be at
+// least packet.OffloadLen). Each destination port gets one WriteFrames
+// call with all its frames of the batch, before Input returns; it owns a
+// frame's buffer only if the frame goes to it alone, and shares it with
+// the other destinations of a flooded frame (packet.Frames). The buffers
+// are only borrowed; ARP requests answered by the switch are rewritten
+// in place (and their slot cleared). Frames are parsed by their headers
+// only, so a super-segment (up to 64 KiB, GSO metadata) is switched like
+// any frame once its metadata passed packet.ParseGSO and its segments fit
+// the MTU; a plain frame must fit the MTU itself. Input must be called by
+// one goroutine per port; different ports may call it concurrently, and
+// concurrently with the control-plane methods.
+func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 	s := r.sw
 	n := min(len(bufs), len(sizes))
 	sc := &r.sc
@@ -100,7 +106,7 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 		r.account(rxBytes, n, 0, 0, 0)
 		return
 	}
-	v, lt, now := s.view.Load(), *s.learned.Load(), s.clock()
+	v, now := s.view.Load(), s.clock()
 	for i := range n {
 		size := sizes[i]
 		rxBytes += uint64(max(size, 0))
@@ -110,42 +116,24 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 		}
 		buf := bufs[i][:offset+size]
 		eth := packet.Ethernet(buf[offset:])
-		src, dst := eth.Src(), eth.Dst()
-		if src.IsMulticast() || src.IsZero() {
-			sc.drops[dropMalformed]++
-			continue
-		}
-		if r.security {
-			if why, ok := r.check(eth); !ok {
-				sc.drops[why]++
-				continue
-			}
-		}
-		if why, ok := s.fits(buf, eth); !ok {
+		if why, ok := r.admit(v, buf, eth, now); !ok {
 			sc.drops[why]++
-			continue
-		}
-		if sp := v.fdb[src]; sp == nil {
-			r.learn(lt, src, now)
-		} else if sp != r {
-			// The MAC is a container's on another port, or an endpoint
-			// statically behind another port: not this one's to use.
-			sc.drops[dropSpoofedSrc]++
 			continue
 		}
 		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, eth) {
 			packet.ClearOffload(buf) // a new frame: the reply
-			sc.add(r, buf, n)
+			sc.add(r, buf, false, n)
 			suppressed++
 			continue
 		}
+		dst := eth.Dst()
 		if dst == s.gwMAC && !dst.IsZero() {
 			sc.drops[dropNoRoute]++
 			continue
 		}
-		var out *PortRef
+		var out *Port
 		if !dst.IsMulticast() {
-			out = s.lookup(v, lt, dst, now)
+			out = s.lookup(v, dst, now)
 		}
 		switch {
 		case out == nil && r.storm && !sc.stormAllow(now, s.stormGap):
@@ -153,13 +141,13 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 		case out == nil:
 			for _, p := range v.ports {
 				if p != r && !p.removed.Load() {
-					sc.add(p, buf, n)
+					sc.add(p, buf, true, n)
 				}
 			}
 			flooded++
 		case out == r:
 			sc.drops[dropSamePort]++
-		case !sc.add(out, buf, n):
+		case !sc.add(out, buf, false, n):
 			sc.drops[dropPortDown]++
 		default:
 			forwarded++
@@ -174,13 +162,38 @@ func (r *PortRef) Input(bufs [][]byte, sizes []int, offset int) {
 	r.account(rxBytes, n, forwarded, flooded, suppressed)
 }
 
-// flush writes every destination's queue with one Write and counts the
+// admit checks frame eth (in buf) from r: its source (which it learns),
+// port security and the MTU. It returns why the frame is dropped, or true.
+func (r *Port) admit(v *view, buf []byte, eth packet.Ethernet, now int64) (reason, bool) {
+	src := eth.Src()
+	if src.IsMulticast() || src.IsZero() {
+		return dropMalformed, false
+	}
+	if r.security {
+		if why, ok := r.check(eth); !ok {
+			return why, false
+		}
+	}
+	if why, ok := r.sw.fits(buf, eth); !ok {
+		return why, false
+	}
+	if sp := v.fdb[src]; sp == nil {
+		r.learn(src, now)
+	} else if sp != r {
+		// The MAC is a container's on another port, or an endpoint
+		// statically behind another port: not this one's to use.
+		return dropSpoofedSrc, false
+	}
+	return 0, true
+}
+
+// flush writes every destination's queue with one WriteFrames call and counts the
 // outcome on the destination port.
-func (r *PortRef) flush(offset int) {
+func (r *Port) flush(offset int) {
 	sc := &r.sc
 	for _, p := range sc.dests {
-		q := sc.q[p.id]
-		sent, err := p.port.Write(q, offset)
+		q, sh := sc.q[p.id], sc.sh[p.id]
+		sent, _ := p.sink.WriteFrames(packet.NewFrames(q, offset, sh))
 		sent = max(0, min(sent, len(q)))
 		var bytes uint64
 		for _, b := range q[:sent] {
@@ -189,15 +202,11 @@ func (r *PortRef) flush(offset int) {
 		p.c.txPackets.Add(uint64(sent))
 		p.c.txBytes.Add(bytes)
 		if lost := uint64(len(q) - sent); lost > 0 {
-			why := dropTxError
-			if errors.Is(err, packet.ErrQueueFull) {
-				why = dropQueueFull
-			}
-			p.c.drops[why].Add(lost)
-			r.sw.c.drops[why].Add(lost)
+			p.c.drops[dropTxError].Add(lost)
+			r.sw.c.drops[dropTxError].Add(lost)
 		}
 		clear(q)
-		sc.q[p.id] = q[:0]
+		sc.q[p.id], sc.sh[p.id] = q[:0], sh[:0]
 		sc.owner[p.id] = nil
 	}
 	clear(sc.dests)
@@ -205,7 +214,7 @@ func (r *PortRef) flush(offset int) {
 }
 
 // account adds a batch's counters with one atomic add each.
-func (r *PortRef) account(rxBytes uint64, rx int, forwarded, flooded, suppressed uint64) {
+func (r *Port) account(rxBytes uint64, rx int, forwarded, flooded, suppressed uint64) {
 	s := r.sw
 	r.c.rxPackets.Add(uint64(rx))
 	r.c.rxBytes.Add(rxBytes)

@@ -7,7 +7,7 @@ import "github.com/vxmesh/vxmesh/packet"
 // the port's IP and ARP must name the port's MAC and IP as sender; IPv6 is
 // allowed with the right MAC, under the ND guard (checkIPv6); anything else
 // (VLAN tags included) is not.
-func (r *PortRef) check(eth packet.Ethernet) (reason, bool) {
+func (r *Port) check(eth packet.Ethernet) (reason, bool) {
 	if eth.Src() != r.mac {
 		return dropPortSecurity, false
 	}
@@ -47,7 +47,7 @@ func (r *PortRef) check(eth packet.Ethernet) (reason, bool) {
 //     and every link-layer address option must be the port's MAC.
 //
 // Other IPv6 passes.
-func (r *PortRef) checkIPv6(ip packet.IPv6) (reason, bool) {
+func (r *Port) checkIPv6(ip packet.IPv6) (reason, bool) {
 	if !ip.Valid() {
 		return dropMalformed, false
 	}

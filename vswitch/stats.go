@@ -14,7 +14,6 @@ const (
 	dropNoRoute                    // addressed to the gateway, which does not route yet
 	dropSamePort                   // destination is the input port
 	dropTxError                    // the destination port's Write failed
-	dropQueueFull                  // the destination port's queue was full
 	dropPortDown                   // input on a removed port or a closed switch
 	dropRAGuard                    // IPv6 router advertisement or redirect from a secured port, or an ICMPv6 type hidden by the header chain
 	dropNDSpoof                    // neighbor discovery from a secured port that speaks for another address or MAC
@@ -38,8 +37,6 @@ func (r reason) String() string {
 		return "same-port"
 	case dropTxError:
 		return "tx-error"
-	case dropQueueFull:
-		return "queue-full"
 	case dropPortDown:
 		return "port-down"
 	case dropRAGuard:
@@ -86,7 +83,7 @@ type Stats struct {
 	Ports []PortStats
 	// Drops counts dropped frames by reason over the switch's lifetime,
 	// including ports since removed. Drops on input are charged to the
-	// input port, tx-error and queue-full to the destination port.
+	// input port, tx-error to the destination port.
 	Drops map[string]uint64
 	// Forwarded counts frames sent to one known destination port.
 	Forwarded uint64

@@ -1,7 +1,7 @@
 // Package vswitch is the per-network virtual switch: it forwards Ethernet
 // frames between ports (container TAP devices, the tunnel) with MAC learning
 // and aging, static entries for known endpoints, flooding confined to the
-// switch, ARP suppression and port security. The data path (PortRef.Input)
+// switch, ARP suppression and port security. The data path (Port.Input)
 // forwards whole batches without allocating and reads only immutable
 // snapshots of the control-plane state, swapped with atomic.Pointer.
 package vswitch
@@ -14,24 +14,25 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/internal/aging"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
-// Port is where the switch sends frames: frame i is bufs[i][offset:], its
-// offload metadata is the slot bufs[i][0:packet.OffloadLen] (see
-// packet.Offload), and the buffers are borrowed for the call only. A
-// netdev.Device satisfies it. The switch passes the metadata through
-// untouched, so a TCP super-segment read from one TAP device reaches
-// another as it is; a port that cannot send it as such (the tunnel)
-// segments it. The same buffer may be written to several ports when a
-// frame is flooded, so Write must leave the frame and its metadata
-// equivalent: it may use the headroom between the slot and offset, and
-// complete a partial checksum in place with packet.CompleteChecksum (which
-// clears the flag in the slot), nothing else. Write returns how many frames
-// it took (sent, or deliberately left with nowhere to go, like a flood
-// with no other host); the others count as "tx-error" or "queue-full".
-type Port interface {
-	Write(bufs [][]byte, offset int) (int, error)
+// Sink is what a port sends its frames to (a netdev.Device, a tunnel
+// segment). The switch hands it a packet.Frames: frame i is
+// f.Buf(i)[f.Offset():], its offload metadata the slot
+// f.Buf(i)[0:packet.OffloadLen], and each frame says whether the sink owns
+// its buffer (a frame forwarded to this port only, or an ARP reply) or
+// shares it with the other ports it is flooded to. A sink changes a frame
+// only through f.Owned; a shared frame's bytes and slot stay byte-equal
+// (packet.Frames has the whole rule). The switch passes the metadata
+// through untouched, so a TCP super-segment read from one TAP device
+// reaches another as it is; a sink that cannot send it as such (the
+// tunnel) segments it. WriteFrames returns how many frames it took (sent,
+// or deliberately left with nowhere to go, like a flood with no other
+// host); the others count as "tx-error".
+type Sink interface {
+	WriteFrames(f packet.Frames) (int, error)
 }
 
 // Config configures a Switch.
@@ -79,12 +80,12 @@ type Switch struct {
 	stormGap   int64 // storm control: nanoseconds per token; 0: no limit
 
 	view    atomic.Pointer[view]
-	learned atomic.Pointer[learnedTable]
-	learnMu sync.Mutex // serialises writers of learned
+	learned *aging.Table[*Port] // learned MACs
+	learnMu sync.Mutex          // serialises commitLearned with RemovePort's pruning
 	closed  atomic.Bool
 
 	mu      sync.Mutex // control plane state below
-	ports   map[string]*PortRef
+	ports   map[string]*Port
 	statics map[packet.MAC]staticEntry
 	idUsed  []bool
 
@@ -93,15 +94,16 @@ type Switch struct {
 
 // view is the immutable forwarding state the data path reads.
 type view struct {
-	ports []*PortRef                // flooding targets, by id
-	fdb   map[packet.MAC]*PortRef   // local and static entries
+	ports []*Port                   // flooding targets, by id
+	fdb   map[packet.MAC]*Port      // local and static entries
 	arp   map[netip.Addr]packet.MAC // ARP suppression table
 }
 
-// PortRef is a port attached to a switch, returned by AddPort.
-type PortRef struct {
+// Port is a port attached to a switch, returned by AddPort: what frames
+// come in by (Input) and what the switch sends frames to (its Sink).
+type Port struct {
 	sw       *Switch
-	port     Port
+	sink     Sink
 	name     string
 	mac      packet.MAC
 	ip       netip.Addr
@@ -138,7 +140,7 @@ func New(cfg Config) *Switch {
 		gwIP:       cfg.GatewayIP,
 		gwMAC:      cfg.GatewayMAC,
 		now:        cfg.Now,
-		ports:      map[string]*PortRef{},
+		ports:      map[string]*Port{},
 		statics:    map[packet.MAC]staticEntry{},
 	}
 	if s.aging <= 0 {
@@ -160,7 +162,7 @@ func New(cfg Config) *Switch {
 		s.stormGap = max(1, int64(time.Second)/int64(limit))
 	}
 	s.epoch = s.now()
-	s.learned.Store(&learnedTable{})
+	s.learned = aging.New[*Port](s.aging, s.maxLearned)
 	s.publish()
 	return s
 }
@@ -174,7 +176,7 @@ func (s *Switch) errorf(format string, args ...any) error {
 
 // AddPort attaches p. A port with a MAC gets a static "local" FDB entry and,
 // with an IP, an ARP suppression entry. Names, MACs and IPs must be unique.
-func (s *Switch) AddPort(p Port, cfg PortConfig) (*PortRef, error) {
+func (s *Switch) AddPort(p Sink, cfg PortConfig) (*Port, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -196,7 +198,7 @@ func (s *Switch) AddPort(p Port, cfg PortConfig) (*PortRef, error) {
 			return nil, s.errorf("port %q: %w", cfg.Name, err)
 		}
 	}
-	r := &PortRef{sw: s, port: p, name: cfg.Name, mac: cfg.MAC, ip: cfg.IP, security: cfg.Security, id: s.allocID()}
+	r := &Port{sw: s, sink: p, name: cfg.Name, mac: cfg.MAC, ip: cfg.IP, security: cfg.Security, id: s.allocID()}
 	r.ll = packet.LinkLocalEUI64(cfg.MAC)
 	r.storm = cfg.Security && s.stormGap > 0
 	s.ports[r.name] = r
@@ -248,7 +250,7 @@ func (s *Switch) allocID() int {
 
 // RemovePort detaches r and removes its static and learned entries. An
 // Input already running on another port may still write to r once.
-func (s *Switch) RemovePort(r *PortRef) {
+func (s *Switch) RemovePort(r *Port) {
 	s.mu.Lock()
 	if r == nil || r.sw != s || r.removed.Load() {
 		s.mu.Unlock()
@@ -270,7 +272,7 @@ func (s *Switch) RemovePort(r *PortRef) {
 // publish builds and installs a new view. s.mu is held.
 func (s *Switch) publish() {
 	v := &view{
-		fdb: make(map[packet.MAC]*PortRef, len(s.statics)),
+		fdb: make(map[packet.MAC]*Port, len(s.statics)),
 		arp: make(map[netip.Addr]packet.MAC, len(s.statics)+1),
 	}
 	for _, r := range s.ports {
@@ -298,4 +300,4 @@ func (s *Switch) Close() {
 }
 
 // Name returns the port name.
-func (r *PortRef) Name() string { return r.name }
+func (r *Port) Name() string { return r.name }

@@ -337,14 +337,14 @@ func TestDropReasons(t *testing.T) {
 		ipv4Frame(macC, macA, ipA, ipC),            // fills c's queue
 	)
 	input(a, ipv4Frame(macC, macA, ipA, ipC)) // c's queue is full
-	want := map[string]uint64{"malformed": 2, "no-route": 1, "same-port": 1, "tx-error": 1, "queue-full": 1}
+	want := map[string]uint64{"malformed": 2, "no-route": 1, "same-port": 1, "tx-error": 2}
 	if got := s.Stats().Drops; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("drops %v, want %v", got, want)
 	}
 	if d := portStats(s, "b").Drops; d["tx-error"] != 1 {
 		t.Errorf("tx-error not charged to port b: %v", d)
 	}
-	if ps := portStats(s, "c"); ps.TxPackets != 1 || ps.Drops["queue-full"] != 1 {
+	if ps := portStats(s, "c"); ps.TxPackets != 1 || ps.Drops["tx-error"] != 1 {
 		t.Errorf("port c %+v", ps)
 	}
 }

@@ -10,10 +10,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -121,12 +122,7 @@ func newTAPContainer(t *testing.T, ip netip.Addr) *tapContainer {
 // sender's kernel hands over super-segments, which must reach the
 // receiver's kernel as they are (metadata slot included) and be accepted.
 func TestTAPToTAPWithOffloads(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("/dev/net/tun missing")
-	}
+	testenv.RequireTUN(t)
 	c1 := newTAPContainer(t, netip.MustParseAddr("10.79.0.2"))
 	c2 := newTAPContainer(t, netip.MustParseAddr("10.79.0.3"))
 	if c1.tap.Offloads() != netdev.TAPOffloads {
@@ -219,4 +215,14 @@ func TestTAPToTAPWithOffloads(t *testing.T) {
 	if st := s.Stats(); len(st.Drops) != 0 {
 		t.Errorf("switch drops %v", st.Drops)
 	}
+}
+
+// TestFloodedBufferStaysByteEqualOnRealTAP is
+// TestFloodedBufferStaysByteEqualForEveryPortKind with a kernel TAP
+// device (offloads on) as the port under test.
+func TestFloodedBufferStaysByteEqualOnRealTAP(t *testing.T) {
+	testenv.RequireTUN(t)
+	testFloodedBufferStaysByteEqual(t, []sinkKind{{"tap (kernel)", func(t *testing.T) Sink {
+		return newTAPContainer(t, netip.MustParseAddr("10.79.1.2")).tap
+	}, false}})
 }

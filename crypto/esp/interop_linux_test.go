@@ -14,6 +14,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -23,15 +25,11 @@ import (
 // ESP (xfrm, rfc4106(gcm(aes)), ESP-in-UDP, ESN) in two network namespaces:
 // packets sealed here are decrypted by the kernel and delivered to a UDP
 // socket on port 4789, and packets the kernel encrypts open here. It runs
-// with the sequence number's high 32 bits at 0 and at 1. It needs root and
-// is skipped otherwise.
+// with the sequence number's high 32 bits at 0 and at 1. It needs root
+// (testenv) and skips on a kernel without the optional rfc4106(gcm(aes)).
 func TestLinuxXFRMInterop(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, xfrm)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("no ip command")
-	}
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip", "iproute2")
 	for _, hi := range []uint32{0, 1} {
 		t.Run(fmt.Sprintf("seq-hi-%d", hi), func(t *testing.T) { xfrmInterop(t, hi) })
 	}
@@ -50,7 +48,7 @@ func ipCmdOrSkip(t *testing.T, args ...string) {
 	t.Helper()
 	out, err := exec.Command("ip", args...).CombinedOutput()
 	if err != nil && strings.Contains(string(out), "algorithm not found") {
-		t.Skipf("kernel has no rfc4106(gcm(aes)): %s", bytes.TrimSpace(out))
+		testenv.SkipWithout(t, testenv.KernelRFC4106, string(bytes.TrimSpace(out)))
 	}
 	if err != nil {
 		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)

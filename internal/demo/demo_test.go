@@ -7,11 +7,12 @@ import (
 	"testing"
 
 	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/internal/testenv"
 )
 
 func TestRunFailsClearlyAndLeavesNothing(t *testing.T) {
 	if err := CheckPrereqs(); err != nil {
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 	var out bytes.Buffer
 	err := Run(context.Background(), &out, "/nonexistent/vxmesh")

@@ -9,13 +9,15 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
 	"time"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
 	if err := CheckPrereqs(); err != nil {
-		t.Skip(err)
+		testenv.Missing(t, "%v", err)
 	}
 }
 

@@ -22,7 +22,7 @@ const DefaultQueue = 1024
 // metadata slot (they cross a simulated kernel boundary, like a TAP device
 // with IFF_VNET_HDR) and queues them as one batch for the other end's Read,
 // which restores the slot; a full queue drops the batch and Write reports
-// packet.ErrQueueFull, as a TAP device's full queue would.
+// an error.
 type Device struct {
 	name string
 	in   chan [][]byte // batches written by the peer
@@ -59,6 +59,9 @@ func (d *Device) BatchSize() int { return packet.BatchSize }
 
 // Write copies the slot bufs[i][0:packet.OffloadLen] and the frame
 // bufs[i][offset:] for every i and queues them for the peer.
+// WriteFrames is Write: it only copies the frames.
+func (d *Device) WriteFrames(f packet.Frames) (int, error) { return d.Write(f.Bufs(), f.Offset()) }
+
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
@@ -90,7 +93,7 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 		return len(bufs), nil
 	default:
 		d.dropped.Add(uint64(len(bufs)))
-		return 0, fmt.Errorf("%s: write: %w", d.name, packet.ErrQueueFull)
+		return 0, fmt.Errorf("%s: write: queue full", d.name)
 	}
 }
 

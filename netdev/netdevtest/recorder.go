@@ -20,6 +20,9 @@ type Recorder struct {
 }
 
 // Write records a copy of bufs[i][offset:] for every i.
+// WriteFrames is Write: it only copies the frames.
+func (r *Recorder) WriteFrames(f packet.Frames) (int, error) { return r.Write(f.Bufs(), f.Offset()) }
+
 func (r *Recorder) Write(bufs [][]byte, offset int) (int, error) {
 	if r.Err != nil {
 		return 0, r.Err
@@ -93,6 +96,9 @@ type Counter struct {
 }
 
 // Write counts bufs and keeps a copy of the last frame.
+// WriteFrames is Write: it only copies the frames.
+func (c *Counter) WriteFrames(f packet.Frames) (int, error) { return c.Write(f.Bufs(), f.Offset()) }
+
 func (c *Counter) Write(bufs [][]byte, offset int) (int, error) {
 	var n uint64
 	for _, b := range bufs {

@@ -143,17 +143,28 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
-// Write delivers frames to the container's stack, copying them. The stack
-// takes complete frames only: a partial checksum is completed in place
-// (which leaves the frame equivalent, see packet.CompleteChecksum), and a
-// super-segment (GSO metadata) is refused.
+// Write delivers frames to the container's stack, copying them; the
+// caller owns them (see WriteFrames).
 func (d *device) Write(bufs [][]byte, offset int) (int, error) {
+	return d.WriteFrames(packet.OwnedFrames(bufs, offset))
+}
+
+// WriteFrames delivers frames to the container's stack, copying them. The
+// stack takes complete frames only: a partial checksum is completed, in
+// place in an owned frame and in a copy of a shared one, and a
+// super-segment (GSO metadata) is refused.
+func (d *device) WriteFrames(f packet.Frames) (int, error) {
 	if d.ctx.Err() != nil {
 		return 0, fmt.Errorf("%s: write: %w", d.c.name, net.ErrClosed)
 	}
+	offset := f.Offset()
 	sent := 0
 	var err error
-	for _, b := range bufs {
+	for i := range f.Len() {
+		b := f.Owned(i)
+		if b == nil {
+			b = f.CopyTo(i, make([]byte, len(f.Buf(i))))
+		}
 		o := packet.OffloadOf(b)
 		if o.IsGSO() || !packet.CompleteChecksum(b[offset:], o) {
 			if err == nil {
