@@ -104,20 +104,7 @@ func (dp *Dataplane) removeNetwork(n *network) {
 // tunnel would send to one VTEP.
 func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 	fail := func(obj string, err error) { *errs = append(*errs, &Error{Network: w.Name, Object: obj, Err: err}) }
-	want := make(map[packet.MAC]Remote, len(w.Remotes))
-	for _, r := range w.Remotes {
-		switch {
-		case r.MAC.IsZero() || r.MAC.IsMulticast():
-			fail("remote "+r.MAC.String(), errors.New("not a unicast MAC"))
-		case !validVTEP(r.VTEP):
-			fail("remote "+r.MAC.String(), fmt.Errorf("VTEP %s: not a unicast address", r.VTEP))
-		case want[r.MAC] != (Remote{}):
-			fail("remote "+r.MAC.String(), errors.New("named twice in the desired state"))
-		default:
-			r.VTEP = r.VTEP.Unmap()
-			want[r.MAC] = r
-		}
-	}
+	want := wantedRemotes(w.Remotes, fail)
 
 	// 1. Tunnel remotes that go or change, then their switch statics.
 	keep := make(map[packet.MAC]netip.Addr, len(n.remotes))
@@ -183,6 +170,25 @@ func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 		}
 	}
 	dp.setRemotes(n, next, fail)
+}
+
+// wantedRemotes maps the valid remotes by MAC, reporting the others.
+func wantedRemotes(remotes []Remote, fail func(string, error)) map[packet.MAC]Remote {
+	want := make(map[packet.MAC]Remote, len(remotes))
+	for _, r := range remotes {
+		switch {
+		case r.MAC.IsZero() || r.MAC.IsMulticast():
+			fail("remote "+r.MAC.String(), errors.New("not a unicast MAC"))
+		case !validVTEP(r.VTEP):
+			fail("remote "+r.MAC.String(), fmt.Errorf("VTEP %s: not a unicast address", r.VTEP))
+		case want[r.MAC] != (Remote{}):
+			fail("remote "+r.MAC.String(), errors.New("named twice in the desired state"))
+		default:
+			r.VTEP = r.VTEP.Unmap()
+			want[r.MAC] = r
+		}
+	}
+	return want
 }
 
 // setRemotes replaces n's tunnel remotes with m if they differ.
