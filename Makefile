@@ -8,16 +8,25 @@ RACE_BIN  := bin/vxmesh-race
 FUZZTIME  ?= 5s
 DURATION  ?= 10s
 PKGS      ?= ./...
+# The version `vxmesh version` prints (linked into main.version).
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS   := -X main.version=$(VERSION)
+# make install puts the binaries in $(DESTDIR)$(PREFIX)/bin and the CNI
+# plugin in $(DESTDIR)$(CNI_DIR).
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+CNI_DIR   ?= /opt/cni/bin
 # As root, tests that need the machine (TAP devices, namespaces, tools) must
 # run: a missing requirement fails instead of skipping (internal/testenv,
 # which also lists the optional kernel features that may still skip).
 E2E_REQUIRE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
-.PHONY: help deps build test unit e2e bench bench-dns fuzz lint demo clean
+.PHONY: help deps build install uninstall test unit e2e bench bench-dns fuzz lint demo clean
 
 help:
 	@echo "make deps    install the Debian packages the demo and e2e tests need (root)"
 	@echo "make build   build $(BIN) and the CNI plugin $(CNI_BIN)"
+	@echo "make install install $(BIN) to $(DESTDIR)$(PREFIX)/bin and vxmesh-cni to $(DESTDIR)$(CNI_DIR)"
 	@echo "make test    unit tests (-race) for every package, then the e2e tests (root)"
 	@echo "make unit    unit tests only"
 	@echo "make e2e     end-to-end tests through the CLI on network namespaces (root)"
@@ -31,8 +40,18 @@ deps:
 	@bash .ci/deps
 
 build:
-	$(GO) build -o $(BIN) ./cmd/vxmesh
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/vxmesh
 	$(GO) build -o $(CNI_BIN) ./cmd/vxmesh-cni
+
+# The systemd unit (contrib/systemd/vxmesh.service) runs $(PREFIX)/bin/vxmesh;
+# copy it to /etc/systemd/system if PREFIX is not /usr/local.
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_DIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/vxmesh
+	install -m 0755 $(CNI_BIN) $(DESTDIR)$(CNI_DIR)/vxmesh-cni
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/vxmesh $(DESTDIR)$(CNI_DIR)/vxmesh-cni
 
 test: deps unit e2e
 
@@ -42,7 +61,7 @@ unit:
 # The daemon under test is built with the race detector too: a data race in
 # it makes its exit status non-zero, which the tests report on clean stops.
 e2e:
-	$(GO) build -race -o $(RACE_BIN) ./cmd/vxmesh
+	$(GO) build -race -ldflags '$(LDFLAGS)' -o $(RACE_BIN) ./cmd/vxmesh
 	VXMESH_BIN=$(CURDIR)/$(RACE_BIN) VXMESH_E2E_REQUIRE=$(E2E_REQUIRE) \
 		$(GO) test -race -count=1 -timeout 15m -v ./e2e 2>&1 | \
 		grep -v -e '^=== \(RUN\|PAUSE\|CONT\)' ; exit $${PIPESTATUS[0]}

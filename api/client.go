@@ -185,6 +185,12 @@ func (c *Client) RemoveContainer(name string) error {
 	return c.do(http.MethodDelete, "/v1/containers/"+url.PathEscape(name), nil, nil)
 }
 
+// MainProcess tells the daemon the PID of a container's main process, or
+// its exit status (the container's monitor does, see `run -d`).
+func (c *Client) MainProcess(container string, p MainProcess) error {
+	return c.do(http.MethodPost, "/v1/containers/"+url.PathEscape(container)+"/main-process", p, nil)
+}
+
 // Stats returns the daemon's counters.
 func (c *Client) Stats() (Stats, error) {
 	var s Stats

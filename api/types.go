@@ -21,20 +21,20 @@ type Network struct {
 	Created time.Time `json:"created"`
 	// VTEPs are the external RFC 7348 VTEPs (not vxmesh nodes) that get
 	// the network's broadcast and unknown frames.
-	VTEPs []string `json:"vteps,omitempty"`
+	VTEPs []string `json:"vteps"`
 	// Endpoints lists the network's endpoints on every node (inspect only).
-	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	Endpoints []Endpoint `json:"endpoints"`
 	// Peers are the remote VTEPs this node exchanges the network's frames
 	// with, with their counters (inspect only).
-	Peers []Peer `json:"peers,omitempty"`
+	Peers []Peer `json:"peers"`
 	// Encrypted networks carry their frames between hosts in ESP
 	// (AES-GCM) on the ESP port; Cipher is aes128-gcm or aes256-gcm.
-	Encrypted bool   `json:"encrypted,omitempty"`
+	Encrypted bool   `json:"encrypted"`
 	Cipher    string `json:"cipher,omitempty"`
 	// SAs are this node's security associations with the other hosts of
 	// an encrypted network (inspect only): parameters and counters, never
 	// keys.
-	SAs []SA `json:"sas,omitempty"`
+	SAs []SA `json:"sas"`
 	// StormLimit is how many flooded frames (broadcast, multicast,
 	// unknown unicast) per second each container port may send; -1 means
 	// no limit.
@@ -177,7 +177,7 @@ type Endpoint struct {
 	MAC     string   `json:"mac"`
 	IfName  string   `json:"ifname"`
 	Netns   string   `json:"netns"`
-	Aliases []string `json:"aliases,omitempty"`
+	Aliases []string `json:"aliases"`
 	// Managed is true for containers made by `vxmesh run` (the daemon owns
 	// their network namespace) and false for attached namespaces.
 	Managed bool   `json:"managed"`
@@ -217,6 +217,14 @@ type Container struct {
 	// exists or its path names another namespace (after a reboot or `ip
 	// netns del`): then PIDs is empty and `rm` only forgets the container.
 	State string `json:"state"`
+	// Status is what ps shows: "running" while processes are in the
+	// namespace; "exited N" when none is and the main process of a
+	// container made by `run -d` exited with status N (128+SIG if killed
+	// by signal SIG); "gone" when State is; else "up" (a namespace with no
+	// process, and no exit status known).
+	Status string `json:"status"`
+	// ExitStatus is the main process's exit status, once known.
+	ExitStatus *int `json:"exit_status,omitempty"`
 	// ResolvConf is bind-mounted over /etc/resolv.conf for processes
 	// started by `run` and `exec`.
 	ResolvConf string `json:"resolv_conf"`
@@ -227,6 +235,20 @@ const (
 	ContainerUp   = "up"
 	ContainerGone = "gone"
 )
+
+// Container statuses besides "exited N" (see Container.Status).
+const (
+	StatusRunning = "running"
+	StatusUp      = "up"
+	StatusGone    = "gone"
+)
+
+// MainProcess reports the main process of a container made by `run -d`:
+// once when it started (ExitStatus nil), then when it exited.
+type MainProcess struct {
+	PID        int  `json:"pid"`
+	ExitStatus *int `json:"exit_status,omitempty"`
+}
 
 // FDBEntry is one forwarding-database entry of a network's switch.
 type FDBEntry struct {

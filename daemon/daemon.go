@@ -50,6 +50,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Sandbox does the namespace plumbing; nil means the real Linux one.
 	Sandbox Sandbox
+	// DockerSocket is the unix socket of the Docker Engine that `attach
+	// --docker` asks (the real Sandbox only); empty means
+	// sandbox.DefaultDockerSocket.
+	DockerSocket string
+	// Ready, if set, is called once the API is serving (the daemon's
+	// command sends systemd's READY=1 from it).
+	Ready func()
 
 	// Advertise is the underlay address other hosts reach this one at, for
 	// gossip and VXLAN; zero means the address of the interface holding
@@ -86,6 +93,11 @@ type Config struct {
 	// KeyRotationInterval is how often the rotator replaces the data key
 	// of encrypted networks (default DefaultKeyRotationInterval).
 	KeyRotationInterval time.Duration
+
+	// MetricsAddr, if set, is the HOST:PORT of the Prometheus metrics
+	// listener (/metrics, plain HTTP, unauthenticated, no secrets). It is
+	// bound in New, so a busy address fails before the cluster is joined.
+	MetricsAddr string
 
 	tuneCluster func(*cluster.Config)
 	// apiTimeouts replaces the API server's timeouts (tests).
@@ -126,6 +138,9 @@ type Daemon struct {
 
 	closeOnce sync.Once
 
+	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
+	metricsLn net.Listener
+
 	// known are the members saved in members.json, by name; only start
 	// and the cluster watcher use it.
 	known map[string]savedMember
@@ -165,7 +180,7 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Sandbox == nil {
-		cfg.Sandbox = linuxSandbox{}
+		cfg.Sandbox = linuxSandbox{dockerSocket: cfg.DockerSocket}
 	}
 	if !cfg.Advertise.IsValid() {
 		cfg.Advertise = detectAdvertise()
@@ -229,6 +244,10 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if dev, ino, err := d.sb.NetnsIdentity("/proc/self/ns/net"); err == nil {
 		d.selfNs = [2]uint64{dev, ino}
+	}
+	if err := d.listenMetrics(); err != nil {
+		d.Close()
+		return nil, err
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if err := d.start(); err != nil {
@@ -384,13 +403,18 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	stopMetrics := d.serveMetrics()
 	d.log.Info("vxmesh daemon ready", "node", d.cfg.Node, "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir)
+	if d.cfg.Ready != nil {
+		d.cfg.Ready()
+	}
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	stopMetrics()
 	srv.Shutdown(sctx)
 	os.Remove(d.cfg.Socket)
 	d.Close()
@@ -458,6 +482,9 @@ func (d *Daemon) close() {
 	// in their namespaces) and takes the networks down.
 	if d.dp != nil {
 		d.dp.Close()
+	}
+	if d.metricsLn != nil {
+		d.metricsLn.Close()
 	}
 	d.done.Wait()
 	if d.lock != nil {

@@ -25,6 +25,12 @@ type container struct {
 	nsIno     uint64
 	managed   bool
 	endpoints map[string]*endpoint // by network name
+	// mainPID and exitStatus are the main process of a container made by
+	// `run -d` and, once it exited, its exit status, as its monitor
+	// reported them (see SetMainProcess). They are not persisted: after a
+	// daemon restart the status of an exited main process is unknown.
+	mainPID    int
+	exitStatus *int
 }
 
 func (c *container) sortedEndpoints() []*endpoint {
@@ -658,10 +664,61 @@ func (d *Daemon) containerView(c *container) api.Container {
 		}
 		release()
 	}
+	v.Status, v.ExitStatus = containerStatus(v.State, len(v.PIDs), c.exitStatus)
 	for _, ep := range c.sortedEndpoints() {
 		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
 	}
 	return v
+}
+
+// containerStatus is what ps shows (see api.Container.Status).
+func containerStatus(state string, pids int, exit *int) (string, *int) {
+	var e *int
+	if exit != nil {
+		v := *exit
+		e = &v
+	}
+	switch {
+	case state == api.ContainerGone:
+		return api.StatusGone, e
+	case pids > 0:
+		return api.StatusRunning, e
+	case e != nil:
+		return fmt.Sprintf("exited %d", *e), e
+	}
+	return api.StatusUp, e
+}
+
+// SetMainProcess records the main process of a container made by `run
+// -d` (p.ExitStatus nil: it started) or its exit status. An exit is only
+// taken for the PID last reported as started, so a late report of an
+// earlier container of the same name changes nothing.
+func (d *Daemon) SetMainProcess(name string, p api.MainProcess) error {
+	if p.PID <= 0 {
+		return invalid("container %q: main process: pid %d: want a positive PID", name, p.PID)
+	}
+	if p.ExitStatus != nil && (*p.ExitStatus < 0 || *p.ExitStatus > 255) {
+		return invalid("container %q: main process %d: exit status %d: out of range 0-255", name, p.PID, *p.ExitStatus)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.containers[name]
+	if !ok {
+		return notFound("container %q: not found", name)
+	}
+	if !c.managed {
+		return invalid("container %q: not made by run: its processes are not vxmesh's", name)
+	}
+	if p.ExitStatus == nil {
+		c.mainPID, c.exitStatus = p.PID, nil
+		return nil
+	}
+	if p.PID != c.mainPID {
+		return conflict("container %q: process %d is not its main process", name, p.PID)
+	}
+	v := *p.ExitStatus
+	c.exitStatus = &v
+	return nil
 }
 
 // restore rebuilds networks and containers from the state directory and

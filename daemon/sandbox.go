@@ -39,7 +39,10 @@ type Sandbox interface {
 }
 
 // linuxSandbox is the Sandbox of a real host.
-type linuxSandbox struct{}
+type linuxSandbox struct {
+	// dockerSocket is the Docker Engine's unix socket; "" means the default.
+	dockerSocket string
+}
 
 // CreateNamedNetns also writes /etc/netns/NAME/resolv.conf, so that
 // `ip netns exec NAME` users get the container's resolver too.
@@ -75,6 +78,6 @@ func (linuxSandbox) KillNetns(nsPath string) error {
 	return sandbox.KillNetns(nsPath, sandbox.DefaultKillGrace)
 }
 func (linuxSandbox) PIDsInNetns(p string) ([]int, error) { return sandbox.PIDsInNetns(p) }
-func (linuxSandbox) DockerPID(container string) (int, error) {
-	return sandbox.DockerPID(sandbox.DefaultDockerSocket, container)
+func (s linuxSandbox) DockerPID(container string) (int, error) {
+	return sandbox.DockerPID(s.dockerSocket, container)
 }

@@ -131,6 +131,14 @@ func (d *Daemon) Handler() http.Handler {
 		c, err := d.Container(r.PathValue("name"))
 		reply(w, c, err)
 	})
+	mux.HandleFunc("POST /v1/containers/{name}/main-process", func(w http.ResponseWriter, r *http.Request) {
+		var p api.MainProcess
+		if err := decode(r, &p); err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, struct{}{}, d.SetMainProcess(r.PathValue("name"), p))
+	})
 	mux.HandleFunc("DELETE /v1/containers/{name}", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, d.RemoveContainer(r.PathValue("name")))
 	})

@@ -17,6 +17,31 @@ import (
 // DefaultDockerSocket is where the Docker Engine API listens by default.
 const DefaultDockerSocket = "/var/run/docker.sock"
 
+// DockerHostEnv names the environment variable that, as for the docker
+// CLI, says where the Docker Engine API listens.
+const DockerHostEnv = "DOCKER_HOST"
+
+// DockerSocket returns the unix socket path of the Docker Engine named by
+// host, a DOCKER_HOST value: "unix:///path" or an absolute path; empty
+// means DefaultDockerSocket. Other schemes (tcp://, ssh://, npipe://) are
+// refused: only a local unix socket is supported.
+func DockerSocket(host string) (string, error) {
+	if host == "" {
+		return DefaultDockerSocket, nil
+	}
+	path := host
+	if scheme, rest, ok := strings.Cut(host, "://"); ok {
+		if scheme != "unix" {
+			return "", fmt.Errorf("docker host %q: only unix:// sockets are supported, not %s://", host, scheme)
+		}
+		path = rest
+	}
+	if !strings.HasPrefix(path, "/") {
+		return "", fmt.Errorf("docker host %q: want unix:///ABSOLUTE/PATH", host)
+	}
+	return path, nil
+}
+
 // dockerTimeout bounds one Docker Engine API request.
 const dockerTimeout = 10 * time.Second
 

@@ -14,22 +14,22 @@ func cmdRun(env *cliEnv, args []string) error {
 	fs := newFlags(env, "run", false)
 	detach := fs.Bool("d", false, "detach: start the command in the background and print the container name")
 	var netws stringList
-	fs.Var(&netws, "network", "network to attach the new container to (repeatable: eth0, eth1, ...; the first gives the default route)")
+	fs.Var(&netws, "network", "network `NET` to attach the new container to (repeatable: eth0, eth1, ...; the first gives the default route)")
 	netMode := fs.String("net", "", "container:NAME joins an existing container's network namespace")
 	name := fs.String("name", "", "container name")
 	ip := fs.String("ip", "", "IPv4 address (default: the next free one; with one --network only)")
 	remove := fs.Bool("rm", false, "remove the container when the command exits (not with -d)")
 	var aliases stringList
-	fs.Var(&aliases, "alias", "additional DNS name on the network (repeatable)")
+	fs.Var(&aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	argv := fs.Args()
 	if len(argv) == 0 {
-		return fmt.Errorf("want a command after --")
+		return usagef("want a command after --")
 	}
 	if *detach && *remove {
-		return fmt.Errorf("-d and --rm: choose one")
+		return usagef("-d and --rm: choose one")
 	}
 	// Refuse a command that cannot start before anything is created.
 	if _, err := exec.LookPath(argv[0]); err != nil {
@@ -39,10 +39,10 @@ func cmdRun(env *cliEnv, args []string) error {
 	if *netMode != "" {
 		target, ok := strings.CutPrefix(*netMode, "container:")
 		if !ok || target == "" {
-			return fmt.Errorf("--net %q: want container:NAME", *netMode)
+			return usagef("--net %q: want container:NAME", *netMode)
 		}
 		if len(netws) > 0 || *ip != "" || len(aliases) > 0 {
-			return fmt.Errorf("--net container:%s shares that container's interfaces; --network, --ip and --alias do not apply", target)
+			return usagef("--net container:%s shares that container's interfaces; --network, --ip and --alias do not apply", target)
 		}
 		ctr, err := c.Container(target)
 		if err != nil {
@@ -51,19 +51,19 @@ func cmdRun(env *cliEnv, args []string) error {
 		if err := notGone(ctr); err != nil {
 			return err
 		}
-		return startIn(env, ctr.Netns, ctr.ResolvConf, argv, *detach, target)
+		return startIn(env, ctr.Netns, ctr.ResolvConf, argv, *detach, target, nil)
 	}
 	if len(netws) == 0 || *name == "" {
-		return fmt.Errorf("want --network NET and --name NAME (or --net container:NAME)")
+		return usagef("want --network NET and --name NAME (or --net container:NAME)")
 	}
 	if *ip != "" && len(netws) > 1 {
-		return fmt.Errorf("--ip %s: only with a single --network", *ip)
+		return usagef("--ip %s: only with a single --network", *ip)
 	}
 	ep, err := attachAll(env, c, *name, netws, *ip, aliases)
 	if err != nil {
 		return err
 	}
-	err = startIn(env, ep.Netns, ep.ResolvConf, argv, *detach, *name)
+	err = startIn(env, ep.Netns, ep.ResolvConf, argv, *detach, *name, &exitReport{socket: fs.socket, container: *name})
 	if _, exited := err.(exitError); err != nil && !exited {
 		// The command never started: take the container away again.
 		if rmErr := c.RemoveContainer(*name); rmErr != nil {
@@ -100,8 +100,17 @@ func attachAll(env *cliEnv, c *api.Client, name string, netws []string, ip strin
 
 // startIn starts argv inside the namespace: detached (prints the container
 // name, like docker run -d prints the id) or attached (returns its exit
-// status as an exitError).
-func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, name string) error {
+// status as an exitError). A detached command with a report is the
+// container's main process: a monitor waits for it and hands its exit
+// status to the daemon, for ps.
+func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, name string, report *exitReport) error {
+	if detach && report != nil {
+		if _, err := startMonitored(netns, resolvConf, argv, *report); err != nil {
+			return err
+		}
+		fmt.Fprintln(env.stdout, name)
+		return nil
+	}
 	if detach {
 		if _, err := startDetached(netns, resolvConf, argv); err != nil {
 			return err
@@ -143,14 +152,14 @@ func cmdExec(env *cliEnv, args []string) error {
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
-		return fmt.Errorf("want a container name, then the command")
+		return usagef("want a container name, then the command")
 	}
 	name, argv := rest[0], rest[1:]
 	if len(argv) > 0 && argv[0] == "--" {
 		argv = argv[1:]
 	}
 	if len(argv) == 0 {
-		return fmt.Errorf("want a command after the container name")
+		return usagef("want a command after the container name")
 	}
 	ctr, err := fs.client().Container(name)
 	if err != nil {
@@ -166,7 +175,7 @@ func cmdExec(env *cliEnv, args []string) error {
 		_, err := startDetached(ctr.Netns, ctr.ResolvConf, argv)
 		return err
 	}
-	return startIn(env, ctr.Netns, ctr.ResolvConf, argv, false, ctr.Name)
+	return startIn(env, ctr.Netns, ctr.ResolvConf, argv, false, ctr.Name, nil)
 }
 
 func cmdAttach(env *cliEnv, args []string) error {
@@ -180,7 +189,7 @@ func cmdAttach(env *cliEnv, args []string) error {
 	fs.StringVar(&req.IP, "ip", "", "IPv4 address (default: the next free one)")
 	fs.StringVar(&req.IfName, "ifname", "", "interface name inside the namespace (default eth0, then eth1...)")
 	var aliases stringList
-	fs.Var(&aliases, "alias", "additional DNS name on the network (repeatable)")
+	fs.Var(&aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -190,7 +199,7 @@ func cmdAttach(env *cliEnv, args []string) error {
 	}
 	req.Aliases = aliases
 	if req.Network == "" || req.Name == "" {
-		return fmt.Errorf("want --network NET and --name NAME")
+		return usagef("want --network NET and --name NAME")
 	}
 	if req.Netns != "" {
 		if _, err := os.Stat(req.Netns); err != nil {
@@ -201,11 +210,10 @@ func cmdAttach(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, ep)
-	}
-	fmt.Fprintf(env.stdout, "%s %s %s %s\n", ep.Name, ep.IfName, ep.IP, ep.MAC)
-	return nil
+	return fs.output(env.stdout, ep, func() error {
+		_, err := fmt.Fprintf(env.stdout, "%s %s %s %s\n", ep.Name, ep.IfName, ep.IP, ep.MAC)
+		return err
+	})
 }
 
 func unwrapPath(err error) error {
@@ -239,7 +247,7 @@ func cmdRm(env *cliEnv, args []string) error {
 		return err
 	}
 	if len(pos) == 0 {
-		return fmt.Errorf("want one or more container names")
+		return usagef("want one or more container names")
 	}
 	c := fs.client()
 	for _, name := range pos {
@@ -264,31 +272,26 @@ func cmdPs(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, cs)
-	}
-	t := newTable(env.stdout, "NAME", "STATE", "NETWORKS", "IPS", "PIDS", "NETNS")
-	for _, c := range cs {
-		var nets, ips []string
-		for _, e := range c.Endpoints {
-			nets = append(nets, e.Network)
-			ips = append(ips, e.IP)
+	return fs.output(env.stdout, cs, func() error {
+		t := newTable(env.stdout, "NAME", "STATUS", "ENDPOINTS", "PIDS", "NETNS")
+		for _, c := range cs {
+			eps := make([]string, len(c.Endpoints))
+			for i, e := range c.Endpoints {
+				eps[i] = e.Network + "=" + e.IP
+			}
+			pids := make([]string, len(c.PIDs))
+			for i, p := range c.PIDs {
+				pids[i] = strconv.Itoa(p)
+			}
+			t.row(c.Name, dash(c.Status), dash(strings.Join(eps, ",")), dash(strings.Join(pids, ",")), c.Netns)
 		}
-		pids := make([]string, len(c.PIDs))
-		for i, p := range c.PIDs {
-			pids[i] = strconv.Itoa(p)
-		}
-		t.row(c.Name, dash(c.State), dash(strings.Join(nets, ",")), dash(strings.Join(ips, ",")), dash(strings.Join(pids, ",")), c.Netns)
-	}
-	return t.flush()
+		return t.flush()
+	})
 }
 
-func cmdEndpoint(env *cliEnv, args []string) error {
-	if len(args) == 0 || (args[0] != "ls" && args[0] != "list") {
-		return fmt.Errorf("want the subcommand ls")
-	}
+func cmdEndpointLs(env *cliEnv, args []string) error {
 	fs := newFlags(env, "endpoint ls", true)
-	pos, _, err := fs.parse(args[1:])
+	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -299,9 +302,5 @@ func cmdEndpoint(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, eps)
-	}
-	printEndpoints(env.stdout, eps)
-	return nil
+	return fs.output(env.stdout, eps, func() error { return printEndpoints(env.stdout, eps) })
 }

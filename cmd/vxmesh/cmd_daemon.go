@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -17,6 +18,8 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/daemon"
 	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/internal/sdnotify"
+	"github.com/vxmesh/vxmesh/sandbox"
 )
 
 func cmdDaemon(env *cliEnv, args []string) error {
@@ -35,6 +38,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dnsUpstream := fs.String("dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
 	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
+	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
+	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -42,37 +47,49 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	if err := wantArgs(pos, 0, "no arguments"); err != nil {
 		return err
 	}
+	if *dockerHost == "" {
+		*dockerHost = os.Getenv(sandbox.DockerHostEnv)
+	}
+	dockerSocket, err := sandbox.DockerSocket(*dockerHost)
+	if err != nil {
+		return usagef("--docker-host (or $%s): %v", sandbox.DockerHostEnv, err)
+	}
 	if *keyInterval < time.Second {
-		return fmt.Errorf("--key-rotation-interval %s: at least 1s", *keyInterval)
+		return usagef("--key-rotation-interval %s: at least 1s", *keyInterval)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
+		return usagef("--log-level %q: want debug, info, warn or error", *logLevel)
 	}
 	var adv netip.Addr
 	if *advertise != "" {
 		if adv, err = netip.ParseAddr(*advertise); err != nil || !adv.Is4() {
-			return fmt.Errorf("--advertise %q: not an IPv4 address", *advertise)
+			return usagef("--advertise %q: not an IPv4 address", *advertise)
 		}
 	}
 	if *dataPort == 0 || *dataPort > 65535 {
-		return fmt.Errorf("--data-port %d: out of range 1-65535", *dataPort)
+		return usagef("--data-port %d: out of range 1-65535", *dataPort)
 	}
 	if *espPort == 0 || *espPort > 65535 || *espPort == *dataPort {
-		return fmt.Errorf("--esp-port %d: out of range 1-65535 or the same as --data-port", *espPort)
+		return usagef("--esp-port %d: out of range 1-65535 or the same as --data-port", *espPort)
 	}
 	if *gossipPort <= 0 || *gossipPort > 65535 {
-		return fmt.Errorf("--gossip-port %d: out of range 1-65535", *gossipPort)
+		return usagef("--gossip-port %d: out of range 1-65535", *gossipPort)
 	}
 	if *grace <= 0 {
-		return fmt.Errorf("--node-grace %s: must be positive", *grace)
+		return usagef("--node-grace %s: must be positive", *grace)
 	}
 	ups, err := dns.ParseUpstreams(*dnsUpstream)
 	if err != nil {
-		return fmt.Errorf("--dns-upstream: %w", err)
+		return usagef("--dns-upstream: %v", err)
 	}
 	if *dnsTimeout <= 0 {
-		return fmt.Errorf("--dns-timeout %s: must be positive", *dnsTimeout)
+		return usagef("--dns-timeout %s: must be positive", *dnsTimeout)
+	}
+	if *metricsAddr != "" {
+		if _, port, err := net.SplitHostPort(*metricsAddr); err != nil || port == "" {
+			return usagef("--metrics-addr %q: want HOST:PORT", *metricsAddr)
+		}
 	}
 	var peers []string
 	for _, p := range strings.Split(*join, ",") {
@@ -95,16 +112,37 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
-		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort),
+		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
+		MetricsAddr: *metricsAddr,
+		Ready:       func() { notify(log, sdnotify.Ready) },
 	})
 	if err != nil {
 		return err
 	}
 	ctx, stop := handleSignals(log)
 	defer stop()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			notify(log, sdnotify.Stopping)
+		case <-stopped:
+		}
+	}()
 	err = d.Serve(ctx)
 	log.Info("vxmesh daemon stopped")
 	return err
+}
+
+// notify tells systemd (a Type=notify unit) the daemon's state; outside
+// systemd it does nothing.
+func notify(log *slog.Logger, state string) {
+	if sent, err := sdnotify.Notify(state); err != nil {
+		log.Warn("systemd notification failed", "state", state, "err", err)
+	} else if sent {
+		log.Debug("systemd notified", "state", state)
+	}
 }
 
 // handleSignals returns a context that SIGINT or SIGTERM cancels, logging
@@ -159,12 +197,9 @@ func cmdKeygen(env *cliEnv, args []string) error {
 	return nil
 }
 
-func cmdNode(env *cliEnv, args []string) error {
-	if len(args) == 0 || (args[0] != "ls" && args[0] != "list") {
-		return fmt.Errorf("want the subcommand ls")
-	}
+func cmdNodeLs(env *cliEnv, args []string) error {
 	fs := newFlags(env, "node ls", true)
-	pos, _, err := fs.parse(args[1:])
+	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -175,16 +210,15 @@ func cmdNode(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, nodes)
-	}
-	t := newTable(env.stdout, "NAME", "ADDRESS", "VTEP", "STATE", "NETWORKS")
-	for _, n := range nodes {
-		name := n.Name
-		if n.Self {
-			name += " *"
+	return fs.output(env.stdout, nodes, func() error {
+		t := newTable(env.stdout, "NAME", "ADDR", "DATA ADDR", "STATE", "NETWORKS")
+		for _, n := range nodes {
+			name := n.Name
+			if n.Self {
+				name += " *"
+			}
+			t.row(name, n.Addr, dash(n.DataAddr), n.State, dash(strings.Join(n.Networks, ",")))
 		}
-		t.row(name, n.Addr, dash(n.DataAddr), n.State, dash(strings.Join(n.Networks, ",")))
-	}
-	return t.flush()
+		return t.flush()
+	})
 }

@@ -10,21 +10,6 @@ import (
 	"github.com/vxmesh/vxmesh/api"
 )
 
-func cmdKey(env *cliEnv, args []string) error {
-	if len(args) == 0 {
-		return fmt.Errorf("want a subcommand: ls, rotate or export")
-	}
-	switch args[0] {
-	case "ls", "list":
-		return keyLs(env, args[1:])
-	case "rotate":
-		return keyRotate(env, args[1:])
-	case "export":
-		return keyExport(env, args[1:])
-	}
-	return fmt.Errorf("unknown subcommand %q: want ls, rotate or export", args[0])
-}
-
 func keyLs(env *cliEnv, args []string) error {
 	fs := newFlags(env, "key ls", true)
 	pos, _, err := fs.parse(args)
@@ -38,7 +23,7 @@ func keyLs(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	return printKeys(env.stdout, fs.format, k)
+	return fs.output(env.stdout, k, func() error { return printKeys(env.stdout, k) })
 }
 
 func keyRotate(env *cliEnv, args []string) error {
@@ -54,19 +39,16 @@ func keyRotate(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	return printKeys(env.stdout, fs.format, k)
+	return fs.output(env.stdout, k, func() error { return printKeys(env.stdout, k) })
 }
 
-func printKeys(w io.Writer, format string, k api.Keys) error {
-	if format == "json" {
-		return printJSON(w, k)
-	}
+func printKeys(w io.Writer, k api.Keys) error {
 	if k.Version == 0 {
 		fmt.Fprintf(w, "No data keys (they are created with the first encrypted network). Rotator: %s\n", dash(k.Rotator))
 		return nil
 	}
 	fmt.Fprintf(w, "Ring version %d, primary key %d, rotator %s, rotation every %s\n", k.Version, k.Primary, dash(k.Rotator), fmtSeconds(k.RotationInterval))
-	t := newTable(w, "KEY", "STATE", "CREATED")
+	t := newTable(w, "ID", "STATE", "CREATED")
 	for _, ki := range k.Keys {
 		t.row(ki.ID, ki.State, ki.Created.Format("2006-01-02 15:04:05 MST"))
 	}
@@ -106,7 +88,7 @@ func keyExport(env *cliEnv, args []string) error {
 		return err
 	}
 	if !*wireshark {
-		return fmt.Errorf("want --wireshark (the only export format)")
+		return usagef("want --wireshark (the only export format)")
 	}
 	k, err := fs.client().ExportKeys()
 	if err != nil {

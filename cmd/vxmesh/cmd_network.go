@@ -2,30 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 
 	"github.com/vxmesh/vxmesh/api"
 )
-
-func cmdNetwork(env *cliEnv, args []string) error {
-	if len(args) == 0 {
-		return fmt.Errorf("want a subcommand: create, ls, inspect, update or rm")
-	}
-	switch args[0] {
-	case "create":
-		return networkCreate(env, args[1:])
-	case "ls", "list":
-		return networkLs(env, args[1:])
-	case "inspect":
-		return networkInspect(env, args[1:])
-	case "rm", "remove":
-		return networkRm(env, args[1:])
-	case "update":
-		return networkUpdate(env, args[1:])
-	}
-	return fmt.Errorf("unknown subcommand %q: want create, ls, inspect, update or rm", args[0])
-}
 
 func networkCreate(env *cliEnv, args []string) error {
 	fs := newFlags(env, "network create", true)
@@ -35,7 +17,7 @@ func networkCreate(env *cliEnv, args []string) error {
 	fs.IntVar(&req.MTU, "mtu", 0, "network MTU (default: underlay MTU - 50; encrypted: - 95)")
 	vni := fs.Uint("vni", 0, "VXLAN network identifier (default: the lowest free from 4096)")
 	var vteps stringList
-	fs.Var(&vteps, "vtep", "external RFC 7348 VTEP address (repeatable)")
+	fs.Var(&vteps, "vtep", "external RFC 7348 VTEP address `IP` (repeatable)")
 	fs.BoolVar(&req.Encrypted, "encrypted", false, "encrypt the network's traffic between hosts (ESP in UDP, AES-GCM)")
 	fs.StringVar(&req.Cipher, "cipher", "", "cipher of an encrypted network: aes128-gcm (default) or aes256-gcm")
 	fs.IntVar(&req.StormLimit, "storm-limit", 0, "flooded frames (broadcast, multicast, unknown unicast) per second each container may send; 0: the default 1000, -1: no limit")
@@ -48,17 +30,16 @@ func networkCreate(env *cliEnv, args []string) error {
 	}
 	req.Name, req.VNI, req.VTEPs = pos[0], uint32(*vni), vteps
 	if *vni > 1<<24-1 {
-		return fmt.Errorf("network %q: vni %d: out of range 1-16777215", req.Name, *vni)
+		return usagef("network %q: --vni %d: out of range 1-16777215", req.Name, *vni)
 	}
 	n, err := fs.client().CreateNetwork(req)
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, n)
-	}
-	fmt.Fprintln(env.stdout, n.Name)
-	return nil
+	return fs.output(env.stdout, n, func() error {
+		_, err := fmt.Fprintln(env.stdout, n.Name)
+		return err
+	})
 }
 
 func networkLs(env *cliEnv, args []string) error {
@@ -74,14 +55,17 @@ func networkLs(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, nets)
-	}
-	t := newTable(env.stdout, "NAME", "ID", "SUBNET", "GATEWAY", "VNI", "MTU")
-	for _, n := range nets {
-		t.row(n.Name, n.ID[:12], n.Subnet, n.Gateway, n.VNI, n.MTU)
-	}
-	return t.flush()
+	return fs.output(env.stdout, nets, func() error {
+		t := newTable(env.stdout, "NAME", "ID", "SUBNET", "GATEWAY", "VNI", "MTU", "ENCRYPTED")
+		for _, n := range nets {
+			enc := "no"
+			if n.Encrypted {
+				enc = n.Cipher
+			}
+			t.row(n.Name, shortID(n.ID), n.Subnet, n.Gateway, n.VNI, n.MTU, enc)
+		}
+		return t.flush()
+	})
 }
 
 func networkInspect(env *cliEnv, args []string) error {
@@ -97,33 +81,37 @@ func networkInspect(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, n)
-	}
-	fmt.Fprintf(env.stdout, "Name:     %s\nID:       %s\nSubnet:   %s\nGateway:  %s\nVNI:      %d\nMTU:      %d\nCreated:  %s\n",
+	return fs.output(env.stdout, n, func() error { return printNetwork(env.stdout, n) })
+}
+
+// printNetwork is network inspect's text output.
+func printNetwork(w io.Writer, n api.Network) error {
+	fmt.Fprintf(w, "Name:     %s\nID:       %s\nSubnet:   %s\nGateway:  %s\nVNI:      %d\nMTU:      %d\nCreated:  %s\n",
 		n.Name, n.ID, n.Subnet, n.Gateway, n.VNI, n.MTU, n.Created.Format("2006-01-02 15:04:05 MST"))
-	fmt.Fprintf(env.stdout, "VTEPs:    %s\n", dash(strings.Join(n.VTEPs, ", ")))
+	fmt.Fprintf(w, "VTEPs:    %s\n", dash(strings.Join(n.VTEPs, ", ")))
 	storm := fmt.Sprintf("%d flooded frames/s per container", n.StormLimit)
 	if n.StormLimit < 0 {
 		storm = "unlimited"
 	}
-	fmt.Fprintf(env.stdout, "Storm limit: %s\n", storm)
+	fmt.Fprintf(w, "Storm limit: %s\n", storm)
 	if n.Encrypted {
-		fmt.Fprintf(env.stdout, "Encrypted: %s (ESP in UDP)\n", n.Cipher)
+		fmt.Fprintf(w, "Encrypted: %s (ESP in UDP)\n", n.Cipher)
 	}
-	fmt.Fprintf(env.stdout, "Endpoints: %d\n", len(n.Endpoints))
+	fmt.Fprintf(w, "Endpoints: %d\n", len(n.Endpoints))
 	if len(n.Endpoints) > 0 {
-		printEndpoints(env.stdout, n.Endpoints)
+		if err := printEndpoints(w, n.Endpoints); err != nil {
+			return err
+		}
 	}
 	if len(n.Drops) > 0 {
-		fmt.Fprintf(env.stdout, "Drops:    %s\n", fmtDrops(n.Drops))
+		fmt.Fprintf(w, "Drops:    %s\n", fmtDrops(n.Drops))
 	}
 	if n.FloodNoPeers > 0 {
-		fmt.Fprintf(env.stdout, "Flood without peers: %d (no other host yet; not an error)\n", n.FloodNoPeers)
+		fmt.Fprintf(w, "Flood without peers: %d (no other host yet; not an error)\n", n.FloodNoPeers)
 	}
-	fmt.Fprintf(env.stdout, "Peers: %d\n", len(n.Peers))
+	fmt.Fprintf(w, "Peers: %d\n", len(n.Peers))
 	if len(n.Peers) > 0 {
-		t := newTable(env.stdout, "VTEP", "NODE", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "TX DROPS")
+		t := newTable(w, "VTEP", "NODE", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES", "TX DROPS")
 		for _, p := range n.Peers {
 			t.row(p.VTEP, dash(p.Node), p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, p.TxDrops)
 		}
@@ -132,9 +120,9 @@ func networkInspect(env *cliEnv, args []string) error {
 		}
 	}
 	if n.Encrypted {
-		fmt.Fprintf(env.stdout, "SAs: %d\n", len(n.SAs))
+		fmt.Fprintf(w, "SAs: %d\n", len(n.SAs))
 		if len(n.SAs) > 0 {
-			t := newTable(env.stdout, "NODE", "VTEP", "DIR", "KEY", "STATE", "SPI", "CIPHER", "SEQ", "PKTS", "BYTES", "DROPS")
+			t := newTable(w, "NODE", "VTEP", "DIRECTION", "KEY", "STATE", "SPI", "CIPHER", "SEQ", "PACKETS", "BYTES", "DROPS")
 			for _, sa := range n.SAs {
 				t.row(sa.Node, sa.VTEP, sa.Direction, sa.Key, sa.State, sa.SPI, sa.Cipher, sa.Seq, sa.Packets, sa.Bytes, dash(fmtDrops(sa.Drops)))
 			}
@@ -158,8 +146,8 @@ func networkUpdate(env *cliEnv, args []string) error {
 	fs := newFlags(env, "network update", true)
 	var req api.NetworkUpdateRequest
 	var add, rm stringList
-	fs.Var(&add, "add-vtep", "add an external RFC 7348 VTEP (repeatable)")
-	fs.Var(&rm, "rm-vtep", "remove an external VTEP (repeatable)")
+	fs.Var(&add, "add-vtep", "add an external RFC 7348 VTEP `IP` (repeatable)")
+	fs.Var(&rm, "rm-vtep", "remove an external VTEP `IP` (repeatable)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -168,18 +156,17 @@ func networkUpdate(env *cliEnv, args []string) error {
 		return err
 	}
 	if len(add) == 0 && len(rm) == 0 {
-		return fmt.Errorf("network %q: nothing to update (--add-vtep or --rm-vtep)", pos[0])
+		return usagef("network %q: nothing to update (want --add-vtep or --rm-vtep)", pos[0])
 	}
 	req.AddVTEPs, req.RemoveVTEPs = add, rm
 	n, err := fs.client().UpdateNetwork(pos[0], req)
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, n)
-	}
-	fmt.Fprintln(env.stdout, n.Name)
-	return nil
+	return fs.output(env.stdout, n, func() error {
+		_, err := fmt.Fprintln(env.stdout, n.Name)
+		return err
+	})
 }
 
 func networkRm(env *cliEnv, args []string) error {
@@ -189,7 +176,7 @@ func networkRm(env *cliEnv, args []string) error {
 		return err
 	}
 	if len(pos) == 0 {
-		return fmt.Errorf("want one or more network names")
+		return usagef("want one or more network names")
 	}
 	c := fs.client()
 	for _, name := range pos {
@@ -199,4 +186,12 @@ func networkRm(env *cliEnv, args []string) error {
 		fmt.Fprintln(env.stdout, name)
 	}
 	return nil
+}
+
+// shortID is the first 12 characters of an ID, as tables show it.
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }

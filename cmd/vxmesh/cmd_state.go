@@ -22,18 +22,17 @@ func cmdFDB(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, entries)
-	}
-	t := newTable(env.stdout, "MAC", "IP", "PORT", "KIND", "VTEP", "AGE")
-	for _, e := range entries {
-		age := "-"
-		if e.Kind == "learned" {
-			age = fmt.Sprintf("%.0fs", e.AgeSeconds)
+	return fs.output(env.stdout, entries, func() error {
+		t := newTable(env.stdout, "MAC", "IP", "PORT", "KIND", "VTEP", "AGE SECONDS")
+		for _, e := range entries {
+			age := "-"
+			if e.Kind == "learned" {
+				age = fmt.Sprintf("%.0f", e.AgeSeconds)
+			}
+			t.row(e.MAC, dash(e.IP), e.Port, e.Kind, dash(e.VTEP), age)
 		}
-		t.row(e.MAC, dash(e.IP), e.Port, e.Kind, dash(e.VTEP), age)
-	}
-	return t.flush()
+		return t.flush()
+	})
 }
 
 func cmdStats(env *cliEnv, args []string) error {
@@ -49,20 +48,22 @@ func cmdStats(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fs.format == "json" {
-		return printJSON(env.stdout, s)
-	}
-	fmt.Fprintf(env.stdout, "Node: %s\n", s.Node)
+	return fs.output(env.stdout, s, func() error { return printStats(env.stdout, s) })
+}
+
+// printStats is the text output of stats.
+func printStats(w io.Writer, s api.Stats) error {
+	fmt.Fprintf(w, "Node: %s\n", s.Node)
 	d := s.DNS
-	fmt.Fprintf(env.stdout, "DNS: %d queries, %d local, %d forwarded, %d nxdomain, %d servfail, %d overloaded, %d upstream errors; upstream avg %.3f ms, max %.3f ms (%d answers); upstreams %s\n",
+	fmt.Fprintf(w, "DNS: %d queries, %d local, %d forwarded, %d nxdomain, %d servfail, %d overloaded, %d upstream errors; upstream avg %.3f ms, max %.3f ms (%d answers); upstreams %s\n",
 		d.Queries, d.Local, d.Forwarded, d.NXDomain, d.ServFail, d.Overloaded, d.UpstreamErrors,
 		d.UpstreamLatency.AvgMs, d.UpstreamLatency.MaxMs, d.UpstreamLatency.Count, dash(strings.Join(d.Upstreams, ",")))
 	if len(s.TunnelDrops) > 0 {
-		fmt.Fprintf(env.stdout, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
+		fmt.Fprintf(w, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
 	}
 	for _, n := range s.Networks {
-		fmt.Fprintf(env.stdout, "\nNetwork %s: flooded %d, flood without peers %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.FloodNoPeers, n.ARPSuppressed, formatDrops(n.Drops))
-		t := newTable(env.stdout, "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS")
+		fmt.Fprintf(w, "\nNetwork %s: flooded %d, flood without peers %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.FloodNoPeers, n.ARPSuppressed, formatDrops(n.Drops))
+		t := newTable(w, "NAME", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES", "DROPS")
 		for _, p := range n.Ports {
 			t.row(p.Name, p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, formatDrops(p.Drops))
 		}
@@ -95,10 +96,10 @@ func dash(s string) string {
 	return s
 }
 
-func printEndpoints(w io.Writer, eps []api.Endpoint) {
-	t := newTable(w, "CONTAINER", "NETWORK", "IP", "MAC", "IFNAME", "ALIASES", "NODE", "STATE")
+func printEndpoints(w io.Writer, eps []api.Endpoint) error {
+	t := newTable(w, "NAME", "NETWORK", "IP", "MAC", "IFNAME", "ALIASES", "NODE", "STATE")
 	for _, e := range eps {
 		t.row(e.Name, e.Network, e.IP, e.MAC, dash(e.IfName), dash(strings.Join(e.Aliases, ",")), dash(e.Node), e.State)
 	}
-	t.flush()
+	return t.flush()
 }

@@ -18,7 +18,7 @@ func TestParseInterleavedFlags(t *testing.T) {
 		t.Fatalf("pos=%v rest=%v format=%q socket=%q", pos, rest, fs.format, fs.socket)
 	}
 	fs = newFlags(env, "x", true)
-	if _, _, err := fs.parse([]string{"--format", "yaml"}); err == nil || !strings.Contains(err.Error(), "table or json") {
+	if _, _, err := fs.parse([]string{"--format", "yaml"}); err == nil || !strings.Contains(err.Error(), "want table, json or a Go template") {
 		t.Fatalf("bad --format: %v", err)
 	}
 	fs = newFlags(env, "x", false)
@@ -33,12 +33,12 @@ func TestCLIErrorsAreOneLineWithStatus(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"bogus"}, 2, `unknown command "bogus"`},
-		{[]string{"network", "create"}, 1, "want a network name"},
+		{[]string{"bogus"}, 2, `vxmesh: unknown command "bogus"`},
+		{[]string{"network", "create"}, 2, "vxmesh network create: want a network name"},
 		{[]string{"network", "ls", "--socket", "/nonexistent/vxmesh.sock"}, 1, "cannot reach the vxmesh daemon at /nonexistent/vxmesh.sock"},
 		{[]string{"run", "--network", "web", "--name", "c1", "--", "no-such-command-xyz"}, 1, `command "no-such-command-xyz"`},
-		{[]string{"run", "-d", "--rm", "--network", "web", "--name", "c1", "--", "true"}, 1, "choose one"},
-		{[]string{"attach", "--network", "web"}, 1, "want --network NET and --name NAME"},
+		{[]string{"run", "-d", "--rm", "--network", "web", "--name", "c1", "--", "true"}, 2, "vxmesh run: -d and --rm: choose one"},
+		{[]string{"attach", "--network", "web"}, 2, "vxmesh attach: want --network NET and --name NAME"},
 	} {
 		var out, errb bytes.Buffer
 		code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, tc.args)

@@ -1,11 +1,27 @@
 package main
 
 import (
+	"bufio"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
+
+// monitorArg is the hidden first argument with which `run -d` re-executes
+// the vxmesh binary as the monitor of a container's main process.
+const monitorArg = "__monitor"
+
+// monitorStatusFD is the monitor's file descriptor on which it tells the
+// CLI "pid N" once the command runs, or "error MESSAGE".
+const monitorStatusFD = 3
 
 // startDetached starts argv in the container's namespace in a session of
 // its own and returns its PID without waiting.
@@ -16,6 +32,82 @@ func startDetached(netns, resolvConf string, argv []string) (int, error) {
 		return 0, err
 	}
 	return c.PID(), nil
+}
+
+// exitReport names where the monitor reports a main process: the daemon's
+// socket ("" for the default) and the container.
+type exitReport struct {
+	socket    string
+	container string
+}
+
+// startMonitored starts argv as the main process of a container made by
+// `run -d`. Only a process's parent learns its exit status, and the CLI
+// exits at once, so a monitor (this binary again, in a session of its own,
+// in the host's network namespace so that it is not one of the
+// container's processes) starts the command, tells the daemon its PID,
+// waits for it and reports its exit status. It returns the command's PID.
+// If the monitor is killed or the daemon cannot be reached when the
+// command exits, the status is lost and ps shows the container "up".
+func startMonitored(netns, resolvConf string, argv []string, rep exitReport) (int, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	args := append([]string{"vxmesh", monitorArg, rep.socket, rep.container, netns, resolvConf, "--"}, argv...)
+	cmd := &exec.Cmd{
+		Path:        sandbox.DefaultInitPath,
+		Args:        args,
+		ExtraFiles:  []*os.File{w}, // fd 3 = monitorStatusFD
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return 0, fmt.Errorf("starting the monitor of %q: %w", argv[0], err)
+	}
+	defer cmd.Process.Release()
+	b, _ := bufio.NewReader(io.LimitReader(r, 4096)).ReadString('\n')
+	line := strings.TrimSpace(b)
+	if msg, ok := strings.CutPrefix(line, "error "); ok {
+		return 0, fmt.Errorf("%s", msg)
+	}
+	pid, err := strconv.Atoi(strings.TrimPrefix(line, "pid "))
+	if err != nil || !strings.HasPrefix(line, "pid ") {
+		return 0, fmt.Errorf("the monitor of %q answered %q", argv[0], line)
+	}
+	return pid, nil
+}
+
+// monitorMain is the monitor started by startMonitored; args are the
+// daemon socket, the container name, its netns and resolv.conf, "--" and
+// the command. It returns its own exit status.
+func monitorMain(args []string) int {
+	// The command must not inherit the status pipe: the CLI reads it
+	// until every writer closed it.
+	syscall.CloseOnExec(monitorStatusFD)
+	status := os.NewFile(monitorStatusFD, "monitor-status")
+	if len(args) < 6 || args[4] != "--" {
+		fmt.Fprintln(status, "error monitor: want SOCKET CONTAINER NETNS RESOLV_CONF -- COMMAND")
+		return sandbox.ExitInitFailed
+	}
+	socket, name, netns, resolv, argv := args[0], args[1], args[2], args[3], args[5:]
+	c := sandbox.Command(netns, resolv, argv)
+	if err := c.Start(); err != nil {
+		fmt.Fprintf(status, "error %s\n", oneLine(err))
+		return sandbox.ExitInitFailed
+	}
+	pid := c.PID()
+	client := api.NewClient(socket)
+	// Errors are not reported: the command runs, and nobody listens to
+	// the monitor any more once the CLI has returned.
+	client.MainProcess(name, api.MainProcess{PID: pid})
+	fmt.Fprintf(status, "pid %d\n", pid)
+	status.Close()
+	code := sandbox.ExitStatus(c.Wait())
+	client.MainProcess(name, api.MainProcess{PID: pid, ExitStatus: &code})
+	return 0
 }
 
 // runAttached runs argv in the container's namespace with this process's

@@ -1,0 +1,123 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/tunnel"
+)
+
+// setPIDs sets the processes of the namespace at path.
+func (f *fakeSandbox) setPIDs(path string, pids ...int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pids[f.ns[path]] = pids
+}
+
+func status(t *testing.T, d *Daemon, name string) api.Container {
+	t.Helper()
+	c, err := d.Container(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestContainerStatusFromMainProcess: ps's STATUS is running while
+// processes are in the namespace, "exited N" once the main process a
+// monitor reported exited with N and none is left, gone with the
+// namespace; reports that do not fit change nothing.
+func TestContainerStatusFromMainProcess(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+	ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	if c := status(t, d, "c1"); c.Status != api.StatusUp || c.ExitStatus != nil {
+		t.Fatalf("no process, nothing reported: %+v, want up", c)
+	}
+	sb.setPIDs(ep.Netns, 4242)
+	if err := d.SetMainProcess("c1", api.MainProcess{PID: 4242}); err != nil {
+		t.Fatal(err)
+	}
+	if c := status(t, d, "c1"); c.Status != api.StatusRunning {
+		t.Fatalf("with a process: %+v, want running", c)
+	}
+	three, bad := 3, 256
+	for _, tc := range []struct {
+		name string
+		p    api.MainProcess
+		want string
+	}{
+		{"c1", api.MainProcess{PID: 999, ExitStatus: &three}, "not its main process"},
+		{"c1", api.MainProcess{PID: 4242, ExitStatus: &bad}, "out of range 0-255"},
+		{"c1", api.MainProcess{PID: 0}, "want a positive PID"},
+		{"nosuch", api.MainProcess{PID: 4242, ExitStatus: &three}, `container "nosuch": not found`},
+	} {
+		if err := d.SetMainProcess(tc.name, tc.p); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("SetMainProcess(%s, %+v) = %v, want %q", tc.name, tc.p, err, tc.want)
+		}
+	}
+	sb.setPIDs(ep.Netns)
+	if c := status(t, d, "c1"); c.Status != api.StatusUp || c.ExitStatus != nil {
+		t.Fatalf("after refused reports: %+v, want up and no exit status", c)
+	}
+	if err := d.SetMainProcess("c1", api.MainProcess{PID: 4242, ExitStatus: &three}); err != nil {
+		t.Fatal(err)
+	}
+	if c := status(t, d, "c1"); c.Status != "exited 3" || c.ExitStatus == nil || *c.ExitStatus != 3 {
+		t.Fatalf("after the exit: %+v, want exited 3", c)
+	}
+	sb.setPIDs(ep.Netns, 5000) // exec -d: the namespace is in use again
+	if c := status(t, d, "c1"); c.Status != api.StatusRunning {
+		t.Fatalf("exec'd process after the exit: %+v, want running", c)
+	}
+	sb.DeleteNamedNetns("c1")
+	if c := status(t, d, "c1"); c.Status != api.StatusGone {
+		t.Fatalf("namespace deleted: %+v, want gone", c)
+	}
+
+	path := filepath.Join(t.TempDir(), "x1")
+	sb.addNetns(path)
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "x1", Netns: path})
+	if err := d.SetMainProcess("x1", api.MainProcess{PID: 7}); err == nil || !strings.Contains(err.Error(), "not made by run") {
+		t.Errorf("main process of an attached namespace: %v, want refused", err)
+	}
+}
+
+// TestReadyWhenAPIServes: Config.Ready (systemd's READY=1) is called once,
+// when the API already answers.
+func TestReadyWhenAPIServes(t *testing.T) {
+	cfg := nodeConfig(t, tunnel.NewMemNetwork(), "h1", netip.MustParseAddr("127.0.0.1"), newFakeSandbox(), t.TempDir())
+	cfg.Socket = filepath.Join(t.TempDir(), "vxmesh.sock")
+	answered := make(chan error, 2)
+	cfg.Ready = func() {
+		_, err := api.NewClient(cfg.Socket).Networks()
+		answered <- err
+	}
+	d := startNode(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- d.Serve(ctx) }()
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatalf("Ready called before the API answers: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Ready not called")
+	}
+	cancel()
+	if err := <-served; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	if len(answered) != 0 {
+		t.Fatal("Ready called twice")
+	}
+}
