@@ -46,6 +46,10 @@ type Network struct {
 	// FloodNoPeers counts frames to flood to other hosts while there was
 	// none (inspect only): not an error, not in Drops.
 	FloodNoPeers uint64 `json:"flood_no_peers,omitempty"`
+	// Conflicts lists the other nodes' endpoint records of the network
+	// that this node refuses, with the reason (inspect only): an address
+	// outside the blocks the node holds, or one claimed twice.
+	Conflicts []string `json:"conflicts"`
 }
 
 // SA is one direction of a security association between this node and a
@@ -299,6 +303,16 @@ type Stats struct {
 	// network was known, by reason: "unknown-vni", "malformed", and for
 	// ESP "esp-auth", "esp-replay", "esp-unknown-spi", "esp-malformed".
 	TunnelDrops map[string]uint64 `json:"tunnel_drops,omitempty"`
+	// RefusedRecords counts records of the replicated tables this node
+	// refused, once per record version: by table ("networks",
+	// "endpoints") for invalid ones, "endpoint-conflict" for endpoints
+	// outside their node's address blocks or claiming a taken address,
+	// "own-endpoint-conflict" for this node's endpoints in a block another
+	// node holds, "reconcile-panic" for a panic reconcile survived.
+	RefusedRecords map[string]uint64 `json:"refused_records,omitempty"`
+	// GossipDrops counts what the cluster layer refused, by reason:
+	// "gossip-version", "version-ahead", "replayed".
+	GossipDrops map[string]uint64 `json:"gossip_drops,omitempty"`
 }
 
 // DNSStats are the embedded resolver's counters.

@@ -197,9 +197,12 @@ type Cluster struct {
 	unknown map[string]time.Time // owners with entries but no membership record
 	subs    map[int]chan struct{}
 	nextSub int
-	leaving map[string]bool // nodes that announced they are leaving
-	refused map[string]bool // peers already logged as using another key
-	settled map[string]bool // settledKey of the claims won by this node
+	leaving map[string]bool   // nodes that announced they are leaving
+	refused map[string]bool   // peers already logged as using another key
+	drops   map[string]uint64 // refused entries and packets, by reason
+	marks   map[string]uint64 // per table: highest version of a reaped tombstone
+	logged  map[string]bool   // refusals already logged
+	settled map[string]bool   // settledKey of the claims won by this node
 	waiters map[uint64]chan *message
 	nextID  uint64
 	closed  bool
@@ -270,6 +273,9 @@ func Start(cfg Config) (*Cluster, error) {
 		subs:    map[int]chan struct{}{},
 		leaving: map[string]bool{},
 		refused: map[string]bool{},
+		drops:   map[string]uint64{},
+		marks:   map[string]uint64{},
+		logged:  map[string]bool{},
 		settled: map[string]bool{},
 		waiters: map[uint64]chan *message{},
 		stop:    make(chan struct{}),
@@ -301,6 +307,14 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.Events = (*delegate)(c)
 	mc.Alive = (*delegate)(c)
 	mc.Logger = log.New(&logBridge{c: c}, "", 0)
+	tr, err := newGuardedTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
+	}, c.refuseGossip)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: start gossip on %s: %w",
+			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
+	}
+	mc.Transport = tr
 	mc.DeadNodeReclaimTime = cfg.NodeGrace
 	setDur := func(dst *time.Duration, v time.Duration) {
 		if v > 0 {
@@ -319,6 +333,7 @@ func Start(cfg Config) (*Cluster, error) {
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		tr.Shutdown()
 		return nil, fmt.Errorf("cluster: start gossip on %s: %w",
 			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
 	}
@@ -529,6 +544,12 @@ func (c *Cluster) sweep(now time.Time) {
 	}
 	for k, r := range c.entries {
 		if r.Deleted && now.Sub(r.stamp) >= c.cfg.TombstoneTTL {
+			// Remember how new the delete was, so that a replay of
+			// what it deleted stays refused (expired entries of a gone
+			// owner were not deleted: they may come back).
+			if !r.expired && r.Version > c.marks[k.table] {
+				c.marks[k.table] = r.Version
+			}
 			delete(c.entries, k)
 		}
 	}
@@ -700,7 +721,46 @@ func (c *Cluster) spawn(f func()) {
 
 // logBridge turns memberlist's log lines into slog records, and reports
 // peers using another cluster key once per peer address instead of per packet.
-type logBridge struct{ c *Cluster }
+// Other warnings and errors are rate-limited by their kind (the text before
+// the first colon), whatever address they name: memberlist logs every
+// malformed packet.
+type logBridge struct {
+	c *Cluster
+
+	mu     sync.Mutex
+	recent map[string]*logRepeat
+}
+
+// logRepeat is the rate-limit state of one kind of memberlist log line.
+type logRepeat struct {
+	last       time.Time
+	suppressed int
+}
+
+// logRepeatWindow is how often one kind of memberlist warning is logged.
+const logRepeatWindow = time.Minute
+
+// allow reports whether a line of kind may be logged now, and how many were
+// suppressed since the last one that was.
+func (b *logBridge) allow(kind string, now time.Time) (bool, int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.recent == nil || len(b.recent) >= 1024 {
+		b.recent = map[string]*logRepeat{}
+	}
+	r := b.recent[kind]
+	if r == nil {
+		b.recent[kind] = &logRepeat{last: now}
+		return true, 0
+	}
+	if now.Sub(r.last) < logRepeatWindow {
+		r.suppressed++
+		return false, 0
+	}
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	return true, n
+}
 
 func (b *logBridge) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
@@ -744,8 +804,51 @@ func (b *logBridge) Write(p []byte) (int, error) {
 			c.mu.Unlock()
 		}
 	}
-	c.log.Log(context.Background(), lvl, strings.TrimPrefix(line, "memberlist: "), "source", "memberlist")
+	msg := line
+	for _, tag := range []string{"[ERR] ", "[ERROR] ", "[WARN] ", "[INFO] ", "[DEBUG] "} {
+		msg = strings.TrimPrefix(msg, tag)
+	}
+	msg = strings.TrimPrefix(msg, "memberlist: ")
+	args := []any{"source", "memberlist"}
+	if lvl >= slog.LevelWarn {
+		kind, _, _ := strings.Cut(msg, ":")
+		kind, _, _ = strings.Cut(kind, " from=")
+		ok, n := b.allow(kind, time.Now())
+		if !ok {
+			return len(p), nil
+		}
+		if n > 0 {
+			args = append(args, "suppressed_repeats", n)
+		}
+	}
+	c.log.Log(context.Background(), lvl, strings.TrimPrefix(line, "memberlist: "), args...)
 	return len(p), nil
 }
 
 var _ io.Writer = (*logBridge)(nil)
+
+// refuseGossip counts a memberlist packet or stream that the transport
+// dropped and logs it once per peer address.
+func (c *Cluster) refuseGossip(from net.Addr) {
+	peer := "unknown"
+	if from != nil {
+		peer = from.String()
+		if h, _, err := net.SplitHostPort(peer); err == nil {
+			peer = h
+		}
+	}
+	c.mu.Lock()
+	c.drops["gossip-version"]++
+	id := "gossip-version\x00" + peer
+	first := !c.logged[id]
+	if first {
+		if len(c.logged) >= maxRefusalLogs {
+			clear(c.logged)
+		}
+		c.logged[id] = true
+	}
+	c.mu.Unlock()
+	if first {
+		c.log.Warn("dropping gossip not encrypted with encryption version 1 (logged once per peer)", "peer", peer)
+	}
+}

@@ -41,7 +41,21 @@ type message struct {
 	Held    bool   // claim response: responder holds a settled claim on the block
 	From    string // sender node name
 	Entries []Entry
+	// Marks are the sender's per-table watermarks of reaped tombstones
+	// (push/pull state only), sorted by table.
+	Marks []mark
 }
+
+// mark is a table's watermark: the highest version of a tombstone reaped
+// there. An entry of that table no newer than it, for a key with no record,
+// is a replay of a deleted entry.
+type mark struct {
+	Table   string
+	Version uint64
+}
+
+// maxMarks bounds the watermarks in one message.
+const maxMarks = 4096
 
 var errShort = errors.New("truncated message")
 
@@ -79,6 +93,13 @@ func (m *message) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(len(m.Entries)))
 	for i := range m.Entries {
 		b = appendEntry(b, &m.Entries[i])
+	}
+	if m.Type == msgState {
+		b = binary.AppendUvarint(b, uint64(len(m.Marks)))
+		for _, mk := range m.Marks {
+			b = appendString(b, mk.Table)
+			b = binary.AppendUvarint(b, mk.Version)
+		}
 	}
 	return b
 }
@@ -178,6 +199,23 @@ func decode(b []byte) (*message, error) {
 			return nil, errors.New("entry without table or owner")
 		}
 		m.Entries = append(m.Entries, e)
+	}
+	if m.Type == msgState {
+		n := d.uvarint()
+		if d.err != nil {
+			return nil, d.err
+		}
+		if n > maxMarks || n > uint64(len(d.b)/2) {
+			return nil, fmt.Errorf("watermark count %d exceeds message size", n)
+		}
+		for i := uint64(0); i < n; i++ {
+			mk := mark{Table: string(d.bytes(maxNameLen, "table name"))}
+			mk.Version = d.uvarint()
+			if d.err != nil {
+				return nil, d.err
+			}
+			m.Marks = append(m.Marks, mk)
+		}
 	}
 	if len(d.b) != 0 {
 		return nil, fmt.Errorf("%d trailing bytes", len(d.b))

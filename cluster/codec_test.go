@@ -12,7 +12,7 @@ func sampleMessages() []*message {
 		{Type: msgState, From: "n2", Clock: 42, Entries: []Entry{
 			{Table: "endpoints", Key: "c1", Value: []byte{1, 2, 3}, Owner: "n2", Version: 40},
 			{Table: "networks", Key: "db", Owner: "n1", Version: 41, Deleted: true},
-		}},
+		}, Marks: []mark{{Table: "networks", Version: 30}}},
 		{Type: msgClaimReq, ID: 3, From: "n3", Entries: []Entry{{Table: ipamTable, Key: "web|10.0.1.0/26|n3", Owner: "n3", Version: 9}}},
 		{Type: msgClaimResp, ID: 3, From: "n1", Held: true},
 		{Type: msgLeave, From: "n1"},
@@ -68,7 +68,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-decode: %v", err)
 		}
-		if len(m2.Entries) != len(m.Entries) || m2.From != m.From || m2.Clock != m.Clock {
+		if len(m2.Entries) != len(m.Entries) || m2.From != m.From || m2.Clock != m.Clock || len(m2.Marks) != len(m.Marks) {
 			t.Fatal("re-decode differs")
 		}
 	})

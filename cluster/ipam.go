@@ -181,12 +181,12 @@ func (c *Cluster) ClaimBlockAt(network string, block netip.Prefix) error {
 	case w != nil && w.Owner == c.cfg.NodeName:
 		return nil
 	case w != nil:
-		return fmt.Errorf("network %q: address block %s is held by node %s", network, block, w.Owner)
+		return fmt.Errorf("network %q: address block %s is held by node %q", network, block, w.Owner)
 	}
 	err := c.claimLocked(ipamTable, network, block.String())
 	var lost *ClaimConflict
 	if errors.As(err, &lost) {
-		return fmt.Errorf("network %q: address block %s is held by node %s", network, block, lost.Node)
+		return fmt.Errorf("network %q: address block %s is held by node %q", network, block, lost.Node)
 	}
 	if err != nil {
 		return fmt.Errorf("network %q: %w", network, err)
@@ -213,4 +213,30 @@ func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
+}
+
+// KeepBlock records this node's claim on block of network without a
+// confirmation round, for a block its endpoints already use: after a
+// restart the claims of the previous run are overwritten by the cluster,
+// while the endpoints keep their addresses. It writes nothing and returns
+// an error naming the holder when another node holds the block.
+func (c *Cluster) KeepBlock(network string, block netip.Prefix) error {
+	if !block.IsValid() || block != block.Masked() {
+		return fmt.Errorf("network %q: invalid block %s", network, block)
+	}
+	if err := c.checkBlockName(network, block); err != nil {
+		return err
+	}
+	c.claimMu.Lock()
+	defer c.claimMu.Unlock()
+	c.mu.Lock()
+	w := claimWinner(c.claimsLocked(network)[block])
+	c.mu.Unlock()
+	switch {
+	case w != nil && w.Owner == c.cfg.NodeName:
+		return nil
+	case w != nil:
+		return fmt.Errorf("network %q: address block %s is held by node %q", network, block, w.Owner)
+	}
+	return c.Put(ipamTable, claimKey(network, block.String())+c.cfg.NodeName, nil)
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -44,8 +45,11 @@ func (c *Cluster) Put(table, key string, value []byte) error {
 		c.mu.Unlock()
 		return err
 	}
-	e := c.writeLocked(Entry{Table: table, Key: key, Value: slices.Clone(value)})
+	e, err := c.writeLocked(Entry{Table: table, Key: key, Value: slices.Clone(value)})
 	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	c.broadcast(e)
 	return nil
 }
@@ -62,20 +66,55 @@ func (c *Cluster) Delete(table, key string) error {
 		c.mu.Unlock()
 		return nil
 	}
-	e := c.writeLocked(Entry{Table: table, Key: key, Deleted: true})
+	e, err := c.writeLocked(Entry{Table: table, Key: key, Deleted: true})
 	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	c.broadcast(e)
 	return nil
 }
 
 // writeLocked stamps e as a new local write, stores it and returns a copy.
-func (c *Cluster) writeLocked(e Entry) Entry {
+// It refuses to write rather than wrap the clock.
+func (c *Cluster) writeLocked(e Entry) (Entry, error) {
+	if c.clock >= maxVersion {
+		return Entry{}, fmt.Errorf("table %q key %q: the Lamport clock is exhausted", e.Table, e.Key)
+	}
 	c.clock++
 	e.Owner = c.cfg.NodeName
 	e.Version = c.clock
 	c.entries[tkey{e.Table, e.Key}] = &record{Entry: e, stamp: time.Now()}
 	c.notifyLocked()
-	return e.clone()
+	return e.clone(), nil
+}
+
+// Bounds on Lamport versions from the wire. An honest node's versions grow
+// by one per write, so they are never far ahead of the clock of a node that
+// has merged the cluster's state.
+const (
+	// maxVersionLead is how far ahead of the local clock a received
+	// version or clock may be.
+	maxVersionLead = 1 << 32
+	// maxVersion is the highest version accepted or written, far below
+	// 2^64 so that no increment can wrap.
+	maxVersion = math.MaxUint64 - maxVersionLead
+)
+
+// versionOKLocked reports whether a version received from a peer is within
+// the bounds; c.mu must be held.
+func (c *Cluster) versionOKLocked(v uint64) bool {
+	return v <= maxVersion && (v <= c.clock || v-c.clock <= maxVersionLead)
+}
+
+// advanceClockLocked moves the clock towards a peer's clock by at most
+// maxVersionLead, so that a node far behind catches up over a few
+// anti-entropy rounds but no single message can exhaust the clock.
+func (c *Cluster) advanceClockLocked(v uint64) {
+	if v <= c.clock {
+		return
+	}
+	c.clock += min(v-c.clock, maxVersionLead, maxVersion-c.clock)
 }
 
 // Get returns the live entry of key in table.
@@ -107,6 +146,10 @@ func (c *Cluster) List(table string) []Entry {
 // local state changed and, when this node had to refute a stale copy of one
 // of its own node-scoped entries, the new entry to spread.
 func (c *Cluster) applyLocked(e Entry) (changed bool, refute *Entry) {
+	if !c.versionOKLocked(e.Version) {
+		c.refuseLocked("version-ahead", e, fmt.Sprintf("version %d is more than 2^32 ahead of the local clock %d", e.Version, c.clock))
+		return false, nil
+	}
 	if e.Version > c.clock {
 		c.clock = e.Version
 	}
@@ -128,7 +171,10 @@ func (c *Cluster) applyLocked(e Entry) (changed bool, refute *Entry) {
 				ne = cur.Entry.clone()
 				ne.Deleted = false
 			}
-			ne = c.writeLocked(ne)
+			ne, err := c.writeLocked(ne)
+			if err != nil {
+				return false, nil
+			}
 			return true, &ne
 		}
 		if c.gone[e.Owner] {
@@ -138,8 +184,60 @@ func (c *Cluster) applyLocked(e Entry) (changed bool, refute *Entry) {
 	if cur != nil && !e.beats(&cur.Entry) {
 		return false, nil
 	}
+	if cur == nil && e.Version <= c.marks[e.Table] {
+		c.refuseLocked("replayed", e, fmt.Sprintf("no newer than the table's reaped tombstones (version %d)", c.marks[e.Table]))
+		return false, nil
+	}
 	c.entries[k] = &record{Entry: e, stamp: time.Now()}
 	return true, nil
+}
+
+// marksLocked returns the watermarks sorted by table; c.mu must be held.
+func (c *Cluster) marksLocked() []mark {
+	out := make([]mark, 0, len(c.marks))
+	for t, v := range c.marks {
+		out = append(out, mark{t, v})
+	}
+	slices.SortFunc(out, func(a, b mark) int { return strings.Compare(a.Table, b.Table) })
+	return out
+}
+
+// mergeMarks adopts a peer's watermarks (never above the local clock) and
+// writes again, above them, this node's own live entries that the peer's
+// state lacks and its watermark would refuse: entries written while this
+// node was cut off or restarting would otherwise never spread.
+func (c *Cluster) mergeMarks(m *message) {
+	has := make(map[tkey]uint64, len(m.Entries))
+	for _, e := range m.Entries {
+		has[tkey{e.Table, e.Key}] = e.Version
+	}
+	var out []Entry
+	c.mu.Lock()
+	peer := map[string]uint64{}
+	for _, mk := range m.Marks {
+		if len(c.marks) >= maxMarks && c.marks[mk.Table] == 0 {
+			continue
+		}
+		peer[mk.Table] = mk.Version
+		if v := min(mk.Version, c.clock); v > c.marks[mk.Table] {
+			c.marks[mk.Table] = v
+		}
+	}
+	for k, r := range c.entries {
+		pv, ok := has[k]
+		if r.Deleted || r.Owner != c.cfg.NodeName || (ok && pv >= r.Version) || r.Version > peer[k.table] {
+			continue
+		}
+		ne, err := c.writeLocked(r.Entry.clone())
+		if err != nil {
+			break
+		}
+		out = append(out, ne)
+	}
+	c.mu.Unlock()
+	for _, e := range out {
+		c.broadcast(e)
+	}
 }
 
 // merge applies remote entries, relays the ones that were news (gossip) when
@@ -272,7 +370,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 func (d *delegate) LocalState(join bool) []byte {
 	c := d.c()
 	c.mu.Lock()
-	m := &message{Type: msgState, From: c.cfg.NodeName, Clock: c.clock, Entries: make([]Entry, 0, len(c.entries))}
+	m := &message{Type: msgState, From: c.cfg.NodeName, Clock: c.clock, Entries: make([]Entry, 0, len(c.entries)), Marks: c.marksLocked()}
 	for _, r := range c.entries {
 		if !r.expired {
 			m.Entries = append(m.Entries, r.Entry)
@@ -291,11 +389,10 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 		return
 	}
 	c.mu.Lock()
-	if m.Clock > c.clock {
-		c.clock = m.Clock
-	}
+	c.advanceClockLocked(m.Clock)
 	c.mu.Unlock()
 	c.merge(m.Entries, false)
+	c.mergeMarks(m)
 }
 
 func memberAddr(n *memberlist.Node) netip.AddrPort {
@@ -403,4 +500,38 @@ func (c *Cluster) Known(table, key string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.entries[tkey{table, key}] != nil
+}
+
+// maxRefusalLogs bounds the remembered refusals that were already logged.
+const maxRefusalLogs = 4096
+
+// refuseLocked counts an entry refused from the wire under reason and logs
+// it once per entry version; c.mu must be held.
+func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
+	c.drops[reason]++
+	id := fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%d", reason, e.Table, e.Key, e.Owner, e.Version)
+	if c.logged[id] {
+		return
+	}
+	if len(c.logged) >= maxRefusalLogs {
+		clear(c.logged)
+	}
+	c.logged[id] = true
+	c.log.Warn("refusing a replicated entry (logged once per entry version)", "reason", reason,
+		"table", e.Table, "key", e.Key, "owner", e.Owner, "version", e.Version, "detail", detail)
+}
+
+// Drops returns how many received entries and packets were refused, by
+// reason: "version-ahead" (a Lamport version more than 2^32 ahead of the
+// local clock), "replayed" (an entry no newer than a reaped tombstone of its
+// table) and "gossip-version" (a memberlist packet or stream not encrypted
+// with encryption version 1).
+func (c *Cluster) Drops() map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]uint64, len(c.drops))
+	for k, v := range c.drops {
+		out[k] = v
+	}
+	return out
 }

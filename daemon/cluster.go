@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -63,6 +64,8 @@ type epRecord struct {
 	MAC     string   `json:"mac"`
 	Node    string   `json:"node"`
 	Aliases []string `json:"aliases,omitempty"`
+
+	version uint64 // of the table entry, for logging a refusal once
 }
 
 func epKey(node, network, name string) string { return node + "/" + network + "/" + name }
@@ -90,27 +93,39 @@ func (d *Daemon) publishNetwork(rec netRecord) error {
 	return d.cl.Put(tblNetworks, rec.Name, b)
 }
 
-// clusterNetworks decodes the networks table.
+// clusterNetworks decodes and validates the networks table; invalid
+// records are left out, counted and logged once.
 func (d *Daemon) clusterNetworks() map[string]netRecord {
-	out := map[string]netRecord{}
-	for _, e := range d.cl.List(tblNetworks) {
-		var rec netRecord
-		if err := json.Unmarshal(e.Value, &rec); err != nil || rec.Name != e.Key {
-			d.log.Warn("ignoring a malformed network entry", "key", e.Key, "owner", e.Owner)
-			continue
-		}
-		out[rec.Name] = rec
-	}
-	return out
+	valid, _ := d.networkRecords()
+	return valid
 }
 
-// clusterEndpoints decodes the endpoints table.
+// networkRecords is clusterNetworks that also returns the names of the
+// invalid records, so that reconcile leaves this node's copy alone.
+func (d *Daemon) networkRecords() (valid map[string]netRecord, invalid map[string]bool) {
+	valid, invalid = map[string]netRecord{}, map[string]bool{}
+	rules := d.vtepRules()
+	for _, e := range d.cl.List(tblNetworks) {
+		rec, err := decodeNetwork(e, rules)
+		if err != nil {
+			d.refused.note(d.log, tblNetworks, e.Key, e.Owner, e.Version, err)
+			invalid[e.Key] = true
+			continue
+		}
+		valid[rec.Name] = rec
+	}
+	return valid, invalid
+}
+
+// clusterEndpoints decodes and validates the endpoints table; invalid
+// records are left out, counted and logged once. The records are not
+// checked against the address blocks: see endpointSet.
 func (d *Daemon) clusterEndpoints() []epRecord {
 	var out []epRecord
 	for _, e := range d.cl.List(tblEndpoints) {
-		var rec epRecord
-		if err := json.Unmarshal(e.Value, &rec); err != nil || rec.Node != e.Owner {
-			d.log.Warn("ignoring a malformed endpoint entry", "key", e.Key, "owner", e.Owner)
+		rec, err := decodeEndpoint(e)
+		if err != nil {
+			d.refused.note(d.log, tblEndpoints, e.Key, e.Owner, e.Version, err)
 			continue
 		}
 		out = append(out, rec)
@@ -147,9 +162,22 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 // reconcile makes the local networks match the cluster's tables, then
 // applies the desired data-plane state (networks, endpoints, remotes,
 // peers, SAs) and returns what the data plane could not apply; callers
-// hold d.mu.
-func (d *Daemon) reconcile() error {
-	want := d.clusterNetworks()
+// hold d.mu. Records are validated before use, so reconcile does not
+// panic; should it still, the panic is counted ("reconcile-panic"),
+// logged and returned instead of killing the daemon.
+func (d *Daemon) reconcile() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			d.refused.note(d.log, "reconcile-panic", fmt.Sprint(r), "", 0, fmt.Errorf("%v\n%s", r, debug.Stack()))
+			err = fmt.Errorf("reconcile: %v", r)
+		}
+	}()
+	return d.reconcileTables()
+}
+
+// reconcileTables is reconcile without its safety net.
+func (d *Daemon) reconcileTables() error {
+	want, invalid := d.networkRecords()
 	changed := false
 	for name, rec := range want {
 		n := d.networks[name]
@@ -186,7 +214,7 @@ func (d *Daemon) reconcile() error {
 		}
 	}
 	for name, n := range d.networks {
-		if _, ok := want[name]; ok {
+		if _, ok := want[name]; ok || invalid[name] {
 			continue
 		}
 		if len(d.endpointsOf(n)) > 0 {
@@ -203,6 +231,7 @@ func (d *Daemon) reconcile() error {
 			d.log.Error("saving state", "err", err)
 		}
 	}
+	d.holdBlocks()
 	return d.reconcileKeys()
 }
 

@@ -137,6 +137,8 @@ type Daemon struct {
 	done   sync.WaitGroup
 
 	closeOnce sync.Once
+	// refused counts the table records this node refuses.
+	refused refusals
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

@@ -25,7 +25,9 @@ func (d *Daemon) applyDataplane() error {
 
 // desiredDataplane is the data plane this node should have: every local
 // network with this node's endpoints on it (those with an open device),
-// the other nodes' endpoints (on a member with a VTEP address) as remotes,
+// the other nodes' accepted endpoint records (endpointSet: validated, and
+// inside their node's address blocks; on a member with a VTEP address) as
+// remotes,
 // the nodes that have endpoints on it and its external VTEPs as flooding
 // peers, and the SAs of the key ring in use. Callers hold d.mu.
 func (d *Daemon) desiredDataplane() dataplane.Config {
@@ -36,7 +38,9 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 		}
 	}
 	remotes := map[string][]dataplane.Remote{}
-	for _, rec := range d.clusterEndpoints() {
+	// Only records that passed validation and the block check enter the
+	// desired state.
+	for _, rec := range d.endpointSet().accepted {
 		vtep, ok := vtepOf[rec.Node]
 		if rec.Node == d.cfg.Node || !ok {
 			continue

@@ -100,7 +100,7 @@ func (d *Daemon) refreshDNS() {
 	}
 	d.dns.rebuild.Lock()
 	defer d.dns.rebuild.Unlock()
-	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, d.clusterEndpoints()))
+	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, d.endpointSet().accepted))
 }
 
 // dnsAttached updates the records after c got an endpoint (or its
@@ -196,6 +196,8 @@ type dnsIndex struct {
 	names map[string]map[string][]netip.Addr
 	// ptrs maps network -> address -> "container.network".
 	ptrs map[string]map[netip.Addr][]string
+	// answers are the lookups above precomputed in wire format.
+	answers *dns.Answers
 }
 
 // buildDNSIndex indexes the endpoint records; names are lower-cased, as
@@ -226,6 +228,7 @@ func buildDNSIndex(node string, recs []epRecord) *dnsIndex {
 	for _, nets := range x.networks {
 		slices.Sort(nets)
 	}
+	x.answers = x.buildAnswers()
 	return x
 }
 
@@ -235,11 +238,26 @@ type dnsSource struct {
 	index atomic.Pointer[dnsIndex]
 }
 
-// LookupName finds name among the containers and aliases of the asker's
+// LookupName answers from the current index.
+func (s *dnsSource) LookupName(asker, name string) ([]netip.Addr, bool) {
+	return s.index.Load().lookupName(asker, name)
+}
+
+// LookupAddr answers from the current index.
+func (s *dnsSource) LookupAddr(asker string, addr netip.Addr) []string {
+	return s.index.Load().lookupAddr(asker, addr)
+}
+
+// Answers returns the precomputed answers of the current index, so the
+// fast path and the lookups always see the same snapshot.
+func (s *dnsSource) Answers() *dns.Answers {
+	return s.index.Load().answers
+}
+
+// lookupName finds name among the containers and aliases of the asker's
 // networks, then as NAME.NETWORK for one of them. Services and
 // tasks.<service> will be indexed here too.
-func (s *dnsSource) LookupName(asker, name string) ([]netip.Addr, bool) {
-	x := s.index.Load()
+func (x *dnsIndex) lookupName(asker, name string) ([]netip.Addr, bool) {
 	nets := x.networks[asker]
 	var out []netip.Addr
 	found := false
@@ -263,14 +281,43 @@ func (s *dnsSource) LookupName(asker, name string) ([]netip.Addr, bool) {
 	return out, found
 }
 
-// LookupAddr names addr on the asker's networks.
-func (s *dnsSource) LookupAddr(asker string, addr netip.Addr) []string {
-	x := s.index.Load()
+// lookupAddr names addr on the asker's networks.
+func (x *dnsIndex) lookupAddr(asker string, addr netip.Addr) []string {
 	var out []string
 	for _, n := range x.networks[asker] {
 		out = append(out, x.ptrs[n][addr]...)
 	}
 	return out
+}
+
+// buildAnswers precomputes the answers of x: one view per distinct set of
+// networks, shared by the askers on exactly those networks, over every
+// name (NAME and NAME.NETWORK) and address of those networks, each
+// answered by x's own lookups.
+func (x *dnsIndex) buildAnswers() *dns.Answers {
+	a := dns.NewAnswers()
+	groups := map[string][]string{}
+	for asker, nets := range x.networks {
+		k := strings.Join(nets, "\x00")
+		groups[k] = append(groups[k], asker)
+	}
+	for _, askers := range groups {
+		asker := askers[0]
+		var names []string
+		var addrs []netip.Addr
+		for _, n := range x.networks[asker] {
+			for name := range x.names[n] {
+				names = append(names, name, name+"."+n)
+			}
+			for ip := range x.ptrs[n] {
+				addrs = append(addrs, ip)
+			}
+		}
+		a.Add(askers, names, addrs,
+			func(name string) ([]netip.Addr, bool) { return x.lookupName(asker, name) },
+			func(ip netip.Addr) []string { return x.lookupAddr(asker, ip) })
+	}
+	return a
 }
 
 func appendNew(dst, src []netip.Addr) []netip.Addr {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -250,5 +251,94 @@ func TestDNSIndexIsCaseInsensitiveAndScoped(t *testing.T) {
 	}
 	if got := s.LookupAddr("C1", netip.MustParseAddr("10.0.0.2")); !slices.Equal(got, []string{"c1.web"}) {
 		t.Errorf("PTR 10.0.0.2: %v", got)
+	}
+}
+
+// fastAnswer asks name/qtype of the precomputed answers of s for asker and
+// returns the sorted answer data, or ok false when the query would take the
+// general path.
+func fastAnswer(t *testing.T, s *dnsSource, asker, name string, qtype uint16) (rdata []string, ok bool) {
+	t.Helper()
+	m := new(mdns.Msg)
+	m.SetQuestion(name, qtype)
+	raw, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, 4096)
+	n := s.Answers().Answer(asker, raw, out)
+	if n == 0 {
+		return nil, false
+	}
+	r := new(mdns.Msg)
+	if err := r.Unpack(out[:n]); err != nil {
+		t.Fatal(err)
+	}
+	for _, rr := range r.Answer {
+		switch rr := rr.(type) {
+		case *mdns.A:
+			rdata = append(rdata, rr.A.String())
+		case *mdns.PTR:
+			rdata = append(rdata, rr.Ptr)
+		}
+	}
+	slices.Sort(rdata)
+	return rdata, true
+}
+
+// TestDNSFastAnswersFollowTheIndexAndItsScope checks that the precomputed
+// answers are exactly the lookups, per asker (a name of another network is
+// never answered locally), and that a new endpoints table replaces them in
+// the same snapshot.
+func TestDNSFastAnswersFollowTheIndexAndItsScope(t *testing.T) {
+	recs := []epRecord{
+		{Name: "C1", Network: "Web", IP: "10.0.0.2", Node: "h1"},
+		{Name: "c2", Network: "web", IP: "10.0.0.3", Node: "h2", Aliases: []string{"Svc"}},
+		{Name: "c5", Network: "web", IP: "10.0.0.5", Node: "h2", Aliases: []string{"svc"}},
+		{Name: "c9", Network: "other", IP: "10.1.0.9", Node: "h1"},
+		{Name: "both", Network: "web", IP: "10.0.0.7", Node: "h1"},
+		{Name: "both", Network: "other", IP: "10.1.0.7", Node: "h1"},
+	}
+	var s dnsSource
+	s.index.Store(buildDNSIndex("h1", recs))
+	names := []string{"c1", "C1.WEB", "svc", "c2", "c2.web", "c9", "c9.other", "both", "both.web", "both.other",
+		"nobody", "c2.other"}
+	for _, asker := range []string{"C1", "c9", "both", "c2"} {
+		for _, name := range names {
+			want, local := s.LookupName(asker, strings.ToLower(name))
+			got, fast := fastAnswer(t, &s, asker, name+".", mdns.TypeA)
+			if !local {
+				if fast {
+					t.Errorf("%s asks %s: fast answer %v for a name that is not local to it", asker, name, got)
+				}
+				continue
+			}
+			var w []string
+			for _, a := range want {
+				w = append(w, a.String())
+			}
+			slices.Sort(w)
+			if !fast || !slices.Equal(got, w) {
+				t.Errorf("%s asks %s: fast %v %v, lookup %v", asker, name, got, fast, w)
+			}
+		}
+		for _, ip := range []string{"10.0.0.2", "10.0.0.3", "10.1.0.9", "10.0.0.7", "10.1.0.7"} {
+			want := s.LookupAddr(asker, netip.MustParseAddr(ip))
+			got, fast := fastAnswer(t, &s, asker, reverse(ip), mdns.TypePTR)
+			var w []string
+			for _, n := range want {
+				w = append(w, n+".")
+			}
+			slices.Sort(w)
+			if len(want) == 0 && fast || len(want) > 0 && (!fast || !slices.Equal(got, w)) {
+				t.Errorf("%s asks PTR %s: fast %v %v, lookup %v", asker, ip, got, fast, w)
+			}
+		}
+	}
+	// c2 moves to another address: the next snapshot answers the new one.
+	recs[1].IP = "10.0.0.33"
+	s.index.Store(buildDNSIndex("h1", recs))
+	if got, _ := fastAnswer(t, &s, "C1", "c2.", mdns.TypeA); !slices.Equal(got, []string{"10.0.0.33"}) {
+		t.Errorf("after the table changed, c2 is %v, want 10.0.0.33", got)
 	}
 }

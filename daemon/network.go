@@ -170,118 +170,33 @@ func (d *Daemon) planNetwork(req api.NetworkCreateRequest) (netRecord, error) {
 	if _, ok := d.creating[req.Name]; ok {
 		return netRecord{}, conflict("network %q: already being created", req.Name)
 	}
-	subnet, err := d.planSubnet(req)
+	rec, err := d.networkFromRequest(req)
 	if err != nil {
-		return netRecord{}, err
+		return netRecord{}, asInvalid(err)
 	}
-	gw := firstHost(subnet)
-	if req.Gateway != "" {
-		a, err := netip.ParseAddr(req.Gateway)
-		if err != nil || !usableHost(subnet, a) {
-			return netRecord{}, invalid("network %q: gateway %q: not a host address of %s", req.Name, req.Gateway, subnet)
-		}
-		gw = a
-	}
-	cipher := ""
-	switch {
-	case req.Encrypted:
-		c := esp.AES128GCM
-		if req.Cipher != "" {
-			var err error
-			if c, err = esp.ParseCipher(req.Cipher); err != nil {
-				return netRecord{}, invalid("network %q: %v", req.Name, err)
-			}
-		}
-		if len(req.VTEPs) > 0 {
-			return netRecord{}, invalid("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", req.Name)
-		}
-		cipher = c.String()
-	case req.Cipher != "":
-		return netRecord{}, invalid("network %q: a cipher needs an encrypted network (--encrypted)", req.Name)
-	}
-	mtu := d.cfg.UnderlayMTU - vxlanOverhead
-	if req.Encrypted {
-		mtu -= espOverhead
-	}
-	if req.MTU != 0 {
-		if req.MTU < minMTU || req.MTU > maxNetworkMTU {
-			return netRecord{}, invalid("network %q: mtu %d: out of range %d-%d", req.Name, req.MTU, minMTU, maxNetworkMTU)
-		}
-		mtu = req.MTU
-	}
-	storm, err := stormLimit(req)
-	if err != nil {
-		return netRecord{}, err
-	}
-	vni, err := d.planVNI(req)
-	if err != nil {
-		return netRecord{}, err
-	}
-	vteps, err := parseVTEPs(req.Name, req.VTEPs)
-	if err != nil {
-		return netRecord{}, err
-	}
-	id := make([]byte, networkIDBytes)
-	rand.Read(id)
-	rec := netRecord{
-		Name: req.Name, ID: hex.EncodeToString(id), Subnet: subnet.String(), Gateway: gw.String(),
-		MTU: mtu, VNI: vni, Created: time.Now().UTC().Truncate(time.Second), VTEPs: vteps,
-		Encrypted: req.Encrypted, Cipher: cipher, StormLimit: storm,
-	}
-	d.creating[rec.Name] = netClaim{name: rec.Name, subnet: subnet, vni: vni}
-	return rec, nil
-}
-
-// planSubnet returns req's subnet, or picks a free one; callers hold d.mu.
-func (d *Daemon) planSubnet(req api.NetworkCreateRequest) (netip.Prefix, error) {
-	if req.Subnet == "" {
-		p, err := pickSubnet(d.usedSubnets())
-		if err != nil {
-			return netip.Prefix{}, conflict("network %q: %v", req.Name, err)
-		}
-		return p, nil
-	}
-	p, err := netip.ParsePrefix(req.Subnet)
-	if err != nil || !p.Addr().Is4() {
-		return netip.Prefix{}, invalid("network %q: subnet %q: not an IPv4 CIDR", req.Name, req.Subnet)
-	}
-	if p.Bits() > 30 {
-		return netip.Prefix{}, invalid("network %q: subnet %s: too small (at most /30)", req.Name, p)
-	}
-	subnet := p.Masked()
+	subnet := netip.MustParsePrefix(rec.Subnet)
 	for _, n := range d.sortedNetworks() {
 		if overlaps(subnet, n.subnet) {
-			return netip.Prefix{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
+			return netRecord{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
 		}
 	}
 	for _, c := range d.creating {
 		if overlaps(subnet, c.subnet) {
-			return netip.Prefix{}, conflict("network %q: subnet %s overlaps network %q (%s), being created", req.Name, subnet, c.name, c.subnet)
+			return netRecord{}, conflict("network %q: subnet %s overlaps network %q (%s), being created", req.Name, subnet, c.name, c.subnet)
 		}
 	}
-	return subnet, nil
-}
-
-// planVNI returns req's VNI, or picks a free one; callers hold d.mu.
-func (d *Daemon) planVNI(req api.NetworkCreateRequest) (uint32, error) {
-	vni := req.VNI
-	if vni == 0 {
-		return d.freeVNI(), nil
-	}
-	if vni > maxVNI {
-		return 0, invalid("network %q: vni %d: out of range 1-%d", req.Name, vni, maxVNI)
-	}
 	for _, n := range d.networks {
-		if n.rec.VNI == vni {
-			return 0, conflict("network %q: vni %d: already used by network %q", req.Name, vni, n.rec.Name)
+		if req.VNI != 0 && n.rec.VNI == req.VNI {
+			return netRecord{}, conflict("network %q: vni %d: already used by network %q", req.Name, req.VNI, n.rec.Name)
 		}
 	}
 	for _, c := range d.creating {
-		if c.vni == vni {
-			return 0, conflict("network %q: vni %d: already used by network %q, being created", req.Name, vni, c.name)
+		if req.VNI != 0 && c.vni == req.VNI {
+			return netRecord{}, conflict("network %q: vni %d: already used by network %q, being created", req.Name, req.VNI, c.name)
 		}
 	}
-	return vni, nil
+	d.creating[rec.Name] = netClaim{name: rec.Name, subnet: subnet, vni: rec.VNI}
+	return rec, nil
 }
 
 // usedSubnets lists the subnets of the networks known and in creation;
@@ -314,27 +229,60 @@ func stormLimit(req api.NetworkCreateRequest) (int, error) {
 	}
 }
 
-// parseVTEPs validates external VTEP addresses and returns them sorted
-// and de-duplicated.
-func parseVTEPs(network string, in []string) ([]string, error) {
-	set := map[netip.Addr]bool{}
-	for _, v := range in {
-		a, err := netip.ParseAddr(v)
-		if err != nil || !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
-			return nil, invalid("network %q: vtep %q: not a unicast IPv4 address", network, v)
+// networkFromRequest fills in the defaults of a create request and
+// returns the record, checked by validateNetwork like every record read
+// from the cluster; callers hold d.mu.
+func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, error) {
+	rec := netRecord{
+		Name: req.Name, Subnet: req.Subnet, Gateway: req.Gateway, MTU: req.MTU, VNI: req.VNI,
+		Created: time.Now().UTC().Truncate(time.Second), Encrypted: req.Encrypted, Cipher: req.Cipher,
+	}
+	id := make([]byte, networkIDBytes)
+	rand.Read(id)
+	rec.ID = hex.EncodeToString(id)
+	if rec.Subnet == "" {
+		p, err := pickSubnet(d.usedSubnets())
+		if err != nil {
+			return rec, conflict("network %q: %w", req.Name, err)
 		}
-		set[a] = true
+		rec.Subnet = p.String()
 	}
-	out := make([]netip.Addr, 0, len(set))
-	for a := range set {
-		out = append(out, a)
+	if rec.Gateway == "" {
+		if p, err := netip.ParsePrefix(rec.Subnet); err == nil && p.Addr().Is4() {
+			rec.Gateway = firstHost(p).String()
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
-	strs := make([]string, len(out))
-	for i, a := range out {
-		strs[i] = a.String()
+	if req.Encrypted && rec.Cipher == "" {
+		rec.Cipher = esp.AES128GCM.String()
 	}
-	return strs, nil
+	if req.Encrypted {
+		if c, err := esp.ParseCipher(rec.Cipher); err == nil {
+			rec.Cipher = c.String()
+		}
+	}
+	if rec.MTU == 0 {
+		rec.MTU = d.cfg.UnderlayMTU - vxlanOverhead
+		if req.Encrypted {
+			rec.MTU -= espOverhead
+		}
+	}
+	if rec.VNI == 0 {
+		rec.VNI = d.freeVNI()
+	}
+	storm, err := stormLimit(req)
+	if err != nil {
+		return rec, err
+	}
+	rec.StormLimit = storm
+	rules := d.vtepRules()
+	vteps, err := parseVTEPs(req.Name, req.VTEPs, rules)
+	if err != nil {
+		return rec, err
+	}
+	if len(vteps) > 0 {
+		rec.VTEPs = vteps
+	}
+	return rec, validateNetwork(&rec, rules)
 }
 
 // UpdateNetwork adds and removes a network's external VTEPs.
@@ -345,11 +293,12 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 	if !ok {
 		return api.Network{}, notFound("network %q: not found", name)
 	}
-	add, err := parseVTEPs(name, req.AddVTEPs)
+	rules := d.vtepRules()
+	add, err := parseVTEPs(name, req.AddVTEPs, rules)
 	if err != nil {
 		return api.Network{}, err
 	}
-	rm, err := parseVTEPs(name, req.RemoveVTEPs)
+	rm, err := parseVTEPs(name, req.RemoveVTEPs, nil)
 	if err != nil {
 		return api.Network{}, err
 	}
@@ -370,12 +319,18 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 	for v := range cur {
 		all = append(all, v)
 	}
-	vteps, _ := parseVTEPs(name, all)
+	vteps, _ := parseVTEPs(name, all, nil)
 	if n.rec.Encrypted && len(add) > 0 {
 		return api.Network{}, invalid("network %q: external VTEPs cannot be peers of an encrypted network (they do not have its keys)", name)
 	}
 	rec := n.rec
-	rec.VTEPs = vteps
+	rec.VTEPs = nil
+	if len(vteps) > 0 {
+		rec.VTEPs = vteps
+	}
+	if err := validateNetwork(&rec, rules); err != nil {
+		return api.Network{}, asInvalid(err)
+	}
 	if err := d.publishNetwork(rec); err != nil {
 		return api.Network{}, err
 	}
@@ -462,7 +417,9 @@ func (d *Daemon) networkView(n *localNetwork, withEndpoints bool) api.Network {
 	for _, ep := range d.endpointsOf(n) {
 		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
 	}
-	for _, rec := range d.clusterEndpoints() {
+	set := d.endpointSet()
+	v.Conflicts = set.refused[n.rec.Name]
+	for _, rec := range set.accepted {
 		if rec.Network == n.rec.Name && rec.Node != d.cfg.Node {
 			v.Endpoints = append(v.Endpoints, api.Endpoint{
 				Name: rec.Name, Network: rec.Network, IP: rec.IP, MAC: rec.MAC,

@@ -34,6 +34,17 @@ func invalid(format string, args ...any) error {
 	return invalidError{fmt.Errorf(format, args...)}
 }
 
+// asInvalid marks err invalid (400) unless it already says what it is.
+func asInvalid(err error) error {
+	var cf conflictError
+	var nf notFoundError
+	var inv invalidError
+	if err == nil || errors.As(err, &cf) || errors.As(err, &nf) || errors.As(err, &inv) {
+		return err
+	}
+	return invalidError{err}
+}
+
 // conflictError marks requests that conflict with the current state:
 // already exists, in use (answered with 409).
 type conflictError struct{ error }

@@ -61,5 +61,9 @@ func (d *Daemon) Stats() api.Stats {
 	if drops := d.dp.TunnelStats().Drops; len(drops) > 0 {
 		out.TunnelDrops = drops
 	}
+	out.RefusedRecords = d.refused.snapshot()
+	if drops := d.cl.Drops(); len(drops) > 0 {
+		out.GossipDrops = drops
+	}
 	return out
 }

@@ -10,6 +10,12 @@
 // their addresses); every other query is forwarded to the upstream servers
 // from the caller's (the daemon's) own namespace, with a bounded timeout,
 // retries across upstreams and a bound on the queries in flight.
+//
+// Over UDP, when the Source is also an AnswerSource, one loop per socket
+// reads and answers in batches (recvmmsg/sendmmsg): plain queries for
+// precomputed local names are answered from wire-format records without
+// parsing or allocating, and every other datagram goes on to the general
+// path above, unchanged.
 package dns
 
 import (
@@ -92,6 +98,9 @@ type Server struct {
 	log      *slog.Logger
 	inflight atomic.Int64
 	stats    counters
+	// batches are the UDP loops' free recvmmsg/sendmmsg states: a loop
+	// holds one only while it drains its socket.
+	batches batchPool
 }
 
 // New returns a Server that answers from src and forwards to
@@ -110,7 +119,7 @@ func New(cfg Config, src Source) *Server {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Upstreams = append([]netip.AddrPort(nil), cfg.Upstreams...)
-	return &Server{cfg: cfg, src: src, log: cfg.Logger}
+	return &Server{cfg: cfg, src: src, log: cfg.Logger, batches: newBatchPool()}
 }
 
 // Upstreams returns the upstream servers the Server forwards to.
@@ -131,7 +140,7 @@ type Listener struct {
 func (s *Server) Serve(asker string, pc net.PacketConn, ln net.Listener) *Listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Listener{cancel: cancel}
-	start := func(srv *mdns.Server, tcp bool) {
+	start := func(srv *mdns.Server, tcp bool) bool {
 		srv.Handler = mdns.HandlerFunc(func(w mdns.ResponseWriter, req *mdns.Msg) {
 			if resp := s.answer(ctx, asker, req, tcp); resp != nil {
 				w.WriteMsg(resp)
@@ -149,11 +158,23 @@ func (s *Server) Serve(asker string, pc net.PacketConn, ln net.Listener) *Listen
 		select {
 		case <-started:
 			l.srvs = append(l.srvs, srv)
+			return true
 		case <-ended: // failed to start (and closed nothing): drop it
+			return false
 		}
 	}
 	if pc != nil {
-		start(&mdns.Server{PacketConn: pc, UDPSize: maxUDPRead}, false)
+		// The fast loop (if any) reads pc and hands the rest to general,
+		// which the miekg server serves; it runs only alongside that
+		// server, which closes the socket when it stops.
+		general, run := s.serveUDP(asker, pc)
+		if start(&mdns.Server{PacketConn: general, UDPSize: maxUDPRead}, false) && run != nil {
+			l.done.Add(1)
+			go func() {
+				defer l.done.Done()
+				run()
+			}()
+		}
 	}
 	if ln != nil {
 		start(&mdns.Server{Listener: ln, IdleTimeout: func() time.Duration { return 8 * time.Second }}, true)

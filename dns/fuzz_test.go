@@ -72,3 +72,34 @@ func FuzzServe(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFastPath feeds raw queries to the precomputed-answer path and the
+// general path: the fast path must never panic, and whatever it answers,
+// the general path must parse as a query and answer the same.
+func FuzzFastPath(f *testing.F) {
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		edns  bool
+	}{
+		{"c2.", mdns.TypeA, false}, {"C2.WEB.", mdns.TypeA, true}, {"db.", mdns.TypeANY, false},
+		{"c2.", mdns.TypeAAAA, true}, {"3.0.1.10.in-addr.arpa.", mdns.TypePTR, true},
+		{"noaddr.", mdns.TypeA, false}, {"example.com.", mdns.TypeA, true},
+	} {
+		m := new(mdns.Msg)
+		m.SetQuestion(q.name, q.qtype)
+		if q.edns {
+			m.SetEdns0(1232, false)
+		}
+		b, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	src := precomputed(testSource)
+	s := New(Config{}, src)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		compareFast(t, s, src, "c1", raw)
+	})
+}

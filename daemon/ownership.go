@@ -1,0 +1,136 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+)
+
+// An endpoint's address is its node's only if it lies in an IPAM block that
+// node holds (cluster.ClaimBlock): the block table decides who may use an
+// address, never the order of node names. A record outside its node's
+// blocks, or claiming an address another record claims too, is refused and
+// reported; none of the conflicting records is preferred.
+
+// endpointSet is the endpoints table as this node uses it.
+type endpointSet struct {
+	// accepted are this node's own records and the other nodes' records
+	// that pass the block check.
+	accepted []epRecord
+	// refused lists, by network, the other nodes' records refused, each as
+	// "NAME@NODE IP: reason".
+	refused map[string][]string
+}
+
+// blockOf returns the IPAM block of subnet that holds a.
+func blockOf(subnet netip.Prefix, a netip.Addr) netip.Prefix {
+	p, _ := a.Prefix(blockBits(subnet))
+	return p
+}
+
+// endpointSet validates the endpoints table and checks every other node's
+// record against the blocks its node holds. It does not need d.mu.
+func (d *Daemon) endpointSet() endpointSet {
+	nets := d.clusterNetworks()
+	blocks := map[string]map[netip.Prefix]string{}
+	out := endpointSet{refused: map[string][]string{}}
+	type claim struct {
+		rec epRecord
+		ip  netip.Addr
+	}
+	byAddr := map[string]map[netip.Addr][]claim{} // network -> address -> records
+	for _, rec := range d.clusterEndpoints() {
+		nr, ok := nets[rec.Network]
+		if !ok {
+			continue // not (yet) a network here: nothing to apply it to
+		}
+		ip := netip.MustParseAddr(rec.IP) // validated by decodeEndpoint
+		if rec.Node != d.cfg.Node {
+			if err := d.checkOwnership(rec, nr, ip, blocks); err != nil {
+				d.refuseEndpoint(&out, rec, err)
+				continue
+			}
+		}
+		if byAddr[rec.Network] == nil {
+			byAddr[rec.Network] = map[netip.Addr][]claim{}
+		}
+		byAddr[rec.Network][ip] = append(byAddr[rec.Network][ip], claim{rec, ip})
+	}
+	for _, addrs := range byAddr {
+		for _, cs := range addrs {
+			if len(cs) == 1 {
+				out.accepted = append(out.accepted, cs[0].rec)
+				continue
+			}
+			// The MAC is derived from the address, so a duplicate
+			// address is a duplicate MAC too. This node's own endpoint
+			// keeps its address; between others, nobody wins.
+			for _, c := range cs {
+				if c.rec.Node == d.cfg.Node {
+					out.accepted = append(out.accepted, c.rec)
+					continue
+				}
+				d.refuseEndpoint(&out, c.rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", c.ip, len(cs)-1))
+			}
+		}
+	}
+	sort.Slice(out.accepted, func(i, j int) bool {
+		return epKey(out.accepted[i].Node, out.accepted[i].Network, out.accepted[i].Name) <
+			epKey(out.accepted[j].Node, out.accepted[j].Network, out.accepted[j].Name)
+	})
+	for _, l := range out.refused {
+		sort.Strings(l)
+	}
+	return out
+}
+
+// checkOwnership reports why rec may not use ip on network nr, if so.
+// blocks caches the block table by network.
+func (d *Daemon) checkOwnership(rec epRecord, nr netRecord, ip netip.Addr, blocks map[string]map[netip.Prefix]string) error {
+	subnet := netip.MustParsePrefix(nr.Subnet) // validated by decodeNetwork
+	if !usableHost(subnet, ip) || ip.String() == nr.Gateway {
+		return fmt.Errorf("address %s: not a host address of %s", ip, subnet)
+	}
+	if blocks[rec.Network] == nil {
+		blocks[rec.Network] = d.cl.Blocks(rec.Network)
+	}
+	b := blockOf(subnet, ip)
+	switch holder, ok := blocks[rec.Network][b]; {
+	case !ok:
+		return fmt.Errorf("address %s: block %s is held by no node", ip, b)
+	case holder != rec.Node:
+		return fmt.Errorf("address %s: block %s is held by node %q", ip, b, holder)
+	}
+	return nil
+}
+
+func (d *Daemon) refuseEndpoint(out *endpointSet, rec epRecord, err error) {
+	d.refused.note(d.log, "endpoint-conflict", epKey(rec.Node, rec.Network, rec.Name), rec.Node, rec.version, err)
+	out.refused[rec.Network] = append(out.refused[rec.Network], fmt.Sprintf("%s@%s %s: %v", rec.Name, rec.Node, rec.IP, err))
+}
+
+// holdBlocks makes this node hold the IPAM block of every address its
+// endpoints use: after a restart its claims from the previous run are gone
+// (the cluster overwrites them), but the endpoints kept their addresses.
+// A block another node holds is reported once: that endpoint's record is
+// then refused by the other nodes. Callers hold d.mu; nothing here waits
+// for other nodes.
+func (d *Daemon) holdBlocks() {
+	held := map[string]map[netip.Prefix]string{}
+	for _, c := range d.sortedContainers() {
+		for _, ep := range c.sortedEndpoints() {
+			name := ep.net.rec.Name
+			if held[name] == nil {
+				held[name] = d.cl.Blocks(name)
+			}
+			b := blockOf(ep.net.subnet, ep.ip)
+			if held[name][b] == d.cfg.Node {
+				continue
+			}
+			if err := d.cl.KeepBlock(name, b); err != nil {
+				d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, c.name), d.cfg.Node, 0,
+					fmt.Errorf("this node's endpoint %s: the other nodes refuse it: %w", ep.ip, err))
+			}
+		}
+	}
+}

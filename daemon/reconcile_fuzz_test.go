@@ -1,0 +1,104 @@
+package daemon
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
+)
+
+// FuzzReconcile has another cluster member write arbitrary values into
+// the tables the daemon reads (networks, endpoints, IPAM blocks) and runs
+// them through decoding, validation and reconcile: the daemon must never
+// panic (reconcile's safety net counts "reconcile-panic"), and every
+// network it sets up must pass the API's validation.
+func FuzzReconcile(f *testing.F) {
+	f.Add(uint8(0), "evil", []byte(`{"name":"evil","id":"abababababababababababababababab","subnet":"10.7.0.0/24","gateway":"fd00::1","mtu":1400,"vni":5000}`))
+	f.Add(uint8(0), "good", []byte(`{"name":"good","id":"abababababababababababababababab","subnet":"10.7.0.0/24","gateway":"10.7.0.1","mtu":1400,"vni":5000}`))
+	f.Add(uint8(0), "base", []byte(`{"name":"base","id":"abababababababababababababababab","subnet":"10.7.0.0/24","gateway":"10.7.0.1","mtu":1400,"vni":4096,"vteps":["127.0.0.1"]}`))
+	f.Add(uint8(1), "peer/base/x", []byte(`{"name":"x","network":"base","ip":"10.0.0.2","mac":"02:42:0a:00:00:02","node":"peer"}`))
+	f.Add(uint8(1), "peer/base/y", []byte(`{"name":"y","network":"base","ip":"10.0.0.40","mac":"02:42:0a:00:00:28","node":"peer","aliases":["a","b"]}`))
+	f.Add(uint8(1), "peer/base/z", []byte(`{"name":"z","network":"base","ip":"::1","mac":"zz","node":"peer"}`))
+	f.Add(uint8(2), "base|10.0.0.0/28|peer", []byte(nil))
+	f.Add(uint8(2), "base|::/0|peer", []byte(nil))
+
+	d := newTestDaemon(f, newFakeSandbox(), f.TempDir())
+	f.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "base"}); err != nil {
+		f.Fatal(err)
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "base", Name: "c1", Create: true}); err != nil {
+		f.Fatal(err)
+	}
+	peer := fuzzPeer(f, d)
+
+	tables := []string{tblNetworks, tblEndpoints, "ipam-blocks"}
+	f.Fuzz(func(t *testing.T, table uint8, key string, value []byte) {
+		tbl := tables[int(table)%len(tables)]
+		if err := peer.Put(tbl, key, value); err != nil {
+			return // refused by the writer already (key or value too long)
+		}
+		defer peer.Delete(tbl, key)
+		want, _ := peer.Get(tbl, key)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if e, ok := d.cl.Get(tbl, key); ok && e.Version >= want.Version {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the entry %s/%q never reached the daemon", tbl, key)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		d.mu.Lock()
+		d.reconcile()
+		for _, n := range d.networks {
+			if err := validateNetwork(&n.rec, nil); err != nil {
+				d.mu.Unlock()
+				t.Fatalf("network set up from an invalid record: %v", err)
+			}
+		}
+		d.mu.Unlock()
+		for _, n := range d.Networks() {
+			d.Network(n.Name)
+		}
+		d.Nodes()
+		d.refreshDNS()
+		if n := d.Stats().RefusedRecords["reconcile-panic"]; n > 0 {
+			t.Fatalf("reconcile panicked (%d times)", n)
+		}
+	})
+}
+
+// fuzzPeer starts a bare cluster member with d's key, joined to d, that
+// writes the tables as another node would.
+func fuzzPeer(f *testing.F, d *Daemon) *cluster.Cluster {
+	key, err := cluster.LoadKeyFile(d.cfg.StateDir + "/cluster.key")
+	if err != nil {
+		f.Fatal(err)
+	}
+	c, err := cluster.Start(cluster.Config{
+		NodeName: "peer", BindAddr: d.cfg.Advertise, GossipPort: freePort(f, d.cfg.Advertise), Key: key,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), GossipInterval: 5 * time.Millisecond,
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { c.Close() })
+	for _, tb := range []struct {
+		name string
+		opt  cluster.TableOptions
+	}{{tblNetworks, cluster.TableOptions{}}, {tblEndpoints, cluster.TableOptions{NodeScoped: true}}} {
+		if err := c.DefineTable(tb.name, tb.opt); err != nil {
+			f.Fatal(err)
+		}
+	}
+	if _, err := c.Join([]string{fmt.Sprintf("%s:%d", d.cfg.Advertise, d.cfg.GossipPort)}); err != nil {
+		f.Fatal(err)
+	}
+	return c
+}

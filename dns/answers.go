@@ -1,0 +1,292 @@
+package dns
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strconv"
+)
+
+// AnswerSource is optionally implemented by a Source that also keeps its
+// local answers precomputed. The UDP listeners then answer the plain
+// queries for those names from the table without parsing them into
+// messages or allocating; everything else takes the general path, which
+// asks the Source. Answers must return a table built from the same
+// records the Source's lookups see at that moment (one atomic snapshot).
+type AnswerSource interface {
+	Answers() *Answers
+}
+
+// Answers is an immutable table of precomputed local answers in wire
+// format, per asker. Build one with NewAnswers and Add, then publish it;
+// it is never changed after that.
+type Answers struct {
+	views map[string]*answerView
+}
+
+// answerView is what one group of askers sees: lower-cased names without
+// the trailing dot (A answers) and reverse names (PTR answers).
+type answerView struct {
+	names map[string]wireRRs
+	ptrs  map[string]wireRRs
+}
+
+// wireRRs is a run of answer records whose owner name is a compression
+// pointer to the question (offset 12), so one copy serves every spelling
+// of the name. Records of type A are 16 bytes each and are rotated per
+// answer to spread clients over the addresses.
+type wireRRs struct {
+	rrs []byte
+	n   int
+}
+
+const (
+	aRRLen      = 16 // C00C, type, class, TTL, rdlength 4, address
+	optRRLen    = 11 // root, type OPT, class (UDP size), TTL, rdlength 0
+	headerLen   = 12
+	typeA       = 1
+	typePTR     = 12
+	typeOPT     = 41
+	typeANY     = 255
+	classINET   = 1
+	classANY    = 255
+	minUDPSize  = 512
+	maxNameWire = 255
+)
+
+// NewAnswers returns an empty table.
+func NewAnswers() *Answers {
+	return &Answers{views: map[string]*answerView{}}
+}
+
+// Add precomputes the answers askers get for names (lower-cased, without
+// the trailing dot) and for the PTR names of addrs, from lookupName and
+// lookupAddr, which must be what the Source answers for each of askers.
+// The askers share one view, so they must see the same records. Names the
+// fast path cannot match (characters other than letters, digits, '-' and
+// '_', empty labels) are left to the general path.
+func (a *Answers) Add(askers []string, names []string, addrs []netip.Addr,
+	lookupName func(name string) ([]netip.Addr, bool), lookupAddr func(netip.Addr) []string) {
+	v := &answerView{names: map[string]wireRRs{}, ptrs: map[string]wireRRs{}}
+	for _, name := range names {
+		if !fastName(name) {
+			continue
+		}
+		got, ok := lookupName(name)
+		if !ok {
+			continue
+		}
+		var w wireRRs
+		for _, ip := range got {
+			if !ip.Is4() {
+				continue
+			}
+			b := ip.As4()
+			w.rrs = append(w.rrs, 0xC0, headerLen, 0, typeA, 0, classINET, 0, 0, 0, LocalTTL, 0, 4, b[0], b[1], b[2], b[3])
+			w.n++
+		}
+		v.names[name] = w
+	}
+	for _, ip := range addrs {
+		if !ip.Is4() {
+			continue
+		}
+		got := lookupAddr(ip)
+		if len(got) == 0 {
+			continue
+		}
+		var w wireRRs
+		for _, n := range got {
+			if w.rrs = appendPTR(w.rrs, n); w.rrs == nil {
+				break
+			}
+			w.n++
+		}
+		if w.rrs != nil {
+			b := ip.As4()
+			v.ptrs[reverseName(b)] = w
+		}
+	}
+	for _, asker := range askers {
+		a.views[asker] = v
+	}
+}
+
+// reverseName is the lower-case PTR name of b without the trailing dot.
+func reverseName(b [4]byte) string {
+	return strconv.Itoa(int(b[3])) + "." + strconv.Itoa(int(b[2])) + "." + strconv.Itoa(int(b[1])) + "." +
+		strconv.Itoa(int(b[0])) + ".in-addr.arpa"
+}
+
+// appendPTR appends a PTR record naming target, or returns nil if target
+// is not a name the fast path writes (then the address is left to the
+// general path).
+func appendPTR(rrs []byte, target string) []byte {
+	if !fastName(target) || len(target)+2 > maxNameWire {
+		return nil
+	}
+	rrs = append(rrs, 0xC0, headerLen, 0, typePTR, 0, classINET, 0, 0, 0, LocalTTL)
+	rrs = binary.BigEndian.AppendUint16(rrs, uint16(len(target)+2))
+	start := 0
+	for i := 0; i <= len(target); i++ {
+		if i == len(target) || target[i] == '.' {
+			rrs = append(rrs, byte(i-start))
+			rrs = append(rrs, target[start:i]...)
+			start = i + 1
+		}
+	}
+	return append(rrs, 0)
+}
+
+// fastName reports whether name (dotted, without the trailing dot) is made
+// of non-empty labels of at most 63 bytes of lower-case letters, digits,
+// '-' and '_': the names whose presentation form and wire form match
+// byte for byte.
+func fastName(name string) bool {
+	if name == "" || len(name)+1 > maxNameWire {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+			continue
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+		if label++; label > 63 {
+			return false
+		}
+	}
+	return label > 0
+}
+
+// Answer writes into out the precomputed response of asker's UDP query q
+// and returns its length, or returns 0 when q is to take the general path
+// (see the listeners). It does not allocate.
+func (a *Answers) Answer(asker string, q, out []byte) int {
+	return a.view(asker).answer(q, out, 0)
+}
+
+// view returns the answers asker sees, or nil.
+func (a *Answers) view(asker string) *answerView {
+	if a == nil {
+		return nil
+	}
+	return a.views[asker]
+}
+
+// answer writes into out the response to the UDP query q when it is a plain
+// query for a name in v, and returns its length; 0 means "take the general
+// path". Plain means: not a response, opcode QUERY, no TC, Z or RCODE
+// bits, one question of class IN or ANY with an uncompressed name, no
+// other records but at most one OPT of version 0 without options, and
+// nothing after. rot picks the first of several A records. It does not
+// allocate.
+func (v *answerView) answer(q, out []byte, rot uint) int {
+	if v == nil || len(q) < headerLen+5 || q[2]&0xFE != 0 || q[3]&0xCF != 0 {
+		return 0
+	}
+	if q[4] != 0 || q[5] != 1 || q[6]|q[7]|q[8]|q[9]|q[10] != 0 || q[11] > 1 {
+		return 0
+	}
+	var key [maxNameWire]byte
+	k := 0
+	i := headerLen
+	for {
+		if i >= len(q) {
+			return 0
+		}
+		l := int(q[i])
+		if l == 0 {
+			break
+		}
+		if l > 63 || i+1+l >= len(q) || k+l+1 > len(key) {
+			return 0
+		}
+		if k > 0 {
+			key[k] = '.'
+			k++
+		}
+		for _, c := range q[i+1 : i+1+l] {
+			switch {
+			case c >= 'A' && c <= 'Z':
+				c += 'a' - 'A'
+			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+			default:
+				return 0
+			}
+			key[k] = c
+			k++
+		}
+		i += 1 + l
+	}
+	qend := i + 5
+	if k == 0 || k+2 > maxNameWire || qend > len(q) {
+		return 0
+	}
+	qtype := binary.BigEndian.Uint16(q[i+1:])
+	if class := binary.BigEndian.Uint16(q[i+3:]); class != classINET && class != classANY {
+		return 0
+	}
+	limit, edns := minUDPSize, false
+	switch {
+	case q[11] == 0 && qend == len(q):
+	case q[11] == 1 && qend+optRRLen == len(q) && q[qend] == 0 &&
+		binary.BigEndian.Uint16(q[qend+1:]) == typeOPT && q[qend+5]|q[qend+6] == 0 &&
+		q[qend+9]|q[qend+10] == 0:
+		// An OPT of extended RCODE 0 and version 0 without options (the
+		// flags, DO among them, are not echoed: the general path does not).
+		edns = true
+		limit = max(limit, int(binary.BigEndian.Uint16(q[qend+3:])))
+	default:
+		return 0
+	}
+	var w wireRRs
+	var ok bool
+	if qtype == typePTR {
+		w, ok = v.ptrs[string(key[:k])]
+	} else {
+		w, ok = v.names[string(key[:k])]
+		if qtype != typeA && qtype != typeANY {
+			w = wireRRs{} // a local name has no other records
+		}
+	}
+	if !ok {
+		return 0
+	}
+	size := qend + len(w.rrs)
+	if edns {
+		size += optRRLen
+	}
+	if size > limit || size > len(out) {
+		return 0 // the general path truncates
+	}
+	copy(out, q[:qend])
+	out[2] = 0x80 | 0x04 | q[2]&0x01 // QR, AA, RD copied
+	out[3] = 0x80 | q[3]&0x10        // RA, CD copied
+	binary.BigEndian.PutUint16(out[6:], uint16(w.n))
+	out[8], out[9], out[10], out[11] = 0, 0, 0, 0
+	n := qend
+	if qtype == typePTR || w.n < 2 {
+		n += copy(out[n:], w.rrs)
+	} else {
+		r := int(rot%uint(w.n)) * aRRLen
+		n += copy(out[n:], w.rrs[r:])
+		n += copy(out[n:], w.rrs[:r])
+	}
+	if edns {
+		out[11] = 1
+		out[n] = 0
+		binary.BigEndian.PutUint16(out[n+1:], typeOPT)
+		binary.BigEndian.PutUint16(out[n+3:], maxUDPRead)
+		clear(out[n+5 : n+optRRLen])
+		n += optRRLen
+	}
+	return n
+}

@@ -1,0 +1,266 @@
+package dns
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// answerSource is testSource with its answers precomputed.
+type answerSource struct {
+	fakeSource
+	answers *Answers
+}
+
+func (a answerSource) Answers() *Answers { return a.answers }
+
+// precomputed returns f with a table of every name and address it knows.
+func precomputed(f fakeSource) answerSource {
+	a := NewAnswers()
+	for asker, names := range f.names {
+		var ns []string
+		for n := range names {
+			ns = append(ns, n)
+		}
+		var addrs []netip.Addr
+		for ip := range f.ptrs[asker] {
+			addrs = append(addrs, ip)
+		}
+		a.Add([]string{asker}, ns, addrs,
+			func(n string) ([]netip.Addr, bool) { return f.LookupName(asker, n) },
+			func(ip netip.Addr) []string { return f.LookupAddr(asker, ip) })
+	}
+	return answerSource{f, a}
+}
+
+// sameMeaning fails unless fast and slow are the same response: header,
+// question, and sections as sets (several A records come in any order).
+func sameMeaning(t *testing.T, what string, fast, slow *mdns.Msg) {
+	t.Helper()
+	if fast.MsgHdr != slow.MsgHdr {
+		t.Errorf("%s: header %+v, general path %+v", what, fast.MsgHdr, slow.MsgHdr)
+	}
+	if !slices.Equal(fast.Question, slow.Question) {
+		t.Errorf("%s: question %v, general path %v", what, fast.Question, slow.Question)
+	}
+	for _, s := range []struct {
+		n          string
+		fast, slow []mdns.RR
+	}{{"answer", fast.Answer, slow.Answer}, {"authority", fast.Ns, slow.Ns}, {"additional", fast.Extra, slow.Extra}} {
+		if a, b := rrStrings(s.fast), rrStrings(s.slow); !slices.Equal(a, b) {
+			t.Errorf("%s: %s %q, general path %q", what, s.n, a, b)
+		}
+	}
+}
+
+func rrStrings(rrs []mdns.RR) []string {
+	var out []string
+	for _, rr := range rrs {
+		out = append(out, rr.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// compareFast answers raw from asker on the fast path and, if it answers,
+// checks the general path answers the same. It reports whether the fast
+// path answered.
+func compareFast(t *testing.T, s *Server, src answerSource, asker string, raw []byte) bool {
+	t.Helper()
+	out := make([]byte, maxUDPRead)
+	n := src.answers.Answer(asker, raw, out)
+	if n == 0 {
+		return false
+	}
+	req := new(mdns.Msg)
+	if err := req.Unpack(raw); err != nil {
+		t.Fatalf("fast path answered a query the general path rejects (%v): %x", err, raw)
+	}
+	fast := new(mdns.Msg)
+	if err := fast.Unpack(out[:n]); err != nil {
+		t.Fatalf("fast answer does not parse (%v): %x", err, out[:n])
+	}
+	if n > udpSize(req) {
+		t.Fatalf("fast answer of %d bytes for a client taking %d", n, udpSize(req))
+	}
+	slow := s.answer(context.Background(), asker, req, false)
+	if slow == nil {
+		t.Fatalf("fast path answered what the general path ignores: %v", req)
+	}
+	// Round-trip the general answer through the wire as the listener does.
+	b, err := slow.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := new(mdns.Msg)
+	if err := back.Unpack(b); err != nil {
+		t.Fatal(err)
+	}
+	sameMeaning(t, fmt.Sprintf("%s asks %v", asker, req.Question), fast, back)
+	return true
+}
+
+// TestFastAnswersMeanWhatTheGeneralPathAnswers asks many names, spellings,
+// types, classes, flags and EDNS variants on both paths: whatever the fast
+// path answers, the general path answers the same, and the plain local
+// queries do take the fast path.
+func TestFastAnswersMeanWhatTheGeneralPathAnswers(t *testing.T) {
+	src := precomputed(testSource)
+	s := New(Config{}, src) // no upstream: forwarded names get SERVFAIL
+	names := []string{"c2.", "C2.", "c2.web.", "C2.wEb.", "db.", "DB.", "noaddr.", "c9.", "unknown.",
+		"3.0.1.10.in-addr.arpa.", "3.0.1.10.IN-ADDR.ARPA.", "4.0.1.10.in-addr.arpa.", "example.com.", "."}
+	types := []uint16{mdns.TypeA, mdns.TypeAAAA, mdns.TypeANY, mdns.TypePTR, mdns.TypeMX, mdns.TypeTXT}
+	classes := []uint16{mdns.ClassINET, mdns.ClassANY, mdns.ClassCHAOS}
+	type ednsCase struct {
+		on      bool
+		size    uint16
+		do      bool
+		version uint8
+		cookie  bool
+	}
+	ednss := []ednsCase{{}, {true, 1232, false, 0, false}, {true, 512, true, 0, false}, {true, 4096, false, 0, false},
+		{true, 100, false, 0, false}, {true, 1232, false, 1, false}, {true, 1232, false, 0, true}}
+	fast := map[string]int{}
+	for _, asker := range []string{"c1", "c9", "stranger"} {
+		for _, name := range names {
+			for _, qt := range types {
+				for _, qc := range classes {
+					for _, e := range ednss {
+						for _, flags := range []int{0, 1, 2, 3} {
+							m := new(mdns.Msg)
+							m.SetQuestion(name, qt)
+							m.Question[0].Qclass = qc
+							m.Id = uint16(len(fast)*7 + flags)
+							m.RecursionDesired = flags&1 != 0
+							m.CheckingDisabled = flags&2 != 0
+							if e.on {
+								m.SetEdns0(e.size, e.do)
+								m.IsEdns0().SetVersion(e.version)
+								if e.cookie {
+									m.IsEdns0().Option = append(m.IsEdns0().Option, &mdns.EDNS0_COOKIE{Code: mdns.EDNS0COOKIE, Cookie: "0102030405060708"})
+								}
+							}
+							raw, err := m.Pack()
+							if err != nil {
+								t.Fatal(err)
+							}
+							if compareFast(t, s, src, asker, raw) {
+								fast[fmt.Sprint(asker, " ", name, " ", mdns.TypeToString[qt], " ", e.on)]++
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	for _, want := range []string{"c1 c2. A false", "c1 C2.wEb. A true", "c1 DB. ANY false", "c1 noaddr. A true",
+		"c1 c2. AAAA false", "c1 3.0.1.10.IN-ADDR.ARPA. PTR true", "c9 c9. A false"} {
+		if fast[want] == 0 {
+			t.Errorf("%q did not take the fast path", want)
+		}
+	}
+	for _, never := range []string{"c9 c2. A false", "stranger c2. A false", "c1 c9. A false", "c1 unknown. A false",
+		"c1 4.0.1.10.in-addr.arpa. PTR false", "c1 example.com. A true"} {
+		if fast[never] != 0 {
+			t.Errorf("%q was answered locally on the fast path", never)
+		}
+	}
+}
+
+// TestFastAnswersRotateAddresses checks that a name with several addresses
+// is answered with each of them first in turn.
+func TestFastAnswersRotateAddresses(t *testing.T) {
+	src := precomputed(testSource)
+	m := new(mdns.Msg)
+	m.SetQuestion("db.", mdns.TypeA)
+	raw, _ := m.Pack()
+	out := make([]byte, maxUDPRead)
+	first := map[string]bool{}
+	v := src.answers.view("c1")
+	for rot := range uint(4) {
+		n := v.answer(raw, out, rot)
+		r := new(mdns.Msg)
+		if n == 0 || r.Unpack(out[:n]) != nil || len(r.Answer) != 2 {
+			t.Fatalf("rotation %d: %d bytes, %v", rot, n, r)
+		}
+		first[r.Answer[0].(*mdns.A).A.String()] = true
+	}
+	if len(first) != 2 {
+		t.Errorf("first addresses over 4 answers: %v, want both", first)
+	}
+}
+
+// TestLocalUDPAnswersAllocateNothing asks a local name over a real UDP
+// socket: the round trip, server side included, must not allocate.
+func TestLocalUDPAnswersAllocateNothing(t *testing.T) {
+	s := New(Config{}, precomputed(testSource))
+	addr := netip.MustParseAddrPort(serve(t, s, "c1"))
+	c, err := net.ListenUDP("udp4", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m := new(mdns.Msg)
+	m.SetQuestion("c2.", mdns.TypeA)
+	m.SetEdns0(1232, false)
+	raw, _ := m.Pack()
+	buf := make([]byte, maxUDPRead)
+	var got int
+	roundTrip := func() {
+		if _, err := c.WriteToUDPAddrPort(raw, addr); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil || n < headerLen || buf[0] != raw[0] || buf[1] != raw[1] {
+			t.Fatalf("answer %x, %v", buf[:n], err)
+		}
+		got = n
+	}
+	roundTrip() // the first read allocates the loop's batch
+	if a := testing.AllocsPerRun(200, roundTrip); a > 0 {
+		t.Errorf("%.1f allocations per local answer over UDP, want 0", a)
+	}
+	r := new(mdns.Msg)
+	if err := r.Unpack(buf[:got]); err != nil || len(r.Answer) != 1 {
+		t.Errorf("answer %v, %v", r, err)
+	}
+}
+
+// BenchmarkLocalAnswer compares one local A answer on the fast path with
+// the general path's parse, answer and pack.
+func BenchmarkLocalAnswer(b *testing.B) {
+	src := precomputed(testSource)
+	s := New(Config{}, src)
+	m := new(mdns.Msg)
+	m.SetQuestion("c2.web.", mdns.TypeA)
+	m.SetEdns0(1232, false)
+	raw, _ := m.Pack()
+	out := make([]byte, maxUDPRead)
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if src.answers.Answer("c1", raw, out) == 0 {
+				b.Fatal("not answered")
+			}
+		}
+	})
+	b.Run("general", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			req := new(mdns.Msg)
+			if err := req.Unpack(raw); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.answer(context.Background(), "c1", req, false).PackBuffer(out); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,284 @@
+//go:build linux
+
+package dns
+
+import (
+	"net"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpBatch is the number of datagrams one recvmmsg/sendmmsg moves.
+const udpBatch = 32
+
+// freeBatches bounds the batches kept for reuse: about one per busy loop
+// at a time, and there are few cores.
+const freeBatches = 8
+
+// batchPool holds the free batches of a Server's UDP loops.
+type batchPool chan *batch
+
+func newBatchPool() batchPool { return make(batchPool, freeBatches) }
+
+// get returns a free batch or a new one.
+func (p batchPool) get() *batch {
+	select {
+	case b := <-p:
+		return b
+	default:
+		return newBatch()
+	}
+}
+
+// put frees b, or leaves it to the collector when enough are free.
+func (p batchPool) put(b *batch) {
+	select {
+	case p <- b:
+	default:
+	}
+}
+
+// batch is the preallocated recvmmsg/sendmmsg state of a busy UDP loop.
+// Idle loops hold none: a loop takes one from the Server's pool when its
+// socket is readable and gives it back when the socket is drained.
+type batch struct {
+	in, out   [udpBatch]unix.Mmsghdr
+	inIov     [udpBatch]unix.Iovec
+	outIov    [udpBatch]unix.Iovec
+	names     [udpBatch]unix.RawSockaddrInet6
+	outNames  [udpBatch]unix.RawSockaddrInet6
+	inBuf     [udpBatch][maxUDPRead]byte
+	outBuf    [udpBatch][maxUDPRead]byte
+	nIn, nOut int
+	done      int
+	send      func(fd uintptr) bool
+}
+
+func newBatch() *batch {
+	b := &batch{}
+	for i := range udpBatch {
+		b.inIov[i].Base = &b.inBuf[i][0]
+		b.inIov[i].SetLen(maxUDPRead)
+		b.in[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		b.in[i].Hdr.Iov = &b.inIov[i]
+		b.in[i].Hdr.SetIovlen(1)
+		b.out[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.outNames[i]))
+		b.out[i].Hdr.Iov = &b.outIov[i]
+		b.out[i].Hdr.SetIovlen(1)
+	}
+	b.send = b.sendFn
+	return b
+}
+
+// udpLoop serves one UDP socket: plain queries for precomputed names are
+// answered in place, in batches; every other datagram goes to the general
+// path (a miekg server reading from slow).
+type udpLoop struct {
+	s     *Server
+	asker string
+	rc    syscall.RawConn
+	slow  *slowConn
+	b     *batch // the batch of the current read, nil while idle
+	rot   uint
+	recv  func(fd uintptr) bool
+}
+
+// serveUDP starts the fast loop on conn and returns the PacketConn the
+// general path reads the rest from, or pc itself when it is not a
+// *net.UDPConn. run is the loop, to be run on its own goroutine.
+func (s *Server) serveUDP(asker string, pc net.PacketConn) (general net.PacketConn, run func()) {
+	conn, ok := pc.(*net.UDPConn)
+	if !ok {
+		return pc, nil
+	}
+	if _, ok := s.src.(AnswerSource); !ok {
+		return pc, nil
+	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return pc, nil
+	}
+	l := &udpLoop{s: s, asker: asker, rc: rc, slow: newSlowConn(conn)}
+	l.recv = l.recvFn
+	return l.slow, l.run
+}
+
+// run reads until the socket is closed.
+func (l *udpLoop) run() {
+	src := l.s.src.(AnswerSource)
+	for {
+		l.b = nil
+		err := l.rc.Read(l.recv)
+		b := l.b
+		if err != nil || b == nil {
+			if b != nil {
+				l.s.batches.put(b)
+			}
+			return
+		}
+		view := src.Answers().view(l.asker)
+		b.nOut = 0
+		var local uint64
+		for i := range b.nIn {
+			n := min(int(b.in[i].Len), maxUDPRead)
+			q := b.inBuf[i][:n]
+			l.rot++
+			if m := view.answer(q, b.outBuf[b.nOut][:], l.rot); m > 0 {
+				b.outIov[b.nOut].Base = &b.outBuf[b.nOut][0]
+				b.outIov[b.nOut].SetLen(m)
+				b.outNames[b.nOut] = b.names[i]
+				b.out[b.nOut].Hdr.Namelen = b.in[i].Hdr.Namelen
+				b.nOut++
+				local++
+				continue
+			}
+			if !l.slow.push(q, &b.names[i]) {
+				l.s.batches.put(b)
+				return
+			}
+		}
+		if local > 0 {
+			l.s.stats.queries.Add(local)
+			l.s.stats.local.Add(local)
+			b.done = 0
+			l.rc.Write(b.send) // a failed send is a lost answer; the client retries
+		}
+		l.s.batches.put(b)
+	}
+}
+
+// recvFn is the RawConn read callback: it takes a batch and fills it with
+// recvmmsg; false means "wait for readability" (the batch goes back).
+func (l *udpLoop) recvFn(fd uintptr) bool {
+	b := l.s.batches.get()
+	for i := range udpBatch {
+		b.in[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+		b.in[i].Hdr.Flags = 0
+		b.in[i].Len = 0
+	}
+	for {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), udpBatch,
+			unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			b.nIn = int(n)
+			l.b = b
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			l.s.batches.put(b)
+			return false
+		default:
+			// A pending socket error (an ICMP error for an earlier
+			// answer) is consumed by this call: read again.
+			l.s.batches.put(b)
+			return false
+		}
+	}
+}
+
+// sendFn is the RawConn write callback: it sends out[done:nOut], skipping
+// a datagram the kernel refuses.
+func (b *batch) sendFn(fd uintptr) bool {
+	for b.done < b.nOut {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[b.done])), uintptr(b.nOut-b.done),
+			unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			b.done += max(int(n), 1)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			b.done++
+		}
+	}
+	return true
+}
+
+// slowConn is the PacketConn of the general path: it reads the datagrams
+// the fast loop hands over and writes to the real socket.
+type slowConn struct {
+	conn      *net.UDPConn
+	ch        chan slowPacket
+	stop      chan struct{}
+	stopOnce  sync.Once
+	closeOnce sync.Once
+}
+
+type slowPacket struct {
+	b    []byte
+	addr *net.UDPAddr
+}
+
+func newSlowConn(conn *net.UDPConn) *slowConn {
+	return &slowConn{conn: conn, ch: make(chan slowPacket, udpBatch), stop: make(chan struct{})}
+}
+
+// push hands a copy of q from sa to the general path; false means the
+// general path has stopped.
+func (c *slowConn) push(q []byte, sa *unix.RawSockaddrInet6) bool {
+	p := slowPacket{b: append([]byte(nil), q...), addr: &net.UDPAddr{}}
+	if sa.Family == unix.AF_INET {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		p.addr.IP = net.IPv4(sa4.Addr[0], sa4.Addr[1], sa4.Addr[2], sa4.Addr[3])
+		pb := (*[2]byte)(unsafe.Pointer(&sa4.Port))
+		p.addr.Port = int(pb[0])<<8 | int(pb[1])
+	} else {
+		p.addr.IP = append(net.IP(nil), sa.Addr[:]...)
+		pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		p.addr.Port = int(pb[0])<<8 | int(pb[1])
+	}
+	select {
+	case c.ch <- p:
+		return true
+	case <-c.stop:
+		return false
+	}
+}
+
+func (c *slowConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	select {
+	case p := <-c.ch:
+		return copy(b, p.b), p.addr, nil
+	case <-c.stop:
+		return 0, nil, net.ErrClosed
+	}
+}
+
+func (c *slowConn) WriteTo(b []byte, addr net.Addr) (int, error) { return c.conn.WriteTo(b, addr) }
+
+// Close stops the general path and closes the socket, which ends the fast
+// loop.
+func (c *slowConn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		c.stopOnce.Do(func() { close(c.stop) })
+		err = c.conn.Close()
+	})
+	return err
+}
+
+func (c *slowConn) LocalAddr() net.Addr { return c.conn.LocalAddr() }
+
+func (c *slowConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.conn.SetWriteDeadline(t)
+}
+
+// SetReadDeadline wakes the reader for good when t has passed (that is how
+// the miekg server is shut down); later deadlines are not enforced, which
+// the miekg server does not need.
+func (c *slowConn) SetReadDeadline(t time.Time) error {
+	if !t.IsZero() && !t.After(time.Now()) {
+		c.stopOnce.Do(func() { close(c.stop) })
+	}
+	return nil
+}
+
+func (c *slowConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
