@@ -12,11 +12,11 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
-	"github.com/vxmesh/vxmesh/packet"
 )
 
-// Replicated tables (DESIGN §5). Networks outlive the node that created
-// them; endpoints belong to their node and leave with it.
+// Replicated tables (docs/architecture.md, "Cluster"). Networks outlive
+// the node that created them; endpoints belong to their node and leave
+// with it.
 const (
 	tblNetworks  = "networks"
 	tblEndpoints = "endpoints"
@@ -25,6 +25,36 @@ const (
 // reconcileInterval bounds how stale the data plane can be if a change
 // notification is coalesced away (membership state, member metadata).
 const reconcileInterval = 2 * time.Second
+
+// netRecord is a network as replicated to every node (the value of a
+// networks table entry, keyed by Name). It is the gossip schema, separate
+// from the on-disk savedNetwork: every node must decode every other
+// node's records, so fields are only added, with omitempty.
+type netRecord struct {
+	Name    string    `json:"name"`
+	ID      string    `json:"id"`
+	Subnet  string    `json:"subnet"`
+	Gateway string    `json:"gateway"`
+	MTU     int       `json:"mtu"`
+	VNI     uint32    `json:"vni"`
+	Created time.Time `json:"created"`
+	// VTEPs are external RFC 7348 VTEPs of the network.
+	VTEPs []string `json:"vteps,omitempty"`
+	// Encrypted networks are carried in ESP between hosts with Cipher.
+	Encrypted bool   `json:"encrypted,omitempty"`
+	Cipher    string `json:"cipher,omitempty"`
+	// StormLimit: -1 unlimited, 0 (a record from a node that predates
+	// the field) the default.
+	StormLimit int `json:"storm_limit,omitempty"`
+}
+
+// saved is the network as state.json keeps it.
+func (r netRecord) saved() savedNetwork {
+	return savedNetwork{
+		Name: r.Name, ID: r.ID, Subnet: r.Subnet, Gateway: r.Gateway, MTU: r.MTU, VNI: r.VNI,
+		Created: r.Created, VTEPs: r.VTEPs, Encrypted: r.Encrypted, Cipher: r.Cipher, StormLimit: r.StormLimit,
+	}
+}
 
 // epRecord is an endpoint as replicated to every node.
 type epRecord struct {
@@ -55,7 +85,7 @@ func (d *Daemon) unpublishEndpoint(ep *endpoint) {
 	}
 }
 
-func (d *Daemon) publishNetwork(rec savedNetwork) error {
+func (d *Daemon) publishNetwork(rec netRecord) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -65,15 +95,15 @@ func (d *Daemon) publishNetwork(rec savedNetwork) error {
 
 // clusterNetworks decodes and validates the networks table; invalid
 // records are left out, counted and logged once.
-func (d *Daemon) clusterNetworks() map[string]savedNetwork {
+func (d *Daemon) clusterNetworks() map[string]netRecord {
 	valid, _ := d.networkRecords()
 	return valid
 }
 
 // networkRecords is clusterNetworks that also returns the names of the
 // invalid records, so that reconcile leaves this node's copy alone.
-func (d *Daemon) networkRecords() (valid map[string]savedNetwork, invalid map[string]bool) {
-	valid, invalid = map[string]savedNetwork{}, map[string]bool{}
+func (d *Daemon) networkRecords() (valid map[string]netRecord, invalid map[string]bool) {
+	valid, invalid = map[string]netRecord{}, map[string]bool{}
 	rules := d.vtepRules()
 	for _, e := range d.cl.List(tblNetworks) {
 		rec, err := decodeNetwork(e, rules)
@@ -121,27 +151,32 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 		case <-t.C:
 		}
 		d.mu.Lock()
-		d.reconcile()
+		if err := d.reconcile(); err != nil {
+			d.log.Error("data plane", "err", err)
+		}
 		d.mu.Unlock()
 		d.saveMembers()
 	}
 }
 
-// reconcile makes the local networks, remote FDB entries and VTEP peers
-// match the cluster's tables; callers hold d.mu. Records are validated
-// before use, so reconcile does not panic; should it still, the panic is
-// counted ("reconcile-panic") and logged instead of killing the daemon.
-func (d *Daemon) reconcile() {
+// reconcile makes the local networks match the cluster's tables, then
+// applies the desired data-plane state (networks, endpoints, remotes,
+// peers, SAs) and returns what the data plane could not apply; callers
+// hold d.mu. Records are validated before use, so reconcile does not
+// panic; should it still, the panic is counted ("reconcile-panic"),
+// logged and returned instead of killing the daemon.
+func (d *Daemon) reconcile() (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			d.refused.note(d.log, "reconcile-panic", fmt.Sprint(r), "", 0, fmt.Errorf("%v\n%s", r, debug.Stack()))
+			err = fmt.Errorf("reconcile: %v", r)
 		}
 	}()
-	d.reconcileTables()
+	return d.reconcileTables()
 }
 
 // reconcileTables is reconcile without its safety net.
-func (d *Daemon) reconcileTables() {
+func (d *Daemon) reconcileTables() error {
 	want, invalid := d.networkRecords()
 	changed := false
 	for name, rec := range want {
@@ -197,89 +232,7 @@ func (d *Daemon) reconcileTables() {
 		}
 	}
 	d.holdBlocks()
-	d.applyRemotes()
-	d.reconcileKeys()
-}
-
-// applyRemotes installs every other node's endpoints as static switch
-// entries behind the tunnel port (so their ARP is answered locally and
-// they are never flooded to) and as MAC -> VTEP entries in the tunnel,
-// and sets each network's flooding peers: nodes with endpoints on it plus
-// its external VTEPs.
-func (d *Daemon) applyRemotes() {
-	vtepOf := map[string]netip.Addr{}
-	for _, m := range d.cl.Members() {
-		if !m.Self && m.Meta.DataAddr.IsValid() {
-			vtepOf[m.Name] = m.Meta.DataAddr.Addr()
-		}
-	}
-	type remote struct {
-		ip   netip.Addr
-		vtep netip.Addr
-	}
-	byNet := map[string]map[packet.MAC]remote{}
-	for _, rec := range d.endpointSet().accepted {
-		if rec.Node == d.cfg.Node {
-			continue
-		}
-		vtep, ok := vtepOf[rec.Node]
-		if !ok {
-			continue
-		}
-		mac, _ := packet.ParseMAC(rec.MAC)
-		ip, _ := netip.ParseAddr(rec.IP)
-		if byNet[rec.Network] == nil {
-			byNet[rec.Network] = map[packet.MAC]remote{}
-		}
-		byNet[rec.Network][mac] = remote{ip, vtep}
-	}
-	for name, n := range d.networks {
-		want := byNet[name]
-		remotes := make(map[packet.MAC]netip.Addr, len(want))
-		peerSet := map[netip.Addr]bool{}
-		for mac, r := range want {
-			remotes[mac] = r.vtep
-			peerSet[r.vtep] = true
-		}
-		var external []netip.Addr
-		for _, v := range n.rec.VTEPs {
-			if a, err := netip.ParseAddr(v); err == nil {
-				peerSet[a] = true
-				external = append(external, a)
-			}
-		}
-		peers := make([]netip.Addr, 0, len(peerSet))
-		for a := range peerSet {
-			peers = append(peers, a)
-		}
-		sort.Slice(peers, func(i, j int) bool { return peers[i].Less(peers[j]) })
-		if err := n.tn.SetPeers(peers); err != nil {
-			d.log.Error("setting VTEP peers", "network", name, "err", err)
-		}
-		if err := n.tn.SetRemotes(remotes); err != nil {
-			d.log.Error("setting remote endpoints", "network", name, "err", err)
-		}
-		// MACs are learned behind external VTEPs only.
-		if err := n.tn.SetExternal(external); err != nil {
-			d.log.Error("setting external VTEPs", "network", name, "err", err)
-		}
-		for mac, ip := range n.remotes {
-			if r, ok := want[mac]; !ok || r.ip != ip {
-				n.sw.RemoveStatic(mac)
-				delete(n.remotes, mac)
-			}
-		}
-		for mac, r := range want {
-			if _, ok := n.remotes[mac]; ok {
-				continue
-			}
-			if err := n.sw.AddStatic(mac, r.ip, n.tport); err != nil {
-				d.log.Warn("remote endpoint", "network", name, "mac", mac, "err", err)
-				continue
-			}
-			n.remotes[mac] = r.ip
-		}
-	}
+	return d.reconcileKeys()
 }
 
 // Nodes lists the cluster members and the networks each has endpoints on.

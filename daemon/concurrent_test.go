@@ -246,7 +246,7 @@ func TestEncryptedRecordIsNeverDowngraded(t *testing.T) {
 	agreeOnNetworks(t, ds, map[string]api.Network{"sec": sec})
 	// h3 writes a cleartext record for the name with a newer version, as
 	// the other side of a healed partition would.
-	rec := savedNetwork{Name: "sec", ID: "0123456789abcdef0123456789abcdef", Subnet: "10.42.0.0/24",
+	rec := netRecord{Name: "sec", ID: "0123456789abcdef0123456789abcdef", Subnet: "10.42.0.0/24",
 		Gateway: "10.42.0.1", MTU: 1450, VNI: sec.VNI}
 	b, _ := json.Marshal(rec)
 	if err := ds[2].cl.Put(tblNetworks, "sec", b); err != nil {
@@ -255,7 +255,7 @@ func TestEncryptedRecordIsNeverDowngraded(t *testing.T) {
 	for _, d := range ds {
 		waitFor(t, d.cfg.Node+" holding the encrypted record of sec", func() bool {
 			e, ok := d.cl.Get(tblNetworks, "sec")
-			var got savedNetwork
+			var got netRecord
 			return ok && json.Unmarshal(e.Value, &got) == nil && got.Encrypted && got.ID == sec.ID
 		})
 	}

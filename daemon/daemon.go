@@ -1,7 +1,9 @@
-// Package daemon is the per-host vxmesh daemon: it owns the networks and
-// endpoints of this host, builds a virtual switch per network, wires
-// container namespaces to it through TAP devices, persists its decisions in
-// the state directory and serves the HTTP+JSON API on a unix socket.
+// Package daemon is the per-host vxmesh daemon: it decides which networks
+// and endpoints this host has (from API requests and the cluster's
+// tables), wires container namespaces through TAP devices, persists its
+// decisions in the state directory and serves the HTTP+JSON API on a unix
+// socket. The dataplane package applies its decisions: the daemon hands it
+// one complete desired state at a time (desiredDataplane).
 package daemon
 
 import (
@@ -23,6 +25,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 	"github.com/vxmesh/vxmesh/tunnel"
@@ -126,7 +129,7 @@ type Daemon struct {
 	selfNs [2]uint64
 
 	cl     *cluster.Cluster
-	vtep   *tunnel.VTEP
+	dp     *dataplane.Dataplane
 	dns    *resolver
 	keys   *keyState
 	ctx    context.Context
@@ -144,9 +147,22 @@ type Daemon struct {
 	// and the cluster watcher use it.
 	known map[string]savedMember
 
+	// mu guards the daemon's decisions. It is never held across a
+	// cluster round trip, the Docker API or plugging an interface: Attach
+	// and CreateNetwork reserve what they decide (attaching, reservedIPs,
+	// creating) and validate again after re-taking it. The data plane has its own
+	// lock; applyDataplane hands it the desired state under mu.
 	mu         sync.Mutex
-	networks   map[string]*network
+	networks   map[string]*localNetwork
 	containers map[string]*container
+	// attaching names the containers an Attach is in flight for, with the
+	// network it attaches to; reservedIPs the addresses such Attaches
+	// picked, by network.
+	attaching   map[string]string
+	reservedIPs map[string]map[netip.Addr]string
+	// creating holds the name, subnet and VNI of each CreateNetwork in
+	// flight, by name.
+	creating map[string]netClaim
 }
 
 // New validates cfg, takes the state directory's lock and restores the
@@ -217,13 +233,16 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		sb:         cfg.Sandbox,
-		lock:       lock,
-		keys:       keys,
-		networks:   map[string]*network{},
-		containers: map[string]*container{},
+		cfg:         cfg,
+		log:         cfg.Logger,
+		sb:          cfg.Sandbox,
+		lock:        lock,
+		keys:        keys,
+		networks:    map[string]*localNetwork{},
+		containers:  map[string]*container{},
+		attaching:   map[string]string{},
+		reservedIPs: map[string]map[netip.Addr]string{},
+		creating:    map[string]netClaim{},
 	}
 	if dev, ino, err := d.sb.NetnsIdentity("/proc/self/ns/net"); err == nil {
 		d.selfNs = [2]uint64{dev, ino}
@@ -263,15 +282,17 @@ func (d *Daemon) start() error {
 		}
 		eul = u
 	}
-	d.vtep = tunnel.New(tunnel.Config{
-		Underlay: ul, DataPort: d.cfg.DataPort, ESPUnderlay: eul, ESPPort: d.cfg.ESPPort,
-		Logger: d.log.With("component", "tunnel"), LocalAddr: d.cfg.Advertise,
+	d.dp = dataplane.New(dataplane.Options{
+		Tunnel: tunnel.Config{
+			Underlay: ul, DataPort: d.cfg.DataPort, ESPUnderlay: eul, ESPPort: d.cfg.ESPPort,
+			Logger: d.log.With("component", "tunnel"), LocalAddr: d.cfg.Advertise,
+		},
+		Logger: d.log.With("component", "dataplane"),
 	})
-	d.keys.onInstall = d.installTunnelSAs
 	d.done.Add(1)
 	go func() {
 		defer d.done.Done()
-		d.vtep.Run(d.ctx)
+		d.dp.Run(d.ctx)
 	}()
 	if err := d.startCluster(); err != nil {
 		return err
@@ -295,7 +316,7 @@ func (d *Daemon) start() error {
 	// announced again; one deleted elsewhere meanwhile stays deleted.
 	for _, rec := range saved {
 		if !d.cl.Known(tblNetworks, rec.Name) {
-			if err := d.publishNetwork(rec); err != nil {
+			if err := d.publishNetwork(rec.record()); err != nil {
 				return err
 			}
 		}
@@ -305,7 +326,9 @@ func (d *Daemon) start() error {
 			d.publishEndpoint(ep)
 		}
 	}
-	d.reconcile()
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
 	d.done.Add(1)
 	go func() {
 		defer d.done.Done()
@@ -456,17 +479,11 @@ func (d *Daemon) close() {
 	}
 	d.mu.Lock()
 	d.stopResolvers()
-	for _, c := range d.containers {
-		for _, ep := range c.endpoints {
-			ep.stop()
-		}
-	}
-	for _, n := range d.networks {
-		d.removeLocalNetwork(n)
-	}
 	d.mu.Unlock()
-	if d.vtep != nil {
-		d.vtep.Close()
+	// The data plane closes every endpoint's device (persistent TAPs stay
+	// in their namespaces) and takes the networks down.
+	if d.dp != nil {
+		d.dp.Close()
 	}
 	if d.metricsLn != nil {
 		d.metricsLn.Close()
@@ -482,7 +499,7 @@ func (d *Daemon) close() {
 func (d *Daemon) save() error {
 	s := &savedState{Version: 1}
 	for _, n := range d.sortedNetworks() {
-		s.Networks = append(s.Networks, n.rec)
+		s.Networks = append(s.Networks, n.rec.saved())
 	}
 	for _, c := range d.sortedContainers() {
 		sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed}
@@ -497,8 +514,8 @@ func (d *Daemon) save() error {
 	return nil
 }
 
-func (d *Daemon) sortedNetworks() []*network {
-	out := make([]*network, 0, len(d.networks))
+func (d *Daemon) sortedNetworks() []*localNetwork {
+	out := make([]*localNetwork, 0, len(d.networks))
 	for _, n := range d.networks {
 		out = append(out, n)
 	}

@@ -45,6 +45,8 @@ type fakeSandbox struct {
 	// useNetstack makes Plug give each interface a gVisor netstack
 	// container instead of a bare pipe end.
 	useNetstack bool
+	// dockerPID, if set, answers DockerPID.
+	dockerPID func(container string) (int, error)
 }
 
 type fakeIface struct {
@@ -205,7 +207,12 @@ func (f *fakeSandbox) PIDsInNetns(path string) ([]int, error) {
 	}
 	return f.pids[ino], nil
 }
-func (f *fakeSandbox) DockerPID(c string) (int, error) { return 0, errors.New("docker: no engine") }
+func (f *fakeSandbox) DockerPID(c string) (int, error) {
+	if f.dockerPID != nil {
+		return f.dockerPID(c)
+	}
+	return 0, errors.New("docker: no engine")
+}
 func (f *fakeSandbox) iface(ns, ifname string) *fakeIface {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -8,13 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"sync/atomic"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
-	"github.com/vxmesh/vxmesh/vswitch"
 )
 
 // container is a network namespace with one endpoint per network it is
@@ -44,82 +42,43 @@ func (c *container) sortedEndpoints() []*endpoint {
 	return out
 }
 
-// endpoint is a container's interface on one network: the TAP device the
-// daemon holds, its switch port and the goroutine that reads it.
+// endpoint is a container's interface on one network: the daemon's side
+// of the TAP device, which the data plane reads and switches while the
+// endpoint is in the desired state (desiredDataplane).
 type endpoint struct {
 	ctr     *container
-	net     *network
+	net     *localNetwork
 	ip      netip.Addr
 	mac     packet.MAC
 	ifname  string
 	aliases []string
 
-	dev     netdev.Device
-	port    *vswitch.Port
-	done    chan struct{}
-	closing atomic.Bool
-	state   atomic.Pointer[string]
+	// dev is the open device, handed to the data plane (which closes it
+	// once the endpoint leaves the desired state); nil while the endpoint
+	// is down, and down says why.
+	dev  netdev.Device
+	down string
 }
 
-func (ep *endpoint) setState(s string) { ep.state.Store(&s) }
+// portName names the endpoint's switch port.
+func (ep *endpoint) portName() string { return ep.ctr.name + "/" + ep.ifname }
 
-func (ep *endpoint) stateString() string {
-	if s := ep.state.Load(); s != nil {
-		return *s
+// endpointState is "up", or "down: " and why.
+func (d *Daemon) endpointState(ep *endpoint) string {
+	if ep.dev == nil {
+		if ep.down != "" {
+			return ep.down
+		}
+		return "down"
+	}
+	if s := d.dp.PortState(ep.net.rec.Name, ep.portName()); s != "" {
+		return s
 	}
 	return "down"
 }
 
 func (ep *endpoint) saved() savedEndpoint {
 	return savedEndpoint{Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), IfName: ep.ifname, Aliases: ep.aliases}
-}
-
-// start puts dev on the network's switch and starts forwarding from it.
-func (ep *endpoint) start(dev netdev.Device) error {
-	port, err := ep.net.sw.AddPort(dev, vswitch.PortConfig{
-		Name: ep.ctr.name + "/" + ep.ifname, MAC: ep.mac, IP: ep.ip, Security: true,
-	})
-	if err != nil {
-		return err
-	}
-	ep.dev, ep.port, ep.done = dev, port, make(chan struct{})
-	ep.closing.Store(false)
-	ep.setState("up")
-	go ep.forward()
-	return nil
-}
-
-// forward is the endpoint's reader: it reads batches from the TAP device
-// and hands them to the switch, run to completion, until the device closes.
-func (ep *endpoint) forward() {
-	defer close(ep.done)
-	b := packet.NewBatch(ep.dev.BatchSize())
-	for {
-		n, err := ep.dev.Read(b.Bufs, b.Sizes, packet.Headroom)
-		if n > 0 {
-			ep.port.Input(b.Bufs[:n], b.Sizes[:n], packet.Headroom)
-		}
-		if err != nil {
-			if !ep.closing.Load() {
-				ep.setState("down: " + err.Error())
-			}
-			return
-		}
-	}
-}
-
-// stop ends forwarding and closes the daemon's handle on the device; a
-// persistent TAP stays in the container.
-func (ep *endpoint) stop() {
-	if ep.dev == nil {
-		return
-	}
-	ep.closing.Store(true)
-	ep.dev.Close()
-	<-ep.done
-	ep.net.sw.RemovePort(ep.port)
-	ep.dev, ep.port = nil, nil
-	ep.setState("down: stopped")
 }
 
 // resolvConfPath is the resolv.conf bind-mounted for processes of c.
@@ -131,7 +90,7 @@ func (d *Daemon) endpointView(ep *endpoint) api.Endpoint {
 	return api.Endpoint{
 		Name: ep.ctr.name, Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(),
 		IfName: ep.ifname, Netns: ep.ctr.netns, Aliases: ep.aliases, Managed: ep.ctr.managed,
-		Node: d.cfg.Node, ResolvConf: d.resolvConfPath(), State: ep.stateString(),
+		Node: d.cfg.Node, ResolvConf: d.resolvConfPath(), State: d.endpointState(ep),
 	}
 }
 
@@ -161,25 +120,11 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	}
 
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	n, ok := d.networks[req.Network]
-	if !ok {
-		return api.Endpoint{}, notFound("network %q: not found", req.Network)
-	}
-	c := d.containers[req.Name]
-	if c != nil && req.Create {
-		return api.Endpoint{}, conflict("container %q: already exists", req.Name)
-	}
-	if c != nil && c.endpoints[n.rec.Name] != nil {
-		return api.Endpoint{}, conflict("container %q: already attached to network %q", req.Name, n.rec.Name)
-	}
-
-	ip, err := d.pickIP(n, req.IP)
+	n, c, err := d.beginAttach(req)
+	d.mu.Unlock()
 	if err != nil {
-		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
+		return api.Endpoint{}, err
 	}
-
-	// Find or make the namespace.
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -187,57 +132,136 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 				undo[i]()
 			}
 		}
+		d.mu.Lock()
+		d.endAttach(req.Name)
+		d.mu.Unlock()
 	}()
+
+	// Without d.mu: the namespace (the Docker API), the address (block
+	// claims are cluster round trips) and the interface. The name is
+	// reserved (d.attaching) and the address too (d.reservedIPs); what
+	// others may change meanwhile is checked again in commitAttach.
 	newCtr := c == nil
 	if newCtr {
-		c = &container{name: req.Name, endpoints: map[string]*endpoint{}}
-		switch {
-		case req.Create:
-			nsName := d.cfg.NetnsPrefix + req.Name
-			path, err := d.sb.CreateNamedNetns(nsName)
-			if err != nil {
-				return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
-			}
-			undo = append(undo, func() { d.sb.DeleteNamedNetns(nsName) })
-			c.netns, c.managed = path, true
-		case req.Netns != "":
-			c.netns = req.Netns
-		case req.PID != 0:
-			c.netns = sandbox.NetnsPathForPID(req.PID)
-		case req.Docker != "":
-			pid, err := d.sb.DockerPID(req.Docker)
-			if err != nil {
-				return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
-			}
-			c.netns = sandbox.NetnsPathForPID(pid)
+		if c, err = d.containerNetns(req, &undo); err != nil {
+			return api.Endpoint{}, err
 		}
-		dev, ino, err := d.sb.NetnsIdentity(c.netns)
-		if err != nil {
-			return api.Endpoint{}, invalid("container %q: netns %s: %v", req.Name, c.netns, err)
-		}
-		if [2]uint64{dev, ino} == d.selfNs {
-			return api.Endpoint{}, invalid("container %q: netns %s is the daemon's own network namespace", req.Name, c.netns)
-		}
-		if other := d.containerByNetns(dev, ino); other != nil {
-			return api.Endpoint{}, conflict("container %q: netns %s already belongs to container %q", req.Name, c.netns, other.name)
-		}
-		c.nsDev, c.nsIno = dev, ino
 	} else if err := d.checkSameNetns(c, req); err != nil {
 		return api.Endpoint{}, err
 	}
+	ip, err := d.reserveIP(req.Name, n, req.IP)
+	if err != nil {
+		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
+	}
+	d.mu.Lock()
+	e, cfg, err := d.prepareEndpoint(req, n, c, ip)
+	d.mu.Unlock()
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	dev, err := d.sb.Plug(c.netns, cfg)
+	if err != nil {
+		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
+	}
+	undo = append(undo, func() { d.sb.Unplug(c.netns, e.ifname) })
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.commitAttach(n, c, e, dev, newCtr); err != nil {
+		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
+	}
+	d.publishEndpoint(e)
+	d.dnsAttached(c)
+	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", ip, "ifname", e.ifname, "netns", c.netns)
+	return d.endpointView(e), nil
+}
 
+// beginAttach checks req against the daemon's records and reserves the
+// container's name for the attach; callers hold d.mu.
+func (d *Daemon) beginAttach(req api.AttachRequest) (*localNetwork, *container, error) {
+	n, ok := d.networks[req.Network]
+	if !ok {
+		return nil, nil, notFound("network %q: not found", req.Network)
+	}
+	if _, busy := d.attaching[req.Name]; busy {
+		return nil, nil, conflict("container %q: another attach of it is in progress", req.Name)
+	}
+	c := d.containers[req.Name]
+	if c != nil && req.Create {
+		return nil, nil, conflict("container %q: already exists", req.Name)
+	}
+	if c != nil && c.endpoints[n.rec.Name] != nil {
+		return nil, nil, conflict("container %q: already attached to network %q", req.Name, n.rec.Name)
+	}
+	d.attaching[req.Name] = n.rec.Name
+	return n, c, nil
+}
+
+// endAttach releases what beginAttach and reserveIP reserved; callers
+// hold d.mu.
+func (d *Daemon) endAttach(name string) {
+	delete(d.attaching, name)
+	for _, ips := range d.reservedIPs {
+		for a, owner := range ips {
+			if owner == name {
+				delete(ips, a)
+			}
+		}
+	}
+}
+
+// containerNetns finds or makes the namespace of a new container (undo
+// deletes one it made). It does not need d.mu.
+func (d *Daemon) containerNetns(req api.AttachRequest, undo *[]func()) (*container, error) {
+	c := &container{name: req.Name, endpoints: map[string]*endpoint{}}
+	switch {
+	case req.Create:
+		nsName := d.cfg.NetnsPrefix + req.Name
+		path, err := d.sb.CreateNamedNetns(nsName)
+		if err != nil {
+			return nil, fmt.Errorf("container %q: %w", req.Name, err)
+		}
+		*undo = append(*undo, func() { d.sb.DeleteNamedNetns(nsName) })
+		c.netns, c.managed = path, true
+	case req.Netns != "":
+		c.netns = req.Netns
+	case req.PID != 0:
+		c.netns = sandbox.NetnsPathForPID(req.PID)
+	case req.Docker != "":
+		pid, err := d.sb.DockerPID(req.Docker)
+		if err != nil {
+			return nil, fmt.Errorf("container %q: %w", req.Name, err)
+		}
+		c.netns = sandbox.NetnsPathForPID(pid)
+	}
+	dev, ino, err := d.sb.NetnsIdentity(c.netns)
+	if err != nil {
+		return nil, invalid("container %q: netns %s: %v", req.Name, c.netns, err)
+	}
+	if [2]uint64{dev, ino} == d.selfNs {
+		return nil, invalid("container %q: netns %s is the daemon's own network namespace", req.Name, c.netns)
+	}
+	c.nsDev, c.nsIno = dev, ino
+	return c, nil
+}
+
+// prepareEndpoint checks again what may have changed while d.mu was not
+// held, and describes the endpoint and its interface; callers hold d.mu.
+func (d *Daemon) prepareEndpoint(req api.AttachRequest, n *localNetwork, c *container, ip netip.Addr) (*endpoint, sandbox.IfaceConfig, error) {
+	if err := d.checkAttachable(n, c); err != nil {
+		return nil, sandbox.IfaceConfig{}, fmt.Errorf("container %q: %w", req.Name, err)
+	}
 	ifname := req.IfName
 	if ifname == "" {
 		ifname = c.freeIfName()
 	}
 	for _, other := range c.endpoints {
 		if other.ifname == ifname {
-			return api.Endpoint{}, conflict("container %q: interface %q already used by network %q", req.Name, ifname, other.net.rec.Name)
+			return nil, sandbox.IfaceConfig{}, conflict("container %q: interface %q already used by network %q", req.Name, ifname, other.net.rec.Name)
 		}
 	}
 	e := &endpoint{ctr: c, net: n, ip: ip, mac: macForIP(ip), ifname: ifname, aliases: req.Aliases}
 	if err := d.writeResolvConf(); err != nil {
-		return api.Endpoint{}, err
+		return nil, sandbox.IfaceConfig{}, err
 	}
 	cfg := sandbox.IfaceConfig{
 		IfName: ifname, MAC: net.HardwareAddr(e.mac[:]), Addr: netip.PrefixFrom(ip, n.subnet.Bits()), MTU: n.rec.MTU,
@@ -247,28 +271,59 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	if len(c.endpoints) == 0 {
 		cfg.Gateway = n.gw
 	}
-	dev, err := d.sb.Plug(c.netns, cfg)
-	if err != nil {
-		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
+	return e, cfg, nil
+}
+
+// checkAttachable fails when n is no longer the network of its name, or
+// c (a new container) now shares its namespace with another container;
+// callers hold d.mu.
+func (d *Daemon) checkAttachable(n *localNetwork, c *container) error {
+	if d.networks[n.rec.Name] != n {
+		return conflict("network %q: removed or replaced during the attach", n.rec.Name)
 	}
-	undo = append(undo, func() { dev.Close(); d.sb.Unplug(c.netns, ifname) })
-	if err := e.start(dev); err != nil {
-		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
+	if other := d.containerByNetns(c.nsDev, c.nsIno); other != nil && other != c {
+		return conflict("netns %s already belongs to container %q", c.netns, other.name)
 	}
-	undo = append(undo, func() { e.stop() })
+	return nil
+}
+
+// commitAttach records e with its device, saves the state and applies the
+// data plane. On failure it leaves the records as they were and the
+// device closed; callers hold d.mu.
+func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev netdev.Device, newCtr bool) error {
+	if err := d.checkAttachable(n, c); err != nil {
+		dev.Close()
+		return err
+	}
+	e.dev = dev
 	c.endpoints[n.rec.Name] = e
-	undo = append(undo, func() { delete(c.endpoints, n.rec.Name) })
 	if newCtr {
 		d.containers[c.name] = c
-		undo = append(undo, func() { delete(d.containers, c.name) })
+	}
+	forget := func() {
+		delete(c.endpoints, n.rec.Name)
+		if newCtr {
+			delete(d.containers, c.name)
+		}
 	}
 	if err := d.save(); err != nil {
-		return api.Endpoint{}, err
+		forget()
+		dev.Close()
+		return err
 	}
-	d.publishEndpoint(e)
-	d.dnsAttached(c)
-	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", ip, "ifname", ifname, "netns", c.netns)
-	return d.endpointView(e), nil
+	if err := dataplaneErrors(d.applyDataplane(), n.rec.Name, "port "+e.portName()); err != nil {
+		forget()
+		if err := d.save(); err != nil {
+			d.log.Error("saving state", "err", err)
+		}
+		// The data plane has the device: applying without the endpoint
+		// closes it.
+		if err := d.applyDataplane(); err != nil {
+			d.log.Error("data plane", "err", err)
+		}
+		return err
+	}
+	return nil
 }
 
 // checkSameNetns checks that req, which adds a network to the existing
@@ -301,51 +356,80 @@ func (d *Daemon) checkSameNetns(c *container, req api.AttachRequest) error {
 	return nil
 }
 
-// pickIP honours a requested address if it is a free host address of n,
-// or allocates the lowest free one from the address blocks this node has
-// claimed in the cluster, claiming another block when they are full, so
-// that two nodes never hand out the same address. A requested address must
-// lie in a block this node holds or can claim: only the holder of a block
-// hands out its addresses.
-func (d *Daemon) pickIP(n *network, want string) (netip.Addr, error) {
-	used := d.usedIPs(n)
+// reserveIP honours a requested address if it is a free host address of
+// n, or allocates the lowest free one from the address blocks this node
+// has claimed in the cluster, claiming another block when they are full,
+// so that two nodes never hand out the same address. A requested address
+// must lie in a block this node holds or can claim: only the holder of a
+// block hands out its addresses. The address is reserved for the
+// container until endAttach. Claims are cluster round trips: they are
+// made without d.mu, and the address is checked again after.
+func (d *Daemon) reserveIP(owner string, n *localNetwork, want string) (netip.Addr, error) {
 	if want == "" {
-		return d.allocateIP(n, used)
+		return d.allocateIP(owner, n)
 	}
 	a, err := netip.ParseAddr(want)
 	if err != nil || !usableHost(n.subnet, a) {
 		return netip.Addr{}, invalid("ip %q: not a host address of network %q (%s)", want, n.rec.Name, n.subnet)
 	}
-	if used[a] {
-		if a == n.gw {
-			return netip.Addr{}, conflict("ip %s: is the gateway of network %q", a, n.rec.Name)
-		}
-		return netip.Addr{}, conflict("ip %s: already in use on network %q", a, n.rec.Name)
+	d.mu.Lock()
+	err = d.checkFreeIP(n, a)
+	d.mu.Unlock()
+	if err != nil {
+		return netip.Addr{}, err
 	}
 	block, _ := a.Prefix(blockBits(n.subnet))
 	if err := d.cl.ClaimBlockAt(n.rec.Name, block); err != nil {
 		return netip.Addr{}, conflict("ip %s: %w", a, err)
 	}
-	// Endpoints learnt during the claim round count too.
-	if d.usedIPs(n)[a] {
-		return netip.Addr{}, conflict("ip %s: already in use on network %q", a, n.rec.Name)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// Endpoints learnt and addresses reserved meanwhile count too.
+	if err := d.checkFreeIP(n, a); err != nil {
+		return netip.Addr{}, err
 	}
+	d.reserveIPFor(owner, n, a)
 	return a, nil
+}
+
+// checkFreeIP fails when a is taken in n; callers hold d.mu.
+func (d *Daemon) checkFreeIP(n *localNetwork, a netip.Addr) error {
+	if !d.usedIPs(n)[a] {
+		return nil
+	}
+	if a == n.gw {
+		return conflict("ip %s: is the gateway of network %q", a, n.rec.Name)
+	}
+	return conflict("ip %s: already in use on network %q", a, n.rec.Name)
+}
+
+// reserveIPFor reserves a in n for the attach of container owner; callers
+// hold d.mu.
+func (d *Daemon) reserveIPFor(owner string, n *localNetwork, a netip.Addr) {
+	if d.reservedIPs[n.rec.Name] == nil {
+		d.reservedIPs[n.rec.Name] = map[netip.Addr]string{}
+	}
+	d.reservedIPs[n.rec.Name][a] = owner
 }
 
 // maxFreshBlocks bounds how many new blocks one allocation claims.
 const maxFreshBlocks = 4
 
-// allocateIP returns the lowest free address of the blocks this node
+// allocateIP reserves the lowest free address of the blocks this node
 // holds, or claims a block that still has a free address. A block found
 // full after its claim (endpoints learnt during the claim round) is given
 // back and the next one tried, within the same request.
-func (d *Daemon) allocateIP(n *network, used map[netip.Addr]bool) (netip.Addr, error) {
+func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
+	d.mu.Lock()
+	used := d.usedIPs(n)
 	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
 		if a, err := allocate(b, used, n.subnet); err == nil {
+			d.reserveIPFor(owner, n, a)
+			d.mu.Unlock()
 			return a, nil
 		}
 	}
+	d.mu.Unlock()
 	bits := blockBits(n.subnet)
 	for range maxFreshBlocks {
 		usable := func(b netip.Prefix) bool {
@@ -356,8 +440,14 @@ func (d *Daemon) allocateIP(n *network, used map[netip.Addr]bool) (netip.Addr, e
 		if err != nil {
 			return netip.Addr{}, conflict("network %q: no free address block: %w", n.rec.Name, err)
 		}
+		d.mu.Lock()
 		used = d.usedIPs(n)
-		if a, err := allocate(b, used, n.subnet); err == nil {
+		a, err := allocate(b, used, n.subnet)
+		if err == nil {
+			d.reserveIPFor(owner, n, a)
+		}
+		d.mu.Unlock()
+		if err == nil {
 			return a, nil
 		}
 		if err := d.cl.ReleaseBlock(n.rec.Name, b); err != nil {
@@ -412,6 +502,9 @@ func (d *Daemon) Detach(name, network string) error {
 	if !ok {
 		return notFound("container %q: not found", name)
 	}
+	if _, busy := d.attaching[name]; busy {
+		return conflict("container %q: an attach of it is in progress; try again", name)
+	}
 	if network == "" {
 		if len(c.endpoints) != 1 {
 			return invalid("container %q: attached to %d networks; name one with --network", name, len(c.endpoints))
@@ -460,7 +553,11 @@ func (d *Daemon) pinNetns(c *container) (nsPath string, release func(), err erro
 // taken ep out of its container's endpoints and holds d.mu.
 func (d *Daemon) removeEndpoint(ep *endpoint, nsPath string) {
 	d.unpublishEndpoint(ep)
-	ep.stop()
+	// The endpoint has left the records: applying the data plane without
+	// it closes its device.
+	if err := d.applyDataplane(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
 	if nsPath != "" {
 		if err := d.sb.Unplug(nsPath, ep.ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("removing interface", "container", ep.ctr.name, "ifname", ep.ifname, "err", err)
@@ -483,6 +580,9 @@ func (d *Daemon) RemoveContainer(name string) error {
 	c, ok := d.containers[name]
 	if !ok {
 		return notFound("container %q: not found", name)
+	}
+	if _, busy := d.attaching[name]; busy {
+		return conflict("container %q: an attach of it is in progress; try again", name)
 	}
 	nsPath, release, nsErr := d.pinNetns(c)
 	if nsErr != nil {
@@ -633,7 +733,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 		return nil, err
 	}
 	for _, rec := range s.Networks {
-		if err := d.addLocalNetwork(rec); err != nil {
+		if err := d.addLocalNetwork(rec.record()); err != nil {
 			return nil, err
 		}
 	}
@@ -662,27 +762,26 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 			ep := &endpoint{ctr: c, net: n, ip: ip, mac: mac, ifname: se.IfName, aliases: se.Aliases}
 			c.endpoints[n.rec.Name] = ep
 			if nsErr != nil {
-				ep.setState("down: netns " + c.netns + ": " + nsErr.Error())
+				ep.down = "down: netns " + c.netns + ": " + nsErr.Error()
 				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", nsErr)
 				continue
 			}
 			dev, err := d.sb.Reopen(c.netns, ep.ifname)
-			if err == nil {
-				err = ep.start(dev)
-				if err != nil {
-					dev.Close()
-				}
-			}
 			if err != nil {
-				ep.setState("down: " + err.Error())
+				ep.down = "down: " + err.Error()
 				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", err)
 				continue
 			}
+			ep.dev = dev
 			d.log.Info("endpoint restored", "container", c.name, "network", n.rec.Name, "ip", ip)
 		}
 		if nsErr == nil && len(c.endpoints) > 0 {
 			d.dnsAttached(c)
 		}
+	}
+	// Forward at once; the cluster's part follows with reconcile.
+	if err := d.applyDataplane(); err != nil {
+		d.log.Error("data plane", "err", err)
 	}
 	return s.Networks, nil
 }

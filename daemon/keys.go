@@ -20,12 +20,12 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/crypto/keyring"
-	"github.com/vxmesh/vxmesh/tunnel"
 )
 
-// Data keys of encrypted networks (DESIGN §5). The ring travels only over
-// the cluster's gossip, which is encrypted with the cluster key, and lives
-// only in memory: it is never written to the state directory.
+// Data keys of encrypted networks (docs/architecture.md, "Encrypted
+// networks"). The ring travels only over the cluster's gossip, which is
+// encrypted with the cluster key, and lives only in memory: it is never
+// written to the state directory.
 //
 //   - Table "keys" (outlives its writer): "ring" holds keyring.Ring.Marshal,
 //     "rotate" a pending rotation request (any node writes it for
@@ -35,8 +35,8 @@ import (
 //     SPIs it chose for its inbound SAs, the newest key it has installed
 //     inbound SAs for, and the rings it refused.
 //
-// Nonces never repeat under a key (DESIGN §4): SA key material comes from
-// the ring secret and the X25519 shared secret of the two runs, so every
+// Nonces never repeat under a key: SA key material comes from the ring
+// secret and the X25519 shared secret of the two runs, so every
 // daemon run has SAs of its own; an SA object lives as long as its key is
 // in the ring; within a run a ring that goes backwards or brings back a
 // key that left is refused (keyring.Guard) and answered by the rotator with
@@ -215,10 +215,8 @@ type keyState struct {
 	// dropped in this run: no outbound SA is made again with them.
 	spent     map[[32]byte]bool
 	shared    map[[keyring.PubLen]byte][]byte // X25519 shared secret by peer run
-	installed map[esp.Cipher][]*peerSAs       // what the data plane uses now
+	installed map[esp.Cipher][]*peerSAs       // what the data plane is to use
 	published []byte                          // the keystate value last published
-	// onInstall, when set, receives the SAs to install in the data plane.
-	onInstall func(map[esp.Cipher][]*peerSAs) error
 }
 
 func newKeyState() (*keyState, error) {
@@ -367,11 +365,12 @@ func (d *Daemon) encryptedCiphers() []esp.Cipher {
 	return out
 }
 
-// reconcileKeys checks the cluster's ring (checkRing), installs the SAs of
-// the ring in use with every peer, reports what is installed, and, on the
-// rotator, creates, rotates and promotes keys and answers refused rings;
-// callers hold d.mu.
-func (d *Daemon) reconcileKeys() {
+// reconcileKeys checks the cluster's ring (checkRing), derives the SAs of
+// the ring in use with every peer, applies the desired data-plane state
+// (applyDataplane, which carries them) and returns what it could not
+// apply, reports what is installed, and, on the rotator, creates, rotates
+// and promotes keys and answers refused rings; callers hold d.mu.
+func (d *Daemon) reconcileKeys() error {
 	ks := d.keys
 	cr := d.clusterRing()
 	members := d.cl.Members()
@@ -382,17 +381,31 @@ func (d *Daemon) reconcileKeys() {
 		d.checkRing(cr)
 	}
 	installed := uint32(0)
+	var saErr error
 	if ring := ks.ring; ring != nil {
-		if err := d.installSAs(ring, ciphers, members, states); err != nil {
-			d.log.Error("installing security associations", "err", err)
-		} else {
-			installed = ring.Keys[0].ID
+		if saErr = d.installSAs(ring, ciphers, members, states); saErr != nil {
+			d.log.Error("deriving security associations", "err", saErr)
 		}
+	}
+	// Inbound SAs are in the data plane before this node reports the key
+	// installed (senders start using it only then). The VTEP installs
+	// every SA that does not collide with another (SPIs chosen here are
+	// unique, so that is not expected) and names the rest in applyErr.
+	applyErr := d.applyDataplane()
+	if ring := ks.ring; ring != nil && saErr == nil {
+		installed = ring.Keys[0].ID
 	}
 	rec := d.ownKeyState(installed)
 	d.publishKeyState(rec)
 	states[d.cfg.Node] = rec
 
+	d.rotateKeys(cr, members, states, ciphers)
+	return applyErr
+}
+
+// rotateKeys is the rotator's part of reconcileKeys: it publishes the
+// next ring, if any (nextRing). Other nodes do nothing.
+func (d *Daemon) rotateKeys(cr *keyring.Ring, members []cluster.Member, states map[string]keyStateRecord, ciphers []esp.Cipher) {
 	live := liveMembers(members)
 	if len(live) == 0 || live[0] != d.cfg.Node {
 		return
@@ -560,9 +573,9 @@ func (d *Daemon) sa(id saID, k keyring.Key) (*saObj, error) {
 }
 
 // installSAs derives (or reuses) the SAs of every key of ring with every
-// peer whose run key is known, for every cipher in use, hands them to the
-// data plane and forgets the SAs that can no longer be used (dropSAs). An
-// inbound SA that cannot be made is an error (the node must not report the
+// peer whose run key is known, for every cipher in use, records them for
+// the data plane (keyState.installed) and forgets the SAs that can no
+// longer be used (dropSAs). An inbound SA that cannot be made is an error (the node must not report the
 // key installed); an outbound one is logged and the peer left without.
 func (d *Daemon) installSAs(ring *keyring.Ring, ciphers []esp.Cipher, members []cluster.Member, states map[string]keyStateRecord) error {
 	ks := d.keys
@@ -594,13 +607,7 @@ func (d *Daemon) installSAs(ring *keyring.Ring, ciphers []esp.Cipher, members []
 			sets[c] = append(sets[c], ps)
 		}
 	}
-	if ks.onInstall != nil {
-		// The data plane installs what does not collide and names the
-		// rest; SPIs chosen here are unique, so that is not expected.
-		if err := ks.onInstall(sets); err != nil {
-			d.log.Error("security associations left out", "err", err)
-		}
-	}
+	// The next applyDataplane installs them.
 	ks.installed = sets
 	d.dropSAs(ring, states)
 	return errors.Join(inErrs...)
@@ -728,7 +735,9 @@ func (d *Daemon) RotateKey(ctx context.Context) (api.Keys, error) {
 		d.mu.Unlock()
 		return api.Keys{}, fmt.Errorf("key rotate: %w", err)
 	}
-	d.reconcile()
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
 	d.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, rotateWait)
 	defer cancel()
@@ -778,22 +787,4 @@ func (d *Daemon) ExportWireshark() (string, error) {
 		return "", err
 	}
 	return b.String(), nil
-}
-
-// installTunnelSAs hands the SAs to the VTEP: per peer, the outbound SA of
-// each cipher and the inbound SAs of every key.
-func (d *Daemon) installTunnelSAs(sets map[esp.Cipher][]*peerSAs) error {
-	var out []tunnel.OutboundSA
-	var in []tunnel.InboundSA
-	for _, list := range sets {
-		for _, ps := range list {
-			if ps.out != nil {
-				out = append(out, tunnel.OutboundSA{Peer: ps.addr, SA: ps.out.out})
-			}
-			for _, o := range ps.in {
-				in = append(in, tunnel.InboundSA{Peer: ps.addr, SA: o.in})
-			}
-		}
-	}
-	return d.vtep.SetSAs(out, in)
 }

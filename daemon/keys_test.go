@@ -177,7 +177,7 @@ func TestKeyRotationOnInterval(t *testing.T) {
 func lossCounters(t *testing.T, d *Daemon, network string) map[string]uint64 {
 	t.Helper()
 	out := map[string]uint64{}
-	for r, v := range d.vtep.Stats().Drops {
+	for r, v := range d.dp.TunnelStats().Drops {
 		out["vtep "+r] += v
 	}
 	n, err := d.Network(network)

@@ -75,7 +75,7 @@ func netClaimTaken(cl *cluster.Cluster) func(group, resource string) []cluster.E
 		}
 		var out []cluster.Entry
 		for _, e := range cl.List(tblNetworks) {
-			var rec savedNetwork
+			var rec netRecord
 			if json.Unmarshal(e.Value, &rec) != nil {
 				continue
 			}
@@ -100,18 +100,18 @@ type createChoice struct {
 
 // claimNetwork confirms rec's name, subnet and VNI with every alive
 // member. When a concurrent create wins a subnet or VNI that was chosen
-// automatically, it picks another and tries again; when it wins the name
-// or a part the user gave, the create fails with a conflict naming the
-// other node. On success the caller publishes rec and then calls
-// releaseNetworkClaim. Callers hold d.mu.
-func (d *Daemon) claimNetwork(rec *savedNetwork, choice createChoice) error {
+// automatically, it picks another (and reserves it in d.creating) and
+// tries again; when it wins the name or a part the user gave, the create
+// fails with a conflict naming the other node. On success the caller
+// publishes rec and then calls releaseNetworkClaim. Callers do not hold
+// d.mu: each claim is a round trip to every member.
+func (d *Daemon) claimNetwork(rec *netRecord, choice createChoice) error {
 	subnet, err := netip.ParsePrefix(rec.Subnet)
 	if err != nil {
 		return fmt.Errorf("network %q: subnet: %w", rec.Name, err)
 	}
 	claim := netClaim{name: rec.Name, subnet: subnet, vni: rec.VNI}
-	var avoidSubnets []netip.Prefix
-	avoidVNIs := map[uint32]bool{}
+	avoid := avoidList{vnis: map[uint32]bool{}}
 	for attempt := 1; ; attempt++ {
 		err := d.cl.Claim(tblNetClaims, netClaimGroup, claim.String())
 		if err == nil {
@@ -122,60 +122,92 @@ func (d *Daemon) claimNetwork(rec *savedNetwork, choice createChoice) error {
 		if !errors.As(err, &lost) {
 			return fmt.Errorf("network %q: %w", rec.Name, err)
 		}
-		// Learn the records published meanwhile (a taken answer carried
-		// them) and what the winning claim was.
-		d.reconcile()
-		other, known := parseNetClaim(lost.Resource)
-		if n := d.networks[rec.Name]; n != nil || (known && other.name == rec.Name) {
-			node := lost.Node
-			if e, ok := d.cl.Get(tblNetworks, rec.Name); ok {
-				node = e.Owner
-			}
-			return conflict("network %q: created concurrently on node %s", rec.Name, node)
+		if known, ok := parseNetClaim(lost.Resource); ok {
+			avoid.subnets = append(avoid.subnets, known.subnet)
+			avoid.vnis[known.vni] = true
 		}
-		var used []netip.Prefix
-		usedVNIs := map[uint32]string{}
-		for _, n := range d.networks {
-			used = append(used, n.subnet)
-			usedVNIs[n.rec.VNI] = n.rec.Name
+		avoid.last = attempt == maxCreateAttempts
+		d.mu.Lock()
+		next, err := d.repickNetwork(rec, claim, lost, choice, avoid)
+		d.mu.Unlock()
+		if err != nil {
+			return err
 		}
-		if known {
-			avoidSubnets = append(avoidSubnets, other.subnet)
-			avoidVNIs[other.vni] = true
-		}
-		subnetLost := known && overlaps(other.subnet, claim.subnet)
-		vniLost := known && other.vni == claim.vni
-		for _, p := range used {
-			subnetLost = subnetLost || overlaps(p, claim.subnet)
-		}
-		_, vniTaken := usedVNIs[claim.vni]
-		vniLost = vniLost || vniTaken
-		switch {
-		case subnetLost && !choice.autoSubnet:
-			return conflict("network %q: subnet %s: taken concurrently on node %s", rec.Name, claim.subnet, lost.Node)
-		case vniLost && !choice.autoVNI:
-			return conflict("network %q: vni %d: taken concurrently on node %s", rec.Name, claim.vni, lost.Node)
-		case !subnetLost && !vniLost, attempt == maxCreateAttempts:
-			return conflict("network %q: created concurrently on node %s", rec.Name, lost.Node)
-		}
-		if subnetLost {
-			p, err := pickSubnet(append(used, avoidSubnets...))
-			if err != nil {
-				return fmt.Errorf("network %q: %w", rec.Name, err)
-			}
-			claim.subnet = p
-			rec.Gateway = firstHost(p).String()
-		}
-		if vniLost {
-			claim.vni = d.freeVNIExcept(avoidVNIs)
-		}
+		claim = next
 		d.log.Debug("network create lost part of its claim, trying again", "network", rec.Name, "node", lost.Node, "subnet", claim.subnet, "vni", claim.vni)
 	}
 }
 
+// avoidList is what the claims that beat a create took; last is set on
+// its last attempt.
+type avoidList struct {
+	subnets []netip.Prefix
+	vnis    map[uint32]bool
+	last    bool
+}
+
+// repickNetwork decides what a create does after losing claim to the
+// claim lost names: fail, or claim again with another automatically
+// chosen subnet or VNI (reserved in d.creating); callers hold d.mu.
+func (d *Daemon) repickNetwork(rec *netRecord, claim netClaim, lost *cluster.ClaimConflict, choice createChoice, avoid avoidList) (netClaim, error) {
+	// Learn the records published meanwhile (a taken answer carried
+	// them) and what the winning claim was.
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
+	other, known := parseNetClaim(lost.Resource)
+	if n := d.networks[rec.Name]; n != nil || (known && other.name == rec.Name) {
+		node := lost.Node
+		if e, ok := d.cl.Get(tblNetworks, rec.Name); ok {
+			node = e.Owner
+		}
+		return claim, conflict("network %q: created concurrently on node %s", rec.Name, node)
+	}
+	var used []netip.Prefix
+	usedVNIs := map[uint32]string{}
+	for _, n := range d.networks {
+		used = append(used, n.subnet)
+		usedVNIs[n.rec.VNI] = n.rec.Name
+	}
+	for name, c := range d.creating {
+		if name != rec.Name {
+			used = append(used, c.subnet)
+			usedVNIs[c.vni] = name
+		}
+	}
+	subnetLost := known && overlaps(other.subnet, claim.subnet)
+	vniLost := known && other.vni == claim.vni
+	for _, p := range used {
+		subnetLost = subnetLost || overlaps(p, claim.subnet)
+	}
+	_, vniTaken := usedVNIs[claim.vni]
+	vniLost = vniLost || vniTaken
+	switch {
+	case subnetLost && !choice.autoSubnet:
+		return claim, conflict("network %q: subnet %s: taken concurrently on node %s", rec.Name, claim.subnet, lost.Node)
+	case vniLost && !choice.autoVNI:
+		return claim, conflict("network %q: vni %d: taken concurrently on node %s", rec.Name, claim.vni, lost.Node)
+	case !subnetLost && !vniLost, avoid.last:
+		return claim, conflict("network %q: created concurrently on node %s", rec.Name, lost.Node)
+	}
+	if subnetLost {
+		p, err := pickSubnet(append(used, avoid.subnets...))
+		if err != nil {
+			return claim, fmt.Errorf("network %q: %w", rec.Name, err)
+		}
+		claim.subnet = p
+		rec.Gateway = firstHost(p).String()
+	}
+	if vniLost {
+		claim.vni = d.freeVNIExcept(avoid.vnis)
+	}
+	d.creating[rec.Name] = claim
+	return claim, nil
+}
+
 // releaseNetworkClaim gives up the claim of a created network once its
 // record is published (the record itself now protects it).
-func (d *Daemon) releaseNetworkClaim(rec savedNetwork) {
+func (d *Daemon) releaseNetworkClaim(rec netRecord) {
 	subnet, _ := netip.ParsePrefix(rec.Subnet)
 	c := netClaim{name: rec.Name, subnet: subnet, vni: rec.VNI}
 	if err := d.cl.ReleaseClaim(tblNetClaims, netClaimGroup, c.String()); err != nil {
@@ -188,6 +220,9 @@ func (d *Daemon) freeVNIExcept(avoid map[uint32]bool) uint32 {
 	taken := map[uint32]bool{}
 	for _, n := range d.networks {
 		taken[n.rec.VNI] = true
+	}
+	for _, c := range d.creating {
+		taken[c.vni] = true
 	}
 	v := uint32(firstVNI)
 	for taken[v] || avoid[v] {

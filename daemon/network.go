@@ -13,11 +13,10 @@ import (
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
-	"github.com/vxmesh/vxmesh/tunnel"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
 
-// VXLAN numbering and MTU defaults (DESIGN §4).
+// VXLAN numbering and MTU defaults (docs/architecture.md, "Control plane").
 const (
 	firstVNI      = 4096
 	maxVNI        = 1<<24 - 1
@@ -46,29 +45,21 @@ func checkName(kind, name string) error {
 	return nil
 }
 
-// network is one overlay network on this host: its switch, and the VXLAN
-// tunnel port that connects the switch to the other hosts.
-type network struct {
-	rec    savedNetwork
+// localNetwork is an overlay network this host has: the cluster's record
+// and what is parsed from it. Its switch and tunnel belong to the data
+// plane, which builds them from the desired state (desiredDataplane).
+type localNetwork struct {
+	rec    netRecord
 	subnet netip.Prefix
 	gw     netip.Addr
-	sw     *vswitch.Switch
-	tn     *tunnel.Segment
-	tport  *vswitch.Port
 	// cipher is the ESP transform of an encrypted network, 0 for a
 	// cleartext one.
 	cipher esp.Cipher
-	// remotes are the other nodes' endpoints installed as static switch
-	// entries (MAC -> IP).
-	remotes map[packet.MAC]netip.Addr
 }
 
-// tunnelPortName is the switch port that leads to the other hosts.
-const tunnelPortName = "vxlan"
-
-// addLocalNetwork builds the switch and tunnel of a network record and
-// makes the network known locally; callers hold d.mu.
-func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
+// addLocalNetwork makes the network of a record known locally; the next
+// applyDataplane builds it. Callers hold d.mu.
+func (d *Daemon) addLocalNetwork(rec netRecord) error {
 	subnet, err := netip.ParsePrefix(rec.Subnet)
 	if err != nil {
 		return fmt.Errorf("network %q: subnet: %w", rec.Name, err)
@@ -77,50 +68,31 @@ func (d *Daemon) addLocalNetwork(rec savedNetwork) error {
 	if err != nil {
 		return fmt.Errorf("network %q: gateway: %w", rec.Name, err)
 	}
-	n := &network{rec: rec, subnet: subnet, gw: gw, remotes: map[packet.MAC]netip.Addr{}}
+	n := &localNetwork{rec: rec, subnet: subnet, gw: gw}
 	if rec.Encrypted {
 		if n.cipher, err = esp.ParseCipher(rec.Cipher); err != nil {
 			return fmt.Errorf("network %q: %w", rec.Name, err)
 		}
 	}
-	n.sw = vswitch.New(vswitch.Config{Name: rec.Name, GatewayIP: gw, GatewayMAC: macForIP(gw), MTU: rec.MTU, StormLimit: rec.StormLimit})
-	tn, err := d.vtep.AddSegment(rec.VNI, rec.MTU)
-	if err != nil {
-		n.sw.Close()
-		return fmt.Errorf("network %q: %w", rec.Name, err)
-	}
-	if err := tn.SetCipher(n.cipher); err != nil {
-		d.vtep.RemoveSegment(rec.VNI)
-		n.sw.Close()
-		return fmt.Errorf("network %q: %w", rec.Name, err)
-	}
-	ref, err := n.sw.AddPort(tn, vswitch.PortConfig{Name: tunnelPortName})
-	if err != nil {
-		d.vtep.RemoveSegment(rec.VNI)
-		n.sw.Close()
-		return fmt.Errorf("network %q: %w", rec.Name, err)
-	}
-	tn.SetInput(ref.Input)
-	n.tn, n.tport = tn, ref
 	d.networks[rec.Name] = n
-	d.log.Info("network up", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
+	d.log.Info("network known", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
 	return nil
 }
 
-// removeLocalNetwork takes a network's switch and tunnel down; callers
-// hold d.mu.
-func (d *Daemon) removeLocalNetwork(n *network) {
-	n.sw.RemovePort(n.tport)
-	d.vtep.RemoveSegment(n.rec.VNI)
-	n.sw.Close()
+// removeLocalNetwork forgets a network; the next applyDataplane takes it
+// down. Callers hold d.mu.
+func (d *Daemon) removeLocalNetwork(n *localNetwork) {
 	delete(d.networks, n.rec.Name)
-	d.log.Info("network down", "network", n.rec.Name)
+	d.log.Info("network forgotten", "network", n.rec.Name)
 }
 
-// usedIPs returns the addresses taken in n: its gateway and the endpoints
-// of every node.
-func (d *Daemon) usedIPs(n *network) map[netip.Addr]bool {
+// usedIPs returns the addresses taken in n: its gateway, the endpoints of
+// every node and the addresses reserved by attaches in flight.
+func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	used := map[netip.Addr]bool{n.gw: true}
+	for a := range d.reservedIPs[n.rec.Name] {
+		used[a] = true
+	}
 	for _, c := range d.containers {
 		if ep := c.endpoints[n.rec.Name]; ep != nil {
 			used[ep.ip] = true
@@ -135,7 +107,7 @@ func (d *Daemon) usedIPs(n *network) map[netip.Addr]bool {
 }
 
 // endpointsOf lists n's endpoints sorted by container name.
-func (d *Daemon) endpointsOf(n *network) []*endpoint {
+func (d *Daemon) endpointsOf(n *localNetwork) []*endpoint {
 	var out []*endpoint
 	for _, c := range d.containers {
 		if ep := c.endpoints[n.rec.Name]; ep != nil {
@@ -152,41 +124,92 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 		return api.Network{}, err
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.reconcile()
-	if _, ok := d.networks[req.Name]; ok {
-		return api.Network{}, conflict("network %q: already exists", req.Name)
-	}
-	rec, err := d.networkFromRequest(req)
+	rec, err := d.planNetwork(req)
+	d.mu.Unlock()
 	if err != nil {
-		return api.Network{}, asInvalid(err)
+		return api.Network{}, err
 	}
-	subnet := netip.MustParsePrefix(rec.Subnet)
-	for _, n := range d.sortedNetworks() {
-		if overlaps(subnet, n.subnet) {
-			return api.Network{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
-		}
-	}
-	for _, n := range d.networks {
-		if req.VNI != 0 && n.rec.VNI == req.VNI {
-			return api.Network{}, conflict("network %q: vni %d: already used by network %q", req.Name, req.VNI, n.rec.Name)
-		}
-	}
+	defer func() {
+		d.mu.Lock()
+		delete(d.creating, req.Name)
+		d.mu.Unlock()
+	}()
+	// The confirmation round, without d.mu.
 	if err := d.claimNetwork(&rec, createChoice{autoSubnet: req.Subnet == "" && req.Gateway == "", autoVNI: req.VNI == 0}); err != nil {
 		return api.Network{}, err
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	err = d.publishNetwork(rec)
 	d.releaseNetworkClaim(rec)
 	if err != nil {
 		return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
 	}
-	d.reconcile()
+	applyErr := d.reconcile()
 	n, ok := d.networks[rec.Name]
 	if !ok {
-		return api.Network{}, fmt.Errorf("network %q: could not be set up on this node (see the daemon log)", req.Name)
+		return api.Network{}, fmt.Errorf("network %q: removed again while it was being created", req.Name)
+	}
+	if err := networkError(applyErr, rec.Name); err != nil {
+		return api.Network{}, fmt.Errorf("network %q: created, but not set up on this node: %w", req.Name, err)
 	}
 	d.log.Info("network created", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
 	return d.networkView(n, false), nil
+}
+
+// planNetwork validates req against the networks known and in creation,
+// fills in defaults and reserves the name, subnet and VNI it picked
+// (d.creating) until the create ends; callers hold d.mu.
+func (d *Daemon) planNetwork(req api.NetworkCreateRequest) (netRecord, error) {
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
+	if _, ok := d.networks[req.Name]; ok {
+		return netRecord{}, conflict("network %q: already exists", req.Name)
+	}
+	if _, ok := d.creating[req.Name]; ok {
+		return netRecord{}, conflict("network %q: already being created", req.Name)
+	}
+	rec, err := d.networkFromRequest(req)
+	if err != nil {
+		return netRecord{}, asInvalid(err)
+	}
+	subnet := netip.MustParsePrefix(rec.Subnet)
+	for _, n := range d.sortedNetworks() {
+		if overlaps(subnet, n.subnet) {
+			return netRecord{}, conflict("network %q: subnet %s overlaps network %q (%s)", req.Name, subnet, n.rec.Name, n.subnet)
+		}
+	}
+	for _, c := range d.creating {
+		if overlaps(subnet, c.subnet) {
+			return netRecord{}, conflict("network %q: subnet %s overlaps network %q (%s), being created", req.Name, subnet, c.name, c.subnet)
+		}
+	}
+	for _, n := range d.networks {
+		if req.VNI != 0 && n.rec.VNI == req.VNI {
+			return netRecord{}, conflict("network %q: vni %d: already used by network %q", req.Name, req.VNI, n.rec.Name)
+		}
+	}
+	for _, c := range d.creating {
+		if req.VNI != 0 && c.vni == req.VNI {
+			return netRecord{}, conflict("network %q: vni %d: already used by network %q, being created", req.Name, req.VNI, c.name)
+		}
+	}
+	d.creating[rec.Name] = netClaim{name: rec.Name, subnet: subnet, vni: rec.VNI}
+	return rec, nil
+}
+
+// usedSubnets lists the subnets of the networks known and in creation;
+// callers hold d.mu.
+func (d *Daemon) usedSubnets() []netip.Prefix {
+	var used []netip.Prefix
+	for _, n := range d.networks {
+		used = append(used, n.subnet)
+	}
+	for _, c := range d.creating {
+		used = append(used, c.subnet)
+	}
+	return used
 }
 
 // maxStormLimit bounds a network's storm limit (flooded frames per second
@@ -209,8 +232,8 @@ func stormLimit(req api.NetworkCreateRequest) (int, error) {
 // networkFromRequest fills in the defaults of a create request and
 // returns the record, checked by validateNetwork like every record read
 // from the cluster; callers hold d.mu.
-func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (savedNetwork, error) {
-	rec := savedNetwork{
+func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, error) {
+	rec := netRecord{
 		Name: req.Name, Subnet: req.Subnet, Gateway: req.Gateway, MTU: req.MTU, VNI: req.VNI,
 		Created: time.Now().UTC().Truncate(time.Second), Encrypted: req.Encrypted, Cipher: req.Cipher,
 	}
@@ -218,11 +241,7 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (savedNetwork,
 	rand.Read(id)
 	rec.ID = hex.EncodeToString(id)
 	if rec.Subnet == "" {
-		var used []netip.Prefix
-		for _, n := range d.networks {
-			used = append(used, n.subnet)
-		}
-		p, err := pickSubnet(used)
+		p, err := pickSubnet(d.usedSubnets())
 		if err != nil {
 			return rec, conflict("network %q: %w", req.Name, err)
 		}
@@ -315,7 +334,9 @@ func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.N
 	if err := d.publishNetwork(rec); err != nil {
 		return api.Network{}, err
 	}
-	d.reconcile()
+	if err := networkError(d.reconcile(), name); err != nil {
+		return api.Network{}, fmt.Errorf("network %q: updated, but not applied on this node: %w", name, err)
+	}
 	return d.networkView(n, true), nil
 }
 
@@ -341,13 +362,20 @@ func (d *Daemon) RemoveNetwork(name string) error {
 			names = append(names, rec.Name+"@"+rec.Node)
 		}
 	}
+	for ctr, network := range d.attaching {
+		if network == name {
+			names = append(names, ctr+" (attaching)")
+		}
+	}
 	if len(names) > 0 {
 		return conflict("network %q: still has %d endpoint(s) attached (%s); detach or remove them first", name, len(names), strings.Join(names, ", "))
 	}
 	if err := d.cl.Delete(tblNetworks, name); err != nil {
 		return fmt.Errorf("network %q: %w", name, err)
 	}
-	d.reconcile()
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
 	d.log.Info("network removed", "network", name)
 	return nil
 }
@@ -374,7 +402,7 @@ func (d *Daemon) Network(name string) (api.Network, error) {
 	return d.networkView(n, true), nil
 }
 
-func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
+func (d *Daemon) networkView(n *localNetwork, withEndpoints bool) api.Network {
 	v := api.Network{
 		Name: n.rec.Name, ID: n.rec.ID, Subnet: n.rec.Subnet, Gateway: n.rec.Gateway,
 		MTU: n.rec.MTU, VNI: n.rec.VNI, Created: n.rec.Created, VTEPs: n.rec.VTEPs,
@@ -405,7 +433,8 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 			nodeOf[m.Meta.DataAddr.Addr()] = m.Name
 		}
 	}
-	for _, p := range n.tn.Stats().Peers {
+	_, ts, _ := d.dp.NetworkStats(n.rec.Name)
+	for _, p := range ts.Peers {
 		v.Peers = append(v.Peers, api.Peer{
 			VTEP: p.Addr.String(), Node: nodeOf[p.Addr], RxPackets: p.RxPackets, RxBytes: p.RxBytes,
 			TxPackets: p.TxPackets, TxBytes: p.TxBytes, TxDrops: p.TxDrops,
@@ -414,7 +443,6 @@ func (d *Daemon) networkView(n *network, withEndpoints bool) api.Network {
 	if n.cipher != 0 {
 		v.SAs = d.saViews(n.cipher)
 	}
-	ts := n.tn.Stats()
 	if len(ts.Drops) > 0 {
 		v.Drops = ts.Drops
 	}

@@ -86,7 +86,7 @@ func (d *Daemon) endpointSet() endpointSet {
 
 // checkOwnership reports why rec may not use ip on network nr, if so.
 // blocks caches the block table by network.
-func (d *Daemon) checkOwnership(rec epRecord, nr savedNetwork, ip netip.Addr, blocks map[string]map[netip.Prefix]string) error {
+func (d *Daemon) checkOwnership(rec epRecord, nr netRecord, ip netip.Addr, blocks map[string]map[netip.Prefix]string) error {
 	subnet := netip.MustParsePrefix(nr.Subnet) // validated by decodeNetwork
 	if !usableHost(subnet, ip) || ip.String() == nr.Gateway {
 		return fmt.Errorf("address %s: not a host address of %s", ip, subnet)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -58,7 +59,7 @@ func TestEndpointHijackRefused(t *testing.T) {
 		t.Fatalf("h2 sends c1's frames to %q, want h1 (%s)", v, h1.cfg.Advertise)
 	}
 	for _, e := range mustFDB(t, h1, "web") {
-		if e.MAC == victim.MAC && e.Port == tunnelPortName {
+		if e.MAC == victim.MAC && e.Port == dataplane.TunnelPortName {
 			t.Fatalf("h1 moved its own c1 behind the tunnel: %+v", e)
 		}
 	}

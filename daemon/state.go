@@ -19,6 +19,10 @@ type savedState struct {
 	Containers []savedContainer `json:"containers"`
 }
 
+// savedNetwork is a network in state.json. It is the on-disk schema:
+// fields are only ever added (with omitempty), so that a file written by
+// an older version still loads. netRecord is the gossip schema; the two
+// are converted with netRecord.saved and savedNetwork.record.
 type savedNetwork struct {
 	Name    string    `json:"name"`
 	ID      string    `json:"id"`
@@ -37,6 +41,14 @@ type savedNetwork struct {
 	// port may send (see vswitch.Config.StormLimit): -1 unlimited, 0 (a
 	// record written before the field existed) the default.
 	StormLimit int `json:"storm_limit,omitempty"`
+}
+
+// record is the network as the cluster's record.
+func (s savedNetwork) record() netRecord {
+	return netRecord{
+		Name: s.Name, ID: s.ID, Subnet: s.Subnet, Gateway: s.Gateway, MTU: s.MTU, VNI: s.VNI,
+		Created: s.Created, VTEPs: s.VTEPs, Encrypted: s.Encrypted, Cipher: s.Cipher, StormLimit: s.StormLimit,
+	}
 }
 
 type savedContainer struct {

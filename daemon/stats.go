@@ -2,25 +2,27 @@ package daemon
 
 import (
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
 // FDB returns the forwarding database of a network's switch.
 func (d *Daemon) FDB(name string) ([]api.FDBEntry, error) {
 	d.mu.Lock()
-	n, ok := d.networks[name]
+	_, ok := d.networks[name]
 	d.mu.Unlock()
 	if !ok {
 		return nil, notFound("network %q: not found", name)
 	}
+	swFDB, tnFDB, _ := d.dp.FDB(name)
 	vtepOf := map[packet.MAC]string{}
-	for _, e := range n.tn.FDB() {
+	for _, e := range tnFDB {
 		vtepOf[e.MAC] = e.VTEP.String()
 	}
 	out := []api.FDBEntry{}
-	for _, e := range n.sw.FDB() {
+	for _, e := range swFDB {
 		v := api.FDBEntry{MAC: e.MAC.String(), Port: e.Port, Kind: e.Kind}
-		if e.Port == tunnelPortName {
+		if e.Port == dataplane.TunnelPortName {
 			v.VTEP = vtepOf[e.MAC]
 			if e.Kind == "static" {
 				v.Kind = "remote"
@@ -44,9 +46,9 @@ func (d *Daemon) Stats() api.Stats {
 	d.mu.Unlock()
 	out := api.Stats{Node: d.cfg.Node, Networks: []api.NetworkStats{}}
 	for _, n := range nets {
-		s := n.sw.Stats()
+		s, ts, _ := d.dp.NetworkStats(n.rec.Name)
 		ns := api.NetworkStats{Network: n.rec.Name, Flooded: s.Flooded, ARPSuppressed: s.ARPSuppressed, Drops: s.Drops, Ports: []api.PortStats{},
-			FloodNoPeers: n.tn.Stats().FloodNoPeers}
+			FloodNoPeers: ts.FloodNoPeers}
 		for _, p := range s.Ports {
 			ns.Ports = append(ns.Ports, api.PortStats{
 				Name: p.Name, RxPackets: p.RxPackets, RxBytes: p.RxBytes,
@@ -56,7 +58,7 @@ func (d *Daemon) Stats() api.Stats {
 		out.Networks = append(out.Networks, ns)
 	}
 	out.DNS = d.dnsStats()
-	if drops := d.vtep.Stats().Drops; len(drops) > 0 {
+	if drops := d.dp.TunnelStats().Drops; len(drops) > 0 {
 		out.TunnelDrops = drops
 	}
 	out.RefusedRecords = d.refused.snapshot()

@@ -122,7 +122,7 @@ func parseVTEPs(network string, in []string, rules *vtepRules) ([]string, error)
 // validateNetwork checks a complete network record: what CreateNetwork
 // builds from a request and what the networks table holds go through this
 // same function, so a record is used only if the API would have made it.
-func validateNetwork(rec *savedNetwork, rules *vtepRules) error {
+func validateNetwork(rec *netRecord, rules *vtepRules) error {
 	if err := checkName("network", rec.Name); err != nil {
 		return err
 	}
@@ -172,8 +172,8 @@ func validateNetwork(rec *savedNetwork, rules *vtepRules) error {
 }
 
 // decodeNetwork decodes and validates a networks-table entry.
-func decodeNetwork(e cluster.Entry, rules *vtepRules) (savedNetwork, error) {
-	var rec savedNetwork
+func decodeNetwork(e cluster.Entry, rules *vtepRules) (netRecord, error) {
+	var rec netRecord
 	if err := json.Unmarshal(e.Value, &rec); err != nil {
 		return rec, fmt.Errorf("network %q: %w", e.Key, err)
 	}

@@ -36,8 +36,8 @@ func (l *testLog) count(sub string) int {
 }
 
 // goodNetworkRecord is a valid networks-table record that tests mutate.
-func goodNetworkRecord() savedNetwork {
-	return savedNetwork{Name: "evil", ID: strings.Repeat("ab", networkIDBytes), Subnet: "10.7.0.0/24", Gateway: "10.7.0.1", MTU: 1400, VNI: 5000}
+func goodNetworkRecord() netRecord {
+	return netRecord{Name: "evil", ID: strings.Repeat("ab", networkIDBytes), Subnet: "10.7.0.0/24", Gateway: "10.7.0.1", MTU: 1400, VNI: 5000}
 }
 
 // TestInvalidNetworkRecordsFromTheCluster: a member with the cluster key can
@@ -51,29 +51,29 @@ func TestInvalidNetworkRecordsFromTheCluster(t *testing.T) {
 	defer d.Close()
 	for _, tc := range []struct {
 		name string
-		mod  func(*savedNetwork)
+		mod  func(*netRecord)
 	}{
-		{"ipv6 gateway", func(r *savedNetwork) { r.Gateway = "fd00::1" }},
-		{"ipv6 subnet", func(r *savedNetwork) { r.Subnet, r.Gateway = "fd00::/64", "fd00::1" }},
-		{"gateway outside", func(r *savedNetwork) { r.Gateway = "10.8.0.1" }},
-		{"host bits", func(r *savedNetwork) { r.Subnet = "10.7.0.5/24" }},
-		{"loopback subnet", func(r *savedNetwork) { r.Subnet, r.Gateway = "127.0.0.0/24", "127.0.0.1" }},
-		{"resolver inside", func(r *savedNetwork) { r.Subnet, r.Gateway = "0.0.0.0/1", "10.0.0.1" }},
-		{"multicast subnet", func(r *savedNetwork) { r.Subnet, r.Gateway = "224.1.0.0/24", "224.1.0.1" }},
-		{"class e subnet", func(r *savedNetwork) { r.Subnet, r.Gateway = "240.1.0.0/24", "240.1.0.1" }},
-		{"tiny subnet", func(r *savedNetwork) { r.Subnet, r.Gateway = "10.7.0.0/31", "10.7.0.1" }},
-		{"vni 0", func(r *savedNetwork) { r.VNI = 0 }},
-		{"vni too big", func(r *savedNetwork) { r.VNI = 1 << 24 }},
-		{"mtu 0", func(r *savedNetwork) { r.MTU = 0 }},
-		{"mtu huge", func(r *savedNetwork) { r.MTU = 1 << 20 }},
-		{"bad id", func(r *savedNetwork) { r.ID = "x" }},
-		{"bad cipher", func(r *savedNetwork) { r.Encrypted, r.Cipher = true, "rot13" }},
-		{"cipher in clear", func(r *savedNetwork) { r.Cipher = "aes128-gcm" }},
-		{"multicast vtep", func(r *savedNetwork) { r.VTEPs = []string{"224.0.0.1"} }},
-		{"broadcast vtep", func(r *savedNetwork) { r.VTEPs = []string{"255.255.255.255"} }},
-		{"own address vtep", func(r *savedNetwork) { r.VTEPs = []string{localhost.String()} }},
-		{"encrypted with vteps", func(r *savedNetwork) { r.Encrypted, r.Cipher, r.VTEPs = true, "aes128-gcm", []string{"192.0.2.7"} }},
-		{"bad name", func(r *savedNetwork) { r.Name = "a b" }},
+		{"ipv6 gateway", func(r *netRecord) { r.Gateway = "fd00::1" }},
+		{"ipv6 subnet", func(r *netRecord) { r.Subnet, r.Gateway = "fd00::/64", "fd00::1" }},
+		{"gateway outside", func(r *netRecord) { r.Gateway = "10.8.0.1" }},
+		{"host bits", func(r *netRecord) { r.Subnet = "10.7.0.5/24" }},
+		{"loopback subnet", func(r *netRecord) { r.Subnet, r.Gateway = "127.0.0.0/24", "127.0.0.1" }},
+		{"resolver inside", func(r *netRecord) { r.Subnet, r.Gateway = "0.0.0.0/1", "10.0.0.1" }},
+		{"multicast subnet", func(r *netRecord) { r.Subnet, r.Gateway = "224.1.0.0/24", "224.1.0.1" }},
+		{"class e subnet", func(r *netRecord) { r.Subnet, r.Gateway = "240.1.0.0/24", "240.1.0.1" }},
+		{"tiny subnet", func(r *netRecord) { r.Subnet, r.Gateway = "10.7.0.0/31", "10.7.0.1" }},
+		{"vni 0", func(r *netRecord) { r.VNI = 0 }},
+		{"vni too big", func(r *netRecord) { r.VNI = 1 << 24 }},
+		{"mtu 0", func(r *netRecord) { r.MTU = 0 }},
+		{"mtu huge", func(r *netRecord) { r.MTU = 1 << 20 }},
+		{"bad id", func(r *netRecord) { r.ID = "x" }},
+		{"bad cipher", func(r *netRecord) { r.Encrypted, r.Cipher = true, "rot13" }},
+		{"cipher in clear", func(r *netRecord) { r.Cipher = "aes128-gcm" }},
+		{"multicast vtep", func(r *netRecord) { r.VTEPs = []string{"224.0.0.1"} }},
+		{"broadcast vtep", func(r *netRecord) { r.VTEPs = []string{"255.255.255.255"} }},
+		{"own address vtep", func(r *netRecord) { r.VTEPs = []string{localhost.String()} }},
+		{"encrypted with vteps", func(r *netRecord) { r.Encrypted, r.Cipher, r.VTEPs = true, "aes128-gcm", []string{"192.0.2.7"} }},
+		{"bad name", func(r *netRecord) { r.Name = "a b" }},
 	} {
 		rec := goodNetworkRecord()
 		tc.mod(&rec)

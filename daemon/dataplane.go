@@ -1,0 +1,141 @@
+package daemon
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"sort"
+
+	"github.com/vxmesh/vxmesh/dataplane"
+	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
+)
+
+// The daemon decides, the data plane applies: desiredDataplane turns the
+// daemon's records and the cluster's tables into one complete
+// dataplane.Config, from memory only, and applyDataplane hands it to
+// dataplane.Reconfig, which diffs it against what it applied and returns
+// what failed.
+
+// applyDataplane applies the desired data-plane state and returns what
+// could not be applied (joined *dataplane.Error values); callers hold d.mu.
+func (d *Daemon) applyDataplane() error {
+	return d.dp.Reconfig(d.desiredDataplane())
+}
+
+// desiredDataplane is the data plane this node should have: every local
+// network with this node's endpoints on it (those with an open device),
+// the other nodes' accepted endpoint records (endpointSet: validated, and
+// inside their node's address blocks; on a member with a VTEP address) as
+// remotes,
+// the nodes that have endpoints on it and its external VTEPs as flooding
+// peers, and the SAs of the key ring in use. Callers hold d.mu.
+func (d *Daemon) desiredDataplane() dataplane.Config {
+	vtepOf := map[string]netip.Addr{}
+	for _, m := range d.cl.Members() {
+		if !m.Self && m.Meta.DataAddr.IsValid() {
+			vtepOf[m.Name] = m.Meta.DataAddr.Addr()
+		}
+	}
+	remotes := map[string][]dataplane.Remote{}
+	// Only records that passed validation and the block check enter the
+	// desired state.
+	for _, rec := range d.endpointSet().accepted {
+		vtep, ok := vtepOf[rec.Node]
+		if rec.Node == d.cfg.Node || !ok {
+			continue
+		}
+		mac, err1 := packet.ParseMAC(rec.MAC)
+		ip, err2 := netip.ParseAddr(rec.IP)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		remotes[rec.Network] = append(remotes[rec.Network], dataplane.Remote{MAC: mac, IP: ip, VTEP: vtep})
+	}
+	var cfg dataplane.Config
+	for _, n := range d.sortedNetworks() {
+		nc := dataplane.NetworkConfig{
+			Name: n.rec.Name, VNI: n.rec.VNI, MTU: n.rec.MTU, Cipher: n.cipher,
+			Gateway: n.gw, GatewayMAC: macForIP(n.gw), StormLimit: n.rec.StormLimit,
+			Remotes: remotes[n.rec.Name],
+		}
+		for _, v := range n.rec.VTEPs {
+			if a, err := netip.ParseAddr(v); err == nil {
+				nc.External = append(nc.External, a)
+			}
+		}
+		for _, r := range nc.Remotes {
+			if !slices.Contains(nc.Peers, r.VTEP) {
+				nc.Peers = append(nc.Peers, r.VTEP)
+			}
+		}
+		sort.Slice(nc.Peers, func(i, j int) bool { return nc.Peers[i].Less(nc.Peers[j]) })
+		for _, ep := range d.endpointsOf(n) {
+			if ep.dev != nil {
+				nc.Ports = append(nc.Ports, dataplane.PortConfig{Name: ep.portName(), Device: ep.dev, MAC: ep.mac, IP: ep.ip})
+			}
+		}
+		cfg.Networks = append(cfg.Networks, nc)
+	}
+	cfg.Outbound, cfg.Inbound = d.desiredSAs()
+	return cfg
+}
+
+// desiredSAs lists the SAs of keyState.installed for the VTEP: per peer,
+// the outbound SA of each cipher and the inbound SAs of every key.
+func (d *Daemon) desiredSAs() ([]tunnel.OutboundSA, []tunnel.InboundSA) {
+	var out []tunnel.OutboundSA
+	var in []tunnel.InboundSA
+	for _, c := range d.encryptedCiphers() {
+		for _, ps := range d.keys.installed[c] {
+			if ps.out != nil {
+				out = append(out, tunnel.OutboundSA{Peer: ps.addr, SA: ps.out.out})
+			}
+			for _, o := range ps.in {
+				in = append(in, tunnel.InboundSA{Peer: ps.addr, SA: o.in})
+			}
+		}
+	}
+	// A stable order: the same SAs make the same lists, which the data
+	// plane then leaves alone.
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Peer.Compare(out[j].Peer); c != 0 {
+			return c < 0
+		}
+		return out[i].SA.SPI() < out[j].SA.SPI()
+	})
+	sort.Slice(in, func(i, j int) bool { return in[i].SA.SPI() < in[j].SA.SPI() })
+	return out, in
+}
+
+// dataplaneErrors returns the failures in err (from applyDataplane) that
+// match: those of network (any object) when object is "", else those of
+// that object of network.
+func dataplaneErrors(err error, network, object string) error {
+	var out []error
+	for _, e := range flatten(err) {
+		var de *dataplane.Error
+		if errors.As(e, &de) && de.Network == network && (object == "" || de.Object == object) {
+			out = append(out, de)
+		}
+	}
+	return errors.Join(out...)
+}
+
+// networkError returns the failures of network in err.
+func networkError(err error, network string) error { return dataplaneErrors(err, network, "") }
+
+// flatten lists the errors joined in err.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}

@@ -1,0 +1,141 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
+)
+
+// An attach waiting on the Docker Engine (or on a cluster round trip)
+// must not stop the daemon from answering other requests.
+func TestAPIAnswersWhileAttachWaitsOnDocker(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.50.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	sb.addNetns("/proc/4242/ns/net")
+	entered, release := make(chan struct{}), make(chan struct{})
+	sb.dockerPID = func(string) (int, error) {
+		close(entered)
+		<-release
+		return 4242, nil
+	}
+	attached := make(chan error, 1)
+	go func() {
+		_, err := d.Attach(api.AttachRequest{Network: "web", Name: "slow", Docker: "slow"})
+		attached <- err
+	}()
+	<-entered
+	answered := make(chan int, 1)
+	go func() {
+		n := len(d.Networks()) + len(d.Containers()) + len(d.Endpoints())
+		if _, err := d.Network("web"); err == nil {
+			answered <- n
+		}
+	}()
+	select {
+	case n := <-answered:
+		if n != 1 {
+			t.Errorf("while the attach waits: %d networks, containers and endpoints, want the network only", n)
+		}
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("the API did not answer while an attach waited on Docker")
+	}
+	// A second attach of the same name, and removing the network, are
+	// refused while the first is in flight.
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "slow", Netns: "/proc/4242/ns/net"}); err == nil {
+		t.Error("a second attach of the same container was accepted while the first was in flight")
+	}
+	if err := d.RemoveNetwork("web"); err == nil {
+		t.Error("the network was removed while an attach to it was in flight")
+	}
+	close(release)
+	if err := <-attached; err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	eps := d.Endpoints()
+	if len(eps) != 1 || eps[0].State != "up" {
+		t.Fatalf("endpoints after the attach: %+v", eps)
+	}
+}
+
+// A network create waits for every member to confirm its claim; the
+// daemon must answer other requests meanwhile. The other member here is a
+// bare cluster node whose answer blocks until released.
+func TestAPIAnswersWhileNetworkCreateWaitsOnTheCluster(t *testing.T) {
+	dir := t.TempDir()
+	d := newTestDaemon(t, newFakeSandbox(), dir)
+	key, err := cluster.LoadKeyFile(filepath.Join(dir, "cluster.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddr("127.0.0.2")
+	other, err := cluster.Start(cluster.Config{
+		NodeName: "slow", BindAddr: addr, AdvertiseAddr: addr, GossipPort: freePort(t, addr), Key: key,
+		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond, ClaimTimeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close() })
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	blocking := func(group, resource string) []cluster.Entry {
+		once.Do(func() { close(entered) })
+		<-release
+		return nil
+	}
+	if err := other.DefineClaims(tblNetClaims, netClaimsConflict, blocking); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Join([]string{d.cfg.Advertise.String() + ":" + fmt.Sprint(d.cfg.GossipPort)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the other member alive", func() bool {
+		for _, m := range d.cl.Members() {
+			if m.Name == "slow" && m.State == cluster.StateAlive {
+				return true
+			}
+		}
+		return false
+	})
+	created := make(chan error, 1)
+	go func() {
+		_, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+		created <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the create never asked the other member")
+	}
+	answered := make(chan int, 1)
+	go func() { answered <- len(d.Networks()) + len(d.Containers()) }()
+	select {
+	case n := <-answered:
+		if n != 0 {
+			t.Errorf("while the create waits: %d networks and containers, want none", n)
+		}
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("the API did not answer while a network create waited on the cluster")
+	}
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web"}); err == nil {
+		t.Error("a second create of the same name was accepted while the first was in flight")
+	}
+	close(release)
+	if err := <-created; err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if _, err := d.Network("web"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,109 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
+)
+
+// Config is the complete desired state of the data plane. Reconfig makes
+// the data plane match it; whatever it does not name is taken down.
+//
+// Services (the lb stage of each network) and each network's gateway
+// port join the desired state as fields of NetworkConfig when those
+// packages are wired in.
+type Config struct {
+	// Networks are the overlay networks this host has, by unique name
+	// and unique VNI.
+	Networks []NetworkConfig
+	// Outbound and Inbound are the ESP security associations of every
+	// encrypted network, per peer VTEP (see tunnel.VTEP.SetSAs).
+	Outbound []tunnel.OutboundSA
+	Inbound  []tunnel.InboundSA
+}
+
+// NetworkConfig is one overlay network: its switch and its VXLAN segment.
+// Changing VNI, MTU, Gateway or StormLimit rebuilds the network (its
+// ports stay open and are moved to the new switch); the rest is changed
+// in place.
+type NetworkConfig struct {
+	// Name names the network (and its switch).
+	Name string
+	// VNI is the VXLAN network identifier, MTU the largest inner IP
+	// packet.
+	VNI uint32
+	MTU int
+	// Cipher is the ESP transform of an encrypted network, 0 in the
+	// clear.
+	Cipher esp.Cipher
+	// Gateway is the gateway address the switch answers ARP for (with
+	// GatewayMAC); frames to GatewayMAC are dropped until the gateway
+	// port exists.
+	Gateway    netip.Addr
+	GatewayMAC packet.MAC
+	// StormLimit is the flooded frames per second and port (see
+	// vswitch.Config.StormLimit).
+	StormLimit int
+	// External are RFC 7348 VTEPs outside the cluster: flooding peers
+	// behind which MACs are learned.
+	External []netip.Addr
+	// Peers are the VTEPs of the other hosts with endpoints on the
+	// network. Frames are flooded to Peers, External and the VTEP of
+	// every remote endpoint.
+	Peers []netip.Addr
+	// Ports are this host's endpoints on the network.
+	Ports []PortConfig
+	// Remotes are the other hosts' endpoints: static switch entries
+	// behind the tunnel port, and MAC -> VTEP entries in the tunnel.
+	Remotes []Remote
+}
+
+// PortConfig is a local endpoint: a device (a container's TAP) on the
+// network's switch with port security for MAC and IP.
+type PortConfig struct {
+	// Name is unique within the network; it names the switch port.
+	Name string
+	// Device is read by the data plane's loop and written by the switch.
+	// The first Reconfig that names a device takes it over: the data
+	// plane closes it when its port leaves the desired state (or is
+	// given another device), and on Close.
+	Device netdev.Device
+	MAC    packet.MAC
+	IP     netip.Addr
+}
+
+// Remote is an endpoint on another host.
+type Remote struct {
+	MAC  packet.MAC
+	IP   netip.Addr
+	VTEP netip.Addr
+}
+
+// Error is the failure of one step of a Reconfig, naming the object.
+type Error struct {
+	// Network is the network the object belongs to ("" for SAs).
+	Network string
+	// Object names the failed object: "network", "port NAME", "remote
+	// MAC", "peers", "external VTEPs", "cipher", "SAs".
+	Object string
+	Err    error
+}
+
+func (e *Error) Error() string {
+	if e.Network == "" {
+		return fmt.Sprintf("%s: %v", e.Object, e.Err)
+	}
+	if e.Object == "network" {
+		return fmt.Sprintf("network %q: %v", e.Network, e.Err)
+	}
+	return fmt.Sprintf("network %q: %s: %v", e.Network, e.Object, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// portKey identifies a port across networks.
+type portKey struct{ network, name string }

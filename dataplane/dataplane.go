@@ -1,0 +1,233 @@
+// Package dataplane owns the forwarding objects of one host: each
+// network's switch (vswitch) and VXLAN segment (tunnel), the VTEP they
+// share, and the loops that read the local ports' devices into the
+// switches. The control plane describes what it wants as one Config and
+// hands it to Reconfig, which computes the difference from what it has
+// applied itself and applies it in an order that never leaves the
+// forwarding state inconsistent: a tunnel remote exists only while the
+// switch has its static entry, things are added after what they depend on
+// and removed before it. Every failed step is returned, naming its object;
+// the rest is applied, and the next Reconfig tries the failed steps again.
+//
+// The package knows nothing of the daemon, the cluster or the API.
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"github.com/vxmesh/vxmesh/tunnel"
+	"github.com/vxmesh/vxmesh/vswitch"
+)
+
+// TunnelPortName is the name of each switch's port to the other hosts.
+const TunnelPortName = "vxlan"
+
+// Options configures a Dataplane.
+type Options struct {
+	// Tunnel configures the VTEP; the data plane owns it (and its
+	// underlays) and closes it on Close.
+	Tunnel tunnel.Config
+	// Logger receives network and port events, never per-packet ones;
+	// nil discards them.
+	Logger *slog.Logger
+}
+
+// Dataplane is one host's data plane. Its methods are safe for concurrent
+// use; Reconfig calls are serialised.
+type Dataplane struct {
+	log  *slog.Logger
+	vtep *tunnel.VTEP
+
+	mu      sync.Mutex // serialises Reconfig and Close; guards the fields below
+	closed  bool
+	nets    map[string]*network
+	ports   map[portKey]*port
+	out     []tunnel.OutboundSA
+	in      []tunnel.InboundSA
+	changes int // mutating steps applied, for tests
+}
+
+// New returns a data plane with no networks. Call Run to start receiving.
+func New(opts Options) *Dataplane {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Dataplane{
+		log:   log,
+		vtep:  tunnel.New(opts.Tunnel),
+		nets:  map[string]*network{},
+		ports: map[portKey]*port{},
+	}
+}
+
+// Run receives from the underlay until ctx is done or Close is called.
+func (dp *Dataplane) Run(ctx context.Context) error { return dp.vtep.Run(ctx) }
+
+// Close takes everything down: it closes every port's device and the VTEP.
+func (dp *Dataplane) Close() error {
+	dp.mu.Lock()
+	if !dp.closed {
+		dp.closed = true
+		for _, p := range dp.ports {
+			dp.removePort(p)
+		}
+		for _, n := range dp.nets {
+			dp.removeNetwork(n)
+		}
+	}
+	dp.mu.Unlock()
+	return dp.vtep.Close()
+}
+
+// Reconfig makes the data plane match cfg. It returns the failed steps
+// joined (each an *Error naming its object), or nil; what did not fail
+// is applied. Applying the Config that is already applied changes
+// nothing.
+func (dp *Dataplane) Reconfig(cfg Config) error {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.closed {
+		return &Error{Object: "data plane", Err: errors.New("closed")}
+	}
+	var errs []error
+	order, wantPorts := dp.index(cfg, &errs)
+	want := make(map[string]*NetworkConfig, len(order))
+	for _, w := range order {
+		want[w.Name] = w
+	}
+
+	// Removals first, the dependants before what they depend on: ports
+	// that left, then networks that left or must be rebuilt.
+	for k, p := range dp.ports {
+		w, ok := wantPorts[k]
+		switch {
+		case !ok || w.Device != p.cfg.Device:
+			dp.removePort(p)
+		case w.MAC != p.cfg.MAC || w.IP != p.cfg.IP:
+			dp.detach(p)
+			p.cfg = w
+		}
+	}
+	for name, n := range dp.nets {
+		if w := want[name]; w == nil || !n.sameShape(w) {
+			for _, p := range dp.ports {
+				if p.key.network == name {
+					dp.detach(p)
+				}
+			}
+			dp.removeNetwork(n)
+		}
+	}
+
+	// The SAs, before any peer that needs them is added.
+	if !sameSAs(dp.out, dp.in, cfg.Outbound, cfg.Inbound) {
+		dp.changes++
+		// SetSAs installs what does not collide; the lists are recorded
+		// as applied only without error, so a failure is retried.
+		if err := dp.vtep.SetSAs(cfg.Outbound, cfg.Inbound); err != nil {
+			errs = append(errs, &Error{Object: "SAs", Err: err})
+		} else {
+			dp.out, dp.in = cfg.Outbound, cfg.Inbound
+		}
+	}
+
+	// Additions, in a stable order.
+	for k, w := range wantPorts {
+		if dp.ports[k] == nil {
+			dp.addPort(k, w)
+		}
+	}
+	for _, w := range order {
+		n, err := dp.applyNetwork(w)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, pc := range w.Ports {
+			if p := dp.ports[portKey{w.Name, pc.Name}]; p != nil && p.ref.Load() == nil {
+				if err := dp.attach(p, n); err != nil {
+					errs = append(errs, &Error{Network: w.Name, Object: "port " + pc.Name, Err: err})
+				}
+			}
+		}
+		dp.applyRemotes(n, w, &errs)
+	}
+	return errors.Join(errs...)
+}
+
+// index lists the networks of cfg and maps its ports by key, reporting
+// duplicates (the first one counts) and ports without a device.
+func (dp *Dataplane) index(cfg Config, errs *[]error) ([]*NetworkConfig, map[portKey]PortConfig) {
+	var order []*NetworkConfig
+	want := map[string]*NetworkConfig{}
+	vnis := map[uint32]string{}
+	ports := map[portKey]PortConfig{}
+	for i := range cfg.Networks {
+		w := &cfg.Networks[i]
+		if want[w.Name] != nil {
+			*errs = append(*errs, &Error{Network: w.Name, Object: "network", Err: errors.New("named twice in the desired state")})
+			continue
+		}
+		if other, ok := vnis[w.VNI]; ok {
+			*errs = append(*errs, &Error{Network: w.Name, Object: "network", Err: errorf("vni %d: also network %q's", w.VNI, other)})
+			continue
+		}
+		want[w.Name], vnis[w.VNI] = w, w.Name
+		order = append(order, w)
+		for _, pc := range w.Ports {
+			k := portKey{w.Name, pc.Name}
+			if _, dup := ports[k]; dup {
+				*errs = append(*errs, &Error{Network: w.Name, Object: "port " + pc.Name, Err: errors.New("named twice in the desired state")})
+				continue
+			}
+			if pc.Device == nil {
+				*errs = append(*errs, &Error{Network: w.Name, Object: "port " + pc.Name, Err: errors.New("no device")})
+				continue
+			}
+			ports[k] = pc
+		}
+	}
+	return order, ports
+}
+
+// NetworkStats returns the counters of a network's switch and tunnel.
+func (dp *Dataplane) NetworkStats(name string) (vswitch.Stats, tunnel.SegmentStats, bool) {
+	dp.mu.Lock()
+	n := dp.nets[name]
+	dp.mu.Unlock()
+	if n == nil {
+		return vswitch.Stats{}, tunnel.SegmentStats{}, false
+	}
+	return n.sw.Stats(), n.tn.Stats(), true
+}
+
+// FDB returns the forwarding entries of a network's switch and tunnel.
+func (dp *Dataplane) FDB(name string) ([]vswitch.FDBEntry, []tunnel.FDBEntry, bool) {
+	dp.mu.Lock()
+	n := dp.nets[name]
+	dp.mu.Unlock()
+	if n == nil {
+		return nil, nil, false
+	}
+	return n.sw.FDB(), n.tn.FDB(), true
+}
+
+// TunnelStats returns the VTEP's counters.
+func (dp *Dataplane) TunnelStats() tunnel.Stats { return dp.vtep.Stats() }
+
+// PortState describes a port: "up", or "down: " and why (its device
+// failed, or it could not join its switch); "" for a port the data plane
+// does not have.
+func (dp *Dataplane) PortState(network, name string) string {
+	dp.mu.Lock()
+	p := dp.ports[portKey{network, name}]
+	dp.mu.Unlock()
+	if p == nil {
+		return ""
+	}
+	return p.stateString()
+}

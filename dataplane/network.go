@@ -1,0 +1,242 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
+	"github.com/vxmesh/vxmesh/vswitch"
+)
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// network is an applied network: what was built for it and what of its
+// desired state has been applied.
+type network struct {
+	cfg   NetworkConfig // the shape it was built with (VNI, MTU, gateway, storm limit)
+	sw    *vswitch.Switch
+	tn    *tunnel.Segment
+	tport *vswitch.Port
+
+	cipher   esp.Cipher
+	external []netip.Addr              // applied external VTEPs, sorted
+	flood    []netip.Addr              // applied flooding peers, sorted
+	statics  map[packet.MAC]netip.Addr // switch statics behind tport: MAC -> IP
+	remotes  map[packet.MAC]netip.Addr // tunnel remotes: MAC -> VTEP
+}
+
+// sameShape reports whether w can be applied to n in place.
+func (n *network) sameShape(w *NetworkConfig) bool {
+	c := &n.cfg
+	return c.VNI == w.VNI && c.MTU == w.MTU && c.Gateway == w.Gateway && c.GatewayMAC == w.GatewayMAC && c.StormLimit == w.StormLimit
+}
+
+// applyNetwork builds w's network if it does not exist yet and sets its
+// cipher.
+func (dp *Dataplane) applyNetwork(w *NetworkConfig) (*network, error) {
+	n := dp.nets[w.Name]
+	if n == nil {
+		var err error
+		if n, err = dp.addNetwork(w); err != nil {
+			return nil, &Error{Network: w.Name, Object: "network", Err: err}
+		}
+	}
+	if n.cipher != w.Cipher {
+		dp.changes++
+		if err := n.tn.SetCipher(w.Cipher); err != nil {
+			return n, &Error{Network: w.Name, Object: "cipher", Err: err}
+		}
+		n.cipher = w.Cipher
+	}
+	return n, nil
+}
+
+// addNetwork builds a network's switch, tunnel network and tunnel port.
+func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
+	dp.changes++
+	sw := vswitch.New(vswitch.Config{Name: w.Name, GatewayIP: w.Gateway, GatewayMAC: w.GatewayMAC, MTU: w.MTU, StormLimit: w.StormLimit})
+	tn, err := dp.vtep.AddSegment(w.VNI, w.MTU)
+	if err != nil {
+		sw.Close()
+		return nil, err
+	}
+	ref, err := sw.AddPort(tn, vswitch.PortConfig{Name: TunnelPortName})
+	if err != nil {
+		dp.vtep.RemoveSegment(w.VNI)
+		sw.Close()
+		return nil, err
+	}
+	tn.SetInput(ref.Input)
+	n := &network{
+		cfg: NetworkConfig{Name: w.Name, VNI: w.VNI, MTU: w.MTU, Gateway: w.Gateway, GatewayMAC: w.GatewayMAC, StormLimit: w.StormLimit},
+		sw:  sw, tn: tn, tport: ref,
+		statics: map[packet.MAC]netip.Addr{}, remotes: map[packet.MAC]netip.Addr{},
+	}
+	dp.nets[w.Name] = n
+	dp.log.Info("network up", "network", w.Name, "vni", w.VNI, "mtu", w.MTU)
+	return n, nil
+}
+
+// removeNetwork takes a network down, its remotes and peers first. Its
+// ports have been detached.
+func (dp *Dataplane) removeNetwork(n *network) {
+	dp.changes++
+	n.tn.SetRemotes(nil)
+	for mac := range n.statics {
+		n.sw.RemoveStatic(mac)
+	}
+	n.tn.SetPeers(nil)
+	n.tn.SetInput(nil)
+	n.sw.RemovePort(n.tport)
+	dp.vtep.RemoveSegment(n.cfg.VNI)
+	n.sw.Close()
+	delete(dp.nets, n.cfg.Name)
+	dp.log.Info("network down", "network", n.cfg.Name)
+}
+
+// applyRemotes makes n's remote endpoints, flooding peers and external
+// VTEPs match w. A tunnel remote is installed only after its switch
+// static, and removed before it, so the switch never floods a frame the
+// tunnel would send to one VTEP.
+func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
+	fail := func(obj string, err error) { *errs = append(*errs, &Error{Network: w.Name, Object: obj, Err: err}) }
+	want := wantedRemotes(w.Remotes, fail)
+
+	// 1. Tunnel remotes that go or change, then their switch statics.
+	keep := make(map[packet.MAC]netip.Addr, len(n.remotes))
+	for mac, vtep := range n.remotes {
+		if r, ok := want[mac]; ok && r.VTEP == vtep && r.IP == n.statics[mac] {
+			keep[mac] = vtep
+		}
+	}
+	dp.setRemotes(n, keep, fail)
+	for mac, ip := range n.statics {
+		if r, ok := want[mac]; !ok || r.IP != ip {
+			dp.changes++
+			n.sw.RemoveStatic(mac)
+			delete(n.statics, mac)
+		}
+	}
+
+	// 2. Flooding peers and external VTEPs.
+	ext := validSet(w.External, "external VTEP", fail)
+	flood := validSet(w.Peers, "peer", fail)
+	flood = append(flood, ext...)
+	for _, r := range want {
+		flood = append(flood, r.VTEP)
+	}
+	slices.SortFunc(flood, netip.Addr.Compare)
+	flood = slices.Compact(flood)
+	if !slices.Equal(flood, n.flood) {
+		dp.changes++
+		if err := n.tn.SetPeers(flood); err != nil {
+			fail("peers", err)
+		} else {
+			n.flood = flood
+		}
+	}
+	if !slices.Equal(ext, n.external) {
+		dp.changes++
+		if err := n.tn.SetExternal(ext); err != nil {
+			fail("external VTEPs", err)
+		} else {
+			n.external = ext
+		}
+	}
+
+	// 3. Switch statics, then the tunnel remotes of those that made it.
+	macs := make([]packet.MAC, 0, len(want))
+	for mac := range want {
+		macs = append(macs, mac)
+	}
+	slices.SortFunc(macs, func(a, b packet.MAC) int { return slices.Compare(a[:], b[:]) })
+	next := make(map[packet.MAC]netip.Addr, len(want))
+	for _, mac := range macs {
+		r := want[mac]
+		if _, ok := n.statics[mac]; !ok {
+			dp.changes++
+			if err := n.sw.AddStatic(mac, r.IP, n.tport); err != nil {
+				fail("remote "+mac.String(), err)
+				continue
+			}
+			n.statics[mac] = r.IP
+		}
+		if slices.Contains(n.flood, r.VTEP) {
+			next[mac] = r.VTEP
+		}
+	}
+	dp.setRemotes(n, next, fail)
+}
+
+// wantedRemotes maps the valid remotes by MAC, reporting the others.
+func wantedRemotes(remotes []Remote, fail func(string, error)) map[packet.MAC]Remote {
+	want := make(map[packet.MAC]Remote, len(remotes))
+	for _, r := range remotes {
+		switch {
+		case r.MAC.IsZero() || r.MAC.IsMulticast():
+			fail("remote "+r.MAC.String(), errors.New("not a unicast MAC"))
+		case !validVTEP(r.VTEP):
+			fail("remote "+r.MAC.String(), fmt.Errorf("VTEP %s: not a unicast address", r.VTEP))
+		case want[r.MAC] != (Remote{}):
+			fail("remote "+r.MAC.String(), errors.New("named twice in the desired state"))
+		default:
+			r.VTEP = r.VTEP.Unmap()
+			want[r.MAC] = r
+		}
+	}
+	return want
+}
+
+// setRemotes replaces n's tunnel remotes with m if they differ.
+func (dp *Dataplane) setRemotes(n *network, m map[packet.MAC]netip.Addr, fail func(string, error)) {
+	if mapsEqual(m, n.remotes) {
+		return
+	}
+	dp.changes++
+	if err := n.tn.SetRemotes(m); err != nil {
+		fail("remotes", err)
+		return
+	}
+	n.remotes = m
+}
+
+func mapsEqual(a, b map[packet.MAC]netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func validVTEP(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast()
+}
+
+// validSet returns the valid addresses of in, sorted and de-duplicated,
+// reporting the others.
+func validSet(in []netip.Addr, what string, fail func(string, error)) []netip.Addr {
+	out := make([]netip.Addr, 0, len(in))
+	for _, a := range in {
+		if !validVTEP(a) {
+			fail(what+" "+a.String(), errors.New("not a unicast address"))
+			continue
+		}
+		out = append(out, a.Unmap())
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// sameSAs reports whether the SA lists name the same SA objects.
+func sameSAs(out []tunnel.OutboundSA, in []tunnel.InboundSA, wout []tunnel.OutboundSA, win []tunnel.InboundSA) bool {
+	return slices.Equal(out, wout) && slices.Equal(in, win)
+}

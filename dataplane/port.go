@@ -1,0 +1,113 @@
+package dataplane
+
+import (
+	"sync/atomic"
+
+	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/vswitch"
+)
+
+// port is a local endpoint's device and the loop that reads it into the
+// switch. The loop runs from the port's first Reconfig until it is
+// removed; while the port is not on a switch (its network is being
+// rebuilt, or it could not join), what it reads is dropped and counted.
+type port struct {
+	key     portKey
+	cfg     PortConfig
+	sw      *vswitch.Switch // the switch ref belongs to
+	ref     atomic.Pointer[vswitch.Port]
+	done    chan struct{}
+	closing atomic.Bool
+	state   atomic.Pointer[string]
+	// detached counts the frames read while the port was on no switch.
+	detached atomic.Uint64
+}
+
+func (p *port) setState(s string) { p.state.Store(&s) }
+
+func (p *port) stateString() string {
+	if s := p.state.Load(); s != nil {
+		return *s
+	}
+	return "down"
+}
+
+// addPort takes over w's device and starts its read loop.
+func (dp *Dataplane) addPort(k portKey, w PortConfig) {
+	dp.changes++
+	p := &port{key: k, cfg: w, done: make(chan struct{})}
+	p.setState("down: not on a switch yet")
+	dp.ports[k] = p
+	go p.read()
+}
+
+// read hands the batches read from the device to the switch, run to
+// completion, until the device fails or is closed.
+func (p *port) read() {
+	defer close(p.done)
+	dev := p.cfg.Device
+	b := packet.NewBatch(dev.BatchSize())
+	for {
+		n, err := dev.Read(b.Bufs, b.Sizes, packet.Headroom)
+		if n > 0 {
+			if ref := p.ref.Load(); ref != nil {
+				ref.Input(b.Bufs[:n], b.Sizes[:n], packet.Headroom)
+			} else {
+				p.detached.Add(uint64(n))
+			}
+		}
+		if err != nil {
+			if !p.closing.Load() {
+				p.setState("down: " + err.Error())
+			}
+			return
+		}
+	}
+}
+
+// attach puts p on n's switch.
+func (dp *Dataplane) attach(p *port, n *network) error {
+	dp.changes++
+	ref, err := n.sw.AddPort(p.cfg.Device, vswitch.PortConfig{Name: p.key.name, MAC: p.cfg.MAC, IP: p.cfg.IP, Security: true})
+	if err != nil {
+		p.setState("down: " + err.Error())
+		return err
+	}
+	p.sw = n.sw
+	p.ref.Store(ref)
+	if !p.closing.Load() {
+		select {
+		case <-p.done:
+		default:
+			p.setState("up")
+		}
+	}
+	return nil
+}
+
+// detach takes p off its switch; its loop keeps reading.
+func (dp *Dataplane) detach(p *port) {
+	ref := p.ref.Swap(nil)
+	if ref == nil {
+		return
+	}
+	dp.changes++
+	p.sw.RemovePort(ref)
+	p.sw = nil
+	select {
+	case <-p.done:
+	default:
+		p.setState("down: not on a switch")
+	}
+}
+
+// removePort detaches p, closes its device and waits for its loop.
+func (dp *Dataplane) removePort(p *port) {
+	dp.changes++
+	p.closing.Store(true)
+	p.cfg.Device.Close()
+	<-p.done
+	dp.detach(p)
+	delete(dp.ports, p.key)
+	p.setState("down: stopped")
+}
