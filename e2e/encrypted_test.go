@@ -20,7 +20,8 @@ import (
 	"github.com/vxmesh/vxmesh/internal/testbed"
 )
 
-// The tests in this file cover encrypted networks (DESIGN.md §4, §5):
+// The tests in this file cover encrypted networks (README "Encrypted
+// networks", docs/architecture.md):
 // ESP in UDP on port 4500 between hosts, refusals, and key rotation.
 
 func TestEncryptedNetworkAcrossThreeHosts(t *testing.T) {

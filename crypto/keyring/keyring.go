@@ -10,7 +10,7 @@
 // higher Version, so the control plane can replicate it and the data plane
 // can hold snapshots without locks.
 //
-// Rotation (DESIGN.md section 5). The rotating node (the alive node with the
+// Rotation (docs/architecture.md, "Encrypted networks"). The rotating node (the alive node with the
 // lowest name) calls Rotate: the new key enters the ring as pending, receive
 // only. Every node installs inbound SAs for every key in the ring and
 // reports the highest key ID it has installed. When ReadyToPromote says that
