@@ -15,6 +15,7 @@ package dataplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 
@@ -173,7 +174,7 @@ func (dp *Dataplane) index(cfg Config, errs *[]error) ([]*NetworkConfig, map[por
 			continue
 		}
 		if other, ok := vnis[w.VNI]; ok {
-			*errs = append(*errs, &Error{Network: w.Name, Object: "network", Err: errorf("vni %d: also network %q's", w.VNI, other)})
+			*errs = append(*errs, &Error{Network: w.Name, Object: "network", Err: fmt.Errorf("vni %d: also network %q's", w.VNI, other)})
 			continue
 		}
 		want[w.Name], vnis[w.VNI] = w, w.Name

@@ -12,8 +12,6 @@ import (
 	"github.com/vxmesh/vxmesh/vswitch"
 )
 
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
-
 // network is an applied network: what was built for it and what of its
 // desired state has been applied.
 type network struct {
