@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -250,10 +251,27 @@ type CaptureRequest struct {
 	Count     int
 }
 
-// Capture starts a capture and returns its pcap stream (Ethernet link
-// type), which ends after req.Count frames or when ctx is done or the
-// stream is closed.
-func (c *Client) Capture(ctx context.Context, req CaptureRequest) (io.ReadCloser, error) {
+// CaptureDroppedTrailer is the HTTP trailer of a capture stream that says
+// how many frames were left out because the client read too slowly.
+const CaptureDroppedTrailer = "Vxmesh-Capture-Dropped"
+
+// CaptureStream is a running capture's pcap stream (Ethernet link type).
+type CaptureStream struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+// Dropped returns how many frames the daemon left out of the capture
+// because the stream was read too slowly, and whether it is known: only
+// after the stream was read to its end (req.Count frames).
+func (s *CaptureStream) Dropped() (uint64, bool) {
+	n, err := strconv.ParseUint(s.resp.Trailer.Get(CaptureDroppedTrailer), 10, 64)
+	return n, err == nil
+}
+
+// Capture starts a capture and returns its pcap stream, which ends after
+// req.Count frames or when ctx is done or the stream is closed.
+func (c *Client) Capture(ctx context.Context, req CaptureRequest) (*CaptureStream, error) {
 	q := url.Values{}
 	if req.Container != "" {
 		q.Set("container", req.Container)
@@ -281,5 +299,5 @@ func (c *Client) Capture(ctx context.Context, req CaptureRequest) (io.ReadCloser
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		return nil, c.statusError(resp, data)
 	}
-	return resp.Body, nil
+	return &CaptureStream{ReadCloser: resp.Body, resp: resp}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
@@ -57,7 +58,8 @@ func (d *Daemon) captureTarget(container, network string, tunnel bool) (string, 
 
 // serveCapture streams a pcap (Ethernet link type) of the frames at a
 // switch port until the client goes away, count frames were sent (if
-// count > 0) or the daemon stops.
+// count > 0) or the daemon stops; the trailer api.CaptureDroppedTrailer
+// says how many frames the capture's queue had no room for.
 func (d *Daemon) serveCapture(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	count, err := queryInt(q.Get("count"), "count")
@@ -84,15 +86,21 @@ func (d *Daemon) serveCapture(w http.ResponseWriter, r *http.Request) {
 		fail(w, conflict("%w", err))
 		return
 	}
-	defer stop()
+	sent := 0
+	defer func() {
+		stop()
+		w.Header().Set(api.CaptureDroppedTrailer, strconv.FormatUint(c.Dropped(), 10))
+		d.log.Info("capture ended", "network", network, "port", port, "frames", sent, "dropped", c.Dropped())
+	}()
 	w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
+	w.Header().Set("Trailer", api.CaptureDroppedTrailer)
 	pw := pcapgo.NewWriterNanos(w)
 	if err := pw.WriteFileHeader(uint32(snaplen), layers.LinkTypeEthernet); err != nil {
 		return
 	}
 	rc := http.NewResponseController(w)
 	rc.Flush()
-	for sent := 0; count == 0 || sent < count; sent++ {
+	for ; count == 0 || sent < count; sent++ {
 		var f vswitch.CapturedFrame
 		select {
 		case f = <-c.Frames():

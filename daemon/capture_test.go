@@ -88,6 +88,9 @@ func TestCaptureStreamsPcap(t *testing.T) {
 			in++
 		}
 	}
+	if got := resp.Trailer.Get(api.CaptureDroppedTrailer); got != "0" {
+		t.Errorf("trailer %s = %q, want 0", api.CaptureDroppedTrailer, got)
+	}
 	if frames != count {
 		t.Errorf("stream ended after %d frames, want count=%d", frames, count)
 	}

@@ -65,7 +65,11 @@ func cmdCapture(env *cliEnv, args []string) error {
 	if cerr := closeOut(); err == nil {
 		err = cerr
 	}
-	fmt.Fprintf(env.stderr, "%d frames captured\n", n)
+	if dropped, ok := stream.Dropped(); ok && dropped > 0 {
+		fmt.Fprintf(env.stderr, "%d frames captured, %d left out (read too slowly)\n", n, dropped)
+	} else {
+		fmt.Fprintf(env.stderr, "%d frames captured\n", n)
+	}
 	return err
 }
 
