@@ -3,7 +3,9 @@ package vswitch
 import (
 	"bytes"
 	"errors"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/vxmesh/vxmesh/netdev/netdevtest"
 	"github.com/vxmesh/vxmesh/packet"
@@ -117,4 +119,49 @@ func TestCaptureOffDoesNotAllocate(t *testing.T) {
 	if n := len(drain(c)); n != 0 {
 		t.Errorf("stopped capture got %d frames", n)
 	}
+}
+
+// TestCaptureStartStopWhileForwarding starts and stops captures on a port
+// while two ports forward to each other (run with -race).
+func TestCaptureStartStopWhileForwarding(t *testing.T) {
+	s := New(Config{Name: "web"})
+	a := addPort(t, s, &netdevtest.Counter{}, PortConfig{Name: "a", MAC: macA, IP: ipA})
+	b := addPort(t, s, &netdevtest.Counter{}, PortConfig{Name: "b", MAC: macB, IP: ipB})
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, tc := range []struct {
+		p     *Port
+		frame []byte
+	}{{a, ipv4Frame(macB, macA, ipA, ipB)}, {b, ipv4Frame(macA, macB, ipB, ipA)}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bufs, sizes := batch(tc.frame, tc.frame)
+			for {
+				select {
+				case <-done:
+					return
+				default:
+					tc.p.Input(bufs, sizes, off)
+				}
+			}
+		}()
+	}
+	for i := range 200 {
+		c := NewCapture(0, 8)
+		if err := b.StartCapture(c); err != nil {
+			t.Fatal(err)
+		}
+		if i%20 == 0 { // every tenth capture waits for a frame
+			select {
+			case <-c.Frames():
+			case <-time.After(5 * time.Second):
+				t.Fatal("a capture during forwarding saw no frame in 5s")
+			}
+		}
+		drain(c)
+		b.StopCapture(c)
+	}
+	close(done)
+	wg.Wait()
 }
