@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -107,6 +108,22 @@ func TestCapture(t *testing.T) {
 		}
 		if out, err := exec.Command("tshark", "-r", file).CombinedOutput(); err != nil || !bytes.Contains(out, []byte("ICMP")) {
 			t.Errorf("tshark -r: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("one line per frame", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		done := make(chan struct{})
+		defer close(done)
+		pingUntil(h1, "c1", ip2, done)
+		out, err := h1.h.CLIContext(ctx, "capture", "c1", "-c", "6")
+		if err != nil {
+			t.Fatalf("capture -c 6: %v", err)
+		}
+		lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+		if len(lines) != 6 || !strings.Contains(out, ip1+" > "+ip2+" EchoRequest") {
+			t.Errorf("capture -c 6 printed %d lines, want 6 with an echo request %s > %s:\n%s", len(lines), ip1, ip2, out)
 		}
 	})
 
