@@ -12,6 +12,7 @@ require (
 
 require (
 	github.com/containernetworking/cni v1.3.1
+	github.com/gopacket/gopacket v1.7.7
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.74.0

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -88,13 +89,7 @@ func (c *Client) do(method, path string, in, out any) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return &UnreachableError{Msg: fmt.Sprintf("cannot reach the vxmesh daemon at %s: is `vxmesh daemon` running? (--socket or $%s)", c.socket, SocketEnv), Err: err}
-		}
-		if errors.Is(err, syscall.EACCES) {
-			return &UnreachableError{Msg: fmt.Sprintf("cannot reach the vxmesh daemon at %s: permission denied (the API is for root)", c.socket), Err: err}
-		}
-		return &UnreachableError{Msg: fmt.Sprintf("daemon at %s: %v", c.socket, err), Err: err}
+		return c.unreachable(err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -102,11 +97,7 @@ func (c *Client) do(method, path string, in, out any) error {
 		return fmt.Errorf("daemon at %s: %w", c.socket, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e Error
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return &StatusError{Code: resp.StatusCode, Msg: e.Error}
-		}
-		return &StatusError{Code: resp.StatusCode, Msg: fmt.Sprintf("daemon at %s: %s", c.socket, resp.Status)}
+		return c.statusError(resp, data)
 	}
 	if out == nil {
 		return nil
@@ -228,4 +219,85 @@ func (c *Client) RotateKey() (Keys, error) {
 func (c *Client) ExportKeys() (KeyExport, error) {
 	var k KeyExport
 	return k, c.do(http.MethodGet, "/v1/keys/export?format=wireshark", nil, &k)
+}
+
+// unreachable describes a request that got no answer.
+func (c *Client) unreachable(err error) error {
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		return &UnreachableError{Msg: fmt.Sprintf("cannot reach the vxmesh daemon at %s: is `vxmesh daemon` running? (--socket or $%s)", c.socket, SocketEnv), Err: err}
+	}
+	if errors.Is(err, syscall.EACCES) {
+		return &UnreachableError{Msg: fmt.Sprintf("cannot reach the vxmesh daemon at %s: permission denied (the API is for root)", c.socket), Err: err}
+	}
+	return &UnreachableError{Msg: fmt.Sprintf("daemon at %s: %v", c.socket, err), Err: err}
+}
+
+// statusError is the error of a refused request whose body is data.
+func (c *Client) statusError(resp *http.Response, data []byte) error {
+	var e Error
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		return &StatusError{Code: resp.StatusCode, Msg: e.Error}
+	}
+	return &StatusError{Code: resp.StatusCode, Msg: fmt.Sprintf("daemon at %s: %s", c.socket, resp.Status)}
+}
+
+// CaptureRequest says which switch port to capture: a container's
+// (Network may be empty if it has one network) or, with Tunnel, Network's
+// tunnel port. Count > 0 ends the capture after as many frames.
+type CaptureRequest struct {
+	Container string
+	Network   string
+	Tunnel    bool
+	Count     int
+}
+
+// CaptureDroppedTrailer is the HTTP trailer of a capture stream that says
+// how many frames were left out because the client read too slowly.
+const CaptureDroppedTrailer = "Vxmesh-Capture-Dropped"
+
+// CaptureStream is a running capture's pcap stream (Ethernet link type).
+type CaptureStream struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+// Dropped returns how many frames the daemon left out of the capture
+// because the stream was read too slowly, and whether it is known: only
+// after the stream was read to its end (req.Count frames).
+func (s *CaptureStream) Dropped() (uint64, bool) {
+	n, err := strconv.ParseUint(s.resp.Trailer.Get(CaptureDroppedTrailer), 10, 64)
+	return n, err == nil
+}
+
+// Capture starts a capture and returns its pcap stream, which ends after
+// req.Count frames or when ctx is done or the stream is closed.
+func (c *Client) Capture(ctx context.Context, req CaptureRequest) (*CaptureStream, error) {
+	q := url.Values{}
+	if req.Container != "" {
+		q.Set("container", req.Container)
+	}
+	if req.Network != "" {
+		q.Set("network", req.Network)
+	}
+	if req.Tunnel {
+		q.Set("tunnel", "true")
+	}
+	if req.Count > 0 {
+		q.Set("count", fmt.Sprint(req.Count))
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://vxmesh/v1/capture?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	stream := &http.Client{Transport: c.http.Transport} // no timeout: it runs until stopped
+	resp, err := stream.Do(hr)
+	if err != nil {
+		return nil, c.unreachable(err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return nil, c.statusError(resp, data)
+	}
+	return &CaptureStream{ReadCloser: resp.Body, resp: resp}, nil
 }

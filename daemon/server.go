@@ -156,6 +156,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, d.Stats(), nil)
 	})
+	mux.HandleFunc("GET /v1/capture", d.serveCapture)
 	mux.HandleFunc("GET /v1/keys", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, d.Keys(), nil)
 	})

@@ -232,3 +232,32 @@ func (dp *Dataplane) PortState(network, name string) string {
 	}
 	return p.stateString()
 }
+
+// StartCapture starts c on the port named port of network (TunnelPortName
+// for the network's tunnel port, whose frames are the switch's: an
+// encrypted network's in the clear) and returns the function that stops
+// it. A capture follows the port it started on: if the port leaves its
+// switch (the network is rebuilt, the endpoint removed), it sees no more
+// frames.
+func (dp *Dataplane) StartCapture(network, port string, c *vswitch.Capture) (stop func(), err error) {
+	dp.mu.Lock()
+	var ref *vswitch.Port
+	if n := dp.nets[network]; n == nil {
+		err = fmt.Errorf("capture: network %q is not on this host", network)
+	} else if port == TunnelPortName {
+		ref = n.tport
+	} else if p := dp.ports[portKey{network, port}]; p != nil {
+		ref = p.ref.Load()
+	}
+	dp.mu.Unlock()
+	switch {
+	case err != nil:
+		return nil, err
+	case ref == nil:
+		return nil, fmt.Errorf("capture: port %q of network %q is not on its switch", port, network)
+	}
+	if err := ref.StartCapture(c); err != nil {
+		return nil, err
+	}
+	return func() { ref.StopCapture(c) }, nil
+}

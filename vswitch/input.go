@@ -107,6 +107,9 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		return
 	}
 	v, now := s.view.Load(), s.clock()
+	if c := r.capture.Load(); c != nil {
+		r.captureInput(c, bufs[:n], sizes[:n], offset)
+	}
 	for i := range n {
 		size := sizes[i]
 		rxBytes += uint64(max(size, 0))
@@ -193,6 +196,9 @@ func (r *Port) flush(offset int) {
 	sc := &r.sc
 	for _, p := range sc.dests {
 		q, sh := sc.q[p.id], sc.sh[p.id]
+		if c := p.capture.Load(); c != nil {
+			c.add(r.sw.now(), q, offset, true)
+		}
 		sent, _ := p.sink.WriteFrames(packet.NewFrames(q, offset, sh))
 		sent = max(0, min(sent, len(q)))
 		var bytes uint64
@@ -233,5 +239,17 @@ func (r *Port) account(rxBytes uint64, rx int, forwarded, flooded, suppressed ui
 	}
 	if suppressed > 0 {
 		s.c.arpSuppressed.Add(suppressed)
+	}
+}
+
+// captureInput queues copies of the well-formed frames of a batch read
+// from r into c, before the switch looks at them (ARP suppression rewrites
+// requests in place).
+func (r *Port) captureInput(c *Capture, bufs [][]byte, sizes []int, offset int) {
+	t := r.sw.now()
+	for i, b := range bufs {
+		if size := sizes[i]; size >= packet.EthernetHeaderLen && size <= len(b)-offset {
+			c.addFrame(t, b[offset:offset+size], false)
+		}
 	}
 }

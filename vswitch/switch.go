@@ -112,6 +112,7 @@ type Port struct {
 	storm    bool // flooding is subject to the storm limit
 	id       int  // small, unique among attached ports; indexes scratch queues
 	removed  atomic.Bool
+	capture  atomic.Pointer[Capture] // nil unless a capture runs (StartCapture)
 
 	c  portCounters
 	sc scratch // used only by the goroutine calling Input

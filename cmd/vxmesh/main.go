@@ -90,6 +90,9 @@ func commands() []command {
 			example: "vxmesh fdb web", run: cmdFDB},
 		{name: "stats", args: "[flags]", summary: "show switch, tunnel and DNS counters",
 			example: "vxmesh stats --format json", run: cmdStats},
+		{name: "capture", args: "(CONTAINER [--network NET] | --network NET --tunnel) [-w FILE|-] [-c N]",
+			summary: "capture the frames at a container's switch port or a network's tunnel port",
+			example: "vxmesh capture c1 -c 10 -w - | tshark -r -", run: cmdCapture},
 		{name: "node", summary: "cluster nodes", subs: []command{
 			{name: "ls", aliases: []string{"list"}, args: "[flags]", summary: "list cluster nodes (* marks this one)",
 				example: "vxmesh node ls", run: cmdNodeLs},
