@@ -23,6 +23,7 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 	"github.com/vxmesh/vxmesh/tunnel"
+	"golang.org/x/sys/unix"
 )
 
 // fakeSandbox stands in for network namespaces: a namespace is a path in
@@ -418,6 +419,19 @@ func TestAttachForwardsAndSuppressesARP(t *testing.T) {
 	st := d.Stats()
 	if len(st.Networks) != 1 || st.Networks[0].ARPSuppressed != 1 {
 		t.Fatalf("stats: %+v", st)
+	}
+}
+
+func TestStatsReportsOpenFilesAndLimit(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	st := d.Stats()
+	// The daemon holds at least its API socket and gossip listeners.
+	if st.OpenFDs <= 3 || st.FDLimit != rl.Cur || uint64(st.OpenFDs) > st.FDLimit {
+		t.Fatalf("stats: open fds %d, limit %d; want more than 3 and limit %d", st.OpenFDs, st.FDLimit, rl.Cur)
 	}
 }
 
