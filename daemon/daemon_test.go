@@ -43,6 +43,7 @@ type fakeSandbox struct {
 	deleted  []string
 	taps     []string // unused half-made TAPs of the daemon's namespace
 	killWait time.Duration
+	scans    int // calls of NetnsPIDs
 	// useNetstack makes Plug give each interface a gVisor netstack
 	// container instead of a bare pipe end.
 	useNetstack bool
@@ -199,14 +200,17 @@ func (f *fakeSandbox) KillNetns(path string) error {
 	return nil
 }
 
-func (f *fakeSandbox) PIDsInNetns(path string) ([]int, error) {
+func (f *fakeSandbox) NetnsPIDs() (map[sandbox.NetnsID][]int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ino, ok := f.ns[path]
-	if !ok {
-		return nil, fmt.Errorf("netns %q: %w", path, os.ErrNotExist)
+	f.scans++
+	m := map[sandbox.NetnsID][]int{}
+	for ino, pids := range f.pids {
+		if len(pids) > 0 {
+			m[sandbox.NetnsID{Dev: 1, Ino: ino}] = pids
+		}
 	}
-	return f.pids[ino], nil
+	return m, nil
 }
 func (f *fakeSandbox) DockerPID(c string) (int, error) {
 	if f.dockerPID != nil {
