@@ -313,6 +313,11 @@ type Stats struct {
 	// GossipDrops counts what the cluster layer refused, by reason:
 	// "gossip-version", "version-ahead", "replayed".
 	GossipDrops map[string]uint64 `json:"gossip_drops,omitempty"`
+	// OpenFDs is the number of file descriptors the daemon holds open,
+	// and FDLimit its soft open-files limit (RLIMIT_NOFILE, raised to the
+	// hard limit at start): past it, new containers and connections fail.
+	OpenFDs int    `json:"open_fds"`
+	FDLimit uint64 `json:"fd_limit"`
 }
 
 // DNSStats are the embedded resolver's counters.

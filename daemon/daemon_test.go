@@ -23,6 +23,7 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 	"github.com/vxmesh/vxmesh/tunnel"
+	"golang.org/x/sys/unix"
 )
 
 // fakeSandbox stands in for network namespaces: a namespace is a path in
@@ -42,6 +43,7 @@ type fakeSandbox struct {
 	deleted  []string
 	taps     []string // unused half-made TAPs of the daemon's namespace
 	killWait time.Duration
+	scans    int // calls of NetnsPIDs
 	// useNetstack makes Plug give each interface a gVisor netstack
 	// container instead of a bare pipe end.
 	useNetstack bool
@@ -198,14 +200,17 @@ func (f *fakeSandbox) KillNetns(path string) error {
 	return nil
 }
 
-func (f *fakeSandbox) PIDsInNetns(path string) ([]int, error) {
+func (f *fakeSandbox) NetnsPIDs() (map[sandbox.NetnsID][]int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ino, ok := f.ns[path]
-	if !ok {
-		return nil, fmt.Errorf("netns %q: %w", path, os.ErrNotExist)
+	f.scans++
+	m := map[sandbox.NetnsID][]int{}
+	for ino, pids := range f.pids {
+		if len(pids) > 0 {
+			m[sandbox.NetnsID{Dev: 1, Ino: ino}] = pids
+		}
 	}
-	return f.pids[ino], nil
+	return m, nil
 }
 func (f *fakeSandbox) DockerPID(c string) (int, error) {
 	if f.dockerPID != nil {
@@ -418,6 +423,19 @@ func TestAttachForwardsAndSuppressesARP(t *testing.T) {
 	st := d.Stats()
 	if len(st.Networks) != 1 || st.Networks[0].ARPSuppressed != 1 {
 		t.Fatalf("stats: %+v", st)
+	}
+}
+
+func TestStatsReportsOpenFilesAndLimit(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	st := d.Stats()
+	// The daemon holds at least its API socket and gossip listeners.
+	if st.OpenFDs <= 3 || st.FDLimit != rl.Cur || uint64(st.OpenFDs) > st.FDLimit {
+		t.Fatalf("stats: open fds %d, limit %d; want more than 3 and limit %d", st.OpenFDs, st.FDLimit, rl.Cur)
 	}
 }
 

@@ -631,36 +631,53 @@ func (d *Daemon) Endpoints() []api.Endpoint {
 }
 
 // Containers lists the containers with the processes in their namespaces.
+// The processes of every namespace are found with one scan, before the
+// lock is taken: listing costs one scan however many containers there are.
 func (d *Daemon) Containers() []api.Container {
+	pids := d.netnsPIDs()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := []api.Container{}
 	for _, c := range d.sortedContainers() {
-		out = append(out, d.containerView(c))
+		out = append(out, d.containerView(c, pids))
 	}
 	return out
 }
 
 // Container returns one container.
 func (d *Daemon) Container(name string) (api.Container, error) {
+	pids := d.netnsPIDs()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, ok := d.containers[name]
 	if !ok {
 		return api.Container{}, notFound("container %q: not found", name)
 	}
-	return d.containerView(c), nil
+	return d.containerView(c, pids), nil
 }
 
-func (d *Daemon) containerView(c *container) api.Container {
+// netnsPIDs is the Sandbox's map of namespaces to processes; nil (no
+// processes shown) if the processes cannot be listed.
+func (d *Daemon) netnsPIDs() map[sandbox.NetnsID][]int {
+	pids, err := d.sb.NetnsPIDs()
+	if err != nil {
+		d.log.Warn("listing processes", "err", err)
+	}
+	return pids
+}
+
+// containerView is what ps shows of c; pids maps namespaces to their
+// processes (see netnsPIDs).
+func (d *Daemon) containerView(c *container, pids map[sandbox.NetnsID][]int) api.Container {
 	v := api.Container{Name: c.name, Netns: c.netns, Managed: c.managed, PIDs: []int{}, State: api.ContainerGone,
 		ResolvConf: d.resolvConfPath(), Endpoints: []api.Endpoint{}}
-	// Processes are listed only in the container's own namespace, never
-	// in another one that took its name.
-	if nsPath, release, err := d.pinNetns(c); err == nil {
+	// Processes are listed only while the container's name still names
+	// its own namespace, and only those of that namespace (by identity),
+	// never those of another one that took its name.
+	if _, release, err := d.pinNetns(c); err == nil {
 		v.State = api.ContainerUp
-		if pids, _ := d.sb.PIDsInNetns(nsPath); pids != nil {
-			v.PIDs = pids
+		if p := pids[sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}]; p != nil {
+			v.PIDs = p
 		}
 		release()
 	}

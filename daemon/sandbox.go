@@ -32,8 +32,9 @@ type Sandbox interface {
 	Unplug(nsPath, ifname string) error
 	// KillNetns stops every process in the namespace.
 	KillNetns(nsPath string) error
-	// PIDsInNetns lists the processes in the namespace.
-	PIDsInNetns(nsPath string) ([]int, error)
+	// NetnsPIDs maps every network namespace with processes to their
+	// PIDs, in ascending order, with one scan of the processes.
+	NetnsPIDs() (map[sandbox.NetnsID][]int, error)
 	// DockerPID asks the Docker Engine for a running container's PID.
 	DockerPID(container string) (int, error)
 }
@@ -77,7 +78,7 @@ func (linuxSandbox) Unplug(nsPath, ifname string) error { return sandbox.Unplug(
 func (linuxSandbox) KillNetns(nsPath string) error {
 	return sandbox.KillNetns(nsPath, sandbox.DefaultKillGrace)
 }
-func (linuxSandbox) PIDsInNetns(p string) ([]int, error) { return sandbox.PIDsInNetns(p) }
+func (linuxSandbox) NetnsPIDs() (map[sandbox.NetnsID][]int, error) { return sandbox.NetnsPIDs() }
 func (s linuxSandbox) DockerPID(container string) (int, error) {
 	return sandbox.DockerPID(s.dockerSocket, container)
 }

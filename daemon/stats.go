@@ -3,6 +3,7 @@ package daemon
 import (
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/dataplane"
+	"github.com/vxmesh/vxmesh/internal/fdlimit"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -64,6 +65,11 @@ func (d *Daemon) Stats() api.Stats {
 	out.RefusedRecords = d.refused.snapshot()
 	if drops := d.cl.Drops(); len(drops) > 0 {
 		out.GossipDrops = drops
+	}
+	// Zero when unknown: the rest of the counters are still worth showing.
+	out.OpenFDs, _ = fdlimit.Open()
+	if l, err := fdlimit.Get(); err == nil {
+		out.FDLimit = l.Soft
 	}
 	return out
 }

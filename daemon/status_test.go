@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -119,5 +120,40 @@ func TestReadyWhenAPIServes(t *testing.T) {
 	}
 	if len(answered) != 0 {
 		t.Fatal("Ready called twice")
+	}
+}
+
+// TestContainersScanProcessesOnce: ps lists the processes of every
+// container with one scan of the processes, not one per container, and
+// still shows each container only the processes of its own namespace.
+func TestContainersScanProcessesOnce(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+	for i, name := range []string{"c1", "c2", "c3"} {
+		ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: name, Create: true})
+		sb.setPIDs(ep.Netns, 100+i)
+	}
+	// c3's name now names another namespace: it is gone, with no
+	// processes, neither its old ones nor the new namespace's.
+	sb.replaceNetns("/run/netns/c3", 999)
+	sb.mu.Lock()
+	sb.scans = 0
+	sb.mu.Unlock()
+	cs := d.Containers()
+	sb.mu.Lock()
+	scans := sb.scans
+	sb.mu.Unlock()
+	if scans != 1 {
+		t.Errorf("listing 3 containers scanned the processes %d times, want once", scans)
+	}
+	var got []string
+	for _, c := range cs {
+		got = append(got, fmt.Sprintf("%s:%s:%v", c.Name, c.State, c.PIDs))
+	}
+	want := "c1:up:[100] c2:up:[101] c3:gone:[]"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("ps: %s, want %s", strings.Join(got, " "), want)
 	}
 }

@@ -41,6 +41,8 @@ type Options struct {
 type Dataplane struct {
 	log  *slog.Logger
 	vtep *tunnel.VTEP
+	// batches lends read batches to the ports' loops.
+	batches *batchPool
 
 	mu      sync.Mutex // serialises Reconfig and Close; guards the fields below
 	closed  bool
@@ -58,10 +60,11 @@ func New(opts Options) *Dataplane {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Dataplane{
-		log:   log,
-		vtep:  tunnel.New(opts.Tunnel),
-		nets:  map[string]*network{},
-		ports: map[portKey]*port{},
+		log:     log,
+		vtep:    tunnel.New(opts.Tunnel),
+		batches: newBatchPool(),
+		nets:    map[string]*network{},
+		ports:   map[portKey]*port{},
 	}
 }
 

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"sync/atomic"
 
+	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
@@ -38,30 +39,67 @@ func (dp *Dataplane) addPort(k portKey, w PortConfig) {
 	p := &port{key: k, cfg: w, done: make(chan struct{})}
 	p.setState("down: not on a switch yet")
 	dp.ports[k] = p
-	go p.read()
+	go p.read(dp.batches)
 }
 
 // read hands the batches read from the device to the switch, run to
-// completion, until the device fails or is closed.
-func (p *port) read() {
+// completion, until the device fails or is closed. A device that can wait
+// for frames (a TAP) borrows a batch from pool for each read, so an idle
+// one holds no buffers; any other owns one batch for its lifetime.
+func (p *port) read(pool *batchPool) {
 	defer close(p.done)
+	dev := p.cfg.Device
+	w, ok := dev.(netdev.ReadWaiter)
+	if !ok || dev.BatchSize() != pooledBatch {
+		p.readOwn()
+		return
+	}
+	for {
+		if err := w.WaitRead(); err != nil {
+			p.failed(err)
+			return
+		}
+		b := pool.get()
+		n, err := dev.Read(b.Bufs, b.Sizes, packet.Headroom)
+		p.input(b, n)
+		pool.put(b)
+		if err != nil {
+			p.failed(err)
+			return
+		}
+	}
+}
+
+// readOwn is read with a batch of the port's own.
+func (p *port) readOwn() {
 	dev := p.cfg.Device
 	b := packet.NewBatch(dev.BatchSize())
 	for {
 		n, err := dev.Read(b.Bufs, b.Sizes, packet.Headroom)
-		if n > 0 {
-			if ref := p.ref.Load(); ref != nil {
-				ref.Input(b.Bufs[:n], b.Sizes[:n], packet.Headroom)
-			} else {
-				p.detached.Add(uint64(n))
-			}
-		}
+		p.input(b, n)
 		if err != nil {
-			if !p.closing.Load() {
-				p.setState("down: " + err.Error())
-			}
+			p.failed(err)
 			return
 		}
+	}
+}
+
+// input gives the n frames read into b to the port's switch.
+func (p *port) input(b *packet.Batch, n int) {
+	if n <= 0 {
+		return
+	}
+	if ref := p.ref.Load(); ref != nil {
+		ref.Input(b.Bufs[:n], b.Sizes[:n], packet.Headroom)
+	} else {
+		p.detached.Add(uint64(n))
+	}
+}
+
+// failed records the error that ended the read loop.
+func (p *port) failed(err error) {
+	if !p.closing.Load() {
+		p.setState("down: " + err.Error())
 	}
 }
 

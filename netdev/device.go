@@ -44,6 +44,15 @@ type Device interface {
 	Close() error
 }
 
+// ReadWaiter is a Device that can wait for frames without reading them, so
+// that its reader holds read buffers only while frames are there.
+type ReadWaiter interface {
+	// WaitRead blocks until Read has a frame to return (or would fail);
+	// it returns an error once the device is closed. It must not be
+	// called concurrently with Read.
+	WaitRead() error
+}
+
 // VirtioNetHdrLen is the length of struct virtio_net_hdr, which a TAP
 // device opened with IFF_VNET_HDR puts in front of every frame; it is the
 // metadata slot at the start of every buffer.

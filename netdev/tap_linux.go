@@ -74,6 +74,8 @@ type TAP struct {
 		iov    [2]unix.Iovec // metadata slot, frame; preallocated for readv
 	}
 	readFn func(fd uintptr) bool // bound once so Read does not allocate
+	waitFn func(fd uintptr) bool // bound once so WaitRead does not allocate
+	pfd    [1]unix.PollFd        // WaitRead's readability check
 
 	wmu sync.Mutex // guards the write state below
 	tx  struct {
@@ -259,6 +261,7 @@ func newTAP(fd int, name string, offloads int) (*TAP, error) {
 	}
 	t := &TAP{name: name, file: f, rc: rc, offloads: offloads}
 	t.readFn = t.readBatch
+	t.waitFn = t.readable
 	t.writeFn = t.writeBatch
 	return t, nil
 }
@@ -367,6 +370,24 @@ func (t *TAP) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		return 0, t.pollErr("read", err)
 	}
 	return 0, rerr
+}
+
+// WaitRead implements ReadWaiter: it blocks in the Go netpoller until the
+// device has a frame to read, without reading it.
+func (t *TAP) WaitRead() error {
+	if err := t.rc.Read(t.waitFn); err != nil {
+		return t.pollErr("read", err)
+	}
+	return nil
+}
+
+// readable is the RawConn.Read callback of WaitRead: it returns false to
+// wait while the descriptor has nothing to read. An error of poll(2)
+// counts as readable, so that Read reports what is wrong.
+func (t *TAP) readable(fd uintptr) bool {
+	t.pfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	n, err := unix.Poll(t.pfd[:], 0)
+	return err != nil && err != unix.EINTR || n > 0
 }
 
 // gsoAccepted reports whether a frame with GSO type typ may be passed up.

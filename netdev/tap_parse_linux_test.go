@@ -4,7 +4,10 @@ package netdev
 
 import (
 	"bytes"
+	"errors"
+	"os"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -189,10 +192,11 @@ func TestTAPAllocsFake(t *testing.T) {
 		tap.Write(wb, packet.Headroom)
 		m, _ := unix.Read(peer, echo)
 		unix.Write(peer, echo[:m])
+		tap.WaitRead()
 		tap.Read(b.Bufs, b.Sizes, packet.Headroom)
 	})
 	if allocs != 0 {
-		t.Errorf("Write+Read allocate %.1f times per frame, want 0", allocs)
+		t.Errorf("Write+WaitRead+Read allocate %.1f times per frame, want 0", allocs)
 	}
 }
 
@@ -202,4 +206,35 @@ func vnet(flags, gsoType uint8, hdrLen, gsoSize, csumStart, csumOffset int) []by
 	b := make([]byte, packet.OffloadLen)
 	packet.OffloadOf(b).Set(flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset)
 	return b
+}
+
+// TestTAPWaitReadWaitsForAFrameWithoutReadingIt: a reader can wait for
+// frames holding no buffers; the frame is still there for Read, and Close
+// ends the wait.
+func TestTAPWaitReadWaitsForAFrameWithoutReadingIt(t *testing.T) {
+	tap, peer := seqpacketTAP(t)
+	done := make(chan error, 1)
+	go func() { done <- tap.WaitRead() }()
+	select {
+	case err := <-done:
+		t.Fatalf("WaitRead returned %v with nothing to read", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	f := make([]byte, VirtioNetHdrLen+60)
+	unix.Write(peer, f)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := tap.WaitRead(); err != nil { // the frame is still there
+		t.Fatal(err)
+	}
+	b := packet.NewBatch(TAPBatchSize)
+	if n, err := tap.Read(b.Bufs, b.Sizes, packet.Headroom); n != 1 || err != nil || b.Sizes[0] != 60 {
+		t.Fatalf("Read after WaitRead = %d, %v (size %d), want the 60-byte frame", n, err, b.Sizes[0])
+	}
+	go func() { done <- tap.WaitRead() }()
+	tap.Close()
+	if err := <-done; !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("WaitRead after Close = %v, want os.ErrClosed", err)
+	}
 }

@@ -300,27 +300,59 @@ func PIDsInNetns(nsPath string) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	ents, err := os.ReadDir("/proc")
+	var pids []int
+	err = scanProcNetns("/proc", func(pid int, ns NetnsID) {
+		if ns == id {
+			pids = append(pids, pid)
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("netns %q: %w", nsPath, err)
 	}
-	var pids []int
+	slices.Sort(pids)
+	return pids, nil
+}
+
+// NetnsPIDs maps the network namespace of every process to its PIDs, in
+// ascending order, with one scan of /proc: listing the processes of many
+// namespaces costs one scan, not one per namespace.
+func NetnsPIDs() (map[NetnsID][]int, error) {
+	return procNetnsPIDs("/proc")
+}
+
+// procNetnsPIDs is NetnsPIDs of the proc file system at proc.
+func procNetnsPIDs(proc string) (map[NetnsID][]int, error) {
+	m := map[NetnsID][]int{}
+	err := scanProcNetns(proc, func(pid int, ns NetnsID) { m[ns] = append(m[ns], pid) })
+	if err != nil {
+		return nil, fmt.Errorf("network namespaces of processes: %w", err)
+	}
+	for _, pids := range m {
+		slices.Sort(pids)
+	}
+	return m, nil
+}
+
+// scanProcNetns calls fn with the network namespace of each process of the
+// proc file system at proc. Processes that exit meanwhile (or zombies,
+// which have no namespaces) are skipped.
+func scanProcNetns(proc string, fn func(pid int, ns NetnsID)) error {
+	ents, err := os.ReadDir(proc)
+	if err != nil {
+		return err
+	}
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid <= 0 {
 			continue
 		}
 		var st unix.Stat_t
-		// Processes may exit (or be zombies without namespaces) meanwhile.
-		if unix.Stat(NetnsPathForPID(pid), &st) != nil {
+		if unix.Stat(proc+"/"+e.Name()+"/ns/net", &st) != nil {
 			continue
 		}
-		if st.Dev == id.Dev && st.Ino == id.Ino {
-			pids = append(pids, pid)
-		}
+		fn(pid, NetnsID{Dev: st.Dev, Ino: st.Ino})
 	}
-	slices.Sort(pids)
-	return pids, nil
+	return nil
 }
 
 // DefaultKillGrace is how long KillNetns waits after SIGTERM when no grace

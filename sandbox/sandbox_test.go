@@ -501,6 +501,13 @@ func TestDetachedPIDsAndKill(t *testing.T) {
 	if !slices.Equal(pids, []int{pid}) {
 		t.Fatalf("PIDsInNetns = %v, want [%d]", pids, pid)
 	}
+	id, err := NetnsIdentity(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all, err := NetnsPIDs(); err != nil || !slices.Equal(all[id], []int{pid}) {
+		t.Fatalf("NetnsPIDs()[%v] = %v (%v), want [%d]", id, all[id], err, pid)
+	}
 	if sid, _ := unix.Getsid(pid); sid != pid {
 		t.Errorf("detached command in session %d, want its own (%d)", sid, pid)
 	}

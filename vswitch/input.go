@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"math/bits"
 	"time"
 
 	"github.com/vxmesh/vxmesh/packet"
@@ -61,8 +62,13 @@ func (sc *scratch) add(p *Port, b []byte, shared bool, batch int) bool {
 	switch {
 	case len(sc.q[id]) == 0:
 		if cap(sc.q[id]) < batch {
-			sc.q[id] = make([][]byte, 0, max(batch, packet.BatchSize))
-			sc.sh[id] = make([]bool, 0, max(batch, packet.BatchSize))
+			// Sized to the batch (a power of two, so a port's queue for
+			// a destination is made again at most a few times), not to
+			// packet.BatchSize: an input port keeps a queue for every
+			// destination it ever flooded to, ports squared in all.
+			n := 1 << bits.Len(uint(batch-1))
+			sc.q[id] = make([][]byte, 0, n)
+			sc.sh[id] = make([]bool, 0, n)
 		}
 		sc.owner[id] = p
 		sc.dests = append(sc.dests, p)

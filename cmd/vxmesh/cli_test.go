@@ -199,7 +199,7 @@ func fakeDaemon(t *testing.T) string {
 		"/v1/nodes":     []api.Node{{Name: "h1", Addr: "192.0.2.1:7946", DataAddr: "192.0.2.1", State: "alive", Self: true}},
 		"/v1/keys":      api.Keys{Version: 2, Primary: 1, Keys: []api.KeyInfo{{ID: 1, Created: created, State: "primary"}}, Rotator: "h1", RotationInterval: 3600},
 		"/v1/stats": api.Stats{Node: "h1", Networks: []api.NetworkStats{{Network: "web", Ports: []api.PortStats{{Name: "c1", RxPackets: 1, Drops: map[string]uint64{"spoofed-src": 2}}}}},
-			DNS: api.DNSStats{UpstreamLatency: api.LatencyStats{}}},
+			DNS: api.DNSStats{UpstreamLatency: api.LatencyStats{}}, OpenFDs: 37, FDLimit: 1000},
 	}
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	l, err := net.Listen("unix", sock)
@@ -226,6 +226,17 @@ func fakeDaemon(t *testing.T) string {
 var stateCommands = [][]string{
 	{"network", "ls"}, {"network", "inspect", "web"}, {"ps"}, {"endpoint", "ls"},
 	{"node", "ls"}, {"fdb", "web"}, {"key", "ls"}, {"stats"},
+}
+
+func TestStatsShowsOpenFilesAgainstLimit(t *testing.T) {
+	sock := fakeDaemon(t)
+	code, out, errs := cli("stats", "--socket", sock)
+	if code != 0 {
+		t.Fatalf("vxmesh stats: exit %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "Open files: 37 of 1000 (3.7%)\n") {
+		t.Fatalf("vxmesh stats does not show the open files against the limit:\n%s", out)
+	}
 }
 
 func TestJSONOutputAlwaysHasItsArrays(t *testing.T) {

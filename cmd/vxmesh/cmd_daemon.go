@@ -18,6 +18,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/daemon"
 	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/internal/fdlimit"
 	"github.com/vxmesh/vxmesh/internal/sdnotify"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
@@ -108,6 +109,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		socket = api.DefaultSocket
 	}
 	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level}))
+	raiseOpenFiles(log)
 	d, err := daemon.New(daemon.Config{
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
@@ -137,6 +139,17 @@ func cmdDaemon(env *cliEnv, args []string) error {
 
 // notify tells systemd (a Type=notify unit) the daemon's state; outside
 // systemd it does nothing.
+// raiseOpenFiles sets the soft open-files limit to the hard limit (each
+// container costs the daemon descriptors) and logs both.
+func raiseOpenFiles(log *slog.Logger) {
+	before, after, err := fdlimit.Raise()
+	if err != nil {
+		log.Warn("open-files limit not raised", "soft", before.Soft, "hard", before.Hard, "err", err)
+		return
+	}
+	log.Info("open-files limit", "soft", after.Soft, "hard", after.Hard, "soft_before", before.Soft)
+}
+
 func notify(log *slog.Logger, state string) {
 	if sent, err := sdnotify.Notify(state); err != nil {
 		log.Warn("systemd notification failed", "state", state, "err", err)

@@ -54,6 +54,7 @@ func cmdStats(env *cliEnv, args []string) error {
 // printStats is the text output of stats.
 func printStats(w io.Writer, s api.Stats) error {
 	fmt.Fprintf(w, "Node: %s\n", s.Node)
+	fmt.Fprintf(w, "Open files: %d of %d%s\n", s.OpenFDs, s.FDLimit, fdPercent(s.OpenFDs, s.FDLimit))
 	d := s.DNS
 	fmt.Fprintf(w, "DNS: %d queries, %d local, %d forwarded, %d nxdomain, %d servfail, %d overloaded, %d upstream errors; upstream avg %.3f ms, max %.3f ms (%d answers); upstreams %s\n",
 		d.Queries, d.Local, d.Forwarded, d.NXDomain, d.ServFail, d.Overloaded, d.UpstreamErrors,
@@ -72,6 +73,15 @@ func printStats(w io.Writer, s api.Stats) error {
 		}
 	}
 	return nil
+}
+
+// fdPercent is " (N%)" of the open-files limit used, or "" when the limit
+// is unknown.
+func fdPercent(open int, limit uint64) string {
+	if limit == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%.1f%%)", 100*float64(open)/float64(limit))
 }
 
 // formatDrops prints drop counters as reason=count pairs, or "none".

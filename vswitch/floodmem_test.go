@@ -1,0 +1,49 @@
+package vswitch
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// TestFloodsKeepLittleStatePerPortPair: every port of a big network
+// floods one frame (as each container does when it comes up). Each input
+// port keeps a queue per destination it ever sent to, so this state grows
+// with the square of the ports; a one-frame flood must not reserve a
+// full batch (64 frames) per destination, which made 400 idle containers
+// cost hundreds of MB.
+// discard is a Sink that takes every frame and keeps none.
+type discard struct{}
+
+func (discard) WriteFrames(f packet.Frames) (int, error) { return f.Len(), nil }
+
+func TestFloodsKeepLittleStatePerPortPair(t *testing.T) {
+	const ports = 200
+	s := New(Config{Name: "web"})
+	ps := make([]*Port, ports)
+	frames := make([][][]byte, ports)
+	sizes := make([][]int, ports)
+	for i := range ports {
+		mac := packet.MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}
+		ip := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i + 1)})
+		ps[i] = addPort(t, s, discard{}, PortConfig{Name: fmt.Sprintf("p%d", i), MAC: mac, IP: ip, Security: true})
+		frames[i], sizes[i] = batch(ipv4Frame(packet.Broadcast, mac, ip, netip.MustParseAddr("10.0.255.255")))
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i, p := range ps {
+		p.Input(frames[i], sizes[i], off)
+	}
+	runtime.ReadMemStats(&after)
+	if st := s.Stats(); st.Flooded != ports {
+		t.Fatalf("flooded %d frames, want %d", st.Flooded, ports)
+	}
+	pairs := uint64(ports * (ports - 1))
+	if per := (after.TotalAlloc - before.TotalAlloc) / pairs; per > 512 {
+		t.Errorf("one flood from each of %d ports allocated %d bytes per port pair, want at most 512", ports, per)
+	}
+}
