@@ -8,9 +8,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
 
@@ -100,7 +102,7 @@ func (d *Daemon) refreshDNS() {
 	}
 	d.dns.rebuild.Lock()
 	defer d.dns.rebuild.Unlock()
-	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, d.endpointSet().accepted))
+	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, d.endpointSet().accepted, nil))
 }
 
 // dnsAttached updates the records after c got an endpoint (or its
@@ -200,9 +202,19 @@ type dnsIndex struct {
 	answers *dns.Answers
 }
 
-// buildDNSIndex indexes the endpoint records; names are lower-cased, as
-// DNS names compare case-insensitively.
-func buildDNSIndex(node string, recs []epRecord) *dnsIndex {
+// dnsService is what the resolver needs of one service on one network.
+type dnsService struct {
+	Name    string        // service name, lower-case
+	Network string        // network name, lower-case
+	VIP     netip.Addr    // not valid with endpoint mode dnsrr
+	TTL     time.Duration // of every answer about the service
+	Ports   []lb.Port     // the service's --port entries, for SRV
+	Tasks   []netip.Addr  // addresses of its healthy, active backends on Network
+}
+
+// buildDNSIndex indexes the endpoint records and services; names are
+// lower-cased, as DNS names compare case-insensitively.
+func buildDNSIndex(node string, recs []epRecord, svcs []dnsService) *dnsIndex {
 	x := &dnsIndex{networks: map[string][]string{}, names: map[string]map[string][]netip.Addr{}, ptrs: map[string]map[netip.Addr][]string{}}
 	for _, r := range recs {
 		ip, err := netip.ParseAddr(r.IP)

@@ -234,7 +234,7 @@ func TestDNSIndexIsCaseInsensitiveAndScoped(t *testing.T) {
 		{Name: "c5", Network: "web", IP: "10.0.0.5", Node: "h2", Aliases: []string{"svc"}},
 		{Name: "c9", Network: "other", IP: "10.1.0.9", Node: "h2"},
 		{Name: "bad", Network: "web", IP: "nope", Node: "h2"},
-	})
+	}, nil)
 	var s dnsSource
 	s.index.Store(x)
 	if a, ok := s.LookupName("C1", "svc"); !ok || len(a) != 2 {
@@ -300,7 +300,7 @@ func TestDNSFastAnswersFollowTheIndexAndItsScope(t *testing.T) {
 		{Name: "both", Network: "other", IP: "10.1.0.7", Node: "h1"},
 	}
 	var s dnsSource
-	s.index.Store(buildDNSIndex("h1", recs))
+	s.index.Store(buildDNSIndex("h1", recs, nil))
 	names := []string{"c1", "C1.WEB", "svc", "c2", "c2.web", "c9", "c9.other", "both", "both.web", "both.other",
 		"nobody", "c2.other"}
 	for _, asker := range []string{"C1", "c9", "both", "c2"} {
@@ -337,7 +337,7 @@ func TestDNSFastAnswersFollowTheIndexAndItsScope(t *testing.T) {
 	}
 	// c2 moves to another address: the next snapshot answers the new one.
 	recs[1].IP = "10.0.0.33"
-	s.index.Store(buildDNSIndex("h1", recs))
+	s.index.Store(buildDNSIndex("h1", recs, nil))
 	if got, _ := fastAnswer(t, &s, "C1", "c2.", mdns.TypeA); !slices.Equal(got, []string{"10.0.0.33"}) {
 		t.Errorf("after the table changed, c2 is %v, want 10.0.0.33", got)
 	}

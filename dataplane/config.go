@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
@@ -13,9 +14,8 @@ import (
 // Config is the complete desired state of the data plane. Reconfig makes
 // the data plane match it; whatever it does not name is taken down.
 //
-// Services (the lb stage of each network) and each network's gateway
-// port join the desired state as fields of NetworkConfig when those
-// packages are wired in.
+// Each network's gateway port joins the desired state as a field of
+// NetworkConfig when the gateway package is wired in.
 type Config struct {
 	// Networks are the overlay networks this host has, by unique name
 	// and unique VNI.
@@ -24,6 +24,10 @@ type Config struct {
 	// encrypted network, per peer VTEP (see tunnel.VTEP.SetSAs).
 	Outbound []tunnel.OutboundSA
 	Inbound  []tunnel.InboundSA
+	// Conntrack configures the host's connection table, shared by the
+	// balancers of every network (size and timeouts). It is read when
+	// the data plane makes the table, at its first Reconfig.
+	Conntrack lb.Config
 }
 
 // NetworkConfig is one overlay network: its switch and its VXLAN segment.
@@ -60,6 +64,10 @@ type NetworkConfig struct {
 	// Remotes are the other hosts' endpoints: static switch entries
 	// behind the tunnel port, and MAC -> VTEP entries in the tunnel.
 	Remotes []Remote
+	// Services are the network's service VIPs with their backends (lb):
+	// frames from a local port to a VIP are balanced at that port, and
+	// the switch answers ARP for each VIP.
+	Services []lb.Service
 }
 
 // PortConfig is a local endpoint: a device (a container's TAP) on the
