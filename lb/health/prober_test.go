@@ -75,7 +75,9 @@ func waitForf(t *testing.T, what func() string, cond func() bool) {
 // waitGoroutines waits until at most max goroutines run.
 func waitGoroutines(t *testing.T, max int, what string) {
 	t.Helper()
-	waitForf(t, func() string { return fmt.Sprintf("%s: %d goroutines, want at most %d", what, runtime.NumGoroutine(), max) },
+	waitForf(t, func() string {
+		return fmt.Sprintf("%s: %d goroutines, want at most %d", what, runtime.NumGoroutine(), max)
+	},
 		func() bool { return runtime.NumGoroutine() <= max })
 }
 
