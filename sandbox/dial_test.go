@@ -35,12 +35,12 @@ func loopbackNetns(t *testing.T) string {
 	return path
 }
 
-// listenIn opens a TCP listener on 127.0.0.1 inside the namespace.
-func listenIn(t *testing.T, nsPath string) *net.TCPListener {
+// listenIn opens a TCP listener on addr inside the namespace.
+func listenIn(t *testing.T, nsPath, addr string) *net.TCPListener {
 	t.Helper()
 	var ln net.Listener
 	err := RunInNetns(nsPath, func() (err error) {
-		ln, err = net.Listen("tcp4", "127.0.0.1:0")
+		ln, err = net.Listen("tcp4", addr)
 		return err
 	})
 	if err != nil {
@@ -123,15 +123,15 @@ func osThreads(t *testing.T) int {
 func TestDialInNetnsLandsInNamespace(t *testing.T) {
 	requireRoot(t)
 	ns := loopbackNetns(t)
-	inside := listenIn(t, ns)
-	addr := inside.Addr().String()
-	// The same address in the test's namespace is free: binding it proves
-	// the two listeners are in different namespaces.
-	outside, err := net.Listen("tcp4", addr)
+	// Two listeners on one address and port: they can only be in
+	// different namespaces.
+	outside, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("%s taken in the test's namespace too: %v", addr, err)
+		t.Fatal(err)
 	}
 	defer outside.Close()
+	addr := outside.Addr().String()
+	inside := listenIn(t, ns, addr)
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
@@ -181,7 +181,7 @@ func TestDialInNetnsLandsInNamespace(t *testing.T) {
 func TestDialInNetnsRefused(t *testing.T) {
 	requireRoot(t)
 	ns := loopbackNetns(t)
-	ln := listenIn(t, ns)
+	ln := listenIn(t, ns, "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

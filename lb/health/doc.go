@@ -19,10 +19,11 @@
 //
 // A flag value may carry options after spaces, "8080 interval=5s
 // timeout=2s healthy=1 unhealthy=5", for callers that offer no separate
-// flags. Spec.String writes the text form, kind first ("http
-// :8080/healthz", plus the options that differ from the defaults), which
-// Parse reads back to the same Spec (FuzzParse); store that in records.
-// The zero Spec is no check, and its String is "".
+// flags. Spec.String writes the text form, the kind and a colon first
+// ("tcp:8080", "http::8080/healthz", then the options that differ from
+// the defaults, "http::8080/healthz interval=5s"), which Parse reads back
+// to the same Spec (FuzzParse); store that in records. The zero Spec is
+// no check, and its String is "".
 //
 // # Prober
 //
@@ -50,7 +51,9 @@
 // one whose spec or address changed keeps its state and counts afresh;
 // removed ones stop. Every state change goes to the callback given to
 // NewProber as an Event (key, state, reason such as "connection refused",
-// "http 503", "timeout" or "connected"), one call at a time; Status lists
+// "http 503", "timeout" or "connected"), one call at a time, from a
+// goroutine that holds no lock of the Prober (the callback may call
+// SetTargets, not Close); Status lists
 // the current state of every target for `service ps`. Close stops
 // everything and waits for every goroutine.
 //

@@ -33,6 +33,11 @@ func TestCheckInsideNamespace(t *testing.T) {
 	}
 	t.Cleanup(func() { sandbox.DeleteNamedNetns(name) })
 
+	// A port free here, then the same address in the new namespace.
+	outside, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var inside net.Listener
 	err = sandbox.RunInNetns(ns, func() error {
 		lo, err := netlink.LinkByName("lo")
@@ -42,15 +47,11 @@ func TestCheckInsideNamespace(t *testing.T) {
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return err
 		}
-		inside, err = net.Listen("tcp4", "127.0.0.1:0")
+		inside, err = net.Listen("tcp4", outside.Addr().String())
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	outside, err := net.Listen("tcp4", inside.Addr().String())
-	if err != nil {
-		t.Fatalf("%s taken in the test's namespace: %v", inside.Addr(), err)
 	}
 	answer := func(code int) *http.Server {
 		return &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(code) })}

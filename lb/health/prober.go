@@ -105,7 +105,9 @@ type target struct {
 // NewProber returns a Prober with no targets. onChange gets every state
 // change, one call at a time, in order for a key, from a goroutine of the
 // Prober; changes that pile up while it runs are coalesced to the latest
-// per key. It must not call the Prober's methods. An event already being
+// per key. It runs holding no lock of the Prober, so it may call
+// SetTargets and Status, but not Close (which waits for it). An event
+// already being
 // delivered when SetTargets removes its key may still arrive; none
 // arrives after Close returns.
 func NewProber(onChange func(Event)) *Prober {

@@ -383,8 +383,9 @@ func TestProberLoopback(t *testing.T) {
 	}
 	s.httpCode.Store(302) // a redirect counts as healthy
 	waitState(t, p, "http", Healthy)
-	got := ev.of("http")
 	want := []State{Healthy, Unhealthy, Healthy}
+	waitFor(t, "http: events missing", func() bool { return len(ev.of("http")) >= len(want) })
+	got := ev.of("http")
 	if len(got) != len(want) {
 		t.Fatalf("http events %+v, want states %v", got, want)
 	}
@@ -453,6 +454,7 @@ func TestSetTargetsKeepsState(t *testing.T) {
 	if st.Reason != "connection refused" {
 		t.Errorf("a: reason %q", st.Reason)
 	}
+	waitFor(t, "a: events missing", func() bool { return len(ev.of("a")) >= 2 })
 	if got := ev.of("a"); len(got) != 2 || got[0].State != Healthy || got[1].State != Unhealthy {
 		t.Errorf("a events %+v, want healthy then unhealthy", got)
 	}
@@ -476,7 +478,7 @@ func TestSetTargetsRejects(t *testing.T) {
 		{[]Target{{Addr: loopback, Spec: ok.Spec}}, "health target 127.0.0.1: empty key"},
 		{[]Target{{Key: "x", Spec: ok.Spec}}, `health target "x": address "invalid IP"`},
 		{[]Target{{Key: "x", Addr: loopback}}, `health target "x": health check "": kind 0`},
-		{[]Target{{Key: "x", Addr: loopback, Spec: bad}}, `health target "x": health check "tcp 1 interval=100ms timeout=1h0m0s`},
+		{[]Target{{Key: "x", Addr: loopback, Spec: bad}}, `health target "x": health check "tcp:1 interval=100ms timeout=1h0m0s`},
 	} {
 		err := p.SetTargets(c.ts)
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {

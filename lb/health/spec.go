@@ -74,19 +74,19 @@ func ParseTCP(value string) (Spec, error) { return parse("tcp", value) }
 // followed by options (see Parse).
 func ParseHTTP(value string) (Spec, error) { return parse("http", value) }
 
-// Parse parses the text form String writes: the kind, a space and the
-// flag's value ("tcp 8080", "http :8080/healthz"), then optional
+// Parse parses the text form String writes: the kind, a colon and the
+// flag's value ("tcp:8080", "http::8080/healthz"), then optional
 // space-separated options interval=DURATION, timeout=DURATION,
 // healthy=N and unhealthy=N; fields not given get their defaults (the
 // timeout at most the interval). The error is one line naming the input
 // and the cause.
 func Parse(s string) (Spec, error) {
-	kind, value, _ := strings.Cut(s, " ")
+	kind, value, _ := strings.Cut(s, ":")
 	switch kind {
 	case "tcp", "http":
 		return parse(kind, value)
 	}
-	return Spec{}, fmt.Errorf("health check %q: kind %q: want tcp or http", s, kind)
+	return Spec{}, fmt.Errorf("health check %q: want tcp:PORT or http::PORT/PATH", s)
 }
 
 func parse(kind, value string) (Spec, error) {
@@ -221,7 +221,7 @@ func (s Spec) validate() error {
 	return nil
 }
 
-// String is the text form Parse reads: "tcp 8080" or "http :8080/healthz",
+// String is the text form Parse reads: "tcp:8080" or "http::8080/healthz",
 // followed by the options that differ from their defaults. The zero Spec
 // is "". With the flag's name in front of everything after the kind, it
 // is the command line: --health-http ":8080/healthz interval=5s".
@@ -231,7 +231,7 @@ func (s Spec) String() string {
 	}
 	var b strings.Builder
 	b.WriteString(s.Kind.String())
-	b.WriteByte(' ')
+	b.WriteByte(':')
 	b.WriteString(s.FlagValue())
 	if s.Interval != DefaultInterval {
 		b.WriteString(" interval=" + s.Interval.String())

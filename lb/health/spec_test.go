@@ -21,16 +21,16 @@ func TestParseFlags(t *testing.T) {
 		want        Spec
 		text        string // String()
 	}{
-		{"tcp", "8080", defaults(TCP, 8080, ""), "tcp 8080"},
-		{"tcp", "65535", defaults(TCP, 65535, ""), "tcp 65535"},
-		{"http", ":8080/healthz", defaults(HTTP, 8080, "/healthz"), "http :8080/healthz"},
-		{"http", "8080/healthz", defaults(HTTP, 8080, "/healthz"), "http :8080/healthz"},
-		{"http", ":80", defaults(HTTP, 80, "/"), "http :80/"},
-		{"http", "80", defaults(HTTP, 80, "/"), "http :80/"},
+		{"tcp", "8080", defaults(TCP, 8080, ""), "tcp:8080"},
+		{"tcp", "65535", defaults(TCP, 65535, ""), "tcp:65535"},
+		{"http", ":8080/healthz", defaults(HTTP, 8080, "/healthz"), "http::8080/healthz"},
+		{"http", "8080/healthz", defaults(HTTP, 8080, "/healthz"), "http::8080/healthz"},
+		{"http", ":80", defaults(HTTP, 80, "/"), "http::80/"},
+		{"http", "80", defaults(HTTP, 80, "/"), "http::80/"},
 		{"http", ":8080/healthz?full=1 interval=5s timeout=1.5s healthy=1 unhealthy=4", custom,
-			"http :8080/healthz?full=1 interval=5s timeout=1.5s healthy=1 unhealthy=4"},
+			"http::8080/healthz?full=1 interval=5s timeout=1.5s healthy=1 unhealthy=4"},
 		// A short interval bounds the default timeout.
-		{"tcp", "53 interval=500ms", fast, "tcp 53 interval=500ms timeout=500ms"},
+		{"tcp", "53 interval=500ms", fast, "tcp:53 interval=500ms timeout=500ms"},
 	} {
 		parse := ParseTCP
 		if c.flag == "http" {
@@ -59,33 +59,33 @@ func TestParseFlags(t *testing.T) {
 
 func TestParseRejects(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
-		{"", `kind ""`},
-		{"udp 53", `kind "udp"`},
+		{"", "want tcp:PORT or http::PORT/PATH"},
+		{"udp:53", `"udp:53": want tcp:PORT`}, {"tcp 80", `"tcp 80": want tcp:PORT`},
 		{"tcp", `port ""`},
-		{"tcp 0", `port "0"`},
-		{"tcp 65536", `port "65536"`},
-		{"tcp -1", `port "-1"`},
-		{"tcp :8080", `port ":8080"`},
-		{"tcp 8080/x", `port "8080/x"`},
-		{"tcp 80  interval=1s", `option ""`},
-		{"tcp 80 interval", `option "interval": want key=value`},
-		{"tcp 80 interval=soon", `duration "soon"`},
-		{"tcp 80 interval=1ms", "interval 1ms: want 10ms to 1h0m0s"},
-		{"tcp 80 interval=2h", "interval 2h0m0s"},
-		{"tcp 80 timeout=3s", "timeout 3s: want 1ms to the interval (2s)"},
-		{"tcp 80 timeout=0s", "timeout 0s"},
-		{"tcp 80 healthy=0", "healthy 0: want 1 to 100"},
-		{"tcp 80 unhealthy=101", "unhealthy 101"},
-		{"tcp 80 unhealthy=x", `count "x"`},
-		{"tcp 80 every=1s", `option "every": unknown`},
-		{"tcp 80 healthy=1 healthy=2", `option "healthy" given twice`},
-		{"http :8080healthz", `port "8080healthz"`},
-		{"http :/healthz", `port ""`},
-		{"http :8080/a#b", `byte '#' not allowed (escape it as %23)`},
-		{"http :8080/a\tb", `byte '\t' not allowed`},
-		{"http :8080/caf\u00e9", `not allowed`},
-		{"http :8080/" + strings.Repeat("a", MaxPath), "path longer than 1024 bytes"},
-		{"tcp 80\ninterval=1s", `port "80\ninterval=1s"`},
+		{"tcp:0", `port "0"`},
+		{"tcp:65536", `port "65536"`},
+		{"tcp:-1", `port "-1"`},
+		{"tcp::8080", `port ":8080"`},
+		{"tcp:8080/x", `port "8080/x"`},
+		{"tcp:80  interval=1s", `option ""`},
+		{"tcp:80 interval", `option "interval": want key=value`},
+		{"tcp:80 interval=soon", `duration "soon"`},
+		{"tcp:80 interval=1ms", "interval 1ms: want 10ms to 1h0m0s"},
+		{"tcp:80 interval=2h", "interval 2h0m0s"},
+		{"tcp:80 timeout=3s", "timeout 3s: want 1ms to the interval (2s)"},
+		{"tcp:80 timeout=0s", "timeout 0s"},
+		{"tcp:80 healthy=0", "healthy 0: want 1 to 100"},
+		{"tcp:80 unhealthy=101", "unhealthy 101"},
+		{"tcp:80 unhealthy=x", `count "x"`},
+		{"tcp:80 every=1s", `option "every": unknown`},
+		{"tcp:80 healthy=1 healthy=2", `option "healthy" given twice`},
+		{"http::8080healthz", `port "8080healthz"`},
+		{"http::/healthz", `port ""`},
+		{"http::8080/a#b", `byte '#' not allowed (escape it as %23)`},
+		{"http::8080/a\tb", `byte '\t' not allowed`},
+		{"http::8080/caf\u00e9", `not allowed`},
+		{"http::8080/" + strings.Repeat("a", MaxPath), "path longer than 1024 bytes"},
+		{"tcp:80\ninterval=1s", `port "80\ninterval=1s"`},
 	} {
 		_, err := Parse(c.in)
 		if err == nil {
@@ -129,9 +129,9 @@ func TestValidate(t *testing.T) {
 // to the same Spec, whose String is the same text again.
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{
-		"tcp 8080", "http :8080/healthz", "http 80", "http :1/a?b=c interval=1h timeout=59m healthy=100 unhealthy=1",
-		"tcp 1 interval=10ms", "tcp 80 timeout=1.5s", "http :8080/%20 interval=3.25s", "tcp 08080",
-		"udp 1", "http :0/", "tcp 80 healthy=1 healthy=1", "http :8080/a#b",
+		"tcp:8080", "http::8080/healthz", "http:80", "http::1/a?b=c interval=1h timeout=59m healthy=100 unhealthy=1",
+		"tcp:1 interval=10ms", "tcp:80 timeout=1.5s", "http::8080/%20 interval=3.25s", "tcp:08080",
+		"udp 1", "http::0/", "tcp:80 healthy=1 healthy=1", "http::8080/a#b",
 	} {
 		f.Add(s)
 	}
