@@ -591,3 +591,28 @@ func FuzzHTTPCheck(f *testing.F) {
 		}
 	})
 }
+
+// TestCallbackMaySetTargets: the callback runs outside the Prober's lock,
+// so a daemon that reapplies its desired state (SetTargets) on a health
+// change does not deadlock.
+func TestCallbackMaySetTargets(t *testing.T) {
+	s := newServers(t)
+	a := Target{Key: "a", Addr: loopback, Spec: fast(TCP, s.accepting, "")}
+	b := Target{Key: "b", Addr: loopback, Spec: fast(TCP, s.accepting, "")}
+	var p *Prober
+	errs := make(chan error, 10)
+	p = NewProber(func(ev Event) {
+		if ev.Key == "a" && ev.State == Healthy {
+			p.Status()
+			errs <- p.SetTargets([]Target{a, b})
+		}
+	})
+	defer p.Close()
+	if err := p.SetTargets([]Target{a}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, p, "b", Healthy)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+}
