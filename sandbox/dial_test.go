@@ -21,7 +21,7 @@ import (
 )
 
 // loopbackNetns is a new namespace with lo up.
-func loopbackNetns(t *testing.T) string {
+func loopbackNetns(t testing.TB) string {
 	t.Helper()
 	_, path := newNamedNetns(t)
 	h := handle(t, path)
@@ -36,7 +36,7 @@ func loopbackNetns(t *testing.T) string {
 }
 
 // listenIn opens a TCP listener on addr inside the namespace.
-func listenIn(t *testing.T, nsPath, addr string) *net.TCPListener {
+func listenIn(t testing.TB, nsPath, addr string) *net.TCPListener {
 	t.Helper()
 	var ln net.Listener
 	err := RunInNetns(nsPath, func() (err error) {
@@ -329,5 +329,43 @@ func TestDialInNetnsRejects(t *testing.T) {
 	cancel()
 	if _, err := DialInNetns(canceled, "/proc/self/ns/net", "tcp4", "127.0.0.1:1"); !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled context: %v", err)
+	}
+}
+
+// BenchmarkDialInNetns is the cost of one TCP health check's connect and
+// close from the daemon into a container's namespace ("netns"), against
+// a plain dial to a listener in the daemon's own namespace ("plain").
+func BenchmarkDialInNetns(b *testing.B) {
+	requireRoot(b)
+	ns := loopbackNetns(b)
+	ctx := context.Background()
+	for _, c := range []struct {
+		name string
+		ns   string
+		dial func(addr string) (net.Conn, error)
+	}{
+		{"netns", ns, func(addr string) (net.Conn, error) { return DialInNetns(ctx, ns, "tcp4", addr) }},
+		{"plain", "/proc/self/ns/net", func(addr string) (net.Conn, error) { return net.Dial("tcp4", addr) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			ln := listenIn(b, c.ns, "127.0.0.1:0")
+			go func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					conn.Close()
+				}
+			}()
+			addr := ln.Addr().String()
+			for b.Loop() {
+				conn, err := c.dial(addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				conn.Close()
+			}
+		})
 	}
 }
