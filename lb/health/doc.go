@@ -60,12 +60,13 @@
 // # Wiring
 //
 // On each host the daemon keeps one Prober with a Target for every local
-// backend of a service that has a check: key the endpoint's id, Addr its
-// address on the service's network, Dial sandbox.NetnsDialer(its
-// namespace). The callback writes State.String() into the backend's own
-// endpoint record (written by its host only, gossiped like the rest of
-// the record). Every host maps that field into the data plane and DNS:
-// starting or unhealthy is lb.Ejected (no new connections; UDP flows move
-// at once) and out of DNS answers; healthy is lb.Active; no check
-// (an empty field) is lb.Active too.
+// backend of a service that has a check: Key the backend instance
+// (container, network, service and the namespace's inode: see
+// Target.Key), Addr its address on the service's network, Dial
+// sandbox.NetnsDialer(its namespace). The callback writes the result
+// into the backend's own endpoint record (written by its host only,
+// gossiped like the rest of the record). Every host maps that field into
+// the data plane and DNS: starting or unhealthy is lb.Ejected (no new
+// connections; UDP flows move at once) and out of DNS answers; healthy
+// is lb.Active; no check (an empty field) is lb.Active too.
 package health

@@ -47,8 +47,11 @@ func ParseState(s string) (State, error) {
 
 // Target is one backend to check.
 type Target struct {
-	// Key names the backend to the caller (an endpoint id); unique in a
-	// SetTargets call.
+	// Key names the backend to the caller; unique in a SetTargets call.
+	// It should name the instance: a target given again with the same
+	// key, address and spec keeps its old Dial, so a backend that now
+	// lives in another namespace (a restarted container) needs a new
+	// key, for example one that includes the namespace's inode.
 	Key string
 	// Addr is the backend's address; checks go to Addr and Spec.Port.
 	Addr netip.Addr
