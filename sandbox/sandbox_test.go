@@ -37,7 +37,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	testenv.RequireTUN(t)
 }
@@ -49,7 +49,7 @@ func uniqueName() string {
 }
 
 // newNamedNetns creates a named namespace deleted at cleanup.
-func newNamedNetns(t *testing.T) (name, path string) {
+func newNamedNetns(t testing.TB) (name, path string) {
 	t.Helper()
 	name = uniqueName()
 	path, err := CreateNamedNetns(name)
@@ -65,7 +65,7 @@ func newNamedNetns(t *testing.T) (name, path string) {
 	return name, path
 }
 
-func handle(t *testing.T, nsPath string) *netlink.Handle {
+func handle(t testing.TB, nsPath string) *netlink.Handle {
 	t.Helper()
 	h, err := handleAt(nsPath)
 	if err != nil {
