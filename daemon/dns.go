@@ -251,12 +251,12 @@ type dnsSource struct {
 }
 
 // LookupName answers from the current index.
-func (s *dnsSource) LookupName(asker, name string) ([]netip.Addr, bool) {
+func (s *dnsSource) LookupName(asker, name string) (dns.Records, bool) {
 	return s.index.Load().lookupName(asker, name)
 }
 
 // LookupAddr answers from the current index.
-func (s *dnsSource) LookupAddr(asker string, addr netip.Addr) []string {
+func (s *dnsSource) LookupAddr(asker string, addr netip.Addr) ([]string, uint32) {
 	return s.index.Load().lookupAddr(asker, addr)
 }
 
@@ -269,7 +269,7 @@ func (s *dnsSource) Answers() *dns.Answers {
 // lookupName finds name among the containers and aliases of the asker's
 // networks, then as NAME.NETWORK for one of them. Services and
 // tasks.<service> will be indexed here too.
-func (x *dnsIndex) lookupName(asker, name string) ([]netip.Addr, bool) {
+func (x *dnsIndex) lookupName(asker, name string) (dns.Records, bool) {
 	nets := x.networks[asker]
 	var out []netip.Addr
 	found := false
@@ -280,7 +280,7 @@ func (x *dnsIndex) lookupName(asker, name string) ([]netip.Addr, bool) {
 		}
 	}
 	if found {
-		return out, true
+		return dns.Records{Addrs: out, TTL: dns.LocalTTL}, true
 	}
 	for _, n := range nets {
 		if prefix, ok := strings.CutSuffix(name, "."+n); ok {
@@ -290,16 +290,16 @@ func (x *dnsIndex) lookupName(asker, name string) ([]netip.Addr, bool) {
 			}
 		}
 	}
-	return out, found
+	return dns.Records{Addrs: out, TTL: dns.LocalTTL}, found
 }
 
 // lookupAddr names addr on the asker's networks.
-func (x *dnsIndex) lookupAddr(asker string, addr netip.Addr) []string {
+func (x *dnsIndex) lookupAddr(asker string, addr netip.Addr) ([]string, uint32) {
 	var out []string
 	for _, n := range x.networks[asker] {
 		out = append(out, x.ptrs[n][addr]...)
 	}
-	return out
+	return out, dns.LocalTTL
 }
 
 // buildAnswers precomputes the answers of x: one view per distinct set of
@@ -326,8 +326,8 @@ func (x *dnsIndex) buildAnswers() *dns.Answers {
 			}
 		}
 		a.Add(askers, names, addrs,
-			func(name string) ([]netip.Addr, bool) { return x.lookupName(asker, name) },
-			func(ip netip.Addr) []string { return x.lookupAddr(asker, ip) })
+			func(name string) (dns.Records, bool) { return x.lookupName(asker, name) },
+			func(ip netip.Addr) ([]string, uint32) { return x.lookupAddr(asker, ip) })
 	}
 	return a
 }

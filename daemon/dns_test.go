@@ -237,7 +237,7 @@ func TestDNSIndexIsCaseInsensitiveAndScoped(t *testing.T) {
 	}, nil)
 	var s dnsSource
 	s.index.Store(x)
-	if a, ok := s.LookupName("C1", "svc"); !ok || len(a) != 2 {
+	if a, ok := s.LookupName("C1", "svc"); !ok || len(a.Addrs) != 2 {
 		t.Errorf("svc for C1: %v %v, want both addresses", a, ok)
 	}
 	if _, ok := s.LookupName("C1", "c9"); ok {
@@ -249,7 +249,7 @@ func TestDNSIndexIsCaseInsensitiveAndScoped(t *testing.T) {
 	if _, ok := s.LookupName("C1", "bad"); ok {
 		t.Errorf("record with a bad address indexed")
 	}
-	if got := s.LookupAddr("C1", netip.MustParseAddr("10.0.0.2")); !slices.Equal(got, []string{"c1.web"}) {
+	if got, _ := s.LookupAddr("C1", netip.MustParseAddr("10.0.0.2")); !slices.Equal(got, []string{"c1.web"}) {
 		t.Errorf("PTR 10.0.0.2: %v", got)
 	}
 }
@@ -314,7 +314,7 @@ func TestDNSFastAnswersFollowTheIndexAndItsScope(t *testing.T) {
 				continue
 			}
 			var w []string
-			for _, a := range want {
+			for _, a := range want.Addrs {
 				w = append(w, a.String())
 			}
 			slices.Sort(w)
@@ -323,7 +323,7 @@ func TestDNSFastAnswersFollowTheIndexAndItsScope(t *testing.T) {
 			}
 		}
 		for _, ip := range []string{"10.0.0.2", "10.0.0.3", "10.1.0.9", "10.0.0.7", "10.1.0.7"} {
-			want := s.LookupAddr(asker, netip.MustParseAddr(ip))
+			want, _ := s.LookupAddr(asker, netip.MustParseAddr(ip))
 			got, fast := fastAnswer(t, &s, asker, reverse(ip), mdns.TypePTR)
 			var w []string
 			for _, n := range want {
