@@ -221,7 +221,7 @@ func (l *Listener) Close() error {
 // answer returns the response to req from asker, or nil when there is
 // none to send (req is itself a response). tcp tells the transport the
 // query came on: over UDP, the response is truncated to what the client
-// can take.
+// can take, over TCP to what one message can hold.
 func (s *Server) answer(ctx context.Context, asker string, req *mdns.Msg, tcp bool) *mdns.Msg {
 	if req.Response {
 		return nil
@@ -234,7 +234,9 @@ func (s *Server) answer(ctx context.Context, asker string, req *mdns.Msg, tcp bo
 	case mdns.RcodeServerFailure:
 		s.stats.servfail.Add(1)
 	}
-	if !tcp {
+	if tcp {
+		resp.Truncate(mdns.MaxMsgSize) // a service's SRV records can outgrow one message
+	} else {
 		resp.Truncate(udpSize(req))
 	}
 	return resp

@@ -335,6 +335,23 @@ func TestServiceRecordsCarryTheirTTLAndSRV(t *testing.T) {
 	}
 }
 
+// TestHugeLocalAnswerOverTCPIsTruncatedNotDropped asks for more SRV
+// records than one DNS message can hold (64 KiB): the TCP client gets the
+// records that fit with TC set, not a dropped connection.
+func TestHugeLocalAnswerOverTCPIsTruncatedNotDropped(t *testing.T) {
+	var big []SRV
+	for i := range 5000 {
+		big = append(big, SRV{Weight: 1, Port: uint16(i), Target: fmt.Sprintf("backend-%d.web", i)})
+	}
+	src := fakeSource{names: map[string]map[string]Records{"c1": {"_tcp.big": {SRV: big, TTL: 10}}}}
+	c1 := serve(t, New(Config{}, src), "c1")
+	r := query(t, "tcp", c1, "_tcp.big.", mdns.TypeSRV, false)
+	if r.Rcode != mdns.RcodeSuccess || !r.Truncated || len(r.Answer) < 1000 || len(r.Answer) >= len(big) {
+		t.Errorf("5000 SRV records over TCP: %s tc %v with %d records, want NOERROR, TC and as many as fit",
+			mdns.RcodeToString[r.Rcode], r.Truncated, len(r.Answer))
+	}
+}
+
 // TestGoResolverLooksUpServiceSRV uses Go's own resolver, as a program in
 // a container would: net.LookupSRV("", "", "_tcp.NAME") gets the
 // service's ports and the name that resolves to its VIP.
