@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -605,6 +606,47 @@ func TestDNSFastAnswersOfServicesMatchTheLookups(t *testing.T) {
 		"c1 api", "c1 _udp.pg", "d1 ledger", "both shop", "both shop.db"} {
 		if !fastNames[want] {
 			t.Errorf("%q did not take the fast path", want)
+		}
+	}
+}
+
+// TestDNSServiceNamesWithDig asks with dig, as a user would: SRV of a
+// service's TCP ports (with the VIP as additional record) and its tasks,
+// each with the service's TTL.
+func TestDNSServiceNamesWithDig(t *testing.T) {
+	dig, err := exec.LookPath("dig")
+	if err != nil {
+		t.Skip("dig not installed (make deps installs dnsutils)")
+	}
+	recs, svcs := serviceFixture()
+	r := serveIndex(t, buildDNSIndex("h1", recs, svcs), nxUpstream(t), "c1")
+	host, port, _ := net.SplitHostPort(r["c1"])
+	for _, q := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"SRV", "_tcp.shop"}, []string{"_tcp.shop. 30 IN SRV 0 1 443 shop.web.", "_tcp.shop. 30 IN SRV 0 1 80 shop.web.",
+			"shop.web. 30 IN A 10.0.0.100"}},
+		{[]string{"+tcp", "SRV", "_tcp.tasks.pg.web"}, []string{"_tcp.tasks.pg.web. 10 IN SRV 0 1 5432 b1.web.",
+			"_tcp.tasks.pg.web. 10 IN SRV 0 1 5432 b2.web.", "b1.web. 5 IN A 10.0.0.11", "b2.web. 5 IN A 10.0.0.12"}},
+		{[]string{"A", "tasks.shop"}, []string{"tasks.shop. 30 IN A 10.0.0.11", "tasks.shop. 30 IN A 10.0.0.12"}},
+		{[]string{"-x", "10.0.0.100"}, []string{"100.0.0.10.in-addr.arpa. 30 IN PTR shop.web."}},
+	} {
+		args := append([]string{"@" + host, "-p", port, "+time=5", "+tries=1", "+noall", "+answer", "+additional"}, q.args...)
+		out, err := exec.Command(dig, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dig %v: %v\n%s", q.args, err, out)
+		}
+		t.Logf("dig %s:\n%s", strings.Join(q.args, " "), out)
+		var got []string
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if line != "" {
+				got = append(got, strings.Join(strings.Fields(line), " "))
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, q.want) {
+			t.Errorf("dig %v:\n%s\nwant %q", q.args, out, q.want)
 		}
 	}
 }
