@@ -56,7 +56,8 @@ const maxUDPRead = 4096
 // container name), so a name is local only for askers that share a network
 // with it. Names are passed lower-cased and without the trailing dot.
 // Implementations must be safe for concurrent use and fast: they run for
-// every query.
+// every query. The Server never modifies what they return, so they may
+// return slices they share.
 type Source interface {
 	// LookupName returns the records of name as asker sees it, and
 	// whether the name is local at all. A local name without records of
