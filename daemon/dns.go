@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/dns"
 	"github.com/vxmesh/vxmesh/lb"
+	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
 
@@ -190,7 +192,8 @@ func (d *Daemon) dnsStats() api.DNSStats {
 func ms(sec float64) float64 { return float64(int64(sec*1e6+0.5)) / 1e3 }
 
 // dnsIndex is an immutable snapshot of the names the resolver answers,
-// built from the endpoints table (this node's endpoints are in it too).
+// built from the endpoints table (this node's endpoints are in it too) and
+// the services.
 type dnsIndex struct {
 	// networks of each local container, the askers.
 	networks map[string][]string
@@ -198,16 +201,28 @@ type dnsIndex struct {
 	names map[string]map[string][]netip.Addr
 	// ptrs maps network -> address -> "container.network".
 	ptrs map[string]map[netip.Addr][]string
+	// services maps network -> service name (NAME, tasks.NAME, _tcp.NAME,
+	// _udp.NAME, _tcp.tasks.NAME, _udp.tasks.NAME) -> its records.
+	services map[string]map[string]dns.Records
+	// vips maps network -> VIP -> "service.network" with the service's TTL.
+	vips map[string]map[netip.Addr]vipName
 	// answers are the lookups above precomputed in wire format.
 	answers *dns.Answers
 }
 
-// dnsService is what the resolver needs of one service on one network.
+// vipName is the PTR record of a service's VIP.
+type vipName struct {
+	name string
+	ttl  uint32
+}
+
+// dnsService is what the resolver needs of one service on one network:
+// one per service and network, also while the service has no task.
 type dnsService struct {
 	Name    string        // service name, lower-case
 	Network string        // network name, lower-case
 	VIP     netip.Addr    // not valid with endpoint mode dnsrr
-	TTL     time.Duration // of every answer about the service
+	TTL     time.Duration // of every answer about the service (--dns-ttl); 0: not to be cached
 	Ports   []lb.Port     // the service's --port entries, for SRV
 	Tasks   []netip.Addr  // addresses of its healthy, active backends on Network
 }
@@ -215,7 +230,8 @@ type dnsService struct {
 // buildDNSIndex indexes the endpoint records and services; names are
 // lower-cased, as DNS names compare case-insensitively.
 func buildDNSIndex(node string, recs []epRecord, svcs []dnsService) *dnsIndex {
-	x := &dnsIndex{networks: map[string][]string{}, names: map[string]map[string][]netip.Addr{}, ptrs: map[string]map[netip.Addr][]string{}}
+	x := &dnsIndex{networks: map[string][]string{}, names: map[string]map[string][]netip.Addr{}, ptrs: map[string]map[netip.Addr][]string{},
+		services: map[string]map[string]dns.Records{}, vips: map[string]map[netip.Addr]vipName{}}
 	for _, r := range recs {
 		ip, err := netip.ParseAddr(r.IP)
 		if err != nil {
@@ -240,8 +256,96 @@ func buildDNSIndex(node string, recs []epRecord, svcs []dnsService) *dnsIndex {
 	for _, nets := range x.networks {
 		slices.Sort(nets)
 	}
+	for _, s := range svcs {
+		x.addService(s) // after the containers: SRV targets are their names
+	}
 	x.answers = x.buildAnswers()
 	return x
+}
+
+// addService indexes the names of s on its network: NAME answers the VIP
+// (without one, the tasks), tasks.NAME the tasks, _PROTO.NAME one SRV
+// record per --port of PROTO targeting NAME.NETWORK (without a VIP, like
+// _PROTO.tasks.NAME), _PROTO.tasks.NAME one per port and task targeting
+// the task's container name with the backend's port; and the VIP's PTR.
+func (x *dnsIndex) addService(s dnsService) {
+	name, nw := strings.ToLower(s.Name), strings.ToLower(s.Network)
+	if name == "" || nw == "" {
+		return
+	}
+	ttl := ttlSeconds(s.TTL)
+	var tasks []netip.Addr
+	for _, t := range s.Tasks {
+		if t.Is4() && !slices.Contains(tasks, t) {
+			tasks = append(tasks, t)
+		}
+	}
+	if x.services[nw] == nil {
+		x.services[nw] = map[string]dns.Records{}
+		x.vips[nw] = map[netip.Addr]vipName{}
+	}
+	m := x.services[nw]
+	add := func(key string, r dns.Records) {
+		old, ok := m[key]
+		m[key] = mergeRecords(old, r, ok)
+	}
+	front := tasks
+	if s.VIP.Is4() {
+		front = []netip.Addr{s.VIP}
+		x.vips[nw][s.VIP] = vipName{name + "." + nw, ttl}
+	}
+	add(name, dns.Records{Addrs: front, TTL: ttl})
+	add("tasks."+name, dns.Records{Addrs: tasks, TTL: ttl})
+	for _, proto := range []struct {
+		label string
+		num   uint8
+	}{{"_tcp.", packet.ProtoTCP}, {"_udp.", packet.ProtoUDP}} {
+		var vip, each []dns.SRV
+		for _, p := range s.Ports {
+			if p.Proto != proto.num {
+				continue
+			}
+			port := p.Target
+			if port == 0 {
+				port = p.Port
+			}
+			for _, t := range tasks {
+				if names := x.ptrs[nw][t]; len(names) > 0 {
+					each = append(each, dns.SRV{Weight: 1, Port: port, Target: names[0]})
+				}
+			}
+			if s.VIP.Is4() {
+				vip = append(vip, dns.SRV{Weight: 1, Port: p.Port, Target: name + "." + nw})
+			}
+		}
+		if !s.VIP.Is4() {
+			vip = each
+		}
+		add(proto.label+name, dns.Records{SRV: vip, TTL: ttl})
+		add(proto.label+"tasks."+name, dns.Records{SRV: each, TTL: ttl})
+	}
+}
+
+// ttlSeconds is d in whole seconds, rounded up, within the TTLs DNS allows
+// (RFC 2181 §8).
+func ttlSeconds(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	return uint32(min((d+time.Second-1)/time.Second, math.MaxInt32))
+}
+
+// mergeRecords adds b to a (found: a holds records): the addresses of
+// both, each once, their SRV records, and the smaller TTL, as one answer
+// has one TTL per record set. It never writes into a's or b's slices.
+func mergeRecords(a, b dns.Records, found bool) dns.Records {
+	if !found {
+		return b
+	}
+	a.Addrs = appendNew(slices.Clip(a.Addrs), b.Addrs)
+	a.SRV = append(slices.Clip(a.SRV), b.SRV...)
+	a.TTL = min(a.TTL, b.TTL)
+	return a
 }
 
 // dnsSource answers the resolver from the current index, scoped to the
@@ -251,12 +355,12 @@ type dnsSource struct {
 }
 
 // LookupName answers from the current index.
-func (s *dnsSource) LookupName(asker, name string) ([]netip.Addr, bool) {
+func (s *dnsSource) LookupName(asker, name string) (dns.Records, bool) {
 	return s.index.Load().lookupName(asker, name)
 }
 
 // LookupAddr answers from the current index.
-func (s *dnsSource) LookupAddr(asker string, addr netip.Addr) []string {
+func (s *dnsSource) LookupAddr(asker string, addr netip.Addr) ([]string, uint32) {
 	return s.index.Load().lookupAddr(asker, addr)
 }
 
@@ -266,45 +370,73 @@ func (s *dnsSource) Answers() *dns.Answers {
 	return s.index.Load().answers
 }
 
-// lookupName finds name among the containers and aliases of the asker's
-// networks, then as NAME.NETWORK for one of them. Services and
-// tasks.<service> will be indexed here too.
-func (x *dnsIndex) lookupName(asker, name string) ([]netip.Addr, bool) {
+// lookupName finds name among the containers, aliases and services of the
+// asker's networks, then as NAME.NETWORK for one of them. A name that is
+// both a container's (or alias) and a service's answers the records of
+// both, as Docker's resolver does (one name table per network).
+func (x *dnsIndex) lookupName(asker, name string) (dns.Records, bool) {
 	nets := x.networks[asker]
-	var out []netip.Addr
+	var out dns.Records
 	found := false
 	for _, n := range nets {
-		if a, ok := x.names[n][name]; ok {
-			found = true
-			out = appendNew(out, a)
-		}
+		out, found = x.addName(out, found, n, name)
 	}
 	if found {
 		return out, true
 	}
 	for _, n := range nets {
 		if prefix, ok := strings.CutSuffix(name, "."+n); ok {
-			if a, ok := x.names[n][prefix]; ok {
-				found = true
-				out = appendNew(out, a)
-			}
+			out, found = x.addName(out, found, n, prefix)
 		}
 	}
 	return out, found
 }
 
-// lookupAddr names addr on the asker's networks.
-func (x *dnsIndex) lookupAddr(asker string, addr netip.Addr) []string {
-	var out []string
-	for _, n := range x.networks[asker] {
-		out = append(out, x.ptrs[n][addr]...)
+// addName merges into out the records of name on network n and reports
+// whether out holds any.
+func (x *dnsIndex) addName(out dns.Records, found bool, n, name string) (dns.Records, bool) {
+	if a, ok := x.names[n][name]; ok {
+		out = mergeRecords(out, dns.Records{Addrs: a, TTL: dns.LocalTTL}, found)
+		found = true
 	}
-	return out
+	if r, ok := x.services[n][name]; ok {
+		out = mergeRecords(out, r, found)
+		found = true
+	}
+	return out, found
+}
+
+// lookupAddr names addr on the asker's networks: containers and service
+// VIPs, with the smallest of their TTLs.
+func (x *dnsIndex) lookupAddr(asker string, addr netip.Addr) ([]string, uint32) {
+	var out []string
+	var ttl uint32
+	for _, n := range x.networks[asker] {
+		if names := x.ptrs[n][addr]; len(names) > 0 {
+			ttl = smallerTTL(len(out) > 0, ttl, dns.LocalTTL)
+			out = append(out, names...)
+		}
+		if v, ok := x.vips[n][addr]; ok {
+			ttl = smallerTTL(len(out) > 0, ttl, v.ttl)
+			out = append(out, v.name)
+		}
+	}
+	return out, ttl
+}
+
+// smallerTTL is the smaller of ttl and next, or next when there is no ttl
+// yet.
+func smallerTTL(have bool, ttl, next uint32) uint32 {
+	if !have {
+		return next
+	}
+	return min(ttl, next)
 }
 
 // buildAnswers precomputes the answers of x: one view per distinct set of
 // networks, shared by the askers on exactly those networks, over every
-// name (NAME and NAME.NETWORK) and address of those networks, each
+// name (NAME and NAME.NETWORK, containers' and services') and address of
+// those networks (containers' and VIPs), each
 // answered by x's own lookups.
 func (x *dnsIndex) buildAnswers() *dns.Answers {
 	a := dns.NewAnswers()
@@ -321,13 +453,19 @@ func (x *dnsIndex) buildAnswers() *dns.Answers {
 			for name := range x.names[n] {
 				names = append(names, name, name+"."+n)
 			}
+			for name := range x.services[n] {
+				names = append(names, name, name+"."+n)
+			}
 			for ip := range x.ptrs[n] {
+				addrs = append(addrs, ip)
+			}
+			for ip := range x.vips[n] {
 				addrs = append(addrs, ip)
 			}
 		}
 		a.Add(askers, names, addrs,
-			func(name string) ([]netip.Addr, bool) { return x.lookupName(asker, name) },
-			func(ip netip.Addr) []string { return x.lookupAddr(asker, ip) })
+			func(name string) (dns.Records, bool) { return x.lookupName(asker, name) },
+			func(ip netip.Addr) ([]string, uint32) { return x.lookupAddr(asker, ip) })
 	}
 	return a
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +14,9 @@ import (
 	mdns "github.com/miekg/dns"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/lb"
+	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -237,7 +241,7 @@ func TestDNSIndexIsCaseInsensitiveAndScoped(t *testing.T) {
 	}, nil)
 	var s dnsSource
 	s.index.Store(x)
-	if a, ok := s.LookupName("C1", "svc"); !ok || len(a) != 2 {
+	if a, ok := s.LookupName("C1", "svc"); !ok || len(a.Addrs) != 2 {
 		t.Errorf("svc for C1: %v %v, want both addresses", a, ok)
 	}
 	if _, ok := s.LookupName("C1", "c9"); ok {
@@ -249,7 +253,7 @@ func TestDNSIndexIsCaseInsensitiveAndScoped(t *testing.T) {
 	if _, ok := s.LookupName("C1", "bad"); ok {
 		t.Errorf("record with a bad address indexed")
 	}
-	if got := s.LookupAddr("C1", netip.MustParseAddr("10.0.0.2")); !slices.Equal(got, []string{"c1.web"}) {
+	if got, _ := s.LookupAddr("C1", netip.MustParseAddr("10.0.0.2")); !slices.Equal(got, []string{"c1.web"}) {
 		t.Errorf("PTR 10.0.0.2: %v", got)
 	}
 }
@@ -314,7 +318,7 @@ func TestDNSFastAnswersFollowTheIndexAndItsScope(t *testing.T) {
 				continue
 			}
 			var w []string
-			for _, a := range want {
+			for _, a := range want.Addrs {
 				w = append(w, a.String())
 			}
 			slices.Sort(w)
@@ -323,7 +327,7 @@ func TestDNSFastAnswersFollowTheIndexAndItsScope(t *testing.T) {
 			}
 		}
 		for _, ip := range []string{"10.0.0.2", "10.0.0.3", "10.1.0.9", "10.0.0.7", "10.1.0.7"} {
-			want := s.LookupAddr(asker, netip.MustParseAddr(ip))
+			want, _ := s.LookupAddr(asker, netip.MustParseAddr(ip))
 			got, fast := fastAnswer(t, &s, asker, reverse(ip), mdns.TypePTR)
 			var w []string
 			for _, n := range want {
@@ -340,5 +344,309 @@ func TestDNSFastAnswersFollowTheIndexAndItsScope(t *testing.T) {
 	s.index.Store(buildDNSIndex("h1", recs, nil))
 	if got, _ := fastAnswer(t, &s, "C1", "c2.", mdns.TypeA); !slices.Equal(got, []string{"10.0.0.33"}) {
 		t.Errorf("after the table changed, c2 is %v, want 10.0.0.33", got)
+	}
+}
+
+// serveIndex serves x to each asker on loopback sockets, forwarding to up,
+// and returns each asker's resolver address.
+func serveIndex(t *testing.T, x *dnsIndex, up netip.AddrPort, askers ...string) map[string]string {
+	t.Helper()
+	src := &dnsSource{}
+	src.index.Store(x)
+	srv := dns.New(dns.Config{Upstreams: []netip.AddrPort{up}, Timeout: time.Second}, src)
+	sb := &dnsSandbox{addrs: map[string]string{}}
+	out := map[string]string{}
+	for _, a := range askers {
+		pc, ln, err := sb.ListenDNS(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := srv.Serve(a, pc, ln)
+		t.Cleanup(func() { l.Close() })
+		out[a] = sb.addr(a)
+	}
+	return out
+}
+
+// askRRs asks name over network ("udp" or "tcp") and returns the rcode and
+// the answer and additional records as "RDATA TTL", sorted.
+func askRRs(t *testing.T, network, addr, name string, qtype uint16) (rcode string, answer, extra []string) {
+	t.Helper()
+	m := new(mdns.Msg)
+	m.SetQuestion(mdns.Fqdn(name), qtype)
+	r, _, err := (&mdns.Client{Net: network, Timeout: 5 * time.Second}).Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("asking %s over %s: %v", name, network, err)
+	}
+	str := func(rrs []mdns.RR) []string {
+		var out []string
+		for _, rr := range rrs {
+			ttl := rr.Header().Ttl
+			switch v := rr.(type) {
+			case *mdns.A:
+				out = append(out, fmt.Sprintf("%s %s %d", v.Hdr.Name, v.A, ttl))
+			case *mdns.PTR:
+				out = append(out, fmt.Sprintf("%s %d", v.Ptr, ttl))
+			case *mdns.SRV:
+				out = append(out, fmt.Sprintf("%d %d %d %s %d", v.Priority, v.Weight, v.Port, v.Target, ttl))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	return mdns.RcodeToString[r.Rcode], str(r.Answer), str(r.Extra)
+}
+
+// serviceFixture is a cluster seen from h1: asker c1 on web, d1 on db,
+// both on web and db; backends b1, b2, b3 on web (b3 not healthy), a
+// container api on web; services shop (VIP, ports, on web and db), pg
+// (dnsrr), idle (VIP, no task), idlerr (dnsrr, no task), api (a VIP, named
+// like the container) and ledger (db only).
+func serviceFixture() ([]epRecord, []dnsService) {
+	ip := netip.MustParseAddr
+	recs := []epRecord{
+		{Name: "c1", Network: "web", IP: "10.0.0.2", Node: "h1"},
+		{Name: "d1", Network: "db", IP: "10.1.0.2", Node: "h1"},
+		{Name: "both", Network: "web", IP: "10.0.0.3", Node: "h1"},
+		{Name: "both", Network: "db", IP: "10.1.0.3", Node: "h1"},
+		{Name: "B1", Network: "web", IP: "10.0.0.11", Node: "h2"},
+		{Name: "b2", Network: "web", IP: "10.0.0.12", Node: "h2"},
+		{Name: "b3", Network: "web", IP: "10.0.0.13", Node: "h2"},
+		{Name: "api", Network: "web", IP: "10.0.0.20", Node: "h2"},
+	}
+	tasks := []netip.Addr{ip("10.0.0.11"), ip("10.0.0.12")}
+	svcs := []dnsService{
+		{Name: "shop", Network: "web", VIP: ip("10.0.0.100"), TTL: 30 * time.Second, Tasks: tasks, Ports: []lb.Port{
+			{Proto: packet.ProtoTCP, Port: 80, Target: 8080}, {Proto: packet.ProtoTCP, Port: 443}, {Proto: packet.ProtoUDP, Port: 53}}},
+		{Name: "shop", Network: "db", VIP: ip("10.1.0.100"), TTL: 30 * time.Second},
+		{Name: "pg", Network: "web", TTL: 10 * time.Second, Tasks: tasks, Ports: []lb.Port{{Proto: packet.ProtoTCP, Port: 5432}}},
+		{Name: "idle", Network: "web", VIP: ip("10.0.0.101"), TTL: 1500 * time.Millisecond},
+		{Name: "idlerr", Network: "web", TTL: 20 * time.Second},
+		{Name: "api", Network: "web", VIP: ip("10.0.0.102"), TTL: 60 * time.Second, Tasks: []netip.Addr{ip("10.0.0.13")}},
+		{Name: "ledger", Network: "db", VIP: ip("10.1.0.101"), TTL: 30 * time.Second, Tasks: []netip.Addr{ip("10.1.0.3")},
+			Ports: []lb.Port{{Proto: packet.ProtoTCP, Port: 5000}}},
+	}
+	return recs, svcs
+}
+
+// TestDNSServiceNames asks a real dns.Server answering from the index, over
+// UDP (the precomputed fast path where it applies) and TCP (the general
+// path), about every kind of service name, and checks answers, additional
+// records, TTLs and scope.
+func TestDNSServiceNames(t *testing.T) {
+	recs, svcs := serviceFixture()
+	r := serveIndex(t, buildDNSIndex("h1", recs, svcs), nxUpstream(t), "c1", "d1", "both")
+	shopSRV := []string{"shop.web. 10.0.0.100 30"}
+	for _, q := range []struct {
+		asker, name   string
+		qtype         uint16
+		rcode         string
+		answer, extra []string
+	}{
+		// The VIP, unqualified and qualified, any case; tasks. has the
+		// healthy tasks (not b3), with the service's TTL.
+		{"c1", "shop", mdns.TypeA, "NOERROR", []string{"shop. 10.0.0.100 30"}, nil},
+		{"c1", "SHOP.Web", mdns.TypeA, "NOERROR", []string{"SHOP.Web. 10.0.0.100 30"}, nil},
+		{"c1", "tasks.shop", mdns.TypeA, "NOERROR", []string{"tasks.shop. 10.0.0.11 30", "tasks.shop. 10.0.0.12 30"}, nil},
+		{"c1", "tasks.shop.web", mdns.TypeA, "NOERROR", []string{"tasks.shop.web. 10.0.0.11 30", "tasks.shop.web. 10.0.0.12 30"}, nil},
+		{"c1", "shop", mdns.TypeAAAA, "NOERROR", nil, nil},
+		{"c1", "shop", mdns.TypeSRV, "NOERROR", nil, nil},
+		// SRV: _PROTO.NAME targets the VIP's name with the VIP's port;
+		// _PROTO.tasks.NAME each task's name with the backend's port.
+		{"c1", "_tcp.shop", mdns.TypeSRV, "NOERROR", []string{"0 1 443 shop.web. 30", "0 1 80 shop.web. 30"}, shopSRV},
+		{"c1", "_tcp.shop.web", mdns.TypeSRV, "NOERROR", []string{"0 1 443 shop.web. 30", "0 1 80 shop.web. 30"}, shopSRV},
+		{"c1", "_udp.shop", mdns.TypeSRV, "NOERROR", []string{"0 1 53 shop.web. 30"}, shopSRV},
+		{"c1", "_tcp.tasks.shop", mdns.TypeSRV, "NOERROR", []string{"0 1 443 b1.web. 30", "0 1 443 b2.web. 30",
+			"0 1 8080 b1.web. 30", "0 1 8080 b2.web. 30"}, []string{"b1.web. 10.0.0.11 5", "b2.web. 10.0.0.12 5"}},
+		{"c1", "_tcp.shop", mdns.TypeA, "NOERROR", nil, nil},
+		// PTR for the VIP.
+		{"c1", reverse("10.0.0.100"), mdns.TypePTR, "NOERROR", []string{"shop.web. 30"}, nil},
+		// dnsrr: the name answers the tasks, SRV targets them.
+		{"c1", "pg", mdns.TypeA, "NOERROR", []string{"pg. 10.0.0.11 10", "pg. 10.0.0.12 10"}, nil},
+		{"c1", "tasks.pg", mdns.TypeA, "NOERROR", []string{"tasks.pg. 10.0.0.11 10", "tasks.pg. 10.0.0.12 10"}, nil},
+		{"c1", "_tcp.pg", mdns.TypeSRV, "NOERROR", []string{"0 1 5432 b1.web. 10", "0 1 5432 b2.web. 10"},
+			[]string{"b1.web. 10.0.0.11 5", "b2.web. 10.0.0.12 5"}},
+		// No healthy task: the VIP still answers (TTL rounded up to
+		// whole seconds); tasks. and dnsrr are empty, not NXDOMAIN.
+		{"c1", "idle", mdns.TypeA, "NOERROR", []string{"idle. 10.0.0.101 2"}, nil},
+		{"c1", "tasks.idle", mdns.TypeA, "NOERROR", nil, nil},
+		{"c1", "idlerr", mdns.TypeA, "NOERROR", nil, nil},
+		{"c1", "_tcp.idle", mdns.TypeSRV, "NOERROR", nil, nil},
+		// A container and a service of one name: both answer, with the
+		// smaller TTL (one TTL per record set).
+		{"c1", "api", mdns.TypeA, "NOERROR", []string{"api. 10.0.0.102 5", "api. 10.0.0.20 5"}, nil},
+		{"c1", "tasks.api", mdns.TypeA, "NOERROR", []string{"tasks.api. 10.0.0.13 60"}, nil},
+		// Scope: services of a network the asker is not on are forwarded.
+		{"c1", "ledger", mdns.TypeA, "NXDOMAIN", nil, nil},
+		{"c1", "ledger.db", mdns.TypeA, "NXDOMAIN", nil, nil},
+		{"c1", "tasks.ledger", mdns.TypeA, "NXDOMAIN", nil, nil},
+		{"c1", "_tcp.ledger", mdns.TypeSRV, "NXDOMAIN", nil, nil},
+		{"c1", "shop.db", mdns.TypeA, "NXDOMAIN", nil, nil},
+		{"c1", reverse("10.1.0.101"), mdns.TypePTR, "NXDOMAIN", nil, nil},
+		{"d1", "ledger", mdns.TypeA, "NOERROR", []string{"ledger. 10.1.0.101 30"}, nil},
+		{"d1", "_tcp.tasks.ledger", mdns.TypeSRV, "NOERROR", []string{"0 1 5000 both.db. 30"}, []string{"both.db. 10.1.0.3 5"}},
+		{"d1", "shop", mdns.TypeA, "NOERROR", []string{"shop. 10.1.0.100 30"}, nil},
+		{"d1", "pg", mdns.TypeA, "NXDOMAIN", nil, nil},
+		{"d1", reverse("10.0.0.100"), mdns.TypePTR, "NXDOMAIN", nil, nil},
+		// An asker on both networks sees the service's VIP on each.
+		{"both", "shop", mdns.TypeA, "NOERROR", []string{"shop. 10.0.0.100 30", "shop. 10.1.0.100 30"}, nil},
+		{"both", "shop.db", mdns.TypeA, "NOERROR", []string{"shop.db. 10.1.0.100 30"}, nil},
+	} {
+		for _, network := range []string{"udp", "tcp"} {
+			rcode, answer, extra := askRRs(t, network, r[q.asker], q.name, q.qtype)
+			if rcode != q.rcode || !slices.Equal(answer, q.answer) || !slices.Equal(extra, q.extra) {
+				t.Errorf("%s asks %s %s over %s: %s %q additional %q, want %s %q additional %q", q.asker, q.name,
+					mdns.TypeToString[q.qtype], network, rcode, answer, extra, q.rcode, q.answer, q.extra)
+			}
+		}
+	}
+}
+
+// TestDNSServiceRoundRobinSpreadsFirstAddress asks a dnsrr service (and
+// tasks.NAME) repeatedly over both paths: every healthy task comes first
+// in some answer, and no other address ever shows.
+func TestDNSServiceRoundRobinSpreadsFirstAddress(t *testing.T) {
+	recs, svcs := serviceFixture()
+	r := serveIndex(t, buildDNSIndex("h1", recs, svcs), nxUpstream(t), "c1")
+	for _, name := range []string{"pg.", "tasks.shop."} {
+		for _, network := range []string{"udp", "tcp"} {
+			first := map[string]int{}
+			for range 40 {
+				m := new(mdns.Msg)
+				m.SetQuestion(name, mdns.TypeA)
+				resp, _, err := (&mdns.Client{Net: network, Timeout: 5 * time.Second}).Exchange(m, r["c1"])
+				if err != nil || len(resp.Answer) != 2 {
+					t.Fatalf("%s over %s: %v %v", name, network, resp, err)
+				}
+				first[resp.Answer[0].(*mdns.A).A.String()]++
+			}
+			if len(first) != 2 || first["10.0.0.11"] == 0 || first["10.0.0.12"] == 0 {
+				t.Errorf("%s over %s: first addresses %v, want both healthy tasks first in some answers", name, network, first)
+			}
+		}
+	}
+}
+
+// TestDNSFastAnswersOfServicesMatchTheLookups checks the precomputed
+// answers against the index's lookups for service names, TTL included:
+// the names with addresses (VIP, tasks., dnsrr, empty ones) take the fast
+// path with their service's TTL, SRV names never do, and a name of a
+// network the asker is not on is never answered there.
+func TestDNSFastAnswersOfServicesMatchTheLookups(t *testing.T) {
+	recs, svcs := serviceFixture()
+	var s dnsSource
+	s.index.Store(buildDNSIndex("h1", recs, svcs))
+	fast := func(asker, name string, qtype uint16) ([]string, bool) {
+		m := new(mdns.Msg)
+		m.SetQuestion(mdns.Fqdn(name), qtype)
+		raw, _ := m.Pack()
+		out := make([]byte, 4096)
+		n := s.Answers().Answer(asker, raw, out)
+		if n == 0 {
+			return nil, false
+		}
+		r := new(mdns.Msg)
+		if err := r.Unpack(out[:n]); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, rr := range r.Answer {
+			switch v := rr.(type) {
+			case *mdns.A:
+				got = append(got, fmt.Sprint(v.A, " ", v.Hdr.Ttl))
+			case *mdns.PTR:
+				got = append(got, fmt.Sprint(v.Ptr, " ", v.Hdr.Ttl))
+			}
+		}
+		slices.Sort(got)
+		return got, true
+	}
+	var names []string
+	for _, n := range []string{"shop", "pg", "idle", "idlerr", "api", "ledger", "nosuch"} {
+		for _, form := range []string{"%s", "tasks.%s", "_tcp.%s", "_udp.%s", "_tcp.tasks.%s"} {
+			names = append(names, fmt.Sprintf(form, n), fmt.Sprintf(form, n)+".web", fmt.Sprintf(form, n)+".db")
+		}
+	}
+	fastNames := map[string]bool{}
+	for _, asker := range []string{"c1", "d1", "both"} {
+		for _, name := range names {
+			rec, local := s.LookupName(asker, name)
+			got, isFast := fast(asker, name, mdns.TypeA)
+			if isFast {
+				fastNames[asker+" "+name] = true
+			}
+			if !local || len(rec.SRV) > 0 {
+				if isFast {
+					t.Errorf("%s asks %s: fast answer %v, want the general path (local %v, %d SRV)", asker, name, got, local, len(rec.SRV))
+				}
+				continue
+			}
+			var want []string
+			for _, a := range rec.Addrs {
+				want = append(want, fmt.Sprint(a, " ", rec.TTL))
+			}
+			slices.Sort(want)
+			if !isFast || !slices.Equal(got, want) {
+				t.Errorf("%s asks %s: fast %v %v, lookup %v", asker, name, got, isFast, want)
+			}
+		}
+		for _, ip := range []string{"10.0.0.100", "10.1.0.100", "10.1.0.101", "10.0.0.102", "10.0.0.11"} {
+			ptrs, ttl := s.LookupAddr(asker, netip.MustParseAddr(ip))
+			got, isFast := fast(asker, reverse(ip), mdns.TypePTR)
+			var want []string
+			for _, n := range ptrs {
+				want = append(want, fmt.Sprint(n, ". ", ttl))
+			}
+			if len(want) == 0 && isFast || len(want) > 0 && (!isFast || !slices.Equal(got, want)) {
+				t.Errorf("%s asks PTR %s: fast %v %v, lookup %v", asker, ip, got, isFast, want)
+			}
+		}
+	}
+	for _, want := range []string{"c1 shop", "c1 shop.web", "c1 tasks.shop", "c1 pg", "c1 idle", "c1 idlerr", "c1 tasks.idle",
+		"c1 api", "c1 _udp.pg", "d1 ledger", "both shop", "both shop.db"} {
+		if !fastNames[want] {
+			t.Errorf("%q did not take the fast path", want)
+		}
+	}
+}
+
+// TestDNSServiceNamesWithDig asks with dig, as a user would: SRV of a
+// service's TCP ports (with the VIP as additional record) and its tasks,
+// each with the service's TTL.
+func TestDNSServiceNamesWithDig(t *testing.T) {
+	dig, err := exec.LookPath("dig")
+	if err != nil {
+		t.Skip("dig not installed (make deps installs dnsutils)")
+	}
+	recs, svcs := serviceFixture()
+	r := serveIndex(t, buildDNSIndex("h1", recs, svcs), nxUpstream(t), "c1")
+	host, port, _ := net.SplitHostPort(r["c1"])
+	for _, q := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"SRV", "_tcp.shop"}, []string{"_tcp.shop. 30 IN SRV 0 1 443 shop.web.", "_tcp.shop. 30 IN SRV 0 1 80 shop.web.",
+			"shop.web. 30 IN A 10.0.0.100"}},
+		{[]string{"+tcp", "SRV", "_tcp.tasks.pg.web"}, []string{"_tcp.tasks.pg.web. 10 IN SRV 0 1 5432 b1.web.",
+			"_tcp.tasks.pg.web. 10 IN SRV 0 1 5432 b2.web.", "b1.web. 5 IN A 10.0.0.11", "b2.web. 5 IN A 10.0.0.12"}},
+		{[]string{"A", "tasks.shop"}, []string{"tasks.shop. 30 IN A 10.0.0.11", "tasks.shop. 30 IN A 10.0.0.12"}},
+		{[]string{"-x", "10.0.0.100"}, []string{"100.0.0.10.in-addr.arpa. 30 IN PTR shop.web."}},
+	} {
+		args := append([]string{"@" + host, "-p", port, "+time=5", "+tries=1", "+noall", "+answer", "+additional"}, q.args...)
+		out, err := exec.Command(dig, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dig %v: %v\n%s", q.args, err, out)
+		}
+		t.Logf("dig %s:\n%s", strings.Join(q.args, " "), out)
+		var got []string
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if line != "" {
+				got = append(got, strings.Join(strings.Fields(line), " "))
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, q.want) {
+			t.Errorf("dig %v:\n%s\nwant %q", q.args, out, q.want)
+		}
 	}
 }

@@ -63,25 +63,28 @@ func NewAnswers() *Answers {
 // lookupAddr, which must be what the Source answers for each of askers.
 // The askers share one view, so they must see the same records. Names the
 // fast path cannot match (characters other than letters, digits, '-' and
-// '_', empty labels) are left to the general path.
+// '_', empty labels) and names with SRV records are left to the general
+// path.
 func (a *Answers) Add(askers []string, names []string, addrs []netip.Addr,
-	lookupName func(name string) ([]netip.Addr, bool), lookupAddr func(netip.Addr) []string) {
+	lookupName func(name string) (Records, bool), lookupAddr func(netip.Addr) ([]string, uint32)) {
 	v := &answerView{names: map[string]wireRRs{}, ptrs: map[string]wireRRs{}}
 	for _, name := range names {
 		if !fastName(name) {
 			continue
 		}
 		got, ok := lookupName(name)
-		if !ok {
+		if !ok || len(got.SRV) > 0 {
 			continue
 		}
 		var w wireRRs
-		for _, ip := range got {
+		for _, ip := range got.Addrs {
 			if !ip.Is4() {
 				continue
 			}
 			b := ip.As4()
-			w.rrs = append(w.rrs, 0xC0, headerLen, 0, typeA, 0, classINET, 0, 0, 0, LocalTTL, 0, 4, b[0], b[1], b[2], b[3])
+			w.rrs = append(w.rrs, 0xC0, headerLen, 0, typeA, 0, classINET)
+			w.rrs = binary.BigEndian.AppendUint32(w.rrs, got.TTL)
+			w.rrs = append(w.rrs, 0, 4, b[0], b[1], b[2], b[3])
 			w.n++
 		}
 		v.names[name] = w
@@ -90,13 +93,13 @@ func (a *Answers) Add(askers []string, names []string, addrs []netip.Addr,
 		if !ip.Is4() {
 			continue
 		}
-		got := lookupAddr(ip)
+		got, ttl := lookupAddr(ip)
 		if len(got) == 0 {
 			continue
 		}
 		var w wireRRs
 		for _, n := range got {
-			if w.rrs = appendPTR(w.rrs, n); w.rrs == nil {
+			if w.rrs = appendPTR(w.rrs, n, ttl); w.rrs == nil {
 				break
 			}
 			w.n++
@@ -120,11 +123,12 @@ func reverseName(b [4]byte) string {
 // appendPTR appends a PTR record naming target, or returns nil if target
 // is not a name the fast path writes (then the address is left to the
 // general path).
-func appendPTR(rrs []byte, target string) []byte {
+func appendPTR(rrs []byte, target string, ttl uint32) []byte {
 	if !fastName(target) || len(target)+2 > maxNameWire {
 		return nil
 	}
-	rrs = append(rrs, 0xC0, headerLen, 0, typePTR, 0, classINET, 0, 0, 0, LocalTTL)
+	rrs = append(rrs, 0xC0, headerLen, 0, typePTR, 0, classINET)
+	rrs = binary.BigEndian.AppendUint32(rrs, ttl)
 	rrs = binary.BigEndian.AppendUint16(rrs, uint16(len(target)+2))
 	start := 0
 	for i := 0; i <= len(target); i++ {
@@ -254,7 +258,7 @@ func (v *answerView) answer(q, out []byte, rot uint) int {
 	} else {
 		w, ok = v.names[string(key[:k])]
 		if qtype != typeA && qtype != typeANY {
-			w = wireRRs{} // a local name has no other records
+			w = wireRRs{} // a precomputed name has no other records
 		}
 	}
 	if !ok {

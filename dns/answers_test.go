@@ -33,8 +33,8 @@ func precomputed(f fakeSource) answerSource {
 			addrs = append(addrs, ip)
 		}
 		a.Add([]string{asker}, ns, addrs,
-			func(n string) ([]netip.Addr, bool) { return f.LookupName(asker, n) },
-			func(ip netip.Addr) []string { return f.LookupAddr(asker, ip) })
+			func(n string) (Records, bool) { return f.LookupName(asker, n) },
+			func(ip netip.Addr) ([]string, uint32) { return f.LookupAddr(asker, ip) })
 	}
 	return answerSource{f, a}
 }
@@ -114,8 +114,9 @@ func TestFastAnswersMeanWhatTheGeneralPathAnswers(t *testing.T) {
 	src := precomputed(testSource)
 	s := New(Config{}, src) // no upstream: forwarded names get SERVFAIL
 	names := []string{"c2.", "C2.", "c2.web.", "C2.wEb.", "db.", "DB.", "noaddr.", "c9.", "unknown.",
-		"3.0.1.10.in-addr.arpa.", "3.0.1.10.IN-ADDR.ARPA.", "4.0.1.10.in-addr.arpa.", "example.com.", "."}
-	types := []uint16{mdns.TypeA, mdns.TypeAAAA, mdns.TypeANY, mdns.TypePTR, mdns.TypeMX, mdns.TypeTXT}
+		"3.0.1.10.in-addr.arpa.", "3.0.1.10.IN-ADDR.ARPA.", "4.0.1.10.in-addr.arpa.", "example.com.", ".",
+		"svc.", "Svc.Web.", "_tcp.svc.", "_udp.svc.", "10.0.1.10.in-addr.arpa."}
+	types := []uint16{mdns.TypeA, mdns.TypeAAAA, mdns.TypeANY, mdns.TypePTR, mdns.TypeMX, mdns.TypeTXT, mdns.TypeSRV}
 	classes := []uint16{mdns.ClassINET, mdns.ClassANY, mdns.ClassCHAOS}
 	type ednsCase struct {
 		on      bool
@@ -160,13 +161,15 @@ func TestFastAnswersMeanWhatTheGeneralPathAnswers(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"c1 c2. A false", "c1 C2.wEb. A true", "c1 DB. ANY false", "c1 noaddr. A true",
-		"c1 c2. AAAA false", "c1 3.0.1.10.IN-ADDR.ARPA. PTR true", "c9 c9. A false"} {
+		"c1 c2. AAAA false", "c1 3.0.1.10.IN-ADDR.ARPA. PTR true", "c9 c9. A false",
+		"c1 svc. A false", "c1 Svc.Web. A true", "c1 10.0.1.10.in-addr.arpa. PTR false", "c1 _udp.svc. SRV false"} {
 		if fast[want] == 0 {
 			t.Errorf("%q did not take the fast path", want)
 		}
 	}
 	for _, never := range []string{"c9 c2. A false", "stranger c2. A false", "c1 c9. A false", "c1 unknown. A false",
-		"c1 4.0.1.10.in-addr.arpa. PTR false", "c1 example.com. A true"} {
+		"c1 4.0.1.10.in-addr.arpa. PTR false", "c1 example.com. A true",
+		"c1 _tcp.svc. SRV false", "c1 _tcp.svc. ANY false", "c1 _tcp.svc. A false"} {
 		if fast[never] != 0 {
 			t.Errorf("%q was answered locally on the fast path", never)
 		}

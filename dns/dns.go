@@ -6,8 +6,8 @@
 // container's namespace and hands them to Server.Serve together with the
 // identity of that container (the asker). A query is answered from the
 // Source when the Source knows the name for that asker (container names,
-// aliases, names qualified by network, services, tasks.<service>, PTR for
-// their addresses); every other query is forwarded to the upstream servers
+// aliases, names qualified by network, services, tasks.<service>, SRV, PTR
+// for their addresses), with the TTL the Source gives; every other query is forwarded to the upstream servers
 // from the caller's (the daemon's) own namespace, with a bounded timeout,
 // retries across upstreams and a bound on the queries in flight.
 //
@@ -25,6 +25,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,8 +42,9 @@ const ListenAddr = "127.0.0.11:53"
 const (
 	DefaultTimeout     = 2 * time.Second
 	DefaultMaxInflight = 1024
-	// LocalTTL is the TTL of local answers: short, because containers
-	// come and go and a stale cached address is worse than a new query.
+	// LocalTTL is the TTL of answers about containers: short, because
+	// containers come and go and a stale cached address is worse than a
+	// new query. Services carry their own (--dns-ttl).
 	LocalTTL = 5
 )
 
@@ -54,18 +56,39 @@ const maxUDPRead = 4096
 // container name), so a name is local only for askers that share a network
 // with it. Names are passed lower-cased and without the trailing dot.
 // Implementations must be safe for concurrent use and fast: they run for
-// every query.
+// every query. The Server never modifies what they return, so they may
+// return slices they share.
 type Source interface {
-	// LookupName returns the IPv4 addresses of name as asker sees it, and
-	// whether the name is local at all. A local name with no IPv4 address
-	// is answered NOERROR with an empty answer; a name that is not local
-	// is forwarded. Every name goes through LookupName, so services (their
-	// VIPs, or their tasks for DNS round robin) and tasks.<service> are
-	// answered by a Source that knows them: the Server needs no change.
-	LookupName(asker, name string) (addrs []netip.Addr, ok bool)
+	// LookupName returns the records of name as asker sees it, and
+	// whether the name is local at all. A local name without records of
+	// the asked type is answered NOERROR with an empty answer; a name
+	// that is not local is forwarded.
+	LookupName(asker, name string) (Records, bool)
 	// LookupAddr returns the names (without the trailing dot) of addr as
-	// asker sees it, for PTR queries; none means the query is forwarded.
-	LookupAddr(asker string, addr netip.Addr) []string
+	// asker sees it, for PTR queries, and the TTL of those records in
+	// seconds; no names means the query is forwarded.
+	LookupAddr(asker string, addr netip.Addr) (names []string, ttl uint32)
+}
+
+// Records are the records of one local name, as one asker sees them.
+type Records struct {
+	// Addrs are the IPv4 addresses (A records), answered in a new
+	// random order every time.
+	Addrs []netip.Addr
+	// SRV are the SRV records. An answer carrying them also carries the
+	// A records of their targets that are local for the asker, as
+	// additional records.
+	SRV []SRV
+	// TTL is the TTL of every record of the name, in seconds (RFC 2181
+	// §5.2: one TTL per record set). Sources use LocalTTL unless they
+	// were told otherwise.
+	TTL uint32
+}
+
+// SRV is one SRV record (RFC 2782).
+type SRV struct {
+	Priority, Weight, Port uint16
+	Target                 string // lower-case, without the trailing dot
 }
 
 // Config configures a Server. Zero values select the defaults.
@@ -199,7 +222,7 @@ func (l *Listener) Close() error {
 // answer returns the response to req from asker, or nil when there is
 // none to send (req is itself a response). tcp tells the transport the
 // query came on: over UDP, the response is truncated to what the client
-// can take.
+// can take, over TCP to what one message can hold.
 func (s *Server) answer(ctx context.Context, asker string, req *mdns.Msg, tcp bool) *mdns.Msg {
 	if req.Response {
 		return nil
@@ -212,7 +235,9 @@ func (s *Server) answer(ctx context.Context, asker string, req *mdns.Msg, tcp bo
 	case mdns.RcodeServerFailure:
 		s.stats.servfail.Add(1)
 	}
-	if !tcp {
+	if tcp {
+		resp.Truncate(mdns.MaxMsgSize) // a service's SRV records can outgrow one message
+	} else {
 		resp.Truncate(udpSize(req))
 	}
 	return resp
@@ -274,7 +299,7 @@ func (s *Server) local(asker string, req *mdns.Msg, q mdns.Question) *mdns.Msg {
 		if !ok {
 			return nil
 		}
-		names := s.src.LookupAddr(asker, addr)
+		names, ttl := s.src.LookupAddr(asker, addr)
 		if len(names) == 0 {
 			return nil
 		}
@@ -282,34 +307,61 @@ func (s *Server) local(asker string, req *mdns.Msg, q mdns.Question) *mdns.Msg {
 		m.Authoritative = true
 		for _, n := range names {
 			m.Answer = append(m.Answer, &mdns.PTR{
-				Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypePTR, Class: mdns.ClassINET, Ttl: LocalTTL},
+				Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypePTR, Class: mdns.ClassINET, Ttl: ttl},
 				Ptr: mdns.Fqdn(n),
 			})
 		}
 		return m
 	}
-	addrs, ok := s.src.LookupName(asker, name)
+	rec, ok := s.src.LookupName(asker, name)
 	if !ok {
 		return nil
 	}
 	m := reply(req, mdns.RcodeSuccess)
 	m.Authoritative = true
-	if q.Qtype != mdns.TypeA && q.Qtype != mdns.TypeANY {
-		return m // a local name has no other records: NOERROR, no answer
+	if q.Qtype == mdns.TypeA || q.Qtype == mdns.TypeANY {
+		m.Answer = appendA(m.Answer, q.Name, rec.Addrs, rec.TTL)
 	}
-	order := rand.Perm(len(addrs)) // spread clients over several addresses
-	for _, i := range order {
+	if q.Qtype == mdns.TypeSRV || q.Qtype == mdns.TypeANY {
+		s.appendSRV(m, asker, q.Name, rec)
+	}
+	return m // a local name without records of the type: NOERROR, no answer
+}
+
+// appendA appends the IPv4 addresses of addrs as A records of name, in a
+// random order (spreading clients over several addresses).
+func appendA(rrs []mdns.RR, name string, addrs []netip.Addr, ttl uint32) []mdns.RR {
+	for _, i := range rand.Perm(len(addrs)) {
 		a := addrs[i]
 		if !a.Is4() {
 			continue
 		}
 		b := a.As4()
-		m.Answer = append(m.Answer, &mdns.A{
-			Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: LocalTTL},
+		rrs = append(rrs, &mdns.A{
+			Hdr: mdns.RR_Header{Name: name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: ttl},
 			A:   net.IP(b[:]),
 		})
 	}
-	return m
+	return rrs
+}
+
+// appendSRV appends rec's SRV records of name to m's answer and the A
+// records of their local targets to its additional section.
+func (s *Server) appendSRV(m *mdns.Msg, asker, name string, rec Records) {
+	var seen []string
+	for _, r := range rec.SRV {
+		m.Answer = append(m.Answer, &mdns.SRV{
+			Hdr:      mdns.RR_Header{Name: name, Rrtype: mdns.TypeSRV, Class: mdns.ClassINET, Ttl: rec.TTL},
+			Priority: r.Priority, Weight: r.Weight, Port: r.Port, Target: mdns.Fqdn(r.Target),
+		})
+		if slices.Contains(seen, r.Target) {
+			continue
+		}
+		seen = append(seen, r.Target)
+		if t, ok := s.src.LookupName(asker, r.Target); ok {
+			m.Extra = appendA(m.Extra, mdns.Fqdn(r.Target), t.Addrs, t.TTL)
+		}
+	}
 }
 
 // reverseAddr parses an IPv4 PTR name (d.c.b.a.in-addr.arpa).

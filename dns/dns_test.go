@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -18,32 +19,57 @@ import (
 
 // fakeSource knows names per asker.
 type fakeSource struct {
-	names map[string]map[string][]netip.Addr // asker -> name -> addrs
-	ptrs  map[string]map[netip.Addr][]string
+	names  map[string]map[string]Records // asker -> name -> records
+	ptrs   map[string]map[netip.Addr][]string
+	ptrTTL map[netip.Addr]uint32 // LocalTTL if absent
 }
 
-func (f fakeSource) LookupName(asker, name string) ([]netip.Addr, bool) {
-	a, ok := f.names[asker][name]
-	return a, ok
+func (f fakeSource) LookupName(asker, name string) (Records, bool) {
+	r, ok := f.names[asker][name]
+	return r, ok
 }
 
-func (f fakeSource) LookupAddr(asker string, addr netip.Addr) []string {
-	return f.ptrs[asker][addr]
+func (f fakeSource) LookupAddr(asker string, addr netip.Addr) ([]string, uint32) {
+	ttl, ok := f.ptrTTL[addr]
+	if !ok {
+		ttl = LocalTTL
+	}
+	return f.ptrs[asker][addr], ttl
 }
+
+// addrs are A records of a container name (LocalTTL).
+func addrs(ips ...string) Records {
+	r := Records{TTL: LocalTTL}
+	for _, ip := range ips {
+		r.Addrs = append(r.Addrs, netip.MustParseAddr(ip))
+	}
+	return r
+}
+
+// webTTL is the TTL of the service web in testSource.
+const webTTL = 30
 
 var testSource = fakeSource{
-	names: map[string]map[string][]netip.Addr{
+	names: map[string]map[string]Records{
 		"c1": {
-			"c2":     {netip.MustParseAddr("10.1.0.3")},
-			"c2.web": {netip.MustParseAddr("10.1.0.3")},
-			"db":     {netip.MustParseAddr("10.1.0.4"), netip.MustParseAddr("10.1.0.5")},
-			"noaddr": nil,
+			"c2":     addrs("10.1.0.3"),
+			"c2.web": addrs("10.1.0.3"),
+			"db":     addrs("10.1.0.4", "10.1.0.5"),
+			"noaddr": addrs(),
+			// A service: its VIP, the name SRV records target, and SRV
+			// records for its TCP ports; no UDP port.
+			"svc":     {Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.10")}, TTL: webTTL},
+			"svc.web": {Addrs: []netip.Addr{netip.MustParseAddr("10.1.0.10")}, TTL: webTTL},
+			"_tcp.svc": {SRV: []SRV{{Weight: 1, Port: 80, Target: "svc.web"}, {Weight: 1, Port: 443, Target: "svc.web"},
+				{Weight: 1, Port: 8080, Target: "gone.web"}}, TTL: webTTL},
+			"_udp.svc": {TTL: webTTL},
 		},
-		"c9": {"c9": {netip.MustParseAddr("10.2.0.9")}},
+		"c9": {"c9": addrs("10.2.0.9")},
 	},
 	ptrs: map[string]map[netip.Addr][]string{
-		"c1": {netip.MustParseAddr("10.1.0.3"): {"c2.web"}},
+		"c1": {netip.MustParseAddr("10.1.0.3"): {"c2.web"}, netip.MustParseAddr("10.1.0.10"): {"svc.web"}},
 	},
+	ptrTTL: map[netip.Addr]uint32{netip.MustParseAddr("10.1.0.10"): webTTL},
 }
 
 // serve starts s for asker on loopback sockets and returns their address.
@@ -243,6 +269,115 @@ func TestLocalNamesAreAnsweredForTheirAsker(t *testing.T) {
 	st := s.Stats()
 	if st.Local != 2*9+2 || st.Forwarded != 0 || st.ServFail != 1 || st.Queries != st.Local+1 {
 		t.Errorf("stats %+v, want 20 local, 1 servfail, 21 queries", st)
+	}
+}
+
+// TestServiceRecordsCarryTheirTTLAndSRV asks a service's names over UDP
+// (the fast path where it applies) and TCP (the general path): every
+// record carries the Source's TTL, SRV records come with the A records of
+// their local targets as additional records, and a name without records
+// of the asked type is NOERROR with no answer.
+func TestServiceRecordsCarryTheirTTLAndSRV(t *testing.T) {
+	s := New(Config{}, precomputed(testSource))
+	c1 := serve(t, s, "c1")
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		want  []string
+	}{
+		{"svc.", mdns.TypeA, []string{"10.1.0.10"}},
+		{"SVC.web.", mdns.TypeA, []string{"10.1.0.10"}},
+		{"10.0.1.10.in-addr.arpa.", mdns.TypePTR, []string{"svc.web."}},
+		{"_tcp.svc.", mdns.TypeSRV, []string{"0 1 443 svc.web.", "0 1 80 svc.web.", "0 1 8080 gone.web."}},
+		{"_TCP.svc.", mdns.TypeANY, []string{"0 1 443 svc.web.", "0 1 80 svc.web.", "0 1 8080 gone.web."}},
+		{"_udp.svc.", mdns.TypeSRV, nil},
+		{"_tcp.svc.", mdns.TypeA, nil},
+		{"svc.", mdns.TypeSRV, nil},
+	} {
+		for _, network := range []string{"udp", "tcp"} {
+			r := query(t, network, c1, tc.name, tc.qtype, false)
+			var got []string
+			for _, rr := range r.Answer {
+				switch v := rr.(type) {
+				case *mdns.SRV:
+					got = append(got, fmt.Sprint(v.Priority, " ", v.Weight, " ", v.Port, " ", v.Target))
+				case *mdns.A:
+					got = append(got, v.A.String())
+				case *mdns.PTR:
+					got = append(got, v.Ptr)
+				}
+				if rr.Header().Ttl != webTTL {
+					t.Errorf("%s %s over %s: %v, want TTL %d", tc.name, mdns.TypeToString[tc.qtype], network, rr, webTTL)
+				}
+			}
+			slices.Sort(got)
+			if r.Rcode != mdns.RcodeSuccess || !r.Authoritative || !slices.Equal(got, tc.want) {
+				t.Errorf("%s %s over %s: %s aa %v %v, want NOERROR aa %v", tc.name, mdns.TypeToString[tc.qtype], network,
+					mdns.RcodeToString[r.Rcode], r.Authoritative, got, tc.want)
+			}
+			var extra []string
+			for _, rr := range r.Extra {
+				if a, ok := rr.(*mdns.A); ok {
+					extra = append(extra, a.Hdr.Name+" "+a.A.String())
+					if a.Hdr.Ttl != webTTL {
+						t.Errorf("%s: additional %v, want TTL %d", tc.name, a, webTTL)
+					}
+				}
+			}
+			var wantExtra []string
+			if len(tc.want) > 0 && strings.HasPrefix(tc.name, "_") {
+				wantExtra = []string{"svc.web. 10.1.0.10"} // once, and none for gone.web (not local)
+			}
+			if !slices.Equal(extra, wantExtra) {
+				t.Errorf("%s %s over %s: additional %v, want %v", tc.name, mdns.TypeToString[tc.qtype], network, extra, wantExtra)
+			}
+		}
+	}
+}
+
+// TestHugeLocalAnswerOverTCPIsTruncatedNotDropped asks for more SRV
+// records than one DNS message can hold (64 KiB): the TCP client gets the
+// records that fit with TC set, not a dropped connection.
+func TestHugeLocalAnswerOverTCPIsTruncatedNotDropped(t *testing.T) {
+	var big []SRV
+	for i := range 5000 {
+		big = append(big, SRV{Weight: 1, Port: uint16(i), Target: fmt.Sprintf("backend-%d.web", i)})
+	}
+	src := fakeSource{names: map[string]map[string]Records{"c1": {"_tcp.big": {SRV: big, TTL: 10}}}}
+	c1 := serve(t, New(Config{}, src), "c1")
+	r := query(t, "tcp", c1, "_tcp.big.", mdns.TypeSRV, false)
+	if r.Rcode != mdns.RcodeSuccess || !r.Truncated || len(r.Answer) < 1000 || len(r.Answer) >= len(big) {
+		t.Errorf("5000 SRV records over TCP: %s tc %v with %d records, want NOERROR, TC and as many as fit",
+			mdns.RcodeToString[r.Rcode], r.Truncated, len(r.Answer))
+	}
+}
+
+// TestGoResolverLooksUpServiceSRV uses Go's own resolver, as a program in
+// a container would: net.LookupSRV("", "", "_tcp.NAME") gets the
+// service's ports and the name that resolves to its VIP.
+func TestGoResolverLooksUpServiceSRV(t *testing.T) {
+	s := New(Config{}, testSource)
+	c1 := serve(t, s, "c1")
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, c1)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, srvs, err := r.LookupSRV(ctx, "", "", "_tcp.svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range srvs {
+		got = append(got, fmt.Sprint(v.Target, ":", v.Port))
+	}
+	slices.Sort(got)
+	if want := []string{"gone.web.:8080", "svc.web.:443", "svc.web.:80"}; !slices.Equal(got, want) {
+		t.Errorf("LookupSRV _tcp.svc: %v, want %v", got, want)
+	}
+	if ips, err := r.LookupHost(ctx, "svc.web."); err != nil || !slices.Equal(ips, []string{"10.1.0.10"}) {
+		t.Errorf("LookupHost of the SRV target svc.web: %v %v, want the VIP", ips, err)
 	}
 }
 

@@ -22,6 +22,8 @@ func FuzzServe(f *testing.F) {
 		{"c2.", mdns.TypeAAAA, false}, {"3.0.1.10.in-addr.arpa.", mdns.TypePTR, true},
 		{"example.com.", mdns.TypeA, true}, {"big.example.com.", mdns.TypeA, false},
 		{"nope.example.com.", mdns.TypeMX, false}, {"1.2.3.in-addr.arpa.", mdns.TypePTR, false},
+		{"_tcp.svc.", mdns.TypeSRV, false}, {"_TCP.SVC.", mdns.TypeANY, true}, {"_udp.svc.", mdns.TypeSRV, false},
+		{"10.0.1.10.in-addr.arpa.", mdns.TypePTR, false},
 	} {
 		m := new(mdns.Msg)
 		m.SetQuestion(q.name, q.qtype)
@@ -85,6 +87,8 @@ func FuzzFastPath(f *testing.F) {
 		{"c2.", mdns.TypeA, false}, {"C2.WEB.", mdns.TypeA, true}, {"db.", mdns.TypeANY, false},
 		{"c2.", mdns.TypeAAAA, true}, {"3.0.1.10.in-addr.arpa.", mdns.TypePTR, true},
 		{"noaddr.", mdns.TypeA, false}, {"example.com.", mdns.TypeA, true},
+		{"svc.", mdns.TypeA, false}, {"_tcp.svc.", mdns.TypeSRV, true}, {"_udp.svc.", mdns.TypeSRV, false},
+		{"10.0.1.10.in-addr.arpa.", mdns.TypePTR, false},
 	} {
 		m := new(mdns.Msg)
 		m.SetQuestion(q.name, q.qtype)
