@@ -30,6 +30,17 @@ type balancer struct {
 type vipMACs struct {
 	snap *lb.Snapshot
 	macs map[packet.MAC]netip.Addr
+	// maybe has bit vipBit(mac) set for every VIP MAC: a frame whose bit
+	// is clear (almost every frame: VIP MACs are 02:42 and the VIP, and
+	// the network's other MACs differ from them in the last 12 bits in a
+	// /20 or smaller) costs no map lookup.
+	maybe *[64]uint64
+}
+
+// vipBit is the bit of mac in vipMACs.maybe.
+func vipBit(mac packet.MAC) (word int, bit uint64) {
+	i := int(mac[4]&0x0f)<<8 | int(mac[5])
+	return i >> 6, 1 << (i & 63)
 }
 
 // SetBalancer installs b as the switch's balancer (nil removes it), from
@@ -63,12 +74,13 @@ func (s *Switch) SetBalancer(b Balancer) {
 // lbState is a batch's view of the balancer: nil fields when there is
 // none.
 type lbState struct {
-	b     Balancer
-	snap  *lb.Snapshot
-	vips  map[packet.MAC]netip.Addr // nil or empty: no VIPs
-	now   int64                     // the balancer's clock
-	v     *view                     // the batch's switch view
-	swNow int64                     // the switch clock
+	b        Balancer
+	snap     *lb.Snapshot
+	vips     map[packet.MAC]netip.Addr // nil or empty: no VIPs
+	vipMaybe *[64]uint64               // see vipMACs.maybe
+	now      int64                     // the balancer's clock
+	v        *view                     // the batch's switch view
+	swNow    int64                     // the switch clock
 }
 
 // loadLB returns the balancer's state for a batch with view v at switch
@@ -83,22 +95,27 @@ func (s *Switch) loadLB(v *view, swNow, now int64) lbState {
 	if vm == nil || vm.snap != snap {
 		// A new snapshot: index its VIP MACs once (this allocates,
 		// once per Swap).
-		vm = &vipMACs{snap: snap, macs: map[packet.MAC]netip.Addr{}}
+		vm = &vipMACs{snap: snap, macs: map[packet.MAC]netip.Addr{}, maybe: new([64]uint64)}
 		if snap != nil {
 			for _, svc := range snap.Services() {
 				if mac, ok := snap.VIP(svc.VIP); ok {
 					vm.macs[mac] = svc.VIP
+					w, b := vipBit(mac)
+					vm.maybe[w] |= b
 				}
 			}
 		}
 		bl.vips.Store(vm)
 	}
-	return lbState{b: bl.b, snap: snap, vips: vm.macs, now: now, v: v, swNow: swNow}
+	return lbState{b: bl.b, snap: snap, vips: vm.macs, vipMaybe: vm.maybe, now: now, v: v, swNow: swNow}
 }
 
 // isVIPMAC reports whether mac is a VIP's.
 func (l *lbState) isVIPMAC(mac packet.MAC) bool {
 	if len(l.vips) == 0 {
+		return false
+	}
+	if w, b := vipBit(mac); l.vipMaybe[w]&b == 0 {
 		return false
 	}
 	_, ok := l.vips[mac]
