@@ -95,7 +95,11 @@ func (sc *scratch) add(p *Port, b []byte, shared bool, batch int) bool {
 // in place (and their slot cleared). Frames are parsed by their headers
 // only, so a super-segment (up to 64 KiB, GSO metadata) is switched like
 // any frame once its metadata passed packet.ParseGSO and its segments fit
-// the MTU; a plain frame must fit the MTU itself. Input must be called by
+// the MTU; a plain frame must fit the MTU itself. With a balancer
+// (SetBalancer), frames are translated after port security and frames
+// to container ports untranslated before they are queued; the frames the
+// switch writes itself (ARP replies, rejects, retried SYNs) are in buffers
+// it owns until Input returns. Input must be called by
 // one goroutine per port; different ports may call it concurrently, and
 // concurrently with the control-plane methods.
 func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
