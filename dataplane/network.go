@@ -60,6 +60,9 @@ func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 	dp.changes++
 	sw := vswitch.New(vswitch.Config{Name: w.Name, GatewayIP: w.Gateway, GatewayMAC: w.GatewayMAC, MTU: w.MTU,
 		StormLimit: w.StormLimit, BalancerEpoch: dp.epoch})
+	if b := dp.lbs[w.Name]; b != nil {
+		sw.SetBalancer(b.t) // a rebuilt network's switch balances from its first frame
+	}
 	tn, err := dp.vtep.AddSegment(w.VNI, w.MTU)
 	if err != nil {
 		sw.Close()
@@ -76,6 +79,9 @@ func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 		cfg: NetworkConfig{Name: w.Name, VNI: w.VNI, MTU: w.MTU, Gateway: w.Gateway, GatewayMAC: w.GatewayMAC, StormLimit: w.StormLimit},
 		sw:  sw, tn: tn, tport: ref,
 		statics: map[packet.MAC]netip.Addr{}, remotes: map[packet.MAC]netip.Addr{},
+	}
+	if b := dp.lbs[w.Name]; b != nil {
+		n.lb = b.t
 	}
 	dp.nets[w.Name] = n
 	dp.log.Info("network up", "network", w.Name, "vni", w.VNI, "mtu", w.MTU)
