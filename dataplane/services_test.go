@@ -107,14 +107,19 @@ func (c *ctr) none(t *testing.T, what string) {
 	}
 }
 
-// tcpSeg builds an IPv4/TCP frame with complete checksums (gopacket).
+// tcpSeg builds an IPv4/TCP frame with complete checksums (gopacket),
+// with 5 bytes of data unless it is a SYN.
 func tcpSeg(srcMAC, dstMAC packet.MAC, src, dst netip.Addr, sport, dport uint16, syn, ack, rst bool) []byte {
 	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr(srcMAC[:]), DstMAC: net.HardwareAddr(dstMAC[:]), EthernetType: layers.EthernetTypeIPv4}
 	iph := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
 	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 1000, SYN: syn, ACK: ack, RST: rst, Window: 500}
 	tcp.SetNetworkLayerForChecksum(iph)
+	payload := gopacket.Payload("hello")
+	if syn {
+		payload = nil // a SYN carries no data (lb re-sends only such SYNs)
+	}
 	b := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, iph, tcp, gopacket.Payload("hello")); err != nil {
+	if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, iph, tcp, payload); err != nil {
 		panic(err)
 	}
 	return b.Bytes()
@@ -460,5 +465,57 @@ func TestConntrackConfigRefused(t *testing.T) {
 	}
 	if st := tb.dp.ServiceStats(); st.ConntrackMax != lb.DefaultMax || len(st.Networks["a"].Services) != 1 {
 		t.Errorf("after a good config: %+v", st)
+	}
+}
+
+// TestServiceRetryAcrossHosts: a backend on another host refuses the SYN
+// (RST); the client's host hides the RST and sends the SYN back out of
+// the tunnel to the other backend, on that same host.
+func TestServiceRetryAcrossHosts(t *testing.T) {
+	mn := tunnel.NewMemNetwork()
+	h1, h2 := newHost(t, mn, local, Options{}), newHost(t, mn, remoteB, Options{})
+	c, dc := newCtr(t, "client", 2)
+	b1, d1 := newCtr(t, "b1", 3)
+	b2, d2 := newCtr(t, "b2", 4)
+	svc := web(b1, b2)
+	n1 := testNetwork("a", 4096, 1)
+	n1.Ports = []PortConfig{c.port("client", dc)}
+	n1.Remotes = []Remote{{MAC: b1.mac, IP: b1.ip, VTEP: remoteB}, {MAC: b2.mac, IP: b2.ip, VTEP: remoteB}}
+	n1.Services = []lb.Service{svc}
+	n2 := testNetwork("a", 4096, 1)
+	n2.Ports = []PortConfig{b1.port("b1", d1), b2.port("b2", d2)}
+	n2.Remotes = []Remote{{MAC: c.mac, IP: c.ip, VTEP: local}}
+	n2.Services = []lb.Service{svc}
+	if err := h1.Reconfig(Config{Networks: []NetworkConfig{n1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.Reconfig(Config{Networks: []NetworkConfig{n2}}); err != nil {
+		t.Fatal(err)
+	}
+	c.send(t, tcpSeg(c.mac, vipMAC, c.ip, vip, 40000, 80, true, false, false))
+	var first, other *ctr
+	select {
+	case f := <-b1.frames:
+		first, other = b1, b2
+		readTCP(t, f)
+	case f := <-b2.frames:
+		first, other = b2, b1
+		readTCP(t, f)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the SYN reached no backend")
+	}
+	first.send(t, tcpSeg(first.mac, c.mac, first.ip, c.ip, 8080, 40000, false, true, true))
+	got := readTCP(t, other.recv(t, "retried SYN"))
+	if got.dstMAC != other.mac || got.dst != other.ip || got.src != c.ip || got.sport != 40000 || got.dport != 8080 || got.flags != 0x02 {
+		t.Fatalf("the other backend got %+v", got)
+	}
+	c.none(t, "client (the RST must be hidden)")
+	sw1, _, _ := h1.NetworkStats("a")
+	if sw1.LBRetries != 1 || sw1.Drops["lb-retry"] != 1 {
+		t.Errorf("host 1: retries %d, drops %v", sw1.LBRetries, sw1.Drops)
+	}
+	st := h1.ServiceStats().Networks["a"]
+	if st.Reasons["retried"] != 1 || len(st.Services) != 1 || st.Services[0].Retries != 1 {
+		t.Errorf("host 1 service stats: reasons %v, services %+v", st.Reasons, st.Services)
 	}
 }
