@@ -448,9 +448,18 @@ func TestConntrackSweptAndStopped(t *testing.T) {
 	}
 }
 
+// TestConntrackConfigRefused: the conntrack is made with the first
+// service, from a valid configuration only.
 func TestConntrackConfigRefused(t *testing.T) {
 	tb := newTestbed(t)
 	n := testNetwork("a", 4096, 1)
+	// Without services the host holds no conntrack.
+	if err := tb.dp.Reconfig(Config{Networks: []NetworkConfig{n}}); err != nil {
+		t.Fatal(err)
+	}
+	if tb.dp.ct != nil || tb.dp.sweepStop != nil {
+		t.Error("a host without services made a conntrack")
+	}
 	n.Services = []lb.Service{web()}
 	err := tb.dp.Reconfig(Config{Networks: []NetworkConfig{n}, Conntrack: lb.Config{Max: -1}})
 	var de *Error
