@@ -108,7 +108,7 @@ func webService() lb.Service {
 
 func newTable(t testing.TB, svcs ...lb.Service) *lb.Table {
 	t.Helper()
-	tb := lb.NewTable(lb.NewConntrack(lb.Config{Max: 1024}), 1)
+	tb := lb.NewTable(lb.NewConntrack(lb.Config{Max: 1024, AffinityMax: 64, SynSlots: 64}), 1)
 	snap, err := lb.NewSnapshot(svcs)
 	if err != nil {
 		t.Fatal(err)
