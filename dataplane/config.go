@@ -26,7 +26,10 @@ type Config struct {
 	Inbound  []tunnel.InboundSA
 	// Conntrack configures the host's connection table, shared by the
 	// balancers of every network (size and timeouts). It is read when
-	// the data plane makes the table, at its first Reconfig.
+	// the data plane makes the table, at the first Reconfig in which a
+	// network has services (so a host without services does not hold
+	// the table's memory: 80 bytes an entry, 21 MB at lb.DefaultMax);
+	// later changes take effect when the data plane is made again.
 	Conntrack lb.Config
 }
 
@@ -66,7 +69,11 @@ type NetworkConfig struct {
 	Remotes []Remote
 	// Services are the network's service VIPs with their backends (lb):
 	// frames from a local port to a VIP are balanced at that port, and
-	// the switch answers ARP for each VIP.
+	// the switch answers ARP for each VIP. Each Reconfig publishes them
+	// in the network's lb.Table (only the services that changed are
+	// compiled again); a refused service is an Error ("service NAME")
+	// and keeps the version applied before, if any. A backend that
+	// leaves the list keeps its TCP connections until FlushBackend.
 	Services []lb.Service
 }
 
@@ -96,7 +103,8 @@ type Error struct {
 	// Network is the network the object belongs to ("" for SAs).
 	Network string
 	// Object names the failed object: "network", "port NAME", "remote
-	// MAC", "peers", "external VTEPs", "cipher", "SAs".
+	// MAC", "peers", "external VTEPs", "cipher", "SAs", "service NAME",
+	// "conntrack".
 	Object string
 	Err    error
 }

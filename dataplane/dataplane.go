@@ -18,6 +18,9 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
+
+	"github.com/vxmesh/vxmesh/lb"
 
 	"github.com/vxmesh/vxmesh/tunnel"
 	"github.com/vxmesh/vxmesh/vswitch"
@@ -34,6 +37,9 @@ type Options struct {
 	// Logger receives network and port events, never per-packet ones;
 	// nil discards them.
 	Logger *slog.Logger
+	// SweepInterval is how often expired connections leave the host's
+	// conntrack; 0 means DefaultSweepInterval.
+	SweepInterval time.Duration
 }
 
 // Dataplane is one host's data plane. Its methods are safe for concurrent
@@ -43,6 +49,9 @@ type Dataplane struct {
 	vtep *tunnel.VTEP
 	// batches lends read batches to the ports' loops.
 	batches *batchPool
+	// epoch is the origin of the balancers' clock (lbNow).
+	epoch      time.Time
+	sweepEvery time.Duration
 
 	mu      sync.Mutex // serialises Reconfig and Close; guards the fields below
 	closed  bool
@@ -51,6 +60,16 @@ type Dataplane struct {
 	out     []tunnel.OutboundSA
 	in      []tunnel.InboundSA
 	changes int // mutating steps applied, for tests
+
+	// The service load balancer: the host's conntrack (made when a
+	// network first has services, with its sweeper) and each network's
+	// balancer, by network name.
+	ct        *lb.Conntrack
+	ctMax     int
+	lbs       map[string]*balancer
+	nextNetID uint32
+	sweepStop chan struct{}
+	sweepDone chan struct{}
 }
 
 // New returns a data plane with no networks. Call Run to start receiving.
@@ -59,19 +78,27 @@ func New(opts Options) *Dataplane {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	sweep := opts.SweepInterval
+	if sweep <= 0 {
+		sweep = DefaultSweepInterval
+	}
 	return &Dataplane{
-		log:     log,
-		vtep:    tunnel.New(opts.Tunnel),
-		batches: newBatchPool(),
-		nets:    map[string]*network{},
-		ports:   map[portKey]*port{},
+		log:        log,
+		vtep:       tunnel.New(opts.Tunnel),
+		batches:    newBatchPool(),
+		epoch:      time.Now(),
+		sweepEvery: sweep,
+		nets:       map[string]*network{},
+		ports:      map[portKey]*port{},
+		lbs:        map[string]*balancer{},
 	}
 }
 
 // Run receives from the underlay until ctx is done or Close is called.
 func (dp *Dataplane) Run(ctx context.Context) error { return dp.vtep.Run(ctx) }
 
-// Close takes everything down: it closes every port's device and the VTEP.
+// Close takes everything down: it closes every port's device and the
+// VTEP, and stops the conntrack sweeper.
 func (dp *Dataplane) Close() error {
 	dp.mu.Lock()
 	if !dp.closed {
@@ -82,6 +109,7 @@ func (dp *Dataplane) Close() error {
 		for _, n := range dp.nets {
 			dp.removeNetwork(n)
 		}
+		dp.stopSweep()
 	}
 	dp.mu.Unlock()
 	return dp.vtep.Close()
@@ -126,6 +154,11 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 			dp.removeNetwork(n)
 		}
 	}
+	for name := range dp.lbs {
+		if want[name] == nil {
+			dp.removeBalancer(name)
+		}
+	}
 
 	// The SAs, before any peer that needs them is added.
 	if !sameSAs(dp.out, dp.in, cfg.Outbound, cfg.Inbound) {
@@ -147,6 +180,7 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 	}
 	for _, w := range order {
 		n, err := dp.applyNetwork(w)
+		dp.applyServices(w, n, cfg.Conntrack, &errs)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/netdev/netdevtest"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
@@ -76,6 +77,9 @@ func fullConfig(devs ...*netdevtest.Device) Config {
 	a.Remotes = []Remote{{MAC: mac(3), IP: ip(3), VTEP: remoteB}, {MAC: mac(4), IP: ip(4), VTEP: remoteC}}
 	a.Peers = []netip.Addr{remoteB, remoteC}
 	a.External = []netip.Addr{extE}
+	a.Services = []lb.Service{{Name: "web", VIP: ip(100), Scheduler: lb.Maglev,
+		Ports:    []lb.Port{{Proto: packet.ProtoTCP, Port: 80}},
+		Backends: []lb.Backend{{IP: ip(3), MAC: mac(3)}, {IP: ip(4), MAC: mac(4), Weight: 2}}}}
 	b := testNetwork("b", 4097, 100)
 	b.Ports = []PortConfig{{Name: "c1/eth1", Device: devs[1], MAC: mac(102), IP: ip(102)}}
 	b.Remotes = []Remote{{MAC: mac(103), IP: ip(103), VTEP: remoteB}}
@@ -175,8 +179,8 @@ func TestReconfigFullStateAndBackToEmpty(t *testing.T) {
 	if nets := tb.dp.vtep.Segments(); len(nets) != 0 {
 		t.Errorf("the VTEP still serves %d networks", len(nets))
 	}
-	if len(tb.dp.ports) != 0 || len(tb.dp.nets) != 0 {
-		t.Errorf("left %d ports and %d networks", len(tb.dp.ports), len(tb.dp.nets))
+	if len(tb.dp.ports) != 0 || len(tb.dp.nets) != 0 || len(tb.dp.lbs) != 0 {
+		t.Errorf("left %d ports, %d networks and %d balancers", len(tb.dp.ports), len(tb.dp.nets), len(tb.dp.lbs))
 	}
 	// The devices were closed: the containers' ends see it.
 	for _, c := range []*netdevtest.Device{c0, c1} {

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
 	"github.com/vxmesh/vxmesh/vswitch"
@@ -19,6 +20,7 @@ type network struct {
 	sw    *vswitch.Switch
 	tn    *tunnel.Segment
 	tport *vswitch.Port
+	lb    *lb.Table // the balancer given to sw, nil before the network has services
 
 	cipher   esp.Cipher
 	external []netip.Addr              // applied external VTEPs, sorted
@@ -56,7 +58,11 @@ func (dp *Dataplane) applyNetwork(w *NetworkConfig) (*network, error) {
 // addNetwork builds a network's switch, tunnel network and tunnel port.
 func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 	dp.changes++
-	sw := vswitch.New(vswitch.Config{Name: w.Name, GatewayIP: w.Gateway, GatewayMAC: w.GatewayMAC, MTU: w.MTU, StormLimit: w.StormLimit})
+	sw := vswitch.New(vswitch.Config{Name: w.Name, GatewayIP: w.Gateway, GatewayMAC: w.GatewayMAC, MTU: w.MTU,
+		StormLimit: w.StormLimit, BalancerEpoch: dp.epoch})
+	if b := dp.lbs[w.Name]; b != nil {
+		sw.SetBalancer(b.t) // a rebuilt network's switch balances from its first frame
+	}
 	tn, err := dp.vtep.AddSegment(w.VNI, w.MTU)
 	if err != nil {
 		sw.Close()
@@ -73,6 +79,9 @@ func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 		cfg: NetworkConfig{Name: w.Name, VNI: w.VNI, MTU: w.MTU, Gateway: w.Gateway, GatewayMAC: w.GatewayMAC, StormLimit: w.StormLimit},
 		sw:  sw, tn: tn, tport: ref,
 		statics: map[packet.MAC]netip.Addr{}, remotes: map[packet.MAC]netip.Addr{},
+	}
+	if b := dp.lbs[w.Name]; b != nil {
+		n.lb = b.t
 	}
 	dp.nets[w.Name] = n
 	dp.log.Info("network up", "network", w.Name, "vni", w.VNI, "mtu", w.MTU)

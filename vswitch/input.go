@@ -15,7 +15,11 @@ type scratch struct {
 	owner []*Port      // which port q[id] is for in this batch
 	dests []*Port      // destinations with queued frames, in first-use order
 	learn []packet.MAC // sources to learn at the end of the batch
-	drops [numReasons]uint64
+	gen   [][]byte     // buffers for frames the switch writes (genBuf)
+	ngen  int          // gen[:ngen] are in use in this batch
+	// translated counts the batch's frames the balancer rewrote.
+	translated uint64
+	drops      [numReasons]uint64
 	// stormTAT is the storm limit's theoretical arrival time (GCRA): the
 	// switch clock at which the port's token bucket is full again.
 	stormTAT int64
@@ -91,7 +95,11 @@ func (sc *scratch) add(p *Port, b []byte, shared bool, batch int) bool {
 // in place (and their slot cleared). Frames are parsed by their headers
 // only, so a super-segment (up to 64 KiB, GSO metadata) is switched like
 // any frame once its metadata passed packet.ParseGSO and its segments fit
-// the MTU; a plain frame must fit the MTU itself. Input must be called by
+// the MTU; a plain frame must fit the MTU itself. With a balancer
+// (SetBalancer), frames are translated after port security and frames
+// to container ports untranslated before they are queued; the frames the
+// switch writes itself (ARP replies, rejects, retried SYNs) are in buffers
+// it owns until Input returns. Input must be called by
 // one goroutine per port; different ports may call it concurrently, and
 // concurrently with the control-plane methods.
 func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
@@ -112,7 +120,9 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		r.account(rxBytes, n, 0, 0, 0)
 		return
 	}
-	v, now := s.view.Load(), s.clock()
+	t := s.now()
+	v, now := s.view.Load(), int64(t.Sub(s.epoch))
+	l := s.loadLB(v, now, max(1, int64(t.Sub(s.lbEpoch))+1))
 	if c := r.capture.Load(); c != nil {
 		r.captureInput(c, bufs[:n], sizes[:n], offset)
 	}
@@ -129,10 +139,14 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 			sc.drops[why]++
 			continue
 		}
-		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, eth) {
+		if eth.EtherType() == packet.EtherTypeARP && suppressARP(v, &l, eth) {
 			packet.ClearOffload(buf) // a new frame: the reply
 			sc.add(r, buf, false, n)
 			suppressed++
+			continue
+		}
+		if why, ok := r.balance(&l, buf, offset, n); !ok {
+			sc.drops[why]++
 			continue
 		}
 		dst := eth.Dst()
@@ -156,13 +170,16 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 			flooded++
 		case out == r:
 			sc.drops[dropSamePort]++
-		case !sc.add(out, buf, false, n):
-			sc.drops[dropPortDown]++
 		default:
-			forwarded++
+			if why, ok := r.deliver(&l, out, buf, offset, n); !ok {
+				sc.drops[why]++
+			} else {
+				forwarded++
+			}
 		}
 	}
 	r.flush(offset)
+	sc.ngen = 0
 	if len(sc.learn) > 0 {
 		s.commitLearned(r, now)
 		clear(sc.learn)
@@ -245,6 +262,10 @@ func (r *Port) account(rxBytes uint64, rx int, forwarded, flooded, suppressed ui
 	}
 	if suppressed > 0 {
 		s.c.arpSuppressed.Add(suppressed)
+	}
+	if r.sc.translated > 0 {
+		s.c.translated.Add(r.sc.translated)
+		r.sc.translated = 0
 	}
 }
 

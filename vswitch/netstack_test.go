@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,4 +108,74 @@ func TestTCPBetweenNetstackContainers(t *testing.T) {
 		}
 	}
 	t.Logf("stats: forwarded %d flooded %d arp-suppressed %d drops %v", st.Forwarded, st.Flooded, st.ARPSuppressed, st.Drops)
+}
+
+// TestLBNetstackThroughVIP: real TCP stacks connect to a VIP through the
+// switch's balancer: each connection is answered by a backend that sees
+// the client's own address, and round robin alternates the backends.
+func TestLBNetstackThroughVIP(t *testing.T) {
+	s := New(Config{Name: "web", GatewayIP: ipGW, GatewayMAC: macGW})
+	s.SetBalancer(newTable(t, webService()))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	cs := map[string]*netstack.Container{}
+	for _, c := range []struct {
+		name string
+		mac  packet.MAC
+		ip   netip.Addr
+	}{{"client", macA, ipA}, {"b", macB, ipB}, {"c", macC, ipC}} {
+		ctr, err := netstack.New(c.name, c.mac, netip.PrefixFrom(c.ip, 24))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ctr.Close()
+		attach(t, s, ctr, &wg)
+		cs[c.name] = ctr
+	}
+	for _, name := range []string{"b", "c"} {
+		ln, err := cs[name].Listen(8080)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(conn, name+" sees "+conn.RemoteAddr().String())
+				conn.Close()
+			}
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got []string
+	for range 4 {
+		conn, err := cs["client"].Dial(ctx, netip.AddrPortFrom(vip, 80))
+		if err != nil {
+			t.Fatalf("dial the VIP: %v", err)
+		}
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		b, err := io.ReadAll(conn)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if conn.RemoteAddr().String() != vip.String()+":80" {
+			t.Errorf("the client's peer is %s, want the VIP", conn.RemoteAddr())
+		}
+		conn.Close()
+		got = append(got, string(b))
+	}
+	for i, g := range got {
+		name, _, _ := strings.Cut(g, " ")
+		if !strings.HasPrefix(g, name+" sees "+ipA.String()+":") || (i > 0 && strings.HasPrefix(got[i-1], name+" ")) {
+			t.Errorf("answers %q: want b and c in turn, each seeing %s", got, ipA)
+			break
+		}
+	}
+	if st := s.Stats(); st.Translated == 0 || len(st.Drops) != 0 {
+		t.Errorf("translated %d, drops %v", st.Translated, st.Drops)
+	}
 }

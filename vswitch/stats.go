@@ -21,6 +21,11 @@ const (
 	dropMTU                        // a frame (or a super-segment's segment) larger than the network MTU
 	dropStorm                      // a flooded frame over the port's storm limit
 	dropSpoofedSrc                 // source MAC with a local or static entry on another port
+	dropLB                         // dropped by the balancer (its Reasons say why)
+	dropLBReject                   // refused by the balancer, answered with a RST or ICMP unreachable
+	dropLBRetry                    // a backend's RST to a SYN, hidden by the balancer (the SYN went to another backend)
+	dropVIPPass                    // to a VIP's MAC from a balanced port, but not balanced (not IPv4, or another IP)
+	dropVIPRemote                  // to a VIP's MAC from a port that is not balanced (the tunnel)
 	numReasons
 )
 
@@ -51,6 +56,16 @@ func (r reason) String() string {
 		return "storm"
 	case dropSpoofedSrc:
 		return "spoofed-src"
+	case dropLB:
+		return "lb-drop"
+	case dropLBReject:
+		return "lb-reject"
+	case dropLBRetry:
+		return "lb-retry"
+	case dropVIPPass:
+		return "vip-pass"
+	case dropVIPRemote:
+		return "vip-remote"
 	}
 	return "unknown"
 }
@@ -74,6 +89,7 @@ type portCounters struct {
 
 type switchCounters struct {
 	forwarded, flooded, arpSuppressed, learnLimited atomic.Uint64
+	translated, lbRejects, lbRetries                atomic.Uint64
 	drops                                           dropCounters
 }
 
@@ -94,6 +110,14 @@ type Stats struct {
 	ARPSuppressed uint64
 	// LearnLimited counts source MACs not learned because the table was full.
 	LearnLimited uint64
+	// Translated counts frames the balancer rewrote to a backend (they
+	// count in Forwarded or Flooded too).
+	Translated uint64
+	// LBRejects counts the RSTs and ICMP unreachables the switch sent for
+	// the balancer ("lb-reject" counts the refused frames); LBRetries the
+	// client SYNs it re-sent to another backend ("lb-retry" counts the
+	// hidden RSTs).
+	LBRejects, LBRetries uint64
 }
 
 // PortStats are one port's counters. Rx counts every frame given to Input;
@@ -112,6 +136,9 @@ func (s *Switch) Stats() Stats {
 		Flooded:       s.c.flooded.Load(),
 		ARPSuppressed: s.c.arpSuppressed.Load(),
 		LearnLimited:  s.c.learnLimited.Load(),
+		Translated:    s.c.translated.Load(),
+		LBRejects:     s.c.lbRejects.Load(),
+		LBRetries:     s.c.lbRetries.Load(),
 	}
 	for _, r := range s.view.Load().ports {
 		st.Ports = append(st.Ports, PortStats{

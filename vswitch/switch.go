@@ -1,7 +1,8 @@
 // Package vswitch is the per-network virtual switch: it forwards Ethernet
 // frames between ports (container TAP devices, the tunnel) with MAC learning
 // and aging, static entries for known endpoints, flooding confined to the
-// switch, ARP suppression and port security. The data path (Port.Input)
+// switch, ARP suppression, port security and the service load balancer's
+// stage (SetBalancer: VIP translation at container ports). The data path (Port.Input)
 // forwards whole batches without allocating and reads only immutable
 // snapshots of the control-plane state, swapped with atomic.Pointer.
 package vswitch
@@ -61,6 +62,12 @@ type Config struct {
 	// burst of as many at once; more are dropped ("storm"). 0 means
 	// DefaultStormLimit, a negative value means no limit.
 	StormLimit int
+	// BalancerEpoch is the origin of the balancer's clock (see
+	// SetBalancer): it is given nanoseconds since BalancerEpoch, plus one,
+	// from the clock reading each batch takes. Switches sharing an
+	// lb.Conntrack, and whoever sweeps it, must use the same origin; zero
+	// means the switch's creation time.
+	BalancerEpoch time.Time
 }
 
 // DefaultStormLimit is the storm limit of a Config that sets none, in
@@ -76,6 +83,7 @@ type Switch struct {
 	gwMAC      packet.MAC
 	now        func() time.Time
 	epoch      time.Time
+	lbEpoch    time.Time
 	maxFrame   int   // largest frame from a port; 0: no limit
 	stormGap   int64 // storm control: nanoseconds per token; 0: no limit
 
@@ -83,6 +91,7 @@ type Switch struct {
 	learned *aging.Table[*Port] // learned MACs
 	learnMu sync.Mutex          // serialises commitLearned with RemovePort's pruning
 	closed  atomic.Bool
+	lb      atomic.Pointer[balancer] // nil: no services (SetBalancer)
 
 	mu      sync.Mutex // control plane state below
 	ports   map[string]*Port
@@ -163,6 +172,10 @@ func New(cfg Config) *Switch {
 		s.stormGap = max(1, int64(time.Second)/int64(limit))
 	}
 	s.epoch = s.now()
+	s.lbEpoch = cfg.BalancerEpoch
+	if s.lbEpoch.IsZero() {
+		s.lbEpoch = s.epoch
+	}
 	s.learned = aging.New[*Port](s.aging, s.maxLearned)
 	s.publish()
 	return s
