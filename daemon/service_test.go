@@ -1,0 +1,193 @@
+package daemon
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/lb"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// serviceDaemon is a daemon with network web (10.9.0.0/24) and db
+// (10.9.1.0/24).
+func serviceDaemon(t *testing.T) *Daemon {
+	t.Helper()
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	for _, n := range []api.NetworkCreateRequest{{Name: "web", Subnet: "10.9.0.0/24"}, {Name: "db", Subnet: "10.9.1.0/24"}} {
+		if _, err := d.CreateNetwork(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
+
+func mustCreateService(t *testing.T, d *Daemon, req api.ServiceCreateRequest) api.Service {
+	t.Helper()
+	s, err := d.CreateService(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// desiredServices returns the balancer services of network in d's
+// desired data plane.
+func desiredServices(d *Daemon, network string) []lb.Service {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, nc := range d.desiredDataplane().Networks {
+		if nc.Name == network {
+			return nc.Services
+		}
+	}
+	return nil
+}
+
+func TestServiceCreateListInspectRemove(t *testing.T) {
+	d := serviceDaemon(t)
+	s := mustCreateService(t, d, api.ServiceCreateRequest{
+		Name: "api", Networks: []string{"web", "db"}, VIPs: []string{"web=10.9.0.200"},
+		Scheduler: "maglev", Affinity: "client-ip:30s", Ports: []string{"8080:80/tcp", "53/udp", "443"},
+		HealthHTTP: ":80/healthz",
+	})
+	if s.EndpointMode != "vip" || s.Scheduler != "maglev" || s.Affinity != "client-ip:30s" || s.StopGracePeriod != "10s" || s.DNSTTL != "10s" {
+		t.Fatalf("created %+v", s)
+	}
+	if !slices.Equal(s.Ports, []string{"443/tcp", "8080:80/tcp", "53/udp"}) || s.HealthCheck != "http::80/healthz" || s.CreatedBy != "h1" {
+		t.Fatalf("ports %v, health %q, created by %q", s.Ports, s.HealthCheck, s.CreatedBy)
+	}
+	vips := map[string]string{}
+	for _, v := range s.VIPs {
+		vips[v.Network] = v.VIP
+	}
+	if vips["web"] != "10.9.0.200" || !netip.MustParsePrefix("10.9.1.0/24").Contains(netip.MustParseAddr(vips["db"])) || vips["db"] == "10.9.1.1" {
+		t.Fatalf("vips %v: want 10.9.0.200 on web and a free address of db", vips)
+	}
+	ls := d.Services()
+	if len(ls) != 1 || ls[0].Name != "api" {
+		t.Fatalf("ls: %+v", ls)
+	}
+	got, err := d.Service("api")
+	if err != nil || got.ID != s.ID || len(got.Backends) != 0 {
+		t.Fatalf("inspect: %+v, %v", got, err)
+	}
+	svcs := desiredServices(d, "web")
+	if len(svcs) != 1 || svcs[0].VIP != netip.MustParseAddr("10.9.0.200") || svcs[0].Scheduler != lb.Maglev || svcs[0].Affinity.Seconds() != 30 || len(svcs[0].Ports) != 3 {
+		t.Fatalf("desired services of web: %+v", svcs)
+	}
+	// A container never gets a VIP.
+	ep := mustAttach(t, d, api.AttachRequest{Network: "db", Name: "c1", Create: true})
+	if ep.IP == vips["db"] {
+		t.Fatalf("container got the VIP %s", ep.IP)
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c2", Create: true, IP: "10.9.0.200"}); err == nil || !strings.Contains(err.Error(), `VIP of service "api"`) {
+		t.Fatalf("attach with the VIP's address: %v", err)
+	}
+	if err := d.RemoveNetwork("web"); err == nil || !strings.Contains(err.Error(), "used by service(s) api") {
+		t.Fatalf("network rm under a service: %v", err)
+	}
+	if err := d.RemoveService("api"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Service("api"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("inspect after rm: %v", err)
+	}
+	if len(desiredServices(d, "web")) != 0 {
+		t.Fatal("the removed service is still in the data plane")
+	}
+	if err := d.RemoveService("api"); err == nil {
+		t.Fatal("removed a service twice")
+	}
+}
+
+func TestServiceCreateBadInputChangesNothing(t *testing.T) {
+	d := serviceDaemon(t)
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true, IP: "10.9.0.5"})
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "taken", Networks: []string{"web"}, VIPs: []string{"10.9.0.100"}})
+	for _, tc := range []struct {
+		req  api.ServiceCreateRequest
+		want string
+	}{
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"nope"}}, `network "nope": not found`},
+		{api.ServiceCreateRequest{Name: "x"}, "want at least one --network"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, VIPs: []string{"10.9.1.10"}}, "not a host address of network"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, VIPs: []string{"10.9.0.1"}}, "is the gateway"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, VIPs: []string{"10.9.0.5"}}, "already in use"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, VIPs: []string{"10.9.0.100"}}, `VIP of service "taken"`},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, VIPs: []string{"banana"}}, "not an IPv4 address"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web", "db"}, VIPs: []string{"10.9.0.9"}}, "write NETWORK=IP"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, EndpointMode: "dnsrr", VIPs: []string{"10.9.0.9"}}, "dnsrr service has no VIP"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, EndpointMode: "nat"}, "want vip or dnsrr"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, Scheduler: "random"}, `scheduler "random"`},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, Affinity: "cookie"}, "want client-ip"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, Affinity: "client-ip:forever"}, "timeout"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, Ports: []string{"80/sctp"}}, "want tcp or udp"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, Ports: []string{"0/tcp"}}, "want a port 1-65535"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, Ports: []string{"80", "80/tcp"}}, "listed twice"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, HealthTCP: 70000}, "want 1-65535"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, HealthHTTP: "80/health"}, "want :PORT/PATH"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, HealthTCP: 80, HealthHTTP: ":80/h"}, "choose one"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, StopGracePeriod: "-1s"}, "stop grace period"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, DNSTTL: "1.5s"}, "whole seconds"},
+		{api.ServiceCreateRequest{Name: "a.b", Networks: []string{"web"}}, "invalid name"},
+		{api.ServiceCreateRequest{Name: "tasks", Networks: []string{"web"}}, "reserved name"},
+		{api.ServiceCreateRequest{Name: "TAKEN", Networks: []string{"web"}}, "already exists"},
+		{api.ServiceCreateRequest{Name: "c1", Networks: []string{"web"}}, "a container on node h1 is called"},
+	} {
+		_, err := d.CreateService(tc.req)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("create %+v: got %v, want one line with %q", tc.req, err, tc.want)
+		}
+	}
+	if ls := d.Services(); len(ls) != 1 {
+		t.Fatalf("bad creates left services: %+v", ls)
+	}
+	d.mu.Lock()
+	reserved := 0
+	for _, ips := range d.reservedIPs {
+		reserved += len(ips)
+	}
+	d.mu.Unlock()
+	if reserved != 0 {
+		t.Fatalf("bad creates left %d reserved addresses", reserved)
+	}
+}
+
+func TestAttachJoinsServices(t *testing.T) {
+	d := serviceDaemon(t)
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, Scheduler: "wrr"})
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "dbs", Networks: []string{"db"}})
+	for _, tc := range []struct {
+		req  api.AttachRequest
+		want string
+	}{
+		{api.AttachRequest{Network: "web", Name: "b1", Create: true, Services: []api.ServiceMember{{Name: "nope"}}}, "service not found"},
+		{api.AttachRequest{Network: "web", Name: "b1", Create: true, Services: []api.ServiceMember{{Name: "dbs"}}}, `not on network "web"`},
+		{api.AttachRequest{Network: "web", Name: "b1", Create: true, Services: []api.ServiceMember{{Name: "api", Weight: 1001}}}, "weight out of range"},
+		{api.AttachRequest{Network: "web", Name: "b1", Create: true, Services: []api.ServiceMember{{Name: "api"}, {Name: "api"}}}, "given twice"},
+		{api.AttachRequest{Network: "web", Name: "api", Create: true}, `the name of service "api"`},
+		{api.AttachRequest{Network: "web", Name: "b1", Create: true, Aliases: []string{"dbs"}}, `the name of service "dbs"`},
+	} {
+		_, err := d.Attach(tc.req)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("attach %+v: got %v, want %q", tc.req, err, tc.want)
+		}
+	}
+	if cs := d.Containers(); len(cs) != 0 {
+		t.Fatalf("refused attaches left containers: %+v", cs)
+	}
+	b1 := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "b1", Create: true, Services: []api.ServiceMember{{Name: "api", Weight: 3}}})
+	svcs := desiredServices(d, "web")
+	want := lb.Backend{IP: netip.MustParseAddr(b1.IP), MAC: packet.MAC(macForIP(netip.MustParseAddr(b1.IP))), Weight: 3, State: lb.Active}
+	if len(svcs) != 1 || len(svcs[0].Backends) != 1 || svcs[0].Backends[0] != want {
+		t.Fatalf("desired services of web: %+v; want backend %+v", svcs, want)
+	}
+	s, _ := d.Service("api")
+	if len(s.Backends) != 1 || s.Backends[0].Container != "b1" || s.Backends[0].Weight != 3 || s.Backends[0].State != "active" || s.Backends[0].Health != "healthy" || s.Backends[0].Node != "h1" {
+		t.Fatalf("backends: %+v", s.Backends)
+	}
+}
