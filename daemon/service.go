@@ -92,13 +92,13 @@ type svcRecord struct {
 	Mode string `json:"endpoint_mode"`
 	// VIPs are the service's networks, sorted by name, each with its VIP
 	// (empty with dnsrr).
-	VIPs      []svcVIP `json:"vips"`
-	Scheduler string   `json:"scheduler"`
-	Affinity  string   `json:"affinity,omitempty"`
-	Ports     []string `json:"ports,omitempty"`
-	Health    string   `json:"health,omitempty"`
-	StopGrace string   `json:"stop_grace_period"`
-	DNSTTL    string   `json:"dns_ttl"`
+	VIPs      []svcVIP  `json:"vips"`
+	Scheduler string    `json:"scheduler"`
+	Affinity  string    `json:"affinity,omitempty"`
+	Ports     []string  `json:"ports,omitempty"`
+	Health    string    `json:"health,omitempty"`
+	StopGrace string    `json:"stop_grace_period"`
+	DNSTTL    string    `json:"dns_ttl"`
 	Created   time.Time `json:"created"`
 	CreatedBy string    `json:"created_by"`
 }
