@@ -191,3 +191,93 @@ func TestAttachJoinsServices(t *testing.T) {
 		t.Fatalf("backends: %+v", s.Backends)
 	}
 }
+
+func TestServiceBackendsOnEveryHost(t *testing.T) {
+	ds, _ := threeNodes(t)
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.3.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		waitFor(t, "the network on every node", func() bool { _, err := d.Network("web"); return err == nil })
+	}
+	s := mustCreateService(t, ds[1], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
+	for _, d := range ds {
+		waitFor(t, "the service on every node", func() bool { _, err := d.Service("api"); return err == nil })
+	}
+	a := mustAttach(t, ds[0], api.AttachRequest{Network: "web", Name: "a", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+	b := mustAttach(t, ds[2], api.AttachRequest{Network: "web", Name: "b", Create: true, Services: []api.ServiceMember{{Name: "api", Weight: 2}}})
+	vip := netip.MustParseAddr(s.VIPs[0].VIP)
+	for _, ip := range []string{a.IP, b.IP} {
+		if ip == s.VIPs[0].VIP {
+			t.Fatalf("container got the VIP %s", ip)
+		}
+	}
+	want := []lb.Backend{
+		{IP: netip.MustParseAddr(a.IP), MAC: packet.MAC(macForIP(netip.MustParseAddr(a.IP))), Weight: 1},
+		{IP: netip.MustParseAddr(b.IP), MAC: packet.MAC(macForIP(netip.MustParseAddr(b.IP))), Weight: 2},
+	}
+	for i, d := range ds {
+		waitFor(t, "both backends in every node's desired data plane", func() bool {
+			svcs := desiredServices(d, "web")
+			return len(svcs) == 1 && svcs[0].VIP == vip && slices.Equal(svcs[0].Backends, want)
+		})
+		ps, _ := d.Service("api")
+		if len(ps.Backends) != 2 || ps.Backends[0].Node != "h1" || ps.Backends[1].Node != "h3" {
+			t.Fatalf("service ps on h%d: %+v", i+1, ps.Backends)
+		}
+	}
+	// Another node cannot take the VIP for a container.
+	if _, err := ds[2].Attach(api.AttachRequest{Network: "web", Name: "c", Create: true, IP: vip.String()}); err == nil {
+		t.Fatal("h3 gave the VIP to a container")
+	}
+	// Removed on h1: gone everywhere, and the backends are no longer
+	// backends.
+	if err := ds[0].RemoveService("api"); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		waitFor(t, "the service gone everywhere", func() bool { return len(desiredServices(d, "web")) == 0 && len(d.Services()) == 0 })
+	}
+}
+
+func TestServiceNameRaceAcrossNodes(t *testing.T) {
+	ds, _ := threeNodes(t)
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.4.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		waitFor(t, "the network on every node", func() bool { _, err := d.Network("web"); return err == nil })
+	}
+	for round := range 5 {
+		name := "svc" + string(rune('a'+round))
+		errs := make(chan error, 2)
+		for _, d := range ds[:2] {
+			go func() {
+				_, err := d.CreateService(api.ServiceCreateRequest{Name: name, Networks: []string{"web"}})
+				errs <- err
+			}()
+		}
+		e1, e2 := <-errs, <-errs
+		if (e1 == nil) == (e2 == nil) {
+			t.Fatalf("round %d: two creates of %s on two nodes: %v and %v; want exactly one to succeed", round, name, e1, e2)
+		}
+		lost := e1
+		if lost == nil {
+			lost = e2
+		}
+		if !strings.Contains(lost.Error(), "concurrently") && !strings.Contains(lost.Error(), "already") {
+			t.Fatalf("round %d: the loser's error: %v", round, lost)
+		}
+		for _, d := range ds {
+			waitFor(t, "one service everywhere", func() bool { _, err := d.Service(name); return err == nil })
+		}
+	}
+	// Every VIP differs.
+	seen := map[string]bool{}
+	for _, s := range ds[2].Services() {
+		if seen[s.VIPs[0].VIP] {
+			t.Fatalf("VIP %s given twice", s.VIPs[0].VIP)
+		}
+		seen[s.VIPs[0].VIP] = true
+	}
+}
