@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/lb"
@@ -279,5 +280,60 @@ func TestServiceNameRaceAcrossNodes(t *testing.T) {
 			t.Fatalf("VIP %s given twice", s.VIPs[0].VIP)
 		}
 		seen[s.VIPs[0].VIP] = true
+	}
+}
+
+func TestRemovedBackendDrainsFirst(t *testing.T) {
+	d := serviceDaemon(t)
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, StopGracePeriod: "400ms"})
+	b1 := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "b1", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+	b2 := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "b2", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+	for _, op := range []struct {
+		name string
+		ip   string
+		run  func() error
+	}{
+		{"rm", b1.IP, func() error { return d.RemoveContainer("b1") }},
+		{"detach", b2.IP, func() error { return d.Detach("b2", "") }},
+	} {
+		gone := netip.MustParseAddr(op.ip)
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- op.run() }()
+		waitFor(t, op.name+": the backend draining", func() bool {
+			for _, b := range desiredServices(d, "web")[0].Backends {
+				if b.IP == gone {
+					return b.State == lb.Draining
+				}
+			}
+			return false
+		})
+		d.mu.Lock()
+		tasks := d.serviceSet(d.endpointSet().accepted).dnsServices()[0].Tasks
+		d.mu.Unlock()
+		if slices.Contains(tasks, gone) {
+			t.Fatalf("%s: a draining backend is still in DNS: %v", op.name, tasks)
+		}
+		// Meanwhile the container cannot be attached or removed again.
+		if err := d.RemoveContainer("b1"); op.name == "rm" && (err == nil || !strings.Contains(err.Error(), "draining")) {
+			t.Fatalf("rm during the drain: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if el := time.Since(start); el < 400*time.Millisecond {
+			t.Fatalf("%s: took %v, less than the stop grace period", op.name, el)
+		}
+		for _, b := range desiredServices(d, "web")[0].Backends {
+			if b.IP == gone {
+				t.Fatalf("%s: the backend is still there after its grace period", op.name)
+			}
+		}
+	}
+	// A container that is no backend goes at once.
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "plain", Create: true})
+	start := time.Now()
+	if err := d.RemoveContainer("plain"); err != nil || time.Since(start) > 300*time.Millisecond {
+		t.Fatalf("rm of a plain container: %v after %v", err, time.Since(start))
 	}
 }
