@@ -1,13 +1,16 @@
 package daemon
 
 import (
+	"encoding/json"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -336,4 +339,73 @@ func TestRemovedBackendDrainsFirst(t *testing.T) {
 	if err := d.RemoveContainer("plain"); err != nil || time.Since(start) > 300*time.Millisecond {
 		t.Fatalf("rm of a plain container: %v after %v", err, time.Since(start))
 	}
+}
+
+// FuzzDecodeService runs arbitrary services-table values through the
+// decoder: it never panics, and what it accepts is canonical (encoding
+// the record again and decoding it gives the same record) and makes
+// balancer services that lb accepts.
+func FuzzDecodeService(f *testing.F) {
+	f.Add([]byte(`{"name":"api","id":"abababababababababababababababab","endpoint_mode":"vip","vips":[{"network":"web","vip":"10.0.0.200"}],"scheduler":"rr","stop_grace_period":"10s","dns_ttl":"10s","created":"2026-01-01T00:00:00Z","created_by":"h1"}`))
+	f.Add([]byte(`{"name":"api","id":"abababababababababababababababab","endpoint_mode":"vip","vips":[{"network":"a","vip":"10.0.0.2"},{"network":"b","vip":"10.0.1.2"}],"scheduler":"maglev","affinity":"client-ip:5m0s","ports":["80/tcp","8080:80/tcp","53/udp"],"health":"http::80/healthz","stop_grace_period":"1m30s","dns_ttl":"0s","created":"2026-01-01T00:00:00Z","created_by":"h1"}`))
+	f.Add([]byte(`{"name":"rr","id":"abababababababababababababababab","endpoint_mode":"dnsrr","vips":[{"network":"web"}],"scheduler":"wrr","health":"tcp:80","stop_grace_period":"0s","dns_ttl":"600s","created":"2026-01-01T00:00:00Z","created_by":"h1"}`))
+	f.Add([]byte(`{"name":"x","vips":[{"network":"web","vip":"::1"}]}`))
+	f.Fuzz(func(t *testing.T, value []byte) {
+		var probe svcRecord
+		if json.Unmarshal(value, &probe) != nil {
+			probe.Name = "x"
+		}
+		s, err := decodeService(cluster.Entry{Key: probe.Name, Value: value})
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error on several lines: %q", err)
+			}
+			return
+		}
+		b, _ := json.Marshal(s.rec)
+		again, err := decodeService(cluster.Entry{Key: probe.Name, Value: b})
+		if err != nil || !reflect.DeepEqual(again.rec, s.rec) {
+			t.Fatalf("accepted %s, but not its re-encoding %s: %v", value, b, err)
+		}
+		for _, vip := range s.vips {
+			if !vip.IsValid() {
+				continue
+			}
+			svc := lb.Service{Name: s.rec.Name, VIP: vip, Ports: s.ports, Scheduler: s.sched, Affinity: s.affinity}
+			if err := svc.Validate(); err != nil {
+				t.Fatalf("accepted %s, which lb refuses: %v", value, err)
+			}
+		}
+	})
+}
+
+func TestInvalidServiceRecordsAreRefusedAndCounted(t *testing.T) {
+	d := serviceDaemon(t)
+	peer := fuzzPeer(t, d)
+	put := func(table, key, value string) {
+		t.Helper()
+		if err := peer.Put(table, key, []byte(value)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the record on the daemon", func() bool { _, ok := d.cl.Get(table, key); return ok })
+	}
+	good := `{"name":"api","id":"abababababababababababababababab","endpoint_mode":"vip","vips":[{"network":"web","vip":"10.9.0.200"}],"scheduler":"rr","stop_grace_period":"10s","dns_ttl":"10s","created":"2026-01-01T00:00:00Z","created_by":"peer"}`
+	put(tblServices, "api", good)
+	put(tblServices, "bad", strings.ReplaceAll(strings.ReplaceAll(good, `"api"`, `"bad"`), `"rr"`, `"random"`))
+	put(tblServices, "outside", strings.ReplaceAll(strings.ReplaceAll(good, `"api"`, `"outside"`), "10.9.0.200", "192.168.0.1"))
+	waitFor(t, "the refusal counted", func() bool { return d.Stats().RefusedRecords[tblServices] == 1 })
+	if _, err := d.Service("bad"); err == nil {
+		t.Fatal("an invalid service record is shown")
+	}
+	// A VIP outside its network's subnet is not balanced nor answered.
+	svcs := desiredServices(d, "web")
+	if len(svcs) != 1 || svcs[0].Name != "api" {
+		t.Fatalf("desired services: %+v", svcs)
+	}
+	if d.Stats().RefusedRecords["service-conflict"] == 0 {
+		t.Fatal("the VIP outside the subnet was not counted")
+	}
+	// An endpoint record with a bad membership is refused whole.
+	put(tblEndpoints, "peer/web/e", `{"name":"e","network":"web","ip":"10.9.0.50","mac":"02:42:0a:09:00:32","node":"peer","services":[{"name":"api","id":"abababababababababababababababab","weight":0,"state":"active","health":"healthy"}]}`)
+	waitFor(t, "the endpoint refused", func() bool { return d.Stats().RefusedRecords[tblEndpoints] == 1 })
 }
