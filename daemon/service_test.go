@@ -409,3 +409,104 @@ func TestInvalidServiceRecordsAreRefusedAndCounted(t *testing.T) {
 	put(tblEndpoints, "peer/web/e", `{"name":"e","network":"web","ip":"10.9.0.50","mac":"02:42:0a:09:00:32","node":"peer","services":[{"name":"api","id":"abababababababababababababababab","weight":0,"state":"active","health":"healthy"}]}`)
 	waitFor(t, "the endpoint refused", func() bool { return d.Stats().RefusedRecords[tblEndpoints] == 1 })
 }
+
+func TestServiceUpdate(t *testing.T) {
+	d := serviceDaemon(t)
+	s := mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, Ports: []string{"80"}})
+	str := func(v string) *string { return &v }
+	port := 8080
+	up, err := d.UpdateService("api", api.ServiceUpdateRequest{
+		AddNetworks: []string{"db"}, VIPs: []string{"db=10.9.1.77"}, Scheduler: str("p2c"), Affinity: str("client-ip"),
+		Ports: &[]string{}, HealthTCP: &port, StopGracePeriod: str("1m"), DNSTTL: str("30s"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmtVIPList(up.VIPs) != "db=10.9.1.77,web="+s.VIPs[0].VIP || up.Scheduler != "p2c" || up.Affinity != "client-ip:5m0s" ||
+		len(up.Ports) != 0 || up.HealthCheck != "tcp:8080" || up.StopGracePeriod != "1m0s" || up.DNSTTL != "30s" || up.ID != s.ID {
+		t.Fatalf("updated: %+v", up)
+	}
+	if svcs := desiredServices(d, "db"); len(svcs) != 1 || svcs[0].VIP != netip.MustParseAddr("10.9.1.77") || svcs[0].Scheduler != lb.PowerOfTwo {
+		t.Fatalf("desired services of db: %+v", svcs)
+	}
+	// Bad updates change nothing.
+	for _, tc := range []struct {
+		req  api.ServiceUpdateRequest
+		want string
+	}{
+		{api.ServiceUpdateRequest{AddNetworks: []string{"nope"}}, `network "nope": not found`},
+		{api.ServiceUpdateRequest{AddNetworks: []string{"web"}}, "already one of its networks"},
+		{api.ServiceUpdateRequest{RemoveNetworks: []string{"web", "db"}}, "no network left"},
+		{api.ServiceUpdateRequest{VIPs: []string{"web=10.9.1.5"}}, "not a host address"},
+		{api.ServiceUpdateRequest{Scheduler: str("fastest")}, `scheduler "fastest"`},
+		{api.ServiceUpdateRequest{DNSTTL: str("1ms")}, "whole seconds"},
+		{api.ServiceUpdateRequest{EndpointMode: str("dnsrr"), VIPs: []string{"web=10.9.0.9"}}, "dnsrr service has no VIP"},
+	} {
+		if _, err := d.UpdateService("api", tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("update %+v: got %v, want %q", tc.req, err, tc.want)
+		}
+	}
+	if _, err := d.UpdateService("nope", api.ServiceUpdateRequest{}); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("update of a missing service: %v", err)
+	}
+	if again, _ := d.Service("api"); fmtVIPList(again.VIPs) != fmtVIPList(up.VIPs) || again.Scheduler != "p2c" {
+		t.Fatalf("a refused update changed the service: %+v", again)
+	}
+	// Moving the VIP and dropping a network; then dnsrr drops every VIP.
+	up, err = d.UpdateService("api", api.ServiceUpdateRequest{RemoveNetworks: []string{"db"}, VIPs: []string{"web=10.9.0.99"}, Affinity: str("none")})
+	if err != nil || fmtVIPList(up.VIPs) != "web=10.9.0.99" || up.Affinity != "" {
+		t.Fatalf("update: %+v, %v", up, err)
+	}
+	if len(desiredServices(d, "db")) != 0 {
+		t.Fatal("the removed network still has the service")
+	}
+	up, err = d.UpdateService("api", api.ServiceUpdateRequest{EndpointMode: str("dnsrr")})
+	if err != nil || fmtVIPList(up.VIPs) != "web" || len(desiredServices(d, "web")) != 0 {
+		t.Fatalf("to dnsrr: %+v, %v", up, err)
+	}
+	// The old VIP is free again.
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c", Create: true, IP: "10.9.0.99"})
+}
+
+func fmtVIPList(vs []api.ServiceVIP) string {
+	var out []string
+	for _, v := range vs {
+		s := v.Network
+		if v.VIP != "" {
+			s += "=" + v.VIP
+		}
+		out = append(out, s)
+	}
+	return strings.Join(out, ",")
+}
+
+func TestServicesInDNS(t *testing.T) {
+	d := serviceDaemon(t)
+	s := mustCreateService(t, d, api.ServiceCreateRequest{Name: "API", Networks: []string{"web"}, Ports: []string{"80"}, DNSTTL: "7s"})
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "rr", Networks: []string{"web"}, EndpointMode: "dnsrr"})
+	b := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "b", Create: true, Services: []api.ServiceMember{{Name: "API"}, {Name: "rr"}}})
+	d.mu.Lock()
+	got := d.serviceSet(d.endpointSet().accepted).dnsServices()
+	d.mu.Unlock()
+	bip := netip.MustParseAddr(b.IP)
+	if len(got) != 2 || got[0].Name != "api" || got[0].Network != "web" || got[0].VIP != netip.MustParseAddr(s.VIPs[0].VIP) ||
+		got[0].TTL != 7*time.Second || len(got[0].Ports) != 1 || !slices.Equal(got[0].Tasks, []netip.Addr{bip}) {
+		t.Fatalf("dns services: %+v", got)
+	}
+	if got[1].Name != "rr" || got[1].VIP.IsValid() || !slices.Equal(got[1].Tasks, []netip.Addr{bip}) {
+		t.Fatalf("dnsrr service: %+v", got[1])
+	}
+	// An unhealthy backend leaves DNS and is ejected in the balancer.
+	if !d.setBackendHealth("b", "web", "API", false) {
+		t.Fatal("no backend to mark")
+	}
+	d.mu.Lock()
+	got = d.serviceSet(d.endpointSet().accepted).dnsServices()
+	d.mu.Unlock()
+	if len(got[0].Tasks) != 0 || desiredServices(d, "web")[0].Backends[0].State != lb.Ejected {
+		t.Fatalf("unhealthy backend: dns %+v, balancer %+v", got, desiredServices(d, "web"))
+	}
+	if ps, _ := d.Service("API"); ps.Backends[0].Health != "unhealthy" {
+		t.Fatalf("service ps: %+v", ps.Backends)
+	}
+}
