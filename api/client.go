@@ -150,7 +150,7 @@ func (c *Client) Detach(name, network string) error {
 	if network != "" {
 		p += "?network=" + url.QueryEscape(network)
 	}
-	return c.do(http.MethodDelete, p, nil, nil)
+	return c.long().do(http.MethodDelete, p, nil, nil)
 }
 
 // Endpoints lists the endpoints of the host.
@@ -171,9 +171,45 @@ func (c *Client) Container(name string) (Container, error) {
 	return ct, c.do(http.MethodGet, "/v1/containers/"+url.PathEscape(name), nil, &ct)
 }
 
-// RemoveContainer removes a container.
+// RemoveContainer removes a container. A backend of services first
+// drains for their stop grace period, so the call may take that long.
 func (c *Client) RemoveContainer(name string) error {
-	return c.do(http.MethodDelete, "/v1/containers/"+url.PathEscape(name), nil, nil)
+	return c.long().do(http.MethodDelete, "/v1/containers/"+url.PathEscape(name), nil, nil)
+}
+
+// long is c without the request timeout, for calls that wait for a
+// service's stop grace period.
+func (c *Client) long() *Client {
+	return &Client{socket: c.socket, http: &http.Client{Transport: c.http.Transport}}
+}
+
+// CreateService creates a service.
+func (c *Client) CreateService(req ServiceCreateRequest) (Service, error) {
+	var s Service
+	return s, c.do(http.MethodPost, "/v1/services", req, &s)
+}
+
+// Services lists the services.
+func (c *Client) Services() ([]Service, error) {
+	var s []Service
+	return s, c.do(http.MethodGet, "/v1/services", nil, &s)
+}
+
+// Service returns one service with its backends and this node's counters.
+func (c *Client) Service(name string) (Service, error) {
+	var s Service
+	return s, c.do(http.MethodGet, "/v1/services/"+url.PathEscape(name), nil, &s)
+}
+
+// UpdateService changes a service.
+func (c *Client) UpdateService(name string, req ServiceUpdateRequest) (Service, error) {
+	var s Service
+	return s, c.do(http.MethodPatch, "/v1/services/"+url.PathEscape(name), req, &s)
+}
+
+// RemoveService removes a service; its backends stop being backends.
+func (c *Client) RemoveService(name string) error {
+	return c.do(http.MethodDelete, "/v1/services/"+url.PathEscape(name), nil, nil)
 }
 
 // MainProcess tells the daemon the PID of a container's main process, or

@@ -207,6 +207,16 @@ type AttachRequest struct {
 	IP      string   `json:"ip,omitempty"`
 	Aliases []string `json:"aliases,omitempty"`
 	IfName  string   `json:"ifname,omitempty"`
+	// Services are the services the endpoint joins as a backend
+	// (`--service NAME[:WEIGHT]`); each must exist and be on Network.
+	Services []ServiceMember `json:"services,omitempty"`
+}
+
+// ServiceMember is an endpoint's membership of a service: Weight (1 when
+// 0) counts for the wrr and maglev schedulers.
+type ServiceMember struct {
+	Name   string `json:"name"`
+	Weight int    `json:"weight,omitempty"`
 }
 
 // Container is a container made by `vxmesh run` or an attached namespace,
@@ -318,6 +328,19 @@ type Stats struct {
 	// hard limit at start): past it, new containers and connections fail.
 	OpenFDs int    `json:"open_fds"`
 	FDLimit uint64 `json:"fd_limit"`
+	// Services are this node's counters of every service on every
+	// network (empty until the data plane reports them).
+	Services []ServiceStats `json:"services,omitempty"`
+	// Conntrack is this node's connection table.
+	Conntrack ConntrackStats `json:"conntrack"`
+}
+
+// ConntrackStats describe the host's service connection table.
+type ConntrackStats struct {
+	Max       int               `json:"max"`
+	Entries   int               `json:"entries"`
+	Evictions uint64            `json:"evictions"`
+	Drops     map[string]uint64 `json:"drops,omitempty"`
 }
 
 // DNSStats are the embedded resolver's counters.
@@ -360,6 +383,123 @@ type LatencyStats struct {
 type LatencyBucket struct {
 	LeMs  float64 `json:"le_ms,omitempty"`
 	Count uint64  `json:"count"`
+}
+
+// Service is a cluster-wide service: a virtual IP per network (none with
+// endpoint mode dnsrr), a balancing policy and the endpoints that joined
+// it as backends (`run/attach --service`).
+type Service struct {
+	Name string `json:"name"`
+	ID   string `json:"id"`
+	// EndpointMode is "vip" (a VIP balanced in the switch) or "dnsrr"
+	// (DNS answers the backends' addresses).
+	EndpointMode string `json:"endpoint_mode"`
+	// VIPs are the service's networks with its VIP on each (empty with
+	// dnsrr).
+	VIPs []ServiceVIP `json:"vips"`
+	// Scheduler is rr, wrr, lc, p2c or maglev.
+	Scheduler string `json:"scheduler"`
+	// Affinity is "" or client-ip:TIMEOUT (a Go duration).
+	Affinity string `json:"affinity,omitempty"`
+	// Ports are PORT/PROTO or PORT:TARGET/PROTO; none means every port of
+	// the VIP goes to the same port on a backend.
+	Ports []string `json:"ports"`
+	// HealthCheck is "", tcp:PORT or http::PORT/PATH.
+	HealthCheck string `json:"health_check,omitempty"`
+	// StopGracePeriod is how long a leaving backend keeps its
+	// connections; DNSTTL the TTL of the service's DNS answers (Go
+	// durations).
+	StopGracePeriod string    `json:"stop_grace_period"`
+	DNSTTL          string    `json:"dns_ttl"`
+	Created         time.Time `json:"created"`
+	CreatedBy       string    `json:"created_by"`
+	// Backends are the service's backends on every node (inspect and ps
+	// only), with this node's counters.
+	Backends []ServiceBackend `json:"backends,omitempty"`
+	// Stats are this node's counters of the service, per network
+	// (inspect only; empty until the data plane reports them).
+	Stats []ServiceStats `json:"stats,omitempty"`
+}
+
+// ServiceVIP is a service's virtual IP on one network.
+type ServiceVIP struct {
+	Network string `json:"network"`
+	VIP     string `json:"vip,omitempty"`
+}
+
+// ServiceBackend is one backend of a service as `service ps` shows it.
+type ServiceBackend struct {
+	Node      string `json:"node"`
+	Container string `json:"container"`
+	Network   string `json:"network"`
+	IP        string `json:"ip"`
+	Weight    int    `json:"weight"`
+	// State is active or draining (leaving: no new connections).
+	State string `json:"state"`
+	// Health is healthy or unhealthy (from the backend host's checks).
+	Health string `json:"health"`
+	// The counters of this node's data plane for the backend.
+	ActiveConns int64  `json:"active_conns"`
+	NewConns    uint64 `json:"new_conns"`
+	Bytes       uint64 `json:"bytes"`
+	Retries     uint64 `json:"retries"`
+	Ejections   uint64 `json:"ejections"`
+}
+
+// ServiceStats are one node's counters of a service on one network.
+type ServiceStats struct {
+	Service   string `json:"service"`
+	Network   string `json:"network"`
+	VIP       string `json:"vip"`
+	NewConns  uint64 `json:"new_conns"`
+	Active    int64  `json:"active_conns"`
+	Packets   uint64 `json:"packets"`
+	Bytes     uint64 `json:"bytes"`
+	Retries   uint64 `json:"retries"`
+	Rejects   uint64 `json:"rejects"`
+	Ejections uint64 `json:"ejections"`
+}
+
+// ServiceCreateRequest asks for a new service. Empty fields get defaults:
+// endpoint mode vip, scheduler rr, stop grace period 10s, DNS TTL 10s.
+type ServiceCreateRequest struct {
+	Name     string   `json:"name"`
+	Networks []string `json:"networks"`
+	// VIPs are IP (with one network) or NETWORK=IP; networks without one
+	// get a free address of their subnet.
+	VIPs         []string `json:"vips,omitempty"`
+	EndpointMode string   `json:"endpoint_mode,omitempty"`
+	Scheduler    string   `json:"scheduler,omitempty"`
+	// Affinity is client-ip or client-ip:TIMEOUT.
+	Affinity string   `json:"affinity,omitempty"`
+	Ports    []string `json:"ports,omitempty"`
+	// HealthTCP (a port) and HealthHTTP (:PORT/PATH) choose the active
+	// health check; at most one.
+	HealthTCP       int    `json:"health_tcp,omitempty"`
+	HealthHTTP      string `json:"health_http,omitempty"`
+	StopGracePeriod string `json:"stop_grace_period,omitempty"`
+	DNSTTL          string `json:"dns_ttl,omitempty"`
+}
+
+// ServiceUpdateRequest changes a service; nil fields stay as they are.
+type ServiceUpdateRequest struct {
+	// AddNetworks get a VIP each (from VIPs as NETWORK=IP, or a free
+	// one); RemoveNetworks lose theirs.
+	AddNetworks    []string `json:"add_networks,omitempty"`
+	RemoveNetworks []string `json:"remove_networks,omitempty"`
+	VIPs           []string `json:"vips,omitempty"`
+	// EndpointMode vip gives every network a VIP; dnsrr takes them away.
+	EndpointMode *string `json:"endpoint_mode,omitempty"`
+	Scheduler    *string `json:"scheduler,omitempty"`
+	// Affinity "" or "none" turns affinity off.
+	Affinity *string `json:"affinity,omitempty"`
+	// Ports replace the ports (an empty list: every port).
+	Ports           *[]string `json:"ports,omitempty"`
+	HealthTCP       *int      `json:"health_tcp,omitempty"`
+	HealthHTTP      *string   `json:"health_http,omitempty"`
+	NoHealth        bool      `json:"no_health,omitempty"`
+	StopGracePeriod *string   `json:"stop_grace_period,omitempty"`
+	DNSTTL          *string   `json:"dns_ttl,omitempty"`
 }
 
 // Error is the body of every non-2xx response.

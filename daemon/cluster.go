@@ -14,9 +14,9 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 )
 
-// Replicated tables (docs/architecture.md, "Cluster"). Networks outlive
-// the node that created them; endpoints belong to their node and leave
-// with it.
+// Replicated tables (docs/architecture.md, "Cluster"). Networks (and
+// services, tblServices) outlive the node that created them; endpoints
+// belong to their node and leave with it.
 const (
 	tblNetworks  = "networks"
 	tblEndpoints = "endpoints"
@@ -64,6 +64,8 @@ type epRecord struct {
 	MAC     string   `json:"mac"`
 	Node    string   `json:"node"`
 	Aliases []string `json:"aliases,omitempty"`
+	// Services are the services the endpoint joined as a backend.
+	Services []epService `json:"services,omitempty"`
 
 	version uint64 // of the table entry, for logging a refusal once
 }
@@ -73,6 +75,9 @@ func epKey(node, network, name string) string { return node + "/" + network + "/
 // publishEndpoint announces a local endpoint to the cluster.
 func (d *Daemon) publishEndpoint(ep *endpoint) {
 	rec := epRecord{Name: ep.ctr.name, Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), Node: d.cfg.Node, Aliases: ep.aliases}
+	for _, m := range ep.services {
+		rec.Services = append(rec.Services, m.record())
+	}
 	b, _ := json.Marshal(rec)
 	if err := d.cl.Put(tblEndpoints, epKey(d.cfg.Node, rec.Network, rec.Name), b); err != nil {
 		d.log.Error("publishing endpoint", "container", rec.Name, "network", rec.Network, "err", err)
@@ -293,13 +298,17 @@ func (d *Daemon) startCluster() error {
 	for _, t := range []struct {
 		name string
 		opt  cluster.TableOptions
-	}{{tblNetworks, cluster.TableOptions{}}, {tblEndpoints, cluster.TableOptions{NodeScoped: true}}} {
+	}{{tblNetworks, cluster.TableOptions{}}, {tblEndpoints, cluster.TableOptions{NodeScoped: true}}, {tblServices, cluster.TableOptions{}}} {
 		if err := cl.DefineTable(t.name, t.opt); err != nil {
 			cl.Close()
 			return err
 		}
 	}
 	if err := cl.DefineClaims(tblNetClaims, netClaimsConflict, netClaimTaken(cl)); err != nil {
+		cl.Close()
+		return err
+	}
+	if err := cl.DefineClaims(tblSvcClaims, svcClaimsConflict, svcClaimTaken(cl)); err != nil {
 		cl.Close()
 		return err
 	}

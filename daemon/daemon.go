@@ -26,6 +26,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/dataplane"
+	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 	"github.com/vxmesh/vxmesh/tunnel"
@@ -93,6 +94,12 @@ type Config struct {
 	// KeyRotationInterval is how often the rotator replaces the data key
 	// of encrypted networks (default DefaultKeyRotationInterval).
 	KeyRotationInterval time.Duration
+
+	// ConntrackMax bounds the host's service connection table (default
+	// lb.DefaultMax); ConntrackTimeouts' zero fields take
+	// lb.DefaultTimeouts.
+	ConntrackMax      int
+	ConntrackTimeouts lb.Timeouts
 
 	// MetricsAddr, if set, is the HOST:PORT of the Prometheus metrics
 	// listener (/metrics, plain HTTP, unauthenticated, no secrets). It is
@@ -163,6 +170,11 @@ type Daemon struct {
 	// creating holds the name, subnet and VNI of each CreateNetwork in
 	// flight, by name.
 	creating map[string]netClaim
+	// svcCreating holds the lower-cased names of the CreateService calls
+	// in flight; leaving the containers whose backends drain before
+	// their removal (drainBackends).
+	svcCreating map[string]bool
+	leaving     map[string]bool
 }
 
 // New validates cfg, takes the state directory's lock and restores the
@@ -211,6 +223,12 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.KeyRotationInterval < time.Second {
 		return nil, fmt.Errorf("key rotation interval %s: at least 1s", cfg.KeyRotationInterval)
 	}
+	if cfg.ConntrackMax < 0 {
+		return nil, fmt.Errorf("conntrack max %d: want a positive number of entries", cfg.ConntrackMax)
+	}
+	if cfg.ConntrackMax == 0 {
+		cfg.ConntrackMax = lb.DefaultMax
+	}
 	if cfg.apiTimeouts == nil {
 		cfg.apiTimeouts = &apiTimeouts{header: apiHeaderTimeout, request: apiRequestTimeout, idle: apiIdleTimeout}
 	}
@@ -243,6 +261,8 @@ func New(cfg Config) (*Daemon, error) {
 		attaching:   map[string]string{},
 		reservedIPs: map[string]map[netip.Addr]string{},
 		creating:    map[string]netClaim{},
+		svcCreating: map[string]bool{},
+		leaving:     map[string]bool{},
 	}
 	if dev, ino, err := d.sb.NetnsIdentity("/proc/self/ns/net"); err == nil {
 		d.selfNs = [2]uint64{dev, ino}

@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/vxmesh/vxmesh/dataplane"
+	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
@@ -29,7 +30,9 @@ func (d *Daemon) applyDataplane() error {
 // inside their node's address blocks; on a member with a VTEP address) as
 // remotes,
 // the nodes that have endpoints on it and its external VTEPs as flooding
-// peers, and the SAs of the key ring in use. Callers hold d.mu.
+// peers, every vip-mode service with its backends (serviceSet), the SAs
+// of the key ring in use and the conntrack's size and timeouts. Callers
+// hold d.mu.
 func (d *Daemon) desiredDataplane() dataplane.Config {
 	vtepOf := map[string]netip.Addr{}
 	for _, m := range d.cl.Members() {
@@ -39,8 +42,10 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 	}
 	remotes := map[string][]dataplane.Remote{}
 	// Only records that passed validation and the block check enter the
-	// desired state.
-	for _, rec := range d.endpointSet().accepted {
+	// desired state, as remotes and as service backends.
+	accepted := d.endpointSet().accepted
+	services := d.serviceSet(accepted)
+	for _, rec := range accepted {
 		vtep, ok := vtepOf[rec.Node]
 		if rec.Node == d.cfg.Node || !ok {
 			continue
@@ -52,12 +57,12 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 		}
 		remotes[rec.Network] = append(remotes[rec.Network], dataplane.Remote{MAC: mac, IP: ip, VTEP: vtep})
 	}
-	var cfg dataplane.Config
+	cfg := dataplane.Config{Conntrack: lb.Config{Max: d.cfg.ConntrackMax, Timeouts: d.cfg.ConntrackTimeouts}}
 	for _, n := range d.sortedNetworks() {
 		nc := dataplane.NetworkConfig{
 			Name: n.rec.Name, VNI: n.rec.VNI, MTU: n.rec.MTU, Cipher: n.cipher,
 			Gateway: n.gw, GatewayMAC: macForIP(n.gw), StormLimit: n.rec.StormLimit,
-			Remotes: remotes[n.rec.Name],
+			Remotes: remotes[n.rec.Name], Services: services.lbServices(n.rec.Name),
 		}
 		for _, v := range n.rec.VTEPs {
 			if a, err := netip.ParseAddr(v); err == nil {

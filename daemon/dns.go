@@ -97,14 +97,15 @@ func (d *Daemon) startDNS() {
 	d.log.Info("dns: resolver ready", "listen", dns.ListenAddr, "upstreams", fmt.Sprint(ups))
 }
 
-// refreshDNS rebuilds the records from the endpoints table.
+// refreshDNS rebuilds the records from the endpoints and services tables.
 func (d *Daemon) refreshDNS() {
 	if d.dns == nil {
 		return
 	}
 	d.dns.rebuild.Lock()
 	defer d.dns.rebuild.Unlock()
-	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, d.endpointSet().accepted, nil))
+	accepted := d.endpointSet().accepted
+	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, accepted, d.serviceSet(accepted).dnsServices()))
 }
 
 // dnsAttached updates the records after c got an endpoint (or its

@@ -52,6 +52,8 @@ type endpoint struct {
 	mac     packet.MAC
 	ifname  string
 	aliases []string
+	// services are the services the endpoint joined as a backend.
+	services []svcMember
 
 	// dev is the open device, handed to the data plane (which closes it
 	// once the endpoint leaves the desired state); nil while the endpoint
@@ -78,7 +80,11 @@ func (d *Daemon) endpointState(ep *endpoint) string {
 }
 
 func (ep *endpoint) saved() savedEndpoint {
-	return savedEndpoint{Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), IfName: ep.ifname, Aliases: ep.aliases}
+	s := savedEndpoint{Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), IfName: ep.ifname, Aliases: ep.aliases}
+	for _, m := range ep.services {
+		s.Services = append(s.Services, savedSvcMember{Name: m.name, ID: m.id, Weight: m.weight})
+	}
+	return s
 }
 
 // resolvConfPath is the resolv.conf bind-mounted for processes of c.
@@ -121,6 +127,11 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 
 	d.mu.Lock()
 	n, c, err := d.beginAttach(req)
+	if err == nil {
+		if _, err = d.attachMembers(req, n); err != nil {
+			d.endAttach(req.Name)
+		}
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return api.Endpoint{}, err
@@ -155,6 +166,10 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	}
 	d.mu.Lock()
 	e, cfg, err := d.prepareEndpoint(req, n, c, ip)
+	if err == nil {
+		// The services again: one may have gone meanwhile.
+		e.services, err = d.attachMembers(req, n)
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return api.Endpoint{}, err
@@ -191,6 +206,9 @@ func (d *Daemon) beginAttach(req api.AttachRequest) (*localNetwork, *container, 
 	}
 	if c != nil && c.endpoints[n.rec.Name] != nil {
 		return nil, nil, conflict("container %q: already attached to network %q", req.Name, n.rec.Name)
+	}
+	if d.leaving[req.Name] {
+		return nil, nil, conflict("container %q: its backends are draining before its removal; try again", req.Name)
 	}
 	d.attaching[req.Name] = n.rec.Name
 	return n, c, nil
@@ -400,6 +418,11 @@ func (d *Daemon) checkFreeIP(n *localNetwork, a netip.Addr) error {
 	if a == n.gw {
 		return conflict("ip %s: is the gateway of network %q", a, n.rec.Name)
 	}
+	for name, s := range d.clusterServices() {
+		if s.vips[n.rec.Name] == a {
+			return conflict("ip %s: already the VIP of service %q on network %q", a, name, n.rec.Name)
+		}
+	}
 	return conflict("ip %s: already in use on network %q", a, n.rec.Name)
 }
 
@@ -496,8 +519,14 @@ func (d *Daemon) writeResolvConf() error {
 // endpoint left is forgotten; a managed one stays until `rm`. The state is
 // saved before anything is destroyed, so a failed save changes nothing.
 func (d *Daemon) Detach(name, network string) error {
+	drained, err := d.drainBackends(name, network)
+	if err != nil {
+		return err
+	}
+	draining := drained != nil
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer d.flushDrained(drained)
 	c, ok := d.containers[name]
 	if !ok {
 		return notFound("container %q: not found", name)
@@ -516,6 +545,9 @@ func (d *Daemon) Detach(name, network string) error {
 	ep, ok := c.endpoints[network]
 	if !ok {
 		return notFound("container %q: not attached to network %q", name, network)
+	}
+	if d.leaving[name] && !draining {
+		return conflict("container %q: its backends are draining before its removal; try again", name)
 	}
 	delete(c.endpoints, network)
 	forget := len(c.endpoints) == 0 && !c.managed
@@ -575,14 +607,22 @@ func (d *Daemon) removeEndpoint(ep *endpoint, nsPath string) {
 // saved state before anything is destroyed, so a failed save leaves the
 // container as it was, still removable.
 func (d *Daemon) RemoveContainer(name string) error {
+	drained, err := d.drainBackends(name, "*")
+	if err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer d.flushDrained(drained)
 	c, ok := d.containers[name]
 	if !ok {
 		return notFound("container %q: not found", name)
 	}
 	if _, busy := d.attaching[name]; busy {
 		return conflict("container %q: an attach of it is in progress; try again", name)
+	}
+	if d.leaving[name] && drained == nil {
+		return conflict("container %q: its backends are draining before its removal; try again", name)
 	}
 	nsPath, release, nsErr := d.pinNetns(c)
 	if nsErr != nil {
@@ -777,6 +817,9 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				return nil, fmt.Errorf("state: container %q: %w", sc.Name, err)
 			}
 			ep := &endpoint{ctr: c, net: n, ip: ip, mac: mac, ifname: se.IfName, aliases: se.Aliases}
+			for _, m := range se.Services {
+				ep.services = append(ep.services, svcMember{name: m.Name, id: m.ID, weight: m.Weight, healthy: true})
+			}
 			c.endpoints[n.rec.Name] = ep
 			if nsErr != nil {
 				ep.down = "down: netns " + c.netns + ": " + nsErr.Error()

@@ -87,7 +87,8 @@ func (d *Daemon) removeLocalNetwork(n *localNetwork) {
 }
 
 // usedIPs returns the addresses taken in n: its gateway, the endpoints of
-// every node and the addresses reserved by attaches in flight.
+// every node, the VIPs of every service and the addresses reserved by
+// attaches and service creates in flight.
 func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	used := map[netip.Addr]bool{n.gw: true}
 	for a := range d.reservedIPs[n.rec.Name] {
@@ -100,6 +101,11 @@ func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	}
 	for _, rec := range d.clusterEndpoints() {
 		if a, err := netip.ParseAddr(rec.IP); err == nil && rec.Network == n.rec.Name {
+			used[a] = true
+		}
+	}
+	for _, s := range d.clusterServices() {
+		if a := s.vips[n.rec.Name]; a.IsValid() {
 			used[a] = true
 		}
 	}
@@ -369,6 +375,16 @@ func (d *Daemon) RemoveNetwork(name string) error {
 	}
 	if len(names) > 0 {
 		return conflict("network %q: still has %d endpoint(s) attached (%s); detach or remove them first", name, len(names), strings.Join(names, ", "))
+	}
+	var svcs []string
+	for sname, s := range d.clusterServices() {
+		if s.onNetwork(name) {
+			svcs = append(svcs, sname)
+		}
+	}
+	if len(svcs) > 0 {
+		sort.Strings(svcs)
+		return conflict("network %q: used by service(s) %s; remove them or take the network away with service update --network-rm", name, strings.Join(svcs, ", "))
 	}
 	if err := d.cl.Delete(tblNetworks, name); err != nil {
 		return fmt.Errorf("network %q: %w", name, err)

@@ -110,7 +110,7 @@ func (d *Daemon) refuseEndpoint(out *endpointSet, rec epRecord, err error) {
 }
 
 // holdBlocks makes this node hold the IPAM block of every address its
-// endpoints use: after a restart its claims from the previous run are gone
+// endpoints use (and of the VIPs of the services it created): after a restart its claims from the previous run are gone
 // (the cluster overwrites them), but the endpoints kept their addresses.
 // A block another node holds is reported once: that endpoint's record is
 // then refused by the other nodes. Callers hold d.mu; nothing here waits
@@ -130,6 +130,29 @@ func (d *Daemon) holdBlocks() {
 			if err := d.cl.KeepBlock(name, b); err != nil {
 				d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, c.name), d.cfg.Node, 0,
 					fmt.Errorf("this node's endpoint %s: the other nodes refuse it: %w", ep.ip, err))
+			}
+		}
+	}
+	// The VIPs of the services this node created came from its blocks:
+	// it keeps them, so that no other node claims the block and hands a
+	// VIP out before it learns the service (every node's usedIPs counts
+	// the VIPs it knows).
+	for _, s := range d.clusterServices() {
+		if s.rec.CreatedBy != d.cfg.Node {
+			continue
+		}
+		for network, vip := range s.vips {
+			n := d.networks[network]
+			if n == nil || !vip.IsValid() || !n.subnet.Contains(vip) {
+				continue
+			}
+			if held[network] == nil {
+				held[network] = d.cl.Blocks(network)
+			}
+			if b := blockOf(n.subnet, vip); held[network][b] == "" {
+				if err := d.cl.KeepBlock(network, b); err == nil {
+					held[network][b] = d.cfg.Node
+				}
 			}
 		}
 	}

@@ -12,7 +12,7 @@ import (
 )
 
 // FuzzReconcile has another cluster member write arbitrary values into
-// the tables the daemon reads (networks, endpoints, IPAM blocks) and runs
+// the tables the daemon reads (networks, endpoints, IPAM blocks, services) and runs
 // them through decoding, validation and reconcile: the daemon must never
 // panic (reconcile's safety net counts "reconcile-panic"), and every
 // network it sets up must pass the API's validation.
@@ -25,6 +25,10 @@ func FuzzReconcile(f *testing.F) {
 	f.Add(uint8(1), "peer/base/z", []byte(`{"name":"z","network":"base","ip":"::1","mac":"zz","node":"peer"}`))
 	f.Add(uint8(2), "base|10.0.0.0/28|peer", []byte(nil))
 	f.Add(uint8(2), "base|::/0|peer", []byte(nil))
+	f.Add(uint8(3), "api", []byte(`{"name":"api","id":"abababababababababababababababab","endpoint_mode":"vip","vips":[{"network":"base","vip":"10.0.0.200"}],"scheduler":"rr","stop_grace_period":"10s","dns_ttl":"10s","created":"2026-01-01T00:00:00Z","created_by":"peer"}`))
+	f.Add(uint8(3), "api", []byte(`{"name":"api","id":"abababababababababababababababab","endpoint_mode":"vip","vips":[{"network":"base","vip":"10.0.0.1"}],"scheduler":"maglev","affinity":"client-ip:5m0s","ports":["80/tcp"],"health":"http::80/h","stop_grace_period":"0s","dns_ttl":"0s","created":"2026-01-01T00:00:00Z","created_by":"peer"}`))
+	f.Add(uint8(3), "rr", []byte(`{"name":"rr","id":"abababababababababababababababab","endpoint_mode":"dnsrr","vips":[{"network":"base"}],"scheduler":"rr","stop_grace_period":"10s","dns_ttl":"10s","created":"2026-01-01T00:00:00Z","created_by":"peer"}`))
+	f.Add(uint8(1), "peer/base/w", []byte(`{"name":"w","network":"base","ip":"10.0.0.2","mac":"02:42:0a:00:00:02","node":"peer","services":[{"name":"api","id":"abababababababababababababababab","weight":1000,"state":"draining","health":"unhealthy"}]}`))
 
 	d := newTestDaemon(f, newFakeSandbox(), f.TempDir())
 	f.Cleanup(d.Close)
@@ -36,7 +40,7 @@ func FuzzReconcile(f *testing.F) {
 	}
 	peer := fuzzPeer(f, d)
 
-	tables := []string{tblNetworks, tblEndpoints, "ipam-blocks"}
+	tables := []string{tblNetworks, tblEndpoints, "ipam-blocks", tblServices}
 	f.Fuzz(func(t *testing.T, table uint8, key string, value []byte) {
 		tbl := tables[int(table)%len(tables)]
 		if err := peer.Put(tbl, key, value); err != nil {
@@ -68,6 +72,19 @@ func FuzzReconcile(f *testing.F) {
 		}
 		d.Nodes()
 		d.refreshDNS()
+		for _, s := range d.Services() {
+			d.Service(s.Name)
+		}
+		d.mu.Lock()
+		for _, nc := range d.desiredDataplane().Networks {
+			for _, s := range nc.Services {
+				if err := s.Validate(); err != nil {
+					d.mu.Unlock()
+					t.Fatalf("a service the balancer would refuse: %v", err)
+				}
+			}
+		}
+		d.mu.Unlock()
 		if n := d.Stats().RefusedRecords["reconcile-panic"]; n > 0 {
 			t.Fatalf("reconcile panicked (%d times)", n)
 		}
@@ -76,7 +93,7 @@ func FuzzReconcile(f *testing.F) {
 
 // fuzzPeer starts a bare cluster member with d's key, joined to d, that
 // writes the tables as another node would.
-func fuzzPeer(f *testing.F, d *Daemon) *cluster.Cluster {
+func fuzzPeer(f testing.TB, d *Daemon) *cluster.Cluster {
 	key, err := cluster.LoadKeyFile(d.cfg.StateDir + "/cluster.key")
 	if err != nil {
 		f.Fatal(err)
@@ -92,7 +109,7 @@ func fuzzPeer(f *testing.F, d *Daemon) *cluster.Cluster {
 	for _, tb := range []struct {
 		name string
 		opt  cluster.TableOptions
-	}{{tblNetworks, cluster.TableOptions{}}, {tblEndpoints, cluster.TableOptions{NodeScoped: true}}} {
+	}{{tblNetworks, cluster.TableOptions{}}, {tblEndpoints, cluster.TableOptions{NodeScoped: true}}, {tblServices, cluster.TableOptions{}}} {
 		if err := c.DefineTable(tb.name, tb.opt); err != nil {
 			f.Fatal(err)
 		}

@@ -113,6 +113,34 @@ func (d *Daemon) Handler() http.Handler {
 		n, err := d.UpdateNetwork(r.PathValue("name"), req)
 		reply(w, n, err)
 	})
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, d.Services(), nil)
+	})
+	mux.HandleFunc("POST /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ServiceCreateRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		s, err := d.CreateService(req)
+		reply(w, s, err)
+	})
+	mux.HandleFunc("GET /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		s, err := d.Service(r.PathValue("name"))
+		reply(w, s, err)
+	})
+	mux.HandleFunc("PATCH /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ServiceUpdateRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		s, err := d.UpdateService(r.PathValue("name"), req)
+		reply(w, s, err)
+	})
+	mux.HandleFunc("DELETE /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, d.RemoveService(r.PathValue("name")))
+	})
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, d.Nodes(), nil)
 	})

@@ -67,6 +67,8 @@ type savedEndpoint struct {
 	MAC     string   `json:"mac"`
 	IfName  string   `json:"ifname"`
 	Aliases []string `json:"aliases,omitempty"`
+	// Services are the services the endpoint joined as a backend.
+	Services []savedSvcMember `json:"services,omitempty"`
 }
 
 // loadState reads dir/state.json; a missing file is an empty state.

@@ -62,6 +62,15 @@ func (d *Daemon) Stats() api.Stats {
 	if drops := d.dp.TunnelStats().Drops; len(drops) > 0 {
 		out.TunnelDrops = drops
 	}
+	for _, n := range nets {
+		for _, st := range d.lbStats(n.rec.Name) {
+			out.Services = append(out.Services, serviceStatsView(n.rec.Name, st))
+		}
+	}
+	out.Conntrack = api.ConntrackStats{Max: d.cfg.ConntrackMax}
+	if c, ok := any(d.dp).(conntrackStatser); ok {
+		out.Conntrack.Entries, out.Conntrack.Evictions, out.Conntrack.Drops = c.ConntrackStats()
+	}
 	out.RefusedRecords = d.refused.snapshot()
 	if drops := d.cl.Drops(); len(drops) > 0 {
 		out.GossipDrops = drops

@@ -220,7 +220,7 @@ func decodeEndpoint(e cluster.Entry) (epRecord, error) {
 			return rec, fmt.Errorf("endpoint %q: %w", e.Key, err)
 		}
 	}
-	return rec, nil
+	return rec, checkMemberships(e.Key, rec.Services)
 }
 
 // refusals counts the table records a daemon refuses and logs each record

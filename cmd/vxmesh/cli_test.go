@@ -199,7 +199,20 @@ func fakeDaemon(t *testing.T) string {
 		"/v1/nodes":     []api.Node{{Name: "h1", Addr: "192.0.2.1:7946", DataAddr: "192.0.2.1", State: "alive", Self: true}},
 		"/v1/keys":      api.Keys{Version: 2, Primary: 1, Keys: []api.KeyInfo{{ID: 1, Created: created, State: "primary"}}, Rotator: "h1", RotationInterval: 3600},
 		"/v1/stats": api.Stats{Node: "h1", Networks: []api.NetworkStats{{Network: "web", Ports: []api.PortStats{{Name: "c1", RxPackets: 1, Drops: map[string]uint64{"spoofed-src": 2}}}}},
-			DNS: api.DNSStats{UpstreamLatency: api.LatencyStats{}}, OpenFDs: 37, FDLimit: 1000},
+			DNS: api.DNSStats{UpstreamLatency: api.LatencyStats{}}, OpenFDs: 37, FDLimit: 1000,
+			Services:  []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}},
+			Conntrack: api.ConntrackStats{Max: 262144, Entries: 2}},
+		"/v1/services": []api.Service{
+			{Name: "api", ID: "00112233445566778899aabbccddeeff", EndpointMode: "vip", VIPs: []api.ServiceVIP{{Network: "web", VIP: "10.0.1.200"}},
+				Scheduler: "rr", StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h1"},
+			{Name: "rr", ID: "ffeeddccbbaa99887766554433221100", EndpointMode: "dnsrr", VIPs: []api.ServiceVIP{{Network: "db"}},
+				Scheduler: "rr", StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h2"},
+		},
+		"/v1/services/api": api.Service{Name: "api", ID: "00112233445566778899aabbccddeeff", EndpointMode: "vip",
+			VIPs: []api.ServiceVIP{{Network: "web", VIP: "10.0.1.200"}}, Scheduler: "maglev", Ports: []string{"80/tcp"},
+			StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h1",
+			Backends: []api.ServiceBackend{{Node: "h1", Container: "c1", Network: "web", IP: "10.0.1.2", Weight: 1, State: "active", Health: "healthy", ActiveConns: 2}},
+			Stats:    []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}}},
 	}
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	l, err := net.Listen("unix", sock)
@@ -226,6 +239,7 @@ func fakeDaemon(t *testing.T) string {
 var stateCommands = [][]string{
 	{"network", "ls"}, {"network", "inspect", "web"}, {"ps"}, {"endpoint", "ls"},
 	{"node", "ls"}, {"fdb", "web"}, {"key", "ls"}, {"stats"},
+	{"service", "ls"}, {"service", "inspect", "api"}, {"service", "ps", "api"},
 }
 
 func TestStatsShowsOpenFilesAgainstLimit(t *testing.T) {

@@ -19,9 +19,14 @@ func cmdRun(env *cliEnv, args []string) error {
 	name := fs.String("name", "", "container name")
 	ip := fs.String("ip", "", "IPv4 address (default: the next free one; with one --network only)")
 	remove := fs.Bool("rm", false, "remove the container when the command exits (not with -d)")
-	var aliases stringList
+	var aliases, services stringList
 	fs.Var(&aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
+	fs.Var(&services, "service", "join service `NAME[:WEIGHT]` as a backend on the networks it shares with the container (repeatable; weight 1-1000, default 1)")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	members, err := parseServiceFlags(services)
+	if err != nil {
 		return err
 	}
 	argv := fs.Args()
@@ -41,8 +46,8 @@ func cmdRun(env *cliEnv, args []string) error {
 		if !ok || target == "" {
 			return usagef("--net %q: want container:NAME", *netMode)
 		}
-		if len(netws) > 0 || *ip != "" || len(aliases) > 0 {
-			return usagef("--net container:%s shares that container's interfaces; --network, --ip and --alias do not apply", target)
+		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 {
+			return usagef("--net container:%s shares that container's interfaces; --network, --ip, --alias and --service do not apply", target)
 		}
 		ctr, err := c.Container(target)
 		if err != nil {
@@ -59,7 +64,11 @@ func cmdRun(env *cliEnv, args []string) error {
 	if *ip != "" && len(netws) > 1 {
 		return usagef("--ip %s: only with a single --network", *ip)
 	}
-	ep, err := attachAll(env, c, *name, netws, *ip, aliases)
+	svcs, err := splitServices(c, netws, members)
+	if err != nil {
+		return err
+	}
+	ep, err := attachAll(env, c, *name, netws, *ip, aliases, svcs)
 	if err != nil {
 		return err
 	}
@@ -80,15 +89,16 @@ func cmdRun(env *cliEnv, args []string) error {
 }
 
 // attachAll makes container name on the first network and attaches it to
-// the others in order (eth0, eth1, ...). If one fails, the container is
-// removed again.
-func attachAll(env *cliEnv, c *api.Client, name string, netws []string, ip string, aliases []string) (api.Endpoint, error) {
-	ep, err := c.Attach(api.AttachRequest{Network: netws[0], Name: name, Create: true, IP: ip, Aliases: aliases})
+// the others in order (eth0, eth1, ...), joining on each network the
+// services svcs lists for it. If one fails, the container is removed
+// again.
+func attachAll(env *cliEnv, c *api.Client, name string, netws []string, ip string, aliases []string, svcs map[string][]api.ServiceMember) (api.Endpoint, error) {
+	ep, err := c.Attach(api.AttachRequest{Network: netws[0], Name: name, Create: true, IP: ip, Aliases: aliases, Services: svcs[netws[0]]})
 	if err != nil {
 		return ep, err
 	}
 	for _, n := range netws[1:] {
-		if _, err := c.Attach(api.AttachRequest{Network: n, Name: name, Netns: ep.Netns, Aliases: aliases}); err != nil {
+		if _, err := c.Attach(api.AttachRequest{Network: n, Name: name, Netns: ep.Netns, Aliases: aliases, Services: svcs[n]}); err != nil {
 			if rmErr := c.RemoveContainer(name); rmErr != nil {
 				fmt.Fprintf(env.stderr, "vxmesh run: removing container %q after the failed attach: %v\n", name, rmErr)
 			}
@@ -188,8 +198,9 @@ func cmdAttach(env *cliEnv, args []string) error {
 	fs.StringVar(&req.Docker, "docker", "", "a Docker container (started with --net=none) whose namespace to attach")
 	fs.StringVar(&req.IP, "ip", "", "IPv4 address (default: the next free one)")
 	fs.StringVar(&req.IfName, "ifname", "", "interface name inside the namespace (default eth0, then eth1...)")
-	var aliases stringList
+	var aliases, services stringList
 	fs.Var(&aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
+	fs.Var(&services, "service", "join service `NAME[:WEIGHT]` as a backend (repeatable; it must be on --network; weight 1-1000, default 1)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -198,6 +209,9 @@ func cmdAttach(env *cliEnv, args []string) error {
 		return err
 	}
 	req.Aliases = aliases
+	if req.Services, err = parseServiceFlags(services); err != nil {
+		return err
+	}
 	if req.Network == "" || req.Name == "" {
 		return usagef("want --network NET and --name NAME")
 	}

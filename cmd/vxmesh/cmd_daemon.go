@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/vxmesh/vxmesh/dns"
 	"github.com/vxmesh/vxmesh/internal/fdlimit"
 	"github.com/vxmesh/vxmesh/internal/sdnotify"
+	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
 
@@ -41,12 +43,22 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
 	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
 	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
+	ctMax := fs.Int("conntrack-max", lb.DefaultMax, "entries of the service connection table (least recently used evicted when full)")
+	ctTimeouts := fs.String("conntrack-timeouts", "", "service connection timeouts as `NAME=DURATION,...`: "+strings.Join(conntrackTimeoutNames(), ", ")+
+		" (defaults tcp-established=24h, tcp-syn=30s, tcp-closing=2m, tcp-close=10s, udp=120s, icmp=30s, syn-retry=900ms, eject=10s)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := wantArgs(pos, 0, "no arguments"); err != nil {
 		return err
+	}
+	if *ctMax < 1 {
+		return usagef("--conntrack-max %d: want a positive number of entries", *ctMax)
+	}
+	timeouts, err := parseConntrackTimeouts(*ctTimeouts)
+	if err != nil {
+		return usagef("--conntrack-timeouts: %v", err)
 	}
 	if *dockerHost == "" {
 		*dockerHost = os.Getenv(sandbox.DockerHostEnv)
@@ -115,8 +127,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
-		MetricsAddr: *metricsAddr,
-		Ready:       func() { notify(log, sdnotify.Ready) },
+		MetricsAddr: *metricsAddr, ConntrackMax: *ctMax, ConntrackTimeouts: timeouts,
+		Ready: func() { notify(log, sdnotify.Ready) },
 	})
 	if err != nil {
 		return err
@@ -234,4 +246,44 @@ func cmdNodeLs(env *cliEnv, args []string) error {
 		}
 		return t.flush()
 	})
+}
+
+// conntrackTimeouts names the fields of lb.Timeouts for --conntrack-timeouts.
+func conntrackTimeouts(t *lb.Timeouts) map[string]*time.Duration {
+	return map[string]*time.Duration{
+		"tcp-established": &t.TCPEstablished, "tcp-syn": &t.TCPSyn, "tcp-closing": &t.TCPClosing, "tcp-close": &t.TCPClose,
+		"udp": &t.UDP, "icmp": &t.ICMP, "syn-retry": &t.SynRetry, "eject": &t.Eject,
+	}
+}
+
+func conntrackTimeoutNames() []string {
+	var out []string
+	for n := range conntrackTimeouts(&lb.Timeouts{}) {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// parseConntrackTimeouts parses NAME=DURATION,... into lb.Timeouts; the
+// timeouts not named keep their defaults (zero fields).
+func parseConntrackTimeouts(s string) (lb.Timeouts, error) {
+	var t lb.Timeouts
+	fields := conntrackTimeouts(&t)
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		name, val, ok := strings.Cut(kv, "=")
+		dst := fields[name]
+		if !ok || dst == nil {
+			return t, fmt.Errorf("%q: want NAME=DURATION with NAME one of %s", kv, strings.Join(conntrackTimeoutNames(), ", "))
+		}
+		d, err := time.ParseDuration(val)
+		if err != nil || d <= 0 {
+			return t, fmt.Errorf("%s=%s: want a positive duration", name, val)
+		}
+		*dst = d
+	}
+	return t, nil
 }

@@ -62,6 +62,18 @@ func printStats(w io.Writer, s api.Stats) error {
 	if len(s.TunnelDrops) > 0 {
 		fmt.Fprintf(w, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
 	}
+	c := s.Conntrack
+	fmt.Fprintf(w, "Conntrack: %d of %d entries, %d evictions, drops %s\n", c.Entries, c.Max, c.Evictions, formatDrops(c.Drops))
+	if len(s.Services) > 0 {
+		fmt.Fprintln(w, "\nServices:")
+		t := newTable(w, "SERVICE", "NETWORK", "VIP", "NEW CONNS", "ACTIVE CONNS", "PACKETS", "BYTES", "RETRIES", "REJECTS", "EJECTIONS")
+		for _, v := range s.Services {
+			t.row(v.Service, v.Network, v.VIP, v.NewConns, v.Active, v.Packets, v.Bytes, v.Retries, v.Rejects, v.Ejections)
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
 	for _, n := range s.Networks {
 		fmt.Fprintf(w, "\nNetwork %s: flooded %d, flood without peers %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.FloodNoPeers, n.ARPSuppressed, formatDrops(n.Drops))
 		t := newTable(w, "NAME", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES", "DROPS")
