@@ -154,6 +154,8 @@ func vxmeshBinary() (string, func(), error) {
 //	recv ADDR          accept one connection, print "<bytes> <sha256>"
 //	send ADDR N SEED [BPS]  send N pseudo-random bytes (at most BPS bytes
 //	                        per second), print "<bytes> <sha256>"
+//
+// and the service helpers of serviceHelper.
 func helperMain(args []string) int {
 	if len(args) < 2 {
 		fmt.Fprintln(os.Stderr, "helper: want recv ADDR | send ADDR N SEED")
@@ -181,7 +183,7 @@ func helperMain(args []string) int {
 		}
 		err = helperSend(args[1], n, seed, bps)
 	default:
-		err = fmt.Errorf("unknown mode %q", args[0])
+		err = serviceHelper(args)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)

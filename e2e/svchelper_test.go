@@ -1,0 +1,276 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The service helpers run inside containers as the test binary with
+// helperArg first (see helperMain):
+//
+//	serve NAME PORT           answer TCP and UDP on PORT: a TCP connection
+//	                          gets "NAME PEER" at once and again for every
+//	                          line it sends; a UDP datagram gets "NAME PEER"
+//	conns ADDR N PAR [DUR]    open N TCP connections (or as many as fit in
+//	                          DUR), PAR at a time, read the first line of
+//	                          each; print a connReport as JSON
+//	idle ADDR WAIT            open one connection, read its line, stay idle
+//	                          for WAIT, send a line, read the answer; print
+//	                          an idleReport as JSON
+//	udp ADDR DUR EVERY        from one socket, send a datagram every EVERY
+//	                          for DUR; print a udpReport as JSON
+//
+// PEER is the address the backend saw the connection come from: with no
+// SNAT, the client's own.
+
+// connReport is what conns prints.
+type connReport struct {
+	// Counts is the number of connections answered by each backend name.
+	Counts map[string]int `json:"counts"`
+	// Peers are the distinct client addresses the backends saw.
+	Peers []string `json:"peers"`
+	// Errors counts the connections that failed (dial, read), FirstErr
+	// says how the first one did.
+	Errors   int    `json:"errors"`
+	FirstErr string `json:"first_err,omitempty"`
+}
+
+// idleReport is what idle prints.
+type idleReport struct {
+	First string `json:"first"` // the backend that answered on connect
+	After string `json:"after"` // the backend that answered after WAIT
+	Err   string `json:"err,omitempty"`
+}
+
+// udpReport is what udp prints: the backend of every answer, in order,
+// with the milliseconds since the start at which it arrived.
+type udpReport struct {
+	Answers []udpAnswer `json:"answers"`
+	Sent    int         `json:"sent"`
+}
+
+type udpAnswer struct {
+	Ms      int64  `json:"ms"`
+	Backend string `json:"backend"`
+	Peer    string `json:"peer"`
+}
+
+// serviceHelper runs the service helper modes.
+func serviceHelper(args []string) error {
+	switch {
+	case args[0] == "serve" && len(args) == 3:
+		return helperServe(args[1], args[2])
+	case args[0] == "conns" && (len(args) == 4 || len(args) == 5):
+		n, err1 := strconv.Atoi(args[2])
+		par, err2 := strconv.Atoi(args[3])
+		var dur time.Duration
+		var err3 error
+		if len(args) == 5 {
+			dur, err3 = time.ParseDuration(args[4])
+		}
+		if err1 != nil || err2 != nil || err3 != nil || par < 1 {
+			return fmt.Errorf("conns: bad N, PAR or DUR")
+		}
+		return printJSON(helperConns(args[1], n, par, dur))
+	case args[0] == "idle" && len(args) == 3:
+		wait, err := time.ParseDuration(args[2])
+		if err != nil {
+			return err
+		}
+		return printJSON(helperIdle(args[1], wait))
+	case args[0] == "udp" && len(args) == 4:
+		dur, err1 := time.ParseDuration(args[2])
+		every, err2 := time.ParseDuration(args[3])
+		if err1 != nil || err2 != nil || every <= 0 {
+			return fmt.Errorf("udp: bad DUR or EVERY")
+		}
+		r, err := helperUDP(args[1], dur, every)
+		if err != nil {
+			return err
+		}
+		return printJSON(r)
+	}
+	return fmt.Errorf("unknown mode or arguments %q", args)
+}
+
+func printJSON(v any) error {
+	return json.NewEncoder(os.Stdout).Encode(v)
+}
+
+// helperServe answers on PORT over TCP and UDP until killed.
+func helperServe(name, port string) error {
+	ln, err := net.Listen("tcp4", ":"+port)
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp4", ":"+port)
+	if err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			peer := from.(*net.UDPAddr).IP.String()
+			_, _ = pc.WriteTo([]byte(name+" "+peer+"\n"), from)
+		}
+	}()
+	fmt.Println("serving", name, port)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			line := name + " " + c.RemoteAddr().(*net.TCPAddr).IP.String() + "\n"
+			if _, err := c.Write([]byte(line)); err != nil {
+				return
+			}
+			sc := bufio.NewScanner(c)
+			for sc.Scan() {
+				if _, err := c.Write([]byte(line)); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// dialLine connects to addr and reads the backend's first line.
+func dialLine(addr string) (name, peer string, c net.Conn, err error) {
+	c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+	if err != nil {
+		return "", "", nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		c.Close()
+		return "", "", nil, err
+	}
+	name, peer, _ = strings.Cut(strings.TrimSpace(line), " ")
+	return name, peer, c, nil
+}
+
+// helperConns opens n connections (or, with dur, as many as fit in it),
+// par at a time.
+func helperConns(addr string, n, par int, dur time.Duration) connReport {
+	r := connReport{Counts: map[string]int{}, Peers: []string{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := make(chan struct{})
+	stop := time.Now().Add(dur)
+	go func() {
+		for i := 0; dur > 0 || i < n; i++ {
+			if dur > 0 && time.Now().After(stop) {
+				break
+			}
+			next <- struct{}{}
+		}
+		close(next)
+	}()
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				name, peer, c, err := dialLine(addr)
+				mu.Lock()
+				if err != nil {
+					if r.Errors == 0 {
+						r.FirstErr = err.Error()
+					}
+					r.Errors++
+				} else {
+					c.Close()
+					r.Counts[name]++
+					if !containsStr(r.Peers, peer) {
+						r.Peers = append(r.Peers, peer)
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return r
+}
+
+func containsStr(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// helperIdle keeps one connection idle for wait, then uses it.
+func helperIdle(addr string, wait time.Duration) idleReport {
+	name, _, c, err := dialLine(addr)
+	if err != nil {
+		return idleReport{Err: err.Error()}
+	}
+	defer c.Close()
+	r := idleReport{First: name}
+	time.Sleep(wait)
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("again\n")); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.After, _, _ = strings.Cut(strings.TrimSpace(line), " ")
+	return r
+}
+
+// helperUDP sends a datagram every interval from one socket for dur and
+// records who answered when.
+func helperUDP(addr string, dur, every time.Duration) (udpReport, error) {
+	c, err := net.Dial("udp4", addr)
+	if err != nil {
+		return udpReport{}, err
+	}
+	defer c.Close()
+	var r udpReport
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 512)
+		for {
+			_ = c.SetReadDeadline(start.Add(dur + time.Second))
+			k, err := c.Read(buf)
+			if err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					return
+				}
+				continue // ICMP errors surface as read errors: keep going
+			}
+			name, peer, _ := strings.Cut(strings.TrimSpace(string(buf[:k])), " ")
+			r.Answers = append(r.Answers, udpAnswer{Ms: time.Since(start).Milliseconds(), Backend: name, Peer: peer})
+		}
+	}()
+	for time.Since(start) < dur {
+		_, _ = c.Write([]byte("ping"))
+		r.Sent++
+		time.Sleep(every)
+	}
+	<-done
+	return r, nil
+}
