@@ -25,7 +25,7 @@ import (
 //	                          for WAIT, send a line, read the answer; print
 //	                          an idleReport as JSON
 //	udp ADDR DUR EVERY        from one socket, send a datagram every EVERY
-//	                          for DUR; print a udpReport as JSON
+//	                          for DUR; print who answered as answers come
 //
 // PEER is the address the backend saw the connection come from: with no
 // SNAT, the client's own.
@@ -47,19 +47,6 @@ type idleReport struct {
 	First string `json:"first"` // the backend that answered on connect
 	After string `json:"after"` // the backend that answered after WAIT
 	Err   string `json:"err,omitempty"`
-}
-
-// udpReport is what udp prints: the backend of every answer, in order,
-// with the milliseconds since the start at which it arrived.
-type udpReport struct {
-	Answers []udpAnswer `json:"answers"`
-	Sent    int         `json:"sent"`
-}
-
-type udpAnswer struct {
-	Ms      int64  `json:"ms"`
-	Backend string `json:"backend"`
-	Peer    string `json:"peer"`
 }
 
 // serviceHelper runs the service helper modes.
@@ -91,11 +78,7 @@ func serviceHelper(args []string) error {
 		if err1 != nil || err2 != nil || every <= 0 {
 			return fmt.Errorf("udp: bad DUR or EVERY")
 		}
-		r, err := helperUDP(args[1], dur, every)
-		if err != nil {
-			return err
-		}
-		return printJSON(r)
+		return helperUDP(args[1], dur, every)
 	}
 	return fmt.Errorf("unknown mode or arguments %q", args)
 }
@@ -240,14 +223,14 @@ func helperIdle(addr string, wait time.Duration) idleReport {
 }
 
 // helperUDP sends a datagram every interval from one socket for dur and
-// records who answered when.
-func helperUDP(addr string, dur, every time.Duration) (udpReport, error) {
+// prints "MS BACKEND PEER" for every answer as it arrives (MS since the
+// start), then "sent N".
+func helperUDP(addr string, dur, every time.Duration) error {
 	c, err := net.Dial("udp4", addr)
 	if err != nil {
-		return udpReport{}, err
+		return err
 	}
 	defer c.Close()
-	var r udpReport
 	start := time.Now()
 	done := make(chan struct{})
 	go func() {
@@ -263,14 +246,16 @@ func helperUDP(addr string, dur, every time.Duration) (udpReport, error) {
 				continue // ICMP errors surface as read errors: keep going
 			}
 			name, peer, _ := strings.Cut(strings.TrimSpace(string(buf[:k])), " ")
-			r.Answers = append(r.Answers, udpAnswer{Ms: time.Since(start).Milliseconds(), Backend: name, Peer: peer})
+			fmt.Printf("%d %s %s\n", time.Since(start).Milliseconds(), name, peer)
 		}
 	}()
+	sent := 0
 	for time.Since(start) < dur {
 		_, _ = c.Write([]byte("ping"))
-		r.Sent++
+		sent++
 		time.Sleep(every)
 	}
 	<-done
-	return r, nil
+	fmt.Printf("sent %d\n", sent)
+	return nil
 }
