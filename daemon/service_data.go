@@ -172,36 +172,14 @@ func (set serviceSet) dnsServices() []dnsService {
 	return out
 }
 
-// The data plane's service counters and connection flush. The balancer
-// is wired into the switch by the data-path work of issue 10; these
-// methods find its API when the Dataplane has it, so the control plane
-// shows counters and flushes drained backends as soon as it does.
-type (
-	lbStatser interface {
-		ServiceStats(network string) []lb.ServiceStats
-	}
-	lbFlusher interface {
-		FlushBackend(network string, ip netip.Addr) int
-	}
-	conntrackStatser interface {
-		ConntrackStats() (entries int, evictions uint64, drops map[string]uint64)
-	}
-)
-
 // lbStats returns this node's counters of network's services (none when
 // the data plane does not report them).
 func (d *Daemon) lbStats(network string) []lb.ServiceStats {
-	if s, ok := any(d.dp).(lbStatser); ok {
-		return s.ServiceStats(network)
-	}
-	return nil
+	return d.dp.ServiceStats().Networks[network].Services
 }
 
 // flushBackend ends the tracked connections to a backend that left
 // network after its stop grace period; it returns how many.
 func (d *Daemon) flushBackend(network string, ip netip.Addr) int {
-	if f, ok := any(d.dp).(lbFlusher); ok {
-		return f.FlushBackend(network, ip)
-	}
-	return 0
+	return d.dp.FlushBackend(network, ip)
 }

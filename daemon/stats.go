@@ -62,14 +62,20 @@ func (d *Daemon) Stats() api.Stats {
 	if drops := d.dp.TunnelStats().Drops; len(drops) > 0 {
 		out.TunnelDrops = drops
 	}
+	lbs := d.dp.ServiceStats()
 	for _, n := range nets {
-		for _, st := range d.lbStats(n.rec.Name) {
+		for _, st := range lbs.Networks[n.rec.Name].Services {
 			out.Services = append(out.Services, serviceStatsView(n.rec.Name, st))
 		}
 	}
-	out.Conntrack = api.ConntrackStats{Max: d.cfg.ConntrackMax}
-	if c, ok := any(d.dp).(conntrackStatser); ok {
-		out.Conntrack.Entries, out.Conntrack.Evictions, out.Conntrack.Drops = c.ConntrackStats()
+	out.Conntrack = api.ConntrackStats{Max: d.cfg.ConntrackMax, Entries: lbs.ConntrackEntries, Evictions: lbs.ConntrackEvictions}
+	for _, ns := range lbs.Networks {
+		for reason, n := range ns.Reasons {
+			if out.Conntrack.Drops == nil {
+				out.Conntrack.Drops = map[string]uint64{}
+			}
+			out.Conntrack.Drops[reason] += n
+		}
 	}
 	out.RefusedRecords = d.refused.snapshot()
 	if drops := d.cl.Drops(); len(drops) > 0 {
