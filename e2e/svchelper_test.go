@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -36,10 +37,14 @@ type connReport struct {
 	Counts map[string]int `json:"counts"`
 	// Peers are the distinct client addresses the backends saw.
 	Peers []string `json:"peers"`
-	// Errors counts the connections that failed (dial, read), FirstErr
-	// says how the first one did.
+	// Errors counts the connections that could not be made (dial: what
+	// a client sees as a connect error), FirstErr says how the first
+	// failed. Resets counts connections that were made but reset before
+	// the backend's line arrived (a backend killed while it held them).
 	Errors   int    `json:"errors"`
 	FirstErr string `json:"first_err,omitempty"`
+	Resets   int    `json:"resets"`
+	ResetErr string `json:"reset_err,omitempty"`
 }
 
 // idleReport is what idle prints.
@@ -130,11 +135,15 @@ func helperServe(name, port string) error {
 	}
 }
 
-// dialLine connects to addr and reads the backend's first line.
+// errDial marks a failed connect.
+type errDial struct{ error }
+
+// dialLine connects to addr and reads the backend's first line; a failed
+// connect is an errDial.
 func dialLine(addr string) (name, peer string, c net.Conn, err error) {
 	c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
 	if err != nil {
-		return "", "", nil, err
+		return "", "", nil, errDial{err}
 	}
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
@@ -170,12 +179,19 @@ func helperConns(addr string, n, par int, dur time.Duration) connReport {
 			for range next {
 				name, peer, c, err := dialLine(addr)
 				mu.Lock()
-				if err != nil {
+				var de errDial
+				switch {
+				case errors.As(err, &de):
 					if r.Errors == 0 {
 						r.FirstErr = err.Error()
 					}
 					r.Errors++
-				} else {
+				case err != nil:
+					if r.Resets == 0 {
+						r.ResetErr = err.Error()
+					}
+					r.Resets++
+				default:
 					c.Close()
 					r.Counts[name]++
 					if !containsStr(r.Peers, peer) {

@@ -210,9 +210,16 @@ func (h *Host) stop(sig syscall.Signal, grace time.Duration) error {
 		}
 		return nil
 	case <-time.After(grace):
-		_ = h.cmd.Process.Kill()
-		<-h.done
-		return fmt.Errorf("testbed: host %s: daemon ignored %v for %v and was killed", h.Name, sig, grace)
+		// SIGQUIT makes the Go runtime write every goroutine's stack to
+		// the log before it exits: what the daemon was stuck on.
+		_ = h.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-h.done:
+		case <-time.After(2 * time.Second):
+			_ = h.cmd.Process.Kill()
+			<-h.done
+		}
+		return fmt.Errorf("testbed: host %s: daemon ignored %v for %v and was stopped with SIGQUIT (stacks in %s)", h.Name, sig, grace, h.LogFile)
 	}
 }
 
