@@ -52,6 +52,15 @@ func (e *env) service(name string) api.Service {
 	return s
 }
 
+// waitService waits until service name is known on e.
+func (e *env) waitService(name string) {
+	e.t.Helper()
+	eventually(e.t, 10*time.Second, func() error {
+		var s api.Service
+		return e.h.CLIJSON(&s, "service", "inspect", name)
+	}, "service %s on %s", name, e.h.Name)
+}
+
 // vip returns the VIP of service name on network.
 func (e *env) vip(name, network string) string {
 	e.t.Helper()
@@ -153,6 +162,9 @@ func TestServiceVIPBalancesAcrossThreeHostsWithoutSNAT(t *testing.T) {
 		e.waitNetwork("web")
 	}
 	h1.cli("service", "create", "api", "--network", "web")
+	for _, e := range es[1:] {
+		e.waitService("api")
+	}
 	bs := []backend{
 		h1.runBackend("b1", "web", "--service", "api"),
 		h2.runBackend("b2", "web", "--service", "api"),
@@ -238,6 +250,9 @@ func TestServiceChurnIsInvisibleToClients(t *testing.T) {
 		e.waitNetwork("web")
 	}
 	h1.cli("service", "create", "api", "--network", "web", "--stop-grace-period", "2s")
+	for _, e := range es[1:] {
+		e.waitService("api")
+	}
 	h1.runBackend("b1", "web", "--service", "api")
 	h2.runBackend("b2", "web", "--service", "api")
 	h3.runBackend("b3", "web", "--service", "api")
@@ -330,5 +345,117 @@ func TestServiceChurnIsInvisibleToClients(t *testing.T) {
 	moved := slices.IndexFunc(after, func(b string) bool { return b != served })
 	if moved < 0 || moved > 10 {
 		t.Errorf("UDP flow on %s: answers after its rm %v, want another backend within 10 answers", served, after)
+	}
+}
+
+func TestServiceSchedulersAndModesOnAnEncryptedNetwork(t *testing.T) {
+	needDig(t)
+	es := newCluster(t, 2)
+	h1, h2 := es[0], es[1]
+	h1.network("sec", "10.83.0.0/24", "--encrypted")
+	h2.waitNetwork("sec")
+	h1.cli("service", "create", "wrr", "--network", "sec", "--scheduler", "wrr")
+	h1.cli("service", "create", "sticky", "--network", "sec", "--affinity", "client-ip:1m")
+	h1.cli("service", "create", "mg", "--network", "sec", "--scheduler", "maglev")
+	h1.cli("service", "create", "rr", "--network", "sec", "--endpoint-mode", "dnsrr")
+	h1.cli("service", "create", "ported", "--network", "sec", "--port", "8080/tcp")
+	svcs := []string{"wrr", "sticky", "mg", "rr", "ported"}
+	for _, s := range svcs {
+		h2.waitService(s)
+	}
+	join := func(weight string) []string {
+		var out []string
+		for _, s := range svcs {
+			if s == "wrr" {
+				s += ":" + weight
+			}
+			out = append(out, "--service", s)
+		}
+		return out
+	}
+	bs := []backend{
+		h1.runBackend("b1", "sec", join("3")...),
+		h2.runBackend("b2", "sec", join("1")...),
+		h2.runBackend("b3", "sec", join("1")...),
+	}
+	// One client per service: the balancer never gives one client port two
+	// connections to the same backend address and port, so clients of
+	// several VIPs that share backends may see their choices moved.
+	for _, c := range []string{"client", "c-sticky", "c-mg", "c-ported"} {
+		h1.run(c, "sec")
+	}
+	for _, s := range []string{"wrr", "sticky", "mg", "ported"} {
+		for _, e := range es {
+			e.waitBackends(s, "b1", "b2", "b3")
+		}
+	}
+	port := ":" + strconv.Itoa(svcPort)
+
+	// Weighted round robin: weights 3, 1, 1 split 500 connections
+	// exactly 300, 100, 100, across hosts and encrypted.
+	r := h1.conns("client", h1.vip("wrr", "sec")+port, 500, 4, 0)
+	if r.Errors+r.Resets != 0 || r.Counts["b1"] != 300 || r.Counts["b2"] != 100 || r.Counts["b3"] != 100 {
+		t.Errorf("wrr 3:1:1 over 500 connections: %+v, want 300/100/100", r)
+	}
+	if !slices.Equal(r.Peers, []string{h1.ip("client")}) {
+		t.Errorf("wrr: backends saw %v, want the client's address", r.Peers)
+	}
+
+	// Affinity: every connection of one client goes to one backend.
+	r = h1.conns("c-sticky", h1.vip("sticky", "sec")+port, 50, 4, 0)
+	if r.Errors+r.Resets != 0 || len(r.Counts) != 1 {
+		t.Errorf("client-ip affinity over 50 connections: %+v, want one backend", r)
+	}
+
+	// dnsrr: no VIP; the name answers the backends, and connecting by
+	// name works.
+	if got, want := h1.digShort("client", "rr"), ipsOf(bs...); !slices.Equal(got, want) {
+		t.Errorf("dig rr (dnsrr): %v, want the backends %v", got, want)
+	}
+	for _, v := range h1.service("rr").VIPs {
+		if v.VIP != "" {
+			t.Errorf("dnsrr service has a VIP: %+v", v)
+		}
+	}
+	r = h1.conns("client", "rr"+port, 10, 1, 0)
+	if r.Errors+r.Resets != 0 || len(r.Counts) == 0 {
+		t.Errorf("connections to rr by name: %+v", r)
+	}
+
+	// --port: the listed port is balanced; another is refused at once by
+	// the switch (RST), never a black hole.
+	pv := h1.vip("ported", "sec")
+	r = h1.conns("c-ported", pv+port, 30, 3, 0)
+	if r.Errors+r.Resets != 0 || len(r.Counts) != 3 {
+		t.Errorf("ported: 30 connections to the listed port: %+v", r)
+	}
+	start := time.Now()
+	r = h1.conns("c-ported", pv+":9090", 1, 1, 0)
+	if r.Errors != 1 || !strings.Contains(r.FirstErr, "refused") || time.Since(start) > 3*time.Second {
+		t.Errorf("ported: connection to an unlisted port: %+v after %v, want refused at once", r, time.Since(start))
+	}
+
+	// Maglev: the choice does not depend on the host's state. A
+	// connection made before h1's daemon restarts (its conntrack is
+	// gone) carries on afterwards, to the same backend.
+	idle := startBackground(t, h1.h.Command(context.Background(), "exec", "c-mg", "--", suite.self, helperArg, "idle", h1.vip("mg", "sec")+port, "6s"))
+	eventually(t, 5*time.Second, func() error {
+		if st := h1.service("mg").Stats; len(st) == 0 || st[0].Active == 0 {
+			return fmt.Errorf("no active connection yet: %+v", st)
+		}
+		return nil
+	}, "the maglev connection is tracked on h1")
+	if err := h1.h.StopDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.h.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if exited, err := idle.wait(20 * time.Second); !exited || err != nil {
+		t.Fatalf("idle helper: exited %v, %v: %s", exited, err, idle.out.String())
+	}
+	var ir idleReport
+	if err := json.Unmarshal([]byte(idle.out.String()), &ir); err != nil || ir.Err != "" || ir.After != ir.First {
+		t.Errorf("maglev connection across a daemon restart: %s (%v), want the same backend before and after", idle.out.String(), err)
 	}
 }
