@@ -5,6 +5,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -70,7 +71,7 @@ func ParseWrk(out string) (WrkResult, error) {
 	if m == nil {
 		return r, fmt.Errorf("wrk: no \"Requests/sec\" line in output %q", tail(out, 300))
 	}
-	if r.RequestsPerSec, err = strconv.ParseFloat(m[1], 64); err != nil || r.RequestsPerSec < 0 {
+	if r.RequestsPerSec, err = strconv.ParseFloat(m[1], 64); err != nil || !(r.RequestsPerSec >= 0) || math.IsInf(r.RequestsPerSec, 0) {
 		return r, fmt.Errorf("wrk: bad Requests/sec %q", m[1])
 	}
 	// Latency fields that do not parse (wrk prints "-nan" and "0.00us"
@@ -116,7 +117,7 @@ func parseWrkDuration(s string) (time.Duration, error) {
 			continue
 		}
 		f, err := strconv.ParseFloat(num, 64)
-		if err != nil || f < 0 || f > float64(1<<62)/float64(u.unit) || num != strings.TrimSpace(num) {
+		if err != nil || !(f >= 0 && f <= float64(1<<62)/float64(u.unit)) || num != strings.TrimSpace(num) {
 			return 0, fmt.Errorf("bad time %q", s)
 		}
 		return time.Duration(f * float64(u.unit)), nil
@@ -152,13 +153,13 @@ func ParseGoBench(out string) []GoBench {
 		if b.Iterations, err = strconv.ParseInt(m[2], 10, 64); err != nil {
 			continue
 		}
-		if b.NsPerOp, err = strconv.ParseFloat(m[3], 64); err != nil {
+		if b.NsPerOp, err = strconv.ParseFloat(m[3], 64); err != nil || math.IsInf(b.NsPerOp, 0) {
 			continue
 		}
 		f := strings.Fields(m[4])
 		for i := 0; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
+			if err != nil || !(v >= 0) || math.IsInf(v, 0) {
 				continue
 			}
 			switch f[i+1] {

@@ -53,7 +53,8 @@ func lbServices(ctx context.Context, h *testbed.Host) error {
 // serviceVIP returns the VIP of service name in subnet, read from
 // `vxmesh service inspect --format json NAME`. The CLI's JSON shape was
 // not settled when this was written, so it takes the first address in
-// subnet found under a key containing "vip" (any case), at any depth.
+// subnet found under a key containing "vip" or "virtual" (any case), at
+// any depth.
 func serviceVIP(h *testbed.Host, name string, subnet netip.Prefix) (string, error) {
 	var doc any
 	if err := h.CLIJSON(&doc, "service", "inspect", name); err != nil {
@@ -88,12 +89,17 @@ func findVIP(v any, underVIP bool, subnet netip.Prefix) (netip.Addr, bool) {
 		}
 	case map[string]any:
 		for k, e := range v {
-			if a, ok := findVIP(e, underVIP || strings.Contains(strings.ToLower(k), "vip"), subnet); ok {
+			if a, ok := findVIP(e, underVIP || isVIPKey(k), subnet); ok {
 				return a, true
 			}
 		}
 	}
 	return netip.Addr{}, false
+}
+
+func isVIPKey(k string) bool {
+	k = strings.ToLower(k)
+	return strings.Contains(k, "vip") || strings.Contains(k, "virtual")
 }
 
 // lbVxmeshRows are the rows of the vxmesh topology, unmeasured.
