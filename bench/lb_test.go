@@ -174,8 +174,8 @@ func TestPrintScaleJudgesPerConnectionGrowth(t *testing.T) {
 }
 
 func TestScaleArgsRunOnlyTheScaleBenchmarks(t *testing.T) {
-	got := strings.Join(scaleArgs("1s", 3), " ")
-	want := "test -run ^$ -bench ^(BenchmarkLookupServices|BenchmarkLookupServicesHot|BenchmarkAddBackend)$ -benchtime 1s -count 3 github.com/vxmesh/vxmesh/lb"
+	got := strings.Join(scaleArgs("1s"), " ")
+	want := "test -run ^$ -bench ^(BenchmarkLookupServices|BenchmarkLookupServicesHot|BenchmarkAddBackend)$ -benchtime 1s -count 1 github.com/vxmesh/vxmesh/lb"
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}

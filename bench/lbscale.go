@@ -50,32 +50,39 @@ type ScaleRow struct {
 	MinGrowth float64 `json:"min_growth"`
 }
 
-// scaleArgs returns the `go test` arguments that run scaleBenches.
-func scaleArgs(benchtime string, count int) []string {
+// scaleArgs returns the `go test` arguments of one round of scaleBenches.
+func scaleArgs(benchtime string) []string {
 	names := make([]string, len(scaleBenches))
 	for i, b := range scaleBenches {
 		names[i] = b.name
 	}
 	return []string{"test", "-run", "^$", "-bench", "^(" + strings.Join(names, "|") + ")$",
-		"-benchtime", benchtime, "-count", strconv.Itoa(count), "github.com/vxmesh/vxmesh/lb"}
+		"-benchtime", benchtime, "-count", "1", "github.com/vxmesh/vxmesh/lb"}
 }
 
 // runScale runs lb's scale benchmarks with the go command (the bench runs
-// from the module, as `make bench-lb` does) and summarises them.
+// from the module, as `make bench-lb` does) in count rounds, each over
+// every service count (so that a burst of load from elsewhere on the
+// machine does not land on the runs of one count only), and summarises
+// them.
 func runScale(ctx context.Context, benchtime string, count int, log io.Writer) ([]ScaleRow, error) {
-	args := scaleArgs(benchtime, count)
-	fmt.Fprintf(log, "lb scale: go %s\n", strings.Join(args, " "))
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	b, err := cmd.CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("go test -bench ./lb: %v: %s", err, tail(string(b), 1000))
+	args := scaleArgs(benchtime)
+	var all []GoBench
+	for round := 1; round <= count; round++ {
+		fmt.Fprintf(log, "lb scale: round %d/%d: go %s\n", round, count, strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, "go", args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("go test -bench ./lb: %v: %s", err, tail(string(b), 1000))
+		}
+		res := ParseGoBench(string(b))
+		if len(res) == 0 {
+			return nil, fmt.Errorf("go test -bench ./lb printed no results: %s", tail(string(b), 1000))
+		}
+		all = append(all, res...)
 	}
-	rows := summarizeScale(ParseGoBench(string(b)))
-	if len(rows) == 0 {
-		return nil, fmt.Errorf("go test -bench ./lb printed no results: %s", tail(string(b), 1000))
-	}
-	return rows, nil
+	return summarizeScale(all), nil
 }
 
 // summarizeScale groups the results of scaleBenches by benchmark and

@@ -82,7 +82,7 @@ func main() {
 	flag.BoolVar(&cfg.lb.scale, "lb-scale", true, "lb: run lb's Go benchmarks over 1 to 10,000 services")
 	flag.BoolVar(&cfg.lb.topo, "lb-topo", true, "lb: measure the namespace topologies (false: only the Go benchmarks)")
 	flag.StringVar(&cfg.lb.benchtime, "lb-benchtime", "200000x", "lb: -benchtime of the Go benchmarks")
-	flag.IntVar(&cfg.lb.count, "lb-count", 5, "lb: -count of the Go benchmarks (the table shows medians)")
+	flag.IntVar(&cfg.lb.count, "lb-count", 5, "lb: rounds of the Go benchmarks, each over every service count (the table shows medians and minimums)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
