@@ -448,3 +448,28 @@ func FuzzParseGoBench(f *testing.F) {
 		printScale(&out, summarizeScale(res))
 	})
 }
+
+// TestRunScaleSummarisesLB runs lb's scale benchmarks briefly through the
+// go command, as `make bench-lb` does.
+func TestRunScaleSummarisesLB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	var log bytes.Buffer
+	rows, err := runScale(context.Background(), "100x", 2, &log)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	if len(rows) != 15 {
+		t.Fatalf("%d rows, want 3 benchmarks x 5 sizes: %+v", len(rows), rows)
+	}
+	for i, r := range rows {
+		want := []int{1, 10, 100, 1000, 10000}[i%5]
+		if r.Benchmark != scaleBenches[i/5].name || r.Services != want || r.Runs != 2 || r.NsPerOp <= 0 || r.MinGrowth <= 0 {
+			t.Errorf("row %d: %+v", i, r)
+		}
+	}
+	if n := strings.Count(log.String(), "round "); n != 2 {
+		t.Errorf("%d rounds logged, want 2:\n%s", n, log.String())
+	}
+}
