@@ -44,6 +44,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -99,6 +100,24 @@ type LBReport struct {
 	Ratios     []LBRatio  `json:"ratios"`
 	Scale      []ScaleRow `json:"scale,omitempty"`
 	ScaleError string     `json:"scale_error,omitempty"`
+	// LoadBefore and LoadAfter are /proc/loadavg's 1-minute load average
+	// before and after the measurements: other work on the machine skews
+	// every number.
+	LoadBefore string `json:"load_before,omitempty"`
+	LoadAfter  string `json:"load_after,omitempty"`
+}
+
+// loadAvg returns the 1-minute load average, or "" if unknown.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }
 
 // Row names.
@@ -150,9 +169,10 @@ func runLBMode(ctx context.Context, cfg config, out, log io.Writer) error {
 
 // runLB measures every row and the scale benchmarks. The error joins the
 // failed rows' (skipped rows are no error).
-func runLB(ctx context.Context, cfg config, log io.Writer) (LBReport, error) {
+func runLB(ctx context.Context, cfg config, log io.Writer) (rep LBReport, err error) {
 	l := cfg.lb
-	rep := LBReport{Duration: cfg.duration.String(), MTU: cfg.mtu, WrkThreads: l.threads, WrkConns: l.conns}
+	rep = LBReport{Duration: cfg.duration.String(), MTU: cfg.mtu, WrkThreads: l.threads, WrkConns: l.conns, LoadBefore: loadAvg()}
+	defer func() { rep.LoadAfter = loadAvg() }()
 	if l.threads < 1 || l.conns < l.threads || l.count < 1 {
 		return rep, fmt.Errorf("-lb-threads must be positive, -lb-conns at least -lb-threads, -lb-count positive")
 	}
@@ -177,7 +197,6 @@ func runLB(ctx context.Context, cfg config, log io.Writer) (LBReport, error) {
 		rep.Ratios = lbRatios(rep.Rows)
 	}
 	if l.scale && ctx.Err() == nil {
-		var err error
 		rep.Scale, err = runScale(ctx, l.benchtime, l.count, log)
 		if err != nil {
 			rep.ScaleError = err.Error()
@@ -391,5 +410,8 @@ func printLB(out io.Writer, rep LBReport) {
 	printScale(out, rep.Scale)
 	if rep.ScaleError != "" {
 		fmt.Fprintf(out, "scale benchmarks failed: %s\n", rep.ScaleError)
+	}
+	if rep.LoadBefore != "" || rep.LoadAfter != "" {
+		fmt.Fprintf(out, "\nmachine load average (1 min) before / after: %s / %s on %d CPUs\n", rep.LoadBefore, rep.LoadAfter, runtime.NumCPU())
 	}
 }

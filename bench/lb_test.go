@@ -388,8 +388,8 @@ func TestLBModeMeasuresAndCleansUp(t *testing.T) {
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Rows) != 5 {
-		t.Fatalf("rows: %s", b)
+	if len(rep.Rows) != 5 || rep.LoadBefore == "" || rep.LoadAfter == "" {
+		t.Fatalf("rows and load: %s", b)
 	}
 	for _, r := range rep.Rows {
 		// The vip row may only be skipped for want of the service CLI.
