@@ -7,6 +7,8 @@ CNI_BIN   := bin/vxmesh-cni
 RACE_BIN  := bin/vxmesh-race
 FUZZTIME  ?= 5s
 DURATION  ?= 10s
+# bench-lb (and bench) also write the load-balancer report as JSON here.
+LB_JSON   ?= bin/bench-lb.json
 PKGS      ?= ./...
 # The version `vxmesh version` prints (linked into main.version).
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
@@ -21,7 +23,7 @@ CNI_DIR   ?= /opt/cni/bin
 # which also lists the optional kernel features that may still skip).
 E2E_REQUIRE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
-.PHONY: help deps build install uninstall test unit e2e bench bench-dns fuzz lint demo clean
+.PHONY: help deps build install uninstall test unit e2e bench bench-dns bench-lb fuzz lint demo clean
 
 help:
 	@echo "make deps    install the Debian packages the demo and e2e tests need (root)"
@@ -30,8 +32,9 @@ help:
 	@echo "make test    unit tests (-race) for every package, then the e2e tests (root)"
 	@echo "make unit    unit tests only"
 	@echo "make e2e     end-to-end tests through the CLI on network namespaces (root)"
-	@echo "make bench   vxmesh vs Linux bridge throughput and RTT (root; DURATION=$(DURATION))"
+	@echo "make bench   vxmesh vs Linux bridge throughput and RTT, then the bench-lb section (root; DURATION=$(DURATION))"
 	@echo "make bench-dns  resolver 127.0.0.11 vs dnsmasq with dnsperf (root; DURATION=$(DURATION) per run)"
+	@echo "make bench-lb   service VIP vs direct, HAProxy and nftables DNAT (iperf3, wrk), lb cost 1..10,000 services (root; DURATION=$(DURATION) per run; JSON in $(LB_JSON))"
 	@echo "make fuzz    every Fuzz target for FUZZTIME=$(FUZZTIME)"
 	@echo "make lint    gofmt and go vet"
 	@echo "make demo    build, then run the demo (root)"
@@ -66,11 +69,19 @@ e2e:
 		$(GO) test -race -count=1 -timeout 15m -v ./e2e 2>&1 | \
 		grep -v -e '^=== \(RUN\|PAUSE\|CONT\)' ; exit $${PIPESTATUS[0]}
 
+# The benchmarks' tools (iperf3, wrk, haproxy, nft, ...) are installed by
+# `.ci/deps bench` when missing (as root; otherwise it says what is missing).
 bench: build
-	$(GO) run ./bench -binary $(BIN) -duration $(DURATION)
+	@bash .ci/deps bench
+	$(GO) run ./bench -binary $(BIN) -duration $(DURATION) -json $(LB_JSON)
 
 bench-dns: build
+	@bash .ci/deps bench
 	$(GO) run ./bench -dns -binary $(BIN) -duration $(DURATION)
+
+bench-lb: build
+	@bash .ci/deps bench
+	$(GO) run ./bench -lb -binary $(BIN) -duration $(DURATION) -json $(LB_JSON)
 
 fuzz:
 	@set -eo pipefail; \

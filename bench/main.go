@@ -33,6 +33,15 @@
 // needs dnsperf and dnsmasq):
 //
 //	go run ./bench -dns [-duration 10s] [-dns-rate 10000]
+//
+// The default run ends with the load-balancer section (the "lb" topology
+// of -only; see lb.go): one client and four backends, direct vs the
+// vxmesh service VIP vs HAProxy vs kernel nftables DNAT, measured with
+// iperf3 and wrk, then lb's cost from 1 to 10,000 services (go test
+// -bench ./lb). With -lb it runs that section alone (needs wrk, haproxy
+// and nft; `make bench-lb`):
+//
+//	go run ./bench -lb [-duration 10s] [-lb-conns 32] [-json report.json]
 package main
 
 import (
@@ -57,7 +66,7 @@ func main() {
 	cfg := config{}
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "iperf3 run time per topology")
 	flag.StringVar(&cfg.binary, "binary", "bin/vxmesh", "vxmesh binary (built from ./cmd/vxmesh if missing)")
-	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan)")
+	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan,lb)")
 	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
 	dnsMode := flag.Bool("dns", false, "measure the embedded DNS resolver against dnsmasq with dnsperf instead (each dnsperf run lasts -duration)")
@@ -66,13 +75,27 @@ func main() {
 	flag.IntVar(&cfg.dns.threads, "dns-threads", 2, "-dns: dnsperf -T (threads)")
 	flag.IntVar(&cfg.dns.outstanding, "dns-outstanding", 200, "-dns: dnsperf -q (queries in flight)")
 	flag.IntVar(&cfg.dns.rate, "dns-rate", 10000, "-dns: dnsperf -Q of the fixed-rate latency run (queries/s)")
+	lbMode := flag.Bool("lb", false, "measure only the load-balancer section (direct, service VIP, HAProxy, kernel DNAT; lb scale benchmarks)")
+	flag.IntVar(&cfg.lb.threads, "lb-threads", 1, "lb: wrk -t (threads)")
+	flag.IntVar(&cfg.lb.conns, "lb-conns", 32, "lb: wrk -c (connections)")
+	flag.StringVar(&cfg.lb.jsonPath, "json", "", "lb: also write the load-balancer report as JSON to this file")
+	flag.BoolVar(&cfg.lb.scale, "lb-scale", true, "lb: run lb's Go benchmarks over 1 to 10,000 services")
+	flag.BoolVar(&cfg.lb.topo, "lb-topo", true, "lb: measure the namespace topologies (false: only the Go benchmarks)")
+	flag.StringVar(&cfg.lb.benchtime, "lb-benchtime", "200000x", "lb: -benchtime of the Go benchmarks")
+	flag.IntVar(&cfg.lb.count, "lb-count", 5, "lb: rounds of the Go benchmarks, each over every service count (the table shows medians and minimums)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	runMode := run
-	if *dnsMode {
+	switch {
+	case *dnsMode && *lbMode:
+		fmt.Fprintln(os.Stderr, "bench: -dns and -lb are separate modes; give one")
+		os.Exit(2)
+	case *dnsMode:
 		runMode = runDNS
+	case *lbMode:
+		runMode = runLBMode
 	}
 	if err := runMode(ctx, cfg, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -88,6 +111,7 @@ type config struct {
 	pings    int
 	mtu      int
 	dns      dnsConfig
+	lb       lbConfig
 }
 
 // result is one row of the table.
@@ -123,6 +147,9 @@ var topologies = []topology{
 	{"kernel-vxlan", "kernel VXLAN + bridge + veth (Docker overlay)", twoHosts, true, benchKernelVXLAN},
 }
 
+// lbTopology is -only's name of the load-balancer section (lb.go).
+const lbTopology = "lb"
+
 // pair is a built topology: two container namespaces and c2's address.
 type pair struct {
 	c1, c2 string // netns paths
@@ -133,7 +160,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	if err := checkTools(); err != nil {
 		return err
 	}
-	want := map[string]bool{}
+	want := map[string]bool{lbTopology: cfg.only == ""}
 	for _, t := range topologies {
 		want[t.name] = cfg.only == ""
 	}
@@ -141,7 +168,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp or kernel-vxlan)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan or lb)", n)
 			}
 			want[n] = true
 		}
@@ -165,6 +192,11 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	for _, r := range results {
 		if r.err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", r.name, r.err))
+		}
+	}
+	if want[lbTopology] {
+		if err := runLBMode(ctx, cfg, out, log); err != nil {
+			errs = append(errs, fmt.Errorf("lb: %w", err))
 		}
 	}
 	return errors.Join(errs...)
