@@ -69,6 +69,10 @@ type LBRow struct {
 	Name   string `json:"name"`
 	Desc   string `json:"desc"`
 	Target string `json:"target"` // the address the client connects to
+	// IperfTarget, if set, is where iperf3 connects instead of Target
+	// (the vip row: iperf3's service, which has client-IP affinity, has a
+	// VIP of its own).
+	IperfTarget string `json:"iperf_target,omitempty"`
 	// ThroughputBps is iperf3's received bits per second.
 	ThroughputBps float64 `json:"throughput_bps"`
 	Retransmits   int64   `json:"retransmits"`
@@ -268,8 +272,12 @@ func measureLB(ctx context.Context, cfg config, client string, r *LBRow, log io.
 		return err
 	}
 	secs := fmt.Sprint(int(cfg.duration.Seconds()))
-	fmt.Fprintf(log, "  %s: iperf3 -c %s -t %s\n", r.Name, r.Target, secs)
-	cli := exec.CommandContext(ctx, "nsenter", "--net="+client, "--", "iperf3", "-c", r.Target, "-p", fmt.Sprint(iperfPort), "-t", secs, "-J")
+	perf := r.Target
+	if r.IperfTarget != "" {
+		perf = r.IperfTarget
+	}
+	fmt.Fprintf(log, "  %s: iperf3 -c %s -t %s\n", r.Name, perf, secs)
+	cli := exec.CommandContext(ctx, "nsenter", "--net="+client, "--", "iperf3", "-c", perf, "-p", fmt.Sprint(iperfPort), "-t", secs, "-J")
 	cli.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	jout, cerr := cli.Output()
 	ir, err := testbed.ParseIperf3JSON(jout)

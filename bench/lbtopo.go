@@ -176,6 +176,9 @@ func lbVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) []L
 	}
 	if svcErr == nil {
 		rows[1].Target, err = serviceVIP(h, "web", netip.MustParsePrefix(lbSubnet))
+		if err == nil {
+			rows[1].IperfTarget, err = serviceVIP(h, "perf", netip.MustParsePrefix(lbSubnet))
+		}
 		if err != nil {
 			rows[1].Error = withLog(err).Error()
 		}
