@@ -33,15 +33,15 @@ type EgressConfig struct {
 
 // Reasons a flow is refused, the keys of Stats.Refused.
 const (
-	RefuseInternal = "internal"  // the network has no egress
-	RefuseOverlay  = "overlay"   // the destination is in an overlay network's subnet
-	RefuseLocal    = "local"     // the destination is the gateway itself
-	RefuseAddress  = "address"   // not a unicast destination, or a loopback one
-	RefuseSource   = "source"    // the source is not in the network's subnet
-	RefuseLimit    = "limit"     // MaxFlows flows are open
-	RefuseConnect  = "connect"   // the outside connect failed (refused, unreachable, timeout)
-	RefuseClosing  = "closing"   // the gateway is closing
-	RefuseEcho     = "echo"      // the outside echo could not be sent
+	RefuseInternal = "internal" // the network has no egress
+	RefuseOverlay  = "overlay"  // the destination is in an overlay network's subnet
+	RefuseLocal    = "local"    // the destination is the gateway itself
+	RefuseAddress  = "address"  // not a unicast destination, or a loopback one
+	RefuseSource   = "source"   // the source is not in the network's subnet
+	RefuseLimit    = "limit"    // MaxFlows flows are open
+	RefuseConnect  = "connect"  // the outside connect failed (refused, unreachable, timeout)
+	RefuseClosing  = "closing"  // the gateway is closing
+	RefuseEcho     = "echo"     // the outside echo could not be sent
 )
 
 // Stats are the host's egress counters.

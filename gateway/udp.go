@@ -73,7 +73,6 @@ func (g *Gateway) spliceUDP(in *gonet.UDPConn, out net.Conn, fl *flow) {
 	wg.Wait()
 }
 
-
 // copyDatagrams copies datagrams from src to dst until src fails or the
 // flow has been idle (last, shared by both directions) for idle.
 func copyDatagrams(dst, src net.Conn, last *atomic.Int64, idle time.Duration) uint64 {
