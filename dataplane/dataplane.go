@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/tunnel"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
@@ -34,13 +35,18 @@ type Options struct {
 	// Logger receives network and port events, never per-packet ones;
 	// nil discards them.
 	Logger *slog.Logger
+	// Egress is the host's egress, shared by every network's gateway
+	// port; nil means no network has egress (gateways still answer ARP
+	// and ping).
+	Egress *gateway.Egress
 }
 
 // Dataplane is one host's data plane. Its methods are safe for concurrent
 // use; Reconfig calls are serialised.
 type Dataplane struct {
-	log  *slog.Logger
-	vtep *tunnel.VTEP
+	log    *slog.Logger
+	vtep   *tunnel.VTEP
+	egress *gateway.Egress
 	// batches lends read batches to the ports' loops.
 	batches *batchPool
 
@@ -62,6 +68,7 @@ func New(opts Options) *Dataplane {
 	return &Dataplane{
 		log:     log,
 		vtep:    tunnel.New(opts.Tunnel),
+		egress:  opts.Egress,
 		batches: newBatchPool(),
 		nets:    map[string]*network{},
 		ports:   map[portKey]*port{},
@@ -159,7 +166,9 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 			}
 		}
 		dp.applyRemotes(n, w, &errs)
+		dp.applyGateway(n, w, &errs)
 	}
+	dp.setOverlay(order)
 	return errors.Join(errs...)
 }
 

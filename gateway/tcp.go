@@ -53,11 +53,11 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	defer e.done(f)
 	ctx, cancel := context.WithTimeout(g.ctx, e.cfg.DialTimeout)
 	out, err := e.cfg.Dial(ctx, "tcp", f.Dst.String())
 	cancel()
 	if err != nil {
+		e.done(f)
 		e.refuse(RefuseConnect)
 		r.Complete(true)
 		return
@@ -66,6 +66,7 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	ep, tErr := r.CreateEndpoint(&wq)
 	if tErr != nil {
 		// The container gave up (its SYN timed out or it reset).
+		e.done(f)
 		r.Complete(true)
 		resetConn(out)
 		return
@@ -75,10 +76,14 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	in := gonet.NewTCPConn(&wq, ep)
 	fl := &flow{close: func() { resetEndpoint(ep); resetConn(out) }}
 	if !g.track(fl) {
+		e.done(f)
 		fl.abort()
 		return
 	}
+	// The slot is released before Close (which waits for untrack) can
+	// return.
 	defer g.untrack(fl)
+	defer e.done(f)
 	g.spliceTCP(in, out, ep, fl)
 }
 

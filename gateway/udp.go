@@ -46,8 +46,8 @@ func (g *Gateway) handleUDP(r *udp.ForwarderRequest) bool {
 		return true
 	}
 	go func() {
-		defer e.done(f)
 		defer g.untrack(fl)
+		defer e.done(f)
 		g.spliceUDP(in, out, fl)
 	}()
 	return true
