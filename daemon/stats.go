@@ -62,6 +62,7 @@ func (d *Daemon) Stats() api.Stats {
 	if drops := d.dp.TunnelStats().Drops; len(drops) > 0 {
 		out.TunnelDrops = drops
 	}
+	out.Egress = d.egressStats()
 	out.RefusedRecords = d.refused.snapshot()
 	if drops := d.cl.Drops(); len(drops) > 0 {
 		out.GossipDrops = drops

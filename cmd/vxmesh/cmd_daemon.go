@@ -18,6 +18,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/daemon"
 	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/internal/fdlimit"
 	"github.com/vxmesh/vxmesh/internal/sdnotify"
 	"github.com/vxmesh/vxmesh/sandbox"
@@ -40,6 +41,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
 	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
 	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
+	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) open at once on this host; more are refused")
 	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
 	pos, _, err := fs.parse(args)
 	if err != nil {
@@ -87,6 +89,9 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	if *dnsTimeout <= 0 {
 		return usagef("--dns-timeout %s: must be positive", *dnsTimeout)
 	}
+	if *egressMax < 1 || *egressMax > maxEgressFlows {
+		return usagef("--egress-max-flows %d: out of range 1-%d", *egressMax, maxEgressFlows)
+	}
 	if *metricsAddr != "" {
 		if _, port, err := net.SplitHostPort(*metricsAddr); err != nil || port == "" {
 			return usagef("--metrics-addr %q: want HOST:PORT", *metricsAddr)
@@ -115,8 +120,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
-		MetricsAddr: *metricsAddr,
-		Ready:       func() { notify(log, sdnotify.Ready) },
+		MetricsAddr: *metricsAddr, EgressMaxFlows: *egressMax,
+		Ready: func() { notify(log, sdnotify.Ready) },
 	})
 	if err != nil {
 		return err
@@ -235,3 +240,7 @@ func cmdNodeLs(env *cliEnv, args []string) error {
 		return t.flush()
 	})
 }
+
+// maxEgressFlows bounds --egress-max-flows: each flow holds two sockets
+// (one file descriptor, one netstack endpoint) and copy buffers.
+const maxEgressFlows = 1 << 22
