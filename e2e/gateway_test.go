@@ -126,7 +126,7 @@ func TestGatewayEgress(t *testing.T) {
 	if !n.Internal {
 		t.Error("network inspect does not show sealed as internal")
 	}
-	if ls := e.cli("network", "ls"); !strings.Contains(ls, "no (internal)") {
+	if ls := e.cli("network", "ls"); !strings.Contains(ls, "INTERNAL") || !strings.Contains(ls, "yes") {
 		t.Errorf("network ls does not show the internal network:\n%s", ls)
 	}
 	_ = context.Background

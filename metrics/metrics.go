@@ -4,7 +4,7 @@
 // inspect views, the key ring view, the cluster members) on each scrape
 // and turns them into const metrics: nothing is added to the packet path.
 // Labels are bounded: network, port (a container endpoint), peer (a VTEP
-// address) and node, direction, a fixed set of reasons and kinds, and the
+// address) and node, direction, a fixed set of reasons, kinds and protocols, and the
 // key ID of an SA (bounded by the ring's size); never anything per packet
 // or per flow. At most MaxPorts port series sets are exported per scrape
 // (the first by network and port name); vxmesh_metrics_ports_omitted says

@@ -57,13 +57,17 @@ func networkLs(env *cliEnv, args []string) error {
 		return err
 	}
 	return fs.output(env.stdout, nets, func() error {
-		t := newTable(env.stdout, "NAME", "ID", "SUBNET", "GATEWAY", "VNI", "MTU", "ENCRYPTED", "EGRESS")
+		t := newTable(env.stdout, "NAME", "ID", "SUBNET", "GATEWAY", "VNI", "MTU", "ENCRYPTED", "INTERNAL")
 		for _, n := range nets {
 			enc := "no"
 			if n.Encrypted {
 				enc = n.Cipher
 			}
-			t.row(n.Name, shortID(n.ID), n.Subnet, n.Gateway, n.VNI, n.MTU, enc, egressOf(n))
+			internal := "no"
+			if n.Internal {
+				internal = "yes"
+			}
+			t.row(n.Name, shortID(n.ID), n.Subnet, n.Gateway, n.VNI, n.MTU, enc, internal)
 		}
 		return t.flush()
 	})
