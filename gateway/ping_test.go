@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -83,4 +84,73 @@ func TestPingGateway(t *testing.T) {
 		sendFrame(ref, echoFrame(mac, ip, gwAddr.Addr(), 7, 1))
 		poll(t, "the gateway's echo reply", func() bool { return hasReply(rec, gwAddr.Addr(), 7, 1) })
 	}
+}
+
+// hostAddr returns a non-loopback IPv4 address of this machine, or
+// skips.
+func hostAddr(t *testing.T) netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && !p.Addr().IsLoopback() && !gwAddr.Contains(p.Addr()) {
+				return p.Addr()
+			}
+		}
+	}
+	t.Skip("no non-loopback IPv4 address to ping")
+	return netip.Addr{}
+}
+
+// TestPingOutside: an echo request to an outside address is answered by
+// a real echo from the host (raw socket: root), never by the stack; on an
+// internal network it is dropped and counted, with no reply.
+func TestPingOutside(t *testing.T) {
+	dst := hostAddr(t)
+	if c, err := net.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
+		t.Skipf("no raw ICMP socket (needs root): %v", err)
+	} else {
+		c.Close()
+	}
+	h := newHarness(t, false, EgressConfig{})
+	rec, ref, mac, ip := h.pinger(t)
+	sendFrame(ref, echoFrame(mac, ip, dst, 9, 3))
+	poll(t, "the echo reply from "+dst.String(), func() bool { return hasReply(rec, dst, 9, 3) })
+	if st := h.eg.Stats(); st.Total != 1 {
+		t.Errorf("stats %+v: want one echo flow", st)
+	}
+
+	in := newHarness(t, true, EgressConfig{})
+	rec, ref, mac, ip = in.pinger(t)
+	for _, d := range []netip.Addr{dst, outside} {
+		sendFrame(ref, echoFrame(mac, ip, d, 9, 4))
+	}
+	if got := in.eg.Stats().Refused[RefuseInternal]; got != 2 {
+		t.Fatalf("refused[internal] = %d, want 2", got)
+	}
+	sendFrame(ref, echoFrame(mac, ip, gwAddr.Addr(), 9, 5)) // the gateway itself still answers
+	poll(t, "the gateway's echo reply", func() bool { return hasReply(rec, gwAddr.Addr(), 9, 5) })
+	for _, d := range []netip.Addr{dst, outside} {
+		if hasReply(rec, d, 9, 4) {
+			t.Errorf("internal network got an echo reply from %s", d)
+		}
+	}
+}
+
+// FuzzParseEcho: parseEcho takes any frame without panicking, and what
+// it accepts is an echo request whose reply frame parses back to the same
+// identifiers.
+func FuzzParseEcho(f *testing.F) {
+	f.Add(echoFrame(ctrMAC, ctrAddr.Addr(), outside, 1, 2))
+	f.Add(echoFrame(ctrMAC, ctrAddr.Addr(), gwAddr.Addr(), 0xffff, 0))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		r, ok := parseEcho(frame)
+		if !ok {
+			return
+		}
+		reply := echoReply(gwMAC, r, r.data)
+		if !echoReplyFrom(reply, r.dst, r.id, r.seq) {
+			t.Fatalf("reply to %+v does not parse back", r)
+		}
+	})
 }
