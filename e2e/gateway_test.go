@@ -98,6 +98,12 @@ func TestGatewayEgress(t *testing.T) {
 	if r, err := e.dig("c1", "@"+peer.Addr, "egress.test", "A"); err != nil || r.status != "NOERROR" || len(r.answers) != 1 || r.answers[0] != "192.0.2.99" {
 		t.Errorf("DNS through egress: %v %+v", err, r)
 	}
+	if out, err := e.h.Exec("c1", "ping", "-c", "1", "-W", "3", peer.Addr); err != nil {
+		t.Errorf("c1 ping outside %s: %v\n%s", peer.Addr, err, out)
+	}
+	if out, err := e.h.Exec("c2", "ping", "-c", "1", "-W", "1", peer.Addr); err == nil {
+		t.Errorf("internal network's c2 pinged outside %s:\n%s", peer.Addr, out)
+	}
 	for _, c := range []struct{ ctr, gw string }{{"c1", "10.91.0.1"}, {"c2", "10.92.0.1"}} {
 		if out, err := e.h.Exec(c.ctr, "ping", "-c", "1", "-W", "3", c.gw); err != nil {
 			t.Errorf("%s ping gateway %s: %v\n%s", c.ctr, c.gw, err, out)
