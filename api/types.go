@@ -39,6 +39,8 @@ type Network struct {
 	// unknown unicast) per second each container port may send; -1 means
 	// no limit.
 	StormLimit int `json:"storm_limit"`
+	// Internal networks have no egress.
+	Internal bool `json:"internal"`
 	// Drops counts the network's frames the tunnel dropped, by reason
 	// (inspect only): "cleartext" (VXLAN without ESP for an encrypted
 	// network), "no-sa", "unknown-peer", "spoofed-src", "mtu", ...
@@ -171,6 +173,9 @@ type NetworkCreateRequest struct {
 	// StormLimit is how many flooded frames per second each container
 	// port may send: 0 means the default (1000), -1 no limit.
 	StormLimit int `json:"storm_limit,omitempty"`
+	// Internal networks have no egress: their gateway answers ARP, ping
+	// and DNS, and refuses every flow to outside the overlay.
+	Internal bool `json:"internal,omitempty"`
 }
 
 // Endpoint is a container interface attached to a network.
@@ -333,6 +338,9 @@ type Stats struct {
 	Services []ServiceStats `json:"services,omitempty"`
 	// Conntrack is this node's connection table.
 	Conntrack ConntrackStats `json:"conntrack"`
+	// Egress are the counters of the flows the networks' gateways
+	// re-originate from this host.
+	Egress EgressStats `json:"egress"`
 }
 
 // ConntrackStats describe the host's service connection table.
@@ -341,6 +349,24 @@ type ConntrackStats struct {
 	Entries   int               `json:"entries"`
 	Evictions uint64            `json:"evictions"`
 	Drops     map[string]uint64 `json:"drops,omitempty"`
+}
+
+// EgressStats are the counters of a host's egress (package gateway).
+type EgressStats struct {
+	// MaxFlows bounds the flows open at once (--egress-max-flows).
+	MaxFlows int `json:"max_flows"`
+	// Active flows by protocol.
+	ActiveTCP  int64 `json:"active_tcp"`
+	ActiveUDP  int64 `json:"active_udp"`
+	ActiveICMP int64 `json:"active_icmp"`
+	// Total counts the flows admitted since the daemon started.
+	Total uint64 `json:"total"`
+	// Refused counts refused flows by reason: "internal", "overlay",
+	// "local", "address", "source", "limit", "connect", "echo".
+	Refused map[string]uint64 `json:"refused,omitempty"`
+	// BytesOut and BytesIn count payload bytes to and from the outside.
+	BytesOut uint64 `json:"bytes_out"`
+	BytesIn  uint64 `json:"bytes_in"`
 }
 
 // DNSStats are the embedded resolver's counters.

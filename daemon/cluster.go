@@ -46,6 +46,8 @@ type netRecord struct {
 	// StormLimit: -1 unlimited, 0 (a record from a node that predates
 	// the field) the default.
 	StormLimit int `json:"storm_limit,omitempty"`
+	// Internal networks have no egress.
+	Internal bool `json:"internal,omitempty"`
 }
 
 // saved is the network as state.json keeps it.
@@ -53,6 +55,7 @@ func (r netRecord) saved() savedNetwork {
 	return savedNetwork{
 		Name: r.Name, ID: r.ID, Subnet: r.Subnet, Gateway: r.Gateway, MTU: r.MTU, VNI: r.VNI,
 		Created: r.Created, VTEPs: r.VTEPs, Encrypted: r.Encrypted, Cipher: r.Cipher, StormLimit: r.StormLimit,
+		Internal: r.Internal,
 	}
 }
 

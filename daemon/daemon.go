@@ -26,6 +26,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/dataplane"
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
@@ -106,6 +107,10 @@ type Config struct {
 	// bound in New, so a busy address fails before the cluster is joined.
 	MetricsAddr string
 
+	// EgressMaxFlows bounds the egress flows open at once on this host
+	// (gateway.DefaultMaxFlows if 0).
+	EgressMaxFlows int
+
 	tuneCluster func(*cluster.Config)
 	// apiTimeouts replaces the API server's timeouts (tests).
 	apiTimeouts *apiTimeouts
@@ -137,6 +142,7 @@ type Daemon struct {
 
 	cl     *cluster.Cluster
 	dp     *dataplane.Dataplane
+	egress *gateway.Egress
 	dns    *resolver
 	keys   *keyState
 	ctx    context.Context
@@ -302,7 +308,9 @@ func (d *Daemon) start() error {
 		}
 		eul = u
 	}
+	d.egress = gateway.NewEgress(gateway.EgressConfig{MaxFlows: d.cfg.EgressMaxFlows})
 	d.dp = dataplane.New(dataplane.Options{
+		Egress: d.egress,
 		Tunnel: tunnel.Config{
 			Underlay: ul, DataPort: d.cfg.DataPort, ESPUnderlay: eul, ESPPort: d.cfg.ESPPort,
 			Logger: d.log.With("component", "tunnel"), LocalAddr: d.cfg.Advertise,

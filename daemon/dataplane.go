@@ -62,6 +62,7 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 		nc := dataplane.NetworkConfig{
 			Name: n.rec.Name, VNI: n.rec.VNI, MTU: n.rec.MTU, Cipher: n.cipher,
 			Gateway: n.gw, GatewayMAC: macForIP(n.gw), StormLimit: n.rec.StormLimit,
+			Subnet: n.subnet, Internal: n.rec.Internal,
 			Remotes: remotes[n.rec.Name], Services: services.lbServices(n.rec.Name),
 		}
 		for _, v := range n.rec.VTEPs {

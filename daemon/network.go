@@ -280,6 +280,7 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 		return rec, err
 	}
 	rec.StormLimit = storm
+	rec.Internal = req.Internal
 	rules := d.vtepRules()
 	vteps, err := parseVTEPs(req.Name, req.VTEPs, rules)
 	if err != nil {
@@ -423,6 +424,7 @@ func (d *Daemon) networkView(n *localNetwork, withEndpoints bool) api.Network {
 		Name: n.rec.Name, ID: n.rec.ID, Subnet: n.rec.Subnet, Gateway: n.rec.Gateway,
 		MTU: n.rec.MTU, VNI: n.rec.VNI, Created: n.rec.Created, VTEPs: n.rec.VTEPs,
 		Encrypted: n.rec.Encrypted, Cipher: n.rec.Cipher, StormLimit: n.rec.StormLimit,
+		Internal: n.rec.Internal,
 	}
 	if v.StormLimit == 0 {
 		v.StormLimit = vswitch.DefaultStormLimit

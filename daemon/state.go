@@ -41,6 +41,8 @@ type savedNetwork struct {
 	// port may send (see vswitch.Config.StormLimit): -1 unlimited, 0 (a
 	// record written before the field existed) the default.
 	StormLimit int `json:"storm_limit,omitempty"`
+	// Internal networks have no egress.
+	Internal bool `json:"internal,omitempty"`
 }
 
 // record is the network as the cluster's record.
@@ -48,6 +50,7 @@ func (s savedNetwork) record() netRecord {
 	return netRecord{
 		Name: s.Name, ID: s.ID, Subnet: s.Subnet, Gateway: s.Gateway, MTU: s.MTU, VNI: s.VNI,
 		Created: s.Created, VTEPs: s.VTEPs, Encrypted: s.Encrypted, Cipher: s.Cipher, StormLimit: s.StormLimit,
+		Internal: s.Internal,
 	}
 }
 

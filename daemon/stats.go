@@ -77,6 +77,7 @@ func (d *Daemon) Stats() api.Stats {
 			out.Conntrack.Drops[reason] += n
 		}
 	}
+	out.Egress = d.egressStats()
 	out.RefusedRecords = d.refused.snapshot()
 	if drops := d.cl.Drops(); len(drops) > 0 {
 		out.GossipDrops = drops

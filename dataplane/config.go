@@ -14,8 +14,8 @@ import (
 // Config is the complete desired state of the data plane. Reconfig makes
 // the data plane match it; whatever it does not name is taken down.
 //
-// Each network's gateway port joins the desired state as a field of
-// NetworkConfig when the gateway package is wired in.
+// Each network's gateway port is part of its NetworkConfig (Gateway,
+// Subnet, Internal).
 type Config struct {
 	// Networks are the overlay networks this host has, by unique name
 	// and unique VNI.
@@ -34,7 +34,7 @@ type Config struct {
 }
 
 // NetworkConfig is one overlay network: its switch and its VXLAN segment.
-// Changing VNI, MTU, Gateway or StormLimit rebuilds the network (its
+// Changing VNI, MTU, Gateway, Subnet, Internal or StormLimit rebuilds the network (its
 // ports stay open and are moved to the new switch); the rest is changed
 // in place.
 type NetworkConfig struct {
@@ -48,10 +48,17 @@ type NetworkConfig struct {
 	// clear.
 	Cipher esp.Cipher
 	// Gateway is the gateway address the switch answers ARP for (with
-	// GatewayMAC); frames to GatewayMAC are dropped until the gateway
-	// port exists.
+	// GatewayMAC). With a Subnet too, the network gets a gateway port
+	// (package gateway) that owns the address, answers ping and
+	// egresses flows to outside the overlay; without, frames to
+	// GatewayMAC are dropped.
 	Gateway    netip.Addr
 	GatewayMAC packet.MAC
+	// Subnet is the network's subnet: the gateway's prefix, and never
+	// egressed from any network.
+	Subnet netip.Prefix
+	// Internal networks have no egress (Docker's --internal).
+	Internal bool
 	// StormLimit is the flooded frames per second and port (see
 	// vswitch.Config.StormLimit).
 	StormLimit int

@@ -22,6 +22,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/lb"
 
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/tunnel"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
@@ -40,13 +41,18 @@ type Options struct {
 	// SweepInterval is how often expired connections leave the host's
 	// conntrack; 0 means DefaultSweepInterval.
 	SweepInterval time.Duration
+	// Egress is the host's egress, shared by every network's gateway
+	// port; nil means no network has egress (gateways still answer ARP
+	// and ping).
+	Egress *gateway.Egress
 }
 
 // Dataplane is one host's data plane. Its methods are safe for concurrent
 // use; Reconfig calls are serialised.
 type Dataplane struct {
-	log  *slog.Logger
-	vtep *tunnel.VTEP
+	log    *slog.Logger
+	vtep   *tunnel.VTEP
+	egress *gateway.Egress
 	// batches lends read batches to the ports' loops.
 	batches *batchPool
 	// epoch is the origin of the balancers' clock (lbNow).
@@ -85,6 +91,7 @@ func New(opts Options) *Dataplane {
 	return &Dataplane{
 		log:        log,
 		vtep:       tunnel.New(opts.Tunnel),
+		egress:     opts.Egress,
 		batches:    newBatchPool(),
 		epoch:      time.Now(),
 		sweepEvery: sweep,
@@ -193,7 +200,9 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 			}
 		}
 		dp.applyRemotes(n, w, &errs)
+		dp.applyGateway(n, w, &errs)
 	}
+	dp.setOverlay(order)
 	return errors.Join(errs...)
 }
 

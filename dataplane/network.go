@@ -20,7 +20,8 @@ type network struct {
 	sw    *vswitch.Switch
 	tn    *tunnel.Segment
 	tport *vswitch.Port
-	lb    *lb.Table // the balancer given to sw, nil before the network has services
+	lb    *lb.Table   // the balancer given to sw, nil before the network has services
+	gw    *netGateway // nil: no gateway port
 
 	cipher   esp.Cipher
 	external []netip.Addr              // applied external VTEPs, sorted
@@ -32,7 +33,8 @@ type network struct {
 // sameShape reports whether w can be applied to n in place.
 func (n *network) sameShape(w *NetworkConfig) bool {
 	c := &n.cfg
-	return c.VNI == w.VNI && c.MTU == w.MTU && c.Gateway == w.Gateway && c.GatewayMAC == w.GatewayMAC && c.StormLimit == w.StormLimit
+	return c.VNI == w.VNI && c.MTU == w.MTU && c.Gateway == w.Gateway && c.GatewayMAC == w.GatewayMAC && c.StormLimit == w.StormLimit &&
+		c.Subnet == w.Subnet && c.Internal == w.Internal
 }
 
 // applyNetwork builds w's network if it does not exist yet and sets its
@@ -76,7 +78,7 @@ func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 	}
 	tn.SetInput(ref.Input)
 	n := &network{
-		cfg: NetworkConfig{Name: w.Name, VNI: w.VNI, MTU: w.MTU, Gateway: w.Gateway, GatewayMAC: w.GatewayMAC, StormLimit: w.StormLimit},
+		cfg: NetworkConfig{Name: w.Name, VNI: w.VNI, MTU: w.MTU, Gateway: w.Gateway, GatewayMAC: w.GatewayMAC, StormLimit: w.StormLimit, Subnet: w.Subnet, Internal: w.Internal},
 		sw:  sw, tn: tn, tport: ref,
 		statics: map[packet.MAC]netip.Addr{}, remotes: map[packet.MAC]netip.Addr{},
 	}
@@ -92,6 +94,7 @@ func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 // ports have been detached.
 func (dp *Dataplane) removeNetwork(n *network) {
 	dp.changes++
+	dp.removeGateway(n)
 	n.tn.SetRemotes(nil)
 	for mac := range n.statics {
 		n.sw.RemoveStatic(mac)

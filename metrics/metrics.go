@@ -4,7 +4,7 @@
 // inspect views, the key ring view, the cluster members) on each scrape
 // and turns them into const metrics: nothing is added to the packet path.
 // Labels are bounded: network, port (a container endpoint), peer (a VTEP
-// address) and node, direction, a fixed set of reasons and kinds, and the
+// address) and node, direction, a fixed set of reasons, kinds and protocols, and the
 // key ID of an SA (bounded by the ring's size); never anything per packet
 // or per flow. At most MaxPorts port series sets are exported per scrape
 // (the first by network and port name); vxmesh_metrics_ports_omitted says
@@ -53,6 +53,7 @@ type Collector struct {
 	// MaxPorts caps the ports exported per scrape (DefaultMaxPorts if 0).
 	MaxPorts int
 	d        descs
+	eg       egressDescs
 }
 
 type descs struct {
@@ -77,7 +78,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 func NewCollector(src Source) *Collector {
 	net, port, peer := "network", "port", "peer"
 	sa := []string{net, peer, "node", "direction", "key"}
-	return &Collector{src: src, d: descs{
+	return &Collector{src: src, eg: newEgressDescs(), d: descs{
 		node:          desc("node_info", "The node this daemon runs as (always 1).", "node"),
 		portsOmitted:  desc("metrics_ports_omitted", "Ports left out of this scrape because of the series cap."),
 		flooded:       desc("network_flooded_frames_total", "Frames the network's switch flooded.", net),
@@ -130,6 +131,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	} {
 		ch <- x
 	}
+	for _, x := range c.eg.all() {
+		ch <- x
+	}
 }
 
 // emitter sends const metrics to a channel.
@@ -166,6 +170,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		c.collectNetwork(e, ns)
 	}
 	c.collectDNS(e, st.DNS)
+	c.eg.collect(e, st.Egress)
 	c.collectKeys(e, c.src.Keys())
 	c.collectMembers(e, c.src.Nodes())
 }

@@ -196,7 +196,7 @@ func TestExposition(t *testing.T) {
 	}
 	// No series carries a label outside the documented, bounded set.
 	allowed := map[string]bool{"network": true, "port": true, "peer": true, "node": true, "direction": true,
-		"reason": true, "kind": true, "key": true, "state": true, "le": true}
+		"reason": true, "kind": true, "key": true, "state": true, "le": true, "proto": true}
 	for name, f := range fams {
 		if !strings.HasPrefix(name, "vxmesh_") {
 			continue

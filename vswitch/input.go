@@ -150,20 +150,20 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 			continue
 		}
 		dst := eth.Dst()
-		if dst == s.gwMAC && !dst.IsZero() {
-			sc.drops[dropNoRoute]++
-			continue
-		}
 		var out *Port
 		if !dst.IsMulticast() {
 			out = s.lookup(v, dst, now)
+		}
+		if (dst == s.gwMAC && !dst.IsZero() && (out == nil || !out.gateway)) || !r.gatewayRoute(out) {
+			sc.drops[dropNoRoute]++
+			continue
 		}
 		switch {
 		case out == nil && r.storm && !sc.stormAllow(now, s.stormGap):
 			sc.drops[dropStorm]++
 		case out == nil:
 			for _, p := range v.ports {
-				if p != r && !p.removed.Load() {
+				if r.floodsTo(p) {
 					sc.add(p, buf, true, n)
 				}
 			}

@@ -11,7 +11,7 @@ type reason int
 const (
 	dropMalformed    reason = iota // shorter than an Ethernet header, bad source MAC, bad IPv4/ARP under port security
 	dropPortSecurity               // source MAC/IP not the port's
-	dropNoRoute                    // addressed to the gateway, which does not route yet
+	dropNoRoute                    // addressed to the gateway while it has no port, to or from the gateway port across the tunnel
 	dropSamePort                   // destination is the input port
 	dropTxError                    // the destination port's Write failed
 	dropPortDown                   // input on a removed port or a closed switch

@@ -44,7 +44,8 @@ type Config struct {
 	// MAC; 0 means 300s.
 	AgingTime time.Duration
 	// GatewayIP and GatewayMAC, if set, are answered by ARP suppression;
-	// other frames to GatewayMAC are dropped as "no-route".
+	// other frames to GatewayMAC go to the gateway port (AddGateway), or
+	// are dropped as "no-route" while there is none.
 	GatewayIP  netip.Addr
 	GatewayMAC packet.MAC
 	// MaxLearned bounds the learned entries (default 8192); sources beyond
@@ -119,6 +120,7 @@ type Port struct {
 	ll       netip.Addr // the IPv6 link-local address derived from mac
 	security bool
 	storm    bool // flooding is subject to the storm limit
+	gateway  bool // the gateway port (AddGateway)
 	id       int  // small, unique among attached ports; indexes scratch queues
 	removed  atomic.Bool
 	capture  atomic.Pointer[Capture] // nil unless a capture runs (StartCapture)

@@ -19,6 +19,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/daemon"
 	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/internal/fdlimit"
 	"github.com/vxmesh/vxmesh/internal/sdnotify"
 	"github.com/vxmesh/vxmesh/lb"
@@ -42,6 +43,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
 	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
 	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
+	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) open at once on this host; more are refused")
 	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
 	ctMax := fs.Int("conntrack-max", lb.DefaultMax, "entries of the service connection table (least recently used evicted when full)")
 	ctTimeouts := fs.String("conntrack-timeouts", "", "service connection timeouts as `NAME=DURATION,...`: "+strings.Join(conntrackTimeoutNames(), ", ")+
@@ -99,6 +101,9 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	if *dnsTimeout <= 0 {
 		return usagef("--dns-timeout %s: must be positive", *dnsTimeout)
 	}
+	if *egressMax < 1 || *egressMax > maxEgressFlows {
+		return usagef("--egress-max-flows %d: out of range 1-%d", *egressMax, maxEgressFlows)
+	}
 	if *metricsAddr != "" {
 		if _, port, err := net.SplitHostPort(*metricsAddr); err != nil || port == "" {
 			return usagef("--metrics-addr %q: want HOST:PORT", *metricsAddr)
@@ -127,7 +132,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
-		MetricsAddr: *metricsAddr, ConntrackMax: *ctMax, ConntrackTimeouts: timeouts,
+		MetricsAddr: *metricsAddr, ConntrackMax: *ctMax, ConntrackTimeouts: timeouts, EgressMaxFlows: *egressMax,
 		Ready: func() { notify(log, sdnotify.Ready) },
 	})
 	if err != nil {
@@ -287,3 +292,7 @@ func parseConntrackTimeouts(s string) (lb.Timeouts, error) {
 	}
 	return t, nil
 }
+
+// maxEgressFlows bounds --egress-max-flows: each flow holds two sockets
+// (one file descriptor, one netstack endpoint) and copy buffers.
+const maxEgressFlows = 1 << 22

@@ -20,6 +20,7 @@ func networkCreate(env *cliEnv, args []string) error {
 	fs.Var(&vteps, "vtep", "external RFC 7348 VTEP address `IP` (repeatable)")
 	fs.BoolVar(&req.Encrypted, "encrypted", false, "encrypt the network's traffic between hosts (ESP in UDP, AES-GCM)")
 	fs.StringVar(&req.Cipher, "cipher", "", "cipher of an encrypted network: aes128-gcm (default) or aes256-gcm")
+	fs.BoolVar(&req.Internal, "internal", false, "no egress: containers reach only the overlay (the gateway still answers ping and DNS)")
 	fs.IntVar(&req.StormLimit, "storm-limit", 0, "flooded frames (broadcast, multicast, unknown unicast) per second each container may send; 0: the default 1000, -1: no limit")
 	pos, _, err := fs.parse(args)
 	if err != nil {
@@ -56,13 +57,17 @@ func networkLs(env *cliEnv, args []string) error {
 		return err
 	}
 	return fs.output(env.stdout, nets, func() error {
-		t := newTable(env.stdout, "NAME", "ID", "SUBNET", "GATEWAY", "VNI", "MTU", "ENCRYPTED")
+		t := newTable(env.stdout, "NAME", "ID", "SUBNET", "GATEWAY", "VNI", "MTU", "ENCRYPTED", "INTERNAL")
 		for _, n := range nets {
 			enc := "no"
 			if n.Encrypted {
 				enc = n.Cipher
 			}
-			t.row(n.Name, shortID(n.ID), n.Subnet, n.Gateway, n.VNI, n.MTU, enc)
+			internal := "no"
+			if n.Internal {
+				internal = "yes"
+			}
+			t.row(n.Name, shortID(n.ID), n.Subnet, n.Gateway, n.VNI, n.MTU, enc, internal)
 		}
 		return t.flush()
 	})
@@ -94,6 +99,7 @@ func printNetwork(w io.Writer, n api.Network) error {
 		storm = "unlimited"
 	}
 	fmt.Fprintf(w, "Storm limit: %s\n", storm)
+	fmt.Fprintf(w, "Egress:   %s\n", egressOf(n))
 	if n.Encrypted {
 		fmt.Fprintf(w, "Encrypted: %s (ESP in UDP)\n", n.Cipher)
 	}
@@ -194,4 +200,12 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// egressOf says whether a network's containers reach outside the overlay.
+func egressOf(n api.Network) string {
+	if n.Internal {
+		return "no (internal)"
+	}
+	return "yes"
 }

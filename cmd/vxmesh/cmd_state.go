@@ -74,6 +74,9 @@ func printStats(w io.Writer, s api.Stats) error {
 			return err
 		}
 	}
+	eg := s.Egress
+	fmt.Fprintf(w, "Egress: %d tcp, %d udp, %d icmp flows open of %d; %d flows, %d bytes out, %d bytes in; refused %s\n",
+		eg.ActiveTCP, eg.ActiveUDP, eg.ActiveICMP, eg.MaxFlows, eg.Total, eg.BytesOut, eg.BytesIn, formatDrops(eg.Refused))
 	for _, n := range s.Networks {
 		fmt.Fprintf(w, "\nNetwork %s: flooded %d, flood without peers %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.FloodNoPeers, n.ARPSuppressed, formatDrops(n.Drops))
 		t := newTable(w, "NAME", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES", "DROPS")

@@ -17,12 +17,14 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/packet"
@@ -54,7 +56,7 @@ func NewWithMTU(name string, mac packet.MAC, addr netip.Prefix, mtu int) (*Conta
 	}
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
 	ep := channel.New(1024, uint32(mtu+packet.EthernetHeaderLen), tcpip.LinkAddress(mac[:]))
 	if err := s.CreateNIC(nicID, ethernet.New(ep)); err != nil {
@@ -97,6 +99,21 @@ func (c *Container) Listen(port uint16) (net.Listener, error) {
 func (c *Container) Dial(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 	return gonet.DialContextTCP(ctx, c.stack,
 		tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(dst.Addr().As4()), Port: dst.Port()}, ipv4.ProtocolNumber)
+}
+
+// SetDefaultRoute routes every address outside the on-link subnet
+// through gw, as a container's default route does.
+func (c *Container) SetDefaultRoute(gw netip.Addr) {
+	subnet := tcpip.AddressWithPrefix{Address: tcpip.AddrFrom4(c.addr.Addr().As4()), PrefixLen: c.addr.Bits()}.Subnet()
+	c.stack.SetRouteTable([]tcpip.Route{
+		{Destination: subnet, NIC: nicID},
+		{Destination: header.IPv4EmptySubnet, Gateway: tcpip.AddrFrom4(gw.As4()), NIC: nicID},
+	})
+}
+
+// DialUDP opens a UDP socket connected to dst.
+func (c *Container) DialUDP(dst netip.AddrPort) (net.Conn, error) {
+	return gonet.DialUDP(c.stack, nil, &tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(dst.Addr().As4()), Port: dst.Port()}, ipv4.ProtocolNumber)
 }
 
 // Close shuts the stack and its device down.

@@ -1,0 +1,119 @@
+package dataplane
+
+import (
+	"errors"
+	"net/netip"
+
+	"github.com/vxmesh/vxmesh/gateway"
+	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/vswitch"
+)
+
+// GatewayPortName is the name of each switch's gateway port.
+const GatewayPortName = "gateway"
+
+// netGateway is a network's applied gateway: the stack, its switch port
+// and the loop that reads the stack's frames into the switch.
+type netGateway struct {
+	gw   *gateway.Gateway
+	ref  *vswitch.Port
+	done chan struct{}
+}
+
+// wantsGateway reports whether w asks for a gateway port: it has a
+// gateway address, MAC and subnet.
+func wantsGateway(w *NetworkConfig) bool {
+	return w.Gateway.Is4() && !w.GatewayMAC.IsZero() && w.Subnet.IsValid()
+}
+
+// applyGateway gives n its gateway port if w wants one and it has none
+// (a network whose gateway settings change is rebuilt, see sameShape).
+func (dp *Dataplane) applyGateway(n *network, w *NetworkConfig, errs *[]error) {
+	if n.gw != nil || !wantsGateway(w) {
+		return
+	}
+	dp.changes++
+	fail := func(err error) { *errs = append(*errs, &Error{Network: w.Name, Object: "gateway", Err: err}) }
+	if !w.Subnet.Contains(w.Gateway) {
+		fail(errors.New("gateway " + w.Gateway.String() + " is not in subnet " + w.Subnet.String()))
+		return
+	}
+	g, err := gateway.New(gateway.Config{
+		Name: w.Name, Addr: netip.PrefixFrom(w.Gateway, w.Subnet.Bits()), MAC: w.GatewayMAC,
+		MTU: w.MTU, Internal: w.Internal, Egress: dp.egress,
+	})
+	if err != nil {
+		fail(err)
+		return
+	}
+	ref, err := n.sw.AddGateway(g.Device(), GatewayPortName)
+	if err != nil {
+		g.Close()
+		fail(err)
+		return
+	}
+	ng := &netGateway{gw: g, ref: ref, done: make(chan struct{})}
+	go ng.read(w.MTU)
+	n.gw = ng
+	dp.log.Info("gateway up", "network", w.Name, "address", w.Gateway, "internal", w.Internal)
+}
+
+// read hands the stack's frames to the switch until the gateway closes.
+// Its frames are complete and at most MTU long, so its buffers are sized
+// to that.
+func (ng *netGateway) read(mtu int) {
+	defer close(ng.done)
+	dev := ng.gw.Device()
+	b := &packet.Batch{Bufs: make([][]byte, dev.BatchSize()), Sizes: make([]int, dev.BatchSize())}
+	for i := range b.Bufs {
+		b.Bufs[i] = make([]byte, packet.Headroom+packet.EthernetHeaderLen+mtu)
+	}
+	for {
+		n, err := dev.Read(b.Bufs, b.Sizes, packet.Headroom)
+		if n > 0 {
+			ng.ref.Input(b.Bufs[:n], b.Sizes[:n], packet.Headroom)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// removeGateway takes n's gateway port down: its flows are aborted.
+func (dp *Dataplane) removeGateway(n *network) {
+	ng := n.gw
+	if ng == nil {
+		return
+	}
+	dp.changes++
+	n.sw.RemovePort(ng.ref)
+	ng.gw.Close()
+	<-ng.done
+	n.gw = nil
+}
+
+// setOverlay tells the egress every overlay subnet of the desired state:
+// destinations in them are never egressed.
+func (dp *Dataplane) setOverlay(order []*NetworkConfig) {
+	if dp.egress == nil {
+		return
+	}
+	subnets := make([]netip.Prefix, 0, len(order))
+	for _, w := range order {
+		if w.Subnet.IsValid() {
+			subnets = append(subnets, w.Subnet)
+		}
+	}
+	dp.egress.SetOverlay(subnets)
+}
+
+// Gateway returns a network's gateway (nil if it has none), for the
+// resolver at its address and its stats.
+func (dp *Dataplane) Gateway(network string) *gateway.Gateway {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if n := dp.nets[network]; n != nil && n.gw != nil {
+		return n.gw.gw
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/sandbox"
+)
+
+// helperGet fetches url (10s timeout) and prints the body.
+func helperGet(url string) error {
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(os.Stdout, resp.Body)
+	return err
+}
+
+// outsideServers runs, in an underlay namespace outside the overlay, an
+// HTTP server on :8080 that answers with the client's address and a DNS
+// server on :53 that knows egress.test (A 192.0.2.99).
+func outsideServers(t *testing.T, peer *testbed.UnderlayPeer) {
+	t.Helper()
+	var ln net.Listener
+	var pc net.PacketConn
+	err := sandbox.RunInNetns(peer.NetnsPath, func() error {
+		var err error
+		if ln, err = net.Listen("tcp4", peer.Addr+":8080"); err != nil {
+			return err
+		}
+		if pc, err = net.ListenPacket("udp4", peer.Addr+":53"); err != nil {
+			ln.Close()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("servers in %s: %v", peer.Netns, err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Fprintf(w, "hello %s", host)
+	})}
+	go srv.Serve(ln)
+	a, _ := mdns.NewRR("egress.test. 60 IN A 192.0.2.99")
+	ds := &mdns.Server{PacketConn: pc, Handler: mdns.HandlerFunc(func(w mdns.ResponseWriter, r *mdns.Msg) {
+		m := new(mdns.Msg)
+		m.SetReply(r)
+		if strings.EqualFold(r.Question[0].Name, "egress.test.") {
+			m.Answer = []mdns.RR{a}
+		}
+		w.WriteMsg(m)
+	})}
+	go ds.ActivateAndServe()
+	t.Cleanup(func() {
+		srv.Close()
+		ds.Shutdown()
+	})
+}
+
+// TestGatewayEgress: a container reaches an HTTP server and a DNS server
+// outside the overlay through its gateway (the server sees the host's
+// underlay address), pings its gateway, and a container on an --internal
+// network gets a clear, quick refusal instead.
+func TestGatewayEgress(t *testing.T) {
+	e := newEnv(t)
+	peer, err := e.tb.AddUnderlayPeer("outside")
+	if err != nil {
+		t.Fatal(err)
+	}
+	outsideServers(t, peer)
+	e.network("web", "10.91.0.0/24")
+	e.network("sealed", "10.92.0.0/24", "--internal")
+	e.run("c1", "web")
+	e.run("c2", "sealed")
+
+	url := "http://" + peer.Addr + ":8080/"
+	out, err := e.h.Exec("c1", suite.self, helperArg, "get", url)
+	if err != nil {
+		t.Fatalf("egress HTTP from c1: %v", err)
+	}
+	if want := "hello " + e.h.Addr; out != want {
+		t.Errorf("outside server answered %q, want %q (the host's address)", out, want)
+	}
+	if r, err := e.dig("c1", "@"+peer.Addr, "egress.test", "A"); err != nil || r.status != "NOERROR" || len(r.answers) != 1 || r.answers[0] != "192.0.2.99" {
+		t.Errorf("DNS through egress: %v %+v", err, r)
+	}
+	if out, err := e.h.Exec("c1", "ping", "-c", "1", "-W", "3", peer.Addr); err != nil {
+		t.Errorf("c1 ping outside %s: %v\n%s", peer.Addr, err, out)
+	}
+	if out, err := e.h.Exec("c2", "ping", "-c", "1", "-W", "1", peer.Addr); err == nil {
+		t.Errorf("internal network's c2 pinged outside %s:\n%s", peer.Addr, out)
+	}
+	for _, c := range []struct{ ctr, gw string }{{"c1", "10.91.0.1"}, {"c2", "10.92.0.1"}} {
+		if out, err := e.h.Exec(c.ctr, "ping", "-c", "1", "-W", "3", c.gw); err != nil {
+			t.Errorf("%s ping gateway %s: %v\n%s", c.ctr, c.gw, err, out)
+		}
+	}
+
+	start := time.Now()
+	out, err = e.h.Exec("c2", suite.self, helperArg, "get", url)
+	if err == nil || !strings.Contains(out+err.Error(), "refused") {
+		t.Errorf("internal network's HTTP to outside: %q, %v; want connection refused", out, err)
+	}
+	if r, err := e.dig("c2", "@"+peer.Addr, "egress.test", "A"); err == nil && r.status == "NOERROR" {
+		t.Errorf("internal network resolved through egress: %+v", r)
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("internal network's refusals took %v", d)
+	}
+
+	var st api.Stats
+	e.json(&st, "stats")
+	if st.Egress.Total < 2 || st.Egress.Refused["internal"] < 2 || st.Egress.MaxFlows != 65536 {
+		t.Errorf("stats egress %+v: want at least 2 flows, 2 internal refusals, max 65536", st.Egress)
+	}
+	var n api.Network
+	e.json(&n, "network", "inspect", "sealed")
+	if !n.Internal {
+		t.Error("network inspect does not show sealed as internal")
+	}
+	if ls := e.cli("network", "ls"); !strings.Contains(ls, "INTERNAL") || !strings.Contains(ls, "yes") {
+		t.Errorf("network ls does not show the internal network:\n%s", ls)
+	}
+	_ = context.Background
+}

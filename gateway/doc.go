@@ -1,0 +1,39 @@
+// Package gateway is a network's gateway port on one host: a gVisor
+// netstack (pkg/tcpip) TCP/IP stack that owns the network's gateway
+// address and sits on the network's switch as its gateway port
+// (vswitch.Switch.AddGateway).
+//
+// Anycast: every host has a gateway for each of its networks with the same
+// IP and the same MAC (derived from the IP by the daemon), and a host's
+// gateway only ever talks to that host's own endpoints: the switch gives
+// it frames to the gateway MAC from ports with port security only and
+// sends its frames to those ports only, so no frame to or from the
+// gateway MAC crosses the tunnel, and a container keeps reaching the
+// gateway of the host it runs on.
+//
+// The stack answers ARP (though the switch's ARP suppression answers for
+// the gateway first) and ICMP echo at the gateway address, like a router.
+//
+// Egress: the NIC is promiscuous and may spoof, so the stack terminates
+// every TCP connection and UDP flow an endpoint opens to any address. A
+// TCP and a UDP forwarder (tcp.NewForwarder, udp.NewForwarder) decide each
+// new flow with Egress.Admit and re-originate the admitted ones from
+// ordinary sockets in the daemon's namespace: the outside sees the host's
+// address, as with Docker's MASQUERADE. Refused and failed TCP connections
+// are reset, refused UDP flows get an ICMP port unreachable from the
+// stack. Flows to any overlay subnet, to the gateway itself or to
+// non-unicast addresses are never egressed; an internal network's gateway
+// egresses nothing (but still answers ARP, ping and DNS at its address).
+// ICMP echo requests to outside addresses are answered by a real echo
+// from the host (see echo.go).
+//
+// One stack per network: a network's gateway is created and closed with
+// its switch, a fault or a flood in one network's stack cannot stall
+// another's, and nothing can be routed between networks inside the
+// gateway. An idle gateway costs about 110 KiB and 2 goroutines.
+//
+// Ingress (published ports) is meant to be added in the same stack: a
+// published port is a host listener whose accepted connections are dialled
+// into the network from the gateway with the client's own address as the
+// source (spoofing is already on), to the service's balancer.
+package gateway

@@ -1,0 +1,157 @@
+package gateway
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// echoTimeout is how long an outside echo request waits for its reply.
+const echoTimeout = 5 * time.Second
+
+// echoRequest is an ICMP echo request from a container, parsed from its
+// frame.
+type echoRequest struct {
+	srcMAC   packet.MAC
+	src, dst netip.Addr
+	id, seq  uint16
+	data     []byte // a copy
+}
+
+// parseEcho parses an Ethernet frame holding an unfragmented IPv4 ICMP
+// echo request with a valid ICMP checksum; it reports false for anything
+// else. The data is copied.
+func parseEcho(frame []byte) (echoRequest, bool) {
+	eth := packet.Ethernet(frame)
+	if len(frame) < packet.EthernetHeaderLen || eth.EtherType() != packet.EtherTypeIPv4 {
+		return echoRequest{}, false
+	}
+	ip := packet.IPv4(eth.Payload())
+	if !ip.Valid() || ip.Protocol() != packet.ProtoICMP || binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
+		return echoRequest{}, false
+	}
+	icmp := ip.Payload()
+	if len(icmp) < 8 || icmp[0] != 8 || icmp[1] != 0 || packet.Fold(packet.Sum(icmp, 0)) != 0 {
+		return echoRequest{}, false
+	}
+	return echoRequest{
+		srcMAC: eth.Src(), src: ip.Src(), dst: ip.Dst(),
+		id: binary.BigEndian.Uint16(icmp[4:]), seq: binary.BigEndian.Uint16(icmp[6:]),
+		data: append([]byte(nil), icmp[8:]...),
+	}, true
+}
+
+// echoOut takes an ICMP echo request to an address other than the
+// gateway's out of the frames to the stack, which in promiscuous mode
+// would answer it itself: an admitted one is sent from the host (a raw
+// ICMP socket: the daemon runs as root) and its reply, if one comes within
+// echoTimeout, is sent back to the container as from the destination;
+// a refused one is dropped (counted). It reports whether it took the
+// frame.
+func (g *Gateway) echoOut(frame []byte) bool {
+	r, ok := parseEcho(frame)
+	if !ok || r.dst == g.Addr() {
+		return false
+	}
+	e := g.cfg.Egress
+	if e == nil {
+		return true
+	}
+	f := Flow{Proto: packet.ProtoICMP, Src: netip.AddrPortFrom(r.src, 0), Dst: netip.AddrPortFrom(r.dst, 0)}
+	if e.admit(g, f) != "" {
+		return true
+	}
+	fl := &flow{close: func() {}}
+	if !g.track(fl) {
+		e.done(f)
+		return true
+	}
+	go func() {
+		defer g.untrack(fl)
+		defer e.done(f)
+		if reply, ok := g.echo(r); ok {
+			g.sendFrame(reply)
+		}
+	}()
+	return true
+}
+
+// echo sends r's echo from the host and waits for the matching reply; it
+// returns the reply frame for the container.
+func (g *Gateway) echo(r echoRequest) ([]byte, bool) {
+	e := g.cfg.Egress
+	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		e.refuse(RefuseEcho)
+		return nil, false
+	}
+	defer c.Close()
+	msg := make([]byte, 8+len(r.data))
+	msg[0] = 8
+	binary.BigEndian.PutUint16(msg[4:], r.id)
+	binary.BigEndian.PutUint16(msg[6:], r.seq)
+	copy(msg[8:], r.data)
+	binary.BigEndian.PutUint16(msg[2:], packet.Fold(packet.Sum(msg, 0)))
+	if _, err := c.WriteTo(msg, &net.IPAddr{IP: r.dst.AsSlice()}); err != nil {
+		e.refuse(RefuseEcho)
+		return nil, false
+	}
+	e.bytesOut.Add(uint64(len(msg)))
+	deadline := time.Now().Add(echoTimeout)
+	c.SetReadDeadline(deadline)
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return nil, false // no reply: the container's ping times out too
+		}
+		a, ok := from.(*net.IPAddr)
+		got := buf[:n]
+		if !ok || len(got) < 8 || got[0] != 0 || binary.BigEndian.Uint16(got[4:]) != r.id ||
+			binary.BigEndian.Uint16(got[6:]) != r.seq {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(a.IP); !ok || ip.Unmap() != r.dst {
+			continue
+		}
+		e.bytesIn.Add(uint64(n))
+		return echoReply(g.cfg.MAC, r, got[8:]), true
+	}
+}
+
+// echoReply builds the echo reply frame from r.dst to the container.
+func echoReply(gwMAC packet.MAC, r echoRequest, data []byte) []byte {
+	f := make([]byte, packet.EthernetHeaderLen+20+8+len(data))
+	eth := packet.Ethernet(f)
+	eth.SetDst(r.srcMAC)
+	eth.SetSrc(gwMAC)
+	binary.BigEndian.PutUint16(f[12:], packet.EtherTypeIPv4)
+	ip := packet.IPv4(f[packet.EthernetHeaderLen:])
+	ip[0], ip[8], ip[9] = 0x45, 64, packet.ProtoICMP
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	ip.SetSrc(r.dst)
+	ip.SetDst(r.src)
+	ip.SetChecksum(ip.HeaderChecksum())
+	icmp := ip[20:]
+	binary.BigEndian.PutUint16(icmp[4:], r.id)
+	binary.BigEndian.PutUint16(icmp[6:], r.seq)
+	copy(icmp[8:], data)
+	binary.BigEndian.PutUint16(icmp[2:], packet.Fold(packet.Sum(icmp, 0)))
+	return f
+}
+
+// sendFrame queues a complete frame behind the stack's own, for the
+// switch.
+func (g *Gateway) sendFrame(frame []byte) {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
+	var l stack.PacketBufferList
+	l.PushBack(pkt)
+	g.ep.WritePackets(l)
+	pkt.DecRef()
+}

@@ -1,0 +1,213 @@
+package gateway
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of EgressConfig.
+const (
+	DefaultMaxFlows    = 65536
+	DefaultUDPIdle     = 120 * time.Second
+	DefaultDialTimeout = 30 * time.Second
+)
+
+// EgressConfig configures the host's egress.
+type EgressConfig struct {
+	// MaxFlows bounds the egress flows open at once on this host, over
+	// all networks and protocols; 0 means DefaultMaxFlows.
+	MaxFlows int
+	// UDPIdle is how long a UDP flow lives without a datagram either
+	// way; 0 means DefaultUDPIdle.
+	UDPIdle time.Duration
+	// DialTimeout bounds an outside TCP connect; 0 means
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+	// Dial opens the outside socket; nil means a net.Dialer. For tests.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Reasons a flow is refused, the keys of Stats.Refused.
+const (
+	RefuseInternal = "internal" // the network has no egress
+	RefuseOverlay  = "overlay"  // the destination is in an overlay network's subnet
+	RefuseLocal    = "local"    // the destination is the gateway itself
+	RefuseAddress  = "address"  // not a unicast destination, or a loopback one
+	RefuseSource   = "source"   // the source is not in the network's subnet
+	RefuseLimit    = "limit"    // MaxFlows flows are open
+	RefuseConnect  = "connect"  // the outside connect failed (refused, unreachable, timeout)
+	RefuseClosing  = "closing"  // the gateway is closing
+	RefuseEcho     = "echo"     // the outside echo could not be sent
+)
+
+// Stats are the host's egress counters.
+type Stats struct {
+	// MaxFlows is the configured bound.
+	MaxFlows int `json:"max_flows"`
+	// Active are the flows open now, by protocol.
+	ActiveTCP  int64 `json:"active_tcp"`
+	ActiveUDP  int64 `json:"active_udp"`
+	ActiveICMP int64 `json:"active_icmp"`
+	// Total counts every flow admitted since start.
+	Total uint64 `json:"total"`
+	// Refused counts refused flows by reason (Refuse* constants).
+	Refused map[string]uint64 `json:"refused,omitempty"`
+	// BytesOut and BytesIn count payload bytes to and from the outside.
+	BytesOut uint64 `json:"bytes_out"`
+	BytesIn  uint64 `json:"bytes_in"`
+}
+
+// Egress is the host's egress state, shared by every network's gateway:
+// the flow bound and counters, and the overlay subnets that are never
+// egressed. Its methods are safe for concurrent use.
+type Egress struct {
+	cfg     EgressConfig
+	overlay atomic.Pointer[[]netip.Prefix]
+
+	active            atomic.Int64
+	tcp, udp, icmp    atomic.Int64
+	total             atomic.Uint64
+	bytesOut, bytesIn atomic.Uint64
+	mu                sync.Mutex
+	refused           map[string]uint64
+}
+
+// NewEgress returns the host's egress state.
+func NewEgress(cfg EgressConfig) *Egress {
+	if cfg.MaxFlows <= 0 {
+		cfg.MaxFlows = DefaultMaxFlows
+	}
+	if cfg.UDPIdle <= 0 {
+		cfg.UDPIdle = DefaultUDPIdle
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{KeepAlive: 30 * time.Second}
+		cfg.Dial = d.DialContext
+	}
+	e := &Egress{cfg: cfg, refused: map[string]uint64{}}
+	e.overlay.Store(&[]netip.Prefix{})
+	return e
+}
+
+// SetOverlay sets the subnets of every overlay network: destinations in
+// them belong to the overlay and are never egressed.
+func (e *Egress) SetOverlay(subnets []netip.Prefix) {
+	s := make([]netip.Prefix, 0, len(subnets))
+	for _, p := range subnets {
+		if p.IsValid() {
+			s = append(s, p.Masked())
+		}
+	}
+	e.overlay.Store(&s)
+}
+
+// Stats returns a snapshot of the counters.
+func (e *Egress) Stats() Stats {
+	st := Stats{
+		MaxFlows: e.cfg.MaxFlows, ActiveTCP: e.tcp.Load(), ActiveUDP: e.udp.Load(), ActiveICMP: e.icmp.Load(),
+		Total: e.total.Load(), BytesOut: e.bytesOut.Load(), BytesIn: e.bytesIn.Load(),
+	}
+	e.mu.Lock()
+	if len(e.refused) > 0 {
+		st.Refused = make(map[string]uint64, len(e.refused))
+		for k, v := range e.refused {
+			st.Refused[k] = v
+		}
+	}
+	e.mu.Unlock()
+	return st
+}
+
+// refuse counts a refusal.
+func (e *Egress) refuse(reason string) {
+	e.mu.Lock()
+	e.refused[reason]++
+	e.mu.Unlock()
+}
+
+// Flow is what the stack hands a forwarder: a new flow from an endpoint.
+type Flow struct {
+	// Proto is packet.ProtoTCP, ProtoUDP or ProtoICMP (ports 0).
+	Proto uint8
+	Src   netip.AddrPort
+	Dst   netip.AddrPort
+}
+
+// Policy is what Decide checks a flow against.
+type Policy struct {
+	// Subnet is the network's subnet, Gateway its gateway address.
+	Subnet  netip.Prefix
+	Gateway netip.Addr
+	// Internal networks egress nothing.
+	Internal bool
+	// Overlay are the subnets of every overlay network.
+	Overlay []netip.Prefix
+}
+
+// Decide returns why flow f may not leave the overlay under p, or "" if
+// it may.
+func Decide(p *Policy, f Flow) string {
+	src, dst := f.Src.Addr().Unmap(), f.Dst.Addr().Unmap()
+	switch {
+	case p.Internal:
+		return RefuseInternal
+	case !src.Is4() || !p.Subnet.Contains(src) || src == p.Gateway:
+		return RefuseSource
+	case dst == p.Gateway:
+		return RefuseLocal
+	case !dst.Is4() || !dst.IsGlobalUnicast() && !dst.IsPrivate() && !dst.IsLinkLocalUnicast() ||
+		dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || dst.As4()[0] == 0:
+		return RefuseAddress
+	case (f.Proto == 6 || f.Proto == 17) && (f.Dst.Port() == 0 || f.Src.Port() == 0):
+		return RefuseAddress
+	case p.Subnet.Contains(dst):
+		return RefuseOverlay
+	}
+	for _, o := range p.Overlay {
+		if o.Contains(dst) {
+			return RefuseOverlay
+		}
+	}
+	return ""
+}
+
+// admit decides flow f of gateway g and, if it may leave, takes a flow
+// slot (released with done). It counts refusals.
+func (e *Egress) admit(g *Gateway, f Flow) string {
+	p := Policy{Subnet: g.cfg.Addr.Masked(), Gateway: g.cfg.Addr.Addr(), Internal: g.cfg.Internal, Overlay: *e.overlay.Load()}
+	why := Decide(&p, f)
+	if why == "" && e.active.Add(1) > int64(e.cfg.MaxFlows) {
+		e.active.Add(-1)
+		why = RefuseLimit
+	}
+	if why != "" {
+		e.refuse(why)
+		return why
+	}
+	e.total.Add(1)
+	e.counter(f.Proto).Add(1)
+	return ""
+}
+
+// done releases the slot of an admitted flow.
+func (e *Egress) done(f Flow) {
+	e.active.Add(-1)
+	e.counter(f.Proto).Add(-1)
+}
+
+func (e *Egress) counter(proto uint8) *atomic.Int64 {
+	switch proto {
+	case 6:
+		return &e.tcp
+	case 17:
+		return &e.udp
+	}
+	return &e.icmp
+}

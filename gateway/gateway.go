@@ -1,0 +1,186 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+const nicID = 1
+
+// queueLen is how many outgoing frames the stack may queue for the
+// switch before it drops (counted in Stats.TxDropped).
+const queueLen = 4096
+
+// Config configures one network's gateway.
+type Config struct {
+	// Name is the network's name, used in errors.
+	Name string
+	// Addr is the gateway address with the network's prefix length.
+	Addr netip.Prefix
+	// MAC is the gateway MAC the switch answers ARP with.
+	MAC packet.MAC
+	// MTU is the network MTU (largest IP packet).
+	MTU int
+	// Internal gives the network no egress.
+	Internal bool
+	// Egress is the host's egress state (shared by all gateways); nil
+	// means no egress either.
+	Egress *Egress
+}
+
+// Gateway is one network's gateway on this host.
+type Gateway struct {
+	cfg   Config
+	stack *stack.Stack
+	ep    *channel.Endpoint
+	dev   *device
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	flows  map[*flow]struct{} // open egress flows, aborted by Close
+	wg     sync.WaitGroup
+}
+
+// New builds a network's gateway. Its Device is to be attached to the
+// network's switch with AddGateway.
+func New(cfg Config) (*Gateway, error) {
+	if !cfg.Addr.Addr().Is4() || cfg.Addr.Bits() < 1 || cfg.Addr.Bits() > 30 {
+		return nil, fmt.Errorf("gateway %q: address %s is not an IPv4 address with a prefix", cfg.Name, cfg.Addr)
+	}
+	if cfg.MTU < 576 || cfg.MTU > 65535-packet.EthernetHeaderLen {
+		return nil, fmt.Errorf("gateway %q: MTU %d out of range", cfg.Name, cfg.MTU)
+	}
+	if cfg.MAC.IsZero() || cfg.MAC.IsMulticast() {
+		return nil, fmt.Errorf("gateway %q: MAC %s is not a unicast address", cfg.Name, cfg.MAC)
+	}
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
+		HandleLocal:        false,
+	})
+	g := &Gateway{cfg: cfg, stack: s, flows: map[*flow]struct{}{}}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	if err := g.setup(); err != nil {
+		s.Close()
+		g.cancel()
+		return nil, fmt.Errorf("gateway %q: %s", cfg.Name, err)
+	}
+	return g, nil
+}
+
+// setup creates the NIC, the address, the route and the forwarders.
+func (g *Gateway) setup() error {
+	s, cfg := g.stack, g.cfg
+	g.ep = channel.New(queueLen, uint32(cfg.MTU+packet.EthernetHeaderLen), tcpip.LinkAddress(cfg.MAC[:]))
+	g.dev = &device{g: g}
+	if err := s.CreateNIC(nicID, ethernet.New(g.ep)); err != nil {
+		return fmt.Errorf("create NIC: %s", err)
+	}
+	pa := tcpip.ProtocolAddress{
+		Protocol: ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{
+			Address:   tcpip.AddrFrom4(cfg.Addr.Addr().As4()),
+			PrefixLen: cfg.Addr.Bits(),
+		},
+	}
+	if err := s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+		return fmt.Errorf("add address: %s", err)
+	}
+	s.SetRouteTable([]tcpip.Route{{Destination: pa.AddressWithPrefix.Subnet(), NIC: nicID}})
+	sack := tcpip.TCPSACKEnabled(true)
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: 1 << 20, Max: 8 << 20}
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: 1 << 20, Max: 8 << 20}
+	s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
+	if g.cfg.Egress == nil {
+		return nil
+	}
+	// Promiscuous: accept packets to any address; spoofing: reply from
+	// that address. Every flow then meets a forwarder, which refuses
+	// what may not leave (internal networks included) with a reset or a
+	// port unreachable, a clear failure rather than a silent drop.
+	if err := s.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("promiscuous mode: %s", err)
+	}
+	if err := s.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("spoofing: %s", err)
+	}
+	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(s, 0, 1024, g.handleTCP).HandlePacket)
+	s.SetTransportProtocolHandler(udp.ProtocolNumber, udp.NewForwarder(s, g.handleUDP).HandlePacket)
+	return nil
+}
+
+// Name returns the network's name.
+func (g *Gateway) Name() string { return g.cfg.Name }
+
+// Addr returns the gateway address.
+func (g *Gateway) Addr() netip.Addr { return g.cfg.Addr.Addr() }
+
+// Device returns the gateway's wire side: what the stack sends is read
+// from it, what is written to it is received by the stack.
+func (g *Gateway) Device() netdev.Device { return g.dev }
+
+// ListenUDP opens a UDP socket at the gateway address (for the DNS
+// resolver).
+func (g *Gateway) ListenUDP(port uint16) (net.PacketConn, error) {
+	return gonet.DialUDP(g.stack, &tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(g.Addr().As4()), Port: port}, nil, ipv4.ProtocolNumber)
+}
+
+// ListenTCP listens for TCP connections at the gateway address.
+func (g *Gateway) ListenTCP(port uint16) (net.Listener, error) {
+	return gonet.ListenTCP(g.stack, tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(g.Addr().As4()), Port: port}, ipv4.ProtocolNumber)
+}
+
+// Close aborts the gateway's flows and shuts its stack and device down.
+func (g *Gateway) Close() {
+	g.cancel()
+	g.mu.Lock()
+	for f := range g.flows {
+		f.abort()
+	}
+	g.mu.Unlock()
+	g.wg.Wait()
+	g.stack.Close()
+	g.ep.Close()
+	g.stack.Wait()
+}
+
+// track registers f for Close; it reports false if the gateway is
+// closing.
+func (g *Gateway) track(f *flow) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ctx.Err() != nil {
+		return false
+	}
+	g.flows[f] = struct{}{}
+	g.wg.Add(1)
+	return true
+}
+
+// untrack forgets f.
+func (g *Gateway) untrack(f *flow) {
+	g.mu.Lock()
+	delete(g.flows, f)
+	g.mu.Unlock()
+	g.wg.Done()
+}

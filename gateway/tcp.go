@@ -1,0 +1,162 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// copyBuf is the size of a TCP flow's copy buffers.
+const copyBuf = 64 << 10
+
+// flow is an open egress flow: abort tears both sides down.
+type flow struct {
+	once  sync.Once
+	close func()
+}
+
+func (f *flow) abort() { f.once.Do(f.close) }
+
+// endpointFlow returns the flow an endpoint ID describes: the endpoint's
+// remote side is the container, its local side the outside destination.
+func endpointFlow(proto uint8, id stack.TransportEndpointID) Flow {
+	return Flow{
+		Proto: proto,
+		Src:   netip.AddrPortFrom(addrOf(id.RemoteAddress), id.RemotePort),
+		Dst:   netip.AddrPortFrom(addrOf(id.LocalAddress), id.LocalPort),
+	}
+}
+
+func addrOf(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip
+}
+
+// handleTCP runs in its own goroutine for each new connection (a SYN):
+// it admits it, connects outside and only then completes the container's
+// handshake, so a refused or failed connect is a reset to the container.
+func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
+	e := g.cfg.Egress
+	f := endpointFlow(packet.ProtoTCP, r.ID())
+	if e.admit(g, f) != "" {
+		r.Complete(true)
+		return
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, e.cfg.DialTimeout)
+	out, err := e.cfg.Dial(ctx, "tcp", f.Dst.String())
+	cancel()
+	if err != nil {
+		e.done(f)
+		e.refuse(RefuseConnect)
+		r.Complete(true)
+		return
+	}
+	var wq waiter.Queue
+	ep, tErr := r.CreateEndpoint(&wq)
+	if tErr != nil {
+		// The container gave up (its SYN timed out or it reset).
+		e.done(f)
+		r.Complete(true)
+		resetConn(out)
+		return
+	}
+	r.Complete(false)
+	ep.SocketOptions().SetKeepAlive(true)
+	in := gonet.NewTCPConn(&wq, ep)
+	fl := &flow{close: func() { resetEndpoint(ep); resetConn(out) }}
+	if !g.track(fl) {
+		e.done(f)
+		fl.abort()
+		return
+	}
+	// The slot is released before Close (which waits for untrack) can
+	// return.
+	defer g.untrack(fl)
+	defer e.done(f)
+	g.spliceTCP(in, out, ep, fl)
+}
+
+// spliceTCP copies both ways until both directions ended: an EOF is
+// passed on as a half-close (FIN), a read error (a reset, a keepalive
+// timeout) as a reset of the other side, a write error as a reset of the
+// side written from.
+func (g *Gateway) spliceTCP(in *gonet.TCPConn, out net.Conn, ep tcpip.Endpoint, fl *flow) {
+	e := g.cfg.Egress
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		n, rerr, werr := copyConn(out, in)
+		e.bytesOut.Add(uint64(n))
+		switch {
+		case rerr == nil && werr == nil:
+			closeWrite(out)
+		default:
+			fl.abort()
+		}
+	}()
+	n, rerr, werr := copyConn(in, out)
+	e.bytesIn.Add(uint64(n))
+	if rerr == nil && werr == nil {
+		in.CloseWrite()
+	} else {
+		fl.abort()
+	}
+	wg.Done()
+	wg.Wait()
+	in.Close()
+	out.Close()
+}
+
+// copyConn copies src to dst until src's EOF (rerr and werr nil) or an
+// error, telling a read error from a write error.
+func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
+	buf := make([]byte, copyBuf)
+	for {
+		k, err := src.Read(buf)
+		if k > 0 {
+			w, err := dst.Write(buf[:k])
+			n += int64(w)
+			if err != nil {
+				return n, nil, err
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return n, nil, nil
+		}
+		if err != nil {
+			return n, err, nil
+		}
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
+// resetConn closes an outside connection with a reset.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// resetEndpoint closes a stack endpoint with a reset.
+func resetEndpoint(ep tcpip.Endpoint) {
+	ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true, Timeout: 0})
+	ep.Abort()
+}
