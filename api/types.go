@@ -334,7 +334,7 @@ type Stats struct {
 	OpenFDs int    `json:"open_fds"`
 	FDLimit uint64 `json:"fd_limit"`
 	// Services are this node's counters of every service on every
-	// network (empty until the data plane reports them).
+	// network that has a VIP here.
 	Services []ServiceStats `json:"services,omitempty"`
 	// Conntrack is this node's connection table.
 	Conntrack ConntrackStats `json:"conntrack"`
@@ -443,7 +443,7 @@ type Service struct {
 	// only), with this node's counters.
 	Backends []ServiceBackend `json:"backends,omitempty"`
 	// Stats are this node's counters of the service, per network
-	// (inspect only; empty until the data plane reports them).
+	// (inspect only).
 	Stats []ServiceStats `json:"stats,omitempty"`
 }
 
