@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 )
@@ -199,9 +200,13 @@ func orAll(s string) string {
 
 // printBackends is the table of service ps (and inspect).
 func printBackends(w io.Writer, bs []api.ServiceBackend) error {
-	t := newTable(w, "NODE", "CONTAINER", "NETWORK", "IP", "WEIGHT", "STATE", "HEALTH", "ACTIVE CONNS", "NEW CONNS")
+	t := newTable(w, "NODE", "CONTAINER", "NETWORK", "IP", "WEIGHT", "STATE", "HEALTH", "HEALTH REASON", "HEALTH SINCE", "ACTIVE CONNS", "NEW CONNS")
 	for _, b := range bs {
-		t.row(b.Node, b.Container, b.Network, b.IP, b.Weight, b.State, b.Health, b.ActiveConns, b.NewConns)
+		since := "-"
+		if !b.HealthSince.IsZero() {
+			since = time.Since(b.HealthSince).Round(time.Second).String() + " ago"
+		}
+		t.row(b.Node, b.Container, b.Network, b.IP, b.Weight, b.State, b.Health, dash(b.HealthReason), since, b.ActiveConns, b.NewConns)
 	}
 	return t.flush()
 }
