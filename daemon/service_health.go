@@ -63,7 +63,7 @@ func (d *Daemon) syncHealth() bool {
 			published := false
 			for i, m := range ep.services {
 				s := specs[m.name]
-				if s == nil || s.rec.ID != m.id {
+				if s == nil || s.rec.ID != m.id || !s.onNetwork(ep.net.rec.Name) {
 					continue // not (or no longer) a service: no backend
 				}
 				if s.health.IsZero() {

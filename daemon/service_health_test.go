@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -194,5 +195,41 @@ func TestHealthSurvivesRestart(t *testing.T) {
 	for _, d := range []*Daemon{h1, h2} {
 		waitHealth(t, d, "api", "b1", backendHealthy, lb.Active)
 		waitHealth(t, d, "api", "b2", backendUnhealthy, lb.Ejected)
+	}
+}
+
+// TestHealthRecordsUseOneParser: the API's flags and the records read
+// from the cluster go through lb/health's parser, and a record's check
+// must be in the canonical form the API writes.
+func TestHealthRecordsUseOneParser(t *testing.T) {
+	for _, tc := range []struct {
+		tcp        int
+		http, want string
+	}{
+		{8080, "", "tcp:8080"},
+		{0, ":8080/healthz", "http::8080/healthz"},
+		{0, "8080/healthz", "http::8080/healthz"},
+		{0, ":8080", "http::8080/"},
+		{0, ":8080/h interval=5s healthy=1", "http::8080/h interval=5s healthy=1"},
+		{0, "", ""},
+	} {
+		got, err := parseHealth(tc.tcp, tc.http)
+		if err != nil || got != tc.want {
+			t.Errorf("parseHealth(%d, %q) = %q, %v; want %q", tc.tcp, tc.http, got, err, tc.want)
+			continue
+		}
+		if _, err := checkHealth(got); err != nil {
+			t.Errorf("the record of parseHealth(%d, %q), %q, is refused: %v", tc.tcp, tc.http, got, err)
+		}
+	}
+	for _, h := range []string{"tcp:08080", "http::8080/a#b", "http::8080/h interval=2s", "http:8080/h", "udp:53", "tcp:8080 timeout=5s"} {
+		if _, err := checkHealth(h); err == nil {
+			t.Errorf("checkHealth(%q) accepted", h)
+		}
+		rec := svcRecord{Name: "api", ID: "abababababababababababababababab", Mode: modeVIP, VIPs: []svcVIP{{Network: "web", VIP: "10.9.0.2"}},
+			Scheduler: "rr", Health: h, StopGrace: "10s", DNSTTL: "10s", CreatedBy: "h1"}
+		if _, err := validateService(&rec); err == nil || strings.Contains(err.Error(), "\n") {
+			t.Errorf("a record with health %q: %v, want a one-line error", h, err)
+		}
 	}
 }

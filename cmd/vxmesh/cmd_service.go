@@ -34,7 +34,7 @@ func (f *serviceFlags) register(fs *flagSet, update bool) {
 	}
 	fs.Var(&f.ports, "port", portHelp)
 	fs.IntVar(&f.healthTCP, "health-tcp", 0, "check backends by connecting to TCP `PORT`")
-	fs.StringVar(&f.healthHTTP, "health-http", "", "check backends with HTTP GET on `:PORT/PATH` (2xx/3xx is healthy)")
+	fs.StringVar(&f.healthHTTP, "health-http", "", "check backends with HTTP GET on `:PORT/PATH` (2xx/3xx is healthy); options may follow, e.g. \":8080/healthz interval=5s timeout=2s healthy=1 unhealthy=5\"")
 	fs.StringVar(&f.stopGrace, "stop-grace-period", "", "how long a leaving backend keeps its connections (default 10s)")
 	fs.StringVar(&f.dnsTTL, "dns-ttl", "", "TTL of the service's DNS answers, whole seconds (default 10s)")
 }
