@@ -304,11 +304,15 @@ func parseDuration(what, s string, def, max time.Duration, wholeSeconds bool) (t
 	return d, nil
 }
 
-// parseVIP checks an address for a service's VIP: IPv4, canonical.
+// parseVIP checks an address for a service's VIP: IPv4, canonical,
+// unicast (what lb.Service.Validate takes).
 func parseVIP(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.Is4() || a.String() != s {
 		return netip.Addr{}, fmt.Errorf("vip %q: not an IPv4 address", s)
+	}
+	if a.IsUnspecified() || a.IsMulticast() {
+		return netip.Addr{}, fmt.Errorf("vip %q: not a unicast address", s)
 	}
 	return a, nil
 }
