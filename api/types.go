@@ -462,8 +462,16 @@ type ServiceBackend struct {
 	Weight    int    `json:"weight"`
 	// State is active or draining (leaving: no new connections).
 	State string `json:"state"`
-	// Health is healthy or unhealthy (from the backend host's checks).
+	// Health is healthy, unhealthy or starting (a new backend of a
+	// service with a check, before its first check passed), as the
+	// backend's host reports it. Only healthy backends get new
+	// connections and are in DNS.
 	Health string `json:"health"`
+	// HealthReason is the last check's result ("http 503", "connection
+	// refused", ...) and HealthSince when the check's state began; both
+	// only for backends checked by the answering host.
+	HealthReason string    `json:"health_reason,omitempty"`
+	HealthSince  time.Time `json:"health_since,omitzero"`
 	// The counters of this node's data plane for the backend.
 	ActiveConns int64  `json:"active_conns"`
 	NewConns    uint64 `json:"new_conns"`

@@ -28,6 +28,7 @@ import (
 	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/lb"
+	"github.com/vxmesh/vxmesh/lb/health"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 	"github.com/vxmesh/vxmesh/tunnel"
@@ -181,6 +182,12 @@ type Daemon struct {
 	// their removal (drainBackends).
 	svcCreating map[string]bool
 	leaving     map[string]bool
+
+	// prober runs the active health checks of the local backends;
+	// healthRefs maps its targets' keys to the backends (syncHealth).
+	// Close closes prober without d.mu: its callback takes d.mu.
+	prober     *health.Prober
+	healthRefs map[string]healthRef
 }
 
 // New validates cfg, takes the state directory's lock and restores the
@@ -269,7 +276,9 @@ func New(cfg Config) (*Daemon, error) {
 		creating:    map[string]netClaim{},
 		svcCreating: map[string]bool{},
 		leaving:     map[string]bool{},
+		healthRefs:  map[string]healthRef{},
 	}
+	d.prober = health.NewProber(d.onHealth)
 	if dev, ino, err := d.sb.NetnsIdentity("/proc/self/ns/net"); err == nil {
 		d.selfNs = [2]uint64{dev, ino}
 	}
@@ -498,6 +507,9 @@ func (d *Daemon) Close() {
 func (d *Daemon) close() {
 	if d.cancel != nil {
 		d.cancel()
+	}
+	if d.prober != nil {
+		d.prober.Close() // not under d.mu: it waits for onHealth
 	}
 	if d.cl != nil {
 		if err := d.cl.Leave(2 * time.Second); err != nil {

@@ -20,7 +20,14 @@ import (
 
 // applyDataplane applies the desired data-plane state and returns what
 // could not be applied (joined *dataplane.Error values); callers hold d.mu.
+// It first brings the health checks up to date (syncHealth).
 func (d *Daemon) applyDataplane() error {
+	if d.syncHealth() {
+		if err := d.save(); err != nil {
+			d.log.Error("saving state", "err", err)
+		}
+		d.refreshDNS()
+	}
 	return d.dp.Reconfig(d.desiredDataplane())
 }
 

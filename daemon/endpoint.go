@@ -82,7 +82,7 @@ func (d *Daemon) endpointState(ep *endpoint) string {
 func (ep *endpoint) saved() savedEndpoint {
 	s := savedEndpoint{Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), IfName: ep.ifname, Aliases: ep.aliases}
 	for _, m := range ep.services {
-		s.Services = append(s.Services, savedSvcMember{Name: m.name, ID: m.id, Weight: m.weight})
+		s.Services = append(s.Services, savedSvcMember{Name: m.name, ID: m.id, Weight: m.weight, Health: m.health})
 	}
 	return s
 }
@@ -818,7 +818,11 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 			}
 			ep := &endpoint{ctr: c, net: n, ip: ip, mac: mac, ifname: se.IfName, aliases: se.Aliases}
 			for _, m := range se.Services {
-				ep.services = append(ep.services, svcMember{name: m.Name, id: m.ID, weight: m.Weight, healthy: true})
+				h := m.Health
+				if !knownHealth(h) {
+					h = backendHealthy
+				}
+				ep.services = append(ep.services, svcMember{name: m.Name, id: m.ID, weight: m.Weight, health: h})
 			}
 			c.endpoints[n.rec.Name] = ep
 			if nsErr != nil {

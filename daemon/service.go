@@ -13,6 +13,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/lb"
+	"github.com/vxmesh/vxmesh/lb/health"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -49,7 +50,6 @@ const (
 	maxServiceNetworks     = 64
 	maxServiceMemberships  = 64
 	maxServiceNameLength   = 63
-	maxHealthPath          = 256
 )
 
 // Endpoint modes.
@@ -64,7 +64,15 @@ const (
 	backendDraining  = "draining"
 	backendHealthy   = "healthy"
 	backendUnhealthy = "unhealthy"
+	// backendStarting: a new backend of a service with a check, before
+	// its first check passed; not ready (ejected, out of DNS).
+	backendStarting = "starting"
 )
+
+// knownHealth reports whether h is a health a record may carry.
+func knownHealth(h string) bool {
+	return h == backendHealthy || h == backendUnhealthy || h == backendStarting
+}
 
 // validServiceName is a DNS label: letters, digits, '-' and '_', no dot,
 // so that NAME.NETWORK and tasks.NAME parse one way only.
@@ -118,6 +126,7 @@ type svcSpec struct {
 	ports     []lb.Port
 	stopGrace time.Duration
 	ttl       time.Duration
+	health    health.Spec // zero: no check
 }
 
 // onNetwork reports whether the service has network.
@@ -237,8 +246,9 @@ func parseAffinity(s string) (time.Duration, string, error) {
 	return d, "client-ip:" + d.String(), nil
 }
 
-// parseHealth builds the canonical health check from --health-tcp PORT
-// (0: none) or --health-http :PORT/PATH.
+// parseHealth builds the canonical health check (health.Spec.String)
+// from --health-tcp PORT (0: none) or --health-http :PORT/PATH, with
+// lb/health's parser, the one that also reads records.
 func parseHealth(tcpPort int, http string) (string, error) {
 	switch {
 	case tcpPort != 0 && http != "":
@@ -247,56 +257,35 @@ func parseHealth(tcpPort int, http string) (string, error) {
 		if tcpPort < 1 || tcpPort > 65535 {
 			return "", fmt.Errorf("health check: tcp port %d: want 1-65535", tcpPort)
 		}
-		return "tcp:" + strconv.Itoa(tcpPort), nil
+		sp, err := health.ParseTCP(strconv.Itoa(tcpPort))
+		if err != nil {
+			return "", err
+		}
+		return sp.String(), nil
 	case http != "":
-		return canonicalHTTPHealth(http)
+		sp, err := health.ParseHTTP(http)
+		if err != nil {
+			return "", err
+		}
+		return sp.String(), nil
 	}
 	return "", nil
 }
 
-// canonicalHTTPHealth checks :PORT/PATH and returns "http::PORT/PATH".
-func canonicalHTTPHealth(s string) (string, error) {
-	rest, ok := strings.CutPrefix(s, ":")
-	port, path, hasPath := strings.Cut(rest, "/")
-	if !ok || !hasPath {
-		return "", fmt.Errorf("health check: http %q: want :PORT/PATH", s)
+// checkHealth parses a record's health check, which must be in the
+// canonical form health.Spec.String writes ("": no check).
+func checkHealth(h string) (health.Spec, error) {
+	if h == "" {
+		return health.Spec{}, nil
 	}
-	if _, err := parsePortNumber(port); err != nil {
-		return "", fmt.Errorf("health check: http %q: port %w", s, err)
+	sp, err := health.Parse(h)
+	if err != nil {
+		return health.Spec{}, err
 	}
-	path = "/" + path
-	if len(path) > maxHealthPath {
-		return "", fmt.Errorf("health check: http %q: path longer than %d bytes", s, maxHealthPath)
+	if sp.String() != h {
+		return health.Spec{}, fmt.Errorf("health check %q: not canonical (%q)", h, sp.String())
 	}
-	for _, c := range []byte(path) {
-		if c <= ' ' || c >= 0x7f {
-			return "", fmt.Errorf("health check: http %q: path: want printable ASCII without spaces", s)
-		}
-	}
-	return "http::" + port + path, nil
-}
-
-// checkHealth validates a canonical health check of a record.
-func checkHealth(h string) error {
-	switch {
-	case h == "":
-		return nil
-	case strings.HasPrefix(h, "tcp:"):
-		if _, err := parsePortNumber(strings.TrimPrefix(h, "tcp:")); err != nil {
-			return fmt.Errorf("health check %q: %w", h, err)
-		}
-		return nil
-	case strings.HasPrefix(h, "http:"):
-		c, err := canonicalHTTPHealth(strings.TrimPrefix(h, "http:"))
-		if err != nil {
-			return err
-		}
-		if c != h {
-			return fmt.Errorf("health check %q: not canonical", h)
-		}
-		return nil
-	}
-	return fmt.Errorf("health check %q: want tcp:PORT or http::PORT/PATH", h)
+	return sp, nil
 }
 
 // parseDuration parses a --stop-grace-period or --dns-ttl value within
@@ -315,11 +304,15 @@ func parseDuration(what, s string, def, max time.Duration, wholeSeconds bool) (t
 	return d, nil
 }
 
-// parseVIP checks an address for a service's VIP: IPv4, canonical.
+// parseVIP checks an address for a service's VIP: IPv4, canonical,
+// unicast (what lb.Service.Validate takes).
 func parseVIP(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.Is4() || a.String() != s {
 		return netip.Addr{}, fmt.Errorf("vip %q: not an IPv4 address", s)
+	}
+	if a.IsUnspecified() || a.IsMulticast() {
+		return netip.Addr{}, fmt.Errorf("vip %q: not a unicast address", s)
 	}
 	return a, nil
 }
@@ -358,7 +351,7 @@ func validateService(rec *svcRecord) (*svcSpec, error) {
 	if !slices.Equal(ports, rec.Ports) {
 		return nil, fmt.Errorf("service %q: ports %v: not sorted and canonical", rec.Name, rec.Ports)
 	}
-	if err := checkHealth(rec.Health); err != nil {
+	if s.health, err = checkHealth(rec.Health); err != nil {
 		return nil, fmt.Errorf("service %q: %w", rec.Name, err)
 	}
 	if s.stopGrace, err = parseDuration("stop grace period", rec.StopGrace, -1, maxStopGrace, false); err != nil || s.stopGrace.String() != rec.StopGrace {
@@ -423,7 +416,7 @@ func decodeService(e cluster.Entry) (*svcSpec, error) {
 // record: the service's name and ID (a service removed and created again
 // under the same name has another ID, and its old members are not its
 // backends), the weight, and what the endpoint's node reports: state
-// active or draining (leaving), health healthy or unhealthy.
+// active or draining (leaving), health starting, healthy or unhealthy.
 type epService struct {
 	Name   string `json:"name"`
 	ID     string `json:"id"`
@@ -451,8 +444,8 @@ func checkMemberships(key string, ms []epService) error {
 		if m.State != backendActive && m.State != backendDraining {
 			return fmt.Errorf("endpoint %q: service %q: state %q: want active or draining", key, m.Name, m.State)
 		}
-		if m.Health != backendHealthy && m.Health != backendUnhealthy {
-			return fmt.Errorf("endpoint %q: service %q: health %q: want healthy or unhealthy", key, m.Name, m.Health)
+		if !knownHealth(m.Health) {
+			return fmt.Errorf("endpoint %q: service %q: health %q: want starting, healthy or unhealthy", key, m.Name, m.Health)
 		}
 		for _, o := range ms[:i] {
 			if strings.EqualFold(o.Name, m.Name) {
@@ -464,22 +457,24 @@ func checkMemberships(key string, ms []epService) error {
 }
 
 // svcMember is a local endpoint's membership of a service; state and
-// health are this node's to say (not persisted: a restarted daemon's
-// backends start active and healthy).
+// health are this node's to say. Health (backendStarting, -Healthy or
+// -Unhealthy) is persisted, so a restarted daemon publishes what it last
+// did until its checks say otherwise; draining is not (a restarted
+// daemon's backends start active).
 type svcMember struct {
 	name, id string
 	weight   int
 	draining bool
-	healthy  bool
+	health   string
 }
 
 func (m svcMember) record() epService {
-	e := epService{Name: m.name, ID: m.id, Weight: m.weight, State: backendActive, Health: backendHealthy}
+	e := epService{Name: m.name, ID: m.id, Weight: m.weight, State: backendActive, Health: m.health}
 	if m.draining {
 		e.State = backendDraining
 	}
-	if !m.healthy {
-		e.Health = backendUnhealthy
+	if !knownHealth(e.Health) {
+		e.Health = backendHealthy
 	}
 	return e
 }
@@ -489,4 +484,6 @@ type savedSvcMember struct {
 	Name   string `json:"name"`
 	ID     string `json:"id"`
 	Weight int    `json:"weight"`
+	// Health is the health last published ("" in older files: healthy).
+	Health string `json:"health,omitempty"`
 }

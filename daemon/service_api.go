@@ -543,10 +543,14 @@ func (d *Daemon) serviceView(s *svcSpec, backends []svcBackend, full bool) api.S
 		}
 	}
 	v.Backends = []api.ServiceBackend{}
+	local := d.healthStatus()
 	for _, b := range backends {
 		bv := api.ServiceBackend{
 			Node: b.rec.Node, Container: b.rec.Name, Network: b.rec.Network, IP: b.rec.IP,
 			Weight: b.m.Weight, State: b.m.State, Health: b.m.Health,
+		}
+		if lh, ok := local[healthRef{container: b.rec.Name, network: b.rec.Network, service: r.Name}]; ok && b.rec.Node == d.cfg.Node {
+			bv.HealthReason, bv.HealthSince = lh.reason, lh.since
 		}
 		if st, ok := stats[b.rec.Network][b.ip]; ok {
 			bv.ActiveConns, bv.NewConns, bv.Bytes, bv.Retries, bv.Ejections = st.Active, st.NewConns, st.Bytes, st.Retries, st.Ejections

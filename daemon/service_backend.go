@@ -51,7 +51,11 @@ func (d *Daemon) attachMembers(req api.AttachRequest, n *localNetwork) ([]svcMem
 				return nil, invalid("container %q: --service %s given twice", req.Name, m.Name)
 			}
 		}
-		out = append(out, svcMember{name: s.rec.Name, id: s.rec.ID, weight: w, healthy: true})
+		h := backendHealthy
+		if !s.health.IsZero() {
+			h = backendStarting // not ready before its first check passes
+		}
+		out = append(out, svcMember{name: s.rec.Name, id: s.rec.ID, weight: w, health: h})
 	}
 	return out, nil
 }
@@ -170,11 +174,17 @@ func (d *Daemon) flushDrained(dr *drained) {
 
 // setBackendHealth records the result of an active health check of a
 // local backend: container's endpoint on network, as a backend of
-// service. A change is published (every host's balancer and DNS follow)
-// and applied here. It reports whether the backend exists.
-func (d *Daemon) setBackendHealth(container, network, service string, healthy bool) bool {
+// service, is now health (backendStarting, -Healthy or -Unhealthy). A
+// change is published (every host's balancer and DNS follow) and applied
+// here. It reports whether the backend exists.
+func (d *Daemon) setBackendHealth(container, network, service, health string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.setBackendHealthLocked(container, network, service, health)
+}
+
+// setBackendHealthLocked is setBackendHealth; callers hold d.mu.
+func (d *Daemon) setBackendHealthLocked(container, network, service, health string) bool {
 	c := d.containers[container]
 	if c == nil || c.endpoints[network] == nil {
 		return false
@@ -184,9 +194,13 @@ func (d *Daemon) setBackendHealth(container, network, service string, healthy bo
 		if m.name != service {
 			continue
 		}
-		if m.healthy != healthy {
-			ep.services[i].healthy = healthy
+		if m.health != health {
+			ep.services[i].health = health
 			d.publishEndpoint(ep)
+			// Persisted, so a restarted daemon publishes it again.
+			if err := d.save(); err != nil {
+				d.log.Error("saving state", "err", err)
+			}
 			if err := d.applyDataplane(); err != nil {
 				d.log.Error("data plane", "err", err)
 			}

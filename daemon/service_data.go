@@ -24,12 +24,13 @@ type svcBackend struct {
 }
 
 // lbState is the balancer's state of the backend: draining while it
-// leaves, ejected while its node reports it unhealthy.
+// leaves, ejected while its node reports it starting (its check has not
+// passed yet) or unhealthy.
 func (b svcBackend) lbState() lb.BackendState {
 	switch {
 	case b.m.State == backendDraining:
 		return lb.Draining
-	case b.m.Health == backendUnhealthy:
+	case b.m.Health != backendHealthy:
 		return lb.Ejected
 	}
 	return lb.Active

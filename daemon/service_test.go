@@ -133,7 +133,7 @@ func TestServiceCreateBadInputChangesNothing(t *testing.T) {
 		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, Ports: []string{"0/tcp"}}, "want a port 1-65535"},
 		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, Ports: []string{"80", "80/tcp"}}, "listed twice"},
 		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, HealthTCP: 70000}, "want 1-65535"},
-		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, HealthHTTP: "80/health"}, "want :PORT/PATH"},
+		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, HealthHTTP: ":80/a#b"}, "not allowed"},
 		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, HealthTCP: 80, HealthHTTP: ":80/h"}, "choose one"},
 		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, StopGracePeriod: "-1s"}, "stop grace period"},
 		{api.ServiceCreateRequest{Name: "x", Networks: []string{"web"}, DNSTTL: "1.5s"}, "whole seconds"},
@@ -496,17 +496,5 @@ func TestServicesInDNS(t *testing.T) {
 	if got[1].Name != "rr" || got[1].VIP.IsValid() || !slices.Equal(got[1].Tasks, []netip.Addr{bip}) {
 		t.Fatalf("dnsrr service: %+v", got[1])
 	}
-	// An unhealthy backend leaves DNS and is ejected in the balancer.
-	if !d.setBackendHealth("b", "web", "API", false) {
-		t.Fatal("no backend to mark")
-	}
-	d.mu.Lock()
-	got = d.serviceSet(d.endpointSet().accepted).dnsServices()
-	d.mu.Unlock()
-	if len(got[0].Tasks) != 0 || desiredServices(d, "web")[0].Backends[0].State != lb.Ejected {
-		t.Fatalf("unhealthy backend: dns %+v, balancer %+v", got, desiredServices(d, "web"))
-	}
-	if ps, _ := d.Service("API"); ps.Backends[0].Health != "unhealthy" {
-		t.Fatalf("service ps: %+v", ps.Backends)
-	}
+	// Unhealthy backends: see TestHealthCheck*.
 }

@@ -74,7 +74,7 @@ func (e *env) vip(name, network string) string {
 }
 
 // waitBackends waits until `service ps name` on e lists exactly want
-// (container names) as active backends.
+// (container names) as active and healthy backends.
 func (e *env) waitBackends(name string, want ...string) {
 	e.t.Helper()
 	slices.Sort(want)
@@ -85,7 +85,7 @@ func (e *env) waitBackends(name string, want ...string) {
 		}
 		var got []string
 		for _, b := range bs {
-			if b.State == "active" && b.Health != "unhealthy" {
+			if b.State == "active" && b.Health == "healthy" {
 				got = append(got, b.Container)
 			}
 		}

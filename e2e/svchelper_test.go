@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -16,9 +17,12 @@ import (
 // The service helpers run inside containers as the test binary with
 // helperArg first (see helperMain):
 //
-//	serve NAME PORT           answer TCP and UDP on PORT: a TCP connection
+//	serve NAME PORT [FILE]    answer TCP and UDP on PORT: a TCP connection
 //	                          gets "NAME PEER" at once and again for every
-//	                          line it sends; a UDP datagram gets "NAME PEER"
+//	                          line it sends; a UDP datagram gets "NAME PEER".
+//	                          With FILE, also answer HTTP GET /health on
+//	                          PORT+1: 200, or 503 while FILE exists (the
+//	                          test flips a backend's health with it)
 //	conns ADDR N PAR [DUR]    open N TCP connections (or as many as fit in
 //	                          DUR), PAR at a time, read the first line of
 //	                          each; print a connReport as JSON
@@ -58,6 +62,11 @@ type idleReport struct {
 func serviceHelper(args []string) error {
 	switch {
 	case args[0] == "serve" && len(args) == 3:
+		return helperServe(args[1], args[2])
+	case args[0] == "serve" && len(args) == 4:
+		if err := serveHealth(args[2], args[3]); err != nil {
+			return err
+		}
 		return helperServe(args[1], args[2])
 	case args[0] == "conns" && (len(args) == 4 || len(args) == 5):
 		n, err1 := strconv.Atoi(args[2])
@@ -133,6 +142,28 @@ func helperServe(name, port string) error {
 			}
 		}()
 	}
+}
+
+// serveHealth answers GET /health on port+1 with 200, or 503 while file
+// exists, in the background.
+func serveHealth(port, file string) error {
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp4", ":"+strconv.Itoa(p+1))
+	if err != nil {
+		return err
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := os.Stat(file); r.URL.Path != "/health" || err == nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	go func() { _ = http.Serve(ln, h) }()
+	return nil
 }
 
 // errDial marks a failed connect.

@@ -211,7 +211,7 @@ func fakeDaemon(t *testing.T) string {
 		"/v1/services/api": api.Service{Name: "api", ID: "00112233445566778899aabbccddeeff", EndpointMode: "vip",
 			VIPs: []api.ServiceVIP{{Network: "web", VIP: "10.0.1.200"}}, Scheduler: "maglev", Ports: []string{"80/tcp"},
 			StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h1",
-			Backends: []api.ServiceBackend{{Node: "h1", Container: "c1", Network: "web", IP: "10.0.1.2", Weight: 1, State: "active", Health: "healthy", ActiveConns: 2}},
+			Backends: []api.ServiceBackend{{Node: "h1", Container: "c1", Network: "web", IP: "10.0.1.2", Weight: 1, State: "active", Health: "healthy", HealthReason: "http 200", HealthSince: time.Unix(1700000000, 0), ActiveConns: 2}},
 			Stats:    []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}}},
 	}
 	sock := filepath.Join(t.TempDir(), "api.sock")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 )
@@ -33,7 +34,7 @@ func (f *serviceFlags) register(fs *flagSet, update bool) {
 	}
 	fs.Var(&f.ports, "port", portHelp)
 	fs.IntVar(&f.healthTCP, "health-tcp", 0, "check backends by connecting to TCP `PORT`")
-	fs.StringVar(&f.healthHTTP, "health-http", "", "check backends with HTTP GET on `:PORT/PATH` (2xx/3xx is healthy)")
+	fs.StringVar(&f.healthHTTP, "health-http", "", "check backends with HTTP GET on `:PORT/PATH` (2xx/3xx is healthy); options may follow, e.g. \":8080/healthz interval=5s timeout=2s healthy=1 unhealthy=5\"")
 	fs.StringVar(&f.stopGrace, "stop-grace-period", "", "how long a leaving backend keeps its connections (default 10s)")
 	fs.StringVar(&f.dnsTTL, "dns-ttl", "", "TTL of the service's DNS answers, whole seconds (default 10s)")
 }
@@ -199,9 +200,13 @@ func orAll(s string) string {
 
 // printBackends is the table of service ps (and inspect).
 func printBackends(w io.Writer, bs []api.ServiceBackend) error {
-	t := newTable(w, "NODE", "CONTAINER", "NETWORK", "IP", "WEIGHT", "STATE", "HEALTH", "ACTIVE CONNS", "NEW CONNS")
+	t := newTable(w, "NODE", "CONTAINER", "NETWORK", "IP", "WEIGHT", "STATE", "HEALTH", "HEALTH REASON", "HEALTH SINCE", "ACTIVE CONNS", "NEW CONNS")
 	for _, b := range bs {
-		t.row(b.Node, b.Container, b.Network, b.IP, b.Weight, b.State, b.Health, b.ActiveConns, b.NewConns)
+		since := "-"
+		if !b.HealthSince.IsZero() {
+			since = time.Since(b.HealthSince).Round(time.Second).String() + " ago"
+		}
+		t.row(b.Node, b.Container, b.Network, b.IP, b.Weight, b.State, b.Health, dash(b.HealthReason), since, b.ActiveConns, b.NewConns)
 	}
 	return t.flush()
 }
