@@ -34,7 +34,10 @@
 //
 //	go run ./bench -dns [-duration 10s] [-dns-rate 10000]
 //
-// The default run ends with the load-balancer section (the "lb" topology
+// Then the egress section (the "egress" topology of -only; see
+// egress.go): iperf3 from a container through the host's gateway to a
+// server outside the overlay, against slirp4netns and the host's own
+// socket. The default run ends with the load-balancer section (the "lb" topology
 // of -only; see lb.go): one client and four backends, direct vs the
 // vxmesh service VIP vs HAProxy vs kernel nftables DNAT, measured with
 // iperf3 and wrk, then lb's cost from 1 to 10,000 services (go test
@@ -66,7 +69,7 @@ func main() {
 	cfg := config{}
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "iperf3 run time per topology")
 	flag.StringVar(&cfg.binary, "binary", "bin/vxmesh", "vxmesh binary (built from ./cmd/vxmesh if missing)")
-	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan,lb)")
+	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan,egress,lb)")
 	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
 	dnsMode := flag.Bool("dns", false, "measure the embedded DNS resolver against dnsmasq with dnsperf instead (each dnsperf run lasts -duration)")
@@ -160,7 +163,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	if err := checkTools(); err != nil {
 		return err
 	}
-	want := map[string]bool{lbTopology: cfg.only == ""}
+	want := map[string]bool{lbTopology: cfg.only == "", egressTopology: cfg.only == ""}
 	for _, t := range topologies {
 		want[t.name] = cfg.only == ""
 	}
@@ -168,7 +171,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan or lb)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, egress or lb)", n)
 			}
 			want[n] = true
 		}
@@ -192,6 +195,11 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	for _, r := range results {
 		if r.err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", r.name, r.err))
+		}
+	}
+	if want[egressTopology] && ctx.Err() == nil {
+		if err := runEgress(ctx, cfg, prefix+"e", out, log); err != nil {
+			errs = append(errs, fmt.Errorf("egress: %w", err))
 		}
 	}
 	if want[lbTopology] {
