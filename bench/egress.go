@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,102 +63,127 @@ func runEgress(ctx context.Context, cfg config, prefix string, out, log io.Write
 	return nil
 }
 
-// measureEgress builds the host, the outside server and the clients, and
-// runs iperf3 from each client.
-func measureEgress(ctx context.Context, cfg config, prefix string, log io.Writer) ([]egressRow, error) {
+// egressBed is the egress section's testbed: one host with a container
+// c1 on network egr, and an outside namespace running `iperf3 -s`.
+type egressBed struct {
+	host *testbed.Host
+	peer *testbed.UnderlayPeer
+	mtu  int // the container's
+}
+
+// newEgressBed builds the bed; close removes it.
+func newEgressBed(ctx context.Context, cfg config, prefix string) (bed egressBed, close func(), err error) {
 	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
 	if err != nil {
-		return nil, err
+		return bed, nil, err
 	}
-	defer cleanupBin()
-	fmt.Fprintln(log, "egress: building host, daemon and outside server")
 	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix + "-"})
 	if err != nil {
-		return nil, err
+		cleanupBin()
+		return bed, nil, err
+	}
+	var srv *exec.Cmd
+	close = func() {
+		if srv != nil {
+			_ = srv.Process.Kill()
+			_ = srv.Wait()
+		}
+		_ = tb.Close()
+		cleanupBin()
 	}
 	defer func() {
-		if err := tb.Close(); err != nil {
-			fmt.Fprintln(log, "egress: cleanup:", err)
+		if err != nil {
+			close()
 		}
 	}()
-	h := tb.Hosts[0]
-	if err := h.StartDaemon(); err != nil {
-		return nil, err
+	bed.host = tb.Hosts[0]
+	if err = bed.host.StartDaemon(); err != nil {
+		return bed, nil, err
 	}
-	peer, err := tb.AddUnderlayPeer("out")
-	if err != nil {
-		return nil, err
+	if bed.peer, err = tb.AddUnderlayPeer("out"); err != nil {
+		return bed, nil, err
 	}
 	for _, args := range [][]string{
 		{"network", "create", "egr", "--subnet", "10.90.0.0/24"},
 		{"run", "-d", "--network", "egr", "--name", "c1", "--", "sleep", "infinity"},
 	} {
-		if _, err := h.CLIContext(ctx, args...); err != nil {
-			return nil, err
+		if _, err = bed.host.CLIContext(ctx, args...); err != nil {
+			return bed, nil, err
 		}
 	}
 	var n api.Network
-	if err := h.CLIJSON(&n, "network", "inspect", "egr"); err != nil {
-		return nil, err
+	if err = bed.host.CLIJSON(&n, "network", "inspect", "egr"); err != nil {
+		return bed, nil, err
 	}
-	srv := exec.CommandContext(ctx, "ip", "netns", "exec", peer.Netns, "iperf3", "-s", "-B", peer.Addr)
+	bed.mtu = n.MTU
+	srv = exec.CommandContext(ctx, "ip", "netns", "exec", bed.peer.Netns, "iperf3", "-s", "-B", bed.peer.Addr)
 	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := srv.Start(); err != nil {
+	if err = srv.Start(); err != nil {
+		srv = nil
+		return bed, nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err = testbed.WaitTCPListen(wctx, bed.peer.NetnsPath, 5201); err != nil {
+		return bed, nil, fmt.Errorf("iperf3 server outside: %w", err)
+	}
+	return bed, close, nil
+}
+
+// measureEgress builds the bed and runs iperf3 from each row's client.
+func measureEgress(ctx context.Context, cfg config, prefix string, log io.Writer) ([]egressRow, error) {
+	fmt.Fprintln(log, "egress: building host, daemon and outside server")
+	bed, closeBed, err := newEgressBed(ctx, cfg, prefix)
+	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = testbed.WaitTCPListen(wctx, peer.NetnsPath, 5201)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("iperf3 server outside: %w", err)
-	}
-	secs := strconv.Itoa(max(1, int(cfg.duration.Seconds())))
-	iperf := []string{"iperf3", "-c", peer.Addr, "-t", secs, "-J"}
+	defer closeBed()
 	rows := []egressRow{
 		{name: "host", desc: "the host's own socket -> outside (no overlay)"},
-		{name: "vxmesh", desc: fmt.Sprintf("container (MTU %d) -> vxmesh gateway -> host socket -> outside", n.MTU)},
-		{name: "slirp4netns", desc: fmt.Sprintf("namespace (MTU %d) -> slirp4netns -> outside", n.MTU)},
+		{name: "vxmesh", desc: fmt.Sprintf("container (MTU %d) -> vxmesh gateway -> host socket -> outside", bed.mtu)},
+		{name: "slirp4netns", desc: fmt.Sprintf("namespace (MTU %d) -> slirp4netns -> outside", bed.mtu)},
 		{name: "slirp4netns-65520", desc: "namespace (MTU 65520) -> slirp4netns -> outside"},
 	}
 	for i := range rows {
-		r := &rows[i]
 		if ctx.Err() != nil {
 			break
 		}
-		fmt.Fprintf(log, "egress: measuring %s\n", r.name)
-		var cmd *exec.Cmd
-		var stop func()
-		switch r.name {
-		case "host":
-			cmd = exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + h.NetnsPath, "--"}, iperf...)...)
-		case "vxmesh":
-			cmd = h.Command(ctx, append([]string{"exec", "c1", "--"}, iperf...)...)
-		default:
-			mtu := n.MTU
-			if r.name == "slirp4netns-65520" {
-				mtu = 65520
-			}
-			var pid int
-			pid, stop, r.err = startSlirp(ctx, h.Netns, mtu)
-			if r.err != nil {
-				continue
-			}
-			cmd = exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(pid), "-n", "--"}, iperf...)...)
-		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		o, err := cmd.Output()
-		if stop != nil {
-			stop()
-		}
-		res, perr := testbed.ParseIperf3JSON(o)
-		if perr != nil {
-			r.err = fmt.Errorf("iperf3: %v (%v)", perr, err)
-			continue
-		}
-		r.gbps, r.retrans = res.ReceivedBitsPerSecond/1e9, res.Retransmits
+		fmt.Fprintf(log, "egress: measuring %s\n", rows[i].name)
+		rows[i].gbps, rows[i].retrans, rows[i].err = bed.measure(ctx, cfg, rows[i].name)
 	}
 	return rows, ctx.Err()
+}
+
+// measure runs iperf3 for cfg.duration from row's client to the outside
+// server and returns Gbit/s and retransmits.
+func (bed egressBed) measure(ctx context.Context, cfg config, row string) (float64, int64, error) {
+	secs := strconv.Itoa(max(1, int(cfg.duration.Seconds())))
+	iperf := []string{"iperf3", "-c", bed.peer.Addr, "-t", secs, "-J"}
+	var cmd *exec.Cmd
+	switch row {
+	case "host":
+		cmd = exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + bed.host.NetnsPath, "--"}, iperf...)...)
+	case "vxmesh":
+		cmd = bed.host.Command(ctx, append([]string{"exec", "c1", "--"}, iperf...)...)
+	default:
+		mtu := bed.mtu
+		if row == "slirp4netns-65520" {
+			mtu = 65520
+		}
+		pid, stop, err := startSlirp(ctx, bed.host.Netns, mtu)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer stop()
+		cmd = exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(pid), "-n", "--"}, iperf...)...)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	o, err := cmd.Output()
+	res, perr := testbed.ParseIperf3JSON(o)
+	if perr != nil {
+		return 0, 0, fmt.Errorf("iperf3: %v (%v)", perr, err)
+	}
+	return res.ReceivedBitsPerSecond / 1e9, res.Retransmits, nil
 }
 
 // startSlirp starts a namespace (a sleeping process unshared from host
@@ -174,6 +200,13 @@ func startSlirp(ctx context.Context, hostNetns string, mtu int) (int, func(), er
 		return 0, nil, err
 	}
 	pid := ns.Process.Pid
+	// slirp4netns joins pid's namespace: wait until pid has unshared its
+	// own, or the tap would land in the host's.
+	if err := waitOwnNetns(ctx, pid, hostNetns); err != nil {
+		_ = ns.Process.Kill()
+		_ = ns.Wait()
+		return 0, nil, err
+	}
 	sl := exec.CommandContext(ctx, "ip", "netns", "exec", hostNetns, "slirp4netns", "--configure", "--mtu", strconv.Itoa(mtu), "--disable-host-loopback", strconv.Itoa(pid), "tap0")
 	sl.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := sl.Start(); err != nil {
@@ -189,8 +222,10 @@ func startSlirp(ctx context.Context, hostNetns string, mtu int) (int, func(), er
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		o, _ := exec.CommandContext(ctx, "nsenter", "-t", strconv.Itoa(pid), "-n", "ip", "-4", "addr", "show", "tap0").Output()
-		if strings.Contains(string(o), "10.0.2.100") {
+		// Configured: the address, and the default route, which
+		// slirp4netns adds after it.
+		o, _ := exec.CommandContext(ctx, "nsenter", "-t", strconv.Itoa(pid), "-n", "ip", "-4", "route", "show", "default").Output()
+		if strings.Contains(string(o), "dev tap0") {
 			return pid, stop, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -198,6 +233,29 @@ func startSlirp(ctx context.Context, hostNetns string, mtu int) (int, func(), er
 			return 0, nil, fmt.Errorf("slirp4netns (MTU %d) did not configure tap0", mtu)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitOwnNetns waits until process pid is in a network namespace that is
+// neither the bench's nor named namespace hostNetns.
+func waitOwnNetns(ctx context.Context, pid int, hostNetns string) error {
+	ino := func(path string) uint64 {
+		var st syscall.Stat_t
+		if syscall.Stat(path, &st) != nil {
+			return 0
+		}
+		return st.Ino
+	}
+	host, self := ino(filepath.Join(testbed.NetnsDir, hostNetns)), ino("/proc/self/ns/net")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if n := ino(fmt.Sprintf("/proc/%d/ns/net", pid)); n != 0 && n != host && n != self {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("process %d did not unshare its network namespace", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
