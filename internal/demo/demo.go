@@ -76,6 +76,7 @@ type demo struct {
 	tb      *testbed.Testbed
 	made    []made // containers to remove
 	network string
+	service string // to remove before the network
 }
 
 // made is a container the demo started, and the host it runs on.
@@ -205,6 +206,10 @@ func (d *demo) steps() error {
 		return err
 	}
 
+	if err := d.services(hosts); err != nil {
+		return err
+	}
+
 	d.step("What h1 knows: the network's endpoints on every node and its peer VTEPs, the forwarding database (remote entries point at the other hosts' VTEPs), counters")
 	if _, err := d.cli(h1, "network", "inspect", "demo"); err != nil {
 		return err
@@ -216,6 +221,62 @@ func (d *demo) steps() error {
 		return err
 	}
 	return nil
+}
+
+// services shows a service: a VIP on the network, balanced in the switch
+// at the client's port to backends on the other hosts, without SNAT.
+func (d *demo) services(hosts []*testbed.Host) error {
+	h1 := hosts[0]
+	d.step("A service: a virtual IP on the network, backends w2 (h2) and w3 (h3), balanced at the client's own port (client-IP affinity, as iperf3 needs)")
+	if _, err := d.cli(h1, "service", "create", "web", "--network", "demo", "--affinity", "client-ip"); err != nil {
+		return err
+	}
+	d.service = "web"
+	for _, h := range hosts[1:] {
+		if err := waitFor(d.ctx, 10*time.Second, func() error {
+			_, err := h.CLIContext(d.ctx, "service", "inspect", "web")
+			return err
+		}); err != nil {
+			return fmt.Errorf("demo: service web did not reach %s: %w", h.Name, err)
+		}
+		w := "w" + strings.TrimPrefix(h.Name, "h")
+		if _, err := d.cli(h, "run", "-d", "--network", "demo", "--service", "web", "--name", w, "--", "iperf3", "-s"); err != nil {
+			return err
+		}
+		d.made = append(d.made, made{h, w})
+		wctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+		err := testbed.WaitTCPListen(wctx, h.ContainerNetnsPath(w), 5201)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("demo: iperf3 server in %s: %w", w, err)
+		}
+	}
+	if err := waitFor(d.ctx, 10*time.Second, func() error {
+		_, err := h1.CLIContext(d.ctx, "exec", "c1", "--", "ping", "-c", "1", "-W", "1", "web")
+		return err
+	}); err != nil {
+		return fmt.Errorf("demo: c1 cannot reach service web: %w", err)
+	}
+	for _, args := range [][]string{
+		{"service", "ls"},
+		{"exec", "c1", "--", "getent", "hosts", "web"},
+		{"exec", "c1", "--", "ping", "-c", "2", "-i", "0.2", "-W", "2", "web"},
+	} {
+		if _, err := d.cli(h1, args...); err != nil {
+			return err
+		}
+	}
+	args := []string{"exec", "c1", "--", "iperf3", "-c", "web", "-t", fmt.Sprint(iperfSeconds)}
+	fmt.Fprintf(d.out, "%s$ vxmesh %s\n", h1.Name, strings.Join(args, " "))
+	out, err := h1.CLIContext(d.ctx, append(args[:len(args):len(args)], "-J")...)
+	res, perr := testbed.ParseIperf3JSON([]byte(out))
+	if perr != nil {
+		return fmt.Errorf("demo: iperf3 to web: %v (%v)", perr, err)
+	}
+	fmt.Fprintf(d.out, "    c1 -> web (VIP -> a backend on another host): %.2f Gbit/s\n", res.Gbps())
+	fmt.Fprintln(d.out, "    every host's backends, with this host's (h1's) connections to each:")
+	_, err = d.cli(h1, "service", "ps", "web")
+	return err
 }
 
 // iperf runs an iperf3 server in c2 on host sh and a client in c1 on host
@@ -274,6 +335,13 @@ func waitFor(ctx context.Context, timeout time.Duration, f func() error) error {
 func (d *demo) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	// The service first: its backends then leave without draining.
+	if h1 := d.tb.Hosts[0]; d.service != "" && h1.Running() {
+		fmt.Fprintf(d.out, "%s$ vxmesh service rm %s\n", h1.Name, d.service)
+		if _, err := h1.CLIContext(ctx, "service", "rm", d.service); err != nil {
+			fmt.Fprintln(d.out, indent(err.Error()))
+		}
+	}
 	for _, m := range d.made {
 		if !m.h.Running() {
 			continue
