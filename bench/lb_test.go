@@ -175,7 +175,7 @@ func TestPrintScaleJudgesPerConnectionGrowth(t *testing.T) {
 
 func TestScaleArgsRunOnlyTheScaleBenchmarks(t *testing.T) {
 	got := strings.Join(scaleArgs("1s"), " ")
-	want := "test -run ^$ -bench ^(BenchmarkLookupServices|BenchmarkLookupServicesHot|BenchmarkAddBackend)$ -benchtime 1s -count 1 github.com/vxmesh/vxmesh/lb"
+	want := "test -run ^$ -bench ^(BenchmarkLookupServices|BenchmarkLookupServicesHot|BenchmarkLookupServicesEstablished|BenchmarkAddBackend)$ -benchtime 1s -count 1 github.com/vxmesh/vxmesh/lb"
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
