@@ -115,8 +115,14 @@ func TestSmallServiceHotDataIsCompact(t *testing.T) {
 	if c.byIP != nil {
 		t.Fatal("a small service has a backend map: each new connection looks the client up in it")
 	}
-	if off := unsafe.Offsetof(service{}.cfg); off < unsafe.Offsetof(service{}.inlineAct) {
+	var sv service
+	if off := unsafe.Offsetof(sv.cfg); off < unsafe.Offsetof(sv.inlineBE) {
 		t.Fatalf("the cold configuration (offset %d) lies between the hot fields", off)
+	}
+	for _, off := range []uintptr{unsafe.Offsetof(sv.vip) + 4, unsafe.Offsetof(sv.ports) + unsafe.Sizeof(sv.ports), unsafe.Offsetof(sv.st) + 8} {
+		if off > 64 {
+			t.Fatalf("a field every packet reads ends at offset %d, past the first cache line", off)
+		}
 	}
 	var be beState
 	hot := []uintptr{unsafe.Offsetof(be.cfg), unsafe.Offsetof(be.ejectedUntil), unsafe.Offsetof(be.active), unsafe.Offsetof(be.newConns)}
