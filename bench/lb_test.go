@@ -175,7 +175,7 @@ func TestPrintScaleJudgesPerConnectionGrowth(t *testing.T) {
 
 func TestScaleArgsRunOnlyTheScaleBenchmarks(t *testing.T) {
 	got := strings.Join(scaleArgs("1s"), " ")
-	want := "test -run ^$ -bench ^(BenchmarkLookupServices|BenchmarkLookupServicesHot|BenchmarkAddBackend)$ -benchtime 1s -count 1 github.com/vxmesh/vxmesh/lb"
+	want := "test -run ^$ -bench ^(BenchmarkLookupServices|BenchmarkLookupServicesHot|BenchmarkLookupServicesEstablished|BenchmarkAddBackend)$ -benchtime 1s -count 1 github.com/vxmesh/vxmesh/lb"
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
@@ -460,8 +460,8 @@ func TestRunScaleSummarisesLB(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	if len(rows) != 15 {
-		t.Fatalf("%d rows, want 3 benchmarks x 5 sizes: %+v", len(rows), rows)
+	if len(rows) != 5*len(scaleBenches) {
+		t.Fatalf("%d rows, want %d benchmarks x 5 sizes: %+v", len(rows), len(scaleBenches), rows)
 	}
 	for i, r := range rows {
 		want := []int{1, 10, 100, 1000, 10000}[i%5]

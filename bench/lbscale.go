@@ -27,6 +27,7 @@ type scaleBench struct {
 var scaleBenches = []scaleBench{
 	{"BenchmarkLookupServices", "new connection (lookup, schedule, insert, translate) + its next packet; connections spread over all services", true},
 	{"BenchmarkLookupServicesHot", "the same with every connection to one service: the VIP lookup structure alone", true},
+	{"BenchmarkLookupServicesEstablished", "a packet of an established connection (65536 connections spread over all services, conntrack cold at every count)", true},
 	{"BenchmarkAddBackend", "add a backend to one service: Snapshot.With + Table.Swap", false},
 }
 

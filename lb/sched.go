@@ -24,7 +24,7 @@ func (c *service) pick(k *flowKey, now int64, exclude int32) int32 {
 		return none
 	}
 	var i int32
-	switch c.cfg.Scheduler {
+	switch c.sched {
 	case WeightedRoundRobin:
 		i = c.pickWRR(now, exclude)
 	case LeastConns:
@@ -81,8 +81,8 @@ func (c *service) pickWRR(now int64, exclude int32) int32 {
 		if i == exclude || !b.usable(now) {
 			continue
 		}
-		b.st.cw += b.weight
-		total += b.weight
+		b.st.cw += int64(b.weight)
+		total += int64(b.weight)
 		if best == none || b.st.cw > c.backends[best].st.cw {
 			best = i
 		}

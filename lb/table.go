@@ -205,7 +205,7 @@ func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, n
 		switch {
 		case p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
 			st = stSynSent
-		case c.cfg.Scheduler == Maglev && p.flags&tcpRST == 0:
+		case c.sched == Maglev && p.flags&tcpRST == 0:
 			st = stEstablished // the backend any host would pick
 		default:
 			return 0, ReasonNoConn
@@ -215,7 +215,7 @@ func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, n
 	// translated packet would arrive with its own address as the source,
 	// which its kernel drops as martian (there is no SNAT to avoid it).
 	self := int32(none)
-	if i, ok := c.byIP[k.client]; ok {
+	if i, ok := c.index(k.client); ok {
 		self = i
 	}
 	bi := t.choose(c, k, now, self)
@@ -251,7 +251,7 @@ func (t *Table) revTaken(s *shard, k *flowKey, ip [4]byte, bport uint16, now int
 func (t *Table) choose(c *service, k *flowKey, now int64, exclude int32) int32 {
 	if c.affinity > 0 {
 		if ip, ok := t.ct.aff.get(k.net, k.vip, k.client, now, c.affinity); ok {
-			if bi, ok := c.byIP[ip]; ok && bi != exclude && c.backends[bi].usable(now) {
+			if bi, ok := c.index(ip); ok && bi != exclude && c.backends[bi].usable(now) {
 				t.ct.aff.put(k.net, k.vip, k.client, ip, now)
 				return bi
 			}
@@ -322,7 +322,7 @@ func (t *Table) retry(s *shard, i uint32, c *service, k *flowKey, now int64) boo
 func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool {
 	e := &s.e[i]
 	exclude := int32(none)
-	if bi, ok := c.byIP[e.backend]; ok {
+	if bi, ok := c.index(e.backend); ok {
 		exclude = bi
 	}
 	bi := t.choose(c, k, now, exclude)
