@@ -507,6 +507,7 @@ func (d *Daemon) close() {
 	}
 	d.mu.Lock()
 	d.stopResolvers()
+	d.closeAllPorts()
 	d.mu.Unlock()
 	// The data plane closes every endpoint's device (persistent TAPs stay
 	// in their namespaces) and takes the networks down.
