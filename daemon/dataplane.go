@@ -21,7 +21,9 @@ import (
 // applyDataplane applies the desired data-plane state and returns what
 // could not be applied (joined *dataplane.Error values); callers hold d.mu.
 func (d *Daemon) applyDataplane() error {
-	return d.dp.Reconfig(d.desiredDataplane())
+	err := d.dp.Reconfig(d.desiredDataplane())
+	d.syncGatewayDNS()
+	return err
 }
 
 // desiredDataplane is the data plane this node should have: every local

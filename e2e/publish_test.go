@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -127,5 +128,32 @@ func TestPublishedPort(t *testing.T) {
 	if c, err := dialFrom(t, peer, "tcp4", addr); err == nil {
 		c.Close()
 		t.Error("published port still open after rm")
+	}
+}
+
+// TestGatewayDNS: the resolver answers at each network's gateway address
+// (UDP and TCP), for the container the query comes from: c1 resolves c2
+// on their network's gateway, c3 (on another network) does not get web's
+// names from its own gateway, and a container attached after the gateway
+// started serving is known there too.
+func TestGatewayDNS(t *testing.T) {
+	e := newEnv(t)
+	e.network("web", "10.95.0.0/24")
+	e.network("db", "10.96.0.0/24")
+	e.run("c1", "web")
+	e.run("c2", "web")
+	e.run("c3", "db")
+	c2 := e.endpoint("c2").IP
+	for _, proto := range []string{"+notcp", "+tcp"} {
+		if r, err := e.dig("c1", "@10.95.0.1", proto, "c2", "A"); err != nil || r.status != "NOERROR" || !slices.Equal(r.answers, []string{c2}) {
+			t.Errorf("c1 dig @10.95.0.1 %s c2: %v %+v; want %s", proto, err, r, c2)
+		}
+	}
+	if r, _ := e.dig("c3", "@10.96.0.1", "c2.web", "A"); r.status == "NOERROR" && len(r.answers) > 0 {
+		t.Errorf("c3 on db resolved c2.web at its gateway: %+v", r)
+	}
+	e.run("c4", "web")
+	if r, err := e.dig("c4", "@10.95.0.1", "c1", "A"); err != nil || !slices.Equal(r.answers, []string{e.endpoint("c1").IP}) {
+		t.Errorf("c4 (attached later) dig @10.95.0.1 c1: %v %+v", err, r)
 	}
 }
