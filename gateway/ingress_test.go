@@ -212,3 +212,34 @@ func TestPublishUDP(t *testing.T) {
 	}
 	poll(t, "the idle flow to end", func() bool { return h.eg.Stats().IngressUDP == 0 })
 }
+
+// TestIngressSource: a published flow enters with the client's own
+// address unless that address could be a container's (any overlay
+// subnet, the network's own, the gateway) or is not routable unicast;
+// those enter from the gateway's address and a free port.
+func TestIngressSource(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	h.eg.SetOverlay([]netip.Prefix{gwAddr.Masked(), netip.MustParsePrefix("10.9.0.0/16")})
+	gw := netip.AddrPortFrom(gwAddr.Addr(), 0)
+	for _, tc := range []struct {
+		client string
+		want   netip.AddrPort
+	}{
+		{"198.51.100.7:40000", netip.MustParseAddrPort("198.51.100.7:40000")},
+		{"192.168.1.9:1234", netip.MustParseAddrPort("192.168.1.9:1234")},
+		{"[::ffff:198.51.100.7]:40000", netip.MustParseAddrPort("198.51.100.7:40000")},
+		{"10.9.3.4:40000", gw},   // another overlay network
+		{"10.0.1.2:40000", gw},   // this network: could be the container itself
+		{"10.0.1.1:40000", gw},   // the gateway
+		{"127.0.0.1:40000", gw},  // a client on the host
+		{"0.0.0.0:40000", gw},    // not a source
+		{"224.0.0.1:40000", gw},  // multicast
+		{"198.51.100.7:0", gw},   // no port
+		{"[2001:db8::1]:80", gw}, // IPv6 cannot enter an IPv4 network
+	} {
+		got, spoofed := h.eg.ingressSource(h.gw, netip.MustParseAddrPort(tc.client))
+		if got != tc.want || spoofed != (tc.want != gw) {
+			t.Errorf("client %s enters as %s (spoofed %v), want %s", tc.client, got, spoofed, tc.want)
+		}
+	}
+}
