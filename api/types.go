@@ -197,6 +197,8 @@ type Endpoint struct {
 	// State is "up" when the daemon is forwarding for the endpoint, or
 	// "down: <cause>" when its interface could not be reopened.
 	State string `json:"state"`
+	// Published are the ports published to this endpoint on its host.
+	Published []PublishedPort `json:"published"`
 }
 
 // AttachRequest attaches a network namespace to a network. Exactly one of
@@ -215,6 +217,16 @@ type AttachRequest struct {
 	// Services are the services the endpoint joins as a backend
 	// (`--service NAME[:WEIGHT]`); each must exist and be on Network.
 	Services []ServiceMember `json:"services,omitempty"`
+	// Publish are ports published on this host (`run -p`,
+	// `[HOSTIP:]HOSTPORT:PORT[/udp]`); only with Create.
+	Publish []string `json:"publish,omitempty"`
+}
+
+// PublishedPort is a port of a container published on its host: Spec
+// is `[HOSTIP:]HOSTPORT:PORT/PROTO`, State "up" or "down: <cause>".
+type PublishedPort struct {
+	Spec  string `json:"spec"`
+	State string `json:"state"`
 }
 
 // ServiceMember is an endpoint's membership of a service: Weight (1 when
@@ -367,6 +379,18 @@ type EgressStats struct {
 	// BytesOut and BytesIn count payload bytes to and from the outside.
 	BytesOut uint64 `json:"bytes_out"`
 	BytesIn  uint64 `json:"bytes_in"`
+	// Ingress counts the flows of published ports (`run -p`): open TCP
+	// connections and UDP flows, all accepted, those that entered the
+	// network from the gateway's address instead of the client's (a
+	// loopback or overlay client), those that could not reach the
+	// container, and bytes to containers (in) and to clients (out).
+	IngressTCP      int64  `json:"ingress_tcp"`
+	IngressUDP      int64  `json:"ingress_udp"`
+	IngressTotal    uint64 `json:"ingress_total"`
+	IngressSNAT     uint64 `json:"ingress_snat"`
+	IngressFailed   uint64 `json:"ingress_failed"`
+	IngressBytesIn  uint64 `json:"ingress_bytes_in"`
+	IngressBytesOut uint64 `json:"ingress_bytes_out"`
 }
 
 // DNSStats are the embedded resolver's counters.

@@ -144,6 +144,9 @@ type Daemon struct {
 	cl     *cluster.Cluster
 	dp     *dataplane.Dataplane
 	egress *gateway.Egress
+	// gwDNS are the resolvers at the networks' gateway addresses
+	// (gateway_dns.go); guarded by mu.
+	gwDNS  map[string]*gatewayResolver
 	dns    *resolver
 	keys   *keyState
 	ctx    context.Context
@@ -519,6 +522,8 @@ func (d *Daemon) close() {
 	}
 	d.mu.Lock()
 	d.stopResolvers()
+	d.closeAllPorts()
+	d.closeGatewayDNS()
 	d.mu.Unlock()
 	// The data plane closes every endpoint's device (persistent TAPs stay
 	// in their namespaces) and takes the networks down.

@@ -28,7 +28,9 @@ func (d *Daemon) applyDataplane() error {
 		}
 		d.refreshDNS()
 	}
-	return d.dp.Reconfig(d.desiredDataplane())
+	err := d.dp.Reconfig(d.desiredDataplane())
+	d.syncGatewayDNS()
+	return err
 }
 
 // desiredDataplane is the data plane this node should have: every local

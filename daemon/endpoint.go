@@ -54,6 +54,8 @@ type endpoint struct {
 	aliases []string
 	// services are the services the endpoint joined as a backend.
 	services []svcMember
+	// ports are the endpoint's published ports (publish.go).
+	ports []*publishedPort
 
 	// dev is the open device, handed to the data plane (which closes it
 	// once the endpoint leaves the desired state); nil while the endpoint
@@ -80,7 +82,7 @@ func (d *Daemon) endpointState(ep *endpoint) string {
 }
 
 func (ep *endpoint) saved() savedEndpoint {
-	s := savedEndpoint{Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), IfName: ep.ifname, Aliases: ep.aliases}
+	s := savedEndpoint{Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), IfName: ep.ifname, Aliases: ep.aliases, Published: ep.savedPorts()}
 	for _, m := range ep.services {
 		s.Services = append(s.Services, savedSvcMember{Name: m.name, ID: m.id, Weight: m.weight, Health: m.health})
 	}
@@ -97,6 +99,7 @@ func (d *Daemon) endpointView(ep *endpoint) api.Endpoint {
 		Name: ep.ctr.name, Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(),
 		IfName: ep.ifname, Netns: ep.ctr.netns, Aliases: ep.aliases, Managed: ep.ctr.managed,
 		Node: d.cfg.Node, ResolvConf: d.resolvConfPath(), State: d.endpointState(ep),
+		Published: ep.portsView(),
 	}
 }
 
@@ -124,6 +127,22 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 			return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
 		}
 	}
+
+	specs, err := parsePublish(req)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	// The host ports first: one in use refuses the attach before
+	// anything is made.
+	ports, err := d.openPorts(req.Name, req.Network, specs)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	defer func() {
+		if err != nil {
+			closePorts(ports)
+		}
+	}()
 
 	d.mu.Lock()
 	n, c, err := d.beginAttach(req)
@@ -169,6 +188,10 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	if err == nil {
 		// The services again: one may have gone meanwhile.
 		e.services, err = d.attachMembers(req, n)
+		e.ports = ports
+		for _, pp := range ports {
+			pp.ip.Store(&ip)
+		}
 	}
 	d.mu.Unlock()
 	if err != nil {
@@ -584,6 +607,7 @@ func (d *Daemon) pinNetns(c *container) (nsPath string, release func(), err erro
 // when that namespace is gone, and the interface with it). The caller has
 // taken ep out of its container's endpoints and holds d.mu.
 func (d *Daemon) removeEndpoint(ep *endpoint, nsPath string) {
+	closePorts(ep.ports)
 	d.unpublishEndpoint(ep)
 	// The endpoint has left the records: applying the data plane without
 	// it closes its device.
@@ -825,6 +849,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				ep.services = append(ep.services, svcMember{name: m.Name, id: m.ID, weight: m.Weight, health: h})
 			}
 			c.endpoints[n.rec.Name] = ep
+			d.restorePorts(ep, se.Published)
 			if nsErr != nil {
 				ep.down = "down: netns " + c.netns + ": " + nsErr.Error()
 				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", nsErr)

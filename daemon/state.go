@@ -72,6 +72,9 @@ type savedEndpoint struct {
 	Aliases []string `json:"aliases,omitempty"`
 	// Services are the services the endpoint joined as a backend.
 	Services []savedSvcMember `json:"services,omitempty"`
+	// Published are the endpoint's published ports (gateway.Publish
+	// strings).
+	Published []string `json:"published,omitempty"`
 }
 
 // loadState reads dir/state.json; a missing file is an empty state.

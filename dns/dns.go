@@ -161,11 +161,39 @@ type Listener struct {
 // which may be nil, on behalf of asker, until the returned Listener is
 // closed. It takes ownership of the sockets.
 func (s *Server) Serve(asker string, pc net.PacketConn, ln net.Listener) *Listener {
+	return s.serve(func(net.Addr) string { return asker }, asker, pc, ln)
+}
+
+// AskerFunc names the asker of a query from its source address; ""
+// marks an unknown source, whose queries are only forwarded (no local
+// name is answered to it).
+type AskerFunc func(src netip.Addr) string
+
+// ServeFunc is Serve for sockets shared by many askers (a network's
+// gateway address): each query's asker is askerOf its source address.
+func (s *Server) ServeFunc(askerOf AskerFunc, pc net.PacketConn, ln net.Listener) *Listener {
+	return s.serve(func(a net.Addr) string {
+		var ap netip.AddrPort
+		switch a := a.(type) {
+		case *net.UDPAddr:
+			ap = a.AddrPort()
+		case *net.TCPAddr:
+			ap = a.AddrPort()
+		default:
+			return ""
+		}
+		return askerOf(ap.Addr().Unmap())
+	}, "", pc, ln)
+}
+
+// serve serves pc and ln, each query on behalf of askerOf its source;
+// fast names the one asker of the fast UDP loop ("" for none).
+func (s *Server) serve(askerOf func(net.Addr) string, fast string, pc net.PacketConn, ln net.Listener) *Listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Listener{cancel: cancel}
 	start := func(srv *mdns.Server, tcp bool) bool {
 		srv.Handler = mdns.HandlerFunc(func(w mdns.ResponseWriter, req *mdns.Msg) {
-			if resp := s.answer(ctx, asker, req, tcp); resp != nil {
+			if resp := s.answer(ctx, askerOf(w.RemoteAddr()), req, tcp); resp != nil {
 				w.WriteMsg(resp)
 			}
 		})
@@ -190,7 +218,10 @@ func (s *Server) Serve(asker string, pc net.PacketConn, ln net.Listener) *Listen
 		// The fast loop (if any) reads pc and hands the rest to general,
 		// which the miekg server serves; it runs only alongside that
 		// server, which closes the socket when it stops.
-		general, run := s.serveUDP(asker, pc)
+		general, run := pc, (func())(nil)
+		if fast != "" {
+			general, run = s.serveUDP(fast, pc)
+		}
 		if start(&mdns.Server{PacketConn: general, UDPSize: maxUDPRead}, false) && run != nil {
 			l.done.Add(1)
 			go func() {
@@ -264,7 +295,7 @@ func (s *Server) resolve(ctx context.Context, asker string, req *mdns.Msg, tcp b
 		return reply(req, mdns.RcodeFormatError)
 	}
 	q := req.Question[0]
-	if q.Qclass == mdns.ClassINET || q.Qclass == mdns.ClassANY {
+	if asker != "" && (q.Qclass == mdns.ClassINET || q.Qclass == mdns.ClassANY) {
 		if resp := s.local(asker, req, q); resp != nil {
 			s.stats.local.Add(1)
 			return resp

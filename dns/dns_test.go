@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -692,5 +693,44 @@ func TestEDNSVersionOtherThanZeroGetsBadvers(t *testing.T) {
 	// Version 0 is still answered normally.
 	if r := query(t, "udp", addr, "c2.", mdns.TypeA, true); r.Rcode != mdns.RcodeSuccess || len(r.Answer) != 1 {
 		t.Errorf("EDNS version 0: %v", r)
+	}
+}
+
+// TestServeFuncPicksTheAskerBySource: on a socket shared by many askers
+// (a gateway address), each query is answered for the asker its source
+// address names, over UDP and TCP; an unknown source gets no local name,
+// only forwarding.
+func TestServeFuncPicksTheAskerBySource(t *testing.T) {
+	u := startUpstream(t, nil)
+	s := New(Config{Upstreams: []netip.AddrPort{u.addr}}, testSource)
+	var known atomic.Bool
+	known.Store(true)
+	var asked atomic.Value
+	pc, ln := listenPair(t)
+	l := s.ServeFunc(func(src netip.Addr) string {
+		asked.Store(src)
+		if known.Load() && src == netip.MustParseAddr("127.0.0.1") {
+			return "c1"
+		}
+		return ""
+	}, pc, ln)
+	t.Cleanup(func() { l.Close() })
+	addr := pc.LocalAddr().String()
+	for _, network := range []string{"udp", "tcp"} {
+		if r := query(t, network, addr, "c2.", mdns.TypeA, false); !slices.Equal(answers(r), []string{"10.1.0.3"}) {
+			t.Errorf("c1 (by its source) asks c2 over %s: %v", network, r)
+		}
+	}
+	if a, _ := asked.Load().(netip.Addr); a != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("asker function got source %v, want 127.0.0.1", a)
+	}
+	known.Store(false)
+	for _, network := range []string{"udp", "tcp"} {
+		if r := query(t, network, addr, "c2.", mdns.TypeA, false); r.Rcode != mdns.RcodeNameError || len(r.Answer) != 0 {
+			t.Errorf("unknown source asks c2 over %s: %v, want the upstream's NXDOMAIN (not local)", network, r)
+		}
+		if r := query(t, network, addr, "example.com.", mdns.TypeA, false); !slices.Equal(answers(r), []string{"192.0.2.1"}) {
+			t.Errorf("unknown source asks example.com over %s: %v, want it forwarded", network, r)
+		}
 	}
 }

@@ -81,6 +81,7 @@ func TestCapture(t *testing.T) {
 	h1, h2 := es[0], es[1]
 	h1.network("sec", "10.74.0.0/24", "--encrypted")
 	h1.run("c1", "sec")
+	h2.waitNetwork("sec") // network create does not wait for the other hosts
 	h2.run("c2", "sec")
 	ip1, ip2 := addrOnly(h1.ip("c1")), addrOnly(h2.ip("c2"))
 	h1.mustPing("c1", ip2)

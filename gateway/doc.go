@@ -32,8 +32,11 @@
 // another's, and nothing can be routed between networks inside the
 // gateway. An idle gateway costs about 110 KiB and 2 goroutines.
 //
-// Ingress (published ports) is meant to be added in the same stack: a
-// published port is a host listener whose accepted connections are dialled
-// into the network from the gateway with the client's own address as the
-// source (spoofing is already on), to the service's balancer.
+// Ingress (published ports, Egress.Publish): a published port is a host
+// socket whose accepted connections (UDP flows) are dialled into the
+// network from the gateway's stack with the outside client's own address
+// and port as the source (the NIC spoofs), to the container; its replies
+// come back to this host's gateway (anycast), where the stack owns the
+// flow. Clients with overlay or loopback addresses enter from the
+// gateway's address instead (see ingressSource).
 package gateway

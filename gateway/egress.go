@@ -59,6 +59,18 @@ type Stats struct {
 	// BytesOut and BytesIn count payload bytes to and from the outside.
 	BytesOut uint64 `json:"bytes_out"`
 	BytesIn  uint64 `json:"bytes_in"`
+
+	// Ingress counts published ports' flows: active TCP connections and
+	// UDP flows, all accepted ones, those that entered with the
+	// gateway's address instead of the client's (ingressSource), those
+	// refused or failed, and bytes towards containers (in) and clients.
+	IngressTCP      int64  `json:"ingress_tcp"`
+	IngressUDP      int64  `json:"ingress_udp"`
+	IngressTotal    uint64 `json:"ingress_total"`
+	IngressSNAT     uint64 `json:"ingress_snat"`
+	IngressFailed   uint64 `json:"ingress_failed"`
+	IngressBytesIn  uint64 `json:"ingress_bytes_in"`
+	IngressBytesOut uint64 `json:"ingress_bytes_out"`
 }
 
 // Egress is the host's egress state, shared by every network's gateway:
@@ -74,6 +86,11 @@ type Egress struct {
 	bytesOut, bytesIn atomic.Uint64
 	mu                sync.Mutex
 	refused           map[string]uint64
+
+	ingressTCP, ingressUDP          atomic.Int64
+	ingressTotal, ingressSNAT       atomic.Uint64
+	ingressFailed                   atomic.Uint64
+	ingressBytesIn, ingressBytesOut atomic.Uint64
 }
 
 // NewEgress returns the host's egress state.
@@ -113,6 +130,9 @@ func (e *Egress) Stats() Stats {
 	st := Stats{
 		MaxFlows: e.cfg.MaxFlows, ActiveTCP: e.tcp.Load(), ActiveUDP: e.udp.Load(), ActiveICMP: e.icmp.Load(),
 		Total: e.total.Load(), BytesOut: e.bytesOut.Load(), BytesIn: e.bytesIn.Load(),
+		IngressTCP: e.ingressTCP.Load(), IngressUDP: e.ingressUDP.Load(), IngressTotal: e.ingressTotal.Load(),
+		IngressSNAT: e.ingressSNAT.Load(), IngressFailed: e.ingressFailed.Load(),
+		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),
 	}
 	e.mu.Lock()
 	if len(e.refused) > 0 {
@@ -210,4 +230,13 @@ func (e *Egress) counter(proto uint8) *atomic.Int64 {
 		return &e.udp
 	}
 	return &e.icmp
+}
+
+// ingressStart counts a new published flow (active in n).
+func (e *Egress) ingressStart(n *atomic.Int64, spoofed bool) {
+	n.Add(1)
+	e.ingressTotal.Add(1)
+	if !spoofed {
+		e.ingressSNAT.Add(1)
+	}
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -49,6 +50,30 @@ func FuzzDecide(f *testing.F) {
 			if o.Contains(d) {
 				t.Fatalf("flow into overlay %s admitted", o)
 			}
+		}
+	})
+}
+
+// FuzzParsePublish checks that every accepted publish spec is valid and
+// round-trips through String, and that errors name the spec.
+func FuzzParsePublish(f *testing.F) {
+	for _, s := range []string{"8080:80", "127.0.0.1:8080:80/udp", "0.0.0.0:53:53/udp", "1:65535/tcp", "::1:80:80", "80:80/sctp", "080:0080", "+1:2", "65536:1", ":80", "1.2.3.4:5:6:7"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePublish(s)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "publish ") {
+				t.Fatalf("error %q does not name the spec", err)
+			}
+			return
+		}
+		if p.HostPort == 0 || p.Port == 0 || (p.Proto != "tcp" && p.Proto != "udp") || p.HostIP.IsValid() && (!p.HostIP.Is4() || p.HostIP.IsUnspecified()) {
+			t.Fatalf("ParsePublish(%q) = %+v: invalid result", s, p)
+		}
+		q, err := ParsePublish(p.String())
+		if err != nil || q != p {
+			t.Fatalf("round trip of %q: %+v -> %q -> %+v, %v", s, p, p.String(), q, err)
 		}
 	})
 }

@@ -111,18 +111,20 @@ func (g *Gateway) setup() error {
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: 1 << 20, Max: 8 << 20}
 	s.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
-	if g.cfg.Egress == nil {
-		return nil
-	}
 	// Promiscuous: accept packets to any address; spoofing: reply from
-	// that address. Every flow then meets a forwarder, which refuses
-	// what may not leave (internal networks included) with a reset or a
-	// port unreachable, a clear failure rather than a silent drop.
+	// that address. Every egress flow then meets a forwarder, which
+	// refuses what may not leave (internal networks included) with a
+	// reset or a port unreachable, a clear failure rather than a silent
+	// drop; published ports' flows enter with the outside client's
+	// address (ingress.go), and their replies reach them.
 	if err := s.SetPromiscuousMode(nicID, true); err != nil {
 		return fmt.Errorf("promiscuous mode: %s", err)
 	}
 	if err := s.SetSpoofing(nicID, true); err != nil {
 		return fmt.Errorf("spoofing: %s", err)
+	}
+	if g.cfg.Egress == nil {
+		return nil
 	}
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(s, 0, 1024, g.handleTCP).HandlePacket)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, udp.NewForwarder(s, g.handleUDP).HandlePacket)

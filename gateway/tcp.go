@@ -87,36 +87,43 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	g.spliceTCP(in, out, ep, fl)
 }
 
-// spliceTCP copies both ways until both directions ended: an EOF is
-// passed on as a half-close (FIN), a read error (a reset, a keepalive
-// timeout) as a reset of the other side, a write error as a reset of the
-// side written from.
+// spliceTCP copies both ways (see splice), counting egress bytes.
 func (g *Gateway) spliceTCP(in *gonet.TCPConn, out net.Conn, ep tcpip.Endpoint, fl *flow) {
 	e := g.cfg.Egress
+	nOut, nIn := splice(in, out, fl)
+	e.bytesOut.Add(uint64(nOut))
+	e.bytesIn.Add(uint64(nIn))
+}
+
+// splice copies in (the network's side) to out and back until both
+// directions ended: an EOF is passed on as a half-close (FIN), a read
+// error (a reset, a keepalive timeout) as a reset of the other side, a
+// write error as a reset of the side written from. It returns the bytes
+// copied each way.
+func splice(in, out net.Conn, fl *flow) (nOut, nIn int64) {
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		n, rerr, werr := copyConn(out, in)
-		e.bytesOut.Add(uint64(n))
-		switch {
-		case rerr == nil && werr == nil:
+		nOut = n
+		if rerr == nil && werr == nil {
 			closeWrite(out)
-		default:
+		} else {
 			fl.abort()
 		}
 	}()
 	n, rerr, werr := copyConn(in, out)
-	e.bytesIn.Add(uint64(n))
+	nIn = n
 	if rerr == nil && werr == nil {
-		in.CloseWrite()
+		closeWrite(in)
 	} else {
 		fl.abort()
 	}
-	wg.Done()
 	wg.Wait()
 	in.Close()
 	out.Close()
+	return nOut, nIn
 }
 
 // copyConn copies src to dst until src's EOF (rerr and werr nil) or an

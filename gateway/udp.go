@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -75,7 +76,7 @@ func (g *Gateway) spliceUDP(in *gonet.UDPConn, out net.Conn, fl *flow) {
 
 // copyDatagrams copies datagrams from src to dst until src fails or the
 // flow has been idle (last, shared by both directions) for idle.
-func copyDatagrams(dst, src net.Conn, last *atomic.Int64, idle time.Duration) uint64 {
+func copyDatagrams(dst io.Writer, src net.Conn, last *atomic.Int64, idle time.Duration) uint64 {
 	buf := make([]byte, 65535)
 	var n uint64
 	for {

@@ -9,6 +9,8 @@ import (
 // egressDescs describe the host's egress metrics (the networks' gateways).
 type egressDescs struct {
 	active, max, total, refused, bytes *prometheus.Desc
+	// Published ports' flows (ingress).
+	inActive, inTotal, inSNAT, inFailed, inBytes *prometheus.Desc
 }
 
 func newEgressDescs() egressDescs {
@@ -18,11 +20,17 @@ func newEgressDescs() egressDescs {
 		total:   desc("egress_flows_total", "Egress flows admitted."),
 		refused: desc("egress_refused_total", "Egress flows refused, by reason.", "reason"),
 		bytes:   desc("egress_bytes_total", "Payload bytes egressed (out: to the outside).", "direction"),
+
+		inActive: desc("published_flows", "Flows of published ports open now, by protocol.", "proto"),
+		inTotal:  desc("published_flows_total", "Flows of published ports accepted."),
+		inSNAT:   desc("published_snat_flows_total", "Flows of published ports that entered from the gateway's address (overlay or loopback client)."),
+		inFailed: desc("published_failed_total", "Flows of published ports that could not reach their container."),
+		inBytes:  desc("published_bytes_total", "Payload bytes of published ports (in: to containers).", "direction"),
 	}
 }
 
 func (d *egressDescs) all() []*prometheus.Desc {
-	return []*prometheus.Desc{d.active, d.max, d.total, d.refused, d.bytes}
+	return []*prometheus.Desc{d.active, d.max, d.total, d.refused, d.bytes, d.inActive, d.inTotal, d.inSNAT, d.inFailed, d.inBytes}
 }
 
 // collectEgress emits the egress metrics.
@@ -35,4 +43,11 @@ func (d *egressDescs) collect(e emitter, s api.EgressStats) {
 	e.byReason(d.refused, s.Refused)
 	e.counter(d.bytes, s.BytesOut, "out")
 	e.counter(d.bytes, s.BytesIn, "in")
+	e.gauge(d.inActive, float64(s.IngressTCP), "tcp")
+	e.gauge(d.inActive, float64(s.IngressUDP), "udp")
+	e.counter(d.inTotal, s.IngressTotal)
+	e.counter(d.inSNAT, s.IngressSNAT)
+	e.counter(d.inFailed, s.IngressFailed)
+	e.counter(d.inBytes, s.IngressBytesIn, "in")
+	e.counter(d.inBytes, s.IngressBytesOut, "out")
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/gateway"
 )
 
 func cmdRun(env *cliEnv, args []string) error {
@@ -19,11 +20,17 @@ func cmdRun(env *cliEnv, args []string) error {
 	name := fs.String("name", "", "container name")
 	ip := fs.String("ip", "", "IPv4 address (default: the next free one; with one --network only)")
 	remove := fs.Bool("rm", false, "remove the container when the command exits (not with -d)")
-	var aliases, services stringList
+	var aliases, services, publish stringList
 	fs.Var(&aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
 	fs.Var(&services, "service", "join service `NAME[:WEIGHT]` as a backend on the networks it shares with the container (repeatable; weight 1-1000, default 1)")
+	fs.Var(&publish, "p", "publish the container's port on this host: `[HOSTIP:]HOSTPORT:PORT[/udp]` (repeatable; clients keep their address)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	for _, s := range publish {
+		if _, err := gateway.ParsePublish(s); err != nil {
+			return usagef("-p: %s", err)
+		}
 	}
 	members, err := parseServiceFlags(services)
 	if err != nil {
@@ -46,8 +53,8 @@ func cmdRun(env *cliEnv, args []string) error {
 		if !ok || target == "" {
 			return usagef("--net %q: want container:NAME", *netMode)
 		}
-		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 {
-			return usagef("--net container:%s shares that container's interfaces; --network, --ip, --alias and --service do not apply", target)
+		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 || len(publish) > 0 {
+			return usagef("--net container:%s shares that container's interfaces; --network, --ip, --alias, --service and -p do not apply", target)
 		}
 		ctr, err := c.Container(target)
 		if err != nil {
@@ -68,7 +75,7 @@ func cmdRun(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	ep, err := attachAll(env, c, *name, netws, *ip, aliases, svcs)
+	ep, err := attachAll(env, c, attachSpec{name: *name, netws: netws, ip: *ip, aliases: aliases, publish: publish}, svcs)
 	if err != nil {
 		return err
 	}
@@ -88,12 +95,25 @@ func cmdRun(env *cliEnv, args []string) error {
 	return err
 }
 
+// attachSpec is what run asks attachAll for: the container's name, its
+// networks in order, its address on the first, aliases, and the ports
+// published to its first network's endpoint.
+type attachSpec struct {
+	name    string
+	netws   []string
+	ip      string
+	aliases []string
+	publish []string
+}
+
 // attachAll makes container name on the first network and attaches it to
-// the others in order (eth0, eth1, ...), joining on each network the
+// the others in order (eth0, eth1, ...), publishing the ports on the
+// first, joining on each network the
 // services svcs lists for it. If one fails, the container is removed
 // again.
-func attachAll(env *cliEnv, c *api.Client, name string, netws []string, ip string, aliases []string, svcs map[string][]api.ServiceMember) (api.Endpoint, error) {
-	ep, err := c.Attach(api.AttachRequest{Network: netws[0], Name: name, Create: true, IP: ip, Aliases: aliases, Services: svcs[netws[0]]})
+func attachAll(env *cliEnv, c *api.Client, a attachSpec, svcs map[string][]api.ServiceMember) (api.Endpoint, error) {
+	name, netws, aliases := a.name, a.netws, a.aliases
+	ep, err := c.Attach(api.AttachRequest{Network: netws[0], Name: name, Create: true, IP: a.ip, Aliases: aliases, Services: svcs[netws[0]], Publish: a.publish})
 	if err != nil {
 		return ep, err
 	}
@@ -287,17 +307,25 @@ func cmdPs(env *cliEnv, args []string) error {
 		return err
 	}
 	return fs.output(env.stdout, cs, func() error {
-		t := newTable(env.stdout, "NAME", "STATUS", "ENDPOINTS", "PIDS", "NETNS")
+		t := newTable(env.stdout, "NAME", "STATUS", "ENDPOINTS", "PUBLISHED", "PIDS", "NETNS")
 		for _, c := range cs {
 			eps := make([]string, len(c.Endpoints))
+			var ports []string
 			for i, e := range c.Endpoints {
 				eps[i] = e.Network + "=" + e.IP
+				for _, p := range e.Published {
+					if p.State != "up" {
+						ports = append(ports, p.Spec+"(down)")
+					} else {
+						ports = append(ports, p.Spec)
+					}
+				}
 			}
 			pids := make([]string, len(c.PIDs))
 			for i, p := range c.PIDs {
 				pids[i] = strconv.Itoa(p)
 			}
-			t.row(c.Name, dash(c.Status), dash(strings.Join(eps, ",")), dash(strings.Join(pids, ",")), c.Netns)
+			t.row(c.Name, dash(c.Status), dash(strings.Join(eps, ",")), dash(strings.Join(ports, ",")), dash(strings.Join(pids, ",")), c.Netns)
 		}
 		return t.flush()
 	})

@@ -127,7 +127,7 @@ func TestRunJoinsServicesOnTheirNetworks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := attachAll(&cliEnv{stdout: io.Discard, stderr: io.Discard}, c, "c1", []string{"web", "db"}, "", nil, svcs); err != nil {
+	if _, err := attachAll(&cliEnv{stdout: io.Discard, stderr: io.Discard}, c, attachSpec{name: "c1", netws: []string{"web", "db"}}, svcs); err != nil {
 		t.Fatal(err)
 	}
 	reqs := rec.got()

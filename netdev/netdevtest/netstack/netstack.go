@@ -116,6 +116,11 @@ func (c *Container) DialUDP(dst netip.AddrPort) (net.Conn, error) {
 	return gonet.DialUDP(c.stack, nil, &tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(dst.Addr().As4()), Port: dst.Port()}, ipv4.ProtocolNumber)
 }
 
+// ListenUDP opens a UDP socket bound to port.
+func (c *Container) ListenUDP(port uint16) (net.PacketConn, error) {
+	return gonet.DialUDP(c.stack, &tcpip.FullAddress{NIC: nicID, Port: port}, nil, ipv4.ProtocolNumber)
+}
+
 // Close shuts the stack and its device down.
 func (c *Container) Close() {
 	c.dev.Close()

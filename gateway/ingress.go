@@ -1,0 +1,258 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// ingressDialTimeout bounds a published connection's connect into the
+// network.
+const ingressDialTimeout = 10 * time.Second
+
+// Target says where a published port's flows go now: the gateway of the
+// container's network on this host and the container's address. ok is
+// false while there is none (the network's gateway is being rebuilt):
+// the flow is then refused.
+type Target func() (g *Gateway, dst netip.Addr, ok bool)
+
+// Port is one published port: a listener in the daemon's namespace whose
+// flows are dialled into the network from the gateway's stack, with the
+// outside client's own address as the source when it can be (see
+// ingressSource).
+type Port struct {
+	spec   Publish
+	e      *Egress
+	target Target
+	ln     net.Listener
+	pc     *net.UDPConn
+
+	mu     sync.Mutex
+	closed bool
+	flows  map[*flow]struct{}
+	udp    map[netip.AddrPort]*udpIn
+	wg     sync.WaitGroup
+}
+
+// Publish listens on the host for spec and forwards to target. A port
+// already in use is an error naming it, and nothing is left open.
+func (e *Egress) Publish(spec Publish, target Target) (*Port, error) {
+	p := &Port{spec: spec, e: e, target: target, flows: map[*flow]struct{}{}, udp: map[netip.AddrPort]*udpIn{}}
+	var err error
+	if spec.Proto == "udp" {
+		var a *net.UDPAddr
+		if a, err = net.ResolveUDPAddr("udp4", spec.hostAddr()); err == nil {
+			p.pc, err = net.ListenUDP("udp4", a)
+		}
+	} else {
+		p.ln, err = net.Listen("tcp4", spec.hostAddr())
+	}
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("publish %s: host port %s is already in use", spec, spec.hostAddr())
+		}
+		return nil, fmt.Errorf("publish %s: %w", spec, err)
+	}
+	p.wg.Add(1)
+	if p.pc != nil {
+		go p.serveUDP()
+	} else {
+		go p.acceptTCP()
+	}
+	return p, nil
+}
+
+// Spec returns what p publishes.
+func (p *Port) Spec() Publish { return p.spec }
+
+// Close stops listening and aborts p's open flows.
+func (p *Port) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for f := range p.flows {
+		f.abort()
+	}
+	p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+	} else {
+		p.pc.Close()
+	}
+	p.wg.Wait()
+}
+
+// track registers f for Close; false once p is closing.
+func (p *Port) track(f *flow) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.flows[f] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Port) untrack(f *flow) {
+	p.mu.Lock()
+	delete(p.flows, f)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// ingressSource is the source address a flow from client enters network
+// g with: the client's own address and port, unless that address could
+// be confused with one inside the overlay (an address of any overlay
+// subnet, which a container could hold, or the gateway's) or is not a
+// routable unicast one (loopback: a client on the host itself). Those
+// flows come from the gateway's address instead (port 0: any free port),
+// as with Docker's SNAT.
+func (e *Egress) ingressSource(g *Gateway, client netip.AddrPort) (netip.AddrPort, bool) {
+	a := client.Addr().Unmap()
+	ok := a.Is4() && !a.IsLoopback() && !a.IsUnspecified() && !a.IsMulticast() &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255}) && a.As4()[0] != 0 &&
+		!g.cfg.Addr.Masked().Contains(a) && client.Port() != 0
+	if ok {
+		for _, o := range *e.overlay.Load() {
+			if o.Contains(a) {
+				ok = false
+				break
+			}
+		}
+	}
+	if !ok {
+		return netip.AddrPortFrom(g.Addr(), 0), false
+	}
+	return netip.AddrPortFrom(a, client.Port()), true
+}
+
+func fullAddr(a netip.AddrPort) tcpip.FullAddress {
+	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(a.Addr().As4()), Port: a.Port()}
+}
+
+// dialIn opens a TCP connection from src (any address: the NIC may
+// spoof) to dst inside the network, with keepalive.
+func (g *Gateway) dialIn(ctx context.Context, src, dst netip.AddrPort) (*gonet.TCPConn, tcpip.Endpoint, error) {
+	var wq waiter.Queue
+	ep, tErr := g.stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if tErr != nil {
+		return nil, nil, errors.New(tErr.String())
+	}
+	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	if tErr := ep.Bind(fullAddr(src)); tErr != nil {
+		ep.Close()
+		return nil, nil, fmt.Errorf("bind %s: %s", src, tErr)
+	}
+	tErr = ep.Connect(fullAddr(dst))
+	if _, ok := tErr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			resetEndpoint(ep)
+			return nil, nil, ctx.Err()
+		case <-notify:
+		}
+		tErr = ep.LastError()
+	}
+	if tErr != nil {
+		ep.Close()
+		return nil, nil, fmt.Errorf("connect %s: %s", dst, tErr)
+	}
+	ep.SocketOptions().SetKeepAlive(true)
+	return gonet.NewTCPConn(&wq, ep), ep, nil
+}
+
+func (p *Port) acceptTCP() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if asNetError(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return // closed
+		}
+		tf := &tcpIn{c: c}
+		fl := &flow{close: tf.reset}
+		if !p.track(fl) {
+			fl.abort()
+			return
+		}
+		go func() {
+			defer p.untrack(fl)
+			p.serveTCP(tf, fl)
+		}()
+	}
+}
+
+// tcpIn is a published TCP connection: the client's and, once dialled,
+// the network's side.
+type tcpIn struct {
+	c       net.Conn
+	ep      atomic.Pointer[tcpip.Endpoint]
+	aborted atomic.Bool
+}
+
+// reset resets both sides.
+func (t *tcpIn) reset() {
+	t.aborted.Store(true)
+	resetConn(t.c)
+	if ep := t.ep.Load(); ep != nil {
+		resetEndpoint(*ep)
+	}
+}
+
+// serveTCP forwards one accepted connection into the network; a failed
+// connect resets the client.
+func (p *Port) serveTCP(t *tcpIn, fl *flow) {
+	e := p.e
+	g, dst, ok := p.target()
+	if !ok {
+		e.ingressFailed.Add(1)
+		fl.abort()
+		return
+	}
+	src, spoofed := e.ingressSource(g, t.c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	ctx, cancel := context.WithTimeout(g.ctx, ingressDialTimeout)
+	in, ep, err := g.dialIn(ctx, src, netip.AddrPortFrom(dst, p.spec.Port))
+	cancel()
+	if err != nil {
+		e.ingressFailed.Add(1)
+		fl.abort()
+		return
+	}
+	t.ep.Store(&ep)
+	if t.aborted.Load() {
+		// Aborted while dialling: reset never saw ep.
+		resetEndpoint(ep)
+		e.ingressFailed.Add(1)
+		return
+	}
+	// The gateway's Close aborts the flow too.
+	if !g.track(fl) {
+		fl.abort()
+		return
+	}
+	defer g.untrack(fl)
+	e.ingressStart(&e.ingressTCP, spoofed)
+	defer e.ingressTCP.Add(-1)
+	toClient, toCtr := splice(in, t.c, fl)
+	e.ingressBytesIn.Add(uint64(toCtr))
+	e.ingressBytesOut.Add(uint64(toClient))
+}
+
+func asNetError(err error, ne *net.Error) bool { return errors.As(err, ne) }
