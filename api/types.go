@@ -345,6 +345,10 @@ type Stats struct {
 	// hard limit at start): past it, new containers and connections fail.
 	OpenFDs int    `json:"open_fds"`
 	FDLimit uint64 `json:"fd_limit"`
+	// Goroutines is the number of goroutines the daemon runs: with
+	// OpenFDs, what shows a leak (it must return to its baseline once
+	// connections and containers are gone).
+	Goroutines int `json:"goroutines"`
 	// Services are this node's counters of every service on every
 	// network that has a VIP here.
 	Services []ServiceStats `json:"services,omitempty"`

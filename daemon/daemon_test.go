@@ -439,6 +439,28 @@ func TestStatsReportsOpenFilesAndLimit(t *testing.T) {
 	}
 }
 
+// TestStatsCountsGoroutines: stats show the daemon's goroutines, and the
+// count follows goroutines that start and end.
+func TestStatsCountsGoroutines(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	before := d.Stats().Goroutines
+	if before < 1 {
+		t.Fatalf("stats: %d goroutines; want at least this test's", before)
+	}
+	const n = 50
+	stop := make(chan struct{})
+	var started sync.WaitGroup
+	started.Add(n)
+	for range n {
+		go func() { started.Done(); <-stop }()
+	}
+	started.Wait()
+	if got := d.Stats().Goroutines; got < before+n {
+		t.Errorf("stats: %d goroutines with %d more running; want at least %d", got, n, before+n)
+	}
+	close(stop)
+}
+
 // ipv4Frame builds an Ethernet+IPv4 (UDP protocol number) frame.
 func ipv4Frame(src, dst packet.MAC, sip, dip netip.Addr, payload []byte) []byte {
 	f := make([]byte, 14+20+len(payload))

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"runtime"
+
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/internal/fdlimit"
@@ -87,5 +89,6 @@ func (d *Daemon) Stats() api.Stats {
 	if l, err := fdlimit.Get(); err == nil {
 		out.FDLimit = l.Soft
 	}
+	out.Goroutines = runtime.NumGoroutine()
 	return out
 }

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -31,6 +33,11 @@ import (
 //	                          an idleReport as JSON
 //	udp ADDR DUR EVERY        from one socket, send a datagram every EVERY
 //	                          for DUR; print who answered as answers come
+//	hold ADDR N PAR           open N TCP connections, PAR dials at a time,
+//	                          read the first line of each and keep them
+//	                          all open; print "held K" (K answered), wait
+//	                          for stdin to close, close them all and
+//	                          print a connReport as JSON
 //
 // PEER is the address the backend saw the connection come from: with no
 // SNAT, the client's own.
@@ -93,8 +100,97 @@ func serviceHelper(args []string) error {
 			return fmt.Errorf("udp: bad DUR or EVERY")
 		}
 		return helperUDP(args[1], dur, every)
+	case args[0] == "hold" && len(args) == 4:
+		n, err1 := strconv.Atoi(args[2])
+		par, err2 := strconv.Atoi(args[3])
+		if err1 != nil || err2 != nil || n < 1 || par < 1 {
+			return fmt.Errorf("hold: bad N or PAR")
+		}
+		return helperHold(args[1], n, par)
 	}
 	return fmt.Errorf("unknown mode or arguments %q", args)
+}
+
+// raiseNoFile makes sure the process may open need descriptors, raising
+// its soft RLIMIT_NOFILE (up to the hard limit) if it is lower.
+func raiseNoFile(need uint64) error {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return err
+	}
+	if rl.Cur >= need {
+		return nil
+	}
+	if rl.Max < need {
+		return fmt.Errorf("open-files limit: hard limit %d, need %d", rl.Max, need)
+	}
+	rl.Cur = need
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+}
+
+// helperHold opens n connections to addr, par dials at a time, and holds
+// every one that answered open until stdin closes; then it closes them
+// all and prints the report.
+func helperHold(addr string, n, par int) error {
+	if err := raiseNoFile(uint64(n) + 100); err != nil {
+		return err
+	}
+	r := connReport{Counts: map[string]int{}, Peers: []string{}}
+	held := make([]net.Conn, 0, n)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := make(chan struct{})
+	go func() {
+		for range n {
+			next <- struct{}{}
+		}
+		close(next)
+	}()
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				name, peer, c, err := dialLine(addr)
+				mu.Lock()
+				r.count(name, peer, err)
+				if err == nil {
+					_ = c.SetDeadline(time.Time{})
+					held = append(held, c)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("held %d\n", len(held))
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, c := range held {
+		c.Close()
+	}
+	return printJSON(r)
+}
+
+// count adds one connection's outcome to the report.
+func (r *connReport) count(name, peer string, err error) {
+	var de errDial
+	switch {
+	case errors.As(err, &de):
+		if r.Errors == 0 {
+			r.FirstErr = err.Error()
+		}
+		r.Errors++
+	case err != nil:
+		if r.Resets == 0 {
+			r.ResetErr = err.Error()
+		}
+		r.Resets++
+	default:
+		r.Counts[name]++
+		if !containsStr(r.Peers, peer) {
+			r.Peers = append(r.Peers, peer)
+		}
+	}
 }
 
 func printJSON(v any) error {
@@ -103,6 +199,9 @@ func printJSON(v any) error {
 
 // helperServe answers on PORT over TCP and UDP until killed.
 func helperServe(name, port string) error {
+	// Best effort: enough descriptors for thousands of connections held
+	// at once (hold); a lower hard limit only fails such a test.
+	_ = raiseNoFile(16384)
 	ln, err := net.Listen("tcp4", ":"+port)
 	if err != nil {
 		return err
@@ -210,24 +309,9 @@ func helperConns(addr string, n, par int, dur time.Duration) connReport {
 			for range next {
 				name, peer, c, err := dialLine(addr)
 				mu.Lock()
-				var de errDial
-				switch {
-				case errors.As(err, &de):
-					if r.Errors == 0 {
-						r.FirstErr = err.Error()
-					}
-					r.Errors++
-				case err != nil:
-					if r.Resets == 0 {
-						r.ResetErr = err.Error()
-					}
-					r.Resets++
-				default:
+				r.count(name, peer, err)
+				if err == nil {
 					c.Close()
-					r.Counts[name]++
-					if !containsStr(r.Peers, peer) {
-						r.Peers = append(r.Peers, peer)
-					}
 				}
 				mu.Unlock()
 			}
