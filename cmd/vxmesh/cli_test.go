@@ -199,7 +199,7 @@ func fakeDaemon(t *testing.T) string {
 		"/v1/nodes":     []api.Node{{Name: "h1", Addr: "192.0.2.1:7946", DataAddr: "192.0.2.1", State: "alive", Self: true}},
 		"/v1/keys":      api.Keys{Version: 2, Primary: 1, Keys: []api.KeyInfo{{ID: 1, Created: created, State: "primary"}}, Rotator: "h1", RotationInterval: 3600},
 		"/v1/stats": api.Stats{Node: "h1", Networks: []api.NetworkStats{{Network: "web", Ports: []api.PortStats{{Name: "c1", RxPackets: 1, Drops: map[string]uint64{"spoofed-src": 2}}}}},
-			DNS: api.DNSStats{UpstreamLatency: api.LatencyStats{}}, OpenFDs: 37, FDLimit: 1000,
+			DNS: api.DNSStats{UpstreamLatency: api.LatencyStats{}}, OpenFDs: 37, FDLimit: 1000, Goroutines: 42,
 			Services:  []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}},
 			Conntrack: api.ConntrackStats{Max: 262144, Entries: 2}},
 		"/v1/services": []api.Service{
@@ -250,6 +250,9 @@ func TestStatsShowsOpenFilesAgainstLimit(t *testing.T) {
 	}
 	if !strings.Contains(out, "Open files: 37 of 1000 (3.7%)\n") {
 		t.Fatalf("vxmesh stats does not show the open files against the limit:\n%s", out)
+	}
+	if !strings.Contains(out, "Goroutines: 42\n") {
+		t.Fatalf("vxmesh stats does not show the daemon's goroutines:\n%s", out)
 	}
 }
 

@@ -55,6 +55,7 @@ func cmdStats(env *cliEnv, args []string) error {
 func printStats(w io.Writer, s api.Stats) error {
 	fmt.Fprintf(w, "Node: %s\n", s.Node)
 	fmt.Fprintf(w, "Open files: %d of %d%s\n", s.OpenFDs, s.FDLimit, fdPercent(s.OpenFDs, s.FDLimit))
+	fmt.Fprintf(w, "Goroutines: %d\n", s.Goroutines)
 	d := s.DNS
 	fmt.Fprintf(w, "DNS: %d queries, %d local, %d forwarded, %d nxdomain, %d servfail, %d overloaded, %d upstream errors; upstream avg %.3f ms, max %.3f ms (%d answers); upstreams %s\n",
 		d.Queries, d.Local, d.Forwarded, d.NXDomain, d.ServFail, d.Overloaded, d.UpstreamErrors,
