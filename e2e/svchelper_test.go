@@ -339,7 +339,10 @@ func helperIdle(addr string, wait time.Duration) idleReport {
 	defer c.Close()
 	r := idleReport{First: name}
 	time.Sleep(wait)
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	// TCP's retransmissions back off (0.2 s, 0.4 s, ... doubling): a path
+	// that was down for a few seconds (a daemon restarting under load)
+	// answers a retransmission that comes seconds after it is back.
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	if _, err := c.Write([]byte("again\n")); err != nil {
 		r.Err = err.Error()
 		return r
