@@ -135,34 +135,11 @@ func helperHold(addr string, n, par int) error {
 	if err := raiseNoFile(uint64(n) + 100); err != nil {
 		return err
 	}
-	r := connReport{Counts: map[string]int{}, Peers: []string{}}
 	held := make([]net.Conn, 0, n)
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	next := make(chan struct{})
-	go func() {
-		for range n {
-			next <- struct{}{}
-		}
-		close(next)
-	}()
-	for range par {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range next {
-				name, peer, c, err := dialLine(addr)
-				mu.Lock()
-				r.count(name, peer, err)
-				if err == nil {
-					_ = c.SetDeadline(time.Time{})
-					held = append(held, c)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	r := dialAll(addr, n, par, 0, func(c net.Conn) {
+		_ = c.SetDeadline(time.Time{})
+		held = append(held, c)
+	})
 	fmt.Printf("held %d\n", len(held))
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	for _, c := range held {
@@ -286,8 +263,15 @@ func dialLine(addr string) (name, peer string, c net.Conn, err error) {
 }
 
 // helperConns opens n connections (or, with dur, as many as fit in it),
-// par at a time.
+// par at a time, and closes each once it answered.
 func helperConns(addr string, n, par int, dur time.Duration) connReport {
+	return dialAll(addr, n, par, dur, func(c net.Conn) { c.Close() })
+}
+
+// dialAll opens n connections to addr (or, with dur > 0, as many as fit
+// in dur), par dials at a time, counts each outcome and hands every
+// connection that answered to use (called with one lock held).
+func dialAll(addr string, n, par int, dur time.Duration, use func(net.Conn)) connReport {
 	r := connReport{Counts: map[string]int{}, Peers: []string{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -311,7 +295,7 @@ func helperConns(addr string, n, par int, dur time.Duration) connReport {
 				mu.Lock()
 				r.count(name, peer, err)
 				if err == nil {
-					c.Close()
+					use(c)
 				}
 				mu.Unlock()
 			}
