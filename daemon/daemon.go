@@ -141,9 +141,12 @@ type Daemon struct {
 	// never a container's.
 	selfNs [2]uint64
 
-	cl     *cluster.Cluster
-	dp     *dataplane.Dataplane
-	egress *gateway.Egress
+	cl *cluster.Cluster
+	dp *dataplane.Dataplane
+	// lbBackends are the backend addresses of every network's services in
+	// the last desired data plane (flushLeftBackends); guarded by mu.
+	lbBackends map[string]map[netip.Addr]bool
+	egress     *gateway.Egress
 	// gwDNS are the resolvers at the networks' gateway addresses
 	// (gateway_dns.go); guarded by mu.
 	gwDNS  map[string]*gatewayResolver

@@ -28,9 +28,41 @@ func (d *Daemon) applyDataplane() error {
 		}
 		d.refreshDNS()
 	}
-	err := d.dp.Reconfig(d.desiredDataplane())
+	cfg := d.desiredDataplane()
+	err := d.dp.Reconfig(cfg)
+	d.flushLeftBackends(cfg)
 	d.syncGatewayDNS()
 	return err
+}
+
+// flushLeftBackends ends this host's tracked connections to every address
+// that was a backend of some service of a network in the previous desired
+// state and is none now (a drained backend that left after its stop grace
+// period, a removed service or membership, a backend whose node left): the
+// data plane keeps a leaving backend's TCP connections until told, and
+// only the backend's own host is told by the rm path. Callers hold d.mu.
+func (d *Daemon) flushLeftBackends(cfg dataplane.Config) {
+	now := map[string]map[netip.Addr]bool{}
+	for _, n := range cfg.Networks {
+		for _, svc := range n.Services {
+			for _, b := range svc.Backends {
+				if now[n.Name] == nil {
+					now[n.Name] = map[netip.Addr]bool{}
+				}
+				now[n.Name][b.IP] = true
+			}
+		}
+	}
+	for network, ips := range d.lbBackends {
+		for ip := range ips {
+			if !now[network][ip] {
+				if n := d.dp.FlushBackend(network, ip); n > 0 {
+					d.log.Debug("flushed the connections of a backend that left", "network", network, "ip", ip, "connections", n)
+				}
+			}
+		}
+	}
+	d.lbBackends = now
 }
 
 // desiredDataplane is the data plane this node should have: every local
