@@ -151,15 +151,18 @@ func TestPublishTCPReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	// The host's kernel completes the handshake before the gateway
+	// learns the container refuses, so the reset arrives right after it:
+	// on loopback it can beat connect's return, then the dial reports it.
 	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
-	if err != nil {
-		t.Fatal(err)
+	if err == nil {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
 	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("read from a published port with no server: %v, want a reset", err)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a published port with no server: %v, want a reset", err)
 	}
-	c.Close()
 	poll(t, "the failure counted", func() bool { return h.eg.Stats().IngressFailed == 1 })
 }
 
