@@ -54,6 +54,12 @@ type NetworkConfig struct {
 	// GatewayMAC are dropped.
 	Gateway    netip.Addr
 	GatewayMAC packet.MAC
+	// GatewayHost and GatewayHostMAC are this host's own identity on the
+	// network for its gateway port (gateway.Config.HostAddr, HostMAC),
+	// unique in the cluster, unlike the anycast Gateway and GatewayMAC;
+	// other hosts know them as a Remote. Zero: none.
+	GatewayHost    netip.Addr
+	GatewayHostMAC packet.MAC
 	// Subnet is the network's subnet: the gateway's prefix, and never
 	// egressed from any network.
 	Subnet netip.Prefix

@@ -41,6 +41,7 @@ func (dp *Dataplane) applyGateway(n *network, w *NetworkConfig, errs *[]error) {
 	g, err := gateway.New(gateway.Config{
 		Name: w.Name, Addr: netip.PrefixFrom(w.Gateway, w.Subnet.Bits()), MAC: w.GatewayMAC,
 		MTU: w.MTU, Internal: w.Internal, Egress: dp.egress,
+		HostAddr: w.GatewayHost, HostMAC: w.GatewayHostMAC,
 	})
 	if err != nil {
 		fail(err)

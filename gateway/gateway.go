@@ -43,6 +43,14 @@ type Config struct {
 	// Egress is the host's egress state (shared by all gateways); nil
 	// means no egress either.
 	Egress *Egress
+	// HostAddr and HostMAC are this host's own identity on the network,
+	// unlike the anycast Addr and MAC which every host's gateway shares:
+	// the source of routing-mesh connections that do not keep the
+	// client's address (client-ip=snat|proxy-v2), and the MAC through
+	// which other hosts send back the replies of those that do. Zero:
+	// the gateway has none (routing-mesh connections are then refused).
+	HostAddr netip.Addr
+	HostMAC  packet.MAC
 }
 
 // Gateway is one network's gateway on this host.
@@ -136,6 +144,10 @@ func (g *Gateway) Name() string { return g.cfg.Name }
 
 // Addr returns the gateway address.
 func (g *Gateway) Addr() netip.Addr { return g.cfg.Addr.Addr() }
+
+// HostAddr returns this host's own address on the network (Config.HostAddr),
+// invalid when it has none.
+func (g *Gateway) HostAddr() netip.Addr { return g.cfg.HostAddr }
 
 // Device returns the gateway's wire side: what the stack sends is read
 // from it, what is written to it is received by the stack.
