@@ -109,6 +109,10 @@ type svcRecord struct {
 	DNSTTL    string    `json:"dns_ttl"`
 	Created   time.Time `json:"created"`
 	CreatedBy string    `json:"created_by"`
+	// Publish are the service's published ports (the routing mesh), each
+	// in its canonical form: published=P,target=T,protocol=tcp|udp,
+	// mode=ingress|host,client-ip=preserve|snat|proxy-v2.
+	Publish []string `json:"publish,omitempty"`
 }
 
 // svcVIP is a service's network and its VIP there.
@@ -128,6 +132,11 @@ type svcSpec struct {
 	ttl       time.Duration
 	health    health.Spec // zero: no check
 }
+
+// publishes reports whether the service has published ports: every host
+// then has a gateway identity (dataplane.NetworkConfig.GatewayHost) on
+// the service's networks.
+func (s *svcSpec) publishes() bool { return len(s.rec.Publish) > 0 }
 
 // onNetwork reports whether the service has network.
 func (s *svcSpec) onNetwork(network string) bool {
