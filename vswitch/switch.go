@@ -108,7 +108,7 @@ type Switch struct {
 	learned *aging.Table[*Port] // learned MACs
 	learnMu sync.Mutex          // serialises commitLearned with RemovePort's pruning
 	closed  atomic.Bool
-	lb      atomic.Pointer[balancer] // nil: no services (SetBalancer)
+	lb      atomic.Pointer[balancer]  // nil: no services (SetBalancer)
 	mesh    atomic.Pointer[meshTable] // the ingress-return table; nil before AddRemoteGateway
 
 	mu      sync.Mutex // control plane state below
