@@ -15,7 +15,10 @@ import (
 // in through the tunnel was never meant for this host's gateway and is
 // dropped ("no-route"). Likewise the gateway port's own frames go only to
 // ports with port security, never into the tunnel: a host's gateway talks
-// to its own endpoints only. It is not a flooding target. The switch
+// to its own endpoints only. The routing mesh's exceptions (see
+// SetGatewayHost): frames the balancer translated may go to the tunnel,
+// from the host MAC, and replies to the host MAC come back. It is not a
+// flooding target. The switch
 // needs a GatewayIP and GatewayMAC, and has at most one gateway port;
 // RemovePort detaches it.
 func (s *Switch) AddGateway(p Sink, name string) (*Port, error) {

@@ -47,8 +47,8 @@ func vipBit(mac packet.MAC) (word int, bit uint64) {
 // the next batch on. With a balancer:
 //   - the switch answers ARP for every VIP of b's snapshot (with the MAC
 //     Snapshot.VIP gives), from any port, like it answers for the gateway;
-//   - a frame a port with Security (a container's) sends goes, after port
-//     security, through b.Translate: Forward is switched by its new
+//   - a frame a port with Security (a container's) or the gateway port
+//     sends goes, after port security, through b.Translate: Forward is switched by its new
 //     destination MAC like any frame, Reject is answered with lb.WriteReject's
 //     reply out of the input port and dropped ("lb-reject"), Drop is
 //     dropped ("lb-drop"); the balancer counts why;
@@ -56,8 +56,8 @@ func vipBit(mac packet.MAC) (word int, bit uint64) {
 //     from a port with Security (the balancer passed it: not IPv4, or to
 //     another IP), "vip-remote" from other ports (the tunnel: a remote
 //     client's frames are translated at the client's own host);
-//   - every frame delivered to a port with Security alone (owned) goes
-//     through b.Untranslate before the write; Retry (a backend's RST to a
+//   - every frame delivered to a port with Security or the gateway port
+//     alone (owned) goes through b.Untranslate before the write; Retry (a backend's RST to a
 //     SYN, hidden) drops it ("lb-retry") and sends the SYN b.WriteRetry
 //     writes towards the new backend as if the client's port had sent it.
 //     Flooded (shared) frames are delivered unchanged: a reply of a

@@ -1,8 +1,10 @@
 // Package vswitch is the per-network virtual switch: it forwards Ethernet
 // frames between ports (container TAP devices, the tunnel) with MAC learning
 // and aging, static entries for known endpoints, flooding confined to the
-// switch, ARP suppression, port security and the service load balancer's
-// stage (SetBalancer: VIP translation at container ports). The data path (Port.Input)
+// switch, ARP suppression, port security, the service load balancer's
+// stage (SetBalancer: VIP translation at container and gateway ports) and
+// the routing mesh's reply steering (AddRemoteGateway, SetGatewayHost:
+// the ingress-return table). The data path (Port.Input)
 // forwards whole batches without allocating and reads only immutable
 // snapshots of the control-plane state, swapped with atomic.Pointer.
 package vswitch
