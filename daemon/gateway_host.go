@@ -90,7 +90,7 @@ func (d *Daemon) allocGatewayHost(name string, n *localNetwork) {
 		return
 	}
 	delete(d.reservedIPs[name], a) // it becomes n.gwHost, or is free again
-	if d.networks[name] != n || n.gwHost.IsValid() || !d.publishingNetworks()[name] {
+	if d.ctx.Err() != nil || d.networks[name] != n || n.gwHost.IsValid() || !d.publishingNetworks()[name] {
 		return
 	}
 	n.gwHost = a
