@@ -306,6 +306,27 @@ func TestMeshFullAndUDP(t *testing.T) {
 	if got := len(hh.b.Frames()); got != 200-int(st.Drops["ingress-full"]) {
 		t.Fatalf("backend got %d datagrams, want every one not dropped as ingress-full (%d)", got, 200-st.Drops["ingress-full"])
 	}
+	// A reply of a flow the table holds goes back to I; one of a flow
+	// it refused goes to H's gateway.
+	reply := func(dport uint16) []byte {
+		f := ipv4Frame(macGW, macB, ipB, clientIP)
+		l4 := packet.IPv4(packet.Ethernet(f).Payload()).Payload()
+		l4[0], l4[1], l4[2], l4[3], l4[4], l4[5] = 0, 53, byte(dport>>8), byte(dport), 0, 8
+		return f
+	}
+	steered := 0
+	for p := range uint16(200) {
+		hh.reset()
+		input(hh.pb, reply(1000+p))
+		if fs := hh.tun.Frames(); len(fs) == 1 && packet.Ethernet(fs[0]).Dst() == hostMACI {
+			steered++
+		} else if len(hh.gw.Frames()) != 1 {
+			t.Fatalf("a UDP reply to port %d went neither back to I nor to H's gateway", 1000+p)
+		}
+	}
+	if steered != meshShards {
+		t.Fatalf("%d UDP replies steered back to I, want one per flow in the table (%d)", steered, meshShards)
+	}
 	hh.clock.Advance(meshTimes.UDP - time.Second)
 	if n := hh.s.SweepIngressReturn(); n != 0 {
 		t.Fatalf("swept %d UDP entries before their idle timeout", n)
