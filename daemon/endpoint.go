@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/netdev"
@@ -816,13 +817,14 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.restoredAt = time.Now()
 	for _, rec := range s.Networks {
 		if err := d.addLocalNetwork(rec.record()); err != nil {
 			return nil, err
 		}
 		if a, err := netip.ParseAddr(rec.GatewayHost); err == nil {
 			if n := d.networks[rec.Name]; n.subnet.Contains(a) && usableHost(n.subnet, a) && a != n.gw {
-				n.gwHost = a
+				n.gwHost, n.gwHostRestored = a, true
 			}
 		}
 	}

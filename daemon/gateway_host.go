@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"time"
 
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -27,6 +28,13 @@ const gatewayRecordName = ".gateway"
 // gatewayHostOwner is the owner of the address reservation an allocation
 // of the gateway identity holds until it is recorded.
 const gatewayHostOwner = " gateway"
+
+// gatewayHostRestoreGrace is how long an address restored from the saved
+// state is kept although no known service publishes on its network: a
+// restarted node learns the services table from the other nodes within
+// moments, and should not give up (and then allocate another) address
+// meanwhile.
+const gatewayHostRestoreGrace = 15 * time.Second
 
 // isGateway reports whether rec is a host's gateway identity.
 func (rec *epRecord) isGateway() bool { return rec.Gateway }
@@ -64,12 +72,17 @@ func (d *Daemon) syncGatewayHosts() bool {
 					d.allocGatewayHost(name, n)
 				}()
 			}
+		case !want[name] && n.gwHost.IsValid() && n.gwHostRestored && time.Since(d.restoredAt) < gatewayHostRestoreGrace:
+			// Restored: the services table may not have arrived yet.
+			if !n.gwHostPublished {
+				d.publishGatewayHost(n)
+			}
 		case !want[name] && n.gwHost.IsValid():
 			d.log.Info("gateway host address released", "network", name, "ip", n.gwHost)
 			if err := d.cl.Delete(tblEndpoints, epKey(d.cfg.Node, name, gatewayRecordName)); err != nil {
 				d.log.Error("withdrawing the gateway host address", "network", name, "err", err)
 			}
-			n.gwHost, n.gwHostPublished = netip.Addr{}, false
+			n.gwHost, n.gwHostPublished, n.gwHostRestored = netip.Addr{}, false, false
 			changed = true
 		case n.gwHost.IsValid() && !n.gwHostPublished:
 			d.publishGatewayHost(n)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/netip"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
 // setPublish rewrites service name's record (as its creator d) with the
@@ -167,5 +169,42 @@ func TestDecodeGatewayRecord(t *testing.T) {
 		if _, err := decodeEndpoint(e); err == nil {
 			t.Errorf("a gateway record with %s was accepted", what)
 		}
+	}
+}
+
+// TestMeshGatewayHostSurvivesRestart: a restarted node keeps its gateway
+// host address (saved state), applies it before it rejoins, and the other
+// nodes have it again as a remote.
+func TestMeshGatewayHostSurvivesRestart(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	h1 := newNode(t, mem, "h1", netip.MustParseAddr("127.0.0.1"), newFakeSandbox(), dir1)
+	t.Cleanup(h1.Close)
+	key, _ := readFile(dir1 + "/cluster.key")
+	writeFile(t, dir2+"/cluster.key", key)
+	join := h1.cfg.Advertise.String() + ":" + fmt.Sprint(h1.cfg.GossipPort)
+	h2 := startNode(t, nodeConfig(t, mem, "h2", netip.MustParseAddr("127.0.0.2"), newFakeSandbox(), dir2, join))
+	if _, err := h1.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.9.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreateService(t, h1, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
+	setPublish(t, h1, "api", []string{"published=8080,target=80,protocol=tcp,mode=ingress,client-ip=snat"})
+	var a netip.Addr
+	waitFor(t, "h2's gateway host address", func() bool { a = gwHostOf(h2, "web"); return a.IsValid() })
+	waitFor(t, "h2's gateway on h1", func() bool { return remoteGateways(h1, "web", []netip.Addr{a}) == 1 })
+	h2.Close()
+	waitFor(t, "h2's gateway gone from h1", func() bool { return remoteGateways(h1, "web", []netip.Addr{a}) == 0 })
+
+	h2 = startNode(t, nodeConfig(t, mem, "h2", netip.MustParseAddr("127.0.0.2"), newFakeSandbox(), dir2, join))
+	t.Cleanup(h2.Close)
+	if got := gwHostOf(h2, "web"); got != a {
+		t.Fatalf("restarted h2 has gateway host address %v, want the saved %s", got, a)
+	}
+	if g := h2.dp.Gateway("web"); g == nil || g.HostAddr() != a {
+		t.Fatalf("restarted h2's gateway has host address %v, want %s", g.HostAddr(), a)
+	}
+	waitFor(t, "the restarted h2's gateway on h1", func() bool { return remoteGateways(h1, "web", []netip.Addr{a}) == 1 })
+	if got := gwHostOf(h2, "web"); got != a {
+		t.Fatalf("restarted h2 moved to %v from %s", got, a)
 	}
 }

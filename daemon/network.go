@@ -59,8 +59,10 @@ type localNetwork struct {
 	// a service with published ports (gateway_host.go), saved;
 	// gwHostPublished says its record is in the cluster, gwHostPending
 	// that an allocation runs.
-	gwHost                         netip.Addr
-	gwHostPublished, gwHostPending bool
+	// gwHostRestored that it came from the saved state (gateway_host.go,
+	// gatewayHostRestoreGrace).
+	gwHost                                         netip.Addr
+	gwHostPublished, gwHostPending, gwHostRestored bool
 }
 
 // addLocalNetwork makes the network of a record known locally; the next
