@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/netdev/netdevtest/netstack"
 	"github.com/vxmesh/vxmesh/packet"
@@ -26,7 +28,7 @@ type meshHosts struct {
 	b      *netstack.Container
 }
 
-func newMeshHosts(t *testing.T) *meshHosts {
+func newMeshHosts(t *testing.T, encrypted bool) *meshHosts {
 	t.Helper()
 	mn := tunnel.NewMemNetwork()
 	start := func(addr netip.Addr) *Dataplane {
@@ -34,7 +36,11 @@ func newMeshHosts(t *testing.T) *meshHosts {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dp := New(Options{Tunnel: tunnel.Config{Underlay: u, LocalAddr: addr}})
+		eu, err := mn.Listen(netip.AddrPortFrom(addr, 4500))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dp := New(Options{Tunnel: tunnel.Config{Underlay: u, ESPUnderlay: eu, ESPPort: 4500, LocalAddr: addr}})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); dp.Run(ctx) }()
@@ -67,6 +73,25 @@ func newMeshHosts(t *testing.T) *meshHosts {
 	nh.Remotes = []Remote{gwI}
 	nh.Peers = []netip.Addr{local}
 	m.ci, m.ch = Config{Networks: []NetworkConfig{ni}}, Config{Networks: []NetworkConfig{nh}}
+	if encrypted {
+		m.ci.Networks[0].Cipher, m.ch.Networks[0].Cipher = esp.AES128GCM, esp.AES128GCM
+		sa := func(spi uint32, key byte) (*esp.Outbound, *esp.Inbound) {
+			k := esp.SA{SPI: spi, Cipher: esp.AES128GCM, Key: bytes.Repeat([]byte{key}, 16)}
+			out, err := esp.NewOutboundSA(k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, err := esp.NewInboundSA(k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out, in
+		}
+		iOut, hIn := sa(0x1000, 1)
+		hOut, iIn := sa(0x2000, 2)
+		m.ci.Outbound, m.ci.Inbound = []tunnel.OutboundSA{{Peer: remoteB, SA: iOut}}, []tunnel.InboundSA{{Peer: remoteB, SA: iIn}}
+		m.ch.Outbound, m.ch.Inbound = []tunnel.OutboundSA{{Peer: local, SA: hOut}}, []tunnel.InboundSA{{Peer: local, SA: hIn}}
+	}
 	if err := m.i.Reconfig(m.ci); err != nil {
 		t.Fatal(err)
 	}
@@ -144,9 +169,20 @@ func echo(t *testing.T, c net.Conn, msg string) {
 // flows both ways (the backend's replies, sent to its default gateway,
 // go back to I, not to H's gateway), H's switch holds one ingress-return
 // entry while the connection lives, and the close reaches both ends.
-// Then client-ip=snat: a dial from I's host address needs no entry.
+// Then client-ip=snat: a dial from I's host address needs no entry. In
+// the clear and over ESP.
 func TestMeshAcrossDataplanes(t *testing.T) {
-	m := newMeshHosts(t)
+	for _, encrypted := range []bool{false, true} {
+		name := "plain"
+		if encrypted {
+			name = "esp"
+		}
+		t.Run(name, func(t *testing.T) { testMeshAcross(t, encrypted) })
+	}
+}
+
+func testMeshAcross(t *testing.T, encrypted bool) {
+	m := newMeshHosts(t, encrypted)
 	ln, err := m.b.Listen(8080)
 	if err != nil {
 		t.Fatal(err)
@@ -198,6 +234,13 @@ func TestMeshAcrossDataplanes(t *testing.T) {
 			t.Errorf("drops %v", st.Drops)
 		}
 	}
+	if encrypted {
+		for _, in := range append(m.ci.Inbound, m.ch.Inbound...) {
+			if st := in.SA.Stats(); st.Packets == 0 {
+				t.Errorf("inbound SA %#x from %s opened no packet", in.SA.SPI(), in.Peer)
+			}
+		}
+	}
 }
 
 func portIndex(ps []vswitch.PortStats, name string) int {
@@ -213,7 +256,7 @@ func portIndex(ps []vswitch.PortStats, name string) int {
 // applied without rebuilding the network, and the gateway dials from the
 // new address.
 func TestMeshGatewayHostInPlace(t *testing.T) {
-	m := newMeshHosts(t)
+	m := newMeshHosts(t, false)
 	before := m.i.Gateway("web")
 	m.ci.Networks[0].GatewayHost, m.ci.Networks[0].GatewayHostMAC = ip(249), mac(249)
 	m.ch.Networks[0].Remotes[0].IP, m.ch.Networks[0].Remotes[0].MAC = ip(249), mac(249)
