@@ -48,8 +48,9 @@ func vipBit(mac packet.MAC) (word int, bit uint64) {
 //   - the switch answers ARP for every VIP of b's snapshot (with the MAC
 //     Snapshot.VIP gives), from any port, like it answers for the gateway;
 //   - a frame a port with Security (a container's) or the gateway port
-//     sends goes, after port security, through b.Translate: Forward is switched by its new
-//     destination MAC like any frame, Reject is answered with lb.WriteReject's
+//     sends goes, after port security, through b.Translate: Forward is
+//     switched by its new destination MAC like any frame (see
+//     SetGatewayHost for the gateway's), Reject is answered with lb.WriteReject's
 //     reply out of the input port and dropped ("lb-reject"), Drop is
 //     dropped ("lb-drop"); the balancer counts why;
 //   - a frame to a VIP's MAC that is not translated is dropped: "vip-pass"
@@ -57,8 +58,8 @@ func vipBit(mac packet.MAC) (word int, bit uint64) {
 //     another IP), "vip-remote" from other ports (the tunnel: a remote
 //     client's frames are translated at the client's own host);
 //   - every frame delivered to a port with Security or the gateway port
-//     alone (owned) goes through b.Untranslate before the write; Retry (a backend's RST to a
-//     SYN, hidden) drops it ("lb-retry") and sends the SYN b.WriteRetry
+//     alone (owned) goes through b.Untranslate before the write; Retry (a
+//     backend's RST to a SYN, hidden) drops it ("lb-retry") and sends the SYN b.WriteRetry
 //     writes towards the new backend as if the client's port had sent it.
 //     Flooded (shared) frames are delivered unchanged: a reply of a
 //     translated flow is addressed to the client's MAC, a local entry, so
