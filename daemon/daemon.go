@@ -172,8 +172,10 @@ type Daemon struct {
 	// and CreateNetwork reserve what they decide (attaching, reservedIPs,
 	// creating) and validate again after re-taking it. The data plane has its own
 	// lock; applyDataplane hands it the desired state under mu.
-	mu         sync.Mutex
-	networks   map[string]*localNetwork
+	mu       sync.Mutex
+	networks map[string]*localNetwork
+	// restoredAt is when the saved state was read (gateway_host.go).
+	restoredAt time.Time
 	containers map[string]*container
 	// attaching names the containers an Attach is in flight for, with the
 	// network it attaches to; reservedIPs the addresses such Attaches
@@ -547,7 +549,11 @@ func (d *Daemon) close() {
 func (d *Daemon) save() error {
 	s := &savedState{Version: 1}
 	for _, n := range d.sortedNetworks() {
-		s.Networks = append(s.Networks, n.rec.saved())
+		sn := n.rec.saved()
+		if n.gwHost.IsValid() {
+			sn.GatewayHost = n.gwHost.String()
+		}
+		s.Networks = append(s.Networks, sn)
 	}
 	for _, c := range d.sortedContainers() {
 		sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed}

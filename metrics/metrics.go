@@ -59,6 +59,7 @@ type Collector struct {
 type descs struct {
 	node, portsOmitted                                 *prometheus.Desc
 	flooded, arpSuppressed, floodNoPeers, switchDrops  *prometheus.Desc
+	ingressReturn                                      *prometheus.Desc
 	tunnelDrops, underlayDrops, encrypted, fdbEntries  *prometheus.Desc
 	portPackets, portBytes, portDrops                  *prometheus.Desc
 	peerPackets, peerBytes, peerTxDrops                *prometheus.Desc
@@ -84,6 +85,7 @@ func NewCollector(src Source) *Collector {
 		flooded:       desc("network_flooded_frames_total", "Frames the network's switch flooded.", net),
 		arpSuppressed: desc("network_arp_suppressed_total", "ARP requests the switch answered itself.", net),
 		floodNoPeers:  desc("network_flood_no_peers_total", "Frames to flood to other hosts while there was none (not a drop).", net),
+		ingressReturn: desc("network_ingress_return_flows", "Routing-mesh flows whose replies the network's switch sends back to the host they came in through.", net),
 		switchDrops:   desc("network_switch_drops_total", "Frames the network's switch dropped, by reason (all ports, including removed ones).", net, "reason"),
 		tunnelDrops:   desc("network_tunnel_drops_total", "Frames the network's tunnel dropped, by reason.", net, "reason"),
 		underlayDrops: desc("underlay_drops_total", "Datagrams dropped before their network was known, by reason.", "reason"),
@@ -182,6 +184,7 @@ func (c *Collector) collectNetwork(e emitter, ns api.NetworkStats) {
 	e.counter(d.arpSuppressed, ns.ARPSuppressed, name)
 	e.counter(d.floodNoPeers, ns.FloodNoPeers, name)
 	e.byReason(d.switchDrops, ns.Drops, name)
+	e.gauge(d.ingressReturn, float64(ns.IngressReturn), name)
 	if fdb, err := c.src.FDB(name); err == nil {
 		kinds := map[string]int{}
 		for _, f := range fdb {
