@@ -98,7 +98,7 @@ func (d *Daemon) ReleaseAddress(network string, a netip.Addr) {
 
 // EndpointMAC is the MAC of the endpoint with address a (every endpoint's
 // MAC follows from its address).
-func EndpointMAC(a netip.Addr) packet.MAC { return macForIP(a) }
+func (d *Daemon) EndpointMAC(a netip.Addr) packet.MAC { return macForIP(a) }
 
 // checkFreeIPFor is checkFreeIP, except that an address reserved for
 // owner is free for it; callers hold d.mu.
