@@ -101,9 +101,11 @@ func (d *Daemon) ReleaseAddress(network string, a netip.Addr) {
 func (d *Daemon) EndpointMAC(a netip.Addr) packet.MAC { return macForIP(a) }
 
 // checkFreeIPFor is checkFreeIP, except that an address reserved for
-// owner is free for it; callers hold d.mu.
+// container owner (AttachHostTAP took it from the IPAM hold) is free for
+// it; callers hold d.mu. Holds for Docker's IPAM are never free: each is
+// one request's.
 func (d *Daemon) checkFreeIPFor(owner string, n *localNetwork, a netip.Addr) error {
-	if ips := d.reservedIPs[n.rec.Name]; ips != nil && ips[a] == owner {
+	if ips := d.reservedIPs[n.rec.Name]; ips != nil && ips[a] == owner && owner != ipamOwner {
 		return nil
 	}
 	return d.checkFreeIP(n, a)
