@@ -1,6 +1,7 @@
 package dockerplugin
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -133,8 +134,8 @@ func (p *Plugin) createNetwork(req createNetworkRequest) (any, error) {
 			}
 		}
 	}
-	if req.NetworkID == "" {
-		return nil, errors.New("network ID: empty")
+	if _, err := hex.DecodeString(req.NetworkID); err != nil || len(req.NetworkID) < 12 {
+		return nil, fmt.Errorf("network ID %q: want Docker's hex ID", req.NetworkID)
 	}
 	if name == "" {
 		if err := p.checkNetwork("", subnet, gw); err != nil {
