@@ -1,0 +1,352 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/internal/testenv"
+)
+
+// dockerEngine is a private Docker Engine in a testbed host's namespace,
+// with its own data root, exec root and API socket.
+type dockerEngine struct {
+	t    *testing.T
+	dir  string // short: dockerd's exec root and its sockets live there
+	sock string
+	conf string // DOCKER_CONFIG of the client
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// needDocker makes sure dockerd, the docker client and a static busybox
+// are there, installing the test profile's packages (.ci/deps test, which
+// has docker.io and busybox-static) as root when one is missing; without
+// them the test skips, or fails when e2e is required.
+func needDocker(t *testing.T) {
+	t.Helper()
+	missing := func() string {
+		for _, c := range []string{"dockerd", "docker", "/bin/busybox"} {
+			if _, err := exec.LookPath(c); err != nil {
+				return c
+			}
+		}
+		f, err := elf.Open("/bin/busybox")
+		if err != nil {
+			return "/bin/busybox"
+		}
+		defer f.Close()
+		if f.Section(".interp") != nil {
+			return "a static /bin/busybox"
+		}
+		return ""
+	}
+	if missing() != "" && os.Geteuid() == 0 {
+		if out, err := exec.Command("../.ci/deps", "test").CombinedOutput(); err != nil {
+			t.Logf(".ci/deps test: %v: %s", err, out)
+		}
+	}
+	if m := missing(); m != "" {
+		msg := m + " missing (apt-get install docker.io busybox-static, or make deps)"
+		if testenv.Required() {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+}
+
+// startDockerd starts dockerd in h's namespace (so that it sees the TAP
+// devices h's vxmesh daemon makes) and waits until it answers. The
+// cleanup removes every container and network it has, stops it and
+// removes its directories.
+func startDockerd(t *testing.T, h *testbed.Host) *dockerEngine {
+	t.Helper()
+	// The exec root holds unix sockets: keep its path short.
+	dir, err := os.MkdirTemp("/tmp", "vxd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dockerEngine{t: t, dir: dir, sock: filepath.Join(dir, "d.sock"), conf: filepath.Join(dir, "cfg"), done: make(chan struct{})}
+	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	d.cmd = exec.Command("nsenter", "--net="+h.NetnsPath, "--", "dockerd",
+		"--storage-driver=vfs", "--iptables=false", "--ip-forward=false", "--bridge=none",
+		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "x"),
+		"-H", "unix://"+d.sock, "--pidfile", filepath.Join(dir, "d.pid"))
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("dockerd: %v", err)
+	}
+	go func() {
+		d.cmd.Wait()
+		close(d.done)
+	}()
+	t.Cleanup(d.stop)
+	eventually(t, 60*time.Second, func() error {
+		select {
+		case <-d.done:
+			t.Fatalf("dockerd exited:\n%s", d.log())
+		default:
+		}
+		_, err := d.run("version")
+		return err
+	}, "dockerd at %s", d.sock)
+	return d
+}
+
+func (d *dockerEngine) log() string {
+	b, _ := os.ReadFile(filepath.Join(d.dir, "dockerd.log"))
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+// run runs the docker client against the engine.
+func (d *dockerEngine) run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker", append([]string{"-H", "unix://" + d.sock}, args...)...)
+	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+d.conf)
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("docker %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out.String(), nil
+}
+
+func (d *dockerEngine) must(args ...string) string {
+	d.t.Helper()
+	out, err := d.run(args...)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}
+
+// stop removes the engine's containers and networks (their endpoints
+// leave vxmesh through the plugin), stops dockerd and removes its
+// directories, unmounting what it left mounted there.
+func (d *dockerEngine) stop() {
+	if ids, err := d.run("ps", "-aq"); err == nil && strings.TrimSpace(ids) != "" {
+		d.run(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+	}
+	d.run("network", "prune", "-f")
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		d.t.Errorf("dockerd did not stop in 20 s; killed")
+		syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		<-d.done
+	}
+	for _, m := range mountsUnder(d.dir) {
+		syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+	if err := os.RemoveAll(d.dir); err != nil {
+		d.t.Errorf("removing dockerd's directory: %v", err)
+	}
+}
+
+// mountsUnder lists the mount points under dir, deepest first.
+func mountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fs := strings.Fields(sc.Text()); len(fs) > 4 && strings.HasPrefix(fs[4], dir+"/") {
+			out = append(out, fs[4])
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
+}
+
+// importBusybox imports an image "vxbb" of a root filesystem holding
+// /bin/busybox and its applets' links.
+func (d *dockerEngine) importBusybox() {
+	d.t.Helper()
+	rootfs := filepath.Join(d.t.TempDir(), "rootfs")
+	if err := os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err == nil {
+		err = os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), bb, 0o755)
+	}
+	for _, c := range []string{"sh", "ping", "sleep", "cat", "nslookup", "ip"} {
+		if err == nil {
+			err = os.Symlink("busybox", filepath.Join(rootfs, "bin", c))
+		}
+	}
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	tarball := filepath.Join(filepath.Dir(rootfs), "rootfs.tar")
+	if out, err := exec.Command("tar", "-C", rootfs, "-cf", tarball, ".").CombinedOutput(); err != nil {
+		d.t.Fatalf("tar: %v: %s", err, out)
+	}
+	d.must("import", tarball, "vxbb")
+}
+
+// dockerEndpoints are h's vxmesh endpoints of Docker containers.
+func dockerEndpoints(e *env) map[string]string {
+	out := map[string]string{}
+	for _, ep := range e.endpoints() {
+		if strings.HasPrefix(ep.Name, "docker-") {
+			out[ep.Name] = ep.Network + " " + addrOnly(ep.IP) + " " + ep.State
+		}
+	}
+	return out
+}
+
+// TestDockerNetworkPlugin drives vxmesh from Docker: `docker network
+// create -d vxmesh --ipam-driver vxmesh` makes the cluster network, a
+// Docker container on it reaches a `vxmesh run` container on another host
+// by address and (with --dns at the gateway) by name and is reached back,
+// an existing cluster network is adopted and a mismatch refused, `docker
+// network connect/disconnect`, `docker restart` and `docker rm -f` rewire
+// and clean up its endpoints, and the plugin's socket goes with the
+// daemon.
+func TestDockerNetworkPlugin(t *testing.T) {
+	needDocker(t)
+	es := newTestbed(t, 2)
+	h1, h2 := es[0], es[1]
+	driver := "vx" + testbed.RandomID(6)
+	pluginSock := "/run/docker/plugins/" + driver + ".sock"
+	// The daemon asks the engine for network names (--docker-host): the
+	// engine first.
+	eng := startDockerd(t, h1.h)
+	if err := h1.h.StartDaemon("--docker-plugin", "--docker-plugin-socket", pluginSock, "--docker-host", "unix://"+eng.sock); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := os.Stat(pluginSock); err == nil {
+			os.Remove(pluginSock)
+		}
+	})
+	if err := h2.h.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	eng.importBusybox()
+
+	// The Docker network makes the cluster network; h2 runs a container
+	// on it.
+	eng.must("network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", "10.93.0.0/24", "web")
+	n := h2.waitNetwork("web")
+	if n.Subnet != "10.93.0.0/24" || n.Gateway != "10.93.0.1" {
+		t.Fatalf("cluster network made by docker network create: %+v", n)
+	}
+	h2.run("c2", "web")
+	c2 := h2.ip("c2")
+
+	eng.must("run", "-d", "--network", "web", "--dns", n.Gateway, "--name", "d1", "vxbb", "sleep", "1000")
+	d1 := eng.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d1")
+	eps := dockerEndpoints(h1)
+	if len(eps) != 1 || !slices.Contains(mapValues(eps), "web "+d1+" up") {
+		t.Fatalf("vxmesh endpoints of d1 (Docker says %s): %v", d1, eps)
+	}
+	eventually(t, 15*time.Second, func() error {
+		_, err := eng.run("exec", "d1", "ping", "-c1", "-W1", c2)
+		return err
+	}, "d1 cannot ping c2 (%s) on h2", c2)
+	out := eng.must("exec", "d1", "nslookup", "c2")
+	if !strings.Contains(out, "Address: "+c2) {
+		t.Fatalf("d1: nslookup c2 (--dns %s):\n%s", n.Gateway, out)
+	}
+	eng.must("exec", "d1", "ping", "-c1", "-W2", "c2")
+	h2.mustPing("c2", d1)
+
+	// An existing cluster network of the same name and subnet is adopted;
+	// -o vxmesh.network names one whose subnet differs: refused.
+	h2.network("db", "10.92.0.0/24")
+	h1.waitNetwork("db")
+	eng.must("network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", "10.92.0.0/24", "db")
+	_, err := eng.run("network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", "10.91.0.0/24", "-o", "vxmesh.network=db", "db2")
+	if err == nil || !strings.Contains(err.Error(), `the cluster network of that name has subnet 10.92.0.0/24, not 10.91.0.0/24`) {
+		t.Fatalf("docker network create with a mismatched subnet: %v", err)
+	}
+	if names := h1.networkNames(); !slices.Equal(names, []string{"db", "web"}) {
+		t.Fatalf("cluster networks: %v", names)
+	}
+
+	// docker network connect/disconnect.
+	eng.must("network", "connect", "db", "d1")
+	d1db := eng.must("inspect", "-f", "{{.NetworkSettings.Networks.db.IPAddress}}", "d1")
+	if !slices.Contains(mapValues(dockerEndpoints(h1)), "db "+d1db+" up") {
+		t.Fatalf("after docker network connect db d1 (%s): %v", d1db, dockerEndpoints(h1))
+	}
+	if out := eng.must("exec", "d1", "ip", "-o", "addr"); !strings.Contains(out, d1db+"/24") {
+		t.Fatalf("d1 has no db address after connect:\n%s", out)
+	}
+	eng.must("network", "disconnect", "db", "d1")
+	if eps := dockerEndpoints(h1); len(eps) != 1 {
+		t.Fatalf("after docker network disconnect db d1: %v", eps)
+	}
+
+	// docker restart: a new namespace, rewired through the plugin.
+	before := dockerEndpoints(h1)
+	eng.must("restart", "-t", "1", "d1")
+	after := dockerEndpoints(h1)
+	if len(after) != 1 || mapsEqual(before, after) {
+		t.Fatalf("endpoints before restart %v, after %v: want one new one", before, after)
+	}
+	d1 = eng.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d1")
+	eventually(t, 15*time.Second, func() error {
+		_, err := eng.run("exec", "d1", "ping", "-c1", "-W1", c2)
+		return err
+	}, "d1 cannot ping c2 after docker restart")
+	h2.mustPing("c2", d1)
+
+	// docker rm -f: the endpoint and its device go.
+	eng.must("rm", "-f", "d1")
+	if eps := dockerEndpoints(h1); len(eps) != 0 {
+		t.Fatalf("after docker rm -f d1: %v", eps)
+	}
+	links, err := h1.h.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l, "vxd") {
+			t.Fatalf("TAP %s left in h1's namespace after docker rm: %v", l, links)
+		}
+	}
+	eng.must("network", "rm", "web", "db")
+	if err := h1.h.StopDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(pluginSock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("plugin socket %s after the daemon stopped: %v", pluginSock, err)
+	}
+}
+
+func mapValues(m map[string]string) []string {
+	var out []string
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
