@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/netdev"
@@ -109,4 +111,32 @@ func (d *Daemon) checkFreeIPFor(owner string, n *localNetwork, a netip.Addr) err
 		return nil
 	}
 	return d.checkFreeIP(n, a)
+}
+
+// AddAlias gives container name's endpoint on network one more DNS name
+// (the Docker container's name, learnt once Docker started it), on every
+// host. An alias it has already is no change.
+func (d *Daemon) AddAlias(name, network, alias string) error {
+	if err := checkName("alias", alias); err != nil {
+		return fmt.Errorf("container %q: %w", name, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.containers[name]
+	if !ok || c.endpoints[network] == nil {
+		return notFound("container %q: not attached to network %q", name, network)
+	}
+	ep := c.endpoints[network]
+	if slices.Contains(ep.aliases, alias) {
+		return nil
+	}
+	old := ep.aliases
+	ep.aliases = append(slices.Clip(old), alias)
+	if err := d.save(); err != nil {
+		ep.aliases = old
+		return fmt.Errorf("container %q: %w", name, err)
+	}
+	d.publishEndpoint(ep)
+	d.refreshDNS()
+	return nil
 }

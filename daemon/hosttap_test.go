@@ -130,3 +130,39 @@ func TestHostTAPEndpointDownAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAddAliasResolves: an alias added to a running endpoint resolves on
+// this host and survives a restart; a bad alias changes nothing.
+func TestAddAliasResolves(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	d := newTestDaemon(t, sb, dir)
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"})
+	ep, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AddAlias("docker-aaaaaaaaaaaa", "web", "bad name"); err == nil {
+		t.Fatal("an invalid alias was added")
+	}
+	for range 2 {
+		if err := d.AddAlias("docker-aaaaaaaaaaaa", "web", "d1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.AddAlias("docker-bbbbbbbbbbbb", "web", "d2"); err == nil || !strings.Contains(err.Error(), "not attached") {
+		t.Fatalf("alias of a missing container: %v", err)
+	}
+	if eps := d.Endpoints(); len(eps) != 1 || strings.Join(eps[0].Aliases, ",") != "d1" {
+		t.Fatalf("endpoints after AddAlias: %+v", eps)
+	}
+	if got, ok := d.dns.idx.index.Load().lookupName("docker-aaaaaaaaaaaa", "d1"); !ok || len(got.Addrs) != 1 || got.Addrs[0].String() != ep.IP {
+		t.Fatalf("d1 resolves to %+v, want %s", got, ep.IP)
+	}
+	d.Close()
+	d2 := newTestDaemon(t, sb, dir)
+	defer d2.Close()
+	if eps := d2.Endpoints(); len(eps) != 1 || strings.Join(eps[0].Aliases, ",") != "d1" {
+		t.Fatalf("aliases after restart: %+v", eps)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 )
@@ -85,7 +86,40 @@ func (p *Plugin) join(req joinRequest) (any, error) {
 		}
 	}
 	p.log.Info("docker endpoint joined", "container", ctr, "network", ep.network, "ip", ep.ip, "sandbox", req.SandboxKey)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.nameLater(ctr, ep.network, req.EndpointID)
+	}()
 	return resp, nil
+}
+
+// nameLater gives the endpoint the Docker container's name as a DNS
+// alias, so that containers on other hosts resolve it, once the Engine
+// lists the container with the endpoint (after Join: Docker starts the
+// container then).
+func (p *Plugin) nameLater(ctr, network, id string) {
+	deadline := time.Now().Add(nameTimeout)
+	for {
+		name, ok, err := p.cfg.Engine.ContainerName(p.ctx, id)
+		if ok {
+			if err := p.cfg.Backend.AddAlias(ctr, network, name); err != nil {
+				p.log.Warn("docker endpoint: container name not added as an alias", "container", ctr, "name", name, "err", err)
+			}
+			return
+		}
+		if _, attached := p.attached(ctr); !attached || time.Now().After(deadline) {
+			if err != nil {
+				p.log.Warn("docker endpoint: container name not learnt", "container", ctr, "err", err)
+			}
+			return
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // attached returns the cluster network container ctr is attached to.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -80,4 +81,53 @@ func parseNetworks(body []byte) ([]EngineNetwork, error) {
 		out = append(out, en)
 	}
 	return out, nil
+}
+
+// engineContainer is a container in the Engine's /containers/json list.
+type engineContainer struct {
+	Names           []string
+	NetworkSettings struct {
+		Networks map[string]struct {
+			EndpointID string
+		}
+	}
+}
+
+// ContainerName returns the name of the running container that has
+// endpoint id, and whether one has it.
+func (e *UnixEngine) ContainerName(ctx context.Context, id string) (string, bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/containers/json", nil)
+	if err != nil {
+		return "", false, err
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return "", false, fmt.Errorf("docker engine at %s: %w", e.socket, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return "", false, fmt.Errorf("docker engine at %s: %w", e.socket, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", false, fmt.Errorf("docker engine at %s: containers: %s", e.socket, resp.Status)
+	}
+	return containerOfEndpoint(body, id)
+}
+
+// containerOfEndpoint finds in the Engine's container list the name of
+// the container with endpoint id.
+func containerOfEndpoint(body []byte, id string) (string, bool, error) {
+	var list []engineContainer
+	if err := json.Unmarshal(body, &list); err != nil {
+		return "", false, fmt.Errorf("docker engine: containers: %v", err)
+	}
+	for _, c := range list {
+		for _, n := range c.NetworkSettings.Networks {
+			if n.EndpointID == id && id != "" && len(c.Names) > 0 {
+				return strings.TrimPrefix(c.Names[0], "/"), true, nil
+			}
+		}
+	}
+	return "", false, nil
 }

@@ -145,12 +145,42 @@ func (b *fakeBackend) Detach(name, network string) error {
 	return fmt.Errorf("container %q: not found", name)
 }
 
-// fakeEngine lists the Docker networks it was given.
+func (b *fakeBackend) AddAlias(name, network, alias string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, e := range b.eps {
+		if e.Name == name && e.Network == network {
+			b.eps[i].Aliases = append(b.eps[i].Aliases, alias)
+			return nil
+		}
+	}
+	return fmt.Errorf("container %q: not attached to network %q", name, network)
+}
+
+// fakeEngine lists the Docker networks and containers it was given.
 type fakeEngine struct {
 	mu    sync.Mutex
 	nets  []EngineNetwork
 	calls int
 	err   error
+	// ctrs maps endpoint IDs to container names.
+	ctrs map[string]string
+}
+
+func (e *fakeEngine) ContainerName(_ context.Context, id string) (string, bool, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	name, ok := e.ctrs[id]
+	return name, ok, nil
+}
+
+func (e *fakeEngine) addContainer(id, name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ctrs == nil {
+		e.ctrs = map[string]string{}
+	}
+	e.ctrs[id] = name
 }
 
 func (e *fakeEngine) Networks(context.Context) ([]EngineNetwork, error) {

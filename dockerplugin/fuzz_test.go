@@ -77,3 +77,26 @@ func TestParseNetworks(t *testing.T) {
 		t.Fatal("a truncated answer parsed")
 	}
 }
+
+// FuzzContainerOfEndpoint: any Engine container list parses or fails,
+// never panics, and a match is a name.
+func FuzzContainerOfEndpoint(f *testing.F) {
+	f.Add([]byte(`[{"Id":"7da9","Names":["/d2"],"NetworkSettings":{"Networks":{"web":{"NetworkID":"6180","EndpointID":"3363"}}}}]`), "3363")
+	f.Add([]byte(`[{"Names":[],"NetworkSettings":{"Networks":{"web":{"EndpointID":""}}}}]`), "")
+	f.Add([]byte(`null`), "x")
+	f.Fuzz(func(t *testing.T, b []byte, id string) {
+		name, ok, err := containerOfEndpoint(b, id)
+		if (err != nil && ok) || (!ok && name != "") {
+			t.Fatalf("containerOfEndpoint = %q, %v, %v", name, ok, err)
+		}
+	})
+}
+
+func TestContainerOfEndpoint(t *testing.T) {
+	body := []byte(`[{"Names":["/d1"],"NetworkSettings":{"Networks":{"web":{"EndpointID":"aaaa"}}}},{"Names":["/d2"],"NetworkSettings":{"Networks":{"db":{"EndpointID":"bbbb"},"web":{"EndpointID":"cccc"}}}}]`)
+	for id, want := range map[string]string{"aaaa": "d1", "cccc": "d2", "dddd": "", "": ""} {
+		if name, ok, err := containerOfEndpoint(body, id); err != nil || name != want || ok != (want != "") {
+			t.Errorf("containerOfEndpoint(%q) = %q, %v, %v; want %q", id, name, ok, err, want)
+		}
+	}
+}

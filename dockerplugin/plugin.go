@@ -43,6 +43,9 @@ const (
 	// resolveTimeout bounds the wait for Docker to know a network it is
 	// creating (the background resolve after CreateNetwork).
 	resolveTimeout = 15 * time.Second
+	// nameTimeout bounds the wait for Docker to list a joined endpoint's
+	// container (it starts after Join).
+	nameTimeout = 60 * time.Second
 )
 
 // Backend is the vxmesh daemon as the plugin uses it (*daemon.Daemon).
@@ -61,6 +64,8 @@ type Backend interface {
 	// the daemon's namespace (req.IfName) that Docker moves.
 	AttachHostTAP(req api.AttachRequest) (api.Endpoint, error)
 	Detach(name, network string) error
+	// AddAlias gives an endpoint one more DNS name.
+	AddAlias(name, network, alias string) error
 }
 
 // EngineNetwork is a network as the Docker Engine lists it.
@@ -75,6 +80,9 @@ type EngineNetwork struct {
 // (the remote driver protocol carries only IDs).
 type Engine interface {
 	Networks(ctx context.Context) ([]EngineNetwork, error)
+	// ContainerName returns the name of the running container that has
+	// endpoint id, and whether one has it.
+	ContainerName(ctx context.Context, id string) (string, bool, error)
 }
 
 // Config configures a Plugin.

@@ -309,3 +309,27 @@ func TestLeaveOfUnknownEndpointSucceeds(t *testing.T) {
 	tp.ok("NetworkDriver.Leave", map[string]any{"NetworkID": netID, "EndpointID": epID})
 	tp.ok("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID})
 }
+
+// TestJoinedEndpointGetsContainerName: once the Engine lists the started
+// container with the endpoint, its name becomes the endpoint's alias, so
+// that other hosts resolve it.
+func TestJoinedEndpointGetsContainerName(t *testing.T) {
+	tp := newTestPlugin(t, newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"}), &fakeEngine{})
+	tp.e.add(EngineNetwork{ID: netID, Name: "web", Driver: "vxmesh", Subnet: "10.1.0.0/24"})
+	tp.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID, "Interface": map[string]string{"Address": "10.1.0.2/24"}})
+	tp.ok("NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": epID, "SandboxKey": "/var/run/docker/netns/1"})
+	// The container shows up a little after Join.
+	time.Sleep(50 * time.Millisecond)
+	tp.e.addContainer(epID, "d1")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		eps := tp.b.Endpoints()
+		if len(eps) == 1 && strings.Join(eps[0].Aliases, ",") == "d1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("endpoint never got the container's name as alias: %+v", eps)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

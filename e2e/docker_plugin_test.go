@@ -225,7 +225,8 @@ func dockerEndpoints(e *env) map[string]string {
 // TestDockerNetworkPlugin drives vxmesh from Docker: `docker network
 // create -d vxmesh --ipam-driver vxmesh` makes the cluster network, a
 // Docker container on it reaches a `vxmesh run` container on another host
-// by address and (with --dns at the gateway) by name and is reached back,
+// by address and (with --dns at the gateway) by name and is reached back
+// by address and by its Docker name,
 // an existing cluster network is adopted and a mismatch refused, `docker
 // network connect/disconnect`, `docker restart` and `docker rm -f` rewire
 // and clean up its endpoints, and the plugin's socket goes with the
@@ -278,6 +279,8 @@ func TestDockerNetworkPlugin(t *testing.T) {
 	}
 	eng.must("exec", "d1", "ping", "-c1", "-W2", "c2")
 	h2.mustPing("c2", d1)
+	// The Docker container's name is its endpoint's alias, on every host.
+	h2.mustPing("c2", "d1")
 
 	// An existing cluster network of the same name and subnet is adopted;
 	// -o vxmesh.network names one whose subnet differs: refused.
@@ -319,6 +322,7 @@ func TestDockerNetworkPlugin(t *testing.T) {
 		return err
 	}, "d1 cannot ping c2 after docker restart")
 	h2.mustPing("c2", d1)
+	h2.mustPing("c2", "d1")
 
 	// docker rm -f: the endpoint and its device go.
 	eng.must("rm", "-f", "d1")
