@@ -228,7 +228,7 @@ func dockerEndpoints(e *env) map[string]string {
 // by address and (with --dns at the gateway) by name and is reached back
 // by address and by its Docker name,
 // an existing cluster network is adopted and a mismatch refused, `docker
-// network connect/disconnect`, `docker restart` and `docker rm -f` rewire
+// network connect --ip/disconnect`, `docker restart` and `docker rm -f` rewire
 // and clean up its endpoints, and the plugin's socket goes with the
 // daemon.
 func TestDockerNetworkPlugin(t *testing.T) {
@@ -296,8 +296,8 @@ func TestDockerNetworkPlugin(t *testing.T) {
 	}
 
 	// docker network connect/disconnect.
-	eng.must("network", "connect", "db", "d1")
-	d1db := eng.must("inspect", "-f", "{{.NetworkSettings.Networks.db.IPAddress}}", "d1")
+	d1db := "10.92.0.50"
+	eng.must("network", "connect", "--ip", d1db, "db", "d1")
 	if !slices.Contains(mapValues(dockerEndpoints(h1)), "db "+d1db+" up") {
 		t.Fatalf("after docker network connect db d1 (%s): %v", d1db, dockerEndpoints(h1))
 	}
