@@ -237,17 +237,20 @@ func TestDockerNetworkPlugin(t *testing.T) {
 	h1, h2 := es[0], es[1]
 	driver := "vx" + testbed.RandomID(6)
 	pluginSock := "/run/docker/plugins/" + driver + ".sock"
-	// The daemon asks the engine for network names (--docker-host): the
-	// engine first.
-	eng := startDockerd(t, h1.h)
-	if err := h1.h.StartDaemon("--docker-plugin", "--docker-plugin-socket", pluginSock, "--docker-host", "unix://"+eng.sock); err != nil {
-		t.Fatal(err)
-	}
+	// After the engine's cleanup (cleanups run last first), which needs
+	// the plugin.
 	t.Cleanup(func() {
 		if _, err := os.Stat(pluginSock); err == nil {
 			os.Remove(pluginSock)
 		}
 	})
+	// The daemon asks the engine for network names (--docker-host): the
+	// engine first.
+	eng := startDockerd(t, h1.h)
+	pluginFlags := []string{"--docker-plugin", "--docker-plugin-socket", pluginSock, "--docker-host", "unix://" + eng.sock}
+	if err := h1.h.StartDaemon(pluginFlags...); err != nil {
+		t.Fatal(err)
+	}
 	if err := h2.h.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
@@ -323,6 +326,26 @@ func TestDockerNetworkPlugin(t *testing.T) {
 	}, "d1 cannot ping c2 after docker restart")
 	h2.mustPing("c2", d1)
 	h2.mustPing("c2", "d1")
+
+	// A daemon restart takes the devices: the endpoint is down and says
+	// so; docker restart rewires the container.
+	if err := h1.h.StopDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h1.h.StartDaemon(pluginFlags...); err != nil {
+		t.Fatal(err)
+	}
+	if eps := dockerEndpoints(h1); len(eps) != 1 || !strings.Contains(mapValues(eps)[0], "docker restart the container") {
+		t.Fatalf("Docker endpoints after a daemon restart: %v", eps)
+	}
+	eng.must("restart", "-t", "1", "d1")
+	if eps := dockerEndpoints(h1); len(eps) != 1 || !strings.HasSuffix(mapValues(eps)[0], " up") {
+		t.Fatalf("Docker endpoints after docker restart: %v", eps)
+	}
+	eventually(t, 15*time.Second, func() error {
+		_, err := eng.run("exec", "d1", "ping", "-c1", "-W1", c2)
+		return err
+	}, "d1 cannot ping c2 after the daemon's and its own restart")
 
 	// docker rm -f: the endpoint and its device go.
 	eng.must("rm", "-f", "d1")
