@@ -26,21 +26,22 @@ func (p *Plugin) createEndpoint(req createEndpointRequest) (any, error) {
 	if in.AddressIPv6 != "" {
 		return nil, errors.New("IPv6 is not supported on vxmesh networks")
 	}
+	var subnet netip.Prefix
+	for _, n := range p.clusterNets() {
+		if n.name == network {
+			subnet = n.subnet
+		}
+	}
 	out := &endpointInterface{}
 	var ip netip.Addr
-	if in.Address == "" {
+	held := in.Address == ""
+	if held {
 		if ip, err = p.cfg.Backend.ReserveAddress(network, netip.Addr{}); err != nil {
 			return nil, err
 		}
-		bits := 32
-		for _, n := range p.clusterNets() {
-			if n.name == network {
-				bits = n.subnet.Bits()
-			}
-		}
-		out.Address = netip.PrefixFrom(ip, bits).String()
-	} else if ip, err = parseAddr(in.Address); err != nil || !ip.Is4() {
-		return nil, fmt.Errorf("address %q: want an IPv4 address", in.Address)
+		out.Address = netip.PrefixFrom(ip, subnet.Bits()).String()
+	} else if ip, err = parseAddr(in.Address); err != nil || !subnet.Contains(ip) {
+		return nil, fmt.Errorf("address %q: not an address of network %q (%s); use --ipam-driver with this driver", in.Address, network, subnet)
 	}
 	mac := p.cfg.Backend.EndpointMAC(ip).String()
 	switch in.MacAddress {
@@ -48,10 +49,13 @@ func (p *Plugin) createEndpoint(req createEndpointRequest) (any, error) {
 		out.MacAddress = mac
 	case mac:
 	default:
+		if held {
+			p.cfg.Backend.ReleaseAddress(network, ip)
+		}
 		return nil, fmt.Errorf("MAC %s: vxmesh derives an endpoint's MAC from its address (%s); leave --mac-address out", in.MacAddress, mac)
 	}
 	p.mu.Lock()
-	p.eps[req.EndpointID] = endpointInfo{network: network, ip: ip}
+	p.eps[req.EndpointID] = endpointInfo{network: network, ip: ip, held: held}
 	p.mu.Unlock()
 	return createEndpointResponse{Interface: out}, nil
 }
@@ -155,8 +159,13 @@ func (p *Plugin) deleteEndpoint(req endpointRequest) (any, error) {
 		return nil, err
 	}
 	p.mu.Lock()
+	ep, ok := p.eps[req.EndpointID]
 	delete(p.eps, req.EndpointID)
 	p.mu.Unlock()
+	if ok && ep.held {
+		// The hold CreateEndpoint made (none is left once Join attached).
+		p.cfg.Backend.ReleaseAddress(ep.network, ep.ip)
+	}
 	return struct{}{}, nil
 }
 

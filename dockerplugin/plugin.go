@@ -114,6 +114,8 @@ type Plugin struct {
 type endpointInfo struct {
 	network string
 	ip      netip.Addr
+	// held: CreateEndpoint held ip itself (no address from Docker's IPAM).
+	held bool
 }
 
 // New returns a plugin; Close stops its background work.

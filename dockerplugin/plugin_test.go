@@ -217,6 +217,14 @@ func TestEndpointWithoutIPAM(t *testing.T) {
 	if string(iface) != `{"Address":"10.1.0.2/24","MacAddress":"02:42:0a:01:00:02"}` {
 		t.Fatalf("CreateEndpoint Interface = %s", iface)
 	}
+	// Deleted without a Join: the hold goes.
+	tp.ok("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID})
+	if len(tp.b.held) != 0 {
+		t.Fatalf("addresses held after DeleteEndpoint: %v", tp.b.held)
+	}
+	// Docker's default IPAM may give an address outside the network.
+	tp.refused("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID, "Interface": map[string]string{"Address": "172.18.0.2/16"}},
+		`address "172.18.0.2/16": not an address of network "web" (10.1.0.0/24)`)
 }
 
 // TestAdoptAndMismatch: an existing cluster network of the same name and
