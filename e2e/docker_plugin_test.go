@@ -226,7 +226,8 @@ func dockerEndpoints(e *env) map[string]string {
 // create -d vxmesh --ipam-driver vxmesh` makes the cluster network, a
 // Docker container on it reaches a `vxmesh run` container on another host
 // by address and (with --dns at the gateway) by name and is reached back
-// by address and by its Docker name,
+// by address and by its Docker name, and a Docker container on the other
+// host (whose Docker adopts the network) by name,
 // an existing cluster network is adopted and a mismatch refused, `docker
 // network connect --ip/disconnect`, `docker restart` and `docker rm -f` rewire
 // and clean up its endpoints, and the plugin's socket goes with the
@@ -235,26 +236,31 @@ func TestDockerNetworkPlugin(t *testing.T) {
 	needDocker(t)
 	es := newTestbed(t, 2)
 	h1, h2 := es[0], es[1]
-	driver := "vx" + testbed.RandomID(6)
-	pluginSock := "/run/docker/plugins/" + driver + ".sock"
-	// After the engine's cleanup (cleanups run last first), which needs
-	// the plugin.
+	// Every engine sees every socket in /run/docker/plugins: each host's
+	// plugin has its own name.
+	driver, driver2 := "vx"+testbed.RandomID(6), "vx"+testbed.RandomID(6)
+	pluginSock, pluginSock2 := "/run/docker/plugins/"+driver+".sock", "/run/docker/plugins/"+driver2+".sock"
+	// After the engines' cleanups (cleanups run last first), which need
+	// the plugins.
 	t.Cleanup(func() {
-		if _, err := os.Stat(pluginSock); err == nil {
-			os.Remove(pluginSock)
+		for _, s := range []string{pluginSock, pluginSock2} {
+			if _, err := os.Stat(s); err == nil {
+				os.Remove(s)
+			}
 		}
 	})
-	// The daemon asks the engine for network names (--docker-host): the
-	// engine first.
-	eng := startDockerd(t, h1.h)
+	// The daemon asks the engine for names (--docker-host): the engine
+	// first.
+	eng, eng2 := startDockerd(t, h1.h), startDockerd(t, h2.h)
 	pluginFlags := []string{"--docker-plugin", "--docker-plugin-socket", pluginSock, "--docker-host", "unix://" + eng.sock}
 	if err := h1.h.StartDaemon(pluginFlags...); err != nil {
 		t.Fatal(err)
 	}
-	if err := h2.h.StartDaemon(); err != nil {
+	if err := h2.h.StartDaemon("--docker-plugin", "--docker-plugin-socket", pluginSock2, "--docker-host", "unix://"+eng2.sock); err != nil {
 		t.Fatal(err)
 	}
 	eng.importBusybox()
+	eng2.importBusybox()
 
 	// The Docker network makes the cluster network; h2 runs a container
 	// on it.
@@ -284,6 +290,23 @@ func TestDockerNetworkPlugin(t *testing.T) {
 	h2.mustPing("c2", d1)
 	// The Docker container's name is its endpoint's alias, on every host.
 	h2.mustPing("c2", "d1")
+
+	// h2's Docker adopts the network; its container and d1 reach each
+	// other by name.
+	eng2.must("network", "create", "-d", driver2, "--ipam-driver", driver2, "--subnet", "10.93.0.0/24", "web")
+	eng2.must("run", "-d", "--network", "web", "--dns", n.Gateway, "--name", "d2", "vxbb", "sleep", "1000")
+	if d2 := eng2.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d2"); d2 == d1 || d2 == c2 {
+		t.Fatalf("d2 got %s, an address in use (d1 %s, c2 %s)", d2, d1, c2)
+	}
+	eventually(t, 15*time.Second, func() error {
+		if _, err := eng2.run("exec", "d2", "ping", "-c1", "-W1", "d1"); err != nil {
+			return err
+		}
+		_, err := eng.run("exec", "d1", "ping", "-c1", "-W1", "d2")
+		return err
+	}, "d1 on h1 and d2 on h2 cannot ping each other by name")
+	eng2.must("rm", "-f", "d2")
+	eng2.must("network", "rm", "web")
 
 	// An existing cluster network of the same name and subnet is adopted;
 	// -o vxmesh.network names one whose subnet differs: refused.
