@@ -1,6 +1,7 @@
 package dockerplugin
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -216,7 +217,7 @@ func decoded[T any](h func(T) (any, error)) handler {
 // decode reads one JSON object; anything else is a clear error.
 func decode[T any](body []byte) (T, error) {
 	var req T
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&req); err != nil {
 		return req, fmt.Errorf("request body: %v", err)
 	}

@@ -154,7 +154,10 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	}()
 	var pluginDone chan error
 	if *dockerPlugin {
-		pluginDone = serveDockerPlugin(ctx, d, dockerSocket, *dockerPluginSocket, log)
+		if pluginDone, err = serveDockerPlugin(ctx, d, dockerSocket, *dockerPluginSocket, log); err != nil {
+			d.Close()
+			return err
+		}
 	}
 	err = d.Serve(ctx)
 	if pluginDone != nil {
@@ -166,22 +169,27 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	return err
 }
 
-// serveDockerPlugin serves the Docker network plugin on socket until ctx
-// is done; the channel gets its end.
-func serveDockerPlugin(ctx context.Context, d *daemon.Daemon, dockerSocket, socket string, log *slog.Logger) chan error {
+// serveDockerPlugin listens on socket (failing at once if it cannot) and
+// serves the Docker network plugin until ctx is done; the channel gets
+// its end.
+func serveDockerPlugin(ctx context.Context, d *daemon.Daemon, dockerSocket, socket string, log *slog.Logger) (chan error, error) {
+	ln, err := dockerplugin.Listen(socket)
+	if err != nil {
+		return nil, err
+	}
 	p := dockerplugin.New(dockerplugin.Config{
 		Backend: d, Engine: dockerplugin.NewUnixEngine(dockerSocket),
 		Driver: dockerplugin.DriverName(socket), Logger: log,
 	})
 	done := make(chan error, 1)
 	go func() {
-		err := p.Serve(ctx, socket)
+		err := p.Serve(ctx, ln)
 		if err != nil {
 			log.Error("docker network plugin", "err", err)
 		}
 		done <- err
 	}()
-	return done
+	return done, nil
 }
 
 // notify tells systemd (a Type=notify unit) the daemon's state; outside
