@@ -222,160 +222,202 @@ func dockerEndpoints(e *env) map[string]string {
 	return out
 }
 
-// TestDockerNetworkPlugin drives vxmesh from Docker: `docker network
-// create -d vxmesh --ipam-driver vxmesh` makes the cluster network, a
-// Docker container on it reaches a `vxmesh run` container on another host
-// by address and (with --dns at the gateway) by name and is reached back
-// by address and by its Docker name, and a Docker container on the other
-// host (whose Docker adopts the network) by name,
-// an existing cluster network is adopted and a mismatch refused, `docker
-// network connect --ip/disconnect`, `docker restart` and `docker rm -f` rewire
-// and clean up its endpoints, and the plugin's socket goes with the
-// daemon.
-func TestDockerNetworkPlugin(t *testing.T) {
+// dockerHosts is two testbed hosts, each with a dockerd and a vxmesh
+// daemon serving the plugin, and the `vxmesh run` container c2 on h2.
+type dockerHosts struct {
+	t           *testing.T
+	h1, h2      *env
+	eng, eng2   *dockerEngine
+	driver      string // h1's plugin (h2's is driver2)
+	driver2     string
+	pluginSock  string
+	pluginFlags []string // h1's daemon's
+	gw, c2, d1  string   // web's gateway, c2's and d1's addresses
+}
+
+// startDockerHosts starts the engines and the daemons; every engine sees
+// every socket in /run/docker/plugins, so each host's plugin has its own
+// name.
+func startDockerHosts(t *testing.T) *dockerHosts {
 	needDocker(t)
 	es := newTestbed(t, 2)
-	h1, h2 := es[0], es[1]
-	// Every engine sees every socket in /run/docker/plugins: each host's
-	// plugin has its own name.
-	driver, driver2 := "vx"+testbed.RandomID(6), "vx"+testbed.RandomID(6)
-	pluginSock, pluginSock2 := "/run/docker/plugins/"+driver+".sock", "/run/docker/plugins/"+driver2+".sock"
+	s := &dockerHosts{t: t, h1: es[0], h2: es[1], driver: "vx" + testbed.RandomID(6), driver2: "vx" + testbed.RandomID(6)}
+	s.pluginSock = "/run/docker/plugins/" + s.driver + ".sock"
+	pluginSock2 := "/run/docker/plugins/" + s.driver2 + ".sock"
 	// After the engines' cleanups (cleanups run last first), which need
 	// the plugins.
 	t.Cleanup(func() {
-		for _, s := range []string{pluginSock, pluginSock2} {
-			if _, err := os.Stat(s); err == nil {
-				os.Remove(s)
+		for _, p := range []string{s.pluginSock, pluginSock2} {
+			if _, err := os.Stat(p); err == nil {
+				os.Remove(p)
 			}
 		}
 	})
 	// The daemon asks the engine for names (--docker-host): the engine
 	// first.
-	eng, eng2 := startDockerd(t, h1.h), startDockerd(t, h2.h)
-	pluginFlags := []string{"--docker-plugin", "--docker-plugin-socket", pluginSock, "--docker-host", "unix://" + eng.sock}
-	if err := h1.h.StartDaemon(pluginFlags...); err != nil {
+	s.eng, s.eng2 = startDockerd(t, s.h1.h), startDockerd(t, s.h2.h)
+	s.pluginFlags = []string{"--docker-plugin", "--docker-plugin-socket", s.pluginSock, "--docker-host", "unix://" + s.eng.sock}
+	if err := s.h1.h.StartDaemon(s.pluginFlags...); err != nil {
 		t.Fatal(err)
 	}
-	if err := h2.h.StartDaemon("--docker-plugin", "--docker-plugin-socket", pluginSock2, "--docker-host", "unix://"+eng2.sock); err != nil {
+	if err := s.h2.h.StartDaemon("--docker-plugin", "--docker-plugin-socket", pluginSock2, "--docker-host", "unix://"+s.eng2.sock); err != nil {
 		t.Fatal(err)
 	}
-	eng.importBusybox()
-	eng2.importBusybox()
+	s.eng.importBusybox()
+	s.eng2.importBusybox()
+	return s
+}
 
-	// The Docker network makes the cluster network; h2 runs a container
-	// on it.
-	eng.must("network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", "10.93.0.0/24", "web")
-	n := h2.waitNetwork("web")
+// TestDockerNetworkPlugin drives vxmesh from Docker: `docker network
+// create -d vxmesh --ipam-driver vxmesh` makes the cluster network, a
+// Docker container on it reaches a `vxmesh run` container on another host
+// by address and (with --dns at the gateway) by name and is reached back
+// by address and by its Docker name, and a Docker container on the other
+// host (whose Docker adopts the network) by name, an existing cluster
+// network is adopted and a mismatch refused, `docker network connect
+// --ip/disconnect`, `docker restart`, a daemon restart and `docker rm -f`
+// rewire and clean up its endpoints, and the plugin's socket goes with
+// the daemon.
+func TestDockerNetworkPlugin(t *testing.T) {
+	s := startDockerHosts(t)
+	s.dockerReachesVxmesh()
+	s.dockerReachesDocker()
+	s.adoptAndRefuse()
+	s.connectDisconnect()
+	s.restarts()
+	s.removeAndStop()
+}
+
+// pingFrom waits until Docker container ctr of eng reaches to.
+func (s *dockerHosts) pingFrom(eng *dockerEngine, ctr, to string) {
+	s.t.Helper()
+	eventually(s.t, 15*time.Second, func() error {
+		_, err := eng.run("exec", ctr, "ping", "-c1", "-W1", to)
+		return err
+	}, "%s cannot ping %s", ctr, to)
+}
+
+// dockerReachesVxmesh: the Docker network makes the cluster network; d1
+// on h1 and c2 (vxmesh run) on h2 reach each other by address and name.
+func (s *dockerHosts) dockerReachesVxmesh() {
+	t, eng := s.t, s.eng
+	eng.must("network", "create", "-d", s.driver, "--ipam-driver", s.driver, "--subnet", "10.93.0.0/24", "web")
+	n := s.h2.waitNetwork("web")
 	if n.Subnet != "10.93.0.0/24" || n.Gateway != "10.93.0.1" {
 		t.Fatalf("cluster network made by docker network create: %+v", n)
 	}
-	h2.run("c2", "web")
-	c2 := h2.ip("c2")
+	s.gw = n.Gateway
+	s.h2.run("c2", "web")
+	s.c2 = s.h2.ip("c2")
 
-	eng.must("run", "-d", "--network", "web", "--dns", n.Gateway, "--name", "d1", "vxbb", "sleep", "1000")
-	d1 := eng.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d1")
-	eps := dockerEndpoints(h1)
-	if len(eps) != 1 || !slices.Contains(mapValues(eps), "web "+d1+" up") {
-		t.Fatalf("vxmesh endpoints of d1 (Docker says %s): %v", d1, eps)
+	eng.must("run", "-d", "--network", "web", "--dns", s.gw, "--name", "d1", "vxbb", "sleep", "1000")
+	s.d1 = eng.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d1")
+	eps := dockerEndpoints(s.h1)
+	if len(eps) != 1 || !slices.Contains(mapValues(eps), "web "+s.d1+" up") {
+		t.Fatalf("vxmesh endpoints of d1 (Docker says %s): %v", s.d1, eps)
 	}
-	eventually(t, 15*time.Second, func() error {
-		_, err := eng.run("exec", "d1", "ping", "-c1", "-W1", c2)
-		return err
-	}, "d1 cannot ping c2 (%s) on h2", c2)
+	s.pingFrom(eng, "d1", s.c2)
 	out := eng.must("exec", "d1", "nslookup", "c2")
-	if !strings.Contains(out, "Address: "+c2) {
-		t.Fatalf("d1: nslookup c2 (--dns %s):\n%s", n.Gateway, out)
+	if !strings.Contains(out, "Address: "+s.c2) {
+		t.Fatalf("d1: nslookup c2 (--dns %s):\n%s", s.gw, out)
 	}
 	eng.must("exec", "d1", "ping", "-c1", "-W2", "c2")
-	h2.mustPing("c2", d1)
+	s.h2.mustPing("c2", s.d1)
 	// The Docker container's name is its endpoint's alias, on every host.
-	h2.mustPing("c2", "d1")
+	s.h2.mustPing("c2", "d1")
+}
 
-	// h2's Docker adopts the network; its container and d1 reach each
-	// other by name.
-	eng2.must("network", "create", "-d", driver2, "--ipam-driver", driver2, "--subnet", "10.93.0.0/24", "web")
-	eng2.must("run", "-d", "--network", "web", "--dns", n.Gateway, "--name", "d2", "vxbb", "sleep", "1000")
-	if d2 := eng2.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d2"); d2 == d1 || d2 == c2 {
-		t.Fatalf("d2 got %s, an address in use (d1 %s, c2 %s)", d2, d1, c2)
+// dockerReachesDocker: h2's Docker adopts the network; its container and
+// d1 reach each other by name.
+func (s *dockerHosts) dockerReachesDocker() {
+	eng2 := s.eng2
+	eng2.must("network", "create", "-d", s.driver2, "--ipam-driver", s.driver2, "--subnet", "10.93.0.0/24", "web")
+	eng2.must("run", "-d", "--network", "web", "--dns", s.gw, "--name", "d2", "vxbb", "sleep", "1000")
+	if d2 := eng2.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d2"); d2 == s.d1 || d2 == s.c2 {
+		s.t.Fatalf("d2 got %s, an address in use (d1 %s, c2 %s)", d2, s.d1, s.c2)
 	}
-	eventually(t, 15*time.Second, func() error {
-		if _, err := eng2.run("exec", "d2", "ping", "-c1", "-W1", "d1"); err != nil {
-			return err
-		}
-		_, err := eng.run("exec", "d1", "ping", "-c1", "-W1", "d2")
-		return err
-	}, "d1 on h1 and d2 on h2 cannot ping each other by name")
+	s.pingFrom(eng2, "d2", "d1")
+	s.pingFrom(s.eng, "d1", "d2")
 	eng2.must("rm", "-f", "d2")
 	eng2.must("network", "rm", "web")
+}
 
-	// An existing cluster network of the same name and subnet is adopted;
-	// -o vxmesh.network names one whose subnet differs: refused.
-	h2.network("db", "10.92.0.0/24")
-	h1.waitNetwork("db")
-	eng.must("network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", "10.92.0.0/24", "db")
-	_, err := eng.run("network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", "10.91.0.0/24", "-o", "vxmesh.network=db", "db2")
+// adoptAndRefuse: an existing cluster network of the same name and subnet
+// is adopted; -o vxmesh.network naming one whose subnet differs is
+// refused.
+func (s *dockerHosts) adoptAndRefuse() {
+	t, eng := s.t, s.eng
+	s.h2.network("db", "10.92.0.0/24")
+	s.h1.waitNetwork("db")
+	eng.must("network", "create", "-d", s.driver, "--ipam-driver", s.driver, "--subnet", "10.92.0.0/24", "db")
+	_, err := eng.run("network", "create", "-d", s.driver, "--ipam-driver", s.driver, "--subnet", "10.91.0.0/24", "-o", "vxmesh.network=db", "db2")
 	if err == nil || !strings.Contains(err.Error(), `the cluster network of that name has subnet 10.92.0.0/24, not 10.91.0.0/24`) {
 		t.Fatalf("docker network create with a mismatched subnet: %v", err)
 	}
-	if names := h1.networkNames(); !slices.Equal(names, []string{"db", "web"}) {
+	if names := s.h1.networkNames(); !slices.Equal(names, []string{"db", "web"}) {
 		t.Fatalf("cluster networks: %v", names)
 	}
+}
 
-	// docker network connect/disconnect.
+// connectDisconnect: docker network connect --ip adds an endpoint with
+// that address, disconnect removes it.
+func (s *dockerHosts) connectDisconnect() {
+	t, eng := s.t, s.eng
 	d1db := "10.92.0.50"
 	eng.must("network", "connect", "--ip", d1db, "db", "d1")
-	if !slices.Contains(mapValues(dockerEndpoints(h1)), "db "+d1db+" up") {
-		t.Fatalf("after docker network connect db d1 (%s): %v", d1db, dockerEndpoints(h1))
+	if !slices.Contains(mapValues(dockerEndpoints(s.h1)), "db "+d1db+" up") {
+		t.Fatalf("after docker network connect db d1 (%s): %v", d1db, dockerEndpoints(s.h1))
 	}
 	if out := eng.must("exec", "d1", "ip", "-o", "addr"); !strings.Contains(out, d1db+"/24") {
 		t.Fatalf("d1 has no db address after connect:\n%s", out)
 	}
 	eng.must("network", "disconnect", "db", "d1")
-	if eps := dockerEndpoints(h1); len(eps) != 1 {
+	if eps := dockerEndpoints(s.h1); len(eps) != 1 {
 		t.Fatalf("after docker network disconnect db d1: %v", eps)
 	}
+}
 
-	// docker restart: a new namespace, rewired through the plugin.
-	before := dockerEndpoints(h1)
+// restarts: docker restart (a new namespace) is rewired through the
+// plugin; a daemon restart takes the devices, the endpoint is down and
+// says so, and docker restart rewires the container.
+func (s *dockerHosts) restarts() {
+	t, eng := s.t, s.eng
+	before := dockerEndpoints(s.h1)
 	eng.must("restart", "-t", "1", "d1")
-	after := dockerEndpoints(h1)
+	after := dockerEndpoints(s.h1)
 	if len(after) != 1 || mapsEqual(before, after) {
 		t.Fatalf("endpoints before restart %v, after %v: want one new one", before, after)
 	}
-	d1 = eng.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d1")
-	eventually(t, 15*time.Second, func() error {
-		_, err := eng.run("exec", "d1", "ping", "-c1", "-W1", c2)
-		return err
-	}, "d1 cannot ping c2 after docker restart")
-	h2.mustPing("c2", d1)
-	h2.mustPing("c2", "d1")
+	s.d1 = eng.must("inspect", "-f", "{{.NetworkSettings.Networks.web.IPAddress}}", "d1")
+	s.pingFrom(eng, "d1", s.c2)
+	s.h2.mustPing("c2", s.d1)
+	s.h2.mustPing("c2", "d1")
 
-	// A daemon restart takes the devices: the endpoint is down and says
-	// so; docker restart rewires the container.
-	if err := h1.h.StopDaemon(); err != nil {
+	if err := s.h1.h.StopDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	if err := h1.h.StartDaemon(pluginFlags...); err != nil {
+	if err := s.h1.h.StartDaemon(s.pluginFlags...); err != nil {
 		t.Fatal(err)
 	}
-	if eps := dockerEndpoints(h1); len(eps) != 1 || !strings.Contains(mapValues(eps)[0], "docker restart the container") {
+	if eps := dockerEndpoints(s.h1); len(eps) != 1 || !strings.Contains(mapValues(eps)[0], "docker restart the container") {
 		t.Fatalf("Docker endpoints after a daemon restart: %v", eps)
 	}
 	eng.must("restart", "-t", "1", "d1")
-	if eps := dockerEndpoints(h1); len(eps) != 1 || !strings.HasSuffix(mapValues(eps)[0], " up") {
+	if eps := dockerEndpoints(s.h1); len(eps) != 1 || !strings.HasSuffix(mapValues(eps)[0], " up") {
 		t.Fatalf("Docker endpoints after docker restart: %v", eps)
 	}
-	eventually(t, 15*time.Second, func() error {
-		_, err := eng.run("exec", "d1", "ping", "-c1", "-W1", c2)
-		return err
-	}, "d1 cannot ping c2 after the daemon's and its own restart")
+	s.pingFrom(eng, "d1", s.c2)
+}
 
-	// docker rm -f: the endpoint and its device go.
+// removeAndStop: docker rm -f takes the endpoint and its device; the
+// plugin's socket goes with the daemon.
+func (s *dockerHosts) removeAndStop() {
+	t, eng := s.t, s.eng
 	eng.must("rm", "-f", "d1")
-	if eps := dockerEndpoints(h1); len(eps) != 0 {
+	if eps := dockerEndpoints(s.h1); len(eps) != 0 {
 		t.Fatalf("after docker rm -f d1: %v", eps)
 	}
-	links, err := h1.h.Links()
+	links, err := s.h1.h.Links()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,11 +427,11 @@ func TestDockerNetworkPlugin(t *testing.T) {
 		}
 	}
 	eng.must("network", "rm", "web", "db")
-	if err := h1.h.StopDaemon(); err != nil {
+	if err := s.h1.h.StopDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(pluginSock); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("plugin socket %s after the daemon stopped: %v", pluginSock, err)
+	if _, err := os.Stat(s.pluginSock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("plugin socket %s after the daemon stopped: %v", s.pluginSock, err)
 	}
 }
 
