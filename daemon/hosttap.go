@@ -57,16 +57,29 @@ func (d *Daemon) plug(c *container, cfg sandbox.IfaceConfig) (netdev.Device, err
 // is not persistent: it goes when the endpoint is detached or the daemon
 // stops. req.IP may be an address held by ReserveAddress.
 func (d *Daemon) AttachHostTAP(req api.AttachRequest) (api.Endpoint, error) {
-	if req.IP != "" {
-		if a, err := netip.ParseAddr(req.IP); err == nil {
-			d.mu.Lock()
-			if ips := d.reservedIPs[req.Network]; ips != nil && ips[a] == ipamOwner {
-				ips[a] = req.Name
-			}
-			d.mu.Unlock()
-		}
+	held := d.moveHold(req.Network, req.IP, ipamOwner, req.Name)
+	ep, err := d.attach(req, true)
+	if err != nil && held {
+		// Docker's IPAM still owns the address: ReleaseAddress frees it.
+		d.moveHold(req.Network, req.IP, req.Name, ipamOwner)
 	}
-	return d.attach(req, true)
+	return ep, err
+}
+
+// moveHold gives the reservation of address ip on network from owner
+// from to owner to, if from holds it, and reports whether it did.
+func (d *Daemon) moveHold(network, ip, from, to string) bool {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ips := d.reservedIPs[network]; ips != nil && ips[a] == from {
+		ips[a] = to
+		return true
+	}
+	return false
 }
 
 // ReserveAddress holds an address of network for an endpoint Docker's

@@ -92,6 +92,18 @@ func TestReserveAddressHoldsForDocker(t *testing.T) {
 	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c2", Create: true, IP: held.String()}); err == nil {
 		t.Fatal("--ip of an address held for Docker succeeded")
 	}
+	// A failed attach (a bad interface name) leaves the hold to Docker's
+	// IPAM, which releases it.
+	if _, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "bad name", IP: held.String()}); err == nil {
+		t.Fatal("a host TAP with an invalid name was attached")
+	}
+	if err := d.AddAlias("docker-aaaaaaaaaaaa", "web", "x"); err == nil {
+		t.Fatal("the failed attach left a container")
+	}
+	d.ReleaseAddress("web", held)
+	if again, err := d.ReserveAddress("web", held); err != nil || again != held {
+		t.Fatalf("after a failed attach and ReleaseAddress the address is not free: %v, %v", again, err)
+	}
 	ep, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa", IP: held.String()})
 	if err != nil || ep.IP != held.String() {
 		t.Fatalf("Docker endpoint on its held address: %+v, %v", ep, err)
