@@ -556,7 +556,7 @@ func (d *Daemon) save() error {
 		s.Networks = append(s.Networks, sn)
 	}
 	for _, c := range d.sortedContainers() {
-		sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed}
+		sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed, HostTAP: c.hostTAP}
 		for _, ep := range c.sortedEndpoints() {
 			sc.Endpoints = append(sc.Endpoints, ep.saved())
 		}

@@ -117,7 +117,8 @@ func (d *Daemon) dnsAttached(c *container) {
 		return
 	}
 	d.refreshDNS()
-	if d.dns.listeners[c.name] != nil {
+	if d.dns.listeners[c.name] != nil || c.hostTAP {
+		// Docker serves 127.0.0.11 in its containers itself.
 		return
 	}
 	ls, ok := d.sb.(dnsListener)

@@ -32,6 +32,11 @@ type container struct {
 	// daemon restart the status of an exited main process is unknown.
 	mainPID    int
 	exitStatus *int
+	// hostTAP containers are Docker's (the network plugin, AttachHostTAP):
+	// their interface is a TAP device made in the daemon's namespace for
+	// Docker to move into the container's; netns is Docker's sandbox key
+	// and nsDev, nsIno are unknown (zero).
+	hostTAP bool
 }
 
 func (c *container) sortedEndpoints() []*endpoint {
@@ -108,6 +113,11 @@ func (d *Daemon) endpointView(ep *endpoint) api.Endpoint {
 // when req.Create asks for a new container). On any failure nothing it made
 // is left behind.
 func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
+	return d.attach(req, false)
+}
+
+// attach is Attach, or AttachHostTAP with hostTAP.
+func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, err error) {
 	if err := checkName("container", req.Name); err != nil {
 		return api.Endpoint{}, err
 	}
@@ -119,6 +129,9 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	}
 	if sources != 1 {
 		return api.Endpoint{}, invalid("container %q: name exactly one of --netns, --pid or --docker", req.Name)
+	}
+	if hostTAP && (req.Netns == "" || req.IfName == "" || len(req.Publish) > 0) {
+		return api.Endpoint{}, invalid("container %q: a host TAP attach needs the sandbox key and the interface name, and publishes no port", req.Name)
 	}
 	if req.IfName != "" && (len(req.IfName) > 15 || !validName.MatchString(req.IfName)) {
 		return api.Endpoint{}, invalid("container %q: interface name %q: invalid", req.Name, req.IfName)
@@ -173,12 +186,19 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	// reserved (d.attaching) and the address too (d.reservedIPs); what
 	// others may change meanwhile is checked again in commitAttach.
 	newCtr := c == nil
-	if newCtr {
+	switch {
+	case newCtr && hostTAP:
+		c = &container{name: req.Name, netns: req.Netns, hostTAP: true, endpoints: map[string]*endpoint{}}
+	case newCtr:
 		if c, err = d.containerNetns(req, &undo); err != nil {
 			return api.Endpoint{}, err
 		}
-	} else if err := d.checkSameNetns(c, req); err != nil {
-		return api.Endpoint{}, err
+	case hostTAP || c.hostTAP:
+		return api.Endpoint{}, conflict("container %q: exists; a Docker endpoint's container has that one network only", req.Name)
+	default:
+		if err := d.checkSameNetns(c, req); err != nil {
+			return api.Endpoint{}, err
+		}
 	}
 	ip, err := d.reserveIP(req.Name, n, req.IP)
 	if err != nil {
@@ -198,11 +218,13 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 	if err != nil {
 		return api.Endpoint{}, err
 	}
-	dev, err := d.sb.Plug(c.netns, cfg)
+	dev, err := d.plug(c, cfg)
 	if err != nil {
 		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
 	}
-	undo = append(undo, func() { d.sb.Unplug(c.netns, e.ifname) })
+	if !c.hostTAP { // a host TAP goes with its descriptor
+		undo = append(undo, func() { d.sb.Unplug(c.netns, e.ifname) })
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.commitAttach(n, c, e, dev, newCtr); err != nil {
@@ -323,7 +345,7 @@ func (d *Daemon) checkAttachable(n *localNetwork, c *container) error {
 	if d.networks[n.rec.Name] != n {
 		return conflict("network %q: removed or replaced during the attach", n.rec.Name)
 	}
-	if other := d.containerByNetns(c.nsDev, c.nsIno); other != nil && other != c {
+	if other := d.containerByNetns(c.nsDev, c.nsIno); other != nil && other != c && !c.hostTAP {
 		return conflict("netns %s already belongs to container %q", c.netns, other.name)
 	}
 	return nil
@@ -415,7 +437,7 @@ func (d *Daemon) reserveIP(owner string, n *localNetwork, want string) (netip.Ad
 		return netip.Addr{}, invalid("ip %q: not a host address of network %q (%s)", want, n.rec.Name, n.subnet)
 	}
 	d.mu.Lock()
-	err = d.checkFreeIP(n, a)
+	err = d.checkFreeIPFor(owner, n, a)
 	d.mu.Unlock()
 	if err != nil {
 		return netip.Addr{}, err
@@ -427,7 +449,7 @@ func (d *Daemon) reserveIP(owner string, n *localNetwork, want string) (netip.Ad
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// Endpoints learnt and addresses reserved meanwhile count too.
-	if err := d.checkFreeIP(n, a); err != nil {
+	if err := d.checkFreeIPFor(owner, n, a); err != nil {
 		return netip.Addr{}, err
 	}
 	d.reserveIPFor(owner, n, a)
@@ -524,7 +546,7 @@ func (c *container) freeIfName() string {
 
 func (d *Daemon) containerByNetns(dev, ino uint64) *container {
 	for _, c := range d.containers {
-		if c.nsDev == dev && c.nsIno == ino {
+		if c.nsDev == dev && c.nsIno == ino && !c.hostTAP {
 			return c
 		}
 	}
@@ -603,6 +625,10 @@ func (d *Daemon) Detach(name, network string) error {
 // one: after a reboot or `ip netns del`, a new namespace may carry the
 // container's name, and nothing of it is the daemon's to touch.
 func (d *Daemon) pinNetns(c *container) (nsPath string, release func(), err error) {
+	if c.hostTAP {
+		// Docker owns the namespace; the interface goes with its device.
+		return "", func() {}, nil
+	}
 	return d.sb.PinNetns(c.netns, c.nsDev, c.nsIno)
 }
 
@@ -829,10 +855,12 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 		}
 	}
 	for _, sc := range s.Containers {
-		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, endpoints: map[string]*endpoint{}}
+		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{}}
 		d.containers[c.name] = c
 		nsErr := error(nil)
-		if dev, ino, err := d.sb.NetnsIdentity(c.netns); err != nil {
+		if c.hostTAP {
+			nsErr = errHostTAPGone
+		} else if dev, ino, err := d.sb.NetnsIdentity(c.netns); err != nil {
 			nsErr = err
 		} else if dev != c.nsDev || ino != c.nsIno {
 			nsErr = errors.New("the namespace at that path is not the container's any more")

@@ -63,6 +63,8 @@ type savedContainer struct {
 	NsDev   uint64 `json:"ns_dev"`
 	NsIno   uint64 `json:"ns_ino"`
 	Managed bool   `json:"managed"`
+	// HostTAP marks a Docker endpoint's container (see container.hostTAP).
+	HostTAP bool `json:"host_tap,omitempty"`
 	// Endpoints are the container's interfaces, one per network.
 	Endpoints []savedEndpoint `json:"endpoints"`
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/daemon"
 	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/dockerplugin"
 	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/internal/fdlimit"
 	"github.com/vxmesh/vxmesh/internal/sdnotify"
@@ -43,6 +44,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
 	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
 	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
+	dockerPlugin := fs.Bool("docker-plugin", false, "serve Docker's network and IPAM plugin protocol (docker network create -d vxmesh --ipam-driver vxmesh ...), asking the Docker Engine at --docker-host for network names")
+	dockerPluginSocket := fs.String("docker-plugin-socket", dockerplugin.DefaultSocket, "the plugin's socket with --docker-plugin; Docker knows the driver by the socket's name (vxmesh.sock: -d vxmesh)")
 	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) open at once on this host; more are refused")
 	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
 	ctMax := fs.Int("conntrack-max", lb.DefaultMax, "entries of the service connection table (least recently used evicted when full)")
@@ -149,9 +152,44 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		case <-stopped:
 		}
 	}()
+	var pluginDone chan error
+	if *dockerPlugin {
+		if pluginDone, err = serveDockerPlugin(ctx, d, dockerSocket, *dockerPluginSocket, log); err != nil {
+			d.Close()
+			return err
+		}
+	}
 	err = d.Serve(ctx)
+	if pluginDone != nil {
+		if perr := <-pluginDone; perr != nil && err == nil {
+			err = perr
+		}
+	}
 	log.Info("vxmesh daemon stopped")
 	return err
+}
+
+// serveDockerPlugin listens on socket (failing at once if it cannot) and
+// serves the Docker network plugin until ctx is done; the channel gets
+// its end.
+func serveDockerPlugin(ctx context.Context, d *daemon.Daemon, dockerSocket, socket string, log *slog.Logger) (chan error, error) {
+	ln, err := dockerplugin.Listen(socket)
+	if err != nil {
+		return nil, err
+	}
+	p := dockerplugin.New(dockerplugin.Config{
+		Backend: d, Engine: dockerplugin.NewUnixEngine(dockerSocket),
+		Driver: dockerplugin.DriverName(socket), Logger: log,
+	})
+	done := make(chan error, 1)
+	go func() {
+		err := p.Serve(ctx, ln)
+		if err != nil {
+			log.Error("docker network plugin", "err", err)
+		}
+		done <- err
+	}()
+	return done, nil
 }
 
 // notify tells systemd (a Type=notify unit) the daemon's state; outside

@@ -1,0 +1,155 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/sandbox"
+)
+
+// This file is the daemon's side of the Docker network plugin
+// (package dockerplugin): endpoints whose interface is a TAP device made
+// in the daemon's namespace for Docker to move into its container, and
+// addresses held for Docker's IPAM requests.
+
+// errHostTAPGone is why a Docker endpoint is down after a daemon restart:
+// its TAP device lived as long as the daemon's descriptor.
+var errHostTAPGone = errors.New("the Docker endpoint's interface went with the daemon's restart; docker restart the container")
+
+// ipamOwner owns the addresses held for Docker's IPAM between
+// RequestAddress and the endpoint's attach; no container can have that
+// name (checkName refuses it).
+const ipamOwner = "<docker ipam>"
+
+// hostPlugger is the Sandbox's way to make a host TAP (the real Sandbox;
+// test fakes may implement it too).
+type hostPlugger interface {
+	PlugHost(cfg sandbox.IfaceConfig) (netdev.Device, error)
+}
+
+// PlugHost makes a host TAP (sandbox.PlugHost).
+func (linuxSandbox) PlugHost(cfg sandbox.IfaceConfig) (netdev.Device, error) {
+	return sandbox.PlugHost(cfg)
+}
+
+// plug makes c's interface: in its namespace, or a host TAP.
+func (d *Daemon) plug(c *container, cfg sandbox.IfaceConfig) (netdev.Device, error) {
+	if !c.hostTAP {
+		return d.sb.Plug(c.netns, cfg)
+	}
+	hp, ok := d.sb.(hostPlugger)
+	if !ok {
+		return nil, errors.New("this sandbox cannot make host TAP devices")
+	}
+	return hp.PlugHost(cfg)
+}
+
+// AttachHostTAP attaches container req.Name (new, with this one network)
+// to req.Network with a TAP device named req.IfName made in the daemon's
+// namespace, with the endpoint's MAC and the network's MTU and no
+// address: Docker moves it into the container's namespace (req.Netns, its
+// sandbox key, recorded for display) and configures it there. The device
+// is not persistent: it goes when the endpoint is detached or the daemon
+// stops. req.IP may be an address held by ReserveAddress.
+func (d *Daemon) AttachHostTAP(req api.AttachRequest) (api.Endpoint, error) {
+	held := d.moveHold(req.Network, req.IP, ipamOwner, req.Name)
+	ep, err := d.attach(req, true)
+	if err != nil && held {
+		// Docker's IPAM still owns the address: ReleaseAddress frees it.
+		d.moveHold(req.Network, req.IP, req.Name, ipamOwner)
+	}
+	return ep, err
+}
+
+// moveHold gives the reservation of address ip on network from owner
+// from to owner to, if from holds it, and reports whether it did.
+func (d *Daemon) moveHold(network, ip, from, to string) bool {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ips := d.reservedIPs[network]; ips != nil && ips[a] == from {
+		ips[a] = to
+		return true
+	}
+	return false
+}
+
+// ReserveAddress holds an address of network for an endpoint Docker's
+// IPAM asks for: want if it is valid (it must be free), else the lowest
+// free one of this node's blocks, so that no other host hands it out. The
+// hold lasts until AttachHostTAP takes it or ReleaseAddress; it is not
+// saved (a restarted daemon forgets it).
+func (d *Daemon) ReserveAddress(network string, want netip.Addr) (netip.Addr, error) {
+	d.mu.Lock()
+	n, ok := d.networks[network]
+	d.mu.Unlock()
+	if !ok {
+		return netip.Addr{}, notFound("network %q: not found", network)
+	}
+	w := ""
+	if want.IsValid() {
+		w = want.String()
+	}
+	return d.reserveIP(ipamOwner, n, w)
+}
+
+// ReleaseAddress gives back an address ReserveAddress holds; one that is
+// not held (attached since, or never held) is left alone.
+func (d *Daemon) ReleaseAddress(network string, a netip.Addr) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ips := d.reservedIPs[network]; ips != nil && ips[a] == ipamOwner {
+		delete(ips, a)
+	}
+}
+
+// EndpointMAC is the MAC of the endpoint with address a (every endpoint's
+// MAC follows from its address).
+func (d *Daemon) EndpointMAC(a netip.Addr) packet.MAC { return macForIP(a) }
+
+// checkFreeIPFor is checkFreeIP, except that an address reserved for
+// container owner (AttachHostTAP took it from the IPAM hold) is free for
+// it; callers hold d.mu. Holds for Docker's IPAM are never free: each is
+// one request's.
+func (d *Daemon) checkFreeIPFor(owner string, n *localNetwork, a netip.Addr) error {
+	if ips := d.reservedIPs[n.rec.Name]; ips != nil && ips[a] == owner && owner != ipamOwner {
+		return nil
+	}
+	return d.checkFreeIP(n, a)
+}
+
+// AddAlias gives container name's endpoint on network one more DNS name
+// (the Docker container's name, learnt once Docker started it), on every
+// host. An alias it has already is no change.
+func (d *Daemon) AddAlias(name, network, alias string) error {
+	if err := checkName("alias", alias); err != nil {
+		return fmt.Errorf("container %q: %w", name, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.containers[name]
+	if !ok || c.endpoints[network] == nil {
+		return notFound("container %q: not attached to network %q", name, network)
+	}
+	ep := c.endpoints[network]
+	if slices.Contains(ep.aliases, alias) {
+		return nil
+	}
+	old := ep.aliases
+	ep.aliases = append(slices.Clip(old), alias)
+	if err := d.save(); err != nil {
+		ep.aliases = old
+		return fmt.Errorf("container %q: %w", name, err)
+	}
+	d.publishEndpoint(ep)
+	d.refreshDNS()
+	return nil
+}

@@ -1,0 +1,180 @@
+package daemon
+
+import (
+	"bytes"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/sandbox"
+)
+
+// PlugHost makes the fake's host TAP: an interface of the daemon's
+// namespace, keyed "host/IFNAME".
+func (f *fakeSandbox) PlugHost(cfg sandbox.IfaceConfig) (netdev.Device, error) {
+	return f.Plug("host", cfg)
+}
+
+// TestHostTAPEndpoint: a Docker endpoint gets a TAP device in the
+// daemon's namespace with the endpoint's MAC and the network's MTU and no
+// address (Docker configures it), forwards like any endpoint, and its
+// container shares no namespace identity with another Docker endpoint.
+func TestHostTAPEndpoint(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	ep1, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep2, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-bbbbbbbbbbbb", Netns: "/var/run/docker/netns/2", IfName: "vxdbbbbbbbbbbbb"})
+	if err != nil {
+		t.Fatalf("a second Docker endpoint: %v", err)
+	}
+	fi := sb.iface("host", "vxdaaaaaaaaaaaa")
+	if fi == nil || fi.cfg.MAC.String() != ep1.MAC || fi.cfg.MTU != 1450 {
+		t.Fatalf("host TAP config: %+v (endpoint %+v)", fi, ep1)
+	}
+	if ep1.IfName != "vxdaaaaaaaaaaaa" || ep1.Netns != "/var/run/docker/netns/1" || ep1.State != "up" || ep1.Managed {
+		t.Fatalf("endpoint view: %+v", ep1)
+	}
+	mac1, _ := packet.ParseMAC(ep1.MAC)
+	mac2, _ := packet.ParseMAC(ep2.MAC)
+	frame := ipv4Frame(mac1, mac2, netip.MustParseAddr(ep1.IP), netip.MustParseAddr(ep2.IP), []byte("docker to docker"))
+	send(t, fi.container, frame)
+	if got := recv(t, sb.iface("host", "vxdbbbbbbbbbbbb").container); !bytes.Equal(got, frame) {
+		t.Fatal("frame between two host TAP endpoints not delivered")
+	}
+	// A Docker endpoint's container takes no other network.
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "db", Subnet: "10.2.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "db", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1"}); err == nil || !strings.Contains(err.Error(), "Docker endpoint") {
+		t.Fatalf("attach to a Docker endpoint's container: %v", err)
+	}
+	if err := d.Detach("docker-aaaaaaaaaaaa", "web"); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range d.Endpoints() {
+		if e.Name == "docker-aaaaaaaaaaaa" {
+			t.Fatalf("detached Docker endpoint still listed: %+v", e)
+		}
+	}
+}
+
+// TestReserveAddressHoldsForDocker: an address held for Docker's IPAM is
+// not handed to another container, is taken by the Docker endpoint that
+// names it, and is free again once released.
+func TestReserveAddressHoldsForDocker(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := d.ReserveAddress("web", netip.Addr{})
+	if err != nil || held.String() != "10.1.0.2" {
+		t.Fatalf("ReserveAddress = %v, %v; want 10.1.0.2", held, err)
+	}
+	if again, err := d.ReserveAddress("web", held); err == nil {
+		t.Fatalf("the held address was held twice: %v", again)
+	}
+	c1 := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	if c1.IP == held.String() {
+		t.Fatalf("vxmesh run got the address held for Docker: %s", c1.IP)
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c2", Create: true, IP: held.String()}); err == nil {
+		t.Fatal("--ip of an address held for Docker succeeded")
+	}
+	// A failed attach (a bad interface name) leaves the hold to Docker's
+	// IPAM, which releases it.
+	if _, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "bad name", IP: held.String()}); err == nil {
+		t.Fatal("a host TAP with an invalid name was attached")
+	}
+	if err := d.AddAlias("docker-aaaaaaaaaaaa", "web", "x"); err == nil {
+		t.Fatal("the failed attach left a container")
+	}
+	d.ReleaseAddress("web", held)
+	if again, err := d.ReserveAddress("web", held); err != nil || again != held {
+		t.Fatalf("after a failed attach and ReleaseAddress the address is not free: %v, %v", again, err)
+	}
+	ep, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa", IP: held.String()})
+	if err != nil || ep.IP != held.String() {
+		t.Fatalf("Docker endpoint on its held address: %+v, %v", ep, err)
+	}
+	other, err := d.ReserveAddress("web", netip.MustParseAddr("10.1.0.20"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ReleaseAddress("web", other)
+	if c3 := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c3", Create: true, IP: "10.1.0.20"}); c3.IP != "10.1.0.20" {
+		t.Fatalf("released address: %+v", c3)
+	}
+	if _, err := d.ReserveAddress("nope", netip.Addr{}); err == nil || !strings.Contains(err.Error(), `network "nope": not found`) {
+		t.Fatalf("ReserveAddress on a missing network: %v", err)
+	}
+}
+
+// TestHostTAPEndpointDownAfterRestart: the device of a Docker endpoint
+// went with the daemon; after a restart its endpoint is down and says why.
+func TestHostTAPEndpointDownAfterRestart(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	d := newTestDaemon(t, sb, dir)
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"})
+	if _, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa"}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d2 := newTestDaemon(t, sb, dir)
+	defer d2.Close()
+	eps := d2.Endpoints()
+	if len(eps) != 1 || !strings.Contains(eps[0].State, "docker restart") {
+		t.Fatalf("after restart: %+v", eps)
+	}
+	if err := d2.RemoveContainer("docker-aaaaaaaaaaaa"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAddAliasResolves: an alias added to a running endpoint resolves on
+// this host and survives a restart; a bad alias changes nothing.
+func TestAddAliasResolves(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	d := newTestDaemon(t, sb, dir)
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"})
+	ep, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AddAlias("docker-aaaaaaaaaaaa", "web", "bad name"); err == nil {
+		t.Fatal("an invalid alias was added")
+	}
+	for range 2 {
+		if err := d.AddAlias("docker-aaaaaaaaaaaa", "web", "d1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.AddAlias("docker-bbbbbbbbbbbb", "web", "d2"); err == nil || !strings.Contains(err.Error(), "not attached") {
+		t.Fatalf("alias of a missing container: %v", err)
+	}
+	if eps := d.Endpoints(); len(eps) != 1 || strings.Join(eps[0].Aliases, ",") != "d1" {
+		t.Fatalf("endpoints after AddAlias: %+v", eps)
+	}
+	if got, ok := d.dns.idx.index.Load().lookupName("docker-aaaaaaaaaaaa", "d1"); !ok || len(got.Addrs) != 1 || got.Addrs[0].String() != ep.IP {
+		t.Fatalf("d1 resolves to %+v, want %s", got, ep.IP)
+	}
+	d.Close()
+	d2 := newTestDaemon(t, sb, dir)
+	defer d2.Close()
+	if eps := d2.Endpoints(); len(eps) != 1 || strings.Join(eps[0].Aliases, ",") != "d1" {
+		t.Fatalf("aliases after restart: %+v", eps)
+	}
+}
