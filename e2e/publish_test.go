@@ -235,8 +235,12 @@ func TestPublishedPortLeavesNothing(t *testing.T) {
 	// timers or pools that the runtime and netstack keep at their own
 	// pace. A leak of 5,000 connections is thousands, not a handful.
 	const fdSlack, goroutineSlack = 3, 20
+	// The wait is generous: 5,000 closes at once overflow the gateway
+	// stack's queue to the switch on a loaded machine, and a lost FIN
+	// is retransmitted with netstack's backoff. What is checked is that
+	// everything goes, not how fast (failed at 20 s under load 15).
 	var after api.Stats
-	eventually(t, 20*time.Second, func() error {
+	eventually(t, 90*time.Second, func() error {
 		after = api.Stats{}
 		e.json(&after, "stats")
 		switch {
