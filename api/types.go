@@ -383,6 +383,9 @@ type EgressStats struct {
 	// BytesOut and BytesIn count payload bytes to and from the outside.
 	BytesOut uint64 `json:"bytes_out"`
 	BytesIn  uint64 `json:"bytes_in"`
+	// ICMPErrors counts the ICMP destination unreachables (a closed port,
+	// an unreachable host) reflected to containers' egress flows.
+	ICMPErrors uint64 `json:"icmp_errors,omitempty"`
 	// Ingress counts the flows of published ports (`run -p`): open TCP
 	// connections and UDP flows, all accepted, those that entered the
 	// network from the gateway's address instead of the client's (a

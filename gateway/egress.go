@@ -59,6 +59,9 @@ type Stats struct {
 	// BytesOut and BytesIn count payload bytes to and from the outside.
 	BytesOut uint64 `json:"bytes_out"`
 	BytesIn  uint64 `json:"bytes_in"`
+	// ICMPErrors counts the ICMP destination unreachables reflected to
+	// containers (see icmperr.go).
+	ICMPErrors uint64 `json:"icmp_errors,omitempty"`
 
 	// Ingress counts published ports' flows: active TCP connections and
 	// UDP flows, all accepted ones, those that entered with the
@@ -84,6 +87,7 @@ type Egress struct {
 	tcp, udp, icmp    atomic.Int64
 	total             atomic.Uint64
 	bytesOut, bytesIn atomic.Uint64
+	icmpErrors        atomic.Uint64
 	mu                sync.Mutex
 	refused           map[string]uint64
 
@@ -129,7 +133,7 @@ func (e *Egress) SetOverlay(subnets []netip.Prefix) {
 func (e *Egress) Stats() Stats {
 	st := Stats{
 		MaxFlows: e.cfg.MaxFlows, ActiveTCP: e.tcp.Load(), ActiveUDP: e.udp.Load(), ActiveICMP: e.icmp.Load(),
-		Total: e.total.Load(), BytesOut: e.bytesOut.Load(), BytesIn: e.bytesIn.Load(),
+		Total: e.total.Load(), BytesOut: e.bytesOut.Load(), BytesIn: e.bytesIn.Load(), ICMPErrors: e.icmpErrors.Load(),
 		IngressTCP: e.ingressTCP.Load(), IngressUDP: e.ingressUDP.Load(), IngressTotal: e.ingressTotal.Load(),
 		IngressSNAT: e.ingressSNAT.Load(), IngressFailed: e.ingressFailed.Load(),
 		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),
