@@ -141,14 +141,24 @@ func TestGatewayEgress(t *testing.T) {
 }
 
 // helperUDPProbe sends one datagram to addr from a connected UDP socket
-// and waits (10s at most) for an answer or an error, printing what came
-// back: "answer", or the error the kernel gave the socket.
+// with IP_RECVERR (as ping and traceroute do: without it Linux reports
+// only a port or protocol unreachable to a UDP socket) and waits (10s at
+// most) for an answer or an error, printing what came back: "answer", or
+// the error the kernel gave the socket.
 func helperUDPProbe(addr string) error {
 	c, err := net.Dial("udp4", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	rc, err := c.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_RECVERR, 1) })
+	if err != nil {
+		return err
+	}
 	if _, err := c.Write([]byte("probe")); err != nil {
 		return err
 	}
@@ -170,7 +180,7 @@ func helperUDPProbe(addr string) error {
 // gateway reflects the port unreachable the host got), a dig to that port
 // fails fast instead of timing out, and a datagram to an address nobody
 // has on the underlay fails with "no route to host" once the host's ARP
-// gave up, as behind a kernel NAT.
+// gave up (for a socket with IP_RECVERR), as behind a kernel NAT.
 func TestGatewayEgressICMPErrors(t *testing.T) {
 	e := newEnv(t)
 	peer, err := e.tb.AddUnderlayPeer("outside")

@@ -21,7 +21,11 @@
 // ordinary sockets in the daemon's namespace: the outside sees the host's
 // address, as with Docker's MASQUERADE. Refused and failed TCP connections
 // are reset, refused UDP flows get an ICMP port unreachable from the
-// stack. Flows to any overlay subnet, to the gateway itself or to
+// stack. The ICMP destination unreachables an admitted UDP flow's host
+// socket gets (a closed port, an unreachable host or network) are
+// reflected to the container, quoting its datagram, as a NAT router
+// would (icmperr.go); a TCP connect that fails outside, for any reason,
+// is a reset (the forwarder has no SYN to quote). Flows to any overlay subnet, to the gateway itself or to
 // non-unicast addresses are never egressed; an internal network's gateway
 // egresses nothing (but still answers ARP, ping and DNS at its address).
 // ICMP echo requests to outside addresses are answered by a real echo
