@@ -21,11 +21,18 @@ import (
 // frame the switch writes to it.
 type recorder struct {
 	netdev.Device
-	mu   sync.Mutex
-	icmp [][]byte
+	mu          sync.Mutex
+	icmp        [][]byte
+	nFrames, nGSO int // all frames, super-segments
 }
 
-func (r *recorder) keep(frame []byte) {
+func (r *recorder) keep(buf, frame []byte) {
+	r.mu.Lock()
+	r.nFrames++
+	if packet.OffloadOf(buf).IsGSO() {
+		r.nGSO++
+	}
+	r.mu.Unlock()
 	eth := packet.Ethernet(frame)
 	if len(frame) < packet.EthernetHeaderLen+20 || eth.EtherType() != packet.EtherTypeIPv4 ||
 		packet.IPv4(eth.Payload()).Protocol() != packet.ProtoICMP {
@@ -38,16 +45,23 @@ func (r *recorder) keep(frame []byte) {
 
 func (r *recorder) Write(bufs [][]byte, offset int) (int, error) {
 	for _, b := range bufs {
-		r.keep(b[offset:])
+		r.keep(b, b[offset:])
 	}
 	return r.Device.Write(bufs, offset)
 }
 
 func (r *recorder) WriteFrames(f packet.Frames) (int, error) {
 	for i := range f.Len() {
-		r.keep(f.Buf(i)[f.Offset():])
+		r.keep(f.Buf(i), f.Buf(i)[f.Offset():])
 	}
 	return r.Device.WriteFrames(f)
+}
+
+// counts returns how many frames and super-segments were written.
+func (r *recorder) counts() (frames, gso int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.nFrames, r.nGSO
 }
 
 // frames returns the ICMP frames recorded so far.
