@@ -130,4 +130,3 @@ func TestSegmenter(t *testing.T) {
 		t.Fatalf("small-MSS segments carry %d bytes, not the %d sent", len(joined), len(payload))
 	}
 }
-

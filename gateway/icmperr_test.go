@@ -21,8 +21,8 @@ import (
 // frame the switch writes to it.
 type recorder struct {
 	netdev.Device
-	mu          sync.Mutex
-	icmp        [][]byte
+	mu            sync.Mutex
+	icmp          [][]byte
 	nFrames, nGSO int // all frames, super-segments
 }
 
