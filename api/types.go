@@ -369,7 +369,8 @@ type ConntrackStats struct {
 
 // EgressStats are the counters of a host's egress (package gateway).
 type EgressStats struct {
-	// MaxFlows bounds the flows open at once (--egress-max-flows).
+	// MaxFlows bounds the egress and published-port flows open at once
+	// (--egress-max-flows).
 	MaxFlows int `json:"max_flows"`
 	// Active flows by protocol.
 	ActiveTCP  int64 `json:"active_tcp"`
@@ -378,7 +379,8 @@ type EgressStats struct {
 	// Total counts the flows admitted since the daemon started.
 	Total uint64 `json:"total"`
 	// Refused counts refused flows by reason: "internal", "overlay",
-	// "local", "address", "source", "limit", "connect", "echo".
+	// "local", "address", "source", "limit", "connect", "echo", and
+	// "ingress-limit" (a published port's flow beyond MaxFlows).
 	Refused map[string]uint64 `json:"refused,omitempty"`
 	// BytesOut and BytesIn count payload bytes to and from the outside.
 	BytesOut uint64 `json:"bytes_out"`

@@ -18,8 +18,9 @@ const (
 
 // EgressConfig configures the host's egress.
 type EgressConfig struct {
-	// MaxFlows bounds the egress flows open at once on this host, over
-	// all networks and protocols; 0 means DefaultMaxFlows.
+	// MaxFlows bounds the egress and published-port flows open at once
+	// on this host, over all networks and protocols; 0 means
+	// DefaultMaxFlows.
 	MaxFlows int
 	// UDPIdle is how long a UDP flow lives without a datagram either
 	// way; 0 means DefaultUDPIdle.
@@ -42,6 +43,9 @@ const (
 	RefuseConnect  = "connect"  // the outside connect failed (refused, unreachable, timeout)
 	RefuseClosing  = "closing"  // the gateway is closing
 	RefuseEcho     = "echo"     // the outside echo could not be sent
+	// RefuseIngressLimit: a published port's flow found MaxFlows flows
+	// open (egress and published flows share the bound).
+	RefuseIngressLimit = "ingress-limit"
 )
 
 // Stats are the host's egress counters.
@@ -219,6 +223,21 @@ func (e *Egress) admit(g *Gateway, f Flow) string {
 	e.counter(f.Proto).Add(1)
 	return ""
 }
+
+// ingressSlot takes a flow slot for a published port's new flow (released
+// with ingressSlotDone); it reports false, counted, when MaxFlows flows
+// are open.
+func (e *Egress) ingressSlot() bool {
+	if e.active.Add(1) > int64(e.cfg.MaxFlows) {
+		e.active.Add(-1)
+		e.refuse(RefuseIngressLimit)
+		return false
+	}
+	return true
+}
+
+// ingressSlotDone releases a slot ingressSlot took.
+func (e *Egress) ingressSlotDone() { e.active.Add(-1) }
 
 // done releases the slot of an admitted flow.
 func (e *Egress) done(f Flow) {

@@ -43,7 +43,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
 	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
 	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
-	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) open at once on this host; more are refused")
+	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) and published-port flows open at once on this host; more are refused")
 	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
 	ctMax := fs.Int("conntrack-max", lb.DefaultMax, "entries of the service connection table (least recently used evicted when full)")
 	ctTimeouts := fs.String("conntrack-timeouts", "", "service connection timeouts as `NAME=DURATION,...`: "+strings.Join(conntrackTimeoutNames(), ", ")+
