@@ -55,7 +55,7 @@ func redirect(to map[uint16]uint16) func(ctx context.Context, network, addr stri
 	}
 }
 
-func newHarness(t *testing.T, internal bool, ecfg EgressConfig) *harness {
+func newHarness(t testing.TB, internal bool, ecfg EgressConfig) *harness {
 	t.Helper()
 	h := &harness{sw: vswitch.New(vswitch.Config{Name: "web", GatewayIP: gwAddr.Addr(), GatewayMAC: gwMAC, MTU: 1500})}
 	h.eg = NewEgress(ecfg)
