@@ -164,7 +164,11 @@ func (g *Gateway) reflect(out net.Conn, err error, f Flow, sent *lastDatagram, e
 		return false // closed
 	}
 	k := readErrQueue(out, errs)
-	if code, ok := errnoCode(errno); ok && k == 0 {
+	if k == 0 {
+		code, ok := errnoCode(errno)
+		if !ok {
+			return false // not an ICMP error: the flow ends
+		}
 		errs[0], k = extErr{typ: uint8(header.ICMPv4DstUnreachable), code: code}, 1
 	}
 	q, ok := sent.udpQuote(f)
