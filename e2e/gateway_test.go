@@ -180,7 +180,8 @@ func helperUDPProbe(addr string) error {
 // gateway reflects the port unreachable the host got), a dig to that port
 // fails fast instead of timing out, and a datagram to an address nobody
 // has on the underlay fails with "no route to host" once the host's ARP
-// gave up (for a socket with IP_RECVERR), as behind a kernel NAT.
+// gave up (for a socket with IP_RECVERR), as behind a kernel NAT, and so
+// does a TCP connect there.
 func TestGatewayEgressICMPErrors(t *testing.T) {
 	e := newEnv(t)
 	peer, err := e.tb.AddUnderlayPeer("outside")
@@ -211,9 +212,13 @@ func TestGatewayEgressICMPErrors(t *testing.T) {
 	if err != nil || out != syscall.EHOSTUNREACH.Error() {
 		t.Errorf("datagram to %s, an address nobody has: %q, %v; want %q", nobody, out, err, syscall.EHOSTUNREACH.Error())
 	}
+	out, err = e.h.Exec("c1", suite.self, helperArg, "get", "http://"+nobody+":8080/")
+	if err == nil || !strings.Contains(out+err.Error(), "no route to host") {
+		t.Errorf("HTTP to %s, an address nobody has: %q, %v; want no route to host", nobody, out, err)
+	}
 	var st api.Stats
 	e.json(&st, "stats")
-	if st.Egress.ICMPErrors < 3 {
-		t.Errorf("stats egress %+v: want at least 3 ICMP errors reflected", st.Egress)
+	if st.Egress.ICMPErrors < 4 {
+		t.Errorf("stats egress %+v: want at least 4 ICMP errors reflected", st.Egress)
 	}
 }

@@ -22,6 +22,7 @@ type device struct {
 	seg     segmenter
 	wmu     sync.Mutex // guards scratch
 	scratch []byte
+	syns    synTable // the SYNs on their way to the TCP forwarder
 
 	rx, tx, rxDropped atomic.Uint64
 }
@@ -146,6 +147,9 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 		if d.g.echoOut(frame) {
 			sent++
 			continue
+		}
+		if d.g.cfg.Egress != nil {
+			d.syns.note(frame, d.g.Addr())
 		}
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
 		d.g.ep.InjectInbound(0, pkt)

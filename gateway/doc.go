@@ -24,8 +24,9 @@
 // stack. The ICMP destination unreachables an admitted UDP flow's host
 // socket gets (a closed port, an unreachable host or network) are
 // reflected to the container, quoting its datagram, as a NAT router
-// would (icmperr.go); a TCP connect that fails outside, for any reason,
-// is a reset (the forwarder has no SYN to quote). Flows to any overlay subnet, to the gateway itself or to
+// would (icmperr.go); a TCP connect that fails outside is a reset when
+// refused, an ICMP error quoting the container's SYN when the host or
+// network is unreachable (tcperr.go). Flows to any overlay subnet, to the gateway itself or to
 // non-unicast addresses are never egressed; an internal network's gateway
 // egresses nothing (but still answers ARP, ping and DNS at its address).
 // ICMP echo requests to outside addresses are answered by a real echo

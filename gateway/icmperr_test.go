@@ -275,3 +275,34 @@ func FuzzParseErrQueue(f *testing.F) {
 		}
 	})
 }
+
+// TestTCPEgressHostUnreachable: an outside connect that fails with "no
+// route to host" answers the container's SYN with an ICMP host
+// unreachable from the gateway quoting it, not a reset, and the
+// container's connect fails at once; a refused connect stays a reset.
+func TestTCPEgressHostUnreachable(t *testing.T) {
+	unreachable := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}
+	}
+	h := newHarness(t, false, EgressConfig{Dial: unreachable})
+	start := time.Now()
+	_, err := h.dial(t, netip.AddrPortFrom(outside, 80))
+	if err == nil || strings.Contains(err.Error(), "refused") {
+		t.Fatalf("dial to an unreachable host: %v, want a host unreachable error", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("failure took %v", d)
+	}
+	frames := h.rec.frames()
+	if len(frames) != 1 {
+		t.Fatalf("container got %d ICMP frames, want 1", len(frames))
+	}
+	ip := packet.IPv4(frames[0][packet.EthernetHeaderLen:])
+	m := ip.Payload()
+	in := packet.IPv4(m[8:])
+	if ip.Src() != gwAddr.Addr() || m[0] != 3 || m[1] != codeHostUnreachable || packet.Fold(packet.Sum(m, 0)) != 0 ||
+		in.Src() != ctrAddr.Addr() || in.Dst() != outside || in.Protocol() != packet.ProtoTCP ||
+		binary.BigEndian.Uint16(in[22:]) != 80 || len(m) != 8+20+8 {
+		t.Errorf("ICMP error % x: want a host unreachable from the gateway quoting the SYN to %s:80", ip, outside)
+	}
+}

@@ -50,10 +50,12 @@ func addrOf(a tcpip.Address) netip.Addr {
 
 // handleTCP runs in its own goroutine for each new connection (a SYN):
 // it admits it, connects outside and only then completes the container's
-// handshake, so a refused or failed connect is a reset to the container.
+// handshake, so a refused or failed connect is a reset to the container
+// (an unreachable host or network an ICMP error, see tcperr.go).
 func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	e := g.cfg.Egress
 	f := endpointFlow(packet.ProtoTCP, r.ID())
+	syn, haveSYN := g.dev.syns.take(f)
 	if e.admit(g, f) != "" {
 		r.Complete(true)
 		return
@@ -64,7 +66,9 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	if err != nil {
 		e.done(f)
 		e.refuse(RefuseConnect)
-		r.Complete(true)
+		// An unreachable host or network is an ICMP error, a refusal a
+		// reset, as from a router and the host behind it.
+		r.Complete(!g.reflectConnectError(f, syn, haveSYN, err))
 		return
 	}
 	var wq waiter.Queue
