@@ -375,7 +375,8 @@ type ConntrackStats struct {
 
 // EgressStats are the counters of a host's egress (package gateway).
 type EgressStats struct {
-	// MaxFlows bounds the flows open at once (--egress-max-flows).
+	// MaxFlows bounds the egress and published-port flows open at once
+	// (--egress-max-flows).
 	MaxFlows int `json:"max_flows"`
 	// Active flows by protocol.
 	ActiveTCP  int64 `json:"active_tcp"`
@@ -384,11 +385,15 @@ type EgressStats struct {
 	// Total counts the flows admitted since the daemon started.
 	Total uint64 `json:"total"`
 	// Refused counts refused flows by reason: "internal", "overlay",
-	// "local", "address", "source", "limit", "connect", "echo".
+	// "local", "address", "source", "limit", "connect", "echo", and
+	// "ingress-limit" (a published port's flow beyond MaxFlows).
 	Refused map[string]uint64 `json:"refused,omitempty"`
 	// BytesOut and BytesIn count payload bytes to and from the outside.
 	BytesOut uint64 `json:"bytes_out"`
 	BytesIn  uint64 `json:"bytes_in"`
+	// ICMPErrors counts the ICMP destination unreachables (a closed port,
+	// an unreachable host) reflected to containers' egress flows.
+	ICMPErrors uint64 `json:"icmp_errors,omitempty"`
 	// Ingress counts the flows of published ports (`run -p`): open TCP
 	// connections and UDP flows, all accepted, those that entered the
 	// network from the gateway's address instead of the client's (a

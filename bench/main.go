@@ -69,7 +69,7 @@ func main() {
 	cfg := config{}
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "iperf3 run time per topology")
 	flag.StringVar(&cfg.binary, "binary", "bin/vxmesh", "vxmesh binary (built from ./cmd/vxmesh if missing)")
-	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan,egress,lb)")
+	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan,egress,publish,lb)")
 	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
 	dnsMode := flag.Bool("dns", false, "measure the embedded DNS resolver against dnsmasq with dnsperf instead (each dnsperf run lasts -duration)")
@@ -163,7 +163,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	if err := checkTools(); err != nil {
 		return err
 	}
-	want := map[string]bool{lbTopology: cfg.only == "", egressTopology: cfg.only == ""}
+	want := map[string]bool{lbTopology: cfg.only == "", egressTopology: cfg.only == "", publishTopology: cfg.only == ""}
 	for _, t := range topologies {
 		want[t.name] = cfg.only == ""
 	}
@@ -171,7 +171,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, egress or lb)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, egress, publish or lb)", n)
 			}
 			want[n] = true
 		}
@@ -200,6 +200,11 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	if want[egressTopology] && ctx.Err() == nil {
 		if err := runEgress(ctx, cfg, prefix+"e", out, log); err != nil {
 			errs = append(errs, fmt.Errorf("egress: %w", err))
+		}
+	}
+	if want[publishTopology] && ctx.Err() == nil {
+		if err := runPublish(ctx, cfg, prefix+"p", out, log); err != nil {
+			errs = append(errs, fmt.Errorf("publish: %w", err))
 		}
 	}
 	if want[lbTopology] {

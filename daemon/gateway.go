@@ -10,7 +10,7 @@ func (d *Daemon) egressStats() api.EgressStats {
 	s := d.egress.Stats()
 	return api.EgressStats{
 		MaxFlows: s.MaxFlows, ActiveTCP: s.ActiveTCP, ActiveUDP: s.ActiveUDP, ActiveICMP: s.ActiveICMP,
-		Total: s.Total, Refused: s.Refused, BytesOut: s.BytesOut, BytesIn: s.BytesIn,
+		Total: s.Total, Refused: s.Refused, BytesOut: s.BytesOut, BytesIn: s.BytesIn, ICMPErrors: s.ICMPErrors,
 		IngressTCP: s.IngressTCP, IngressUDP: s.IngressUDP, IngressTotal: s.IngressTotal, IngressSNAT: s.IngressSNAT,
 		IngressFailed: s.IngressFailed, IngressBytesIn: s.IngressBytesIn, IngressBytesOut: s.IngressBytesOut,
 	}

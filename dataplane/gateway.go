@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"io"
 	"net/netip"
 
 	"github.com/vxmesh/vxmesh/gateway"
@@ -60,9 +61,14 @@ func (dp *Dataplane) applyGateway(n *network, w *NetworkConfig, errs *[]error) {
 	dp.log.Info("gateway up", "network", w.Name, "address", w.Gateway, "internal", w.Internal)
 }
 
+// gatewayBigBatch is how many full-size buffers a gateway's reader
+// holds once its stack sends super-segments (1 MiB).
+const gatewayBigBatch = 16
+
 // read hands the stack's frames to the switch until the gateway closes.
-// Its frames are complete and at most MTU long, so its buffers are sized
-// to that.
+// Its buffers start MTU-sized (an idle gateway stays small); the first
+// TCP super-segment (io.ErrShortBuffer) swaps them for gatewayBigBatch
+// full-size ones.
 func (ng *netGateway) read(mtu int) {
 	defer close(ng.done)
 	dev := ng.gw.Device()
@@ -74,6 +80,10 @@ func (ng *netGateway) read(mtu int) {
 		n, err := dev.Read(b.Bufs, b.Sizes, packet.Headroom)
 		if n > 0 {
 			ng.ref.Input(b.Bufs[:n], b.Sizes[:n], packet.Headroom)
+		}
+		if errors.Is(err, io.ErrShortBuffer) && len(b.Bufs[0]) < packet.BufferSize {
+			b = packet.NewBatch(gatewayBigBatch)
+			continue
 		}
 		if err != nil {
 			return

@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,4 +138,87 @@ func TestGatewayEgress(t *testing.T) {
 		t.Errorf("network ls does not show the internal network:\n%s", ls)
 	}
 	_ = context.Background
+}
+
+// helperUDPProbe sends one datagram to addr from a connected UDP socket
+// with IP_RECVERR (as ping and traceroute do: without it Linux reports
+// only a port or protocol unreachable to a UDP socket) and waits (10s at
+// most) for an answer or an error, printing what came back: "answer", or
+// the error the kernel gave the socket.
+func helperUDPProbe(addr string) error {
+	c, err := net.Dial("udp4", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rc, err := c.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_RECVERR, 1) })
+	if err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte("probe")); err != nil {
+		return err
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1500)); err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			fmt.Print(errno.Error())
+			return nil
+		}
+		return err
+	}
+	fmt.Print("answer")
+	return nil
+}
+
+// TestGatewayEgressICMPErrors: a container's datagram to a closed port
+// outside fails its socket with "connection refused" at once (the
+// gateway reflects the port unreachable the host got), a dig to that port
+// fails fast instead of timing out, and a datagram to an address nobody
+// has on the underlay fails with "no route to host" once the host's ARP
+// gave up (for a socket with IP_RECVERR), as behind a kernel NAT, and so
+// does a TCP connect there.
+func TestGatewayEgressICMPErrors(t *testing.T) {
+	e := newEnv(t)
+	peer, err := e.tb.AddUnderlayPeer("outside")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.network("web", "10.93.0.0/24")
+	e.run("c1", "web")
+
+	start := time.Now()
+	out, err := e.h.Exec("c1", suite.self, helperArg, "udpprobe", peer.Addr+":9")
+	if err != nil || out != syscall.ECONNREFUSED.Error() {
+		t.Errorf("datagram to closed port %s:9: %q, %v; want %q", peer.Addr, out, err, syscall.ECONNREFUSED.Error())
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("refusal took %v", d)
+	}
+	start = time.Now()
+	out, err = e.h.Exec("c1", "dig", "+tries=1", "+time=5", "@"+peer.Addr, "-p", "9", "egress.test")
+	if err == nil || !strings.Contains(out, "refused") {
+		t.Errorf("dig to a closed port: %v\n%s\nwant a connection refused", err, out)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("dig to a closed port took %v, want it to fail fast", d)
+	}
+	nobody := peer.Addr[:strings.LastIndexByte(peer.Addr, '.')] + ".253"
+	out, err = e.h.Exec("c1", suite.self, helperArg, "udpprobe", nobody+":53")
+	if err != nil || out != syscall.EHOSTUNREACH.Error() {
+		t.Errorf("datagram to %s, an address nobody has: %q, %v; want %q", nobody, out, err, syscall.EHOSTUNREACH.Error())
+	}
+	out, err = e.h.Exec("c1", suite.self, helperArg, "get", "http://"+nobody+":8080/")
+	if err == nil || !strings.Contains(out+err.Error(), "no route to host") {
+		t.Errorf("HTTP to %s, an address nobody has: %q, %v; want no route to host", nobody, out, err)
+	}
+	var st api.Stats
+	e.json(&st, "stats")
+	if st.Egress.ICMPErrors < 4 {
+		t.Errorf("stats egress %+v: want at least 4 ICMP errors reflected", st.Egress)
+	}
 }

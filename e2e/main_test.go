@@ -167,6 +167,8 @@ func helperMain(args []string) int {
 		err = helperRecv(args[1])
 	case "get":
 		err = helperGet(args[1])
+	case "udpprobe":
+		err = helperUDPProbe(args[1])
 	case "send":
 		if len(args) != 4 && len(args) != 5 {
 			err = fmt.Errorf("send: want ADDR N SEED [BPS]")

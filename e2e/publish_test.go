@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"bufio"
+	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"slices"
@@ -275,4 +278,65 @@ func (e *env) quietStats() api.Stats {
 		return nil
 	}, "daemon never settled")
 	return prev
+}
+
+// TestPublishedPortBulk: 32 MiB from an outside client through a published
+// port reach the container byte for byte (the gateway sends them to the
+// container's TAP as TCP super-segments).
+func TestPublishedPortBulk(t *testing.T) {
+	e := newEnv(t)
+	peer, err := e.tb.AddUnderlayPeer("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.network("web", "10.95.0.0/24")
+	e.cli("run", "-d", "--network", "web", "--name", "c1", "-p", "8091:7000", "--", "sleep", "infinity")
+	type result struct {
+		out string
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		out, err := e.h.Exec("c1", suite.self, helperArg, "recv", "0.0.0.0:7000")
+		got <- result{out, err}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := testbed.WaitTCPListen(ctx, e.h.ContainerNetnsPath("c1"), 7000); err != nil {
+		t.Fatalf("recv in c1: %v", err)
+	}
+	c, err := dialFrom(t, peer, "tcp4", e.h.Addr+":8091")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	c.Write([]byte{0})
+	defer c.Close()
+	data := make([]byte, 32<<20)
+	rand.NewChaCha8([32]byte{7}).Read(data)
+	sum := sha256.New()
+	sum.Write([]byte{0})
+	sum.Write(data)
+	if _, err := c.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c)
+	r := <-got
+	if want := fmt.Sprintf("%d %x", len(data)+1, sum.Sum(nil)); r.err != nil || strings.TrimSpace(r.out) != want {
+		t.Fatalf("container received %q (%v), want %q", r.out, r.err, want)
+	}
+	var st api.Stats
+	e.json(&st, "stats")
+	for _, n := range st.Networks {
+		for _, p := range n.Ports {
+			if n.Network == "web" && p.Name == "gateway" {
+				if p.RxPackets == 0 || p.RxBytes/p.RxPackets < 4000 {
+					t.Errorf("the gateway sent %d bytes in %d frames into the switch; want super-segments (far more than an MTU per frame)", p.RxBytes, p.RxPackets)
+				}
+				return
+			}
+		}
+	}
+	t.Errorf("stats show no gateway port on web: %+v", st.Networks)
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -16,9 +17,12 @@ import (
 // device is the gateway's wire side, a netdev.Device.
 type device struct {
 	g       *Gateway
-	rmu     sync.Mutex // one reader at a time
+	rmu     sync.Mutex // one reader at a time; guards pending, seg
+	pending *stack.PacketBuffer
+	seg     segmenter
 	wmu     sync.Mutex // guards scratch
 	scratch []byte
+	syns    synTable // the SYNs on their way to the TCP forwarder
 
 	rx, tx, rxDropped atomic.Uint64
 }
@@ -28,23 +32,65 @@ func (d *device) BatchSize() int { return packet.BatchSize }
 func (d *device) Close() error   { d.g.cancel(); return nil }
 
 // Read blocks for the stack's next frame, then takes whatever else is
-// queued, up to len(bufs). Frames are complete (no offload).
+// queued, up to len(bufs). A TCP segment the stack built larger than the
+// MTU (segmentation offload, up to gsoMaxSize) is returned whole, with
+// GSO metadata (packet.Offload), when its buffer holds it; if the first
+// buffer cannot, Read returns io.ErrShortBuffer and keeps the frame for
+// the next Read, so a reader may start with MTU-sized buffers and grow
+// them when the stack sends bulk data. A super-segment whose segments are
+// too small for the switch's GSO bounds (a peer's tiny MSS) is segmented
+// here, over as many Reads as it takes.
 func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	d.rmu.Lock()
 	defer d.rmu.Unlock()
-	ep := d.g.ep
-	pkt := ep.ReadContext(d.g.ctx)
-	if pkt == nil {
-		return 0, fmt.Errorf("%s: read: %w", d.Name(), net.ErrClosed)
+	n := d.seg.next(bufs, sizes, offset)
+	if n == len(bufs) {
+		d.tx.Add(uint64(n))
+		return n, nil
 	}
-	n := 0
-	for pkt != nil {
-		packet.ClearOffload(bufs[n])
-		size := 0
-		for _, s := range pkt.AsSlices() {
-			size += copy(bufs[n][offset+size:], s)
+	ep := d.g.ep
+	pkt := d.pending
+	d.pending = nil
+	if pkt == nil && n == 0 {
+		if pkt = ep.ReadContext(d.g.ctx); pkt == nil {
+			return 0, fmt.Errorf("%s: read: %w", d.Name(), net.ErrClosed)
 		}
+	} else if pkt == nil {
+		pkt = ep.Read()
+	}
+	for pkt != nil {
+		size := pkt.Size()
+		buf := bufs[n]
+		if size > len(buf)-offset {
+			d.pending = pkt
+			if n == 0 {
+				return 0, fmt.Errorf("%s: read: a %d-byte frame: %w", d.Name(), size, io.ErrShortBuffer)
+			}
+			break
+		}
+		frame := buf[offset : offset+size]
+		copied := 0
+		for _, s := range pkt.AsSlices() {
+			copied += copy(frame[copied:], s)
+		}
+		gso := pkt.GSOOptions
 		pkt.DecRef()
+		packet.ClearOffload(buf)
+		if gso.Type == stack.GSOTCPv4 {
+			if int(gso.MSS) < packet.GSOMinSizeIPv4 {
+				d.seg.start(frame, int(gso.MSS))
+				n += d.seg.next(bufs[n:], sizes[n:], offset)
+				if n == len(bufs) {
+					break
+				}
+				pkt = ep.Read()
+				continue
+			}
+			l3 := packet.EthernetHeaderLen
+			l4 := l3 + int(frame[l3]&0x0f)*4
+			hdrLen := l4 + int(frame[l4+12]>>4)*4
+			packet.OffloadOf(buf).Set(packet.OffloadNeedsCsum, packet.GSOTCPv4, hdrLen, int(gso.MSS), l4, int(gso.CsumOffset))
+		}
 		sizes[n] = size
 		if n++; n == len(bufs) {
 			break
@@ -53,6 +99,17 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	d.tx.Add(uint64(n))
 	return n, nil
+}
+
+// release drops the frame Read kept.
+func (d *device) release() {
+	d.rmu.Lock()
+	defer d.rmu.Unlock()
+	if d.pending != nil {
+		d.pending.DecRef()
+		d.pending = nil
+	}
+	d.seg = segmenter{}
 }
 
 // Write delivers frames to the stack (see WriteFrames).
@@ -90,6 +147,9 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 		if d.g.echoOut(frame) {
 			sent++
 			continue
+		}
+		if d.g.cfg.Egress != nil {
+			d.syns.note(frame, d.g.Addr())
 		}
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
 		d.g.ep.InjectInbound(0, pkt)

@@ -25,11 +25,21 @@
 // ordinary sockets in the daemon's namespace: the outside sees the host's
 // address, as with Docker's MASQUERADE. Refused and failed TCP connections
 // are reset, refused UDP flows get an ICMP port unreachable from the
-// stack. Flows to any overlay subnet, to the gateway itself or to
+// stack. The ICMP destination unreachables an admitted UDP flow's host
+// socket gets (a closed port, an unreachable host or network) are
+// reflected to the container, quoting its datagram, as a NAT router
+// would (icmperr.go); a TCP connect that fails outside is a reset when
+// refused, an ICMP error quoting the container's SYN when the host or
+// network is unreachable (tcperr.go). Flows to any overlay subnet, to the gateway itself or to
 // non-unicast addresses are never egressed; an internal network's gateway
 // egresses nothing (but still answers ARP, ping and DNS at its address).
 // ICMP echo requests to outside addresses are answered by a real echo
 // from the host (see echo.go).
+//
+// Segmentation offload: the stack's TCP hands the switch segments of up
+// to 32 KiB with GSO metadata (device.go, segment.go), carried whole to a
+// container's TAP, so bulk data into a container (published ports,
+// downloads) costs one frame per 32 KiB through the switch.
 //
 // One stack per network: a network's gateway is created and closed with
 // its switch, a fault or a flood in one network's stack cannot stall

@@ -18,8 +18,9 @@ const (
 
 // EgressConfig configures the host's egress.
 type EgressConfig struct {
-	// MaxFlows bounds the egress flows open at once on this host, over
-	// all networks and protocols; 0 means DefaultMaxFlows.
+	// MaxFlows bounds the egress and published-port flows open at once
+	// on this host, over all networks and protocols; 0 means
+	// DefaultMaxFlows.
 	MaxFlows int
 	// UDPIdle is how long a UDP flow lives without a datagram either
 	// way; 0 means DefaultUDPIdle.
@@ -42,6 +43,9 @@ const (
 	RefuseConnect  = "connect"  // the outside connect failed (refused, unreachable, timeout)
 	RefuseClosing  = "closing"  // the gateway is closing
 	RefuseEcho     = "echo"     // the outside echo could not be sent
+	// RefuseIngressLimit: a published port's flow found MaxFlows flows
+	// open (egress and published flows share the bound).
+	RefuseIngressLimit = "ingress-limit"
 )
 
 // Stats are the host's egress counters.
@@ -59,6 +63,9 @@ type Stats struct {
 	// BytesOut and BytesIn count payload bytes to and from the outside.
 	BytesOut uint64 `json:"bytes_out"`
 	BytesIn  uint64 `json:"bytes_in"`
+	// ICMPErrors counts the ICMP destination unreachables reflected to
+	// containers (see icmperr.go).
+	ICMPErrors uint64 `json:"icmp_errors,omitempty"`
 
 	// Ingress counts published ports' flows: active TCP connections and
 	// UDP flows, all accepted ones, those that entered with the
@@ -84,6 +91,7 @@ type Egress struct {
 	tcp, udp, icmp    atomic.Int64
 	total             atomic.Uint64
 	bytesOut, bytesIn atomic.Uint64
+	icmpErrors        atomic.Uint64
 	mu                sync.Mutex
 	refused           map[string]uint64
 
@@ -129,7 +137,7 @@ func (e *Egress) SetOverlay(subnets []netip.Prefix) {
 func (e *Egress) Stats() Stats {
 	st := Stats{
 		MaxFlows: e.cfg.MaxFlows, ActiveTCP: e.tcp.Load(), ActiveUDP: e.udp.Load(), ActiveICMP: e.icmp.Load(),
-		Total: e.total.Load(), BytesOut: e.bytesOut.Load(), BytesIn: e.bytesIn.Load(),
+		Total: e.total.Load(), BytesOut: e.bytesOut.Load(), BytesIn: e.bytesIn.Load(), ICMPErrors: e.icmpErrors.Load(),
 		IngressTCP: e.ingressTCP.Load(), IngressUDP: e.ingressUDP.Load(), IngressTotal: e.ingressTotal.Load(),
 		IngressSNAT: e.ingressSNAT.Load(), IngressFailed: e.ingressFailed.Load(),
 		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),
@@ -215,6 +223,21 @@ func (e *Egress) admit(g *Gateway, f Flow) string {
 	e.counter(f.Proto).Add(1)
 	return ""
 }
+
+// ingressSlot takes a flow slot for a published port's new flow (released
+// with ingressSlotDone); it reports false, counted, when MaxFlows flows
+// are open.
+func (e *Egress) ingressSlot() bool {
+	if e.active.Add(1) > int64(e.cfg.MaxFlows) {
+		e.active.Add(-1)
+		e.refuse(RefuseIngressLimit)
+		return false
+	}
+	return true
+}
+
+// ingressSlotDone releases a slot ingressSlot took.
+func (e *Egress) ingressSlotDone() { e.active.Add(-1) }
 
 // done releases the slot of an admitted flow.
 func (e *Egress) done(f Flow) {

@@ -35,6 +35,7 @@ type harness struct {
 	gw  *Gateway
 	eg  *Egress
 	ctr *netstack.Container
+	rec *recorder // the container's port: what the switch sends it
 	wg  sync.WaitGroup
 }
 
@@ -54,7 +55,7 @@ func redirect(to map[uint16]uint16) func(ctx context.Context, network, addr stri
 	}
 }
 
-func newHarness(t *testing.T, internal bool, ecfg EgressConfig) *harness {
+func newHarness(t testing.TB, internal bool, ecfg EgressConfig) *harness {
 	t.Helper()
 	h := &harness{sw: vswitch.New(vswitch.Config{Name: "web", GatewayIP: gwAddr.Addr(), GatewayMAC: gwMAC, MTU: 1500})}
 	h.eg = NewEgress(ecfg)
@@ -74,7 +75,8 @@ func newHarness(t *testing.T, internal bool, ecfg EgressConfig) *harness {
 	}
 	c.SetDefaultRoute(gwAddr.Addr())
 	h.ctr = c
-	cref, err := h.sw.AddPort(c.Device(), vswitch.PortConfig{Name: "c1", MAC: ctrMAC, IP: ctrAddr.Addr(), Security: true})
+	h.rec = &recorder{Device: c.Device()}
+	cref, err := h.sw.AddPort(h.rec, vswitch.PortConfig{Name: "c1", MAC: ctrMAC, IP: ctrAddr.Addr(), Security: true})
 	if err != nil {
 		t.Fatal(err)
 	}

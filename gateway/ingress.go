@@ -217,9 +217,14 @@ func (t *tcpIn) reset() {
 }
 
 // serveTCP forwards one accepted connection into the network; a failed
-// connect resets the client.
+// connect, or MaxFlows flows open, resets the client.
 func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	e := p.e
+	if !e.ingressSlot() {
+		fl.abort()
+		return
+	}
+	defer e.ingressSlotDone()
 	g, dst, ok := p.target()
 	if !ok {
 		e.ingressFailed.Add(1)

@@ -56,8 +56,23 @@ func (p *Port) serveUDP() {
 	}
 }
 
-// newUDPFlow dials client's flow into the network; nil if it cannot.
+// newUDPFlow dials client's flow into the network; nil if it cannot or
+// MaxFlows flows are open (the datagram is dropped).
 func (p *Port) newUDPFlow(client netip.AddrPort) *udpIn {
+	e := p.e
+	if !e.ingressSlot() {
+		return nil
+	}
+	f := p.dialUDPFlow(client)
+	if f == nil {
+		e.ingressSlotDone()
+	}
+	return f
+}
+
+// dialUDPFlow is newUDPFlow once the flow has its slot, which the flow
+// releases when it ends; nil (the slot not released) if it cannot.
+func (p *Port) dialUDPFlow(client netip.AddrPort) *udpIn {
 	e := p.e
 	g, dst, ok := p.target()
 	if !ok {
@@ -97,6 +112,7 @@ func (p *Port) newUDPFlow(client netip.AddrPort) *udpIn {
 		p.mu.Unlock()
 		fl.abort()
 		e.ingressUDP.Add(-1)
+		e.ingressSlotDone()
 	}()
 	return f
 }

@@ -17,8 +17,13 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 )
 
-// copyBuf is the size of a TCP flow's copy buffers.
-const copyBuf = 64 << 10
+// copyBuf is the size of a TCP flow's copy buffers once a read filled
+// one of copyBufSmall, the size they start with: short connections (a
+// request and a response) then allocate 2*copyBufSmall, not 2*copyBuf.
+const (
+	copyBuf      = 64 << 10
+	copyBufSmall = 4 << 10
+)
 
 // flow is an open egress flow: abort tears both sides down.
 type flow struct {
@@ -45,10 +50,12 @@ func addrOf(a tcpip.Address) netip.Addr {
 
 // handleTCP runs in its own goroutine for each new connection (a SYN):
 // it admits it, connects outside and only then completes the container's
-// handshake, so a refused or failed connect is a reset to the container.
+// handshake, so a refused or failed connect is a reset to the container
+// (an unreachable host or network an ICMP error, see tcperr.go).
 func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	e := g.cfg.Egress
 	f := endpointFlow(packet.ProtoTCP, r.ID())
+	syn, haveSYN := g.dev.syns.take(f)
 	if e.admit(g, f) != "" {
 		r.Complete(true)
 		return
@@ -59,7 +66,9 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	if err != nil {
 		e.done(f)
 		e.refuse(RefuseConnect)
-		r.Complete(true)
+		// An unreachable host or network is an ICMP error, a refusal a
+		// reset, as from a router and the host behind it.
+		r.Complete(!g.reflectConnectError(f, syn, haveSYN, err))
 		return
 	}
 	var wq waiter.Queue
@@ -129,7 +138,7 @@ func splice(in, out net.Conn, fl *flow) (nOut, nIn int64) {
 // copyConn copies src to dst until src's EOF (rerr and werr nil) or an
 // error, telling a read error from a write error.
 func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
-	buf := make([]byte, copyBuf)
+	buf := make([]byte, copyBufSmall)
 	for {
 		k, err := src.Read(buf)
 		if k > 0 {
@@ -137,6 +146,9 @@ func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 			n += int64(w)
 			if err != nil {
 				return n, nil, err
+			}
+			if k == len(buf) && len(buf) < copyBuf {
+				buf = make([]byte, copyBuf) // bulk data: fewer, larger reads
 			}
 		}
 		if errors.Is(err, io.EOF) {

@@ -46,7 +46,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
 	dockerPlugin := fs.Bool("docker-plugin", false, "serve Docker's network and IPAM plugin protocol (docker network create -d vxmesh --ipam-driver vxmesh ...), asking the Docker Engine at --docker-host for network names")
 	dockerPluginSocket := fs.String("docker-plugin-socket", dockerplugin.DefaultSocket, "the plugin's socket with --docker-plugin; Docker knows the driver by the socket's name (vxmesh.sock: -d vxmesh)")
-	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) open at once on this host; more are refused")
+	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) and published-port flows open at once on this host; more are refused")
 	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
 	ctMax := fs.Int("conntrack-max", lb.DefaultMax, "entries of the service connection table (least recently used evicted when full)")
 	ctTimeouts := fs.String("conntrack-timeouts", "", "service connection timeouts as `NAME=DURATION,...`: "+strings.Join(conntrackTimeoutNames(), ", ")+

@@ -173,8 +173,10 @@ func (d *device) Write(bufs [][]byte, offset int) (int, error) {
 
 // WriteFrames delivers frames to the container's stack, copying them. The
 // stack takes complete frames only: a partial checksum is completed, in
-// place in an owned frame and in a copy of a shared one, and a
-// super-segment (GSO metadata) is refused.
+// place in an owned frame and in a copy of a shared one; a valid TCP
+// super-segment (packet.ParseGSO) is handed over whole, as one large
+// segment (the stack does not check the MTU of what it receives), as a
+// kernel's GRO would, and an invalid one is refused.
 func (d *device) WriteFrames(f packet.Frames) (int, error) {
 	if d.ctx.Err() != nil {
 		return 0, fmt.Errorf("%s: write: %w", d.c.name, net.ErrClosed)
@@ -188,7 +190,7 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 			b = f.CopyTo(i, make([]byte, len(f.Buf(i))))
 		}
 		o := packet.OffloadOf(b)
-		if o.IsGSO() || !packet.CompleteChecksum(b[offset:], o) {
+		if _, ok := packet.ParseGSO(b[offset:], o); o.IsGSO() && !ok || !packet.CompleteChecksum(b[offset:], o) {
 			if err == nil {
 				err = fmt.Errorf("%s: write: frame with offload metadata % x not supported", d.c.name, []byte(o))
 			}

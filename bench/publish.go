@@ -1,0 +1,377 @@
+package main
+
+// The published-port section (-only publish, and part of the default
+// run): a client outside the overlay reaches one backend container's HTTP
+// server and iperf3 through three front doors, measured in one run:
+//
+//   - vxmesh: `vxmesh run -p 80:80 -p 5201:5201` on the host: the daemon's
+//     host socket, the network's gateway (netstack) dialling the backend
+//     with the client's own address.
+//   - haproxy: HAProxy (mode tcp) in a namespace with an uplink on the
+//     underlay and an eth0 on the same overlay network (a container), as
+//     HAProxy on a host forwards to a Docker container's bridge address.
+//   - nft-dnat: the kernel's nftables DNAT to the backend's address in
+//     another such namespace, forwarding between uplink and eth0 (with
+//     masquerade on eth0: the backend's default route is the vxmesh
+//     gateway, so replies must be steered back to the router).
+//
+// One testbed host (daemon), network pub at -mtu; the client is an
+// underlay namespace ("out"). Per row: iperf3 TCP client -> container
+// (the direction the gateway's stack sends to the container) and
+// container -> client (-R), new connections per second (wrk
+// Connection: close) and keep-alive requests per second. Rows are
+// PublishRow values measured by measurePublished, which takes any
+// published address, so a routing-mesh row is one more row.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/internal/testbed"
+)
+
+// publishTopology is -only's name of the published-port section.
+const publishTopology = "publish"
+
+// Row names of the published-port section.
+const (
+	rowPubVxmesh  = "vxmesh"
+	rowPubHAProxy = "haproxy"
+	rowPubDNAT    = "nft-dnat"
+)
+
+// PublishRow is one front door to the backend: where the client connects
+// and what it measured.
+type PublishRow struct {
+	Name, Desc string
+	// Addr is the address the client connects to; HTTPPort and
+	// IperfPort the ports of the backend's HTTP server and iperf3 there.
+	Addr                string
+	HTTPPort, IperfPort int
+	// InBps is iperf3 client -> backend, OutBps backend -> client (-R).
+	InBps, OutBps    float64
+	InRetr, OutRetr  int64
+	Close, KeepAlive WrkResult
+	Err              error
+}
+
+// publishBed is the section's testbed.
+type publishBed struct {
+	tb      *testbed.Testbed
+	host    *testbed.Host
+	client  string // the outside client's netns path
+	backend string // the backend container's overlay address
+	mtu     int
+	ps      procs
+	closeFn func()
+}
+
+// runPublish builds the bed, measures every row and prints them.
+func runPublish(ctx context.Context, cfg config, prefix string, out, log io.Writer) error {
+	fmt.Fprintln(log, "publish: building host, backend, routers and outside client")
+	loadBefore := loadAvg()
+	bed, rows, err := newPublishBed(ctx, cfg, prefix)
+	if err != nil {
+		return err
+	}
+	defer bed.close()
+	for i := range rows {
+		if ctx.Err() != nil {
+			break
+		}
+		fmt.Fprintf(log, "publish: measuring %s (%s)\n", rows[i].Name, rows[i].Addr)
+		rows[i].Err = measurePublished(ctx, cfg, bed.client, &rows[i], log)
+	}
+	printPublish(out, cfg, bed.mtu, rows, loadBefore, loadAvg())
+	var errs []string
+	for _, r := range rows {
+		if r.Err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", r.Name, r.Err))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return ctx.Err()
+}
+
+// newPublishBed makes the host, the backend b1 (published), the router
+// containers hap and dnat with their uplinks, the servers and HAProxy and
+// the DNAT rules, and returns the rows to measure.
+func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publishBed, rows []PublishRow, err error) {
+	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
+	if err != nil {
+		return nil, nil, err
+	}
+	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix + "-"})
+	if err != nil {
+		cleanupBin()
+		return nil, nil, err
+	}
+	bed = &publishBed{tb: tb, host: tb.Hosts[0]}
+	stopServers := func() {}
+	closeBed := func() {
+		bed.ps.stop()
+		stopServers()
+		_ = tb.Close()
+		cleanupBin()
+	}
+	defer func() {
+		if err != nil {
+			closeBed()
+		}
+	}()
+	h := bed.host
+	if err = h.StartDaemon(); err != nil {
+		return nil, nil, err
+	}
+	peer, err := tb.AddUnderlayPeer("out")
+	if err != nil {
+		return nil, nil, err
+	}
+	bed.client = peer.NetnsPath
+	for _, args := range [][]string{
+		{"network", "create", "pub", "--subnet", "10.87.0.0/24", "--mtu", fmt.Sprint(cfg.mtu)},
+		{"run", "-d", "--network", "pub", "--name", "b1", "-p", fmt.Sprintf("%d:%d", httpPort, httpPort), "-p", fmt.Sprintf("%d:%d", iperfPort, iperfPort), "--", "sleep", "infinity"},
+		{"run", "-d", "--network", "pub", "--name", "hap", "--", "sleep", "infinity"},
+		{"run", "-d", "--network", "pub", "--name", "dnat", "--", "sleep", "infinity"},
+	} {
+		if _, err = h.CLIContext(ctx, args...); err != nil {
+			return nil, nil, err
+		}
+	}
+	var n api.Network
+	if err = h.CLIJSON(&n, "network", "inspect", "pub"); err != nil {
+		return nil, nil, err
+	}
+	bed.mtu = n.MTU
+	ips, err := endpointIPs(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	bed.backend = ips["b1"]
+	backend := lbServer{name: "b1", netns: h.ContainerNetnsPath("b1"), ip: bed.backend}
+	if stopServers, err = lbServers(ctx, tb.Dir, []lbServer{backend}); err != nil {
+		return nil, nil, err
+	}
+	net24 := peer.Addr[:strings.LastIndexByte(peer.Addr, '.')]
+	hapAddr, dnatAddr := net24+".240", net24+".241"
+	if err = bed.uplink(ctx, "hap", hapAddr); err != nil {
+		return nil, nil, err
+	}
+	if err = bed.uplink(ctx, "dnat", dnatAddr); err != nil {
+		return nil, nil, err
+	}
+	if err = startHAProxy(ctx, &bed.ps, tb.Dir, h.ContainerNetnsPath("hap"), []lbServer{backend}); err != nil {
+		return nil, nil, fmt.Errorf("%w: %s", err, logTail(filepath.Join(tb.Dir, "haproxy.log")))
+	}
+	if err = bed.dnat(ctx, bed.backend); err != nil {
+		return nil, nil, err
+	}
+	bed.closeFn = closeBed
+	rows = []PublishRow{
+		{Name: rowPubVxmesh, Desc: "run -p: host socket -> gateway netstack -> container (client's address kept)", Addr: h.Addr},
+		{Name: rowPubHAProxy, Desc: "HAProxy (mode tcp) in a router namespace -> container", Addr: hapAddr},
+		{Name: rowPubDNAT, Desc: "nftables DNAT (+ masquerade) in a router namespace -> container", Addr: dnatAddr},
+	}
+	for i := range rows {
+		rows[i].HTTPPort, rows[i].IperfPort = httpPort, iperfPort
+	}
+	return bed, rows, nil
+}
+
+// endpointIPs returns the containers' addresses from `endpoint ls`.
+func endpointIPs(h *testbed.Host) (map[string]string, error) {
+	var eps []struct {
+		Name string `json:"name"`
+		IP   string `json:"ip"`
+	}
+	if err := h.CLIJSON(&eps, "endpoint", "ls"); err != nil {
+		return nil, err
+	}
+	ips := map[string]string{}
+	for _, e := range eps {
+		ips[e.Name] = strings.Split(e.IP, "/")[0]
+	}
+	if ips["b1"] == "" {
+		return nil, fmt.Errorf("endpoint ls shows no b1: %+v", eps)
+	}
+	return ips, nil
+}
+
+// uplink gives container ctr a second interface, uplink, on the underlay
+// bridge with address addr/24: a router between the underlay and the
+// overlay.
+func (bed *publishBed) uplink(ctx context.Context, ctr, addr string) error {
+	port := "up-" + ctr
+	ns := bed.host.ContainerNetns(ctr)
+	for _, args := range [][]string{
+		{"-n", bed.tb.Underlay, "link", "add", port, "mtu", "1500", "type", "veth", "peer", "name", "uplink", "netns", ns},
+		{"-n", bed.tb.Underlay, "link", "set", port, "master", "br0", "up"},
+		{"-n", ns, "addr", "add", addr + "/24", "dev", "uplink"},
+		{"-n", ns, "link", "set", "uplink", "up"},
+	} {
+		if o, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("uplink of %s: ip %s: %v: %s", ctr, strings.Join(args, " "), err, o)
+		}
+	}
+	return nil
+}
+
+// dnat makes container dnat a kernel router that DNATs the HTTP and
+// iperf3 ports arriving on its uplink to backend.
+func (bed *publishBed) dnat(ctx context.Context, backend string) error {
+	rules := fmt.Sprintf(`table ip vxpub {
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname "uplink" tcp dport { %[1]d, %[2]d } dnat to %[3]s
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade
+	}
+}
+`, httpPort, iperfPort, backend)
+	path := filepath.Join(bed.tb.Dir, "publish-dnat.nft")
+	if err := os.WriteFile(path, []byte(rules), 0o644); err != nil {
+		return err
+	}
+	nft, err := lookTool("nft")
+	if err != nil {
+		return err
+	}
+	ns := bed.host.ContainerNetnsPath("dnat")
+	if _, err := testbed.InNetns(ctx, ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+		return err
+	}
+	_, err = testbed.InNetns(ctx, ns, nft, "-f", path)
+	return err
+}
+
+// close removes the bed.
+func (bed *publishBed) close() {
+	if bed.closeFn != nil {
+		bed.closeFn()
+	}
+}
+
+// measurePublished measures row r from the client namespace: it waits
+// until r's HTTP answers, then runs iperf3 both ways and wrk with and
+// without keep-alive, each for -duration.
+func measurePublished(ctx context.Context, cfg config, client string, r *PublishRow, log io.Writer) error {
+	http := fmt.Sprintf("%s:%d", r.Addr, r.HTTPPort)
+	if err := waitHTTP(ctx, client, http, 15*time.Second); err != nil {
+		return err
+	}
+	secs := fmt.Sprint(max(1, int(cfg.duration.Seconds())))
+	for _, reverse := range []bool{false, true} {
+		args := []string{"iperf3", "-c", r.Addr, "-p", fmt.Sprint(r.IperfPort), "-t", secs, "-J"}
+		if reverse {
+			args = append(args, "-R")
+		}
+		fmt.Fprintf(log, "  %s: %s\n", r.Name, strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + client, "--"}, args...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		o, cerr := cmd.Output()
+		ir, err := testbed.ParseIperf3JSON(o)
+		if err != nil {
+			return fmt.Errorf("iperf3: %v (%v)", err, cerr)
+		}
+		if reverse {
+			r.OutBps, r.OutRetr = ir.ReceivedBitsPerSecond, ir.Retransmits
+		} else {
+			r.InBps, r.InRetr = ir.ReceivedBitsPerSecond, ir.Retransmits
+		}
+	}
+	for _, keepAlive := range []bool{false, true} {
+		args := []string{"-t", fmt.Sprint(cfg.lb.threads), "-c", fmt.Sprint(cfg.lb.conns), "-d", secs + "s", "--latency"}
+		if !keepAlive {
+			args = append(args, "-H", "Connection: close")
+		}
+		args = append(args, "http://"+http+"/")
+		fmt.Fprintf(log, "  %s: wrk %s\n", r.Name, strings.Join(args, " "))
+		wr, err := runWrk(ctx, client, args)
+		if err != nil {
+			return err
+		}
+		if keepAlive {
+			r.KeepAlive = wr
+		} else {
+			r.Close = wr
+		}
+	}
+	return nil
+}
+
+// printPublish prints the rows and their ratios to the vxmesh row.
+func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBefore, loadAfter string) {
+	fmt.Fprintf(out, "\npublished port, 1 host: outside client -> one container (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
+		mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\treq/s (keep-alive)\tp99\twrk errors\t")
+	by := map[string]PublishRow{}
+	for _, r := range rows {
+		if r.Err != nil {
+			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
+			continue
+		}
+		by[r.Name] = r
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
+			r.Close.RequestsPerSec, fmtMs(r.Close.P99), r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
+	}
+	tw.Flush()
+	fmt.Fprintln(out)
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ratio\tvalue\tgoal\t")
+	for _, q := range publishRatios(by) {
+		fmt.Fprintf(tw, "%s\t%.2f\t%s\t\n", q.name, q.value, q.goal)
+	}
+	tw.Flush()
+	fmt.Fprintf(out, "\nmachine load average (1 min) before / after: %s / %s on %d CPUs\n", loadBefore, loadAfter, runtime.NumCPU())
+}
+
+// publishRatios compares the vxmesh row with the others: new connections
+// per second above HAProxy's is the issue's goal, the rest context.
+func publishRatios(by map[string]PublishRow) []egressRatio {
+	type metric struct {
+		name string
+		f    func(PublishRow) float64
+	}
+	conns := metric{"new conn/s", func(r PublishRow) float64 { return r.Close.RequestsPerSec }}
+	in := metric{"throughput in", func(r PublishRow) float64 { return r.InBps }}
+	outm := metric{"throughput out", func(r PublishRow) float64 { return r.OutBps }}
+	ka := metric{"keep-alive req/s", func(r PublishRow) float64 { return r.KeepAlive.RequestsPerSec }}
+	var res []egressRatio
+	for _, s := range []struct {
+		b    string
+		m    metric
+		goal float64 // > goal, or 0: context
+	}{
+		{rowPubHAProxy, conns, 1}, {rowPubDNAT, conns, 0},
+		{rowPubHAProxy, in, 0}, {rowPubDNAT, in, 0},
+		{rowPubHAProxy, outm, 0}, {rowPubDNAT, outm, 0},
+		{rowPubHAProxy, ka, 0},
+	} {
+		a, aok := by[rowPubVxmesh]
+		b, bok := by[s.b]
+		if !aok || !bok || s.m.f(b) <= 0 {
+			continue
+		}
+		q := egressRatio{name: fmt.Sprintf("%s %s / %s", s.m.name, rowPubVxmesh, s.b), value: s.m.f(a) / s.m.f(b), goal: "(context)"}
+		if s.goal > 0 {
+			q.goal = fmt.Sprintf("> %g: %s", s.goal, metOrNot(q.value > s.goal))
+		}
+		res = append(res, q)
+	}
+	return res
+}
