@@ -224,5 +224,5 @@ func TestFloodedBufferStaysByteEqualOnRealTAP(t *testing.T) {
 	testenv.RequireTUN(t)
 	testFloodedBufferStaysByteEqual(t, []sinkKind{{"tap (kernel)", func(t *testing.T) Sink {
 		return newTAPContainer(t, netip.MustParseAddr("10.79.1.2")).tap
-	}, false}})
+	}}})
 }
