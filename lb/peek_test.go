@@ -49,7 +49,6 @@ func TestPeekPredictsTranslate(t *testing.T) {
 	}
 }
 
-
 // A packet of an existing connection is peeked to that connection's
 // backend; refusals carry Translate's reasons and change no counter.
 func TestPeekExistingAndRefusals(t *testing.T) {
