@@ -317,6 +317,11 @@ type NetworkStats struct {
 	// none: not an error, not in Drops (network inspect shows the same
 	// counter).
 	FloodNoPeers uint64 `json:"flood_no_peers,omitempty"`
+	// BalancerDrops counts the frames to a VIP of the network that its
+	// balancer dropped or refused, by reason ("port", "no-conn",
+	// "no-backend", ...); every reason is listed once the network has
+	// services. Stats.Conntrack.Drops sums them over the networks.
+	BalancerDrops map[string]uint64 `json:"balancer_drops,omitempty"`
 }
 
 // Stats is the daemon-wide counter snapshot.
