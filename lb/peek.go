@@ -39,12 +39,12 @@ type Peek struct {
 // (destination MAC, IP, port and checksums), so pass a copy. It is for
 // tracing (vswitch.Switch.Trace), not the packet path.
 func (t *Table) Peek(frame []byte, o packet.Offload, now int64) Peek {
-	c, p, bport, v, r := t.match(frame, o)
-	out := Peek{Verdict: v, Reason: r}
+	c := t.service(frame)
 	if c == nil {
-		return out
+		return Peek{Verdict: Pass}
 	}
-	out.Service, out.VIP, out.Scheduler = c.cfg.Name, c.cfg.VIP, c.sched
+	p, bport, v, r := c.match(frame, o)
+	out := Peek{Verdict: v, Reason: r, Service: c.cfg.Name, VIP: c.cfg.VIP, Scheduler: c.sched}
 	if v != Forward || p.isICMPError() {
 		return out
 	}

@@ -127,10 +127,17 @@ func (t *Table) count(r Reason, v Verdict) Verdict {
 // incrementally (partial checksums and super-segments included). ICMP
 // errors the client sends about a VIP flow are translated too.
 func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
-	c, p, bport, v, r := t.match(frame, o)
-	switch {
-	case v == Pass:
+	// t.service(frame), by hand: the compiler does not inline it, and
+	// this is all that most frames cost.
+	if len(frame) < minIPFrame || frame[12] != 0x08 || frame[13] != 0x00 {
 		return Pass
+	}
+	c := t.snap.Load().get([4]byte(frame[offIPDst : offIPDst+4]))
+	if c == nil {
+		return Pass
+	}
+	p, bport, v, r := c.match(frame, o)
+	switch {
 	case v == Reject:
 		return t.reject(c, r)
 	case v == Drop:
@@ -142,36 +149,39 @@ func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
 	return t.forward(c, &p, &k, bport, now)
 }
 
-// match is Translate's decision before connection tracking, shared with
-// Peek: Pass (not to a VIP), Reject or Drop with the reason, or Forward
-// with the frame's service, its parsed headers and the backend port (an
-// ICMP error goes on to translateICMP).
-func (t *Table) match(frame []byte, o packet.Offload) (c *service, p pkt, bport uint16, v Verdict, r Reason) {
+// service returns the service of frame's destination if it is an
+// untagged IPv4 frame to a VIP, else nil (Pass), as Translate decides it.
+func (t *Table) service(frame []byte) *service {
 	if len(frame) < minIPFrame || frame[12] != 0x08 || frame[13] != 0x00 {
-		return nil, p, 0, Pass, 0
+		return nil
 	}
-	if c = t.snap.Load().get([4]byte(frame[offIPDst : offIPDst+4])); c == nil {
-		return nil, p, 0, Pass, 0
-	}
+	return t.snap.Load().get([4]byte(frame[offIPDst : offIPDst+4]))
+}
+
+// match is Translate's decision on a frame to c's VIP before connection
+// tracking, shared with Peek: Reject or Drop with the reason, or Forward
+// with the frame's parsed headers and the backend port (an ICMP error
+// goes on to translateICMP).
+func (c *service) match(frame []byte, o packet.Offload) (p pkt, bport uint16, v Verdict, r Reason) {
 	if p, r = parse(frame, o); r != 0 {
-		return c, p, 0, Drop, r
+		return p, 0, Drop, r
 	}
 	switch {
 	case p.isICMPError():
-		return c, p, 0, Forward, 0
+		return p, 0, Forward, 0
 	case p.proto == protoICMP && p.icmpType != icmpEcho:
-		return c, p, 0, Drop, ReasonUnsupported
+		return p, 0, Drop, ReasonUnsupported
 	case p.proto != protoTCP && p.proto != protoUDP && p.proto != protoICMP:
-		return c, p, 0, Reject, ReasonUnsupported
+		return p, 0, Reject, ReasonUnsupported
 	}
 	bport = p.dport
 	if p.proto != protoICMP {
 		var ok bool
 		if bport, ok = c.port(p.proto, p.dport); !ok {
-			return c, p, 0, Reject, ReasonPort
+			return p, 0, Reject, ReasonPort
 		}
 	}
-	return c, p, bport, Forward, 0
+	return p, bport, Forward, 0
 }
 
 func (t *Table) reject(c *service, r Reason) Verdict {
