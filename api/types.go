@@ -357,6 +357,9 @@ type Stats struct {
 	// Services are this node's counters of every service on every
 	// network that has a VIP here.
 	Services []ServiceStats `json:"services,omitempty"`
+	// HealthChecks are the durations of the health checks this node runs
+	// (on its own backends), by service and network.
+	HealthChecks []HealthCheckStats `json:"health_checks,omitempty"`
 	// Conntrack is this node's connection table.
 	Conntrack ConntrackStats `json:"conntrack"`
 	// Egress are the counters of the flows the networks' gateways
@@ -525,6 +528,14 @@ type ServiceStats struct {
 	Retries   uint64 `json:"retries"`
 	Rejects   uint64 `json:"rejects"`
 	Ejections uint64 `json:"ejections"`
+}
+
+// HealthCheckStats are the durations of the health checks this node ran
+// on a service's backends on one network.
+type HealthCheckStats struct {
+	Service string       `json:"service"`
+	Network string       `json:"network"`
+	Latency LatencyStats `json:"latency"`
 }
 
 // ServiceCreateRequest asks for a new service. Empty fields get defaults:

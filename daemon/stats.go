@@ -79,6 +79,7 @@ func (d *Daemon) Stats() api.Stats {
 			out.Conntrack.Drops[reason] += n
 		}
 	}
+	out.HealthChecks = d.healthLatencies()
 	out.Egress = d.egressStats()
 	out.RefusedRecords = d.refused.snapshot()
 	if drops := d.cl.Drops(); len(drops) > 0 {

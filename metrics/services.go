@@ -24,7 +24,7 @@ var (
 // network (this node's data plane), and the host's conntrack.
 type serviceDescs struct {
 	conns, active, packets, bytes, retries, rejects, ejections *prometheus.Desc
-	backends, drops, omitted                                   *prometheus.Desc
+	backends, drops, omitted, healthLatency                    *prometheus.Desc
 	ctEntries, ctMax, ctEvictions                              *prometheus.Desc
 }
 
@@ -41,6 +41,8 @@ func newServiceDescs() serviceDescs {
 		backends:  desc("service_backends", "Backends of the service on the network, by state and health (cluster view).", append(sn, "state", "health")...),
 		drops:     desc("balancer_drops_total", "Frames to a VIP the network's balancer dropped or refused, by reason.", "network", "reason"),
 		omitted:   desc("metrics_services_omitted", "Service series sets (service, network) left out of this scrape because of the series cap."),
+		healthLatency: desc("service_health_check_duration_seconds",
+			"Duration of the health checks this node ran on the service's backends on the network (its own backends).", sn...),
 
 		ctEntries:   desc("conntrack_entries", "Connections in the host's conntrack (live, or expired and not swept yet)."),
 		ctMax:       desc("conntrack_max", "Size of the host's conntrack."),
@@ -50,7 +52,7 @@ func newServiceDescs() serviceDescs {
 
 func (d *serviceDescs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{d.conns, d.active, d.packets, d.bytes, d.retries, d.rejects, d.ejections,
-		d.backends, d.drops, d.omitted, d.ctEntries, d.ctMax, d.ctEvictions}
+		d.backends, d.drops, d.omitted, d.healthLatency, d.ctEntries, d.ctMax, d.ctEvictions}
 }
 
 // svcKey is one exported (service, network) pair.
@@ -87,6 +89,14 @@ func (d *serviceDescs) collect(e emitter, st *api.Stats, svcs []api.Service, max
 			pairs[k] = backends{}
 		}
 	}
+	checks := map[svcKey]api.LatencyStats{}
+	for _, h := range st.HealthChecks {
+		k := svcKey{h.Network, h.Service}
+		checks[k] = h.Latency
+		if pairs[k] == nil {
+			pairs[k] = backends{}
+		}
+	}
 	keys := make([]svcKey, 0, len(pairs))
 	for k := range pairs {
 		keys = append(keys, k)
@@ -115,6 +125,10 @@ func (d *serviceDescs) collect(e emitter, st *api.Stats, svcs []api.Service, max
 			e.counter(d.retries, c.Retries, l...)
 			e.counter(d.rejects, c.Rejects, l...)
 			e.counter(d.ejections, c.Ejections, l...)
+		}
+		if h, ok := checks[k]; ok {
+			count, sum, buckets := Histogram(h)
+			e <- prometheus.MustNewConstHistogram(d.healthLatency, count, sum, buckets, l...)
 		}
 		for _, state := range backendStates {
 			for _, health := range backendHealths {

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"fmt"
+	"math"
 	"net/http/httptest"
 	"testing"
 
@@ -23,6 +24,8 @@ func withServices() *fakeSource {
 		NewConns: 9, Active: 2, Packets: 40, Bytes: 4000, Retries: 3, Rejects: 4, Ejections: 1}}
 	src.stats.Conntrack = api.ConntrackStats{Max: 262144, Entries: 2, Evictions: 5, Drops: map[string]uint64{"port": 4}}
 	src.stats.Networks[0].BalancerDrops = map[string]uint64{"port": 4, "no-backend": 0, "no-conn": 2}
+	src.stats.HealthChecks = []api.HealthCheckStats{{Service: "api", Network: "web", Latency: api.LatencyStats{Count: 4, AvgMs: 20,
+		Buckets: []api.LatencyBucket{{LeMs: 1, Count: 1}, {LeMs: 5}, {LeMs: 25, Count: 2}, {LeMs: 100, Count: 1}, {LeMs: 500}, {LeMs: 1000}, {}}}}}
 	src.svcs = []api.Service{
 		{Name: "api", VIPs: []api.ServiceVIP{{Network: "web", VIP: "10.0.1.200"}}, Backends: []api.ServiceBackend{
 			{Network: "web", State: "active", Health: "healthy"}, {Network: "web", State: "active", Health: "healthy"},
@@ -74,6 +77,15 @@ func TestServiceExposition(t *testing.T) {
 		if labelKey(m) != api {
 			t.Errorf("connections of %s: a service without counters", labelKey(m))
 		}
+	}
+	f := fams["vxmesh_service_health_check_duration_seconds"]
+	if f == nil || f.GetType() != dto.MetricType_HISTOGRAM || len(f.GetMetric()) != 1 || labelKey(f.GetMetric()[0]) != api {
+		t.Fatalf("health check histogram: %v", f)
+	}
+	h := f.GetMetric()[0].GetHistogram()
+	if h.GetSampleCount() != 4 || math.Abs(h.GetSampleSum()-0.08) > 1e-9 || len(h.GetBucket()) != 7 ||
+		h.GetBucket()[2].GetUpperBound() != 0.025 || h.GetBucket()[2].GetCumulativeCount() != 3 || h.GetBucket()[5].GetCumulativeCount() != 4 {
+		t.Fatalf("health check histogram: %v", h)
 	}
 	// 2 pairs x 2 states x 3 healths.
 	if n := len(fams["vxmesh_service_backends"].GetMetric()); n != 12 {
