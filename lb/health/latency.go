@@ -23,7 +23,7 @@ type Latency struct {
 type latency struct {
 	count    uint64
 	sum, max time.Duration
-	buckets [len(LatencyBounds) + 1]uint64
+	buckets  [len(LatencyBounds) + 1]uint64
 }
 
 func (l *latency) observe(d time.Duration) {

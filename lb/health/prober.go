@@ -95,7 +95,7 @@ type Prober struct {
 	targets map[string]*target
 	groups  map[string]*latency // check durations by Target.Group
 	pending map[string]Event    // latest undelivered event by key
-	queue   []string         // keys in the order their events came
+	queue   []string            // keys in the order their events came
 }
 
 // target is a running Target.
