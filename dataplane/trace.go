@@ -73,6 +73,11 @@ func (dp *Dataplane) Trace(req TraceRequest) (Trace, error) {
 	if n != nil && n.gw != nil {
 		gw = n.gw.gw
 	}
+	var srcMAC packet.MAC
+	var src netip.Addr
+	if p != nil {
+		srcMAC, src = p.cfg.MAC, p.cfg.IP // Reconfig may change them
+	}
 	dp.mu.Unlock()
 	switch {
 	case n == nil:
@@ -80,7 +85,7 @@ func (dp *Dataplane) Trace(req TraceRequest) (Trace, error) {
 	case p == nil || p.ref.Load() == nil:
 		return Trace{}, fmt.Errorf("trace: port %q of network %q is not on its switch", req.Port, req.Network)
 	}
-	tr := Trace{SrcMAC: p.cfg.MAC, Src: p.cfg.IP, NextHop: req.Dst, Internal: n.cfg.Internal}
+	tr := Trace{SrcMAC: srcMAC, Src: src, NextHop: req.Dst, Internal: n.cfg.Internal}
 	if n.cfg.Subnet.IsValid() && !n.cfg.Subnet.Contains(req.Dst) {
 		tr.NextHop = n.cfg.Gateway
 	}
