@@ -87,6 +87,10 @@ func (s *Switch) Trace(port string, frame []byte) (Trace, error) {
 		return tr, nil
 	}
 
+	if s.closed.Load() || r.removed.Load() {
+		step("port-security", "port %s is down (switch closed or port removed)", r.name)
+		return drop(dropPortDown)
+	}
 	if why, _, ok := r.screen(v, buf, eth); !ok {
 		step("port-security", "refused: %s (source %s on port %s)", why, eth.Src(), r.name)
 		return drop(why)

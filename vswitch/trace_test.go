@@ -141,6 +141,10 @@ func TestTraceTooBigAndGateway(t *testing.T) {
 	if _, err := s.Trace("nope", probe(t, macB, ipB, packet.ProtoUDP, 53, 0)); err == nil {
 		t.Fatal("trace from a port the switch lacks")
 	}
+	s.Close()
+	if tr := traceThenInput(t, e, probe(t, macB, ipB, packet.ProtoUDP, 53, 0)); tr.Verdict != TraceDrop || tr.Drop != "port-down" {
+		t.Fatalf("closed switch: %+v", tr)
+	}
 }
 
 func TestResolveARP(t *testing.T) {
