@@ -43,7 +43,8 @@ func (t *Table) Peek(frame []byte, o packet.Offload, now int64) Peek {
 	if c == nil {
 		return Peek{Verdict: Pass}
 	}
-	p, bport, v, r := c.match(frame, o)
+	var p pkt
+	bport, v, r := c.match(frame, o, &p)
 	out := Peek{Verdict: v, Reason: r, Service: c.cfg.Name, VIP: c.cfg.VIP, Scheduler: c.sched}
 	if v != Forward || p.isICMPError() {
 		return out

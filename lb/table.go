@@ -136,7 +136,8 @@ func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
 	if c == nil {
 		return Pass
 	}
-	p, bport, v, r := c.match(frame, o)
+	var p pkt
+	bport, v, r := c.match(frame, o, &p)
 	switch {
 	case v == Reject:
 		return t.reject(c, r)
@@ -159,29 +160,28 @@ func (t *Table) service(frame []byte) *service {
 }
 
 // match is Translate's decision on a frame to c's VIP before connection
-// tracking, shared with Peek: Reject or Drop with the reason, or Forward
-// with the frame's parsed headers and the backend port (an ICMP error
-// goes on to translateICMP).
-func (c *service) match(frame []byte, o packet.Offload) (p pkt, bport uint16, v Verdict, r Reason) {
-	if p, r = parse(frame, o); r != 0 {
-		return p, 0, Drop, r
+// tracking, shared with Peek: it parses the frame into p and returns
+// Reject or Drop with the reason, or Forward with the backend port (an
+// ICMP error goes on to translateICMP).
+func (c *service) match(frame []byte, o packet.Offload, p *pkt) (bport uint16, v Verdict, r Reason) {
+	var ok bool
+	if *p, r = parse(frame, o); r != 0 {
+		return 0, Drop, r
 	}
 	switch {
 	case p.isICMPError():
-		return p, 0, Forward, 0
+		return 0, Forward, 0
 	case p.proto == protoICMP && p.icmpType != icmpEcho:
-		return p, 0, Drop, ReasonUnsupported
+		return 0, Drop, ReasonUnsupported
 	case p.proto != protoTCP && p.proto != protoUDP && p.proto != protoICMP:
-		return p, 0, Reject, ReasonUnsupported
+		return 0, Reject, ReasonUnsupported
+	case p.proto == protoICMP:
+		return p.dport, Forward, 0
 	}
-	bport = p.dport
-	if p.proto != protoICMP {
-		var ok bool
-		if bport, ok = c.port(p.proto, p.dport); !ok {
-			return p, 0, Reject, ReasonPort
-		}
+	if bport, ok = c.port(p.proto, p.dport); !ok {
+		return 0, Reject, ReasonPort
 	}
-	return p, bport, Forward, 0
+	return bport, Forward, 0
 }
 
 func (t *Table) reject(c *service, r Reason) Verdict {
