@@ -37,3 +37,42 @@ func TestClientErrors(t *testing.T) {
 		t.Fatalf("no daemon: %v (%T)", err, err)
 	}
 }
+
+func TestParseTraceTarget(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		proto string
+		port  uint16
+		ok    bool
+	}{
+		{"10.0.1.5", "icmp", 0, true},
+		{"10.0.1.5:80", "tcp", 80, true},
+		{"10.0.1.5:53/udp", "udp", 53, true},
+		{"10.0.1.5:80/tcp", "tcp", 80, true},
+		{"10.0.1.5:0/tcp", "", 0, false},
+		{"10.0.1.5:70000", "", 0, false},
+		{"10.0.1.5:80/sctp", "", 0, false},
+		{"web:80", "", 0, false},
+		{"::1", "", 0, false},
+	} {
+		ip, proto, port, err := ParseTraceTarget(tc.in)
+		if (err == nil) != tc.ok || tc.ok && (ip.String() != "10.0.1.5" || proto != tc.proto || port != tc.port) {
+			t.Errorf("%q: %v %q %d %v", tc.in, ip, proto, port, err)
+		}
+	}
+}
+
+func FuzzParseTraceTarget(f *testing.F) {
+	for _, s := range []string{"10.0.1.5", "10.0.1.5:80", "10.0.1.5:53/udp", "1.2.3.4:0/tcp", ":/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ip, proto, port, err := ParseTraceTarget(s)
+		if err != nil {
+			return
+		}
+		if !ip.Is4() || proto == "icmp" && port != 0 || proto != "icmp" && port == 0 {
+			t.Fatalf("%q: %v %q %d", s, ip, proto, port)
+		}
+	})
+}

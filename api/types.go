@@ -323,6 +323,11 @@ type NetworkStats struct {
 	// host's gateway identity).
 	IngressReturn    int `json:"ingress_return,omitempty"`
 	IngressReturnMax int `json:"ingress_return_max,omitempty"`
+	// BalancerDrops counts the frames to a VIP of the network that its
+	// balancer dropped or refused, by reason ("port", "no-conn",
+	// "no-backend", ...); every reason is listed once the network has
+	// services. Stats.Conntrack.Drops sums them over the networks.
+	BalancerDrops map[string]uint64 `json:"balancer_drops,omitempty"`
 }
 
 // Stats is the daemon-wide counter snapshot.
@@ -358,6 +363,9 @@ type Stats struct {
 	// Services are this node's counters of every service on every
 	// network that has a VIP here.
 	Services []ServiceStats `json:"services,omitempty"`
+	// HealthChecks are the durations of the health checks this node runs
+	// (on its own backends), by service and network.
+	HealthChecks []HealthCheckStats `json:"health_checks,omitempty"`
 	// Conntrack is this node's connection table.
 	Conntrack ConntrackStats `json:"conntrack"`
 	// Egress are the counters of the flows the networks' gateways
@@ -531,6 +539,14 @@ type ServiceStats struct {
 	Retries   uint64 `json:"retries"`
 	Rejects   uint64 `json:"rejects"`
 	Ejections uint64 `json:"ejections"`
+}
+
+// HealthCheckStats are the durations of the health checks this node ran
+// on a service's backends on one network.
+type HealthCheckStats struct {
+	Service string       `json:"service"`
+	Network string       `json:"network"`
+	Latency LatencyStats `json:"latency"`
 }
 
 // ServiceCreateRequest asks for a new service. Empty fields get defaults:

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/metrics"
 )
 
@@ -54,4 +55,25 @@ func (d *Daemon) serveMetrics() (stop func()) {
 		defer cancel()
 		srv.Shutdown(ctx)
 	}
+}
+
+// ServicesWithBackends returns every service with its backends' state
+// and health (the cluster's view), for the metrics; the counters are in
+// Stats. It reads no data-plane counter, so a scrape costs the same as
+// `service ls` whatever the number of services.
+func (d *Daemon) ServicesWithBackends() []api.Service {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	set := d.serviceSet(d.endpointSet().accepted)
+	out := []api.Service{}
+	for _, name := range set.names() {
+		v := d.serviceView(set.specs[name], nil, false)
+		v.Backends = []api.ServiceBackend{}
+		for _, b := range set.backends[name] {
+			v.Backends = append(v.Backends, api.ServiceBackend{Node: b.rec.Node, Container: b.rec.Name, Network: b.rec.Network,
+				IP: b.rec.IP, Weight: b.m.Weight, State: b.m.State, Health: b.m.Health})
+		}
+		out = append(out, v)
+	}
+	return out
 }

@@ -185,6 +185,15 @@ func (d *Daemon) Handler() http.Handler {
 		reply(w, d.Stats(), nil)
 	})
 	mux.HandleFunc("GET /v1/capture", d.serveCapture)
+	mux.HandleFunc("POST /v1/trace", func(w http.ResponseWriter, r *http.Request) {
+		var req api.TraceRequest
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		t, err := d.Trace(req)
+		reply(w, t, err)
+	})
 	mux.HandleFunc("GET /v1/keys", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, d.Keys(), nil)
 	})

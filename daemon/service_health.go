@@ -1,9 +1,13 @@
 package daemon
 
 import (
+	"cmp"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/lb/health"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
@@ -78,7 +82,7 @@ func (d *Daemon) syncHealth() bool {
 				}
 				key := healthKey(c, ep.net.rec.Name, m.name)
 				refs[key] = healthRef{container: c.name, network: ep.net.rec.Name, service: m.name, id: m.id}
-				ts = append(ts, health.Target{Key: key, Addr: ep.ip, Spec: s.health, Dial: dial})
+				ts = append(ts, health.Target{Key: key, Addr: ep.ip, Spec: s.health, Dial: dial, Group: healthGroup(m.name, ep.net.rec.Name)})
 			}
 			if published {
 				d.publishEndpoint(ep)
@@ -131,5 +135,38 @@ func (d *Daemon) healthStatus() map[healthRef]localHealth {
 		ref.id = ""
 		out[ref] = localHealth{reason: st.Reason, since: st.Since}
 	}
+	return out
+}
+
+// healthGroup names the prober's histogram of a service's checks on a
+// network (health.Target.Group).
+func healthGroup(service, network string) string { return service + "\x00" + network }
+
+// healthLatencies returns the durations of this node's health checks by
+// service and network, sorted.
+func (d *Daemon) healthLatencies() []api.HealthCheckStats {
+	if d.prober == nil {
+		return nil
+	}
+	var out []api.HealthCheckStats
+	for g, l := range d.prober.Latencies() {
+		service, network, _ := strings.Cut(g, "\x00")
+		s := api.HealthCheckStats{Service: service, Network: network,
+			Latency: api.LatencyStats{Count: l.Count, MaxMs: ms(l.Max.Seconds()), Buckets: []api.LatencyBucket{}}}
+		if l.Count > 0 {
+			s.Latency.AvgMs = ms(l.Sum.Seconds() / float64(l.Count))
+		}
+		for i, c := range l.Buckets {
+			b := api.LatencyBucket{Count: c}
+			if i < len(health.LatencyBounds) {
+				b.LeMs = ms(health.LatencyBounds[i].Seconds())
+			}
+			s.Latency.Buckets = append(s.Latency.Buckets, b)
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b api.HealthCheckStats) int {
+		return cmp.Or(strings.Compare(a.Network, b.Network), strings.Compare(a.Service, b.Service))
+	})
 	return out
 }

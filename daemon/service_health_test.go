@@ -130,6 +130,20 @@ func TestHealthCheckEjectsAndRestores(t *testing.T) {
 	}
 	waitHealth(t, d, "api", "b1", backendHealthy, lb.Active)
 	waitHealth(t, d, "api", "b2", backendHealthy, lb.Active)
+	// The checks' durations are in stats, by service and network.
+	checked := false
+	for _, h := range d.Stats().HealthChecks {
+		var n uint64
+		for _, b := range h.Latency.Buckets {
+			n += b.Count
+		}
+		if h.Service == "api" && h.Network == "web" && h.Latency.Count >= 2 && n == h.Latency.Count && h.Latency.AvgMs > 0 {
+			checked = true
+		}
+	}
+	if !checked {
+		t.Errorf("stats health checks %+v, want api on web with its checks' durations", d.Stats().HealthChecks)
+	}
 
 	sb.set(b2.IP, true)
 	ps := waitHealth(t, d, "api", "b2", backendUnhealthy, lb.Ejected)

@@ -48,10 +48,12 @@ func (d *Daemon) Stats() api.Stats {
 	nets := d.sortedNetworks()
 	d.mu.Unlock()
 	out := api.Stats{Node: d.cfg.Node, Networks: []api.NetworkStats{}}
+	lbs := d.dp.ServiceStats()
 	for _, n := range nets {
 		s, ts, _ := d.dp.NetworkStats(n.rec.Name)
 		ns := api.NetworkStats{Network: n.rec.Name, Flooded: s.Flooded, ARPSuppressed: s.ARPSuppressed, Drops: s.Drops, Ports: []api.PortStats{},
-			FloodNoPeers: ts.FloodNoPeers, IngressReturn: s.IngressReturn, IngressReturnMax: s.IngressReturnMax}
+			FloodNoPeers: ts.FloodNoPeers, IngressReturn: s.IngressReturn, IngressReturnMax: s.IngressReturnMax,
+			BalancerDrops: lbs.Networks[n.rec.Name].Reasons}
 		for _, p := range s.Ports {
 			ns.Ports = append(ns.Ports, api.PortStats{
 				Name: p.Name, RxPackets: p.RxPackets, RxBytes: p.RxBytes,
@@ -64,7 +66,6 @@ func (d *Daemon) Stats() api.Stats {
 	if drops := d.dp.TunnelStats().Drops; len(drops) > 0 {
 		out.TunnelDrops = drops
 	}
-	lbs := d.dp.ServiceStats()
 	for _, n := range nets {
 		for _, st := range lbs.Networks[n.rec.Name].Services {
 			out.Services = append(out.Services, serviceStatsView(n.rec.Name, st))
@@ -79,6 +80,7 @@ func (d *Daemon) Stats() api.Stats {
 			out.Conntrack.Drops[reason] += n
 		}
 	}
+	out.HealthChecks = d.healthLatencies()
 	out.Egress = d.egressStats()
 	out.RefusedRecords = d.refused.snapshot()
 	if drops := d.cl.Drops(); len(drops) > 0 {

@@ -209,7 +209,7 @@ func Decide(p *Policy, f Flow) string {
 // admit decides flow f of gateway g and, if it may leave, takes a flow
 // slot (released with done). It counts refusals.
 func (e *Egress) admit(g *Gateway, f Flow) string {
-	p := Policy{Subnet: g.cfg.Addr.Masked(), Gateway: g.cfg.Addr.Addr(), Internal: g.cfg.Internal, Overlay: *e.overlay.Load()}
+	p := e.policy(g)
 	why := Decide(&p, f)
 	if why == "" && e.active.Add(1) > int64(e.cfg.MaxFlows) {
 		e.active.Add(-1)

@@ -230,35 +230,47 @@ func (c *Conntrack) revHash(e *entry) uint32 {
 	return c.hash(e.net, e.proto, e.backend, e.bport, e.client, e.cport)
 }
 
-// findFwd returns the live entry for the client-side key, or 0. Expired
-// entries found on the way are freed.
+// findFwd returns the live entry for the client-side key, or 0. An
+// expired entry found on the way is freed.
 func (c *Conntrack) findFwd(s *shard, k *flowKey, now int64) uint32 {
+	return c.live(s, c.lookupFwd(s, k), now)
+}
+
+// findRev returns the live entry for the backend-side key, or 0. An
+// expired entry found on the way is freed.
+func (c *Conntrack) findRev(s *shard, k *revKey, now int64) uint32 {
+	return c.live(s, c.lookupRev(s, k), now)
+}
+
+// live returns i if its entry has not expired at now; an expired one is
+// freed and 0 returned.
+func (c *Conntrack) live(s *shard, i uint32, now int64) uint32 {
+	if i != 0 && s.e[i].expires <= now {
+		c.remove(s, i)
+		s.expired.Add(1)
+		return 0
+	}
+	return i
+}
+
+// lookupFwd returns the entry for the client-side key, live or not, or 0.
+func (c *Conntrack) lookupFwd(s *shard, k *flowKey) uint32 {
 	h := c.hash(k.net, k.proto, k.client, k.cport, k.vip, k.vport)
 	for i := s.fwd[h&s.mask]; i != 0; i = s.e[i].fnext {
 		e := &s.e[i]
 		if e.net == k.net && e.proto == k.proto && e.client == k.client && e.cport == k.cport && e.vip == k.vip && e.vport == k.vport {
-			if e.expires <= now {
-				c.remove(s, i)
-				s.expired.Add(1)
-				return 0
-			}
 			return i
 		}
 	}
 	return 0
 }
 
-// findRev returns the live entry for the backend-side key, or 0.
-func (c *Conntrack) findRev(s *shard, k *revKey, now int64) uint32 {
+// lookupRev returns the entry for the backend-side key, live or not, or 0.
+func (c *Conntrack) lookupRev(s *shard, k *revKey) uint32 {
 	h := c.hash(k.net, k.proto, k.backend, k.bport, k.client, k.cport)
 	for i := s.rev[h&s.mask]; i != 0; i = s.e[i].rnext {
 		e := &s.e[i]
 		if e.net == k.net && e.proto == k.proto && e.backend == k.backend && e.bport == k.bport && e.client == k.client && e.cport == k.cport {
-			if e.expires <= now {
-				c.remove(s, i)
-				s.expired.Add(1)
-				return 0
-			}
 			return i
 		}
 	}

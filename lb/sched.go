@@ -18,35 +18,46 @@ func (b *backend) usable(now int64) bool {
 
 // pick chooses a backend for a new flow k of c, avoiding backend index
 // exclude (a backend that just failed this flow) if it can. It returns
-// none if c has no active backend.
-func (c *service) pick(k *flowKey, now int64, exclude int32) int32 {
+// none if c has no active backend. With peek it returns the backend the
+// next new flow would get and moves no scheduler state (round-robin
+// position, smooth weights); PowerOfTwo still samples at random.
+func (c *service) pick(k *flowKey, now int64, exclude int32, peek bool) int32 {
 	if len(c.active) == 0 {
 		return none
 	}
 	var i int32
 	switch c.sched {
 	case WeightedRoundRobin:
-		i = c.pickWRR(now, exclude)
+		i = c.pickWRR(now, exclude, peek)
 	case LeastConns:
-		i = c.pickLC(now, exclude)
+		i = c.pickLC(now, exclude, peek)
 	case PowerOfTwo:
-		i = c.pickP2C(now, exclude)
+		i = c.pickP2C(now, exclude, peek)
 	case Maglev:
 		i = c.pickMaglev(k, now, exclude)
 	default:
-		i = c.pickRR(now, exclude)
+		i = c.pickRR(now, exclude, peek)
 	}
 	if i != none {
 		return i
 	}
-	return c.fallback(exclude)
+	return c.fallback(exclude, peek)
+}
+
+// next returns the round-robin position a pick starts at and, unless
+// peek, advances it.
+func (c *service) next(peek bool) uint64 {
+	if peek {
+		return c.st.rr.Load()
+	}
+	return c.st.rr.Add(1) - 1
 }
 
 // fallback is used when every active backend is ejected or excluded: an
 // active backend other than exclude (ejection is only a hint), or exclude.
-func (c *service) fallback(exclude int32) int32 {
+func (c *service) fallback(exclude int32, peek bool) int32 {
 	n := len(c.active)
-	start := int(c.st.rr.Add(1) % uint64(n))
+	start := int((c.next(peek) + 1) % uint64(n))
 	for j := range n {
 		if i := c.active[(start+j)%n]; i != exclude && c.backends[i].st.cfg.Load() == uint32(Active) {
 			return i
@@ -58,9 +69,9 @@ func (c *service) fallback(exclude int32) int32 {
 	return none
 }
 
-func (c *service) pickRR(now int64, exclude int32) int32 {
+func (c *service) pickRR(now int64, exclude int32, peek bool) int32 {
 	n := uint64(len(c.active))
-	start := c.st.rr.Add(1) - 1
+	start := c.next(peek)
 	for j := range n {
 		i := c.active[(start+j)%n]
 		if i != exclude && c.backends[i].usable(now) {
@@ -71,23 +82,27 @@ func (c *service) pickRR(now int64, exclude int32) int32 {
 }
 
 // pickWRR is smooth weighted round robin: every usable backend's current
-// weight grows by its weight, the largest wins and loses the total.
-func (c *service) pickWRR(now int64, exclude int32) int32 {
+// weight grows by its weight, the largest wins and loses the total. With
+// peek the weights are computed but not stored.
+func (c *service) pickWRR(now int64, exclude int32, peek bool) int32 {
 	c.st.mu.Lock()
 	defer c.st.mu.Unlock()
-	best, total := int32(none), int64(0)
+	best, bestCW, total := int32(none), int64(0), int64(0)
 	for _, i := range c.active {
 		b := &c.backends[i]
 		if i == exclude || !b.usable(now) {
 			continue
 		}
-		b.st.cw += int64(b.weight)
+		cw := b.st.cw + int64(b.weight)
+		if !peek {
+			b.st.cw = cw
+		}
 		total += int64(b.weight)
-		if best == none || b.st.cw > c.backends[best].st.cw {
-			best = i
+		if best == none || cw > bestCW {
+			best, bestCW = i, cw
 		}
 	}
-	if best != none {
+	if best != none && !peek {
 		c.backends[best].st.cw -= total
 	}
 	return best
@@ -95,9 +110,9 @@ func (c *service) pickWRR(now int64, exclude int32) int32 {
 
 // pickLC takes the usable backend with the fewest active connections;
 // ties go round robin so that an idle service still spreads.
-func (c *service) pickLC(now int64, exclude int32) int32 {
+func (c *service) pickLC(now int64, exclude int32, peek bool) int32 {
 	n := uint64(len(c.active))
-	start := c.st.rr.Add(1) - 1
+	start := c.next(peek)
 	best, min := int32(none), int64(0)
 	for j := range n {
 		i := c.active[(start+j)%n]
@@ -114,10 +129,10 @@ func (c *service) pickLC(now int64, exclude int32) int32 {
 
 // pickP2C samples two distinct active backends and takes the one with
 // fewer active connections; if neither is usable it falls back to pickLC.
-func (c *service) pickP2C(now int64, exclude int32) int32 {
+func (c *service) pickP2C(now int64, exclude int32, peek bool) int32 {
 	n := len(c.active)
 	if n == 1 {
-		return c.pickLC(now, exclude)
+		return c.pickLC(now, exclude, peek)
 	}
 	x := rand.IntN(n)
 	y := rand.IntN(n - 1)
@@ -138,7 +153,7 @@ func (c *service) pickP2C(now int64, exclude int32) int32 {
 	case okB:
 		return b
 	}
-	return c.pickLC(now, exclude)
+	return c.pickLC(now, exclude, peek)
 }
 
 // pickMaglev looks the flow up in the Maglev table; if that backend is not

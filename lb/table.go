@@ -127,6 +127,8 @@ func (t *Table) count(r Reason, v Verdict) Verdict {
 // incrementally (partial checksums and super-segments included). ICMP
 // errors the client sends about a VIP flow are translated too.
 func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
+	// t.service(frame), by hand: the compiler does not inline it, and
+	// this is all that most frames cost.
 	if len(frame) < minIPFrame || frame[12] != 0x08 || frame[13] != 0x00 {
 		return Pass
 	}
@@ -134,27 +136,52 @@ func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
 	if c == nil {
 		return Pass
 	}
-	p, r := parse(frame, o)
-	if r != 0 {
-		return t.count(r, Drop)
-	}
+	var p pkt
+	bport, v, r := c.match(frame, o, &p)
 	switch {
+	case v == Reject:
+		return t.reject(c, r)
+	case v == Drop:
+		return t.count(r, Drop)
 	case p.isICMPError():
 		return t.translateICMP(c, &p, now)
-	case p.proto == protoICMP && p.icmpType != icmpEcho:
-		return t.count(ReasonUnsupported, Drop)
-	case p.proto != protoTCP && p.proto != protoUDP && p.proto != protoICMP:
-		return t.reject(c, ReasonUnsupported)
-	}
-	bport := p.dport
-	if p.proto != protoICMP {
-		var ok bool
-		if bport, ok = c.port(p.proto, p.dport); !ok {
-			return t.reject(c, ReasonPort)
-		}
 	}
 	k := flowKey{net: t.net, proto: p.proto, client: [4]byte(frame[offIPSrc:]), cport: p.sport, vip: c.vip, vport: p.dport}
 	return t.forward(c, &p, &k, bport, now)
+}
+
+// service returns the service of frame's destination if it is an
+// untagged IPv4 frame to a VIP, else nil (Pass), as Translate decides it.
+func (t *Table) service(frame []byte) *service {
+	if len(frame) < minIPFrame || frame[12] != 0x08 || frame[13] != 0x00 {
+		return nil
+	}
+	return t.snap.Load().get([4]byte(frame[offIPDst : offIPDst+4]))
+}
+
+// match is Translate's decision on a frame to c's VIP before connection
+// tracking, shared with Peek: it parses the frame into p and returns
+// Reject or Drop with the reason, or Forward with the backend port (an
+// ICMP error goes on to translateICMP).
+func (c *service) match(frame []byte, o packet.Offload, p *pkt) (bport uint16, v Verdict, r Reason) {
+	var ok bool
+	if *p, r = parse(frame, o); r != 0 {
+		return 0, Drop, r
+	}
+	switch {
+	case p.isICMPError():
+		return 0, Forward, 0
+	case p.proto == protoICMP && p.icmpType != icmpEcho:
+		return 0, Drop, ReasonUnsupported
+	case p.proto != protoTCP && p.proto != protoUDP && p.proto != protoICMP:
+		return 0, Reject, ReasonUnsupported
+	case p.proto == protoICMP:
+		return p.dport, Forward, 0
+	}
+	if bport, ok = c.port(p.proto, p.dport); !ok {
+		return 0, Reject, ReasonPort
+	}
+	return bport, Forward, 0
 }
 
 func (t *Table) reject(c *service, r Reason) Verdict {
@@ -200,33 +227,9 @@ func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64)
 // create schedules a new flow and inserts its entry; 0 and the reason if
 // the flow cannot be created.
 func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, now int64) (uint32, Reason) {
-	st := uint8(stOther)
-	if p.proto == protoTCP {
-		switch {
-		case p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
-			st = stSynSent
-		case c.sched == Maglev && p.flags&tcpRST == 0:
-			st = stEstablished // the backend any host would pick
-		default:
-			return 0, ReasonNoConn
-		}
-	}
-	// A client that is a backend of the service is not sent to itself: the
-	// translated packet would arrive with its own address as the source,
-	// which its kernel drops as martian (there is no SNAT to avoid it).
-	self := int32(none)
-	if i, ok := c.index(k.client); ok {
-		self = i
-	}
-	bi := t.choose(c, k, now, self)
-	if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now) {
-		bi = t.choose(c, k, now, bi)
-		if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now) {
-			bi = none
-		}
-	}
-	if bi == none {
-		return 0, ReasonNoBackend
+	bi, st, r := t.schedule(s, c, p, k, bport, now, false)
+	if r != 0 {
+		return 0, r
 	}
 	b := &c.backends[bi]
 	tmpl := entry{
@@ -238,27 +241,70 @@ func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, n
 	return t.ct.insert(s, &tmpl), 0
 }
 
+// schedule decides a new flow k of c: its backend index and first state,
+// or why it gets none. With peek (Peek) it changes nothing: scheduler
+// positions, weights and affinity stay as they are. s is k's shard, locked.
+func (t *Table) schedule(s *shard, c *service, p *pkt, k *flowKey, bport uint16, now int64, peek bool) (int32, uint8, Reason) {
+	st := uint8(stOther)
+	if p.proto == protoTCP {
+		switch {
+		case p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
+			st = stSynSent
+		case c.sched == Maglev && p.flags&tcpRST == 0:
+			st = stEstablished // the backend any host would pick
+		default:
+			return none, 0, ReasonNoConn
+		}
+	}
+	// A client that is a backend of the service is not sent to itself: the
+	// translated packet would arrive with its own address as the source,
+	// which its kernel drops as martian (there is no SNAT to avoid it).
+	self := int32(none)
+	if i, ok := c.index(k.client); ok {
+		self = i
+	}
+	bi := t.choose(c, k, now, self, peek)
+	if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now, peek) {
+		bi = t.choose(c, k, now, bi, peek)
+		if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now, peek) {
+			bi = none
+		}
+	}
+	if bi == none {
+		return none, 0, ReasonNoBackend
+	}
+	return bi, st, 0
+}
+
 // revTaken reports whether another connection of the client's port
 // already goes to backend ip:bport (the same client port to two VIPs
 // that share a backend): the backend could not tell the two apart, and
 // neither could the reply path.
-func (t *Table) revTaken(s *shard, k *flowKey, ip [4]byte, bport uint16, now int64) bool {
+// With peek an expired entry is left for the sweeper.
+func (t *Table) revTaken(s *shard, k *flowKey, ip [4]byte, bport uint16, now int64, peek bool) bool {
 	r := revKey{net: k.net, proto: k.proto, backend: ip, bport: bport, client: k.client, cport: k.cport}
+	if peek {
+		i := t.ct.lookupRev(s, &r)
+		return i != 0 && s.e[i].expires > now
+	}
 	return t.ct.findRev(s, &r, now) != 0
 }
 
-// choose applies client-IP affinity, then the scheduler.
-func (t *Table) choose(c *service, k *flowKey, now int64, exclude int32) int32 {
+// choose applies client-IP affinity, then the scheduler; with peek it
+// changes neither (see schedule).
+func (t *Table) choose(c *service, k *flowKey, now int64, exclude int32, peek bool) int32 {
 	if c.affinity > 0 {
 		if ip, ok := t.ct.aff.get(k.net, k.vip, k.client, now, c.affinity); ok {
 			if bi, ok := c.index(ip); ok && bi != exclude && c.backends[bi].usable(now) {
-				t.ct.aff.put(k.net, k.vip, k.client, ip, now)
+				if !peek {
+					t.ct.aff.put(k.net, k.vip, k.client, ip, now)
+				}
 				return bi
 			}
 		}
 	}
-	bi := c.pick(k, now, exclude)
-	if bi != none && c.affinity > 0 {
+	bi := c.pick(k, now, exclude, peek)
+	if bi != none && c.affinity > 0 && !peek {
 		t.ct.aff.put(k.net, k.vip, k.client, c.backends[bi].ip, now)
 	}
 	return bi
@@ -325,8 +371,8 @@ func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool
 	if bi, ok := c.index(e.backend); ok {
 		exclude = bi
 	}
-	bi := t.choose(c, k, now, exclude)
-	if bi == none || bi == exclude || t.revTaken(s, k, c.backends[bi].ip, e.bport, now) {
+	bi := t.choose(c, k, now, exclude, false)
+	if bi == none || bi == exclude || t.revTaken(s, k, c.backends[bi].ip, e.bport, now, false) {
 		return false
 	}
 	b := &c.backends[bi]

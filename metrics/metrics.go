@@ -4,10 +4,12 @@
 // inspect views, the key ring view, the cluster members) on each scrape
 // and turns them into const metrics: nothing is added to the packet path.
 // Labels are bounded: network, port (a container endpoint), peer (a VTEP
-// address) and node, direction, a fixed set of reasons, kinds and protocols, and the
-// key ID of an SA (bounded by the ring's size); never anything per packet
-// or per flow. At most MaxPorts port series sets are exported per scrape
-// (the first by network and port name); vxmesh_metrics_ports_omitted says
+// address) and node, service, direction, a fixed set of reasons, kinds,
+// states and protocols, and the key ID of an SA (bounded by the ring's
+// size); never anything per packet, per flow or per backend. At most
+// MaxPorts port series sets are exported per scrape (the first by network
+// and port name), and MaxServices (service, network) sets;
+// vxmesh_metrics_ports_omitted and vxmesh_metrics_services_omitted say
 // how many were left out. No key material is ever read or exported.
 package metrics
 
@@ -38,6 +40,9 @@ type Source interface {
 	Keys() api.Keys
 	// Nodes returns the cluster members.
 	Nodes() []api.Node
+	// ServicesWithBackends returns every service with its backends (the
+	// cluster's view of their state and health).
+	ServicesWithBackends() []api.Service
 }
 
 // memberStates are the cluster member states always exported, so that a
@@ -52,8 +57,12 @@ type Collector struct {
 	src Source
 	// MaxPorts caps the ports exported per scrape (DefaultMaxPorts if 0).
 	MaxPorts int
-	d        descs
-	eg       egressDescs
+	// MaxServices caps the (service, network) pairs exported per scrape
+	// (DefaultMaxServices if 0).
+	MaxServices int
+	d           descs
+	eg          egressDescs
+	svc         serviceDescs
 }
 
 type descs struct {
@@ -79,7 +88,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 func NewCollector(src Source) *Collector {
 	net, port, peer := "network", "port", "peer"
 	sa := []string{net, peer, "node", "direction", "key"}
-	return &Collector{src: src, eg: newEgressDescs(), d: descs{
+	return &Collector{src: src, eg: newEgressDescs(), svc: newServiceDescs(), d: descs{
 		node:          desc("node_info", "The node this daemon runs as (always 1).", "node"),
 		portsOmitted:  desc("metrics_ports_omitted", "Ports left out of this scrape because of the series cap."),
 		flooded:       desc("network_flooded_frames_total", "Frames the network's switch flooded.", net),
@@ -136,6 +145,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, x := range c.eg.all() {
 		ch <- x
 	}
+	for _, x := range c.svc.all() {
+		ch <- x
+	}
 }
 
 // emitter sends const metrics to a channel.
@@ -173,6 +185,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.collectDNS(e, st.DNS)
 	c.eg.collect(e, st.Egress)
+	c.svc.collect(e, &st, c.src.ServicesWithBackends(), c.MaxServices)
 	c.collectKeys(e, c.src.Keys())
 	c.collectMembers(e, c.src.Nodes())
 }

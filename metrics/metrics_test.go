@@ -23,6 +23,7 @@ type fakeSource struct {
 	fdb   map[string][]api.FDBEntry
 	keys  api.Keys
 	nodes []api.Node
+	svcs  []api.Service
 }
 
 func (f *fakeSource) Stats() api.Stats { return f.stats }
@@ -36,6 +37,7 @@ func (f *fakeSource) Network(name string) (api.Network, error) {
 func (f *fakeSource) FDB(name string) ([]api.FDBEntry, error) { return f.fdb[name], nil }
 func (f *fakeSource) Keys() api.Keys                          { return f.keys }
 func (f *fakeSource) Nodes() []api.Node                       { return f.nodes }
+func (f *fakeSource) ServicesWithBackends() []api.Service     { return f.svcs }
 
 func testSource() *fakeSource {
 	return &fakeSource{
@@ -197,7 +199,7 @@ func TestExposition(t *testing.T) {
 	}
 	// No series carries a label outside the documented, bounded set.
 	allowed := map[string]bool{"network": true, "port": true, "peer": true, "node": true, "direction": true,
-		"reason": true, "kind": true, "key": true, "state": true, "le": true, "proto": true}
+		"reason": true, "kind": true, "key": true, "state": true, "le": true, "proto": true, "service": true, "health": true}
 	for name, f := range fams {
 		if !strings.HasPrefix(name, "vxmesh_") {
 			continue

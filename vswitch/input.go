@@ -157,21 +157,13 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 				dst = mac
 			}
 		}
-		var out *Port
-		if !dst.IsMulticast() {
-			out = s.lookup(v, dst, now)
-		}
-		if (dst == s.gwMAC && !dst.IsZero() && (out == nil || !out.gateway)) || !r.gatewayRoute(v, out, dst, translated) {
-			sc.drops[dropNoRoute]++
-			continue
-		}
-		if out != nil && out != r {
-			if why, ok := r.meshIn(v, mt, eth, out, translated, now); !ok {
-				sc.drops[why]++
-				continue
-			}
+		out, why, ok := r.route(v, dst, translated, now)
+		if ok && out != nil {
+			why, ok = r.meshIn(v, mt, eth, out, translated, now)
 		}
 		switch {
+		case !ok:
+			sc.drops[why]++
 		case out == nil && r.storm && !sc.stormAllow(now, s.stormGap):
 			sc.drops[dropStorm]++
 		case out == nil:
@@ -181,8 +173,6 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 				}
 			}
 			flooded++
-		case out == r:
-			sc.drops[dropSamePort]++
 		default:
 			if why, ok := r.deliver(&l, out, buf, offset, n); !ok {
 				sc.drops[why]++
@@ -204,26 +194,54 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 // admit checks frame eth (in buf) from r: its source (which it learns),
 // port security and the MTU. It returns why the frame is dropped, or true.
 func (r *Port) admit(v *view, buf []byte, eth packet.Ethernet, now int64) (reason, bool) {
+	why, learn, ok := r.screen(v, buf, eth)
+	if learn {
+		r.learn(eth.Src(), now)
+	}
+	return why, ok
+}
+
+// screen is admit without its side effect (also Trace's first step): it
+// returns why the frame is dropped, or true and whether its source is to
+// be learned (it has no local or static entry).
+func (r *Port) screen(v *view, buf []byte, eth packet.Ethernet) (why reason, learn, ok bool) {
 	src := eth.Src()
 	if src.IsMulticast() || src.IsZero() {
-		return dropMalformed, false
+		return dropMalformed, false, false
 	}
 	if r.security {
 		if why, ok := r.check(eth); !ok {
-			return why, false
+			return why, false, false
 		}
 	}
 	if why, ok := r.sw.fits(buf, eth); !ok {
-		return why, false
+		return why, false, false
 	}
 	if sp := v.fdb[src]; sp == nil {
-		r.learn(src, now)
+		return 0, true, true
 	} else if sp != r {
 		// The MAC is a container's on another port, or an endpoint
 		// statically behind another port: not this one's to use.
-		return dropSpoofedSrc, false
+		return dropSpoofedSrc, false, false
 	}
-	return 0, true
+	return 0, false, true
+}
+
+// route decides where a frame from r to dst goes after the balancer: to
+// out, or flooded (out nil; the storm limit is the caller's), or dropped
+// for the reason returned. It changes nothing (Trace uses it too).
+func (r *Port) route(v *view, dst packet.MAC, translated bool, now int64) (out *Port, why reason, ok bool) {
+	s := r.sw
+	if !dst.IsMulticast() {
+		out = s.lookup(v, dst, now)
+	}
+	switch {
+	case (dst == s.gwMAC && !dst.IsZero() && (out == nil || !out.gateway)) || !r.gatewayRoute(v, out, dst, translated):
+		return nil, dropNoRoute, false
+	case out == r:
+		return nil, dropSamePort, false
+	}
+	return out, 0, true
 }
 
 // flush writes every destination's queue with one WriteFrames call and counts the

@@ -16,6 +16,8 @@ type Balancer interface {
 	Translate(frame []byte, o packet.Offload, now int64) lb.Verdict
 	Untranslate(frame []byte, o packet.Offload, now int64) lb.Verdict
 	WriteRetry(dst, frame []byte, now int64) int
+	// Peek is Translate without side effects, for Trace.
+	Peek(frame []byte, o packet.Offload, now int64) lb.Peek
 }
 
 // balancer is what SetBalancer installs.
@@ -241,24 +243,37 @@ func (r *Port) balance(l *lbState, buf []byte, offset, batch int) (translated bo
 		return false, 0, true
 	}
 	eth := packet.Ethernet(buf[offset:])
+	v := lb.Pass
 	if r.security || r.gateway {
-		switch l.b.Translate(eth, packet.OffloadOf(buf), l.now) {
+		switch v = l.b.Translate(eth, packet.OffloadOf(buf), l.now); v {
 		case lb.Forward:
 			r.sc.translated++
-			return true, 0, true
 		case lb.Reject:
 			r.reject(buf, offset, batch)
-			return false, dropLBReject, false
-		case lb.Drop, lb.Retry:
-			return false, dropLB, false
 		}
-		if l.isVIPMAC(eth.Dst()) {
-			return false, dropVIPPass, false
-		}
-		return false, 0, true
 	}
-	if l.isVIPMAC(eth.Dst()) {
-		return false, dropVIPRemote, false
+	why, ok = r.lbOutcome(l, eth.Dst(), v)
+	return v == lb.Forward, why, ok
+}
+
+// lbOutcome is what balance makes of the balancer's verdict v on a frame
+// from r to dst (Pass for a port without Security, which is not
+// translated): why it is dropped, or true. Trace uses it too. The
+// gateway port's frames are translated like a container's.
+func (r *Port) lbOutcome(l *lbState, dst packet.MAC, v lb.Verdict) (reason, bool) {
+	switch v {
+	case lb.Forward:
+		return 0, true
+	case lb.Reject:
+		return dropLBReject, false
+	case lb.Drop, lb.Retry:
+		return dropLB, false
 	}
-	return false, 0, true
+	switch {
+	case !l.isVIPMAC(dst):
+		return 0, true
+	case r.security || r.gateway:
+		return dropVIPPass, false
+	}
+	return dropVIPRemote, false
 }

@@ -107,6 +107,9 @@ func commands() []command {
 		{name: "capture", args: "(CONTAINER [--network NET] | --network NET --tunnel) [-w FILE|-] [-c N]",
 			summary: "capture the frames at a container's switch port or a network's tunnel port",
 			example: "vxmesh capture c1 -c 10 -w - | tshark -r -", run: cmdCapture},
+		{name: "trace", args: "--network NET --from CONTAINER|IP --to IP[:PORT/PROTO] [--size N] [flags]",
+			summary: "show what the data plane would do with a container's packet, step by step (nothing is sent)",
+			example: "vxmesh trace --network web --from c1 --to 10.0.1.100:80/tcp", run: cmdTrace},
 		{name: "node", summary: "cluster nodes", subs: []command{
 			{name: "ls", aliases: []string{"list"}, args: "[flags]", summary: "list cluster nodes (* marks this one)",
 				example: "vxmesh node ls", run: cmdNodeLs},

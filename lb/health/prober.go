@@ -58,6 +58,9 @@ type Target struct {
 	Spec Spec
 	// Dial connects; nil is a plain dial from the caller's namespace.
 	Dial DialFunc
+	// Group, if set, names the histogram the durations of the target's
+	// checks go to (Latencies), such as the backend's service.
+	Group string
 }
 
 // Event is a change of a backend's state.
@@ -90,8 +93,9 @@ type Prober struct {
 	mu      sync.Mutex
 	closed  bool
 	targets map[string]*target
-	pending map[string]Event // latest undelivered event by key
-	queue   []string         // keys in the order their events came
+	groups  map[string]*latency // check durations by Target.Group
+	pending map[string]Event    // latest undelivered event by key
+	queue   []string            // keys in the order their events came
 }
 
 // target is a running Target.
@@ -119,6 +123,7 @@ func NewProber(onChange func(Event)) *Prober {
 		quit:     make(chan struct{}),
 		wake:     make(chan struct{}, 1),
 		targets:  map[string]*target{},
+		groups:   map[string]*latency{},
 		pending:  map[string]Event{},
 	}
 	p.wg.Add(1)
@@ -170,6 +175,7 @@ func (p *Prober) SetTargets(ts []Target) error {
 		p.targets[t.Key] = nt
 		p.startLocked(nt)
 	}
+	p.pruneGroupsLocked()
 	return nil
 }
 
@@ -214,11 +220,13 @@ func (p *Prober) run(ctx context.Context, t *target) {
 			return
 		case <-timer.C:
 		}
+		start := time.Now()
 		ok, why := check(ctx, &t.Target)
 		if ctx.Err() != nil {
 			return // stopped mid-check: the result is not the backend's fault
 		}
-		p.record(t, ok, why, time.Now())
+		now := time.Now()
+		p.record(t, ok, why, now, now.Sub(start))
 		iv := t.Spec.Interval
 		timer.Reset(jitter(iv-iv/10, iv+iv/10))
 	}
@@ -232,14 +240,15 @@ func jitter(lo, hi time.Duration) time.Duration {
 	return lo + rand.N(hi-lo+1)
 }
 
-// record counts a check's result and queues an event if the state
-// changed.
-func (p *Prober) record(t *target, ok bool, why string, now time.Time) {
+// record counts a check's result (which took d) and queues an event if
+// the state changed.
+func (p *Prober) record(t *target, ok bool, why string, now time.Time, d time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if t.stopped {
 		return
 	}
+	p.observeLocked(t, d)
 	st := &t.status
 	st.Checks++
 	st.Reason, st.Last = why, now
