@@ -22,7 +22,6 @@
 //     each host a VXLAN device (VNI 4242, port 4789, the other host as
 //     remote) enslaved to a Linux bridge, and a veth pair into a container
 //     namespace.
-//
 //   - kernel-vxlan-sw: kernel-vxlan with the underlay veths' segmentation
 //     offloads off, so the kernel segments in software as vxmesh does
 //     (perftopo.go).
