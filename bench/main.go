@@ -15,6 +15,8 @@
 //   - vxmesh-overlay: a vxmesh daemon per host in one cluster, a network
 //     created on h1 with --mtu 1450, container c1 on h1 and c2 on h2: the
 //     traffic crosses the underlay in vxmesh's VXLAN.
+//   - vxmesh-overlay-rxq: the same with the daemons' --rx-sockets at
+//     -rx-sockets (several VTEP receive sockets, one loop each).
 //   - vxmesh-esp: the same with an encrypted network (--encrypted,
 //     aes128-gcm): ESP in UDP between the hosts, at the encrypted
 //     network's MTU (1405 on a 1500-byte underlay, or -mtu if smaller).
@@ -96,6 +98,7 @@ func main() {
 	flag.IntVar(&cfg.lb.count, "lb-count", 5, "lb: rounds of the Go benchmarks, each over every service count (the table shows medians and minimums)")
 	flag.StringVar(&cfg.wireguardGo, "wireguard-go", "", "wireguard-go binary: adds the wireguard-go row (two hosts, the anchor of vxmesh-esp)")
 	flag.IntVar(&cfg.streams, "streams", 4, "iperf3 -P of the multi-stream run per topology (0 or 1: none)")
+	flag.IntVar(&cfg.rxSockets, "rx-sockets", 2, "daemons' --rx-sockets of the vxmesh-overlay-rxq row, beside vxmesh-overlay's default (0 or 1: no such row)")
 	flag.BoolVar(&cfg.rr, "rr", true, "run the request/response (TCP_RR-style) measurement per topology")
 	if len(os.Args) > 1 && (os.Args[1] == rrServerCmd || os.Args[1] == rrClientCmd) {
 		os.Exit(rrMain(os.Args[1], os.Args[2:], os.Stdout, os.Stderr))
@@ -135,6 +138,9 @@ type config struct {
 	// request/response measurement (perf.go).
 	streams int
 	rr      bool
+	// rxSockets is the daemons' --rx-sockets of the vxmesh-overlay-rxq
+	// row (perftopo.go).
+	rxSockets int
 }
 
 // result is one row of the table.
@@ -168,6 +174,7 @@ var topologies = []topology{
 	{"vxmesh", "userspace switch, TAP per container", singleHost, false, benchVxmesh},
 	{"kernel", "Linux bridge + veth (Docker bridge)", singleHost, true, benchKernel},
 	{"vxmesh-overlay", "vxmesh VXLAN between two daemons", twoHosts, false, benchVxmeshOverlay},
+	{rxqTopology, "vxmesh-overlay, daemons with --rx-sockets N", twoHosts, false, benchVxmeshOverlayRxq},
 	{"vxmesh-esp", "vxmesh encrypted (ESP aes128-gcm), MTU <= 1405", twoHosts, false, benchVxmeshOverlayESP},
 	{"kernel-vxlan", "kernel VXLAN + bridge + veth (Docker overlay)", twoHosts, true, benchKernelVXLAN},
 	{"kernel-vxlan-sw", "kernel-vxlan, underlay segmentation offloads off", twoHosts, false, benchKernelVXLANSoftSeg},
@@ -192,11 +199,12 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		want[t.name] = cfg.only == ""
 	}
 	want[wireguardTopology] = cfg.only == "" && cfg.wireguardGo != ""
+	want[rxqTopology] = cfg.only == "" && cfg.rxSockets > 1
 	if cfg.only != "" {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, egress or lb)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, vxmesh-overlay-rxq, egress or lb)", n)
 			}
 			if n == wireguardTopology && cfg.wireguardGo == "" {
 				return fmt.Errorf("-only %s needs -wireguard-go PATH (make bench WIREGUARD_GO=PATH)", n)
@@ -492,7 +500,7 @@ func benchVxmeshOverlayESP(ctx context.Context, cfg config, prefix string, log i
 // underlay.
 const espMaxMTU = 1405
 
-func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer, encrypted bool) (measurement, error) {
+func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer, encrypted bool, daemonFlags ...string) (measurement, error) {
 	fail := func(err error) (measurement, error) {
 		return measurement{}, err
 	}
@@ -511,7 +519,7 @@ func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer
 			fmt.Fprintln(log, "vxmesh-overlay: cleanup:", err)
 		}
 	}()
-	if err := tb.StartDaemons(); err != nil {
+	if err := tb.StartDaemons(daemonFlags...); err != nil {
 		return fail(err)
 	}
 	h1, h2 := tb.Hosts[0], tb.Hosts[1]

@@ -247,6 +247,8 @@ var anchors = []anchor{
 	{"vxmesh", "kernel"},
 	{"vxmesh-overlay", "kernel-vxlan"},
 	{"vxmesh-overlay", "kernel-vxlan-sw"},
+	{rxqTopology, "vxmesh-overlay"},
+	{rxqTopology, "kernel-vxlan"},
 	{"vxmesh-esp", wireguardTopology},
 }
 

@@ -1,11 +1,14 @@
 package main
 
-// Two more two-host anchors (issue 12):
+// More two-host rows (issue 12):
 //   - kernel-vxlan-sw: kernel-vxlan with the underlay veths' tunnel and
 //     generic segmentation offloads off (ethtool -K), so the kernel
 //     segments VXLAN super-packets in software before the underlay, as it
 //     must for a NIC without UDP tunnel segmentation; vxmesh segments in
 //     software too, so this is the like-for-like anchor.
+//   - vxmesh-overlay-rxq: vxmesh-overlay with the daemons' VTEP receiving
+//     on -rx-sockets SO_REUSEPORT sockets, one loop each (with its rows
+//     in the anchors table).
 //   - wireguard-go: golang.zx2c4.com/wireguard between the two host
 //     namespaces (with -wireguard-go PATH), the userspace encrypted
 //     anchor of vxmesh-esp. Keys are X25519 pairs made here and set
@@ -76,6 +79,17 @@ func disableUnderlayOffloads(ctx context.Context, tb *testbed.Testbed) error {
 		}
 	}
 	return nil
+}
+
+// rxqTopology is the row (and -only name) of vxmesh-overlay with several
+// VTEP receive sockets.
+const rxqTopology = "vxmesh-overlay-rxq"
+
+// benchVxmeshOverlayRxq is benchVxmeshOverlay with the daemons started
+// with --rx-sockets cfg.rxSockets.
+func benchVxmeshOverlayRxq(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	fmt.Fprintf(log, "vxmesh-overlay-rxq: daemons with --rx-sockets %d\n", cfg.rxSockets)
+	return vxmeshOverlay(ctx, cfg, prefix, log, false, "--rx-sockets", fmt.Sprint(cfg.rxSockets))
 }
 
 // benchWireguardGo measures wireguard-go between the testbed's two host
