@@ -9,6 +9,9 @@ FUZZTIME  ?= 5s
 DURATION  ?= 10s
 # bench-lb (and bench) also write the load-balancer report as JSON here.
 LB_JSON   ?= bin/bench-lb.json
+# make bench WIREGUARD_GO=path adds the wireguard-go row (the anchor of
+# vxmesh-esp): GOBIN=$$(mktemp -d) go install golang.zx2c4.com/wireguard@latest
+WIREGUARD_GO ?=
 PKGS      ?= ./...
 # The version `vxmesh version` prints (linked into main.version).
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
@@ -73,7 +76,7 @@ e2e:
 # `.ci/deps bench` when missing (as root; otherwise it says what is missing).
 bench: build
 	@bash .ci/deps bench
-	$(GO) run ./bench -binary $(BIN) -duration $(DURATION) -json $(LB_JSON)
+	$(GO) run ./bench -binary $(BIN) -duration $(DURATION) -json $(LB_JSON) -wireguard-go '$(WIREGUARD_GO)'
 
 bench-dns: build
 	@bash .ci/deps bench

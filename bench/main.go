@@ -15,6 +15,8 @@
 //   - vxmesh-overlay: a vxmesh daemon per host in one cluster, a network
 //     created on h1 with --mtu 1450, container c1 on h1 and c2 on h2: the
 //     traffic crosses the underlay in vxmesh's VXLAN.
+//   - vxmesh-overlay-rxq: the same with the daemons' --rx-sockets at
+//     -rx-sockets (several VTEP receive sockets, one loop each).
 //   - vxmesh-esp: the same with an encrypted network (--encrypted,
 //     aes128-gcm): ESP in UDP between the hosts, at the encrypted
 //     network's MTU (1405 on a 1500-byte underlay, or -mtu if smaller).
@@ -22,11 +24,19 @@
 //     each host a VXLAN device (VNI 4242, port 4789, the other host as
 //     remote) enslaved to a Linux bridge, and a veth pair into a container
 //     namespace.
+//   - kernel-vxlan-sw: kernel-vxlan with the underlay veths' segmentation
+//     offloads off, so the kernel segments in software as vxmesh does
+//     (perftopo.go).
+//   - wireguard-go: wireguard-go between the two host namespaces, with
+//     -wireguard-go PATH only (the anchor of vxmesh-esp).
 //
-// In each, iperf3 -s runs in c2 and `iperf3 -c <c2> -t <duration> -J` in c1,
-// and c1 pings c2 20 times at 0.05 s intervals. Run as root:
+// In each, iperf3 -s runs in c2 and `iperf3 -c <c2> -t <duration> -J` in c1
+// (once with one stream, once with -streams streams), the bench binary's
+// request/response client runs against its server for -duration (perf.go),
+// and c1 pings c2 20 times at 0.05 s intervals. A second table sets each
+// vxmesh row beside its anchors. Run as root:
 //
-//	go run ./bench [-duration 10s] [-binary bin/vxmesh] [-only kernel,kernel-vxlan]
+//	go run ./bench [-duration 10s] [-binary bin/vxmesh] [-only kernel,kernel-vxlan] [-wireguard-go PATH]
 //
 // With -dns it instead measures the embedded DNS resolver (127.0.0.11)
 // against dnsmasq with dnsperf, from the same client container (see dns.go;
@@ -86,6 +96,13 @@ func main() {
 	flag.BoolVar(&cfg.lb.topo, "lb-topo", true, "lb: measure the namespace topologies (false: only the Go benchmarks)")
 	flag.StringVar(&cfg.lb.benchtime, "lb-benchtime", "200000x", "lb: -benchtime of the Go benchmarks")
 	flag.IntVar(&cfg.lb.count, "lb-count", 5, "lb: rounds of the Go benchmarks, each over every service count (the table shows medians and minimums)")
+	flag.StringVar(&cfg.wireguardGo, "wireguard-go", "", "wireguard-go binary: adds the wireguard-go row (two hosts, the anchor of vxmesh-esp)")
+	flag.IntVar(&cfg.streams, "streams", 4, "iperf3 -P of the multi-stream run per topology (0 or 1: none)")
+	flag.IntVar(&cfg.rxSockets, "rx-sockets", 2, "daemons' --rx-sockets of the vxmesh-overlay-rxq row, beside vxmesh-overlay's default (0 or 1: no such row)")
+	flag.BoolVar(&cfg.rr, "rr", true, "run the request/response (TCP_RR-style) measurement per topology")
+	if len(os.Args) > 1 && (os.Args[1] == rrServerCmd || os.Args[1] == rrClientCmd) {
+		os.Exit(rrMain(os.Args[1], os.Args[2:], os.Stdout, os.Stderr))
+	}
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -115,6 +132,15 @@ type config struct {
 	mtu      int
 	dns      dnsConfig
 	lb       lbConfig
+	// wireguardGo is the wireguard-go binary of the wireguard-go row.
+	wireguardGo string
+	// streams is iperf3 -P of the multi-stream run; rr runs the
+	// request/response measurement (perf.go).
+	streams int
+	rr      bool
+	// rxSockets is the daemons' --rx-sockets of the vxmesh-overlay-rxq
+	// row (perftopo.go).
+	rxSockets int
 }
 
 // result is one row of the table.
@@ -126,6 +152,8 @@ type result struct {
 	baseline bool
 	iperf    testbed.IperfResult
 	ping     testbed.PingResult
+	multi    testbed.IperfResult
+	rr       rrResult
 	err      error
 }
 
@@ -139,15 +167,18 @@ const (
 type topology struct {
 	name, desc, group string
 	baseline          bool
-	run               func(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error)
+	run               func(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error)
 }
 
 var topologies = []topology{
 	{"vxmesh", "userspace switch, TAP per container", singleHost, false, benchVxmesh},
 	{"kernel", "Linux bridge + veth (Docker bridge)", singleHost, true, benchKernel},
 	{"vxmesh-overlay", "vxmesh VXLAN between two daemons", twoHosts, false, benchVxmeshOverlay},
+	{rxqTopology, "vxmesh-overlay, daemons with --rx-sockets N", twoHosts, false, benchVxmeshOverlayRxq},
 	{"vxmesh-esp", "vxmesh encrypted (ESP aes128-gcm), MTU <= 1405", twoHosts, false, benchVxmeshOverlayESP},
 	{"kernel-vxlan", "kernel VXLAN + bridge + veth (Docker overlay)", twoHosts, true, benchKernelVXLAN},
+	{"kernel-vxlan-sw", "kernel-vxlan, underlay segmentation offloads off", twoHosts, false, benchKernelVXLANSoftSeg},
+	{wireguardTopology, "wireguard-go between the hosts, MTU <= 1405", twoHosts, false, benchWireguardGo},
 }
 
 // lbTopology is -only's name of the load-balancer section (lb.go).
@@ -167,11 +198,16 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	for _, t := range topologies {
 		want[t.name] = cfg.only == ""
 	}
+	want[wireguardTopology] = cfg.only == "" && cfg.wireguardGo != ""
+	want[rxqTopology] = cfg.only == "" && cfg.rxSockets > 1
 	if cfg.only != "" {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, egress, publish or lb)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, vxmesh-overlay-rxq, egress, publish or lb)", n)
+			}
+			if n == wireguardTopology && cfg.wireguardGo == "" {
+				return fmt.Errorf("-only %s needs -wireguard-go PATH (make bench WIREGUARD_GO=PATH)", n)
 			}
 			want[n] = true
 		}
@@ -184,13 +220,16 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		}
 		r := result{name: t.name, desc: t.desc, group: t.group, baseline: t.baseline}
 		// Prefixes stay short: they become part of namespace names.
-		r.iperf, r.ping, r.err = t.run(ctx, cfg, fmt.Sprintf("%s%d", prefix, i), log)
+		var m measurement
+		m, r.err = t.run(ctx, cfg, fmt.Sprintf("%s%d", prefix, i), log)
+		r.iperf, r.ping, r.multi, r.rr = m.iperf, m.ping, m.multi, m.rr
 		results = append(results, r)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
 	printTable(out, cfg, results)
+	printAnchors(out, cfg, results)
 	var errs []error
 	for _, r := range results {
 		if r.err != nil {
@@ -243,19 +282,20 @@ func printTable(out io.Writer, cfg config, results []result) {
 		if len(rows) == 0 {
 			continue
 		}
-		fmt.Fprintf(out, "\n%s, 2 containers, MTU %d, TCP iperf3 %v, %d pings at 0.05 s\n\n", g, cfg.mtu, cfg.duration, cfg.pings)
+		fmt.Fprintf(out, "\n%s, 2 containers, MTU %d, TCP iperf3 %v (1 and -P %d streams), request/response %v, %d pings at 0.05 s\n\n", g, cfg.mtu, cfg.duration, cfg.streams, cfg.duration, cfg.pings)
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "topology\t\tGbit/s\tretrans\tping avg\tratio to kernel\t")
+		fmt.Fprintf(tw, "topology\t\tGbit/s\tretrans\t%d streams\tRR/s\tRR mean\tping avg\tratio to kernel\t\n", cfg.streams)
 		for _, r := range rows {
 			if r.err != nil {
-				fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t\n", r.name, r.desc)
+				fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t\n", r.name, r.desc)
 				continue
 			}
+			rrRate, rrMean := fmtRR(r.rr)
 			ratio := "-"
 			if base != nil && base.iperf.ReceivedBitsPerSecond > 0 {
 				ratio = fmt.Sprintf("%.2f", r.iperf.ReceivedBitsPerSecond/base.iperf.ReceivedBitsPerSecond)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%s\t%s\t\n", r.name, r.desc, r.iperf.Gbps(), r.iperf.Retransmits, fmtRTT(r.ping), ratio)
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%s\t%s\t%s\t%s\t%s\t\n", r.name, r.desc, r.iperf.Gbps(), r.iperf.Retransmits, fmtMulti(r.multi), rrRate, rrMean, fmtRTT(r.ping), ratio)
 		}
 		tw.Flush()
 	}
@@ -273,9 +313,11 @@ func fmtRTT(p testbed.PingResult) string {
 	return fmt.Sprintf("%.3f ms", float64(p.Avg)/float64(time.Millisecond))
 }
 
-// measure pings and runs iperf3 between the two containers of a pair.
-func measure(ctx context.Context, cfg config, p pair, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
-	var ir testbed.IperfResult
+// measure pings c2 from c1, then runs iperf3 with one stream and with
+// cfg.streams streams, and the request/response client (perf.go) from c1
+// to c2.
+func measure(ctx context.Context, cfg config, p pair, log io.Writer) (measurement, error) {
+	var m measurement
 	// Ping until c2 answers (ARP, and on two hosts the remote endpoint
 	// reaching h1, may take a moment), then the measured run.
 	deadline := time.Now().Add(10 * time.Second)
@@ -285,54 +327,42 @@ func measure(ctx context.Context, cfg config, p pair, log io.Writer) (testbed.Ip
 			break
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return ir, testbed.PingResult{}, fmt.Errorf("c1 cannot reach c2 (%s): %w", p.c2IP, err)
+			return m, fmt.Errorf("c1 cannot reach c2 (%s): %w", p.c2IP, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	pout, err := testbed.InNetns(ctx, p.c1, "ping", "-q", "-c", fmt.Sprint(cfg.pings), "-i", "0.05", "-W", "1", p.c2IP)
 	pr, perr := testbed.ParsePing(pout)
 	if perr != nil {
-		return ir, pr, fmt.Errorf("ping: %v (%v)", perr, err)
+		return m, fmt.Errorf("ping: %v (%v)", perr, err)
 	}
-
-	srv := exec.CommandContext(ctx, "nsenter", "--net="+p.c2, "--", "iperf3", "-s", "-1", "-p", "5201")
-	var srvOut strings.Builder
-	srv.Stdout, srv.Stderr = &srvOut, &srvOut
-	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := srv.Start(); err != nil {
-		return ir, pr, fmt.Errorf("iperf3 server: %w", err)
+	m.ping = pr
+	if m.iperf, err = runIperf(ctx, cfg, p, 1, log); err != nil {
+		return m, err
 	}
-	defer func() {
-		_ = srv.Process.Kill()
-		_ = srv.Wait()
-	}()
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := testbed.WaitTCPListen(wctx, p.c2, 5201); err != nil {
-		return ir, pr, fmt.Errorf("iperf3 server: %w: %s", err, srvOut.String())
+	if cfg.streams > 1 {
+		if m.multi, err = runIperf(ctx, cfg, p, cfg.streams, log); err != nil {
+			return m, fmt.Errorf("-P %d: %w", cfg.streams, err)
+		}
 	}
-	fmt.Fprintf(log, "  iperf3 -c %s -t %d -J (in c1)\n", p.c2IP, int(cfg.duration.Seconds()))
-	cli := exec.CommandContext(ctx, "nsenter", "--net="+p.c1, "--", "iperf3", "-c", p.c2IP, "-p", "5201",
-		"-t", fmt.Sprint(int(cfg.duration.Seconds())), "-J")
-	cli.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	jout, cerr := cli.Output()
-	ir, err = testbed.ParseIperf3JSON(jout)
-	if err != nil {
-		return ir, pr, fmt.Errorf("iperf3 client: %v (%v)", err, cerr)
+	if cfg.rr {
+		if m.rr, err = measureRR(ctx, cfg, p, log); err != nil {
+			return m, err
+		}
 	}
-	return ir, pr, nil
+	return m, nil
 }
 
-func benchVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+func benchVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
 	fmt.Fprintln(log, "vxmesh: building testbed host and daemon")
 	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
 	if err != nil {
-		return testbed.IperfResult{}, testbed.PingResult{}, err
+		return measurement{}, err
 	}
 	defer cleanupBin()
 	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix + "-"})
 	if err != nil {
-		return testbed.IperfResult{}, testbed.PingResult{}, err
+		return measurement{}, err
 	}
 	defer func() {
 		if err := tb.Close(); err != nil {
@@ -340,8 +370,8 @@ func benchVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) 
 		}
 	}()
 	h := tb.Hosts[0]
-	fail := func(err error) (testbed.IperfResult, testbed.PingResult, error) {
-		return testbed.IperfResult{}, testbed.PingResult{}, err
+	fail := func(err error) (measurement, error) {
+		return measurement{}, err
 	}
 	if err := h.StartDaemon(); err != nil {
 		return fail(err)
@@ -373,11 +403,11 @@ func benchVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) 
 		return fail(fmt.Errorf("endpoint ls shows no c2: %+v", eps))
 	}
 	fmt.Fprintln(log, "vxmesh: measuring")
-	ir, pr, err := measure(ctx, cfg, p, log)
+	m, err := measure(ctx, cfg, p, log)
 	if err != nil {
 		err = fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15))
 	}
-	return ir, pr, err
+	return m, err
 }
 
 // vxmeshBinary returns path if it exists, or builds ./cmd/vxmesh into a
@@ -400,7 +430,7 @@ func vxmeshBinary(path string) (string, func(), error) {
 	return bin, func() { os.RemoveAll(dir) }, nil
 }
 
-func benchKernel(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+func benchKernel(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
 	fmt.Fprintln(log, "kernel: building Linux bridge + veth topology")
 	kb := kernelBridge{prefix: prefix + "-", mtu: cfg.mtu}
 	defer func() {
@@ -410,7 +440,7 @@ func benchKernel(ctx context.Context, cfg config, prefix string, log io.Writer) 
 	}()
 	p, err := kb.build()
 	if err != nil {
-		return testbed.IperfResult{}, testbed.PingResult{}, err
+		return measurement{}, err
 	}
 	fmt.Fprintln(log, "kernel: measuring")
 	return measure(ctx, cfg, p, log)
@@ -462,12 +492,12 @@ func (k kernelBridge) build() (pair, error) {
 
 // benchVxmeshOverlay measures two testbed hosts in one vxmesh cluster with
 // c1 on h1 and c2 on h2.
-func benchVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+func benchVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
 	return vxmeshOverlay(ctx, cfg, prefix, log, false)
 }
 
 // benchVxmeshOverlayESP is benchVxmeshOverlay with an encrypted network.
-func benchVxmeshOverlayESP(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+func benchVxmeshOverlayESP(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
 	return vxmeshOverlay(ctx, cfg, prefix, log, true)
 }
 
@@ -475,9 +505,9 @@ func benchVxmeshOverlayESP(ctx context.Context, cfg config, prefix string, log i
 // underlay.
 const espMaxMTU = 1405
 
-func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer, encrypted bool) (testbed.IperfResult, testbed.PingResult, error) {
-	fail := func(err error) (testbed.IperfResult, testbed.PingResult, error) {
-		return testbed.IperfResult{}, testbed.PingResult{}, err
+func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer, encrypted bool, daemonFlags ...string) (measurement, error) {
+	fail := func(err error) (measurement, error) {
+		return measurement{}, err
 	}
 	fmt.Fprintln(log, "vxmesh-overlay: building two testbed hosts with a daemon each")
 	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
@@ -494,7 +524,7 @@ func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer
 			fmt.Fprintln(log, "vxmesh-overlay: cleanup:", err)
 		}
 	}()
-	if err := tb.StartDaemons(); err != nil {
+	if err := tb.StartDaemons(daemonFlags...); err != nil {
 		return fail(err)
 	}
 	h1, h2 := tb.Hosts[0], tb.Hosts[1]
@@ -542,20 +572,20 @@ func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer
 		return fail(fmt.Errorf("endpoint ls on h2 shows no c2: %+v", eps))
 	}
 	fmt.Fprintln(log, "vxmesh-overlay: measuring")
-	ir, pr, err := measure(ctx, cfg, p, log)
+	m, err := measure(ctx, cfg, p, log)
 	if err != nil {
 		err = fmt.Errorf("%w; h1 log:\n%s\nh2 log:\n%s", err, h1.LogTail(10), h2.LogTail(10))
 	}
-	return ir, pr, err
+	return m, err
 }
 
 // benchKernelVXLAN measures the kernel datapath of Docker's overlay driver
 // on two testbed hosts (no daemons).
-func benchKernelVXLAN(ctx context.Context, cfg config, prefix string, log io.Writer) (testbed.IperfResult, testbed.PingResult, error) {
+func benchKernelVXLAN(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
 	fmt.Fprintln(log, "kernel-vxlan: building two hosts with kernel VXLAN + bridge + veth")
 	tb, err := testbed.New(testbed.Options{Hosts: 2, Prefix: prefix + "-"})
 	if err != nil {
-		return testbed.IperfResult{}, testbed.PingResult{}, err
+		return measurement{}, err
 	}
 	defer func() {
 		if err := tb.Close(); err != nil {
@@ -564,7 +594,7 @@ func benchKernelVXLAN(ctx context.Context, cfg config, prefix string, log io.Wri
 	}()
 	p, err := buildKernelVXLAN(tb, cfg.mtu)
 	if err != nil {
-		return testbed.IperfResult{}, testbed.PingResult{}, err
+		return measurement{}, err
 	}
 	fmt.Fprintln(log, "kernel-vxlan: measuring")
 	return measure(ctx, cfg, p, log)

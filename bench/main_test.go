@@ -31,12 +31,12 @@ func TestKernelTopologyMeasuresAndCleansUp(t *testing.T) {
 	}
 	prefix := "vxbt" + testbed.RandomID(2)
 	var log bytes.Buffer
-	ir, pr, err := benchKernel(context.Background(), config{duration: time.Second, pings: 5, mtu: 1450}, prefix, &log)
+	m, err := benchKernel(context.Background(), config{duration: time.Second, pings: 5, mtu: 1450, streams: 2, rr: true}, prefix, &log)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	if ir.ReceivedBitsPerSecond <= 0 || pr.Received != 5 || pr.Avg <= 0 {
-		t.Errorf("iperf %+v ping %+v", ir, pr)
+	if m.iperf.ReceivedBitsPerSecond <= 0 || m.multi.ReceivedBitsPerSecond <= 0 || m.rr.Transactions <= 0 || m.ping.Received != 5 || m.ping.Avg <= 0 {
+		t.Errorf("measurement %+v", m)
 	}
 	if left, _ := testbed.ListNetns(prefix); len(left) != 0 {
 		t.Errorf("left behind: %v", left)
@@ -67,12 +67,12 @@ func TestKernelVXLANTopologyMeasuresAndCleansUp(t *testing.T) {
 	}
 	prefix := "vxbt" + testbed.RandomID(2)
 	var log bytes.Buffer
-	ir, pr, err := benchKernelVXLAN(context.Background(), config{duration: time.Second, pings: 5, mtu: 1450}, prefix, &log)
+	m, err := benchKernelVXLAN(context.Background(), config{duration: time.Second, pings: 5, mtu: 1450, streams: 2, rr: true}, prefix, &log)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	if ir.ReceivedBitsPerSecond <= 0 || pr.Received != 5 || pr.Avg <= 0 {
-		t.Errorf("iperf %+v ping %+v", ir, pr)
+	if m.iperf.ReceivedBitsPerSecond <= 0 || m.multi.ReceivedBitsPerSecond <= 0 || m.rr.Transactions <= 0 || m.ping.Received != 5 || m.ping.Avg <= 0 {
+		t.Errorf("measurement %+v", m)
 	}
 	if left, _ := testbed.ListNetns(prefix); len(left) != 0 {
 		t.Errorf("left behind: %v", left)

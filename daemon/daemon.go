@@ -34,6 +34,13 @@ import (
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
+// DefaultRxSockets is the default Config.RxSockets, and MaxRxSockets its
+// largest value.
+const (
+	DefaultRxSockets = 1
+	MaxRxSockets     = 64
+)
+
 // Config is what `vxmesh daemon` is started with.
 type Config struct {
 	// Node names this host; it defaults to the hostname.
@@ -76,6 +83,10 @@ type Config struct {
 	NodeGrace time.Duration
 	// DataPort is the VXLAN UDP port (default 4789), the same on every node.
 	DataPort uint16
+	// RxSockets is the number of VTEP receive sockets on the data port
+	// (SO_REUSEPORT, one receive loop each: tunnel.UDPConfig.RxSockets);
+	// 0 means DefaultRxSockets.
+	RxSockets int
 	// Underlay replaces the VTEP's UDP sockets (tests).
 	Underlay tunnel.Underlay
 	// ESPPort is the UDP port of encrypted networks' ESP datagrams
@@ -232,6 +243,12 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.ESPPort == 0 {
 		cfg.ESPPort = esp.Port
 	}
+	if cfg.RxSockets == 0 {
+		cfg.RxSockets = DefaultRxSockets
+	}
+	if cfg.RxSockets < 0 || cfg.RxSockets > MaxRxSockets {
+		return nil, fmt.Errorf("rx sockets %d: out of range 1-%d", cfg.RxSockets, MaxRxSockets)
+	}
 	if cfg.ESPPort == cfg.DataPort {
 		return nil, fmt.Errorf("esp port %d: the same as the data port", cfg.ESPPort)
 	}
@@ -308,7 +325,7 @@ func New(cfg Config) (*Daemon, error) {
 func (d *Daemon) start() error {
 	ul := d.cfg.Underlay
 	if ul == nil {
-		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.DataPort})
+		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.DataPort, RxSockets: d.cfg.RxSockets})
 		if err != nil {
 			return err
 		}

@@ -34,14 +34,22 @@ type UDPConfig struct {
 	BatchSize int
 	// SocketBuffer is the SO_RCVBUF/SO_SNDBUF size in bytes; 0 means 4 MiB.
 	SocketBuffer int
+	// RxSockets is the number of receive sockets on the data port; 0
+	// means 1. Several are bound with SO_REUSEPORT, so the kernel spreads
+	// the datagrams over them by 4-tuple hash (VXLAN source ports are
+	// flow-hashed, RFC 7348), and each is read by its own loop
+	// (ReadBatchQueue). Before binding them, a probe socket without
+	// SO_REUSEPORT checks that the port is free, so a second daemon (or a
+	// kernel VXLAN device) cannot share it unnoticed.
+	RxSockets int
 	// NoGRO leaves UDP_GRO off on the receive socket. With it on (where
 	// the kernel has it), ReadBatch may return several datagrams of one
 	// sender in one Message (GSOSize).
 	NoGRO bool
 }
 
-// UDP is the Linux underlay: one socket receiving on the data port and a
-// pool of transmit sockets, all driven through the Go netpoller with
+// UDP is the Linux underlay: one or more sockets receiving on the data port
+// (UDPConfig.RxSockets) and a pool of transmit sockets, all driven through the Go netpoller with
 // recvmmsg/sendmmsg on preallocated message arrays. Transmit sockets set
 // IP_PMTUDISC_DO, so a datagram above the path MTU fails with
 // ErrMessageSize instead of being fragmented. It implements Underlay.
@@ -49,17 +57,22 @@ type UDP struct {
 	family int
 	local  netip.AddrPort
 	batch  int
-	rx     udpSock
+	rx     []udpSock
 	tx     []udpSock
 	closed atomic.Bool
 
-	rmu sync.Mutex // one reader at a time; guards rs
-	rs  *mmsgState
+	rq  []rxQueue
 	txs chan *mmsgState // free transmit states
 
 	gso          atomic.Bool // UDP_SEGMENT sends are used
 	gro          bool        // UDP_GRO is on on the receive socket
 	gsoFallbacks atomic.Uint64
+}
+
+// rxQueue is the receive state of one receive socket.
+type rxQueue struct {
+	mu sync.Mutex // one reader at a time; guards s
+	s  *mmsgState
 }
 
 // UDPOffloads describes the segmentation offloads a UDP underlay uses.
@@ -138,17 +151,15 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 		u.family = unix.AF_INET6
 	}
 	u.txs = make(chan *mmsgState, 2*cfg.TxSockets)
-	var err error
-	u.rx, err = u.open(netip.AddrPortFrom(addr, cfg.Port), cfg.SocketBuffer, false)
-	if err != nil {
+	if err := u.openRx(netip.AddrPortFrom(addr, cfg.Port), cfg.SocketBuffer, max(cfg.RxSockets, 1)); err != nil {
 		if errors.Is(err, unix.EADDRINUSE) {
 			return nil, fmt.Errorf("data port %d: address already in use (is a kernel VXLAN device bound to it?)", cfg.Port)
 		}
 		return nil, err
 	}
-	u.local = netip.AddrPortFrom(addr, u.rx.port)
+	u.local = netip.AddrPortFrom(addr, u.rx[0].port)
 	for range cfg.TxSockets {
-		s, err := u.open(netip.AddrPortFrom(addr, 0), cfg.SocketBuffer, true)
+		s, err := u.open(netip.AddrPortFrom(addr, 0), cfg.SocketBuffer, true, false)
 		if err != nil {
 			u.Close()
 			return nil, err
@@ -160,16 +171,49 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 	if v, err := unix.GetsockoptInt(int(u.tx[0].fd), unix.SOL_UDP, unix.UDP_SEGMENT); err == nil && v >= 0 {
 		u.gso.Store(true)
 	}
-	if !cfg.NoGRO && unix.SetsockoptInt(int(u.rx.fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil {
+	if !cfg.NoGRO {
 		u.gro = true
+		for _, r := range u.rx {
+			if unix.SetsockoptInt(int(r.fd), unix.SOL_UDP, unix.UDP_GRO, 1) != nil {
+				u.gro = false
+			}
+		}
 	}
-	u.rs = u.newState()
-	u.rs.fn = u.rs.recv
+	u.rq = make([]rxQueue, len(u.rx))
+	for i := range u.rq {
+		u.rq[i].s = u.newState()
+		u.rq[i].s.fn = u.rq[i].s.recv
+	}
 	return u, nil
 }
 
-// open creates, configures and binds one non-blocking socket.
-func (u *UDP) open(at netip.AddrPort, bufSize int, tx bool) (udpSock, error) {
+// openRx opens n receive sockets on at: one plain socket, or n sockets
+// with SO_REUSEPORT after a plain probe socket found the port free.
+func (u *UDP) openRx(at netip.AddrPort, bufSize, n int) error {
+	if n > 1 {
+		probe, err := u.open(at, 0, false, false)
+		if err != nil {
+			return err
+		}
+		probe.f.Close()
+	}
+	for range n {
+		s, err := u.open(at, bufSize, false, n > 1)
+		if err != nil {
+			for _, r := range u.rx {
+				r.f.Close()
+			}
+			u.rx = nil
+			return err
+		}
+		u.rx = append(u.rx, s)
+	}
+	return nil
+}
+
+// open creates, configures and binds one non-blocking socket (bufSize 0
+// leaves the buffer sizes alone).
+func (u *UDP) open(at netip.AddrPort, bufSize int, tx, reusePort bool) (udpSock, error) {
 	fd, err := unix.Socket(u.family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return udpSock{}, fmt.Errorf("udp %s: socket: %w", at, err)
@@ -196,8 +240,13 @@ func (u *UDP) open(at netip.AddrPort, bufSize int, tx bool) (udpSock, error) {
 		}
 	}
 	// Root may exceed net.core.[rw]mem_max; otherwise settle for the cap.
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, bufSize) != nil {
+	if bufSize > 0 && unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, bufSize) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, bufSize)
+	}
+	if reusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("SO_REUSEPORT", err)
+		}
 	}
 	if err := unix.Bind(fd, sockaddr(at)); err != nil {
 		return fail("bind", err)
@@ -292,8 +341,8 @@ func (s *mmsgState) groSize(i int) int {
 	return 0
 }
 
-// LocalAddr returns the address and data port the receive socket is bound
-// to.
+// LocalAddr returns the address and data port the receive sockets are
+// bound to.
 func (u *UDP) LocalAddr() netip.AddrPort { return u.local }
 
 // TxPorts returns the source ports of the transmit sockets.
@@ -310,7 +359,7 @@ func (u *UDP) TxPorts() []uint16 {
 func (u *UDP) Close() error {
 	u.closed.Store(true)
 	var first error
-	for _, s := range append([]udpSock{u.rx}, u.tx...) {
+	for _, s := range append(append([]udpSock(nil), u.rx...), u.tx...) {
 		if s.f != nil {
 			if err := s.f.Close(); err != nil && first == nil {
 				first = err
@@ -327,16 +376,28 @@ func (u *UDP) pollErr(op string, err error) error {
 	return fmt.Errorf("udp %s: %s: %w", u.local, op, err)
 }
 
-// ReadBatch implements Underlay with one recvmmsg once the socket is
-// readable. Datagrams longer than their Buf are reported with N > len(Buf).
-func (u *UDP) ReadBatch(msgs []Message) (int, error) {
+// ReadBatch implements Underlay: ReadBatchQueue of the first receive
+// socket. With several (RxSockets), the others must be read too.
+func (u *UDP) ReadBatch(msgs []Message) (int, error) { return u.ReadBatchQueue(0, msgs) }
+
+// RxQueues implements MultiQueueUnderlay: the number of receive sockets.
+func (u *UDP) RxQueues() int { return len(u.rx) }
+
+// ReadBatchQueue reads receive socket q (0 <= q < RxQueues()) with one
+// recvmmsg once it is readable. Datagrams longer than their Buf are
+// reported with N > len(Buf). One goroutine at a time reads a queue.
+func (u *UDP) ReadBatchQueue(q int, msgs []Message) (int, error) {
 	n := min(len(msgs), u.batch)
 	if n == 0 {
 		return 0, nil
 	}
-	u.rmu.Lock()
-	defer u.rmu.Unlock()
-	s := u.rs
+	if q < 0 || q >= len(u.rq) {
+		return 0, fmt.Errorf("udp %s: no receive queue %d (have %d)", u.local, q, len(u.rq))
+	}
+	rq := &u.rq[q]
+	rq.mu.Lock()
+	defer rq.mu.Unlock()
+	s := rq.s
 	for i := range n {
 		b := msgs[i].Buf
 		if len(b) == 0 {
@@ -353,7 +414,7 @@ func (u *UDP) ReadBatch(msgs []Message) (int, error) {
 		}
 	}
 	s.k, s.done, s.err = n, 0, nil
-	err := u.rx.rc.Read(s.fn)
+	err := u.rx[q].rc.Read(s.fn)
 	got, rerr := s.done, s.err
 	for i := range n {
 		s.iovs[i].Base = nil
@@ -609,4 +670,7 @@ func (s *mmsgState) fail(errno syscall.Errno) {
 	m.Err = errno
 }
 
-var _ Underlay = (*UDP)(nil)
+var (
+	_ Underlay           = (*UDP)(nil)
+	_ MultiQueueUnderlay = (*UDP)(nil)
+)

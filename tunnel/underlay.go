@@ -70,6 +70,17 @@ type Underlay interface {
 	Close() error
 }
 
+// MultiQueueUnderlay is an Underlay with several receive queues (UDP with
+// RxSockets > 1), each read by its own loop: VTEP.Run starts one per queue
+// when RxQueues() > 1. Each queue is read by one goroutine at a time.
+type MultiQueueUnderlay interface {
+	Underlay
+	// RxQueues returns the number of receive queues.
+	RxQueues() int
+	// ReadBatchQueue is ReadBatch on queue q.
+	ReadBatchQueue(q int, msgs []Message) (int, error)
+}
+
 // ErrMessageSize is the Message.Err of a datagram larger than the path MTU.
 // The underlay never fragments: such a datagram is dropped and counted as
 // an "mtu" drop.

@@ -5,9 +5,10 @@
 // as one port: Write encapsulates frames in place (the VXLAN header goes in
 // the headroom in front of the frame) and sends them to the VTEP that has
 // the destination MAC, or to every peer (head-end replication) for
-// broadcast, multicast and unknown unicast. One receive loop (VTEP.Run)
-// reads batches of datagrams from the Underlay straight into buffers where
-// the inner frame lands at packet.Headroom, validates them, learns inner
+// broadcast, multicast and unknown unicast. One receive loop (VTEP.Run) per
+// receive queue of the underlay (MultiQueueUnderlay) reads batches of
+// datagrams straight into buffers where the inner frame lands at
+// packet.Headroom, validates them, learns inner
 // source MACs behind external VTEPs and hands whole batches to each
 // network's input function. Runs of segments go to the underlay as one
 // UDP segmentation send (Message.GSOSize); coalesced (UDP_GRO) reads are
@@ -104,6 +105,8 @@ type VTEP struct {
 	closeErr  error
 
 	rx   rxState                  // used by the receive loop only
+	mq   MultiQueueUnderlay       // u, if it has several receive queues
+	rxq  []rxState                // receive queues 1.. of mq, one loop each
 	erx  rxState                  // used by the ESP receive loop only
 	sec  atomic.Pointer[secState] // SAs, immutable snapshot
 	inMu sync.Mutex               // serialises the loops' input calls
@@ -168,6 +171,13 @@ func New(cfg Config) *VTEP {
 	v.nets.Store(&map[uint32]*Segment{})
 	v.txs = make(chan *txScratch, 4*runtime.GOMAXPROCS(0))
 	v.rx.init(v.batch, packet.VXLANHeaderLen)
+	if mq, ok := v.u.(MultiQueueUnderlay); ok && mq.RxQueues() > 1 {
+		v.mq = mq
+		v.rxq = make([]rxState, mq.RxQueues()-1)
+		for i := range v.rxq {
+			v.rxq[i].init(v.batch, packet.VXLANHeaderLen)
+		}
+	}
 	if v.espU != nil {
 		v.erx.init(v.batch, espRxFront)
 	}
@@ -267,15 +277,29 @@ func (v *VTEP) Run(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, func() { v.Close() })
 	defer stop()
-	if v.espU == nil {
-		return v.loop(ctx, v.receiveOnce, "vxlan")
+	// Receive queue 0 runs here; the other queues and ESP in their own
+	// goroutines.
+	var others []func() error
+	for q := range v.rxq {
+		others = append(others, func() error { return v.receiveQueueOnce(q + 1) })
 	}
-	espDone := make(chan error, 1)
-	go func() { espDone <- v.loop(ctx, v.espReceiveOnce, "esp") }()
+	if v.espU != nil {
+		others = append(others, v.espReceiveOnce)
+	}
+	done := make(chan error, len(others))
+	for i, once := range others {
+		what := "vxlan"
+		if v.espU != nil && i == len(others)-1 {
+			what = "esp"
+		}
+		go func() { done <- v.loop(ctx, once, what) }()
+	}
 	err := v.loop(ctx, v.receiveOnce, "vxlan")
-	v.Close() // ends the ESP loop too
-	if eerr := <-espDone; err == nil && ctx.Err() == nil {
-		err = eerr
+	v.Close() // ends the other loops too
+	for range others {
+		if oerr := <-done; err == nil && ctx.Err() == nil {
+			err = oerr
+		}
 	}
 	return err
 }
@@ -326,6 +350,17 @@ func (v *VTEP) receiveOnce() error {
 	n, err := v.u.ReadBatch(v.rx.msgs)
 	if n > 0 {
 		v.receive(&v.rx, v.rx.msgs[:n], false)
+	}
+	return err
+}
+
+// receiveQueueOnce reads one batch from receive queue q >= 1 of a
+// MultiQueueUnderlay into that queue's batch and delivers it.
+func (v *VTEP) receiveQueueOnce(q int) error {
+	r := &v.rxq[q-1]
+	n, err := v.mq.ReadBatchQueue(q, r.msgs)
+	if n > 0 {
+		v.receive(r, r.msgs[:n], false)
 	}
 	return err
 }

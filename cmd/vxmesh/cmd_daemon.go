@@ -39,6 +39,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	keyFile := fs.String("cluster-key-file", "", "file holding the cluster key (default: STATE_DIR/cluster.key, created if missing)")
 	grace := fs.Duration("node-grace", 30*time.Second, "how long a dead node's endpoints stay before they are removed")
 	dataPort := fs.Uint("data-port", 4789, "VXLAN UDP port (the same on every node)")
+	rxSockets := fs.Int("rx-sockets", daemon.DefaultRxSockets, fmt.Sprintf("VXLAN receive sockets on --data-port (SO_REUSEPORT), each read by its own loop: the kernel spreads flows over them (1-%d)", daemon.MaxRxSockets))
 	espPort := fs.Uint("esp-port", 4500, "UDP port of encrypted networks' ESP (RFC 3948; the same on every node)")
 	dnsUpstream := fs.String("dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
 	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
@@ -88,6 +89,9 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	if *dataPort == 0 || *dataPort > 65535 {
 		return usagef("--data-port %d: out of range 1-65535", *dataPort)
 	}
+	if *rxSockets < 1 || *rxSockets > daemon.MaxRxSockets {
+		return usagef("--rx-sockets %d: out of range 1-%d", *rxSockets, daemon.MaxRxSockets)
+	}
 	if *espPort == 0 || *espPort > 65535 || *espPort == *dataPort {
 		return usagef("--esp-port %d: out of range 1-65535 or the same as --data-port", *espPort)
 	}
@@ -133,7 +137,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	d, err := daemon.New(daemon.Config{
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
-		NodeGrace: *grace, DataPort: uint16(*dataPort), DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
+		NodeGrace: *grace, DataPort: uint16(*dataPort), RxSockets: *rxSockets, DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
 		MetricsAddr: *metricsAddr, ConntrackMax: *ctMax, ConntrackTimeouts: timeouts, EgressMaxFlows: *egressMax,
 		Ready: func() { notify(log, sdnotify.Ready) },

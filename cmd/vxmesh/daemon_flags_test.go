@@ -1,0 +1,18 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestDaemonRefusesRxSocketsOutOfRange(t *testing.T) {
+	for _, n := range []string{"0", "-1", "65"} {
+		var out, errb bytes.Buffer
+		code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, []string{"daemon", "--rx-sockets", n})
+		want := "--rx-sockets " + n + ": out of range 1-64"
+		if code != 2 || !strings.Contains(errb.String(), want) {
+			t.Errorf("daemon --rx-sockets %s: code %d, stderr %q; want 2 and %q", n, code, errb.String(), want)
+		}
+	}
+}
