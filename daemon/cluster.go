@@ -163,6 +163,7 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 			d.log.Error("data plane", "err", err)
 		}
 		d.mu.Unlock()
+		d.releaseEmptyBlocks(time.Now())
 		d.saveMembers()
 	}
 }

@@ -113,6 +113,8 @@ type Config struct {
 	EgressMaxFlows int
 
 	tuneCluster func(*cluster.Config)
+	// blockHoldDown replaces defaultBlockHoldDown (tests).
+	blockHoldDown time.Duration
 	// apiTimeouts replaces the API server's timeouts (tests).
 	apiTimeouts *apiTimeouts
 }
@@ -180,6 +182,8 @@ type Daemon struct {
 	// picked, by network.
 	attaching   map[string]string
 	reservedIPs map[string]map[netip.Addr]string
+	// blocks tracks the release of this node's empty address blocks.
+	blocks blockTracker
 	// creating holds the name, subnet and VNI of each CreateNetwork in
 	// flight, by name.
 	creating map[string]netClaim

@@ -420,14 +420,22 @@ func (d *Daemon) reserveIP(owner string, n *localNetwork, want string) (netip.Ad
 		return netip.Addr{}, err
 	}
 	block, _ := a.Prefix(blockBits(n.subnet))
-	if err := d.cl.ClaimBlockAt(n.rec.Name, block); err != nil {
-		return netip.Addr{}, conflict("ip %s: %w", a, err)
-	}
+	d.mu.Lock()
+	d.blocks.setBusy(n.rec.Name, 1)
+	d.mu.Unlock()
+	err = d.cl.ClaimBlockAt(n.rec.Name, block)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.blocks.setBusy(n.rec.Name, -1)
+	if err != nil {
+		return netip.Addr{}, conflict("ip %s: %w", a, err)
+	}
 	// Endpoints learnt and addresses reserved meanwhile count too.
 	if err := d.checkFreeIP(n, a); err != nil {
 		return netip.Addr{}, err
+	}
+	if d.blocks.isReleasing(n.rec.Name, a) {
+		return netip.Addr{}, conflict("ip %s: its address block is being given back by this node; try again", a)
 	}
 	d.reserveIPFor(owner, n, a)
 	return a, nil
@@ -464,18 +472,30 @@ const maxFreshBlocks = 4
 // allocateIP reserves the lowest free address of the blocks this node
 // holds, or claims a block that still has a free address. A block found
 // full after its claim (endpoints learnt during the claim round) is given
-// back and the next one tried, within the same request.
+// back and the next one tried, within the same request. Blocks being
+// released (releaseEmptyBlocks) are skipped.
 func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	d.mu.Lock()
 	used := d.usedIPs(n)
 	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
+		if d.blocks.releasing[blockRef{n.rec.Name, b}] {
+			continue
+		}
 		if a, err := allocate(b, used, n.subnet); err == nil {
 			d.reserveIPFor(owner, n, a)
 			d.mu.Unlock()
 			return a, nil
 		}
 	}
+	// A block claimed below is empty until the address is reserved: the
+	// release sweep leaves the network alone meanwhile.
+	d.blocks.setBusy(n.rec.Name, 1)
 	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.blocks.setBusy(n.rec.Name, -1)
+		d.mu.Unlock()
+	}()
 	bits := blockBits(n.subnet)
 	for range maxFreshBlocks {
 		usable := func(b netip.Prefix) bool {
@@ -484,7 +504,7 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 		}
 		b, err := d.cl.ClaimBlockFunc(n.rec.Name, n.subnet, bits, usable)
 		if err != nil {
-			return netip.Addr{}, conflict("network %q: no free address block: %w", n.rec.Name, err)
+			return netip.Addr{}, conflict("network %q: no free address in %s: %v", n.rec.Name, n.subnet, noBlockCause(err))
 		}
 		d.mu.Lock()
 		used = d.usedIPs(n)
@@ -500,7 +520,7 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 			d.log.Warn("releasing a full address block", "network", n.rec.Name, "block", b, "err", err)
 		}
 	}
-	return netip.Addr{}, conflict("network %q: no free address found in %d newly claimed blocks", n.rec.Name, maxFreshBlocks)
+	return netip.Addr{}, conflict("network %q: no free address found in %d newly claimed blocks of %s", n.rec.Name, maxFreshBlocks, n.subnet)
 }
 
 func (c *container) freeIfName() string {
