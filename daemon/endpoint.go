@@ -347,14 +347,14 @@ func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev ne
 			delete(d.containers, c.name)
 		}
 	}
-	if err := d.save(); err != nil {
+	if err := d.saveContainer(c.name); err != nil {
 		forget()
 		dev.Close()
 		return err
 	}
 	if err := dataplaneErrors(d.applyDataplane(), n.rec.Name, "port "+e.portName()); err != nil {
 		forget()
-		if err := d.save(); err != nil {
+		if err := d.saveContainer(c.name); err != nil {
 			d.log.Error("saving state", "err", err)
 		}
 		// The data plane has the device: applying without the endpoint
@@ -597,7 +597,7 @@ func (d *Daemon) Detach(name, network string) error {
 	if forget {
 		delete(d.containers, name)
 	}
-	if err := d.save(); err != nil {
+	if err := d.saveContainer(name); err != nil {
 		c.endpoints[network] = ep
 		if forget {
 			d.containers[name] = c
@@ -680,7 +680,7 @@ func (d *Daemon) RemoveContainer(name string) error {
 		}
 	}
 	delete(d.containers, name)
-	if err := d.save(); err != nil {
+	if err := d.saveContainer(name); err != nil {
 		d.containers[name] = c
 		return fmt.Errorf("container %q: %w", name, err)
 	}
@@ -829,10 +829,11 @@ func (d *Daemon) SetMainProcess(name string, p api.MainProcess) error {
 func (d *Daemon) restore() ([]savedNetwork, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s, err := loadState(d.cfg.StateDir)
+	st, s, err := openStateStore(d.cfg.StateDir, d.log)
 	if err != nil {
 		return nil, err
 	}
+	d.store = st
 	for _, rec := range s.Networks {
 		if err := d.addLocalNetwork(rec.record()); err != nil {
 			return nil, err
