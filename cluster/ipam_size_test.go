@@ -160,3 +160,21 @@ func startGentleCluster(t *testing.T, count int) []*testNode {
 	})
 	return nodes
 }
+
+// FuzzBlocksOverlap: the conflict rule of block claims, applied to claim
+// keys from other nodes, is symmetric, true for equal resources and never
+// panics.
+func FuzzBlocksOverlap(f *testing.F) {
+	f.Add("10.0.0.0/28", "10.0.0.0/20")
+	f.Add("10.0.0.16/28", "10.0.0.0/28")
+	f.Add("fd00::/64", "10.0.0.0/8")
+	f.Add("junk", "10.0.0.0/28")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		if blocksOverlap(a, b) != blocksOverlap(b, a) {
+			t.Fatalf("blocksOverlap(%q, %q) is not symmetric", a, b)
+		}
+		if !blocksOverlap(a, a) {
+			t.Fatalf("blocksOverlap(%q, itself) is false", a)
+		}
+	})
+}

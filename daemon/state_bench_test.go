@@ -9,7 +9,7 @@ import (
 )
 
 // benchRuns is how many containers BenchmarkRunThousand runs.
-const benchRuns = 400
+const benchRuns = 1000
 
 // BenchmarkRunThousand runs 1,000 containers on one daemon (fake
 // sandbox, real state directory) and reports the latency of the first and
