@@ -117,6 +117,12 @@ func TestNetworksSpanMoreThanSixteenHosts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("twenty daemons")
 	}
+	if raceEnabled {
+		// Twenty daemons under the race detector on a two-core machine
+		// starve each other: claim rounds time out on members too busy
+		// to answer. Run it without -race.
+		t.Skip("twenty daemons: run without -race (go test ./daemon -run TestNetworksSpanMoreThanSixteenHosts)")
+	}
 	start := time.Now()
 	ds := manyNodes(t, 20)
 	t.Logf("20 daemons up and joined in %v", time.Since(start))
