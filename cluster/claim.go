@@ -113,6 +113,10 @@ func (c *Cluster) ReleaseClaim(table, group, resource string) error {
 	return c.Delete(table, claimKey(group, resource)+c.cfg.NodeName)
 }
 
+// claimResendInterval is how long a claim round waits for a member's
+// answer before asking it again.
+const claimResendInterval = time.Second
+
 func claimKey(group, resource string) string { return group + "|" + resource + "|" }
 
 func settledKey(table, group, resource string) string {
@@ -180,7 +184,7 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 			peers[mi.name] = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
 		}
 	}
-	ch := make(chan *message, len(peers)+1)
+	ch := make(chan *message, 2*len(peers)+1)
 	c.waiters[id] = ch
 	c.mu.Unlock()
 	defer func() {
@@ -190,25 +194,38 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 	}()
 
 	req := (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()
-	for _, p := range peers {
-		c.spawn(func() {
-			if err := c.sendReliable(p, req); err != nil {
-				c.log.Debug("send claim", "node", p.Name, "table", table, "err", err)
-			}
-		})
+	send := func() {
+		for _, p := range peers {
+			c.spawn(func() {
+				if err := c.sendReliable(p, req); err != nil {
+					c.log.Debug("send claim", "node", p.Name, "table", table, "err", err)
+				}
+			})
+		}
 	}
+	send()
 	var held *ClaimConflict
 	deadline := time.NewTimer(c.cfg.ClaimTimeout)
 	defer deadline.Stop()
 	recheck := time.NewTicker(50 * time.Millisecond)
 	defer recheck.Stop()
+	// A request or answer lost on the way (a TCP connect that timed out
+	// on a busy host) is not waited for until ClaimTimeout: the members
+	// that have not answered are asked again. Answering is idempotent.
+	resend := time.NewTicker(claimResendInterval)
+	defer resend.Stop()
 	for len(peers) > 0 {
 		select {
 		case m := <-ch:
+			if _, waiting := peers[m.From]; !waiting {
+				continue // an answer to a request sent again
+			}
 			if m.Held && held == nil {
 				held = heldConflict(table, m)
 			}
 			delete(peers, m.From)
+		case <-resend.C:
+			send()
 		case <-recheck.C:
 			// Members declared dead meanwhile no longer need to answer.
 			c.mu.Lock()

@@ -281,7 +281,7 @@ func Start(cfg Config) (*Cluster, error) {
 		stop:    make(chan struct{}),
 	}
 	c.claimRules = map[string]claimRules{
-		ipamTable: {conflict: func(a, b string) bool { return a == b }},
+		ipamTable: {conflict: blocksOverlap},
 	}
 	c.rejoin, c.rejoinWant = map[netip.AddrPort]*backoff{}, map[netip.AddrPort]bool{}
 	c.queue = &memberlist.TransmitLimitedQueue{

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -28,6 +29,43 @@ func parseClaim(e *Entry) (network string, block netip.Prefix, ok bool) {
 		return "", netip.Prefix{}, false
 	}
 	return network, p, true
+}
+
+// blocksOverlap is the conflict rule of the block claim table: two claimed
+// blocks exclude each other when they share an address, whatever their
+// sizes (a small block inside a large one claimed by a node of the previous
+// version, or an explicit address's block inside another). Resources that
+// are not prefixes conflict only with themselves.
+func blocksOverlap(a, b string) bool {
+	pa, err := netip.ParsePrefix(a)
+	pb, err2 := netip.ParsePrefix(b)
+	if err != nil || err2 != nil {
+		return a == b
+	}
+	return pa.Overlaps(pb)
+}
+
+// overlapIndex answers which claimed blocks overlap a candidate block.
+type overlapIndex map[netip.Prefix][]*Entry
+
+// covering returns the winning claim of a block that overlaps b (b
+// itself, a block containing it, or one inside it), or nil.
+func (idx overlapIndex) covering(b netip.Prefix) *Entry {
+	for bits := b.Bits(); bits >= 0; bits-- {
+		p, _ := b.Addr().Prefix(bits)
+		if w := claimWinner(idx[p]); w != nil {
+			return w
+		}
+	}
+	var w *Entry
+	for p, claims := range idx {
+		if p.Bits() > b.Bits() && b.Contains(p.Addr()) {
+			if e := claimWinner(claims); e != nil && (w == nil || earlier(e, w)) {
+				w = e
+			}
+		}
+	}
+	return w
 }
 
 // claimWinner is the deterministic winner among claims of one block: the
@@ -135,15 +173,27 @@ func (c *Cluster) ClaimBlockFunc(network string, subnet netip.Prefix, blockBits 
 	tried := map[netip.Prefix]bool{}
 	for attempt := 0; attempt < maxClaimAttempts; attempt++ {
 		c.mu.Lock()
-		claimed := c.claimsLocked(network)
+		claimed := overlapIndex(c.claimsLocked(network))
 		c.mu.Unlock()
-		var block netip.Prefix
-		for i := uint64(0); i < total; i++ {
+		// The first try takes the lowest free block. After a loss, the
+		// other losers of that round are likely after the next one too:
+		// each picks at random among the lowest free blocks, as many as
+		// there are members, so that a cluster-wide scale-out settles in
+		// a few rounds instead of one round per node.
+		want := 1
+		if attempt > 0 {
+			want = max(int(c.alive.Load()), 2)
+		}
+		var cands []netip.Prefix
+		for i := uint64(0); i < total && len(cands) < want; i++ {
 			b := nthBlock(subnet, blockBits, i)
-			if len(claimed[b]) == 0 && !tried[b] && (usable == nil || usable(b)) {
-				block = b
-				break
+			if !tried[b] && claimed.covering(b) == nil && (usable == nil || usable(b)) {
+				cands = append(cands, b)
 			}
+		}
+		var block netip.Prefix
+		if len(cands) > 0 {
+			block = cands[rand.IntN(len(cands))]
 		}
 		if !block.IsValid() {
 			return netip.Prefix{}, fmt.Errorf("network %q: no free /%d block left in %s", network, blockBits, subnet)
@@ -179,8 +229,8 @@ func (c *Cluster) ClaimBlockAt(network string, block netip.Prefix) error {
 }
 
 // holdBlock checks block, then, holding claimMu, returns nil if this node
-// already holds it, an error naming the holder if another node does, and
-// otherwise what take returns.
+// already holds it, an error naming the holder if another node holds it or
+// a block overlapping it, and otherwise what take returns.
 func (c *Cluster) holdBlock(network string, block netip.Prefix, take func() error) error {
 	if !block.IsValid() || block != block.Masked() {
 		return fmt.Errorf("network %q: invalid block %s", network, block)
@@ -191,13 +241,26 @@ func (c *Cluster) holdBlock(network string, block netip.Prefix, take func() erro
 	c.claimMu.Lock()
 	defer c.claimMu.Unlock()
 	c.mu.Lock()
-	w := claimWinner(c.claimsLocked(network)[block])
+	claims := overlapIndex(c.claimsLocked(network))
 	c.mu.Unlock()
+	w := claimWinner(claims[block])
 	switch {
 	case w != nil && w.Owner == c.cfg.NodeName:
 		return nil
 	case w != nil:
 		return heldBy(network, block, w.Owner)
+	}
+	// A block overlapping another node's (of another size) is that
+	// node's; one inside a larger block of this node's is held already.
+	if o := claims.covering(block); o != nil {
+		if o.Owner != c.cfg.NodeName {
+			return heldBy(network, block, o.Owner)
+		}
+		for bits := block.Bits() - 1; bits >= 0; bits-- {
+			if p, _ := block.Addr().Prefix(bits); claimWinner(claims[p]) == o {
+				return nil
+			}
+		}
 	}
 	return take()
 }

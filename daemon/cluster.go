@@ -166,6 +166,7 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 			d.log.Error("data plane", "err", err)
 		}
 		d.mu.Unlock()
+		d.releaseEmptyBlocks(time.Now())
 		d.saveMembers()
 	}
 }

@@ -87,24 +87,38 @@ func TestRemoveContainerWithMissingNamespace(t *testing.T) {
 	}
 }
 
-// blockSave makes the next state save fail: state.json becomes a
-// non-empty directory, which no rename can replace (even for root). The
-// returned function undoes it.
+// blockSave makes the next state save fail: state.json and the journal
+// become non-empty directories, which no rename can replace and no open
+// for writing can open (even for root). The returned function undoes it.
 func blockSave(t *testing.T, dir string) func() {
 	t.Helper()
-	p := filepath.Join(dir, stateFile)
-	if err := os.Rename(p, p+".aside"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(p, "x"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	return func() {
-		if err := os.RemoveAll(p); err != nil {
+	var undo []func()
+	for _, name := range []string{stateFile, journalFile} {
+		p := filepath.Join(dir, name)
+		_, err := os.Stat(p)
+		existed := err == nil
+		if existed {
+			if err := os.Rename(p, p+".aside"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.MkdirAll(filepath.Join(p, "x"), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Rename(p+".aside", p); err != nil {
-			t.Fatal(err)
+		undo = append(undo, func() {
+			if err := os.RemoveAll(p); err != nil {
+				t.Fatal(err)
+			}
+			if existed {
+				if err := os.Rename(p+".aside", p); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+	return func() {
+		for _, f := range undo {
+			f()
 		}
 	}
 }

@@ -124,6 +124,8 @@ type Config struct {
 	EgressMaxFlows int
 
 	tuneCluster func(*cluster.Config)
+	// blockHoldDown replaces defaultBlockHoldDown (tests).
+	blockHoldDown time.Duration
 	// apiTimeouts replaces the API server's timeouts (tests).
 	apiTimeouts *apiTimeouts
 }
@@ -193,6 +195,10 @@ type Daemon struct {
 	// picked, by network.
 	attaching   map[string]string
 	reservedIPs map[string]map[netip.Addr]string
+	// blocks tracks the release of this node's empty address blocks.
+	blocks blockTracker
+	// store writes the state directory's snapshot and journal.
+	store *stateStore
 	// creating holds the name, subnet and VNI of each CreateNetwork in
 	// flight, by name.
 	creating map[string]netClaim
@@ -562,27 +568,10 @@ func (d *Daemon) close() {
 	}
 }
 
-// save persists the current state; callers hold d.mu.
+// save persists the current state: what changed since the last save is
+// appended to the journal (see stateStore); callers hold d.mu.
 func (d *Daemon) save() error {
-	s := &savedState{Version: 1}
-	for _, n := range d.sortedNetworks() {
-		sn := n.rec.saved()
-		if n.gwHost.IsValid() {
-			sn.GatewayHost = n.gwHost.String()
-		}
-		s.Networks = append(s.Networks, sn)
-	}
-	for _, c := range d.sortedContainers() {
-		sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed, HostTAP: c.hostTAP}
-		for _, ep := range c.sortedEndpoints() {
-			sc.Endpoints = append(sc.Endpoints, ep.saved())
-		}
-		s.Containers = append(s.Containers, sc)
-	}
-	if err := writeState(d.cfg.StateDir, s); err != nil {
-		return fmt.Errorf("saving state: %w", err)
-	}
-	return nil
+	return d.persist(nil)
 }
 
 func (d *Daemon) sortedNetworks() []*localNetwork {

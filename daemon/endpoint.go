@@ -370,14 +370,14 @@ func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev ne
 			delete(d.containers, c.name)
 		}
 	}
-	if err := d.save(); err != nil {
+	if err := d.saveContainer(c.name); err != nil {
 		forget()
 		dev.Close()
 		return err
 	}
 	if err := dataplaneErrors(d.applyDataplane(), n.rec.Name, "port "+e.portName()); err != nil {
 		forget()
-		if err := d.save(); err != nil {
+		if err := d.saveContainer(c.name); err != nil {
 			d.log.Error("saving state", "err", err)
 		}
 		// The data plane has the device: applying without the endpoint
@@ -443,14 +443,22 @@ func (d *Daemon) reserveIP(owner string, n *localNetwork, want string) (netip.Ad
 		return netip.Addr{}, err
 	}
 	block, _ := a.Prefix(blockBits(n.subnet))
-	if err := d.cl.ClaimBlockAt(n.rec.Name, block); err != nil {
-		return netip.Addr{}, conflict("ip %s: %w", a, err)
-	}
+	d.mu.Lock()
+	d.blocks.setBusy(n.rec.Name, 1)
+	d.mu.Unlock()
+	err = d.cl.ClaimBlockAt(n.rec.Name, block)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.blocks.setBusy(n.rec.Name, -1)
+	if err != nil {
+		return netip.Addr{}, conflict("ip %s: %w", a, err)
+	}
 	// Endpoints learnt and addresses reserved meanwhile count too.
 	if err := d.checkFreeIPFor(owner, n, a); err != nil {
 		return netip.Addr{}, err
+	}
+	if d.blocks.isReleasing(n.rec.Name, a) {
+		return netip.Addr{}, conflict("ip %s: its address block is being given back by this node; try again", a)
 	}
 	d.reserveIPFor(owner, n, a)
 	return a, nil
@@ -490,18 +498,30 @@ const maxFreshBlocks = 4
 // allocateIP reserves the lowest free address of the blocks this node
 // holds, or claims a block that still has a free address. A block found
 // full after its claim (endpoints learnt during the claim round) is given
-// back and the next one tried, within the same request.
+// back and the next one tried, within the same request. Blocks being
+// released (releaseEmptyBlocks) are skipped.
 func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	d.mu.Lock()
 	used := d.usedIPs(n)
 	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
+		if d.blocks.releasing[blockRef{n.rec.Name, b}] {
+			continue
+		}
 		if a, err := allocate(b, used, n.subnet); err == nil {
 			d.reserveIPFor(owner, n, a)
 			d.mu.Unlock()
 			return a, nil
 		}
 	}
+	// A block claimed below is empty until the address is reserved: the
+	// release sweep leaves the network alone meanwhile.
+	d.blocks.setBusy(n.rec.Name, 1)
 	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.blocks.setBusy(n.rec.Name, -1)
+		d.mu.Unlock()
+	}()
 	bits := blockBits(n.subnet)
 	for range maxFreshBlocks {
 		usable := func(b netip.Prefix) bool {
@@ -510,7 +530,7 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 		}
 		b, err := d.cl.ClaimBlockFunc(n.rec.Name, n.subnet, bits, usable)
 		if err != nil {
-			return netip.Addr{}, conflict("network %q: no free address block: %w", n.rec.Name, err)
+			return netip.Addr{}, conflict("network %q: no free address in %s: %v", n.rec.Name, n.subnet, noBlockCause(err))
 		}
 		d.mu.Lock()
 		used = d.usedIPs(n)
@@ -526,7 +546,7 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 			d.log.Warn("releasing a full address block", "network", n.rec.Name, "block", b, "err", err)
 		}
 	}
-	return netip.Addr{}, conflict("network %q: no free address found in %d newly claimed blocks", n.rec.Name, maxFreshBlocks)
+	return netip.Addr{}, conflict("network %q: no free address found in %d newly claimed blocks of %s", n.rec.Name, maxFreshBlocks, n.subnet)
 }
 
 func (c *container) freeIfName() string {
@@ -603,7 +623,7 @@ func (d *Daemon) Detach(name, network string) error {
 	if forget {
 		delete(d.containers, name)
 	}
-	if err := d.save(); err != nil {
+	if err := d.saveContainer(name); err != nil {
 		c.endpoints[network] = ep
 		if forget {
 			d.containers[name] = c
@@ -690,7 +710,7 @@ func (d *Daemon) RemoveContainer(name string) error {
 		}
 	}
 	delete(d.containers, name)
-	if err := d.save(); err != nil {
+	if err := d.saveContainer(name); err != nil {
 		d.containers[name] = c
 		return fmt.Errorf("container %q: %w", name, err)
 	}
@@ -839,11 +859,12 @@ func (d *Daemon) SetMainProcess(name string, p api.MainProcess) error {
 func (d *Daemon) restore() ([]savedNetwork, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s, err := loadState(d.cfg.StateDir)
+	st, s, err := openStateStore(d.cfg.StateDir, d.log)
 	if err != nil {
 		return nil, err
 	}
 	d.restoredAt = time.Now()
+	d.store = st
 	for _, rec := range s.Networks {
 		if err := d.addLocalNetwork(rec.record()); err != nil {
 			return nil, err

@@ -40,14 +40,15 @@ func TestMACForIP(t *testing.T) {
 }
 
 func TestBlockBits(t *testing.T) {
-	for in, want := range map[string]int{"10.0.0.0/24": 28, "10.0.0.0/16": 20, "10.0.0.0/27": 28, "10.0.0.0/30": 30} {
+	for in, want := range map[string]int{"10.0.0.0/8": 28, "10.0.0.0/16": 28, "10.0.0.0/23": 28, "10.0.0.0/24": 29,
+		"10.0.0.0/25": 30, "10.0.0.0/27": 30, "10.0.0.0/30": 30, "10.0.0.0/31": 31, "10.0.0.0/32": 32} {
 		if got := blockBits(netip.MustParsePrefix(in)); got != want {
 			t.Errorf("blockBits(%s) = %d, want %d", in, got, want)
 		}
 	}
 }
 
-// TestRunAfterRestartSkipsFullBlocks fills the first two /28 blocks of a
+// TestRunAfterRestartSkipsFullBlocks fills the first four /29 blocks of a
 // network, restarts the daemon (which forgets its block claims) and checks
 // that the next attach succeeds at the first try with the first address
 // of the third block: a block without a free address is never claimed.
@@ -58,8 +59,8 @@ func TestRunAfterRestartSkipsFullBlocks(t *testing.T) {
 	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.7.0.0/24"}); err != nil {
 		t.Fatal(err)
 	}
-	// .2-.15 fill the first block (.0 is the network, .1 the gateway),
-	// .16-.31 the second.
+	// .2-.7 fill the first block (.0 is the network, .1 the gateway),
+	// .8-.31 the next three.
 	for i := 2; i < 32; i++ {
 		ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: fmt.Sprintf("c%d", i), Create: true})
 		if want := fmt.Sprintf("10.7.0.%d", i); ep.IP != want {

@@ -94,10 +94,9 @@ func (d *Daemon) checkOwnership(rec epRecord, nr netRecord, ip netip.Addr, block
 	if blocks[rec.Network] == nil {
 		blocks[rec.Network] = d.cl.Blocks(rec.Network)
 	}
-	b := blockOf(subnet, ip)
-	switch holder, ok := blocks[rec.Network][b]; {
+	switch b, holder, ok := holderOf(blocks[rec.Network], ip); {
 	case !ok:
-		return fmt.Errorf("address %s: block %s is held by no node", ip, b)
+		return fmt.Errorf("address %s: block %s is held by no node", ip, blockOf(subnet, ip))
 	case holder != rec.Node:
 		return fmt.Errorf("address %s: block %s is held by node %q", ip, b, holder)
 	}
@@ -124,7 +123,7 @@ func (d *Daemon) holdBlocks() {
 				held[name] = d.cl.Blocks(name)
 			}
 			b := blockOf(ep.net.subnet, ep.ip)
-			if held[name][b] == d.cfg.Node {
+			if _, holder, _ := holderOf(held[name], ep.ip); holder == d.cfg.Node {
 				continue
 			}
 			if err := d.cl.KeepBlock(name, b); err != nil {
@@ -165,7 +164,8 @@ func (d *Daemon) holdBlocks() {
 			if held[network] == nil {
 				held[network] = d.cl.Blocks(network)
 			}
-			if b := blockOf(n.subnet, vip); held[network][b] == "" {
+			if _, _, ok := holderOf(held[network], vip); !ok {
+				b := blockOf(n.subnet, vip)
 				if err := d.cl.KeepBlock(network, b); err == nil {
 					held[network][b] = d.cfg.Node
 				}

@@ -198,7 +198,7 @@ func (d *Daemon) setBackendHealthLocked(container, network, service, health stri
 			ep.services[i].health = health
 			d.publishEndpoint(ep)
 			// Persisted, so a restarted daemon publishes it again.
-			if err := d.save(); err != nil {
+			if err := d.saveContainer(container); err != nil {
 				d.log.Error("saving state", "err", err)
 			}
 			if err := d.applyDataplane(); err != nil {

@@ -1,10 +1,15 @@
 package daemon
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 )
 
@@ -82,47 +87,507 @@ type savedEndpoint struct {
 	Published []string `json:"published,omitempty"`
 }
 
-// loadState reads dir/state.json; a missing file is an empty state.
-func loadState(dir string) (*savedState, error) {
-	b, err := os.ReadFile(filepath.Join(dir, stateFile))
-	if os.IsNotExist(err) {
-		return &savedState{Version: 1}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var s savedState
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("state %s: %w", filepath.Join(dir, stateFile), err)
-	}
-	return &s, nil
+// The state is a snapshot, state.json, and a journal of the changes made
+// since, state.journal: a change appends (and fsyncs) the records of the
+// networks and containers it changed, so its cost does not grow with the
+// number of containers. When the journal grows past journalCompactFactor
+// times the snapshot, the state is written as a new snapshot and the
+// journal emptied. A state.json of a version without the journal is a
+// snapshot with an empty journal.
+//
+// A journal record is a 4-byte big-endian payload length, the payload's
+// CRC-32C (4 bytes, big-endian) and the payload, a journalRecord in JSON.
+// A crash can leave the last record torn: it fails its length or checksum
+// and is dropped (with a log line) when the daemon starts, with anything
+// after it. Records are whole puts or deletes of one network or container,
+// so replaying a journal over a snapshot that already holds its changes (a
+// crash between writing the snapshot and emptying the journal) yields the
+// same state.
+const (
+	journalFile = "state.journal"
+	// journalCompactFactor is how many times the snapshot's size the
+	// journal may grow to before it is compacted into a new snapshot.
+	journalCompactFactor = 4
+	// journalMinCompact is the journal size below which it is never
+	// compacted (a small state would otherwise be rewritten often).
+	journalMinCompact = 256 << 10
+	// maxJournalRecord bounds one record's payload.
+	maxJournalRecord = 16 << 20
+	journalHeader    = 8
+)
+
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
+// journalRecord is one change: a network or container written (whole) or
+// removed, by name.
+type journalRecord struct {
+	Network         *savedNetwork   `json:"network,omitempty"`
+	Container       *savedContainer `json:"container,omitempty"`
+	DeleteNetwork   string          `json:"delete_network,omitempty"`
+	DeleteContainer string          `json:"delete_container,omitempty"`
 }
 
-// writeState replaces dir/state.json atomically (write, fsync, rename), so
-// a crash leaves either the old or the new state, never a torn file.
-func writeState(dir string, s *savedState) error {
-	b, err := json.MarshalIndent(s, "", "  ")
+// appendRecord appends the framed payload to b.
+func appendRecord(b, payload []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(payload, crc32c))
+	return append(b, payload...)
+}
+
+// parseJournal returns the records of a journal and the length of its
+// valid part; torn, when not nil, says why the rest (from that length on)
+// is not valid.
+func parseJournal(b []byte) (recs []journalRecord, valid int, torn error) {
+	for valid < len(b) {
+		rest := b[valid:]
+		if len(rest) < journalHeader {
+			return recs, valid, fmt.Errorf("%d bytes at offset %d: a record header needs %d", len(rest), valid, journalHeader)
+		}
+		n := binary.BigEndian.Uint32(rest)
+		if n > maxJournalRecord || uint64(n) > uint64(len(rest)-journalHeader) {
+			return recs, valid, fmt.Errorf("record at offset %d: length %d past the end (%d bytes left)", valid, n, len(rest)-journalHeader)
+		}
+		payload := rest[journalHeader : journalHeader+int(n)]
+		if crc32.Checksum(payload, crc32c) != binary.BigEndian.Uint32(rest[4:]) {
+			return recs, valid, fmt.Errorf("record at offset %d: checksum mismatch", valid)
+		}
+		var r journalRecord
+		if err := json.Unmarshal(payload, &r); err != nil {
+			return recs, valid, fmt.Errorf("record at offset %d: %v", valid, err)
+		}
+		recs = append(recs, r)
+		valid += journalHeader + int(n)
+	}
+	return recs, valid, nil
+}
+
+// journalInfo is what loading found in the journal.
+type journalInfo struct {
+	// valid is the length of the journal's valid part, size its length.
+	valid, size int64
+	records     int
+	// torn says why the bytes past valid were dropped.
+	torn error
+	// snapshot is the size of state.json.
+	snapshot int64
+}
+
+// loadState reads the state of dir: state.json with the changes of
+// state.journal applied. Missing files are an empty state.
+func loadState(dir string) (*savedState, error) {
+	s, _, err := loadStateJournal(dir)
+	return s, err
+}
+
+// loadStateJournal is loadState that also describes the journal.
+func loadStateJournal(dir string) (*savedState, journalInfo, error) {
+	var info journalInfo
+	s := &savedState{Version: 1}
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	switch {
+	case os.IsNotExist(err):
+	case err != nil:
+		return nil, info, err
+	default:
+		if err := json.Unmarshal(b, s); err != nil {
+			return nil, info, fmt.Errorf("state %s: %w", filepath.Join(dir, stateFile), err)
+		}
+		info.snapshot = int64(len(b))
+	}
+	j, err := os.ReadFile(filepath.Join(dir, journalFile))
+	if err != nil && !os.IsNotExist(err) {
+		return nil, info, err
+	}
+	recs, valid, torn := parseJournal(j)
+	info.valid, info.size, info.records, info.torn = int64(valid), int64(len(j)), len(recs), torn
+	s.apply(recs)
+	return s, info, nil
+}
+
+// apply replays journal records over s; networks and containers stay
+// sorted by name.
+func (s *savedState) apply(recs []journalRecord) {
+	nets := map[string]savedNetwork{}
+	for _, n := range s.Networks {
+		nets[n.Name] = n
+	}
+	ctrs := map[string]savedContainer{}
+	for _, c := range s.Containers {
+		ctrs[c.Name] = c
+	}
+	for _, r := range recs {
+		switch {
+		case r.Network != nil:
+			nets[r.Network.Name] = *r.Network
+		case r.Container != nil:
+			ctrs[r.Container.Name] = *r.Container
+		case r.DeleteNetwork != "":
+			delete(nets, r.DeleteNetwork)
+		case r.DeleteContainer != "":
+			delete(ctrs, r.DeleteContainer)
+		}
+	}
+	s.Networks, s.Containers = s.Networks[:0], s.Containers[:0]
+	for _, n := range nets {
+		s.Networks = append(s.Networks, n)
+	}
+	for _, c := range ctrs {
+		s.Containers = append(s.Containers, c)
+	}
+	sort.Slice(s.Networks, func(i, j int) bool { return s.Networks[i].Name < s.Networks[j].Name })
+	sort.Slice(s.Containers, func(i, j int) bool { return s.Containers[i].Name < s.Containers[j].Name })
+}
+
+// stateStore writes the state of a state directory as snapshot and
+// journal. It remembers what is on disk (each network's and container's
+// encoded record) to write only what changed. The daemon's d.mu guards it.
+type stateStore struct {
+	dir        string
+	networks   map[string][]byte
+	containers map[string][]byte
+	// snapshot and journal are the sizes of state.json and of the
+	// journal's valid part.
+	snapshot, journal int64
+	// dirty is set when an append failed part-way: the journal's end is
+	// unknown, so the next save writes a snapshot instead.
+	dirty bool
+	// written counts the bytes written (journal and snapshots).
+	written int64
+	// minCompact replaces journalMinCompact (tests).
+	minCompact int64
+}
+
+// openStateStore loads the state of dir. A torn end of the journal is
+// dropped from the file (and logged) before anything is appended.
+func openStateStore(dir string, log *slog.Logger) (*stateStore, *savedState, error) {
+	s, info, err := loadStateJournal(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	st := &stateStore{dir: dir, snapshot: info.snapshot, journal: info.valid}
+	if info.torn != nil {
+		log.Warn("state journal: dropping its torn end (a crash during a write)", "file", filepath.Join(dir, journalFile),
+			"records", info.records, "dropped_bytes", info.size-info.valid, "err", info.torn)
+		if err := os.Truncate(filepath.Join(dir, journalFile), info.valid); err != nil {
+			st.dirty = true
+		}
+	}
+	st.remember(s)
+	if info.snapshot == 0 {
+		// A new state directory (or one without its snapshot) starts
+		// with one, so the journal always has a base on disk.
+		if err := st.compact(s); err != nil {
+			return nil, nil, fmt.Errorf("state %s: %w", filepath.Join(dir, stateFile), err)
+		}
+	}
+	return st, s, nil
+}
+
+// remember records s as what is on disk.
+func (st *stateStore) remember(s *savedState) {
+	st.networks, st.containers = map[string][]byte{}, map[string][]byte{}
+	for _, n := range s.Networks {
+		st.networks[n.Name], _ = json.Marshal(n)
+	}
+	for _, c := range s.Containers {
+		st.containers[c.Name], _ = json.Marshal(c)
+	}
+}
+
+// pending is the records of one save and the cache changes they make.
+type pending struct {
+	buf        []byte
+	networks   map[string][]byte // nil value: deleted
+	containers map[string][]byte
+}
+
+func (p *pending) add(rec journalRecord, encoded []byte, nets bool, name string) error {
+	payload, err := json.Marshal(rec)
 	if err != nil {
 		return err
+	}
+	p.buf = appendRecord(p.buf, payload)
+	if nets {
+		p.networks[name] = encoded
+	} else {
+		p.containers[name] = encoded
+	}
+	return nil
+}
+
+func newPending() *pending {
+	return &pending{networks: map[string][]byte{}, containers: map[string][]byte{}}
+}
+
+// putContainer adds c to p if it differs from what is on disk; a nil c
+// with name removes it.
+func (st *stateStore) putContainer(p *pending, name string, c *savedContainer) error {
+	old, had := st.containers[name]
+	if c == nil {
+		if !had {
+			return nil
+		}
+		return p.add(journalRecord{DeleteContainer: name}, nil, false, name)
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	if had && bytes.Equal(old, b) {
+		return nil
+	}
+	return p.add(journalRecord{Container: c}, b, false, name)
+}
+
+// putNetwork is putContainer for a network.
+func (st *stateStore) putNetwork(p *pending, name string, n *savedNetwork) error {
+	old, had := st.networks[name]
+	if n == nil {
+		if !had {
+			return nil
+		}
+		return p.add(journalRecord{DeleteNetwork: name}, nil, true, name)
+	}
+	b, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	if had && bytes.Equal(old, b) {
+		return nil
+	}
+	return p.add(journalRecord{Network: n}, b, true, name)
+}
+
+// diff adds to p every difference between s and what is on disk.
+func (st *stateStore) diff(p *pending, s *savedState) error {
+	seen := map[string]bool{}
+	for i := range s.Networks {
+		seen[s.Networks[i].Name] = true
+		if err := st.putNetwork(p, s.Networks[i].Name, &s.Networks[i]); err != nil {
+			return err
+		}
+	}
+	for name := range st.networks {
+		if !seen[name] {
+			st.putNetwork(p, name, nil)
+		}
+	}
+	clear(seen)
+	for i := range s.Containers {
+		seen[s.Containers[i].Name] = true
+		if err := st.putContainer(p, s.Containers[i].Name, &s.Containers[i]); err != nil {
+			return err
+		}
+	}
+	for name := range st.containers {
+		if !seen[name] {
+			st.putContainer(p, name, nil)
+		}
+	}
+	return nil
+}
+
+// needsSnapshot reports whether the journal, grown by n bytes, should be
+// compacted into a snapshot instead.
+func (st *stateStore) needsSnapshot(n int) bool {
+	size := st.journal + int64(n)
+	minCompact := st.minCompact
+	if minCompact == 0 {
+		minCompact = journalMinCompact
+	}
+	return st.dirty || (size > minCompact && size > journalCompactFactor*st.snapshot)
+}
+
+// commit appends p's records to the journal in one write and fsync, and
+// then remembers them. On failure nothing is remembered.
+func (st *stateStore) commit(p *pending) error {
+	if len(p.buf) == 0 {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(st.dir, journalFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(p.buf)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		// Cut what may have been written, so the next record follows a
+		// valid one; if that fails too, the next save compacts.
+		if os.Truncate(filepath.Join(st.dir, journalFile), st.journal) != nil {
+			st.dirty = true
+		}
+		return err
+	}
+	st.journal += int64(len(p.buf))
+	st.written += int64(len(p.buf))
+	for name, b := range p.networks {
+		if b == nil {
+			delete(st.networks, name)
+		} else {
+			st.networks[name] = b
+		}
+	}
+	for name, b := range p.containers {
+		if b == nil {
+			delete(st.containers, name)
+		} else {
+			st.containers[name] = b
+		}
+	}
+	return nil
+}
+
+// compact writes s as the new snapshot and empties the journal.
+func (st *stateStore) compact(s *savedState) error {
+	n, err := writeState(st.dir, s)
+	if err != nil {
+		return err
+	}
+	st.written += int64(n)
+	st.snapshot = int64(n)
+	// The snapshot holds every change of the journal: a crash before the
+	// journal is emptied replays them onto it, to the same state.
+	f, err := os.OpenFile(filepath.Join(st.dir, journalFile), os.O_WRONLY|os.O_TRUNC|os.O_CREATE, 0o600)
+	if err == nil {
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		st.dirty = true
+		return err
+	}
+	syncDir(st.dir) // the journal may have just been created
+	st.journal, st.dirty = 0, false
+	st.remember(s)
+	return nil
+}
+
+// writeState replaces dir/state.json atomically (write, fsync, rename,
+// fsync of the directory), so a crash leaves either the old or the new
+// state, never a torn file. It returns the bytes written.
+func writeState(dir string, s *savedState) (int, error) {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return 0, err
 	}
 	tmp, err := os.CreateTemp(dir, ".state-*.json")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(b); err != nil {
 		tmp.Close()
-		return err
+		return 0, err
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return err
+		return 0, err
 	}
 	if err := tmp.Close(); err != nil {
-		return err
+		return 0, err
 	}
 	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
-		return err
+		return 0, err
 	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, stateFile))
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, stateFile)); err != nil {
+		return 0, err
+	}
+	syncDir(dir)
+	return len(b), nil
+}
+
+// syncDir makes the directory's entries (a rename, a new file) durable.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// currentState is the state to persist; callers hold d.mu.
+func (d *Daemon) currentState() *savedState {
+	s := &savedState{Version: 1}
+	for _, n := range d.sortedNetworks() {
+		sn := n.rec.saved()
+		if n.gwHost.IsValid() {
+			sn.GatewayHost = n.gwHost.String()
+		}
+		s.Networks = append(s.Networks, sn)
+	}
+	for _, c := range d.sortedContainers() {
+		s.Containers = append(s.Containers, c.saved())
+	}
+	return s
+}
+
+// saved is the container as the state keeps it.
+func (c *container) saved() savedContainer {
+	sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed, HostTAP: c.hostTAP}
+	for _, ep := range c.sortedEndpoints() {
+		sc.Endpoints = append(sc.Endpoints, ep.saved())
+	}
+	return sc
+}
+
+// saveContainer persists the change of one container (or its removal)
+// alone: its cost does not grow with the number of containers. Callers
+// hold d.mu.
+func (d *Daemon) saveContainer(name string) error {
+	return d.persist([]string{name})
+}
+
+// persist appends the changes of the containers named in only, or (only
+// nil) every change, to the journal, or compacts the journal into a new
+// snapshot when it has grown enough; callers hold d.mu.
+func (d *Daemon) persist(only []string) error {
+	if d.store == nil {
+		st, _, err := openStateStore(d.cfg.StateDir, d.log)
+		if err != nil {
+			return fmt.Errorf("saving state: %w", err)
+		}
+		d.store = st
+	}
+	p := newPending()
+	var full *savedState
+	var err error
+	if only == nil {
+		full = d.currentState()
+		err = d.store.diff(p, full)
+	}
+	for _, name := range only {
+		if err != nil {
+			break
+		}
+		if c := d.containers[name]; c != nil {
+			sc := c.saved()
+			err = d.store.putContainer(p, name, &sc)
+		} else {
+			err = d.store.putContainer(p, name, nil)
+		}
+	}
+	if err == nil && d.store.needsSnapshot(len(p.buf)) {
+		if full == nil {
+			full = d.currentState()
+		}
+		err = d.store.compact(full)
+	} else if err == nil {
+		err = d.store.commit(p)
+	}
+	if err != nil {
+		return fmt.Errorf("saving state: %w", err)
+	}
+	return nil
+}
+
+// jsonSize is the size of s as state.json.
+func jsonSize(s *savedState) (int, error) {
+	b, err := json.MarshalIndent(s, "", "  ")
+	return len(b), err
 }
