@@ -71,6 +71,10 @@ type Stats struct {
 	IngressFailed   uint64 `json:"ingress_failed"`
 	IngressBytesIn  uint64 `json:"ingress_bytes_in"`
 	IngressBytesOut uint64 `json:"ingress_bytes_out"`
+	// IngressRefused counts routing-mesh flows refused because they
+	// needed the gateway's host address and it had none (also counted
+	// in IngressFailed).
+	IngressRefused uint64 `json:"ingress_refused"`
 }
 
 // Egress is the host's egress state, shared by every network's gateway:
@@ -89,7 +93,7 @@ type Egress struct {
 
 	ingressTCP, ingressUDP          atomic.Int64
 	ingressTotal, ingressSNAT       atomic.Uint64
-	ingressFailed                   atomic.Uint64
+	ingressFailed, ingressRefused   atomic.Uint64
 	ingressBytesIn, ingressBytesOut atomic.Uint64
 }
 
@@ -133,6 +137,7 @@ func (e *Egress) Stats() Stats {
 		IngressTCP: e.ingressTCP.Load(), IngressUDP: e.ingressUDP.Load(), IngressTotal: e.ingressTotal.Load(),
 		IngressSNAT: e.ingressSNAT.Load(), IngressFailed: e.ingressFailed.Load(),
 		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),
+		IngressRefused: e.ingressRefused.Load(),
 	}
 	e.mu.Lock()
 	if len(e.refused) > 0 {

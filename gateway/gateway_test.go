@@ -56,9 +56,15 @@ func redirect(to map[uint16]uint16) func(ctx context.Context, network, addr stri
 
 func newHarness(t *testing.T, internal bool, ecfg EgressConfig) *harness {
 	t.Helper()
+	return newHarnessWith(t, Config{Internal: internal}, ecfg)
+}
+
+// newHarnessWith is newHarness with cfg's Internal and HostAddr.
+func newHarnessWith(t *testing.T, cfg Config, ecfg EgressConfig) *harness {
+	t.Helper()
 	h := &harness{sw: vswitch.New(vswitch.Config{Name: "web", GatewayIP: gwAddr.Addr(), GatewayMAC: gwMAC, MTU: 1500})}
 	h.eg = NewEgress(ecfg)
-	gw, err := New(Config{Name: "web", Addr: gwAddr, MAC: gwMAC, MTU: 1500, Internal: internal, Egress: h.eg})
+	gw, err := New(Config{Name: "web", Addr: gwAddr, MAC: gwMAC, MTU: 1500, Internal: cfg.Internal, Egress: h.eg, HostAddr: cfg.HostAddr})
 	if err != nil {
 		t.Fatal(err)
 	}

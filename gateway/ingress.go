@@ -44,6 +44,33 @@ type Port struct {
 	flows  map[*flow]struct{}
 	udp    map[netip.AddrPort]*udpIn
 	wg     sync.WaitGroup
+
+	active            atomic.Int64
+	total, failed     atomic.Uint64
+	bytesIn, bytesOut atomic.Uint64
+}
+
+// PortStats are one published port's counters: open flows, flows
+// accepted, flows refused or failed, and bytes towards the network (in)
+// and the clients (out; TCP bytes are added when a connection ends).
+type PortStats struct {
+	Active   int64
+	Total    uint64
+	Failed   uint64
+	BytesIn  uint64
+	BytesOut uint64
+}
+
+// Stats returns p's counters.
+func (p *Port) Stats() PortStats {
+	return PortStats{Active: p.active.Load(), Total: p.total.Load(), Failed: p.failed.Load(),
+		BytesIn: p.bytesIn.Load(), BytesOut: p.bytesOut.Load()}
+}
+
+// fail counts a refused or failed flow.
+func (p *Port) fail() {
+	p.e.ingressFailed.Add(1)
+	p.failed.Add(1)
 }
 
 // Publish listens on the host for spec and forwards to target. A port
@@ -222,16 +249,23 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	e := p.e
 	g, dst, ok := p.target()
 	if !ok {
-		e.ingressFailed.Add(1)
+		p.fail()
 		fl.abort()
 		return
 	}
-	src, spoofed := e.ingressSource(g, t.c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	client := t.c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	src, spoofed, ok := p.flowSource(g, client)
+	if !ok {
+		e.ingressRefused.Add(1)
+		p.fail()
+		fl.abort()
+		return
+	}
 	ctx, cancel := context.WithTimeout(g.ctx, ingressDialTimeout)
 	in, ep, err := g.dialIn(ctx, src, netip.AddrPortFrom(dst, p.spec.Port))
 	cancel()
 	if err != nil {
-		e.ingressFailed.Add(1)
+		p.fail()
 		fl.abort()
 		return
 	}
@@ -239,8 +273,17 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	if t.aborted.Load() {
 		// Aborted while dialling: reset never saw ep.
 		resetEndpoint(ep)
-		e.ingressFailed.Add(1)
+		p.fail()
 		return
+	}
+	if p.spec.ClientIP == ClientIPProxyV2 {
+		local := t.c.LocalAddr().(*net.TCPAddr).AddrPort()
+		if _, err := in.Write(AppendProxyV2(make([]byte, 0, 28), client, local)); err != nil {
+			p.fail()
+			fl.abort()
+			in.Close()
+			return
+		}
 	}
 	// The gateway's Close aborts the flow too.
 	if !g.track(fl) {
@@ -249,10 +292,15 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	}
 	defer g.untrack(fl)
 	e.ingressStart(&e.ingressTCP, spoofed)
+	p.total.Add(1)
+	p.active.Add(1)
+	defer p.active.Add(-1)
 	defer e.ingressTCP.Add(-1)
 	toClient, toCtr := splice(in, t.c, fl)
 	e.ingressBytesIn.Add(uint64(toCtr))
 	e.ingressBytesOut.Add(uint64(toClient))
+	p.bytesIn.Add(uint64(toCtr))
+	p.bytesOut.Add(uint64(toClient))
 }
 
 func asNetError(err error, ne *net.Error) bool { return errors.As(err, ne) }

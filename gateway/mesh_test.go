@@ -1,0 +1,143 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestAppendProxyV2 checks the header byte for byte against one built by
+// hand from the spec (proxy-protocol.txt 2.2): signature, 0x21, 0x11,
+// length 12, addresses, ports.
+func TestAppendProxyV2(t *testing.T) {
+	src := netip.MustParseAddrPort("192.0.2.7:40001")
+	dst := netip.MustParseAddrPort("198.51.100.9:8080")
+	want := []byte{
+		0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+		0x21, 0x11, 0x00, 0x0C,
+		192, 0, 2, 7,
+		198, 51, 100, 9,
+		0x9C, 0x41, // 40001
+		0x1F, 0x90, // 8080
+	}
+	if got := AppendProxyV2(nil, src, dst); !bytes.Equal(got, want) {
+		t.Fatalf("header\n% x\nwant\n% x", got, want)
+	}
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(src.Addr().As16()), src.Port())
+	if got := AppendProxyV2([]byte("x"), mapped, dst); !bytes.Equal(got[1:], want) || got[0] != 'x' {
+		t.Fatalf("an IPv4-mapped source: % x, want it appended as IPv4", got)
+	}
+	local := AppendProxyV2(nil, netip.MustParseAddrPort("[2001:db8::1]:1"), dst)
+	if !bytes.Equal(local, append(want[:12:12], 0x20, 0x00, 0x00, 0x00)) {
+		t.Fatalf("non-IPv4: % x, want the LOCAL command without addresses", local)
+	}
+}
+
+// readLine reads one line of c.
+func readLine(t *testing.T, c net.Conn) string {
+	t.Helper()
+	var b []byte
+	one := make([]byte, 1)
+	for {
+		if _, err := c.Read(one); err != nil {
+			t.Fatalf("reading a line: %v (got %q)", err, b)
+		}
+		if one[0] == '\n' {
+			return string(b)
+		}
+		b = append(b, one[0])
+	}
+}
+
+// TestPublishProxyV2: a proxy-v2 port's connection enters from the
+// gateway's host address and its first bytes in the container are the
+// PROXY v2 header naming the outside client and the address it dialled.
+func TestPublishProxyV2(t *testing.T) {
+	h := newHarnessWith(t, Config{HostAddr: gwAddr.Addr()}, EgressConfig{})
+	ha := publicAddr(t)
+	serveEcho(t, h, 80)
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp", ClientIP: ClientIPProxyV2}
+	p, err := h.eg.Publish(spec, h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if peer := readLine(t, c); !strings.HasPrefix(peer, gwAddr.Addr().String()+":") {
+		t.Fatalf("the backend saw %s, want the gateway's host address %s", peer, gwAddr.Addr())
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := AppendProxyV2(nil, c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the backend's first bytes\n% x\nwant\n% x", got, want)
+	}
+	if st := p.Stats(); st.Total != 1 || st.Failed != 0 {
+		t.Fatalf("port stats %+v: want 1 connection, none failed", st)
+	}
+}
+
+// TestPublishMeshSource: without a host address on the gateway, a
+// preserve port still takes outside clients with their own address, but
+// refuses (reset, counted) a loopback client, which would need the host
+// address; a snat port refuses every client.
+func TestPublishMeshSource(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	ha := publicAddr(t)
+	serveEcho(t, h, 80)
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp", ClientIP: ClientIPPreserve}
+	p, err := h.eg.Publish(spec, h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if peer := readLine(t, c); peer != c.LocalAddr().String() {
+		t.Fatalf("the backend saw %s, want the client's own %s", peer, c.LocalAddr())
+	}
+	c.Close()
+	refused := func(to netip.Addr, port uint16) {
+		t.Helper()
+		c, err := net.Dial("tcp4", netip.AddrPortFrom(to, port).String())
+		if err == nil {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("client %s: err %v, want a reset", to, err)
+		}
+	}
+	refused(netip.MustParseAddr("127.0.0.1"), spec.HostPort)
+	snat := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp", ClientIP: ClientIPSNAT}
+	sp, err := h.eg.Publish(snat, h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	refused(ha, snat.HostPort)
+	if st := h.eg.Stats(); st.IngressRefused != 2 || st.IngressFailed != 2 || st.IngressTotal != 1 {
+		t.Fatalf("stats %+v: want 2 refused (and failed), 1 accepted", st)
+	}
+	if st := p.Stats(); st.Total != 1 || st.Failed != 1 {
+		t.Fatalf("preserve port stats %+v: want 1 connection, 1 refused", st)
+	}
+}
