@@ -21,7 +21,8 @@ import (
 //
 //	serve NAME PORT [FILE]    answer TCP and UDP on PORT: a TCP connection
 //	                          gets "NAME PEER" at once and again for every
-//	                          line it sends; a UDP datagram gets "NAME PEER".
+//	                          line it sends (the line "reset" resets it
+//	                          instead); a UDP datagram gets "NAME PEER".
 //	                          With FILE, also answer HTTP GET /health on
 //	                          PORT+1: 200, or 503 while FILE exists (the
 //	                          test flips a backend's health with it)
@@ -33,6 +34,9 @@ import (
 //	                          an idleReport as JSON
 //	udp ADDR DUR EVERY        from one socket, send a datagram every EVERY
 //	                          for DUR; print who answered as answers come
+//	proxy NAME PORT           answer TCP on PORT: read a connection's first
+//	                          28 bytes (a PROXY v2 header of TCP/IPv4) and
+//	                          answer "NAME PEER HEX" with them in hex
 //	hold ADDR N PAR           open N TCP connections, PAR dials at a time,
 //	                          read the first line of each and keep them
 //	                          all open; print "held K" (K answered), wait
@@ -100,6 +104,8 @@ func serviceHelper(args []string) error {
 			return fmt.Errorf("udp: bad DUR or EVERY")
 		}
 		return helperUDP(args[1], dur, every)
+	case args[0] == "proxy" && len(args) == 3:
+		return helperProxy(args[1], args[2])
 	case args[0] == "hold" && len(args) == 4:
 		n, err1 := strconv.Atoi(args[2])
 		par, err2 := strconv.Atoi(args[3])
@@ -212,10 +218,39 @@ func helperServe(name, port string) error {
 			}
 			sc := bufio.NewScanner(c)
 			for sc.Scan() {
+				if sc.Text() == "reset" {
+					_ = c.(*net.TCPConn).SetLinger(0)
+					return
+				}
 				if _, err := c.Write([]byte(line)); err != nil {
 					return
 				}
 			}
+		}()
+	}
+}
+
+// helperProxy answers each TCP connection on port with its first 28
+// bytes in hex, after the serve helper's "NAME PEER".
+func helperProxy(name, port string) error {
+	ln, err := net.Listen("tcp4", ":"+port)
+	if err != nil {
+		return err
+	}
+	fmt.Println("serving", name, port)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			head := make([]byte, 28)
+			if _, err := io.ReadFull(c, head); err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s %s %x\n", name, c.RemoteAddr().(*net.TCPAddr).IP, head)
 		}()
 	}
 }
