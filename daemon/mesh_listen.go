@@ -105,6 +105,9 @@ func (d *Daemon) claimMeshPorts(rec svcRecord, old *svcSpec) (func(), error) {
 		r := meshClaim(rec.Name, m)
 		if err := d.cl.Claim(tblSvcClaims, meshClaimGroup, r); err != nil {
 			var lost *cluster.ClaimConflict
+			if errors.As(err, &lost) && lost.Resource == "" {
+				return release, conflict("service %q: published port %s: already published by another service (node %s knows it)", rec.Name, m.portKey(), lost.Node)
+			}
 			if errors.As(err, &lost) {
 				return release, conflict("service %q: published port %s: published concurrently on node %s", rec.Name, m.portKey(), lost.Node)
 			}
@@ -118,19 +121,36 @@ func (d *Daemon) claimMeshPorts(rec svcRecord, old *svcSpec) (func(), error) {
 // checkMeshPorts refuses published ports of spec that another service
 // publishes too (meshConflict); callers hold d.mu.
 func (d *Daemon) checkMeshPorts(spec *svcSpec) error {
+	return d.checkMeshPublish(spec.rec.Name, spec.publish)
+}
+
+// checkMeshPublish refuses the published ports (canonical or not) of
+// service that another service publishes too; callers hold d.mu.
+func (d *Daemon) checkMeshPublish(service string, publish []meshPort) error {
 	for name, o := range d.clusterServices() {
-		if strings.EqualFold(name, spec.rec.Name) {
+		if strings.EqualFold(name, service) {
 			continue
 		}
-		for _, m := range spec.publish {
+		for _, m := range publish {
 			for _, om := range o.publish {
 				if meshConflict(m, om) {
-					return conflict("service %q: published port %s: already published by service %q (%s)", spec.rec.Name, m.portKey(), name, om.mode)
+					return conflict("service %q: published port %s: already published by service %q (mode=%s)", service, m.portKey(), name, om.mode)
 				}
 			}
 		}
 	}
 	return nil
+}
+
+// checkMeshRecord is checkMeshPublish for rec's canonical ports.
+func (d *Daemon) checkMeshRecord(rec svcRecord) error {
+	var ms []meshPort
+	for _, s := range rec.Publish {
+		if m, err := parseMeshPort(s); err == nil {
+			ms = append(ms, m)
+		}
+	}
+	return d.checkMeshPublish(rec.Name, ms)
 }
 
 // meshWinners decides, among services whose published ports conflict

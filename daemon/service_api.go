@@ -185,6 +185,11 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 	}
 	d.mu.Lock()
 	err = d.planService(req.Name, nets)
+	if err == nil {
+		if err = d.checkMeshRecord(rec); err != nil {
+			delete(d.svcCreating, strings.ToLower(req.Name))
+		}
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return api.Service{}, err
@@ -374,6 +379,9 @@ func (d *Daemon) UpdateService(name string, req api.ServiceUpdateRequest) (api.S
 		return api.Service{}, notFound("service %q: not found", name)
 	}
 	rec, want, err := d.updatedService(old, req)
+	if err == nil {
+		err = d.checkMeshRecord(rec)
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return api.Service{}, err

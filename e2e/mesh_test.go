@@ -201,7 +201,7 @@ func TestRoutingMeshOneHost(t *testing.T) {
 
 	e.cli("service", "update", "api", "--publish-rm", "8080")
 	eventually(t, 10*time.Second, func() error { return refused(t, peer, e.h.Addr+":8080") }, "port 8080 after --publish-rm")
-	e.cli("rm", "-f", "b1")
+	e.cli("rm", "b1")
 	eventually(t, 20*time.Second, func() error { return refused(t, peer, e.h.Addr+":8081") }, "mode=host port 8081 without a local backend")
 	if err := refused(t, peer, e.h.Addr+":8084"); err == nil {
 		t.Errorf("mode=ingress port 8084 closed without a backend; want it open (refusing or resetting each connection)")
