@@ -1,10 +1,17 @@
 package daemon
 
 import (
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -157,4 +164,90 @@ func FuzzParseMeshPort(f *testing.F) {
 			t.Fatalf("%q parsed to %q", s, m)
 		}
 	})
+}
+
+// freeTCPPort returns a TCP port free on the host right now.
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestServicePublish: a service's published port is stored canonical,
+// shown, opened on this host (state up) and closed by --publish-rm;
+// another service cannot publish it; a host port in use is down with
+// the cause, and up once freed (retried on the next reconcile).
+func TestServicePublish(t *testing.T) {
+	d := serviceDaemon(t)
+	p := freeTCPPort(t)
+	spec := fmt.Sprintf("published=%d,target=80,protocol=tcp,mode=ingress,client-ip=preserve", p)
+	s := mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, Publish: []string{fmt.Sprintf("%d:80", p)}})
+	if !slices.Equal(s.Published, []string{spec}) {
+		t.Fatalf("published %v, want %s", s.Published, spec)
+	}
+	state := func(svc string) string {
+		t.Helper()
+		v, err := d.Service(svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ps := range v.PublishState {
+			if ps.Node == "h1" {
+				return ps.State
+			}
+		}
+		return ""
+	}
+	if st := state("api"); st != "up" {
+		t.Fatalf("state %q, want up", st)
+	}
+	// A loopback client is reset (it would need the gateway's host
+	// address, which this test daemon's network has none of), not refused.
+	listens := func() bool {
+		c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			c.Close()
+		}
+		return !errors.Is(err, syscall.ECONNREFUSED)
+	}
+	if !listens() {
+		t.Fatal("the published port does not listen")
+	}
+	_, err := d.CreateService(api.ServiceCreateRequest{Name: "other", Networks: []string{"db"}, Publish: []string{fmt.Sprintf("published=%d,target=81,mode=host", p)}})
+	if err == nil || !strings.Contains(err.Error(), `already published by service "api"`) {
+		t.Fatalf("a second service on the same port: %v", err)
+	}
+	if d.findService("other") != nil {
+		t.Fatal("the refused service exists")
+	}
+
+	if _, err := d.UpdateService("api", api.ServiceUpdateRequest{PublishRemove: []string{strconv.Itoa(p)}}); err != nil {
+		t.Fatal(err)
+	}
+	if listens() {
+		t.Fatal("the port still listens after --publish-rm")
+	}
+
+	ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := d.UpdateService("api", api.ServiceUpdateRequest{PublishAdd: []string{fmt.Sprintf("%d:80", p)}}); err != nil {
+		t.Fatal(err)
+	}
+	if st, want := state("api"), fmt.Sprintf("down: host port 0.0.0.0:%d is already in use", p); st != want {
+		t.Fatalf("state %q, want %q", st, want)
+	}
+	ln.Close()
+	d.mu.Lock()
+	d.reconcile()
+	d.mu.Unlock()
+	if st := state("api"); st != "up" {
+		t.Fatalf("state %q once the port is free, want up", st)
+	}
 }
