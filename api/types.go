@@ -317,6 +317,12 @@ type NetworkStats struct {
 	// none: not an error, not in Drops (network inspect shows the same
 	// counter).
 	FloodNoPeers uint64 `json:"flood_no_peers,omitempty"`
+	// IngressReturn is how many routing-mesh flows (client-ip=preserve)
+	// this host's switch sends back to the host they came in through,
+	// of at most IngressReturnMax (0 before the network has another
+	// host's gateway identity).
+	IngressReturn    int `json:"ingress_return,omitempty"`
+	IngressReturnMax int `json:"ingress_return_max,omitempty"`
 }
 
 // Stats is the daemon-wide counter snapshot.

@@ -69,6 +69,9 @@ type epRecord struct {
 	Aliases []string `json:"aliases,omitempty"`
 	// Services are the services the endpoint joined as a backend.
 	Services []epService `json:"services,omitempty"`
+	// Gateway marks a host's gateway identity on the network (the
+	// routing mesh, gateway_host.go), named gatewayRecordName.
+	Gateway bool `json:"gateway,omitempty"`
 
 	version uint64 // of the table entry, for logging a refusal once
 }
@@ -232,6 +235,9 @@ func (d *Daemon) reconcileTables() error {
 			continue
 		}
 		d.removeLocalNetwork(n)
+		changed = true
+	}
+	if d.syncGatewayHosts() {
 		changed = true
 	}
 	if changed {

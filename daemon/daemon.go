@@ -553,7 +553,11 @@ func (d *Daemon) close() {
 func (d *Daemon) save() error {
 	s := &savedState{Version: 1}
 	for _, n := range d.sortedNetworks() {
-		s.Networks = append(s.Networks, n.rec.saved())
+		sn := n.rec.saved()
+		if n.gwHost.IsValid() {
+			sn.GatewayHost = n.gwHost.String()
+		}
+		s.Networks = append(s.Networks, sn)
 	}
 	for _, c := range d.sortedContainers() {
 		sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed}

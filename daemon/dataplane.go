@@ -97,7 +97,7 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 		if err1 != nil || err2 != nil {
 			continue
 		}
-		remotes[rec.Network] = append(remotes[rec.Network], dataplane.Remote{MAC: mac, IP: ip, VTEP: vtep})
+		remotes[rec.Network] = append(remotes[rec.Network], dataplane.Remote{MAC: mac, IP: ip, VTEP: vtep, Gateway: rec.isGateway()})
 	}
 	cfg := dataplane.Config{Conntrack: lb.Config{Max: d.cfg.ConntrackMax, Timeouts: d.cfg.ConntrackTimeouts}}
 	for _, n := range d.sortedNetworks() {
@@ -106,6 +106,9 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 			Gateway: n.gw, GatewayMAC: macForIP(n.gw), StormLimit: n.rec.StormLimit,
 			Subnet: n.subnet, Internal: n.rec.Internal,
 			Remotes: remotes[n.rec.Name], Services: services.lbServices(n.rec.Name),
+		}
+		if n.gwHost.IsValid() {
+			nc.GatewayHost, nc.GatewayHostMAC = n.gwHost, macForIP(n.gwHost)
 		}
 		for _, v := range n.rec.VTEPs {
 			if a, err := netip.ParseAddr(v); err == nil {

@@ -235,7 +235,7 @@ func buildDNSIndex(node string, recs []epRecord, svcs []dnsService) *dnsIndex {
 		services: map[string]map[string]dns.Records{}, vips: map[string]map[netip.Addr]vipName{}}
 	for _, r := range recs {
 		ip, err := netip.ParseAddr(r.IP)
-		if err != nil {
+		if err != nil || r.isGateway() {
 			continue
 		}
 		nw := strings.ToLower(r.Network)

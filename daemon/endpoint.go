@@ -441,6 +441,9 @@ func (d *Daemon) checkFreeIP(n *localNetwork, a netip.Addr) error {
 	if a == n.gw {
 		return conflict("ip %s: is the gateway of network %q", a, n.rec.Name)
 	}
+	if a == n.gwHost {
+		return conflict("ip %s: is this host's gateway address on network %q (routing mesh)", a, n.rec.Name)
+	}
 	for name, s := range d.clusterServices() {
 		if s.vips[n.rec.Name] == a {
 			return conflict("ip %s: already the VIP of service %q on network %q", a, name, n.rec.Name)
@@ -816,6 +819,11 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 	for _, rec := range s.Networks {
 		if err := d.addLocalNetwork(rec.record()); err != nil {
 			return nil, err
+		}
+		if a, err := netip.ParseAddr(rec.GatewayHost); err == nil {
+			if n := d.networks[rec.Name]; n.subnet.Contains(a) && usableHost(n.subnet, a) && a != n.gw {
+				n.gwHost = a
+			}
 		}
 	}
 	for _, sc := range s.Containers {

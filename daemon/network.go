@@ -55,6 +55,12 @@ type localNetwork struct {
 	// cipher is the ESP transform of an encrypted network, 0 for a
 	// cleartext one.
 	cipher esp.Cipher
+	// gwHost is this host's gateway identity on the network while it has
+	// a service with published ports (gateway_host.go), saved;
+	// gwHostPublished says its record is in the cluster, gwHostPending
+	// that an allocation runs.
+	gwHost                         netip.Addr
+	gwHostPublished, gwHostPending bool
 }
 
 // addLocalNetwork makes the network of a record known locally; the next
@@ -91,6 +97,9 @@ func (d *Daemon) removeLocalNetwork(n *localNetwork) {
 // attaches and service creates in flight.
 func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	used := map[netip.Addr]bool{n.gw: true}
+	if n.gwHost.IsValid() {
+		used[n.gwHost] = true
+	}
 	for a := range d.reservedIPs[n.rec.Name] {
 		used[a] = true
 	}
@@ -365,7 +374,7 @@ func (d *Daemon) RemoveNetwork(name string) error {
 		names = append(names, ep.ctr.name)
 	}
 	for _, rec := range d.clusterEndpoints() {
-		if rec.Network == name && rec.Node != d.cfg.Node {
+		if rec.Network == name && rec.Node != d.cfg.Node && !rec.isGateway() {
 			names = append(names, rec.Name+"@"+rec.Node)
 		}
 	}
@@ -438,7 +447,7 @@ func (d *Daemon) networkView(n *localNetwork, withEndpoints bool) api.Network {
 	set := d.endpointSet()
 	v.Conflicts = set.refused[n.rec.Name]
 	for _, rec := range set.accepted {
-		if rec.Network == n.rec.Name && rec.Node != d.cfg.Node {
+		if rec.Network == n.rec.Name && rec.Node != d.cfg.Node && !rec.isGateway() {
 			v.Endpoints = append(v.Endpoints, api.Endpoint{
 				Name: rec.Name, Network: rec.Network, IP: rec.IP, MAC: rec.MAC,
 				Aliases: rec.Aliases, Node: rec.Node, State: "remote",

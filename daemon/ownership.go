@@ -133,6 +133,22 @@ func (d *Daemon) holdBlocks() {
 			}
 		}
 	}
+	// So do this node's gateway host addresses (the routing mesh).
+	for _, n := range d.sortedNetworks() {
+		if !n.gwHost.IsValid() {
+			continue
+		}
+		name := n.rec.Name
+		if held[name] == nil {
+			held[name] = d.cl.Blocks(name)
+		}
+		if b := blockOf(n.subnet, n.gwHost); held[name][b] != d.cfg.Node {
+			if err := d.cl.KeepBlock(name, b); err != nil {
+				d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, gatewayRecordName), d.cfg.Node, 0,
+					fmt.Errorf("this node's gateway host address %s: the other nodes refuse it: %w", n.gwHost, err))
+			}
+		}
+	}
 	// The VIPs of the services this node created came from its blocks:
 	// it keeps them, so that no other node claims the block and hands a
 	// VIP out before it learns the service (every node's usedIPs counts

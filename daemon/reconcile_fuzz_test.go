@@ -29,6 +29,11 @@ func FuzzReconcile(f *testing.F) {
 	f.Add(uint8(3), "api", []byte(`{"name":"api","id":"abababababababababababababababab","endpoint_mode":"vip","vips":[{"network":"base","vip":"10.0.0.1"}],"scheduler":"maglev","affinity":"client-ip:5m0s","ports":["80/tcp"],"health":"http::80/h","stop_grace_period":"0s","dns_ttl":"0s","created":"2026-01-01T00:00:00Z","created_by":"peer"}`))
 	f.Add(uint8(3), "rr", []byte(`{"name":"rr","id":"abababababababababababababababab","endpoint_mode":"dnsrr","vips":[{"network":"base"}],"scheduler":"rr","stop_grace_period":"10s","dns_ttl":"10s","created":"2026-01-01T00:00:00Z","created_by":"peer"}`))
 	f.Add(uint8(1), "peer/base/w", []byte(`{"name":"w","network":"base","ip":"10.0.0.2","mac":"02:42:0a:00:00:02","node":"peer","services":[{"name":"api","id":"abababababababababababababababab","weight":1000,"state":"draining","health":"unhealthy"}]}`))
+	// Gateway identities (the routing mesh) and a publishing service.
+	f.Add(uint8(1), "peer/base/.gateway", []byte(`{"name":".gateway","network":"base","ip":"10.0.0.3","mac":"02:42:0a:00:00:03","node":"peer","gateway":true}`))
+	f.Add(uint8(1), "peer/base/.gateway", []byte(`{"name":".gateway","network":"base","ip":"10.0.0.3","mac":"02:42:0a:00:00:03","node":"peer","gateway":true,"aliases":["x"]}`))
+	f.Add(uint8(1), "peer/base/g", []byte(`{"name":"g","network":"base","ip":"10.0.0.1","mac":"02:42:0a:00:00:01","node":"peer","gateway":true}`))
+	f.Add(uint8(3), "pub", []byte(`{"name":"pub","id":"abababababababababababababababab","endpoint_mode":"vip","vips":[{"network":"base","vip":"10.0.0.201"}],"scheduler":"rr","stop_grace_period":"10s","dns_ttl":"10s","created":"2026-01-01T00:00:00Z","created_by":"peer","publish":["published=8080,target=80,protocol=tcp,mode=ingress,client-ip=preserve"]}`))
 
 	d := newTestDaemon(f, newFakeSandbox(), f.TempDir())
 	f.Cleanup(d.Close)

@@ -43,6 +43,9 @@ type savedNetwork struct {
 	StormLimit int `json:"storm_limit,omitempty"`
 	// Internal networks have no egress.
 	Internal bool `json:"internal,omitempty"`
+	// GatewayHost is this host's gateway address on the network (the
+	// routing mesh), while it has a service with published ports.
+	GatewayHost string `json:"gateway_host,omitempty"`
 }
 
 // record is the network as the cluster's record.

@@ -198,7 +198,11 @@ func decodeEndpoint(e cluster.Entry) (epRecord, error) {
 	if rec.Node != e.Owner || e.Key != epKey(rec.Node, rec.Network, rec.Name) {
 		return rec, fmt.Errorf("endpoint %q: record of %q on %q written by node %q", e.Key, rec.Name, rec.Node, e.Owner)
 	}
-	if err := checkName("container", rec.Name); err != nil {
+	if rec.Gateway {
+		if err := checkGatewayRecord(e.Key, &rec); err != nil {
+			return rec, err
+		}
+	} else if err := checkName("container", rec.Name); err != nil {
 		return rec, err
 	}
 	if err := checkName("network", rec.Network); err != nil {

@@ -57,7 +57,12 @@ type NetworkConfig struct {
 	// GatewayHost and GatewayHostMAC are this host's own identity on the
 	// network for its gateway port (gateway.Config.HostAddr, HostMAC),
 	// unique in the cluster, unlike the anycast Gateway and GatewayMAC;
-	// other hosts know them as a Remote. Zero: none.
+	// other hosts know them as a Remote with Gateway set. Zero: none.
+	// Changing them is applied in place (the gateway's stack moves its
+	// address; no flow of the anycast address is aborted). The switch
+	// sends the gateway's routing-mesh flows to backends on other hosts
+	// from GatewayHostMAC, and takes their replies to it
+	// (vswitch.Switch.SetGatewayHost).
 	GatewayHost    netip.Addr
 	GatewayHostMAC packet.MAC
 	// Subnet is the network's subnet: the gateway's prefix, and never
@@ -80,6 +85,11 @@ type NetworkConfig struct {
 	// Remotes are the other hosts' endpoints: static switch entries
 	// behind the tunnel port, and MAC -> VTEP entries in the tunnel.
 	Remotes []Remote
+	// IngressReturnMax bounds the switch's ingress-return table (routing
+	// mesh flows whose replies go back to another host's gateway); 0
+	// means vswitch.DefaultIngressReturnMax. Read when the network is
+	// built; its entries age with Config.Conntrack's timeouts.
+	IngressReturnMax int
 	// Services are the network's service VIPs with their backends (lb):
 	// frames from a local port to a VIP are balanced at that port, and
 	// the switch answers ARP for each VIP. Each Reconfig publishes them
@@ -109,6 +119,12 @@ type Remote struct {
 	MAC  packet.MAC
 	IP   netip.Addr
 	VTEP netip.Addr
+	// Gateway marks another host's gateway identity on the network (its
+	// NetworkConfig.GatewayHost and GatewayHostMAC): the routing mesh's
+	// flows it sends from an outside client's address to a local
+	// endpoint have their replies sent back to it
+	// (vswitch.Switch.AddRemoteGateway).
+	Gateway bool
 }
 
 // Error is the failure of one step of a Reconfig, naming the object.

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vxmesh/vxmesh/lb"
@@ -74,6 +75,12 @@ type Dataplane struct {
 	ctMax     int
 	lbs       map[string]*balancer
 	nextNetID uint32
+	// ctTimeouts are the conntrack timeouts of the Reconfig in progress:
+	// a switch built now ages its ingress-return entries with them.
+	ctTimeouts lb.Timeouts
+	// switches are the networks' switches, for the sweeper (which must
+	// not take mu: Close holds it while it waits for the sweeper).
+	switches  atomic.Pointer[[]*vswitch.Switch]
 	sweepStop chan struct{}
 	sweepDone chan struct{}
 }
@@ -133,6 +140,8 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 		return &Error{Object: "data plane", Err: errors.New("closed")}
 	}
 	var errs []error
+	dp.ctTimeouts = cfg.Conntrack.Timeouts
+	defer dp.listSwitches()
 	order, wantPorts := dp.index(cfg, &errs)
 	want := make(map[string]*NetworkConfig, len(order))
 	for _, w := range order {
@@ -201,9 +210,20 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 		}
 		dp.applyRemotes(n, w, &errs)
 		dp.applyGateway(n, w, &errs)
+		dp.applyGatewayHost(n, w, &errs)
 	}
 	dp.setOverlay(order)
 	return errors.Join(errs...)
+}
+
+// listSwitches records the networks' switches for the sweeper. dp.mu is
+// held.
+func (dp *Dataplane) listSwitches() {
+	sws := make([]*vswitch.Switch, 0, len(dp.nets))
+	for _, n := range dp.nets {
+		sws = append(sws, n.sw)
+	}
+	dp.switches.Store(&sws)
 }
 
 // index lists the networks of cfg and maps its ports by key, reporting

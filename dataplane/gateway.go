@@ -18,6 +18,7 @@ type netGateway struct {
 	gw   *gateway.Gateway
 	ref  *vswitch.Port
 	done chan struct{}
+	host bool // gw has n.cfg's host identity
 }
 
 // wantsGateway reports whether w asks for a gateway port: it has a
@@ -41,7 +42,7 @@ func (dp *Dataplane) applyGateway(n *network, w *NetworkConfig, errs *[]error) {
 	g, err := gateway.New(gateway.Config{
 		Name: w.Name, Addr: netip.PrefixFrom(w.Gateway, w.Subnet.Bits()), MAC: w.GatewayMAC,
 		MTU: w.MTU, Internal: w.Internal, Egress: dp.egress,
-		HostAddr: w.GatewayHost, HostMAC: w.GatewayHostMAC,
+		HostAddr: n.cfg.GatewayHost, HostMAC: n.cfg.GatewayHostMAC,
 	})
 	if err != nil {
 		fail(err)
@@ -53,7 +54,7 @@ func (dp *Dataplane) applyGateway(n *network, w *NetworkConfig, errs *[]error) {
 		fail(err)
 		return
 	}
-	ng := &netGateway{gw: g, ref: ref, done: make(chan struct{})}
+	ng := &netGateway{gw: g, ref: ref, done: make(chan struct{}), host: true}
 	go ng.read(w.MTU)
 	n.gw = ng
 	dp.log.Info("gateway up", "network", w.Name, "address", w.Gateway, "internal", w.Internal)
@@ -77,6 +78,32 @@ func (ng *netGateway) read(mtu int) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// applyGatewayHost gives n's switch and gateway the host identity of w
+// (GatewayHost, GatewayHostMAC), in place, if it changed.
+func (dp *Dataplane) applyGatewayHost(n *network, w *NetworkConfig, errs *[]error) {
+	if n.cfg.GatewayHost == w.GatewayHost && n.cfg.GatewayHostMAC == w.GatewayHostMAC && (n.gw == nil || n.gw.host) {
+		return
+	}
+	dp.changes++
+	fail := func(err error) { *errs = append(*errs, &Error{Network: w.Name, Object: "gateway host", Err: err}) }
+	if w.GatewayHost.IsValid() && !w.Subnet.Contains(w.GatewayHost) {
+		fail(errors.New("address " + w.GatewayHost.String() + " is not in subnet " + w.Subnet.String()))
+		return
+	}
+	if err := n.sw.SetGatewayHost(w.GatewayHost, w.GatewayHostMAC); err != nil {
+		fail(err)
+		return
+	}
+	n.cfg.GatewayHost, n.cfg.GatewayHostMAC = w.GatewayHost, w.GatewayHostMAC
+	if n.gw != nil {
+		if err := n.gw.gw.SetHost(w.GatewayHost, w.GatewayHostMAC); err != nil {
+			fail(err)
+			return
+		}
+		n.gw.host = true
 	}
 }
 

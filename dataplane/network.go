@@ -27,6 +27,7 @@ type network struct {
 	external []netip.Addr              // applied external VTEPs, sorted
 	flood    []netip.Addr              // applied flooding peers, sorted
 	statics  map[packet.MAC]netip.Addr // switch statics behind tport: MAC -> IP
+	gwHosts  map[packet.MAC]bool       // the statics that are other hosts' gateways
 	remotes  map[packet.MAC]netip.Addr // tunnel remotes: MAC -> VTEP
 }
 
@@ -61,7 +62,8 @@ func (dp *Dataplane) applyNetwork(w *NetworkConfig) (*network, error) {
 func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 	dp.changes++
 	sw := vswitch.New(vswitch.Config{Name: w.Name, GatewayIP: w.Gateway, GatewayMAC: w.GatewayMAC, MTU: w.MTU,
-		StormLimit: w.StormLimit, BalancerEpoch: dp.epoch})
+		StormLimit: w.StormLimit, BalancerEpoch: dp.epoch, Subnet: w.Subnet,
+		IngressReturnMax: w.IngressReturnMax, IngressReturnTimeouts: dp.ctTimeouts})
 	if b := dp.lbs[w.Name]; b != nil {
 		sw.SetBalancer(b.t) // a rebuilt network's switch balances from its first frame
 	}
@@ -80,7 +82,7 @@ func (dp *Dataplane) addNetwork(w *NetworkConfig) (*network, error) {
 	n := &network{
 		cfg: NetworkConfig{Name: w.Name, VNI: w.VNI, MTU: w.MTU, Gateway: w.Gateway, GatewayMAC: w.GatewayMAC, StormLimit: w.StormLimit, Subnet: w.Subnet, Internal: w.Internal},
 		sw:  sw, tn: tn, tport: ref,
-		statics: map[packet.MAC]netip.Addr{}, remotes: map[packet.MAC]netip.Addr{},
+		statics: map[packet.MAC]netip.Addr{}, remotes: map[packet.MAC]netip.Addr{}, gwHosts: map[packet.MAC]bool{},
 	}
 	if b := dp.lbs[w.Name]; b != nil {
 		n.lb = b.t
@@ -99,6 +101,7 @@ func (dp *Dataplane) removeNetwork(n *network) {
 	for mac := range n.statics {
 		n.sw.RemoveStatic(mac)
 	}
+	clear(n.gwHosts)
 	n.tn.SetPeers(nil)
 	n.tn.SetInput(nil)
 	n.sw.RemovePort(n.tport)
@@ -119,16 +122,17 @@ func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 	// 1. Tunnel remotes that go or change, then their switch statics.
 	keep := make(map[packet.MAC]netip.Addr, len(n.remotes))
 	for mac, vtep := range n.remotes {
-		if r, ok := want[mac]; ok && r.VTEP == vtep && r.IP == n.statics[mac] {
+		if r, ok := want[mac]; ok && r.VTEP == vtep && r.IP == n.statics[mac] && r.Gateway == n.gwHosts[mac] {
 			keep[mac] = vtep
 		}
 	}
 	dp.setRemotes(n, keep, fail)
 	for mac, ip := range n.statics {
-		if r, ok := want[mac]; !ok || r.IP != ip {
+		if r, ok := want[mac]; !ok || r.IP != ip || r.Gateway != n.gwHosts[mac] {
 			dp.changes++
 			n.sw.RemoveStatic(mac)
 			delete(n.statics, mac)
+			delete(n.gwHosts, mac)
 		}
 	}
 
@@ -169,11 +173,18 @@ func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 		r := want[mac]
 		if _, ok := n.statics[mac]; !ok {
 			dp.changes++
-			if err := n.sw.AddStatic(mac, r.IP, n.tport); err != nil {
+			add := n.sw.AddStatic
+			if r.Gateway {
+				add = n.sw.AddRemoteGateway
+			}
+			if err := add(mac, r.IP, n.tport); err != nil {
 				fail("remote "+mac.String(), err)
 				continue
 			}
 			n.statics[mac] = r.IP
+			if r.Gateway {
+				n.gwHosts[mac] = true
+			}
 		}
 		if slices.Contains(n.flood, r.VTEP) {
 			next[mac] = r.VTEP

@@ -72,8 +72,8 @@ func (dp *Dataplane) conntrack(cfg lb.Config) (*lb.Conntrack, error) {
 	return dp.ct, nil
 }
 
-// sweep frees expired connections every sweep interval until stop is
-// closed.
+// sweep frees expired connections, and the switches' expired
+// ingress-return entries, every sweep interval until stop is closed.
 func (dp *Dataplane) sweep(ct *lb.Conntrack, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	tick := time.NewTicker(dp.sweepEvery)
@@ -84,6 +84,11 @@ func (dp *Dataplane) sweep(ct *lb.Conntrack, stop <-chan struct{}, done chan<- s
 			return
 		case <-tick.C:
 			ct.Sweep(dp.lbNow())
+			if sws := dp.switches.Load(); sws != nil {
+				for _, sw := range *sws {
+					sw.SweepIngressReturn()
+				}
+			}
 		}
 	}
 }
@@ -137,6 +142,9 @@ func wantedServices(w *NetworkConfig, applied map[string]lb.Service, fail func(s
 	macs := map[packet.MAC]string{}
 	if w.Gateway.IsValid() {
 		ips[w.Gateway], macs[w.GatewayMAC] = "the gateway's", "the gateway's"
+	}
+	if w.GatewayHost.IsValid() {
+		ips[w.GatewayHost], macs[w.GatewayHostMAC] = "this host's gateway's", "this host's gateway's"
 	}
 	for _, p := range w.Ports {
 		ips[p.IP], macs[p.MAC] = "port "+p.Name+"'s", "port "+p.Name+"'s"

@@ -9,7 +9,11 @@
 // it frames to the gateway MAC from ports with port security only and
 // sends its frames to those ports only, so no frame to or from the
 // gateway MAC crosses the tunnel, and a container keeps reaching the
-// gateway of the host it runs on.
+// gateway of the host it runs on. Besides, a gateway may have a
+// host-unique address and MAC (Config.HostAddr, HostMAC; SetHost), which
+// the stack owns too: the routing mesh's flows to backends on other hosts
+// leave with that MAC (the backend's host sends their replies back to it)
+// and, with client-ip=snat, from that address.
 //
 // The stack answers ARP (though the switch's ARP suppression answers for
 // the gateway first) and ICMP echo at the gateway address, like a router.
@@ -38,5 +42,7 @@
 // and port as the source (the NIC spoofs), to the container; its replies
 // come back to this host's gateway (anycast), where the stack owns the
 // flow. Clients with overlay or loopback addresses enter from the
-// gateway's address instead (see ingressSource).
+// gateway's address instead (see ingressSource). DialTCP dials into the
+// network from any source, a service VIP included (the switch balances
+// the gateway's frames): the routing mesh (docs/architecture.md).
 package gateway

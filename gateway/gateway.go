@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -49,6 +50,8 @@ type Config struct {
 	// client's address (client-ip=snat|proxy-v2), and the MAC through
 	// which other hosts send back the replies of those that do. Zero:
 	// the gateway has none (routing-mesh connections are then refused).
+	// The stack owns HostAddr beside Addr (with Addr's prefix); SetHost
+	// changes both in place.
 	HostAddr netip.Addr
 	HostMAC  packet.MAC
 }
@@ -62,6 +65,7 @@ type Gateway struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	host   atomic.Pointer[hostID] // Config.HostAddr and HostMAC, as SetHost changed them
 	mu     sync.Mutex
 	flows  map[*flow]struct{} // open egress flows, aborted by Close
 	wg     sync.WaitGroup
@@ -86,7 +90,12 @@ func New(cfg Config) (*Gateway, error) {
 	})
 	g := &Gateway{cfg: cfg, stack: s, flows: map[*flow]struct{}{}}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
-	if err := g.setup(); err != nil {
+	g.host.Store(&hostID{})
+	err := g.setup()
+	if err == nil {
+		err = g.setHost(cfg.HostAddr, cfg.HostMAC)
+	}
+	if err != nil {
 		s.Close()
 		g.cancel()
 		return nil, fmt.Errorf("gateway %q: %s", cfg.Name, err)
@@ -145,9 +154,66 @@ func (g *Gateway) Name() string { return g.cfg.Name }
 // Addr returns the gateway address.
 func (g *Gateway) Addr() netip.Addr { return g.cfg.Addr.Addr() }
 
-// HostAddr returns this host's own address on the network (Config.HostAddr),
-// invalid when it has none.
-func (g *Gateway) HostAddr() netip.Addr { return g.cfg.HostAddr }
+// HostAddr returns this host's own address on the network (Config.HostAddr,
+// or what SetHost set), invalid when it has none. A routing-mesh flow that
+// does not keep the client's address (client-ip=snat or proxy-v2) is
+// dialled from it.
+func (g *Gateway) HostAddr() netip.Addr { return g.host.Load().addr }
+
+// HostMAC returns this host's own gateway MAC on the network, zero when
+// it has none.
+func (g *Gateway) HostMAC() packet.MAC { return g.host.Load().mac }
+
+// hostID is the gateway's host identity.
+type hostID struct {
+	addr netip.Addr
+	mac  packet.MAC
+}
+
+// SetHost changes the gateway's host identity (Config.HostAddr and
+// HostMAC) in place: the stack gives up the old address and owns the new
+// one; flows of other addresses are not disturbed. Zero values remove it.
+func (g *Gateway) SetHost(addr netip.Addr, mac packet.MAC) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.setHost(addr, mac); err != nil {
+		return fmt.Errorf("gateway %q: %s", g.cfg.Name, err)
+	}
+	return nil
+}
+
+// setHost checks and applies a host identity; callers serialise.
+func (g *Gateway) setHost(addr netip.Addr, mac packet.MAC) error {
+	old := g.host.Load()
+	if old.addr == addr && old.mac == mac {
+		return nil
+	}
+	if addr.IsValid() || !mac.IsZero() {
+		switch {
+		case !addr.Is4() || !g.cfg.Addr.Masked().Contains(addr) || addr == g.cfg.Addr.Addr():
+			return fmt.Errorf("host address %s: want an IPv4 address of %s other than the gateway's", addr, g.cfg.Addr.Masked())
+		case mac.IsZero() || mac.IsMulticast() || mac == g.cfg.MAC:
+			return fmt.Errorf("host MAC %s: want a unicast MAC other than the gateway's", mac)
+		}
+	}
+	if old.addr != addr {
+		if old.addr.IsValid() {
+			if err := g.stack.RemoveAddress(nicID, tcpip.AddrFrom4(old.addr.As4())); err != nil {
+				return fmt.Errorf("remove host address %s: %s", old.addr, err)
+			}
+		}
+		if addr.IsValid() {
+			pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddressWithPrefix{
+				Address: tcpip.AddrFrom4(addr.As4()), PrefixLen: g.cfg.Addr.Bits()}}
+			if err := g.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+				g.host.Store(&hostID{})
+				return fmt.Errorf("add host address %s: %s", addr, err)
+			}
+		}
+	}
+	g.host.Store(&hostID{addr: addr, mac: mac})
+	return nil
+}
 
 // Device returns the gateway's wire side: what the stack sends is read
 // from it, what is written to it is received by the stack.

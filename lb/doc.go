@@ -43,7 +43,8 @@
 //
 // # Packet path
 //
-// Translate is called for each frame a client's port sends. A frame to a
+// Translate is called for each frame a client's port sends (a
+// container's, or a host's gateway dialling a VIP for a published port). A frame to a
 // VIP finds its connection (client IP/port, VIP/port) or gets a new one
 // from the scheduler (TCP SYN, UDP, ICMP echo); its destination MAC, IP
 // and port become the backend's, in place, with RFC 1624 incremental
@@ -62,7 +63,10 @@
 // Backends see the client's own address. Their replies are addressed to
 // the client, so they always come back to the client's host, where the
 // caller passes every frame bound for a local port through Untranslate:
-// the backend-side key (backend IP/port, client IP/port) finds the entry,
+// the backend-side key (backend IP/port, client IP/port) finds the entry
+// (a client outside the overlay, brought in by another host's gateway,
+// is no local port: the switch of the backend's host steers those
+// replies back to that host, see vswitch.Switch.AddRemoteGateway),
 // and the source IP and port become the VIP's again and the source MAC
 // the VIP's MAC (the one the switch answered ARP with, Service.MAC or
 // VIPMAC), so the client's stack and ARP cache see only the VIP. ICMP

@@ -27,9 +27,10 @@ type FDBEntry struct {
 }
 
 type staticEntry struct {
-	ip   netip.Addr
-	port *Port
-	kind string
+	ip     netip.Addr
+	port   *Port
+	kind   string
+	gwHost bool // another host's gateway identity (AddRemoteGateway)
 }
 
 // live reports whether learned entry e may be used for forwarding at
@@ -95,6 +96,26 @@ func (s *Switch) pruneLearned(now int64) {
 // ARP suppression entry if ip is valid. It is how the control plane
 // announces endpoints behind a tunnel port.
 func (s *Switch) AddStatic(mac packet.MAC, ip netip.Addr, r *Port) error {
+	return s.addStatic(mac, ip, r, false)
+}
+
+// AddRemoteGateway is AddStatic for another host's gateway identity on
+// the network (its gateway.Config.HostAddr and HostMAC) behind r, the
+// tunnel port. Frames from r with source mac are the other host's
+// gateway's routing-mesh flows (package doc of gateway: a published
+// port's connection dialled into a service VIP and balanced to a backend
+// here): for those from an address outside the network's subnet (the
+// outside client's own, kept), or from the gateway address, to a local
+// port, the switch remembers per flow that its replies go back to mac
+// (the ingress-return table), and sends the backend's replies to the
+// gateway MAC there instead of to this host's gateway port. The first
+// call allocates the table (Config.IngressReturnMax). RemoveStatic
+// removes the entry and forgets the flows whose replies went to it.
+func (s *Switch) AddRemoteGateway(mac packet.MAC, ip netip.Addr, r *Port) error {
+	return s.addStatic(mac, ip, r, true)
+}
+
+func (s *Switch) addStatic(mac packet.MAC, ip netip.Addr, r *Port, gwHost bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r == nil || r.sw != s || r.removed.Load() {
@@ -111,8 +132,14 @@ func (s *Switch) AddStatic(mac packet.MAC, ip netip.Addr, r *Port) error {
 		}
 		return s.errorf("static: %w", err)
 	}
-	s.statics[mac] = staticEntry{ip: ip, port: r, kind: KindStatic}
+	s.statics[mac] = staticEntry{ip: ip, port: r, kind: KindStatic, gwHost: gwHost}
+	if gwHost && s.mesh.Load() == nil {
+		s.mesh.Store(newMeshTable(s.meshMax, s.meshTO))
+	}
 	s.publish()
+	if had && old.gwHost && !gwHost {
+		s.mesh.Load().forget(mac)
+	}
 	return nil
 }
 
@@ -123,6 +150,9 @@ func (s *Switch) RemoveStatic(mac packet.MAC) {
 	if e, ok := s.statics[mac]; ok && e.kind == KindStatic {
 		delete(s.statics, mac)
 		s.publish()
+		if e.gwHost {
+			s.mesh.Load().forget(mac)
+		}
 	}
 }
 

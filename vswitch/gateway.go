@@ -1,6 +1,11 @@
 package vswitch
 
-import "github.com/vxmesh/vxmesh/packet"
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
 
 // AddGateway attaches p as the switch's gateway port (the network's
 // gateway on this host, see package gateway), named name. It takes the
@@ -10,7 +15,10 @@ import "github.com/vxmesh/vxmesh/packet"
 // in through the tunnel was never meant for this host's gateway and is
 // dropped ("no-route"). Likewise the gateway port's own frames go only to
 // ports with port security, never into the tunnel: a host's gateway talks
-// to its own endpoints only. It is not a flooding target. The switch
+// to its own endpoints only. The routing mesh's exceptions (see
+// SetGatewayHost): frames the balancer translated may go to the tunnel,
+// from the host MAC, and replies to the host MAC come back. It is not a
+// flooding target. The switch
 // needs a GatewayIP and GatewayMAC, and has at most one gateway port;
 // RemovePort detaches it.
 func (s *Switch) AddGateway(p Sink, name string) (*Port, error) {
@@ -39,16 +47,53 @@ func (s *Switch) AddGateway(p Sink, name string) (*Port, error) {
 	return r, nil
 }
 
-// gatewayRoute reports whether a frame from r to out (nil: flooded) may
-// be forwarded under the gateway rules of AddGateway.
-func (r *Port) gatewayRoute(out *Port) bool {
+// SetGatewayHost sets this host's own identity on the network for its
+// gateway port (gateway.Config.HostAddr and HostMAC), unique in the
+// cluster unlike the anycast gateway address and MAC; zero values clear
+// it. While the switch has a gateway port, it answers ARP for ip with mac
+// and sends frames to mac to the gateway port: from local ports like
+// frames to the gateway MAC, from the tunnel only if they are replies of
+// flows this host's gateway opened through the balancer (lb Untranslate
+// rewrites them; other such frames are dropped, "ingress-stray"). The
+// gateway's frames that the balancer translated to a backend behind the
+// tunnel (a routing-mesh flow) leave with mac as their source, so that
+// the backend's host sends the replies back here (AddRemoteGateway);
+// without a host MAC they are dropped ("no-route"). Changing it is cheap:
+// no flow is aborted.
+func (s *Switch) SetGatewayHost(ip netip.Addr, mac packet.MAC) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !ip.IsValid() && mac.IsZero() {
+		s.hostIP, s.hostMAC = netip.Addr{}, packet.MAC{}
+		s.publish()
+		return nil
+	}
+	oldIP, oldMAC := s.hostIP, s.hostMAC
+	s.hostIP, s.hostMAC = netip.Addr{}, packet.MAC{}
+	err := s.checkEntry(mac, ip)
+	if err == nil && !ip.IsValid() {
+		err = fmt.Errorf("MAC %s: no IP", mac)
+	}
+	if err != nil {
+		s.hostIP, s.hostMAC = oldIP, oldMAC
+		return s.errorf("gateway host: %w", err)
+	}
+	s.hostIP, s.hostMAC = ip, mac
+	s.publish()
+	return nil
+}
+
+// gatewayRoute reports whether a frame from r to out (nil: flooded),
+// addressed to dst and translated by the balancer or not, may be
+// forwarded under the gateway rules of AddGateway and SetGatewayHost.
+func (r *Port) gatewayRoute(v *view, out *Port, dst packet.MAC, translated bool) bool {
 	switch {
 	case out == nil:
 		return true // the flood loop applies the rules per port
 	case out.gateway:
-		return r.security
+		return r.security || (dst == v.hostMAC && !dst.IsZero())
 	case r.gateway:
-		return out.security
+		return out.security || translated
 	}
 	return true
 }

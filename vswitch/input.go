@@ -123,6 +123,7 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 	t := s.now()
 	v, now := s.view.Load(), int64(t.Sub(s.epoch))
 	l := s.loadLB(v, now, max(1, int64(t.Sub(s.lbEpoch))+1))
+	mt := s.mesh.Load()
 	if c := r.capture.Load(); c != nil {
 		r.captureInput(c, bufs[:n], sizes[:n], offset)
 	}
@@ -145,18 +146,30 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 			suppressed++
 			continue
 		}
-		if why, ok := r.balance(&l, buf, offset, n); !ok {
+		translated, why, ok := r.balance(&l, buf, offset, n)
+		if !ok {
 			sc.drops[why]++
 			continue
 		}
 		dst := eth.Dst()
+		if dst == s.gwMAC && r.security && mt != nil {
+			if mac, ok := r.steer(v, mt, eth, now); ok {
+				dst = mac
+			}
+		}
 		var out *Port
 		if !dst.IsMulticast() {
 			out = s.lookup(v, dst, now)
 		}
-		if (dst == s.gwMAC && !dst.IsZero() && (out == nil || !out.gateway)) || !r.gatewayRoute(out) {
+		if (dst == s.gwMAC && !dst.IsZero() && (out == nil || !out.gateway)) || !r.gatewayRoute(v, out, dst, translated) {
 			sc.drops[dropNoRoute]++
 			continue
+		}
+		if out != nil && out != r {
+			if why, ok := r.meshIn(v, mt, eth, out, translated, now); !ok {
+				sc.drops[why]++
+				continue
+			}
 		}
 		switch {
 		case out == nil && r.storm && !sc.stormAllow(now, s.stormGap):

@@ -47,8 +47,8 @@ func vipBit(mac packet.MAC) (word int, bit uint64) {
 // the next batch on. With a balancer:
 //   - the switch answers ARP for every VIP of b's snapshot (with the MAC
 //     Snapshot.VIP gives), from any port, like it answers for the gateway;
-//   - a frame a port with Security (a container's) sends goes, after port
-//     security, through b.Translate: Forward is switched by its new
+//   - a frame a port with Security (a container's) or the gateway port
+//     sends goes, after port security, through b.Translate: Forward is switched by its new
 //     destination MAC like any frame, Reject is answered with lb.WriteReject's
 //     reply out of the input port and dropped ("lb-reject"), Drop is
 //     dropped ("lb-drop"); the balancer counts why;
@@ -56,8 +56,8 @@ func vipBit(mac packet.MAC) (word int, bit uint64) {
 //     from a port with Security (the balancer passed it: not IPv4, or to
 //     another IP), "vip-remote" from other ports (the tunnel: a remote
 //     client's frames are translated at the client's own host);
-//   - every frame delivered to a port with Security alone (owned) goes
-//     through b.Untranslate before the write; Retry (a backend's RST to a
+//   - every frame delivered to a port with Security or the gateway port
+//     alone (owned) goes through b.Untranslate before the write; Retry (a backend's RST to a
 //     SYN, hidden) drops it ("lb-retry") and sends the SYN b.WriteRetry
 //     writes towards the new backend as if the client's port had sent it.
 //     Flooded (shared) frames are delivered unchanged: a reply of a
@@ -164,19 +164,30 @@ func (r *Port) reject(buf []byte, offset, batch int) {
 	}
 }
 
-// deliver queues buf, owned, for out; a port with Security gets it
-// through the balancer's Untranslate first. It returns why the frame was
-// dropped instead, or true.
+// deliver queues buf, owned, for out; a port with Security or the
+// gateway port gets it through the balancer's Untranslate first, and the
+// gateway port from the tunnel only what Untranslate rewrote (the reply
+// of a routing-mesh flow), with the gateway MAC as its destination. It
+// returns why the frame was dropped instead, or true.
 func (r *Port) deliver(l *lbState, out *Port, buf []byte, offset, batch int) (reason, bool) {
 	sc := &r.sc
-	if l.b != nil && out.security {
-		switch l.b.Untranslate(buf[offset:], packet.OffloadOf(buf), l.now) {
+	v := lb.Pass
+	if l.b != nil && (out.security || out.gateway) {
+		switch v = l.b.Untranslate(buf[offset:], packet.OffloadOf(buf), l.now); v {
 		case lb.Retry:
 			r.retry(l, buf, offset, batch)
 			return dropLBRetry, false
 		case lb.Drop, lb.Reject:
 			return dropLB, false
 		}
+	}
+	if out.gateway {
+		// Only replies of the gateway's own balanced flows come to it
+		// from the tunnel (to its host MAC); the stack sees its own MAC.
+		if !r.security && v != lb.Forward {
+			return dropIngressStray, false
+		}
+		packet.Ethernet(buf[offset:]).SetDst(r.sw.gwMAC)
 	}
 	if !sc.add(out, buf, false, batch) {
 		return dropPortDown, false
@@ -199,10 +210,20 @@ func (r *Port) retry(l *lbState, buf []byte, offset, batch int) {
 	g = g[:offset+n]
 	// The SYN goes to the backend by its MAC, not through Untranslate:
 	// it is the client's, never a reply of a translated flow.
-	out := r.sw.lookup(l.v, packet.Ethernet(g[offset:]).Dst(), l.swNow)
+	eth := packet.Ethernet(g[offset:])
+	out := r.sw.lookup(l.v, eth.Dst(), l.swNow)
 	if out == nil || out.removed.Load() {
 		sc.ngen-- // the client's own retransmission will find the backend
 		return
+	}
+	if eth.Src() == r.sw.gwMAC && !out.security && !out.gateway {
+		// The gateway's routing-mesh SYN to a backend behind the
+		// tunnel: from this host's gateway-host MAC (meshIn).
+		if l.v.hostMAC.IsZero() {
+			sc.ngen--
+			return
+		}
+		eth.SetSrc(l.v.hostMAC)
 	}
 	if sc.add(out, g, false, batch) {
 		r.sw.c.lbRetries.Add(1)
@@ -210,32 +231,33 @@ func (r *Port) retry(l *lbState, buf []byte, offset, batch int) {
 }
 
 // balance runs the balancer on frame buf from r, after port security: a
-// port with Security has its frames translated (or refused), and no port
-// may send to a VIP's MAC what the balancer did not translate. It returns
-// why the frame is dropped, or true to switch it by its (new) destination.
-func (r *Port) balance(l *lbState, buf []byte, offset, batch int) (reason, bool) {
+// port with Security and the gateway port have their frames translated
+// (or refused), and no port may send to a VIP's MAC what the balancer did
+// not translate. It returns whether the frame was translated, and why it
+// is dropped, or true to switch it by its (new) destination.
+func (r *Port) balance(l *lbState, buf []byte, offset, batch int) (translated bool, why reason, ok bool) {
 	if l.b == nil {
-		return 0, true
+		return false, 0, true
 	}
 	eth := packet.Ethernet(buf[offset:])
-	if r.security {
+	if r.security || r.gateway {
 		switch l.b.Translate(eth, packet.OffloadOf(buf), l.now) {
 		case lb.Forward:
 			r.sc.translated++
-			return 0, true
+			return true, 0, true
 		case lb.Reject:
 			r.reject(buf, offset, batch)
-			return dropLBReject, false
+			return false, dropLBReject, false
 		case lb.Drop, lb.Retry:
-			return dropLB, false
+			return false, dropLB, false
 		}
 		if l.isVIPMAC(eth.Dst()) {
-			return dropVIPPass, false
+			return false, dropVIPPass, false
 		}
-		return 0, true
+		return false, 0, true
 	}
 	if l.isVIPMAC(eth.Dst()) {
-		return dropVIPRemote, false
+		return false, dropVIPRemote, false
 	}
-	return 0, true
+	return false, 0, true
 }

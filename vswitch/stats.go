@@ -26,6 +26,8 @@ const (
 	dropLBRetry                    // a backend's RST to a SYN, hidden by the balancer (the SYN went to another backend)
 	dropVIPPass                    // to a VIP's MAC from a balanced port, but not balanced (not IPv4, or another IP)
 	dropVIPRemote                  // to a VIP's MAC from a port that is not balanced (the tunnel)
+	dropIngressFull                // a new routing-mesh flow while the ingress-return table is full
+	dropIngressStray               // from the tunnel to this host's gateway-host MAC, but no reply of a flow its gateway opened
 	numReasons
 )
 
@@ -66,6 +68,10 @@ func (r reason) String() string {
 		return "vip-pass"
 	case dropVIPRemote:
 		return "vip-remote"
+	case dropIngressFull:
+		return "ingress-full"
+	case dropIngressStray:
+		return "ingress-stray"
 	}
 	return "unknown"
 }
@@ -118,6 +124,10 @@ type Stats struct {
 	// client SYNs it re-sent to another backend ("lb-retry" counts the
 	// hidden RSTs).
 	LBRejects, LBRetries uint64
+	// IngressReturn is how many routing-mesh flows the ingress-return
+	// table holds (live, or expired and not swept yet), of at most
+	// IngressReturnMax (0 until the switch has a remote gateway).
+	IngressReturn, IngressReturnMax int
 }
 
 // PortStats are one port's counters. Rx counts every frame given to Input;
@@ -139,6 +149,9 @@ func (s *Switch) Stats() Stats {
 		Translated:    s.c.translated.Load(),
 		LBRejects:     s.c.lbRejects.Load(),
 		LBRetries:     s.c.lbRetries.Load(),
+	}
+	if mt := s.mesh.Load(); mt != nil {
+		st.IngressReturn, st.IngressReturnMax = int(mt.n.Load()), mt.max()
 	}
 	for _, r := range s.view.Load().ports {
 		st.Ports = append(st.Ports, PortStats{

@@ -1,8 +1,10 @@
 // Package vswitch is the per-network virtual switch: it forwards Ethernet
 // frames between ports (container TAP devices, the tunnel) with MAC learning
 // and aging, static entries for known endpoints, flooding confined to the
-// switch, ARP suppression, port security and the service load balancer's
-// stage (SetBalancer: VIP translation at container ports). The data path (Port.Input)
+// switch, ARP suppression, port security, the service load balancer's
+// stage (SetBalancer: VIP translation at container and gateway ports) and
+// the routing mesh's reply steering (AddRemoteGateway, SetGatewayHost:
+// the ingress-return table). The data path (Port.Input)
 // forwards whole batches without allocating and reads only immutable
 // snapshots of the control-plane state, swapped with atomic.Pointer.
 package vswitch
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/internal/aging"
+	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -69,6 +72,18 @@ type Config struct {
 	// lb.Conntrack, and whoever sweeps it, must use the same origin; zero
 	// means the switch's creation time.
 	BalancerEpoch time.Time
+	// Subnet is the network's subnet: the ingress-return table (see
+	// AddRemoteGateway) keeps flows only for clients outside it (or
+	// from the gateway address).
+	Subnet netip.Prefix
+	// IngressReturnMax bounds the ingress-return table, in flows; 0
+	// means DefaultIngressReturnMax. It is allocated with the first
+	// AddRemoteGateway.
+	IngressReturnMax int
+	// IngressReturnTimeouts are its entries' idle timeouts, the
+	// conntrack's (TCP by state, UDP); zero fields take
+	// lb.DefaultTimeouts.
+	IngressReturnTimeouts lb.Timeouts
 }
 
 // DefaultStormLimit is the storm limit of a Config that sets none, in
@@ -87,17 +102,23 @@ type Switch struct {
 	lbEpoch    time.Time
 	maxFrame   int   // largest frame from a port; 0: no limit
 	stormGap   int64 // storm control: nanoseconds per token; 0: no limit
+	subnet     netip.Prefix
+	meshMax    int
+	meshTO     lb.Timeouts
 
 	view    atomic.Pointer[view]
 	learned *aging.Table[*Port] // learned MACs
 	learnMu sync.Mutex          // serialises commitLearned with RemovePort's pruning
 	closed  atomic.Bool
-	lb      atomic.Pointer[balancer] // nil: no services (SetBalancer)
+	lb      atomic.Pointer[balancer]  // nil: no services (SetBalancer)
+	mesh    atomic.Pointer[meshTable] // the ingress-return table; nil before AddRemoteGateway
 
 	mu      sync.Mutex // control plane state below
 	ports   map[string]*Port
 	statics map[packet.MAC]staticEntry
 	idUsed  []bool
+	hostIP  netip.Addr // this host's gateway identity (SetGatewayHost)
+	hostMAC packet.MAC
 
 	c switchCounters
 }
@@ -107,6 +128,11 @@ type view struct {
 	ports []*Port                   // flooding targets, by id
 	fdb   map[packet.MAC]*Port      // local and static entries
 	arp   map[netip.Addr]packet.MAC // ARP suppression table
+	// hostMAC is this host's gateway-host MAC (SetGatewayHost) while the
+	// switch has a gateway port, else zero; gwHosts are the other hosts'
+	// (AddRemoteGateway).
+	hostMAC packet.MAC
+	gwHosts map[packet.MAC]struct{}
 }
 
 // Port is a port attached to a switch, returned by AddPort: what frames
@@ -152,6 +178,9 @@ func New(cfg Config) *Switch {
 		gwIP:       cfg.GatewayIP,
 		gwMAC:      cfg.GatewayMAC,
 		now:        cfg.Now,
+		subnet:     cfg.Subnet,
+		meshMax:    cfg.IngressReturnMax,
+		meshTO:     cfg.IngressReturnTimeouts,
 		ports:      map[string]*Port{},
 		statics:    map[packet.MAC]staticEntry{},
 	}
@@ -233,6 +262,9 @@ func (s *Switch) checkEntry(mac packet.MAC, ip netip.Addr) error {
 	if mac == s.gwMAC {
 		return fmt.Errorf("MAC %s is the gateway's", mac)
 	}
+	if mac == s.hostMAC {
+		return fmt.Errorf("MAC %s is this host's gateway's", mac)
+	}
 	if e, ok := s.statics[mac]; ok {
 		return fmt.Errorf("MAC %s already on port %q", mac, e.port.name)
 	}
@@ -244,6 +276,9 @@ func (s *Switch) checkEntry(mac packet.MAC, ip netip.Addr) error {
 	}
 	if ip == s.gwIP {
 		return fmt.Errorf("IP %s is the gateway's", ip)
+	}
+	if ip == s.hostIP {
+		return fmt.Errorf("IP %s is this host's gateway's", ip)
 	}
 	for m, e := range s.statics {
 		if e.ip == ip {
@@ -300,9 +335,20 @@ func (s *Switch) publish() {
 		if e.ip.IsValid() {
 			v.arp[e.ip] = mac
 		}
+		if e.gwHost {
+			if v.gwHosts == nil {
+				v.gwHosts = map[packet.MAC]struct{}{}
+			}
+			v.gwHosts[mac] = struct{}{}
+		}
 	}
 	if s.gwIP.IsValid() && !s.gwMAC.IsZero() {
 		v.arp[s.gwIP] = s.gwMAC
+	}
+	if gw := v.fdb[s.gwMAC]; gw != nil && gw.gateway && !s.hostMAC.IsZero() {
+		v.hostMAC = s.hostMAC
+		v.fdb[s.hostMAC] = gw
+		v.arp[s.hostIP] = s.hostMAC
 	}
 	s.view.Store(v)
 }

@@ -1,0 +1,171 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// setPublish rewrites service name's record (as its creator d) with the
+// given published ports, as `service create --publish` will.
+func setPublish(t *testing.T, d *Daemon, name string, publish []string) {
+	t.Helper()
+	for _, e := range d.cl.List(tblServices) {
+		if e.Key != name {
+			continue
+		}
+		var rec svcRecord
+		if err := json.Unmarshal(e.Value, &rec); err != nil {
+			t.Fatal(err)
+		}
+		rec.Publish = publish
+		b, _ := json.Marshal(rec)
+		if err := d.cl.Put(tblServices, name, b); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatalf("service %q not in the table", name)
+}
+
+// gwHostOf returns node d's gateway host address on network.
+func gwHostOf(d *Daemon, network string) netip.Addr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if n := d.networks[network]; n != nil {
+		return n.gwHost
+	}
+	return netip.Addr{}
+}
+
+// remoteGateways counts the remote FDB entries of d's network that are
+// another node's gateway host address.
+func remoteGateways(d *Daemon, network string, hosts []netip.Addr) int {
+	f, _ := d.FDB(network)
+	n := 0
+	for _, e := range f {
+		for _, h := range hosts {
+			if h.IsValid() && e.Kind == "remote" && e.IP == h.String() && e.MAC == packet.MAC(macForIP(h)).String() {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// TestMeshGatewayHosts: once a service of a network publishes ports,
+// every node (also those with no endpoint on the network) gets a gateway
+// host address of its own, unique, from its own blocks; every other node
+// has it as a remote; a node with no endpoint can then dial the VIP from
+// an outside client's address and the backend on another node sees that
+// address; when the service stops publishing, the addresses are released.
+func TestMeshGatewayHosts(t *testing.T) {
+	ds, sbs := threeNodes(t)
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.3.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds[1:] {
+		waitFor(t, "the network on every node", func() bool { _, err := d.Network("web"); return err == nil })
+	}
+	svc, err := ds[0].CreateService(api.ServiceCreateRequest{Name: "websvc", Networks: []string{"web"}, Ports: []string{"80:8080"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.MustParseAddr(svc.VIPs[0].VIP)
+	mustAttach(t, ds[1], api.AttachRequest{Network: "web", Name: "b1", Create: true, Services: []api.ServiceMember{{Name: "websvc"}}})
+	b1 := sbs[1].iface("/run/netns/b1", "eth0").stack
+	b1.SetDefaultRoute(netip.MustParseAddr("10.3.0.1"))
+	for _, d := range ds {
+		if a := gwHostOf(d, "web"); a.IsValid() {
+			t.Fatalf("node %s has a gateway host address %s before any service publishes", d.cfg.Node, a)
+		}
+	}
+
+	setPublish(t, ds[0], "websvc", []string{"published=8080,target=80,protocol=tcp,mode=ingress,client-ip=preserve"})
+	hosts := make([]netip.Addr, len(ds))
+	for i, d := range ds {
+		waitFor(t, "a gateway host address on "+d.cfg.Node, func() bool { hosts[i] = gwHostOf(d, "web"); return hosts[i].IsValid() })
+	}
+	if hosts[0] == hosts[1] || hosts[1] == hosts[2] || hosts[0] == hosts[2] {
+		t.Fatalf("gateway host addresses not unique: %v", hosts)
+	}
+	for i, d := range ds {
+		waitFor(t, "the other nodes' gateways as remotes on "+d.cfg.Node, func() bool { return remoteGateways(d, "web", hosts) == 2 })
+		if g := d.dp.Gateway("web"); g == nil || g.HostAddr() != hosts[i] {
+			t.Fatalf("node %s's gateway has host address %v, want %s", d.cfg.Node, g.HostAddr(), hosts[i])
+		}
+	}
+
+	// h1 and h3 have no endpoint on web: their gateways dial the VIP as an
+	// outside client; b1 on h2 sees the client's address.
+	ln, err := b1.Listen(8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for i, d := range []*Daemon{ds[0], ds[2]} {
+		client := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.9"), uint16(40000+i))
+		saw := make(chan string, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				saw <- err.Error()
+				return
+			}
+			defer c.Close()
+			saw <- c.RemoteAddr().String()
+			io.WriteString(c, "hello")
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := d.dp.Gateway("web").DialTCP(ctx, client, netip.AddrPortFrom(vip, 80))
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: dial the VIP from the gateway: %v", d.cfg.Node, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "hello" {
+			t.Fatalf("%s: read %q, %v", d.cfg.Node, b, err)
+		}
+		c.Close()
+		if got := <-saw; got != client.String() {
+			t.Fatalf("%s: the backend saw %s, want %s", d.cfg.Node, got, client)
+		}
+	}
+
+	setPublish(t, ds[0], "websvc", nil)
+	for _, d := range ds {
+		waitFor(t, "the gateway host address released on "+d.cfg.Node, func() bool {
+			return !gwHostOf(d, "web").IsValid() && remoteGateways(d, "web", hosts) == 0
+		})
+	}
+}
+
+// TestDecodeGatewayRecord: a gateway identity's record is accepted only
+// as gatewayRecordName with the address-derived MAC and without aliases
+// or services; an endpoint record cannot take that name.
+func TestDecodeGatewayRecord(t *testing.T) {
+	entry := func(key, v string) cluster.Entry { return cluster.Entry{Key: key, Owner: "peer", Value: []byte(v)} }
+	good := entry("peer/base/.gateway", `{"name":".gateway","network":"base","ip":"10.0.0.3","mac":"02:42:0a:00:00:03","node":"peer","gateway":true}`)
+	if rec, err := decodeEndpoint(good); err != nil || !rec.isGateway() {
+		t.Fatalf("a valid gateway record: %v (gateway %v)", err, rec.isGateway())
+	}
+	for what, e := range map[string]cluster.Entry{
+		"aliases":          entry("peer/base/.gateway", `{"name":".gateway","network":"base","ip":"10.0.0.3","mac":"02:42:0a:00:00:03","node":"peer","gateway":true,"aliases":["x"]}`),
+		"services":         entry("peer/base/.gateway", `{"name":".gateway","network":"base","ip":"10.0.0.3","mac":"02:42:0a:00:00:03","node":"peer","gateway":true,"services":[{"name":"a","id":"abababababababababababababababab","weight":1,"state":"active","health":"healthy"}]}`),
+		"a container name": entry("peer/base/g", `{"name":"g","network":"base","ip":"10.0.0.3","mac":"02:42:0a:00:00:03","node":"peer","gateway":true}`),
+		"another MAC":      entry("peer/base/.gateway", `{"name":".gateway","network":"base","ip":"10.0.0.3","mac":"02:42:0a:00:00:04","node":"peer","gateway":true}`),
+		"not a gateway":    entry("peer/base/.gateway", `{"name":".gateway","network":"base","ip":"10.0.0.3","mac":"02:42:0a:00:00:03","node":"peer"}`),
+	} {
+		if _, err := decodeEndpoint(e); err == nil {
+			t.Errorf("a gateway record with %s was accepted", what)
+		}
+	}
+}
