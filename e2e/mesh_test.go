@@ -233,6 +233,14 @@ func proxyV2Hex(src, dst netip.AddrPort) string {
 func TestRoutingMesh(t *testing.T) {
 	es := newCluster(t, 3)
 	h1, h2, h3 := es[0], es[1], es[2]
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, e := range es {
+				out, _ := e.h.CLI("stats")
+				t.Logf("stats of %s:\n%s", e.h.Name, out)
+			}
+		}
+	})
 	peer, err := h1.tb.AddUnderlayPeer("client")
 	if err != nil {
 		t.Fatal(err)
