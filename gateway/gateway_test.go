@@ -59,12 +59,13 @@ func newHarness(t *testing.T, internal bool, ecfg EgressConfig) *harness {
 	return newHarnessWith(t, Config{Internal: internal}, ecfg)
 }
 
-// newHarnessWith is newHarness with cfg's Internal and HostAddr.
+// newHarnessWith is newHarness with cfg's Internal, HostAddr and
+// HostMAC (the switch answers ARP for the host address too).
 func newHarnessWith(t *testing.T, cfg Config, ecfg EgressConfig) *harness {
 	t.Helper()
 	h := &harness{sw: vswitch.New(vswitch.Config{Name: "web", GatewayIP: gwAddr.Addr(), GatewayMAC: gwMAC, MTU: 1500})}
 	h.eg = NewEgress(ecfg)
-	gw, err := New(Config{Name: "web", Addr: gwAddr, MAC: gwMAC, MTU: 1500, Internal: cfg.Internal, Egress: h.eg, HostAddr: cfg.HostAddr})
+	gw, err := New(Config{Name: "web", Addr: gwAddr, MAC: gwMAC, MTU: 1500, Internal: cfg.Internal, Egress: h.eg, HostAddr: cfg.HostAddr, HostMAC: cfg.HostMAC})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,6 +73,11 @@ func newHarnessWith(t *testing.T, cfg Config, ecfg EgressConfig) *harness {
 	ref, err := h.sw.AddGateway(gw.Device(), "gateway")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.HostAddr.IsValid() {
+		if err := h.sw.SetGatewayHost(cfg.HostAddr, cfg.HostMAC); err != nil {
+			t.Fatal(err)
+		}
 	}
 	h.loop(gw.Device(), ref)
 	c, err := netstack.New("c1", ctrMAC, ctrAddr)

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vxmesh/vxmesh/packet"
 )
 
 // TestAppendProxyV2 checks the header byte for byte against one built by
@@ -59,7 +61,8 @@ func readLine(t *testing.T, c net.Conn) string {
 // gateway's host address and its first bytes in the container are the
 // PROXY v2 header naming the outside client and the address it dialled.
 func TestPublishProxyV2(t *testing.T) {
-	h := newHarnessWith(t, Config{HostAddr: gwAddr.Addr()}, EgressConfig{})
+	host := netip.MustParseAddr("10.0.1.250")
+	h := newHarnessWith(t, Config{HostAddr: host, HostMAC: packet.MAC{0x02, 0x42, 10, 0, 1, 250}}, EgressConfig{})
 	ha := publicAddr(t)
 	serveEcho(t, h, 80)
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp", ClientIP: ClientIPProxyV2}
@@ -74,8 +77,8 @@ func TestPublishProxyV2(t *testing.T) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if peer := readLine(t, c); !strings.HasPrefix(peer, gwAddr.Addr().String()+":") {
-		t.Fatalf("the backend saw %s, want the gateway's host address %s", peer, gwAddr.Addr())
+	if peer := readLine(t, c); !strings.HasPrefix(peer, host.String()+":") {
+		t.Fatalf("the backend saw %s, want the gateway's host address %s", peer, host)
 	}
 	c.(*net.TCPConn).CloseWrite()
 	got, err := io.ReadAll(c)
@@ -88,6 +91,24 @@ func TestPublishProxyV2(t *testing.T) {
 	}
 	if st := p.Stats(); st.Total != 1 || st.Failed != 0 {
 		t.Fatalf("port stats %+v: want 1 connection, none failed", st)
+	}
+
+	// preserve: a loopback client enters from the host address (not the
+	// anycast one, which cannot be a source across hosts).
+	pres := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp", ClientIP: ClientIPPreserve}
+	pp, err := h.eg.Publish(pres, h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pp.Close()
+	lc, err := net.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), pres.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close()
+	lc.SetDeadline(time.Now().Add(10 * time.Second))
+	if peer := readLine(t, lc); !strings.HasPrefix(peer, host.String()+":") {
+		t.Fatalf("preserve: a loopback client entered as %s, want the host address %s", peer, host)
 	}
 }
 
