@@ -237,7 +237,8 @@ func TestRoutingMesh(t *testing.T) {
 		if t.Failed() {
 			for _, e := range es {
 				out, _ := e.h.CLI("stats")
-				t.Logf("stats of %s:\n%s", e.h.Name, out)
+				snmp, _ := exec.Command("ip", "netns", "exec", e.h.Netns, "grep", "^Udp:", "/proc/net/snmp").Output()
+				t.Logf("stats of %s:\n%s\nkernel UDP counters:\n%s", e.h.Name, out, snmp)
 			}
 		}
 	})
@@ -370,7 +371,11 @@ func TestRoutingMesh(t *testing.T) {
 func meshLeavesNothing(t *testing.T, e *env, peer *testbed.UnderlayPeer, addr string) {
 	t.Helper()
 	base := e.quietStats()
-	cmd := exec.Command("ip", "netns", "exec", peer.Netns, suite.self, helperArg, "hold", addr, strconv.Itoa(publishedConns), "200")
+	// 50 dials at a time (200 on one host in TestPublishedPortLeavesNothing):
+	// here every answer crosses the underlay in UDP, whose bursts a
+	// loaded test machine drops at the ingress host's socket (TCP
+	// recovers, at its retransmission pace).
+	cmd := exec.Command("ip", "netns", "exec", peer.Netns, suite.self, helperArg, "hold", addr, strconv.Itoa(publishedConns), "50")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -408,7 +413,7 @@ func meshLeavesNothing(t *testing.T, e *env, peer *testbed.UnderlayPeer, addr st
 	}
 	const fdSlack, goroutineSlack = 3, 20
 	var after api.Stats
-	eventually(t, 30*time.Second, func() error {
+	eventually(t, 60*time.Second, func() error {
 		after = api.Stats{}
 		e.json(&after, "stats")
 		switch {

@@ -14,6 +14,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -180,10 +181,16 @@ func (g *Gateway) dialIn(ctx context.Context, src, dst netip.AddrPort) (*gonet.T
 	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&entry)
 	defer wq.EventUnregister(&entry)
+	// A client port used again while the gateway's side of its previous
+	// connection lingers in TIME-WAIT (bound to the same client address
+	// and port, to any destination) must still bind, as the client's own
+	// kernel let it connect.
+	ep.SocketOptions().SetReuseAddress(true)
 	if tErr := ep.Bind(fullAddr(src)); tErr != nil {
 		ep.Close()
 		return nil, nil, fmt.Errorf("bind %s: %s", src, tErr)
 	}
+	g.endTimeWait(src, dst)
 	tErr = ep.Connect(fullAddr(dst))
 	if _, ok := tErr.(*tcpip.ErrConnectStarted); ok {
 		select {
@@ -200,6 +207,24 @@ func (g *Gateway) dialIn(ctx context.Context, src, dst netip.AddrPort) (*gonet.T
 	}
 	ep.SocketOptions().SetKeepAlive(true)
 	return gonet.NewTCPConn(&wq, ep), ep, nil
+}
+
+// endTimeWait ends the stack's connection from src to dst if it lingers
+// in TIME-WAIT, so that a new one with the same addresses and ports can
+// be made (the client's kernel allowed it; Linux takes a new SYN for a
+// TIME-WAIT connection too).
+func (g *Gateway) endTimeWait(src, dst netip.AddrPort) {
+	id := stack.TransportEndpointID{
+		LocalAddress: tcpip.AddrFrom4(src.Addr().As4()), LocalPort: src.Port(),
+		RemoteAddress: tcpip.AddrFrom4(dst.Addr().As4()), RemotePort: dst.Port(),
+	}
+	if src.Port() == 0 {
+		return
+	}
+	if old, ok := g.stack.FindTransportEndpoint(ipv4.ProtocolNumber, tcp.ProtocolNumber, id, nicID).(*tcp.Endpoint); ok &&
+		tcp.EndpointState(old.State()) == tcp.StateTimeWait {
+		old.Abort()
+	}
 }
 
 func (p *Port) acceptTCP() {

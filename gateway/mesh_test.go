@@ -162,3 +162,42 @@ func TestPublishMeshSource(t *testing.T) {
 		t.Fatalf("preserve port stats %+v: want 1 connection, 1 refused", st)
 	}
 }
+
+// TestPublishClientPortReused: a client port used again soon after a
+// connection from it ended (the gateway's side of that one lingers in
+// TIME-WAIT, bound to the client's address and port) still gets through:
+// to another published port, and to the same one.
+func TestPublishClientPortReused(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	ha := publicAddr(t)
+	serveEcho(t, h, 80)
+	serveEcho(t, h, 81)
+	a := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
+	b := Publish{HostPort: freePort(t, "tcp"), Port: 81, Proto: "tcp"}
+	for _, s := range []Publish{a, b} {
+		p, err := h.eg.Publish(s, h.target())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+	}
+	local := &net.TCPAddr{IP: ha.AsSlice(), Port: int(freePort(t, "tcp"))}
+	for i, s := range []Publish{a, b, a} {
+		d := net.Dialer{LocalAddr: local, Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+		}}
+		c, err := d.Dial("tcp4", netip.AddrPortFrom(ha, s.HostPort).String())
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if peer := readLine(t, c); peer != local.String() {
+			t.Fatalf("connection %d: the container saw %s, want %s", i, peer, local)
+		}
+		// The client closes first: the gateway's side to the container
+		// closes first too and stays in TIME-WAIT.
+		c.(*net.TCPConn).CloseWrite()
+		io.ReadAll(c)
+		c.Close()
+	}
+}
