@@ -14,6 +14,8 @@ const (
 	DefaultMaxFlows    = 65536
 	DefaultUDPIdle     = 120 * time.Second
 	DefaultDialTimeout = 30 * time.Second
+	// DefaultIngressKeepalive is EgressConfig.IngressKeepalive's default.
+	DefaultIngressKeepalive = 30 * time.Second
 )
 
 // EgressConfig configures the host's egress.
@@ -27,6 +29,14 @@ type EgressConfig struct {
 	// DialTimeout bounds an outside TCP connect; 0 means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
+	// IngressKeepalive is how long a published port's connection into
+	// the network may be idle before the gateway probes it (TCP
+	// keepalive, every third of it after that; three unanswered probes
+	// end the flow; data or a FIN unacknowledged for twice as long end
+	// it too), so a flow whose other side vanished (a backend gone while
+	// its FIN was lost) ends instead of waiting for a FIN or data that
+	// never come; 0 means DefaultIngressKeepalive.
+	IngressKeepalive time.Duration
 	// Dial opens the outside socket; nil means a net.Dialer. For tests.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -104,6 +114,9 @@ func NewEgress(cfg EgressConfig) *Egress {
 	}
 	if cfg.UDPIdle <= 0 {
 		cfg.UDPIdle = DefaultUDPIdle
+	}
+	if cfg.IngressKeepalive <= 0 {
+		cfg.IngressKeepalive = DefaultIngressKeepalive
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout

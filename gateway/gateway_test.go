@@ -35,7 +35,9 @@ type harness struct {
 	gw  *Gateway
 	eg  *Egress
 	ctr *netstack.Container
-	wg  sync.WaitGroup
+	// cport is the container's switch port.
+	cport *vswitch.Port
+	wg    sync.WaitGroup
 }
 
 // redirect makes a Dial that sends connections for outside:port to
@@ -91,6 +93,7 @@ func newHarnessWith(t *testing.T, cfg Config, ecfg EgressConfig) *harness {
 		t.Fatal(err)
 	}
 	h.loop(c.Device(), cref)
+	h.cport = cref
 	t.Cleanup(func() {
 		c.Close()
 		gw.Close()

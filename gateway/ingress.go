@@ -209,6 +209,21 @@ func (g *Gateway) dialIn(ctx context.Context, src, dst netip.AddrPort) (*gonet.T
 	return gonet.NewTCPConn(&wq, ep), ep, nil
 }
 
+// setKeepalive sets the keepalive of a published connection's endpoint
+// in the network (EgressConfig.IngressKeepalive).
+func (e *Egress) setKeepalive(ep tcpip.Endpoint) {
+	idle := tcpip.KeepaliveIdleOption(e.cfg.IngressKeepalive)
+	every := tcpip.KeepaliveIntervalOption(e.cfg.IngressKeepalive / 3)
+	ep.SetSockOpt(&idle)
+	ep.SetSockOpt(&every)
+	ep.SetSockOptInt(tcpip.KeepaliveCountOption, 3)
+	// Data (a FIN) unacknowledged for twice as long ends it too, as
+	// Linux's TCP_USER_TIMEOUT does: keepalive only probes an idle
+	// connection.
+	user := tcpip.TCPUserTimeoutOption(2 * e.cfg.IngressKeepalive)
+	ep.SetSockOpt(&user)
+}
+
 // endTimeWait ends the stack's connection from src to dst if it lingers
 // in TIME-WAIT, so that a new one with the same addresses and ports can
 // be made (the client's kernel allowed it; Linux takes a new SYN for a
@@ -294,6 +309,7 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 		fl.abort()
 		return
 	}
+	e.setKeepalive(ep)
 	t.ep.Store(&ep)
 	if t.aborted.Load() {
 		// Aborted while dialling: reset never saw ep.

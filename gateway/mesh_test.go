@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -199,5 +200,75 @@ func TestPublishClientPortReused(t *testing.T) {
 		c.(*net.TCPConn).CloseWrite()
 		io.ReadAll(c)
 		c.Close()
+	}
+}
+
+// TestPublishBackendVanishes: a published connection whose container
+// side goes silent after the client's half-close (its port gone: no FIN,
+// no reset ever comes) ends within the keepalive's bounds, and the client
+// is told, whether the gateway's FIN was acknowledged before (keepalive
+// probes go unanswered) or not (the user timeout); it is not held until
+// a FIN or data arrive.
+func TestPublishBackendVanishes(t *testing.T) {
+	for _, acked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fin-acked=%v", acked), func(t *testing.T) { backendVanishes(t, acked) })
+	}
+}
+
+func backendVanishes(t *testing.T, acked bool) {
+	h := newHarness(t, false, EgressConfig{IngressKeepalive: 300 * time.Millisecond})
+	ha := publicAddr(t)
+	ln, err := h.ctr.Listen(80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			io.WriteString(c, "hi\n")
+			accepted <- c // never closed by the server: it vanishes
+		}
+	}()
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
+	p, err := h.eg.Publish(spec, h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	readLine(t, c)
+	sc := <-accepted
+	defer sc.Close()
+	if !acked {
+		h.sw.RemovePort(h.cport)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if acked {
+		sc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := sc.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("the server did not get the FIN: %v", err)
+		}
+		h.sw.RemovePort(h.cport)
+	}
+	start := time.Now()
+	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client: %v, want EOF or a reset once the flow ended", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the flow ended after %v, want within the keepalive's bound (~1 s)", d)
+	}
+	// The counter drops once the flow's goroutines finish, just after
+	// the client was told.
+	for deadline := time.Now().Add(5 * time.Second); h.eg.Stats().IngressTCP != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d published flows open, want 0", h.eg.Stats().IngressTCP)
+		}
 	}
 }
