@@ -414,6 +414,9 @@ type EgressStats struct {
 	IngressFailed   uint64 `json:"ingress_failed"`
 	IngressBytesIn  uint64 `json:"ingress_bytes_in"`
 	IngressBytesOut uint64 `json:"ingress_bytes_out"`
+	// IngressRefused counts routing-mesh flows refused because they
+	// needed the gateway's host address and it had none (also failed).
+	IngressRefused uint64 `json:"ingress_refused"`
 }
 
 // DNSStats are the embedded resolver's counters.
@@ -492,6 +495,32 @@ type Service struct {
 	// Stats are this node's counters of the service, per network
 	// (inspect only).
 	Stats []ServiceStats `json:"stats,omitempty"`
+	// Published are the service's published ports (the routing mesh),
+	// canonical: published=P,target=T,protocol=tcp|udp,mode=ingress|host,
+	// client-ip=preserve|snat|proxy-v2.
+	Published []string `json:"published"`
+	// PublishState is each node's state of each published port it
+	// serves (inspect only), as the nodes report it.
+	PublishState []ServicePublishState `json:"publish_state,omitempty"`
+}
+
+// ServicePublishState is one node's state of one published port: "up"
+// or "down: CAUSE" (a host port already in use, ...), and, for the
+// answering node only, its counters of the port.
+type ServicePublishState struct {
+	Node      string `json:"node"`
+	Published string `json:"published"`
+	State     string `json:"state"`
+	// Network is the network whose gateway the flows enter.
+	Network string `json:"network"`
+	Local   bool   `json:"local,omitempty"`
+	// Counters of the answering node: open flows, flows accepted,
+	// refused or failed, bytes towards the backends (in) and clients.
+	Active   int64  `json:"active,omitempty"`
+	Total    uint64 `json:"total,omitempty"`
+	Failed   uint64 `json:"failed,omitempty"`
+	BytesIn  uint64 `json:"bytes_in,omitempty"`
+	BytesOut uint64 `json:"bytes_out,omitempty"`
 }
 
 // ServiceVIP is a service's virtual IP on one network.
@@ -568,6 +597,10 @@ type ServiceCreateRequest struct {
 	HealthHTTP      string `json:"health_http,omitempty"`
 	StopGracePeriod string `json:"stop_grace_period,omitempty"`
 	DNSTTL          string `json:"dns_ttl,omitempty"`
+	// Publish are published ports (--publish): published=P,target=T[,
+	// protocol=tcp|udp][,mode=ingress|host][,client-ip=preserve|snat|
+	// proxy-v2] or P:T[/udp].
+	Publish []string `json:"publish,omitempty"`
 }
 
 // ServiceUpdateRequest changes a service; nil fields stay as they are.
@@ -589,6 +622,10 @@ type ServiceUpdateRequest struct {
 	NoHealth        bool      `json:"no_health,omitempty"`
 	StopGracePeriod *string   `json:"stop_grace_period,omitempty"`
 	DNSTTL          *string   `json:"dns_ttl,omitempty"`
+	// PublishAdd adds published ports (as ServiceCreateRequest.Publish);
+	// PublishRemove removes them by PUBLISHED[/PROTO] (tcp by default).
+	PublishAdd    []string `json:"publish_add,omitempty"`
+	PublishRemove []string `json:"publish_remove,omitempty"`
 }
 
 // Error is the body of every non-2xx response.

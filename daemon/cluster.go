@@ -308,7 +308,7 @@ func (d *Daemon) startCluster() error {
 	for _, t := range []struct {
 		name string
 		opt  cluster.TableOptions
-	}{{tblNetworks, cluster.TableOptions{}}, {tblEndpoints, cluster.TableOptions{NodeScoped: true}}, {tblServices, cluster.TableOptions{}}} {
+	}{{tblNetworks, cluster.TableOptions{}}, {tblEndpoints, cluster.TableOptions{NodeScoped: true}}, {tblServices, cluster.TableOptions{}}, {tblMeshState, cluster.TableOptions{NodeScoped: true}}} {
 		if err := cl.DefineTable(t.name, t.opt); err != nil {
 			cl.Close()
 			return err

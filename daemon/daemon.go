@@ -162,12 +162,17 @@ type Daemon struct {
 	egress     *gateway.Egress
 	// gwDNS are the resolvers at the networks' gateway addresses
 	// (gateway_dns.go); guarded by mu.
-	gwDNS  map[string]*gatewayResolver
-	dns    *resolver
-	keys   *keyState
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   sync.WaitGroup
+	gwDNS map[string]*gatewayResolver
+	// mesh are the services' published ports this host serves, by
+	// meshWant.key, and meshPublished the state record last published
+	// (mesh_listen.go); guarded by mu.
+	mesh          map[string]*meshListener
+	meshPublished string
+	dns           *resolver
+	keys          *keyState
+	ctx           context.Context
+	cancel        context.CancelFunc
+	done          sync.WaitGroup
 
 	closeOnce sync.Once
 	// refused counts the table records this node refuses.
@@ -551,6 +556,7 @@ func (d *Daemon) close() {
 	d.mu.Lock()
 	d.stopResolvers()
 	d.closeAllPorts()
+	d.closeMesh()
 	d.closeGatewayDNS()
 	d.mu.Unlock()
 	// The data plane closes every endpoint's device (persistent TAPs stay

@@ -32,6 +32,7 @@ func (d *Daemon) applyDataplane() error {
 	err := d.dp.Reconfig(cfg)
 	d.flushLeftBackends(cfg)
 	d.syncGatewayDNS()
+	d.syncMesh()
 	return err
 }
 

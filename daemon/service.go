@@ -131,6 +131,7 @@ type svcSpec struct {
 	stopGrace time.Duration
 	ttl       time.Duration
 	health    health.Spec // zero: no check
+	publish   []meshPort
 }
 
 // publishes reports whether the service has published ports: every host
@@ -359,6 +360,13 @@ func validateService(rec *svcRecord) (*svcSpec, error) {
 	}
 	if !slices.Equal(ports, rec.Ports) {
 		return nil, fmt.Errorf("service %q: ports %v: not sorted and canonical", rec.Name, rec.Ports)
+	}
+	var publish []string
+	if s.publish, publish, err = parseMeshPorts(rec.Publish, s.ports, rec.Mode); err != nil {
+		return nil, fmt.Errorf("service %q: %w", rec.Name, err)
+	}
+	if !slices.Equal(publish, rec.Publish) {
+		return nil, fmt.Errorf("service %q: published ports %v: not sorted and canonical", rec.Name, rec.Publish)
 	}
 	if s.health, err = checkHealth(rec.Health); err != nil {
 		return nil, fmt.Errorf("service %q: %w", rec.Name, err)

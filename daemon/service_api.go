@@ -17,13 +17,24 @@ import (
 )
 
 // svcClaimsConflict is the conflict rule of tblSvcClaims: names compare
-// as DNS names do.
-func svcClaimsConflict(a, b string) bool { return strings.EqualFold(a, b) }
+// as DNS names do; published ports (meshClaim: PORT/PROTO@SERVICE) by
+// their PORT/PROTO.
+func svcClaimsConflict(a, b string) bool {
+	pa, _, ma := strings.Cut(a, "@")
+	pb, _, mb := strings.Cut(b, "@")
+	if ma && mb {
+		return pa == pb
+	}
+	return strings.EqualFold(a, b)
+}
 
 // svcClaimTaken returns the services-table records of the claimed name:
 // such a claim must lose.
 func svcClaimTaken(cl *cluster.Cluster) func(group, resource string) []cluster.Entry {
 	return func(group, resource string) []cluster.Entry {
+		if group == meshClaimGroup {
+			return meshPortTaken(cl, resource)
+		}
 		if group != svcClaimGroup {
 			return nil
 		}
@@ -35,6 +46,26 @@ func svcClaimTaken(cl *cluster.Cluster) func(group, resource string) []cluster.E
 		}
 		return out
 	}
+}
+
+// meshPortTaken returns the services-table records of other services
+// that publish the port of claim resource (PORT/PROTO@SERVICE).
+func meshPortTaken(cl *cluster.Cluster, resource string) []cluster.Entry {
+	key, service, _ := strings.Cut(resource, "@")
+	var out []cluster.Entry
+	for _, e := range cl.List(tblServices) {
+		s, err := decodeService(e)
+		if err != nil || strings.EqualFold(s.rec.Name, service) {
+			continue
+		}
+		for _, m := range s.publish {
+			if m.portKey() == key {
+				out = append(out, e)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // vipOwner is the owner of a VIP's reservation in d.reservedIPs while a
@@ -75,7 +106,11 @@ func serviceSpecFromRequest(req api.ServiceCreateRequest) (svcRecord, error) {
 	if _, rec.Affinity, err = parseAffinity(req.Affinity); err != nil {
 		return rec, invalid("service %q: %w", req.Name, err)
 	}
-	if _, rec.Ports, err = parsePorts(req.Ports); err != nil {
+	var ports []lb.Port
+	if ports, rec.Ports, err = parsePorts(req.Ports); err != nil {
+		return rec, invalid("service %q: %w", req.Name, err)
+	}
+	if _, rec.Publish, err = parseMeshPorts(req.Publish, ports, rec.Mode); err != nil {
 		return rec, invalid("service %q: %w", req.Name, err)
 	}
 	if rec.Health, err = parseHealth(req.HealthTCP, req.HealthHTTP); err != nil {
@@ -150,6 +185,11 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 	}
 	d.mu.Lock()
 	err = d.planService(req.Name, nets)
+	if err == nil {
+		if err = d.checkMeshRecord(rec); err != nil {
+			delete(d.svcCreating, strings.ToLower(req.Name))
+		}
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return api.Service{}, err
@@ -174,6 +214,11 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 			d.log.Warn("releasing service claim", "service", req.Name, "err", err)
 		}
 	}()
+	release, err := d.claimMeshPorts(rec, nil)
+	defer release()
+	if err != nil {
+		return api.Service{}, err
+	}
 	for _, network := range nets {
 		v := svcVIP{Network: network}
 		if rec.Mode == modeVIP {
@@ -281,6 +326,9 @@ func (d *Daemon) commitService(rec svcRecord, old *svcSpec) (*svcSpec, error) {
 			return nil, conflict("service %q: network %q: removed meanwhile", rec.Name, v.Network)
 		}
 	}
+	if err := d.checkMeshPorts(spec); err != nil {
+		return nil, err
+	}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
@@ -331,6 +379,9 @@ func (d *Daemon) UpdateService(name string, req api.ServiceUpdateRequest) (api.S
 		return api.Service{}, notFound("service %q: not found", name)
 	}
 	rec, want, err := d.updatedService(old, req)
+	if err == nil {
+		err = d.checkMeshRecord(rec)
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return api.Service{}, err
@@ -341,6 +392,11 @@ func (d *Daemon) UpdateService(name string, req api.ServiceUpdateRequest) (api.S
 		d.releaseReserved(owner)
 		d.mu.Unlock()
 	}()
+	release, err := d.claimMeshPorts(rec, old)
+	defer release()
+	if err != nil {
+		return api.Service{}, err
+	}
 	for i, v := range rec.VIPs {
 		w, ok := want[v.Network]
 		if rec.Mode != modeVIP || (v.VIP != "" && !ok) || (ok && w == v.VIP) {
@@ -383,6 +439,10 @@ func (d *Daemon) updatedService(old *svcSpec, req api.ServiceUpdateRequest) (svc
 	setStr(&cr.DNSTTL, req.DNSTTL)
 	if req.Ports != nil {
 		cr.Ports = *req.Ports
+	}
+	var err error
+	if cr.Publish, err = updatedPublish(name, rec.Publish, req.PublishAdd, req.PublishRemove); err != nil {
+		return rec, nil, err
 	}
 	next, err := serviceSpecFromRequest(cr)
 	if err != nil {
@@ -522,6 +582,7 @@ func (d *Daemon) serviceView(s *svcSpec, backends []svcBackend, full bool) api.S
 		Name: r.Name, ID: r.ID, EndpointMode: r.Mode, Scheduler: r.Scheduler, Affinity: r.Affinity,
 		Ports: append([]string{}, r.Ports...), HealthCheck: r.Health, StopGracePeriod: r.StopGrace, DNSTTL: r.DNSTTL,
 		Created: r.Created, CreatedBy: r.CreatedBy, VIPs: []api.ServiceVIP{},
+		Published: append([]string{}, r.Publish...),
 	}
 	for _, x := range r.VIPs {
 		v.VIPs = append(v.VIPs, api.ServiceVIP{Network: x.Network, VIP: x.VIP})
@@ -529,6 +590,7 @@ func (d *Daemon) serviceView(s *svcSpec, backends []svcBackend, full bool) api.S
 	if !full {
 		return v
 	}
+	v.PublishState = d.meshStateView(s)
 	stats := map[string]map[netip.Addr]lb.BackendStats{}
 	for _, x := range r.VIPs {
 		for _, st := range d.lbStats(x.Network) {

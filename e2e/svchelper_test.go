@@ -21,7 +21,8 @@ import (
 //
 //	serve NAME PORT [FILE]    answer TCP and UDP on PORT: a TCP connection
 //	                          gets "NAME PEER" at once and again for every
-//	                          line it sends; a UDP datagram gets "NAME PEER".
+//	                          line it sends (the line "reset" resets it
+//	                          instead); a UDP datagram gets "NAME PEER".
 //	                          With FILE, also answer HTTP GET /health on
 //	                          PORT+1: 200, or 503 while FILE exists (the
 //	                          test flips a backend's health with it)
@@ -33,8 +34,12 @@ import (
 //	                          an idleReport as JSON
 //	udp ADDR DUR EVERY        from one socket, send a datagram every EVERY
 //	                          for DUR; print who answered as answers come
-//	hold ADDR N PAR           open N TCP connections, PAR dials at a time,
-//	                          read the first line of each and keep them
+//	proxy NAME PORT           answer TCP on PORT: read a connection's first
+//	                          28 bytes (a PROXY v2 header of TCP/IPv4) and
+//	                          answer "NAME PEER HEX" with them in hex
+//	hold ADDR N PAR [WAIT]    open N TCP connections, PAR dials at a time,
+//	                          read the first line of each (within WAIT,
+//	                          default 5s) and keep them
 //	                          all open; print "held K" (K answered), wait
 //	                          for stdin to close, close them all and
 //	                          print a connReport as JSON
@@ -100,13 +105,19 @@ func serviceHelper(args []string) error {
 			return fmt.Errorf("udp: bad DUR or EVERY")
 		}
 		return helperUDP(args[1], dur, every)
-	case args[0] == "hold" && len(args) == 4:
+	case args[0] == "proxy" && len(args) == 3:
+		return helperProxy(args[1], args[2])
+	case args[0] == "hold" && (len(args) == 4 || len(args) == 5):
 		n, err1 := strconv.Atoi(args[2])
 		par, err2 := strconv.Atoi(args[3])
-		if err1 != nil || err2 != nil || n < 1 || par < 1 {
-			return fmt.Errorf("hold: bad N or PAR")
+		wait, err3 := lineWait, error(nil)
+		if len(args) == 5 {
+			wait, err3 = time.ParseDuration(args[4])
 		}
-		return helperHold(args[1], n, par)
+		if err1 != nil || err2 != nil || err3 != nil || n < 1 || par < 1 {
+			return fmt.Errorf("hold: bad N, PAR or WAIT")
+		}
+		return helperHold(args[1], n, par, wait)
 	}
 	return fmt.Errorf("unknown mode or arguments %q", args)
 }
@@ -131,12 +142,12 @@ func raiseNoFile(need uint64) error {
 // helperHold opens n connections to addr, par dials at a time, and holds
 // every one that answered open until stdin closes; then it closes them
 // all and prints the report.
-func helperHold(addr string, n, par int) error {
+func helperHold(addr string, n, par int, wait time.Duration) error {
 	if err := raiseNoFile(uint64(n) + 100); err != nil {
 		return err
 	}
 	held := make([]net.Conn, 0, n)
-	r := dialAll(addr, n, par, 0, func(c net.Conn) {
+	r := dialAll(addr, n, par, 0, wait, func(c net.Conn) {
 		_ = c.SetDeadline(time.Time{})
 		held = append(held, c)
 	})
@@ -212,10 +223,39 @@ func helperServe(name, port string) error {
 			}
 			sc := bufio.NewScanner(c)
 			for sc.Scan() {
+				if sc.Text() == "reset" {
+					_ = c.(*net.TCPConn).SetLinger(0)
+					return
+				}
 				if _, err := c.Write([]byte(line)); err != nil {
 					return
 				}
 			}
+		}()
+	}
+}
+
+// helperProxy answers each TCP connection on port with its first 28
+// bytes in hex, after the serve helper's "NAME PEER".
+func helperProxy(name, port string) error {
+	ln, err := net.Listen("tcp4", ":"+port)
+	if err != nil {
+		return err
+	}
+	fmt.Println("serving", name, port)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			head := make([]byte, 28)
+			if _, err := io.ReadFull(c, head); err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s %s %x\n", name, c.RemoteAddr().(*net.TCPAddr).IP, head)
 		}()
 	}
 }
@@ -242,17 +282,20 @@ func serveHealth(port, file string) error {
 	return nil
 }
 
+// lineWait bounds a helper's connect and its wait for the first line.
+const lineWait = 5 * time.Second
+
 // errDial marks a failed connect.
 type errDial struct{ error }
 
 // dialLine connects to addr and reads the backend's first line; a failed
 // connect is an errDial.
-func dialLine(addr string) (name, peer string, c net.Conn, err error) {
-	c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+func dialLine(addr string, wait time.Duration) (name, peer string, c net.Conn, err error) {
+	c, err = net.DialTimeout("tcp4", addr, wait)
 	if err != nil {
 		return "", "", nil, errDial{err}
 	}
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(wait))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
 		c.Close()
@@ -265,13 +308,13 @@ func dialLine(addr string) (name, peer string, c net.Conn, err error) {
 // helperConns opens n connections (or, with dur, as many as fit in it),
 // par at a time, and closes each once it answered.
 func helperConns(addr string, n, par int, dur time.Duration) connReport {
-	return dialAll(addr, n, par, dur, func(c net.Conn) { c.Close() })
+	return dialAll(addr, n, par, dur, lineWait, func(c net.Conn) { c.Close() })
 }
 
 // dialAll opens n connections to addr (or, with dur > 0, as many as fit
 // in dur), par dials at a time, counts each outcome and hands every
 // connection that answered to use (called with one lock held).
-func dialAll(addr string, n, par int, dur time.Duration, use func(net.Conn)) connReport {
+func dialAll(addr string, n, par int, dur, wait time.Duration, use func(net.Conn)) connReport {
 	r := connReport{Counts: map[string]int{}, Peers: []string{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -291,7 +334,7 @@ func dialAll(addr string, n, par int, dur time.Duration, use func(net.Conn)) con
 		go func() {
 			defer wg.Done()
 			for range next {
-				name, peer, c, err := dialLine(addr)
+				name, peer, c, err := dialLine(addr, wait)
 				mu.Lock()
 				r.count(name, peer, err)
 				if err == nil {
@@ -316,7 +359,7 @@ func containsStr(list []string, s string) bool {
 
 // helperIdle keeps one connection idle for wait, then uses it.
 func helperIdle(addr string, wait time.Duration) idleReport {
-	name, _, c, err := dialLine(addr)
+	name, _, c, err := dialLine(addr, lineWait)
 	if err != nil {
 		return idleReport{Err: err.Error()}
 	}

@@ -52,7 +52,12 @@
 // and port as the source (the NIC spoofs), to the container; its replies
 // come back to this host's gateway (anycast), where the stack owns the
 // flow. Clients with overlay or loopback addresses enter from the
-// gateway's address instead (see ingressSource). DialTCP dials into the
+// gateway's address instead (see ingressSource). The routing mesh's
+// ports (Publish.ClientIP, mesh.go) dial a service's VIP: preserve as
+// above but with the gateway's host address as the fallback, snat and
+// proxy-v2 from the host address (proxy-v2 writing a PROXY v2 header
+// first, AppendProxyV2); without a host address such flows are reset
+// (IngressRefused). DialTCP dials into the
 // network from any source, a service VIP included (the switch balances
 // the gateway's frames): the routing mesh (docs/architecture.md).
 package gateway

@@ -14,6 +14,8 @@ const (
 	DefaultMaxFlows    = 65536
 	DefaultUDPIdle     = 120 * time.Second
 	DefaultDialTimeout = 30 * time.Second
+	// DefaultIngressKeepalive is EgressConfig.IngressKeepalive's default.
+	DefaultIngressKeepalive = 30 * time.Second
 )
 
 // EgressConfig configures the host's egress.
@@ -28,6 +30,14 @@ type EgressConfig struct {
 	// DialTimeout bounds an outside TCP connect; 0 means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
+	// IngressKeepalive is how long a published port's connection into
+	// the network may be idle before the gateway probes it (TCP
+	// keepalive, every third of it after that; three unanswered probes
+	// end the flow; data or a FIN unacknowledged for twice as long end
+	// it too), so a flow whose other side vanished (a backend gone while
+	// its FIN was lost) ends instead of waiting for a FIN or data that
+	// never come; 0 means DefaultIngressKeepalive.
+	IngressKeepalive time.Duration
 	// Dial opens the outside socket; nil means a net.Dialer. For tests.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -78,6 +88,10 @@ type Stats struct {
 	IngressFailed   uint64 `json:"ingress_failed"`
 	IngressBytesIn  uint64 `json:"ingress_bytes_in"`
 	IngressBytesOut uint64 `json:"ingress_bytes_out"`
+	// IngressRefused counts routing-mesh flows refused because they
+	// needed the gateway's host address and it had none (also counted
+	// in IngressFailed).
+	IngressRefused uint64 `json:"ingress_refused"`
 }
 
 // Egress is the host's egress state, shared by every network's gateway:
@@ -97,7 +111,7 @@ type Egress struct {
 
 	ingressTCP, ingressUDP          atomic.Int64
 	ingressTotal, ingressSNAT       atomic.Uint64
-	ingressFailed                   atomic.Uint64
+	ingressFailed, ingressRefused   atomic.Uint64
 	ingressBytesIn, ingressBytesOut atomic.Uint64
 }
 
@@ -108,6 +122,9 @@ func NewEgress(cfg EgressConfig) *Egress {
 	}
 	if cfg.UDPIdle <= 0 {
 		cfg.UDPIdle = DefaultUDPIdle
+	}
+	if cfg.IngressKeepalive <= 0 {
+		cfg.IngressKeepalive = DefaultIngressKeepalive
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
@@ -141,6 +158,7 @@ func (e *Egress) Stats() Stats {
 		IngressTCP: e.ingressTCP.Load(), IngressUDP: e.ingressUDP.Load(), IngressTotal: e.ingressTotal.Load(),
 		IngressSNAT: e.ingressSNAT.Load(), IngressFailed: e.ingressFailed.Load(),
 		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),
+		IngressRefused: e.ingressRefused.Load(),
 	}
 	e.mu.Lock()
 	if len(e.refused) > 0 {

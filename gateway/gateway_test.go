@@ -36,7 +36,9 @@ type harness struct {
 	eg  *Egress
 	ctr *netstack.Container
 	rec *recorder // the container's port: what the switch sends it
-	wg  sync.WaitGroup
+	// cport is the container's switch port.
+	cport *vswitch.Port
+	wg    sync.WaitGroup
 }
 
 // redirect makes a Dial that sends connections for outside:port to
@@ -57,9 +59,16 @@ func redirect(to map[uint16]uint16) func(ctx context.Context, network, addr stri
 
 func newHarness(t testing.TB, internal bool, ecfg EgressConfig) *harness {
 	t.Helper()
+	return newHarnessWith(t, Config{Internal: internal}, ecfg)
+}
+
+// newHarnessWith is newHarness with cfg's Internal, HostAddr and
+// HostMAC (the switch answers ARP for the host address too).
+func newHarnessWith(t testing.TB, cfg Config, ecfg EgressConfig) *harness {
+	t.Helper()
 	h := &harness{sw: vswitch.New(vswitch.Config{Name: "web", GatewayIP: gwAddr.Addr(), GatewayMAC: gwMAC, MTU: 1500})}
 	h.eg = NewEgress(ecfg)
-	gw, err := New(Config{Name: "web", Addr: gwAddr, MAC: gwMAC, MTU: 1500, Internal: internal, Egress: h.eg})
+	gw, err := New(Config{Name: "web", Addr: gwAddr, MAC: gwMAC, MTU: 1500, Internal: cfg.Internal, Egress: h.eg, HostAddr: cfg.HostAddr, HostMAC: cfg.HostMAC})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,6 +76,11 @@ func newHarness(t testing.TB, internal bool, ecfg EgressConfig) *harness {
 	ref, err := h.sw.AddGateway(gw.Device(), "gateway")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.HostAddr.IsValid() {
+		if err := h.sw.SetGatewayHost(cfg.HostAddr, cfg.HostMAC); err != nil {
+			t.Fatal(err)
+		}
 	}
 	h.loop(gw.Device(), ref)
 	c, err := netstack.New("c1", ctrMAC, ctrAddr)
@@ -81,6 +95,7 @@ func newHarness(t testing.TB, internal bool, ecfg EgressConfig) *harness {
 		t.Fatal(err)
 	}
 	h.loop(c.Device(), cref)
+	h.cport = cref
 	t.Cleanup(func() {
 		c.Close()
 		gw.Close()

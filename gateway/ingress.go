@@ -14,6 +14,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -44,6 +45,33 @@ type Port struct {
 	flows  map[*flow]struct{}
 	udp    map[netip.AddrPort]*udpIn
 	wg     sync.WaitGroup
+
+	active            atomic.Int64
+	total, failed     atomic.Uint64
+	bytesIn, bytesOut atomic.Uint64
+}
+
+// PortStats are one published port's counters: open flows, flows
+// accepted, flows refused or failed, and bytes towards the network (in)
+// and the clients (out; TCP bytes are added when a connection ends).
+type PortStats struct {
+	Active   int64
+	Total    uint64
+	Failed   uint64
+	BytesIn  uint64
+	BytesOut uint64
+}
+
+// Stats returns p's counters.
+func (p *Port) Stats() PortStats {
+	return PortStats{Active: p.active.Load(), Total: p.total.Load(), Failed: p.failed.Load(),
+		BytesIn: p.bytesIn.Load(), BytesOut: p.bytesOut.Load()}
+}
+
+// fail counts a refused or failed flow.
+func (p *Port) fail() {
+	p.e.ingressFailed.Add(1)
+	p.failed.Add(1)
 }
 
 // Publish listens on the host for spec and forwards to target. A port
@@ -153,10 +181,16 @@ func (g *Gateway) dialIn(ctx context.Context, src, dst netip.AddrPort) (*gonet.T
 	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&entry)
 	defer wq.EventUnregister(&entry)
+	// A client port used again while the gateway's side of its previous
+	// connection lingers in TIME-WAIT (bound to the same client address
+	// and port, to any destination) must still bind, as the client's own
+	// kernel let it connect.
+	ep.SocketOptions().SetReuseAddress(true)
 	if tErr := ep.Bind(fullAddr(src)); tErr != nil {
 		ep.Close()
 		return nil, nil, fmt.Errorf("bind %s: %s", src, tErr)
 	}
+	g.endTimeWait(src, dst)
 	tErr = ep.Connect(fullAddr(dst))
 	if _, ok := tErr.(*tcpip.ErrConnectStarted); ok {
 		select {
@@ -173,6 +207,39 @@ func (g *Gateway) dialIn(ctx context.Context, src, dst netip.AddrPort) (*gonet.T
 	}
 	ep.SocketOptions().SetKeepAlive(true)
 	return gonet.NewTCPConn(&wq, ep), ep, nil
+}
+
+// setKeepalive sets the keepalive of a published connection's endpoint
+// in the network (EgressConfig.IngressKeepalive).
+func (e *Egress) setKeepalive(ep tcpip.Endpoint) {
+	idle := tcpip.KeepaliveIdleOption(e.cfg.IngressKeepalive)
+	every := tcpip.KeepaliveIntervalOption(e.cfg.IngressKeepalive / 3)
+	ep.SetSockOpt(&idle)
+	ep.SetSockOpt(&every)
+	ep.SetSockOptInt(tcpip.KeepaliveCountOption, 3)
+	// Data (a FIN) unacknowledged for twice as long ends it too, as
+	// Linux's TCP_USER_TIMEOUT does: keepalive only probes an idle
+	// connection.
+	user := tcpip.TCPUserTimeoutOption(2 * e.cfg.IngressKeepalive)
+	ep.SetSockOpt(&user)
+}
+
+// endTimeWait ends the stack's connection from src to dst if it lingers
+// in TIME-WAIT, so that a new one with the same addresses and ports can
+// be made (the client's kernel allowed it; Linux takes a new SYN for a
+// TIME-WAIT connection too).
+func (g *Gateway) endTimeWait(src, dst netip.AddrPort) {
+	id := stack.TransportEndpointID{
+		LocalAddress: tcpip.AddrFrom4(src.Addr().As4()), LocalPort: src.Port(),
+		RemoteAddress: tcpip.AddrFrom4(dst.Addr().As4()), RemotePort: dst.Port(),
+	}
+	if src.Port() == 0 {
+		return
+	}
+	if old, ok := g.stack.FindTransportEndpoint(ipv4.ProtocolNumber, tcp.ProtocolNumber, id, nicID).(*tcp.Endpoint); ok &&
+		tcp.EndpointState(old.State()) == tcp.StateTimeWait {
+		old.Abort()
+	}
 }
 
 func (p *Port) acceptTCP() {
@@ -227,25 +294,42 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	defer e.ingressSlotDone()
 	g, dst, ok := p.target()
 	if !ok {
-		e.ingressFailed.Add(1)
+		p.fail()
 		fl.abort()
 		return
 	}
-	src, spoofed := e.ingressSource(g, t.c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	client := t.c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	src, spoofed, ok := p.flowSource(g, client)
+	if !ok {
+		e.ingressRefused.Add(1)
+		p.fail()
+		fl.abort()
+		return
+	}
 	ctx, cancel := context.WithTimeout(g.ctx, ingressDialTimeout)
 	in, ep, err := g.dialIn(ctx, src, netip.AddrPortFrom(dst, p.spec.Port))
 	cancel()
 	if err != nil {
-		e.ingressFailed.Add(1)
+		p.fail()
 		fl.abort()
 		return
 	}
+	e.setKeepalive(ep)
 	t.ep.Store(&ep)
 	if t.aborted.Load() {
 		// Aborted while dialling: reset never saw ep.
 		resetEndpoint(ep)
-		e.ingressFailed.Add(1)
+		p.fail()
 		return
+	}
+	if p.spec.ClientIP == ClientIPProxyV2 {
+		local := t.c.LocalAddr().(*net.TCPAddr).AddrPort()
+		if _, err := in.Write(AppendProxyV2(make([]byte, 0, 28), client, local)); err != nil {
+			p.fail()
+			fl.abort()
+			in.Close()
+			return
+		}
 	}
 	// The gateway's Close aborts the flow too.
 	if !g.track(fl) {
@@ -254,10 +338,15 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	}
 	defer g.untrack(fl)
 	e.ingressStart(&e.ingressTCP, spoofed)
+	p.total.Add(1)
+	p.active.Add(1)
+	defer p.active.Add(-1)
 	defer e.ingressTCP.Add(-1)
 	toClient, toCtr := splice(in, t.c, fl)
 	e.ingressBytesIn.Add(uint64(toCtr))
 	e.ingressBytesOut.Add(uint64(toClient))
+	p.bytesIn.Add(uint64(toCtr))
+	p.bytesOut.Add(uint64(toClient))
 }
 
 func asNetError(err error, ne *net.Error) bool { return errors.As(err, ne) }

@@ -52,6 +52,7 @@ func (p *Port) serveUDP() {
 		f.last.Store(time.Now().UnixNano())
 		if _, err := f.in.Write(buf[:n]); err == nil {
 			p.e.ingressBytesIn.Add(uint64(n))
+			p.bytesIn.Add(uint64(n))
 		}
 	}
 }
@@ -76,14 +77,19 @@ func (p *Port) dialUDPFlow(client netip.AddrPort) *udpIn {
 	e := p.e
 	g, dst, ok := p.target()
 	if !ok {
-		e.ingressFailed.Add(1)
+		p.fail()
 		return nil
 	}
-	src, spoofed := e.ingressSource(g, client)
+	src, spoofed, ok := p.flowSource(g, client)
+	if !ok {
+		e.ingressRefused.Add(1)
+		p.fail()
+		return nil
+	}
 	laddr, raddr := fullAddr(src), fullAddr(netip.AddrPortFrom(dst, p.spec.Port))
 	in, err := gonet.DialUDP(g.stack, &laddr, &raddr, ipv4.ProtocolNumber)
 	if err != nil {
-		e.ingressFailed.Add(1)
+		p.fail()
 		return nil
 	}
 	f := &udpIn{in: in}
@@ -102,11 +108,15 @@ func (p *Port) dialUDPFlow(client netip.AddrPort) *udpIn {
 	p.udp[client] = f
 	p.mu.Unlock()
 	e.ingressStart(&e.ingressUDP, spoofed)
+	p.total.Add(1)
+	p.active.Add(1)
 	go func() {
+		defer p.active.Add(-1)
 		defer p.untrack(fl)
 		defer g.untrack(fl)
 		n := copyDatagrams(replyWriter{p.pc, client}, in, &f.last, e.cfg.UDPIdle)
 		e.ingressBytesOut.Add(n)
+		p.bytesOut.Add(n)
 		p.mu.Lock()
 		delete(p.udp, client)
 		p.mu.Unlock()

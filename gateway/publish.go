@@ -17,6 +17,9 @@ type Publish struct {
 	Port     uint16
 	// Proto is "tcp" or "udp".
 	Proto string
+	// ClientIP is the flows' source address mode (not part of the
+	// `run -p` form: its zero value is `run -p`'s).
+	ClientIP ClientIP
 }
 
 // ParsePublish parses `[HOSTIP:]HOSTPORT:PORT[/tcp|/udp]` (IPv4 HOSTIP;

@@ -204,15 +204,19 @@ func fakeDaemon(t *testing.T) string {
 			Conntrack: api.ConntrackStats{Max: 262144, Entries: 2}},
 		"/v1/services": []api.Service{
 			{Name: "api", ID: "00112233445566778899aabbccddeeff", EndpointMode: "vip", VIPs: []api.ServiceVIP{{Network: "web", VIP: "10.0.1.200"}},
-				Scheduler: "rr", StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h1"},
+				Scheduler: "rr", StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h1",
+				Published: []string{"published=8080,target=80,protocol=tcp,mode=ingress,client-ip=preserve"}},
 			{Name: "rr", ID: "ffeeddccbbaa99887766554433221100", EndpointMode: "dnsrr", VIPs: []api.ServiceVIP{{Network: "db"}},
-				Scheduler: "rr", StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h2"},
+				Scheduler: "rr", StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h2", Published: []string{}},
 		},
 		"/v1/services/api": api.Service{Name: "api", ID: "00112233445566778899aabbccddeeff", EndpointMode: "vip",
 			VIPs: []api.ServiceVIP{{Network: "web", VIP: "10.0.1.200"}}, Scheduler: "maglev", Ports: []string{"80/tcp"},
 			StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h1",
-			Backends: []api.ServiceBackend{{Node: "h1", Container: "c1", Network: "web", IP: "10.0.1.2", Weight: 1, State: "active", Health: "healthy", HealthReason: "http 200", HealthSince: time.Unix(1700000000, 0), ActiveConns: 2}},
-			Stats:    []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}}},
+			Backends:  []api.ServiceBackend{{Node: "h1", Container: "c1", Network: "web", IP: "10.0.1.2", Weight: 1, State: "active", Health: "healthy", HealthReason: "http 200", HealthSince: time.Unix(1700000000, 0), ActiveConns: 2}},
+			Stats:     []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}},
+			Published: []string{"published=8080,target=80,protocol=tcp,mode=ingress,client-ip=preserve"},
+			PublishState: []api.ServicePublishState{{Node: "h1", Published: "published=8080,target=80,protocol=tcp,mode=ingress,client-ip=preserve", State: "up", Network: "web", Local: true, Total: 3},
+				{Node: "h2", Published: "published=8080,target=80,protocol=tcp,mode=ingress,client-ip=preserve", State: "down: host port 0.0.0.0:8080 is already in use", Network: "web"}}},
 	}
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	l, err := net.Listen("unix", sock)

@@ -13,7 +13,7 @@ import (
 
 // serviceFlags are the policy flags service create and update share.
 type serviceFlags struct {
-	vips, ports                           stringList
+	vips, ports, publish                  stringList
 	mode, scheduler, affinity, healthHTTP string
 	stopGrace, dnsTTL                     string
 	healthTCP                             int
@@ -33,6 +33,12 @@ func (f *serviceFlags) register(fs *flagSet, update bool) {
 		portHelp = "`PORT[/PROTO]` or VIPPORT:TARGET[/PROTO]: replaces the ports (repeatable; --no-ports for every port)"
 	}
 	fs.Var(&f.ports, "port", portHelp)
+	pubHelp := "publish a port on every host (the routing mesh): `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host][,client-ip=preserve|snat|proxy-v2]` or P:T[/udp] (repeatable)"
+	if update {
+		fs.Var(&f.publish, "publish-add", pubHelp)
+	} else {
+		fs.Var(&f.publish, "publish", pubHelp)
+	}
 	fs.IntVar(&f.healthTCP, "health-tcp", 0, "check backends by connecting to TCP `PORT`")
 	fs.StringVar(&f.healthHTTP, "health-http", "", "check backends with HTTP GET on `:PORT/PATH` (2xx/3xx is healthy); options may follow, e.g. \":8080/healthz interval=5s timeout=2s healthy=1 unhealthy=5\"")
 	fs.StringVar(&f.stopGrace, "stop-grace-period", "", "how long a leaving backend keeps its connections (default 10s)")
@@ -58,6 +64,7 @@ func serviceCreate(env *cliEnv, args []string) error {
 	req := api.ServiceCreateRequest{
 		Name: pos[0], Networks: nets, VIPs: f.vips, EndpointMode: f.mode, Scheduler: f.scheduler, Affinity: f.affinity,
 		Ports: f.ports, HealthTCP: f.healthTCP, HealthHTTP: f.healthHTTP, StopGracePeriod: f.stopGrace, DNSTTL: f.dnsTTL,
+		Publish: f.publish,
 	}
 	s, err := fs.client().CreateService(req)
 	if err != nil {
@@ -72,7 +79,8 @@ func serviceCreate(env *cliEnv, args []string) error {
 func serviceUpdate(env *cliEnv, args []string) error {
 	fs := newFlags(env, "service update", true)
 	var f serviceFlags
-	var add, rm stringList
+	var add, rm, pubRm stringList
+	fs.Var(&pubRm, "publish-rm", "stop publishing port `PUBLISHED[/PROTO]` (tcp by default; repeatable)")
 	fs.Var(&add, "network-add", "add network `NET` (it gets a VIP; repeatable)")
 	fs.Var(&rm, "network-rm", "remove network `NET` and the VIP there (repeatable)")
 	f.register(fs, true)
@@ -85,7 +93,8 @@ func serviceUpdate(env *cliEnv, args []string) error {
 	if err := wantArgs(pos, 1, "a service name"); err != nil {
 		return err
 	}
-	req := api.ServiceUpdateRequest{AddNetworks: add, RemoveNetworks: rm, VIPs: f.vips, NoHealth: *noHealth}
+	req := api.ServiceUpdateRequest{AddNetworks: add, RemoveNetworks: rm, VIPs: f.vips, NoHealth: *noHealth,
+		PublishAdd: f.publish, PublishRemove: pubRm}
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	str := func(name string, v string) *string {
@@ -137,12 +146,37 @@ func serviceLs(env *cliEnv, args []string) error {
 		return err
 	}
 	return fs.output(env.stdout, svcs, func() error {
-		t := newTable(env.stdout, "NAME", "ID", "ENDPOINT MODE", "VIPS", "SCHEDULER", "PORTS")
+		t := newTable(env.stdout, "NAME", "ID", "ENDPOINT MODE", "VIPS", "SCHEDULER", "PORTS", "PUBLISHED")
 		for _, s := range svcs {
-			t.row(s.Name, shortID(s.ID), s.EndpointMode, dash(fmtVIPs(s.VIPs)), s.Scheduler, dash(strings.Join(s.Ports, ",")))
+			t.row(s.Name, shortID(s.ID), s.EndpointMode, dash(fmtVIPs(s.VIPs)), s.Scheduler, dash(strings.Join(s.Ports, ",")), dash(fmtPublished(s.Published)))
 		}
 		return t.flush()
 	})
+}
+
+// fmtPublished prints published ports as Docker does, *:8080->80/tcp,
+// with the mode and client address mode when not the defaults.
+func fmtPublished(specs []string) string {
+	out := make([]string, len(specs))
+	for i, spec := range specs {
+		kv := map[string]string{}
+		for _, f := range strings.Split(spec, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			kv[k] = v
+		}
+		out[i] = "*:" + kv["published"] + "->" + kv["target"] + "/" + kv["protocol"]
+		var extra []string
+		if kv["mode"] != "ingress" {
+			extra = append(extra, kv["mode"])
+		}
+		if kv["client-ip"] != "preserve" {
+			extra = append(extra, kv["client-ip"])
+		}
+		if len(extra) > 0 {
+			out[i] += " (" + strings.Join(extra, ",") + ")"
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 // fmtVIPs prints a service's networks as NET=VIP (NET alone for dnsrr).
@@ -180,6 +214,14 @@ func printService(w io.Writer, s api.Service) error {
 		s.Scheduler, dash(s.Affinity), orAll(strings.Join(s.Ports, ", ")), dash(s.HealthCheck))
 	fmt.Fprintf(w, "Stop grace:    %s\nDNS TTL:       %s\nCreated:       %s on %s\n",
 		s.StopGracePeriod, s.DNSTTL, s.Created.Format("2006-01-02 15:04:05 MST"), s.CreatedBy)
+	fmt.Fprintf(w, "Published:     %s\n", dash(fmtPublished(s.Published)))
+	for _, p := range s.PublishState {
+		fmt.Fprintf(w, "  %s on %s (%s): %s", fmtPublished([]string{p.Published}), p.Node, p.Network, p.State)
+		if p.Local {
+			fmt.Fprintf(w, "; this node: %d open, %d flows, %d failed, %d bytes in, %d bytes out", p.Active, p.Total, p.Failed, p.BytesIn, p.BytesOut)
+		}
+		fmt.Fprintln(w)
+	}
 	for _, st := range s.Stats {
 		fmt.Fprintf(w, "On %s (this node): %d new connections, %d active, %d packets, %d bytes, %d retries, %d rejects, %d ejections\n",
 			st.Network, st.NewConns, st.Active, st.Packets, st.Bytes, st.Retries, st.Rejects, st.Ejections)
