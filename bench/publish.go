@@ -14,9 +14,15 @@ package main
 //     another such namespace, forwarding between uplink and eth0 (with
 //     masquerade on eth0: the backend's default route is the vxmesh
 //     gateway, so replies must be steered back to the router).
+//   - mesh-local, mesh-remote: the routing mesh, the same container as the
+//     backend of service mesh published with `service create --publish
+//     published=P,target=T,mode=ingress,client-ip=preserve`, reached on
+//     the backend's own host and on a second host without a backend
+//     (ingress host -> VXLAN tunnel -> backend host, the replies steered
+//     back to the ingress host).
 //
-// One testbed host (daemon), network pub at -mtu; the client is an
-// underlay namespace ("out"). Per row: iperf3 TCP client -> container
+// Two testbed hosts (h1 holds every container, h2 none), network pub at
+// -mtu; the client is an underlay namespace ("out"). Per row: iperf3 TCP client -> container
 // (the direction the gateway's stack sends to the container) and
 // container -> client (-R), new connections per second (wrk
 // Connection: close) and keep-alive requests per second. Rows are
@@ -48,6 +54,18 @@ const (
 	rowPubVxmesh  = "vxmesh"
 	rowPubHAProxy = "haproxy"
 	rowPubDNAT    = "nft-dnat"
+	// rowPubMeshLocal and rowPubMeshRemote are the routing mesh's
+	// published port on the backend's host and on the host without one.
+	rowPubMeshLocal  = "mesh-local"
+	rowPubMeshRemote = "mesh-remote"
+)
+
+// The routing mesh rows' service and its published ports (the backend's
+// HTTP and iperf3 ports are its targets).
+const (
+	meshService   = "mesh"
+	meshHTTPPort  = 8080
+	meshIperfPort = 15201
 )
 
 // PublishRow is one front door to the backend: where the client connects
@@ -69,8 +87,9 @@ type PublishRow struct {
 type publishBed struct {
 	tb      *testbed.Testbed
 	host    *testbed.Host
-	client  string // the outside client's netns path
-	backend string // the backend container's overlay address
+	ingress *testbed.Host // the second host, without a backend
+	client  string        // the outside client's netns path
+	backend string        // the backend container's overlay address
 	mtu     int
 	ps      procs
 	closeFn func()
@@ -113,12 +132,12 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	if err != nil {
 		return nil, nil, err
 	}
-	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix + "-"})
+	tb, err := testbed.New(testbed.Options{Hosts: 2, Binary: bin, Prefix: prefix + "-"})
 	if err != nil {
 		cleanupBin()
 		return nil, nil, err
 	}
-	bed = &publishBed{tb: tb, host: tb.Hosts[0]}
+	bed = &publishBed{tb: tb, host: tb.Hosts[0], ingress: tb.Hosts[1]}
 	stopServers := func() {}
 	closeBed := func() {
 		bed.ps.stop()
@@ -132,7 +151,7 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 		}
 	}()
 	h := bed.host
-	if err = h.StartDaemon(); err != nil {
+	if err = tb.StartDaemons(); err != nil {
 		return nil, nil, err
 	}
 	peer, err := tb.AddUnderlayPeer("out")
@@ -142,7 +161,10 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	bed.client = peer.NetnsPath
 	for _, args := range [][]string{
 		{"network", "create", "pub", "--subnet", "10.87.0.0/24", "--mtu", fmt.Sprint(cfg.mtu)},
-		{"run", "-d", "--network", "pub", "--name", "b1", "-p", fmt.Sprintf("%d:%d", httpPort, httpPort), "-p", fmt.Sprintf("%d:%d", iperfPort, iperfPort), "--", "sleep", "infinity"},
+		{"service", "create", meshService, "--network", "pub", "--port", fmt.Sprint(httpPort), "--port", fmt.Sprint(iperfPort),
+			"--publish", fmt.Sprintf("published=%d,target=%d,mode=ingress,client-ip=preserve", meshHTTPPort, httpPort),
+			"--publish", fmt.Sprintf("published=%d,target=%d,mode=ingress,client-ip=preserve", meshIperfPort, iperfPort)},
+		{"run", "-d", "--network", "pub", "--name", "b1", "--service", meshService, "-p", fmt.Sprintf("%d:%d", httpPort, httpPort), "-p", fmt.Sprintf("%d:%d", iperfPort, iperfPort), "--", "sleep", "infinity"},
 		{"run", "-d", "--network", "pub", "--name", "hap", "--", "sleep", "infinity"},
 		{"run", "-d", "--network", "pub", "--name", "dnat", "--", "sleep", "infinity"},
 	} {
@@ -178,6 +200,11 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	if err = bed.dnat(ctx, bed.backend); err != nil {
 		return nil, nil, err
 	}
+	for _, hh := range tb.Hosts {
+		if err = waitMeshPublished(ctx, hh, meshService, 30*time.Second); err != nil {
+			return nil, nil, err
+		}
+	}
 	bed.closeFn = closeBed
 	rows = []PublishRow{
 		{Name: rowPubVxmesh, Desc: "run -p: host socket -> gateway netstack -> container (client's address kept)", Addr: h.Addr},
@@ -187,7 +214,55 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	for i := range rows {
 		rows[i].HTTPPort, rows[i].IperfPort = httpPort, iperfPort
 	}
+	rows = append(rows,
+		PublishRow{Name: rowPubMeshLocal, Desc: "routing mesh on the backend's host: host socket -> gateway netstack -> container (client's address kept)",
+			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort},
+		PublishRow{Name: rowPubMeshRemote, Desc: "routing mesh on a host without a backend: ingress -> tunnel -> backend's host -> container, replies steered back",
+			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort})
 	return bed, rows, nil
+}
+
+// waitMeshPublished polls h's `service inspect` of service until h sees
+// a backend and reports every published port of the service up on h.
+func waitMeshPublished(ctx context.Context, h *testbed.Host, service string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var s api.Service
+		err := h.CLIJSON(&s, "service", "inspect", service)
+		if err == nil {
+			err = meshPublishedOn(s, h.Name)
+		}
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("service %s on %s after %v: %w", service, h.Name, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// meshPublishedOn says why s, as some host inspects it, is not yet
+// published on node: no backend known, or a port not up there.
+func meshPublishedOn(s api.Service, node string) error {
+	if len(s.Backends) == 0 {
+		return fmt.Errorf("no backend known")
+	}
+	if len(s.Published) == 0 {
+		return fmt.Errorf("no published port")
+	}
+	for _, p := range s.Published {
+		state := "not reported"
+		for _, ps := range s.PublishState {
+			if ps.Node == node && ps.Published == p {
+				state = ps.State
+			}
+		}
+		if state != "up" {
+			return fmt.Errorf("%s is %s", p, state)
+		}
+	}
+	return nil
 }
 
 // endpointIPs returns the containers' addresses from `endpoint ls`.
@@ -315,7 +390,7 @@ func measurePublished(ctx context.Context, cfg config, client string, r *Publish
 
 // printPublish prints the rows and their ratios to the vxmesh row.
 func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBefore, loadAfter string) {
-	fmt.Fprintf(out, "\npublished port, 1 host: outside client -> one container (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
+	fmt.Fprintf(out, "\npublished port, 2 hosts: outside client -> one container on h1 (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
 		mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\treq/s (keep-alive)\tp99\twrk errors\t")
@@ -340,8 +415,10 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBef
 	fmt.Fprintf(out, "\nmachine load average (1 min) before / after: %s / %s on %d CPUs\n", loadBefore, loadAfter, runtime.NumCPU())
 }
 
-// publishRatios compares the vxmesh row with the others: new connections
-// per second above HAProxy's is the issue's goal, the rest context.
+// publishRatios compares each front door of vxmesh (run -p and the
+// routing mesh on the backend's host and on a host without one) with
+// HAProxy and nftables DNAT: new connections per second above HAProxy's
+// is the issue's goal, the rest context. A failed row has no ratios.
 func publishRatios(by map[string]PublishRow) []egressRatio {
 	type metric struct {
 		name string
@@ -352,26 +429,31 @@ func publishRatios(by map[string]PublishRow) []egressRatio {
 	outm := metric{"throughput out", func(r PublishRow) float64 { return r.OutBps }}
 	ka := metric{"keep-alive req/s", func(r PublishRow) float64 { return r.KeepAlive.RequestsPerSec }}
 	var res []egressRatio
-	for _, s := range []struct {
-		b    string
-		m    metric
-		goal float64 // > goal, or 0: context
-	}{
-		{rowPubHAProxy, conns, 1}, {rowPubDNAT, conns, 0},
-		{rowPubHAProxy, in, 0}, {rowPubDNAT, in, 0},
-		{rowPubHAProxy, outm, 0}, {rowPubDNAT, outm, 0},
-		{rowPubHAProxy, ka, 0},
-	} {
-		a, aok := by[rowPubVxmesh]
-		b, bok := by[s.b]
-		if !aok || !bok || s.m.f(b) <= 0 {
+	for _, row := range []string{rowPubVxmesh, rowPubMeshLocal, rowPubMeshRemote} {
+		a, aok := by[row]
+		if !aok {
 			continue
 		}
-		q := egressRatio{name: fmt.Sprintf("%s %s / %s", s.m.name, rowPubVxmesh, s.b), value: s.m.f(a) / s.m.f(b), goal: "(context)"}
-		if s.goal > 0 {
-			q.goal = fmt.Sprintf("> %g: %s", s.goal, metOrNot(q.value > s.goal))
+		for _, s := range []struct {
+			b    string
+			m    metric
+			goal float64 // > goal, or 0: context
+		}{
+			{rowPubHAProxy, conns, 1}, {rowPubDNAT, conns, 0},
+			{rowPubHAProxy, in, 0}, {rowPubDNAT, in, 0},
+			{rowPubHAProxy, outm, 0}, {rowPubDNAT, outm, 0},
+			{rowPubHAProxy, ka, 0}, {rowPubDNAT, ka, 0},
+		} {
+			b, bok := by[s.b]
+			if !bok || s.m.f(b) <= 0 {
+				continue
+			}
+			q := egressRatio{name: fmt.Sprintf("%s %s / %s", s.m.name, row, s.b), value: s.m.f(a) / s.m.f(b), goal: "(context)"}
+			if s.goal > 0 {
+				q.goal = fmt.Sprintf("> %g: %s", s.goal, metOrNot(q.value > s.goal))
+			}
+			res = append(res, q)
 		}
-		res = append(res, q)
 	}
 	return res
 }

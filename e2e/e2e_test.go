@@ -597,7 +597,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("vxmesh demo: exited %v, %v\n%s", exited, err, out)
 	}
 	for _, want := range []string{"h1$ vxmesh node ls", "h3", "alive", "h1$ vxmesh network create", "h2$ vxmesh run -d", "h3$ vxmesh run -d",
-		"$ vxmesh ps", "ping", "0% packet loss", "Gbit/s", "h1$ vxmesh service create web", "c1 -> web (VIP", "$ vxmesh service ps web", "$ vxmesh network inspect", "$ vxmesh stats", "$ vxmesh fdb", "remote", "nothing left behind"} {
+		"$ vxmesh ps", "ping", "0% packet loss", "Gbit/s", "h1$ vxmesh service create web", "c1 -> web (VIP", "$ vxmesh service ps web", "--publish published=8080,target=5201", "outside$ iperf3 -c", "the outside client's own address", "$ vxmesh network inspect", "$ vxmesh stats", "$ vxmesh fdb", "remote", "nothing left behind"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

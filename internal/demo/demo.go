@@ -8,14 +8,17 @@ package demo
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"time"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/internal/testbed"
 )
 
@@ -24,6 +27,10 @@ const iperfSeconds = 5
 
 // demoHosts is the number of hosts; container ci runs on host hi.
 const demoHosts = 3
+
+// publishedPort is the demo service's port published by the routing mesh
+// on every host, to its backends' iperf3 servers (5201).
+const publishedPort = 8080
 
 // CheckPrereqs reports what the demo needs and is missing: root and the
 // ip, nsenter, ping, ss and iperf3 commands.
@@ -224,11 +231,13 @@ func (d *demo) steps() error {
 }
 
 // services shows a service: a VIP on the network, balanced in the switch
-// at the client's port to backends on the other hosts, without SNAT.
+// at the client's port to backends on the other hosts, without SNAT, and
+// its port published on every host (the routing mesh).
 func (d *demo) services(hosts []*testbed.Host) error {
 	h1 := hosts[0]
-	d.step("A service: a virtual IP on the network, backends w2 (h2) and w3 (h3), balanced at the client's own port (client-IP affinity, as iperf3 needs)")
-	if _, err := d.cli(h1, "service", "create", "web", "--network", "demo", "--affinity", "client-ip"); err != nil {
+	d.step("A service: a virtual IP on the network, backends w2 (h2) and w3 (h3), balanced at the client's own port (client-IP affinity, as iperf3 needs); its port %d published on every host for clients outside the overlay", publishedPort)
+	if _, err := d.cli(h1, "service", "create", "web", "--network", "demo", "--affinity", "client-ip",
+		"--publish", fmt.Sprintf("published=%d,target=5201", publishedPort)); err != nil {
 		return err
 	}
 	d.service = "web"
@@ -275,8 +284,85 @@ func (d *demo) services(hosts []*testbed.Host) error {
 	}
 	fmt.Fprintf(d.out, "    c1 -> web (VIP -> a backend on another host): %.2f Gbit/s\n", res.Gbps())
 	fmt.Fprintln(d.out, "    every host's backends, with this host's (h1's) connections to each:")
-	_, err = d.cli(h1, "service", "ps", "web")
-	return err
+	if _, err = d.cli(h1, "service", "ps", "web"); err != nil {
+		return err
+	}
+	return d.published(h1)
+}
+
+// published shows the routing mesh: a client outside the overlay (an
+// underlay namespace) reaches web's published port on h, a host without
+// a backend, and the backend that answers saw the client's own address.
+func (d *demo) published(h *testbed.Host) error {
+	d.step("The routing mesh: a client outside the overlay connects to web's published port %d on %s, which has no backend: %s -> tunnel -> a backend on another host, the replies steered back through %s", publishedPort, h.Name, h.Name, h.Name)
+	peer, err := d.tb.AddUnderlayPeer("outside")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "    outside: a namespace on the underlay with address %s, no vxmesh\n", peer.Addr)
+	var svc api.Service
+	if err := waitFor(d.ctx, 15*time.Second, func() error {
+		if err := h.CLIJSON(&svc, "service", "inspect", "web"); err != nil {
+			return err
+		}
+		for _, st := range svc.PublishState {
+			if st.Node == h.Name && strings.HasPrefix(st.Published, fmt.Sprintf("published=%d,", publishedPort)) && st.State == "up" {
+				return nil
+			}
+		}
+		return fmt.Errorf("port %d not up on %s: %+v", publishedPort, h.Name, svc.PublishState)
+	}); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	args := []string{"iperf3", "-c", h.Addr, "-p", fmt.Sprint(publishedPort), "-t", "1", "--get-server-output"}
+	fmt.Fprintf(d.out, "outside$ %s\n", strings.Join(args, " "))
+	var res testbed.IperfResult
+	var backend, client string
+	// The first flows may wait for the port's path to the VIP: retry.
+	if err := waitFor(d.ctx, 15*time.Second, func() error {
+		out, err := exec.CommandContext(d.ctx, "nsenter", append([]string{"--net=" + peer.NetnsPath, "--"}, append(args, "-J")...)...).Output()
+		var perr error
+		if res, perr = testbed.ParseIperf3JSON(out); perr != nil {
+			return fmt.Errorf("iperf3 to %s:%d: %v (%v)", h.Addr, publishedPort, perr, err)
+		}
+		var so struct {
+			Text string `json:"server_output_text"`
+		}
+		if err := json.Unmarshal(out, &so); err != nil {
+			return err
+		}
+		backend, client, err = serverSaw(so.Text)
+		return err
+	}); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	for _, b := range svc.Backends {
+		if strings.Split(b.IP, "/")[0] == backend {
+			backend = fmt.Sprintf("%s (%s on %s)", backend, b.Container, b.Node)
+		}
+	}
+	fmt.Fprintf(d.out, "    outside -> %s:%d -> backend %s: %.2f Gbit/s\n", h.Addr, publishedPort, backend, res.Gbps())
+	fmt.Fprintf(d.out, "    the backend saw the connection come from %s", client)
+	if client != peer.Addr {
+		fmt.Fprintln(d.out)
+		return fmt.Errorf("demo: the backend saw %s, not the outside client's address %s", client, peer.Addr)
+	}
+	fmt.Fprintln(d.out, ": the outside client's own address (client-ip=preserve, no SNAT)")
+	return nil
+}
+
+// iperf3Connected is iperf3 server's line for a test's data connection.
+var iperf3Connected = regexp.MustCompile(`local (\S+) port \d+ connected to (\S+) port \d+`)
+
+// serverSaw returns the local address and the peer address of the first
+// data connection in an iperf3 server's text output: the backend, and
+// the client as the backend saw it.
+func serverSaw(text string) (local, peer string, err error) {
+	m := iperf3Connected.FindStringSubmatch(text)
+	if m == nil {
+		return "", "", fmt.Errorf("iperf3 server output names no connection: %q", text)
+	}
+	return m[1], m[2], nil
 }
 
 // iperf runs an iperf3 server in c2 on host sh and a client in c1 on host

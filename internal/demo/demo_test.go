@@ -29,3 +29,14 @@ func TestRunFailsClearlyAndLeavesNothing(t *testing.T) {
 		t.Errorf("namespaces left behind: %v", left)
 	}
 }
+
+func TestServerSawNamesTheBackendAndTheClient(t *testing.T) {
+	text := "Accepted connection from 192.168.7.200, port 43550\n[  5] local 10.42.0.5 port 5201 connected to 192.168.7.200 port 43560\n[ ID] Interval           Transfer     Bitrate\n"
+	local, peer, err := serverSaw(text)
+	if err != nil || local != "10.42.0.5" || peer != "192.168.7.200" {
+		t.Errorf("serverSaw: %q, %q, %v; want the backend 10.42.0.5 and the client 192.168.7.200", local, peer, err)
+	}
+	if _, _, err := serverSaw("iperf3: error - the server is busy running a test\n"); err == nil || !strings.Contains(err.Error(), "names no connection") {
+		t.Errorf("serverSaw of a busy server's output: %v, want an error", err)
+	}
+}
