@@ -202,7 +202,7 @@ func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
 	defer cleanupBin()
 
 	fmt.Fprintln(log, "dns: building testbed host and daemon")
-	prefix := "vxd" + testbed.RandomID(2) + "-"
+	prefix := "vxdns" + testbed.RandomID(2) + "-"
 	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix})
 	if err != nil {
 		return err

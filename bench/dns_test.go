@@ -148,7 +148,7 @@ func TestDNSModeMeasuresAndCleansUp(t *testing.T) {
 	if err := checkDNSTools(); err != nil {
 		testenv.Missing(t, "%v", err)
 	}
-	before, _ := testbed.ListNetns("vxd")
+	before, _ := testbed.ListNetns("vxdns")
 	var out, log bytes.Buffer
 	cfg := config{duration: time.Second, binary: "/nonexistent", dns: dnsConfig{names: 3, clients: 1, threads: 1, outstanding: 20, rate: 1000}}
 	if err := runDNS(context.Background(), cfg, &out, &log); err != nil {
@@ -157,7 +157,7 @@ func TestDNSModeMeasuresAndCleansUp(t *testing.T) {
 	if n := strings.Count(out.String(), "vxmesh  "); n < 2 || strings.Contains(out.String(), "failed") {
 		t.Errorf("table:\n%s", out.String())
 	}
-	if after, _ := testbed.ListNetns("vxd"); len(after) != len(before) {
+	if after, _ := testbed.ListNetns("vxdns"); len(after) != len(before) {
 		t.Errorf("left behind: %v (before: %v)", after, before)
 	}
 }
