@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/internal/testbed"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
@@ -432,63 +431,11 @@ func meshLeavesNothing(t *testing.T, e *env, peer *testbed.UnderlayPeer, addr st
 	// recovers, at its retransmission pace).
 	// A connection may wait 30 s for its line (TCP's SYN retransmissions
 	// at 1, 3, 7, 15 s), not 5: see the closes below.
-	cmd := exec.Command("ip", "netns", "exec", peer.Netns, suite.self, helperArg, "hold", addr, strconv.Itoa(publishedConns), "50", "30s")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	out := bufio.NewReader(stdout)
-	line, err := out.ReadString('\n')
-	if err != nil {
-		t.Fatalf("hold helper: %v; stderr: %s", err, stderr.String())
-	}
-	t.Logf("%s after %v", strings.TrimSpace(line), time.Since(start).Round(time.Millisecond))
-	var held api.Stats
-	e.json(&held, "stats")
-	if held.Egress.IngressTCP != publishedConns {
-		t.Errorf("while %s held: %d published TCP flows open on %s, want %d", strings.TrimSpace(line), held.Egress.IngressTCP, e.h.Name, publishedConns)
-	}
-	stdin.Close()
-	var r connReport
-	if err := json.NewDecoder(out).Decode(&r); err != nil {
-		t.Fatalf("hold helper report: %v; stderr: %s", err, stderr.String())
-	}
-	cmd.Wait()
-	if r.Counts["b2"]+r.Counts["b3"] != publishedConns || r.Errors+r.Resets != 0 || !slices.Equal(r.Peers, []string{peer.Addr}) {
-		t.Errorf("hold: %+v; want all %d answered by b2 and b3 with the client's own address %s", r, publishedConns, peer.Addr)
-	}
 	// The 5,000 closes leave at once: their FINs cross the underlay in a
 	// burst that a loaded machine's VXLAN socket on the ingress host
 	// partly drops (kernel UdpRcvbufErrors: tens of thousands under the
 	// race detector on 2 busy cores; also while opening), so the last
 	// flows end at TCP's retransmission backoff: minutes, not seconds. A
 	// leak never ends.
-	const fdSlack, goroutineSlack = 3, 20
-	var after api.Stats
-	eventually(t, 4*time.Minute, func() error {
-		after = api.Stats{}
-		e.json(&after, "stats")
-		switch {
-		case after.Egress.IngressTCP != 0:
-			return fmt.Errorf("%d published TCP flows still open", after.Egress.IngressTCP)
-		case after.OpenFDs > base.OpenFDs+fdSlack:
-			return fmt.Errorf("%d open fds, baseline %d", after.OpenFDs, base.OpenFDs)
-		case after.Goroutines > base.Goroutines+goroutineSlack:
-			return fmt.Errorf("%d goroutines, baseline %d", after.Goroutines, base.Goroutines)
-		}
-		return nil
-	}, "after %d connections through %s's published port closed", publishedConns, e.h.Name)
-	t.Logf("%s: baseline %d fds, %d goroutines; holding %d fds, %d goroutines; after %d fds, %d goroutines (%v in all)",
-		e.h.Name, base.OpenFDs, base.Goroutines, held.OpenFDs, held.Goroutines, after.OpenFDs, after.Goroutines, time.Since(start).Round(time.Millisecond))
+	holdPublished(t, e, peer, addr, base, holdSpec{parallel: 50, lineWait: "30s", settle: 4 * time.Minute, backends: []string{"b2", "b3"}})
 }

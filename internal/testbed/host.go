@@ -219,7 +219,16 @@ func (h *Host) stop(sig syscall.Signal, grace time.Duration) error {
 			_ = h.cmd.Process.Kill()
 			<-h.done
 		}
-		return fmt.Errorf("testbed: host %s: daemon ignored %v for %v and was stopped with SIGQUIT (stacks in %s)", h.Name, sig, grace, h.LogFile)
+		// The testbed's directory goes with Close: keep the stacks.
+		kept := h.LogFile
+		if b, err := os.ReadFile(h.LogFile); err == nil {
+			if f, err := os.CreateTemp("", "vxmesh-stuck-"+h.Name+"-*.log"); err == nil {
+				f.Write(b)
+				f.Close()
+				kept = f.Name()
+			}
+		}
+		return fmt.Errorf("testbed: host %s: daemon ignored %v for %v and was stopped with SIGQUIT (stacks in %s)", h.Name, sig, grace, kept)
 	}
 }
 
