@@ -113,6 +113,8 @@ type Egress struct {
 	ingressTotal, ingressSNAT       atomic.Uint64
 	ingressFailed, ingressRefused   atomic.Uint64
 	ingressBytesIn, ingressBytesOut atomic.Uint64
+
+	workers *workers // run TCP flows' goroutines
 }
 
 // NewEgress returns the host's egress state.
@@ -133,7 +135,7 @@ func NewEgress(cfg EgressConfig) *Egress {
 		d := &net.Dialer{KeepAlive: 30 * time.Second}
 		cfg.Dial = d.DialContext
 	}
-	e := &Egress{cfg: cfg, refused: map[string]uint64{}}
+	e := &Egress{cfg: cfg, refused: map[string]uint64{}, workers: newWorkers()}
 	e.overlay.Store(&[]netip.Prefix{})
 	return e
 }

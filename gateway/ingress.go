@@ -259,10 +259,10 @@ func (p *Port) acceptTCP() {
 			fl.abort()
 			return
 		}
-		go func() {
+		p.e.workers.Go(func() {
 			defer p.untrack(fl)
 			p.serveTCP(tf, fl)
-		}()
+		})
 	}
 }
 
@@ -342,7 +342,7 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	p.active.Add(1)
 	defer p.active.Add(-1)
 	defer e.ingressTCP.Add(-1)
-	toClient, toCtr := splice(in, t.c, fl)
+	toClient, toCtr := splice(in, t.c, fl, e.workers)
 	e.ingressBytesIn.Add(uint64(toCtr))
 	e.ingressBytesOut.Add(uint64(toClient))
 	p.bytesIn.Add(uint64(toCtr))

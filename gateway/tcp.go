@@ -99,7 +99,7 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 // spliceTCP copies both ways (see splice), counting egress bytes.
 func (g *Gateway) spliceTCP(in *gonet.TCPConn, out net.Conn, ep tcpip.Endpoint, fl *flow) {
 	e := g.cfg.Egress
-	nOut, nIn := splice(in, out, fl)
+	nOut, nIn := splice(in, out, fl, e.workers)
 	e.bytesOut.Add(uint64(nOut))
 	e.bytesIn.Add(uint64(nIn))
 }
@@ -108,11 +108,11 @@ func (g *Gateway) spliceTCP(in *gonet.TCPConn, out net.Conn, ep tcpip.Endpoint, 
 // directions ended: an EOF is passed on as a half-close (FIN), a read
 // error (a reset, a keepalive timeout) as a reset of the other side, a
 // write error as a reset of the side written from. It returns the bytes
-// copied each way.
-func splice(in, out net.Conn, fl *flow) (nOut, nIn int64) {
+// copied each way. The copy from in to out runs on one of w's workers.
+func splice(in, out net.Conn, fl *flow, w *workers) (nOut, nIn int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() {
+	w.Go(func() {
 		defer wg.Done()
 		n, rerr, werr := copyConn(out, in)
 		nOut = n
@@ -121,7 +121,7 @@ func splice(in, out net.Conn, fl *flow) (nOut, nIn int64) {
 		} else {
 			fl.abort()
 		}
-	}()
+	})
 	n, rerr, werr := copyConn(in, out)
 	nIn = n
 	if rerr == nil && werr == nil {
