@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"sync"
 )
 
 // An endpoint's address is its node's only if it lies in an IPAM block that
@@ -28,9 +29,43 @@ func blockOf(subnet netip.Prefix, a netip.Addr) netip.Prefix {
 	return p
 }
 
+// endpointSetCache keeps the last endpointSet with the cluster generation
+// it was computed at: one change (a run) asks for the set several times
+// (the data plane, DNS, the mesh listeners, reconcile), and computing it
+// walks every endpoint. It has its own lock: endpointSet does not need
+// d.mu.
+type endpointSetCache struct {
+	mu  sync.Mutex
+	ok  bool
+	gen uint64
+	set endpointSet
+}
+
 // endpointSet validates the endpoints table and checks every other node's
-// record against the blocks its node holds. It does not need d.mu.
+// record against the blocks its node holds; it depends only on the
+// cluster's tables and membership, so it is computed again only when
+// those changed (cluster.Generation). The set is shared: callers only read
+// it. It does not need d.mu.
 func (d *Daemon) endpointSet() endpointSet {
+	c := &d.epSet
+	gen := d.cl.Generation() // before reading what the set is made of
+	c.mu.Lock()
+	if c.ok && c.gen == gen {
+		defer c.mu.Unlock()
+		return c.set
+	}
+	c.mu.Unlock()
+	set := d.computeEndpointSet()
+	c.mu.Lock()
+	if !c.ok || gen >= c.gen {
+		c.ok, c.gen, c.set = true, gen, set
+	}
+	c.mu.Unlock()
+	return set
+}
+
+// computeEndpointSet is endpointSet without the cache.
+func (d *Daemon) computeEndpointSet() endpointSet {
 	nets := d.clusterNetworks()
 	blocks := map[string]map[netip.Prefix]string{}
 	out := endpointSet{refused: map[string][]string{}}
@@ -74,10 +109,7 @@ func (d *Daemon) endpointSet() endpointSet {
 			}
 		}
 	}
-	sort.Slice(out.accepted, func(i, j int) bool {
-		return epKey(out.accepted[i].Node, out.accepted[i].Network, out.accepted[i].Name) <
-			epKey(out.accepted[j].Node, out.accepted[j].Network, out.accepted[j].Name)
-	})
+	sortByEPKey(out.accepted)
 	for _, l := range out.refused {
 		sort.Strings(l)
 	}
@@ -171,5 +203,21 @@ func (d *Daemon) holdBlocks() {
 				}
 			}
 		}
+	}
+}
+
+// sortByEPKey sorts recs by epKey, making each key once.
+func sortByEPKey(recs []epRecord) {
+	type keyed struct {
+		key string
+		rec epRecord
+	}
+	ks := make([]keyed, len(recs))
+	for i, r := range recs {
+		ks[i] = keyed{epKey(r.Node, r.Network, r.Name), r}
+	}
+	sort.Slice(ks, func(i, j int) bool { return ks[i].key < ks[j].key })
+	for i := range ks {
+		recs[i] = ks[i].rec
 	}
 }

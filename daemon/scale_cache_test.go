@@ -1,0 +1,69 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"reflect"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/cluster"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// epEntry is an endpoints-table entry of node "peer" for container name
+// at 10.30.x.y on network web.
+func epEntry(i int, version uint64) cluster.Entry {
+	ip := fmt.Sprintf("10.30.%d.%d", 1+i/250, 1+i%250)
+	name := fmt.Sprintf("c%04d", i)
+	v := fmt.Sprintf(`{"name":%q,"network":"web","ip":%q,"mac":%q,"node":"peer"}`, name, ip, packet.MAC(macForIP(netip.MustParseAddr(ip))).String())
+	return cluster.Entry{Table: tblEndpoints, Key: epKey("peer", "web", name), Owner: "peer", Version: version, Value: []byte(v)}
+}
+
+// TestEndpointDecodeCacheDecodesOnlyChanges lists a thousand endpoint
+// entries again after one changed: only that one is decoded again, and every
+// result (valid or refused) is what decodeEndpoint says of the entry.
+func TestEndpointDecodeCacheDecodesOnlyChanges(t *testing.T) {
+	var es []cluster.Entry
+	for i := range 1000 {
+		es = append(es, epEntry(i, uint64(i+1)))
+	}
+	var c epDecodeCache
+	check := func(es []cluster.Entry) {
+		t.Helper()
+		n := 0
+		c.decodeAll(es, func(e cluster.Entry, rec epRecord, err error) {
+			wantRec, wantErr := decodeEndpoint(e)
+			if fmt.Sprint(err) != fmt.Sprint(wantErr) || (err == nil && !reflect.DeepEqual(rec, wantRec)) {
+				t.Fatalf("entry %s: got %+v, %v; decodeEndpoint says %+v, %v", e.Key, rec, err, wantRec, wantErr)
+			}
+			n++
+		})
+		if n != len(es) {
+			t.Fatalf("%d results for %d entries", n, len(es))
+		}
+	}
+	check(es)
+	if c.decodes != 1000 {
+		t.Fatalf("first listing decoded %d entries, want 1000", c.decodes)
+	}
+	check(es)
+	if c.decodes != 1000 {
+		t.Fatalf("an unchanged listing decoded %d entries again", c.decodes-1000)
+	}
+	// A new version; then the same version with other bytes (a forged
+	// copy must not be taken for the cached one); then an invalid value.
+	es[7] = epEntry(7, 5000)
+	check(es)
+	es[8].Value = []byte(`{"name":"c0008","network":"web","ip":"10.30.1.9","mac":"02:42:0a:1e:01:09","node":"other"}`)
+	check(es)
+	es[9].Value = []byte(`not json`)
+	check(es)
+	if c.decodes != 1003 {
+		t.Fatalf("three changed entries: %d decodes, want 3", c.decodes-1000)
+	}
+	// Deleted endpoints leave the cache.
+	check(es[:10])
+	if len(c.m) > 10+epDecodeSlack {
+		t.Fatalf("the cache keeps %d entries for a listing of 10", len(c.m))
+	}
+}
