@@ -148,20 +148,32 @@ func (d *Daemon) refuseEndpoint(out *endpointSet, rec epRecord, err error) {
 // for other nodes.
 func (d *Daemon) holdBlocks() {
 	held := map[string]map[netip.Prefix]string{}
-	for _, c := range d.sortedContainers() {
-		for _, ep := range c.sortedEndpoints() {
+	// Every reconcile walks every endpoint, so only those whose block
+	// this node does not hold (none, once held) are sorted: the blocks
+	// are kept in container and interface order.
+	var unheld []*endpoint
+	for _, c := range d.containers {
+		for _, ep := range c.endpoints {
 			name := ep.net.rec.Name
 			if held[name] == nil {
 				held[name] = d.cl.Blocks(name)
 			}
-			b := blockOf(ep.net.subnet, ep.ip)
-			if _, holder, _ := holderOf(held[name], ep.ip); holder == d.cfg.Node {
-				continue
+			if _, holder, _ := holderOf(held[name], ep.ip); holder != d.cfg.Node {
+				unheld = append(unheld, ep)
 			}
-			if err := d.cl.KeepBlock(name, b); err != nil {
-				d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, c.name), d.cfg.Node, 0,
-					fmt.Errorf("this node's endpoint %s: the other nodes refuse it: %w", ep.ip, err))
-			}
+		}
+	}
+	sort.Slice(unheld, func(i, j int) bool {
+		if a, b := unheld[i].ctr.name, unheld[j].ctr.name; a != b {
+			return a < b
+		}
+		return unheld[i].ifname < unheld[j].ifname
+	})
+	for _, ep := range unheld {
+		name := ep.net.rec.Name
+		if err := d.cl.KeepBlock(name, blockOf(ep.net.subnet, ep.ip)); err != nil {
+			d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, ep.ctr.name), d.cfg.Node, 0,
+				fmt.Errorf("this node's endpoint %s: the other nodes refuse it: %w", ep.ip, err))
 		}
 	}
 	// So do this node's gateway host addresses (the routing mesh).
