@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -65,5 +66,38 @@ func TestEndpointDecodeCacheDecodesOnlyChanges(t *testing.T) {
 	check(es[:10])
 	if len(c.m) > 10+epDecodeSlack {
 		t.Fatalf("the cache keeps %d entries for a listing of 10", len(c.m))
+	}
+}
+
+// TestDerivedStateFollowsClusterGeneration checks that the endpoint set
+// and the DNS index are derived once per cluster change (the same result
+// while nothing changed) and follow every change.
+func TestDerivedStateFollowsClusterGeneration(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c1", Create: true}); err != nil {
+		t.Fatal(err)
+	}
+	s1, s2 := d.endpointSet(), d.endpointSet()
+	if len(s1.accepted) != 1 || &s1.accepted[0] != &s2.accepted[0] {
+		t.Fatalf("endpoint set computed again without a change (or wrong: %+v)", s1.accepted)
+	}
+	d.refreshDNS()
+	x1 := d.dns.idx.index.Load()
+	d.refreshDNS()
+	if x2 := d.dns.idx.index.Load(); x1 != x2 {
+		t.Fatal("DNS index rebuilt without a change")
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c2", Create: true}); err != nil {
+		t.Fatal(err)
+	}
+	if s := d.endpointSet(); len(s.accepted) != 2 {
+		t.Fatalf("after a second run the endpoint set has %d records, want 2", len(s.accepted))
+	}
+	if got, ok := d.dns.idx.LookupName("c1", "c2"); !ok || len(got.Addrs) != 1 {
+		t.Fatalf("c1 cannot resolve c2 after its run: %+v %v", got, ok)
 	}
 }
