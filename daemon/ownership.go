@@ -69,12 +69,17 @@ func (d *Daemon) computeEndpointSet() endpointSet {
 	nets := d.clusterNetworks()
 	blocks := map[string]map[netip.Prefix]string{}
 	out := endpointSet{refused: map[string][]string{}}
-	type claim struct {
-		rec epRecord
-		ip  netip.Addr
+	type at struct {
+		network string
+		ip      netip.Addr
 	}
-	byAddr := map[string]map[netip.Addr][]claim{} // network -> address -> records
-	for _, rec := range d.clusterEndpoints() {
+	// recs are sorted by entry key, which decodeEndpoint checked is the
+	// record's epKey: accepted keeps their order, sorted by epKey.
+	recs := d.clusterEndpoints()
+	ips := make([]netip.Addr, len(recs))
+	passed := make([]int, 0, len(recs))   // records past the block check
+	claims := make(map[at]int, len(recs)) // records claiming each address
+	for i, rec := range recs {
 		nr, ok := nets[rec.Network]
 		if !ok {
 			continue // not (yet) a network here: nothing to apply it to
@@ -86,30 +91,21 @@ func (d *Daemon) computeEndpointSet() endpointSet {
 				continue
 			}
 		}
-		if byAddr[rec.Network] == nil {
-			byAddr[rec.Network] = map[netip.Addr][]claim{}
-		}
-		byAddr[rec.Network][ip] = append(byAddr[rec.Network][ip], claim{rec, ip})
+		ips[i] = ip
+		passed = append(passed, i)
+		claims[at{rec.Network, ip}]++
 	}
-	for _, addrs := range byAddr {
-		for _, cs := range addrs {
-			if len(cs) == 1 {
-				out.accepted = append(out.accepted, cs[0].rec)
-				continue
-			}
-			// The MAC is derived from the address, so a duplicate
-			// address is a duplicate MAC too. This node's own endpoint
-			// keeps its address; between others, nobody wins.
-			for _, c := range cs {
-				if c.rec.Node == d.cfg.Node {
-					out.accepted = append(out.accepted, c.rec)
-					continue
-				}
-				d.refuseEndpoint(&out, c.rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", c.ip, len(cs)-1))
-			}
+	for _, i := range passed {
+		// The MAC is derived from the address, so a duplicate address
+		// is a duplicate MAC too. This node's own endpoint keeps its
+		// address; between others, nobody wins.
+		rec := recs[i]
+		if n := claims[at{rec.Network, ips[i]}]; n > 1 && rec.Node != d.cfg.Node {
+			d.refuseEndpoint(&out, rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", ips[i], n-1))
+			continue
 		}
+		out.accepted = append(out.accepted, rec)
 	}
-	sortByEPKey(out.accepted)
 	for _, l := range out.refused {
 		sort.Strings(l)
 	}
@@ -215,21 +211,5 @@ func (d *Daemon) holdBlocks() {
 				}
 			}
 		}
-	}
-}
-
-// sortByEPKey sorts recs by epKey, making each key once.
-func sortByEPKey(recs []epRecord) {
-	type keyed struct {
-		key string
-		rec epRecord
-	}
-	ks := make([]keyed, len(recs))
-	for i, r := range recs {
-		ks[i] = keyed{epKey(r.Node, r.Network, r.Name), r}
-	}
-	sort.Slice(ks, func(i, j int) bool { return ks[i].key < ks[j].key })
-	for i := range ks {
-		recs[i] = ks[i].rec
 	}
 }

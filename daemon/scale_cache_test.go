@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -99,5 +101,42 @@ func TestDerivedStateFollowsClusterGeneration(t *testing.T) {
 	}
 	if got, ok := d.dns.idx.LookupName("c1", "c2"); !ok || len(got.Addrs) != 1 {
 		t.Fatalf("c1 cannot resolve c2 after its run: %+v %v", got, ok)
+	}
+}
+
+// TestDuplicateAddressRecordsRefused: two records of one node at one
+// address inside that node's block are both refused by the other nodes
+// ("also claimed by 1 other"), while the node itself keeps its own.
+func TestDuplicateAddressRecordsRefused(t *testing.T) {
+	ds, _ := threeNodes(t)
+	h1, h3 := ds[0], ds[2]
+	if _, err := h1.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.3.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "web on h3", func() bool { _, err := h3.Network("web"); return err == nil })
+	c3 := mustAttach(t, h3, api.AttachRequest{Network: "web", Name: "c3", Create: true})
+	dup, _ := json.Marshal(epRecord{Name: "dup", Network: "web", IP: c3.IP, MAC: c3.MAC, Node: "h3"})
+	if err := h3.cl.Put(tblEndpoints, epKey("h3", "web", "dup"), dup); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both records refused on h1", func() bool {
+		n, _ := h1.Network("web")
+		if len(n.Conflicts) != 2 {
+			return false
+		}
+		for i, name := range []string{"c3", "dup"} {
+			if !strings.Contains(n.Conflicts[i], name+"@h3 "+c3.IP) || !strings.Contains(n.Conflicts[i], "also claimed by 1 other") {
+				return false
+			}
+		}
+		return true
+	})
+	set := h3.endpointSet()
+	var names []string
+	for _, r := range set.accepted {
+		names = append(names, r.Name)
+	}
+	if fmt.Sprint(names) != "[c3 dup]" || len(set.refused["web"]) != 0 {
+		t.Fatalf("h3 accepts %v and refuses %v; want its own c3 and dup kept, sorted", names, set.refused["web"])
 	}
 }
