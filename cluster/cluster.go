@@ -196,6 +196,8 @@ type Cluster struct {
 	gone    map[string]bool      // owners whose node-scoped entries are expired here
 	unknown map[string]time.Time // owners with entries but no membership record
 	subs    map[int]chan struct{}
+	// gen counts the changes of the tables and the membership (Generation).
+	gen     uint64
 	nextSub int
 	leaving map[string]bool   // nodes that announced they are leaving
 	refused map[string]bool   // peers already logged as using another key
@@ -471,8 +473,21 @@ func (c *Cluster) Subscribe() (<-chan struct{}, func()) {
 	}
 }
 
-// notifyLocked signals the subscribers. c.mu must be held.
+// Generation returns a number that changes whenever a table or the
+// membership changes (whenever Subscribe's channels are signalled), so that
+// a consumer can keep what it derived from List, Blocks or Members for as
+// long as the number is the same. Read it before reading the state it
+// derives from.
+func (c *Cluster) Generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// notifyLocked signals the subscribers and moves the generation on. c.mu
+// must be held.
 func (c *Cluster) notifyLocked() {
+	c.gen++
 	for _, ch := range c.subs {
 		select {
 		case ch <- struct{}{}:
@@ -519,6 +534,7 @@ func (c *Cluster) sweep(now time.Time) {
 		if mi.state != StateAlive && now.Sub(mi.since) >= deadRetention {
 			delete(c.members, name)
 			delete(c.leaving, name)
+			c.gen++ // Members changed; no one needs waking for it
 		}
 	}
 	// Owners of node-scoped entries that this node has no membership

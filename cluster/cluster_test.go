@@ -451,3 +451,48 @@ func TestNthBlock(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// TestGenerationFollowsChanges checks that Generation moves on with every
+// change a consumer could derive state from (a local write, a merged remote
+// write, a delete, a dead node's entries expiring) and not with reads, so
+// that a cache keyed by it is never stale and stays valid while idle.
+func TestGenerationFollowsChanges(t *testing.T) {
+	nodes := startCluster(t, mustKey(t), 2)
+	n1, n2 := nodes[0], nodes[1]
+	moved := func(what string, before uint64, c *testNode) uint64 {
+		t.Helper()
+		g := c.Generation()
+		if g == before {
+			t.Fatalf("%s: generation still %d", what, g)
+		}
+		return g
+	}
+	g1, g2 := n1.Generation(), n2.Generation()
+	if err := n1.Put("endpoints", "c1", []byte("10.0.1.1")); err != nil {
+		t.Fatal(err)
+	}
+	g1 = moved("local put", g1, n1)
+	waitFor(t, 5*time.Second, "put merged", func() bool { _, ok := n2.Get("endpoints", "c1"); return ok })
+	g2 = moved("merged put", g2, n2)
+	n2.List("endpoints")
+	n2.Get("endpoints", "c1")
+	n2.Members()
+	n2.Blocks("web")
+	if g := n2.Generation(); g != g2 {
+		t.Fatalf("reads moved the generation from %d to %d", g2, g)
+	}
+	if err := n1.Delete("endpoints", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	moved("local delete", g1, n1)
+	waitFor(t, 5*time.Second, "delete merged", func() bool { _, ok := n2.Get("endpoints", "c1"); return !ok })
+	g2 = moved("merged delete", g2, n2)
+	if err := n1.Put("endpoints", "c2", []byte("10.0.1.2")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "put merged", func() bool { _, ok := n2.Get("endpoints", "c2"); return ok })
+	g2 = n2.Generation()
+	n1.Close()
+	waitFor(t, 15*time.Second, "n1's entry expired", func() bool { _, ok := n2.Get("endpoints", "c2"); return !ok })
+	moved("expiry", g2, n2)
+}

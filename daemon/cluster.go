@@ -131,16 +131,27 @@ func (d *Daemon) networkRecords() (valid map[string]netRecord, invalid map[strin
 // clusterEndpoints decodes and validates the endpoints table; invalid
 // records are left out, counted and logged once. The records are not
 // checked against the address blocks: see endpointSet.
+//
+// The list is computed again only when the cluster changed
+// (cluster.Generation), decoding only the entries that changed; it is
+// shared, so callers only read it.
 func (d *Daemon) clusterEndpoints() []epRecord {
+	c := &d.epDecoded
+	gen := d.cl.Generation() // before listing
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ok && c.gen == gen {
+		return c.out
+	}
 	var out []epRecord
-	for _, e := range d.cl.List(tblEndpoints) {
-		rec, err := decodeEndpoint(e)
+	c.decodeAllLocked(d.cl.List(tblEndpoints), func(e cluster.Entry, rec epRecord, err error) {
 		if err != nil {
 			d.refused.note(d.log, tblEndpoints, e.Key, e.Owner, e.Version, err)
-			continue
+			return
 		}
 		out = append(out, rec)
-	}
+	})
+	c.ok, c.gen, c.out = true, gen, out
 	return out
 }
 

@@ -177,6 +177,10 @@ type Daemon struct {
 	closeOnce sync.Once
 	// refused counts the table records this node refuses.
 	refused refusals
+	// epDecoded caches the decoded endpoint records (clusterEndpoints).
+	epDecoded epDecodeCache
+	// epSet caches endpointSet by cluster generation.
+	epSet endpointSetCache
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

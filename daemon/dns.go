@@ -53,6 +53,10 @@ type resolver struct {
 	// rebuild serializes index rebuilds, so the last one stored is built
 	// from the newest table.
 	rebuild sync.Mutex
+	// built says the index was built at cluster generation builtGen;
+	// guarded by rebuild.
+	built    bool
+	builtGen uint64
 	// listeners by container name; guarded by Daemon.mu.
 	listeners map[string]*dns.Listener
 }
@@ -97,15 +101,23 @@ func (d *Daemon) startDNS() {
 	d.log.Info("dns: resolver ready", "listen", dns.ListenAddr, "upstreams", fmt.Sprint(ups))
 }
 
-// refreshDNS rebuilds the records from the endpoints and services tables.
+// refreshDNS rebuilds the records from the endpoints and services tables,
+// unless they are those of the last rebuild: the index depends only on the
+// cluster's tables (cluster.Generation), and one change calls it several
+// times.
 func (d *Daemon) refreshDNS() {
 	if d.dns == nil {
 		return
 	}
 	d.dns.rebuild.Lock()
 	defer d.dns.rebuild.Unlock()
+	gen := d.cl.Generation() // before reading the tables
+	if d.dns.built && d.dns.builtGen == gen {
+		return
+	}
 	accepted := d.endpointSet().accepted
 	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, accepted, d.serviceSet(accepted).dnsServices()))
+	d.dns.built, d.dns.builtGen = true, gen
 }
 
 // dnsAttached updates the records after c got an endpoint (or its

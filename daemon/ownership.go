@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"sync"
 )
 
 // An endpoint's address is its node's only if it lies in an IPAM block that
@@ -28,18 +29,57 @@ func blockOf(subnet netip.Prefix, a netip.Addr) netip.Prefix {
 	return p
 }
 
+// endpointSetCache keeps the last endpointSet with the cluster generation
+// it was computed at: one change (a run) asks for the set several times
+// (the data plane, DNS, the mesh listeners, reconcile), and computing it
+// walks every endpoint. It has its own lock: endpointSet does not need
+// d.mu.
+type endpointSetCache struct {
+	mu  sync.Mutex
+	ok  bool
+	gen uint64
+	set endpointSet
+}
+
 // endpointSet validates the endpoints table and checks every other node's
-// record against the blocks its node holds. It does not need d.mu.
+// record against the blocks its node holds; it depends only on the
+// cluster's tables and membership, so it is computed again only when
+// those changed (cluster.Generation). The set is shared: callers only read
+// it. It does not need d.mu.
 func (d *Daemon) endpointSet() endpointSet {
+	c := &d.epSet
+	gen := d.cl.Generation() // before reading what the set is made of
+	c.mu.Lock()
+	if c.ok && c.gen == gen {
+		defer c.mu.Unlock()
+		return c.set
+	}
+	c.mu.Unlock()
+	set := d.computeEndpointSet()
+	c.mu.Lock()
+	if !c.ok || gen >= c.gen {
+		c.ok, c.gen, c.set = true, gen, set
+	}
+	c.mu.Unlock()
+	return set
+}
+
+// computeEndpointSet is endpointSet without the cache.
+func (d *Daemon) computeEndpointSet() endpointSet {
 	nets := d.clusterNetworks()
 	blocks := map[string]map[netip.Prefix]string{}
 	out := endpointSet{refused: map[string][]string{}}
-	type claim struct {
-		rec epRecord
-		ip  netip.Addr
+	type at struct {
+		network string
+		ip      netip.Addr
 	}
-	byAddr := map[string]map[netip.Addr][]claim{} // network -> address -> records
-	for _, rec := range d.clusterEndpoints() {
+	// recs are sorted by entry key, which decodeEndpoint checked is the
+	// record's epKey: accepted keeps their order, sorted by epKey.
+	recs := d.clusterEndpoints()
+	ips := make([]netip.Addr, len(recs))
+	passed := make([]int, 0, len(recs))   // records past the block check
+	claims := make(map[at]int, len(recs)) // records claiming each address
+	for i, rec := range recs {
 		nr, ok := nets[rec.Network]
 		if !ok {
 			continue // not (yet) a network here: nothing to apply it to
@@ -51,33 +91,21 @@ func (d *Daemon) endpointSet() endpointSet {
 				continue
 			}
 		}
-		if byAddr[rec.Network] == nil {
-			byAddr[rec.Network] = map[netip.Addr][]claim{}
-		}
-		byAddr[rec.Network][ip] = append(byAddr[rec.Network][ip], claim{rec, ip})
+		ips[i] = ip
+		passed = append(passed, i)
+		claims[at{rec.Network, ip}]++
 	}
-	for _, addrs := range byAddr {
-		for _, cs := range addrs {
-			if len(cs) == 1 {
-				out.accepted = append(out.accepted, cs[0].rec)
-				continue
-			}
-			// The MAC is derived from the address, so a duplicate
-			// address is a duplicate MAC too. This node's own endpoint
-			// keeps its address; between others, nobody wins.
-			for _, c := range cs {
-				if c.rec.Node == d.cfg.Node {
-					out.accepted = append(out.accepted, c.rec)
-					continue
-				}
-				d.refuseEndpoint(&out, c.rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", c.ip, len(cs)-1))
-			}
+	for _, i := range passed {
+		// The MAC is derived from the address, so a duplicate address
+		// is a duplicate MAC too. This node's own endpoint keeps its
+		// address; between others, nobody wins.
+		rec := recs[i]
+		if n := claims[at{rec.Network, ips[i]}]; n > 1 && rec.Node != d.cfg.Node {
+			d.refuseEndpoint(&out, rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", ips[i], n-1))
+			continue
 		}
+		out.accepted = append(out.accepted, rec)
 	}
-	sort.Slice(out.accepted, func(i, j int) bool {
-		return epKey(out.accepted[i].Node, out.accepted[i].Network, out.accepted[i].Name) <
-			epKey(out.accepted[j].Node, out.accepted[j].Network, out.accepted[j].Name)
-	})
 	for _, l := range out.refused {
 		sort.Strings(l)
 	}
@@ -116,20 +144,32 @@ func (d *Daemon) refuseEndpoint(out *endpointSet, rec epRecord, err error) {
 // for other nodes.
 func (d *Daemon) holdBlocks() {
 	held := map[string]map[netip.Prefix]string{}
-	for _, c := range d.sortedContainers() {
-		for _, ep := range c.sortedEndpoints() {
+	// Every reconcile walks every endpoint, so only those whose block
+	// this node does not hold (none, once held) are sorted: the blocks
+	// are kept in container and interface order.
+	var unheld []*endpoint
+	for _, c := range d.containers {
+		for _, ep := range c.endpoints {
 			name := ep.net.rec.Name
 			if held[name] == nil {
 				held[name] = d.cl.Blocks(name)
 			}
-			b := blockOf(ep.net.subnet, ep.ip)
-			if _, holder, _ := holderOf(held[name], ep.ip); holder == d.cfg.Node {
-				continue
+			if _, holder, _ := holderOf(held[name], ep.ip); holder != d.cfg.Node {
+				unheld = append(unheld, ep)
 			}
-			if err := d.cl.KeepBlock(name, b); err != nil {
-				d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, c.name), d.cfg.Node, 0,
-					fmt.Errorf("this node's endpoint %s: the other nodes refuse it: %w", ep.ip, err))
-			}
+		}
+	}
+	sort.Slice(unheld, func(i, j int) bool {
+		if a, b := unheld[i].ctr.name, unheld[j].ctr.name; a != b {
+			return a < b
+		}
+		return unheld[i].ifname < unheld[j].ifname
+	})
+	for _, ep := range unheld {
+		name := ep.net.rec.Name
+		if err := d.cl.KeepBlock(name, blockOf(ep.net.subnet, ep.ip)); err != nil {
+			d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, ep.ctr.name), d.cfg.Node, 0,
+				fmt.Errorf("this node's endpoint %s: the other nodes refuse it: %w", ep.ip, err))
 		}
 	}
 	// So do this node's gateway host addresses (the routing mesh).

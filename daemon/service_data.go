@@ -66,7 +66,18 @@ func (d *Daemon) serviceSet(eps []epRecord) serviceSet {
 	set := serviceSet{specs: d.clusterServices(), backends: map[string][]svcBackend{}, vips: map[string]map[string]netip.Addr{}}
 	nets := d.clusterNetworks()
 	taken := map[string]map[netip.Addr]string{} // network -> address -> user
+	vipNets := map[string]bool{}                // networks with a VIP to check
+	for _, s := range set.specs {
+		for network, vip := range s.vips {
+			if vip.IsValid() {
+				vipNets[network] = true
+			}
+		}
+	}
 	for _, r := range eps {
+		if !vipNets[r.Network] {
+			continue // no VIP to check against its addresses
+		}
 		if taken[r.Network] == nil {
 			taken[r.Network] = map[netip.Addr]string{}
 		}

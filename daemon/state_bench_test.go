@@ -2,6 +2,10 @@ package daemon
 
 import (
 	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,16 +28,34 @@ func BenchmarkRunThousand(b *testing.B) {
 			b.Fatal(err)
 		}
 		lat := make([]time.Duration, runs)
+		cpu := make([]time.Duration, runs+1) // process CPU time before each run
+		heap0 := heapAfterGC()
 		d.mu.Lock()
 		before := d.store.written
 		d.mu.Unlock()
 		for i := range runs {
+			cpu[i] = processCPU(b)
 			t0 := time.Now()
 			if _, err := d.Attach(api.AttachRequest{Network: "web", Name: fmt.Sprintf("c%04d", i), Create: true}); err != nil {
 				b.Fatal(err)
 			}
 			lat[i] = time.Since(t0)
 		}
+		cpu[runs] = processCPU(b)
+		// Idle: let the watchers settle, then weigh the heap and list.
+		time.Sleep(500 * time.Millisecond)
+		heap1 := heapAfterGC()
+		if path := os.Getenv("VXMESH_BENCH_HEAPPROFILE"); path != "" {
+			writeHeapProfile(b, path)
+		}
+		t0 := time.Now()
+		const lists = 10
+		for range lists {
+			if cs := d.Containers(); len(cs) != runs {
+				b.Fatalf("ps lists %d containers, want %d", len(cs), runs)
+			}
+		}
+		ps := time.Since(t0) / lists
 		d.mu.Lock()
 		written := d.store.written - before
 		snap, _ := jsonSize(d.currentState())
@@ -46,9 +68,48 @@ func BenchmarkRunThousand(b *testing.B) {
 			}
 			return float64(sum.Microseconds()) / float64(len(ls))
 		}
+		cpuOf := func(from, to int) float64 {
+			return float64((cpu[to] - cpu[from]).Microseconds()) / float64(to-from)
+		}
 		b.ReportMetric(avg(lat[:10]), "first10-µs/run")
 		b.ReportMetric(avg(lat[runs-10:]), "last10-µs/run")
+		// Process CPU time (all goroutines, so also the reconcile and DNS
+		// work a run sets off): less sensitive to a loaded machine.
+		b.ReportMetric(cpuOf(0, 10), "first10-cpu-µs/run")
+		b.ReportMetric(cpuOf(runs-10, runs), "last10-cpu-µs/run")
+		b.ReportMetric(float64(heap1-heap0)/runs, "heap-B/endpoint")
+		b.ReportMetric(float64(ps.Microseconds()), "ps-µs@1000")
 		b.ReportMetric(float64(written)/runs, "state-B/run")
 		b.ReportMetric(float64(snap), "snapshot-B@1000")
+	}
+}
+
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// heapAfterGC is the live heap after a garbage collection.
+func heapAfterGC() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+// writeHeapProfile writes the heap profile to path (for finding where the
+// idle endpoints' bytes go).
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
 	}
 }

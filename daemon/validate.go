@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -272,4 +273,74 @@ func (r *refusals) snapshot() map[string]uint64 {
 		out[k] = v
 	}
 	return out
+}
+
+// epDecodeCache remembers decodeEndpoint's result for each endpoint
+// entry, so that listing the endpoints table decodes only the entries that
+// changed since the last listing: at a thousand endpoints, decoding every
+// record's JSON on every change made each run slower than the last.
+// decodeEndpoint depends only on the entry, so a cached result is used only
+// for an entry with the same owner, version and value bytes. The records
+// handed out share their slices (Aliases, Services): callers only read
+// them. It has its own lock: listing does not need d.mu.
+type epDecodeCache struct {
+	mu      sync.Mutex
+	m       map[string]*epDecoded
+	listing uint64 // counts decodeAll calls
+	decodes uint64 // counts decodeEndpoint calls
+	// out is clusterEndpoints' last result, valid while ok and the
+	// cluster's generation is gen.
+	ok  bool
+	gen uint64
+	out []epRecord
+}
+
+// epDecoded is one cached decodeEndpoint result and what it was decoded
+// from.
+type epDecoded struct {
+	owner   string
+	version uint64
+	value   []byte
+	rec     epRecord
+	err     error
+	listing uint64 // the last decodeAll that saw the entry
+}
+
+// epDecodeSlack is how many cached entries that the latest listing did not
+// see (deleted endpoints) may stay before they are dropped.
+const epDecodeSlack = 256
+
+// decodeAll returns decodeEndpoint's result for each entry of es (the
+// caller's copies, as cluster.List returns them: the cache keeps them),
+// decoding only those it has not decoded before.
+func (c *epDecodeCache) decodeAll(es []cluster.Entry, each func(e cluster.Entry, rec epRecord, err error)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.decodeAllLocked(es, each)
+}
+
+// decodeAllLocked is decodeAll for callers that hold c.mu.
+func (c *epDecodeCache) decodeAllLocked(es []cluster.Entry, each func(e cluster.Entry, rec epRecord, err error)) {
+	if c.m == nil {
+		c.m = map[string]*epDecoded{}
+	}
+	c.listing++
+	for _, e := range es {
+		x := c.m[e.Key]
+		if x == nil || x.owner != e.Owner || x.version != e.Version || !bytes.Equal(x.value, e.Value) {
+			rec, err := decodeEndpoint(e)
+			c.decodes++
+			x = &epDecoded{owner: e.Owner, version: e.Version, value: e.Value, rec: rec, err: err}
+			c.m[e.Key] = x
+		}
+		x.listing = c.listing
+		each(e, x.rec, x.err)
+	}
+	if len(c.m) > len(es)+epDecodeSlack {
+		for k, x := range c.m {
+			if x.listing != c.listing {
+				delete(c.m, k)
+			}
+		}
+	}
 }

@@ -1,0 +1,142 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// epEntry is an endpoints-table entry of node "peer" for container name
+// at 10.30.x.y on network web.
+func epEntry(i int, version uint64) cluster.Entry {
+	ip := fmt.Sprintf("10.30.%d.%d", 1+i/250, 1+i%250)
+	name := fmt.Sprintf("c%04d", i)
+	v := fmt.Sprintf(`{"name":%q,"network":"web","ip":%q,"mac":%q,"node":"peer"}`, name, ip, packet.MAC(macForIP(netip.MustParseAddr(ip))).String())
+	return cluster.Entry{Table: tblEndpoints, Key: epKey("peer", "web", name), Owner: "peer", Version: version, Value: []byte(v)}
+}
+
+// TestEndpointDecodeCacheDecodesOnlyChanges lists a thousand endpoint
+// entries again after one changed: only that one is decoded again, and every
+// result (valid or refused) is what decodeEndpoint says of the entry.
+func TestEndpointDecodeCacheDecodesOnlyChanges(t *testing.T) {
+	var es []cluster.Entry
+	for i := range 1000 {
+		es = append(es, epEntry(i, uint64(i+1)))
+	}
+	var c epDecodeCache
+	check := func(es []cluster.Entry) {
+		t.Helper()
+		n := 0
+		c.decodeAll(es, func(e cluster.Entry, rec epRecord, err error) {
+			wantRec, wantErr := decodeEndpoint(e)
+			if fmt.Sprint(err) != fmt.Sprint(wantErr) || (err == nil && !reflect.DeepEqual(rec, wantRec)) {
+				t.Fatalf("entry %s: got %+v, %v; decodeEndpoint says %+v, %v", e.Key, rec, err, wantRec, wantErr)
+			}
+			n++
+		})
+		if n != len(es) {
+			t.Fatalf("%d results for %d entries", n, len(es))
+		}
+	}
+	check(es)
+	if c.decodes != 1000 {
+		t.Fatalf("first listing decoded %d entries, want 1000", c.decodes)
+	}
+	check(es)
+	if c.decodes != 1000 {
+		t.Fatalf("an unchanged listing decoded %d entries again", c.decodes-1000)
+	}
+	// A new version; then the same version with other bytes (a forged
+	// copy must not be taken for the cached one); then an invalid value.
+	es[7] = epEntry(7, 5000)
+	check(es)
+	es[8].Value = []byte(`{"name":"c0008","network":"web","ip":"10.30.1.9","mac":"02:42:0a:1e:01:09","node":"other"}`)
+	check(es)
+	es[9].Value = []byte(`not json`)
+	check(es)
+	if c.decodes != 1003 {
+		t.Fatalf("three changed entries: %d decodes, want 3", c.decodes-1000)
+	}
+	// Deleted endpoints leave the cache.
+	check(es[:10])
+	if len(c.m) > 10+epDecodeSlack {
+		t.Fatalf("the cache keeps %d entries for a listing of 10", len(c.m))
+	}
+}
+
+// TestDerivedStateFollowsClusterGeneration checks that the endpoint set
+// and the DNS index are derived once per cluster change (the same result
+// while nothing changed) and follow every change.
+func TestDerivedStateFollowsClusterGeneration(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c1", Create: true}); err != nil {
+		t.Fatal(err)
+	}
+	s1, s2 := d.endpointSet(), d.endpointSet()
+	if len(s1.accepted) != 1 || &s1.accepted[0] != &s2.accepted[0] {
+		t.Fatalf("endpoint set computed again without a change (or wrong: %+v)", s1.accepted)
+	}
+	d.refreshDNS()
+	x1 := d.dns.idx.index.Load()
+	d.refreshDNS()
+	if x2 := d.dns.idx.index.Load(); x1 != x2 {
+		t.Fatal("DNS index rebuilt without a change")
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c2", Create: true}); err != nil {
+		t.Fatal(err)
+	}
+	if s := d.endpointSet(); len(s.accepted) != 2 {
+		t.Fatalf("after a second run the endpoint set has %d records, want 2", len(s.accepted))
+	}
+	if got, ok := d.dns.idx.LookupName("c1", "c2"); !ok || len(got.Addrs) != 1 {
+		t.Fatalf("c1 cannot resolve c2 after its run: %+v %v", got, ok)
+	}
+}
+
+// TestDuplicateAddressRecordsRefused: two records of one node at one
+// address inside that node's block are both refused by the other nodes
+// ("also claimed by 1 other"), while the node itself keeps its own.
+func TestDuplicateAddressRecordsRefused(t *testing.T) {
+	ds, _ := threeNodes(t)
+	h1, h3 := ds[0], ds[2]
+	if _, err := h1.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.3.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "web on h3", func() bool { _, err := h3.Network("web"); return err == nil })
+	c3 := mustAttach(t, h3, api.AttachRequest{Network: "web", Name: "c3", Create: true})
+	dup, _ := json.Marshal(epRecord{Name: "dup", Network: "web", IP: c3.IP, MAC: c3.MAC, Node: "h3"})
+	if err := h3.cl.Put(tblEndpoints, epKey("h3", "web", "dup"), dup); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both records refused on h1", func() bool {
+		n, _ := h1.Network("web")
+		if len(n.Conflicts) != 2 {
+			return false
+		}
+		for i, name := range []string{"c3", "dup"} {
+			if !strings.Contains(n.Conflicts[i], name+"@h3 "+c3.IP) || !strings.Contains(n.Conflicts[i], "also claimed by 1 other") {
+				return false
+			}
+		}
+		return true
+	})
+	set := h3.endpointSet()
+	var names []string
+	for _, r := range set.accepted {
+		names = append(names, r.Name)
+	}
+	if fmt.Sprint(names) != "[c3 dup]" || len(set.refused["web"]) != 0 {
+		t.Fatalf("h3 accepts %v and refuses %v; want its own c3 and dup kept, sorted", names, set.refused["web"])
+	}
+}
