@@ -36,6 +36,21 @@ func dialFrom(t *testing.T, peer *testbed.UnderlayPeer, proto, addr string) (net
 	return c, err
 }
 
+// udpAnswer sends one datagram from peer to addr and returns the serve
+// helper's answer ("NAME PEER"), trimmed.
+func udpAnswer(t *testing.T, peer *testbed.UnderlayPeer, addr string) (string, error) {
+	t.Helper()
+	u, err := dialFrom(t, peer, "udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	u.Write([]byte("hi"))
+	buf := make([]byte, 256)
+	n, err := u.Read(buf)
+	return strings.TrimSpace(string(buf[:n])), err
+}
+
 // publishedLine connects from peer to addr and reads the serve helper's
 // "NAME PEER" line, retrying until the helper listens.
 func publishedLine(t *testing.T, peer *testbed.UnderlayPeer, addr string) (net.Conn, *bufio.Reader, string) {
@@ -92,17 +107,9 @@ func TestPublishedPort(t *testing.T) {
 	}
 	c.Close()
 
-	u, err := dialFrom(t, peer, "udp4", e.h.Addr+":8082")
-	if err != nil {
-		t.Fatal(err)
+	if got, err := udpAnswer(t, peer, e.h.Addr+":8082"); err != nil || got != "c1 "+peer.Addr {
+		t.Errorf("published UDP port answered %q, %v; want %q", got, err, "c1 "+peer.Addr)
 	}
-	u.Write([]byte("hi"))
-	buf := make([]byte, 256)
-	n, err := u.Read(buf)
-	if want := "c1 " + peer.Addr; err != nil || strings.TrimSpace(string(buf[:n])) != want {
-		t.Errorf("published UDP port answered %q, %v; want %q", buf[:n], err, want)
-	}
-	u.Close()
 
 	e.cliFails([]string{"c2", "8081", "already in use"}, "run", "-d", "--network", "web", "--name", "c2", "-p", "8081:80", "--", "sleep", "infinity")
 	if e.hasEndpoint("c2") {
