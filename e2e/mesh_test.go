@@ -76,11 +76,15 @@ func (e *env) publishState(service, node, prefix string) string {
 // the port (spec prefix) starting with want.
 func (e *env) waitPublishState(service, node, prefix, want string) {
 	e.t.Helper()
-	// Two gossiped changes in a row (the service's, then the node's
-	// state): a lost gossip packet is repaired by memberlist's push-pull,
-	// every 30 s (failed at 15 s once in CI: h3's state of a port added by
-	// update was still missing on h1).
-	eventually(e.t, 35*time.Second, func() error {
+	// Two replicated changes in a row (the service's, then the node's
+	// state). A node's state record of five or six ports is over the
+	// gossip packet limit and goes to each member over TCP, once; one
+	// that does not arrive is repaired by memberlist's push-pull with a
+	// random member every 30 s, so a given member may wait two or three
+	// intervals (missing after 15 s and after 35 s in two fresh-clone CI
+	// runs, while the whole e2e suite ran; never in runs of this test
+	// alone). Known, not yet fixed: see the closing note of 2026-11-29.
+	eventually(e.t, 100*time.Second, func() error {
 		if st := e.publishState(service, node, prefix); !strings.HasPrefix(st, want) {
 			return fmt.Errorf("state %q, want %q", st, want)
 		}
