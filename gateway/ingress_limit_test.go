@@ -17,11 +17,7 @@ func TestPublishMaxFlows(t *testing.T) {
 	ha := publicAddr(t)
 	serveEcho(t, h, 80)
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
-	p, err := h.eg.Publish(spec, h.target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	h.publish(t, spec)
 	addr := netip.AddrPortFrom(ha, spec.HostPort).String()
 	connect := func() (net.Conn, error) {
 		c, err := net.Dial("tcp4", addr)

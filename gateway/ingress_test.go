@@ -45,6 +45,18 @@ func freePort(t *testing.T, proto string) uint16 {
 	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 
+// publish publishes spec to the harness's container (target) and closes
+// the port when the test ends.
+func (h *harness) publish(t testing.TB, spec Publish) *Port {
+	t.Helper()
+	p, err := h.eg.Publish(spec, h.target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
 func (h *harness) target() Target {
 	return func() (*Gateway, netip.Addr, bool) { return h.gw, ctrAddr.Addr(), true }
 }
@@ -84,11 +96,7 @@ func TestPublishTCP(t *testing.T) {
 	ha := publicAddr(t)
 	serveEcho(t, h, 80)
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
-	p, err := h.eg.Publish(spec, h.target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := h.publish(t, spec)
 
 	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
 	if err != nil {
@@ -146,11 +154,7 @@ func TestPublishTCPReset(t *testing.T) {
 	h := newHarness(t, false, EgressConfig{})
 	ha := publicAddr(t)
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 81, Proto: "tcp"}
-	p, err := h.eg.Publish(spec, h.target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	h.publish(t, spec)
 	// The host's kernel completes the handshake before the gateway
 	// learns the container refuses, so the reset arrives right after it:
 	// on loopback it can beat connect's return, then the dial reports it.
@@ -188,11 +192,7 @@ func TestPublishUDP(t *testing.T) {
 		}
 	}()
 	spec := Publish{HostPort: freePort(t, "udp"), Port: 53, Proto: "udp"}
-	p, err := h.eg.Publish(spec, h.target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	h.publish(t, spec)
 	c, err := net.Dial("udp4", netip.AddrPortFrom(ha, spec.HostPort).String())
 	if err != nil {
 		t.Fatal(err)

@@ -67,11 +67,7 @@ func TestPublishProxyV2(t *testing.T) {
 	ha := publicAddr(t)
 	serveEcho(t, h, 80)
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp", ClientIP: ClientIPProxyV2}
-	p, err := h.eg.Publish(spec, h.target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := h.publish(t, spec)
 	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
 	if err != nil {
 		t.Fatal(err)
@@ -122,11 +118,7 @@ func TestPublishMeshSource(t *testing.T) {
 	ha := publicAddr(t)
 	serveEcho(t, h, 80)
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp", ClientIP: ClientIPPreserve}
-	p, err := h.eg.Publish(spec, h.target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := h.publish(t, spec)
 	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
 	if err != nil {
 		t.Fatal(err)
@@ -232,11 +224,7 @@ func backendVanishes(t *testing.T, acked bool) {
 		}
 	}()
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
-	p, err := h.eg.Publish(spec, h.target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	h.publish(t, spec)
 	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
 	if err != nil {
 		t.Fatal(err)
