@@ -22,7 +22,8 @@ import "encoding/binary"
 // the receiving kernel as one GSO packet. It accepts only untagged
 // Ethernet, IPv4 without options with a valid header checksum, not a
 // fragment, IP total length equal to the frame's, TCP without SYN, RST or
-// URG, a frame longer than mtu plus the Ethernet header, and a TCP
+// URG, a frame longer than mtu plus the Ethernet header, within the GSO
+// bounds (GSOMinSizeIPv4, GSOMaxSegments of that GSOSize), and a TCP
 // checksum field equal to the pseudo-header sum: a datagram reassembled
 // from IP fragments carries a complete checksum there instead, so it is
 // not taken for one (except with the 2^-16 chance of a collision). o is
@@ -43,9 +44,9 @@ func ParseTunnelSuper(frame []byte, mtu int, o Offload) bool {
 	if doff < 20 || doff > len(tcp) || tcp[13]&synRstUrg != 0 {
 		return false
 	}
-	mss := mtu - 20 - doff
-	if mss <= 0 || len(tcp)-doff <= mss {
-		return false
+	mss, payload := mtu-20-doff, len(tcp)-doff
+	if mss < GSOMinSizeIPv4 || payload <= mss || (payload+mss-1)/mss > GSOMaxSegments {
+		return false // outside the GSO bounds (ParseGSO) the switch and the TAP keep to
 	}
 	acc := Sum(ip[12:20], uint64(ProtoTCP)+uint64(len(tcp)))
 	if binary.BigEndian.Uint16(tcp[16:18]) != ^Fold(acc) {
