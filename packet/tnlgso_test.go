@@ -29,6 +29,25 @@ func tunnelSuperFrame(payload int) []byte {
 	return f
 }
 
+// tunnelSuperFrame6 is tunnelSuperFrame for IPv6.
+func tunnelSuperFrame6(payload int) []byte {
+	f := make([]byte, EthernetHeaderLen+40+32+payload)
+	copy(f, []byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1})
+	binary.BigEndian.PutUint16(f[12:], EtherTypeIPv6)
+	ip := f[EthernetHeaderLen:]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(32+payload))
+	ip[6], ip[7] = ProtoTCP, 64
+	ip[8], ip[23], ip[24], ip[39] = 0xfd, 2, 0xfd, 3
+	tcp := ip[40:]
+	tcp[12], tcp[13] = 8<<4, 0x10
+	for i := range payload {
+		tcp[32+i] = byte(i)
+	}
+	binary.BigEndian.PutUint16(tcp[16:], ^Fold(Sum(ip[8:40], uint64(ProtoTCP)+uint64(len(tcp)))))
+	return f
+}
+
 func TestParseTunnelSuper(t *testing.T) {
 	const mtu = 1450
 	o := make(Offload, OffloadLen)
@@ -39,6 +58,16 @@ func TestParseTunnelSuper(t *testing.T) {
 	if o.GSOType() != GSOTCPv4 || !o.NeedsCsum() || o.HdrLen() != 14+20+32 || o.GSOSize() != mtu-20-32 ||
 		o.CsumStart() != 34 || o.CsumOffset() != 16 {
 		t.Errorf("slot %v", o)
+	}
+	clear(o)
+	if !ParseTunnelSuper(tunnelSuperFrame6(30000), mtu, o) || o.GSOType() != GSOTCPv6 || o.GSOSize() != mtu-40-32 ||
+		o.CsumStart() != 54 || o.HdrLen() != 14+40+32 {
+		t.Errorf("IPv6: slot %v", o)
+	}
+	f6 := tunnelSuperFrame6(30000)
+	f6[20] = 0 // hop-by-hop options header
+	if ParseTunnelSuper(f6, mtu, make(Offload, OffloadLen)) {
+		t.Error("IPv6 with an extension header taken for a super-segment")
 	}
 	for _, tc := range []struct {
 		name   string
@@ -82,6 +111,7 @@ func TestParseTunnelSuper(t *testing.T) {
 func FuzzParseTunnelSuper(f *testing.F) {
 	f.Add(tunnelSuperFrame(3000), 1450)
 	f.Add(tunnelSuperFrame(1000), 600)
+	f.Add(tunnelSuperFrame6(3000), 1400)
 	f.Add([]byte{}, 0)
 	f.Fuzz(func(t *testing.T, b []byte, mtu int) {
 		o := make(Offload, OffloadLen)

@@ -36,7 +36,14 @@ func ktnlHosts(t *testing.T) (nsA, nsB, vethA string) {
 		run(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	}
-	run(t, "ip", "link", "add", vethA, "netns", nsA, "type", "veth", "peer", "name", "vkb"+id, "netns", nsB)
+	const macVethA, macVethB = "02:00:c0:00:02:0b", "02:00:c0:00:02:0c"
+	run(t, "ip", "link", "add", vethA, "address", macVethA, "netns", nsA, "type", "veth",
+		"peer", "name", "vkb"+id, "address", macVethB, "netns", nsB)
+	// Permanent neighbour entries: they do not count against the ARP
+	// table's limit, which many namespaces on one machine can exhaust
+	// (a full table makes the first packets to a new neighbour fail).
+	run(t, "ip", "-n", nsA, "neigh", "replace", ktnlB.String(), "lladdr", macVethB, "dev", vethA, "nud", "permanent")
+	run(t, "ip", "-n", nsB, "neigh", "replace", ktnlA.String(), "lladdr", macVethA, "dev", "vkb"+id, "nud", "permanent")
 	run(t, "ip", "-n", nsA, "addr", "add", ktnlA.String()+"/24", "dev", vethA)
 	run(t, "ip", "-n", nsB, "addr", "add", ktnlB.String()+"/24", "dev", "vkb"+id)
 	run(t, "ip", "-n", nsA, "link", "set", vethA, "up")
@@ -83,8 +90,9 @@ func (s *slotSink) input(bufs [][]byte, sizes []int, offset int) {
 // TestKernelTunnelCarriesSuperPacketWhole: over a veth that carries
 // tunnel GSO packets (the default), a super-segment written by VTEP A
 // through its KernelTunnel arrives at VTEP B in one datagram and is
-// delivered byte-equal as one GSO frame (GSOTCPv4, partial checksum,
-// GSOSize the MTU's MSS); neither side split or coalesced anything.
+// delivered byte-equal as one GSO frame (GSOTCPv4 or v6, partial
+// checksum, GSOSize the MTU's MSS); neither side split or coalesced
+// anything.
 func TestKernelTunnelCarriesSuperPacketWhole(t *testing.T) {
 	nsA, nsB, _ := ktnlHosts(t)
 	ua, k, err := openKernelTunnelIn(t, nsA, ktnlA)
@@ -107,32 +115,41 @@ func TestKernelTunnelCarriesSuperPacketWhole(t *testing.T) {
 	nb.SetInput(s.input)
 	(&node{v: vb}).run(t)
 
-	const mss = 1450 - 20 - 32
-	b := tsoBuffer(macB, macA, false, 30000, mss)
-	orig := bytes.Clone(b)
-	if n, err := na.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
-		t.Fatalf("Write = %d, %v", n, err)
+	var b []byte
+	var dgrams uint64
+	for i, v6 := range []bool{false, true} {
+		ipLen, typ := 20, uint8(packet.GSOTCPv4)
+		if v6 {
+			ipLen, typ = 40, packet.GSOTCPv6
+		}
+		mss := 1450 - ipLen - 32
+		b = tsoBuffer(macB, macA, v6, 30000, mss)
+		orig := bytes.Clone(b)
+		if n, err := na.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
+			t.Fatalf("v6=%v: Write = %d, %v", v6, n, err)
+		}
+		dgrams += uint64((30000 + mss - 1) / mss)
+		deadline := time.Now().Add(5 * time.Second)
+		for vb.Stats().Segments[0].RxPackets == uint64(i) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		s.mu.Lock()
+		frames, slots := s.frames, s.slots
+		s.mu.Unlock()
+		if len(frames) != i+1 || !bytes.Equal(frames[i], orig[packet.Headroom:]) {
+			t.Fatalf("v6=%v: received %d frames, want the super-segment byte-equal", v6, len(frames))
+		}
+		o := packet.Offload(slots[i])
+		if o.GSOType() != typ || !o.NeedsCsum() || o.GSOSize() != mss || o.CsumStart() != 14+ipLen || o.CsumOffset() != 16 {
+			t.Errorf("v6=%v: slot %v, want GSO type %d, NeedsCsum at %d+16, GSOSize %d", v6, slots[i], typ, 14+ipLen, mss)
+		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for vb.Stats().Segments[0].RxPackets == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	s.mu.Lock()
-	frames, slots := s.frames, s.slots
-	s.mu.Unlock()
-	if len(frames) != 1 || !bytes.Equal(frames[0], orig[packet.Headroom:]) {
-		t.Fatalf("received %d frames, want the super-segment byte-equal", len(frames))
-	}
-	o := packet.Offload(slots[0])
-	if o.GSOType() != packet.GSOTCPv4 || !o.NeedsCsum() || o.GSOSize() != mss || o.CsumStart() != 34 || o.CsumOffset() != 16 {
-		t.Errorf("slot %v, want GSOTCPv4, NeedsCsum at 34+16, GSOSize %d", slots[0], mss)
-	}
-	if sa, sb := va.Stats(), vb.Stats(); sa.TxSupers != 1 || sa.SuperFallbacks != 0 || sb.RxSupers != 1 || sb.RxDatagrams != 1 {
-		t.Errorf("A sent %d super-packets (%d refused), B received %d whole in %d datagrams; want 1, 0, 1, 1",
+	if sa, sb := va.Stats(), vb.Stats(); sa.TxSupers != 2 || sa.SuperFallbacks != 0 || sb.RxSupers != 2 || sb.RxDatagrams != 2 {
+		t.Errorf("A sent %d super-packets (%d refused), B received %d whole in %d datagrams; want 2, 0, 2, 2",
 			sa.TxSupers, sa.SuperFallbacks, sb.RxSupers, sb.RxDatagrams)
 	}
-	if st := na.Stats(); st.TxPackets != 1 || st.TxDatagrams != uint64((30000+mss-1)/mss) {
-		t.Errorf("A's network sent %d frames in %d datagrams", st.TxPackets, st.TxDatagrams)
+	if st := na.Stats(); st.TxPackets != 2 || st.TxDatagrams != dgrams {
+		t.Errorf("A's network sent %d frames in %d datagrams, want 2 in %d", st.TxPackets, st.TxDatagrams, dgrams)
 	}
 
 	// Writing a super-packet does not allocate.
@@ -181,6 +198,12 @@ func TestKernelTunnelSegmentsOnTheWire(t *testing.T) {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
 	segs := (payload + mss - 1) / mss
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := exec.Command("ip", "netns", "exec", nsA, "sh", "-c", "nstat -az | grep -v ' 0 '; ip -s link; ip neigh; ethtool -k "+vethA+" | grep -E 'segm|check'").CombinedOutput()
+			t.Logf("A:\n%s", out)
+		}
+	})
 	msgs := readN(t, ub, segs)
 	checkTCPSegments(t, msgs, 1450, orig[packet.Headroom+14+20+32:])
 	if sa := va.Stats(); sa.TxSupers != 1 {
