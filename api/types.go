@@ -330,6 +330,13 @@ type NetworkStats struct {
 	BalancerDrops map[string]uint64 `json:"balancer_drops,omitempty"`
 }
 
+// KernelTunnelStats are the counters of kernel UDP tunnel segmentation.
+type KernelTunnelStats struct {
+	TxSupers       uint64 `json:"tx_supers"`
+	SuperFallbacks uint64 `json:"super_fallbacks"`
+	RxSupers       uint64 `json:"rx_supers"`
+}
+
 // Stats is the daemon-wide counter snapshot.
 type Stats struct {
 	Node     string         `json:"node"`
@@ -341,6 +348,11 @@ type Stats struct {
 	// network was known, by reason: "unknown-vni", "malformed", and for
 	// ESP "esp-auth", "esp-replay", "esp-unknown-spi", "esp-malformed".
 	TunnelDrops map[string]uint64 `json:"tunnel_drops,omitempty"`
+	// KernelTunnel counts TCP super-segments sent through the kernel's UDP
+	// tunnel segmentation (daemon --kernel-tunnel), those it refused
+	// (split by the daemon instead) and those received whole; nil while
+	// all are zero.
+	KernelTunnel *KernelTunnelStats `json:"kernel_tunnel,omitempty"`
 	// RefusedRecords counts records of the replicated tables this node
 	// refused, once per record version: by table ("networks",
 	// "endpoints") for invalid ones, "endpoint-conflict" for endpoints

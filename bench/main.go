@@ -17,6 +17,9 @@
 //     traffic crosses the underlay in vxmesh's VXLAN.
 //   - vxmesh-overlay-rxq: the same with the daemons' --rx-sockets at
 //     -rx-sockets (several VTEP receive sockets, one loop each).
+//   - vxmesh-overlay-ktnl: the same with the daemons' --kernel-tunnel (TCP
+//     super-segments go to the kernel whole, for its UDP tunnel
+//     segmentation).
 //   - vxmesh-esp: the same with an encrypted network (--encrypted,
 //     aes128-gcm): ESP in UDP between the hosts, at the encrypted
 //     network's MTU (1405 on a 1500-byte underlay, or -mtu if smaller).
@@ -175,6 +178,7 @@ var topologies = []topology{
 	{"kernel", "Linux bridge + veth (Docker bridge)", singleHost, true, benchKernel},
 	{"vxmesh-overlay", "vxmesh VXLAN between two daemons", twoHosts, false, benchVxmeshOverlay},
 	{rxqTopology, "vxmesh-overlay, daemons with --rx-sockets N", twoHosts, false, benchVxmeshOverlayRxq},
+	{ktnlTopology, "vxmesh-overlay, daemons with --kernel-tunnel", twoHosts, false, benchVxmeshOverlayKernelTunnel},
 	{"vxmesh-esp", "vxmesh encrypted (ESP aes128-gcm), MTU <= 1405", twoHosts, false, benchVxmeshOverlayESP},
 	{"kernel-vxlan", "kernel VXLAN + bridge + veth (Docker overlay)", twoHosts, true, benchKernelVXLAN},
 	{"kernel-vxlan-sw", "kernel-vxlan, underlay segmentation offloads off", twoHosts, false, benchKernelVXLANSoftSeg},
@@ -204,7 +208,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, vxmesh-overlay-rxq, egress, publish or lb)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, vxmesh-overlay-rxq, vxmesh-overlay-ktnl, egress, publish or lb)", n)
 			}
 			if n == wireguardTopology && cfg.wireguardGo == "" {
 				return fmt.Errorf("-only %s needs -wireguard-go PATH (make bench WIREGUARD_GO=PATH)", n)

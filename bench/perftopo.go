@@ -92,6 +92,17 @@ func benchVxmeshOverlayRxq(ctx context.Context, cfg config, prefix string, log i
 	return vxmeshOverlay(ctx, cfg, prefix, log, false, "--rx-sockets", fmt.Sprint(cfg.rxSockets))
 }
 
+// ktnlTopology is the vxmesh-overlay row with the daemons sending TCP
+// super-segments through the kernel's UDP tunnel segmentation.
+const ktnlTopology = "vxmesh-overlay-ktnl"
+
+// benchVxmeshOverlayKernelTunnel is benchVxmeshOverlay with the daemons
+// started with --kernel-tunnel.
+func benchVxmeshOverlayKernelTunnel(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	fmt.Fprintln(log, "vxmesh-overlay-ktnl: daemons with --kernel-tunnel")
+	return vxmeshOverlay(ctx, cfg, prefix, log, false, "--kernel-tunnel")
+}
+
 // benchWireguardGo measures wireguard-go between the testbed's two host
 // namespaces (no containers: the hosts' own stacks are the endpoints).
 func benchWireguardGo(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {

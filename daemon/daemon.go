@@ -87,6 +87,12 @@ type Config struct {
 	// (SO_REUSEPORT, one receive loop each: tunnel.UDPConfig.RxSockets);
 	// 0 means DefaultRxSockets.
 	RxSockets int
+	// KernelTunnel sends TCP super-segments to one peer as whole VXLAN
+	// super-packets through a TAP (tunnel.KernelTunnel, Linux 6.17+), for
+	// the kernel to segment at the underlay device; where the kernel or
+	// the host cannot (see tunnel.OpenKernelTunnel), the daemon logs why
+	// and segments them itself as without it.
+	KernelTunnel bool
 	// Underlay replaces the VTEP's UDP sockets (tests).
 	Underlay tunnel.Underlay
 	// ESPPort is the UDP port of encrypted networks' ESP datagrams
@@ -337,6 +343,26 @@ func New(cfg Config) (*Daemon, error) {
 // start brings up the VTEP and the cluster membership, restores the
 // persisted state, joins the cluster and announces this node's networks
 // and endpoints.
+// openKernelTunnel opens the kernel tunnel TAP when Config.KernelTunnel
+// asks for it and the kernel and host allow it; nil otherwise (the VTEP
+// then segments in userspace). ul's transmit ports become its source ports.
+func (d *Daemon) openKernelTunnel(ul tunnel.Underlay) tunnel.SuperWriter {
+	if !d.cfg.KernelTunnel {
+		return nil
+	}
+	kc := tunnel.KernelTunnelConfig{Local: d.cfg.Advertise}
+	if u, ok := ul.(*tunnel.UDP); ok {
+		kc.SourcePorts = u.TxPorts()
+	}
+	k, err := tunnel.OpenKernelTunnel(kc)
+	if err != nil {
+		d.log.Warn("kernel tunnel segmentation unavailable: segmenting in userspace", "err", err)
+		return nil
+	}
+	d.log.Info("kernel tunnel segmentation on", "tap", k.Name())
+	return k
+}
+
 func (d *Daemon) start() error {
 	ul := d.cfg.Underlay
 	if ul == nil {
@@ -357,12 +383,14 @@ func (d *Daemon) start() error {
 		}
 		eul = u
 	}
+	super := d.openKernelTunnel(ul)
 	d.egress = gateway.NewEgress(gateway.EgressConfig{MaxFlows: d.cfg.EgressMaxFlows})
 	d.dp = dataplane.New(dataplane.Options{
 		Egress: d.egress,
 		Tunnel: tunnel.Config{
 			Underlay: ul, DataPort: d.cfg.DataPort, ESPUnderlay: eul, ESPPort: d.cfg.ESPPort,
 			Logger: d.log.With("component", "tunnel"), LocalAddr: d.cfg.Advertise,
+			Super: super,
 		},
 		Logger: d.log.With("component", "dataplane"),
 	})

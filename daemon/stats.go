@@ -63,8 +63,12 @@ func (d *Daemon) Stats() api.Stats {
 		out.Networks = append(out.Networks, ns)
 	}
 	out.DNS = d.dnsStats()
-	if drops := d.dp.TunnelStats().Drops; len(drops) > 0 {
-		out.TunnelDrops = drops
+	ts := d.dp.TunnelStats()
+	if len(ts.Drops) > 0 {
+		out.TunnelDrops = ts.Drops
+	}
+	if ts.TxSupers+ts.SuperFallbacks+ts.RxSupers > 0 {
+		out.KernelTunnel = &api.KernelTunnelStats{TxSupers: ts.TxSupers, SuperFallbacks: ts.SuperFallbacks, RxSupers: ts.RxSupers}
 	}
 	for _, n := range nets {
 		for _, st := range lbs.Networks[n.rec.Name].Services {

@@ -10,6 +10,9 @@ type groTable struct {
 	bufs  [][]byte         // buffers of the frames, each at packet.Headroom
 	sizes []int            // frame lengths, set by finish
 	heads []packet.GROHead // heads[j] describes bufs[j]'s frame
+	// whole[j] > 0 is the length of a super-segment received whole in
+	// bufs[j] (addSuper): heads[j] is empty, its slot is already written.
+	whole []int
 	// spare buffers for the datagrams of a coalesced (GRO) read that
 	// start frames of their own; allocated on first use.
 	spare  [][]byte
@@ -31,6 +34,7 @@ func (g *groTable) init(batch int) {
 	g.bufs = make([][]byte, 0, batch+groSpares)
 	g.sizes = make([]int, 0, batch+groSpares)
 	g.heads = make([]packet.GROHead, 0, batch+groSpares)
+	g.whole = make([]int, 0, batch+groSpares)
 }
 
 // len returns the number of frames in the table.
@@ -75,7 +79,20 @@ func (g *groTable) add(buf, frame []byte) {
 	}
 	g.bufs = append(g.bufs, buf)
 	g.heads = append(g.heads, packet.GROHead{})
+	g.whole = append(g.whole, 0)
 	g.heads[len(g.heads)-1].Start(buf[packet.Headroom : packet.Headroom+len(frame)])
+}
+
+// addSuper adds frame, a super-segment received whole, in buf at
+// packet.Headroom with its offload slot written (packet.ParseTunnelSuper).
+// Nothing is appended to it (its empty head matches no flow) and finish
+// leaves its slot as is.
+func (g *groTable) addSuper(buf, frame []byte) {
+	g.dgrams++
+	g.bytes += uint64(len(frame))
+	g.bufs = append(g.bufs, buf)
+	g.heads = append(g.heads, packet.GROHead{})
+	g.whole = append(g.whole, len(frame))
 }
 
 // finish completes the super-segments (their headers and metadata slots)
@@ -84,6 +101,10 @@ func (g *groTable) add(buf, frame []byte) {
 func (g *groTable) finish() (bufs [][]byte, sizes []int) {
 	g.sizes = g.sizes[:0]
 	for j, b := range g.bufs {
+		if g.whole[j] > 0 {
+			g.sizes = append(g.sizes, g.whole[j])
+			continue
+		}
 		h := &g.heads[j]
 		h.Finish(b[packet.Headroom:packet.Headroom+h.Len()], packet.OffloadOf(b))
 		g.sizes = append(g.sizes, h.Len())
@@ -94,6 +115,6 @@ func (g *groTable) finish() (bufs [][]byte, sizes []int) {
 // reset empties the table.
 func (g *groTable) reset() {
 	clear(g.bufs)
-	g.bufs, g.sizes, g.heads = g.bufs[:0], g.sizes[:0], g.heads[:0]
+	g.bufs, g.sizes, g.heads, g.whole = g.bufs[:0], g.sizes[:0], g.heads[:0], g.whole[:0]
 	g.dgrams, g.bytes, g.nspare = 0, 0, 0
 }

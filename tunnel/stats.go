@@ -78,6 +78,8 @@ func (r dropReason) String() string {
 type vtepCounters struct {
 	rxDatagrams, rxBytes atomic.Uint64
 	readErrors           atomic.Uint64
+	txSupers, superFails atomic.Uint64
+	rxSupers             atomic.Uint64
 	drops                [numDrops]atomic.Uint64
 }
 
@@ -103,6 +105,11 @@ type Stats struct {
 	// node's own underlay address; for ESP datagrams "esp-auth",
 	// "esp-replay", "esp-unknown-spi", "esp-malformed").
 	Drops map[string]uint64
+	// TxSupers counts TCP super-segments sent through the kernel as whole
+	// VXLAN super-packets (Config.Super), SuperFallbacks those it refused
+	// (they were split here instead), and RxSupers the super-segments that
+	// arrived whole in one datagram (packet.ParseTunnelSuper).
+	TxSupers, SuperFallbacks, RxSupers uint64
 	// Segments holds each network's counters, ordered by VNI.
 	Segments []SegmentStats
 }
@@ -167,6 +174,10 @@ func (v *VTEP) Stats() Stats {
 		RxBytes:     v.c.rxBytes.Load(),
 		ReadErrors:  v.c.readErrors.Load(),
 		Drops:       dropMap(&v.c.drops),
+
+		TxSupers:       v.c.txSupers.Load(),
+		SuperFallbacks: v.c.superFails.Load(),
+		RxSupers:       v.c.rxSupers.Load(),
 	}
 	for _, n := range v.Segments() {
 		s.Segments = append(s.Segments, n.Stats())

@@ -118,6 +118,7 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 		switch {
 		case cipher != 0:
 			n.writeESP(sc, sec, cipher, &t)
+		case t.isGSO && n.v.super != nil && len(t.fan) == 1 && n.writeSuper(sc, &t):
 		case t.isGSO:
 			n.emitSegments(sc, &t)
 		case !t.fill:
@@ -241,6 +242,28 @@ func (n *Segment) emitSegments(sc *txScratch, t *txFrame) {
 		n.queue(sc, run, gso, t)
 		k += cnt
 	}
+}
+
+// writeSuper hands super-segment t, to one peer, to the kernel whole
+// (SuperWriter) and accounts it. It reports false, having sent nothing, if
+// the kernel path refused it; the caller splits it instead.
+func (n *Segment) writeSuper(sc *txScratch, t *txFrame) bool {
+	// The datagrams queued for earlier frames go first, so a flow's
+	// frames leave in order (the TAP write is done by the time it returns).
+	n.send(sc)
+	p := t.fan[0]
+	if err := n.v.super.WriteSuper(t.f, t.o, n.vni, p.dst, t.hash); err != nil {
+		n.v.c.superFails.Add(1)
+		return false
+	}
+	g := &t.g
+	segs := g.Segments()
+	p.txPackets.Add(uint64(segs))
+	p.txBytes.Add(uint64(len(t.f) + (segs-1)*g.HeaderLen()))
+	n.c.txDatagrams.Add(uint64(segs))
+	n.v.c.txSupers.Add(1)
+	sc.ok[t.i] = true
+	return true
 }
 
 // queue adds datagram dgram of frame t (a run of datagrams of gsoSize

@@ -69,6 +69,11 @@ type Config struct {
 	// LocalAddr, if set, is this node's own underlay address: datagrams
 	// claiming to come from it are dropped ("own-address").
 	LocalAddr netip.Addr
+	// Super, if set, sends the TCP super-segments of cleartext networks to
+	// one peer through the kernel as whole VXLAN super-packets
+	// (KernelTunnel); a super-segment it refuses is split and sent over
+	// the Underlay as without it. The VTEP owns it and closes it on Close.
+	Super SuperWriter
 }
 
 // DefaultMTU is the network MTU used when AddSegment is given 0: 1500 minus
@@ -94,6 +99,7 @@ type VTEP struct {
 	now        func() time.Time
 	epoch      time.Time
 	local      netip.Addr
+	super      SuperWriter
 
 	nets atomic.Pointer[map[uint32]*Segment] // immutable snapshot
 	mu   sync.Mutex                          // serialises network changes
@@ -130,6 +136,7 @@ type rxState struct {
 	// ndrops are the drops counted for r.cur, added to its counters by
 	// deliver.
 	ndrops [numDrops]uint64
+	supers uint64 // super-segments received whole in the batch
 }
 
 // New returns a VTEP with no networks. Call Run to start receiving.
@@ -145,6 +152,7 @@ func New(cfg Config) *VTEP {
 		espU:       cfg.ESPUnderlay,
 		espPort:    cfg.ESPPort,
 		local:      cfg.LocalAddr.Unmap(),
+		super:      cfg.Super,
 	}
 	if v.espPort == 0 {
 		v.espPort = esp.Port
@@ -336,6 +344,11 @@ func (v *VTEP) Close() error {
 	v.closeOnce.Do(func() {
 		v.closed.Store(true)
 		v.closeErr = v.u.Close()
+		if v.super != nil {
+			if err := v.super.Close(); v.closeErr == nil {
+				v.closeErr = err
+			}
+		}
 		if v.espU != nil {
 			if err := v.espU.Close(); v.closeErr == nil {
 				v.closeErr = err
@@ -431,6 +444,10 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 	r.cur, r.st = nil, nil
 	v.c.rxDatagrams.Add(dgrams)
 	v.c.rxBytes.Add(bytes)
+	if r.supers > 0 {
+		v.c.rxSupers.Add(r.supers)
+		r.supers = 0
+	}
 	for i, d := range r.drops {
 		if d > 0 {
 			v.c.drops[i].Add(d)
@@ -503,6 +520,13 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 	p.rxPackets.Add(1)
 	p.rxBytes.Add(uint64(len(frame)))
 	g := &r.group
+	if first && len(frame) > nw.mtu+packet.EthernetHeaderLen && packet.ParseTunnelSuper(frame, nw.mtu, packet.OffloadOf(r.bufs[i])) {
+		// A super-segment the sending kernel left whole (SuperWriter):
+		// handed on as one GSO frame.
+		g.addSuper(r.bufs[i], frame)
+		r.supers++
+		return
+	}
 	if g.merge(frame) {
 		return
 	}
