@@ -375,3 +375,42 @@ func TestRetryResendsSYN(t *testing.T) {
 		t.Fatalf("SYN-ACK of the new backend: verdict %d", v)
 	}
 }
+
+// A refused attempt does not give up when the backend the scheduler
+// offers next already has a connection from the client's port (through
+// another VIP that shares it): it takes another one, as a new connection
+// does, instead of passing the RST on.
+func TestRetryMovesPastATakenBackend(t *testing.T) {
+	vip2 := netipFrom4([4]byte{10, 0, 0, 101})
+	for extra := range 3 { // whatever the round-robin position
+		snap, err := NewSnapshot([]Service{
+			{Name: "a", VIP: vip, Backends: []Backend{{IP: beIP(1), MAC: beMAC(1)}, {IP: beIP(2), MAC: beMAC(2)}, {IP: beIP(3), MAC: beMAC(3)}}},
+			{Name: "b", VIP: vip2, Backends: []Backend{{IP: beIP(1), MAC: beMAC(1)}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb := NewTable(NewConntrack(Config{Max: 4096}), 1)
+		tb.Swap(snap)
+		// Client port 1000 is connected to beIP(1) through VIP b.
+		fl := toVIP(packet.ProtoTCP, 1000, 80, header.TCPFlagSyn)
+		fl.dst = vip2
+		if f := fl.build(); tb.Translate(f, nil, t0) != Forward || parseFields(f).dst != beIP(1) {
+			t.Fatal("SYN to VIP b not forwarded to its backend")
+		}
+		backendSends(tb, beIP(1), 1000, header.TCPFlagSyn|header.TCPFlagAck, t0)
+		for j := range extra {
+			synTo(t, tb, uint16(2000+j), t0)
+		}
+		first := synTo(t, tb, 1000, t0)
+		if first == beIP(1) {
+			t.Fatalf("rotation %d: the same client port got two connections to %v", extra, first)
+		}
+		if v, _ := backendSends(tb, first, 1000, header.TCPFlagRst|header.TCPFlagAck, t0); v != Retry {
+			t.Fatalf("rotation %d: RST of %v to the SYN: verdict %v, want Retry (moved to the third backend)", extra, first, v)
+		}
+		if next := synTo(t, tb, 1000, t0+int64(time.Second)); next == first || next == beIP(1) {
+			t.Fatalf("rotation %d: attempt moved from %v to %v", extra, first, next)
+		}
+	}
+}
