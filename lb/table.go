@@ -362,20 +362,26 @@ func (t *Table) clientSyn(s *shard, i uint32, c *service, k *flowKey, now int64)
 	}
 }
 
-// retry moves entry i's attempt to another backend and counts it.
+// retry moves entry i's attempt to another backend and counts it; the
+// backend it leaves joins those the attempt avoids. Callers check
+// retries < MaxRetries.
 func (t *Table) retry(s *shard, i uint32, c *service, k *flowKey, now int64) bool {
-	old := s.e[i].be
+	old, ip := s.e[i].be, s.e[i].backend
 	if !t.move(s, i, c, k, now) {
 		return false
 	}
-	s.e[i].retries++
+	e := &s.e[i]
+	if int(e.retries) < len(e.tried) {
+		e.tried[e.retries] = ip
+		e.retries++
+	}
 	old.retries.Add(1)
 	c.st.retries.Add(1)
 	return true
 }
 
-// move re-schedules entry i to a backend other than its own, re-keying
-// its backend-side index; like a new connection's, the move takes a
+// move re-schedules entry i to a backend other than its own and those
+// that failed the attempt already, re-keying its backend-side index; like a new connection's, the move takes a
 // second choice if the first already has a connection from the client's
 // port. It reports false if there is none.
 func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool {
@@ -383,6 +389,11 @@ func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool
 	var av avoid
 	if bi, ok := c.index(e.backend); ok {
 		av.add(bi)
+	}
+	for _, ip := range e.tried[:e.retries] {
+		if bi, ok := c.index(ip); ok {
+			av.add(bi)
+		}
 	}
 	bi := t.chooseFree(s, c, k, e.bport, now, &av, false)
 	if bi == none || av.has(bi) {
