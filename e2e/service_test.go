@@ -365,7 +365,7 @@ func TestServiceRmOfABackendWaitsOnlyForItsConnections(t *testing.T) {
 	h1, h2 := es[0], es[1]
 	h1.network("web", "10.84.0.0/24")
 	h2.waitNetwork("web")
-	const grace = 8 * time.Second
+	const grace = 10 * time.Second // the default
 	h1.cli("service", "create", "api", "--network", "web", "--stop-grace-period", grace.String())
 	h2.waitService("api")
 	h2.runBackend("idle", "web", "--service", "api")
