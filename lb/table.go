@@ -381,9 +381,10 @@ func (t *Table) retry(s *shard, i uint32, c *service, k *flowKey, now int64) boo
 }
 
 // move re-schedules entry i to a backend other than its own and those
-// that failed the attempt already, re-keying its backend-side index; like a new connection's, the move takes a
-// second choice if the first already has a connection from the client's
-// port. It reports false if there is none.
+// that failed the attempt already, re-keying its backend-side index;
+// like a new connection, it takes a second choice if the first already
+// has a connection from the client's port. It reports false if there is
+// none.
 func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool {
 	e := &s.e[i]
 	var av avoid
