@@ -49,6 +49,27 @@ type fakeSandbox struct {
 	useNetstack bool
 	// dockerPID, if set, answers DockerPID.
 	dockerPID func(container string) (int, error)
+	// conns are the open inbound TCP connections InboundTCPConns reports,
+	// by namespace path (none if absent).
+	conns map[string]int
+}
+
+func (f *fakeSandbox) setConns(nsPath string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conns == nil {
+		f.conns = map[string]int{}
+	}
+	f.conns[nsPath] = n
+}
+
+func (f *fakeSandbox) InboundTCPConns(nsPath string, ip netip.Addr, listening map[uint16]bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.ns[nsPath]; !ok {
+		return 0, fmt.Errorf("netns %q: %w", nsPath, os.ErrNotExist)
+	}
+	return f.conns[nsPath], nil
 }
 
 type fakeIface struct {

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"net/netip"
+
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
@@ -37,6 +39,10 @@ type Sandbox interface {
 	NetnsPIDs() (map[sandbox.NetnsID][]int, error)
 	// DockerPID asks the Docker Engine for a running container's PID.
 	DockerPID(container string) (int, error)
+	// InboundTCPConns counts the open TCP connections clients made to ip
+	// in the namespace (sandbox.InboundTCPConns; listening remembers the
+	// ports seen listening, updated in place).
+	InboundTCPConns(nsPath string, ip netip.Addr, listening map[uint16]bool) (int, error)
 }
 
 // linuxSandbox is the Sandbox of a real host.
@@ -75,6 +81,9 @@ func (linuxSandbox) Reopen(nsPath, ifname string) (netdev.Device, error) {
 	return sandbox.Reopen(nsPath, ifname)
 }
 func (linuxSandbox) Unplug(nsPath, ifname string) error { return sandbox.Unplug(nsPath, ifname) }
+func (linuxSandbox) InboundTCPConns(nsPath string, ip netip.Addr, listening map[uint16]bool) (int, error) {
+	return sandbox.InboundTCPConns(nsPath, ip, listening)
+}
 func (linuxSandbox) KillNetns(nsPath string) error {
 	return sandbox.KillNetns(nsPath, sandbox.DefaultKillGrace)
 }

@@ -64,8 +64,19 @@ func (d *Daemon) attachMembers(req api.AttachRequest, n *localNetwork) ([]svcMem
 // drained, to flush once they are gone.
 type drained struct {
 	container string
+	netns     string
 	backends  []drainedBackend
 }
+
+// A drain ends before the stop grace period once the drained endpoints
+// have served no TCP connection for drainQuiet, checked every drainPoll.
+// drainQuiet also gives every host the time to learn that the backend is
+// draining (gossip takes well under a second), so that none is still
+// sending it new connections when it goes.
+const (
+	drainQuiet = time.Second
+	drainPoll  = 100 * time.Millisecond
+)
 
 type drainedBackend struct {
 	network string
@@ -76,10 +87,11 @@ type drainedBackend struct {
 // of services (network "*": all; "": its only one; else that network's)
 // out of balancing and DNS first: their memberships become draining and
 // are published, so no host gives them new connections while their
-// connections go on. It then waits for the longest stop grace period of
-// those services, without d.mu, and returns what it drained; the caller
-// removes the endpoints and calls flushDrained. Nil means nothing to
-// drain (or nothing drainable: the caller reports why).
+// connections go on. It then waits, without d.mu, for the longest stop
+// grace period of those services, or less if they serve no connection
+// (waitDrained), and returns what it drained; the caller removes the
+// endpoints and calls flushDrained. Nil means nothing to drain (or
+// nothing drainable: the caller reports why).
 func (d *Daemon) drainBackends(name, network string) (*drained, error) {
 	d.mu.Lock()
 	c := d.containers[name]
@@ -97,7 +109,7 @@ func (d *Daemon) drainBackends(name, network string) (*drained, error) {
 	case c.endpoints[network] != nil:
 		eps = []*endpoint{c.endpoints[network]}
 	}
-	dr := &drained{container: name}
+	dr := &drained{container: name, netns: c.netns}
 	var grace time.Duration
 	specs := d.clusterServices()
 	for _, ep := range eps {
@@ -127,17 +139,64 @@ func (d *Daemon) drainBackends(name, network string) (*drained, error) {
 	d.refreshDNS()
 	d.mu.Unlock()
 	d.log.Info("backend draining", "container", name, "grace", grace)
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return dr, nil
-	case <-d.ctx.Done():
+	start := time.Now()
+	if !d.waitDrained(dr, grace) {
 		d.mu.Lock()
 		d.flushDrained(dr)
 		d.mu.Unlock()
 		return nil, errors.New("container " + name + ": the daemon is stopping; its backends stay until it is removed")
 	}
+	d.log.Info("backend drained", "container", name, "after", time.Since(start).Round(time.Millisecond), "grace", grace)
+	return dr, nil
+}
+
+// waitDrained waits until grace has passed, or until the drained
+// endpoints have served no TCP connection for drainQuiet since the drain
+// began, whichever comes first. Connections are counted in the
+// container's own namespace, where every client's connection ends
+// whichever host it comes from (this host's balancer tracks only its own
+// clients'); a count that fails counts as busy. It reports false if the
+// daemon is stopping.
+func (d *Daemon) waitDrained(dr *drained, grace time.Duration) bool {
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	listening := make([]map[uint16]bool, len(dr.backends))
+	for i := range listening {
+		listening[i] = map[uint16]bool{}
+	}
+	idleSince := time.Now()
+	for {
+		select {
+		case <-deadline.C:
+			return true
+		case <-d.ctx.Done():
+			return false
+		case now := <-tick.C:
+			if d.drainedBusy(dr, listening) {
+				idleSince = now
+			} else if now.Sub(idleSince) >= drainQuiet {
+				return true
+			}
+		}
+	}
+}
+
+// drainedBusy reports whether any endpoint of dr serves a TCP connection
+// (or cannot be checked).
+func (d *Daemon) drainedBusy(dr *drained, listening []map[uint16]bool) bool {
+	for i, b := range dr.backends {
+		n, err := d.sb.InboundTCPConns(dr.netns, b.ip, listening[i])
+		if err != nil {
+			d.log.Debug("draining backend: counting its connections", "container", dr.container, "ip", b.ip, "err", err)
+			return true
+		}
+		if n > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // flushDrained ends what drainBackends started: the connections to
@@ -162,7 +221,7 @@ func (d *Daemon) flushDrained(dr *drained) {
 			continue
 		}
 		n := d.flushBackend(b.network, b.ip)
-		d.log.Info("backend gone after its stop grace period", "container", dr.container, "network", b.network, "ip", b.ip, "flushed", n)
+		d.log.Info("backend gone after draining", "container", dr.container, "network", b.network, "ip", b.ip, "flushed", n)
 	}
 	if changed {
 		if err := d.applyDataplane(); err != nil {

@@ -341,6 +341,67 @@ func TestRemovedBackendDrainsFirst(t *testing.T) {
 	}
 }
 
+// A leaving backend that serves no connection goes well before its stop
+// grace period ends; one that serves a connection (from a client on any
+// host: counted in the backend's own namespace) stays until it closes, or
+// until the grace period ends.
+func TestDrainEndsOnceTheBackendServesNoConnection(t *testing.T) {
+	d := serviceDaemon(t)
+	sb := d.sb.(*fakeSandbox)
+	const grace = 4 * time.Second
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, StopGracePeriod: grace.String()})
+	for _, b := range []string{"idle", "busy", "stuck"} {
+		mustAttach(t, d, api.AttachRequest{Network: "web", Name: b, Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+	}
+	netnsOf := func(name string) string {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.containers[name].netns
+	}
+	rm := func(name string) (time.Time, chan error) {
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() { done <- d.RemoveContainer(name) }()
+		return start, done
+	}
+
+	start, done := rm("idle")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > grace/2 {
+		t.Fatalf("rm of a backend with no connection took %v (grace %v)", el, grace)
+	}
+
+	sb.setConns(netnsOf("busy"), 1)
+	start, done = rm("busy")
+	select {
+	case err := <-done:
+		t.Fatalf("rm of a backend serving a connection returned after %v (%v)", time.Since(start), err)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	sb.setConns(netnsOf("busy"), 0) // the connection closed
+	closed := time.Now()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el >= grace-500*time.Millisecond {
+		t.Fatalf("rm of a backend whose last connection closed after %v took %v (grace %v)", closed.Sub(start), el, grace)
+	}
+
+	sb.setConns(netnsOf("stuck"), 2)
+	start, done = rm("stuck")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < grace {
+		t.Fatalf("rm of a backend serving connections took %v, less than its grace period %v", el, grace)
+	}
+	if _, err := d.Container("stuck"); err == nil {
+		t.Fatal("the backend is still there after its grace period")
+	}
+}
+
 // FuzzDecodeService runs arbitrary services-table values through the
 // decoder: it never panics, and what it accepts is canonical (encoding
 // the record again and decoding it gives the same record) and makes

@@ -28,7 +28,7 @@ type Config struct {
 	// balancers of every network (size and timeouts). It is read when
 	// the data plane makes the table, at the first Reconfig in which a
 	// network has services (so a host without services does not hold
-	// the table's memory: 80 bytes an entry, 21 MB at lb.DefaultMax);
+	// the table's memory: 88 bytes an entry, 23 MB at lb.DefaultMax);
 	// later changes take effect when the data plane is made again.
 	Conntrack lb.Config
 }

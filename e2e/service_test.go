@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"slices"
 	"sort"
 	"strconv"
@@ -352,6 +354,73 @@ func TestServiceChurnIsInvisibleToClients(t *testing.T) {
 	if moved < 0 || moved > 10 {
 		t.Errorf("UDP flow on %s: answers after its rm %v, want another backend within 10 answers", served, after)
 	}
+}
+
+// `rm` of a backend that serves no connection returns about a second
+// after it starts draining, not at the end of its stop grace period; one
+// that serves a connection (from a client on another host: that host's
+// balancer tracks it, the backend's does not) stays until it closes.
+func TestServiceRmOfABackendWaitsOnlyForItsConnections(t *testing.T) {
+	es := newCluster(t, 2)
+	h1, h2 := es[0], es[1]
+	h1.network("web", "10.84.0.0/24")
+	h2.waitNetwork("web")
+	const grace = 10 * time.Second // the default
+	h1.cli("service", "create", "api", "--network", "web", "--stop-grace-period", grace.String())
+	h2.waitService("api")
+	h2.runBackend("idle", "web", "--service", "api")
+	h2.runBackend("busy", "web", "--service", "api")
+	h1.run("client", "web")
+	for _, e := range es {
+		e.waitBackends("api", "idle", "busy")
+	}
+	start := time.Now()
+	h2.cli("rm", "idle")
+	idle := time.Since(start)
+	if idle > grace/2 {
+		t.Errorf("rm of a backend with no connection took %v (stop grace period %v)", idle, grace)
+	}
+	h1.waitBackends("api", "busy")
+
+	// One connection from h1's client through the VIP, to busy on h2.
+	target := h1.vip("api", "web") + ":" + strconv.Itoa(svcPort)
+	hold := exec.Command("nsenter", "--net="+h1.h.ContainerNetnsPath("client"), "--", suite.self, helperArg, "hold", target, "1", "1")
+	stdin, err := hold.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := hold.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	hold.Stderr = &stderr
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hold.Process.Kill(); hold.Wait() })
+	out := bufio.NewReader(stdout)
+	if line, err := out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "held 1" {
+		t.Fatalf("hold helper: %q, %v; stderr: %s", line, err, stderr.String())
+	}
+	start = time.Now()
+	rm := startBackground(t, h2.h.Command(context.Background(), "rm", "busy"))
+	if exited, err := rm.wait(3 * time.Second); exited {
+		t.Fatalf("rm of a backend serving a connection returned after %v (%v): %s", time.Since(start), err, rm.out.String())
+	}
+	stdin.Close()
+	var r connReport
+	if err := json.NewDecoder(out).Decode(&r); err != nil {
+		t.Fatalf("hold helper report: %v; stderr: %s", err, stderr.String())
+	}
+	if r.Counts["busy"] != 1 || r.Errors+r.Resets != 0 {
+		t.Errorf("held connection: %+v, want one answered by busy", r)
+	}
+	closed := time.Since(start)
+	if exited, err := rm.wait(grace - closed - time.Second); !exited || err != nil {
+		t.Fatalf("rm of a backend whose connection closed after %v: exited %v (%v) %v after it began, grace %v", closed, exited, err, time.Since(start), grace)
+	}
+	t.Logf("rm of the idle backend: %v; of the busy one, whose connection closed after %v: %v (grace %v)", idle.Round(time.Millisecond), closed.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), grace)
 }
 
 func TestServiceSchedulersAndModesOnAnEncryptedNetwork(t *testing.T) {

@@ -138,6 +138,9 @@ type entry struct {
 	expires              int64  // 0: free
 	since                int64  // when the last SYN went to the backend
 	be                   *beState
+	// tried are the backends that failed this connection attempt before
+	// the current one (tried[:retries]): a move avoids them all.
+	tried [MaxRetries][4]byte
 }
 
 type shard struct {

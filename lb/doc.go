@@ -36,7 +36,7 @@
 // host-local network id). Conntrack has Shards shards, each with its own
 // mutex, a fixed slab of entries (all allocated by NewConntrack), two
 // hash indexes and an LRU list, so no packet allocates; a full shard
-// evicts its least recently used entry. An entry is 72 bytes, 80 with its
+// evicts its least recently used entry. An entry is 80 bytes, 88 with its
 // index share at the default size (TestEntrySize). The caller passes a
 // coarse clock (now, nanoseconds, > 0, one reading per batch) and calls
 // Conntrack.Sweep periodically.
@@ -78,12 +78,16 @@
 // A backend's RST to a SYN, or a SYN still unanswered after
 // Timeouts.SynRetry (seen when the client retransmits it), counts as a
 // failed attempt: the connection moves to another backend, at most
-// MaxRetries times, before the client sees an error. The RST is hidden:
-// Untranslate returns Retry and WriteRetry writes the client's SYN (its
-// headers are remembered in a small bounded table, keyed by client port)
-// re-addressed to the new backend, for the caller to send at once; if it
-// was forgotten, the client's own retransmission reaches the new
-// backend. EjectAfter failures in a row eject a backend from scheduling
+// MaxRetries times, before the client sees an error. A move avoids every
+// backend that failed the attempt so far (the entry remembers them), so
+// two failing backends cannot use up the retries while a healthy one is
+// there, and takes a second choice when the first already has a
+// connection from the client's port, as a new connection does. The RST
+// is hidden: Untranslate returns Retry and WriteRetry writes the
+// client's SYN (its headers are remembered in a small bounded table,
+// keyed by client port) re-addressed to the new backend, for the caller
+// to send at once; if it was forgotten, the client's own retransmission
+// reaches the new backend. EjectAfter failures in a row eject a backend from scheduling
 // for Timeouts.Eject. Draining backends get no new connections but keep
 // theirs; when a backend leaves the snapshot its UDP and echo flows move
 // at once, and its TCP connections stay until the caller's Table.Flush at

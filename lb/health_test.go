@@ -375,3 +375,83 @@ func TestRetryResendsSYN(t *testing.T) {
 		t.Fatalf("SYN-ACK of the new backend: verdict %d", v)
 	}
 }
+
+// One connection attempt whose backends fail in turn (the first silent,
+// as a removed container's address is; the second refusing, as a killed
+// server's kernel does) goes on to a backend that has not failed it, not
+// back to the first: the client connects. Least-conns, with the healthy
+// backend the busiest, would otherwise offer the first one again.
+func TestRetryAvoidsEveryBackendThatFailedTheAttempt(t *testing.T) {
+	tb := newTest(t, Config{Max: 4096}, Service{Scheduler: LeastConns}, 1)
+	healthy := beIP(1)
+	for port := uint16(100); port < 103; port++ {
+		b := synTo(t, tb, port, t0)
+		backendSends(tb, b, port, header.TCPFlagSyn|header.TCPFlagAck, t0)
+	}
+	snap, err := tb.Snapshot().With(Service{Name: "web", VIP: vip, Scheduler: LeastConns, Backends: []Backend{
+		{IP: beIP(1), MAC: beMAC(1)}, {IP: beIP(2), MAC: beMAC(2)}, {IP: beIP(3), MAC: beMAC(3)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.Swap(snap)
+	now := t0
+	first := synTo(t, tb, 1000, now)
+	now += int64(time.Second) // unanswered: the client retransmits
+	second := synTo(t, tb, 1000, now)
+	if first == healthy || second == healthy || second == first {
+		t.Fatalf("setup: attempts went to %v then %v, want the two idle backends", first, second)
+	}
+	if v, _ := backendSends(tb, second, 1000, header.TCPFlagRst|header.TCPFlagAck, now); v != Retry {
+		t.Fatalf("RST of %v to the moved SYN: verdict %v, want Retry (hidden)", second, v)
+	}
+	third := synTo(t, tb, 1000, now+int64(time.Second))
+	if third != healthy {
+		t.Fatalf("third attempt went to %v; %v was silent and %v refused, %v was never tried", third, first, second, healthy)
+	}
+	v, f := backendSends(tb, third, 1000, header.TCPFlagSyn|header.TCPFlagAck, now+int64(time.Second))
+	if v != Forward || parseFields(f).src != vip {
+		t.Fatalf("SYN-ACK of %v: verdict %v, want Forward from the VIP", third, v)
+	}
+	if st := tb.Stats(now)[0]; st.Retries != MaxRetries {
+		t.Fatalf("retries counted %d, want %d", st.Retries, MaxRetries)
+	}
+}
+
+// A refused attempt does not give up when the backend the scheduler
+// offers next already has a connection from the client's port (through
+// another VIP that shares it): it takes another one, as a new connection
+// does, instead of passing the RST on.
+func TestRetryMovesPastATakenBackend(t *testing.T) {
+	vip2 := netipFrom4([4]byte{10, 0, 0, 101})
+	for extra := range 3 { // whatever the round-robin position
+		snap, err := NewSnapshot([]Service{
+			{Name: "a", VIP: vip, Backends: []Backend{{IP: beIP(1), MAC: beMAC(1)}, {IP: beIP(2), MAC: beMAC(2)}, {IP: beIP(3), MAC: beMAC(3)}}},
+			{Name: "b", VIP: vip2, Backends: []Backend{{IP: beIP(1), MAC: beMAC(1)}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb := NewTable(NewConntrack(Config{Max: 4096}), 1)
+		tb.Swap(snap)
+		// Client port 1000 is connected to beIP(1) through VIP b.
+		fl := toVIP(packet.ProtoTCP, 1000, 80, header.TCPFlagSyn)
+		fl.dst = vip2
+		if f := fl.build(); tb.Translate(f, nil, t0) != Forward || parseFields(f).dst != beIP(1) {
+			t.Fatal("SYN to VIP b not forwarded to its backend")
+		}
+		backendSends(tb, beIP(1), 1000, header.TCPFlagSyn|header.TCPFlagAck, t0)
+		for j := range extra {
+			synTo(t, tb, uint16(2000+j), t0)
+		}
+		first := synTo(t, tb, 1000, t0)
+		if first == beIP(1) {
+			t.Fatalf("rotation %d: the same client port got two connections to %v", extra, first)
+		}
+		if v, _ := backendSends(tb, first, 1000, header.TCPFlagRst|header.TCPFlagAck, t0); v != Retry {
+			t.Fatalf("rotation %d: RST of %v to the SYN: verdict %v, want Retry (moved to the third backend)", extra, first, v)
+		}
+		if next := synTo(t, tb, 1000, t0+int64(time.Second)); next == first || next == beIP(1) {
+			t.Fatalf("rotation %d: attempt moved from %v to %v", extra, first, next)
+		}
+	}
+}

@@ -11,37 +11,65 @@ const MaglevSize = 65537
 // none is "no backend" for backend indexes.
 const none = -1
 
+// avoid is the set of backend indexes a pick stays away from if it can:
+// a client that is a backend of the service, the backends that failed
+// the connection attempt being moved, a backend that already has a
+// connection from the client's port. It lives on the caller's stack.
+type avoid struct {
+	n int
+	i [MaxRetries + 2]int32
+}
+
+// add puts backend index i in the set (none, a repeat, or past the
+// set's size: nothing).
+func (a *avoid) add(i int32) {
+	if i != none && a.n < len(a.i) && !a.has(i) {
+		a.i[a.n] = i
+		a.n++
+	}
+}
+
+// has reports whether backend index i is in the set.
+func (a *avoid) has(i int32) bool {
+	for _, j := range a.i[:a.n] {
+		if j == i {
+			return true
+		}
+	}
+	return false
+}
+
 // usable reports whether b may get a new connection at now.
 func (b *backend) usable(now int64) bool {
 	return b.st.cfg.Load() == uint32(Active) && b.st.ejectedUntil.Load() <= now
 }
 
-// pick chooses a backend for a new flow k of c, avoiding backend index
-// exclude (a backend that just failed this flow) if it can. It returns
+// pick chooses a backend for a new flow k of c, avoiding the backends
+// in av if it can. It returns
 // none if c has no active backend. With peek it returns the backend the
 // next new flow would get and moves no scheduler state (round-robin
 // position, smooth weights); PowerOfTwo still samples at random.
-func (c *service) pick(k *flowKey, now int64, exclude int32, peek bool) int32 {
+func (c *service) pick(k *flowKey, now int64, av *avoid, peek bool) int32 {
 	if len(c.active) == 0 {
 		return none
 	}
 	var i int32
 	switch c.sched {
 	case WeightedRoundRobin:
-		i = c.pickWRR(now, exclude, peek)
+		i = c.pickWRR(now, av, peek)
 	case LeastConns:
-		i = c.pickLC(now, exclude, peek)
+		i = c.pickLC(now, av, peek)
 	case PowerOfTwo:
-		i = c.pickP2C(now, exclude, peek)
+		i = c.pickP2C(now, av, peek)
 	case Maglev:
-		i = c.pickMaglev(k, now, exclude)
+		i = c.pickMaglev(k, now, av)
 	default:
-		i = c.pickRR(now, exclude, peek)
+		i = c.pickRR(now, av, peek)
 	}
 	if i != none {
 		return i
 	}
-	return c.fallback(exclude, peek)
+	return c.fallback(av, peek)
 }
 
 // next returns the round-robin position a pick starts at and, unless
@@ -53,28 +81,30 @@ func (c *service) next(peek bool) uint64 {
 	return c.st.rr.Add(1) - 1
 }
 
-// fallback is used when every active backend is ejected or excluded: an
-// active backend other than exclude (ejection is only a hint), or exclude.
-func (c *service) fallback(exclude int32, peek bool) int32 {
+// fallback is used when every active backend is ejected or avoided: an
+// active backend not in av (ejection is only a hint), or the first one
+// of av if it is active (a client that is the only other backend gets
+// itself; a caller moving an attempt refuses any backend of av).
+func (c *service) fallback(av *avoid, peek bool) int32 {
 	n := len(c.active)
 	start := int((c.next(peek) + 1) % uint64(n))
 	for j := range n {
-		if i := c.active[(start+j)%n]; i != exclude && c.backends[i].st.cfg.Load() == uint32(Active) {
+		if i := c.active[(start+j)%n]; !av.has(i) && c.backends[i].st.cfg.Load() == uint32(Active) {
 			return i
 		}
 	}
-	if exclude != none && c.backends[exclude].st.cfg.Load() == uint32(Active) {
-		return exclude
+	if av.n > 0 && c.backends[av.i[0]].st.cfg.Load() == uint32(Active) {
+		return av.i[0]
 	}
 	return none
 }
 
-func (c *service) pickRR(now int64, exclude int32, peek bool) int32 {
+func (c *service) pickRR(now int64, av *avoid, peek bool) int32 {
 	n := uint64(len(c.active))
 	start := c.next(peek)
 	for j := range n {
 		i := c.active[(start+j)%n]
-		if i != exclude && c.backends[i].usable(now) {
+		if !av.has(i) && c.backends[i].usable(now) {
 			return i
 		}
 	}
@@ -84,13 +114,13 @@ func (c *service) pickRR(now int64, exclude int32, peek bool) int32 {
 // pickWRR is smooth weighted round robin: every usable backend's current
 // weight grows by its weight, the largest wins and loses the total. With
 // peek the weights are computed but not stored.
-func (c *service) pickWRR(now int64, exclude int32, peek bool) int32 {
+func (c *service) pickWRR(now int64, av *avoid, peek bool) int32 {
 	c.st.mu.Lock()
 	defer c.st.mu.Unlock()
 	best, bestCW, total := int32(none), int64(0), int64(0)
 	for _, i := range c.active {
 		b := &c.backends[i]
-		if i == exclude || !b.usable(now) {
+		if av.has(i) || !b.usable(now) {
 			continue
 		}
 		cw := b.st.cw + int64(b.weight)
@@ -110,14 +140,14 @@ func (c *service) pickWRR(now int64, exclude int32, peek bool) int32 {
 
 // pickLC takes the usable backend with the fewest active connections;
 // ties go round robin so that an idle service still spreads.
-func (c *service) pickLC(now int64, exclude int32, peek bool) int32 {
+func (c *service) pickLC(now int64, av *avoid, peek bool) int32 {
 	n := uint64(len(c.active))
 	start := c.next(peek)
 	best, min := int32(none), int64(0)
 	for j := range n {
 		i := c.active[(start+j)%n]
 		b := &c.backends[i]
-		if i == exclude || !b.usable(now) {
+		if av.has(i) || !b.usable(now) {
 			continue
 		}
 		if a := b.st.active.Load(); best == none || a < min {
@@ -129,10 +159,10 @@ func (c *service) pickLC(now int64, exclude int32, peek bool) int32 {
 
 // pickP2C samples two distinct active backends and takes the one with
 // fewer active connections; if neither is usable it falls back to pickLC.
-func (c *service) pickP2C(now int64, exclude int32, peek bool) int32 {
+func (c *service) pickP2C(now int64, av *avoid, peek bool) int32 {
 	n := len(c.active)
 	if n == 1 {
-		return c.pickLC(now, exclude, peek)
+		return c.pickLC(now, av, peek)
 	}
 	x := rand.IntN(n)
 	y := rand.IntN(n - 1)
@@ -140,8 +170,8 @@ func (c *service) pickP2C(now int64, exclude int32, peek bool) int32 {
 		y++
 	}
 	a, b := c.active[x], c.active[y]
-	okA := a != exclude && c.backends[a].usable(now)
-	okB := b != exclude && c.backends[b].usable(now)
+	okA := !av.has(a) && c.backends[a].usable(now)
+	okB := !av.has(b) && c.backends[b].usable(now)
 	switch {
 	case okA && okB:
 		if c.backends[b].st.active.Load() < c.backends[a].st.active.Load() {
@@ -153,17 +183,17 @@ func (c *service) pickP2C(now int64, exclude int32, peek bool) int32 {
 	case okB:
 		return b
 	}
-	return c.pickLC(now, exclude, peek)
+	return c.pickLC(now, av, peek)
 }
 
 // pickMaglev looks the flow up in the Maglev table; if that backend is not
 // usable it probes the following table slots, which is the same on every
 // host that sees the same backends unusable.
-func (c *service) pickMaglev(k *flowKey, now int64, exclude int32) int32 {
+func (c *service) pickMaglev(k *flowKey, now int64, av *avoid) int32 {
 	h := k.maglevHash()
 	for j := range uint64(64) {
 		i := int32(c.maglev[(h+j)%MaglevSize])
-		if i != exclude && c.backends[i].usable(now) {
+		if !av.has(i) && c.backends[i].usable(now) {
 			return i
 		}
 	}

@@ -259,21 +259,32 @@ func (t *Table) schedule(s *shard, c *service, p *pkt, k *flowKey, bport uint16,
 	// A client that is a backend of the service is not sent to itself: the
 	// translated packet would arrive with its own address as the source,
 	// which its kernel drops as martian (there is no SNAT to avoid it).
-	self := int32(none)
+	var av avoid
 	if i, ok := c.index(k.client); ok {
-		self = i
+		av.add(i)
 	}
-	bi := t.choose(c, k, now, self, peek)
-	if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now, peek) {
-		bi = t.choose(c, k, now, bi, peek)
-		if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now, peek) {
-			bi = none
-		}
-	}
+	bi := t.chooseFree(s, c, k, bport, now, &av, peek)
 	if bi == none {
 		return none, 0, ReasonNoBackend
 	}
 	return bi, st, 0
+}
+
+// chooseFree is choose for k's client port with backend port bport: if
+// the backend chosen already has a connection from that port (revTaken),
+// it is added to av and a second one is chosen; none if that one has
+// too. s is k's shard, locked.
+func (t *Table) chooseFree(s *shard, c *service, k *flowKey, bport uint16, now int64, av *avoid, peek bool) int32 {
+	bi := t.choose(c, k, now, av, peek)
+	if bi == none || !t.revTaken(s, k, c.backends[bi].ip, bport, now, peek) {
+		return bi
+	}
+	av.add(bi)
+	bi = t.choose(c, k, now, av, peek)
+	if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now, peek) {
+		return none
+	}
+	return bi
 }
 
 // revTaken reports whether another connection of the client's port
@@ -290,12 +301,12 @@ func (t *Table) revTaken(s *shard, k *flowKey, ip [4]byte, bport uint16, now int
 	return t.ct.findRev(s, &r, now) != 0
 }
 
-// choose applies client-IP affinity, then the scheduler; with peek it
-// changes neither (see schedule).
-func (t *Table) choose(c *service, k *flowKey, now int64, exclude int32, peek bool) int32 {
+// choose applies client-IP affinity, then the scheduler, avoiding the
+// backends of av if it can; with peek it changes neither (see schedule).
+func (t *Table) choose(c *service, k *flowKey, now int64, av *avoid, peek bool) int32 {
 	if c.affinity > 0 {
 		if ip, ok := t.ct.aff.get(k.net, k.vip, k.client, now, c.affinity); ok {
-			if bi, ok := c.index(ip); ok && bi != exclude && c.backends[bi].usable(now) {
+			if bi, ok := c.index(ip); ok && !av.has(bi) && c.backends[bi].usable(now) {
 				if !peek {
 					t.ct.aff.put(k.net, k.vip, k.client, ip, now)
 				}
@@ -303,7 +314,7 @@ func (t *Table) choose(c *service, k *flowKey, now int64, exclude int32, peek bo
 			}
 		}
 	}
-	bi := c.pick(k, now, exclude, peek)
+	bi := c.pick(k, now, av, peek)
 	if bi != none && c.affinity > 0 && !peek {
 		t.ct.aff.put(k.net, k.vip, k.client, c.backends[bi].ip, now)
 	}
@@ -351,28 +362,42 @@ func (t *Table) clientSyn(s *shard, i uint32, c *service, k *flowKey, now int64)
 	}
 }
 
-// retry moves entry i's attempt to another backend and counts it.
+// retry moves entry i's attempt to another backend and counts it; the
+// backend it leaves joins those the attempt avoids. Callers check
+// retries < MaxRetries.
 func (t *Table) retry(s *shard, i uint32, c *service, k *flowKey, now int64) bool {
-	old := s.e[i].be
+	old, ip := s.e[i].be, s.e[i].backend
 	if !t.move(s, i, c, k, now) {
 		return false
 	}
-	s.e[i].retries++
+	e := &s.e[i]
+	if int(e.retries) < len(e.tried) {
+		e.tried[e.retries] = ip
+		e.retries++
+	}
 	old.retries.Add(1)
 	c.st.retries.Add(1)
 	return true
 }
 
-// move re-schedules entry i to a backend other than its own, re-keying
-// its backend-side index. It reports false if there is none.
+// move re-schedules entry i to a backend other than its own and those
+// that failed the attempt already, re-keying its backend-side index;
+// like a new connection, it takes a second choice if the first already
+// has a connection from the client's port. It reports false if there is
+// none.
 func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool {
 	e := &s.e[i]
-	exclude := int32(none)
+	var av avoid
 	if bi, ok := c.index(e.backend); ok {
-		exclude = bi
+		av.add(bi)
 	}
-	bi := t.choose(c, k, now, exclude, false)
-	if bi == none || bi == exclude || t.revTaken(s, k, c.backends[bi].ip, e.bport, now, false) {
+	for _, ip := range e.tried[:e.retries] {
+		if bi, ok := c.index(ip); ok {
+			av.add(bi)
+		}
+	}
+	bi := t.chooseFree(s, c, k, e.bport, now, &av, false)
+	if bi == none || av.has(bi) {
 		return false
 	}
 	b := &c.backends[bi]
