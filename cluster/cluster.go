@@ -186,6 +186,7 @@ type Cluster struct {
 	cfg   Config
 	log   *slog.Logger
 	ml    atomic.Pointer[memberlist.Memberlist]
+	tr    *guardedTransport
 	queue *memberlist.TransmitLimitedQueue
 
 	mu      sync.Mutex
@@ -317,6 +318,7 @@ func Start(cfg Config) (*Cluster, error) {
 			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
 	}
 	mc.Transport = tr
+	c.tr = tr
 	mc.DeadNodeReclaimTime = cfg.NodeGrace
 	setDur := func(dst *time.Duration, v time.Duration) {
 		if v > 0 {
