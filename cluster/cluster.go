@@ -208,6 +208,8 @@ type Cluster struct {
 	settled map[string]bool   // settledKey of the claims won by this node
 	waiters map[uint64]chan *message
 	nextID  uint64
+	outbox  map[outKey]*delivery // pending deliveries of own large entries
+	acks    map[uint64]*delivery // the same, by the id of their last send
 	closed  bool
 	closing bool // set before Close waits for goroutines; guards wg.Add
 
@@ -281,6 +283,8 @@ func Start(cfg Config) (*Cluster, error) {
 		logged:  map[string]bool{},
 		settled: map[string]bool{},
 		waiters: map[uint64]chan *message{},
+		outbox:  map[outKey]*delivery{},
+		acks:    map[uint64]*delivery{},
 		stop:    make(chan struct{}),
 	}
 	c.claimRules = map[string]claimRules{

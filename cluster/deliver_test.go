@@ -51,4 +51,43 @@ func TestLargeEntryReachesAMemberThatMissedItsStream(t *testing.T) {
 	if dropped.Load() == 0 {
 		t.Fatal("n3 dropped no stream: the test did not test anything")
 	}
+	if n := n1.Drops()["entry-resent"]; n == 0 {
+		t.Fatal("n1 counted no resent entry")
+	}
+	waitFor(t, 5*time.Second, "n1's deliveries all acknowledged", func() bool { return pendingDeliveries(n1) == 0 })
+}
+
+func pendingDeliveries(n *testNode) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.outbox) + len(n.acks)
+}
+
+// TestDeliveryEndsWhenTheMemberIsGone: a member that never reads its
+// streams is sent to until it is declared dead, not for ever; a newer
+// write replaces the delivery of the older one instead of adding to it.
+func TestDeliveryEndsWhenTheMemberIsGone(t *testing.T) {
+	nodes := startCluster(t, mustKey(t), 3, func(c *Config) { c.PushPullInterval = time.Minute })
+	n1, n3 := nodes[0], nodes[2]
+	drop := func() bool { return true }
+	n3.tr.dropStream.Store(&drop)
+	for _, b := range []byte("abc") {
+		if err := n1.Put("endpoints", "n1", bytes.Repeat([]byte{b}, 3*maxBroadcast)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "n2 has the last version", func() bool {
+		e, _ := nodes[1].Get("endpoints", "n1")
+		return len(e.Value) > 0 && e.Value[0] == 'c'
+	})
+	waitFor(t, 5*time.Second, "n1's one pending delivery, to n3", func() bool {
+		n1.mu.Lock()
+		defer n1.mu.Unlock()
+		return len(n1.outbox) == 1 && n1.outbox[outKey{"n3", tkey{"endpoints", "n1"}}] != nil
+	})
+	n3.Close()
+	waitFor(t, 10*time.Second, "n1's delivery to n3 ended", func() bool { return pendingDeliveries(n1) == 0 })
+	if e, _ := n3.Get("endpoints", "n1"); len(e.Value) > 0 && e.Value[0] == 'c' {
+		t.Fatal("n3 got the entry while dropping every stream")
+	}
 }
