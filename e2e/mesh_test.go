@@ -78,13 +78,11 @@ func (e *env) waitPublishState(service, node, prefix, want string) {
 	e.t.Helper()
 	// Two replicated changes in a row (the service's, then the node's
 	// state). A node's state record of five or six ports is over the
-	// gossip packet limit and goes to each member over TCP, once; one
-	// that does not arrive is repaired by memberlist's push-pull with a
-	// random member every 30 s, so a given member may wait two or three
-	// intervals (missing after 15 s and after 35 s in two fresh-clone CI
-	// runs, while the whole e2e suite ran; never in runs of this test
-	// alone). Known, not yet fixed: see the closing note of 2026-11-29.
-	eventually(e.t, 100*time.Second, func() error {
+	// gossip packet limit and goes to each member over TCP, resent until
+	// the member acknowledges it (it was sent once, and missed for 35 s
+	// in full-suite CI runs until push/pull repaired it); 20 s is well
+	// below push/pull's 30 s, so this does not wait for anti-entropy.
+	eventually(e.t, 20*time.Second, func() error {
 		if st := e.publishState(service, node, prefix); !strings.HasPrefix(st, want) {
 			return fmt.Errorf("state %q, want %q", st, want)
 		}
