@@ -46,7 +46,7 @@ func TestLargeEntryReachesAMemberThatMissedItsStream(t *testing.T) {
 	if err := n1.Put("endpoints", "n1", big('b')); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 8*time.Second, "the second version on every node", everywhere(big('b')))
+	waitFor(t, 10*time.Second, "the second version on every node", everywhere(big('b')))
 	t.Logf("the second version reached every node in %v; n3 dropped %d streams", time.Since(start), dropped.Load())
 	if dropped.Load() == 0 {
 		t.Fatal("n3 dropped no stream: the test did not test anything")
