@@ -9,6 +9,8 @@
 // beats a value; then the higher value bytes). Writes spread by memberlist
 // broadcasts within a few gossip intervals and are reconciled by push/pull
 // anti-entropy, so a node that missed broadcasts or joins late converges.
+// An entry too large for a broadcast goes to each member over TCP; the
+// writer resends it until each alive member acknowledges (deliver.go).
 //
 // A table declared NodeScoped holds per-node facts (endpoints, VTEP addresses,
 // IPAM blocks): the entries written by a node disappear from every other node

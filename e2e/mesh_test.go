@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/internal/testbed"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
@@ -395,6 +396,11 @@ func TestRoutingMesh(t *testing.T) {
 		e.waitPublishState("api", h2.h.Name, "published=8084,", "down: host port 0.0.0.0:8084 is already in use")
 		e.waitPublishState("api", h1.h.Name, "published=8084,", "up")
 		e.waitPublishState("api", h3.h.Name, "published=8084,", "up")
+	}
+	for _, e := range es { // resent port-state records show here
+		var st api.Stats
+		e.json(&st, "stats")
+		t.Logf("gossip drops on %s: %v", e.h.Name, st.GossipDrops)
 	}
 	for _, e := range []*env{h1, h3} {
 		c, _, _ := publishedLine(t, peer, e.h.Addr+":8084")
