@@ -189,6 +189,9 @@ type Cluster struct {
 	log   *slog.Logger
 	ml    atomic.Pointer[memberlist.Memberlist]
 	tr    *guardedTransport
+	// dropEntries, when set (tests only), is asked about every gossiped
+	// or relayed entries message; true drops it, as a lost packet.
+	dropEntries atomic.Pointer[func() bool]
 	queue *memberlist.TransmitLimitedQueue
 
 	mu      sync.Mutex

@@ -341,6 +341,9 @@ func (d *delegate) NotifyMsg(b []byte) {
 	}
 	switch m.Type {
 	case msgEntries:
+		if f := c.dropEntries.Load(); f != nil && m.ID == 0 && (*f)() {
+			return
+		}
 		c.merge(m.Entries, true)
 		if m.ID != 0 {
 			c.ack(m.From, m.ID)
