@@ -352,7 +352,8 @@ type Stats struct {
 	// "gossip-version", "version-ahead", "replayed"; and how this node's
 	// own large entries fared: "entry-resent" (a member had not
 	// acknowledged a send in time), "entry-undelivered" (given up to
-	// anti-entropy after 16 sends).
+	// anti-entropy after 16 sends), "regossip-full" (an own small write
+	// broadcast once only: 4096 were already scheduled again).
 	GossipDrops map[string]uint64 `json:"gossip_drops,omitempty"`
 	// OpenFDs is the number of file descriptors the daemon holds open,
 	// and FDLimit its soft open-files limit (RLIMIT_NOFILE, raised to the

@@ -185,14 +185,14 @@ type memberInfo struct {
 
 // Cluster is a running cluster node. Its methods are safe for concurrent use.
 type Cluster struct {
-	cfg   Config
-	log   *slog.Logger
-	ml    atomic.Pointer[memberlist.Memberlist]
-	tr    *guardedTransport
+	cfg Config
+	log *slog.Logger
+	ml  atomic.Pointer[memberlist.Memberlist]
+	tr  *guardedTransport
 	// dropEntries, when set (tests only), is asked about every gossiped
 	// or relayed entries message; true drops it, as a lost packet.
 	dropEntries atomic.Pointer[func() bool]
-	queue *memberlist.TransmitLimitedQueue
+	queue       *memberlist.TransmitLimitedQueue
 
 	mu      sync.Mutex
 	clock   uint64
@@ -214,9 +214,11 @@ type Cluster struct {
 	waiters map[uint64]chan *message
 	nextID  uint64
 	outbox  map[outKey]*delivery // pending deliveries of own large entries
-	acks    map[uint64]*delivery // the same, by the id of their last send
-	closed  bool
-	closing bool // set before Close waits for goroutines; guards wg.Add
+	// regossip schedules own small writes for a broadcast again.
+	regossip map[tkey]*regossip
+	acks     map[uint64]*delivery // the same, by the id of their last send
+	closed   bool
+	closing  bool // set before Close waits for goroutines; guards wg.Add
 
 	// Also guarded by mu:
 	claimRules map[string]claimRules       // by claim table
@@ -273,24 +275,25 @@ func Start(cfg Config) (*Cluster, error) {
 	cfg.Key = slices.Clone(cfg.Key)
 
 	c := &Cluster{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "cluster"),
-		tables:  map[string]TableOptions{ipamTable: {NodeScoped: true}},
-		entries: map[tkey]*record{},
-		members: map[string]*memberInfo{},
-		gone:    map[string]bool{},
-		unknown: map[string]time.Time{},
-		subs:    map[int]chan struct{}{},
-		leaving: map[string]bool{},
-		refused: map[string]bool{},
-		drops:   map[string]uint64{},
-		marks:   map[string]uint64{},
-		logged:  map[string]bool{},
-		settled: map[string]bool{},
-		waiters: map[uint64]chan *message{},
-		outbox:  map[outKey]*delivery{},
-		acks:    map[uint64]*delivery{},
-		stop:    make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "cluster"),
+		tables:   map[string]TableOptions{ipamTable: {NodeScoped: true}},
+		entries:  map[tkey]*record{},
+		members:  map[string]*memberInfo{},
+		gone:     map[string]bool{},
+		unknown:  map[string]time.Time{},
+		subs:     map[int]chan struct{}{},
+		leaving:  map[string]bool{},
+		refused:  map[string]bool{},
+		drops:    map[string]uint64{},
+		marks:    map[string]uint64{},
+		logged:   map[string]bool{},
+		settled:  map[string]bool{},
+		waiters:  map[uint64]chan *message{},
+		outbox:   map[outKey]*delivery{},
+		regossip: map[tkey]*regossip{},
+		acks:     map[uint64]*delivery{},
+		stop:     make(chan struct{}),
 	}
 	c.claimRules = map[string]claimRules{
 		ipamTable: {conflict: blocksOverlap},
@@ -523,6 +526,7 @@ func (c *Cluster) maintain() {
 			return
 		case now := <-t.C:
 			c.sweep(now)
+			c.regossipDue(now)
 			if c.cfg.ReconnectInterval > 0 {
 				c.reconnect(now)
 			}

@@ -216,3 +216,64 @@ func (c *Cluster) ack(from string, id uint64) {
 		}
 	})
 }
+
+// An entry that fits a gossip packet rides memberlist's broadcasts, each
+// sent RetransmitMult times within a few gossip intervals: a member whose
+// packets are all lost in that second (a loaded underlay drops bursts)
+// would wait for push/pull. So a node broadcasts its own small writes
+// again at the delays of regossipDelays after the write, as long as the
+// write is still its newest of the key: no per-member state, and a member
+// that already holds the version neither changes nor relays it.
+var regossipDelays = [...]time.Duration{time.Second, 3 * time.Second, 7 * time.Second}
+
+// maxRegossip bounds the own writes scheduled for a broadcast again; a
+// write beyond it is spread once, as before, and counted.
+const maxRegossip = 4096
+
+// regossip is the schedule of one own small write.
+type regossip struct {
+	version uint64
+	round   int // index into regossipDelays of the next broadcast
+	next    time.Time
+}
+
+// scheduleRegossip schedules e, a small own write just broadcast.
+func (c *Cluster) scheduleRegossip(e Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := tkey{e.Table, e.Key}
+	if c.regossip[k] == nil && len(c.regossip) >= maxRegossip {
+		c.drops["regossip-full"]++
+		return
+	}
+	c.regossip[k] = &regossip{version: e.Version, next: time.Now().Add(regossipDelays[0])}
+}
+
+// regossipDue broadcasts again the own small writes whose time has come.
+func (c *Cluster) regossipDue(now time.Time) {
+	var out [][]byte
+	var names []string
+	c.mu.Lock()
+	for k, g := range c.regossip {
+		r := c.entries[k]
+		if r == nil || r.expired || r.Owner != c.cfg.NodeName || r.Version != g.version {
+			delete(c.regossip, k)
+			continue
+		}
+		if now.Before(g.next) {
+			continue
+		}
+		out = append(out, (&message{Type: msgEntries, From: c.cfg.NodeName, Entries: []Entry{r.Entry}}).encode())
+		names = append(names, k.table+"\x00"+k.key)
+		g.round++
+		if g.round == len(regossipDelays) {
+			delete(c.regossip, k)
+			continue
+		}
+		g.next = now.Add(regossipDelays[g.round] - regossipDelays[g.round-1])
+	}
+	c.mu.Unlock()
+	for i, msg := range out {
+		c.queue.QueueBroadcast(&broadcast{name: names[i], msg: msg})
+	}
+}

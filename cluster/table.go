@@ -265,13 +265,17 @@ func (c *Cluster) merge(entries []Entry, relay bool) {
 	}
 }
 
-// broadcast spreads one entry: by gossip when it fits a packet, else over
-// TCP to every alive member, acknowledged and resent when the entry is this
-// node's own write (deliverOwn).
+// broadcast spreads one entry: by gossip when it fits a packet (again
+// after 1, 3 and 7 s when it is this node's own write: scheduleRegossip),
+// else over TCP to every alive member, acknowledged and resent when it is
+// this node's own write (deliverOwn).
 func (c *Cluster) broadcast(e Entry) {
 	msg := (&message{Type: msgEntries, From: c.cfg.NodeName, Entries: []Entry{e}}).encode()
 	if len(msg) <= maxBroadcast {
 		c.queue.QueueBroadcast(&broadcast{name: e.Table + "\x00" + e.Key, msg: msg})
+		if e.Owner == c.cfg.NodeName {
+			c.scheduleRegossip(e)
+		}
 		return
 	}
 	if e.Owner == c.cfg.NodeName {
@@ -543,7 +547,8 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // gossip packet limit fared: "entry-resent" (a send to a member that had
 // not acknowledged the previous one in time) and "entry-undelivered" (a
 // member that acknowledged none of maxDeliverSends sends, left to
-// anti-entropy).
+// anti-entropy); "regossip-full" counts own small writes broadcast only
+// once because maxRegossip writes were already scheduled again.
 func (c *Cluster) Drops() map[string]uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
