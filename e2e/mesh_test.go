@@ -78,11 +78,13 @@ func (e *env) publishState(service, node, prefix string) string {
 func (e *env) waitPublishState(service, node, prefix, want string) {
 	e.t.Helper()
 	// Two replicated changes in a row (the service's, then the node's
-	// state). A node's state record of five or six ports is over the
-	// gossip packet limit and goes to each member over TCP, resent until
-	// the member acknowledges it (it was sent once, and missed for 35 s
-	// in full-suite CI runs until push/pull repaired it); 20 s is well
-	// below push/pull's 30 s, so this does not wait for anti-entropy.
+	// state). The service record fits a gossip packet; its writer
+	// broadcasts it again after 1, 3 and 7 s. A node's state record of
+	// five or six ports does not, and goes to each member over TCP,
+	// resent until the member acknowledges it. Before those, a member
+	// missed one of them for 15 to 35 s in full-suite CI runs, until
+	// push/pull (every 30 s, one random member) repaired it; 20 s does
+	// not count on push/pull.
 	eventually(e.t, 20*time.Second, func() error {
 		if st := e.publishState(service, node, prefix); !strings.HasPrefix(st, want) {
 			return fmt.Errorf("state %q, want %q", st, want)
