@@ -361,7 +361,11 @@ type Stats struct {
 	// node holds, "reconcile-panic" for a panic reconcile survived.
 	RefusedRecords map[string]uint64 `json:"refused_records,omitempty"`
 	// GossipDrops counts what the cluster layer refused, by reason:
-	// "gossip-version", "version-ahead", "replayed".
+	// "gossip-version", "version-ahead", "replayed"; and how this node's
+	// own large entries fared: "entry-resent" (a member had not
+	// acknowledged a send in time), "entry-undelivered" (given up to
+	// anti-entropy after 16 sends), "regossip-full" (an own small write
+	// broadcast once only: 4096 were already scheduled again).
 	GossipDrops map[string]uint64 `json:"gossip_drops,omitempty"`
 	// OpenFDs is the number of file descriptors the daemon holds open,
 	// and FDLimit its soft open-files limit (RLIMIT_NOFILE, raised to the

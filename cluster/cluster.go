@@ -9,6 +9,8 @@
 // beats a value; then the higher value bytes). Writes spread by memberlist
 // broadcasts within a few gossip intervals and are reconciled by push/pull
 // anti-entropy, so a node that missed broadcasts or joins late converges.
+// An entry too large for a broadcast goes to each member over TCP; the
+// writer resends it until each alive member acknowledges (deliver.go).
 //
 // A table declared NodeScoped holds per-node facts (endpoints, VTEP addresses,
 // IPAM blocks): the entries written by a node disappear from every other node
@@ -183,10 +185,14 @@ type memberInfo struct {
 
 // Cluster is a running cluster node. Its methods are safe for concurrent use.
 type Cluster struct {
-	cfg   Config
-	log   *slog.Logger
-	ml    atomic.Pointer[memberlist.Memberlist]
-	queue *memberlist.TransmitLimitedQueue
+	cfg Config
+	log *slog.Logger
+	ml  atomic.Pointer[memberlist.Memberlist]
+	tr  *guardedTransport
+	// dropEntries, when set (tests only), is asked about every gossiped
+	// or relayed entries message; true drops it, as a lost packet.
+	dropEntries atomic.Pointer[func() bool]
+	queue       *memberlist.TransmitLimitedQueue
 
 	mu      sync.Mutex
 	clock   uint64
@@ -207,8 +213,12 @@ type Cluster struct {
 	settled map[string]bool   // settledKey of the claims won by this node
 	waiters map[uint64]chan *message
 	nextID  uint64
-	closed  bool
-	closing bool // set before Close waits for goroutines; guards wg.Add
+	outbox  map[outKey]*delivery // pending deliveries of own large entries
+	// regossip schedules own small writes for a broadcast again.
+	regossip map[tkey]*regossip
+	acks     map[uint64]*delivery // the same, by the id of their last send
+	closed   bool
+	closing  bool // set before Close waits for goroutines; guards wg.Add
 
 	// Also guarded by mu:
 	claimRules map[string]claimRules       // by claim table
@@ -265,22 +275,25 @@ func Start(cfg Config) (*Cluster, error) {
 	cfg.Key = slices.Clone(cfg.Key)
 
 	c := &Cluster{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "cluster"),
-		tables:  map[string]TableOptions{ipamTable: {NodeScoped: true}},
-		entries: map[tkey]*record{},
-		members: map[string]*memberInfo{},
-		gone:    map[string]bool{},
-		unknown: map[string]time.Time{},
-		subs:    map[int]chan struct{}{},
-		leaving: map[string]bool{},
-		refused: map[string]bool{},
-		drops:   map[string]uint64{},
-		marks:   map[string]uint64{},
-		logged:  map[string]bool{},
-		settled: map[string]bool{},
-		waiters: map[uint64]chan *message{},
-		stop:    make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "cluster"),
+		tables:   map[string]TableOptions{ipamTable: {NodeScoped: true}},
+		entries:  map[tkey]*record{},
+		members:  map[string]*memberInfo{},
+		gone:     map[string]bool{},
+		unknown:  map[string]time.Time{},
+		subs:     map[int]chan struct{}{},
+		leaving:  map[string]bool{},
+		refused:  map[string]bool{},
+		drops:    map[string]uint64{},
+		marks:    map[string]uint64{},
+		logged:   map[string]bool{},
+		settled:  map[string]bool{},
+		waiters:  map[uint64]chan *message{},
+		outbox:   map[outKey]*delivery{},
+		regossip: map[tkey]*regossip{},
+		acks:     map[uint64]*delivery{},
+		stop:     make(chan struct{}),
 	}
 	c.claimRules = map[string]claimRules{
 		ipamTable: {conflict: blocksOverlap},
@@ -317,6 +330,7 @@ func Start(cfg Config) (*Cluster, error) {
 			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
 	}
 	mc.Transport = tr
+	c.tr = tr
 	mc.DeadNodeReclaimTime = cfg.NodeGrace
 	setDur := func(dst *time.Duration, v time.Duration) {
 		if v > 0 {
@@ -512,6 +526,7 @@ func (c *Cluster) maintain() {
 			return
 		case now := <-t.C:
 			c.sweep(now)
+			c.regossipDue(now)
 			if c.cfg.ReconnectInterval > 0 {
 				c.reconnect(now)
 			}

@@ -18,6 +18,7 @@ const (
 	msgClaimReq  = 3 // IPAM: "I claim this block, what do you know about it?"
 	msgClaimResp = 4 // IPAM: the answer, with every claim the responder knows for the block
 	msgLeave     = 5 // the sender is leaving the cluster (sent before memberlist's leave)
+	msgAck       = 6 // the sender merged the msgEntries whose ID this carries
 )
 
 // Limits on decoded fields. They bound what a peer can make us allocate.
@@ -36,7 +37,7 @@ const flagDeleted = 1
 // does not use are zero.
 type message struct {
 	Type    byte
-	ID      uint64 // claim request/response id
+	ID      uint64 // claim request/response id; acknowledgement id of msgEntries and msgAck
 	Clock   uint64 // sender's Lamport clock
 	Held    bool   // claim response: responder holds a settled claim on the block
 	From    string // sender node name
@@ -165,7 +166,7 @@ func decode(b []byte) (*message, error) {
 		return nil, fmt.Errorf("unsupported message version %d", b[0])
 	}
 	m := &message{Type: b[1]}
-	if m.Type < msgEntries || m.Type > msgLeave {
+	if m.Type < msgEntries || m.Type > msgAck {
 		return nil, fmt.Errorf("unknown message type %d", m.Type)
 	}
 	d := &decoder{b: b[2:]}

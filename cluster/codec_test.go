@@ -16,6 +16,8 @@ func sampleMessages() []*message {
 		{Type: msgClaimReq, ID: 3, From: "n3", Entries: []Entry{{Table: ipamTable, Key: "web|10.0.1.0/26|n3", Owner: "n3", Version: 9}}},
 		{Type: msgClaimResp, ID: 3, From: "n1", Held: true},
 		{Type: msgLeave, From: "n1"},
+		{Type: msgEntries, ID: 9, From: "n2", Entries: []Entry{{Table: "endpoints", Key: "n2", Value: []byte("x"), Owner: "n2", Version: 12}}},
+		{Type: msgAck, ID: 9, From: "n3"},
 	}
 }
 

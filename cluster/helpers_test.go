@@ -98,13 +98,18 @@ func testConfig(name string, key []byte, port int, logs *logSink) Config {
 	}
 }
 
-func startNode(t *testing.T, name string, key []byte, port int) *testNode {
+// startNode starts a node; tune, if given, adjusts its configuration.
+func startNode(t *testing.T, name string, key []byte, port int, tune ...func(*Config)) *testNode {
 	t.Helper()
 	if port == 0 {
 		port = freePort(t)
 	}
 	logs := &logSink{}
-	c, err := Start(testConfig(name, key, port, logs))
+	cfg := testConfig(name, key, port, logs)
+	for _, f := range tune {
+		f(&cfg)
+	}
+	c, err := Start(cfg)
 	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -121,12 +126,13 @@ func startNode(t *testing.T, name string, key []byte, port int) *testNode {
 	return n
 }
 
-// startCluster starts n nodes named n1..nN sharing key and joins them.
-func startCluster(t *testing.T, key []byte, count int) []*testNode {
+// startCluster starts n nodes named n1..nN sharing key and joins them;
+// tune, if given, adjusts every node's configuration.
+func startCluster(t *testing.T, key []byte, count int, tune ...func(*Config)) []*testNode {
 	t.Helper()
 	var nodes []*testNode
 	for i := 1; i <= count; i++ {
-		n := startNode(t, "n"+itoa(i), key, 0)
+		n := startNode(t, "n"+itoa(i), key, 0, tune...)
 		if i > 1 {
 			if _, err := n.Join([]string{nodes[0].addr()}); err != nil {
 				t.Fatalf("join: %v", err)

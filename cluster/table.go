@@ -265,14 +265,24 @@ func (c *Cluster) merge(entries []Entry, relay bool) {
 	}
 }
 
-// broadcast spreads one entry: by gossip when it fits a packet, else over
-// TCP to every alive member.
+// broadcast spreads one entry: by gossip when it fits a packet (again
+// after 1, 3 and 7 s when it is this node's own write: scheduleRegossip),
+// else over TCP to every alive member, acknowledged and resent when it is
+// this node's own write (deliverOwn).
 func (c *Cluster) broadcast(e Entry) {
 	msg := (&message{Type: msgEntries, From: c.cfg.NodeName, Entries: []Entry{e}}).encode()
 	if len(msg) <= maxBroadcast {
 		c.queue.QueueBroadcast(&broadcast{name: e.Table + "\x00" + e.Key, msg: msg})
+		if e.Owner == c.cfg.NodeName {
+			c.scheduleRegossip(e)
+		}
 		return
 	}
+	if e.Owner == c.cfg.NodeName {
+		c.deliverOwn(e)
+		return
+	}
+	// A relay: one send per member; the writer resends until acknowledged.
 	peers := c.alivePeers()
 	c.spawn(func() {
 		for _, n := range peers {
@@ -335,7 +345,15 @@ func (d *delegate) NotifyMsg(b []byte) {
 	}
 	switch m.Type {
 	case msgEntries:
+		if f := c.dropEntries.Load(); f != nil && m.ID == 0 && (*f)() {
+			return
+		}
 		c.merge(m.Entries, true)
+		if m.ID != 0 {
+			c.ack(m.From, m.ID)
+		}
+	case msgAck:
+		c.acked(m.From, m.ID)
 	case msgClaimReq:
 		c.merge(m.Entries, false)
 		c.answerClaim(m)
@@ -525,7 +543,12 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // reason: "version-ahead" (a Lamport version more than 2^32 ahead of the
 // local clock), "replayed" (an entry no newer than a reaped tombstone of its
 // table) and "gossip-version" (a memberlist packet or stream not encrypted
-// with encryption version 1).
+// with encryption version 1); and how this node's own entries over the
+// gossip packet limit fared: "entry-resent" (a send to a member that had
+// not acknowledged the previous one in time) and "entry-undelivered" (a
+// member that acknowledged none of maxDeliverSends sends, left to
+// anti-entropy); "regossip-full" counts own small writes broadcast only
+// once because maxRegossip writes were already scheduled again.
 func (c *Cluster) Drops() map[string]uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -37,6 +38,10 @@ type guardedTransport struct {
 	down    chan struct{} // closed once the NetTransport has shut down
 	wg      sync.WaitGroup
 	once    sync.Once
+	// dropStream, when set (tests only), is asked about every accepted
+	// stream; true closes it unread, as a receiver too loaded to read
+	// it before its deadline would.
+	dropStream atomic.Pointer[func() bool]
 }
 
 // newGuardedTransport listens on addr:port. refuse is called for every
@@ -107,6 +112,10 @@ func (g *guardedTransport) filterStreams() {
 			g.drain()
 			return
 		case c := <-in:
+			if f := g.dropStream.Load(); f != nil && (*f)() {
+				c.Close()
+				continue
+			}
 			select {
 			case g.streams <- g.guard(c):
 			case <-g.stop:
