@@ -1,0 +1,150 @@
+package gateway
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// TestAttachSendsInSendersGoroutine: once the switch port is attached, a
+// frame the stack sends in reply reaches the switch before the call that
+// made the stack send it returns: a ping the switch delivers to the
+// gateway is answered back to the pinger within the pinger's own Input,
+// with no goroutine between the stack and the switch.
+func TestAttachSendsInSendersGoroutine(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	rec, ref, mac, ip := h.pinger(t)
+	// The first ping also resolves the pinger's MAC (the stack's ARP
+	// request leaves from a timer goroutine).
+	sendFrame(ref, echoFrame(mac, ip, gwAddr.Addr(), 7, 1))
+	deadline := time.Now().Add(5 * time.Second)
+	for !hasReply(rec, gwAddr.Addr(), 7, 1) {
+		if time.Now().After(deadline) {
+			t.Fatal("no echo reply from the gateway")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for seq := uint16(2); seq < 50; seq++ {
+		sendFrame(ref, echoFrame(mac, ip, gwAddr.Addr(), 7, seq))
+		if !hasReply(rec, gwAddr.Addr(), 7, seq) {
+			t.Fatalf("echo %d: the reply had not reached the switch when the request's Input returned", seq)
+		}
+	}
+}
+
+// echoOutput is an Output standing for a switch that answers the
+// gateway's ARP requests and pings it again on each echo reply, within
+// Input, as the switch writes its ARP replies back to the gateway. It
+// records how many callers were in Input at once and the replies' seqs
+// per id.
+type echoOutput struct {
+	t       *testing.T
+	gw      *Gateway
+	upTo    uint16 // the last seq to send
+	in, max atomic.Int32
+	mu      sync.Mutex
+	seqs    map[uint16][]uint16
+}
+
+var (
+	peerMAC = packet.MAC{0x02, 0x42, 10, 0, 1, 9}
+	peerIP  = netip.MustParseAddr("10.0.1.9")
+)
+
+func (o *echoOutput) Input(bufs [][]byte, sizes []int, offset int) {
+	if n := o.in.Add(1); n > o.max.Load() {
+		o.max.Store(n)
+	}
+	defer o.in.Add(-1)
+	for i := range bufs {
+		frame := bufs[i][offset : offset+sizes[i]]
+		eth := packet.Ethernet(frame)
+		switch eth.EtherType() {
+		case packet.EtherTypeARP:
+			a := packet.ARP(eth.Payload())
+			if !a.Valid() || a.Op() != packet.ARPRequest || a.TargetIP() != peerIP {
+				continue
+			}
+			a.MakeReply(peerMAC, peerIP)
+			eth.SetDst(eth.Src())
+			eth.SetSrc(peerMAC)
+			o.write(frame)
+		case packet.EtherTypeIPv4:
+			ip := packet.IPv4(eth.Payload())
+			icmp := ip.Payload()
+			if ip.Protocol() != packet.ProtoICMP || len(icmp) < 8 || icmp[0] != 0 {
+				continue
+			}
+			id, seq := uint16(icmp[4])<<8|uint16(icmp[5]), uint16(icmp[6])<<8|uint16(icmp[7])
+			o.mu.Lock()
+			o.seqs[id] = append(o.seqs[id], seq)
+			o.mu.Unlock()
+			if seq < o.upTo {
+				o.write(echoFrame(peerMAC, peerIP, gwAddr.Addr(), id, seq+1))
+			}
+		}
+	}
+}
+
+// write hands frame to the gateway as the switch does.
+func (o *echoOutput) write(frame []byte) {
+	buf := make([]byte, packet.Headroom+len(frame))
+	copy(buf[packet.Headroom:], frame)
+	if _, err := o.gw.Device().Write([][]byte{buf}, packet.Headroom); err != nil {
+		o.t.Error(err)
+	}
+}
+
+// TestAttachReentrantAndSerial: frames written back to the gateway from
+// within Input (ARP replies, and here a new ping for each echo reply)
+// are taken, and the stack's answers to them delivered, without a
+// deadlock; Input is never called by two goroutines at once, though
+// several goroutines make the stack send; each sender's frames arrive in
+// order.
+func TestAttachReentrantAndSerial(t *testing.T) {
+	gw, err := New(Config{Name: "web", Addr: gwAddr, MAC: gwMAC, MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	o := &echoOutput{t: t, gw: gw, upTo: 200, seqs: map[uint16][]uint16{}}
+	gw.Attach(o)
+	const pingers = 8
+	var wg sync.WaitGroup
+	for id := range uint16(pingers) {
+		wg.Go(func() { o.write(echoFrame(peerMAC, peerIP, gwAddr.Addr(), id, 0)) })
+	}
+	wg.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		o.mu.Lock()
+		done := 0
+		for _, s := range o.seqs {
+			if len(s) > 0 && s[len(s)-1] == o.upTo {
+				done++
+			}
+		}
+		o.mu.Unlock()
+		if done == pingers {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d ping chains completed: %v", done, pingers, o.seqs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m := o.max.Load(); m != 1 {
+		t.Errorf("Input had %d callers at once, want 1", m)
+	}
+	for id, s := range o.seqs {
+		for i, seq := range s {
+			if seq != uint16(i) {
+				t.Fatalf("id %d: replies %v, want 0..%d in order", id, s, o.upTo)
+			}
+		}
+	}
+}
