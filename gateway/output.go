@@ -186,9 +186,18 @@ func (d *device) emit(o Output, pkts []*stack.PacketBuffer) {
 // for the caller to segment it (0 otherwise). buf holds the frame.
 func frameOf(pkt *stack.PacketBuffer, buf []byte, offset int) (frame []byte, smallMSS int) {
 	frame = buf[offset : offset+pkt.Size()]
+	// The views themselves, not AsSlices, which allocates a slice per
+	// packet.
+	vl, skip := pkt.AsViewList()
 	copied := 0
-	for _, s := range pkt.AsSlices() {
-		copied += copy(frame[copied:], s)
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		copied += copy(frame[copied:], b[skip:])
+		skip = 0
 	}
 	packet.ClearOffload(buf)
 	gso := pkt.GSOOptions
