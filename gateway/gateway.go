@@ -61,7 +61,6 @@ type Gateway struct {
 	cfg   Config
 	stack *stack.Stack
 	ep    *channel.Endpoint
-	link  *linkEP // ep as the stack's link: its frames to Attach's Output
 	dev   *device
 
 	ctx    context.Context
@@ -115,8 +114,7 @@ func (g *Gateway) setup() error {
 	// GSOMaxSize is gsoMaxSize.
 	g.ep.SupportedGSOKind = stack.HostGSOSupported
 	g.dev = &device{g: g}
-	g.link = &linkEP{Endpoint: g.ep, d: g.dev}
-	if err := s.CreateNIC(nicID, ethernet.New(g.link)); err != nil {
+	if err := s.CreateNIC(nicID, ethernet.New(g.ep)); err != nil {
 		return fmt.Errorf("create NIC: %s", err)
 	}
 	pa := tcpip.ProtocolAddress{

@@ -82,7 +82,7 @@ func newHarnessWith(t testing.TB, cfg Config, ecfg EgressConfig) *harness {
 			t.Fatal(err)
 		}
 	}
-	gw.Attach(ref)
+	h.loop(gw.Device(), ref)
 	c, err := netstack.New("c1", ctrMAC, ctrAddr)
 	if err != nil {
 		t.Fatal(err)
