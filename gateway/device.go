@@ -68,28 +68,16 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 			break
 		}
-		frame := buf[offset : offset+size]
-		copied := 0
-		for _, s := range pkt.AsSlices() {
-			copied += copy(frame[copied:], s)
-		}
-		gso := pkt.GSOOptions
+		frame, smallMSS := frameOf(pkt, buf, offset)
 		pkt.DecRef()
-		packet.ClearOffload(buf)
-		if gso.Type == stack.GSOTCPv4 {
-			if int(gso.MSS) < packet.GSOMinSizeIPv4 {
-				d.seg.start(frame, int(gso.MSS))
-				n += d.seg.next(bufs[n:], sizes[n:], offset)
-				if n == len(bufs) {
-					break
-				}
-				pkt = ep.Read()
-				continue
+		if smallMSS > 0 {
+			d.seg.start(frame, smallMSS)
+			n += d.seg.next(bufs[n:], sizes[n:], offset)
+			if n == len(bufs) {
+				break
 			}
-			l3 := packet.EthernetHeaderLen
-			l4 := l3 + int(frame[l3]&0x0f)*4
-			hdrLen := l4 + int(frame[l4+12]>>4)*4
-			packet.OffloadOf(buf).Set(packet.OffloadNeedsCsum, packet.GSOTCPv4, hdrLen, int(gso.MSS), l4, int(gso.CsumOffset))
+			pkt = ep.Read()
+			continue
 		}
 		sizes[n] = size
 		if n++; n == len(bufs) {
@@ -194,4 +182,38 @@ func fillChecksum(frame []byte, _ packet.Offload) bool {
 	}
 	binary.BigEndian.PutUint16(l4[field:], sum)
 	return true
+}
+
+// frameOf copies pkt into buf at offset and sets buf's offload metadata:
+// a TCP super-segment gets its GSO metadata, unless its MSS is below
+// what the switch takes (packet.GSOMinSizeIPv4), which frameOf returns
+// for the caller to segment it (0 otherwise). buf holds the frame.
+func frameOf(pkt *stack.PacketBuffer, buf []byte, offset int) (frame []byte, smallMSS int) {
+	frame = buf[offset : offset+pkt.Size()]
+	// The views themselves, not AsSlices, which allocates a slice per
+	// packet.
+	vl, skip := pkt.AsViewList()
+	copied := 0
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		copied += copy(frame[copied:], b[skip:])
+		skip = 0
+	}
+	packet.ClearOffload(buf)
+	gso := pkt.GSOOptions
+	if gso.Type != stack.GSOTCPv4 {
+		return frame, 0
+	}
+	if int(gso.MSS) < packet.GSOMinSizeIPv4 {
+		return frame, int(gso.MSS)
+	}
+	l3 := packet.EthernetHeaderLen
+	l4 := l3 + int(frame[l3]&0x0f)*4
+	hdrLen := l4 + int(frame[l4+12]>>4)*4
+	packet.OffloadOf(buf).Set(packet.OffloadNeedsCsum, packet.GSOTCPv4, hdrLen, int(gso.MSS), l4, int(gso.CsumOffset))
+	return frame, 0
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -85,7 +86,7 @@ func (e *Egress) Publish(spec Publish, target Target) (*Port, error) {
 			p.pc, err = net.ListenUDP("udp4", a)
 		}
 	} else {
-		p.ln, err = net.Listen("tcp4", spec.hostAddr())
+		p.ln, err = listenPublished(spec.hostAddr())
 	}
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
@@ -347,6 +348,43 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	e.ingressBytesOut.Add(uint64(toClient))
 	p.bytesIn.Add(uint64(toCtr))
 	p.bytesOut.Add(uint64(toClient))
+}
+
+// Keepalive of published connections' client sockets: Go's defaults for
+// an accepted connection.
+const (
+	hostKeepIdle  = 15 // seconds
+	hostKeepIntvl = 15 // seconds
+	hostKeepCnt   = 9
+)
+
+// listenPublished listens on addr for a published port. Its accepted
+// connections have TCP keepalive on (hostKeepIdle, hostKeepIntvl,
+// hostKeepCnt), as Go gives any accepted connection, but set once on the
+// listening socket, whose options Linux copies to each connection it
+// accepts: accepting costs no setsockopt for them (four per connection
+// when Go sets them).
+func listenPublished(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			for _, o := range [...][3]int{
+				{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+				{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, hostKeepIdle},
+				{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, hostKeepIntvl},
+				{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, hostKeepCnt},
+			} {
+				if serr == nil {
+					serr = os.NewSyscallError("setsockopt", syscall.SetsockoptInt(int(fd), o[0], o[1], o[2]))
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	return lc.Listen(context.Background(), "tcp4", addr)
 }
 
 func asNetError(err error, ne *net.Error) bool { return errors.As(err, ne) }
