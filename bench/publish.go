@@ -81,6 +81,8 @@ type PublishRow struct {
 	InRetr, OutRetr  int64
 	Close, KeepAlive WrkResult
 	Err              error
+
+	client string // netns path of the outside client this row measures from
 }
 
 // publishBed is the section's testbed.
@@ -88,7 +90,7 @@ type publishBed struct {
 	tb      *testbed.Testbed
 	host    *testbed.Host
 	ingress *testbed.Host // the second host, without a backend
-	client  string        // the outside client's netns path
+	client  string        // the outside client's netns path (routers' rows)
 	backend string        // the backend container's overlay address
 	mtu     int
 	ps      procs
@@ -109,7 +111,7 @@ func runPublish(ctx context.Context, cfg config, prefix string, out, log io.Writ
 			break
 		}
 		fmt.Fprintf(log, "publish: measuring %s (%s)\n", rows[i].Name, rows[i].Addr)
-		rows[i].Err = measurePublished(ctx, cfg, bed.client, &rows[i], log)
+		rows[i].Err = measurePublished(ctx, cfg, rows[i].client, &rows[i], log)
 	}
 	printPublish(out, cfg, bed.mtu, rows, loadBefore, loadAvg())
 	var errs []string
@@ -183,9 +185,11 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	}
 	bed.backend = ips["b1"]
 	backend := lbServer{name: "b1", netns: h.ContainerNetnsPath("b1"), ip: bed.backend}
-	if stopServers, err = lbServers(ctx, tb.Dir, []lbServer{backend}); err != nil {
+	stop, err := lbServers(ctx, tb.Dir, []lbServer{backend})
+	if err != nil {
 		return nil, nil, err
 	}
+	stopServers = stop
 	net24 := peer.Addr[:strings.LastIndexByte(peer.Addr, '.')]
 	hapAddr, dnatAddr := net24+".240", net24+".241"
 	if err = bed.uplink(ctx, "hap", hapAddr); err != nil {
@@ -212,14 +216,38 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 		{Name: rowPubDNAT, Desc: "nftables DNAT (+ masquerade) in a router namespace -> container", Addr: dnatAddr},
 	}
 	for i := range rows {
-		rows[i].HTTPPort, rows[i].IperfPort = httpPort, iperfPort
+		rows[i].HTTPPort, rows[i].IperfPort, rows[i].client = httpPort, iperfPort, bed.client
 	}
 	rows = append(rows,
 		PublishRow{Name: rowPubMeshLocal, Desc: "routing mesh on the backend's host: host socket -> gateway netstack -> container (client's address kept)",
 			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort},
 		PublishRow{Name: rowPubMeshRemote, Desc: "routing mesh on a host without a backend: ingress -> tunnel -> backend's host -> container, replies steered back",
 			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort})
+	if err = ownClients(tb, rows); err != nil {
+		return nil, nil, err
+	}
 	return bed, rows, nil
+}
+
+// ownClients gives each row that keeps the client's address (run -p and
+// the mesh rows) an outside client namespace of its own. They all reach
+// the same backend port, so with one client a port wrk reused from an
+// earlier row within the backend's TIME-WAIT (60 s) would meet a SYN from
+// another TCP stack (another gateway) whose timestamp the backend may take
+// for older (PAWS) and drop: that row would measure SYN retransmissions.
+// The routers' rows connect from their own addresses and keep bed.client.
+func ownClients(tb *testbed.Testbed, rows []PublishRow) error {
+	for i := range rows {
+		if rows[i].Name != rowPubVxmesh && rows[i].Name != rowPubMeshLocal && rows[i].Name != rowPubMeshRemote {
+			continue
+		}
+		peer, err := tb.AddUnderlayPeer("out-" + rows[i].Name)
+		if err != nil {
+			return err
+		}
+		rows[i].client = peer.NetnsPath
+	}
+	return nil
 }
 
 // waitMeshPublished polls h's `service inspect` of service until h sees
