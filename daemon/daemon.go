@@ -181,6 +181,10 @@ type Daemon struct {
 	epDecoded epDecodeCache
 	// epSet caches endpointSet by cluster generation.
 	epSet endpointSetCache
+	// netRecs caches networkRecords by cluster generation.
+	netRecs netRecordsCache
+	// epsByNet caches endpointsOf by network; guarded by mu.
+	epsByNet map[string][]*endpoint
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

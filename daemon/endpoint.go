@@ -364,11 +364,13 @@ func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev ne
 	if newCtr {
 		d.containers[c.name] = c
 	}
+	d.endpointsChanged()
 	forget := func() {
 		delete(c.endpoints, n.rec.Name)
 		if newCtr {
 			delete(d.containers, c.name)
 		}
+		d.endpointsChanged()
 	}
 	if err := d.saveContainer(c.name); err != nil {
 		forget()
@@ -623,11 +625,13 @@ func (d *Daemon) Detach(name, network string) error {
 	if forget {
 		delete(d.containers, name)
 	}
+	d.endpointsChanged()
 	if err := d.saveContainer(name); err != nil {
 		c.endpoints[network] = ep
 		if forget {
 			d.containers[name] = c
 		}
+		d.endpointsChanged()
 		return fmt.Errorf("container %q: %w", name, err)
 	}
 	nsPath, release, nsErr := d.pinNetns(c)
@@ -710,8 +714,10 @@ func (d *Daemon) RemoveContainer(name string) error {
 		}
 	}
 	delete(d.containers, name)
+	d.endpointsChanged()
 	if err := d.saveContainer(name); err != nil {
 		d.containers[name] = c
+		d.endpointsChanged()
 		return fmt.Errorf("container %q: %w", name, err)
 	}
 	for _, ep := range c.sortedEndpoints() {
@@ -878,6 +884,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 	for _, sc := range s.Containers {
 		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{}}
 		d.containers[c.name] = c
+		d.endpointsChanged()
 		nsErr := error(nil)
 		if c.hostTAP {
 			nsErr = errHostTAPGone
@@ -908,6 +915,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				ep.services = append(ep.services, svcMember{name: m.Name, id: m.ID, weight: m.Weight, health: h})
 			}
 			c.endpoints[n.rec.Name] = ep
+			d.endpointsChanged()
 			d.restorePorts(ep, se.Published)
 			if nsErr != nil {
 				ep.down = "down: netns " + c.netns + ": " + nsErr.Error()

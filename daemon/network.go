@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -123,17 +124,30 @@ func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	return used
 }
 
-// endpointsOf lists n's endpoints sorted by container name.
+// endpointsOf lists n's endpoints sorted by container name; callers hold
+// d.mu and only read the list. Lists are kept until an endpoint or
+// container comes or goes (endpointsChanged): every change asks for them.
 func (d *Daemon) endpointsOf(n *localNetwork) []*endpoint {
+	if out, ok := d.epsByNet[n.rec.Name]; ok {
+		return out
+	}
 	var out []*endpoint
 	for _, c := range d.containers {
 		if ep := c.endpoints[n.rec.Name]; ep != nil {
 			out = append(out, ep)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ctr.name < out[j].ctr.name })
+	slices.SortFunc(out, func(a, b *endpoint) int { return strings.Compare(a.ctr.name, b.ctr.name) })
+	if d.epsByNet == nil {
+		d.epsByNet = map[string][]*endpoint{}
+	}
+	d.epsByNet[n.rec.Name] = out
 	return out
 }
+
+// endpointsChanged drops the lists of endpointsOf: callers changed a
+// container's endpoints or the containers. Callers hold d.mu.
+func (d *Daemon) endpointsChanged() { clear(d.epsByNet) }
 
 // CreateNetwork validates req, fills in defaults and creates the network.
 func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error) {
