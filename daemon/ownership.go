@@ -100,6 +100,7 @@ func checkOwnership(rec epRecord, nr netRecord, ip netip.Addr, blocks map[netip.
 // for other nodes.
 func (d *Daemon) holdBlocks() {
 	held := map[string]map[netip.Prefix]string{}
+	sizes := map[string][]int{}
 	// Every reconcile walks every endpoint, so only those whose block
 	// this node does not hold (none, once held) are sorted: the blocks
 	// are kept in container and interface order.
@@ -109,8 +110,9 @@ func (d *Daemon) holdBlocks() {
 			name := ep.net.rec.Name
 			if held[name] == nil {
 				held[name] = d.cl.Blocks(name)
+				sizes[name] = blockSizes(held[name])
 			}
-			if _, holder, _ := holderOf(held[name], ep.ip); holder != d.cfg.Node {
+			if _, holder, _ := holderOfSized(held[name], sizes[name], ep.ip); holder != d.cfg.Node {
 				unheld = append(unheld, ep)
 			}
 		}
