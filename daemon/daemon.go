@@ -185,6 +185,9 @@ type Daemon struct {
 	netRecs netRecordsCache
 	// epsByNet caches endpointsOf by network; guarded by mu.
 	epsByNet map[string][]*endpoint
+	// ipsByNet caches the addresses of endpointsOf (ipTaken); guarded by
+	// mu.
+	ipsByNet map[string]map[netip.Addr]bool
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

@@ -504,17 +504,20 @@ const maxFreshBlocks = 4
 // released (releaseEmptyBlocks) are skipped.
 func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	d.mu.Lock()
-	used := d.usedIPs(n)
+	taken := d.ipTaken(n)
 	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
 		if d.blocks.releasing[blockRef{n.rec.Name, b}] {
 			continue
 		}
-		if a, err := allocate(b, used, n.subnet); err == nil {
+		if a, err := allocateFunc(b, taken, n.subnet); err == nil {
 			d.reserveIPFor(owner, n, a)
 			d.mu.Unlock()
 			return a, nil
 		}
 	}
+	// Every block held is full: list the addresses in use once, for
+	// choosing a block to claim (outside d.mu).
+	used := d.usedIPs(n)
 	// A block claimed below is empty until the address is reserved: the
 	// release sweep leaves the network alone meanwhile.
 	d.blocks.setBusy(n.rec.Name, 1)

@@ -66,9 +66,14 @@ func usableHost(p netip.Prefix, a netip.Addr) bool {
 // allocate returns the lowest address of block that is a usable host
 // address of subnet and not in used.
 func allocate(block netip.Prefix, used map[netip.Addr]bool, subnet netip.Prefix) (netip.Addr, error) {
+	return allocateFunc(block, func(a netip.Addr) bool { return used[a] }, subnet)
+}
+
+// allocateFunc is allocate with taken in place of the used set.
+func allocateFunc(block netip.Prefix, taken func(netip.Addr) bool, subnet netip.Prefix) (netip.Addr, error) {
 	block = block.Masked()
 	for a := block.Addr(); block.Contains(a); a = a.Next() {
-		if usableHost(subnet, a) && !used[a] {
+		if usableHost(subnet, a) && !taken(a) {
 			return a, nil
 		}
 	}

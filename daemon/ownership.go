@@ -60,6 +60,14 @@ func (d *Daemon) endpointSet() endpointSet {
 	return c.set
 }
 
+// addrTaken reports whether a valid endpoint record (accepted or not) of
+// the set's last derivation has address a on network.
+func (c *endpointSetCache) addrTaken(network string, a netip.Addr) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.b.atAddr[epAt{network, a}]) > 0
+}
+
 // endpointSetInput is what the endpoint set is derived from, read from
 // the cluster now.
 func (d *Daemon) endpointSetInput() epSetInput {

@@ -201,3 +201,46 @@ func TestNetworksAndEndpointListsFollowChanges(t *testing.T) {
 		t.Fatalf("endpoints of web after detaching c3: %v, want c1", got)
 	}
 }
+
+// TestIPTakenEqualsUsedIPs: the address look-up allocation uses says of
+// every address of the subnet's first blocks what the full list of used
+// addresses says: the gateway, this node's endpoints, a record in the
+// cluster's table without a local endpoint, and a reserved address.
+func TestIPTakenEqualsUsedIPs(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if _, err := d.Attach(api.AttachRequest{Network: "web", Name: fmt.Sprintf("c%02d", i), Create: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.RemoveContainer("c07"); err != nil {
+		t.Fatal(err)
+	}
+	stale := epRecord{Name: "gone", Network: "web", IP: "10.30.0.60", MAC: "02:42:0a:1e:00:3c", Node: "h1"}
+	b, _ := json.Marshal(stale)
+	if err := d.cl.Put(tblEndpoints, epKey("h1", "web", "gone"), b); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.networks["web"]
+	d.reserveIPFor("someone", n, netip.MustParseAddr("10.30.0.70"))
+	used, taken := d.usedIPs(n), d.ipTaken(n)
+	count := 0
+	for i := range 256 {
+		a := netip.AddrFrom4([4]byte{10, 30, 0, byte(i)})
+		if taken(a) != used[a] {
+			t.Errorf("%s: ipTaken says %v, usedIPs %v", a, taken(a), used[a])
+		}
+		if used[a] {
+			count++
+		}
+	}
+	if count != 1+39+1+1 {
+		t.Errorf("%d addresses used, want 42 (gateway, 39 endpoints, a record, a reservation)", count)
+	}
+}
