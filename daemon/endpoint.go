@@ -52,11 +52,14 @@ func (c *container) sortedEndpoints() []*endpoint {
 // of the TAP device, which the data plane reads and switches while the
 // endpoint is in the desired state (desiredDataplane).
 type endpoint struct {
-	ctr     *container
-	net     *localNetwork
-	ip      netip.Addr
-	mac     packet.MAC
-	ifname  string
+	ctr    *container
+	net    *localNetwork
+	ip     netip.Addr
+	mac    packet.MAC
+	ifname string
+	// port is portName, made once with the endpoint (every change lists
+	// every port by name).
+	port    string
 	aliases []string
 	// services are the services the endpoint joined as a backend.
 	services []svcMember
@@ -71,7 +74,12 @@ type endpoint struct {
 }
 
 // portName names the endpoint's switch port.
-func (ep *endpoint) portName() string { return ep.ctr.name + "/" + ep.ifname }
+func (ep *endpoint) portName() string {
+	if ep.port != "" {
+		return ep.port
+	}
+	return ep.ctr.name + "/" + ep.ifname
+}
 
 // endpointState is "up", or "down: " and why.
 func (d *Daemon) endpointState(ep *endpoint) string {
@@ -324,6 +332,7 @@ func (d *Daemon) prepareEndpoint(req api.AttachRequest, n *localNetwork, c *cont
 		}
 	}
 	e := &endpoint{ctr: c, net: n, ip: ip, mac: macForIP(ip), ifname: ifname, aliases: req.Aliases}
+	e.port = e.portName()
 	if err := d.writeResolvConf(); err != nil {
 		return nil, sandbox.IfaceConfig{}, err
 	}
@@ -910,6 +919,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				return nil, fmt.Errorf("state: container %q: %w", sc.Name, err)
 			}
 			ep := &endpoint{ctr: c, net: n, ip: ip, mac: mac, ifname: se.IfName, aliases: se.Aliases}
+			ep.port = ep.portName()
 			for _, m := range se.Services {
 				h := m.Health
 				if !knownHealth(h) {
