@@ -83,7 +83,11 @@ func (w *dnsWorld) accepted() []epRecord {
 // index equals the one built from scratch: the same askers, names, PTR
 // names, services, VIPs and precomputed wire answers of every asker.
 func TestDNSIndexIncrementalEqualsFull(t *testing.T) {
-	for seed := range uint64(40) {
+	seeds := uint64(40)
+	if testing.Short() {
+		seeds = 10
+	}
+	for seed := range seeds {
 		w := &dnsWorld{rng: rand.New(rand.NewPCG(seed, 2)), recs: map[string]epRecord{}}
 		var b dnsBuilder
 		for i := range 120 {

@@ -126,7 +126,11 @@ func (w *epSetWorld) input(refusals *[]string) epSetInput {
 // every refusal the full derivation reports for a changed record was
 // reported by the incremental one too (so none goes unlogged).
 func TestEndpointSetIncrementalEqualsFull(t *testing.T) {
-	for seed := range uint64(50) {
+	seeds := uint64(50)
+	if testing.Short() {
+		seeds = 10
+	}
+	for seed := range seeds {
 		w := newEPSetWorld(seed)
 		var g epSetBuilder
 		var incRefusals []string
