@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -111,9 +112,35 @@ func (d *Daemon) clusterNetworks() map[string]netRecord {
 	return valid
 }
 
+// netRecordsCache keeps networkRecords' last result with the cluster
+// generation it was read at: it depends only on the networks table and
+// the membership (vtepRules), and every change asks for it several times.
+type netRecordsCache struct {
+	mu      sync.Mutex
+	ok      bool
+	gen     uint64
+	valid   map[string]netRecord
+	invalid map[string]bool
+}
+
 // networkRecords is clusterNetworks that also returns the names of the
-// invalid records, so that reconcile leaves this node's copy alone.
+// invalid records, so that reconcile leaves this node's copy alone. The
+// maps are shared: callers only read them.
 func (d *Daemon) networkRecords() (valid map[string]netRecord, invalid map[string]bool) {
+	c := &d.netRecs
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	gen := d.cl.Generation() // before reading the table
+	if c.ok && c.gen == gen {
+		return c.valid, c.invalid
+	}
+	valid, invalid = d.readNetworkRecords()
+	c.ok, c.gen, c.valid, c.invalid = true, gen, valid, invalid
+	return valid, invalid
+}
+
+// readNetworkRecords is networkRecords without the cache.
+func (d *Daemon) readNetworkRecords() (valid map[string]netRecord, invalid map[string]bool) {
 	valid, invalid = map[string]netRecord{}, map[string]bool{}
 	rules := d.vtepRules()
 	for _, e := range d.cl.List(tblNetworks) {

@@ -187,6 +187,13 @@ type Daemon struct {
 	epDecoded epDecodeCache
 	// epSet caches endpointSet by cluster generation.
 	epSet endpointSetCache
+	// netRecs caches networkRecords by cluster generation.
+	netRecs netRecordsCache
+	// epsByNet caches endpointsOf by network; guarded by mu.
+	epsByNet map[string][]*endpoint
+	// ipsByNet caches the addresses of endpointsOf (ipTaken); guarded by
+	// mu.
+	ipsByNet map[string]map[netip.Addr]bool
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

@@ -57,6 +57,8 @@ type resolver struct {
 	// guarded by rebuild.
 	built    bool
 	builtGen uint64
+	// b derives each index from the last; guarded by rebuild.
+	b dnsBuilder
 	// listeners by container name; guarded by Daemon.mu.
 	listeners map[string]*dns.Listener
 }
@@ -101,10 +103,10 @@ func (d *Daemon) startDNS() {
 	d.log.Info("dns: resolver ready", "listen", dns.ListenAddr, "upstreams", fmt.Sprint(ups))
 }
 
-// refreshDNS rebuilds the records from the endpoints and services tables,
-// unless they are those of the last rebuild: the index depends only on the
+// refreshDNS updates the records from the endpoints and services tables,
+// unless they are those of the last update: the index depends only on the
 // cluster's tables (cluster.Generation), and one change calls it several
-// times.
+// times. An update changes only what changed (dnsBuilder).
 func (d *Daemon) refreshDNS() {
 	if d.dns == nil {
 		return
@@ -116,7 +118,7 @@ func (d *Daemon) refreshDNS() {
 		return
 	}
 	accepted := d.endpointSet().accepted
-	d.dns.idx.index.Store(buildDNSIndex(d.cfg.Node, accepted, d.serviceSet(accepted).dnsServices()))
+	d.dns.idx.index.Store(d.dns.b.update(d.cfg.Node, accepted, d.serviceSet(accepted).dnsServices()))
 	d.dns.built, d.dns.builtGen = true, gen
 }
 
@@ -269,6 +271,18 @@ func buildDNSIndex(node string, recs []epRecord, svcs []dnsService) *dnsIndex {
 	}
 	for _, nets := range x.networks {
 		slices.Sort(nets)
+	}
+	// Addresses and PTR names in a fixed order, not the records' (so
+	// that the incremental dnsBuilder makes the same index).
+	for _, m := range x.names {
+		for _, l := range m {
+			slices.SortFunc(l, netip.Addr.Compare)
+		}
+	}
+	for _, m := range x.ptrs {
+		for _, l := range m {
+			slices.Sort(l)
+		}
 	}
 	for _, s := range svcs {
 		x.addService(s) // after the containers: SRV targets are their names

@@ -52,11 +52,14 @@ func (c *container) sortedEndpoints() []*endpoint {
 // of the TAP device, which the data plane reads and switches while the
 // endpoint is in the desired state (desiredDataplane).
 type endpoint struct {
-	ctr     *container
-	net     *localNetwork
-	ip      netip.Addr
-	mac     packet.MAC
-	ifname  string
+	ctr    *container
+	net    *localNetwork
+	ip     netip.Addr
+	mac    packet.MAC
+	ifname string
+	// port is portName, made once with the endpoint (every change lists
+	// every port by name).
+	port    string
 	aliases []string
 	// services are the services the endpoint joined as a backend.
 	services []svcMember
@@ -71,7 +74,12 @@ type endpoint struct {
 }
 
 // portName names the endpoint's switch port.
-func (ep *endpoint) portName() string { return ep.ctr.name + "/" + ep.ifname }
+func (ep *endpoint) portName() string {
+	if ep.port != "" {
+		return ep.port
+	}
+	return ep.ctr.name + "/" + ep.ifname
+}
 
 // endpointState is "up", or "down: " and why.
 func (d *Daemon) endpointState(ep *endpoint) string {
@@ -324,6 +332,7 @@ func (d *Daemon) prepareEndpoint(req api.AttachRequest, n *localNetwork, c *cont
 		}
 	}
 	e := &endpoint{ctr: c, net: n, ip: ip, mac: macForIP(ip), ifname: ifname, aliases: req.Aliases}
+	e.port = e.portName()
 	if err := d.writeResolvConf(); err != nil {
 		return nil, sandbox.IfaceConfig{}, err
 	}
@@ -364,11 +373,13 @@ func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev ne
 	if newCtr {
 		d.containers[c.name] = c
 	}
+	d.endpointsChanged()
 	forget := func() {
 		delete(c.endpoints, n.rec.Name)
 		if newCtr {
 			delete(d.containers, c.name)
 		}
+		d.endpointsChanged()
 	}
 	if err := d.saveContainer(c.name); err != nil {
 		forget()
@@ -502,17 +513,20 @@ const maxFreshBlocks = 4
 // released (releaseEmptyBlocks) are skipped.
 func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	d.mu.Lock()
-	used := d.usedIPs(n)
+	taken := d.ipTaken(n)
 	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
 		if d.blocks.releasing[blockRef{n.rec.Name, b}] {
 			continue
 		}
-		if a, err := allocate(b, used, n.subnet); err == nil {
+		if a, err := allocateFunc(b, taken, n.subnet); err == nil {
 			d.reserveIPFor(owner, n, a)
 			d.mu.Unlock()
 			return a, nil
 		}
 	}
+	// Every block held is full: list the addresses in use once, for
+	// choosing a block to claim (outside d.mu).
+	used := d.usedIPs(n)
 	// A block claimed below is empty until the address is reserved: the
 	// release sweep leaves the network alone meanwhile.
 	d.blocks.setBusy(n.rec.Name, 1)
@@ -623,11 +637,13 @@ func (d *Daemon) Detach(name, network string) error {
 	if forget {
 		delete(d.containers, name)
 	}
+	d.endpointsChanged()
 	if err := d.saveContainer(name); err != nil {
 		c.endpoints[network] = ep
 		if forget {
 			d.containers[name] = c
 		}
+		d.endpointsChanged()
 		return fmt.Errorf("container %q: %w", name, err)
 	}
 	nsPath, release, nsErr := d.pinNetns(c)
@@ -710,8 +726,10 @@ func (d *Daemon) RemoveContainer(name string) error {
 		}
 	}
 	delete(d.containers, name)
+	d.endpointsChanged()
 	if err := d.saveContainer(name); err != nil {
 		d.containers[name] = c
+		d.endpointsChanged()
 		return fmt.Errorf("container %q: %w", name, err)
 	}
 	for _, ep := range c.sortedEndpoints() {
@@ -878,6 +896,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 	for _, sc := range s.Containers {
 		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{}}
 		d.containers[c.name] = c
+		d.endpointsChanged()
 		nsErr := error(nil)
 		if c.hostTAP {
 			nsErr = errHostTAPGone
@@ -900,6 +919,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				return nil, fmt.Errorf("state: container %q: %w", sc.Name, err)
 			}
 			ep := &endpoint{ctr: c, net: n, ip: ip, mac: mac, ifname: se.IfName, aliases: se.Aliases}
+			ep.port = ep.portName()
 			for _, m := range se.Services {
 				h := m.Health
 				if !knownHealth(h) {
@@ -908,6 +928,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				ep.services = append(ep.services, svcMember{name: m.Name, id: m.ID, weight: m.Weight, health: h})
 			}
 			c.endpoints[n.rec.Name] = ep
+			d.endpointsChanged()
 			d.restorePorts(ep, se.Published)
 			if nsErr != nil {
 				ep.down = "down: netns " + c.netns + ": " + nsErr.Error()

@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 )
@@ -65,9 +66,14 @@ func usableHost(p netip.Prefix, a netip.Addr) bool {
 // allocate returns the lowest address of block that is a usable host
 // address of subnet and not in used.
 func allocate(block netip.Prefix, used map[netip.Addr]bool, subnet netip.Prefix) (netip.Addr, error) {
+	return allocateFunc(block, func(a netip.Addr) bool { return used[a] }, subnet)
+}
+
+// allocateFunc is allocate with taken in place of the used set.
+func allocateFunc(block netip.Prefix, taken func(netip.Addr) bool, subnet netip.Prefix) (netip.Addr, error) {
 	block = block.Masked()
 	for a := block.Addr(); block.Contains(a); a = a.Next() {
-		if usableHost(subnet, a) && !used[a] {
+		if usableHost(subnet, a) && !taken(a) {
 			return a, nil
 		}
 	}
@@ -116,6 +122,31 @@ func blockBits(subnet netip.Prefix) int {
 // decides, the same on every node.
 func holderOf(blocks map[netip.Prefix]string, a netip.Addr) (netip.Prefix, string, bool) {
 	for bits := 0; bits <= a.BitLen(); bits++ {
+		p, _ := a.Prefix(bits)
+		if holder, ok := blocks[p]; ok {
+			return p, holder, true
+		}
+	}
+	return netip.Prefix{}, "", false
+}
+
+// blockSizes lists the prefix lengths of blocks, shortest first: holderOf
+// need only look at those (holderOfSized).
+func blockSizes(blocks map[netip.Prefix]string) []int {
+	var out []int
+	for b := range blocks {
+		if !slices.Contains(out, b.Bits()) {
+			out = append(out, b.Bits())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// holderOfSized is holderOf for blocks whose prefix lengths are sizes
+// (blockSizes): one look-up per size instead of one per prefix length.
+func holderOfSized(blocks map[netip.Prefix]string, sizes []int, a netip.Addr) (netip.Prefix, string, bool) {
+	for _, bits := range sizes {
 		p, _ := a.Prefix(bits)
 		if holder, ok := blocks[p]; ok {
 			return p, holder, true

@@ -157,3 +157,23 @@ func TestStateWithLargeBlocksLoads(t *testing.T) {
 		}
 	}
 }
+
+// TestHolderOfSizedEqualsHolderOf: looking only at the prefix lengths the
+// block table has finds the same block and holder as trying every length.
+func TestHolderOfSizedEqualsHolderOf(t *testing.T) {
+	blocks := map[netip.Prefix]string{
+		netip.MustParsePrefix("10.0.0.0/28"):  "a",
+		netip.MustParsePrefix("10.0.0.16/28"): "b",
+		netip.MustParsePrefix("10.0.0.0/23"):  "old",
+		netip.MustParsePrefix("10.0.2.0/29"):  "c",
+	}
+	sizes := blockSizes(blocks)
+	for i := range 1 << 12 {
+		a := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
+		b1, h1, ok1 := holderOf(blocks, a)
+		b2, h2, ok2 := holderOfSized(blocks, sizes, a)
+		if b1 != b2 || h1 != h2 || ok1 != ok2 {
+			t.Fatalf("%s: holderOf %s %q %v, holderOfSized %s %q %v", a, b1, h1, ok1, b2, h2, ok2)
+		}
+	}
+}

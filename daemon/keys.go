@@ -116,11 +116,18 @@ func (r *keyStateRecord) spiFor(peer []byte, key uint32, c esp.Cipher) (uint32, 
 // with known ciphers, nonzero keys and unreserved SPIs. Errors never quote
 // the input.
 func decodeKeyState(b []byte) (keyStateRecord, error) {
+	return decodeKeyStateWith(b, keyring.CheckPublic)
+}
+
+// decodeKeyStateWith is decodeKeyState with checkPub in place of
+// keyring.CheckPublic (keyState.checkPublic, which remembers the keys that
+// passed).
+func decodeKeyStateWith(b []byte, checkPub func([]byte) error) (keyStateRecord, error) {
 	var rec keyStateRecord
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return keyStateRecord{}, errors.New("not a key state record")
 	}
-	if err := keyring.CheckPublic(rec.Pub); err != nil {
+	if err := checkPub(rec.Pub); err != nil {
 		return keyStateRecord{}, err
 	}
 	if len(rec.SPIs)%spiEntryLen != 0 {
@@ -217,6 +224,30 @@ type keyState struct {
 	shared    map[[keyring.PubLen]byte][]byte // X25519 shared secret by peer run
 	installed map[esp.Cipher][]*peerSAs       // what the data plane is to use
 	published []byte                          // the keystate value last published
+	// goodPubs are the run keys that passed keyring.CheckPublic (an
+	// X25519 multiplication, too dear for every read of the keystate
+	// table on every reconcile); pubChecks counts the checks made.
+	goodPubs  map[[keyring.PubLen]byte]bool
+	pubChecks int
+}
+
+// maxGoodPubs bounds goodPubs: past it the set starts over.
+const maxGoodPubs = 4096
+
+// checkPublic is keyring.CheckPublic, remembering the keys that pass.
+func (ks *keyState) checkPublic(pub []byte) error {
+	if len(pub) == keyring.PubLen && ks.goodPubs[[keyring.PubLen]byte(pub)] {
+		return nil
+	}
+	ks.pubChecks++
+	if err := keyring.CheckPublic(pub); err != nil {
+		return err
+	}
+	if ks.goodPubs == nil || len(ks.goodPubs) >= maxGoodPubs {
+		ks.goodPubs = map[[keyring.PubLen]byte]bool{}
+	}
+	ks.goodPubs[[keyring.PubLen]byte(pub)] = true
+	return nil
 }
 
 func newKeyState() (*keyState, error) {
@@ -272,7 +303,7 @@ func (d *Daemon) clusterRing() *keyring.Ring {
 func (d *Daemon) clusterKeyStates() map[string]keyStateRecord {
 	out := map[string]keyStateRecord{}
 	for _, e := range d.cl.List(tblKeyState) {
-		rec, err := decodeKeyState(e.Value)
+		rec, err := decodeKeyStateWith(e.Value, d.keys.checkPublic)
 		if err != nil || e.Key != e.Owner {
 			d.log.Debug("ignoring a key state record", "node", e.Owner, "err", err)
 			continue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -123,16 +124,68 @@ func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	return used
 }
 
-// endpointsOf lists n's endpoints sorted by container name.
+// ipTaken is usedIPs as a look-up that does not list every address: the
+// cluster's endpoint records are looked up in the endpoint set's address
+// index, this node's endpoints in a per-network set kept until they
+// change. Callers hold d.mu, also while they call the look-up.
+func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
+	name := n.rec.Name
+	local := d.ipsByNet[name]
+	if local == nil {
+		eps := d.endpointsOf(n)
+		local = make(map[netip.Addr]bool, len(eps))
+		for _, ep := range eps {
+			local[ep.ip] = true
+		}
+		if d.ipsByNet == nil {
+			d.ipsByNet = map[string]map[netip.Addr]bool{}
+		}
+		d.ipsByNet[name] = local
+	}
+	vips := map[netip.Addr]bool{}
+	for _, s := range d.clusterServices() {
+		if a := s.vips[name]; a.IsValid() {
+			vips[a] = true
+		}
+	}
+	d.endpointSet() // brings the address index up to the cluster's generation
+	return func(a netip.Addr) bool {
+		if a == n.gw || (n.gwHost.IsValid() && a == n.gwHost) || local[a] || vips[a] {
+			return true
+		}
+		if _, ok := d.reservedIPs[name][a]; ok {
+			return true
+		}
+		return d.epSet.addrTaken(name, a)
+	}
+}
+
+// endpointsOf lists n's endpoints sorted by container name; callers hold
+// d.mu and only read the list. Lists are kept until an endpoint or
+// container comes or goes (endpointsChanged): every change asks for them.
 func (d *Daemon) endpointsOf(n *localNetwork) []*endpoint {
+	if out, ok := d.epsByNet[n.rec.Name]; ok {
+		return out
+	}
 	var out []*endpoint
 	for _, c := range d.containers {
 		if ep := c.endpoints[n.rec.Name]; ep != nil {
 			out = append(out, ep)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ctr.name < out[j].ctr.name })
+	slices.SortFunc(out, func(a, b *endpoint) int { return strings.Compare(a.ctr.name, b.ctr.name) })
+	if d.epsByNet == nil {
+		d.epsByNet = map[string][]*endpoint{}
+	}
+	d.epsByNet[n.rec.Name] = out
 	return out
+}
+
+// endpointsChanged drops the lists of endpointsOf: callers changed a
+// container's endpoints or the containers. Callers hold d.mu.
+func (d *Daemon) endpointsChanged() {
+	clear(d.epsByNet)
+	clear(d.ipsByNet)
 }
 
 // CreateNetwork validates req, fills in defaults and creates the network.

@@ -31,109 +31,73 @@ func blockOf(subnet netip.Prefix, a netip.Addr) netip.Prefix {
 
 // endpointSetCache keeps the last endpointSet with the cluster generation
 // it was computed at: one change (a run) asks for the set several times
-// (the data plane, DNS, the mesh listeners, reconcile), and computing it
-// walks every endpoint. It has its own lock: endpointSet does not need
-// d.mu.
+// (the data plane, DNS, the mesh listeners, reconcile). A new generation
+// updates the set incrementally (epSetBuilder). It has its own lock:
+// endpointSet does not need d.mu.
 type endpointSetCache struct {
 	mu  sync.Mutex
 	ok  bool
 	gen uint64
 	set endpointSet
+	b   epSetBuilder
 }
 
 // endpointSet validates the endpoints table and checks every other node's
 // record against the blocks its node holds; it depends only on the
-// cluster's tables and membership, so it is computed again only when
-// those changed (cluster.Generation). The set is shared: callers only read
-// it. It does not need d.mu.
+// cluster's tables and membership, so it is derived again only when
+// those changed (cluster.Generation), and then only for the records a
+// change can affect. The set is shared: callers only read it. It does not
+// need d.mu.
 func (d *Daemon) endpointSet() endpointSet {
 	c := &d.epSet
-	gen := d.cl.Generation() // before reading what the set is made of
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	gen := d.cl.Generation() // before reading what the set is made of
 	if c.ok && c.gen == gen {
-		defer c.mu.Unlock()
 		return c.set
 	}
-	c.mu.Unlock()
-	set := d.computeEndpointSet()
+	c.ok, c.gen, c.set = true, gen, c.b.update(d.endpointSetInput())
+	return c.set
+}
+
+// addrTaken reports whether a valid endpoint record (accepted or not) of
+// the set's last derivation has address a on network.
+func (c *endpointSetCache) addrTaken(network string, a netip.Addr) bool {
 	c.mu.Lock()
-	if !c.ok || gen >= c.gen {
-		c.ok, c.gen, c.set = true, gen, set
-	}
-	c.mu.Unlock()
-	return set
+	defer c.mu.Unlock()
+	return len(c.b.atAddr[epAt{network, a}]) > 0
 }
 
-// computeEndpointSet is endpointSet without the cache.
+// endpointSetInput is what the endpoint set is derived from, read from
+// the cluster now.
+func (d *Daemon) endpointSetInput() epSetInput {
+	return epSetInput{
+		self: d.cfg.Node, nets: d.clusterNetworks(), blocksOf: d.cl.Blocks, recs: d.clusterEndpoints(),
+		refuse: func(rec epRecord, err error) {
+			d.refused.note(d.log, "endpoint-conflict", epKey(rec.Node, rec.Network, rec.Name), rec.Node, rec.version, err)
+		},
+	}
+}
+
+// computeEndpointSet is endpointSet derived from scratch.
 func (d *Daemon) computeEndpointSet() endpointSet {
-	nets := d.clusterNetworks()
-	blocks := map[string]map[netip.Prefix]string{}
-	out := endpointSet{refused: map[string][]string{}}
-	type at struct {
-		network string
-		ip      netip.Addr
-	}
-	// recs are sorted by entry key, which decodeEndpoint checked is the
-	// record's epKey: accepted keeps their order, sorted by epKey.
-	recs := d.clusterEndpoints()
-	ips := make([]netip.Addr, len(recs))
-	passed := make([]int, 0, len(recs))   // records past the block check
-	claims := make(map[at]int, len(recs)) // records claiming each address
-	for i, rec := range recs {
-		nr, ok := nets[rec.Network]
-		if !ok {
-			continue // not (yet) a network here: nothing to apply it to
-		}
-		ip := netip.MustParseAddr(rec.IP) // validated by decodeEndpoint
-		if rec.Node != d.cfg.Node {
-			if err := d.checkOwnership(rec, nr, ip, blocks); err != nil {
-				d.refuseEndpoint(&out, rec, err)
-				continue
-			}
-		}
-		ips[i] = ip
-		passed = append(passed, i)
-		claims[at{rec.Network, ip}]++
-	}
-	for _, i := range passed {
-		// The MAC is derived from the address, so a duplicate address
-		// is a duplicate MAC too. This node's own endpoint keeps its
-		// address; between others, nobody wins.
-		rec := recs[i]
-		if n := claims[at{rec.Network, ips[i]}]; n > 1 && rec.Node != d.cfg.Node {
-			d.refuseEndpoint(&out, rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", ips[i], n-1))
-			continue
-		}
-		out.accepted = append(out.accepted, rec)
-	}
-	for _, l := range out.refused {
-		sort.Strings(l)
-	}
-	return out
+	return fullEndpointSet(d.endpointSetInput())
 }
 
-// checkOwnership reports why rec may not use ip on network nr, if so.
-// blocks caches the block table by network.
-func (d *Daemon) checkOwnership(rec epRecord, nr netRecord, ip netip.Addr, blocks map[string]map[netip.Prefix]string) error {
+// checkOwnership reports why rec may not use ip on network nr, whose
+// block table is blocks, if so.
+func checkOwnership(rec epRecord, nr netRecord, ip netip.Addr, blocks map[netip.Prefix]string) error {
 	subnet := netip.MustParsePrefix(nr.Subnet) // validated by decodeNetwork
 	if !usableHost(subnet, ip) || ip.String() == nr.Gateway {
 		return fmt.Errorf("address %s: not a host address of %s", ip, subnet)
 	}
-	if blocks[rec.Network] == nil {
-		blocks[rec.Network] = d.cl.Blocks(rec.Network)
-	}
-	switch b, holder, ok := holderOf(blocks[rec.Network], ip); {
+	switch b, holder, ok := holderOf(blocks, ip); {
 	case !ok:
 		return fmt.Errorf("address %s: block %s is held by no node", ip, blockOf(subnet, ip))
 	case holder != rec.Node:
 		return fmt.Errorf("address %s: block %s is held by node %q", ip, b, holder)
 	}
 	return nil
-}
-
-func (d *Daemon) refuseEndpoint(out *endpointSet, rec epRecord, err error) {
-	d.refused.note(d.log, "endpoint-conflict", epKey(rec.Node, rec.Network, rec.Name), rec.Node, rec.version, err)
-	out.refused[rec.Network] = append(out.refused[rec.Network], fmt.Sprintf("%s@%s %s: %v", rec.Name, rec.Node, rec.IP, err))
 }
 
 // holdBlocks makes this node hold the IPAM block of every address its
@@ -144,6 +108,7 @@ func (d *Daemon) refuseEndpoint(out *endpointSet, rec epRecord, err error) {
 // for other nodes.
 func (d *Daemon) holdBlocks() {
 	held := map[string]map[netip.Prefix]string{}
+	sizes := map[string][]int{}
 	// Every reconcile walks every endpoint, so only those whose block
 	// this node does not hold (none, once held) are sorted: the blocks
 	// are kept in container and interface order.
@@ -153,8 +118,9 @@ func (d *Daemon) holdBlocks() {
 			name := ep.net.rec.Name
 			if held[name] == nil {
 				held[name] = d.cl.Blocks(name)
+				sizes[name] = blockSizes(held[name])
 			}
-			if _, holder, _ := holderOf(held[name], ep.ip); holder != d.cfg.Node {
+			if _, holder, _ := holderOfSized(held[name], sizes[name], ep.ip); holder != d.cfg.Node {
 				unheld = append(unheld, ep)
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -138,5 +139,108 @@ func TestDuplicateAddressRecordsRefused(t *testing.T) {
 	}
 	if fmt.Sprint(names) != "[c3 dup]" || len(set.refused["web"]) != 0 {
 		t.Fatalf("h3 accepts %v and refuses %v; want its own c3 and dup kept, sorted", names, set.refused["web"])
+	}
+}
+
+// TestNetworksAndEndpointListsFollowChanges checks that the decoded
+// networks table and the per-network endpoint lists are made once per
+// change (the same maps and lists while nothing changed) and follow a
+// network create, a run and an rm.
+func TestNetworksAndEndpointListsFollowChanges(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	v1, _ := d.networkRecords()
+	v2, _ := d.networkRecords()
+	d.mu.Unlock()
+	if reflect.ValueOf(v1).Pointer() != reflect.ValueOf(v2).Pointer() {
+		t.Fatal("networks table decoded again without a change")
+	}
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "db", Subnet: "10.31.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	if nets := d.clusterNetworks(); len(nets) != 2 {
+		t.Fatalf("after a second create the networks table has %d networks, want 2", len(nets))
+	}
+	endpoints := func() []string {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		var out []string
+		for _, ep := range d.endpointsOf(d.networks["web"]) {
+			out = append(out, ep.ctr.name)
+		}
+		return out
+	}
+	for _, name := range []string{"c2", "c1", "c3"} {
+		if _, err := d.Attach(api.AttachRequest{Network: "web", Name: name, Create: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.mu.Lock()
+	l1, l2 := d.endpointsOf(d.networks["web"]), d.endpointsOf(d.networks["web"])
+	d.mu.Unlock()
+	if &l1[0] != &l2[0] {
+		t.Fatal("endpoint list made again without a change")
+	}
+	if got := endpoints(); !slices.Equal(got, []string{"c1", "c2", "c3"}) {
+		t.Fatalf("endpoints of web: %v, want c1 c2 c3", got)
+	}
+	if err := d.RemoveContainer("c2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpoints(); !slices.Equal(got, []string{"c1", "c3"}) {
+		t.Fatalf("endpoints of web after rm c2: %v, want c1 c3", got)
+	}
+	if err := d.Detach("c3", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpoints(); !slices.Equal(got, []string{"c1"}) {
+		t.Fatalf("endpoints of web after detaching c3: %v, want c1", got)
+	}
+}
+
+// TestIPTakenEqualsUsedIPs: the address look-up allocation uses says of
+// every address of the subnet's first blocks what the full list of used
+// addresses says: the gateway, this node's endpoints, a record in the
+// cluster's table without a local endpoint, and a reserved address.
+func TestIPTakenEqualsUsedIPs(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if _, err := d.Attach(api.AttachRequest{Network: "web", Name: fmt.Sprintf("c%02d", i), Create: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.RemoveContainer("c07"); err != nil {
+		t.Fatal(err)
+	}
+	stale := epRecord{Name: "gone", Network: "web", IP: "10.30.0.60", MAC: "02:42:0a:1e:00:3c", Node: "h1"}
+	b, _ := json.Marshal(stale)
+	if err := d.cl.Put(tblEndpoints, epKey("h1", "web", "gone"), b); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.networks["web"]
+	d.reserveIPFor("someone", n, netip.MustParseAddr("10.30.0.70"))
+	used, taken := d.usedIPs(n), d.ipTaken(n)
+	count := 0
+	for i := range 256 {
+		a := netip.AddrFrom4([4]byte{10, 30, 0, byte(i)})
+		if taken(a) != used[a] {
+			t.Errorf("%s: ipTaken says %v, usedIPs %v", a, taken(a), used[a])
+		}
+		if used[a] {
+			count++
+		}
+	}
+	if count != 1+39+1+1 {
+		t.Errorf("%d addresses used, want 42 (gateway, 39 endpoints, a record, a reservation)", count)
 	}
 }

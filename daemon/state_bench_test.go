@@ -77,6 +77,9 @@ func BenchmarkRunThousand(b *testing.B) {
 		// work a run sets off): less sensitive to a loaded machine.
 		b.ReportMetric(cpuOf(0, 10), "first10-cpu-µs/run")
 		b.ReportMetric(cpuOf(runs-10, runs), "last10-cpu-µs/run")
+		b.ReportMetric(cpuOf(0, 100), "first100-cpu-µs/run")
+		b.ReportMetric(cpuOf(runs-100, runs), "last100-cpu-µs/run")
+		b.ReportMetric(float64(time.Duration(cpu[runs]-cpu[0]).Seconds()), "total-cpu-s")
 		b.ReportMetric(float64(heap1-heap0)/runs, "heap-B/endpoint")
 		b.ReportMetric(float64(ps.Microseconds()), "ps-µs@1000")
 		b.ReportMetric(float64(written)/runs, "state-B/run")

@@ -20,12 +20,13 @@ type AnswerSource interface {
 // format, per asker. Build one with NewAnswers and Add, then publish it;
 // it is never changed after that.
 type Answers struct {
-	views map[string]*answerView
+	views map[string]*AnswerView
 }
 
-// answerView is what one group of askers sees: lower-cased names without
-// the trailing dot (A answers) and reverse names (PTR answers).
-type answerView struct {
+// AnswerView is what one group of askers sees: lower-cased names without
+// the trailing dot (A answers) and reverse names (PTR answers). It is
+// immutable once made (NewAnswerView, Patch).
+type AnswerView struct {
 	names map[string]wireRRs
 	ptrs  map[string]wireRRs
 }
@@ -55,7 +56,7 @@ const (
 
 // NewAnswers returns an empty table.
 func NewAnswers() *Answers {
-	return &Answers{views: map[string]*answerView{}}
+	return &Answers{views: map[string]*AnswerView{}}
 }
 
 // Add precomputes the answers askers get for names (lower-cased, without
@@ -67,50 +68,102 @@ func NewAnswers() *Answers {
 // path.
 func (a *Answers) Add(askers []string, names []string, addrs []netip.Addr,
 	lookupName func(name string) (Records, bool), lookupAddr func(netip.Addr) ([]string, uint32)) {
-	v := &answerView{names: map[string]wireRRs{}, ptrs: map[string]wireRRs{}}
+	a.SetView(askers, NewAnswerView(names, addrs, lookupName, lookupAddr))
+}
+
+// SetView makes v the view of askers. Like Add, it is for a table not
+// published yet.
+func (a *Answers) SetView(askers []string, v *AnswerView) {
+	for _, asker := range askers {
+		a.views[asker] = v
+	}
+}
+
+// View returns the view of asker, or nil.
+func (a *Answers) View(asker string) *AnswerView { return a.view(asker) }
+
+// NewAnswerView precomputes the answers for names and the PTR names of
+// addrs, as Add does, as a view to share (SetView) or patch (Patch).
+func NewAnswerView(names []string, addrs []netip.Addr,
+	lookupName func(name string) (Records, bool), lookupAddr func(netip.Addr) ([]string, uint32)) *AnswerView {
+	v := &AnswerView{names: make(map[string]wireRRs, len(names)), ptrs: make(map[string]wireRRs, len(addrs))}
 	for _, name := range names {
-		if !fastName(name) {
-			continue
-		}
-		got, ok := lookupName(name)
-		if !ok || len(got.SRV) > 0 {
-			continue
-		}
-		var w wireRRs
-		for _, ip := range got.Addrs {
-			if !ip.Is4() {
-				continue
-			}
-			b := ip.As4()
-			w.rrs = append(w.rrs, 0xC0, headerLen, 0, typeA, 0, classINET)
-			w.rrs = binary.BigEndian.AppendUint32(w.rrs, got.TTL)
-			w.rrs = append(w.rrs, 0, 4, b[0], b[1], b[2], b[3])
-			w.n++
-		}
-		v.names[name] = w
+		v.setName(name, lookupName)
 	}
 	for _, ip := range addrs {
+		v.setAddr(ip, lookupAddr)
+	}
+	return v
+}
+
+// Patch returns a copy of v (v is not changed) in which the answers for
+// names and the PTR names of addrs are computed again from lookupName and
+// lookupAddr: those that no longer find anything are dropped. It equals
+// the view NewAnswerView makes of all the names and addresses, when the
+// others' answers did not change.
+func (v *AnswerView) Patch(names []string, addrs []netip.Addr,
+	lookupName func(name string) (Records, bool), lookupAddr func(netip.Addr) ([]string, uint32)) *AnswerView {
+	out := &AnswerView{names: make(map[string]wireRRs, len(v.names)+len(names)), ptrs: make(map[string]wireRRs, len(v.ptrs)+len(addrs))}
+	for k, w := range v.names {
+		out.names[k] = w
+	}
+	for k, w := range v.ptrs {
+		out.ptrs[k] = w
+	}
+	for _, name := range names {
+		delete(out.names, name)
+		out.setName(name, lookupName)
+	}
+	for _, ip := range addrs {
+		if ip.Is4() {
+			delete(out.ptrs, reverseName(ip.As4()))
+		}
+		out.setAddr(ip, lookupAddr)
+	}
+	return out
+}
+
+// setName precomputes the A answer of name, if the fast path can give it.
+func (v *AnswerView) setName(name string, lookupName func(name string) (Records, bool)) {
+	if !fastName(name) {
+		return
+	}
+	got, ok := lookupName(name)
+	if !ok || len(got.SRV) > 0 {
+		return
+	}
+	var w wireRRs
+	for _, ip := range got.Addrs {
 		if !ip.Is4() {
 			continue
 		}
-		got, ttl := lookupAddr(ip)
-		if len(got) == 0 {
-			continue
-		}
-		var w wireRRs
-		for _, n := range got {
-			if w.rrs = appendPTR(w.rrs, n, ttl); w.rrs == nil {
-				break
-			}
-			w.n++
-		}
-		if w.rrs != nil {
-			b := ip.As4()
-			v.ptrs[reverseName(b)] = w
-		}
+		b := ip.As4()
+		w.rrs = append(w.rrs, 0xC0, headerLen, 0, typeA, 0, classINET)
+		w.rrs = binary.BigEndian.AppendUint32(w.rrs, got.TTL)
+		w.rrs = append(w.rrs, 0, 4, b[0], b[1], b[2], b[3])
+		w.n++
 	}
-	for _, asker := range askers {
-		a.views[asker] = v
+	v.names[name] = w
+}
+
+// setAddr precomputes the PTR answer of ip, if the fast path can give it.
+func (v *AnswerView) setAddr(ip netip.Addr, lookupAddr func(netip.Addr) ([]string, uint32)) {
+	if !ip.Is4() {
+		return
+	}
+	got, ttl := lookupAddr(ip)
+	if len(got) == 0 {
+		return
+	}
+	var w wireRRs
+	for _, n := range got {
+		if w.rrs = appendPTR(w.rrs, n, ttl); w.rrs == nil {
+			break
+		}
+		w.n++
+	}
+	if w.rrs != nil {
+		v.ptrs[reverseName(ip.As4())] = w
 	}
 }
 
@@ -178,7 +231,7 @@ func (a *Answers) Answer(asker string, q, out []byte) int {
 }
 
 // view returns the answers asker sees, or nil.
-func (a *Answers) view(asker string) *answerView {
+func (a *Answers) view(asker string) *AnswerView {
 	if a == nil {
 		return nil
 	}
@@ -192,7 +245,7 @@ func (a *Answers) view(asker string) *answerView {
 // other records but at most one OPT of version 0 without options, and
 // nothing after. rot picks the first of several A records. It does not
 // allocate.
-func (v *answerView) answer(q, out []byte, rot uint) int {
+func (v *AnswerView) answer(q, out []byte, rot uint) int {
 	if v == nil || len(q) < headerLen+5 || q[2]&0xFE != 0 || q[3]&0xCF != 0 {
 		return 0
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -266,4 +267,56 @@ func BenchmarkLocalAnswer(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestPatchedViewEqualsNewView: a view patched with the names and
+// addresses whose records changed (added, changed, removed) equals the
+// view made from scratch of the new records, and the old view is left as
+// it was.
+func TestPatchedViewEqualsNewView(t *testing.T) {
+	type recs struct {
+		names map[string][]netip.Addr
+		ptrs  map[netip.Addr][]string
+	}
+	lookups := func(r recs) (func(string) (Records, bool), func(netip.Addr) ([]string, uint32)) {
+		return func(name string) (Records, bool) {
+				a, ok := r.names[name]
+				return Records{Addrs: a, TTL: 600}, ok
+			}, func(ip netip.Addr) ([]string, uint32) {
+				return r.ptrs[ip], 600
+			}
+	}
+	keys := func(r recs) ([]string, []netip.Addr) {
+		var names []string
+		var addrs []netip.Addr
+		for n := range r.names {
+			names = append(names, n)
+		}
+		for a := range r.ptrs {
+			addrs = append(addrs, a)
+		}
+		return names, addrs
+	}
+	a1, a2, a3 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
+	before := recs{
+		names: map[string][]netip.Addr{"c1": {a1}, "c2": {a2}, "svc": {a1, a2}},
+		ptrs:  map[netip.Addr][]string{a1: {"c1.web"}, a2: {"c2.web"}},
+	}
+	after := recs{ // c2 gone, c3 new, svc changed, c1 the same
+		names: map[string][]netip.Addr{"c1": {a1}, "c3": {a3}, "svc": {a1, a3}},
+		ptrs:  map[netip.Addr][]string{a1: {"c1.web"}, a3: {"c3.web"}},
+	}
+	ln, la := lookups(before)
+	n, a := keys(before)
+	old := NewAnswerView(n, a, ln, la)
+	oldCopy := NewAnswerView(n, a, ln, la)
+	ln, la = lookups(after)
+	patched := old.Patch([]string{"c2", "c3", "svc"}, []netip.Addr{a2, a3}, ln, la)
+	n, a = keys(after)
+	if want := NewAnswerView(n, a, ln, la); !reflect.DeepEqual(patched, want) {
+		t.Fatalf("patched view differs from a new one:\n got %+v\nwant %+v", patched, want)
+	}
+	if !reflect.DeepEqual(old, oldCopy) {
+		t.Fatal("Patch changed the view it was given")
+	}
 }

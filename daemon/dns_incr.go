@@ -1,0 +1,331 @@
+package daemon
+
+import (
+	"maps"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/vxmesh/vxmesh/dns"
+)
+
+// dnsBuilder keeps the DNS index up to date with the accepted endpoint
+// records and the services, changing only what a change touches: the
+// index is copied per network that changed (the resolver reads the old
+// one meanwhile), and of the precomputed answers only the names and
+// addresses of the changed records are computed again. buildDNSIndex is
+// the same index from scratch; a property test
+// (TestDNSIndexIncrementalEqualsFull) holds the two equal.
+type dnsBuilder struct {
+	ok bool
+	// recs are the records in the index (dnsIndexed).
+	recs map[epID]epRecord
+	// refs counts the records giving each name its address on a network,
+	// as one address is listed once however many records give it.
+	refs map[dnsRef]int
+	// local counts, by local container name, its records on each
+	// (lower-cased) network.
+	local map[string]map[string]int
+	svcs  []dnsService
+	x     *dnsIndex
+	// views are the answer views by asker group (groupKey).
+	views map[string]*dns.AnswerView
+}
+
+// dnsRef is one name's address on a network.
+type dnsRef struct {
+	network, name string
+	ip            netip.Addr
+}
+
+// dnsIndexed reports whether rec goes into the DNS index, and its address.
+func dnsIndexed(rec *epRecord) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(rec.IP)
+	return ip, err == nil && !rec.isGateway()
+}
+
+// dnsNames are the lower-cased names rec answers to on its network.
+func dnsNames(rec *epRecord) []string {
+	out := make([]string, 0, 1+len(rec.Aliases))
+	for _, n := range append([]string{rec.Name}, rec.Aliases...) {
+		out = append(out, strings.ToLower(n))
+	}
+	return out
+}
+
+// groupKey identifies the askers that see the same networks.
+func groupKey(nets []string) string { return strings.Join(nets, "\x00") }
+
+// dnsChange is what changed on one network: names and addresses to answer
+// again.
+type dnsChange struct {
+	names map[string]bool
+	addrs map[netip.Addr]bool
+}
+
+// update returns the index of the accepted records and the services,
+// derived from the last one.
+func (b *dnsBuilder) update(node string, accepted []epRecord, svcs []dnsService) *dnsIndex {
+	if !b.ok {
+		b.ok, b.recs, b.refs, b.views, b.local = true, map[epID]epRecord{}, map[dnsRef]int{}, map[string]*dns.AnswerView{}, map[string]map[string]int{}
+		b.x = &dnsIndex{networks: map[string][]string{}, names: map[string]map[string][]netip.Addr{}, ptrs: map[string]map[netip.Addr][]string{},
+			services: map[string]map[string]dns.Records{}, vips: map[string]map[netip.Addr]vipName{}, answers: dns.NewAnswers()}
+	}
+	var gone, added []epRecord
+	n := 0
+	for i := range accepted {
+		rec := &accepted[i]
+		if _, ok := dnsIndexed(rec); !ok {
+			continue
+		}
+		n++
+		k := idOf(*rec)
+		old, had := b.recs[k]
+		if had && sameRecord(old, *rec) {
+			continue
+		}
+		if had {
+			gone = append(gone, old)
+		}
+		added = append(added, *rec)
+		b.recs[k] = *rec
+	}
+	if n != len(b.recs) {
+		seen := make(map[epID]bool, n)
+		for i := range accepted {
+			if _, ok := dnsIndexed(&accepted[i]); ok {
+				seen[idOf(accepted[i])] = true
+			}
+		}
+		for k, rec := range b.recs {
+			if !seen[k] {
+				gone = append(gone, rec)
+				delete(b.recs, k)
+			}
+		}
+	}
+	sameSvcs := reflect.DeepEqual(svcs, b.svcs)
+	if len(gone) == 0 && len(added) == 0 && sameSvcs {
+		return b.x
+	}
+	b.x = b.apply(node, gone, added, svcs, sameSvcs)
+	b.svcs = svcs
+	return b.x
+}
+
+// apply makes the next index from b.x: gone records out, added ones in,
+// the services again if they or the addresses of their networks changed.
+func (b *dnsBuilder) apply(node string, gone, added []epRecord, svcs []dnsService, sameSvcs bool) *dnsIndex {
+	old := b.x
+	x := &dnsIndex{networks: old.networks, names: maps.Clone(old.names), ptrs: maps.Clone(old.ptrs), services: old.services, vips: old.vips}
+	changes := map[string]*dnsChange{}
+	changeOf := func(nw string) *dnsChange {
+		if changes[nw] == nil {
+			changes[nw] = &dnsChange{names: map[string]bool{}, addrs: map[netip.Addr]bool{}}
+			// Copy the network's maps before the first write.
+			x.names[nw] = maps.Clone(old.names[nw])
+			x.ptrs[nw] = maps.Clone(old.ptrs[nw])
+			if x.names[nw] == nil {
+				x.names[nw], x.ptrs[nw] = map[string][]netip.Addr{}, map[netip.Addr][]string{}
+			}
+		}
+		return changes[nw]
+	}
+	askers := map[string]bool{} // local containers whose networks changed
+	for i := range gone {
+		rec := &gone[i]
+		ip, _ := dnsIndexed(rec)
+		nw := strings.ToLower(rec.Network)
+		c := changeOf(nw)
+		for _, name := range dnsNames(rec) {
+			c.names[name] = true
+			r := dnsRef{nw, name, ip}
+			if b.refs[r]--; b.refs[r] <= 0 {
+				delete(b.refs, r)
+				if l := slices.DeleteFunc(slices.Clone(x.names[nw][name]), func(a netip.Addr) bool { return a == ip }); len(l) > 0 {
+					x.names[nw][name] = l
+				} else {
+					delete(x.names[nw], name)
+				}
+			}
+		}
+		c.addrs[ip] = true
+		ptr := strings.ToLower(rec.Name) + "." + nw
+		l := slices.Clone(x.ptrs[nw][ip])
+		if j := slices.Index(l, ptr); j >= 0 {
+			l = slices.Delete(l, j, j+1)
+		}
+		if len(l) > 0 {
+			x.ptrs[nw][ip] = l
+		} else {
+			delete(x.ptrs[nw], ip)
+		}
+		if rec.Node == node {
+			askers[rec.Name] = true
+			if b.local[rec.Name][nw]--; b.local[rec.Name][nw] <= 0 {
+				delete(b.local[rec.Name], nw)
+			}
+		}
+	}
+	for i := range added {
+		rec := &added[i]
+		ip, _ := dnsIndexed(rec)
+		nw := strings.ToLower(rec.Network)
+		c := changeOf(nw)
+		for _, name := range dnsNames(rec) {
+			c.names[name] = true
+			r := dnsRef{nw, name, ip}
+			if b.refs[r]++; b.refs[r] == 1 {
+				l := append(slices.Clone(x.names[nw][name]), ip)
+				slices.SortFunc(l, netip.Addr.Compare)
+				x.names[nw][name] = l
+			}
+		}
+		c.addrs[ip] = true
+		l := append(slices.Clone(x.ptrs[nw][ip]), strings.ToLower(rec.Name)+"."+nw)
+		slices.Sort(l)
+		x.ptrs[nw][ip] = l
+		if rec.Node == node {
+			askers[rec.Name] = true
+			if b.local[rec.Name] == nil {
+				b.local[rec.Name] = map[string]int{}
+			}
+			b.local[rec.Name][nw]++
+		}
+	}
+	for nw := range changes {
+		if len(x.names[nw]) == 0 && len(x.ptrs[nw]) == 0 {
+			delete(x.names, nw)
+			delete(x.ptrs, nw)
+		}
+	}
+	if len(askers) > 0 {
+		x.networks = maps.Clone(old.networks)
+		for asker := range askers {
+			b.setNetworks(x, asker)
+		}
+	}
+	b.applyServices(x, old, svcs, sameSvcs, changes)
+	x.answers = b.answers(x, old, changes)
+	return x
+}
+
+// setNetworks sets the networks of local container asker in x: each
+// network once per record on it, sorted.
+func (b *dnsBuilder) setNetworks(x *dnsIndex, asker string) {
+	var nets []string
+	for nw, n := range b.local[asker] {
+		for range n {
+			nets = append(nets, nw)
+		}
+	}
+	if len(nets) == 0 {
+		delete(x.networks, asker)
+		delete(b.local, asker)
+		return
+	}
+	slices.Sort(nets)
+	x.networks[asker] = nets
+}
+
+// applyServices indexes the services again when they changed or an
+// address on one of their networks did (their SRV targets are container
+// names), marking the names and VIPs that changed.
+func (b *dnsBuilder) applyServices(x, old *dnsIndex, svcs []dnsService, sameSvcs bool, changes map[string]*dnsChange) {
+	if sameSvcs {
+		touched := false
+		for nw := range changes {
+			touched = touched || len(old.services[nw]) > 0
+		}
+		if !touched {
+			return
+		}
+	}
+	x.services, x.vips = map[string]map[string]dns.Records{}, map[string]map[netip.Addr]vipName{}
+	for _, s := range svcs {
+		x.addService(s)
+	}
+	for _, idx := range []*dnsIndex{old, x} {
+		for nw, m := range idx.services {
+			c := changes[nw]
+			if c == nil {
+				c = &dnsChange{names: map[string]bool{}, addrs: map[netip.Addr]bool{}}
+				changes[nw] = c
+			}
+			for name := range m {
+				c.names[name] = true
+			}
+			for ip := range idx.vips[nw] {
+				c.addrs[ip] = true
+			}
+		}
+	}
+}
+
+// answers makes the precomputed answers of x from those of old: a view is
+// shared while none of its networks changed, patched with the changed
+// names and addresses when some did, and made from scratch for a group of
+// networks new to this node.
+func (b *dnsBuilder) answers(x, old *dnsIndex, changes map[string]*dnsChange) *dns.Answers {
+	a := dns.NewAnswers()
+	groups := map[string][]string{}
+	for asker, nets := range x.networks {
+		k := groupKey(nets)
+		groups[k] = append(groups[k], asker)
+	}
+	views := make(map[string]*dns.AnswerView, len(groups))
+	for k, askers := range groups {
+		asker := askers[0]
+		nets := x.networks[asker]
+		lookupName := func(name string) (dns.Records, bool) { return x.lookupName(asker, name) }
+		lookupAddr := func(ip netip.Addr) ([]string, uint32) { return x.lookupAddr(asker, ip) }
+		v := b.views[k]
+		if v == nil {
+			names, addrs := x.groupNames(nets)
+			v = dns.NewAnswerView(names, addrs, lookupName, lookupAddr)
+		} else {
+			var names []string
+			var addrs []netip.Addr
+			for _, n := range nets {
+				if c := changes[n]; c != nil {
+					for name := range c.names {
+						names = append(names, name, name+"."+n)
+					}
+					for ip := range c.addrs {
+						addrs = append(addrs, ip)
+					}
+				}
+			}
+			if len(names) > 0 || len(addrs) > 0 {
+				v = v.Patch(names, addrs, lookupName, lookupAddr)
+			}
+		}
+		views[k] = v
+		a.SetView(askers, v)
+	}
+	b.views = views
+	return a
+}
+
+// groupNames lists every name (NAME and NAME.NETWORK, containers' and
+// services') and address (containers' and VIPs) of nets.
+func (x *dnsIndex) groupNames(nets []string) ([]string, []netip.Addr) {
+	var names []string
+	var addrs []netip.Addr
+	for _, n := range nets {
+		for name := range x.names[n] {
+			names = append(names, name, name+"."+n)
+		}
+		for name := range x.services[n] {
+			names = append(names, name, name+"."+n)
+		}
+		for ip := range x.ptrs[n] {
+			addrs = append(addrs, ip)
+		}
+		for ip := range x.vips[n] {
+			addrs = append(addrs, ip)
+		}
+	}
+	return names, addrs
+}

@@ -1,0 +1,281 @@
+package daemon
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+)
+
+// The endpoint set (endpointSet) is derived from three inputs: the valid
+// endpoint records, the networks and each network's block table. A run
+// changes one record, so epSetBuilder keeps what it derived last and
+// re-judges only the records a change can affect: the changed records,
+// the records at an address whose claim count changed, and every record
+// of a network whose record or block table changed. fullEndpointSet is
+// the same derivation from scratch; a property test
+// (TestEndpointSetIncrementalEqualsFull) holds the two equal.
+
+// epAt is an address on a network.
+type epAt struct {
+	network string
+	ip      netip.Addr
+}
+
+// epID identifies an endpoint record (its epKey, without building the
+// string).
+type epID struct{ node, network, name string }
+
+func idOf(rec epRecord) epID { return epID{rec.Node, rec.Network, rec.Name} }
+
+// epSetBuilder derives the endpoint set incrementally. It is not safe for
+// concurrent use (endpointSetCache serializes it).
+type epSetBuilder struct {
+	ok     bool
+	nets   map[string]netRecord
+	blocks map[string]map[netip.Prefix]string
+	recs   map[epID]epRecord // the valid records
+	ips    map[epID]netip.Addr
+	atAddr map[epAt]map[epID]bool // the records at each address
+	byNet  map[string]map[epID]bool
+	passed map[epID]bool // records past the block check
+	claims map[epAt]int  // passed records at each address
+	// refusedBy holds the refused records' reasons.
+	refusedBy map[epID]string
+	set       endpointSet
+}
+
+// epSetInput is what the endpoint set is derived from.
+type epSetInput struct {
+	self string
+	nets map[string]netRecord
+	// blocksOf returns a network's block table.
+	blocksOf func(network string) map[netip.Prefix]string
+	// recs are the valid records sorted by key (clusterEndpoints).
+	recs []epRecord
+	// refuse is told of each refusal when a record is judged.
+	refuse func(rec epRecord, err error)
+}
+
+// sameRecord reports whether a and b are the same record version with the
+// same content.
+func sameRecord(a, b epRecord) bool {
+	return a.version == b.version && a.Name == b.Name && a.Network == b.Network && a.IP == b.IP && a.MAC == b.MAC &&
+		a.Node == b.Node && a.Gateway == b.Gateway && slices.Equal(a.Aliases, b.Aliases) && slices.Equal(a.Services, b.Services)
+}
+
+// update derives the set from in, re-judging only what changed since the
+// last call, and returns it. The returned set is not changed afterwards.
+func (g *epSetBuilder) update(in epSetInput) endpointSet {
+	if !g.ok {
+		*g = epSetBuilder{ok: true, nets: map[string]netRecord{}, blocks: map[string]map[netip.Prefix]string{},
+			recs: map[epID]epRecord{}, ips: map[epID]netip.Addr{}, atAddr: map[epAt]map[epID]bool{},
+			byNet: map[string]map[epID]bool{}, passed: map[epID]bool{}, claims: map[epAt]int{}, refusedBy: map[epID]string{},
+			set: endpointSet{refused: map[string][]string{}}}
+	}
+	dirty := map[epID]bool{} // records to judge again
+	// Networks whose record or block table changed: all their records.
+	for name := range g.byNet {
+		if _, ok := in.nets[name]; !ok {
+			if _, had := g.nets[name]; had {
+				maps.Copy(dirty, g.byNet[name])
+			}
+		}
+	}
+	newBlocks := make(map[string]map[netip.Prefix]string, len(in.nets))
+	for name, nr := range in.nets {
+		b := in.blocksOf(name)
+		newBlocks[name] = b
+		old, had := g.nets[name]
+		if !had || old.Subnet != nr.Subnet || old.Gateway != nr.Gateway || !maps.Equal(b, g.blocks[name]) {
+			maps.Copy(dirty, g.byNet[name])
+		}
+	}
+	g.nets, g.blocks = in.nets, newBlocks
+	// Changed, new and removed records.
+	removed := false
+	for _, rec := range in.recs {
+		k := idOf(rec)
+		if old, ok := g.recs[k]; ok && sameRecord(old, rec) {
+			continue
+		}
+		g.forget(k, dirty)
+		g.recs[k] = rec
+		ip := netip.MustParseAddr(rec.IP) // validated by decodeEndpoint
+		g.ips[k] = ip
+		addTo(g.atAddr, epAt{rec.Network, ip}, k)
+		addTo(g.byNet, rec.Network, k)
+		dirty[k] = true
+	}
+	if len(in.recs) != len(g.recs) {
+		seen := make(map[epID]bool, len(in.recs))
+		for _, rec := range in.recs {
+			seen[idOf(rec)] = true
+		}
+		for k := range g.recs {
+			if !seen[k] {
+				g.forget(k, dirty)
+				delete(g.recs, k)
+				removed = true
+			}
+		}
+	}
+	if len(dirty) == 0 && !removed {
+		return g.set
+	}
+	// The block check, then the claim counts it changes.
+	counted := map[epAt]bool{}
+	for k := range dirty {
+		rec, ok := g.recs[k]
+		delete(g.refusedBy, k)
+		pass := false
+		if nr, known := g.nets[rec.Network]; ok && known {
+			pass = rec.Node == in.self
+			if !pass {
+				err := checkOwnership(rec, nr, g.ips[k], g.blocks[rec.Network])
+				if pass = err == nil; !pass {
+					g.refusedBy[k] = err.Error()
+					in.refuse(rec, err)
+				}
+			}
+		}
+		if pass != g.passed[k] {
+			a := epAt{rec.Network, g.ips[k]}
+			if pass {
+				g.passed[k] = true
+				g.claims[a]++
+			} else {
+				delete(g.passed, k)
+				if g.claims[a]--; g.claims[a] <= 0 {
+					delete(g.claims, a)
+				}
+			}
+			counted[a] = true
+		}
+	}
+	for a := range counted {
+		maps.Copy(dirty, g.atAddr[a])
+	}
+	// The duplicate-address rule, for the records that passed.
+	for k := range dirty {
+		if !g.passed[k] {
+			continue
+		}
+		rec := g.recs[k]
+		delete(g.refusedBy, k)
+		if n := g.claims[epAt{rec.Network, g.ips[k]}]; n > 1 && rec.Node != in.self {
+			err := fmt.Errorf("address %s also claimed by %d other endpoint record(s)", g.ips[k], n-1)
+			g.refusedBy[k] = err.Error()
+			in.refuse(rec, err)
+		}
+	}
+	g.set = g.snapshot(in.recs)
+	return g.set
+}
+
+// forget drops key k from the indexes, marking the records that shared its
+// address dirty.
+func (g *epSetBuilder) forget(k epID, dirty map[epID]bool) {
+	rec, ok := g.recs[k]
+	if !ok {
+		return
+	}
+	a := epAt{rec.Network, g.ips[k]}
+	if g.passed[k] {
+		if g.claims[a]--; g.claims[a] <= 0 {
+			delete(g.claims, a)
+		}
+		delete(g.passed, k)
+		maps.Copy(dirty, g.atAddr[a])
+	}
+	delete(g.atAddr[a], k)
+	if len(g.atAddr[a]) == 0 {
+		delete(g.atAddr, a)
+	}
+	delete(g.byNet[rec.Network], k)
+	if len(g.byNet[rec.Network]) == 0 {
+		delete(g.byNet, rec.Network)
+	}
+	delete(g.refusedBy, k)
+	delete(g.ips, k)
+	delete(dirty, k)
+}
+
+// addTo adds k to the set m[a].
+func addTo[A comparable](m map[A]map[epID]bool, a A, k epID) {
+	if m[a] == nil {
+		m[a] = map[epID]bool{}
+	}
+	m[a][k] = true
+}
+
+// snapshot lists the judged records as a new endpointSet: accepted in key
+// order (recs' order), refused by network and sorted.
+func (g *epSetBuilder) snapshot(recs []epRecord) endpointSet {
+	out := endpointSet{accepted: make([]epRecord, 0, len(g.passed)), refused: map[string][]string{}}
+	for _, rec := range recs {
+		if k := idOf(rec); g.passed[k] && g.refusedBy[k] == "" {
+			out.accepted = append(out.accepted, rec)
+		}
+	}
+	for k, why := range g.refusedBy {
+		rec := g.recs[k]
+		if _, known := g.nets[rec.Network]; !known {
+			continue
+		}
+		out.refused[rec.Network] = append(out.refused[rec.Network], fmt.Sprintf("%s@%s %s: %s", rec.Name, rec.Node, rec.IP, why))
+	}
+	for _, l := range out.refused {
+		sort.Strings(l)
+	}
+	return out
+}
+
+// fullEndpointSet derives the endpoint set from scratch (the reference the
+// incremental builder is tested against).
+func fullEndpointSet(in epSetInput) endpointSet {
+	blocks := map[string]map[netip.Prefix]string{}
+	out := endpointSet{refused: map[string][]string{}}
+	refuse := func(rec epRecord, err error) {
+		in.refuse(rec, err)
+		out.refused[rec.Network] = append(out.refused[rec.Network], fmt.Sprintf("%s@%s %s: %v", rec.Name, rec.Node, rec.IP, err))
+	}
+	ips := make([]netip.Addr, len(in.recs))
+	passed := make([]int, 0, len(in.recs))
+	claims := make(map[epAt]int, len(in.recs))
+	for i, rec := range in.recs {
+		nr, ok := in.nets[rec.Network]
+		if !ok {
+			continue // not (yet) a network here: nothing to apply it to
+		}
+		ip := netip.MustParseAddr(rec.IP) // validated by decodeEndpoint
+		if rec.Node != in.self {
+			if blocks[rec.Network] == nil {
+				blocks[rec.Network] = in.blocksOf(rec.Network)
+			}
+			if err := checkOwnership(rec, nr, ip, blocks[rec.Network]); err != nil {
+				refuse(rec, err)
+				continue
+			}
+		}
+		ips[i] = ip
+		passed = append(passed, i)
+		claims[epAt{rec.Network, ip}]++
+	}
+	for _, i := range passed {
+		// The MAC is derived from the address, so a duplicate address
+		// is a duplicate MAC too. This node's own endpoint keeps its
+		// address; between others, nobody wins.
+		rec := in.recs[i]
+		if n := claims[epAt{rec.Network, ips[i]}]; n > 1 && rec.Node != in.self {
+			refuse(rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", ips[i], n-1))
+			continue
+		}
+		out.accepted = append(out.accepted, rec)
+	}
+	for _, l := range out.refused {
+		sort.Strings(l)
+	}
+	return out
+}
