@@ -348,9 +348,9 @@ func (d *Daemon) start() error {
 	}
 	eul := d.cfg.ESPUnderlay
 	if eul == nil {
-		// No UDP_GRO: each ESP datagram is opened in place in its own
-		// buffer, so coalesced reads are not split.
-		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort, NoGRO: true})
+		// With UDP_GRO: a coalesced read is opened datagram by datagram
+		// in place, in its one buffer.
+		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort})
 		if err != nil {
 			ul.Close()
 			return fmt.Errorf("esp port: %w (--esp-port)", err)
