@@ -517,3 +517,59 @@ func TestEncryptedCoalescedReadIsOpenedPerDatagram(t *testing.T) {
 		t.Errorf("SA opened %d packets, want %d", st.Packets, segs)
 	}
 }
+
+// TestEncryptedReceiveCoalescesWithoutReverifying: TCP segments that
+// arrive in authenticated ESP datagrams are coalesced without their
+// checksums being verified again. ESP's ICV rules out any change on the
+// way, and the sending VTEP computed the checksums itself (segmentation,
+// completed partial checksums) or passed the container's frame on as it
+// came, as a veth does (it marks such a frame CHECKSUM_UNNECESSARY for the
+// receiving namespace). So a segment whose TCP checksum its sender got
+// wrong is merged like the others here, where cleartext VXLAN keeps it
+// apart (TestReceiveDoesNotCoalesceBadChecksum).
+func TestEncryptedReceiveCoalescesWithoutReverifying(t *testing.T) {
+	const payload, mss = 10 * 1398, 1398
+	b := tsoBuffer(macB, macA, false, payload, mss)
+	want := bytes.Clone(b[packet.Headroom+14+20+32:])
+	dgrams := segmentsOf(t, b)
+	dgrams[4][len(dgrams[4])-30] ^= 0xff // the TCP checksum no longer matches
+	want[5*mss-30] ^= 0xff
+
+	mn := NewMemNetwork()
+	ru, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
+	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
+	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
+	t.Cleanup(func() { rv.Close() })
+	rn, _ := rv.AddSegment(testVNI, 0)
+	rn.SetCipher(esp.AES128GCM)
+	rn.SetPeers([]netip.Addr{vtepA})
+	var frames [][]byte
+	rn.SetInput(func(bufs [][]byte, sizes []int, offset int) {
+		for i, b := range bufs {
+			frames = append(frames, bytes.Clone(b[offset:offset+sizes[i]]))
+		}
+	})
+	out, in := testSA(t, 0x6000ac, 10)
+	rv.SetSAs(nil, []InboundSA{{vtepA, in}})
+	r := &rv.erx
+	for i, d := range dgrams {
+		buf := r.bufs[i]
+		start := packet.Headroom - espRxFront + esp.HeaderLen
+		copy(buf[start+udpHeaderLen:], d)
+		putInnerUDP(buf[start:start+udpHeaderLen+len(d)], 1, packet.VXLANPort)
+		s0, s1, err := out.Seal(buf, start, start+udpHeaderLen+len(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.msgs[i].Buf = buf[s0:]
+		r.msgs[i].N, r.msgs[i].GSOSize = s1-s0, 0
+		r.msgs[i].Addr = netip.AddrPortFrom(vtepA, esp.Port)
+	}
+	rv.receive(r, r.msgs[:len(dgrams)], true)
+	if len(frames) != 1 {
+		t.Fatalf("%d segments delivered in %d frames, want 1 (drops %v)", len(dgrams), len(frames), rn.Stats().Drops)
+	}
+	if got := frames[0][14+20+32:]; !bytes.Equal(got, want) {
+		t.Errorf("coalesced payload of %d bytes differs from the %d sent", len(got), len(want))
+	}
+}

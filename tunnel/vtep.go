@@ -181,6 +181,7 @@ func New(cfg Config) *VTEP {
 	}
 	if v.espU != nil {
 		v.erx.init(v.batch, espRxFront)
+		v.erx.group.trusted = true
 	}
 	return v
 }
