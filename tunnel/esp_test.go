@@ -573,3 +573,36 @@ func TestEncryptedReceiveCoalescesWithoutReverifying(t *testing.T) {
 		t.Errorf("coalesced payload of %d bytes differs from the %d sent", len(got), len(want))
 	}
 }
+
+// TestEncryptedSentFromESPUnderlay: ESP datagrams go out through the ESP
+// underlay (the daemon's 4500 socket), not the VXLAN transmit pool.
+func TestEncryptedSentFromESPUnderlay(t *testing.T) {
+	vx := &runRecorder{closed: make(chan struct{})}
+	eu := &runRecorder{closed: make(chan struct{})}
+	v := New(Config{Underlay: vx, ESPUnderlay: eu})
+	t.Cleanup(func() { v.Close() })
+	n, _ := v.AddSegment(testVNI, 1405)
+	n.SetCipher(esp.AES128GCM)
+	n.SetPeers([]netip.Addr{vtepB})
+	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	out, _ := testSA(t, 0x6000ad, 11)
+	v.SetSAs([]OutboundSA{{vtepB, out}}, nil)
+	frames := [][]byte{
+		withHeadroom(udpFrame(macB, macA, 1, 2, 100))[0],
+		withHeadroom(udpFrame(packet.Broadcast, macA, 1, 2, 100))[0],
+		tsoBuffer(macB, macA, false, 20000, 1405-20-32),
+	}
+	for _, f := range frames {
+		if k, err := n.Write([][]byte{f}, packet.Headroom); k != 1 || err != nil {
+			t.Fatalf("Write = %d, %v", k, err)
+		}
+	}
+	if len(vx.msgs) != 0 || len(eu.msgs) < len(frames) {
+		t.Errorf("%d messages through the VXLAN underlay, %d through the ESP one; want 0 and at least %d", len(vx.msgs), len(eu.msgs), len(frames))
+	}
+	for _, m := range eu.msgs {
+		if m.Addr != netip.AddrPortFrom(vtepB, esp.Port) {
+			t.Errorf("ESP datagram to %v", m.Addr)
+		}
+	}
+}
