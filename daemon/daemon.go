@@ -381,9 +381,10 @@ func (d *Daemon) start() error {
 	}
 	eul := d.cfg.ESPUnderlay
 	if eul == nil {
-		// No UDP_GRO: each ESP datagram is opened in place in its own
-		// buffer, so coalesced reads are not split.
-		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort, NoGRO: true})
+		// With UDP_GRO: a coalesced read is opened datagram by datagram
+		// in place, in its one buffer. ESP datagrams are sent from this
+		// socket too, from port 4500 to 4500 (RFC 3948).
+		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort, TxFromRx: true})
 		if err != nil {
 			ul.Close()
 			return fmt.Errorf("esp port: %w (--esp-port)", err)

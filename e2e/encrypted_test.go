@@ -68,9 +68,9 @@ func TestEncryptedNetworkAcrossThreeHosts(t *testing.T) {
 	dgrams := capture.datagrams()
 
 	// No cleartext VXLAN of the network crossed the underlay; ESP in UDP
-	// to port 4500 did, both ways.
+	// from port 4500 to port 4500 did, both ways.
 	var esp12 []udpDatagram
-	espFrom, espTo := 0, 0
+	espFrom, espTo, notFrom4500 := 0, 0, 0
 	for _, d := range dgrams {
 		if d.DstPort == 4789 || d.SrcPort == 4789 {
 			if len(d.Payload) >= 8 && uint32(d.Payload[4])<<16|uint32(d.Payload[5])<<8|uint32(d.Payload[6]) == n.VNI {
@@ -80,6 +80,9 @@ func TestEncryptedNetworkAcrossThreeHosts(t *testing.T) {
 		}
 		if d.DstPort != 4500 {
 			continue
+		}
+		if d.SrcPort != 4500 {
+			notFrom4500++
 		}
 		if d.Src.String() == h1.h.Addr {
 			espFrom++
@@ -92,6 +95,9 @@ func TestEncryptedNetworkAcrossThreeHosts(t *testing.T) {
 	}
 	if espFrom == 0 || espTo == 0 || len(esp12) == 0 {
 		t.Fatalf("captured %d ESP datagrams from h1 and %d to it (%d to h2), want some each way", espFrom, espTo, len(esp12))
+	}
+	if notFrom4500 > 0 {
+		t.Errorf("%d of %d ESP datagrams not sent from port 4500", notFrom4500, espFrom+espTo)
 	}
 
 	// Inspect on h2 shows the SAs with h1 and h3 with their counters.

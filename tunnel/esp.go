@@ -148,49 +148,30 @@ func espDropReason(err error) dropReason {
 	return dropESPMalformed
 }
 
-// openESP opens the ESP datagrams read into r.bufs (msgs[i].Buf =
-// r.bufs[i][packet.Headroom-espRxFront:]) in place and rewrites each
-// message to describe its inner VXLAN datagram, as the cleartext receive
-// path expects: Buf at packet.Headroom-VXLANHeaderLen, N its length, Addr
-// the peer the SA authenticates. A refused datagram gets N = -1 and is
-// counted here by reason.
-func (v *VTEP) openESP(r *rxState, msgs []Message, drops *[numDrops]uint64) {
-	st := v.sec.Load()
-	for i := range msgs {
-		m := &msgs[i]
-		if m.N < 0 || m.N > len(m.Buf) || m.GSOSize > 0 {
-			drops[dropESPMalformed]++
-			m.N = -1
-			continue
-		}
-		buf := r.bufs[i]
-		start := packet.Headroom - espRxFront
-		var sa *esp.Inbound
-		var in0, in1 int
-		var nh byte
-		var err error
-		if st == nil {
-			err = esp.ErrUnknownSPI
-		} else {
-			sa, in0, in1, nh, err = st.in.Open(buf[:start+m.N], start, start+m.N)
-		}
-		if err != nil {
-			drops[espDropReason(err)]++
-			m.N = -1
-			continue
-		}
-		// in0 is packet.Headroom-VXLANHeaderLen-udpHeaderLen.
-		u := buf[in0:in1]
-		if nh != esp.ProtoUDP || len(u) < udpHeaderLen || int(binary.BigEndian.Uint16(u[4:])) != len(u) ||
-			binary.BigEndian.Uint16(u[2:]) != v.port {
-			drops[dropESPMalformed]++
-			m.N = -1
-			continue
-		}
-		m.Buf = buf[in0+udpHeaderLen:]
-		m.N = len(u) - udpHeaderLen
-		m.Addr = netip.AddrPortFrom(st.peerOf[sa], 0)
+// openESP opens the ESP datagram buf[start:end] in place, buf being the
+// receive buffer it was read into, and returns its inner VXLAN datagram
+// and the peer the SA authenticates (not the outer source address). The
+// datagram may be one of a coalesced (UDP_GRO) read: Open borrows the
+// ScratchLen bytes in front of it, the tail of the datagram before, and
+// restores them. A refused datagram returns nil and is counted in drops by
+// reason.
+func (v *VTEP) openESP(sec *secState, buf []byte, start, end int, drops *[numDrops]uint64) ([]byte, netip.Addr) {
+	if sec == nil {
+		drops[dropESPUnknownSPI]++
+		return nil, netip.Addr{}
 	}
+	sa, in0, in1, nh, err := sec.in.Open(buf[:end], start, end)
+	if err != nil {
+		drops[espDropReason(err)]++
+		return nil, netip.Addr{}
+	}
+	u := buf[in0:in1]
+	if nh != esp.ProtoUDP || len(u) < udpHeaderLen || int(binary.BigEndian.Uint16(u[4:])) != len(u) ||
+		binary.BigEndian.Uint16(u[2:]) != v.port {
+		drops[dropESPMalformed]++
+		return nil, netip.Addr{}
+	}
+	return u[udpHeaderLen:], sec.peerOf[sa]
 }
 
 // espRxFront is where an ESP datagram is read relative to packet.Headroom,

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 
@@ -8,10 +9,11 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 )
 
-// FuzzReceiveESP feeds arbitrary datagrams to the ESP receive path (open
-// in place, inner UDP and VXLAN checks, delivery) of a VTEP with an
-// encrypted network and one inbound SA: it must never panic or read
-// outside the datagram.
+// FuzzReceiveESP feeds arbitrary reads to the ESP receive path (open in
+// place, inner UDP and VXLAN checks, delivery) of a VTEP with an encrypted
+// network and one inbound SA, as one datagram (gso 0) or as a coalesced
+// UDP_GRO read of datagrams gso bytes apart: it must never panic or read
+// outside the read, and counts every datagram of it.
 func FuzzReceiveESP(f *testing.F) {
 	out, in := testSA(f, 0x5000ab, 8)
 	seal := func(d []byte) []byte {
@@ -22,10 +24,15 @@ func FuzzReceiveESP(f *testing.F) {
 		s0, s1, _ := out.Seal(buf, start, start+udpHeaderLen+n)
 		return buf[s0:s1]
 	}
-	f.Add(seal(vxlanDatagram(testVNI, udpFrame(macB, macA, 1, 2, 60))))
-	f.Add(seal(vxlanDatagram(testVNI+1, udpFrame(macB, macA, 1, 2, 60))))
-	f.Add(seal([]byte{1, 2, 3}))
-	f.Add([]byte{0, 0x50, 0, 0xab, 0, 0, 0, 1})
+	one := seal(vxlanDatagram(testVNI, udpFrame(macB, macA, 1, 2, 60)))
+	f.Add(one, uint16(0))
+	f.Add(seal(vxlanDatagram(testVNI+1, udpFrame(macB, macA, 1, 2, 60))), uint16(0))
+	f.Add(seal([]byte{1, 2, 3}), uint16(0))
+	f.Add([]byte{0, 0x50, 0, 0xab, 0, 0, 0, 1}, uint16(0))
+	run := append(append(bytes.Clone(one), seal(vxlanDatagram(testVNI, udpFrame(macB, macA, 1, 2, 60)))...),
+		seal(vxlanDatagram(testVNI, udpFrame(macB, macA, 1, 2, 20)))...)
+	f.Add(run, uint16(len(one)))
+	f.Add(run, uint16(len(one)-1))
 	mn := NewMemNetwork()
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
 	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
@@ -36,7 +43,7 @@ func FuzzReceiveESP(f *testing.F) {
 	n.SetPeers([]netip.Addr{vtepA})
 	n.SetInput(func([][]byte, []int, int) {})
 	v.SetSAs(nil, []InboundSA{{vtepA, in}})
-	f.Fuzz(func(t *testing.T, d []byte) {
+	f.Fuzz(func(t *testing.T, d []byte, gso uint16) {
 		r := &v.erx
 		m := &r.msgs[0]
 		m.Buf = r.bufs[0][packet.Headroom-espRxFront:]
@@ -45,8 +52,15 @@ func FuzzReceiveESP(f *testing.F) {
 			m.N = len(d) // truncated
 		}
 		m.Addr = netip.AddrPortFrom(vtepC, 4500)
-		var drops [numDrops]uint64
-		v.openESP(r, r.msgs[:1], &drops)
+		m.GSOSize = int(gso)
+		want := uint64(1)
+		if m.N <= len(m.Buf) && gso > 0 && int(gso) < m.N {
+			want = uint64((m.N + int(gso) - 1) / int(gso))
+		}
+		before := v.Stats().RxDatagrams
 		v.receive(r, r.msgs[:1], true)
+		if got := v.Stats().RxDatagrams - before; got != want {
+			t.Fatalf("read of %d bytes, gso %d: counted %d datagrams, want %d", m.N, gso, got, want)
+		}
 	})
 }

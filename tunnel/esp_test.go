@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -329,8 +331,6 @@ func TestEncryptedPathsDoNotAllocate(t *testing.T) {
 			msgs[i].Buf = buf[s0:]
 			msgs[i].N = s1 - s0
 		}
-		var drops [numDrops]uint64
-		rv.openESP(r, msgs, &drops)
 		rv.receive(r, msgs, true)
 	}
 	if allocs := testing.AllocsPerRun(100, recvStep); allocs != 0 {
@@ -338,6 +338,31 @@ func TestEncryptedPathsDoNotAllocate(t *testing.T) {
 	}
 	if st := rn.Stats(); st.RxPackets != 101*packet.BatchSize {
 		t.Errorf("delivered %d frames, want %d (drops %v, vtep %v)", st.RxPackets, 101*packet.BatchSize, st.Drops, rv.Stats().Drops)
+	}
+
+	// A coalesced (UDP_GRO) read: 32 datagrams back to back in one buffer.
+	const run = 32
+	inner := udpHeaderLen + len(d)
+	stride := inner + esp.Overhead(inner)
+	groStep := func() {
+		buf := r.bufs[0]
+		base := packet.Headroom - espRxFront
+		for k := range run {
+			start := base + k*stride + esp.HeaderLen
+			copy(buf[start+udpHeaderLen:], d)
+			putInnerUDP(buf[start:start+inner], 1, packet.VXLANPort)
+			sout.Seal(buf, start, start+inner)
+		}
+		msgs[0].Buf = buf[base:]
+		msgs[0].N, msgs[0].GSOSize = run*stride, stride
+		rv.receive(r, msgs[:1], true)
+	}
+	before := rn.Stats().RxPackets
+	if allocs := testing.AllocsPerRun(100, groStep); allocs != 0 {
+		t.Errorf("encrypted receive of a coalesced read allocates %.1f times", allocs)
+	}
+	if got := rn.Stats().RxPackets - before; got != 101*run {
+		t.Errorf("delivered %d frames of coalesced reads, want %d (drops %v, vtep %v)", got, 101*run, rn.Stats().Drops, rv.Stats().Drops)
 	}
 }
 
@@ -394,6 +419,190 @@ func TestEncryptedSuperSegmentGoesInGSORuns(t *testing.T) {
 		}
 		if st := n.Stats(); st.TxPackets != 1 || st.TxGSO != 1 || len(st.Drops) != 0 {
 			t.Errorf("flood=%v: stats %+v", flood, st)
+		}
+	}
+}
+
+// runRecorder is an Underlay that keeps every message written as sent: a
+// GSO run stays one message with its GSOSize, as a UDP_GRO read returns it.
+type runRecorder struct {
+	mu     sync.Mutex
+	msgs   []Message
+	closed chan struct{}
+}
+
+func (r *runRecorder) ReadBatch([]Message) (int, error) { <-r.closed; return 0, net.ErrClosed }
+func (r *runRecorder) Close() error                     { close(r.closed); return nil }
+
+func (r *runRecorder) WriteBatch(msgs []Message) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range msgs {
+		r.msgs = append(r.msgs, Message{Buf: bytes.Clone(m.Buf), GSOSize: m.GSOSize, Addr: m.Addr})
+	}
+	return len(msgs), nil
+}
+
+// TestEncryptedCoalescedReadIsOpenedPerDatagram: with UDP_GRO on the ESP
+// socket, one read returns a run of ESP datagrams back to back (GSOSize
+// apart, the last one maybe shorter), as the sender's UDP GSO send left
+// it. Each is opened in place, and the TCP segments they carry are
+// delivered coalesced, byte for byte what was sent, none refused.
+func TestEncryptedCoalescedReadIsOpenedPerDatagram(t *testing.T) {
+	const mtu = 1405
+	rec := &runRecorder{closed: make(chan struct{})}
+	v := New(Config{Underlay: rec})
+	t.Cleanup(func() { v.Close() })
+	n, _ := v.AddSegment(testVNI, mtu)
+	n.SetCipher(esp.AES128GCM)
+	n.SetPeers([]netip.Addr{vtepB})
+	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	out, in := testSA(t, 0x6000ab, 9)
+	v.SetSAs([]OutboundSA{{vtepB, out}}, nil)
+	mss := mtu - 20 - 32
+	const payload = 60000
+	b := tsoBuffer(macB, macA, false, payload, mss)
+	want := bytes.Clone(b[packet.Headroom+14+20+32:])
+	if k, err := n.Write([][]byte{b}, packet.Headroom); k != 1 || err != nil {
+		t.Fatalf("Write = %d, %v", k, err)
+	}
+	runs := 0
+	for _, m := range rec.msgs {
+		if m.GSOSize > 0 {
+			runs++
+		}
+	}
+	if runs == 0 {
+		t.Fatalf("no GSO run sent: %d messages", len(rec.msgs))
+	}
+
+	mn := NewMemNetwork()
+	ru, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
+	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
+	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
+	t.Cleanup(func() { rv.Close() })
+	rn, _ := rv.AddSegment(testVNI, mtu)
+	rn.SetCipher(esp.AES128GCM)
+	rn.SetPeers([]netip.Addr{vtepA})
+	rn.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
+	var got []byte
+	frames := 0
+	rn.SetInput(func(bufs [][]byte, sizes []int, offset int) {
+		for i, b := range bufs {
+			frames++
+			got = append(got, b[offset+14+20+32:offset+sizes[i]]...)
+		}
+	})
+	rv.SetSAs(nil, []InboundSA{{vtepA, in}})
+	r := &rv.erx
+	msgs := r.msgs[:len(rec.msgs)]
+	for i, m := range rec.msgs {
+		msgs[i].Buf = r.bufs[i][packet.Headroom-espRxFront:]
+		msgs[i].N = copy(msgs[i].Buf, m.Buf)
+		msgs[i].GSOSize = m.GSOSize
+		msgs[i].Addr = netip.AddrPortFrom(vtepA, esp.Port)
+	}
+	rv.receive(r, msgs, true)
+	segs := (payload + mss - 1) / mss
+	if !bytes.Equal(got, want) {
+		t.Errorf("delivered %d payload bytes in %d frames, want the %d sent (vtep drops %v, network drops %v)", len(got), frames, len(want), rv.Stats().Drops, rn.Stats().Drops)
+	}
+	if frames >= segs {
+		t.Errorf("%d segments delivered in %d frames: not coalesced", segs, frames)
+	}
+	if st := rv.Stats(); st.RxDatagrams != uint64(segs) || len(st.Drops) != 0 {
+		t.Errorf("vtep stats: %d datagrams, drops %v; want %d, none", st.RxDatagrams, st.Drops, segs)
+	}
+	if st := in.Stats(); st.Packets != uint64(segs) {
+		t.Errorf("SA opened %d packets, want %d", st.Packets, segs)
+	}
+}
+
+// TestEncryptedReceiveCoalescesWithoutReverifying: TCP segments that
+// arrive in authenticated ESP datagrams are coalesced without their
+// checksums being verified again. ESP's ICV rules out any change on the
+// way, and the sending VTEP computed the checksums itself (segmentation,
+// completed partial checksums) or passed the container's frame on as it
+// came, as a veth does (it marks such a frame CHECKSUM_UNNECESSARY for the
+// receiving namespace). So a segment whose TCP checksum its sender got
+// wrong is merged like the others here, where cleartext VXLAN keeps it
+// apart (TestReceiveDoesNotCoalesceBadChecksum).
+func TestEncryptedReceiveCoalescesWithoutReverifying(t *testing.T) {
+	const payload, mss = 10 * 1398, 1398
+	b := tsoBuffer(macB, macA, false, payload, mss)
+	want := bytes.Clone(b[packet.Headroom+14+20+32:])
+	dgrams := segmentsOf(t, b)
+	dgrams[4][len(dgrams[4])-30] ^= 0xff // the TCP checksum no longer matches
+	want[5*mss-30] ^= 0xff
+
+	mn := NewMemNetwork()
+	ru, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
+	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
+	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
+	t.Cleanup(func() { rv.Close() })
+	rn, _ := rv.AddSegment(testVNI, 0)
+	rn.SetCipher(esp.AES128GCM)
+	rn.SetPeers([]netip.Addr{vtepA})
+	var frames [][]byte
+	rn.SetInput(func(bufs [][]byte, sizes []int, offset int) {
+		for i, b := range bufs {
+			frames = append(frames, bytes.Clone(b[offset:offset+sizes[i]]))
+		}
+	})
+	out, in := testSA(t, 0x6000ac, 10)
+	rv.SetSAs(nil, []InboundSA{{vtepA, in}})
+	r := &rv.erx
+	for i, d := range dgrams {
+		buf := r.bufs[i]
+		start := packet.Headroom - espRxFront + esp.HeaderLen
+		copy(buf[start+udpHeaderLen:], d)
+		putInnerUDP(buf[start:start+udpHeaderLen+len(d)], 1, packet.VXLANPort)
+		s0, s1, err := out.Seal(buf, start, start+udpHeaderLen+len(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.msgs[i].Buf = buf[s0:]
+		r.msgs[i].N, r.msgs[i].GSOSize = s1-s0, 0
+		r.msgs[i].Addr = netip.AddrPortFrom(vtepA, esp.Port)
+	}
+	rv.receive(r, r.msgs[:len(dgrams)], true)
+	if len(frames) != 1 {
+		t.Fatalf("%d segments delivered in %d frames, want 1 (drops %v)", len(dgrams), len(frames), rn.Stats().Drops)
+	}
+	if got := frames[0][14+20+32:]; !bytes.Equal(got, want) {
+		t.Errorf("coalesced payload of %d bytes differs from the %d sent", len(got), len(want))
+	}
+}
+
+// TestEncryptedSentFromESPUnderlay: ESP datagrams go out through the ESP
+// underlay (the daemon's 4500 socket), not the VXLAN transmit pool.
+func TestEncryptedSentFromESPUnderlay(t *testing.T) {
+	vx := &runRecorder{closed: make(chan struct{})}
+	eu := &runRecorder{closed: make(chan struct{})}
+	v := New(Config{Underlay: vx, ESPUnderlay: eu})
+	t.Cleanup(func() { v.Close() })
+	n, _ := v.AddSegment(testVNI, 1405)
+	n.SetCipher(esp.AES128GCM)
+	n.SetPeers([]netip.Addr{vtepB})
+	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	out, _ := testSA(t, 0x6000ad, 11)
+	v.SetSAs([]OutboundSA{{vtepB, out}}, nil)
+	frames := [][]byte{
+		withHeadroom(udpFrame(macB, macA, 1, 2, 100))[0],
+		withHeadroom(udpFrame(packet.Broadcast, macA, 1, 2, 100))[0],
+		tsoBuffer(macB, macA, false, 20000, 1405-20-32),
+	}
+	for _, f := range frames {
+		if k, err := n.Write([][]byte{f}, packet.Headroom); k != 1 || err != nil {
+			t.Fatalf("Write = %d, %v", k, err)
+		}
+	}
+	if len(vx.msgs) != 0 || len(eu.msgs) < len(frames) {
+		t.Errorf("%d messages through the VXLAN underlay, %d through the ESP one; want 0 and at least %d", len(vx.msgs), len(eu.msgs), len(frames))
+	}
+	for _, m := range eu.msgs {
+		if m.Addr != netip.AddrPortFrom(vtepB, esp.Port) {
+			t.Errorf("ESP datagram to %v", m.Addr)
 		}
 	}
 }

@@ -19,6 +19,9 @@ type groTable struct {
 	nspare int // spare[:nspare] are in the table
 
 	dgrams, bytes uint64 // datagrams and their frame bytes in the table
+	// trusted: the frames came in authenticated ESP datagrams, and
+	// coalescing does not verify their checksums (packet.GROHead.Trust).
+	trusted bool
 }
 
 // groSpares is the number of spare buffers: when they are all in the
@@ -80,7 +83,11 @@ func (g *groTable) add(buf, frame []byte) {
 	g.bufs = append(g.bufs, buf)
 	g.heads = append(g.heads, packet.GROHead{})
 	g.whole = append(g.whole, 0)
-	g.heads[len(g.heads)-1].Start(buf[packet.Headroom : packet.Headroom+len(frame)])
+	h := &g.heads[len(g.heads)-1]
+	h.Start(buf[packet.Headroom : packet.Headroom+len(frame)])
+	if g.trusted {
+		h.Trust()
+	}
 }
 
 // addSuper adds frame, a super-segment received whole, in buf at

@@ -76,6 +76,9 @@ type MemUnderlay struct {
 	head   int
 	n      int
 	closed bool
+	// shut is closed for senders: WriteBatch checks it without taking
+	// mu, which ReadBatch holds while it copies a batch out.
+	shut atomic.Bool
 }
 
 type memSlot struct {
@@ -166,10 +169,7 @@ func cmpErr(first, err error) error {
 // deliver queues m at its destination; it reports false only when mu
 // itself is closed.
 func (mu *MemUnderlay) deliver(buf []byte, addr netip.AddrPort, hash uint32) bool {
-	mu.mu.Lock()
-	closed := mu.closed
-	mu.mu.Unlock()
-	if closed {
+	if mu.shut.Load() {
 		return false
 	}
 	dst := netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
@@ -206,6 +206,7 @@ func (mu *MemUnderlay) Close() error {
 		delete(mu.net.nodes, mu.addr)
 	}
 	mu.net.mu.Unlock()
+	mu.shut.Store(true)
 	mu.mu.Lock()
 	mu.closed = true
 	mu.cond.Broadcast()

@@ -330,14 +330,19 @@ func (n *Segment) account(sc *txScratch, fr packet.Frames, flooded, gsoFrames ui
 	return sent + noPeers, err
 }
 
-// send writes the queued datagrams with one WriteBatch, accounts them per
+// send writes the queued datagrams with one WriteBatch (of the ESP
+// underlay, if there is one, for ESP datagrams), accounts them per
 // peer and per frame, and empties the queue and the segment arena.
 func (n *Segment) send(sc *txScratch) {
 	msgs := sc.msgs
 	if len(msgs) == 0 {
 		return
 	}
-	if _, err := n.v.u.WriteBatch(msgs); err != nil && sc.err == nil {
+	u := n.v.u
+	if sc.sealed > 0 && n.v.espU != nil {
+		u = n.v.espU // ESP datagrams go out of the ESP port
+	}
+	if _, err := u.WriteBatch(msgs); err != nil && sc.err == nil {
 		sc.err = err
 	}
 	var dgrams uint64

@@ -46,6 +46,10 @@ type UDPConfig struct {
 	// the kernel has it), ReadBatch may return several datagrams of one
 	// sender in one Message (GSOSize).
 	NoGRO bool
+	// TxFromRx opens no transmit sockets: WriteBatch sends out of the
+	// (first) receive socket, so every datagram's source port is Port, as
+	// ESP in UDP goes from 4500 to 4500 (RFC 3948). TxSockets is ignored.
+	TxFromRx bool
 }
 
 // UDP is the Linux underlay: one or more sockets receiving on the data port
@@ -59,6 +63,7 @@ type UDP struct {
 	batch  int
 	rx     []udpSock
 	tx     []udpSock
+	txIsRx bool // tx is rx[0] (UDPConfig.TxFromRx)
 	closed atomic.Bool
 
 	rq  []rxQueue
@@ -158,6 +163,13 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 		return nil, err
 	}
 	u.local = netip.AddrPortFrom(addr, u.rx[0].port)
+	if cfg.TxFromRx {
+		if err := u.sendFromRx(cfg.SocketBuffer); err != nil {
+			u.Close()
+			return nil, err
+		}
+		cfg.TxSockets = 0
+	}
 	for range cfg.TxSockets {
 		s, err := u.open(netip.AddrPortFrom(addr, 0), cfg.SocketBuffer, true, false)
 		if err != nil {
@@ -185,6 +197,26 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 		u.rq[i].s.fn = u.rq[i].s.recv
 	}
 	return u, nil
+}
+
+// sendFromRx makes the first receive socket the only transmit socket,
+// with the transmit sockets' options: IP_PMTUDISC_DO and the send buffer.
+func (u *UDP) sendFromRx(bufSize int) error {
+	s := u.rx[0]
+	fd := int(s.fd)
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO); err != nil {
+		return fmt.Errorf("udp %s: IP_MTU_DISCOVER: %w", u.local, err)
+	}
+	if u.family == unix.AF_INET6 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO); err != nil {
+			return fmt.Errorf("udp %s: IPV6_MTU_DISCOVER: %w", u.local, err)
+		}
+	}
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, bufSize) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, bufSize)
+	}
+	u.tx, u.txIsRx = []udpSock{s}, true
+	return nil
 }
 
 // openRx opens n receive sockets on at: one plain socket, or n sockets
@@ -359,7 +391,11 @@ func (u *UDP) TxPorts() []uint16 {
 func (u *UDP) Close() error {
 	u.closed.Store(true)
 	var first error
-	for _, s := range append(append([]udpSock(nil), u.rx...), u.tx...) {
+	socks := append([]udpSock(nil), u.rx...)
+	if !u.txIsRx {
+		socks = append(socks, u.tx...)
+	}
+	for _, s := range socks {
 		if s.f != nil {
 			if err := s.f.Close(); err != nil && first == nil {
 				first = err

@@ -357,3 +357,39 @@ func TestKernelVXLANInterop(t *testing.T) {
 		t.Errorf("mtu drops %d (stats %+v)", d, n.Stats())
 	}
 }
+
+// TestUDPSendsFromReceiveSocket: with TxFromRx the underlay opens no
+// transmit sockets and sends out of its receive socket, so a peer sees its
+// datagrams come from the bound port (ESP in UDP from 4500 to 4500, RFC
+// 3948); GSO runs go out the same way.
+func TestUDPSendsFromReceiveSocket(t *testing.T) {
+	port := freeUDPPort(t)
+	u, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddr("127.0.0.1"), Port: port, TxFromRx: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	if got := u.TxPorts(); !slices.Equal(got, []uint16{port}) {
+		t.Errorf("TxPorts = %v, want [%d]", got, port)
+	}
+	peer, err := ListenUDP(UDPConfig{Addr: netip.MustParseAddr("127.0.0.1"), Port: freeUDPPort(t), NoGRO: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	to := peer.LocalAddr()
+	run := bytes.Repeat([]byte{7}, 3*1000)
+	msgs := []Message{{Buf: []byte("one"), Addr: to, Hash: 1}, {Buf: []byte("two"), Addr: to, Hash: 6}, {Buf: run, GSOSize: 1000, Addr: to, Hash: 3}}
+	if n, err := u.WriteBatch(msgs); n != len(msgs) || err != nil {
+		t.Fatalf("WriteBatch = %d, %v", n, err)
+	}
+	got := readN(t, peer, 5)
+	for _, m := range got {
+		if m.Addr != netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port) {
+			t.Errorf("datagram of %d bytes from %v, want from port %d", m.N, m.Addr, port)
+		}
+	}
+	if err := u.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}

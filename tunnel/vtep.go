@@ -59,8 +59,9 @@ type Config struct {
 	// Now is the clock used for aging; nil means time.Now. For tests.
 	Now func() time.Time
 	// ESPUnderlay receives the ESP datagrams (RFC 3948) of encrypted
-	// networks, one per message (no GRO); the VTEP owns it and closes it
-	// on Close. Nil: the VTEP receives no ESP, and encrypted networks
+	// networks, one per message or a coalesced run per message
+	// (Message.GSOSize, UDP_GRO), each opened in place; the VTEP owns it
+	// and closes it on Close. Nil: the VTEP receives no ESP, and encrypted networks
 	// receive nothing.
 	ESPUnderlay Underlay
 	// ESPPort is the UDP destination port of every ESP datagram sent; 0
@@ -188,6 +189,7 @@ func New(cfg Config) *VTEP {
 	}
 	if v.espU != nil {
 		v.erx.init(v.batch, espRxFront)
+		v.erx.group.trusted = true
 	}
 	return v
 }
@@ -378,8 +380,9 @@ func (v *VTEP) receiveQueueOnce(q int) error {
 	return err
 }
 
-// espReceiveOnce reads one batch of ESP datagrams, opens them in place and
-// delivers their frames like cleartext ones.
+// espReceiveOnce reads one batch of ESP datagrams (with UDP_GRO, runs of
+// them coalesced into one message) and delivers their frames like
+// cleartext ones; receive opens each datagram in place on the way.
 func (v *VTEP) espReceiveOnce() error {
 	r := &v.erx
 	for i := range r.msgs {
@@ -387,40 +390,39 @@ func (v *VTEP) espReceiveOnce() error {
 	}
 	n, err := v.espU.ReadBatch(r.msgs)
 	if n > 0 {
-		var drops [numDrops]uint64
-		v.openESP(r, r.msgs[:n], &drops)
-		for i, d := range drops {
-			if d > 0 {
-				v.c.drops[i].Add(d)
-			}
-		}
 		v.receive(r, r.msgs[:n], true)
 	}
 	return err
 }
 
 // receive validates the datagrams in msgs (filled by ReadBatch into
-// v.rx.bufs; a message with GSOSize holds several) and hands each run of
+// r.bufs; a message with GSOSize holds several) and hands each run of
 // consecutive frames of one network to that network's input function.
 // Consecutive TCP segments of one flow are coalesced into super-segments
-// (packet.GROHead) on the way. With fromESP, r is the ESP loop's batch,
-// opened by openESP, which marked the refused datagrams with N < 0 and
-// counted them; without, datagrams for an encrypted network are dropped
-// ("cleartext").
+// (packet.GROHead) on the way. With fromESP, r is the ESP loop's batch
+// (msgs[i].Buf = r.bufs[i][packet.Headroom-espRxFront:]) and every
+// datagram is opened in place (openESP) just before it is handled, so
+// that a datagram's frame is still in cache when it is coalesced; without,
+// datagrams for an encrypted network are dropped ("cleartext").
 func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 	r.nets = *v.nets.Load()
 	r.now = v.clock()
 	r.cur, r.st = nil, nil
+	var sec *secState
+	if fromESP {
+		sec = v.sec.Load()
+	}
 	var bytes, dgrams uint64
 	for i := range msgs {
 		m := &msgs[i]
-		if m.N < 0 && fromESP {
-			continue // refused and counted by openESP
-		}
 		bytes += uint64(max(m.N, 0))
 		if m.N < 0 || m.N > len(m.Buf) {
 			dgrams++
-			r.drops[dropMalformed]++
+			if fromESP {
+				r.drops[dropESPMalformed]++
+			} else {
+				r.drops[dropMalformed]++
+			}
 			continue
 		}
 		if v.local.IsValid() && m.Addr.Addr().Unmap() == v.local {
@@ -432,10 +434,10 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 		if m.GSOSize > 0 && m.GSOSize < m.N {
 			seg = m.GSOSize
 		}
-		for off := 0; off < m.N || off == 0; off += seg {
+		for off := 0; ; off += seg {
 			dgrams++
-			v.receiveDatagram(r, m.Buf[off:min(off+seg, m.N)], m.Addr, i, off == 0, fromESP)
-			if seg == 0 {
+			v.receiveOne(r, sec, i, off, m.Buf[off:min(off+seg, m.N)], m.Addr, fromESP)
+			if seg == 0 || off+seg >= m.N {
 				break
 			}
 		}
@@ -461,6 +463,21 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 		}
 	}
 	r.nets = nil
+}
+
+// receiveOne handles datagram d from addr, at offset off of message i:
+// with fromESP it is opened in place first (sec holds the SAs) and comes
+// from the peer its SA authenticates.
+func (v *VTEP) receiveOne(r *rxState, sec *secState, i, off int, d []byte, addr netip.AddrPort, fromESP bool) {
+	if fromESP {
+		start := packet.Headroom - espRxFront + off
+		var peer netip.Addr
+		if d, peer = v.openESP(sec, r.bufs[i], start, start+len(d), &r.drops); d == nil {
+			return
+		}
+		addr = netip.AddrPortFrom(peer, 0)
+	}
+	v.receiveDatagram(r, d, addr, i, off == 0, fromESP)
 }
 
 // receiveDatagram validates one datagram d from addr, read into
