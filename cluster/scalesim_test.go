@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -181,6 +182,9 @@ func startSim(tb testing.TB, n int, key []byte, tune func(*Config)) *simCluster 
 				tb.Fatalf("join %s: %v", cfg.NodeName, err)
 			}
 		}
+		if testing.Verbose() && (i+1)%100 == 0 {
+			fmt.Fprintf(os.Stderr, "scale sim %d nodes: %d started and joined\n", n, i+1)
+		}
 	}
 	s.waitAll(tb, 5*time.Minute+time.Duration(n)*100*time.Millisecond, "every node sees every node alive", func(c *Cluster, _ *simReconciler) bool {
 		return int(c.alive.Load()) == n
@@ -333,6 +337,12 @@ func runSim(tb testing.TB, n, changes int, idle, timeout time.Duration, tune fun
 	t0 := time.Now()
 	s := startSim(tb, n, key, tune)
 	res := simResult{Nodes: n, Setup: time.Since(t0), IdleTime: idle, Changes: changes}
+	progress := func(what string) {
+		if testing.Verbose() {
+			fmt.Fprintf(os.Stderr, "scale sim %d nodes: %s at %v\n", n, what, time.Since(t0).Round(time.Millisecond))
+		}
+	}
+	progress("cluster formed")
 	if idle > 0 {
 		before := s.net.Stats()
 		time.Sleep(idle) // a measurement window, not a synchronisation
@@ -343,6 +353,7 @@ func runSim(tb testing.TB, n, changes int, idle, timeout time.Duration, tune fun
 			tb.Fatal(err)
 		}
 	}, func(r *simReconciler) int64 { return r.netSeen.Load() })
+	progress(fmt.Sprintf("network on %d nodes", res.Network.Converged))
 	res.Endpoints = s.measure(timeout, func() {
 		if err := s.addEndpoints(changes); err != nil {
 			tb.Fatal(err)
