@@ -13,6 +13,10 @@ LB_JSON   ?= bin/bench-lb.json
 # vxmesh-esp): GOBIN=$$(mktemp -d) go install golang.zx2c4.com/wireguard@latest
 WIREGUARD_GO ?=
 PKGS      ?= ./...
+# make bench-scale: namespace hosts, one daemon each (3 to 250).
+HOSTS     ?= 100
+# make bench-scale-sim: the simulated cluster sizes (a regexp alternation).
+SIM_NODES ?= 10|100|1000
 # The version `vxmesh version` prints (linked into main.version).
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS   := -X main.version=$(VERSION)
@@ -26,7 +30,7 @@ CNI_DIR   ?= /opt/cni/bin
 # which also lists the optional kernel features that may still skip).
 E2E_REQUIRE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 
-.PHONY: help deps build install uninstall test unit e2e bench bench-dns bench-lb fuzz lint demo clean
+.PHONY: help deps build install uninstall test unit e2e bench bench-dns bench-lb bench-scale bench-scale-sim fuzz lint demo clean
 
 help:
 	@echo "make deps    install the Debian packages the demo and e2e tests need (root)"
@@ -38,6 +42,8 @@ help:
 	@echo "make bench   vxmesh vs Linux bridge throughput and RTT, then the bench-lb section (root; DURATION=$(DURATION))"
 	@echo "make bench-dns  resolver 127.0.0.11 vs dnsmasq with dnsperf (root; DURATION=$(DURATION) per run)"
 	@echo "make bench-lb   service VIP vs direct, HAProxy and nftables DNAT (iperf3, wrk), lb cost 1..10,000 services (root; DURATION=$(DURATION) per run; JSON in $(LB_JSON))"
+	@echo "make bench-scale  HOSTS=$(HOSTS) daemons in one cluster: network/endpoint propagation, failure detection, gossip bytes per node at rest and under 100 endpoint changes/s (root)"
+	@echo "make bench-scale-sim  root-less simulation of 10, 100 and 1,000 cluster nodes in one process (go test -bench ScaleSim ./cluster)"
 	@echo "make fuzz    every Fuzz target for FUZZTIME=$(FUZZTIME)"
 	@echo "make lint    gofmt and go vet"
 	@echo "make demo    build, then run the demo (root)"
@@ -88,6 +94,16 @@ bench-dns: build
 bench-lb: build
 	@bash .ci/deps bench
 	$(GO) run ./bench -lb -binary $(BIN) -duration $(DURATION) -json $(LB_JSON)
+
+# bench-scale: HOSTS namespace hosts, one real daemon each (see bench/scale.go).
+bench-scale: build
+	@bash .ci/deps bench
+	$(GO) run ./bench -scale -binary $(BIN) -scale-hosts $(HOSTS)
+
+# bench-scale-sim: the in-process simulation (cluster/scalesim_test.go) at
+# SIM_NODES nodes; one run each, up to ~15 minutes at 1,000 nodes.
+bench-scale-sim:
+	$(GO) test -run '^$$' -bench 'ScaleSim/nodes=($(SIM_NODES))$$' -benchtime 1x -timeout 90m -v ./cluster
 
 fuzz:
 	@set -eo pipefail; \

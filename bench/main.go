@@ -58,6 +58,13 @@
 // and nft; `make bench-lb`):
 //
 //	go run ./bench -lb [-duration 10s] [-lb-conns 32] [-json report.json]
+//
+// With -scale it runs the scale section alone (scale.go; `make
+// bench-scale`): -scale-hosts daemons in one cluster, each with a
+// container on one network; propagation of a network and an endpoint,
+// failure detection, and gossip bytes per node at rest and under load:
+//
+//	go run ./bench -scale [-scale-hosts 100] [-scale-rate 100] [-scale-grace 5s]
 package main
 
 import (
@@ -99,6 +106,12 @@ func main() {
 	flag.BoolVar(&cfg.lb.topo, "lb-topo", true, "lb: measure the namespace topologies (false: only the Go benchmarks)")
 	flag.StringVar(&cfg.lb.benchtime, "lb-benchtime", "200000x", "lb: -benchtime of the Go benchmarks")
 	flag.IntVar(&cfg.lb.count, "lb-count", 5, "lb: rounds of the Go benchmarks, each over every service count (the table shows medians and minimums)")
+	scaleMode := flag.Bool("scale", false, "measure only the scale section: -scale-hosts daemons in one cluster, propagation, failure detection and gossip rates (make bench-scale)")
+	flag.IntVar(&cfg.scale.hosts, "scale-hosts", 100, "scale: testbed hosts, one daemon and one container each (3 to 250)")
+	flag.IntVar(&cfg.scale.rate, "scale-rate", 100, "scale: endpoint changes per second of the load window")
+	flag.DurationVar(&cfg.scale.window, "scale-window", 10*time.Second, "scale: measuring window of the gossip rates (at rest, under load)")
+	flag.DurationVar(&cfg.scale.grace, "scale-grace", 5*time.Second, "scale: --node-grace of the even hosts (the odd ones keep the default)")
+	flag.DurationVar(&cfg.scale.timeout, "scale-timeout", 3*time.Minute, "scale: bound on each wait for the cluster to converge")
 	flag.StringVar(&cfg.wireguardGo, "wireguard-go", "", "wireguard-go binary: adds the wireguard-go row (two hosts, the anchor of vxmesh-esp)")
 	flag.IntVar(&cfg.streams, "streams", 4, "iperf3 -P of the multi-stream run per topology (0 or 1: none)")
 	flag.IntVar(&cfg.rxSockets, "rx-sockets", 2, "daemons' --rx-sockets of the vxmesh-overlay-rxq row, beside vxmesh-overlay's default (0 or 1: no such row)")
@@ -112,9 +125,11 @@ func main() {
 	defer stop()
 	runMode := run
 	switch {
-	case *dnsMode && *lbMode:
-		fmt.Fprintln(os.Stderr, "bench: -dns and -lb are separate modes; give one")
+	case btoi(*dnsMode)+btoi(*lbMode)+btoi(*scaleMode) > 1:
+		fmt.Fprintln(os.Stderr, "bench: -dns, -lb and -scale are separate modes; give one")
 		os.Exit(2)
+	case *scaleMode:
+		runMode = runScaleMode
 	case *dnsMode:
 		runMode = runDNS
 	case *lbMode:
@@ -127,6 +142,13 @@ func main() {
 	}
 }
 
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 type config struct {
 	duration time.Duration
 	binary   string
@@ -135,6 +157,7 @@ type config struct {
 	mtu      int
 	dns      dnsConfig
 	lb       lbConfig
+	scale    scaleConfig
 	// wireguardGo is the wireguard-go binary of the wireguard-go row.
 	wireguardGo string
 	// streams is iperf3 -P of the multi-stream run; rr runs the

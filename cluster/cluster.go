@@ -95,6 +95,10 @@ type Config struct {
 	// ClaimTimeout bounds how long ClaimBlock waits for every alive member
 	// to answer (default 5 s).
 	ClaimTimeout time.Duration
+	// Network, when set, carries the gossip in memory instead of on UDP
+	// and TCP sockets (simulations): the node is at BindAddr:GossipPort
+	// on it, and BindAddr must be specified.
+	Network *MemNetwork
 	// ReconnectInterval is the longest wait between two attempts to
 	// rejoin a member that is dead or has left, or an address given to
 	// Rejoin, so that a healed partition merges again and a restarted
@@ -322,9 +326,7 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.Events = (*delegate)(c)
 	mc.Alive = (*delegate)(c)
 	mc.Logger = log.New(&logBridge{c: c}, "", 0)
-	tr, err := newGuardedTransport(&memberlist.NetTransportConfig{
-		BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
-	}, c.refuseGossip)
+	tr, err := c.transport(mc)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: start gossip on %s: %w",
 			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
@@ -357,6 +359,19 @@ func Start(cfg Config) (*Cluster, error) {
 	c.wg.Add(1)
 	go c.maintain()
 	return c, nil
+}
+
+// transport listens on the sockets of mc, or attaches to Config.Network.
+func (c *Cluster) transport(mc *memberlist.Config) (memberlist.NodeAwareTransport, error) {
+	if c.cfg.Network != nil {
+		if c.cfg.BindAddr.IsUnspecified() {
+			return nil, errors.New("an in-memory network needs a bind address")
+		}
+		return c.cfg.Network.attach(netip.AddrPortFrom(c.cfg.BindAddr.Unmap(), uint16(c.cfg.GossipPort)))
+	}
+	return newGuardedTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
+	}, c.refuseGossip)
 }
 
 // JoinError is returned by Join when no node could be reached.

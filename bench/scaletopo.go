@@ -1,0 +1,361 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/internal/testbed"
+)
+
+// pollParallel is how many daemons one polling round asks at once.
+const pollParallel = 8
+
+// pollHosts checks cond on every host in rounds until it holds on all of
+// them, timeout passes or ctx ends. A host's time is when the first check
+// that passed started, from t0.
+func pollHosts(ctx context.Context, hs []*scaleHost, t0 time.Time, timeout time.Duration, cond func(*scaleHost) bool) spread {
+	sp := spread{Of: len(hs)}
+	at := make([]time.Duration, len(hs))
+	done := make([]bool, len(hs))
+	deadline := t0.Add(timeout)
+	rounds := 0
+	start := time.Now()
+	for sp.Reached < len(hs) && time.Now().Before(deadline) && ctx.Err() == nil {
+		rounds++
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, pollParallel)
+		for i, h := range hs {
+			if done[i] {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				now := time.Now()
+				if cond(h) {
+					mu.Lock()
+					done[i], at[i] = true, now.Sub(t0)
+					sp.Reached++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if sp.Reached < len(hs) {
+			time.Sleep(20 * time.Millisecond) // between polling rounds
+		}
+	}
+	if rounds > 0 {
+		sp.Round = time.Since(start) / time.Duration(rounds)
+	}
+	var got []time.Duration
+	for i := range hs {
+		if done[i] {
+			got = append(got, at[i])
+		}
+	}
+	sort.Slice(got, func(i, j int) bool { return got[i] < got[j] })
+	if len(got) > 0 {
+		sp.Max, sp.Median = got[len(got)-1], got[len(got)/2]
+	}
+	return sp
+}
+
+// forEachHost runs f on every host, parallel at a time, and joins the
+// errors.
+func forEachHost(hs []*scaleHost, parallel int, f func(*scaleHost) error) error {
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, parallel)
+	for _, h := range hs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := f(h); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// gossipTable is the nftables table of the gossip counters in each host.
+const gossipTable = "vxscale"
+
+// installGossipCounter counts, in the host's namespace, the IP bytes the
+// host sends from or to the gossip port: memberlist's UDP packets (port
+// 7946 on both ends) and both directions' sends of its TCP streams.
+func installGossipCounter(ctx context.Context, netnsPath string) error {
+	rules := "add table inet " + gossipTable + "; " +
+		"add chain inet " + gossipTable + " out { type filter hook output priority 0; policy accept; }; " +
+		"add rule inet " + gossipTable + " out meta l4proto { tcp, udp } th dport 7946 counter accept; " +
+		"add rule inet " + gossipTable + " out meta l4proto { tcp, udp } th sport 7946 counter accept"
+	if _, err := testbed.InNetns(ctx, netnsPath, "nft", rules); err != nil {
+		return fmt.Errorf("gossip counter: %w", err)
+	}
+	return nil
+}
+
+// gossipBytes reads the counter installInGossipCounter made.
+func gossipBytes(ctx context.Context, netnsPath string) (uint64, error) {
+	out, err := testbed.InNetns(ctx, netnsPath, "nft", "-j", "list", "table", "inet", gossipTable)
+	if err != nil {
+		return 0, err
+	}
+	return parseNftCounters([]byte(out))
+}
+
+// parseNftCounters sums the bytes of every counter in `nft -j list ...`.
+func parseNftCounters(b []byte) (uint64, error) {
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Expr []struct {
+					Counter *struct {
+						Bytes uint64 `json:"bytes"`
+					} `json:"counter"`
+				} `json:"expr"`
+			} `json:"rule"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return 0, fmt.Errorf("nft -j output: %w", err)
+	}
+	var sum uint64
+	n := 0
+	for _, o := range doc.Nftables {
+		if o.Rule == nil {
+			continue
+		}
+		for _, e := range o.Rule.Expr {
+			if e.Counter != nil {
+				sum += e.Counter.Bytes
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		return 0, errors.New("nft -j output: no counter")
+	}
+	return sum, nil
+}
+
+// underlayTx returns, by bridge port (named after its host), the bytes the
+// bridge received from each host: what the host sent on its eth0.
+func underlayTx(ctx context.Context, underlay string) (map[string]uint64, error) {
+	out, err := testbed.InNetns(ctx, "/run/netns/"+underlay, "ip", "-s", "-j", "link", "show")
+	if err != nil {
+		return nil, err
+	}
+	return parseLinkRx([]byte(out))
+}
+
+// parseLinkRx returns the received bytes of every link in `ip -s -j link`.
+func parseLinkRx(b []byte) (map[string]uint64, error) {
+	var links []struct {
+		Name  string `json:"ifname"`
+		Stats struct {
+			Rx struct {
+				Bytes uint64 `json:"bytes"`
+			} `json:"rx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal(b, &links); err != nil {
+		return nil, fmt.Errorf("ip -s -j link output: %w", err)
+	}
+	out := make(map[string]uint64, len(links))
+	for _, l := range links {
+		out[l.Name] = l.Stats.Rx.Bytes
+	}
+	return out, nil
+}
+
+// countersAt is one reading of every host's counters.
+type countersAt struct {
+	gossip   []uint64
+	gossipAt []time.Time
+	underlay map[string]uint64
+	at       time.Time
+}
+
+func (s *scaleRun) readCounters() (countersAt, error) {
+	c := countersAt{gossip: make([]uint64, len(s.hs)), gossipAt: make([]time.Time, len(s.hs))}
+	var err error
+	c.at = time.Now()
+	if c.underlay, err = underlayTx(s.ctx, s.tb.Underlay); err != nil {
+		return c, err
+	}
+	idx := map[*scaleHost]int{}
+	for i, h := range s.hs {
+		idx[h] = i
+	}
+	err = forEachHost(s.hs, pollParallel, func(h *scaleHost) error {
+		at := time.Now()
+		v, err := gossipBytes(s.ctx, h.NetnsPath)
+		if err != nil {
+			return fmt.Errorf("%s: %w", h.Name, err)
+		}
+		c.gossip[idx[h]], c.gossipAt[idx[h]] = v, at
+		return nil
+	})
+	return c, err
+}
+
+// measureRates reads the counters around during and returns the rates of
+// the hosts whose daemon ran throughout.
+func (s *scaleRun) measureRates(during func()) (rates, error) {
+	a, err := s.readCounters()
+	if err != nil {
+		return rates{}, err
+	}
+	during()
+	b, err := s.readCounters()
+	if err != nil {
+		return rates{}, err
+	}
+	r := rates{Window: b.at.Sub(a.at)}
+	n := 0
+	for i, h := range s.hs {
+		if !h.Running() {
+			continue
+		}
+		n++
+		g := float64(b.gossip[i]-a.gossip[i]) / b.gossipAt[i].Sub(a.gossipAt[i]).Seconds()
+		u := float64(b.underlay[h.Name]-a.underlay[h.Name]) / r.Window.Seconds()
+		r.GossipMean += g
+		r.UnderlayMean += u
+		r.GossipMax = max(r.GossipMax, g)
+		r.UnderlayMax = max(r.UnderlayMax, u)
+	}
+	if n > 0 {
+		r.GossipMean /= float64(n)
+		r.UnderlayMean /= float64(n)
+	}
+	return r, nil
+}
+
+// loadGen makes endpoint changes: each tick visits the next host round
+// robin and runs a container there, or removes the one it ran on the
+// previous visit.
+type loadGen struct {
+	hs []*scaleHost
+
+	mu       sync.Mutex
+	running  map[*scaleHost]api.Endpoint // the load container of each host
+	busy     map[*scaleHost]bool
+	seen     map[string]bool // MACs of every load container
+	seq      int
+	done     int
+	failed   int
+	skipped  int // ticks whose host was still busy with the previous change
+	inFlight sync.WaitGroup
+}
+
+// runLoad makes rate changes per second for window and waits for the
+// changes in flight.
+func runLoad(ctx context.Context, hs []*scaleHost, rate int, window time.Duration) *loadGen {
+	lg := &loadGen{hs: hs, running: map[*scaleHost]api.Endpoint{}, busy: map[*scaleHost]bool{}, seen: map[string]bool{}}
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	end := time.After(window)
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			lg.inFlight.Wait()
+			return lg
+		case <-end:
+			lg.inFlight.Wait()
+			return lg
+		case <-tick.C:
+			lg.change(hs[i%len(hs)])
+		}
+	}
+}
+
+// change starts one change on h unless h is still busy.
+func (lg *loadGen) change(h *scaleHost) {
+	lg.mu.Lock()
+	if lg.busy[h] {
+		lg.skipped++
+		lg.mu.Unlock()
+		return
+	}
+	lg.busy[h] = true
+	ep, has := lg.running[h]
+	lg.seq++
+	name := "l" + strconv.Itoa(lg.seq)
+	lg.mu.Unlock()
+	lg.inFlight.Add(1)
+	go func() {
+		defer lg.inFlight.Done()
+		var err error
+		var got api.Endpoint
+		if has {
+			err = h.c.RemoveContainer(ep.Name)
+		} else {
+			got, err = h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: name, Create: true})
+		}
+		lg.mu.Lock()
+		defer lg.mu.Unlock()
+		lg.busy[h] = false
+		if err != nil {
+			lg.failed++
+			return
+		}
+		lg.done++
+		if has {
+			delete(lg.running, h)
+		} else {
+			lg.running[h] = got
+			lg.seen[got.MAC] = true
+		}
+	}()
+}
+
+// removeAll removes the load containers still running.
+func (lg *loadGen) removeAll() {
+	lg.mu.Lock()
+	left := make(map[*scaleHost]api.Endpoint, len(lg.running))
+	for h, ep := range lg.running {
+		left[h] = ep
+	}
+	lg.mu.Unlock()
+	var hs []*scaleHost
+	for h := range left {
+		hs = append(hs, h)
+	}
+	_ = forEachHost(hs, 4, func(h *scaleHost) error {
+		if err := h.c.RemoveContainer(left[h].Name); err != nil {
+			return err
+		}
+		lg.mu.Lock()
+		delete(lg.running, h)
+		lg.mu.Unlock()
+		return nil
+	})
+}
+
+// macs returns the MACs of every load container there was.
+func (lg *loadGen) macs() []string {
+	lg.mu.Lock()
+	defer lg.mu.Unlock()
+	out := make([]string, 0, len(lg.seen))
+	for m := range lg.seen {
+		out = append(out, m)
+	}
+	return out
+}
