@@ -12,6 +12,9 @@ LB_JSON   ?= bin/bench-lb.json
 # make bench WIREGUARD_GO=path adds the wireguard-go row (the anchor of
 # vxmesh-esp): GOBIN=$$(mktemp -d) go install golang.zx2c4.com/wireguard@latest
 WIREGUARD_GO ?=
+# bench-dns repeats its runs this many times, interleaved, and prints the
+# median ratios (one run pair says little on a loaded machine).
+DNS_ROUNDS ?= 3
 PKGS      ?= ./...
 # make bench-scale: namespace hosts, one daemon each (3 to 250).
 HOSTS     ?= 100
@@ -40,7 +43,7 @@ help:
 	@echo "make unit    unit tests only"
 	@echo "make e2e     end-to-end tests through the CLI on network namespaces (root)"
 	@echo "make bench   vxmesh vs Linux bridge throughput and RTT, then the bench-lb section (root; DURATION=$(DURATION))"
-	@echo "make bench-dns  resolver 127.0.0.11 vs dnsmasq with dnsperf (root; DURATION=$(DURATION) per run)"
+	@echo "make bench-dns  resolver 127.0.0.11 vs dnsmasq with dnsperf (root; DURATION=$(DURATION) per run, DNS_ROUNDS=$(DNS_ROUNDS) rounds)"
 	@echo "make bench-lb   service VIP vs direct, HAProxy and nftables DNAT (iperf3, wrk), lb cost 1..10,000 services (root; DURATION=$(DURATION) per run; JSON in $(LB_JSON))"
 	@echo "make bench-scale  HOSTS=$(HOSTS) daemons in one cluster: network/endpoint propagation, failure detection, gossip bytes per node at rest and under 100 endpoint changes/s (root)"
 	@echo "make bench-scale-sim  root-less simulation of 10, 100 and 1,000 cluster nodes in one process (go test -bench ScaleSim ./cluster)"
@@ -89,7 +92,7 @@ bench: build
 
 bench-dns: build
 	@bash .ci/deps bench
-	$(GO) run ./bench -dns -binary $(BIN) -duration $(DURATION)
+	$(GO) run ./bench -dns -binary $(BIN) -duration $(DURATION) -dns-rounds $(DNS_ROUNDS)
 
 bench-lb: build
 	@bash .ci/deps bench

@@ -15,6 +15,10 @@ package main
 // Runs, each -duration long, vxmesh then dnsmasq:
 //   - max: dnsperf -c CLIENTS -T THREADS -q OUTSTANDING, as fast as it goes;
 //   - rate: the same with -Q RATE, for latency below saturation.
+//
+// With -dns-rounds N the four runs are repeated N times in turn, so on a
+// loaded machine each vxmesh run is compared with the dnsmasq run right
+// after it, and the table closes with the median of those ratios.
 
 import (
 	"context"
@@ -25,6 +29,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,6 +46,7 @@ type dnsConfig struct {
 	threads     int // dnsperf -T
 	outstanding int // dnsperf -q
 	rate        int // dnsperf -Q of the fixed-rate run
+	rounds      int // times each run is repeated, interleaved
 }
 
 const (
@@ -142,6 +148,7 @@ func tail(s string, n int) string {
 // dnsRun is one dnsperf run: a row of the table.
 type dnsRun struct {
 	mode   string // "max" or "rate"
+	round  int    // from 0
 	server string // "vxmesh" or "dnsmasq"
 	addr   string
 	res    DNSPerfResult
@@ -187,8 +194,8 @@ func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
 		return err
 	}
 	d := cfg.dns
-	if d.names < 1 || d.clients < 1 || d.threads < 1 || d.outstanding < 1 || d.rate < 1 {
-		return fmt.Errorf("-dns-names, -dns-clients, -dns-threads, -dns-outstanding and -dns-rate must be positive")
+	if d.names < 1 || d.clients < 1 || d.threads < 1 || d.outstanding < 1 || d.rate < 1 || d.rounds < 1 {
+		return fmt.Errorf("-dns-names, -dns-clients, -dns-threads, -dns-outstanding, -dns-rate and -dns-rounds must be positive")
 	}
 	if d.names > 200 {
 		return fmt.Errorf("-dns-names %d: at most 200 (one /24)", d.names)
@@ -307,25 +314,27 @@ func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
 	}
 
 	var runs []dnsRun
-	for _, mode := range []string{"max", "rate"} {
-		for _, srv := range []struct{ name, addr string }{{"vxmesh", vxmeshResolver}, {"dnsmasq", dnsmasqResolver}} {
-			if ctx.Err() != nil {
-				return fmt.Errorf("interrupted: %w", ctx.Err())
+	for round := range d.rounds {
+		for _, mode := range []string{"max", "rate"} {
+			for _, srv := range []struct{ name, addr string }{{"vxmesh", vxmeshResolver}, {"dnsmasq", dnsmasqResolver}} {
+				if ctx.Err() != nil {
+					return fmt.Errorf("interrupted: %w", ctx.Err())
+				}
+				args := dnsperfArgs(cfg, srv.addr, queries, mode == "rate")
+				fmt.Fprintf(log, "dns: %s: dnsperf %s (in cli)\n", srv.name, strings.Join(args, " "))
+				r := dnsRun{mode: mode, round: round, server: srv.name, addr: srv.addr}
+				r.res, r.err = dnsperf(ctx, dnsperfBin, cli, args)
+				if ctx.Err() != nil {
+					return fmt.Errorf("interrupted: %w", ctx.Err())
+				}
+				switch {
+				case srv.name == "vxmesh" && !h.Running():
+					r.err = withLog(errors.Join(r.err, errors.New("the vxmesh daemon exited")))
+				case srv.name == "dnsmasq" && chanClosed(dmDone):
+					r.err = fmt.Errorf("%v; dnsmasq exited; log:\n%s", r.err, dmLogTail())
+				}
+				runs = append(runs, r)
 			}
-			args := dnsperfArgs(cfg, srv.addr, queries, mode == "rate")
-			fmt.Fprintf(log, "dns: %s: dnsperf %s (in cli)\n", srv.name, strings.Join(args, " "))
-			r := dnsRun{mode: mode, server: srv.name, addr: srv.addr}
-			r.res, r.err = dnsperf(ctx, dnsperfBin, cli, args)
-			if ctx.Err() != nil {
-				return fmt.Errorf("interrupted: %w", ctx.Err())
-			}
-			switch {
-			case srv.name == "vxmesh" && !h.Running():
-				r.err = withLog(errors.Join(r.err, errors.New("the vxmesh daemon exited")))
-			case srv.name == "dnsmasq" && chanClosed(dmDone):
-				r.err = fmt.Errorf("%v; dnsmasq exited; log:\n%s", r.err, dmLogTail())
-			}
-			runs = append(runs, r)
 		}
 	}
 	printDNSTable(out, cfg, runs)
@@ -403,12 +412,17 @@ func printDNSTable(out io.Writer, cfg config, runs []dnsRun) {
 	fmt.Fprintf(out, "\nDNS, 1 host, %d containers: A queries for their names from a client container, dnsperf -c %d -T %d -q %d, %v per run\n",
 		d.names, d.clients, d.threads, d.outstanding, cfg.duration)
 	fmt.Fprintf(out, "vxmesh = embedded resolver %s; dnsmasq = %s in the same client netns (--host-record, no cache, no upstream)\n\n", vxmeshResolver, dnsmasqResolver)
-	base := map[string]*dnsRun{}
+	type key struct {
+		mode  string
+		round int
+	}
+	base := map[key]*dnsRun{}
 	for i := range runs {
 		if runs[i].server == "dnsmasq" && runs[i].err == nil {
-			base[runs[i].mode] = &runs[i]
+			base[key{runs[i].mode, runs[i].round}] = &runs[i]
 		}
 	}
+	qpsRatios, latRatios := map[string][]float64{}, map[string][]float64{}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "run\tserver\tQPS\tcompleted\tlost\tavg latency\tstddev\tresp B\tQPS vxmesh/dnsmasq\tlatency vxmesh/dnsmasq\t")
 	for _, r := range runs {
@@ -416,13 +430,22 @@ func printDNSTable(out io.Writer, cfg config, runs []dnsRun) {
 		if r.mode == "rate" {
 			mode = fmt.Sprintf("-Q %d", d.rate)
 		}
+		if d.rounds > 1 {
+			mode += fmt.Sprintf(" #%d", r.round+1)
+		}
 		if r.err != nil {
 			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t\n", mode, r.server)
 			continue
 		}
 		qr, lr := "-", "-"
-		if b := base[r.mode]; b != nil && r.server == "vxmesh" {
+		if b := base[key{r.mode, r.round}]; b != nil && r.server == "vxmesh" {
 			qr, lr = ratio(r.res.QPS, b.res.QPS), ratio(float64(r.res.AvgLatency), float64(b.res.AvgLatency))
+			if r.res.QPS > 0 && b.res.QPS > 0 {
+				qpsRatios[r.mode] = append(qpsRatios[r.mode], r.res.QPS/b.res.QPS)
+			}
+			if r.res.AvgLatency > 0 && b.res.AvgLatency > 0 {
+				latRatios[r.mode] = append(latRatios[r.mode], float64(r.res.AvgLatency)/float64(b.res.AvgLatency))
+			}
 		}
 		stddev := "-"
 		if r.res.HasStdDev {
@@ -436,11 +459,29 @@ func printDNSTable(out io.Writer, cfg config, runs []dnsRun) {
 			fmtLost(r.res), avg, stddev, r.res.ResponseSize, qr, lr)
 	}
 	tw.Flush()
+	if d.rounds > 1 {
+		for _, mode := range []string{"max", "rate"} {
+			if len(qpsRatios[mode]) > 0 {
+				lat := "-"
+				if len(latRatios[mode]) > 0 {
+					lat = fmt.Sprintf("%.2f", sortedMedian(latRatios[mode]))
+				}
+				fmt.Fprintf(out, "%s: median of %d rounds, vxmesh/dnsmasq: QPS %.2f, avg latency %s\n",
+					mode, len(qpsRatios[mode]), sortedMedian(qpsRatios[mode]), lat)
+			}
+		}
+	}
 	for _, r := range runs {
 		if r.err != nil {
 			fmt.Fprintf(out, "%s %s failed: %v\n", r.mode, r.server, r.err)
 		}
 	}
+}
+
+// sortedMedian sorts v, which is not empty, and returns its median.
+func sortedMedian(v []float64) float64 {
+	slices.Sort(v)
+	return median(v)
 }
 
 func ratio(a, b float64) string {

@@ -128,6 +128,35 @@ func TestDNSTableShowsRatiosToDnsmasq(t *testing.T) {
 	}
 }
 
+// TestDNSTableGivesMedianRatiosOverRounds: with -dns-rounds each vxmesh
+// run is compared with the dnsmasq run of its own round, and the median of
+// those ratios closes the table.
+func TestDNSTableGivesMedianRatiosOverRounds(t *testing.T) {
+	var out bytes.Buffer
+	cfg := config{duration: time.Second, dns: dnsConfig{names: 10, clients: 4, threads: 2, outstanding: 200, rate: 10000, rounds: 3}}
+	var runs []dnsRun
+	// Rounds whose vxmesh/dnsmasq QPS ratios are 1.0, 3.0 and 1.5; their
+	// latency ratios 0.5, 2.0 and 0.8.
+	for i, r := range []struct {
+		vx, dm   float64
+		vxl, dml time.Duration
+	}{{50000, 50000, 1000, 2000}, {90000, 30000, 4000, 2000}, {60000, 40000, 800, 1000}} {
+		runs = append(runs,
+			dnsRun{mode: "max", round: i, server: "vxmesh", res: DNSPerfResult{Sent: 1, Completed: 1, QPS: r.vx, AvgLatency: r.vxl}},
+			dnsRun{mode: "max", round: i, server: "dnsmasq", res: DNSPerfResult{Sent: 1, Completed: 1, QPS: r.dm, AvgLatency: r.dml}})
+	}
+	printDNSTable(&out, cfg, runs)
+	s := out.String()
+	for _, want := range []string{"max #1", "max #3", "3.00", "max: median of 3 rounds, vxmesh/dnsmasq: QPS 1.50, avg latency 0.80"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("table lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "rate: median") {
+		t.Errorf("a median for the rate runs, which did not run:\n%s", s)
+	}
+}
+
 func TestDNSperfArgs(t *testing.T) {
 	cfg := config{duration: 1500 * time.Millisecond, dns: dnsConfig{clients: 4, threads: 2, outstanding: 200, rate: 10000}}
 	got := strings.Join(dnsperfArgs(cfg, "127.0.0.11", "/q", false), " ")
@@ -150,11 +179,11 @@ func TestDNSModeMeasuresAndCleansUp(t *testing.T) {
 	}
 	before, _ := testbed.ListNetns("vxdns")
 	var out, log bytes.Buffer
-	cfg := config{duration: time.Second, binary: "/nonexistent", dns: dnsConfig{names: 3, clients: 1, threads: 1, outstanding: 20, rate: 1000}}
+	cfg := config{duration: time.Second, binary: "/nonexistent", dns: dnsConfig{names: 3, clients: 1, threads: 1, outstanding: 20, rate: 1000, rounds: 2}}
 	if err := runDNS(context.Background(), cfg, &out, &log); err != nil {
 		t.Fatalf("%v\n%s\n%s", err, log.String(), out.String())
 	}
-	if n := strings.Count(out.String(), "vxmesh  "); n < 2 || strings.Contains(out.String(), "failed") {
+	if n := strings.Count(out.String(), "vxmesh  "); n < 4 || strings.Contains(out.String(), "failed") {
 		t.Errorf("table:\n%s", out.String())
 	}
 	if after, _ := testbed.ListNetns("vxdns"); len(after) != len(before) {

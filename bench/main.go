@@ -98,6 +98,7 @@ func main() {
 	flag.IntVar(&cfg.dns.threads, "dns-threads", 2, "-dns: dnsperf -T (threads)")
 	flag.IntVar(&cfg.dns.outstanding, "dns-outstanding", 200, "-dns: dnsperf -q (queries in flight)")
 	flag.IntVar(&cfg.dns.rate, "dns-rate", 10000, "-dns: dnsperf -Q of the fixed-rate latency run (queries/s)")
+	flag.IntVar(&cfg.dns.rounds, "dns-rounds", 1, "-dns: repeat the runs, interleaved, and print the median ratios (for a loaded machine)")
 	lbMode := flag.Bool("lb", false, "measure only the load-balancer section (direct, service VIP, HAProxy, kernel DNAT; lb scale benchmarks)")
 	flag.IntVar(&cfg.lb.threads, "lb-threads", 1, "lb: wrk -t (threads)")
 	flag.IntVar(&cfg.lb.conns, "lb-conns", 32, "lb: wrk -c (connections)")

@@ -84,8 +84,13 @@ type udpLoop struct {
 	slow  *slowConn
 	b     *batch // the batch of the current read, nil while idle
 	rot   uint
+	spin  int // reads left that retry EAGAIN at once rather than park
 	recv  func(fd uintptr) bool
 }
+
+// spinReads is how many times a loop that has just read a batch retries an
+// empty socket before it parks in the netpoller.
+const spinReads = 8
 
 // serveUDP starts the fast loop on conn and returns the PacketConn the
 // general path reads the rest from, or pc itself when it is not a
@@ -167,10 +172,15 @@ func (l *udpLoop) recvFn(fd uintptr) bool {
 		case 0:
 			b.nIn = int(n)
 			l.b = b
+			l.spin = spinReads
 			return true
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			if l.spin > 0 {
+				l.spin--
+				continue
+			}
 			l.s.batches.put(b)
 			return false
 		default:
