@@ -192,7 +192,7 @@ type Cluster struct {
 	cfg Config
 	log *slog.Logger
 	ml  atomic.Pointer[memberlist.Memberlist]
-	tr  *guardedTransport
+	tr  *guardedTransport // the socket transport (nil on an in-memory network)
 	// dropEntries, when set (tests only), is asked about every gossiped
 	// or relayed entries message; true drops it, as a lost packet.
 	dropEntries atomic.Pointer[func() bool]
@@ -332,7 +332,9 @@ func Start(cfg Config) (*Cluster, error) {
 			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
 	}
 	mc.Transport = tr
-	c.tr = tr
+	if g, ok := tr.(*guardedTransport); ok {
+		c.tr = g // nil on an in-memory network
+	}
 	mc.DeadNodeReclaimTime = cfg.NodeGrace
 	setDur := func(dst *time.Duration, v time.Duration) {
 		if v > 0 {
