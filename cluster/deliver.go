@@ -230,6 +230,13 @@ var regossipDelays = [...]time.Duration{time.Second, 3 * time.Second, 7 * time.S
 // write beyond it is spread once, as before, and counted.
 const maxRegossip = 4096
 
+// regossipQueueMax is the backlog of broadcasts above which regossipDue
+// waits: the first sends of recent writes are still going out (each
+// gossip interval carries only a few packets), so a broadcast again would
+// only replace one that has not gone yet and push every other change back.
+// Under churn the queue, not a lost packet, is what delays a change.
+const regossipQueueMax = 32
+
 // regossip is the schedule of one own small write.
 type regossip struct {
 	version uint64
@@ -251,6 +258,9 @@ func (c *Cluster) scheduleRegossip(e Entry) {
 
 // regossipDue broadcasts again the own small writes whose time has come.
 func (c *Cluster) regossipDue(now time.Time) {
+	if c.queue.NumQueued() > regossipQueueMax {
+		return
+	}
 	var out [][]byte
 	var names []string
 	c.mu.Lock()

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,5 +134,36 @@ func TestSmallEntryReachesAMemberThatLostItsGossip(t *testing.T) {
 	t.Logf("the second version reached every node in %v; n3 dropped %d gossip messages", time.Since(start), dropped.Load())
 	if dropped.Load() == 0 {
 		t.Fatal("n3 dropped no gossip: the test did not test anything")
+	}
+}
+
+// TestRegossipWaitsWhileTheQueueIsBackedUp checks that a node whose
+// broadcast queue still holds many unsent changes does not queue its
+// writes again (that would push every waiting change back), and does once
+// the queue has drained.
+func TestRegossipWaitsWhileTheQueueIsBackedUp(t *testing.T) {
+	n := startNode(t, "n1", mustKey(t), 0)
+	for i := range regossipQueueMax + 8 {
+		if err := n.Put("networks", fmt.Sprintf("net%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rounds := func() (sum int) {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for _, g := range n.regossip {
+			sum += g.round
+		}
+		return sum
+	}
+	later := time.Now().Add(2 * time.Second)
+	n.regossipDue(later)
+	if r := rounds(); r != 0 {
+		t.Fatalf("with %d broadcasts queued, %d writes were broadcast again", n.queue.NumQueued(), r)
+	}
+	n.queue.Reset()
+	n.regossipDue(later)
+	if r := rounds(); r != regossipQueueMax+8 {
+		t.Fatalf("after the queue drained, %d of %d writes were broadcast again", r, regossipQueueMax+8)
 	}
 }
