@@ -93,7 +93,8 @@ type Config struct {
 	// away for longer than this may resurrect entries deleted meanwhile.
 	TombstoneTTL time.Duration
 	// ClaimTimeout bounds how long ClaimBlock waits for every alive member
-	// to answer (default 5 s).
+	// to answer (default 5 s). A member declared dead is waited for until
+	// it answers or has been dead for NodeGrace.
 	ClaimTimeout time.Duration
 	// ReconnectInterval is the longest wait between two attempts to
 	// rejoin a member that is dead or has left, or an address given to
