@@ -63,9 +63,9 @@ func (c *Cluster) DefineClaims(table string, conflict func(a, b string) bool, ta
 
 // Claim claims resource in group of a table declared with DefineClaims for
 // this node, with the guarantee described at ClaimBlock: once it returns
-// nil, no node that has not been cut off from this one for NodeGrace can win
-// a conflicting claim until ReleaseClaim. A claim that loses returns a *ClaimConflict and is
-// withdrawn. group and resource must not contain '|'.
+// nil, no node that has not been cut off from this one for NodeGrace can
+// win a conflicting claim until ReleaseClaim. A claim that loses returns a
+// *ClaimConflict and is withdrawn. group and resource must not contain '|'.
 func (c *Cluster) Claim(table, group, resource string) error {
 	if group == "" || resource == "" || strings.Contains(group+resource, "|") ||
 		len(claimKey(group, resource))+len(c.cfg.NodeName) > maxKeyLen {
