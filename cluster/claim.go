@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,9 +63,9 @@ func (c *Cluster) DefineClaims(table string, conflict func(a, b string) bool, ta
 
 // Claim claims resource in group of a table declared with DefineClaims for
 // this node, with the guarantee described at ClaimBlock: once it returns
-// nil, no node that sees this one alive can win a conflicting claim until
-// ReleaseClaim. A claim that loses returns a *ClaimConflict and is
-// withdrawn. group and resource must not contain '|'.
+// nil, no node that has not been cut off from this one for NodeGrace can
+// win a conflicting claim until ReleaseClaim. A claim that loses returns a
+// *ClaimConflict and is withdrawn. group and resource must not contain '|'.
 func (c *Cluster) Claim(table, group, resource string) error {
 	if group == "" || resource == "" || strings.Contains(group+resource, "|") ||
 		len(claimKey(group, resource))+len(c.cfg.NodeName) > maxKeyLen {
@@ -163,11 +164,13 @@ func (c *Cluster) conflictingLocked(table, group, resource string) []*Entry {
 
 // settleClaim runs the confirmation round of this node's claim on resource
 // and decides it: nil means this node won. The claim is sent over TCP to
-// every member seen alive; each answers with the conflicting claims it
-// knows (the request's claim merged first) and whether it holds one of
-// them after its own round or knows the resource as taken. A member that
-// stops answering must be declared dead first; until then the round fails
-// after Config.ClaimTimeout.
+// every member whose claims still count (mustAnswerLocked); each answers
+// with the conflicting claims it knows (the request's claim merged first)
+// and whether it holds one of them after its own round or knows the
+// resource as taken. An alive member that does not answer fails the round
+// after Config.ClaimTimeout; one declared dead is waited for until it
+// answers or is gone (dead for NodeGrace), since a member wrongly declared
+// dead on a busy host may be claiming the same resource.
 func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, error) {
 	c.mu.Lock()
 	r := c.entries[tkey{table, claimKey(group, resource) + c.cfg.NodeName}]
@@ -180,7 +183,7 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 	id := c.nextID
 	peers := map[string]*memberlist.Node{}
 	for _, mi := range c.members {
-		if mi.state == StateAlive && mi.name != c.cfg.NodeName {
+		if mi.name != c.cfg.NodeName && c.mustAnswerLocked(mi) {
 			peers[mi.name] = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
 		}
 	}
@@ -227,20 +230,22 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 		case <-resend.C:
 			send()
 		case <-recheck.C:
-			// Members declared dead meanwhile no longer need to answer.
+			// Members gone meanwhile (left, or dead for NodeGrace: their
+			// claims expired) no longer need to answer.
 			c.mu.Lock()
 			for name := range peers {
-				if mi := c.members[name]; mi == nil || mi.state != StateAlive {
+				if mi := c.members[name]; mi == nil || !c.mustAnswerLocked(mi) {
 					delete(peers, name)
 				}
 			}
 			c.mu.Unlock()
 		case <-deadline.C:
-			names := make([]string, 0, len(peers))
-			for name := range peers {
-				names = append(names, name)
+			if names := c.aliveAmong(peers); len(names) > 0 {
+				return nil, fmt.Errorf("claim of %s in %q not confirmed by %s within %v", resource, group, strings.Join(names, ", "), c.cfg.ClaimTimeout)
 			}
-			return nil, fmt.Errorf("claim of %s in %q not confirmed by %s within %v", resource, group, strings.Join(names, ", "), c.cfg.ClaimTimeout)
+			// Only members declared dead are missing: wait until they
+			// answer or are gone (at most NodeGrace).
+			deadline.Reset(c.cfg.ClaimTimeout)
 		case <-c.stop:
 			return nil, errors.New("cluster is closed")
 		}
@@ -257,6 +262,30 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 		}
 	}
 	return nil, nil
+}
+
+// mustAnswerLocked reports whether member mi must answer a claim round
+// before it is decided: every member whose claims still count, that is
+// every member but those that left or have been dead for NodeGrace (gone:
+// their entries expired). A member merely declared dead may be alive and
+// claiming too (a false suspicion on a busy host): deciding without it
+// could let both win. c.mu must be held.
+func (c *Cluster) mustAnswerLocked(mi *memberInfo) bool {
+	return mi.state != StateLeft && !c.gone[mi.name]
+}
+
+// aliveAmong returns, sorted, the members of peers seen alive.
+func (c *Cluster) aliveAmong(peers map[string]*memberlist.Node) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var names []string
+	for name := range peers {
+		if mi := c.members[name]; mi != nil && mi.state == StateAlive {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // heldConflict describes the answer m of a member that holds a conflicting

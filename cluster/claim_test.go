@@ -3,8 +3,12 @@ package cluster
 import (
 	"errors"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // TestClaimRightAfterJoiningThroughAnotherNode has a node claim the moment
@@ -112,5 +116,47 @@ func TestClaimsWithOverlapRulesAndTakenResources(t *testing.T) {
 	})
 	if err := nodes[0].Claim("subnets", "g", "10.8.0.0/24"); err != nil {
 		t.Fatalf("claim after release: %v", err)
+	}
+}
+
+// TestClaimWaitsForMembersWronglyDeclaredDead: on a loaded host the failure
+// detector declares live members dead for a moment. Two nodes that each
+// believe the other dead (but not yet gone: its claims still count for
+// NodeGrace) claim the same block at the same moment: they must still ask
+// each other, so exactly one wins, instead of both winning alone.
+func TestClaimWaitsForMembersWronglyDeclaredDead(t *testing.T) {
+	nodes := startCluster(t, mustKey(t), 2, func(cfg *Config) { cfg.NodeGrace = time.Minute })
+	(*delegate)(nodes[0].Cluster).NotifyLeave(&memberlist.Node{Name: "n2"})
+	(*delegate)(nodes[1].Cluster).NotifyLeave(&memberlist.Node{Name: "n1"})
+	for _, n := range nodes {
+		if got := countState(n.Members(), StateDead); got != 1 {
+			t.Fatalf("%s sees %d dead members, want 1", n.LocalName(), got)
+		}
+	}
+	block := netip.MustParsePrefix("10.5.0.0/24")
+	errs := make([]error, 2)
+	var wg, gate sync.WaitGroup
+	gate.Add(1)
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			gate.Wait()
+			errs[i] = n.ClaimBlockAt("web", block)
+		}()
+	}
+	gate.Done()
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !strings.Contains(err.Error(), "held by node"):
+			t.Fatalf("%s: %v", nodes[i].LocalName(), err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d nodes won block %s, want exactly 1", won, block)
 	}
 }

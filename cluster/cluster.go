@@ -93,7 +93,8 @@ type Config struct {
 	// away for longer than this may resurrect entries deleted meanwhile.
 	TombstoneTTL time.Duration
 	// ClaimTimeout bounds how long ClaimBlock waits for every alive member
-	// to answer (default 5 s).
+	// to answer (default 5 s). A member declared dead is waited for until
+	// it answers or has been dead for NodeGrace.
 	ClaimTimeout time.Duration
 	// Network, when set, carries the gossip in memory instead of on UDP
 	// and TCP sockets (simulations): the node is at BindAddr:GossipPort

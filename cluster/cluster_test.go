@@ -358,8 +358,14 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 	}
 }
 
+// TestClaimBlockConcurrent: three nodes claim blocks of a small subnet at
+// the same moment, round after round; no block is given to two nodes.
+// On a loaded host the test's fast failure detection declares members dead
+// for a moment; claims stay exclusive as long as no member is dead for
+// NodeGrace (then its claims expire: a partition), hence a long one here,
+// and a member slow to answer must not fail the claim (ClaimTimeout).
 func TestClaimBlockConcurrent(t *testing.T) {
-	nodes := startCluster(t, mustKey(t), 3)
+	nodes := startCluster(t, mustKey(t), 3, func(cfg *Config) { cfg.NodeGrace, cfg.ClaimTimeout = time.Minute, 30*time.Second })
 	subnet := netip.MustParsePrefix("10.0.0.0/24")
 
 	// Many rounds of all nodes claiming at once from a small space, so the

@@ -129,17 +129,21 @@ func nthBlock(subnet netip.Prefix, bits int, idx uint64) netip.Prefix {
 // addresses from it alone. Each call claims one more block.
 //
 // Guarantee: after writing its claim, the node sends it over TCP to every
-// member it sees alive and waits until each has answered with the claims it
-// knows for that block (a member that stops answering must first be declared
-// dead by failure detection; until then ClaimBlock fails with an error after
-// Config.ClaimTimeout). The earliest claim (Lamport version, then node name)
-// wins, and a block that a node already holds after such a round is never
-// given up to a later claim. Hence two nodes that see each other as alive can
-// never both obtain the same block, however their calls interleave; the loser
-// withdraws its claim and tries another block.
+// member whose claims still count (all but those that left or have been
+// dead for Config.NodeGrace) and waits until each has answered with the
+// claims it knows for that block. An alive member that does not answer
+// makes ClaimBlock fail with an error after Config.ClaimTimeout; a member
+// declared dead is waited for until it answers or has been dead for
+// NodeGrace, because failure detection on a busy host can declare a live
+// member dead for a moment, and that member may be claiming the same block.
+// The earliest claim (Lamport version, then node name) wins, and a block
+// that a node already holds after such a round is never given up to a later
+// claim. Hence two nodes that have not each been cut off from the other for
+// NodeGrace can never both obtain the same block, however their calls
+// interleave; the loser withdraws its claim and tries another block.
 //
-// During a partition each side only confirms with the nodes it can reach, so
-// two sides can claim the same free block. After the partition heals, Blocks
+// During a partition longer than NodeGrace each side only confirms with the
+// nodes it can reach, so two sides can claim the same free block. After the partition heals, Blocks
 // reports the single winner everywhere; ClaimedBlocks lets a node check which
 // of its blocks it still wins. Claims vanish with their node (node-scoped
 // table), so blocks of a node dead for NodeGrace become free again.
