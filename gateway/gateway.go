@@ -243,15 +243,16 @@ func (g *Gateway) ListenTCP(port uint16) (net.Listener, error) {
 
 // closeDrain bounds how long Close waits for the device's reader to take
 // the resets of the aborted flows before it shuts the device.
-const closeDrain = 200 * time.Millisecond
+const closeDrain = time.Second
 
 // Close shuts the gateway down in a bounded time, as a stopping router
 // would: it takes no more frames from the network nor new flows, resets
 // every open flow on both sides, aborts what the stack still holds
 // (listeners, connects in progress, connections in TIME-WAIT or with
 // unacknowledged data) without waiting on their TCP states, lets the
-// device's reader pass the resets on for up to closeDrain, then shuts the
-// stack and the device. Close is idempotent.
+// device's reader pass the resets on (for up to closeDrain while frames
+// are still queued), then shuts the stack and the device. Close is
+// idempotent.
 func (g *Gateway) Close() {
 	g.closeOnce.Do(g.close)
 }
