@@ -84,7 +84,11 @@ func TestCloseBounded(t *testing.T) {
 	var kinds []string
 	blob := make([]byte, 64<<10)
 	var writes []*atomic.Int64
+	var writers []net.Conn // start once every flow is open
 	writeForever := func(c net.Conn) {
+		writers = append(writers, c)
+	}
+	startWriter := func(c net.Conn) {
 		n := new(atomic.Int64)
 		writes = append(writes, n)
 		clients.Go(func() {
@@ -130,6 +134,9 @@ func TestCloseBounded(t *testing.T) {
 		} else {
 			c.(interface{ CloseWrite() error }).CloseWrite()
 		}
+	}
+	for _, c := range writers {
+		startWriter(c)
 	}
 	poll(t, "every flow open", func() bool {
 		st := h.eg.Stats()
