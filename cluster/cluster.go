@@ -417,8 +417,12 @@ func (c *Cluster) Join(addrs []string) (int, error) {
 
 // Leave announces that this node leaves the cluster and waits up to timeout
 // for the announcement to spread. The other nodes then drop its node-scoped
-// entries at once. Call Close afterwards.
+// entries at once. Call Close afterwards. Leave returns within about
+// timeout even if peers do not answer: a send still stuck then (a peer
+// that stopped answering TCP holds it for TCPTimeout) is left to end on
+// its own, and that peer learns of the departure by gossip.
 func (c *Cluster) Leave(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	// memberlist does not tell its event delegate whether a node died or
 	// left, so announce the departure first, reliably, to every peer.
 	msg := (&message{Type: msgLeave, From: c.cfg.NodeName}).encode()
@@ -432,13 +436,32 @@ func (c *Cluster) Leave(timeout time.Duration) error {
 			}
 		}()
 	}
-	wg.Wait()
-	return c.ml.Load().Leave(timeout)
+	sent := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(sent)
+	}()
+	t := time.NewTimer(timeout / 2)
+	defer t.Stop()
+	select {
+	case <-sent:
+	case <-t.C:
+		c.log.Warn("announcing the departure: some peers did not answer in time")
+	}
+	// memberlist's own leave broadcast gets what is left of timeout.
+	return c.ml.Load().Leave(max(time.Until(deadline), timeout/4))
 }
+
+// closeWait bounds how long Close waits for the node's goroutines: one
+// dialling a peer that does not answer (a rejoin) would hold it for
+// TCPTimeout.
+const closeWait = time.Second
 
 // Close stops the node without announcing anything (to the others it looks
 // like a crash unless Leave was called first). Subscription channels are
-// closed. Close is idempotent.
+// closed. Close is idempotent. It waits up to closeWait for the node's
+// goroutines; one still dialling then ends on its own when its dial
+// times out, on the shut memberlist.
 func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
@@ -446,7 +469,18 @@ func (c *Cluster) Close() error {
 		c.closing = true
 		c.mu.Unlock()
 		close(c.stop)
-		c.wg.Wait()
+		ended := make(chan struct{})
+		go func() {
+			c.wg.Wait()
+			close(ended)
+		}()
+		t := time.NewTimer(closeWait)
+		select {
+		case <-ended:
+		case <-t.C:
+			c.log.Warn("closing: some cluster work still waits on a peer; not waiting for it")
+		}
+		t.Stop()
 		err = c.ml.Load().Shutdown()
 		c.mu.Lock()
 		c.closed = true

@@ -214,7 +214,8 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 // peers, SAs) and returns what the data plane could not apply; callers
 // hold d.mu. Records are validated before use, so reconcile does not
 // panic; should it still, the panic is counted ("reconcile-panic"),
-// logged and returned instead of killing the daemon.
+// logged and returned instead of killing the daemon. Once Close began,
+// reconcile changes nothing.
 func (d *Daemon) reconcile() (err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -222,6 +223,9 @@ func (d *Daemon) reconcile() (err error) {
 			err = fmt.Errorf("reconcile: %v", r)
 		}
 	}()
+	if d.stopping {
+		return nil
+	}
 	return d.reconcileTables()
 }
 

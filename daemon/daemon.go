@@ -235,6 +235,9 @@ type Daemon struct {
 	// Close closes prober without d.mu: its callback takes d.mu.
 	prober     *health.Prober
 	healthRefs map[string]healthRef
+	// stopping is set (under mu) when Close begins: reconcile changes
+	// nothing after it.
+	stopping bool
 }
 
 // New validates cfg, takes the state directory's lock and restores the
@@ -584,6 +587,11 @@ func (d *Daemon) close() {
 	if d.cancel != nil {
 		d.cancel()
 	}
+	// Reconcilers first: one waiting for the lock would otherwise open
+	// again the ports and networks shutdown is taking down.
+	d.mu.Lock()
+	d.stopping = true
+	d.mu.Unlock()
 	if d.prober != nil {
 		d.prober.Close() // not under d.mu: it waits for onHealth
 	}
@@ -603,6 +611,9 @@ func (d *Daemon) close() {
 	// in their namespaces) and takes the networks down.
 	if d.dp != nil {
 		d.dp.Close()
+	}
+	if d.egress != nil {
+		d.egress.Close()
 	}
 	if d.metricsLn != nil {
 		d.metricsLn.Close()

@@ -117,16 +117,18 @@ func (dp *Dataplane) applyGatewayHost(n *network, w *NetworkConfig, errs *[]erro
 	}
 }
 
-// removeGateway takes n's gateway port down: its flows are aborted.
+// removeGateway takes n's gateway port down: its flows are aborted. The
+// port leaves the switch only after the gateway closed, so that the
+// resets of its flows still reach the containers.
 func (dp *Dataplane) removeGateway(n *network) {
 	ng := n.gw
 	if ng == nil {
 		return
 	}
 	dp.changes++
-	n.sw.RemovePort(ng.ref)
 	ng.gw.Close()
 	<-ng.done
+	n.sw.RemovePort(ng.ref)
 	n.gw = nil
 }
 

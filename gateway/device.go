@@ -29,7 +29,7 @@ type device struct {
 
 func (d *device) Name() string   { return "gw-" + d.g.cfg.Name }
 func (d *device) BatchSize() int { return packet.BatchSize }
-func (d *device) Close() error   { d.g.cancel(); return nil }
+func (d *device) Close() error   { d.g.stopping.Store(true); d.g.cancel(); return nil }
 
 // Read blocks for the stack's next frame, then takes whatever else is
 // queued, up to len(bufs). A TCP segment the stack built larger than the
@@ -111,7 +111,7 @@ func (d *device) Write(bufs [][]byte, offset int) (int, error) {
 // stack takes (it does not check the MTU of what it receives). ICMP echo
 // requests to outside addresses go to the echo egress instead.
 func (d *device) WriteFrames(f packet.Frames) (int, error) {
-	if d.g.ctx.Err() != nil {
+	if d.g.stopping.Load() {
 		return 0, fmt.Errorf("%s: write: %w", d.Name(), net.ErrClosed)
 	}
 	offset := f.Offset()

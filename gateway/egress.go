@@ -283,3 +283,8 @@ func (e *Egress) ingressStart(n *atomic.Int64, spoofed bool) {
 		e.ingressSNAT.Add(1)
 	}
 }
+
+// Close stops the egress's idle flow workers at once (they otherwise
+// linger for workerIdle). Call it after closing every port and gateway
+// that uses the egress; flows started later still run.
+func (e *Egress) Close() { e.workers.stop() }

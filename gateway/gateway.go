@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -69,6 +70,10 @@ type Gateway struct {
 	mu     sync.Mutex
 	flows  map[*flow]struct{} // open egress flows, aborted by Close
 	wg     sync.WaitGroup
+	// stopping is set when Close begins: no new flow, no frame from the
+	// network.
+	stopping  atomic.Bool
+	closeOnce sync.Once
 }
 
 // New builds a network's gateway. Its Device is to be attached to the
@@ -236,16 +241,35 @@ func (g *Gateway) ListenTCP(port uint16) (net.Listener, error) {
 	return gonet.ListenTCP(g.stack, tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(g.Addr().As4()), Port: port}, ipv4.ProtocolNumber)
 }
 
-// Close aborts the gateway's flows and shuts its stack and device down.
+// closeDrain bounds how long Close waits for the device's reader to take
+// the resets of the aborted flows before it shuts the device.
+const closeDrain = time.Second
+
+// Close shuts the gateway down in a bounded time, as a stopping router
+// would: it takes no more frames from the network nor new flows, resets
+// every open flow on both sides, aborts what the stack still holds
+// (listeners, connects in progress, connections in TIME-WAIT or with
+// unacknowledged data) without waiting on their TCP states, lets the
+// device's reader pass the resets on (for up to closeDrain while frames
+// are still queued), then shuts the stack and the device. Close is
+// idempotent.
 func (g *Gateway) Close() {
-	g.cancel()
+	g.closeOnce.Do(g.close)
+}
+
+func (g *Gateway) close() {
 	g.mu.Lock()
+	g.stopping.Store(true)
 	for f := range g.flows {
 		f.abort()
 	}
 	g.mu.Unlock()
 	g.wg.Wait()
 	g.stack.Close()
+	for deadline := time.Now().Add(closeDrain); g.ep.NumQueued() > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	g.cancel()
 	g.ep.Close()
 	g.stack.Wait()
 	g.dev.release()
@@ -256,7 +280,7 @@ func (g *Gateway) Close() {
 func (g *Gateway) track(f *flow) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.ctx.Err() != nil {
+	if g.stopping.Load() {
 		return false
 	}
 	g.flows[f] = struct{}{}

@@ -255,6 +255,7 @@ func (p *Port) acceptTCP() {
 			return // closed
 		}
 		tf := &tcpIn{c: c}
+		tf.ctx, tf.cancel = context.WithCancel(context.Background())
 		fl := &flow{close: tf.reset}
 		if !p.track(fl) {
 			fl.abort()
@@ -262,6 +263,7 @@ func (p *Port) acceptTCP() {
 		}
 		p.e.workers.Go(func() {
 			defer p.untrack(fl)
+			defer tf.cancel()
 			p.serveTCP(tf, fl)
 		})
 	}
@@ -273,11 +275,16 @@ type tcpIn struct {
 	c       net.Conn
 	ep      atomic.Pointer[tcpip.Endpoint]
 	aborted atomic.Bool
+	// ctx ends when the flow is aborted: a connect into the network in
+	// progress gives up at once (Port.Close does not wait for it).
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // reset resets both sides.
 func (t *tcpIn) reset() {
 	t.aborted.Store(true)
+	t.cancel()
 	resetConn(t.c)
 	if ep := t.ep.Load(); ep != nil {
 		resetEndpoint(*ep)
@@ -308,7 +315,9 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, ingressDialTimeout)
+	stop := context.AfterFunc(t.ctx, cancel)
 	in, ep, err := g.dialIn(ctx, src, netip.AddrPortFrom(dst, p.spec.Port))
+	stop()
 	cancel()
 	if err != nil {
 		p.fail()

@@ -121,8 +121,50 @@ const (
 
 // Entry flags.
 const (
-	flUnsent = 1 // moved to another backend that has not seen the SYN yet
+	flUnsent    = 1 // moved to another backend that has not seen the SYN yet
+	flCounted   = 2 // counted in be.active: open (not reset, not FIN both ways)
+	flFinClient = 4 // the client sent a FIN
+	flFinBack   = 8 // the backend sent a FIN
 )
+
+// count adds entry e to its backend's active connections unless it is
+// counted already.
+func (e *entry) count() {
+	if e.flags&flCounted == 0 {
+		e.flags |= flCounted
+		e.be.active.Add(1)
+	}
+}
+
+// uncount takes entry e out of its backend's active connections: the
+// connection was reset, closed both ways, or its entry goes.
+func (e *entry) uncount() {
+	if e.flags&flCounted != 0 {
+		e.flags &^= flCounted
+		e.be.active.Add(-1)
+	}
+}
+
+// tcpClose records a RST or FIN (fin is flFinClient or flFinBack) of
+// entry e: a RST, or FINs from both sides, end the connection, which
+// leaves the active count though its entry lingers until it expires.
+func (e *entry) tcpClose(rst bool, fin uint8) {
+	switch {
+	case rst:
+		e.state = stClosed
+		e.uncount()
+		return
+	case fin == 0:
+		return
+	}
+	e.flags |= fin
+	if e.state < stClosing {
+		e.state = stClosing
+	}
+	if e.flags&(flFinClient|flFinBack) == flFinClient|flFinBack {
+		e.uncount()
+	}
+}
 
 // entry is one connection. Its size, with the per-entry share of the two
 // hash indexes, is measured by TestEntrySize (<= 128 bytes).
@@ -302,7 +344,8 @@ func (c *Conntrack) insert(s *shard, tmpl *entry) uint32 {
 	}
 	s.head = i
 	s.n++
-	e.be.active.Add(1)
+	e.flags &^= flCounted
+	e.count()
 	return i
 }
 
@@ -338,7 +381,7 @@ func (c *Conntrack) remove(s *shard, i uint32) {
 	} else {
 		s.tail = e.prev
 	}
-	e.be.active.Add(-1)
+	e.uncount()
 	*e = entry{next: s.free}
 	s.free = i
 	s.n--
@@ -369,7 +412,8 @@ func unlink(head *uint32, i uint32, es []entry, next func(*entry) *uint32) {
 
 // Sweep frees every entry that expired before now and returns how many.
 // Call it periodically (say every second); lookups also drop expired
-// entries they meet, but only Sweep makes active counts exact.
+// entries they meet, but only Sweep takes every idle connection out of
+// the active counts.
 func (c *Conntrack) Sweep(now int64) int {
 	n := 0
 	for k := range c.shards {

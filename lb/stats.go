@@ -7,7 +7,7 @@ type ServiceStats struct {
 	Name     string
 	VIP      netip.Addr
 	NewConns uint64 // connections (flows) created
-	Active   int64  // entries in conntrack now (sum over backends)
+	Active   int64  // open connections (sum over backends): not reset, not closed both ways, not expired
 	Packets  uint64 // translated both ways
 	Bytes    uint64
 	Retries  uint64 // attempts moved to another backend

@@ -336,9 +336,9 @@ func (t *Table) hit(s *shard, i uint32, c *service, p *pkt, k *flowKey, now int6
 	case p.flags&(tcpSYN|tcpACK) == tcpSYN:
 		t.clientSyn(s, i, c, k, now)
 	case p.flags&tcpRST != 0:
-		e.state = stClosed
-	case p.flags&tcpFIN != 0 && e.state < stClosing:
-		e.state = stClosing
+		e.tcpClose(true, 0)
+	case p.flags&tcpFIN != 0:
+		e.tcpClose(false, flFinClient)
 	}
 }
 
@@ -346,7 +346,8 @@ func (t *Table) clientSyn(s *shard, i uint32, c *service, k *flowKey, now int64)
 	e := &s.e[i]
 	switch {
 	case e.state >= stClosing: // the tuple is reused for a new connection
-		e.state, e.retries, e.flags, e.since = stSynSent, 0, 0, now
+		e.state, e.retries, e.flags, e.since = stSynSent, 0, e.flags&flCounted, now
+		e.count()
 		if e.be.cfg.Load() != uint32(Active) {
 			t.move(s, i, c, k, now)
 		}
@@ -402,9 +403,12 @@ func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool
 	}
 	b := &c.backends[bi]
 	t.ct.unlinkRev(s, i)
-	e.be.active.Add(-1)
+	counted := e.flags&flCounted != 0
+	e.uncount()
 	e.backend, e.mac, e.be = b.ip, b.mac, b.st
-	e.be.active.Add(1)
+	if counted {
+		e.count()
+	}
 	e.be.newConns.Add(1)
 	t.ct.linkRev(s, i)
 	return true

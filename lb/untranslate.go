@@ -81,17 +81,17 @@ func (t *Table) backendTCP(s *shard, i uint32, flags uint8, now int64) bool {
 				}
 			}
 		}
-		e.state = stClosed
+		e.tcpClose(true, 0)
 	case flags&tcpRST != 0:
-		e.state = stClosed
+		e.tcpClose(true, 0)
 	case e.state == stSynSent && flags&tcpACK != 0:
 		e.state = stEstablished
 		e.be.fails.Store(0)
 		if flags&tcpFIN != 0 {
-			e.state = stClosing
+			e.tcpClose(false, flFinBack)
 		}
-	case flags&tcpFIN != 0 && e.state < stClosing:
-		e.state = stClosing
+	case flags&tcpFIN != 0:
+		e.tcpClose(false, flFinBack)
 	}
 	return false
 }
