@@ -120,6 +120,11 @@ type Switch struct {
 	hostIP  netip.Addr // this host's gateway identity (SetGatewayHost)
 	hostMAC packet.MAC
 
+	// queues are the free destination queues input ports borrow
+	// (getQueues); queuesMade counts the ones made, for tests.
+	queues     chan *destQueues
+	queuesMade atomic.Uint64
+
 	c switchCounters
 }
 
@@ -183,6 +188,7 @@ func New(cfg Config) *Switch {
 		meshTO:     cfg.IngressReturnTimeouts,
 		ports:      map[string]*Port{},
 		statics:    map[packet.MAC]staticEntry{},
+		queues:     make(chan *destQueues, freeQueues),
 	}
 	if s.aging <= 0 {
 		s.aging = int64(300 * time.Second)
