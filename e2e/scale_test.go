@@ -74,12 +74,23 @@ func TestScaleOneHostContainers(t *testing.T) {
 			t.Fatalf("%s: %v", mode, err)
 		}
 		t0 := time.Now()
+		var profiled chan struct{}
+		if profDir != "" {
+			profiled = make(chan struct{})
+			go func() {
+				defer close(profiled)
+				profileStart(e, fmt.Sprintf("%s/restart-%s-cpu.pb.gz", profDir, mode), 8*time.Second)
+			}()
+		}
 		if err := e.h.StartDaemon(); err != nil {
 			t.Fatal(err)
 		}
 		ready := time.Since(t0)
 		eventually(t, 60*time.Second, func() error { return e.pingOnce(name(0), to) }, "after a restart (%s), %s cannot ping %s", mode, name(0), to)
 		t.Logf("restart after %s with %d containers: API ready in %v, %s pings %s after %v", mode, n, ready.Round(time.Millisecond), name(0), name(n-1), time.Since(t0).Round(time.Millisecond))
+		if profiled != nil {
+			<-profiled
+		}
 	}
 }
 
@@ -102,6 +113,18 @@ func saveDebug(t *testing.T, e *env, dir, tag string) {
 		}
 	}
 	t.Logf("debug profiles saved to %s/%s-*", dir, tag)
+}
+
+// profileStart takes a CPU profile of the daemon's first seconds from
+// the moment its debug listener answers, polling for it until timeout.
+func profileStart(e *env, file string, timeout time.Duration) {
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		err := exec.Command("nsenter", "--net="+e.h.NetnsPath, "--", "curl", "-sSf", "-o", file,
+			"http://"+scaleDebugAddr+"/debug/pprof/profile?seconds=6").Run()
+		if err == nil {
+			return
+		}
+	}
 }
 
 func avgDur(ls []time.Duration) time.Duration {
