@@ -22,6 +22,9 @@ type scratch struct {
 	stormTAT int64
 }
 
+// mldRouters is the MAC of ff02::16, where MLDv2 reports go.
+var mldRouters = packet.MAC{0x33, 0x33, 0, 0, 0, 0x16}
+
 // destQueues are the per-destination queues of one batch. They are
 // indexed by port id, so they grow with the ports a batch was ever sent
 // to (a flood reaches every port): an input port borrows them from its
@@ -199,6 +202,11 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		switch {
 		case !ok:
 			sc.drops[why]++
+		case out == nil && r.security && dst == mldRouters:
+			// Every container reports its groups when its link comes
+			// up (2-3 frames each after a daemon restart); flooded,
+			// each cost a write to every port, and nobody listens.
+			sc.drops[dropMLDReport]++
 		case out == nil && r.storm && !sc.stormAllow(now, s.stormGap):
 			sc.drops[dropStorm]++
 		case out == nil:
