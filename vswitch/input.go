@@ -103,10 +103,10 @@ func (sc *scratch) add(p *Port, b []byte, shared bool, batch int) bool {
 	switch {
 	case len(dq.q[id]) == 0:
 		if cap(dq.q[id]) < batch {
-			// Sized to the batch (a power of two, so a port's queue for
-			// a destination is made again at most a few times), not to
-			// packet.BatchSize: an input port keeps a queue for every
-			// destination it ever flooded to, ports squared in all.
+			// Sized to the batch (a power of two, so a queue for a
+			// destination is made again at most a few times), not to
+			// packet.BatchSize: a pooled set keeps a queue for every
+			// port it ever reached.
 			n := 1 << bits.Len(uint(batch-1))
 			dq.q[id] = make([][]byte, 0, n)
 			dq.sh[id] = make([]bool, 0, n)
