@@ -177,6 +177,13 @@ func (c *Client) RemoveContainer(name string) error {
 	return c.long().do(http.MethodDelete, "/v1/containers/"+url.PathEscape(name), nil, nil)
 }
 
+// CloseIdleConnections closes the client's idle keep-alive connections to
+// the daemon. A long-lived caller that talks to the daemon rarely (the
+// monitor of a container's main process) calls it after each exchange,
+// so that the daemon does not hold a connection, a goroutine and its
+// buffers per such caller.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
 // long is c without the request timeout, for calls that wait for a
 // service's stop grace period.
 func (c *Client) long() *Client {

@@ -5,7 +5,9 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 )
 
 // TestClientErrors checks that a refused request keeps the daemon's
@@ -75,4 +77,51 @@ func FuzzParseTraceTarget(f *testing.F) {
 			t.Fatalf("%q: %v %q %d", s, ip, proto, port)
 		}
 	})
+}
+
+// TestCloseIdleConnectionsLeavesDaemonNoConnection: after a report and
+// CloseIdleConnections (as a container's monitor does, which lives as long
+// as the container), the daemon's side of the connection is closed, so it
+// holds no connection per idle container.
+func TestCloseIdleConnectionsLeavesDaemonNoConnection(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	open := 0
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }),
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch st {
+			case http.StateNew:
+				open++
+			case http.StateClosed, http.StateHijacked:
+				open--
+			}
+		},
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	c := NewClient(sock)
+	if err := c.MainProcess("web", MainProcess{PID: 42}); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseIdleConnections()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := open
+		mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon still holds %d connection(s) from an idle client", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

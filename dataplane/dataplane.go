@@ -201,6 +201,9 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 			errs = append(errs, err)
 			continue
 		}
+		// The ports attached now (all of them at a restart) reach the
+		// switch's data path in one view.
+		release := n.sw.HoldViews()
 		for _, pc := range w.Ports {
 			if p := dp.ports[portKey{w.Name, pc.Name}]; p != nil && p.ref.Load() == nil {
 				if err := dp.attach(p, n); err != nil {
@@ -208,6 +211,7 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 				}
 			}
 		}
+		release()
 		dp.applyRemotes(n, w, &errs)
 		dp.applyGateway(n, w, &errs)
 		dp.applyGatewayHost(n, w, &errs)

@@ -47,3 +47,43 @@ func TestFloodsKeepLittleStatePerPortPair(t *testing.T) {
 		t.Errorf("one flood from each of %d ports allocated %d bytes per port pair, want at most 512", ports, per)
 	}
 }
+
+// TestIdlePortsHoldNoFloodQueues: after every port of a big network
+// flooded once and went idle, the switch holds destination queues only
+// for the inputs running at once (none here), not one per input port and
+// destination: the retained heap grows with the ports, not their square.
+// At 1,000 containers the per-pair queues were tens of MB of the
+// daemon's RSS.
+func TestIdlePortsHoldNoFloodQueues(t *testing.T) {
+	const ports = 400
+	s := New(Config{Name: "web"})
+	ps := make([]*Port, ports)
+	frames := make([][][]byte, ports)
+	sizes := make([][]int, ports)
+	for i := range ports {
+		mac := packet.MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}
+		ip := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i + 1)})
+		ps[i] = addPort(t, s, discard{}, PortConfig{Name: fmt.Sprintf("p%d", i), MAC: mac, IP: ip, Security: true})
+		frames[i], sizes[i] = batch(ipv4Frame(packet.Broadcast, mac, ip, netip.MustParseAddr("10.0.255.255")))
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i, p := range ps {
+		p.Input(frames[i], sizes[i], off)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if st := s.Stats(); st.Flooded != ports {
+		t.Fatalf("flooded %d frames, want %d", st.Flooded, ports)
+	}
+	held := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if limit := int64(ports * 256); held > limit {
+		t.Errorf("after one flood from each of %d idle ports the switch holds %d more bytes of heap (%d per port), want at most %d", ports, held, held/ports, limit)
+	}
+	if made := s.queuesMade.Load(); made != 1 {
+		t.Errorf("%d ports flooding one after another made %d sets of destination queues, want 1 (borrowed and given back)", ports, made)
+	}
+	runtime.KeepAlive(ps)
+	runtime.KeepAlive(frames)
+}

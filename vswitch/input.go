@@ -10,10 +10,7 @@ import (
 // scratch is an input port's per-batch state, reused for every batch so
 // that forwarding does not allocate once warm.
 type scratch struct {
-	q     [][][]byte   // frames queued per destination port id
-	sh    [][]bool     // per queued frame: flooded, so shared with other ports
-	owner []*Port      // which port q[id] is for in this batch
-	dests []*Port      // destinations with queued frames, in first-use order
+	dq    *destQueues  // borrowed from the switch for one Input call
 	learn []packet.MAC // sources to learn at the end of the batch
 	gen   [][]byte     // buffers for frames the switch writes (genBuf)
 	ngen  int          // gen[:ngen] are in use in this batch
@@ -23,6 +20,46 @@ type scratch struct {
 	// stormTAT is the storm limit's theoretical arrival time (GCRA): the
 	// switch clock at which the port's token bucket is full again.
 	stormTAT int64
+}
+
+// mldRouters is the MAC of ff02::16, where MLDv2 reports go.
+var mldRouters = packet.MAC{0x33, 0x33, 0, 0, 0, 0x16}
+
+// destQueues are the per-destination queues of one batch. They are
+// indexed by port id, so they grow with the ports a batch was ever sent
+// to (a flood reaches every port): an input port borrows them from its
+// switch for the length of an Input call (Switch.getQueues), so that
+// idle ports hold none and the switch's total grows with the inputs
+// running at once times the ports, not with the ports squared.
+type destQueues struct {
+	q     [][][]byte // frames queued per destination port id
+	sh    [][]bool   // per queued frame: flooded, so shared with other ports
+	owner []*Port    // which port q[id] is for in this batch
+	dests []*Port    // destinations with queued frames, in first-use order
+}
+
+// freeQueues bounds the destQueues a switch keeps for reuse: about one
+// per input running at once, and there are few cores.
+const freeQueues = 8
+
+// getQueues takes free destination queues, or makes new ones.
+func (s *Switch) getQueues() *destQueues {
+	select {
+	case dq := <-s.queues:
+		return dq
+	default:
+		s.queuesMade.Add(1)
+		return &destQueues{}
+	}
+}
+
+// putQueues gives dq back (empty, as flush leaves it); past freeQueues
+// free ones it is left to the collector.
+func (s *Switch) putQueues(dq *destQueues) {
+	select {
+	case s.queues <- dq:
+	default:
+	}
 }
 
 // stormAllow takes a token of the port's storm limit for a flooded frame
@@ -57,30 +94,30 @@ func (s *Switch) fits(buf, f []byte) (reason, bool) {
 // reused by a port attached after the view this batch started with was
 // taken, a race with RemovePort.
 func (sc *scratch) add(p *Port, b []byte, shared bool, batch int) bool {
-	id := p.id
-	if id >= len(sc.q) {
-		sc.q = append(sc.q, make([][][]byte, id+1-len(sc.q))...)
-		sc.sh = append(sc.sh, make([][]bool, id+1-len(sc.sh))...)
-		sc.owner = append(sc.owner, make([]*Port, id+1-len(sc.owner))...)
+	id, dq := p.id, sc.dq
+	if id >= len(dq.q) {
+		dq.q = append(dq.q, make([][][]byte, id+1-len(dq.q))...)
+		dq.sh = append(dq.sh, make([][]bool, id+1-len(dq.sh))...)
+		dq.owner = append(dq.owner, make([]*Port, id+1-len(dq.owner))...)
 	}
 	switch {
-	case len(sc.q[id]) == 0:
-		if cap(sc.q[id]) < batch {
-			// Sized to the batch (a power of two, so a port's queue for
-			// a destination is made again at most a few times), not to
-			// packet.BatchSize: an input port keeps a queue for every
-			// destination it ever flooded to, ports squared in all.
+	case len(dq.q[id]) == 0:
+		if cap(dq.q[id]) < batch {
+			// Sized to the batch (a power of two, so a queue for a
+			// destination is made again at most a few times), not to
+			// packet.BatchSize: a pooled set keeps a queue for every
+			// port it ever reached.
 			n := 1 << bits.Len(uint(batch-1))
-			sc.q[id] = make([][]byte, 0, n)
-			sc.sh[id] = make([]bool, 0, n)
+			dq.q[id] = make([][]byte, 0, n)
+			dq.sh[id] = make([]bool, 0, n)
 		}
-		sc.owner[id] = p
-		sc.dests = append(sc.dests, p)
-	case sc.owner[id] != p:
+		dq.owner[id] = p
+		dq.dests = append(dq.dests, p)
+	case dq.owner[id] != p:
 		return false
 	}
-	sc.q[id] = append(sc.q[id], b)
-	sc.sh[id] = append(sc.sh[id], shared)
+	dq.q[id] = append(dq.q[id], b)
+	dq.sh[id] = append(dq.sh[id], shared)
 	return true
 }
 
@@ -120,6 +157,7 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		r.account(rxBytes, n, 0, 0, 0)
 		return
 	}
+	sc.dq = s.getQueues()
 	t := s.now()
 	v, now := s.view.Load(), int64(t.Sub(s.epoch))
 	l := s.loadLB(v, now, max(1, int64(t.Sub(s.lbEpoch))+1))
@@ -164,6 +202,11 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		switch {
 		case !ok:
 			sc.drops[why]++
+		case out == nil && r.security && dst == mldRouters:
+			// Every container reports its groups when its link comes
+			// up (2-3 frames each after a daemon restart); flooded,
+			// each cost a write to every port, and nobody listens.
+			sc.drops[dropMLDReport]++
 		case out == nil && r.storm && !sc.stormAllow(now, s.stormGap):
 			sc.drops[dropStorm]++
 		case out == nil:
@@ -182,6 +225,8 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		}
 	}
 	r.flush(offset)
+	s.putQueues(sc.dq)
+	sc.dq = nil
 	sc.ngen = 0
 	if len(sc.learn) > 0 {
 		s.commitLearned(r, now)
@@ -247,7 +292,7 @@ func (r *Port) route(v *view, dst packet.MAC, translated bool, now int64) (out *
 // flush writes every destination's queue with one WriteFrames call and counts the
 // outcome on the destination port.
 func (r *Port) flush(offset int) {
-	sc := &r.sc
+	sc := r.sc.dq
 	for _, p := range sc.dests {
 		q, sh := sc.q[p.id], sc.sh[p.id]
 		if c := p.capture.Load(); c != nil {

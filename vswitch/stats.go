@@ -28,6 +28,7 @@ const (
 	dropVIPRemote                  // to a VIP's MAC from a port that is not balanced (the tunnel)
 	dropIngressFull                // a new routing-mesh flow while the ingress-return table is full
 	dropIngressStray               // from the tunnel to this host's gateway-host MAC, but no reply of a flow its gateway opened
+	dropMLDReport                  // an MLDv2 report (to ff02::16) from a secured port: the overlay has no multicast router to hear it
 	numReasons
 )
 
@@ -72,6 +73,8 @@ func (r reason) String() string {
 		return "ingress-full"
 	case dropIngressStray:
 		return "ingress-stray"
+	case dropMLDReport:
+		return "mld-report"
 	}
 	return "unknown"
 }

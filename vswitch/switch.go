@@ -119,6 +119,15 @@ type Switch struct {
 	idUsed  []bool
 	hostIP  netip.Addr // this host's gateway identity (SetGatewayHost)
 	hostMAC packet.MAC
+	// held counts HoldViews not yet released: while positive, changes
+	// mark the view stale instead of publishing it.
+	held  int
+	stale bool
+
+	// queues are the free destination queues input ports borrow
+	// (getQueues); queuesMade counts the ones made, for tests.
+	queues     chan *destQueues
+	queuesMade atomic.Uint64
 
 	c switchCounters
 }
@@ -183,6 +192,7 @@ func New(cfg Config) *Switch {
 		meshTO:     cfg.IngressReturnTimeouts,
 		ports:      map[string]*Port{},
 		statics:    map[packet.MAC]staticEntry{},
+		queues:     make(chan *destQueues, freeQueues),
 	}
 	if s.aging <= 0 {
 		s.aging = int64(300 * time.Second)
@@ -322,6 +332,10 @@ func (s *Switch) RemovePort(r *Port) {
 
 // publish builds and installs a new view. s.mu is held.
 func (s *Switch) publish() {
+	if s.held > 0 {
+		s.stale = true
+		return
+	}
 	v := &view{
 		fdb: make(map[packet.MAC]*Port, len(s.statics)),
 		arp: make(map[netip.Addr]packet.MAC, len(s.statics)+1),
@@ -351,6 +365,28 @@ func (s *Switch) publish() {
 		v.arp[s.hostIP] = s.hostMAC
 	}
 	s.view.Store(v)
+}
+
+// HoldViews defers publishing the forwarding view: the control-plane
+// changes made until release (adding a thousand ports at a restart) are
+// published once, by release, instead of once each, which costs a copy
+// of the whole table per change. Until then the data path forwards with
+// the view from before the hold. Holds nest; release is idempotent.
+func (s *Switch) HoldViews() (release func()) {
+	s.mu.Lock()
+	s.held++
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.held--; s.held == 0 && s.stale {
+				s.stale = false
+				s.publish()
+			}
+		})
+	}
 }
 
 // Close stops forwarding: later Input calls drop their frames as

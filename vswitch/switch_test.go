@@ -348,3 +348,31 @@ func TestDropReasons(t *testing.T) {
 		t.Errorf("port c %+v", ps)
 	}
 }
+
+// TestHoldViewsPublishesOnce: ports added under HoldViews reach the data
+// path together when it is released, with one new view instead of one per
+// port (a restart with 1,000 containers copied the table 1,000 times).
+func TestHoldViewsPublishesOnce(t *testing.T) {
+	s := New(Config{Name: "web"})
+	addPort(t, s, discard{}, PortConfig{Name: "first", MAC: packet.MAC{2, 0, 0, 0, 0, 1}})
+	before := s.view.Load()
+	release := s.HoldViews()
+	inner := s.HoldViews()
+	for i := range 100 {
+		addPort(t, s, discard{}, PortConfig{Name: fmt.Sprintf("p%d", i), MAC: packet.MAC{2, 0, 0, 0, 1, byte(i)}})
+	}
+	inner()
+	inner() // idempotent: must not release the outer hold
+	if s.view.Load() != before {
+		t.Fatal("a view was published while held")
+	}
+	release()
+	v := s.view.Load()
+	if v == before || len(v.ports) != 101 || len(v.fdb) != 101 {
+		t.Fatalf("after release: new view %v, %d ports, %d FDB entries; want a new view with 101 of each", v != before, len(v.ports), len(v.fdb))
+	}
+	addPort(t, s, discard{}, PortConfig{Name: "after", MAC: packet.MAC{2, 0, 0, 0, 2, 1}})
+	if s.view.Load() == v {
+		t.Fatal("a change after the release was not published")
+	}
+}

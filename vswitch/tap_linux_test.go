@@ -212,7 +212,9 @@ func TestTAPToTAPWithOffloads(t *testing.T) {
 	if s2.TxErrors != 0 || s1.RxDropGSO != 0 || s1.RxDropBad != 0 {
 		t.Errorf("TAP errors: sender %+v receiver %+v", s1, s2)
 	}
-	if st := s.Stats(); len(st.Drops) != 0 {
+	st := s.Stats()
+	delete(st.Drops, "mld-report") // the kernels' own MLD reports as the links come up: dropped by design
+	if len(st.Drops) != 0 {
 		t.Errorf("switch drops %v", st.Drops)
 	}
 }

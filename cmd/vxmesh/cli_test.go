@@ -120,6 +120,7 @@ func TestUsageErrorsExit2OnOneLineWithFullCommand(t *testing.T) {
 		{[]string{"key", "export"}, "vxmesh key export: want --wireshark"},
 		{[]string{"daemon", "--data-port", "0"}, "vxmesh daemon: --data-port 0: out of range"},
 		{[]string{"daemon", "--metrics-addr", "9100"}, `vxmesh daemon: --metrics-addr "9100": want HOST:PORT`},
+		{[]string{"daemon", "--debug-addr", "6060"}, `vxmesh daemon: --debug-addr "6060": want HOST:PORT`},
 		{[]string{"daemon", "--docker-host", "tcp://127.0.0.1:2375"}, `vxmesh daemon: --docker-host (or $DOCKER_HOST): docker host "tcp://127.0.0.1:2375": only unix:// sockets are supported, not tcp://`},
 		{[]string{"help", "nope"}, `vxmesh help: unknown command "nope"`},
 		{[]string{"help", "ps", "extra"}, `vxmesh help: unknown argument "extra" after "ps"`},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -21,6 +22,7 @@ import (
 	"github.com/vxmesh/vxmesh/dns"
 	"github.com/vxmesh/vxmesh/dockerplugin"
 	"github.com/vxmesh/vxmesh/gateway"
+	"github.com/vxmesh/vxmesh/internal/debugserver"
 	"github.com/vxmesh/vxmesh/internal/fdlimit"
 	"github.com/vxmesh/vxmesh/internal/sdnotify"
 	"github.com/vxmesh/vxmesh/lb"
@@ -50,6 +52,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dockerPluginSocket := fs.String("docker-plugin-socket", dockerplugin.DefaultSocket, "the plugin's socket with --docker-plugin; Docker knows the driver by the socket's name (vxmesh.sock: -d vxmesh)")
 	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) and published-port flows open at once on this host; more are refused")
 	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
+	debugAddr := fs.String("debug-addr", "", "HOST:PORT to serve Go runtime profiles on at /debug/pprof/ and memory statistics at /debug/memstats (plain HTTP, unauthenticated: bind to loopback; default: off)")
 	ctMax := fs.Int("conntrack-max", lb.DefaultMax, "entries of the service connection table (least recently used evicted when full)")
 	ctTimeouts := fs.String("conntrack-timeouts", "", "service connection timeouts as `NAME=DURATION,...`: "+strings.Join(conntrackTimeoutNames(), ", ")+
 		" (defaults tcp-established=24h, tcp-syn=30s, tcp-closing=2m, tcp-close=10s, udp=120s, icmp=30s, syn-retry=900ms, eject=10s)")
@@ -117,6 +120,11 @@ func cmdDaemon(env *cliEnv, args []string) error {
 			return usagef("--metrics-addr %q: want HOST:PORT", *metricsAddr)
 		}
 	}
+	if *debugAddr != "" {
+		if _, port, err := net.SplitHostPort(*debugAddr); err != nil || port == "" {
+			return usagef("--debug-addr %q: want HOST:PORT", *debugAddr)
+		}
+	}
 	var peers []string
 	for _, p := range strings.Split(*join, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -135,6 +143,13 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level}))
 	raiseOpenFiles(log)
+	if *debugAddr != "" {
+		stopDebug, err := serveDebug(*debugAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopDebug()
+	}
 	d, err := daemon.New(daemon.Config{
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
@@ -195,6 +210,23 @@ func serveDockerPlugin(ctx context.Context, d *daemon.Daemon, dockerSocket, sock
 		done <- err
 	}()
 	return done, nil
+}
+
+// serveDebug serves the runtime's profiles and memory statistics
+// (internal/debugserver) on addr until stop is called.
+func serveDebug(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("debug address %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: debugserver.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+			log.Error("debug listener", "err", err)
+		}
+	}()
+	log.Info("debug listener", "addr", ln.Addr().String())
+	return func() { srv.Close() }, nil
 }
 
 // notify tells systemd (a Type=notify unit) the daemon's state; outside

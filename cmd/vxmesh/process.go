@@ -103,6 +103,9 @@ func monitorMain(args []string) int {
 	// Errors are not reported: the command runs, and nobody listens to
 	// the monitor any more once the CLI has returned.
 	client.MainProcess(name, api.MainProcess{PID: pid})
+	// The monitor lives as long as the command: it must not keep the
+	// daemon holding its idle connection (one per container) meanwhile.
+	client.CloseIdleConnections()
 	fmt.Fprintf(status, "pid %d\n", pid)
 	status.Close()
 	code := sandbox.ExitStatus(c.Wait())
