@@ -475,22 +475,7 @@ func (x *dnsIndex) buildAnswers() *dns.Answers {
 	}
 	for _, askers := range groups {
 		asker := askers[0]
-		var names []string
-		var addrs []netip.Addr
-		for _, n := range x.networks[asker] {
-			for name := range x.names[n] {
-				names = append(names, name, name+"."+n)
-			}
-			for name := range x.services[n] {
-				names = append(names, name, name+"."+n)
-			}
-			for ip := range x.ptrs[n] {
-				addrs = append(addrs, ip)
-			}
-			for ip := range x.vips[n] {
-				addrs = append(addrs, ip)
-			}
-		}
+		names, addrs := x.groupNames(x.networks[asker])
 		a.Add(askers, names, addrs,
 			func(name string) (dns.Records, bool) { return x.lookupName(asker, name) },
 			func(ip netip.Addr) ([]string, uint32) { return x.lookupAddr(asker, ip) })
