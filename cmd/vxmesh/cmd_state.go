@@ -63,6 +63,9 @@ func printStats(w io.Writer, s api.Stats) error {
 	if len(s.TunnelDrops) > 0 {
 		fmt.Fprintf(w, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
 	}
+	if len(s.GossipDrops) > 0 {
+		fmt.Fprintf(w, "Gossip: %s\n", formatDrops(s.GossipDrops))
+	}
 	c := s.Conntrack
 	fmt.Fprintf(w, "Conntrack: %d of %d entries, %d evictions, drops %s\n", c.Entries, c.Max, c.Evictions, formatDrops(c.Drops))
 	if len(s.Services) > 0 {
