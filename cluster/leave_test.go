@@ -15,34 +15,7 @@ func TestLeaveBounded(t *testing.T) {
 		c.TCPTimeout = 10 * time.Second
 		c.ProbeInterval = 10 * time.Second // n2 stays alive to n1 meanwhile
 	})
-	port := nodes[1].port
-	nodes[1].Close()
-	// Its gossip port now accepts nothing: a listener with a backlog of
-	// 0 whose queue is full drops every further SYN.
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(fd)
-	syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Skipf("cannot take the stopped peer's port: %v", err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	filled := false
-	for range 4 {
-		c, err := net.DialTimeout("tcp4", nodes[1].addr(), 200*time.Millisecond)
-		if err != nil {
-			filled = true
-			break
-		}
-		defer c.Close()
-	}
-	if !filled {
-		t.Skip("the listener's queue never filled")
-	}
+	blackhole(t, nodes[1])
 	if memberState(nodes[0], "n2") != StateAlive {
 		t.Skip("n1 already saw n2 fail")
 	}
@@ -57,27 +30,7 @@ func TestLeaveBounded(t *testing.T) {
 // does not hold Close for the dial's TCPTimeout.
 func TestCloseBounded(t *testing.T) {
 	nodes := startCluster(t, mustKey(t), 2, func(c *Config) { c.TCPTimeout = 10 * time.Second })
-	port := nodes[1].port
-	nodes[1].Close()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(fd)
-	syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Skipf("cannot take the stopped peer's port: %v", err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	for range 4 {
-		c, err := net.DialTimeout("tcp4", nodes[1].addr(), 200*time.Millisecond)
-		if err != nil {
-			break
-		}
-		defer c.Close()
-	}
+	blackhole(t, nodes[1])
 	waitFor(t, 10*time.Second, "a rejoin of the lost peer in progress", func() bool {
 		return memberState(nodes[0], "n2") != StateAlive && nodes[0].reconnectOn.Load()
 	})
@@ -86,4 +39,35 @@ func TestCloseBounded(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("Close took %v with a rejoin stuck dialling", d)
 	}
+}
+
+// blackhole stops n and takes its gossip port with a listener whose queue
+// is full, so that every further SYN to it is dropped: a peer that stopped
+// answering TCP. The test is skipped if the port cannot be taken or the
+// queue does not fill.
+func blackhole(t *testing.T, n *testNode) {
+	t.Helper()
+	n.Close()
+	// A listener with a backlog of 0 whose queue is full drops every
+	// further SYN.
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: n.port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Skipf("cannot take the stopped peer's port: %v", err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		c, err := net.DialTimeout("tcp4", n.addr(), 200*time.Millisecond)
+		if err != nil {
+			return
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Skip("the listener's queue never filled")
 }
