@@ -501,6 +501,7 @@ func (d *Daemon) reserveIPFor(owner string, n *localNetwork, a netip.Addr) {
 		d.reservedIPs[n.rec.Name] = map[netip.Addr]string{}
 	}
 	d.reservedIPs[n.rec.Name][a] = owner
+	d.blocks.inUse(n.rec.Name, a)
 }
 
 // maxFreshBlocks bounds how many new blocks one allocation claims.

@@ -204,6 +204,17 @@ func (t *blockTracker) isReleasing(network string, a netip.Addr) bool {
 	return false
 }
 
+// inUse notes that a of network is taken again: the hold-down of its
+// block starts over from the next time it is found empty; callers hold
+// d.mu.
+func (t *blockTracker) inUse(network string, a netip.Addr) {
+	for r := range t.emptySince {
+		if r.network == network && r.block.Contains(a) {
+			delete(t.emptySince, r)
+		}
+	}
+}
+
 // setBusy counts an allocation on network in (+1) or out (-1); callers
 // hold d.mu.
 func (t *blockTracker) setBusy(network string, delta int) {
