@@ -113,7 +113,10 @@ func pawsTimewait(t *testing.T, path string) int {
 // takes the new SYN at once (every host's gateway derives TCP timestamps
 // and ISNs from the cluster key and wall-clock time), instead of dropping
 // it for an older timestamp (PAWS) until the SYN is retransmitted a
-// second later. Both ways between two ingress hosts, backend on a third.
+// second later. Both ways between two ingress hosts, backend on a third;
+// from one of them to the backend's own host (whose switch must then
+// give the backend's replies to its own gateway, not to the previous
+// ingress host) and from there to the other.
 func TestRoutingMeshClientPortReuse(t *testing.T) {
 	es := newCluster(t, 3)
 	h1, h2, h3 := es[0], es[1], es[2]
@@ -139,7 +142,7 @@ func TestRoutingMeshClientPortReuse(t *testing.T) {
 		c.Close()
 	}
 	ns := h3.h.ContainerNetnsPath("b3")
-	for i, path := range [][2]*env{{h1, h2}, {h2, h1}} {
+	for i, path := range [][2]*env{{h1, h2}, {h2, h1}, {h1, h3}, {h3, h2}} {
 		port := 41000 + i
 		a, b := path[0].h, path[1].h
 		took, line, err := byeFrom(peer, port, a.Addr+":8080")
