@@ -232,9 +232,12 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 // ownClients gives each row that keeps the client's address (run -p and
 // the mesh rows) an outside client namespace of its own. They all reach
 // the same backend port, so with one client a port wrk reused from an
-// earlier row within the backend's TIME-WAIT (60 s) would meet a SYN from
-// another TCP stack (another gateway) whose timestamp the backend may take
-// for older (PAWS) and drop: that row would measure SYN retransmissions.
+// earlier row within the backend's TIME-WAIT (60 s) could meet a SYN whose
+// timestamp the backend takes for older (PAWS) and drops: that row would
+// measure SYN retransmissions. Every gateway derives its timestamps from
+// the cluster key on wall-clock time (gateway/tcpsync.go), but the offset
+// hashes the addresses dialled: run -p dials the container, the mesh the
+// VIP.
 // The routers' rows connect from their own addresses and keep bed.client.
 func ownClients(tb *testbed.Testbed, rows []PublishRow) error {
 	for i := range rows {
