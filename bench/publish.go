@@ -31,12 +31,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -80,9 +82,15 @@ type PublishRow struct {
 	InBps, OutBps    float64
 	InRetr, OutRetr  int64
 	Close, KeepAlive WrkResult
-	Err              error
+	// CPUPerConn is the CPU time (user + system) the row's forwarding
+	// processes (cpuPIDs: the daemons, HAProxy) spent per request of the
+	// Connection: close run; zero when the row has none (nftables: the
+	// kernel's softirqs, nobody's).
+	CPUPerConn time.Duration
+	Err        error
 
-	client string // netns path of the outside client this row measures from
+	client  string // netns path of the outside client this row measures from
+	cpuPIDs []int
 }
 
 // publishBed is the section's testbed.
@@ -218,11 +226,15 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	for i := range rows {
 		rows[i].HTTPPort, rows[i].IperfPort, rows[i].client = httpPort, iperfPort, bed.client
 	}
+	rows[0].cpuPIDs = []int{h.DaemonPID()}
+	if n := len(bed.ps.cmds); n > 0 {
+		rows[1].cpuPIDs = []int{bed.ps.cmds[n-1].Process.Pid} // nsenter execs haproxy
+	}
 	rows = append(rows,
 		PublishRow{Name: rowPubMeshLocal, Desc: "routing mesh on the backend's host: host socket -> gateway netstack -> container (client's address kept)",
-			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort},
+			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, cpuPIDs: []int{h.DaemonPID()}},
 		PublishRow{Name: rowPubMeshRemote, Desc: "routing mesh on a host without a backend: ingress -> tunnel -> backend's host -> container, replies steered back",
-			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort})
+			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, cpuPIDs: []int{h.DaemonPID(), bed.ingress.DaemonPID()}})
 	if err = ownClients(tb, rows); err != nil {
 		return nil, nil, err
 	}
@@ -406,14 +418,19 @@ func measurePublished(ctx context.Context, cfg config, client string, r *Publish
 		}
 		args = append(args, "http://"+http+"/")
 		fmt.Fprintf(log, "  %s: wrk %s\n", r.Name, strings.Join(args, " "))
+		cpu0, cerr := cpuTime(r.cpuPIDs)
 		wr, err := runWrk(ctx, client, args)
 		if err != nil {
 			return err
 		}
+		cpu1, cerr1 := cpuTime(r.cpuPIDs)
 		if keepAlive {
 			r.KeepAlive = wr
 		} else {
 			r.Close = wr
+			if cerr == nil && cerr1 == nil && wr.Requests > 0 {
+				r.CPUPerConn = (cpu1 - cpu0) / time.Duration(wr.Requests)
+			}
 		}
 	}
 	return nil
@@ -424,16 +441,20 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBef
 	fmt.Fprintf(out, "\npublished port, 2 hosts: outside client -> one container on h1 (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
 		mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\treq/s (keep-alive)\tp99\twrk errors\t")
+	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\tCPU/conn\treq/s (keep-alive)\tp99\twrk errors\t")
 	by := map[string]PublishRow{}
 	for _, r := range rows {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
+			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
 			continue
 		}
 		by[r.Name] = r
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
-			r.Close.RequestsPerSec, fmtMs(r.Close.P99), r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
+		cpu := "-"
+		if r.CPUPerConn > 0 {
+			cpu = fmt.Sprintf("%.3f ms", float64(r.CPUPerConn)/1e6)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
+			r.Close.RequestsPerSec, fmtMs(r.Close.P99), cpu, r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
@@ -487,4 +508,48 @@ func publishRatios(by map[string]PublishRow) []egressRatio {
 		}
 	}
 	return res
+}
+
+// cpuTime returns the CPU time (user + system, every thread) the
+// processes pids have used, from /proc/PID/stat (clock ticks of 10 ms).
+func cpuTime(pids []int) (time.Duration, error) {
+	if len(pids) == 0 {
+		return 0, errors.New("no process")
+	}
+	var sum time.Duration
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0, err
+		}
+		t, err := parseStatCPU(string(b))
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		sum += t
+	}
+	return sum, nil
+}
+
+// clockTick is USER_HZ, the unit of /proc/PID/stat's times (100 on
+// every Linux architecture that matters here).
+const clockTick = 10 * time.Millisecond
+
+// parseStatCPU returns utime + stime of a /proc/PID/stat line.
+func parseStatCPU(stat string) (time.Duration, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("no command name")
+	}
+	f := strings.Fields(stat[i+1:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%d fields", len(f)+2)
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	k, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil || u > 1<<40 || k > 1<<40 {
+		return 0, fmt.Errorf("bad utime %q or stime %q", f[11], f[12])
+	}
+	return time.Duration(u+k) * clockTick, nil
 }
