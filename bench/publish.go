@@ -82,15 +82,18 @@ type PublishRow struct {
 	InBps, OutBps    float64
 	InRetr, OutRetr  int64
 	Close, KeepAlive WrkResult
-	// CPUPerConn is the CPU time (user + system) the row's forwarding
-	// processes (cpuPIDs: the daemons, HAProxy) spent per request of the
-	// Connection: close run; zero when the row has none (nftables: the
-	// kernel's softirqs, nobody's).
-	CPUPerConn time.Duration
-	Err        error
+	// DaemonCPU and ProxyCPU are the CPU time (user + system) per
+	// request of the Connection: close run of the vxmesh daemons (every
+	// row's frames to and from the container cross h1's switch: the
+	// routers' rows too, their namespaces being containers on the
+	// overlay; the TAP writes carry the receiving kernel's TCP work) and
+	// of HAProxy; zero: not measured.
+	DaemonCPU, ProxyCPU time.Duration
+	Err                 error
 
-	client  string // netns path of the outside client this row measures from
-	cpuPIDs []int
+	client     string // netns path of the outside client this row measures from
+	daemonPIDs []int
+	proxyPIDs  []int
 }
 
 // publishBed is the section's testbed.
@@ -226,15 +229,17 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	for i := range rows {
 		rows[i].HTTPPort, rows[i].IperfPort, rows[i].client = httpPort, iperfPort, bed.client
 	}
-	rows[0].cpuPIDs = []int{h.DaemonPID()}
+	for i := range rows {
+		rows[i].daemonPIDs = []int{h.DaemonPID()}
+	}
 	if n := len(bed.ps.cmds); n > 0 {
-		rows[1].cpuPIDs = []int{bed.ps.cmds[n-1].Process.Pid} // nsenter execs haproxy
+		rows[1].proxyPIDs = []int{bed.ps.cmds[n-1].Process.Pid} // nsenter execs haproxy
 	}
 	rows = append(rows,
 		PublishRow{Name: rowPubMeshLocal, Desc: "routing mesh on the backend's host: host socket -> gateway netstack -> container (client's address kept)",
-			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, cpuPIDs: []int{h.DaemonPID()}},
+			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, daemonPIDs: []int{h.DaemonPID()}},
 		PublishRow{Name: rowPubMeshRemote, Desc: "routing mesh on a host without a backend: ingress -> tunnel -> backend's host -> container, replies steered back",
-			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, cpuPIDs: []int{h.DaemonPID(), bed.ingress.DaemonPID()}})
+			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, daemonPIDs: []int{h.DaemonPID(), bed.ingress.DaemonPID()}})
 	if err = ownClients(tb, rows); err != nil {
 		return nil, nil, err
 	}
@@ -418,18 +423,25 @@ func measurePublished(ctx context.Context, cfg config, client string, r *Publish
 		}
 		args = append(args, "http://"+http+"/")
 		fmt.Fprintf(log, "  %s: wrk %s\n", r.Name, strings.Join(args, " "))
-		cpu0, cerr := cpuTime(r.cpuPIDs)
+		d0, derr0 := cpuTime(r.daemonPIDs)
+		p0, perr0 := cpuTime(r.proxyPIDs)
 		wr, err := runWrk(ctx, client, args)
 		if err != nil {
 			return err
 		}
-		cpu1, cerr1 := cpuTime(r.cpuPIDs)
+		d1, derr1 := cpuTime(r.daemonPIDs)
+		p1, perr1 := cpuTime(r.proxyPIDs)
 		if keepAlive {
 			r.KeepAlive = wr
 		} else {
 			r.Close = wr
-			if cerr == nil && cerr1 == nil && wr.Requests > 0 {
-				r.CPUPerConn = (cpu1 - cpu0) / time.Duration(wr.Requests)
+			if n := time.Duration(wr.Requests); n > 0 {
+				if derr0 == nil && derr1 == nil {
+					r.DaemonCPU = (d1 - d0) / n
+				}
+				if perr0 == nil && perr1 == nil {
+					r.ProxyCPU = (p1 - p0) / n
+				}
 			}
 		}
 	}
@@ -441,20 +453,16 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBef
 	fmt.Fprintf(out, "\npublished port, 2 hosts: outside client -> one container on h1 (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
 		mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\tCPU/conn\treq/s (keep-alive)\tp99\twrk errors\t")
+	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\tCPU/conn daemon\tproxy\treq/s (keep-alive)\tp99\twrk errors\t")
 	by := map[string]PublishRow{}
 	for _, r := range rows {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
+			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
 			continue
 		}
 		by[r.Name] = r
-		cpu := "-"
-		if r.CPUPerConn > 0 {
-			cpu = fmt.Sprintf("%.3f ms", float64(r.CPUPerConn)/1e6)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
-			r.Close.RequestsPerSec, fmtMs(r.Close.P99), cpu, r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
+			r.Close.RequestsPerSec, fmtMs(r.Close.P99), fmtCPU(r.DaemonCPU), fmtCPU(r.ProxyCPU), r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
@@ -508,6 +516,14 @@ func publishRatios(by map[string]PublishRow) []egressRatio {
 		}
 	}
 	return res
+}
+
+// fmtCPU formats a CPU time per connection, "-" if not measured.
+func fmtCPU(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f ms", float64(d)/1e6)
 }
 
 // cpuTime returns the CPU time (user + system, every thread) the
