@@ -25,7 +25,8 @@ package main
 // -mtu; the client is an underlay namespace ("out"). Per row: iperf3 TCP client -> container
 // (the direction the gateway's stack sends to the container) and
 // container -> client (-R), new connections per second (wrk
-// Connection: close) and keep-alive requests per second. Rows are
+// Connection: close, with the CPU time per connection of the daemons and
+// of HAProxy) and keep-alive requests per second. Rows are
 // PublishRow values measured by measurePublished, which takes any
 // published address, so a routing-mesh row is one more row.
 

@@ -94,7 +94,7 @@ func TestTCPSecretAcrossGateways(t *testing.T) {
 	isnB, tsB := synOf(t, b, src, dst)
 	elapsed := time.Since(start)
 	if d := int32(tsB - tsA); d < 20 || time.Duration(d)*time.Millisecond > elapsed+time.Millisecond {
-		t.Errorf("TSval %d on host A then %d on host B %s later: want B ahead by the time between (%s)", tsA, tsB, elapsed, elapsed)
+		t.Errorf("TSval %d on host A then %d on host B, within %s: want B ahead by the milliseconds between the SYNs (20 ms or more)", tsA, tsB, elapsed)
 	}
 	// gVisor's ISN clock ticks every 64 ns.
 	if d := int64(int32(isnB - isnA)); d < int64(20*time.Millisecond)>>6 || d > int64(elapsed+time.Millisecond)>>6 {
