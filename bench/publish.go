@@ -25,18 +25,21 @@ package main
 // -mtu; the client is an underlay namespace ("out"). Per row: iperf3 TCP client -> container
 // (the direction the gateway's stack sends to the container) and
 // container -> client (-R), new connections per second (wrk
-// Connection: close) and keep-alive requests per second. Rows are
+// Connection: close, with the CPU time per connection of the daemons and
+// of HAProxy) and keep-alive requests per second. Rows are
 // PublishRow values measured by measurePublished, which takes any
 // published address, so a routing-mesh row is one more row.
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -80,9 +83,18 @@ type PublishRow struct {
 	InBps, OutBps    float64
 	InRetr, OutRetr  int64
 	Close, KeepAlive WrkResult
-	Err              error
+	// DaemonCPU and ProxyCPU are the CPU time (user + system) per
+	// request of the Connection: close run of the vxmesh daemons (every
+	// row's frames to and from the container cross h1's switch: the
+	// routers' rows too, their namespaces being containers on the
+	// overlay; the TAP writes carry the receiving kernel's TCP work) and
+	// of HAProxy; zero: not measured.
+	DaemonCPU, ProxyCPU time.Duration
+	Err                 error
 
-	client string // netns path of the outside client this row measures from
+	client     string // netns path of the outside client this row measures from
+	daemonPIDs []int
+	proxyPIDs  []int
 }
 
 // publishBed is the section's testbed.
@@ -218,11 +230,17 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	for i := range rows {
 		rows[i].HTTPPort, rows[i].IperfPort, rows[i].client = httpPort, iperfPort, bed.client
 	}
+	for i := range rows {
+		rows[i].daemonPIDs = []int{h.DaemonPID()}
+	}
+	if n := len(bed.ps.cmds); n > 0 {
+		rows[1].proxyPIDs = []int{bed.ps.cmds[n-1].Process.Pid} // nsenter execs haproxy
+	}
 	rows = append(rows,
 		PublishRow{Name: rowPubMeshLocal, Desc: "routing mesh on the backend's host: host socket -> gateway netstack -> container (client's address kept)",
-			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort},
+			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, daemonPIDs: []int{h.DaemonPID()}},
 		PublishRow{Name: rowPubMeshRemote, Desc: "routing mesh on a host without a backend: ingress -> tunnel -> backend's host -> container, replies steered back",
-			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort})
+			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, daemonPIDs: []int{h.DaemonPID(), bed.ingress.DaemonPID()}})
 	if err = ownClients(tb, rows); err != nil {
 		return nil, nil, err
 	}
@@ -232,9 +250,12 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 // ownClients gives each row that keeps the client's address (run -p and
 // the mesh rows) an outside client namespace of its own. They all reach
 // the same backend port, so with one client a port wrk reused from an
-// earlier row within the backend's TIME-WAIT (60 s) would meet a SYN from
-// another TCP stack (another gateway) whose timestamp the backend may take
-// for older (PAWS) and drop: that row would measure SYN retransmissions.
+// earlier row within the backend's TIME-WAIT (60 s) could meet a SYN whose
+// timestamp the backend takes for older (PAWS) and drops: that row would
+// measure SYN retransmissions. Every gateway derives its timestamps from
+// the cluster key on wall-clock time (gateway/tcpsync.go), but the offset
+// hashes the addresses dialled: run -p dials the container, the mesh the
+// VIP.
 // The routers' rows connect from their own addresses and keep bed.client.
 func ownClients(tb *testbed.Testbed, rows []PublishRow) error {
 	for i := range rows {
@@ -403,14 +424,26 @@ func measurePublished(ctx context.Context, cfg config, client string, r *Publish
 		}
 		args = append(args, "http://"+http+"/")
 		fmt.Fprintf(log, "  %s: wrk %s\n", r.Name, strings.Join(args, " "))
+		d0, derr0 := cpuTime(r.daemonPIDs)
+		p0, perr0 := cpuTime(r.proxyPIDs)
 		wr, err := runWrk(ctx, client, args)
 		if err != nil {
 			return err
 		}
+		d1, derr1 := cpuTime(r.daemonPIDs)
+		p1, perr1 := cpuTime(r.proxyPIDs)
 		if keepAlive {
 			r.KeepAlive = wr
 		} else {
 			r.Close = wr
+			if n := time.Duration(wr.Requests); n > 0 {
+				if derr0 == nil && derr1 == nil {
+					r.DaemonCPU = (d1 - d0) / n
+				}
+				if perr0 == nil && perr1 == nil {
+					r.ProxyCPU = (p1 - p0) / n
+				}
+			}
 		}
 	}
 	return nil
@@ -421,16 +454,16 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBef
 	fmt.Fprintf(out, "\npublished port, 2 hosts: outside client -> one container on h1 (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
 		mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\treq/s (keep-alive)\tp99\twrk errors\t")
+	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\tCPU/conn daemon\tproxy\treq/s (keep-alive)\tp99\twrk errors\t")
 	by := map[string]PublishRow{}
 	for _, r := range rows {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
+			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
 			continue
 		}
 		by[r.Name] = r
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
-			r.Close.RequestsPerSec, fmtMs(r.Close.P99), r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
+			r.Close.RequestsPerSec, fmtMs(r.Close.P99), fmtCPU(r.DaemonCPU), fmtCPU(r.ProxyCPU), r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
@@ -484,4 +517,56 @@ func publishRatios(by map[string]PublishRow) []egressRatio {
 		}
 	}
 	return res
+}
+
+// fmtCPU formats a CPU time per connection, "-" if not measured.
+func fmtCPU(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f ms", float64(d)/1e6)
+}
+
+// cpuTime returns the CPU time (user + system, every thread) the
+// processes pids have used, from /proc/PID/stat (clock ticks of 10 ms).
+func cpuTime(pids []int) (time.Duration, error) {
+	if len(pids) == 0 {
+		return 0, errors.New("no process")
+	}
+	var sum time.Duration
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0, err
+		}
+		t, err := parseStatCPU(string(b))
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		sum += t
+	}
+	return sum, nil
+}
+
+// clockTick is USER_HZ, the unit of /proc/PID/stat's times (100 on
+// every Linux architecture that matters here).
+const clockTick = 10 * time.Millisecond
+
+// parseStatCPU returns utime + stime of a /proc/PID/stat line.
+func parseStatCPU(stat string) (time.Duration, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("no command name")
+	}
+	f := strings.Fields(stat[i+1:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%d fields", len(f)+2)
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	k, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil || u > 1<<40 || k > 1<<40 {
+		return 0, fmt.Errorf("bad utime %q or stime %q", f[11], f[12])
+	}
+	return time.Duration(u+k) * clockTick, nil
 }

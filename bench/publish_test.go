@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 )
@@ -71,4 +72,29 @@ func TestMeshPublishedOnWaitsForEveryPortUpOnTheNode(t *testing.T) {
 	if err := meshPublishedOn(s, "h1"); err == nil {
 		t.Error("no backend known: nil error")
 	}
+}
+
+// TestParseStatCPU: utime + stime of a /proc/PID/stat line, a command
+// name with spaces and parentheses included; a short or bad line is an
+// error.
+func TestParseStatCPU(t *testing.T) {
+	line := "4242 (vx (mesh) d) S 1 4242 4242 0 -1 4194560 1234 0 0 0 150 37 0 0 20 0 12 0 100 0 0"
+	if got, err := parseStatCPU(line); err != nil || got != 1870*time.Millisecond {
+		t.Errorf("parseStatCPU: %v, %v; want 1.87s", got, err)
+	}
+	for _, bad := range []string{"", "4242 (x) S 1 2", "4242 (x) S 1 4242 4242 0 -1 4194560 1234 0 0 0 x 37"} {
+		if _, err := parseStatCPU(bad); err == nil {
+			t.Errorf("parseStatCPU(%q): no error", bad)
+		}
+	}
+}
+
+func FuzzParseStatCPU(f *testing.F) {
+	f.Add("4242 (vxmesh) S 1 4242 4242 0 -1 4194560 1234 0 0 0 150 37 0 0 20 0 12 0 100 0 0")
+	f.Add("1 ()) R")
+	f.Fuzz(func(t *testing.T, s string) {
+		if d, err := parseStatCPU(s); err == nil && d < 0 {
+			t.Fatalf("negative CPU time %v", d)
+		}
+	})
 }

@@ -316,9 +316,9 @@ func (d *Daemon) Nodes() []api.Node {
 	return out
 }
 
-// startCluster joins the gossip cluster with the cluster key (creating a
-// key in the state directory for a first, standalone node).
-func (d *Daemon) startCluster() error {
+// loadClusterKey reads the cluster key (creating a key in the state
+// directory for a first, standalone node).
+func (d *Daemon) loadClusterKey() ([]byte, error) {
 	var key []byte
 	var err error
 	if d.cfg.ClusterKeyFile != "" {
@@ -332,8 +332,13 @@ func (d *Daemon) startCluster() error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("cluster key: %w", err)
+		return nil, fmt.Errorf("cluster key: %w", err)
 	}
+	return key, nil
+}
+
+// startCluster joins the gossip cluster with the cluster key.
+func (d *Daemon) startCluster(key []byte) error {
 	cfg := cluster.Config{
 		NodeName: d.cfg.Node, BindAddr: d.cfg.Advertise, AdvertiseAddr: d.cfg.Advertise,
 		GossipPort: d.cfg.GossipPort, Key: key, NodeGrace: d.cfg.NodeGrace,

@@ -374,6 +374,17 @@ func (d *Daemon) openKernelTunnel(ul tunnel.Underlay) tunnel.SuperWriter {
 }
 
 func (d *Daemon) start() error {
+	key, err := d.loadClusterKey()
+	if err != nil {
+		return err
+	}
+	// Every host's gateways derive their TCP ISNs and timestamps from the
+	// cluster key, so a client's connections through different hosts'
+	// published ports agree for the backends (gateway/tcpsync.go).
+	tcpSecret, err := gateway.TCPSecret(key)
+	if err != nil {
+		return err
+	}
 	ul := d.cfg.Underlay
 	if ul == nil {
 		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.DataPort, RxSockets: d.cfg.RxSockets})
@@ -395,7 +406,7 @@ func (d *Daemon) start() error {
 		eul = u
 	}
 	super := d.openKernelTunnel(ul)
-	d.egress = gateway.NewEgress(gateway.EgressConfig{MaxFlows: d.cfg.EgressMaxFlows})
+	d.egress = gateway.NewEgress(gateway.EgressConfig{MaxFlows: d.cfg.EgressMaxFlows, TCPSecret: tcpSecret})
 	d.dp = dataplane.New(dataplane.Options{
 		Egress: d.egress,
 		Tunnel: tunnel.Config{
@@ -410,7 +421,7 @@ func (d *Daemon) start() error {
 		defer d.done.Done()
 		d.dp.Run(d.ctx)
 	}()
-	if err := d.startCluster(); err != nil {
+	if err := d.startCluster(key); err != nil {
 		return err
 	}
 	d.startDNS()

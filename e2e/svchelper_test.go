@@ -22,7 +22,8 @@ import (
 //	serve NAME PORT [FILE]    answer TCP and UDP on PORT: a TCP connection
 //	                          gets "NAME PEER" at once and again for every
 //	                          line it sends (the line "reset" resets it
-//	                          instead); a UDP datagram gets "NAME PEER".
+//	                          instead, "bye" closes it); a UDP datagram
+//	                          gets "NAME PEER".
 //	                          With FILE, also answer HTTP GET /health on
 //	                          PORT+1: 200, or 503 while FILE exists (the
 //	                          test flips a backend's health with it)
@@ -226,6 +227,9 @@ func helperServe(name, port string) error {
 				if sc.Text() == "reset" {
 					_ = c.(*net.TCPConn).SetLinger(0)
 					return
+				}
+				if sc.Text() == "bye" {
+					return // the backend closes first: its side ends in TIME-WAIT
 				}
 				if _, err := c.Write([]byte(line)); err != nil {
 					return

@@ -57,7 +57,11 @@
 // above but with the gateway's host address as the fallback, snat and
 // proxy-v2 from the host address (proxy-v2 writing a PROXY v2 header
 // first, AppendProxyV2); without a host address such flows are reset
-// (IngressRefused). DialTCP dials into the
+// (IngressRefused). With EgressConfig.TCPSecret (the daemon derives it
+// from the cluster key), every host's stacks take their TCP ISN and
+// timestamp secrets from it and run on wall-clock time (tcpsync.go), so a
+// client's connections through different hosts agree for the backend's
+// TIME-WAIT (PAWS) as one host's would. DialTCP dials into the
 // network from any source, a service VIP included (the switch balances
 // the gateway's frames): the routing mesh (docs/architecture.md).
 package gateway

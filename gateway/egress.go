@@ -38,6 +38,13 @@ type EgressConfig struct {
 	// its FIN was lost) ends instead of waiting for a FIN or data that
 	// never come; 0 means DefaultIngressKeepalive.
 	IngressKeepalive time.Duration
+	// TCPSecret (TCPSecret of the cluster key, the same on every host
+	// of the cluster) is what every gateway's stack derives its TCP ISNs
+	// and timestamp offsets from, on wall-clock time (tcpsync.go): a
+	// client's connections through different hosts' gateways then agree
+	// as one host's would, and the backend's TIME-WAIT takes the next
+	// one. Nil: each stack has random secrets.
+	TCPSecret []byte
 	// Dial opens the outside socket; nil means a net.Dialer. For tests.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }

@@ -88,15 +88,14 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.MAC.IsZero() || cfg.MAC.IsMulticast() {
 		return nil, fmt.Errorf("gateway %q: MAC %s is not a unicast address", cfg.Name, cfg.MAC)
 	}
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-		HandleLocal:        false,
-	})
+	s, err := newStack(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("gateway %q: %s", cfg.Name, err)
+	}
 	g := &Gateway{cfg: cfg, stack: s, flows: map[*flow]struct{}{}}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.host.Store(&hostID{})
-	err := g.setup()
+	err = g.setup()
 	if err == nil {
 		err = g.setHost(cfg.HostAddr, cfg.HostMAC)
 	}
@@ -106,6 +105,38 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway %q: %s", cfg.Name, err)
 	}
 	return g, nil
+}
+
+// newStack makes the gateway's stack. With the egress's TCPSecret, its
+// TCP takes its ISN and timestamp secrets from it and runs on wall-clock
+// time, as every gateway of the cluster does (tcpsync.go).
+func newStack(cfg Config) (*stack.Stack, error) {
+	opts := stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
+		HandleLocal:        false,
+	}
+	var secret []byte
+	if cfg.Egress != nil {
+		secret = cfg.Egress.cfg.TCPSecret
+	}
+	if secret == nil {
+		return stack.New(opts), nil
+	}
+	if len(secret) != tcpSecretLen {
+		return nil, fmt.Errorf("tcp secret of %d bytes, want %d", len(secret), tcpSecretLen)
+	}
+	rng := &secretRNG{}
+	unread := -1
+	opts.SecureRNG = rng
+	opts.Clock = newWallClock()
+	opts.TransportProtocols[0] = tcpWithSecret(rng, secret, &unread)
+	s := stack.New(opts)
+	if unread != 0 {
+		s.Close()
+		return nil, fmt.Errorf("tcp secret: gVisor's TCP left %d of its %d bytes unread (its secrets are read otherwise: see tcpsync.go)", unread, tcpSecretLen)
+	}
+	return s, nil
 }
 
 // setup creates the NIC, the address, the route and the forwarders.

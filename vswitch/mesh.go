@@ -258,6 +258,27 @@ func (t *meshTable) steer(k *meshKey, flags uint8, now int64) (packet.MAC, bool)
 	return e.mac, true
 }
 
+// drop removes k's entry, if any: the flow comes in through this host's
+// own gateway now (a client port used again through this host), which
+// must get its replies, not the ingress host of the tuple's previous use.
+func (t *meshTable) drop(k *meshKey) {
+	if t.n.Load() == 0 || t.clientSlot(k.client).Load() == 0 {
+		return
+	}
+	h := t.hash(k)
+	sh := &t.shards[h%meshShards]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	p := &sh.idx[uint32(h)&sh.mask]
+	for i := *p; i != 0; i = *p {
+		if sh.e[i].key == *k {
+			t.remove(sh, p, i)
+			return
+		}
+		p = &sh.e[i].next
+	}
+}
+
 // sweep frees the entries that expired before now and returns how many.
 func (t *meshTable) sweep(now int64) int {
 	n := 0
@@ -365,7 +386,10 @@ func (r *Port) steer(v *view, mt *meshTable, eth packet.Ethernet, now int64) (pa
 // meshIn is the routing mesh at r's input, for a frame going to one port,
 // out, that the balancer translated or not. A frame from this host's
 // gateway translated to a backend behind the tunnel leaves with this
-// host's gateway-host MAC as its source (no host MAC: "no-route"). A
+// host's gateway-host MAC as its source (no host MAC: "no-route"). A TCP
+// SYN or a UDP datagram from this host's gateway to a local port ends the
+// flow's ingress-return entry, if another host's gateway brought the
+// same tuple before: the replies are this gateway's now. A
 // frame from the tunnel whose source is another host's gateway-host MAC,
 // from an outside client's address (or the gateway address), to a local
 // port creates or refreshes the flow's ingress-return entry (a full
@@ -377,6 +401,10 @@ func (r *Port) meshIn(v *view, mt *meshTable, eth packet.Ethernet, out *Port, tr
 			return dropNoRoute, false
 		}
 		eth.SetSrc(v.hostMAC)
+	case mt != nil && r.gateway && out.security:
+		if src, dst, sport, dport, proto, flags, ok := meshFlow(eth); ok && (proto == packet.ProtoUDP || flags&(tcpSYN|tcpACK) == tcpSYN) {
+			mt.drop(&meshKey{backend: dst, client: src, bport: dport, cport: sport, proto: proto})
+		}
 	case mt != nil && !r.security && !r.gateway && out.security && len(v.gwHosts) > 0:
 		mac := eth.Src()
 		if _, ok := v.gwHosts[mac]; !ok {

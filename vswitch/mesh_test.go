@@ -160,6 +160,58 @@ func TestMeshPreserveAcrossHosts(t *testing.T) {
 	}
 }
 
+// TestMeshLocalGatewayTakesFlow: a client port that came to the backend
+// on H through I's gateway comes again (a new connection of the same
+// tuple, within the old one's closing timeout) through H's own gateway:
+// the backend's replies go to H's gateway, not back to I; the same for a
+// UDP flow.
+func TestMeshLocalGatewayTakesFlow(t *testing.T) {
+	hi, hh := newMesh(t, 0)
+	input(hi.pgw, seg{srcMAC: macGW, dstMAC: vipMAC, src: clientIP, dst: vip, sport: 40000, dport: 80, syn: true}.frame())
+	cross(hi, hh)
+	fin := seg{srcMAC: macB, dstMAC: macGW, src: ipB, dst: clientIP, sport: 8080, dport: 40000, ack: true}.frame()
+	setTCPFlags(fin, finFlag|ackFlag)
+	input(hh.pb, fin)
+	if cross(hh, hi) != 1 {
+		t.Fatal("the backend's FIN did not go back to I")
+	}
+	hh.reset()
+
+	input(hh.pgw, seg{srcMAC: macGW, dstMAC: vipMAC, src: clientIP, dst: vip, sport: 40000, dport: 80, syn: true}.frame())
+	if v := parseTCP(t, one(t, "backend", hh.b)); v.src != clientIP || v.sport != 40000 || v.dst != ipB {
+		t.Fatalf("the backend got %+v from H's gateway, want from %s:40000", v, clientIP)
+	}
+	input(hh.pb, seg{srcMAC: macB, dstMAC: macGW, src: ipB, dst: clientIP, sport: 8080, dport: 40000, syn: true, ack: true}.frame())
+	if n := len(hh.tun.Frames()); n != 0 {
+		t.Fatalf("the SYN-ACK to H's gateway's SYN went to I (%d frames through the tunnel)", n)
+	}
+	if v := parseTCP(t, one(t, "H's gateway", hh.gw)); v.src != vip || v.dst != clientIP || v.flags != synFlag|ackFlag {
+		t.Fatalf("H's gateway got %+v, want the SYN-ACK from %s", v, vip)
+	}
+	hh.reset()
+
+	input(hi.pgw, udpFrame(macGW, vipMAC, clientIP, vip, 40001, 53))
+	cross(hi, hh)
+	one(t, "backend", hh.b)
+	hh.reset()
+	input(hh.pgw, udpFrame(macGW, vipMAC, clientIP, vip, 40001, 53))
+	one(t, "backend", hh.b)
+	hh.reset()
+	input(hh.pb, udpFrame(macB, macGW, ipB, clientIP, 53, 40001))
+	if n := len(hh.tun.Frames()); n != 0 || len(hh.gw.Frames()) != 1 {
+		t.Fatalf("a UDP reply after H's gateway took the flow: %d frames to I, %d to H's gateway; want H's", n, len(hh.gw.Frames()))
+	}
+}
+
+// udpFrame is an empty UDP datagram (no checksum) from src:sport to
+// dst:dport.
+func udpFrame(srcMAC, dstMAC packet.MAC, src, dst netip.Addr, sport, dport uint16) []byte {
+	f := ipv4Frame(dstMAC, srcMAC, src, dst)
+	l4 := packet.IPv4(packet.Ethernet(f).Payload()).Payload()
+	l4[0], l4[1], l4[2], l4[3], l4[4], l4[5] = byte(sport>>8), byte(sport), byte(dport>>8), byte(dport), 0, 8
+	return f
+}
+
 // setTCPFlags sets the flags of an IPv4/TCP frame, fixing its checksum.
 func setTCPFlags(f []byte, flags uint8) {
 	ip := packet.IPv4(packet.Ethernet(f).Payload())
