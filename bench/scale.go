@@ -44,6 +44,7 @@ import (
 type scaleConfig struct {
 	hosts   int           // testbed hosts, one daemon each
 	rate    int           // endpoint changes per second of the load window
+	slots   int           // endpoint changes in flight per host at most
 	window  time.Duration // measuring window of the gossip rates
 	grace   time.Duration // --node-grace of the even hosts
 	timeout time.Duration // bound on each wait for the cluster to converge
@@ -86,17 +87,22 @@ type scaleReport struct {
 	CreateCall time.Duration // `network create` on h1
 	Network    spread
 	Fill       time.Duration // a container on every host, seen everywhere
-	Endpoint   spread
-	Rest       rates
-	Load       rates
-	LoadDone   int // endpoint changes made in the load window
-	LoadFailed int
-	LoadSkip   int    // changes not made: their host was still busy with the last
-	Settle     spread // after the load, every host back to the base set
-	Victim     string
-	FailGrace  spread // hosts with -scale-grace
-	FailDef    spread // hosts with the default --node-grace
-	Grace      time.Duration
+	// FillRunMedian and FillRunMax are the times of one first run on a
+	// host (it claims an address block); FillRetried counts the runs
+	// that failed once.
+	FillRunMedian, FillRunMax time.Duration
+	FillRetried               int
+	Endpoint                  spread
+	Rest                      rates
+	Load                      rates
+	LoadDone                  int // endpoint changes made in the load window
+	LoadFailed                int
+	LoadSkip                  int    // changes not made: their host was still busy with the last
+	Settle                    spread // after the load, every host back to the base set
+	Victim                    string
+	FailGrace                 spread // hosts with -scale-grace
+	FailDef                   spread // hosts with the default --node-grace
+	Grace                     time.Duration
 }
 
 func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
@@ -107,6 +113,11 @@ func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
 	if sc.rate < 1 || sc.window < time.Second || sc.grace <= 0 {
 		return fmt.Errorf("-scale-rate must be positive, -scale-window at least 1s, -scale-grace positive")
 	}
+	if sc.slots < 1 || sc.slots > 10 {
+		// A host's first address block (/28) holds its container, the
+		// probe and ten load containers.
+		return fmt.Errorf("-scale-inflight %d: want 1 to 10", sc.slots)
+	}
 	if err := checkScaleTools(); err != nil {
 		return err
 	}
@@ -114,8 +125,15 @@ func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
 	if err != nil {
 		return err
 	}
+	restore, err := raiseNeighLimits(neighDir, sc.hosts, log)
+	if err != nil {
+		return err
+	}
 	prefix := "vxs" + testbed.RandomID(2) + "-"
 	rep, err := runClusterScale(ctx, sc, bin, prefix, log)
+	if rerr := restore(); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
@@ -269,21 +287,44 @@ func (s *scaleRun) network(rep *scaleReport) error {
 	return nil
 }
 
+// fillParallel is how many hosts run their first container at once. Each
+// claims an address block, a round trip to every member.
+const fillParallel = 2
+
 // fill runs a container on every host and waits until every host has all
-// of them in its forwarding table.
+// of them in its forwarding table. A run that fails (its block claim not
+// confirmed in time on this loaded machine) is tried once more, and
+// counted.
 func (s *scaleRun) fill(rep *scaleReport) error {
 	t0 := time.Now()
-	err := forEachHost(s.hs, 4, func(h *scaleHost) error {
-		ep, err := h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: "c-" + h.Name, Create: true})
-		if err != nil {
-			return fmt.Errorf("%s: run: %w", h.Name, err)
+	var mu sync.Mutex
+	var took []time.Duration
+	err := forEachHost(s.hs, fillParallel, func(h *scaleHost) error {
+		for try := 0; ; try++ {
+			t := time.Now()
+			ep, err := h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: "c-" + h.Name, Create: true})
+			mu.Lock()
+			if err == nil {
+				h.mac = ep.MAC
+				took = append(took, time.Since(t))
+			} else if try == 0 {
+				rep.FillRetried++
+			}
+			mu.Unlock()
+			if err == nil {
+				return nil
+			}
+			if try > 0 {
+				return fmt.Errorf("%s: run: %w", h.Name, err)
+			}
+			fmt.Fprintf(s.log, "scale: %s: run failed after %v, trying again: %v\n", h.Name, time.Since(t).Round(time.Millisecond), err)
 		}
-		h.mac = ep.MAC
-		return nil
 	})
 	if err != nil {
 		return err
 	}
+	slices.Sort(took)
+	rep.FillRunMedian, rep.FillRunMax = took[len(took)/2], took[len(took)-1]
 	var macs []string
 	for _, h := range s.hs {
 		macs = append(macs, h.mac)
@@ -292,7 +333,8 @@ func (s *scaleRun) fill(rep *scaleReport) error {
 		return fdbHas(h, macs, nil)
 	})
 	rep.Fill = sp.Max
-	fmt.Fprintf(s.log, "scale: %d containers, each seen on every host: %v\n", len(s.hs), sp)
+	fmt.Fprintf(s.log, "scale: %d containers (each run: median %v, max %v; %d tried again), each seen on every host: %v\n",
+		len(s.hs), rep.FillRunMedian.Round(time.Millisecond), rep.FillRunMax.Round(time.Millisecond), rep.FillRetried, sp)
 	if sp.Reached < len(s.hs) {
 		return fmt.Errorf("containers not seen everywhere after %v", s.sc.timeout)
 	}
@@ -335,7 +377,7 @@ func (s *scaleRun) load(rep *scaleReport) error {
 	var lg *loadGen
 	var err error
 	rep.Load, err = s.measureRates(func() {
-		lg = runLoad(s.ctx, s.hs, s.sc.rate, s.sc.window)
+		lg = runLoad(s.ctx, s.hs, s.sc.rate, s.sc.slots, s.sc.window)
 	})
 	if err != nil {
 		return err
@@ -436,14 +478,15 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "cluster formed (daemons started one by one)\t%v\t\n", r.Start.Round(time.Millisecond))
 	fmt.Fprintf(tw, "network create on h1 (the call)\t%v\t\n", r.CreateCall.Round(time.Millisecond))
 	fmt.Fprintf(tw, "new network on every host\t%v\t\n", r.Network)
-	fmt.Fprintf(tw, "a container on every host, all seen everywhere\t%v\t\n", r.Fill.Round(time.Millisecond))
+	fmt.Fprintf(tw, "a container on every host, all seen everywhere (%d at a time)\t%v\t\n", fillParallel, r.Fill.Round(time.Millisecond))
+	fmt.Fprintf(tw, "first run on a host, with its block claim (median, max; tried again)\t%v, %v; %d\t\n", r.FillRunMedian.Round(time.Millisecond), r.FillRunMax.Round(time.Millisecond), r.FillRetried)
 	fmt.Fprintf(tw, "new endpoint in every host's forwarding table\t%v\t\n", r.Endpoint)
 	fmt.Fprintf(tw, "%s killed: its endpoint gone, --node-grace %v\t%v\t\n", r.Victim, r.Grace, r.FailGrace)
 	fmt.Fprintf(tw, "%s killed: its endpoint gone, default --node-grace\t%v\t\n", r.Victim, r.FailDef)
 	fmt.Fprintf(tw, "gossip per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, false))
 	fmt.Fprintf(tw, "underlay per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, true))
 	achieved := float64(r.LoadDone) / max(r.Load.Window.Seconds(), 1e-9)
-	fmt.Fprintf(tw, "gossip per node, %d endpoint changes/s asked, %.0f/s made (%d failed, %d skipped: host busy)\t%s\t\n", sc.rate, achieved, r.LoadFailed, r.LoadSkip, fmtRates(r.Load, false))
+	fmt.Fprintf(tw, "gossip per node, %d endpoint changes/s asked, %.0f/s made, up to %d in flight per host (%d failed, %d skipped: slot busy)\t%s\t\n", sc.rate, achieved, sc.slots, r.LoadFailed, r.LoadSkip, fmtRates(r.Load, false))
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))
 	fmt.Fprintf(tw, "after the load, every host back to the base endpoints\t%v\t\n", r.Settle)
 	tw.Flush()

@@ -248,27 +248,35 @@ func (s *scaleRun) measureRates(during func()) (rates, error) {
 	return r, nil
 }
 
-// loadGen makes endpoint changes: each tick visits the next host round
-// robin and runs a container there, or removes the one it ran on the
-// previous visit.
+// loadGen makes endpoint changes: each host has a few slots, each of which
+// runs a container, then removes it, then runs another, ...; each tick
+// visits the next slot, host by host round robin, and starts its next
+// change unless the slot's previous change is still under way.
 type loadGen struct {
-	hs []*scaleHost
+	hs    []*scaleHost
+	slots int // changes in flight per host at most
 
 	mu       sync.Mutex
-	running  map[*scaleHost]api.Endpoint // the load container of each host
-	busy     map[*scaleHost]bool
+	running  map[loadSlot]api.Endpoint // the container of each slot
+	busy     map[loadSlot]bool
 	seen     map[string]bool // MACs of every load container
 	seq      int
 	done     int
 	failed   int
-	skipped  int // ticks whose host was still busy with the previous change
+	skipped  int // ticks whose slot was still busy with the previous change
 	inFlight sync.WaitGroup
 }
 
-// runLoad makes rate changes per second for window and waits for the
-// changes in flight.
-func runLoad(ctx context.Context, hs []*scaleHost, rate int, window time.Duration) *loadGen {
-	lg := &loadGen{hs: hs, running: map[*scaleHost]api.Endpoint{}, busy: map[*scaleHost]bool{}, seen: map[string]bool{}}
+// loadSlot is one of a host's slots.
+type loadSlot struct {
+	h *scaleHost
+	i int
+}
+
+// runLoad makes rate changes per second for window, at most slots per host
+// in flight, and waits for the changes in flight.
+func runLoad(ctx context.Context, hs []*scaleHost, rate, slots int, window time.Duration) *loadGen {
+	lg := &loadGen{hs: hs, slots: slots, running: map[loadSlot]api.Endpoint{}, busy: map[loadSlot]bool{}, seen: map[string]bool{}}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	end := time.After(window)
@@ -281,21 +289,21 @@ func runLoad(ctx context.Context, hs []*scaleHost, rate int, window time.Duratio
 			lg.inFlight.Wait()
 			return lg
 		case <-tick.C:
-			lg.change(hs[i%len(hs)])
+			lg.change(loadSlot{hs[i%len(hs)], (i / len(hs)) % slots})
 		}
 	}
 }
 
-// change starts one change on h unless h is still busy.
-func (lg *loadGen) change(h *scaleHost) {
+// change starts the next change of slot s unless it is still busy.
+func (lg *loadGen) change(s loadSlot) {
 	lg.mu.Lock()
-	if lg.busy[h] {
+	if lg.busy[s] {
 		lg.skipped++
 		lg.mu.Unlock()
 		return
 	}
-	lg.busy[h] = true
-	ep, has := lg.running[h]
+	lg.busy[s] = true
+	ep, has := lg.running[s]
 	lg.seq++
 	name := "l" + strconv.Itoa(lg.seq)
 	lg.mu.Unlock()
@@ -305,22 +313,22 @@ func (lg *loadGen) change(h *scaleHost) {
 		var err error
 		var got api.Endpoint
 		if has {
-			err = h.c.RemoveContainer(ep.Name)
+			err = s.h.c.RemoveContainer(ep.Name)
 		} else {
-			got, err = h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: name, Create: true})
+			got, err = s.h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: name, Create: true})
 		}
 		lg.mu.Lock()
 		defer lg.mu.Unlock()
-		lg.busy[h] = false
+		lg.busy[s] = false
 		if err != nil {
 			lg.failed++
 			return
 		}
 		lg.done++
 		if has {
-			delete(lg.running, h)
+			delete(lg.running, s)
 		} else {
-			lg.running[h] = got
+			lg.running[s] = got
 			lg.seen[got.MAC] = true
 		}
 	}()
@@ -329,9 +337,9 @@ func (lg *loadGen) change(h *scaleHost) {
 // removeAll removes the load containers still running.
 func (lg *loadGen) removeAll() {
 	lg.mu.Lock()
-	left := make(map[*scaleHost]api.Endpoint, len(lg.running))
-	for h, ep := range lg.running {
-		left[h] = ep
+	left := make(map[*scaleHost][]loadSlot)
+	for s := range lg.running {
+		left[s.h] = append(left[s.h], s)
 	}
 	lg.mu.Unlock()
 	var hs []*scaleHost
@@ -339,12 +347,17 @@ func (lg *loadGen) removeAll() {
 		hs = append(hs, h)
 	}
 	_ = forEachHost(hs, 4, func(h *scaleHost) error {
-		if err := h.c.RemoveContainer(left[h].Name); err != nil {
-			return err
+		for _, s := range left[h] {
+			lg.mu.Lock()
+			ep := lg.running[s]
+			lg.mu.Unlock()
+			if err := h.c.RemoveContainer(ep.Name); err != nil {
+				return err
+			}
+			lg.mu.Lock()
+			delete(lg.running, s)
+			lg.mu.Unlock()
 		}
-		lg.mu.Lock()
-		delete(lg.running, h)
-		lg.mu.Unlock()
 		return nil
 	})
 }
