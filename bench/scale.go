@@ -77,6 +77,8 @@ func (s spread) String() string {
 type rates struct {
 	GossipMean, GossipMax     float64 // gossip port, IP bytes
 	UnderlayMean, UnderlayMax float64 // everything a host sent on its veth
+	CPUMean, CPUMax           float64 // a daemon's CPU, in cores
+	RSSMean, RSSMax           float64 // a daemon's RSS at the end, bytes
 	Window                    time.Duration
 }
 
@@ -288,8 +290,9 @@ func (s *scaleRun) network(rep *scaleReport) error {
 }
 
 // fillParallel is how many hosts run their first container at once. Each
-// claims an address block, a round trip to every member.
-const fillParallel = 2
+// claims an address block, a round trip to every member; two at once both
+// try the lowest free block first, and one loses a round.
+const fillParallel = 1
 
 // fill runs a container on every host and waits until every host has all
 // of them in its forwarding table. A run that fails (its block claim not
@@ -367,7 +370,7 @@ func (s *scaleRun) rest(rep *scaleReport) error {
 		case <-time.After(s.sc.window): // the measuring window
 		}
 	})
-	fmt.Fprintf(s.log, "scale: at rest: gossip %.0f B/s per node\n", rep.Rest.GossipMean)
+	fmt.Fprintf(s.log, "scale: at rest: gossip %.0f B/s per node; daemon CPU %s\n", rep.Rest.GossipMean, fmtCPU(rep.Rest))
 	return err
 }
 
@@ -485,9 +488,11 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "%s killed: its endpoint gone, default --node-grace\t%v\t\n", r.Victim, r.FailDef)
 	fmt.Fprintf(tw, "gossip per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, false))
 	fmt.Fprintf(tw, "underlay per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, true))
+	fmt.Fprintf(tw, "daemon CPU and RSS at rest (mean, max)\t%s\t\n", fmtCPU(r.Rest))
 	achieved := float64(r.LoadDone) / max(r.Load.Window.Seconds(), 1e-9)
 	fmt.Fprintf(tw, "gossip per node, %d endpoint changes/s asked, %.0f/s made, up to %d in flight per host (%d failed, %d skipped: slot busy)\t%s\t\n", sc.rate, achieved, sc.slots, r.LoadFailed, r.LoadSkip, fmtRates(r.Load, false))
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))
+	fmt.Fprintf(tw, "daemon CPU and RSS under that load (mean, max)\t%s\t\n", fmtCPU(r.Load))
 	fmt.Fprintf(tw, "after the load, every host back to the base endpoints\t%v\t\n", r.Settle)
 	tw.Flush()
 }
@@ -498,6 +503,10 @@ func fmtRates(r rates, underlay bool) string {
 		mean, mx = r.UnderlayMean, r.UnderlayMax
 	}
 	return fmt.Sprintf("%.1f KB/s, %.1f KB/s (over %v)", mean/1e3, mx/1e3, r.Window.Round(time.Millisecond))
+}
+
+func fmtCPU(r rates) string {
+	return fmt.Sprintf("%.1f%%, %.1f%% of a core; %.0f MB, %.0f MB", 100*r.CPUMean, 100*r.CPUMax, r.RSSMean/1e6, r.RSSMax/1e6)
 }
 
 // checkScaleLeaks fails if a namespace or a daemon of the run is left.

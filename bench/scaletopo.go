@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -188,12 +190,15 @@ func parseLinkRx(b []byte) (map[string]uint64, error) {
 type countersAt struct {
 	gossip   []uint64
 	gossipAt []time.Time
+	cpu      []uint64 // daemon CPU ticks
+	rss      []uint64 // daemon RSS, bytes
 	underlay map[string]uint64
 	at       time.Time
 }
 
 func (s *scaleRun) readCounters() (countersAt, error) {
-	c := countersAt{gossip: make([]uint64, len(s.hs)), gossipAt: make([]time.Time, len(s.hs))}
+	c := countersAt{gossip: make([]uint64, len(s.hs)), gossipAt: make([]time.Time, len(s.hs)),
+		cpu: make([]uint64, len(s.hs)), rss: make([]uint64, len(s.hs))}
 	var err error
 	c.at = time.Now()
 	if c.underlay, err = underlayTx(s.ctx, s.tb.Underlay); err != nil {
@@ -210,6 +215,9 @@ func (s *scaleRun) readCounters() (countersAt, error) {
 			return fmt.Errorf("%s: %w", h.Name, err)
 		}
 		c.gossip[idx[h]], c.gossipAt[idx[h]] = v, at
+		if c.cpu[idx[h]], c.rss[idx[h]], err = daemonCPU(h); err != nil {
+			return fmt.Errorf("%s: %w", h.Name, err)
+		}
 		return nil
 	})
 	return c, err
@@ -239,11 +247,18 @@ func (s *scaleRun) measureRates(during func()) (rates, error) {
 		r.GossipMean += g
 		r.UnderlayMean += u
 		r.GossipMax = max(r.GossipMax, g)
+		cpu := float64(b.cpu[i]-a.cpu[i]) / userHZ / r.Window.Seconds()
+		r.CPUMean += cpu
+		r.CPUMax = max(r.CPUMax, cpu)
+		r.RSSMean += float64(b.rss[i])
+		r.RSSMax = max(r.RSSMax, float64(b.rss[i]))
 		r.UnderlayMax = max(r.UnderlayMax, u)
 	}
 	if n > 0 {
 		r.GossipMean /= float64(n)
 		r.UnderlayMean /= float64(n)
+		r.CPUMean /= float64(n)
+		r.RSSMean /= float64(n)
 	}
 	return r, nil
 }
@@ -371,4 +386,64 @@ func (lg *loadGen) macs() []string {
 		out = append(out, m)
 	}
 	return out
+}
+
+// userHZ is the unit of the CPU times in /proc/PID/stat (USER_HZ, 100 on
+// every Linux architecture the daemon runs on).
+const userHZ = 100
+
+// parseProcStat returns utime+stime, in clock ticks, of a /proc/PID/stat.
+func parseProcStat(b []byte) (uint64, error) {
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold anything
+	if i < 0 {
+		return 0, errors.New("/proc stat: no command name")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc stat: %d fields after the command name, want at least 13", len(f))
+	}
+	u, err := strconv.ParseUint(f[11], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc stat: utime: %w", err)
+	}
+	st, err := strconv.ParseUint(f[12], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc stat: stime: %w", err)
+	}
+	return u + st, nil
+}
+
+// parseStatmRSS returns the resident pages of a /proc/PID/statm.
+func parseStatmRSS(b []byte) (uint64, error) {
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, errors.New("/proc statm: fewer than 2 fields")
+	}
+	n, err := strconv.ParseUint(f[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc statm: resident: %w", err)
+	}
+	return n, nil
+}
+
+// daemonCPU returns the CPU ticks the daemon of h has used, and its RSS
+// in bytes.
+func daemonCPU(h *scaleHost) (ticks, rss uint64, err error) {
+	pid := h.DaemonPID()
+	if pid == 0 {
+		return 0, 0, fmt.Errorf("%s: no daemon", h.Name)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	if ticks, err = parseProcStat(b); err != nil {
+		return 0, 0, err
+	}
+	if b, err = os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid)); err != nil {
+		return 0, 0, err
+	}
+	pages, err := parseStatmRSS(b)
+	return ticks, pages * uint64(os.Getpagesize()), err
 }
