@@ -99,12 +99,15 @@ type scaleReport struct {
 	Load                      rates
 	LoadDone                  int // endpoint changes made in the load window
 	LoadFailed                int
-	LoadSkip                  int    // changes not made: their host was still busy with the last
-	Settle                    spread // after the load, every host back to the base set
-	Victim                    string
-	FailGrace                 spread // hosts with -scale-grace
-	FailDef                   spread // hosts with the default --node-grace
-	Grace                     time.Duration
+	LoadSkip                  int // changes not made: their host was still busy with the last
+	// LoadTookMedian and LoadTookMax are the times of one change (its API
+	// call: a container run or removed).
+	LoadTookMedian, LoadTookMax time.Duration
+	Settle                      spread // after the load, every host back to the base set
+	Victim                      string
+	FailGrace                   spread // hosts with -scale-grace
+	FailDef                     spread // hosts with the default --node-grace
+	Grace                       time.Duration
 }
 
 func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
@@ -386,7 +389,12 @@ func (s *scaleRun) load(rep *scaleReport) error {
 		return err
 	}
 	rep.LoadDone, rep.LoadFailed, rep.LoadSkip = lg.done, lg.failed, lg.skipped
-	fmt.Fprintf(s.log, "scale: under load: %d changes (%d failed) in %v, gossip %.0f B/s per node\n", lg.done, lg.failed, s.sc.window, rep.Load.GossipMean)
+	if len(lg.took) > 0 {
+		slices.Sort(lg.took)
+		rep.LoadTookMedian, rep.LoadTookMax = lg.took[len(lg.took)/2], lg.took[len(lg.took)-1]
+	}
+	fmt.Fprintf(s.log, "scale: under load: %d changes (%d failed, %d skipped) started in %v, each took median %v, max %v; gossip %.0f B/s per node over %v\n",
+		lg.done, lg.failed, lg.skipped, s.sc.window, rep.LoadTookMedian.Round(time.Millisecond), rep.LoadTookMax.Round(time.Millisecond), rep.Load.GossipMean, rep.Load.Window.Round(time.Millisecond))
 	t0 := time.Now()
 	lg.removeAll()
 	base := []string{s.probe}
@@ -489,8 +497,12 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "gossip per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, false))
 	fmt.Fprintf(tw, "underlay per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, true))
 	fmt.Fprintf(tw, "daemon CPU and RSS at rest (mean, max)\t%s\t\n", fmtCPU(r.Rest))
+	started := float64(r.LoadDone) / sc.window.Seconds()
 	achieved := float64(r.LoadDone) / max(r.Load.Window.Seconds(), 1e-9)
-	fmt.Fprintf(tw, "gossip per node, %d endpoint changes/s asked, %.0f/s made, up to %d in flight per host (%d failed, %d skipped: slot busy)\t%s\t\n", sc.rate, achieved, sc.slots, r.LoadFailed, r.LoadSkip, fmtRates(r.Load, false))
+	fmt.Fprintf(tw, "endpoint changes: %d/s asked for %v, up to %d in flight per host\t%d made (%.1f/s started, %.1f/s over the window until the last ended); %d failed; %d not started (slot busy)\t\n",
+		sc.rate, sc.window, sc.slots, r.LoadDone, started, achieved, r.LoadFailed, r.LoadSkip)
+	fmt.Fprintf(tw, "one change (a container run or removed), median, max\t%v, %v\t\n", r.LoadTookMedian.Round(time.Millisecond), r.LoadTookMax.Round(time.Millisecond))
+	fmt.Fprintf(tw, "gossip per node under those changes (mean, max)\t%s\t\n", fmtRates(r.Load, false))
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))
 	fmt.Fprintf(tw, "daemon CPU and RSS under that load (mean, max)\t%s\t\n", fmtCPU(r.Load))
 	fmt.Fprintf(tw, "after the load, every host back to the base endpoints\t%v\t\n", r.Settle)

@@ -200,10 +200,13 @@ func (s *scaleRun) readCounters() (countersAt, error) {
 	c := countersAt{gossip: make([]uint64, len(s.hs)), gossipAt: make([]time.Time, len(s.hs)),
 		cpu: make([]uint64, len(s.hs)), rss: make([]uint64, len(s.hs))}
 	var err error
-	c.at = time.Now()
+	// Each reading is timed at the middle of the command that made it: on
+	// a loaded machine a command takes a good part of a second.
+	t := time.Now()
 	if c.underlay, err = underlayTx(s.ctx, s.tb.Underlay); err != nil {
 		return c, err
 	}
+	c.at = t.Add(time.Since(t) / 2)
 	idx := map[*scaleHost]int{}
 	for i, h := range s.hs {
 		idx[h] = i
@@ -214,7 +217,7 @@ func (s *scaleRun) readCounters() (countersAt, error) {
 		if err != nil {
 			return fmt.Errorf("%s: %w", h.Name, err)
 		}
-		c.gossip[idx[h]], c.gossipAt[idx[h]] = v, at
+		c.gossip[idx[h]], c.gossipAt[idx[h]] = v, at.Add(time.Since(at)/2)
 		if c.cpu[idx[h]], c.rss[idx[h]], err = daemonCPU(h); err != nil {
 			return fmt.Errorf("%s: %w", h.Name, err)
 		}
@@ -278,7 +281,8 @@ type loadGen struct {
 	seq      int
 	done     int
 	failed   int
-	skipped  int // ticks whose slot was still busy with the previous change
+	skipped  int             // ticks whose slot was still busy with the previous change
+	took     []time.Duration // of each change made, its API call
 	inFlight sync.WaitGroup
 }
 
@@ -327,6 +331,7 @@ func (lg *loadGen) change(s loadSlot) {
 		defer lg.inFlight.Done()
 		var err error
 		var got api.Endpoint
+		t0 := time.Now()
 		if has {
 			err = s.h.c.RemoveContainer(ep.Name)
 		} else {
@@ -340,6 +345,7 @@ func (lg *loadGen) change(s loadSlot) {
 			return
 		}
 		lg.done++
+		lg.took = append(lg.took, time.Since(t0))
 		if has {
 			delete(lg.running, s)
 		} else {
