@@ -42,12 +42,12 @@ import (
 
 // scaleConfig configures the scale section.
 type scaleConfig struct {
-	hosts   int           // testbed hosts, one daemon each
-	rate    int           // endpoint changes per second of the load window
-	slots   int           // endpoint changes in flight per host at most
-	window  time.Duration // measuring window of the gossip rates
-	grace   time.Duration // --node-grace of the even hosts
-	timeout time.Duration // bound on each wait for the cluster to converge
+	hosts    int           // testbed hosts, one daemon each
+	rate     int           // endpoint changes per second of the load window
+	inflight int           // endpoint changes in flight at most, over all hosts
+	window   time.Duration // measuring window of the gossip rates
+	grace    time.Duration // --node-grace of the even hosts
+	timeout  time.Duration // bound on each wait for the cluster to converge
 }
 
 const (
@@ -118,10 +118,10 @@ func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
 	if sc.rate < 1 || sc.window < time.Second || sc.grace <= 0 {
 		return fmt.Errorf("-scale-rate must be positive, -scale-window at least 1s, -scale-grace positive")
 	}
-	if sc.slots < 1 || sc.slots > 10 {
+	if sc.inflight < 1 || sc.inflight > 10*sc.hosts {
 		// A host's first address block (/28) holds its container, the
 		// probe and ten load containers.
-		return fmt.Errorf("-scale-inflight %d: want 1 to 10", sc.slots)
+		return fmt.Errorf("-scale-inflight %d: want 1 to 10 per host (%d)", sc.inflight, 10*sc.hosts)
 	}
 	if err := checkScaleTools(); err != nil {
 		return err
@@ -383,7 +383,7 @@ func (s *scaleRun) load(rep *scaleReport) error {
 	var lg *loadGen
 	var err error
 	rep.Load, err = s.measureRates(func() {
-		lg = runLoad(s.ctx, s.hs, s.sc.rate, s.sc.slots, s.sc.window)
+		lg = runLoad(s.ctx, s.hs, s.sc.rate, s.sc.inflight, s.sc.window)
 	})
 	if err != nil {
 		return err
@@ -499,8 +499,8 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "daemon CPU and RSS at rest (mean, max)\t%s\t\n", fmtCPU(r.Rest))
 	started := float64(r.LoadDone) / sc.window.Seconds()
 	achieved := float64(r.LoadDone) / max(r.Load.Window.Seconds(), 1e-9)
-	fmt.Fprintf(tw, "endpoint changes: %d/s asked for %v, up to %d in flight per host\t%d made (%.1f/s started, %.1f/s over the window until the last ended); %d failed; %d not started (slot busy)\t\n",
-		sc.rate, sc.window, sc.slots, r.LoadDone, started, achieved, r.LoadFailed, r.LoadSkip)
+	fmt.Fprintf(tw, "endpoint changes: %d/s asked for %v, up to %d in flight\t%d made (%.1f/s started, %.1f/s over the window until the last ended); %d failed; %d not started (busy)\t\n",
+		sc.rate, sc.window, sc.inflight, r.LoadDone, started, achieved, r.LoadFailed, r.LoadSkip)
 	fmt.Fprintf(tw, "one change (a container run or removed), median, max\t%v, %v\t\n", r.LoadTookMedian.Round(time.Millisecond), r.LoadTookMax.Round(time.Millisecond))
 	fmt.Fprintf(tw, "gossip per node under those changes (mean, max)\t%s\t\n", fmtRates(r.Load, false))
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))

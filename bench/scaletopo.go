@@ -269,10 +269,15 @@ func (s *scaleRun) measureRates(during func()) (rates, error) {
 // loadGen makes endpoint changes: each host has a few slots, each of which
 // runs a container, then removes it, then runs another, ...; each tick
 // visits the next slot, host by host round robin, and starts its next
-// change unless the slot's previous change is still under way.
+// change unless the slot's previous change is still under way or the
+// changes in flight over all hosts are at the limit. The limit keeps the
+// machine's work bounded whatever the number of hosts: past it, a change
+// (a network namespace and its links made or removed) only waits longer.
 type loadGen struct {
-	hs    []*scaleHost
-	slots int // changes in flight per host at most
+	hs       []*scaleHost
+	slots    int // slots per host
+	inflight int // changes in flight at most, over all hosts
+	now      int // changes in flight
 
 	mu       sync.Mutex
 	running  map[loadSlot]api.Endpoint // the container of each slot
@@ -292,10 +297,11 @@ type loadSlot struct {
 	i int
 }
 
-// runLoad makes rate changes per second for window, at most slots per host
-// in flight, and waits for the changes in flight.
-func runLoad(ctx context.Context, hs []*scaleHost, rate, slots int, window time.Duration) *loadGen {
-	lg := &loadGen{hs: hs, slots: slots, running: map[loadSlot]api.Endpoint{}, busy: map[loadSlot]bool{}, seen: map[string]bool{}}
+// runLoad makes rate changes per second for window, at most inflight at a
+// time, and waits for the changes in flight.
+func runLoad(ctx context.Context, hs []*scaleHost, rate, inflight int, window time.Duration) *loadGen {
+	slots := (inflight + len(hs) - 1) / len(hs)
+	lg := &loadGen{hs: hs, slots: slots, inflight: inflight, running: map[loadSlot]api.Endpoint{}, busy: map[loadSlot]bool{}, seen: map[string]bool{}}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	end := time.After(window)
@@ -316,12 +322,13 @@ func runLoad(ctx context.Context, hs []*scaleHost, rate, slots int, window time.
 // change starts the next change of slot s unless it is still busy.
 func (lg *loadGen) change(s loadSlot) {
 	lg.mu.Lock()
-	if lg.busy[s] {
+	if lg.busy[s] || lg.now >= lg.inflight {
 		lg.skipped++
 		lg.mu.Unlock()
 		return
 	}
 	lg.busy[s] = true
+	lg.now++
 	ep, has := lg.running[s]
 	lg.seq++
 	name := "l" + strconv.Itoa(lg.seq)
@@ -340,6 +347,7 @@ func (lg *loadGen) change(s loadSlot) {
 		lg.mu.Lock()
 		defer lg.mu.Unlock()
 		lg.busy[s] = false
+		lg.now--
 		if err != nil {
 			lg.failed++
 			return
