@@ -103,7 +103,8 @@ type scaleReport struct {
 	// LoadTookMedian and LoadTookMax are the times of one change (its API
 	// call: a container run or removed).
 	LoadTookMedian, LoadTookMax time.Duration
-	Settle                      spread // after the load, every host back to the base set
+	LoadRmMedian, LoadRmMax     time.Duration // of the removals among them
+	Settle                      spread        // after the load, every host back to the base set
 	Victim                      string
 	FailGrace                   spread // hosts with -scale-grace
 	FailDef                     spread // hosts with the default --node-grace
@@ -393,6 +394,10 @@ func (s *scaleRun) load(rep *scaleReport) error {
 		slices.Sort(lg.took)
 		rep.LoadTookMedian, rep.LoadTookMax = lg.took[len(lg.took)/2], lg.took[len(lg.took)-1]
 	}
+	if len(lg.tookRm) > 0 {
+		slices.Sort(lg.tookRm)
+		rep.LoadRmMedian, rep.LoadRmMax = lg.tookRm[len(lg.tookRm)/2], lg.tookRm[len(lg.tookRm)-1]
+	}
 	fmt.Fprintf(s.log, "scale: under load: %d changes (%d failed, %d skipped) started in %v, each took median %v, max %v; gossip %.0f B/s per node over %v\n",
 		lg.done, lg.failed, lg.skipped, s.sc.window, rep.LoadTookMedian.Round(time.Millisecond), rep.LoadTookMax.Round(time.Millisecond), rep.Load.GossipMean, rep.Load.Window.Round(time.Millisecond))
 	t0 := time.Now()
@@ -501,7 +506,7 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	achieved := float64(r.LoadDone) / max(r.Load.Window.Seconds(), 1e-9)
 	fmt.Fprintf(tw, "endpoint changes: %d/s asked for %v, up to %d in flight\t%d made (%.1f/s started, %.1f/s over the window until the last ended); %d failed; %d not started (busy)\t\n",
 		sc.rate, sc.window, sc.inflight, r.LoadDone, started, achieved, r.LoadFailed, r.LoadSkip)
-	fmt.Fprintf(tw, "one change (a container run or removed), median, max\t%v, %v\t\n", r.LoadTookMedian.Round(time.Millisecond), r.LoadTookMax.Round(time.Millisecond))
+	fmt.Fprintf(tw, "one change (a container run or removed), median, max; removals alone\t%v, %v; %v, %v\t\n", r.LoadTookMedian.Round(time.Millisecond), r.LoadTookMax.Round(time.Millisecond), r.LoadRmMedian.Round(time.Millisecond), r.LoadRmMax.Round(time.Millisecond))
 	fmt.Fprintf(tw, "gossip per node under those changes (mean, max)\t%s\t\n", fmtRates(r.Load, false))
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))
 	fmt.Fprintf(tw, "daemon CPU and RSS under that load (mean, max)\t%s\t\n", fmtCPU(r.Load))

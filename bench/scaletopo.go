@@ -288,6 +288,7 @@ type loadGen struct {
 	failed   int
 	skipped  int             // ticks whose slot was still busy with the previous change
 	took     []time.Duration // of each change made, its API call
+	tookRm   []time.Duration // of each removal among them
 	inFlight sync.WaitGroup
 }
 
@@ -355,6 +356,7 @@ func (lg *loadGen) change(s loadSlot) {
 		lg.done++
 		lg.took = append(lg.took, time.Since(t0))
 		if has {
+			lg.tookRm = append(lg.tookRm, time.Since(t0))
 			delete(lg.running, s)
 		} else {
 			lg.running[s] = got
