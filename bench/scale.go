@@ -105,10 +105,13 @@ type scaleReport struct {
 	LoadTookMedian, LoadTookMax time.Duration
 	LoadRmMedian, LoadRmMax     time.Duration // of the removals among them
 	Settle                      spread        // after the load, every host back to the base set
-	Victim                      string
-	FailGrace                   spread // hosts with -scale-grace
-	FailDef                     spread // hosts with the default --node-grace
-	Grace                       time.Duration
+	// Drops sums every daemon's gossip drops and resends (api.Stats
+	// GossipDrops) and refused records after the load.
+	Drops     map[string]uint64
+	Victim    string
+	FailGrace spread // hosts with -scale-grace
+	FailDef   spread // hosts with the default --node-grace
+	Grace     time.Duration
 }
 
 func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
@@ -410,7 +413,32 @@ func (s *scaleRun) load(rep *scaleReport) error {
 		return fdbHas(h, base, lg.macs())
 	})
 	fmt.Fprintf(s.log, "scale: after the load, every host back to the %d base endpoints: %v\n", len(base), rep.Settle)
+	rep.Drops = s.drops()
+	fmt.Fprintf(s.log, "scale: gossip drops and resends, summed over the daemons: %v\n", rep.Drops)
 	return nil
+}
+
+// drops sums the gossip drops and refused records of every daemon's stats.
+func (s *scaleRun) drops() map[string]uint64 {
+	var mu sync.Mutex
+	sum := map[string]uint64{}
+	_ = forEachHost(s.hs, pollParallel, func(h *scaleHost) error {
+		st, err := h.c.Stats()
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			sum["stats-unreadable"]++
+			return nil
+		}
+		for k, v := range st.GossipDrops {
+			sum[k] += v
+		}
+		for k, v := range st.RefusedRecords {
+			sum["refused-"+k] += v
+		}
+		return nil
+	})
+	return sum
 }
 
 // fail kills h2's daemon and waits until every other host dropped its
@@ -511,6 +539,7 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))
 	fmt.Fprintf(tw, "daemon CPU and RSS under that load (mean, max)\t%s\t\n", fmtCPU(r.Load))
 	fmt.Fprintf(tw, "after the load, every host back to the base endpoints\t%v\t\n", r.Settle)
+	fmt.Fprintf(tw, "gossip drops and resends, refused records, summed over the daemons\t%v\t\n", r.Drops)
 	tw.Flush()
 }
 
