@@ -64,7 +64,7 @@
 // container on one network; propagation of a network and an endpoint,
 // failure detection, and gossip bytes per node at rest and under load:
 //
-//	go run ./bench -scale [-scale-hosts 100] [-scale-rate 100] [-scale-grace 5s]
+//	go run ./bench -scale [-scale-hosts 100] [-scale-rate 100] [-scale-inflight 32] [-scale-grace 5s]
 package main
 
 import (
