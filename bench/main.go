@@ -64,7 +64,7 @@
 // container on one network; propagation of a network and an endpoint,
 // failure detection, and gossip bytes per node at rest and under load:
 //
-//	go run ./bench -scale [-scale-hosts 100] [-scale-rate 100] [-scale-grace 5s]
+//	go run ./bench -scale [-scale-hosts 100] [-scale-rate 100] [-scale-inflight 32] [-scale-grace 5s]
 package main
 
 import (
@@ -110,6 +110,7 @@ func main() {
 	scaleMode := flag.Bool("scale", false, "measure only the scale section: -scale-hosts daemons in one cluster, propagation, failure detection and gossip rates (make bench-scale)")
 	flag.IntVar(&cfg.scale.hosts, "scale-hosts", 100, "scale: testbed hosts, one daemon and one container each (3 to 250)")
 	flag.IntVar(&cfg.scale.rate, "scale-rate", 100, "scale: endpoint changes per second of the load window")
+	flag.IntVar(&cfg.scale.inflight, "scale-inflight", 32, "scale: endpoint changes in flight at most during the load window, over all hosts (spread over them)")
 	flag.DurationVar(&cfg.scale.window, "scale-window", 10*time.Second, "scale: measuring window of the gossip rates (at rest, under load)")
 	flag.DurationVar(&cfg.scale.grace, "scale-grace", 5*time.Second, "scale: --node-grace of the even hosts (the odd ones keep the default)")
 	flag.DurationVar(&cfg.scale.timeout, "scale-timeout", 3*time.Minute, "scale: bound on each wait for the cluster to converge")

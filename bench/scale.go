@@ -42,11 +42,12 @@ import (
 
 // scaleConfig configures the scale section.
 type scaleConfig struct {
-	hosts   int           // testbed hosts, one daemon each
-	rate    int           // endpoint changes per second of the load window
-	window  time.Duration // measuring window of the gossip rates
-	grace   time.Duration // --node-grace of the even hosts
-	timeout time.Duration // bound on each wait for the cluster to converge
+	hosts    int           // testbed hosts, one daemon each
+	rate     int           // endpoint changes per second of the load window
+	inflight int           // endpoint changes in flight at most, over all hosts
+	window   time.Duration // measuring window of the gossip rates
+	grace    time.Duration // --node-grace of the even hosts
+	timeout  time.Duration // bound on each wait for the cluster to converge
 }
 
 const (
@@ -76,6 +77,8 @@ func (s spread) String() string {
 type rates struct {
 	GossipMean, GossipMax     float64 // gossip port, IP bytes
 	UnderlayMean, UnderlayMax float64 // everything a host sent on its veth
+	CPUMean, CPUMax           float64 // a daemon's CPU, in cores
+	RSSMean, RSSMax           float64 // a daemon's RSS at the end, bytes
 	Window                    time.Duration
 }
 
@@ -86,17 +89,29 @@ type scaleReport struct {
 	CreateCall time.Duration // `network create` on h1
 	Network    spread
 	Fill       time.Duration // a container on every host, seen everywhere
-	Endpoint   spread
-	Rest       rates
-	Load       rates
-	LoadDone   int // endpoint changes made in the load window
-	LoadFailed int
-	LoadSkip   int    // changes not made: their host was still busy with the last
-	Settle     spread // after the load, every host back to the base set
-	Victim     string
-	FailGrace  spread // hosts with -scale-grace
-	FailDef    spread // hosts with the default --node-grace
-	Grace      time.Duration
+	// FillRunMedian and FillRunMax are the times of one first run on a
+	// host (it claims an address block); FillRetried counts the runs
+	// that failed and were tried again.
+	FillRunMedian, FillRunMax time.Duration
+	FillRetried               int
+	Endpoint                  spread
+	Rest                      rates
+	Load                      rates
+	LoadDone                  int // endpoint changes made in the load window
+	LoadFailed                int
+	LoadSkip                  int // changes not made: their host was still busy with the last
+	// LoadTookMedian and LoadTookMax are the times of one change (its API
+	// call: a container run or removed).
+	LoadTookMedian, LoadTookMax time.Duration
+	LoadRmMedian, LoadRmMax     time.Duration // of the removals among them
+	Settle                      spread        // after the load, every host back to the base set
+	// Drops sums every daemon's gossip drops and resends (api.Stats
+	// GossipDrops) and refused records after the load.
+	Drops     map[string]uint64
+	Victim    string
+	FailGrace spread // hosts with -scale-grace
+	FailDef   spread // hosts with the default --node-grace
+	Grace     time.Duration
 }
 
 func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
@@ -107,6 +122,11 @@ func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
 	if sc.rate < 1 || sc.window < time.Second || sc.grace <= 0 {
 		return fmt.Errorf("-scale-rate must be positive, -scale-window at least 1s, -scale-grace positive")
 	}
+	if sc.inflight < 1 || sc.inflight > 10*sc.hosts {
+		// A host's first address block (/28) holds its container, the
+		// probe and ten load containers.
+		return fmt.Errorf("-scale-inflight %d: want 1 to 10 per host (%d)", sc.inflight, 10*sc.hosts)
+	}
 	if err := checkScaleTools(); err != nil {
 		return err
 	}
@@ -114,8 +134,15 @@ func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
 	if err != nil {
 		return err
 	}
+	restore, err := raiseNeighLimits(neighDir, sc.hosts, log)
+	if err != nil {
+		return err
+	}
 	prefix := "vxs" + testbed.RandomID(2) + "-"
 	rep, err := runClusterScale(ctx, sc, bin, prefix, log)
+	if rerr := restore(); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
@@ -269,21 +296,49 @@ func (s *scaleRun) network(rep *scaleReport) error {
 	return nil
 }
 
+// fillParallel is how many hosts run their first container at once. Each
+// claims an address block, a round trip to every member; two at once both
+// try the lowest free block first, and one loses a round.
+const fillParallel = 1
+
+// fillTries is how many times fill runs a host's first container before
+// it gives up.
+const fillTries = 3
+
 // fill runs a container on every host and waits until every host has all
-// of them in its forwarding table.
+// of them in its forwarding table. A run that fails (its block claim not
+// confirmed by every member within the claim timeout on this loaded
+// machine) is tried again, up to fillTries times, and counted.
 func (s *scaleRun) fill(rep *scaleReport) error {
 	t0 := time.Now()
-	err := forEachHost(s.hs, 4, func(h *scaleHost) error {
-		ep, err := h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: "c-" + h.Name, Create: true})
-		if err != nil {
-			return fmt.Errorf("%s: run: %w", h.Name, err)
+	var mu sync.Mutex
+	var took []time.Duration
+	err := forEachHost(s.hs, fillParallel, func(h *scaleHost) error {
+		for try := 0; ; try++ {
+			t := time.Now()
+			ep, err := h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: "c-" + h.Name, Create: true})
+			mu.Lock()
+			if err == nil {
+				h.mac = ep.MAC
+				took = append(took, time.Since(t))
+			} else {
+				rep.FillRetried++
+			}
+			mu.Unlock()
+			if err == nil {
+				return nil
+			}
+			if try+1 == fillTries {
+				return fmt.Errorf("%s: run: %w", h.Name, err)
+			}
+			fmt.Fprintf(s.log, "scale: %s: run failed after %v, trying again: %v\n", h.Name, time.Since(t).Round(time.Millisecond), err)
 		}
-		h.mac = ep.MAC
-		return nil
 	})
 	if err != nil {
 		return err
 	}
+	slices.Sort(took)
+	rep.FillRunMedian, rep.FillRunMax = took[len(took)/2], took[len(took)-1]
 	var macs []string
 	for _, h := range s.hs {
 		macs = append(macs, h.mac)
@@ -292,7 +347,8 @@ func (s *scaleRun) fill(rep *scaleReport) error {
 		return fdbHas(h, macs, nil)
 	})
 	rep.Fill = sp.Max
-	fmt.Fprintf(s.log, "scale: %d containers, each seen on every host: %v\n", len(s.hs), sp)
+	fmt.Fprintf(s.log, "scale: %d containers (each run: median %v, max %v; %d tried again), each seen on every host: %v\n",
+		len(s.hs), rep.FillRunMedian.Round(time.Millisecond), rep.FillRunMax.Round(time.Millisecond), rep.FillRetried, sp)
 	if sp.Reached < len(s.hs) {
 		return fmt.Errorf("containers not seen everywhere after %v", s.sc.timeout)
 	}
@@ -325,7 +381,7 @@ func (s *scaleRun) rest(rep *scaleReport) error {
 		case <-time.After(s.sc.window): // the measuring window
 		}
 	})
-	fmt.Fprintf(s.log, "scale: at rest: gossip %.0f B/s per node\n", rep.Rest.GossipMean)
+	fmt.Fprintf(s.log, "scale: at rest: gossip %.0f B/s per node; daemon CPU %s\n", rep.Rest.GossipMean, fmtCPU(rep.Rest))
 	return err
 }
 
@@ -335,13 +391,22 @@ func (s *scaleRun) load(rep *scaleReport) error {
 	var lg *loadGen
 	var err error
 	rep.Load, err = s.measureRates(func() {
-		lg = runLoad(s.ctx, s.hs, s.sc.rate, s.sc.window)
+		lg = runLoad(s.ctx, s.hs, s.sc.rate, s.sc.inflight, s.sc.window)
 	})
 	if err != nil {
 		return err
 	}
 	rep.LoadDone, rep.LoadFailed, rep.LoadSkip = lg.done, lg.failed, lg.skipped
-	fmt.Fprintf(s.log, "scale: under load: %d changes (%d failed) in %v, gossip %.0f B/s per node\n", lg.done, lg.failed, s.sc.window, rep.Load.GossipMean)
+	if len(lg.took) > 0 {
+		slices.Sort(lg.took)
+		rep.LoadTookMedian, rep.LoadTookMax = lg.took[len(lg.took)/2], lg.took[len(lg.took)-1]
+	}
+	if len(lg.tookRm) > 0 {
+		slices.Sort(lg.tookRm)
+		rep.LoadRmMedian, rep.LoadRmMax = lg.tookRm[len(lg.tookRm)/2], lg.tookRm[len(lg.tookRm)-1]
+	}
+	fmt.Fprintf(s.log, "scale: under load: %d changes (%d failed, %d skipped) started in %v, each took median %v, max %v; gossip %.0f B/s per node over %v\n",
+		lg.done, lg.failed, lg.skipped, s.sc.window, rep.LoadTookMedian.Round(time.Millisecond), rep.LoadTookMax.Round(time.Millisecond), rep.Load.GossipMean, rep.Load.Window.Round(time.Millisecond))
 	t0 := time.Now()
 	lg.removeAll()
 	base := []string{s.probe}
@@ -352,7 +417,32 @@ func (s *scaleRun) load(rep *scaleReport) error {
 		return fdbHas(h, base, lg.macs())
 	})
 	fmt.Fprintf(s.log, "scale: after the load, every host back to the %d base endpoints: %v\n", len(base), rep.Settle)
+	rep.Drops = s.drops()
+	fmt.Fprintf(s.log, "scale: gossip drops and resends, summed over the daemons: %v\n", rep.Drops)
 	return nil
+}
+
+// drops sums the gossip drops and refused records of every daemon's stats.
+func (s *scaleRun) drops() map[string]uint64 {
+	var mu sync.Mutex
+	sum := map[string]uint64{}
+	_ = forEachHost(s.hs, pollParallel, func(h *scaleHost) error {
+		st, err := h.c.Stats()
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			sum["stats-unreadable"]++
+			return nil
+		}
+		for k, v := range st.GossipDrops {
+			sum[k] += v
+		}
+		for k, v := range st.RefusedRecords {
+			sum["refused-"+k] += v
+		}
+		return nil
+	})
+	return sum
 }
 
 // fail kills h2's daemon and waits until every other host dropped its
@@ -436,16 +526,24 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "cluster formed (daemons started one by one)\t%v\t\n", r.Start.Round(time.Millisecond))
 	fmt.Fprintf(tw, "network create on h1 (the call)\t%v\t\n", r.CreateCall.Round(time.Millisecond))
 	fmt.Fprintf(tw, "new network on every host\t%v\t\n", r.Network)
-	fmt.Fprintf(tw, "a container on every host, all seen everywhere\t%v\t\n", r.Fill.Round(time.Millisecond))
+	fmt.Fprintf(tw, "a container on every host, all seen everywhere (%d at a time)\t%v\t\n", fillParallel, r.Fill.Round(time.Millisecond))
+	fmt.Fprintf(tw, "first run on a host, with its block claim (median, max; runs failed and tried again)\t%v, %v; %d\t\n", r.FillRunMedian.Round(time.Millisecond), r.FillRunMax.Round(time.Millisecond), r.FillRetried)
 	fmt.Fprintf(tw, "new endpoint in every host's forwarding table\t%v\t\n", r.Endpoint)
 	fmt.Fprintf(tw, "%s killed: its endpoint gone, --node-grace %v\t%v\t\n", r.Victim, r.Grace, r.FailGrace)
 	fmt.Fprintf(tw, "%s killed: its endpoint gone, default --node-grace\t%v\t\n", r.Victim, r.FailDef)
 	fmt.Fprintf(tw, "gossip per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, false))
 	fmt.Fprintf(tw, "underlay per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, true))
+	fmt.Fprintf(tw, "daemon CPU and RSS at rest (mean, max)\t%s\t\n", fmtCPU(r.Rest))
+	started := float64(r.LoadDone) / sc.window.Seconds()
 	achieved := float64(r.LoadDone) / max(r.Load.Window.Seconds(), 1e-9)
-	fmt.Fprintf(tw, "gossip per node, %d endpoint changes/s asked, %.0f/s made (%d failed, %d skipped: host busy)\t%s\t\n", sc.rate, achieved, r.LoadFailed, r.LoadSkip, fmtRates(r.Load, false))
+	fmt.Fprintf(tw, "endpoint changes: %d/s asked for %v, up to %d in flight\t%d made (%.1f/s started, %.1f/s over the window until the last ended); %d failed; %d not started (busy)\t\n",
+		sc.rate, sc.window, sc.inflight, r.LoadDone, started, achieved, r.LoadFailed, r.LoadSkip)
+	fmt.Fprintf(tw, "one change (a container run or removed), median, max; removals alone\t%v, %v; %v, %v\t\n", r.LoadTookMedian.Round(time.Millisecond), r.LoadTookMax.Round(time.Millisecond), r.LoadRmMedian.Round(time.Millisecond), r.LoadRmMax.Round(time.Millisecond))
+	fmt.Fprintf(tw, "gossip per node under those changes (mean, max)\t%s\t\n", fmtRates(r.Load, false))
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))
+	fmt.Fprintf(tw, "daemon CPU and RSS under that load (mean, max)\t%s\t\n", fmtCPU(r.Load))
 	fmt.Fprintf(tw, "after the load, every host back to the base endpoints\t%v\t\n", r.Settle)
+	fmt.Fprintf(tw, "gossip drops and resends, refused records, summed over the daemons\t%v\t\n", r.Drops)
 	tw.Flush()
 }
 
@@ -455,6 +553,10 @@ func fmtRates(r rates, underlay bool) string {
 		mean, mx = r.UnderlayMean, r.UnderlayMax
 	}
 	return fmt.Sprintf("%.1f KB/s, %.1f KB/s (over %v)", mean/1e3, mx/1e3, r.Window.Round(time.Millisecond))
+}
+
+func fmtCPU(r rates) string {
+	return fmt.Sprintf("%.1f%%, %.1f%% of a core; %.0f MB, %.0f MB", 100*r.CPUMean, 100*r.CPUMax, r.RSSMean/1e6, r.RSSMax/1e6)
 }
 
 // checkScaleLeaks fails if a namespace or a daemon of the run is left.

@@ -41,7 +41,32 @@ func TestParseLinkRxByPort(t *testing.T) {
 	}
 }
 
+func TestParseProcStatAddsUserAndSystemTime(t *testing.T) {
+	// A command name with spaces and parentheses, as a process may choose.
+	stat := "4242 (vx (mesh) d) S 1 4242 4242 0 -1 4194560 2939 0 0 0 731 269 0 0 20 0 12 0 5373 2035576832 11331 18446744073709551615"
+	got, err := parseProcStat([]byte(stat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 731+269 {
+		t.Fatalf("cpu ticks %d, want %d", got, 731+269)
+	}
+	for _, bad := range []string{"", "4242 vxmesh S 1", "4242 (vxmesh) S 1 2 3", "4242 (vxmesh) S 1 4242 4242 0 -1 4194560 2939 0 0 0 x 269"} {
+		if _, err := parseProcStat([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	rss, err := parseStatmRSS([]byte("496967 11331 5021 4590 0 70380 0\n"))
+	if err != nil || rss != 11331 {
+		t.Fatalf("statm resident %d, %v; want 11331", rss, err)
+	}
+	if _, err := parseStatmRSS([]byte("496967")); err == nil {
+		t.Error("statm with one field: no error")
+	}
+}
+
 func FuzzParseScaleCounters(f *testing.F) {
+	f.Add([]byte("4242 (vxmesh) S 1 4242 4242 0 -1 4194560 2939 0 0 0 731 269 0 0 20"))
 	for _, p := range []string{"testdata/nft-gossip-counters.json", "testdata/ip-link-stats.json"} {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -55,6 +80,12 @@ func FuzzParseScaleCounters(f *testing.F) {
 		}
 		if m, err := parseLinkRx(b); err != nil && m != nil {
 			t.Fatalf("error %v with links %v", err, m)
+		}
+		if n, err := parseProcStat(b); err != nil && n != 0 {
+			t.Fatalf("error %v with cpu ticks %d", err, n)
+		}
+		if n, err := parseStatmRSS(b); err != nil && n != 0 {
+			t.Fatalf("error %v with rss %d", err, n)
 		}
 	})
 }

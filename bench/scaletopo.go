@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -188,17 +190,23 @@ func parseLinkRx(b []byte) (map[string]uint64, error) {
 type countersAt struct {
 	gossip   []uint64
 	gossipAt []time.Time
+	cpu      []uint64 // daemon CPU ticks
+	rss      []uint64 // daemon RSS, bytes
 	underlay map[string]uint64
 	at       time.Time
 }
 
 func (s *scaleRun) readCounters() (countersAt, error) {
-	c := countersAt{gossip: make([]uint64, len(s.hs)), gossipAt: make([]time.Time, len(s.hs))}
+	c := countersAt{gossip: make([]uint64, len(s.hs)), gossipAt: make([]time.Time, len(s.hs)),
+		cpu: make([]uint64, len(s.hs)), rss: make([]uint64, len(s.hs))}
 	var err error
-	c.at = time.Now()
+	// Each reading is timed at the middle of the command that made it: on
+	// a loaded machine a command takes a good part of a second.
+	t := time.Now()
 	if c.underlay, err = underlayTx(s.ctx, s.tb.Underlay); err != nil {
 		return c, err
 	}
+	c.at = t.Add(time.Since(t) / 2)
 	idx := map[*scaleHost]int{}
 	for i, h := range s.hs {
 		idx[h] = i
@@ -209,7 +217,10 @@ func (s *scaleRun) readCounters() (countersAt, error) {
 		if err != nil {
 			return fmt.Errorf("%s: %w", h.Name, err)
 		}
-		c.gossip[idx[h]], c.gossipAt[idx[h]] = v, at
+		c.gossip[idx[h]], c.gossipAt[idx[h]] = v, at.Add(time.Since(at)/2)
+		if c.cpu[idx[h]], c.rss[idx[h]], err = daemonCPU(h); err != nil {
+			return fmt.Errorf("%s: %w", h.Name, err)
+		}
 		return nil
 	})
 	return c, err
@@ -239,36 +250,59 @@ func (s *scaleRun) measureRates(during func()) (rates, error) {
 		r.GossipMean += g
 		r.UnderlayMean += u
 		r.GossipMax = max(r.GossipMax, g)
+		cpu := float64(b.cpu[i]-a.cpu[i]) / userHZ / r.Window.Seconds()
+		r.CPUMean += cpu
+		r.CPUMax = max(r.CPUMax, cpu)
+		r.RSSMean += float64(b.rss[i])
+		r.RSSMax = max(r.RSSMax, float64(b.rss[i]))
 		r.UnderlayMax = max(r.UnderlayMax, u)
 	}
 	if n > 0 {
 		r.GossipMean /= float64(n)
 		r.UnderlayMean /= float64(n)
+		r.CPUMean /= float64(n)
+		r.RSSMean /= float64(n)
 	}
 	return r, nil
 }
 
-// loadGen makes endpoint changes: each tick visits the next host round
-// robin and runs a container there, or removes the one it ran on the
-// previous visit.
+// loadGen makes endpoint changes: each host has a few slots, each of which
+// runs a container, then removes it, then runs another, ...; each tick
+// visits the next slot, host by host round robin, and starts its next
+// change unless the slot's previous change is still under way or the
+// changes in flight over all hosts are at the limit. The limit keeps the
+// machine's work bounded whatever the number of hosts: past it, a change
+// (a network namespace and its links made or removed) only waits longer.
 type loadGen struct {
-	hs []*scaleHost
+	hs       []*scaleHost
+	slots    int // slots per host
+	inflight int // changes in flight at most, over all hosts
+	now      int // changes in flight
 
 	mu       sync.Mutex
-	running  map[*scaleHost]api.Endpoint // the load container of each host
-	busy     map[*scaleHost]bool
+	running  map[loadSlot]api.Endpoint // the container of each slot
+	busy     map[loadSlot]bool
 	seen     map[string]bool // MACs of every load container
 	seq      int
 	done     int
 	failed   int
-	skipped  int // ticks whose host was still busy with the previous change
+	skipped  int             // ticks whose slot was still busy with the previous change
+	took     []time.Duration // of each change made, its API call
+	tookRm   []time.Duration // of each removal among them
 	inFlight sync.WaitGroup
 }
 
-// runLoad makes rate changes per second for window and waits for the
-// changes in flight.
-func runLoad(ctx context.Context, hs []*scaleHost, rate int, window time.Duration) *loadGen {
-	lg := &loadGen{hs: hs, running: map[*scaleHost]api.Endpoint{}, busy: map[*scaleHost]bool{}, seen: map[string]bool{}}
+// loadSlot is one of a host's slots.
+type loadSlot struct {
+	h *scaleHost
+	i int
+}
+
+// runLoad makes rate changes per second for window, at most inflight at a
+// time, and waits for the changes in flight.
+func runLoad(ctx context.Context, hs []*scaleHost, rate, inflight int, window time.Duration) *loadGen {
+	slots := (inflight + len(hs) - 1) / len(hs)
+	lg := &loadGen{hs: hs, slots: slots, inflight: inflight, running: map[loadSlot]api.Endpoint{}, busy: map[loadSlot]bool{}, seen: map[string]bool{}}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	end := time.After(window)
@@ -281,21 +315,22 @@ func runLoad(ctx context.Context, hs []*scaleHost, rate int, window time.Duratio
 			lg.inFlight.Wait()
 			return lg
 		case <-tick.C:
-			lg.change(hs[i%len(hs)])
+			lg.change(loadSlot{hs[i%len(hs)], (i / len(hs)) % slots})
 		}
 	}
 }
 
-// change starts one change on h unless h is still busy.
-func (lg *loadGen) change(h *scaleHost) {
+// change starts the next change of slot s unless it is still busy.
+func (lg *loadGen) change(s loadSlot) {
 	lg.mu.Lock()
-	if lg.busy[h] {
+	if lg.busy[s] || lg.now >= lg.inflight {
 		lg.skipped++
 		lg.mu.Unlock()
 		return
 	}
-	lg.busy[h] = true
-	ep, has := lg.running[h]
+	lg.busy[s] = true
+	lg.now++
+	ep, has := lg.running[s]
 	lg.seq++
 	name := "l" + strconv.Itoa(lg.seq)
 	lg.mu.Unlock()
@@ -304,23 +339,27 @@ func (lg *loadGen) change(h *scaleHost) {
 		defer lg.inFlight.Done()
 		var err error
 		var got api.Endpoint
+		t0 := time.Now()
 		if has {
-			err = h.c.RemoveContainer(ep.Name)
+			err = s.h.c.RemoveContainer(ep.Name)
 		} else {
-			got, err = h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: name, Create: true})
+			got, err = s.h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: name, Create: true})
 		}
 		lg.mu.Lock()
 		defer lg.mu.Unlock()
-		lg.busy[h] = false
+		lg.busy[s] = false
+		lg.now--
 		if err != nil {
 			lg.failed++
 			return
 		}
 		lg.done++
+		lg.took = append(lg.took, time.Since(t0))
 		if has {
-			delete(lg.running, h)
+			lg.tookRm = append(lg.tookRm, time.Since(t0))
+			delete(lg.running, s)
 		} else {
-			lg.running[h] = got
+			lg.running[s] = got
 			lg.seen[got.MAC] = true
 		}
 	}()
@@ -329,9 +368,9 @@ func (lg *loadGen) change(h *scaleHost) {
 // removeAll removes the load containers still running.
 func (lg *loadGen) removeAll() {
 	lg.mu.Lock()
-	left := make(map[*scaleHost]api.Endpoint, len(lg.running))
-	for h, ep := range lg.running {
-		left[h] = ep
+	left := make(map[*scaleHost][]loadSlot)
+	for s := range lg.running {
+		left[s.h] = append(left[s.h], s)
 	}
 	lg.mu.Unlock()
 	var hs []*scaleHost
@@ -339,12 +378,17 @@ func (lg *loadGen) removeAll() {
 		hs = append(hs, h)
 	}
 	_ = forEachHost(hs, 4, func(h *scaleHost) error {
-		if err := h.c.RemoveContainer(left[h].Name); err != nil {
-			return err
+		for _, s := range left[h] {
+			lg.mu.Lock()
+			ep := lg.running[s]
+			lg.mu.Unlock()
+			if err := h.c.RemoveContainer(ep.Name); err != nil {
+				return err
+			}
+			lg.mu.Lock()
+			delete(lg.running, s)
+			lg.mu.Unlock()
 		}
-		lg.mu.Lock()
-		delete(lg.running, h)
-		lg.mu.Unlock()
 		return nil
 	})
 }
@@ -358,4 +402,64 @@ func (lg *loadGen) macs() []string {
 		out = append(out, m)
 	}
 	return out
+}
+
+// userHZ is the unit of the CPU times in /proc/PID/stat (USER_HZ, 100 on
+// every Linux architecture the daemon runs on).
+const userHZ = 100
+
+// parseProcStat returns utime+stime, in clock ticks, of a /proc/PID/stat.
+func parseProcStat(b []byte) (uint64, error) {
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold anything
+	if i < 0 {
+		return 0, errors.New("/proc stat: no command name")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc stat: %d fields after the command name, want at least 13", len(f))
+	}
+	u, err := strconv.ParseUint(f[11], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc stat: utime: %w", err)
+	}
+	st, err := strconv.ParseUint(f[12], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc stat: stime: %w", err)
+	}
+	return u + st, nil
+}
+
+// parseStatmRSS returns the resident pages of a /proc/PID/statm.
+func parseStatmRSS(b []byte) (uint64, error) {
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, errors.New("/proc statm: fewer than 2 fields")
+	}
+	n, err := strconv.ParseUint(f[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc statm: resident: %w", err)
+	}
+	return n, nil
+}
+
+// daemonCPU returns the CPU ticks the daemon of h has used, and its RSS
+// in bytes.
+func daemonCPU(h *scaleHost) (ticks, rss uint64, err error) {
+	pid := h.DaemonPID()
+	if pid == 0 {
+		return 0, 0, fmt.Errorf("%s: no daemon", h.Name)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	if ticks, err = parseProcStat(b); err != nil {
+		return 0, 0, err
+	}
+	if b, err = os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid)); err != nil {
+		return 0, 0, err
+	}
+	pages, err := parseStatmRSS(b)
+	return ticks, pages * uint64(os.Getpagesize()), err
 }
