@@ -381,7 +381,7 @@ func (s *scaleRun) rest(rep *scaleReport) error {
 		case <-time.After(s.sc.window): // the measuring window
 		}
 	})
-	fmt.Fprintf(s.log, "scale: at rest: gossip %.0f B/s per node; daemon CPU %s\n", rep.Rest.GossipMean, fmtCPU(rep.Rest))
+	fmt.Fprintf(s.log, "scale: at rest: gossip %.0f B/s per node; daemon CPU %s\n", rep.Rest.GossipMean, fmtDaemonUse(rep.Rest))
 	return err
 }
 
@@ -533,7 +533,7 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "%s killed: its endpoint gone, default --node-grace\t%v\t\n", r.Victim, r.FailDef)
 	fmt.Fprintf(tw, "gossip per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, false))
 	fmt.Fprintf(tw, "underlay per node at rest (mean, max)\t%s\t\n", fmtRates(r.Rest, true))
-	fmt.Fprintf(tw, "daemon CPU and RSS at rest (mean, max)\t%s\t\n", fmtCPU(r.Rest))
+	fmt.Fprintf(tw, "daemon CPU and RSS at rest (mean, max)\t%s\t\n", fmtDaemonUse(r.Rest))
 	started := float64(r.LoadDone) / sc.window.Seconds()
 	achieved := float64(r.LoadDone) / max(r.Load.Window.Seconds(), 1e-9)
 	fmt.Fprintf(tw, "endpoint changes: %d/s asked for %v, up to %d in flight\t%d made (%.1f/s started, %.1f/s over the window until the last ended); %d failed; %d not started (busy)\t\n",
@@ -541,7 +541,7 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "one change (a container run or removed), median, max; removals alone\t%v, %v; %v, %v\t\n", r.LoadTookMedian.Round(time.Millisecond), r.LoadTookMax.Round(time.Millisecond), r.LoadRmMedian.Round(time.Millisecond), r.LoadRmMax.Round(time.Millisecond))
 	fmt.Fprintf(tw, "gossip per node under those changes (mean, max)\t%s\t\n", fmtRates(r.Load, false))
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))
-	fmt.Fprintf(tw, "daemon CPU and RSS under that load (mean, max)\t%s\t\n", fmtCPU(r.Load))
+	fmt.Fprintf(tw, "daemon CPU and RSS under that load (mean, max)\t%s\t\n", fmtDaemonUse(r.Load))
 	fmt.Fprintf(tw, "after the load, every host back to the base endpoints\t%v\t\n", r.Settle)
 	fmt.Fprintf(tw, "gossip drops and resends, refused records, summed over the daemons\t%v\t\n", r.Drops)
 	tw.Flush()
@@ -555,7 +555,9 @@ func fmtRates(r rates, underlay bool) string {
 	return fmt.Sprintf("%.1f KB/s, %.1f KB/s (over %v)", mean/1e3, mx/1e3, r.Window.Round(time.Millisecond))
 }
 
-func fmtCPU(r rates) string {
+// fmtDaemonUse formats the daemons' CPU share and RSS of a window (mean,
+// max over the daemons).
+func fmtDaemonUse(r rates) string {
 	return fmt.Sprintf("%.1f%%, %.1f%% of a core; %.0f MB, %.0f MB", 100*r.CPUMean, 100*r.CPUMax, r.RSSMean/1e6, r.RSSMax/1e6)
 }
 
