@@ -149,8 +149,8 @@ func earlier(a, b *Entry) bool {
 func (c *Cluster) conflictingLocked(table, group, resource string) []*Entry {
 	conflict := c.claimRules[table].conflict
 	var out []*Entry
-	for k, r := range c.entries {
-		if k.table != table || r.Deleted {
+	for _, r := range c.recsLocked(table) {
+		if r.Deleted {
 			continue
 		}
 		g, res, ok := parseClaimKey(&r.Entry)

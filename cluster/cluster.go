@@ -212,6 +212,10 @@ type Cluster struct {
 	clock   uint64
 	tables  map[string]TableOptions
 	entries map[tkey]*record
+	// byTable indexes entries by table, with each table's change log
+	// (Changes); seq numbers the changes of every table.
+	byTable map[string]*tableIndex
+	seq     uint64
 	members map[string]*memberInfo
 	gone    map[string]bool      // owners whose node-scoped entries are expired here
 	unknown map[string]time.Time // owners with entries but no membership record
@@ -302,6 +306,7 @@ func Start(cfg Config) (*Cluster, error) {
 		log:      cfg.Logger.With("component", "cluster"),
 		tables:   map[string]TableOptions{ipamTable: {NodeScoped: true}},
 		entries:  map[tkey]*record{},
+		byTable:  map[string]*tableIndex{},
 		members:  map[string]*memberInfo{},
 		gone:     map[string]bool{},
 		unknown:  map[string]time.Time{},
@@ -667,7 +672,7 @@ func (c *Cluster) sweep(now time.Time) {
 			if !r.expired && r.Version > c.marks[k.table] {
 				c.marks[k.table] = r.Version
 			}
-			delete(c.entries, k)
+			c.dropLocked(k)
 		}
 	}
 	if changed {
@@ -693,6 +698,7 @@ func (c *Cluster) expireOwnerLocked(owner string, now time.Time) bool {
 			n++
 		}
 		r.Deleted, r.expired, r.Value, r.stamp = true, true, nil, now
+		c.touchLocked(k)
 	}
 	if n > 0 {
 		c.log.Info("removed entries of departed node", "node", owner, "entries", n)
