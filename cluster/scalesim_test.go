@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -352,16 +353,16 @@ func (s *simCluster) pollAll(timeout time.Duration, cond func(*Cluster, *simReco
 // status describes a wait: on how many nodes cond holds, how many members
 // the nodes see alive, and the churn so far.
 func (s *simCluster) status(from int, cond func(*Cluster, *simReconciler) bool) string {
-	held, lo, hi := from, len(s.nodes), 0
+	held, lo, hi, elo, ehi := from, len(s.nodes), 0, int64(math.MaxInt64), int64(0)
 	for i, c := range s.nodes {
 		if i >= from && cond(c, s.recs[i]) {
 			held++
 		}
-		a := int(c.alive.Load())
-		lo, hi = min(lo, a), max(hi, a)
+		a, e := int(c.alive.Load()), s.recs[i].eps.Load()
+		lo, hi, elo, ehi = min(lo, a), max(hi, a), min(elo, e), max(ehi, e)
 	}
-	return fmt.Sprintf("waiting: holds on %d of %d nodes; members seen alive %d to %d; %v",
-		held, len(s.nodes), lo, hi, s.churn.snapshot())
+	return fmt.Sprintf("waiting: holds on %d of %d nodes; members seen alive %d to %d; endpoints seen %d to %d; %v",
+		held, len(s.nodes), lo, hi, elo, ehi, s.churn.snapshot())
 }
 
 // simPhase is the measurement of one phase: the cluster forming, or one
