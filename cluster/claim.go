@@ -149,8 +149,8 @@ func earlier(a, b *Entry) bool {
 func (c *Cluster) conflictingLocked(table, group, resource string) []*Entry {
 	conflict := c.claimRules[table].conflict
 	var out []*Entry
-	for k, r := range c.entries {
-		if k.table != table || r.Deleted {
+	for _, r := range c.recsLocked(table) {
+		if r.Deleted {
 			continue
 		}
 		g, res, ok := parseClaimKey(&r.Entry)
@@ -210,12 +210,12 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 	var held *ClaimConflict
 	deadline := time.NewTimer(c.cfg.ClaimTimeout)
 	defer deadline.Stop()
-	recheck := time.NewTicker(50 * time.Millisecond)
+	recheck := time.NewTicker(c.dur(50 * time.Millisecond))
 	defer recheck.Stop()
 	// A request or answer lost on the way (a TCP connect that timed out
 	// on a busy host) is not waited for until ClaimTimeout: the members
 	// that have not answered are asked again. Answering is idempotent.
-	resend := time.NewTicker(claimResendInterval)
+	resend := time.NewTicker(c.dur(claimResendInterval))
 	defer resend.Stop()
 	for len(peers) > 0 {
 		select {
@@ -392,7 +392,7 @@ func (c *Cluster) awaitMember(name string) *memberlist.Node {
 		select {
 		case <-c.stop:
 			return nil
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(c.dur(20 * time.Millisecond)):
 		}
 	}
 }

@@ -117,6 +117,15 @@ type Config struct {
 	TCPTimeout          time.Duration
 	SuspicionMult       int
 	GossipToTheDeadTime time.Duration
+
+	// TimeScale, when above 1, multiplies every timer of the node, its
+	// own and memberlist's (after the defaults and the knobs above):
+	// gossip, probe, push/pull and TCP timing, NodeGrace, TombstoneTTL,
+	// ClaimTimeout, ReconnectInterval, resends and sweeps. It is for
+	// simulations only: n nodes sharing a few cores each get a fraction
+	// of one, and slowing every clock by the same factor keeps the
+	// protocol's behaviour the same in "simulated" time. 0 or 1: real time.
+	TimeScale int
 }
 
 // NodeMeta is what a node publishes about itself through memberlist.
@@ -203,6 +212,10 @@ type Cluster struct {
 	clock   uint64
 	tables  map[string]TableOptions
 	entries map[tkey]*record
+	// byTable indexes entries by table, with each table's change log
+	// (Changes); seq numbers the changes of every table.
+	byTable map[string]*tableIndex
+	seq     uint64
 	members map[string]*memberInfo
 	gone    map[string]bool      // owners whose node-scoped entries are expired here
 	unknown map[string]time.Time // owners with entries but no membership record
@@ -277,6 +290,15 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.TimeScale > 1 {
+		k := time.Duration(cfg.TimeScale)
+		cfg.NodeGrace *= k
+		cfg.TombstoneTTL *= k
+		cfg.ClaimTimeout *= k
+		if cfg.ReconnectInterval > 0 {
+			cfg.ReconnectInterval *= k
+		}
+	}
 	cfg.Key = slices.Clone(cfg.Key)
 
 	c := &Cluster{
@@ -284,6 +306,7 @@ func Start(cfg Config) (*Cluster, error) {
 		log:      cfg.Logger.With("component", "cluster"),
 		tables:   map[string]TableOptions{ipamTable: {NodeScoped: true}},
 		entries:  map[tkey]*record{},
+		byTable:  map[string]*tableIndex{},
 		members:  map[string]*memberInfo{},
 		gone:     map[string]bool{},
 		unknown:  map[string]time.Time{},
@@ -351,6 +374,13 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.SuspicionMult > 0 {
 		mc.SuspicionMult = cfg.SuspicionMult
 	}
+	if cfg.TimeScale > 1 {
+		// DeadNodeReclaimTime is NodeGrace, scaled already.
+		for _, d := range []*time.Duration{&mc.GossipInterval, &mc.ProbeInterval, &mc.ProbeTimeout,
+			&mc.PushPullInterval, &mc.TCPTimeout, &mc.GossipToTheDeadTime, &mc.QueueCheckInterval} {
+			*d = c.dur(*d)
+		}
+	}
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -362,6 +392,15 @@ func Start(cfg Config) (*Cluster, error) {
 	c.wg.Add(1)
 	go c.maintain()
 	return c, nil
+}
+
+// dur returns d stretched by Config.TimeScale: the length of a timer of
+// the cluster's own.
+func (c *Cluster) dur(d time.Duration) time.Duration {
+	if c.cfg.TimeScale > 1 {
+		return d * time.Duration(c.cfg.TimeScale)
+	}
+	return d
 }
 
 // transport listens on the sockets of mc, or attaches to Config.Network.
@@ -566,7 +605,7 @@ func (c *Cluster) notifyLocked() {
 // members, and rejoins lost members.
 func (c *Cluster) maintain() {
 	defer c.wg.Done()
-	tick := min(max(c.cfg.NodeGrace/4, 10*time.Millisecond), time.Second)
+	tick := min(max(c.cfg.NodeGrace/4, c.dur(10*time.Millisecond)), c.dur(time.Second))
 	if c.cfg.ReconnectInterval > 0 {
 		tick = min(tick, c.cfg.ReconnectInterval)
 	}
@@ -633,7 +672,7 @@ func (c *Cluster) sweep(now time.Time) {
 			if !r.expired && r.Version > c.marks[k.table] {
 				c.marks[k.table] = r.Version
 			}
-			delete(c.entries, k)
+			c.dropLocked(k)
 		}
 	}
 	if changed {
@@ -659,6 +698,7 @@ func (c *Cluster) expireOwnerLocked(owner string, now time.Time) bool {
 			n++
 		}
 		r.Deleted, r.expired, r.Value, r.stamp = true, true, nil, now
+		c.touchLocked(k)
 	}
 	if n > 0 {
 		c.log.Info("removed entries of departed node", "node", owner, "entries", n)
@@ -695,7 +735,7 @@ func (c *Cluster) Rejoin(addrs []netip.AddrPort) {
 // until a member is alive there. Each failure doubles the address's wait,
 // up to ReconnectInterval.
 func (c *Cluster) reconnect(now time.Time) {
-	first := min(time.Second, c.cfg.ReconnectInterval)
+	first := min(c.dur(time.Second), c.cfg.ReconnectInterval)
 	c.mu.Lock()
 	alive := map[netip.AddrPort]bool{}
 	lost := map[netip.AddrPort]bool{}

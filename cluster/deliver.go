@@ -85,7 +85,7 @@ func (c *Cluster) deliverOwn(e Entry) {
 // deliver sends d until it is acknowledged, replaced by nothing newer
 // worth sending, or given up.
 func (c *Cluster) deliver(d *delivery) {
-	wait, sends := ackWaitFirst, 0
+	wait, sends := c.dur(ackWaitFirst), 0
 	for {
 		c.mu.Lock()
 		to, why := c.deliveryTargetLocked(d)
@@ -122,9 +122,9 @@ func (c *Cluster) deliver(d *delivery) {
 			c.mu.Unlock()
 			return
 		case replaced: // a newer write: send it now
-			wait, sends = ackWaitFirst, 0
+			wait, sends = c.dur(ackWaitFirst), 0
 		default:
-			wait = min(2*wait, ackWaitMax)
+			wait = min(2*wait, c.dur(ackWaitMax))
 		}
 	}
 }
@@ -253,7 +253,7 @@ func (c *Cluster) scheduleRegossip(e Entry) {
 		c.drops["regossip-full"]++
 		return
 	}
-	c.regossip[k] = &regossip{version: e.Version, next: time.Now().Add(regossipDelays[0])}
+	c.regossip[k] = &regossip{version: e.Version, next: time.Now().Add(c.dur(regossipDelays[0]))}
 }
 
 // regossipDue broadcasts again the own small writes whose time has come.
@@ -280,7 +280,7 @@ func (c *Cluster) regossipDue(now time.Time) {
 			delete(c.regossip, k)
 			continue
 		}
-		g.next = now.Add(regossipDelays[g.round] - regossipDelays[g.round-1])
+		g.next = now.Add(c.dur(regossipDelays[g.round] - regossipDelays[g.round-1]))
 	}
 	c.mu.Unlock()
 	for i, msg := range out {

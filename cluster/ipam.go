@@ -83,8 +83,8 @@ func claimWinner(claims []*Entry) *Entry {
 // claimsLocked returns the live claims of network, by block.
 func (c *Cluster) claimsLocked(network string) map[netip.Prefix][]*Entry {
 	out := map[netip.Prefix][]*Entry{}
-	for k, r := range c.entries {
-		if k.table != ipamTable || r.Deleted {
+	for _, r := range c.recsLocked(ipamTable) {
+		if r.Deleted {
 			continue
 		}
 		if n, b, ok := parseClaim(&r.Entry); ok && n == network {

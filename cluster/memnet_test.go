@@ -93,3 +93,67 @@ func TestMemNetworkRefusesAnAddressInUse(t *testing.T) {
 		t.Fatalf("second node on %s: err %v, want already in use", simAddr(1), err)
 	}
 }
+
+// Config.TimeScale stretches every timer: memberlist's probes and
+// suspicion, and the cluster's NodeGrace and sweep. With timers stretched
+// five times, a node cut off is declared dead no sooner than five times
+// the (test) suspicion timeout, and its entries leave no sooner than five
+// times NodeGrace after that.
+func TestTimeScaleStretchesFailureDetectionAndGrace(t *testing.T) {
+	const k = 5
+	mem := NewMemNetwork()
+	key := mustKey(t)
+	var cs []*Cluster
+	for i := range 2 {
+		cfg := testConfig(simName(i), key, DefaultGossipPort, &logSink{})
+		cfg.BindAddr, cfg.Network = simAddr(i).Addr(), mem
+		cfg.NodeGrace = 400 * time.Millisecond
+		cfg.TimeScale = k
+		c, err := Start(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := c.DefineTable("endpoints", TableOptions{NodeScoped: true}); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			if _, err := c.Join([]string{simAddr(0).String()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cs = append(cs, c)
+	}
+	cfg := testConfig("", nil, 0, nil)
+	if err := cs[1].Put("endpoints", "ep", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "entry on the other node", func() bool {
+		_, ok := cs[0].Get("endpoints", "ep")
+		return ok
+	})
+	cut := time.Now()
+	mem.Cut(simAddr(1), true)
+	var dead time.Duration
+	waitFor(t, 60*time.Second, "cut node's entry gone", func() bool {
+		if dead == 0 {
+			for _, m := range cs[0].Members() {
+				if m.Name == simName(1) && m.State == StateDead {
+					dead = time.Since(cut)
+				}
+			}
+		}
+		_, ok := cs[0].Get("endpoints", "ep")
+		return !ok
+	})
+	gone := time.Since(cut)
+	// memberlist suspects a node after a failed probe and declares it dead
+	// SuspicionMult probe intervals later (with one other member).
+	if want := k * time.Duration(cfg.SuspicionMult) * cfg.ProbeInterval; dead == 0 || dead < want {
+		t.Errorf("cut node declared dead after %v, want at least %v (x%d stretched)", dead, want, k)
+	}
+	if want := dead + k*400*time.Millisecond; gone < want {
+		t.Errorf("cut node's entry gone after %v, want at least %v: dead after %v plus NodeGrace x%d", gone, want, dead, k)
+	}
+	t.Logf("dead after %v, entry gone after %v", dead, gone)
+}

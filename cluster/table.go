@@ -84,7 +84,7 @@ func (c *Cluster) writeLocked(e Entry) (Entry, error) {
 	c.clock++
 	e.Owner = c.cfg.NodeName
 	e.Version = c.clock
-	c.entries[tkey{e.Table, e.Key}] = &record{Entry: e, stamp: time.Now()}
+	c.setLocked(tkey{e.Table, e.Key}, &record{Entry: e, stamp: time.Now()})
 	c.notifyLocked()
 	return e.clone(), nil
 }
@@ -132,13 +132,11 @@ func (c *Cluster) Get(table, key string) (Entry, bool) {
 func (c *Cluster) List(table string) []Entry {
 	c.mu.Lock()
 	var out []Entry
-	for k, r := range c.entries {
-		if k.table == table && !r.Deleted {
-			out = append(out, r.Entry.clone())
-		}
+	if t := c.byTable[table]; t != nil {
+		out = t.liveLocked()
 	}
 	c.mu.Unlock()
-	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Key, b.Key) })
+	sortEntries(out)
 	return out
 }
 
@@ -161,7 +159,7 @@ func (c *Cluster) applyLocked(e Entry) (changed bool, refute *Entry) {
 				return false, nil
 			}
 			if e.Deleted && (cur == nil || cur.Deleted) {
-				c.entries[k] = &record{Entry: e, stamp: time.Now()}
+				c.setLocked(k, &record{Entry: e, stamp: time.Now()})
 				return true, nil
 			}
 			// A copy of "our" entry that we do not hold: left over from an
@@ -188,7 +186,7 @@ func (c *Cluster) applyLocked(e Entry) (changed bool, refute *Entry) {
 		c.refuseLocked("replayed", e, fmt.Sprintf("no newer than the table's reaped tombstones (version %d)", c.marks[e.Table]))
 		return false, nil
 	}
-	c.entries[k] = &record{Entry: e, stamp: time.Now()}
+	c.setLocked(k, &record{Entry: e, stamp: time.Now()})
 	return true, nil
 }
 
@@ -434,7 +432,7 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 		delete(c.gone, n.Name)
 		for k, r := range c.entries {
 			if r.expired && r.Owner == n.Name {
-				delete(c.entries, k)
+				c.dropLocked(k)
 			}
 		}
 	}
