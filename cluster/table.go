@@ -547,7 +547,8 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // gossip packet limit fared: "entry-resent" (a send to a member that had
 // not acknowledged the previous one in time) and "entry-undelivered" (a
 // member that acknowledged none of maxDeliverSends sends, left to
-// anti-entropy); "regossip-full" counts own small writes broadcast only
+// anti-entropy); "claim-resent" counts claim requests sent again to a
+// member that had not answered the previous one in time; "regossip-full" counts own small writes broadcast only
 // once because maxRegossip writes were already scheduled again.
 func (c *Cluster) Drops() map[string]uint64 {
 	c.mu.Lock()
