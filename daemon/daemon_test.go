@@ -290,6 +290,11 @@ func nodeConfig(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Ad
 			c.PushPullInterval = 300 * time.Millisecond
 			c.SuspicionMult = 4
 			c.ReconnectInterval = 500 * time.Millisecond
+			// A claim waits for every member's answer; the default 5 s
+			// is not always enough for a race-instrumented daemon
+			// sharing a loaded machine ("claim of 10.4.0.8/29 in
+			// \"sec\" not confirmed by h1, h3 within 5s").
+			c.ClaimTimeout = 30 * time.Second
 		},
 	}
 }
