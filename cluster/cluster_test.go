@@ -284,9 +284,12 @@ func TestRestartRefutesStaleOwnEntries(t *testing.T) {
 	// new process only re-creates "kept", with another value and a low version.
 	n2b := startNode(t, "n2", key, n2.port)
 	n2b.Put("endpoints", "kept", []byte("new-value"))
-	if _, err := n2b.Join([]string{nodes[0].addr()}); err != nil {
-		t.Fatal(err)
-	}
+	// Joined as the restarted daemon does, until one push/pull gets
+	// through within TCPTimeout on a loaded machine.
+	waitFor(t, 10*time.Second, "the restarted n2 joined", func() bool {
+		_, err := n2b.Join([]string{nodes[0].addr()})
+		return err == nil
+	})
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
