@@ -335,9 +335,10 @@ func TestOwnEntriesReceivedBeforeTheirTableIsDefinedAreRefuted(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n2b.Close() })
-	if _, err := n2b.Join([]string{n1.addr()}); err != nil {
-		t.Fatal(err)
-	}
+	waitFor(t, 10*time.Second, "the restarted n2 joined", func() bool {
+		_, err := n2b.Join([]string{n1.addr()})
+		return err == nil
+	})
 	waitFor(t, 5*time.Second, "the previous run's entry on the restarted node", func() bool {
 		_, ok := n2b.Get("endpoints", "old")
 		return ok
