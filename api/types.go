@@ -365,7 +365,9 @@ type Stats struct {
 	// own large entries fared: "entry-resent" (a member had not
 	// acknowledged a send in time), "entry-undelivered" (given up to
 	// anti-entropy after 16 sends), "regossip-full" (an own small write
-	// broadcast once only: 4096 were already scheduled again).
+	// broadcast once only: 4096 were already scheduled again),
+	// "claim-resent" (a claim request sent again to a member that had
+	// not answered the previous one in time).
 	GossipDrops map[string]uint64 `json:"gossip_drops,omitempty"`
 	// OpenFDs is the number of file descriptors the daemon holds open,
 	// and FDLimit its soft open-files limit (RLIMIT_NOFILE, raised to the

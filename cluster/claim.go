@@ -115,8 +115,19 @@ func (c *Cluster) ReleaseClaim(table, group, resource string) error {
 }
 
 // claimResendInterval is how long a claim round waits for a member's
-// answer before asking it again.
-const claimResendInterval = time.Second
+// answer, after its request was sent, before asking it again; each further
+// wait is twice as long, up to claimResendMax.
+const (
+	claimResendInterval = time.Second
+	claimResendMax      = 8 * time.Second
+)
+
+// claimAsk is the state of a claim round's requests to one member.
+type claimAsk struct {
+	inFlight bool          // a request is being sent
+	next     time.Time     // when to ask again if no answer came
+	wait     time.Duration // the wait after the next send
+}
 
 func claimKey(group, resource string) string { return group + "|" + resource + "|" }
 
@@ -197,26 +208,34 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 	}()
 
 	req := (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()
-	send := func() {
-		for _, p := range peers {
-			c.spawn(func() {
-				if err := c.sendReliable(p, req); err != nil {
-					c.log.Debug("send claim", "node", p.Name, "table", table, "err", err)
-				}
-			})
-		}
+	// A request or answer lost on the way (a stream a busy peer closed
+	// unread) is not waited for until ClaimTimeout: the members that have
+	// not answered are asked again, each once its previous request has
+	// been sent and the wait after it has passed, which doubles each time.
+	// Requests are not stacked on a member whose TCP is slow to accept:
+	// each would be answered, adding to the load that delays the round.
+	// Answering is idempotent.
+	sent := make(chan string, len(peers)) // at most one send per member in flight
+	asks := make(map[string]*claimAsk, len(peers))
+	send := func(name string, a *claimAsk) {
+		a.inFlight = true
+		p := peers[name]
+		c.spawn(func() {
+			if err := c.sendReliable(p, req); err != nil {
+				c.log.Debug("send claim", "node", p.Name, "table", table, "err", err)
+			}
+			sent <- name
+		})
 	}
-	send()
+	for name := range peers {
+		asks[name] = &claimAsk{wait: c.dur(claimResendInterval)}
+		send(name, asks[name])
+	}
 	var held *ClaimConflict
 	deadline := time.NewTimer(c.cfg.ClaimTimeout)
 	defer deadline.Stop()
 	recheck := time.NewTicker(c.dur(50 * time.Millisecond))
 	defer recheck.Stop()
-	// A request or answer lost on the way (a TCP connect that timed out
-	// on a busy host) is not waited for until ClaimTimeout: the members
-	// that have not answered are asked again. Answering is idempotent.
-	resend := time.NewTicker(c.dur(claimResendInterval))
-	defer resend.Stop()
 	for len(peers) > 0 {
 		select {
 		case m := <-ch:
@@ -227,9 +246,11 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 				held = heldConflict(table, m)
 			}
 			delete(peers, m.From)
-		case <-resend.C:
-			send()
-		case <-recheck.C:
+		case name := <-sent:
+			a := asks[name]
+			a.inFlight, a.next = false, time.Now().Add(a.wait)
+			a.wait = min(2*a.wait, c.dur(claimResendMax))
+		case now := <-recheck.C:
 			// Members gone meanwhile (left, or dead for NodeGrace: their
 			// claims expired) no longer need to answer.
 			c.mu.Lock()
@@ -239,6 +260,14 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 				}
 			}
 			c.mu.Unlock()
+			for name := range peers {
+				if a := asks[name]; !a.inFlight && now.After(a.next) {
+					c.mu.Lock()
+					c.drops["claim-resent"]++
+					c.mu.Unlock()
+					send(name, a)
+				}
+			}
 		case <-deadline.C:
 			if names := c.aliveAmong(peers); len(names) > 0 {
 				return nil, fmt.Errorf("claim of %s in %q not confirmed by %s within %v", resource, group, strings.Join(names, ", "), c.cfg.ClaimTimeout)

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,4 +160,53 @@ func TestClaimWaitsForMembersWronglyDeclaredDead(t *testing.T) {
 	if won != 1 {
 		t.Fatalf("%d nodes won block %s, want exactly 1", won, block)
 	}
+}
+
+// TestClaimAsksAMemberAgainOnlyOnceItsSendIsDone: a claim round asks a
+// member that has not answered again, but not while the previous request
+// to it is still being sent (a member under load whose TCP accepts
+// nothing: the dial waits for TCPTimeout). Requests stacked every second
+// on such a member, each answered later, only add to the load that delays
+// the round. A member that read and dropped the request (its stream
+// closed unread) is asked again and confirms the claim.
+func TestClaimAsksAMemberAgainOnlyOnceItsSendIsDone(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.0.0.0/24")
+	t.Run("send in flight", func(t *testing.T) {
+		nodes := startCluster(t, mustKey(t), 2, func(c *Config) {
+			c.TCPTimeout = 10 * time.Second
+			c.ProbeInterval = 10 * time.Second // n2 stays alive to n1 meanwhile
+			c.ClaimTimeout = 3500 * time.Millisecond
+			c.NodeGrace = time.Minute
+		})
+		blackhole(t, nodes[1])
+		if memberState(nodes[0], "n2") != StateAlive {
+			t.Skip("n1 already saw n2 fail")
+		}
+		_, err := nodes[0].ClaimBlock("web", subnet, 28)
+		if err == nil || !strings.Contains(err.Error(), "not confirmed by n2") {
+			t.Fatalf("claim with n2 not answering: %v", err)
+		}
+		if n := nodes[0].Drops()["claim-resent"]; n != 0 {
+			t.Fatalf("n1 asked n2 %d more times while its first request was still dialling", n)
+		}
+	})
+	t.Run("request dropped unread", func(t *testing.T) {
+		nodes := startCluster(t, mustKey(t), 2)
+		// n2 closes every stream unread until n1 has asked again.
+		var dropped atomic.Int64
+		drop := func() bool {
+			if nodes[0].Drops()["claim-resent"] > 0 {
+				return false
+			}
+			dropped.Add(1)
+			return true
+		}
+		nodes[1].tr.dropStream.Store(&drop)
+		if _, err := nodes[0].ClaimBlock("web", subnet, 28); err != nil {
+			t.Fatalf("claim with n2 dropping the first request: %v", err)
+		}
+		if dropped.Load() == 0 {
+			t.Fatal("n2 dropped no stream: the test did not test anything")
+		}
+	})
 }

@@ -134,9 +134,12 @@ func startCluster(t *testing.T, key []byte, count int, tune ...func(*Config)) []
 	for i := 1; i <= count; i++ {
 		n := startNode(t, "n"+itoa(i), key, 0, tune...)
 		if i > 1 {
-			if _, err := n.Join([]string{nodes[0].addr()}); err != nil {
-				t.Fatalf("join: %v", err)
-			}
+			// One join is one push/pull within TCPTimeout, which a
+			// loaded machine can miss: join as the daemon's rejoin does.
+			waitFor(t, 10*time.Second, "n"+itoa(i)+" joined", func() bool {
+				_, err := n.Join([]string{nodes[0].addr()})
+				return err == nil
+			})
 		}
 		nodes = append(nodes, n)
 	}

@@ -144,9 +144,12 @@ func startGentleCluster(t *testing.T, count int) []*testNode {
 		t.Cleanup(func() { c.Close() })
 		n := &testNode{Cluster: c, port: cfg.GossipPort, logs: logs}
 		if i > 1 {
-			if _, err := n.Join([]string{nodes[0].addr()}); err != nil {
-				t.Fatalf("join: %v", err)
-			}
+			// One join is one push/pull within TCPTimeout; on a loaded
+			// machine the first node, busy with the others, may miss it.
+			waitFor(t, 30*time.Second, "n"+itoa(i)+" joined", func() bool {
+				_, err := n.Join([]string{nodes[0].addr()})
+				return err == nil
+			})
 		}
 		nodes = append(nodes, n)
 	}

@@ -13,15 +13,46 @@ import (
 
 // DefineTable declares a table before it is written. Defining a table again
 // changes its options. Entries of tables that are not defined here are still
-// stored and relayed, as not node-scoped.
+// stored and relayed, as not node-scoped; when a node-scoped table is first
+// defined, the entries of it that name this node as owner, received from
+// peers meanwhile, are refuted.
 func (c *Cluster) DefineTable(name string, opt TableOptions) error {
 	if name == "" || len(name) > maxNameLen {
 		return fmt.Errorf("table name %q: must be 1 to %d bytes", name, maxNameLen)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	_, redefined := c.tables[name]
 	c.tables[name] = opt
+	var refuted []Entry
+	if opt.NodeScoped && !redefined {
+		refuted = c.refuteHeldLocked(name)
+	}
+	c.mu.Unlock()
+	for _, e := range refuted {
+		c.broadcast(e)
+	}
 	return nil
+}
+
+// refuteHeldLocked overwrites with tombstones the live entries of table
+// that name this node as owner and returns them to spread. This node
+// never writes a table before defining it, so such entries were received
+// before table was defined node-scoped (a restarted node that peers
+// pushed their state to at once): copies left over from an earlier run,
+// which applyLocked refutes when they arrive later. c.mu must be held.
+func (c *Cluster) refuteHeldLocked(table string) []Entry {
+	var out []Entry
+	for k, r := range c.entries {
+		if k.table != table || r.Owner != c.cfg.NodeName || r.Deleted {
+			continue
+		}
+		ne, err := c.writeLocked(Entry{Table: k.table, Key: k.key, Deleted: true})
+		if err != nil {
+			break
+		}
+		out = append(out, ne)
+	}
+	return out
 }
 
 func (c *Cluster) checkWrite(table, key string, value []byte) error {
@@ -545,7 +576,8 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // gossip packet limit fared: "entry-resent" (a send to a member that had
 // not acknowledged the previous one in time) and "entry-undelivered" (a
 // member that acknowledged none of maxDeliverSends sends, left to
-// anti-entropy); "regossip-full" counts own small writes broadcast only
+// anti-entropy); "claim-resent" counts claim requests sent again to a
+// member that had not answered the previous one in time; "regossip-full" counts own small writes broadcast only
 // once because maxRegossip writes were already scheduled again.
 func (c *Cluster) Drops() map[string]uint64 {
 	c.mu.Lock()

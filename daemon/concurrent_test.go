@@ -10,12 +10,14 @@ import (
 	"testing"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
-// connectedNodes is threeNodes once every node sees the three alive.
+// connectedNodes is threeNodes, with claimSafeGrace, once every node sees
+// the three alive.
 func connectedNodes(t *testing.T) ([]*Daemon, []*fakeSandbox) {
 	t.Helper()
-	ds, sbs := threeNodes(t)
+	ds, sbs := threeNodesOn(t, tunnel.NewMemNetwork(), claimSafeGrace)
 	for _, d := range ds {
 		waitFor(t, d.cfg.Node+" seeing three alive nodes", func() bool {
 			alive := 0

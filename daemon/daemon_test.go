@@ -259,7 +259,7 @@ func newNode(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Addr,
 
 // nodeConfig is the Config of a test daemon: VXLAN and ESP on the
 // in-memory underlay mem at addr, gossip on a free port of addr with fast
-// timing, a one-second node grace.
+// gossip and failure detection that tolerates a loaded machine.
 func nodeConfig(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Addr, sb Sandbox, dir string, join ...string) Config {
 	t.Helper()
 	ul, err := mem.Listen(netip.AddrPortFrom(addr, 4789))
@@ -272,15 +272,29 @@ func nodeConfig(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Ad
 	}
 	return Config{
 		Node: name, StateDir: dir, Sandbox: sb, UnderlayMTU: 1500, Advertise: addr,
-		GossipPort: freePort(t, addr), Join: join, Underlay: ul, ESPUnderlay: eul, NodeGrace: time.Second,
+		GossipPort: freePort(t, addr), Join: join, Underlay: ul, ESPUnderlay: eul, NodeGrace: 3 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(testLogOut(), nil)),
 		tuneCluster: func(c *cluster.Config) {
+			// Fast gossip, but failure detection that a loaded two-core
+			// machine running three race-instrumented daemons in one
+			// process meets: a probe unanswered for 400 ms, then a
+			// suspicion of 2 s (SuspicionMult x ProbeInterval with three
+			// nodes) before a live node would be declared dead, and 3 s
+			// more before its entries and claims go (NodeGrace). With a
+			// 50 ms probe timeout, 200 ms suspicions and a 1 s grace,
+			// nodes were declared dead every second under load and their
+			// endpoints, SAs and claims went with them.
 			c.GossipInterval = 20 * time.Millisecond
-			c.ProbeInterval = 100 * time.Millisecond
-			c.ProbeTimeout = 50 * time.Millisecond
+			c.ProbeInterval = 500 * time.Millisecond
+			c.ProbeTimeout = 400 * time.Millisecond
 			c.PushPullInterval = 300 * time.Millisecond
-			c.SuspicionMult = 2
+			c.SuspicionMult = 4
 			c.ReconnectInterval = 500 * time.Millisecond
+			// A claim waits for every member's answer; the default 5 s
+			// is not always enough for a race-instrumented daemon
+			// sharing a loaded machine ("claim of 10.4.0.8/29 in
+			// \"sec\" not confirmed by h1, h3 within 5s").
+			c.ClaimTimeout = 30 * time.Second
 		},
 	}
 }

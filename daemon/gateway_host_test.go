@@ -69,7 +69,7 @@ func remoteGateways(d *Daemon, network string, hosts []netip.Addr) int {
 // an outside client's address and the backend on another node sees that
 // address; when the service stops publishing, the addresses are released.
 func TestMeshGatewayHosts(t *testing.T) {
-	ds, sbs := threeNodes(t)
+	ds, sbs := threeNodesOn(t, tunnel.NewMemNetwork(), claimSafeGrace)
 	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.3.0.0/24"}); err != nil {
 		t.Fatal(err)
 	}

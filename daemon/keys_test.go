@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -238,56 +240,54 @@ func TestEncryptedTCPAcrossTheOverlayWithRotation(t *testing.T) {
 	defer ln.Close()
 	data := make([]byte, 8<<20)
 	rand.Read(data)
-	got := make(chan []byte, 1)
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer conn.Close()
-		b, _ := io.ReadAll(conn)
-		got <- b
-	}()
+	rx := receiveAll(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	conn, err := c1.Dial(ctx, netip.AddrPortFrom(netip.MustParseAddr(eps[2].IP), 5001))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Two rotations, asked for on h2 and h3, while the stream runs.
+	// Two rotations, asked for on h2 and h3, while the stream runs; each
+	// is bounded by RotateKey's own wait.
 	rotated := make(chan error, 1)
 	go func() {
 		for _, d := range []*Daemon{ds[1], ds[2]} {
-			if _, err := d.RotateKey(ctx); err != nil {
+			if _, err := d.RotateKey(context.Background()); err != nil {
 				rotated <- err
 				return
 			}
 		}
 		rotated <- nil
 	}()
-	for off := 0; off < len(data); off += 64 << 10 {
-		if _, err := conn.Write(data[off : off+64<<10]); err != nil {
-			t.Fatal(err)
+	sent := make(chan error, 1)
+	go func() {
+		defer conn.Close()
+		for off := 0; off < len(data); off += 64 << 10 {
+			if _, err := conn.Write(data[off : off+64<<10]); err != nil {
+				sent <- err
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	if err := <-rotated; err != nil {
+		if err := <-rotated; err != nil {
+			sent <- err
+			return
+		}
+		// Some more traffic under the newest key, then the end of the stream.
+		_, err := conn.Write(data[:1<<20])
+		sent <- err
+	}()
+	want := append(bytes.Clone(data), data[:1<<20]...)
+	b := rx.wait(t, len(want), func() {
+		for _, d := range ds {
+			t.Logf("%s: losses %v", d.cfg.Node, lossCounters(t, d, "sec"))
+		}
+	})
+	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
-	// Some more traffic under the newest key, then the end of the stream.
-	if _, err := conn.Write(data[:1<<20]); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close()
-	select {
-	case b := <-got:
-		want := append(bytes.Clone(data), data[:1<<20]...)
-		if !bytes.Equal(b, want) {
-			t.Fatalf("received %d bytes, not the %d sent", len(b), len(want))
-		}
-	case <-ctx.Done():
-		t.Fatal("transfer did not finish")
+	if !bytes.Equal(b, want) {
+		t.Fatalf("received %d bytes, not the %d sent", len(b), len(want))
 	}
 	if p, _ := primaryOf(ds[0]); p != 3 {
 		t.Fatalf("primary key %d after two rotations", p)
@@ -315,6 +315,67 @@ func TestEncryptedTCPAcrossTheOverlayWithRotation(t *testing.T) {
 	}
 }
 
+// transferStall is how long a test's TCP stream may make no progress
+// before the test fails: netstack's retransmission timeout starts at
+// 200 ms and doubles, so 30 s without a byte means about seven losses of
+// the same segment in a row, a broken path. A fixed bound on the whole
+// transfer failed instead on slow, intact ones: race-instrumented daemons
+// sharing a loaded machine took from 7 s to over a minute for 9 MiB.
+const transferStall = 30 * time.Second
+
+// receiver reads one accepted stream to its end in the background.
+type receiver struct {
+	got chan []byte
+	n   atomic.Int64 // bytes read so far
+}
+
+// receiveAll accepts one connection on ln and reads it until the sender
+// closes it.
+func receiveAll(ln interface{ Accept() (net.Conn, error) }) *receiver {
+	r := &receiver{got: make(chan []byte, 1)}
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			r.got <- nil
+			return
+		}
+		defer conn.Close()
+		b, _ := io.ReadAll(io.TeeReader(conn, r))
+		r.got <- b
+	}()
+	return r
+}
+
+// Write counts what the stream delivered.
+func (r *receiver) Write(p []byte) (int, error) {
+	r.n.Add(int64(len(p)))
+	return len(p), nil
+}
+
+// wait returns the whole stream once the sender closed it; it fails the
+// test, after calling explain, when no byte arrived for transferStall.
+func (r *receiver) wait(t *testing.T, total int, explain func()) []byte {
+	t.Helper()
+	last, since := r.n.Load(), time.Now()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case b := <-r.got:
+			return b
+		case now := <-tick.C:
+			if n := r.n.Load(); n != last {
+				last, since = n, now
+			} else if now.Sub(since) > transferStall {
+				if explain != nil {
+					explain()
+				}
+				t.Fatalf("transfer stalled: %d of %d bytes received, none for %v", n, total, transferStall)
+			}
+		}
+	}
+}
+
 // tcpOnce moves size random bytes from stack a to b's port over TCP and
 // fails unless they arrive intact.
 func tcpOnce(t *testing.T, from, to *fakeSandbox, fromNS, toNS string, dst netip.Addr, port uint16, size int) {
@@ -327,34 +388,25 @@ func tcpOnce(t *testing.T, from, to *fakeSandbox, fromNS, toNS string, dst netip
 	defer ln.Close()
 	data := make([]byte, size)
 	rand.Read(data)
-	got := make(chan []byte, 1)
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer conn.Close()
-		b, _ := io.ReadAll(conn)
-		got <- b
-	}()
+	rx := receiveAll(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := src.Dial(ctx, netip.AddrPortFrom(dst, port))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Write(data); err != nil {
+	sent := make(chan error, 1)
+	go func() {
+		defer conn.Close()
+		_, err := conn.Write(data)
+		sent <- err
+	}()
+	b := rx.wait(t, len(data), nil)
+	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
-	conn.Close()
-	select {
-	case b := <-got:
-		if !bytes.Equal(b, data) {
-			t.Fatalf("received %d bytes, not the %d sent", len(b), len(data))
-		}
-	case <-ctx.Done():
-		t.Fatal("transfer did not finish")
+	if !bytes.Equal(b, data) {
+		t.Fatalf("received %d bytes, not the %d sent", len(b), len(data))
 	}
 }
 

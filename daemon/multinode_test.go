@@ -29,8 +29,9 @@ func threeNodes(t *testing.T) ([]*Daemon, []*fakeSandbox) {
 	return threeNodesOn(t, tunnel.NewMemNetwork())
 }
 
-// threeNodesOn is threeNodes on a given in-memory underlay.
-func threeNodesOn(t *testing.T, mem *tunnel.MemNetwork) ([]*Daemon, []*fakeSandbox) {
+// threeNodesOn is threeNodes on a given in-memory underlay; tune, if
+// given, adjusts each node's configuration.
+func threeNodesOn(t *testing.T, mem *tunnel.MemNetwork, tune ...func(*Config)) ([]*Daemon, []*fakeSandbox) {
 	t.Helper()
 	keyDir := t.TempDir()
 	var ds []*Daemon
@@ -49,7 +50,11 @@ func threeNodesOn(t *testing.T, mem *tunnel.MemNetwork) ([]*Daemon, []*fakeSandb
 		if i > 1 {
 			join = []string{ds[0].cfg.Advertise.String() + ":" + fmt.Sprint(ds[0].cfg.GossipPort)}
 		}
-		d := newNode(t, mem, fmt.Sprintf("h%d", i), addr, sb, dir, join...)
+		cfg := nodeConfig(t, mem, fmt.Sprintf("h%d", i), addr, sb, dir, join...)
+		for _, f := range tune {
+			f(&cfg)
+		}
+		d := startNode(t, cfg)
 		if i == 1 {
 			key, _ := readFile(dir + "/cluster.key")
 			writeFile(t, keyDir+"/cluster.key", key)
@@ -60,6 +65,14 @@ func threeNodesOn(t *testing.T, mem *tunnel.MemNetwork) ([]*Daemon, []*fakeSandb
 	}
 	return ds, sbs
 }
+
+// claimSafeGrace is the NodeGrace of the tests that race claims across
+// nodes. A claim is exclusive among nodes that have not been cut off from
+// each other for NodeGrace (cluster.ClaimBlock); a race-instrumented
+// daemon on a loaded machine can go unanswered for seconds, and with the
+// 3 s grace of the other tests two creates of one service name both
+// succeeded at load ~240.
+func claimSafeGrace(c *Config) { c.NodeGrace = time.Minute }
 
 func TestThreeNodesTCPAcrossTheOverlay(t *testing.T) {
 	ds, sbs := threeNodes(t)

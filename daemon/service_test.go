@@ -13,6 +13,7 @@ import (
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
 // serviceDaemon is a daemon with network web (10.9.0.0/24) and db
@@ -245,7 +246,7 @@ func TestServiceBackendsOnEveryHost(t *testing.T) {
 }
 
 func TestServiceNameRaceAcrossNodes(t *testing.T) {
-	ds, _ := threeNodes(t)
+	ds, _ := threeNodesOn(t, tunnel.NewMemNetwork(), claimSafeGrace)
 	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.4.0.0/24"}); err != nil {
 		t.Fatal(err)
 	}
