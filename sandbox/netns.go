@@ -199,6 +199,17 @@ func NetnsIdentity(path string) (NetnsID, error) {
 	return fdIdentity(path, fd)
 }
 
+// NetnsIs reports whether path names the namespace id now, with one stat:
+// for listings, which do nothing in the namespace (PinNetns opens it).
+// id must come from NetnsIdentity, which checked that it is a network
+// namespace: the namespace file system's device and inode then name that
+// namespace and no other file, so a deleted name (its empty mount point)
+// or a name made again for another namespace never matches.
+func NetnsIs(path string, id NetnsID) bool {
+	var st unix.Stat_t
+	return unix.Stat(path, &st) == nil && st.Dev == id.Dev && st.Ino == id.Ino
+}
+
 // ErrNetnsReplaced is the error of PinNetns when the path names another
 // namespace than the one expected.
 var ErrNetnsReplaced = errors.New("another network namespace than the one expected")
