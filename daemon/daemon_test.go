@@ -44,6 +44,7 @@ type fakeSandbox struct {
 	taps     []string // unused half-made TAPs of the daemon's namespace
 	killWait time.Duration
 	scans    int // calls of NetnsPIDs
+	pins     int // calls of PinNetns (each opens the namespace)
 	// useNetstack makes Plug give each interface a gVisor netstack
 	// container instead of a bare pipe end.
 	useNetstack bool
@@ -125,6 +126,7 @@ func (f *fakeSandbox) replaceNetns(path string, pids ...int) uint64 {
 func (f *fakeSandbox) PinNetns(path string, dev, ino uint64) (string, func(), error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.pins++
 	got, ok := f.ns[path]
 	if !ok {
 		return "", nil, fmt.Errorf("netns %q: %w", path, os.ErrNotExist)
@@ -133,6 +135,13 @@ func (f *fakeSandbox) PinNetns(path string, dev, ino uint64) (string, func(), er
 		return "", nil, fmt.Errorf("netns %q: %w", path, sandbox.ErrNetnsReplaced)
 	}
 	return path, func() {}, nil
+}
+
+func (f *fakeSandbox) NetnsIs(path string, dev, ino uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	got, ok := f.ns[path]
+	return ok && dev == 1 && got == ino
 }
 
 func (f *fakeSandbox) NamedNetns(prefix string) ([]string, error) {

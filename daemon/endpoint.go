@@ -806,13 +806,13 @@ func (d *Daemon) containerView(c *container, pids map[sandbox.NetnsID][]int) api
 		ResolvConf: d.resolvConfPath(), Endpoints: []api.Endpoint{}}
 	// Processes are listed only while the container's name still names
 	// its own namespace, and only those of that namespace (by identity),
-	// never those of another one that took its name.
-	if _, release, err := d.pinNetns(c); err == nil {
+	// never those of another one that took its name. The name is checked
+	// with one look-up, not opened: a listing does nothing in it.
+	if c.hostTAP || d.sb.NetnsIs(c.netns, c.nsDev, c.nsIno) {
 		v.State = api.ContainerUp
 		if p := pids[sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}]; p != nil {
 			v.PIDs = p
 		}
-		release()
 	}
 	v.Status, v.ExitStatus = containerStatus(v.State, len(v.PIDs), c.exitStatus)
 	for _, ep := range c.sortedEndpoints() {

@@ -20,6 +20,9 @@ type Sandbox interface {
 	// still the namespace (dev, ino), until release is called; it fails if
 	// the namespace is gone or the path names another one.
 	PinNetns(path string, dev, ino uint64) (pinned string, release func(), err error)
+	// NetnsIs reports whether path still names the namespace (dev, ino),
+	// without opening it: for listings.
+	NetnsIs(path string, dev, ino uint64) bool
 	// NamedNetns lists the named namespaces whose name starts with prefix.
 	NamedNetns(prefix string) ([]string, error)
 	// RemoveUnusedTAPs destroys the half-made TAP devices of an
@@ -71,6 +74,9 @@ func (linuxSandbox) NetnsIdentity(path string) (uint64, uint64, error) {
 }
 func (linuxSandbox) PinNetns(path string, dev, ino uint64) (string, func(), error) {
 	return sandbox.PinNetns(path, sandbox.NetnsID{Dev: dev, Ino: ino})
+}
+func (linuxSandbox) NetnsIs(path string, dev, ino uint64) bool {
+	return sandbox.NetnsIs(path, sandbox.NetnsID{Dev: dev, Ino: ino})
 }
 func (linuxSandbox) NamedNetns(prefix string) ([]string, error) { return sandbox.NamedNetns(prefix) }
 func (linuxSandbox) RemoveUnusedTAPs() ([]string, error)        { return sandbox.RemoveUnusedTAPs() }

@@ -1,13 +1,20 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vxmesh/vxmesh/api"
 )
 
 // TestScaleOneHostContainers measures one daemon with many containers
@@ -54,13 +61,10 @@ func TestScaleOneHostContainers(t *testing.T) {
 	if profDir != "" {
 		saveDebug(t, e, profDir, "idle")
 	}
-	var ps time.Duration
-	for range 5 {
-		t0 := time.Now()
-		e.cli("ps")
-		ps += time.Since(t0)
+	measurePs(t, e, n, profDir)
+	if os.Getenv("VXMESH_E2E_TRAFFIC") != "" {
+		trafficPhase(t, e, n, name, profDir)
 	}
-	t.Logf("vxmesh ps with %d containers: %v (avg of 5, CLI included)", n, ps/5)
 	to := e.ip(name(n - 1))
 	e.mustPing(name(0), to)
 	for _, mode := range []string{"SIGTERM", "SIGKILL"} {
@@ -79,7 +83,7 @@ func TestScaleOneHostContainers(t *testing.T) {
 			profiled = make(chan struct{})
 			go func() {
 				defer close(profiled)
-				profileStart(e, fmt.Sprintf("%s/restart-%s-cpu.pb.gz", profDir, mode), 8*time.Second)
+				profileStart(e, fmt.Sprintf("%s/restart-%s-cpu.pb.gz", profDir, mode), 8*time.Second, 6)
 			}()
 		}
 		if err := e.h.StartDaemon(); err != nil {
@@ -92,6 +96,154 @@ func TestScaleOneHostContainers(t *testing.T) {
 			<-profiled
 		}
 	}
+}
+
+// measurePs runs `vxmesh ps` 20 times through the CLI (as a user would,
+// its output read from a pipe) and logs the median and 90th percentile of
+// its wall time, the CLI's CPU time, the daemon's CPU time per ps and the
+// load average. With profDir, a CPU profile of the daemon during 20 more
+// runs is saved as ps-cpu.pb.gz.
+func measurePs(t *testing.T, e *env, n int, profDir string) {
+	t.Helper()
+	const runs = 20
+	psOnce := func() (wall, cpu time.Duration) {
+		cmd := e.h.Command(context.Background(), "ps")
+		var out bytes.Buffer
+		cmd.Stdout = &out
+		t0 := time.Now()
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("vxmesh ps: %v", err)
+		}
+		wall = time.Since(t0)
+		if lines := strings.Count(out.String(), "\n"); lines != n+1 {
+			t.Fatalf("vxmesh ps: %d lines, want %d containers and a heading", lines, n)
+		}
+		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	psOnce() // warm
+	var walls, cpus []time.Duration
+	d0 := daemonCPU(t, e)
+	for range runs {
+		w, c := psOnce()
+		walls, cpus = append(walls, w), append(cpus, c)
+	}
+	dcpu := (daemonCPU(t, e) - d0) / runs
+	slices.Sort(walls)
+	slices.Sort(cpus)
+	pct := func(ds []time.Duration, p int) time.Duration { // nearest rank
+		return ds[(len(ds)*p+99)/100-1].Round(100 * time.Microsecond)
+	}
+	t.Logf("vxmesh ps with %d containers, %d runs through the CLI: wall median %v, p90 %v; CLI CPU median %v, p90 %v; daemon CPU %v per ps; load average %s",
+		n, runs, pct(walls, 50), pct(walls, 90), pct(cpus, 50), pct(cpus, 90), dcpu.Round(100*time.Microsecond), loadAvg())
+	if profDir != "" {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			profileStart(e, profDir+"/ps-cpu.pb.gz", 5*time.Second, 8)
+		}()
+		time.Sleep(500 * time.Millisecond)
+		for range runs {
+			psOnce()
+		}
+		<-done
+	}
+}
+
+// trafficPhase makes every container carry traffic (issue 12: "RSS with
+// 500 endpoints that have all carried traffic"): each serves a 1 MiB file
+// with busybox httpd, and each pings its successor and fetches the file
+// from it (a short TCP transfer), eight at a time. It logs the daemon's
+// RSS (and peak) once idle again, with the GOGC and GOMEMLIMIT in effect,
+// and with profDir saves the debug profiles as traffic-*.
+func trafficPhase(t *testing.T, e *env, n int, name func(int) string, profDir string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/blob", bytes.Repeat([]byte("vxmesh-"), 1<<20/7+1)[:1<<20], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var cs []api.Container
+	e.json(&cs, "ps")
+	ips := map[string]string{}
+	for _, c := range cs {
+		if len(c.Endpoints) == 1 {
+			ips[c.Name] = addrOnly(c.Endpoints[0].IP)
+		}
+	}
+	parallel(t, n, func(i int) error {
+		_, err := e.h.Exec(name(i), "busybox", "httpd", "-p", "8080", "-h", dir)
+		return err
+	})
+	t0 := time.Now()
+	parallel(t, n, func(i int) error {
+		to := ips[name((i+1)%n)]
+		var err error
+		for range 20 { // the first frames may wait for ARP
+			if _, err = e.h.Exec(name(i), "sh", "-c", "ping -c 1 -W 2 "+to+" >/dev/null && busybox wget -q -O /dev/null http://"+to+":8080/blob"); err == nil {
+				return nil
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		return fmt.Errorf("%s to %s: %w", name(i), to, err)
+	})
+	t.Logf("traffic: each of %d containers pinged and fetched 1 MiB from its successor in %v", n, time.Since(t0).Round(time.Millisecond))
+	time.Sleep(3 * time.Second) // idle
+	rss, hwm := daemonRSS(t, e), daemonStatus(t, e, "VmHWM:")
+	t.Logf("daemon RSS with %d containers that all carried traffic: %d MB (peak %d MB), GOGC=%q GOMEMLIMIT=%q",
+		n, rss>>20, hwm>>20, os.Getenv("GOGC"), os.Getenv("GOMEMLIMIT"))
+	if profDir != "" {
+		saveDebug(t, e, profDir, "traffic")
+	}
+}
+
+// parallel calls f(0..n-1), eight at a time, and fails the test with the
+// first error.
+func parallel(t *testing.T, n int, f func(i int) error) {
+	t.Helper()
+	var (
+		wg    sync.WaitGroup
+		next  atomic.Int64
+		first atomic.Pointer[error]
+	)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				if err := f(i); err != nil {
+					first.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := first.Load(); err != nil {
+		t.Fatal(*err)
+	}
+}
+
+// daemonCPU is the daemon's CPU time so far (user and system).
+func daemonCPU(t *testing.T, e *env) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.h.DaemonPID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command name (which is in parentheses).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+// loadAvg is the 1-, 5- and 15-minute load average.
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // scaleDebugAddr is the daemon's --debug-addr in the scale test with
@@ -115,12 +267,12 @@ func saveDebug(t *testing.T, e *env, dir, tag string) {
 	t.Logf("debug profiles saved to %s/%s-*", dir, tag)
 }
 
-// profileStart takes a CPU profile of the daemon's first seconds from
+// profileStart takes a CPU profile of the daemon's next secs seconds from
 // the moment its debug listener answers, polling for it until timeout.
-func profileStart(e *env, file string, timeout time.Duration) {
+func profileStart(e *env, file string, timeout time.Duration, secs int) {
 	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
 		err := exec.Command("nsenter", "--net="+e.h.NetnsPath, "--", "curl", "-sSf", "-o", file,
-			"http://"+scaleDebugAddr+"/debug/pprof/profile?seconds=6").Run()
+			fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", scaleDebugAddr, secs)).Run()
 		if err == nil {
 			return
 		}
@@ -138,12 +290,18 @@ func avgDur(ls []time.Duration) time.Duration {
 // daemonRSS is the daemon's resident set size (VmRSS) in bytes.
 func daemonRSS(t *testing.T, e *env) int64 {
 	t.Helper()
+	return daemonStatus(t, e, "VmRSS:")
+}
+
+// daemonStatus is a size field of the daemon's /proc/PID/status in bytes.
+func daemonStatus(t *testing.T, e *env, field string) int64 {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.h.DaemonPID()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(l, field); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -151,6 +309,6 @@ func daemonRSS(t *testing.T, e *env) int64 {
 			return kb << 10
 		}
 	}
-	t.Fatal("no VmRSS in the daemon's status")
+	t.Fatalf("no %s in the daemon's status", field)
 	return 0
 }

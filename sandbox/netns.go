@@ -199,6 +199,17 @@ func NetnsIdentity(path string) (NetnsID, error) {
 	return fdIdentity(path, fd)
 }
 
+// NetnsIs reports whether path names the namespace id now, with one stat:
+// for listings, which do nothing in the namespace (PinNetns opens it).
+// id must come from NetnsIdentity, which checked that it is a network
+// namespace: the namespace file system's device and inode then name that
+// namespace and no other file, so a deleted name (its empty mount point)
+// or a name made again for another namespace never matches.
+func NetnsIs(path string, id NetnsID) bool {
+	var st unix.Stat_t
+	return unix.Stat(path, &st) == nil && st.Dev == id.Dev && st.Ino == id.Ino
+}
+
 // ErrNetnsReplaced is the error of PinNetns when the path names another
 // namespace than the one expected.
 var ErrNetnsReplaced = errors.New("another network namespace than the one expected")
@@ -336,23 +347,70 @@ func procNetnsPIDs(proc string) (map[NetnsID][]int, error) {
 // scanProcNetns calls fn with the network namespace of each process of the
 // proc file system at proc. Processes that exit meanwhile (or zombies,
 // which have no namespaces) are skipped.
+//
+// A namespace is read from the text of the process's ns/net link
+// ("net:[INODE]", readlinkat relative to proc) rather than by following
+// the link: a third less work per process, and a ps on a host with a
+// thousand containers scans a few thousand. Every namespace is on the one
+// namespace file system, whose device is that of proc/self/ns/net. A link
+// whose text is not of that form is followed (stat) instead.
 func scanProcNetns(proc string, fn func(pid int, ns NetnsID)) error {
-	ents, err := os.ReadDir(proc)
+	dir, err := os.Open(proc)
 	if err != nil {
 		return err
 	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	var self unix.Stat_t
+	if err := unix.Stat(proc+"/self/ns/net", &self); err != nil {
+		return err
+	}
+	dfd := int(dir.Fd())
+	buf := make([]byte, 64)
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
 		if err != nil || pid <= 0 {
 			continue
 		}
-		var st unix.Stat_t
-		if unix.Stat(proc+"/"+e.Name()+"/ns/net", &st) != nil {
+		link := name + "/ns/net"
+		n, err := unix.Readlinkat(dfd, link, buf)
+		if err != nil {
 			continue
 		}
-		fn(pid, NetnsID{Dev: st.Dev, Ino: st.Ino})
+		if ino, ok := parseNetnsLink(buf[:n]); ok {
+			fn(pid, NetnsID{Dev: self.Dev, Ino: ino})
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstatat(dfd, link, &st, 0) == nil {
+			fn(pid, NetnsID{Dev: st.Dev, Ino: st.Ino})
+		}
 	}
 	return nil
+}
+
+// parseNetnsLink returns the inode of a network namespace link's text,
+// "net:[INODE]" (see NetnsID.String), in decimal without leading zeros.
+func parseNetnsLink(b []byte) (uint64, bool) {
+	const pre = "net:["
+	if len(b) < len(pre)+2 || string(b[:len(pre)]) != pre || b[len(b)-1] != ']' {
+		return 0, false
+	}
+	digits := b[len(pre) : len(b)-1]
+	if digits[0] == '0' && len(digits) > 1 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range digits {
+		if c < '0' || c > '9' || v > (1<<64-1-uint64(c-'0'))/10 {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return v, true
 }
 
 // DefaultKillGrace is how long KillNetns waits after SIGTERM when no grace

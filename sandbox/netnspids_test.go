@@ -6,30 +6,48 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 )
 
 // fakeProc builds a proc-like tree at a temporary directory: procs
-// processes spread over namespaces network namespaces, each namespace a
-// regular file that the processes' ns/net entries link to (stat follows
-// the link, as it does for /proc/PID/ns/net). It returns the directory and
-// each namespace's identity with its PIDs.
+// processes spread over namespaces network namespaces. As in /proc, each
+// process's ns/net is a link whose text is "net:[INODE]" (here it leads
+// nowhere) and self/ns/net leads to a file on the namespaces' file system
+// (here a regular file, whose device the namespaces share). Every fifth
+// namespace is instead a regular file that its processes' links lead to
+// (with text that is not of that form). It returns the directory and each
+// namespace's identity with its PIDs.
 func fakeProc(t testing.TB, procs, namespaces int) (string, map[NetnsID][]int) {
 	t.Helper()
 	dir := t.TempDir()
+	nsfs := filepath.Join(dir, "nsfs")
+	if err := os.WriteFile(nsfs, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(nsfs, &st); err != nil {
+		t.Fatal(err)
+	}
+	targets := make([]string, namespaces)
 	ids := make([]NetnsID, namespaces)
 	for i := range namespaces {
+		ids[i] = NetnsID{Dev: st.Dev, Ino: 4026532000 + uint64(i)}
+		targets[i] = ids[i].String()
+		if i%5 != 4 {
+			continue
+		}
 		p := filepath.Join(dir, fmt.Sprintf("ns%d", i))
 		if err := os.WriteFile(p, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		var st unix.Stat_t
-		if err := unix.Stat(p, &st); err != nil {
+		var fst unix.Stat_t
+		if err := unix.Stat(p, &fst); err != nil {
 			t.Fatal(err)
 		}
-		ids[i] = NetnsID{Dev: st.Dev, Ino: st.Ino}
+		targets[i], ids[i] = p, NetnsID{Dev: fst.Dev, Ino: fst.Ino}
 	}
 	want := map[NetnsID][]int{}
 	for pid := 1; pid <= procs; pid++ {
@@ -38,19 +56,26 @@ func fakeProc(t testing.TB, procs, namespaces int) (string, map[NetnsID][]int) {
 			t.Fatal(err)
 		}
 		ns := pid % namespaces
-		if err := os.Symlink(filepath.Join(dir, fmt.Sprintf("ns%d", ns)), filepath.Join(d, "net")); err != nil {
+		if err := os.Symlink(targets[ns], filepath.Join(d, "net")); err != nil {
 			t.Fatal(err)
 		}
 		want[ids[ns]] = append(want[ids[ns]], pid)
 	}
 	// Not processes: skipped.
-	os.MkdirAll(filepath.Join(dir, "self"), 0o700)
+	os.MkdirAll(filepath.Join(dir, "self", "ns"), 0o700)
+	if err := os.Symlink(nsfs, filepath.Join(dir, "self", "ns", "net")); err != nil {
+		t.Fatal(err)
+	}
 	os.MkdirAll(filepath.Join(dir, "99999"), 0o700) // a process gone (no ns)
 	return dir, want
 }
 
+// TestProcNetnsPIDsMapsEveryNamespaceInOneScan: one scan maps every
+// namespace to its processes, from the text of their ns/net links (which
+// here lead nowhere), or by following a link whose text is not a
+// namespace's.
 func TestProcNetnsPIDsMapsEveryNamespaceInOneScan(t *testing.T) {
-	dir, want := fakeProc(t, 30, 4)
+	dir, want := fakeProc(t, 40, 10)
 	got, err := procNetnsPIDs(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +115,67 @@ func BenchmarkListPIDs(b *testing.B) {
 			m, _ := procNetnsPIDs(dir)
 			for id := range want {
 				_ = m[id]
+			}
+		}
+	})
+}
+
+// BenchmarkScanThisHost scans this host's /proc as ps does, reading each
+// process's namespace from its link's text, against following each link
+// (stat) as the scan did before.
+func BenchmarkScanThisHost(b *testing.B) {
+	b.Run("link-text", func(b *testing.B) {
+		for b.Loop() {
+			if err := scanProcNetns("/proc", func(int, NetnsID) {}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("follow", func(b *testing.B) {
+		for b.Loop() {
+			ents, err := os.ReadDir("/proc")
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, e := range ents {
+				if _, err := strconv.Atoi(e.Name()); err == nil {
+					var st unix.Stat_t
+					unix.Stat("/proc/"+e.Name()+"/ns/net", &st)
+				}
+			}
+		}
+	})
+}
+
+func TestParseNetnsLink(t *testing.T) {
+	for in, want := range map[string]uint64{"net:[4026531840]": 4026531840, "net:[0]": 0, "net:[18446744073709551615]": 1<<64 - 1} {
+		if got, ok := parseNetnsLink([]byte(in)); !ok || got != want {
+			t.Errorf("parseNetnsLink(%q) = %d, %v, want %d", in, got, ok, want)
+		}
+	}
+	for _, in := range []string{"", "net:[]", "net:[12", "net:12]", "mnt:[4026531840]", "net:[012]", "net:[-1]", "net:[+1]",
+		"net:[18446744073709551616]", "net:[1 ]", "net:[4026531840]x", "/run/netns/a"} {
+		if v, ok := parseNetnsLink([]byte(in)); ok {
+			t.Errorf("parseNetnsLink(%q) = %d, want refused", in, v)
+		}
+	}
+}
+
+// FuzzParseNetnsLink: what parses is exactly the kernel's form of the
+// number parsed.
+func FuzzParseNetnsLink(f *testing.F) {
+	for _, s := range []string{"net:[4026531840]", "net:[0]", "net:[]", "net:[012]", "net:[18446744073709551616]", "mnt:[1]", "/proc/1/ns/net"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		v, ok := parseNetnsLink(b)
+		if ok && string(b) != (NetnsID{Ino: v}).String() {
+			t.Fatalf("parseNetnsLink(%q) = %d, which the kernel writes %q", b, v, NetnsID{Ino: v}.String())
+		}
+		if !ok && strings.HasPrefix(string(b), "net:[") {
+			// Refused: then it is not the form of any number.
+			if n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(string(b), "net:["), "]"), 10, 64); err == nil && string(b) == (NetnsID{Ino: n}).String() {
+				t.Fatalf("parseNetnsLink(%q) refused the kernel's form of %d", b, n)
 			}
 		}
 	})

@@ -106,6 +106,9 @@ func TestNamedNetnsLifecycle(t *testing.T) {
 	if id == host {
 		t.Fatalf("new namespace %v is the caller's", id)
 	}
+	if !NetnsIs(path, id) || NetnsIs(path, host) {
+		t.Errorf("NetnsIs(%s): not its own namespace %v, or the host's %v", path, id, host)
+	}
 	if _, err := CreateNamedNetns(name); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("second CreateNamedNetns: %v", err)
 	}
@@ -126,6 +129,9 @@ func TestNamedNetnsLifecycle(t *testing.T) {
 	if NetnsExists(path) {
 		t.Error("namespace still exists after delete")
 	}
+	if NetnsIs(path, id) {
+		t.Error("NetnsIs: a deleted name still names its namespace")
+	}
 	if _, err := os.Stat(filepath.Join(NetnsEtcDir, name)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("%s/%s left behind: %v", NetnsEtcDir, name, err)
 	}
@@ -133,8 +139,13 @@ func TestNamedNetnsLifecycle(t *testing.T) {
 	if _, err := CreateNamedNetns(name); err != nil {
 		t.Fatal(err)
 	}
-	if id2, err := NetnsIdentity(path); err != nil || id2 == host {
+	id2, err := NetnsIdentity(path)
+	if err != nil || id2 == host {
 		t.Errorf("recreated namespace: %v, %v", id2, err)
+	}
+	// (Unless the kernel gave the new namespace the freed one's inode.)
+	if (id2 != id && NetnsIs(path, id)) || !NetnsIs(path, id2) {
+		t.Errorf("NetnsIs: the name made again for %v still names the deleted %v", id2, id)
 	}
 }
 
@@ -152,6 +163,13 @@ func TestNetnsIdentityRejects(t *testing.T) {
 	}
 	if !NetnsExists("/proc/self/ns/net") {
 		t.Error("own network namespace not found")
+	}
+	own, err := NetnsIdentity("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !NetnsIs("/proc/self/ns/net", own) || NetnsIs("/proc/self/ns/mnt", own) || NetnsIs(f, own) {
+		t.Error("NetnsIs: own namespace not matched, or another file matched")
 	}
 	if err := DeleteNamedNetns("../etc"); err == nil {
 		t.Error("DeleteNamedNetns accepted a path")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -142,10 +143,13 @@ func (ot *outputTemplate) print(w io.Writer, v any) error {
 	} else {
 		items = []any{v}
 	}
-	out := w
+	// Buffered: one write per few KiB, not one per item or table cell.
+	bw := bufio.NewWriterSize(w, outputBuffer)
+	defer bw.Flush()
+	var out io.Writer = bw
 	var tw *tabwriter.Writer
 	if ot.table {
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		tw = tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
 		out = tw
 		elem := rv.Type()
 		if elem.Kind() == reflect.Slice {
@@ -162,9 +166,11 @@ func (ot *outputTemplate) print(w io.Writer, v any) error {
 		fmt.Fprintln(out, buf.String())
 	}
 	if tw != nil {
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
-	return nil
+	return bw.Flush()
 }
 
 // heading is the template's header line: its text with every action
@@ -222,13 +228,24 @@ func headingOf(field string, elem reflect.Type) string {
 }
 
 // table writes aligned columns.
-type table struct{ tw *tabwriter.Writer }
+// table writes aligned columns. The tab writer writes each cell and its
+// padding separately, so its output is buffered: a thousand rows are a
+// few writes, not thousands of system calls.
+type table struct {
+	tw  *tabwriter.Writer
+	out *bufio.Writer
+}
+
+// outputBuffer is the size of the buffer between tables or templates and
+// stdout.
+const outputBuffer = 64 << 10
 
 // newTable starts a table. Its headings must name the JSON keys of the
 // rows' objects (upper case, spaces for underscores), so that the table,
 // --format json and --format templates agree.
 func newTable(w io.Writer, headers ...string) *table {
-	t := &table{tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
+	out := bufio.NewWriterSize(w, outputBuffer)
+	t := &table{tw: tabwriter.NewWriter(out, 0, 4, 2, ' ', 0), out: out}
 	t.row(toAny(headers)...)
 	return t
 }
@@ -249,4 +266,9 @@ func (t *table) row(cols ...any) {
 	fmt.Fprintln(t.tw, strings.Join(parts, "\t"))
 }
 
-func (t *table) flush() error { return t.tw.Flush() }
+func (t *table) flush() error {
+	if err := t.tw.Flush(); err != nil {
+		return err
+	}
+	return t.out.Flush()
+}
