@@ -40,6 +40,8 @@ type endpointSetCache struct {
 	gen uint64
 	set endpointSet
 	b   epSetBuilder
+	// rev is the endpoint feed's revision the builder last took in.
+	rev uint64
 }
 
 // endpointSet validates the endpoints table and checks every other node's
@@ -56,7 +58,10 @@ func (d *Daemon) endpointSet() endpointSet {
 	if c.ok && c.gen == gen {
 		return c.set
 	}
-	c.ok, c.gen, c.set = true, gen, c.b.update(d.endpointSetInput())
+	in := d.endpointSetInput()
+	var rev uint64
+	in.recs, in.delta, rev = d.endpointsSince(c.rev)
+	c.ok, c.gen, c.set, c.rev = true, gen, c.b.update(in), rev
 	return c.set
 }
 
