@@ -258,3 +258,42 @@ func TestGatewayDNSAskersFollowRunsAndRemovals(t *testing.T) {
 		t.Fatalf("asker at c2's address is %q after c1's rm", got)
 	}
 }
+
+// TestHoldBlocksTakesBackAReleasedBlock: holdBlocks skips a network whose
+// endpoints and blocks are as they were when all were held, but a block
+// of an endpoint that this node no longer holds is kept again at the next
+// reconcile, its endpoints unchanged.
+func TestHoldBlocksTakesBackAReleasedBlock(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	ip := netip.MustParseAddr(ep.IP)
+	block := func() (netip.Prefix, string) {
+		b, holder, _ := holderOf(d.cl.Blocks("web"), ip)
+		return b, holder
+	}
+	b, holder := block()
+	if holder != d.cfg.Node {
+		t.Fatalf("c1's block %s is held by %q, want this node", b, holder)
+	}
+	reconcile := func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.holdBlocks()
+	}
+	reconcile()
+	reconcile()
+	if err := d.cl.ReleaseBlock("web", b); err != nil {
+		t.Fatal(err)
+	}
+	if _, holder := block(); holder == d.cfg.Node {
+		t.Fatal("the block is still held after its release")
+	}
+	reconcile()
+	if _, holder := block(); holder != d.cfg.Node {
+		t.Fatalf("after a reconcile c1's block is held by %q, want this node again", holder)
+	}
+}
