@@ -53,12 +53,15 @@ func (c *Cluster) setLocked(k tkey, r *record) {
 	c.logLocked(t, k.key)
 }
 
-// dropLocked removes k (a reaped or forgotten tombstone) and logs it.
+// dropLocked removes k, a reaped or forgotten tombstone. It is not
+// logged again: its delete or expiry was, and Changes reports a logged key
+// that is no longer held as removed. (A log entry for it would only move
+// the floor, at the next compaction, past cursors that saw the delete.)
 func (c *Cluster) dropLocked(k tkey) {
 	delete(c.entries, k)
-	t := c.indexLocked(k.table)
-	delete(t.recs, k.key)
-	c.logLocked(t, k.key)
+	if t := c.byTable[k.table]; t != nil {
+		delete(t.recs, k.key)
+	}
 }
 
 // touchLocked logs a change made in place to the record of k.

@@ -159,27 +159,28 @@ func (d *Daemon) readNetworkRecords() (valid map[string]netRecord, invalid map[s
 // records are left out, counted and logged once. The records are not
 // checked against the address blocks: see endpointSet.
 //
-// The list is computed again only when the cluster changed
-// (cluster.Generation), decoding only the entries that changed; it is
-// shared, so callers only read it.
+// The list is kept with cluster.Changes (epFeed): only the entries written
+// since the last call are decoded. It is shared, so callers only read it.
 func (d *Daemon) clusterEndpoints() []epRecord {
+	recs, _, _ := d.endpointsSince(0)
+	return recs
+}
+
+// endpointsSince is clusterEndpoints that also returns what changed since
+// the feed revision rev (nil when the feed cannot tell: diff the list) and
+// the current revision.
+func (d *Daemon) endpointsSince(rev uint64) ([]epRecord, *epDelta, uint64) {
 	c := &d.epDecoded
-	gen := d.cl.Generation() // before listing
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ok && c.gen == gen {
-		return c.out
-	}
-	var out []epRecord
-	c.decodeAllLocked(d.cl.List(tblEndpoints), func(e cluster.Entry, rec epRecord, err error) {
-		if err != nil {
-			d.refused.note(d.log, tblEndpoints, e.Key, e.Owner, e.Version, err)
-			return
-		}
-		out = append(out, rec)
+	c.readLocked(d.cl, func(e cluster.Entry, err error) {
+		d.refused.note(d.log, tblEndpoints, e.Key, e.Owner, e.Version, err)
 	})
-	c.ok, c.gen, c.out = true, gen, out
-	return out
+	var delta *epDelta
+	if rev != 0 {
+		delta = c.feed.since(rev)
+	}
+	return c.feed.out, delta, c.feed.rev
 }
 
 // watchCluster reconciles the local data plane with the cluster's tables

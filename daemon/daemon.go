@@ -169,6 +169,9 @@ type Daemon struct {
 	// gwDNS are the resolvers at the networks' gateway addresses
 	// (gateway_dns.go); guarded by mu.
 	gwDNS map[string]*gatewayResolver
+	// heldChecked lets holdBlocks skip the networks whose endpoints and
+	// blocks did not change since all were found held.
+	heldChecked map[string]heldCheck
 	// mesh are the services' published ports this host serves, by
 	// meshWant.key, and meshPublished the state record last published
 	// (mesh_listen.go); guarded by mu.

@@ -373,13 +373,13 @@ func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev ne
 	if newCtr {
 		d.containers[c.name] = c
 	}
-	d.endpointsChanged()
+	d.containerChanged(c)
 	forget := func() {
 		delete(c.endpoints, n.rec.Name)
 		if newCtr {
 			delete(d.containers, c.name)
 		}
-		d.endpointsChanged()
+		d.containerChanged(c)
 	}
 	if err := d.saveContainer(c.name); err != nil {
 		forget()
@@ -638,13 +638,13 @@ func (d *Daemon) Detach(name, network string) error {
 	if forget {
 		delete(d.containers, name)
 	}
-	d.endpointsChanged()
+	d.containerChanged(c)
 	if err := d.saveContainer(name); err != nil {
 		c.endpoints[network] = ep
 		if forget {
 			d.containers[name] = c
 		}
-		d.endpointsChanged()
+		d.containerChanged(c)
 		return fmt.Errorf("container %q: %w", name, err)
 	}
 	nsPath, release, nsErr := d.pinNetns(c)
@@ -727,10 +727,10 @@ func (d *Daemon) RemoveContainer(name string) error {
 		}
 	}
 	delete(d.containers, name)
-	d.endpointsChanged()
+	d.containerChanged(c)
 	if err := d.saveContainer(name); err != nil {
 		d.containers[name] = c
-		d.endpointsChanged()
+		d.containerChanged(c)
 		return fmt.Errorf("container %q: %w", name, err)
 	}
 	for _, ep := range c.sortedEndpoints() {

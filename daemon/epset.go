@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 )
 
 // The endpoint set (endpointSet) is derived from three inputs: the valid
@@ -44,6 +45,8 @@ type epSetBuilder struct {
 	// refusedBy holds the refused records' reasons.
 	refusedBy map[epID]string
 	set       endpointSet
+	// acceptedKeys are the table keys of set.accepted.
+	acceptedKeys []string
 }
 
 // epSetInput is what the endpoint set is derived from.
@@ -56,6 +59,9 @@ type epSetInput struct {
 	recs []epRecord
 	// refuse is told of each refusal when a record is judged.
 	refuse func(rec epRecord, err error)
+	// delta, when set, is what changed in recs since the previous
+	// update: recs is then not compared with the records judged before.
+	delta *epDelta
 }
 
 // sameRecord reports whether a and b are the same record version with the
@@ -94,34 +100,31 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 	}
 	g.nets, g.blocks = in.nets, newBlocks
 	// Changed, new and removed records.
-	removed := false
-	for _, rec := range in.recs {
-		k := idOf(rec)
-		if old, ok := g.recs[k]; ok && sameRecord(old, rec) {
-			continue
+	gone := map[epID]bool{}
+	if in.delta != nil {
+		for _, k := range in.delta.gone {
+			g.remove(k, dirty, gone)
 		}
-		g.forget(k, dirty)
-		g.recs[k] = rec
-		ip := netip.MustParseAddr(rec.IP) // validated by decodeEndpoint
-		g.ips[k] = ip
-		addTo(g.atAddr, epAt{rec.Network, ip}, k)
-		addTo(g.byNet, rec.Network, k)
-		dirty[k] = true
-	}
-	if len(in.recs) != len(g.recs) {
-		seen := make(map[epID]bool, len(in.recs))
+		for _, rec := range in.delta.live {
+			g.put(rec, dirty)
+		}
+	} else {
 		for _, rec := range in.recs {
-			seen[idOf(rec)] = true
+			g.put(rec, dirty)
 		}
-		for k := range g.recs {
-			if !seen[k] {
-				g.forget(k, dirty)
-				delete(g.recs, k)
-				removed = true
+		if len(in.recs) != len(g.recs) {
+			seen := make(map[epID]bool, len(in.recs))
+			for _, rec := range in.recs {
+				seen[idOf(rec)] = true
+			}
+			for k := range g.recs {
+				if !seen[k] {
+					g.remove(k, dirty, gone)
+				}
 			}
 		}
 	}
-	if len(dirty) == 0 && !removed {
+	if len(dirty) == 0 && len(gone) == 0 {
 		return g.set
 	}
 	// The block check, then the claim counts it changes.
@@ -170,8 +173,33 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 			in.refuse(rec, err)
 		}
 	}
-	g.set = g.snapshot(in.recs)
+	g.set = g.snapshot(dirty, gone)
 	return g.set
+}
+
+// put takes rec in, unless the same version was judged already.
+func (g *epSetBuilder) put(rec epRecord, dirty map[epID]bool) {
+	k := idOf(rec)
+	if old, ok := g.recs[k]; ok && sameRecord(old, rec) {
+		return
+	}
+	g.forget(k, dirty)
+	g.recs[k] = rec
+	ip := netip.MustParseAddr(rec.IP) // validated by decodeEndpoint
+	g.ips[k] = ip
+	addTo(g.atAddr, epAt{rec.Network, ip}, k)
+	addTo(g.byNet, rec.Network, k)
+	dirty[k] = true
+}
+
+// remove drops record k, noting it in gone.
+func (g *epSetBuilder) remove(k epID, dirty, gone map[epID]bool) {
+	if _, ok := g.recs[k]; !ok {
+		return
+	}
+	g.forget(k, dirty)
+	delete(g.recs, k)
+	gone[k] = true
 }
 
 // forget drops key k from the indexes, marking the records that shared its
@@ -210,15 +238,47 @@ func addTo[A comparable](m map[A]map[epID]bool, a A, k epID) {
 	m[a][k] = true
 }
 
-// snapshot lists the judged records as a new endpointSet: accepted in key
-// order (recs' order), refused by network and sorted.
-func (g *epSetBuilder) snapshot(recs []epRecord) endpointSet {
-	out := endpointSet{accepted: make([]epRecord, 0, len(g.passed)), refused: map[string][]string{}}
-	for _, rec := range recs {
-		if k := idOf(rec); g.passed[k] && g.refusedBy[k] == "" {
-			out.accepted = append(out.accepted, rec)
+// snapshot returns the set as a new endpointSet: the previous accepted
+// list (in key order) with the records judged again (dirty) and those gone
+// taken out, and the dirty ones that are accepted now put back in; and
+// the refusals by network, sorted.
+func (g *epSetBuilder) snapshot(dirty, gone map[epID]bool) endpointSet {
+	type at struct {
+		key string
+		rec *epRecord
+	}
+	var in []at // accepted dirty records, by key
+	for k := range dirty {
+		if g.passed[k] && g.refusedBy[k] == "" {
+			rec := g.recs[k]
+			in = append(in, at{epKey(k.node, k.network, k.name), &rec})
 		}
 	}
+	slices.SortFunc(in, func(a, b at) int { return strings.Compare(a.key, b.key) })
+	// Positions of the previous accepted records to take out.
+	var drop []int
+	for _, m := range []map[epID]bool{dirty, gone} {
+		for k := range m {
+			if i, ok := slices.BinarySearch(g.acceptedKeys, epKey(k.node, k.network, k.name)); ok {
+				drop = append(drop, i)
+			}
+		}
+	}
+	slices.Sort(drop)
+	drop = slices.Compact(drop)
+	prev, prevKeys := g.set.accepted, g.acceptedKeys
+	n := len(prev) - len(drop) + len(in)
+	out := endpointSet{accepted: make([]epRecord, 0, n), refused: map[string][]string{}}
+	keys := make([]string, 0, n)
+	i := 0 // next previous record to copy
+	for _, x := range in {
+		j := i + sort.SearchStrings(prevKeys[i:], x.key)
+		keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, j, &drop)
+		keys, out.accepted = append(keys, x.key), append(out.accepted, *x.rec)
+		i = j
+	}
+	keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, len(prev), &drop)
+	g.acceptedKeys = keys
 	for k, why := range g.refusedBy {
 		rec := g.recs[k]
 		if _, known := g.nets[rec.Network]; !known {
@@ -230,6 +290,18 @@ func (g *epSetBuilder) snapshot(recs []epRecord) endpointSet {
 		sort.Strings(l)
 	}
 	return out
+}
+
+// copyKept appends keys[i:j] and recs[i:j] to the outputs, leaving out the
+// positions in drop (sorted; those consumed are removed from it).
+func copyKept(outKeys []string, out []epRecord, keys []string, recs []epRecord, i, j int, drop *[]int) ([]string, []epRecord) {
+	for len(*drop) > 0 && (*drop)[0] < j {
+		d := (*drop)[0]
+		*drop = (*drop)[1:]
+		outKeys, out = append(outKeys, keys[i:d]...), append(out, recs[i:d]...)
+		i = d + 1
+	}
+	return append(outKeys, keys[i:j]...), append(out, recs[i:j]...)
 }
 
 // fullEndpointSet derives the endpoint set from scratch (the reference the

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/packet"
 )
 
@@ -156,5 +158,78 @@ func TestEndpointSetIncrementalEqualsFull(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestEndpointSetFromFeedEqualsFull drives a second builder the way
+// endpointSet does: the world's changes reach an epFeed as cluster.Changes
+// answers (sometimes a full one, sometimes with records written again
+// unchanged), and the builder, catching up only now and then, takes in
+// the feed's delta since its last revision. Its set must equal the one
+// derived from scratch, and the feed's list the world's records.
+func TestEndpointSetFromFeedEqualsFull(t *testing.T) {
+	seeds := uint64(50)
+	if testing.Short() {
+		seeds = 10
+	}
+	deltas := 0
+	for seed := range seeds {
+		w := newEPSetWorld(seed)
+		var f epFeed
+		var g epSetBuilder
+		var rev uint64
+		prev := map[string]epRecord{}
+		decode := func(e cluster.Entry) (epRecord, bool) { return w.recs[e.Key], true }
+		var ignore []string
+		for i := range 200 {
+			w.step()
+			var live []cluster.Entry
+			removed := []string{}
+			for k, r := range w.recs {
+				if old, ok := prev[k]; !ok || !sameRecord(old, r) || w.rng.IntN(10) == 0 {
+					live = append(live, cluster.Entry{Key: k})
+				}
+			}
+			for k := range prev {
+				if _, ok := w.recs[k]; !ok {
+					removed = append(removed, k)
+				}
+			}
+			if w.rng.IntN(25) == 0 { // a full resync
+				live, removed = nil, nil
+				for k := range w.recs {
+					live = append(live, cluster.Entry{Key: k})
+				}
+			}
+			slices.SortFunc(live, func(a, b cluster.Entry) int { return strings.Compare(a.Key, b.Key) })
+			f.apply(live, removed, uint64(i), decode)
+			prev = maps.Clone(w.recs)
+			in := w.input(&ignore)
+			if !reflect.DeepEqual(f.out, in.recs) && len(f.out)+len(in.recs) > 0 {
+				t.Fatalf("seed %d step %d: feed\n got %v\nwant %v", seed, i, f.out, in.recs)
+			}
+			if w.rng.IntN(3) != 0 {
+				continue
+			}
+			if rev != 0 {
+				in.delta = f.since(rev)
+			}
+			if in.delta != nil {
+				deltas++
+			}
+			in.recs = f.out
+			got := g.update(in)
+			rev = f.rev
+			want := fullEndpointSet(w.input(&ignore))
+			if !reflect.DeepEqual(got.accepted, want.accepted) && (len(got.accepted)+len(want.accepted) > 0) {
+				t.Fatalf("seed %d step %d: accepted\n got %v\nwant %v", seed, i, got.accepted, want.accepted)
+			}
+			if !reflect.DeepEqual(got.refused, want.refused) {
+				t.Fatalf("seed %d step %d: refused\n got %v\nwant %v", seed, i, got.refused, want.refused)
+			}
+		}
+	}
+	if deltas == 0 {
+		t.Fatal("the builder never took a delta in")
 	}
 }

@@ -17,6 +17,9 @@ type gatewayResolver struct {
 	// askers maps the addresses of this host's endpoints on the network
 	// to their container names; replaced whole on every sync.
 	askers atomic.Pointer[map[netip.Addr]string]
+	// from is the endpointsOf list askers was made from: while that list
+	// is the same, so are the askers (guarded by d.mu).
+	from []*endpoint
 }
 
 // askerOf is the container whose address on the network is src, or ""
@@ -52,14 +55,26 @@ func (d *Daemon) syncGatewayDNS() {
 				continue
 			}
 		}
-		askers := map[netip.Addr]string{}
-		for _, c := range d.containers {
-			if ep := c.endpoints[name]; ep != nil {
-				askers[ep.ip] = c.name
-			}
+		eps := d.endpointsOf(d.networks[name])
+		if r.from != nil && sameEndpoints(r.from, eps) {
+			continue
+		}
+		askers := make(map[netip.Addr]string, len(eps))
+		for _, ep := range eps {
+			askers[ep.ip] = ep.ctr.name
 		}
 		r.askers.Store(&askers)
+		r.from = eps
+		if r.from == nil {
+			r.from = []*endpoint{}
+		}
 	}
+}
+
+// sameEndpoints reports whether a and b are the same endpointsOf list:
+// the same array and length (endpointsOf makes a new list for a change).
+func sameEndpoints(a, b []*endpoint) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // serveGatewayDNS opens port 53 at g's address; nil (logged) if it

@@ -208,3 +208,92 @@ func TestMeshGatewayHostSurvivesRestart(t *testing.T) {
 		t.Fatalf("restarted h2 moved to %v from %s", got, a)
 	}
 }
+
+// TestGatewayDNSAskersFollowRunsAndRemovals: the resolver at a network's
+// gateway names each asker by its container, after runs and an rm, and a
+// sync with nothing changed keeps the same askers map.
+func TestGatewayDNSAskersFollowRunsAndRemovals(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]netip.Addr{}
+	for _, name := range []string{"c1", "c2"} {
+		ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: name, Create: true})
+		ips[name] = netip.MustParseAddr(ep.IP)
+	}
+	resolver := func() *gatewayResolver {
+		t.Helper()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.syncGatewayDNS()
+		r := d.gwDNS["web"]
+		if r == nil {
+			t.Fatal("no resolver at web's gateway")
+		}
+		return r
+	}
+	r := resolver()
+	for name, ip := range ips {
+		if got := r.askerOf(ip); got != name {
+			t.Fatalf("asker at %s is %q, want %q", ip, got, name)
+		}
+	}
+	m := r.askers.Load()
+	if resolver().askers.Load() != m {
+		t.Fatal("a sync with nothing changed made the askers again")
+	}
+	ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c3", Create: true})
+	if got := resolver().askerOf(netip.MustParseAddr(ep.IP)); got != "c3" {
+		t.Fatalf("asker at c3's address is %q after its run", got)
+	}
+	if err := d.RemoveContainer("c1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := resolver().askerOf(ips["c1"]); got != "" {
+		t.Fatalf("asker at c1's address is %q after its rm, want none", got)
+	}
+	if got := resolver().askerOf(ips["c2"]); got != "c2" {
+		t.Fatalf("asker at c2's address is %q after c1's rm", got)
+	}
+}
+
+// TestHoldBlocksTakesBackAReleasedBlock: holdBlocks skips a network whose
+// endpoints and blocks are as they were when all were held, but a block
+// of an endpoint that this node no longer holds is kept again at the next
+// reconcile, its endpoints unchanged.
+func TestHoldBlocksTakesBackAReleasedBlock(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	ip := netip.MustParseAddr(ep.IP)
+	block := func() (netip.Prefix, string) {
+		b, holder, _ := holderOf(d.cl.Blocks("web"), ip)
+		return b, holder
+	}
+	b, holder := block()
+	if holder != d.cfg.Node {
+		t.Fatalf("c1's block %s is held by %q, want this node", b, holder)
+	}
+	reconcile := func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.holdBlocks()
+	}
+	reconcile()
+	reconcile()
+	if err := d.cl.ReleaseBlock("web", b); err != nil {
+		t.Fatal(err)
+	}
+	if _, holder := block(); holder == d.cfg.Node {
+		t.Fatal("the block is still held after its release")
+	}
+	reconcile()
+	if _, holder := block(); holder != d.cfg.Node {
+		t.Fatalf("after a reconcile c1's block is held by %q, want this node again", holder)
+	}
+}

@@ -188,6 +188,39 @@ func (d *Daemon) endpointsChanged() {
 	clear(d.ipsByNet)
 }
 
+// containerChanged is endpointsChanged for a change of one container c:
+// its endpoints, or whether it is in d.containers. Each kept endpointsOf
+// list that changes is replaced by a new list with c's endpoint taken
+// out, put in or replaced at its place, not made and sorted again.
+// Callers hold d.mu.
+func (d *Daemon) containerChanged(c *container) {
+	present := d.containers[c.name] == c
+	for name, eps := range d.epsByNet {
+		var now *endpoint
+		if present {
+			now = c.endpoints[name]
+		}
+		i, found := slices.BinarySearchFunc(eps, c.name, func(ep *endpoint, n string) int { return strings.Compare(ep.ctr.name, n) })
+		var out []*endpoint
+		switch {
+		case found && now == nil:
+			out = slices.Concat(eps[:i], eps[i+1:])
+		case found && now != eps[i]:
+			out = slices.Clone(eps)
+			out[i] = now
+		case !found && now != nil:
+			out = slices.Concat(eps[:i], []*endpoint{now}, eps[i:])
+		default:
+			continue
+		}
+		if len(out) == 0 {
+			out = nil
+		}
+		d.epsByNet[name] = out
+		delete(d.ipsByNet, name)
+	}
+}
+
 // CreateNetwork validates req, fills in defaults and creates the network.
 func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error) {
 	if err := checkName("network", req.Name); err != nil {

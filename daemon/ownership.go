@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
 	"sync"
@@ -40,6 +41,8 @@ type endpointSetCache struct {
 	gen uint64
 	set endpointSet
 	b   epSetBuilder
+	// rev is the endpoint feed's revision the builder last took in.
+	rev uint64
 }
 
 // endpointSet validates the endpoints table and checks every other node's
@@ -56,7 +59,10 @@ func (d *Daemon) endpointSet() endpointSet {
 	if c.ok && c.gen == gen {
 		return c.set
 	}
-	c.ok, c.gen, c.set = true, gen, c.b.update(d.endpointSetInput())
+	in := d.endpointSetInput()
+	var rev uint64
+	in.recs, in.delta, rev = d.endpointsSince(c.rev)
+	c.ok, c.gen, c.set, c.rev = true, gen, c.b.update(in), rev
 	return c.set
 }
 
@@ -100,6 +106,13 @@ func checkOwnership(rec epRecord, nr netRecord, ip netip.Addr, blocks map[netip.
 	return nil
 }
 
+// heldCheck is the endpointsOf list and block table of a network at which
+// holdBlocks found every endpoint's block held by this node.
+type heldCheck struct {
+	eps    []*endpoint
+	blocks map[netip.Prefix]string
+}
+
 // holdBlocks makes this node hold the IPAM block of every address its
 // endpoints use (and of the VIPs of the services it created): after a restart its claims from the previous run are gone
 // (the cluster overwrites them), but the endpoints kept their addresses.
@@ -108,21 +121,35 @@ func checkOwnership(rec epRecord, nr netRecord, ip netip.Addr, blocks map[netip.
 // for other nodes.
 func (d *Daemon) holdBlocks() {
 	held := map[string]map[netip.Prefix]string{}
-	sizes := map[string][]int{}
-	// Every reconcile walks every endpoint, so only those whose block
-	// this node does not hold (none, once held) are sorted: the blocks
-	// are kept in container and interface order.
+	// A network's endpoints are looked at again only when they or its
+	// block table changed since every one was found held (heldChecked);
+	// those whose block this node does not hold (none, once held) are
+	// sorted: the blocks are kept in container and interface order.
 	var unheld []*endpoint
-	for _, c := range d.containers {
-		for _, ep := range c.endpoints {
-			name := ep.net.rec.Name
-			if held[name] == nil {
-				held[name] = d.cl.Blocks(name)
-				sizes[name] = blockSizes(held[name])
+	if d.heldChecked == nil {
+		d.heldChecked = map[string]heldCheck{}
+	}
+	for name, n := range d.networks {
+		eps := d.endpointsOf(n)
+		held[name] = d.cl.Blocks(name)
+		if hc, ok := d.heldChecked[name]; ok && sameEndpoints(hc.eps, eps) && maps.Equal(hc.blocks, held[name]) {
+			continue
+		}
+		sizes, all := blockSizes(held[name]), true
+		for _, ep := range eps {
+			if _, holder, _ := holderOfSized(held[name], sizes, ep.ip); holder != d.cfg.Node {
+				unheld, all = append(unheld, ep), false
 			}
-			if _, holder, _ := holderOfSized(held[name], sizes[name], ep.ip); holder != d.cfg.Node {
-				unheld = append(unheld, ep)
-			}
+		}
+		if all {
+			d.heldChecked[name] = heldCheck{eps, maps.Clone(held[name])}
+		} else {
+			delete(d.heldChecked, name)
+		}
+	}
+	for name := range d.heldChecked {
+		if d.networks[name] == nil {
+			delete(d.heldChecked, name)
 		}
 	}
 	sort.Slice(unheld, func(i, j int) bool {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -242,5 +243,53 @@ func TestIPTakenEqualsUsedIPs(t *testing.T) {
 	}
 	if count != 1+39+1+1 {
 		t.Errorf("%d addresses used, want 42 (gateway, 39 endpoints, a record, a reservation)", count)
+	}
+}
+
+// TestPatchedEndpointListsEqualFresh makes random runs, attaches to a
+// second network, detaches and removals, and checks after each that every
+// kept endpointsOf list (patched by containerChanged) equals the list
+// made from scratch, the same endpoints in the same order.
+func TestPatchedEndpointListsEqualFresh(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	for i, name := range []string{"web", "db"} {
+		if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: name, Subnet: fmt.Sprintf("10.%d.0.0/16", 40+i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	check := func(step int) {
+		t.Helper()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		kept := map[string][]*endpoint{}
+		for _, n := range d.networks {
+			kept[n.rec.Name] = d.endpointsOf(n)
+		}
+		d.endpointsChanged()
+		for _, n := range d.networks {
+			if got, want := kept[n.rec.Name], d.endpointsOf(n); !slices.Equal(got, want) {
+				t.Fatalf("step %d: endpoints of %s: kept list %d long, fresh one %d long", step, n.rec.Name, len(got), len(want))
+			}
+		}
+	}
+	for step := range 120 {
+		name := fmt.Sprintf("c%d", rng.IntN(10))
+		network := []string{"web", "db"}[rng.IntN(2)]
+		switch rng.IntN(3) {
+		case 0:
+			d.Attach(api.AttachRequest{Network: network, Name: name, Create: true})
+		case 1:
+			d.Detach(name, network)
+		default:
+			d.RemoveContainer(name)
+		}
+		d.mu.Lock()
+		for _, n := range d.networks {
+			d.endpointsOf(n) // keep every list, so that the next change patches it
+		}
+		d.mu.Unlock()
+		check(step)
 	}
 }

@@ -288,11 +288,8 @@ type epDecodeCache struct {
 	m       map[string]*epDecoded
 	listing uint64 // counts decodeAll calls
 	decodes uint64 // counts decodeEndpoint calls
-	// out is clusterEndpoints' last result, valid while ok and the
-	// cluster's generation is gen.
-	ok  bool
-	gen uint64
-	out []epRecord
+	// feed is clusterEndpoints' copy of the table.
+	feed epFeed
 }
 
 // epDecoded is one cached decodeEndpoint result and what it was decoded

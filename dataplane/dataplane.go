@@ -236,7 +236,11 @@ func (dp *Dataplane) index(cfg Config, errs *[]error) ([]*NetworkConfig, map[por
 	var order []*NetworkConfig
 	want := map[string]*NetworkConfig{}
 	vnis := map[uint32]string{}
-	ports := map[portKey]PortConfig{}
+	n := 0
+	for i := range cfg.Networks {
+		n += len(cfg.Networks[i].Ports)
+	}
+	ports := make(map[portKey]PortConfig, n) // sized once, not grown port by port
 	for i := range cfg.Networks {
 		w := &cfg.Networks[i]
 		if want[w.Name] != nil {
