@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/netdev/netdevtest"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
@@ -315,6 +317,92 @@ func TestEncryptedTCPAcrossTheOverlayWithRotation(t *testing.T) {
 	}
 }
 
+// saPairs reports whether the SAs of nodes a and b with each other under
+// key are one pair, as network inspect shows them on each: a's inbound SA
+// from b has the SPI b's outbound SA to a seals with, and the other way
+// round. Each run chooses its inbound SPIs at random, so they pair only
+// once both sides derived the SAs of the other's current run, whatever
+// traffic went through them.
+func saPairs(na, nb api.Network, a, b string, key uint32) bool {
+	spis := func(n api.Network, peer string) (in, out string) {
+		for _, sa := range n.SAs {
+			if sa.Node != peer || sa.Key != key {
+				continue
+			}
+			if sa.Direction == "in" {
+				in = sa.SPI
+			} else {
+				out = sa.SPI
+			}
+		}
+		return in, out
+	}
+	aIn, aOut := spis(na, b)
+	bIn, bOut := spis(nb, a)
+	return aIn != "" && aOut != "" && aIn == bOut && bIn == aOut
+}
+
+// heldStream opens a TCP stream from the container in fromNS to port of
+// dst, the container in toNS, and returns the accepted end, left open.
+func heldStream(t *testing.T, from, to *fakeSandbox, fromNS, toNS string, dst netip.Addr, port uint16) net.Conn {
+	t.Helper()
+	ln, err := to.iface(toNS, "eth0").stack.Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := from.iface(fromNS, "eth0").stack.Dial(ctx, netip.AddrPortFrom(dst, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	select {
+	case c := <-accepted:
+		if c == nil {
+			t.Fatal("accepting the held stream failed")
+		}
+		return c
+	case <-ctx.Done():
+		t.Fatal("the held stream was not accepted")
+	}
+	return nil
+}
+
+// recvSYN reads frames from dev until a TCP SYN from src to port of dst
+// arrives. Other frames of the same sender (segments of its earlier
+// streams) are skipped; a frame of another sender, or no SYN within
+// 30 s, fails the test.
+func recvSYN(t *testing.T, dev *netdevtest.Device, srcMAC, dstMAC packet.MAC, src, dst netip.Addr, port uint16) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no TCP SYN from %s to %s port %d within 30 s", src, dst, port)
+		}
+		f := packet.Ethernet(recv(t, dev))
+		if f.Src() != srcMAC || f.Dst() != dstMAC {
+			t.Fatalf("received a frame %s -> %s, want %s's", f.Src(), f.Dst(), srcMAC)
+		}
+		if f.EtherType() != packet.EtherTypeIPv4 {
+			continue
+		}
+		ip := packet.IPv4(f.Payload())
+		if !ip.Valid() || ip.Protocol() != 6 || ip.Src() != src || ip.Dst() != dst || len(ip) < ip.HeaderLen()+14 {
+			continue
+		}
+		tcp := ip[ip.HeaderLen():]
+		if binary.BigEndian.Uint16(tcp[2:4]) == port && tcp[13]&0x12 == 0x02 {
+			return
+		}
+	}
+}
+
 // transferStall is how long a test's TCP stream may make no progress
 // before the test fails: netstack's retransmission timeout starts at
 // 200 ms and doubles, so 30 s without a byte means about seven losses of
@@ -428,27 +516,37 @@ func TestEncryptedNetworkSurvivesRotatorRestart(t *testing.T) {
 	})
 	tcpOnce(t, sbs[0], sbs[2], "/run/netns/c1", "/run/netns/c3", netip.MustParseAddr(ep3.IP), 5001, 1<<20)
 	secret := secretsOf(ds[0])[0]
+	// c3 keeps sending to c1 across the restart: it closes a stream from
+	// c1 while h1 is down, and its FIN, never acknowledged, is sent again
+	// and again, through the restarted run's SAs once they exist. (So did,
+	// by chance, the FIN of tcpOnce's stream when it outran h1's Close:
+	// a wait for SAs that no packet went through then never ended.)
+	held := heldStream(t, sbs[0], sbs[2], "/run/netns/c1", "/run/netns/c3", netip.MustParseAddr(ep3.IP), 5002)
+	n3, _ := ds[2].Network("sec")
+	oldSPIs := map[string]bool{}
+	for _, sa := range n3.SAs {
+		oldSPIs[sa.SPI] = true
+	}
 
 	// h1, the rotator, restarts with a new run key: the cluster keeps its
 	// ring, and traffic resumes under SAs derived for the new run.
 	dir, addr := ds[0].cfg.StateDir, ds[0].cfg.Advertise
 	ds[0].Close()
+	held.Close()
 	join := []string{ds[1].cfg.Advertise.String() + ":" + fmt.Sprint(ds[1].cfg.GossipPort)}
 	d1 := newNode(t, mem, "h1", addr, sbs[0], dir, join...)
 	t.Cleanup(d1.Close)
 	waitFor(t, "the restarted h1 with the cluster's ring and new SAs", func() bool {
 		n1, _ := d1.Network("sec")
 		n3, err := ds[2].Network("sec")
-		if err != nil || len(n1.SAs) != 4 || d1.Keys().Primary != 1 {
-			return false
-		}
-		for _, sa := range n3.SAs {
-			if sa.Node == "h1" && sa.Packets > 0 {
-				return false // still the old run's SAs
-			}
-		}
-		return len(n3.SAs) == 4
+		return err == nil && d1.Keys().Primary == 1 && len(n1.SAs) == 4 && len(n3.SAs) == 4 && saPairs(n1, n3, "h1", "h3", 1)
 	})
+	n3, _ = ds[2].Network("sec")
+	for _, sa := range n3.SAs {
+		if sa.Node == "h1" && oldSPIs[sa.SPI] {
+			t.Fatalf("h3 kept an SA of h1's previous run: %+v", sa)
+		}
+	}
 	if s := secretsOf(d1)[0]; s != secret {
 		t.Fatal("the restarted rotator replaced the cluster's key")
 	}
@@ -472,9 +570,7 @@ func TestEncryptedNetworkSurvivesRotatorRestart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sbs[2].iface("/run/netns/c3", "eth0").stack.Dial(ctx, netip.AddrPortFrom(ip1, 9))
-	if f := packet.Ethernet(recv(t, c1)); f.Src() != mac3 || f.Dst() != mac1 {
-		t.Fatalf("c1 received a frame %s -> %s, want c3's", f.Src(), f.Dst())
-	}
+	recvSYN(t, c1, mac3, mac1, ip3, ip1, 9)
 	for _, d := range []*Daemon{d1, ds[2]} {
 		if drops := lossCounters(t, d, "sec"); len(drops) > 0 {
 			t.Logf("%s after the restart: %v", d.cfg.Node, drops)
