@@ -8,7 +8,7 @@ import (
 
 // memCluster starts count nodes on one MemNetwork with the tests' fast
 // timing and joins them.
-func memCluster(t *testing.T, count int) (*MemNetwork, []*Cluster) {
+func memCluster(t *testing.T, count int, tune func(*Config)) (*MemNetwork, []*Cluster) {
 	t.Helper()
 	mem := NewMemNetwork()
 	key := mustKey(t)
@@ -16,6 +16,9 @@ func memCluster(t *testing.T, count int) (*MemNetwork, []*Cluster) {
 	for i := range count {
 		cfg := testConfig(simName(i), key, DefaultGossipPort, &logSink{})
 		cfg.BindAddr, cfg.Network = simAddr(i).Addr(), mem
+		if tune != nil {
+			tune(&cfg)
+		}
 		c, err := Start(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -46,7 +49,7 @@ func memCluster(t *testing.T, count int) (*MemNetwork, []*Cluster) {
 // which drop its node-scoped entries after NodeGrace; what it sent while
 // cut is counted as lost.
 func TestMemNetworkCutNodeIsDeadAndItsEntriesLeave(t *testing.T) {
-	mem, cs := memCluster(t, 3)
+	mem, cs := memCluster(t, 3, nil)
 	if err := cs[2].Put("endpoints", "ep", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
@@ -101,29 +104,10 @@ func TestMemNetworkRefusesAnAddressInUse(t *testing.T) {
 // times NodeGrace after that.
 func TestTimeScaleStretchesFailureDetectionAndGrace(t *testing.T) {
 	const k = 5
-	mem := NewMemNetwork()
-	key := mustKey(t)
-	var cs []*Cluster
-	for i := range 2 {
-		cfg := testConfig(simName(i), key, DefaultGossipPort, &logSink{})
-		cfg.BindAddr, cfg.Network = simAddr(i).Addr(), mem
+	mem, cs := memCluster(t, 2, func(cfg *Config) {
 		cfg.NodeGrace = 400 * time.Millisecond
 		cfg.TimeScale = k
-		c, err := Start(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		if err := c.DefineTable("endpoints", TableOptions{NodeScoped: true}); err != nil {
-			t.Fatal(err)
-		}
-		if i > 0 {
-			if _, err := c.Join([]string{simAddr(0).String()}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		cs = append(cs, c)
-	}
+	})
 	cfg := testConfig("", nil, 0, nil)
 	if err := cs[1].Put("endpoints", "ep", []byte("v")); err != nil {
 		t.Fatal(err)
