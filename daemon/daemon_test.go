@@ -315,6 +315,11 @@ func startNode(t testing.TB, cfg Config) *Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Closed at the end of the test, before its directories are removed
+	// (cleanups run last first): a daemon left running keeps writing its
+	// state there ("TempDir RemoveAll cleanup: directory not empty").
+	// Close is idempotent, so tests that close it themselves are unchanged.
+	t.Cleanup(d.Close)
 	return d
 }
 

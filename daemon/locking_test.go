@@ -73,6 +73,10 @@ func TestAPIAnswersWhileAttachWaitsOnDocker(t *testing.T) {
 func TestAPIAnswersWhileNetworkCreateWaitsOnTheCluster(t *testing.T) {
 	dir := t.TempDir()
 	d := newTestDaemon(t, newFakeSandbox(), dir)
+	// Closed before the test's directory is removed: a daemon left running
+	// writes its state there meanwhile ("TempDir RemoveAll cleanup:
+	// directory not empty").
+	defer d.Close()
 	key, err := cluster.LoadKeyFile(filepath.Join(dir, "cluster.key"))
 	if err != nil {
 		t.Fatal(err)
