@@ -22,26 +22,7 @@ func (discard) WriteFrames(f packet.Frames) (int, error) { return f.Len(), nil }
 
 func TestFloodsKeepLittleStatePerPortPair(t *testing.T) {
 	const ports = 200
-	s := New(Config{Name: "web"})
-	ps := make([]*Port, ports)
-	frames := make([][][]byte, ports)
-	sizes := make([][]int, ports)
-	for i := range ports {
-		mac := packet.MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}
-		ip := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i + 1)})
-		ps[i] = addPort(t, s, discard{}, PortConfig{Name: fmt.Sprintf("p%d", i), MAC: mac, IP: ip, Security: true})
-		frames[i], sizes[i] = batch(ipv4Frame(packet.Broadcast, mac, ip, netip.MustParseAddr("10.0.255.255")))
-	}
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	for i, p := range ps {
-		p.Input(frames[i], sizes[i], off)
-	}
-	runtime.ReadMemStats(&after)
-	if st := s.Stats(); st.Flooded != ports {
-		t.Fatalf("flooded %d frames, want %d", st.Flooded, ports)
-	}
+	_, before, after := floodFromEveryPort(t, ports, false)
 	pairs := uint64(ports * (ports - 1))
 	if per := (after.TotalAlloc - before.TotalAlloc) / pairs; per > 512 {
 		t.Errorf("one flood from each of %d ports allocated %d bytes per port pair, want at most 512", ports, per)
@@ -56,7 +37,23 @@ func TestFloodsKeepLittleStatePerPortPair(t *testing.T) {
 // daemon's RSS.
 func TestIdlePortsHoldNoFloodQueues(t *testing.T) {
 	const ports = 400
-	s := New(Config{Name: "web"})
+	s, before, after := floodFromEveryPort(t, ports, true)
+	held := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if limit := int64(ports * 256); held > limit {
+		t.Errorf("after one flood from each of %d idle ports the switch holds %d more bytes of heap (%d per port), want at most %d", ports, held, held/ports, limit)
+	}
+	if made := s.queuesMade.Load(); made != 1 {
+		t.Errorf("%d ports flooding one after another made %d sets of destination queues, want 1 (borrowed and given back)", ports, made)
+	}
+}
+
+// floodFromEveryPort makes a switch with ports security ports, floods one
+// broadcast frame from each in turn and returns the switch with the memory
+// statistics read before and after the floods (after a collection when
+// gcAfter). It fails t unless every frame was flooded.
+func floodFromEveryPort(t *testing.T, ports int, gcAfter bool) (s *Switch, before, after runtime.MemStats) {
+	t.Helper()
+	s = New(Config{Name: "web"})
 	ps := make([]*Port, ports)
 	frames := make([][][]byte, ports)
 	sizes := make([][]int, ports)
@@ -66,24 +63,19 @@ func TestIdlePortsHoldNoFloodQueues(t *testing.T) {
 		ps[i] = addPort(t, s, discard{}, PortConfig{Name: fmt.Sprintf("p%d", i), MAC: mac, IP: ip, Security: true})
 		frames[i], sizes[i] = batch(ipv4Frame(packet.Broadcast, mac, ip, netip.MustParseAddr("10.0.255.255")))
 	}
-	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for i, p := range ps {
 		p.Input(frames[i], sizes[i], off)
 	}
-	runtime.GC()
+	if gcAfter {
+		runtime.GC()
+	}
 	runtime.ReadMemStats(&after)
-	if st := s.Stats(); st.Flooded != ports {
-		t.Fatalf("flooded %d frames, want %d", st.Flooded, ports)
-	}
-	held := int64(after.HeapAlloc) - int64(before.HeapAlloc)
-	if limit := int64(ports * 256); held > limit {
-		t.Errorf("after one flood from each of %d idle ports the switch holds %d more bytes of heap (%d per port), want at most %d", ports, held, held/ports, limit)
-	}
-	if made := s.queuesMade.Load(); made != 1 {
-		t.Errorf("%d ports flooding one after another made %d sets of destination queues, want 1 (borrowed and given back)", ports, made)
-	}
 	runtime.KeepAlive(ps)
 	runtime.KeepAlive(frames)
+	if st := s.Stats(); st.Flooded != uint64(ports) {
+		t.Fatalf("flooded %d frames, want %d", st.Flooded, ports)
+	}
+	return s, before, after
 }
