@@ -94,6 +94,9 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	if *dataPort == 0 || *dataPort > 65535 {
 		return usagef("--data-port %d: out of range 1-65535", *dataPort)
 	}
+	if *busyPoll < 0 || *busyPoll > time.Second {
+		return usagef("--busy-poll %v: out of range 0-1s", *busyPoll)
+	}
 	if *rxSockets < 1 || *rxSockets > daemon.MaxRxSockets {
 		return usagef("--rx-sockets %d: out of range 1-%d", *rxSockets, daemon.MaxRxSockets)
 	}
