@@ -25,6 +25,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -42,10 +43,15 @@ type measurement struct {
 }
 
 // rrResult is a request/response run: Transactions one-byte exchanges in
-// Seconds over one TCP connection.
+// Seconds over one TCP connection, and the median and 99th percentile
+// of one exchange's time in microseconds (0: not measured). A mean far
+// above the median says the time goes to rare stalls (scheduling on a
+// loaded machine), not to every exchange.
 type rrResult struct {
 	Transactions int64   `json:"transactions"`
 	Seconds      float64 `json:"seconds"`
+	P50us        float64 `json:"p50_us,omitempty"`
+	P99us        float64 `json:"p99_us,omitempty"`
 }
 
 // Rate returns transactions per second (0 without a run).
@@ -144,7 +150,8 @@ func rrClient(addr string, d time.Duration) (rrResult, error) {
 	start := time.Now()
 	end := start.Add(d)
 	var n int64
-	for {
+	times := make([]time.Duration, 0, 1<<16)
+	for last := start; ; {
 		if _, err := c.Write(buf); err != nil {
 			return rrResult{}, err
 		}
@@ -152,11 +159,26 @@ func rrClient(addr string, d time.Duration) (rrResult, error) {
 			return rrResult{}, err
 		}
 		n++
-		if n%64 == 0 && !time.Now().Before(end) {
+		now := time.Now()
+		times = append(times, now.Sub(last))
+		last = now
+		if n%64 == 0 && !now.Before(end) {
 			break
 		}
 	}
-	return rrResult{Transactions: n, Seconds: time.Since(start).Seconds()}, nil
+	r := rrResult{Transactions: n, Seconds: time.Since(start).Seconds()}
+	r.P50us, r.P99us = percentileUs(times, 0.50), percentileUs(times, 0.99)
+	return r, nil
+}
+
+// percentileUs returns the q quantile of ds in microseconds (ds is
+// sorted in place).
+func percentileUs(ds []time.Duration, q float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	return float64(ds[min(len(ds)-1, int(q*float64(len(ds))))]) / float64(time.Microsecond)
 }
 
 // measureRR runs the request/response server in c2 and the client in c1.
@@ -310,7 +332,11 @@ func fmtRR(r rrResult) (rate, mean string) {
 	if r.Transactions <= 0 {
 		return "-", "-"
 	}
-	return fmt.Sprintf("%.0f", r.Rate()), fmt.Sprintf("%.1f us", float64(r.Mean())/float64(time.Microsecond))
+	mean = fmt.Sprintf("%.1f us", float64(r.Mean())/float64(time.Microsecond))
+	if r.P50us > 0 {
+		mean += fmt.Sprintf(" (p50 %.0f, p99 %.0f)", r.P50us, r.P99us)
+	}
+	return fmt.Sprintf("%.0f", r.Rate()), mean
 }
 
 // fmtMulti formats the multi-stream throughput for the main table.

@@ -93,6 +93,11 @@ type Config struct {
 	// the host cannot (see tunnel.OpenKernelTunnel), the daemon logs why
 	// and segments them itself as without it.
 	KernelTunnel bool
+	// BusyPoll, if positive, is how long each data-path reader (a
+	// container's TAP, a VTEP receive socket) keeps polling after a frame
+	// before it blocks in the netpoller: it trades CPU after traffic for
+	// the wake-up latency of the next frame (internal/busypoll). 0: off.
+	BusyPoll time.Duration
 	// Underlay replaces the VTEP's UDP sockets (tests).
 	Underlay tunnel.Underlay
 	// ESPPort is the UDP port of encrypted networks' ESP datagrams
@@ -390,7 +395,7 @@ func (d *Daemon) start() error {
 	}
 	ul := d.cfg.Underlay
 	if ul == nil {
-		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.DataPort, RxSockets: d.cfg.RxSockets})
+		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.DataPort, RxSockets: d.cfg.RxSockets, BusyPoll: d.cfg.BusyPoll})
 		if err != nil {
 			return err
 		}
@@ -401,7 +406,7 @@ func (d *Daemon) start() error {
 		// With UDP_GRO: a coalesced read is opened datagram by datagram
 		// in place, in its one buffer. ESP datagrams are sent from this
 		// socket too, from port 4500 to 4500 (RFC 3948).
-		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort, TxFromRx: true})
+		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort, TxFromRx: true, BusyPoll: d.cfg.BusyPoll})
 		if err != nil {
 			ul.Close()
 			return fmt.Errorf("esp port: %w (--esp-port)", err)
@@ -417,7 +422,8 @@ func (d *Daemon) start() error {
 			Logger: d.log.With("component", "tunnel"), LocalAddr: d.cfg.Advertise,
 			Super: super,
 		},
-		Logger: d.log.With("component", "dataplane"),
+		Logger:   d.log.With("component", "dataplane"),
+		BusyPoll: d.cfg.BusyPoll,
 	})
 	d.done.Add(1)
 	go func() {

@@ -46,6 +46,11 @@ type Options struct {
 	// port; nil means no network has egress (gateways still answer ARP
 	// and ping).
 	Egress *gateway.Egress
+	// BusyPoll, if positive, is how long a port's reader keeps polling
+	// its device after a frame before it blocks (devices with
+	// SetBusyPoll: a TAP; see internal/busypoll). The underlays' own
+	// polling is set where they are opened (tunnel.UDPConfig.BusyPoll).
+	BusyPoll time.Duration
 }
 
 // Dataplane is one host's data plane. Its methods are safe for concurrent
@@ -56,6 +61,8 @@ type Dataplane struct {
 	egress *gateway.Egress
 	// batches lends read batches to the ports' loops.
 	batches *batchPool
+	// busyPoll is Options.BusyPoll, set on every port's device.
+	busyPoll time.Duration
 	// epoch is the origin of the balancers' clock (lbNow).
 	epoch      time.Time
 	sweepEvery time.Duration
@@ -100,6 +107,7 @@ func New(opts Options) *Dataplane {
 		vtep:       tunnel.New(opts.Tunnel),
 		egress:     opts.Egress,
 		batches:    newBatchPool(),
+		busyPoll:   opts.BusyPoll,
 		epoch:      time.Now(),
 		sweepEvery: sweep,
 		nets:       map[string]*network{},

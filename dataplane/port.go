@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/packet"
@@ -33,12 +34,19 @@ func (p *port) stateString() string {
 	return "down"
 }
 
+// busyPoller is a device whose reader can poll after traffic
+// (netdev.TAP.SetBusyPoll).
+type busyPoller interface{ SetBusyPoll(time.Duration) }
+
 // addPort takes over w's device and starts its read loop.
 func (dp *Dataplane) addPort(k portKey, w PortConfig) {
 	dp.changes++
 	p := &port{key: k, cfg: w, done: make(chan struct{})}
 	p.setState("down: not on a switch yet")
 	dp.ports[k] = p
+	if bp, ok := w.Device.(busyPoller); ok && dp.busyPoll > 0 {
+		bp.SetBusyPoll(dp.busyPoll)
+	}
 	go p.read(dp.batches)
 }
 

@@ -10,9 +10,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vxmesh/vxmesh/internal/busypoll"
 
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -34,6 +37,10 @@ type TAPStats struct {
 	TxBytes   uint64 // bytes of those frames (without the virtio-net header)
 	TxGSO     uint64 // of those, TCP super-segments passed on as such
 	TxErrors  uint64 // frames the kernel refused
+	// RxBusyPolled counts the reads that found frames by polling after
+	// traffic (SetBusyPoll) rather than after a wake-up from the
+	// netpoller.
+	RxBusyPolled uint64
 }
 
 // tapFlags are the TUNSETIFF flags of every TAP vxmesh opens.
@@ -76,6 +83,9 @@ type TAP struct {
 	readFn func(fd uintptr) bool // bound once so Read does not allocate
 	waitFn func(fd uintptr) bool // bound once so WaitRead does not allocate
 	pfd    [1]unix.PollFd        // WaitRead's readability check
+	// poll keeps Read and WaitRead polling after traffic (SetBusyPoll);
+	// used by the one reader only.
+	poll *busypoll.Window
 
 	wmu sync.Mutex // guards the write state below
 	tx  struct {
@@ -327,6 +337,8 @@ func (t *TAP) Stats() TAPStats {
 		TxBytes:   t.txBytes.Load(),
 		TxGSO:     t.txGSO.Load(),
 		TxErrors:  t.txErrors.Load(),
+
+		RxBusyPolled: t.poll.Caught(),
 	}
 }
 
@@ -364,6 +376,7 @@ func (t *TAP) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 	}
 	if got > 0 {
+		t.poll.Seen()
 		return got, nil
 	}
 	if err != nil {
@@ -385,9 +398,25 @@ func (t *TAP) WaitRead() error {
 // wait while the descriptor has nothing to read. An error of poll(2)
 // counts as readable, so that Read reports what is wrong.
 func (t *TAP) readable(fd uintptr) bool {
-	t.pfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
-	n, err := unix.Poll(t.pfd[:], 0)
-	return err != nil && err != unix.EINTR || n > 0
+	for {
+		t.pfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+		n, err := unix.Poll(t.pfd[:], 0)
+		if err != nil && err != unix.EINTR || n > 0 {
+			return true
+		}
+		if t.closed.Load() || !t.poll.Again() {
+			return false
+		}
+	}
+}
+
+// SetBusyPoll makes the reader keep polling the device for d after each
+// frame it read before it blocks in the netpoller (internal/busypoll); 0,
+// the default, blocks at once. Call it before the first Read.
+func (t *TAP) SetBusyPoll(d time.Duration) {
+	t.rmu.Lock()
+	t.poll = busypoll.New(d)
+	t.rmu.Unlock()
 }
 
 // gsoAccepted reports whether a frame with GSO type typ may be passed up.
@@ -437,6 +466,9 @@ func (t *TAP) readBatch(fd uintptr) bool {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
+			if r.n == 0 && !t.closed.Load() && t.poll.Again() {
+				continue
+			}
 			return r.n > 0
 		case err == unix.EINVAL || err == unix.EFAULT || err == unix.EMSGSIZE:
 			// The kernel consumed a frame it could not deliver into this

@@ -11,9 +11,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vxmesh/vxmesh/internal/busypoll"
 
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -50,6 +53,10 @@ type UDPConfig struct {
 	// (first) receive socket, so every datagram's source port is Port, as
 	// ESP in UDP goes from 4500 to 4500 (RFC 3948). TxSockets is ignored.
 	TxFromRx bool
+	// BusyPoll, if positive, is how long a receive queue keeps reading
+	// without blocking after its last datagram (see internal/busypoll);
+	// 0 blocks in the netpoller as soon as the socket is empty.
+	BusyPoll time.Duration
 }
 
 // UDP is the Linux underlay: one or more sockets receiving on the data port
@@ -121,6 +128,7 @@ type mmsgState struct {
 	retry int // GSO sends refused, to send again without
 	err   error
 	fn    func(fd uintptr) bool
+	poll  *busypoll.Window // receive: polling after traffic (UDPConfig.BusyPoll)
 }
 
 // udpCmsgSpace is the control buffer of one message: a cmsghdr with an
@@ -195,6 +203,7 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 	for i := range u.rq {
 		u.rq[i].s = u.newState()
 		u.rq[i].s.fn = u.rq[i].s.recv
+		u.rq[i].s.poll = busypoll.New(cfg.BusyPoll)
 	}
 	return u, nil
 }
@@ -373,6 +382,17 @@ func (s *mmsgState) groSize(i int) int {
 	return 0
 }
 
+// BusyPolled returns how many reads of the receive queues found
+// datagrams by polling after traffic (UDPConfig.BusyPoll) rather than
+// after a wake-up from the netpoller.
+func (u *UDP) BusyPolled() uint64 {
+	var n uint64
+	for i := range u.rq {
+		n += u.rq[i].s.poll.Caught()
+	}
+	return n
+}
+
 // LocalAddr returns the address and data port the receive sockets are
 // bound to.
 func (u *UDP) LocalAddr() netip.AddrPort { return u.local }
@@ -467,6 +487,7 @@ func (u *UDP) ReadBatchQueue(q int, msgs []Message) (int, error) {
 		}
 	}
 	if got > 0 {
+		s.poll.Seen()
 		return got, nil
 	}
 	if err != nil {
@@ -487,6 +508,9 @@ func (s *mmsgState) recv(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			if s.poll.Again() && !s.u.closed.Load() {
+				continue
+			}
 			return false
 		default:
 			s.err = fmt.Errorf("udp %s: recvmmsg: %w", s.u.local, errno)

@@ -16,3 +16,14 @@ func TestDaemonRefusesRxSocketsOutOfRange(t *testing.T) {
 		}
 	}
 }
+
+func TestDaemonRefusesBusyPollOutOfRange(t *testing.T) {
+	for _, d := range []string{"-1µs", "2s"} {
+		var out, errb bytes.Buffer
+		code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, []string{"daemon", "--busy-poll", d})
+		want := "--busy-poll " + d + ": out of range 0-1s"
+		if code != 2 || !strings.Contains(errb.String(), want) {
+			t.Errorf("daemon --busy-poll %s: code %d, stderr %q; want 2 and %q", d, code, errb.String(), want)
+		}
+	}
+}
