@@ -9,7 +9,6 @@ import (
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -82,22 +81,23 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	ep.SocketOptions().SetKeepAlive(true)
-	in := gonet.NewTCPConn(&wq, ep)
+	in := newEPConn(&wq, ep)
 	fl := &flow{close: func() { resetEndpoint(ep); resetConn(out) }}
 	if !g.track(fl) {
 		e.done(f)
 		fl.abort()
+		in.Close()
 		return
 	}
 	// The slot is released before Close (which waits for untrack) can
 	// return.
 	defer g.untrack(fl)
 	defer e.done(f)
-	g.spliceTCP(in, out, ep, fl)
+	g.spliceTCP(in, out, fl)
 }
 
 // spliceTCP copies both ways (see splice), counting egress bytes.
-func (g *Gateway) spliceTCP(in *gonet.TCPConn, out net.Conn, ep tcpip.Endpoint, fl *flow) {
+func (g *Gateway) spliceTCP(in *epConn, out net.Conn, fl *flow) {
 	e := g.cfg.Egress
 	nOut, nIn := splice(in, out, fl, e.workers)
 	e.bytesOut.Add(uint64(nOut))
@@ -109,7 +109,7 @@ func (g *Gateway) spliceTCP(in *gonet.TCPConn, out net.Conn, ep tcpip.Endpoint, 
 // error (a reset, a keepalive timeout) as a reset of the other side, a
 // write error as a reset of the side written from. It returns the bytes
 // copied each way. The copy from in to out runs on one of w's workers.
-func splice(in, out net.Conn, fl *flow, w *workers) (nOut, nIn int64) {
+func splice(in, out io.ReadWriteCloser, fl *flow, w *workers) (nOut, nIn int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	w.Go(func() {
@@ -135,10 +135,21 @@ func splice(in, out net.Conn, fl *flow, w *workers) (nOut, nIn int64) {
 	return nOut, nIn
 }
 
+// copyBufs are the copy buffers of the flows that ended, by size: a
+// flow takes its buffers from them, so a new connection allocates (and
+// zeroes) none.
+var copyBufs = [2]sync.Pool{
+	{New: func() any { b := make([]byte, copyBufSmall); return &b }},
+	{New: func() any { b := make([]byte, copyBuf); return &b }},
+}
+
 // copyConn copies src to dst until src's EOF (rerr and werr nil) or an
 // error, telling a read error from a write error.
 func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
-	buf := make([]byte, copyBufSmall)
+	pool := &copyBufs[0]
+	bp := pool.Get().(*[]byte)
+	defer func() { pool.Put(bp) }()
+	buf := *bp
 	for {
 		k, err := src.Read(buf)
 		if k > 0 {
@@ -147,8 +158,12 @@ func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 			if err != nil {
 				return n, nil, err
 			}
-			if k == len(buf) && len(buf) < copyBuf {
-				buf = make([]byte, copyBuf) // bulk data: fewer, larger reads
+			if k == len(buf) && pool == &copyBufs[0] {
+				// Bulk data: fewer, larger reads.
+				pool.Put(bp)
+				pool = &copyBufs[1]
+				bp = pool.Get().(*[]byte)
+				buf = *bp
 			}
 		}
 		if errors.Is(err, io.EOF) {
@@ -160,7 +175,7 @@ func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 	}
 }
 
-func closeWrite(c net.Conn) {
+func closeWrite(c io.Closer) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
