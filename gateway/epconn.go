@@ -35,18 +35,31 @@ func newEPConn(wq *waiter.Queue, ep tcpip.Endpoint) *epConn {
 }
 
 // Read reads what the endpoint received, waiting for some; the peer's
-// FIN is io.EOF.
+// FIN is io.EOF. When the FIN is already in, the read that returns the
+// last data returns io.EOF with it, so the caller knows the data is the
+// last (copyConn's writeLast).
 func (c *epConn) Read(b []byte) (int, error) {
 	for {
 		w := tcpip.SliceWriter(b)
 		res, err := c.ep.Read(&w, tcpip.ReadOptions{})
 		switch err.(type) {
 		case nil:
-			if res.Count > 0 {
-				// Receive buffer auto-tuning, as gonet does.
-				c.ep.ModerateRecvBuf(res.Count)
+			n := res.Count
+			if n > 0 && n < len(b) {
+				// All that was received: is the FIN behind it?
+				w = tcpip.SliceWriter(b[n:])
+				res, err = c.ep.Read(&w, tcpip.ReadOptions{})
+				n += res.Count
+				if _, ok := err.(*tcpip.ErrClosedForReceive); ok {
+					c.ep.ModerateRecvBuf(n)
+					return n, io.EOF
+				}
 			}
-			return res.Count, nil
+			if n > 0 {
+				// Receive buffer auto-tuning, as gonet does.
+				c.ep.ModerateRecvBuf(n)
+			}
+			return n, nil
 		case *tcpip.ErrWouldBlock:
 			<-c.readable
 		case *tcpip.ErrClosedForReceive:

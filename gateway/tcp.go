@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -144,16 +146,23 @@ var copyBufs = [2]sync.Pool{
 }
 
 // copyConn copies src to dst until src's EOF (rerr and werr nil) or an
-// error, telling a read error from a write error.
+// error, telling a read error from a write error. Data that comes with
+// the EOF (epConn.Read) is written with writeLast.
 func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 	pool := &copyBufs[0]
 	bp := pool.Get().(*[]byte)
 	defer func() { pool.Put(bp) }()
 	buf := *bp
 	for {
-		k, err := src.Read(buf)
+		k, rerr := src.Read(buf)
 		if k > 0 {
-			w, err := dst.Write(buf[:k])
+			var w int
+			var err error
+			if errors.Is(rerr, io.EOF) {
+				w, err = writeLast(dst, buf[:k])
+			} else {
+				w, err = dst.Write(buf[:k])
+			}
 			n += int64(w)
 			if err != nil {
 				return n, nil, err
@@ -166,11 +175,11 @@ func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 				buf = *bp
 			}
 		}
-		if errors.Is(err, io.EOF) {
+		if errors.Is(rerr, io.EOF) {
 			return n, nil, nil
 		}
-		if err != nil {
-			return n, err, nil
+		if rerr != nil {
+			return n, rerr, nil
 		}
 	}
 }
@@ -193,4 +202,43 @@ func resetConn(c net.Conn) {
 func resetEndpoint(ep tcpip.Endpoint) {
 	ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true, Timeout: 0})
 	ep.Abort()
+}
+
+// writeLast writes b to c, the last data before c's half-close: a TCP
+// socket holds it (MSG_MORE) for the FIN that closeWrite then sends with
+// it, in one segment (Linux's tcp_send_fin puts the FIN on the unsent
+// tail). A short response and its end then cost the client one segment,
+// not two. Other connections get a plain Write.
+func writeLast(w io.Writer, b []byte) (int, error) {
+	tc, ok := w.(*net.TCPConn)
+	if !ok {
+		return w.Write(b)
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			k, err := unix.SendmsgN(int(fd), b[n:], nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
+			if err == unix.EAGAIN {
+				return false // wait until writable
+			}
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				serr = err
+				return true
+			}
+			n += k
+		}
+		return true
+	})
+	if serr != nil {
+		err = &net.OpError{Op: "write", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("sendmsg", serr)}
+	}
+	return n, err
 }
