@@ -230,13 +230,16 @@ func (c *epConn) abortDial() error {
 	return errDialStopped
 }
 
-// dialTimers are the connect timeouts of published connections, reused:
-// a connection allocates none.
-var dialTimers = sync.Pool{New: func() any {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return t
-}}
+// newDialTimers returns a pool of stopped timers: the connect timeouts
+// of published connections (Egress.dialTimers), reused, so a connection
+// allocates none.
+func newDialTimers() *sync.Pool {
+	return &sync.Pool{New: func() any {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return t
+	}}
+}
 
 // setKeepalive sets the keepalive of a published connection's endpoint
 // in the network (EgressConfig.IngressKeepalive), before it connects
@@ -350,11 +353,11 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 		fl.abort()
 		return
 	}
-	timer := dialTimers.Get().(*time.Timer)
+	timer := e.dialTimers.Get().(*time.Timer)
 	timer.Reset(ingressDialTimeout)
 	in, err := g.dialIn(src, netip.AddrPortFrom(dst, p.spec.Port), t.aborted, timer.C, e.setKeepalive)
 	timer.Stop()
-	dialTimers.Put(timer)
+	e.dialTimers.Put(timer)
 	if err != nil {
 		p.fail()
 		fl.abort()

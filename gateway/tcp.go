@@ -110,13 +110,14 @@ func (g *Gateway) spliceTCP(in *epConn, out net.Conn, fl *flow) {
 // directions ended: an EOF is passed on as a half-close (FIN), a read
 // error (a reset, a keepalive timeout) as a reset of the other side, a
 // write error as a reset of the side written from. It returns the bytes
-// copied each way. The copy from in to out runs on one of w's workers.
+// copied each way. The copy from in to out runs on one of w's workers;
+// both take their buffers from w's.
 func splice(in, out io.ReadWriteCloser, fl *flow, w *workers) (nOut, nIn int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	w.Go(func() {
 		defer wg.Done()
-		n, rerr, werr := copyConn(out, in)
+		n, rerr, werr := copyConn(out, in, w.bufs)
 		nOut = n
 		if rerr == nil && werr == nil {
 			closeWrite(out)
@@ -124,7 +125,7 @@ func splice(in, out io.ReadWriteCloser, fl *flow, w *workers) (nOut, nIn int64) 
 			fl.abort()
 		}
 	})
-	n, rerr, werr := copyConn(in, out)
+	n, rerr, werr := copyConn(in, out, w.bufs)
 	nIn = n
 	if rerr == nil && werr == nil {
 		closeWrite(in)
@@ -137,19 +138,24 @@ func splice(in, out io.ReadWriteCloser, fl *flow, w *workers) (nOut, nIn int64) 
 	return nOut, nIn
 }
 
-// copyBufs are the copy buffers of the flows that ended, by size: a
-// flow takes its buffers from them, so a new connection allocates (and
-// zeroes) none.
-var copyBufs = [2]sync.Pool{
-	{New: func() any { b := make([]byte, copyBufSmall); return &b }},
-	{New: func() any { b := make([]byte, copyBuf); return &b }},
+// copyBufs are the copy buffers of the flows that ended, by size
+// (copyBufSmall, copyBuf): a flow takes its buffers from them, so a new
+// connection allocates (and zeroes) none.
+type copyBufs [2]sync.Pool
+
+func newCopyBufs() *copyBufs {
+	return &copyBufs{
+		{New: func() any { b := make([]byte, copyBufSmall); return &b }},
+		{New: func() any { b := make([]byte, copyBuf); return &b }},
+	}
 }
 
-// copyConn copies src to dst until src's EOF (rerr and werr nil) or an
-// error, telling a read error from a write error. Data that comes with
-// the EOF (epConn.Read) is written with writeLast.
-func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
-	pool := &copyBufs[0]
+// copyConn copies src to dst, with a buffer from bufs, until src's EOF
+// (rerr and werr nil) or an error, telling a read error from a write
+// error. Data that comes with the EOF (epConn.Read) is written with
+// writeLast.
+func copyConn(dst io.Writer, src io.Reader, bufs *copyBufs) (n int64, rerr, werr error) {
+	pool := &bufs[0]
 	bp := pool.Get().(*[]byte)
 	defer func() { pool.Put(bp) }()
 	buf := *bp
@@ -167,10 +173,10 @@ func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
 			if err != nil {
 				return n, nil, err
 			}
-			if k == len(buf) && pool == &copyBufs[0] {
+			if k == len(buf) && pool == &bufs[0] {
 				// Bulk data: fewer, larger reads.
 				pool.Put(bp)
-				pool = &copyBufs[1]
+				pool = &bufs[1]
 				bp = pool.Get().(*[]byte)
 				buf = *bp
 			}
