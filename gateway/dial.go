@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 )
 
 // DialTCP opens a TCP connection from src to dst inside the network, from
@@ -14,9 +16,16 @@ import (
 // service VIP: the switch balances the gateway's frames like a
 // container's. Port 0 in src picks a free port.
 func (g *Gateway) DialTCP(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
-	c, _, err := g.dialIn(ctx, src, dst)
+	c, err := g.dialIn(src, dst, ctx.Done(), nil, nil)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, err
 	}
-	return c, nil
+	// A net.Conn with deadlines: gonet's, on the endpoint's own waiter
+	// queue (c's entries are dropped).
+	c.wq.EventUnregister(&c.readEntry)
+	c.wq.EventUnregister(&c.writeEntry)
+	return gonet.NewTCPConn(c.wq, c.ep), nil
 }

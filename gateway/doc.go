@@ -36,6 +36,12 @@
 // ICMP echo requests to outside addresses are answered by a real echo
 // from the host (see echo.go).
 //
+// A TCP flow's copy reads and writes the stack's endpoint directly
+// (epconn.go) with pooled buffers, and the last data of a direction,
+// read together with the peer's FIN, goes to a kernel socket with
+// MSG_MORE so that the half-close sends data and FIN in one segment
+// (tcp.go: writeLast).
+//
 // Segmentation offload: the stack's TCP hands the switch segments of up
 // to 32 KiB with GSO metadata (device.go, segment.go), carried whole to a
 // container's TAP, so bulk data into a container (published ports,

@@ -122,6 +122,9 @@ type Egress struct {
 	ingressBytesIn, ingressBytesOut atomic.Uint64
 
 	workers *workers // run TCP flows' goroutines
+	// dialTimers are published connections' connect timeouts (see
+	// newDialTimers).
+	dialTimers *sync.Pool
 }
 
 // NewEgress returns the host's egress state.
@@ -142,7 +145,7 @@ func NewEgress(cfg EgressConfig) *Egress {
 		d := &net.Dialer{KeepAlive: 30 * time.Second}
 		cfg.Dial = d.DialContext
 	}
-	e := &Egress{cfg: cfg, refused: map[string]uint64{}, workers: newWorkers()}
+	e := &Egress{cfg: cfg, refused: map[string]uint64{}, workers: newWorkers(), dialTimers: newDialTimers()}
 	e.overlay.Store(&[]netip.Prefix{})
 	return e
 }

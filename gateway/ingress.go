@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -172,46 +171,79 @@ func fullAddr(a netip.AddrPort) tcpip.FullAddress {
 }
 
 // dialIn opens a TCP connection from src (any address: the NIC may
-// spoof) to dst inside the network, with keepalive.
-func (g *Gateway) dialIn(ctx context.Context, src, dst netip.AddrPort) (*gonet.TCPConn, tcpip.Endpoint, error) {
+// spoof) to dst inside the network, with keepalive; it gives up when
+// stop is closed, timeout fires (either may be nil) or the gateway
+// closes. opts, if not nil, sets the endpoint's options before it
+// connects.
+func (g *Gateway) dialIn(src, dst netip.AddrPort, stop <-chan struct{}, timeout <-chan time.Time, opts func(tcpip.Endpoint)) (*epConn, error) {
 	var wq waiter.Queue
 	ep, tErr := g.stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
 	if tErr != nil {
-		return nil, nil, errors.New(tErr.String())
+		return nil, errors.New(tErr.String())
 	}
-	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
-	wq.EventRegister(&entry)
-	defer wq.EventUnregister(&entry)
+	// The connection's own waiter entries: its writable one tells the
+	// connect's end.
+	c := newEPConn(&wq, ep)
 	// A client port used again while the gateway's side of its previous
 	// connection lingers in TIME-WAIT (bound to the same client address
 	// and port, to any destination) must still bind, as the client's own
 	// kernel let it connect.
 	ep.SocketOptions().SetReuseAddress(true)
+	if opts != nil {
+		opts(ep)
+	}
 	if tErr := ep.Bind(fullAddr(src)); tErr != nil {
-		ep.Close()
-		return nil, nil, fmt.Errorf("bind %s: %s", src, tErr)
+		c.Close()
+		return nil, fmt.Errorf("bind %s: %s", src, tErr)
 	}
 	g.endTimeWait(src, dst)
 	tErr = ep.Connect(fullAddr(dst))
 	if _, ok := tErr.(*tcpip.ErrConnectStarted); ok {
 		select {
-		case <-ctx.Done():
-			resetEndpoint(ep)
-			return nil, nil, ctx.Err()
-		case <-notify:
+		case <-c.writable:
+		case <-stop:
+			return nil, c.abortDial()
+		case <-timeout:
+			return nil, c.abortDial()
+		case <-g.ctx.Done():
+			return nil, c.abortDial()
 		}
 		tErr = ep.LastError()
 	}
 	if tErr != nil {
-		ep.Close()
-		return nil, nil, fmt.Errorf("connect %s: %s", dst, tErr)
+		c.Close()
+		return nil, fmt.Errorf("connect %s: %s", dst, tErr)
 	}
+	// Keepalive once connected: its timer starts once, with the options
+	// opts set.
 	ep.SocketOptions().SetKeepAlive(true)
-	return gonet.NewTCPConn(&wq, ep), ep, nil
+	return c, nil
+}
+
+// errDialStopped is a connect into the network given up.
+var errDialStopped = errors.New("connect given up")
+
+// abortDial resets and closes a connection whose connect is given up.
+func (c *epConn) abortDial() error {
+	resetEndpoint(c.ep)
+	c.Close()
+	return errDialStopped
+}
+
+// newDialTimers returns a pool of stopped timers: the connect timeouts
+// of published connections (Egress.dialTimers), reused, so a connection
+// allocates none.
+func newDialTimers() *sync.Pool {
+	return &sync.Pool{New: func() any {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return t
+	}}
 }
 
 // setKeepalive sets the keepalive of a published connection's endpoint
-// in the network (EgressConfig.IngressKeepalive).
+// in the network (EgressConfig.IngressKeepalive), before it connects
+// (dialIn turns keepalive on once connected).
 func (e *Egress) setKeepalive(ep tcpip.Endpoint) {
 	idle := tcpip.KeepaliveIdleOption(e.cfg.IngressKeepalive)
 	every := tcpip.KeepaliveIntervalOption(e.cfg.IngressKeepalive / 3)
@@ -254,17 +286,15 @@ func (p *Port) acceptTCP() {
 			}
 			return // closed
 		}
-		tf := &tcpIn{c: c}
-		tf.ctx, tf.cancel = context.WithCancel(context.Background())
-		fl := &flow{close: tf.reset}
-		if !p.track(fl) {
-			fl.abort()
+		tf := &tcpIn{c: c, aborted: make(chan struct{})}
+		tf.fl.close = tf.reset
+		if !p.track(&tf.fl) {
+			tf.fl.abort()
 			return
 		}
 		p.e.workers.Go(func() {
-			defer p.untrack(fl)
-			defer tf.cancel()
-			p.serveTCP(tf, fl)
+			defer p.untrack(&tf.fl)
+			p.serveTCP(tf, &tf.fl)
 		})
 	}
 }
@@ -272,19 +302,28 @@ func (p *Port) acceptTCP() {
 // tcpIn is a published TCP connection: the client's and, once dialled,
 // the network's side.
 type tcpIn struct {
-	c       net.Conn
-	ep      atomic.Pointer[tcpip.Endpoint]
-	aborted atomic.Bool
-	// ctx ends when the flow is aborted: a connect into the network in
-	// progress gives up at once (Port.Close does not wait for it).
-	ctx    context.Context
-	cancel context.CancelFunc
+	c  net.Conn
+	fl flow // its flow, whose close is reset
+	ep atomic.Pointer[tcpip.Endpoint]
+	// aborted is closed when the flow is aborted: a connect into the
+	// network in progress gives up at once (Port.Close does not wait
+	// for it).
+	aborted chan struct{}
 }
 
-// reset resets both sides.
+// isAborted reports whether the flow was aborted.
+func (t *tcpIn) isAborted() bool {
+	select {
+	case <-t.aborted:
+		return true
+	default:
+		return false
+	}
+}
+
+// reset resets both sides (flow.abort calls it once).
 func (t *tcpIn) reset() {
-	t.aborted.Store(true)
-	t.cancel()
+	close(t.aborted)
 	resetConn(t.c)
 	if ep := t.ep.Load(); ep != nil {
 		resetEndpoint(*ep)
@@ -314,21 +353,20 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 		fl.abort()
 		return
 	}
-	ctx, cancel := context.WithTimeout(g.ctx, ingressDialTimeout)
-	stop := context.AfterFunc(t.ctx, cancel)
-	in, ep, err := g.dialIn(ctx, src, netip.AddrPortFrom(dst, p.spec.Port))
-	stop()
-	cancel()
+	timer := e.dialTimers.Get().(*time.Timer)
+	timer.Reset(ingressDialTimeout)
+	in, err := g.dialIn(src, netip.AddrPortFrom(dst, p.spec.Port), t.aborted, timer.C, e.setKeepalive)
+	timer.Stop()
+	e.dialTimers.Put(timer)
 	if err != nil {
 		p.fail()
 		fl.abort()
 		return
 	}
-	e.setKeepalive(ep)
-	t.ep.Store(&ep)
-	if t.aborted.Load() {
-		// Aborted while dialling: reset never saw ep.
-		resetEndpoint(ep)
+	t.ep.Store(&in.ep)
+	if t.isAborted() {
+		// Aborted while dialling: reset never saw the endpoint.
+		in.abortDial()
 		p.fail()
 		return
 	}
@@ -344,6 +382,7 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	// The gateway's Close aborts the flow too.
 	if !g.track(fl) {
 		fl.abort()
+		in.Close()
 		return
 	}
 	defer g.untrack(fl)

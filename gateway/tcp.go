@@ -6,10 +6,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -82,22 +83,23 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	ep.SocketOptions().SetKeepAlive(true)
-	in := gonet.NewTCPConn(&wq, ep)
+	in := newEPConn(&wq, ep)
 	fl := &flow{close: func() { resetEndpoint(ep); resetConn(out) }}
 	if !g.track(fl) {
 		e.done(f)
 		fl.abort()
+		in.Close()
 		return
 	}
 	// The slot is released before Close (which waits for untrack) can
 	// return.
 	defer g.untrack(fl)
 	defer e.done(f)
-	g.spliceTCP(in, out, ep, fl)
+	g.spliceTCP(in, out, fl)
 }
 
 // spliceTCP copies both ways (see splice), counting egress bytes.
-func (g *Gateway) spliceTCP(in *gonet.TCPConn, out net.Conn, ep tcpip.Endpoint, fl *flow) {
+func (g *Gateway) spliceTCP(in *epConn, out net.Conn, fl *flow) {
 	e := g.cfg.Egress
 	nOut, nIn := splice(in, out, fl, e.workers)
 	e.bytesOut.Add(uint64(nOut))
@@ -108,13 +110,14 @@ func (g *Gateway) spliceTCP(in *gonet.TCPConn, out net.Conn, ep tcpip.Endpoint, 
 // directions ended: an EOF is passed on as a half-close (FIN), a read
 // error (a reset, a keepalive timeout) as a reset of the other side, a
 // write error as a reset of the side written from. It returns the bytes
-// copied each way. The copy from in to out runs on one of w's workers.
-func splice(in, out net.Conn, fl *flow, w *workers) (nOut, nIn int64) {
+// copied each way. The copy from in to out runs on one of w's workers;
+// both take their buffers from w's.
+func splice(in, out io.ReadWriteCloser, fl *flow, w *workers) (nOut, nIn int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	w.Go(func() {
 		defer wg.Done()
-		n, rerr, werr := copyConn(out, in)
+		n, rerr, werr := copyConn(out, in, w.bufs)
 		nOut = n
 		if rerr == nil && werr == nil {
 			closeWrite(out)
@@ -122,7 +125,7 @@ func splice(in, out net.Conn, fl *flow, w *workers) (nOut, nIn int64) {
 			fl.abort()
 		}
 	})
-	n, rerr, werr := copyConn(in, out)
+	n, rerr, werr := copyConn(in, out, w.bufs)
 	nIn = n
 	if rerr == nil && werr == nil {
 		closeWrite(in)
@@ -135,32 +138,59 @@ func splice(in, out net.Conn, fl *flow, w *workers) (nOut, nIn int64) {
 	return nOut, nIn
 }
 
-// copyConn copies src to dst until src's EOF (rerr and werr nil) or an
-// error, telling a read error from a write error.
-func copyConn(dst io.Writer, src io.Reader) (n int64, rerr, werr error) {
-	buf := make([]byte, copyBufSmall)
+// copyBufs are the copy buffers of the flows that ended, by size
+// (copyBufSmall, copyBuf): a flow takes its buffers from them, so a new
+// connection allocates (and zeroes) none.
+type copyBufs [2]sync.Pool
+
+func newCopyBufs() *copyBufs {
+	return &copyBufs{
+		{New: func() any { b := make([]byte, copyBufSmall); return &b }},
+		{New: func() any { b := make([]byte, copyBuf); return &b }},
+	}
+}
+
+// copyConn copies src to dst, with a buffer from bufs, until src's EOF
+// (rerr and werr nil) or an error, telling a read error from a write
+// error. Data that comes with the EOF (epConn.Read) is written with
+// writeLast.
+func copyConn(dst io.Writer, src io.Reader, bufs *copyBufs) (n int64, rerr, werr error) {
+	pool := &bufs[0]
+	bp := pool.Get().(*[]byte)
+	defer func() { pool.Put(bp) }()
+	buf := *bp
 	for {
-		k, err := src.Read(buf)
+		k, rerr := src.Read(buf)
 		if k > 0 {
-			w, err := dst.Write(buf[:k])
+			var w int
+			var err error
+			if errors.Is(rerr, io.EOF) {
+				w, err = writeLast(dst, buf[:k])
+			} else {
+				w, err = dst.Write(buf[:k])
+			}
 			n += int64(w)
 			if err != nil {
 				return n, nil, err
 			}
-			if k == len(buf) && len(buf) < copyBuf {
-				buf = make([]byte, copyBuf) // bulk data: fewer, larger reads
+			if k == len(buf) && pool == &bufs[0] {
+				// Bulk data: fewer, larger reads.
+				pool.Put(bp)
+				pool = &bufs[1]
+				bp = pool.Get().(*[]byte)
+				buf = *bp
 			}
 		}
-		if errors.Is(err, io.EOF) {
+		if errors.Is(rerr, io.EOF) {
 			return n, nil, nil
 		}
-		if err != nil {
-			return n, err, nil
+		if rerr != nil {
+			return n, rerr, nil
 		}
 	}
 }
 
-func closeWrite(c net.Conn) {
+func closeWrite(c io.Closer) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
@@ -178,4 +208,43 @@ func resetConn(c net.Conn) {
 func resetEndpoint(ep tcpip.Endpoint) {
 	ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true, Timeout: 0})
 	ep.Abort()
+}
+
+// writeLast writes b to c, the last data before c's half-close: a TCP
+// socket holds it (MSG_MORE) for the FIN that closeWrite then sends with
+// it, in one segment (Linux's tcp_send_fin puts the FIN on the unsent
+// tail). A short response and its end then cost the client one segment,
+// not two. Other connections get a plain Write.
+func writeLast(w io.Writer, b []byte) (int, error) {
+	tc, ok := w.(*net.TCPConn)
+	if !ok {
+		return w.Write(b)
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			k, err := unix.SendmsgN(int(fd), b[n:], nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
+			if err == unix.EAGAIN {
+				return false // wait until writable
+			}
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				serr = err
+				return true
+			}
+			n += k
+		}
+		return true
+	})
+	if serr != nil {
+		err = &net.OpError{Op: "write", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("sendmsg", serr)}
+	}
+	return n, err
 }

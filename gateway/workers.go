@@ -16,6 +16,9 @@ const workerIdle = 5 * time.Second
 // flow. Workers idle for workerIdle exit, so a quiet host holds none;
 // after stop, every worker exits once its function returns.
 type workers struct {
+	// bufs are the flows' copy buffers (copyConn), kept as the
+	// goroutines are.
+	bufs     *copyBufs
 	next     chan func()
 	idle     time.Duration // workerIdle
 	quit     chan struct{}
@@ -23,7 +26,7 @@ type workers struct {
 }
 
 func newWorkers() *workers {
-	return &workers{next: make(chan func()), idle: workerIdle, quit: make(chan struct{})}
+	return &workers{bufs: newCopyBufs(), next: make(chan func()), idle: workerIdle, quit: make(chan struct{})}
 }
 
 // stop makes idle workers exit now, and busy ones when they finish.
