@@ -227,7 +227,7 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 // maxPassGap; the changes that arrive meanwhile are taken by one pass. A
 // change after a quiet spell is taken at once.
 const (
-	minPassGap = 50 * time.Millisecond
+	minPassGap = 100 * time.Millisecond
 	maxPassGap = time.Second
 	passShare  = 10
 )
