@@ -42,12 +42,19 @@ import (
 
 // scaleConfig configures the scale section.
 type scaleConfig struct {
-	hosts    int           // testbed hosts, one daemon each
-	rate     int           // endpoint changes per second of the load window
-	inflight int           // endpoint changes in flight at most, over all hosts
-	window   time.Duration // measuring window of the gossip rates
-	grace    time.Duration // --node-grace of the even hosts
-	timeout  time.Duration // bound on each wait for the cluster to converge
+	hosts int // testbed hosts, one daemon each
+	rate  int // endpoint changes per second of the load window
+	// loadHosts is how many hosts (the first ones) make the load's
+	// changes; 0 means all of them.
+	loadHosts int
+	// debugAddr, if set, is every daemon's --debug-addr (each in its
+	// host's namespace: the same loopback address serves them all).
+	debugAddr string
+	inflight  int           // endpoint changes in flight at most, over all hosts
+	change    string        // the kind of change: changeAttach or changeRun
+	window    time.Duration // measuring window of the gossip rates
+	grace     time.Duration // --node-grace of the even hosts
+	timeout   time.Duration // bound on each wait for the cluster to converge
 }
 
 const (
@@ -79,7 +86,16 @@ type rates struct {
 	UnderlayMean, UnderlayMax float64 // everything a host sent on its veth
 	CPUMean, CPUMax           float64 // a daemon's CPU, in cores
 	RSSMean, RSSMax           float64 // a daemon's RSS at the end, bytes
-	Window                    time.Duration
+	// CPULoadHosts sums the CPU of the daemons of the hosts that make
+	// the load's changes (-scale-load-hosts), CPUOtherHosts that of the
+	// other OtherHosts daemons, which only learn of the changes.
+	CPULoadHosts, CPUOtherHosts float64
+	OtherHosts                  int
+	// Bench, Kernel and Busy are the CPU (in cores) of the bench
+	// process, of the kernel's threads, and of the whole machine (with
+	// whatever else runs on it) out of Cores.
+	Bench, Kernel, Busy, Cores float64
+	Window                     time.Duration
 }
 
 // scaleReport is the section's result.
@@ -99,7 +115,8 @@ type scaleReport struct {
 	Load                      rates
 	LoadDone                  int // endpoint changes made in the load window
 	LoadFailed                int
-	LoadSkip                  int // changes not made: their host was still busy with the last
+	LoadBehind                int // changes due in the window not started in it (the in-flight limit)
+	LoadMode                  string
 	// LoadTookMedian and LoadTookMax are the times of one change (its API
 	// call: a container run or removed).
 	LoadTookMedian, LoadTookMax time.Duration
@@ -121,6 +138,9 @@ func runScaleMode(ctx context.Context, cfg config, out, log io.Writer) error {
 	}
 	if sc.rate < 1 || sc.window < time.Second || sc.grace <= 0 {
 		return fmt.Errorf("-scale-rate must be positive, -scale-window at least 1s, -scale-grace positive")
+	}
+	if sc.change != changeAttach && sc.change != changeRun {
+		return fmt.Errorf("-scale-change %q: want %s or %s", sc.change, changeAttach, changeRun)
 	}
 	if sc.inflight < 1 || sc.inflight > 10*sc.hosts {
 		// A host's first address block (/28) holds its container, the
@@ -183,7 +203,7 @@ func runClusterScale(ctx context.Context, sc scaleConfig, bin, prefix string, lo
 	rep.Start = time.Since(t0)
 	fmt.Fprintf(log, "scale: cluster of %d formed in %v\n", sc.hosts, rep.Start.Round(time.Millisecond))
 	s := &scaleRun{ctx: ctx, sc: sc, tb: tb, hs: hs, log: log}
-	for _, step := range []func(*scaleReport) error{s.network, s.fill, s.endpoint, s.rest, s.load, s.fail} {
+	for _, step := range []func(*scaleReport) error{s.network, s.fill, s.endpoint, s.prepare, s.rest, s.load, s.fail} {
 		if err := step(&rep); err != nil {
 			return rep, err
 		}
@@ -211,6 +231,8 @@ type scaleRun struct {
 	log io.Writer
 	// probe is the endpoint whose propagation was measured.
 	probe string
+	// lg makes the load's changes.
+	lg *loadGen
 }
 
 // startScaleHosts starts every daemon in order (h1 first: the others
@@ -225,6 +247,9 @@ func startScaleHosts(ctx context.Context, tb *testbed.Testbed, sc scaleConfig, l
 		sh := &scaleHost{Host: h, c: api.NewClient(h.Socket), graced: (i+1)%2 == 0}
 		if sh.graced {
 			h.Flags = append(h.Flags, "--node-grace", sc.grace.String())
+		}
+		if sc.debugAddr != "" {
+			h.Flags = append(h.Flags, "--debug-addr", sc.debugAddr)
 		}
 		if err := installGossipCounter(ctx, h.NetnsPath); err != nil {
 			return nil, fmt.Errorf("%s: %w", h.Name, err)
@@ -372,6 +397,22 @@ func (s *scaleRun) endpoint(rep *scaleReport) error {
 	return nil
 }
 
+// prepare makes the load's containers (changeAttach: run and detached,
+// before the rest window, so that the load window only attaches and
+// detaches endpoints).
+func (s *scaleRun) prepare(rep *scaleReport) error {
+	s.lg = newLoadGen(s.hs[:s.loadHosts()], s.sc.change, s.sc.inflight)
+	rep.LoadMode = s.sc.change
+	t0 := time.Now()
+	if err := s.lg.prepare(); err != nil {
+		return err
+	}
+	if s.sc.change == changeAttach {
+		fmt.Fprintf(s.log, "scale: %d load containers made and detached in %v\n", len(s.lg.netns), time.Since(t0).Round(time.Millisecond))
+	}
+	return nil
+}
+
 // rest measures the gossip rates with nothing changing.
 func (s *scaleRun) rest(rep *scaleReport) error {
 	var err error
@@ -388,15 +429,15 @@ func (s *scaleRun) rest(rep *scaleReport) error {
 // load measures the gossip rates while endpoints change at the configured
 // rate, then waits until every host is back to the base endpoints.
 func (s *scaleRun) load(rep *scaleReport) error {
-	var lg *loadGen
+	lg := s.lg
 	var err error
 	rep.Load, err = s.measureRates(func() {
-		lg = runLoad(s.ctx, s.hs, s.sc.rate, s.sc.inflight, s.sc.window)
+		lg.run(s.ctx, s.sc.rate, s.sc.window)
 	})
 	if err != nil {
 		return err
 	}
-	rep.LoadDone, rep.LoadFailed, rep.LoadSkip = lg.done, lg.failed, lg.skipped
+	rep.LoadDone, rep.LoadFailed, rep.LoadBehind = lg.done, lg.failed, lg.behind
 	if len(lg.took) > 0 {
 		slices.Sort(lg.took)
 		rep.LoadTookMedian, rep.LoadTookMax = lg.took[len(lg.took)/2], lg.took[len(lg.took)-1]
@@ -405,8 +446,9 @@ func (s *scaleRun) load(rep *scaleReport) error {
 		slices.Sort(lg.tookRm)
 		rep.LoadRmMedian, rep.LoadRmMax = lg.tookRm[len(lg.tookRm)/2], lg.tookRm[len(lg.tookRm)-1]
 	}
-	fmt.Fprintf(s.log, "scale: under load: %d changes (%d failed, %d skipped) started in %v, each took median %v, max %v; gossip %.0f B/s per node over %v\n",
-		lg.done, lg.failed, lg.skipped, s.sc.window, rep.LoadTookMedian.Round(time.Millisecond), rep.LoadTookMax.Round(time.Millisecond), rep.Load.GossipMean, rep.Load.Window.Round(time.Millisecond))
+	fmt.Fprintf(s.log, "scale: under load (%s): %d changes (%d failed, %d due but not started) in %v, each took median %v, max %v; gossip %.0f B/s per node over %v\n",
+		lg.mode, lg.done, lg.failed, lg.behind, s.sc.window, rep.LoadTookMedian.Round(time.Millisecond), rep.LoadTookMax.Round(time.Millisecond), rep.Load.GossipMean, rep.Load.Window.Round(time.Millisecond))
+	fmt.Fprintf(s.log, "scale: CPU per change: %s\n", fmtCPUPerChange(rep.Rest, rep.Load, lg.done, len(s.hs)))
 	t0 := time.Now()
 	lg.removeAll()
 	base := []string{s.probe}
@@ -419,7 +461,35 @@ func (s *scaleRun) load(rep *scaleReport) error {
 	fmt.Fprintf(s.log, "scale: after the load, every host back to the %d base endpoints: %v\n", len(base), rep.Settle)
 	rep.Drops = s.drops()
 	fmt.Fprintf(s.log, "scale: gossip drops and resends, summed over the daemons: %v\n", rep.Drops)
-	return nil
+	return lg.cleanup()
+}
+
+// loadHosts is how many hosts (the first ones) make the load's changes.
+func (s *scaleRun) loadHosts() int {
+	if s.sc.loadHosts <= 0 || s.sc.loadHosts > len(s.hs) {
+		return len(s.hs)
+	}
+	return s.sc.loadHosts
+}
+
+// fmtCPUPerChange splits the CPU the load added over the rest window
+// (in ms of CPU per change made) between the daemons that made the
+// changes, the other daemons (each learns of every change; their share is
+// scaled to all n-1 daemons that learn of one change), the kernel's
+// threads, the bench, and the machine as a whole.
+func fmtCPUPerChange(rest, load rates, done, n int) string {
+	if done == 0 {
+		return "no change made"
+	}
+	per := func(l, r float64) float64 { return (l - r) * load.Window.Seconds() * 1e3 / float64(done) }
+	out := fmt.Sprintf("machine %.0f ms (busy %.2f of %.2f cores, %.2f at rest); kernel threads %.0f ms; bench %.0f ms; ",
+		per(load.Busy, rest.Busy), load.Busy, load.Cores, rest.Busy, per(load.Kernel, rest.Kernel), per(load.Bench, rest.Bench))
+	if load.OtherHosts == 0 {
+		return out + fmt.Sprintf("all daemons %.0f ms", per(load.CPULoadHosts, rest.CPULoadHosts))
+	}
+	other := per(load.CPUOtherHosts, rest.CPUOtherHosts) / float64(load.OtherHosts)
+	return out + fmt.Sprintf("the daemons making the changes %.0f ms (their own change and the others'); each other daemon %.2f ms (%.0f ms over the %d that learn of a change)",
+		per(load.CPULoadHosts, rest.CPULoadHosts), other, other*float64(n-1), n-1)
 }
 
 // drops sums the gossip drops and refused records of every daemon's stats.
@@ -536,12 +606,13 @@ func printClusterScale(out io.Writer, sc scaleConfig, r scaleReport) {
 	fmt.Fprintf(tw, "daemon CPU and RSS at rest (mean, max)\t%s\t\n", fmtDaemonUse(r.Rest))
 	started := float64(r.LoadDone) / sc.window.Seconds()
 	achieved := float64(r.LoadDone) / max(r.Load.Window.Seconds(), 1e-9)
-	fmt.Fprintf(tw, "endpoint changes: %d/s asked for %v, up to %d in flight\t%d made (%.1f/s started, %.1f/s over the window until the last ended); %d failed; %d not started (busy)\t\n",
-		sc.rate, sc.window, sc.inflight, r.LoadDone, started, achieved, r.LoadFailed, r.LoadSkip)
-	fmt.Fprintf(tw, "one change (a container run or removed), median, max; removals alone\t%v, %v; %v, %v\t\n", r.LoadTookMedian.Round(time.Millisecond), r.LoadTookMax.Round(time.Millisecond), r.LoadRmMedian.Round(time.Millisecond), r.LoadRmMax.Round(time.Millisecond))
+	fmt.Fprintf(tw, "endpoint changes (%s): %d/s asked for %v, up to %d in flight\t%d made (%.1f/s started, %.1f/s over the window until the last ended); %d failed; %d due but not started (in-flight limit)\t\n",
+		r.LoadMode, sc.rate, sc.window, sc.inflight, r.LoadDone, started, achieved, r.LoadFailed, r.LoadBehind)
+	fmt.Fprintf(tw, "one change (an endpoint attached or detached, or a container run or removed), median, max; detaches (removals) alone\t%v, %v; %v, %v\t\n", r.LoadTookMedian.Round(time.Millisecond), r.LoadTookMax.Round(time.Millisecond), r.LoadRmMedian.Round(time.Millisecond), r.LoadRmMax.Round(time.Millisecond))
 	fmt.Fprintf(tw, "gossip per node under those changes (mean, max)\t%s\t\n", fmtRates(r.Load, false))
 	fmt.Fprintf(tw, "underlay per node under that load (mean, max)\t%s\t\n", fmtRates(r.Load, true))
 	fmt.Fprintf(tw, "daemon CPU and RSS under that load (mean, max)\t%s\t\n", fmtDaemonUse(r.Load))
+	fmt.Fprintf(tw, "CPU per change (over the rest window's)\t%s\t\n", fmtCPUPerChange(r.Rest, r.Load, r.LoadDone, r.Hosts))
 	fmt.Fprintf(tw, "after the load, every host back to the base endpoints\t%v\t\n", r.Settle)
 	fmt.Fprintf(tw, "gossip drops and resends, refused records, summed over the daemons\t%v\t\n", r.Drops)
 	tw.Flush()

@@ -89,3 +89,41 @@ func FuzzParseScaleCounters(f *testing.F) {
 		}
 	})
 }
+
+func TestParseProcStatTotalLeavesOutIdleAndIOWait(t *testing.T) {
+	// user nice system idle iowait irq softirq steal guest guest_nice
+	b := []byte("cpu  100 5 50 1000 20 3 7 0 40 0\ncpu0 50 2 25 500 10 1 3 0 20 0\n")
+	busy, total, err := parseProcStatTotal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// guest time is already in user time: not added again.
+	if busy != 165 || total != 1185 {
+		t.Fatalf("busy %d, total %d; want 165, 1185", busy, total)
+	}
+	if _, _, err := parseProcStatTotal([]byte("intr 1 2\n")); err == nil {
+		t.Fatal("a /proc/stat without its cpu line first was accepted")
+	}
+}
+
+func TestKernelThreadsAreKthreaddAndItsChildren(t *testing.T) {
+	for _, c := range []struct {
+		stat string
+		want bool
+	}{
+		{"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 3 0 0", true},
+		{"812 (kworker/u8:4-events (unbound)) I 2 0 0 0 -1 69238880 0 0 0 0 12 40 0 0", true},
+		{"1 (systemd) S 0 1 1 0 -1 4194560 1 2 3 4 5 6 0 0", false},
+		{"4242 (vxmesh) S 4200 4242 4200 0 -1 4194560 0 0 0 0 7 8 0 0", false},
+	} {
+		if got := kernelThread([]byte(c.stat)); got != c.want {
+			t.Errorf("%q: kernel thread %v, want %v", c.stat, got, c.want)
+		}
+	}
+	a := cpuTicks{kthreads: map[string]uint64{"2": 10, "812": 100, "900": 50}}
+	b := cpuTicks{kthreads: map[string]uint64{"2": 12, "812": 130, "950": 7}}
+	// 900 exited (not counted), 950 started (counted whole).
+	if got := kernelTicksSince(a, b); got != 2+30+7 {
+		t.Fatalf("kernel ticks %d, want 39", got)
+	}
+}

@@ -194,6 +194,7 @@ type countersAt struct {
 	rss      []uint64 // daemon RSS, bytes
 	underlay map[string]uint64
 	at       time.Time
+	sys      cpuTicks
 }
 
 func (s *scaleRun) readCounters() (countersAt, error) {
@@ -223,6 +224,10 @@ func (s *scaleRun) readCounters() (countersAt, error) {
 		}
 		return nil
 	})
+	if err != nil {
+		return c, err
+	}
+	c.sys, err = readCPUTicks()
 	return c, err
 }
 
@@ -239,6 +244,11 @@ func (s *scaleRun) measureRates(during func()) (rates, error) {
 		return rates{}, err
 	}
 	r := rates{Window: b.at.Sub(a.at)}
+	sec := r.Window.Seconds()
+	r.Bench = float64(b.sys.bench-a.sys.bench) / userHZ / sec
+	r.Kernel = float64(kernelTicksSince(a.sys, b.sys)) / userHZ / sec
+	r.Busy = float64(b.sys.busy-a.sys.busy) / userHZ / sec
+	r.Cores = float64(b.sys.total-a.sys.total) / userHZ / sec
 	n := 0
 	for i, h := range s.hs {
 		if !h.Running() {
@@ -253,6 +263,12 @@ func (s *scaleRun) measureRates(during func()) (rates, error) {
 		cpu := float64(b.cpu[i]-a.cpu[i]) / userHZ / r.Window.Seconds()
 		r.CPUMean += cpu
 		r.CPUMax = max(r.CPUMax, cpu)
+		if i < s.loadHosts() {
+			r.CPULoadHosts += cpu
+		} else {
+			r.CPUOtherHosts += cpu
+			r.OtherHosts++
+		}
 		r.RSSMean += float64(b.rss[i])
 		r.RSSMax = max(r.RSSMax, float64(b.rss[i]))
 		r.UnderlayMax = max(r.UnderlayMax, u)
@@ -266,29 +282,48 @@ func (s *scaleRun) measureRates(during func()) (rates, error) {
 	return r, nil
 }
 
+// The kinds of change the load makes (-scale-change).
+const (
+	// changeAttach attaches endpoints to containers made before the
+	// window (run, then detached) and detaches them: each change is an
+	// endpoint of the network appearing or leaving on every host, and a
+	// TAP device made or deleted, without a namespace made or torn down.
+	changeAttach = "attach"
+	// changeRun runs containers (a new namespace with its endpoint) and
+	// removes them.
+	changeRun = "run"
+)
+
 // loadGen makes endpoint changes: each host has a few slots, each of which
-// runs a container, then removes it, then runs another, ...; each tick
-// visits the next slot, host by host round robin, and starts its next
-// change unless the slot's previous change is still under way or the
-// changes in flight over all hosts are at the limit. The limit keeps the
+// attaches an endpoint (or runs a container), then detaches it (removes
+// it), then attaches another, ...; at most one change of a slot is under
+// way at a time, and at most inflight over all hosts. Changes fall due at
+// the rate asked; each due change is started as soon as the limit allows,
+// in the next free slot, host by host round robin. The limit keeps the
 // machine's work bounded whatever the number of hosts: past it, a change
-// (a network namespace and its links made or removed) only waits longer.
+// (a TAP device or a namespace made or removed) only waits longer.
 type loadGen struct {
 	hs       []*scaleHost
+	mode     string
 	slots    int // slots per host
 	inflight int // changes in flight at most, over all hosts
-	now      int // changes in flight
 
-	mu       sync.Mutex
-	running  map[loadSlot]api.Endpoint // the container of each slot
-	busy     map[loadSlot]bool
-	seen     map[string]bool // MACs of every load container
-	seq      int
-	done     int
-	failed   int
-	skipped  int             // ticks whose slot was still busy with the previous change
+	mu      sync.Mutex
+	now     int                       // changes in flight
+	next    int                       // the slot the next change tries first
+	netns   map[loadSlot]string       // changeAttach: each slot's container's namespace
+	running map[loadSlot]api.Endpoint // the endpoint of each slot
+	busy    map[loadSlot]bool
+	seen    map[string]bool // MACs of every load endpoint
+	seq     int
+	started int
+	done    int
+	failed  int
+	// behind counts the changes that fell due in the window and were not
+	// started in it: every slot busy, or inflight changes under way.
+	behind   int
 	took     []time.Duration // of each change made, its API call
-	tookRm   []time.Duration // of each removal among them
+	tookRm   []time.Duration // of each detach or removal among them
 	inFlight sync.WaitGroup
 }
 
@@ -298,51 +333,115 @@ type loadSlot struct {
 	i int
 }
 
-// runLoad makes rate changes per second for window, at most inflight at a
-// time, and waits for the changes in flight.
+// name is the container of a slot in changeAttach mode.
+func (s loadSlot) name() string { return fmt.Sprintf("l-%s-%d", s.h.Name, s.i) }
+
+func newLoadGen(hs []*scaleHost, mode string, inflight int) *loadGen {
+	return &loadGen{hs: hs, mode: mode, slots: (inflight + len(hs) - 1) / len(hs), inflight: inflight,
+		netns: map[loadSlot]string{}, running: map[loadSlot]api.Endpoint{}, busy: map[loadSlot]bool{}, seen: map[string]bool{}}
+}
+
+// runLoad makes rate changes per second (containers run and removed) for
+// window, at most inflight at a time, and waits for the changes in flight.
 func runLoad(ctx context.Context, hs []*scaleHost, rate, inflight int, window time.Duration) *loadGen {
-	slots := (inflight + len(hs) - 1) / len(hs)
-	lg := &loadGen{hs: hs, slots: slots, inflight: inflight, running: map[loadSlot]api.Endpoint{}, busy: map[loadSlot]bool{}, seen: map[string]bool{}}
+	lg := newLoadGen(hs, changeRun, inflight)
+	lg.run(ctx, rate, window)
+	return lg
+}
+
+// prepare makes, in changeAttach mode, every slot's container: run, then
+// detached from the network (it stays, with no endpoint).
+func (lg *loadGen) prepare() error {
+	if lg.mode != changeAttach {
+		return nil
+	}
+	return forEachHost(lg.hs, 4, func(h *scaleHost) error {
+		for i := range lg.slots {
+			s := loadSlot{h, i}
+			ep, err := h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: s.name(), Create: true})
+			if err != nil {
+				return fmt.Errorf("%s: run %s: %w", h.Name, s.name(), err)
+			}
+			if err := h.c.Detach(s.name(), scaleNetwork); err != nil {
+				return fmt.Errorf("%s: detach %s: %w", h.Name, s.name(), err)
+			}
+			lg.mu.Lock()
+			lg.netns[s] = ep.Netns
+			lg.seen[ep.MAC] = true
+			lg.mu.Unlock()
+		}
+		return nil
+	})
+}
+
+// run makes rate changes per second for window and waits for the changes
+// in flight.
+func (lg *loadGen) run(ctx context.Context, rate int, window time.Duration) {
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
+	start := time.Now()
 	end := time.After(window)
-	for i := 0; ; i++ {
+	due := func() int { return int(time.Since(start).Seconds()*float64(rate)) + 1 }
+	for {
 		select {
 		case <-ctx.Done():
-			lg.inFlight.Wait()
-			return lg
 		case <-end:
-			lg.inFlight.Wait()
-			return lg
 		case <-tick.C:
-			lg.change(loadSlot{hs[i%len(hs)], (i / len(hs)) % slots})
+			for lg.started < due() && lg.startNext() {
+			}
+			continue
 		}
+		lg.behind = max(0, min(due(), int(window.Seconds()*float64(rate)))-lg.started)
+		lg.inFlight.Wait()
+		return
 	}
 }
 
-// change starts the next change of slot s unless it is still busy.
-func (lg *loadGen) change(s loadSlot) {
+// startNext starts a change in the next free slot, unless inflight changes
+// are under way or every slot is busy.
+func (lg *loadGen) startNext() bool {
 	lg.mu.Lock()
-	if lg.busy[s] || lg.now >= lg.inflight {
-		lg.skipped++
-		lg.mu.Unlock()
-		return
+	defer lg.mu.Unlock()
+	if lg.now >= lg.inflight {
+		return false
 	}
+	n := len(lg.hs) * lg.slots
+	for k := range n {
+		i := (lg.next + k) % n
+		s := loadSlot{lg.hs[i%len(lg.hs)], i / len(lg.hs)}
+		if lg.busy[s] {
+			continue
+		}
+		lg.next = i + 1
+		lg.startLocked(s)
+		return true
+	}
+	return false
+}
+
+// startLocked starts the next change of slot s; callers hold lg.mu.
+func (lg *loadGen) startLocked(s loadSlot) {
 	lg.busy[s] = true
 	lg.now++
+	lg.started++
 	ep, has := lg.running[s]
 	lg.seq++
 	name := "l" + strconv.Itoa(lg.seq)
-	lg.mu.Unlock()
+	netns := lg.netns[s]
 	lg.inFlight.Add(1)
 	go func() {
 		defer lg.inFlight.Done()
 		var err error
 		var got api.Endpoint
 		t0 := time.Now()
-		if has {
+		switch {
+		case has && lg.mode == changeAttach:
+			err = s.h.c.Detach(ep.Name, scaleNetwork)
+		case has:
 			err = s.h.c.RemoveContainer(ep.Name)
-		} else {
+		case lg.mode == changeAttach:
+			got, err = s.h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: s.name(), Netns: netns})
+		default:
 			got, err = s.h.c.Attach(api.AttachRequest{Network: scaleNetwork, Name: name, Create: true})
 		}
 		lg.mu.Lock()
@@ -365,7 +464,8 @@ func (lg *loadGen) change(s loadSlot) {
 	}()
 }
 
-// removeAll removes the load containers still running.
+// removeAll detaches (removes) the load endpoints (containers) still
+// there.
 func (lg *loadGen) removeAll() {
 	lg.mu.Lock()
 	left := make(map[*scaleHost][]loadSlot)
@@ -382,7 +482,13 @@ func (lg *loadGen) removeAll() {
 			lg.mu.Lock()
 			ep := lg.running[s]
 			lg.mu.Unlock()
-			if err := h.c.RemoveContainer(ep.Name); err != nil {
+			var err error
+			if lg.mode == changeAttach {
+				err = h.c.Detach(ep.Name, scaleNetwork)
+			} else {
+				err = h.c.RemoveContainer(ep.Name)
+			}
+			if err != nil {
 				return err
 			}
 			lg.mu.Lock()
@@ -393,7 +499,26 @@ func (lg *loadGen) removeAll() {
 	})
 }
 
-// macs returns the MACs of every load container there was.
+// cleanup removes the containers prepare made.
+func (lg *loadGen) cleanup() error {
+	return forEachHost(lg.hs, 4, func(h *scaleHost) error {
+		var errs []error
+		for i := range lg.slots {
+			s := loadSlot{h, i}
+			lg.mu.Lock()
+			_, made := lg.netns[s]
+			lg.mu.Unlock()
+			if made {
+				if err := h.c.RemoveContainer(s.name()); err != nil {
+					errs = append(errs, fmt.Errorf("%s: rm %s: %w", h.Name, s.name(), err))
+				}
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// macs returns the MACs of every load endpoint there was.
 func (lg *loadGen) macs() []string {
 	lg.mu.Lock()
 	defer lg.mu.Unlock()

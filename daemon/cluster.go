@@ -190,6 +190,7 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 	defer cancel()
 	t := time.NewTicker(reconcileInterval)
 	defer t.Stop()
+	var p pacer
 	for {
 		select {
 		case <-ctx.Done():
@@ -200,14 +201,63 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 			}
 		case <-t.C:
 		}
+		if !p.wait(ctx) {
+			return
+		}
 		d.mu.Lock()
+		start := time.Now()
 		if err := d.reconcile(); err != nil {
 			d.log.Error("data plane", "err", err)
 		}
+		p.done(start)
+		d.passes.reconcile.Add(1)
 		d.mu.Unlock()
 		d.releaseEmptyBlocks(time.Now())
 		d.saveMembers()
 	}
+}
+
+// The pacing of the passes the cluster's changes drive (reconcile, the
+// DNS records): a pass reads every table whole, so under a stream of
+// changes (a hundred endpoints a second across the cluster reach every
+// node) one pass per change would cost every node a pass per change. A
+// pass starts no sooner than minPassGap after the previous one ended, nor
+// sooner than passShare-1 times that pass's own duration (so passes take
+// at most 1/passShare of a core however large the tables), nor later than
+// maxPassGap; the changes that arrive meanwhile are taken by one pass. A
+// change after a quiet spell is taken at once.
+const (
+	minPassGap = 100 * time.Millisecond
+	maxPassGap = time.Second
+	passShare  = 10
+)
+
+// pacer spaces the passes of one loop (see minPassGap).
+type pacer struct {
+	next time.Time // the earliest start of the next pass
+}
+
+// wait sleeps until the next pass may start; false if ctx ended first.
+func (p *pacer) wait(ctx context.Context) bool {
+	d := time.Until(p.next)
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// done records a pass that started at start and ends now.
+func (p *pacer) done(start time.Time) {
+	now := time.Now()
+	gap := min(max(minPassGap, (passShare-1)*now.Sub(start)), maxPassGap)
+	p.next = now.Add(gap)
 }
 
 // reconcile makes the local networks match the cluster's tables, then

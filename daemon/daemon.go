@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -188,6 +189,10 @@ type Daemon struct {
 	cancel        context.CancelFunc
 	done          sync.WaitGroup
 
+	// passes counts the passes of the loops the cluster's changes drive
+	// (watchCluster's reconcile, the DNS records' refresh).
+	passes struct{ reconcile, dns atomic.Uint64 }
+
 	closeOnce sync.Once
 	// refused counts the table records this node refuses.
 	refused refusals
@@ -225,6 +230,12 @@ type Daemon struct {
 	// picked, by network.
 	attaching   map[string]string
 	reservedIPs map[string]map[netip.Addr]string
+	// tearingDown names the containers whose processes, interfaces or
+	// namespace a RemoveContainer or Detach is taking down without d.mu
+	// (the kernel's part: slow, and serialised by its rtnl lock over
+	// every namespace of the machine); nothing else may change them
+	// meanwhile.
+	tearingDown map[string]bool
 	// blocks tracks the release of this node's empty address blocks.
 	blocks blockTracker
 	// store writes the state directory's snapshot and journal.
@@ -337,6 +348,7 @@ func New(cfg Config) (*Daemon, error) {
 		containers:  map[string]*container{},
 		attaching:   map[string]string{},
 		reservedIPs: map[string]map[netip.Addr]string{},
+		tearingDown: map[string]bool{},
 		creating:    map[string]netClaim{},
 		svcCreating: map[string]bool{},
 		leaving:     map[string]bool{},

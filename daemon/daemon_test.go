@@ -53,6 +53,20 @@ type fakeSandbox struct {
 	// conns are the open inbound TCP connections InboundTCPConns reports,
 	// by namespace path (none if absent).
 	conns map[string]int
+	// slow, if set, is called first by KillNetns ("kill"), Unplug
+	// ("unplug") and DeleteNamedNetns ("delete"), without f.mu: the
+	// kernel's slow part of a removal, for a test to hold.
+	slow func(op string)
+}
+
+// waitSlow calls f.slow, if set, for op.
+func (f *fakeSandbox) waitSlow(op string) {
+	f.mu.Lock()
+	slow := f.slow
+	f.mu.Unlock()
+	if slow != nil {
+		slow(op)
+	}
 }
 
 func (f *fakeSandbox) setConns(nsPath string, n int) {
@@ -103,6 +117,7 @@ func (f *fakeSandbox) CreateNamedNetns(name string) (string, error) {
 }
 
 func (f *fakeSandbox) DeleteNamedNetns(name string) error {
+	f.waitSlow("delete")
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.ns["/run/netns/"+name]; !ok {
@@ -210,6 +225,7 @@ func (f *fakeSandbox) Reopen(nsPath, ifname string) (netdev.Device, error) {
 }
 
 func (f *fakeSandbox) Unplug(nsPath, ifname string) error {
+	f.waitSlow("unplug")
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.ifaces, nsPath+"/"+ifname)
@@ -218,6 +234,7 @@ func (f *fakeSandbox) Unplug(nsPath, ifname string) error {
 }
 
 func (f *fakeSandbox) KillNetns(path string) error {
+	f.waitSlow("kill")
 	time.Sleep(f.killWait)
 	f.mu.Lock()
 	defer f.mu.Unlock()

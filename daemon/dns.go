@@ -88,6 +88,7 @@ func (d *Daemon) startDNS() {
 	go func() {
 		defer d.done.Done()
 		defer cancel()
+		var p pacer
 		for {
 			select {
 			case <-d.ctx.Done():
@@ -96,7 +97,13 @@ func (d *Daemon) startDNS() {
 				if !ok {
 					return
 				}
+				if !p.wait(d.ctx) {
+					return
+				}
+				start := time.Now()
 				d.refreshDNS()
+				p.done(start)
+				d.passes.dns.Add(1)
 			}
 		}
 	}()

@@ -254,6 +254,9 @@ func (d *Daemon) beginAttach(req api.AttachRequest) (*localNetwork, *container, 
 	if _, busy := d.attaching[req.Name]; busy {
 		return nil, nil, conflict("container %q: another attach of it is in progress", req.Name)
 	}
+	if d.tearingDown[req.Name] {
+		return nil, nil, conflict("container %q: being removed or detached; try again", req.Name)
+	}
 	c := d.containers[req.Name]
 	if c != nil && req.Create {
 		return nil, nil, conflict("container %q: already exists", req.Name)
@@ -602,25 +605,38 @@ func (d *Daemon) writeResolvConf() error {
 // network when network is empty). An attached (unmanaged) container with no
 // endpoint left is forgotten; a managed one stays until `rm`. The state is
 // saved before anything is destroyed, so a failed save changes nothing.
+// The interface is deleted without d.mu (see teardown).
 func (d *Daemon) Detach(name, network string) error {
 	drained, err := d.drainBackends(name, network)
 	if err != nil {
 		return err
 	}
-	draining := drained != nil
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	defer d.flushDrained(drained)
+	ep, nsPath, release, err := d.detachRecord(name, network, drained != nil)
+	d.flushDrained(drained)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	d.teardown(name, nsPath, release, []string{ep.ifname}, nil)
+	return nil
+}
+
+// detachRecord is Detach's part under d.mu: it takes the endpoint out of
+// the records, the saved state, the cluster and the data plane, and
+// returns it with a pinned path of its namespace ("" when that is gone)
+// for teardown, the container marked tearingDown. Callers hold d.mu.
+func (d *Daemon) detachRecord(name, network string, draining bool) (*endpoint, string, func(), error) {
 	c, ok := d.containers[name]
 	if !ok {
-		return notFound("container %q: not found", name)
+		return nil, "", nil, notFound("container %q: not found", name)
 	}
-	if _, busy := d.attaching[name]; busy {
-		return conflict("container %q: an attach of it is in progress; try again", name)
+	if err := d.checkChangeable(name); err != nil {
+		return nil, "", nil, err
 	}
 	if network == "" {
 		if len(c.endpoints) != 1 {
-			return invalid("container %q: attached to %d networks; name one with --network", name, len(c.endpoints))
+			return nil, "", nil, invalid("container %q: attached to %d networks; name one with --network", name, len(c.endpoints))
 		}
 		for k := range c.endpoints {
 			network = k
@@ -628,10 +644,10 @@ func (d *Daemon) Detach(name, network string) error {
 	}
 	ep, ok := c.endpoints[network]
 	if !ok {
-		return notFound("container %q: not attached to network %q", name, network)
+		return nil, "", nil, notFound("container %q: not attached to network %q", name, network)
 	}
 	if d.leaving[name] && !draining {
-		return conflict("container %q: its backends are draining before its removal; try again", name)
+		return nil, "", nil, conflict("container %q: its backends are draining before its removal; try again", name)
 	}
 	delete(c.endpoints, network)
 	forget := len(c.endpoints) == 0 && !c.managed
@@ -645,16 +661,60 @@ func (d *Daemon) Detach(name, network string) error {
 			d.containers[name] = c
 		}
 		d.containerChanged(c)
-		return fmt.Errorf("container %q: %w", name, err)
+		return nil, "", nil, fmt.Errorf("container %q: %w", name, err)
 	}
 	nsPath, release, nsErr := d.pinNetns(c)
 	if nsErr != nil {
 		d.log.Warn("container's namespace is gone; its interface is forgotten, not deleted", "container", name, "netns", c.netns, "err", nsErr)
-	} else {
-		defer release()
+		nsPath, release = "", func() {}
 	}
-	d.removeEndpoint(ep, nsPath)
+	d.endpointGone(ep)
+	d.tearingDown[name] = true
+	return ep, nsPath, release, nil
+}
+
+// checkChangeable fails when an attach, a removal or a detach of the
+// container name is in progress; callers hold d.mu.
+func (d *Daemon) checkChangeable(name string) error {
+	if _, busy := d.attaching[name]; busy {
+		return conflict("container %q: an attach of it is in progress; try again", name)
+	}
+	if d.tearingDown[name] {
+		return conflict("container %q: being removed or detached; try again", name)
+	}
 	return nil
+}
+
+// teardown is the kernel's part of a removal or a detach, without d.mu:
+// it deletes the interfaces ifnames from the namespace at nsPath (a
+// pinned path; "" when the namespace is gone, and the interfaces with it),
+// then, if owned is given (a managed container whose namespace was
+// there), its named namespace, and ends the container's tearingDown
+// mark. Link deletions and namespace teardown wait on the
+// kernel's rtnl lock, which every namespace of the machine shares: under
+// d.mu they would stop every other request of the daemon meanwhile.
+func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string, owned *container) {
+	for _, ifname := range ifnames {
+		if nsPath == "" {
+			break
+		}
+		if err := d.sb.Unplug(nsPath, ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("removing interface", "container", name, "ifname", ifname, "err", err)
+		}
+	}
+	// The name is deleted only while it still names the container's
+	// namespace (KillNetns may have taken a while).
+	if c := owned; c != nil {
+		if dev, ino, err := d.sb.NetnsIdentity(c.netns); err == nil && dev == c.nsDev && ino == c.nsIno {
+			if err := d.sb.DeleteNamedNetns(filepath.Base(c.netns)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				d.log.Warn("deleting netns", "container", name, "netns", c.netns, "err", err)
+			}
+		}
+	}
+	release()
+	d.mu.Lock()
+	delete(d.tearingDown, name)
+	d.mu.Unlock()
 }
 
 // pinNetns returns a path that names c's own namespace until release is
@@ -669,22 +729,16 @@ func (d *Daemon) pinNetns(c *container) (nsPath string, release func(), err erro
 	return d.sb.PinNetns(c.netns, c.nsDev, c.nsIno)
 }
 
-// removeEndpoint stops forwarding and deletes the interface from the
-// namespace at nsPath (a pinned path of the container's namespace; empty
-// when that namespace is gone, and the interface with it). The caller has
-// taken ep out of its container's endpoints and holds d.mu.
-func (d *Daemon) removeEndpoint(ep *endpoint, nsPath string) {
+// endpointGone stops forwarding for ep and takes it out of the cluster and
+// DNS. The caller has taken ep out of its container's endpoints and holds
+// d.mu; the interface is deleted after (teardown).
+func (d *Daemon) endpointGone(ep *endpoint) {
 	closePorts(ep.ports)
 	d.unpublishEndpoint(ep)
 	// The endpoint has left the records: applying the data plane without
 	// it closes its device.
 	if err := d.applyDataplane(); err != nil {
 		d.log.Error("data plane", "err", err)
-	}
-	if nsPath != "" {
-		if err := d.sb.Unplug(nsPath, ep.ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
-			d.log.Warn("removing interface", "container", ep.ctr.name, "ifname", ep.ifname, "err", err)
-		}
 	}
 	d.dnsDetached(ep.ctr)
 	d.log.Info("endpoint detached", "container", ep.ctr.name, "network", ep.net.rec.Name)
@@ -696,58 +750,94 @@ func (d *Daemon) removeEndpoint(ep *endpoint, nsPath string) {
 // is gone (or whose path now names another namespace) is only forgotten:
 // no process is killed and nothing is deleted. The record goes from the
 // saved state before anything is destroyed, so a failed save leaves the
-// container as it was, still removable.
+// container as it was, still removable. Stopping the processes, deleting
+// the interfaces and the namespace are done without d.mu (see teardown):
+// meanwhile the container is listed, and its name refused to changes.
 func (d *Daemon) RemoveContainer(name string) error {
 	drained, err := d.drainBackends(name, "*")
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	defer d.flushDrained(drained)
-	c, ok := d.containers[name]
-	if !ok {
-		return notFound("container %q: not found", name)
+	c, nsPath, release, nsErr, err := d.beginRemove(name, drained != nil)
+	if err != nil {
+		d.flushDrained(drained)
+		d.mu.Unlock()
+		return err
 	}
-	if _, busy := d.attaching[name]; busy {
-		return conflict("container %q: an attach of it is in progress; try again", name)
-	}
-	if d.leaving[name] && drained == nil {
-		return conflict("container %q: its backends are draining before its removal; try again", name)
-	}
-	nsPath, release, nsErr := d.pinNetns(c)
-	if nsErr != nil {
-		d.log.Warn("container's namespace is gone; forgetting the container without touching the namespace", "container", name, "netns", c.netns, "err", nsErr)
-	} else {
-		defer release()
+	d.tearingDown[name] = true
+	d.mu.Unlock()
+	done := func() {
+		release()
+		d.mu.Lock()
+		delete(d.tearingDown, name)
+		d.mu.Unlock()
 	}
 	if c.managed && nsErr == nil {
 		if err := d.sb.KillNetns(nsPath); err != nil {
+			d.mu.Lock()
+			d.flushDrained(drained)
+			d.mu.Unlock()
+			done()
 			return fmt.Errorf("container %q: stopping its processes: %w", name, err)
 		}
 	}
-	delete(d.containers, name)
-	d.containerChanged(c)
-	if err := d.saveContainer(name); err != nil {
-		d.containers[name] = c
-		d.containerChanged(c)
-		return fmt.Errorf("container %q: %w", name, err)
+	d.mu.Lock()
+	ifnames, err := d.forgetContainer(c)
+	d.flushDrained(drained)
+	d.mu.Unlock()
+	if err != nil {
+		done()
+		return err
 	}
-	for _, ep := range c.sortedEndpoints() {
-		delete(c.endpoints, ep.net.rec.Name)
-		d.removeEndpoint(ep, nsPath)
-	}
+	var owned *container
 	if c.managed && nsErr == nil {
-		// The name is deleted only while it still names the container's
-		// namespace (KillNetns may have taken a while).
-		if dev, ino, err := d.sb.NetnsIdentity(c.netns); err == nil && dev == c.nsDev && ino == c.nsIno {
-			if err := d.sb.DeleteNamedNetns(filepath.Base(c.netns)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				d.log.Warn("deleting netns", "container", name, "netns", c.netns, "err", err)
-			}
-		}
+		owned = c
 	}
+	d.teardown(name, nsPath, release, ifnames, owned)
 	d.log.Info("container removed", "container", name)
 	return nil
+}
+
+// beginRemove checks that the container name can be removed and pins its
+// namespace (nsPath "" and nsErr set when it is gone); callers hold d.mu.
+func (d *Daemon) beginRemove(name string, draining bool) (c *container, nsPath string, release func(), nsErr, err error) {
+	c, ok := d.containers[name]
+	if !ok {
+		return nil, "", nil, nil, notFound("container %q: not found", name)
+	}
+	if err := d.checkChangeable(name); err != nil {
+		return nil, "", nil, nil, err
+	}
+	if d.leaving[name] && !draining {
+		return nil, "", nil, nil, conflict("container %q: its backends are draining before its removal; try again", name)
+	}
+	nsPath, release, nsErr = d.pinNetns(c)
+	if nsErr != nil {
+		d.log.Warn("container's namespace is gone; forgetting the container without touching the namespace", "container", name, "netns", c.netns, "err", nsErr)
+		nsPath, release = "", func() {}
+	}
+	return c, nsPath, release, nsErr, nil
+}
+
+// forgetContainer takes c out of the records and the saved state, and
+// each of its endpoints out of the cluster and the data plane; it returns
+// the interface names for teardown. Callers hold d.mu.
+func (d *Daemon) forgetContainer(c *container) ([]string, error) {
+	delete(d.containers, c.name)
+	d.containerChanged(c)
+	if err := d.saveContainer(c.name); err != nil {
+		d.containers[c.name] = c
+		d.containerChanged(c)
+		return nil, fmt.Errorf("container %q: %w", c.name, err)
+	}
+	var ifnames []string
+	for _, ep := range c.sortedEndpoints() {
+		delete(c.endpoints, ep.net.rec.Name)
+		d.endpointGone(ep)
+		ifnames = append(ifnames, ep.ifname)
+	}
+	return ifnames, nil
 }
 
 // Endpoints lists every endpoint of this host.

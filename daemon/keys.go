@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -229,6 +230,10 @@ type keyState struct {
 	// table on every reconcile); pubChecks counts the checks made.
 	goodPubs  map[[keyring.PubLen]byte]bool
 	pubChecks int
+	// states are the valid keystate records by node as of statesCursor
+	// (clusterKeyStates).
+	states       map[string]keyStateRecord
+	statesCursor uint64
 }
 
 // maxGoodPubs bounds goodPubs: past it the set starts over.
@@ -299,18 +304,31 @@ func (d *Daemon) clusterRing() *keyring.Ring {
 }
 
 // clusterKeyStates decodes the keystate table by node; invalid records
-// (decodeKeyState) count as missing.
+// (decodeKeyState) count as missing. Only the records written or removed
+// since the last call are decoded (cluster.Changes): every reconcile reads
+// the table, and an endpoint change elsewhere does not change it. The map
+// is the caller's; the records in it are shared and read-only. Callers
+// hold d.mu.
 func (d *Daemon) clusterKeyStates() map[string]keyStateRecord {
-	out := map[string]keyStateRecord{}
-	for _, e := range d.cl.List(tblKeyState) {
-		rec, err := decodeKeyStateWith(e.Value, d.keys.checkPublic)
+	ks := d.keys
+	live, removed, next := d.cl.Changes(tblKeyState, ks.statesCursor)
+	if removed == nil || ks.states == nil {
+		ks.states = map[string]keyStateRecord{} // a full resync
+	}
+	ks.statesCursor = next
+	for _, k := range removed {
+		delete(ks.states, k)
+	}
+	for _, e := range live {
+		rec, err := decodeKeyStateWith(e.Value, ks.checkPublic)
 		if err != nil || e.Key != e.Owner {
 			d.log.Debug("ignoring a key state record", "node", e.Owner, "err", err)
+			delete(ks.states, e.Key)
 			continue
 		}
-		out[e.Owner] = rec
+		ks.states[e.Owner] = rec
 	}
-	return out
+	return maps.Clone(ks.states)
 }
 
 // checkRing makes r the ring in use if the guard accepts it; otherwise it

@@ -143,3 +143,117 @@ func TestAPIAnswersWhileNetworkCreateWaitsOnTheCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A removal waiting on the kernel (processes slow to die, an interface or
+// a namespace slow to go: the kernel's rtnl lock is shared by every
+// namespace of the machine) must not stop the daemon from listing and
+// from running other containers; the removed name stays taken until the
+// removal is over.
+func TestRemovalWaitingOnKernelDoesNotBlockRunOrPs(t *testing.T) {
+	for _, op := range []string{"kill", "unplug", "delete"} {
+		t.Run(op, func(t *testing.T) {
+			sb := newFakeSandbox()
+			d := newTestDaemon(t, sb, t.TempDir())
+			if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.50.0.0/24"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "old", Create: true}); err != nil {
+				t.Fatal(err)
+			}
+			entered, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			sb.mu.Lock()
+			sb.slow = func(got string) {
+				if got == op {
+					once.Do(func() { close(entered) })
+					<-release
+				}
+			}
+			sb.mu.Unlock()
+			removed := make(chan error, 1)
+			go func() { removed <- d.RemoveContainer("old") }()
+			<-entered
+			answered := make(chan error, 1)
+			go func() {
+				d.Containers()
+				_, err := d.Attach(api.AttachRequest{Network: "web", Name: "new", Create: true})
+				answered <- err
+			}()
+			select {
+			case err := <-answered:
+				if err != nil {
+					t.Errorf("run while a removal waits in %s: %v", op, err)
+				}
+			case <-time.After(5 * time.Second):
+				close(release)
+				<-removed
+				t.Fatalf("ps and run did not answer while a removal waited in %s", op)
+			}
+			if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "old", Create: true}); err == nil {
+				t.Errorf("the name of a container being removed (in %s) was taken again", op)
+			}
+			close(release)
+			if err := <-removed; err != nil {
+				t.Fatalf("rm: %v", err)
+			}
+			if _, err := d.Container("old"); err == nil {
+				t.Error("the container is still there after rm")
+			}
+			if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "old", Create: true}); err != nil {
+				t.Errorf("run of the name again after rm: %v", err)
+			}
+		})
+	}
+}
+
+// A detach waiting on the kernel to delete the interface must not stop the
+// daemon from running other containers.
+func TestDetachWaitingOnKernelDoesNotBlockRun(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.50.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c1", Create: true}); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	sb.mu.Lock()
+	sb.slow = func(op string) {
+		if op == "unplug" {
+			once.Do(func() { close(entered) })
+			<-release
+		}
+	}
+	sb.mu.Unlock()
+	detached := make(chan error, 1)
+	go func() { detached <- d.Detach("c1", "web") }()
+	<-entered
+	answered := make(chan error, 1)
+	go func() {
+		_, err := d.Attach(api.AttachRequest{Network: "web", Name: "c2", Create: true})
+		answered <- err
+	}()
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Errorf("run while a detach waits on the kernel: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		close(release)
+		<-detached
+		t.Fatal("run did not answer while a detach waited on the kernel")
+	}
+	close(release)
+	if err := <-detached; err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	c, err := d.Container("c1")
+	if err != nil || len(c.Endpoints) != 0 {
+		t.Fatalf("after detach: %+v, %v; want c1 with no endpoint", c, err)
+	}
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "c1", Netns: c.Netns}); err != nil {
+		t.Errorf("attach again after the detach: %v", err)
+	}
+}

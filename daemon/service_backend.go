@@ -96,7 +96,7 @@ func (d *Daemon) drainBackends(name, network string) (*drained, error) {
 	d.mu.Lock()
 	c := d.containers[name]
 	_, busy := d.attaching[name]
-	if c == nil || busy || d.leaving[name] {
+	if c == nil || busy || d.leaving[name] || d.tearingDown[name] {
 		d.mu.Unlock()
 		return nil, nil
 	}

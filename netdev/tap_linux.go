@@ -145,6 +145,38 @@ func OpenTAP(name string) (*TAP, error) {
 // is not touched: the namespace switch happens on a dedicated locked thread
 // that is discarded if it cannot be switched back.
 func OpenTAPInNetns(nsPath, name string) (*TAP, error) {
+	return tapInNetns(nsPath, name, func() (int, int, error) { return openExistingTUN(name) })
+}
+
+// CreateTAPInNetns creates the TAP device name inside the network
+// namespace at nsPath, as CreateTAP does in the caller's (name must not
+// exist there yet), on a dedicated locked thread as OpenTAPInNetns. A
+// device made where it is used is never moved between namespaces: a move
+// waits on the kernel's RCU grace periods under its rtnl lock, which
+// every namespace of the machine shares.
+func CreateTAPInNetns(nsPath, name string, persist bool) (*TAP, error) {
+	if name == "" {
+		return nil, errors.New("tap: empty interface name")
+	}
+	return tapInNetns(nsPath, name, func() (int, int, error) {
+		fd, _, offloads, err := openTUN(name, tapFlags|unix.IFF_TUN_EXCL)
+		if err != nil {
+			return -1, 0, err
+		}
+		if persist {
+			if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+				unix.Close(fd)
+				return -1, 0, fmt.Errorf("tap %q: set persistent: %w", name, err)
+			}
+		}
+		return fd, offloads, nil
+	})
+}
+
+// tapInNetns runs open (which returns a TAP descriptor and its offloads)
+// on a locked thread switched into the namespace at nsPath, and wraps the
+// descriptor.
+func tapInNetns(nsPath, name string, open func() (fd, offloads int, err error)) (*TAP, error) {
 	ns, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("tap %q: open netns %q: %w", name, nsPath, err)
@@ -170,7 +202,7 @@ func OpenTAPInNetns(nsPath, name string) (*TAP, error) {
 			ch <- result{-1, 0, fmt.Errorf("tap %q: enter netns %q: %w", name, nsPath, err)}
 			return
 		}
-		fd, offloads, err := openExistingTUN(name)
+		fd, offloads, err := open()
 		if err != nil {
 			err = fmt.Errorf("netns %q: %w", nsPath, err)
 		}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/vxmesh/vxmesh/netdev"
@@ -636,5 +637,71 @@ func TestPlugHardensLink(t *testing.T) {
 	}
 	if got := link.Attrs().GSOMaxSegs; got != packet.GSOMaxSegments {
 		t.Errorf("gso_max_segs = %d, want %d", got, packet.GSOMaxSegments)
+	}
+}
+
+// Plug makes the device in the container's namespace under its name
+// there: nothing appears in the caller's namespace and no device is moved
+// in (a move between namespaces waits on the kernel's RCU grace periods
+// under its rtnl lock, shared by every namespace of the machine: tens to
+// hundreds of milliseconds a plug on a host busy with namespaces).
+func TestPlugMakesTheDeviceWhereItIsUsed(t *testing.T) {
+	requireRoot(t)
+	_, daemonNS := newNamedNetns(t)
+	_, ctrNS := newNamedNetns(t)
+	watch := func(nsPath string) (chan netlink.LinkUpdate, chan struct{}) {
+		t.Helper()
+		ns, err := netns.GetFromPath(nsPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ns.Close() })
+		ch, done := make(chan netlink.LinkUpdate, 64), make(chan struct{})
+		if err := netlink.LinkSubscribeAt(ns, ch, done); err != nil {
+			t.Fatal(err)
+		}
+		return ch, done
+	}
+	inDaemon, stopDaemon := watch(daemonNS)
+	inCtr, stopCtr := watch(ctrNS)
+	err := RunInNetns(daemonNS, func() error {
+		tap, err := Plug(ctrNS, IfaceConfig{IfName: "eth0", Addr: netip.MustParsePrefix("10.0.1.5/24"), Gateway: netip.MustParseAddr("10.0.1.1")})
+		if err == nil {
+			tap.SetPersist(false)
+			tap.Close()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The updates of the plug are queued by now; collect them.
+	var ctrNames, daemonNames []string
+	deadline := time.After(500 * time.Millisecond)
+collect:
+	for {
+		select {
+		case u := <-inCtr:
+			if u.Header.Type == unix.RTM_NEWLINK {
+				ctrNames = append(ctrNames, u.Attrs().Name)
+			}
+		case u := <-inDaemon:
+			daemonNames = append(daemonNames, u.Attrs().Name)
+		case <-deadline:
+			break collect
+		}
+	}
+	close(stopDaemon)
+	close(stopCtr)
+	if len(daemonNames) > 0 {
+		t.Errorf("links seen in the caller's namespace during Plug: %v, want none", daemonNames)
+	}
+	for _, n := range ctrNames {
+		if n != "eth0" && n != "lo" {
+			t.Errorf("link %q seen in the container's namespace during Plug: want only eth0 (made there) and lo", n)
+		}
+	}
+	if !slices.Contains(ctrNames, "eth0") {
+		t.Errorf("no eth0 seen in the container's namespace: %v", ctrNames)
 	}
 }
