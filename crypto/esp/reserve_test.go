@@ -145,3 +145,64 @@ func TestSealReservedDoesNotAllocate(t *testing.T) {
 		t.Errorf("Reserve+SealReserved+Open: %v allocations per packet", a)
 	}
 }
+
+// TestOpenScratchNeighboursAtOnce opens back-to-back ESP packets of one
+// buffer (a coalesced read) from two goroutines at once, alternating, in
+// place: each opens to its cleartext. Open, which borrows the tail of the
+// packet in front, races here (go test -race). Then the refusals: a replay
+// and a forged packet.
+func TestOpenScratchNeighboursAtOnce(t *testing.T) {
+	out, in := pair(t, testKey16)
+	const n, clear = 64, 1000
+	stride := clear + Overhead(clear)
+	buf := make([]byte, n*stride+MaxTrailerLen)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	first, _ := out.Reserve(n)
+	var sc Scratch
+	for k := range n {
+		start := k*stride + HeaderLen
+		if _, _, err := out.SealReserved(buf, start, start+clear, first+uint64(k), &sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sealed := bytes.Clone(buf)
+	var wg sync.WaitGroup
+	for g := range 2 {
+		wg.Go(func() {
+			var sc Scratch
+			for k := g; k < n; k += 2 {
+				i0, i1, nh, err := in.OpenScratch(buf[:n*stride], k*stride, (k+1)*stride, &sc)
+				if err != nil || nh != ProtoUDP || i0 != k*stride+HeaderLen || i1 != i0+clear {
+					t.Errorf("packet %d: [%d:%d] %d %v", k, i0, i1, nh, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for k := range n {
+		for j := range clear {
+			if at := k*stride + HeaderLen + j; buf[at] != byte(at) {
+				t.Fatalf("packet %d byte %d: %d, want %d", k, j, buf[at], byte(at))
+			}
+		}
+	}
+	if _, _, _, err := in.OpenScratch(bytes.Clone(sealed), 0, stride, &sc); err != ErrReplay {
+		t.Errorf("replayed: %v", err)
+	}
+	_, fresh := pair(t, testKey16)
+	forged := bytes.Clone(sealed)
+	forged[HeaderLen+5] ^= 1
+	if _, _, _, err := fresh.OpenScratch(forged, 0, stride, &sc); err != ErrAuth {
+		t.Errorf("forged: %v", err)
+	}
+	if _, _, _, err := fresh.OpenScratch(bytes.Clone(sealed), 0, stride, &sc); err != nil {
+		t.Errorf("a forged packet moved the window: %v", err)
+	}
+	if a := testing.AllocsPerRun(100, func() {
+		fresh.OpenScratch(bytes.Clone(sealed[:0]), 0, 0, &sc)
+	}); a != 0 {
+		t.Errorf("a refusal allocates %v times", a)
+	}
+}
