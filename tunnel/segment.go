@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/internal/aging"
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -209,17 +210,18 @@ func (n *Segment) sweep(now int64) { n.learned.Sweep(now) }
 
 // txScratch is one Write call's working state, reused through VTEP.txs.
 type txScratch struct {
-	one    [1]*peer // the fan-out of a frame to one peer
-	msgs   []Message
-	peers  []*peer // peer of msgs[i]
-	frame  []int32 // frame index of msgs[i]
-	ok     []bool  // per frame: at least one datagram was sent
-	why    []dropReason
-	fsize  []int32 // encrypted network: frame bytes of msgs[i]
-	arena  []byte  // segments of super-segments, each behind its VXLAN header
-	used   int     // bytes of arena in msgs
-	sealed int     // encrypted network: ESP datagrams in msgs (espMaxHeld)
-	err    error   // first error of WriteBatch
+	one       [1]*peer // the fan-out of a frame to one peer
+	msgs      []Message
+	peers     []*peer // peer of msgs[i]
+	frame     []int32 // frame index of msgs[i]
+	ok        []bool  // per frame: at least one datagram was sent
+	why       []dropReason
+	fsize     []int32 // encrypted network: frame bytes of msgs[i]
+	arena     []byte  // segments of super-segments, each behind its VXLAN header
+	used      int     // bytes of arena in msgs
+	sealed    int     // encrypted network: ESP datagrams in msgs (espMaxHeld)
+	err       error   // first error of WriteBatch
+	sealState         // encrypted network: runs queued but not sealed yet
 }
 
 // txArenaSize is the segment arena of one txScratch: room for four 64 KiB
@@ -236,6 +238,10 @@ func (v *VTEP) getTx() *txScratch {
 			peers: make([]*peer, 0, 2*packet.BatchSize),
 			frame: make([]int32, 0, 2*packet.BatchSize),
 			fsize: make([]int32, 0, 2*packet.BatchSize),
+			sealState: sealState{
+				jobs:    make([]espJob, 0, packet.BatchSize),
+				scratch: new(esp.Scratch),
+			},
 		}
 	}
 }
@@ -263,6 +269,8 @@ func (sc *txScratch) ensureArena() {
 func (v *VTEP) putTx(sc *txScratch) {
 	clear(sc.msgs) // do not keep the callers' buffers reachable
 	clear(sc.peers)
+	clear(sc.jobs)
+	sc.jobs, sc.pending = sc.jobs[:0], 0
 	sc.one = [1]*peer{}
 	sc.err = nil
 	select {

@@ -118,6 +118,10 @@ type VTEP struct {
 	sec  atomic.Pointer[secState] // SAs, immutable snapshot
 	inMu sync.Mutex               // serialises the loops' input calls
 
+	helpq    chan helpOffer // work offered to an idle helper (split)
+	helpStop chan struct{}  // closed by Close: the helpers end
+	helpOnce sync.Once      // starts the helpers (startHelpers)
+
 	c vtepCounters
 }
 
@@ -138,6 +142,15 @@ type rxState struct {
 	// deliver.
 	ndrops [numDrops]uint64
 	supers uint64 // super-segments received whole in the batch
+
+	// ESP loop only: the batch's datagrams opened ahead (openAhead), the
+	// next one to hand on, and the state of opening them.
+	ahead   bool
+	opened  []espOpened
+	next    int
+	sec     *secState
+	open    *splitWork
+	scratch *esp.Scratch
 }
 
 // New returns a VTEP with no networks. Call Run to start receiving.
@@ -154,6 +167,8 @@ func New(cfg Config) *VTEP {
 		espPort:    cfg.ESPPort,
 		local:      cfg.LocalAddr.Unmap(),
 		super:      cfg.Super,
+		helpq:      make(chan helpOffer),
+		helpStop:   make(chan struct{}),
 	}
 	if v.espPort == 0 {
 		v.espPort = esp.Port
@@ -345,6 +360,7 @@ func (v *VTEP) loop(ctx context.Context, once func() error, what string) error {
 func (v *VTEP) Close() error {
 	v.closeOnce.Do(func() {
 		v.closed.Store(true)
+		close(v.helpStop)
 		v.closeErr = v.u.Close()
 		if v.super != nil {
 			if err := v.super.Close(); v.closeErr == nil {
@@ -411,6 +427,7 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 	var sec *secState
 	if fromESP {
 		sec = v.sec.Load()
+		r.ahead = v.openAhead(r, msgs, sec)
 	}
 	var bytes, dgrams uint64
 	for i := range msgs {
@@ -466,16 +483,27 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 }
 
 // receiveOne handles datagram d from addr, at offset off of message i:
-// with fromESP it is opened in place first (sec holds the SAs) and comes
-// from the peer its SA authenticates.
+// with fromESP it is opened in place first (sec holds the SAs), or was
+// opened ahead (r.ahead: the next of r.opened), and comes from the peer
+// its SA authenticates.
 func (v *VTEP) receiveOne(r *rxState, sec *secState, i, off int, d []byte, addr netip.AddrPort, fromESP bool) {
 	if fromESP {
-		start := packet.Headroom - espRxFront + off
+		var in0, in1 int
 		var peer netip.Addr
-		if d, peer = v.openESP(sec, r.bufs[i], start, start+len(d), &r.drops); d == nil {
+		var why dropReason
+		if r.ahead {
+			o := &r.opened[r.next]
+			r.next++
+			in0, in1, peer, why = int(o.in0), int(o.in1), o.peer, o.why
+		} else {
+			start := packet.Headroom - espRxFront + off
+			in0, in1, peer, why = v.openESP(sec, r.bufs[i], start, start+len(d), nil)
+		}
+		if why != dropNone {
+			r.drops[why]++
 			return
 		}
-		addr = netip.AddrPortFrom(peer, 0)
+		d, addr = r.bufs[i][in0:in1], netip.AddrPortFrom(peer, 0)
 	}
 	v.receiveDatagram(r, d, addr, i, off == 0, fromESP)
 }

@@ -1,0 +1,169 @@
+package tunnel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"runtime"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/packet"
+)
+
+// TestSealersKeepWireOrderAndBytes: the segments of super-segments are
+// sealed by the writing goroutine and a sealer goroutine at once, and
+// what goes out is what one goroutine would have sent: every datagram
+// opens, sequence numbers rise by one in the order sent (so the receiver
+// never sees a run out of order), and the TCP segments are byte for byte
+// those of the super-segment. It writes until a sealer has taken part.
+func TestSealersKeepWireOrderAndBytes(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	rec := &runRecorder{closed: make(chan struct{})}
+	v := New(Config{Underlay: rec})
+	t.Cleanup(func() { v.Close() })
+	const mtu = 1405
+	n, _ := v.AddSegment(testVNI, mtu)
+	n.SetCipher(esp.AES128GCM)
+	n.SetPeers([]netip.Addr{vtepB})
+	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	out, in := testSA(t, 0x6000ab, 11)
+	if err := v.SetSAs([]OutboundSA{{vtepB, out}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	mss := mtu - 20 - 32
+	want := uint64(1)
+	for round := 0; v.Stats().HelperSealed == 0; round++ {
+		if round == 2000 {
+			t.Fatal("no sealer took part in 2000 writes")
+		}
+		frames := [][]byte{tsoBuffer(macB, macA, false, 60000, mss), tsoBuffer(macB, macA, round%2 == 1, 30000, mss-20)}
+		origs := [][]byte{bytes.Clone(frames[0]), bytes.Clone(frames[1])}
+		rec.mu.Lock()
+		rec.msgs = nil
+		rec.mu.Unlock()
+		if k, err := n.Write(frames, packet.Headroom); k != 2 || err != nil {
+			t.Fatalf("Write: %d, %v", k, err)
+		}
+		var segs [2][]Message
+		frame := 0
+		for _, m := range rec.msgs {
+			for b := m.Buf; len(b) > 0; {
+				l := len(b)
+				if m.GSOSize > 0 {
+					l = min(l, m.GSOSize)
+				}
+				if seq := uint64(binary.BigEndian.Uint32(b[4:])); seq != want {
+					t.Fatalf("round %d: sequence number %d sent where %d was due", round, seq, want)
+				}
+				want++
+				buf := make([]byte, 64+l)
+				copy(buf[64:], b[:l])
+				i0, i1, _, err := in.Open(buf, 64, len(buf))
+				if err != nil {
+					t.Fatalf("round %d: datagram with seq %d: %v", round, want-1, err)
+				}
+				if frame == 0 && len(segs[0]) == (60000+mss-1)/mss {
+					frame++ // the second frame's segments follow the first's
+				}
+				segs[frame] = append(segs[frame], Message{Buf: buf[i0+udpHeaderLen : i1]})
+				b = b[l:]
+			}
+		}
+		checkTCPSegments(t, segs[0], mtu, origs[0][packet.Headroom+14+20+32:])
+		ipLen := 20
+		if round%2 == 1 {
+			ipLen = 40
+		}
+		checkTCPSegments(t, segs[1], mtu, origs[1][packet.Headroom+14+ipLen+32:])
+		if t.Failed() {
+			t.Fatalf("round %d", round)
+		}
+	}
+}
+
+// TestHelperOpensCoalescedReads: the datagrams of a batch of coalesced
+// ESP reads are opened by the receive loop and a helper goroutine at once
+// (openAhead), and what is delivered is what was sent, in order: the TCP
+// payload byte for byte, every datagram counted, none refused; a forged
+// datagram among them is refused as esp-auth and the others still
+// arrive. It receives until a helper has taken part.
+func TestHelperOpensCoalescedReads(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	const mtu = 1405
+	rec := &runRecorder{closed: make(chan struct{})}
+	v := New(Config{Underlay: rec})
+	t.Cleanup(func() { v.Close() })
+	n, _ := v.AddSegment(testVNI, mtu)
+	n.SetCipher(esp.AES128GCM)
+	n.SetPeers([]netip.Addr{vtepB})
+	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	out, in := testSA(t, 0x6000ac, 12)
+	v.SetSAs([]OutboundSA{{vtepB, out}}, nil)
+
+	mn := NewMemNetwork()
+	ru, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
+	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
+	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
+	t.Cleanup(func() { rv.Close() })
+	rn, _ := rv.AddSegment(testVNI, mtu)
+	rn.SetCipher(esp.AES128GCM)
+	rn.SetPeers([]netip.Addr{vtepA})
+	rn.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
+	var got []byte
+	rn.SetInput(func(bufs [][]byte, sizes []int, offset int) {
+		for i, b := range bufs {
+			got = append(got, b[offset+14+20+32:offset+sizes[i]]...)
+		}
+	})
+	rv.SetSAs(nil, []InboundSA{{vtepA, in}})
+
+	mss := mtu - 20 - 32
+	const payload = 60000
+	segs := uint64(0)
+	for round := 0; rv.Stats().HelperOpened == 0 || round < 2; round++ {
+		if round == 2000 {
+			t.Fatal("no helper took part in 2000 batches")
+		}
+		var want []byte
+		frames := make([][]byte, 3)
+		for i := range frames {
+			frames[i] = tsoBuffer(macB, macA, false, payload, mss)
+			want = append(want, frames[i][packet.Headroom+14+20+32:]...)
+		}
+		rec.msgs = nil
+		if k, err := n.Write(frames, packet.Headroom); k != len(frames) || err != nil {
+			t.Fatalf("Write = %d, %v", k, err)
+		}
+		r := &rv.erx
+		msgs := r.msgs[:len(rec.msgs)]
+		for i, m := range rec.msgs {
+			msgs[i].Buf = r.bufs[i][packet.Headroom-espRxFront:]
+			msgs[i].N = copy(msgs[i].Buf, m.Buf)
+			msgs[i].GSOSize = m.GSOSize
+			msgs[i].Addr = netip.AddrPortFrom(vtepA, esp.Port)
+			segs += uint64(m.Segments(len(m.Buf)))
+		}
+		forge := round == 1
+		if forge {
+			// The 3rd datagram of the first run: its segment is lost.
+			msgs[0].Buf[2*msgs[0].GSOSize+esp.HeaderLen+40] ^= 1
+			want = append(want[:2*mss:2*mss], want[3*mss:]...)
+		}
+		got = got[:0]
+		rv.receive(r, msgs, true)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("round %d: delivered %d payload bytes, want %d (drops %v)", round, len(got), len(want), rv.Stats().Drops)
+		}
+		st := rv.Stats()
+		if st.RxDatagrams != segs {
+			t.Fatalf("round %d: %d datagrams counted, want %d", round, st.RxDatagrams, segs)
+		}
+		if auth := st.Drops["esp-auth"]; auth != 0 && !(round >= 1 && auth == 1) || len(st.Drops) > 1 {
+			t.Fatalf("round %d: drops %v", round, st.Drops)
+		}
+	}
+	if rv.Stats().Drops["esp-auth"] != 1 {
+		t.Fatalf("the forged datagram was not refused: %v", rv.Stats().Drops)
+	}
+}
