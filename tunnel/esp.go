@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/packet"
@@ -209,7 +208,7 @@ func (v *VTEP) openAhead(r *rxState, msgs []Message, sec *secState) bool {
 			total++
 		}
 	}
-	if total < espParallelMin || total > espMaxAhead || runtime.GOMAXPROCS(0) < 2 {
+	if total < espParallelMin || total > espMaxAhead || v.helpers < 1 {
 		return false
 	}
 	if r.opened == nil {

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"runtime"
 	"sync/atomic"
 
 	"github.com/vxmesh/vxmesh/crypto/esp"
@@ -66,7 +65,7 @@ type helpOffer struct {
 // split processes items 0..total-1 of w, with an idle helper if there is
 // one and enough items; scratch is the caller's.
 func (v *VTEP) split(w *splitWork, total int, scratch *esp.Scratch) {
-	if total < espParallelMin || runtime.GOMAXPROCS(0) < 2 {
+	if total < espParallelMin || v.helpers < 1 {
 		w.do(0, total, scratch)
 		return
 	}
@@ -102,10 +101,10 @@ func (w *splitWork) chunks(scratch *esp.Scratch) int {
 }
 
 // startHelpers starts the VTEP's helper goroutines, one per core beyond
-// the first (at most 3), once; they end on Close.
+// the first when it was created (v.helpers), once; they end on Close.
 func (v *VTEP) startHelpers() {
 	v.helpOnce.Do(func() {
-		for range min(runtime.GOMAXPROCS(0)-1, 3) {
+		for range v.helpers {
 			go v.helper()
 		}
 	})

@@ -167,3 +167,86 @@ func TestHelperOpensCoalescedReads(t *testing.T) {
 		t.Fatalf("the forged datagram was not refused: %v", rv.Stats().Drops)
 	}
 }
+
+// TestHelpersDoNotAllocate: sealing and opening with a helper goroutine
+// allocates nothing once warm. (testing.AllocsPerRun runs on one P, where
+// a helper hardly ever joins, so this counts the process's allocations
+// around batches in which helpers took part.)
+func TestHelpersDoNotAllocate(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	mn := NewMemNetwork()
+	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
+	peer, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
+	out, in := testSA(t, 0x3000ad, 13)
+	v := New(Config{Underlay: u})
+	t.Cleanup(func() { v.Close(); peer.Close() })
+	n, _ := v.AddSegment(testVNI, 1405)
+	n.SetCipher(esp.AES128GCM)
+	n.SetPeers([]netip.Addr{vtepB})
+	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	v.SetSAs([]OutboundSA{{vtepB, out}}, nil)
+
+	ru, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
+	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port+1))
+	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
+	t.Cleanup(func() { rv.Close() })
+	rn, _ := rv.AddSegment(testVNI, 1405)
+	rn.SetCipher(esp.AES128GCM)
+	rn.SetPeers([]netip.Addr{vtepA})
+	rn.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
+	rn.SetInput(func([][]byte, []int, int) {})
+	rv.SetSAs(nil, []InboundSA{{vtepA, in}})
+
+	mss := 1405 - 20 - 32
+	tso := tsoBuffer(macB, macA, false, 60000, mss)
+	segs := (60000 + mss - 1) / mss
+	r := &rv.erx
+	step := func() {
+		n.Write([][]byte{tso}, packet.Headroom)
+		got := 0
+		for got < segs {
+			k, _ := peer.ReadBatch(r.msgs[got:])
+			for i := got; i < got+k; i++ {
+				// Each read is one datagram: put them back to back as a
+				// coalesced read would have them.
+				if i > 0 {
+					copy(r.bufs[0][packet.Headroom-espRxFront+i*r.msgs[0].N:], r.msgs[i].Buf[:r.msgs[i].N])
+				}
+			}
+			got += k
+		}
+		m := &r.msgs[0]
+		m.GSOSize, m.N = m.N, m.N*(segs-1)+r.msgs[segs-1].N
+		m.Addr = netip.AddrPortFrom(vtepA, esp.Port)
+		rv.receive(r, r.msgs[:1], true)
+	}
+	for i := range r.msgs {
+		r.msgs[i].Buf = r.bufs[i][packet.Headroom-espRxFront:]
+	}
+	for range 20 {
+		step()
+	}
+	if st := rn.Stats(); st.RxPackets == 0 || len(st.Drops) != 0 || len(rv.Stats().Drops) != 0 {
+		t.Fatalf("nothing delivered: %+v, vtep drops %v", st, rv.Stats().Drops)
+	}
+	var ms runtime.MemStats
+	for window := 0; ; window++ {
+		if window == 50 {
+			t.Fatal("no window of 20 batches in which helpers both sealed and opened")
+		}
+		sealed, opened := v.Stats().HelperSealed, rv.Stats().HelperOpened
+		runtime.ReadMemStats(&ms)
+		before := ms.Mallocs
+		for range 20 {
+			step()
+		}
+		runtime.ReadMemStats(&ms)
+		if v.Stats().HelperSealed == sealed || rv.Stats().HelperOpened == opened {
+			continue
+		}
+		if d := ms.Mallocs - before; d != 0 {
+			t.Fatalf("%d allocations in 20 batches of %d datagrams sealed and opened with helpers", d, segs)
+		}
+		return
+	}
+}

@@ -121,6 +121,7 @@ type VTEP struct {
 	helpq    chan helpOffer // work offered to an idle helper (split)
 	helpStop chan struct{}  // closed by Close: the helpers end
 	helpOnce sync.Once      // starts the helpers (startHelpers)
+	helpers  int            // how many: GOMAXPROCS at New - 1, at most 3
 
 	c vtepCounters
 }
@@ -194,6 +195,7 @@ func New(cfg Config) *VTEP {
 	v.epoch = v.now()
 	v.nets.Store(&map[uint32]*Segment{})
 	v.txs = make(chan *txScratch, 4*runtime.GOMAXPROCS(0))
+	v.helpers = min(runtime.GOMAXPROCS(0)-1, 3)
 	v.rx.init(v.batch, packet.VXLANHeaderLen)
 	if mq, ok := v.u.(MultiQueueUnderlay); ok && mq.RxQueues() > 1 {
 		v.mq = mq
