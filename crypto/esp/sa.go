@@ -298,8 +298,7 @@ func (o *Outbound) Reserve(n int) (uint64, error) {
 	}
 }
 
-// Scratch is the working space (nonce and AAD) of SealReserved and
-// OpenScratch,
+// Scratch is the working space (nonce) of SealReserved and OpenScratch,
 // which then need nothing in front of the packet. One Scratch serves one
 // goroutine: allocate it once and reuse it (it is on the heap, so a call
 // does not allocate).
@@ -428,7 +427,16 @@ func (in *Inbound) Open(buf []byte, start, end int) (innerStart, innerEnd int, n
 		return 0, 0, 0, in.c.drop(ReasonUnknownSPI, ErrUnknownSPI)
 	}
 	lo := be.Uint32(b[start+4:])
-	seq, ok := in.accept(lo)
+	var seq uint64
+	ok := true
+	in.mu.Lock()
+	if in.esn {
+		seq, ok = in.win.infer(lo)
+	} else {
+		seq = uint64(lo)
+	}
+	ok = ok && in.win.check(seq)
+	in.mu.Unlock()
 	if !ok {
 		return 0, 0, 0, in.c.drop(ReasonReplay, ErrReplay)
 	}
@@ -458,72 +466,16 @@ func (in *Inbound) Open(buf []byte, start, end int) (innerStart, innerEnd int, n
 	if aerr != nil {
 		return 0, 0, 0, in.c.drop(ReasonAuth, ErrAuth)
 	}
-	return in.finish(b, start, seq, len(pt))
-}
 
-// OpenScratch is Open with its nonce and AAD in sc instead of the
-// ScratchLen bytes in front of start: it needs nothing in front of the
-// packet and writes nothing outside buf[start:end], so neighbouring
-// packets of one buffer (a coalesced read) may be opened at the same time,
-// each call with its own Scratch. Replay checks and errors are Open's.
-func (in *Inbound) OpenScratch(buf []byte, start, end int, sc *Scratch) (innerStart, innerEnd int, nextHeader byte, err error) {
-	if start < 0 || end > len(buf) || end-start < MinLen {
-		return 0, 0, 0, in.c.drop(ReasonMalformed, ErrMalformed)
-	}
-	b := buf[:end]
-	if be.Uint32(b[start:]) != in.spi {
-		return 0, 0, 0, in.c.drop(ReasonUnknownSPI, ErrUnknownSPI)
-	}
-	lo := be.Uint32(b[start+4:])
-	seq, ok := in.accept(lo)
-	if !ok {
-		return 0, 0, 0, in.c.drop(ReasonReplay, ErrReplay)
-	}
-	nonce := sc.nonce[:]
-	copy(nonce, in.salt[:])
-	copy(nonce[SaltLen:], b[start+8:start+HeaderLen])
-	aad := sc.aad[:]
-	be.PutUint32(aad, in.spi)
-	if in.esn {
-		be.PutUint32(aad[4:], uint32(seq>>32))
-		be.PutUint32(aad[8:], lo)
-	} else {
-		be.PutUint32(aad[4:], lo)
-		aad = aad[:8]
-	}
-	ct := b[start+HeaderLen : end]
-	pt, aerr := in.aead.Open(ct[:0], nonce, ct, aad)
-	if aerr != nil {
-		return 0, 0, 0, in.c.drop(ReasonAuth, ErrAuth)
-	}
-	return in.finish(b, start, seq, len(pt))
-}
-
-// accept infers the full sequence number of a packet whose low 32 bits
-// are lo and checks it against the replay window, without moving it.
-func (in *Inbound) accept(lo uint32) (uint64, bool) {
-	seq, ok := uint64(lo), true
 	in.mu.Lock()
-	if in.esn {
-		seq, ok = in.win.infer(lo)
-	}
-	ok = ok && in.win.check(seq)
-	in.mu.Unlock()
-	return seq, ok
-}
-
-// finish moves the replay window for the authenticated packet seq, whose
-// plaintext of ptLen bytes is at buf[start+HeaderLen:], checks its padding
-// and returns the inner datagram's bounds and next header.
-func (in *Inbound) finish(b []byte, start int, seq uint64, ptLen int) (innerStart, innerEnd int, nextHeader byte, err error) {
-	in.mu.Lock()
-	ok := in.win.update(seq)
+	ok = in.win.update(seq)
 	in.mu.Unlock()
 	if !ok {
 		return 0, 0, 0, in.c.drop(ReasonReplay, ErrReplay)
 	}
+
 	innerStart = start + HeaderLen
-	ptEnd := innerStart + ptLen
+	ptEnd := innerStart + len(pt)
 	nextHeader = b[ptEnd-1]
 	pad := int(b[ptEnd-2])
 	innerEnd = ptEnd - 2 - pad
@@ -604,22 +556,5 @@ func (t *Table) Open(buf []byte, start, end int) (sa *Inbound, innerStart, inner
 		return nil, 0, 0, 0, ErrUnknownSPI
 	}
 	innerStart, innerEnd, nextHeader, err = sa.Open(buf, start, end)
-	return sa, innerStart, innerEnd, nextHeader, err
-}
-
-// OpenScratch is Open with Inbound.OpenScratch: nothing borrowed in front
-// of the packet.
-func (t *Table) OpenScratch(buf []byte, start, end int, sc *Scratch) (sa *Inbound, innerStart, innerEnd int, nextHeader byte, err error) {
-	if start < 0 || end > len(buf) || start > end {
-		return nil, 0, 0, 0, ErrMalformed
-	}
-	spi, ok := SPIOf(buf[start:end])
-	if !ok {
-		return nil, 0, 0, 0, ErrMalformed
-	}
-	if sa = t.Lookup(spi); sa == nil {
-		return nil, 0, 0, 0, ErrUnknownSPI
-	}
-	innerStart, innerEnd, nextHeader, err = sa.OpenScratch(buf, start, end, sc)
 	return sa, innerStart, innerEnd, nextHeader, err
 }
