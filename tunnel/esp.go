@@ -149,102 +149,29 @@ func espDropReason(err error) dropReason {
 }
 
 // openESP opens the ESP datagram buf[start:end] in place, buf being the
-// receive buffer it was read into, and returns the bounds of its inner
-// VXLAN datagram in buf and the peer the SA authenticates (not the outer
-// source address), or why it was refused. The datagram may be one of a
-// coalesced (UDP_GRO) read: with scratch nil, Open borrows the ScratchLen
-// bytes in front of it, the tail of the datagram before, and restores
-// them; with a scratch it borrows nothing (esp.OpenScratch), so its
-// neighbours may be opened at the same time.
-func (v *VTEP) openESP(sec *secState, buf []byte, start, end int, scratch *esp.Scratch) (in0, in1 int, peer netip.Addr, why dropReason) {
+// receive buffer it was read into, and returns its inner VXLAN datagram
+// and the peer the SA authenticates (not the outer source address). The
+// datagram may be one of a coalesced (UDP_GRO) read: Open borrows the
+// ScratchLen bytes in front of it, the tail of the datagram before, and
+// restores them. A refused datagram returns nil and is counted in drops by
+// reason.
+func (v *VTEP) openESP(sec *secState, buf []byte, start, end int, drops *[numDrops]uint64) ([]byte, netip.Addr) {
 	if sec == nil {
-		return 0, 0, peer, dropESPUnknownSPI
+		drops[dropESPUnknownSPI]++
+		return nil, netip.Addr{}
 	}
-	var sa *esp.Inbound
-	var nh byte
-	var err error
-	if scratch == nil {
-		sa, in0, in1, nh, err = sec.in.Open(buf[:end], start, end)
-	} else {
-		sa, in0, in1, nh, err = sec.in.OpenScratch(buf[:end], start, end, scratch)
-	}
+	sa, in0, in1, nh, err := sec.in.Open(buf[:end], start, end)
 	if err != nil {
-		return 0, 0, peer, espDropReason(err)
+		drops[espDropReason(err)]++
+		return nil, netip.Addr{}
 	}
 	u := buf[in0:in1]
 	if nh != esp.ProtoUDP || len(u) < udpHeaderLen || int(binary.BigEndian.Uint16(u[4:])) != len(u) ||
 		binary.BigEndian.Uint16(u[2:]) != v.port {
-		return 0, 0, peer, dropESPMalformed
+		drops[dropESPMalformed]++
+		return nil, netip.Addr{}
 	}
-	return in0 + udpHeaderLen, in1, sec.peerOf[sa], dropNone
-}
-
-// espOpened is a datagram of an ESP receive batch opened ahead of its
-// handling (openAhead), and the outcome.
-type espOpened struct {
-	msg, start, end int32 // its message and bounds in that message's buffer
-	in0, in1        int32 // its inner VXLAN datagram, if why is dropNone
-	why             dropReason
-	peer            netip.Addr
-}
-
-// espMaxAhead bounds the datagrams of a batch opened ahead; a batch with
-// more is opened inline.
-const espMaxAhead = packet.BatchSize * MaxGSOSegments
-
-// openAhead opens every datagram of the ESP batch msgs, with a helper
-// goroutine when there are enough of them, and records the outcomes in
-// r.opened for receive to hand on in order; it reports false, having
-// opened nothing, for a batch too small to be worth it (receive then
-// opens each datagram as it comes). It skips the messages receive drops
-// before opening.
-func (v *VTEP) openAhead(r *rxState, msgs []Message, sec *secState) bool {
-	total := 0
-	for i := range msgs {
-		switch m := &msgs[i]; {
-		case m.N > 0 && m.N <= len(m.Buf) && m.GSOSize > 0 && m.GSOSize < m.N:
-			total += (m.N + m.GSOSize - 1) / m.GSOSize
-		default:
-			total++
-		}
-	}
-	if total < espParallelMin || total > espMaxAhead || v.helpers < 1 {
-		return false
-	}
-	if r.opened == nil {
-		r.opened = make([]espOpened, 0, espMaxAhead)
-		r.open = newSplitWork(func(from, to int, scratch *esp.Scratch) {
-			for j := from; j < to; j++ {
-				o := &r.opened[j]
-				in0, in1, peer, why := v.openESP(r.sec, r.bufs[o.msg], int(o.start), int(o.end), scratch)
-				o.in0, o.in1, o.peer, o.why = int32(in0), int32(in1), peer, why
-			}
-		}, &v.c.helperOpened)
-		r.scratch = new(esp.Scratch)
-	}
-	r.opened = r.opened[:0]
-	for i := range msgs {
-		m := &msgs[i]
-		if m.N < 0 || m.N > len(m.Buf) || v.local.IsValid() && m.Addr.Addr().Unmap() == v.local {
-			continue
-		}
-		seg := m.N
-		if m.GSOSize > 0 && m.GSOSize < m.N {
-			seg = m.GSOSize
-		}
-		for off := 0; ; off += seg {
-			start := packet.Headroom - espRxFront + off
-			r.opened = append(r.opened, espOpened{msg: int32(i), start: int32(start), end: int32(start + min(seg, m.N-off))})
-			if seg == 0 || off+seg >= m.N {
-				break
-			}
-		}
-	}
-	r.sec = sec
-	v.split(r.open, len(r.opened), r.scratch)
-	r.sec = nil
-	r.next = 0
-	return true
+	return u[udpHeaderLen:], sec.peerOf[sa]
 }
 
 // espRxFront is where an ESP datagram is read relative to packet.Headroom,

@@ -81,7 +81,6 @@ type vtepCounters struct {
 	txSupers, superFails atomic.Uint64
 	rxSupers             atomic.Uint64
 	helperSealed         atomic.Uint64
-	helperOpened         atomic.Uint64
 	drops                [numDrops]atomic.Uint64
 }
 
@@ -116,9 +115,6 @@ type Stats struct {
 	// helper goroutine built and sealed beside the writing one (the rest
 	// the writing goroutine sealed itself).
 	HelperSealed uint64
-	// HelperOpened counts the ESP datagrams of coalesced reads that a
-	// helper goroutine opened beside the receive loop.
-	HelperOpened uint64
 	// Segments holds each network's counters, ordered by VNI.
 	Segments []SegmentStats
 }
@@ -188,7 +184,6 @@ func (v *VTEP) Stats() Stats {
 		SuperFallbacks: v.c.superFails.Load(),
 		RxSupers:       v.c.rxSupers.Load(),
 		HelperSealed:   v.c.helperSealed.Load(),
-		HelperOpened:   v.c.helperOpened.Load(),
 	}
 	for _, n := range v.Segments() {
 		s.Segments = append(s.Segments, n.Stats())

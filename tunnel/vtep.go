@@ -143,15 +143,6 @@ type rxState struct {
 	// deliver.
 	ndrops [numDrops]uint64
 	supers uint64 // super-segments received whole in the batch
-
-	// ESP loop only: the batch's datagrams opened ahead (openAhead), the
-	// next one to hand on, and the state of opening them.
-	ahead   bool
-	opened  []espOpened
-	next    int
-	sec     *secState
-	open    *splitWork
-	scratch *esp.Scratch
 }
 
 // New returns a VTEP with no networks. Call Run to start receiving.
@@ -429,7 +420,6 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 	var sec *secState
 	if fromESP {
 		sec = v.sec.Load()
-		r.ahead = v.openAhead(r, msgs, sec)
 	}
 	var bytes, dgrams uint64
 	for i := range msgs {
@@ -485,27 +475,16 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 }
 
 // receiveOne handles datagram d from addr, at offset off of message i:
-// with fromESP it is opened in place first (sec holds the SAs), or was
-// opened ahead (r.ahead: the next of r.opened), and comes from the peer
-// its SA authenticates.
+// with fromESP it is opened in place first (sec holds the SAs) and comes
+// from the peer its SA authenticates.
 func (v *VTEP) receiveOne(r *rxState, sec *secState, i, off int, d []byte, addr netip.AddrPort, fromESP bool) {
 	if fromESP {
-		var in0, in1 int
+		start := packet.Headroom - espRxFront + off
 		var peer netip.Addr
-		var why dropReason
-		if r.ahead {
-			o := &r.opened[r.next]
-			r.next++
-			in0, in1, peer, why = int(o.in0), int(o.in1), o.peer, o.why
-		} else {
-			start := packet.Headroom - espRxFront + off
-			in0, in1, peer, why = v.openESP(sec, r.bufs[i], start, start+len(d), nil)
-		}
-		if why != dropNone {
-			r.drops[why]++
+		if d, peer = v.openESP(sec, r.bufs[i], start, start+len(d), &r.drops); d == nil {
 			return
 		}
-		d, addr = r.bufs[i][in0:in1], netip.AddrPortFrom(peer, 0)
+		addr = netip.AddrPortFrom(peer, 0)
 	}
 	v.receiveDatagram(r, d, addr, i, off == 0, fromESP)
 }

@@ -298,8 +298,8 @@ func (o *Outbound) Reserve(n int) (uint64, error) {
 	}
 }
 
-// Scratch is the working space (nonce) of SealReserved and OpenScratch,
-// which then need nothing in front of the packet. One Scratch serves one
+// Scratch is the working space (nonce and AAD) of SealReserved, which
+// then needs nothing in front of the packet. One Scratch serves one
 // goroutine: allocate it once and reuse it (it is on the heap, so a call
 // does not allocate).
 type Scratch struct {
