@@ -333,8 +333,8 @@ func (n *Segment) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, 
 		flen += g.SegmentLen(k + x)
 	}
 	sc.used += need
-	sc.jobs = append(sc.jobs, espJob{g: *g, sa: sa, seq: seq, first: k, count: cnt, stride: stride, at: at, hash: t.hash})
-	sc.pending += cnt
+	sc.seal.jobs = append(sc.seal.jobs, espJob{g: *g, sa: sa, seq: seq, first: k, count: cnt, stride: stride, at: at, hash: t.hash})
+	sc.seal.pending += cnt
 	gso := 0
 	if cnt > 1 {
 		gso = stride

@@ -148,33 +148,39 @@ type sealState struct {
 	jobs    []espJob
 	pending int          // datagrams in jobs
 	scratch *esp.Scratch // the writing goroutine's
-	sealSeg *Segment     // the segment whose jobs are being sealed
-	seal    *splitWork   // sealRange over the pending datagrams
+	seg     *Segment     // the segment whose jobs are being sealed
+	work    *splitWork   // sealRange over the pending datagrams
 }
 
-// sealJobs builds and seals the runs queued in sc.jobs and empties the
-// list.
+// reset empties the queue, not keeping the callers' frames reachable.
+func (s *sealState) reset() {
+	clear(s.jobs)
+	s.jobs, s.pending = s.jobs[:0], 0
+}
+
+// sealJobs builds and seals the runs queued in sc.seal and empties the
+// queue.
 func (n *Segment) sealJobs(sc *txScratch) {
-	if sc.seal == nil {
-		sc.seal = newSplitWork(func(from, to int, scratch *esp.Scratch) {
-			sc.sealSeg.sealRange(sc, from, to, scratch)
+	s := &sc.seal
+	if s.work == nil {
+		s.work = newSplitWork(func(from, to int, scratch *esp.Scratch) {
+			s.seg.sealRange(s, sc.arena, from, to, scratch)
 		}, &n.v.c.helperSealed)
 	}
-	sc.sealSeg = n
-	n.v.split(sc.seal, sc.pending, sc.scratch)
-	sc.sealSeg = nil
-	clear(sc.jobs) // do not keep the callers' frames reachable
-	sc.jobs, sc.pending = sc.jobs[:0], 0
+	s.seg = n
+	n.v.split(s.work, s.pending, s.scratch)
+	s.seg = nil
+	s.reset()
 }
 
 // sealRange builds and seals the queued datagrams from..to-1, counted over
-// all of sc.jobs in order: each segment into its place in its run, behind
-// its VXLAN and inner UDP headers, then sealed with its reserved sequence
-// number.
-func (n *Segment) sealRange(sc *txScratch, from, to int, scratch *esp.Scratch) {
+// all of s.jobs in order, in arena: each segment into its place in its
+// run, behind its VXLAN and inner UDP headers, then sealed with its
+// reserved sequence number.
+func (n *Segment) sealRange(s *sealState, arena []byte, from, to int, scratch *esp.Scratch) {
 	base := 0
-	for j := range sc.jobs {
-		job := &sc.jobs[j]
+	for j := range s.jobs {
+		job := &s.jobs[j]
 		if base >= to {
 			return
 		}
@@ -183,12 +189,12 @@ func (n *Segment) sealRange(sc *txScratch, from, to int, scratch *esp.Scratch) {
 			start := job.at + x*job.stride + esp.HeaderLen
 			payload := start + udpHeaderLen + packet.VXLANHeaderLen
 			sl := job.g.SegmentLen(job.first + x)
-			job.g.Segment(job.first+x, sc.arena[payload:payload+sl])
-			packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
-			putInnerUDP(sc.arena[start:payload+sl], job.hash, n.v.port)
+			job.g.Segment(job.first+x, arena[payload:payload+sl])
+			packet.PutVXLAN(arena[payload-packet.VXLANHeaderLen:], n.vni)
+			putInnerUDP(arena[start:payload+sl], job.hash, n.v.port)
 			// The layout was checked when the run was queued and its
 			// sequence numbers reserved, so this cannot fail.
-			job.sa.SealReserved(sc.arena, start, payload+sl, job.seq+uint64(x), scratch)
+			job.sa.SealReserved(arena, start, payload+sl, job.seq+uint64(x), scratch)
 		}
 		base += job.count
 	}

@@ -210,18 +210,19 @@ func (n *Segment) sweep(now int64) { n.learned.Sweep(now) }
 
 // txScratch is one Write call's working state, reused through VTEP.txs.
 type txScratch struct {
-	one       [1]*peer // the fan-out of a frame to one peer
-	msgs      []Message
-	peers     []*peer // peer of msgs[i]
-	frame     []int32 // frame index of msgs[i]
-	ok        []bool  // per frame: at least one datagram was sent
-	why       []dropReason
-	fsize     []int32 // encrypted network: frame bytes of msgs[i]
-	arena     []byte  // segments of super-segments, each behind its VXLAN header
-	used      int     // bytes of arena in msgs
-	sealed    int     // encrypted network: ESP datagrams in msgs (espMaxHeld)
-	err       error   // first error of WriteBatch
-	sealState         // encrypted network: runs queued but not sealed yet
+	one    [1]*peer // the fan-out of a frame to one peer
+	msgs   []Message
+	peers  []*peer // peer of msgs[i]
+	frame  []int32 // frame index of msgs[i]
+	ok     []bool  // per frame: at least one datagram was sent
+	why    []dropReason
+	fsize  []int32 // encrypted network: frame bytes of msgs[i]
+	arena  []byte  // segments of super-segments, each behind its VXLAN header
+	used   int     // bytes of arena in msgs
+	sealed int     // encrypted network: ESP datagrams in msgs (espMaxHeld)
+	err    error   // first error of WriteBatch
+	// encrypted network: super-segment runs queued, sealed by send
+	seal sealState
 }
 
 // txArenaSize is the segment arena of one txScratch: room for four 64 KiB
@@ -238,7 +239,7 @@ func (v *VTEP) getTx() *txScratch {
 			peers: make([]*peer, 0, 2*packet.BatchSize),
 			frame: make([]int32, 0, 2*packet.BatchSize),
 			fsize: make([]int32, 0, 2*packet.BatchSize),
-			sealState: sealState{
+			seal: sealState{
 				jobs:    make([]espJob, 0, packet.BatchSize),
 				scratch: new(esp.Scratch),
 			},
@@ -269,8 +270,7 @@ func (sc *txScratch) ensureArena() {
 func (v *VTEP) putTx(sc *txScratch) {
 	clear(sc.msgs) // do not keep the callers' buffers reachable
 	clear(sc.peers)
-	clear(sc.jobs)
-	sc.jobs, sc.pending = sc.jobs[:0], 0
+	sc.seal.reset()
 	sc.one = [1]*peer{}
 	sc.err = nil
 	select {
