@@ -308,39 +308,38 @@ func (n *Segment) writeESPSegments(sc *txScratch, sec *secState, c esp.Cipher, t
 // first on, sealed stride bytes apart.
 type segRun struct{ first, count, stride int }
 
-// sealRun seals the segments of run of super-segment t for p as one run
-// of datagrams and queues it; it reports false after a drop.
+// sealRun queues the segments of run of super-segment t for p as one run
+// of datagrams, laid out in the arena with their sequence numbers
+// reserved; send builds and seals them (sealJobs). It reports false after
+// a drop.
 func (n *Segment) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, run segRun) bool {
-	g := t.g
+	g := &t.g
 	k, cnt, stride := run.first, run.count, run.stride
-	need := esp.ScratchLen + (cnt-1)*stride + esp.HeaderLen + udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1) + esp.MaxTrailerLen
+	last := udpHeaderLen + packet.VXLANHeaderLen + g.SegmentLen(k+cnt-1)
+	need := (cnt-1)*stride + esp.HeaderLen + last + esp.MaxTrailerLen
 	sc.ensureArena()
 	if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) || sc.sealed+cnt > espMaxHeld {
 		n.send(sc)
 	}
-	base := sc.used
-	d0 := base + esp.ScratchLen
-	end, flen := d0, 0
+	seq, err := sa.Reserve(cnt)
+	if err != nil {
+		n.espDrop(sc, p, t.i, espSealDrop(err))
+		return false
+	}
+	at := sc.used
+	end := at + (cnt-1)*stride + last + esp.Overhead(last)
+	flen := 0
 	for x := range cnt {
-		start := d0 + x*stride + esp.HeaderLen
-		payload := start + udpHeaderLen + packet.VXLANHeaderLen
-		sl := g.SegmentLen(k + x)
-		g.Segment(k+x, sc.arena[payload:payload+sl])
-		packet.PutVXLAN(sc.arena[payload-packet.VXLANHeaderLen:], n.vni)
-		putInnerUDP(sc.arena[start:payload+sl], t.hash, n.v.port)
-		_, s1, err := sa.Seal(sc.arena[:base+need], start, payload+sl)
-		if err != nil {
-			n.espDrop(sc, p, t.i, espSealDrop(err))
-			return false
-		}
-		end, flen = s1, flen+sl
+		flen += g.SegmentLen(k + x)
 	}
 	sc.used += need
+	sc.seal.jobs = append(sc.seal.jobs, espJob{g: *g, sa: sa, seq: seq, first: k, count: cnt, stride: stride, at: at, hash: t.hash})
+	sc.seal.pending += cnt
 	gso := 0
 	if cnt > 1 {
 		gso = stride
 	}
-	n.queueESP(sc, sc.arena[d0:end], gso, p, t, flen)
+	n.queueESP(sc, sc.arena[at:end], gso, p, t, flen)
 	return true
 }
 

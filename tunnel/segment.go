@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/internal/aging"
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -220,6 +221,8 @@ type txScratch struct {
 	used   int     // bytes of arena in msgs
 	sealed int     // encrypted network: ESP datagrams in msgs (espMaxHeld)
 	err    error   // first error of WriteBatch
+	// encrypted network: super-segment runs queued, sealed by send
+	seal sealState
 }
 
 // txArenaSize is the segment arena of one txScratch: room for four 64 KiB
@@ -236,6 +239,10 @@ func (v *VTEP) getTx() *txScratch {
 			peers: make([]*peer, 0, 2*packet.BatchSize),
 			frame: make([]int32, 0, 2*packet.BatchSize),
 			fsize: make([]int32, 0, 2*packet.BatchSize),
+			seal: sealState{
+				jobs:    make([]espJob, 0, packet.BatchSize),
+				scratch: new(esp.Scratch),
+			},
 		}
 	}
 }
@@ -263,6 +270,7 @@ func (sc *txScratch) ensureArena() {
 func (v *VTEP) putTx(sc *txScratch) {
 	clear(sc.msgs) // do not keep the callers' buffers reachable
 	clear(sc.peers)
+	sc.seal.reset()
 	sc.one = [1]*peer{}
 	sc.err = nil
 	select {

@@ -80,6 +80,7 @@ type vtepCounters struct {
 	readErrors           atomic.Uint64
 	txSupers, superFails atomic.Uint64
 	rxSupers             atomic.Uint64
+	helperSealed         atomic.Uint64
 	drops                [numDrops]atomic.Uint64
 }
 
@@ -110,6 +111,10 @@ type Stats struct {
 	// (they were split here instead), and RxSupers the super-segments that
 	// arrived whole in one datagram (packet.ParseTunnelSuper).
 	TxSupers, SuperFallbacks, RxSupers uint64
+	// HelperSealed counts the ESP datagrams of super-segments that a
+	// helper goroutine built and sealed beside the writing one (the rest
+	// the writing goroutine sealed itself).
+	HelperSealed uint64
 	// Segments holds each network's counters, ordered by VNI.
 	Segments []SegmentStats
 }
@@ -178,6 +183,7 @@ func (v *VTEP) Stats() Stats {
 		TxSupers:       v.c.txSupers.Load(),
 		SuperFallbacks: v.c.superFails.Load(),
 		RxSupers:       v.c.rxSupers.Load(),
+		HelperSealed:   v.c.helperSealed.Load(),
 	}
 	for _, n := range v.Segments() {
 		s.Segments = append(s.Segments, n.Stats())

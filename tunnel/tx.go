@@ -330,13 +330,17 @@ func (n *Segment) account(sc *txScratch, fr packet.Frames, flooded, gsoFrames ui
 	return sent + noPeers, err
 }
 
-// send writes the queued datagrams with one WriteBatch (of the ESP
-// underlay, if there is one, for ESP datagrams), accounts them per
-// peer and per frame, and empties the queue and the segment arena.
+// send seals the queued runs (sealJobs), writes the queued datagrams
+// with one WriteBatch (of the ESP underlay, if there is one, for ESP
+// datagrams), accounts them per peer and per frame, and empties the
+// queue and the segment arena.
 func (n *Segment) send(sc *txScratch) {
 	msgs := sc.msgs
 	if len(msgs) == 0 {
 		return
+	}
+	if len(sc.seal.jobs) > 0 {
+		n.sealJobs(sc)
 	}
 	u := n.v.u
 	if sc.sealed > 0 && n.v.espU != nil {

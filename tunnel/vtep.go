@@ -118,6 +118,11 @@ type VTEP struct {
 	sec  atomic.Pointer[secState] // SAs, immutable snapshot
 	inMu sync.Mutex               // serialises the loops' input calls
 
+	helpq    chan helpOffer // work offered to an idle helper (split)
+	helpStop chan struct{}  // closed by Close: the helpers end
+	helpOnce sync.Once      // starts the helpers (startHelpers)
+	helpers  int            // how many: GOMAXPROCS at New - 1, at most 3
+
 	c vtepCounters
 }
 
@@ -154,6 +159,8 @@ func New(cfg Config) *VTEP {
 		espPort:    cfg.ESPPort,
 		local:      cfg.LocalAddr.Unmap(),
 		super:      cfg.Super,
+		helpq:      make(chan helpOffer),
+		helpStop:   make(chan struct{}),
 	}
 	if v.espPort == 0 {
 		v.espPort = esp.Port
@@ -179,6 +186,7 @@ func New(cfg Config) *VTEP {
 	v.epoch = v.now()
 	v.nets.Store(&map[uint32]*Segment{})
 	v.txs = make(chan *txScratch, 4*runtime.GOMAXPROCS(0))
+	v.helpers = min(runtime.GOMAXPROCS(0)-1, 3)
 	v.rx.init(v.batch, packet.VXLANHeaderLen)
 	if mq, ok := v.u.(MultiQueueUnderlay); ok && mq.RxQueues() > 1 {
 		v.mq = mq
@@ -345,6 +353,7 @@ func (v *VTEP) loop(ctx context.Context, once func() error, what string) error {
 func (v *VTEP) Close() error {
 	v.closeOnce.Do(func() {
 		v.closed.Store(true)
+		close(v.helpStop)
 		v.closeErr = v.u.Close()
 		if v.super != nil {
 			if err := v.super.Close(); v.closeErr == nil {

@@ -277,6 +277,79 @@ func (o *Outbound) seal(buf []byte, start, end int, nextHeader byte, iv []byte) 
 	return h, ctEnd + ICVLen, nil
 }
 
+// Reserve takes n consecutive sequence numbers for SealReserved and
+// returns the first; the others follow it. Reserving the numbers of a run
+// of datagrams up front lets several goroutines seal the run's datagrams
+// at once while the run is still numbered in the order it is sent. It
+// returns ErrSeqExhausted, taking nothing, if fewer than n numbers are
+// left, and ErrMalformed for n < 1.
+func (o *Outbound) Reserve(n int) (uint64, error) {
+	if n < 1 {
+		return 0, ErrMalformed
+	}
+	for {
+		cur := o.seq.Load()
+		if cur >= o.max || o.max-cur < uint64(n) {
+			return 0, o.c.drop(ReasonSeqExhausted, ErrSeqExhausted)
+		}
+		if o.seq.CompareAndSwap(cur, cur+uint64(n)) {
+			return cur + 1, nil
+		}
+	}
+}
+
+// Scratch is the working space (nonce and AAD) of SealReserved, which
+// then needs nothing in front of the packet. One Scratch serves one
+// goroutine: allocate it once and reuse it (it is on the heap, so a call
+// does not allocate).
+type Scratch struct {
+	nonce [SaltLen + IVLen]byte
+	aad   [12]byte
+}
+
+// SealReserved is Seal with sequence number seq, taken by Reserve: every
+// number Reserve returned must be sealed at most once, or a nonce repeats.
+// It uses sc instead of the bytes in front of the ESP header, so it needs
+// only start >= HeaderLen, and calls sealing neighbouring datagrams of one
+// buffer may run at the same time (each with its own Scratch). It writes
+// nothing outside the returned bounds. Errors: ErrMalformed (bounds, or a
+// seq never reserved).
+func (o *Outbound) SealReserved(buf []byte, start, end int, seq uint64, sc *Scratch) (espStart, espEnd int, err error) {
+	if start < HeaderLen || end < start || seq == 0 || seq > o.seq.Load() || seq > o.max {
+		return 0, 0, o.c.drop(ReasonMalformed, ErrMalformed)
+	}
+	pad := padLen(end - start)
+	ctEnd := end + pad + 2
+	if ctEnd+ICVLen > cap(buf) {
+		return 0, 0, o.c.drop(ReasonMalformed, ErrMalformed)
+	}
+	b := buf[:cap(buf)]
+	for i := range pad {
+		b[end+i] = byte(i + 1)
+	}
+	b[end+pad] = byte(pad)
+	b[end+pad+1] = ProtoUDP
+	nonce := sc.nonce[:]
+	copy(nonce, o.salt[:])
+	be.PutUint64(nonce[SaltLen:], seq)
+	aad := sc.aad[:]
+	be.PutUint32(aad, o.spi)
+	if o.esn {
+		be.PutUint64(aad[4:], seq)
+	} else {
+		be.PutUint32(aad[4:], uint32(seq))
+		aad = aad[:8]
+	}
+	o.aead.Seal(b[start:start], nonce, b[start:ctEnd], aad)
+	h := start - HeaderLen
+	be.PutUint32(b[h:], o.spi)
+	be.PutUint32(b[h+4:], uint32(seq))
+	be.PutUint64(b[h+8:], seq)
+	o.c.packets.Add(1)
+	o.c.bytes.Add(uint64(end - start))
+	return h, ctEnd + ICVLen, nil
+}
+
 // Inbound is the receiving side of an SA: it authenticates, checks replay
 // and decrypts. Open is meant for the one goroutine that receives from the
 // underlay, but it is safe for concurrent use: the replay window is checked
