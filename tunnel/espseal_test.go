@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
+	"math"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -144,10 +145,16 @@ func TestHelpersDoNotAllocate(t *testing.T) {
 	if st := rn.Stats(); st.RxPackets == 0 || len(st.Drops) != 0 || len(rv.Stats().Drops) != 0 {
 		t.Fatalf("nothing delivered: %+v, vtep drops %v", st, rv.Stats().Drops)
 	}
+	// Mallocs counts the whole process: the runtime itself allocates now
+	// and then (a channel wait after a collection refills its sudog cache
+	// with one allocation), so one clean window out of five in which a
+	// helper sealed passes. A per-datagram or per-batch allocation shows
+	// in every window (20 or more).
 	var ms runtime.MemStats
-	for window := 0; ; window++ {
+	fewest, helped := uint64(math.MaxUint64), 0
+	for window := 0; helped < 5; window++ {
 		if window == 50 {
-			t.Fatal("no window of 20 batches in which a helper sealed")
+			t.Fatalf("only %d windows of 20 batches in which a helper sealed", helped)
 		}
 		sealed := v.Stats().HelperSealed
 		runtime.ReadMemStats(&ms)
@@ -159,11 +166,12 @@ func TestHelpersDoNotAllocate(t *testing.T) {
 		if v.Stats().HelperSealed == sealed {
 			continue
 		}
-		if d := ms.Mallocs - before; d != 0 {
-			t.Fatalf("%d allocations in 20 batches of %d datagrams sealed with a helper and opened", d, segs)
+		helped++
+		if fewest = min(fewest, ms.Mallocs-before); fewest == 0 {
+			return
 		}
-		return
 	}
+	t.Fatalf("%d allocations (the fewest of %d windows) in 20 batches of %d datagrams sealed with a helper and opened", fewest, helped, segs)
 }
 
 // BenchmarkESPWriteSuperSegment seals a 64 KB super-segment (47 ESP
