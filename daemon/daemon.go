@@ -197,6 +197,10 @@ type Daemon struct {
 	// ipsByNet caches the addresses of endpointsOf (ipTaken); guarded by
 	// mu.
 	ipsByNet map[string]map[netip.Addr]bool
+	// backendCtrs caches the containers with an endpoint that joined a
+	// service (backendContainers), the only ones syncHealth looks at; nil
+	// means not known. Guarded by mu.
+	backendCtrs map[*container]bool
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

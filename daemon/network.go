@@ -186,6 +186,7 @@ func (d *Daemon) endpointsOf(n *localNetwork) []*endpoint {
 func (d *Daemon) endpointsChanged() {
 	clear(d.epsByNet)
 	clear(d.ipsByNet)
+	d.backendCtrs = nil
 }
 
 // containerChanged is endpointsChanged for a change of one container c:
@@ -195,6 +196,13 @@ func (d *Daemon) endpointsChanged() {
 // Callers hold d.mu.
 func (d *Daemon) containerChanged(c *container) {
 	present := d.containers[c.name] == c
+	if d.backendCtrs != nil {
+		if present && c.isBackend() {
+			d.backendCtrs[c] = true
+		} else {
+			delete(d.backendCtrs, c)
+		}
+	}
 	for name, eps := range d.epsByNet {
 		var now *endpoint
 		if present {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -13,6 +14,7 @@ import (
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
 // epEntry is an endpoints-table entry of node "peer" for container name
@@ -291,5 +293,66 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		}
 		d.mu.Unlock()
 		check(step)
+	}
+}
+
+// TestBackendContainersFollowRunsAndRemovals: the set of containers
+// syncHealth looks at (those with an endpoint that joined a service), kept
+// up to date run by run, equals the one found by walking every container,
+// after each of random runs (with and without a service), attaches,
+// detaches and removals; and the health checks' targets are those of the
+// backends that exist.
+func TestBackendContainersFollowRunsAndRemovals(t *testing.T) {
+	sb := newHealthSandbox(t)
+	d := startNode(t, nodeConfig(t, tunnel.NewMemNetwork(), "h1", netip.MustParseAddr("127.0.0.1"), sb, t.TempDir()))
+	t.Cleanup(d.Close)
+	for i, name := range []string{"web", "db"} {
+		if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: name, Subnet: fmt.Sprintf("10.%d.0.0/16", 40+i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web", "db"}, HealthHTTP: ":80/health interval=1h"})
+	rng := rand.New(rand.NewPCG(3, 4))
+	backends := 0
+	for step := range 150 {
+		name := fmt.Sprintf("c%d", rng.IntN(10))
+		network := []string{"web", "db"}[rng.IntN(2)]
+		switch rng.IntN(4) {
+		case 0:
+			d.Attach(api.AttachRequest{Network: network, Name: name, Create: true})
+		case 1:
+			d.Attach(api.AttachRequest{Network: network, Name: name, Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+		case 2:
+			d.Detach(name, network)
+		default:
+			d.RemoveContainer(name)
+		}
+		d.mu.Lock()
+		kept := maps.Clone(d.backendContainers())
+		targets := map[string]bool{}
+		for _, r := range d.healthRefs {
+			targets[r.container+"/"+r.network] = true
+		}
+		d.backendCtrs = nil
+		fresh := d.backendContainers()
+		want := map[string]bool{}
+		for _, c := range d.containers {
+			for _, ep := range c.endpoints {
+				if len(ep.services) > 0 {
+					want[c.name+"/"+ep.net.rec.Name] = true
+				}
+			}
+		}
+		d.mu.Unlock()
+		if !maps.Equal(kept, fresh) {
+			t.Fatalf("step %d: kept set of backend containers has %d, a fresh walk %d", step, len(kept), len(fresh))
+		}
+		if !maps.Equal(targets, want) {
+			t.Fatalf("step %d: health check targets %v, want %v", step, targets, want)
+		}
+		backends = max(backends, len(kept))
+	}
+	if backends == 0 {
+		t.Fatal("no step had a backend: the test checked nothing")
 	}
 }
