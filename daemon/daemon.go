@@ -201,6 +201,9 @@ type Daemon struct {
 	// service (backendContainers), the only ones syncHealth looks at; nil
 	// means not known. Guarded by mu.
 	backendCtrs map[*container]bool
+	// byNetns caches the containers (not host TAPs) by their namespace's
+	// identity (containerByNetns); nil means not known. Guarded by mu.
+	byNetns map[[2]uint64][]*container
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

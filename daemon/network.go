@@ -187,6 +187,7 @@ func (d *Daemon) endpointsChanged() {
 	clear(d.epsByNet)
 	clear(d.ipsByNet)
 	d.backendCtrs = nil
+	d.byNetns = nil
 }
 
 // containerChanged is endpointsChanged for a change of one container c:
@@ -196,6 +197,18 @@ func (d *Daemon) endpointsChanged() {
 // Callers hold d.mu.
 func (d *Daemon) containerChanged(c *container) {
 	present := d.containers[c.name] == c
+	if d.byNetns != nil {
+		k := [2]uint64{c.nsDev, c.nsIno}
+		l := slices.DeleteFunc(slices.Clone(d.byNetns[k]), func(o *container) bool { return o == c })
+		if present && !c.hostTAP {
+			l = append(l, c)
+		}
+		if len(l) == 0 {
+			delete(d.byNetns, k)
+		} else {
+			d.byNetns[k] = l
+		}
+	}
 	if d.backendCtrs != nil {
 		if present && c.isBackend() {
 			d.backendCtrs[c] = true

@@ -251,7 +251,8 @@ func TestIPTakenEqualsUsedIPs(t *testing.T) {
 // TestPatchedEndpointListsEqualFresh makes random runs, attaches to a
 // second network, detaches and removals, and checks after each that every
 // kept endpointsOf list (patched by containerChanged) equals the list
-// made from scratch, the same endpoints in the same order.
+// made from scratch, the same endpoints in the same order, and the kept
+// index of containers by netns the one made from scratch.
 func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
 	t.Cleanup(d.Close)
@@ -269,7 +270,13 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		for _, n := range d.networks {
 			kept[n.rec.Name] = d.endpointsOf(n)
 		}
+		d.containerByNetns(0, 0)
+		keptNetns := maps.Clone(d.byNetns)
 		d.endpointsChanged()
+		d.containerByNetns(0, 0)
+		if !maps.EqualFunc(keptNetns, d.byNetns, func(a, b []*container) bool { return len(a) == 1 && len(b) == 1 && a[0] == b[0] }) {
+			t.Fatalf("step %d: containers by netns: kept index %d long, fresh one %d long", step, len(keptNetns), len(d.byNetns))
+		}
 		for _, n := range d.networks {
 			if got, want := kept[n.rec.Name], d.endpointsOf(n); !slices.Equal(got, want) {
 				t.Fatalf("step %d: endpoints of %s: kept list %d long, fresh one %d long", step, n.rec.Name, len(got), len(want))
@@ -291,6 +298,7 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		for _, n := range d.networks {
 			d.endpointsOf(n) // keep every list, so that the next change patches it
 		}
+		d.containerByNetns(0, 0) // and the index by netns
 		d.mu.Unlock()
 		check(step)
 	}
