@@ -196,7 +196,7 @@ type Daemon struct {
 	epsByNet map[string][]*endpoint
 	// ipsByNet caches the addresses of endpointsOf (ipTaken); guarded by
 	// mu.
-	ipsByNet map[string]map[netip.Addr]bool
+	ipsByNet map[string]map[netip.Addr]int
 	// backendCtrs caches the containers with an endpoint that joined a
 	// service (backendContainers), the only ones syncHealth looks at; nil
 	// means not known. Guarded by mu.

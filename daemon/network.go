@@ -133,12 +133,12 @@ func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
 	local := d.ipsByNet[name]
 	if local == nil {
 		eps := d.endpointsOf(n)
-		local = make(map[netip.Addr]bool, len(eps))
+		local = make(map[netip.Addr]int, len(eps))
 		for _, ep := range eps {
-			local[ep.ip] = true
+			local[ep.ip]++
 		}
 		if d.ipsByNet == nil {
-			d.ipsByNet = map[string]map[netip.Addr]bool{}
+			d.ipsByNet = map[string]map[netip.Addr]int{}
 		}
 		d.ipsByNet[name] = local
 	}
@@ -150,7 +150,7 @@ func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
 	}
 	d.endpointSet() // brings the address index up to the cluster's generation
 	return func(a netip.Addr) bool {
-		if a == n.gw || (n.gwHost.IsValid() && a == n.gwHost) || local[a] || vips[a] {
+		if a == n.gw || (n.gwHost.IsValid() && a == n.gwHost) || local[a] > 0 || vips[a] {
 			return true
 		}
 		if _, ok := d.reservedIPs[name][a]; ok {
@@ -238,7 +238,18 @@ func (d *Daemon) containerChanged(c *container) {
 			out = nil
 		}
 		d.epsByNet[name] = out
-		delete(d.ipsByNet, name)
+		// The addresses of the list, patched the same way (counted: the
+		// map is shared by no one, ipTaken's callers hold d.mu).
+		if ips := d.ipsByNet[name]; ips != nil {
+			if found {
+				if ips[eps[i].ip]--; ips[eps[i].ip] <= 0 {
+					delete(ips, eps[i].ip)
+				}
+			}
+			if now != nil {
+				ips[now.ip]++
+			}
+		}
 	}
 }
 

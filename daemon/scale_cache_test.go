@@ -252,7 +252,8 @@ func TestIPTakenEqualsUsedIPs(t *testing.T) {
 // second network, detaches and removals, and checks after each that every
 // kept endpointsOf list (patched by containerChanged) equals the list
 // made from scratch, the same endpoints in the same order, and the kept
-// index of containers by netns the one made from scratch.
+// addresses of each list and index of containers by netns the ones made
+// from scratch.
 func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
 	t.Cleanup(d.Close)
@@ -272,7 +273,18 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		}
 		d.containerByNetns(0, 0)
 		keptNetns := maps.Clone(d.byNetns)
+		keptIPs := map[string]map[netip.Addr]int{}
+		for _, n := range d.networks {
+			d.ipTaken(n)
+			keptIPs[n.rec.Name] = maps.Clone(d.ipsByNet[n.rec.Name])
+		}
 		d.endpointsChanged()
+		for _, n := range d.networks {
+			d.ipTaken(n)
+			if got, want := keptIPs[n.rec.Name], d.ipsByNet[n.rec.Name]; !maps.Equal(got, want) {
+				t.Fatalf("step %d: addresses of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
+			}
+		}
 		d.containerByNetns(0, 0)
 		if !maps.EqualFunc(keptNetns, d.byNetns, func(a, b []*container) bool { return len(a) == 1 && len(b) == 1 && a[0] == b[0] }) {
 			t.Fatalf("step %d: containers by netns: kept index %d long, fresh one %d long", step, len(keptNetns), len(d.byNetns))
@@ -297,6 +309,7 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		d.mu.Lock()
 		for _, n := range d.networks {
 			d.endpointsOf(n) // keep every list, so that the next change patches it
+			d.ipTaken(n)     // and its addresses
 		}
 		d.containerByNetns(0, 0) // and the index by netns
 		d.mu.Unlock()
