@@ -204,6 +204,8 @@ type Daemon struct {
 	// byNetns caches the containers (not host TAPs) by their namespace's
 	// identity (containerByNetns); nil means not known. Guarded by mu.
 	byNetns map[[2]uint64][]*container
+	// portsOf caches desiredPorts by network; guarded by mu.
+	portsOf map[string]portsCache
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

@@ -188,6 +188,7 @@ func (d *Daemon) endpointsChanged() {
 	clear(d.ipsByNet)
 	d.backendCtrs = nil
 	d.byNetns = nil
+	clear(d.portsOf)
 }
 
 // containerChanged is endpointsChanged for a change of one container c:

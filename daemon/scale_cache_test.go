@@ -13,6 +13,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
+	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
@@ -252,8 +253,8 @@ func TestIPTakenEqualsUsedIPs(t *testing.T) {
 // second network, detaches and removals, and checks after each that every
 // kept endpointsOf list (patched by containerChanged) equals the list
 // made from scratch, the same endpoints in the same order, and the kept
-// addresses of each list and index of containers by netns the ones made
-// from scratch.
+// addresses and data-plane ports of each list and index of containers by
+// netns the ones made from scratch.
 func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
 	t.Cleanup(d.Close)
@@ -274,15 +275,20 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		d.containerByNetns(0, 0)
 		keptNetns := maps.Clone(d.byNetns)
 		keptIPs := map[string]map[netip.Addr]int{}
+		keptPorts := map[string][]dataplane.PortConfig{}
 		for _, n := range d.networks {
 			d.ipTaken(n)
 			keptIPs[n.rec.Name] = maps.Clone(d.ipsByNet[n.rec.Name])
+			keptPorts[n.rec.Name] = d.desiredPorts(n)
 		}
 		d.endpointsChanged()
 		for _, n := range d.networks {
 			d.ipTaken(n)
 			if got, want := keptIPs[n.rec.Name], d.ipsByNet[n.rec.Name]; !maps.Equal(got, want) {
 				t.Fatalf("step %d: addresses of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
+			}
+			if got, want := keptPorts[n.rec.Name], d.desiredPorts(n); !slices.Equal(got, want) {
+				t.Fatalf("step %d: ports of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
 			}
 		}
 		d.containerByNetns(0, 0)
