@@ -197,6 +197,10 @@ type Daemon struct {
 	// ipsByNet caches the addresses of endpointsOf (ipTaken); guarded by
 	// mu.
 	ipsByNet map[string]map[netip.Addr]int
+	// localInBlock counts, with ipsByNet, the addresses of endpointsOf in
+	// each address block of the network's block size (allocateIP skips a
+	// block they fill); guarded by mu.
+	localInBlock map[string]map[netip.Prefix]int
 	// backendCtrs caches the containers with an endpoint that joined a
 	// service (backendContainers), the only ones syncHealth looks at; nil
 	// means not known. Guarded by mu.

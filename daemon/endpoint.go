@@ -516,7 +516,7 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	d.mu.Lock()
 	taken := d.ipTaken(n)
 	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
-		if d.blocks.releasing[blockRef{n.rec.Name, b}] {
+		if d.blocks.releasing[blockRef{n.rec.Name, b}] || d.blockFull(n, b) {
 			continue
 		}
 		if a, err := allocateFunc(b, taken, n.subnet); err == nil {

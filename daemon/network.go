@@ -134,13 +134,15 @@ func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
 	if local == nil {
 		eps := d.endpointsOf(n)
 		local = make(map[netip.Addr]int, len(eps))
+		blocks := map[netip.Prefix]int{}
 		for _, ep := range eps {
 			local[ep.ip]++
+			blocks[blockOf(n.subnet, ep.ip)]++
 		}
 		if d.ipsByNet == nil {
-			d.ipsByNet = map[string]map[netip.Addr]int{}
+			d.ipsByNet, d.localInBlock = map[string]map[netip.Addr]int{}, map[string]map[netip.Prefix]int{}
 		}
-		d.ipsByNet[name] = local
+		d.ipsByNet[name], d.localInBlock[name] = local, blocks
 	}
 	vips := map[netip.Addr]bool{}
 	for _, s := range d.clusterServices() {
@@ -158,6 +160,26 @@ func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
 		}
 		return d.epSet.addrTaken(name, a)
 	}
+}
+
+// blockFull reports whether this node's endpoints on n use every usable
+// address of block b (then no address of b is free, whatever else is
+// taken). Callers hold d.mu and called ipTaken(n) first.
+func (d *Daemon) blockFull(n *localNetwork, b netip.Prefix) bool {
+	b = b.Masked()
+	if b.Bits() != blockBits(n.subnet) || !b.Addr().Is4() {
+		return false
+	}
+	usable := 1 << (32 - b.Bits())
+	if n.subnet.Bits() < 31 {
+		if b.Contains(n.subnet.Masked().Addr()) {
+			usable--
+		}
+		if b.Contains(broadcastAddr(n.subnet)) {
+			usable--
+		}
+	}
+	return d.localInBlock[n.rec.Name][b] >= usable
 }
 
 // endpointsOf lists n's endpoints sorted by container name; callers hold
@@ -186,6 +208,7 @@ func (d *Daemon) endpointsOf(n *localNetwork) []*endpoint {
 func (d *Daemon) endpointsChanged() {
 	clear(d.epsByNet)
 	clear(d.ipsByNet)
+	clear(d.localInBlock)
 	d.backendCtrs = nil
 	d.byNetns = nil
 	clear(d.portsOf)
@@ -241,14 +264,25 @@ func (d *Daemon) containerChanged(c *container) {
 		d.epsByNet[name] = out
 		// The addresses of the list, patched the same way (counted: the
 		// map is shared by no one, ipTaken's callers hold d.mu).
-		if ips := d.ipsByNet[name]; ips != nil {
+		n := d.networks[name]
+		if ips := d.ipsByNet[name]; ips != nil && n == nil {
+			delete(d.ipsByNet, name)
+			delete(d.localInBlock, name)
+		} else if ips != nil {
+			blocks := d.localInBlock[name]
 			if found {
 				if ips[eps[i].ip]--; ips[eps[i].ip] <= 0 {
 					delete(ips, eps[i].ip)
 				}
+				if b := blockOf(n.subnet, eps[i].ip); blocks[b] > 1 {
+					blocks[b]--
+				} else {
+					delete(blocks, b)
+				}
 			}
 			if now != nil {
 				ips[now.ip]++
+				blocks[blockOf(n.subnet, now.ip)]++
 			}
 		}
 	}

@@ -276,9 +276,11 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		keptNetns := maps.Clone(d.byNetns)
 		keptIPs := map[string]map[netip.Addr]int{}
 		keptPorts := map[string][]dataplane.PortConfig{}
+		keptBlocks := map[string]map[netip.Prefix]int{}
 		for _, n := range d.networks {
 			d.ipTaken(n)
 			keptIPs[n.rec.Name] = maps.Clone(d.ipsByNet[n.rec.Name])
+			keptBlocks[n.rec.Name] = maps.Clone(d.localInBlock[n.rec.Name])
 			keptPorts[n.rec.Name] = d.desiredPorts(n)
 		}
 		d.endpointsChanged()
@@ -286,6 +288,9 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 			d.ipTaken(n)
 			if got, want := keptIPs[n.rec.Name], d.ipsByNet[n.rec.Name]; !maps.Equal(got, want) {
 				t.Fatalf("step %d: addresses of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
+			}
+			if got, want := keptBlocks[n.rec.Name], d.localInBlock[n.rec.Name]; !maps.Equal(got, want) {
+				t.Fatalf("step %d: addresses by block of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
 			}
 			if got, want := keptPorts[n.rec.Name], d.desiredPorts(n); !slices.Equal(got, want) {
 				t.Fatalf("step %d: ports of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
@@ -381,5 +386,38 @@ func TestBackendContainersFollowRunsAndRemovals(t *testing.T) {
 	}
 	if backends == 0 {
 		t.Fatal("no step had a backend: the test checked nothing")
+	}
+}
+
+// TestAddressFreedInAFullBlockIsReused: allocation skips the blocks this
+// node's endpoints fill, from counts kept run by run; an address freed by
+// an rm in a full block makes that block count again, and the next run
+// gets that address (the lowest free one), not one in a later block.
+func TestAddressFreedInAFullBlockIsReused(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.44.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]string{}
+	for i := range 40 {
+		name := fmt.Sprintf("c%02d", i)
+		ep, err := d.Attach(api.AttachRequest{Network: "web", Name: name, Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ips[name] = ep.IP
+	}
+	for _, victim := range []string{"c03", "c20"} {
+		if err := d.RemoveContainer(victim); err != nil {
+			t.Fatal(err)
+		}
+		ep, err := d.Attach(api.AttachRequest{Network: "web", Name: victim + "-new", Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.Split(ips[victim], "/")[0]; strings.Split(ep.IP, "/")[0] != want {
+			t.Errorf("after rm %s (%s), the next run got %s, want the freed address", victim, ips[victim], ep.IP)
+		}
 	}
 }
