@@ -206,7 +206,20 @@ type Daemon struct {
 	epsByNet map[string][]*endpoint
 	// ipsByNet caches the addresses of endpointsOf (ipTaken); guarded by
 	// mu.
-	ipsByNet map[string]map[netip.Addr]bool
+	ipsByNet map[string]map[netip.Addr]int
+	// localInBlock counts, with ipsByNet, the addresses of endpointsOf in
+	// each address block of the network's block size (allocateIP skips a
+	// block they fill); guarded by mu.
+	localInBlock map[string]map[netip.Prefix]int
+	// backendCtrs caches the containers with an endpoint that joined a
+	// service (backendContainers), the only ones syncHealth looks at; nil
+	// means not known. Guarded by mu.
+	backendCtrs map[*container]bool
+	// byNetns caches the containers (not host TAPs) by their namespace's
+	// identity (containerByNetns); nil means not known. Guarded by mu.
+	byNetns map[[2]uint64][]*container
+	// portsOf caches desiredPorts by network; guarded by mu.
+	portsOf map[string]portsCache
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

@@ -121,15 +121,45 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 			}
 		}
 		sort.Slice(nc.Peers, func(i, j int) bool { return nc.Peers[i].Less(nc.Peers[j]) })
-		for _, ep := range d.endpointsOf(n) {
-			if ep.dev != nil {
-				nc.Ports = append(nc.Ports, dataplane.PortConfig{Name: ep.portName(), Device: ep.dev, MAC: ep.mac, IP: ep.ip})
-			}
-		}
+		nc.Ports = d.desiredPorts(n)
 		cfg.Networks = append(cfg.Networks, nc)
 	}
 	cfg.Outbound, cfg.Inbound = d.desiredSAs()
 	return cfg
+}
+
+// portsCache is the port list desiredPorts made of one endpointsOf list.
+type portsCache struct {
+	from  []*endpoint
+	ports []dataplane.PortConfig
+}
+
+// desiredPorts lists the ports of n's endpoints that have an open device.
+// The list is made again only when endpointsOf(n) is another list (an
+// endpoint's device is set before its container is recorded, and not
+// changed after), so an apply after one run makes one list, not one per
+// apply; the data plane does not change the lists it is given. Callers
+// hold d.mu.
+func (d *Daemon) desiredPorts(n *localNetwork) []dataplane.PortConfig {
+	eps := d.endpointsOf(n)
+	if c, ok := d.portsOf[n.rec.Name]; ok && c.from != nil && sameEndpoints(c.from, eps) {
+		return c.ports
+	}
+	var ports []dataplane.PortConfig
+	for _, ep := range eps {
+		if ep.dev != nil {
+			ports = append(ports, dataplane.PortConfig{Name: ep.portName(), Device: ep.dev, MAC: ep.mac, IP: ep.ip})
+		}
+	}
+	if d.portsOf == nil {
+		d.portsOf = map[string]portsCache{}
+	}
+	from := eps
+	if from == nil {
+		from = []*endpoint{}
+	}
+	d.portsOf[n.rec.Name] = portsCache{from: from, ports: ports}
+	return ports
 }
 
 // desiredSAs lists the SAs of keyState.installed for the VTEP: per peer,

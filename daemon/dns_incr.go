@@ -31,6 +31,13 @@ type dnsBuilder struct {
 	x     *dnsIndex
 	// views are the answer views by asker group (groupKey).
 	views map[string]*dns.AnswerView
+	// groups are the askers of each group, by groupKey, and groupOf each
+	// asker's group, kept by setNetworks: answers looks at the groups,
+	// not at every asker.
+	groups  map[string]map[string]bool
+	groupOf map[string]string
+	// moved are the askers whose group changed since the last answers.
+	moved map[string]bool
 }
 
 // dnsRef is one name's address on a network.
@@ -69,6 +76,7 @@ type dnsChange struct {
 func (b *dnsBuilder) update(node string, accepted []epRecord, svcs []dnsService) *dnsIndex {
 	if !b.ok {
 		b.ok, b.recs, b.refs, b.views, b.local = true, map[epID]epRecord{}, map[dnsRef]int{}, map[string]*dns.AnswerView{}, map[string]map[string]int{}
+		b.groups, b.groupOf, b.moved = map[string]map[string]bool{}, map[string]string{}, map[string]bool{}
 		b.x = &dnsIndex{networks: map[string][]string{}, names: map[string]map[string][]netip.Addr{}, ptrs: map[string]map[netip.Addr][]string{},
 			services: map[string]map[string]dns.Records{}, vips: map[string]map[netip.Addr]vipName{}, answers: dns.NewAnswers()}
 	}
@@ -223,10 +231,36 @@ func (b *dnsBuilder) setNetworks(x *dnsIndex, asker string) {
 	if len(nets) == 0 {
 		delete(x.networks, asker)
 		delete(b.local, asker)
+		b.setGroup(asker, "", false)
 		return
 	}
 	slices.Sort(nets)
 	x.networks[asker] = nets
+	b.setGroup(asker, groupKey(nets), true)
+}
+
+// setGroup moves asker to group k (out of every group if !in), noting it
+// in b.moved if that changed its group.
+func (b *dnsBuilder) setGroup(asker, k string, in bool) {
+	old, had := b.groupOf[asker]
+	if had == in && old == k {
+		return
+	}
+	b.moved[asker] = true
+	if had {
+		delete(b.groups[old], asker)
+		if len(b.groups[old]) == 0 {
+			delete(b.groups, old)
+		}
+		delete(b.groupOf, asker)
+	}
+	if in {
+		if b.groups[k] == nil {
+			b.groups[k] = map[string]bool{}
+		}
+		b.groups[k][asker] = true
+		b.groupOf[asker] = k
+	}
 }
 
 // applyServices indexes the services again when they changed or an
@@ -266,45 +300,55 @@ func (b *dnsBuilder) applyServices(x, old *dnsIndex, svcs []dnsService, sameSvcs
 // answers makes the precomputed answers of x from those of old: a view is
 // shared while none of its networks changed, patched with the changed
 // names and addresses when some did, and made from scratch for a group of
-// networks new to this node.
+// networks new to this node. It looks at the groups (b.groups) and at the
+// askers that changed group (b.moved), not at every asker.
 func (b *dnsBuilder) answers(x, old *dnsIndex, changes map[string]*dnsChange) *dns.Answers {
-	a := dns.NewAnswers()
-	groups := map[string][]string{}
-	for asker, nets := range x.networks {
-		k := groupKey(nets)
-		groups[k] = append(groups[k], asker)
-	}
-	views := make(map[string]*dns.AnswerView, len(groups))
-	for k, askers := range groups {
-		asker := askers[0]
+	a := old.answers.Next()
+	for k, askers := range b.groups {
+		var asker string
+		for asker = range askers {
+			break
+		}
 		nets := x.networks[asker]
 		lookupName := func(name string) (dns.Records, bool) { return x.lookupName(asker, name) }
 		lookupAddr := func(ip netip.Addr) ([]string, uint32) { return x.lookupAddr(asker, ip) }
 		v := b.views[k]
 		if v == nil {
 			names, addrs := x.groupNames(nets)
-			v = dns.NewAnswerView(names, addrs, lookupName, lookupAddr)
-		} else {
-			var names []string
-			var addrs []netip.Addr
-			for _, n := range nets {
-				if c := changes[n]; c != nil {
-					for name := range c.names {
-						names = append(names, name, name+"."+n)
-					}
-					for ip := range c.addrs {
-						addrs = append(addrs, ip)
-					}
+			b.views[k] = dns.NewAnswerView(names, addrs, lookupName, lookupAddr)
+			continue // its askers moved to it: set below
+		}
+		var names []string
+		var addrs []netip.Addr
+		for _, n := range nets {
+			if c := changes[n]; c != nil {
+				for name := range c.names {
+					names = append(names, name, name+"."+n)
+				}
+				for ip := range c.addrs {
+					addrs = append(addrs, ip)
 				}
 			}
-			if len(names) > 0 || len(addrs) > 0 {
-				v = v.Patch(names, addrs, lookupName, lookupAddr)
-			}
 		}
-		views[k] = v
-		a.SetView(askers, v)
+		if len(names) > 0 || len(addrs) > 0 {
+			b.views[k] = v.Patch(names, addrs, lookupName, lookupAddr)
+			a.ReplaceView(v, b.views[k])
+		}
 	}
-	b.views = views
+	for k, v := range b.views {
+		if b.groups[k] == nil {
+			a.ReplaceView(v, nil)
+			delete(b.views, k)
+		}
+	}
+	for asker := range b.moved {
+		if k, ok := b.groupOf[asker]; ok {
+			a.SetView([]string{asker}, b.views[k])
+		} else {
+			a.Remove(asker)
+		}
+	}
+	clear(b.moved)
 	return a
 }
 

@@ -519,7 +519,7 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	d.mu.Lock()
 	taken := d.ipTaken(n)
 	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
-		if d.blocks.releasing[blockRef{n.rec.Name, b}] {
+		if d.blocks.releasing[blockRef{n.rec.Name, b}] || d.blockFull(n, b) {
 			continue
 		}
 		if a, err := allocateFunc(b, taken, n.subnet); err == nil {
@@ -582,11 +582,21 @@ func (c *container) freeIfName() string {
 	}
 }
 
+// containerByNetns returns a container (not a host TAP) whose namespace is
+// (dev, ino), or nil, from an index kept by containerChanged and made
+// again after endpointsChanged. Callers hold d.mu.
 func (d *Daemon) containerByNetns(dev, ino uint64) *container {
-	for _, c := range d.containers {
-		if c.nsDev == dev && c.nsIno == ino && !c.hostTAP {
-			return c
+	if d.byNetns == nil {
+		d.byNetns = map[[2]uint64][]*container{}
+		for _, c := range d.containers {
+			if !c.hostTAP {
+				k := [2]uint64{c.nsDev, c.nsIno}
+				d.byNetns[k] = append(d.byNetns[k], c)
+			}
 		}
+	}
+	if l := d.byNetns[[2]uint64{dev, ino}]; len(l) > 0 {
+		return l[0]
 	}
 	return nil
 }

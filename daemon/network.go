@@ -133,14 +133,16 @@ func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
 	local := d.ipsByNet[name]
 	if local == nil {
 		eps := d.endpointsOf(n)
-		local = make(map[netip.Addr]bool, len(eps))
+		local = make(map[netip.Addr]int, len(eps))
+		blocks := map[netip.Prefix]int{}
 		for _, ep := range eps {
-			local[ep.ip] = true
+			local[ep.ip]++
+			blocks[blockOf(n.subnet, ep.ip)]++
 		}
 		if d.ipsByNet == nil {
-			d.ipsByNet = map[string]map[netip.Addr]bool{}
+			d.ipsByNet, d.localInBlock = map[string]map[netip.Addr]int{}, map[string]map[netip.Prefix]int{}
 		}
-		d.ipsByNet[name] = local
+		d.ipsByNet[name], d.localInBlock[name] = local, blocks
 	}
 	vips := map[netip.Addr]bool{}
 	for _, s := range d.clusterServices() {
@@ -150,7 +152,7 @@ func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
 	}
 	d.endpointSet() // brings the address index up to the cluster's generation
 	return func(a netip.Addr) bool {
-		if a == n.gw || (n.gwHost.IsValid() && a == n.gwHost) || local[a] || vips[a] {
+		if a == n.gw || (n.gwHost.IsValid() && a == n.gwHost) || local[a] > 0 || vips[a] {
 			return true
 		}
 		if _, ok := d.reservedIPs[name][a]; ok {
@@ -158,6 +160,26 @@ func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
 		}
 		return d.epSet.addrTaken(name, a)
 	}
+}
+
+// blockFull reports whether this node's endpoints on n use every usable
+// address of block b (then no address of b is free, whatever else is
+// taken). Callers hold d.mu and called ipTaken(n) first.
+func (d *Daemon) blockFull(n *localNetwork, b netip.Prefix) bool {
+	b = b.Masked()
+	if b.Bits() != blockBits(n.subnet) || !b.Addr().Is4() {
+		return false
+	}
+	usable := 1 << (32 - b.Bits())
+	if n.subnet.Bits() < 31 {
+		if b.Contains(n.subnet.Masked().Addr()) {
+			usable--
+		}
+		if b.Contains(broadcastAddr(n.subnet)) {
+			usable--
+		}
+	}
+	return d.localInBlock[n.rec.Name][b] >= usable
 }
 
 // endpointsOf lists n's endpoints sorted by container name; callers hold
@@ -186,6 +208,10 @@ func (d *Daemon) endpointsOf(n *localNetwork) []*endpoint {
 func (d *Daemon) endpointsChanged() {
 	clear(d.epsByNet)
 	clear(d.ipsByNet)
+	clear(d.localInBlock)
+	d.backendCtrs = nil
+	d.byNetns = nil
+	clear(d.portsOf)
 }
 
 // containerChanged is endpointsChanged for a change of one container c:
@@ -195,6 +221,25 @@ func (d *Daemon) endpointsChanged() {
 // Callers hold d.mu.
 func (d *Daemon) containerChanged(c *container) {
 	present := d.containers[c.name] == c
+	if d.byNetns != nil {
+		k := [2]uint64{c.nsDev, c.nsIno}
+		l := slices.DeleteFunc(slices.Clone(d.byNetns[k]), func(o *container) bool { return o == c })
+		if present && !c.hostTAP {
+			l = append(l, c)
+		}
+		if len(l) == 0 {
+			delete(d.byNetns, k)
+		} else {
+			d.byNetns[k] = l
+		}
+	}
+	if d.backendCtrs != nil {
+		if present && c.isBackend() {
+			d.backendCtrs[c] = true
+		} else {
+			delete(d.backendCtrs, c)
+		}
+	}
 	for name, eps := range d.epsByNet {
 		var now *endpoint
 		if present {
@@ -217,7 +262,29 @@ func (d *Daemon) containerChanged(c *container) {
 			out = nil
 		}
 		d.epsByNet[name] = out
-		delete(d.ipsByNet, name)
+		// The addresses of the list, patched the same way (counted: the
+		// map is shared by no one, ipTaken's callers hold d.mu).
+		n := d.networks[name]
+		if ips := d.ipsByNet[name]; ips != nil && n == nil {
+			delete(d.ipsByNet, name)
+			delete(d.localInBlock, name)
+		} else if ips != nil {
+			blocks := d.localInBlock[name]
+			if found {
+				if ips[eps[i].ip]--; ips[eps[i].ip] <= 0 {
+					delete(ips, eps[i].ip)
+				}
+				if b := blockOf(n.subnet, eps[i].ip); blocks[b] > 1 {
+					blocks[b]--
+				} else {
+					delete(blocks, b)
+				}
+			}
+			if now != nil {
+				ips[now.ip]++
+				blocks[blockOf(n.subnet, now.ip)]++
+			}
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package daemon
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/cluster"
+	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/packet"
+	"github.com/vxmesh/vxmesh/tunnel"
 )
 
 // epEntry is an endpoints-table entry of node "peer" for container name
@@ -249,7 +252,9 @@ func TestIPTakenEqualsUsedIPs(t *testing.T) {
 // TestPatchedEndpointListsEqualFresh makes random runs, attaches to a
 // second network, detaches and removals, and checks after each that every
 // kept endpointsOf list (patched by containerChanged) equals the list
-// made from scratch, the same endpoints in the same order.
+// made from scratch, the same endpoints in the same order, and the kept
+// addresses and data-plane ports of each list and index of containers by
+// netns the ones made from scratch.
 func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
 	t.Cleanup(d.Close)
@@ -267,7 +272,34 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		for _, n := range d.networks {
 			kept[n.rec.Name] = d.endpointsOf(n)
 		}
+		d.containerByNetns(0, 0)
+		keptNetns := maps.Clone(d.byNetns)
+		keptIPs := map[string]map[netip.Addr]int{}
+		keptPorts := map[string][]dataplane.PortConfig{}
+		keptBlocks := map[string]map[netip.Prefix]int{}
+		for _, n := range d.networks {
+			d.ipTaken(n)
+			keptIPs[n.rec.Name] = maps.Clone(d.ipsByNet[n.rec.Name])
+			keptBlocks[n.rec.Name] = maps.Clone(d.localInBlock[n.rec.Name])
+			keptPorts[n.rec.Name] = d.desiredPorts(n)
+		}
 		d.endpointsChanged()
+		for _, n := range d.networks {
+			d.ipTaken(n)
+			if got, want := keptIPs[n.rec.Name], d.ipsByNet[n.rec.Name]; !maps.Equal(got, want) {
+				t.Fatalf("step %d: addresses of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
+			}
+			if got, want := keptBlocks[n.rec.Name], d.localInBlock[n.rec.Name]; !maps.Equal(got, want) {
+				t.Fatalf("step %d: addresses by block of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
+			}
+			if got, want := keptPorts[n.rec.Name], d.desiredPorts(n); !slices.Equal(got, want) {
+				t.Fatalf("step %d: ports of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
+			}
+		}
+		d.containerByNetns(0, 0)
+		if !maps.EqualFunc(keptNetns, d.byNetns, func(a, b []*container) bool { return len(a) == 1 && len(b) == 1 && a[0] == b[0] }) {
+			t.Fatalf("step %d: containers by netns: kept index %d long, fresh one %d long", step, len(keptNetns), len(d.byNetns))
+		}
 		for _, n := range d.networks {
 			if got, want := kept[n.rec.Name], d.endpointsOf(n); !slices.Equal(got, want) {
 				t.Fatalf("step %d: endpoints of %s: kept list %d long, fresh one %d long", step, n.rec.Name, len(got), len(want))
@@ -288,8 +320,104 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 		d.mu.Lock()
 		for _, n := range d.networks {
 			d.endpointsOf(n) // keep every list, so that the next change patches it
+			d.ipTaken(n)     // and its addresses
 		}
+		d.containerByNetns(0, 0) // and the index by netns
 		d.mu.Unlock()
 		check(step)
+	}
+}
+
+// TestBackendContainersFollowRunsAndRemovals: the set of containers
+// syncHealth looks at (those with an endpoint that joined a service), kept
+// up to date run by run, equals the one found by walking every container,
+// after each of random runs (with and without a service), attaches,
+// detaches and removals; and the health checks' targets are those of the
+// backends that exist.
+func TestBackendContainersFollowRunsAndRemovals(t *testing.T) {
+	sb := newHealthSandbox(t)
+	d := startNode(t, nodeConfig(t, tunnel.NewMemNetwork(), "h1", netip.MustParseAddr("127.0.0.1"), sb, t.TempDir()))
+	t.Cleanup(d.Close)
+	for i, name := range []string{"web", "db"} {
+		if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: name, Subnet: fmt.Sprintf("10.%d.0.0/16", 40+i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web", "db"}, HealthHTTP: ":80/health interval=1h"})
+	rng := rand.New(rand.NewPCG(3, 4))
+	backends := 0
+	for step := range 150 {
+		name := fmt.Sprintf("c%d", rng.IntN(10))
+		network := []string{"web", "db"}[rng.IntN(2)]
+		switch rng.IntN(4) {
+		case 0:
+			d.Attach(api.AttachRequest{Network: network, Name: name, Create: true})
+		case 1:
+			d.Attach(api.AttachRequest{Network: network, Name: name, Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+		case 2:
+			d.Detach(name, network)
+		default:
+			d.RemoveContainer(name)
+		}
+		d.mu.Lock()
+		kept := maps.Clone(d.backendContainers())
+		targets := map[string]bool{}
+		for _, r := range d.healthRefs {
+			targets[r.container+"/"+r.network] = true
+		}
+		d.backendCtrs = nil
+		fresh := d.backendContainers()
+		want := map[string]bool{}
+		for _, c := range d.containers {
+			for _, ep := range c.endpoints {
+				if len(ep.services) > 0 {
+					want[c.name+"/"+ep.net.rec.Name] = true
+				}
+			}
+		}
+		d.mu.Unlock()
+		if !maps.Equal(kept, fresh) {
+			t.Fatalf("step %d: kept set of backend containers has %d, a fresh walk %d", step, len(kept), len(fresh))
+		}
+		if !maps.Equal(targets, want) {
+			t.Fatalf("step %d: health check targets %v, want %v", step, targets, want)
+		}
+		backends = max(backends, len(kept))
+	}
+	if backends == 0 {
+		t.Fatal("no step had a backend: the test checked nothing")
+	}
+}
+
+// TestAddressFreedInAFullBlockIsReused: allocation skips the blocks this
+// node's endpoints fill, from counts kept run by run; an address freed by
+// an rm in a full block makes that block count again, and the next run
+// gets that address (the lowest free one), not one in a later block.
+func TestAddressFreedInAFullBlockIsReused(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.44.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]string{}
+	for i := range 40 {
+		name := fmt.Sprintf("c%02d", i)
+		ep, err := d.Attach(api.AttachRequest{Network: "web", Name: name, Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ips[name] = ep.IP
+	}
+	for _, victim := range []string{"c03", "c20"} {
+		if err := d.RemoveContainer(victim); err != nil {
+			t.Fatal(err)
+		}
+		ep, err := d.Attach(api.AttachRequest{Network: "web", Name: victim + "-new", Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.Split(ips[victim], "/")[0]; strings.Split(ep.IP, "/")[0] != want {
+			t.Errorf("after rm %s (%s), the next run got %s, want the freed address", victim, ips[victim], ep.IP)
+		}
 	}
 }

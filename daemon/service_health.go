@@ -58,7 +58,7 @@ func (d *Daemon) syncHealth() bool {
 	refs := map[string]healthRef{}
 	var ts []health.Target
 	changed := false
-	for _, c := range d.containers {
+	for c := range d.backendContainers() {
 		var dial health.DialFunc
 		if hd, ok := d.sb.(healthDialer); ok {
 			dial = hd.HealthDialer(c.netns)
@@ -96,6 +96,34 @@ func (d *Daemon) syncHealth() bool {
 	}
 	d.healthRefs = refs
 	return changed
+}
+
+// isBackend reports whether an endpoint of c joined a service.
+func (c *container) isBackend() bool {
+	for _, ep := range c.endpoints {
+		if len(ep.services) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// backendContainers returns the containers with an endpoint that joined a
+// service: a set kept up to date by containerChanged and made again after
+// endpointsChanged, so that syncHealth does not walk every container on
+// every apply. An endpoint's services are set before it is recorded
+// (attach, restore) and not changed after, but for their health and
+// draining. Callers hold d.mu.
+func (d *Daemon) backendContainers() map[*container]bool {
+	if d.backendCtrs == nil {
+		d.backendCtrs = map[*container]bool{}
+		for _, c := range d.containers {
+			if c.isBackend() {
+				d.backendCtrs[c] = true
+			}
+		}
+	}
+	return d.backendCtrs
 }
 
 // onHealth is the Prober's callback: it publishes a backend's new

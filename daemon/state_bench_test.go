@@ -33,7 +33,11 @@ func BenchmarkRunThousand(b *testing.B) {
 		d.mu.Lock()
 		before := d.store.written
 		d.mu.Unlock()
+		stopProfile := func() {}
 		for i := range runs {
+			if i == runs-200 {
+				stopProfile = startCPUProfile(b, os.Getenv("VXMESH_BENCH_CPUPROFILE"))
+			}
 			cpu[i] = processCPU(b)
 			t0 := time.Now()
 			if _, err := d.Attach(api.AttachRequest{Network: "web", Name: fmt.Sprintf("c%04d", i), Create: true}); err != nil {
@@ -42,6 +46,7 @@ func BenchmarkRunThousand(b *testing.B) {
 			lat[i] = time.Since(t0)
 		}
 		cpu[runs] = processCPU(b)
+		stopProfile()
 		// Idle: let the watchers settle, then weigh the heap and list.
 		time.Sleep(500 * time.Millisecond)
 		heap1 := heapAfterGC()
@@ -102,6 +107,26 @@ func heapAfterGC() int64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapAlloc)
+}
+
+// startCPUProfile profiles the CPU into path until stop is called (for
+// the last runs, where the per-run cost that grows with the containers
+// shows); path "" profiles nothing.
+func startCPUProfile(b *testing.B, path string) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
 
 // writeHeapProfile writes the heap profile to path (for finding where the

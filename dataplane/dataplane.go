@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,15 @@ type Dataplane struct {
 	switches  atomic.Pointer[[]*vswitch.Switch]
 	sweepStop chan struct{}
 	sweepDone chan struct{}
+
+	// Reconfig's fast path (incremental.go): the port lists applied
+	// last, by network, whether they were clean, the ports on no switch,
+	// by network and name, and, for tests, a switch to take the full
+	// path always.
+	lastPorts  map[string][]PortConfig
+	lastClean  bool
+	unattached map[string]map[string]bool
+	noFastPath bool
 }
 
 // New returns a data plane with no networks. Call Run to start receiving.
@@ -150,7 +160,15 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 	var errs []error
 	dp.ctTimeouts = cfg.Conntrack.Timeouts
 	defer dp.listSwitches()
+	if windows, ok := dp.portWindows(cfg); ok {
+		errs = dp.reconfigPorts(cfg, windows)
+		for _, pw := range windows {
+			dp.lastPorts[pw.w.Name] = slices.Clone(pw.w.Ports)
+		}
+		return errors.Join(errs...)
+	}
 	order, wantPorts := dp.index(cfg, &errs)
+	clean := len(errs) == 0
 	want := make(map[string]*NetworkConfig, len(order))
 	for _, w := range order {
 		want[w.Name] = w
@@ -184,17 +202,7 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 		}
 	}
 
-	// The SAs, before any peer that needs them is added.
-	if !sameSAs(dp.out, dp.in, cfg.Outbound, cfg.Inbound) {
-		dp.changes++
-		// SetSAs installs what does not collide; the lists are recorded
-		// as applied only without error, so a failure is retried.
-		if err := dp.vtep.SetSAs(cfg.Outbound, cfg.Inbound); err != nil {
-			errs = append(errs, &Error{Object: "SAs", Err: err})
-		} else {
-			dp.out, dp.in = cfg.Outbound, cfg.Inbound
-		}
-	}
+	errs = dp.applySAs(cfg, errs)
 
 	// Additions, in a stable order.
 	for k, w := range wantPorts {
@@ -225,7 +233,24 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 		dp.applyGatewayHost(n, w, &errs)
 	}
 	dp.setOverlay(order)
+	dp.lastApplied(order, clean)
 	return errors.Join(errs...)
+}
+
+// applySAs installs cfg's SAs, before any peer that needs them is added,
+// and returns errs with what failed. dp.mu is held.
+func (dp *Dataplane) applySAs(cfg Config, errs []error) []error {
+	if !sameSAs(dp.out, dp.in, cfg.Outbound, cfg.Inbound) {
+		dp.changes++
+		// SetSAs installs what does not collide; the lists are recorded
+		// as applied only without error, so a failure is retried.
+		if err := dp.vtep.SetSAs(cfg.Outbound, cfg.Inbound); err != nil {
+			errs = append(errs, &Error{Object: "SAs", Err: err})
+		} else {
+			dp.out, dp.in = cfg.Outbound, cfg.Inbound
+		}
+	}
+	return errs
 }
 
 // listSwitches records the networks' switches for the sweeper. dp.mu is

@@ -47,19 +47,20 @@ func (dp *Dataplane) addPort(k portKey, w PortConfig) {
 	if bp, ok := w.Device.(busyPoller); ok && dp.busyPoll > 0 {
 		bp.SetBusyPoll(dp.busyPoll)
 	}
-	go p.read(dp.batches)
+	dp.setUnattached(k, true)
+	go p.read(w.Device, dp.batches)
 }
 
-// read hands the batches read from the device to the switch, run to
+// read hands the batches read from dev (the port's device, passed in:
+// Reconfig changes p.cfg's address fields meanwhile) to the switch, run to
 // completion, until the device fails or is closed. A device that can wait
 // for frames (a TAP) borrows a batch from pool for each read, so an idle
 // one holds no buffers; any other owns one batch for its lifetime.
-func (p *port) read(pool *batchPool) {
+func (p *port) read(dev netdev.Device, pool *batchPool) {
 	defer close(p.done)
-	dev := p.cfg.Device
 	w, ok := dev.(netdev.ReadWaiter)
 	if !ok || dev.BatchSize() != pooledBatch {
-		p.readOwn()
+		p.readOwn(dev)
 		return
 	}
 	for {
@@ -79,8 +80,7 @@ func (p *port) read(pool *batchPool) {
 }
 
 // readOwn is read with a batch of the port's own.
-func (p *port) readOwn() {
-	dev := p.cfg.Device
+func (p *port) readOwn(dev netdev.Device) {
 	b := packet.NewBatch(dev.BatchSize())
 	for {
 		n, err := dev.Read(b.Bufs, b.Sizes, packet.Headroom)
@@ -121,6 +121,7 @@ func (dp *Dataplane) attach(p *port, n *network) error {
 	}
 	p.sw = n.sw
 	p.ref.Store(ref)
+	dp.setUnattached(p.key, false)
 	if !p.closing.Load() {
 		select {
 		case <-p.done:
@@ -140,6 +141,7 @@ func (dp *Dataplane) detach(p *port) {
 	dp.changes++
 	p.sw.RemovePort(ref)
 	p.sw = nil
+	dp.setUnattached(p.key, true)
 	select {
 	case <-p.done:
 	default:
@@ -155,5 +157,6 @@ func (dp *Dataplane) removePort(p *port) {
 	<-p.done
 	dp.detach(p)
 	delete(dp.ports, p.key)
+	dp.setUnattached(p.key, false)
 	p.setState("down: stopped")
 }

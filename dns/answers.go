@@ -2,7 +2,9 @@ package dns
 
 import (
 	"encoding/binary"
+	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 )
 
@@ -17,10 +19,21 @@ type AnswerSource interface {
 }
 
 // Answers is an immutable table of precomputed local answers in wire
-// format, per asker. Build one with NewAnswers and Add, then publish it;
-// it is never changed after that.
+// format, per asker. Build one with NewAnswers and Add (or derive one from
+// a published table with Next), then publish it; it is never changed after
+// that.
 type Answers struct {
-	views map[string]*AnswerView
+	// slot maps each asker to its view's index in views; askers that see
+	// the same networks share a view, so a new view for a group is one
+	// write in views, not one per asker.
+	slot map[string]int
+	// views are the views by slot; nil is a free slot.
+	views []*AnswerView
+	// index maps each view in views to its slot.
+	index map[*AnswerView]int
+	// sharedSlot is set while slot is still that of the table Next
+	// derived this one from (copied before the first write).
+	sharedSlot bool
 }
 
 // AnswerView is what one group of askers sees: lower-cased names without
@@ -56,7 +69,15 @@ const (
 
 // NewAnswers returns an empty table.
 func NewAnswers() *Answers {
-	return &Answers{views: map[string]*AnswerView{}}
+	return &Answers{slot: map[string]int{}, index: map[*AnswerView]int{}}
+}
+
+// Next returns a table to change (SetView, ReplaceView, Remove) into the
+// next one, with the askers and views of a (which is not changed). Its
+// cost does not grow with the askers: their map is copied on the first
+// SetView or Remove only.
+func (a *Answers) Next() *Answers {
+	return &Answers{slot: a.slot, views: slices.Clone(a.views), index: maps.Clone(a.index), sharedSlot: true}
 }
 
 // Add precomputes the answers askers get for names (lower-cased, without
@@ -74,8 +95,52 @@ func (a *Answers) Add(askers []string, names []string, addrs []netip.Addr,
 // SetView makes v the view of askers. Like Add, it is for a table not
 // published yet.
 func (a *Answers) SetView(askers []string, v *AnswerView) {
+	i, ok := a.index[v]
+	if !ok {
+		i = slices.Index(a.views, nil)
+		if i < 0 {
+			i = len(a.views)
+			a.views = append(a.views, nil)
+		}
+		a.views[i], a.index[v] = v, i
+	}
+	a.ownSlot()
 	for _, asker := range askers {
-		a.views[asker] = v
+		a.slot[asker] = i
+	}
+}
+
+// ReplaceView gives every asker of view old the view v instead (nil: no
+// view, for askers about to be removed). Like SetView, it is for a table
+// not published yet.
+func (a *Answers) ReplaceView(old, v *AnswerView) {
+	i, ok := a.index[old]
+	if !ok {
+		return
+	}
+	delete(a.index, old)
+	a.views[i] = v
+	if v != nil {
+		a.index[v] = i
+	}
+}
+
+// Remove drops asker from a table not published yet.
+func (a *Answers) Remove(asker string) {
+	a.ownSlot()
+	delete(a.slot, asker)
+}
+
+// Askers lists the askers of the table, sorted.
+func (a *Answers) Askers() []string {
+	return slices.Sorted(maps.Keys(a.slot))
+}
+
+// ownSlot copies the askers' map shared with the table Next derived a
+// from, before a's first change of it.
+func (a *Answers) ownSlot() {
+	if a.sharedSlot {
+		a.slot, a.sharedSlot = maps.Clone(a.slot), false
 	}
 }
 
@@ -103,13 +168,9 @@ func NewAnswerView(names []string, addrs []netip.Addr,
 // others' answers did not change.
 func (v *AnswerView) Patch(names []string, addrs []netip.Addr,
 	lookupName func(name string) (Records, bool), lookupAddr func(netip.Addr) ([]string, uint32)) *AnswerView {
-	out := &AnswerView{names: make(map[string]wireRRs, len(v.names)+len(names)), ptrs: make(map[string]wireRRs, len(v.ptrs)+len(addrs))}
-	for k, w := range v.names {
-		out.names[k] = w
-	}
-	for k, w := range v.ptrs {
-		out.ptrs[k] = w
-	}
+	// maps.Clone copies the tables whole, far cheaper than a put per
+	// entry.
+	out := &AnswerView{names: maps.Clone(v.names), ptrs: maps.Clone(v.ptrs)}
 	for _, name := range names {
 		delete(out.names, name)
 		out.setName(name, lookupName)
@@ -235,7 +296,11 @@ func (a *Answers) view(asker string) *AnswerView {
 	if a == nil {
 		return nil
 	}
-	return a.views[asker]
+	i, ok := a.slot[asker]
+	if !ok {
+		return nil
+	}
+	return a.views[i]
 }
 
 // answer writes into out the response to the UDP query q when it is a plain

@@ -10,8 +10,11 @@
 package vswitch
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -123,6 +126,14 @@ type Switch struct {
 	// mark the view stale instead of publishing it.
 	held  int
 	stale bool
+	// added are the ports AddPort attached since the view was last
+	// published, and full is set when anything else changed since: a
+	// view with only ports added is derived from the last one
+	// (publishAdded), not built from every port.
+	added []*Port
+	full  bool
+	// derivedViews counts the views derived, for tests.
+	derivedViews int
 
 	// queues are the free destination queues input ports borrow
 	// (getQueues); queuesMade counts the ones made, for tests.
@@ -260,7 +271,8 @@ func (s *Switch) AddPort(p Sink, cfg PortConfig) (*Port, error) {
 	if !cfg.MAC.IsZero() {
 		s.statics[cfg.MAC] = staticEntry{ip: cfg.IP, port: r, kind: KindLocal}
 	}
-	s.publish()
+	s.added = append(s.added, r)
+	s.flush()
 	return r, nil
 }
 
@@ -330,12 +342,67 @@ func (s *Switch) RemovePort(r *Port) {
 	s.pruneLearned(s.clock())
 }
 
-// publish builds and installs a new view. s.mu is held.
+// publish installs a new view after a change other than a port added.
+// s.mu is held.
 func (s *Switch) publish() {
+	s.full = true
+	s.flush()
+}
+
+// flush installs the view of the changes made (unless a HoldViews defers
+// it): derived from the last one when ports were only added, else built
+// whole. s.mu is held.
+func (s *Switch) flush() {
 	if s.held > 0 {
 		s.stale = true
 		return
 	}
+	v := s.view.Load()
+	if s.full || v == nil || !s.derivable(v) {
+		v = s.buildView()
+	} else {
+		v = s.withAdded(v)
+		s.derivedViews++
+	}
+	s.added, s.full = nil, false
+	s.view.Store(v)
+}
+
+// derivable reports whether the view of s is last with s.added added:
+// no added port takes a MAC or address that the gateway's or the host's
+// entries override in a view built whole. s.mu is held.
+func (s *Switch) derivable(last *view) bool {
+	for _, r := range s.added {
+		if r.removed.Load() || r.mac == s.gwMAC || r.mac == s.hostMAC || r.mac == last.hostMAC ||
+			(r.ip.IsValid() && (r.ip == s.gwIP || r.ip == s.hostIP)) {
+			return false
+		}
+	}
+	return true
+}
+
+// withAdded derives the next view from last and s.added: the ports put in
+// at their place by id, their entries in copies of the maps (a copy of a
+// map whole is far cheaper than a build entry by entry). s.mu is held.
+func (s *Switch) withAdded(last *view) *view {
+	v := &view{fdb: maps.Clone(last.fdb), arp: maps.Clone(last.arp), hostMAC: last.hostMAC, gwHosts: last.gwHosts}
+	v.ports = make([]*Port, 0, len(last.ports)+len(s.added))
+	v.ports = append(v.ports, last.ports...)
+	for _, r := range s.added {
+		i, _ := slices.BinarySearchFunc(v.ports, r.id, func(p *Port, id int) int { return cmp.Compare(p.id, id) })
+		v.ports = slices.Insert(v.ports, i, r)
+		if !r.mac.IsZero() {
+			v.fdb[r.mac] = r
+			if r.ip.IsValid() {
+				v.arp[r.ip] = r.mac
+			}
+		}
+	}
+	return v
+}
+
+// buildView builds the view from every port and entry. s.mu is held.
+func (s *Switch) buildView() *view {
 	v := &view{
 		fdb: make(map[packet.MAC]*Port, len(s.statics)),
 		arp: make(map[netip.Addr]packet.MAC, len(s.statics)+1),
@@ -364,7 +431,7 @@ func (s *Switch) publish() {
 		v.fdb[s.hostMAC] = gw
 		v.arp[s.hostIP] = s.hostMAC
 	}
-	s.view.Store(v)
+	return v
 }
 
 // HoldViews defers publishing the forwarding view: the control-plane
@@ -383,7 +450,7 @@ func (s *Switch) HoldViews() (release func()) {
 			defer s.mu.Unlock()
 			if s.held--; s.held == 0 && s.stale {
 				s.stale = false
-				s.publish()
+				s.flush()
 			}
 		})
 	}
