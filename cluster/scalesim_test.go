@@ -256,16 +256,23 @@ func startSim(tb testing.TB, n, k int, key []byte, tune func(*Config)) *simClust
 	return s
 }
 
+// simMaxWave bounds how many nodes join at the same time while the
+// simulated cluster forms. A fleet that boots does not join hundreds of
+// nodes in the same millisecond either; at 1,000 nodes a last wave of 488
+// simultaneous joins (each a push/pull of the whole membership, each new
+// member announced to every node) made the cluster churn.
+const simMaxWave = 64
+
 // form joins the nodes into one cluster as a fleet boots: in waves, each
-// twice as large as the last (1, 2, 4, ... nodes), every node of a wave
-// joining two random members of the earlier waves at the same time as the
-// others. It returns when every node sees every node alive, or fails after
-// timeout.
+// twice as large as the last (1, 2, 4, ... nodes) up to simMaxWave, every
+// node of a wave joining two random members of the earlier waves at the
+// same time as the others. It returns when every node sees every node
+// alive, or fails after timeout.
 func (s *simCluster) form(tb testing.TB, timeout time.Duration, progress func(string)) {
 	tb.Helper()
 	rng := rand.New(rand.NewPCG(uint64(len(s.nodes)), 14))
 	for joined := 1; joined < len(s.nodes); {
-		wave := min(joined, len(s.nodes)-joined)
+		wave := min(joined, len(s.nodes)-joined, simMaxWave)
 		errs := make(chan error, wave)
 		var wg sync.WaitGroup
 		for i := joined; i < joined+wave; i++ {
@@ -500,6 +507,10 @@ func runSim(tb testing.TB, sc simConfig) simResult {
 		}
 	}, func(r *simReconciler) int64 { return r.netSeen.Load() })
 	progress(fmt.Sprintf("network on %d nodes", res.Network.Converged))
+	if sc.changes == 0 {
+		s.close()
+		return res
+	}
 	res.Endpoints = s.measure(sc.timeout, func() {
 		if err := s.addEndpoints(sc.changes); err != nil {
 			tb.Fatal(err)
@@ -598,6 +609,7 @@ var (
 	simSlow    = flag.Int("sim-slow", 0, "BenchmarkScaleSim: stretch every timer of every node by this factor (Config.TimeScale); 0 chooses it from the node count")
 	simNodes   = flag.Int("sim-nodes", 0, "BenchmarkScaleSim: run this node count instead of 10, 100 and 1,000")
 	simIdle    = flag.Duration("sim-idle", 10*time.Second, "BenchmarkScaleSim: simulated length of the idle window")
+	simChanges = flag.Int("sim-changes", 1000, "BenchmarkScaleSim: endpoint changes after the network create")
 )
 
 // defaultSlow is the time dilation K for n nodes sharing this machine's
@@ -633,7 +645,7 @@ func BenchmarkScaleSim(b *testing.B) {
 			}
 			for range b.N {
 				runtime.GC()
-				res := runSim(b, simConfig{nodes: n, k: k, changes: 1000, idle: *simIdle, timeout: *simTimeout})
+				res := runSim(b, simConfig{nodes: n, k: k, changes: *simChanges, idle: *simIdle, timeout: *simTimeout})
 				b.Log("\n" + res.String())
 				sim := func(d time.Duration) float64 { return res.sim(d).Seconds() }
 				b.ReportMetric(float64(k), "K")
