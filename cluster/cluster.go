@@ -254,10 +254,14 @@ type Cluster struct {
 
 	claimMu     sync.Mutex
 	reconnectOn atomic.Bool
-	alive       atomic.Int64 // alive members, self included
-	stop        chan struct{}
-	wg          sync.WaitGroup
-	closeOnce   sync.Once
+	// alive counts the members whose state is alive, self included; the
+	// event delegate moves it as a member's state changes (not by counting
+	// the members: memberlist holds its node lock while calling it, once per
+	// member per node as a cluster forms).
+	alive     atomic.Int64
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
 // Start creates the local node, listening on BindAddr:GossipPort. It does
@@ -815,18 +819,6 @@ func (c *Cluster) reconnect(now time.Time) {
 			}
 		}
 	})
-}
-
-// countAliveLocked refreshes the alive member count used by the broadcast
-// queue. c.mu must be held.
-func (c *Cluster) countAliveLocked() {
-	n := 0
-	for _, mi := range c.members {
-		if mi.state == StateAlive {
-			n++
-		}
-	}
-	c.alive.Store(int64(n))
 }
 
 // sendReliable sends msg to node over TCP.
