@@ -751,6 +751,12 @@ func (c *Cluster) Rejoin(addrs []netip.AddrPort) {
 func (c *Cluster) reconnect(now time.Time) {
 	first := min(c.dur(time.Second), c.cfg.ReconnectInterval)
 	c.mu.Lock()
+	if len(c.rejoinWant) == 0 && len(c.rejoin) == 0 && int(c.alive.Load()) == len(c.members) {
+		// Every member is alive and no address waits: nothing to retry
+		// (and no per-member maps to build every tick on every node).
+		c.mu.Unlock()
+		return
+	}
 	alive := map[netip.AddrPort]bool{}
 	lost := map[netip.AddrPort]bool{}
 	for _, mi := range c.members {
