@@ -496,19 +496,20 @@ func runSim(tb testing.TB, sc simConfig) simResult {
 			}
 			return 0
 		})
-	progress("cluster formed")
+	progress("cluster formed\n" + res.phase("formation", res.Formation))
 	if sc.idle > 0 {
 		before := s.net.Stats()
 		res.IdleTime = sc.idle * time.Duration(sc.k)
 		time.Sleep(res.IdleTime) // a measurement window, not a synchronisation
 		res.Idle = s.net.Stats().Sub(before)
+		progress(fmt.Sprintf("idle: %.0f B per simulated second per node", float64(res.Idle.Bytes())/res.sim(res.IdleTime).Seconds()/float64(sc.nodes)))
 	}
 	res.Network = s.measure(sc.timeout, func() {
 		if err := s.createNetwork(); err != nil {
 			tb.Fatal(err)
 		}
 	}, func(r *simReconciler) int64 { return r.netSeen.Load() })
-	progress(fmt.Sprintf("network on %d nodes", res.Network.Converged))
+	progress(fmt.Sprintf("network on %d nodes\n", res.Network.Converged) + res.phase("network create", res.Network))
 	if sc.changes == 0 {
 		s.close()
 		return res
@@ -518,9 +519,24 @@ func runSim(tb testing.TB, sc simConfig) simResult {
 			tb.Fatal(err)
 		}
 	}, func(r *simReconciler) int64 { return r.epsAt.Load() })
-	progress(fmt.Sprintf("endpoints on %d nodes", res.Endpoints.Converged))
+	progress(fmt.Sprintf("endpoints on %d nodes\n", res.Endpoints.Converged) + res.phase(fmt.Sprintf("%d endpoint changes", res.Changes), res.Endpoints))
 	s.close()
 	return res
+}
+
+// phase describes one phase of the run.
+func (r simResult) phase(name string, ph simPhase) string {
+	cores := 0.0
+	if ph.Wall > 0 {
+		cores = ph.CPU.Seconds() / ph.Wall.Seconds()
+	}
+	return fmt.Sprintf("  %s: converged on %d/%d nodes, all in %v simulated (%v wall; half in %v simulated)\n"+
+		"    sent %.1f KB (%.1f KB per node; %d packets, %d lost, %d streams, %.1f KB in streams)\n"+
+		"    CPU %v (%.2f cores busy); churn: %v\n",
+		name, ph.Converged, r.Nodes, r.sim(ph.Time).Round(time.Millisecond), ph.Time.Round(time.Millisecond), r.sim(ph.Median).Round(time.Millisecond),
+		float64(ph.Sent.Bytes())/1e3, float64(ph.Sent.Bytes())/1e3/float64(r.Nodes),
+		ph.Sent.Packets, ph.Sent.Lost, ph.Sent.Streams, float64(ph.Sent.StreamBytes)/1e3,
+		ph.CPU.Round(time.Millisecond), cores, ph.Churn)
 }
 
 // sim converts a wall-clock duration to simulated time.
@@ -547,17 +563,7 @@ func (r simResult) String() string {
 		name string
 		ph   simPhase
 	}{{"formation", r.Formation}, {"network create", r.Network}, {fmt.Sprintf("%d endpoint changes", r.Changes), r.Endpoints}} {
-		cores := 0.0
-		if p.ph.Wall > 0 {
-			cores = p.ph.CPU.Seconds() / p.ph.Wall.Seconds()
-		}
-		fmt.Fprintf(&b, "  %s: converged on %d/%d nodes, all in %v simulated (%v wall; half in %v simulated)\n"+
-			"    sent %.1f KB (%.1f KB per node; %d packets, %d lost, %d streams, %.1f KB in streams)\n"+
-			"    CPU %v (%.2f cores busy); churn: %v\n",
-			p.name, p.ph.Converged, r.Nodes, r.sim(p.ph.Time).Round(time.Millisecond), p.ph.Time.Round(time.Millisecond), r.sim(p.ph.Median).Round(time.Millisecond),
-			float64(p.ph.Sent.Bytes())/1e3, float64(p.ph.Sent.Bytes())/1e3/float64(r.Nodes),
-			p.ph.Sent.Packets, p.ph.Sent.Lost, p.ph.Sent.Streams, float64(p.ph.Sent.StreamBytes)/1e3,
-			p.ph.CPU.Round(time.Millisecond), cores, p.ph.Churn)
+		b.WriteString(r.phase(p.name, p.ph))
 	}
 	if r.Clean() {
 		b.WriteString("  clean: no node was declared dead\n")
