@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -140,4 +141,34 @@ func TestTimeScaleStretchesFailureDetectionAndGrace(t *testing.T) {
 		t.Errorf("cut node's entry gone after %v, want at least %v: dead after %v plus NodeGrace x%d", gone, want, dead, k)
 	}
 	t.Logf("dead after %v, entry gone after %v", dead, gone)
+}
+
+// DisableCompression sends gossip uncompressed: the same compressible
+// entries cost more bytes than with memberlist's compression, and a node
+// without compression converges with one that compresses (each reads the
+// other's packets and streams).
+func TestDisableCompressionSendsUncompressedAndMixes(t *testing.T) {
+	value := []byte(strings.Repeat("compressible endpoint record ", 30))
+	sent := func(off0, off1 bool) MemStats {
+		mem, cs := memCluster(t, 2, func(cfg *Config) {
+			cfg.DisableCompression = cfg.NodeName == simName(0) && off0 || cfg.NodeName == simName(1) && off1
+		})
+		before := mem.Stats()
+		for i := range 20 {
+			if err := cs[i%2].Put("endpoints", fmt.Sprintf("ep%d", i), value); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, 10*time.Second, "every entry on both nodes", func() bool {
+			return len(cs[0].List("endpoints")) == 20 && len(cs[1].List("endpoints")) == 20
+		})
+		return mem.Stats().Sub(before)
+	}
+	on := sent(false, false)
+	off := sent(true, true)
+	sent(true, false) // mixed: converges
+	if off.Bytes() <= on.Bytes() {
+		t.Fatalf("uncompressed gossip sent %d bytes, compressed %d: want more", off.Bytes(), on.Bytes())
+	}
+	t.Logf("20 entries of %d bytes: %d bytes compressed, %d uncompressed", len(value), on.Bytes(), off.Bytes())
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"runtime"
@@ -256,22 +255,34 @@ func startSim(tb testing.TB, n, k int, key []byte, tune func(*Config)) *simClust
 	return s
 }
 
-// form joins the nodes into one cluster as a fleet boots: in waves, each
-// twice as large as the last (1, 2, 4, ... nodes), every node of a wave
-// joining two random members of the earlier waves at the same time as the
-// others. It returns when every node sees every node alive, or fails after
-// timeout.
+// simMaxWave bounds how many nodes join at the same time while the
+// simulated cluster forms. A fleet that boots does not join hundreds of
+// nodes in the same millisecond either; at 1,000 nodes a last wave of 488
+// simultaneous joins (each a push/pull of the whole membership, each new
+// member announced to every node) made the cluster churn.
+const simMaxWave = 64
+
+// form joins the nodes into one cluster as a fleet boots with the same
+// join addresses: in waves, each twice as large as the last (1, 2, 4, ...
+// nodes) up to simMaxWave, every node of a wave joining the first two
+// nodes (the seeds) at the same time as the others. A seed learns every
+// node that joins through it at once, so a joining node gets the whole
+// membership from its join; with random members of earlier waves as join
+// addresses instead, late nodes learned only what those knew yet and
+// waited minutes for push/pull to tell them the rest (1,000 nodes: after
+// 11 simulated seconds some nodes still saw only 488 members alive). It
+// returns when every node sees every node alive, or fails after timeout.
 func (s *simCluster) form(tb testing.TB, timeout time.Duration, progress func(string)) {
 	tb.Helper()
-	rng := rand.New(rand.NewPCG(uint64(len(s.nodes)), 14))
 	for joined := 1; joined < len(s.nodes); {
-		wave := min(joined, len(s.nodes)-joined)
+		wave := min(joined, len(s.nodes)-joined, simMaxWave)
 		errs := make(chan error, wave)
 		var wg sync.WaitGroup
 		for i := joined; i < joined+wave; i++ {
-			a := rng.IntN(joined)
-			b := (a + 1 + rng.IntN(max(joined-1, 1))) % joined
-			peers := []string{simAddr(a).String(), simAddr(b).String()}
+			peers := []string{simAddr(0).String()}
+			if i > 1 {
+				peers = append(peers, simAddr(1).String())
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -450,6 +461,8 @@ type simResult struct {
 	Network   simPhase
 	Endpoints simPhase
 	Changes   int
+	// Uncompressed: the nodes ran with Config.DisableCompression.
+	Uncompressed bool
 }
 
 // simConfig is what one run of the simulation does.
@@ -478,7 +491,7 @@ func runSim(tb testing.TB, sc simConfig) simResult {
 	if testing.Verbose() {
 		s.progress = progress
 	}
-	res := simResult{Nodes: sc.nodes, K: sc.k, Start: time.Since(t0), Changes: sc.changes}
+	res := simResult{Nodes: sc.nodes, K: sc.k, Start: time.Since(t0), Changes: sc.changes, Uncompressed: s.nodes[0].cfg.DisableCompression}
 	progress("nodes started")
 	res.Formation = s.measure(sc.timeout, func() { s.form(tb, sc.timeout, progress) },
 		func(r *simReconciler) int64 {
@@ -487,27 +500,47 @@ func runSim(tb testing.TB, sc simConfig) simResult {
 			}
 			return 0
 		})
-	progress("cluster formed")
+	progress("cluster formed\n" + res.phase("formation", res.Formation))
 	if sc.idle > 0 {
 		before := s.net.Stats()
 		res.IdleTime = sc.idle * time.Duration(sc.k)
 		time.Sleep(res.IdleTime) // a measurement window, not a synchronisation
 		res.Idle = s.net.Stats().Sub(before)
+		progress(fmt.Sprintf("idle: %.0f B per simulated second per node", float64(res.Idle.Bytes())/res.sim(res.IdleTime).Seconds()/float64(sc.nodes)))
 	}
 	res.Network = s.measure(sc.timeout, func() {
 		if err := s.createNetwork(); err != nil {
 			tb.Fatal(err)
 		}
 	}, func(r *simReconciler) int64 { return r.netSeen.Load() })
-	progress(fmt.Sprintf("network on %d nodes", res.Network.Converged))
+	progress(fmt.Sprintf("network on %d nodes\n", res.Network.Converged) + res.phase("network create", res.Network))
+	if sc.changes == 0 {
+		s.close()
+		return res
+	}
 	res.Endpoints = s.measure(sc.timeout, func() {
 		if err := s.addEndpoints(sc.changes); err != nil {
 			tb.Fatal(err)
 		}
 	}, func(r *simReconciler) int64 { return r.epsAt.Load() })
-	progress(fmt.Sprintf("endpoints on %d nodes", res.Endpoints.Converged))
+	progress(fmt.Sprintf("endpoints on %d nodes\n", res.Endpoints.Converged) + res.phase(fmt.Sprintf("%d endpoint changes", res.Changes), res.Endpoints))
 	s.close()
 	return res
+}
+
+// phase describes one phase of the run.
+func (r simResult) phase(name string, ph simPhase) string {
+	cores := 0.0
+	if ph.Wall > 0 {
+		cores = ph.CPU.Seconds() / ph.Wall.Seconds()
+	}
+	return fmt.Sprintf("  %s: converged on %d/%d nodes, all in %v simulated (%v wall; half in %v simulated)\n"+
+		"    sent %.1f KB (%.1f KB per node; %d packets, %d lost, %d streams, %.1f KB in streams)\n"+
+		"    CPU %v (%.2f cores busy); churn: %v\n",
+		name, ph.Converged, r.Nodes, r.sim(ph.Time).Round(time.Millisecond), ph.Time.Round(time.Millisecond), r.sim(ph.Median).Round(time.Millisecond),
+		float64(ph.Sent.Bytes())/1e3, float64(ph.Sent.Bytes())/1e3/float64(r.Nodes),
+		ph.Sent.Packets, ph.Sent.Lost, ph.Sent.Streams, float64(ph.Sent.StreamBytes)/1e3,
+		ph.CPU.Round(time.Millisecond), cores, ph.Churn)
 }
 
 // sim converts a wall-clock duration to simulated time.
@@ -520,8 +553,12 @@ func (r simResult) Clean() bool {
 
 func (r simResult) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d nodes, every timer x%d (simulated time = wall / %d); nodes started in %v\n",
-		r.Nodes, r.K, r.K, r.Start.Round(time.Millisecond))
+	gossip := "compressed"
+	if r.Uncompressed {
+		gossip = "uncompressed"
+	}
+	fmt.Fprintf(&b, "%d nodes, every timer x%d (simulated time = wall / %d), gossip %s; nodes started in %v\n",
+		r.Nodes, r.K, r.K, gossip, r.Start.Round(time.Millisecond))
 	if r.IdleTime > 0 {
 		fmt.Fprintf(&b, "  idle: %.0f B per simulated second per node (%d packets, %d streams in %v simulated)\n",
 			float64(r.Idle.Bytes())/r.sim(r.IdleTime).Seconds()/float64(r.Nodes), r.Idle.Packets, r.Idle.Streams, r.sim(r.IdleTime))
@@ -530,17 +567,7 @@ func (r simResult) String() string {
 		name string
 		ph   simPhase
 	}{{"formation", r.Formation}, {"network create", r.Network}, {fmt.Sprintf("%d endpoint changes", r.Changes), r.Endpoints}} {
-		cores := 0.0
-		if p.ph.Wall > 0 {
-			cores = p.ph.CPU.Seconds() / p.ph.Wall.Seconds()
-		}
-		fmt.Fprintf(&b, "  %s: converged on %d/%d nodes, all in %v simulated (%v wall; half in %v simulated)\n"+
-			"    sent %.1f KB (%.1f KB per node; %d packets, %d lost, %d streams, %.1f KB in streams)\n"+
-			"    CPU %v (%.2f cores busy); churn: %v\n",
-			p.name, p.ph.Converged, r.Nodes, r.sim(p.ph.Time).Round(time.Millisecond), p.ph.Time.Round(time.Millisecond), r.sim(p.ph.Median).Round(time.Millisecond),
-			float64(p.ph.Sent.Bytes())/1e3, float64(p.ph.Sent.Bytes())/1e3/float64(r.Nodes),
-			p.ph.Sent.Packets, p.ph.Sent.Lost, p.ph.Sent.Streams, float64(p.ph.Sent.StreamBytes)/1e3,
-			p.ph.CPU.Round(time.Millisecond), cores, p.ph.Churn)
+		b.WriteString(r.phase(p.name, p.ph))
 	}
 	if r.Clean() {
 		b.WriteString("  clean: no node was declared dead\n")
@@ -598,6 +625,8 @@ var (
 	simSlow    = flag.Int("sim-slow", 0, "BenchmarkScaleSim: stretch every timer of every node by this factor (Config.TimeScale); 0 chooses it from the node count")
 	simNodes   = flag.Int("sim-nodes", 0, "BenchmarkScaleSim: run this node count instead of 10, 100 and 1,000")
 	simIdle    = flag.Duration("sim-idle", 10*time.Second, "BenchmarkScaleSim: simulated length of the idle window")
+	simChanges = flag.Int("sim-changes", 1000, "BenchmarkScaleSim: endpoint changes after the network create")
+	simLZW     = flag.Bool("sim-compress", false, "BenchmarkScaleSim: compress the gossip as the daemon does (off by default: Config.DisableCompression)")
 )
 
 // defaultSlow is the time dilation K for n nodes sharing this machine's
@@ -617,6 +646,12 @@ func defaultSlow(n int) int {
 //
 //	go test -run '^$' -bench ScaleSim -benchtime 1x -timeout 60m ./cluster
 func BenchmarkScaleSim(b *testing.B) {
+	// The nodes gossip uncompressed unless -sim-compress: memberlist's LZW
+	// allocates about 88 KB per packet (68 KB to compress it, 20 KB to
+	// decompress it), two thirds of all allocation, and
+	// with a thousand nodes the collector then stalled every node for
+	// seconds at a time (nodes declared dead). Uncompressed bytes are
+	// reported; -sim-compress at 10 and 100 nodes gives the ratio.
 	// A thousand nodes' heaps in one process: the garbage collector's
 	// work is the simulation's, not the nodes' (each has its own heap), so
 	// collect less often; it shortens the runs and changes no timing.
@@ -633,7 +668,11 @@ func BenchmarkScaleSim(b *testing.B) {
 			}
 			for range b.N {
 				runtime.GC()
-				res := runSim(b, simConfig{nodes: n, k: k, changes: 1000, idle: *simIdle, timeout: *simTimeout})
+				sc := simConfig{nodes: n, k: k, changes: *simChanges, idle: *simIdle, timeout: *simTimeout}
+				if !*simLZW {
+					sc.tune = func(c *Config) { c.DisableCompression = true }
+				}
+				res := runSim(b, sc)
 				b.Log("\n" + res.String())
 				sim := func(d time.Duration) float64 { return res.sim(d).Seconds() }
 				b.ReportMetric(float64(k), "K")

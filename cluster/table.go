@@ -456,6 +456,9 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	c.mu.Lock()
 	prev := c.members[n.Name]
 	rejoin := prev != nil && prev.state != StateAlive
+	if prev == nil || prev.state != StateAlive {
+		c.alive.Add(1)
+	}
 	c.members[n.Name] = &memberInfo{name: n.Name, addr: memberAddr(n), meta: meta, state: StateAlive, since: time.Now()}
 	delete(c.unknown, n.Name)
 	delete(c.leaving, n.Name)
@@ -476,7 +479,6 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 			}
 		}
 	}
-	c.countAliveLocked()
 	c.notifyLocked()
 	c.mu.Unlock()
 	if n.Name != c.cfg.NodeName {
@@ -505,11 +507,13 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 		mi = &memberInfo{name: n.Name, addr: memberAddr(n)}
 		c.members[n.Name] = mi
 	}
+	if mi.state == StateAlive {
+		c.alive.Add(-1)
+	}
 	mi.state, mi.suspect, mi.since = st, false, now
 	if st == StateLeft {
 		c.expireOwnerLocked(n.Name, now)
 	}
-	c.countAliveLocked()
 	c.notifyLocked()
 	c.mu.Unlock()
 	c.log.Info("node "+st, "node", n.Name)
