@@ -178,13 +178,7 @@ func (dp *Dataplane) Reconfig(cfg Config) error {
 	// that left, then networks that left or must be rebuilt.
 	for k, p := range dp.ports {
 		w, ok := wantPorts[k]
-		switch {
-		case !ok || w.Device != p.cfg.Device:
-			dp.removePort(p)
-		case w.MAC != p.cfg.MAC || w.IP != p.cfg.IP:
-			dp.detach(p)
-			p.cfg = w
-		}
+		dp.retire(p, w, ok)
 	}
 	for name, n := range dp.nets {
 		if w := want[name]; w == nil || !n.sameShape(w) {
@@ -261,6 +255,20 @@ func (dp *Dataplane) listSwitches() {
 		sws = append(sws, n.sw)
 	}
 	dp.switches.Store(&sws)
+}
+
+// retire ends what port p can no longer keep given its wanted entry w
+// (ok: the port is still wanted): a port that is not wanted or has another
+// device is removed; one whose address changed leaves its switch and takes
+// w, to join again.
+func (dp *Dataplane) retire(p *port, w PortConfig, ok bool) {
+	switch {
+	case !ok || w.Device != p.cfg.Device:
+		dp.removePort(p)
+	case w.MAC != p.cfg.MAC || w.IP != p.cfg.IP:
+		dp.detach(p)
+		p.cfg = w
+	}
 }
 
 // index lists the networks of cfg and maps its ports by key, reporting

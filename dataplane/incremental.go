@@ -109,13 +109,7 @@ func (dp *Dataplane) reconfigPorts(cfg Config, windows []portWindow) []error {
 				continue
 			}
 			w, ok := pw.nowByName[pc.Name]
-			switch {
-			case !ok || w.Device != p.cfg.Device:
-				dp.removePort(p)
-			case w.MAC != p.cfg.MAC || w.IP != p.cfg.IP:
-				dp.detach(p)
-				p.cfg = w
-			}
+			dp.retire(p, w, ok)
 		}
 	}
 	want := make(map[string]bool, len(cfg.Networks))

@@ -238,11 +238,7 @@ func (o *Outbound) seal(buf []byte, start, end int, nextHeader byte, iv []byte) 
 		return 0, 0, o.c.drop(ReasonSeqExhausted, ErrSeqExhausted)
 	}
 	b := buf[:cap(buf)]
-	for i := range pad {
-		b[end+i] = byte(i + 1)
-	}
-	b[end+pad] = byte(pad)
-	b[end+pad+1] = nextHeader
+	putTrailer(b, end, pad, nextHeader)
 
 	h := start - HeaderLen // ESP header
 	s := h - ScratchLen    // scratch
@@ -324,11 +320,7 @@ func (o *Outbound) SealReserved(buf []byte, start, end int, seq uint64, sc *Scra
 		return 0, 0, o.c.drop(ReasonMalformed, ErrMalformed)
 	}
 	b := buf[:cap(buf)]
-	for i := range pad {
-		b[end+i] = byte(i + 1)
-	}
-	b[end+pad] = byte(pad)
-	b[end+pad+1] = ProtoUDP
+	putTrailer(b, end, pad, ProtoUDP)
 	nonce := sc.nonce[:]
 	copy(nonce, o.salt[:])
 	be.PutUint64(nonce[SaltLen:], seq)
@@ -557,4 +549,14 @@ func (t *Table) Open(buf []byte, start, end int) (sa *Inbound, innerStart, inner
 	}
 	innerStart, innerEnd, nextHeader, err = sa.Open(buf, start, end)
 	return sa, innerStart, innerEnd, nextHeader, err
+}
+
+// putTrailer writes the ESP trailer after a payload ending at end: pad
+// bytes 1, 2, ..., the pad length and the next header (RFC 4303 2.4-2.6).
+func putTrailer(b []byte, end, pad int, next byte) {
+	for i := range pad {
+		b[end+i] = byte(i + 1)
+	}
+	b[end+pad] = byte(pad)
+	b[end+pad+1] = next
 }
