@@ -246,20 +246,32 @@ func waitCount(t *testing.T, what string, get func() uint64, want uint64) {
 	t.Fatalf("%s: %d, want %d", what, get(), want)
 }
 
-// TestEncryptedPathsDoNotAllocate checks the seal (unicast in place and
-// flooded copies) and open paths with AllocsPerRun.
-func TestEncryptedPathsDoNotAllocate(t *testing.T) {
-	mn := NewMemNetwork()
+// espSender returns a VTEP at vtepA with an encrypted segment (MTU mtu)
+// that seals to vtepB with out, and vtepB's ESP socket, which reads what
+// it sends; both are closed at the end of the test.
+func espSender(t *testing.T, mn *MemNetwork, out *esp.Outbound, mtu int) (*VTEP, *Segment, Underlay) {
+	t.Helper()
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
 	peer, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
-	out, _ := testSA(t, 0x3000ab, 4)
 	v := New(Config{Underlay: u})
 	t.Cleanup(func() { v.Close(); peer.Close() })
-	n, _ := v.AddSegment(testVNI, 0)
+	n, err := v.AddSegment(testVNI, mtu)
+	if err != nil {
+		t.Fatal(err)
+	}
 	n.SetCipher(esp.AES128GCM)
 	n.SetPeers([]netip.Addr{vtepB})
 	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
 	v.SetSAs([]OutboundSA{{vtepB, out}}, nil)
+	return v, n, peer
+}
+
+// TestEncryptedPathsDoNotAllocate checks the seal (unicast in place and
+// flooded copies) and open paths with AllocsPerRun.
+func TestEncryptedPathsDoNotAllocate(t *testing.T) {
+	mn := NewMemNetwork()
+	out, _ := testSA(t, 0x3000ab, 4)
+	_, n, peer := espSender(t, mn, out, 0)
 	drain := make([]Message, packet.BatchSize)
 	for i := range drain {
 		drain[i].Buf = make([]byte, 2048)

@@ -91,16 +91,8 @@ func TestSealersKeepWireOrderAndBytes(t *testing.T) {
 func TestHelpersDoNotAllocate(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
 	mn := NewMemNetwork()
-	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
-	peer, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port))
 	out, in := testSA(t, 0x3000ad, 13)
-	v := New(Config{Underlay: u})
-	t.Cleanup(func() { v.Close(); peer.Close() })
-	n, _ := v.AddSegment(testVNI, 1405)
-	n.SetCipher(esp.AES128GCM)
-	n.SetPeers([]netip.Addr{vtepB})
-	n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
-	v.SetSAs([]OutboundSA{{vtepB, out}}, nil)
+	v, n, peer := espSender(t, mn, out, 1405)
 
 	ru, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
 	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port+1))

@@ -264,13 +264,7 @@ func (o *Outbound) seal(buf []byte, start, end int, nextHeader byte, iv []byte) 
 	o.aead.Seal(b[start:start], nonce, b[start:ctEnd], aad)
 	ivv := be.Uint64(nonce[SaltLen:])
 	be.PutUint64(b[s:h], saved)
-	be.PutUint32(b[h:], o.spi)
-	be.PutUint32(b[h+4:], uint32(seq))
-	be.PutUint64(b[h+8:], ivv)
-
-	o.c.packets.Add(1)
-	o.c.bytes.Add(uint64(end - start))
-	return h, ctEnd + ICVLen, nil
+	return o.finish(b, h, seq, ivv, end-start), ctEnd + ICVLen, nil
 }
 
 // Reserve takes n consecutive sequence numbers for SealReserved and
@@ -333,13 +327,7 @@ func (o *Outbound) SealReserved(buf []byte, start, end int, seq uint64, sc *Scra
 		aad = aad[:8]
 	}
 	o.aead.Seal(b[start:start], nonce, b[start:ctEnd], aad)
-	h := start - HeaderLen
-	be.PutUint32(b[h:], o.spi)
-	be.PutUint32(b[h+4:], uint32(seq))
-	be.PutUint64(b[h+8:], seq)
-	o.c.packets.Add(1)
-	o.c.bytes.Add(uint64(end - start))
-	return h, ctEnd + ICVLen, nil
+	return o.finish(b, start-HeaderLen, seq, seq, end-start), ctEnd + ICVLen, nil
 }
 
 // Inbound is the receiving side of an SA: it authenticates, checks replay
@@ -559,4 +547,15 @@ func putTrailer(b []byte, end, pad int, next byte) {
 	}
 	b[end+pad] = byte(pad)
 	b[end+pad+1] = next
+}
+
+// finish writes the ESP header (SPI, sequence number, IV) at b[h:], counts
+// a sealed packet of payload bytes, and returns h.
+func (o *Outbound) finish(b []byte, h int, seq, iv uint64, payload int) int {
+	be.PutUint32(b[h:], o.spi)
+	be.PutUint32(b[h+4:], uint32(seq))
+	be.PutUint64(b[h+8:], iv)
+	o.c.packets.Add(1)
+	o.c.bytes.Add(uint64(payload))
+	return h
 }
