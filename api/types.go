@@ -353,6 +353,10 @@ type Stats struct {
 	// (split by the daemon instead) and those received whole; nil while
 	// all are zero.
 	KernelTunnel *KernelTunnelStats `json:"kernel_tunnel,omitempty"`
+	// ESPHelperSealed counts the ESP datagrams of super-segments that a
+	// helper goroutine sealed beside the writing one (encrypted networks
+	// seal on more than one core).
+	ESPHelperSealed uint64 `json:"esp_helper_sealed,omitempty"`
 	// RefusedRecords counts records of the replicated tables this node
 	// refused, once per record version: by table ("networks",
 	// "endpoints") for invalid ones, "endpoint-conflict" for endpoints

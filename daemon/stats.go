@@ -70,6 +70,7 @@ func (d *Daemon) Stats() api.Stats {
 	if ts.TxSupers+ts.SuperFallbacks+ts.RxSupers > 0 {
 		out.KernelTunnel = &api.KernelTunnelStats{TxSupers: ts.TxSupers, SuperFallbacks: ts.SuperFallbacks, RxSupers: ts.RxSupers}
 	}
+	out.ESPHelperSealed = ts.HelperSealed
 	for _, n := range nets {
 		for _, st := range lbs.Networks[n.rec.Name].Services {
 			out.Services = append(out.Services, serviceStatsView(n.rec.Name, st))

@@ -238,7 +238,14 @@ func TestServiceAcrossHosts(t *testing.T) {
 		t.Errorf("host 2 has %d connections, want 0", st2.ConntrackEntries)
 	}
 
+	// The switch adds a batch's counters after it has delivered the
+	// batch, so the count may trail the frame the client already read.
+	deadline := time.Now().Add(5 * time.Second)
 	sw1, _, _ := e.h1.NetworkStats("a")
+	for sw1.Translated < 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		sw1, _, _ = e.h1.NetworkStats("a")
+	}
 	if sw1.Translated != 1 {
 		t.Errorf("host 1 translated %d frames, want 1", sw1.Translated)
 	}

@@ -266,6 +266,28 @@ func espSender(t *testing.T, mn *MemNetwork, out *esp.Outbound, mtu int) (*VTEP,
 	return v, n, peer
 }
 
+// espReceiver is an encrypting VTEP at addr (VXLAN port, ESP port
+// espPort) with one network (testVNI, mtu) whose only peer and remote MAC
+// are vtepA's, frames delivered to nowhere, and in as its inbound SA from
+// vtepA.
+func espReceiver(t *testing.T, mn *MemNetwork, addr netip.Addr, espPort uint16, in *esp.Inbound, mtu int) (*VTEP, *Segment) {
+	t.Helper()
+	ru, _ := mn.Listen(netip.AddrPortFrom(addr, packet.VXLANPort))
+	eu, _ := mn.Listen(netip.AddrPortFrom(addr, espPort))
+	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
+	t.Cleanup(func() { rv.Close() })
+	rn, err := rv.AddSegment(testVNI, mtu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rn.SetCipher(esp.AES128GCM)
+	rn.SetPeers([]netip.Addr{vtepA})
+	rn.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
+	rn.SetInput(func([][]byte, []int, int) {})
+	rv.SetSAs(nil, []InboundSA{{vtepA, in}})
+	return rv, rn
+}
+
 // TestEncryptedPathsDoNotAllocate checks the seal (unicast in place and
 // flooded copies) and open paths with AllocsPerRun.
 func TestEncryptedPathsDoNotAllocate(t *testing.T) {
@@ -319,17 +341,8 @@ func TestEncryptedPathsDoNotAllocate(t *testing.T) {
 
 	// Receive: open and deliver a batch sealed in place in the receive
 	// buffers.
-	ru, _ := mn.Listen(netip.AddrPortFrom(vtepC, packet.VXLANPort))
-	eu, _ := mn.Listen(netip.AddrPortFrom(vtepC, esp.Port))
-	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
-	t.Cleanup(func() { rv.Close() })
-	rn, _ := rv.AddSegment(testVNI, 0)
-	rn.SetCipher(esp.AES128GCM)
-	rn.SetPeers([]netip.Addr{vtepA})
-	rn.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
-	rn.SetInput(func([][]byte, []int, int) {})
 	sout, sin := testSA(t, 0x3000ac, 5)
-	rv.SetSAs(nil, []InboundSA{{vtepA, sin}})
+	rv, rn := espReceiver(t, mn, vtepC, esp.Port, sin, 0)
 	d := vxlanDatagram(testVNI, udpFrame(macB, macA, 1, 2, 1300))
 	r := &rv.erx
 	msgs := r.msgs[:packet.BatchSize]

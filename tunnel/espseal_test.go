@@ -94,16 +94,7 @@ func TestHelpersDoNotAllocate(t *testing.T) {
 	out, in := testSA(t, 0x3000ad, 13)
 	v, n, peer := espSender(t, mn, out, 1405)
 
-	ru, _ := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
-	eu, _ := mn.Listen(netip.AddrPortFrom(vtepB, esp.Port+1))
-	rv := New(Config{Underlay: ru, ESPUnderlay: eu})
-	t.Cleanup(func() { rv.Close() })
-	rn, _ := rv.AddSegment(testVNI, 1405)
-	rn.SetCipher(esp.AES128GCM)
-	rn.SetPeers([]netip.Addr{vtepA})
-	rn.SetRemotes(map[packet.MAC]netip.Addr{macA: vtepA})
-	rn.SetInput(func([][]byte, []int, int) {})
-	rv.SetSAs(nil, []InboundSA{{vtepA, in}})
+	rv, rn := espReceiver(t, mn, vtepB, esp.Port+1, in, 1405)
 
 	mss := 1405 - 20 - 32
 	tso := tsoBuffer(macB, macA, false, 60000, mss)

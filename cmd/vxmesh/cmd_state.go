@@ -63,6 +63,12 @@ func printStats(w io.Writer, s api.Stats) error {
 	if len(s.TunnelDrops) > 0 {
 		fmt.Fprintf(w, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
 	}
+	if k := s.KernelTunnel; k != nil {
+		fmt.Fprintf(w, "Kernel tunnel segmentation: %d super-packets sent, %d refused (split here), %d received whole\n", k.TxSupers, k.SuperFallbacks, k.RxSupers)
+	}
+	if s.ESPHelperSealed > 0 {
+		fmt.Fprintf(w, "ESP: %d datagrams sealed by helper goroutines\n", s.ESPHelperSealed)
+	}
 	if len(s.GossipDrops) > 0 {
 		fmt.Fprintf(w, "Gossip: %s\n", formatDrops(s.GossipDrops))
 	}
