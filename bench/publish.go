@@ -10,6 +10,10 @@ package main
 //   - haproxy: HAProxy (mode tcp) in a namespace with an uplink on the
 //     underlay and an eth0 on the same overlay network (a container), as
 //     HAProxy on a host forwards to a Docker container's bridge address.
+//   - haproxy-remote: the same HAProxy in such a namespace on the second
+//     host (h2, no backend there), forwarding over the overlay (h2's
+//     tunnel to h1) to the same backend: the anchor of mesh-remote, as a
+//     Docker host's HAProxy reaching a container on another node.
 //   - nft-dnat: the kernel's nftables DNAT to the backend's address in
 //     another such namespace, forwarding between uplink and eth0 (with
 //     masquerade on eth0: the backend's default route is the vxmesh
@@ -25,8 +29,11 @@ package main
 // -mtu; the client is an underlay namespace ("out"). Per row: iperf3 TCP client -> container
 // (the direction the gateway's stack sends to the container) and
 // container -> client (-R), new connections per second (wrk
-// Connection: close, with the CPU time per connection of the daemons and
-// of HAProxy) and keep-alive requests per second. Rows are
+// Connection: close, with the CPU time per connection of HAProxy and of
+// both daemons, summed and split h1 / h2) and keep-alive requests per
+// second. New connections per second is compared with HAProxy on the
+// host the client enters: run -p and mesh-local with haproxy (h1),
+// mesh-remote with haproxy-remote (h2), the other ratios are context. Rows are
 // PublishRow values measured by measurePublished, which takes any
 // published address, so a routing-mesh row is one more row.
 
@@ -56,7 +63,10 @@ const publishTopology = "publish"
 const (
 	rowPubVxmesh  = "vxmesh"
 	rowPubHAProxy = "haproxy"
-	rowPubDNAT    = "nft-dnat"
+	// rowPubHAProxyRemote is HAProxy on h2 forwarding through the tunnel
+	// to the backend on h1: mesh-remote's anchor.
+	rowPubHAProxyRemote = "haproxy-remote"
+	rowPubDNAT          = "nft-dnat"
 	// rowPubMeshLocal and rowPubMeshRemote are the routing mesh's
 	// published port on the backend's host and on the host without one.
 	rowPubMeshLocal  = "mesh-local"
@@ -84,12 +94,15 @@ type PublishRow struct {
 	InRetr, OutRetr  int64
 	Close, KeepAlive WrkResult
 	// DaemonCPU and ProxyCPU are the CPU time (user + system) per
-	// request of the Connection: close run of the vxmesh daemons (every
-	// row's frames to and from the container cross h1's switch: the
-	// routers' rows too, their namespaces being containers on the
-	// overlay; the TAP writes carry the receiving kernel's TCP work) and
-	// of HAProxy; zero: not measured.
+	// request of the Connection: close run of the vxmesh daemons of both
+	// hosts, summed (every row's frames to and from the container cross
+	// h1's switch: the routers' rows too, their namespaces being
+	// containers on the overlay; the TAP writes carry the receiving
+	// kernel's TCP work; the remote rows' frames cross h2's switch and
+	// the tunnel too) and of HAProxy; zero: not measured. DaemonCPUs is
+	// DaemonCPU per daemon, in the order of daemonPIDs (h1, h2).
 	DaemonCPU, ProxyCPU time.Duration
+	DaemonCPUs          []time.Duration
 	Err                 error
 
 	client     string // netns path of the outside client this row measures from
@@ -138,9 +151,10 @@ func runPublish(ctx context.Context, cfg config, prefix string, out, log io.Writ
 	return ctx.Err()
 }
 
-// newPublishBed makes the host, the backend b1 (published), the router
-// containers hap and dnat with their uplinks, the servers and HAProxy and
-// the DNAT rules, and returns the rows to measure.
+// newPublishBed makes the hosts, the backend b1 (published), the router
+// containers hap and dnat on h1 and hap2 on h2 with their uplinks, the
+// servers, the two HAProxies and the DNAT rules, and returns the rows to
+// measure.
 func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publishBed, rows []PublishRow, err error) {
 	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
 	if err != nil {
@@ -203,16 +217,17 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	}
 	stopServers = stop
 	net24 := peer.Addr[:strings.LastIndexByte(peer.Addr, '.')]
-	hapAddr, dnatAddr := net24+".240", net24+".241"
-	if err = bed.uplink(ctx, "hap", hapAddr); err != nil {
+	addrs := publishAddrs{h1: h.Addr, h2: bed.ingress.Addr, hap: net24 + ".240", dnat: net24 + ".241", hap2: net24 + ".242"}
+	if err = bed.uplink(ctx, h, "hap", addrs.hap); err != nil {
 		return nil, nil, err
 	}
-	if err = bed.uplink(ctx, "dnat", dnatAddr); err != nil {
+	if err = bed.uplink(ctx, h, "dnat", addrs.dnat); err != nil {
 		return nil, nil, err
 	}
 	if err = startHAProxy(ctx, &bed.ps, tb.Dir, h.ContainerNetnsPath("hap"), []lbServer{backend}); err != nil {
 		return nil, nil, fmt.Errorf("%w: %s", err, logTail(filepath.Join(tb.Dir, "haproxy.log")))
 	}
+	addrs.hapPID = bed.ps.cmds[len(bed.ps.cmds)-1].Process.Pid // nsenter execs haproxy
 	if err = bed.dnat(ctx, bed.backend); err != nil {
 		return nil, nil, err
 	}
@@ -221,30 +236,69 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 			return nil, nil, err
 		}
 	}
+	if addrs.hap2PID, err = bed.remoteHAProxy(ctx, addrs.hap2, backend); err != nil {
+		return nil, nil, err
+	}
 	bed.closeFn = closeBed
-	rows = []PublishRow{
-		{Name: rowPubVxmesh, Desc: "run -p: host socket -> gateway netstack -> container (client's address kept)", Addr: h.Addr},
-		{Name: rowPubHAProxy, Desc: "HAProxy (mode tcp) in a router namespace -> container", Addr: hapAddr},
-		{Name: rowPubDNAT, Desc: "nftables DNAT (+ masquerade) in a router namespace -> container", Addr: dnatAddr},
-	}
-	for i := range rows {
-		rows[i].HTTPPort, rows[i].IperfPort, rows[i].client = httpPort, iperfPort, bed.client
-	}
-	for i := range rows {
-		rows[i].daemonPIDs = []int{h.DaemonPID()}
-	}
-	if n := len(bed.ps.cmds); n > 0 {
-		rows[1].proxyPIDs = []int{bed.ps.cmds[n-1].Process.Pid} // nsenter execs haproxy
-	}
-	rows = append(rows,
-		PublishRow{Name: rowPubMeshLocal, Desc: "routing mesh on the backend's host: host socket -> gateway netstack -> container (client's address kept)",
-			Addr: h.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, daemonPIDs: []int{h.DaemonPID()}},
-		PublishRow{Name: rowPubMeshRemote, Desc: "routing mesh on a host without a backend: ingress -> tunnel -> backend's host -> container, replies steered back",
-			Addr: bed.ingress.Addr, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort, daemonPIDs: []int{h.DaemonPID(), bed.ingress.DaemonPID()}})
+	rows = publishRows(addrs, []int{h.DaemonPID(), bed.ingress.DaemonPID()}, bed.client)
 	if err = ownClients(tb, rows); err != nil {
 		return nil, nil, err
 	}
 	return bed, rows, nil
+}
+
+// publishAddrs are the addresses the client connects to: h1 and h2 (run
+// -p, the routing mesh), the routers hap and dnat on h1 and hap2 on h2,
+// and the two HAProxies' process ids.
+type publishAddrs struct {
+	h1, h2, hap, dnat, hap2 string
+	hapPID, hap2PID         int
+}
+
+// publishRows are the section's rows: every row measures the CPU time of
+// both daemons (h1's, h2's), HAProxy's rows that of their HAProxy; all
+// connect from client (ownClients gives the rows that keep the client's
+// address their own).
+func publishRows(a publishAddrs, daemons []int, client string) []PublishRow {
+	rows := []PublishRow{
+		{Name: rowPubVxmesh, Desc: "run -p: host socket -> gateway netstack -> container (client's address kept)", Addr: a.h1},
+		{Name: rowPubHAProxy, Desc: "HAProxy (mode tcp) in a router namespace on h1 -> container", Addr: a.hap, proxyPIDs: []int{a.hapPID}},
+		{Name: rowPubDNAT, Desc: "nftables DNAT (+ masquerade) in a router namespace on h1 -> container", Addr: a.dnat},
+		{Name: rowPubHAProxyRemote, Desc: "HAProxy (mode tcp) in a router namespace on h2 -> tunnel -> container on h1", Addr: a.hap2, proxyPIDs: []int{a.hap2PID}},
+	}
+	for i := range rows {
+		rows[i].HTTPPort, rows[i].IperfPort = httpPort, iperfPort
+	}
+	rows = append(rows,
+		PublishRow{Name: rowPubMeshLocal, Desc: "routing mesh on the backend's host: host socket -> gateway netstack -> container (client's address kept)",
+			Addr: a.h1, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort},
+		PublishRow{Name: rowPubMeshRemote, Desc: "routing mesh on a host without a backend: ingress -> tunnel -> backend's host -> container, replies steered back",
+			Addr: a.h2, HTTPPort: meshHTTPPort, IperfPort: meshIperfPort})
+	for i := range rows {
+		rows[i].client, rows[i].daemonPIDs = client, daemons
+	}
+	return rows
+}
+
+// remoteHAProxy makes the router container hap2 on the second host, with
+// an uplink at addr, and runs HAProxy there forwarding to backend (on h1,
+// through the tunnel); it returns HAProxy's process id.
+func (bed *publishBed) remoteHAProxy(ctx context.Context, addr string, backend lbServer) (int, error) {
+	h2 := bed.ingress
+	if _, err := h2.CLIContext(ctx, "run", "-d", "--network", "pub", "--name", "hap2", "--", "sleep", "infinity"); err != nil {
+		return 0, err
+	}
+	if err := bed.uplink(ctx, h2, "hap2", addr); err != nil {
+		return 0, err
+	}
+	dir := filepath.Join(bed.tb.Dir, "hap2")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, err
+	}
+	if err := startHAProxy(ctx, &bed.ps, dir, h2.ContainerNetnsPath("hap2"), []lbServer{backend}); err != nil {
+		return 0, fmt.Errorf("%w: %s", err, logTail(filepath.Join(dir, "haproxy.log")))
+	}
+	return bed.ps.cmds[len(bed.ps.cmds)-1].Process.Pid, nil // nsenter execs haproxy
 }
 
 // ownClients gives each row that keeps the client's address (run -p and
@@ -333,12 +387,12 @@ func endpointIPs(h *testbed.Host) (map[string]string, error) {
 	return ips, nil
 }
 
-// uplink gives container ctr a second interface, uplink, on the underlay
-// bridge with address addr/24: a router between the underlay and the
-// overlay.
-func (bed *publishBed) uplink(ctx context.Context, ctr, addr string) error {
+// uplink gives container ctr of host h a second interface, uplink, on the
+// underlay bridge with address addr/24: a router between the underlay and
+// the overlay.
+func (bed *publishBed) uplink(ctx context.Context, h *testbed.Host, ctr, addr string) error {
 	port := "up-" + ctr
-	ns := bed.host.ContainerNetns(ctr)
+	ns := h.ContainerNetns(ctr)
 	for _, args := range [][]string{
 		{"-n", bed.tb.Underlay, "link", "add", port, "mtu", "1500", "type", "veth", "peer", "name", "uplink", "netns", ns},
 		{"-n", bed.tb.Underlay, "link", "set", port, "master", "br0", "up"},
@@ -424,13 +478,13 @@ func measurePublished(ctx context.Context, cfg config, client string, r *Publish
 		}
 		args = append(args, "http://"+http+"/")
 		fmt.Fprintf(log, "  %s: wrk %s\n", r.Name, strings.Join(args, " "))
-		d0, derr0 := cpuTime(r.daemonPIDs)
+		d0, derr0 := cpuTimes(r.daemonPIDs)
 		p0, perr0 := cpuTime(r.proxyPIDs)
 		wr, err := runWrk(ctx, client, args)
 		if err != nil {
 			return err
 		}
-		d1, derr1 := cpuTime(r.daemonPIDs)
+		d1, derr1 := cpuTimes(r.daemonPIDs)
 		p1, perr1 := cpuTime(r.proxyPIDs)
 		if keepAlive {
 			r.KeepAlive = wr
@@ -438,7 +492,11 @@ func measurePublished(ctx context.Context, cfg config, client string, r *Publish
 			r.Close = wr
 			if n := time.Duration(wr.Requests); n > 0 {
 				if derr0 == nil && derr1 == nil {
-					r.DaemonCPU = (d1 - d0) / n
+					r.DaemonCPUs = make([]time.Duration, len(d0))
+					for i := range d0 {
+						r.DaemonCPUs[i] = (d1[i] - d0[i]) / n
+						r.DaemonCPU += r.DaemonCPUs[i]
+					}
 				}
 				if perr0 == nil && perr1 == nil {
 					r.ProxyCPU = (p1 - p0) / n
@@ -454,16 +512,16 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBef
 	fmt.Fprintf(out, "\npublished port, 2 hosts: outside client -> one container on h1 (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
 		mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\tCPU/conn daemon\tproxy\treq/s (keep-alive)\tp99\twrk errors\t")
+	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\tCPU/conn daemons h1+h2\th1 / h2\tHAProxy\treq/s (keep-alive)\tp99\twrk errors\t")
 	by := map[string]PublishRow{}
 	for _, r := range rows {
 		if r.Err != nil {
-			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
+			fmt.Fprintf(tw, "%s\t%s\tfailed: %v\t\t\t\t\t\t\t\t\t\t\t\t\n", r.Name, r.Desc, r.Err)
 			continue
 		}
 		by[r.Name] = r
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
-			r.Close.RequestsPerSec, fmtMs(r.Close.P99), fmtCPU(r.DaemonCPU), fmtCPU(r.ProxyCPU), r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
+		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%.2f\t%d\t%.0f\t%s\t%s\t%s\t%s\t%.0f\t%s\t%d\t\n", r.Name, r.Desc, r.InBps/1e9, r.InRetr, r.OutBps/1e9, r.OutRetr,
+			r.Close.RequestsPerSec, fmtMs(r.Close.P99), fmtCPU(r.DaemonCPU), fmtCPUSplit(r.DaemonCPUs), fmtCPU(r.ProxyCPU), r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
@@ -478,8 +536,11 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBef
 
 // publishRatios compares each front door of vxmesh (run -p and the
 // routing mesh on the backend's host and on a host without one) with
-// HAProxy and nftables DNAT: new connections per second above HAProxy's
-// is the goal, the rest context. A failed row has no ratios.
+// HAProxy and nftables DNAT: new connections per second above those of
+// HAProxy on the host the client enters is the goal (h1's HAProxy
+// for run -p and mesh-local, h2's, haproxy-remote, for mesh-remote), the
+// rest context (mesh-remote is compared with h1's HAProxy and DNAT too).
+// A failed row has no ratios.
 func publishRatios(by map[string]PublishRow) []egressRatio {
 	type metric struct {
 		name string
@@ -495,28 +556,40 @@ func publishRatios(by map[string]PublishRow) []egressRatio {
 		if !aok {
 			continue
 		}
-		for _, s := range []struct {
-			b    string
-			m    metric
-			goal float64 // > goal, or 0: context
-		}{
-			{rowPubHAProxy, conns, 1}, {rowPubDNAT, conns, 0},
-			{rowPubHAProxy, in, 0}, {rowPubDNAT, in, 0},
-			{rowPubHAProxy, outm, 0}, {rowPubDNAT, outm, 0},
-			{rowPubHAProxy, ka, 0}, {rowPubDNAT, ka, 0},
-		} {
-			b, bok := by[s.b]
-			if !bok || s.m.f(b) <= 0 {
-				continue
+		// anchor is the HAProxy of the host the client enters (the
+		// goal), others the routers compared for context.
+		anchor, others := rowPubHAProxy, []string{rowPubDNAT}
+		if row == rowPubMeshRemote {
+			anchor, others = rowPubHAProxyRemote, []string{rowPubHAProxy, rowPubDNAT}
+		}
+		for _, m := range []metric{conns, in, outm, ka} {
+			for i, bname := range append([]string{anchor}, others...) {
+				b, bok := by[bname]
+				if !bok || m.f(b) <= 0 {
+					continue
+				}
+				q := egressRatio{name: fmt.Sprintf("%s %s / %s", m.name, row, bname), value: m.f(a) / m.f(b), goal: "(context)"}
+				if i == 0 && m.name == conns.name {
+					q.goal = "> 1: " + metOrNot(q.value > 1)
+				}
+				res = append(res, q)
 			}
-			q := egressRatio{name: fmt.Sprintf("%s %s / %s", s.m.name, row, s.b), value: s.m.f(a) / s.m.f(b), goal: "(context)"}
-			if s.goal > 0 {
-				q.goal = fmt.Sprintf("> %g: %s", s.goal, metOrNot(q.value > s.goal))
-			}
-			res = append(res, q)
 		}
 	}
 	return res
+}
+
+// fmtCPUSplit formats the CPU time per connection of each daemon, in ms,
+// "-" if not measured.
+func fmtCPUSplit(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = fmt.Sprintf("%.3f", float64(d)/1e6)
+	}
+	return strings.Join(parts, " / ")
 }
 
 // fmtCPU formats a CPU time per connection, "-" if not measured.
@@ -530,22 +603,33 @@ func fmtCPU(d time.Duration) string {
 // cpuTime returns the CPU time (user + system, every thread) the
 // processes pids have used, from /proc/PID/stat (clock ticks of 10 ms).
 func cpuTime(pids []int) (time.Duration, error) {
-	if len(pids) == 0 {
-		return 0, errors.New("no process")
-	}
+	ts, err := cpuTimes(pids)
 	var sum time.Duration
-	for _, pid := range pids {
+	for _, t := range ts {
+		sum += t
+	}
+	return sum, err
+}
+
+// cpuTimes returns the CPU time of each of the processes pids, as
+// cpuTime.
+func cpuTimes(pids []int) ([]time.Duration, error) {
+	if len(pids) == 0 {
+		return nil, errors.New("no process")
+	}
+	ts := make([]time.Duration, len(pids))
+	for i, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		t, err := parseStatCPU(string(b))
 		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+			return nil, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 		}
-		sum += t
+		ts[i] = t
 	}
-	return sum, nil
+	return ts, nil
 }
 
 // clockTick is USER_HZ, the unit of /proc/PID/stat's times (100 on

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +9,9 @@ import (
 	"github.com/vxmesh/vxmesh/api"
 )
 
+// TestPublishRatiosCoverTheMeshRows: run -p and mesh-local have their
+// goal against h1's HAProxy, mesh-remote against h2's (haproxy-remote),
+// with h1's HAProxy as context; every other ratio is context.
 func TestPublishRatiosCoverTheMeshRows(t *testing.T) {
 	row := func(name string, in, out, conns, ka float64) PublishRow {
 		return PublishRow{Name: name, InBps: in, OutBps: out, Close: WrkResult{RequestsPerSec: conns}, KeepAlive: WrkResult{RequestsPerSec: ka}}
@@ -16,6 +20,7 @@ func TestPublishRatiosCoverTheMeshRows(t *testing.T) {
 	for _, r := range []PublishRow{
 		row(rowPubHAProxy, 4e9, 2e9, 1000, 8000),
 		row(rowPubDNAT, 8e9, 8e9, 4000, 16000),
+		row(rowPubHAProxyRemote, 2e9, 4e9, 400, 2000),
 		row(rowPubVxmesh, 2e9, 2e9, 1500, 4000),
 		row(rowPubMeshLocal, 2e9, 1e9, 2000, 8000),
 		row(rowPubMeshRemote, 1e9, 1e9, 500, 4000),
@@ -28,27 +33,103 @@ func TestPublishRatiosCoverTheMeshRows(t *testing.T) {
 	}
 	for _, w := range []egressRatio{
 		{"new conn/s mesh-local / haproxy", 2, "> 1: met"},
-		{"new conn/s mesh-remote / haproxy", 0.5, "> 1: NOT met"},
+		{"new conn/s mesh-remote / haproxy-remote", 1.25, "> 1: met"},
+		{"new conn/s mesh-remote / haproxy", 0.5, "(context)"},
 		{"new conn/s mesh-remote / nft-dnat", 0.125, "(context)"},
 		{"throughput in mesh-local / haproxy", 0.5, "(context)"},
 		{"throughput out mesh-local / nft-dnat", 0.125, "(context)"},
 		{"throughput in mesh-remote / nft-dnat", 0.125, "(context)"},
+		{"throughput out mesh-remote / haproxy-remote", 0.25, "(context)"},
 		{"keep-alive req/s mesh-local / haproxy", 1, "(context)"},
 		{"keep-alive req/s mesh-remote / nft-dnat", 0.25, "(context)"},
+		{"keep-alive req/s mesh-remote / haproxy-remote", 2, "(context)"},
 		{"new conn/s vxmesh / haproxy", 1.5, "> 1: met"},
 	} {
 		if got[w.name] != w {
 			t.Errorf("ratio %q: %+v, want %+v", w.name, got[w.name], w)
 		}
 	}
-	if len(got) != 3*8 {
-		t.Errorf("%d ratios, want 8 for each of the 3 vxmesh rows: %v", len(got), got)
+	if len(got) != 8+8+12 {
+		t.Errorf("%d ratios, want 8 for run -p and mesh-local, 12 for mesh-remote: %v", len(got), got)
+	}
+	for name := range got {
+		if strings.Contains(name, rowPubHAProxyRemote) && !strings.Contains(name, rowPubMeshRemote) {
+			t.Errorf("ratio %q: only mesh-remote is compared with h2's HAProxy", name)
+		}
+	}
+	// Without h2's HAProxy, mesh-remote has no goal ratio; h1's stays context.
+	delete(by, rowPubHAProxyRemote)
+	for _, q := range publishRatios(by) {
+		if strings.Contains(q.name, rowPubMeshRemote) && q.goal != "(context)" {
+			t.Errorf("mesh-remote's goal against another anchor: %+v", q)
+		}
 	}
 	// A failed mesh row (absent from by) has no ratios, not zeros.
 	delete(by, rowPubMeshRemote)
 	for _, q := range publishRatios(by) {
 		if strings.Contains(q.name, rowPubMeshRemote) {
 			t.Errorf("ratio of a failed row: %+v", q)
+		}
+	}
+}
+
+// TestPublishRowsHaveHAProxyOnTheIngressHost: the section measures
+// HAProxy on h2 (the mesh-remote client's entry host) with its own
+// process's CPU, and every row both daemons' CPU.
+func TestPublishRowsHaveHAProxyOnTheIngressHost(t *testing.T) {
+	a := publishAddrs{h1: "10.0.0.1", h2: "10.0.0.2", hap: "10.0.0.240", dnat: "10.0.0.241", hap2: "10.0.0.242", hapPID: 41, hap2PID: 42}
+	rows := publishRows(a, []int{11, 12}, "/run/netns/out")
+	by := map[string]PublishRow{}
+	for _, r := range rows {
+		by[r.Name] = r
+		if len(r.daemonPIDs) != 2 || r.daemonPIDs[0] != 11 || r.daemonPIDs[1] != 12 {
+			t.Errorf("%s: daemons %v, want h1's and h2's [11 12]", r.Name, r.daemonPIDs)
+		}
+		if r.client == "" || r.HTTPPort == 0 || r.IperfPort == 0 {
+			t.Errorf("%s: client %q, ports %d %d", r.Name, r.client, r.HTTPPort, r.IperfPort)
+		}
+	}
+	for name, want := range map[string]struct {
+		addr  string
+		proxy []int
+	}{
+		rowPubHAProxy:       {"10.0.0.240", []int{41}},
+		rowPubHAProxyRemote: {"10.0.0.242", []int{42}},
+		rowPubMeshRemote:    {"10.0.0.2", nil},
+		rowPubMeshLocal:     {"10.0.0.1", nil},
+		rowPubVxmesh:        {"10.0.0.1", nil},
+		rowPubDNAT:          {"10.0.0.241", nil},
+	} {
+		r, ok := by[name]
+		if !ok {
+			t.Errorf("no row %s in %v", name, rows)
+			continue
+		}
+		if r.Addr != want.addr || fmt.Sprint(r.proxyPIDs) != fmt.Sprint(want.proxy) {
+			t.Errorf("%s: addr %s, proxy %v; want %s, %v", name, r.Addr, r.proxyPIDs, want.addr, want.proxy)
+		}
+	}
+}
+
+// TestPrintPublishShowsBothDaemons: the table's daemon CPU column is the
+// sum of h1's and h2's, named so, with the split beside it; the goal
+// ratio of mesh-remote names haproxy-remote.
+func TestPrintPublishShowsBothDaemons(t *testing.T) {
+	rows := []PublishRow{
+		{Name: rowPubHAProxyRemote, Close: WrkResult{RequestsPerSec: 800}, DaemonCPU: 300 * time.Microsecond,
+			DaemonCPUs: []time.Duration{100 * time.Microsecond, 200 * time.Microsecond}, ProxyCPU: 50 * time.Microsecond},
+		{Name: rowPubMeshRemote, Close: WrkResult{RequestsPerSec: 400}, DaemonCPU: 500 * time.Microsecond,
+			DaemonCPUs: []time.Duration{150 * time.Microsecond, 350 * time.Microsecond}},
+	}
+	var b strings.Builder
+	cfg := config{duration: time.Second}
+	cfg.lb.threads, cfg.lb.conns = 1, 32
+	printPublish(&b, cfg, 1450, rows, "1.0", "1.0")
+	out := b.String()
+	for _, want := range []string{"CPU/conn daemons h1+h2", "h1 / h2", "0.300 ms", "0.100 / 0.200", "0.500 ms", "0.150 / 0.350",
+		"new conn/s mesh-remote / haproxy-remote  0.50"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
 }

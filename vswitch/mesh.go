@@ -143,6 +143,11 @@ func (t *meshTable) hash(k *meshKey) uint64 {
 	return mix(mix(x^t.seed) ^ y)
 }
 
+// bucket returns the head of hash h's chain in sh. Its index takes h's
+// high half: the shard is h's low bits (h % meshShards), so an index from
+// those would leave all but 1/meshShards of each shard's buckets empty.
+func (sh *meshShard) bucket(h uint64) *uint32 { return &sh.idx[uint32(h>>32)&sh.mask] }
+
 func (t *meshTable) clientSlot(ip [4]byte) *atomic.Int32 {
 	return &t.clients[mix(t.seed^uint64(binary.BigEndian.Uint32(ip[:])))%meshClientSlots]
 }
@@ -150,7 +155,7 @@ func (t *meshTable) clientSlot(ip [4]byte) *atomic.Int32 {
 // find returns k's live entry in sh (locked) and its chain link, or 0.
 // An expired entry found is freed.
 func (t *meshTable) find(sh *meshShard, k *meshKey, h uint64, now int64) uint32 {
-	p := &sh.idx[uint32(h)&sh.mask]
+	p := sh.bucket(h)
 	for i := *p; i != 0; i = *p {
 		e := &sh.e[i]
 		if e.key == *k {
@@ -199,7 +204,7 @@ func (t *meshTable) learn(k *meshKey, mac packet.MAC, flags uint8, now int64) bo
 		i = sh.free
 		e := &sh.e[i]
 		sh.free = e.next
-		b := &sh.idx[uint32(h)&sh.mask]
+		b := sh.bucket(h)
 		*e = meshEntry{key: *k, next: *b, state: meshUDP}
 		*b = i
 		sh.n++
@@ -269,7 +274,7 @@ func (t *meshTable) drop(k *meshKey) {
 	sh := &t.shards[h%meshShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	p := &sh.idx[uint32(h)&sh.mask]
+	p := sh.bucket(h)
 	for i := *p; i != 0; i = *p {
 		if sh.e[i].key == *k {
 			t.remove(sh, p, i)

@@ -452,38 +452,98 @@ func TestMeshAllocs(t *testing.T) {
 
 // BenchmarkMeshReply measures a backend's replies through its host's
 // switch: steered back to the ingress host's gateway (a hit in the
-// ingress-return table), and, for comparison, a container's egress frame
-// to the gateway (a miss) with the table holding other flows.
+// ingress-return table of 1,000 flows, every reply of one flow; and of
+// 60,000 of its 65,536, the replies of 4,096 flows spread over the table
+// in turn), and, for comparison, a container's egress frame to the
+// gateway (a miss) with the table holding other flows.
 func BenchmarkMeshReply(b *testing.B) {
 	for _, tc := range []struct {
-		name   string
-		client netip.Addr
-	}{{"steered", clientIP}, {"egress", netip.MustParseAddr("198.51.100.77")}} {
+		name         string
+		client       netip.Addr
+		first, flows uint16 // the table's flows: client ports first...first+flows-1
+		batches      int    // of replies to distinct flows; 1: every reply to port 40500
+	}{{"steered", clientIP, 40000, 1000, 1}, {"steered-full", clientIP, 2048, 60000, 64}, {"egress", netip.MustParseAddr("198.51.100.77"), 40000, 1000, 1}} {
 		b.Run(tc.name, func(b *testing.B) {
 			var gw, tun, be netdevtest.Counter
 			sh, _, ptun, pb, _ := newMeshSwitch(b, hostIPH, hostMACH, &gw, &tun, &be, 0)
 			if err := sh.AddRemoteGateway(hostMACI, hostIPI, ptun); err != nil {
 				b.Fatal(err)
 			}
-			for p := range uint16(1000) {
-				input(ptun, seg{srcMAC: hostMACI, dstMAC: macB, src: clientIP, dst: ipB, sport: 40000 + p, dport: 8080, syn: true}.frame())
+			for p := range tc.flows {
+				input(ptun, seg{srcMAC: hostMACI, dstMAC: macB, src: clientIP, dst: ipB, sport: tc.first + p, dport: 8080, syn: true}.frame())
+			}
+			if n := sh.Stats().IngressReturn; n != int(tc.flows) {
+				b.Fatalf("%d ingress-return entries, want %d", n, tc.flows)
 			}
 			f := seg{srcMAC: macB, dstMAC: macGW, src: ipB, dst: tc.client, sport: 8080, dport: 40500, ack: true, payload: 1000}.frame()
-			fs := make([][]byte, packet.BatchSize)
-			for i := range fs {
-				fs[i] = f
+			type rb struct {
+				bufs  [][]byte
+				sizes []int
 			}
-			bufs, sizes := batch(fs...)
-			b.SetBytes(int64(len(f)) * int64(len(bufs)))
-			b.ResetTimer()
-			for range b.N {
-				for i := range bufs {
-					copy(bufs[i][off:off+packet.EthernetHeaderLen], f) // the MACs, rewritten by the last run
+			rbs := make([]rb, tc.batches)
+			for j := range rbs {
+				fs := make([][]byte, packet.BatchSize)
+				for i := range fs {
+					fs[i] = f
+					if tc.batches > 1 {
+						port := tc.first + uint16((j*len(fs)+i)*13%int(tc.flows))
+						fs[i] = seg{srcMAC: macB, dstMAC: macGW, src: ipB, dst: tc.client, sport: 8080, dport: port, ack: true, payload: 1000}.frame()
+					}
 				}
-				pb.Input(bufs, sizes, off)
+				rbs[j].bufs, rbs[j].sizes = batch(fs...)
+			}
+			b.SetBytes(int64(len(f)) * packet.BatchSize)
+			b.ResetTimer()
+			for n := range b.N {
+				r := &rbs[n%len(rbs)]
+				for i := range r.bufs {
+					copy(r.bufs[i][off:off+packet.EthernetHeaderLen], f) // the MACs, rewritten by the last run
+				}
+				pb.Input(r.bufs, r.sizes, off)
 			}
 			b.StopTimer()
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(bufs)), "ns/frame")
+			if _, n, _ := tun.Counts(); n < uint64(b.N*packet.BatchSize) && tc.client == clientIP {
+				b.Fatalf("%d of %d replies steered back to the ingress host", n, b.N*packet.BatchSize)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*packet.BatchSize), "ns/frame")
 		})
+	}
+}
+
+// TestMeshTableSpreadsEachShardOverItsBuckets: a full ingress-return
+// table keeps its hash chains short (the cost of every learn and steer
+// lookup): each shard's entries spread over all of that shard's buckets,
+// not the sixteenth of them whose index shares the shard's hash bits.
+func TestMeshTableSpreadsEachShardOverItsBuckets(t *testing.T) {
+	mt := newMeshTable(16*1024, meshTimes)
+	n := 0
+	for c := 0; n < mt.max(); c++ {
+		k := meshKey{backend: ipB.As4(), client: [4]byte{198, 51, byte(c >> 8), byte(c)}, bport: 8080, cport: uint16(40000 + c%1000), proto: packet.ProtoTCP}
+		if !mt.learn(&k, hostMACI, tcpSYN, 0) {
+			if mt.shards[mt.hash(&k)%meshShards].n < len(mt.shards[0].e)-1 {
+				t.Fatalf("learn refused a flow with room in its shard")
+			}
+			continue
+		}
+		n++
+	}
+	for s := range mt.shards {
+		sh := &mt.shards[s]
+		used, longest := 0, 0
+		for _, head := range sh.idx {
+			l := 0
+			for i := head; i != 0; i = sh.e[i].next {
+				l++
+			}
+			if l > 0 {
+				used++
+			}
+			longest = max(longest, l)
+		}
+		// Random keys at one entry per bucket: a mean chain of about 1.6
+		// among the used buckets, the longest below 12.
+		if mean := float64(sh.n) / float64(used); mean > 2.5 || longest >= 12 {
+			t.Errorf("shard %d: %d entries in %d of %d buckets (mean chain %.1f), longest chain %d", s, sh.n, used, len(sh.idx), mean, longest)
+		}
 	}
 }
