@@ -323,6 +323,9 @@ type NetworkStats struct {
 	// host's gateway identity).
 	IngressReturn    int `json:"ingress_return,omitempty"`
 	IngressReturnMax int `json:"ingress_return_max,omitempty"`
+	// IngressReturnEvicted counts entries of closed flows (FIN or RST
+	// seen) freed before their timeout to make room in a full table.
+	IngressReturnEvicted uint64 `json:"ingress_return_evicted,omitempty"`
 	// BalancerDrops counts the frames to a VIP of the network that its
 	// balancer dropped or refused, by reason ("port", "no-conn",
 	// "no-backend", ...); every reason is listed once the network has

@@ -52,7 +52,7 @@ func (d *Daemon) Stats() api.Stats {
 	for _, n := range nets {
 		s, ts, _ := d.dp.NetworkStats(n.rec.Name)
 		ns := api.NetworkStats{Network: n.rec.Name, Flooded: s.Flooded, ARPSuppressed: s.ARPSuppressed, Drops: s.Drops, Ports: []api.PortStats{},
-			FloodNoPeers: ts.FloodNoPeers, IngressReturn: s.IngressReturn, IngressReturnMax: s.IngressReturnMax,
+			FloodNoPeers: ts.FloodNoPeers, IngressReturn: s.IngressReturn, IngressReturnMax: s.IngressReturnMax, IngressReturnEvicted: s.IngressReturnEvicted,
 			BalancerDrops: lbs.Networks[n.rec.Name].Reasons}
 		for _, p := range s.Ports {
 			ns.Ports = append(ns.Ports, api.PortStats{

@@ -69,6 +69,7 @@ type descs struct {
 	node, portsOmitted                                 *prometheus.Desc
 	flooded, arpSuppressed, floodNoPeers, switchDrops  *prometheus.Desc
 	ingressReturn                                      *prometheus.Desc
+	ingressReturnEvicted                               *prometheus.Desc
 	tunnelDrops, underlayDrops, encrypted, fdbEntries  *prometheus.Desc
 	portPackets, portBytes, portDrops                  *prometheus.Desc
 	peerPackets, peerBytes, peerTxDrops                *prometheus.Desc
@@ -89,43 +90,44 @@ func NewCollector(src Source) *Collector {
 	net, port, peer := "network", "port", "peer"
 	sa := []string{net, peer, "node", "direction", "key"}
 	return &Collector{src: src, eg: newEgressDescs(), svc: newServiceDescs(), d: descs{
-		node:          desc("node_info", "The node this daemon runs as (always 1).", "node"),
-		portsOmitted:  desc("metrics_ports_omitted", "Ports left out of this scrape because of the series cap."),
-		flooded:       desc("network_flooded_frames_total", "Frames the network's switch flooded.", net),
-		arpSuppressed: desc("network_arp_suppressed_total", "ARP requests the switch answered itself.", net),
-		floodNoPeers:  desc("network_flood_no_peers_total", "Frames to flood to other hosts while there was none (not a drop).", net),
-		ingressReturn: desc("network_ingress_return_flows", "Routing-mesh flows whose replies the network's switch sends back to the host they came in through.", net),
-		switchDrops:   desc("network_switch_drops_total", "Frames the network's switch dropped, by reason (all ports, including removed ones).", net, "reason"),
-		tunnelDrops:   desc("network_tunnel_drops_total", "Frames the network's tunnel dropped, by reason.", net, "reason"),
-		underlayDrops: desc("underlay_drops_total", "Datagrams dropped before their network was known, by reason.", "reason"),
-		encrypted:     desc("network_encrypted", "1 if the network's frames are carried in ESP.", net),
-		fdbEntries:    desc("network_fdb_entries", "Forwarding-database entries of the network's switch, by kind.", net, "kind"),
-		portPackets:   desc("port_packets_total", "Frames through a container's switch port (rx: from the container).", net, port, "direction"),
-		portBytes:     desc("port_bytes_total", "Bytes through a container's switch port (rx: from the container).", net, port, "direction"),
-		portDrops:     desc("port_drops_total", "Frames dropped at a switch port, by reason.", net, port, "reason"),
-		peerPackets:   desc("peer_packets_total", "Frames exchanged with a remote VTEP.", net, peer, "node", "direction"),
-		peerBytes:     desc("peer_bytes_total", "Bytes exchanged with a remote VTEP.", net, peer, "node", "direction"),
-		peerTxDrops:   desc("peer_tx_drops_total", "Frames to a remote VTEP that could not be sent.", net, peer, "node"),
-		saPackets:     desc("sa_packets_total", "Packets sealed (out) or opened (in) with an ESP SA.", sa...),
-		saBytes:       desc("sa_bytes_total", "Bytes sealed (out) or opened (in) with an ESP SA.", sa...),
-		saDrops:       desc("sa_drops_total", "Packets an ESP SA refused, by reason.", append(sa, "reason")...),
-		saSeq:         desc("sa_sequence_number", "Last sequence number sent (out) or highest authenticated (in).", sa...),
-		dnsQueries:    desc("dns_queries_total", "DNS queries received by the embedded resolver."),
-		dnsLocal:      desc("dns_local_answers_total", "DNS queries answered from container names and aliases."),
-		dnsForwarded:  desc("dns_forwarded_total", "DNS queries forwarded upstream."),
-		dnsNX:         desc("dns_nxdomain_total", "DNS answers with rcode NXDOMAIN."),
-		dnsFail:       desc("dns_servfail_total", "DNS answers with rcode SERVFAIL."),
-		dnsOverloaded: desc("dns_overloaded_total", "DNS queries refused because too many forwarded queries were in flight."),
-		dnsUpErrors:   desc("dns_upstream_errors_total", "Failed tries at an upstream DNS server."),
-		dnsInflight:   desc("dns_inflight", "Forwarded DNS queries in flight."),
-		dnsListen:     desc("dns_listeners", "Containers the embedded resolver serves."),
-		dnsLatency:    desc("dns_upstream_latency_seconds", "Round trip of the upstream DNS servers' answers."),
-		ringVersion:   desc("keyring_version", "Version of the key ring (0: no ring)."),
-		ringPrimary:   desc("keyring_primary_key_id", "ID of the data key SAs seal with."),
-		ringPending:   desc("keyring_pending_key_id", "ID of the key being rotated in (0: none)."),
-		ringKeys:      desc("keyring_keys", "Keys in the ring."),
-		ringRefused:   desc("keyring_rings_refused_total", "Rings from the cluster this node refused in this run."),
-		members:       desc("cluster_members", "Cluster members by state.", "state"),
+		node:                 desc("node_info", "The node this daemon runs as (always 1).", "node"),
+		portsOmitted:         desc("metrics_ports_omitted", "Ports left out of this scrape because of the series cap."),
+		flooded:              desc("network_flooded_frames_total", "Frames the network's switch flooded.", net),
+		arpSuppressed:        desc("network_arp_suppressed_total", "ARP requests the switch answered itself.", net),
+		floodNoPeers:         desc("network_flood_no_peers_total", "Frames to flood to other hosts while there was none (not a drop).", net),
+		ingressReturn:        desc("network_ingress_return_flows", "Routing-mesh flows whose replies the network's switch sends back to the host they came in through.", net),
+		ingressReturnEvicted: desc("network_ingress_return_evicted_total", "Closed routing-mesh flows (FIN or RST seen) the ingress-return table freed before their timeout to take a new flow.", net),
+		switchDrops:          desc("network_switch_drops_total", "Frames the network's switch dropped, by reason (all ports, including removed ones).", net, "reason"),
+		tunnelDrops:          desc("network_tunnel_drops_total", "Frames the network's tunnel dropped, by reason.", net, "reason"),
+		underlayDrops:        desc("underlay_drops_total", "Datagrams dropped before their network was known, by reason.", "reason"),
+		encrypted:            desc("network_encrypted", "1 if the network's frames are carried in ESP.", net),
+		fdbEntries:           desc("network_fdb_entries", "Forwarding-database entries of the network's switch, by kind.", net, "kind"),
+		portPackets:          desc("port_packets_total", "Frames through a container's switch port (rx: from the container).", net, port, "direction"),
+		portBytes:            desc("port_bytes_total", "Bytes through a container's switch port (rx: from the container).", net, port, "direction"),
+		portDrops:            desc("port_drops_total", "Frames dropped at a switch port, by reason.", net, port, "reason"),
+		peerPackets:          desc("peer_packets_total", "Frames exchanged with a remote VTEP.", net, peer, "node", "direction"),
+		peerBytes:            desc("peer_bytes_total", "Bytes exchanged with a remote VTEP.", net, peer, "node", "direction"),
+		peerTxDrops:          desc("peer_tx_drops_total", "Frames to a remote VTEP that could not be sent.", net, peer, "node"),
+		saPackets:            desc("sa_packets_total", "Packets sealed (out) or opened (in) with an ESP SA.", sa...),
+		saBytes:              desc("sa_bytes_total", "Bytes sealed (out) or opened (in) with an ESP SA.", sa...),
+		saDrops:              desc("sa_drops_total", "Packets an ESP SA refused, by reason.", append(sa, "reason")...),
+		saSeq:                desc("sa_sequence_number", "Last sequence number sent (out) or highest authenticated (in).", sa...),
+		dnsQueries:           desc("dns_queries_total", "DNS queries received by the embedded resolver."),
+		dnsLocal:             desc("dns_local_answers_total", "DNS queries answered from container names and aliases."),
+		dnsForwarded:         desc("dns_forwarded_total", "DNS queries forwarded upstream."),
+		dnsNX:                desc("dns_nxdomain_total", "DNS answers with rcode NXDOMAIN."),
+		dnsFail:              desc("dns_servfail_total", "DNS answers with rcode SERVFAIL."),
+		dnsOverloaded:        desc("dns_overloaded_total", "DNS queries refused because too many forwarded queries were in flight."),
+		dnsUpErrors:          desc("dns_upstream_errors_total", "Failed tries at an upstream DNS server."),
+		dnsInflight:          desc("dns_inflight", "Forwarded DNS queries in flight."),
+		dnsListen:            desc("dns_listeners", "Containers the embedded resolver serves."),
+		dnsLatency:           desc("dns_upstream_latency_seconds", "Round trip of the upstream DNS servers' answers."),
+		ringVersion:          desc("keyring_version", "Version of the key ring (0: no ring)."),
+		ringPrimary:          desc("keyring_primary_key_id", "ID of the data key SAs seal with."),
+		ringPending:          desc("keyring_pending_key_id", "ID of the key being rotated in (0: none)."),
+		ringKeys:             desc("keyring_keys", "Keys in the ring."),
+		ringRefused:          desc("keyring_rings_refused_total", "Rings from the cluster this node refused in this run."),
+		members:              desc("cluster_members", "Cluster members by state.", "state"),
 	}}
 }
 
@@ -198,6 +200,7 @@ func (c *Collector) collectNetwork(e emitter, ns api.NetworkStats) {
 	e.counter(d.floodNoPeers, ns.FloodNoPeers, name)
 	e.byReason(d.switchDrops, ns.Drops, name)
 	e.gauge(d.ingressReturn, float64(ns.IngressReturn), name)
+	e.counter(d.ingressReturnEvicted, ns.IngressReturnEvicted, name)
 	if fdb, err := c.src.FDB(name); err == nil {
 		kinds := map[string]int{}
 		for _, f := range fdb {

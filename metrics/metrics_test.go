@@ -44,7 +44,7 @@ func testSource() *fakeSource {
 		stats: api.Stats{
 			Node: "h1",
 			Networks: []api.NetworkStats{{
-				Network: "web", Flooded: 7, ARPSuppressed: 3, FloodNoPeers: 2, IngressReturn: 6,
+				Network: "web", Flooded: 7, ARPSuppressed: 3, FloodNoPeers: 2, IngressReturn: 6, IngressReturnEvicted: 4,
 				Drops: map[string]uint64{"storm": 5, "port-security": 1},
 				Ports: []api.PortStats{
 					{Name: "c2", RxPackets: 20, RxBytes: 2000, TxPackets: 21, TxBytes: 2100},
@@ -156,6 +156,7 @@ func TestExposition(t *testing.T) {
 		{"vxmesh_network_arp_suppressed_total", C, "network=web", 3},
 		{"vxmesh_network_flood_no_peers_total", C, "network=web", 2},
 		{"vxmesh_network_ingress_return_flows", G, "network=web", 6},
+		{"vxmesh_network_ingress_return_evicted_total", C, "network=web", 4},
 		{"vxmesh_network_switch_drops_total", C, "network=web,reason=storm", 5},
 		{"vxmesh_network_switch_drops_total", C, "network=web,reason=port-security", 1},
 		{"vxmesh_network_tunnel_drops_total", C, "network=web,reason=no-sa", 4},

@@ -3,6 +3,7 @@ package vswitch
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -84,6 +85,9 @@ type meshTable struct {
 	seed   uint64
 	to     [5]int64 // timeout by state
 	n      atomic.Int64
+	// evicted counts live entries of closed flows (FIN or RST seen) freed
+	// early to make room for a new flow in a full shard.
+	evicted atomic.Uint64
 	// clients counts entries by a hash of the client address, so a frame
 	// to the gateway from a local port (egress, mostly) to an address no
 	// entry has costs one atomic load.
@@ -181,6 +185,45 @@ func (t *meshTable) remove(sh *meshShard, p *uint32, i uint32) {
 	t.n.Add(-1)
 }
 
+// reclaim makes room in sh (locked, full) for a new flow and reports
+// whether it did. It frees, in one pass over the shard, the expired
+// entries and those of closed flows: RST seen, or FIN seen at least half
+// the closing timeout ago; failing those, the closing entry nearest its
+// expiry. Established and UDP flows are never evicted: a shard full of
+// them refuses new flows. Only a full shard pays for the pass, and it
+// frees a batch, so a table churning with short connections does not
+// scan once per new flow.
+func (t *meshTable) reclaim(sh *meshShard, now int64) bool {
+	cut := now + t.to[meshClosing]/2
+	var victim uint32
+	var link *uint32
+	soonest := int64(math.MaxInt64)
+	for b := range sh.idx {
+		p := &sh.idx[b]
+		for i := *p; i != 0; i = *p {
+			e := &sh.e[i]
+			closed := e.state == meshClosed || e.state == meshClosing && e.expires <= cut
+			if e.expires <= now || closed {
+				if e.expires > now {
+					t.evicted.Add(1)
+				}
+				t.remove(sh, p, i)
+				continue
+			}
+			if e.state == meshClosing && e.expires < soonest {
+				victim, link, soonest = i, p, e.expires
+			}
+			p = &e.next
+		}
+	}
+	if sh.free == 0 && victim != 0 {
+		// Nothing was freed above, so link is still victim's.
+		t.evicted.Add(1)
+		t.remove(sh, link, victim)
+	}
+	return sh.free != 0
+}
+
 // timeout returns the idle timeout of an entry in state st.
 func (t *meshTable) timeout(st uint8) int64 { return t.to[st] }
 
@@ -198,7 +241,7 @@ func (t *meshTable) learn(k *meshKey, mac packet.MAC, flags uint8, now int64) bo
 		if k.proto == packet.ProtoTCP && flags&tcpRST != 0 {
 			return true
 		}
-		if sh.free == 0 {
+		if sh.free == 0 && !t.reclaim(sh, now) {
 			return false
 		}
 		i = sh.free

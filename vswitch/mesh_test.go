@@ -547,3 +547,72 @@ func TestMeshTableSpreadsEachShardOverItsBuckets(t *testing.T) {
 		}
 	}
 }
+
+// TestMeshFullTableMakesRoomFromClosingFlows: a table full of flows that
+// have closed (FIN or RST seen) takes a new flow at once, long before
+// their closing timeouts, evicting closed ones (counted); a table full of
+// established flows refuses the new one and keeps every flow it has.
+func TestMeshFullTableMakesRoomFromClosingFlows(t *testing.T) {
+	key := func(c int) meshKey {
+		return meshKey{backend: ipB.As4(), client: [4]byte{198, 51, byte(c >> 8), byte(c)}, bport: 8080, cport: 40000, proto: packet.ProtoTCP}
+	}
+	fill := func(mt *meshTable) []meshKey {
+		var ks []meshKey
+		for c := 0; mt.n.Load() < int64(mt.max()); c++ {
+			k := key(c)
+			if mt.learn(&k, hostMACI, tcpSYN, 0) {
+				ks = append(ks, k)
+			}
+		}
+		for i := range ks {
+			if _, ok := mt.steer(&ks[i], tcpSYN|tcpACK, 0); !ok {
+				t.Fatalf("flow %d not found after its SYN", i)
+			}
+		}
+		return ks
+	}
+	sec := int64(time.Second)
+
+	// Every flow closed by a FIN (evicted one by one, the nearest to
+	// expiry first), or one in three by an RST (those go in a batch).
+	for _, rstEvery := range []int{0, 3} {
+		mt := newMeshTable(meshShards*64, meshTimes)
+		ks := fill(mt)
+		for i := range ks {
+			flag := uint8(tcpFIN | tcpACK)
+			if rstEvery > 0 && i%rstEvery == 0 {
+				flag = tcpRST
+			}
+			mt.learn(&ks[i], hostMACI, flag, sec)
+		}
+		for c := 100000; c < 100000+4*meshShards; c++ {
+			k := key(c)
+			if !mt.learn(&k, hostMACI, tcpSYN, 2*sec) {
+				t.Fatalf("a table full of closed flows (RST every %d) refused new flow %d", rstEvery, c-100000)
+			}
+			if _, ok := mt.steer(&k, tcpSYN|tcpACK, 2*sec); !ok {
+				t.Fatalf("new flow %d not found after it was taken", c-100000)
+			}
+		}
+		if mt.evicted.Load() == 0 {
+			t.Errorf("RST every %d: no eviction counted", rstEvery)
+		}
+	}
+
+	mt := newMeshTable(meshShards*64, meshTimes)
+	ks := fill(mt)
+	for c := 100000; c < 100000+4*meshShards; c++ {
+		k := key(c)
+		if mt.learn(&k, hostMACI, tcpSYN, sec) {
+			t.Fatalf("a table full of established flows took new flow %d", c-100000)
+		}
+	}
+	for i := range ks {
+		if _, ok := mt.steer(&ks[i], tcpACK, sec); !ok {
+			t.Fatalf("established flow %d lost", i)
+		}
+	}
+	if n := mt.evicted.Load(); n != 0 {
+		t.Errorf("%d established flows evicted", n)
+	}
+}

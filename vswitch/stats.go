@@ -131,6 +131,9 @@ type Stats struct {
 	// table holds (live, or expired and not swept yet), of at most
 	// IngressReturnMax (0 until the switch has a remote gateway).
 	IngressReturn, IngressReturnMax int
+	// IngressReturnEvicted counts entries of closed flows (FIN or RST
+	// seen) the table freed before their timeout to take a new flow.
+	IngressReturnEvicted uint64
 }
 
 // PortStats are one port's counters. Rx counts every frame given to Input;
@@ -155,6 +158,7 @@ func (s *Switch) Stats() Stats {
 	}
 	if mt := s.mesh.Load(); mt != nil {
 		st.IngressReturn, st.IngressReturnMax = int(mt.n.Load()), mt.max()
+		st.IngressReturnEvicted = mt.evicted.Load()
 	}
 	for _, r := range s.view.Load().ports {
 		st.Ports = append(st.Ports, PortStats{
