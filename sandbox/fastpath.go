@@ -19,11 +19,13 @@ import (
 // dials a published connection's backend from inside the container's own
 // namespace, from a transparent socket bound to the outside client's
 // address and marked FastPathMark. The backend's accepted socket inherits
-// the mark (net.ipv4.tcp_fwmark_accept=1), so its replies, addressed to
-// a non-local client, match the rule FastPathRulePref (fwmark
-// FastPathMark lookup FastPathTable), whose only route (local 0.0.0.0/0
-// dev lo) delivers them to the daemon's socket on lo. Unmarked traffic
-// (the container's own, connections over eth0) never matches the rule.
+// the mark (net.ipv4.tcp_fwmark_accept=1), and so do the kernel's own
+// replies to marked packets, such as the reset of a port nothing listens
+// on (net.ipv4.fwmark_reflect=1); so these replies, addressed to a
+// non-local client, match the rule FastPathRulePref (fwmark FastPathMark
+// lookup FastPathTable), whose only route (local 0.0.0.0/0 dev lo)
+// delivers them to the daemon's socket on lo. Unmarked traffic (the
+// container's own, connections over eth0) never matches the rule.
 const (
 	// FastPathMark is the fast path's socket mark ("vx").
 	FastPathMark = 0x7678
@@ -32,15 +34,18 @@ const (
 	// FastPathRulePref is the preference of the fast path's rule: after
 	// the local table's (0), before main's (32766).
 	FastPathRulePref = 1000
-	// fastPathProtoKept and fastPathProtoSet are the route protocol
-	// (rtm_protocol) of the fast path's route: tcp_fwmark_accept was 1
-	// already, or was 0 and EnableFastPath set it (DisableFastPath
-	// restores it then). The route thus remembers it over a restart.
-	fastPathProtoKept = 0xf6
-	fastPathProtoSet  = 0xf7
+	// fastPathProto is the route protocol (rtm_protocol) of the fast
+	// path's route, plus 1<<i for each of fastPathSysctls[i] that was 0
+	// and EnableFastPath set (DisableFastPath restores those): the route
+	// remembers them over a daemon restart.
+	fastPathProto = 0xf0
 )
 
-const fwmarkAcceptSysctl = "/proc/sys/net/ipv4/tcp_fwmark_accept"
+// fastPathSysctls are the namespace's settings the fast path needs at 1.
+var fastPathSysctls = [...]string{
+	"/proc/sys/net/ipv4/tcp_fwmark_accept",
+	"/proc/sys/net/ipv4/fwmark_reflect",
+}
 
 // EnableFastPath sets up the fast path in the namespace at nsPath:
 // tcp_fwmark_accept=1, the rule and the route. It is idempotent: what
@@ -56,17 +61,24 @@ func EnableFastPath(nsPath string) error {
 		return fmt.Errorf("netns %q: fast path: %w", nsPath, err)
 	}
 	if len(routes) == 0 {
-		proto := fastPathProtoKept
+		proto := fastPathProto
 		err := RunInNetns(nsPath, func() error {
-			b, err := os.ReadFile(fwmarkAcceptSysctl)
-			if err != nil || strings.TrimSpace(string(b)) != "0" {
-				return err
+			for i, s := range fastPathSysctls {
+				b, err := os.ReadFile(s)
+				if err != nil {
+					return err
+				}
+				if strings.TrimSpace(string(b)) == "0" {
+					if err := os.WriteFile(s, []byte("1\n"), 0); err != nil {
+						return err
+					}
+					proto |= 1 << i
+				}
 			}
-			proto = fastPathProtoSet
-			return os.WriteFile(fwmarkAcceptSysctl, []byte("1\n"), 0)
+			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("netns %q: fast path: tcp_fwmark_accept: %w", nsPath, err)
+			return fmt.Errorf("netns %q: fast path: sysctl: %w", nsPath, err)
 		}
 		r := fastPathRoute(h)
 		r.Protocol = netlink.RouteProtocol(proto)
@@ -87,8 +99,8 @@ func EnableFastPath(nsPath string) error {
 }
 
 // DisableFastPath removes what EnableFastPath set up in the namespace at
-// nsPath: the rule, the route and, if EnableFastPath changed it,
-// tcp_fwmark_accept. A namespace without them is no error.
+// nsPath: the rule, the route and the settings EnableFastPath changed.
+// A namespace without them is no error.
 func DisableFastPath(nsPath string) error {
 	h, err := handleAt(nsPath)
 	if err != nil {
@@ -105,16 +117,24 @@ func DisableFastPath(nsPath string) error {
 	}
 	routes, err := fastPathRoutes(h)
 	errs = append(errs, err)
-	restore := false
+	restore := 0
 	for i := range routes {
-		restore = restore || routes[i].Protocol == fastPathProtoSet
+		if pr := int(routes[i].Protocol); pr&^3 == fastPathProto {
+			restore |= pr & 3
+		}
 		if err := h.RouteDel(&routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("delete route: %w", err))
 		}
 	}
-	if restore {
+	if restore != 0 {
 		errs = append(errs, RunInNetns(nsPath, func() error {
-			return os.WriteFile(fwmarkAcceptSysctl, []byte("0\n"), 0)
+			var errs []error
+			for i, s := range fastPathSysctls {
+				if restore&(1<<i) != 0 {
+					errs = append(errs, os.WriteFile(s, []byte("0\n"), 0))
+				}
+			}
+			return errors.Join(errs...)
 		}))
 	}
 	if err := errors.Join(errs...); err != nil {

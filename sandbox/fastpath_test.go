@@ -39,18 +39,24 @@ func fastPathNetns(t *testing.T, addr string) string {
 	return path
 }
 
-// fwmarkAccept reads tcp_fwmark_accept in the namespace.
+// fwmarkAccept reads tcp_fwmark_accept and fwmark_reflect in the
+// namespace ("0 0").
 func fwmarkAccept(t *testing.T, nsPath string) string {
 	t.Helper()
-	var v string
+	var v []string
 	if err := RunInNetns(nsPath, func() error {
-		b, err := os.ReadFile(fwmarkAcceptSysctl)
-		v = strings.TrimSpace(string(b))
-		return err
+		for _, s := range fastPathSysctls {
+			b, err := os.ReadFile(s)
+			if err != nil {
+				return err
+			}
+			v = append(v, strings.TrimSpace(string(b)))
+		}
+		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return strings.Join(v, " ")
 }
 
 // fastPathInstalled counts the fast path's rules and routes in the
@@ -98,8 +104,8 @@ func fastDial(t *testing.T, fs *FastSockets, src, dst *net.TCPAddr) (net.Conn, e
 func TestFastPathDeliversRepliesToTheClientAddress(t *testing.T) {
 	requireRoot(t)
 	ns := fastPathNetns(t, "10.9.0.5/24")
-	if v := fwmarkAccept(t, ns); v != "0" {
-		t.Fatalf("a new namespace has tcp_fwmark_accept=%s, want 0", v)
+	if v := fwmarkAccept(t, ns); v != "0 0" {
+		t.Fatalf("a new namespace has tcp_fwmark_accept, fwmark_reflect = %s, want 0 0", v)
 	}
 	for range 2 {
 		if err := EnableFastPath(ns); err != nil {
@@ -109,8 +115,8 @@ func TestFastPathDeliversRepliesToTheClientAddress(t *testing.T) {
 	if ru, ro := fastPathInstalled(t, ns); ru != 1 || ro != 1 {
 		t.Fatalf("after two EnableFastPath: %d rules, %d routes; want 1, 1", ru, ro)
 	}
-	if v := fwmarkAccept(t, ns); v != "1" {
-		t.Fatalf("tcp_fwmark_accept=%s, want 1", v)
+	if v := fwmarkAccept(t, ns); v != "1 1" {
+		t.Fatalf("tcp_fwmark_accept, fwmark_reflect = %s, want 1 1", v)
 	}
 	ln := listenIn(t, ns, "10.9.0.5:80")
 	fs, err := NewFastSockets(ns, nil)
@@ -148,18 +154,19 @@ func TestFastPathDeliversRepliesToTheClientAddress(t *testing.T) {
 	if ru, ro := fastPathInstalled(t, ns); ru != 0 || ro != 0 {
 		t.Errorf("after DisableFastPath: %d rules, %d routes; want none", ru, ro)
 	}
-	if v := fwmarkAccept(t, ns); v != "0" {
-		t.Errorf("after DisableFastPath: tcp_fwmark_accept=%s, want 0 (restored)", v)
+	if v := fwmarkAccept(t, ns); v != "0 0" {
+		t.Errorf("after DisableFastPath: tcp_fwmark_accept, fwmark_reflect = %s, want 0 0 (restored)", v)
 	}
 }
 
 // TestFastPathKeepsAnEnabledSysctl: a namespace whose tcp_fwmark_accept
 // was 1 already keeps it after DisableFastPath, even across a second
-// EnableFastPath (a daemon restart).
+// EnableFastPath (a daemon restart); fwmark_reflect, which it set, is
+// restored.
 func TestFastPathKeepsAnEnabledSysctl(t *testing.T) {
 	requireRoot(t)
 	ns := fastPathNetns(t, "10.9.0.5/24")
-	if err := RunInNetns(ns, func() error { return os.WriteFile(fwmarkAcceptSysctl, []byte("1"), 0) }); err != nil {
+	if err := RunInNetns(ns, func() error { return os.WriteFile(fastPathSysctls[0], []byte("1"), 0) }); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {
@@ -170,8 +177,8 @@ func TestFastPathKeepsAnEnabledSysctl(t *testing.T) {
 	if err := DisableFastPath(ns); err != nil {
 		t.Fatal(err)
 	}
-	if v := fwmarkAccept(t, ns); v != "1" {
-		t.Errorf("tcp_fwmark_accept=%s after DisableFastPath, want 1 (as found)", v)
+	if v := fwmarkAccept(t, ns); v != "1 0" {
+		t.Errorf("tcp_fwmark_accept, fwmark_reflect = %s after DisableFastPath, want 1 0 (as found)", v)
 	}
 }
 
