@@ -220,6 +220,7 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 		e.ports = ports
 		for _, pp := range ports {
 			pp.ip.Store(&ip)
+			pp.ctr.Store(c)
 		}
 	}
 	d.mu.Unlock()
@@ -704,6 +705,7 @@ func (d *Daemon) checkChangeable(name string) error {
 // kernel's rtnl lock, which every namespace of the machine shares: under
 // d.mu they would stop every other request of the daemon meanwhile.
 func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string, owned *container) {
+	d.dropFast(name, nsPath, owned != nil)
 	for _, ifname := range ifnames {
 		if nsPath == "" {
 			break
