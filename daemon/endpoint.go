@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -37,6 +38,9 @@ type container struct {
 	// Docker to move into the container's; netns is Docker's sandbox key
 	// and nsDev, nsIno are unknown (zero).
 	hostTAP bool
+	// gone is set once the container leaves the records, before its
+	// teardown: no fast path is set up in its namespace after that.
+	gone atomic.Bool
 }
 
 func (c *container) sortedEndpoints() []*endpoint {
@@ -663,6 +667,7 @@ func (d *Daemon) detachRecord(name, network string, draining bool) (*endpoint, s
 	delete(c.endpoints, network)
 	forget := len(c.endpoints) == 0 && !c.managed
 	if forget {
+		c.gone.Store(true)
 		delete(d.containers, name)
 	}
 	d.containerChanged(c)
@@ -670,6 +675,7 @@ func (d *Daemon) detachRecord(name, network string, draining bool) (*endpoint, s
 		c.endpoints[network] = ep
 		if forget {
 			d.containers[name] = c
+			c.gone.Store(false)
 		}
 		d.containerChanged(c)
 		return nil, "", nil, fmt.Errorf("container %q: %w", name, err)
@@ -836,10 +842,12 @@ func (d *Daemon) beginRemove(name string, draining bool) (c *container, nsPath s
 // each of its endpoints out of the cluster and the data plane; it returns
 // the interface names for teardown. Callers hold d.mu.
 func (d *Daemon) forgetContainer(c *container) ([]string, error) {
+	c.gone.Store(true)
 	delete(d.containers, c.name)
 	d.containerChanged(c)
 	if err := d.saveContainer(c.name); err != nil {
 		d.containers[c.name] = c
+		c.gone.Store(false)
 		d.containerChanged(c)
 		return nil, fmt.Errorf("container %q: %w", c.name, err)
 	}

@@ -31,17 +31,22 @@ type ctrFast struct {
 	err     error
 }
 
-// get returns name's fast path, made empty if there is none.
-func (f *fastPaths) get(name string) *ctrFast {
+// get returns c's fast path, made empty if there is none; nil once c is
+// gone (marked before its teardown takes its fast path, so none is made
+// after that).
+func (f *fastPaths) get(c *container) *ctrFast {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if c.gone.Load() {
+		return nil
+	}
 	if f.m == nil {
 		f.m = map[string]*ctrFast{}
 	}
-	cf := f.m[name]
+	cf := f.m[c.name]
 	if cf == nil {
 		cf = &ctrFast{}
-		f.m[name] = cf
+		f.m[c.name] = cf
 	}
 	return cf
 }
@@ -80,17 +85,60 @@ func (d *Daemon) portFast(pp *publishedPort) gateway.FastPath {
 	}
 	return func(dst netip.Addr) (gateway.LocalSockets, error) {
 		c, ip := pp.ctr.Load(), pp.ip.Load()
-		if c == nil || ip == nil || *ip != dst || c.hostTAP {
-			// Docker's containers' namespaces are Docker's.
+		if c == nil || ip == nil || *ip != dst {
 			return nil, nil
 		}
-		cf := d.fast.get(c.name)
-		cf.once.Do(func() { d.setupFast(fsb, c, cf) })
-		if cf.err != nil {
-			return nil, cf.err
-		}
-		return cf.sockets, nil
+		return d.fastFor(fsb, c)
 	}
+}
+
+// meshFast is l's fast path: to the containers of this host among its
+// destinations (mode=host's backends; a VIP's flows take the gateway,
+// whose switch balances them). It is nil when the fast path is off.
+func (d *Daemon) meshFast(l *meshListener) gateway.FastPath {
+	fsb, ok := d.sb.(fastPathSandbox)
+	if !ok || d.cfg.NoFastPath {
+		return nil
+	}
+	return func(dst netip.Addr) (gateway.LocalSockets, error) {
+		m := l.local.Load()
+		if m == nil || (*m)[dst] == nil {
+			return nil, nil
+		}
+		return d.fastFor(fsb, (*m)[dst])
+	}
+}
+
+// fastFor returns c's fast-path sockets, set up at the first call.
+func (d *Daemon) fastFor(fsb fastPathSandbox, c *container) (gateway.LocalSockets, error) {
+	if c.hostTAP {
+		// Docker's containers' namespaces are Docker's.
+		return nil, nil
+	}
+	cf := d.fast.get(c)
+	if cf == nil {
+		return nil, nil
+	}
+	cf.once.Do(func() { d.setupFast(fsb, c, cf) })
+	if cf.err != nil {
+		return nil, cf.err
+	}
+	return cf.sockets, nil
+}
+
+// localContainers indexes this host's containers by network and address
+// (the mesh's fast path); callers hold d.mu.
+func (d *Daemon) localContainers() map[string]map[netip.Addr]*container {
+	out := map[string]map[netip.Addr]*container{}
+	for _, c := range d.containers {
+		for n, ep := range c.endpoints {
+			if out[n] == nil {
+				out[n] = map[netip.Addr]*container{}
+			}
+			out[n][ep.ip] = c
+		}
+	}
+	return out
 }
 
 // setupFast sets c's namespace up for the fast path and starts its socket

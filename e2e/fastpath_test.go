@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/internal/testbed"
+	"github.com/vxmesh/vxmesh/sandbox"
 )
 
 // fastPathRules counts the fast path's rules (fwmark 0x7678 lookup
@@ -146,5 +150,82 @@ func TestPublishedPortFastPath(t *testing.T) {
 	e.cli("detach", "c1", "--network", "web")
 	if ru, ro := fastPathRules(t, ns); ru != 0 || ro != 0 {
 		t.Errorf("after detach: %d fast-path rules, %d routes left in c1's namespace; want none", ru, ro)
+	}
+}
+
+// proxyLine connects from peer to addr, sends head (28 bytes, unless the
+// published port sends a PROXY header) and returns the proxy helper's
+// "NAME PEER HEX" line and the connection's addresses.
+func proxyLine(t *testing.T, peer *testbed.UnderlayPeer, addr string, head []byte) (line string, local, remote netip.AddrPort) {
+	t.Helper()
+	var last error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		c, err := dialFrom(t, peer, "tcp4", addr)
+		if err != nil {
+			last = err
+			continue
+		}
+		c.Write(head)
+		l, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if err != nil {
+			last = err
+			continue
+		}
+		return strings.TrimSpace(l), c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	}
+	t.Fatalf("published port %s never answered: %v", addr, last)
+	return "", netip.AddrPort{}, netip.AddrPort{}
+}
+
+// TestRoutingMeshHostFastPath: a mode=host published port whose backend
+// is a container attached with --netns (a namespace the user manages)
+// takes the fast path: with client-ip=preserve the backend sees the
+// outside client's address, with client-ip=proxy-v2 the connection starts
+// with the PROXY header naming the client and the address it dialled,
+// byte-exact, from the host's gateway address. Detaching the container
+// leaves its namespace without the fast path's rule and route.
+func TestRoutingMeshHostFastPath(t *testing.T) {
+	e := newEnv(t)
+	peer, err := e.tb.AddUnderlayPeer("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.network("web", "10.89.0.0/24")
+	e.cli("service", "create", "hst", "--network", "web", "--port", "7000",
+		"--publish", "published=8097,target=7000,mode=host", "--publish", "published=8098,target=7000,mode=host,client-ip=proxy-v2")
+	nsName := e.h.ContainerNetns("user")
+	nsPath, err := sandbox.CreateNamedNetns(nsName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sandbox.DeleteNamedNetns(nsName) })
+	e.cli("attach", "--network", "web", "--name", "a1", "--netns", nsPath, "--service", "hst")
+	srv := exec.Command("ip", "netns", "exec", nsName, suite.self, helperArg, "proxy", "a1", "7000")
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	e.waitBackends("hst", "a1")
+
+	line, _, _ := proxyLine(t, peer, e.h.Addr+":8097", make([]byte, 28))
+	if f := strings.Fields(line); len(f) != 3 || f[0] != "a1" || f[1] != peer.Addr {
+		t.Errorf("mode=host, client-ip=preserve: backend answered %q, want a1 seeing %s", line, peer.Addr)
+	}
+	line, local, remote := proxyLine(t, peer, e.h.Addr+":8098", nil)
+	if f := strings.Fields(line); len(f) != 3 || f[0] != "a1" || f[2] != proxyV2Hex(local, remote) || f[1] == peer.Addr {
+		t.Errorf("mode=host, client-ip=proxy-v2: backend answered %q, want a1, the host's address, header %s", line, proxyV2Hex(local, remote))
+	}
+	var st api.Stats
+	e.json(&st, "stats")
+	if st.Egress.IngressFast != 2 || st.Egress.IngressFastFallback != 0 {
+		t.Errorf("stats: %d flows on the fast path, %d fallen back; want 2, 0", st.Egress.IngressFast, st.Egress.IngressFastFallback)
+	}
+	if ru, ro := fastPathRules(t, nsName); ru != 1 || ro != 1 {
+		t.Errorf("a1's namespace: %d fast-path rules, %d routes; want 1, 1", ru, ro)
+	}
+	e.cli("detach", "a1")
+	if ru, ro := fastPathRules(t, nsName); ru != 0 || ro != 0 {
+		t.Errorf("after detach: %d fast-path rules, %d routes left in a1's namespace; want none", ru, ro)
 	}
 }
