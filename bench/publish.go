@@ -5,8 +5,9 @@ package main
 // server and iperf3 through three front doors, measured in one run:
 //
 //   - vxmesh: `vxmesh run -p 80:80 -p 5201:5201` on the host: the daemon's
-//     host socket, the network's gateway (netstack) dialling the backend
-//     with the client's own address.
+//     host socket, the daemon dialling the backend with the client's own
+//     address from inside the container's namespace (the fast path; with
+//     --publish-fast-path=false, from the network's gateway netstack).
 //   - haproxy: HAProxy (mode tcp) in a namespace with an uplink on the
 //     underlay and an eth0 on the same overlay network (a container), as
 //     HAProxy on a host forwards to a Docker container's bridge address.
@@ -223,7 +224,7 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 	}
 	bed.closeFn = closeBed
 	rows = []PublishRow{
-		{Name: rowPubVxmesh, Desc: "run -p: host socket -> gateway netstack -> container (client's address kept)", Addr: h.Addr},
+		{Name: rowPubVxmesh, Desc: "run -p: host socket -> container's netns, lo (fast path; client's address kept)", Addr: h.Addr},
 		{Name: rowPubHAProxy, Desc: "HAProxy (mode tcp) in a router namespace -> container", Addr: hapAddr},
 		{Name: rowPubDNAT, Desc: "nftables DNAT (+ masquerade) in a router namespace -> container", Addr: dnatAddr},
 	}
