@@ -26,7 +26,7 @@ type fastCtr struct {
 	sockets *sandbox.FastSockets
 }
 
-func newFastCtr(t *testing.T, eg *Egress) *fastCtr {
+func newFastCtr(t testing.TB, eg *Egress) *fastCtr {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("needs root (network namespaces)")
@@ -90,7 +90,7 @@ func (f *fastCtr) path() FastPath {
 }
 
 // listen opens a kernel listener on ctrAddr:port in the namespace.
-func (f *fastCtr) listen(t *testing.T, port uint16) net.Listener {
+func (f *fastCtr) listen(t testing.TB, port uint16) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	err := sandbox.RunInNetns(f.ns, func() (err error) {
@@ -271,5 +271,44 @@ func TestPublishFastPathFallsBack(t *testing.T) {
 	}
 	if st := h.eg.Stats(); st.IngressFastFallback != 1 || st.IngressFast != 0 {
 		t.Fatalf("stats %+v: want 1 flow fallen back, none on the fast path", st)
+	}
+}
+
+// BenchmarkPublishFastConns: short connections (the server writes 64
+// bytes and closes) through a published port on the fast path, one at a
+// time; with -cpuprofile, where the daemon's share goes.
+func BenchmarkPublishFastConns(b *testing.B) {
+	h := newHarness(b, false, EgressConfig{})
+	f := newFastCtr(b, h.eg)
+	ln := f.listen(b, 80)
+	go func() {
+		msg := make([]byte, 64)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write(msg)
+			c.Close()
+		}
+	}()
+	port := freePort(b, "tcp")
+	p, err := h.eg.PublishFast(Publish{HostPort: port, Port: 80, Proto: "tcp"}, h.target(), f.path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	addr := netip.AddrPortFrom(publicAddr(b), port).String()
+	buf := make([]byte, 128)
+	for b.Loop() {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.ReadFull(c, buf[:64])
+		c.Close()
+		if n != 64 {
+			b.Fatalf("read %d bytes, want 64", n)
+		}
 	}
 }
