@@ -312,3 +312,50 @@ func BenchmarkPublishFastConns(b *testing.B) {
 		}
 	}
 }
+
+// TestPublishFastPathLastDataWithFIN: on the fast path, a container's
+// last data and FIN, in together, reach the client in one segment (the
+// copy learns of the FIN with the data and half-closes with it).
+func TestPublishFastPathLastDataWithFIN(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	f := newFastCtr(t, h.eg)
+	ha := publicAddr(t)
+	ln := f.listen(t, 80)
+	msg := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// Data and FIN in one segment: both are in when the copy
+			// reads.
+			writeLast(c, msg)
+			c.(*net.TCPConn).CloseWrite()
+			c.Close()
+		}
+	}()
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
+	p, err := h.eg.PublishFast(spec, h.target(), f.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for range 3 {
+		c, err := net.DialTCP("tcp4", nil, net.TCPAddrFromAddrPort(netip.AddrPortFrom(ha, spec.HostPort)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		before := segsIn(t, c)
+		got, err := io.ReadAll(c)
+		segs := segsIn(t, c) - before
+		c.Close()
+		if err != nil || string(got) != string(msg) {
+			t.Fatalf("client read %q, %v; want %q", got, err, msg)
+		}
+		if segs != 1 {
+			t.Errorf("the client took %d segments for the answer and its end, want 1 (data with FIN)", segs)
+		}
+	}
+}

@@ -421,7 +421,12 @@ func (p *Port) dial(g *Gateway, t *tcpIn, src, dst netip.AddrPort) (io.ReadWrite
 			resetConn(out)
 			return nil, errDialStopped
 		}
-		return out, nil
+		fc, err := newFINConn(out)
+		if err != nil {
+			resetConn(out)
+			return nil, err
+		}
+		return fc, nil
 	}
 	e := p.e
 	timer := e.dialTimers.Get().(*time.Timer)
