@@ -442,6 +442,12 @@ type EgressStats struct {
 	// IngressRefused counts routing-mesh flows refused because they
 	// needed the gateway's host address and it had none (also failed).
 	IngressRefused uint64 `json:"ingress_refused"`
+	// IngressFast counts published TCP flows dialled from inside the
+	// container's namespace (the fast path), IngressFastFallback those
+	// that took the gateway path because the fast path could not be set
+	// up.
+	IngressFast         uint64 `json:"ingress_fast"`
+	IngressFastFallback uint64 `json:"ingress_fast_fallback"`
 }
 
 // DNSStats are the embedded resolver's counters.

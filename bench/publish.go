@@ -5,8 +5,9 @@ package main
 // server and iperf3 through three front doors, measured in one run:
 //
 //   - vxmesh: `vxmesh run -p 80:80 -p 5201:5201` on the host: the daemon's
-//     host socket, the network's gateway (netstack) dialling the backend
-//     with the client's own address.
+//     host socket, the daemon dialling the backend with the client's own
+//     address from inside the container's namespace (the fast path; with
+//     --publish-fast-path=false, from the network's gateway netstack).
 //   - haproxy: HAProxy (mode tcp) in a namespace with an uplink on the
 //     underlay and an eth0 on the same overlay network (a container), as
 //     HAProxy on a host forwards to a Docker container's bridge address.
@@ -261,7 +262,7 @@ type publishAddrs struct {
 // address their own).
 func publishRows(a publishAddrs, daemons []int, client string) []PublishRow {
 	rows := []PublishRow{
-		{Name: rowPubVxmesh, Desc: "run -p: host socket -> gateway netstack -> container (client's address kept)", Addr: a.h1},
+		{Name: rowPubVxmesh, Desc: "run -p: host socket -> container's netns, lo (fast path; client's address kept)", Addr: a.h1},
 		{Name: rowPubHAProxy, Desc: "HAProxy (mode tcp) in a router namespace on h1 -> container", Addr: a.hap, proxyPIDs: []int{a.hapPID}},
 		{Name: rowPubDNAT, Desc: "nftables DNAT (+ masquerade) in a router namespace on h1 -> container", Addr: a.dnat},
 		{Name: rowPubHAProxyRemote, Desc: "HAProxy (mode tcp) in a router namespace on h2 -> tunnel -> container on h1", Addr: a.hap2, proxyPIDs: []int{a.hap2PID}},

@@ -53,6 +53,10 @@ type Config struct {
 	// NetnsPrefix is prepended to the named network namespace of every
 	// container made by `run`, so several daemons can share a machine.
 	NetnsPrefix string
+	// NoFastPath turns the published-port fast path off: published TCP
+	// connections then enter containers through their interface, from
+	// the gateway's stack, like UDP (see fastpath.go).
+	NoFastPath bool
 	// UnderlayMTU is the MTU networks are derived from (network MTU
 	// defaults to UnderlayMTU-50); zero means detect it from the interface
 	// holding the default route, or 1500.
@@ -172,6 +176,9 @@ type Daemon struct {
 	// the last desired data plane (flushLeftBackends); guarded by mu.
 	lbBackends map[string]map[netip.Addr]bool
 	egress     *gateway.Egress
+	// fast are the containers' published-port fast paths, by container
+	// name (fastpath.go).
+	fast fastPaths
 	// gwDNS are the resolvers at the networks' gateway addresses
 	// (gateway_dns.go); guarded by mu.
 	gwDNS map[string]*gatewayResolver
@@ -649,6 +656,7 @@ func (d *Daemon) close() {
 	d.mu.Lock()
 	d.stopResolvers()
 	d.closeAllPorts()
+	d.fast.closeAll()
 	d.closeMesh()
 	d.closeGatewayDNS()
 	d.mu.Unlock()

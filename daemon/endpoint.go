@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -37,6 +38,9 @@ type container struct {
 	// Docker to move into the container's; netns is Docker's sandbox key
 	// and nsDev, nsIno are unknown (zero).
 	hostTAP bool
+	// gone is set once the container leaves the records, before its
+	// teardown: no fast path is set up in its namespace after that.
+	gone atomic.Bool
 }
 
 func (c *container) sortedEndpoints() []*endpoint {
@@ -220,6 +224,7 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 		e.ports = ports
 		for _, pp := range ports {
 			pp.ip.Store(&ip)
+			pp.ctr.Store(c)
 		}
 	}
 	d.mu.Unlock()
@@ -662,6 +667,7 @@ func (d *Daemon) detachRecord(name, network string, draining bool) (*endpoint, s
 	delete(c.endpoints, network)
 	forget := len(c.endpoints) == 0 && !c.managed
 	if forget {
+		c.gone.Store(true)
 		delete(d.containers, name)
 	}
 	d.containerChanged(c)
@@ -669,6 +675,7 @@ func (d *Daemon) detachRecord(name, network string, draining bool) (*endpoint, s
 		c.endpoints[network] = ep
 		if forget {
 			d.containers[name] = c
+			c.gone.Store(false)
 		}
 		d.containerChanged(c)
 		return nil, "", nil, fmt.Errorf("container %q: %w", name, err)
@@ -704,6 +711,7 @@ func (d *Daemon) checkChangeable(name string) error {
 // kernel's rtnl lock, which every namespace of the machine shares: under
 // d.mu they would stop every other request of the daemon meanwhile.
 func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string, owned *container) {
+	d.dropFast(name, nsPath, owned != nil)
 	for _, ifname := range ifnames {
 		if nsPath == "" {
 			break
@@ -834,10 +842,12 @@ func (d *Daemon) beginRemove(name string, draining bool) (c *container, nsPath s
 // each of its endpoints out of the cluster and the data plane; it returns
 // the interface names for teardown. Callers hold d.mu.
 func (d *Daemon) forgetContainer(c *container) ([]string, error) {
+	c.gone.Store(true)
 	delete(d.containers, c.name)
 	d.containerChanged(c)
 	if err := d.saveContainer(c.name); err != nil {
 		d.containers[c.name] = c
+		c.gone.Store(false)
 		d.containerChanged(c)
 		return nil, fmt.Errorf("container %q: %w", c.name, err)
 	}

@@ -13,6 +13,6 @@ func (d *Daemon) egressStats() api.EgressStats {
 		Total: s.Total, Refused: s.Refused, BytesOut: s.BytesOut, BytesIn: s.BytesIn, ICMPErrors: s.ICMPErrors,
 		IngressTCP: s.IngressTCP, IngressUDP: s.IngressUDP, IngressTotal: s.IngressTotal, IngressSNAT: s.IngressSNAT,
 		IngressFailed: s.IngressFailed, IngressBytesIn: s.IngressBytesIn, IngressBytesOut: s.IngressBytesOut,
-		IngressRefused: s.IngressRefused,
+		IngressRefused: s.IngressRefused, IngressFast: s.IngressFast, IngressFastFallback: s.IngressFastFallback,
 	}
 }

@@ -48,6 +48,8 @@ type meshListener struct {
 	// the VIP (mode=ingress) or the local healthy backends (mode=host).
 	dests atomic.Pointer[[]netip.Addr]
 	next  atomic.Uint32
+	// local are this host's containers among dests (the fast path).
+	local atomic.Pointer[map[netip.Addr]*container]
 }
 
 // meshWant is a published port this host should serve.
@@ -256,6 +258,7 @@ func (d *Daemon) syncMesh() {
 			d.log.Info("published port closed", "service", l.service, "publish", l.spec.String())
 		}
 	}
+	var ctrs map[string]map[netip.Addr]*container
 	for k, w := range want {
 		l := d.mesh[k]
 		if l == nil {
@@ -263,6 +266,18 @@ func (d *Daemon) syncMesh() {
 			d.mesh[k] = l
 		}
 		l.dests.Store(&w.dests)
+		if w.spec.mode != meshIngress {
+			if ctrs == nil {
+				ctrs = d.localContainers()
+			}
+			local := map[netip.Addr]*container{}
+			for _, ip := range w.dests {
+				if c := ctrs[w.network][ip]; c != nil {
+					local[ip] = c
+				}
+			}
+			l.local.Store(&local)
+		}
 		if w.down != "" {
 			l.close()
 			d.setMeshDown(l, w.down)
@@ -272,7 +287,7 @@ func (d *Daemon) syncMesh() {
 			continue
 		}
 		spec := gateway.Publish{HostPort: w.spec.published, Port: w.port, Proto: w.spec.proto, ClientIP: clientIPMode(w.spec.clientIP)}
-		p, err := d.egress.Publish(spec, d.meshTarget(l))
+		p, err := d.egress.PublishFast(spec, d.meshTarget(l), d.meshFast(l))
 		if err != nil {
 			d.setMeshDown(l, "down: "+strings.TrimPrefix(err.Error(), "publish "+spec.String()+": "))
 			continue

@@ -11,8 +11,10 @@ import (
 // publishedPort is one of an endpoint's published ports (`run -p`).
 type publishedPort struct {
 	spec gateway.Publish
-	// ip is the container's address the flows go to, set once reserved.
-	ip atomic.Pointer[netip.Addr]
+	// ip is the container's address the flows go to, set once reserved,
+	// ctr its container (for the fast path).
+	ip  atomic.Pointer[netip.Addr]
+	ctr atomic.Pointer[container]
 	// port is the open listener; nil when down says why (a restore that
 	// found the host port taken).
 	port *gateway.Port
@@ -49,7 +51,7 @@ func (d *Daemon) openPorts(name, network string, specs []gateway.Publish) ([]*pu
 	var out []*publishedPort
 	for _, s := range specs {
 		pp := &publishedPort{spec: s}
-		p, err := d.egress.Publish(s, d.portTarget(network, pp))
+		p, err := d.egress.PublishFast(s, d.portTarget(network, pp), d.portFast(pp))
 		if err != nil {
 			closePorts(out)
 			return nil, conflict("container %q: %s", name, err)
@@ -95,7 +97,8 @@ func (d *Daemon) restorePorts(ep *endpoint, specs []string) {
 		pp := &publishedPort{spec: spec}
 		ip := ep.ip
 		pp.ip.Store(&ip)
-		if pp.port, err = d.egress.Publish(spec, d.portTarget(ep.net.rec.Name, pp)); err != nil {
+		pp.ctr.Store(ep.ctr)
+		if pp.port, err = d.egress.PublishFast(spec, d.portTarget(ep.net.rec.Name, pp), d.portFast(pp)); err != nil {
 			pp.down = "down: " + err.Error()
 			d.log.Warn("published port down", "container", ep.ctr.name, "err", err)
 		}

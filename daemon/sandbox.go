@@ -3,6 +3,7 @@ package daemon
 import (
 	"net/netip"
 
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
@@ -46,6 +47,27 @@ type Sandbox interface {
 	// in the namespace (sandbox.InboundTCPConns; listening remembers the
 	// ports seen listening, updated in place).
 	InboundTCPConns(nsPath string, ip netip.Addr, listening map[uint16]bool) (int, error)
+}
+
+// fastPathSandbox is the namespace plumbing of the published-port fast
+// path (sandbox.EnableFastPath, DisableFastPath, NewFastSockets). A
+// Sandbox without it (the tests' fakes) has no fast path.
+type fastPathSandbox interface {
+	EnableFastPath(nsPath string) error
+	DisableFastPath(nsPath string) error
+	NewFastSockets(nsPath string, prep func(fd int) error) (fastSockets, error)
+}
+
+// fastSockets makes a container's fast-path sockets until closed.
+type fastSockets interface {
+	gateway.LocalSockets
+	Close()
+}
+
+func (linuxSandbox) EnableFastPath(nsPath string) error  { return sandbox.EnableFastPath(nsPath) }
+func (linuxSandbox) DisableFastPath(nsPath string) error { return sandbox.DisableFastPath(nsPath) }
+func (linuxSandbox) NewFastSockets(nsPath string, prep func(fd int) error) (fastSockets, error) {
+	return sandbox.NewFastSockets(nsPath, prep)
 }
 
 // linuxSandbox is the Sandbox of a real host.

@@ -70,4 +70,13 @@
 // TIME-WAIT (PAWS) as one host's would. DialTCP dials into the
 // network from any source, a service VIP included (the switch balances
 // the gateway's frames): the routing mesh (docs/architecture.md).
+//
+// Fast path (Egress.PublishFast, fastpath.go): a published TCP flow whose
+// destination the FastPath knows as a container on this host is dialled
+// with a kernel socket made in that container's namespace (LocalSockets:
+// IP_TRANSPARENT, marked so that the namespace routes its replies back on
+// lo), bound to the same source the stack would use, and spliced with the
+// client's socket: no frame crosses the switch or the stack. A fast path
+// that cannot be set up, or a bind/connect that meets the namespace's own
+// TIME-WAIT twin, falls back to the stack (IngressFastFallback).
 package gateway

@@ -99,6 +99,12 @@ type Stats struct {
 	// needed the gateway's host address and it had none (also counted
 	// in IngressFailed).
 	IngressRefused uint64 `json:"ingress_refused"`
+	// IngressFast counts published TCP flows dialled on the fast path
+	// (from inside the container's namespace, see FastPath);
+	// IngressFastFallback those that took the gateway's stack because
+	// the fast path could not be set up for them.
+	IngressFast         uint64 `json:"ingress_fast"`
+	IngressFastFallback uint64 `json:"ingress_fast_fallback"`
 }
 
 // Egress is the host's egress state, shared by every network's gateway:
@@ -116,10 +122,11 @@ type Egress struct {
 	mu                sync.Mutex
 	refused           map[string]uint64
 
-	ingressTCP, ingressUDP          atomic.Int64
-	ingressTotal, ingressSNAT       atomic.Uint64
-	ingressFailed, ingressRefused   atomic.Uint64
-	ingressBytesIn, ingressBytesOut atomic.Uint64
+	ingressTCP, ingressUDP           atomic.Int64
+	ingressTotal, ingressSNAT        atomic.Uint64
+	ingressFailed, ingressRefused    atomic.Uint64
+	ingressBytesIn, ingressBytesOut  atomic.Uint64
+	ingressFast, ingressFastFallback atomic.Uint64
 
 	workers *workers // run TCP flows' goroutines
 	// dialTimers are published connections' connect timeouts (see
@@ -171,6 +178,7 @@ func (e *Egress) Stats() Stats {
 		IngressSNAT: e.ingressSNAT.Load(), IngressFailed: e.ingressFailed.Load(),
 		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),
 		IngressRefused: e.ingressRefused.Load(),
+		IngressFast:    e.ingressFast.Load(), IngressFastFallback: e.ingressFastFallback.Load(),
 	}
 	e.mu.Lock()
 	if len(e.refused) > 0 {

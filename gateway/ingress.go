@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -37,6 +38,7 @@ type Port struct {
 	spec   Publish
 	e      *Egress
 	target Target
+	fast   FastPath // nil: none
 	ln     net.Listener
 	pc     *net.UDPConn
 
@@ -77,7 +79,14 @@ func (p *Port) fail() {
 // Publish listens on the host for spec and forwards to target. A port
 // already in use is an error naming it, and nothing is left open.
 func (e *Egress) Publish(spec Publish, target Target) (*Port, error) {
-	p := &Port{spec: spec, e: e, target: target, flows: map[*flow]struct{}{}, udp: map[netip.AddrPort]*udpIn{}}
+	return e.PublishFast(spec, target, nil)
+}
+
+// PublishFast is Publish whose TCP flows take fast (if not nil) to the
+// destinations it knows (see FastPath); UDP flows take the gateway's
+// stack.
+func (e *Egress) PublishFast(spec Publish, target Target, fast FastPath) (*Port, error) {
+	p := &Port{spec: spec, e: e, target: target, fast: fast, flows: map[*flow]struct{}{}, udp: map[netip.AddrPort]*udpIn{}}
 	var err error
 	if spec.Proto == "udp" {
 		var a *net.UDPAddr
@@ -300,11 +309,15 @@ func (p *Port) acceptTCP() {
 }
 
 // tcpIn is a published TCP connection: the client's and, once dialled,
-// the network's side.
+// the network's side (an endpoint of the gateway's stack, or on the fast
+// path a kernel socket in the container's namespace: out, dialing while
+// it connects).
 type tcpIn struct {
-	c  net.Conn
-	fl flow // its flow, whose close is reset
-	ep atomic.Pointer[tcpip.Endpoint]
+	c       net.Conn
+	fl      flow // its flow, whose close is reset
+	ep      atomic.Pointer[tcpip.Endpoint]
+	out     atomic.Pointer[net.TCPConn]
+	dialing atomic.Pointer[os.File]
 	// aborted is closed when the flow is aborted: a connect into the
 	// network in progress gives up at once (Port.Close does not wait
 	// for it).
@@ -327,6 +340,12 @@ func (t *tcpIn) reset() {
 	resetConn(t.c)
 	if ep := t.ep.Load(); ep != nil {
 		resetEndpoint(*ep)
+	}
+	if f := t.dialing.Load(); f != nil {
+		f.SetWriteDeadline(time.Unix(1, 0)) // ends the connect
+	}
+	if c := t.out.Load(); c != nil {
+		resetConn(c)
 	}
 }
 
@@ -353,21 +372,10 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 		fl.abort()
 		return
 	}
-	timer := e.dialTimers.Get().(*time.Timer)
-	timer.Reset(ingressDialTimeout)
-	in, err := g.dialIn(src, netip.AddrPortFrom(dst, p.spec.Port), t.aborted, timer.C, e.setKeepalive)
-	timer.Stop()
-	e.dialTimers.Put(timer)
+	in, err := p.dial(g, t, src, netip.AddrPortFrom(dst, p.spec.Port))
 	if err != nil {
 		p.fail()
 		fl.abort()
-		return
-	}
-	t.ep.Store(&in.ep)
-	if t.isAborted() {
-		// Aborted while dialling: reset never saw the endpoint.
-		in.abortDial()
-		p.fail()
 		return
 	}
 	if p.spec.ClientIP == ClientIPProxyV2 {
@@ -396,6 +404,45 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	e.ingressBytesOut.Add(uint64(toClient))
 	p.bytesIn.Add(uint64(toCtr))
 	p.bytesOut.Add(uint64(toClient))
+}
+
+// dial connects t's flow from src to dst, on the fast path if p has one
+// to dst, else from g's stack. A flow aborted meanwhile is an error, its
+// network side reset.
+func (p *Port) dial(g *Gateway, t *tcpIn, src, dst netip.AddrPort) (io.ReadWriteCloser, error) {
+	out, handled, err := p.dialFast(t, src, dst)
+	if handled {
+		if err != nil {
+			return nil, err
+		}
+		t.out.Store(out)
+		if t.isAborted() {
+			// Aborted while dialling: reset never saw the socket.
+			resetConn(out)
+			return nil, errDialStopped
+		}
+		fc, err := newFINConn(out)
+		if err != nil {
+			resetConn(out)
+			return nil, err
+		}
+		return fc, nil
+	}
+	e := p.e
+	timer := e.dialTimers.Get().(*time.Timer)
+	timer.Reset(ingressDialTimeout)
+	in, err := g.dialIn(src, dst, t.aborted, timer.C, e.setKeepalive)
+	timer.Stop()
+	e.dialTimers.Put(timer)
+	if err != nil {
+		return nil, err
+	}
+	t.ep.Store(&in.ep)
+	if t.isAborted() {
+		// Aborted while dialling: reset never saw the endpoint.
+		return nil, in.abortDial()
+	}
+	return in, nil
 }
 
 // Keepalive of published connections' client sockets: Go's defaults for

@@ -14,7 +14,7 @@ import (
 // publicAddr returns a non-loopback IPv4 address of this host: a client
 // dialling it from the host has it as its source, an address a published
 // port may spoof into the network.
-func publicAddr(t *testing.T) netip.Addr {
+func publicAddr(t testing.TB) netip.Addr {
 	t.Helper()
 	addrs, _ := net.InterfaceAddrs()
 	for _, a := range addrs {
@@ -27,7 +27,7 @@ func publicAddr(t *testing.T) netip.Addr {
 }
 
 // freePort returns a TCP (or UDP) port free on the host right now.
-func freePort(t *testing.T, proto string) uint16 {
+func freePort(t testing.TB, proto string) uint16 {
 	t.Helper()
 	if proto == "udp" {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{})

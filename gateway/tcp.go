@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -196,6 +198,48 @@ func closeWrite(c io.Closer) {
 	}
 }
 
+// tcpConn is a kernel TCP connection: *net.TCPConn, or finConn.
+type tcpConn interface {
+	net.Conn
+	SyscallConn() (syscall.RawConn, error)
+}
+
+// finConn is a kernel TCP connection whose Read reports the peer's FIN
+// with the last data (as epConn.Read does) when it is already in: a short
+// read is followed by a peek that finds the end of the stream. The copy
+// then writes that data with the half-close, in one segment (writeLast),
+// and needs no further read for the EOF.
+type finConn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+}
+
+func newFINConn(c *net.TCPConn) (*finConn, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &finConn{TCPConn: c, rc: rc}, nil
+}
+
+func (c *finConn) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	if n == 0 || n == len(b) || err != nil {
+		return n, err
+	}
+	eof := false
+	c.rc.Read(func(fd uintptr) bool {
+		var one [1]byte
+		k, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&one[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		eof = k == 0 && e == 0
+		return true
+	})
+	if eof {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
 // resetConn closes an outside connection with a reset.
 func resetConn(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
@@ -216,7 +260,7 @@ func resetEndpoint(ep tcpip.Endpoint) {
 // tail). A short response and its end then cost the client one segment,
 // not two. Other connections get a plain Write.
 func writeLast(w io.Writer, b []byte) (int, error) {
-	tc, ok := w.(*net.TCPConn)
+	tc, ok := w.(tcpConn)
 	if !ok {
 		return w.Write(b)
 	}

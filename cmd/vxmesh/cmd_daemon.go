@@ -35,6 +35,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	stateDir := fs.String("state-dir", "/var/lib/vxmesh", "directory for persisted state")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	prefix := fs.String("netns-prefix", "", "prefix for the named netns of containers made by run")
+	fastPath := fs.Bool("publish-fast-path", true, "dial published TCP connections to a container on this host from inside its namespace over its loopback (one ip rule and table there, at its first published connection); false: through its interface from the gateway, as UDP")
 	advertise := fs.String("advertise", "", "underlay address other hosts reach this one at (default: the default-route interface's address)")
 	join := fs.String("join", "", "comma-separated HOST[:PORT] of cluster members to join")
 	gossipPort := fs.Int("gossip-port", 7946, "memberlist gossip port (TCP and UDP)")
@@ -155,7 +156,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		defer stopDebug()
 	}
 	d, err := daemon.New(daemon.Config{
-		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, Logger: log,
+		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, NoFastPath: !*fastPath, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), RxSockets: *rxSockets, KernelTunnel: *kernelTunnel, BusyPoll: *busyPoll, DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,

@@ -87,8 +87,8 @@ func printStats(w io.Writer, s api.Stats) error {
 	eg := s.Egress
 	fmt.Fprintf(w, "Egress: %d tcp, %d udp, %d icmp flows open of %d; %d flows, %d bytes out, %d bytes in, %d icmp errors reflected; refused %s\n",
 		eg.ActiveTCP, eg.ActiveUDP, eg.ActiveICMP, eg.MaxFlows, eg.Total, eg.BytesOut, eg.BytesIn, eg.ICMPErrors, formatDrops(eg.Refused))
-	fmt.Fprintf(w, "Published ports: %d tcp, %d udp flows open; %d flows (%d from the gateway address), %d failed (%d refused: no host address), %d bytes in, %d bytes out\n",
-		eg.IngressTCP, eg.IngressUDP, eg.IngressTotal, eg.IngressSNAT, eg.IngressFailed, eg.IngressRefused, eg.IngressBytesIn, eg.IngressBytesOut)
+	fmt.Fprintf(w, "Published ports: %d tcp, %d udp flows open; %d flows (%d from the gateway address), %d failed (%d refused: no host address), %d bytes in, %d bytes out; %d tcp on the fast path, %d fell back\n",
+		eg.IngressTCP, eg.IngressUDP, eg.IngressTotal, eg.IngressSNAT, eg.IngressFailed, eg.IngressRefused, eg.IngressBytesIn, eg.IngressBytesOut, eg.IngressFast, eg.IngressFastFallback)
 	for _, n := range s.Networks {
 		fmt.Fprintf(w, "\nNetwork %s: flooded %d, flood without peers %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.FloodNoPeers, n.ARPSuppressed, formatDrops(n.Drops))
 		t := newTable(w, "NAME", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES", "DROPS")

@@ -1,0 +1,150 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// LocalSockets makes the fast path's TCP sockets in the network
+// namespace of a container on this host (sandbox.FastSockets): each is
+// non-blocking, may bind a non-local address (IP_TRANSPARENT) and carries
+// the mark whose replies the namespace routes back to it on lo.
+type LocalSockets interface {
+	// Socket returns a new socket, owned by the caller.
+	Socket() (fd int, err error)
+}
+
+// FastPath says how a published TCP flow reaches dst, its destination in
+// the network: nil sockets and a nil error send it through the gateway's
+// stack (dst is no container on this host, or the fast path is off); an
+// error is a fast path that could not be set up (the flow takes the
+// gateway's stack, counted IngressFastFallback).
+//
+// With sockets, the flow is dialled from inside the container's own
+// namespace over its loopback, from the same source address the gateway's
+// stack would use (the client's own, or the gateway's address with any
+// port), with kernel sockets at both ends: no frame crosses the TAP or the
+// gateway's stack.
+type FastPath func(dst netip.Addr) (LocalSockets, error)
+
+// PrepareFastSocket sets a fast-path socket's keepalive as a published
+// connection's in the gateway's stack (setKeepalive): the daemon's socket
+// maker calls it for each socket, off the connection's path.
+func (e *Egress) PrepareFastSocket(fd int) error {
+	idle := int(e.cfg.IngressKeepalive / time.Second)
+	every := max(idle/3, 1)
+	for _, o := range [...][3]int{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, max(idle, 1)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, every},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 3},
+		{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(2 * e.cfg.IngressKeepalive / time.Millisecond)},
+	} {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	return nil
+}
+
+// dialFast dials t's flow from src to dst on p's fast path. handled is
+// false when the flow is to take the gateway's stack (no fast path to
+// dst, or one that could not be set up: counted); otherwise err says
+// whether the connect failed (refused, timed out, aborted).
+func (p *Port) dialFast(t *tcpIn, src, dst netip.AddrPort) (c *net.TCPConn, handled bool, err error) {
+	if p.fast == nil {
+		return nil, false, nil
+	}
+	ns, err := p.fast(dst.Addr())
+	if ns == nil && err == nil {
+		return nil, false, nil
+	}
+	fd := -1
+	if err == nil {
+		fd, err = ns.Socket()
+	}
+	if err == nil {
+		err = unix.Bind(fd, &unix.SockaddrInet4{Port: int(src.Port()), Addr: src.Addr().As4()})
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		p.e.ingressFastFallback.Add(1)
+		return nil, false, nil
+	}
+	c, err = t.connectFast(fd, dst)
+	if errors.Is(err, unix.EADDRNOTAVAIL) {
+		// The client's address and port still name a connection of
+		// the namespace's own (TIME-WAIT): the gateway's stack has its
+		// own.
+		p.e.ingressFastFallback.Add(1)
+		return nil, false, nil
+	}
+	if err == nil {
+		p.e.ingressFast.Add(1)
+	}
+	return c, true, err
+}
+
+// connectFast connects fd (bound, non-blocking; connectFast owns it) to
+// dst, waiting in the runtime poller up to ingressDialTimeout or until t
+// is aborted.
+func (t *tcpIn) connectFast(fd int, dst netip.AddrPort) (*net.TCPConn, error) {
+	f := os.NewFile(uintptr(fd), "")
+	defer f.Close() // the connection holds its own descriptor
+	t.dialing.Store(f)
+	defer t.dialing.Store(nil)
+	if t.isAborted() {
+		return nil, errDialStopped
+	}
+	f.SetWriteDeadline(time.Now().Add(ingressDialTimeout))
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	started := false
+	var cerr error
+	werr := rc.Write(func(fd uintptr) bool {
+		if !started {
+			started = true
+			err := unix.Connect(int(fd), sa)
+			if err != unix.EINPROGRESS && err != unix.EINTR {
+				cerr = err
+				return true
+			}
+		}
+		n, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case err != nil:
+			cerr = err
+		case n == int(unix.EINPROGRESS) || n == int(unix.EALREADY) || n == int(unix.EINTR):
+			return false
+		case n != 0:
+			cerr = unix.Errno(n)
+		default:
+			// Writable with no error: connected, unless the poller
+			// woke spuriously.
+			_, err := unix.Getpeername(int(fd))
+			return err == nil
+		}
+		return true
+	})
+	if werr != nil {
+		return nil, werr
+	}
+	if cerr != nil {
+		return nil, cerr
+	}
+	nc, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return nc.(*net.TCPConn), nil
+}

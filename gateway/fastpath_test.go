@@ -1,0 +1,361 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/vxmesh/vxmesh/sandbox"
+)
+
+// fastCtr is a container's namespace for the fast path's tests: ctrAddr
+// on a veth whose peer is in it too (nothing answers there), lo up, the
+// fast path enabled, its socket maker started. The namespace's
+// listeners are kernel sockets.
+type fastCtr struct {
+	ns      string
+	sockets *sandbox.FastSockets
+}
+
+func newFastCtr(t testing.TB, eg *Egress) *fastCtr {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("needs root (network namespaces)")
+	}
+	name := "vxgwfp" + strings.ReplaceAll(t.Name(), "/", "")
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	sandbox.DeleteNamedNetns(name)
+	path, err := sandbox.CreateNamedNetns(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sandbox.DeleteNamedNetns(name) })
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0p"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"lo", "eth0", "eth0p"} {
+		l, err := h.LinkByName(n)
+		if err == nil {
+			err = h.LinkSetUp(l)
+		}
+		if err != nil {
+			t.Fatal(n, err)
+		}
+	}
+	l, _ := h.LinkByName("eth0")
+	a, _ := netlink.ParseAddr(ctrAddr.String())
+	if err := h.AddrAdd(l, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := sandbox.EnableFastPath(path); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := sandbox.NewFastSockets(path, eg.PrepareFastSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fs.Close)
+	return &fastCtr{ns: path, sockets: fs}
+}
+
+// path is a FastPath to the harness's container address.
+func (f *fastCtr) path() FastPath {
+	return func(dst netip.Addr) (LocalSockets, error) {
+		if dst != ctrAddr.Addr() {
+			return nil, nil
+		}
+		return f.sockets, nil
+	}
+}
+
+// listen opens a kernel listener on ctrAddr:port in the namespace.
+func (f *fastCtr) listen(t testing.TB, port uint16) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	err := sandbox.RunInNetns(f.ns, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(ctrAddr.Addr(), port).String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// TestPublishFastPath: with a fast path to the container, a published
+// connection reaches the container's kernel socket with the client's own
+// address and port, the client's half-close and data reach it and the
+// reply comes back; a loopback client enters from the gateway's address;
+// the flows are counted on the fast path, none on the gateway's stack.
+func TestPublishFastPath(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	f := newFastCtr(t, h.eg)
+	ha := publicAddr(t)
+	ln := f.listen(t, 80)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, c.RemoteAddr().String()+"\n")
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
+	p, err := h.eg.PublishFast(spec, h.target(), f.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "hello")
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	c.Close()
+	if want := c.LocalAddr().String() + "\nhello"; err != nil || string(got) != want {
+		t.Fatalf("container answered %q (%v), want %q (the client's own address, then the echo)", got, err, want)
+	}
+
+	lc, err := net.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), spec.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc.SetDeadline(time.Now().Add(10 * time.Second))
+	line := make([]byte, 64)
+	n, err := lc.Read(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peer := strings.TrimSpace(string(line[:n])); !strings.HasPrefix(peer, gwAddr.Addr().String()+":") {
+		t.Fatalf("a loopback client entered as %s, want the gateway's address %s", peer, gwAddr.Addr())
+	}
+	lc.Close()
+	poll(t, "both flows ended", func() bool { return h.eg.Stats().IngressTCP == 0 })
+	st := h.eg.Stats()
+	if st.IngressFast != 2 || st.IngressFastFallback != 0 || st.IngressTotal != 2 || st.IngressBytesIn != 5 {
+		t.Fatalf("stats %+v: want 2 flows, both on the fast path, 5 bytes in", st)
+	}
+}
+
+// TestPublishFastPathResets: on the fast path, a port nothing listens on
+// resets the client (counted failed); the container's reset reaches the
+// client as a reset, and the client's reset reaches the container.
+func TestPublishFastPathResets(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	f := newFastCtr(t, h.eg)
+	ha := publicAddr(t)
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 81, Proto: "tcp"}
+	p, err := h.eg.PublishFast(spec, h.target(), f.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	addr := netip.AddrPortFrom(ha, spec.HostPort).String()
+	if err := readErr(addr); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a published port with no server: %v, want a reset", err)
+	}
+	poll(t, "the failure counted", func() bool { return h.eg.Stats().IngressFailed == 1 })
+
+	ln := f.listen(t, 81)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	// The container resets.
+	go func() {
+		c := <-accepted
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	if err := readErr(addr); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the container reset: the client got %v, want a reset", err)
+	}
+	// The client resets.
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s net.Conn
+	select {
+	case s = <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection reached the container")
+	}
+	defer s.Close()
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the client reset: the container got %v, want a reset", err)
+	}
+}
+
+// readErr connects to addr and reads until an error.
+func readErr(addr string) error {
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	return err
+}
+
+// failingSockets is a fast path that cannot be set up.
+type failingSockets struct{}
+
+func (failingSockets) Socket() (int, error) { return -1, errors.New("netns gone") }
+
+// TestPublishFastPathFallsBack: a flow whose fast path cannot be set up
+// (no socket in the namespace) takes the gateway's stack and is counted.
+func TestPublishFastPathFallsBack(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	ha := publicAddr(t)
+	serveEcho(t, h, 80)
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
+	fast := func(netip.Addr) (LocalSockets, error) { return failingSockets{}, nil }
+	p, err := h.eg.PublishFast(spec, h.target(), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	c.Close()
+	if want := c.LocalAddr().String() + "\n"; err != nil || string(got) != want {
+		t.Fatalf("container answered %q (%v), want %q", got, err, want)
+	}
+	if st := h.eg.Stats(); st.IngressFastFallback != 1 || st.IngressFast != 0 {
+		t.Fatalf("stats %+v: want 1 flow fallen back, none on the fast path", st)
+	}
+}
+
+// BenchmarkPublishFastConns: short connections (the server writes 64
+// bytes and closes) through a published port on the fast path, one at a
+// time; with -cpuprofile, where the daemon's share goes.
+func BenchmarkPublishFastConns(b *testing.B) {
+	h := newHarness(b, false, EgressConfig{})
+	f := newFastCtr(b, h.eg)
+	ln := f.listen(b, 80)
+	go func() {
+		msg := make([]byte, 64)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write(msg)
+			c.Close()
+		}
+	}()
+	port := freePort(b, "tcp")
+	p, err := h.eg.PublishFast(Publish{HostPort: port, Port: 80, Proto: "tcp"}, h.target(), f.path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	addr := netip.AddrPortFrom(publicAddr(b), port).String()
+	buf := make([]byte, 128)
+	for b.Loop() {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.ReadFull(c, buf[:64])
+		c.Close()
+		if n != 64 {
+			b.Fatalf("read %d bytes, want 64", n)
+		}
+	}
+}
+
+// TestPublishFastPathLastDataWithFIN: on the fast path, a container's
+// last data and FIN, in together, reach the client in one segment (the
+// copy learns of the FIN with the data and half-closes with it).
+func TestPublishFastPathLastDataWithFIN(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	f := newFastCtr(t, h.eg)
+	ha := publicAddr(t)
+	ln := f.listen(t, 80)
+	msg := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// Data and FIN in one segment: both are in when the copy
+			// reads.
+			writeLast(c, msg)
+			c.(*net.TCPConn).CloseWrite()
+			c.Close()
+		}
+	}()
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
+	p, err := h.eg.PublishFast(spec, h.target(), f.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for range 3 {
+		c, err := net.DialTCP("tcp4", nil, net.TCPAddrFromAddrPort(netip.AddrPortFrom(ha, spec.HostPort)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		before := segsIn(t, c)
+		got, err := io.ReadAll(c)
+		segs := segsIn(t, c) - before
+		c.Close()
+		if err != nil || string(got) != string(msg) {
+			t.Fatalf("client read %q, %v; want %q", got, err, msg)
+		}
+		if segs != 1 {
+			t.Errorf("the client took %d segments for the answer and its end, want 1 (data with FIN)", segs)
+		}
+	}
+}
