@@ -143,3 +143,23 @@ func logAttachSteps(t *testing.T, e *env, n int) {
 		}
 	}
 }
+
+// kernelMounts is the number of mounts the kernel holds (mnt_cache
+// objects in /proc/slabinfo, every mount namespace of the machine), or -1
+// if unreadable.
+func kernelMounts() int {
+	b, err := os.ReadFile("/proc/slabinfo")
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "mnt_cache" {
+			n, err := strconv.Atoi(f[1])
+			if err != nil {
+				return -1
+			}
+			return n
+		}
+	}
+	return -1
+}

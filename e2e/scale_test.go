@@ -45,6 +45,9 @@ func TestScaleOneHostContainers(t *testing.T) {
 		}
 	}
 	steps := scaleStepsOn(t, e)
+	if steps {
+		t.Logf("kernel mounts before (mnt_cache objects, the whole machine): %d", kernelMounts())
+	}
 	e.network("sc", "10.77.0.0/16")
 	rss0 := daemonRSS(t, e)
 	lat := make([]time.Duration, n)
@@ -65,6 +68,7 @@ func TestScaleOneHostContainers(t *testing.T) {
 	t.Logf("run wall time: first 10 avg %v, last 10 avg %v (%.0f%%)", first, last, 100*float64(last)/float64(first))
 	if steps {
 		logAttachSteps(t, e, n)
+		t.Logf("kernel mounts (mnt_cache objects, the whole machine): %d", kernelMounts())
 	}
 	time.Sleep(3 * time.Second) // idle
 	t.Logf("daemon RSS: %d MB empty, %d MB with %d idle containers", rss0>>20, daemonRSS(t, e)>>20, n)
