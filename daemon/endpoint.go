@@ -247,8 +247,10 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 	}
 	d.publishEndpoint(e)
 	st.step("publish")
+	d.refreshDNS() // dnsAttached's own refresh then finds it done
+	st.step("dns-records")
 	d.dnsAttached(c)
-	st.step("dns")
+	st.step("dns-listen")
 	st.log(d.log, "attach steps", "container", c.name, "network", n.rec.Name, "containers", len(d.containers))
 	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", ip, "ifname", e.ifname, "netns", c.netns)
 	return d.endpointView(e), nil
