@@ -97,9 +97,11 @@ func readStepLines(t *testing.T, path, msg string) []stepLine {
 }
 
 // logAttachSteps logs the average of each attach step over the first 10
-// attaches, the last 50 of each hundred and the last 10, and the
-// reconcile passes' average and longest duration per hundred containers.
-func logAttachSteps(t *testing.T, e *env, n int) {
+// attaches, the last 50 of each hundred and the last 10, with what the
+// run's wall time (lat) spent outside the attach (the CLI, the monitor,
+// the init step, the main process report), and the reconcile passes'
+// average and longest duration per hundred containers.
+func logAttachSteps(t *testing.T, e *env, n int, lat []time.Duration) {
 	t.Helper()
 	attaches := readStepLines(t, e.h.LogFile, "attach steps")
 	if len(attaches) < n {
@@ -111,8 +113,10 @@ func logAttachSteps(t *testing.T, e *env, n int) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	avg := func(ls []stepLine) string {
+	// avg describes the attaches from to to (their runs' order).
+	avg := func(from, to int) string {
 		var b strings.Builder
+		ls := attaches[from:to]
 		for _, k := range names {
 			var sum time.Duration
 			for _, l := range ls {
@@ -120,13 +124,18 @@ func logAttachSteps(t *testing.T, e *env, n int) {
 			}
 			fmt.Fprintf(&b, " %s %v", k, (sum / time.Duration(len(ls))).Round(10*time.Microsecond))
 		}
+		var outside time.Duration
+		for i, l := range ls {
+			outside += lat[from+i] - l.steps["total"]
+		}
+		fmt.Fprintf(&b, "; run outside the attach %v", (outside / time.Duration(len(ls))).Round(10*time.Microsecond))
 		return b.String()
 	}
-	t.Logf("attach steps, first 10:%s", avg(attaches[:10]))
+	t.Logf("attach steps, first 10:%s", avg(0, 10))
 	for k := 100; k <= n; k += 100 {
-		t.Logf("attach steps, %4d containers (last 50):%s", k, avg(attaches[k-50:k]))
+		t.Logf("attach steps, %4d containers (last 50):%s", k, avg(k-50, k))
 	}
-	t.Logf("attach steps, last 10:%s", avg(attaches[n-10:]))
+	t.Logf("attach steps, last 10:%s", avg(n-10, n))
 	passes := readStepLines(t, e.h.LogFile, "reconcile pass")
 	for k := 100; k <= n; k += 100 {
 		var sum, longest time.Duration

@@ -67,7 +67,7 @@ func TestScaleOneHostContainers(t *testing.T) {
 	first, last := avgDur(lat[:10]), avgDur(lat[n-10:])
 	t.Logf("run wall time: first 10 avg %v, last 10 avg %v (%.0f%%)", first, last, 100*float64(last)/float64(first))
 	if steps {
-		logAttachSteps(t, e, n)
+		logAttachSteps(t, e, n, lat)
 		t.Logf("kernel mounts (mnt_cache objects, the whole machine): %d", kernelMounts())
 	}
 	time.Sleep(3 * time.Second) // idle
