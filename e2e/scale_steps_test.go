@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,12 +22,15 @@ import (
 // init step a `run -d` also makes).
 
 // scaleStepsOn restarts the daemon with debug logging when VXMESH_E2E_STEPS
-// is set, and reports whether it is.
-func scaleStepsOn(t *testing.T, e *env) bool {
+// is set, has each `run -d` append its client-side timing to a file
+// (VXMESH_RUN_TIMING) and returns that file's path; "" when not set.
+func scaleStepsOn(t *testing.T, e *env) string {
 	t.Helper()
 	if os.Getenv("VXMESH_E2E_STEPS") == "" {
-		return false
+		return ""
 	}
+	timing := filepath.Join(t.TempDir(), "run-timing")
+	t.Setenv("VXMESH_RUN_TIMING", timing)
 	e.h.Flags = append(e.h.Flags, "--log-level", "debug")
 	if err := e.h.StopDaemon(); err != nil {
 		t.Fatal(err)
@@ -34,7 +38,55 @@ func scaleStepsOn(t *testing.T, e *env) bool {
 	if err := e.h.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	return true
+	return timing
+}
+
+// logRunTiming logs, from the runs' own timing lines (the CLI's and the
+// monitor's, in run order) and their wall times lat, the average of each
+// part of a run over the first 10, the last 50 of each hundred and the
+// last 10: the attach request, the monitor (of it, the main process's
+// start and the report of its PID), and the rest (the CLI's own start and
+// exit, nsenter).
+func logRunTiming(t *testing.T, path string, n int, lat []time.Duration) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs []map[string]time.Duration
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 || f[0] != "run" {
+			continue
+		}
+		m := map[string]time.Duration{}
+		for _, kv := range f[2:] {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				m[k], _ = time.ParseDuration(v)
+			}
+		}
+		runs = append(runs, m)
+	}
+	if len(runs) != n {
+		t.Fatalf("%d runs logged their timing, want %d", len(runs), n)
+	}
+	avg := func(from, to int) string {
+		var attach, monitor, start, report, rest time.Duration
+		for i := from; i < to; i++ {
+			r := runs[i]
+			attach, monitor, start, report = attach+r["attach"], monitor+r["monitor"], start+r["start"], report+r["report"]
+			rest += lat[i] - r["attach"] - r["monitor"]
+		}
+		k := time.Duration(to - from)
+		return fmt.Sprintf("attach %v, monitor %v (process start %v, PID report %v), CLI start and exit %v",
+			(attach / k).Round(10*time.Microsecond), (monitor / k).Round(10*time.Microsecond), (start / k).Round(10*time.Microsecond),
+			(report / k).Round(10*time.Microsecond), (rest / k).Round(10*time.Microsecond))
+	}
+	t.Logf("run parts, first 10: %s", avg(0, 10))
+	for k := 100; k <= n; k += 100 {
+		t.Logf("run parts, %4d containers (last 50): %s", k, avg(k-50, k))
+	}
+	t.Logf("run parts, last 10: %s", avg(n-10, n))
 }
 
 // clientSteps times k bare CLI starts and k processes started in

@@ -44,7 +44,8 @@ func TestScaleOneHostContainers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	steps := scaleStepsOn(t, e)
+	timing := scaleStepsOn(t, e)
+	steps := timing != ""
 	if steps {
 		t.Logf("kernel mounts before (mnt_cache objects, the whole machine): %d", kernelMounts())
 	}
@@ -68,6 +69,7 @@ func TestScaleOneHostContainers(t *testing.T) {
 	t.Logf("run wall time: first 10 avg %v, last 10 avg %v (%.0f%%)", first, last, 100*float64(last)/float64(first))
 	if steps {
 		logAttachSteps(t, e, n, lat)
+		logRunTiming(t, timing, n, lat)
 		t.Logf("kernel mounts (mnt_cache objects, the whole machine): %d", kernelMounts())
 	}
 	time.Sleep(3 * time.Second) // idle
