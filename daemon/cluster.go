@@ -211,7 +211,10 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 		}
 		p.done(start)
 		d.passes.reconcile.Add(1)
+		ctrs := len(d.containers)
 		d.mu.Unlock()
+		// How long the pass held d.mu: an attach waits for it.
+		d.log.Debug("reconcile pass", "took", time.Since(start), "containers", ctrs)
 		d.releaseEmptyBlocks(time.Now())
 		d.saveMembers()
 	}

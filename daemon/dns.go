@@ -57,6 +57,9 @@ type resolver struct {
 	// guarded by rebuild.
 	built    bool
 	builtGen uint64
+	// setSeq is the endpoint set (endpointSet.seq) the index was last
+	// built from; guarded by rebuild.
+	setSeq uint64
 	// b derives each index from the last; guarded by rebuild.
 	b dnsBuilder
 	// listeners by container name; guarded by Daemon.mu.
@@ -124,9 +127,13 @@ func (d *Daemon) refreshDNS() {
 	if d.dns.built && d.dns.builtGen == gen {
 		return
 	}
-	accepted := d.endpointSet().accepted
-	d.dns.idx.index.Store(d.dns.b.update(d.cfg.Node, accepted, d.serviceSet(accepted).dnsServices()))
-	d.dns.built, d.dns.builtGen = true, gen
+	set, ids, known := d.endpointSetSince(d.dns.setSeq)
+	var delta *dnsDelta
+	if known {
+		delta = &dnsDelta{ids: ids, lookup: set.lookup}
+	}
+	d.dns.idx.index.Store(d.dns.b.updateDelta(d.cfg.Node, set.accepted, delta, d.serviceSet(set.accepted).dnsServices()))
+	d.dns.built, d.dns.builtGen, d.dns.setSeq = true, gen, set.seq
 }
 
 // dnsAttached updates the records after c got an endpoint (or its

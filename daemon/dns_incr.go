@@ -71,16 +71,78 @@ type dnsChange struct {
 	addrs map[netip.Addr]bool
 }
 
+// dnsDelta tells update which records may have changed since its last
+// call (possibly more), and their accepted version now, so that it does
+// not compare every record.
+type dnsDelta struct {
+	ids    []epID
+	lookup func(epID) (*epRecord, bool)
+}
+
 // update returns the index of the accepted records and the services,
 // derived from the last one.
 func (b *dnsBuilder) update(node string, accepted []epRecord, svcs []dnsService) *dnsIndex {
+	return b.updateDelta(node, accepted, nil, svcs)
+}
+
+// updateDelta is update, told by delta (if not nil) which records may
+// have changed since the last call.
+func (b *dnsBuilder) updateDelta(node string, accepted []epRecord, delta *dnsDelta, svcs []dnsService) *dnsIndex {
 	if !b.ok {
+		delta = nil
 		b.ok, b.recs, b.refs, b.views, b.local = true, map[epID]epRecord{}, map[dnsRef]int{}, map[string]*dns.AnswerView{}, map[string]map[string]int{}
 		b.groups, b.groupOf, b.moved = map[string]map[string]bool{}, map[string]string{}, map[string]bool{}
 		b.x = &dnsIndex{networks: map[string][]string{}, names: map[string]map[string][]netip.Addr{}, ptrs: map[string]map[netip.Addr][]string{},
 			services: map[string]map[string]dns.Records{}, vips: map[string]map[netip.Addr]vipName{}, answers: dns.NewAnswers()}
 	}
 	var gone, added []epRecord
+	if delta != nil {
+		gone, added = b.takeDelta(delta)
+	} else {
+		gone, added = b.takeAll(accepted)
+	}
+	sameSvcs := reflect.DeepEqual(svcs, b.svcs)
+	if len(gone) == 0 && len(added) == 0 && sameSvcs {
+		return b.x
+	}
+	b.x = b.apply(node, gone, added, svcs, sameSvcs)
+	b.svcs = svcs
+	return b.x
+}
+
+// takeDelta takes in the records delta names: those gone or changed since
+// the last update, and those added or changed, are returned.
+func (b *dnsBuilder) takeDelta(delta *dnsDelta) (gone, added []epRecord) {
+	seen := make(map[epID]bool, len(delta.ids))
+	for _, k := range delta.ids {
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		old, had := b.recs[k]
+		rec, ok := delta.lookup(k)
+		if ok {
+			_, ok = dnsIndexed(rec)
+		}
+		switch {
+		case !ok && had:
+			gone = append(gone, old)
+			delete(b.recs, k)
+		case !ok, had && sameRecord(old, *rec):
+		default:
+			if had {
+				gone = append(gone, old)
+			}
+			added = append(added, *rec)
+			b.recs[k] = *rec
+		}
+	}
+	return gone, added
+}
+
+// takeAll takes in accepted whole, comparing every record with the one
+// taken in before.
+func (b *dnsBuilder) takeAll(accepted []epRecord) (gone, added []epRecord) {
 	n := 0
 	for i := range accepted {
 		rec := &accepted[i]
@@ -113,13 +175,7 @@ func (b *dnsBuilder) update(node string, accepted []epRecord, svcs []dnsService)
 			}
 		}
 	}
-	sameSvcs := reflect.DeepEqual(svcs, b.svcs)
-	if len(gone) == 0 && len(added) == 0 && sameSvcs {
-		return b.x
-	}
-	b.x = b.apply(node, gone, added, svcs, sameSvcs)
-	b.svcs = svcs
-	return b.x
+	return gone, added
 }
 
 // apply makes the next index from b.x: gone records out, added ones in,

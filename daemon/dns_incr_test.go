@@ -68,6 +68,38 @@ func (w *dnsWorld) step() {
 }
 
 // accepted is the records sorted by key, as endpointSet gives them.
+// delta is what changed from the accepted records prev to now, as a
+// dnsDelta: every record added, removed or changed, and a few unchanged
+// ones, some twice.
+func (w *dnsWorld) delta(prev, now []epRecord) *dnsDelta {
+	at := map[epID]*epRecord{}
+	for i := range now {
+		at[idOf(now[i])] = &now[i]
+	}
+	var ids []epID
+	for _, rec := range prev {
+		if cur, ok := at[idOf(rec)]; !ok || !sameRecord(*cur, rec) {
+			ids = append(ids, idOf(rec))
+		}
+	}
+	was := map[epID]bool{}
+	for _, rec := range prev {
+		was[idOf(rec)] = true
+	}
+	for _, rec := range now {
+		if !was[idOf(rec)] || w.rng.IntN(4) == 0 {
+			ids = append(ids, idOf(rec))
+		}
+	}
+	if len(ids) > 0 && w.rng.IntN(3) == 0 {
+		ids = append(ids, ids[0])
+	}
+	return &dnsDelta{ids: ids, lookup: func(k epID) (*epRecord, bool) {
+		rec, ok := at[k]
+		return rec, ok
+	}}
+}
+
 func (w *dnsWorld) accepted() []epRecord {
 	var out []epRecord
 	for _, r := range w.recs {
@@ -90,22 +122,33 @@ func TestDNSIndexIncrementalEqualsFull(t *testing.T) {
 	}
 	for seed := range seeds {
 		w := &dnsWorld{rng: rand.New(rand.NewPCG(seed, 2)), recs: map[string]epRecord{}}
-		var b dnsBuilder
+		// b compares every record; bd is told what changed (dnsDelta),
+		// with some unchanged records among them, as endpointSetSince
+		// tells refreshDNS.
+		var b, bd dnsBuilder
+		var prev []epRecord
 		for i := range 120 {
 			w.step()
 			recs := w.accepted()
 			want := buildDNSIndex("h1", recs, w.svcs)
-			got := b.update("h1", recs, w.svcs)
-			for _, f := range []struct {
-				name      string
-				got, want any
-			}{
-				{"networks", got.networks, want.networks}, {"names", got.names, want.names}, {"ptrs", got.ptrs, want.ptrs},
-				{"services", got.services, want.services}, {"vips", got.vips, want.vips},
-				{"askers", got.answers.Askers(), want.answers.Askers()}, {"answers", answerViews(got.answers), answerViews(want.answers)},
-			} {
-				if !reflect.DeepEqual(f.got, f.want) {
-					t.Fatalf("seed %d step %d: %s differ\n got %+v\nwant %+v", seed, i, f.name, f.got, f.want)
+			delta := w.delta(prev, recs)
+			prev = recs
+			for _, v := range []struct {
+				name string
+				got  *dnsIndex
+			}{{"full walk", b.update("h1", recs, w.svcs)}, {"delta", bd.updateDelta("h1", recs, delta, w.svcs)}} {
+				got := v.got
+				for _, f := range []struct {
+					name      string
+					got, want any
+				}{
+					{"networks", got.networks, want.networks}, {"names", got.names, want.names}, {"ptrs", got.ptrs, want.ptrs},
+					{"services", got.services, want.services}, {"vips", got.vips, want.vips},
+					{"askers", got.answers.Askers(), want.answers.Askers()}, {"answers", answerViews(got.answers), answerViews(want.answers)},
+				} {
+					if !reflect.DeepEqual(f.got, f.want) {
+						t.Fatalf("seed %d step %d (%s): %s differ\n got %+v\nwant %+v", seed, i, v.name, f.name, f.got, f.want)
+					}
 				}
 			}
 		}

@@ -154,6 +154,7 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 		}
 	}
 
+	st := d.stepTimer()
 	specs, err := parsePublish(req)
 	if err != nil {
 		return api.Endpoint{}, err
@@ -170,7 +171,8 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 		}
 	}()
 
-	d.mu.Lock()
+	st.step("ports")
+	st.lock(&d.mu)
 	n, c, err := d.beginAttach(req)
 	if err == nil {
 		if _, err = d.attachMembers(req, n); err != nil {
@@ -197,6 +199,7 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 	// claims are cluster round trips) and the interface. The name is
 	// reserved (d.attaching) and the address too (d.reservedIPs); what
 	// others may change meanwhile is checked again in commitAttach.
+	st.step("begin")
 	newCtr := c == nil
 	switch {
 	case newCtr && hostTAP:
@@ -212,11 +215,13 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 			return api.Endpoint{}, err
 		}
 	}
+	st.step("netns")
 	ip, err := d.reserveIP(req.Name, n, req.IP)
 	if err != nil {
 		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
 	}
-	d.mu.Lock()
+	st.step("ip")
+	st.lock(&d.mu)
 	e, cfg, err := d.prepareEndpoint(req, n, c, ip)
 	if err == nil {
 		// The services again: one may have gone meanwhile.
@@ -231,6 +236,7 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 	if err != nil {
 		return api.Endpoint{}, err
 	}
+	st.step("prepare")
 	dev, err := d.plug(c, cfg)
 	if err != nil {
 		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
@@ -238,13 +244,19 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 	if !c.hostTAP { // a host TAP goes with its descriptor
 		undo = append(undo, func() { d.sb.Unplug(c.netns, e.ifname) })
 	}
-	d.mu.Lock()
+	st.step("plug")
+	st.lock(&d.mu)
 	defer d.mu.Unlock()
-	if err := d.commitAttach(n, c, e, dev, newCtr); err != nil {
+	if err := d.commitAttach(n, c, e, dev, newCtr, st); err != nil {
 		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
 	}
 	d.publishEndpoint(e)
+	st.step("publish")
+	d.refreshDNS() // dnsAttached's own refresh then finds it done
+	st.step("dns-records")
 	d.dnsAttached(c)
+	st.step("dns-listen")
+	st.log(d.log, "attach steps", "container", c.name, "network", n.rec.Name, "containers", len(d.containers))
 	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", ip, "ifname", e.ifname, "netns", c.netns)
 	return d.endpointView(e), nil
 }
@@ -371,7 +383,7 @@ func (d *Daemon) checkAttachable(n *localNetwork, c *container) error {
 // commitAttach records e with its device, saves the state and applies the
 // data plane. On failure it leaves the records as they were and the
 // device closed; callers hold d.mu.
-func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev netdev.Device, newCtr bool) error {
+func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev netdev.Device, newCtr bool, st *stepTimer) error {
 	if err := d.checkAttachable(n, c); err != nil {
 		dev.Close()
 		return err
@@ -382,6 +394,7 @@ func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev ne
 		d.containers[c.name] = c
 	}
 	d.containerChanged(c)
+	st.step("record")
 	forget := func() {
 		delete(c.endpoints, n.rec.Name)
 		if newCtr {
@@ -394,7 +407,10 @@ func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev ne
 		dev.Close()
 		return err
 	}
-	if err := dataplaneErrors(d.applyDataplane(), n.rec.Name, "port "+e.portName()); err != nil {
+	st.step("save")
+	err := dataplaneErrors(d.applyDataplane(), n.rec.Name, "port "+e.portName())
+	st.step("dataplane")
+	if err != nil {
 		forget()
 		if err := d.saveContainer(c.name); err != nil {
 			d.log.Error("saving state", "err", err)

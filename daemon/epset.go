@@ -47,7 +47,21 @@ type epSetBuilder struct {
 	set       endpointSet
 	// acceptedKeys are the table keys of set.accepted.
 	acceptedKeys []string
+	// log holds, for the last sets made (set.seq), the records judged
+	// again or gone in each: a superset of the records whose accepted
+	// version differs from the previous set's (changedSince).
+	log []epSetChange
 }
+
+// epSetChange is one entry of epSetBuilder.log.
+type epSetChange struct {
+	seq uint64
+	ids []epID
+}
+
+// epSetLogLen bounds epSetBuilder.log: a reader further behind walks the
+// whole set.
+const epSetLogLen = 32
 
 // epSetInput is what the endpoint set is derived from.
 type epSetInput struct {
@@ -173,8 +187,42 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 			in.refuse(rec, err)
 		}
 	}
+	seq := g.set.seq + 1
 	g.set = g.snapshot(dirty, gone)
+	g.set.seq = seq
+	ids := make([]epID, 0, len(dirty)+len(gone))
+	for _, m := range []map[epID]bool{dirty, gone} {
+		for k := range m {
+			ids = append(ids, k)
+		}
+	}
+	if len(g.log) == epSetLogLen {
+		g.log = slices.Delete(g.log, 0, 1)
+	}
+	g.log = append(g.log, epSetChange{seq, ids})
 	return g.set
+}
+
+// changedSince returns the records (possibly more) whose accepted version
+// in the current set may differ from the one in the set numbered seq, or
+// false if the log does not reach back to it (seq 0: a set not made by
+// this builder).
+func (g *epSetBuilder) changedSince(seq uint64) ([]epID, bool) {
+	switch {
+	case seq == 0 || seq > g.set.seq:
+		return nil, false
+	case seq == g.set.seq:
+		return []epID{}, true
+	case len(g.log) == 0 || g.log[0].seq > seq+1:
+		return nil, false
+	}
+	var out []epID
+	for _, c := range g.log {
+		if c.seq > seq {
+			out = append(out, c.ids...)
+		}
+	}
+	return out, true
 }
 
 // put takes rec in, unless the same version was judged already.
@@ -279,6 +327,7 @@ func (g *epSetBuilder) snapshot(dirty, gone map[epID]bool) endpointSet {
 	}
 	keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, len(prev), &drop)
 	g.acceptedKeys = keys
+	out.keys = keys
 	for k, why := range g.refusedBy {
 		rec := g.recs[k]
 		if _, known := g.nets[rec.Network]; !known {

@@ -137,6 +137,7 @@ func TestEndpointSetIncrementalEqualsFull(t *testing.T) {
 		var g epSetBuilder
 		var incRefusals []string
 		noted := map[string]bool{}
+		history := map[uint64]endpointSet{}
 		for i := range 150 {
 			w.step()
 			var fullRefusals []string
@@ -157,6 +158,49 @@ func TestEndpointSetIncrementalEqualsFull(t *testing.T) {
 					t.Fatalf("seed %d step %d: refusal %q never reported by the incremental set", seed, i, r)
 				}
 			}
+			history[got.seq] = got
+			checkChangedSince(t, &g, history, got, w.rng.Uint64N(got.seq+2))
+		}
+	}
+}
+
+// checkChangedSince checks what refreshDNS relies on: g.changedSince(seq)
+// names every record whose accepted version differs between the set
+// numbered seq (in history) and the current set cur, which lookup finds
+// by key; and it answers whenever the set is still in the log.
+func checkChangedSince(t *testing.T, g *epSetBuilder, history map[uint64]endpointSet, cur endpointSet, seq uint64) {
+	t.Helper()
+	ids, ok := g.changedSince(seq)
+	old, known := history[seq]
+	if !ok {
+		if known && seq != 0 && cur.seq-seq < epSetLogLen {
+			t.Fatalf("changedSince(%d) unknown at set %d, within the log", seq, cur.seq)
+		}
+		return
+	}
+	if !known {
+		t.Fatalf("changedSince(%d) answered for a set never made (current %d)", seq, cur.seq)
+	}
+	named := map[epID]bool{}
+	for _, k := range ids {
+		named[k] = true
+	}
+	was := map[epID]epRecord{}
+	for _, rec := range old.accepted {
+		was[idOf(rec)] = rec
+	}
+	for _, rec := range cur.accepted {
+		if got, ok := cur.lookup(idOf(rec)); !ok || !sameRecord(*got, rec) {
+			t.Fatalf("lookup(%v) = %v, %v; want %v", idOf(rec), got, ok, rec)
+		}
+		if prev, ok := was[idOf(rec)]; (!ok || !sameRecord(prev, rec)) && !named[idOf(rec)] {
+			t.Fatalf("set %d: %v changed since set %d but changedSince does not name it", cur.seq, idOf(rec), seq)
+		}
+		delete(was, idOf(rec))
+	}
+	for k := range was {
+		if !named[k] {
+			t.Fatalf("set %d: %v gone since set %d but changedSince does not name it", cur.seq, k, seq)
 		}
 	}
 }

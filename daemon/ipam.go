@@ -253,6 +253,25 @@ func emptyBlocks(held []netip.Prefix, used map[netip.Addr]bool, gw netip.Addr) [
 	return out
 }
 
+// emptyHeldBlocks is emptyBlocks(held, d.usedIPs(n), n.gw) without a walk
+// of every address when it can: a block of the network's block size in
+// which this node has an endpoint (the kept per-block counts) is in use,
+// so only the other blocks are looked at with the full list, made only if
+// there are any. It runs after every reconcile pass. Callers hold d.mu.
+func (d *Daemon) emptyHeldBlocks(n *localNetwork, held []netip.Prefix) []netip.Prefix {
+	d.ipTaken(n) // brings the per-block counts up to date
+	var unsure []netip.Prefix
+	for _, b := range held {
+		if d.localInBlock[n.rec.Name][b.Masked()] == 0 {
+			unsure = append(unsure, b)
+		}
+	}
+	if len(unsure) == 0 {
+		return nil
+	}
+	return emptyBlocks(unsure, d.usedIPs(n), n.gw)
+}
+
 // blocksToRelease decides, at now, which of this node's blocks have been
 // empty for the hold-down and marks them releasing; callers hold d.mu.
 func (d *Daemon) blocksToRelease(now time.Time) []blockRef {
@@ -271,7 +290,7 @@ func (d *Daemon) blocksToRelease(now time.Time) []blockRef {
 		if len(held) == 0 || t.busy[name] > 0 {
 			continue
 		}
-		for _, b := range emptyBlocks(held, d.usedIPs(n), n.gw) {
+		for _, b := range d.emptyHeldBlocks(n, held) {
 			r := blockRef{name, b}
 			seen[r] = true
 			since, ok := t.emptySince[r]

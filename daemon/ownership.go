@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 )
@@ -22,6 +23,21 @@ type endpointSet struct {
 	// refused lists, by network, the other nodes' records refused, each as
 	// "NAME@NODE IP: reason".
 	refused map[string][]string
+	// seq numbers the sets the incremental builder makes (0: made from
+	// scratch), and keys are the table keys of accepted (set by the
+	// builder only): see endpointSetSince.
+	seq  uint64
+	keys []string
+}
+
+// lookup returns the accepted record k, if any, by binary search on keys
+// (a set made by the builder).
+func (s endpointSet) lookup(k epID) (*epRecord, bool) {
+	i, ok := slices.BinarySearch(s.keys, epKey(k.node, k.network, k.name))
+	if !ok {
+		return nil, false
+	}
+	return &s.accepted[i], true
 }
 
 // blockOf returns the IPAM block of subnet that holds a.
@@ -64,6 +80,20 @@ func (d *Daemon) endpointSet() endpointSet {
 	in.recs, in.delta, rev = d.endpointsSince(c.rev)
 	c.ok, c.gen, c.set, c.rev = true, gen, c.b.update(in), rev
 	return c.set
+}
+
+// endpointSetSince is endpointSet, with the records (possibly more) whose
+// accepted version may differ from the one in the set numbered seq, or
+// false if that is not known (walk the whole set).
+func (d *Daemon) endpointSetSince(seq uint64) (endpointSet, []epID, bool) {
+	set := d.endpointSet()
+	c := &d.epSet
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// The builder may have made newer sets meanwhile: their changes are
+	// a superset of set's.
+	ids, ok := c.b.changedSince(seq)
+	return set, ids, ok
 }
 
 // addrTaken reports whether a valid endpoint record (accepted or not) of

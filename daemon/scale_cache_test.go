@@ -296,6 +296,27 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 				t.Fatalf("step %d: ports of %s: kept %v, fresh %v", step, n.rec.Name, got, want)
 			}
 		}
+		for _, n := range d.networks {
+			// The empty blocks the release sweep finds with the kept
+			// counts are those the full list of used addresses shows:
+			// among the blocks held, every block of the first addresses
+			// (some used, some not) and a block of another size.
+			blockAfter := func(b netip.Prefix) netip.Prefix {
+				a := b.Addr().As4()
+				v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+				v += 1 << (32 - b.Bits())
+				return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), b.Bits())
+			}
+			held := d.cl.ClaimedBlocks(n.rec.Name)
+			bits := blockBits(n.subnet)
+			for b := netip.PrefixFrom(n.subnet.Addr(), bits); b.Addr().As4()[2] == 0; b = blockAfter(b) {
+				held = append(held, b)
+			}
+			held = append(held, netip.PrefixFrom(n.subnet.Addr(), 24))
+			if got, want := d.emptyHeldBlocks(n, held), emptyBlocks(held, d.usedIPs(n), n.gw); !slices.Equal(got, want) {
+				t.Fatalf("step %d: empty blocks of %s: %v, want %v", step, n.rec.Name, got, want)
+			}
+		}
 		d.containerByNetns(0, 0)
 		if !maps.EqualFunc(keptNetns, d.byNetns, func(a, b []*container) bool { return len(a) == 1 && len(b) == 1 && a[0] == b[0] }) {
 			t.Fatalf("step %d: containers by netns: kept index %d long, fresh one %d long", step, len(keptNetns), len(d.byNetns))

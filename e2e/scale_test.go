@@ -23,6 +23,8 @@ import (
 // from a restart until a ping between the first and the last container
 // works. It is a benchmark, not a timed test: it runs only when
 // VXMESH_E2E_SCALE is the number of containers, and logs the numbers.
+// With VXMESH_E2E_STEPS set it also logs where a run's time goes (see
+// scale_steps_test.go).
 //
 //	VXMESH_E2E_SCALE=1000 go test -count=1 -timeout 60m -v ./e2e -run TestScaleOneHostContainers
 func TestScaleOneHostContainers(t *testing.T) {
@@ -42,6 +44,11 @@ func TestScaleOneHostContainers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	timing := scaleStepsOn(t, e)
+	steps := timing != ""
+	if steps {
+		t.Logf("kernel mounts before (mnt_cache objects, the whole machine): %d", kernelMounts())
+	}
 	e.network("sc", "10.77.0.0/16")
 	rss0 := daemonRSS(t, e)
 	lat := make([]time.Duration, n)
@@ -52,10 +59,19 @@ func TestScaleOneHostContainers(t *testing.T) {
 		lat[i] = time.Since(t0)
 		if (i+1)%100 == 0 {
 			t.Logf("%d containers: run %v (avg of the last 10: %v)", i+1, lat[i].Round(time.Millisecond), avgDur(lat[i-9:i+1]))
+			if steps {
+				cli, exec := clientSteps(e, name(i), 5)
+				t.Logf("%d containers: a bare CLI start %v, exec true %v (avg of 5)", i+1, cli.Round(10*time.Microsecond), exec.Round(10*time.Microsecond))
+			}
 		}
 	}
 	first, last := avgDur(lat[:10]), avgDur(lat[n-10:])
 	t.Logf("run wall time: first 10 avg %v, last 10 avg %v (%.0f%%)", first, last, 100*float64(last)/float64(first))
+	if steps {
+		logAttachSteps(t, e, n, lat)
+		logRunTiming(t, timing, n, lat)
+		t.Logf("kernel mounts (mnt_cache objects, the whole machine): %d", kernelMounts())
+	}
 	time.Sleep(3 * time.Second) // idle
 	t.Logf("daemon RSS: %d MB empty, %d MB with %d idle containers", rss0>>20, daemonRSS(t, e)>>20, n)
 	if profDir != "" {

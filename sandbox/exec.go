@@ -200,6 +200,13 @@ func NSInitMain(args []string) {
 	// inside the network namespace lists its interfaces under
 	// /sys/class/net, as with `ip netns exec`; it is a convenience only.
 	_ = unix.Mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	// The copy holds a bind mount of every named network namespace (each
+	// container's) under NetnsDir; the container needs none of them.
+	// Detached, they no longer make the kernel hold, with N containers,
+	// N copies of up to N mounts. (A namespace whose name is deleted is
+	// unmounted from every copy by the kernel anyway.) Not a mount point:
+	// nothing to do.
+	_ = unix.Unmount(NetnsDir, unix.MNT_DETACH)
 	if resolv != "" {
 		if err := unix.Mount(resolv, "/etc/resolv.conf", "", unix.MS_BIND, ""); err != nil {
 			die(ExitInitFailed, "bind-mount %s over /etc/resolv.conf: %v", resolv, err)

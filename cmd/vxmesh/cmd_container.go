@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/gateway"
@@ -75,11 +76,17 @@ func cmdRun(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	t0 := time.Now()
 	ep, err := attachAll(env, c, attachSpec{name: *name, netws: netws, ip: *ip, aliases: aliases, publish: publish}, svcs)
 	if err != nil {
 		return err
 	}
-	err = startIn(env, ep.Netns, ep.ResolvConf, argv, *detach, *name, &exitReport{socket: fs.socket, container: *name})
+	t1 := time.Now()
+	rep := &exitReport{socket: fs.socket, container: *name, timing: &monitorTiming{}}
+	err = startIn(env, ep.Netns, ep.ResolvConf, argv, *detach, *name, rep)
+	if path := os.Getenv(runTimingEnv); path != "" && err == nil && *detach {
+		writeRunTiming(path, *name, t1.Sub(t0), time.Since(t1), *rep.timing)
+	}
 	if _, exited := err.(exitError); err != nil && !exited {
 		// The command never started: take the container away again.
 		if rmErr := c.RemoveContainer(*name); rmErr != nil {
@@ -135,8 +142,12 @@ func attachAll(env *cliEnv, c *api.Client, a attachSpec, svcs map[string][]api.S
 // status to the daemon, for ps.
 func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, name string, report *exitReport) error {
 	if detach && report != nil {
-		if _, err := startMonitored(netns, resolvConf, argv, *report); err != nil {
+		_, mt, err := startMonitored(netns, resolvConf, argv, *report)
+		if err != nil {
 			return err
+		}
+		if report.timing != nil {
+			*report.timing = mt
 		}
 		fmt.Fprintln(env.stdout, name)
 		return nil

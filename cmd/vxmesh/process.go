@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/sandbox"
@@ -39,6 +40,32 @@ func startDetached(netns, resolvConf string, argv []string) (int, error) {
 type exitReport struct {
 	socket    string
 	container string
+	// timing, if set, receives the monitor's timings (runTimingEnv).
+	timing *monitorTiming
+}
+
+// writeRunTiming appends to the file at path one line on a `run -d` of
+// container name: the attach (the daemon's answer), the monitor from its
+// start until it answered, and of that the main process's start and the
+// report of its PID. Errors are ignored: it is a debugging aid.
+func writeRunTiming(path, name string, attach, monitor time.Duration, mt monitorTiming) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "run %s attach=%v monitor=%v start=%v report=%v\n", name, attach, monitor, mt.start, mt.report)
+}
+
+// runTimingEnv names a file to which `run -d` appends where its time went
+// (runTiming): a debugging aid for the scale tests, off when unset.
+const runTimingEnv = "VXMESH_RUN_TIMING"
+
+// monitorTiming is what the monitor tells the CLI of its own steps, with
+// runTimingEnv set: the main process's start (fork, mount namespace, init
+// step exec'd) and the report of its PID to the daemon.
+type monitorTiming struct {
+	start, report time.Duration
 }
 
 // startMonitored starts argv as the main process of a container made by
@@ -49,10 +76,11 @@ type exitReport struct {
 // waits for it and reports its exit status. It returns the command's PID.
 // If the monitor is killed or the daemon cannot be reached when the
 // command exits, the status is lost and ps shows the container "up".
-func startMonitored(netns, resolvConf string, argv []string, rep exitReport) (int, error) {
+func startMonitored(netns, resolvConf string, argv []string, rep exitReport) (int, monitorTiming, error) {
+	var mt monitorTiming
 	r, w, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return 0, mt, err
 	}
 	defer r.Close()
 	args := append([]string{"vxmesh", monitorArg, rep.socket, rep.container, netns, resolvConf, "--"}, argv...)
@@ -65,19 +93,28 @@ func startMonitored(netns, resolvConf string, argv []string, rep exitReport) (in
 	err = cmd.Start()
 	w.Close()
 	if err != nil {
-		return 0, fmt.Errorf("starting the monitor of %q: %w", argv[0], err)
+		return 0, mt, fmt.Errorf("starting the monitor of %q: %w", argv[0], err)
 	}
 	defer cmd.Process.Release()
 	b, _ := bufio.NewReader(io.LimitReader(r, 4096)).ReadString('\n')
 	line := strings.TrimSpace(b)
 	if msg, ok := strings.CutPrefix(line, "error "); ok {
-		return 0, fmt.Errorf("%s", msg)
+		return 0, mt, fmt.Errorf("%s", msg)
 	}
-	pid, err := strconv.Atoi(strings.TrimPrefix(line, "pid "))
-	if err != nil || !strings.HasPrefix(line, "pid ") {
-		return 0, fmt.Errorf("the monitor of %q answered %q", argv[0], line)
+	// "pid N", then the monitor's timings if it was asked for them.
+	f := strings.Fields(line)
+	if len(f) < 2 || f[0] != "pid" {
+		return 0, mt, fmt.Errorf("the monitor of %q answered %q", argv[0], line)
 	}
-	return pid, nil
+	pid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return 0, mt, fmt.Errorf("the monitor of %q answered %q", argv[0], line)
+	}
+	if len(f) == 4 {
+		mt.start, _ = time.ParseDuration(f[2])
+		mt.report, _ = time.ParseDuration(f[3])
+	}
+	return pid, mt, nil
 }
 
 // monitorMain is the monitor started by startMonitored; args are the
@@ -93,11 +130,13 @@ func monitorMain(args []string) int {
 		return sandbox.ExitInitFailed
 	}
 	socket, name, netns, resolv, argv := args[0], args[1], args[2], args[3], args[5:]
+	t0 := time.Now()
 	c := sandbox.Command(netns, resolv, argv)
 	if err := c.Start(); err != nil {
 		fmt.Fprintf(status, "error %s\n", oneLine(err))
 		return sandbox.ExitInitFailed
 	}
+	t1 := time.Now()
 	pid := c.PID()
 	client := api.NewClient(socket)
 	// Errors are not reported: the command runs, and nobody listens to
@@ -106,7 +145,11 @@ func monitorMain(args []string) int {
 	// The monitor lives as long as the command: it must not keep the
 	// daemon holding its idle connection (one per container) meanwhile.
 	client.CloseIdleConnections()
-	fmt.Fprintf(status, "pid %d\n", pid)
+	if os.Getenv(runTimingEnv) != "" {
+		fmt.Fprintf(status, "pid %d %v %v\n", pid, t1.Sub(t0), time.Since(t1))
+	} else {
+		fmt.Fprintf(status, "pid %d\n", pid)
+	}
 	status.Close()
 	code := sandbox.ExitStatus(c.Wait())
 	client.MainProcess(name, api.MainProcess{PID: pid, ExitStatus: &code})
