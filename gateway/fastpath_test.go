@@ -148,20 +148,7 @@ func TestPublishFastPath(t *testing.T) {
 		t.Fatalf("container answered %q (%v), want %q (the client's own address, then the echo)", got, err, want)
 	}
 
-	lc, err := net.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), spec.HostPort).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	lc.SetDeadline(time.Now().Add(10 * time.Second))
-	line := make([]byte, 64)
-	n, err := lc.Read(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if peer := strings.TrimSpace(string(line[:n])); !strings.HasPrefix(peer, gwAddr.Addr().String()+":") {
-		t.Fatalf("a loopback client entered as %s, want the gateway's address %s", peer, gwAddr.Addr())
-	}
-	lc.Close()
+	dialLoopbackSeesGateway(t, spec.HostPort).Close()
 	poll(t, "both flows ended", func() bool { return h.eg.Stats().IngressTCP == 0 })
 	st := h.eg.Stats()
 	if st.IngressFast != 2 || st.IngressFastFallback != 0 || st.IngressTotal != 2 || st.IngressBytesIn != 5 {

@@ -115,19 +115,8 @@ func TestPublishTCP(t *testing.T) {
 		t.Fatalf("container answered %q, want %q (the client's own address, then the echo)", got, want)
 	}
 
-	lc, err := net.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), spec.HostPort).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	lc.SetDeadline(time.Now().Add(10 * time.Second))
+	lc := dialLoopbackSeesGateway(t, spec.HostPort)
 	line := make([]byte, 64)
-	n, err := lc.Read(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if peer := strings.TrimSpace(string(line[:n])); !strings.HasPrefix(peer, gwAddr.Addr().String()+":") {
-		t.Fatalf("a loopback client entered as %s, want the gateway's address %s", peer, gwAddr.Addr())
-	}
 
 	if _, err := h.eg.Publish(spec, h.target()); err == nil || !strings.Contains(err.Error(), "already in use") {
 		t.Fatalf("publishing a port in use: err %v, want already in use", err)
@@ -245,4 +234,27 @@ func TestIngressSource(t *testing.T) {
 			t.Errorf("client %s enters as %s (spoofed %v), want %s", tc.client, got, spoofed, tc.want)
 		}
 	}
+}
+
+// dialLoopbackSeesGateway connects to the published port from 127.0.0.1
+// and checks the first line the container sends, the peer address it saw:
+// a loopback client enters from the gateway's address. The connection is
+// left open for the caller.
+func dialLoopbackSeesGateway(t *testing.T, port uint16) net.Conn {
+	t.Helper()
+	lc, err := net.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lc.Close() })
+	lc.SetDeadline(time.Now().Add(10 * time.Second))
+	line := make([]byte, 64)
+	n, err := lc.Read(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peer := strings.TrimSpace(string(line[:n])); !strings.HasPrefix(peer, gwAddr.Addr().String()+":") {
+		t.Fatalf("a loopback client entered as %s, want the gateway's address %s", peer, gwAddr.Addr())
+	}
+	return lc
 }
