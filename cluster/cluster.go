@@ -244,8 +244,10 @@ type Cluster struct {
 	// regossip schedules own small writes for a broadcast again.
 	regossip map[tkey]*regossip
 	acks     map[uint64]*delivery // the same, by the id of their last send
-	closed   bool
-	closing  bool // set before Close waits for goroutines; guards wg.Add
+	// catchUpAnswers counts the catch-up answers in flight.
+	catchUpAnswers int
+	closed         bool
+	closing        bool // set before Close waits for goroutines; guards wg.Add
 
 	// Also guarded by mu:
 	claimRules map[string]claimRules       // by claim table
@@ -254,6 +256,14 @@ type Cluster struct {
 
 	claimMu     sync.Mutex
 	reconnectOn atomic.Bool
+	// burst is set when the broadcast queue grew past regossipQueueMax
+	// and no catch-up request has followed yet (catchUpDue).
+	burst atomic.Bool
+	// quietTicks and nextCatchUp belong to maintain's goroutine.
+	quietTicks  int
+	nextCatchUp time.Time
+	catchUpOn   atomic.Bool // a catch-up is running
+	catchUpAns  chan bool   // answers to it: whether they brought news
 	// alive counts the members whose state is alive, self included; the
 	// event delegate moves it as a member's state changes (not by counting
 	// the members: memberlist holds its node lock while calling it, once per
@@ -336,6 +346,7 @@ func Start(cfg Config) (*Cluster, error) {
 		acks:     map[uint64]*delivery{},
 		stop:     make(chan struct{}),
 	}
+	c.catchUpAns = make(chan bool, 1)
 	c.claimRules = map[string]claimRules{
 		ipamTable: {conflict: blocksOverlap},
 	}
@@ -632,6 +643,7 @@ func (c *Cluster) maintain() {
 		case now := <-t.C:
 			c.sweep(now)
 			c.regossipDue(now)
+			c.catchUpDue(now)
 			if c.cfg.ReconnectInterval > 0 {
 				c.reconnect(now)
 			}
