@@ -134,11 +134,15 @@ func (c *Cluster) answerCatchUp(m *message) {
 	if m.ID == c.digestLocked() {
 		msg := (&message{Type: msgCatchUp, From: c.cfg.NodeName, Clock: c.clock, Held: true}).encode()
 		c.mu.Unlock()
-		if ml := c.ml.Load(); ml != nil {
-			if err := ml.SendBestEffort(to, msg); err != nil {
-				c.log.Debug("answer catch-up request", "node", to.Name, "err", err)
+		// Not from the delegate's goroutine: it must not call back into
+		// memberlist (as ack).
+		c.spawn(func() {
+			if ml := c.ml.Load(); ml != nil {
+				if err := ml.SendBestEffort(to, msg); err != nil {
+					c.log.Debug("answer catch-up request", "node", to.Name, "err", err)
+				}
 			}
-		}
+		})
 		return
 	}
 	if c.catchUpAnswers >= maxCatchUpAnswers {
