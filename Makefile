@@ -25,6 +25,9 @@ SIM_NODES ?= 10|100|1000
 # bound of each phase.
 SIM_SLOW    ?= 0
 SIM_TIMEOUT ?= 30m
+# make bench-scale-sim: the wall-clock bound of the formation (0: SIM_TIMEOUT);
+# the next phases start at it even if a few nodes still miss members.
+SIM_FORM_TIMEOUT ?= 0
 # The version `vxmesh version` prints (linked into main.version).
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS   := -X main.version=$(VERSION)
@@ -113,7 +116,7 @@ bench-scale: build
 # simulated seconds (wall / K).
 bench-scale-sim:
 	$(GO) test -run '^$$' -bench 'ScaleSim/nodes=($(SIM_NODES))$$' -benchtime 1x -timeout 180m -v ./cluster \
-		-sim-slow $(SIM_SLOW) -sim-timeout $(SIM_TIMEOUT)
+		-sim-slow $(SIM_SLOW) -sim-timeout $(SIM_TIMEOUT) -sim-form-timeout $(SIM_FORM_TIMEOUT)
 
 fuzz:
 	@set -eo pipefail; \

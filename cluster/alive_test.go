@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -76,5 +77,63 @@ func BenchmarkNotifyJoin(b *testing.B) {
 				d.NotifyLeave(n)
 			}
 		})
+	}
+}
+
+// BenchmarkSweep is one maintain tick's sweep on a node of a 1,000-node
+// cluster holding 1,000 endpoints of other nodes, every member alive: the
+// steady state, in which the sweep finds nothing to do.
+func BenchmarkSweep(b *testing.B) {
+	n := aliveNode(b)
+	if err := n.DefineTable("endpoints", TableOptions{NodeScoped: true}); err != nil {
+		b.Fatal(err)
+	}
+	d := (*delegate)(n)
+	for i := 1; i <= 1000; i++ {
+		d.NotifyJoin(fakeMember(i))
+	}
+	var es []Entry
+	for i := 1; i <= 1000; i++ {
+		owner := simName(i)
+		es = append(es, Entry{Table: "endpoints", Key: owner + "/e", Owner: owner, Value: []byte("x"), Version: uint64(i + 1)})
+	}
+	n.merge(es, false)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		n.sweep(now)
+	}
+}
+
+// The sweep's single pass over the entries still expires the node-scoped
+// entries of an owner that is no member after NodeGrace, keeps those of a
+// member, and reaps a tombstone after TombstoneTTL.
+func TestSweepExpiresUnknownOwnersAndReapsTombstones(t *testing.T) {
+	n := aliveNode(t)
+	if err := n.DefineTable("endpoints", TableOptions{NodeScoped: true}); err != nil {
+		t.Fatal(err)
+	}
+	(*delegate)(n).NotifyJoin(fakeMember(1))
+	n.merge([]Entry{
+		{Table: "endpoints", Key: "ghost/e", Owner: "ghost", Value: []byte("x"), Version: 1},
+		{Table: "endpoints", Key: simName(1) + "/e", Owner: simName(1), Value: []byte("y"), Version: 2},
+		{Table: "endpoints", Key: simName(1) + "/gone", Owner: simName(1), Version: 3, Deleted: true},
+	}, false)
+	now := time.Now()
+	n.sweep(now)
+	if got := len(n.List("endpoints")); got != 2 {
+		t.Fatalf("right after the first sweep %d endpoints listed, want 2", got)
+	}
+	n.sweep(now.Add(n.cfg.NodeGrace))
+	l := n.List("endpoints")
+	if len(l) != 1 || l[0].Owner != simName(1) {
+		t.Fatalf("after NodeGrace the endpoints are %v, want only %s's", l, simName(1))
+	}
+	n.sweep(now.Add(n.cfg.TombstoneTTL + time.Second))
+	n.mu.Lock()
+	_, kept := n.entries[tkey{"endpoints", simName(1) + "/gone"}]
+	n.mu.Unlock()
+	if kept {
+		t.Fatal("the tombstone was not reaped after TombstoneTTL")
 	}
 }

@@ -244,8 +244,10 @@ type Cluster struct {
 	// regossip schedules own small writes for a broadcast again.
 	regossip map[tkey]*regossip
 	acks     map[uint64]*delivery // the same, by the id of their last send
-	closed   bool
-	closing  bool // set before Close waits for goroutines; guards wg.Add
+	// catchUpAnswers counts the catch-up answers in flight.
+	catchUpAnswers int
+	closed         bool
+	closing        bool // set before Close waits for goroutines; guards wg.Add
 
 	// Also guarded by mu:
 	claimRules map[string]claimRules       // by claim table
@@ -254,6 +256,14 @@ type Cluster struct {
 
 	claimMu     sync.Mutex
 	reconnectOn atomic.Bool
+	// burst is set when the broadcast queue grew past regossipQueueMax
+	// and no catch-up request has followed yet (catchUpDue).
+	burst atomic.Bool
+	// quietTicks and nextCatchUp belong to maintain's goroutine.
+	quietTicks  int
+	nextCatchUp time.Time
+	catchUpOn   atomic.Bool // a catch-up is running
+	catchUpAns  chan bool   // answers to it: whether they brought news
 	// alive counts the members whose state is alive, self included; the
 	// event delegate moves it as a member's state changes (not by counting
 	// the members: memberlist holds its node lock while calling it, once per
@@ -336,6 +346,7 @@ func Start(cfg Config) (*Cluster, error) {
 		acks:     map[uint64]*delivery{},
 		stop:     make(chan struct{}),
 	}
+	c.catchUpAns = make(chan bool, 1)
 	c.claimRules = map[string]claimRules{
 		ipamTable: {conflict: blocksOverlap},
 	}
@@ -632,6 +643,7 @@ func (c *Cluster) maintain() {
 		case now := <-t.C:
 			c.sweep(now)
 			c.regossipDue(now)
+			c.catchUpDue(now)
 			if c.cfg.ReconnectInterval > 0 {
 				c.reconnect(now)
 			}
@@ -644,25 +656,47 @@ func (c *Cluster) sweep(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	changed := false
-	for name, mi := range c.members {
-		if name == c.cfg.NodeName {
-			continue
-		}
-		if mi.state == StateLeft || (mi.state == StateDead && now.Sub(mi.since) >= c.cfg.NodeGrace) {
-			changed = c.expireOwnerLocked(name, now) || changed
-		}
-		if mi.state != StateAlive && now.Sub(mi.since) >= deadRetention {
-			delete(c.members, name)
-			delete(c.leaving, name)
-			c.gen++ // Members changed; no one needs waking for it
+	// With every member alive (the steady state) no member has a state to
+	// age: skip the loop, as reconnect does.
+	if int(c.alive.Load()) != len(c.members) {
+		for name, mi := range c.members {
+			if name == c.cfg.NodeName {
+				continue
+			}
+			if mi.state == StateLeft || (mi.state == StateDead && now.Sub(mi.since) >= c.cfg.NodeGrace) {
+				changed = c.expireOwnerLocked(name, now) || changed
+			}
+			if mi.state != StateAlive && now.Sub(mi.since) >= deadRetention {
+				delete(c.members, name)
+				delete(c.leaving, name)
+				c.gen++ // Members changed; no one needs waking for it
+			}
 		}
 	}
-	// Owners of node-scoped entries that this node has no membership
-	// record of (yet or any more) get the same grace.
-	seen := map[string]bool{}
+	// One pass over the entries: reap old tombstones, and find the owners
+	// of node-scoped entries that this node has no membership record of
+	// (yet or any more), which get the same grace as a dead member. (A
+	// tombstone that expiring such an owner makes below is new, so it
+	// would not have been reaped in this sweep either.)
+	var seen map[string]bool
 	for k, r := range c.entries {
-		if r.Deleted || !c.tables[k.table].NodeScoped || r.Owner == c.cfg.NodeName || c.members[r.Owner] != nil {
+		if r.Deleted {
+			if now.Sub(r.stamp) >= c.cfg.TombstoneTTL {
+				// Remember how new the delete was, so that a replay of
+				// what it deleted stays refused (expired entries of a gone
+				// owner were not deleted: they may come back).
+				if !r.expired && r.Version > c.marks[k.table] {
+					c.marks[k.table] = r.Version
+				}
+				c.dropLocked(k)
+			}
 			continue
+		}
+		if r.Owner == c.cfg.NodeName || c.members[r.Owner] != nil || !c.tables[k.table].NodeScoped {
+			continue
+		}
+		if seen == nil {
+			seen = map[string]bool{}
 		}
 		seen[r.Owner] = true
 		if _, ok := c.unknown[r.Owner]; !ok {
@@ -676,17 +710,6 @@ func (c *Cluster) sweep(now time.Time) {
 		case now.Sub(since) >= c.cfg.NodeGrace:
 			changed = c.expireOwnerLocked(owner, now) || changed
 			delete(c.unknown, owner)
-		}
-	}
-	for k, r := range c.entries {
-		if r.Deleted && now.Sub(r.stamp) >= c.cfg.TombstoneTTL {
-			// Remember how new the delete was, so that a replay of
-			// what it deleted stays refused (expired entries of a gone
-			// owner were not deleted: they may come back).
-			if !r.expired && r.Version > c.marks[k.table] {
-				c.marks[k.table] = r.Version
-			}
-			c.dropLocked(k)
 		}
 	}
 	if changed {

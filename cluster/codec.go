@@ -19,6 +19,7 @@ const (
 	msgClaimResp = 4 // IPAM: the answer, with every claim the responder knows for the block
 	msgLeave     = 5 // the sender is leaving the cluster (sent before memberlist's leave)
 	msgAck       = 6 // the sender merged the msgEntries whose ID this carries
+	msgCatchUp   = 7 // after a burst: the digest of the sender's tables (ID); a member whose own differs answers with msgState
 )
 
 // Limits on decoded fields. They bound what a peer can make us allocate.
@@ -37,7 +38,7 @@ const flagDeleted = 1
 // does not use are zero.
 type message struct {
 	Type    byte
-	ID      uint64 // claim request/response id; acknowledgement id of msgEntries and msgAck
+	ID      uint64 // claim request/response id; acknowledgement id of msgEntries and msgAck; table digest of msgCatchUp
 	Clock   uint64 // sender's Lamport clock
 	Held    bool   // claim response: responder holds a settled claim on the block
 	From    string // sender node name
@@ -166,7 +167,7 @@ func decode(b []byte) (*message, error) {
 		return nil, fmt.Errorf("unsupported message version %d", b[0])
 	}
 	m := &message{Type: b[1]}
-	if m.Type < msgEntries || m.Type > msgAck {
+	if m.Type < msgEntries || m.Type > msgCatchUp {
 		return nil, fmt.Errorf("unknown message type %d", m.Type)
 	}
 	d := &decoder{b: b[2:]}

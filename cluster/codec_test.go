@@ -18,6 +18,8 @@ func sampleMessages() []*message {
 		{Type: msgLeave, From: "n1"},
 		{Type: msgEntries, ID: 9, From: "n2", Entries: []Entry{{Table: "endpoints", Key: "n2", Value: []byte("x"), Owner: "n2", Version: 12}}},
 		{Type: msgAck, ID: 9, From: "n3"},
+		{Type: msgCatchUp, ID: 0x9e3779b97f4a7c15, Clock: 50, From: "n4"},
+		{Type: msgCatchUp, Clock: 51, From: "n1", Held: true},
 	}
 }
 

@@ -271,8 +271,9 @@ const simMaxWave = 64
 // addresses instead, late nodes learned only what those knew yet and
 // waited minutes for push/pull to tell them the rest (1,000 nodes: after
 // 11 simulated seconds some nodes still saw only 488 members alive). It
-// returns when every node sees every node alive, or fails after timeout.
-func (s *simCluster) form(tb testing.TB, timeout time.Duration, progress func(string)) {
+// returns when every join has returned; the caller waits for every node
+// to see every node alive.
+func (s *simCluster) form(tb testing.TB, progress func(string)) {
 	tb.Helper()
 	for joined := 1; joined < len(s.nodes); {
 		wave := min(joined, len(s.nodes)-joined, simMaxWave)
@@ -299,9 +300,6 @@ func (s *simCluster) form(tb testing.TB, timeout time.Duration, progress func(st
 		joined += wave
 		progress(fmt.Sprintf("%d nodes joined", joined))
 	}
-	s.waitAll(tb, timeout, "every node sees every node alive", func(c *Cluster, _ *simReconciler) bool {
-		return int(c.alive.Load()) == len(s.nodes)
-	})
 }
 
 func (s *simCluster) close() {
@@ -321,15 +319,6 @@ func (s *simCluster) close() {
 	}
 	wg.Wait()
 	s.wg.Wait()
-}
-
-// waitAll polls until cond holds on every node; it fails after timeout,
-// saying on how many nodes it held.
-func (s *simCluster) waitAll(tb testing.TB, timeout time.Duration, what string, cond func(*Cluster, *simReconciler) bool) {
-	tb.Helper()
-	if k := s.pollAll(timeout, cond); k < len(s.nodes) {
-		tb.Fatalf("after %v %s holds on %d of %d nodes", timeout, what, k, len(s.nodes))
-	}
 }
 
 // pollAll polls until cond holds on every node or timeout passes, and
@@ -387,6 +376,21 @@ type simPhase struct {
 	CPU       time.Duration // process CPU time meanwhile
 	Wall      time.Duration // the phase's wall-clock time, polling included
 	Churn     simChurnCounts
+	// CatchUp is what the nodes' catch-ups after a burst did meanwhile
+	// (Drops: catchup-asked, catchup-answered, catchup-busy).
+	CatchUp [3]uint64
+}
+
+// catchUps sums the catch-up counters of every node.
+func (s *simCluster) catchUps() [3]uint64 {
+	var out [3]uint64
+	for _, c := range s.nodes {
+		d := c.Drops()
+		out[0] += d["catchup-asked"]
+		out[1] += d["catchup-answered"]
+		out[2] += d["catchup-busy"]
+	}
+	return out
 }
 
 func cpuTime() time.Duration {
@@ -400,11 +404,15 @@ func cpuTime() time.Duration {
 // measure applies change at t0 and waits until at(rec) (a Unix ns, 0 when
 // not yet) is set on every node.
 func (s *simCluster) measure(timeout time.Duration, change func(), at func(*simReconciler) int64) simPhase {
-	before, cpu0, churn0 := s.net.Stats(), cpuTime(), s.churn.snapshot()
+	before, cpu0, churn0, cu0 := s.net.Stats(), cpuTime(), s.churn.snapshot(), s.catchUps()
 	t0 := time.Now()
 	change()
 	k := s.pollAll(timeout, func(_ *Cluster, r *simReconciler) bool { return at(r) != 0 })
 	p := simPhase{Converged: k, Sent: s.net.Stats().Sub(before), CPU: cpuTime() - cpu0, Wall: time.Since(t0), Churn: s.churn.snapshot().sub(churn0)}
+	cu := s.catchUps()
+	for i := range cu {
+		p.CatchUp[i] = cu[i] - cu0[i]
+	}
 	var times []time.Duration
 	for _, r := range s.recs {
 		if v := at(r); v != 0 {
@@ -470,6 +478,7 @@ type simConfig struct {
 	nodes, k, changes int
 	idle              time.Duration // simulated: the idle window lasts k times longer
 	timeout           time.Duration // wall-clock bound of each phase
+	formTimeout       time.Duration // of the formation, if not timeout
 	tune              func(*Config)
 }
 
@@ -493,7 +502,15 @@ func runSim(tb testing.TB, sc simConfig) simResult {
 	}
 	res := simResult{Nodes: sc.nodes, K: sc.k, Start: time.Since(t0), Changes: sc.changes, Uncompressed: s.nodes[0].cfg.DisableCompression}
 	progress("nodes started")
-	res.Formation = s.measure(sc.timeout, func() { s.form(tb, sc.timeout, progress) },
+	// The formation's bound may be shorter than the other phases': at
+	// 1,000 nodes the last alive notices a node missed wait for push/pull
+	// (180 s simulated), and the phases after it are measured on the
+	// cluster as it is at the bound.
+	formTimeout := sc.timeout
+	if sc.formTimeout > 0 {
+		formTimeout = sc.formTimeout
+	}
+	res.Formation = s.measure(formTimeout, func() { s.form(tb, progress) },
 		func(r *simReconciler) int64 {
 			if int(r.c.alive.Load()) == sc.nodes {
 				return time.Now().UnixNano()
@@ -536,11 +553,12 @@ func (r simResult) phase(name string, ph simPhase) string {
 	}
 	return fmt.Sprintf("  %s: converged on %d/%d nodes, all in %v simulated (%v wall; half in %v simulated)\n"+
 		"    sent %.1f KB (%.1f KB per node; %d packets, %d lost, %d streams, %.1f KB in streams)\n"+
-		"    CPU %v (%.2f cores busy); churn: %v\n",
+		"    CPU %v (%.2f cores busy); churn: %v\n"+
+		"    catch-ups after bursts: %d asked, %d answered with state, %d not answered (busy)\n",
 		name, ph.Converged, r.Nodes, r.sim(ph.Time).Round(time.Millisecond), ph.Time.Round(time.Millisecond), r.sim(ph.Median).Round(time.Millisecond),
 		float64(ph.Sent.Bytes())/1e3, float64(ph.Sent.Bytes())/1e3/float64(r.Nodes),
 		ph.Sent.Packets, ph.Sent.Lost, ph.Sent.Streams, float64(ph.Sent.StreamBytes)/1e3,
-		ph.CPU.Round(time.Millisecond), cores, ph.Churn)
+		ph.CPU.Round(time.Millisecond), cores, ph.Churn, ph.CatchUp[0], ph.CatchUp[1], ph.CatchUp[2])
 }
 
 // sim converts a wall-clock duration to simulated time.
@@ -621,12 +639,13 @@ func TestScaleSim10(t *testing.T) {
 
 // Flags of BenchmarkScaleSim.
 var (
-	simTimeout = flag.Duration("sim-timeout", 15*time.Minute, "BenchmarkScaleSim: wall-clock bound on each phase")
-	simSlow    = flag.Int("sim-slow", 0, "BenchmarkScaleSim: stretch every timer of every node by this factor (Config.TimeScale); 0 chooses it from the node count")
-	simNodes   = flag.Int("sim-nodes", 0, "BenchmarkScaleSim: run this node count instead of 10, 100 and 1,000")
-	simIdle    = flag.Duration("sim-idle", 10*time.Second, "BenchmarkScaleSim: simulated length of the idle window")
-	simChanges = flag.Int("sim-changes", 1000, "BenchmarkScaleSim: endpoint changes after the network create")
-	simLZW     = flag.Bool("sim-compress", false, "BenchmarkScaleSim: compress the gossip as the daemon does (off by default: Config.DisableCompression)")
+	simTimeout     = flag.Duration("sim-timeout", 15*time.Minute, "BenchmarkScaleSim: wall-clock bound on each phase")
+	simSlow        = flag.Int("sim-slow", 0, "BenchmarkScaleSim: stretch every timer of every node by this factor (Config.TimeScale); 0 chooses it from the node count")
+	simNodes       = flag.Int("sim-nodes", 0, "BenchmarkScaleSim: run this node count instead of 10, 100 and 1,000")
+	simIdle        = flag.Duration("sim-idle", 10*time.Second, "BenchmarkScaleSim: simulated length of the idle window")
+	simChanges     = flag.Int("sim-changes", 1000, "BenchmarkScaleSim: endpoint changes after the network create")
+	simFormTimeout = flag.Duration("sim-form-timeout", 0, "BenchmarkScaleSim: wall-clock bound on the formation (0: -sim-timeout); the next phases start at the bound even if some nodes do not yet see every member alive")
+	simLZW         = flag.Bool("sim-compress", false, "BenchmarkScaleSim: compress the gossip as the daemon does (off by default: Config.DisableCompression)")
 )
 
 // defaultSlow is the time dilation K for n nodes sharing this machine's
@@ -668,7 +687,7 @@ func BenchmarkScaleSim(b *testing.B) {
 			}
 			for range b.N {
 				runtime.GC()
-				sc := simConfig{nodes: n, k: k, changes: *simChanges, idle: *simIdle, timeout: *simTimeout}
+				sc := simConfig{nodes: n, k: k, changes: *simChanges, idle: *simIdle, timeout: *simTimeout, formTimeout: *simFormTimeout}
 				if !*simLZW {
 					sc.tune = func(c *Config) { c.DisableCompression = true }
 				}

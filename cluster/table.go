@@ -271,7 +271,7 @@ func (c *Cluster) mergeMarks(m *message) {
 
 // merge applies remote entries, relays the ones that were news (gossip) when
 // relay is set, and spreads refutations.
-func (c *Cluster) merge(entries []Entry, relay bool) {
+func (c *Cluster) merge(entries []Entry, relay bool) bool {
 	var out []Entry
 	c.mu.Lock()
 	anyChanged := false
@@ -292,6 +292,7 @@ func (c *Cluster) merge(entries []Entry, relay bool) {
 	for _, e := range out {
 		c.broadcast(e)
 	}
+	return anyChanged
 }
 
 // broadcast spreads one entry: by gossip when it fits a packet (again
@@ -302,6 +303,7 @@ func (c *Cluster) broadcast(e Entry) {
 	msg := (&message{Type: msgEntries, From: c.cfg.NodeName, Entries: []Entry{e}}).encode()
 	if len(msg) <= maxBroadcast {
 		c.queue.QueueBroadcast(&broadcast{name: e.Table + "\x00" + e.Key, msg: msg})
+		c.noteQueueDepth()
 		if e.Owner == c.cfg.NodeName {
 			c.scheduleRegossip(e)
 		}
@@ -383,6 +385,14 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 	case msgAck:
 		c.acked(m.From, m.ID)
+	case msgCatchUp:
+		if m.Held { // an answer: the same digest
+			c.caughtUp(false)
+		} else {
+			c.answerCatchUp(m)
+		}
+	case msgState: // an answer to this node's catch-up request
+		c.caughtUp(c.mergeState(m))
 	case msgClaimReq:
 		c.merge(m.Entries, false)
 		c.answerClaim(m)
@@ -435,11 +445,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 		c.log.Debug("dropping malformed push/pull state", "err", err)
 		return
 	}
-	c.mu.Lock()
-	c.advanceClockLocked(m.Clock)
-	c.mu.Unlock()
-	c.merge(m.Entries, false)
-	c.mergeMarks(m)
+	c.mergeState(m)
 }
 
 func memberAddr(n *memberlist.Node) netip.AddrPort {
@@ -582,7 +588,11 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // member that acknowledged none of maxDeliverSends sends, left to
 // anti-entropy); "claim-resent" counts claim requests sent again to a
 // member that had not answered the previous one in time; "regossip-full" counts own small writes broadcast only
-// once because maxRegossip writes were already scheduled again.
+// once because maxRegossip writes were already scheduled again;
+// "catchup-asked" counts catch-up requests sent after a burst,
+// "catchup-answered" the table states sent in answer to a member whose
+// digest differed, and "catchup-busy" the requests left unanswered because
+// maxCatchUpAnswers answers were in flight.
 func (c *Cluster) Drops() map[string]uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -1,0 +1,214 @@
+package cluster
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Catch-up after a burst. memberlist's broadcasts send each entry a fixed
+// number of times (RetransmitMult * ceil(log10(N+1))) to random members, so
+// after a burst of C changes about N*C*e^-(that number) (member, entry)
+// pairs are missed: measured, 13 of 300 simulated nodes lacked 1-3 of 1,000
+// new endpoints. Own-write re-gossip (regossipDue) repairs small bursts but
+// waits while the queue is long, and periodic push/pull comes every 30 s
+// times log2(N/32) (3 minutes at 1,000 nodes). So a node whose broadcast
+// queue went over regossipQueueMax asks one random member, once the queue
+// has drained, whether their tables differ: a catch-up request carries a
+// digest of the sender's table state (one 64-bit sum), and a member whose
+// own digest differs answers with its full table state (the push/pull
+// state, over a stream), which the sender merges, and one whose digest is
+// the same says so in a small packet. A node that caught everything costs
+// two small packets per burst.
+const (
+	// catchUpGap is the least time between two catch-up requests of a
+	// node (stretched by TimeScale): a node that is busy all the time
+	// asks no more often than memberlist's base push/pull interval.
+	catchUpGap = 30 * time.Second
+	// catchUpQuietTicks is how many maintain ticks in a row the queue
+	// must be empty before the request: the last relays of a burst from
+	// other members arrive for a few gossip intervals after this node's
+	// queue drained.
+	catchUpQuietTicks = 2
+	// maxCatchUpAnswers bounds the full-state answers in flight at once;
+	// a request beyond it is counted as "catchup-busy" and not answered.
+	maxCatchUpAnswers = 4
+	// catchUpWait is how long a catch-up request waits for its answer
+	// (stretched by TimeScale), and catchUpTries how many requests one
+	// catch-up sends at most.
+	catchUpWait  = 2 * time.Second
+	catchUpTries = 3
+)
+
+// noteQueueDepth marks a burst when the broadcast queue is longer than
+// regossipQueueMax.
+func (c *Cluster) noteQueueDepth() {
+	if c.queue.NumQueued() > regossipQueueMax {
+		c.burst.Store(true)
+	}
+}
+
+// catchUpDue starts a catch-up (catchUp) when a burst's broadcasts have
+// drained; maintain's goroutine only.
+func (c *Cluster) catchUpDue(now time.Time) {
+	if !c.burst.Load() {
+		return
+	}
+	if c.queue.NumQueued() > 0 {
+		c.quietTicks = 0
+		return
+	}
+	if c.quietTicks++; c.quietTicks < catchUpQuietTicks || now.Before(c.nextCatchUp) {
+		return
+	}
+	if !c.catchUpOn.CompareAndSwap(false, true) {
+		return
+	}
+	c.burst.Store(false)
+	c.quietTicks = 0
+	c.nextCatchUp = now.Add(c.dur(catchUpGap))
+	c.spawn(c.catchUp)
+}
+
+// catchUp sends catch-up requests to random alive members: again to
+// another when none answers within catchUpWait (a lost packet), or when
+// the answer brought entries this node lacked (that member may have missed
+// some too), at most catchUpTries times.
+func (c *Cluster) catchUp() {
+	defer c.catchUpOn.Store(false)
+	for range catchUpTries {
+		peers := c.alivePeers()
+		if len(peers) == 0 {
+			return
+		}
+		to := peers[rand.IntN(len(peers))]
+		c.mu.Lock()
+		msg := (&message{Type: msgCatchUp, From: c.cfg.NodeName, Clock: c.clock, ID: c.digestLocked()}).encode()
+		c.drops["catchup-asked"]++
+		c.mu.Unlock()
+		select {
+		case <-c.catchUpAns: // a late answer to an earlier request
+		default:
+		}
+		if ml := c.ml.Load(); ml != nil {
+			if err := ml.SendBestEffort(to, msg); err != nil {
+				c.log.Debug("send catch-up request", "node", to.Name, "err", err)
+			}
+		}
+		t := time.NewTimer(c.dur(catchUpWait))
+		select {
+		case <-c.stop:
+			t.Stop()
+			return
+		case news := <-c.catchUpAns:
+			t.Stop()
+			if !news {
+				return
+			}
+		case <-t.C:
+		}
+	}
+}
+
+// caughtUp passes an answer to catchUp: whether it brought new entries.
+func (c *Cluster) caughtUp(news bool) {
+	select {
+	case c.catchUpAns <- news:
+	default:
+	}
+}
+
+// answerCatchUp answers a catch-up request m: with this node's table state
+// (over a stream) when their digests differ, else with a catch-up message
+// that says so (Held).
+func (c *Cluster) answerCatchUp(m *message) {
+	c.mu.Lock()
+	c.advanceClockLocked(m.Clock)
+	mi := c.members[m.From]
+	if m.From == c.cfg.NodeName || mi == nil || mi.state != StateAlive {
+		c.mu.Unlock()
+		return
+	}
+	to := &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
+	if m.ID == c.digestLocked() {
+		msg := (&message{Type: msgCatchUp, From: c.cfg.NodeName, Clock: c.clock, Held: true}).encode()
+		c.mu.Unlock()
+		// Not from the delegate's goroutine: it must not call back into
+		// memberlist (as ack).
+		c.spawn(func() {
+			if ml := c.ml.Load(); ml != nil {
+				if err := ml.SendBestEffort(to, msg); err != nil {
+					c.log.Debug("answer catch-up request", "node", to.Name, "err", err)
+				}
+			}
+		})
+		return
+	}
+	if c.catchUpAnswers >= maxCatchUpAnswers {
+		c.drops["catchup-busy"]++
+		c.mu.Unlock()
+		return
+	}
+	c.catchUpAnswers++
+	c.drops["catchup-answered"]++
+	c.mu.Unlock()
+	c.spawn(func() {
+		defer func() {
+			c.mu.Lock()
+			c.catchUpAnswers--
+			c.mu.Unlock()
+		}()
+		if err := c.sendReliable(to, (*delegate)(c).LocalState(false)); err != nil {
+			c.log.Debug("answer catch-up request", "node", to.Name, "err", err)
+		}
+	})
+}
+
+// mergeState merges a table state (a push/pull's, or an answer to a
+// catch-up request) and reports whether it changed an entry.
+func (c *Cluster) mergeState(m *message) bool {
+	c.mu.Lock()
+	c.advanceClockLocked(m.Clock)
+	c.mu.Unlock()
+	changed := c.merge(m.Entries, false)
+	c.mergeMarks(m)
+	return changed
+}
+
+// digestLocked sums a 64-bit hash of the table, key, owner, version and
+// deletion of every entry that LocalState sends: two nodes holding the
+// same entries have the same digest. c.mu must be held.
+func (c *Cluster) digestLocked() uint64 {
+	var sum uint64
+	for k, r := range c.entries {
+		if r.expired {
+			continue
+		}
+		h := fnvString(fnvOffset, k.table)
+		h = fnvString(h^0xff, k.key)
+		h = fnvString(h^0xfe, r.Owner)
+		h = (h ^ r.Version) * fnvPrime
+		if r.Deleted {
+			h = (h ^ 1) * fnvPrime
+		}
+		// A final mix, so that sums of similar hashes do not cancel.
+		h ^= h >> 33
+		h *= 0xff51afd7ed558ccd
+		h ^= h >> 33
+		sum += h
+	}
+	return sum
+}
+
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+func fnvString(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * fnvPrime
+	}
+	return h
+}
