@@ -113,21 +113,7 @@ func TestPublishFastPath(t *testing.T) {
 	h := newHarness(t, false, EgressConfig{})
 	f := newFastCtr(t, h.eg)
 	ha := publicAddr(t)
-	ln := f.listen(t, 80)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, c.RemoteAddr().String()+"\n")
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
+	acceptEach(f.listen(t, 80), func(c net.Conn) { go echoPeer(c) })
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
 	p, err := h.eg.PublishFast(spec, h.target(), f.path())
 	if err != nil {
@@ -175,17 +161,8 @@ func TestPublishFastPathResets(t *testing.T) {
 	}
 	poll(t, "the failure counted", func() bool { return h.eg.Stats().IngressFailed == 1 })
 
-	ln := f.listen(t, 81)
 	accepted := make(chan net.Conn, 1)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
+	acceptEach(f.listen(t, 81), func(c net.Conn) { accepted <- c })
 	// The container resets.
 	go func() {
 		c := <-accepted
@@ -267,18 +244,11 @@ func TestPublishFastPathFallsBack(t *testing.T) {
 func BenchmarkPublishFastConns(b *testing.B) {
 	h := newHarness(b, false, EgressConfig{})
 	f := newFastCtr(b, h.eg)
-	ln := f.listen(b, 80)
-	go func() {
-		msg := make([]byte, 64)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write(msg)
-			c.Close()
-		}
-	}()
+	msg := make([]byte, 64)
+	acceptEach(f.listen(b, 80), func(c net.Conn) {
+		c.Write(msg)
+		c.Close()
+	})
 	port := freePort(b, "tcp")
 	p, err := h.eg.PublishFast(Publish{HostPort: port, Port: 80, Proto: "tcp"}, h.target(), f.path())
 	if err != nil {
@@ -307,21 +277,13 @@ func TestPublishFastPathLastDataWithFIN(t *testing.T) {
 	h := newHarness(t, false, EgressConfig{})
 	f := newFastCtr(t, h.eg)
 	ha := publicAddr(t)
-	ln := f.listen(t, 80)
 	msg := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// Data and FIN in one segment: both are in when the copy
-			// reads.
-			writeLast(c, msg)
-			c.(*net.TCPConn).CloseWrite()
-			c.Close()
-		}
-	}()
+	acceptEach(f.listen(t, 80), func(c net.Conn) {
+		// Data and FIN in one segment: both are in when the copy reads.
+		writeLast(c, msg)
+		c.(*net.TCPConn).CloseWrite()
+		c.Close()
+	})
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
 	p, err := h.eg.PublishFast(spec, h.target(), f.path())
 	if err != nil {

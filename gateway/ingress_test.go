@@ -70,20 +70,30 @@ func serveEcho(t *testing.T, h *harness, port uint16) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	acceptEach(ln, func(c net.Conn) { go echoPeer(c) })
+}
+
+// acceptEach calls handle with each connection ln accepts, from one
+// goroutine, until ln is closed.
+func acceptEach(ln net.Listener, handle func(net.Conn)) {
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, c.RemoteAddr().String()+"\n")
-				io.Copy(c, c)
-				c.(interface{ CloseWrite() error }).CloseWrite()
-			}()
+			handle(c)
 		}
 	}()
+}
+
+// echoPeer writes the peer address c sees, then echoes until EOF,
+// half-closes and closes c.
+func echoPeer(c net.Conn) {
+	defer c.Close()
+	io.WriteString(c, c.RemoteAddr().String()+"\n")
+	io.Copy(c, c)
+	c.(interface{ CloseWrite() error }).CloseWrite()
 }
 
 // TestPublishTCP: a connection to a published port reaches the container
