@@ -206,13 +206,20 @@ type tcpConn interface {
 
 // finConn is a kernel TCP connection whose Read reports the peer's FIN
 // with the last data (as epConn.Read does) when it is already in: a short
-// read is followed by a peek that finds the end of the stream. The copy
-// then writes that data with the half-close, in one segment (writeLast),
-// and needs no further read for the EOF.
+// read of at most finPeekMax bytes is followed by a peek that finds the
+// end of the stream. The copy then writes that data with the half-close,
+// in one segment (writeLast), and needs no further read for the EOF.
+// Longer short reads, the common case of a bulk stream, pay no peek: one
+// segment saved at the end of a long transfer is not worth a system call
+// per read.
 type finConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
 }
+
+// finPeekMax is the longest short read finConn peeks after: a response
+// that fits a few client segments.
+const finPeekMax = 4096
 
 func newFINConn(c *net.TCPConn) (*finConn, error) {
 	rc, err := c.SyscallConn()
@@ -224,7 +231,7 @@ func newFINConn(c *net.TCPConn) (*finConn, error) {
 
 func (c *finConn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
-	if n == 0 || n == len(b) || err != nil {
+	if n == 0 || n == len(b) || n > finPeekMax || err != nil {
 		return n, err
 	}
 	eof := false
