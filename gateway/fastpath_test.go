@@ -278,7 +278,12 @@ func TestPublishFastPathLastDataWithFIN(t *testing.T) {
 	f := newFastCtr(t, h.eg)
 	ha := publicAddr(t)
 	msg := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	// The container answers once the client has read its count of
+	// segments (answer, below): before that, the answer could already be
+	// in and go uncounted.
+	answer := make(chan struct{})
 	acceptEach(f.listen(t, 80), func(c net.Conn) {
+		<-answer
 		// Data and FIN in one segment: both are in when the copy reads.
 		writeLast(c, msg)
 		c.(*net.TCPConn).CloseWrite()
@@ -297,6 +302,7 @@ func TestPublishFastPathLastDataWithFIN(t *testing.T) {
 		}
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		before := segsIn(t, c)
+		answer <- struct{}{}
 		got, err := io.ReadAll(c)
 		segs := segsIn(t, c) - before
 		c.Close()
