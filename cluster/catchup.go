@@ -74,9 +74,18 @@ func (c *Cluster) catchUpDue(now time.Time) {
 // catchUp sends catch-up requests to random alive members: again to
 // another when none answers within catchUpWait (a lost packet), or when
 // the answer brought entries this node lacked (that member may have missed
-// some too), at most catchUpTries times.
+// some too), at most catchUpTries times. A catch-up that brought entries
+// is followed by another one catchUpGap later: the members it asked may
+// still have been receiving the same burst, and one as far behind as this
+// node answers "the same".
 func (c *Cluster) catchUp() {
 	defer c.catchUpOn.Store(false)
+	gotNews := false
+	defer func() {
+		if gotNews {
+			c.burst.Store(true)
+		}
+	}()
 	for range catchUpTries {
 		peers := c.alivePeers()
 		if len(peers) == 0 {
@@ -106,6 +115,7 @@ func (c *Cluster) catchUp() {
 			if !news {
 				return
 			}
+			gotNews = true
 		case <-t.C:
 		}
 	}
