@@ -121,18 +121,7 @@ func TestPublishFastPath(t *testing.T) {
 	}
 	defer p.Close()
 
-	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "hello")
-	c.(*net.TCPConn).CloseWrite()
-	got, err := io.ReadAll(c)
-	c.Close()
-	if want := c.LocalAddr().String() + "\nhello"; err != nil || string(got) != want {
-		t.Fatalf("container answered %q (%v), want %q (the client's own address, then the echo)", got, err, want)
-	}
+	checkEcho(t, netip.AddrPortFrom(ha, spec.HostPort), "hello")
 
 	dialLoopbackSeesGateway(t, spec.HostPort).Close()
 	poll(t, "both flows ended", func() bool { return h.eg.Stats().IngressTCP == 0 })
@@ -222,17 +211,7 @@ func TestPublishFastPathFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	c.(*net.TCPConn).CloseWrite()
-	got, err := io.ReadAll(c)
-	c.Close()
-	if want := c.LocalAddr().String() + "\n"; err != nil || string(got) != want {
-		t.Fatalf("container answered %q (%v), want %q", got, err, want)
-	}
+	checkEcho(t, netip.AddrPortFrom(ha, spec.HostPort), "")
 	if st := h.eg.Stats(); st.IngressFastFallback != 1 || st.IngressFast != 0 {
 		t.Fatalf("stats %+v: want 1 flow fallen back, none on the fast path", st)
 	}

@@ -108,22 +108,7 @@ func TestPublishTCP(t *testing.T) {
 	spec := Publish{HostPort: freePort(t, "tcp"), Port: 80, Proto: "tcp"}
 	p := h.publish(t, spec)
 
-	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "hello")
-	c.(*net.TCPConn).CloseWrite()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	want := c.LocalAddr().String() + "\nhello"
-	if string(got) != want {
-		t.Fatalf("container answered %q, want %q (the client's own address, then the echo)", got, want)
-	}
+	want := checkEcho(t, netip.AddrPortFrom(ha, spec.HostPort), "hello")
 
 	lc := dialLoopbackSeesGateway(t, spec.HostPort)
 	line := make([]byte, 64)
@@ -267,4 +252,24 @@ func dialLoopbackSeesGateway(t *testing.T, port uint16) net.Conn {
 		t.Fatalf("a loopback client entered as %s, want the gateway's address %s", peer, gwAddr.Addr())
 	}
 	return lc
+}
+
+// checkEcho connects to the published port at addr, sends msg and
+// half-closes; the container (echoPeer) must answer with the client's
+// own address and port, then msg. It returns that answer.
+func checkEcho(t *testing.T, addr netip.AddrPort, msg string) string {
+	t.Helper()
+	c, err := net.Dial("tcp4", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, msg)
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if want := c.LocalAddr().String() + "\n" + msg; err != nil || string(got) != want {
+		t.Fatalf("container answered %q (%v), want %q (the client's own address, then the echo)", got, err, want)
+	}
+	return string(got)
 }
