@@ -171,6 +171,14 @@ func (c *Client) Container(name string) (Container, error) {
 	return ct, c.do(http.MethodGet, "/v1/containers/"+url.PathEscape(name), nil, &ct)
 }
 
+// ContainerNamespace returns a container without its processes (PIDs nil,
+// Status empty): its namespace and State, found without the scan of every
+// process on the host that listing its processes takes.
+func (c *Client) ContainerNamespace(name string) (Container, error) {
+	var ct Container
+	return ct, c.do(http.MethodGet, "/v1/containers/"+url.PathEscape(name)+"?processes=false", nil, &ct)
+}
+
 // RemoveContainer removes a container. A backend of services first
 // drains for their stop grace period, so the call may take that long.
 func (c *Client) RemoveContainer(name string) error {

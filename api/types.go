@@ -248,7 +248,8 @@ type Container struct {
 	// exists or its path names another namespace (after a reboot or `ip
 	// netns del`): then PIDs is empty and `rm` only forgets the container.
 	State string `json:"state"`
-	// Status is what ps shows: "running" while processes are in the
+	// Status is what ps shows (empty from Client.ContainerNamespace, which
+	// lists no processes): "running" while processes are in the
 	// namespace; "exited N" when none is and the main process of a
 	// container made by `run -d` exited with status N (128+SIG if killed
 	// by signal SIG); "gone" when State is; else "up" (a namespace with no

@@ -167,7 +167,11 @@ func (d *Daemon) Handler() http.Handler {
 		reply(w, d.Containers(), nil)
 	})
 	mux.HandleFunc("GET /v1/containers/{name}", func(w http.ResponseWriter, r *http.Request) {
-		c, err := d.Container(r.PathValue("name"))
+		get := d.Container
+		if r.URL.Query().Get("processes") == "false" {
+			get = d.ContainerNamespace
+		}
+		c, err := get(r.PathValue("name"))
 		reply(w, c, err)
 	})
 	mux.HandleFunc("POST /v1/containers/{name}/main-process", func(w http.ResponseWriter, r *http.Request) {

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -162,5 +164,49 @@ func TestContainersScanProcessesOnce(t *testing.T) {
 	want := "c1:up:[100] c2:up:[101] c3:gone:[]"
 	if strings.Join(got, " ") != want {
 		t.Fatalf("ps: %s, want %s", strings.Join(got, " "), want)
+	}
+}
+
+// TestContainerNamespaceScansNoProcesses: the look-up `exec` and `--net
+// container:` make (GET /v1/containers/NAME?processes=false) finds the
+// container's namespace and whether it is gone without scanning the
+// host's processes; the plain look-up (inspect) still lists them.
+func TestContainerNamespaceScansNoProcesses(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+	ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	sb.setPIDs(ep.Netns, 100)
+	get := func(path string) (api.Container, int) {
+		t.Helper()
+		sb.mu.Lock()
+		sb.scans = 0
+		sb.mu.Unlock()
+		w := httptest.NewRecorder()
+		d.Handler().ServeHTTP(w, httptest.NewRequest("GET", path, nil))
+		if w.Code != 200 {
+			t.Fatalf("GET %s: %d %s", path, w.Code, w.Body)
+		}
+		var c api.Container
+		if err := json.Unmarshal(w.Body.Bytes(), &c); err != nil {
+			t.Fatal(err)
+		}
+		sb.mu.Lock()
+		defer sb.mu.Unlock()
+		return c, sb.scans
+	}
+	c, scans := get("/v1/containers/c1?processes=false")
+	if scans != 0 || c.State != api.ContainerUp || c.Netns != ep.Netns || c.PIDs != nil || c.Status != "" {
+		t.Errorf("namespace look-up: %d scans, state %q netns %q pids %v status %q; want 0 scans, up, %q, no pids or status",
+			scans, c.State, c.Netns, c.PIDs, c.Status, ep.Netns)
+	}
+	c, scans = get("/v1/containers/c1")
+	if scans != 1 || c.Status != api.StatusRunning || len(c.PIDs) != 1 || c.PIDs[0] != 100 {
+		t.Errorf("inspect: %d scans, status %q pids %v; want 1 scan, running, [100]", scans, c.Status, c.PIDs)
+	}
+	sb.replaceNetns(ep.Netns, 999)
+	if c, _ := get("/v1/containers/c1?processes=false"); c.State != api.ContainerGone {
+		t.Errorf("namespace look-up after its namespace was replaced: state %q, want gone", c.State)
 	}
 }

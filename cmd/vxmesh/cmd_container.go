@@ -57,7 +57,7 @@ func cmdRun(env *cliEnv, args []string) error {
 		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 || len(publish) > 0 {
 			return usagef("--net container:%s shares that container's interfaces; --network, --ip, --alias, --service and -p do not apply", target)
 		}
-		ctr, err := c.Container(target)
+		ctr, err := c.ContainerNamespace(target)
 		if err != nil {
 			return err
 		}
@@ -202,7 +202,7 @@ func cmdExec(env *cliEnv, args []string) error {
 	if len(argv) == 0 {
 		return usagef("want a command after the container name")
 	}
-	ctr, err := fs.client().Container(name)
+	ctr, err := fs.client().ContainerNamespace(name)
 	if err != nil {
 		return err
 	}
