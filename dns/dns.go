@@ -124,6 +124,9 @@ type Server struct {
 	// batches are the UDP loops' free recvmmsg/sendmmsg states: a loop
 	// holds one only while it drains its socket.
 	batches batchPool
+	// noGSO keeps the UDP loops from sending answers with UDP_SEGMENT
+	// (tests: the path of kernels without it).
+	noGSO bool
 }
 
 // New returns a Server that answers from src and forwards to
