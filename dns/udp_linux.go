@@ -88,11 +88,12 @@ func newBatch() *batch {
 }
 
 // group lays out the batch's answers as messages to send: with gso, the
-// answers of equal length to one client go in one message, which the
-// kernel segments back into one datagram per answer (UDP_SEGMENT), so
-// they pay one pass through the send path rather than one each; the
-// client receives the same datagrams in the same order. Without gso every
-// answer is its own message.
+// answers of equal length to one client, and one shorter answer to it as
+// the last, go in one message, which the kernel segments back into one
+// datagram per answer (UDP_SEGMENT: segments of the first's length, the
+// last may be shorter), so they pay one pass through the send path rather
+// than one each; the client receives the same datagrams. Without gso
+// every answer is its own message.
 func (b *batch) group(gso bool) {
 	var used uint64 // answers already placed, by index
 	p, m := 0, 0
@@ -104,17 +105,24 @@ func (b *batch) group(gso bool) {
 		b.placeIov(p, j)
 		p++
 		if gso {
-			from := b.ansFrom[j]
-			nl := int(b.in[from].Hdr.Namelen)
-			name := (*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&b.names[from]))[:nl]
+			short := -1 // a shorter answer to the same client
 			for k := j + 1; k < b.nAns; k++ {
-				kf := b.ansFrom[k]
-				if used&(1<<k) != 0 || b.ansLen[k] != b.ansLen[j] || int(b.in[kf].Hdr.Namelen) != nl ||
-					string((*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&b.names[kf]))[:nl]) != string(name) {
+				if used&(1<<k) != 0 || b.ansLen[k] > b.ansLen[j] || !b.sameClient(j, k) {
+					continue
+				}
+				if b.ansLen[k] < b.ansLen[j] {
+					if short < 0 {
+						short = k
+					}
 					continue
 				}
 				used |= 1 << k
 				b.placeIov(p, k)
+				p++
+			}
+			if short >= 0 {
+				used |= 1 << short
+				b.placeIov(p, short)
 				p++
 			}
 		}
@@ -122,6 +130,17 @@ func (b *batch) group(gso bool) {
 		m++
 	}
 	b.nOut, b.done = m, 0
+}
+
+// sameClient reports whether answers j and k go to the same address.
+func (b *batch) sameClient(j, k int) bool {
+	fj, fk := b.ansFrom[j], b.ansFrom[k]
+	nl := int(b.in[fj].Hdr.Namelen)
+	if int(b.in[fk].Hdr.Namelen) != nl || nl > unix.SizeofSockaddrInet6 {
+		return false
+	}
+	return string((*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&b.names[fj]))[:nl]) ==
+		string((*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&b.names[fk]))[:nl])
 }
 
 // placeIov makes outIov[p] answer j.

@@ -176,34 +176,35 @@ func (b *batch) ansFromOf(p *byte) int {
 
 // TestGroupPutsEqualAnswersToOneClientInOneSend: answers of equal length
 // to the same client address go in one message with UDP_SEGMENT of their
-// length, in query order; a different port, a different length or no
-// GSO makes separate messages; split sends the rest one by one.
+// length, in query order, with one shorter answer to it last; a different
+// port, a longer answer or no GSO makes separate messages; split sends
+// the rest one by one.
 func TestGroupPutsEqualAnswersToOneClientInOneSend(t *testing.T) {
 	a := netip.MustParseAddrPort("127.0.0.1:4000")
 	other := netip.MustParseAddrPort("127.0.0.1:4001")
 	b := newBatch()
-	// Queries 0..5 from a, other, a, a, other, a; answers to all but 4,
-	// of lengths 36, 36, 36, 40, -, 36.
-	from := []netip.AddrPort{a, other, a, a, other, a}
+	// Queries 0..7 from a, other, a, a, other, a, a, a; answers to all
+	// but 4, of lengths 36, 36, 36, 40, -, 36, 30, 20.
+	from := []netip.AddrPort{a, other, a, a, other, a, a, a}
 	for i, ap := range from {
 		b.names[i] = sockaddr4(ap)
 		b.in[i].Hdr.Namelen = unix.SizeofSockaddrInet4
 	}
 	b.nIn = len(from)
-	for _, x := range []struct{ from, n int }{{0, 36}, {1, 36}, {2, 36}, {3, 40}, {5, 36}} {
+	for _, x := range []struct{ from, n int }{{0, 36}, {1, 36}, {2, 36}, {3, 40}, {5, 36}, {6, 30}, {7, 20}} {
 		b.ansFrom[b.nAns], b.ansLen[b.nAns] = uint8(x.from), uint16(x.n)
 		b.nAns++
 	}
 	b.group(true)
-	if got, want := layout(b), "0,2,5/36 1/00 3/00"; got != want {
+	if got, want := layout(b), "0,2,5,6/36 1/00 3,7/40"; got != want {
 		t.Errorf("with GSO: messages %q, want %q", got, want)
 	}
 	b.split(0)
-	if got, want := layout(b), "0/00 2/00 5/00 1/00 3/00"; got != want {
+	if got, want := layout(b), "0/00 2/00 5/00 6/00 1/00 3/00 7/00"; got != want {
 		t.Errorf("split from message 0: messages %q, want %q", got, want)
 	}
 	b.group(false)
-	if got, want := layout(b), "0/00 1/00 2/00 3/00 5/00"; got != want {
+	if got, want := layout(b), "0/00 1/00 2/00 3/00 5/00 6/00 7/00"; got != want {
 		t.Errorf("without GSO: messages %q, want %q", got, want)
 	}
 }
