@@ -15,6 +15,9 @@ import (
 // udpBatch is the number of datagrams one recvmmsg/sendmmsg moves.
 const udpBatch = 32
 
+// batch.group marks the answers it placed in a uint64.
+const _ = uint64(1) << (64 - udpBatch)
+
 // freeBatches bounds the batches kept for reuse: about one per busy loop
 // at a time, and there are few cores.
 const freeBatches = 8
