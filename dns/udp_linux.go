@@ -71,6 +71,11 @@ type batch struct {
 	done            int
 }
 
+// maxSegmented bounds the payload of one UDP_SEGMENT send: that of the
+// largest UDP datagram over IPv4 (65535 - 20 - 8), which the kernel
+// refuses to exceed.
+const maxSegmented = 65507
+
 // segCmsgSpace is the control buffer of one message: a cmsghdr with the
 // uint16 segment size of UDP_SEGMENT.
 const segCmsgSpace = (unix.SizeofCmsghdr + 2 + 7) &^ 7
@@ -109,6 +114,7 @@ func (b *batch) group(gso bool) {
 		p++
 		if gso {
 			short := -1 // a shorter answer to the same client
+			size := int(b.ansLen[j])
 			for k := j + 1; k < b.nAns; k++ {
 				if used&(1<<k) != 0 || b.ansLen[k] > b.ansLen[j] || !b.sameClient(j, k) {
 					continue
@@ -119,11 +125,15 @@ func (b *batch) group(gso bool) {
 					}
 					continue
 				}
+				if size+int(b.ansLen[k]) > maxSegmented {
+					break
+				}
+				size += int(b.ansLen[k])
 				used |= 1 << k
 				b.placeIov(p, k)
 				p++
 			}
-			if short >= 0 {
+			if short >= 0 && size+int(b.ansLen[short]) <= maxSegmented {
 				used |= 1 << short
 				b.placeIov(p, short)
 				p++

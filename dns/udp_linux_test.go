@@ -207,4 +207,61 @@ func TestGroupPutsEqualAnswersToOneClientInOneSend(t *testing.T) {
 	if got, want := layout(b), "0/00 1/00 2/00 3/00 5/00 6/00 7/00"; got != want {
 		t.Errorf("without GSO: messages %q, want %q", got, want)
 	}
+
+	// 20 answers of 4000 bytes to a (EDNS clients take that much) and a
+	// short one: no send carries more than one datagram can (65507).
+	b.nAns = 0
+	for i := range 21 {
+		b.names[i] = sockaddr4(a)
+		b.in[i].Hdr.Namelen = unix.SizeofSockaddrInet4
+		b.ansFrom[i], b.ansLen[i] = uint8(i), 4000
+	}
+	b.ansLen[20] = 3600
+	b.nAns = 21
+	b.group(true)
+	if b.nOut != 2 {
+		t.Fatalf("%d messages for 21 answers, want 2 (16 + 5)", b.nOut)
+	}
+	for m, want := range []int{16, 5} {
+		if got := int(b.out[m].Hdr.Iovlen); got != want {
+			t.Errorf("message %d carries %d answers, want %d", m, got, want)
+		}
+	}
+}
+
+// TestBurstOfLargeAnswersToOneClient: answers near the 4096-byte EDNS
+// limit, many to one client, still arrive one per query, whole (no
+// segmented send may exceed one datagram's 64 KiB).
+func TestBurstOfLargeAnswersToOneClient(t *testing.T) {
+	big := Records{TTL: LocalTTL}
+	for i := range 240 {
+		big.Addrs = append(big.Addrs, netip.AddrFrom4([4]byte{10, 9, byte(i / 200), byte(i%200 + 1)}))
+	}
+	src := precomputed(fakeSource{names: map[string]map[string]Records{"c1": {"big": big}}})
+	s := New(Config{}, src)
+	addr := netip.MustParseAddrPort(serve(t, s, "c1"))
+	c, err := net.ListenUDP("udp4", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadBuffer(1 << 20)
+	var qs []burstQuery
+	var raws [][]byte
+	for i := range 24 {
+		m := new(mdns.Msg)
+		m.SetQuestion("big.", mdns.TypeA)
+		m.Id = uint16(0x4000 + i)
+		m.SetEdns0(4096, false)
+		raw, _ := m.Pack()
+		raws, qs = append(raws, raw), append(qs, burstQuery{"big.", len(big.Addrs)})
+	}
+	buf := make([]byte, maxUDPRead)
+	for range 20 {
+		sendBurst(t, c, addr, raws, qs, buf, true)
+		if s.stats.coalesced.Load() > 0 {
+			return
+		}
+	}
+	t.Errorf("no large answers coalesced into a segmented send over 20 bursts")
 }
