@@ -14,8 +14,9 @@
 // Over UDP, when the Source is also an AnswerSource, one loop per socket
 // reads and answers in batches (recvmmsg/sendmmsg): plain queries for
 // precomputed local names are answered from wire-format records without
-// parsing or allocating, and every other datagram goes on to the general
-// path above, unchanged.
+// parsing or allocating, the answers of a batch to one client leave in one
+// UDP_SEGMENT send where the kernel has it, and every other datagram goes
+// on to the general path above, unchanged.
 package dns
 
 import (
@@ -124,6 +125,9 @@ type Server struct {
 	// batches are the UDP loops' free recvmmsg/sendmmsg states: a loop
 	// holds one only while it drains its socket.
 	batches batchPool
+	// noGSO keeps the UDP loops from sending answers with UDP_SEGMENT
+	// (tests: the path of kernels without it).
+	noGSO bool
 }
 
 // New returns a Server that answers from src and forwards to

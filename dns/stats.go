@@ -50,6 +50,9 @@ type Latency struct {
 type counters struct {
 	queries, local, forwarded, nxdomain, servfail, overloaded, upstreamErrors atomic.Uint64
 	latency                                                                   latency
+	// coalesced counts the local UDP answers that rode in another
+	// answer's UDP_SEGMENT send (the sends saved).
+	coalesced atomic.Uint64
 }
 
 type latency struct {

@@ -15,6 +15,9 @@ import (
 // udpBatch is the number of datagrams one recvmmsg/sendmmsg moves.
 const udpBatch = 32
 
+// batch.group marks the answers it placed in a uint64.
+const _ = uint64(1) << (64 - udpBatch)
+
 // freeBatches bounds the batches kept for reuse: about one per busy loop
 // at a time, and there are few cores.
 const freeBatches = 8
@@ -46,17 +49,36 @@ func (p batchPool) put(b *batch) {
 // Idle loops hold none: a loop takes one from the Server's pool when its
 // socket is readable and gives it back when the socket is drained.
 type batch struct {
-	in, out   [udpBatch]unix.Mmsghdr
-	inIov     [udpBatch]unix.Iovec
-	outIov    [udpBatch]unix.Iovec
-	names     [udpBatch]unix.RawSockaddrInet6
-	outNames  [udpBatch]unix.RawSockaddrInet6
-	inBuf     [udpBatch][maxUDPRead]byte
-	outBuf    [udpBatch][maxUDPRead]byte
-	nIn, nOut int
-	done      int
-	send      func(fd uintptr) bool
+	in, out [udpBatch]unix.Mmsghdr
+	inIov   [udpBatch]unix.Iovec
+	// outIov are the answers in send order: the answers of one message
+	// are consecutive.
+	outIov [udpBatch]unix.Iovec
+	names  [udpBatch]unix.RawSockaddrInet6
+	// ctrl are the messages' UDP_SEGMENT control messages.
+	ctrl   [udpBatch][segCmsgSpace]byte
+	inBuf  [udpBatch][maxUDPRead]byte
+	outBuf [udpBatch][maxUDPRead]byte
+	// ansLen and ansFrom are the length of answer j (in outBuf[j]) and
+	// the query (index in names) it answers.
+	ansLen  [udpBatch]uint16
+	ansFrom [udpBatch]uint8
+	// iovFrom is the query of outIov[p]; msgIov the first outIov of
+	// message m.
+	iovFrom         [udpBatch]uint8
+	msgIov          [udpBatch]uint8
+	nIn, nAns, nOut int
+	done            int
 }
+
+// maxSegmented bounds the payload of one UDP_SEGMENT send: that of the
+// largest UDP datagram over IPv4 (65535 - 20 - 8), which the kernel
+// refuses to exceed.
+const maxSegmented = 65507
+
+// segCmsgSpace is the control buffer of one message: a cmsghdr with the
+// uint16 segment size of UDP_SEGMENT.
+const segCmsgSpace = (unix.SizeofCmsghdr + 2 + 7) &^ 7
 
 func newBatch() *batch {
 	b := &batch{}
@@ -66,12 +88,109 @@ func newBatch() *batch {
 		b.in[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 		b.in[i].Hdr.Iov = &b.inIov[i]
 		b.in[i].Hdr.SetIovlen(1)
-		b.out[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.outNames[i]))
-		b.out[i].Hdr.Iov = &b.outIov[i]
-		b.out[i].Hdr.SetIovlen(1)
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b.ctrl[i][0]))
+		h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+		h.SetLen(unix.CmsgLen(2))
 	}
-	b.send = b.sendFn
 	return b
+}
+
+// group lays out the batch's answers as messages to send: with gso, the
+// answers of equal length to one client, and one shorter answer to it as
+// the last, go in one message, which the kernel segments back into one
+// datagram per answer (UDP_SEGMENT: segments of the first's length, the
+// last may be shorter), so they pay one pass through the send path rather
+// than one each; the client receives the same datagrams. Without gso
+// every answer is its own message.
+func (b *batch) group(gso bool) {
+	var used uint64 // answers already placed, by index
+	p, m := 0, 0
+	for j := range b.nAns {
+		if used&(1<<j) != 0 {
+			continue
+		}
+		start := p
+		b.placeIov(p, j)
+		p++
+		if gso {
+			short := -1 // a shorter answer to the same client
+			size := int(b.ansLen[j])
+			for k := j + 1; k < b.nAns; k++ {
+				if used&(1<<k) != 0 || b.ansLen[k] > b.ansLen[j] || !b.sameClient(j, k) {
+					continue
+				}
+				if b.ansLen[k] < b.ansLen[j] {
+					if short < 0 {
+						short = k
+					}
+					continue
+				}
+				if size+int(b.ansLen[k]) > maxSegmented {
+					break
+				}
+				size += int(b.ansLen[k])
+				used |= 1 << k
+				b.placeIov(p, k)
+				p++
+			}
+			if short >= 0 && size+int(b.ansLen[short]) <= maxSegmented {
+				used |= 1 << short
+				b.placeIov(p, short)
+				p++
+			}
+		}
+		b.setMsg(m, start, p-start)
+		m++
+	}
+	b.nOut, b.done = m, 0
+}
+
+// sameClient reports whether answers j and k go to the same address.
+func (b *batch) sameClient(j, k int) bool {
+	fj, fk := b.ansFrom[j], b.ansFrom[k]
+	nl := int(b.in[fj].Hdr.Namelen)
+	if int(b.in[fk].Hdr.Namelen) != nl || nl > unix.SizeofSockaddrInet6 {
+		return false
+	}
+	return string((*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&b.names[fj]))[:nl]) ==
+		string((*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&b.names[fk]))[:nl])
+}
+
+// placeIov makes outIov[p] answer j.
+func (b *batch) placeIov(p, j int) {
+	b.outIov[p].Base = &b.outBuf[j][0]
+	b.outIov[p].SetLen(int(b.ansLen[j]))
+	b.iovFrom[p] = b.ansFrom[j]
+}
+
+// setMsg makes message m the n answers from outIov[p], one datagram each,
+// to the client of the first.
+func (b *batch) setMsg(m, p, n int) {
+	h := &b.out[m].Hdr
+	from := b.iovFrom[p]
+	h.Name = (*byte)(unsafe.Pointer(&b.names[from]))
+	h.Namelen = b.in[from].Hdr.Namelen
+	h.Iov = &b.outIov[p]
+	h.SetIovlen(n)
+	b.msgIov[m] = uint8(p)
+	if n > 1 {
+		*(*uint16)(unsafe.Pointer(&b.ctrl[m][unix.CmsgLen(0)])) = uint16(b.outIov[p].Len)
+		h.Control = &b.ctrl[m][0]
+		h.SetControllen(segCmsgSpace)
+	} else {
+		h.Control = nil
+		h.SetControllen(0)
+	}
+}
+
+// split sends the answers of messages m and after as one message each
+// (after the kernel refused message m's UDP_SEGMENT).
+func (b *batch) split(m int) {
+	for p := int(b.msgIov[m]); p < b.nAns; p++ {
+		b.setMsg(m, p, 1)
+		m++
+	}
+	b.nOut = m
 }
 
 // udpLoop serves one UDP socket: plain queries for precomputed names are
@@ -84,8 +203,10 @@ type udpLoop struct {
 	slow  *slowConn
 	b     *batch // the batch of the current read, nil while idle
 	rot   uint
-	spin  int // reads left that retry EAGAIN at once rather than park
+	spin  int  // reads left that retry EAGAIN at once rather than park
+	gso   bool // answers to one client may share a UDP_SEGMENT send
 	recv  func(fd uintptr) bool
+	send  func(fd uintptr) bool
 }
 
 // spinReads is how many times a loop that has just read a batch retries an
@@ -108,7 +229,13 @@ func (s *Server) serveUDP(asker string, pc net.PacketConn) (general net.PacketCo
 		return pc, nil
 	}
 	l := &udpLoop{s: s, asker: asker, rc: rc, slow: newSlowConn(conn)}
-	l.recv = l.recvFn
+	l.recv, l.send = l.recvFn, l.sendFn
+	// UDP segmentation offload on send (Linux 4.18+); without it every
+	// answer is its own message.
+	rc.Control(func(fd uintptr) {
+		v, err := unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
+		l.gso = err == nil && v >= 0 && !s.noGSO
+	})
 	return l.slow, l.run
 }
 
@@ -126,19 +253,14 @@ func (l *udpLoop) run() {
 			return
 		}
 		view := src.Answers().view(l.asker)
-		b.nOut = 0
-		var local uint64
+		b.nAns = 0
 		for i := range b.nIn {
 			n := min(int(b.in[i].Len), maxUDPRead)
 			q := b.inBuf[i][:n]
 			l.rot++
-			if m := view.answer(q, b.outBuf[b.nOut][:], l.rot); m > 0 {
-				b.outIov[b.nOut].Base = &b.outBuf[b.nOut][0]
-				b.outIov[b.nOut].SetLen(m)
-				b.outNames[b.nOut] = b.names[i]
-				b.out[b.nOut].Hdr.Namelen = b.in[i].Hdr.Namelen
-				b.nOut++
-				local++
+			if m := view.answer(q, b.outBuf[b.nAns][:], l.rot); m > 0 {
+				b.ansLen[b.nAns], b.ansFrom[b.nAns] = uint16(m), uint8(i)
+				b.nAns++
 				continue
 			}
 			if !l.slow.push(q, &b.names[i]) {
@@ -146,11 +268,14 @@ func (l *udpLoop) run() {
 				return
 			}
 		}
-		if local > 0 {
-			l.s.stats.queries.Add(local)
-			l.s.stats.local.Add(local)
-			b.done = 0
-			l.rc.Write(b.send) // a failed send is a lost answer; the client retries
+		if b.nAns > 0 {
+			l.s.stats.queries.Add(uint64(b.nAns))
+			l.s.stats.local.Add(uint64(b.nAns))
+			b.group(l.gso)
+			l.rc.Write(l.send) // a failed send is a lost answer; the client retries
+			if b.nOut < b.nAns {
+				l.s.stats.coalesced.Add(uint64(b.nAns - b.nOut))
+			}
 		}
 		l.s.batches.put(b)
 	}
@@ -192,18 +317,27 @@ func (l *udpLoop) recvFn(fd uintptr) bool {
 	}
 }
 
-// sendFn is the RawConn write callback: it sends out[done:nOut], skipping
-// a datagram the kernel refuses.
-func (b *batch) sendFn(fd uintptr) bool {
+// sendFn is the RawConn write callback: it sends the current batch's
+// out[done:nOut], skipping a datagram the kernel refuses. A segmented
+// message the kernel refuses is sent again as one message per answer;
+// EIO says the route cannot segment at all (no checksum offload), so the
+// loop stops asking.
+func (l *udpLoop) sendFn(fd uintptr) bool {
+	b := l.b
 	for b.done < b.nOut {
 		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[b.done])), uintptr(b.nOut-b.done),
 			unix.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case 0:
+		switch {
+		case errno == 0:
 			b.done += max(int(n), 1)
-		case unix.EINTR:
-		case unix.EAGAIN:
+		case errno == unix.EINTR:
+		case errno == unix.EAGAIN:
 			return false
+		case b.out[b.done].Hdr.Control != nil:
+			if errno == unix.EIO {
+				l.gso = false
+			}
+			b.split(b.done)
 		default:
 			b.done++
 		}
