@@ -473,6 +473,9 @@ type DNSStats struct {
 	UpstreamErrors uint64 `json:"upstream_errors"`
 	// Inflight is the number of forwarded queries in flight now.
 	Inflight int64 `json:"inflight"`
+	// Coalesced counts the local answers that left in one UDP_SEGMENT
+	// send with an earlier answer to the same client (sends saved).
+	Coalesced uint64 `json:"coalesced"`
 	// UpstreamLatency is the round trip of the upstreams' answers.
 	UpstreamLatency LatencyStats `json:"upstream_latency"`
 }

@@ -200,6 +200,7 @@ func (d *Daemon) dnsStats() api.DNSStats {
 		Upstreams: []string{}, Listeners: n,
 		Queries: s.Queries, Local: s.Local, Forwarded: s.Forwarded, NXDomain: s.NXDomain,
 		ServFail: s.ServFail, Overloaded: s.Overloaded, UpstreamErrors: s.UpstreamErrors, Inflight: s.Inflight,
+		Coalesced:       s.Coalesced,
 		UpstreamLatency: api.LatencyStats{Count: s.Upstream.Count, MaxMs: ms(s.Upstream.Max.Seconds())},
 	}
 	for _, u := range d.dns.srv.Upstreams() {

@@ -32,6 +32,9 @@ type Stats struct {
 	UpstreamErrors uint64
 	// Inflight is the number of forwarded queries in flight now.
 	Inflight int64
+	// Coalesced counts the local UDP answers that left in another
+	// answer's UDP_SEGMENT send to the same client (the sends saved).
+	Coalesced uint64
 	// Upstream is the round trip of the upstreams' answers.
 	Upstream Latency
 }
@@ -82,7 +85,7 @@ func (s *Server) Stats() Stats {
 	st := Stats{
 		Queries: c.queries.Load(), Local: c.local.Load(), Forwarded: c.forwarded.Load(),
 		NXDomain: c.nxdomain.Load(), ServFail: c.servfail.Load(), Overloaded: c.overloaded.Load(),
-		UpstreamErrors: c.upstreamErrors.Load(), Inflight: s.inflight.Load(),
+		UpstreamErrors: c.upstreamErrors.Load(), Inflight: s.inflight.Load(), Coalesced: c.coalesced.Load(),
 		Upstream: Latency{
 			Count: c.latency.count.Load(), Sum: time.Duration(c.latency.sum.Load()),
 			Max: time.Duration(c.latency.max.Load()), Bounds: append([]time.Duration(nil), latencyBounds[:]...),

@@ -66,19 +66,19 @@ type Collector struct {
 }
 
 type descs struct {
-	node, portsOmitted                                 *prometheus.Desc
-	flooded, arpSuppressed, floodNoPeers, switchDrops  *prometheus.Desc
-	ingressReturn                                      *prometheus.Desc
-	ingressReturnEvicted                               *prometheus.Desc
-	tunnelDrops, underlayDrops, encrypted, fdbEntries  *prometheus.Desc
-	portPackets, portBytes, portDrops                  *prometheus.Desc
-	peerPackets, peerBytes, peerTxDrops                *prometheus.Desc
-	saPackets, saBytes, saDrops, saSeq                 *prometheus.Desc
-	dnsQueries, dnsLocal, dnsForwarded, dnsNX, dnsFail *prometheus.Desc
-	dnsOverloaded, dnsUpErrors, dnsInflight, dnsListen *prometheus.Desc
-	dnsLatency                                         *prometheus.Desc
-	ringVersion, ringPrimary, ringPending, ringKeys    *prometheus.Desc
-	ringRefused, members                               *prometheus.Desc
+	node, portsOmitted                                               *prometheus.Desc
+	flooded, arpSuppressed, floodNoPeers, switchDrops                *prometheus.Desc
+	ingressReturn                                                    *prometheus.Desc
+	ingressReturnEvicted                                             *prometheus.Desc
+	tunnelDrops, underlayDrops, encrypted, fdbEntries                *prometheus.Desc
+	portPackets, portBytes, portDrops                                *prometheus.Desc
+	peerPackets, peerBytes, peerTxDrops                              *prometheus.Desc
+	saPackets, saBytes, saDrops, saSeq                               *prometheus.Desc
+	dnsQueries, dnsLocal, dnsForwarded, dnsNX, dnsFail               *prometheus.Desc
+	dnsOverloaded, dnsUpErrors, dnsInflight, dnsListen, dnsCoalesced *prometheus.Desc
+	dnsLatency                                                       *prometheus.Desc
+	ringVersion, ringPrimary, ringPending, ringKeys                  *prometheus.Desc
+	ringRefused, members                                             *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -119,6 +119,7 @@ func NewCollector(src Source) *Collector {
 		dnsFail:              desc("dns_servfail_total", "DNS answers with rcode SERVFAIL."),
 		dnsOverloaded:        desc("dns_overloaded_total", "DNS queries refused because too many forwarded queries were in flight."),
 		dnsUpErrors:          desc("dns_upstream_errors_total", "Failed tries at an upstream DNS server."),
+		dnsCoalesced:         desc("dns_answers_coalesced_total", "Local DNS answers sent in one UDP_SEGMENT send with an earlier answer to the same client."),
 		dnsInflight:          desc("dns_inflight", "Forwarded DNS queries in flight."),
 		dnsListen:            desc("dns_listeners", "Containers the embedded resolver serves."),
 		dnsLatency:           desc("dns_upstream_latency_seconds", "Round trip of the upstream DNS servers' answers."),
@@ -139,7 +140,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		d.tunnelDrops, d.underlayDrops, d.encrypted, d.fdbEntries, d.portPackets, d.portBytes,
 		d.portDrops, d.peerPackets, d.peerBytes, d.peerTxDrops, d.saPackets, d.saBytes, d.saDrops,
 		d.saSeq, d.dnsQueries, d.dnsLocal, d.dnsForwarded, d.dnsNX, d.dnsFail, d.dnsOverloaded,
-		d.dnsUpErrors, d.dnsInflight, d.dnsListen, d.dnsLatency, d.ringVersion, d.ringPrimary,
+		d.dnsUpErrors, d.dnsCoalesced, d.dnsInflight, d.dnsListen, d.dnsLatency, d.ringVersion, d.ringPrimary,
 		d.ringPending, d.ringKeys, d.ringRefused, d.members,
 	} {
 		ch <- x
@@ -281,6 +282,7 @@ func (c *Collector) collectDNS(e emitter, s api.DNSStats) {
 	e.counter(d.dnsFail, s.ServFail)
 	e.counter(d.dnsOverloaded, s.Overloaded)
 	e.counter(d.dnsUpErrors, s.UpstreamErrors)
+	e.counter(d.dnsCoalesced, s.Coalesced)
 	e.gauge(d.dnsInflight, float64(s.Inflight))
 	e.gauge(d.dnsListen, float64(s.Listeners))
 	count, sum, buckets := Histogram(s.UpstreamLatency)
