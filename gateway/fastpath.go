@@ -32,12 +32,15 @@ type LocalSockets interface {
 type FastPath func(dst netip.Addr) (LocalSockets, error)
 
 // PrepareFastSocket sets a fast-path socket's keepalive as a published
-// connection's in the gateway's stack (setKeepalive): the daemon's socket
-// maker calls it for each socket, off the connection's path.
+// connection's in the gateway's stack (setKeepalive), and TCP_NODELAY (as
+// any net.Conn has, and the stack's endpoints: a small write is not held
+// back for the previous one's ACK): the daemon's socket maker calls it
+// for each socket, off the connection's path.
 func (e *Egress) PrepareFastSocket(fd int) error {
 	idle := int(e.cfg.IngressKeepalive / time.Second)
 	every := max(idle/3, 1)
 	for _, o := range [...][3]int{
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, max(idle, 1)},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, every},

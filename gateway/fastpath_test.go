@@ -357,3 +357,30 @@ func TestPublishFastPathConnectInProgressAborted(t *testing.T) {
 		}
 	}
 }
+
+// TestFastSocketOptions: a fast-path socket, as the daemon's maker hands
+// it out, has the options of a published connection's network side:
+// TCP_NODELAY (as every net.Conn, and the gateway's endpoints: a small
+// write is not held back for the previous one's ACK) and keepalive.
+func TestFastSocketOptions(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	f := newFastCtr(t, h.eg)
+	fd, err := f.sockets.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"TCP_NODELAY", syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1},
+		{"SO_KEEPALIVE", syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(h.eg.cfg.IngressKeepalive / time.Second)},
+	} {
+		if got, err := syscall.GetsockoptInt(fd, o.level, o.opt); err != nil || got != o.want {
+			t.Errorf("%s: %d, %v; want %d", o.name, got, err, o.want)
+		}
+	}
+}
