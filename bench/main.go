@@ -92,6 +92,8 @@ func main() {
 	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan,egress,publish,lb)")
 	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
+	flag.IntVar(&cfg.publishRounds, "publish-rounds", 5, "publish: measure each goal's new conn/s again in this many interleaved rounds (vxmesh row and HAProxy back to back, order alternating) and print the median ratio (0: none)")
+	flag.DurationVar(&cfg.publishRound, "publish-round", 2*time.Second, "publish: wrk run time of each row in each interleaved round (whole seconds)")
 	dnsMode := flag.Bool("dns", false, "measure the embedded DNS resolver against dnsmasq with dnsperf instead (each dnsperf run lasts -duration)")
 	flag.IntVar(&cfg.dns.names, "dns-names", 10, "-dns: containers whose names are queried")
 	flag.IntVar(&cfg.dns.clients, "dns-clients", 4, "-dns: dnsperf -c (client sockets)")
@@ -172,6 +174,11 @@ type config struct {
 	// rxSockets is the daemons' --rx-sockets of the vxmesh-overlay-rxq
 	// row (perftopo.go).
 	rxSockets int
+	// publishRounds and publishRound are the published-port section's
+	// interleaved rounds and the wrk run time of each row in each
+	// (publishrounds.go).
+	publishRounds int
+	publishRound  time.Duration
 }
 
 // result is one row of the table.

@@ -36,7 +36,9 @@ package main
 // host the client enters: run -p and mesh-local with haproxy (h1),
 // mesh-remote with haproxy-remote (h2), the other ratios are context. Rows are
 // PublishRow values measured by measurePublished, which takes any
-// published address, so a routing-mesh row is one more row.
+// published address, so a routing-mesh row is one more row. Each goal
+// comparison is then measured again in -publish-rounds interleaved
+// rounds (publishrounds.go), whose median ratio is the one judged.
 
 import (
 	"context"
@@ -139,7 +141,11 @@ func runPublish(ctx context.Context, cfg config, prefix string, out, log io.Writ
 		fmt.Fprintf(log, "publish: measuring %s (%s)\n", rows[i].Name, rows[i].Addr)
 		rows[i].Err = measurePublished(ctx, cfg, rows[i].client, &rows[i], log)
 	}
-	printPublish(out, cfg, bed.mtu, rows, loadBefore, loadAvg())
+	var rounds []PubRounds
+	if cfg.publishRounds > 0 && ctx.Err() == nil {
+		rounds = measureRounds(ctx, cfg, rows, log)
+	}
+	printPublish(out, cfg, bed.mtu, rows, rounds, loadBefore, loadAvg())
 	var errs []string
 	for _, r := range rows {
 		if r.Err != nil {
@@ -473,43 +479,72 @@ func measurePublished(ctx context.Context, cfg config, client string, r *Publish
 		}
 	}
 	for _, keepAlive := range []bool{false, true} {
-		args := []string{"-t", fmt.Sprint(cfg.lb.threads), "-c", fmt.Sprint(cfg.lb.conns), "-d", secs + "s", "--latency"}
-		if !keepAlive {
-			args = append(args, "-H", "Connection: close")
-		}
-		args = append(args, "http://"+http+"/")
-		fmt.Fprintf(log, "  %s: wrk %s\n", r.Name, strings.Join(args, " "))
-		d0, derr0 := cpuTimes(r.daemonPIDs)
-		p0, perr0 := cpuTime(r.proxyPIDs)
-		wr, err := runWrk(ctx, client, args)
+		fmt.Fprintf(log, "  %s: wrk %s\n", r.Name, strings.Join(pubWrkArgs(cfg, http, secs, keepAlive), " "))
+		wr, cpu, err := wrkCPU(ctx, cfg, r, secs, keepAlive)
 		if err != nil {
 			return err
 		}
-		d1, derr1 := cpuTimes(r.daemonPIDs)
-		p1, perr1 := cpuTime(r.proxyPIDs)
 		if keepAlive {
 			r.KeepAlive = wr
 		} else {
 			r.Close = wr
-			if n := time.Duration(wr.Requests); n > 0 {
-				if derr0 == nil && derr1 == nil {
-					r.DaemonCPUs = make([]time.Duration, len(d0))
-					for i := range d0 {
-						r.DaemonCPUs[i] = (d1[i] - d0[i]) / n
-						r.DaemonCPU += r.DaemonCPUs[i]
-					}
-				}
-				if perr0 == nil && perr1 == nil {
-					r.ProxyCPU = (p1 - p0) / n
-				}
-			}
+			r.DaemonCPUs, r.DaemonCPU, r.ProxyCPU = cpu.daemons, cpu.daemon, cpu.proxy
 		}
 	}
 	return nil
 }
 
-// printPublish prints the rows and their ratios to the vxmesh row.
-func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBefore, loadAfter string) {
+// pubWrkArgs are wrk's arguments for a run of secs seconds against http
+// (host:port), with or without keep-alive.
+func pubWrkArgs(cfg config, http, secs string, keepAlive bool) []string {
+	args := []string{"-t", fmt.Sprint(cfg.lb.threads), "-c", fmt.Sprint(cfg.lb.conns), "-d", secs + "s", "--latency"}
+	if !keepAlive {
+		args = append(args, "-H", "Connection: close")
+	}
+	return append(args, "http://"+http+"/")
+}
+
+// connCPU is the CPU time per request of a wrk run: each daemon's (in
+// the order of PublishRow.daemonPIDs), their sum, and the proxy's; a
+// part not measured is nil or zero.
+type connCPU struct {
+	daemons       []time.Duration
+	daemon, proxy time.Duration
+}
+
+// wrkCPU runs wrk from r's client against r's HTTP port for secs
+// seconds and returns its result with the CPU time per request of r's
+// daemons and proxy over the run.
+func wrkCPU(ctx context.Context, cfg config, r *PublishRow, secs string, keepAlive bool) (WrkResult, connCPU, error) {
+	http := fmt.Sprintf("%s:%d", r.Addr, r.HTTPPort)
+	d0, derr0 := cpuTimes(r.daemonPIDs)
+	p0, perr0 := cpuTime(r.proxyPIDs)
+	wr, err := runWrk(ctx, r.client, pubWrkArgs(cfg, http, secs, keepAlive))
+	if err != nil {
+		return wr, connCPU{}, err
+	}
+	d1, derr1 := cpuTimes(r.daemonPIDs)
+	p1, perr1 := cpuTime(r.proxyPIDs)
+	var c connCPU
+	if n := time.Duration(wr.Requests); n > 0 {
+		if derr0 == nil && derr1 == nil {
+			c.daemons = make([]time.Duration, len(d0))
+			for i := range d0 {
+				c.daemons[i] = (d1[i] - d0[i]) / n
+				c.daemon += c.daemons[i]
+			}
+		}
+		if perr0 == nil && perr1 == nil {
+			c.proxy = (p1 - p0) / n
+		}
+	}
+	return wr, c, nil
+}
+
+// printPublish prints the rows, their ratios to the vxmesh rows and the
+// interleaved rounds (if any): a goal ratio measured in rounds is judged
+// there, its single-run ratio above is context.
+func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, rounds []PubRounds, loadBefore, loadAfter string) {
 	fmt.Fprintf(out, "\npublished port, 2 hosts: outside client -> one container on h1 (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
 		mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
@@ -528,10 +563,20 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, loadBef
 	fmt.Fprintln(out)
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ratio\tvalue\tgoal\t")
+	inRounds := map[string]bool{}
+	for _, p := range rounds {
+		if p.Err == nil && len(p.Ratios()) > 0 {
+			inRounds[fmt.Sprintf("new conn/s %s / %s", p.A, p.B)] = true
+		}
+	}
 	for _, q := range publishRatios(by) {
+		if inRounds[q.name] {
+			q.goal = "(one run each: see the interleaved rounds)"
+		}
 		fmt.Fprintf(tw, "%s\t%.2f\t%s\t\n", q.name, q.value, q.goal)
 	}
 	tw.Flush()
+	printRounds(out, cfg, rounds)
 	fmt.Fprintf(out, "\nmachine load average (1 min) before / after: %s / %s on %d CPUs\n", loadBefore, loadAfter, runtime.NumCPU())
 }
 
@@ -559,9 +604,9 @@ func publishRatios(by map[string]PublishRow) []egressRatio {
 		}
 		// anchor is the HAProxy of the host the client enters (the
 		// goal), others the routers compared for context.
-		anchor, others := rowPubHAProxy, []string{rowPubDNAT}
+		anchor, others := publishAnchor(row), []string{rowPubDNAT}
 		if row == rowPubMeshRemote {
-			anchor, others = rowPubHAProxyRemote, []string{rowPubHAProxy, rowPubDNAT}
+			others = []string{rowPubHAProxy, rowPubDNAT}
 		}
 		for _, m := range []metric{conns, in, outm, ka} {
 			for i, bname := range append([]string{anchor}, others...) {

@@ -124,7 +124,7 @@ func TestPrintPublishShowsBothDaemons(t *testing.T) {
 	var b strings.Builder
 	cfg := config{duration: time.Second}
 	cfg.lb.threads, cfg.lb.conns = 1, 32
-	printPublish(&b, cfg, 1450, rows, "1.0", "1.0")
+	printPublish(&b, cfg, 1450, rows, nil, "1.0", "1.0")
 	out := b.String()
 	for _, want := range []string{"CPU/conn daemons h1+h2", "h1 / h2", "0.300 ms", "0.100 / 0.200", "0.500 ms", "0.150 / 0.350",
 		"new conn/s mesh-remote / haproxy-remote  0.50"} {
@@ -178,4 +178,49 @@ func FuzzParseStatCPU(f *testing.F) {
 			t.Fatalf("negative CPU time %v", d)
 		}
 	})
+}
+
+// TestPrintPublishRounds: the interleaved rounds print each pair's median
+// ratio of the rounds (not the ratio of the medians), its range, the
+// rounds above 1 and the goal judged on the median; the single-run goal
+// ratio of a pair measured in rounds becomes context, that of a pair
+// whose rounds failed keeps its goal.
+func TestPrintPublishRounds(t *testing.T) {
+	rows := []PublishRow{
+		{Name: rowPubVxmesh, Close: WrkResult{RequestsPerSec: 900}},
+		{Name: rowPubHAProxy, Close: WrkResult{RequestsPerSec: 1000}},
+		{Name: rowPubMeshRemote, Close: WrkResult{RequestsPerSec: 500}},
+		{Name: rowPubHAProxyRemote, Close: WrkResult{RequestsPerSec: 400}},
+	}
+	ms := time.Millisecond / 10
+	rounds := []PubRounds{
+		// Ratios 1.5, 0.8, 1.3, 2.0, 0.9: median 1.3, 3 of 5 above 1
+		// (the medians' ratio would be 1600 / 1000).
+		{A: rowPubVxmesh, B: rowPubHAProxy, ConnsA: []float64{3000, 1600, 1300, 2000, 900}, ConnsB: []float64{2000, 2000, 1000, 1000, 1000},
+			CPUA: []time.Duration{2 * ms, 2 * ms, 3 * ms, 1 * ms, 2 * ms}, CPUB: []time.Duration{3 * ms, 3 * ms, 3 * ms, 3 * ms, 3 * ms}},
+		{A: rowPubMeshRemote, B: rowPubHAProxyRemote, ConnsA: []float64{100}, ConnsB: []float64{200}, Err: fmt.Errorf("round 2, mesh-remote: wrk died")},
+	}
+	if got := rounds[0].Ratios(); fmt.Sprintf("%.1f", got) != "[0.8 0.9 1.3 1.5 2.0]" {
+		t.Errorf("Ratios: %.2f", got)
+	}
+	var b strings.Builder
+	cfg := config{duration: time.Second, publishRounds: 5, publishRound: 2 * time.Second}
+	cfg.lb.threads, cfg.lb.conns = 1, 32
+	printPublish(&b, cfg, 1450, rows, rounds, "1.0", "1.0")
+	// Compared with runs of spaces collapsed (the tables' alignment).
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, want := range []string{
+		"5 rounds of wrk -d 2s per row",
+		// median ratio, range, rounds above 1, median conn/s of a
+		// and b, median CPU/conn of a and b, goal on the median.
+		"vxmesh / haproxy 1.30 0.80 - 2.00 3 of 5 1600 1000 0.200 ms 0.300 ms > 1: met",
+		"new conn/s vxmesh / haproxy 0.90 (one run each: see the interleaved rounds)",
+		"mesh-remote / haproxy-remote failed (below)",
+		"mesh-remote / haproxy-remote: rounds failed: round 2, mesh-remote: wrk died",
+		"new conn/s mesh-remote / haproxy-remote 1.25 > 1: met",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
 }

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"time"
@@ -33,12 +32,15 @@ type LocalSockets interface {
 type FastPath func(dst netip.Addr) (LocalSockets, error)
 
 // PrepareFastSocket sets a fast-path socket's keepalive as a published
-// connection's in the gateway's stack (setKeepalive): the daemon's socket
-// maker calls it for each socket, off the connection's path.
+// connection's in the gateway's stack (setKeepalive), and TCP_NODELAY (as
+// any net.Conn has, and the stack's endpoints: a small write is not held
+// back for the previous one's ACK): the daemon's socket maker calls it
+// for each socket, off the connection's path.
 func (e *Egress) PrepareFastSocket(fd int) error {
 	idle := int(e.cfg.IngressKeepalive / time.Second)
 	every := max(idle/3, 1)
 	for _, o := range [...][3]int{
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, max(idle, 1)},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, every},
@@ -56,7 +58,7 @@ func (e *Egress) PrepareFastSocket(fd int) error {
 // false when the flow is to take the gateway's stack (no fast path to
 // dst, or one that could not be set up: counted); otherwise err says
 // whether the connect failed (refused, timed out, aborted).
-func (p *Port) dialFast(t *tcpIn, src, dst netip.AddrPort) (c *net.TCPConn, handled bool, err error) {
+func (p *Port) dialFast(t *tcpIn, src, dst netip.AddrPort) (c *finConn, handled bool, err error) {
 	if p.fast == nil {
 		return nil, false, nil
 	}
@@ -94,57 +96,52 @@ func (p *Port) dialFast(t *tcpIn, src, dst netip.AddrPort) (c *net.TCPConn, hand
 
 // connectFast connects fd (bound, non-blocking; connectFast owns it) to
 // dst, waiting in the runtime poller up to ingressDialTimeout or until t
-// is aborted.
-func (t *tcpIn) connectFast(fd int, dst netip.AddrPort) (*net.TCPConn, error) {
+// is aborted, and returns it as the flow's container side.
+//
+// A second connect tells how the first ended in one system call: 0 once
+// connected (over the namespace's loopback the handshake is done when
+// the first returns), the error if it failed, EALREADY while it is still
+// in progress.
+func (t *tcpIn) connectFast(fd int, dst netip.AddrPort) (*finConn, error) {
 	f := os.NewFile(uintptr(fd), "")
-	defer f.Close() // the connection holds its own descriptor
 	t.dialing.Store(f)
 	defer t.dialing.Store(nil)
 	if t.isAborted() {
+		f.Close()
 		return nil, errDialStopped
 	}
 	f.SetWriteDeadline(time.Now().Add(ingressDialTimeout))
 	rc, err := f.SyscallConn()
 	if err != nil {
+		f.Close()
 		return nil, err
 	}
 	sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
-	started := false
 	var cerr error
-	werr := rc.Write(func(fd uintptr) bool {
-		if !started {
-			started = true
-			err := unix.Connect(int(fd), sa)
-			if err != unix.EINPROGRESS && err != unix.EINTR {
+	err = rc.Write(func(fd uintptr) bool {
+		for {
+			switch err := unix.Connect(int(fd), sa); err {
+			case nil, unix.EISCONN:
+				return true
+			case unix.EINPROGRESS, unix.EINTR:
+				continue // ask again at once: see above
+			case unix.EALREADY:
+				return false // wait until writable
+			default:
 				cerr = err
 				return true
 			}
 		}
-		n, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		switch {
-		case err != nil:
-			cerr = err
-		case n == int(unix.EINPROGRESS) || n == int(unix.EALREADY) || n == int(unix.EINTR):
-			return false
-		case n != 0:
-			cerr = unix.Errno(n)
-		default:
-			// Writable with no error: connected, unless the poller
-			// woke spuriously.
-			_, err := unix.Getpeername(int(fd))
-			return err == nil
-		}
-		return true
 	})
-	if werr != nil {
-		return nil, werr
+	if err == nil {
+		err = cerr
 	}
-	if cerr != nil {
-		return nil, cerr
-	}
-	nc, err := net.FileConn(f)
 	if err != nil {
+		f.Close()
 		return nil, err
 	}
-	return nc.(*net.TCPConn), nil
+	// The flow's writes have no deadline (an abort after this point
+	// resets the connection instead: tcpIn.reset).
+	f.SetWriteDeadline(time.Time{})
+	return &finConn{f: f, rc: rc}, nil
 }

@@ -293,3 +293,94 @@ func TestPublishFastPathLastDataWithFIN(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishFastPathConnectInProgressAborted: a fast-path connect the
+// container does not answer (its listener's queue is full: the SYN is
+// dropped) waits, and closing the port gives it up at once, resetting
+// the client; the connection already in the queue is reset too.
+func TestPublishFastPathConnectInProgressAborted(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	f := newFastCtr(t, h.eg)
+	ha := publicAddr(t)
+	// A listener with a backlog of 0 holds one connection it does not
+	// accept; the next SYN is dropped.
+	err := sandbox.RunInNetns(f.ns, func() error {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { syscall.Close(fd) })
+		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: 82, Addr: ctrAddr.Addr().As4()}); err != nil {
+			return err
+		}
+		return syscall.Listen(fd, 0)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: 82, Proto: "tcp"}
+	p, err := h.eg.PublishFast(spec, h.target(), f.path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	addr := netip.AddrPortFrom(ha, spec.HostPort).String()
+	var clients []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+		if len(clients) == 1 {
+			poll(t, "the first connection queued in the container", func() bool { return h.eg.Stats().IngressFast == 1 })
+		}
+	}
+	// The second is still connecting: no flow opened for it, no answer.
+	clients[1].SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := clients[1].Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the unanswered connection read %v, want nothing yet", err)
+	}
+	if st := h.eg.Stats(); st.IngressFast != 1 || st.IngressTCP != 1 || st.IngressFailed != 0 {
+		t.Fatalf("stats %+v: want 1 flow open on the fast path, the other still connecting", st)
+	}
+	start := time.Now()
+	p.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Close took %v with a connect in progress", d)
+	}
+	for i, c := range clients {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("client %d after Close: %v, want a reset", i, err)
+		}
+	}
+}
+
+// TestFastSocketOptions: a fast-path socket, as the daemon's maker hands
+// it out, has the options of a published connection's network side:
+// TCP_NODELAY (as every net.Conn, and the gateway's endpoints: a small
+// write is not held back for the previous one's ACK) and keepalive.
+func TestFastSocketOptions(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	f := newFastCtr(t, h.eg)
+	fd, err := f.sockets.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"TCP_NODELAY", syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1},
+		{"SO_KEEPALIVE", syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(h.eg.cfg.IngressKeepalive / time.Second)},
+	} {
+		if got, err := syscall.GetsockoptInt(fd, o.level, o.opt); err != nil || got != o.want {
+			t.Errorf("%s: %d, %v; want %d", o.name, got, err, o.want)
+		}
+	}
+}

@@ -316,7 +316,7 @@ type tcpIn struct {
 	c       net.Conn
 	fl      flow // its flow, whose close is reset
 	ep      atomic.Pointer[tcpip.Endpoint]
-	out     atomic.Pointer[net.TCPConn]
+	out     atomic.Pointer[finConn]
 	dialing atomic.Pointer[os.File]
 	// aborted is closed when the flow is aborted: a connect into the
 	// network in progress gives up at once (Port.Close does not wait
@@ -345,7 +345,7 @@ func (t *tcpIn) reset() {
 		f.SetWriteDeadline(time.Unix(1, 0)) // ends the connect
 	}
 	if c := t.out.Load(); c != nil {
-		resetConn(c)
+		c.reset()
 	}
 }
 
@@ -418,15 +418,10 @@ func (p *Port) dial(g *Gateway, t *tcpIn, src, dst netip.AddrPort) (io.ReadWrite
 		t.out.Store(out)
 		if t.isAborted() {
 			// Aborted while dialling: reset never saw the socket.
-			resetConn(out)
+			out.reset()
 			return nil, errDialStopped
 		}
-		fc, err := newFINConn(out)
-		if err != nil {
-			resetConn(out)
-			return nil, err
-		}
-		return fc, nil
+		return out, nil
 	}
 	e := p.e
 	timer := e.dialTimers.Get().(*time.Timer)

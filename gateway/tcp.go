@@ -200,20 +200,25 @@ func closeWrite(c io.Closer) {
 
 // tcpConn is a kernel TCP connection: *net.TCPConn, or finConn.
 type tcpConn interface {
-	net.Conn
+	io.Writer
 	SyscallConn() (syscall.RawConn, error)
 }
 
-// finConn is a kernel TCP connection whose Read reports the peer's FIN
-// with the last data (as epConn.Read does) when it is already in: a short
-// read of at most finPeekMax bytes is followed by a peek that finds the
-// end of the stream. The copy then writes that data with the half-close,
-// in one segment (writeLast), and needs no further read for the EOF.
-// Longer short reads, the common case of a bulk stream, pay no peek: one
-// segment saved at the end of a long transfer is not worth a system call
-// per read.
+// finConn is the container's side of a fast-path connection: the kernel
+// socket connectFast connected, read and written as an *os.File in the
+// runtime's poller as it is (a net.TCPConn made of it, net.FileConn,
+// costs a dup and seven more system calls per connection, for addresses
+// and options nothing here uses).
+//
+// Its Read reports the peer's FIN with the last data (as epConn.Read
+// does) when it is already in: a short read of at most finPeekMax bytes
+// is followed by a peek that finds the end of the stream. The copy then
+// writes that data with the half-close, in one segment (writeLast), and
+// needs no further read for the EOF. Longer short reads, the common case
+// of a bulk stream, pay no peek: one segment saved at the end of a long
+// transfer is not worth a system call per read.
 type finConn struct {
-	*net.TCPConn
+	f  *os.File
 	rc syscall.RawConn
 }
 
@@ -221,16 +226,8 @@ type finConn struct {
 // that fits a few client segments.
 const finPeekMax = 4096
 
-func newFINConn(c *net.TCPConn) (*finConn, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	return &finConn{TCPConn: c, rc: rc}, nil
-}
-
 func (c *finConn) Read(b []byte) (int, error) {
-	n, err := c.TCPConn.Read(b)
+	n, err := c.f.Read(b)
 	if n == 0 || n == len(b) || n > finPeekMax || err != nil {
 		return n, err
 	}
@@ -245,6 +242,31 @@ func (c *finConn) Read(b []byte) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+func (c *finConn) Write(b []byte) (int, error) { return c.f.Write(b) }
+
+// SyscallConn returns the socket's raw connection (writeLast).
+func (c *finConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
+// CloseWrite half-closes the connection (sends the FIN).
+func (c *finConn) CloseWrite() error {
+	var serr error
+	err := c.rc.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) })
+	if err != nil {
+		return err
+	}
+	return os.NewSyscallError("shutdown", serr)
+}
+
+func (c *finConn) Close() error { return c.f.Close() }
+
+// reset closes the connection with a reset.
+func (c *finConn) reset() {
+	c.rc.Control(func(fd uintptr) {
+		unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+	})
+	c.f.Close()
 }
 
 // resetConn closes an outside connection with a reset.
@@ -295,7 +317,11 @@ func writeLast(w io.Writer, b []byte) (int, error) {
 		return true
 	})
 	if serr != nil {
-		err = &net.OpError{Op: "write", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("sendmsg", serr)}
+		oe := &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("sendmsg", serr)}
+		if nc, ok := w.(net.Conn); ok {
+			oe.Source, oe.Addr = nc.LocalAddr(), nc.RemoteAddr()
+		}
+		err = oe
 	}
 	return n, err
 }
