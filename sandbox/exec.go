@@ -157,19 +157,22 @@ func (c *Cmd) execCmd(fromTemplate bool) *exec.Cmd {
 
 // runInMountTemplate calls fn (which forks) on a locked OS thread switched
 // into the mount namespace at mntPath and the network namespace at
-// netPath. The thread cannot return to the caller's mount namespace
-// cheaply, so it is discarded afterwards.
+// netPath. The thread then returns to the caller's namespaces but keeps
+// file system information (working directory) of its own, so it is
+// discarded; it is switched back for the case it is the main thread,
+// which the runtime parks instead and whose namespaces /proc/PID/ns shows
+// as the process's (a process seen in a container's network namespace
+// is one of its processes, and killed with it).
 func runInMountTemplate(mntPath, netPath string, fn func() error) error {
-	mnt, err := unix.Open(mntPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("mount template: %w", err)
+	var fds [4]int // template, netns, and the caller's mount and network namespaces
+	for i, p := range []string{mntPath, netPath, "/proc/thread-self/ns/mnt", "/proc/thread-self/ns/net"} {
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("namespace %s: %w", p, err) // those opened are closed below
+		}
+		fds[i] = fd
+		defer unix.Close(fd)
 	}
-	defer unix.Close(mnt)
-	nsnet, err := unix.Open(netPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("netns %q: %w", netPath, err)
-	}
-	defer unix.Close(nsnet)
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -180,17 +183,29 @@ func runInMountTemplate(mntPath, netPath string, fn func() error) error {
 			errc <- fmt.Errorf("mount template: unshare: %w", err)
 			return
 		}
-		if err := unix.Setns(mnt, unix.CLONE_NEWNS); err != nil {
-			errc <- fmt.Errorf("mount template %s: enter: %w", mntPath, err)
-			return
+		err := enterAndRun(fds[0], fds[1], fn)
+		// Back before the caller goes on (it may list the namespace's
+		// processes); the error is fn's or entering's.
+		unix.Setns(fds[3], unix.CLONE_NEWNET)
+		unix.Setns(fds[2], unix.CLONE_NEWNS)
+		if err != nil {
+			err = fmt.Errorf("mount template %s, netns %q: %w", mntPath, netPath, err)
 		}
-		if err := unix.Setns(nsnet, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("netns %q: enter: %w", netPath, err)
-			return
-		}
-		errc <- fn()
+		errc <- err
 	}()
 	return <-errc
+}
+
+// enterAndRun switches the calling thread into the mount namespace open at
+// mnt and the network namespace open at net, and calls fn.
+func enterAndRun(mnt, net int, fn func() error) error {
+	if err := unix.Setns(mnt, unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("enter the mount namespace: %w", err)
+	}
+	if err := unix.Setns(net, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter the network namespace: %w", err)
+	}
+	return fn()
 }
 
 // Wait waits for a started, attached command to exit. Like os/exec, a

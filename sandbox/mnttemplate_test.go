@@ -91,6 +91,12 @@ func TestCommandStartsFromMountTemplate(t *testing.T) {
 	if err := WriteResolvConf(resolv); err != nil {
 		t.Fatal(err)
 	}
+	selfNS := func() string {
+		net, _ := os.Readlink("/proc/self/ns/net")
+		mnt, _ := os.Readlink("/proc/self/ns/mnt")
+		return net + " " + mnt
+	}
+	before := selfNS()
 	script := "cat " + sharedMarker + "; echo; test -e " + privateMarker + " && echo private-seen; pwd; " +
 		"grep -c ' " + NetnsDir + "' /proc/self/mountinfo; head -c 20 /etc/resolv.conf"
 	var out, errOut bytes.Buffer
@@ -102,6 +108,21 @@ func TestCommandStartsFromMountTemplate(t *testing.T) {
 	}
 	if !c.fromTemplate {
 		t.Error("the command did not start from the template")
+	}
+	// The thread that entered the namespaces may be the main thread, which
+	// the runtime cannot discard: then it names the process's namespaces.
+	for range 20 {
+		if err := Command(ns, "", []string{"true"}).Run(); err != nil {
+			t.Fatal(err)
+		}
+		c := Command(ns, "", []string{"true"})
+		c.MountNS = tpl
+		if err := c.Run(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := selfNS(); after != before {
+		t.Errorf("the caller's namespaces were %s, are %s after starts from the template", before, after)
 	}
 	if mi := templateMountinfo(t, tpl); strings.Contains(mi, " "+NetnsDir) || !strings.Contains(mi, " "+filepath.Dir(sharedMarker)+" ") {
 		t.Errorf("the template holds %s, or not the mount made on the host after it:\n%s", NetnsDir, mi)
