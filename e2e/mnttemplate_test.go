@@ -104,7 +104,12 @@ func TestContainersStartFromMountTemplate(t *testing.T) {
 			tasks, _ := os.ReadDir(dir + "/task")
 			st, _ := os.ReadFile(dir + "/status")
 			t.Logf("m19 pid %d: %q mnt %s net %s, %d tasks; %s", p, strings.ReplaceAll(string(cmd), "\x00", " "), mnt, net, len(tasks), strings.Split(string(st), "\n")[:8])
+			mi, _ := os.ReadFile(dir + "/mountinfo")
+			t.Logf("its mounts:\n%s", mi)
 		}
+		var st unix.Stat_t
+		unix.Stat(filepath.Join(e.h.StateDir, "mnt", "template"), &st)
+		t.Logf("the template is mnt:[%d]", st.Ino)
 		t.Errorf("the 1st container has %d mounts (%v under /run/netns), the 20th %d (%v)", first, firstNetns, last, lastNetns)
 	}
 
