@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -85,12 +86,21 @@ func TestContainersStartFromMountTemplate(t *testing.T) {
 	for i := range 20 {
 		e.run(fmt.Sprintf("m%02d", i), "mt")
 	}
+	// A container's process, once it runs sleep: `run -d` returns when
+	// the init step is exec'd, before it has made its mounts.
 	pid := func(name string) int {
-		c, ok := e.container(name)
-		if !ok || len(c.PIDs) == 0 {
-			t.Fatalf("container %s: no process (%+v)", name, c)
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			c, ok := e.container(name)
+			if ok && len(c.PIDs) == 1 {
+				if comm, _ := os.ReadFile("/proc/" + strconv.Itoa(c.PIDs[0]) + "/comm"); string(comm) == "sleep\n" {
+					return c.PIDs[0]
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("container %s: no process running sleep (%+v)", name, c)
+			}
 		}
-		return c.PIDs[0]
 	}
 	first, firstNetns := mountsOf(t, pid("m00"))
 	last, lastNetns := mountsOf(t, pid("m19"))
