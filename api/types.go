@@ -194,6 +194,10 @@ type Endpoint struct {
 	// ResolvConf is the file bind-mounted over /etc/resolv.conf for
 	// processes started by `run` and `exec`.
 	ResolvConf string `json:"resolv_conf,omitempty"`
+	// MountNS is the mount namespace that processes started by `run` and
+	// `exec` copy theirs from (a mount template, sandbox.Cmd.MountNS);
+	// "" for the host's.
+	MountNS string `json:"mount_ns,omitempty"`
 	// State is "up" when the daemon is forwarding for the endpoint, or
 	// "down: <cause>" when its interface could not be reopened.
 	State string `json:"state"`
@@ -260,6 +264,8 @@ type Container struct {
 	// ResolvConf is bind-mounted over /etc/resolv.conf for processes
 	// started by `run` and `exec`.
 	ResolvConf string `json:"resolv_conf"`
+	// MountNS is as in Endpoint.
+	MountNS string `json:"mount_ns,omitempty"`
 }
 
 // Container states.

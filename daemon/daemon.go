@@ -57,6 +57,10 @@ type Config struct {
 	// connections then enter containers through their interface, from
 	// the gateway's stack, like UDP (see fastpath.go).
 	NoFastPath bool
+	// MountTemplate says whether container processes start from a mount
+	// template (MountTemplateAuto when "", MountTemplateAlways or
+	// MountTemplateNever; see mnttemplate.go).
+	MountTemplate string
 	// UnderlayMTU is the MTU networks are derived from (network MTU
 	// defaults to UnderlayMTU-50); zero means detect it from the interface
 	// holding the default route, or 1500.
@@ -166,6 +170,9 @@ type Daemon struct {
 	log  *slog.Logger
 	sb   Sandbox
 	lock *os.File
+	// mountNS is the mount template container processes start from
+	// (mnttemplate.go); "" for none. Set before the API serves.
+	mountNS string
 	// selfNs identifies the daemon's own network namespace, which is
 	// never a container's.
 	selfNs [2]uint64
@@ -340,6 +347,9 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.apiTimeouts == nil {
 		cfg.apiTimeouts = &apiTimeouts{header: apiHeaderTimeout, request: apiRequestTimeout, idle: apiIdleTimeout}
 	}
+	if err := validMountTemplate(cfg.MountTemplate); err != nil {
+		return nil, err
+	}
 	// A daemon already answering on the socket keeps it: refuse before
 	// taking ports, the cluster or the containers' resolvers.
 	if cfg.Socket != "" {
@@ -382,6 +392,7 @@ func New(cfg Config) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	d.setupMountTemplate()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if err := d.start(); err != nil {
 		d.Close()
@@ -672,6 +683,7 @@ func (d *Daemon) close() {
 		d.metricsLn.Close()
 	}
 	d.done.Wait()
+	d.removeMountTemplate()
 	if d.lock != nil {
 		d.lock.Close()
 		d.lock = nil

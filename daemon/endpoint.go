@@ -116,7 +116,7 @@ func (d *Daemon) endpointView(ep *endpoint) api.Endpoint {
 	return api.Endpoint{
 		Name: ep.ctr.name, Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(),
 		IfName: ep.ifname, Netns: ep.ctr.netns, Aliases: ep.aliases, Managed: ep.ctr.managed,
-		Node: d.cfg.Node, ResolvConf: d.resolvConfPath(), State: d.endpointState(ep),
+		Node: d.cfg.Node, ResolvConf: d.resolvConfPath(), MountNS: d.mountNS, State: d.endpointState(ep),
 		Published: ep.portsView(),
 	}
 }
@@ -948,7 +948,7 @@ func (d *Daemon) netnsPIDs() map[sandbox.NetnsID][]int {
 // processes (see netnsPIDs).
 func (d *Daemon) containerView(c *container, pids map[sandbox.NetnsID][]int) api.Container {
 	v := api.Container{Name: c.name, Netns: c.netns, Managed: c.managed, PIDs: []int{}, State: api.ContainerGone,
-		ResolvConf: d.resolvConfPath(), Endpoints: []api.Endpoint{}}
+		ResolvConf: d.resolvConfPath(), MountNS: d.mountNS, Endpoints: []api.Endpoint{}}
 	// Processes are listed only while the container's name still names
 	// its own namespace, and only those of that namespace (by identity),
 	// never those of another one that took its name. The name is checked

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -65,7 +66,14 @@ type Cmd struct {
 	// main function must call NSInitMain.
 	InitPath string
 
+	// MountNS is a mount template (MakeMountTemplate) that the command's
+	// mount namespace is copied from instead of the caller's; none if "".
+	// If starting from it fails, the command starts from the caller's.
+	MountNS string
+
 	cmd *exec.Cmd
+	// fromTemplate tells that Start started from MountNS.
+	fromTemplate bool
 }
 
 // Command returns a Cmd that runs argv inside the network namespace at
@@ -76,8 +84,9 @@ func Command(nsPath, resolvConf string, argv []string) *Cmd {
 
 // Start starts the command. The process is forked from a locked thread
 // switched into the namespace (and the thread is restored or discarded
-// afterwards); the child unshares its mount namespace, which Go makes
-// private, and runs the init step, which execs Args.
+// afterwards), and into the mount template if MountNS is set; the child
+// unshares its mount namespace, which Go makes private, and runs the init
+// step, which execs Args.
 func (c *Cmd) Start() error {
 	if c.cmd != nil {
 		return errors.New("sandbox: command already started")
@@ -93,16 +102,48 @@ func (c *Cmd) Start() error {
 			return fmt.Errorf("netns %q: resolv.conf: %w", c.NetnsPath, err)
 		}
 	}
+	var cmd *exec.Cmd
+	var err error
+	if c.MountNS != "" {
+		cmd = c.execCmd(true)
+		err = runInMountTemplate(c.MountNS, c.NetnsPath, cmd.Start)
+	}
+	if c.MountNS == "" || err != nil {
+		// Without a template, or if the template is gone or the working
+		// directory is not in it: a copy of the caller's namespace.
+		cmd = c.execCmd(false)
+		err = RunInNetns(c.NetnsPath, cmd.Start)
+	} else {
+		c.fromTemplate = true
+	}
+	if err != nil {
+		return fmt.Errorf("netns %q: start %q: %w", c.NetnsPath, c.Args[0], err)
+	}
+	c.cmd = cmd
+	if c.Detach {
+		go cmd.Wait() // reap it; nobody waits for a detached command
+	}
+	return nil
+}
+
+// execCmd returns the exec.Cmd that Start starts. fromTemplate keeps the
+// caller's working directory (entering a mount namespace moves the thread
+// to its root) unless Dir is set.
+func (c *Cmd) execCmd(fromTemplate bool) *exec.Cmd {
 	initPath := c.InitPath
 	if initPath == "" {
 		initPath = DefaultInitPath
+	}
+	dir := c.Dir
+	if dir == "" && fromTemplate {
+		dir, _ = os.Getwd()
 	}
 	args := append([]string{"vxmesh", NSInitArg, c.ResolvConf, "--"}, c.Args...)
 	cmd := &exec.Cmd{
 		Path: initPath,
 		Args: args,
 		Env:  c.Env,
-		Dir:  c.Dir,
+		Dir:  dir,
 		SysProcAttr: &syscall.SysProcAttr{
 			Unshareflags: unix.CLONE_NEWNS,
 			Setsid:       c.Detach,
@@ -111,14 +152,60 @@ func (c *Cmd) Start() error {
 	if !c.Detach {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = c.Stdin, c.Stdout, c.Stderr
 	}
-	if err := RunInNetns(c.NetnsPath, cmd.Start); err != nil {
-		return fmt.Errorf("netns %q: start %q: %w", c.NetnsPath, c.Args[0], err)
+	return cmd
+}
+
+// runInMountTemplate calls fn (which forks) on a locked OS thread switched
+// into the mount namespace at mntPath and the network namespace at
+// netPath. The thread then returns to the caller's namespaces but keeps
+// file system information (working directory) of its own, so it is
+// discarded; it is switched back for the case it is the main thread,
+// which the runtime parks instead and whose namespaces /proc/PID/ns shows
+// as the process's (a process seen in a container's network namespace
+// is one of its processes, and killed with it).
+func runInMountTemplate(mntPath, netPath string, fn func() error) error {
+	var fds [4]int // template, netns, and the caller's mount and network namespaces
+	for i, p := range []string{mntPath, netPath, "/proc/thread-self/ns/mnt", "/proc/thread-self/ns/net"} {
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("namespace %s: %w", p, err) // those opened are closed below
+		}
+		fds[i] = fd
+		defer unix.Close(fd)
 	}
-	c.cmd = cmd
-	if c.Detach {
-		go cmd.Wait() // reap it; nobody waits for a detached command
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Never unlocked: the runtime ends the thread with the goroutine.
+		// A thread sharing its file system information (every Go thread)
+		// cannot change its mount namespace.
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			errc <- fmt.Errorf("mount template: unshare: %w", err)
+			return
+		}
+		err := enterAndRun(fds[0], fds[1], fn)
+		// Back before the caller goes on (it may list the namespace's
+		// processes); the error is fn's or entering's.
+		unix.Setns(fds[3], unix.CLONE_NEWNET)
+		unix.Setns(fds[2], unix.CLONE_NEWNS)
+		if err != nil {
+			err = fmt.Errorf("mount template %s, netns %q: %w", mntPath, netPath, err)
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// enterAndRun switches the calling thread into the mount namespace open at
+// mnt and the network namespace open at net, and calls fn.
+func enterAndRun(mnt, net int, fn func() error) error {
+	if err := unix.Setns(mnt, unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("enter the mount namespace: %w", err)
 	}
-	return nil
+	if err := unix.Setns(net, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter the network namespace: %w", err)
+	}
+	return fn()
 }
 
 // Wait waits for a started, attached command to exit. Like os/exec, a

@@ -64,7 +64,7 @@ func cmdRun(env *cliEnv, args []string) error {
 		if err := notGone(ctr); err != nil {
 			return err
 		}
-		return startIn(env, ctr.Netns, ctr.ResolvConf, argv, *detach, target, nil)
+		return startIn(env, containerPaths(ctr), argv, *detach, target, nil)
 	}
 	if len(netws) == 0 || *name == "" {
 		return usagef("want --network NET and --name NAME (or --net container:NAME)")
@@ -83,7 +83,7 @@ func cmdRun(env *cliEnv, args []string) error {
 	}
 	t1 := time.Now()
 	rep := &exitReport{socket: fs.socket, container: *name, timing: &monitorTiming{}}
-	err = startIn(env, ep.Netns, ep.ResolvConf, argv, *detach, *name, rep)
+	err = startIn(env, nsPaths{netns: ep.Netns, resolvConf: ep.ResolvConf, mountNS: ep.MountNS}, argv, *detach, *name, rep)
 	if path := os.Getenv(runTimingEnv); path != "" && err == nil && *detach {
 		writeRunTiming(path, *name, t1.Sub(t0), time.Since(t1), *rep.timing)
 	}
@@ -140,9 +140,9 @@ func attachAll(env *cliEnv, c *api.Client, a attachSpec, svcs map[string][]api.S
 // status as an exitError). A detached command with a report is the
 // container's main process: a monitor waits for it and hands its exit
 // status to the daemon, for ps.
-func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, name string, report *exitReport) error {
+func startIn(env *cliEnv, ns nsPaths, argv []string, detach bool, name string, report *exitReport) error {
 	if detach && report != nil {
-		_, mt, err := startMonitored(netns, resolvConf, argv, *report)
+		_, mt, err := startMonitored(ns, argv, *report)
 		if err != nil {
 			return err
 		}
@@ -153,13 +153,13 @@ func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, 
 		return nil
 	}
 	if detach {
-		if _, err := startDetached(netns, resolvConf, argv); err != nil {
+		if _, err := startDetached(ns, argv); err != nil {
 			return err
 		}
 		fmt.Fprintln(env.stdout, name)
 		return nil
 	}
-	code, err := runAttached(netns, resolvConf, argv)
+	code, err := runAttached(ns, argv)
 	if err != nil {
 		return err
 	}
@@ -167,6 +167,11 @@ func startIn(env *cliEnv, netns, resolvConf string, argv []string, detach bool, 
 		return exitError{code}
 	}
 	return nil
+}
+
+// containerPaths are the namespaces processes of ctr start in.
+func containerPaths(ctr api.Container) nsPaths {
+	return nsPaths{netns: ctr.Netns, resolvConf: ctr.ResolvConf, mountNS: ctr.MountNS}
 }
 
 // notGone refuses to enter a container whose namespace is gone: its path
@@ -213,10 +218,10 @@ func cmdExec(env *cliEnv, args []string) error {
 		return fmt.Errorf("command %q: %w", argv[0], unwrapExec(err))
 	}
 	if *detach {
-		_, err := startDetached(ctr.Netns, ctr.ResolvConf, argv)
+		_, err := startDetached(containerPaths(ctr), argv)
 		return err
 	}
-	return startIn(env, ctr.Netns, ctr.ResolvConf, argv, false, ctr.Name, nil)
+	return startIn(env, containerPaths(ctr), argv, false, ctr.Name, nil)
 }
 
 func cmdAttach(env *cliEnv, args []string) error {

@@ -36,6 +36,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	prefix := fs.String("netns-prefix", "", "prefix for the named netns of containers made by run")
 	fastPath := fs.Bool("publish-fast-path", true, "dial published TCP connections to a container on this host from inside its namespace over its loopback (one ip rule and table there, at its first published connection); false: through its interface from the gateway, as UDP")
+	mountTemplate := fs.String("mount-template", daemon.MountTemplateAuto, "start containers' processes from a mount namespace made once without /run/netns, so a start does not copy every container's netns mount: auto (when the host's root mount is shared, so later mounts still reach containers), always (on a private root containers see the mounts of the daemon's start) or never")
 	advertise := fs.String("advertise", "", "underlay address other hosts reach this one at (default: the default-route interface's address)")
 	join := fs.String("join", "", "comma-separated HOST[:PORT] of cluster members to join")
 	gossipPort := fs.Int("gossip-port", 7946, "memberlist gossip port (TCP and UDP)")
@@ -156,7 +157,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		defer stopDebug()
 	}
 	d, err := daemon.New(daemon.Config{
-		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, NoFastPath: !*fastPath, Logger: log,
+		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, NoFastPath: !*fastPath, MountTemplate: *mountTemplate, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
 		NodeGrace: *grace, DataPort: uint16(*dataPort), RxSockets: *rxSockets, KernelTunnel: *kernelTunnel, BusyPoll: *busyPoll, DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,

@@ -24,10 +24,24 @@ const monitorArg = "__monitor"
 // CLI "pid N" once the command runs, or "error MESSAGE".
 const monitorStatusFD = 3
 
+// nsPaths are what the daemon says a container's processes start in: its
+// network namespace, the resolv.conf bind-mounted for them and the mount
+// template their mount namespace is copied from ("" for the host's).
+type nsPaths struct {
+	netns, resolvConf, mountNS string
+}
+
+// command returns the sandbox command running argv in ns.
+func (ns nsPaths) command(argv []string) *sandbox.Cmd {
+	c := sandbox.Command(ns.netns, ns.resolvConf, argv)
+	c.MountNS = ns.mountNS
+	return c
+}
+
 // startDetached starts argv in the container's namespace in a session of
 // its own and returns its PID without waiting.
-func startDetached(netns, resolvConf string, argv []string) (int, error) {
-	c := sandbox.Command(netns, resolvConf, argv)
+func startDetached(ns nsPaths, argv []string) (int, error) {
+	c := ns.command(argv)
 	c.Detach = true
 	if err := c.Start(); err != nil {
 		return 0, err
@@ -76,14 +90,14 @@ type monitorTiming struct {
 // waits for it and reports its exit status. It returns the command's PID.
 // If the monitor is killed or the daemon cannot be reached when the
 // command exits, the status is lost and ps shows the container "up".
-func startMonitored(netns, resolvConf string, argv []string, rep exitReport) (int, monitorTiming, error) {
+func startMonitored(ns nsPaths, argv []string, rep exitReport) (int, monitorTiming, error) {
 	var mt monitorTiming
 	r, w, err := os.Pipe()
 	if err != nil {
 		return 0, mt, err
 	}
 	defer r.Close()
-	args := append([]string{"vxmesh", monitorArg, rep.socket, rep.container, netns, resolvConf, "--"}, argv...)
+	args := append([]string{"vxmesh", monitorArg, rep.socket, rep.container, ns.netns, ns.resolvConf, ns.mountNS, "--"}, argv...)
 	cmd := &exec.Cmd{
 		Path:        sandbox.DefaultInitPath,
 		Args:        args,
@@ -118,20 +132,21 @@ func startMonitored(netns, resolvConf string, argv []string, rep exitReport) (in
 }
 
 // monitorMain is the monitor started by startMonitored; args are the
-// daemon socket, the container name, its netns and resolv.conf, "--" and
-// the command. It returns its own exit status.
+// daemon socket, the container name, its netns, resolv.conf and mount
+// template, "--" and the command. It returns its own exit status.
 func monitorMain(args []string) int {
 	// The command must not inherit the status pipe: the CLI reads it
 	// until every writer closed it.
 	syscall.CloseOnExec(monitorStatusFD)
 	status := os.NewFile(monitorStatusFD, "monitor-status")
-	if len(args) < 6 || args[4] != "--" {
-		fmt.Fprintln(status, "error monitor: want SOCKET CONTAINER NETNS RESOLV_CONF -- COMMAND")
+	if len(args) < 7 || args[5] != "--" {
+		fmt.Fprintln(status, "error monitor: want SOCKET CONTAINER NETNS RESOLV_CONF MOUNT_NS -- COMMAND")
 		return sandbox.ExitInitFailed
 	}
-	socket, name, netns, resolv, argv := args[0], args[1], args[2], args[3], args[5:]
+	socket, name, argv := args[0], args[1], args[6:]
+	ns := nsPaths{netns: args[2], resolvConf: args[3], mountNS: args[4]}
 	t0 := time.Now()
-	c := sandbox.Command(netns, resolv, argv)
+	c := ns.command(argv)
 	if err := c.Start(); err != nil {
 		fmt.Fprintf(status, "error %s\n", oneLine(err))
 		return sandbox.ExitInitFailed
@@ -159,8 +174,8 @@ func monitorMain(args []string) int {
 // runAttached runs argv in the container's namespace with this process's
 // standard streams and returns its exit status. Interrupts reach the
 // command (it shares the terminal's process group); the CLI itself waits.
-func runAttached(netns, resolvConf string, argv []string) (int, error) {
-	c := sandbox.Command(netns, resolvConf, argv)
+func runAttached(ns nsPaths, argv []string) (int, error) {
+	c := ns.command(argv)
 	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 	// Catch (not ignore: an ignored signal stays ignored across exec) the
 	// interrupt so that the CLI outlives the command and reports its status.
