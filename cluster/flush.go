@@ -15,7 +15,8 @@ import (
 // has room: in the 1,000-node simulation a network create reached no other
 // node for 32 simulated seconds. So when memberlist has not offered the
 // table broadcasts room (or taken one) for flushStarved gossip intervals
-// while some wait, the node sends them itself, as memberlist's gossip
+// while some wait, and has asked for them meanwhile with less room than
+// flushRoom, the node sends them itself, as memberlist's gossip
 // would: in user messages (SendBestEffort, encrypted with the cluster key
 // like every memberlist packet) to flushFanout random alive members that
 // are not suspected, one packet of at most flushBudget bytes each, once per
@@ -43,6 +44,8 @@ const (
 func (c *Cluster) noteServed(limit, n int) {
 	if n > 0 || limit >= flushRoom {
 		c.served.Store(time.Now().UnixNano())
+	} else {
+		c.starved.Store(time.Now().UnixNano())
 	}
 }
 
@@ -69,7 +72,11 @@ func (c *Cluster) flushDue(now time.Time, every time.Duration) {
 		c.served.Store(now.UnixNano())
 		return
 	}
-	if now.Sub(time.Unix(0, c.served.Load())) < flushStarved*every {
+	// Starved: not served for flushStarved intervals, and memberlist did
+	// ask since, with too little room. (A node whose goroutines were not
+	// scheduled for a while, on a loaded machine, was not asked at all.)
+	served := c.served.Load()
+	if now.Sub(time.Unix(0, served)) < flushStarved*every || c.starved.Load() <= served {
 		return
 	}
 	for _, to := range c.flushPeers(c.fanout) {

@@ -129,3 +129,34 @@ func TestFlushMessageBatchesWithinBudget(t *testing.T) {
 		}
 	}
 }
+
+// The flush needs memberlist to have asked for the table broadcasts with
+// too little room since it last served them: a node that was not asked at
+// all for a while (its goroutines not scheduled, on a loaded machine)
+// does not flush. Here memberlist gossips and probes only every hour, and
+// the test moves the two times itself.
+func TestFlushOnlyWhenAskedWithoutRoom(t *testing.T) {
+	_, cs := memCluster(t, 2, func(c *Config) {
+		c.GossipInterval = time.Hour
+		c.ProbeInterval = time.Hour
+		c.PushPullInterval = time.Hour
+	})
+	a, b := cs[0], cs[1]
+	a.broadcast(Entry{Table: "endpoints", Key: "k", Owner: a.LocalName(), Value: []byte("v"), Version: 1})
+	now := time.Now()
+	every := 20 * time.Millisecond
+	a.served.Store(now.Add(-time.Second).UnixNano())
+	a.flushDue(now, every)
+	if n := a.Drops()["broadcast-flushed"]; n != 0 {
+		t.Fatalf("flushed %d packets without memberlist asking", n)
+	}
+	a.noteServed(100, 0) // asked, with 100 bytes of room: too little
+	a.flushDue(time.Now(), every)
+	if n := a.Drops()["broadcast-flushed"]; n != 1 {
+		t.Fatalf("flushed %d packets after memberlist asked without room, want 1 (one member)", n)
+	}
+	waitFor(t, 5*time.Second, "b holds the flushed entry", func() bool {
+		_, ok := b.Get("endpoints", "k")
+		return ok
+	})
+}
