@@ -666,8 +666,9 @@ func defaultSlow(n int) int {
 	return max(2, min(n/5, 50))
 }
 
-// BenchmarkScaleSim runs the simulation at 10, 100 and 1,000 nodes (one run
-// each; select one with -bench 'ScaleSim/nodes=100'):
+// BenchmarkScaleSim runs the simulation at 10, 100, 300 and 1,000 nodes
+// (one run each; select one with -bench 'ScaleSim/nodes=100', as make
+// bench-scale-sim SIM_NODES=300 does, or any size with -sim-nodes):
 //
 //	go test -run '^$' -bench ScaleSim -benchtime 1x -timeout 60m ./cluster
 func BenchmarkScaleSim(b *testing.B) {
@@ -681,7 +682,7 @@ func BenchmarkScaleSim(b *testing.B) {
 	// work is the simulation's, not the nodes' (each has its own heap), so
 	// collect less often; it shortens the runs and changes no timing.
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
-	sizes := []int{10, 100, 1000}
+	sizes := []int{10, 100, 300, 1000}
 	if *simNodes > 0 {
 		sizes = []int{*simNodes}
 	}
