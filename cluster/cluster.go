@@ -274,11 +274,9 @@ type Cluster struct {
 	// member per node as a cluster forms).
 	alive atomic.Int64
 	// served is when memberlist last served the table broadcasts, or
-	// none waited, and starved when it last asked for them with too
-	// little room (Unix nanoseconds; flush.go); fanout is memberlist's
+	// none waited (Unix nanoseconds; flush.go); fanout is memberlist's
 	// GossipNodes.
 	served    atomic.Int64
-	starved   atomic.Int64
 	fanout    int
 	stop      chan struct{}
 	wg        sync.WaitGroup

@@ -13,17 +13,22 @@ import (
 // the room left. After a mass join every node queues every member's alive
 // notice RetransmitMult*log10(N) times, so for tens of seconds no packet
 // has room: in the 1,000-node simulation a network create reached no other
-// node for 32 simulated seconds. So when memberlist has not offered the
-// table broadcasts room (or taken one) for flushStarved gossip intervals
-// while some wait, and has asked for them meanwhile with less room than
-// flushRoom, the node sends them itself, as memberlist's gossip
-// would: in user messages (SendBestEffort, encrypted with the cluster key
-// like every memberlist packet) to flushFanout random alive members that
-// are not suspected, one packet of at most flushBudget bytes each, once per
-// gossip interval, taking them from the same queue so that each still goes
-// out its RetransmitMult*log10(N) times in all. A healthy cluster never
-// gets here: memberlist asks for the broadcasts at every gossip and probe,
-// with its own queue empty or nearly so. Each flushed packet is counted as
+// node for 32 simulated seconds. So when memberlist has neither taken a
+// table broadcast nor offered them flushRoom bytes for flushStarved gossip
+// intervals (memberlist asks at every gossip, whether or not some wait)
+// and some wait, the node sends them itself, as memberlist's gossip
+// would: in user messages (SendBestEffort, encrypted with the
+// cluster key like every memberlist packet) to memberlist's GossipNodes
+// random alive members that are not suspected, one packet of at most
+// flushBudget bytes each, once per gossip interval, taking them from the
+// same queue so that each still goes out its RetransmitMult*log10(N)
+// times in all. (memberlist does not even ask when the room left is a few
+// bytes, which packets of equal-sized alive notices can leave every time:
+// being asked without room is no condition.) A healthy cluster never gets
+// here: memberlist asks for the broadcasts at every gossip and probe, with
+// its own queue empty or nearly so; and a node whose own ticks came late
+// (its goroutines not scheduled, on a loaded machine: memberlist's were
+// late too) starts the wait again. Each flushed packet is counted as
 // "broadcast-flushed".
 const (
 	// flushRoom is the room memberlist must offer the table broadcasts
@@ -32,7 +37,7 @@ const (
 	flushRoom = 512
 	// flushStarved is how many gossip intervals the table broadcasts may
 	// wait unserved before the node sends them itself.
-	flushStarved = 2
+	flushStarved = 3
 	// flushBudget is the most bytes of one flushed message: memberlist's
 	// UDP packet budget (1,400) less its encryption (29), user message (1)
 	// and checksum (5) overheads, with a margin.
@@ -44,8 +49,6 @@ const (
 func (c *Cluster) noteServed(limit, n int) {
 	if n > 0 || limit >= flushRoom {
 		c.served.Store(time.Now().UnixNano())
-	} else {
-		c.starved.Store(time.Now().UnixNano())
 	}
 }
 
@@ -54,29 +57,36 @@ func (c *Cluster) flushLoop(every time.Duration) {
 	defer c.wg.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-c.stop:
 			return
-		case now := <-t.C:
-			c.flushDue(now, every)
+		case <-t.C:
+			// The tick's own time is when it was due, not when this
+			// goroutine got to run.
+			now := time.Now()
+			c.flushDue(now, every, now.Sub(last) > every*3/2)
+			last = now
 		}
 	}
 }
 
 // flushDue sends the waiting table broadcasts itself when memberlist has
-// not served them for flushStarved gossip intervals (every).
-func (c *Cluster) flushDue(now time.Time, every time.Duration) {
-	if c.queue.NumQueued() == 0 || c.alive.Load() < 2 {
-		// Nothing waits (or no one to send to): the wait starts now.
+// not served them for flushStarved gossip intervals (every); late says
+// that this tick came over half an interval late.
+func (c *Cluster) flushDue(now time.Time, every time.Duration, late bool) {
+	if late || c.alive.Load() < 2 {
+		// The node was not running, or has no one to gossip with (then
+		// memberlist does not ask): the wait starts now.
 		c.served.Store(now.UnixNano())
 		return
 	}
-	// Starved: not served for flushStarved intervals, and memberlist did
-	// ask since, with too little room. (A node whose goroutines were not
-	// scheduled for a while, on a loaded machine, was not asked at all.)
-	served := c.served.Load()
-	if now.Sub(time.Unix(0, served)) < flushStarved*every || c.starved.Load() <= served {
+	// memberlist asks for the broadcasts at every gossip even with none
+	// queued, so served tells whether it would have room for them, and a
+	// node that has seen it leave none for a while sends a relay it has
+	// just queued at the next tick, not flushStarved intervals later.
+	if now.Sub(time.Unix(0, c.served.Load())) < flushStarved*every || c.queue.NumQueued() == 0 {
 		return
 	}
 	for _, to := range c.flushPeers(c.fanout) {
