@@ -71,13 +71,14 @@ func (c *Cluster) catchUpDue(now time.Time) {
 	c.spawn(c.catchUp)
 }
 
-// catchUp sends catch-up requests to random alive members: again to
-// another when none answers within catchUpWait (a lost packet), or when
-// the answer brought entries this node lacked (that member may have missed
-// some too), at most catchUpTries times. A catch-up that brought entries
-// is followed by another one catchUpGap later: the members it asked may
-// still have been receiving the same burst, and one as far behind as this
-// node answers "the same".
+// catchUp sends catch-up requests to random alive members, each asked
+// once: again to another when none answers within catchUpWait (a lost
+// packet), when the answer brought entries this node lacked (that member
+// may have missed some too), or when the first answer brought nothing
+// (that member may be as far behind as this node), at most catchUpTries
+// times. A catch-up that brought entries is followed by another one
+// catchUpGap later: the members it asked may still have been receiving the
+// same burst, and one as far behind as this node answers "the same".
 func (c *Cluster) catchUp() {
 	defer c.catchUpOn.Store(false)
 	gotNews := false
@@ -86,12 +87,20 @@ func (c *Cluster) catchUp() {
 			c.burst.Store(true)
 		}
 	}()
+	asked := map[string]bool{}
+	empty := 0 // answers that brought nothing
 	for range catchUpTries {
-		peers := c.alivePeers()
+		var peers []*memberlist.Node
+		for _, p := range c.alivePeers() {
+			if !asked[p.Name] {
+				peers = append(peers, p)
+			}
+		}
 		if len(peers) == 0 {
 			return
 		}
 		to := peers[rand.IntN(len(peers))]
+		asked[to.Name] = true
 		c.mu.Lock()
 		msg := (&message{Type: msgCatchUp, From: c.cfg.NodeName, Clock: c.clock, ID: c.digestLocked()}).encode()
 		c.drops["catchup-asked"]++
@@ -112,10 +121,11 @@ func (c *Cluster) catchUp() {
 			return
 		case news := <-c.catchUpAns:
 			t.Stop()
-			if !news {
+			if news {
+				gotNews = true
+			} else if empty++; empty == 2 {
 				return
 			}
-			gotNews = true
 		case <-t.C:
 		}
 	}

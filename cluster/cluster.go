@@ -117,6 +117,10 @@ type Config struct {
 	TCPTimeout          time.Duration
 	SuspicionMult       int
 	GossipToTheDeadTime time.Duration
+	// RetransmitMult is memberlist's own: how many times (times
+	// ceil(log10(N+1))) each of its membership notices is gossiped. The
+	// table broadcasts keep their own multiplier.
+	RetransmitMult int
 
 	// DisableCompression stops memberlist from LZW-compressing what this
 	// node sends (it still reads compressed gossip, so nodes with and
@@ -268,7 +272,12 @@ type Cluster struct {
 	// event delegate moves it as a member's state changes (not by counting
 	// the members: memberlist holds its node lock while calling it, once per
 	// member per node as a cluster forms).
-	alive     atomic.Int64
+	alive atomic.Int64
+	// served is when memberlist last served the table broadcasts, or
+	// none waited (Unix nanoseconds; flush.go); fanout is memberlist's
+	// GossipNodes.
+	served    atomic.Int64
+	fanout    int
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -399,6 +408,9 @@ func Start(cfg Config) (*Cluster, error) {
 	if cfg.SuspicionMult > 0 {
 		mc.SuspicionMult = cfg.SuspicionMult
 	}
+	if cfg.RetransmitMult > 0 {
+		mc.RetransmitMult = cfg.RetransmitMult
+	}
 	if cfg.TimeScale > 1 {
 		// DeadNodeReclaimTime is NodeGrace, scaled already.
 		for _, d := range []*time.Duration{&mc.GossipInterval, &mc.ProbeInterval, &mc.ProbeTimeout,
@@ -414,8 +426,11 @@ func Start(cfg Config) (*Cluster, error) {
 			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
 	}
 	c.ml.Store(ml)
-	c.wg.Add(1)
+	c.fanout = mc.GossipNodes
+	c.served.Store(time.Now().UnixNano())
+	c.wg.Add(2)
 	go c.maintain()
+	go c.flushLoop(mc.GossipInterval)
 	return c, nil
 }
 

@@ -379,16 +379,21 @@ type simPhase struct {
 	// CatchUp is what the nodes' catch-ups after a burst did meanwhile
 	// (Drops: catchup-asked, catchup-answered, catchup-busy).
 	CatchUp [3]uint64
+	// Flushed counts the packets of table broadcasts the nodes sent
+	// themselves because memberlist's own left them no room (flush.go).
+	Flushed uint64
 }
 
-// catchUps sums the catch-up counters of every node.
-func (s *simCluster) catchUps() [3]uint64 {
-	var out [3]uint64
+// catchUps sums the catch-up counters of every node, and (the fourth)
+// their flushed packets.
+func (s *simCluster) catchUps() [4]uint64 {
+	var out [4]uint64
 	for _, c := range s.nodes {
 		d := c.Drops()
 		out[0] += d["catchup-asked"]
 		out[1] += d["catchup-answered"]
 		out[2] += d["catchup-busy"]
+		out[3] += d["broadcast-flushed"]
 	}
 	return out
 }
@@ -410,9 +415,10 @@ func (s *simCluster) measure(timeout time.Duration, change func(), at func(*simR
 	k := s.pollAll(timeout, func(_ *Cluster, r *simReconciler) bool { return at(r) != 0 })
 	p := simPhase{Converged: k, Sent: s.net.Stats().Sub(before), CPU: cpuTime() - cpu0, Wall: time.Since(t0), Churn: s.churn.snapshot().sub(churn0)}
 	cu := s.catchUps()
-	for i := range cu {
+	for i := range p.CatchUp {
 		p.CatchUp[i] = cu[i] - cu0[i]
 	}
+	p.Flushed = cu[3] - cu0[3]
 	var times []time.Duration
 	for _, r := range s.recs {
 		if v := at(r); v != 0 {
@@ -554,11 +560,11 @@ func (r simResult) phase(name string, ph simPhase) string {
 	return fmt.Sprintf("  %s: converged on %d/%d nodes, all in %v simulated (%v wall; half in %v simulated)\n"+
 		"    sent %.1f KB (%.1f KB per node; %d packets, %d lost, %d streams, %.1f KB in streams)\n"+
 		"    CPU %v (%.2f cores busy); churn: %v\n"+
-		"    catch-ups after bursts: %d asked, %d answered with state, %d not answered (busy)\n",
+		"    catch-ups after bursts: %d asked, %d answered with state, %d not answered (busy); %d packets of table broadcasts flushed\n",
 		name, ph.Converged, r.Nodes, r.sim(ph.Time).Round(time.Millisecond), ph.Time.Round(time.Millisecond), r.sim(ph.Median).Round(time.Millisecond),
 		float64(ph.Sent.Bytes())/1e3, float64(ph.Sent.Bytes())/1e3/float64(r.Nodes),
 		ph.Sent.Packets, ph.Sent.Lost, ph.Sent.Streams, float64(ph.Sent.StreamBytes)/1e3,
-		ph.CPU.Round(time.Millisecond), cores, ph.Churn, ph.CatchUp[0], ph.CatchUp[1], ph.CatchUp[2])
+		ph.CPU.Round(time.Millisecond), cores, ph.Churn, ph.CatchUp[0], ph.CatchUp[1], ph.CatchUp[2], ph.Flushed)
 }
 
 // sim converts a wall-clock duration to simulated time.
@@ -660,8 +666,9 @@ func defaultSlow(n int) int {
 	return max(2, min(n/5, 50))
 }
 
-// BenchmarkScaleSim runs the simulation at 10, 100 and 1,000 nodes (one run
-// each; select one with -bench 'ScaleSim/nodes=100'):
+// BenchmarkScaleSim runs the simulation at 10, 100, 300 and 1,000 nodes
+// (one run each; select one with -bench 'ScaleSim/nodes=100', as make
+// bench-scale-sim SIM_NODES=300 does, or any size with -sim-nodes):
 //
 //	go test -run '^$' -bench ScaleSim -benchtime 1x -timeout 60m ./cluster
 func BenchmarkScaleSim(b *testing.B) {
@@ -675,7 +682,7 @@ func BenchmarkScaleSim(b *testing.B) {
 	// work is the simulation's, not the nodes' (each has its own heap), so
 	// collect less often; it shortens the runs and changes no timing.
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
-	sizes := []int{10, 100, 1000}
+	sizes := []int{10, 100, 300, 1000}
 	if *simNodes > 0 {
 		sizes = []int{*simNodes}
 	}

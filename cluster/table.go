@@ -421,7 +421,9 @@ func (d *delegate) NotifyMsg(b []byte) {
 }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.queue.GetBroadcasts(overhead, limit)
+	out := d.queue.GetBroadcasts(overhead, limit)
+	d.c().noteServed(limit, len(out))
+	return out
 }
 
 func (d *delegate) LocalState(join bool) []byte {
@@ -592,7 +594,10 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // "catchup-asked" counts catch-up requests sent after a burst,
 // "catchup-answered" the table states sent in answer to a member whose
 // digest differed, and "catchup-busy" the requests left unanswered because
-// maxCatchUpAnswers answers were in flight.
+// maxCatchUpAnswers answers were in flight; "broadcast-flushed" counts the
+// packets of table broadcasts this node sent itself because memberlist's
+// own broadcasts left them no room for flushStarved gossip intervals
+// (flush.go).
 func (c *Cluster) Drops() map[string]uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
