@@ -11,40 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxmesh/vxmesh/internal/mounttest"
 	"golang.org/x/sys/unix"
 )
-
-// mountDir makes dir a mount point of its own with the given propagation
-// (unix.MS_SHARED or unix.MS_PRIVATE), unmounted when the test ends.
-func mountDir(t *testing.T, dir string, propagation uintptr) {
-	t.Helper()
-	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	if err := unix.Mount("", dir, "", propagation, ""); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// mountLate mounts a tmpfs on dir/late holding "marker" (unmounted when
-// the test ends) and returns the marker's path.
-func mountLate(t *testing.T, dir string) string {
-	t.Helper()
-	late := filepath.Join(dir, "late")
-	if err := os.Mkdir(late, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("tmpfs", late, "tmpfs", 0, "size=64k"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(late, unix.MNT_DETACH) })
-	marker := filepath.Join(late, "marker")
-	if err := os.WriteFile(marker, []byte("late"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return marker
-}
 
 // mountsOf returns the number of mounts of process pid and those of them
 // under /run/netns (named network namespaces).
@@ -76,12 +45,12 @@ func mountsOf(t *testing.T, pid int) (all int, netns []string) {
 func TestContainersStartFromMountTemplate(t *testing.T) {
 	e := newTestbed(t, 1, "--mount-template", "always")[0]
 	shared, private := t.TempDir(), t.TempDir()
-	mountDir(t, shared, unix.MS_SHARED)
-	mountDir(t, private, unix.MS_PRIVATE)
+	mounttest.BindSelf(t, shared, unix.MS_SHARED)
+	mounttest.BindSelf(t, private, unix.MS_PRIVATE)
 	if err := e.h.StartDaemon(); err != nil {
 		t.Fatal(err)
 	}
-	sharedMarker, privateMarker := mountLate(t, shared), mountLate(t, private)
+	sharedMarker, privateMarker := mounttest.MountMarker(t, shared, "late"), mounttest.MountMarker(t, private, "late")
 	e.network("mt", "10.78.0.0/24")
 	for i := range 20 {
 		e.run(fmt.Sprintf("m%02d", i), "mt")

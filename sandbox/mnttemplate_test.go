@@ -9,40 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vxmesh/vxmesh/internal/mounttest"
 	"golang.org/x/sys/unix"
 )
-
-// bindSelf makes dir a mount point of its own with the given propagation
-// (unix.MS_SHARED or unix.MS_PRIVATE), unmounted at cleanup.
-func bindSelf(t *testing.T, dir string, propagation uintptr) {
-	t.Helper()
-	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	if err := unix.Mount("", dir, "", propagation, ""); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// mountMarker mounts a tmpfs on dir/late holding a file "marker" with
-// text, unmounted at cleanup, and returns the file's path.
-func mountMarker(t *testing.T, dir, text string) string {
-	t.Helper()
-	late := filepath.Join(dir, "late")
-	if err := os.Mkdir(late, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("tmpfs", late, "tmpfs", 0, "size=64k"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(late, unix.MNT_DETACH) })
-	marker := filepath.Join(late, "marker")
-	if err := os.WriteFile(marker, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return marker
-}
 
 // templateMountinfo returns the mount table of the template at path, as
 // a thread that entered it reads it.
@@ -70,8 +39,8 @@ func TestCommandStartsFromMountTemplate(t *testing.T) {
 	requireRoot(t)
 	newNamedNetns(t) // a container's namespace made before the template
 	tplDir, shared, private := t.TempDir(), t.TempDir(), t.TempDir()
-	bindSelf(t, shared, unix.MS_SHARED)
-	bindSelf(t, private, unix.MS_PRIVATE)
+	mounttest.BindSelf(t, shared, unix.MS_SHARED)
+	mounttest.BindSelf(t, private, unix.MS_PRIVATE)
 	tpl, err := MakeMountTemplate(tplDir)
 	if err != nil {
 		t.Fatal(err)
@@ -84,8 +53,8 @@ func TestCommandStartsFromMountTemplate(t *testing.T) {
 	if mi := templateMountinfo(t, tpl); strings.Contains(mi, " "+NetnsDir) {
 		t.Errorf("the template holds %s:\n%s", NetnsDir, mi)
 	}
-	sharedMarker := mountMarker(t, shared, "mounted after the template")
-	privateMarker := mountMarker(t, private, "private")
+	sharedMarker := mounttest.MountMarker(t, shared, "mounted after the template")
+	privateMarker := mounttest.MountMarker(t, private, "private")
 	_, ns := newNamedNetns(t) // and one made after it
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
 	if err := WriteResolvConf(resolv); err != nil {
