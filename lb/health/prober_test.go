@@ -114,6 +114,15 @@ func fast(k Kind, port uint16, path string) Spec {
 		Healthy: 2, Unhealthy: 3}
 }
 
+// roomy is fast with a timeout that reading maxResponse bytes fits in
+// under the race detector on a loaded machine (100 ms did not: the
+// answer that is too large then timed out instead).
+func roomy(k Kind, port uint16, path string) Spec {
+	s := fast(k, port, path)
+	s.Interval, s.Timeout = time.Second, time.Second
+	return s
+}
+
 // scripted is a DialFunc whose every call waits for the test's answer.
 type scripted struct {
 	calls chan chan error
@@ -336,7 +345,7 @@ func TestProberLoopback(t *testing.T) {
 		{Key: "http", Addr: loopback, Spec: fast(HTTP, httpPort, "/healthz?full=1")},
 		{Key: "http-hang", Addr: loopback, Spec: fast(HTTP, s.hanging, "/")},
 		{Key: "http-stream", Addr: loopback, Spec: fast(HTTP, s.streaming, "/")},
-		{Key: "http-bighdr", Addr: loopback, Spec: fast(HTTP, s.bigHeader, "/")},
+		{Key: "http-bighdr", Addr: loopback, Spec: roomy(HTTP, s.bigHeader, "/")},
 	}
 	if err := p.SetTargets(targets); err != nil {
 		t.Fatal(err)
