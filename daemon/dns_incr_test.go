@@ -156,11 +156,11 @@ func TestDNSIndexIncrementalEqualsFull(t *testing.T) {
 }
 
 // answerViews is each asker's view of a: what the resolver answers it,
-// whatever the table's layout.
+// whatever the table's layout and however the views were patched.
 func answerViews(a *dns.Answers) map[string]*dns.AnswerView {
 	out := map[string]*dns.AnswerView{}
 	for _, asker := range a.Askers() {
-		out[asker] = a.View(asker)
+		out[asker] = a.View(asker).Flatten()
 	}
 	return out
 }

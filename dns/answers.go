@@ -3,6 +3,7 @@ package dns
 import (
 	"encoding/binary"
 	"maps"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -40,8 +41,85 @@ type Answers struct {
 // the trailing dot (A answers) and reverse names (PTR answers). It is
 // immutable once made (NewAnswerView, Patch).
 type AnswerView struct {
-	names map[string]wireRRs
-	ptrs  map[string]wireRRs
+	names wireTable
+	ptrs  wireTable
+}
+
+// wireTable maps names to their answers: a base map shared by the views
+// patched from one another, and the few changes made since (over; an
+// entry without records and n -1 is a name removed). A patch copies only
+// the changes, not the whole table; the changes are folded into a new
+// base once they outgrow foldAt, so a patch costs about the square root
+// of the table's size, not its size.
+type wireTable struct {
+	base map[string]wireRRs
+	over map[string]wireRRs
+}
+
+// gone marks a name removed since the base (wireTable.over).
+var gone = wireRRs{n: -1}
+
+// lookup returns the answers of key; the conversions to string in the map
+// indexes do not allocate.
+func (t *wireTable) lookup(key []byte) (wireRRs, bool) {
+	if w, ok := t.over[string(key)]; ok {
+		return w, w.n >= 0
+	}
+	w, ok := t.base[string(key)]
+	return w, ok
+}
+
+// patched returns a copy of t to patch (set, drop, then fold): the base
+// is shared, the changes copied.
+func (t *wireTable) patched() wireTable {
+	return wireTable{base: t.base, over: maps.Clone(t.over)}
+}
+
+// set gives name the answers w in a table from patched.
+func (t *wireTable) set(name string, w wireRRs) {
+	if t.over == nil {
+		t.over = map[string]wireRRs{}
+	}
+	t.over[name] = w
+}
+
+// drop removes name from a table from patched.
+func (t *wireTable) drop(name string) {
+	if _, ok := t.base[name]; ok {
+		t.set(name, gone)
+	} else {
+		delete(t.over, name)
+	}
+}
+
+// fold makes a new base of t's base and changes once the changes
+// outgrow foldAt (or always, with all), so that patches stay cheap.
+func (t *wireTable) fold(all bool) {
+	if len(t.over) == 0 || (!all && len(t.over) < foldAt(len(t.base))) {
+		if len(t.over) == 0 {
+			t.over = nil
+		}
+		return
+	}
+	base := maps.Clone(t.base)
+	if base == nil {
+		base = map[string]wireRRs{}
+	}
+	for k, w := range t.over {
+		if w.n < 0 {
+			delete(base, k)
+		} else {
+			base[k] = w
+		}
+	}
+	t.base, t.over = base, nil
+}
+
+// foldAt is how many changes a table of n names keeps beside its base:
+// twice the square root of n, which balances copying the changes at each
+// patch against folding them into a copy of the base.
+func foldAt(n int) int {
+	return max(32, 2*int(math.Sqrt(float64(n))))
 }
 
 // wireRRs is a run of answer records whose owner name is a compression
@@ -151,47 +229,73 @@ func (a *Answers) View(asker string) *AnswerView { return a.view(asker) }
 // addrs, as Add does, as a view to share (SetView) or patch (Patch).
 func NewAnswerView(names []string, addrs []netip.Addr,
 	lookupName func(name string) (Records, bool), lookupAddr func(netip.Addr) ([]string, uint32)) *AnswerView {
-	v := &AnswerView{names: make(map[string]wireRRs, len(names)), ptrs: make(map[string]wireRRs, len(addrs))}
+	v := &AnswerView{
+		names: wireTable{base: make(map[string]wireRRs, len(names))},
+		ptrs:  wireTable{base: make(map[string]wireRRs, len(addrs))},
+	}
 	for _, name := range names {
-		v.setName(name, lookupName)
+		if w, ok := nameAnswer(name, lookupName); ok {
+			v.names.base[name] = w
+		}
 	}
 	for _, ip := range addrs {
-		v.setAddr(ip, lookupAddr)
+		if key, w, ok := addrAnswer(ip, lookupAddr); ok {
+			v.ptrs.base[key] = w
+		}
 	}
 	return v
 }
 
 // Patch returns a copy of v (v is not changed) in which the answers for
 // names and the PTR names of addrs are computed again from lookupName and
-// lookupAddr: those that no longer find anything are dropped. It equals
-// the view NewAnswerView makes of all the names and addresses, when the
-// others' answers did not change.
+// lookupAddr: those that no longer find anything are dropped. It answers
+// as the view NewAnswerView makes of all the names and addresses, when
+// the others' answers did not change (Flatten makes it equal). It copies
+// only the changes since the views' last common base, not every answer.
 func (v *AnswerView) Patch(names []string, addrs []netip.Addr,
 	lookupName func(name string) (Records, bool), lookupAddr func(netip.Addr) ([]string, uint32)) *AnswerView {
-	// maps.Clone copies the tables whole, far cheaper than a put per
-	// entry.
-	out := &AnswerView{names: maps.Clone(v.names), ptrs: maps.Clone(v.ptrs)}
+	out := &AnswerView{names: v.names.patched(), ptrs: v.ptrs.patched()}
 	for _, name := range names {
-		delete(out.names, name)
-		out.setName(name, lookupName)
+		if w, ok := nameAnswer(name, lookupName); ok {
+			out.names.set(name, w)
+		} else {
+			out.names.drop(name)
+		}
 	}
 	for _, ip := range addrs {
-		if ip.Is4() {
-			delete(out.ptrs, reverseName(ip.As4()))
+		if !ip.Is4() {
+			continue
 		}
-		out.setAddr(ip, lookupAddr)
+		if key, w, ok := addrAnswer(ip, lookupAddr); ok {
+			out.ptrs.set(key, w)
+		} else {
+			out.ptrs.drop(reverseName(ip.As4()))
+		}
 	}
+	out.names.fold(false)
+	out.ptrs.fold(false)
 	return out
 }
 
-// setName precomputes the A answer of name, if the fast path can give it.
-func (v *AnswerView) setName(name string, lookupName func(name string) (Records, bool)) {
+// Flatten returns v with its changes folded into its tables (v is not
+// changed): two views that answer the same are then equal
+// (reflect.DeepEqual), however they were patched.
+func (v *AnswerView) Flatten() *AnswerView {
+	out := &AnswerView{names: v.names.patched(), ptrs: v.ptrs.patched()}
+	out.names.fold(true)
+	out.ptrs.fold(true)
+	return out
+}
+
+// nameAnswer precomputes the A answer of name, if the fast path can give
+// it.
+func nameAnswer(name string, lookupName func(name string) (Records, bool)) (wireRRs, bool) {
 	if !fastName(name) {
-		return
+		return wireRRs{}, false
 	}
 	got, ok := lookupName(name)
 	if !ok || len(got.SRV) > 0 {
-		return
+		return wireRRs{}, false
 	}
 	var w wireRRs
 	for _, ip := range got.Addrs {
@@ -204,17 +308,18 @@ func (v *AnswerView) setName(name string, lookupName func(name string) (Records,
 		w.rrs = append(w.rrs, 0, 4, b[0], b[1], b[2], b[3])
 		w.n++
 	}
-	v.names[name] = w
+	return w, true
 }
 
-// setAddr precomputes the PTR answer of ip, if the fast path can give it.
-func (v *AnswerView) setAddr(ip netip.Addr, lookupAddr func(netip.Addr) ([]string, uint32)) {
+// addrAnswer precomputes the PTR answer of ip under its reverse name, if
+// the fast path can give it.
+func addrAnswer(ip netip.Addr, lookupAddr func(netip.Addr) ([]string, uint32)) (string, wireRRs, bool) {
 	if !ip.Is4() {
-		return
+		return "", wireRRs{}, false
 	}
 	got, ttl := lookupAddr(ip)
 	if len(got) == 0 {
-		return
+		return "", wireRRs{}, false
 	}
 	var w wireRRs
 	for _, n := range got {
@@ -223,9 +328,10 @@ func (v *AnswerView) setAddr(ip netip.Addr, lookupAddr func(netip.Addr) ([]strin
 		}
 		w.n++
 	}
-	if w.rrs != nil {
-		v.ptrs[reverseName(ip.As4())] = w
+	if w.rrs == nil {
+		return "", wireRRs{}, false
 	}
+	return reverseName(ip.As4()), w, true
 }
 
 // reverseName is the lower-case PTR name of b without the trailing dot.
@@ -372,9 +478,9 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 	var w wireRRs
 	var ok bool
 	if qtype == typePTR {
-		w, ok = v.ptrs[string(key[:k])]
+		w, ok = v.ptrs.lookup(key[:k])
 	} else {
-		w, ok = v.names[string(key[:k])]
+		w, ok = v.names.lookup(key[:k])
 		if qtype != typeA && qtype != typeANY {
 			w = wireRRs{} // a precomputed name has no other records
 		}

@@ -64,7 +64,16 @@ func TestScaleOneHostContainers(t *testing.T) {
 	rss0 := daemonRSS(t, e)
 	lat := make([]time.Duration, n)
 	name := func(i int) string { return fmt.Sprintf("s%04d", i) }
+	var runProfiled chan struct{}
 	for i := range n {
+		if profDir != "" && i == n-n/5 {
+			// The last fifth's attaches, where growth per container shows.
+			runProfiled = make(chan struct{})
+			go func() {
+				defer close(runProfiled)
+				profileStart(e, profDir+"/run-cpu.pb.gz", 5*time.Second, 5)
+			}()
+		}
 		t0 := time.Now()
 		e.cli("run", "-d", "--network", "sc", "--name", name(i), "--", "sleep", "infinity")
 		lat[i] = time.Since(t0)
@@ -75,6 +84,9 @@ func TestScaleOneHostContainers(t *testing.T) {
 				t.Logf("%d containers: a bare CLI start %v, exec true %v (avg of 5)", i+1, cli.Round(10*time.Microsecond), exec.Round(10*time.Microsecond))
 			}
 		}
+	}
+	if runProfiled != nil {
+		<-runProfiled
 	}
 	first, last := avgDur(lat[:10]), avgDur(lat[n-10:])
 	t.Logf("run wall time: first 10 avg %v, last 10 avg %v (%.0f%%)", first, last, 100*float64(last)/float64(first))

@@ -40,7 +40,7 @@ func (s *Switch) AddGateway(p Sink, name string) (*Port, error) {
 		return nil, s.errorf("gateway port %q: switch already has gateway port %q", name, e.port.name)
 	}
 	r := &Port{sw: s, sink: p, name: name, mac: s.gwMAC, ip: s.gwIP, gateway: true, id: s.allocID()}
-	r.ll = packet.LinkLocalEUI64(s.gwMAC)
+	r.setLinkLocal(s.gwMAC)
 	s.ports[name] = r
 	s.statics[s.gwMAC] = staticEntry{port: r, kind: KindLocal}
 	s.publish()
@@ -101,4 +101,27 @@ func (r *Port) gatewayRoute(v *view, out *Port, dst packet.MAC, translated bool)
 // floodsTo reports whether a frame from r that is flooded goes to p.
 func (r *Port) floodsTo(p *Port) bool {
 	return p != r && !p.gateway && (!r.gateway || p.security) && !p.removed.Load()
+}
+
+// floodsFrameTo is floodsTo for a frame to dst: a secured port hears only
+// its own link-local address's solicited-node group (the ND guard lets
+// its container speak for no other IPv6 address), so the Duplicate
+// Address Detection probe every container sends when its link comes up
+// does not cost a write to every other container.
+func (r *Port) floodsFrameTo(p *Port, dst packet.MAC) bool {
+	return r.floodsTo(p) && (!p.security || !isSolicitedNodeMAC(dst) || dst == p.llGroup)
+}
+
+// setLinkLocal sets r's link-local address, derived from mac, and the
+// Ethernet address of its solicited-node group.
+func (r *Port) setLinkLocal(mac packet.MAC) {
+	r.ll = packet.LinkLocalEUI64(mac)
+	a := r.ll.As16()
+	r.llGroup = packet.MAC{0x33, 0x33, 0xff, a[13], a[14], a[15]}
+}
+
+// isSolicitedNodeMAC reports whether dst is the Ethernet address of an
+// IPv6 solicited-node group (ff02::1:ffXX:XXXX, RFC 4291 2.7.1).
+func isSolicitedNodeMAC(dst packet.MAC) bool {
+	return dst[0] == 0x33 && dst[1] == 0x33 && dst[2] == 0xff
 }

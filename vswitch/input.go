@@ -211,7 +211,7 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 			sc.drops[dropStorm]++
 		case out == nil:
 			for _, p := range v.ports {
-				if r.floodsTo(p) {
+				if r.floodsFrameTo(p, dst) {
 					sc.add(p, buf, true, n)
 				}
 			}

@@ -164,6 +164,7 @@ type Port struct {
 	mac      packet.MAC
 	ip       netip.Addr
 	ll       netip.Addr // the IPv6 link-local address derived from mac
+	llGroup  packet.MAC // the Ethernet address of ll's solicited-node group
 	security bool
 	storm    bool // flooding is subject to the storm limit
 	gateway  bool // the gateway port (AddGateway)
@@ -265,7 +266,7 @@ func (s *Switch) AddPort(p Sink, cfg PortConfig) (*Port, error) {
 		}
 	}
 	r := &Port{sw: s, sink: p, name: cfg.Name, mac: cfg.MAC, ip: cfg.IP, security: cfg.Security, id: s.allocID()}
-	r.ll = packet.LinkLocalEUI64(cfg.MAC)
+	r.setLinkLocal(cfg.MAC)
 	r.storm = cfg.Security && s.stormGap > 0
 	s.ports[r.name] = r
 	if !cfg.MAC.IsZero() {

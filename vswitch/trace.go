@@ -143,7 +143,7 @@ func (s *Switch) traceRoute(r *Port, v *view, eth packet.Ethernet, now int64, tr
 	tr.Frame = []byte(eth)
 	if out == nil {
 		for _, p := range v.ports {
-			if r.floodsTo(p) {
+			if r.floodsFrameTo(p, dst) {
 				tr.Flood = append(tr.Flood, p.name)
 			}
 		}
