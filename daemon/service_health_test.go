@@ -192,7 +192,13 @@ func TestHealthSurvivesRestart(t *testing.T) {
 	// Checks an hour apart: after the restart at most one runs, too few
 	// to change a state.
 	mustCreateService(t, h1, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, HealthHTTP: ":80/health interval=1h"})
-	waitFor(t, "the service on h2", func() bool { _, err := h2.Service("api"); return err == nil })
+	// The network and the service are separate entries: either can reach
+	// h2 first, and the attach needs the network.
+	waitFor(t, "the network and the service on h2", func() bool {
+		_, errNet := h2.Network("web")
+		_, errSvc := h2.Service("api")
+		return errNet == nil && errSvc == nil
+	})
 	mustAttach(t, h2, api.AttachRequest{Network: "web", Name: "b1", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
 	b2 := mustAttach(t, h2, api.AttachRequest{Network: "web", Name: "b2", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
 	sb.set(b2.IP, true)
