@@ -137,8 +137,12 @@ func TestRoutingMeshClientPortReuse(t *testing.T) {
 		e.waitBackends("api", "b3")
 		e.waitPublishState("api", e.h.Name, "published=8080,", "up")
 	}
-	for _, e := range es[:2] {
-		c, _, _ := publishedLine(t, peer, e.h.Addr+":8080") // answers (retried)
+	// Every host answers (retried) before the ports under test are used:
+	// in one CI run (all three hosts listed b3 active and the port up)
+	// both first connections through h3, which was not warmed up, were
+	// reset in under 3 ms, the reuse aside (not reproduced in 10 runs).
+	for _, e := range es {
+		c, _, _ := publishedLine(t, peer, e.h.Addr+":8080")
 		c.Close()
 	}
 	ns := h3.h.ContainerNetnsPath("b3")
