@@ -98,39 +98,54 @@ func unmountFile(path string) error {
 	return nil
 }
 
-// newTemplateNamespace makes the template on a locked thread, which is
-// discarded afterwards (it stays in the template), and returns an open
-// descriptor of it.
+// newTemplateNamespace makes the template on a locked thread and returns
+// an open descriptor of it. The thread is discarded afterwards, after
+// switching back to the caller's mount namespace: if it is the main
+// thread, the runtime parks it instead, and /proc/PID/ns/mnt and
+// /proc/self/mountinfo would otherwise show the template as the
+// daemon's (runInMountTemplate does the same).
 func newTemplateNamespace() (int, error) {
 	type result struct {
 		fd  int
 		err error
 	}
+	caller, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open the caller's mount namespace: %w", err)
+	}
+	defer unix.Close(caller)
 	res := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
 		// Never unlocked: the runtime ends the thread with the goroutine.
-		// CLONE_NEWNS implies CLONE_FS: only this thread moves.
-		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			res <- result{-1, fmt.Errorf("unshare: %w", err)}
-			return
-		}
-		if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
-			res <- result{-1, fmt.Errorf("make the copy a slave: %w", err)}
-			return
-		}
-		if err := unmountFile(NetnsDir); err != nil {
-			res <- result{-1, err}
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			err = fmt.Errorf("open the new namespace: %w", err)
-		}
+		fd, err := enterNewTemplate()
+		// Back before the result is sent (caller is closed then).
+		unix.Setns(caller, unix.CLONE_NEWNS)
 		res <- result{fd, err}
 	}()
 	r := <-res
 	return r.fd, r.err
+}
+
+// enterNewTemplate moves the calling (locked) thread into a new mount
+// namespace made a template: a slave copy of the caller's without
+// /run/netns. It returns an open descriptor of it.
+func enterNewTemplate() (int, error) {
+	// CLONE_NEWNS implies CLONE_FS: only this thread moves.
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return -1, fmt.Errorf("unshare: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+		return -1, fmt.Errorf("make the copy a slave: %w", err)
+	}
+	if err := unmountFile(NetnsDir); err != nil {
+		return -1, err
+	}
+	fd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open the new namespace: %w", err)
+	}
+	return fd, nil
 }
 
 // makePrivateMount makes dir a mount point with private propagation,
