@@ -46,8 +46,8 @@ func scaleStepsOn(t *testing.T, e *env) string {
 // part of a run over the first 10, the last 50 of each hundred and the
 // last 10: the attach request, the monitor (of it, the main process's
 // start and the report of its PID), and the rest (the CLI's own start and
-// exit, nsenter).
-func logRunTiming(t *testing.T, path string, n int, lat []time.Duration) {
+// exit, nsenter). The first skip runs of the file are not counted.
+func logRunTiming(t *testing.T, path string, skip, n int, lat []time.Duration) {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -67,9 +67,10 @@ func logRunTiming(t *testing.T, path string, n int, lat []time.Duration) {
 		}
 		runs = append(runs, m)
 	}
-	if len(runs) != n {
-		t.Fatalf("%d runs logged their timing, want %d", len(runs), n)
+	if len(runs) != skip+n {
+		t.Fatalf("%d runs logged their timing, want %d", len(runs), skip+n)
 	}
+	runs = runs[skip:]
 	avg := func(from, to int) string {
 		var attach, monitor, start, report, rest time.Duration
 		for i := from; i < to; i++ {

@@ -19,7 +19,8 @@ import (
 
 // TestScaleOneHostContainers measures one daemon with many containers
 // (issue 14: "one host with 1,000 containers"): the wall time of each
-// `vxmesh run`, of `vxmesh ps`, the daemon's RSS once idle, and the time
+// `vxmesh run` (and the median of probe runs on the empty network and at
+// the end), of `vxmesh ps`, the daemon's RSS once idle, and the time
 // from a restart until a ping between the first and the last container
 // works. It is a benchmark, not a timed test: it runs only when
 // VXMESH_E2E_SCALE is the number of containers, and logs the numbers.
@@ -62,6 +63,11 @@ func TestScaleOneHostContainers(t *testing.T) {
 	}
 	e.network("sc", "10.77.0.0/16")
 	rss0 := daemonRSS(t, e)
+	// The 1st container's run, as the median of probes started and
+	// removed on the empty network; the same probes at the end give the
+	// 1,001st's. A median of several, because one run on a shared machine
+	// swings by half.
+	probeFirst := probeRuns(e, scaleProbes)
 	lat := make([]time.Duration, n)
 	name := func(i int) string { return fmt.Sprintf("s%04d", i) }
 	var runProfiled chan struct{}
@@ -92,7 +98,12 @@ func TestScaleOneHostContainers(t *testing.T) {
 	t.Logf("run wall time: first 10 avg %v, last 10 avg %v (%.0f%%)", first, last, 100*float64(last)/float64(first))
 	if steps {
 		logAttachSteps(t, e, n, lat)
-		logRunTiming(t, timing, n, lat)
+		logRunTiming(t, timing, scaleProbes, n, lat)
+	}
+	probeLast := probeRuns(e, scaleProbes)
+	t.Logf("run wall time, median of %d probes (run -d, then rm): %v with no other container, %v with %d (%.0f%%)",
+		scaleProbes, probeFirst, probeLast, n, 100*float64(probeLast)/float64(probeFirst))
+	if steps {
 		t.Logf("kernel mounts (mnt_cache objects, the whole machine): %d", kernelMounts())
 	}
 	time.Sleep(3 * time.Second) // idle
@@ -324,6 +335,27 @@ func avgDur(ls []time.Duration) time.Duration {
 		sum += l
 	}
 	return (sum / time.Duration(len(ls))).Round(100 * time.Microsecond)
+}
+
+// scaleProbes is how many probe runs give each median of
+// TestScaleOneHostContainers.
+const scaleProbes = 15
+
+// probeRuns times k runs of a probe container (`run -d`; each removed
+// before the next starts, so the population stays) and returns their
+// median.
+func probeRuns(e *env, k int) time.Duration {
+	e.t.Helper()
+	lat := make([]time.Duration, k)
+	for i := range k {
+		name := fmt.Sprintf("probe%02d", i)
+		t0 := time.Now()
+		e.cli("run", "-d", "--network", "sc", "--name", name, "--", "sleep", "infinity")
+		lat[i] = time.Since(t0)
+		e.cli("rm", name)
+	}
+	slices.Sort(lat)
+	return lat[k/2].Round(100 * time.Microsecond)
 }
 
 // daemonRSS is the daemon's resident set size (VmRSS) in bytes.
