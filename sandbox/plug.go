@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -165,7 +164,11 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 func hardenLink(nsPath string, in *netlink.Handle, link netlink.Link, cfg IfaceConfig) error {
 	if !cfg.Addr.IsValid() || !cfg.Addr.Addr().Is6() {
 		path := "net/ipv6/conf/" + cfg.IfName + "/accept_ra"
-		err := RunInNetns(nsPath, func() error { return writeSysctl(path, "0\n") })
+		err := RunInNetns(nsPath, func() error {
+			ps := openProcSys()
+			defer ps.Close()
+			return ps.write(path, "0\n")
+		})
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("set accept_ra=0: %v", err)
 		}
@@ -173,58 +176,6 @@ func hardenLink(nsPath string, in *netlink.Handle, link netlink.Link, cfg IfaceC
 	err := in.LinkSetGSOMaxSegs(link, packet.GSOMaxSegments)
 	if err != nil && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("set gso_max_segs %d: %v", packet.GSOMaxSegments, err)
-	}
-	return nil
-}
-
-// writeSysctl writes val to the sysctl at path (relative to /proc/sys) of
-// the calling thread's network namespace, through a procfs instance of its
-// own, detached from every mount tree and destroyed on return; through
-// /proc/sys if the kernel refuses to make one (before Linux 5.8, or in a
-// user namespace).
-//
-// Not through the process's /proc: each network namespace has its own
-// /proc/sys/net directory, and the kernel keeps, in the one dentry hash
-// chain of the name "net" under /proc/sys, an entry for every namespace
-// whose sysctls were ever looked up there, and compares them one by one
-// (proc_sys_compare) on each lookup: with 1,000 containers, opening one
-// container's sysctl cost 1.3 ms more than with 10. A fresh instance's
-// chain holds only this namespace's entry. It also works where /proc/sys
-// is mounted read-only, as in a container.
-func writeSysctl(path, val string) error {
-	if err := writeSysctlFreshProc(path, val); !errors.Is(err, errNoFreshProc) {
-		return err
-	}
-	return os.WriteFile("/proc/sys/"+path, []byte(val), 0)
-}
-
-// errNoFreshProc is writeSysctlFreshProc's error when it cannot make a
-// procfs instance.
-var errNoFreshProc = errors.New("cannot make a procfs instance")
-
-// writeSysctlFreshProc is writeSysctl through a new, detached procfs
-// instance; errNoFreshProc if the kernel refuses to make one.
-func writeSysctlFreshProc(path, val string) error {
-	fsfd, err := unix.Fsopen("proc", unix.FSOPEN_CLOEXEC)
-	if err != nil {
-		return errNoFreshProc
-	}
-	defer unix.Close(fsfd)
-	if err := unix.FsconfigCreate(fsfd); err != nil {
-		return errNoFreshProc
-	}
-	mnt, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
-	if err != nil {
-		return errNoFreshProc
-	}
-	defer unix.Close(mnt) // the last reference: unmounts it
-	fd, err := unix.Openat(mnt, "sys/"+path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return &fs.PathError{Op: "open", Path: "/proc/sys/" + path, Err: err}
-	}
-	defer unix.Close(fd)
-	if _, err := unix.Write(fd, []byte(val)); err != nil {
-		return &fs.PathError{Op: "write", Path: "/proc/sys/" + path, Err: err}
 	}
 	return nil
 }

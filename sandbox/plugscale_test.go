@@ -16,26 +16,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// roProcSysEnv tells the re-executed test binary of TestPlugReadOnlyProcSys
+// roProcSysEnv tells the re-executed test binary of TestSysctlsWithReadOnlyProcSys
 // that it runs in its own mount namespace, where it may remount /proc/sys.
 const roProcSysEnv = "VXMESH_TEST_RO_PROC_SYS"
 
-// TestPlugReadOnlyProcSys: Plug sets accept_ra=0 without the process's
-// /proc/sys (read-only in a container; and each lookup there compares
-// the entries of every namespace whose sysctls were looked up, so its cost
-// grew with the containers): with /proc/sys mounted read-only, the
-// container's interface is made and ignores router advertisements. The
-// test runs in a re-executed test binary with a mount namespace of its
-// own.
-func TestPlugReadOnlyProcSys(t *testing.T) {
+// TestSysctlsWithReadOnlyProcSys: Plug and the fast path set the
+// container's sysctls without the process's /proc/sys (read-only in a
+// container; and each lookup there compares the entries of every
+// namespace whose sysctls were looked up, so its cost grew with the
+// containers): with /proc/sys mounted read-only, the container's
+// interface is made and ignores router advertisements, and
+// EnableFastPath sets tcp_fwmark_accept and fwmark_reflect, which
+// DisableFastPath restores. The test runs in a re-executed test binary
+// with a mount namespace of its own.
+func TestSysctlsWithReadOnlyProcSys(t *testing.T) {
 	requireRoot(t)
 	if os.Getenv(roProcSysEnv) == "" {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestPlugReadOnlyProcSys$", "-test.v", "-test.count=1")
+		cmd := exec.Command(os.Args[0], "-test.run=^TestSysctlsWithReadOnlyProcSys$", "-test.v", "-test.count=1")
 		cmd.Env = append(os.Environ(), roProcSysEnv+"=1")
 		// Go makes the new mount namespace's mounts private.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: unix.CLONE_NEWNS}
 		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "--- PASS: TestPlugReadOnlyProcSys") {
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestSysctlsWithReadOnlyProcSys") {
 			t.Fatalf("in a mount namespace with /proc/sys read-only: %v\n%s", err, out)
 		}
 		return
@@ -68,6 +70,21 @@ func TestPlugReadOnlyProcSys(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(acceptRA)); got != "0" {
 		t.Errorf("accept_ra = %s, want 0", got)
+	}
+	if v := fwmarkAccept(t, ctrNS); v != "0 0" {
+		t.Fatalf("tcp_fwmark_accept, fwmark_reflect = %s in a new namespace, want 0 0", v)
+	}
+	if err := EnableFastPath(ctrNS); err != nil {
+		t.Fatal(err)
+	}
+	if v := fwmarkAccept(t, ctrNS); v != "1 1" {
+		t.Errorf("tcp_fwmark_accept, fwmark_reflect = %s after EnableFastPath, want 1 1", v)
+	}
+	if err := DisableFastPath(ctrNS); err != nil {
+		t.Fatal(err)
+	}
+	if v := fwmarkAccept(t, ctrNS); v != "0 0" {
+		t.Errorf("tcp_fwmark_accept, fwmark_reflect = %s after DisableFastPath, want 0 0", v)
 	}
 }
 
