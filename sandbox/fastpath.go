@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -41,10 +40,11 @@ const (
 	fastPathProto = 0xf0
 )
 
-// fastPathSysctls are the namespace's settings the fast path needs at 1.
+// fastPathSysctls are the namespace's settings the fast path needs at 1
+// (paths under /proc/sys).
 var fastPathSysctls = [...]string{
-	"/proc/sys/net/ipv4/tcp_fwmark_accept",
-	"/proc/sys/net/ipv4/fwmark_reflect",
+	"net/ipv4/tcp_fwmark_accept",
+	"net/ipv4/fwmark_reflect",
 }
 
 // EnableFastPath sets up the fast path in the namespace at nsPath:
@@ -63,13 +63,15 @@ func EnableFastPath(nsPath string) error {
 	if len(routes) == 0 {
 		proto := fastPathProto
 		err := RunInNetns(nsPath, func() error {
+			ps := openProcSys()
+			defer ps.Close()
 			for i, s := range fastPathSysctls {
-				b, err := os.ReadFile(s)
+				v, err := ps.read(s)
 				if err != nil {
 					return err
 				}
-				if strings.TrimSpace(string(b)) == "0" {
-					if err := os.WriteFile(s, []byte("1\n"), 0); err != nil {
+				if v == "0" {
+					if err := ps.write(s, "1\n"); err != nil {
 						return err
 					}
 					proto |= 1 << i
@@ -128,10 +130,12 @@ func DisableFastPath(nsPath string) error {
 	}
 	if restore != 0 {
 		errs = append(errs, RunInNetns(nsPath, func() error {
+			ps := openProcSys()
+			defer ps.Close()
 			var errs []error
 			for i, s := range fastPathSysctls {
 				if restore&(1<<i) != 0 {
-					errs = append(errs, os.WriteFile(s, []byte("0\n"), 0))
+					errs = append(errs, ps.write(s, "0\n"))
 				}
 			}
 			return errors.Join(errs...)

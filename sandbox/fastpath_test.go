@@ -46,7 +46,7 @@ func fwmarkAccept(t *testing.T, nsPath string) string {
 	var v []string
 	if err := RunInNetns(nsPath, func() error {
 		for _, s := range fastPathSysctls {
-			b, err := os.ReadFile(s)
+			b, err := os.ReadFile("/proc/sys/" + s)
 			if err != nil {
 				return err
 			}
@@ -166,7 +166,7 @@ func TestFastPathDeliversRepliesToTheClientAddress(t *testing.T) {
 func TestFastPathKeepsAnEnabledSysctl(t *testing.T) {
 	requireRoot(t)
 	ns := fastPathNetns(t, "10.9.0.5/24")
-	if err := RunInNetns(ns, func() error { return os.WriteFile(fastPathSysctls[0], []byte("1"), 0) }); err != nil {
+	if err := RunInNetns(ns, func() error { return os.WriteFile("/proc/sys/"+fastPathSysctls[0], []byte("1"), 0) }); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {

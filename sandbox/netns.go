@@ -151,9 +151,12 @@ func validNetnsName(name string) error {
 }
 
 // makeSharedMount makes dir a mount point with shared propagation,
-// bind-mounting it onto itself if it is not a mount point yet.
+// bind-mounting it onto itself if it is not a mount point yet. Only dir's
+// own mount is changed, not those below it (MS_REC would visit every
+// namespace mounted in NetnsDir, at each namespace made): a mount made
+// below a shared mount is shared already.
 func makeSharedMount(dir string) error {
-	err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	err := unix.Mount("", dir, "none", unix.MS_SHARED, "")
 	if err != unix.EINVAL {
 		if err != nil {
 			return fmt.Errorf("make %s shared: %w", dir, err)

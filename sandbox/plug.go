@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -164,8 +163,12 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 // (no conf directory) or without a settable gso_max_segs is tolerated.
 func hardenLink(nsPath string, in *netlink.Handle, link netlink.Link, cfg IfaceConfig) error {
 	if !cfg.Addr.IsValid() || !cfg.Addr.Addr().Is6() {
-		path := "/proc/sys/net/ipv6/conf/" + cfg.IfName + "/accept_ra"
-		err := RunInNetns(nsPath, func() error { return os.WriteFile(path, []byte("0\n"), 0) })
+		path := "net/ipv6/conf/" + cfg.IfName + "/accept_ra"
+		err := RunInNetns(nsPath, func() error {
+			ps := openProcSys()
+			defer ps.Close()
+			return ps.write(path, "0\n")
+		})
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("set accept_ra=0: %v", err)
 		}
