@@ -631,3 +631,32 @@ func (d *Daemon) networkView(n *localNetwork, withEndpoints bool) api.Network {
 	v.FloodNoPeers = ts.FloodNoPeers
 	return v
 }
+
+// diffEndpoints compares two endpointsOf lists (sorted by container
+// name, one endpoint per container) and returns the endpoints of a that
+// are not in b (gone) and those of b not in a (added), each in list
+// order; an endpoint replaced under the same container name is in both.
+// It walks the lists comparing pointers, so a list patched by
+// containerChanged costs a pass over pointers, not a derivation per
+// endpoint.
+func diffEndpoints(a, b []*endpoint) (gone, added []*endpoint) {
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		if a[i] == b[j] {
+			i, j = i+1, j+1
+			continue
+		}
+		switch c := strings.Compare(a[i].ctr.name, b[j].ctr.name); {
+		case c < 0:
+			gone = append(gone, a[i])
+			i++
+		case c > 0:
+			added = append(added, b[j])
+			j++
+		default:
+			gone, added = append(gone, a[i]), append(added, b[j])
+			i, j = i+1, j+1
+		}
+	}
+	return append(gone, a[i:]...), append(added, b[j:]...)
+}

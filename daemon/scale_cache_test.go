@@ -283,6 +283,25 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 			keptBlocks[n.rec.Name] = maps.Clone(d.localInBlock[n.rec.Name])
 			keptPorts[n.rec.Name] = d.desiredPorts(n)
 		}
+		// The gateway resolvers' askers, patched sync by sync, are
+		// those of the endpoints now.
+		d.syncGatewayDNS()
+		for _, n := range d.networks {
+			r := d.gwDNS[n.rec.Name]
+			if r == nil {
+				t.Fatalf("step %d: no resolver at %s's gateway", step, n.rec.Name)
+			}
+			want := map[netip.Addr]string{}
+			for _, ep := range d.endpointsOf(n) {
+				want[ep.ip] = ep.ctr.name
+			}
+			r.mu.RLock()
+			got := maps.Clone(r.askers)
+			r.mu.RUnlock()
+			if !maps.Equal(got, want) {
+				t.Fatalf("step %d: gateway askers of %s: %v, want %v", step, n.rec.Name, got, want)
+			}
+		}
 		d.endpointsChanged()
 		for _, n := range d.networks {
 			d.ipTaken(n)
