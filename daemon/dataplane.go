@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/lb"
@@ -128,38 +129,89 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 	return cfg
 }
 
-// portsCache is the port list desiredPorts made of one endpointsOf list.
+// portsCache is the port list desiredPorts made of one endpointsOf list;
+// with is the endpoints of from that have a port, in the order of ports.
 type portsCache struct {
 	from  []*endpoint
+	with  []*endpoint
 	ports []dataplane.PortConfig
 }
+
+// maxPortsPatch is the most endpoints come and gone for which desiredPorts
+// patches its last list rather than making it again.
+const maxPortsPatch = 16
 
 // desiredPorts lists the ports of n's endpoints that have an open device.
 // The list is made again only when endpointsOf(n) is another list (an
 // endpoint's device is set before its container is recorded, and not
 // changed after), so an apply after one run makes one list, not one per
-// apply; the data plane does not change the lists it is given. Callers
-// hold d.mu.
+// apply; and then, for a few endpoints come or gone, as a copy of the
+// last list with their ports taken out and put in (diffEndpoints), not
+// one derivation per endpoint. The data plane does not change the lists
+// it is given. Callers hold d.mu.
 func (d *Daemon) desiredPorts(n *localNetwork) []dataplane.PortConfig {
 	eps := d.endpointsOf(n)
-	if c, ok := d.portsOf[n.rec.Name]; ok && c.from != nil && sameEndpoints(c.from, eps) {
+	c, ok := d.portsOf[n.rec.Name]
+	if ok && c.from != nil && sameEndpoints(c.from, eps) {
 		return c.ports
 	}
-	var ports []dataplane.PortConfig
-	for _, ep := range eps {
-		if ep.dev != nil {
-			ports = append(ports, dataplane.PortConfig{Name: ep.portName(), Device: ep.dev, MAC: ep.mac, IP: ep.ip})
+	if !ok || c.from == nil || !c.patch(eps) {
+		c = portsCache{}
+		for _, ep := range eps {
+			if ep.dev != nil {
+				c.with = append(c.with, ep)
+				c.ports = append(c.ports, ep.portConfig())
+			}
 		}
 	}
 	if d.portsOf == nil {
 		d.portsOf = map[string]portsCache{}
 	}
-	from := eps
-	if from == nil {
-		from = []*endpoint{}
+	c.from = eps
+	if c.from == nil {
+		c.from = []*endpoint{}
 	}
-	d.portsOf[n.rec.Name] = portsCache{from: from, ports: ports}
-	return ports
+	d.portsOf[n.rec.Name] = c
+	return c.ports
+}
+
+// portConfig is the data plane's port of ep.
+func (ep *endpoint) portConfig() dataplane.PortConfig {
+	return dataplane.PortConfig{Name: ep.portName(), Device: ep.dev, MAC: ep.mac, IP: ep.ip}
+}
+
+// patch makes c's lists those of eps from those of c.from, when few
+// endpoints came or went (false: make them again). The new lists are
+// copies: the old ones may be in use.
+func (c *portsCache) patch(eps []*endpoint) bool {
+	gone, added := diffEndpoints(c.from, eps)
+	if len(gone)+len(added) > maxPortsPatch {
+		return false
+	}
+	with, ports := slices.Clone(c.with), slices.Clone(c.ports)
+	find := func(name string) (int, bool) {
+		return slices.BinarySearchFunc(with, name, func(ep *endpoint, n string) int { return strings.Compare(ep.ctr.name, n) })
+	}
+	for _, ep := range gone {
+		if i, found := find(ep.ctr.name); found && with[i] == ep {
+			with, ports = slices.Delete(with, i, i+1), slices.Delete(ports, i, i+1)
+		}
+	}
+	for _, ep := range added {
+		if ep.dev == nil {
+			continue
+		}
+		i, found := find(ep.ctr.name)
+		if found { // two endpoints of one name: make the lists again
+			return false
+		}
+		with, ports = slices.Insert(with, i, ep), slices.Insert(ports, i, ep.portConfig())
+	}
+	if len(ports) == 0 {
+		with, ports = nil, nil
+	}
+	c.with, c.ports = with, ports
+	return true
 }
 
 // desiredSAs lists the SAs of keyState.installed for the VTEP: per peer,
