@@ -106,16 +106,13 @@ func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	for a := range d.reservedIPs[n.rec.Name] {
 		used[a] = true
 	}
-	for _, c := range d.containers {
-		if ep := c.endpoints[n.rec.Name]; ep != nil {
-			used[ep.ip] = true
-		}
+	for _, ep := range d.endpointsOf(n) {
+		used[ep.ip] = true
 	}
-	for _, rec := range d.clusterEndpoints() {
-		if a, err := netip.ParseAddr(rec.IP); err == nil && rec.Network == n.rec.Name {
-			used[a] = true
-		}
-	}
+	// The cluster's valid endpoint records, from the endpoint set's
+	// address index (parsed once per record, not once per call).
+	d.endpointSet()
+	d.epSet.addrs(n.rec.Name, func(a netip.Addr) { used[a] = true })
 	for _, s := range d.clusterServices() {
 		if a := s.vips[n.rec.Name]; a.IsValid() {
 			used[a] = true

@@ -104,6 +104,18 @@ func (c *endpointSetCache) addrTaken(network string, a netip.Addr) bool {
 	return len(c.b.atAddr[epAt{network, a}]) > 0
 }
 
+// addrs calls f with each address that a valid endpoint record of the
+// set's last derivation (accepted or not) has on network.
+func (c *endpointSetCache) addrs(network string, f func(netip.Addr)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for at := range c.b.atAddr {
+		if at.network == network {
+			f(at.ip)
+		}
+	}
+}
+
 // endpointSetInput is what the endpoint set is derived from, read from
 // the cluster now.
 func (d *Daemon) endpointSetInput() epSetInput {
