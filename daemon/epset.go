@@ -108,8 +108,11 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 		b := in.blocksOf(name)
 		newBlocks[name] = b
 		old, had := g.nets[name]
-		if !had || old.Subnet != nr.Subnet || old.Gateway != nr.Gateway || !maps.Equal(b, g.blocks[name]) {
+		switch {
+		case !had || old.Subnet != nr.Subnet || old.Gateway != nr.Gateway:
 			maps.Copy(dirty, g.byNet[name])
+		case !maps.Equal(b, g.blocks[name]):
+			g.dirtyInBlocks(name, changedBlocks(g.blocks[name], b), dirty)
 		}
 	}
 	g.nets, g.blocks = in.nets, newBlocks
@@ -201,6 +204,49 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 	}
 	g.log = append(g.log, epSetChange{seq, ids})
 	return g.set
+}
+
+// changedBlocks lists the blocks that are in a or b with another holder
+// (or none) in the other.
+func changedBlocks(a, b map[netip.Prefix]string) []netip.Prefix {
+	var out []netip.Prefix
+	for p, h := range a {
+		if h2, ok := b[p]; !ok || h2 != h {
+			out = append(out, p)
+		}
+	}
+	for p := range b {
+		if _, ok := a[p]; !ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// maxChangedBlocks is the most changed blocks of a network for which
+// dirtyInBlocks looks for the records inside them; beyond it every record
+// of the network is judged again.
+const maxChangedBlocks = 8
+
+// dirtyInBlocks marks dirty the records of network whose address lies in
+// one of the changed blocks: the block check (holderOf) of any other
+// record finds the same holder as before. A claim (one block every
+// fourteen runs on a /16) thus judges again the records of that block,
+// not every record of the network.
+func (g *epSetBuilder) dirtyInBlocks(network string, changed []netip.Prefix, dirty map[epID]bool) {
+	if len(changed) > maxChangedBlocks {
+		maps.Copy(dirty, g.byNet[network])
+		return
+	}
+	for k := range g.byNet[network] {
+		ip := g.ips[k]
+		for _, p := range changed {
+			if p.Contains(ip) {
+				dirty[k] = true
+				break
+			}
+		}
+	}
 }
 
 // changedSince returns the records (possibly more) whose accepted version

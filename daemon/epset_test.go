@@ -73,6 +73,9 @@ func (w *epSetWorld) step() {
 			return
 		}
 		b := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, map[string]byte{"n1": 1, "n2": 2, "n3": 3}[n], 0, byte(8 * w.rng.IntN(4))}), 29)
+		if w.rng.IntN(5) == 0 { // a large block over several small ones
+			b = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, map[string]byte{"n1": 1, "n2": 2, "n3": 3}[n], 0, 0}), 27)
+		}
 		if w.rng.IntN(4) == 0 {
 			delete(w.blocks[n], b)
 		} else {
