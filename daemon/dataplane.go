@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -77,29 +78,10 @@ func (d *Daemon) flushLeftBackends(cfg dataplane.Config) {
 // of the key ring in use and the conntrack's size and timeouts. Callers
 // hold d.mu.
 func (d *Daemon) desiredDataplane() dataplane.Config {
-	vtepOf := map[string]netip.Addr{}
-	for _, m := range d.cl.Members() {
-		if !m.Self && m.Meta.DataAddr.IsValid() {
-			vtepOf[m.Name] = m.Meta.DataAddr.Addr()
-		}
-	}
-	remotes := map[string][]dataplane.Remote{}
 	// Only records that passed validation and the block check enter the
 	// desired state, as remotes and as service backends.
-	accepted := d.endpointSet().accepted
+	accepted, remotes := d.desiredRemotes()
 	services := d.serviceSet(accepted)
-	for _, rec := range accepted {
-		vtep, ok := vtepOf[rec.Node]
-		if rec.Node == d.cfg.Node || !ok {
-			continue
-		}
-		mac, err1 := packet.ParseMAC(rec.MAC)
-		ip, err2 := netip.ParseAddr(rec.IP)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		remotes[rec.Network] = append(remotes[rec.Network], dataplane.Remote{MAC: mac, IP: ip, VTEP: vtep, Gateway: rec.isGateway()})
-	}
 	cfg := dataplane.Config{Conntrack: lb.Config{Max: d.cfg.ConntrackMax, Timeouts: d.cfg.ConntrackTimeouts}}
 	for _, n := range d.sortedNetworks() {
 		nc := dataplane.NetworkConfig{
@@ -127,6 +109,65 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 	}
 	cfg.Outbound, cfg.Inbound = d.desiredSAs()
 	return cfg
+}
+
+// remotesCache is the remotes desiredRemotes derived from the endpoint
+// set numbered seq with the VTEPs vteps.
+type remotesCache struct {
+	seq     uint64
+	vteps   map[string]netip.Addr
+	remotes map[string][]dataplane.Remote
+}
+
+// desiredRemotes returns the accepted endpoint records and, by network,
+// the other nodes' ones as remotes at their node's VTEP (members with a
+// data address). The remotes are derived again only when a record of
+// another node may have changed since the last derivation
+// (endpointSetSince) or a VTEP did: a run on this node changes none of
+// them, and walking every record of the cluster per run costs
+// O(endpoints). The lists are shared: callers only read them. Callers
+// hold d.mu.
+func (d *Daemon) desiredRemotes() ([]epRecord, map[string][]dataplane.Remote) {
+	vteps := d.vteps()
+	c := &d.remotes
+	set, ids, known := d.endpointSetSince(c.seq)
+	if known && c.remotes != nil && maps.Equal(vteps, c.vteps) && !slices.ContainsFunc(ids, func(k epID) bool { return k.node != d.cfg.Node }) {
+		c.seq = set.seq
+		return set.accepted, c.remotes
+	}
+	*c = remotesCache{seq: set.seq, vteps: vteps, remotes: d.remotesOf(set.accepted, vteps)}
+	return set.accepted, c.remotes
+}
+
+// vteps maps the other members to their VTEP address (those with a data
+// address).
+func (d *Daemon) vteps() map[string]netip.Addr {
+	out := map[string]netip.Addr{}
+	for _, m := range d.cl.Members() {
+		if !m.Self && m.Meta.DataAddr.IsValid() {
+			out[m.Name] = m.Meta.DataAddr.Addr()
+		}
+	}
+	return out
+}
+
+// remotesOf derives the remotes of every network from the accepted
+// records: the other nodes' records whose node has a VTEP.
+func (d *Daemon) remotesOf(accepted []epRecord, vtepOf map[string]netip.Addr) map[string][]dataplane.Remote {
+	remotes := map[string][]dataplane.Remote{}
+	for _, rec := range accepted {
+		vtep, ok := vtepOf[rec.Node]
+		if rec.Node == d.cfg.Node || !ok {
+			continue
+		}
+		mac, err1 := packet.ParseMAC(rec.MAC)
+		ip, err2 := netip.ParseAddr(rec.IP)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		remotes[rec.Network] = append(remotes[rec.Network], dataplane.Remote{MAC: mac, IP: ip, VTEP: vtep, Gateway: rec.isGateway()})
+	}
+	return remotes
 }
 
 // portsCache is the port list desiredPorts made of one endpointsOf list;
