@@ -127,7 +127,7 @@ type remotesCache struct {
 // them, and walking every record of the cluster per run costs
 // O(endpoints). The lists are shared: callers only read them. Callers
 // hold d.mu.
-func (d *Daemon) desiredRemotes() ([]epRecord, map[string][]dataplane.Remote) {
+func (d *Daemon) desiredRemotes() ([]*epRecord, map[string][]dataplane.Remote) {
 	vteps := d.vteps()
 	c := &d.remotes
 	set, ids, known := d.endpointSetSince(c.seq)
@@ -153,7 +153,7 @@ func (d *Daemon) vteps() map[string]netip.Addr {
 
 // remotesOf derives the remotes of every network from the accepted
 // records: the other nodes' records whose node has a VTEP.
-func (d *Daemon) remotesOf(accepted []epRecord, vtepOf map[string]netip.Addr) map[string][]dataplane.Remote {
+func (d *Daemon) remotesOf(accepted []*epRecord, vtepOf map[string]netip.Addr) map[string][]dataplane.Remote {
 	remotes := map[string][]dataplane.Remote{}
 	for _, rec := range accepted {
 		vtep, ok := vtepOf[rec.Node]

@@ -82,13 +82,13 @@ type dnsDelta struct {
 
 // update returns the index of the accepted records and the services,
 // derived from the last one.
-func (b *dnsBuilder) update(node string, accepted []epRecord, svcs []dnsService) *dnsIndex {
+func (b *dnsBuilder) update(node string, accepted []*epRecord, svcs []dnsService) *dnsIndex {
 	return b.updateDelta(node, accepted, nil, svcs)
 }
 
 // updateDelta is update, told by delta (if not nil) which records may
 // have changed since the last call.
-func (b *dnsBuilder) updateDelta(node string, accepted []epRecord, delta *dnsDelta, svcs []dnsService) *dnsIndex {
+func (b *dnsBuilder) updateDelta(node string, accepted []*epRecord, delta *dnsDelta, svcs []dnsService) *dnsIndex {
 	if !b.ok {
 		delta = nil
 		b.ok, b.recs, b.refs, b.views, b.local = true, map[epID]epRecord{}, map[dnsRef]int{}, map[string]*dns.AnswerView{}, map[string]map[string]int{}
@@ -143,10 +143,10 @@ func (b *dnsBuilder) takeDelta(delta *dnsDelta) (gone, added []epRecord) {
 
 // takeAll takes in accepted whole, comparing every record with the one
 // taken in before.
-func (b *dnsBuilder) takeAll(accepted []epRecord) (gone, added []epRecord) {
+func (b *dnsBuilder) takeAll(accepted []*epRecord) (gone, added []epRecord) {
 	n := 0
 	for i := range accepted {
-		rec := &accepted[i]
+		rec := accepted[i]
 		if _, ok := dnsIndexed(rec); !ok {
 			continue
 		}
@@ -165,8 +165,8 @@ func (b *dnsBuilder) takeAll(accepted []epRecord) (gone, added []epRecord) {
 	if n != len(b.recs) {
 		seen := make(map[epID]bool, n)
 		for i := range accepted {
-			if _, ok := dnsIndexed(&accepted[i]); ok {
-				seen[idOf(accepted[i])] = true
+			if _, ok := dnsIndexed(accepted[i]); ok {
+				seen[idOf(*accepted[i])] = true
 			}
 		}
 		for k, rec := range b.recs {

@@ -362,13 +362,13 @@ func (g *epSetBuilder) snapshot(dirty, gone map[epID]bool) endpointSet {
 	drop = slices.Compact(drop)
 	prev, prevKeys := g.set.accepted, g.acceptedKeys
 	n := len(prev) - len(drop) + len(in)
-	out := endpointSet{accepted: make([]epRecord, 0, n), refused: map[string][]string{}}
+	out := endpointSet{accepted: make([]*epRecord, 0, n), refused: map[string][]string{}}
 	keys := make([]string, 0, n)
 	i := 0 // next previous record to copy
 	for _, x := range in {
 		j := i + sort.SearchStrings(prevKeys[i:], x.key)
 		keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, j, &drop)
-		keys, out.accepted = append(keys, x.key), append(out.accepted, *x.rec)
+		keys, out.accepted = append(keys, x.key), append(out.accepted, x.rec)
 		i = j
 	}
 	keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, len(prev), &drop)
@@ -389,7 +389,7 @@ func (g *epSetBuilder) snapshot(dirty, gone map[epID]bool) endpointSet {
 
 // copyKept appends keys[i:j] and recs[i:j] to the outputs, leaving out the
 // positions in drop (sorted; those consumed are removed from it).
-func copyKept(outKeys []string, out []epRecord, keys []string, recs []epRecord, i, j int, drop *[]int) ([]string, []epRecord) {
+func copyKept(outKeys []string, out []*epRecord, keys []string, recs []*epRecord, i, j int, drop *[]int) ([]string, []*epRecord) {
 	for len(*drop) > 0 && (*drop)[0] < j {
 		d := (*drop)[0]
 		*drop = (*drop)[1:]
@@ -439,7 +439,7 @@ func fullEndpointSet(in epSetInput) endpointSet {
 			refuse(rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", ips[i], n-1))
 			continue
 		}
-		out.accepted = append(out.accepted, rec)
+		out.accepted = append(out.accepted, &rec)
 	}
 	for _, l := range out.refused {
 		sort.Strings(l)

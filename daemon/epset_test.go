@@ -190,9 +190,10 @@ func checkChangedSince(t *testing.T, g *epSetBuilder, history map[uint64]endpoin
 	}
 	was := map[epID]epRecord{}
 	for _, rec := range old.accepted {
-		was[idOf(rec)] = rec
+		was[idOf(*rec)] = *rec
 	}
-	for _, rec := range cur.accepted {
+	for _, p := range cur.accepted {
+		rec := *p
 		if got, ok := cur.lookup(idOf(rec)); !ok || !sameRecord(*got, rec) {
 			t.Fatalf("lookup(%v) = %v, %v; want %v", idOf(rec), got, ok, rec)
 		}

@@ -18,8 +18,10 @@ import (
 // endpointSet is the endpoints table as this node uses it.
 type endpointSet struct {
 	// accepted are this node's own records and the other nodes' records
-	// that pass the block check.
-	accepted []epRecord
+	// that pass the block check. They are pointers to records never
+	// changed, shared by the sets: a new set copies the list of pointers
+	// (8 bytes per record), not the records.
+	accepted []*epRecord
 	// refused lists, by network, the other nodes' records refused, each as
 	// "NAME@NODE IP: reason".
 	refused map[string][]string
@@ -37,7 +39,7 @@ func (s endpointSet) lookup(k epID) (*epRecord, bool) {
 	if !ok {
 		return nil, false
 	}
-	return &s.accepted[i], true
+	return s.accepted[i], true
 }
 
 // blockOf returns the IPAM block of subnet that holds a.

@@ -62,7 +62,7 @@ func (s serviceSet) names() []string {
 
 // serviceSet builds the services from the tables and the accepted
 // endpoint records eps. It does not need d.mu.
-func (d *Daemon) serviceSet(eps []epRecord) serviceSet {
+func (d *Daemon) serviceSet(eps []*epRecord) serviceSet {
 	set := serviceSet{specs: d.clusterServices(), backends: map[string][]svcBackend{}, vips: map[string]map[string]netip.Addr{}}
 	nets := d.clusterNetworks()
 	taken := map[string]map[netip.Addr]string{} // network -> address -> user
@@ -113,7 +113,7 @@ func (d *Daemon) serviceSet(eps []epRecord) serviceSet {
 			if err != nil {
 				continue
 			}
-			set.backends[m.Name] = append(set.backends[m.Name], svcBackend{rec: r, m: m, ip: ip})
+			set.backends[m.Name] = append(set.backends[m.Name], svcBackend{rec: *r, m: m, ip: ip})
 		}
 	}
 	return set
