@@ -70,7 +70,7 @@ type epSetInput struct {
 	// blocksOf returns a network's block table.
 	blocksOf func(network string) map[netip.Prefix]string
 	// recs are the valid records sorted by key (clusterEndpoints).
-	recs []epRecord
+	recs []*epRecord
 	// refuse is told of each refusal when a record is judged.
 	refuse func(rec epRecord, err error)
 	// delta, when set, is what changed in recs since the previous
@@ -123,16 +123,16 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 			g.remove(k, dirty, gone)
 		}
 		for _, rec := range in.delta.live {
-			g.put(rec, dirty)
+			g.put(*rec, dirty)
 		}
 	} else {
 		for _, rec := range in.recs {
-			g.put(rec, dirty)
+			g.put(*rec, dirty)
 		}
 		if len(in.recs) != len(g.recs) {
 			seen := make(map[epID]bool, len(in.recs))
 			for _, rec := range in.recs {
-				seen[idOf(rec)] = true
+				seen[idOf(*rec)] = true
 			}
 			for k := range g.recs {
 				if !seen[k] {
@@ -411,7 +411,8 @@ func fullEndpointSet(in epSetInput) endpointSet {
 	ips := make([]netip.Addr, len(in.recs))
 	passed := make([]int, 0, len(in.recs))
 	claims := make(map[epAt]int, len(in.recs))
-	for i, rec := range in.recs {
+	for i, p := range in.recs {
+		rec := *p
 		nr, ok := in.nets[rec.Network]
 		if !ok {
 			continue // not (yet) a network here: nothing to apply it to
@@ -434,7 +435,7 @@ func fullEndpointSet(in epSetInput) endpointSet {
 		// The MAC is derived from the address, so a duplicate address
 		// is a duplicate MAC too. This node's own endpoint keeps its
 		// address; between others, nobody wins.
-		rec := in.recs[i]
+		rec := *in.recs[i]
 		if n := claims[epAt{rec.Network, ips[i]}]; n > 1 && rec.Node != in.self {
 			refuse(rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", ips[i], n-1))
 			continue

@@ -110,7 +110,7 @@ func (w *epSetWorld) input(refusals *[]string) epSetInput {
 		return strings.Compare(epKey(a.Node, a.Network, a.Name), epKey(b.Node, b.Network, b.Name))
 	})
 	return epSetInput{
-		self: "self", nets: nets, recs: recs,
+		self: "self", nets: nets, recs: recPtrs(recs),
 		blocksOf: func(n string) map[netip.Prefix]string {
 			out := map[netip.Prefix]string{}
 			for k, v := range w.blocks[n] {
