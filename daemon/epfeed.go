@@ -15,11 +15,11 @@ import (
 // so that the endpoint set re-judges only those (since). Guarded by
 // epDecodeCache.mu.
 type epFeed struct {
-	cursor uint64     // of cluster.Changes
-	keys   []string   // the table keys of out, sorted
+	cursor uint64      // of cluster.Changes
+	keys   []string    // the table keys of out, sorted
 	out    []*epRecord // the valid records, by key; replaced, never changed (nor the records: a change copies 8 bytes per record)
-	rev    uint64     // counts the changes of out
-	log    []epChange // each change of out after floor, by rev
+	rev    uint64      // counts the changes of out
+	log    []epChange  // each change of out after floor, by rev
 	floor  uint64
 }
 

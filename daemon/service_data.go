@@ -64,6 +64,11 @@ func (s serviceSet) names() []string {
 // endpoint records eps. It does not need d.mu.
 func (d *Daemon) serviceSet(eps []*epRecord) serviceSet {
 	set := serviceSet{specs: d.clusterServices(), backends: map[string][]svcBackend{}, vips: map[string]map[string]netip.Addr{}}
+	if len(set.specs) == 0 {
+		// No service: nothing to join the records with (each apply asks,
+		// and a walk of every record costs O(endpoints)).
+		return set
+	}
 	nets := d.clusterNetworks()
 	taken := map[string]map[netip.Addr]string{} // network -> address -> user
 	vipNets := map[string]bool{}                // networks with a VIP to check
