@@ -125,14 +125,14 @@ func (s *Switch) addStatic(mac packet.MAC, ip netip.Addr, r *Port, gwHost bool) 
 	if had && old.kind == KindLocal {
 		return s.errorf("static %s: MAC is local to port %q", mac, old.port.name)
 	}
-	delete(s.statics, mac)
+	s.dropStatic(mac)
 	if err := s.checkEntry(mac, ip); err != nil {
 		if had {
-			s.statics[mac] = old
+			s.putStatic(mac, old)
 		}
 		return s.errorf("static: %w", err)
 	}
-	s.statics[mac] = staticEntry{ip: ip, port: r, kind: KindStatic, gwHost: gwHost}
+	s.putStatic(mac, staticEntry{ip: ip, port: r, kind: KindStatic, gwHost: gwHost})
 	if gwHost && s.mesh.Load() == nil {
 		s.mesh.Store(newMeshTable(s.meshMax, s.meshTO))
 	}
@@ -148,7 +148,7 @@ func (s *Switch) RemoveStatic(mac packet.MAC) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.statics[mac]; ok && e.kind == KindStatic {
-		delete(s.statics, mac)
+		s.dropStatic(mac)
 		s.publish()
 		if e.gwHost {
 			s.mesh.Load().forget(mac)

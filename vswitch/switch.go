@@ -119,7 +119,12 @@ type Switch struct {
 	mu      sync.Mutex // control plane state below
 	ports   map[string]*Port
 	statics map[packet.MAC]staticEntry
-	idUsed  []bool
+	// byIP indexes the statics with an address by it (addresses are
+	// unique among them, checkEntry): an AddPort checks its address
+	// with one look-up, not a walk of every entry. Kept by putStatic and
+	// dropStatic.
+	byIP   map[netip.Addr]packet.MAC
+	idUsed []bool
 	hostIP  netip.Addr // this host's gateway identity (SetGatewayHost)
 	hostMAC packet.MAC
 	// held counts HoldViews not yet released: while positive, changes
@@ -204,6 +209,7 @@ func New(cfg Config) *Switch {
 		meshTO:     cfg.IngressReturnTimeouts,
 		ports:      map[string]*Port{},
 		statics:    map[packet.MAC]staticEntry{},
+		byIP:       map[netip.Addr]packet.MAC{},
 		queues:     make(chan *destQueues, freeQueues),
 	}
 	if s.aging <= 0 {
@@ -270,7 +276,7 @@ func (s *Switch) AddPort(p Sink, cfg PortConfig) (*Port, error) {
 	r.storm = cfg.Security && s.stormGap > 0
 	s.ports[r.name] = r
 	if !cfg.MAC.IsZero() {
-		s.statics[cfg.MAC] = staticEntry{ip: cfg.IP, port: r, kind: KindLocal}
+		s.putStatic(cfg.MAC, staticEntry{ip: cfg.IP, port: r, kind: KindLocal})
 	}
 	s.added = append(s.added, r)
 	s.flush()
@@ -303,12 +309,31 @@ func (s *Switch) checkEntry(mac packet.MAC, ip netip.Addr) error {
 	if ip == s.hostIP {
 		return fmt.Errorf("IP %s is this host's gateway's", ip)
 	}
-	for m, e := range s.statics {
-		if e.ip == ip {
-			return fmt.Errorf("IP %s already used by %s on port %q", ip, m, e.port.name)
-		}
+	if m, ok := s.byIP[ip]; ok {
+		return fmt.Errorf("IP %s already used by %s on port %q", ip, m, s.statics[m].port.name)
 	}
 	return nil
+}
+
+// putStatic sets the static entry of mac. s.mu is held.
+func (s *Switch) putStatic(mac packet.MAC, e staticEntry) {
+	s.dropStatic(mac)
+	s.statics[mac] = e
+	if e.ip.IsValid() {
+		s.byIP[e.ip] = mac
+	}
+}
+
+// dropStatic removes the static entry of mac, if any. s.mu is held.
+func (s *Switch) dropStatic(mac packet.MAC) {
+	e, ok := s.statics[mac]
+	if !ok {
+		return
+	}
+	if e.ip.IsValid() && s.byIP[e.ip] == mac {
+		delete(s.byIP, e.ip)
+	}
+	delete(s.statics, mac)
 }
 
 func (s *Switch) allocID() int {
@@ -334,7 +359,7 @@ func (s *Switch) RemovePort(r *Port) {
 	delete(s.ports, r.name)
 	for mac, e := range s.statics {
 		if e.port == r {
-			delete(s.statics, mac)
+			s.dropStatic(mac)
 		}
 	}
 	s.idUsed[r.id] = false
