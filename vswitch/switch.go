@@ -123,8 +123,8 @@ type Switch struct {
 	// unique among them, checkEntry): an AddPort checks its address
 	// with one look-up, not a walk of every entry. Kept by putStatic and
 	// dropStatic.
-	byIP   map[netip.Addr]packet.MAC
-	idUsed []bool
+	byIP    map[netip.Addr]packet.MAC
+	idUsed  []bool
 	hostIP  netip.Addr // this host's gateway identity (SetGatewayHost)
 	hostMAC packet.MAC
 	// held counts HoldViews not yet released: while positive, changes
