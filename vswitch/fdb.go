@@ -41,7 +41,7 @@ func (s *Switch) live(e *aging.Entry[*Port], now int64) bool {
 
 // lookup returns the port for unicast dst, or nil if unknown.
 func (s *Switch) lookup(v *view, dst packet.MAC, now int64) *Port {
-	if p := v.fdb[dst]; p != nil {
+	if p := v.port(dst); p != nil {
 		return p
 	}
 	if e := s.learned.Lookup(dst); e != nil && s.live(e, now) {
@@ -168,7 +168,7 @@ func (s *Switch) FDB() []FDBEntry {
 	s.mu.Unlock()
 	now := s.clock()
 	s.learned.Range(func(e *aging.Entry[*Port]) {
-		if v.fdb[e.MAC] == nil && s.live(e, now) {
+		if v.port(e.MAC) == nil && s.live(e, now) {
 			out = append(out, FDBEntry{MAC: e.MAC, Port: e.Value.name, Kind: KindLearned, Age: time.Duration(now - e.Seen())})
 		}
 	})

@@ -368,8 +368,8 @@ func TestHoldViewsPublishesOnce(t *testing.T) {
 	}
 	release()
 	v := s.view.Load()
-	if v == before || len(v.ports) != 101 || len(v.fdb) != 101 {
-		t.Fatalf("after release: new view %v, %d ports, %d FDB entries; want a new view with 101 of each", v != before, len(v.ports), len(v.fdb))
+	if v == before || len(v.ports) != 101 || len(v.fdb)+len(v.fdbAdd) != 101 {
+		t.Fatalf("after release: new view %v, %d ports, %d FDB entries; want a new view with 101 of each", v != before, len(v.ports), len(v.fdb)+len(v.fdbAdd))
 	}
 	addPort(t, s, discard{}, PortConfig{Name: "after", MAC: packet.MAC{2, 0, 0, 0, 2, 1}})
 	if s.view.Load() == v {
