@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
 	"testing"
 
@@ -64,5 +65,33 @@ func TestDesiredRemotesFollowTheCluster(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("step %d: remotes %v, want %v", step, got, want)
 		}
+	}
+}
+
+// TestHoldBlocksLooksAtAddedEndpoints: once every endpoint of a network
+// was found in a block this node holds, a reconcile looks only at the
+// endpoints added since (the block table unchanged); one whose block this
+// node does not hold (an endpoint kept from an earlier run) gets its
+// block held.
+func TestHoldBlocksLooksAtAddedEndpoints(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	t.Cleanup(d.Close)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.30.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	d.mu.Lock()
+	d.holdBlocks()
+	d.holdBlocks()
+	n := d.networks["web"]
+	ip := netip.MustParseAddr("10.30.200.5")
+	c := &container{name: "c2", endpoints: map[string]*endpoint{}}
+	c.endpoints["web"] = &endpoint{ctr: c, net: n, ip: ip, mac: macForIP(ip), ifname: "eth0"}
+	d.containers["c2"] = c
+	d.containerChanged(c)
+	d.holdBlocks()
+	d.mu.Unlock()
+	if _, holder, _ := holderOf(d.cl.Blocks("web"), ip); holder != d.cfg.Node {
+		t.Fatalf("the block of c2's %s is held by %q after a reconcile, want this node", ip, holder)
 	}
 }

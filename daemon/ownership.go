@@ -176,11 +176,20 @@ func (d *Daemon) holdBlocks() {
 	for name, n := range d.networks {
 		eps := d.endpointsOf(n)
 		held[name] = d.cl.Blocks(name)
-		if hc, ok := d.heldChecked[name]; ok && sameEndpoints(hc.eps, eps) && maps.Equal(hc.blocks, held[name]) {
+		hc, ok := d.heldChecked[name]
+		ok = ok && maps.Equal(hc.blocks, held[name])
+		if ok && sameEndpoints(hc.eps, eps) {
 			continue
 		}
+		// The same blocks: only the endpoints added since every one was
+		// found held are looked at (a run adds one; a pass per run over
+		// every endpoint cost O(endpoints) with d.mu held).
+		check := eps
+		if ok {
+			_, check = diffEndpoints(hc.eps, eps)
+		}
 		sizes, all := blockSizes(held[name]), true
-		for _, ep := range eps {
+		for _, ep := range check {
 			if _, holder, _ := holderOfSized(held[name], sizes, ep.ip); holder != d.cfg.Node {
 				unheld, all = append(unheld, ep), false
 			}
