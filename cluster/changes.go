@@ -13,6 +13,10 @@ type tableIndex struct {
 	recs  map[string]*record
 	log   []change
 	floor uint64
+	// rev is the value of Cluster.revs at the table's last change (a
+	// record stored, changed in place or dropped): a derivation of the
+	// table made at rev is still current while rev is.
+	rev uint64
 }
 
 // change is one entry of a table's change log.
@@ -61,7 +65,18 @@ func (c *Cluster) dropLocked(k tkey) {
 	delete(c.entries, k)
 	if t := c.byTable[k.table]; t != nil {
 		delete(t.recs, k.key)
+		c.revs++
+		t.rev = c.revs
 	}
+}
+
+// revLocked returns table's revision (tableIndex.rev; 0 when it has no
+// index yet); c.mu must be held.
+func (c *Cluster) revLocked(table string) uint64 {
+	if t := c.byTable[table]; t != nil {
+		return t.rev
+	}
+	return 0
 }
 
 // touchLocked logs a change made in place to the record of k.
@@ -72,6 +87,8 @@ func (c *Cluster) touchLocked(k tkey) {
 // logLocked appends key to t's change log, compacting the log when it
 // holds more than twice as many changes as the table has records.
 func (c *Cluster) logLocked(t *tableIndex, key string) {
+	c.revs++
+	t.rev = c.revs
 	c.seq++
 	t.log = append(t.log, change{c.seq, key})
 	if len(t.log) > max(2*len(t.recs), minLogCompact) {

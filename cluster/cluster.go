@@ -229,6 +229,10 @@ type Cluster struct {
 	// (Changes); seq numbers the changes of every table.
 	byTable map[string]*tableIndex
 	seq     uint64
+	// revs numbers the changes of every table for tableIndex.rev.
+	revs uint64
+	// blocks memoizes Blocks per network (see blocksLocked).
+	blocks  map[string]blocksMemo
 	members map[string]*memberInfo
 	gone    map[string]bool      // owners whose node-scoped entries are expired here
 	unknown map[string]time.Time // owners with entries but no membership record

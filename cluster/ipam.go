@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"math/rand/v2"
 	"net/netip"
@@ -100,12 +101,42 @@ func (c *Cluster) claimsLocked(network string) map[netip.Prefix][]*Entry {
 func (c *Cluster) Blocks(network string) map[netip.Prefix]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return maps.Clone(c.blocksLocked(network))
+}
+
+// blocksMemo is the block table of one network as derived at a revision
+// of the claims table.
+type blocksMemo struct {
+	rev    uint64
+	owners map[netip.Prefix]string
+}
+
+// blocksLocked is Blocks, shared: callers only read it. Every attach
+// asks for it (the endpoint set, the allocation), and deriving it parses
+// every claim of the table, so it is kept until the claims table changes
+// (its revision). c.mu must be held.
+func (c *Cluster) blocksLocked(network string) map[netip.Prefix]string {
+	rev := c.revLocked(ipamTable)
+	if m, ok := c.blocks[network]; ok && m.rev == rev {
+		return m.owners
+	}
 	out := map[netip.Prefix]string{}
 	for b, claims := range c.claimsLocked(network) {
 		out[b] = claimWinner(claims).Owner
 	}
+	if c.blocks == nil {
+		c.blocks = map[string]blocksMemo{}
+	}
+	if len(c.blocks) > maxBlocksMemo {
+		clear(c.blocks)
+	}
+	c.blocks[network] = blocksMemo{rev: rev, owners: out}
 	return out
 }
+
+// maxBlocksMemo bounds the networks blocksLocked keeps a table of
+// (networks that were removed are forgotten when it is reached).
+const maxBlocksMemo = 1024
 
 // ReleaseBlock gives up this node's claim on block of network.
 func (c *Cluster) ReleaseBlock(network string, block netip.Prefix) error {
@@ -284,8 +315,10 @@ func (c *Cluster) checkBlockName(network string, p netip.Prefix) error {
 // ClaimedBlocks returns the blocks of network this node has claimed and
 // still wins, lowest address first.
 func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var out []netip.Prefix
-	for b, owner := range c.Blocks(network) {
+	for b, owner := range c.blocksLocked(network) {
 		if owner == c.cfg.NodeName {
 			out = append(out, b)
 		}

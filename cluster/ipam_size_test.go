@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"maps"
 	"net/netip"
 	"strings"
 	"sync"
@@ -180,4 +181,63 @@ func FuzzBlocksOverlap(f *testing.F) {
 			t.Fatalf("blocksOverlap(%q, itself) is false", a)
 		}
 	})
+}
+
+// TestBlocksFollowClaims: the block table Blocks keeps between changes of
+// the claims table is the one derived from the claims afresh after each
+// change: claims and releases of this node and of another (arriving by
+// gossip), a claim of another network, and the expiry of a departed
+// node's claims (changed in place).
+func TestBlocksFollowClaims(t *testing.T) {
+	nodes := startCluster(t, mustKey(t), 2)
+	subnet := netip.MustParsePrefix("10.82.0.0/16")
+	fresh := func(n *testNode, network string) map[netip.Prefix]string {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		out := map[netip.Prefix]string{}
+		for b, claims := range n.claimsLocked(network) {
+			out[b] = claimWinner(claims).Owner
+		}
+		return out
+	}
+	check := func(step string) {
+		t.Helper()
+		for _, n := range nodes {
+			if got, want := n.Blocks("sc"), fresh(n, "sc"); !maps.Equal(got, want) {
+				t.Fatalf("%s: %s's blocks %v, want %v", step, n.cfg.NodeName, got, want)
+			}
+		}
+	}
+	check("no claim")
+	b1, err := nodes[0].ClaimBlock("sc", subnet, 28)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("n1 claimed")
+	waitFor(t, 5*time.Second, "n1's claim on n2", func() bool { return nodes[1].Blocks("sc")[b1] == "n1" })
+	b2, err := nodes[1].ClaimBlock("sc", subnet, 28)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "n2's claim on n1", func() bool { return nodes[0].Blocks("sc")[b2] == "n2" })
+	check("n2 claimed")
+	if _, err := nodes[0].ClaimBlock("other", subnet, 28); err != nil {
+		t.Fatal(err)
+	}
+	check("n1 claimed in another network")
+	if err := nodes[0].ReleaseBlock("sc", b1); err != nil {
+		t.Fatal(err)
+	}
+	check("n1 released")
+	if _, ok := nodes[0].Blocks("sc")[b1]; ok {
+		t.Fatalf("n1 still holds %s after releasing it", b1)
+	}
+	waitFor(t, 5*time.Second, "n1's release on n2", func() bool { _, ok := nodes[1].Blocks("sc")[b1]; return !ok })
+	nodes[0].mu.Lock()
+	nodes[0].expireOwnerLocked("n2", time.Now())
+	nodes[0].mu.Unlock()
+	check("n2's entries expired on n1")
+	if _, ok := nodes[0].Blocks("sc")[b2]; ok {
+		t.Fatalf("n1 still lists %s of departed n2", b2)
+	}
 }

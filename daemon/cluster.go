@@ -161,7 +161,7 @@ func (d *Daemon) readNetworkRecords() (valid map[string]netRecord, invalid map[s
 //
 // The list is kept with cluster.Changes (epFeed): only the entries written
 // since the last call are decoded. It is shared, so callers only read it.
-func (d *Daemon) clusterEndpoints() []epRecord {
+func (d *Daemon) clusterEndpoints() []*epRecord {
 	recs, _, _ := d.endpointsSince(0)
 	return recs
 }
@@ -169,7 +169,7 @@ func (d *Daemon) clusterEndpoints() []epRecord {
 // endpointsSince is clusterEndpoints that also returns what changed since
 // the feed revision rev (nil when the feed cannot tell: diff the list) and
 // the current revision.
-func (d *Daemon) endpointsSince(rev uint64) ([]epRecord, *epDelta, uint64) {
+func (d *Daemon) endpointsSince(rev uint64) ([]*epRecord, *epDelta, uint64) {
 	c := &d.epDecoded
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -234,6 +234,8 @@ type Daemon struct {
 	byNetns map[[2]uint64][]*container
 	// portsOf caches desiredPorts by network; guarded by mu.
 	portsOf map[string]portsCache
+	// remotes caches desiredRemotes; guarded by mu.
+	remotes remotesCache
 
 	// metricsLn is the metrics listener (nil without cfg.MetricsAddr).
 	metricsLn net.Listener

@@ -2,9 +2,11 @@ package daemon
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/lb"
@@ -76,29 +78,10 @@ func (d *Daemon) flushLeftBackends(cfg dataplane.Config) {
 // of the key ring in use and the conntrack's size and timeouts. Callers
 // hold d.mu.
 func (d *Daemon) desiredDataplane() dataplane.Config {
-	vtepOf := map[string]netip.Addr{}
-	for _, m := range d.cl.Members() {
-		if !m.Self && m.Meta.DataAddr.IsValid() {
-			vtepOf[m.Name] = m.Meta.DataAddr.Addr()
-		}
-	}
-	remotes := map[string][]dataplane.Remote{}
 	// Only records that passed validation and the block check enter the
 	// desired state, as remotes and as service backends.
-	accepted := d.endpointSet().accepted
+	accepted, remotes := d.desiredRemotes()
 	services := d.serviceSet(accepted)
-	for _, rec := range accepted {
-		vtep, ok := vtepOf[rec.Node]
-		if rec.Node == d.cfg.Node || !ok {
-			continue
-		}
-		mac, err1 := packet.ParseMAC(rec.MAC)
-		ip, err2 := netip.ParseAddr(rec.IP)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		remotes[rec.Network] = append(remotes[rec.Network], dataplane.Remote{MAC: mac, IP: ip, VTEP: vtep, Gateway: rec.isGateway()})
-	}
 	cfg := dataplane.Config{Conntrack: lb.Config{Max: d.cfg.ConntrackMax, Timeouts: d.cfg.ConntrackTimeouts}}
 	for _, n := range d.sortedNetworks() {
 		nc := dataplane.NetworkConfig{
@@ -128,38 +111,148 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 	return cfg
 }
 
-// portsCache is the port list desiredPorts made of one endpointsOf list.
+// remotesCache is the remotes desiredRemotes derived from the endpoint
+// set numbered seq with the VTEPs vteps.
+type remotesCache struct {
+	seq     uint64
+	vteps   map[string]netip.Addr
+	remotes map[string][]dataplane.Remote
+}
+
+// desiredRemotes returns the accepted endpoint records and, by network,
+// the other nodes' ones as remotes at their node's VTEP (members with a
+// data address). The remotes are derived again only when a record of
+// another node may have changed since the last derivation
+// (endpointSetSince) or a VTEP did: a run on this node changes none of
+// them, and walking every record of the cluster per run costs
+// O(endpoints). The lists are shared: callers only read them. Callers
+// hold d.mu.
+func (d *Daemon) desiredRemotes() ([]*epRecord, map[string][]dataplane.Remote) {
+	vteps := d.vteps()
+	c := &d.remotes
+	set, ids, known := d.endpointSetSince(c.seq)
+	if known && c.remotes != nil && maps.Equal(vteps, c.vteps) && !slices.ContainsFunc(ids, func(k epID) bool { return k.node != d.cfg.Node }) {
+		c.seq = set.seq
+		return set.accepted, c.remotes
+	}
+	*c = remotesCache{seq: set.seq, vteps: vteps, remotes: d.remotesOf(set.accepted, vteps)}
+	return set.accepted, c.remotes
+}
+
+// vteps maps the other members to their VTEP address (those with a data
+// address).
+func (d *Daemon) vteps() map[string]netip.Addr {
+	out := map[string]netip.Addr{}
+	for _, m := range d.cl.Members() {
+		if !m.Self && m.Meta.DataAddr.IsValid() {
+			out[m.Name] = m.Meta.DataAddr.Addr()
+		}
+	}
+	return out
+}
+
+// remotesOf derives the remotes of every network from the accepted
+// records: the other nodes' records whose node has a VTEP.
+func (d *Daemon) remotesOf(accepted []*epRecord, vtepOf map[string]netip.Addr) map[string][]dataplane.Remote {
+	remotes := map[string][]dataplane.Remote{}
+	for _, rec := range accepted {
+		vtep, ok := vtepOf[rec.Node]
+		if rec.Node == d.cfg.Node || !ok {
+			continue
+		}
+		mac, err1 := packet.ParseMAC(rec.MAC)
+		ip, err2 := netip.ParseAddr(rec.IP)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		remotes[rec.Network] = append(remotes[rec.Network], dataplane.Remote{MAC: mac, IP: ip, VTEP: vtep, Gateway: rec.isGateway()})
+	}
+	return remotes
+}
+
+// portsCache is the port list desiredPorts made of one endpointsOf list;
+// with is the endpoints of from that have a port, in the order of ports.
 type portsCache struct {
 	from  []*endpoint
+	with  []*endpoint
 	ports []dataplane.PortConfig
 }
+
+// maxPortsPatch is the most endpoints come and gone for which desiredPorts
+// patches its last list rather than making it again.
+const maxPortsPatch = 16
 
 // desiredPorts lists the ports of n's endpoints that have an open device.
 // The list is made again only when endpointsOf(n) is another list (an
 // endpoint's device is set before its container is recorded, and not
 // changed after), so an apply after one run makes one list, not one per
-// apply; the data plane does not change the lists it is given. Callers
-// hold d.mu.
+// apply; and then, for a few endpoints come or gone, as a copy of the
+// last list with their ports taken out and put in (diffEndpoints), not
+// one derivation per endpoint. The data plane does not change the lists
+// it is given. Callers hold d.mu.
 func (d *Daemon) desiredPorts(n *localNetwork) []dataplane.PortConfig {
 	eps := d.endpointsOf(n)
-	if c, ok := d.portsOf[n.rec.Name]; ok && c.from != nil && sameEndpoints(c.from, eps) {
+	c, ok := d.portsOf[n.rec.Name]
+	if ok && c.from != nil && sameEndpoints(c.from, eps) {
 		return c.ports
 	}
-	var ports []dataplane.PortConfig
-	for _, ep := range eps {
-		if ep.dev != nil {
-			ports = append(ports, dataplane.PortConfig{Name: ep.portName(), Device: ep.dev, MAC: ep.mac, IP: ep.ip})
+	if !ok || c.from == nil || !c.patch(eps) {
+		c = portsCache{}
+		for _, ep := range eps {
+			if ep.dev != nil {
+				c.with = append(c.with, ep)
+				c.ports = append(c.ports, ep.portConfig())
+			}
 		}
 	}
 	if d.portsOf == nil {
 		d.portsOf = map[string]portsCache{}
 	}
-	from := eps
-	if from == nil {
-		from = []*endpoint{}
+	c.from = eps
+	if c.from == nil {
+		c.from = []*endpoint{}
 	}
-	d.portsOf[n.rec.Name] = portsCache{from: from, ports: ports}
-	return ports
+	d.portsOf[n.rec.Name] = c
+	return c.ports
+}
+
+// portConfig is the data plane's port of ep.
+func (ep *endpoint) portConfig() dataplane.PortConfig {
+	return dataplane.PortConfig{Name: ep.portName(), Device: ep.dev, MAC: ep.mac, IP: ep.ip}
+}
+
+// patch makes c's lists those of eps from those of c.from, when few
+// endpoints came or went (false: make them again). The new lists are
+// copies: the old ones may be in use.
+func (c *portsCache) patch(eps []*endpoint) bool {
+	gone, added := diffEndpoints(c.from, eps)
+	if len(gone)+len(added) > maxPortsPatch {
+		return false
+	}
+	with, ports := slices.Clone(c.with), slices.Clone(c.ports)
+	find := func(name string) (int, bool) {
+		return slices.BinarySearchFunc(with, name, func(ep *endpoint, n string) int { return strings.Compare(ep.ctr.name, n) })
+	}
+	for _, ep := range gone {
+		if i, found := find(ep.ctr.name); found && with[i] == ep {
+			with, ports = slices.Delete(with, i, i+1), slices.Delete(ports, i, i+1)
+		}
+	}
+	for _, ep := range added {
+		if ep.dev == nil {
+			continue
+		}
+		i, found := find(ep.ctr.name)
+		if found { // two endpoints of one name: make the lists again
+			return false
+		}
+		with, ports = slices.Insert(with, i, ep), slices.Insert(ports, i, ep.portConfig())
+	}
+	if len(ports) == 0 {
+		with, ports = nil, nil
+	}
+	c.with, c.ports = with, ports
+	return true
 }
 
 // desiredSAs lists the SAs of keyState.installed for the VTEP: per peer,

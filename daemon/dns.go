@@ -13,6 +13,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/internal/cowmap"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
@@ -227,11 +228,11 @@ func ms(sec float64) float64 { return float64(int64(sec*1e6+0.5)) / 1e3 }
 // the services.
 type dnsIndex struct {
 	// networks of each local container, the askers.
-	networks map[string][]string
+	networks *askerNets
 	// names maps network -> container name or alias -> addresses.
-	names map[string]map[string][]netip.Addr
+	names map[string]*nameAddrs
 	// ptrs maps network -> address -> "container.network".
-	ptrs map[string]map[netip.Addr][]string
+	ptrs map[string]*addrNames
 	// services maps network -> service name (NAME, tasks.NAME, _tcp.NAME,
 	// _udp.NAME, _tcp.tasks.NAME, _udp.tasks.NAME) -> its records.
 	services map[string]map[string]dns.Records
@@ -240,6 +241,15 @@ type dnsIndex struct {
 	// answers are the lookups above precomputed in wire format.
 	answers *dns.Answers
 }
+
+// The per-name maps of the index are copy-on-write maps (cowmap): a run
+// changes a few names of one network, and a copy of the network's maps
+// per change would cost O(containers).
+type (
+	askerNets = cowmap.Map[string, []string, cowmap.Strings]
+	nameAddrs = cowmap.Map[string, []netip.Addr, cowmap.Strings]
+	addrNames = cowmap.Map[netip.Addr, []string, cowmap.Addrs]
+)
 
 // vipName is the PTR record of a service's VIP.
 type vipName struct {
@@ -261,8 +271,11 @@ type dnsService struct {
 // buildDNSIndex indexes the endpoint records and services; names are
 // lower-cased, as DNS names compare case-insensitively.
 func buildDNSIndex(node string, recs []epRecord, svcs []dnsService) *dnsIndex {
-	x := &dnsIndex{networks: map[string][]string{}, names: map[string]map[string][]netip.Addr{}, ptrs: map[string]map[netip.Addr][]string{},
+	x := &dnsIndex{names: map[string]*nameAddrs{}, ptrs: map[string]*addrNames{},
 		services: map[string]map[string]dns.Records{}, vips: map[string]map[netip.Addr]vipName{}}
+	networks := map[string][]string{}
+	names := map[string]map[string][]netip.Addr{}
+	ptrs := map[string]map[netip.Addr][]string{}
 	for _, r := range recs {
 		ip, err := netip.ParseAddr(r.IP)
 		if err != nil || r.isGateway() {
@@ -270,34 +283,45 @@ func buildDNSIndex(node string, recs []epRecord, svcs []dnsService) *dnsIndex {
 		}
 		nw := strings.ToLower(r.Network)
 		if r.Node == node {
-			x.networks[r.Name] = append(x.networks[r.Name], nw)
+			networks[r.Name] = append(networks[r.Name], nw)
 		}
-		if x.names[nw] == nil {
-			x.names[nw] = map[string][]netip.Addr{}
-			x.ptrs[nw] = map[netip.Addr][]string{}
+		if names[nw] == nil {
+			names[nw] = map[string][]netip.Addr{}
+			ptrs[nw] = map[netip.Addr][]string{}
 		}
 		for _, n := range append([]string{r.Name}, r.Aliases...) {
 			n = strings.ToLower(n)
-			if !slices.Contains(x.names[nw][n], ip) {
-				x.names[nw][n] = append(x.names[nw][n], ip)
+			if !slices.Contains(names[nw][n], ip) {
+				names[nw][n] = append(names[nw][n], ip)
 			}
 		}
-		x.ptrs[nw][ip] = append(x.ptrs[nw][ip], strings.ToLower(r.Name)+"."+nw)
-	}
-	for _, nets := range x.networks {
-		slices.Sort(nets)
+		ptrs[nw][ip] = append(ptrs[nw][ip], strings.ToLower(r.Name)+"."+nw)
 	}
 	// Addresses and PTR names in a fixed order, not the records' (so
 	// that the incremental dnsBuilder makes the same index).
-	for _, m := range x.names {
-		for _, l := range m {
-			slices.SortFunc(l, netip.Addr.Compare)
-		}
+	nw := cowmap.NewWriter[string, []string, cowmap.Strings](nil)
+	for asker, nets := range networks {
+		slices.Sort(nets)
+		nw.Set(asker, nets)
 	}
-	for _, m := range x.ptrs {
-		for _, l := range m {
-			slices.Sort(l)
+	if nw.Map().Len() > 0 {
+		x.networks = nw.Map()
+	}
+	for n, m := range names {
+		w := cowmap.NewWriter[string, []netip.Addr, cowmap.Strings](nil)
+		for name, l := range m {
+			slices.SortFunc(l, netip.Addr.Compare)
+			w.Set(name, l)
 		}
+		x.names[n] = w.Map()
+	}
+	for n, m := range ptrs {
+		w := cowmap.NewWriter[netip.Addr, []string, cowmap.Addrs](nil)
+		for ip, l := range m {
+			slices.Sort(l)
+			w.Set(ip, l)
+		}
+		x.ptrs[n] = w.Map()
 	}
 	for _, s := range svcs {
 		x.addService(s) // after the containers: SRV targets are their names
@@ -353,7 +377,7 @@ func (x *dnsIndex) addService(s dnsService) {
 				port = p.Port
 			}
 			for _, t := range tasks {
-				if names := x.ptrs[nw][t]; len(names) > 0 {
+				if names, _ := x.ptrs[nw].Get(t); len(names) > 0 {
 					each = append(each, dns.SRV{Weight: 1, Port: port, Target: names[0]})
 				}
 			}
@@ -418,7 +442,7 @@ func (s *dnsSource) Answers() *dns.Answers {
 // both a container's (or alias) and a service's answers the records of
 // both, as Docker's resolver does (one name table per network).
 func (x *dnsIndex) lookupName(asker, name string) (dns.Records, bool) {
-	nets := x.networks[asker]
+	nets, _ := x.networks.Get(asker)
 	var out dns.Records
 	found := false
 	for _, n := range nets {
@@ -438,7 +462,7 @@ func (x *dnsIndex) lookupName(asker, name string) (dns.Records, bool) {
 // addName merges into out the records of name on network n and reports
 // whether out holds any.
 func (x *dnsIndex) addName(out dns.Records, found bool, n, name string) (dns.Records, bool) {
-	if a, ok := x.names[n][name]; ok {
+	if a, ok := x.names[n].Get(name); ok {
 		out = mergeRecords(out, dns.Records{Addrs: a, TTL: dns.LocalTTL}, found)
 		found = true
 	}
@@ -454,8 +478,9 @@ func (x *dnsIndex) addName(out dns.Records, found bool, n, name string) (dns.Rec
 func (x *dnsIndex) lookupAddr(asker string, addr netip.Addr) ([]string, uint32) {
 	var out []string
 	var ttl uint32
-	for _, n := range x.networks[asker] {
-		if names := x.ptrs[n][addr]; len(names) > 0 {
+	nets, _ := x.networks.Get(asker)
+	for _, n := range nets {
+		if names, _ := x.ptrs[n].Get(addr); len(names) > 0 {
 			ttl = smallerTTL(len(out) > 0, ttl, dns.LocalTTL)
 			out = append(out, names...)
 		}
@@ -484,13 +509,14 @@ func smallerTTL(have bool, ttl, next uint32) uint32 {
 func (x *dnsIndex) buildAnswers() *dns.Answers {
 	a := dns.NewAnswers()
 	groups := map[string][]string{}
-	for asker, nets := range x.networks {
+	for asker, nets := range x.networks.All() {
 		k := strings.Join(nets, "\x00")
 		groups[k] = append(groups[k], asker)
 	}
 	for _, askers := range groups {
 		asker := askers[0]
-		names, addrs := x.groupNames(x.networks[asker])
+		nets, _ := x.networks.Get(asker)
+		names, addrs := x.groupNames(nets)
 		a.Add(askers, names, addrs,
 			func(name string) (dns.Records, bool) { return x.lookupName(asker, name) },
 			func(ip netip.Addr) ([]string, uint32) { return x.lookupAddr(asker, ip) })

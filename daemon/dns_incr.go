@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/vxmesh/vxmesh/dns"
+	"github.com/vxmesh/vxmesh/internal/cowmap"
 )
 
 // dnsBuilder keeps the DNS index up to date with the accepted endpoint
@@ -81,18 +82,18 @@ type dnsDelta struct {
 
 // update returns the index of the accepted records and the services,
 // derived from the last one.
-func (b *dnsBuilder) update(node string, accepted []epRecord, svcs []dnsService) *dnsIndex {
+func (b *dnsBuilder) update(node string, accepted []*epRecord, svcs []dnsService) *dnsIndex {
 	return b.updateDelta(node, accepted, nil, svcs)
 }
 
 // updateDelta is update, told by delta (if not nil) which records may
 // have changed since the last call.
-func (b *dnsBuilder) updateDelta(node string, accepted []epRecord, delta *dnsDelta, svcs []dnsService) *dnsIndex {
+func (b *dnsBuilder) updateDelta(node string, accepted []*epRecord, delta *dnsDelta, svcs []dnsService) *dnsIndex {
 	if !b.ok {
 		delta = nil
 		b.ok, b.recs, b.refs, b.views, b.local = true, map[epID]epRecord{}, map[dnsRef]int{}, map[string]*dns.AnswerView{}, map[string]map[string]int{}
 		b.groups, b.groupOf, b.moved = map[string]map[string]bool{}, map[string]string{}, map[string]bool{}
-		b.x = &dnsIndex{networks: map[string][]string{}, names: map[string]map[string][]netip.Addr{}, ptrs: map[string]map[netip.Addr][]string{},
+		b.x = &dnsIndex{names: map[string]*nameAddrs{}, ptrs: map[string]*addrNames{},
 			services: map[string]map[string]dns.Records{}, vips: map[string]map[netip.Addr]vipName{}, answers: dns.NewAnswers()}
 	}
 	var gone, added []epRecord
@@ -142,10 +143,10 @@ func (b *dnsBuilder) takeDelta(delta *dnsDelta) (gone, added []epRecord) {
 
 // takeAll takes in accepted whole, comparing every record with the one
 // taken in before.
-func (b *dnsBuilder) takeAll(accepted []epRecord) (gone, added []epRecord) {
+func (b *dnsBuilder) takeAll(accepted []*epRecord) (gone, added []epRecord) {
 	n := 0
 	for i := range accepted {
-		rec := &accepted[i]
+		rec := accepted[i]
 		if _, ok := dnsIndexed(rec); !ok {
 			continue
 		}
@@ -164,8 +165,8 @@ func (b *dnsBuilder) takeAll(accepted []epRecord) (gone, added []epRecord) {
 	if n != len(b.recs) {
 		seen := make(map[epID]bool, n)
 		for i := range accepted {
-			if _, ok := dnsIndexed(&accepted[i]); ok {
-				seen[idOf(accepted[i])] = true
+			if _, ok := dnsIndexed(accepted[i]); ok {
+				seen[idOf(*accepted[i])] = true
 			}
 		}
 		for k, rec := range b.recs {
@@ -184,15 +185,14 @@ func (b *dnsBuilder) apply(node string, gone, added []epRecord, svcs []dnsServic
 	old := b.x
 	x := &dnsIndex{networks: old.networks, names: maps.Clone(old.names), ptrs: maps.Clone(old.ptrs), services: old.services, vips: old.vips}
 	changes := map[string]*dnsChange{}
+	// The writers of the changed networks' maps: copies of the old ones,
+	// shard by shard as they are written.
+	nameW := map[string]*cowmap.Writer[string, []netip.Addr, cowmap.Strings]{}
+	ptrW := map[string]*cowmap.Writer[netip.Addr, []string, cowmap.Addrs]{}
 	changeOf := func(nw string) *dnsChange {
 		if changes[nw] == nil {
 			changes[nw] = &dnsChange{names: map[string]bool{}, addrs: map[netip.Addr]bool{}}
-			// Copy the network's maps before the first write.
-			x.names[nw] = maps.Clone(old.names[nw])
-			x.ptrs[nw] = maps.Clone(old.ptrs[nw])
-			if x.names[nw] == nil {
-				x.names[nw], x.ptrs[nw] = map[string][]netip.Addr{}, map[netip.Addr][]string{}
-			}
+			nameW[nw], ptrW[nw] = cowmap.NewWriter(old.names[nw]), cowmap.NewWriter(old.ptrs[nw])
 		}
 		return changes[nw]
 	}
@@ -202,28 +202,31 @@ func (b *dnsBuilder) apply(node string, gone, added []epRecord, svcs []dnsServic
 		ip, _ := dnsIndexed(rec)
 		nw := strings.ToLower(rec.Network)
 		c := changeOf(nw)
+		names, ptrs := nameW[nw], ptrW[nw]
 		for _, name := range dnsNames(rec) {
 			c.names[name] = true
 			r := dnsRef{nw, name, ip}
 			if b.refs[r]--; b.refs[r] <= 0 {
 				delete(b.refs, r)
-				if l := slices.DeleteFunc(slices.Clone(x.names[nw][name]), func(a netip.Addr) bool { return a == ip }); len(l) > 0 {
-					x.names[nw][name] = l
+				cur, _ := names.Map().Get(name)
+				if l := slices.DeleteFunc(slices.Clone(cur), func(a netip.Addr) bool { return a == ip }); len(l) > 0 {
+					names.Set(name, l)
 				} else {
-					delete(x.names[nw], name)
+					names.Delete(name)
 				}
 			}
 		}
 		c.addrs[ip] = true
 		ptr := strings.ToLower(rec.Name) + "." + nw
-		l := slices.Clone(x.ptrs[nw][ip])
+		cur, _ := ptrs.Map().Get(ip)
+		l := slices.Clone(cur)
 		if j := slices.Index(l, ptr); j >= 0 {
 			l = slices.Delete(l, j, j+1)
 		}
 		if len(l) > 0 {
-			x.ptrs[nw][ip] = l
+			ptrs.Set(ip, l)
 		} else {
-			delete(x.ptrs[nw], ip)
+			ptrs.Delete(ip)
 		}
 		if rec.Node == node {
 			askers[rec.Name] = true
@@ -237,19 +240,22 @@ func (b *dnsBuilder) apply(node string, gone, added []epRecord, svcs []dnsServic
 		ip, _ := dnsIndexed(rec)
 		nw := strings.ToLower(rec.Network)
 		c := changeOf(nw)
+		names, ptrs := nameW[nw], ptrW[nw]
 		for _, name := range dnsNames(rec) {
 			c.names[name] = true
 			r := dnsRef{nw, name, ip}
 			if b.refs[r]++; b.refs[r] == 1 {
-				l := append(slices.Clone(x.names[nw][name]), ip)
+				cur, _ := names.Map().Get(name)
+				l := append(slices.Clone(cur), ip)
 				slices.SortFunc(l, netip.Addr.Compare)
-				x.names[nw][name] = l
+				names.Set(name, l)
 			}
 		}
 		c.addrs[ip] = true
-		l := append(slices.Clone(x.ptrs[nw][ip]), strings.ToLower(rec.Name)+"."+nw)
+		cur, _ := ptrs.Map().Get(ip)
+		l := append(slices.Clone(cur), strings.ToLower(rec.Name)+"."+nw)
 		slices.Sort(l)
-		x.ptrs[nw][ip] = l
+		ptrs.Set(ip, l)
 		if rec.Node == node {
 			askers[rec.Name] = true
 			if b.local[rec.Name] == nil {
@@ -259,15 +265,21 @@ func (b *dnsBuilder) apply(node string, gone, added []epRecord, svcs []dnsServic
 		}
 	}
 	for nw := range changes {
-		if len(x.names[nw]) == 0 && len(x.ptrs[nw]) == 0 {
+		if nameW[nw].Map().Len() == 0 && ptrW[nw].Map().Len() == 0 {
 			delete(x.names, nw)
 			delete(x.ptrs, nw)
+		} else {
+			x.names[nw], x.ptrs[nw] = nameW[nw].Map(), ptrW[nw].Map()
 		}
 	}
 	if len(askers) > 0 {
-		x.networks = maps.Clone(old.networks)
+		nets := cowmap.NewWriter(old.networks)
 		for asker := range askers {
-			b.setNetworks(x, asker)
+			b.setNetworks(nets, asker)
+		}
+		x.networks = nets.Map()
+		if x.networks.Len() == 0 {
+			x.networks = nil
 		}
 	}
 	b.applyServices(x, old, svcs, sameSvcs, changes)
@@ -275,24 +287,24 @@ func (b *dnsBuilder) apply(node string, gone, added []epRecord, svcs []dnsServic
 	return x
 }
 
-// setNetworks sets the networks of local container asker in x: each
+// setNetworks sets the networks of local container asker in nets: each
 // network once per record on it, sorted.
-func (b *dnsBuilder) setNetworks(x *dnsIndex, asker string) {
-	var nets []string
+func (b *dnsBuilder) setNetworks(nets *cowmap.Writer[string, []string, cowmap.Strings], asker string) {
+	var l []string
 	for nw, n := range b.local[asker] {
 		for range n {
-			nets = append(nets, nw)
+			l = append(l, nw)
 		}
 	}
-	if len(nets) == 0 {
-		delete(x.networks, asker)
+	if len(l) == 0 {
+		nets.Delete(asker)
 		delete(b.local, asker)
 		b.setGroup(asker, "", false)
 		return
 	}
-	slices.Sort(nets)
-	x.networks[asker] = nets
-	b.setGroup(asker, groupKey(nets), true)
+	slices.Sort(l)
+	nets.Set(asker, l)
+	b.setGroup(asker, groupKey(l), true)
 }
 
 // setGroup moves asker to group k (out of every group if !in), noting it
@@ -365,7 +377,7 @@ func (b *dnsBuilder) answers(x, old *dnsIndex, changes map[string]*dnsChange) *d
 		for asker = range askers {
 			break
 		}
-		nets := x.networks[asker]
+		nets, _ := x.networks.Get(asker)
 		lookupName := func(name string) (dns.Records, bool) { return x.lookupName(asker, name) }
 		lookupAddr := func(ip netip.Addr) ([]string, uint32) { return x.lookupAddr(asker, ip) }
 		v := b.views[k]
@@ -414,13 +426,13 @@ func (x *dnsIndex) groupNames(nets []string) ([]string, []netip.Addr) {
 	var names []string
 	var addrs []netip.Addr
 	for _, n := range nets {
-		for name := range x.names[n] {
+		for name := range x.names[n].All() {
 			names = append(names, name, name+"."+n)
 		}
 		for name := range x.services[n] {
 			names = append(names, name, name+"."+n)
 		}
-		for ip := range x.ptrs[n] {
+		for ip := range x.ptrs[n].All() {
 			addrs = append(addrs, ip)
 		}
 		for ip := range x.vips[n] {

@@ -100,6 +100,15 @@ func (w *dnsWorld) delta(prev, now []epRecord) *dnsDelta {
 	}}
 }
 
+// recPtrs is recs as an endpointSet's accepted list.
+func recPtrs(recs []epRecord) []*epRecord {
+	out := make([]*epRecord, len(recs))
+	for i := range recs {
+		out[i] = &recs[i]
+	}
+	return out
+}
+
 func (w *dnsWorld) accepted() []epRecord {
 	var out []epRecord
 	for _, r := range w.recs {
@@ -136,7 +145,7 @@ func TestDNSIndexIncrementalEqualsFull(t *testing.T) {
 			for _, v := range []struct {
 				name string
 				got  *dnsIndex
-			}{{"full walk", b.update("h1", recs, w.svcs)}, {"delta", bd.updateDelta("h1", recs, delta, w.svcs)}} {
+			}{{"full walk", b.update("h1", recPtrs(recs), w.svcs)}, {"delta", bd.updateDelta("h1", recPtrs(recs), delta, w.svcs)}} {
 				got := v.got
 				for _, f := range []struct {
 					name      string

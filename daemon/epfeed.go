@@ -15,11 +15,11 @@ import (
 // so that the endpoint set re-judges only those (since). Guarded by
 // epDecodeCache.mu.
 type epFeed struct {
-	cursor uint64     // of cluster.Changes
-	keys   []string   // the table keys of out, sorted
-	out    []epRecord // the valid records, by key; replaced, never changed
-	rev    uint64     // counts the changes of out
-	log    []epChange // each change of out after floor, by rev
+	cursor uint64      // of cluster.Changes
+	keys   []string    // the table keys of out, sorted
+	out    []*epRecord // the valid records, by key; replaced, never changed (nor the records: a change copies 8 bytes per record)
+	rev    uint64      // counts the changes of out
+	log    []epChange  // each change of out after floor, by rev
 	floor  uint64
 }
 
@@ -34,7 +34,7 @@ type epChange struct {
 // revision: the records added or changed (their current version) and the
 // ids of those removed or no longer valid.
 type epDelta struct {
-	live []epRecord
+	live []*epRecord
 	gone []epID
 }
 
@@ -47,10 +47,10 @@ const minEpLog = 64
 func (f *epFeed) apply(live []cluster.Entry, removed []string, next uint64, decode func(cluster.Entry) (epRecord, bool)) {
 	f.cursor = next
 	if removed == nil {
-		f.keys, f.out = make([]string, 0, len(live)), make([]epRecord, 0, len(live))
+		f.keys, f.out = make([]string, 0, len(live)), make([]*epRecord, 0, len(live))
 		for _, e := range live {
 			if rec, ok := decode(e); ok {
-				f.keys, f.out = append(f.keys, e.Key), append(f.out, rec)
+				f.keys, f.out = append(f.keys, e.Key), append(f.out, &rec)
 			}
 		}
 		f.rev++
@@ -75,7 +75,7 @@ func (f *epFeed) apply(live []cluster.Entry, removed []string, next uint64, deco
 	}
 	slices.SortFunc(chs, func(a, b change) int { return strings.Compare(a.key, b.key) })
 	keys := make([]string, 0, len(f.keys)+len(live))
-	out := make([]epRecord, 0, len(f.keys)+len(live))
+	out := make([]*epRecord, 0, len(f.keys)+len(live))
 	i := 0
 	for _, ch := range chs {
 		j := i + sort.SearchStrings(f.keys[i:], ch.key)
@@ -83,11 +83,11 @@ func (f *epFeed) apply(live []cluster.Entry, removed []string, next uint64, deco
 		i = j
 		had := i < len(f.keys) && f.keys[i] == ch.key
 		if had {
-			f.note(idOf(f.out[i]))
+			f.note(idOf(*f.out[i]))
 			i++
 		}
 		if ch.ok {
-			keys, out = append(keys, ch.key), append(out, ch.rec)
+			keys, out = append(keys, ch.key), append(out, &ch.rec)
 			if !had {
 				f.note(idOf(ch.rec))
 			}

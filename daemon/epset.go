@@ -70,7 +70,7 @@ type epSetInput struct {
 	// blocksOf returns a network's block table.
 	blocksOf func(network string) map[netip.Prefix]string
 	// recs are the valid records sorted by key (clusterEndpoints).
-	recs []epRecord
+	recs []*epRecord
 	// refuse is told of each refusal when a record is judged.
 	refuse func(rec epRecord, err error)
 	// delta, when set, is what changed in recs since the previous
@@ -108,8 +108,11 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 		b := in.blocksOf(name)
 		newBlocks[name] = b
 		old, had := g.nets[name]
-		if !had || old.Subnet != nr.Subnet || old.Gateway != nr.Gateway || !maps.Equal(b, g.blocks[name]) {
+		switch {
+		case !had || old.Subnet != nr.Subnet || old.Gateway != nr.Gateway:
 			maps.Copy(dirty, g.byNet[name])
+		case !maps.Equal(b, g.blocks[name]):
+			g.dirtyInBlocks(name, changedBlocks(g.blocks[name], b), dirty)
 		}
 	}
 	g.nets, g.blocks = in.nets, newBlocks
@@ -120,16 +123,16 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 			g.remove(k, dirty, gone)
 		}
 		for _, rec := range in.delta.live {
-			g.put(rec, dirty)
+			g.put(*rec, dirty)
 		}
 	} else {
 		for _, rec := range in.recs {
-			g.put(rec, dirty)
+			g.put(*rec, dirty)
 		}
 		if len(in.recs) != len(g.recs) {
 			seen := make(map[epID]bool, len(in.recs))
 			for _, rec := range in.recs {
-				seen[idOf(rec)] = true
+				seen[idOf(*rec)] = true
 			}
 			for k := range g.recs {
 				if !seen[k] {
@@ -201,6 +204,49 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 	}
 	g.log = append(g.log, epSetChange{seq, ids})
 	return g.set
+}
+
+// changedBlocks lists the blocks that are in a or b with another holder
+// (or none) in the other.
+func changedBlocks(a, b map[netip.Prefix]string) []netip.Prefix {
+	var out []netip.Prefix
+	for p, h := range a {
+		if h2, ok := b[p]; !ok || h2 != h {
+			out = append(out, p)
+		}
+	}
+	for p := range b {
+		if _, ok := a[p]; !ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// maxChangedBlocks is the most changed blocks of a network for which
+// dirtyInBlocks looks for the records inside them; beyond it every record
+// of the network is judged again.
+const maxChangedBlocks = 8
+
+// dirtyInBlocks marks dirty the records of network whose address lies in
+// one of the changed blocks: the block check (holderOf) of any other
+// record finds the same holder as before. A claim (one block every
+// fourteen runs on a /16) thus judges again the records of that block,
+// not every record of the network.
+func (g *epSetBuilder) dirtyInBlocks(network string, changed []netip.Prefix, dirty map[epID]bool) {
+	if len(changed) > maxChangedBlocks {
+		maps.Copy(dirty, g.byNet[network])
+		return
+	}
+	for k := range g.byNet[network] {
+		ip := g.ips[k]
+		for _, p := range changed {
+			if p.Contains(ip) {
+				dirty[k] = true
+				break
+			}
+		}
+	}
 }
 
 // changedSince returns the records (possibly more) whose accepted version
@@ -316,13 +362,13 @@ func (g *epSetBuilder) snapshot(dirty, gone map[epID]bool) endpointSet {
 	drop = slices.Compact(drop)
 	prev, prevKeys := g.set.accepted, g.acceptedKeys
 	n := len(prev) - len(drop) + len(in)
-	out := endpointSet{accepted: make([]epRecord, 0, n), refused: map[string][]string{}}
+	out := endpointSet{accepted: make([]*epRecord, 0, n), refused: map[string][]string{}}
 	keys := make([]string, 0, n)
 	i := 0 // next previous record to copy
 	for _, x := range in {
 		j := i + sort.SearchStrings(prevKeys[i:], x.key)
 		keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, j, &drop)
-		keys, out.accepted = append(keys, x.key), append(out.accepted, *x.rec)
+		keys, out.accepted = append(keys, x.key), append(out.accepted, x.rec)
 		i = j
 	}
 	keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, len(prev), &drop)
@@ -343,7 +389,7 @@ func (g *epSetBuilder) snapshot(dirty, gone map[epID]bool) endpointSet {
 
 // copyKept appends keys[i:j] and recs[i:j] to the outputs, leaving out the
 // positions in drop (sorted; those consumed are removed from it).
-func copyKept(outKeys []string, out []epRecord, keys []string, recs []epRecord, i, j int, drop *[]int) ([]string, []epRecord) {
+func copyKept(outKeys []string, out []*epRecord, keys []string, recs []*epRecord, i, j int, drop *[]int) ([]string, []*epRecord) {
 	for len(*drop) > 0 && (*drop)[0] < j {
 		d := (*drop)[0]
 		*drop = (*drop)[1:]
@@ -365,7 +411,8 @@ func fullEndpointSet(in epSetInput) endpointSet {
 	ips := make([]netip.Addr, len(in.recs))
 	passed := make([]int, 0, len(in.recs))
 	claims := make(map[epAt]int, len(in.recs))
-	for i, rec := range in.recs {
+	for i, p := range in.recs {
+		rec := *p
 		nr, ok := in.nets[rec.Network]
 		if !ok {
 			continue // not (yet) a network here: nothing to apply it to
@@ -388,12 +435,12 @@ func fullEndpointSet(in epSetInput) endpointSet {
 		// The MAC is derived from the address, so a duplicate address
 		// is a duplicate MAC too. This node's own endpoint keeps its
 		// address; between others, nobody wins.
-		rec := in.recs[i]
+		rec := *in.recs[i]
 		if n := claims[epAt{rec.Network, ips[i]}]; n > 1 && rec.Node != in.self {
 			refuse(rec, fmt.Errorf("address %s also claimed by %d other endpoint record(s)", ips[i], n-1))
 			continue
 		}
-		out.accepted = append(out.accepted, rec)
+		out.accepted = append(out.accepted, &rec)
 	}
 	for _, l := range out.refused {
 		sort.Strings(l)

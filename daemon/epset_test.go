@@ -73,6 +73,9 @@ func (w *epSetWorld) step() {
 			return
 		}
 		b := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, map[string]byte{"n1": 1, "n2": 2, "n3": 3}[n], 0, byte(8 * w.rng.IntN(4))}), 29)
+		if w.rng.IntN(5) == 0 { // a large block over several small ones
+			b = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, map[string]byte{"n1": 1, "n2": 2, "n3": 3}[n], 0, 0}), 27)
+		}
 		if w.rng.IntN(4) == 0 {
 			delete(w.blocks[n], b)
 		} else {
@@ -107,7 +110,7 @@ func (w *epSetWorld) input(refusals *[]string) epSetInput {
 		return strings.Compare(epKey(a.Node, a.Network, a.Name), epKey(b.Node, b.Network, b.Name))
 	})
 	return epSetInput{
-		self: "self", nets: nets, recs: recs,
+		self: "self", nets: nets, recs: recPtrs(recs),
 		blocksOf: func(n string) map[netip.Prefix]string {
 			out := map[netip.Prefix]string{}
 			for k, v := range w.blocks[n] {
@@ -187,9 +190,10 @@ func checkChangedSince(t *testing.T, g *epSetBuilder, history map[uint64]endpoin
 	}
 	was := map[epID]epRecord{}
 	for _, rec := range old.accepted {
-		was[idOf(rec)] = rec
+		was[idOf(*rec)] = *rec
 	}
-	for _, rec := range cur.accepted {
+	for _, p := range cur.accepted {
+		rec := *p
 		if got, ok := cur.lookup(idOf(rec)); !ok || !sameRecord(*got, rec) {
 			t.Fatalf("lookup(%v) = %v, %v; want %v", idOf(rec), got, ok, rec)
 		}

@@ -2,7 +2,7 @@ package daemon
 
 import (
 	"net/netip"
-	"sync/atomic"
+	"sync"
 
 	"github.com/vxmesh/vxmesh/dns"
 	"github.com/vxmesh/vxmesh/gateway"
@@ -15,8 +15,11 @@ type gatewayResolver struct {
 	gw *gateway.Gateway
 	l  *dns.Listener
 	// askers maps the addresses of this host's endpoints on the network
-	// to their container names; replaced whole on every sync.
-	askers atomic.Pointer[map[netip.Addr]string]
+	// to their container names, patched on every sync with the endpoints
+	// that came and went (a copy of the whole map per run would cost
+	// O(containers)); guarded by mu.
+	mu     sync.RWMutex
+	askers map[netip.Addr]string
 	// from is the endpointsOf list askers was made from: while that list
 	// is the same, so are the askers (guarded by d.mu).
 	from []*endpoint
@@ -25,7 +28,30 @@ type gatewayResolver struct {
 // askerOf is the container whose address on the network is src, or ""
 // (only forwarding) for any other source.
 func (r *gatewayResolver) askerOf(src netip.Addr) string {
-	return (*r.askers.Load())[src]
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.askers[src]
+}
+
+// setAskers brings the askers from the endpoints list r.from to eps: the
+// entries of the endpoints gone are taken out, those of the endpoints
+// added put in. Callers hold d.mu.
+func (r *gatewayResolver) setAskers(eps []*endpoint) {
+	gone, added := diffEndpoints(r.from, eps)
+	r.mu.Lock()
+	for _, ep := range gone {
+		if r.askers[ep.ip] == ep.ctr.name {
+			delete(r.askers, ep.ip)
+		}
+	}
+	for _, ep := range added {
+		r.askers[ep.ip] = ep.ctr.name
+	}
+	r.mu.Unlock()
+	r.from = eps
+	if r.from == nil {
+		r.from = []*endpoint{}
+	}
 }
 
 // syncGatewayDNS serves DNS at every local network's gateway (again,
@@ -59,15 +85,7 @@ func (d *Daemon) syncGatewayDNS() {
 		if r.from != nil && sameEndpoints(r.from, eps) {
 			continue
 		}
-		askers := make(map[netip.Addr]string, len(eps))
-		for _, ep := range eps {
-			askers[ep.ip] = ep.ctr.name
-		}
-		r.askers.Store(&askers)
-		r.from = eps
-		if r.from == nil {
-			r.from = []*endpoint{}
-		}
+		r.setAskers(eps)
 	}
 }
 
@@ -91,8 +109,7 @@ func (d *Daemon) serveGatewayDNS(network string, g *gateway.Gateway) *gatewayRes
 		d.log.Warn("dns: cannot serve the gateway address", "network", network, "err", err)
 		return nil
 	}
-	r := &gatewayResolver{gw: g}
-	r.askers.Store(&map[netip.Addr]string{})
+	r := &gatewayResolver{gw: g, askers: map[netip.Addr]string{}}
 	r.l = d.dns.srv.ServeFunc(r.askerOf, pc, ln)
 	d.gwDNS[network] = r
 	d.log.Debug("dns: serving the gateway address", "network", network, "addr", g.Addr())

@@ -106,16 +106,13 @@ func (d *Daemon) usedIPs(n *localNetwork) map[netip.Addr]bool {
 	for a := range d.reservedIPs[n.rec.Name] {
 		used[a] = true
 	}
-	for _, c := range d.containers {
-		if ep := c.endpoints[n.rec.Name]; ep != nil {
-			used[ep.ip] = true
-		}
+	for _, ep := range d.endpointsOf(n) {
+		used[ep.ip] = true
 	}
-	for _, rec := range d.clusterEndpoints() {
-		if a, err := netip.ParseAddr(rec.IP); err == nil && rec.Network == n.rec.Name {
-			used[a] = true
-		}
-	}
+	// The cluster's valid endpoint records, from the endpoint set's
+	// address index (parsed once per record, not once per call).
+	d.endpointSet()
+	d.epSet.addrs(n.rec.Name, func(a netip.Addr) { used[a] = true })
 	for _, s := range d.clusterServices() {
 		if a := s.vips[n.rec.Name]; a.IsValid() {
 			used[a] = true
@@ -630,4 +627,33 @@ func (d *Daemon) networkView(n *localNetwork, withEndpoints bool) api.Network {
 	}
 	v.FloodNoPeers = ts.FloodNoPeers
 	return v
+}
+
+// diffEndpoints compares two endpointsOf lists (sorted by container
+// name, one endpoint per container) and returns the endpoints of a that
+// are not in b (gone) and those of b not in a (added), each in list
+// order; an endpoint replaced under the same container name is in both.
+// It walks the lists comparing pointers, so a list patched by
+// containerChanged costs a pass over pointers, not a derivation per
+// endpoint.
+func diffEndpoints(a, b []*endpoint) (gone, added []*endpoint) {
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		if a[i] == b[j] {
+			i, j = i+1, j+1
+			continue
+		}
+		switch c := strings.Compare(a[i].ctr.name, b[j].ctr.name); {
+		case c < 0:
+			gone = append(gone, a[i])
+			i++
+		case c > 0:
+			added = append(added, b[j])
+			j++
+		default:
+			gone, added = append(gone, a[i]), append(added, b[j])
+			i, j = i+1, j+1
+		}
+	}
+	return append(gone, a[i:]...), append(added, b[j:]...)
 }

@@ -18,8 +18,10 @@ import (
 // endpointSet is the endpoints table as this node uses it.
 type endpointSet struct {
 	// accepted are this node's own records and the other nodes' records
-	// that pass the block check.
-	accepted []epRecord
+	// that pass the block check. They are pointers to records never
+	// changed, shared by the sets: a new set copies the list of pointers
+	// (8 bytes per record), not the records.
+	accepted []*epRecord
 	// refused lists, by network, the other nodes' records refused, each as
 	// "NAME@NODE IP: reason".
 	refused map[string][]string
@@ -37,7 +39,7 @@ func (s endpointSet) lookup(k epID) (*epRecord, bool) {
 	if !ok {
 		return nil, false
 	}
-	return &s.accepted[i], true
+	return s.accepted[i], true
 }
 
 // blockOf returns the IPAM block of subnet that holds a.
@@ -104,6 +106,18 @@ func (c *endpointSetCache) addrTaken(network string, a netip.Addr) bool {
 	return len(c.b.atAddr[epAt{network, a}]) > 0
 }
 
+// addrs calls f with each address that a valid endpoint record of the
+// set's last derivation (accepted or not) has on network.
+func (c *endpointSetCache) addrs(network string, f func(netip.Addr)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for at := range c.b.atAddr {
+		if at.network == network {
+			f(at.ip)
+		}
+	}
+}
+
 // endpointSetInput is what the endpoint set is derived from, read from
 // the cluster now.
 func (d *Daemon) endpointSetInput() epSetInput {
@@ -162,11 +176,20 @@ func (d *Daemon) holdBlocks() {
 	for name, n := range d.networks {
 		eps := d.endpointsOf(n)
 		held[name] = d.cl.Blocks(name)
-		if hc, ok := d.heldChecked[name]; ok && sameEndpoints(hc.eps, eps) && maps.Equal(hc.blocks, held[name]) {
+		hc, ok := d.heldChecked[name]
+		ok = ok && maps.Equal(hc.blocks, held[name])
+		if ok && sameEndpoints(hc.eps, eps) {
 			continue
 		}
+		// The same blocks: only the endpoints added since every one was
+		// found held are looked at (a run adds one; a pass per run over
+		// every endpoint cost O(endpoints) with d.mu held).
+		check := eps
+		if ok {
+			_, check = diffEndpoints(hc.eps, eps)
+		}
 		sizes, all := blockSizes(held[name]), true
-		for _, ep := range eps {
+		for _, ep := range check {
 			if _, holder, _ := holderOfSized(held[name], sizes, ep.ip); holder != d.cfg.Node {
 				unheld, all = append(unheld, ep), false
 			}

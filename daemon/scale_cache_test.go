@@ -209,7 +209,8 @@ func TestNetworksAndEndpointListsFollowChanges(t *testing.T) {
 // TestIPTakenEqualsUsedIPs: the address look-up allocation uses says of
 // every address of the subnet's first blocks what the full list of used
 // addresses says: the gateway, this node's endpoints, a record in the
-// cluster's table without a local endpoint, and a reserved address.
+// cluster's table without a local endpoint, and a reserved address, but
+// not a record of another network.
 func TestIPTakenEqualsUsedIPs(t *testing.T) {
 	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
 	t.Cleanup(d.Close)
@@ -229,6 +230,12 @@ func TestIPTakenEqualsUsedIPs(t *testing.T) {
 	if err := d.cl.Put(tblEndpoints, epKey("h1", "web", "gone"), b); err != nil {
 		t.Fatal(err)
 	}
+	// A record at an address of web's subnet, but on another network.
+	other := epRecord{Name: "elsewhere", Network: "db", IP: "10.30.0.80", MAC: "02:42:0a:1e:00:50", Node: "h1"}
+	b, _ = json.Marshal(other)
+	if err := d.cl.Put(tblEndpoints, epKey("h1", "db", "elsewhere"), b); err != nil {
+		t.Fatal(err)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n := d.networks["web"]
@@ -246,6 +253,10 @@ func TestIPTakenEqualsUsedIPs(t *testing.T) {
 	}
 	if count != 1+39+1+1 {
 		t.Errorf("%d addresses used, want 42 (gateway, 39 endpoints, a record, a reservation)", count)
+	}
+	if used[netip.MustParseAddr("10.30.0.60")] != true || used[netip.MustParseAddr("10.30.0.80")] {
+		t.Errorf("usedIPs: the record on web counts %v (want true), the one on db %v (want false)",
+			used[netip.MustParseAddr("10.30.0.60")], used[netip.MustParseAddr("10.30.0.80")])
 	}
 }
 
@@ -282,6 +293,25 @@ func TestPatchedEndpointListsEqualFresh(t *testing.T) {
 			keptIPs[n.rec.Name] = maps.Clone(d.ipsByNet[n.rec.Name])
 			keptBlocks[n.rec.Name] = maps.Clone(d.localInBlock[n.rec.Name])
 			keptPorts[n.rec.Name] = d.desiredPorts(n)
+		}
+		// The gateway resolvers' askers, patched sync by sync, are
+		// those of the endpoints now.
+		d.syncGatewayDNS()
+		for _, n := range d.networks {
+			r := d.gwDNS[n.rec.Name]
+			if r == nil {
+				t.Fatalf("step %d: no resolver at %s's gateway", step, n.rec.Name)
+			}
+			want := map[netip.Addr]string{}
+			for _, ep := range d.endpointsOf(n) {
+				want[ep.ip] = ep.ctr.name
+			}
+			r.mu.RLock()
+			got := maps.Clone(r.askers)
+			r.mu.RUnlock()
+			if !maps.Equal(got, want) {
+				t.Fatalf("step %d: gateway askers of %s: %v, want %v", step, n.rec.Name, got, want)
+			}
 		}
 		d.endpointsChanged()
 		for _, n := range d.networks {

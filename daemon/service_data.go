@@ -62,8 +62,13 @@ func (s serviceSet) names() []string {
 
 // serviceSet builds the services from the tables and the accepted
 // endpoint records eps. It does not need d.mu.
-func (d *Daemon) serviceSet(eps []epRecord) serviceSet {
+func (d *Daemon) serviceSet(eps []*epRecord) serviceSet {
 	set := serviceSet{specs: d.clusterServices(), backends: map[string][]svcBackend{}, vips: map[string]map[string]netip.Addr{}}
+	if len(set.specs) == 0 {
+		// No service: nothing to join the records with (each apply asks,
+		// and a walk of every record costs O(endpoints)).
+		return set
+	}
 	nets := d.clusterNetworks()
 	taken := map[string]map[netip.Addr]string{} // network -> address -> user
 	vipNets := map[string]bool{}                // networks with a VIP to check
@@ -113,7 +118,7 @@ func (d *Daemon) serviceSet(eps []epRecord) serviceSet {
 			if err != nil {
 				continue
 			}
-			set.backends[m.Name] = append(set.backends[m.Name], svcBackend{rec: r, m: m, ip: ip})
+			set.backends[m.Name] = append(set.backends[m.Name], svcBackend{rec: *r, m: m, ip: ip})
 		}
 	}
 	return set

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+
+	"github.com/vxmesh/vxmesh/internal/cowmap"
 )
 
 // AnswerSource is optionally implemented by a Source that also keeps its
@@ -26,15 +28,17 @@ type AnswerSource interface {
 type Answers struct {
 	// slot maps each asker to its view's index in views; askers that see
 	// the same networks share a view, so a new view for a group is one
-	// write in views, not one per asker.
-	slot map[string]int
+	// write in views, not one per asker. It is a copy-on-write map
+	// (cowmap): a table derived with Next copies the shards of the askers
+	// it changes, not every asker.
+	slot *cowmap.Map[string, int, cowmap.Strings]
+	// slotW writes the table's own version of slot (nil until its first
+	// change).
+	slotW *cowmap.Writer[string, int, cowmap.Strings]
 	// views are the views by slot; nil is a free slot.
 	views []*AnswerView
 	// index maps each view in views to its slot.
 	index map[*AnswerView]int
-	// sharedSlot is set while slot is still that of the table Next
-	// derived this one from (copied before the first write).
-	sharedSlot bool
 }
 
 // AnswerView is what one group of askers sees: lower-cased names without
@@ -147,15 +151,15 @@ const (
 
 // NewAnswers returns an empty table.
 func NewAnswers() *Answers {
-	return &Answers{slot: map[string]int{}, index: map[*AnswerView]int{}}
+	return &Answers{index: map[*AnswerView]int{}}
 }
 
 // Next returns a table to change (SetView, ReplaceView, Remove) into the
 // next one, with the askers and views of a (which is not changed). Its
-// cost does not grow with the askers: their map is copied on the first
-// SetView or Remove only.
+// cost does not grow with the askers: their map is shared, its shards
+// copied as SetView and Remove write them.
 func (a *Answers) Next() *Answers {
-	return &Answers{slot: a.slot, views: slices.Clone(a.views), index: maps.Clone(a.index), sharedSlot: true}
+	return &Answers{slot: a.slot, views: slices.Clone(a.views), index: maps.Clone(a.index)}
 }
 
 // Add precomputes the answers askers get for names (lower-cased, without
@@ -182,9 +186,9 @@ func (a *Answers) SetView(askers []string, v *AnswerView) {
 		}
 		a.views[i], a.index[v] = v, i
 	}
-	a.ownSlot()
+	w := a.ownSlot()
 	for _, asker := range askers {
-		a.slot[asker] = i
+		w.Set(asker, i)
 	}
 }
 
@@ -205,21 +209,22 @@ func (a *Answers) ReplaceView(old, v *AnswerView) {
 
 // Remove drops asker from a table not published yet.
 func (a *Answers) Remove(asker string) {
-	a.ownSlot()
-	delete(a.slot, asker)
+	a.ownSlot().Delete(asker)
 }
 
 // Askers lists the askers of the table, sorted.
 func (a *Answers) Askers() []string {
-	return slices.Sorted(maps.Keys(a.slot))
+	return slices.Sorted(maps.Keys(maps.Collect(a.slot.All())))
 }
 
-// ownSlot copies the askers' map shared with the table Next derived a
-// from, before a's first change of it.
-func (a *Answers) ownSlot() {
-	if a.sharedSlot {
-		a.slot, a.sharedSlot = maps.Clone(a.slot), false
+// ownSlot returns the writer of a's own version of the askers' map,
+// shared until then with the table Next derived a from.
+func (a *Answers) ownSlot() *cowmap.Writer[string, int, cowmap.Strings] {
+	if a.slotW == nil {
+		a.slotW = cowmap.NewWriter(a.slot)
+		a.slot = a.slotW.Map()
 	}
+	return a.slotW
 }
 
 // View returns the view of asker, or nil.
@@ -402,7 +407,7 @@ func (a *Answers) view(asker string) *AnswerView {
 	if a == nil {
 		return nil
 	}
-	i, ok := a.slot[asker]
+	i, ok := a.slot.Get(asker)
 	if !ok {
 		return nil
 	}

@@ -3,6 +3,8 @@ package dns
 import (
 	"context"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"reflect"
@@ -404,5 +406,53 @@ func TestPatchCostDoesNotGrowWithTheView(t *testing.T) {
 	}
 	if _, ok := v.names.lookup([]byte("new199")); !ok {
 		t.Error("the last name patched in is not answered")
+	}
+}
+
+// TestNextLeavesEarlierTablesAlone derives tables from one another with
+// Next, each changing a few askers' views (SetView, Remove), and checks
+// after each that every table kept gives each asker the view it was
+// given, as a plain map told the same changes does: a derived table
+// shares its askers with the one it came from, and writing its own
+// changes must not reach any other.
+func TestNextLeavesEarlierTablesAlone(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	views := make([]*AnswerView, 4)
+	for i := range views {
+		views[i] = NewAnswerView(nil, nil, func(string) (Records, bool) { return Records{}, false }, func(netip.Addr) ([]string, uint32) { return nil, 0 })
+	}
+	type table struct {
+		a    *Answers
+		want map[string]*AnswerView
+	}
+	tables := []table{{NewAnswers(), map[string]*AnswerView{}}}
+	for step := range 400 {
+		from := tables[rng.IntN(len(tables))]
+		a, want := from.a.Next(), maps.Clone(from.want)
+		for range 1 + rng.IntN(3) {
+			asker := fmt.Sprintf("c%d", rng.IntN(200))
+			if rng.IntN(3) == 0 {
+				a.Remove(asker)
+				delete(want, asker)
+			} else {
+				v := views[rng.IntN(len(views))]
+				a.SetView([]string{asker}, v)
+				want[asker] = v
+			}
+		}
+		tables = append(tables, table{a, want})
+		if len(tables) > 20 {
+			tables = tables[1:]
+		}
+		for i, tb := range tables {
+			if got := tb.a.Askers(); !slices.Equal(got, slices.Sorted(maps.Keys(tb.want))) {
+				t.Fatalf("step %d: table %d lists %d askers, want %d", step, i, len(got), len(tb.want))
+			}
+			for asker, v := range tb.want {
+				if tb.a.View(asker) != v {
+					t.Fatalf("step %d: table %d gives %s another view", step, i, asker)
+				}
+			}
+		}
 	}
 }

@@ -15,7 +15,7 @@ func suppressARP(v *view, l *lbState, eth packet.Ethernet) bool {
 	if a.SenderIP() == target {
 		return false
 	}
-	mac, ok := v.arp[target]
+	mac, ok := v.arpMAC(target)
 	if !ok {
 		mac, ok = l.vipARP(target)
 	}

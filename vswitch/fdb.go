@@ -41,7 +41,7 @@ func (s *Switch) live(e *aging.Entry[*Port], now int64) bool {
 
 // lookup returns the port for unicast dst, or nil if unknown.
 func (s *Switch) lookup(v *view, dst packet.MAC, now int64) *Port {
-	if p := v.fdb[dst]; p != nil {
+	if p := v.port(dst); p != nil {
 		return p
 	}
 	if e := s.learned.Lookup(dst); e != nil && s.live(e, now) {
@@ -125,14 +125,14 @@ func (s *Switch) addStatic(mac packet.MAC, ip netip.Addr, r *Port, gwHost bool) 
 	if had && old.kind == KindLocal {
 		return s.errorf("static %s: MAC is local to port %q", mac, old.port.name)
 	}
-	delete(s.statics, mac)
+	s.dropStatic(mac)
 	if err := s.checkEntry(mac, ip); err != nil {
 		if had {
-			s.statics[mac] = old
+			s.putStatic(mac, old)
 		}
 		return s.errorf("static: %w", err)
 	}
-	s.statics[mac] = staticEntry{ip: ip, port: r, kind: KindStatic, gwHost: gwHost}
+	s.putStatic(mac, staticEntry{ip: ip, port: r, kind: KindStatic, gwHost: gwHost})
 	if gwHost && s.mesh.Load() == nil {
 		s.mesh.Store(newMeshTable(s.meshMax, s.meshTO))
 	}
@@ -148,7 +148,7 @@ func (s *Switch) RemoveStatic(mac packet.MAC) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.statics[mac]; ok && e.kind == KindStatic {
-		delete(s.statics, mac)
+		s.dropStatic(mac)
 		s.publish()
 		if e.gwHost {
 			s.mesh.Load().forget(mac)
@@ -168,7 +168,7 @@ func (s *Switch) FDB() []FDBEntry {
 	s.mu.Unlock()
 	now := s.clock()
 	s.learned.Range(func(e *aging.Entry[*Port]) {
-		if v.fdb[e.MAC] == nil && s.live(e, now) {
+		if v.port(e.MAC) == nil && s.live(e, now) {
 			out = append(out, FDBEntry{MAC: e.MAC, Port: e.Value.name, Kind: KindLearned, Age: time.Duration(now - e.Seen())})
 		}
 	})

@@ -42,7 +42,7 @@ func (s *Switch) AddGateway(p Sink, name string) (*Port, error) {
 	r := &Port{sw: s, sink: p, name: name, mac: s.gwMAC, ip: s.gwIP, gateway: true, id: s.allocID()}
 	r.setLinkLocal(s.gwMAC)
 	s.ports[name] = r
-	s.statics[s.gwMAC] = staticEntry{port: r, kind: KindLocal}
+	s.putStatic(s.gwMAC, staticEntry{port: r, kind: KindLocal})
 	s.publish()
 	return r, nil
 }

@@ -262,7 +262,7 @@ func (r *Port) screen(v *view, buf []byte, eth packet.Ethernet) (why reason, lea
 	if why, ok := r.sw.fits(buf, eth); !ok {
 		return why, false, false
 	}
-	if sp := v.fdb[src]; sp == nil {
+	if sp := v.port(src); sp == nil {
 		return 0, true, true
 	} else if sp != r {
 		// The MAC is a container's on another port, or an endpoint

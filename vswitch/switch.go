@@ -119,6 +119,11 @@ type Switch struct {
 	mu      sync.Mutex // control plane state below
 	ports   map[string]*Port
 	statics map[packet.MAC]staticEntry
+	// byIP indexes the statics with an address by it (addresses are
+	// unique among them, checkEntry): an AddPort checks its address
+	// with one look-up, not a walk of every entry. Kept by putStatic and
+	// dropStatic.
+	byIP    map[netip.Addr]packet.MAC
 	idUsed  []bool
 	hostIP  netip.Addr // this host's gateway identity (SetGatewayHost)
 	hostMAC packet.MAC
@@ -148,6 +153,13 @@ type view struct {
 	ports []*Port                   // flooding targets, by id
 	fdb   map[packet.MAC]*Port      // local and static entries
 	arp   map[netip.Addr]packet.MAC // ARP suppression table
+	// fdbAdd and arpAdd are the entries of the ports added since fdb and
+	// arp were made (withAdded), which no entry of fdb and arp overrides
+	// (derivable): a port added to a switch of n ports copies these
+	// small maps, not fdb and arp, until they reach maxOverlay(n) and are
+	// merged. Look-ups go through port and arpMAC.
+	fdbAdd map[packet.MAC]*Port
+	arpAdd map[netip.Addr]packet.MAC
 	// hostMAC is this host's gateway-host MAC (SetGatewayHost) while the
 	// switch has a gateway port, else zero; gwHosts are the other hosts'
 	// (AddRemoteGateway).
@@ -204,6 +216,7 @@ func New(cfg Config) *Switch {
 		meshTO:     cfg.IngressReturnTimeouts,
 		ports:      map[string]*Port{},
 		statics:    map[packet.MAC]staticEntry{},
+		byIP:       map[netip.Addr]packet.MAC{},
 		queues:     make(chan *destQueues, freeQueues),
 	}
 	if s.aging <= 0 {
@@ -270,7 +283,7 @@ func (s *Switch) AddPort(p Sink, cfg PortConfig) (*Port, error) {
 	r.storm = cfg.Security && s.stormGap > 0
 	s.ports[r.name] = r
 	if !cfg.MAC.IsZero() {
-		s.statics[cfg.MAC] = staticEntry{ip: cfg.IP, port: r, kind: KindLocal}
+		s.putStatic(cfg.MAC, staticEntry{ip: cfg.IP, port: r, kind: KindLocal})
 	}
 	s.added = append(s.added, r)
 	s.flush()
@@ -303,12 +316,31 @@ func (s *Switch) checkEntry(mac packet.MAC, ip netip.Addr) error {
 	if ip == s.hostIP {
 		return fmt.Errorf("IP %s is this host's gateway's", ip)
 	}
-	for m, e := range s.statics {
-		if e.ip == ip {
-			return fmt.Errorf("IP %s already used by %s on port %q", ip, m, e.port.name)
-		}
+	if m, ok := s.byIP[ip]; ok {
+		return fmt.Errorf("IP %s already used by %s on port %q", ip, m, s.statics[m].port.name)
 	}
 	return nil
+}
+
+// putStatic sets the static entry of mac. s.mu is held.
+func (s *Switch) putStatic(mac packet.MAC, e staticEntry) {
+	s.dropStatic(mac)
+	s.statics[mac] = e
+	if e.ip.IsValid() {
+		s.byIP[e.ip] = mac
+	}
+}
+
+// dropStatic removes the static entry of mac, if any. s.mu is held.
+func (s *Switch) dropStatic(mac packet.MAC) {
+	e, ok := s.statics[mac]
+	if !ok {
+		return
+	}
+	if e.ip.IsValid() && s.byIP[e.ip] == mac {
+		delete(s.byIP, e.ip)
+	}
+	delete(s.statics, mac)
 }
 
 func (s *Switch) allocID() int {
@@ -334,7 +366,7 @@ func (s *Switch) RemovePort(r *Port) {
 	delete(s.ports, r.name)
 	for mac, e := range s.statics {
 		if e.port == r {
-			delete(s.statics, mac)
+			s.dropStatic(mac)
 		}
 	}
 	s.idUsed[r.id] = false
@@ -382,20 +414,66 @@ func (s *Switch) derivable(last *view) bool {
 	return true
 }
 
+// port returns the local or static entry of mac, or nil.
+func (v *view) port(mac packet.MAC) *Port {
+	if len(v.fdbAdd) > 0 {
+		if p := v.fdbAdd[mac]; p != nil {
+			return p
+		}
+	}
+	return v.fdb[mac]
+}
+
+// arpMAC returns the ARP suppression entry of ip.
+func (v *view) arpMAC(ip netip.Addr) (packet.MAC, bool) {
+	if len(v.arpAdd) > 0 {
+		if mac, ok := v.arpAdd[ip]; ok {
+			return mac, true
+		}
+	}
+	mac, ok := v.arp[ip]
+	return mac, ok
+}
+
+// maxOverlay is how many entries the overlays of a view over n entries
+// hold at most before they are merged: about the square root, so that an
+// added port copies O(sqrt n) entries, and a merge (O(n)) comes once per
+// O(sqrt n) ports.
+func maxOverlay(n int) int {
+	m := 8
+	for m*m < n {
+		m *= 2
+	}
+	return m
+}
+
 // withAdded derives the next view from last and s.added: the ports put in
-// at their place by id, their entries in copies of the maps (a copy of a
-// map whole is far cheaper than a build entry by entry). s.mu is held.
+// at their place by id, their entries in copies of last's overlays, or,
+// once those are large, in copies of the maps with the overlays merged (a
+// copy of a map whole is far cheaper than a build entry by entry). s.mu
+// is held.
 func (s *Switch) withAdded(last *view) *view {
-	v := &view{fdb: maps.Clone(last.fdb), arp: maps.Clone(last.arp), hostMAC: last.hostMAC, gwHosts: last.gwHosts}
+	v := &view{fdb: last.fdb, arp: last.arp, hostMAC: last.hostMAC, gwHosts: last.gwHosts}
+	if len(last.fdbAdd)+len(s.added) > maxOverlay(len(last.fdb)) {
+		v.fdb, v.arp = maps.Clone(last.fdb), maps.Clone(last.arp)
+		maps.Copy(v.fdb, last.fdbAdd)
+		maps.Copy(v.arp, last.arpAdd)
+		v.fdbAdd, v.arpAdd = map[packet.MAC]*Port{}, map[netip.Addr]packet.MAC{}
+	} else {
+		v.fdbAdd, v.arpAdd = maps.Clone(last.fdbAdd), maps.Clone(last.arpAdd)
+		if v.fdbAdd == nil {
+			v.fdbAdd, v.arpAdd = map[packet.MAC]*Port{}, map[netip.Addr]packet.MAC{}
+		}
+	}
 	v.ports = make([]*Port, 0, len(last.ports)+len(s.added))
 	v.ports = append(v.ports, last.ports...)
 	for _, r := range s.added {
 		i, _ := slices.BinarySearchFunc(v.ports, r.id, func(p *Port, id int) int { return cmp.Compare(p.id, id) })
 		v.ports = slices.Insert(v.ports, i, r)
 		if !r.mac.IsZero() {
-			v.fdb[r.mac] = r
+			v.fdbAdd[r.mac] = r
 			if r.ip.IsValid() {
-				v.arp[r.ip] = r.mac
+				v.arpAdd[r.ip] = r.mac
 			}
 		}
 	}

@@ -368,11 +368,55 @@ func TestHoldViewsPublishesOnce(t *testing.T) {
 	}
 	release()
 	v := s.view.Load()
-	if v == before || len(v.ports) != 101 || len(v.fdb) != 101 {
-		t.Fatalf("after release: new view %v, %d ports, %d FDB entries; want a new view with 101 of each", v != before, len(v.ports), len(v.fdb))
+	if v == before || len(v.ports) != 101 || len(v.fdb)+len(v.fdbAdd) != 101 {
+		t.Fatalf("after release: new view %v, %d ports, %d FDB entries; want a new view with 101 of each", v != before, len(v.ports), len(v.fdb)+len(v.fdbAdd))
 	}
 	addPort(t, s, discard{}, PortConfig{Name: "after", MAC: packet.MAC{2, 0, 0, 0, 2, 1}})
 	if s.view.Load() == v {
 		t.Fatal("a change after the release was not published")
+	}
+}
+
+// TestAddressIndexFollowsEntries: an address is refused while a port or a
+// static entry holds it, and free again once that entry is gone (its
+// port removed, the static removed or given another address), whichever
+// way it went.
+func TestAddressIndexFollowsEntries(t *testing.T) {
+	s := New(Config{Name: "web", GatewayIP: ipGW, GatewayMAC: macGW})
+	r := &netdevtest.Recorder{}
+	a := addPort(t, s, r, PortConfig{Name: "a", MAC: macA, IP: ipA})
+	if _, err := s.AddPort(r, PortConfig{Name: "x", MAC: macC, IP: ipA}); err == nil {
+		t.Fatal("a second port with a's address was added")
+	}
+	s.RemovePort(a)
+	b := addPort(t, s, r, PortConfig{Name: "b", MAC: macB, IP: ipA}) // a's address, freed
+	// A static entry takes an address; moving it to another frees the
+	// first, removing it frees the second.
+	if err := s.AddStatic(macC, ipB, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddStatic(macA, ipB, b); err == nil {
+		t.Fatal("a second static with the address of another was added")
+	}
+	if err := s.AddStatic(macC, ipC, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddStatic(macA, ipB, b); err != nil {
+		t.Fatalf("the address the static moved from: %v", err)
+	}
+	s.RemoveStatic(macA)
+	s.RemoveStatic(macC)
+	if _, err := s.AddPort(r, PortConfig{Name: "c", MAC: macC, IP: ipC}); err != nil {
+		t.Fatalf("the address of a removed static: %v", err)
+	}
+	// A failed change of a static keeps its address taken.
+	if err := s.AddStatic(packet.MAC{0x02, 0x42, 10, 0, 1, 9}, ipB, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddStatic(packet.MAC{0x02, 0x42, 10, 0, 1, 9}, ipC, b); err == nil {
+		t.Fatal("a static moved onto port c's address")
+	}
+	if _, err := s.AddPort(r, PortConfig{Name: "d", MAC: packet.MAC{0x02, 0x42, 10, 0, 1, 10}, IP: ipB}); err == nil {
+		t.Fatal("a port took the address of a static whose change failed")
 	}
 }
