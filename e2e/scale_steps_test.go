@@ -90,6 +90,40 @@ func logRunTiming(t *testing.T, path string, skip, n int, lat []time.Duration) {
 	t.Logf("run parts, last 10: %s", avg(n-10, n))
 }
 
+// logProbeParts logs the medians of the parts of the probe runs p (from
+// the runs' timing lines in the file at path), as logRunTiming does.
+func logProbeParts(t *testing.T, path, label string, p probes) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var attach, monitor, start, rest []time.Duration
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 || f[0] != "run" {
+			continue
+		}
+		lat, ok := p[f[1]]
+		if !ok {
+			continue
+		}
+		m := map[string]time.Duration{}
+		for _, kv := range f[2:] {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				m[k], _ = time.ParseDuration(v)
+			}
+		}
+		attach, monitor, start = append(attach, m["attach"]), append(monitor, m["monitor"]), append(start, m["start"])
+		rest = append(rest, lat-m["attach"]-m["monitor"])
+	}
+	if len(attach) != len(p) {
+		t.Fatalf("%d probe runs logged their timing, want %d", len(attach), len(p))
+	}
+	t.Logf("probe parts %s (medians): attach %v, monitor %v (process start %v), CLI start and exit %v",
+		label, medianDur(attach), medianDur(monitor), medianDur(start), medianDur(rest))
+}
+
 // clientSteps times k bare CLI starts and k processes started in
 // container name's namespace, and returns their averages.
 func clientSteps(e *env, name string, k int) (cli, exec time.Duration) {

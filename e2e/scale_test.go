@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -67,7 +68,7 @@ func TestScaleOneHostContainers(t *testing.T) {
 	// removed on the empty network; the same probes at the end give the
 	// 1,001st's. A median of several, because one run on a shared machine
 	// swings by half.
-	probeFirst := probeRuns(e, scaleProbes)
+	probeFirst := probeRuns(e, "pa", scaleProbes)
 	lat := make([]time.Duration, n)
 	name := func(i int) string { return fmt.Sprintf("s%04d", i) }
 	var runProfiled chan struct{}
@@ -100,10 +101,12 @@ func TestScaleOneHostContainers(t *testing.T) {
 		logAttachSteps(t, e, n, lat)
 		logRunTiming(t, timing, scaleProbes, n, lat)
 	}
-	probeLast := probeRuns(e, scaleProbes)
+	probeLast := probeRuns(e, "pb", scaleProbes)
 	t.Logf("run wall time, median of %d probes (run -d, then rm): %v with no other container, %v with %d (%.0f%%)",
-		scaleProbes, probeFirst, probeLast, n, 100*float64(probeLast)/float64(probeFirst))
+		scaleProbes, probeFirst.median(), probeLast.median(), n, 100*float64(probeLast.median())/float64(probeFirst.median()))
 	if steps {
+		logProbeParts(t, timing, "with no other container", probeFirst)
+		logProbeParts(t, timing, fmt.Sprintf("with %d", n), probeLast)
 		t.Logf("kernel mounts (mnt_cache objects, the whole machine): %d", kernelMounts())
 	}
 	time.Sleep(3 * time.Second) // idle
@@ -145,6 +148,20 @@ func TestScaleOneHostContainers(t *testing.T) {
 		if profiled != nil {
 			<-profiled
 		}
+	}
+	// The control: the same probes once every container is gone. Near the
+	// first probes' median, a difference at N came from the containers;
+	// near the second's, from the machine, which changed meanwhile.
+	names := make([]string, n)
+	for i := range n {
+		names[i] = name(i)
+	}
+	e.cli(append([]string{"rm"}, names...)...)
+	probeAfter := probeRuns(e, "pc", scaleProbes)
+	t.Logf("run wall time, median of %d probes once all %d were removed: %v (%.0f%% of the first probes')",
+		scaleProbes, n, probeAfter.median(), 100*float64(probeAfter.median())/float64(probeFirst.median()))
+	if steps {
+		logProbeParts(t, timing, "once all were removed", probeAfter)
 	}
 }
 
@@ -341,21 +358,34 @@ func avgDur(ls []time.Duration) time.Duration {
 // TestScaleOneHostContainers.
 const scaleProbes = 15
 
-// probeRuns times k runs of a probe container (`run -d`; each removed
-// before the next starts, so the population stays) and returns their
-// median.
-func probeRuns(e *env, k int) time.Duration {
+// probes are the wall times of probe runs, by container name.
+type probes map[string]time.Duration
+
+// probeRuns times k runs of a probe container (`run -d`, named prefix and
+// its number; each removed before the next starts, so the population
+// stays).
+func probeRuns(e *env, prefix string, k int) probes {
 	e.t.Helper()
-	lat := make([]time.Duration, k)
+	p := probes{}
 	for i := range k {
-		name := fmt.Sprintf("probe%02d", i)
+		name := fmt.Sprintf("%s%02d", prefix, i)
 		t0 := time.Now()
 		e.cli("run", "-d", "--network", "sc", "--name", name, "--", "sleep", "infinity")
-		lat[i] = time.Since(t0)
+		p[name] = time.Since(t0)
 		e.cli("rm", name)
 	}
-	slices.Sort(lat)
-	return lat[k/2].Round(100 * time.Microsecond)
+	return p
+}
+
+// median is the median of the probes' wall times.
+func (p probes) median() time.Duration {
+	return medianDur(slices.Collect(maps.Values(p)))
+}
+
+// medianDur is the median of ls.
+func medianDur(ls []time.Duration) time.Duration {
+	slices.Sort(ls)
+	return ls[len(ls)/2].Round(100 * time.Microsecond)
 }
 
 // daemonRSS is the daemon's resident set size (VmRSS) in bytes.
