@@ -243,13 +243,17 @@ func logAttachSteps(t *testing.T, e *env, n int, lat []time.Duration) {
 // kernelMounts is the number of mounts the kernel holds (mnt_cache
 // objects in /proc/slabinfo, every mount namespace of the machine), or -1
 // if unreadable.
-func kernelMounts() int {
+func kernelMounts() int { return slabObjects("mnt_cache") }
+
+// slabObjects is the number of live objects of the kernel's slab cache
+// name (/proc/slabinfo), or -1.
+func slabObjects(name string) int {
 	b, err := os.ReadFile("/proc/slabinfo")
 	if err != nil {
 		return -1
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 1 && f[0] == "mnt_cache" {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == name {
 			n, err := strconv.Atoi(f[1])
 			if err != nil {
 				return -1
