@@ -104,7 +104,7 @@ func logProbeParts(t *testing.T, path, label string, p probes) {
 		if len(f) < 3 || f[0] != "run" {
 			continue
 		}
-		lat, ok := p[f[1]]
+		lat, ok := p.lat[f[1]]
 		if !ok {
 			continue
 		}
@@ -117,8 +117,8 @@ func logProbeParts(t *testing.T, path, label string, p probes) {
 		attach, monitor, start = append(attach, m["attach"]), append(monitor, m["monitor"]), append(start, m["start"])
 		rest = append(rest, lat-m["attach"]-m["monitor"])
 	}
-	if len(attach) != len(p) {
-		t.Fatalf("%d probe runs logged their timing, want %d", len(attach), len(p))
+	if len(attach) != len(p.lat) {
+		t.Fatalf("%d probe runs logged their timing, want %d", len(attach), len(p.lat))
 	}
 	t.Logf("probe parts %s (medians): attach %v, monitor %v (process start %v), CLI start and exit %v",
 		label, medianDur(attach), medianDur(monitor), medianDur(start), medianDur(rest))

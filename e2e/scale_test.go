@@ -105,14 +105,17 @@ func TestScaleOneHostContainers(t *testing.T) {
 		logRunTiming(t, timing, scaleProbes, n, lat)
 	}
 	probeLast := probeRuns(e, "pb", scaleProbes)
-	t.Logf("run wall time, median of %d probes (run -d, then rm): %v with no other container, %v with %d (%.0f%%)",
-		scaleProbes, probeFirst.median(), probeLast.median(), n, 100*float64(probeLast.median())/float64(probeFirst.median()))
+	t.Logf("run wall time, median of %d probes (run -d, then rm): %v with no other container, %v with %d (%.0f%%); the machine's CPU meanwhile: %s; %s",
+		scaleProbes, probeFirst.median(), probeLast.median(), n, 100*float64(probeLast.median())/float64(probeFirst.median()), probeFirst.cpu, probeLast.cpu)
 	if steps {
 		logProbeParts(t, timing, "with no other container", probeFirst)
 		logProbeParts(t, timing, fmt.Sprintf("with %d", n), probeLast)
 		t.Logf("kernel mounts (mnt_cache objects, the whole machine): %d", kernelMounts())
 	}
+	cpu0, busy0 := daemonCPU(t, e), machineCPU()
 	time.Sleep(3 * time.Second) // idle
+	cpu1, busy1 := daemonCPU(t, e), machineCPU()
+	t.Logf("idle with %d containers, 3 s: daemon CPU %v; the machine's %s", n, cpu1-cpu0, busy1.since(busy0))
 	t.Logf("daemon RSS: %d MB empty, %d MB with %d idle containers", rss0>>20, daemonRSS(t, e)>>20, n)
 	if profDir != "" {
 		saveDebug(t, e, profDir, "idle")
@@ -164,8 +167,8 @@ func TestScaleOneHostContainers(t *testing.T) {
 		t.Logf("%d network namespaces left, %d before the containers", k, netns0)
 	}
 	probeAfter := probeRuns(e, "pc", scaleProbes)
-	t.Logf("run wall time, median of %d probes once all %d were removed: %v (%.0f%% of the first probes')",
-		scaleProbes, n, probeAfter.median(), 100*float64(probeAfter.median())/float64(probeFirst.median()))
+	t.Logf("run wall time, median of %d probes once all %d were removed: %v (%.0f%% of the first probes'); the machine's CPU meanwhile: %s",
+		scaleProbes, n, probeAfter.median(), 100*float64(probeAfter.median())/float64(probeFirst.median()), probeAfter.cpu)
 	if steps {
 		logProbeParts(t, timing, "once all were removed", probeAfter)
 	}
@@ -364,28 +367,34 @@ func avgDur(ls []time.Duration) time.Duration {
 // TestScaleOneHostContainers.
 const scaleProbes = 15
 
-// probes are the wall times of probe runs, by container name.
-type probes map[string]time.Duration
+// probes are the wall times of probe runs, by container name, and the
+// machine's CPU while they ran.
+type probes struct {
+	lat map[string]time.Duration
+	cpu string
+}
 
 // probeRuns times k runs of a probe container (`run -d`, named prefix and
 // its number; each removed before the next starts, so the population
 // stays).
 func probeRuns(e *env, prefix string, k int) probes {
 	e.t.Helper()
-	p := probes{}
+	p := probes{lat: map[string]time.Duration{}}
+	c0 := machineCPU()
 	for i := range k {
 		name := fmt.Sprintf("%s%02d", prefix, i)
 		t0 := time.Now()
 		e.cli("run", "-d", "--network", "sc", "--name", name, "--", "sleep", "infinity")
-		p[name] = time.Since(t0)
+		p.lat[name] = time.Since(t0)
 		e.cli("rm", name)
 	}
+	p.cpu = machineCPU().since(c0)
 	return p
 }
 
 // median is the median of the probes' wall times.
 func (p probes) median() time.Duration {
-	return medianDur(slices.Collect(maps.Values(p)))
+	return medianDur(slices.Collect(maps.Values(p.lat)))
 }
 
 // medianDur is the median of ls.
@@ -414,6 +423,31 @@ func netnsSettled(t *testing.T) int {
 		return nil
 	}, "the kernel did not finish freeing removed network namespaces")
 	return last
+}
+
+// cpuTimes are the machine's CPU times (/proc/stat's cpu line) in ticks.
+type cpuTimes struct{ busy, idle, steal int64 }
+
+// machineCPU reads the machine's CPU times.
+func machineCPU() cpuTimes {
+	b, _ := os.ReadFile("/proc/stat")
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal
+	var v [8]int64
+	for i := range v {
+		if i+1 < len(f) {
+			v[i], _ = strconv.ParseInt(f[i+1], 10, 64)
+		}
+	}
+	return cpuTimes{busy: v[0] + v[1] + v[2] + v[5] + v[6], idle: v[3] + v[4], steal: v[7]}
+}
+
+// since describes the CPU time spent between c0 and c: busy, idle and
+// stolen by the hypervisor, as shares of the whole.
+func (c cpuTimes) since(c0 cpuTimes) string {
+	busy, idle, steal := c.busy-c0.busy, c.idle-c0.idle, c.steal-c0.steal
+	all := float64(max(busy+idle+steal, 1))
+	return fmt.Sprintf("busy %.0f%%, idle %.0f%%, stolen %.0f%%", 100*float64(busy)/all, 100*float64(idle)/all, 100*float64(steal)/all)
 }
 
 // daemonRSS is the daemon's resident set size (VmRSS) in bytes.
