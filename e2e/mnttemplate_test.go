@@ -112,6 +112,29 @@ func TestContainersStartFromMountTemplate(t *testing.T) {
 	check("exec", "exec", "m00", "--", "sh", "-c", script)
 	check("run --net container:", "run", "--net", "container:m00", "--", "sh", "-c", script)
 
+	// From a working directory the template does not have (the private
+	// mount made after it), a process starts from a copy of the host's
+	// namespace instead, and the CLI says so.
+	lateDir := filepath.Dir(privateMarker)
+	for _, args := range [][]string{
+		{"exec", "m00", "--", "cat", "marker"},
+		{"run", "--rm", "--network", "mt", "--name", "m23", "--", "cat", "marker"},
+		{"run", "-d", "--network", "mt", "--name", "m24", "--", "sleep", "infinity"},
+	} {
+		cmd := e.h.Command(context.Background(), args...)
+		var out, errOut bytes.Buffer
+		cmd.Dir, cmd.Stdout, cmd.Stderr = lateDir, &out, &errOut
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%s from %s: %v: %s", args[0], lateDir, err, errOut.String())
+		}
+		if args[1] != "-d" && out.String() != "late" {
+			t.Errorf("%s from %s printed %q, want the private mount's marker", args[0], lateDir, out.String())
+		}
+		if !strings.Contains(errOut.String(), "not started from the mount template") {
+			t.Errorf("%s %s from %s: stderr %q does not say that the template was not used", args[0], args[1], lateDir, errOut.String())
+		}
+	}
+
 	if err := e.h.StopDaemon(); err != nil {
 		t.Fatal(err)
 	}

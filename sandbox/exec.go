@@ -74,7 +74,15 @@ type Cmd struct {
 	cmd *exec.Cmd
 	// fromTemplate tells that Start started from MountNS.
 	fromTemplate bool
+	// templateErr is why Start did not start from MountNS.
+	templateErr error
 }
+
+// TemplateErr returns why Start started the command from the caller's
+// mount namespace although MountNS was set (the template was gone, or the
+// working directory not in it); nil if it started from the template, or
+// none was set.
+func (c *Cmd) TemplateErr() error { return c.templateErr }
 
 // Command returns a Cmd that runs argv inside the network namespace at
 // nsPath with resolvConf bind-mounted over /etc/resolv.conf.
@@ -106,7 +114,8 @@ func (c *Cmd) Start() error {
 	var err error
 	if c.MountNS != "" {
 		cmd = c.execCmd(true)
-		err = runInMountTemplate(c.MountNS, c.NetnsPath, cmd.Start)
+		err = runInMountTemplate(c.MountNS, c.NetnsPath, sameDirThen(cmd.Dir, cmd.Start))
+		c.templateErr = err
 	}
 	if c.MountNS == "" || err != nil {
 		// Without a template, or if the template is gone or the working
@@ -194,6 +203,25 @@ func runInMountTemplate(mntPath, netPath string, fn func() error) error {
 		errc <- err
 	}()
 	return <-errc
+}
+
+// sameDirThen returns a function that calls start if the path dir names,
+// where it is called (in the template), the directory it names here; the
+// template may hold another directory at that path, the one under a mount
+// made after it.
+func sameDirThen(dir string, start func() error) func() error {
+	var here unix.Stat_t
+	hereErr := unix.Stat(dir, &here)
+	return func() error {
+		var there unix.Stat_t
+		if err := unix.Stat(dir, &there); err != nil {
+			return fmt.Errorf("working directory %s: %w", dir, err)
+		}
+		if hereErr != nil || here.Dev != there.Dev || here.Ino != there.Ino {
+			return fmt.Errorf("working directory %s: another directory there (under a mount made after the template)", dir)
+		}
+		return start()
+	}
 }
 
 // enterAndRun switches the calling thread into the mount namespace open at

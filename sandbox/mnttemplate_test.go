@@ -75,8 +75,8 @@ func TestCommandStartsFromMountTemplate(t *testing.T) {
 	if err := c.Run(); ExitStatus(err) != 0 && !strings.Contains(out.String(), "marker") {
 		t.Logf("exit status %d, stderr %s", ExitStatus(err), errOut.String())
 	}
-	if !c.fromTemplate {
-		t.Error("the command did not start from the template")
+	if !c.fromTemplate || c.TemplateErr() != nil {
+		t.Errorf("the command did not start from the template (%v)", c.TemplateErr())
 	}
 	// The thread that entered the namespaces may be the main thread, which
 	// the runtime cannot discard: then it names the process's namespaces.
@@ -151,6 +151,9 @@ func TestMountTemplateReplacedAndRemoved(t *testing.T) {
 	}
 	if c.fromTemplate {
 		t.Error("started from a removed template")
+	}
+	if err := c.TemplateErr(); err == nil || !strings.Contains(err.Error(), tpl) {
+		t.Errorf("TemplateErr after the fallback = %v, want why the template %s was not used", err, tpl)
 	}
 }
 

@@ -142,7 +142,7 @@ func attachAll(env *cliEnv, c *api.Client, a attachSpec, svcs map[string][]api.S
 // status to the daemon, for ps.
 func startIn(env *cliEnv, ns nsPaths, argv []string, detach bool, name string, report *exitReport) error {
 	if detach && report != nil {
-		_, mt, err := startMonitored(ns, argv, *report)
+		_, mt, err := startMonitored(ns, argv, *report, env.stderr)
 		if err != nil {
 			return err
 		}
@@ -153,13 +153,13 @@ func startIn(env *cliEnv, ns nsPaths, argv []string, detach bool, name string, r
 		return nil
 	}
 	if detach {
-		if _, err := startDetached(ns, argv); err != nil {
+		if _, err := startDetached(ns, argv, env.stderr); err != nil {
 			return err
 		}
 		fmt.Fprintln(env.stdout, name)
 		return nil
 	}
-	code, err := runAttached(ns, argv)
+	code, err := runAttached(ns, argv, env.stderr)
 	if err != nil {
 		return err
 	}
@@ -218,7 +218,7 @@ func cmdExec(env *cliEnv, args []string) error {
 		return fmt.Errorf("command %q: %w", argv[0], unwrapExec(err))
 	}
 	if *detach {
-		_, err := startDetached(containerPaths(ctr), argv)
+		_, err := startDetached(containerPaths(ctr), argv, env.stderr)
 		return err
 	}
 	return startIn(env, containerPaths(ctr), argv, false, ctr.Name, nil)

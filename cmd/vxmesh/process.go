@@ -38,12 +38,33 @@ func (ns nsPaths) command(argv []string) *sandbox.Cmd {
 	return c
 }
 
+// start starts c and writes to warn, if c did not start from the mount
+// template it was given, why (the process still runs, from a copy of this
+// host's mount namespace, with every mount made here).
+func start(c *sandbox.Cmd, warn io.Writer) error {
+	if err := c.Start(); err != nil {
+		return err
+	}
+	if msg := templateWarning(c); msg != "" {
+		fmt.Fprintf(warn, "vxmesh: %s\n", msg)
+	}
+	return nil
+}
+
+// templateWarning says why c did not start from its mount template, or "".
+func templateWarning(c *sandbox.Cmd) string {
+	if err := c.TemplateErr(); err != nil {
+		return fmt.Sprintf("not started from the mount template (%s); started from a copy of the host's mount namespace", oneLine(err))
+	}
+	return ""
+}
+
 // startDetached starts argv in the container's namespace in a session of
-// its own and returns its PID without waiting.
-func startDetached(ns nsPaths, argv []string) (int, error) {
+// its own and returns its PID without waiting; warnings go to warn.
+func startDetached(ns nsPaths, argv []string, warn io.Writer) (int, error) {
 	c := ns.command(argv)
 	c.Detach = true
-	if err := c.Start(); err != nil {
+	if err := start(c, warn); err != nil {
 		return 0, err
 	}
 	return c.PID(), nil
@@ -90,7 +111,7 @@ type monitorTiming struct {
 // waits for it and reports its exit status. It returns the command's PID.
 // If the monitor is killed or the daemon cannot be reached when the
 // command exits, the status is lost and ps shows the container "up".
-func startMonitored(ns nsPaths, argv []string, rep exitReport) (int, monitorTiming, error) {
+func startMonitored(ns nsPaths, argv []string, rep exitReport, warn io.Writer) (int, monitorTiming, error) {
 	var mt monitorTiming
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -110,8 +131,18 @@ func startMonitored(ns nsPaths, argv []string, rep exitReport) (int, monitorTimi
 		return 0, mt, fmt.Errorf("starting the monitor of %q: %w", argv[0], err)
 	}
 	defer cmd.Process.Release()
-	b, _ := bufio.NewReader(io.LimitReader(r, 4096)).ReadString('\n')
-	line := strings.TrimSpace(b)
+	// "warn MESSAGE" lines, then the answer.
+	br := bufio.NewReader(io.LimitReader(r, 4096))
+	var line string
+	for {
+		b, _ := br.ReadString('\n')
+		line = strings.TrimSpace(b)
+		msg, ok := strings.CutPrefix(line, "warn ")
+		if !ok {
+			break
+		}
+		fmt.Fprintf(warn, "vxmesh: %s\n", msg)
+	}
 	if msg, ok := strings.CutPrefix(line, "error "); ok {
 		return 0, mt, fmt.Errorf("%s", msg)
 	}
@@ -152,6 +183,9 @@ func monitorMain(args []string) int {
 		return sandbox.ExitInitFailed
 	}
 	t1 := time.Now()
+	if msg := templateWarning(c); msg != "" {
+		fmt.Fprintf(status, "warn %s\n", msg)
+	}
 	pid := c.PID()
 	client := api.NewClient(socket)
 	// Errors are not reported: the command runs, and nobody listens to
@@ -174,7 +208,7 @@ func monitorMain(args []string) int {
 // runAttached runs argv in the container's namespace with this process's
 // standard streams and returns its exit status. Interrupts reach the
 // command (it shares the terminal's process group); the CLI itself waits.
-func runAttached(ns nsPaths, argv []string) (int, error) {
+func runAttached(ns nsPaths, argv []string, warn io.Writer) (int, error) {
 	c := ns.command(argv)
 	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 	// Catch (not ignore: an ignored signal stays ignored across exec) the
@@ -182,7 +216,7 @@ func runAttached(ns nsPaths, argv []string) (int, error) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt)
 	defer signal.Stop(sigs)
-	if err := c.Start(); err != nil {
+	if err := start(c, warn); err != nil {
 		return 0, err
 	}
 	return sandbox.ExitStatus(c.Wait()), nil
