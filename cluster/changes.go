@@ -55,6 +55,9 @@ func (c *Cluster) setLocked(k tkey, r *record) {
 	t := c.indexLocked(k.table)
 	t.recs[k.key] = r
 	c.logLocked(t, k.key)
+	if k.table == ipamTable {
+		c.claims.update(k.key, r)
+	}
 }
 
 // dropLocked removes k, a reaped or forgotten tombstone. It is not
@@ -67,6 +70,9 @@ func (c *Cluster) dropLocked(k tkey) {
 		delete(t.recs, k.key)
 		c.revs++
 		t.rev = c.revs
+	}
+	if k.table == ipamTable {
+		c.claims.update(k.key, nil)
 	}
 }
 
@@ -82,6 +88,9 @@ func (c *Cluster) revLocked(table string) uint64 {
 // touchLocked logs a change made in place to the record of k.
 func (c *Cluster) touchLocked(k tkey) {
 	c.logLocked(c.indexLocked(k.table), k.key)
+	if k.table == ipamTable {
+		c.claims.update(k.key, c.entries[k])
+	}
 }
 
 // logLocked appends key to t's change log, compacting the log when it

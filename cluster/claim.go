@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -158,6 +159,29 @@ func earlier(a, b *Entry) bool {
 // conflictingLocked returns the live claims of table and group whose
 // resource conflicts with resource, the equal one included.
 func (c *Cluster) conflictingLocked(table, group, resource string) []*Entry {
+	if table == ipamTable {
+		// The claims of group's blocks, from the index: a block
+		// conflicts with the blocks it overlaps (blocksOverlap). A
+		// resource that is no prefix is looked for by the walk.
+		if p, err := netip.ParsePrefix(resource); err == nil {
+			var out []*Entry
+			for b, recs := range c.claims.nets[group] {
+				if b.Overlaps(p) {
+					for _, r := range recs {
+						e := r.Entry
+						out = append(out, &e)
+					}
+				}
+			}
+			return out
+		}
+	}
+	return c.conflictingWalkLocked(table, group, resource)
+}
+
+// conflictingWalkLocked is conflictingLocked by a walk of every claim of
+// table (the reference the IPAM index is tested against).
+func (c *Cluster) conflictingWalkLocked(table, group, resource string) []*Entry {
 	conflict := c.claimRules[table].conflict
 	var out []*Entry
 	for _, r := range c.recsLocked(table) {

@@ -232,7 +232,9 @@ type Cluster struct {
 	// revs numbers the changes of every table for tableIndex.rev.
 	revs uint64
 	// blocks memoizes Blocks per network (see blocksLocked).
-	blocks  map[string]blocksMemo
+	blocks map[string]blocksMemo
+	// claims indexes the live IPAM block claims (claimIndex).
+	claims  claimIndex
 	members map[string]*memberInfo
 	gone    map[string]bool      // owners whose node-scoped entries are expired here
 	unknown map[string]time.Time // owners with entries but no membership record

@@ -52,21 +52,89 @@ type overlapIndex map[netip.Prefix][]*Entry
 // covering returns the winning claim of a block that overlaps b (b
 // itself, a block containing it, or one inside it), or nil.
 func (idx overlapIndex) covering(b netip.Prefix) *Entry {
+	return idx.coveringSized(b, idx.sizes())
+}
+
+// coveringSized is covering with the sizes of idx found already.
+func (idx overlapIndex) coveringSized(b netip.Prefix, sz claimSizes) *Entry {
 	for bits := b.Bits(); bits >= 0; bits-- {
 		p, _ := b.Addr().Prefix(bits)
 		if w := claimWinner(idx[p]); w != nil {
 			return w
 		}
 	}
+	// Blocks inside b: looked up one by one when there are few (a claim
+	// asks for every block up to the lowest free one), else walked.
 	var w *Entry
+	take := func(claims []*Entry) {
+		if e := claimWinner(claims); e != nil && (w == nil || earlier(e, w)) {
+			w = e
+		}
+	}
+	if sz.inside(b) {
+		base := b.Addr().As4()
+		v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+		for _, l := range sz.lens {
+			if l <= b.Bits() {
+				continue
+			}
+			for k := uint32(0); k < 1<<(l-b.Bits()); k++ {
+				a := v + k<<(32-l)
+				take(idx[netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}), l)])
+			}
+		}
+		return w
+	}
 	for p, claims := range idx {
 		if p.Bits() > b.Bits() && b.Contains(p.Addr()) {
-			if e := claimWinner(claims); e != nil && (w == nil || earlier(e, w)) {
-				w = e
-			}
+			take(claims)
 		}
 	}
 	return w
+}
+
+// claimSizes describes the blocks of an overlapIndex for covering: the
+// prefix lengths claimed, and whether every block is masked.
+type claimSizes struct {
+	lens   []int
+	masked bool
+}
+
+// sizes returns the claimSizes of idx.
+func (idx overlapIndex) sizes() claimSizes {
+	sz := claimSizes{masked: true}
+	for p := range idx {
+		if !slices.Contains(sz.lens, p.Bits()) {
+			sz.lens = append(sz.lens, p.Bits())
+		}
+		if p != p.Masked() {
+			sz.masked = false
+		}
+	}
+	return sz
+}
+
+// maxInside bounds how many prefixes inside a block covering looks up
+// one by one.
+const maxInside = 256
+
+// inside reports whether covering may look up the blocks inside b one by
+// one: b is a masked IPv4 block, the claimed blocks are masked, and at most
+// maxInside prefixes of the claimed lengths lie inside b.
+func (sz claimSizes) inside(b netip.Prefix) bool {
+	if !sz.masked || !b.Addr().Is4() || b != b.Masked() {
+		return false
+	}
+	n := 0
+	for _, l := range sz.lens {
+		if l > b.Bits() {
+			if l-b.Bits() > 8 {
+				return false
+			}
+			n += 1 << (l - b.Bits())
+		}
+	}
+	return n <= maxInside
 }
 
 // claimWinner is the deterministic winner among claims of one block: the
@@ -83,6 +151,20 @@ func claimWinner(claims []*Entry) *Entry {
 
 // claimsLocked returns the live claims of network, by block.
 func (c *Cluster) claimsLocked(network string) map[netip.Prefix][]*Entry {
+	blocks := c.claims.nets[network]
+	out := make(map[netip.Prefix][]*Entry, len(blocks))
+	for b, recs := range blocks {
+		for _, r := range recs {
+			e := r.Entry
+			out[b] = append(out[b], &e)
+		}
+	}
+	return out
+}
+
+// claimsWalkLocked is claimsLocked derived from every record of the
+// table (the reference the index is tested against).
+func (c *Cluster) claimsWalkLocked(network string) map[netip.Prefix][]*Entry {
 	out := map[netip.Prefix][]*Entry{}
 	for _, r := range c.recsLocked(ipamTable) {
 		if r.Deleted {
@@ -146,6 +228,12 @@ func (c *Cluster) ReleaseBlock(network string, block netip.Prefix) error {
 // nthBlock returns the idx-th block of size bits in subnet.
 func nthBlock(subnet netip.Prefix, bits int, idx uint64) netip.Prefix {
 	a := subnet.Addr()
+	if a.Is4() { // without big.Int: a claim walks every block held
+		b := a.As4()
+		v := uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])
+		v += idx << (32 - bits)
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), bits)
+	}
 	raw := a.AsSlice()
 	v := new(big.Int).SetBytes(raw)
 	off := new(big.Int).Lsh(new(big.Int).SetUint64(idx), uint(a.BitLen()-bits))
@@ -210,6 +298,7 @@ func (c *Cluster) ClaimBlockFunc(network string, subnet netip.Prefix, blockBits 
 		c.mu.Lock()
 		claimed := overlapIndex(c.claimsLocked(network))
 		c.mu.Unlock()
+		sz := claimed.sizes()
 		// The first try takes the lowest free block. After a loss, the
 		// other losers of that round are likely after the next one too:
 		// each picks at random among the lowest free blocks, as many as
@@ -222,7 +311,7 @@ func (c *Cluster) ClaimBlockFunc(network string, subnet netip.Prefix, blockBits 
 		var cands []netip.Prefix
 		for i := uint64(0); i < total && len(cands) < want; i++ {
 			b := nthBlock(subnet, blockBits, i)
-			if !tried[b] && claimed.covering(b) == nil && (usable == nil || usable(b)) {
+			if !tried[b] && claimed.coveringSized(b, sz) == nil && (usable == nil || usable(b)) {
 				cands = append(cands, b)
 			}
 		}

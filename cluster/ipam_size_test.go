@@ -195,7 +195,7 @@ func TestBlocksFollowClaims(t *testing.T) {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		out := map[netip.Prefix]string{}
-		for b, claims := range n.claimsLocked(network) {
+		for b, claims := range n.claimsWalkLocked(network) {
 			out[b] = claimWinner(claims).Owner
 		}
 		return out

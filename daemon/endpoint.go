@@ -539,7 +539,8 @@ const maxFreshBlocks = 4
 func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	d.mu.Lock()
 	taken := d.ipTaken(n)
-	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
+	held := d.cl.ClaimedBlocks(n.rec.Name)
+	for _, b := range held {
 		if d.blocks.releasing[blockRef{n.rec.Name, b}] || d.blockFull(n, b) {
 			continue
 		}
@@ -549,9 +550,9 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 			return a, nil
 		}
 	}
-	// Every block held is full: list the addresses in use once, for
-	// choosing a block to claim (outside d.mu).
-	used := d.usedIPs(n)
+	// Every block held is full: a look-up of the addresses in use outside
+	// them, for choosing a block to claim (outside d.mu).
+	takenOutside := d.claimTaken(n, held)
 	// A block claimed below is empty until the address is reserved: the
 	// release sweep leaves the network alone meanwhile.
 	d.blocks.setBusy(n.rec.Name, 1)
@@ -564,7 +565,7 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	bits := blockBits(n.subnet)
 	for range maxFreshBlocks {
 		usable := func(b netip.Prefix) bool {
-			_, err := allocate(b, used, n.subnet)
+			_, err := allocateFunc(b, takenOutside, n.subnet)
 			return err == nil
 		}
 		b, err := d.cl.ClaimBlockFunc(n.rec.Name, n.subnet, bits, usable)
@@ -572,10 +573,12 @@ func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 			return netip.Addr{}, conflict("network %q: no free address in %s: %v", n.rec.Name, n.subnet, noBlockCause(err))
 		}
 		d.mu.Lock()
-		used = d.usedIPs(n)
-		a, err := allocate(b, used, n.subnet)
+		a, err := allocateFunc(b, d.ipTaken(n), n.subnet)
 		if err == nil {
 			d.reserveIPFor(owner, n, a)
+		} else {
+			// What was learnt during the claim counts for the next one.
+			takenOutside = d.claimTaken(n, d.cl.ClaimedBlocks(n.rec.Name))
 		}
 		d.mu.Unlock()
 		if err == nil {

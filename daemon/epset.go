@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -238,6 +239,14 @@ func (g *epSetBuilder) dirtyInBlocks(network string, changed []netip.Prefix, dir
 		maps.Copy(dirty, g.byNet[network])
 		return
 	}
+	// Small blocks (a claim's /28) are looked up address by address in
+	// the address index, larger ones found by a walk of the records.
+	if addrs, ok := blockAddrs(changed, len(g.byNet[network])); ok {
+		for a := range addrs {
+			maps.Copy(dirty, g.atAddr[epAt{network, a}])
+		}
+		return
+	}
 	for k := range g.byNet[network] {
 		ip := g.ips[k]
 		for _, p := range changed {
@@ -247,6 +256,29 @@ func (g *epSetBuilder) dirtyInBlocks(network string, changed []netip.Prefix, dir
 			}
 		}
 	}
+}
+
+// blockAddrs yields every address of blocks, and true, when they hold at
+// most limit addresses in all.
+func blockAddrs(blocks []netip.Prefix, limit int) (iter.Seq[netip.Addr], bool) {
+	total := 0
+	for _, p := range blocks {
+		host := p.Addr().BitLen() - p.Bits()
+		if host >= 31 || total+1<<host > limit {
+			return nil, false
+		}
+		total += 1 << host
+	}
+	return func(yield func(netip.Addr) bool) {
+		for _, p := range blocks {
+			p = p.Masked()
+			for a := p.Addr(); p.Contains(a); a = a.Next() {
+				if !yield(a) {
+					return
+				}
+			}
+		}
+	}, true
 }
 
 // changedSince returns the records (possibly more) whose accepted version

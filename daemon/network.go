@@ -159,6 +159,45 @@ func (d *Daemon) ipTaken(n *localNetwork) func(netip.Addr) bool {
 	}
 }
 
+// claimTaken is ipTaken for the addresses outside the blocks of held (the
+// blocks this node holds), as a look-up that may be called without d.mu:
+// ClaimBlockFunc asks it, outside d.mu, which free blocks have a free
+// address. A block this node holds is never a candidate, so only this
+// node's endpoints in other blocks (few: the per-block counts say where)
+// are copied, with the reservations and VIPs, instead of listing every
+// address in use (usedIPs). The cluster's records are looked up in the
+// endpoint set's address index, which has its own lock. Callers hold d.mu.
+func (d *Daemon) claimTaken(n *localNetwork, held []netip.Prefix) func(netip.Addr) bool {
+	name := n.rec.Name
+	d.ipTaken(n) // brings the per-block counts and the address index up to date
+	extra := map[netip.Addr]bool{n.gw: true}
+	if n.gwHost.IsValid() {
+		extra[n.gwHost] = true
+	}
+	for a := range d.reservedIPs[name] {
+		extra[a] = true
+	}
+	for _, s := range d.clusterServices() {
+		if a := s.vips[name]; a.IsValid() {
+			extra[a] = true
+		}
+	}
+	local := d.ipsByNet[name]
+	for b := range d.localInBlock[name] {
+		if slices.Contains(held, b) {
+			continue
+		}
+		for a := b.Masked().Addr(); b.Contains(a); a = a.Next() {
+			if local[a] > 0 {
+				extra[a] = true
+			}
+		}
+	}
+	return func(a netip.Addr) bool {
+		return extra[a] || d.epSet.addrTaken(name, a)
+	}
+}
+
 // blockFull reports whether this node's endpoints on n use every usable
 // address of block b (then no address of b is free, whatever else is
 // taken). Callers hold d.mu and called ipTaken(n) first.

@@ -165,46 +165,10 @@ type heldCheck struct {
 // for other nodes.
 func (d *Daemon) holdBlocks() {
 	held := map[string]map[netip.Prefix]string{}
-	// A network's endpoints are looked at again only when they or its
-	// block table changed since every one was found held (heldChecked);
-	// those whose block this node does not hold (none, once held) are
-	// sorted: the blocks are kept in container and interface order.
-	var unheld []*endpoint
-	if d.heldChecked == nil {
-		d.heldChecked = map[string]heldCheck{}
-	}
-	for name, n := range d.networks {
-		eps := d.endpointsOf(n)
+	for name := range d.networks {
 		held[name] = d.cl.Blocks(name)
-		hc, ok := d.heldChecked[name]
-		ok = ok && maps.Equal(hc.blocks, held[name])
-		if ok && sameEndpoints(hc.eps, eps) {
-			continue
-		}
-		// The same blocks: only the endpoints added since every one was
-		// found held are looked at (a run adds one; a pass per run over
-		// every endpoint cost O(endpoints) with d.mu held).
-		check := eps
-		if ok {
-			_, check = diffEndpoints(hc.eps, eps)
-		}
-		sizes, all := blockSizes(held[name]), true
-		for _, ep := range check {
-			if _, holder, _ := holderOfSized(held[name], sizes, ep.ip); holder != d.cfg.Node {
-				unheld, all = append(unheld, ep), false
-			}
-		}
-		if all {
-			d.heldChecked[name] = heldCheck{eps, maps.Clone(held[name])}
-		} else {
-			delete(d.heldChecked, name)
-		}
 	}
-	for name := range d.heldChecked {
-		if d.networks[name] == nil {
-			delete(d.heldChecked, name)
-		}
-	}
+	unheld := d.unheldEndpoints(held)
 	sort.Slice(unheld, func(i, j int) bool {
 		if a, b := unheld[i].ctr.name, unheld[j].ctr.name; a != b {
 			return a < b
@@ -258,4 +222,72 @@ func (d *Daemon) holdBlocks() {
 			}
 		}
 	}
+}
+
+// unheldEndpoints returns this node's endpoints whose address lies in no
+// block it holds in held (each network's block table), and notes in
+// heldChecked the networks where there is none. A network's endpoints are
+// looked at again only when they or its block table changed since every
+// one was found held: then only the endpoints added since, and, when the
+// table changed, those in the blocks that changed (a claim of a block
+// changes one; looked up through the per-block counts). A pass per run
+// over every endpoint cost O(endpoints) with d.mu held. Callers hold d.mu.
+func (d *Daemon) unheldEndpoints(held map[string]map[netip.Prefix]string) []*endpoint {
+	var unheld []*endpoint
+	if d.heldChecked == nil {
+		d.heldChecked = map[string]heldCheck{}
+	}
+	for name, n := range d.networks {
+		eps := d.endpointsOf(n)
+		hc, ok := d.heldChecked[name]
+		sameBlocks := ok && maps.Equal(hc.blocks, held[name])
+		if sameBlocks && sameEndpoints(hc.eps, eps) {
+			continue
+		}
+		check := eps
+		if sameBlocks || (ok && d.stillHeld(n, changedBlocks(hc.blocks, held[name]), held[name])) {
+			_, check = diffEndpoints(hc.eps, eps)
+		}
+		sizes, all := blockSizes(held[name]), true
+		for _, ep := range check {
+			if _, holder, _ := holderOfSized(held[name], sizes, ep.ip); holder != d.cfg.Node {
+				unheld, all = append(unheld, ep), false
+			}
+		}
+		if all {
+			d.heldChecked[name] = heldCheck{eps, maps.Clone(held[name])}
+		} else {
+			delete(d.heldChecked, name)
+		}
+	}
+	for name := range d.heldChecked {
+		if d.networks[name] == nil {
+			delete(d.heldChecked, name)
+		}
+	}
+	return unheld
+}
+
+// stillHeld reports whether every address of this node's endpoints on n
+// that lies in one of the changed blocks is in a block this node holds in
+// blocks (n's block table): the holder of an address outside them did not
+// change. It answers false (look at every endpoint) when the changed
+// blocks hold more addresses than n has endpoints. Callers hold d.mu.
+func (d *Daemon) stillHeld(n *localNetwork, changed []netip.Prefix, blocks map[netip.Prefix]string) bool {
+	d.ipTaken(n) // brings the kept addresses of endpointsOf(n) up to date
+	local := d.ipsByNet[n.rec.Name]
+	addrs, ok := blockAddrs(changed, len(local))
+	if !ok {
+		return false
+	}
+	sizes := blockSizes(blocks)
+	for a := range addrs {
+		if local[a] == 0 {
+			continue
+		}
+		if _, holder, _ := holderOfSized(blocks, sizes, a); holder != d.cfg.Node {
+			return false
+		}
+	}
+	return true
 }

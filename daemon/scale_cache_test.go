@@ -251,6 +251,25 @@ func TestIPTakenEqualsUsedIPs(t *testing.T) {
 			count++
 		}
 	}
+	// claimTaken answers the same outside the blocks it is told are held
+	// (this node's endpoints in the others count: tell it of all but the
+	// first block).
+	held := d.cl.ClaimedBlocks("web")
+	if len(held) < 3 {
+		t.Fatalf("this node holds %v, want at least 3 blocks", held)
+	}
+	// An endpoint of this node whose record the cluster lost (it is
+	// published again by the next reconcile, which waits for d.mu).
+	if err := d.cl.Delete(tblEndpoints, epKey(d.cfg.Node, "web", "c01")); err != nil {
+		t.Fatal(err)
+	}
+	outside := d.claimTaken(n, held[1:])
+	for i := range 256 {
+		a := netip.AddrFrom4([4]byte{10, 30, 0, byte(i)})
+		if !slices.ContainsFunc(held[1:], func(b netip.Prefix) bool { return b.Contains(a) }) && outside(a) != used[a] {
+			t.Errorf("%s: claimTaken says %v, usedIPs %v", a, outside(a), used[a])
+		}
+	}
 	if count != 1+39+1+1 {
 		t.Errorf("%d addresses used, want 42 (gateway, 39 endpoints, a record, a reservation)", count)
 	}
