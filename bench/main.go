@@ -89,7 +89,7 @@ func main() {
 	cfg := config{}
 	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "iperf3 run time per topology")
 	flag.StringVar(&cfg.binary, "binary", "bin/vxmesh", "vxmesh binary (built from ./cmd/vxmesh if missing)")
-	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,vxmesh-overlay,vxmesh-esp,kernel-vxlan,egress,publish,lb)")
+	flag.StringVar(&cfg.only, "only", "", "run only these topologies (comma separated: vxmesh,kernel,tap-relay,vxmesh-overlay,vxmesh-esp,kernel-vxlan,egress,publish,lb)")
 	flag.IntVar(&cfg.pings, "pings", 20, "pings per topology (0.05 s apart)")
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
 	flag.IntVar(&cfg.publishRounds, "publish-rounds", 5, "publish: measure each goal's new conn/s again in this many interleaved rounds (vxmesh row and HAProxy back to back, order alternating) and print the median ratio (0: none)")
@@ -125,6 +125,9 @@ func main() {
 	flag.BoolVar(&cfg.rr, "rr", true, "run the request/response (TCP_RR-style) measurement per topology")
 	if len(os.Args) > 1 && (os.Args[1] == rrServerCmd || os.Args[1] == rrClientCmd) {
 		os.Exit(rrMain(os.Args[1], os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == tapRelayCmd {
+		os.Exit(tapRelayMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	flag.Parse()
 
@@ -211,6 +214,7 @@ type topology struct {
 var topologies = []topology{
 	{"vxmesh", "userspace switch, TAP per container", singleHost, false, benchVxmesh},
 	{"kernel", "Linux bridge + veth (Docker bridge)", singleHost, true, benchKernel},
+	{tapRelayTopology, "two TAPs, minimal userspace relay (the TAP ceiling)", singleHost, false, benchTAPRelay},
 	{"vxmesh-overlay", "vxmesh VXLAN between two daemons", twoHosts, false, benchVxmeshOverlay},
 	{rxqTopology, "vxmesh-overlay, daemons with --rx-sockets N", twoHosts, false, benchVxmeshOverlayRxq},
 	{ktnlTopology, "vxmesh-overlay, daemons with --kernel-tunnel", twoHosts, false, benchVxmeshOverlayKernelTunnel},
@@ -243,7 +247,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, vxmesh-overlay-rxq, vxmesh-overlay-ktnl, egress, publish or lb)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, tap-relay, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, vxmesh-overlay-rxq, vxmesh-overlay-ktnl, egress, publish or lb)", n)
 			}
 			if n == wireguardTopology && cfg.wireguardGo == "" {
 				return fmt.Errorf("-only %s needs -wireguard-go PATH (make bench WIREGUARD_GO=PATH)", n)
