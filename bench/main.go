@@ -94,6 +94,8 @@ func main() {
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
 	flag.IntVar(&cfg.publishRounds, "publish-rounds", 5, "publish: measure each goal's new conn/s again in this many interleaved rounds (vxmesh row and HAProxy back to back, order alternating) and print the median ratio (0: none)")
 	flag.DurationVar(&cfg.publishRound, "publish-round", 2*time.Second, "publish: wrk run time of each row in each interleaved round (whole seconds)")
+	flag.IntVar(&cfg.rounds, "rounds", 5, "measure each of issue 12's goals again in this many interleaved rounds (the row and its anchor back to back, order alternating) and print the median (0: none)")
+	flag.DurationVar(&cfg.round, "round", 2*time.Second, "rounds: run time of each row's measurement in each round (whole seconds)")
 	dnsMode := flag.Bool("dns", false, "measure the embedded DNS resolver against dnsmasq with dnsperf instead (each dnsperf run lasts -duration)")
 	flag.IntVar(&cfg.dns.names, "dns-names", 10, "-dns: containers whose names are queried")
 	flag.IntVar(&cfg.dns.clients, "dns-clients", 4, "-dns: dnsperf -c (client sockets)")
@@ -182,6 +184,10 @@ type config struct {
 	// (publishrounds.go).
 	publishRounds int
 	publishRound  time.Duration
+	// rounds and round are the interleaved rounds of issue 12's goals
+	// (perfrounds.go): how many, and the run time of each measurement.
+	rounds int
+	round  time.Duration
 }
 
 // result is one row of the table.
@@ -273,6 +279,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	}
 	printTable(out, cfg, results)
 	printAnchors(out, cfg, results)
+	printPerfRounds(out, cfg, measurePerfRounds(ctx, cfg, want, prefix+"r", log))
 	var errs []error
 	for _, r := range results {
 		if r.err != nil {
@@ -359,20 +366,28 @@ func fmtRTT(p testbed.PingResult) string {
 // measure pings c2 from c1, then runs iperf3 with one stream and with
 // cfg.streams streams, and the request/response client (perf.go) from c1
 // to c2.
-func measure(ctx context.Context, cfg config, p pair, log io.Writer) (measurement, error) {
-	var m measurement
-	// Ping until c2 answers (ARP, and on two hosts the remote endpoint
-	// reaching h1, may take a moment), then the measured run.
+// waitReachable pings until c2 answers c1 (ARP, and on two hosts the
+// remote endpoint reaching h1, may take a moment).
+func waitReachable(ctx context.Context, p pair) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err := testbed.InNetns(ctx, p.c1, "ping", "-c", "1", "-W", "1", p.c2IP)
 		if err == nil {
-			break
+			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return m, fmt.Errorf("c1 cannot reach c2 (%s): %w", p.c2IP, err)
+			return fmt.Errorf("c1 cannot reach c2 (%s): %w", p.c2IP, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// measure pings, then runs one stream, cfg.streams streams and the
+// request/response measurement between p's containers.
+func measure(ctx context.Context, cfg config, p pair, log io.Writer) (measurement, error) {
+	var m measurement
+	if err := waitReachable(ctx, p); err != nil {
+		return m, err
 	}
 	pout, err := testbed.InNetns(ctx, p.c1, "ping", "-q", "-c", fmt.Sprint(cfg.pings), "-i", "0.05", "-W", "1", p.c2IP)
 	pr, perr := testbed.ParsePing(pout)
@@ -397,27 +412,32 @@ func measure(ctx context.Context, cfg config, p pair, log io.Writer) (measuremen
 }
 
 func benchVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	return measureSetup(ctx, cfg, prefix, log, setupVxmesh)
+}
+
+// setupVxmesh builds one testbed host with a daemon and two containers.
+func setupVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) (b *built, err error) {
 	fmt.Fprintln(log, "vxmesh: building testbed host and daemon")
+	b = &built{}
+	defer b.closeOnError(&err)
 	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
 	if err != nil {
-		return measurement{}, err
+		return nil, err
 	}
-	defer cleanupBin()
+	b.onClose(cleanupBin)
 	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix + "-"})
 	if err != nil {
-		return measurement{}, err
+		return nil, err
 	}
-	defer func() {
+	b.onClose(func() {
 		if err := tb.Close(); err != nil {
 			fmt.Fprintln(log, "vxmesh: cleanup:", err)
 		}
-	}()
+	})
 	h := tb.Hosts[0]
-	fail := func(err error) (measurement, error) {
-		return measurement{}, err
-	}
+	b.explain = func(err error) error { return fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15)) }
 	if err := h.StartDaemon(); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	steps := [][]string{
 		{"network", "create", "bench", "--subnet", "10.88.0.0/24", "--mtu", fmt.Sprint(cfg.mtu)},
@@ -426,31 +446,32 @@ func benchVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) 
 	}
 	for _, s := range steps {
 		if _, err := h.CLIContext(ctx, s...); err != nil {
-			return fail(err)
+			return nil, err
 		}
 	}
+	b.pair = pair{c1: h.ContainerNetnsPath("c1"), c2: h.ContainerNetnsPath("c2")}
+	if b.c2IP, err = endpointIP(h, "c2"); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// endpointIP returns the address of the endpoint of container name, as
+// `endpoint ls` on h shows it.
+func endpointIP(h *testbed.Host, name string) (string, error) {
 	var eps []struct {
 		Name string `json:"name"`
 		IP   string `json:"ip"`
 	}
 	if err := h.CLIJSON(&eps, "endpoint", "ls"); err != nil {
-		return fail(err)
+		return "", err
 	}
-	p := pair{c1: h.ContainerNetnsPath("c1"), c2: h.ContainerNetnsPath("c2")}
 	for _, e := range eps {
-		if e.Name == "c2" {
-			p.c2IP = strings.Split(e.IP, "/")[0]
+		if e.Name == name {
+			return strings.Split(e.IP, "/")[0], nil
 		}
 	}
-	if p.c2IP == "" {
-		return fail(fmt.Errorf("endpoint ls shows no c2: %+v", eps))
-	}
-	fmt.Fprintln(log, "vxmesh: measuring")
-	m, err := measure(ctx, cfg, p, log)
-	if err != nil {
-		err = fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15))
-	}
-	return m, err
+	return "", fmt.Errorf("endpoint ls on %s shows no %s: %+v", h.Name, name, eps)
 }
 
 // vxmeshBinary returns path if it exists, or builds ./cmd/vxmesh into a
@@ -474,19 +495,26 @@ func vxmeshBinary(path string) (string, func(), error) {
 }
 
 func benchKernel(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	return measureSetup(ctx, cfg, prefix, log, setupKernel)
+}
+
+// setupKernel builds the Linux bridge topology.
+func setupKernel(ctx context.Context, cfg config, prefix string, log io.Writer) (*built, error) {
 	fmt.Fprintln(log, "kernel: building Linux bridge + veth topology")
 	kb := kernelBridge{prefix: prefix + "-", mtu: cfg.mtu}
-	defer func() {
+	b := &built{}
+	b.onClose(func() {
 		if err := testbed.Cleanup(kb.prefix); err != nil {
 			fmt.Fprintln(log, "kernel: cleanup:", err)
 		}
-	}()
+	})
 	p, err := kb.build()
 	if err != nil {
-		return measurement{}, err
+		b.close()
+		return nil, err
 	}
-	fmt.Fprintln(log, "kernel: measuring")
-	return measure(ctx, cfg, p, log)
+	b.pair = p
+	return b, nil
 }
 
 // kernelBridge is what Docker's bridge driver builds: a bridge holding the
@@ -548,35 +576,47 @@ func benchVxmeshOverlayESP(ctx context.Context, cfg config, prefix string, log i
 // underlay.
 const espMaxMTU = 1405
 
+// vxmeshOverlay measures setupVxmeshOverlay's testbed.
 func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer, encrypted bool, daemonFlags ...string) (measurement, error) {
-	fail := func(err error) (measurement, error) {
-		return measurement{}, err
-	}
+	return measureSetup(ctx, cfg, prefix, log, func(ctx context.Context, cfg config, prefix string, log io.Writer) (*built, error) {
+		return setupVxmeshOverlay(ctx, cfg, prefix, log, encrypted, daemonFlags...)
+	})
+}
+
+// setupVxmeshOverlay builds two testbed hosts in one vxmesh cluster, the
+// daemons started with daemonFlags, with c1 on h1 and c2 on h2 in one
+// network (encrypted or not).
+func setupVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer, encrypted bool, daemonFlags ...string) (b *built, err error) {
 	fmt.Fprintln(log, "vxmesh-overlay: building two testbed hosts with a daemon each")
+	b = &built{}
+	defer b.closeOnError(&err)
 	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	defer cleanupBin()
+	b.onClose(cleanupBin)
 	tb, err := testbed.New(testbed.Options{Hosts: 2, Binary: bin, Prefix: prefix + "-"})
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	defer func() {
+	b.onClose(func() {
 		if err := tb.Close(); err != nil {
 			fmt.Fprintln(log, "vxmesh-overlay: cleanup:", err)
 		}
-	}()
+	})
 	if err := tb.StartDaemons(daemonFlags...); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	h1, h2 := tb.Hosts[0], tb.Hosts[1]
+	b.explain = func(err error) error {
+		return fmt.Errorf("%w; h1 log:\n%s\nh2 log:\n%s", err, h1.LogTail(10), h2.LogTail(10))
+	}
 	create := []string{"network", "create", "bench", "--subnet", "10.88.1.0/24", "--mtu", fmt.Sprint(cfg.mtu)}
 	if encrypted {
 		create = []string{"network", "create", "bench", "--subnet", "10.88.1.0/24", "--encrypted", "--mtu", fmt.Sprint(min(cfg.mtu, espMaxMTU))}
 	}
 	if _, err := h1.CLIContext(ctx, create...); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	// The network reaches h2 through the cluster.
 	deadline := time.Now().Add(10 * time.Second)
@@ -586,7 +626,7 @@ func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer
 			break
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fail(fmt.Errorf("network bench did not reach h2: %w", err))
+			return nil, fmt.Errorf("network bench did not reach h2: %w", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -595,52 +635,47 @@ func vxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.Writer
 		name string
 	}{{h1, "c1"}, {h2, "c2"}} {
 		if _, err := c.h.CLIContext(ctx, "run", "-d", "--network", "bench", "--name", c.name, "--", "sleep", "infinity"); err != nil {
-			return fail(err)
+			return nil, err
 		}
 	}
-	var eps []struct {
-		Name string `json:"name"`
-		IP   string `json:"ip"`
+	b.pair = pair{c1: h1.ContainerNetnsPath("c1"), c2: h2.ContainerNetnsPath("c2")}
+	if b.c2IP, err = endpointIP(h2, "c2"); err != nil {
+		return nil, err
 	}
-	if err := h2.CLIJSON(&eps, "endpoint", "ls"); err != nil {
-		return fail(err)
-	}
-	p := pair{c1: h1.ContainerNetnsPath("c1"), c2: h2.ContainerNetnsPath("c2")}
-	for _, e := range eps {
-		if e.Name == "c2" {
-			p.c2IP = strings.Split(e.IP, "/")[0]
-		}
-	}
-	if p.c2IP == "" {
-		return fail(fmt.Errorf("endpoint ls on h2 shows no c2: %+v", eps))
-	}
-	fmt.Fprintln(log, "vxmesh-overlay: measuring")
-	m, err := measure(ctx, cfg, p, log)
-	if err != nil {
-		err = fmt.Errorf("%w; h1 log:\n%s\nh2 log:\n%s", err, h1.LogTail(10), h2.LogTail(10))
-	}
-	return m, err
+	return b, nil
 }
 
 // benchKernelVXLAN measures the kernel datapath of Docker's overlay driver
 // on two testbed hosts (no daemons).
 func benchKernelVXLAN(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	return measureSetup(ctx, cfg, prefix, log, setupKernelVXLAN)
+}
+
+// setupKernelVXLAN builds two testbed hosts (no daemons) with kernel VXLAN.
+func setupKernelVXLAN(ctx context.Context, cfg config, prefix string, log io.Writer) (*built, error) {
 	fmt.Fprintln(log, "kernel-vxlan: building two hosts with kernel VXLAN + bridge + veth")
+	b, _, err := kernelVXLANTestbed(cfg, prefix, log)
+	return b, err
+}
+
+// kernelVXLANTestbed builds two testbed hosts with kernel VXLAN and
+// returns them with the testbed.
+func kernelVXLANTestbed(cfg config, prefix string, log io.Writer) (*built, *testbed.Testbed, error) {
 	tb, err := testbed.New(testbed.Options{Hosts: 2, Prefix: prefix + "-"})
 	if err != nil {
-		return measurement{}, err
+		return nil, nil, err
 	}
-	defer func() {
+	b := &built{}
+	b.onClose(func() {
 		if err := tb.Close(); err != nil {
 			fmt.Fprintln(log, "kernel-vxlan: cleanup:", err)
 		}
-	}()
-	p, err := buildKernelVXLAN(tb, cfg.mtu)
-	if err != nil {
-		return measurement{}, err
+	})
+	if b.pair, err = buildKernelVXLAN(tb, cfg.mtu); err != nil {
+		b.close()
+		return nil, nil, err
 	}
-	fmt.Fprintln(log, "kernel-vxlan: measuring")
-	return measure(ctx, cfg, p, log)
+	return b, tb, nil
 }
 
 // buildKernelVXLAN gives each of the testbed's two hosts a VXLAN device to

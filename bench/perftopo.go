@@ -42,28 +42,25 @@ var softSegOffloads = []string{"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csu
 // benchKernelVXLANSoftSeg is benchKernelVXLAN with software segmentation
 // before the underlay.
 func benchKernelVXLANSoftSeg(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	return measureSetup(ctx, cfg, prefix, log, setupKernelVXLANSoftSeg)
+}
+
+// setupKernelVXLANSoftSeg is setupKernelVXLAN with the underlay's
+// segmentation offloads off.
+func setupKernelVXLANSoftSeg(ctx context.Context, cfg config, prefix string, log io.Writer) (*built, error) {
 	if _, err := exec.LookPath("ethtool"); err != nil {
-		return measurement{}, fmt.Errorf("missing ethtool: apt-get install ethtool (make deps bench)")
+		return nil, fmt.Errorf("missing ethtool: apt-get install ethtool (make deps bench)")
 	}
 	fmt.Fprintln(log, "kernel-vxlan-sw: kernel VXLAN with the underlay veths' segmentation offloads off")
-	tb, err := testbed.New(testbed.Options{Hosts: 2, Prefix: prefix + "-"})
+	b, tb, err := kernelVXLANTestbed(cfg, prefix, log)
 	if err != nil {
-		return measurement{}, err
-	}
-	defer func() {
-		if err := tb.Close(); err != nil {
-			fmt.Fprintln(log, "kernel-vxlan-sw: cleanup:", err)
-		}
-	}()
-	p, err := buildKernelVXLAN(tb, cfg.mtu)
-	if err != nil {
-		return measurement{}, err
+		return nil, err
 	}
 	if err := disableUnderlayOffloads(ctx, tb); err != nil {
-		return measurement{}, err
+		b.close()
+		return nil, err
 	}
-	fmt.Fprintln(log, "kernel-vxlan-sw: measuring")
-	return measure(ctx, cfg, p, log)
+	return b, nil
 }
 
 // disableUnderlayOffloads turns softSegOffloads off on both ends of each
@@ -106,36 +103,42 @@ func benchVxmeshOverlayKernelTunnel(ctx context.Context, cfg config, prefix stri
 // benchWireguardGo measures wireguard-go between the testbed's two host
 // namespaces (no containers: the hosts' own stacks are the endpoints).
 func benchWireguardGo(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	return measureSetup(ctx, cfg, prefix, log, setupWireguardGo)
+}
+
+// setupWireguardGo builds two testbed hosts joined by wireguard-go.
+func setupWireguardGo(ctx context.Context, cfg config, prefix string, log io.Writer) (b *built, err error) {
 	if cfg.wireguardGo == "" {
-		return measurement{}, fmt.Errorf("no wireguard-go binary (-wireguard-go PATH)")
+		return nil, fmt.Errorf("no wireguard-go binary (-wireguard-go PATH)")
 	}
 	fmt.Fprintln(log, "wireguard-go: two hosts with a wireguard-go tunnel")
+	b = &built{}
+	defer b.closeOnError(&err)
 	tb, err := testbed.New(testbed.Options{Hosts: 2, Prefix: prefix + "-"})
 	if err != nil {
-		return measurement{}, err
+		return nil, err
 	}
-	defer func() {
+	b.onClose(func() {
 		if err := tb.Close(); err != nil {
 			fmt.Fprintln(log, "wireguard-go: cleanup:", err)
 		}
-	}()
+	})
 	keys := make([]*ecdh.PrivateKey, 2)
 	for i := range keys {
 		if keys[i], err = ecdh.X25519().GenerateKey(rand.Reader); err != nil {
-			return measurement{}, err
+			return nil, err
 		}
 	}
 	mtu := min(cfg.mtu, espMaxMTU)
-	var p pair
 	for i, h := range tb.Hosts[:2] {
 		peer := tb.Hosts[1-i]
 		// Interface names are global in the UAPI socket directory.
 		iface := strings.TrimSuffix(prefix, "-") + fmt.Sprintf("wg%d", i+1)
 		stop, err := startWireguardGo(ctx, cfg.wireguardGo, h.NetnsPath, iface)
 		if err != nil {
-			return measurement{}, err
+			return nil, err
 		}
-		defer stop()
+		b.onClose(stop)
 		conf := wgConfig{
 			PrivateKey: keys[i].Bytes(),
 			ListenPort: 51820,
@@ -144,7 +147,7 @@ func benchWireguardGo(ctx context.Context, cfg config, prefix string, log io.Wri
 			AllowedIP:  fmt.Sprintf("10.89.2.%d/32", 2-i),
 		}
 		if err := wgSet(filepath.Join(wgSockDir, iface+".sock"), conf); err != nil {
-			return measurement{}, fmt.Errorf("wireguard-go %s: %w", iface, err)
+			return nil, fmt.Errorf("wireguard-go %s: %w", iface, err)
 		}
 		addr := fmt.Sprintf("10.89.2.%d", i+1)
 		for _, a := range [][]string{
@@ -152,17 +155,17 @@ func benchWireguardGo(ctx context.Context, cfg config, prefix string, log io.Wri
 			{"-n", h.Netns, "link", "set", iface, "mtu", fmt.Sprint(mtu), "up"},
 		} {
 			if out, err := exec.Command("ip", a...).CombinedOutput(); err != nil {
-				return measurement{}, fmt.Errorf("ip %s: %v: %s", strings.Join(a, " "), err, strings.TrimSpace(string(out)))
+				return nil, fmt.Errorf("ip %s: %v: %s", strings.Join(a, " "), err, strings.TrimSpace(string(out)))
 			}
 		}
 		if i == 0 {
-			p.c1 = h.NetnsPath
+			b.c1 = h.NetnsPath
 		} else {
-			p.c2, p.c2IP = h.NetnsPath, addr
+			b.c2, b.c2IP = h.NetnsPath, addr
 		}
 	}
-	fmt.Fprintf(log, "wireguard-go: measuring (MTU %d)\n", mtu)
-	return measure(ctx, cfg, p, log)
+	fmt.Fprintf(log, "wireguard-go: MTU %d\n", mtu)
+	return b, nil
 }
 
 // wgSockDir is where wireguard-go puts its UAPI sockets.

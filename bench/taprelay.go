@@ -117,49 +117,51 @@ func relayFrames(in, out int) error {
 	}
 }
 
-// benchTAPRelay builds two container namespaces joined by the relay and
-// measures them like every row.
+// benchTAPRelay measures setupTAPRelay's namespaces like every row.
 func benchTAPRelay(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	return measureSetup(ctx, cfg, prefix, log, setupTAPRelay)
+}
+
+// setupTAPRelay starts the relay and builds two container namespaces
+// joined by it.
+func setupTAPRelay(ctx context.Context, cfg config, prefix string, log io.Writer) (b *built, err error) {
 	fmt.Fprintln(log, "tap-relay: two TAPs joined by a minimal userspace relay")
 	self, err := os.Executable()
 	if err != nil {
-		return measurement{}, err
+		return nil, err
 	}
 	pfx := prefix + "-"
-	defer func() {
+	b = &built{}
+	defer b.closeOnError(&err)
+	b.onClose(func() {
 		if err := testbed.Cleanup(pfx); err != nil {
 			fmt.Fprintln(log, "tap-relay: cleanup:", err)
 		}
-	}()
+	})
 	taps := [2]string{pfx + "t1", pfx + "t2"}
 	relay := exec.CommandContext(ctx, self, tapRelayCmd, "-a", taps[0], "-b", taps[1])
 	relay.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var relayErr strings.Builder
-	relay.Stderr = &relayErr
+	relayErr := &strings.Builder{}
+	relay.Stderr = relayErr
 	stdout, err := relay.StdoutPipe()
 	if err != nil {
-		return measurement{}, err
+		return nil, err
 	}
 	if err := relay.Start(); err != nil {
-		return measurement{}, fmt.Errorf("tap-relay: %w", err)
+		return nil, fmt.Errorf("tap-relay: %w", err)
 	}
-	defer func() {
+	b.onClose(func() {
 		_ = relay.Process.Kill()
 		_ = relay.Wait()
-	}()
+	})
+	b.explain = func(err error) error { return fmt.Errorf("%w (relay: %s)", err, relayErr.String()) }
 	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
-		return measurement{}, fmt.Errorf("tap-relay did not start: %q %v: %s", line, err, relayErr.String())
+		return nil, fmt.Errorf("tap-relay did not start: %q %v: %s", line, err, relayErr.String())
 	}
-	p, err := wireRelayTAPs(pfx, taps, cfg.mtu)
-	if err != nil {
-		return measurement{}, err
+	if b.pair, err = wireRelayTAPs(pfx, taps, cfg.mtu); err != nil {
+		return nil, err
 	}
-	fmt.Fprintln(log, "tap-relay: measuring")
-	m, err := measure(ctx, cfg, p, log)
-	if err != nil {
-		err = fmt.Errorf("%w (relay: %s)", err, relayErr.String())
-	}
-	return m, err
+	return b, nil
 }
 
 // wireRelayTAPs moves each TAP into a container namespace of its own
