@@ -127,8 +127,9 @@ func measureOnce(ctx context.Context, cfg config, p pair, m perfMeasure, log io.
 }
 
 // measurePerfRounds measures every goal whose two rows are wanted, in
-// cfg.rounds rounds of cfg.round per row and measurement. The goals of
-// one pair of rows share one setup of each.
+// cfg.rounds rounds of cfg.round per row and measurement (request/response
+// goals only with cfg.rr, multi-stream ones only with cfg.streams > 1).
+// The goals of one pair of rows share one setup of each.
 func measurePerfRounds(ctx context.Context, cfg config, want map[string]bool, prefix string, log io.Writer) []perfRound {
 	if cfg.rounds <= 0 {
 		return nil
@@ -147,7 +148,10 @@ func measurePerfRounds(ctx context.Context, cfg config, want map[string]bool, pr
 			}
 			return false
 		})
-		if !want[a] || !want[b] {
+		same = slices.DeleteFunc(same, func(g perfGoal) bool {
+			return g.measure == measureRRMean && !cfg.rr || g.measure == measureStreams && cfg.streams <= 1
+		})
+		if !want[a] || !want[b] || len(same) == 0 {
 			continue
 		}
 		res = append(res, pairRounds(ctx, rcfg, same, fmt.Sprintf("%s%d", prefix, len(res)), log)...)
