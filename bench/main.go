@@ -201,6 +201,7 @@ type result struct {
 	ping     testbed.PingResult
 	multi    testbed.IperfResult
 	rr       rrResult
+	cpuPerGB float64
 	err      error
 }
 
@@ -237,6 +238,9 @@ const lbTopology = "lb"
 type pair struct {
 	c1, c2 string // netns paths
 	c2IP   string
+	// daemons are the vxmesh daemons' PIDs whose CPU time a throughput
+	// run is charged (none for the kernel's and other rows).
+	daemons []int
 }
 
 func run(ctx context.Context, cfg config, out, log io.Writer) error {
@@ -271,7 +275,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		// Prefixes stay short: they become part of namespace names.
 		var m measurement
 		m, r.err = t.run(ctx, cfg, fmt.Sprintf("%s%d", prefix, i), log)
-		r.iperf, r.ping, r.multi, r.rr = m.iperf, m.ping, m.multi, m.rr
+		r.iperf, r.ping, r.multi, r.rr, r.cpuPerGB = m.iperf, m.ping, m.multi, m.rr, m.cpuPerGB
 		results = append(results, r)
 	}
 	if ctx.Err() != nil {
@@ -334,10 +338,10 @@ func printTable(out io.Writer, cfg config, results []result) {
 		}
 		fmt.Fprintf(out, "\n%s, 2 containers, MTU %d, TCP iperf3 %v (1 and -P %d streams), request/response %v, %d pings at 0.05 s\n\n", g, cfg.mtu, cfg.duration, cfg.streams, cfg.duration, cfg.pings)
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintf(tw, "topology\t\tGbit/s\tretrans\t%d streams\tRR/s\tRR mean\tping avg\tratio to kernel\t\n", cfg.streams)
+		fmt.Fprintf(tw, "topology\t\tGbit/s\tretrans\tdaemon CPU s/GB\t%d streams\tRR/s\tRR mean\tping avg\tratio to kernel\t\n", cfg.streams)
 		for _, r := range rows {
 			if r.err != nil {
-				fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t\n", r.name, r.desc)
+				fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t\n", r.name, r.desc)
 				continue
 			}
 			rrRate, rrMean := fmtRR(r.rr)
@@ -345,7 +349,7 @@ func printTable(out io.Writer, cfg config, results []result) {
 			if base != nil && base.iperf.ReceivedBitsPerSecond > 0 {
 				ratio = fmt.Sprintf("%.2f", r.iperf.ReceivedBitsPerSecond/base.iperf.ReceivedBitsPerSecond)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%s\t%s\t%s\t%s\t%s\t\n", r.name, r.desc, r.iperf.Gbps(), r.iperf.Retransmits, fmtMulti(r.multi), rrRate, rrMean, fmtRTT(r.ping), ratio)
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.name, r.desc, r.iperf.Gbps(), r.iperf.Retransmits, fmtCPUPerGB(r.cpuPerGB), fmtMulti(r.multi), rrRate, rrMean, fmtRTT(r.ping), ratio)
 		}
 		tw.Flush()
 	}
@@ -395,7 +399,7 @@ func measure(ctx context.Context, cfg config, p pair, log io.Writer) (measuremen
 		return m, fmt.Errorf("ping: %v (%v)", perr, err)
 	}
 	m.ping = pr
-	if m.iperf, err = runIperf(ctx, cfg, p, 1, log); err != nil {
+	if m.iperf, m.cpuPerGB, err = iperfCPU(ctx, cfg, p, 1, log); err != nil {
 		return m, err
 	}
 	if cfg.streams > 1 {
@@ -449,7 +453,7 @@ func setupVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) 
 			return nil, err
 		}
 	}
-	b.pair = pair{c1: h.ContainerNetnsPath("c1"), c2: h.ContainerNetnsPath("c2")}
+	b.pair = pair{c1: h.ContainerNetnsPath("c1"), c2: h.ContainerNetnsPath("c2"), daemons: []int{h.DaemonPID()}}
 	if b.c2IP, err = endpointIP(h, "c2"); err != nil {
 		return nil, err
 	}
@@ -638,7 +642,7 @@ func setupVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.W
 			return nil, err
 		}
 	}
-	b.pair = pair{c1: h1.ContainerNetnsPath("c1"), c2: h2.ContainerNetnsPath("c2")}
+	b.pair = pair{c1: h1.ContainerNetnsPath("c1"), c2: h2.ContainerNetnsPath("c2"), daemons: []int{h1.DaemonPID(), h2.DaemonPID()}}
 	if b.c2IP, err = endpointIP(h2, "c2"); err != nil {
 		return nil, err
 	}

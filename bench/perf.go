@@ -40,6 +40,35 @@ type measurement struct {
 	multi testbed.IperfResult // cfg.streams streams (zero if not run)
 	rr    rrResult            // request/response (zero if not run)
 	ping  testbed.PingResult
+	// cpuPerGB is the daemons' CPU seconds per GB received in the one
+	// stream run (0: no daemon on the path).
+	cpuPerGB float64
+}
+
+// iperfCPU is runIperf that also returns the CPU seconds p's daemons
+// spent per GB received (0 without daemons, or if their CPU time could
+// not be read): a cost that depends less on the machine's other load
+// than the throughput does.
+func iperfCPU(ctx context.Context, cfg config, p pair, streams int, log io.Writer) (testbed.IperfResult, float64, error) {
+	if len(p.daemons) == 0 {
+		r, err := runIperf(ctx, cfg, p, streams, log)
+		return r, 0, err
+	}
+	c0, err0 := cpuTime(p.daemons)
+	r, err := runIperf(ctx, cfg, p, streams, log)
+	c1, err1 := cpuTime(p.daemons)
+	if err != nil || err0 != nil || err1 != nil || r.ReceivedBytes <= 0 {
+		return r, 0, err
+	}
+	return r, (c1 - c0).Seconds() / (float64(r.ReceivedBytes) / 1e9), nil
+}
+
+// fmtCPUPerGB formats a row's daemon CPU per GB ("-" for none).
+func fmtCPUPerGB(v float64) string {
+	if v <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", v)
 }
 
 // rrResult is a request/response run: Transactions one-byte exchanges in

@@ -82,7 +82,10 @@ func perfSetup(name string) setupFunc {
 type perfRound struct {
 	goal   perfGoal
 	va, vb []float64
-	err    error
+	// cpuA and cpuB are each round's daemon CPU seconds per GB of a
+	// throughput measure (0 for a row without daemons).
+	cpuA, cpuB []float64
+	err        error
 }
 
 // scores returns each round's ratio a / b (throughput) or difference
@@ -110,19 +113,19 @@ func (g perfGoal) met(v float64) bool {
 }
 
 // measureOnce runs one measurement of m between p's containers and
-// returns its value.
-func measureOnce(ctx context.Context, cfg config, p pair, m perfMeasure, log io.Writer) (float64, error) {
+// returns its value and, for throughput, the daemons' CPU per GB.
+func measureOnce(ctx context.Context, cfg config, p pair, m perfMeasure, log io.Writer) (v, cpuPerGB float64, err error) {
 	switch m {
 	case measureStream, measureStreams:
 		streams := 1
 		if m == measureStreams {
 			streams = cfg.streams
 		}
-		r, err := runIperf(ctx, cfg, p, streams, log)
-		return r.ReceivedBitsPerSecond, err
+		r, cpu, err := iperfCPU(ctx, cfg, p, streams, log)
+		return r.ReceivedBitsPerSecond, cpu, err
 	default:
 		r, err := measureRR(ctx, cfg, p, log)
-		return float64(r.Mean()) / float64(time.Microsecond), err
+		return float64(r.Mean()) / float64(time.Microsecond), 0, err
 	}
 }
 
@@ -197,15 +200,15 @@ func pairRounds(ctx context.Context, cfg config, goals []perfGoal, prefix string
 				order = []int{1, 0}
 			}
 			for _, side := range order {
-				v, err := measureOnce(ctx, cfg, sides[side].pair, r.goal.measure, io.Discard)
+				v, cpu, err := measureOnce(ctx, cfg, sides[side].pair, r.goal.measure, io.Discard)
 				if err != nil {
 					r.err = fmt.Errorf("round %d, %s: %w", round+1, []string{a, b}[side], sides[side].fail(err))
 					break
 				}
 				if side == 0 {
-					r.va = append(r.va, v)
+					r.va, r.cpuA = append(r.va, v), append(r.cpuA, cpu)
 				} else {
-					r.vb = append(r.vb, v)
+					r.vb, r.cpuB = append(r.vb, v), append(r.cpuB, cpu)
 				}
 			}
 		}
@@ -223,7 +226,7 @@ func printPerfRounds(out io.Writer, cfg config, rounds []perfRound) {
 	fmt.Fprintf(out, "\nissue 12 goals, interleaved: %d rounds of %v per row and measurement, the two rows back to back, order alternating; value = median of the rounds' ratios (throughput) or differences (request/response mean)\n\n",
 		cfg.rounds, cfg.round)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "goal\tmeasure\tvalue (median)\tmin - max\trounds meeting\ta (median)\tb (median)\tgoal\t")
+	fmt.Fprintln(tw, "goal\tmeasure\tvalue (median)\tmin - max\trounds meeting\ta (median)\tb (median)\tCPU s/GB a\tCPU s/GB b\tgoal\t")
 	var failed []string
 	for _, r := range rounds {
 		g := r.goal
@@ -237,7 +240,7 @@ func printPerfRounds(out io.Writer, cfg config, rounds []perfRound) {
 		}
 		s := r.scores()
 		if r.err != nil || len(s) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\tfailed (below)\t\t\t\t\t%s\t\n", name, what, goal)
+			fmt.Fprintf(tw, "%s\t%s\tfailed (below)\t\t\t\t\t\t\t%s\t\n", name, what, goal)
 			failed = append(failed, fmt.Sprintf("%s %s: %v", name, what, r.err))
 			continue
 		}
@@ -258,9 +261,10 @@ func printPerfRounds(out io.Writer, cfg config, rounds []perfRound) {
 		case g.met(median(s)):
 			verdict = goal + ": met"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s - %s\t%s\t%s\t%s\t%s\t\n", name, what,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s - %s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name, what,
 			fmtScore(g, median(s)), fmtScore(g, s[0]), fmtScore(g, s[len(s)-1]), meeting,
-			fmtValue(unit, medianOf(r.va)), fmtValue(unit, medianOf(r.vb)), verdict)
+			fmtValue(unit, medianOf(r.va)), fmtValue(unit, medianOf(r.vb)),
+			fmtCPUPerGB(medianOf(r.cpuA)), fmtCPUPerGB(medianOf(r.cpuB)), verdict)
 	}
 	tw.Flush()
 	if len(failed) > 0 {

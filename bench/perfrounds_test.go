@@ -14,7 +14,8 @@ func TestPerfRoundsJudgeTheMedian(t *testing.T) {
 	rr := perfGoal{"vxmesh", "kernel", measureRRMean, 40}
 	rounds := []perfRound{
 		// ratios 0.5, 0.9, 0.85: median 0.85, two rounds meet 0.8.
-		{goal: stream, va: []float64{5e9, 9e9, 8.5e9}, vb: []float64{10e9, 10e9, 10e9}},
+		// The daemons' CPU per GB of a: median 1.10; b has no daemon.
+		{goal: stream, va: []float64{5e9, 9e9, 8.5e9}, vb: []float64{10e9, 10e9, 10e9}, cpuA: []float64{1.2, 1.0, 1.1}, cpuB: []float64{0, 0, 0}},
 		// differences +10, +60, +50 us: median +50, one round meets 40.
 		{goal: rr, va: []float64{30, 80, 70}, vb: []float64{20, 20, 20}},
 	}
@@ -25,7 +26,7 @@ func TestPerfRoundsJudgeTheMedian(t *testing.T) {
 	printPerfRounds(&out, config{rounds: 3, round: 2 * time.Second, streams: 4}, rounds)
 	lines := strings.Split(out.String(), "\n")
 	want := map[string][]string{
-		"1 stream": {"0.85", "0.50 - 0.90", "2 of 3", "8.50 Gbit/s", "10.00 Gbit/s", ">= 0.8: met"},
+		"1 stream": {"0.85", "0.50 - 0.90", "2 of 3", "8.50 Gbit/s", "10.00 Gbit/s", "1.10", ">= 0.8: met"},
 		"RR mean":  {"+50 us", "+10 us - +60 us", "1 of 3", "70.0 us", "20.0 us", "<= +40 us: NOT met"},
 	}
 	for what, fields := range want {

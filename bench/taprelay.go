@@ -161,6 +161,7 @@ func setupTAPRelay(ctx context.Context, cfg config, prefix string, log io.Writer
 	if b.pair, err = wireRelayTAPs(pfx, taps, cfg.mtu); err != nil {
 		return nil, err
 	}
+	b.daemons = []int{relay.Process.Pid}
 	return b, nil
 }
 
