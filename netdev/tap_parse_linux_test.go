@@ -140,6 +140,31 @@ func TestTAPReadBatchLimit(t *testing.T) {
 	}
 }
 
+// TestTAPReadBatchStopsAtTheByteBudget checks that a read batch ends once
+// its frames hold the byte budget, though more frames wait and buffers
+// are free, and that the next Read takes the rest.
+func TestTAPReadBatchStopsAtTheByteBudget(t *testing.T) {
+	tap, peer := seqpacketTAP(t)
+	if tap.rxBudget != TAPBatchBytes {
+		t.Fatalf("budget %d, want TAPBatchBytes", tap.rxBudget)
+	}
+	tap.rxBudget = 100 << 10
+	f := make([]byte, VirtioNetHdrLen+40<<10)
+	for i := range 5 {
+		if _, err := unix.Write(peer, f); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	b := packet.NewBatch(TAPBatchSize)
+	// 40 + 40 + 40 KiB reach 100 KiB: three frames, two left queued.
+	if n, err := tap.Read(b.Bufs, b.Sizes, packet.Headroom); n != 3 || err != nil {
+		t.Fatalf("first Read = %d, %v; want the 3 frames that reach the budget", n, err)
+	}
+	if n, err := tap.Read(b.Bufs, b.Sizes, packet.Headroom); n != 2 || err != nil {
+		t.Fatalf("second Read = %d, %v; want the 2 frames left", n, err)
+	}
+}
+
 func TestTAPWriteMetadataSlot(t *testing.T) {
 	tap, peer := seqpacketTAP(t)
 	buf := make([]byte, packet.Headroom+64)
