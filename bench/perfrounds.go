@@ -46,6 +46,7 @@ func perfGoals() []perfGoal {
 		{"vxmesh", "kernel", measureStreams, 0.8},
 		{"vxmesh", "kernel", measureRRMean, 40},
 		{"vxmesh", tapRelayTopology, measureStream, 0},
+		{"vxmesh", tapRelayTopology, measureRRMean, 0},
 		{"vxmesh-overlay", "kernel-vxlan", measureStream, 0.6},
 		{"vxmesh-overlay", "kernel-vxlan", measureRRMean, 80},
 		{"vxmesh-overlay", "kernel-vxlan-sw", measureStream, 1.3},
