@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vxmesh/vxmesh/packet"
@@ -172,5 +173,97 @@ func TestPutSuperHeader(t *testing.T) {
 		if putSuperHeader(h, &a, tc.f, tc.o, 4097, tc.dst, 40000) {
 			t.Errorf("%s: not refused", tc.name)
 		}
+	}
+}
+
+// countSuper is a SuperWriter that only counts, without allocating.
+type countSuper struct{ n atomic.Uint64 }
+
+func (c *countSuper) WriteSuper([]byte, packet.Offload, uint32, netip.AddrPort, uint32) error {
+	c.n.Add(1)
+	return nil
+}
+
+func (c *countSuper) Close() error { return nil }
+
+// TestSetSuperEnabledSwitchesAtRunTime: switched off, a super-segment to
+// one peer is split and sent over the underlay (not refused: no fallback
+// counted); switched on again, it goes to the SuperWriter whole. A VTEP
+// without a SuperWriter reports that it cannot switch on.
+func TestSetSuperEnabledSwitchesAtRunTime(t *testing.T) {
+	mn := NewMemNetwork()
+	mn.SetMTU(1500)
+	fs := &fakeSuper{}
+	a := superNode(t, mn, fs)
+	rb := newRaw(t, mn, vtepB)
+	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	const mss = 1450 - 20 - 32
+	segs := (10000 + mss - 1) / mss
+	write := func() {
+		t.Helper()
+		if n, err := a.n.Write([][]byte{tsoBuffer(macB, macA, false, 10000, mss)}, packet.Headroom); n != 1 || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	if !a.v.SuperEnabled() {
+		t.Fatal("a VTEP made with a SuperWriter starts with it off")
+	}
+	write()
+	if !a.v.SetSuperEnabled(false) || a.v.SuperEnabled() {
+		t.Fatal("SetSuperEnabled(false) did not switch it off")
+	}
+	write()
+	if got := rb.recv(t, segs); len(got) != segs || len(fs.frames) != 1 {
+		t.Fatalf("switched off: %d datagrams on the underlay, %d super-packets; want %d, 1", len(got), len(fs.frames), segs)
+	}
+	a.v.SetSuperEnabled(true)
+	write()
+	if len(fs.frames) != 2 || rb.pending() != 0 {
+		t.Fatalf("switched on again: %d super-packets, %d datagrams on the underlay; want 2, 0", len(fs.frames), rb.pending())
+	}
+	if st := a.v.Stats(); st.TxSupers != 2 || st.SuperFallbacks != 0 {
+		t.Errorf("TxSupers %d, SuperFallbacks %d; want 2, 0", st.TxSupers, st.SuperFallbacks)
+	}
+	plain := newNode(t, mn, netip.MustParseAddr("192.168.50.9"), nil)
+	if plain.v.SetSuperEnabled(true) || plain.v.SuperEnabled() {
+		t.Error("a VTEP without a SuperWriter switched the kernel path on")
+	}
+}
+
+// TestSuperSwitchDoesNotAllocate: writing super-segments while the switch
+// flips between batches allocates nothing on either path.
+func TestSuperSwitchDoesNotAllocate(t *testing.T) {
+	mn := NewMemNetwork()
+	mn.SetMTU(1500)
+	cs := &countSuper{}
+	a := superNode(t, mn, cs)
+	peer, err := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	const mss = 1450 - 20 - 32
+	b := tsoBuffer(macB, macA, false, 10000, mss)
+	orig := bytes.Clone(b)
+	drain := make([]Message, packet.BatchSize)
+	for i := range drain {
+		drain[i].Buf = make([]byte, 2048)
+	}
+	bufs := [][]byte{b}
+	on := true
+	step := func() {
+		copy(b, orig)
+		on = !on
+		a.v.SetSuperEnabled(on)
+		a.n.Write(bufs, packet.Headroom)
+		for (&raw{u: peer}).pending() > 0 {
+			peer.ReadBatch(drain)
+		}
+	}
+	if allocs := testing.AllocsPerRun(200, step); allocs != 0 {
+		t.Errorf("a super-segment write with the switch flipping allocates %.1f times", allocs)
+	}
+	if got := cs.n.Load(); got < 100 {
+		t.Errorf("%d super-packets of 201 writes, half of them switched on", got)
 	}
 }
