@@ -158,6 +158,7 @@ func TestPutSuperHeader(t *testing.T) {
 		t.Errorf("outer UDP checksum field %#x is not the pseudo-header sum", partial)
 	}
 
+	one := tsoBuffer(macB, macA, false, mss, mss) // GSO metadata, one segment
 	for _, tc := range []struct {
 		name string
 		f    []byte
@@ -169,6 +170,7 @@ func TestPutSuperHeader(t *testing.T) {
 		{"not GSO", f, packet.Offload{1, 0, 0, 0, 34, 0, 16, 0, 0, 0}, dst},
 		{"too long for one outer packet", make([]byte, 65500), o, dst},
 		{"VLAN-tagged", append(append(append([]byte(nil), f[:12]...), 0x81, 0), f[12:]...), o, dst},
+		{"one segment", one[packet.Headroom:], packet.OffloadOf(one), dst},
 	} {
 		if putSuperHeader(h, &a, tc.f, tc.o, 4097, tc.dst, 40000) {
 			t.Errorf("%s: not refused", tc.name)
@@ -265,5 +267,28 @@ func TestSuperSwitchDoesNotAllocate(t *testing.T) {
 	}
 	if got := cs.n.Load(); got < 100 {
 		t.Errorf("%d super-packets of 201 writes, half of them switched on", got)
+	}
+}
+
+// TestSuperWriterSkipsOneSegment: a TCP frame with GSO metadata but one
+// segment's payload (as the gateway's netstack sends them) is not handed
+// to the kernel, where its checksums would stay partial: it goes as one
+// datagram with its TCP checksum complete, and is no fallback.
+func TestSuperWriterSkipsOneSegment(t *testing.T) {
+	mn := NewMemNetwork()
+	mn.SetMTU(1500)
+	fs := &fakeSuper{}
+	a := superNode(t, mn, fs)
+	rb := newRaw(t, mn, vtepB)
+	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	const mss = 1450 - 20 - 32
+	b := tsoBuffer(macB, macA, false, 700, mss)
+	orig := bytes.Clone(b)
+	if n, err := a.n.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	checkTCPSegments(t, rb.recv(t, 1), 1450, orig[packet.Headroom+14+20+32:])
+	if st := a.v.Stats(); len(fs.frames) != 0 || st.TxSupers != 0 || st.SuperFallbacks != 0 {
+		t.Errorf("%d super-packets, TxSupers %d, SuperFallbacks %d; want none", len(fs.frames), st.TxSupers, st.SuperFallbacks)
 	}
 }

@@ -119,7 +119,8 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 		switch {
 		case cipher != 0:
 			n.writeESP(sc, sec, cipher, &t)
-		case super && t.isGSO && len(t.fan) == 1 && n.writeSuper(sc, &t):
+		case super && t.isGSO && len(t.fan) == 1 && t.g.Segments() > 1 && n.writeSuper(sc, &t):
+			// One segment (see putSuperHeader) goes as one datagram below.
 		case t.isGSO:
 			n.emitSegments(sc, &t)
 		case !t.fill:
