@@ -37,6 +37,22 @@ for _ in range(100):
 c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
 print(len(data), hashlib.sha256(data).hexdigest())`
 
+// containerPair creates network (subnet) on h1, container c1 on it on h1
+// and c2 on h2, waits until each host knows the other's container and
+// c1 pings c2.
+func containerPair(h1, h2 *env, network, subnet string) (c1, c2 api.Endpoint) {
+	h1.t.Helper()
+	h1.network(network, subnet)
+	h2.waitNetwork(network)
+	h1.run("c1", network)
+	h2.run("c2", network)
+	c1, c2 = h1.endpoint("c1"), h2.endpoint("c2")
+	h1.waitRemote(network, c2, h2.h.Addr)
+	h2.waitRemote(network, c1, h1.h.Addr)
+	h1.mustPing("c1", addrOnly(c2.IP))
+	return c1, c2
+}
+
 // TestKernelTunnelCarriesTCPIntactAcrossHosts: with --kernel-tunnel, a
 // bulk TCP transfer between containers on two hosts arrives byte for byte
 // (a sender-side hash against the receiver's), and the daemons' stats show
@@ -46,14 +62,7 @@ func TestKernelTunnelCarriesTCPIntactAcrossHosts(t *testing.T) {
 	testenv.RequireCommand(t, "python3", "python3")
 	es := newCluster(t, 2, "--kernel-tunnel")
 	h1, h2 := es[0], es[1]
-	h1.network("bulk", "10.73.0.0/24")
-	h2.waitNetwork("bulk")
-	h1.run("c1", "bulk")
-	h2.run("c2", "bulk")
-	c1, c2 := h1.endpoint("c1"), h2.endpoint("c2")
-	h1.waitRemote("bulk", c2, h2.h.Addr)
-	h2.waitRemote("bulk", c1, h1.h.Addr)
-	h1.mustPing("c1", addrOnly(c2.IP))
+	_, c2 := containerPair(h1, h2, "bulk", "10.73.0.0/24")
 
 	type result struct {
 		out string
@@ -128,14 +137,7 @@ func TestKernelTunnelAutoFollowsTheForwardFirewall(t *testing.T) {
 	testenv.RequireCommand(t, "nft", "nftables")
 	es := newCluster(t, 2)
 	h1, h2 := es[0], es[1]
-	h1.network("fw", "10.74.0.0/24")
-	h2.waitNetwork("fw")
-	h1.run("c1", "fw")
-	h2.run("c2", "fw")
-	c1, c2 := h1.endpoint("c1"), h2.endpoint("c2")
-	h1.waitRemote("fw", c2, h2.h.Addr)
-	h2.waitRemote("fw", c1, h1.h.Addr)
-	h1.mustPing("c1", addrOnly(c2.IP))
+	_, c2 := containerPair(h1, h2, "fw", "10.74.0.0/24")
 	k := h1.kernelTunnel()
 	if k.Mode != "auto" || !k.Active {
 		t.Fatalf("h1 with the default flags in a namespace without a firewall: %+v; want auto and active", k)

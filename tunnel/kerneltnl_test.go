@@ -55,15 +55,27 @@ func superNode(t *testing.T, mn *MemNetwork, s SuperWriter) *node {
 	return &node{v: v, u: u, n: n}
 }
 
+// superMSS is the TCP payload of one segment at the default MTU (IPv4,
+// 32-byte TCP header with timestamps).
+const superMSS = 1450 - 20 - 32
+
+// superPair is superNode on a fresh MemNetwork of 1500-byte MTU, with a
+// raw receiver at vtepB, whose MAC macB it knows.
+func superPair(t *testing.T, s SuperWriter) (*node, *raw, *MemNetwork) {
+	t.Helper()
+	mn := NewMemNetwork()
+	mn.SetMTU(1500)
+	a := superNode(t, mn, s)
+	rb := newRaw(t, mn, vtepB)
+	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	return a, rb, mn
+}
+
 // TestSuperWriterRefusedFallsBack: a super-segment the kernel path refuses
 // is split and sent as datagrams as without it, and counted.
 func TestSuperWriterRefusedFallsBack(t *testing.T) {
-	mn := NewMemNetwork()
-	mn.SetMTU(1500)
-	a := superNode(t, mn, &fakeSuper{err: errors.New("refused")})
-	rb := newRaw(t, mn, vtepB)
-	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
-	const mss = 1450 - 20 - 32
+	a, rb, _ := superPair(t, &fakeSuper{err: errors.New("refused")})
+	const mss = superMSS
 	b := tsoBuffer(macB, macA, false, 10000, mss)
 	orig := bytes.Clone(b)
 	if n, err := a.n.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
@@ -81,13 +93,9 @@ func TestSuperWriterRefusedFallsBack(t *testing.T) {
 // sent before it; a super-segment flooded to several peers is split as
 // before.
 func TestSuperWriterTakesUnicastSuperSegmentsInOrder(t *testing.T) {
-	mn := NewMemNetwork()
-	mn.SetMTU(1500)
 	fs := &fakeSuper{}
-	a := superNode(t, mn, fs)
-	rb := newRaw(t, mn, vtepB)
-	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
-	const mss = 1450 - 20 - 32
+	a, rb, mn := superPair(t, fs)
+	const mss = superMSS
 	plain := withHeadroom(udpFrame(macB, macA, 1, 2, 100))[0]
 	super := tsoBuffer(macB, macA, false, 10000, mss)
 	sentBefore := -1
@@ -193,13 +201,9 @@ func (c *countSuper) Close() error { return nil }
 // counted); switched on again, it goes to the SuperWriter whole. A VTEP
 // without a SuperWriter reports that it cannot switch on.
 func TestSetSuperEnabledSwitchesAtRunTime(t *testing.T) {
-	mn := NewMemNetwork()
-	mn.SetMTU(1500)
 	fs := &fakeSuper{}
-	a := superNode(t, mn, fs)
-	rb := newRaw(t, mn, vtepB)
-	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
-	const mss = 1450 - 20 - 32
+	a, rb, mn := superPair(t, fs)
+	const mss = superMSS
 	segs := (10000 + mss - 1) / mss
 	write := func() {
 		t.Helper()
@@ -275,13 +279,9 @@ func TestSuperSwitchDoesNotAllocate(t *testing.T) {
 // to the kernel, where its checksums would stay partial: it goes as one
 // datagram with its TCP checksum complete, and is no fallback.
 func TestSuperWriterSkipsOneSegment(t *testing.T) {
-	mn := NewMemNetwork()
-	mn.SetMTU(1500)
 	fs := &fakeSuper{}
-	a := superNode(t, mn, fs)
-	rb := newRaw(t, mn, vtepB)
-	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
-	const mss = 1450 - 20 - 32
+	a, rb, _ := superPair(t, fs)
+	const mss = superMSS
 	b := tsoBuffer(macB, macA, false, 700, mss)
 	orig := bytes.Clone(b)
 	if n, err := a.n.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
