@@ -340,8 +340,16 @@ type NetworkStats struct {
 	BalancerDrops map[string]uint64 `json:"balancer_drops,omitempty"`
 }
 
-// KernelTunnelStats are the counters of kernel UDP tunnel segmentation.
+// KernelTunnelStats are the state and counters of kernel UDP tunnel
+// segmentation.
 type KernelTunnelStats struct {
+	// Mode is the daemon's --kernel-tunnel: "auto", "on" or "off".
+	Mode string `json:"mode"`
+	// Active is true while TCP super-segments to one peer go to the
+	// kernel whole; Reason says why it is or is not (the firewall rule
+	// of auto, the reverse-path filter, the kernel's refusal at start).
+	Active         bool   `json:"active"`
+	Reason         string `json:"reason,omitempty"`
 	TxSupers       uint64 `json:"tx_supers"`
 	SuperFallbacks uint64 `json:"super_fallbacks"`
 	RxSupers       uint64 `json:"rx_supers"`
@@ -358,10 +366,10 @@ type Stats struct {
 	// network was known, by reason: "unknown-vni", "malformed", and for
 	// ESP "esp-auth", "esp-replay", "esp-unknown-spi", "esp-malformed".
 	TunnelDrops map[string]uint64 `json:"tunnel_drops,omitempty"`
-	// KernelTunnel counts TCP super-segments sent through the kernel's UDP
-	// tunnel segmentation (daemon --kernel-tunnel), those it refused
-	// (split by the daemon instead) and those received whole; nil while
-	// all are zero.
+	// KernelTunnel is the state of the kernel's UDP tunnel segmentation
+	// (daemon --kernel-tunnel) and counts the TCP super-segments sent
+	// through it, those it refused (split by the daemon instead) and those
+	// received whole; nil with --kernel-tunnel=off while all are zero.
 	KernelTunnel *KernelTunnelStats `json:"kernel_tunnel,omitempty"`
 	// ESPHelperSealed counts the ESP datagrams of super-segments that a
 	// helper goroutine sealed beside the writing one (encrypted networks

@@ -14,12 +14,15 @@
 // Two hosts (testbed hosts on one underlay bridge, MTU 1500):
 //   - vxmesh-overlay: a vxmesh daemon per host in one cluster, a network
 //     created on h1 with --mtu 1450, container c1 on h1 and c2 on h2: the
-//     traffic crosses the underlay in vxmesh's VXLAN.
+//     traffic crosses the underlay in vxmesh's VXLAN. The daemons run with
+//     the default --kernel-tunnel=auto, which in the testbed's fresh
+//     namespaces (no firewall) sends TCP super-segments to the kernel
+//     whole, for its UDP tunnel segmentation.
 //   - vxmesh-overlay-rxq: the same with the daemons' --rx-sockets at
 //     -rx-sockets (several VTEP receive sockets, one loop each).
-//   - vxmesh-overlay-ktnl: the same with the daemons' --kernel-tunnel (TCP
-//     super-segments go to the kernel whole, for its UDP tunnel
-//     segmentation).
+//   - vxmesh-overlay-usplit: the same with the daemons' --kernel-tunnel=off
+//     (TCP super-segments are split into datagrams in the daemon, as auto
+//     does where a forward firewall could drop the kernel's).
 //   - vxmesh-esp: the same with an encrypted network (--encrypted,
 //     aes128-gcm): ESP in UDP between the hosts, at the encrypted
 //     network's MTU (1405 on a 1500-byte underlay, or -mtu if smaller).
@@ -82,6 +85,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/internal/testbed"
 )
 
@@ -224,7 +228,7 @@ var topologies = []topology{
 	{tapRelayTopology, "two TAPs, minimal userspace relay (the TAP ceiling)", singleHost, false, benchTAPRelay},
 	{"vxmesh-overlay", "vxmesh VXLAN between two daemons", twoHosts, false, benchVxmeshOverlay},
 	{rxqTopology, "vxmesh-overlay, daemons with --rx-sockets N", twoHosts, false, benchVxmeshOverlayRxq},
-	{ktnlTopology, "vxmesh-overlay, daemons with --kernel-tunnel", twoHosts, false, benchVxmeshOverlayKernelTunnel},
+	{usplitTopology, "vxmesh-overlay, daemons with --kernel-tunnel=off", twoHosts, false, benchVxmeshOverlayUserspaceSplit},
 	{"vxmesh-esp", "vxmesh encrypted (ESP aes128-gcm), MTU <= 1405", twoHosts, false, benchVxmeshOverlayESP},
 	{"kernel-vxlan", "kernel VXLAN + bridge + veth (Docker overlay)", twoHosts, true, benchKernelVXLAN},
 	{"kernel-vxlan-sw", "kernel-vxlan, underlay segmentation offloads off", twoHosts, false, benchKernelVXLANSoftSeg},
@@ -257,7 +261,7 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 		for _, n := range strings.Split(cfg.only, ",") {
 			n = strings.TrimSpace(n)
 			if _, ok := want[n]; !ok {
-				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, tap-relay, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, vxmesh-overlay-rxq, vxmesh-overlay-ktnl, egress, publish or lb)", n)
+				return fmt.Errorf("-only: unknown topology %q (want vxmesh, kernel, tap-relay, vxmesh-overlay, vxmesh-esp, kernel-vxlan, kernel-vxlan-sw, wireguard-go, vxmesh-overlay-rxq, vxmesh-overlay-usplit, egress, publish or lb)", n)
 			}
 			if n == wireguardTopology && cfg.wireguardGo == "" {
 				return fmt.Errorf("-only %s needs -wireguard-go PATH (make bench WIREGUARD_GO=PATH)", n)
@@ -614,6 +618,11 @@ func setupVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.W
 	h1, h2 := tb.Hosts[0], tb.Hosts[1]
 	b.explain = func(err error) error {
 		return fmt.Errorf("%w; h1 log:\n%s\nh2 log:\n%s", err, h1.LogTail(10), h2.LogTail(10))
+	}
+	var st api.Stats
+	if err := h1.CLIJSON(&st, "stats"); err == nil && st.KernelTunnel != nil {
+		k := st.KernelTunnel
+		fmt.Fprintf(log, "vxmesh-overlay: kernel tunnel (--kernel-tunnel=%s) active %v: %s\n", k.Mode, k.Active, k.Reason)
 	}
 	create := []string{"network", "create", "bench", "--subnet", "10.88.1.0/24", "--mtu", fmt.Sprint(cfg.mtu)}
 	if encrypted {

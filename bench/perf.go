@@ -300,9 +300,9 @@ var anchors = []anchor{
 	{"vxmesh-overlay", "kernel-vxlan-sw"},
 	{rxqTopology, "vxmesh-overlay"},
 	{rxqTopology, "kernel-vxlan"},
-	{ktnlTopology, "vxmesh-overlay"},
-	{ktnlTopology, "kernel-vxlan"},
-	{ktnlTopology, "kernel-vxlan-sw"},
+	{usplitTopology, "vxmesh-overlay"},
+	{usplitTopology, "kernel-vxlan"},
+	{usplitTopology, "kernel-vxlan-sw"},
 	{"vxmesh-esp", wireguardTopology},
 }
 

@@ -89,15 +89,17 @@ func benchVxmeshOverlayRxq(ctx context.Context, cfg config, prefix string, log i
 	return vxmeshOverlay(ctx, cfg, prefix, log, false, "--rx-sockets", fmt.Sprint(cfg.rxSockets))
 }
 
-// ktnlTopology is the vxmesh-overlay row with the daemons sending TCP
-// super-segments through the kernel's UDP tunnel segmentation.
-const ktnlTopology = "vxmesh-overlay-ktnl"
+// usplitTopology is the vxmesh-overlay row with the daemons' kernel
+// tunnel off (--kernel-tunnel=off): TCP super-segments are split into
+// datagrams in userspace, as the default (auto) does where a forward
+// firewall could drop the kernel's super-packets.
+const usplitTopology = "vxmesh-overlay-usplit"
 
-// benchVxmeshOverlayKernelTunnel is benchVxmeshOverlay with the daemons
-// started with --kernel-tunnel.
-func benchVxmeshOverlayKernelTunnel(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
-	fmt.Fprintln(log, "vxmesh-overlay-ktnl: daemons with --kernel-tunnel")
-	return vxmeshOverlay(ctx, cfg, prefix, log, false, "--kernel-tunnel")
+// benchVxmeshOverlayUserspaceSplit is benchVxmeshOverlay with the daemons
+// started with --kernel-tunnel=off.
+func benchVxmeshOverlayUserspaceSplit(ctx context.Context, cfg config, prefix string, log io.Writer) (measurement, error) {
+	fmt.Fprintln(log, "vxmesh-overlay-usplit: daemons with --kernel-tunnel=off")
+	return vxmeshOverlay(ctx, cfg, prefix, log, false, "--kernel-tunnel=off")
 }
 
 // benchWireguardGo measures wireguard-go between the testbed's two host

@@ -96,12 +96,20 @@ type Config struct {
 	// (SO_REUSEPORT, one receive loop each: tunnel.UDPConfig.RxSockets);
 	// 0 means DefaultRxSockets.
 	RxSockets int
-	// KernelTunnel sends TCP super-segments to one peer as whole VXLAN
-	// super-packets through a TAP (tunnel.KernelTunnel, Linux 6.17+), for
-	// the kernel to segment at the underlay device; where the kernel or
-	// the host cannot (see tunnel.OpenKernelTunnel), the daemon logs why
-	// and segments them itself as without it.
-	KernelTunnel bool
+	// KernelTunnel says when TCP super-segments to one peer go as whole
+	// VXLAN super-packets through a TAP (tunnel.KernelTunnel, Linux
+	// 6.17+), for the kernel to segment at the underlay device: never
+	// (KernelTunnelOff, also ""), whenever the kernel can
+	// (KernelTunnelOn), or while also nothing in the host's netfilter can
+	// filter the packets the kernel forwards (KernelTunnelAuto, the CLI's
+	// default; see kerneltnl.go). Where the kernel or the host cannot
+	// (see tunnel.OpenKernelTunnel), the daemon logs why and segments them
+	// itself as without it.
+	KernelTunnel KernelTunnelMode
+	// KernelTunnelRecheck is how often the conditions of KernelTunnel are
+	// checked again while the daemon runs; 0 means
+	// DefaultKernelTunnelRecheck.
+	KernelTunnelRecheck time.Duration
 	// BusyPoll, if positive, is how long each data-path reader (a
 	// container's TAP, a VTEP receive socket) keeps polling after a frame
 	// before it blocks in the netpoller: it trades CPU after traffic for
@@ -176,6 +184,11 @@ type Daemon struct {
 	// selfNs identifies the daemon's own network namespace, which is
 	// never a container's.
 	selfNs [2]uint64
+	// ktnl is the state of kernel tunnel segmentation (kerneltnl.go),
+	// set by start and by watchKernelTunnel.
+	ktnl atomic.Pointer[ktnlState]
+	// ktnlCheck replaces kernelTunnelAllowed (tests); nil: that.
+	ktnlCheck func(KernelTunnelMode) (bool, string)
 
 	cl *cluster.Cluster
 	dp *dataplane.Dataplane
@@ -406,26 +419,6 @@ func New(cfg Config) (*Daemon, error) {
 // start brings up the VTEP and the cluster membership, restores the
 // persisted state, joins the cluster and announces this node's networks
 // and endpoints.
-// openKernelTunnel opens the kernel tunnel TAP when Config.KernelTunnel
-// asks for it and the kernel and host allow it; nil otherwise (the VTEP
-// then segments in userspace). ul's transmit ports become its source ports.
-func (d *Daemon) openKernelTunnel(ul tunnel.Underlay) tunnel.SuperWriter {
-	if !d.cfg.KernelTunnel {
-		return nil
-	}
-	kc := tunnel.KernelTunnelConfig{Local: d.cfg.Advertise}
-	if u, ok := ul.(*tunnel.UDP); ok {
-		kc.SourcePorts = u.TxPorts()
-	}
-	k, err := tunnel.OpenKernelTunnel(kc)
-	if err != nil {
-		d.log.Warn("kernel tunnel segmentation unavailable: segmenting in userspace", "err", err)
-		return nil
-	}
-	d.log.Info("kernel tunnel segmentation on", "tap", k.Name())
-	return k
-}
-
 func (d *Daemon) start() error {
 	key, err := d.loadClusterKey()
 	if err != nil {
@@ -470,6 +463,7 @@ func (d *Daemon) start() error {
 		Logger:   d.log.With("component", "dataplane"),
 		BusyPoll: d.cfg.BusyPoll,
 	})
+	d.dp.SetKernelTunnel(d.ktnl.Load().active)
 	d.done.Add(1)
 	go func() {
 		defer d.done.Done()
@@ -515,6 +509,13 @@ func (d *Daemon) start() error {
 		defer d.done.Done()
 		d.watchCluster(d.ctx)
 	}()
+	if super != nil {
+		d.done.Add(1)
+		go func() {
+			defer d.done.Done()
+			d.watchKernelTunnel(d.ctx)
+		}()
+	}
 	d.log.Info("node started", "node", d.cfg.Node, "advertise", d.cfg.Advertise, "data_port", d.cfg.DataPort, "gossip_port", d.cfg.GossipPort)
 	return nil
 }

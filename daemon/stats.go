@@ -67,9 +67,7 @@ func (d *Daemon) Stats() api.Stats {
 	if len(ts.Drops) > 0 {
 		out.TunnelDrops = ts.Drops
 	}
-	if ts.TxSupers+ts.SuperFallbacks+ts.RxSupers > 0 {
-		out.KernelTunnel = &api.KernelTunnelStats{TxSupers: ts.TxSupers, SuperFallbacks: ts.SuperFallbacks, RxSupers: ts.RxSupers}
-	}
+	out.KernelTunnel = d.kernelTunnelStats(ts)
 	out.ESPHelperSealed = ts.HelperSealed
 	for _, n := range nets {
 		for _, st := range lbs.Networks[n.rec.Name].Services {

@@ -335,6 +335,14 @@ func (dp *Dataplane) FDB(name string) ([]vswitch.FDBEntry, []tunnel.FDBEntry, bo
 // TunnelStats returns the VTEP's counters.
 func (dp *Dataplane) TunnelStats() tunnel.Stats { return dp.vtep.Stats() }
 
+// SetKernelTunnel switches the VTEP's kernel path (tunnel.Config.Super)
+// on or off at run time (tunnel.VTEP.SetSuperEnabled); it reports whether
+// there is one.
+func (dp *Dataplane) SetKernelTunnel(on bool) bool { return dp.vtep.SetSuperEnabled(on) }
+
+// KernelTunnel reports whether the VTEP's kernel path is in use.
+func (dp *Dataplane) KernelTunnel() bool { return dp.vtep.SuperEnabled() }
+
 // PortState describes a port: "up", or "down: " and why (its device
 // failed, or it could not join its switch); "" for a port the data plane
 // does not have.

@@ -1,11 +1,16 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/internal/testbed"
 	"github.com/vxmesh/vxmesh/internal/testenv"
 )
 
@@ -32,6 +37,22 @@ for _ in range(100):
 c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
 print(len(data), hashlib.sha256(data).hexdigest())`
 
+// containerPair creates network (subnet) on h1, container c1 on it on h1
+// and c2 on h2, waits until each host knows the other's container and
+// c1 pings c2.
+func containerPair(h1, h2 *env, network, subnet string) (c1, c2 api.Endpoint) {
+	h1.t.Helper()
+	h1.network(network, subnet)
+	h2.waitNetwork(network)
+	h1.run("c1", network)
+	h2.run("c2", network)
+	c1, c2 = h1.endpoint("c1"), h2.endpoint("c2")
+	h1.waitRemote(network, c2, h2.h.Addr)
+	h2.waitRemote(network, c1, h1.h.Addr)
+	h1.mustPing("c1", addrOnly(c2.IP))
+	return c1, c2
+}
+
 // TestKernelTunnelCarriesTCPIntactAcrossHosts: with --kernel-tunnel, a
 // bulk TCP transfer between containers on two hosts arrives byte for byte
 // (a sender-side hash against the receiver's), and the daemons' stats show
@@ -41,14 +62,7 @@ func TestKernelTunnelCarriesTCPIntactAcrossHosts(t *testing.T) {
 	testenv.RequireCommand(t, "python3", "python3")
 	es := newCluster(t, 2, "--kernel-tunnel")
 	h1, h2 := es[0], es[1]
-	h1.network("bulk", "10.73.0.0/24")
-	h2.waitNetwork("bulk")
-	h1.run("c1", "bulk")
-	h2.run("c2", "bulk")
-	c1, c2 := h1.endpoint("c1"), h2.endpoint("c2")
-	h1.waitRemote("bulk", c2, h2.h.Addr)
-	h2.waitRemote("bulk", c1, h1.h.Addr)
-	h1.mustPing("c1", addrOnly(c2.IP))
+	_, c2 := containerPair(h1, h2, "bulk", "10.73.0.0/24")
 
 	type result struct {
 		out string
@@ -80,5 +94,127 @@ func TestKernelTunnelCarriesTCPIntactAcrossHosts(t *testing.T) {
 	h2.json(&s2, "stats")
 	if s1.KernelTunnel == nil || s1.KernelTunnel.TxSupers == 0 || s2.KernelTunnel == nil || s2.KernelTunnel.RxSupers == 0 {
 		t.Errorf("no super-segments through the kernel: h1 %+v, h2 %+v", s1.KernelTunnel, s2.KernelTunnel)
+	}
+}
+
+// recheck is how often a daemon re-checks the conditions of
+// --kernel-tunnel=auto (daemon.DefaultKernelTunnelRecheck).
+const recheck = 10 * time.Second
+
+// kernelTunnel returns e's kernel tunnel stats (never nil: fails instead).
+func (e *env) kernelTunnel() api.KernelTunnelStats {
+	e.t.Helper()
+	var s api.Stats
+	e.json(&s, "stats")
+	if s.KernelTunnel == nil {
+		e.t.Fatalf("%s: stats show no kernel tunnel with the default --kernel-tunnel=auto", e.h.Name)
+	}
+	return *s.KernelTunnel
+}
+
+// waitKernelTunnel polls e's stats until the kernel tunnel is active (or
+// not) for a reason containing reason, and returns them.
+func (e *env) waitKernelTunnel(active bool, reason string, timeout time.Duration) api.KernelTunnelStats {
+	e.t.Helper()
+	var k api.KernelTunnelStats
+	eventually(e.t, timeout, func() error {
+		if k = e.kernelTunnel(); k.Active != active || !strings.Contains(k.Reason, reason) {
+			return fmt.Errorf("%s: %+v", e.h.Name, k)
+		}
+		return nil
+	}, "kernel tunnel active %v for %q", active, reason)
+	return k
+}
+
+// TestKernelTunnelAutoFollowsTheForwardFirewall: with the default flags
+// (--kernel-tunnel=auto) two hosts whose namespaces have no firewall send
+// TCP super-segments through the kernel; an nftables forward chain added
+// in the sending host's namespace makes its daemon fall back to the
+// userspace split within the re-check interval, and its removal switches
+// it back, while one paced TCP transfer between the hosts runs throughout
+// and arrives byte for byte.
+func TestKernelTunnelAutoFollowsTheForwardFirewall(t *testing.T) {
+	testenv.RequireCommand(t, "nft", "nftables")
+	es := newCluster(t, 2)
+	h1, h2 := es[0], es[1]
+	_, c2 := containerPair(h1, h2, "fw", "10.74.0.0/24")
+	k := h1.kernelTunnel()
+	if k.Mode != "auto" || !k.Active {
+		t.Fatalf("h1 with the default flags in a namespace without a firewall: %+v; want auto and active", k)
+	}
+	nft := func(cmd string) {
+		t.Helper()
+		if out, err := exec.Command("ip", "netns", "exec", h1.h.Netns, "nft", cmd).CombinedOutput(); err != nil {
+			t.Fatalf("nft %s in %s: %v\n%s", cmd, h1.h.Netns, err, out)
+		}
+	}
+
+	// 120 MB at 4 MB/s: about 30 s, longer than two re-check intervals.
+	const size, bps = 120 << 20, 4 << 20
+	recv := startBackground(t, h2.h.Command(context.Background(), "exec", "c2", "--", suite.self, helperArg, "recv", "0.0.0.0:7000"))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := testbed.WaitTCPListen(ctx, h2.h.ContainerNetnsPath("c2"), 7000); err != nil {
+		t.Fatalf("receiver in c2: %v: %s", err, recv.out.String())
+	}
+	send := startBackground(t, h1.h.Command(context.Background(), "exec", "c1", "--", suite.self, helperArg, "send",
+		addrOnly(c2.IP)+":7000", strconv.Itoa(size), "11", strconv.Itoa(bps)))
+	growing := func(what string, from uint64) uint64 {
+		t.Helper()
+		var n uint64
+		eventually(t, 10*time.Second, func() error {
+			if n = h1.kernelTunnel().TxSupers; n <= from {
+				return fmt.Errorf("%d super-packets sent", n)
+			}
+			return nil
+		}, "%s: the transfer's super-segments through the kernel", what)
+		return n
+	}
+	growing("before the firewall", k.TxSupers)
+
+	nft("add table inet f")
+	nft("add chain inet f fw { type filter hook forward priority 0; policy drop; }")
+	off := h1.waitKernelTunnel(false, `nftables chain "inet f fw" on the forward hook`, 2*recheck)
+	// The transfer goes on, split in userspace: c2 keeps receiving while
+	// no super-packet is sent.
+	rx := func() uint64 {
+		var s api.Stats
+		h2.json(&s, "stats")
+		for _, n := range s.Networks {
+			for _, p := range n.Ports {
+				if p.Name == "c2/eth0" {
+					return p.TxBytes
+				}
+			}
+		}
+		return 0
+	}
+	before := rx()
+	eventually(t, 15*time.Second, func() error {
+		if got := rx(); got < before+8<<20 {
+			return fmt.Errorf("c2 got %d bytes since the switch", got-before)
+		}
+		return nil
+	}, "the transfer with the firewall in place")
+	if now := h1.kernelTunnel().TxSupers; now != off.TxSupers {
+		t.Errorf("%d super-packets sent through the kernel while it was switched off", now-off.TxSupers)
+	}
+
+	nft("delete table inet f")
+	on := h1.waitKernelTunnel(true, "no nftables chain", 2*recheck)
+	growing("after the firewall", on.TxSupers)
+
+	exited, err := send.wait(90 * time.Second)
+	if !exited || err != nil {
+		t.Fatalf("sender in c1: exited %v, %v: %s", exited, err, send.out.String())
+	}
+	if exited, err := recv.wait(30 * time.Second); !exited || err != nil {
+		t.Fatalf("receiver in c2: exited %v, %v: %s", exited, err, recv.out.String())
+	}
+	if sent, got := strings.TrimSpace(send.out.String()), strings.TrimSpace(recv.out.String()); !strings.HasPrefix(sent, strconv.Itoa(size)+" ") || got != sent {
+		t.Errorf("c2 received %q, c1 sent %q", got, sent)
+	}
+	if !strings.Contains(h1.h.LogTail(200), `msg="kernel tunnel segmentation off: segmenting in userspace" mode=auto reason="nftables chain`) {
+		t.Errorf("h1's log does not say why it switched off:\n%s", h1.h.LogTail(40))
 	}
 }

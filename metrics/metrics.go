@@ -79,6 +79,7 @@ type descs struct {
 	dnsLatency                                                       *prometheus.Desc
 	ringVersion, ringPrimary, ringPending, ringKeys                  *prometheus.Desc
 	ringRefused, members                                             *prometheus.Desc
+	ktnlActive, ktnlSupers, ktnlFallbacks                            *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -129,6 +130,9 @@ func NewCollector(src Source) *Collector {
 		ringKeys:             desc("keyring_keys", "Keys in the ring."),
 		ringRefused:          desc("keyring_rings_refused_total", "Rings from the cluster this node refused in this run."),
 		members:              desc("cluster_members", "Cluster members by state.", "state"),
+		ktnlActive:           desc("kernel_tunnel_active", "1 while TCP super-segments to one peer go to the kernel whole (daemon --kernel-tunnel; auto follows the host's forward firewall).", "state"),
+		ktnlSupers:           desc("kernel_tunnel_super_packets_total", "TCP super-segments sent through the kernel whole (tx) and received whole (rx).", "direction"),
+		ktnlFallbacks:        desc("kernel_tunnel_fallbacks_total", "TCP super-segments the kernel path refused, split by the daemon instead."),
 	}}
 }
 
@@ -141,7 +145,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		d.portDrops, d.peerPackets, d.peerBytes, d.peerTxDrops, d.saPackets, d.saBytes, d.saDrops,
 		d.saSeq, d.dnsQueries, d.dnsLocal, d.dnsForwarded, d.dnsNX, d.dnsFail, d.dnsOverloaded,
 		d.dnsUpErrors, d.dnsCoalesced, d.dnsInflight, d.dnsListen, d.dnsLatency, d.ringVersion, d.ringPrimary,
-		d.ringPending, d.ringKeys, d.ringRefused, d.members,
+		d.ringPending, d.ringKeys, d.ringRefused, d.members, d.ktnlActive, d.ktnlSupers, d.ktnlFallbacks,
 	} {
 		ch <- x
 	}
@@ -191,6 +195,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.svc.collect(e, &st, c.src.ServicesWithBackends(), c.MaxServices)
 	c.collectKeys(e, c.src.Keys())
 	c.collectMembers(e, c.src.Nodes())
+	if k := st.KernelTunnel; k != nil {
+		// state is the mode (auto, on, off): one series, bounded.
+		e.gauge(c.d.ktnlActive, b2f(k.Active), k.Mode)
+		e.counter(c.d.ktnlSupers, k.TxSupers, "tx")
+		e.counter(c.d.ktnlSupers, k.RxSupers, "rx")
+		e.counter(c.d.ktnlFallbacks, k.SuperFallbacks)
+	}
 }
 
 // collectNetwork emits a network's switch, tunnel, peer and SA metrics.

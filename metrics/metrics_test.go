@@ -42,7 +42,8 @@ func (f *fakeSource) ServicesWithBackends() []api.Service     { return f.svcs }
 func testSource() *fakeSource {
 	return &fakeSource{
 		stats: api.Stats{
-			Node: "h1",
+			Node:         "h1",
+			KernelTunnel: &api.KernelTunnelStats{Mode: "auto", Active: true, Reason: "clear", TxSupers: 5, SuperFallbacks: 1, RxSupers: 4},
 			Networks: []api.NetworkStats{{
 				Network: "web", Flooded: 7, ARPSuppressed: 3, FloodNoPeers: 2, IngressReturn: 6, IngressReturnEvicted: 4,
 				Drops: map[string]uint64{"storm": 5, "port-security": 1},
@@ -194,6 +195,10 @@ func TestExposition(t *testing.T) {
 		{"vxmesh_cluster_members", G, "state=alive", 2},
 		{"vxmesh_cluster_members", G, "state=dead", 1},
 		{"vxmesh_cluster_members", G, "state=suspect", 0},
+		{"vxmesh_kernel_tunnel_active", G, "state=auto", 1},
+		{"vxmesh_kernel_tunnel_super_packets_total", C, "direction=tx", 5},
+		{"vxmesh_kernel_tunnel_super_packets_total", C, "direction=rx", 4},
+		{"vxmesh_kernel_tunnel_fallbacks_total", C, "", 1},
 	} {
 		if got := value(t, fams, c.name, c.typ, c.labels); got != c.want {
 			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)

@@ -59,16 +59,21 @@ type superAddrs struct {
 // putSuperHeader writes into h (superHeaderLen bytes) the virtio header
 // and the outer Ethernet, IPv4, UDP and VXLAN headers of a super-packet
 // carrying frame to dst from source port sport, and reports whether frame
-// can go that way: an untagged IPv4 or IPv6 TCP super-segment whose
-// offload slot o asks for a partial checksum (as a TAP hands them), short
-// enough for one outer IPv4 packet, to an IPv4 destination. The outer UDP
+// can go that way: an untagged IPv4 or IPv6 TCP super-segment of more
+// than one segment whose offload slot o asks for a partial checksum (as a
+// TAP hands them), short enough for one outer IPv4 packet, to an IPv4
+// destination. A frame of one segment with GSO metadata (the gateway's
+// netstack marks every TCP packet) is refused: the kernel takes a packet
+// no longer than its segment size as not GSO (virtio_net_hdr_to_skb) and
+// then completes neither the outer UDP nor the inner TCP checksum. The outer UDP
 // checksum field holds the pseudo-header sum, which the kernel completes
 // per segment (VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM).
 func putSuperHeader(h []byte, a *superAddrs, frame []byte, o packet.Offload, vni uint32, dst netip.AddrPort, sport uint16) bool {
 	gso := o.GSOType() &^ packet.GSOECN
 	d := dst.Addr().Unmap()
 	if (gso != packet.GSOTCPv4 && gso != packet.GSOTCPv6) || !o.NeedsCsum() || !d.Is4() ||
-		len(frame) > superMaxFrame || len(frame) < packet.EthernetHeaderLen || !o.CsumFits(len(frame)) {
+		len(frame) > superMaxFrame || len(frame) < packet.EthernetHeaderLen || !o.CsumFits(len(frame)) ||
+		len(frame)-o.HdrLen() <= o.GSOSize() {
 		return false
 	}
 	switch binary.BigEndian.Uint16(frame[12:14]) {

@@ -77,10 +77,8 @@ func OpenKernelTunnel(cfg KernelTunnelConfig) (*KernelTunnel, error) {
 	if !local.Is4() {
 		return nil, fmt.Errorf("kernel tunnel %s: local address %v is not IPv4", name, cfg.Local)
 	}
-	if rp, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter"); err != nil {
+	if err := CheckReversePathFilter(); err != nil {
 		return nil, fmt.Errorf("kernel tunnel %s: %w", name, err)
-	} else if v := strings.TrimSpace(string(rp)); v != "0" {
-		return nil, fmt.Errorf("kernel tunnel %s: net.ipv4.conf.all.rp_filter is %s: the reverse-path filter would drop frames from the TAP", name, v)
 	}
 	fd, err := openTunnelTAP(name)
 	if err != nil {
@@ -93,6 +91,21 @@ func OpenKernelTunnel(cfg KernelTunnelConfig) (*KernelTunnel, error) {
 		return nil, fmt.Errorf("kernel tunnel %s: %w", name, err)
 	}
 	return k, nil
+}
+
+// CheckReversePathFilter returns an error unless the host's reverse-path
+// filter (net.ipv4.conf.all.rp_filter of the calling thread's network
+// namespace) is off, as the kernel tunnel's frames need: it can change
+// while the TAP is open.
+func CheckReversePathFilter() error {
+	rp, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter")
+	if err != nil {
+		return err
+	}
+	if v := strings.TrimSpace(string(rp)); v != "0" {
+		return fmt.Errorf("net.ipv4.conf.all.rp_filter is %s: the reverse-path filter would drop frames from the TAP", v)
+	}
+	return nil
 }
 
 // openTunnelTAP opens TAP name with the 24-byte tunnel virtio header and

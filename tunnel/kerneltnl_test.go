@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vxmesh/vxmesh/packet"
@@ -54,15 +55,27 @@ func superNode(t *testing.T, mn *MemNetwork, s SuperWriter) *node {
 	return &node{v: v, u: u, n: n}
 }
 
+// superMSS is the TCP payload of one segment at the default MTU (IPv4,
+// 32-byte TCP header with timestamps).
+const superMSS = 1450 - 20 - 32
+
+// superPair is superNode on a fresh MemNetwork of 1500-byte MTU, with a
+// raw receiver at vtepB, whose MAC macB it knows.
+func superPair(t *testing.T, s SuperWriter) (*node, *raw, *MemNetwork) {
+	t.Helper()
+	mn := NewMemNetwork()
+	mn.SetMTU(1500)
+	a := superNode(t, mn, s)
+	rb := newRaw(t, mn, vtepB)
+	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	return a, rb, mn
+}
+
 // TestSuperWriterRefusedFallsBack: a super-segment the kernel path refuses
 // is split and sent as datagrams as without it, and counted.
 func TestSuperWriterRefusedFallsBack(t *testing.T) {
-	mn := NewMemNetwork()
-	mn.SetMTU(1500)
-	a := superNode(t, mn, &fakeSuper{err: errors.New("refused")})
-	rb := newRaw(t, mn, vtepB)
-	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
-	const mss = 1450 - 20 - 32
+	a, rb, _ := superPair(t, &fakeSuper{err: errors.New("refused")})
+	const mss = superMSS
 	b := tsoBuffer(macB, macA, false, 10000, mss)
 	orig := bytes.Clone(b)
 	if n, err := a.n.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
@@ -80,13 +93,9 @@ func TestSuperWriterRefusedFallsBack(t *testing.T) {
 // sent before it; a super-segment flooded to several peers is split as
 // before.
 func TestSuperWriterTakesUnicastSuperSegmentsInOrder(t *testing.T) {
-	mn := NewMemNetwork()
-	mn.SetMTU(1500)
 	fs := &fakeSuper{}
-	a := superNode(t, mn, fs)
-	rb := newRaw(t, mn, vtepB)
-	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
-	const mss = 1450 - 20 - 32
+	a, rb, mn := superPair(t, fs)
+	const mss = superMSS
 	plain := withHeadroom(udpFrame(macB, macA, 1, 2, 100))[0]
 	super := tsoBuffer(macB, macA, false, 10000, mss)
 	sentBefore := -1
@@ -157,6 +166,7 @@ func TestPutSuperHeader(t *testing.T) {
 		t.Errorf("outer UDP checksum field %#x is not the pseudo-header sum", partial)
 	}
 
+	one := tsoBuffer(macB, macA, false, mss, mss) // GSO metadata, one segment
 	for _, tc := range []struct {
 		name string
 		f    []byte
@@ -168,9 +178,117 @@ func TestPutSuperHeader(t *testing.T) {
 		{"not GSO", f, packet.Offload{1, 0, 0, 0, 34, 0, 16, 0, 0, 0}, dst},
 		{"too long for one outer packet", make([]byte, 65500), o, dst},
 		{"VLAN-tagged", append(append(append([]byte(nil), f[:12]...), 0x81, 0), f[12:]...), o, dst},
+		{"one segment", one[packet.Headroom:], packet.OffloadOf(one), dst},
 	} {
 		if putSuperHeader(h, &a, tc.f, tc.o, 4097, tc.dst, 40000) {
 			t.Errorf("%s: not refused", tc.name)
 		}
+	}
+}
+
+// countSuper is a SuperWriter that only counts, without allocating.
+type countSuper struct{ n atomic.Uint64 }
+
+func (c *countSuper) WriteSuper([]byte, packet.Offload, uint32, netip.AddrPort, uint32) error {
+	c.n.Add(1)
+	return nil
+}
+
+func (c *countSuper) Close() error { return nil }
+
+// TestSetSuperEnabledSwitchesAtRunTime: switched off, a super-segment to
+// one peer is split and sent over the underlay (not refused: no fallback
+// counted); switched on again, it goes to the SuperWriter whole. A VTEP
+// without a SuperWriter reports that it cannot switch on.
+func TestSetSuperEnabledSwitchesAtRunTime(t *testing.T) {
+	fs := &fakeSuper{}
+	a, rb, mn := superPair(t, fs)
+	const mss = superMSS
+	segs := (10000 + mss - 1) / mss
+	write := func() {
+		t.Helper()
+		if n, err := a.n.Write([][]byte{tsoBuffer(macB, macA, false, 10000, mss)}, packet.Headroom); n != 1 || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	if !a.v.SuperEnabled() {
+		t.Fatal("a VTEP made with a SuperWriter starts with it off")
+	}
+	write()
+	if !a.v.SetSuperEnabled(false) || a.v.SuperEnabled() {
+		t.Fatal("SetSuperEnabled(false) did not switch it off")
+	}
+	write()
+	if got := rb.recv(t, segs); len(got) != segs || len(fs.frames) != 1 {
+		t.Fatalf("switched off: %d datagrams on the underlay, %d super-packets; want %d, 1", len(got), len(fs.frames), segs)
+	}
+	a.v.SetSuperEnabled(true)
+	write()
+	if len(fs.frames) != 2 || rb.pending() != 0 {
+		t.Fatalf("switched on again: %d super-packets, %d datagrams on the underlay; want 2, 0", len(fs.frames), rb.pending())
+	}
+	if st := a.v.Stats(); st.TxSupers != 2 || st.SuperFallbacks != 0 {
+		t.Errorf("TxSupers %d, SuperFallbacks %d; want 2, 0", st.TxSupers, st.SuperFallbacks)
+	}
+	plain := newNode(t, mn, netip.MustParseAddr("192.168.50.9"), nil)
+	if plain.v.SetSuperEnabled(true) || plain.v.SuperEnabled() {
+		t.Error("a VTEP without a SuperWriter switched the kernel path on")
+	}
+}
+
+// TestSuperSwitchDoesNotAllocate: writing super-segments while the switch
+// flips between batches allocates nothing on either path.
+func TestSuperSwitchDoesNotAllocate(t *testing.T) {
+	mn := NewMemNetwork()
+	mn.SetMTU(1500)
+	cs := &countSuper{}
+	a := superNode(t, mn, cs)
+	peer, err := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
+	const mss = 1450 - 20 - 32
+	b := tsoBuffer(macB, macA, false, 10000, mss)
+	orig := bytes.Clone(b)
+	drain := make([]Message, packet.BatchSize)
+	for i := range drain {
+		drain[i].Buf = make([]byte, 2048)
+	}
+	bufs := [][]byte{b}
+	on := true
+	step := func() {
+		copy(b, orig)
+		on = !on
+		a.v.SetSuperEnabled(on)
+		a.n.Write(bufs, packet.Headroom)
+		for (&raw{u: peer}).pending() > 0 {
+			peer.ReadBatch(drain)
+		}
+	}
+	if allocs := testing.AllocsPerRun(200, step); allocs != 0 {
+		t.Errorf("a super-segment write with the switch flipping allocates %.1f times", allocs)
+	}
+	if got := cs.n.Load(); got < 100 {
+		t.Errorf("%d super-packets of 201 writes, half of them switched on", got)
+	}
+}
+
+// TestSuperWriterSkipsOneSegment: a TCP frame with GSO metadata but one
+// segment's payload (as the gateway's netstack sends them) is not handed
+// to the kernel, where its checksums would stay partial: it goes as one
+// datagram with its TCP checksum complete, and is no fallback.
+func TestSuperWriterSkipsOneSegment(t *testing.T) {
+	fs := &fakeSuper{}
+	a, rb, _ := superPair(t, fs)
+	const mss = superMSS
+	b := tsoBuffer(macB, macA, false, 700, mss)
+	orig := bytes.Clone(b)
+	if n, err := a.n.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	checkTCPSegments(t, rb.recv(t, 1), 1450, orig[packet.Headroom+14+20+32:])
+	if st := a.v.Stats(); len(fs.frames) != 0 || st.TxSupers != 0 || st.SuperFallbacks != 0 {
+		t.Errorf("%d super-packets, TxSupers %d, SuperFallbacks %d; want none", len(fs.frames), st.TxSupers, st.SuperFallbacks)
 	}
 }

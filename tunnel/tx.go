@@ -102,7 +102,8 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 	sc.start(count)
 	st, now := n.state.Load(), n.v.clock()
 	var flooded, gsoFrames uint64
-	t := txFrame{off: offset} // reused for every frame: classify sets every field it uses
+	super := n.v.SuperEnabled() // one load per batch: the switch may flip meanwhile
+	t := txFrame{off: offset}   // reused for every frame: classify sets every field it uses
 	for i := range count {
 		t.i, t.buf, t.owned = i, fr.Buf(i), fr.Owned(i)
 		if why := n.classify(sc, st, now, &t); why != dropNone {
@@ -118,7 +119,8 @@ func (n *Segment) WriteFrames(fr packet.Frames) (int, error) {
 		switch {
 		case cipher != 0:
 			n.writeESP(sc, sec, cipher, &t)
-		case t.isGSO && n.v.super != nil && len(t.fan) == 1 && n.writeSuper(sc, &t):
+		case super && t.isGSO && len(t.fan) == 1 && t.g.Segments() > 1 && n.writeSuper(sc, &t):
+			// One segment (see putSuperHeader) goes as one datagram below.
 		case t.isGSO:
 			n.emitSegments(sc, &t)
 		case !t.fill:

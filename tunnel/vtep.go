@@ -74,6 +74,7 @@ type Config struct {
 	// one peer through the kernel as whole VXLAN super-packets
 	// (KernelTunnel); a super-segment it refuses is split and sent over
 	// the Underlay as without it. The VTEP owns it and closes it on Close.
+	// It is used from New on; SetSuperEnabled switches it off and on.
 	Super SuperWriter
 }
 
@@ -101,6 +102,7 @@ type VTEP struct {
 	epoch      time.Time
 	local      netip.Addr
 	super      SuperWriter
+	superOn    atomic.Bool // super is used (SetSuperEnabled); read once per transmit batch
 
 	nets atomic.Pointer[map[uint32]*Segment] // immutable snapshot
 	mu   sync.Mutex                          // serialises network changes
@@ -162,6 +164,7 @@ func New(cfg Config) *VTEP {
 		helpq:      make(chan helpOffer),
 		helpStop:   make(chan struct{}),
 	}
+	v.superOn.Store(cfg.Super != nil)
 	if v.espPort == 0 {
 		v.espPort = esp.Port
 	}
@@ -348,6 +351,24 @@ func (v *VTEP) loop(ctx context.Context, once func() error, what string) error {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// SetSuperEnabled switches the kernel path (Config.Super) on or off for
+// the transmit batches that start after it returns; a batch under way
+// finishes as it started. Off, TCP super-segments are split here as
+// without a SuperWriter. It reports whether the VTEP has a SuperWriter
+// (without one, on changes nothing). The data path reads the switch with
+// one atomic load per batch.
+func (v *VTEP) SetSuperEnabled(on bool) bool {
+	if v.super == nil {
+		return false
+	}
+	v.superOn.Store(on)
+	return true
+}
+
+// SuperEnabled reports whether TCP super-segments go through the
+// SuperWriter: there is one and it is switched on.
+func (v *VTEP) SuperEnabled() bool { return v.super != nil && v.superOn.Load() }
 
 // Close closes the underlay, which ends Run. Segments refuse frames after.
 func (v *VTEP) Close() error {

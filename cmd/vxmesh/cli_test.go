@@ -202,7 +202,7 @@ func fakeDaemon(t *testing.T) string {
 		"/v1/stats": api.Stats{Node: "h1", Networks: []api.NetworkStats{{Network: "web", Ports: []api.PortStats{{Name: "c1", RxPackets: 1, Drops: map[string]uint64{"spoofed-src": 2}}}}},
 			DNS: api.DNSStats{UpstreamLatency: api.LatencyStats{}}, OpenFDs: 37, FDLimit: 1000, Goroutines: 42,
 			GossipDrops:  map[string]uint64{"entry-resent": 3},
-			KernelTunnel: &api.KernelTunnelStats{TxSupers: 5, SuperFallbacks: 1, RxSupers: 4}, ESPHelperSealed: 11,
+			KernelTunnel: &api.KernelTunnelStats{Mode: "auto", Reason: `nftables chain "inet f fw" on the forward hook can filter forwarded packets`, TxSupers: 5, SuperFallbacks: 1, RxSupers: 4}, ESPHelperSealed: 11,
 			Services:  []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}},
 			Conntrack: api.ConntrackStats{Max: 262144, Entries: 2}},
 		"/v1/services": []api.Service{
@@ -263,6 +263,9 @@ func TestStatsShowsOpenFilesAgainstLimit(t *testing.T) {
 	}
 	if !strings.Contains(out, "Gossip: entry-resent=3\n") {
 		t.Fatalf("vxmesh stats does not show the gossip layer's resends and drops:\n%s", out)
+	}
+	if !strings.Contains(out, "Kernel tunnel segmentation (--kernel-tunnel=auto): off: nftables chain \"inet f fw\" on the forward hook can filter forwarded packets\n") {
+		t.Fatalf("vxmesh stats does not show the kernel tunnel segmentation's state:\n%s", out)
 	}
 	if !strings.Contains(out, "Kernel tunnel segmentation: 5 super-packets sent, 1 refused (split here), 4 received whole\n") {
 		t.Fatalf("vxmesh stats does not show the kernel tunnel segmentation counters:\n%s", out)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -44,7 +45,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	grace := fs.Duration("node-grace", 30*time.Second, "how long a dead node's endpoints stay before they are removed")
 	dataPort := fs.Uint("data-port", 4789, "VXLAN UDP port (the same on every node)")
 	rxSockets := fs.Int("rx-sockets", daemon.DefaultRxSockets, fmt.Sprintf("VXLAN receive sockets on --data-port (SO_REUSEPORT), each read by its own loop: the kernel spreads flows over them (1-%d)", daemon.MaxRxSockets))
-	kernelTunnel := fs.Bool("kernel-tunnel", false, "send TCP super-segments to one peer as whole VXLAN super-packets for the kernel to segment at the underlay device (Linux 6.17+ UDP tunnel GSO, through a TAP the kernel forwards from; needs net.ipv4.conf.all.rp_filter=0 and a FORWARD firewall that passes the VXLAN traffic); falls back to userspace segmentation where unavailable")
+	kernelTunnel := kernelTunnelFlag(daemon.KernelTunnelAuto)
+	fs.Var(&kernelTunnel, "kernel-tunnel", "auto, on or off: send TCP super-segments to one peer as whole VXLAN super-packets for the kernel to segment at the underlay device (Linux 6.17+ UDP tunnel GSO, through a TAP the kernel forwards from; needs net.ipv4.conf.all.rp_filter=0). auto: only while no nftables chain on the prerouting, forward or postrouting hook (family ip, inet) and no legacy iptables table could filter the forwarded packets, checked every 10s; on: whenever the kernel can (open the forward firewall for UDP to the data port from this node's address first); bare --kernel-tunnel means on. Falls back to userspace segmentation where unavailable")
 	busyPoll := fs.Duration("busy-poll", 0, "how long each data-path reader (container TAP, VTEP socket) keeps polling after a frame before it sleeps: lower request/response latency for CPU spent after traffic (e.g. 50us; 0: off, idle CPU is zero either way)")
 	espPort := fs.Uint("esp-port", 4500, "UDP port of encrypted networks' ESP (RFC 3948; the same on every node)")
 	dnsUpstream := fs.String("dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
@@ -62,6 +64,12 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
+	}
+	if len(pos) > 0 {
+		switch m := daemon.KernelTunnelMode(pos[0]); m {
+		case daemon.KernelTunnelAuto, daemon.KernelTunnelOn, daemon.KernelTunnelOff:
+			return usagef("unexpected argument %q: give the mode with '=': --kernel-tunnel=%s", m, m)
+		}
 	}
 	if err := wantArgs(pos, 0, "no arguments"); err != nil {
 		return err
@@ -159,7 +167,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	d, err := daemon.New(daemon.Config{
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, NoFastPath: !*fastPath, MountTemplate: *mountTemplate, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
-		NodeGrace: *grace, DataPort: uint16(*dataPort), RxSockets: *rxSockets, KernelTunnel: *kernelTunnel, BusyPoll: *busyPoll, DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
+		NodeGrace: *grace, DataPort: uint16(*dataPort), RxSockets: *rxSockets, KernelTunnel: daemon.KernelTunnelMode(kernelTunnel), BusyPoll: *busyPoll, DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
 		MetricsAddr: *metricsAddr, ConntrackMax: *ctMax, ConntrackTimeouts: timeouts, EgressMaxFlows: *egressMax,
 		Ready: func() { notify(log, sdnotify.Ready) },
@@ -194,6 +202,26 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	log.Info("vxmesh daemon stopped")
 	return err
 }
+
+// kernelTunnelFlag is --kernel-tunnel: a mode (auto, on, off) that also
+// takes the boolean spellings of the flag it was (bare --kernel-tunnel is
+// on, --kernel-tunnel=false off).
+type kernelTunnelFlag daemon.KernelTunnelMode
+
+func (f *kernelTunnelFlag) String() string { return string(*f) }
+
+func (f *kernelTunnelFlag) Set(s string) error {
+	m, err := daemon.ParseKernelTunnelMode(s)
+	if err != nil {
+		// The flag package names the value and the flag before it.
+		return errors.New("want auto, on or off")
+	}
+	*f = kernelTunnelFlag(m)
+	return nil
+}
+
+// IsBoolFlag lets --kernel-tunnel stand alone, meaning true (on).
+func (f *kernelTunnelFlag) IsBoolFlag() bool { return true }
 
 // serveDockerPlugin listens on socket (failing at once if it cannot) and
 // serves the Docker network plugin until ctx is done; the channel gets

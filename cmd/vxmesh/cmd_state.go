@@ -64,6 +64,9 @@ func printStats(w io.Writer, s api.Stats) error {
 		fmt.Fprintf(w, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
 	}
 	if k := s.KernelTunnel; k != nil {
+		if k.Mode != "" {
+			fmt.Fprintf(w, "Kernel tunnel segmentation (--kernel-tunnel=%s): %s: %s\n", k.Mode, onOff(k.Active), dash(k.Reason))
+		}
 		fmt.Fprintf(w, "Kernel tunnel segmentation: %d super-packets sent, %d refused (split here), %d received whole\n", k.TxSupers, k.SuperFallbacks, k.RxSupers)
 	}
 	if s.ESPHelperSealed > 0 {
@@ -139,4 +142,11 @@ func printEndpoints(w io.Writer, eps []api.Endpoint) error {
 		t.row(e.Name, e.Network, e.IP, e.MAC, dash(e.IfName), dash(strings.Join(e.Aliases, ",")), dash(e.Node), e.State)
 	}
 	return t.flush()
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }

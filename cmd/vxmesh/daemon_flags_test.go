@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"strings"
 	"testing"
+
+	"github.com/vxmesh/vxmesh/daemon"
 )
 
 func TestDaemonRefusesRxSocketsOutOfRange(t *testing.T) {
@@ -24,6 +27,48 @@ func TestDaemonRefusesBusyPollOutOfRange(t *testing.T) {
 		want := "--busy-poll " + d + ": out of range 0-1s"
 		if code != 2 || !strings.Contains(errb.String(), want) {
 			t.Errorf("daemon --busy-poll %s: code %d, stderr %q; want 2 and %q", d, code, errb.String(), want)
+		}
+	}
+}
+
+// TestKernelTunnelFlag: --kernel-tunnel takes a mode and the boolean
+// spellings it had as a bool flag; it defaults to auto.
+func TestKernelTunnelFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want daemon.KernelTunnelMode
+	}{
+		{nil, daemon.KernelTunnelAuto},
+		{[]string{"--kernel-tunnel"}, daemon.KernelTunnelOn},
+		{[]string{"--kernel-tunnel=true"}, daemon.KernelTunnelOn},
+		{[]string{"--kernel-tunnel=1"}, daemon.KernelTunnelOn},
+		{[]string{"--kernel-tunnel=false"}, daemon.KernelTunnelOff},
+		{[]string{"--kernel-tunnel=0"}, daemon.KernelTunnelOff},
+		{[]string{"--kernel-tunnel=auto"}, daemon.KernelTunnelAuto},
+		{[]string{"--kernel-tunnel=on"}, daemon.KernelTunnelOn},
+		{[]string{"--kernel-tunnel=OFF"}, daemon.KernelTunnelOff},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		f := kernelTunnelFlag(daemon.KernelTunnelAuto)
+		fs.Var(&f, "kernel-tunnel", "")
+		if err := fs.Parse(tc.args); err != nil || daemon.KernelTunnelMode(f) != tc.want || fs.NArg() != 0 {
+			t.Errorf("%q: %q, %v, %d arguments left; want %q", tc.args, f, err, fs.NArg(), tc.want)
+		}
+	}
+}
+
+func TestDaemonRefusesBadKernelTunnel(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--kernel-tunnel=maybe"}, `"maybe" for -kernel-tunnel: want auto, on or off`},
+		{[]string{"--kernel-tunnel", "off"}, `unexpected argument "off": give the mode with '=': --kernel-tunnel=off`},
+	} {
+		var out, errb bytes.Buffer
+		code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, append([]string{"daemon"}, tc.args...))
+		if code != 2 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("daemon %q: code %d, stderr %q; want 2 and %q", tc.args, code, errb.String(), tc.want)
 		}
 	}
 }

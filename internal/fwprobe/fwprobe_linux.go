@@ -1,0 +1,91 @@
+//go:build linux
+
+package fwprobe
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// LegacyTablesFile lists the legacy iptables tables of the reading
+// thread's network namespace (/proc/net is the process's, that is its
+// main thread's); it does not exist while the ip_tables module is not
+// loaded.
+const LegacyTablesFile = "/proc/thread-self/net/ip_tables_names"
+
+// Check decides for the calling thread's network namespace (Decide): the
+// daemon's, which is the host's. A dump interrupted by a concurrent change
+// is asked again, up to three times.
+func Check() Verdict {
+	chains, err := ListChains()
+	for try := 0; try < 2 && errors.Is(err, ErrDumpInterrupted); try++ {
+		chains, err = ListChains()
+	}
+	legacy, lerr := LegacyTables()
+	return Decide(chains, err, legacy, lerr)
+}
+
+// LegacyTables returns the legacy iptables tables loaded in this network
+// namespace (none if the ip_tables module is not loaded).
+func LegacyTables() ([]string, error) {
+	b, err := os.ReadFile(LegacyTablesFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return ParseLegacyTables(b), nil
+}
+
+// ListChains dumps every nftables chain of this network namespace, of
+// every family, over netlink (NFT_MSG_GETCHAIN with NLM_F_DUMP). It needs
+// CAP_NET_ADMIN.
+func ListChains() ([]Chain, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("netfilter netlink socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("netfilter netlink bind: %w", err)
+	}
+	// A dump that does not end (a kernel bug) must not hang the caller.
+	tv := unix.Timeval{Sec: 2}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return nil, err
+	}
+	const seq = 1
+	var req [nlmsgHdrLen + nfgenLen]byte
+	binary.NativeEndian.PutUint32(req[0:4], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:6], subsysNFTables<<8|msgGetChain)
+	binary.NativeEndian.PutUint16(req[6:8], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(req[8:12], seq)
+	req[16] = unix.AF_UNSPEC // every family
+	req[17] = unix.NFNETLINK_V0
+	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("nftables chain dump: %w", err)
+	}
+	var chains []Chain
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, flags, _, err := unix.Recvmsg(fd, buf, nil, 0)
+		if err != nil {
+			return nil, fmt.Errorf("nftables chain dump: %w", err)
+		}
+		if flags&unix.MSG_TRUNC != 0 {
+			return nil, errors.New("nftables chain dump: message truncated")
+		}
+		var done bool
+		if chains, done, err = ParseChains(chains, buf[:n], seq); err != nil {
+			return nil, fmt.Errorf("nftables chain dump: %w", err)
+		}
+		if done {
+			return chains, nil
+		}
+	}
+}

@@ -1,0 +1,67 @@
+//go:build linux
+
+package fwprobe
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/vxmesh/vxmesh/internal/testenv"
+)
+
+// TestCheckInANamespace asks the kernel of a fresh network namespace: clear
+// while empty, not clear with an nftables forward chain (`nft add chain
+// inet f fw { type filter hook forward priority 0; policy drop; }`), clear
+// again with only an input chain, not clear with the legacy filter table.
+func TestCheckInANamespace(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "nft", "nftables")
+	name := fmt.Sprintf("vxmesh-fwprobe-%d", os.Getpid())
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.NewNamed(name) // and enters it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		netns.Set(orig)
+		ns.Close()
+		netns.DeleteNamed(name)
+	}()
+	in := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", name}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	check := func(clear bool, reason string) {
+		t.Helper()
+		if v := Check(); v.Clear != clear || !strings.Contains(v.Reason, reason) {
+			t.Errorf("Check = %+v; want clear %v, reason with %q", v, clear, reason)
+		}
+	}
+	check(true, "no nftables chain")
+	in("nft", "add table inet f; add chain inet f fw { type filter hook forward priority 0; policy drop; }; add chain inet f in { type filter hook input priority 0; }")
+	chains, err := ListChains()
+	if err != nil || len(chains) != 2 {
+		t.Fatalf("ListChains = %+v, %v; want the two chains", chains, err)
+	}
+	check(false, `"inet f fw" on the forward hook`)
+	in("nft", "delete chain inet f fw")
+	check(true, "no nftables chain")
+	if _, err := exec.LookPath("iptables-legacy"); err == nil {
+		in("iptables-legacy", "-L", "FORWARD")
+		check(false, "legacy iptables tables loaded (filter)")
+	}
+}
