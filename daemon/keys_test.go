@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -275,6 +276,17 @@ func TestEncryptedTCPAcrossTheOverlayWithRotation(t *testing.T) {
 			sent <- err
 			return
 		}
+		// RotateKey returned once h2's and h3's primary moved on; the
+		// sender h1 learns it through the cluster.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if p, _ := primaryOf(ds[0]); p == 3 {
+				break
+			}
+			if time.Now().After(deadline) {
+				sent <- errors.New("h1's primary key is not 3 10 s after the rotations")
+				return
+			}
+		}
 		// Some more traffic under the newest key, then the end of the stream.
 		_, err := conn.Write(data[:1<<20])
 		sent <- err
@@ -291,8 +303,13 @@ func TestEncryptedTCPAcrossTheOverlayWithRotation(t *testing.T) {
 	if !bytes.Equal(b, want) {
 		t.Fatalf("received %d bytes, not the %d sent", len(b), len(want))
 	}
-	if p, _ := primaryOf(ds[0]); p != 3 {
-		t.Fatalf("primary key %d after two rotations", p)
+	// RotateKey returns once the asking node's primary moved on; the
+	// others learn it through the cluster, so each is polled.
+	for _, d := range ds {
+		waitFor(t, fmt.Sprintf("key 3 primary on %s after two rotations", d.cfg.Node), func() bool {
+			p, _ := primaryOf(d)
+			return p == 3
+		})
 	}
 	// Nothing was refused or dropped on the way: every receiver had each
 	// key before any sender used it.

@@ -92,8 +92,8 @@ type TAP struct {
 	// rxBudget ends a read batch once its frames hold this many bytes
 	// (TAPBatchBytes; smaller in tests).
 	rxBudget uint64
-	waitFn func(fd uintptr) bool // bound once so WaitRead does not allocate
-	pfd    [1]unix.PollFd        // WaitRead's readability check
+	waitFn   func(fd uintptr) bool // bound once so WaitRead does not allocate
+	pfd      [1]unix.PollFd        // WaitRead's readability check
 	// poll keeps Read and WaitRead polling after traffic (SetBusyPoll);
 	// used by the one reader only.
 	poll *busypoll.Window
