@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -128,67 +127,4 @@ func segsIn(t *testing.T, c *net.TCPConn) uint32 {
 		t.Fatal(ierr)
 	}
 	return info.Segs_in
-}
-
-// TestEPConnStartOnReadable: splice starts its copy from a stack endpoint
-// only once the endpoint has something for a read: not while the
-// container is silent, at once when data is already in, and when the
-// container sends data or its FIN later, or the flow is aborted (the
-// endpoint reset).
-func TestEPConnStartOnReadable(t *testing.T) {
-	h := newHarness(t, false, EgressConfig{})
-	ln, err := h.ctr.Listen(80)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	for _, tc := range []struct {
-		name  string
-		early bool                           // act before startOnReadable
-		act   func(peer net.Conn, c *epConn) // the container's or the flow's move
-	}{
-		{"data later", false, func(peer net.Conn, _ *epConn) { peer.Write([]byte("late")) }},
-		{"data before", true, func(peer net.Conn, _ *epConn) { peer.Write([]byte("early")) }},
-		{"FIN later", false, func(peer net.Conn, _ *epConn) { peer.Close() }},
-		{"abort later", false, func(_ net.Conn, c *epConn) { resetEndpoint(c.ep) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err == nil {
-					accepted <- c
-				}
-			}()
-			c, err := h.gw.dialIn(netip.AddrPortFrom(h.gw.Addr(), 0), netip.AddrPortFrom(ctrAddr.Addr(), 80), nil, nil, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			peer := <-accepted
-			defer peer.Close()
-			if tc.early {
-				tc.act(peer, c)
-				poll(t, "the container's data in the endpoint", func() bool { return c.ep.Readiness(readEvents) != 0 })
-			}
-			var calls atomic.Int32
-			c.startOnReadable(func() { calls.Add(1) })
-			if tc.early {
-				if n := calls.Load(); n != 1 {
-					t.Fatalf("data already in: started %d times at once, want 1", n)
-				}
-				return
-			}
-			if n := calls.Load(); n != 0 {
-				t.Fatalf("nothing to read yet: started %d times, want 0", n)
-			}
-			tc.act(peer, c)
-			poll(t, "the copy to start", func() bool { return calls.Load() > 0 })
-			// Later events start nothing more.
-			c.wq.Notify(readEvents)
-			if n := calls.Load(); n != 1 {
-				t.Fatalf("started %d times, want 1", n)
-			}
-		})
-	}
 }

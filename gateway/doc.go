@@ -40,9 +40,7 @@
 // (epconn.go) with pooled buffers, and the last data of a direction,
 // read together with the peer's FIN, goes to a kernel socket with
 // MSG_MORE so that the half-close sends data and FIN in one segment
-// (tcp.go: writeLast). The copy from the endpoint starts on a worker only
-// when the endpoint first has something to read (epConn.startOnReadable),
-// not on one that would run only to wait.
+// (tcp.go: writeLast).
 //
 // Segmentation offload: the stack's TCP hands the switch segments of up
 // to 32 KiB with GSO metadata (device.go, segment.go), carried whole to a

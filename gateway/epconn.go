@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -23,55 +22,16 @@ type epConn struct {
 	readable, writable    <-chan struct{}
 	readEntry, writeEntry waiter.Entry
 	r                     bytes.Reader // Write's reader of its slice
-	// start, if set (startOnReadable), runs once when the endpoint
-	// first has something for a read.
-	start      readStart
-	startEntry waiter.Entry
-}
-
-// readEvents are the events that end a wait for a read: data, the
-// peer's FIN, a reset or an error.
-const readEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-
-// readStart is a waiter listener that calls fn the first time it is
-// notified.
-type readStart struct {
-	fn      func()
-	started atomic.Bool
-}
-
-// NotifyEvent implements waiter.EventListener.
-func (s *readStart) NotifyEvent(waiter.EventMask) {
-	if s.started.CompareAndSwap(false, true) {
-		s.fn()
-	}
 }
 
 // newEPConn registers c's waiter entries; Close unregisters them.
 func newEPConn(wq *waiter.Queue, ep tcpip.Endpoint) *epConn {
 	c := &epConn{ep: ep, wq: wq}
-	c.readEntry, c.readable = waiter.NewChannelEntry(readEvents)
+	c.readEntry, c.readable = waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
 	c.writeEntry, c.writable = waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
 	wq.EventRegister(&c.readEntry)
 	wq.EventRegister(&c.writeEntry)
 	return c
-}
-
-// startOnReadable calls fn once, as soon as the endpoint has something
-// for a read (data, the peer's FIN, a reset or an error; at once if it
-// has already): splice starts its copy from the endpoint then, rather
-// than on a goroutine that would run only to find nothing to read and
-// wait. fn runs in the goroutine that notifies the endpoint's waiters
-// (the stack's TCP processor, or one that resets the endpoint), which
-// may hold the endpoint's locks: it must not block or use the endpoint.
-// It is called at most once per epConn.
-func (c *epConn) startOnReadable(fn func()) {
-	c.start.fn = fn
-	c.startEntry.Init(&c.start, readEvents)
-	c.wq.EventRegister(&c.startEntry)
-	if c.ep.Readiness(readEvents) != 0 {
-		c.start.NotifyEvent(readEvents)
-	}
 }
 
 // Read reads what the endpoint received, waiting for some; the peer's
@@ -142,9 +102,6 @@ func (c *epConn) CloseWrite() error {
 func (c *epConn) Close() error {
 	c.wq.EventUnregister(&c.readEntry)
 	c.wq.EventUnregister(&c.writeEntry)
-	if c.start.fn != nil {
-		c.wq.EventUnregister(&c.startEntry)
-	}
 	c.ep.Close()
 	return nil
 }

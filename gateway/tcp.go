@@ -112,15 +112,12 @@ func (g *Gateway) spliceTCP(in *epConn, out net.Conn, fl *flow) {
 // directions ended: an EOF is passed on as a half-close (FIN), a read
 // error (a reset, a keepalive timeout) as a reset of the other side, a
 // write error as a reset of the side written from. It returns the bytes
-// copied each way. The copy from in to out runs on one of w's workers,
-// started when in (a stack endpoint) first has something to read, so a
-// connection whose container answers after a while costs no worker run
-// that only waits (the copy from out runs meanwhile on the caller's
-// goroutine); both take their buffers from w's.
+// copied each way. The copy from in to out runs on one of w's workers;
+// both take their buffers from w's.
 func splice(in, out io.ReadWriteCloser, fl *flow, w *workers) (nOut, nIn int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
-	toOut := func() {
+	w.Go(func() {
 		defer wg.Done()
 		n, rerr, werr := copyConn(out, in, w.bufs)
 		nOut = n
@@ -129,12 +126,7 @@ func splice(in, out io.ReadWriteCloser, fl *flow, w *workers) (nOut, nIn int64) 
 		} else {
 			fl.abort()
 		}
-	}
-	if ec, ok := in.(*epConn); ok {
-		ec.startOnReadable(func() { w.Go(toOut) })
-	} else {
-		w.Go(toOut)
-	}
+	})
 	n, rerr, werr := copyConn(in, out, w.bufs)
 	nIn = n
 	if rerr == nil && werr == nil {
