@@ -80,6 +80,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -98,6 +99,7 @@ func main() {
 	flag.IntVar(&cfg.mtu, "mtu", 1450, "container interface MTU")
 	flag.IntVar(&cfg.publishRounds, "publish-rounds", 5, "publish: measure each goal's new conn/s again in this many interleaved rounds (vxmesh row and HAProxy back to back, order alternating) and print the median ratio (0: none)")
 	flag.DurationVar(&cfg.publishRound, "publish-round", 2*time.Second, "publish: wrk run time of each row in each interleaved round (whole seconds)")
+	daemonFlags := flag.String("daemon-flags", "", "extra flags for the daemons of the throughput rows (vxmesh, vxmesh-overlay and its variants, vxmesh-esp), space separated, e.g. \"--busy-poll 50us\"")
 	flag.IntVar(&cfg.rounds, "rounds", 5, "measure each of issue 12's goals again in this many interleaved rounds (the row and its anchor back to back, order alternating) and print the median (0: none)")
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "rounds: run time of each row's measurement in each round (whole seconds)")
 	dnsMode := flag.Bool("dns", false, "measure the embedded DNS resolver against dnsmasq with dnsperf instead (each dnsperf run lasts -duration)")
@@ -136,6 +138,7 @@ func main() {
 		os.Exit(tapRelayMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	flag.Parse()
+	cfg.daemonFlags = strings.Fields(*daemonFlags)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -188,6 +191,9 @@ type config struct {
 	// (publishrounds.go).
 	publishRounds int
 	publishRound  time.Duration
+	// daemonFlags are added to every daemon of the throughput rows
+	// (vxmesh and vxmesh-overlay, their variants, vxmesh-esp).
+	daemonFlags []string
 	// rounds and round are the interleaved rounds of issue 12's goals
 	// (perfrounds.go): how many, and the run time of each measurement.
 	rounds int
@@ -444,7 +450,7 @@ func setupVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) 
 	})
 	h := tb.Hosts[0]
 	b.explain = func(err error) error { return fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15)) }
-	if err := h.StartDaemon(); err != nil {
+	if err := h.StartDaemon(cfg.daemonFlags...); err != nil {
 		return nil, err
 	}
 	steps := [][]string{
@@ -612,7 +618,7 @@ func setupVxmeshOverlay(ctx context.Context, cfg config, prefix string, log io.W
 			fmt.Fprintln(log, "vxmesh-overlay: cleanup:", err)
 		}
 	})
-	if err := tb.StartDaemons(daemonFlags...); err != nil {
+	if err := tb.StartDaemons(append(slices.Clone(cfg.daemonFlags), daemonFlags...)...); err != nil {
 		return nil, err
 	}
 	h1, h2 := tb.Hosts[0], tb.Hosts[1]
