@@ -56,7 +56,7 @@ const TAPOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 // TAPBatchSize is the largest number of frames a TAP Read returns. It is
 // smaller than packet.BatchSize because every buffer must hold a 64 KiB
 // super-segment: a reader's batch is TAPBatchSize*packet.BufferSize, about
-// 1 MiB per endpoint; with TSO a batch of 16 carries up to 1 MiB of data.
+// 1 MiB per endpoint; with TSO a batch stops once it holds TAPBatchBytes.
 const TAPBatchSize = 16
 
 // TAPBatchBytes ends a TAP Read's batch early: once the frames read hold
