@@ -117,7 +117,11 @@ func (d *Daemon) kernelTunnelAllowed(mode KernelTunnelMode) (bool, string) {
 }
 
 // watchKernelTunnel checks the kernel tunnel's conditions again every
-// Config.KernelTunnelRecheck until ctx is done.
+// Config.KernelTunnelRecheck until ctx is done and, in auto mode, at once
+// after every nftables change in the host's namespace (fwprobe.Watch), so
+// a firewall that appears (Docker starting) turns the kernel path off
+// within a netlink round trip rather than the interval. Legacy iptables
+// and the sysctls send no notification: the interval covers them.
 func (d *Daemon) watchKernelTunnel(ctx context.Context) {
 	every := d.cfg.KernelTunnelRecheck
 	if every <= 0 {
@@ -125,13 +129,31 @@ func (d *Daemon) watchKernelTunnel(ctx context.Context) {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var changed <-chan struct{}
+	if cur := d.ktnl.Load(); cur != nil && cur.mode == KernelTunnelAuto && d.ktnlCheck == nil {
+		c, err := fwprobe.Watch(ctx)
+		if err != nil {
+			d.log.Warn("kernel tunnel: no nftables change notifications; checking every interval only", "interval", every, "err", err)
+		}
+		changed = c
+		if err == nil {
+			// A change between the first check and the subscription
+			// sent no notification to this socket.
+			d.recheckKernelTunnel()
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d.recheckKernelTunnel()
+		case _, ok := <-changed:
+			if !ok {
+				changed = nil // the watch ended: the interval goes on
+				continue
+			}
 		}
+		d.recheckKernelTunnel()
 	}
 }
 

@@ -97,9 +97,11 @@ func TestKernelTunnelCarriesTCPIntactAcrossHosts(t *testing.T) {
 	}
 }
 
-// recheck is how often a daemon re-checks the conditions of
-// --kernel-tunnel=auto (daemon.DefaultKernelTunnelRecheck).
-const recheck = 10 * time.Second
+// notified bounds how long an auto daemon takes to follow an nftables
+// change: it subscribes to the changes (fwprobe.Watch) and checks again at
+// once, well inside the re-check interval (daemon.DefaultKernelTunnelRecheck,
+// 10 s).
+const notified = 3 * time.Second
 
 // kernelTunnel returns e's kernel tunnel stats (never nil: fails instead).
 func (e *env) kernelTunnel() api.KernelTunnelStats {
@@ -130,8 +132,8 @@ func (e *env) waitKernelTunnel(active bool, reason string, timeout time.Duration
 // (--kernel-tunnel=auto) two hosts whose namespaces have no firewall send
 // TCP super-segments through the kernel; an nftables forward chain added
 // in the sending host's namespace makes its daemon fall back to the
-// userspace split within the re-check interval, and its removal switches
-// it back, while one paced TCP transfer between the hosts runs throughout
+// userspace split at once (it is notified of nftables changes, not only
+// re-checking every interval), and its removal switches it back, while one paced TCP transfer between the hosts runs throughout
 // and arrives byte for byte.
 func TestKernelTunnelAutoFollowsTheForwardFirewall(t *testing.T) {
 	testenv.RequireCommand(t, "nft", "nftables")
@@ -174,7 +176,7 @@ func TestKernelTunnelAutoFollowsTheForwardFirewall(t *testing.T) {
 
 	nft("add table inet f")
 	nft("add chain inet f fw { type filter hook forward priority 0; policy drop; }")
-	off := h1.waitKernelTunnel(false, `nftables chain "inet f fw" on the forward hook`, 2*recheck)
+	off := h1.waitKernelTunnel(false, `nftables chain "inet f fw" on the forward hook`, notified)
 	// The transfer goes on, split in userspace: c2 keeps receiving while
 	// no super-packet is sent.
 	rx := func() uint64 {
@@ -201,7 +203,7 @@ func TestKernelTunnelAutoFollowsTheForwardFirewall(t *testing.T) {
 	}
 
 	nft("delete table inet f")
-	on := h1.waitKernelTunnel(true, "no nftables chain", 2*recheck)
+	on := h1.waitKernelTunnel(true, "no nftables chain", notified)
 	growing("after the firewall", on.TxSupers)
 
 	exited, err := send.wait(90 * time.Second)

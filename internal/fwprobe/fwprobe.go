@@ -14,7 +14,8 @@
 // (bridged frames only) and netdev, whose ingress and egress chains are
 // bound to named devices and see the daemon's own UDP the same way at the
 // underlay device. Where the ruleset cannot be read the answer is "not
-// clear".
+// clear". Watch reports nftables changes as they happen, so a caller can
+// check again at once rather than on a timer.
 package fwprobe
 
 import (

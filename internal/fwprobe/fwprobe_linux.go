@@ -3,6 +3,7 @@
 package fwprobe
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -88,4 +89,69 @@ func ListChains() ([]Chain, error) {
 			return chains, nil
 		}
 	}
+}
+
+// Watch subscribes to the nftables change notifications of the calling
+// thread's network namespace (the NFNLGRP_NFTABLES netlink group: every
+// table, chain, rule or set added or removed, and every generation) and
+// sends on the returned channel after each batch of them, coalesced: a
+// receiver that checks again (Check) after every receive has seen the
+// last change. A lost notification (the socket's queue overran) is
+// reported the same way. Legacy iptables sends none, so a periodic Check
+// is still needed for it. The watch ends, and the channel is closed, when
+// ctx is done or the socket fails.
+func Watch(ctx context.Context) (<-chan struct{}, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("netfilter netlink socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netfilter netlink bind: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, unix.NFNLGRP_NFTABLES); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("nftables notifications: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "nftables-notifications")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	changed := make(chan struct{}, 1)
+	stop := context.AfterFunc(ctx, func() { f.Close() })
+	go func() {
+		defer close(changed)
+		defer stop()
+		defer f.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			var got bool
+			var rerr error
+			err := rc.Read(func(fd uintptr) bool {
+				for {
+					_, _, err := unix.Recvfrom(int(fd), buf, 0)
+					switch {
+					case err == nil, errors.Is(err, unix.ENOBUFS):
+						got = true // a notification, or some were lost
+					case errors.Is(err, unix.EINTR):
+					case errors.Is(err, unix.EAGAIN):
+						return got
+					default:
+						rerr = err
+						return true
+					}
+				}
+			})
+			if err != nil || rerr != nil {
+				return
+			}
+			select {
+			case changed <- struct{}{}:
+			default: // one pending already covers this batch
+			}
+		}
+	}()
+	return changed, nil
 }

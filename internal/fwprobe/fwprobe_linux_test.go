@@ -3,12 +3,14 @@
 package fwprobe
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -63,5 +65,65 @@ func TestCheckInANamespace(t *testing.T) {
 	if _, err := exec.LookPath("iptables-legacy"); err == nil {
 		in("iptables-legacy", "-L", "FORWARD")
 		check(false, "legacy iptables tables loaded (filter)")
+	}
+}
+
+// TestWatchSeesChanges subscribes in a fresh network namespace: nothing
+// is reported while nothing changes, an nftables table and chain added in
+// it are reported, and the watch ends (its channel closed) with its
+// context.
+func TestWatchSeesChanges(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "nft", "nftables")
+	name := fmt.Sprintf("vxmesh-fwwatch-%d", os.Getpid())
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.NewNamed(name) // and enters it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ns.Close()
+		netns.DeleteNamed(name)
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changed, err := Watch(ctx) // subscribed in name's namespace
+	netns.Set(orig)
+	runtime.UnlockOSThread()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+		t.Fatal("a change reported before anything changed")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if out, err := exec.Command("ip", "netns", "exec", name, "nft", "add table inet w; add chain inet w fw { type filter hook forward priority 0; }").CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	select {
+	case _, ok := <-changed:
+		if !ok {
+			t.Fatal("watch ended instead of reporting the change")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change reported 5 s after a table and a forward chain were added")
+	}
+	cancel()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case _, ok := <-changed:
+			if !ok {
+				return
+			}
+		case <-deadline:
+			t.Fatal("watch still running 5 s after its context ended")
+		}
 	}
 }
