@@ -25,22 +25,7 @@ func TestCheckInANamespace(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "nft", "nftables")
 	name := fmt.Sprintf("vxmesh-fwprobe-%d", os.Getpid())
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.NewNamed(name) // and enters it
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		netns.Set(orig)
-		ns.Close()
-		netns.DeleteNamed(name)
-	}()
+	defer enterFreshNetns(t, name)()
 	in := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command("ip", append([]string{"netns", "exec", name}, args...)...).CombinedOutput(); err != nil {
@@ -76,25 +61,11 @@ func TestWatchSeesChanges(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "nft", "nftables")
 	name := fmt.Sprintf("vxmesh-fwwatch-%d", os.Getpid())
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.NewNamed(name) // and enters it
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ns.Close()
-		netns.DeleteNamed(name)
-	}()
+	leave := enterFreshNetns(t, name)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	changed, err := Watch(ctx) // subscribed in name's namespace
-	netns.Set(orig)
-	runtime.UnlockOSThread()
+	leave()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,5 +96,33 @@ func TestWatchSeesChanges(t *testing.T) {
 		case <-deadline:
 			t.Fatal("watch still running 5 s after its context ended")
 		}
+	}
+}
+
+// enterFreshNetns locks the calling goroutine to its thread and moves the
+// thread into a new named network namespace; the returned function moves
+// it back and unlocks it (the namespace is deleted at the end of t).
+func enterFreshNetns(t *testing.T, name string) (leave func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	ns, err := netns.NewNamed(name) // and enters it
+	if err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ns.Close()
+		netns.DeleteNamed(name)
+	})
+	return func() {
+		netns.Set(orig)
+		orig.Close()
+		runtime.UnlockOSThread()
 	}
 }
