@@ -22,8 +22,9 @@ import (
 // kernel path only while nothing can filter forwarded packets
 // (fwprobe.Decide: no nftables base chain of family ip or inet on the
 // prerouting, forward or postrouting hook, no legacy iptables table) and
-// checks again every Config.KernelTunnelRecheck, switching the VTEP
-// between the kernel path and the userspace split at run time.
+// checks again after every nftables change and every
+// Config.KernelTunnelRecheck, switching the VTEP between the kernel path
+// and the userspace split at run time.
 // KernelTunnelOn trusts the operator to have let UDP to the data port
 // from this node's address through. Both need the reverse-path filter
 // off, checked at the same times.
