@@ -239,17 +239,9 @@ func TestSetSuperEnabledSwitchesAtRunTime(t *testing.T) {
 // TestSuperSwitchDoesNotAllocate: writing super-segments while the switch
 // flips between batches allocates nothing on either path.
 func TestSuperSwitchDoesNotAllocate(t *testing.T) {
-	mn := NewMemNetwork()
-	mn.SetMTU(1500)
 	cs := &countSuper{}
-	a := superNode(t, mn, cs)
-	peer, err := mn.Listen(netip.AddrPortFrom(vtepB, packet.VXLANPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB})
-	const mss = 1450 - 20 - 32
-	b := tsoBuffer(macB, macA, false, 10000, mss)
+	a, rb, _ := superPair(t, cs)
+	b := tsoBuffer(macB, macA, false, 10000, superMSS)
 	orig := bytes.Clone(b)
 	drain := make([]Message, packet.BatchSize)
 	for i := range drain {
@@ -262,8 +254,8 @@ func TestSuperSwitchDoesNotAllocate(t *testing.T) {
 		on = !on
 		a.v.SetSuperEnabled(on)
 		a.n.Write(bufs, packet.Headroom)
-		for (&raw{u: peer}).pending() > 0 {
-			peer.ReadBatch(drain)
+		for rb.pending() > 0 {
+			rb.u.ReadBatch(drain)
 		}
 	}
 	if allocs := testing.AllocsPerRun(200, step); allocs != 0 {
