@@ -74,7 +74,7 @@ func (d *Daemon) flushLeftBackends(cfg dataplane.Config) {
 // inside their node's address blocks; on a member with a VTEP address) as
 // remotes,
 // the nodes that have endpoints on it and its external VTEPs as flooding
-// peers, every vip-mode service with its backends (serviceSet), the SAs
+// peers, every other member's VTEP as a sender it accepts, every vip-mode service with its backends (serviceSet), the SAs
 // of the key ring in use and the conntrack's size and timeouts. Callers
 // hold d.mu.
 func (d *Daemon) desiredDataplane() dataplane.Config {
@@ -83,12 +83,14 @@ func (d *Daemon) desiredDataplane() dataplane.Config {
 	accepted, remotes := d.desiredRemotes()
 	services := d.serviceSet(accepted)
 	cfg := dataplane.Config{Conntrack: lb.Config{Max: d.cfg.ConntrackMax, Timeouts: d.cfg.ConntrackTimeouts}}
+	members := d.memberVTEPs()
 	for _, n := range d.sortedNetworks() {
 		nc := dataplane.NetworkConfig{
 			Name: n.rec.Name, VNI: n.rec.VNI, MTU: n.rec.MTU, Cipher: n.cipher,
 			Gateway: n.gw, GatewayMAC: macForIP(n.gw), StormLimit: n.rec.StormLimit,
 			Subnet: n.subnet, Internal: n.rec.Internal,
 			Remotes: remotes[n.rec.Name], Services: services.lbServices(n.rec.Name),
+			Members: members,
 		}
 		if n.gwHost.IsValid() {
 			nc.GatewayHost, nc.GatewayHostMAC = n.gwHost, macForIP(n.gwHost)
@@ -149,6 +151,19 @@ func (d *Daemon) vteps() map[string]netip.Addr {
 		}
 	}
 	return out
+}
+
+// memberVTEPs returns the other members' VTEP addresses, sorted: every
+// network accepts their frames (dataplane.NetworkConfig.Members). The
+// list is shared by the networks: callers only read it.
+func (d *Daemon) memberVTEPs() []netip.Addr {
+	vteps := d.vteps()
+	out := make([]netip.Addr, 0, len(vteps))
+	for _, a := range vteps {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // remotesOf derives the remotes of every network from the accepted

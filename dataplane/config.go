@@ -80,6 +80,13 @@ type NetworkConfig struct {
 	// network. Frames are flooded to Peers, External and the VTEP of
 	// every remote endpoint.
 	Peers []netip.Addr
+	// Members are the VTEPs of the other cluster members (the same list
+	// for every network). Their frames are accepted even before they are
+	// Peers, because a host's first endpoint on the network sends before
+	// its record reaches this host, and the frames' unknown source MACs
+	// are learned so replies find their way back until the record
+	// arrives (tunnel.Segment.SetMembers). They are not flooded to.
+	Members []netip.Addr
 	// Ports are this host's endpoints on the network.
 	Ports []PortConfig
 	// Remotes are the other hosts' endpoints: static switch entries

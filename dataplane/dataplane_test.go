@@ -371,3 +371,48 @@ func TestReconfigReportsRefusedSAs(t *testing.T) {
 		t.Fatalf("second apply: %v, %d changes", err, tb.dp.changes-before)
 	}
 }
+
+// TestMemberHeardBeforeItsRecord: a host whose endpoint's record has not
+// reached this one yet (it is a cluster member, not yet a peer of the
+// network) is heard, and the container's reply goes back to it; with
+// Members empty its frame is dropped as from an unknown peer.
+func TestMemberHeardBeforeItsRecord(t *testing.T) {
+	for _, members := range [][]netip.Addr{nil, {remoteB}} {
+		tb := newTestbed(t)
+		c, d := newCtr(t, "m0", 2)
+		w := testNetwork("a", 4096, 1)
+		w.Ports = []PortConfig{c.port("c1/eth0", d)}
+		w.Members = members
+		if err := tb.dp.Reconfig(Config{Networks: []NetworkConfig{w}}); err != nil {
+			t.Fatal(err)
+		}
+		// The new endpoint mac(9) on remoteB sends to the container.
+		frame := udpFrame(c.mac, mac(9), ip(9), c.ip)[packet.Headroom:]
+		dgram := append(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 0x08000000), 4096<<8), frame...)
+		if _, err := tb.remote.WriteBatch([]tunnel.Message{{Buf: dgram, Addr: netip.AddrPortFrom(local, packet.VXLANPort)}}); err != nil {
+			t.Fatal(err)
+		}
+		if members == nil {
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+				if _, ts, _ := tb.dp.NetworkStats("a"); ts.Drops["unknown-peer"] == 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the frame of a host that is no member was not counted as unknown-peer")
+				}
+			}
+			if len(c.frames) != 0 {
+				t.Fatal("a frame from a host that is no member reached the container")
+			}
+			continue
+		}
+		if got := c.recv(t, "the member's frame"); packet.Ethernet(got).Src() != mac(9) {
+			t.Fatalf("got a frame from %s", packet.Ethernet(got).Src())
+		}
+		c.send(t, udpFrame(mac(9), c.mac, c.ip, ip(9))[packet.Headroom:])
+		m := readRemote(t, tb.remote)
+		if got := packet.Ethernet(m.Buf[packet.VXLANHeaderLen:m.N]).Dst(); got != mac(9) {
+			t.Fatalf("the reply went to %s", got)
+		}
+	}
+}

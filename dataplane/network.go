@@ -26,6 +26,7 @@ type network struct {
 	cipher   esp.Cipher
 	external []netip.Addr              // applied external VTEPs, sorted
 	flood    []netip.Addr              // applied flooding peers, sorted
+	members  []netip.Addr              // applied member VTEPs, sorted
 	statics  map[packet.MAC]netip.Addr // switch statics behind tport: MAC -> IP
 	gwHosts  map[packet.MAC]bool       // the statics that are other hosts' gateways
 	remotes  map[packet.MAC]netip.Addr // tunnel remotes: MAC -> VTEP
@@ -103,6 +104,7 @@ func (dp *Dataplane) removeNetwork(n *network) {
 	}
 	clear(n.gwHosts)
 	n.tn.SetPeers(nil)
+	n.tn.SetMembers(nil)
 	n.tn.SetInput(nil)
 	n.sw.RemovePort(n.tport)
 	dp.vtep.RemoveSegment(n.cfg.VNI)
@@ -111,8 +113,8 @@ func (dp *Dataplane) removeNetwork(n *network) {
 	dp.log.Info("network down", "network", n.cfg.Name)
 }
 
-// applyRemotes makes n's remote endpoints, flooding peers and external
-// VTEPs match w. A tunnel remote is installed only after its switch
+// applyRemotes makes n's remote endpoints, flooding peers, member and
+// external VTEPs match w. A tunnel remote is installed only after its switch
 // static, and removed before it, so the switch never floods a frame the
 // tunnel would send to one VTEP.
 func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
@@ -151,6 +153,14 @@ func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 			fail("peers", err)
 		} else {
 			n.flood = flood
+		}
+	}
+	if members := validSet(w.Members, "member VTEP", fail); !slices.Equal(members, n.members) {
+		dp.changes++
+		if err := n.tn.SetMembers(members); err != nil {
+			fail("member VTEPs", err)
+		} else {
+			n.members = members
 		}
 	}
 	if !slices.Equal(ext, n.external) {

@@ -71,28 +71,16 @@ func TestTraceServiceOnAnEncryptedNetwork(t *testing.T) {
 	if st := h1.service("api").Stats; len(st) > 0 && st[0].NewConns != 0 {
 		t.Fatalf("the traces made connections: %+v", st)
 	}
-	// The next connection goes where the trace said. About one first
-	// connection in five (in a loop of this test) goes to the other
-	// backend instead: the service counts a retry (a RST taken as the
-	// backend's answer to the SYN) while the traced backend's namespace
-	// saw no packet at all; where that RST comes from is not found yet.
-	// So a miss is logged with what the service shows and the pair tried
-	// once more: a trace that is wrong misses twice.
-	for try := 1; ; try++ {
-		want := backends[tr.Service.Backend]
-		r := h1.conns("client", vip+":"+strconv.Itoa(svcPort), 1, 1, 0)
-		if r.Errors == 0 && r.Counts[want] == 1 {
-			break
-		}
-		msg := fmt.Sprintf("the connection went to %v, the trace said %s; service stats now %+v", r.Counts, want, h1.service("api").Stats)
-		if try == 2 {
-			t.Fatal(msg)
-		}
-		t.Log(msg + "; tracing and connecting once more")
-		tr = api.Trace{}
-		h1.json(&tr, "trace", "--network", "sec", "--from", "client", "--to", to)
-		if tr.Service == nil || backends[tr.Service.Backend] == "" {
-			t.Fatalf("trace: %+v service %+v", tr, tr.Service)
-		}
+	// The next connection goes where the trace said. (About one run in
+	// five used to miss: the client's first SYN reached h2 before the
+	// record of the client's endpoint did, h2 dropped it as from an
+	// unknown peer, and the balancer moved the retransmitted SYN to the
+	// other backend. Members are heard before they are peers now.)
+	want := backends[tr.Service.Backend]
+	if r := h1.conns("client", vip+":"+strconv.Itoa(svcPort), 1, 1, 0); r.Errors != 0 || r.Counts[want] != 1 {
+		var n2 api.Network
+		h2.json(&n2, "network", "inspect", "sec")
+		t.Fatalf("the connection went to %v, the trace said %s; service stats %+v; h2's drops on sec %v",
+			r.Counts, want, h1.service("api").Stats, n2.Drops)
 	}
 }

@@ -28,11 +28,12 @@ type Segment struct {
 
 	input   atomic.Pointer[InputFunc]
 	state   atomic.Pointer[netState] // immutable forwarding state
-	learned *aging.Table[*peer]      // inner MACs behind external VTEPs
+	learned *aging.Table[*peer]      // inner MACs in no static entry, by the VTEP they came from
 
 	mu      sync.Mutex // serialises control-plane writers of state and learned
 	peerSet []netip.Addr
 	extSet  map[netip.Addr]bool // external VTEPs, see SetExternal
+	members []netip.Addr        // other cluster members' VTEPs, see SetMembers
 	remotes map[packet.MAC]netip.Addr
 	objs    map[netip.Addr]*peer // counters survive snapshot changes
 
@@ -42,7 +43,7 @@ type Segment struct {
 // netState is the immutable forwarding state the data path reads.
 type netState struct {
 	peers   []*peer              // flooding targets, ordered by address
-	allowed map[netip.Addr]*peer // who may send us this network's frames
+	allowed map[netip.Addr]*peer // who may send us this network's frames: peers and members
 	remotes map[packet.MAC]*peer // static remote FDB
 }
 
@@ -55,8 +56,9 @@ type peer struct {
 	txPackets, txBytes atomic.Uint64
 	txDrops            atomic.Uint64
 
-	// external is set for an external VTEP (SetExternal): the only kind
-	// behind which inner source MACs are learned.
+	// external is set for an external VTEP (SetExternal), whose frames
+	// may move a MAC learned behind another VTEP; a member's frames only
+	// teach MACs that are learned nowhere.
 	external atomic.Bool
 }
 
@@ -91,16 +93,10 @@ func (n *Segment) SetInput(fn InputFunc) {
 // them are accepted. Learned MACs behind a VTEP that is no longer a peer
 // are forgotten.
 func (n *Segment) SetPeers(peers []netip.Addr) error {
-	set := make([]netip.Addr, 0, len(peers))
-	for _, a := range peers {
-		a = a.Unmap()
-		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
-			return fmt.Errorf("vni %d: invalid peer address %s", n.vni, a)
-		}
-		set = append(set, a)
+	set, err := n.vtepSet("peer address", peers)
+	if err != nil {
+		return err
 	}
-	slices.SortFunc(set, netip.Addr.Compare)
-	set = slices.Compact(set)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.peerSet = set
@@ -109,11 +105,13 @@ func (n *Segment) SetPeers(peers []netip.Addr) error {
 }
 
 // SetExternal names the peers that are external VTEPs (not cluster
-// members): inner source MACs are learned from their frames only. A
-// member's endpoints are all in the static FDB (SetRemotes), so its frames
-// never teach anything, and one that claims a MAC statically behind
-// another VTEP is dropped ("spoofed-src"). Learned MACs behind a VTEP that
-// is no longer external are forgotten.
+// members). Inner source MACs that are in no static entry are learned
+// from every accepted VTEP's frames; an external VTEP's frames may also
+// move a MAC learned behind another VTEP, as a bridge's do, while a
+// member's frames only teach MACs that are learned nowhere (a member's
+// endpoints reach the static FDB, SetRemotes, soon after their first
+// frames). A frame that claims a MAC statically behind another VTEP is
+// dropped ("spoofed-src").
 func (n *Segment) SetExternal(vteps []netip.Addr) error {
 	set := make(map[netip.Addr]bool, len(vteps))
 	for _, a := range vteps {
@@ -128,6 +126,42 @@ func (n *Segment) SetExternal(vteps []netip.Addr) error {
 	n.extSet = set
 	n.publish()
 	return nil
+}
+
+// SetMembers names the VTEPs of the other cluster members. Their
+// datagrams are accepted on the network even while they are not peers: a
+// host's first endpoint on a network sends before the record that makes
+// the host a peer here has arrived (the cluster's tables are eventually
+// consistent), and without this its first frames (a TCP SYN, a DNS
+// query) would be dropped as "unknown-peer". The unknown source MACs of
+// such frames are learned, so replies go back to that VTEP until the
+// endpoint's static entry arrives and takes over. Members are not
+// flooding targets unless they are also peers.
+func (n *Segment) SetMembers(vteps []netip.Addr) error {
+	set, err := n.vtepSet("member VTEP address", vteps)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.members = set
+	n.publish()
+	return nil
+}
+
+// vtepSet returns addrs unmapped, sorted and without repeats, or an error
+// naming the first that is no unicast address (what says what it is).
+func (n *Segment) vtepSet(what string, addrs []netip.Addr) ([]netip.Addr, error) {
+	set := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
+			return nil, fmt.Errorf("vni %d: invalid %s %s", n.vni, what, a)
+		}
+		set = append(set, a)
+	}
+	slices.SortFunc(set, netip.Addr.Compare)
+	return slices.Compact(set), nil
 }
 
 // SetRemotes replaces the static remote FDB: frames to each MAC are sent
@@ -155,7 +189,7 @@ func (n *Segment) SetRemotes(remotes map[packet.MAC]netip.Addr) error {
 // publish builds and swaps in a new netState from peerSet and remotes;
 // n.mu is held.
 func (n *Segment) publish() {
-	objs := make(map[netip.Addr]*peer, len(n.peerSet))
+	objs := make(map[netip.Addr]*peer, len(n.peerSet)+len(n.members))
 	get := func(a netip.Addr) *peer {
 		p := objs[a]
 		if p == nil {
@@ -168,7 +202,7 @@ func (n *Segment) publish() {
 	}
 	st := &netState{
 		peers:   make([]*peer, 0, len(n.peerSet)),
-		allowed: make(map[netip.Addr]*peer, len(n.peerSet)),
+		allowed: make(map[netip.Addr]*peer, len(n.peerSet)+len(n.members)),
 		remotes: make(map[packet.MAC]*peer, len(n.remotes)),
 	}
 	for _, a := range n.peerSet {
@@ -177,26 +211,39 @@ func (n *Segment) publish() {
 		st.peers = append(st.peers, p)
 		st.allowed[a] = p
 	}
+	for _, a := range n.members {
+		if st.allowed[a] == nil {
+			p := get(a)
+			p.external.Store(false)
+			st.allowed[a] = p
+		}
+	}
 	for mac, a := range n.remotes {
 		st.remotes[mac] = get(a)
 	}
 	n.objs = objs
 	n.state.Store(st)
-	// Forget what was learned behind VTEPs that are no longer external
-	// peers, and MACs that became static.
+	// Forget what was learned behind VTEPs that may no longer send, and
+	// MACs that became static.
 	n.learned.Filter(func(e *aging.Entry[*peer]) bool {
 		p := e.Value
-		return st.allowed[p.addr] == p && p.external.Load() && st.remotes[e.MAC] == nil
+		return st.allowed[p.addr] == p && st.remotes[e.MAC] == nil
 	})
 }
 
-// learn records that src was seen behind p; it reports whether src is
-// now learned there. Called by the receive loop.
+// learn records that src, in no static entry, was seen behind p; it
+// reports whether src is now learned there. A member (not external) does
+// not take a MAC that is live behind another VTEP. Called by the receive
+// loop.
 func (n *Segment) learn(src packet.MAC, p *peer, now int64) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.state.Load().allowed[p.addr] != p || !p.external.Load() {
-		return false // the peer was removed or is no longer external meanwhile
+	st := n.state.Load()
+	if st.allowed[p.addr] != p || st.remotes[src] != nil {
+		return false // the VTEP may no longer send, or src became static, meanwhile
+	}
+	if e := n.learned.Lookup(src); e != nil && e.Value != p && !p.external.Load() && n.learned.Live(e, now) {
+		return false
 	}
 	if !n.learned.Learn(src, p, now) {
 		n.c.learnLimited.Add(1)

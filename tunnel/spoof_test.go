@@ -9,9 +9,9 @@ import (
 
 // TestSpoofedSourceAndLearning: a frame whose inner source MAC the cluster
 // placed behind one VTEP is dropped when another VTEP sends it
-// ("spoofed-src"); MACs are learned behind external VTEPs only, never from
-// a member's frames; datagrams from this node's own address are dropped
-// ("own-address").
+// ("spoofed-src"); a member's frames teach a MAC no one has, an external
+// VTEP's frames may move it, a member's may not; datagrams from this
+// node's own address are dropped ("own-address").
 func TestSpoofedSourceAndLearning(t *testing.T) {
 	mn := NewMemNetwork()
 	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
@@ -65,19 +65,19 @@ func TestSpoofedSourceAndLearning(t *testing.T) {
 	if st.Drops["own-address"] != 1 {
 		t.Errorf("vtep drops %v, want 1 own-address", st.Drops)
 	}
-	if fdb := n.FDB(); len(fdb) != 1 || !fdb[0].Static {
-		t.Fatalf("fdb %+v: a member's frame taught something", fdb)
+	if fdb := n.FDB(); len(fdb) != 2 || fdb[1].MAC != macX || fdb[1].VTEP != vtepC || fdb[1].Static {
+		t.Fatalf("fdb %+v, want macX learned behind member C", fdb)
 	}
-	send(vtepE, macX)
-	send(vtepC, macX) // does not move it
+	send(vtepE, macX) // moves it
+	send(vtepC, macX) // does not move it back
 	if fdb := n.FDB(); len(fdb) != 2 || fdb[1].MAC != macX || fdb[1].VTEP != vtepE || fdb[1].Static {
 		t.Errorf("fdb %+v, want macX learned behind the external VTEP", fdb)
 	}
-	// A VTEP that stops being external takes its learned MACs along.
-	if err := n.SetExternal(nil); err != nil {
+	// A VTEP that may no longer send takes its learned MACs along.
+	if err := n.SetPeers([]netip.Addr{vtepA, vtepB, vtepC}); err != nil {
 		t.Fatal(err)
 	}
 	if fdb := n.FDB(); len(fdb) != 1 {
-		t.Errorf("fdb %+v after SetExternal(nil)", fdb)
+		t.Errorf("fdb %+v after the external VTEP left the peers", fdb)
 	}
 }

@@ -25,7 +25,7 @@ type Trace struct {
 	Drop string
 	// Peers are the VTEPs the frame goes to; Flood is set when it goes to
 	// every peer (its destination is not in the FDB), Learned when the
-	// destination was learned behind an external VTEP rather than
+	// destination was learned from received frames rather than
 	// statically known.
 	Peers   []netip.Addr
 	Flood   bool

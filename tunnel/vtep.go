@@ -8,8 +8,8 @@
 // broadcast, multicast and unknown unicast. One receive loop (VTEP.Run) per
 // receive queue of the underlay (MultiQueueUnderlay) reads batches of
 // datagrams straight into buffers where the inner frame lands at
-// packet.Headroom, validates them, learns inner
-// source MACs behind external VTEPs and hands whole batches to each
+// packet.Headroom, validates them, learns the inner
+// source MACs that no static entry names and hands whole batches to each
 // network's input function. Runs of segments go to the underlay as one
 // UDP segmentation send (Message.GSOSize); coalesced (UDP_GRO) reads are
 // split into their datagrams, and consecutive TCP segments of one flow
@@ -548,21 +548,20 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 		return
 	}
 	// A MAC the cluster placed behind one VTEP cannot come from another;
-	// other MACs are learned only behind external VTEPs: a member's
-	// endpoints are all static, so its frames never teach anything.
+	// other MACs are learned (Segment.SetExternal, SetMembers): behind an
+	// external VTEP, and behind a member whose endpoint's static entry
+	// has not arrived yet.
 	if sp := st.remotes[src]; sp != nil {
 		if sp != p {
 			r.ndrops[dropSpoofedSrc]++
 			return
 		}
-	} else if p.external.Load() {
-		if e := nw.learned.Lookup(src); e != nil && e.Value == p {
-			if r.now-e.Seen() > int64(time.Second) {
-				e.Touch(r.now) // at most once a second: a store per frame would bounce the cache line
-			}
-		} else {
-			nw.learn(src, p, r.now)
+	} else if e := nw.learned.Lookup(src); e != nil && e.Value == p {
+		if r.now-e.Seen() > int64(time.Second) {
+			e.Touch(r.now) // at most once a second: a store per frame would bounce the cache line
 		}
+	} else if e == nil || p.external.Load() || !nw.learned.Live(e, r.now) {
+		nw.learn(src, p, r.now)
 	}
 	p.rxPackets.Add(1)
 	p.rxBytes.Add(uint64(len(frame)))

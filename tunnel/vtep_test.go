@@ -34,7 +34,8 @@ func TestEncapDecapRoundTrip(t *testing.T) {
 	if !bytes.Equal(got[0], f1) || !bytes.Equal(got[1], f2) {
 		t.Fatalf("b received\n% x\n% x", got[0], got[1])
 	}
-	// Reverse direction: b learned nothing it needs; it floods to a.
+	// Reverse direction: b has no static entry for macA but learned it
+	// behind a from the frames above, so it sends there without a flood.
 	if n, err := b.n.Write(withHeadroom(udpFrame(macA, macB, 53, 1000, 10)), packet.Headroom); n != 1 || err != nil {
 		t.Fatalf("b.Write = %d, %v", n, err)
 	}
@@ -45,15 +46,14 @@ func TestEncapDecapRoundTrip(t *testing.T) {
 	if as.TxPackets != 2 || as.TxDatagrams != 2 || as.Flooded != 1 || as.RxPackets != 1 {
 		t.Errorf("a stats %+v", as)
 	}
-	if bs.RxPackets != 2 || bs.RxBytes != uint64(len(f1)+len(f2)) || len(bs.Drops) != 0 {
+	if bs.RxPackets != 2 || bs.RxBytes != uint64(len(f1)+len(f2)) || len(bs.Drops) != 0 || bs.Flooded != 0 {
 		t.Errorf("b stats %+v", bs)
 	}
 	if len(as.Peers) != 1 || as.Peers[0].Addr != vtepB || as.Peers[0].TxPackets != 2 || as.Peers[0].RxPackets != 1 {
 		t.Errorf("a peers %+v", as.Peers)
 	}
-	// b learned nothing: a is a member VTEP, not an external one.
-	if fdb := b.n.FDB(); len(fdb) != 0 {
-		t.Errorf("b fdb %+v, want nothing learned behind a member", fdb)
+	if fdb := b.n.FDB(); len(fdb) != 1 || fdb[0].MAC != macA || fdb[0].VTEP != vtepA || fdb[0].Static {
+		t.Errorf("b fdb %+v, want macA learned behind a", fdb)
 	}
 	if fdb := a.n.FDB(); len(fdb) != 1 || !fdb[0].Static || fdb[0].MAC != macB { // static wins over learning
 		t.Errorf("a fdb %+v", fdb)
@@ -170,10 +170,86 @@ func TestReceiveDropsAreCounted(t *testing.T) {
 	if a.sink.count() != 1 {
 		t.Errorf("delivered %d frames", a.sink.count())
 	}
-	// Nothing is learned from a stranger, from dropped frames, or from a
-	// member VTEP (b).
+	// Nothing is learned from a stranger or from dropped frames; the
+	// peer's good frame teaches its source, which no static entry names.
+	if fdb := a.n.FDB(); len(fdb) != 1 || fdb[0].MAC != macB || fdb[0].VTEP != vtepB || fdb[0].Static {
+		t.Errorf("fdb %+v, want macB learned behind %s only", fdb, vtepB)
+	}
+}
+
+// TestMemberBeforeItIsAPeer: a cluster member that is not (yet) a peer of
+// the network (its first endpoint's record has not arrived) is heard, the
+// replies to its endpoint go to it alone, and its endpoint's static entry
+// takes over when it arrives; a host that is no member stays unheard.
+func TestMemberBeforeItIsAPeer(t *testing.T) {
+	mn := NewMemNetwork()
+	a := newNode(t, mn, vtepA, nil, vtepC)
+	b := newRaw(t, mn, vtepB)
+	c := newRaw(t, mn, vtepC)
+	first := vxlanDatagram(testVNI, udpFrame(macA, macB, 5, 6, 10))
+	b.send(t, vtepA, 0, first)
+	if err := a.v.receiveOnce(); err != nil {
+		t.Fatal(err)
+	}
+	if d := a.n.Stats().Drops["unknown-peer"]; d != 1 || a.sink.count() != 0 {
+		t.Fatalf("before SetMembers: unknown-peer %d, delivered %d; want 1, 0", d, a.sink.count())
+	}
+	if err := a.n.SetMembers([]netip.Addr{vtepB, vtepC}); err != nil {
+		t.Fatal(err)
+	}
+	b.send(t, vtepA, 0, first)
+	if err := a.v.receiveOnce(); err != nil {
+		t.Fatal(err)
+	}
+	a.sink.wait(t, 1)
+	if fdb := a.n.FDB(); len(fdb) != 1 || fdb[0].MAC != macB || fdb[0].VTEP != vtepB || fdb[0].Static {
+		t.Fatalf("fdb %+v, want macB learned behind the member", fdb)
+	}
+	// The reply goes to b alone; a broadcast still goes to the peers only.
+	a.n.Write(withHeadroom(udpFrame(macB, macA, 6, 5, 10)), packet.Headroom)
+	b.recv(t, 1)
+	if c.pending() != 0 {
+		t.Fatal("the reply to a member's endpoint was flooded")
+	}
+	a.n.Write(withHeadroom(udpFrame(packet.Broadcast, macA, 6, 5, 10)), packet.Headroom)
+	c.recv(t, 1)
+	if b.pending() != 0 {
+		t.Fatal("a member that is no peer got a flooded frame")
+	}
+	// The record arrives: b is a peer with a static entry for macB.
+	if err := a.n.SetPeers([]netip.Addr{vtepB, vtepC}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.n.SetRemotes(map[packet.MAC]netip.Addr{macB: vtepB}); err != nil {
+		t.Fatal(err)
+	}
+	if fdb := a.n.FDB(); len(fdb) != 1 || !fdb[0].Static {
+		t.Fatalf("fdb %+v, want the static entry only", fdb)
+	}
+	// A host that leaves the cluster is unheard again and its learned
+	// MACs go with it.
+	if err := a.n.SetPeers([]netip.Addr{vtepC}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.n.SetRemotes(nil); err != nil {
+		t.Fatal(err)
+	}
+	b.send(t, vtepA, 0, vxlanDatagram(testVNI, udpFrame(macA, macX, 5, 6, 10)))
+	if err := a.v.receiveOnce(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.n.SetMembers([]netip.Addr{vtepC}); err != nil {
+		t.Fatal(err)
+	}
 	if fdb := a.n.FDB(); len(fdb) != 0 {
-		t.Errorf("fdb %+v", fdb)
+		t.Fatalf("fdb %+v after the member left", fdb)
+	}
+	b.send(t, vtepA, 0, first)
+	if err := a.v.receiveOnce(); err != nil {
+		t.Fatal(err)
+	}
+	if d := a.n.Stats().Drops["unknown-peer"]; d != 2 || a.sink.count() != 2 {
+		t.Fatalf("after the member left: unknown-peer %d, delivered %d; want 2, 2", d, a.sink.count())
 	}
 }
 
