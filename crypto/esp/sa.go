@@ -270,11 +270,15 @@ func (o *Outbound) seal(buf []byte, start, end int, nextHeader byte, iv []byte) 
 // Reserve takes n consecutive sequence numbers for SealReserved and
 // returns the first; the others follow it. Reserving the numbers of a run
 // of datagrams up front lets several goroutines seal the run's datagrams
-// at once while the run is still numbered in the order it is sent. It
-// returns ErrSeqExhausted, taking nothing, if fewer than n numbers are
-// left, and ErrMalformed for n < 1.
-func (o *Outbound) Reserve(n int) (uint64, error) {
-	if n < 1 {
+// at once while the run is still numbered in the order it is sent. The n
+// packets, of bytes bytes of cleartext in all, are counted as sealed here,
+// once, rather than by each SealReserved: every number reserved is meant
+// to be sealed, and goroutines sealing neighbouring datagrams then do not
+// take turns at the counters' cache line. It returns ErrSeqExhausted,
+// taking nothing, if fewer than n numbers are left, and ErrMalformed for
+// n < 1.
+func (o *Outbound) Reserve(n, bytes int) (uint64, error) {
+	if n < 1 || bytes < 0 {
 		return 0, ErrMalformed
 	}
 	for {
@@ -283,6 +287,8 @@ func (o *Outbound) Reserve(n int) (uint64, error) {
 			return 0, o.c.drop(ReasonSeqExhausted, ErrSeqExhausted)
 		}
 		if o.seq.CompareAndSwap(cur, cur+uint64(n)) {
+			o.c.packets.Add(uint64(n))
+			o.c.bytes.Add(uint64(bytes))
 			return cur + 1, nil
 		}
 	}
@@ -299,6 +305,7 @@ type Scratch struct {
 
 // SealReserved is Seal with sequence number seq, taken by Reserve: every
 // number Reserve returned must be sealed at most once, or a nonce repeats.
+// Reserve counted the packet.
 // It uses sc instead of the bytes in front of the ESP header, so it needs
 // only start >= HeaderLen, and calls sealing neighbouring datagrams of one
 // buffer may run at the same time (each with its own Scratch). It writes
@@ -327,7 +334,9 @@ func (o *Outbound) SealReserved(buf []byte, start, end int, seq uint64, sc *Scra
 		aad = aad[:8]
 	}
 	o.aead.Seal(b[start:start], nonce, b[start:ctEnd], aad)
-	return o.finish(b, start-HeaderLen, seq, seq, end-start), ctEnd + ICVLen, nil
+	h := start - HeaderLen
+	putHeader(b[h:], o.spi, seq, seq)
+	return h, ctEnd + ICVLen, nil
 }
 
 // Inbound is the receiving side of an SA: it authenticates, checks replay
@@ -343,7 +352,11 @@ type Inbound struct {
 	salt   [SaltLen]byte
 	mu     sync.Mutex
 	win    window
-	c      counters
+	// packets and bytes count accepted packets; they are updated with
+	// the window, under mu, so an accepted packet costs no atomic
+	// operation beyond the mutex (c.packets and c.bytes stay 0).
+	packets, bytes uint64
+	c              counters
 }
 
 // NewInbound returns the receiving side of an ESN SA with the given SPI,
@@ -373,10 +386,10 @@ func (in *Inbound) SPI() uint32 { return in.spi }
 // Stats returns a snapshot of the SA's counters.
 func (in *Inbound) Stats() Stats {
 	s := Stats{SPI: in.spi, Cipher: in.cipher, ESN: in.esn}
-	in.mu.Lock()
-	s.Seq = in.win.top
-	in.mu.Unlock()
 	in.c.fill(&s)
+	in.mu.Lock()
+	s.Seq, s.Packets, s.Bytes = in.win.top, in.packets, in.bytes
+	in.mu.Unlock()
 	return s
 }
 
@@ -447,28 +460,31 @@ func (in *Inbound) Open(buf []byte, start, end int) (innerStart, innerEnd int, n
 		return 0, 0, 0, in.c.drop(ReasonAuth, ErrAuth)
 	}
 
-	in.mu.Lock()
-	ok = in.win.update(seq)
-	in.mu.Unlock()
-	if !ok {
-		return 0, 0, 0, in.c.drop(ReasonReplay, ErrReplay)
-	}
-
 	innerStart = start + HeaderLen
 	ptEnd := innerStart + len(pt)
 	nextHeader = b[ptEnd-1]
 	pad := int(b[ptEnd-2])
 	innerEnd = ptEnd - 2 - pad
-	if innerEnd < innerStart {
+	malformed := innerEnd < innerStart
+	for i := 0; i < pad && !malformed; i++ {
+		malformed = b[innerEnd+i] != byte(i+1)
+	}
+
+	// The window moves for an authenticated packet even if its padding
+	// is bad: its sequence number was used by the holder of the key.
+	in.mu.Lock()
+	ok = in.win.update(seq)
+	if ok && !malformed {
+		in.packets++
+		in.bytes += uint64(innerEnd - innerStart)
+	}
+	in.mu.Unlock()
+	if !ok {
+		return 0, 0, 0, in.c.drop(ReasonReplay, ErrReplay)
+	}
+	if malformed {
 		return 0, 0, 0, in.c.drop(ReasonMalformed, ErrMalformed)
 	}
-	for i := range pad {
-		if b[innerEnd+i] != byte(i+1) {
-			return 0, 0, 0, in.c.drop(ReasonMalformed, ErrMalformed)
-		}
-	}
-	in.c.packets.Add(1)
-	in.c.bytes.Add(uint64(innerEnd - innerStart))
 	return innerStart, innerEnd, nextHeader, nil
 }
 
@@ -552,10 +568,16 @@ func putTrailer(b []byte, end, pad int, next byte) {
 // finish writes the ESP header (SPI, sequence number, IV) at b[h:], counts
 // a sealed packet of payload bytes, and returns h.
 func (o *Outbound) finish(b []byte, h int, seq, iv uint64, payload int) int {
-	be.PutUint32(b[h:], o.spi)
-	be.PutUint32(b[h+4:], uint32(seq))
-	be.PutUint64(b[h+8:], iv)
+	putHeader(b[h:], o.spi, seq, iv)
 	o.c.packets.Add(1)
 	o.c.bytes.Add(uint64(payload))
 	return h
+}
+
+// putHeader writes the ESP header: SPI, the low 32 bits of the sequence
+// number and the IV.
+func putHeader(b []byte, spi uint32, seq, iv uint64) {
+	be.PutUint32(b, spi)
+	be.PutUint32(b[4:], uint32(seq))
+	be.PutUint64(b[8:], iv)
 }
