@@ -10,19 +10,25 @@ import (
 // the new, unfolded sum. An odd trailing byte is padded with zero, so every
 // b but the last one summed must have an even length.
 //
-// It adds b as little-endian 64-bit words with end-around carry, 32 bytes
-// an iteration, folds that to 16 bits and swaps its bytes: RFC 1071's sum
-// does not depend on byte order except for that final swap (section 2(B)),
-// and this reads each word once with no byte swapping, several times
-// faster than summing big-endian 32-bit halves (BenchmarkChecksum1500).
+// It adds b as little-endian 64-bit words with end-around carry, 64 bytes
+// an iteration (the carry stays in the flags within one; at 32 bytes an
+// iteration it was a third slower), folds that to 16 bits and swaps its
+// bytes: RFC 1071's sum does not depend on byte order except for that
+// final swap (section 2(B)). This reads each word once with no byte
+// swapping, about three times faster than adding big-endian 32-bit halves
+// (BenchmarkChecksum1500).
 func Sum(b []byte, acc uint64) uint64 {
 	var s, c uint64
-	for len(b) >= 32 {
+	for len(b) >= 64 {
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[0:8]), c)
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[8:16]), c)
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[16:24]), c)
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[24:32]), c)
-		b = b[32:]
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[32:40]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[40:48]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[48:56]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[56:64]), c)
+		b = b[64:]
 	}
 	for len(b) >= 8 {
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b), c)

@@ -117,7 +117,7 @@ func refSum(b []byte, acc uint64) uint64 {
 }
 
 // Sum's word-wide loop must give the checksum of the 16-bit definition for
-// every length (each tail of 0..7 bytes after the 32- and 8-byte loops),
+// every length (each tail of 0..7 bytes after the 64- and 8-byte loops),
 // every running sum and any bytes, including all-zero and all-0xff data
 // where 0 and 0xffff must not be confused.
 func TestSumMatchesDefinition(t *testing.T) {
