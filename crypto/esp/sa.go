@@ -352,11 +352,7 @@ type Inbound struct {
 	salt   [SaltLen]byte
 	mu     sync.Mutex
 	win    window
-	// packets and bytes count accepted packets; they are updated with
-	// the window, under mu, so an accepted packet costs no atomic
-	// operation beyond the mutex (c.packets and c.bytes stay 0).
-	packets, bytes uint64
-	c              counters
+	c      counters
 }
 
 // NewInbound returns the receiving side of an ESN SA with the given SPI,
@@ -386,10 +382,10 @@ func (in *Inbound) SPI() uint32 { return in.spi }
 // Stats returns a snapshot of the SA's counters.
 func (in *Inbound) Stats() Stats {
 	s := Stats{SPI: in.spi, Cipher: in.cipher, ESN: in.esn}
-	in.c.fill(&s)
 	in.mu.Lock()
-	s.Seq, s.Packets, s.Bytes = in.win.top, in.packets, in.bytes
+	s.Seq = in.win.top
 	in.mu.Unlock()
+	in.c.fill(&s)
 	return s
 }
 
@@ -460,31 +456,28 @@ func (in *Inbound) Open(buf []byte, start, end int) (innerStart, innerEnd int, n
 		return 0, 0, 0, in.c.drop(ReasonAuth, ErrAuth)
 	}
 
+	in.mu.Lock()
+	ok = in.win.update(seq)
+	in.mu.Unlock()
+	if !ok {
+		return 0, 0, 0, in.c.drop(ReasonReplay, ErrReplay)
+	}
+
 	innerStart = start + HeaderLen
 	ptEnd := innerStart + len(pt)
 	nextHeader = b[ptEnd-1]
 	pad := int(b[ptEnd-2])
 	innerEnd = ptEnd - 2 - pad
-	malformed := innerEnd < innerStart
-	for i := 0; i < pad && !malformed; i++ {
-		malformed = b[innerEnd+i] != byte(i+1)
-	}
-
-	// The window moves for an authenticated packet even if its padding
-	// is bad: its sequence number was used by the holder of the key.
-	in.mu.Lock()
-	ok = in.win.update(seq)
-	if ok && !malformed {
-		in.packets++
-		in.bytes += uint64(innerEnd - innerStart)
-	}
-	in.mu.Unlock()
-	if !ok {
-		return 0, 0, 0, in.c.drop(ReasonReplay, ErrReplay)
-	}
-	if malformed {
+	if innerEnd < innerStart {
 		return 0, 0, 0, in.c.drop(ReasonMalformed, ErrMalformed)
 	}
+	for i := range pad {
+		if b[innerEnd+i] != byte(i+1) {
+			return 0, 0, 0, in.c.drop(ReasonMalformed, ErrMalformed)
+		}
+	}
+	in.c.packets.Add(1)
+	in.c.bytes.Add(uint64(innerEnd - innerStart))
 	return innerStart, innerEnd, nextHeader, nil
 }
 
