@@ -15,8 +15,8 @@ import (
 // iteration it was a third slower), folds that to 16 bits and swaps its
 // bytes: RFC 1071's sum does not depend on byte order except for that
 // final swap (section 2(B)). This reads each word once with no byte
-// swapping, about three times faster than adding big-endian 32-bit halves
-// (BenchmarkChecksum1500).
+// swapping, more than twice as fast as adding big-endian 32-bit halves
+// (BenchmarkChecksum1500: about 6.4 against 15 GB/s).
 func Sum(b []byte, acc uint64) uint64 {
 	var s, c uint64
 	for len(b) >= 64 {
