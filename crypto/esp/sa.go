@@ -306,9 +306,9 @@ type Scratch struct {
 // SealReserved is Seal with sequence number seq, taken by Reserve: every
 // number Reserve returned must be sealed at most once, or a nonce repeats,
 // and Reserve has counted the packet. It uses sc instead of the bytes in
-// front of the ESP header, so it needs
-// only start >= HeaderLen, and calls sealing neighbouring datagrams of one
-// buffer may run at the same time (each with its own Scratch). It writes
+// front of the ESP header, so it needs only start >= HeaderLen, and calls
+// sealing neighbouring datagrams of one buffer may run at the same time
+// (each with its own Scratch). It writes
 // nothing outside the returned bounds. Errors: ErrMalformed (bounds, or a
 // seq never reserved).
 func (o *Outbound) SealReserved(buf []byte, start, end int, seq uint64, sc *Scratch) (espStart, espEnd int, err error) {
