@@ -2,23 +2,20 @@ package dataplane
 
 import (
 	"errors"
-	"io"
 	"net/netip"
 
 	"github.com/vxmesh/vxmesh/gateway"
-	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
 
 // GatewayPortName is the name of each switch's gateway port.
 const GatewayPortName = "gateway"
 
-// netGateway is a network's applied gateway: the stack, its switch port
-// and the loop that reads the stack's frames into the switch.
+// netGateway is a network's applied gateway: the stack and its switch
+// port, which takes the stack's frames (gateway.Attach).
 type netGateway struct {
 	gw   *gateway.Gateway
 	ref  *vswitch.Port
-	done chan struct{}
 	host bool // gw has n.cfg's host identity
 }
 
@@ -55,40 +52,12 @@ func (dp *Dataplane) applyGateway(n *network, w *NetworkConfig, errs *[]error) {
 		fail(err)
 		return
 	}
-	ng := &netGateway{gw: g, ref: ref, done: make(chan struct{}), host: true}
-	go ng.read(w.MTU)
+	ng := &netGateway{gw: g, ref: ref, host: true}
+	// The stack's frames go to the switch in the goroutine that sends
+	// them (gateway.Attach).
+	g.Attach(ref)
 	n.gw = ng
 	dp.log.Info("gateway up", "network", w.Name, "address", w.Gateway, "internal", w.Internal)
-}
-
-// gatewayBigBatch is how many full-size buffers a gateway's reader
-// holds once its stack sends super-segments (1 MiB).
-const gatewayBigBatch = 16
-
-// read hands the stack's frames to the switch until the gateway closes.
-// Its buffers start MTU-sized (an idle gateway stays small); the first
-// TCP super-segment (io.ErrShortBuffer) swaps them for gatewayBigBatch
-// full-size ones.
-func (ng *netGateway) read(mtu int) {
-	defer close(ng.done)
-	dev := ng.gw.Device()
-	b := &packet.Batch{Bufs: make([][]byte, dev.BatchSize()), Sizes: make([]int, dev.BatchSize())}
-	for i := range b.Bufs {
-		b.Bufs[i] = make([]byte, packet.Headroom+packet.EthernetHeaderLen+mtu)
-	}
-	for {
-		n, err := dev.Read(b.Bufs, b.Sizes, packet.Headroom)
-		if n > 0 {
-			ng.ref.Input(b.Bufs[:n], b.Sizes[:n], packet.Headroom)
-		}
-		if errors.Is(err, io.ErrShortBuffer) && len(b.Bufs[0]) < packet.BufferSize {
-			b = packet.NewBatch(gatewayBigBatch)
-			continue
-		}
-		if err != nil {
-			return
-		}
-	}
 }
 
 // applyGatewayHost gives n's switch and gateway the host identity of w
@@ -127,7 +96,6 @@ func (dp *Dataplane) removeGateway(n *network) {
 	}
 	dp.changes++
 	ng.gw.Close()
-	<-ng.done
 	n.sw.RemovePort(ng.ref)
 	n.gw = nil
 }

@@ -20,9 +20,9 @@ type device struct {
 	rmu     sync.Mutex // one reader at a time; guards pending, seg
 	pending *stack.PacketBuffer
 	seg     segmenter
-	wmu     sync.Mutex // guards scratch
-	scratch []byte
-	syns    synTable // the SYNs on their way to the TCP forwarder
+	scratch scratchPool // copies of frames whose checksum WriteFrames completes
+	out     outState    // the synchronous output (output.go)
+	syns    synTable    // the SYNs on their way to the TCP forwarder
 
 	rx, tx, rxDropped atomic.Uint64
 }
@@ -115,18 +115,28 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 		return 0, fmt.Errorf("%s: write: %w", d.Name(), net.ErrClosed)
 	}
 	offset := f.Offset()
-	d.wmu.Lock()
-	defer d.wmu.Unlock()
+	// No lock is held while the stack takes a frame: it may send in
+	// reply at once, through the attached output, which may write to
+	// this device again (see Attach).
+	var scratch *[]byte
+	defer func() {
+		if scratch != nil {
+			d.scratch.put(scratch)
+		}
+	}()
 	sent := 0
 	for i := range f.Len() {
 		buf := f.Buf(i)
 		frame := buf[offset:]
 		o := packet.OffloadOf(buf)
 		if o.NeedsCsum() || o.IsGSO() {
-			if cap(d.scratch) < len(frame) {
-				d.scratch = make([]byte, len(frame))
+			if scratch == nil {
+				scratch = d.scratch.get()
 			}
-			frame = d.scratch[:copy(d.scratch[:len(frame)], frame)]
+			if cap(*scratch) < len(frame) {
+				*scratch = make([]byte, len(frame))
+			}
+			frame = (*scratch)[:copy((*scratch)[:len(frame)], frame)]
 			if !fillChecksum(frame, o) {
 				d.rxDropped.Add(1)
 				continue
@@ -146,6 +156,30 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 	}
 	d.rx.Add(uint64(sent))
 	return sent, nil
+}
+
+// scratchPool holds the device's scratch buffers, one per concurrent
+// WriteFrames that needs one.
+type scratchPool struct {
+	mu   sync.Mutex
+	free []*[]byte
+}
+
+func (p *scratchPool) get() *[]byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free = p.free[:n-1]
+		return b
+	}
+	return new([]byte)
+}
+
+func (p *scratchPool) put(b *[]byte) {
+	p.mu.Lock()
+	p.free = append(p.free, b)
+	p.mu.Unlock()
 }
 
 // fillChecksum computes from scratch the TCP or UDP checksum of an IPv4
@@ -182,38 +216,4 @@ func fillChecksum(frame []byte, _ packet.Offload) bool {
 	}
 	binary.BigEndian.PutUint16(l4[field:], sum)
 	return true
-}
-
-// frameOf copies pkt into buf at offset and sets buf's offload metadata:
-// a TCP super-segment gets its GSO metadata, unless its MSS is below
-// what the switch takes (packet.GSOMinSizeIPv4), which frameOf returns
-// for the caller to segment it (0 otherwise). buf holds the frame.
-func frameOf(pkt *stack.PacketBuffer, buf []byte, offset int) (frame []byte, smallMSS int) {
-	frame = buf[offset : offset+pkt.Size()]
-	// The views themselves, not AsSlices, which allocates a slice per
-	// packet.
-	vl, skip := pkt.AsViewList()
-	copied := 0
-	for v := vl.Front(); v != nil; v = v.Next() {
-		b := v.AsSlice()
-		if skip >= len(b) {
-			skip -= len(b)
-			continue
-		}
-		copied += copy(frame[copied:], b[skip:])
-		skip = 0
-	}
-	packet.ClearOffload(buf)
-	gso := pkt.GSOOptions
-	if gso.Type != stack.GSOTCPv4 {
-		return frame, 0
-	}
-	if int(gso.MSS) < packet.GSOMinSizeIPv4 {
-		return frame, int(gso.MSS)
-	}
-	l3 := packet.EthernetHeaderLen
-	l4 := l3 + int(frame[l3]&0x0f)*4
-	hdrLen := l4 + int(frame[l4+12]>>4)*4
-	packet.OffloadOf(buf).Set(packet.OffloadNeedsCsum, packet.GSOTCPv4, hdrLen, int(gso.MSS), l4, int(gso.CsumOffset))
-	return frame, 0
 }

@@ -152,6 +152,6 @@ func (g *Gateway) sendFrame(frame []byte) {
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
 	var l stack.PacketBufferList
 	l.PushBack(pkt)
-	g.ep.WritePackets(l)
+	g.link.WritePackets(l)
 	pkt.DecRef()
 }

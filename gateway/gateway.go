@@ -62,6 +62,7 @@ type Gateway struct {
 	cfg   Config
 	stack *stack.Stack
 	ep    *channel.Endpoint
+	link  *linkEP // ep as the stack's link: its frames to Attach's Output
 	dev   *device
 
 	ctx    context.Context
@@ -150,7 +151,8 @@ func (g *Gateway) setup() error {
 	// GSOMaxSize is gsoMaxSize.
 	g.ep.SupportedGSOKind = stack.HostGSOSupported
 	g.dev = &device{g: g}
-	if err := s.CreateNIC(nicID, ethernet.New(g.ep)); err != nil {
+	g.link = &linkEP{Endpoint: g.ep, d: g.dev}
+	if err := s.CreateNIC(nicID, ethernet.New(g.link)); err != nil {
 		return fmt.Errorf("create NIC: %s", err)
 	}
 	pa := tcpip.ProtocolAddress{

@@ -82,7 +82,7 @@ func newHarnessWith(t testing.TB, cfg Config, ecfg EgressConfig) *harness {
 			t.Fatal(err)
 		}
 	}
-	h.loop(gw.Device(), ref)
+	gw.Attach(ref)
 	c, err := netstack.New("c1", ctrMAC, ctrAddr)
 	if err != nil {
 		t.Fatal(err)
