@@ -248,8 +248,9 @@ const lbTopology = "lb"
 type pair struct {
 	c1, c2 string // netns paths
 	c2IP   string
-	// daemons are the vxmesh daemons' PIDs whose CPU time a throughput
-	// run is charged (none for the kernel's and other rows).
+	// daemons are the PIDs whose CPU time a throughput run is charged:
+	// the vxmesh daemons, or the wireguard-go processes of its row (none
+	// for the kernel's and other rows).
 	daemons []int
 }
 

@@ -136,11 +136,14 @@ func setupWireguardGo(ctx context.Context, cfg config, prefix string, log io.Wri
 		peer := tb.Hosts[1-i]
 		// Interface names are global in the UAPI socket directory.
 		iface := strings.TrimSuffix(prefix, "-") + fmt.Sprintf("wg%d", i+1)
-		stop, err := startWireguardGo(ctx, cfg.wireguardGo, h.NetnsPath, iface)
+		pid, stop, err := startWireguardGo(ctx, cfg.wireguardGo, h.NetnsPath, iface)
 		if err != nil {
 			return nil, err
 		}
 		b.onClose(stop)
+		// Charged like vxmesh's daemons: the row's CPU s/GB is then
+		// wireguard-go's, like for like.
+		b.daemons = append(b.daemons, pid)
 		conf := wgConfig{
 			PrivateKey: keys[i].Bytes(),
 			ListenPort: 51820,
@@ -174,15 +177,16 @@ func setupWireguardGo(ctx context.Context, cfg config, prefix string, log io.Wri
 const wgSockDir = "/var/run/wireguard"
 
 // startWireguardGo runs `wireguard-go -f iface` in the namespace at netns
-// and waits for its UAPI socket; stop ends it.
-func startWireguardGo(ctx context.Context, bin, netns, iface string) (stop func(), err error) {
+// and waits for its UAPI socket; stop ends it. pid is wireguard-go's
+// (nsenter without --fork execs it in its own place).
+func startWireguardGo(ctx context.Context, bin, netns, iface string) (pid int, stop func(), err error) {
 	cmd := exec.CommandContext(ctx, "nsenter", "--net="+netns, "--", bin, "-f", iface)
 	cmd.Env = append(os.Environ(), "WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=error")
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("wireguard-go: %w", err)
+		return 0, nil, fmt.Errorf("wireguard-go: %w", err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -199,16 +203,16 @@ func startWireguardGo(ctx context.Context, bin, netns, iface string) (stop func(
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sock); err == nil {
-			return stop, nil
+			return cmd.Process.Pid, stop, nil
 		}
 		select {
 		case <-done:
-			return nil, fmt.Errorf("wireguard-go %s exited: %s", iface, strings.TrimSpace(out.String()))
+			return 0, nil, fmt.Errorf("wireguard-go %s exited: %s", iface, strings.TrimSpace(out.String()))
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return nil, fmt.Errorf("wireguard-go %s: no UAPI socket %s after 10s: %s", iface, sock, strings.TrimSpace(out.String()))
+			return 0, nil, fmt.Errorf("wireguard-go %s: no UAPI socket %s after 10s: %s", iface, sock, strings.TrimSpace(out.String()))
 		}
 	}
 }

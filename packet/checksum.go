@@ -2,27 +2,72 @@ package packet
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
 )
 
 // Sum adds b to the running ones'-complement sum acc (RFC 1071) and returns
 // the new, unfolded sum. An odd trailing byte is padded with zero, so every
 // b but the last one summed must have an even length.
+//
+// It adds b as little-endian 64-bit words with end-around carry, 64 bytes
+// an iteration (the carry stays in the flags within one; at 32 bytes an
+// iteration it was a third slower), folds that to 16 bits and swaps its
+// bytes: RFC 1071's sum does not depend on byte order except for that
+// final swap (section 2(B)). This reads each word once with no byte
+// swapping, more than twice as fast as adding big-endian 32-bit halves
+// (BenchmarkChecksum1500: about 6.4 against 15 GB/s).
 func Sum(b []byte, acc uint64) uint64 {
+	var s, c uint64
+	for len(b) >= 64 {
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[0:8]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[8:16]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[16:24]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[24:32]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[32:40]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[40:48]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[48:56]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[56:64]), c)
+		b = b[64:]
+	}
 	for len(b) >= 8 {
-		v := binary.BigEndian.Uint64(b)
-		acc += v >> 32
-		acc += v & 0xffffffff
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b), c)
 		b = b[8:]
 	}
-	for len(b) >= 2 {
-		acc += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
+	// The rest, fewer than 8 bytes starting at an even offset, as one
+	// little-endian word padded with zeros.
+	var t uint64
+	if len(b) >= 4 {
+		t = uint64(binary.LittleEndian.Uint32(b))
+		b = b[4:]
+		if len(b) >= 2 {
+			t |= uint64(binary.LittleEndian.Uint16(b)) << 32
+			b = b[2:]
+			if len(b) == 1 {
+				t |= uint64(b[0]) << 48
+			}
+		} else if len(b) == 1 {
+			t |= uint64(b[0]) << 32
+		}
+	} else if len(b) >= 2 {
+		t = uint64(binary.LittleEndian.Uint16(b))
+		if len(b) == 3 {
+			t |= uint64(b[2]) << 16
+		}
+	} else if len(b) == 1 {
+		t = uint64(b[0])
 	}
-	if len(b) == 1 {
-		acc += uint64(b[0]) << 8
-	}
-	return acc
+	s, c = bits.Add64(s, t, c)
+	// Adding the carry cannot carry again: t < 2^56, so when the add
+	// above carried, s is below 2^56.
+	s += c
+	// Fold to 16 bits with end-around carries; a sum of bytes not all zero
+	// stays nonzero, so the result is 0 exactly when the old loop's was.
+	s = s&0xffffffff + s>>32
+	s = s&0xffffffff + s>>32
+	s = s&0xffff + s>>16
+	s = s&0xffff + s>>16
+	return acc + uint64(bits.ReverseBytes16(uint16(s)))
 }
 
 // Fold folds a running sum to 16 bits and returns its ones' complement: the

@@ -102,3 +102,56 @@ func BenchmarkChecksum1500(b *testing.B) {
 		Checksum(buf)
 	}
 }
+
+// refSum is RFC 1071's sum as the standard writes it: big-endian 16-bit
+// words, an odd last byte padded with zero.
+func refSum(b []byte, acc uint64) uint64 {
+	for len(b) >= 2 {
+		acc += uint64(binary.BigEndian.Uint16(b))
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		acc += uint64(b[0]) << 8
+	}
+	return acc
+}
+
+// Sum's word-wide loop must give the checksum of the 16-bit definition for
+// every length (each tail of 0..7 bytes after the 64- and 8-byte loops),
+// every running sum and any bytes, including all-zero and all-0xff data
+// where 0 and 0xffff must not be confused.
+func TestSumMatchesDefinition(t *testing.T) {
+	buf := make([]byte, 300)
+	state := uint64(0x9e3779b97f4a7c15)
+	for i := range buf {
+		state ^= state << 13
+		state ^= state >> 7
+		state ^= state << 17
+		buf[i] = byte(state)
+	}
+	zeros, ones := make([]byte, 300), make([]byte, 300)
+	for i := range ones {
+		ones[i] = 0xff
+	}
+	for _, data := range [][]byte{buf, zeros, ones} {
+		for n := 0; n <= len(data); n++ {
+			for _, acc := range []uint64{0, 1, 0xffff, 0x1234_5678, 1 << 40} {
+				if got, want := Fold(Sum(data[:n], acc)), Fold(refSum(data[:n], acc)); got != want {
+					t.Fatalf("%d bytes (first %#x), acc %#x: checksum %#04x, want %#04x", n, data[0], acc, got, want)
+				}
+			}
+		}
+	}
+}
+
+func FuzzSum(f *testing.F) {
+	f.Add(rfc1071Example, uint64(0))
+	f.Add(ipv4Example, uint64(17+20))
+	f.Add([]byte{0xff, 0xff, 0xff}, uint64(1))
+	f.Fuzz(func(t *testing.T, b []byte, acc uint64) {
+		acc >>= 16 // callers' running sums stay far from overflow
+		if got, want := Fold(Sum(b, acc)), Fold(refSum(b, acc)); got != want {
+			t.Fatalf("%x acc %#x: checksum %#04x, want %#04x", b, acc, got, want)
+		}
+	})
+}

@@ -321,17 +321,18 @@ func (n *Segment) sealRun(sc *txScratch, sa *esp.Outbound, t *txFrame, p *peer, 
 	if len(sc.arena)-sc.used < need || len(sc.msgs) == cap(sc.msgs) || sc.sealed+cnt > espMaxHeld {
 		n.send(sc)
 	}
-	seq, err := sa.Reserve(cnt)
+	flen := 0
+	for x := range cnt {
+		flen += g.SegmentLen(k + x)
+	}
+	// Reserve counts the run's packets and cleartext bytes as sealed.
+	seq, err := sa.Reserve(cnt, cnt*(udpHeaderLen+packet.VXLANHeaderLen)+flen)
 	if err != nil {
 		n.espDrop(sc, p, t.i, espSealDrop(err))
 		return false
 	}
 	at := sc.used
 	end := at + (cnt-1)*stride + last + esp.Overhead(last)
-	flen := 0
-	for x := range cnt {
-		flen += g.SegmentLen(k + x)
-	}
 	sc.used += need
 	sc.seal.jobs = append(sc.seal.jobs, espJob{g: *g, sa: sa, seq: seq, first: k, count: cnt, stride: stride, at: at, hash: t.hash})
 	sc.seal.pending += cnt

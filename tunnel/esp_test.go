@@ -541,6 +541,11 @@ func TestEncryptedCoalescedReadIsOpenedPerDatagram(t *testing.T) {
 	if st := in.Stats(); st.Packets != uint64(segs) {
 		t.Errorf("SA opened %d packets, want %d", st.Packets, segs)
 	}
+	// network inspect shows both ends' counters: what the sender counted
+	// when it reserved the runs is what the receiver opened.
+	if so, si := out.Stats(), in.Stats(); so.Packets != si.Packets || so.Bytes != si.Bytes || so.Seq != si.Seq {
+		t.Errorf("sent %d packets, %d bytes up to seq %d; opened %d, %d bytes up to %d", so.Packets, so.Bytes, so.Seq, si.Packets, si.Bytes, si.Seq)
+	}
 }
 
 // TestEncryptedReceiveCoalescesWithoutReverifying: TCP segments that

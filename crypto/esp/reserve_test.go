@@ -17,7 +17,12 @@ func TestSealReservedMatchesSeal(t *testing.T) {
 		a, _ := NewOutboundSA(sa)
 		b, _ := NewOutboundSA(sa)
 		in, _ := NewInboundSA(sa)
-		first, err := b.Reserve(3)
+		clear := 0
+		for i := range 3 {
+			_, s, e := datagram(1000+i, 0)
+			clear += e - s
+		}
+		first, err := b.Reserve(3, clear)
 		if err != nil || first != 1 {
 			t.Fatalf("Reserve(3) = %d, %v; want 1", first, err)
 		}
@@ -40,8 +45,8 @@ func TestSealReservedMatchesSeal(t *testing.T) {
 				t.Fatalf("esn %v seq %d: %v", !noESN, first+i, err)
 			}
 		}
-		if st := b.Stats(); st.Packets != 3 || st.Seq != 3 {
-			t.Fatalf("stats %+v", st)
+		if st, sa := b.Stats(), a.Stats(); st.Packets != 3 || st.Seq != 3 || st.Bytes != sa.Bytes {
+			t.Fatalf("stats %+v, Seal's %+v", st, sa)
 		}
 	}
 }
@@ -54,13 +59,16 @@ func TestReserveRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.seq.Store(1<<32 - 3)
-	if _, err := out.Reserve(3); err != ErrSeqExhausted {
+	if _, err := out.Reserve(3, 0); err != ErrSeqExhausted {
 		t.Fatal("3 beyond 2^32-1:", err)
 	}
-	if _, err := out.Reserve(0); err != ErrMalformed {
+	if _, err := out.Reserve(0, 0); err != ErrMalformed {
 		t.Fatal("Reserve(0):", err)
 	}
-	first, err := out.Reserve(2)
+	if _, err := out.Reserve(1, -1); err != ErrMalformed {
+		t.Fatal("Reserve(1, -1):", err)
+	}
+	first, err := out.Reserve(2, 0)
 	if err != nil || first != 1<<32-2 {
 		t.Fatalf("the last 2: %d, %v", first, err)
 	}
@@ -91,7 +99,7 @@ func TestSealReservedNeighboursAtOnce(t *testing.T) {
 	for i := range buf {
 		buf[i] = byte(i)
 	}
-	first, err := out.Reserve(n)
+	first, err := out.Reserve(n, n*clear)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +138,7 @@ func TestSealReservedDoesNotAllocate(t *testing.T) {
 	sc := new(Scratch)
 	if a := testing.AllocsPerRun(1000, func() {
 		buf, s, e := fillDatagram(buf, 1400, 1)
-		seq, err := out.Reserve(1)
+		seq, err := out.Reserve(1, e-s)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -270,11 +270,15 @@ func (o *Outbound) seal(buf []byte, start, end int, nextHeader byte, iv []byte) 
 // Reserve takes n consecutive sequence numbers for SealReserved and
 // returns the first; the others follow it. Reserving the numbers of a run
 // of datagrams up front lets several goroutines seal the run's datagrams
-// at once while the run is still numbered in the order it is sent. It
-// returns ErrSeqExhausted, taking nothing, if fewer than n numbers are
-// left, and ErrMalformed for n < 1.
-func (o *Outbound) Reserve(n int) (uint64, error) {
-	if n < 1 {
+// at once while the run is still numbered in the order it is sent. The n
+// packets, of bytes bytes of cleartext in all, are counted as sealed here,
+// once, rather than by each SealReserved: every number reserved is meant
+// to be sealed, and goroutines sealing neighbouring datagrams then do not
+// take turns at the counters' cache line. It returns ErrSeqExhausted,
+// taking nothing, if fewer than n numbers are left, and ErrMalformed for
+// n < 1.
+func (o *Outbound) Reserve(n, bytes int) (uint64, error) {
+	if n < 1 || bytes < 0 {
 		return 0, ErrMalformed
 	}
 	for {
@@ -283,6 +287,8 @@ func (o *Outbound) Reserve(n int) (uint64, error) {
 			return 0, o.c.drop(ReasonSeqExhausted, ErrSeqExhausted)
 		}
 		if o.seq.CompareAndSwap(cur, cur+uint64(n)) {
+			o.c.packets.Add(uint64(n))
+			o.c.bytes.Add(uint64(bytes))
 			return cur + 1, nil
 		}
 	}
@@ -298,10 +304,11 @@ type Scratch struct {
 }
 
 // SealReserved is Seal with sequence number seq, taken by Reserve: every
-// number Reserve returned must be sealed at most once, or a nonce repeats.
-// It uses sc instead of the bytes in front of the ESP header, so it needs
-// only start >= HeaderLen, and calls sealing neighbouring datagrams of one
-// buffer may run at the same time (each with its own Scratch). It writes
+// number Reserve returned must be sealed at most once, or a nonce repeats,
+// and Reserve has counted the packet. It uses sc instead of the bytes in
+// front of the ESP header, so it needs only start >= HeaderLen, and calls
+// sealing neighbouring datagrams of one buffer may run at the same time
+// (each with its own Scratch). It writes
 // nothing outside the returned bounds. Errors: ErrMalformed (bounds, or a
 // seq never reserved).
 func (o *Outbound) SealReserved(buf []byte, start, end int, seq uint64, sc *Scratch) (espStart, espEnd int, err error) {
@@ -327,7 +334,9 @@ func (o *Outbound) SealReserved(buf []byte, start, end int, seq uint64, sc *Scra
 		aad = aad[:8]
 	}
 	o.aead.Seal(b[start:start], nonce, b[start:ctEnd], aad)
-	return o.finish(b, start-HeaderLen, seq, seq, end-start), ctEnd + ICVLen, nil
+	h := start - HeaderLen
+	putHeader(b[h:], o.spi, seq, seq)
+	return h, ctEnd + ICVLen, nil
 }
 
 // Inbound is the receiving side of an SA: it authenticates, checks replay
@@ -552,10 +561,16 @@ func putTrailer(b []byte, end, pad int, next byte) {
 // finish writes the ESP header (SPI, sequence number, IV) at b[h:], counts
 // a sealed packet of payload bytes, and returns h.
 func (o *Outbound) finish(b []byte, h int, seq, iv uint64, payload int) int {
-	be.PutUint32(b[h:], o.spi)
-	be.PutUint32(b[h+4:], uint32(seq))
-	be.PutUint64(b[h+8:], iv)
+	putHeader(b[h:], o.spi, seq, iv)
 	o.c.packets.Add(1)
 	o.c.bytes.Add(uint64(payload))
 	return h
+}
+
+// putHeader writes the ESP header: SPI, the low 32 bits of the sequence
+// number and the IV.
+func putHeader(b []byte, spi uint32, seq, iv uint64) {
+	be.PutUint32(b, spi)
+	be.PutUint32(b[4:], uint32(seq))
+	be.PutUint64(b[8:], iv)
 }
