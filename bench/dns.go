@@ -314,6 +314,7 @@ func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
 	}
 
 	var runs []dnsRun
+	loadBefore := loadAvg()
 	for round := range d.rounds {
 		for _, mode := range []string{"max", "rate"} {
 			for _, srv := range []struct{ name, addr string }{{"vxmesh", vxmeshResolver}, {"dnsmasq", dnsmasqResolver}} {
@@ -338,6 +339,7 @@ func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
 		}
 	}
 	printDNSTable(out, cfg, runs)
+	printLoad(out, loadBefore, loadAvg())
 	var errs []error
 	for _, r := range runs {
 		if r.err != nil {

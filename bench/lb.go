@@ -111,6 +111,16 @@ type LBReport struct {
 	LoadAfter  string `json:"load_after,omitempty"`
 }
 
+// printLoad prints the machine's load average before and after a
+// section's measurements: other work on the machine skews every number,
+// and request/response latencies on an idle machine include the CPUs'
+// wake-ups from idle, which a loaded machine skips.
+func printLoad(out io.Writer, before, after string) {
+	if before != "" || after != "" {
+		fmt.Fprintf(out, "\nmachine load average (1 min) before / after: %s / %s on %d CPUs\n", before, after, runtime.NumCPU())
+	}
+}
+
 // loadAvg returns the 1-minute load average, or "" if unknown.
 func loadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
@@ -419,7 +429,5 @@ func printLB(out io.Writer, rep LBReport) {
 	if rep.ScaleError != "" {
 		fmt.Fprintf(out, "scale benchmarks failed: %s\n", rep.ScaleError)
 	}
-	if rep.LoadBefore != "" || rep.LoadAfter != "" {
-		fmt.Fprintf(out, "\nmachine load average (1 min) before / after: %s / %s on %d CPUs\n", rep.LoadBefore, rep.LoadAfter, runtime.NumCPU())
-	}
+	printLoad(out, rep.LoadBefore, rep.LoadAfter)
 }

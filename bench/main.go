@@ -294,7 +294,11 @@ func run(ctx context.Context, cfg config, out, log io.Writer) error {
 	}
 	printTable(out, cfg, results)
 	printAnchors(out, cfg, results)
-	printPerfRounds(out, cfg, measurePerfRounds(ctx, cfg, want, prefix+"r", log))
+	loadBefore := loadAvg()
+	if rounds := measurePerfRounds(ctx, cfg, want, prefix+"r", log); len(rounds) > 0 {
+		printPerfRounds(out, cfg, rounds)
+		printLoad(out, loadBefore, loadAvg())
+	}
 	var errs []error
 	for _, r := range results {
 		if r.err != nil {

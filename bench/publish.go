@@ -48,7 +48,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -577,7 +576,7 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, rounds 
 	}
 	tw.Flush()
 	printRounds(out, cfg, rounds)
-	fmt.Fprintf(out, "\nmachine load average (1 min) before / after: %s / %s on %d CPUs\n", loadBefore, loadAfter, runtime.NumCPU())
+	printLoad(out, loadBefore, loadAfter)
 }
 
 // publishRatios compares each front door of vxmesh (run -p and the

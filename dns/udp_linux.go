@@ -283,6 +283,11 @@ func (l *udpLoop) run() {
 
 // recvFn is the RawConn read callback: it takes a batch and fills it with
 // recvmmsg; false means "wait for readability" (the batch goes back).
+// recvmmsg and sendmmsg are raw system calls: with MSG_DONTWAIT they never
+// block, and the runtime's system call entry wakes its monitor thread
+// (sysmon) whenever the loop comes out of an idle netpoller: at 10k
+// queries/s the daemon made 1.7-1.9 context switches and spent 25-33 us
+// of CPU per query that way, 1.0 and 14-16 us with raw calls.
 func (l *udpLoop) recvFn(fd uintptr) bool {
 	b := l.s.batches.get()
 	for i := range udpBatch {
@@ -291,7 +296,7 @@ func (l *udpLoop) recvFn(fd uintptr) bool {
 		b.in[i].Len = 0
 	}
 	for {
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), udpBatch,
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), udpBatch,
 			unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case 0:
@@ -325,7 +330,7 @@ func (l *udpLoop) recvFn(fd uintptr) bool {
 func (l *udpLoop) sendFn(fd uintptr) bool {
 	b := l.b
 	for b.done < b.nOut {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[b.done])), uintptr(b.nOut-b.done),
+		n, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[b.done])), uintptr(b.nOut-b.done),
 			unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case errno == 0:
