@@ -39,8 +39,10 @@ const (
 
 // DefaultKernelTunnelRecheck is how often the conditions of the kernel
 // tunnel are checked again by default: one netlink dump of the nftables
-// chains and two small file reads.
-const DefaultKernelTunnelRecheck = 10 * time.Second
+// chains and a few small file reads, about 50 us. Legacy iptables and
+// the sysctls send no notification, so this bounds how long a legacy
+// firewall loaded after start drops the kernel path's packets.
+const DefaultKernelTunnelRecheck = time.Second
 
 // ParseKernelTunnelMode parses auto, on or off, and the boolean spellings
 // the flag had before it took a mode (true, false, 1, 0, ...) as on and

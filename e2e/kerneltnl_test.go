@@ -99,9 +99,12 @@ func TestKernelTunnelCarriesTCPIntactAcrossHosts(t *testing.T) {
 
 // notified bounds how long an auto daemon takes to follow an nftables
 // change: it subscribes to the changes (fwprobe.Watch) and checks again at
-// once, well inside the re-check interval (daemon.DefaultKernelTunnelRecheck,
-// 10 s).
+// once, well inside the re-check interval, which the test sets to
+// recheckSlow (the default, 1 s, would hide a broken subscription).
 const notified = 3 * time.Second
+
+// recheckSlow is the test's --kernel-tunnel-recheck.
+const recheckSlow = "1m"
 
 // kernelTunnel returns e's kernel tunnel stats (never nil: fails instead).
 func (e *env) kernelTunnel() api.KernelTunnelStats {
@@ -128,8 +131,8 @@ func (e *env) waitKernelTunnel(active bool, reason string, timeout time.Duration
 	return k
 }
 
-// TestKernelTunnelAutoFollowsTheForwardFirewall: with the default flags
-// (--kernel-tunnel=auto) two hosts whose namespaces have no firewall send
+// TestKernelTunnelAutoFollowsTheForwardFirewall: with --kernel-tunnel=auto
+// (the default) and a re-check interval of a minute, two hosts whose namespaces have no firewall send
 // TCP super-segments through the kernel; an nftables forward chain added
 // in the sending host's namespace makes its daemon fall back to the
 // userspace split at once (it is notified of nftables changes, not only
@@ -137,12 +140,12 @@ func (e *env) waitKernelTunnel(active bool, reason string, timeout time.Duration
 // and arrives byte for byte.
 func TestKernelTunnelAutoFollowsTheForwardFirewall(t *testing.T) {
 	testenv.RequireCommand(t, "nft", "nftables")
-	es := newCluster(t, 2)
+	es := newCluster(t, 2, "--kernel-tunnel-recheck", recheckSlow)
 	h1, h2 := es[0], es[1]
 	_, c2 := containerPair(h1, h2, "fw", "10.74.0.0/24")
 	k := h1.kernelTunnel()
 	if k.Mode != "auto" || !k.Active {
-		t.Fatalf("h1 with the default flags in a namespace without a firewall: %+v; want auto and active", k)
+		t.Fatalf("h1 with the default mode in a namespace without a firewall: %+v; want auto and active", k)
 	}
 	nft := func(cmd string) {
 		t.Helper()

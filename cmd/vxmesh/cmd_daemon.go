@@ -46,7 +46,8 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	dataPort := fs.Uint("data-port", 4789, "VXLAN UDP port (the same on every node)")
 	rxSockets := fs.Int("rx-sockets", daemon.DefaultRxSockets, fmt.Sprintf("VXLAN receive sockets on --data-port (SO_REUSEPORT), each read by its own loop: the kernel spreads flows over them (1-%d)", daemon.MaxRxSockets))
 	kernelTunnel := kernelTunnelFlag(daemon.KernelTunnelAuto)
-	fs.Var(&kernelTunnel, "kernel-tunnel", "auto, on or off: send TCP super-segments to one peer as whole VXLAN super-packets for the kernel to segment at the underlay device (Linux 6.17+ UDP tunnel GSO, through a TAP the kernel forwards from; needs net.ipv4.conf.all.rp_filter=0). auto: only while no nftables chain on the prerouting, forward or postrouting hook (family ip, inet) and no legacy iptables table could filter the forwarded packets, checked after every nftables change and every 10s; on: whenever the kernel can (open the forward firewall for UDP to the data port from this node's address first); bare --kernel-tunnel means on. Falls back to userspace segmentation where unavailable")
+	fs.Var(&kernelTunnel, "kernel-tunnel", "auto, on or off: send TCP super-segments to one peer as whole VXLAN super-packets for the kernel to segment at the underlay device (Linux 6.17+ UDP tunnel GSO, through a TAP the kernel forwards from; needs net.ipv4.conf.all.rp_filter=0). auto: only while no nftables chain on the prerouting, forward or postrouting hook (family ip, inet) and no legacy iptables table could filter the forwarded packets, checked after every nftables change and every --kernel-tunnel-recheck; on: whenever the kernel can (open the forward firewall for UDP to the data port from this node's address first); bare --kernel-tunnel means on. Falls back to userspace segmentation where unavailable")
+	ktnlRecheck := fs.Duration("kernel-tunnel-recheck", daemon.DefaultKernelTunnelRecheck, "how often --kernel-tunnel checks its conditions again (rp_filter, legacy iptables, which send no change notification; nftables changes are followed at once)")
 	busyPoll := fs.Duration("busy-poll", 0, "how long each data-path reader (container TAP, VTEP socket) keeps polling after a frame before it sleeps: lower request/response latency for CPU spent after traffic (e.g. 50us; 0: off, idle CPU is zero either way)")
 	espPort := fs.Uint("esp-port", 4500, "UDP port of encrypted networks' ESP (RFC 3948; the same on every node)")
 	dnsUpstream := fs.String("dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
@@ -90,6 +91,9 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	}
 	if *keyInterval < time.Second {
 		return usagef("--key-rotation-interval %s: at least 1s", *keyInterval)
+	}
+	if *ktnlRecheck < 100*time.Millisecond {
+		return usagef("--kernel-tunnel-recheck %s: at least 100ms", *ktnlRecheck)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -167,7 +171,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	d, err := daemon.New(daemon.Config{
 		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, NoFastPath: !*fastPath, MountTemplate: *mountTemplate, Logger: log,
 		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
-		NodeGrace: *grace, DataPort: uint16(*dataPort), RxSockets: *rxSockets, KernelTunnel: daemon.KernelTunnelMode(kernelTunnel), BusyPoll: *busyPoll, DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
+		NodeGrace: *grace, DataPort: uint16(*dataPort), RxSockets: *rxSockets, KernelTunnel: daemon.KernelTunnelMode(kernelTunnel), KernelTunnelRecheck: *ktnlRecheck, BusyPoll: *busyPoll, DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
 		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
 		MetricsAddr: *metricsAddr, ConntrackMax: *ctMax, ConntrackTimeouts: timeouts, EgressMaxFlows: *egressMax,
 		Ready: func() { notify(log, sdnotify.Ready) },

@@ -20,13 +20,20 @@ func TestDaemonRefusesRxSocketsOutOfRange(t *testing.T) {
 	}
 }
 
-func TestDaemonRefusesBusyPollOutOfRange(t *testing.T) {
-	for _, d := range []string{"-1µs", "2s"} {
+// TestDaemonRefusesDurationsOutOfRange: duration flags out of their range
+// exit 2 with the flag, the value and the range.
+func TestDaemonRefusesDurationsOutOfRange(t *testing.T) {
+	for _, tc := range []struct{ flag, value, want string }{
+		{"--busy-poll", "-1µs", "out of range 0-1s"},
+		{"--busy-poll", "2s", "out of range 0-1s"},
+		{"--kernel-tunnel-recheck", "0s", "at least 100ms"},
+		{"--kernel-tunnel-recheck", "-1s", "at least 100ms"},
+	} {
 		var out, errb bytes.Buffer
-		code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, []string{"daemon", "--busy-poll", d})
-		want := "--busy-poll " + d + ": out of range 0-1s"
+		code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, []string{"daemon", tc.flag, tc.value})
+		want := tc.flag + " " + tc.value + ": " + tc.want
 		if code != 2 || !strings.Contains(errb.String(), want) {
-			t.Errorf("daemon --busy-poll %s: code %d, stderr %q; want 2 and %q", d, code, errb.String(), want)
+			t.Errorf("daemon %s %s: code %d, stderr %q; want 2 and %q", tc.flag, tc.value, code, errb.String(), want)
 		}
 	}
 }
