@@ -92,6 +92,22 @@ func (s *Switch) pruneLearned(now int64) {
 	s.learned.Filter(func(e *aging.Entry[*Port]) bool { return s.live(e, now) })
 }
 
+// forgetLearned drops what was learned for mac, which now has a static
+// entry or just lost one: hidden under the static entry, it would come
+// back into use when that goes (an endpoint's first frames can arrive
+// from its host before its record does, and be learned behind the tunnel
+// port). Called after publish, so frames screened from then on do not
+// learn mac; at RemoveStatic it also drops what a batch screened before
+// AddStatic's publish committed after it. s.mu is held.
+func (s *Switch) forgetLearned(mac packet.MAC) {
+	if s.learned.Lookup(mac) == nil {
+		return
+	}
+	s.learnMu.Lock()
+	defer s.learnMu.Unlock()
+	s.learned.Filter(func(e *aging.Entry[*Port]) bool { return e.MAC != mac })
+}
+
 // AddStatic installs (or replaces) a static entry sending mac to r, with an
 // ARP suppression entry if ip is valid. It is how the control plane
 // announces endpoints behind a tunnel port.
@@ -137,6 +153,7 @@ func (s *Switch) addStatic(mac packet.MAC, ip netip.Addr, r *Port, gwHost bool) 
 		s.mesh.Store(newMeshTable(s.meshMax, s.meshTO))
 	}
 	s.publish()
+	s.forgetLearned(mac)
 	if had && old.gwHost && !gwHost {
 		s.mesh.Load().forget(mac)
 	}
@@ -150,6 +167,7 @@ func (s *Switch) RemoveStatic(mac packet.MAC) {
 	if e, ok := s.statics[mac]; ok && e.kind == KindStatic {
 		s.dropStatic(mac)
 		s.publish()
+		s.forgetLearned(mac)
 		if e.gwHost {
 			s.mesh.Load().forget(mac)
 		}

@@ -255,6 +255,30 @@ func TestStaticEntries(t *testing.T) {
 	}
 }
 
+// TestStaticEntryReplacesLearned: a MAC learned behind the tunnel port
+// (an endpoint's first frames came before its record) is not kept under
+// the static entry the record brings: once that goes (the endpoint's host
+// died), the MAC is unknown, not learned again from the past.
+func TestStaticEntryReplacesLearned(t *testing.T) {
+	s := New(Config{Name: "web"})
+	ra, rt := &netdevtest.Recorder{}, &netdevtest.Recorder{}
+	addPort(t, s, ra, PortConfig{Name: "a", MAC: macA, IP: ipA})
+	tun := addPort(t, s, rt, PortConfig{Name: "tunnel"})
+	remote := packet.MAC{0x02, 0x42, 10, 0, 2, 7}
+	remoteIP := netip.MustParseAddr("10.0.2.7")
+	input(tun, ipv4Frame(macA, remote, remoteIP, ipA))
+	if e, ok := findFDB(s, remote); !ok || e.Kind != KindLearned || e.Port != "tunnel" {
+		t.Fatalf("before the record: %+v, %v; want learned behind the tunnel", e, ok)
+	}
+	if err := s.AddStatic(remote, remoteIP, tun); err != nil {
+		t.Fatal(err)
+	}
+	s.RemoveStatic(remote)
+	if e, ok := findFDB(s, remote); ok {
+		t.Fatalf("after the static entry went: %+v; want no entry", e)
+	}
+}
+
 func TestRemovePort(t *testing.T) {
 	s := New(Config{Name: "web"})
 	ra, rb := &netdevtest.Recorder{}, &netdevtest.Recorder{}
