@@ -34,6 +34,7 @@ type Segment struct {
 	peerSet []netip.Addr
 	extSet  map[netip.Addr]bool // external VTEPs, see SetExternal
 	members []netip.Addr        // other cluster members' VTEPs, see SetMembers
+	heard   []netip.Addr        // members not in peerSet that sent since the last SetPeers, sorted
 	remotes map[packet.MAC]netip.Addr
 	objs    map[netip.Addr]*peer // counters survive snapshot changes
 
@@ -100,6 +101,7 @@ func (n *Segment) SetPeers(peers []netip.Addr) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.peerSet = set
+	n.heard = nil // the control plane's view of the peers replaces them
 	n.publish()
 	return nil
 }
@@ -135,8 +137,10 @@ func (n *Segment) SetExternal(vteps []netip.Addr) error {
 // consistent), and without this its first frames (a TCP SYN, a DNS
 // query) would be dropped as "unknown-peer". The unknown source MACs of
 // such frames are learned, so replies go back to that VTEP until the
-// endpoint's static entry arrives and takes over. Members are not
-// flooding targets unless they are also peers.
+// endpoint's static entry arrives and takes over, and a member whose
+// frames taught a MAC joins the flooding targets until the next SetPeers
+// (the new endpoint's ARP answers and requests reach its host); other
+// members are not flooded to.
 func (n *Segment) SetMembers(vteps []netip.Addr) error {
 	set, err := n.vtepSet("member VTEP address", vteps)
 	if err != nil {
@@ -145,6 +149,10 @@ func (n *Segment) SetMembers(vteps []netip.Addr) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.members = set
+	n.heard = slices.DeleteFunc(n.heard, func(a netip.Addr) bool {
+		_, ok := slices.BinarySearchFunc(set, a, netip.Addr.Compare)
+		return !ok
+	})
 	n.publish()
 	return nil
 }
@@ -211,6 +219,15 @@ func (n *Segment) publish() {
 		st.peers = append(st.peers, p)
 		st.allowed[a] = p
 	}
+	for _, a := range n.heard {
+		if st.allowed[a] == nil {
+			p := get(a)
+			p.external.Store(false)
+			st.peers = append(st.peers, p)
+			st.allowed[a] = p
+		}
+	}
+	slices.SortFunc(st.peers, func(a, b *peer) int { return a.addr.Compare(b.addr) })
 	for _, a := range n.members {
 		if st.allowed[a] == nil {
 			p := get(a)
@@ -248,6 +265,13 @@ func (n *Segment) learn(src packet.MAC, p *peer, now int64) bool {
 	if !n.learned.Learn(src, p, now) {
 		n.c.learnLimited.Add(1)
 		return false
+	}
+	if !slices.Contains(st.peers, p) {
+		// A member that is no peer yet: flood to it too, so the new
+		// endpoint's ARP reaches it and its ARP gets answered.
+		i, _ := slices.BinarySearchFunc(n.heard, p.addr, netip.Addr.Compare)
+		n.heard = slices.Insert(n.heard, i, p.addr)
+		n.publish()
 	}
 	return true
 }
