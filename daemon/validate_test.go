@@ -120,6 +120,17 @@ func TestInvalidNetworkRecordsFromTheCluster(t *testing.T) {
 func TestCreateNetworkRefusesReservedAddresses(t *testing.T) {
 	ds, _ := threeNodes(t)
 	d := ds[0]
+	// The VTEP cases need h1 to know the other nodes' addresses; until
+	// then a create is taken and only reconcile refuses it.
+	waitFor(t, "h1 knows every node's data address", func() bool {
+		n := 0
+		for _, m := range d.cl.Members() {
+			if m.Meta.DataAddr.IsValid() {
+				n++
+			}
+		}
+		return n == len(ds)
+	})
 	for _, tc := range []struct {
 		req  api.NetworkCreateRequest
 		want string
