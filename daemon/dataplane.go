@@ -72,11 +72,10 @@ func (d *Daemon) flushLeftBackends(cfg dataplane.Config) {
 // network with this node's endpoints on it (those with an open device),
 // the other nodes' accepted endpoint records (endpointSet: validated, and
 // inside their node's address blocks; on a member with a VTEP address) as
-// remotes,
-// the nodes that have endpoints on it and its external VTEPs as flooding
-// peers, every other member's VTEP as a sender it accepts, every vip-mode service with its backends (serviceSet), the SAs
-// of the key ring in use and the conntrack's size and timeouts. Callers
-// hold d.mu.
+// remotes, the nodes that have endpoints on it and its external VTEPs as
+// flooding peers, every other member's VTEP as a sender it accepts, every
+// vip-mode service with its backends (serviceSet), the SAs of the key
+// ring in use and the conntrack's size and timeouts. Callers hold d.mu.
 func (d *Daemon) desiredDataplane() dataplane.Config {
 	// Only records that passed validation and the block check enter the
 	// desired state, as remotes and as service backends.
