@@ -601,8 +601,10 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // once because maxRegossip writes were already scheduled again;
 // "catchup-asked" counts catch-up requests sent after a burst,
 // "catchup-answered" the table states sent in answer to a member whose
-// digest differed, and "catchup-busy" the requests left unanswered because
-// maxCatchUpAnswers answers were in flight; "broadcast-flushed" counts the
+// digest differed, "catchup-returned" the states sent back to a member
+// whose answer lacked entries (returnState), and "catchup-busy" the
+// requests and returns left undone because maxCatchUpAnswers answers were
+// in flight; "broadcast-flushed" counts the
 // packets of table broadcasts this node sent itself because memberlist's
 // own broadcasts left them no room for flushStarved gossip intervals
 // (flush.go).
