@@ -14,12 +14,16 @@ import (
 // new endpoints. Own-write re-gossip (regossipDue) repairs small bursts but
 // waits while the queue is long, and periodic push/pull comes every 30 s
 // times log2(N/32) (3 minutes at 1,000 nodes). So a node whose broadcast
-// queue went over regossipQueueMax asks one random member, once the queue
+// queue went over regossipQueueMax, or that queued more than that many
+// broadcasts (its own writes and relays) between two moments the queue
+// was empty (noteQueueDepth), asks one random member, once the queue
 // has drained, whether their tables differ: a catch-up request carries a
 // digest of the sender's table state (one 64-bit sum), and a member whose
 // own digest differs answers with its full table state (the push/pull
-// state, over a stream), which the sender merges, and one whose digest is
-// the same says so in a small packet. A node that caught everything costs
+// state, over a stream, with its digest), which the sender merges and, if
+// its own digest still differs, returns (returnState): either side may be
+// the one that missed entries. One whose digest is the same says so in a
+// small packet. A node that caught everything costs
 // two small packets per burst.
 const (
 	// catchUpGap is the least time between two catch-up requests of a
@@ -41,10 +45,15 @@ const (
 	catchUpTries = 3
 )
 
-// noteQueueDepth marks a burst when the broadcast queue is longer than
-// regossipQueueMax.
+// noteQueueDepth, called for each broadcast queued, marks a burst when the
+// broadcast queue is longer than regossipQueueMax, or more than that many
+// broadcasts were queued since maintain last found it empty: a node that
+// relays a burst's news as fast as they come (a small cluster, whose
+// gossip carries them off at once) took part in a burst as much as one
+// whose queue grew, and may as well have missed some of it.
 func (c *Cluster) noteQueueDepth() {
-	if c.queue.NumQueued() > regossipQueueMax {
+	n := c.queuedSinceEmpty.Add(1)
+	if n > regossipQueueMax || c.queue.NumQueued() > regossipQueueMax {
 		c.burst.Store(true)
 	}
 }
@@ -52,10 +61,14 @@ func (c *Cluster) noteQueueDepth() {
 // catchUpDue starts a catch-up (catchUp) when a burst's broadcasts have
 // drained; maintain's goroutine only.
 func (c *Cluster) catchUpDue(now time.Time) {
+	empty := c.queue.NumQueued() == 0
+	if empty {
+		c.queuedSinceEmpty.Store(0)
+	}
 	if !c.burst.Load() {
 		return
 	}
-	if c.queue.NumQueued() > 0 {
+	if !empty {
 		c.quietTicks = 0
 		return
 	}
@@ -172,15 +185,51 @@ func (c *Cluster) answerCatchUp(m *message) {
 	}
 	c.catchUpAnswers++
 	c.drops["catchup-answered"]++
+	st := c.stateLocked()
+	st.ID, st.Held = c.digestLocked(), true
 	c.mu.Unlock()
+	c.sendState(to, st.encode(), "answer catch-up request")
+}
+
+// returnState completes a catch-up whose answer m (a msgState with Held)
+// this node has merged: when this node's digest still differs from the
+// answer's (m.ID), the member that answered lacks entries this node holds
+// (the digests differed because either side missed some), and it gets
+// this node's state in return, once: the return does not ask for another.
+// Without it a member that missed part of a burst and answered another's
+// catch-up stayed behind until periodic push/pull.
+func (c *Cluster) returnState(m *message) {
+	c.mu.Lock()
+	mi := c.members[m.From]
+	if m.From == c.cfg.NodeName || mi == nil || mi.state != StateAlive || c.digestLocked() == m.ID {
+		c.mu.Unlock()
+		return
+	}
+	if c.catchUpAnswers >= maxCatchUpAnswers {
+		c.drops["catchup-busy"]++
+		c.mu.Unlock()
+		return
+	}
+	c.catchUpAnswers++
+	c.drops["catchup-returned"]++
+	to := &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
+	b := c.stateLocked().encode()
+	c.mu.Unlock()
+	c.sendState(to, b, "return catch-up state")
+}
+
+// sendState sends a table state to a member over a stream, off the
+// delegate's goroutine (it must not call back into memberlist), within
+// the catchUpAnswers taken by the caller.
+func (c *Cluster) sendState(to *memberlist.Node, b []byte, what string) {
 	c.spawn(func() {
 		defer func() {
 			c.mu.Lock()
 			c.catchUpAnswers--
 			c.mu.Unlock()
 		}()
-		if err := c.sendReliable(to, (*delegate)(c).LocalState(false)); err != nil {
-			c.log.Debug("answer catch-up request", "node", to.Name, "err", err)
+		if err := c.sendReliable(to, b); err != nil {
+			c.log.Debug(what, "node", to.Name, "err", err)
 		}
 	})
 }

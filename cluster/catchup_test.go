@@ -120,3 +120,35 @@ func TestCatchUpAsksAgainAfterEmptyAnswer(t *testing.T) {
 		}
 	}
 }
+
+// A catch-up heals the member it asks as well as the asker: here n2 loses
+// every gossiped entry, so n1's new entry reaches n3 but not n2, and n1's
+// catch-up finds n2's digest different. n2 answers with its state, which
+// brings n1 nothing; n1 returns its own, and n2 holds the entry. Before,
+// n2 stayed without it until periodic push/pull (an hour here): the cause
+// of TestHealthyClusterDoesNotFlush's rare time-outs.
+func TestCatchUpAnswerGetsTheAskersState(t *testing.T) {
+	nodes := startCluster(t, mustKey(t), 3, func(c *Config) { c.PushPullInterval = time.Hour })
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	drop := func() bool { return true }
+	n2.dropEntries.Store(&drop)
+	if err := n1.Put("endpoints", "n1/e", []byte(`{"ip":"10.0.1.1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "n3 to hold n1's entry", func() bool {
+		_, ok := n3.Get("endpoints", "n1/e")
+		return ok
+	})
+	waitFor(t, 10*time.Second, "n1's earlier catch-up to end", func() bool {
+		return n1.catchUpOn.CompareAndSwap(false, true)
+	})
+	n1.burst.Store(false)
+	n1.catchUp()
+	waitFor(t, 10*time.Second, "n2 to hold n1's entry", func() bool {
+		_, ok := n2.Get("endpoints", "n1/e")
+		return ok
+	})
+	if d := n1.Drops(); d["catchup-returned"] != 1 {
+		t.Fatalf("n1's counters %v, want one catchup-returned", d)
+	}
+}

@@ -266,9 +266,12 @@ type Cluster struct {
 
 	claimMu     sync.Mutex
 	reconnectOn atomic.Bool
-	// burst is set when the broadcast queue grew past regossipQueueMax
-	// and no catch-up request has followed yet (catchUpDue).
-	burst atomic.Bool
+	// burst is set when the broadcast queue grew past regossipQueueMax,
+	// or took more than that many broadcasts between two maintain ticks
+	// that found it empty (queuedSinceEmpty), and no catch-up request has
+	// followed yet (catchUpDue).
+	burst            atomic.Bool
+	queuedSinceEmpty atomic.Int64
 	// quietTicks and nextCatchUp belong to maintain's goroutine.
 	quietTicks  int
 	nextCatchUp time.Time

@@ -19,7 +19,7 @@ const (
 	msgClaimResp = 4 // IPAM: the answer, with every claim the responder knows for the block
 	msgLeave     = 5 // the sender is leaving the cluster (sent before memberlist's leave)
 	msgAck       = 6 // the sender merged the msgEntries whose ID this carries
-	msgCatchUp   = 7 // after a burst: the digest of the sender's tables (ID); a member whose own differs answers with msgState
+	msgCatchUp   = 7 // after a burst: the digest of the sender's tables (ID); a member whose own differs answers with msgState (Held, its digest in ID), returned if the sender still differs
 )
 
 // Limits on decoded fields. They bound what a peer can make us allocate.
@@ -38,9 +38,9 @@ const flagDeleted = 1
 // does not use are zero.
 type message struct {
 	Type    byte
-	ID      uint64 // claim request/response id; acknowledgement id of msgEntries and msgAck; table digest of msgCatchUp
+	ID      uint64 // claim request/response id; acknowledgement id of msgEntries and msgAck; table digest of msgCatchUp and of a msgState that is a catch-up answer
 	Clock   uint64 // sender's Lamport clock
-	Held    bool   // claim response: responder holds a settled claim on the block
+	Held    bool   // claim response: responder holds a settled claim on the block; msgCatchUp: an answer, the same digest; msgState: a catch-up answer, to be returned when ID differs from the merged state's digest
 	From    string // sender node name
 	Entries []Entry
 	// Marks are the sender's per-table watermarks of reaped tombstones

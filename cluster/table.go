@@ -391,8 +391,11 @@ func (d *delegate) NotifyMsg(b []byte) {
 		} else {
 			c.answerCatchUp(m)
 		}
-	case msgState: // an answer to this node's catch-up request
+	case msgState: // an answer to this node's catch-up request, or a return
 		c.caughtUp(c.mergeState(m))
+		if m.Held {
+			c.returnState(m)
+		}
 	case msgClaimReq:
 		c.merge(m.Entries, false)
 		c.answerClaim(m)
@@ -429,15 +432,20 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 func (d *delegate) LocalState(join bool) []byte {
 	c := d.c()
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stateLocked().encode()
+}
+
+// stateLocked returns this node's table state as a push/pull message.
+// c.mu must be held.
+func (c *Cluster) stateLocked() *message {
 	m := &message{Type: msgState, From: c.cfg.NodeName, Clock: c.clock, Entries: make([]Entry, 0, len(c.entries)), Marks: c.marksLocked()}
 	for _, r := range c.entries {
 		if !r.expired {
 			m.Entries = append(m.Entries, r.Entry)
 		}
 	}
-	b := m.encode()
-	c.mu.Unlock()
-	return b
+	return m
 }
 
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
@@ -593,8 +601,10 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // once because maxRegossip writes were already scheduled again;
 // "catchup-asked" counts catch-up requests sent after a burst,
 // "catchup-answered" the table states sent in answer to a member whose
-// digest differed, and "catchup-busy" the requests left unanswered because
-// maxCatchUpAnswers answers were in flight; "broadcast-flushed" counts the
+// digest differed, "catchup-returned" the states sent back to a member
+// whose answer lacked entries (returnState), and "catchup-busy" the
+// requests and returns left undone because maxCatchUpAnswers answers were
+// in flight; "broadcast-flushed" counts the
 // packets of table broadcasts this node sent itself because memberlist's
 // own broadcasts left them no room for flushStarved gossip intervals
 // (flush.go).

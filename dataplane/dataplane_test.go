@@ -416,3 +416,52 @@ func TestMemberHeardBeforeItsRecord(t *testing.T) {
 		}
 	}
 }
+
+// TestLocalMACFromMemberIsSpoofed: a member VTEP that sends from the MAC
+// of one of this host's endpoints is refused by the tunnel ("spoofed-src")
+// and does not get the MAC learned behind it; once the endpoint has left
+// this host, the same frame is an unknown source that is learned.
+func TestLocalMACFromMemberIsSpoofed(t *testing.T) {
+	tb := newTestbed(t)
+	c1, d1 := newCtr(t, "m1", 2)
+	c2, d2 := newCtr(t, "m2", 3)
+	w := testNetwork("a", 4096, 1)
+	w.Ports = []PortConfig{c1.port("c1/eth0", d1), c2.port("c2/eth0", d2)}
+	w.Members = []netip.Addr{remoteB}
+	if err := tb.dp.Reconfig(Config{Networks: []NetworkConfig{w}}); err != nil {
+		t.Fatal(err)
+	}
+	send := func() {
+		t.Helper()
+		frame := udpFrame(c1.mac, c2.mac, c2.ip, c1.ip)[packet.Headroom:]
+		dgram := append(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 0x08000000), 4096<<8), frame...)
+		if _, err := tb.remote.WriteBatch([]tunnel.Message{{Buf: dgram, Addr: netip.AddrPortFrom(local, packet.VXLANPort)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, ts, _ := tb.dp.NetworkStats("a"); ts.Drops["spoofed-src"] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a member's frame from a local endpoint's MAC was not counted as spoofed-src")
+		}
+	}
+	if _, fdb, _ := tb.dp.FDB("a"); len(fdb) != 0 {
+		t.Fatalf("tunnel fdb %+v, want nothing learned", fdb)
+	}
+	if len(c1.frames) != 0 {
+		t.Fatal("the spoofed frame reached the container")
+	}
+	// c2 leaves (the fast path of a change of ports): its MAC is free.
+	w.Ports = w.Ports[:1]
+	if err := tb.dp.Reconfig(Config{Networks: []NetworkConfig{w}}); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	c1.recv(t, "the frame of an endpoint that moved to the member")
+	if _, fdb, _ := tb.dp.FDB("a"); len(fdb) != 1 || fdb[0].MAC != c2.mac || fdb[0].VTEP != remoteB {
+		t.Fatalf("tunnel fdb %+v, want c2's MAC learned behind the member", fdb)
+	}
+}

@@ -27,6 +27,7 @@ type network struct {
 	external []netip.Addr              // applied external VTEPs, sorted
 	flood    []netip.Addr              // applied flooding peers, sorted
 	members  []netip.Addr              // applied member VTEPs, sorted
+	locals   []packet.MAC              // applied local MACs (tunnel.Segment.SetLocals), sorted
 	statics  map[packet.MAC]netip.Addr // switch statics behind tport: MAC -> IP
 	gwHosts  map[packet.MAC]bool       // the statics that are other hosts' gateways
 	remotes  map[packet.MAC]netip.Addr // tunnel remotes: MAC -> VTEP
@@ -138,7 +139,16 @@ func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 		}
 	}
 
-	// 2. Flooding peers and external VTEPs.
+	// 2. This host's own MACs, which no VTEP may send from; flooding
+	// peers, member and external VTEPs.
+	if locals := localMACs(w); !slices.Equal(locals, n.locals) {
+		dp.changes++
+		if err := n.tn.SetLocals(locals); err != nil {
+			fail("local MACs", err)
+		} else {
+			n.locals = locals
+		}
+	}
 	ext := validSet(w.External, "external VTEP", fail)
 	flood := validSet(w.Peers, "peer", fail)
 	flood = append(flood, ext...)
@@ -201,6 +211,20 @@ func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 		}
 	}
 	dp.setRemotes(n, next, fail)
+}
+
+// localMACs returns the unicast MACs of w's ports and of this host's
+// gateway identity, sorted and without repeats (a port with an invalid MAC
+// fails to attach and is reported there).
+func localMACs(w *NetworkConfig) []packet.MAC {
+	macs := make([]packet.MAC, 0, len(w.Ports)+1)
+	for _, pc := range w.Ports {
+		macs = append(macs, pc.MAC)
+	}
+	macs = append(macs, w.GatewayHostMAC)
+	macs = slices.DeleteFunc(macs, func(m packet.MAC) bool { return m.IsZero() || m.IsMulticast() })
+	slices.SortFunc(macs, func(a, b packet.MAC) int { return slices.Compare(a[:], b[:]) })
+	return slices.Compact(macs)
 }
 
 // wantedRemotes maps the valid remotes by MAC, reporting the others.

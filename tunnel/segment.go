@@ -36,6 +36,7 @@ type Segment struct {
 	members []netip.Addr        // other cluster members' VTEPs, see SetMembers
 	heard   []netip.Addr        // members not in peerSet that sent since the last SetPeers, sorted
 	remotes map[packet.MAC]netip.Addr
+	locals  map[packet.MAC]bool  // this host's endpoints, see SetLocals
 	objs    map[netip.Addr]*peer // counters survive snapshot changes
 
 	c netCounters
@@ -46,6 +47,7 @@ type netState struct {
 	peers   []*peer              // flooding targets, ordered by address
 	allowed map[netip.Addr]*peer // who may send us this network's frames: peers and members
 	remotes map[packet.MAC]*peer // static remote FDB
+	locals  map[packet.MAC]bool  // this host's endpoints: no VTEP sends from them
 }
 
 // peer is a remote VTEP of one network, with its counters.
@@ -194,8 +196,29 @@ func (n *Segment) SetRemotes(remotes map[packet.MAC]netip.Addr) error {
 	return nil
 }
 
-// publish builds and swaps in a new netState from peerSet and remotes;
-// n.mu is held.
+// SetLocals names the MACs of this host's endpoints on the network. No
+// VTEP may send from one: such a frame is dropped as "spoofed-src" before
+// its source is learned (the switch would drop it too, but the tunnel
+// would have learned the MAC behind the sender, shown it in its FDB and
+// flooded to the sender as a heard member), and a MAC learned before it
+// became local is forgotten.
+func (n *Segment) SetLocals(macs []packet.MAC) error {
+	m := make(map[packet.MAC]bool, len(macs))
+	for _, mac := range macs {
+		if mac.IsMulticast() || mac.IsZero() {
+			return fmt.Errorf("vni %d: local %s: not a unicast MAC", n.vni, mac)
+		}
+		m[mac] = true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.locals = m
+	n.publish()
+	return nil
+}
+
+// publish builds and swaps in a new netState from peerSet, remotes and
+// locals; n.mu is held.
 func (n *Segment) publish() {
 	objs := make(map[netip.Addr]*peer, len(n.peerSet)+len(n.members))
 	get := func(a netip.Addr) *peer {
@@ -212,6 +235,7 @@ func (n *Segment) publish() {
 		peers:   make([]*peer, 0, len(n.peerSet)),
 		allowed: make(map[netip.Addr]*peer, len(n.peerSet)+len(n.members)),
 		remotes: make(map[packet.MAC]*peer, len(n.remotes)),
+		locals:  n.locals, // replaced whole by SetLocals, never written
 	}
 	for _, a := range n.peerSet {
 		p := get(a)
@@ -241,10 +265,10 @@ func (n *Segment) publish() {
 	n.objs = objs
 	n.state.Store(st)
 	// Forget what was learned behind VTEPs that may no longer send, and
-	// MACs that became static.
+	// MACs that became static or local.
 	n.learned.Filter(func(e *aging.Entry[*peer]) bool {
 		p := e.Value
-		return st.allowed[p.addr] == p && st.remotes[e.MAC] == nil
+		return st.allowed[p.addr] == p && st.remotes[e.MAC] == nil && !st.locals[e.MAC]
 	})
 }
 
@@ -256,8 +280,8 @@ func (n *Segment) learn(src packet.MAC, p *peer, now int64) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := n.state.Load()
-	if st.allowed[p.addr] != p || st.remotes[src] != nil {
-		return false // the VTEP may no longer send, or src became static, meanwhile
+	if st.allowed[p.addr] != p || st.remotes[src] != nil || st.locals[src] {
+		return false // the VTEP may no longer send, or src became static or local, meanwhile
 	}
 	if e := n.learned.Lookup(src); e != nil && e.Value != p && !p.external.Load() && n.learned.Live(e, now) {
 		return false

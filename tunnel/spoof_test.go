@@ -81,3 +81,58 @@ func TestSpoofedSourceAndLearning(t *testing.T) {
 		t.Errorf("fdb %+v after the external VTEP left the peers", fdb)
 	}
 }
+
+// TestLocalMACFromAVTEP: no VTEP, member or external, may send from one of
+// this host's endpoints (SetLocals): the frame is dropped as
+// "spoofed-src" and its source is not learned, and a MAC learned before it
+// became local is forgotten.
+func TestLocalMACFromAVTEP(t *testing.T) {
+	mn := NewMemNetwork()
+	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
+	v := New(Config{Underlay: u, LocalAddr: vtepA})
+	t.Cleanup(func() { v.Close() })
+	n, _ := v.AddSegment(testVNI, 0)
+	if err := n.SetPeers([]netip.Addr{vtepE}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetExternal([]netip.Addr{vtepE}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetMembers([]netip.Addr{vtepC}); err != nil {
+		t.Fatal(err)
+	}
+	delivered := 0
+	n.SetInput(func(bufs [][]byte, sizes []int, offset int) { delivered += len(bufs) })
+	send := func(from netip.Addr, src packet.MAC) {
+		msgs := v.rx.msgs[:1]
+		msgs[0].N = copy(msgs[0].Buf, vxlanDatagram(testVNI, udpFrame(macB, src, 1, 2, 10)))
+		msgs[0].GSOSize = 0
+		msgs[0].Addr = netip.AddrPortFrom(from, MemTxPortBase)
+		v.receive(&v.rx, msgs, false)
+	}
+	send(vtepC, macA) // learned behind member C: macA is nobody's yet
+	if fdb := n.FDB(); len(fdb) != 1 || fdb[0].MAC != macA || fdb[0].VTEP != vtepC {
+		t.Fatalf("fdb %+v, want macA learned behind C", fdb)
+	}
+	if err := n.SetLocals([]packet.MAC{macA}); err != nil {
+		t.Fatal(err)
+	}
+	if fdb := n.FDB(); len(fdb) != 0 {
+		t.Fatalf("fdb %+v after macA became local, want empty", fdb)
+	}
+	delivered = 0
+	send(vtepC, macA)
+	send(vtepE, macA)
+	if delivered != 0 {
+		t.Errorf("%d frames from this host's own MAC delivered, want 0", delivered)
+	}
+	if fdb := n.FDB(); len(fdb) != 0 {
+		t.Errorf("fdb %+v, want this host's MAC learned nowhere", fdb)
+	}
+	if d := n.Stats().Drops; d["spoofed-src"] != 2 {
+		t.Errorf("drops %v, want 2 spoofed-src", d)
+	}
+	if err := n.SetLocals([]packet.MAC{packet.Broadcast}); err == nil {
+		t.Error("SetLocals took the broadcast address")
+	}
+}

@@ -547,7 +547,8 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 		r.ndrops[dropMalformed]++
 		return
 	}
-	// A MAC the cluster placed behind one VTEP cannot come from another;
+	// A MAC the cluster placed behind one VTEP cannot come from another,
+	// nor one of this host's endpoints from any (Segment.SetLocals);
 	// other MACs are learned (Segment.SetExternal, SetMembers): behind an
 	// external VTEP, and behind a member whose endpoint's static entry
 	// has not arrived yet.
@@ -556,6 +557,9 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 			r.ndrops[dropSpoofedSrc]++
 			return
 		}
+	} else if st.locals[src] {
+		r.ndrops[dropSpoofedSrc]++
+		return
 	} else if e := nw.learned.Lookup(src); e != nil && e.Value == p {
 		if r.now-e.Seen() > int64(time.Second) {
 			e.Touch(r.now) // at most once a second: a store per frame would bounce the cache line
