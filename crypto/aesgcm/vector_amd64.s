@@ -1,0 +1,288 @@
+// AES-GCM's counter mode and GHASH on AVX-512 with VAES and VPCLMULQDQ,
+// 16 blocks (four zmm registers) per step; the last step of a buffer uses
+// byte-masked loads and stores, so there is no scalar tail. See
+// vector_amd64.go for the Go side and keys.go for the key formats.
+
+#include "textflag.h"
+
+// bswap reverses the 16 bytes of each 128-bit lane (VPSHUFB).
+DATA bswap<>+0x00(SB)/8, $0x08090a0b0c0d0e0f
+DATA bswap<>+0x08(SB)/8, $0x0001020304050607
+DATA bswap<>+0x10(SB)/8, $0x08090a0b0c0d0e0f
+DATA bswap<>+0x18(SB)/8, $0x0001020304050607
+DATA bswap<>+0x20(SB)/8, $0x08090a0b0c0d0e0f
+DATA bswap<>+0x28(SB)/8, $0x0001020304050607
+DATA bswap<>+0x30(SB)/8, $0x08090a0b0c0d0e0f
+DATA bswap<>+0x38(SB)/8, $0x0001020304050607
+GLOBL bswap<>(SB), RODATA|NOPTR, $64
+
+// poly folds 64 bits of a product into the next 128 (see reduce below).
+DATA poly<>+0x00(SB)/8, $0xc200000000000000
+DATA poly<>+0x08(SB)/8, $0xc200000000000000
+GLOBL poly<>(SB), RODATA|NOPTR, $16
+
+// laneoff adds 0, 1, 2, 3 to the byte-reversed counters of the lanes.
+DATA laneoff<>+0x00(SB)/8, $0
+DATA laneoff<>+0x08(SB)/8, $0
+DATA laneoff<>+0x10(SB)/8, $1
+DATA laneoff<>+0x18(SB)/8, $0
+DATA laneoff<>+0x20(SB)/8, $2
+DATA laneoff<>+0x28(SB)/8, $0
+DATA laneoff<>+0x30(SB)/8, $3
+DATA laneoff<>+0x38(SB)/8, $0
+GLOBL laneoff<>(SB), RODATA|NOPTR, $64
+
+// four advances every lane's counter by four blocks.
+DATA four<>+0x00(SB)/8, $4
+DATA four<>+0x08(SB)/8, $0
+DATA four<>+0x10(SB)/8, $4
+DATA four<>+0x18(SB)/8, $0
+DATA four<>+0x20(SB)/8, $4
+DATA four<>+0x28(SB)/8, $0
+DATA four<>+0x30(SB)/8, $4
+DATA four<>+0x38(SB)/8, $0
+GLOBL four<>(SB), RODATA|NOPTR, $64
+
+// STEPMASKS sets K1..K4 to the bytes of the next step of a buffer with CX
+// bytes left (CX > 0): all of 256 bytes, or the first CX < 256 of them.
+// R10 becomes the step's length; AX is clobbered; R11 must be -1 and R12
+// 0. In the partial case, R9 is set to DX + 256 - CX rounded up to whole
+// blocks (GHASH's first power for the step); in the full case to DX.
+#define STEPMASKS(done) \
+	CMPQ    CX, $256 \
+	JB      partial \
+	KXNORQ  K1, K1, K1 \
+	KXNORQ  K2, K2, K2 \
+	KXNORQ  K3, K3, K3 \
+	KXNORQ  K4, K4, K4 \
+	MOVQ    DX, R9 \
+	MOVQ    $256, R10 \
+	JMP     done \
+partial: \
+	MOVQ    CX, R10 \
+	BZHIQ   CX, R11, AX \
+	KMOVQ   AX, K1 \
+	LEAQ    -64(CX), AX \
+	TESTQ   AX, AX \
+	CMOVQLT R12, AX \
+	BZHIQ   AX, R11, AX \
+	KMOVQ   AX, K2 \
+	LEAQ    -128(CX), AX \
+	TESTQ   AX, AX \
+	CMOVQLT R12, AX \
+	BZHIQ   AX, R11, AX \
+	KMOVQ   AX, K3 \
+	LEAQ    -192(CX), AX \
+	TESTQ   AX, AX \
+	CMOVQLT R12, AX \
+	BZHIQ   AX, R11, AX \
+	KMOVQ   AX, K4 \
+	LEAQ    15(CX), AX \
+	ANDQ    $-16, AX \
+	LEAQ    256(DX), R9 \
+	SUBQ    AX, R9
+
+#define ROUND(k) \
+	VAESENC k, Z1, Z1 \
+	VAESENC k, Z2, Z2 \
+	VAESENC k, Z3, Z3 \
+	VAESENC k, Z4, Z4
+
+#define LASTROUND(k) \
+	VAESENCLAST k, Z1, Z1 \
+	VAESENCLAST k, Z2, Z2 \
+	VAESENCLAST k, Z3, Z3 \
+	VAESENCLAST k, Z4, Z4
+
+// func ctrXOR(rk *[15 * 16]byte, rounds int, iv *[16]byte, dst, src []byte)
+TEXT ·ctrXOR(SB), NOSPLIT, $0-72
+	MOVQ  rk+0(FP), DX
+	MOVQ  rounds+8(FP), R8
+	MOVQ  iv+16(FP), BX
+	MOVQ  dst_base+24(FP), DI
+	MOVQ  src_base+48(FP), SI
+	MOVQ  src_len+56(FP), CX
+	TESTQ CX, CX
+	JZ    ctrnone
+
+	VMOVDQU64       bswap<>(SB), Z31
+	VBROADCASTI32X4 (BX), Z15
+	VPSHUFB         Z31, Z15, Z15
+	VPADDD          laneoff<>(SB), Z15, Z15
+	VMOVDQU64       four<>(SB), Z14
+	VBROADCASTI32X4 0(DX), Z16
+	VBROADCASTI32X4 16(DX), Z17
+	VBROADCASTI32X4 32(DX), Z18
+	VBROADCASTI32X4 48(DX), Z19
+	VBROADCASTI32X4 64(DX), Z20
+	VBROADCASTI32X4 80(DX), Z21
+	VBROADCASTI32X4 96(DX), Z22
+	VBROADCASTI32X4 112(DX), Z23
+	VBROADCASTI32X4 128(DX), Z24
+	VBROADCASTI32X4 144(DX), Z25
+	VBROADCASTI32X4 160(DX), Z26
+	VBROADCASTI32X4 176(DX), Z27
+	VBROADCASTI32X4 192(DX), Z28
+	VBROADCASTI32X4 208(DX), Z29
+	VBROADCASTI32X4 224(DX), Z30
+	MOVQ            $-1, R11
+	XORQ            R12, R12
+
+ctrloop:
+	STEPMASKS(ctrbody)
+
+ctrbody:
+	// Four counter blocks per register, back in big-endian order.
+	VPSHUFB Z31, Z15, Z1
+	VPADDD  Z14, Z15, Z15
+	VPSHUFB Z31, Z15, Z2
+	VPADDD  Z14, Z15, Z15
+	VPSHUFB Z31, Z15, Z3
+	VPADDD  Z14, Z15, Z15
+	VPSHUFB Z31, Z15, Z4
+	VPADDD  Z14, Z15, Z15
+
+	VPXORQ Z16, Z1, Z1
+	VPXORQ Z16, Z2, Z2
+	VPXORQ Z16, Z3, Z3
+	VPXORQ Z16, Z4, Z4
+	ROUND(Z17)
+	ROUND(Z18)
+	ROUND(Z19)
+	ROUND(Z20)
+	ROUND(Z21)
+	ROUND(Z22)
+	ROUND(Z23)
+	ROUND(Z24)
+	ROUND(Z25)
+	CMPQ R8, $10
+	JEQ  ctrlast10
+	ROUND(Z26)
+	ROUND(Z27)
+	ROUND(Z28)
+	ROUND(Z29)
+	LASTROUND(Z30)
+	JMP  ctrxor
+
+ctrlast10:
+	LASTROUND(Z26)
+
+ctrxor:
+	VMOVDQU8.Z (SI), K1, Z5
+	VMOVDQU8.Z 64(SI), K2, Z6
+	VMOVDQU8.Z 128(SI), K3, Z7
+	VMOVDQU8.Z 192(SI), K4, Z8
+	VPXORQ     Z5, Z1, Z1
+	VPXORQ     Z6, Z2, Z2
+	VPXORQ     Z7, Z3, Z3
+	VPXORQ     Z8, Z4, Z4
+	VMOVDQU8   Z1, K1, (DI)
+	VMOVDQU8   Z2, K2, 64(DI)
+	VMOVDQU8   Z3, K3, 128(DI)
+	VMOVDQU8   Z4, K4, 192(DI)
+	ADDQ       $256, SI
+	ADDQ       $256, DI
+	SUBQ       R10, CX
+	JNZ        ctrloop
+	VZEROUPPER
+
+ctrnone:
+	RET
+
+// MUL4(d, h, lo, hi, mid, t0, t1, t2, t3) adds the 256-bit carry-less
+// products of the four blocks of d and the four powers of h into lo, hi
+// and mid (the cross terms).
+#define MUL4(d, h, lo, hi, mid, t0, t1, t2, t3) \
+	VPCLMULQDQ $0x00, h, d, t0 \
+	VPCLMULQDQ $0x11, h, d, t1 \
+	VPCLMULQDQ $0x01, h, d, t2 \
+	VPCLMULQDQ $0x10, h, d, t3 \
+	VPXORQ     t0, lo, lo \
+	VPXORQ     t1, hi, hi \
+	VPTERNLOGD $0x96, t2, t3, mid
+
+// func ghashUpdate(acc *[16]byte, tab *[32 * 16]byte, data []byte)
+//
+// A block is multiplied in its byte-reversed form (bit 127 of the integer
+// is the coefficient of x^0) by a power of H that the table holds times
+// x^-1, so the 256-bit carry-less product is the field product's 256-bit
+// form with x^0 at bit 255. The step's products are summed unreduced and
+// reduced once: the low 64 bits L0 are folded in as L0 * x^128 =
+// L0 * (x^7+x^2+x+1), which poly (with its implied bit 64) spreads over
+// the next 128 bits; then the next 64 the same way, leaving the result in
+// the high 128 bits.
+TEXT ·ghashUpdate(SB), NOSPLIT, $0-40
+	MOVQ  acc+0(FP), DI
+	MOVQ  tab+8(FP), DX
+	MOVQ  data_base+16(FP), SI
+	MOVQ  data_len+24(FP), CX
+	TESTQ CX, CX
+	JZ    ghnone
+
+	VMOVDQU64 bswap<>(SB), Z31
+	VMOVDQU64 poly<>(SB), X29
+	VMOVDQU   (DI), X0
+	VPSHUFB   X31, X0, X0
+	MOVQ      $-1, R11
+	XORQ      R12, R12
+
+ghloop:
+	STEPMASKS(ghbody)
+
+ghbody:
+	VMOVDQU8.Z (SI), K1, Z1
+	VMOVDQU8.Z 64(SI), K2, Z2
+	VMOVDQU8.Z 128(SI), K3, Z3
+	VMOVDQU8.Z 192(SI), K4, Z4
+	VPSHUFB    Z31, Z1, Z1
+	VPSHUFB    Z31, Z2, Z2
+	VPSHUFB    Z31, Z3, Z3
+	VPSHUFB    Z31, Z4, Z4
+	VPXORQ     Z0, Z1, Z1
+	VMOVDQU64  (R9), Z5
+	VMOVDQU64  64(R9), Z6
+	VMOVDQU64  128(R9), Z7
+	VMOVDQU64  192(R9), Z8
+
+	VPCLMULQDQ $0x00, Z5, Z1, Z10
+	VPCLMULQDQ $0x11, Z5, Z1, Z11
+	VPCLMULQDQ $0x01, Z5, Z1, Z12
+	VPCLMULQDQ $0x10, Z5, Z1, Z13
+	VPXORQ     Z13, Z12, Z12
+	MUL4(Z2, Z6, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+	MUL4(Z3, Z7, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+	MUL4(Z4, Z8, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+
+	// lo ^= mid << 64, hi ^= mid >> 64, in each lane; then the lanes summed.
+	VPSRLDQ       $8, Z12, Z13
+	VPSLLDQ       $8, Z12, Z12
+	VPXORQ        Z12, Z10, Z10
+	VPXORQ        Z13, Z11, Z11
+	VEXTRACTI64X4 $1, Z10, Y12
+	VPXORQ        Y12, Y10, Y10
+	VEXTRACTI32X4 $1, Y10, X12
+	VPXORQ        X12, X10, X10
+	VEXTRACTI64X4 $1, Z11, Y13
+	VPXORQ        Y13, Y11, Y11
+	VEXTRACTI32X4 $1, Y11, X13
+	VPXORQ        X13, X11, X11
+
+	// Reduce (lo X10, hi X11) to X0.
+	VPCLMULQDQ $0x00, X29, X10, X12
+	VPSHUFD    $0x4e, X10, X10
+	VPXORQ     X12, X10, X10
+	VPCLMULQDQ $0x00, X29, X10, X12
+	VPSHUFD    $0x4e, X10, X10
+	VPTERNLOGD $0x96, X12, X10, X11
+	VMOVDQA64  X11, X0
+
+	ADDQ $256, SI
+	SUBQ R10, CX
+	JNZ  ghloop
+
+	VPSHUFB X31, X0, X0
+	VMOVDQU X0, (DI)
+	VZEROUPPER
+
+ghnone:
+	RET
