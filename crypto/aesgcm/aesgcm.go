@@ -13,7 +13,6 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"unsafe"
@@ -83,15 +82,6 @@ func overlapsInexactly(x, y []byte) bool {
 	x0 := uintptr(unsafe.Pointer(xs))
 	y0 := uintptr(unsafe.Pointer(ys))
 	return x0 < y0+uintptr(len(y)) && y0 < x0+uintptr(len(x))
-}
-
-// lengthBlock is GHASH's last block: the bit lengths of the AAD and the
-// ciphertext, big-endian.
-func lengthBlock(aadLen, ctLen int) [16]byte {
-	var b [16]byte
-	binary.BigEndian.PutUint64(b[:8], uint64(aadLen)*8)
-	binary.BigEndian.PutUint64(b[8:], uint64(ctLen)*8)
-	return b
 }
 
 // tagsEqual compares two tags in constant time.

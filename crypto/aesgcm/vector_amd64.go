@@ -19,11 +19,12 @@ var hasVector = cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512BW
 //go:noescape
 func ctrXOR(rk *[15 * 16]byte, rounds int, iv *[16]byte, dst, src []byte)
 
-// ghashUpdate folds data, zero-padded to whole blocks, into the GHASH
-// state acc (in GCM's byte order) under the key table tab (hashTable).
+// gcmTag writes GCM's tag of aad and ct to tag: GHASH under the key
+// table tab (hashTable) of aad, ct and their lengths, XORed with the
+// encryption of the counter block j0 under rk.
 //
 //go:noescape
-func ghashUpdate(acc *[16]byte, tab *[32 * 16]byte, data []byte)
+func gcmTag(tab *[32 * 16]byte, rk *[15 * 16]byte, rounds int, j0 *[16]byte, aad, ct []byte, tag *[16]byte)
 
 // gcmVector is AES-GCM on the vector code.
 type gcmVector struct {
@@ -61,13 +62,8 @@ func counter(nonce []byte, n byte) [16]byte {
 
 // tag computes the tag of aad and ct under the nonce into out.
 func (g *gcmVector) tag(out, nonce, aad, ct []byte) {
-	var s [16]byte
-	ghashUpdate(&s, &g.tab, aad)
-	ghashUpdate(&s, &g.tab, ct)
-	lb := lengthBlock(len(aad), len(ct))
-	ghashUpdate(&s, &g.tab, lb[:])
 	j0 := counter(nonce, 1)
-	ctrXOR(&g.rk, g.rounds, &j0, out[:tagSize], s[:])
+	gcmTag(&g.tab, &g.rk, g.rounds, &j0, aad, ct, (*[tagSize]byte)(out))
 }
 
 // Seal appends the encryption of plaintext and its tag to dst, as

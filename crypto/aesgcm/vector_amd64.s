@@ -126,12 +126,11 @@ TEXT ·ctrXOR(SB), NOSPLIT, $0-72
 	VBROADCASTI32X4 208(DX), Z29
 	VBROADCASTI32X4 224(DX), Z30
 	MOVQ            $-1, R11
-	XORQ            R12, R12
+
+	CMPQ CX, $256
+	JB   ctrtail
 
 ctrloop:
-	STEPMASKS(ctrbody)
-
-ctrbody:
 	// Four counter blocks per register, back in big-endian order.
 	VPSHUFB Z31, Z15, Z1
 	VPADDD  Z14, Z15, Z15
@@ -168,22 +167,63 @@ ctrlast10:
 	LASTROUND(Z26)
 
 ctrxor:
+	VPXORQ (SI), Z1, Z1
+	VPXORQ 64(SI), Z2, Z2
+	VPXORQ 128(SI), Z3, Z3
+	VPXORQ 192(SI), Z4, Z4
+	VMOVDQU64 Z1, (DI)
+	VMOVDQU64 Z2, 64(DI)
+	VMOVDQU64 Z3, 128(DI)
+	VMOVDQU64 Z4, 192(DI)
+	ADDQ      $256, SI
+	ADDQ      $256, DI
+	SUBQ      $256, CX
+	CMPQ      CX, $256
+	JAE       ctrloop
+
+ctrtail:
+	// Under 256 bytes left: one register (four blocks) at a time, the
+	// last one masked to the bytes that are left.
+	TESTQ CX, CX
+	JZ    ctrdone
+
+ctrtailloop:
+	BZHIQ   CX, R11, AX
+	KMOVQ   AX, K1
+	VPSHUFB Z31, Z15, Z1
+	VPADDD  Z14, Z15, Z15
+	VPXORQ  Z16, Z1, Z1
+	VAESENC Z17, Z1, Z1
+	VAESENC Z18, Z1, Z1
+	VAESENC Z19, Z1, Z1
+	VAESENC Z20, Z1, Z1
+	VAESENC Z21, Z1, Z1
+	VAESENC Z22, Z1, Z1
+	VAESENC Z23, Z1, Z1
+	VAESENC Z24, Z1, Z1
+	VAESENC Z25, Z1, Z1
+	CMPQ    R8, $10
+	JEQ     ctrtail10
+	VAESENC Z26, Z1, Z1
+	VAESENC Z27, Z1, Z1
+	VAESENC Z28, Z1, Z1
+	VAESENC Z29, Z1, Z1
+	VAESENCLAST Z30, Z1, Z1
+	JMP     ctrtailxor
+
+ctrtail10:
+	VAESENCLAST Z26, Z1, Z1
+
+ctrtailxor:
 	VMOVDQU8.Z (SI), K1, Z5
-	VMOVDQU8.Z 64(SI), K2, Z6
-	VMOVDQU8.Z 128(SI), K3, Z7
-	VMOVDQU8.Z 192(SI), K4, Z8
 	VPXORQ     Z5, Z1, Z1
-	VPXORQ     Z6, Z2, Z2
-	VPXORQ     Z7, Z3, Z3
-	VPXORQ     Z8, Z4, Z4
 	VMOVDQU8   Z1, K1, (DI)
-	VMOVDQU8   Z2, K2, 64(DI)
-	VMOVDQU8   Z3, K3, 128(DI)
-	VMOVDQU8   Z4, K4, 192(DI)
-	ADDQ       $256, SI
-	ADDQ       $256, DI
-	SUBQ       R10, CX
-	JNZ        ctrloop
+	ADDQ       $64, SI
+	ADDQ       $64, DI
+	SUBQ       $64, CX
+	JG         ctrtailloop
+
+ctrdone:
 	VZEROUPPER
 
 ctrnone:
@@ -201,58 +241,78 @@ ctrnone:
 	VPXORQ     t1, hi, hi \
 	VPTERNLOGD $0x96, t2, t3, mid
 
-// func ghashUpdate(acc *[16]byte, tab *[32 * 16]byte, data []byte)
+// REDUCE reduces the 256-bit product (lo X10, hi X11) to X0 (see gcmTag).
+#define REDUCE \
+	VPCLMULQDQ $0x00, X29, X10, X12 \
+	VPSHUFD    $0x4e, X10, X10 \
+	VPXORQ     X12, X10, X10 \
+	VPCLMULQDQ $0x00, X29, X10, X12 \
+	VPSHUFD    $0x4e, X10, X10 \
+	VPTERNLOGD $0x96, X12, X10, X11 \
+	VMOVDQA64  X11, X0
+
+// func gcmTag(tab *[32 * 16]byte, rk *[15 * 16]byte, rounds int, j0 *[16]byte, aad, ct []byte, tag *[16]byte)
+//
+// GHASH of aad and ct (each zero-padded to whole blocks) and the length
+// block, XORed with the encryption of the counter block j0.
 //
 // A block is multiplied in its byte-reversed form (bit 127 of the integer
 // is the coefficient of x^0) by a power of H that the table holds times
 // x^-1, so the 256-bit carry-less product is the field product's 256-bit
-// form with x^0 at bit 255. The step's products are summed unreduced and
-// reduced once: the low 64 bits L0 are folded in as L0 * x^128 =
-// L0 * (x^7+x^2+x+1), which poly (with its implied bit 64) spreads over
-// the next 128 bits; then the next 64 the same way, leaving the result in
-// the high 128 bits.
-TEXT ·ghashUpdate(SB), NOSPLIT, $0-40
-	MOVQ  acc+0(FP), DI
-	MOVQ  tab+8(FP), DX
-	MOVQ  data_base+16(FP), SI
-	MOVQ  data_len+24(FP), CX
-	TESTQ CX, CX
-	JZ    ghnone
+// form with x^0 at bit 255. A step's products (up to 16 blocks, block i
+// of r times H^(r-i)) are summed unreduced and reduced once: the low 64
+// bits L0 are folded in as L0 * x^128 = L0 * (x^7+x^2+x+1), which poly
+// (with its implied bit 64) spreads over the next 128 bits; then the next
+// 64 the same way, leaving the result in the high 128 bits.
+TEXT ·gcmTag(SB), NOSPLIT, $0-88
+	MOVQ tab+0(FP), DX
+	MOVQ aad_base+32(FP), SI
+	MOVQ aad_len+40(FP), CX
+	MOVQ $2, R13
 
 	VMOVDQU64 bswap<>(SB), Z31
 	VMOVDQU64 poly<>(SB), X29
-	VMOVDQU   (DI), X0
-	VPSHUFB   X31, X0, X0
+	VPXORQ    X0, X0, X0
 	MOVQ      $-1, R11
 	XORQ      R12, R12
+
+ghseg:
+	TESTQ CX, CX
+	JZ    ghsegdone
 
 ghloop:
 	STEPMASKS(ghbody)
 
 ghbody:
 	VMOVDQU8.Z (SI), K1, Z1
-	VMOVDQU8.Z 64(SI), K2, Z2
-	VMOVDQU8.Z 128(SI), K3, Z3
-	VMOVDQU8.Z 192(SI), K4, Z4
 	VPSHUFB    Z31, Z1, Z1
-	VPSHUFB    Z31, Z2, Z2
-	VPSHUFB    Z31, Z3, Z3
-	VPSHUFB    Z31, Z4, Z4
 	VPXORQ     Z0, Z1, Z1
 	VMOVDQU64  (R9), Z5
-	VMOVDQU64  64(R9), Z6
-	VMOVDQU64  128(R9), Z7
-	VMOVDQU64  192(R9), Z8
-
 	VPCLMULQDQ $0x00, Z5, Z1, Z10
 	VPCLMULQDQ $0x11, Z5, Z1, Z11
 	VPCLMULQDQ $0x01, Z5, Z1, Z12
 	VPCLMULQDQ $0x10, Z5, Z1, Z13
 	VPXORQ     Z13, Z12, Z12
+	CMPQ       R10, $64
+	JBE        ghfold
+	VMOVDQU8.Z 64(SI), K2, Z2
+	VPSHUFB    Z31, Z2, Z2
+	VMOVDQU64  64(R9), Z6
 	MUL4(Z2, Z6, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+	CMPQ       R10, $128
+	JBE        ghfold
+	VMOVDQU8.Z 128(SI), K3, Z3
+	VPSHUFB    Z31, Z3, Z3
+	VMOVDQU64  128(R9), Z7
 	MUL4(Z3, Z7, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+	CMPQ       R10, $192
+	JBE        ghfold
+	VMOVDQU8.Z 192(SI), K4, Z4
+	VPSHUFB    Z31, Z4, Z4
+	VMOVDQU64  192(R9), Z8
 	MUL4(Z4, Z8, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
 
+ghfold:
 	// lo ^= mid << 64, hi ^= mid >> 64, in each lane; then the lanes summed.
 	VPSRLDQ       $8, Z12, Z13
 	VPSLLDQ       $8, Z12, Z12
@@ -266,23 +326,71 @@ ghbody:
 	VPXORQ        Y13, Y11, Y11
 	VEXTRACTI32X4 $1, Y11, X13
 	VPXORQ        X13, X11, X11
-
-	// Reduce (lo X10, hi X11) to X0.
-	VPCLMULQDQ $0x00, X29, X10, X12
-	VPSHUFD    $0x4e, X10, X10
-	VPXORQ     X12, X10, X10
-	VPCLMULQDQ $0x00, X29, X10, X12
-	VPSHUFD    $0x4e, X10, X10
-	VPTERNLOGD $0x96, X12, X10, X11
-	VMOVDQA64  X11, X0
+	REDUCE
 
 	ADDQ $256, SI
 	SUBQ R10, CX
 	JNZ  ghloop
 
-	VPSHUFB X31, X0, X0
+ghsegdone:
+	DECQ R13
+	JZ   ghlen
+	MOVQ ct_base+56(FP), SI
+	MOVQ ct_len+64(FP), CX
+	JMP  ghseg
+
+ghlen:
+	// The length block, times H^1 (the table's entry 15).
+	MOVQ       aad_len+40(FP), AX
+	SHLQ       $3, AX
+	MOVQ       ct_len+64(FP), BX
+	SHLQ       $3, BX
+	VMOVQ      BX, X1
+	VPINSRQ    $1, AX, X1, X1
+	VPXORQ     X1, X0, X0
+	VMOVDQU64  240(DX), X5
+	VPCLMULQDQ $0x00, X5, X0, X10
+	VPCLMULQDQ $0x11, X5, X0, X11
+	VPCLMULQDQ $0x01, X5, X0, X12
+	VPCLMULQDQ $0x10, X5, X0, X13
+	VPXORQ     X13, X12, X12
+	VPSRLDQ    $8, X12, X13
+	VPSLLDQ    $8, X12, X12
+	VPXORQ     X12, X10, X10
+	VPXORQ     X13, X11, X11
+	REDUCE
+	VPSHUFB    X31, X0, X0
+
+	// XOR in E_K(j0).
+	MOVQ        rk+8(FP), BX
+	MOVQ        rounds+16(FP), R8
+	MOVQ        j0+24(FP), AX
+	VMOVDQU     (AX), X1
+	VPXOR       (BX), X1, X1
+	VAESENC     16(BX), X1, X1
+	VAESENC     32(BX), X1, X1
+	VAESENC     48(BX), X1, X1
+	VAESENC     64(BX), X1, X1
+	VAESENC     80(BX), X1, X1
+	VAESENC     96(BX), X1, X1
+	VAESENC     112(BX), X1, X1
+	VAESENC     128(BX), X1, X1
+	VAESENC     144(BX), X1, X1
+	CMPQ        R8, $10
+	JEQ         ghlast10
+	VAESENC     160(BX), X1, X1
+	VAESENC     176(BX), X1, X1
+	VAESENC     192(BX), X1, X1
+	VAESENC     208(BX), X1, X1
+	VAESENCLAST 224(BX), X1, X1
+	JMP         ghout
+
+ghlast10:
+	VAESENCLAST 160(BX), X1, X1
+
+ghout:
+	VPXORQ  X1, X0, X0
+	MOVQ    tag+80(FP), DI
 	VMOVDQU X0, (DI)
 	VZEROUPPER
-
-ghnone:
 	RET
