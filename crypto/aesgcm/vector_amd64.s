@@ -1,22 +1,17 @@
 // AES-GCM's counter mode and GHASH on AVX-512 with VAES and VPCLMULQDQ,
-// 16 blocks (four zmm registers) per step; the last step of a buffer uses
-// byte-masked loads and stores, so there is no scalar tail. See
+// 16 blocks (four zmm registers) per step; the bytes after the last whole
+// step are done with byte-masked loads and stores, not a scalar loop. See
 // vector_amd64.go for the Go side and keys.go for the key formats.
 
 #include "textflag.h"
 
-// bswap reverses the 16 bytes of each 128-bit lane (VPSHUFB).
+// bswap reverses the 16 bytes of a 128-bit lane (VPSHUFB); loaded into
+// every lane.
 DATA bswap<>+0x00(SB)/8, $0x08090a0b0c0d0e0f
 DATA bswap<>+0x08(SB)/8, $0x0001020304050607
-DATA bswap<>+0x10(SB)/8, $0x08090a0b0c0d0e0f
-DATA bswap<>+0x18(SB)/8, $0x0001020304050607
-DATA bswap<>+0x20(SB)/8, $0x08090a0b0c0d0e0f
-DATA bswap<>+0x28(SB)/8, $0x0001020304050607
-DATA bswap<>+0x30(SB)/8, $0x08090a0b0c0d0e0f
-DATA bswap<>+0x38(SB)/8, $0x0001020304050607
-GLOBL bswap<>(SB), RODATA|NOPTR, $64
+GLOBL bswap<>(SB), RODATA|NOPTR, $16
 
-// poly folds 64 bits of a product into the next 128 (see reduce below).
+// poly folds 64 bits of a product into the next 128 (see gcmTag).
 DATA poly<>+0x00(SB)/8, $0xc200000000000000
 DATA poly<>+0x08(SB)/8, $0xc200000000000000
 GLOBL poly<>(SB), RODATA|NOPTR, $16
@@ -32,16 +27,10 @@ DATA laneoff<>+0x30(SB)/8, $3
 DATA laneoff<>+0x38(SB)/8, $0
 GLOBL laneoff<>(SB), RODATA|NOPTR, $64
 
-// four advances every lane's counter by four blocks.
+// four advances a lane's counter by four blocks; loaded into every lane.
 DATA four<>+0x00(SB)/8, $4
 DATA four<>+0x08(SB)/8, $0
-DATA four<>+0x10(SB)/8, $4
-DATA four<>+0x18(SB)/8, $0
-DATA four<>+0x20(SB)/8, $4
-DATA four<>+0x28(SB)/8, $0
-DATA four<>+0x30(SB)/8, $4
-DATA four<>+0x38(SB)/8, $0
-GLOBL four<>(SB), RODATA|NOPTR, $64
+GLOBL four<>(SB), RODATA|NOPTR, $16
 
 // STEPMASKS sets K1..K4 to the bytes of the next step of a buffer with CX
 // bytes left (CX > 0): all of 256 bytes, or the first CX < 256 of them.
@@ -105,11 +94,11 @@ TEXT ·ctrXOR(SB), NOSPLIT, $0-72
 	TESTQ CX, CX
 	JZ    ctrnone
 
-	VMOVDQU64       bswap<>(SB), Z31
+	VBROADCASTI32X4 bswap<>(SB), Z31
 	VBROADCASTI32X4 (BX), Z15
 	VPSHUFB         Z31, Z15, Z15
 	VPADDD          laneoff<>(SB), Z15, Z15
-	VMOVDQU64       four<>(SB), Z14
+	VBROADCASTI32X4 four<>(SB), Z14
 	VBROADCASTI32X4 0(DX), Z16
 	VBROADCASTI32X4 16(DX), Z17
 	VBROADCASTI32X4 32(DX), Z18
@@ -251,6 +240,15 @@ ctrnone:
 	VPTERNLOGD $0x96, X12, X10, X11 \
 	VMOVDQA64  X11, X0
 
+// GROUP(off, k, d, h) adds the products of the blocks at off(SI) (masked
+// by k, byte-reversed into d) and the powers at off(R9) (into h) to the
+// step's sums Z10, Z11 and Z12.
+#define GROUP(off, k, d, h) \
+	VMOVDQU8.Z off(SI), k, d \
+	VPSHUFB    Z31, d, d \
+	VMOVDQU64  off(R9), h \
+	MUL4(d, h, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+
 // func gcmTag(tab *[32 * 16]byte, rk *[15 * 16]byte, rounds int, j0 *[16]byte, aad, ct []byte, tag *[16]byte)
 //
 // GHASH of aad and ct (each zero-padded to whole blocks) and the length
@@ -270,7 +268,7 @@ TEXT ·gcmTag(SB), NOSPLIT, $0-88
 	MOVQ aad_len+40(FP), CX
 	MOVQ $2, R13
 
-	VMOVDQU64 bswap<>(SB), Z31
+	VBROADCASTI32X4 bswap<>(SB), Z31
 	VMOVDQU64 poly<>(SB), X29
 	VPXORQ    X0, X0, X0
 	MOVQ      $-1, R11
@@ -295,22 +293,13 @@ ghbody:
 	VPXORQ     Z13, Z12, Z12
 	CMPQ       R10, $64
 	JBE        ghfold
-	VMOVDQU8.Z 64(SI), K2, Z2
-	VPSHUFB    Z31, Z2, Z2
-	VMOVDQU64  64(R9), Z6
-	MUL4(Z2, Z6, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+	GROUP(64, K2, Z2, Z6)
 	CMPQ       R10, $128
 	JBE        ghfold
-	VMOVDQU8.Z 128(SI), K3, Z3
-	VPSHUFB    Z31, Z3, Z3
-	VMOVDQU64  128(R9), Z7
-	MUL4(Z3, Z7, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+	GROUP(128, K3, Z3, Z7)
 	CMPQ       R10, $192
 	JBE        ghfold
-	VMOVDQU8.Z 192(SI), K4, Z4
-	VPSHUFB    Z31, Z4, Z4
-	VMOVDQU64  192(R9), Z8
-	MUL4(Z4, Z8, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
+	GROUP(192, K4, Z4, Z8)
 
 ghfold:
 	// lo ^= mid << 64, hi ^= mid >> 64, in each lane; then the lanes summed.
