@@ -1,13 +1,14 @@
 package esp
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
+
+	"github.com/vxmesh/vxmesh/crypto/aesgcm"
 )
 
 var be = binary.BigEndian
@@ -81,11 +82,7 @@ func (sa SA) params(checkSPI bool) (cipher.AEAD, Cipher, error) {
 	if len(sa.Key) != c.KeyLen() {
 		return nil, 0, fmt.Errorf("esp: %v needs a %d-byte key, have %d bytes", c, c.KeyLen(), len(sa.Key))
 	}
-	block, err := aes.NewCipher(sa.Key)
-	if err != nil {
-		return nil, 0, err
-	}
-	aead, err := cipher.NewGCM(block) // 12-byte nonce, 16-byte tag
+	aead, err := aesgcm.New(sa.Key) // 12-byte nonce, 16-byte tag
 	if err != nil {
 		return nil, 0, err
 	}
