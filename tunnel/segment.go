@@ -300,8 +300,25 @@ func (n *Segment) learn(src packet.MAC, p *peer, now int64) bool {
 	return true
 }
 
-// sweep removes learned entries older than the aging time.
-func (n *Segment) sweep(now int64) { n.learned.Sweep(now) }
+// sweep removes learned entries older than the aging time, and stops
+// flooding to heard members (see learn) behind which nothing is learned
+// any more: a member whose new endpoint's record never came (the endpoint
+// left first) would otherwise get the network's floods until the peers
+// next change.
+func (n *Segment) sweep(now int64) {
+	n.learned.Sweep(now)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.heard) == 0 {
+		return
+	}
+	behind := make(map[netip.Addr]bool, len(n.heard))
+	n.learned.Range(func(e *aging.Entry[*peer]) { behind[e.Value.addr] = true })
+	if kept := slices.DeleteFunc(slices.Clone(n.heard), func(a netip.Addr) bool { return !behind[a] }); len(kept) != len(n.heard) {
+		n.heard = kept
+		n.publish()
+	}
+}
 
 // txScratch is one Write call's working state, reused through VTEP.txs.
 type txScratch struct {

@@ -411,3 +411,38 @@ func TestFlowHash(t *testing.T) {
 		flowHash(b)
 	}
 }
+
+// TestHeardMemberAgesOut: a member that was heard (a MAC learned behind
+// it before it became a peer) gets the network's floods while the MAC is
+// learned, and no more once it has aged out, without waiting for the peers
+// to change.
+func TestHeardMemberAgesOut(t *testing.T) {
+	mn := NewMemNetwork()
+	clk := newFakeClock()
+	a := newNode(t, mn, vtepA, clk, vtepC)
+	b := newRaw(t, mn, vtepB)
+	c := newRaw(t, mn, vtepC)
+	if err := a.n.SetMembers([]netip.Addr{vtepB, vtepC}); err != nil {
+		t.Fatal(err)
+	}
+	b.send(t, vtepA, 0, vxlanDatagram(testVNI, udpFrame(macA, macB, 5, 6, 10)))
+	if err := a.v.receiveOnce(); err != nil {
+		t.Fatal(err)
+	}
+	bcast := withHeadroom(udpFrame(packet.Broadcast, macA, 6, 5, 10))
+	a.n.Write(bcast, packet.Headroom)
+	c.recv(t, 1)
+	b.recv(t, 1)
+	// macB ages out; the next datagram's batch sweeps (here one from
+	// the peer C).
+	clk.Advance(301 * time.Second)
+	c.send(t, vtepA, 0, vxlanDatagram(testVNI, udpFrame(macA, macX, 5, 6, 10)))
+	if err := a.v.receiveOnce(); err != nil {
+		t.Fatal(err)
+	}
+	a.n.Write(bcast, packet.Headroom)
+	c.recv(t, 1)
+	if n := b.pending(); n != 0 {
+		t.Fatalf("the member behind which nothing is learned any more got %d flooded frames", n)
+	}
+}
