@@ -158,12 +158,11 @@ func (c *Cluster) caughtUp(news bool) {
 func (c *Cluster) answerCatchUp(m *message) {
 	c.mu.Lock()
 	c.advanceClockLocked(m.Clock)
-	mi := c.members[m.From]
-	if m.From == c.cfg.NodeName || mi == nil || mi.state != StateAlive {
+	to := c.aliveOtherLocked(m.From)
+	if to == nil {
 		c.mu.Unlock()
 		return
 	}
-	to := &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
 	if m.ID == c.digestLocked() {
 		msg := (&message{Type: msgCatchUp, From: c.cfg.NodeName, Clock: c.clock, Held: true}).encode()
 		c.mu.Unlock()
@@ -178,13 +177,10 @@ func (c *Cluster) answerCatchUp(m *message) {
 		})
 		return
 	}
-	if c.catchUpAnswers >= maxCatchUpAnswers {
-		c.drops["catchup-busy"]++
+	if !c.takeAnswerLocked("catchup-answered") {
 		c.mu.Unlock()
 		return
 	}
-	c.catchUpAnswers++
-	c.drops["catchup-answered"]++
 	st := c.stateLocked()
 	st.ID, st.Held = c.digestLocked(), true
 	c.mu.Unlock()
@@ -200,22 +196,37 @@ func (c *Cluster) answerCatchUp(m *message) {
 // catch-up stayed behind until periodic push/pull.
 func (c *Cluster) returnState(m *message) {
 	c.mu.Lock()
-	mi := c.members[m.From]
-	if m.From == c.cfg.NodeName || mi == nil || mi.state != StateAlive || c.digestLocked() == m.ID {
+	to := c.aliveOtherLocked(m.From)
+	if to == nil || c.digestLocked() == m.ID || !c.takeAnswerLocked("catchup-returned") {
 		c.mu.Unlock()
 		return
 	}
-	if c.catchUpAnswers >= maxCatchUpAnswers {
-		c.drops["catchup-busy"]++
-		c.mu.Unlock()
-		return
-	}
-	c.catchUpAnswers++
-	c.drops["catchup-returned"]++
-	to := &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
 	b := c.stateLocked().encode()
 	c.mu.Unlock()
 	c.sendState(to, b, "return catch-up state")
+}
+
+// aliveOtherLocked returns the alive member name as a memberlist node,
+// or nil when it is this node, unknown or not alive. c.mu must be held.
+func (c *Cluster) aliveOtherLocked(name string) *memberlist.Node {
+	mi := c.members[name]
+	if name == c.cfg.NodeName || mi == nil || mi.state != StateAlive {
+		return nil
+	}
+	return &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
+}
+
+// takeAnswerLocked takes one of the maxCatchUpAnswers state sends in
+// flight, counting it as what (or the refusal as "catchup-busy"); the
+// send's sendState gives it back. c.mu must be held.
+func (c *Cluster) takeAnswerLocked(what string) bool {
+	if c.catchUpAnswers >= maxCatchUpAnswers {
+		c.drops["catchup-busy"]++
+		return false
+	}
+	c.catchUpAnswers++
+	c.drops[what]++
+	return true
 }
 
 // sendState sends a table state to a member over a stream, off the

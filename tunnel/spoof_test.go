@@ -13,11 +13,7 @@ import (
 // VTEP's frames may move it, a member's may not; datagrams from this
 // node's own address are dropped ("own-address").
 func TestSpoofedSourceAndLearning(t *testing.T) {
-	mn := NewMemNetwork()
-	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
-	v := New(Config{Underlay: u, LocalAddr: vtepA})
-	t.Cleanup(func() { v.Close() })
-	n, _ := v.AddSegment(testVNI, 0)
+	v, n := newVTEPA(t)
 	if err := n.SetPeers([]netip.Addr{vtepA, vtepB, vtepC, vtepE}); err != nil {
 		t.Fatal(err)
 	}
@@ -33,13 +29,7 @@ func TestSpoofedSourceAndLearning(t *testing.T) {
 			got = append(got, packet.Ethernet(b[offset:]).Src())
 		}
 	})
-	send := func(from netip.Addr, src packet.MAC) {
-		msgs := v.rx.msgs[:1]
-		msgs[0].N = copy(msgs[0].Buf, vxlanDatagram(testVNI, udpFrame(macA, src, 1, 2, 10)))
-		msgs[0].GSOSize = 0
-		msgs[0].Addr = netip.AddrPortFrom(from, MemTxPortBase)
-		v.receive(&v.rx, msgs, false)
-	}
+	send := func(from netip.Addr, src packet.MAC) { receiveFrom(v, from, udpFrame(macA, src, 1, 2, 10)) }
 	for _, tc := range []struct {
 		what      string
 		from      netip.Addr
@@ -87,11 +77,7 @@ func TestSpoofedSourceAndLearning(t *testing.T) {
 // "spoofed-src" and its source is not learned, and a MAC learned before it
 // became local is forgotten.
 func TestLocalMACFromAVTEP(t *testing.T) {
-	mn := NewMemNetwork()
-	u, _ := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
-	v := New(Config{Underlay: u, LocalAddr: vtepA})
-	t.Cleanup(func() { v.Close() })
-	n, _ := v.AddSegment(testVNI, 0)
+	v, n := newVTEPA(t)
 	if err := n.SetPeers([]netip.Addr{vtepE}); err != nil {
 		t.Fatal(err)
 	}
@@ -103,13 +89,7 @@ func TestLocalMACFromAVTEP(t *testing.T) {
 	}
 	delivered := 0
 	n.SetInput(func(bufs [][]byte, sizes []int, offset int) { delivered += len(bufs) })
-	send := func(from netip.Addr, src packet.MAC) {
-		msgs := v.rx.msgs[:1]
-		msgs[0].N = copy(msgs[0].Buf, vxlanDatagram(testVNI, udpFrame(macB, src, 1, 2, 10)))
-		msgs[0].GSOSize = 0
-		msgs[0].Addr = netip.AddrPortFrom(from, MemTxPortBase)
-		v.receive(&v.rx, msgs, false)
-	}
+	send := func(from netip.Addr, src packet.MAC) { receiveFrom(v, from, udpFrame(macB, src, 1, 2, 10)) }
 	send(vtepC, macA) // learned behind member C: macA is nobody's yet
 	if fdb := n.FDB(); len(fdb) != 1 || fdb[0].MAC != macA || fdb[0].VTEP != vtepC {
 		t.Fatalf("fdb %+v, want macA learned behind C", fdb)
@@ -135,4 +115,31 @@ func TestLocalMACFromAVTEP(t *testing.T) {
 	if err := n.SetLocals([]packet.MAC{packet.Broadcast}); err == nil {
 		t.Error("SetLocals took the broadcast address")
 	}
+}
+
+// newVTEPA returns a VTEP at vtepA on a fresh MemNetwork, with the segment
+// testVNI; it is closed when the test ends.
+func newVTEPA(t *testing.T) (*VTEP, *Segment) {
+	t.Helper()
+	u, err := NewMemNetwork().Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := New(Config{Underlay: u, LocalAddr: vtepA})
+	t.Cleanup(func() { v.Close() })
+	n, err := v.AddSegment(testVNI, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, n
+}
+
+// receiveFrom runs v's receive path on one datagram carrying frame in
+// testVNI from the VTEP at from, as the receive loop would.
+func receiveFrom(v *VTEP, from netip.Addr, frame []byte) {
+	msgs := v.rx.msgs[:1]
+	msgs[0].N = copy(msgs[0].Buf, vxlanDatagram(testVNI, frame))
+	msgs[0].GSOSize = 0
+	msgs[0].Addr = netip.AddrPortFrom(from, MemTxPortBase)
+	v.receive(&v.rx, msgs, false)
 }
