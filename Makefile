@@ -130,7 +130,7 @@ fuzz:
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	# arm64 hosts build without the amd64 assembly (crypto/aesgcm, packet): vet that build too
+	# arm64 hosts build without the amd64 assembly (crypto/aesgcm): vet that build too
 	GOARCH=arm64 $(GO) vet ./...
 
 demo: build
