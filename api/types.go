@@ -375,6 +375,9 @@ type Stats struct {
 	// helper goroutine sealed beside the writing one (encrypted networks
 	// seal on more than one core).
 	ESPHelperSealed uint64 `json:"esp_helper_sealed,omitempty"`
+	// ESPAESGCM names the AES-GCM code that seals and opens ESP on this
+	// host: "vaes-avx512" (vxmesh's vector code) or "crypto/cipher" (Go's).
+	ESPAESGCM string `json:"esp_aes_gcm,omitempty"`
 	// RefusedRecords counts records of the replicated tables this node
 	// refused, once per record version: by table ("networks",
 	// "endpoints") for invalid ones, "endpoint-conflict" for endpoints

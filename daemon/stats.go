@@ -4,6 +4,7 @@ import (
 	"runtime"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/crypto/aesgcm"
 	"github.com/vxmesh/vxmesh/dataplane"
 	"github.com/vxmesh/vxmesh/internal/fdlimit"
 	"github.com/vxmesh/vxmesh/packet"
@@ -69,6 +70,7 @@ func (d *Daemon) Stats() api.Stats {
 	}
 	out.KernelTunnel = d.kernelTunnelStats(ts)
 	out.ESPHelperSealed = ts.HelperSealed
+	out.ESPAESGCM = aesgcm.Implementation()
 	for _, n := range nets {
 		for _, st := range lbs.Networks[n.rec.Name].Services {
 			out.Services = append(out.Services, serviceStatsView(n.rec.Name, st))

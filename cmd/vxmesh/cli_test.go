@@ -202,7 +202,7 @@ func fakeDaemon(t *testing.T) string {
 		"/v1/stats": api.Stats{Node: "h1", Networks: []api.NetworkStats{{Network: "web", Ports: []api.PortStats{{Name: "c1", RxPackets: 1, Drops: map[string]uint64{"spoofed-src": 2}}}}},
 			DNS: api.DNSStats{UpstreamLatency: api.LatencyStats{}}, OpenFDs: 37, FDLimit: 1000, Goroutines: 42,
 			GossipDrops:  map[string]uint64{"entry-resent": 3},
-			KernelTunnel: &api.KernelTunnelStats{Mode: "auto", Reason: `nftables chain "inet f fw" on the forward hook can filter forwarded packets`, TxSupers: 5, SuperFallbacks: 1, RxSupers: 4}, ESPHelperSealed: 11,
+			KernelTunnel: &api.KernelTunnelStats{Mode: "auto", Reason: `nftables chain "inet f fw" on the forward hook can filter forwarded packets`, TxSupers: 5, SuperFallbacks: 1, RxSupers: 4}, ESPHelperSealed: 11, ESPAESGCM: "vaes-avx512",
 			Services:  []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}},
 			Conntrack: api.ConntrackStats{Max: 262144, Entries: 2}},
 		"/v1/services": []api.Service{
@@ -270,7 +270,7 @@ func TestStatsShowsOpenFilesAgainstLimit(t *testing.T) {
 	if !strings.Contains(out, "Kernel tunnel segmentation: 5 super-packets sent, 1 refused (split here), 4 received whole\n") {
 		t.Fatalf("vxmesh stats does not show the kernel tunnel segmentation counters:\n%s", out)
 	}
-	if !strings.Contains(out, "ESP: 11 datagrams sealed by helper goroutines\n") {
+	if !strings.Contains(out, "ESP: AES-GCM by vaes-avx512; 11 datagrams sealed by helper goroutines\n") {
 		t.Fatalf("vxmesh stats does not show the ESP datagrams sealed on helper goroutines:\n%s", out)
 	}
 }

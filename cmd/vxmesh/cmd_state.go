@@ -69,8 +69,8 @@ func printStats(w io.Writer, s api.Stats) error {
 		}
 		fmt.Fprintf(w, "Kernel tunnel segmentation: %d super-packets sent, %d refused (split here), %d received whole\n", k.TxSupers, k.SuperFallbacks, k.RxSupers)
 	}
-	if s.ESPHelperSealed > 0 {
-		fmt.Fprintf(w, "ESP: %d datagrams sealed by helper goroutines\n", s.ESPHelperSealed)
+	if s.ESPAESGCM != "" || s.ESPHelperSealed > 0 {
+		fmt.Fprintf(w, "ESP: AES-GCM by %s; %d datagrams sealed by helper goroutines\n", dash(s.ESPAESGCM), s.ESPHelperSealed)
 	}
 	if len(s.GossipDrops) > 0 {
 		fmt.Fprintf(w, "Gossip: %s\n", formatDrops(s.GossipDrops))

@@ -34,11 +34,15 @@ func mustAEAD(t testing.TB, key []byte, vector bool) cipher.AEAD {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, isVector := a.(*gcmVector); isVector != vector {
+	if isVector(a) != vector {
 		t.Fatalf("newAEAD(vector=%v) returned %T", vector, a)
 	}
 	return a
 }
+
+// isVector reports whether a is this package's vector code (its type is
+// amd64's only, so the tests name it by its name).
+func isVector(a cipher.AEAD) bool { return fmt.Sprintf("%T", a) == "*aesgcm.gcmVector" }
 
 func stdGCM(t testing.TB, key []byte) cipher.AEAD {
 	t.Helper()
@@ -293,7 +297,7 @@ func TestMisuse(t *testing.T) {
 	}
 	if a, err := New(make([]byte, 24)); err != nil {
 		t.Error(err)
-	} else if _, vec := a.(*gcmVector); vec {
+	} else if isVector(a) {
 		t.Error("a 24-byte key got the vector code, which has no 12-round path")
 	}
 }
@@ -388,5 +392,17 @@ func benchmarkAEAD(b *testing.B, open bool) {
 				}
 			})
 		}
+	}
+}
+
+// Implementation names the code New returns on this machine.
+func TestImplementation(t *testing.T) {
+	a, err := New(make([]byte, 16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vector := isVector(a)
+	if got, want := Implementation(), map[bool]string{true: "vaes-avx512", false: "crypto/cipher"}[vector]; got != want {
+		t.Fatalf("Implementation() = %q, but New returned %T", got, a)
 	}
 }
