@@ -54,8 +54,11 @@ func cmdRun(env *cliEnv, args []string) error {
 		if !ok || target == "" {
 			return usagef("--net %q: want container:NAME", *netMode)
 		}
-		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 || len(publish) > 0 {
-			return usagef("--net container:%s shares that container's interfaces; --network, --ip, --alias, --service and -p do not apply", target)
+		// No container is made: --name and --rm would name or remove
+		// nothing of this command's own, so they are refused rather than
+		// ignored (the command's output names the target).
+		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 || len(publish) > 0 || *name != "" || *remove {
+			return usagef("--net container:%s runs the command in that container, making no new one; --name, --rm, --network, --ip, --alias, --service and -p do not apply", target)
 		}
 		ctr, err := c.ContainerNamespace(target)
 		if err != nil {
