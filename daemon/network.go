@@ -13,6 +13,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
@@ -26,7 +27,7 @@ const (
 	// vxlanOverhead: the inner UDP header the ESP payload starts with and
 	// the most ESP adds (header, padding, trailer, ICV).
 	espOverhead    = 8 + esp.MaxOverhead
-	minMTU         = 68
+	minMTU         = gateway.MinMTU // the gateway's: a smaller one would fail on every host after the create
 	maxNetworkMTU  = packet.MaxFrame - 18
 	maxNameLength  = 64
 	networkIDBytes = 16
