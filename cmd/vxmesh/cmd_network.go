@@ -184,14 +184,7 @@ func networkRm(env *cliEnv, args []string) error {
 	if len(pos) == 0 {
 		return usagef("want one or more network names")
 	}
-	c := fs.client()
-	for _, name := range pos {
-		if err := c.RemoveNetwork(name); err != nil {
-			return err
-		}
-		fmt.Fprintln(env.stdout, name)
-	}
-	return nil
+	return removeEach(env, pos, fs.client().RemoveNetwork)
 }
 
 // shortID is the first 12 characters of an ID, as tables show it.
