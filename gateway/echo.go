@@ -68,10 +68,10 @@ func (g *Gateway) echoOut(frame []byte) bool {
 		// A refused echo fails at once, as refused TCP and UDP flows do:
 		// the gateway, the container's router, answers "communication
 		// administratively prohibited" quoting it. Not for a forged
-		// source, a broadcast, multicast or reserved destination (no
-		// ICMP error about those, RFC 1122 3.2.2), nor when the flow
-		// table is full.
-		if why != RefuseSource && why != RefuseAddress && why != RefuseLimit {
+		// source, nor for a packet to a broadcast, multicast or reserved
+		// address (no ICMP error about those, RFC 1122 3.2.2), nor when
+		// the flow table is full.
+		if why != RefuseSource && why != RefuseLimit && r.dst.IsGlobalUnicast() {
 			ip := packet.IPv4(packet.Ethernet(frame).Payload())
 			g.sendUnreachable(g.Addr(), f, codeAdminProhibited, 0, ip[:ip.TotalLen()])
 		}

@@ -182,6 +182,8 @@ func prohibitedFrom(frame []byte, src, dst netip.Addr, id, seq uint16) bool {
 func TestPingRefusedFailsAtOnce(t *testing.T) {
 	h := newHarness(t, true, EgressConfig{})
 	rec, ref, mac, ip := h.pinger(t)
+	// No error about an echo to the limited broadcast address.
+	sendFrame(ref, echoFrame(mac, ip, netip.MustParseAddr("255.255.255.255"), 11, 0))
 	sendFrame(ref, echoFrame(mac, ip, outside, 11, 1))
 	poll(t, "the gateway's administratively prohibited", func() bool {
 		for _, f := range rec.Frames() {
@@ -191,7 +193,12 @@ func TestPingRefusedFailsAtOnce(t *testing.T) {
 		}
 		return false
 	})
-	if got := h.eg.Stats().Refused[RefuseInternal]; got != 1 {
-		t.Errorf("refused[internal] = %d, want 1", got)
+	if got := h.eg.Stats().Refused[RefuseInternal]; got != 2 {
+		t.Errorf("refused[internal] = %d, want 2", got)
+	}
+	for _, f := range rec.Frames() {
+		if prohibitedFrom(f, gwAddr.Addr(), netip.MustParseAddr("255.255.255.255"), 11, 0) {
+			t.Errorf("an ICMP error about an echo to 255.255.255.255: % x", f)
+		}
 	}
 }
