@@ -12,7 +12,7 @@ import (
 func networkCreate(env *cliEnv, args []string) error {
 	fs := newFlags(env, "network create", true)
 	var req api.NetworkCreateRequest
-	fs.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet in CIDR form (default: a free /24 of 10.0.0.0/8)")
+	fs.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet in CIDR form, without the hosts' underlay addresses (default: a free /24 of 10.0.0.0/8 outside the underlay's LAN)")
 	fs.StringVar(&req.Gateway, "gateway", "", "gateway address (default: the subnet's first address)")
 	fs.IntVar(&req.MTU, "mtu", 0, "network MTU (default: underlay MTU - 50; encrypted: - 95)")
 	vni := fs.Uint("vni", 0, "VXLAN network identifier (default: the lowest free from 4096)")
