@@ -42,6 +42,7 @@ func TestAPIStatusCodes(t *testing.T) {
 		{"POST", "/v1/networks", `{"name":"bad name"}`, 400, `network "bad name": invalid name`},
 		{"POST", "/v1/networks", `{"name":"x","subnet":"banana"}`, 400, `not an IPv4 CIDR`},
 		{"POST", "/v1/networks", `{"name":"x","mtu":50}`, 400, `out of range`},
+		{"POST", "/v1/networks", `{"name":"x","subnet":"10.8.0.0/24","mtu":100}`, 400, `network "x": mtu 100: out of range 576-`},
 		{"POST", "/v1/networks", `{"name":"web","subnet":"10.9.0.0/24"}`, 200, ``},
 		{"POST", "/v1/networks", `{"name":"web"}`, 409, `network "web": already exists`},
 		{"POST", "/v1/networks", `{"name":"x","subnet":"10.9.0.0/25"}`, 409, `overlaps network "web"`},

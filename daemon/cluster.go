@@ -397,7 +397,7 @@ func (d *Daemon) startCluster(key []byte) error {
 		NodeName: d.cfg.Node, BindAddr: d.cfg.Advertise, AdvertiseAddr: d.cfg.Advertise,
 		GossipPort: d.cfg.GossipPort, Key: key, NodeGrace: d.cfg.NodeGrace,
 		Meta:   cluster.NodeMeta{DataAddr: netip.AddrPortFrom(d.cfg.Advertise, d.cfg.DataPort)},
-		Logger: d.log.With("component", "cluster"),
+		Logger: d.log, // the cluster tags its lines component=cluster itself
 	}
 	if d.cfg.tuneCluster != nil {
 		d.cfg.tuneCluster(&cfg)

@@ -190,6 +190,11 @@ type Daemon struct {
 	// ktnlCheck replaces kernelTunnelAllowed (tests); nil: that.
 	ktnlCheck func(KernelTunnelMode) (bool, string)
 
+	// underlayLAN is the prefix of the advertise address on its
+	// interface, which automatically picked subnets avoid (invalid when
+	// unknown).
+	underlayLAN netip.Prefix
+
 	cl *cluster.Cluster
 	dp *dataplane.Dataplane
 	// lbBackends are the backend addresses of every network's services in
@@ -383,8 +388,10 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	_, underlayLAN, _ := underlayIfc(cfg.Advertise)
 	d := &Daemon{
 		cfg:         cfg,
+		underlayLAN: underlayLAN,
 		log:         cfg.Logger,
 		sb:          cfg.Sandbox,
 		lock:        lock,
@@ -750,6 +757,16 @@ func detectAdvertise() netip.Addr {
 // underlayMTU returns the MTU of the interface that holds addr, or 1500
 // when no interface does (or it is loopback's).
 func underlayMTU(addr netip.Addr) int {
+	if mtu, _, ok := underlayIfc(addr); ok && mtu >= 576 {
+		return mtu
+	}
+	return 1500
+}
+
+// underlayIfc returns the MTU of the interface that holds addr and the
+// prefix addr has there (the underlay's LAN); ok is false when no
+// interface but loopback holds it.
+func underlayIfc(addr netip.Addr) (mtu int, lan netip.Prefix, ok bool) {
 	ifcs, _ := net.Interfaces()
 	for _, ifc := range ifcs {
 		if ifc.Flags&net.FlagLoopback != 0 {
@@ -757,10 +774,10 @@ func underlayMTU(addr netip.Addr) int {
 		}
 		addrs, _ := ifc.Addrs()
 		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == addr && ifc.MTU >= 576 {
-				return ifc.MTU
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == addr {
+				return ifc.MTU, p.Masked(), true
 			}
 		}
 	}
-	return 1500
+	return 0, netip.Prefix{}, false
 }

@@ -65,7 +65,11 @@ func (d *Daemon) setupMountTemplate() {
 		if err != nil || !shared {
 			// One left by a daemon started with always goes.
 			sb.RemoveMountTemplate(dir)
-			d.log.Info("containers start from a copy of the host's mount namespace: its root mount is not shared, so a template would not see later mounts (--mount-template always uses one anyway)", "err", err)
+			if err != nil {
+				d.log.Warn("containers start from a copy of the host's mount namespace: cannot tell whether its root mount is shared", "err", err)
+			} else {
+				d.log.Info("containers start from a copy of the host's mount namespace: its root mount is not shared, so a template would not see later mounts (--mount-template always uses one anyway)")
+			}
 			return
 		}
 	}

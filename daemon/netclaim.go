@@ -191,7 +191,7 @@ func (d *Daemon) repickNetwork(rec *netRecord, claim netClaim, lost *cluster.Cla
 		return claim, conflict("network %q: created concurrently on node %s", rec.Name, lost.Node)
 	}
 	if subnetLost {
-		p, err := pickSubnet(append(used, avoid.subnets...))
+		p, err := pickSubnet(append(append(used, avoid.subnets...), d.underlaySubnets(d.vtepRules())...))
 		if err != nil {
 			return claim, fmt.Errorf("network %q: %w", rec.Name, err)
 		}

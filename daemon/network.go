@@ -13,6 +13,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/crypto/esp"
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/vswitch"
 )
@@ -26,7 +27,7 @@ const (
 	// vxlanOverhead: the inner UDP header the ESP payload starts with and
 	// the most ESP adds (header, padding, trailer, ICV).
 	espOverhead    = 8 + esp.MaxOverhead
-	minMTU         = 68
+	minMTU         = gateway.MinMTU // the gateway's: a smaller one would fail on every host after the create
 	maxNetworkMTU  = packet.MaxFrame - 18
 	maxNameLength  = 64
 	networkIDBytes = 16
@@ -418,6 +419,24 @@ func (d *Daemon) usedSubnets() []netip.Prefix {
 	return used
 }
 
+// underlaySubnets is what an automatically picked subnet must not
+// overlap besides the other networks: the underlay's LAN and every
+// node's underlay address. An overlay subnet holding them would take
+// those addresses from the containers' egress (they would be overlay
+// destinations) and from the client addresses published ports preserve.
+func (d *Daemon) underlaySubnets(rules *vtepRules) []netip.Prefix {
+	var out []netip.Prefix
+	if d.underlayLAN.IsValid() {
+		out = append(out, d.underlayLAN)
+	}
+	for a := range rules.nodes {
+		if a.Is4() {
+			out = append(out, netip.PrefixFrom(a, 32))
+		}
+	}
+	return out
+}
+
 // maxStormLimit bounds a network's storm limit (flooded frames per second
 // and port); -1 means unlimited.
 const maxStormLimit = 10_000_000
@@ -446,8 +465,12 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 	id := make([]byte, networkIDBytes)
 	rand.Read(id)
 	rec.ID = hex.EncodeToString(id)
+	rules := d.vtepRules()
 	if rec.Subnet == "" {
-		p, err := pickSubnet(d.usedSubnets())
+		p, err := pickSubnet(append(d.usedSubnets(), d.underlaySubnets(rules)...))
+		if err != nil && d.underlayLAN.IsValid() && overlaps(d.underlayLAN, defaultPool) {
+			return rec, conflict("network %q: %w outside the underlay's LAN %s: give --subnet", req.Name, err, d.underlayLAN)
+		}
 		if err != nil {
 			return rec, conflict("network %q: %w", req.Name, err)
 		}
@@ -481,7 +504,6 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 	}
 	rec.StormLimit = storm
 	rec.Internal = req.Internal
-	rules := d.vtepRules()
 	vteps, err := parseVTEPs(req.Name, req.VTEPs, rules)
 	if err != nil {
 		return rec, err
@@ -489,7 +511,10 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 	if len(vteps) > 0 {
 		rec.VTEPs = vteps
 	}
-	return rec, validateNetwork(&rec, rules)
+	if err := validateNetwork(&rec, rules); err != nil {
+		return rec, err
+	}
+	return rec, rules.checkUnderlay(req.Name, rec.Subnet)
 }
 
 // UpdateNetwork adds and removes a network's external VTEPs.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -95,6 +96,31 @@ func (r *vtepRules) checkVTEP(network string, v string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("network %q: vtep %s: is the address of node %q (vxmesh nodes are peers without --vtep)", network, a, name)
 	}
 	return a, nil
+}
+
+// checkUnderlay refuses a requested subnet that holds a node's underlay
+// address: containers could no longer reach that host (an overlay
+// destination for the gateway), and the network's gateway could be the
+// host's own address. Only new networks are checked; a record read from
+// the cluster is not refused for it.
+func (r *vtepRules) checkUnderlay(network, subnet string) error {
+	p, err := netip.ParsePrefix(subnet)
+	if err != nil || r == nil {
+		return nil // validateNetwork refused it already
+	}
+	// The lowest such address, so the message does not change from one
+	// try to the next.
+	for _, a := range slices.SortedFunc(maps.Keys(r.nodes), netip.Addr.Compare) {
+		name := r.nodes[a]
+		if !p.Contains(a) {
+			continue
+		}
+		if name == r.self {
+			return fmt.Errorf("network %q: subnet %s: holds this node's underlay address %s (pick a subnet outside the hosts' network)", network, p, a)
+		}
+		return fmt.Errorf("network %q: subnet %s: holds the underlay address %s of node %q (pick a subnet outside the hosts' network)", network, p, a, name)
+	}
+	return nil
 }
 
 // parseVTEPs validates external VTEP addresses (against rules, when not

@@ -52,8 +52,8 @@ func parseEcho(frame []byte) (echoRequest, bool) {
 // would answer it itself: an admitted one is sent from the host (a raw
 // ICMP socket: the daemon runs as root) and its reply, if one comes within
 // echoTimeout, is sent back to the container as from the destination;
-// a refused one is dropped (counted). It reports whether it took the
-// frame.
+// a refused one is answered with an ICMP destination unreachable
+// (counted). It reports whether it took the frame.
 func (g *Gateway) echoOut(frame []byte) bool {
 	r, ok := parseEcho(frame)
 	if !ok || r.dst == g.Addr() {
@@ -64,7 +64,17 @@ func (g *Gateway) echoOut(frame []byte) bool {
 		return true
 	}
 	f := Flow{Proto: packet.ProtoICMP, Src: netip.AddrPortFrom(r.src, 0), Dst: netip.AddrPortFrom(r.dst, 0)}
-	if e.admit(g, f) != "" {
+	if why := e.admit(g, f); why != "" {
+		// A refused echo fails at once, as refused TCP and UDP flows do:
+		// the gateway, the container's router, answers "communication
+		// administratively prohibited" quoting it. Not for a forged
+		// source, nor for a packet to a broadcast, multicast or reserved
+		// address (no ICMP error about those, RFC 1122 3.2.2), nor when
+		// the flow table is full.
+		if why != RefuseSource && why != RefuseLimit && r.dst.IsGlobalUnicast() {
+			ip := packet.IPv4(packet.Ethernet(frame).Payload())
+			g.sendUnreachable(g.Addr(), f, codeAdminProhibited, 0, ip[:ip.TotalLen()])
+		}
 		return true
 	}
 	fl := &flow{close: func() {}}

@@ -77,13 +77,18 @@ type Gateway struct {
 	closeOnce sync.Once
 }
 
+// MinMTU is the smallest network MTU a gateway takes: the IPv4 datagram
+// every host must accept (RFC 791), which the gateway's ICMP errors and
+// TCP segments are sized against.
+const MinMTU = 576
+
 // New builds a network's gateway. Its Device is to be attached to the
 // network's switch with AddGateway.
 func New(cfg Config) (*Gateway, error) {
 	if !cfg.Addr.Addr().Is4() || cfg.Addr.Bits() < 1 || cfg.Addr.Bits() > 30 {
 		return nil, fmt.Errorf("gateway %q: address %s is not an IPv4 address with a prefix", cfg.Name, cfg.Addr)
 	}
-	if cfg.MTU < 576 || cfg.MTU > 65535-packet.EthernetHeaderLen {
+	if cfg.MTU < MinMTU || cfg.MTU > 65535-packet.EthernetHeaderLen {
 		return nil, fmt.Errorf("gateway %q: MTU %d out of range", cfg.Name, cfg.MTU)
 	}
 	if cfg.MAC.IsZero() || cfg.MAC.IsMulticast() {

@@ -34,18 +34,24 @@ func echoFrame(mac packet.MAC, src, dst netip.Addr, id, seq uint16) []byte {
 	return f
 }
 
-// echoReplyFrom reports whether frame is an ICMP echo reply from src
-// with id and seq.
-func echoReplyFrom(frame []byte, src netip.Addr, id, seq uint16) bool {
+// icmpFrom returns the ICMP message of frame if it is an IPv4 ICMP packet
+// from src, else nil.
+func icmpFrom(frame []byte, src netip.Addr) []byte {
 	eth := packet.Ethernet(frame)
 	if len(frame) < packet.EthernetHeaderLen+28 || eth.EtherType() != packet.EtherTypeIPv4 {
-		return false
+		return nil
 	}
 	ip := packet.IPv4(eth.Payload())
 	if !ip.Valid() || ip.Protocol() != packet.ProtoICMP || ip.Src() != src {
-		return false
+		return nil
 	}
-	icmp := ip.Payload()
+	return ip.Payload()
+}
+
+// echoReplyFrom reports whether frame is an ICMP echo reply from src
+// with id and seq.
+func echoReplyFrom(frame []byte, src netip.Addr, id, seq uint16) bool {
+	icmp := icmpFrom(frame, src)
 	return len(icmp) >= 8 && icmp[0] == 0 && binary.BigEndian.Uint16(icmp[4:]) == id && binary.BigEndian.Uint16(icmp[6:]) == seq
 }
 
@@ -153,4 +159,46 @@ func FuzzParseEcho(f *testing.F) {
 			t.Fatalf("reply to %+v does not parse back", r)
 		}
 	})
+}
+
+// prohibitedFrom reports whether frame is an ICMP communication
+// administratively prohibited from src that quotes the echo request id,
+// seq to dst.
+func prohibitedFrom(frame []byte, src, dst netip.Addr, id, seq uint16) bool {
+	icmp := icmpFrom(frame, src)
+	if len(icmp) < 8+28 || icmp[0] != 3 || icmp[1] != codeAdminProhibited || packet.Fold(packet.Sum(icmp, 0)) != 0 {
+		return false
+	}
+	q := packet.IPv4(icmp[8:])
+	echo := q[q.HeaderLen():]
+	return q.Dst() == dst && echo[0] == 8 && binary.BigEndian.Uint16(echo[4:]) == id && binary.BigEndian.Uint16(echo[6:]) == seq
+}
+
+// TestPingRefusedFailsAtOnce: on an internal network an echo request to
+// an outside address is answered by the gateway with an ICMP
+// communication administratively prohibited quoting it, so ping reports
+// it at once (as refused TCP and UDP flows fail at once) instead of
+// waiting for replies that never come.
+func TestPingRefusedFailsAtOnce(t *testing.T) {
+	h := newHarness(t, true, EgressConfig{})
+	rec, ref, mac, ip := h.pinger(t)
+	// No error about an echo to the limited broadcast address.
+	sendFrame(ref, echoFrame(mac, ip, netip.MustParseAddr("255.255.255.255"), 11, 0))
+	sendFrame(ref, echoFrame(mac, ip, outside, 11, 1))
+	poll(t, "the gateway's administratively prohibited", func() bool {
+		for _, f := range rec.Frames() {
+			if prohibitedFrom(f, gwAddr.Addr(), outside, 11, 1) {
+				return true
+			}
+		}
+		return false
+	})
+	if got := h.eg.Stats().Refused[RefuseInternal]; got != 2 {
+		t.Errorf("refused[internal] = %d, want 2", got)
+	}
+	for _, f := range rec.Frames() {
+		if prohibitedFrom(f, gwAddr.Addr(), netip.MustParseAddr("255.255.255.255"), 11, 0) {
+			t.Errorf("an ICMP error about an echo to 255.255.255.255: % x", f)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,6 +116,9 @@ func TestUsageErrorsExit2OnOneLineWithFullCommand(t *testing.T) {
 		{[]string{"network", "ls", "--format", "{{.Name"}, "vxmesh network ls: --format \"{{.Name\": want table, json or a Go template"},
 		{[]string{"ps", "--format", "yaml"}, "vxmesh ps: --format \"yaml\": want table, json or a Go template"},
 		{[]string{"ps", "extra"}, "vxmesh ps: want no arguments"},
+		{[]string{"run", "--net", "container:c1", "--name", "side", "--", "true"}, "vxmesh run: --net container:c1 runs the command in that container, making no new one; --name, --rm,"},
+		{[]string{"run", "--net", "container:c1", "--rm", "--", "true"}, "vxmesh run: --net container:c1 runs the command in that container, making no new one; --name, --rm,"},
+		{[]string{"run", "--net", "container:c1", "--network", "web", "--", "true"}, "vxmesh run: --net container:c1 runs the command in that container, making no new one;"},
 		{[]string{"exec"}, "vxmesh exec: want a container name, then the command"},
 		{[]string{"rm"}, "vxmesh rm: want one or more container names"},
 		{[]string{"key", "export"}, "vxmesh key export: want --wireshark"},
@@ -410,5 +414,56 @@ func TestVersionString(t *testing.T) {
 		if got := versionString(tc.v, tc.info); got != tc.want {
 			t.Errorf("versionString(%q) = %q, want %q", tc.v, got, tc.want)
 		}
+	}
+}
+
+// TestRmGoesOnPastAFailure: rm, network rm and service rm of several
+// names remove every name they can, as docker rm does: an unknown name
+// first does not leave the others in place. The failures are reported on
+// one line and the exit status is 1.
+func TestRmGoesOnPastAFailure(t *testing.T) {
+	for _, tc := range []struct {
+		cmd  []string
+		path string
+		kind string
+	}{
+		{[]string{"rm"}, "/v1/containers/", "container"},
+		{[]string{"network", "rm"}, "/v1/networks/", "network"},
+		{[]string{"service", "rm"}, "/v1/services/", "service"},
+	} {
+		var mu sync.Mutex
+		var deleted []string
+		sock := filepath.Join(t.TempDir(), "api.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			name, ok := strings.CutPrefix(r.URL.Path, tc.path)
+			if r.Method != http.MethodDelete || !ok || strings.HasPrefix(name, "nope") {
+				w.WriteHeader(http.StatusNotFound)
+				json.NewEncoder(w).Encode(api.Error{Error: tc.kind + ` "` + name + `": not found`})
+				return
+			}
+			mu.Lock()
+			deleted = append(deleted, name)
+			mu.Unlock()
+		}))
+		srv.Listener = l
+		srv.Start()
+		args := append(append([]string{"--socket", sock}, tc.cmd...), "nope1", "a", "nope2", "b")
+		code, out, errs := cli(args...)
+		srv.Close()
+		want := "vxmesh " + strings.Join(tc.cmd, " ") + ": " + tc.kind + ` "nope1": not found; ` + tc.kind + ` "nope2": not found` + "\n"
+		if code != exitFailure || out != "a\nb\n" || errs != want || strings.Join(deleted, ",") != "a,b" {
+			t.Errorf("vxmesh %s: exit %d, stdout %q, stderr %q, deleted %q; want exit 1, a and b removed and printed, stderr %q",
+				strings.Join(args, " "), code, out, errs, deleted, want)
+		}
+	}
+	// A daemon that does not answer is reported once, not once per name.
+	gone := filepath.Join(t.TempDir(), "none.sock")
+	code, out, errs := cli("--socket", gone, "rm", "a", "b", "c")
+	if code != exitFailure || out != "" || strings.Count(errs, gone) != 1 || strings.Count(errs, "\n") != 1 {
+		t.Errorf("rm a b c without a daemon: exit %d, stdout %q, stderr %q; want exit 1 and the unreachable daemon named once", code, out, errs)
 	}
 }

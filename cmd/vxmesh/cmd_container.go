@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -54,8 +55,11 @@ func cmdRun(env *cliEnv, args []string) error {
 		if !ok || target == "" {
 			return usagef("--net %q: want container:NAME", *netMode)
 		}
-		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 || len(publish) > 0 {
-			return usagef("--net container:%s shares that container's interfaces; --network, --ip, --alias, --service and -p do not apply", target)
+		// No container is made: --name and --rm would name or remove
+		// nothing of this command's own, so they are refused rather than
+		// ignored (the command's output names the target).
+		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 || len(publish) > 0 || *name != "" || *remove {
+			return usagef("--net container:%s runs the command in that container, making no new one; --name, --rm, --network, --ip, --alias, --service and -p do not apply", target)
 		}
 		ctr, err := c.ContainerNamespace(target)
 		if err != nil {
@@ -299,14 +303,28 @@ func cmdRm(env *cliEnv, args []string) error {
 	if len(pos) == 0 {
 		return usagef("want one or more container names")
 	}
-	c := fs.client()
-	for _, name := range pos {
-		if err := c.RemoveContainer(name); err != nil {
-			return err
+	return removeEach(env, pos, fs.client().RemoveContainer)
+}
+
+// removeEach removes every one of names with remove, as docker rm does:
+// a name that fails does not stop the ones after it. The removed names
+// are printed; the errors are returned together (the exit status is 1 if
+// any failed). A daemon that does not answer stops it at once.
+func removeEach(env *cliEnv, names []string, remove func(string) error) error {
+	var errs []error
+	for _, name := range names {
+		err := remove(name)
+		if err == nil {
+			fmt.Fprintln(env.stdout, name)
+			continue
 		}
-		fmt.Fprintln(env.stdout, name)
+		errs = append(errs, err)
+		var unreachable *api.UnreachableError
+		if errors.As(err, &unreachable) {
+			break
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func cmdPs(env *cliEnv, args []string) error {

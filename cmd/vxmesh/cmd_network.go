@@ -12,7 +12,7 @@ import (
 func networkCreate(env *cliEnv, args []string) error {
 	fs := newFlags(env, "network create", true)
 	var req api.NetworkCreateRequest
-	fs.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet in CIDR form (default: a free /24 of 10.0.0.0/8)")
+	fs.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet in CIDR form, without the hosts' underlay addresses (default: a free /24 of 10.0.0.0/8 outside the underlay's LAN)")
 	fs.StringVar(&req.Gateway, "gateway", "", "gateway address (default: the subnet's first address)")
 	fs.IntVar(&req.MTU, "mtu", 0, "network MTU (default: underlay MTU - 50; encrypted: - 95)")
 	vni := fs.Uint("vni", 0, "VXLAN network identifier (default: the lowest free from 4096)")
@@ -184,14 +184,7 @@ func networkRm(env *cliEnv, args []string) error {
 	if len(pos) == 0 {
 		return usagef("want one or more network names")
 	}
-	c := fs.client()
-	for _, name := range pos {
-		if err := c.RemoveNetwork(name); err != nil {
-			return err
-		}
-		fmt.Fprintln(env.stdout, name)
-	}
-	return nil
+	return removeEach(env, pos, fs.client().RemoveNetwork)
 }
 
 // shortID is the first 12 characters of an ID, as tables show it.

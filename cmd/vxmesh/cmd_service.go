@@ -282,14 +282,7 @@ func serviceRm(env *cliEnv, args []string) error {
 	if len(pos) == 0 {
 		return usagef("want one or more service names")
 	}
-	c := fs.client()
-	for _, name := range pos {
-		if err := c.RemoveService(name); err != nil {
-			return err
-		}
-		fmt.Fprintln(env.stdout, name)
-	}
-	return nil
+	return removeEach(env, pos, fs.client().RemoveService)
 }
 
 // parseServiceFlags parses --service NAME[:WEIGHT] values.

@@ -83,7 +83,7 @@ func commands() []command {
 			{name: "rm", aliases: []string{"remove"}, args: "NAME...", summary: "remove services (their backends stay, no longer backends)",
 				example: "vxmesh service rm api", run: serviceRm},
 		}},
-		{name: "run", args: "[flags] --network NET --name NAME -- COMMAND [ARG...]", summary: "start a command in a new container attached to a network",
+		{name: "run", args: "[flags] (--network NET --name NAME | --net container:NAME) -- COMMAND [ARG...]", summary: "start a command in a new container attached to a network",
 			example: "vxmesh run -d --network web --name c1 -- sleep infinity", run: cmdRun},
 		{name: "exec", args: "[flags] CONTAINER [--] COMMAND [ARG...]", summary: "run a command inside a container",
 			example: "vxmesh exec c1 -- ping -c 3 10.0.1.3", run: cmdExec},
