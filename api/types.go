@@ -485,6 +485,9 @@ type DNSStats struct {
 	// Overloaded counts the queries refused (SERVFAIL) because too many
 	// forwarded queries were in flight.
 	Overloaded uint64 `json:"overloaded"`
+	// NoEgress counts the queries for outside names refused (SERVFAIL)
+	// because the asking container is only on internal networks.
+	NoEgress uint64 `json:"no_egress"`
 	// UpstreamErrors counts the failed tries: timeouts, network errors,
 	// SERVFAIL, REFUSED or NOTIMP from an upstream.
 	UpstreamErrors uint64 `json:"upstream_errors"`

@@ -81,7 +81,11 @@ type Config struct {
 	// gossip and VXLAN; zero means the address of the interface holding
 	// the default route (127.0.0.1 when there is none).
 	Advertise netip.Addr
-	// Join lists members (HOST or HOST:PORT) to join at start.
+	// Join lists members (HOST or HOST:PORT) to join at start. When none
+	// answers, Start fails, unless this node was in a cluster before (its
+	// members.json lists members): then it keeps trying them and the saved
+	// members in the background, so a cluster restarted all at once finds
+	// itself whatever order its daemons come up in.
 	Join []string
 	// GossipPort is the memberlist TCP+UDP port (default 7946).
 	GossipPort int
@@ -486,7 +490,7 @@ func (d *Daemon) start() error {
 	}
 	d.sweep()
 	if len(d.cfg.Join) > 0 {
-		if _, err := d.cl.Join(d.cfg.Join); err != nil {
+		if _, err := d.cl.Join(d.cfg.Join); err != nil && !d.joinLater(err) {
 			return err
 		}
 	}

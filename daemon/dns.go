@@ -134,6 +134,7 @@ func (d *Daemon) refreshDNS() {
 		delta = &dnsDelta{ids: ids, lookup: set.lookup}
 	}
 	d.dns.idx.index.Store(d.dns.b.updateDelta(d.cfg.Node, set.accepted, delta, d.serviceSet(set.accepted).dnsServices()))
+	d.dns.idx.internal.Store(internalNetworks(d.clusterNetworks()))
 	d.dns.built, d.dns.builtGen, d.dns.setSeq = true, gen, set.seq
 }
 
@@ -200,7 +201,7 @@ func (d *Daemon) dnsStats() api.DNSStats {
 	out := api.DNSStats{
 		Upstreams: []string{}, Listeners: n,
 		Queries: s.Queries, Local: s.Local, Forwarded: s.Forwarded, NXDomain: s.NXDomain,
-		ServFail: s.ServFail, Overloaded: s.Overloaded, UpstreamErrors: s.UpstreamErrors, Inflight: s.Inflight,
+		ServFail: s.ServFail, Overloaded: s.Overloaded, NoEgress: s.NoEgress, UpstreamErrors: s.UpstreamErrors, Inflight: s.Inflight,
 		Coalesced:       s.Coalesced,
 		UpstreamLatency: api.LatencyStats{Count: s.Upstream.Count, MaxMs: ms(s.Upstream.Max.Seconds())},
 	}
@@ -419,6 +420,41 @@ func mergeRecords(a, b dns.Records, found bool) dns.Records {
 // networks of the asking container.
 type dnsSource struct {
 	index atomic.Pointer[dnsIndex]
+	// internal says which networks (lower-cased) are internal (no
+	// egress), replaced whole at every refresh.
+	internal atomic.Pointer[map[string]bool]
+}
+
+// internalNetworks returns the lower-cased names (as the index keeps
+// them) of the internal networks of nets; a name shared, but for case, by
+// a network with egress is not one.
+func internalNetworks(nets map[string]netRecord) *map[string]bool {
+	internal := map[string]bool{}
+	for name, rec := range nets {
+		n := strings.ToLower(name)
+		if v, seen := internal[n]; !seen || v {
+			internal[n] = rec.Internal
+		}
+	}
+	return &internal
+}
+
+// Forwards reports whether asker is on a network with egress: a
+// container only on internal networks (Docker's --internal, which has no
+// egress) gets no upstream DNS either, as Docker's resolver does since
+// 26.0, so DNS is no way out of the network.
+func (s *dnsSource) Forwards(asker string) bool {
+	nets, _ := s.index.Load().networks.Get(asker)
+	internal := s.internal.Load()
+	if len(nets) == 0 || internal == nil {
+		return true
+	}
+	for _, n := range nets {
+		if !(*internal)[n] {
+			return true
+		}
+	}
+	return false
 }
 
 // LookupName answers from the current index.

@@ -650,3 +650,36 @@ func TestDNSServiceNamesWithDig(t *testing.T) {
 		}
 	}
 }
+
+// A container only on internal networks gets no upstream DNS (Docker
+// 26.0 and later): DNS is no way out of a network without egress. One
+// that is also on a network with egress does, and so does an asker the
+// index does not know (a query to a gateway from an unknown source).
+func TestDNSNoForwardingForInternalOnlyContainers(t *testing.T) {
+	x := buildDNSIndex("h1", []epRecord{
+		{Name: "inside", Network: "Back", IP: "10.0.0.2", Node: "h1"},
+		{Name: "both", Network: "back", IP: "10.0.0.3", Node: "h1"},
+		{Name: "both", Network: "front", IP: "10.1.0.3", Node: "h1"},
+		{Name: "out", Network: "front", IP: "10.1.0.4", Node: "h1"},
+	}, nil)
+	var s dnsSource
+	s.index.Store(x)
+	if !s.Forwards("inside") {
+		t.Fatal("forwarding refused before the networks are known")
+	}
+	s.internal.Store(internalNetworks(map[string]netRecord{
+		"back": {Name: "back", Internal: true}, "front": {Name: "front"},
+	}))
+	for asker, want := range map[string]bool{"inside": false, "both": true, "out": true, "": true, "unknown": true} {
+		if got := s.Forwards(asker); got != want {
+			t.Errorf("Forwards(%q) = %v, want %v", asker, got, want)
+		}
+	}
+	// A network of the same name but for case with egress keeps it.
+	s.internal.Store(internalNetworks(map[string]netRecord{
+		"back": {Name: "back", Internal: true}, "Back": {Name: "Back"},
+	}))
+	if !s.Forwards("inside") {
+		t.Error("a container of a network with egress (Back) lost forwarding to an internal network named back")
+	}
+}

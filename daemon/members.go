@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -76,6 +77,37 @@ func writeMembers(dir string, ms []savedMember) error {
 		return werr
 	}
 	return os.Rename(tmp.Name(), filepath.Join(dir, membersFile))
+}
+
+// joinLater decides what a failed --join (err) means at start: on a node
+// that was in a cluster before (members.json lists other members) its
+// seeds may simply not be up yet (the whole cluster restarting at once),
+// so it warns and has the cluster retry the seeds in the background with
+// the saved members, and reports true; on a new node it reports false and
+// the start fails (a wrong address or cluster key is best told at once).
+func (d *Daemon) joinLater(err error) bool {
+	ms, _ := loadMembers(d.cfg.StateDir)
+	others := 0
+	for _, m := range ms {
+		if m.Name != d.cfg.Node && m.Addr.IsValid() && time.Since(m.Seen) <= memberRetention {
+			others++
+		}
+	}
+	if others == 0 {
+		return false
+	}
+	var seeds []netip.AddrPort
+	for _, s := range d.cfg.Join {
+		if ap, perr := netip.ParseAddrPort(s); perr == nil {
+			seeds = append(seeds, ap)
+		} else if a, perr := netip.ParseAddr(strings.Trim(s, "[]")); perr == nil {
+			seeds = append(seeds, netip.AddrPortFrom(a, uint16(d.cfg.GossipPort)))
+		}
+	}
+	d.log.Warn("no --join address answered; this node was in a cluster before and keeps trying its seeds and saved members in the background",
+		"err", err, "saved_members", others)
+	d.cl.Rejoin(seeds)
+	return true
 }
 
 // rejoinSavedMembers loads the members this node knew before it stopped

@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"errors"
+	"net/netip"
 	"testing"
 
+	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -72,5 +75,43 @@ func TestWholeClusterRestartWithoutJoin(t *testing.T) {
 	}
 	for _, d := range back {
 		waitFor(t, d.cfg.Node+" seeing three alive after the restart", func() bool { return allAlive(d, 3) })
+	}
+}
+
+// TestRestartWithJoinBeforeItsSeed: a whole cluster restarted at once
+// comes up in any order. Here h2, whose --join names h1, starts while h1
+// is still down: it starts anyway (it was in the cluster before) and finds
+// h1 in the background once h1 is back. A new node whose --join reaches
+// no one still fails at start.
+func TestRestartWithJoinBeforeItsSeed(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	ds, sbs := threeNodesOn(t, mem)
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+	}
+	for _, d := range ds {
+		d.Close()
+	}
+	old := ds[1].cfg
+	cfg := nodeConfig(t, mem, old.Node, old.Advertise, sbs[1], old.StateDir, old.Join...)
+	cfg.GossipPort = old.GossipPort
+	h2, err := New(cfg)
+	if err != nil {
+		t.Fatalf("h2 restarting with its seed down: %v", err)
+	}
+	t.Cleanup(h2.Close)
+	back := []*Daemon{h2, startAgain(t, mem, ds[0].cfg, sbs[0]), startAgain(t, mem, ds[2].cfg, sbs[2])}
+	for _, d := range back {
+		waitFor(t, d.cfg.Node+" seeing three alive after the restart", func() bool { return allAlive(d, 3) })
+	}
+
+	fresh := nodeConfig(t, mem, "h4", netip.AddrFrom4([4]byte{127, 0, 0, 4}), newFakeSandbox(), t.TempDir(), old.Join...)
+	fresh.GossipPort = freePort(t, fresh.Advertise)
+	back[1].Close() // h1, the seed, is gone again
+	if d, err := New(fresh); err == nil {
+		d.Close()
+		t.Fatal("a new node whose --join reaches no one started")
+	} else if je := (*cluster.JoinError)(nil); !errors.As(err, &je) {
+		t.Fatalf("a new node whose --join reaches no one: %v, want a join error", err)
 	}
 }

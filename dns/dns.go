@@ -69,6 +69,11 @@ type Source interface {
 	// asker sees it, for PTR queries, and the TTL of those records in
 	// seconds; no names means the query is forwarded.
 	LookupAddr(asker string, addr netip.Addr) (names []string, ttl uint32)
+	// Forwards reports whether asker's queries for names that are not
+	// local may go to the upstreams. An asker that may not (a container
+	// with no egress: Docker's internal networks) gets SERVFAIL for them,
+	// as with no upstream, and the query is counted as refused.
+	Forwards(asker string) bool
 }
 
 // Records are the records of one local name, as one asker sees them.
@@ -304,6 +309,10 @@ func (s *Server) resolve(ctx context.Context, asker string, req *mdns.Msg, tcp b
 			s.stats.local.Add(1)
 			return resp
 		}
+	}
+	if asker != "" && !s.src.Forwards(asker) {
+		s.stats.noEgress.Add(1)
+		return reply(req, mdns.RcodeServerFailure)
 	}
 	return s.forward(ctx, req, tcp)
 }

@@ -23,12 +23,16 @@ type fakeSource struct {
 	names  map[string]map[string]Records // asker -> name -> records
 	ptrs   map[string]map[netip.Addr][]string
 	ptrTTL map[netip.Addr]uint32 // LocalTTL if absent
+	// noEgress names the askers that may not forward (Source.Forwards).
+	noEgress map[string]bool
 }
 
 func (f fakeSource) LookupName(asker, name string) (Records, bool) {
 	r, ok := f.names[asker][name]
 	return r, ok
 }
+
+func (f fakeSource) Forwards(asker string) bool { return !f.noEgress[asker] }
 
 func (f fakeSource) LookupAddr(asker string, addr netip.Addr) ([]string, uint32) {
 	ttl, ok := f.ptrTTL[addr]
@@ -732,5 +736,35 @@ func TestServeFuncPicksTheAskerBySource(t *testing.T) {
 		if r := query(t, network, addr, "example.com.", mdns.TypeA, false); !slices.Equal(answers(r), []string{"192.0.2.1"}) {
 			t.Errorf("unknown source asks example.com over %s: %v, want it forwarded", network, r)
 		}
+	}
+}
+
+// An asker that may not forward (a container only on internal networks)
+// gets its local names as before and SERVFAIL for every other name, over
+// UDP and TCP, without the upstream seeing the query; another asker's
+// queries still go out.
+func TestNoForwardingForAskersWithoutEgress(t *testing.T) {
+	u := startUpstream(t, nil)
+	src := testSource
+	src.noEgress = map[string]bool{"c1": true}
+	s := New(Config{Upstreams: []netip.AddrPort{u.addr}}, src)
+	c1 := serve(t, s, "c1")
+	other := serve(t, s, "c3")
+	if r := query(t, "udp", c1, "c2.", mdns.TypeA, false); r.Rcode != mdns.RcodeSuccess || !slices.Equal(answers(r), []string{"10.1.0.3"}) {
+		t.Fatalf("c2 asked by c1 without egress: %v, want its local answer", r)
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		if r := query(t, network, c1, "example.com.", mdns.TypeA, true); r.Rcode != mdns.RcodeServerFailure || len(r.Answer) != 0 {
+			t.Errorf("example.com over %s asked by c1 without egress: %v, want SERVFAIL", network, r)
+		}
+	}
+	if n := u.count("udp") + u.count("tcp"); n != 0 {
+		t.Fatalf("the upstream saw %d queries of an asker without egress", n)
+	}
+	if r := query(t, "udp", other, "example.com.", mdns.TypeA, false); r.Rcode != mdns.RcodeSuccess {
+		t.Fatalf("example.com asked by c3: %v, want it forwarded", r)
+	}
+	if st := s.Stats(); st.NoEgress != 2 || st.Forwarded != 1 || st.ServFail != 2 {
+		t.Errorf("stats %+v, want 2 not forwarded (no egress), 1 forwarded, 2 servfail", st)
 	}
 }

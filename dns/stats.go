@@ -27,6 +27,9 @@ type Stats struct {
 	// Overloaded counts the queries answered SERVFAIL because
 	// Config.MaxInflight forwarded queries were already in flight.
 	Overloaded uint64
+	// NoEgress counts the queries for names that are not local answered
+	// SERVFAIL because their asker may not reach outside (Source.Forwards).
+	NoEgress uint64
 	// UpstreamErrors counts the tries that failed: timeouts, network
 	// errors, and SERVFAIL, REFUSED or NOTIMP from an upstream.
 	UpstreamErrors uint64
@@ -51,8 +54,8 @@ type Latency struct {
 }
 
 type counters struct {
-	queries, local, forwarded, nxdomain, servfail, overloaded, upstreamErrors atomic.Uint64
-	latency                                                                   latency
+	queries, local, forwarded, nxdomain, servfail, overloaded, upstreamErrors, noEgress atomic.Uint64
+	latency                                                                             latency
 	// coalesced counts the local UDP answers that rode in another
 	// answer's UDP_SEGMENT send (the sends saved).
 	coalesced atomic.Uint64
@@ -84,7 +87,7 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	st := Stats{
 		Queries: c.queries.Load(), Local: c.local.Load(), Forwarded: c.forwarded.Load(),
-		NXDomain: c.nxdomain.Load(), ServFail: c.servfail.Load(), Overloaded: c.overloaded.Load(),
+		NXDomain: c.nxdomain.Load(), ServFail: c.servfail.Load(), Overloaded: c.overloaded.Load(), NoEgress: c.noEgress.Load(),
 		UpstreamErrors: c.upstreamErrors.Load(), Inflight: s.inflight.Load(), Coalesced: c.coalesced.Load(),
 		Upstream: Latency{
 			Count: c.latency.count.Load(), Sum: time.Duration(c.latency.sum.Load()),

@@ -120,12 +120,19 @@ func TestGatewayEgress(t *testing.T) {
 	if r, err := e.dig("c2", "@"+peer.Addr, "egress.test", "A"); err == nil && r.status == "NOERROR" {
 		t.Errorf("internal network resolved through egress: %+v", r)
 	}
+	// Nor through the embedded resolver's upstreams: DNS is no way out.
+	if r, err := e.dig("c2", "@127.0.0.11", "egress.test", "A"); err != nil || r.status != "SERVFAIL" {
+		t.Errorf("internal network's outside name at 127.0.0.11: %v %+v, want SERVFAIL", err, r)
+	}
 	if d := time.Since(start); d > 8*time.Second {
 		t.Errorf("internal network's refusals took %v", d)
 	}
 
 	var st api.Stats
 	e.json(&st, "stats")
+	if st.DNS.NoEgress < 1 {
+		t.Errorf("stats dns %+v: want the internal network's outside query counted no_egress", st.DNS)
+	}
 	if st.Egress.Total < 2 || st.Egress.Refused["internal"] < 2 || st.Egress.MaxFlows != 65536 {
 		t.Errorf("stats egress %+v: want at least 2 flows, 2 internal refusals, max 65536", st.Egress)
 	}

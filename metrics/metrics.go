@@ -66,20 +66,20 @@ type Collector struct {
 }
 
 type descs struct {
-	node, portsOmitted                                               *prometheus.Desc
-	flooded, arpSuppressed, floodNoPeers, switchDrops                *prometheus.Desc
-	ingressReturn                                                    *prometheus.Desc
-	ingressReturnEvicted                                             *prometheus.Desc
-	tunnelDrops, underlayDrops, encrypted, fdbEntries                *prometheus.Desc
-	portPackets, portBytes, portDrops                                *prometheus.Desc
-	peerPackets, peerBytes, peerTxDrops                              *prometheus.Desc
-	saPackets, saBytes, saDrops, saSeq                               *prometheus.Desc
-	dnsQueries, dnsLocal, dnsForwarded, dnsNX, dnsFail               *prometheus.Desc
-	dnsOverloaded, dnsUpErrors, dnsInflight, dnsListen, dnsCoalesced *prometheus.Desc
-	dnsLatency                                                       *prometheus.Desc
-	ringVersion, ringPrimary, ringPending, ringKeys                  *prometheus.Desc
-	ringRefused, members                                             *prometheus.Desc
-	ktnlActive, ktnlSupers, ktnlFallbacks                            *prometheus.Desc
+	node, portsOmitted                                                            *prometheus.Desc
+	flooded, arpSuppressed, floodNoPeers, switchDrops                             *prometheus.Desc
+	ingressReturn                                                                 *prometheus.Desc
+	ingressReturnEvicted                                                          *prometheus.Desc
+	tunnelDrops, underlayDrops, encrypted, fdbEntries                             *prometheus.Desc
+	portPackets, portBytes, portDrops                                             *prometheus.Desc
+	peerPackets, peerBytes, peerTxDrops                                           *prometheus.Desc
+	saPackets, saBytes, saDrops, saSeq                                            *prometheus.Desc
+	dnsQueries, dnsLocal, dnsForwarded, dnsNX, dnsFail                            *prometheus.Desc
+	dnsOverloaded, dnsNoEgress, dnsUpErrors, dnsInflight, dnsListen, dnsCoalesced *prometheus.Desc
+	dnsLatency                                                                    *prometheus.Desc
+	ringVersion, ringPrimary, ringPending, ringKeys                               *prometheus.Desc
+	ringRefused, members                                                          *prometheus.Desc
+	ktnlActive, ktnlSupers, ktnlFallbacks                                         *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -119,6 +119,7 @@ func NewCollector(src Source) *Collector {
 		dnsNX:                desc("dns_nxdomain_total", "DNS answers with rcode NXDOMAIN."),
 		dnsFail:              desc("dns_servfail_total", "DNS answers with rcode SERVFAIL."),
 		dnsOverloaded:        desc("dns_overloaded_total", "DNS queries refused because too many forwarded queries were in flight."),
+		dnsNoEgress:          desc("dns_no_egress_total", "DNS queries for outside names refused because the container is only on internal networks."),
 		dnsUpErrors:          desc("dns_upstream_errors_total", "Failed tries at an upstream DNS server."),
 		dnsCoalesced:         desc("dns_answers_coalesced_total", "Local DNS answers sent in one UDP_SEGMENT send with an earlier answer to the same client."),
 		dnsInflight:          desc("dns_inflight", "Forwarded DNS queries in flight."),
@@ -143,7 +144,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		d.node, d.portsOmitted, d.flooded, d.arpSuppressed, d.floodNoPeers, d.switchDrops,
 		d.tunnelDrops, d.underlayDrops, d.encrypted, d.fdbEntries, d.portPackets, d.portBytes,
 		d.portDrops, d.peerPackets, d.peerBytes, d.peerTxDrops, d.saPackets, d.saBytes, d.saDrops,
-		d.saSeq, d.dnsQueries, d.dnsLocal, d.dnsForwarded, d.dnsNX, d.dnsFail, d.dnsOverloaded,
+		d.saSeq, d.dnsQueries, d.dnsLocal, d.dnsForwarded, d.dnsNX, d.dnsFail, d.dnsOverloaded, d.dnsNoEgress,
 		d.dnsUpErrors, d.dnsCoalesced, d.dnsInflight, d.dnsListen, d.dnsLatency, d.ringVersion, d.ringPrimary,
 		d.ringPending, d.ringKeys, d.ringRefused, d.members, d.ktnlActive, d.ktnlSupers, d.ktnlFallbacks,
 	} {
@@ -292,6 +293,7 @@ func (c *Collector) collectDNS(e emitter, s api.DNSStats) {
 	e.counter(d.dnsNX, s.NXDomain)
 	e.counter(d.dnsFail, s.ServFail)
 	e.counter(d.dnsOverloaded, s.Overloaded)
+	e.counter(d.dnsNoEgress, s.NoEgress)
 	e.counter(d.dnsUpErrors, s.UpstreamErrors)
 	e.counter(d.dnsCoalesced, s.Coalesced)
 	e.gauge(d.dnsInflight, float64(s.Inflight))

@@ -53,7 +53,7 @@ func testSource() *fakeSource {
 				},
 			}},
 			DNS: api.DNSStats{
-				Queries: 100, Local: 60, Forwarded: 40, NXDomain: 4, ServFail: 3, Overloaded: 2,
+				Queries: 100, Local: 60, Forwarded: 40, NXDomain: 4, ServFail: 3, Overloaded: 2, NoEgress: 6,
 				UpstreamErrors: 1, Inflight: 6, Listeners: 2, Coalesced: 11,
 				UpstreamLatency: api.LatencyStats{Count: 40, AvgMs: 10, Buckets: []api.LatencyBucket{
 					{LeMs: 1, Count: 5}, {LeMs: 5, Count: 10}, {LeMs: 25, Count: 20},
@@ -183,6 +183,7 @@ func TestExposition(t *testing.T) {
 		{"vxmesh_dns_nxdomain_total", C, "", 4},
 		{"vxmesh_dns_servfail_total", C, "", 3},
 		{"vxmesh_dns_overloaded_total", C, "", 2},
+		{"vxmesh_dns_no_egress_total", C, "", 6},
 		{"vxmesh_dns_upstream_errors_total", C, "", 1},
 		{"vxmesh_dns_answers_coalesced_total", C, "", 11},
 		{"vxmesh_dns_inflight", G, "", 6},

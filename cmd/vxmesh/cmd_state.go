@@ -57,8 +57,8 @@ func printStats(w io.Writer, s api.Stats) error {
 	fmt.Fprintf(w, "Open files: %d of %d%s\n", s.OpenFDs, s.FDLimit, fdPercent(s.OpenFDs, s.FDLimit))
 	fmt.Fprintf(w, "Goroutines: %d\n", s.Goroutines)
 	d := s.DNS
-	fmt.Fprintf(w, "DNS: %d queries, %d local, %d forwarded, %d nxdomain, %d servfail, %d overloaded, %d upstream errors, %d answers sent coalesced; upstream avg %.3f ms, max %.3f ms (%d answers); upstreams %s\n",
-		d.Queries, d.Local, d.Forwarded, d.NXDomain, d.ServFail, d.Overloaded, d.UpstreamErrors, d.Coalesced,
+	fmt.Fprintf(w, "DNS: %d queries, %d local, %d forwarded, %d nxdomain, %d servfail, %d overloaded, %d not forwarded (internal networks only), %d upstream errors, %d answers sent coalesced; upstream avg %.3f ms, max %.3f ms (%d answers); upstreams %s\n",
+		d.Queries, d.Local, d.Forwarded, d.NXDomain, d.ServFail, d.Overloaded, d.NoEgress, d.UpstreamErrors, d.Coalesced,
 		d.UpstreamLatency.AvgMs, d.UpstreamLatency.MaxMs, d.UpstreamLatency.Count, dash(strings.Join(d.Upstreams, ",")))
 	if len(s.TunnelDrops) > 0 {
 		fmt.Fprintf(w, "Tunnel drops: %s\n", fmtDrops(s.TunnelDrops))
