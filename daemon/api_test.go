@@ -172,3 +172,24 @@ func TestAPITimeouts(t *testing.T) {
 		t.Fatalf("rm taking longer than the timeouts: %v", err)
 	}
 }
+
+// An attach whose namespace cannot be opened says why once: a --pid of no
+// process says "no such process", a path is named once.
+func TestAttachMissingNamespaceSaysWhy(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	defer d.Close()
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web"})
+	for _, tc := range []struct {
+		req  api.AttachRequest
+		want string
+	}{
+		{api.AttachRequest{Network: "web", Name: "c1", PID: 999999}, `container "c1": --pid 999999: no such process`},
+		{api.AttachRequest{Network: "web", Name: "c1", Netns: "/run/netns/gone"}, `container "c1": netns /run/netns/gone: file does not exist`},
+	} {
+		_, err := d.Attach(tc.req)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("attach %+v: %v, want %q", tc.req, err, tc.want)
+		}
+	}
+}

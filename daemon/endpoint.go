@@ -3,11 +3,13 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -327,7 +329,7 @@ func (d *Daemon) containerNetns(req api.AttachRequest, undo *[]func()) (*contain
 	}
 	dev, ino, err := d.sb.NetnsIdentity(c.netns)
 	if err != nil {
-		return nil, invalid("container %q: netns %s: %v", req.Name, c.netns, err)
+		return nil, netnsError(req, c.netns, err)
 	}
 	if [2]uint64{dev, ino} == d.selfNs {
 		return nil, invalid("container %q: netns %s is the daemon's own network namespace", req.Name, c.netns)
@@ -425,6 +427,20 @@ func (d *Daemon) commitAttach(n *localNetwork, c *container, e *endpoint, dev ne
 	return nil
 }
 
+// netnsError is the error of an attach whose namespace at path could not
+// be opened: for --pid, a process that does not exist says so; otherwise
+// the path is named once.
+func netnsError(req api.AttachRequest, path string, err error) error {
+	switch {
+	case req.PID != 0 && errors.Is(err, fs.ErrNotExist):
+		return invalid("container %q: --pid %d: no such process", req.Name, req.PID)
+	case strings.Contains(err.Error(), path):
+		return invalid("container %q: %v", req.Name, err)
+	default:
+		return invalid("container %q: netns %s: %v", req.Name, path, err)
+	}
+}
+
 // checkSameNetns checks that req, which adds a network to the existing
 // container c, names c's namespace, and that c's namespace path still
 // names it: the new interface goes in at that path.
@@ -442,7 +458,7 @@ func (d *Daemon) checkSameNetns(c *container, req api.AttachRequest) error {
 	}
 	dev, ino, err := d.sb.NetnsIdentity(path)
 	if err != nil {
-		return invalid("container %q: netns %s: %v", req.Name, path, err)
+		return netnsError(req, path, err)
 	}
 	if dev != c.nsDev || ino != c.nsIno {
 		return conflict("container %q: exists with another network namespace (%s)", req.Name, c.netns)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
@@ -465,5 +466,29 @@ func TestRmGoesOnPastAFailure(t *testing.T) {
 	code, out, errs := cli("--socket", gone, "rm", "a", "b", "c")
 	if code != exitFailure || out != "" || strings.Count(errs, gone) != 1 || strings.Count(errs, "\n") != 1 {
 		t.Errorf("rm a b c without a daemon: exit %d, stdout %q, stderr %q; want exit 1 and the unreachable daemon named once", code, out, errs)
+	}
+}
+
+// A command that cannot start fails before anything is made or asked of
+// the daemon, and exits as a shell and docker run/exec do: 127 when it is
+// not found, 126 when it is not executable.
+func TestCommandThatCannotStartExits127Or126(t *testing.T) {
+	notExec := filepath.Join(t.TempDir(), "script")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"run", "--network", "web", "--name", "x", "--socket", "/nonexistent.sock", "--", "no-such-command-xyz"}, 127, `vxmesh run: command "no-such-command-xyz": executable file not found in $PATH`},
+		{[]string{"exec", "--socket", "/nonexistent.sock", "c1", "--", "no-such-command-xyz"}, 127, `vxmesh exec: command "no-such-command-xyz": executable file not found in $PATH`},
+		{[]string{"exec", "--socket", "/nonexistent.sock", "c1", "--", notExec}, 126, `vxmesh exec: command "` + notExec + `": permission denied`},
+	} {
+		code, out, errs := cli(tc.args...)
+		if code != tc.code || out != "" || errs != tc.want+"\n" {
+			t.Errorf("vxmesh %s: exit %d, stdout %q, stderr %q; want exit %d and %q", strings.Join(tc.args, " "), code, out, errs, tc.code, tc.want)
+		}
 	}
 }

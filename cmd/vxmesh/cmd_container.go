@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -46,8 +47,8 @@ func cmdRun(env *cliEnv, args []string) error {
 		return usagef("-d and --rm: choose one")
 	}
 	// Refuse a command that cannot start before anything is created.
-	if _, err := exec.LookPath(argv[0]); err != nil {
-		return fmt.Errorf("command %q: %w", argv[0], unwrapExec(err))
+	if err := lookCommand(argv[0]); err != nil {
+		return err
 	}
 	c := fs.client()
 	if *netMode != "" {
@@ -187,6 +188,21 @@ func notGone(ctr api.Container) error {
 	return nil
 }
 
+// lookCommand checks that argv0 can be started: a command that cannot is
+// a failure that exits 127 (not found) or 126 (found, not executable), as
+// in a shell and docker run/exec.
+func lookCommand(argv0 string) error {
+	_, err := exec.LookPath(argv0)
+	if err == nil {
+		return nil
+	}
+	code := exitNotFound
+	if errors.Is(err, fs.ErrPermission) {
+		code = exitCannotExecute
+	}
+	return statusError{code: code, err: fmt.Errorf("command %q: %w", argv0, unwrapExec(err))}
+}
+
 func unwrapExec(err error) error {
 	if e, ok := err.(*exec.Error); ok {
 		return e.Err
@@ -211,15 +227,15 @@ func cmdExec(env *cliEnv, args []string) error {
 	if len(argv) == 0 {
 		return usagef("want a command after the container name")
 	}
+	if err := lookCommand(argv[0]); err != nil {
+		return err
+	}
 	ctr, err := fs.client().ContainerNamespace(name)
 	if err != nil {
 		return err
 	}
 	if err := notGone(ctr); err != nil {
 		return err
-	}
-	if _, err := exec.LookPath(argv[0]); err != nil {
-		return fmt.Errorf("command %q: %w", argv[0], unwrapExec(err))
 	}
 	if *detach {
 		_, err := startDetached(containerPaths(ctr), argv, env.stderr)

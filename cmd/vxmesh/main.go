@@ -20,6 +20,22 @@ type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
+// statusError is a failure printed as any other, but exiting with its
+// own status (a command that could not start: 127 or 126).
+type statusError struct {
+	code int
+	err  error
+}
+
+func (e statusError) Error() string { return e.err.Error() }
+func (e statusError) Unwrap() error { return e.err }
+
+// The exit statuses of a command that could not start, as a shell's.
+const (
+	exitCannotExecute = 126
+	exitNotFound      = 127
+)
+
 // usageError is a mistake in the command line (unknown command or flag,
 // wrong arguments, a bad flag value): it exits with status 2, while
 // failures of the operation itself exit with status 1.
@@ -189,6 +205,7 @@ func prefixPath(path []string) string {
 func report(env *cliEnv, path []string, err error) int {
 	var ee exitError
 	var ue usageError
+	var se statusError
 	name := "vxmesh " + strings.Join(path, " ")
 	switch {
 	case err == nil:
@@ -200,6 +217,9 @@ func report(env *cliEnv, path []string, err error) int {
 	case errors.As(err, &ue):
 		fmt.Fprintf(env.stderr, "%s: %v (see vxmesh help %s)\n", name, oneLine(err), strings.Join(path, " "))
 		return exitUsage
+	case errors.As(err, &se):
+		fmt.Fprintf(env.stderr, "%s: %v\n", name, oneLine(err))
+		return se.code
 	default:
 		fmt.Fprintf(env.stderr, "%s: %v\n", name, oneLine(err))
 		return exitFailure

@@ -36,7 +36,7 @@ func TestCLIErrorsAreOneLineWithStatus(t *testing.T) {
 		{[]string{"bogus"}, 2, `vxmesh: unknown command "bogus"`},
 		{[]string{"network", "create"}, 2, "vxmesh network create: want a network name"},
 		{[]string{"network", "ls", "--socket", "/nonexistent/vxmesh.sock"}, 1, "cannot reach the vxmesh daemon at /nonexistent/vxmesh.sock"},
-		{[]string{"run", "--network", "web", "--name", "c1", "--", "no-such-command-xyz"}, 1, `command "no-such-command-xyz"`},
+		{[]string{"run", "--network", "web", "--name", "c1", "--", "no-such-command-xyz"}, 127, `command "no-such-command-xyz"`},
 		{[]string{"run", "-d", "--rm", "--network", "web", "--name", "c1", "--", "true"}, 2, "vxmesh run: -d and --rm: choose one"},
 		{[]string{"attach", "--network", "web"}, 2, "vxmesh attach: want --network NET and --name NAME"},
 	} {
