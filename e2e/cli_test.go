@@ -76,6 +76,18 @@ func TestPsStatusRunningExitedGone(t *testing.T) {
 		t.Errorf("ps --format json c1 after ip netns del: %+v", c)
 	}
 	e.cli("rm", "c1")
+
+	// A run in the foreground exits with its command's status, and ps
+	// then shows the container exited with it, as after run -d.
+	_, err := e.h.CLI("run", "--network", "web", "--name", "fg", "--", "sh", "-c", "exit 4")
+	var ce *testbed.CLIError
+	if !errors.As(err, &ce) || ce.ExitCode != 4 {
+		t.Fatalf("run in the foreground of exit 4: %v, want exit status 4", err)
+	}
+	if got := psStatus(e, "fg"); got != "exited 4" {
+		t.Errorf("ps STATUS of fg after its foreground run = %q, want exited 4", got)
+	}
+	e.cli("rm", "fg")
 }
 
 // TestPsStatusKilledMainProcess: a main process killed by a signal exits

@@ -164,9 +164,22 @@ func startIn(env *cliEnv, ns nsPaths, argv []string, detach bool, name string, r
 		fmt.Fprintln(env.stdout, name)
 		return nil
 	}
-	code, err := runAttached(ns, argv, env.stderr)
+	var onStart func(pid int)
+	var client *api.Client
+	if report != nil {
+		// The command is the container's main process, as a monitor's
+		// is: ps then says "exited N" once it is done, as after run -d.
+		// Errors are not reported: the command's own status is the
+		// exit status.
+		client = api.NewClient(report.socket)
+		onStart = func(pid int) { client.MainProcess(report.container, api.MainProcess{PID: pid}) }
+	}
+	code, pid, err := runAttached(ns, argv, env.stderr, onStart)
 	if err != nil {
 		return err
+	}
+	if client != nil {
+		client.MainProcess(report.container, api.MainProcess{PID: pid, ExitStatus: &code})
 	}
 	if code != 0 {
 		return exitError{code}

@@ -206,9 +206,10 @@ func monitorMain(args []string) int {
 }
 
 // runAttached runs argv in the container's namespace with this process's
-// standard streams and returns its exit status. Interrupts reach the
+// standard streams and returns its exit status and PID; onStart, if set,
+// is told the PID once it runs. Interrupts reach the
 // command (it shares the terminal's process group); the CLI itself waits.
-func runAttached(ns nsPaths, argv []string, warn io.Writer) (int, error) {
+func runAttached(ns nsPaths, argv []string, warn io.Writer, onStart func(pid int)) (code, pid int, err error) {
 	c := ns.command(argv)
 	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 	// Catch (not ignore: an ignored signal stays ignored across exec) the
@@ -217,7 +218,11 @@ func runAttached(ns nsPaths, argv []string, warn io.Writer) (int, error) {
 	signal.Notify(sigs, os.Interrupt)
 	defer signal.Stop(sigs)
 	if err := start(c, warn); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return sandbox.ExitStatus(c.Wait()), nil
+	pid = c.PID()
+	if onStart != nil {
+		onStart(pid)
+	}
+	return sandbox.ExitStatus(c.Wait()), pid, nil
 }
