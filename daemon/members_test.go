@@ -42,6 +42,20 @@ func startAgain(t *testing.T, mem *tunnel.MemNetwork, old Config, sb *fakeSandbo
 	return nd
 }
 
+// stoppedCluster starts three nodes, waits until each sees all three
+// alive, and stops them all.
+func stoppedCluster(t *testing.T, mem *tunnel.MemNetwork) ([]*Daemon, []*fakeSandbox) {
+	t.Helper()
+	ds, sbs := threeNodesOn(t, mem)
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+	}
+	for _, d := range ds {
+		d.Close()
+	}
+	return ds, sbs
+}
+
 // TestSeedRestartRejoinsTheCluster restarts the node the others joined
 // through (started without --join) with a clean shutdown: it must see all
 // the others alive again, and they it.
@@ -62,13 +76,7 @@ func TestSeedRestartRejoinsTheCluster(t *testing.T) {
 // enough for them to find each other.
 func TestWholeClusterRestartWithoutJoin(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
-	ds, sbs := threeNodesOn(t, mem)
-	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-	}
-	for _, d := range ds {
-		d.Close()
-	}
+	ds, sbs := stoppedCluster(t, mem)
 	var back []*Daemon
 	for i := len(ds) - 1; i >= 0; i-- {
 		back = append(back, startAgain(t, mem, ds[i].cfg, sbs[i]))
@@ -85,13 +93,7 @@ func TestWholeClusterRestartWithoutJoin(t *testing.T) {
 // no one still fails at start.
 func TestRestartWithJoinBeforeItsSeed(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
-	ds, sbs := threeNodesOn(t, mem)
-	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-	}
-	for _, d := range ds {
-		d.Close()
-	}
+	ds, sbs := stoppedCluster(t, mem)
 	old := ds[1].cfg
 	cfg := nodeConfig(t, mem, old.Node, old.Advertise, sbs[1], old.StateDir, old.Join...)
 	cfg.GossipPort = old.GossipPort
