@@ -72,7 +72,7 @@ type Source interface {
 	// Forwards reports whether asker's queries for names that are not
 	// local may go to the upstreams. An asker that may not (a container
 	// with no egress: Docker's internal networks) gets SERVFAIL for them,
-	// as with no upstream, and the query is counted as refused.
+	// as with no upstream, counted in Stats.NoEgress.
 	Forwards(asker string) bool
 }
 

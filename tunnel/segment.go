@@ -117,12 +117,12 @@ func (n *Segment) SetPeers(peers []netip.Addr) error {
 // frames). A frame that claims a MAC statically behind another VTEP is
 // dropped ("spoofed-src").
 func (n *Segment) SetExternal(vteps []netip.Addr) error {
-	set := make(map[netip.Addr]bool, len(vteps))
-	for _, a := range vteps {
-		a = a.Unmap()
-		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
-			return fmt.Errorf("vni %d: invalid external VTEP address %s", n.vni, a)
-		}
+	list, err := n.vtepSet("external VTEP address", vteps)
+	if err != nil {
+		return err
+	}
+	set := make(map[netip.Addr]bool, len(list))
+	for _, a := range list {
 		set[a] = true
 	}
 	n.mu.Lock()
@@ -314,8 +314,9 @@ func (n *Segment) sweep(now int64) {
 	}
 	behind := make(map[netip.Addr]bool, len(n.heard))
 	n.learned.Range(func(e *aging.Entry[*peer]) { behind[e.Value.addr] = true })
-	if kept := slices.DeleteFunc(slices.Clone(n.heard), func(a netip.Addr) bool { return !behind[a] }); len(kept) != len(n.heard) {
-		n.heard = kept
+	was := len(n.heard)
+	n.heard = slices.DeleteFunc(n.heard, func(a netip.Addr) bool { return !behind[a] })
+	if len(n.heard) != was {
 		n.publish()
 	}
 }

@@ -203,7 +203,7 @@ func notGone(ctr api.Container) error {
 
 // lookCommand checks that argv0 can be started: a command that cannot is
 // a failure that exits 127 (not found) or 126 (found, not executable), as
-// in a shell and docker run/exec.
+// in a shell and docker run.
 func lookCommand(argv0 string) error {
 	_, err := exec.LookPath(argv0)
 	if err == nil {
