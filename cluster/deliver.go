@@ -1,6 +1,10 @@
 package cluster
 
 import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -40,6 +44,7 @@ type delivery struct {
 	msg     []byte // encoded msgEntries
 	done    bool   // acknowledged
 	wake    chan struct{}
+	fin     chan struct{} // closed once the delivery is forgotten (finishLocked)
 }
 
 func (d *delivery) signal() {
@@ -52,13 +57,15 @@ func (d *delivery) signal() {
 // deliverOwn sends e, one of this node's own writes over the gossip packet
 // limit, to every alive member, each until it acknowledges. A delivery of
 // an older version of the same key to the same member is replaced, so there
-// is at most one per member and key.
-func (c *Cluster) deliverOwn(e Entry) {
+// is at most one per member and key. It returns the deliveries that carry
+// e or a newer write of its key.
+func (c *Cluster) deliverOwn(e Entry) []*delivery {
+	var out []*delivery
 	for _, p := range c.alivePeers() {
 		c.mu.Lock()
 		if c.closing {
 			c.mu.Unlock()
-			return
+			return out
 		}
 		c.nextID++
 		id := c.nextID
@@ -72,14 +79,81 @@ func (c *Cluster) deliverOwn(e Entry) {
 				d.signal()
 			}
 			c.mu.Unlock()
+			out = append(out, d)
 			continue
 		}
-		d := &delivery{key: ok, version: e.Version, id: id, msg: msg, wake: make(chan struct{}, 1)}
+		d := &delivery{key: ok, version: e.Version, id: id, msg: msg, wake: make(chan struct{}, 1), fin: make(chan struct{})}
 		c.outbox[ok] = d
 		c.acks[id] = d
 		c.mu.Unlock()
+		out = append(out, d)
 		c.spawn(func() { c.deliver(d) })
 	}
+	return out
+}
+
+// Ref names one entry: a table and a key.
+type Ref struct {
+	Table, Key string
+}
+
+// ClaimRef names this node's entry of a claim on resource of group in
+// table (what Claim writes and ReleaseClaim deletes), for Spread.
+func (c *Cluster) ClaimRef(table, group, resource string) Ref {
+	return Ref{table, claimKey(group, resource) + c.cfg.NodeName}
+}
+
+// Spread sends this node's newest write of each entry named to every
+// alive member over TCP, each until it acknowledges (as large entries
+// are delivered), and waits up to timeout for those acknowledgements. A
+// caller that is about to report a write as done (a network or service
+// created or removed) calls it, so that a command run next on another
+// host finds the write there rather than a moment later by gossip. The
+// writes keep spreading after timeout; the error then names the members
+// that had not merged them yet.
+func (c *Cluster) Spread(timeout time.Duration, refs ...Ref) error {
+	var ds []*delivery
+	for _, ref := range refs {
+		c.mu.Lock()
+		r := c.entries[tkey{ref.Table, ref.Key}]
+		mine := r != nil && r.Owner == c.cfg.NodeName
+		var e Entry
+		if mine {
+			e = r.Entry.clone()
+		}
+		c.mu.Unlock()
+		if !mine {
+			return fmt.Errorf("table %q, key %q: no write of this node's to spread", ref.Table, ref.Key)
+		}
+		ds = append(ds, c.deliverOwn(e)...)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+wait:
+	for _, d := range ds {
+		select {
+		case <-d.fin:
+		case <-c.stop:
+			return errors.New("cluster is closed")
+		case <-t.C:
+			break wait
+		}
+	}
+	var late []string
+	for _, d := range ds {
+		select {
+		case <-d.fin:
+		default:
+			if !slices.Contains(late, d.key.peer) {
+				late = append(late, d.key.peer)
+			}
+		}
+	}
+	if len(late) > 0 {
+		slices.Sort(late)
+		return fmt.Errorf("not yet acknowledged by %s after %v", strings.Join(late, ", "), timeout)
+	}
+	return nil
 }
 
 // deliver sends d until it is acknowledged, replaced by nothing newer
@@ -177,6 +251,11 @@ func (c *Cluster) deliveryTargetLocked(d *delivery) (*memberlist.Node, string) {
 
 // finishLocked forgets d; c.mu must be held.
 func (c *Cluster) finishLocked(d *delivery) {
+	select {
+	case <-d.fin:
+	default:
+		close(d.fin)
+	}
 	if c.outbox[d.key] == d {
 		delete(c.outbox, d.key)
 	}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -165,5 +166,39 @@ func TestRegossipWaitsWhileTheQueueIsBackedUp(t *testing.T) {
 	n.regossipDue(later)
 	if r := rounds(); r != regossipQueueMax+8 {
 		t.Fatalf("after the queue drained, %d of %d writes were broadcast again", r, regossipQueueMax+8)
+	}
+}
+
+// TestSpreadReturnsOnceEveryMemberHasTheWrite: a write that Spread
+// returned for is on every alive member at that moment, even one that
+// loses every gossiped entry; a member that reads no stream is named in
+// the error once the wait is over.
+func TestSpreadReturnsOnceEveryMemberHasTheWrite(t *testing.T) {
+	nodes := startCluster(t, mustKey(t), 3, func(c *Config) { c.PushPullInterval = time.Minute })
+	n1, n3 := nodes[0], nodes[2]
+	drop := func() bool { return true }
+	n3.dropEntries.Store(&drop)
+	if err := n1.Put("networks", "web", []byte("10.0.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.Spread(5*time.Second, Ref{"networks", "web"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if e, ok := n.Get("networks", "web"); !ok || string(e.Value) != "10.0.1.0/24" {
+			t.Errorf("%s right after Spread: %q %v, want the write", n.cfg.NodeName, e.Value, ok)
+		}
+	}
+
+	n3.tr.dropStream.Store(&drop)
+	if err := n1.Put("networks", "web", []byte("10.0.2.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	err := n1.Spread(300*time.Millisecond, Ref{"networks", "web"})
+	if err == nil || !strings.Contains(err.Error(), "n3") || strings.Contains(err.Error(), "n2") {
+		t.Fatalf("Spread with n3 deaf: %v, want an error naming n3 alone", err)
+	}
+	if err := n1.Spread(time.Second, Ref{"networks", "nosuchkey"}); err == nil {
+		t.Fatal("Spread of a key this node never wrote: no error")
 	}
 }

@@ -161,3 +161,48 @@ func TestNetworkRemovedEverywhere(t *testing.T) {
 		waitFor(t, "db gone everywhere", func() bool { _, err := d.Network("db"); return err != nil })
 	}
 }
+
+// TestCreatedIsUsableOnEveryHostAtOnce: what a create returned for is
+// usable on every other host right away, as a script running `network
+// create` on one host and `run` on another expects (gossip alone brings
+// it a few hundred milliseconds later).
+func TestCreatedIsUsableOnEveryHostAtOnce(t *testing.T) {
+	ds, _ := threeNodesOn(t, tunnel.NewMemNetwork())
+	for i := range 5 {
+		net, svc := fmt.Sprintf("net%d", i), fmt.Sprintf("svc%d", i)
+		if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: net, Subnet: fmt.Sprintf("10.7.%d.0/24", i)}); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds[1:] {
+			if _, err := d.Attach(api.AttachRequest{Network: net, Name: "c-" + net + "-" + d.cfg.Node, Create: true}); err != nil {
+				t.Fatalf("attach on %s right after %s was created on h1: %v", d.cfg.Node, net, err)
+			}
+		}
+		if _, err := ds[1].CreateService(api.ServiceCreateRequest{Name: svc, Networks: []string{net}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []*Daemon{ds[0], ds[2]} {
+			if _, err := d.Service(svc); err != nil {
+				t.Fatalf("%s right after %s was created on h2: %v", d.cfg.Node, svc, err)
+			}
+		}
+		// And what a remove returned for is gone everywhere: the name
+		// is free for a create on another host.
+		if err := ds[1].RemoveService(svc); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ds[2].CreateService(api.ServiceCreateRequest{Name: svc, Networks: []string{net}}); err != nil {
+			t.Fatalf("create of %s on h3 right after its removal on h2: %v", svc, err)
+		}
+		tmp := fmt.Sprintf("tmp%d", i)
+		if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: tmp, Subnet: fmt.Sprintf("10.8.%d.0/24", i)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ds[0].RemoveNetwork(tmp); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ds[2].CreateNetwork(api.NetworkCreateRequest{Name: tmp, Subnet: fmt.Sprintf("10.9.%d.0/24", i)}); err != nil {
+			t.Fatalf("create of %s on h3 right after its removal on h1: %v", tmp, err)
+		}
+	}
+}

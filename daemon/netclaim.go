@@ -208,11 +208,20 @@ func (d *Daemon) repickNetwork(rec *netRecord, claim netClaim, lost *cluster.Cla
 // releaseNetworkClaim gives up the claim of a created network once its
 // record is published (the record itself now protects it).
 func (d *Daemon) releaseNetworkClaim(rec netRecord) {
-	subnet, _ := netip.ParsePrefix(rec.Subnet)
-	c := netClaim{name: rec.Name, subnet: subnet, vni: rec.VNI}
-	if err := d.cl.ReleaseClaim(tblNetClaims, netClaimGroup, c.String()); err != nil {
+	if err := d.cl.ReleaseClaim(tblNetClaims, netClaimGroup, netClaimOf(rec).String()); err != nil {
 		d.log.Warn("releasing network claim", "network", rec.Name, "err", err)
 	}
+}
+
+// netClaimOf is the claim a create of rec made.
+func netClaimOf(rec netRecord) netClaim {
+	subnet, _ := netip.ParsePrefix(rec.Subnet)
+	return netClaim{name: rec.Name, subnet: subnet, vni: rec.VNI}
+}
+
+// netClaimRef names this node's claim entry of a create of rec.
+func (d *Daemon) netClaimRef(rec netRecord) cluster.Ref {
+	return d.cl.ClaimRef(tblNetClaims, netClaimGroup, netClaimOf(rec).String())
 }
 
 // freeVNIExcept is freeVNI that also skips the VNIs in avoid.

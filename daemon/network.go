@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/packet"
@@ -345,23 +346,50 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	if err := d.claimNetwork(&rec, createChoice{autoSubnet: req.Subnet == "" && req.Gateway == "", autoVNI: req.VNI == 0}); err != nil {
 		return api.Network{}, err
 	}
+	view, err := d.commitNetwork(rec)
+	if err != nil {
+		return api.Network{}, err
+	}
+	d.spreadRecord("network", rec.Name, cluster.Ref{Table: tblNetworks, Key: rec.Name}, d.netClaimRef(rec))
+	return view, nil
+}
+
+// commitNetwork publishes a confirmed network record, releases its claim
+// and sets the network up on this node.
+func (d *Daemon) commitNetwork(rec netRecord) (api.Network, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	err = d.publishNetwork(rec)
+	err := d.publishNetwork(rec)
 	d.releaseNetworkClaim(rec)
 	if err != nil {
-		return api.Network{}, fmt.Errorf("network %q: %w", req.Name, err)
+		return api.Network{}, fmt.Errorf("network %q: %w", rec.Name, err)
 	}
 	applyErr := d.reconcile()
 	n, ok := d.networks[rec.Name]
 	if !ok {
-		return api.Network{}, fmt.Errorf("network %q: removed again while it was being created", req.Name)
+		return api.Network{}, fmt.Errorf("network %q: removed again while it was being created", rec.Name)
 	}
 	if err := networkError(applyErr, rec.Name); err != nil {
-		return api.Network{}, fmt.Errorf("network %q: created, but not set up on this node: %w", req.Name, err)
+		return api.Network{}, fmt.Errorf("network %q: created, but not set up on this node: %w", rec.Name, err)
 	}
 	d.log.Info("network created", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
 	return d.networkView(n, false), nil
+}
+
+// spreadTimeout bounds how long a create waits for the other hosts to
+// acknowledge its record (spreadRecord).
+const spreadTimeout = 2 * time.Second
+
+// spreadRecord waits, up to spreadTimeout and without d.mu, until every
+// alive member has merged this node's writes refs of what name, so that a
+// command run on another host right after a create or remove finds what
+// it did (gossip alone takes a few hundred milliseconds). A member that
+// did not answer in time gets the writes by gossip; that is logged, not
+// failed: the create or remove is done.
+func (d *Daemon) spreadRecord(what, name string, refs ...cluster.Ref) {
+	if err := d.cl.Spread(spreadTimeout, refs...); err != nil {
+		d.log.Warn("done, but not yet known on every host", what, name, "err", err)
+	}
 }
 
 // planNetwork validates req against the networks known and in creation,
@@ -577,8 +605,18 @@ func (d *Daemon) freeVNI() uint32 {
 	return d.freeVNIExcept(nil)
 }
 
-// RemoveNetwork deletes a network that has no endpoints left.
+// RemoveNetwork deletes a network that has no endpoints left; it returns
+// once the other hosts know (spreadRecord).
 func (d *Daemon) RemoveNetwork(name string) error {
+	if err := d.removeNetwork(name); err != nil {
+		return err
+	}
+	d.spreadRecord("network", name, cluster.Ref{Table: tblNetworks, Key: name})
+	return nil
+}
+
+// removeNetwork is RemoveNetwork's work on this node.
+func (d *Daemon) removeNetwork(name string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n, ok := d.networks[name]

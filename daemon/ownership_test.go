@@ -121,6 +121,11 @@ func TestRestartedNodeHoldsItsEndpointsBlocks(t *testing.T) {
 	if got := d2.Stats().RefusedRecords; len(got) > 0 {
 		t.Fatalf("the restarted h2 reports refusals: %v", got)
 	}
+	for _, d := range []*Daemon{ds[0], ds[2]} {
+		if got := d.Stats().RefusedRecords; len(got) > 0 {
+			t.Errorf("%s refused records during h2's restart: %v", d.cfg.Node, got)
+		}
+	}
 	// h3 is not handed c2's block.
 	ep3 := mustAttach(t, ds[2], api.AttachRequest{Network: "web", Name: "c3", Create: true})
 	if blockOf(netip.MustParsePrefix("10.3.0.0/24"), netip.MustParseAddr(ep3.IP)) == block {

@@ -209,6 +209,15 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 		}
 		return api.Service{}, fmt.Errorf("service %q: %w", req.Name, err)
 	}
+	// Once created, the record and the claim's release are spread to
+	// the other hosts before the create returns (this defer runs last).
+	var created bool
+	defer func() {
+		if created {
+			d.spreadRecord("service", req.Name, cluster.Ref{Table: tblServices, Key: req.Name},
+				d.cl.ClaimRef(tblSvcClaims, svcClaimGroup, req.Name))
+		}
+	}()
 	defer func() {
 		if err := d.cl.ReleaseClaim(tblSvcClaims, svcClaimGroup, req.Name); err != nil {
 			d.log.Warn("releasing service claim", "service", req.Name, "err", err)
@@ -235,13 +244,18 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 	rec.ID = hex.EncodeToString(id)
 	rec.Created, rec.CreatedBy = time.Now().UTC().Truncate(time.Second), d.cfg.Node
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	spec, err := d.commitService(rec, nil)
+	var view api.Service
+	if err == nil {
+		view = d.serviceView(spec, nil, false)
+	}
+	d.mu.Unlock()
 	if err != nil {
 		return api.Service{}, err
 	}
 	d.log.Info("service created", "service", rec.Name, "mode", rec.Mode, "vips", fmt.Sprint(rec.VIPs))
-	return d.serviceView(spec, nil, false), nil
+	created = true
+	return view, nil
 }
 
 // planService checks a create's name and networks against what this node
@@ -532,21 +546,31 @@ func (d *Daemon) updatedNetworks(old *svcSpec, req api.ServiceUpdateRequest) ([]
 // RemoveService deletes a service. Its backends stay as they are, no
 // longer backends: their memberships name a service ID that is gone.
 func (d *Daemon) RemoveService(name string) error {
+	key, err := d.removeService(name)
+	if err != nil {
+		return err
+	}
+	d.spreadRecord("service", key, cluster.Ref{Table: tblServices, Key: key})
+	return nil
+}
+
+// removeService deletes service name and returns its record's key.
+func (d *Daemon) removeService(name string) (string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := d.findService(name)
 	if s == nil {
-		return notFound("service %q: not found", name)
+		return "", notFound("service %q: not found", name)
 	}
 	if err := d.cl.Delete(tblServices, s.rec.Name); err != nil {
-		return fmt.Errorf("service %q: %w", name, err)
+		return "", fmt.Errorf("service %q: %w", name, err)
 	}
 	if err := d.reconcile(); err != nil {
 		d.log.Error("data plane", "err", err)
 	}
 	d.refreshDNS()
 	d.log.Info("service removed", "service", s.rec.Name)
-	return nil
+	return s.rec.Name, nil
 }
 
 // Services lists every service.
