@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"slices"
 
@@ -17,24 +18,72 @@ import (
 // in the daemon's namespace for Docker to move into its container, and
 // addresses held for Docker's IPAM requests.
 
-// errHostTAPGone is why a Docker endpoint is down after a daemon restart:
-// its TAP device lived as long as the daemon's descriptor.
-var errHostTAPGone = errors.New("the Docker endpoint's interface went with the daemon's restart; docker restart the container")
+// errHostTAPGone is why a Docker endpoint whose device was not found
+// after a restart is down.
+var errHostTAPGone = errors.New("the Docker endpoint's interface is gone (its container stopped, or its device went with an older daemon); docker restart the container")
 
 // ipamOwner owns the addresses held for Docker's IPAM between
 // RequestAddress and the endpoint's attach; no container can have that
 // name (checkName refuses it).
 const ipamOwner = "<docker ipam>"
 
-// hostPlugger is the Sandbox's way to make a host TAP (the real Sandbox;
-// test fakes may implement it too).
+// hostPlugger is the Sandbox's way to make a host TAP and to find it
+// again after a restart in the namespace Docker moved it to (the real
+// Sandbox; test fakes may implement it too).
 type hostPlugger interface {
 	PlugHost(cfg sandbox.IfaceConfig) (netdev.Device, error)
+	// ReopenHost opens the host TAP with MAC mac in the namespace at
+	// nsPath and returns it with its name there.
+	ReopenHost(nsPath string, mac packet.MAC) (netdev.Device, string, error)
 }
 
 // PlugHost makes a host TAP (sandbox.PlugHost).
 func (linuxSandbox) PlugHost(cfg sandbox.IfaceConfig) (netdev.Device, error) {
 	return sandbox.PlugHost(cfg)
+}
+
+// ReopenHost finds a host TAP again (sandbox.ReopenHost).
+func (linuxSandbox) ReopenHost(nsPath string, mac packet.MAC) (netdev.Device, string, error) {
+	return sandbox.ReopenHost(nsPath, mac[:])
+}
+
+// reopenHost opens the device of ep, a Docker endpoint, after a restart:
+// the persistent TAP PlugHost made, which Docker moved into the
+// container's namespace (its sandbox key) and renamed.
+func (d *Daemon) reopenHost(ep *endpoint) (netdev.Device, error) {
+	hp, ok := d.sb.(hostPlugger)
+	if !ok {
+		return nil, errors.New("this sandbox cannot open host TAP devices")
+	}
+	dev, name, err := hp.ReopenHost(ep.ctr.netns, ep.mac)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w (%v)", errHostTAPGone, err)
+		}
+		return nil, err
+	}
+	d.log.Info("docker endpoint's interface found in its container", "container", ep.ctr.name, "netns", ep.ctr.netns, "ifname", name)
+	return dev, nil
+}
+
+// persister is a device that can outlive its descriptor (*netdev.TAP).
+type persister interface {
+	SetPersist(bool) error
+}
+
+// unpersistHost makes the device of ep, if a Docker endpoint's, go when
+// the data plane closes it, wherever it is (Docker moves it back to the
+// daemon's namespace before Leave; `vxmesh rm` takes it out of a running
+// container, as detaching any endpoint does). Callers hold d.mu.
+func (d *Daemon) unpersistHost(ep *endpoint) {
+	if !ep.ctr.hostTAP || ep.dev == nil {
+		return
+	}
+	if p, ok := ep.dev.(persister); ok {
+		if err := p.SetPersist(false); err != nil {
+			d.log.Warn("docker endpoint's interface may outlive it", "container", ep.ctr.name, "err", err)
+		}
+	}
 }
 
 // plug makes c's interface: in its namespace, or a host TAP.

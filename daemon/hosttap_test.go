@@ -2,12 +2,15 @@ package daemon
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/netdev/netdevtest"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
@@ -16,6 +19,37 @@ import (
 // namespace, keyed "host/IFNAME".
 func (f *fakeSandbox) PlugHost(cfg sandbox.IfaceConfig) (netdev.Device, error) {
 	return f.Plug("host", cfg)
+}
+
+// ReopenHost finds the fake's TAP with MAC mac in namespace nsPath (where
+// dockerMove put it) and attaches to it again.
+func (f *fakeSandbox) ReopenHost(nsPath string, mac packet.MAC) (netdev.Device, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for key, fi := range f.ifaces {
+		name, ok := strings.CutPrefix(key, nsPath+"/")
+		if !ok || !bytes.Equal(fi.cfg.MAC, mac[:]) {
+			continue
+		}
+		host, ctr := netdevtest.NewPipe("tap", name, netdevtest.DefaultQueue)
+		fi.container = ctr
+		return host, name, nil
+	}
+	return nil, "", fmt.Errorf("netns %q: no TAP device with MAC %s: %w", nsPath, mac, os.ErrNotExist)
+}
+
+// dockerMove does what Docker does with a host TAP at Join: it moves the
+// interface from the daemon's namespace into the sandbox and renames it.
+func (f *fakeSandbox) dockerMove(t *testing.T, ifname, sandboxKey, newName string) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi, ok := f.ifaces["host/"+ifname]
+	if !ok {
+		t.Fatalf("no host TAP %q to move", ifname)
+	}
+	delete(f.ifaces, "host/"+ifname)
+	f.ifaces[sandboxKey+"/"+newName] = fi
 }
 
 // TestHostTAPEndpoint: a Docker endpoint gets a TAP device in the
@@ -121,25 +155,65 @@ func TestReserveAddressHoldsForDocker(t *testing.T) {
 	}
 }
 
-// TestHostTAPEndpointDownAfterRestart: the device of a Docker endpoint
-// went with the daemon; after a restart its endpoint is down and says why.
-func TestHostTAPEndpointDownAfterRestart(t *testing.T) {
+// TestHostTAPEndpointSurvivesRestart: a Docker endpoint's device outlives
+// the daemon in the container Docker moved it into: a restarted daemon
+// finds it there by its MAC under the name Docker gave it and forwards
+// again; one whose device is gone (its container stopped meanwhile) is
+// down, says why, and can be removed.
+func TestHostTAPEndpointSurvivesRestart(t *testing.T) {
 	sb := newFakeSandbox()
 	dir := t.TempDir()
 	d := newTestDaemon(t, sb, dir)
 	d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"})
-	if _, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa"}); err != nil {
+	ep1, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa"})
+	if err != nil {
 		t.Fatal(err)
 	}
+	ep2, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-bbbbbbbbbbbb", Netns: "/var/run/docker/netns/2", IfName: "vxdbbbbbbbbbbbb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep3, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-cccccccccccc", Netns: "/var/run/docker/netns/3", IfName: "vxdcccccccccccc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.dockerMove(t, "vxdaaaaaaaaaaaa", "/var/run/docker/netns/1", "eth0")
+	sb.dockerMove(t, "vxdbbbbbbbbbbbb", "/var/run/docker/netns/2", "eth1")
+	// The third container stops while the daemon is down: its sandbox
+	// and the device go.
+	sb.dockerMove(t, "vxdcccccccccccc", "/var/run/docker/netns/3", "eth0")
 	d.Close()
+	sb.mu.Lock()
+	delete(sb.ifaces, "/var/run/docker/netns/3/eth0")
+	sb.mu.Unlock()
+
 	d2 := newTestDaemon(t, sb, dir)
 	defer d2.Close()
-	eps := d2.Endpoints()
-	if len(eps) != 1 || !strings.Contains(eps[0].State, "docker restart") {
-		t.Fatalf("after restart: %+v", eps)
+	state := map[string]string{}
+	for _, e := range d2.Endpoints() {
+		state[e.Name] = e.State
+		if e.Name == ep1.Name && (e.IP != ep1.IP || e.MAC != ep1.MAC || e.IfName != ep1.IfName) {
+			t.Fatalf("restored endpoint %+v, was %+v", e, ep1)
+		}
 	}
-	if err := d2.RemoveContainer("docker-aaaaaaaaaaaa"); err != nil {
+	if state[ep1.Name] != "up" || state[ep2.Name] != "up" || !strings.Contains(state[ep3.Name], "docker restart") {
+		t.Fatalf("endpoint states after restart: %v", state)
+	}
+	mac1, _ := packet.ParseMAC(ep1.MAC)
+	mac2, _ := packet.ParseMAC(ep2.MAC)
+	frame := ipv4Frame(mac1, mac2, netip.MustParseAddr(ep1.IP), netip.MustParseAddr(ep2.IP), []byte("after the restart"))
+	send(t, sb.iface("/var/run/docker/netns/1", "eth0").container, frame)
+	if got := recv(t, sb.iface("/var/run/docker/netns/2", "eth1").container); !bytes.Equal(got, frame) {
+		t.Fatal("frame between two restored Docker endpoints not delivered")
+	}
+	if err := d2.RemoveContainer(ep3.Name); err != nil {
 		t.Fatal(err)
+	}
+	if err := d2.Detach(ep1.Name, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if eps := d2.Endpoints(); len(eps) != 1 || eps[0].Name != ep2.Name {
+		t.Fatalf("endpoints after removing two: %+v", eps)
 	}
 }
 
