@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
@@ -201,4 +202,103 @@ func (d *Daemon) AddAlias(name, network, alias string) error {
 	d.publishEndpoint(ep)
 	d.refreshDNS()
 	return nil
+}
+
+// PublishPorts sets the published ports of container name's endpoint on
+// network to specs (`[HOSTIP:]HOSTPORT:PORT[/udp]`, as `run -p`): the
+// Docker network plugin's `docker run -p`, given after the endpoint
+// joined. Ports it has already stay open, the others close; a host port
+// in use refuses the whole change, naming it, and changes nothing. The
+// ports are saved with the endpoint and reopened after a restart.
+func (d *Daemon) PublishPorts(name, network string, specs []string) error {
+	want, err := parseSpecs(name, specs)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	ep, err := d.publishable(name, network)
+	var open []gateway.Publish
+	if err == nil {
+		open = portsMissing(ep.ports, want)
+	}
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// Listening is done without d.mu, as at attach.
+	ports, err := d.openPorts(name, network, open)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ep2, err := d.publishable(name, network); err != nil || ep2 != ep {
+		closePorts(ports)
+		return notFound("container %q: not attached to network %q any more", name, network)
+	}
+	for _, pp := range ports {
+		ip := ep.ip
+		pp.ip.Store(&ip)
+		pp.ctr.Store(ep.ctr)
+	}
+	old := ep.ports
+	var keep, gone []*publishedPort
+	for _, pp := range old {
+		if slices.Contains(want, pp.spec) {
+			keep = append(keep, pp)
+		} else {
+			gone = append(gone, pp)
+		}
+	}
+	ep.ports = append(keep, ports...)
+	if err := d.saveContainer(name); err != nil {
+		ep.ports = old
+		closePorts(ports)
+		return fmt.Errorf("container %q: %w", name, err)
+	}
+	closePorts(gone)
+	if len(ports) > 0 || len(gone) > 0 {
+		d.log.Info("published ports set", "container", name, "network", network, "ports", ep.savedPorts())
+	}
+	return nil
+}
+
+// UnpublishPorts closes every published port of container name's
+// endpoint on network (Docker's RevokeExternalConnectivity); an endpoint
+// that is gone has none.
+func (d *Daemon) UnpublishPorts(name, network string) error {
+	d.mu.Lock()
+	_, err := d.publishable(name, network)
+	d.mu.Unlock()
+	if errors.As(err, new(notFoundError)) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return d.PublishPorts(name, network, nil)
+}
+
+// publishable returns container name's endpoint on network, if it can
+// change; callers hold d.mu.
+func (d *Daemon) publishable(name, network string) (*endpoint, error) {
+	c, ok := d.containers[name]
+	if !ok || c.endpoints[network] == nil {
+		return nil, notFound("container %q: not attached to network %q", name, network)
+	}
+	if err := d.checkChangeable(name); err != nil {
+		return nil, err
+	}
+	return c.endpoints[network], nil
+}
+
+// portsMissing returns the specs of want that none of ports has.
+func portsMissing(ports []*publishedPort, want []gateway.Publish) []gateway.Publish {
+	var out []gateway.Publish
+	for _, w := range want {
+		if !slices.ContainsFunc(ports, func(pp *publishedPort) bool { return pp.spec == w }) {
+			out = append(out, w)
+		}
+	}
+	return out
 }

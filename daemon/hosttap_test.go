@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -250,5 +253,78 @@ func TestAddAliasResolves(t *testing.T) {
 	defer d2.Close()
 	if eps := d2.Endpoints(); len(eps) != 1 || strings.Join(eps[0].Aliases, ",") != "d1" {
 		t.Fatalf("aliases after restart: %+v", eps)
+	}
+}
+
+// TestPublishPortsOfDockerEndpoint: `docker run -p` on a Docker endpoint
+// listens on the host port, refuses one in use naming it and changing
+// nothing, survives a restart, and closes when revoked.
+func TestPublishPortsOfDockerEndpoint(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	d := newTestDaemon(t, sb, dir)
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"})
+	for _, n := range []string{"docker-aaaaaaaaaaaa", "docker-bbbbbbbbbbbb"} {
+		if _, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: n, Netns: "/var/run/docker/netns/" + n, IfName: "vxd" + n[7:]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := freeTCPPort(t)
+	spec := fmt.Sprintf("127.0.0.1:%d:80/tcp", p)
+	listens := func() bool {
+		c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			c.Close()
+		}
+		return !errors.Is(err, syscall.ECONNREFUSED)
+	}
+	published := func(d *Daemon, name string) []string {
+		var out []string
+		for _, e := range d.Endpoints() {
+			if e.Name == name {
+				for _, pp := range e.Published {
+					out = append(out, pp.Spec+" "+pp.State)
+				}
+			}
+		}
+		return out
+	}
+	if err := d.PublishPorts("docker-aaaaaaaaaaaa", "web", []string{spec}); err != nil {
+		t.Fatal(err)
+	}
+	if !listens() || strings.Join(published(d, "docker-aaaaaaaaaaaa"), ",") != spec+" up" {
+		t.Fatalf("published port: listening %v, endpoint %v", listens(), published(d, "docker-aaaaaaaaaaaa"))
+	}
+	// Again (Docker programs the gateway endpoint again): no change.
+	if err := d.PublishPorts("docker-aaaaaaaaaaaa", "web", []string{spec}); err != nil {
+		t.Fatalf("the same ports again: %v", err)
+	}
+	err := d.PublishPorts("docker-bbbbbbbbbbbb", "web", []string{spec})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("host port 127.0.0.1:%d is already in use", p)) {
+		t.Fatalf("a busy host port: %v", err)
+	}
+	if got := published(d, "docker-bbbbbbbbbbbb"); len(got) != 0 {
+		t.Fatalf("a refused publish left ports: %v", got)
+	}
+	if err := d.PublishPorts("docker-cccccccccccc", "web", []string{spec}); err == nil || !strings.Contains(err.Error(), "not attached") {
+		t.Fatalf("ports of a missing endpoint: %v", err)
+	}
+	d.Close()
+	if listens() {
+		t.Fatal("the port listens after Close")
+	}
+	d2 := newTestDaemon(t, sb, dir)
+	defer d2.Close()
+	if !listens() || strings.Join(published(d2, "docker-aaaaaaaaaaaa"), ",") != spec+" up" {
+		t.Fatalf("after a restart: listening %v, endpoint %v", listens(), published(d2, "docker-aaaaaaaaaaaa"))
+	}
+	if err := d2.UnpublishPorts("docker-aaaaaaaaaaaa", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if listens() || len(published(d2, "docker-aaaaaaaaaaaa")) != 0 {
+		t.Fatalf("after revoke: listening %v, endpoint %v", listens(), published(d2, "docker-aaaaaaaaaaaa"))
+	}
+	if err := d2.UnpublishPorts("docker-cccccccccccc", "web"); err != nil {
+		t.Fatalf("revoke of a gone endpoint: %v", err)
 	}
 }
