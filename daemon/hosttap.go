@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -19,9 +20,9 @@ import (
 // in the daemon's namespace for Docker to move into its container, and
 // addresses held for Docker's IPAM requests.
 
-// errHostTAPGone is why a Docker endpoint whose device was not found
-// after a restart is down.
-var errHostTAPGone = errors.New("the Docker endpoint's interface is gone (its container stopped, or its device went with an older daemon); docker restart the container")
+// errHostTAPGone is why a Docker endpoint whose sandbox is gone after a
+// restart is down.
+var errHostTAPGone = errors.New("its Docker container stopped meanwhile (docker start makes a new endpoint; vxmesh rm removes this one)")
 
 // ipamOwner owns the addresses held for Docker's IPAM between
 // RequestAddress and the endpoint's attach; no container can have that
@@ -36,6 +37,9 @@ type hostPlugger interface {
 	// ReopenHost opens the host TAP with MAC mac in the namespace at
 	// nsPath and returns it with its name there.
 	ReopenHost(nsPath string, mac packet.MAC) (netdev.Device, string, error)
+	// RecreateHost makes a gone one again there, configured (see
+	// sandbox.RecreateHost).
+	RecreateHost(nsPath string, cfg sandbox.IfaceConfig) (netdev.Device, string, error)
 }
 
 // PlugHost makes a host TAP (sandbox.PlugHost).
@@ -48,22 +52,48 @@ func (linuxSandbox) ReopenHost(nsPath string, mac packet.MAC) (netdev.Device, st
 	return sandbox.ReopenHost(nsPath, mac[:])
 }
 
+// RecreateHost makes a host TAP again in a container (sandbox.RecreateHost,
+// named as Docker names interfaces).
+func (linuxSandbox) RecreateHost(nsPath string, cfg sandbox.IfaceConfig) (netdev.Device, string, error) {
+	return sandbox.RecreateHost(nsPath, dockerIfPrefix, cfg)
+}
+
+// dockerIfPrefix is how Docker names the interfaces it moves into a
+// container (the DstPrefix the plugin answers at Join): eth0, eth1, ...
+const dockerIfPrefix = "eth"
+
 // reopenHost opens the device of ep, a Docker endpoint, after a restart:
 // the persistent TAP PlugHost made, which Docker moved into the
-// container's namespace (its sandbox key) and renamed.
+// container's namespace (its sandbox key) and renamed. If the namespace
+// is there but the device is not (made by an older daemon, which did not
+// keep it), it is made again as Docker had configured it: the same MAC,
+// address and MTU under a free ethN, and the default route via the
+// network's gateway unless the container has one. Callers hold d.mu.
 func (d *Daemon) reopenHost(ep *endpoint) (netdev.Device, error) {
 	hp, ok := d.sb.(hostPlugger)
 	if !ok {
 		return nil, errors.New("this sandbox cannot open host TAP devices")
 	}
-	dev, name, err := hp.ReopenHost(ep.ctr.netns, ep.mac)
-	if err != nil {
+	c := ep.ctr
+	dev, name, err := hp.ReopenHost(c.netns, ep.mac)
+	if err == nil {
+		d.log.Info("docker endpoint's interface found in its container", "container", c.name, "netns", c.netns, "ifname", name)
+		return dev, nil
+	}
+	if !errors.Is(err, sandbox.ErrNoHostTAP) {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w (%v)", errHostTAPGone, err)
+			// The sandbox went: the container stopped meanwhile.
+			return nil, fmt.Errorf("%v: %w", err, errHostTAPGone)
 		}
 		return nil, err
 	}
-	d.log.Info("docker endpoint's interface found in its container", "container", ep.ctr.name, "netns", ep.ctr.netns, "ifname", name)
+	n := ep.net
+	cfg := sandbox.IfaceConfig{MAC: net.HardwareAddr(ep.mac[:]), Addr: netip.PrefixFrom(ep.ip, n.subnet.Bits()), Gateway: n.gw, MTU: n.rec.MTU}
+	dev, name, err = hp.RecreateHost(c.netns, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("making its interface again: %w", err)
+	}
+	d.log.Warn("docker endpoint's interface was gone from its container; made again", "container", c.name, "netns", c.netns, "ifname", name, "ip", cfg.Addr)
 	return dev, nil
 }
 

@@ -38,7 +38,22 @@ func (f *fakeSandbox) ReopenHost(nsPath string, mac packet.MAC) (netdev.Device, 
 		fi.container = ctr
 		return host, name, nil
 	}
-	return nil, "", fmt.Errorf("netns %q: no TAP device with MAC %s: %w", nsPath, mac, os.ErrNotExist)
+	if _, ok := f.sandboxes[nsPath]; !ok {
+		return nil, "", fmt.Errorf("netns %q: %w", nsPath, os.ErrNotExist)
+	}
+	return nil, "", fmt.Errorf("netns %q: no TAP device with MAC %s: %w", nsPath, mac, sandbox.ErrNoHostTAP)
+}
+
+// RecreateHost makes the fake's interface again in nsPath under the
+// first free ethN.
+func (f *fakeSandbox) RecreateHost(nsPath string, cfg sandbox.IfaceConfig) (netdev.Device, string, error) {
+	f.mu.Lock()
+	for i := 0; cfg.IfName == "" || f.ifaces[nsPath+"/"+cfg.IfName] != nil; i++ {
+		cfg.IfName = fmt.Sprintf("eth%d", i)
+	}
+	f.mu.Unlock()
+	dev, err := f.Plug(nsPath, cfg)
+	return dev, cfg.IfName, err
 }
 
 // dockerMove does what Docker does with a host TAP at Join: it moves the
@@ -53,6 +68,10 @@ func (f *fakeSandbox) dockerMove(t *testing.T, ifname, sandboxKey, newName strin
 	}
 	delete(f.ifaces, "host/"+ifname)
 	f.ifaces[sandboxKey+"/"+newName] = fi
+	if f.sandboxes == nil {
+		f.sandboxes = map[string]bool{}
+	}
+	f.sandboxes[sandboxKey] = true
 }
 
 // TestHostTAPEndpoint: a Docker endpoint gets a TAP device in the
@@ -161,8 +180,9 @@ func TestReserveAddressHoldsForDocker(t *testing.T) {
 // TestHostTAPEndpointSurvivesRestart: a Docker endpoint's device outlives
 // the daemon in the container Docker moved it into: a restarted daemon
 // finds it there by its MAC under the name Docker gave it and forwards
-// again; one whose device is gone (its container stopped meanwhile) is
-// down, says why, and can be removed.
+// again; one whose device is gone from a running container is made again
+// as Docker configured it; one whose container stopped meanwhile is down,
+// says why, and can be removed.
 func TestHostTAPEndpointSurvivesRestart(t *testing.T) {
 	sb := newFakeSandbox()
 	dir := t.TempDir()
@@ -188,6 +208,10 @@ func TestHostTAPEndpointSurvivesRestart(t *testing.T) {
 	d.Close()
 	sb.mu.Lock()
 	delete(sb.ifaces, "/var/run/docker/netns/3/eth0")
+	delete(sb.sandboxes, "/var/run/docker/netns/3")
+	// The first container's device is gone but the container is not
+	// (an older daemon made it without keeping it): made again.
+	delete(sb.ifaces, "/var/run/docker/netns/1/eth0")
 	sb.mu.Unlock()
 
 	d2 := newTestDaemon(t, sb, dir)
@@ -199,8 +223,12 @@ func TestHostTAPEndpointSurvivesRestart(t *testing.T) {
 			t.Fatalf("restored endpoint %+v, was %+v", e, ep1)
 		}
 	}
-	if state[ep1.Name] != "up" || state[ep2.Name] != "up" || !strings.Contains(state[ep3.Name], "docker restart") {
+	if state[ep1.Name] != "up" || state[ep2.Name] != "up" || !strings.Contains(state[ep3.Name], "container stopped meanwhile") {
 		t.Fatalf("endpoint states after restart: %v", state)
+	}
+	re := sb.iface("/var/run/docker/netns/1", "eth0")
+	if re == nil || re.cfg.MAC.String() != ep1.MAC || re.cfg.Addr.String() != ep1.IP+"/24" || re.cfg.Gateway.String() != "10.1.0.1" || re.cfg.MTU != 1450 {
+		t.Fatalf("interface made again: %+v", re)
 	}
 	mac1, _ := packet.ParseMAC(ep1.MAC)
 	mac2, _ := packet.ParseMAC(ep2.MAC)

@@ -386,7 +386,8 @@ func (s *dockerHosts) connectDisconnect() {
 // plugin. A vxmesh daemon restart, clean (SIGTERM) or not (kill -9),
 // leaves d1 alone: its interfaces (on web and db) keep their names,
 // addresses, MAC and routes, and once the daemon is back d1 and c2 reach
-// each other by name again without any docker command; afterwards
+// each other by name again without any docker command; an interface that
+// went while the daemon was down is made again as it was; afterwards
 // docker network disconnect (an endpoint of before the restarts) removes
 // its endpoint and device.
 func (s *dockerHosts) restarts() {
@@ -403,8 +404,8 @@ func (s *dockerHosts) restarts() {
 	s.h2.mustPing("c2", "d1")
 
 	eng.must("network", "connect", "db", "d1")
-	// What d1 sees of its network: interfaces (name, MAC, address,
-	// state but the carrier's), routes.
+	// What d1 sees of its network: interfaces (name, MAC), addresses,
+	// routes.
 	netView := func() string {
 		links := eng.must("exec", "d1", "ip", "-o", "link")
 		addrs := eng.must("exec", "d1", "ip", "-o", "-4", "addr")
@@ -419,21 +420,34 @@ func (s *dockerHosts) restarts() {
 				keep = append(keep, strings.TrimSuffix(f[1], ":")+" "+mac)
 			}
 		}
-		return strings.Join(keep, "\n") + "\n" + addrs + "\n" + routes
+		for _, l := range strings.Split(addrs, "\n") {
+			// Without the interface index (a device made again has another).
+			_, a, _ := strings.Cut(l, ": ")
+			keep = append(keep, a)
+		}
+		return strings.Join(keep, "\n") + "\n" + routes
 	}
 	view := netView()
 	eps := dockerEndpoints(s.h1)
 	if len(eps) != 2 {
 		t.Fatalf("Docker endpoints with d1 on web and db: %v", eps)
 	}
-	for _, kill := range []bool{false, true} {
-		how := "SIGTERM"
+	sandboxKey := eng.must("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "d1")
+	for _, how := range []string{"SIGTERM", "kill -9", "device gone"} {
 		stop := s.h1.h.StopDaemon
-		if kill {
-			how, stop = "kill -9", s.h1.h.KillDaemon
+		if how == "kill -9" {
+			stop = s.h1.h.KillDaemon
 		}
 		if err := stop(); err != nil {
 			t.Fatal(err)
+		}
+		if how == "device gone" {
+			// As after an upgrade from a daemon that did not keep the
+			// devices: web's interface (eth0, with the default route)
+			// is gone while the container runs.
+			if out, err := exec.Command("nsenter", "--net="+sandboxKey, "ip", "link", "del", "eth0").CombinedOutput(); err != nil {
+				t.Fatalf("deleting d1's eth0: %v: %s", err, out)
+			}
 		}
 		if err := s.h1.h.StartDaemon(s.pluginFlags...); err != nil {
 			t.Fatal(err)

@@ -7,7 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
+	"net/netip"
+	"strconv"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -107,5 +108,53 @@ func ReopenHost(nsPath string, mac net.HardwareAddr) (*netdev.TAP, string, error
 		}
 		return tap, name, nil
 	}
-	return nil, "", fmt.Errorf("netns %q: no TAP device with MAC %s: %w", nsPath, mac, os.ErrNotExist)
+	return nil, "", fmt.Errorf("netns %q: no TAP device with MAC %s: %w", nsPath, mac, ErrNoHostTAP)
+}
+
+// ErrNoHostTAP is ReopenHost's error when the namespace is there but the
+// device is not.
+var ErrNoHostTAP = errors.New("no such device")
+
+// RecreateHost makes again, in the namespace at nsPath, the interface a
+// container runtime made of a PlugHost device that is gone (an older
+// daemon's, which did not keep it): with cfg's MAC, MTU and address, named
+// cfg.IfName or, if empty, the first free name of prefix and a number
+// (Docker's ethN), and with the default route via cfg.Gateway only if the
+// namespace has none (the runtime gives the default route to one of a
+// container's networks). It returns the device and its name.
+func RecreateHost(nsPath, prefix string, cfg IfaceConfig) (*netdev.TAP, string, error) {
+	in, err := handleAt(nsPath)
+	if err != nil {
+		return nil, "", err
+	}
+	links, err := in.LinkList()
+	if err == nil && cfg.Gateway.IsValid() {
+		var routes []netlink.Route
+		routes, err = in.RouteList(nil, netlink.FAMILY_V4)
+		for _, r := range routes {
+			if r.Dst == nil {
+				cfg.Gateway = netip.Addr{}
+			} else if ones, _ := r.Dst.Mask.Size(); ones == 0 {
+				cfg.Gateway = netip.Addr{}
+			}
+		}
+	}
+	in.Close()
+	if err != nil {
+		return nil, "", fmt.Errorf("netns %q: %w", nsPath, err)
+	}
+	if cfg.IfName == "" {
+		taken := map[string]bool{}
+		for _, l := range links {
+			taken[l.Attrs().Name] = true
+		}
+		for i := 0; cfg.IfName == "" || taken[cfg.IfName]; i++ {
+			cfg.IfName = prefix + strconv.Itoa(i)
+		}
+	}
+	tap, err := Plug(nsPath, cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	return tap, cfg.IfName, nil
 }
