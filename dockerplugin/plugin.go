@@ -145,6 +145,11 @@ func New(cfg Config) *Plugin {
 		p.log.Warn("docker endpoints of the previous run not restored", "err", err)
 	}
 	p.restore(eps)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.removeStopped()
+	}()
 	return p
 }
 

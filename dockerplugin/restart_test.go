@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 )
@@ -175,3 +176,42 @@ func TestParsePortMap(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestStoppedWhileDownRemoved: after a restart, the endpoint of a
+// container that stopped while the daemon was down (restored down, and
+// the Engine runs no container with it) is removed with its record; a
+// down endpoint whose container runs is left for the operator to see.
+func TestStoppedWhileDownRemoved(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "docker-plugin.json")
+	b := newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"})
+	tp := newTestPlugin(t, b, &fakeEngine{})
+	tp.restartPlugin(state)
+	tp.createWeb()
+	for i, id := range []string{epID, epID2} {
+		tp.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": id})
+		tp.ok("NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": id, "SandboxKey": "/var/run/docker/netns/" + id[:4]})
+		tp.e.addContainer(id, []string{"d1", "d2"}[i])
+	}
+	// The daemon restarts with both endpoints down; d1 stopped meanwhile.
+	b.mu.Lock()
+	for i := range b.eps {
+		b.eps[i].State = "down: netns gone"
+	}
+	b.mu.Unlock()
+	tp.e.mu.Lock()
+	delete(tp.e.ctrs, epID)
+	tp.e.mu.Unlock()
+	tp.restartPlugin(state)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		eps := b.Endpoints()
+		recs, _ := loadState(state)
+		if len(eps) == 1 && eps[0].Name == "docker-"+epID2[:12] && len(recs) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("endpoints %+v, records %v; want only d2's", eps, recs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

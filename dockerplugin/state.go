@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // The plugin's endpoint records outlive the daemon: Docker calls Join,
@@ -122,5 +123,49 @@ func (p *Plugin) restore(eps map[string]endpointInfo) {
 	p.eps = eps
 	if len(eps) > 0 {
 		p.log.Info("docker endpoints restored", "count", len(eps))
+	}
+}
+
+// removeStopped removes the endpoints whose container stopped while the
+// daemon was down: Docker's Leave and DeleteEndpoint for them failed, so
+// none is coming. Those are the endpoints the daemon restored down (their
+// sandbox is gone) that no running container of the Docker Engine has.
+// Without an answer from the Engine nothing is removed.
+func (p *Plugin) removeStopped() {
+	down := map[string]string{} // container -> network
+	for _, e := range p.cfg.Backend.Endpoints() {
+		if e.State != "up" && strings.HasPrefix(e.Name, "docker-") {
+			down[e.Name] = e.Network
+		}
+	}
+	p.mu.Lock()
+	var ids []string
+	for id := range p.eps {
+		if ctr, _, _ := names(id); down[ctr] != "" {
+			ids = append(ids, id)
+		}
+	}
+	p.mu.Unlock()
+	for _, id := range ids {
+		ctr, _, _ := names(id)
+		_, running, err := p.cfg.Engine.ContainerName(p.ctx, id)
+		if err != nil {
+			p.log.Warn("docker endpoints: stopped containers' endpoints not removed", "err", err)
+			return
+		}
+		if running {
+			continue
+		}
+		if err := p.cfg.Backend.Detach(ctr, down[ctr]); err != nil {
+			p.log.Warn("docker endpoint of a stopped container not removed", "container", ctr, "err", err)
+			continue
+		}
+		p.mu.Lock()
+		delete(p.eps, id)
+		if err := p.saveLocked(); err != nil {
+			p.log.Warn("docker endpoint: its record stays in the state file", "endpoint", id, "err", err)
+		}
+		p.mu.Unlock()
+		p.log.Info("docker endpoint of a container that stopped while the daemon was down removed", "container", ctr, "network", down[ctr])
 	}
 }

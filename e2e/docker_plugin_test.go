@@ -290,6 +290,7 @@ func TestDockerNetworkPlugin(t *testing.T) {
 	s.connectDisconnect()
 	s.restarts()
 	s.publish()
+	s.stoppedWhileDown()
 	s.removeAndStop()
 }
 
@@ -548,6 +549,53 @@ func (s *dockerHosts) publish() {
 	if eps := dockerEndpoints(s.h1); len(eps) != 1 {
 		t.Fatalf("Docker endpoints after docker rm -f web1 web2 web3: %v", eps)
 	}
+}
+
+// stoppedWhileDown: a Docker container removed while the daemon is down
+// waits in Docker for the plugin (Docker 20.10 retries Leave until it
+// answers); once the daemon is back the removal completes, the endpoint
+// goes, and no device is left in h1's namespace.
+func (s *dockerHosts) stoppedWhileDown() {
+	t, eng := s.t, s.eng
+	eng.must("run", "-d", "--network", "web", "--name", "d5", "vxbb", "sleep", "1000")
+	before := len(dockerEndpoints(s.h1))
+	pid := eng.must("inspect", "-f", "{{.State.Pid}}", "d5")
+	if err := s.h1.h.KillDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	rm := make(chan error, 1)
+	go func() {
+		_, err := eng.run("rm", "-f", "d5")
+		rm <- err
+	}()
+	// Docker has killed the container and now waits for the plugin
+	// (the container's record is locked meanwhile: inspect would wait).
+	eventually(t, 15*time.Second, func() error {
+		if _, err := os.Stat("/proc/" + pid); err == nil {
+			return errors.New("still running")
+		}
+		return nil
+	}, "d5 (pid %s) killed", pid)
+	if err := s.h1.h.StartDaemon(s.pluginFlags...); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case err := <-rm:
+		if err != nil {
+			t.Fatalf("docker rm -f d5 across the daemon's restart: %v", err)
+		}
+	case <-time.After(50 * time.Second):
+		t.Fatal("docker rm -f d5 did not complete within 50 s of the daemon's start")
+	}
+	t.Logf("docker rm -f d5 completed %v after the daemon was back", time.Since(start).Round(time.Millisecond))
+	eventually(t, 15*time.Second, func() error {
+		if eps := dockerEndpoints(s.h1); len(eps) != before-1 {
+			return fmt.Errorf("%v", eps)
+		}
+		return nil
+	}, "Docker endpoints after d5 was removed across a daemon restart")
+	s.noHostTAPs("docker rm -f across a daemon restart")
 }
 
 // httpGetFrom sends GET path to addr from the namespace at nsPath and
