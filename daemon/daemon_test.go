@@ -50,6 +50,9 @@ type fakeSandbox struct {
 	useNetstack bool
 	// dockerPID, if set, answers DockerPID.
 	dockerPID func(container string) (int, error)
+	// sandboxes are Docker's namespaces (sandbox keys) that dockerMove
+	// made.
+	sandboxes map[string]bool
 	// conns are the open inbound TCP connections InboundTCPConns reports,
 	// by namespace path (none if absent).
 	conns map[string]int

@@ -796,6 +796,7 @@ func (d *Daemon) pinNetns(c *container) (nsPath string, release func(), err erro
 // d.mu; the interface is deleted after (teardown).
 func (d *Daemon) endpointGone(ep *endpoint) {
 	closePorts(ep.ports)
+	d.unpersistHost(ep)
 	d.unpublishEndpoint(ep)
 	// The endpoint has left the records: applying the data plane without
 	// it closes its device.
@@ -1071,13 +1072,15 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{}}
 		d.containers[c.name] = c
 		d.endpointsChanged()
+		// A Docker endpoint's namespace has no recorded identity: its
+		// device is looked for by MAC in Docker's sandbox, below.
 		nsErr := error(nil)
-		if c.hostTAP {
-			nsErr = errHostTAPGone
-		} else if dev, ino, err := d.sb.NetnsIdentity(c.netns); err != nil {
-			nsErr = err
-		} else if dev != c.nsDev || ino != c.nsIno {
-			nsErr = errors.New("the namespace at that path is not the container's any more")
+		if !c.hostTAP {
+			if dev, ino, err := d.sb.NetnsIdentity(c.netns); err != nil {
+				nsErr = err
+			} else if dev != c.nsDev || ino != c.nsIno {
+				nsErr = errors.New("the namespace at that path is not the container's any more")
+			}
 		}
 		for _, se := range sc.Endpoints {
 			n, ok := d.networks[se.Network]
@@ -1109,7 +1112,12 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", nsErr)
 				continue
 			}
-			dev, err := d.sb.Reopen(c.netns, ep.ifname)
+			var dev netdev.Device
+			if c.hostTAP {
+				dev, err = d.reopenHost(ep)
+			} else {
+				dev, err = d.sb.Reopen(c.netns, ep.ifname)
+			}
 			if err != nil {
 				ep.down = "down: " + err.Error()
 				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", err)

@@ -2,12 +2,18 @@ package daemon
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/netdev"
+	"github.com/vxmesh/vxmesh/netdev/netdevtest"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
@@ -16,6 +22,56 @@ import (
 // namespace, keyed "host/IFNAME".
 func (f *fakeSandbox) PlugHost(cfg sandbox.IfaceConfig) (netdev.Device, error) {
 	return f.Plug("host", cfg)
+}
+
+// ReopenHost finds the fake's TAP with MAC mac in namespace nsPath (where
+// dockerMove put it) and attaches to it again.
+func (f *fakeSandbox) ReopenHost(nsPath string, mac packet.MAC) (netdev.Device, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for key, fi := range f.ifaces {
+		name, ok := strings.CutPrefix(key, nsPath+"/")
+		if !ok || !bytes.Equal(fi.cfg.MAC, mac[:]) {
+			continue
+		}
+		host, ctr := netdevtest.NewPipe("tap", name, netdevtest.DefaultQueue)
+		fi.container = ctr
+		return host, name, nil
+	}
+	if _, ok := f.sandboxes[nsPath]; !ok {
+		return nil, "", fmt.Errorf("netns %q: %w", nsPath, os.ErrNotExist)
+	}
+	return nil, "", fmt.Errorf("netns %q: no TAP device with MAC %s: %w", nsPath, mac, sandbox.ErrNoHostTAP)
+}
+
+// RecreateHost makes the fake's interface again in nsPath under the
+// first free ethN.
+func (f *fakeSandbox) RecreateHost(nsPath string, cfg sandbox.IfaceConfig) (netdev.Device, string, error) {
+	f.mu.Lock()
+	for i := 0; cfg.IfName == "" || f.ifaces[nsPath+"/"+cfg.IfName] != nil; i++ {
+		cfg.IfName = fmt.Sprintf("eth%d", i)
+	}
+	f.mu.Unlock()
+	dev, err := f.Plug(nsPath, cfg)
+	return dev, cfg.IfName, err
+}
+
+// dockerMove does what Docker does with a host TAP at Join: it moves the
+// interface from the daemon's namespace into the sandbox and renames it.
+func (f *fakeSandbox) dockerMove(t *testing.T, ifname, sandboxKey, newName string) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi, ok := f.ifaces["host/"+ifname]
+	if !ok {
+		t.Fatalf("no host TAP %q to move", ifname)
+	}
+	delete(f.ifaces, "host/"+ifname)
+	f.ifaces[sandboxKey+"/"+newName] = fi
+	if f.sandboxes == nil {
+		f.sandboxes = map[string]bool{}
+	}
+	f.sandboxes[sandboxKey] = true
 }
 
 // TestHostTAPEndpoint: a Docker endpoint gets a TAP device in the
@@ -121,25 +177,74 @@ func TestReserveAddressHoldsForDocker(t *testing.T) {
 	}
 }
 
-// TestHostTAPEndpointDownAfterRestart: the device of a Docker endpoint
-// went with the daemon; after a restart its endpoint is down and says why.
-func TestHostTAPEndpointDownAfterRestart(t *testing.T) {
+// TestHostTAPEndpointSurvivesRestart: a Docker endpoint's device outlives
+// the daemon in the container Docker moved it into: a restarted daemon
+// finds it there by its MAC under the name Docker gave it and forwards
+// again; one whose device is gone from a running container is made again
+// as Docker configured it; one whose container stopped meanwhile is down,
+// says why, and can be removed.
+func TestHostTAPEndpointSurvivesRestart(t *testing.T) {
 	sb := newFakeSandbox()
 	dir := t.TempDir()
 	d := newTestDaemon(t, sb, dir)
 	d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"})
-	if _, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa"}); err != nil {
+	ep1, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-aaaaaaaaaaaa", Netns: "/var/run/docker/netns/1", IfName: "vxdaaaaaaaaaaaa"})
+	if err != nil {
 		t.Fatal(err)
 	}
+	ep2, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-bbbbbbbbbbbb", Netns: "/var/run/docker/netns/2", IfName: "vxdbbbbbbbbbbbb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep3, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: "docker-cccccccccccc", Netns: "/var/run/docker/netns/3", IfName: "vxdcccccccccccc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.dockerMove(t, "vxdaaaaaaaaaaaa", "/var/run/docker/netns/1", "eth0")
+	sb.dockerMove(t, "vxdbbbbbbbbbbbb", "/var/run/docker/netns/2", "eth1")
+	// The third container stops while the daemon is down: its sandbox
+	// and the device go.
+	sb.dockerMove(t, "vxdcccccccccccc", "/var/run/docker/netns/3", "eth0")
 	d.Close()
+	sb.mu.Lock()
+	delete(sb.ifaces, "/var/run/docker/netns/3/eth0")
+	delete(sb.sandboxes, "/var/run/docker/netns/3")
+	// The first container's device is gone but the container is not
+	// (an older daemon made it without keeping it): made again.
+	delete(sb.ifaces, "/var/run/docker/netns/1/eth0")
+	sb.mu.Unlock()
+
 	d2 := newTestDaemon(t, sb, dir)
 	defer d2.Close()
-	eps := d2.Endpoints()
-	if len(eps) != 1 || !strings.Contains(eps[0].State, "docker restart") {
-		t.Fatalf("after restart: %+v", eps)
+	state := map[string]string{}
+	for _, e := range d2.Endpoints() {
+		state[e.Name] = e.State
+		if e.Name == ep1.Name && (e.IP != ep1.IP || e.MAC != ep1.MAC || e.IfName != ep1.IfName) {
+			t.Fatalf("restored endpoint %+v, was %+v", e, ep1)
+		}
 	}
-	if err := d2.RemoveContainer("docker-aaaaaaaaaaaa"); err != nil {
+	if state[ep1.Name] != "up" || state[ep2.Name] != "up" || !strings.Contains(state[ep3.Name], "container stopped meanwhile") {
+		t.Fatalf("endpoint states after restart: %v", state)
+	}
+	re := sb.iface("/var/run/docker/netns/1", "eth0")
+	if re == nil || re.cfg.MAC.String() != ep1.MAC || re.cfg.Addr.String() != ep1.IP+"/24" || re.cfg.Gateway.String() != "10.1.0.1" || re.cfg.MTU != 1450 {
+		t.Fatalf("interface made again: %+v", re)
+	}
+	mac1, _ := packet.ParseMAC(ep1.MAC)
+	mac2, _ := packet.ParseMAC(ep2.MAC)
+	frame := ipv4Frame(mac1, mac2, netip.MustParseAddr(ep1.IP), netip.MustParseAddr(ep2.IP), []byte("after the restart"))
+	send(t, sb.iface("/var/run/docker/netns/1", "eth0").container, frame)
+	if got := recv(t, sb.iface("/var/run/docker/netns/2", "eth1").container); !bytes.Equal(got, frame) {
+		t.Fatal("frame between two restored Docker endpoints not delivered")
+	}
+	if err := d2.RemoveContainer(ep3.Name); err != nil {
 		t.Fatal(err)
+	}
+	if err := d2.Detach(ep1.Name, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if eps := d2.Endpoints(); len(eps) != 1 || eps[0].Name != ep2.Name {
+		t.Fatalf("endpoints after removing two: %+v", eps)
 	}
 }
 
@@ -176,5 +281,78 @@ func TestAddAliasResolves(t *testing.T) {
 	defer d2.Close()
 	if eps := d2.Endpoints(); len(eps) != 1 || strings.Join(eps[0].Aliases, ",") != "d1" {
 		t.Fatalf("aliases after restart: %+v", eps)
+	}
+}
+
+// TestPublishPortsOfDockerEndpoint: `docker run -p` on a Docker endpoint
+// listens on the host port, refuses one in use naming it and changing
+// nothing, survives a restart, and closes when revoked.
+func TestPublishPortsOfDockerEndpoint(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	d := newTestDaemon(t, sb, dir)
+	d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.1.0.0/24"})
+	for _, n := range []string{"docker-aaaaaaaaaaaa", "docker-bbbbbbbbbbbb"} {
+		if _, err := d.AttachHostTAP(api.AttachRequest{Network: "web", Name: n, Netns: "/var/run/docker/netns/" + n, IfName: "vxd" + n[7:]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := freeTCPPort(t)
+	spec := fmt.Sprintf("127.0.0.1:%d:80/tcp", p)
+	listens := func() bool {
+		c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			c.Close()
+		}
+		return !errors.Is(err, syscall.ECONNREFUSED)
+	}
+	published := func(d *Daemon, name string) []string {
+		var out []string
+		for _, e := range d.Endpoints() {
+			if e.Name == name {
+				for _, pp := range e.Published {
+					out = append(out, pp.Spec+" "+pp.State)
+				}
+			}
+		}
+		return out
+	}
+	if err := d.PublishPorts("docker-aaaaaaaaaaaa", "web", []string{spec}); err != nil {
+		t.Fatal(err)
+	}
+	if !listens() || strings.Join(published(d, "docker-aaaaaaaaaaaa"), ",") != spec+" up" {
+		t.Fatalf("published port: listening %v, endpoint %v", listens(), published(d, "docker-aaaaaaaaaaaa"))
+	}
+	// Again (Docker programs the gateway endpoint again): no change.
+	if err := d.PublishPorts("docker-aaaaaaaaaaaa", "web", []string{spec}); err != nil {
+		t.Fatalf("the same ports again: %v", err)
+	}
+	err := d.PublishPorts("docker-bbbbbbbbbbbb", "web", []string{spec})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("host port 127.0.0.1:%d is already in use", p)) {
+		t.Fatalf("a busy host port: %v", err)
+	}
+	if got := published(d, "docker-bbbbbbbbbbbb"); len(got) != 0 {
+		t.Fatalf("a refused publish left ports: %v", got)
+	}
+	if err := d.PublishPorts("docker-cccccccccccc", "web", []string{spec}); err == nil || !strings.Contains(err.Error(), "not attached") {
+		t.Fatalf("ports of a missing endpoint: %v", err)
+	}
+	d.Close()
+	if listens() {
+		t.Fatal("the port listens after Close")
+	}
+	d2 := newTestDaemon(t, sb, dir)
+	defer d2.Close()
+	if !listens() || strings.Join(published(d2, "docker-aaaaaaaaaaaa"), ",") != spec+" up" {
+		t.Fatalf("after a restart: listening %v, endpoint %v", listens(), published(d2, "docker-aaaaaaaaaaaa"))
+	}
+	if err := d2.UnpublishPorts("docker-aaaaaaaaaaaa", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if listens() || len(published(d2, "docker-aaaaaaaaaaaa")) != 0 {
+		t.Fatalf("after revoke: listening %v, endpoint %v", listens(), published(d2, "docker-aaaaaaaaaaaa"))
+	}
+	if err := d2.UnpublishPorts("docker-cccccccccccc", "web"); err != nil {
+		t.Fatalf("revoke of a gone endpoint: %v", err)
 	}
 }

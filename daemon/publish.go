@@ -28,15 +28,21 @@ func parsePublish(req api.AttachRequest) ([]gateway.Publish, error) {
 	if len(req.Publish) > 0 && !req.Create {
 		return nil, invalid("container %q: published ports only when the container is created (its first network carries the replies)", req.Name)
 	}
+	return parseSpecs(req.Name, req.Publish)
+}
+
+// parseSpecs parses container name's publish specs: each valid, and no
+// host address and port twice.
+func parseSpecs(name string, specs []string) ([]gateway.Publish, error) {
 	var out []gateway.Publish
-	for _, s := range req.Publish {
+	for _, s := range specs {
 		p, err := gateway.ParsePublish(s)
 		if err != nil {
-			return nil, invalid("container %q: %s", req.Name, err)
+			return nil, invalid("container %q: %s", name, err)
 		}
 		for _, q := range out {
 			if q.HostPort == p.HostPort && q.Proto == p.Proto && (q.HostIP == p.HostIP || !q.HostIP.IsValid() || !p.HostIP.IsValid()) {
-				return nil, invalid("container %q: publish %s: host port %d/%s given twice", req.Name, p, p.HostPort, p.Proto)
+				return nil, invalid("container %q: publish %s: host port %d/%s given twice", name, p, p.HostPort, p.Proto)
 			}
 		}
 		out = append(out, p)

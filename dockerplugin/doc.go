@@ -13,9 +13,15 @@
 // characters, whose interface is a TAP device the daemon makes in its own
 // namespace at Join; Docker moves it into the container's namespace,
 // names it ethN and gives it the address and MAC this driver returned.
-// Leave detaches it (the device goes with the daemon's descriptor).
+// The device is persistent: it stays in the container across daemon
+// restarts, and the restarted daemon finds it there again by its MAC.
+// Leave detaches it (the device goes with it). Published ports (`docker
+// run -p`, ProgramExternalConnectivity) are published on this host as
+// `vxmesh run -p` does.
 //
-// The plugin keeps no state of its own beyond caches: Docker network IDs
-// are resolved to names through the Docker Engine API (Engine), and
-// endpoint names follow from endpoint IDs.
+// The plugin keeps one record of its own per endpoint (network and
+// address, Config.StateFile), so that Join, Leave and DeleteEndpoint work
+// across daemon restarts; Docker network IDs are resolved to names
+// through the Docker Engine API (Engine) and cached, and endpoint names
+// follow from endpoint IDs.
 package dockerplugin

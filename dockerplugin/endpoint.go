@@ -56,7 +56,17 @@ func (p *Plugin) createEndpoint(req createEndpointRequest) (any, error) {
 	}
 	p.mu.Lock()
 	p.eps[req.EndpointID] = endpointInfo{network: network, ip: ip, held: held}
+	err = p.saveLocked()
+	if err != nil {
+		delete(p.eps, req.EndpointID)
+	}
 	p.mu.Unlock()
+	if err != nil {
+		if held {
+			p.cfg.Backend.ReleaseAddress(network, ip)
+		}
+		return nil, err
+	}
 	return createEndpointResponse{Interface: out}, nil
 }
 
@@ -72,7 +82,7 @@ func (p *Plugin) join(req joinRequest) (any, error) {
 	ep, ok := p.eps[req.EndpointID]
 	p.mu.Unlock()
 	if !ok {
-		return nil, fmt.Errorf("endpoint %.12s: not created through this plugin (vxmesh daemon restarted?); restart the container", req.EndpointID)
+		return nil, fmt.Errorf("endpoint %.12s: not created through this plugin (no record of it in the vxmesh daemon); restart the container", req.EndpointID)
 	}
 	if req.SandboxKey == "" {
 		return nil, fmt.Errorf("endpoint %.12s: no sandbox key", req.EndpointID)
@@ -161,6 +171,11 @@ func (p *Plugin) deleteEndpoint(req endpointRequest) (any, error) {
 	p.mu.Lock()
 	ep, ok := p.eps[req.EndpointID]
 	delete(p.eps, req.EndpointID)
+	if err := p.saveLocked(); err != nil {
+		// The record comes back at the next start, for a DeleteEndpoint
+		// that is not coming: say so, but the endpoint is gone.
+		p.log.Warn("docker endpoint: its record stays in the state file", "endpoint", req.EndpointID, "err", err)
+	}
 	p.mu.Unlock()
 	if ok && ep.held {
 		// The hold CreateEndpoint made (none is left once Join attached).
@@ -181,15 +196,4 @@ func (p *Plugin) operInfo(req endpointRequest) (any, error) {
 		}
 	}
 	return operInfoResponse{Value: v}, nil
-}
-
-// programExternal refuses published ports: Docker's port mapping needs
-// its own proxy and iptables, which vxmesh networks do not have (vxmesh's
-// own publishing is `vxmesh run -p`). Egress needs nothing: the gateway
-// does it.
-func (p *Plugin) programExternal(req endpointRequest) (any, error) {
-	if pm, ok := req.Options[portMapOption].([]any); ok && len(pm) > 0 {
-		return nil, errors.New("published ports (docker run -p) are not supported on vxmesh networks")
-	}
-	return struct{}{}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -194,4 +195,43 @@ func (e *fakeEngine) add(n EngineNetwork) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.nets = append(e.nets, n)
+}
+
+func (b *fakeBackend) PublishPorts(name, network string, specs []string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	idx := -1
+	for i, e := range b.eps {
+		if e.Name == name && e.Network == network {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return fmt.Errorf("container %q: not attached to network %q", name, network)
+	}
+	for i, e := range b.eps {
+		for _, pp := range e.Published {
+			if i != idx && slices.Contains(specs, pp.Spec) {
+				return fmt.Errorf("container %q: publish %s: host port is already in use", name, pp.Spec)
+			}
+		}
+	}
+	var ports []api.PublishedPort
+	for _, s := range specs {
+		ports = append(ports, api.PublishedPort{Spec: s, State: "up"})
+	}
+	b.eps[idx].Published = ports
+	return nil
+}
+
+func (b *fakeBackend) UnpublishPorts(name, network string) error {
+	return b.PublishPorts(name, network, nil)
+}
+
+// forgetHolds is what a daemon restart does to the addresses held for
+// Docker's IPAM: they are not saved.
+func (b *fakeBackend) forgetHolds() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.held = map[netip.Addr]string{}
 }

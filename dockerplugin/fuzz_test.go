@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/gateway"
 )
 
 // Bodies Docker 20.10 sent (captured), the fuzz targets' seeds.
@@ -22,6 +23,7 @@ var seedBodies = []string{
 	`{"NetworkID":"61804b9348aaa17d3d6df4c9f4549abfe5cc4efa99a6ab22dd282d1021df0a7c","EndpointID":"336362ad5e76fcb3cef3f7d635ca8b27e158ea2c2f5f2cfb1c430e2707546242","SandboxKey":"/tmp/dk/x/netns/1b5f14270aa9","Options":{"com.docker.network.endpoint.exposedports":[],"com.docker.network.portmap":[]}}`,
 	`{"PoolID":"10.99.0.0/24","Address":"10.99.0.5"}`,
 	`{"NetworkID":"61804b9348aaa17d3d6df4c9f4549abfe5cc4efa99a6ab22dd282d1021df0a7c","EndpointID":"336362ad5e76fcb3cef3f7d635ca8b27e158ea2c2f5f2cfb1c430e2707546242"}`,
+	`{"NetworkID":"61804b9348aaa17d3d6df4c9f4549abfe5cc4efa99a6ab22dd282d1021df0a7c","EndpointID":"336362ad5e76fcb3cef3f7d635ca8b27e158ea2c2f5f2cfb1c430e2707546242","Options":{"com.docker.network.endpoint.exposedports":[{"Proto":6,"Port":80}],"com.docker.network.portmap":[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":18080,"HostPortEnd":18080}]}}`,
 	``, `{`, `null`, `[]`, `{"IPv4Data":[{"Pool":"10.99.0.0/33"}]}`,
 }
 
@@ -99,4 +101,48 @@ func TestContainerOfEndpoint(t *testing.T) {
 			t.Errorf("containerOfEndpoint(%q) = %q, %v, %v; want %q", id, name, ok, err, want)
 		}
 	}
+}
+
+// FuzzPortMap: any port map Docker could send becomes specs that `vxmesh
+// run -p` accepts, or a refusal; never a panic.
+func FuzzPortMap(f *testing.F) {
+	f.Add([]byte(`[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":18080,"HostPortEnd":18080}]`))
+	f.Add([]byte(`[{"Proto":17,"Port":53,"HostIP":"::","HostPort":53},{"Proto":6,"Port":80,"HostPort":0}]`))
+	f.Add([]byte(`[{"Proto":6,"Port":80,"HostIP":"127.0.0.1","HostPort":8000,"HostPortEnd":8010}]`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var v any
+		if json.Unmarshal(b, &v) != nil {
+			return
+		}
+		specs, err := parsePortMap(v)
+		if err != nil {
+			return
+		}
+		for _, s := range specs {
+			if _, err := gateway.ParsePublish(s); err != nil {
+				t.Fatalf("%s: spec %q does not parse: %v", b, s, err)
+			}
+		}
+	})
+}
+
+// FuzzParseState: any state file parses into valid records or fails.
+func FuzzParseState(f *testing.F) {
+	f.Add([]byte(`{"endpoints":{"336362ad5e76fcb3cef3f7d635ca8b27e158ea2c2f5f2cfb1c430e2707546242":{"network":"web","ip":"10.1.0.5","held":true}}}`))
+	f.Add([]byte(`{"endpoints":{"zz":{}}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		eps, err := parseState(b)
+		if err != nil {
+			if len(eps) != 0 {
+				t.Fatalf("%s: failed with records %v", b, eps)
+			}
+			return
+		}
+		for id, e := range eps {
+			if _, _, err := names(id); err != nil || !e.ip.Is4() || e.network == "" {
+				t.Fatalf("%s: record %s %+v", b, id, e)
+			}
+		}
+	})
 }

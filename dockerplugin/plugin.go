@@ -35,7 +35,8 @@ const (
 	// NetworkOption (`-o vxmesh.network=NAME`) names the cluster network
 	// when it is not the Docker network's name.
 	NetworkOption = "vxmesh.network"
-	// portMapOption lists a container's published ports (`docker run -p`).
+	// portMapOption lists a container's published ports (`docker run
+	// -p`), given to ProgramExternalConnectivity.
 	portMapOption = "com.docker.network.portmap"
 	// contentType is the plugin protocol's media type.
 	contentType = "application/vnd.docker.plugins.v1.2+json"
@@ -67,6 +68,10 @@ type Backend interface {
 	Detach(name, network string) error
 	// AddAlias gives an endpoint one more DNS name.
 	AddAlias(name, network, alias string) error
+	// PublishPorts sets an endpoint's published ports (specs as
+	// `vxmesh run -p` takes them); UnpublishPorts closes them all.
+	PublishPorts(name, network string, specs []string) error
+	UnpublishPorts(name, network string) error
 }
 
 // EngineNetwork is a network as the Docker Engine lists it.
@@ -93,7 +98,10 @@ type Config struct {
 	// Driver is the driver's name (the socket's base name without
 	// ".sock"): Docker networks of that driver are this plugin's.
 	Driver string
-	Logger *slog.Logger
+	// StateFile keeps the endpoint records across daemon restarts
+	// ("": none are kept).
+	StateFile string
+	Logger    *slog.Logger
 }
 
 // Plugin answers Docker's network and IPAM driver requests.
@@ -107,7 +115,8 @@ type Plugin struct {
 	mu sync.Mutex
 	// nets maps Docker network IDs to cluster network names.
 	nets map[string]string
-	// eps are the endpoints between CreateEndpoint and DeleteEndpoint.
+	// eps are the endpoints between CreateEndpoint and DeleteEndpoint,
+	// by endpoint ID, as saved in cfg.StateFile.
 	eps map[string]endpointInfo
 }
 
@@ -119,7 +128,9 @@ type endpointInfo struct {
 	held bool
 }
 
-// New returns a plugin; Close stops its background work.
+// New returns a plugin with the endpoint records of cfg.StateFile (an
+// unreadable file is logged and ignored); Close stops its background
+// work.
 func New(cfg Config) *Plugin {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -129,6 +140,16 @@ func New(cfg Config) *Plugin {
 	}
 	p := &Plugin{cfg: cfg, log: cfg.Logger.With("docker_driver", cfg.Driver), nets: map[string]string{}, eps: map[string]endpointInfo{}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	eps, err := loadState(cfg.StateFile)
+	if err != nil {
+		p.log.Warn("docker endpoints of the previous run not restored", "err", err)
+	}
+	p.restore(eps)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.removeStopped()
+	}()
 	return p
 }
 
@@ -184,9 +205,9 @@ func (p *Plugin) routes() map[string]handler {
 		// Node discovery is the cluster's (memberlist) business.
 		"/NetworkDriver.DiscoverNew":    empty,
 		"/NetworkDriver.DiscoverDelete": empty,
-		// Egress is vxmesh's gateway's; published ports are refused.
+		// Egress is vxmesh's gateway's; published ports are `run -p`'s.
 		"/NetworkDriver.ProgramExternalConnectivity": decoded(p.programExternal),
-		"/NetworkDriver.RevokeExternalConnectivity":  empty,
+		"/NetworkDriver.RevokeExternalConnectivity":  decoded(p.revokeExternal),
 		"/IpamDriver.GetCapabilities": func([]byte) (any, error) {
 			return ipamCapabilitiesResponse{}, nil
 		},

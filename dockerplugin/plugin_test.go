@@ -301,7 +301,8 @@ func TestBadRequestsRefused(t *testing.T) {
 		{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID, "Interface": map[string]string{"Address": "10.1.0.5/24", "MacAddress": "02:00:00:00:00:01"}}, "derives an endpoint's MAC"},
 		{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID, "Interface": map[string]string{"AddressIPv6": "fd00::5/64"}}, "IPv6"},
 		{"NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": epID, "SandboxKey": "/x"}, "not created through this plugin"},
-		{"NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": netID, "EndpointID": epID, "Options": map[string]any{"com.docker.network.portmap": []any{map[string]any{"Proto": 6, "Port": 80, "HostPort": 8080}}}}, "docker run -p"},
+		{"NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": netID, "EndpointID": epID, "Options": map[string]any{"com.docker.network.portmap": []any{map[string]any{"Proto": 6, "Port": 80, "HostPort": 8080}}}}, "not joined"},
+		{"NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": netID, "EndpointID": epID, "Options": map[string]any{"com.docker.network.portmap": []any{map[string]any{"Proto": 6, "Port": 80, "HostPort": 0}}}}, "docker run -p 80 or -P"},
 	} {
 		tp.refused(tc.method, tc.body, tc.want)
 	}

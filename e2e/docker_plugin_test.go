@@ -7,6 +7,8 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/internal/testbed"
 	"github.com/vxmesh/vxmesh/internal/testenv"
+	"github.com/vxmesh/vxmesh/sandbox"
 )
 
 // dockerEngine is a private Docker Engine in a testbed host's namespace,
@@ -196,7 +199,7 @@ func (d *dockerEngine) importBusybox() {
 	if err == nil {
 		err = os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), bb, 0o755)
 	}
-	for _, c := range []string{"sh", "ping", "sleep", "cat", "nslookup", "ip"} {
+	for _, c := range []string{"sh", "ping", "sleep", "cat", "nslookup", "ip", "httpd"} {
 		if err == nil {
 			err = os.Symlink("busybox", filepath.Join(rootfs, "bin", c))
 		}
@@ -275,9 +278,10 @@ func startDockerHosts(t *testing.T) *dockerHosts {
 // by address and by its Docker name, and a Docker container on the other
 // host (whose Docker adopts the network) by name, an existing cluster
 // network is adopted and a mismatch refused, `docker network connect
-// --ip/disconnect`, `docker restart`, a daemon restart and `docker rm -f`
-// rewire and clean up its endpoints, and the plugin's socket goes with
-// the daemon.
+// --ip/disconnect`, `docker restart` and `docker rm -f` rewire and clean
+// up its endpoints, a daemon restart (SIGTERM, kill -9) leaves Docker's
+// containers wired, `docker run -p` publishes a port on the host, and the
+// plugin's socket goes with the daemon.
 func TestDockerNetworkPlugin(t *testing.T) {
 	s := startDockerHosts(t)
 	s.dockerReachesVxmesh()
@@ -285,6 +289,8 @@ func TestDockerNetworkPlugin(t *testing.T) {
 	s.adoptAndRefuse()
 	s.connectDisconnect()
 	s.restarts()
+	s.publish()
+	s.stoppedWhileDown()
 	s.removeAndStop()
 }
 
@@ -378,8 +384,13 @@ func (s *dockerHosts) connectDisconnect() {
 }
 
 // restarts: docker restart (a new namespace) is rewired through the
-// plugin; a daemon restart takes the devices, the endpoint is down and
-// says so, and docker restart rewires the container.
+// plugin. A vxmesh daemon restart, clean (SIGTERM) or not (kill -9),
+// leaves d1 alone: its interfaces (on web and db) keep their names,
+// addresses, MAC and routes, and once the daemon is back d1 and c2 reach
+// each other by name again without any docker command; an interface that
+// went while the daemon was down is made again as it was; afterwards
+// docker network disconnect (an endpoint of before the restarts) removes
+// its endpoint and device.
 func (s *dockerHosts) restarts() {
 	t, eng := s.t, s.eng
 	before := dockerEndpoints(s.h1)
@@ -393,20 +404,227 @@ func (s *dockerHosts) restarts() {
 	s.h2.mustPing("c2", s.d1)
 	s.h2.mustPing("c2", "d1")
 
-	if err := s.h1.h.StopDaemon(); err != nil {
+	eng.must("network", "connect", "db", "d1")
+	// What d1 sees of its network: interfaces (name, MAC), addresses,
+	// routes.
+	netView := func() string {
+		links := eng.must("exec", "d1", "ip", "-o", "link")
+		addrs := eng.must("exec", "d1", "ip", "-o", "-4", "addr")
+		routes := eng.must("exec", "d1", "ip", "route")
+		var keep []string
+		for _, l := range strings.Split(links, "\n") {
+			if f := strings.Fields(l); len(f) > 1 {
+				mac := ""
+				if i := slices.Index(f, "link/ether"); i >= 0 && i+1 < len(f) {
+					mac = f[i+1]
+				}
+				keep = append(keep, strings.TrimSuffix(f[1], ":")+" "+mac)
+			}
+		}
+		for _, l := range strings.Split(addrs, "\n") {
+			// Without the interface index (a device made again has another).
+			_, a, _ := strings.Cut(l, ": ")
+			keep = append(keep, a)
+		}
+		return strings.Join(keep, "\n") + "\n" + routes
+	}
+	view := netView()
+	eps := dockerEndpoints(s.h1)
+	if len(eps) != 2 {
+		t.Fatalf("Docker endpoints with d1 on web and db: %v", eps)
+	}
+	sandboxKey := eng.must("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", "d1")
+	for _, how := range []string{"SIGTERM", "kill -9", "device gone"} {
+		stop := s.h1.h.StopDaemon
+		if how == "kill -9" {
+			stop = s.h1.h.KillDaemon
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		if how == "device gone" {
+			// As after an upgrade from a daemon that did not keep the
+			// devices: web's interface (eth0, with the default route)
+			// is gone while the container runs.
+			if out, err := exec.Command("nsenter", "--net="+sandboxKey, "ip", "link", "del", "eth0").CombinedOutput(); err != nil {
+				t.Fatalf("deleting d1's eth0: %v: %s", err, out)
+			}
+		}
+		started := time.Now()
+		if err := s.h1.h.StartDaemon(s.pluginFlags...); err != nil {
+			t.Fatal(err)
+		}
+		ready := time.Now()
+		eventually(t, 10*time.Second, func() error {
+			if got := dockerEndpoints(s.h1); !mapsEqual(got, eps) {
+				return fmt.Errorf("%v, before %v", got, eps)
+			}
+			return nil
+		}, "Docker endpoints after a daemon restart (%s)", how)
+		if got := netView(); got != view {
+			t.Fatalf("d1's interfaces and routes after a daemon restart (%s):\n%s\nbefore:\n%s", how, got, view)
+		}
+		s.pingFrom(eng, "d1", "c2")
+		t.Logf("daemon restart (%s): start took %v, d1 pinged c2 by name %v after it", how, ready.Sub(started).Round(time.Millisecond), time.Since(ready).Round(time.Millisecond))
+		s.h2.mustPing("c2", "d1")
+	}
+	eng.must("network", "disconnect", "db", "d1")
+	if eps := dockerEndpoints(s.h1); len(eps) != 1 || !slices.Contains(mapValues(eps), "web "+s.d1+" up") {
+		t.Fatalf("after docker network disconnect db d1 (after the restarts): %v", eps)
+	}
+	s.noHostTAPs("docker network disconnect")
+}
+
+// noHostTAPs fails if a Docker endpoint's TAP device is left in h1's
+// namespace (Docker moves it back there before Leave).
+func (s *dockerHosts) noHostTAPs(after string) {
+	s.t.Helper()
+	links, err := s.h1.h.Links()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l, "vxd") {
+			s.t.Fatalf("TAP %s left in h1's namespace after %s: %v", l, after, links)
+		}
+	}
+}
+
+// publish: docker run -p publishes the container's port on its host like
+// vxmesh run -p: a client on the underlay (h2's namespace) reaches a
+// busybox httpd in it at h1's address, and the server sees the client's
+// own address, also after a daemon restart; a second container asking
+// for the same host port is refused at docker run, naming it; docker rm
+// -f frees the port.
+func (s *dockerHosts) publish() {
+	t, eng := s.t, s.eng
+	// A CGI answering the client's address as the server sees it.
+	script := `busybox mkdir -p /www/cgi-bin && printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho "peer=$REMOTE_ADDR"\n' >/www/cgi-bin/peer && busybox chmod +x /www/cgi-bin/peer && exec busybox httpd -f -p 80 -h /www`
+	eng.must("run", "-d", "--network", "web", "-p", "18080:80", "--name", "web1", "vxbb", "sh", "-c", script)
+	addr := s.h1.h.Addr + ":18080"
+	peer := func() string {
+		var body string
+		eventually(t, 15*time.Second, func() error {
+			var err error
+			body, err = httpGetFrom(s.h2.h.NetnsPath, addr, "/cgi-bin/peer")
+			return err
+		}, "GET http://%s/cgi-bin/peer from h2's namespace", addr)
+		return body
+	}
+	// httpd listens on an IPv6 socket: IPv4 peers are mapped.
+	want := "peer=[::ffff:" + s.h2.h.Addr + "]\n"
+	if got := peer(); !strings.Contains(got, want) {
+		t.Fatalf("web1 (docker run -p 18080:80) answered %q, want h2's address (%s)", got, want)
+	}
+	if err := s.h1.h.KillDaemon(); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.h1.h.StartDaemon(s.pluginFlags...); err != nil {
 		t.Fatal(err)
 	}
-	if eps := dockerEndpoints(s.h1); len(eps) != 1 || !strings.Contains(mapValues(eps)[0], "docker restart the container") {
-		t.Fatalf("Docker endpoints after a daemon restart: %v", eps)
+	if got := peer(); !strings.Contains(got, want) {
+		t.Fatalf("after a daemon restart web1 answered %q, want %s", got, want)
 	}
-	eng.must("restart", "-t", "1", "d1")
-	if eps := dockerEndpoints(s.h1); len(eps) != 1 || !strings.HasSuffix(mapValues(eps)[0], " up") {
-		t.Fatalf("Docker endpoints after docker restart: %v", eps)
+	_, err := eng.run("run", "-d", "--network", "web", "-p", "18080:80", "--name", "web2", "vxbb", "sleep", "1000")
+	if err == nil || !strings.Contains(err.Error(), "host port 0.0.0.0:18080 is already in use") {
+		t.Fatalf("docker run -p 18080:80 with the port taken: %v", err)
 	}
-	s.pingFrom(eng, "d1", s.c2)
+	t.Logf("busy port: %v", err)
+	_, err = eng.run("run", "-d", "--network", "web", "-p", "80", "--name", "web3", "vxbb", "sleep", "1000")
+	if err == nil || !strings.Contains(err.Error(), "no host port") {
+		t.Fatalf("docker run -p 80: %v", err)
+	}
+	t.Logf("no host port: %v", err)
+	eng.must("rm", "-f", "web1", "web2", "web3")
+	err = sandbox.RunInNetns(s.h1.h.NetnsPath, func() error {
+		ln, err := net.Listen("tcp4", addr)
+		if err == nil {
+			ln.Close()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("port 18080 after docker rm -f web1: %v", err)
+	}
+	if eps := dockerEndpoints(s.h1); len(eps) != 1 {
+		t.Fatalf("Docker endpoints after docker rm -f web1 web2 web3: %v", eps)
+	}
+}
+
+// stoppedWhileDown: a Docker container removed while the daemon is down
+// waits in Docker for the plugin (Docker 20.10 retries Leave until it
+// answers); once the daemon is back the removal completes, the endpoint
+// goes, and no device is left in h1's namespace.
+func (s *dockerHosts) stoppedWhileDown() {
+	t, eng := s.t, s.eng
+	eng.must("run", "-d", "--network", "web", "--name", "d5", "vxbb", "sleep", "1000")
+	before := len(dockerEndpoints(s.h1))
+	pid := eng.must("inspect", "-f", "{{.State.Pid}}", "d5")
+	if err := s.h1.h.KillDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	rm := make(chan error, 1)
+	go func() {
+		_, err := eng.run("rm", "-f", "d5")
+		rm <- err
+	}()
+	// Docker has killed the container and now waits for the plugin
+	// (the container's record is locked meanwhile: inspect would wait).
+	eventually(t, 15*time.Second, func() error {
+		if _, err := os.Stat("/proc/" + pid); err == nil {
+			return errors.New("still running")
+		}
+		return nil
+	}, "d5 (pid %s) killed", pid)
+	if err := s.h1.h.StartDaemon(s.pluginFlags...); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case err := <-rm:
+		if err != nil {
+			t.Fatalf("docker rm -f d5 across the daemon's restart: %v", err)
+		}
+	case <-time.After(50 * time.Second):
+		t.Fatal("docker rm -f d5 did not complete within 50 s of the daemon's start")
+	}
+	t.Logf("docker rm -f d5 completed %v after the daemon was back", time.Since(start).Round(time.Millisecond))
+	eventually(t, 15*time.Second, func() error {
+		if eps := dockerEndpoints(s.h1); len(eps) != before-1 {
+			return fmt.Errorf("%v", eps)
+		}
+		return nil
+	}, "Docker endpoints after d5 was removed across a daemon restart")
+	s.noHostTAPs("docker rm -f across a daemon restart")
+}
+
+// httpGetFrom sends GET path to addr from the namespace at nsPath and
+// returns the answer, if its status is 200.
+func httpGetFrom(nsPath, addr, path string) (string, error) {
+	var c net.Conn
+	err := sandbox.RunInNetns(nsPath, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", addr, 3*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	// busybox httpd passes a CGI's header lines as they are (\n).
+	status, _, _ := strings.Cut(string(b), "\n")
+	if !strings.Contains(status, " 200 ") {
+		return "", fmt.Errorf("answer %q", b)
+	}
+	return string(b), nil
 }
 
 // removeAndStop: docker rm -f takes the endpoint and its device; the
@@ -417,15 +635,7 @@ func (s *dockerHosts) removeAndStop() {
 	if eps := dockerEndpoints(s.h1); len(eps) != 0 {
 		t.Fatalf("after docker rm -f d1: %v", eps)
 	}
-	links, err := s.h1.h.Links()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range links {
-		if strings.HasPrefix(l, "vxd") {
-			t.Fatalf("TAP %s left in h1's namespace after docker rm: %v", l, links)
-		}
-	}
+	s.noHostTAPs("docker rm")
 	eng.must("network", "rm", "web", "db")
 	if err := s.h1.h.StopDaemon(); err != nil {
 		t.Fatal(err)

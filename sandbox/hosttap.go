@@ -3,8 +3,12 @@
 package sandbox
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -13,13 +17,20 @@ import (
 	"github.com/vxmesh/vxmesh/packet"
 )
 
+// HostTAPPrefix starts the names of the TAP devices the Docker network
+// plugin has PlugHost make ("vxd" and the endpoint ID's first 12
+// characters); RemoveUnusedTAPs removes the ones nothing holds.
+const HostTAPPrefix = "vxd"
+
 // PlugHost creates the TAP device cfg.IfName in the caller's network
 // namespace, with cfg's MAC and MTU and the data plane's segment limit,
 // and leaves it down and without addresses: a container runtime (Docker's
 // network plugin path) moves it into the container's namespace, renames
-// it and configures it there. The device is not persistent: it is
-// destroyed when the returned descriptor is closed, in whichever
-// namespace it is by then. cfg.Addr and cfg.Gateway are ignored.
+// it and configures it there. The device is persistent once made, like
+// Plug's: it outlives the daemon (ReopenHost finds it again in the
+// container's namespace by its MAC) and goes with that namespace; to
+// destroy it, clear the flag (SetPersist(false)) before closing the
+// returned descriptor. cfg.Addr and cfg.Gateway are ignored.
 func PlugHost(cfg IfaceConfig) (_ *netdev.TAP, err error) {
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("interface %q: %s", cfg.IfName, fmt.Sprintf(format, args...))
@@ -39,6 +50,7 @@ func PlugHost(cfg IfaceConfig) (_ *netdev.TAP, err error) {
 	}
 	defer func() {
 		if err != nil {
+			tap.SetPersist(false)
 			tap.Close()
 		}
 	}()
@@ -65,5 +77,84 @@ func PlugHost(cfg IfaceConfig) (_ *netdev.TAP, err error) {
 	if err != nil && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EINVAL) {
 		return nil, fail("set gso_max_segs %d: %v", packet.GSOMaxSegments, err)
 	}
+	if err := tap.SetPersist(true); err != nil {
+		return nil, fail("%v", err)
+	}
 	return tap, nil
+}
+
+// ReopenHost opens again a TAP device PlugHost made, after a container
+// runtime moved it into the namespace at nsPath under a name of its own
+// (Docker's ethN): the TAP device there with MAC mac. It returns the
+// device and its name there; its addresses and routes are not touched.
+func ReopenHost(nsPath string, mac net.HardwareAddr) (*netdev.TAP, string, error) {
+	in, err := handleAt(nsPath)
+	if err != nil {
+		return nil, "", err
+	}
+	defer in.Close()
+	links, err := in.LinkList()
+	if err != nil {
+		return nil, "", fmt.Errorf("netns %q: list interfaces: %w", nsPath, err)
+	}
+	for _, l := range links {
+		if l.Type() != "tuntap" || !bytes.Equal(l.Attrs().HardwareAddr, mac) {
+			continue
+		}
+		name := l.Attrs().Name
+		tap, err := netdev.OpenTAPInNetns(nsPath, name)
+		if err != nil {
+			return nil, "", fmt.Errorf("netns %q: interface %q: %w", nsPath, name, err)
+		}
+		return tap, name, nil
+	}
+	return nil, "", fmt.Errorf("netns %q: no TAP device with MAC %s: %w", nsPath, mac, ErrNoHostTAP)
+}
+
+// ErrNoHostTAP is ReopenHost's error when the namespace is there but the
+// device is not.
+var ErrNoHostTAP = errors.New("no such device")
+
+// RecreateHost makes again, in the namespace at nsPath, the interface a
+// container runtime made of a PlugHost device that is gone (an older
+// daemon's, which did not keep it): with cfg's MAC, MTU and address, named
+// cfg.IfName or, if empty, the first free name of prefix and a number
+// (Docker's ethN), and with the default route via cfg.Gateway only if the
+// namespace has none (the runtime gives the default route to one of a
+// container's networks). It returns the device and its name.
+func RecreateHost(nsPath, prefix string, cfg IfaceConfig) (*netdev.TAP, string, error) {
+	in, err := handleAt(nsPath)
+	if err != nil {
+		return nil, "", err
+	}
+	links, err := in.LinkList()
+	if err == nil && cfg.Gateway.IsValid() {
+		var routes []netlink.Route
+		routes, err = in.RouteList(nil, netlink.FAMILY_V4)
+		for _, r := range routes {
+			if r.Dst == nil {
+				cfg.Gateway = netip.Addr{}
+			} else if ones, _ := r.Dst.Mask.Size(); ones == 0 {
+				cfg.Gateway = netip.Addr{}
+			}
+		}
+	}
+	in.Close()
+	if err != nil {
+		return nil, "", fmt.Errorf("netns %q: %w", nsPath, err)
+	}
+	if cfg.IfName == "" {
+		taken := map[string]bool{}
+		for _, l := range links {
+			taken[l.Attrs().Name] = true
+		}
+		for i := 0; cfg.IfName == "" || taken[cfg.IfName]; i++ {
+			cfg.IfName = prefix + strconv.Itoa(i)
+		}
+	}
+	tap, err := Plug(nsPath, cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	return tap, cfg.IfName, nil
 }

@@ -228,7 +228,9 @@ func Unplug(nsPath, ifname string) error {
 // RemoveUnusedTAPs destroys the TAP devices Plug left in the caller's
 // network namespace when its process died between creating a device and
 // moving it into its container: the tmpTAPPrefix devices that no process
-// holds open. A device that is open (Plug at work in another process)
+// holds open; and PlugHost's (HostTAPPrefix) that no process holds open:
+// made before a daemon died and never moved into a container, or moved
+// back out of a container that stopped meanwhile. A device that is open (Plug at work in another process)
 // refuses a second attachment and is left alone. It returns the names of
 // the devices it destroyed.
 func RemoveUnusedTAPs() ([]string, error) {
@@ -240,7 +242,7 @@ func RemoveUnusedTAPs() ([]string, error) {
 	var errs []error
 	for _, l := range links {
 		name := l.Attrs().Name
-		if !strings.HasPrefix(name, tmpTAPPrefix) || l.Type() != "tuntap" {
+		if !(strings.HasPrefix(name, tmpTAPPrefix) || strings.HasPrefix(name, HostTAPPrefix)) || l.Type() != "tuntap" {
 			continue
 		}
 		tap, err := netdev.OpenTAP(name)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -192,7 +193,7 @@ func cmdDaemon(env *cliEnv, args []string) error {
 	}()
 	var pluginDone chan error
 	if *dockerPlugin {
-		if pluginDone, err = serveDockerPlugin(ctx, d, dockerSocket, *dockerPluginSocket, log); err != nil {
+		if pluginDone, err = serveDockerPlugin(ctx, d, dockerSocket, *dockerPluginSocket, filepath.Join(*stateDir, dockerPluginState), log); err != nil {
 			d.Close()
 			return err
 		}
@@ -227,17 +228,21 @@ func (f *kernelTunnelFlag) Set(s string) error {
 // IsBoolFlag lets --kernel-tunnel stand alone, meaning true (on).
 func (f *kernelTunnelFlag) IsBoolFlag() bool { return true }
 
+// dockerPluginState is the Docker plugin's file in the state directory:
+// its endpoint records.
+const dockerPluginState = "docker-plugin.json"
+
 // serveDockerPlugin listens on socket (failing at once if it cannot) and
-// serves the Docker network plugin until ctx is done; the channel gets
-// its end.
-func serveDockerPlugin(ctx context.Context, d *daemon.Daemon, dockerSocket, socket string, log *slog.Logger) (chan error, error) {
+// serves the Docker network plugin, with its records in stateFile, until
+// ctx is done; the channel gets its end.
+func serveDockerPlugin(ctx context.Context, d *daemon.Daemon, dockerSocket, socket, stateFile string, log *slog.Logger) (chan error, error) {
 	ln, err := dockerplugin.Listen(socket)
 	if err != nil {
 		return nil, err
 	}
 	p := dockerplugin.New(dockerplugin.Config{
 		Backend: d, Engine: dockerplugin.NewUnixEngine(dockerSocket),
-		Driver: dockerplugin.DriverName(socket), Logger: log,
+		Driver: dockerplugin.DriverName(socket), StateFile: stateFile, Logger: log,
 	})
 	done := make(chan error, 1)
 	go func() {
