@@ -239,6 +239,20 @@ func PinNetns(path string, id NetnsID) (pinned string, release func(), err error
 	return "/proc/self/fd/" + strconv.Itoa(fd), func() { unix.Close(fd) }, nil
 }
 
+// notNamespaceFile is the error for path, open at fd, which is no
+// namespace file. An empty regular file is what a namespace's name looks
+// like from a mount namespace its bind mount did not reach: the usual
+// cause is a daemon started with `ip netns exec`, whose mounts stay in the
+// mount namespace that command makes.
+func notNamespaceFile(path string, fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == 0 {
+		return fmt.Errorf("netns %q: not a namespace file here: an empty file, the name of a namespace mounted in another mount namespace "+
+			"(a daemon started with `ip netns exec` mounts its containers' namespaces where only it sees them; start it with `nsenter --net=/run/netns/NAME -- vxmesh daemon ...` instead)", path)
+	}
+	return fmt.Errorf("netns %q: not a namespace file", path)
+}
+
 // fdIdentity returns the identity of the network namespace open at fd.
 func fdIdentity(path string, fd int) (NetnsID, error) {
 	var sfs unix.Statfs_t
@@ -246,7 +260,7 @@ func fdIdentity(path string, fd int) (NetnsID, error) {
 		return NetnsID{}, fmt.Errorf("netns %q: %w", path, err)
 	}
 	if sfs.Type != unix.NSFS_MAGIC {
-		return NetnsID{}, fmt.Errorf("netns %q: not a namespace file", path)
+		return NetnsID{}, notNamespaceFile(path, fd)
 	}
 	typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
 	if err != nil {
