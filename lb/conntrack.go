@@ -73,6 +73,12 @@ type Config struct {
 	Max         int // entries; 0 means DefaultMax
 	AffinityMax int // client-IP affinity slots; 0 means DefaultAffinityMax
 	SynSlots    int // remembered SYNs for WriteRetry; 0 means DefaultSynSlots
+	// FragMax is how many fragmented datagrams (each way) are followed at
+	// once; 0 means DefaultFragMax (see FragTable).
+	FragMax int
+	// FragTimeout is how long a datagram's first fragment is remembered
+	// for its later fragments; 0 means DefaultFragTimeout.
+	FragTimeout time.Duration
 	Timeouts    Timeouts
 }
 
@@ -87,6 +93,7 @@ type Conntrack struct {
 	to     timeouts
 	aff    *affinity
 	syns   *synStore
+	frags  *FragTable
 	// sources counts entries by a hash of (network, backend IP), so
 	// Untranslate passes frames from addresses that are no entry's
 	// backend (most frames to a local port) after one atomic load.
@@ -220,6 +227,7 @@ func NewConntrack(cfg Config) *Conntrack {
 	}
 	c.aff = newAffinity(cfg.AffinityMax)
 	c.syns = newSynStore(cfg.SynSlots, c.seed)
+	c.frags = NewFragTable(cfg.FragMax, cfg.FragTimeout)
 	return c
 }
 
@@ -462,6 +470,11 @@ func (c *Conntrack) Len() int {
 	}
 	return n
 }
+
+// FragEvictions returns how many fragmented datagrams still incomplete
+// were forgotten to make room for new ones (see FragTable): their later
+// fragments are dropped ("fragment").
+func (c *Conntrack) FragEvictions() uint64 { return c.frags.Evictions() }
 
 // Evictions returns how many live entries were evicted because the table
 // was full.

@@ -301,7 +301,7 @@ func TestMalformedAndOffloadDrops(t *testing.T) {
 	tb := newTest(t, Config{Max: 4096}, Service{}, 1)
 	f := toVIP(packet.ProtoTCP, 1, 80, header.TCPFlagSyn).build()
 	frag := append([]byte(nil), f...)
-	binary.BigEndian.PutUint16(frag[20:], 0x2000) // MF
+	binary.BigEndian.PutUint16(frag[20:], 0x2000|100) // MF, a later fragment whose first was not seen
 	if v := tb.Translate(frag, nil, t0); v != Drop {
 		t.Fatalf("fragment: verdict %d", v)
 	}
