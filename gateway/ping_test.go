@@ -108,16 +108,21 @@ func hostAddr(t *testing.T) netip.Addr {
 	return netip.Addr{}
 }
 
-// TestPingOutside: an echo request to an outside address is answered by
-// a real echo from the host (raw socket: root), never by the stack; on an
-// internal network it is dropped and counted, with no reply.
-func TestPingOutside(t *testing.T) {
-	dst := hostAddr(t)
+// needRawICMP skips t unless a raw ICMP socket opens (root).
+func needRawICMP(t *testing.T) {
 	if c, err := net.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
 		t.Skipf("no raw ICMP socket (needs root): %v", err)
 	} else {
 		c.Close()
 	}
+}
+
+// TestPingOutside: an echo request to an outside address is answered by
+// a real echo from the host (raw socket: root), never by the stack; on an
+// internal network it is dropped and counted, with no reply.
+func TestPingOutside(t *testing.T) {
+	dst := hostAddr(t)
+	needRawICMP(t)
 	h := newHarness(t, false, EgressConfig{})
 	rec, ref, mac, ip := h.pinger(t)
 	sendFrame(ref, echoFrame(mac, ip, dst, 9, 3))
@@ -231,11 +236,7 @@ func bigEchoFragments(mac packet.MAC, src, dst netip.Addr, id, seq uint16) [][]b
 // echo reply with the same data.
 func TestPingOutsideFragmented(t *testing.T) {
 	dst := hostAddr(t)
-	if c, err := net.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
-		t.Skipf("no raw ICMP socket (needs root): %v", err)
-	} else {
-		c.Close()
-	}
+	needRawICMP(t)
 	h := newHarness(t, false, EgressConfig{})
 	rec, ref, mac, ip := h.pinger(t)
 	for _, f := range bigEchoFragments(mac, ip, dst, 21, 1) {

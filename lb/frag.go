@@ -307,14 +307,21 @@ func (t *Table) forwardLater(c *service, p *pkt, now int64) Verdict {
 	}
 	copy(p.f[0:6], v.MAC[:])
 	fix(p.f[offIPCsum:], put4(p.f[offIPDst:], v.Addr))
-	n := uint64(len(p.f))
+	countFrag(c, be, len(p.f))
+	return Forward
+}
+
+// countFrag counts a translated later fragment of n bytes on its service
+// and backend (either may be nil).
+func countFrag(c *service, be *beState, n int) {
 	if be != nil {
 		be.packets.Add(1)
-		be.bytes.Add(n)
+		be.bytes.Add(uint64(n))
 	}
-	c.st.packets.Add(1)
-	c.st.bytes.Add(n)
-	return Forward
+	if c != nil {
+		c.st.packets.Add(1)
+		c.st.bytes.Add(uint64(n))
+	}
 }
 
 // untranslateLater gives a later fragment of a backend's reply the
@@ -327,14 +334,6 @@ func (t *Table) untranslateLater(p *pkt, now int64) Verdict {
 	}
 	copy(p.f[6:12], v.MAC[:])
 	fix(p.f[offIPCsum:], put4(p.f[offIPSrc:], v.Addr))
-	n := uint64(len(p.f))
-	if be != nil {
-		be.packets.Add(1)
-		be.bytes.Add(n)
-	}
-	if c := t.snap.Load().get(v.Addr); c != nil {
-		c.st.packets.Add(1)
-		c.st.bytes.Add(n)
-	}
+	countFrag(t.snap.Load().get(v.Addr), be, len(p.f))
 	return Forward
 }
