@@ -79,7 +79,10 @@ type Config struct {
 	// FragTimeout is how long a datagram's first fragment is remembered
 	// for its later fragments; 0 means DefaultFragTimeout.
 	FragTimeout time.Duration
-	Timeouts    Timeouts
+	// FragHeld is how many later fragments that came before their first
+	// are held at once (Hold); 0 means DefaultFragHeld.
+	FragHeld int
+	Timeouts Timeouts
 }
 
 // Conntrack is a host's connection table, shared by the Tables of all its
@@ -94,6 +97,7 @@ type Conntrack struct {
 	aff    *affinity
 	syns   *synStore
 	frags  *FragTable
+	hold   fragHold
 	// sources counts entries by a hash of (network, backend IP), so
 	// Untranslate passes frames from addresses that are no entry's
 	// backend (most frames to a local port) after one atomic load.
@@ -228,6 +232,10 @@ func NewConntrack(cfg Config) *Conntrack {
 	c.aff = newAffinity(cfg.AffinityMax)
 	c.syns = newSynStore(cfg.SynSlots, c.seed)
 	c.frags = NewFragTable(cfg.FragMax, cfg.FragTimeout)
+	if cfg.FragHeld <= 0 {
+		cfg.FragHeld = DefaultFragHeld
+	}
+	c.hold.slots = make([]heldFrag, cfg.FragHeld)
 	return c
 }
 

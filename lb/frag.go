@@ -298,12 +298,13 @@ func fragNS(net uint32, dir uint32) uint32 { return net<<1 | dir }
 // fragment was: destination MAC and IP (the L4 checksum, which covers the
 // whole datagram, was updated in the first fragment).
 func (t *Table) forwardLater(c *service, p *pkt, now int64) Verdict {
-	v, be, ok, exp := t.ct.frags.recall(fragNS(t.net, dirFwd), packet.IPv4(p.f[offIP:p.end]), now)
+	ip := packet.IPv4(p.f[offIP:p.end])
+	v, be, ok, exp := t.ct.frags.recall(fragNS(t.net, dirFwd), ip, now)
 	switch {
 	case exp:
 		return t.count(ReasonFragTimeout, Drop)
 	case !ok:
-		return t.count(ReasonFragment, Drop)
+		return t.holdLater(p, dirFwd, now)
 	}
 	copy(p.f[0:6], v.MAC[:])
 	fix(p.f[offIPCsum:], put4(p.f[offIPDst:], v.Addr))
@@ -324,13 +325,47 @@ func countFrag(c *service, be *beState, n int) {
 	}
 }
 
+// holdLater holds the later fragment p, whose first fragment has not
+// come, until it comes (see TakeHeld).
+func (t *Table) holdLater(p *pkt, dir uint32, now int64) Verdict {
+	k, _, _, _ := fragInfo(fragNS(t.net, dir), packet.IPv4(p.f[offIP:p.end]))
+	t.ct.hold.hold(t, k, p.f, now, t.ct.frags.ttl)
+	return t.count(ReasonFragHeld, Hold)
+}
+
+// releaseFirst is called for the first fragment p of a datagram as it
+// came (before any rewrite) to net's direction dir: it readies the
+// fragments held for it, rewritten (or unchanged with pass).
+func (t *Table) releaseFirst(p *pkt, dir uint32, pass bool, now int64) {
+	if t.ct.hold.n.Load() == 0 {
+		return
+	}
+	k, _, _, _ := fragInfo(fragNS(t.net, dir), packet.IPv4(p.f[offIP:p.end]))
+	t.ct.hold.release(t, k, pass, now)
+}
+
+// passFirst notes that p, if a first fragment from a possible backend,
+// is no translated flow's: its later fragments pass too (and those held
+// go as they came).
+func (t *Table) passFirst(p *pkt, now int64) {
+	if p.frag == First {
+		t.ct.frags.remember(fragNS(t.net, dirRev), packet.IPv4(p.f[offIP:p.end]), FragVal{}, nil, now)
+		t.releaseFirst(p, dirRev, true, now)
+	}
+}
+
 // untranslateLater gives a later fragment of a backend's reply the
 // source its first fragment got (the VIP's address and MAC); a fragment
 // of no translated datagram gets Pass.
 func (t *Table) untranslateLater(p *pkt, now int64) Verdict {
-	v, be, ok, _ := t.ct.frags.recall(fragNS(t.net, dirRev), packet.IPv4(p.f[offIP:p.end]), now)
-	if !ok {
+	v, be, ok, exp := t.ct.frags.recall(fragNS(t.net, dirRev), packet.IPv4(p.f[offIP:p.end]), now)
+	switch {
+	case exp:
 		return Pass
+	case !ok:
+		return t.holdLater(p, dirRev, now)
+	case v.Addr == [4]byte{}:
+		return Pass // its first fragment was no translated flow's
 	}
 	copy(p.f[6:12], v.MAC[:])
 	fix(p.f[offIPCsum:], put4(p.f[offIPSrc:], v.Addr))

@@ -177,36 +177,18 @@ func TestFragmentsInterleaved(t *testing.T) {
 }
 
 // Fragments the balancer cannot translate are dropped and counted by
-// reason: a later fragment whose first was not seen (reversed order), one
-// that comes after its entry expired or after the whole datagram passed
-// (a duplicate), a tiny first fragment without the whole L4 header and a
-// later one overlapping it (RFC 1858), and a fragment claiming offloads.
+// reason: a later fragment that comes after its datagram's entry
+// expired, a tiny first fragment without the whole L4 header and a later
+// one overlapping it (RFC 1858), and a fragment claiming offloads.
 func TestFragmentDrops(t *testing.T) {
 	tb := newTest(t, Config{Max: 4096, FragTimeout: time.Second}, Service{}, 2)
 	frags := fragment(bigFlow(packet.ProtoUDP, 1000, 3000), 1500, 9)
-	if v := tb.Translate(frags[2], nil, t0); v != Drop { // reversed: the last first
-		t.Fatalf("later fragment first: verdict %d", v)
-	}
 	if v := tb.Translate(frags[0], nil, t0); v != Forward {
 		t.Fatalf("first fragment: verdict %d", v)
 	}
 	if v := tb.Translate(frags[1], nil, t0+2*int64(time.Second)); v != Drop {
 		t.Fatalf("fragment after the timeout: verdict %d", v)
 	}
-
-	// The whole datagram passes; a duplicate of its last fragment then
-	// finds nothing.
-	frags = fragment(bigFlow(packet.ProtoUDP, 1001, 3000), 1500, 10)
-	for _, fr := range frags {
-		if v := tb.Translate(fr, nil, t0); v != Forward {
-			t.Fatalf("verdict %d", v)
-		}
-	}
-	dup := fragment(bigFlow(packet.ProtoUDP, 1001, 3000), 1500, 10)[2]
-	if v := tb.Translate(dup, nil, t0); v != Drop {
-		t.Fatalf("duplicate after the datagram: verdict %d", v)
-	}
-
 	// Tiny first fragment: 8 bytes of the TCP header.
 	tiny := fragment(bigFlow(packet.ProtoTCP, 1002, 100), 28, 11)
 	if v := tb.Translate(tiny[0], nil, t0); v != Drop {
@@ -226,8 +208,134 @@ func TestFragmentDrops(t *testing.T) {
 		t.Fatalf("fragment with offload: verdict %d", v)
 	}
 	r := tb.Reasons()
-	if r["fragment"] != 2 || r["frag-timeout"] != 1 || r["frag-tiny"] != 2 || r["bad-offload"] != 1 {
+	if r["frag-timeout"] != 1 || r["frag-tiny"] != 2 || r["bad-offload"] != 1 || r["frag-held"] != 0 {
 		t.Fatalf("reasons %v", r)
+	}
+}
+
+// takeAll returns what TakeHeld gives after first.
+func takeAll(t *testing.T, tb *Table, first []byte) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for {
+		buf := make([]byte, 100)
+		n := tb.TakeHeld(buf, first)
+		if n < 0 {
+			buf = make([]byte, -n)
+			n = tb.TakeHeld(buf, first)
+		}
+		if n <= 0 {
+			return out
+		}
+		out = append(out, buf[:n])
+	}
+}
+
+// Fragments that come before their datagram's first fragment (the last
+// first, as a reordering underlay can deliver them) are held, not lost:
+// when the first comes, TakeHeld gives them rewritten as it was, both
+// ways, and the datagram reassembles whole and valid.
+func TestFragmentsOutOfOrderHeld(t *testing.T) {
+	tb := newTest(t, Config{Max: 4096}, Service{}, 2)
+	frags := fragment(bigFlow(packet.ProtoUDP, 1000, 4000), 1500, 9)
+	for _, i := range []int{2, 1} {
+		if v := tb.Translate(frags[i], nil, t0); v != Hold {
+			t.Fatalf("fragment %d before the first: verdict %d", i, v)
+		}
+	}
+	if n := tb.TakeHeld(make([]byte, 2000), frags[0]); n != 0 {
+		t.Fatalf("TakeHeld gave %d bytes before the first fragment was translated", n)
+	}
+	if v := tb.Translate(frags[0], nil, t0); v != Forward {
+		t.Fatalf("first fragment: verdict %d", v)
+	}
+	held := takeAll(t, tb, frags[0])
+	if len(held) != 2 {
+		t.Fatalf("TakeHeld gave %d fragments, want 2", len(held))
+	}
+	be := parseFields(frags[0])
+	for _, fr := range held {
+		if g := parseFields(fr); g.dst != be.dst || g.dstMAC != be.dstMAC {
+			t.Fatalf("held fragment to %v %v, first to %v %v", g.dst, g.dstMAC, be.dst, be.dstMAC)
+		}
+	}
+	checkSums(t, reassemble(t, append([][]byte{frags[0]}, held...)))
+
+	// The reply, reversed too.
+	rf := reply(be, packet.ProtoUDP, 0)
+	rf.payload = 4000
+	rfrags := fragment(rf.build(), 1500, 10)
+	for _, i := range []int{2, 1} {
+		if v := tb.Untranslate(rfrags[i], nil, t0); v != Hold {
+			t.Fatalf("reply fragment %d before the first: verdict %d", i, v)
+		}
+	}
+	if v := tb.Untranslate(rfrags[0], nil, t0); v != Forward {
+		t.Fatalf("reply's first fragment: verdict %d", v)
+	}
+	rheld := takeAll(t, tb, rfrags[0])
+	if len(rheld) != 2 {
+		t.Fatalf("TakeHeld gave %d reply fragments, want 2", len(rheld))
+	}
+	for _, fr := range rheld {
+		if g := parseFields(fr); g.src != vip || g.srcMAC != vipMAC {
+			t.Fatalf("held reply fragment from %v %v", g.src, g.srcMAC)
+		}
+	}
+	checkSums(t, reassemble(t, append([][]byte{rfrags[0]}, rheld...)))
+
+	// A backend's datagram of no translated flow, reversed: held, then
+	// given back unchanged after its first passes.
+	direct := flow{srcMAC: be.dstMAC, dstMAC: clientMAC, src: be.dst, dst: clientIP, sport: 9, dport: 9, proto: packet.ProtoUDP, payload: 3000}.build()
+	dfrags := fragment(direct, 1500, 77)
+	orig := append([]byte(nil), dfrags[1]...)
+	if v := tb.Untranslate(dfrags[1], nil, t0); v != Hold {
+		t.Fatalf("direct later fragment: verdict %d", v)
+	}
+	if v := tb.Untranslate(dfrags[0], nil, t0); v != Pass {
+		t.Fatalf("direct first fragment: verdict %d", v)
+	}
+	if dh := takeAll(t, tb, dfrags[0]); len(dh) != 1 || string(dh[0]) != string(orig) {
+		t.Fatalf("direct held fragments: %d, changed", len(dh))
+	}
+	if v := tb.Untranslate(dfrags[2], nil, t0); v != Pass {
+		t.Fatalf("direct last fragment after its first: verdict %d", v)
+	}
+	if r := tb.Reasons(); r["frag-held"] != 5 || r["fragment"]+r["frag-timeout"] != 0 {
+		t.Fatalf("reasons %v", r)
+	}
+}
+
+// Held fragments are bounded: past FragHeld the oldest is given up
+// ("fragment"), and one whose first comes too late is dropped
+// ("frag-timeout"), not sent.
+func TestFragmentsHeldBounded(t *testing.T) {
+	tb := newTest(t, Config{Max: 4096, FragHeld: 2, FragTimeout: time.Second}, Service{}, 2)
+	var firsts [][]byte
+	for id := range 3 {
+		frags := fragment(bigFlow(packet.ProtoUDP, uint16(1000+id), 3000), 1500, uint16(id))
+		if v := tb.Translate(frags[1], nil, t0+int64(id)); v != Hold {
+			t.Fatalf("datagram %d: verdict %d", id, v)
+		}
+		firsts = append(firsts, frags[0])
+	}
+	if r := tb.Reasons(); r["fragment"] != 1 {
+		t.Fatalf("reasons %v, want one fragment given up", r)
+	}
+	tb.Translate(firsts[0], nil, t0)
+	if n := len(takeAll(t, tb, firsts[0])); n != 0 {
+		t.Fatalf("the fragment given up came back (%d)", n)
+	}
+	tb.Translate(firsts[1], nil, t0+2*int64(time.Second))
+	if n := len(takeAll(t, tb, firsts[1])); n != 0 {
+		t.Fatalf("an expired held fragment came back (%d)", n)
+	}
+	tb.Translate(firsts[2], nil, t0)
+	if n := len(takeAll(t, tb, firsts[2])); n != 1 {
+		t.Fatalf("the held fragment of the third datagram: %d", n)
+	}
+	if r := tb.Reasons(); r["frag-timeout"] != 1 {
+		t.Fatalf("reasons %v, want one frag-timeout", r)
 	}
 }
 
@@ -250,8 +358,8 @@ func TestFragmentTableFull(t *testing.T) {
 	if v := tb.Translate(seconds[199], nil, t0); v != Forward {
 		t.Fatalf("newest datagram's fragment: verdict %d", v)
 	}
-	if v := tb.Translate(seconds[0], nil, t0); v != Drop {
-		t.Fatalf("evicted datagram's fragment: verdict %d", v)
+	if v := tb.Translate(seconds[0], nil, t0); v != Hold {
+		t.Fatalf("evicted datagram's fragment: verdict %d (want held: its first is not known)", v)
 	}
 }
 
@@ -298,6 +406,19 @@ func TestFragmentAllocs(t *testing.T) {
 	if n != 0 {
 		t.Fatalf("%.1f allocations per datagram", n)
 	}
+	// Out of order: the later fragments held, then taken.
+	take := make([]byte, 2000)
+	n = testing.AllocsPerRun(1000, func() {
+		for _, i := range []int{2, 1, 0} {
+			copy(frags[i], orig[i])
+			tb.Translate(frags[i], nil, t0)
+		}
+		for tb.TakeHeld(take, frags[0]) > 0 {
+		}
+	})
+	if n != 0 {
+		t.Fatalf("%.1f allocations per reordered datagram", n)
+	}
 }
 
 // FuzzFragments sends random fragments (random IDs, offsets, lengths,
@@ -342,6 +463,11 @@ func FuzzFragments(f *testing.F) {
 				v = tb.Untranslate(fr, nil, now)
 			} else {
 				v = tb.Translate(fr, nil, now)
+			}
+			if v == Forward && FragOf(fr[14:]) == First {
+				for _, h := range takeAll(t, tb, fr) {
+					checkIPSum(t, h)
+				}
 			}
 			if v == Forward {
 				checkIPSum(t, fr)

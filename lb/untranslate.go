@@ -34,6 +34,7 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 		return t.untranslateICMP(&p, now)
 	}
 	if p.proto != protoTCP && p.proto != protoUDP && !(p.proto == protoICMP && p.icmpType == icmpEchoReply) {
+		t.passFirst(&p, now)
 		return Pass
 	}
 	k := revKey{net: t.net, proto: p.proto, backend: [4]byte(frame[offIPSrc:]), bport: p.sport,
@@ -43,6 +44,7 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 	i := t.ct.findRev(s, &k, now)
 	if i == 0 {
 		s.mu.Unlock()
+		t.passFirst(&p, now)
 		return Pass
 	}
 	e := &s.e[i]
@@ -63,6 +65,7 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 	}
 	if p.frag == First {
 		t.ct.frags.remember(fragNS(t.net, dirRev), packet.IPv4(p.f[offIP:p.end]), FragVal{Addr: vip, MAC: mac}, be, now)
+		t.releaseFirst(&p, dirRev, false, now)
 	}
 	p.rewriteSrc(vip, vport, mac)
 	be.packets.Add(1)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -516,4 +517,55 @@ func FuzzInputLB(f *testing.F) {
 				delivered, tx, st.Forwarded, st.ARPSuppressed, st.LBRejects, st.LBRetries)
 		}
 	})
+}
+
+// TestLBFragmentsReorderedFromTunnel: a client's fragmented datagram to
+// a VIP whose backend is behind the tunnel leaves whole; the backend's
+// fragmented reply comes back from the tunnel in reverse order (the last
+// first): the fragments before the first are held ("lb-held") and reach
+// the client, from the VIP, right after the first; a client's reordered
+// fragments to the VIP (the gateway's, say) reach the backend the same way.
+func TestLBFragmentsReorderedFromTunnel(t *testing.T) {
+	e := newLBBed(t)
+	far, farIP := packet.MAC{2, 0x42, 10, 0, 1, 50}, netip.MustParseAddr("10.0.1.50")
+	if err := e.s.AddStatic(far, farIP, e.tunnel); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := lb.NewSnapshot([]lb.Service{{Name: "web", VIP: vip, Backends: []lb.Backend{{IP: farIP, MAC: far}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.tb.Swap(snap)
+	req := bigUDPFrags(macA, vipMAC, ipA, vip, 40000, 53, 4000, 3)
+	slices.Reverse(req)
+	for _, f := range req {
+		input(e.pa, f)
+	}
+	sent := e.rt.Frames()
+	if len(sent) != len(req) {
+		t.Fatalf("the tunnel got %d of %d fragments (drops %v)", len(sent), len(req), e.s.Stats().Drops)
+	}
+	for i, f := range sent {
+		if ip := packet.IPv4(packet.Ethernet(f).Payload()); ip.Dst() != farIP || packet.Ethernet(f).Dst() != far {
+			t.Fatalf("fragment %d to %s", i, ip.Dst())
+		}
+	}
+	rep := bigUDPFrags(far, macA, farIP, ipA, 53, 40000, 4000, 4)
+	slices.Reverse(rep)
+	for _, f := range rep {
+		input(e.tunnel, f)
+	}
+	got := e.ra.Frames()
+	if len(got) != len(rep) {
+		t.Fatalf("the client got %d of %d reply fragments (drops %v)", len(got), len(rep), e.s.Stats().Drops)
+	}
+	for i, f := range got {
+		eth := packet.Ethernet(f)
+		if ip := packet.IPv4(eth.Payload()); ip.Src() != vip || eth.Src() != vipMAC || ip.HeaderChecksum() != ip.Checksum() {
+			t.Fatalf("reply fragment %d from %s (%s)", i, ip.Src(), eth.Src())
+		}
+	}
+	if d := e.s.Stats().Drops; d["lb-held"] != 4 || d["lb-drop"] != 0 {
+		t.Fatalf("drops %v, want lb-held 4 (two fragments each way)", d)
+	}
 }
