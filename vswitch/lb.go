@@ -232,8 +232,11 @@ func (r *Port) sendHeld(l *lbState, first []byte, offset, batch int, out *Port) 
 		}
 		g := sc.genBuf(offset, -n)
 		if n = l.b.TakeHeld(g[offset:], first); n <= 0 {
-			sc.ngen--
-			return
+			sc.ngen-- // another batch took it (0: the last) or a larger one is next
+			if n == 0 {
+				return
+			}
+			continue
 		}
 		packet.ClearOffload(g)
 		g = g[:offset+n]
