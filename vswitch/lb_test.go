@@ -536,35 +536,26 @@ func TestLBFragmentsReorderedFromTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.tb.Swap(snap)
-	req := bigUDPFrags(macA, vipMAC, ipA, vip, 40000, 53, 4000, 3)
-	slices.Reverse(req)
-	for _, f := range req {
-		input(e.pa, f)
-	}
-	sent := e.rt.Frames()
-	if len(sent) != len(req) {
-		t.Fatalf("the tunnel got %d of %d fragments (drops %v)", len(sent), len(req), e.s.Stats().Drops)
-	}
-	for i, f := range sent {
-		if ip := packet.IPv4(packet.Ethernet(f).Payload()); ip.Dst() != farIP || packet.Ethernet(f).Dst() != far {
-			t.Fatalf("fragment %d to %s", i, ip.Dst())
+	// sendReversed inputs frags on in, the last first, and checks that
+	// out got them all as ok says.
+	sendReversed := func(what string, in *Port, out *netdevtest.Recorder, frags [][]byte, ok func(eth packet.Ethernet, ip packet.IPv4) bool) {
+		slices.Reverse(frags)
+		input(in, frags...)
+		got := out.Frames()
+		if len(got) != len(frags) {
+			t.Fatalf("%s: %d of %d fragments arrived (drops %v)", what, len(got), len(frags), e.s.Stats().Drops)
+		}
+		for i, f := range got {
+			eth := packet.Ethernet(f)
+			if ip := packet.IPv4(eth.Payload()); !ok(eth, ip) || ip.HeaderChecksum() != ip.Checksum() {
+				t.Fatalf("%s: fragment %d from %s (%s) to %s (%s)", what, i, ip.Src(), eth.Src(), ip.Dst(), eth.Dst())
+			}
 		}
 	}
-	rep := bigUDPFrags(far, macA, farIP, ipA, 53, 40000, 4000, 4)
-	slices.Reverse(rep)
-	for _, f := range rep {
-		input(e.tunnel, f)
-	}
-	got := e.ra.Frames()
-	if len(got) != len(rep) {
-		t.Fatalf("the client got %d of %d reply fragments (drops %v)", len(got), len(rep), e.s.Stats().Drops)
-	}
-	for i, f := range got {
-		eth := packet.Ethernet(f)
-		if ip := packet.IPv4(eth.Payload()); ip.Src() != vip || eth.Src() != vipMAC || ip.HeaderChecksum() != ip.Checksum() {
-			t.Fatalf("reply fragment %d from %s (%s)", i, ip.Src(), eth.Src())
-		}
-	}
+	sendReversed("to the VIP", e.pa, e.rt, bigUDPFrags(macA, vipMAC, ipA, vip, 40000, 53, 4000, 3),
+		func(eth packet.Ethernet, ip packet.IPv4) bool { return ip.Dst() == farIP && eth.Dst() == far })
+	sendReversed("reply", e.tunnel, e.ra, bigUDPFrags(far, macA, farIP, ipA, 53, 40000, 4000, 4),
+		func(eth packet.Ethernet, ip packet.IPv4) bool { return ip.Src() == vip && eth.Src() == vipMAC })
 	if d := e.s.Stats().Drops; d["lb-held"] != 4 || d["lb-drop"] != 0 {
 		t.Fatalf("drops %v, want lb-held 4 (two fragments each way)", d)
 	}
