@@ -418,10 +418,14 @@ type Stats struct {
 
 // ConntrackStats describe the host's service connection table.
 type ConntrackStats struct {
-	Max       int               `json:"max"`
-	Entries   int               `json:"entries"`
-	Evictions uint64            `json:"evictions"`
-	Drops     map[string]uint64 `json:"drops,omitempty"`
+	Max       int    `json:"max"`
+	Entries   int    `json:"entries"`
+	Evictions uint64 `json:"evictions"`
+	// FragEvictions counts fragmented datagrams to or from a VIP that
+	// were still incomplete when the fragment table forgot them for new
+	// ones (their later fragments are dropped as "fragment").
+	FragEvictions uint64            `json:"frag_evictions"`
+	Drops         map[string]uint64 `json:"drops,omitempty"`
 }
 
 // EgressStats are the counters of a host's egress (package gateway).

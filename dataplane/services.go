@@ -291,10 +291,13 @@ type ServiceStats struct {
 	// ConntrackEntries is how many connections the host's conntrack
 	// holds (live, or expired and not swept yet), ConntrackMax its size,
 	// ConntrackEvictions how many live ones were evicted because it was
-	// full. All zero until a network has services.
+	// full. FragEvictions is how many fragmented datagrams still
+	// incomplete its fragment table forgot to make room for new ones.
+	// All zero until a network has services.
 	ConntrackEntries   int
 	ConntrackMax       int
 	ConntrackEvictions uint64
+	FragEvictions      uint64
 }
 
 // NetworkServiceStats is one network's balancer.
@@ -326,6 +329,7 @@ func (dp *Dataplane) ServiceStats() ServiceStats {
 	}
 	if ct != nil {
 		st.ConntrackEntries, st.ConntrackEvictions = ct.Len(), ct.Evictions()
+		st.FragEvictions = ct.FragEvictions()
 	}
 	return st
 }

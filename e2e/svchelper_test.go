@@ -35,6 +35,11 @@ import (
 //	                          an idleReport as JSON
 //	udp ADDR DUR EVERY        from one socket, send a datagram every EVERY
 //	                          for DUR; print who answered as answers come
+//	echo PORT                 echo every UDP datagram on PORT whole (any
+//	                          size); accept and close TCP on PORT (so the
+//	                          test can wait until it listens)
+//	udpecho ADDR SIZE         send a SIZE-byte datagram to ADDR until it
+//	                          comes back whole (5 tries); print "echoed SIZE"
 //	proxy NAME PORT           answer TCP on PORT: read a connection's first
 //	                          28 bytes (a PROXY v2 header of TCP/IPv4) and
 //	                          answer "NAME PEER HEX" with them in hex
@@ -106,6 +111,23 @@ func serviceHelper(args []string) error {
 			return fmt.Errorf("udp: bad DUR or EVERY")
 		}
 		return helperUDP(args[1], dur, every)
+	case args[0] == "echo" && len(args) == 2:
+		return helperEcho(args[1])
+	case args[0] == "udpecho" && len(args) == 3:
+		size, err := strconv.Atoi(args[2])
+		if err != nil || size < 1 || size > 65507 {
+			return fmt.Errorf("udpecho: bad SIZE %q", args[2])
+		}
+		c, err := net.Dial("udp4", args[1])
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := udpEcho(c, size); err != nil {
+			return err
+		}
+		fmt.Println("echoed", size)
+		return nil
 	case args[0] == "proxy" && len(args) == 3:
 		return helperProxy(args[1], args[2])
 	case args[0] == "hold" && (len(args) == 4 || len(args) == 5):
@@ -423,4 +445,61 @@ func helperUDP(addr string, dur, every time.Duration) error {
 	<-done
 	fmt.Printf("sent %d\n", sent)
 	return nil
+}
+
+// helperEcho echoes UDP datagrams on port whole, and accepts (and closes)
+// TCP connections on it.
+func helperEcho(port string) error {
+	pc, err := net.ListenPacket("udp4", ":"+port)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp4", ":"+port)
+	if err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], from)
+		}
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		c.Close()
+	}
+}
+
+// udpEcho sends a size-byte datagram on c until the same bytes come back
+// (5 tries, 2 s each).
+func udpEcho(c net.Conn, size int) error {
+	msg := make([]byte, size)
+	for i := range msg {
+		msg[i] = byte(i*7 + i>>8)
+	}
+	buf := make([]byte, 65536)
+	last := errors.New("no answer")
+	for range 5 {
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := c.Read(buf)
+		switch {
+		case err != nil:
+			last = err
+		case n != size || string(buf[:n]) != string(msg):
+			last = fmt.Errorf("echo of %d bytes differs from the %d sent", n, size)
+		default:
+			return nil
+		}
+	}
+	return last
 }

@@ -47,6 +47,17 @@ func parseEcho(frame []byte) (echoRequest, bool) {
 	}, true
 }
 
+// isOutsideICMPFragment reports whether frame is an IPv4 ICMP fragment
+// (valid header) to an address other than gw.
+func isOutsideICMPFragment(frame []byte, gw netip.Addr) bool {
+	eth := packet.Ethernet(frame)
+	if len(frame) < packet.EthernetHeaderLen || eth.EtherType() != packet.EtherTypeIPv4 {
+		return false
+	}
+	ip := packet.IPv4(eth.Payload())
+	return ip.Valid() && ip.Protocol() == packet.ProtoICMP && binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 && ip.Dst() != gw
+}
+
 // echoOut takes an ICMP echo request to an address other than the
 // gateway's out of the frames to the stack, which in promiscuous mode
 // would answer it itself: an admitted one is sent from the host (a raw
@@ -54,7 +65,19 @@ func parseEcho(frame []byte) (echoRequest, bool) {
 // echoTimeout, is sent back to the container as from the destination;
 // a refused one is answered with an ICMP destination unreachable
 // (counted). It reports whether it took the frame.
+//
+// A fragmented ICMP datagram to an address other than the gateway's is
+// taken and reassembled first (echoFrags); the reply goes back in
+// fragments of the network MTU.
 func (g *Gateway) echoOut(frame []byte) bool {
+	if isOutsideICMPFragment(frame, g.Addr()) {
+		if frame = g.echoFrags.add(frame, time.Now()); frame == nil {
+			return true // held, or dropped
+		}
+		if r, ok := parseEcho(frame); !ok || r.dst == g.Addr() {
+			return true // a reassembled datagram that is no echo request: dropped
+		}
+	}
 	r, ok := parseEcho(frame)
 	if !ok || r.dst == g.Addr() {
 		return false
@@ -86,7 +109,9 @@ func (g *Gateway) echoOut(frame []byte) bool {
 		defer g.untrack(fl)
 		defer e.done(f)
 		if reply, ok := g.echo(r); ok {
-			g.sendFrame(reply)
+			for _, f := range fragmentFrame(reply, g.cfg.MTU, uint16(g.echoID.Add(1))) {
+				g.sendFrame(f)
+			}
 		}
 	}()
 	return true

@@ -75,6 +75,10 @@ type Gateway struct {
 	// network.
 	stopping  atomic.Bool
 	closeOnce sync.Once
+	// echoFrags reassembles fragmented echo requests to outside
+	// addresses; echoID numbers the fragmented replies.
+	echoFrags echoFrags
+	echoID    atomic.Uint32
 }
 
 // MinMTU is the smallest network MTU a gateway takes: the IPv4 datagram

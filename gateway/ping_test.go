@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/vxmesh/vxmesh/netdev/netdevtest"
 	"github.com/vxmesh/vxmesh/packet"
@@ -107,16 +108,21 @@ func hostAddr(t *testing.T) netip.Addr {
 	return netip.Addr{}
 }
 
-// TestPingOutside: an echo request to an outside address is answered by
-// a real echo from the host (raw socket: root), never by the stack; on an
-// internal network it is dropped and counted, with no reply.
-func TestPingOutside(t *testing.T) {
-	dst := hostAddr(t)
+// needRawICMP skips t unless a raw ICMP socket opens (root).
+func needRawICMP(t *testing.T) {
 	if c, err := net.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
 		t.Skipf("no raw ICMP socket (needs root): %v", err)
 	} else {
 		c.Close()
 	}
+}
+
+// TestPingOutside: an echo request to an outside address is answered by
+// a real echo from the host (raw socket: root), never by the stack; on an
+// internal network it is dropped and counted, with no reply.
+func TestPingOutside(t *testing.T) {
+	dst := hostAddr(t)
+	needRawICMP(t)
 	h := newHarness(t, false, EgressConfig{})
 	rec, ref, mac, ip := h.pinger(t)
 	sendFrame(ref, echoFrame(mac, ip, dst, 9, 3))
@@ -201,4 +207,108 @@ func TestPingRefusedFailsAtOnce(t *testing.T) {
 			t.Errorf("an ICMP error about an echo to 255.255.255.255: % x", f)
 		}
 	}
+}
+
+// bigEchoFragments is a 3000-byte echo request from (mac, src) to dst in
+// fragments of 1500-byte IP packets, in reverse order (the last first).
+func bigEchoFragments(mac packet.MAC, src, dst netip.Addr, id, seq uint16) [][]byte {
+	f := make([]byte, packet.EthernetHeaderLen+20+8+3000)
+	copy(f, echoFrame(mac, src, dst, id, seq)[:packet.EthernetHeaderLen+28])
+	ip := packet.IPv4(f[packet.EthernetHeaderLen:])
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	icmp := ip[20:]
+	for i := range icmp[8:] {
+		icmp[8+i] = byte(i)
+	}
+	icmp[2], icmp[3] = 0, 0
+	binary.BigEndian.PutUint16(icmp[2:], packet.Fold(packet.Sum(icmp, 0)))
+	frags := fragmentFrame(f, 1500, 0x5151)
+	for i, j := 0, len(frags)-1; i < j; i, j = i+1, j-1 {
+		frags[i], frags[j] = frags[j], frags[i]
+	}
+	return frags
+}
+
+// TestPingOutsideFragmented: a 3000-byte echo request to an outside
+// address (ping -s 3000), which the container sends in fragments (here
+// out of order), is reassembled and echoed from the host; the reply
+// comes back in fragments no larger than the MTU, which reassemble to the
+// echo reply with the same data.
+func TestPingOutsideFragmented(t *testing.T) {
+	dst := hostAddr(t)
+	needRawICMP(t)
+	h := newHarness(t, false, EgressConfig{})
+	rec, ref, mac, ip := h.pinger(t)
+	for _, f := range bigEchoFragments(mac, ip, dst, 21, 1) {
+		sendFrame(ref, f)
+	}
+	var whole []byte
+	poll(t, "the fragmented echo reply from "+dst.String(), func() bool {
+		var frags [][]byte
+		for _, f := range rec.Frames() {
+			if icmpFrom(f, dst) != nil || packet.IPv4(packet.Ethernet(f).Payload()).Src() == dst {
+				frags = append(frags, f)
+			}
+		}
+		var r echoFrags
+		for _, f := range frags {
+			if len(f) > packet.EthernetHeaderLen+1500 {
+				t.Fatalf("a reply frame of %d bytes, MTU 1500", len(f))
+			}
+			if w := r.add(f, time.Now()); w != nil {
+				whole = w
+			}
+		}
+		return whole != nil
+	})
+	if !echoReplyFrom(whole, dst, 21, 1) {
+		t.Fatalf("reassembled reply is no echo reply: % x", whole[:48])
+	}
+	icmp := icmpFrom(whole, dst)
+	if len(icmp) != 3008 || packet.Fold(packet.Sum(icmp, 0)) != 0 || icmp[8+2999] != byte(2999%256) {
+		t.Fatalf("reply of %d bytes, checksum %#x", len(icmp), packet.Fold(packet.Sum(icmp, 0)))
+	}
+}
+
+// FuzzEchoFrags: the echo reassembler takes any sequence of ICMP
+// fragments (random offsets, lengths, MF, IDs: overlapping, out of
+// order) without panicking, and what it returns is a valid IPv4 packet
+// that is no fragment.
+func FuzzEchoFrags(f *testing.F) {
+	f.Add([]byte{0, 0, 200, 0x20, 0, 25, 100, 0})
+	f.Add([]byte{1, 3, 8, 0, 1, 0, 24, 0x20, 1, 1, 16, 0x20})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		var r echoFrags
+		now := time.Unix(1e9, 0)
+		for len(ops) >= 4 {
+			id, off, n, fl := ops[0]&3, int(ops[1]), int(ops[2]), ops[3]
+			ops = ops[4:]
+			fr := make([]byte, packet.EthernetHeaderLen+20+n)
+			copy(fr, echoFrame(ctrMAC, ctrAddr.Addr(), outside, 1, 1)[:packet.EthernetHeaderLen+20])
+			ip := packet.IPv4(fr[packet.EthernetHeaderLen:])
+			binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+			binary.BigEndian.PutUint16(ip[4:], uint16(id))
+			w := uint16(off)
+			if fl&0x20 != 0 {
+				w |= 0x2000
+			}
+			binary.BigEndian.PutUint16(ip[6:], w)
+			ip.SetChecksum(ip.HeaderChecksum())
+			if fl&0x80 != 0 {
+				now = now.Add(3 * time.Second)
+			}
+			if !isOutsideICMPFragment(fr, gwAddr.Addr()) {
+				continue
+			}
+			if whole := r.add(fr, now); whole != nil {
+				h := packet.IPv4(whole[packet.EthernetHeaderLen:])
+				if !h.Valid() || h.TotalLen() != len(h) || !h.ChecksumValid() || binary.BigEndian.Uint16(h[6:])&0x3fff != 0 {
+					t.Fatalf("reassembled % x", whole)
+				}
+			}
+			if len(r.m) > echoFragMax {
+				t.Fatalf("%d datagrams held", len(r.m))
+			}
+		}
+	})
 }

@@ -73,7 +73,16 @@ type Config struct {
 	Max         int // entries; 0 means DefaultMax
 	AffinityMax int // client-IP affinity slots; 0 means DefaultAffinityMax
 	SynSlots    int // remembered SYNs for WriteRetry; 0 means DefaultSynSlots
-	Timeouts    Timeouts
+	// FragMax is how many fragmented datagrams (each way) are followed at
+	// once; 0 means DefaultFragMax (see FragTable).
+	FragMax int
+	// FragTimeout is how long a datagram's first fragment is remembered
+	// for its later fragments; 0 means DefaultFragTimeout.
+	FragTimeout time.Duration
+	// FragHeld is how many later fragments that came before their first
+	// are held at once (Hold); 0 means DefaultFragHeld.
+	FragHeld int
+	Timeouts Timeouts
 }
 
 // Conntrack is a host's connection table, shared by the Tables of all its
@@ -87,6 +96,8 @@ type Conntrack struct {
 	to     timeouts
 	aff    *affinity
 	syns   *synStore
+	frags  *FragTable
+	hold   fragHold
 	// sources counts entries by a hash of (network, backend IP), so
 	// Untranslate passes frames from addresses that are no entry's
 	// backend (most frames to a local port) after one atomic load.
@@ -220,6 +231,11 @@ func NewConntrack(cfg Config) *Conntrack {
 	}
 	c.aff = newAffinity(cfg.AffinityMax)
 	c.syns = newSynStore(cfg.SynSlots, c.seed)
+	c.frags = NewFragTable(cfg.FragMax, cfg.FragTimeout)
+	if cfg.FragHeld <= 0 {
+		cfg.FragHeld = DefaultFragHeld
+	}
+	c.hold.slots = make([]heldFrag, cfg.FragHeld)
 	return c
 }
 
@@ -462,6 +478,11 @@ func (c *Conntrack) Len() int {
 	}
 	return n
 }
+
+// FragEvictions returns how many fragmented datagrams still incomplete
+// were forgotten to make room for new ones (see FragTable): their later
+// fragments are dropped ("fragment").
+func (c *Conntrack) FragEvictions() uint64 { return c.frags.Evictions() }
 
 // Evictions returns how many live entries were evicted because the table
 // was full.

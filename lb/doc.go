@@ -97,10 +97,22 @@
 // backend), which neither the backend nor the reply path could tell
 // apart.
 //
+// # IP fragments
+//
+// A datagram above the MTU comes in fragments; only the first carries
+// the ports. The first fragment is balanced like a whole datagram and
+// what it was rewritten to is remembered in a FragTable (Config.FragMax
+// datagrams, Config.FragTimeout) by source, destination, protocol and IP
+// ID; later fragments get their address, header checksum and MAC from
+// it, both ways, without reassembly. A later fragment that comes before
+// its first is held (Verdict Hold, Config.FragHeld slots) and given back
+// rewritten by TakeHeld once its first passed. Tiny or overlapping
+// fragments that would hide or change the L4 header (RFC 1858) are
+// dropped (ReasonFragTiny).
+//
 // # Not handled (yet)
 //
 // IPv6 (the entry and the keys would carry 16-byte addresses: 108 bytes
-// an entry, within budget), IP fragments to a VIP (dropped, counted),
-// protocols other than TCP, UDP and ICMP echo (refused with protocol
-// unreachable).
+// an entry, within budget), protocols other than TCP, UDP and ICMP echo
+// (refused with protocol unreachable).
 package lb

@@ -72,21 +72,41 @@ type pkt struct {
 	icmpType     uint8
 	csum         int  // offset of a TCP/UDP checksum to update, or -1
 	partial      bool // the L4 (or ICMP) checksum field holds a partial sum (NEEDS_CSUM)
+	frag         Frag // Whole, First (L4 header parsed) or Later (no L4 header: ports zero)
 }
 
 // parse checks an untagged IPv4 frame and its offload metadata o (may be
 // nil). The metadata is not trusted: NEEDS_CSUM must point at the
 // checksum field of the parsed L4 header, and a GSO type must match it.
+// A fragment carries no offload metadata (the kernel completes checksums
+// before it fragments). A first fragment must hold the whole L4 header
+// and a later one must not start inside the bytes the balancer rewrites
+// (RFC 1858, RFC 3128): ReasonFragTiny; a later fragment is not parsed
+// further (p.frag is Later, ports zero).
 func parse(f []byte, o packet.Offload) (pkt, Reason) {
 	p := pkt{f: f, csum: -1}
 	ip := packet.IPv4(f[offIP:])
 	if !ip.Valid() {
 		return p, ReasonMalformed
 	}
-	if binary.BigEndian.Uint16(ip[6:8])&0x3fff != 0 {
-		return p, ReasonFragment
-	}
 	p.l4, p.end, p.proto = offIP+ip.HeaderLen(), offIP+ip.TotalLen(), ip.Protocol()
+	if p.frag = FragOf(ip); p.frag != Whole {
+		switch {
+		case len(o) >= packet.OffloadLen && !o.IsNone():
+			return p, ReasonBadOffload
+		case p.frag == Later:
+			if int(binary.BigEndian.Uint16(ip[6:8])&0x1fff)*8 < minLaterFrag {
+				return p, ReasonFragTiny
+			}
+			return p, 0
+		case p.parseL4() != 0:
+			return p, ReasonFragTiny
+		}
+		if p.proto == protoUDP && binary.BigEndian.Uint16(f[p.csum:]) == 0 {
+			p.csum = -1
+		}
+		return p, 0
+	}
 	r := p.parseL4()
 	if r != 0 {
 		return p, r

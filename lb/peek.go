@@ -20,7 +20,8 @@ type Peek struct {
 	Scheduler Scheduler
 	// Backend, BackendMAC and BackendPort are where a Forward goes;
 	// Backend is invalid for an ICMP error, which follows the connection
-	// it quotes (not looked up).
+	// it quotes, and for a later IP fragment, which follows its first
+	// fragment (neither is looked up).
 	Backend     netip.Addr
 	BackendMAC  packet.MAC
 	BackendPort uint16
@@ -46,7 +47,7 @@ func (t *Table) Peek(frame []byte, o packet.Offload, now int64) Peek {
 	var p pkt
 	bport, v, r := c.match(frame, o, &p)
 	out := Peek{Verdict: v, Reason: r, Service: c.cfg.Name, VIP: c.cfg.VIP, Scheduler: c.sched}
-	if v != Forward || p.isICMPError() {
+	if v != Forward || p.isICMPError() || p.frag == Later {
 		return out
 	}
 	k := flowKey{net: t.net, proto: p.proto, client: [4]byte(frame[offIPSrc:]), cport: p.sport, vip: c.vip, vport: p.dport}

@@ -27,7 +27,7 @@ func WriteReject(dst, frame []byte) int {
 		return 0
 	}
 	p, r := parse(frame, nil)
-	if r != 0 && r != ReasonBadOffload {
+	if r != 0 && r != ReasonBadOffload || p.frag == Later {
 		return 0
 	}
 	if p.proto == protoTCP {

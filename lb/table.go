@@ -32,6 +32,12 @@ const (
 	// it and send the SYN that WriteRetry writes (if it writes one)
 	// towards the new backend. Counted as ReasonRetried.
 	Retry
+	// Hold: the frame, an IP fragment that came before its datagram's
+	// first fragment, was copied and is held until the first comes (at
+	// most the fragment timeout); drop it (it is not lost) and, after the
+	// frame that is that first fragment, send what TakeHeld gives.
+	// Counted as ReasonFragHeld.
+	Hold
 )
 
 // Reason is why a frame was dropped or rejected.
@@ -40,17 +46,20 @@ type Reason uint8
 // Reasons.
 const (
 	ReasonMalformed   Reason = iota + 1 // bad IPv4/TCP/UDP/ICMP header to a VIP
-	ReasonFragment                      // IP fragment to a VIP (not reassembled)
+	ReasonFragment                      // a later IP fragment given up for room: held while its first fragment did not come, or its datagram forgotten (tables full)
 	ReasonBadOffload                    // offload metadata that does not match the headers
 	ReasonUnsupported                   // protocol or ICMP type not balanced
 	ReasonNoConn                        // TCP non-SYN or ICMP error without a connection
 	ReasonPort                          // port not among the service's ports
 	ReasonNoBackend                     // no active backend
 	ReasonRetried                       // a backend's RST to a SYN, hidden: the attempt moved on
+	ReasonFragTiny                      // a first fragment without its whole L4 header, or a later one overlapping it (RFC 1858)
+	ReasonFragTimeout                   // a later IP fragment after its datagram's entry expired, or held too long for its first
+	ReasonFragHeld                      // a later IP fragment held until its first fragment comes (not a drop)
 	numReasons
 )
 
-var reasonNames = [numReasons]string{"", "malformed", "fragment", "bad-offload", "unsupported", "no-conn", "port", "no-backend", "retried"}
+var reasonNames = [numReasons]string{"", "malformed", "fragment", "bad-offload", "unsupported", "no-conn", "port", "no-backend", "retried", "frag-tiny", "frag-timeout", "frag-held"}
 
 // String returns the reason's metric label.
 func (r Reason) String() string {
@@ -143,6 +152,8 @@ func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
 		return t.reject(c, r)
 	case v == Drop:
 		return t.count(r, Drop)
+	case p.frag == Later:
+		return t.forwardLater(c, &p, now)
 	case p.isICMPError():
 		return t.translateICMP(c, &p, now)
 	}
@@ -169,6 +180,10 @@ func (c *service) match(frame []byte, o packet.Offload, p *pkt) (bport uint16, v
 		return 0, Drop, r
 	}
 	switch {
+	case p.frag == Later:
+		return 0, Forward, 0 // forwardLater decides
+	case p.frag == First && p.proto == protoICMP && p.icmpType != icmpEcho:
+		return 0, Drop, ReasonUnsupported // an ICMP error is never that long
 	case p.isICMPError():
 		return 0, Forward, 0
 	case p.proto == protoICMP && p.icmpType != icmpEcho:
@@ -212,7 +227,11 @@ func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64)
 	s.touch(i)
 	addr, port, mac, be := e.backend, e.bport, e.mac, e.be
 	s.mu.Unlock()
-	if p.proto == protoTCP && p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN {
+	switch {
+	case p.frag == First:
+		t.ct.frags.remember(fragNS(t.net, dirFwd), packet.IPv4(p.f[offIP:p.end]), FragVal{Addr: addr, MAC: mac}, be, now)
+		t.releaseFirst(p, dirFwd, false, now)
+	case p.proto == protoTCP && p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
 		t.ct.syns.put(t.net, p, now)
 	}
 	p.rewriteDst(addr, port, mac)

@@ -301,8 +301,8 @@ func TestMalformedAndOffloadDrops(t *testing.T) {
 	tb := newTest(t, Config{Max: 4096}, Service{}, 1)
 	f := toVIP(packet.ProtoTCP, 1, 80, header.TCPFlagSyn).build()
 	frag := append([]byte(nil), f...)
-	binary.BigEndian.PutUint16(frag[20:], 0x2000) // MF
-	if v := tb.Translate(frag, nil, t0); v != Drop {
+	binary.BigEndian.PutUint16(frag[20:], 0x2000|100) // MF, a later fragment whose first was not seen: held
+	if v := tb.Translate(frag, nil, t0); v != Hold {
 		t.Fatalf("fragment: verdict %d", v)
 	}
 	bad := append([]byte(nil), f...)
@@ -316,7 +316,7 @@ func TestMalformedAndOffloadDrops(t *testing.T) {
 		t.Fatalf("truncated: verdict %d", v)
 	}
 	r := tb.Reasons()
-	if r["fragment"] != 1 || r["bad-offload"] != 1 || r["malformed"] != 1 {
+	if r["frag-held"] != 1 || r["bad-offload"] != 1 || r["malformed"] != 1 {
 		t.Fatalf("reasons %v", r)
 	}
 	_ = time.Second

@@ -23,13 +23,18 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 		return Pass
 	}
 	p, r := parse(frame, o)
-	if r != 0 {
+	switch {
+	case r != 0:
 		return Pass // not ours to judge: the switch delivers it as it would without a balancer
-	}
-	if p.isICMPError() {
+	case p.frag == Later:
+		return t.untranslateLater(&p, now)
+	case p.isICMPError() && p.frag == First:
+		return Pass // no ICMP error is that long
+	case p.isICMPError():
 		return t.untranslateICMP(&p, now)
 	}
 	if p.proto != protoTCP && p.proto != protoUDP && !(p.proto == protoICMP && p.icmpType == icmpEchoReply) {
+		t.passFirst(&p, now)
 		return Pass
 	}
 	k := revKey{net: t.net, proto: p.proto, backend: [4]byte(frame[offIPSrc:]), bport: p.sport,
@@ -39,6 +44,7 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 	i := t.ct.findRev(s, &k, now)
 	if i == 0 {
 		s.mu.Unlock()
+		t.passFirst(&p, now)
 		return Pass
 	}
 	e := &s.e[i]
@@ -56,6 +62,10 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 		mac = c.mac
 		c.st.packets.Add(1)
 		c.st.bytes.Add(uint64(len(frame)))
+	}
+	if p.frag == First {
+		t.ct.frags.remember(fragNS(t.net, dirRev), packet.IPv4(p.f[offIP:p.end]), FragVal{Addr: vip, MAC: mac}, be, now)
+		t.releaseFirst(&p, dirRev, false, now)
 	}
 	p.rewriteSrc(vip, vport, mac)
 	be.packets.Add(1)

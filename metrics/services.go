@@ -25,7 +25,7 @@ var (
 type serviceDescs struct {
 	conns, active, packets, bytes, retries, rejects, ejections *prometheus.Desc
 	backends, drops, omitted, healthLatency                    *prometheus.Desc
-	ctEntries, ctMax, ctEvictions                              *prometheus.Desc
+	ctEntries, ctMax, ctEvictions, fragEvictions               *prometheus.Desc
 }
 
 func newServiceDescs() serviceDescs {
@@ -47,12 +47,14 @@ func newServiceDescs() serviceDescs {
 		ctEntries:   desc("conntrack_entries", "Connections in the host's conntrack (live, or expired and not swept yet)."),
 		ctMax:       desc("conntrack_max", "Size of the host's conntrack."),
 		ctEvictions: desc("conntrack_evictions_total", "Live connections evicted because the conntrack was full."),
+		fragEvictions: desc("conntrack_frag_evictions_total",
+			"Fragmented datagrams to or from a VIP forgotten while incomplete because the fragment table was full."),
 	}
 }
 
 func (d *serviceDescs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{d.conns, d.active, d.packets, d.bytes, d.retries, d.rejects, d.ejections,
-		d.backends, d.drops, d.omitted, d.healthLatency, d.ctEntries, d.ctMax, d.ctEvictions}
+		d.backends, d.drops, d.omitted, d.healthLatency, d.ctEntries, d.ctMax, d.ctEvictions, d.fragEvictions}
 }
 
 // svcKey is one exported (service, network) pair.
@@ -65,6 +67,7 @@ func (d *serviceDescs) collect(e emitter, st *api.Stats, svcs []api.Service, max
 	e.gauge(d.ctEntries, float64(st.Conntrack.Entries))
 	e.gauge(d.ctMax, float64(st.Conntrack.Max))
 	e.counter(d.ctEvictions, st.Conntrack.Evictions)
+	e.counter(d.fragEvictions, st.Conntrack.FragEvictions)
 	for _, ns := range st.Networks {
 		e.byReason(d.drops, ns.BalancerDrops, ns.Network)
 	}

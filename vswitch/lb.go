@@ -16,6 +16,10 @@ type Balancer interface {
 	Translate(frame []byte, o packet.Offload, now int64) lb.Verdict
 	Untranslate(frame []byte, o packet.Offload, now int64) lb.Verdict
 	WriteRetry(dst, frame []byte, now int64) int
+	// TakeHeld gives the IP fragments held (Verdict Hold) for the
+	// datagram whose first fragment frame is, after Translate or
+	// Untranslate handled it.
+	TakeHeld(dst, frame []byte) int
 	// Peek is Translate without side effects, for Trace.
 	Peek(frame []byte, o packet.Offload, now int64) lb.Peek
 }
@@ -134,11 +138,14 @@ func (l *lbState) vipARP(ip netip.Addr) (packet.MAC, bool) {
 	return l.snap.VIP(ip)
 }
 
+// genLen is the room genBuf gives for a reject reply or a retried SYN.
+const genLen = max(lb.RejectBufLen, lb.RetryBufLen)
+
 // genBuf returns a buffer the switch owns for a frame it writes itself (a
-// reject reply, a retried SYN), valid until the batch is flushed, with
-// room for offset plus any such frame.
-func (sc *scratch) genBuf(offset int) []byte {
-	need := offset + max(lb.RejectBufLen, lb.RetryBufLen)
+// reject reply, a retried SYN, a held fragment), valid until the batch is
+// flushed, with room for offset plus n bytes.
+func (sc *scratch) genBuf(offset, n int) []byte {
+	need := offset + n
 	if sc.ngen == len(sc.gen) {
 		sc.gen = append(sc.gen, nil)
 	}
@@ -155,7 +162,7 @@ func (sc *scratch) genBuf(offset int) []byte {
 // lb.WriteReject's reply out of r.
 func (r *Port) reject(buf []byte, offset, batch int) {
 	sc := &r.sc
-	g := sc.genBuf(offset)
+	g := sc.genBuf(offset, genLen)
 	n := lb.WriteReject(g[offset:], buf[offset:])
 	if n == 0 {
 		sc.ngen--
@@ -182,6 +189,8 @@ func (r *Port) deliver(l *lbState, out *Port, buf []byte, offset, batch int) (re
 			return dropLBRetry, false
 		case lb.Drop, lb.Reject:
 			return dropLB, false
+		case lb.Hold:
+			return dropLBHeld, false
 		}
 	}
 	if out.gateway {
@@ -195,7 +204,51 @@ func (r *Port) deliver(l *lbState, out *Port, buf []byte, offset, batch int) (re
 	if !sc.add(out, buf, false, batch) {
 		return dropPortDown, false
 	}
+	if l.b != nil && (out.security || out.gateway) && isFirstFragment(buf[offset:]) {
+		// The reply path's held fragments (the client path's went
+		// with balance).
+		r.sendHeld(l, buf[offset:], offset, batch, out)
+	}
 	return 0, true
+}
+
+// isFirstFragment reports whether frame is an IPv4 first fragment (offset
+// 0, more fragments): after the balancer handled one, the fragments it
+// held for it may go.
+func isFirstFragment(frame []byte) bool {
+	return len(frame) >= packet.EthernetHeaderLen+packet.IPv4MinHeaderLen && frame[12] == 0x08 && frame[13] == 0x00 &&
+		lb.FragOf(frame[packet.EthernetHeaderLen:]) == lb.First
+}
+
+// sendHeld sends the fragments the balancer held for first's datagram
+// (rewritten as first was): to out (first's port, on the reply path), or
+// switched by their destination like first (out nil).
+func (r *Port) sendHeld(l *lbState, first []byte, offset, batch int, out *Port) {
+	sc := &r.sc
+	for {
+		n := l.b.TakeHeld(nil, first)
+		if n >= 0 {
+			return
+		}
+		g := sc.genBuf(offset, -n)
+		if n = l.b.TakeHeld(g[offset:], first); n <= 0 {
+			sc.ngen-- // another batch took it (0: the last) or a larger one is next
+			if n == 0 {
+				return
+			}
+			continue
+		}
+		packet.ClearOffload(g)
+		g = g[:offset+n]
+		if out == nil {
+			r.sendGen(l, g, offset, batch)
+			continue
+		}
+		if out.gateway {
+			packet.Ethernet(g[offset:]).SetDst(r.sw.gwMAC)
+		}
+		sc.add(out, g, false, batch)
+	}
 }
 
 // retry sends the SYN the balancer writes for frame (in buf), a backend's
@@ -203,34 +256,41 @@ func (r *Port) deliver(l *lbState, out *Port, buf []byte, offset, batch int) (re
 // would have.
 func (r *Port) retry(l *lbState, buf []byte, offset, batch int) {
 	sc := &r.sc
-	g := sc.genBuf(offset)
+	g := sc.genBuf(offset, genLen)
 	n := l.b.WriteRetry(g[offset:], buf[offset:], l.now)
 	if n < packet.EthernetHeaderLen {
 		sc.ngen--
 		return
 	}
 	packet.ClearOffload(g)
-	g = g[:offset+n]
 	// The SYN goes to the backend by its MAC, not through Untranslate:
 	// it is the client's, never a reply of a translated flow.
+	if r.sendGen(l, g[:offset+n], offset, batch) {
+		r.sw.c.lbRetries.Add(1)
+	}
+}
+
+// sendGen switches g, a frame the switch wrote for r's client (the last
+// genBuf), by its destination MAC, as r would have sent it translated; it
+// reports whether it was queued.
+func (r *Port) sendGen(l *lbState, g []byte, offset, batch int) bool {
+	sc := &r.sc
 	eth := packet.Ethernet(g[offset:])
 	out := r.sw.lookup(l.v, eth.Dst(), l.swNow)
 	if out == nil || out.removed.Load() {
-		sc.ngen-- // the client's own retransmission will find the backend
-		return
+		sc.ngen-- // a retried SYN: the client's own retransmission will find the backend
+		return false
 	}
 	if eth.Src() == r.sw.gwMAC && !out.security && !out.gateway {
-		// The gateway's routing-mesh SYN to a backend behind the
+		// The gateway's routing-mesh frame to a backend behind the
 		// tunnel: from this host's gateway-host MAC (meshIn).
 		if l.v.hostMAC.IsZero() {
 			sc.ngen--
-			return
+			return false
 		}
 		eth.SetSrc(l.v.hostMAC)
 	}
-	if sc.add(out, g, false, batch) {
-		r.sw.c.lbRetries.Add(1)
-	}
+	return sc.add(out, g, false, batch)
 }
 
 // balance runs the balancer on frame buf from r, after port security: a
@@ -248,6 +308,9 @@ func (r *Port) balance(l *lbState, buf []byte, offset, batch int) (translated bo
 		switch v = l.b.Translate(eth, packet.OffloadOf(buf), l.now); v {
 		case lb.Forward:
 			r.sc.translated++
+			if isFirstFragment(eth) {
+				r.sendHeld(l, eth, offset, batch, nil)
+			}
 		case lb.Reject:
 			r.reject(buf, offset, batch)
 		}
@@ -268,6 +331,8 @@ func (r *Port) lbOutcome(l *lbState, dst packet.MAC, v lb.Verdict) (reason, bool
 		return dropLBReject, false
 	case lb.Drop, lb.Retry:
 		return dropLB, false
+	case lb.Hold:
+		return dropLBHeld, false
 	}
 	switch {
 	case !l.isVIPMAC(dst):

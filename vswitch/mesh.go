@@ -92,7 +92,15 @@ type meshTable struct {
 	// to the gateway from a local port (egress, mostly) to an address no
 	// entry has costs one atomic load.
 	clients [meshClientSlots]atomic.Int32
+	// frags follows replies fragmented by a local backend: the first
+	// fragment (ports) is steered by the table, the later ones (no
+	// ports) by what it was steered to.
+	frags *lb.FragTable
 }
+
+// meshFragMax is how many fragmented replies a switch's routing mesh
+// steers at once.
+const meshFragMax = 1024
 
 func newMeshTable(max int, to lb.Timeouts) *meshTable {
 	if max <= 0 {
@@ -105,7 +113,7 @@ func newMeshTable(max int, to lb.Timeouts) *meshTable {
 		}
 		return def
 	}
-	t := &meshTable{}
+	t := &meshTable{frags: lb.NewFragTable(meshFragMax, 0)}
 	t.to[meshSyn] = pick(int64(to.TCPSyn), int64(d.TCPSyn))
 	t.to[meshEst] = pick(int64(to.TCPEstablished), int64(d.TCPEstablished))
 	t.to[meshClosing] = pick(int64(to.TCPClosing), int64(d.TCPClosing))
@@ -369,13 +377,13 @@ func (t *meshTable) forget(mac packet.MAC) {
 }
 
 // meshFlow parses an untagged IPv4 TCP or UDP frame that is not a
-// fragment: its addresses, ports and TCP flags.
+// fragment, or is a first fragment: its addresses, ports and TCP flags.
 func meshFlow(eth packet.Ethernet) (src, dst [4]byte, sport, dport uint16, proto, flags uint8, ok bool) {
 	if eth.EtherType() != packet.EtherTypeIPv4 {
 		return
 	}
 	ip := packet.IPv4(eth.Payload())
-	if !ip.Valid() || binary.BigEndian.Uint16(ip[6:8])&0x3fff != 0 {
+	if !ip.Valid() || lb.FragOf(ip) == lb.Later {
 		return
 	}
 	proto = ip.Protocol()
@@ -414,15 +422,33 @@ func (s *Switch) SweepIngressReturn() int {
 // table is re-addressed, in place, to the gateway-host MAC of the host the
 // flow came in through; steer returns that MAC, or false for a miss (the
 // frame goes to this host's gateway, as egress).
+//
+// A reply the backend fragmented is steered by its first fragment (which
+// carries the ports); its later fragments go where the first went
+// (lb.FragTable), as long as the first came before them.
 func (r *Port) steer(v *view, mt *meshTable, eth packet.Ethernet, now int64) (packet.MAC, bool) {
-	src, dst, sport, dport, proto, flags, ok := meshFlow(eth)
-	if !ok {
-		return packet.MAC{}, false
-	}
-	k := meshKey{backend: src, client: dst, bport: sport, cport: dport, proto: proto}
-	mac, ok := mt.steer(&k, flags, now)
-	if !ok {
-		return packet.MAC{}, false
+	var mac packet.MAC
+	if p := eth.Payload(); eth.EtherType() == packet.EtherTypeIPv4 && len(p) >= packet.IPv4MinHeaderLen && lb.FragOf(p) == lb.Later {
+		if mt.n.Load() == 0 {
+			return mac, false
+		}
+		fv, ok := mt.frags.Recall(0, eth, now)
+		if !ok {
+			return mac, false
+		}
+		mac = fv.MAC
+	} else {
+		src, dst, sport, dport, proto, flags, ok := meshFlow(eth)
+		if !ok {
+			return mac, false
+		}
+		k := meshKey{backend: src, client: dst, bport: sport, cport: dport, proto: proto}
+		if mac, ok = mt.steer(&k, flags, now); !ok {
+			return mac, false
+		}
+		if lb.FragOf(eth.Payload()) == lb.First {
+			mt.frags.Remember(0, eth, lb.FragVal{MAC: mac}, now)
+		}
 	}
 	if _, live := v.gwHosts[mac]; !live {
 		return packet.MAC{}, false

@@ -616,3 +616,69 @@ func TestMeshFullTableMakesRoomFromClosingFlows(t *testing.T) {
 		t.Errorf("%d established flows evicted", n)
 	}
 }
+
+// bigUDPFrags is a UDP datagram (no checksum) of n payload bytes from
+// src:sport to dst:dport, IP ID id, in fragments of up to 1500 bytes of
+// IP packet, in order.
+func bigUDPFrags(srcMAC, dstMAC packet.MAC, src, dst netip.Addr, sport, dport uint16, n int, id uint16) [][]byte {
+	payload := make([]byte, 8+n)
+	payload[0], payload[1], payload[2], payload[3] = byte(sport>>8), byte(sport), byte(dport>>8), byte(dport)
+	payload[4], payload[5] = byte((8+n)>>8), byte(8+n)
+	var out [][]byte
+	for off := 0; off < len(payload); off += 1480 {
+		end := min(off+1480, len(payload))
+		ip := make(packet.IPv4, 20+end-off)
+		ip[0], ip[8], ip[9] = 0x45, 64, packet.ProtoUDP
+		ip[2], ip[3], ip[4], ip[5] = byte(len(ip)>>8), byte(len(ip)), byte(id>>8), byte(id)
+		w := off / 8
+		if end < len(payload) {
+			w |= 0x2000
+		}
+		ip[6], ip[7] = byte(w>>8), byte(w)
+		ip.SetSrc(src)
+		ip.SetDst(dst)
+		ip.SetChecksum(ip.HeaderChecksum())
+		copy(ip[20:], payload[off:end])
+		out = append(out, ether(dstMAC, srcMAC, packet.EtherTypeIPv4, ip))
+	}
+	return out
+}
+
+// TestMeshFragmentedUDP: an outside client's datagram larger than the MTU
+// comes in through I's gateway in fragments; every fragment reaches the
+// backend on H, and every fragment of the backend's fragmented reply goes
+// back to I (not to H's gateway) and reaches I's gateway from the VIP.
+func TestMeshFragmentedUDP(t *testing.T) {
+	hi, hh := newMesh(t, 0)
+	req := bigUDPFrags(macGW, vipMAC, clientIP, vip, 40000, 53, 4000, 7)
+	input(hi.pgw, req...)
+	if n := cross(hi, hh); n != len(req) {
+		t.Fatalf("I sent %d of %d fragments to H (drops %v)", n, len(req), hi.s.Stats().Drops)
+	}
+	for i, f := range hh.b.Frames() {
+		if ip := packet.IPv4(packet.Ethernet(f).Payload()); ip.Dst() != ipB || ip.Src() != clientIP {
+			t.Fatalf("backend got fragment %d from %s to %s", i, ip.Src(), ip.Dst())
+		}
+	}
+	if len(hh.b.Frames()) != len(req) {
+		t.Fatalf("backend got %d of %d fragments", len(hh.b.Frames()), len(req))
+	}
+	rep := bigUDPFrags(macB, macGW, ipB, clientIP, 53, 40000, 4000, 9)
+	input(hh.pb, rep...)
+	if n := len(hh.gw.Frames()); n != 0 {
+		t.Fatalf("H's own gateway got %d reply fragments", n)
+	}
+	if n := cross(hh, hi); n != len(rep) {
+		t.Fatalf("H sent %d of %d reply fragments back to I", n, len(rep))
+	}
+	got := hi.gw.Frames()
+	if len(got) != len(rep) {
+		t.Fatalf("I's gateway got %d of %d reply fragments", len(got), len(rep))
+	}
+	for i, f := range got {
+		eth := packet.Ethernet(f)
+		if ip := packet.IPv4(eth.Payload()); ip.Src() != vip || eth.Src() != vipMAC || !ip.Valid() || ip.HeaderChecksum() != ip.Checksum() {
+			t.Fatalf("I's gateway got reply fragment %d from %s (%s)", i, ip.Src(), eth.Src())
+		}
+	}
+}

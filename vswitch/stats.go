@@ -24,6 +24,7 @@ const (
 	dropLB                         // dropped by the balancer (its Reasons say why)
 	dropLBReject                   // refused by the balancer, answered with a RST or ICMP unreachable
 	dropLBRetry                    // a backend's RST to a SYN, hidden by the balancer (the SYN went to another backend)
+	dropLBHeld                     // an IP fragment that came before its datagram's first, held by the balancer (sent when the first comes)
 	dropVIPPass                    // to a VIP's MAC from a balanced port, but not balanced (not IPv4, or another IP)
 	dropVIPRemote                  // to a VIP's MAC from a port that is not balanced (the tunnel)
 	dropIngressFull                // a new routing-mesh flow while the ingress-return table is full
@@ -65,6 +66,8 @@ func (r reason) String() string {
 		return "lb-reject"
 	case dropLBRetry:
 		return "lb-retry"
+	case dropLBHeld:
+		return "lb-held"
 	case dropVIPPass:
 		return "vip-pass"
 	case dropVIPRemote:
