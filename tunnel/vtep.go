@@ -145,23 +145,6 @@ type rxState struct {
 	// deliver.
 	ndrops [numDrops]uint64
 	supers uint64 // super-segments received whole in the batch
-	// peer is the peer the batch's last frame came from, and peerPackets
-	// and peerBytes what it sent since: added to its counters once per
-	// run of frames from it (flushPeer), not per datagram. Two atomic adds
-	// per datagram were half of receiveDatagram's time in a profile: a
-	// locked instruction waits for every store before it to drain,
-	// including the datagram just decrypted or moved.
-	peer                   *peer
-	peerPackets, peerBytes uint64
-}
-
-// flushPeer adds the frames counted for r.peer to its counters.
-func (r *rxState) flushPeer() {
-	if r.peer != nil {
-		r.peer.rxPackets.Add(r.peerPackets)
-		r.peer.rxBytes.Add(r.peerBytes)
-		r.peer, r.peerPackets, r.peerBytes = nil, 0, 0
-	}
 }
 
 // New returns a VTEP with no networks. Call Run to start receiving.
@@ -490,7 +473,6 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 		}
 	}
 	v.deliver(r, r.cur)
-	r.flushPeer()
 	r.cur, r.st = nil, nil
 	v.c.rxDatagrams.Add(dgrams)
 	v.c.rxBytes.Add(bytes)
@@ -585,12 +567,8 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 	} else if e == nil || p.external.Load() || !nw.learned.Live(e, r.now) {
 		nw.learn(src, p, r.now)
 	}
-	if p != r.peer {
-		r.flushPeer()
-		r.peer = p
-	}
-	r.peerPackets++
-	r.peerBytes += uint64(len(frame))
+	p.rxPackets.Add(1)
+	p.rxBytes.Add(uint64(len(frame)))
 	g := &r.group
 	if first && len(frame) > nw.mtu+packet.EthernetHeaderLen && packet.ParseTunnelSuper(frame, nw.mtu, packet.OffloadOf(r.bufs[i])) {
 		// A super-segment the sending kernel left whole (SuperWriter):

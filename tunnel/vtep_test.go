@@ -447,9 +447,9 @@ func TestHeardMemberAgesOut(t *testing.T) {
 	}
 }
 
-// The receive loop counts a peer's frames once per run of frames from it
-// in a batch; when two peers' datagrams interleave in one batch, each
-// peer's counters still get exactly its own frames and bytes.
+// When two peers' datagrams interleave in one batch, each peer's receive
+// counters get exactly its own frames and bytes (a guard for any change
+// that batches the counting).
 func TestReceivePeerCountersInterleaved(t *testing.T) {
 	g := newGROReceiver(t)
 	n := g.v.Segment(testVNI)
