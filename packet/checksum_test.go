@@ -116,20 +116,27 @@ func refSum(b []byte, acc uint64) uint64 {
 	return acc
 }
 
-// Sum's word-wide loop must give the checksum of the 16-bit definition for
-// every length (each tail of 0..7 bytes after the 64- and 8-byte loops),
-// every running sum and any bytes, including all-zero and all-0xff data
-// where 0 and 0xffff must not be confused.
-func TestSumMatchesDefinition(t *testing.T) {
-	buf := make([]byte, 300)
-	state := uint64(0x9e3779b97f4a7c15)
+// xorshiftBytes returns n pseudo-random bytes from a xorshift64 generator
+// seeded with seed: the same bytes in every run.
+func xorshiftBytes(n int, seed uint64) []byte {
+	buf := make([]byte, n)
 	for i := range buf {
-		state ^= state << 13
-		state ^= state >> 7
-		state ^= state << 17
-		buf[i] = byte(state)
+		seed ^= seed << 13
+		seed ^= seed >> 7
+		seed ^= seed << 17
+		buf[i] = byte(seed)
 	}
-	zeros, ones := make([]byte, 300), make([]byte, 300)
+	return buf
+}
+
+// Sum's word-wide loops must give the checksum of the 16-bit definition for
+// every length (each tail of 0..7 bytes after the 64- and 8-byte loops,
+// each rest of 0..127 bytes after the vector loop's 128-byte steps), every
+// running sum and any bytes, including all-zero and all-0xff data where 0
+// and 0xffff must not be confused.
+func TestSumMatchesDefinition(t *testing.T) {
+	buf := xorshiftBytes(1100, 0x9e3779b97f4a7c15)
+	zeros, ones := make([]byte, len(buf)), make([]byte, len(buf))
 	for i := range ones {
 		ones[i] = 0xff
 	}
@@ -141,6 +148,36 @@ func TestSumMatchesDefinition(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// Long buffers at every start alignment, with the vector loop (on CPUs
+// that have it) summing many 128-byte steps: a 64 KB super-segment, a
+// jumbo frame and lengths around them.
+func TestSumLongMatchesDefinition(t *testing.T) {
+	if !hasSumVector {
+		t.Log("no vector sum on this CPU: testing the scalar loops only")
+	}
+	buf := xorshiftBytes(70000, 0x2545f4914f6cdd1d)
+	ones := make([]byte, len(buf)-8)
+	for i := range ones {
+		ones[i] = 0xff
+	}
+	for off := range 8 {
+		for _, n := range []int{1408, 1500, 9000, 9001, 65535, 65536, 65536 + 127, len(buf) - 8} {
+			b := buf[off : off+n]
+			if got, want := Fold(Sum(b, 7)), Fold(refSum(b, 7)); got != want {
+				t.Fatalf("offset %d, %d bytes: checksum %#04x, want %#04x", off, n, got, want)
+			}
+		}
+	}
+	// All 0xff: every lane of the vector loop at its largest; the sum is
+	// 0xffff, so the checksum 0, never the all-zero data's 0xffff.
+	if got := Checksum(ones); got != 0 {
+		t.Fatalf("%d bytes of 0xff: checksum %#04x, want 0", len(ones), got)
+	}
+	if got := Checksum(make([]byte, len(ones))); got != 0xffff {
+		t.Fatalf("%d zero bytes: checksum %#04x, want 0xffff", len(ones), got)
 	}
 }
 

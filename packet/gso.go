@@ -40,6 +40,12 @@ type GSO struct {
 	segs    int
 	seq     uint32
 	id      uint16
+	// Running sums of the headers' fields that are the same in every
+	// segment (see Segment): ipSum the IPv4 header's without its total
+	// length, ID and checksum; tcpSum the pseudo-header's addresses and
+	// protocol plus the TCP header's without its sequence number, offset
+	// and flags word and checksum.
+	ipSum, tcpSum uint64
 }
 
 // ParseGSO checks that frame is a TCP super-segment its metadata o
@@ -100,6 +106,15 @@ func ParseGSO(frame []byte, o Offload) (GSO, bool) {
 		return GSO{}, false
 	}
 	g.seq = binary.BigEndian.Uint32(frame[g.l4+4:])
+	ip, tcp := frame[l3:g.l4], frame[g.l4:g.hdrLen]
+	g.tcpSum = uint64(ProtoTCP)
+	if g.v6 {
+		g.tcpSum = Sum(ip[8:40], g.tcpSum)
+	} else {
+		g.ipSum = Sum(ip[12:], Sum(ip[6:10], Sum(ip[0:2], 0)))
+		g.tcpSum = Sum(ip[12:20], g.tcpSum)
+	}
+	g.tcpSum = Sum(tcp[18:], Sum(tcp[14:16], Sum(tcp[8:12], Sum(tcp[0:4], g.tcpSum))))
 	return g, true
 }
 
@@ -124,6 +139,14 @@ func (g *GSO) MaxSegmentLen() int { return g.SegmentLen(0) }
 // Segment writes segment k (0 <= k < Segments()) as a complete frame into
 // dst and returns its length, or 0 if k is out of range or dst is shorter
 // than SegmentLen(k).
+//
+// The checksums are computed from the sums ParseGSO took of the header
+// fields every segment shares, the fields that change and a sum of the
+// payload read from the super-segment, never by reading back the headers
+// just written to dst: a wide load over bytes that narrow stores have just
+// written waits for those stores to retire (a failed store-to-load
+// forward), which made the 20-byte IPv4 header checksum cost as much as
+// summing the whole payload.
 func (g *GSO) Segment(k int, dst []byte) int {
 	if k < 0 || k >= g.segs {
 		return 0
@@ -135,29 +158,30 @@ func (g *GSO) Segment(k int, dst []byte) int {
 		return 0
 	}
 	seg := dst[:total]
+	payload := g.frame[g.hdrLen+off : g.hdrLen+off+n]
 	copy(seg, g.frame[:g.hdrLen])
-	copy(seg[g.hdrLen:], g.frame[g.hdrLen+off:g.hdrLen+off+n])
+	copy(seg[g.hdrLen:], payload)
 	ip, tcp := seg[g.l3:g.l4], seg[g.l4:]
-	var acc uint64
 	if g.v6 {
 		binary.BigEndian.PutUint16(ip[4:6], uint16(total-g.l4))
-		acc = Sum(ip[8:40], 0)
 	} else {
-		binary.BigEndian.PutUint16(ip[2:4], uint16(total-g.l3))
-		binary.BigEndian.PutUint16(ip[4:6], g.id+uint16(k))
-		ip[10], ip[11] = 0, 0
-		binary.BigEndian.PutUint16(ip[10:12], Checksum(ip))
-		acc = Sum(ip[12:20], 0)
+		tl, id := uint16(total-g.l3), g.id+uint16(k)
+		binary.BigEndian.PutUint16(ip[2:4], tl)
+		binary.BigEndian.PutUint16(ip[4:6], id)
+		binary.BigEndian.PutUint16(ip[10:12], Fold(g.ipSum+uint64(tl)+uint64(id)))
 	}
-	binary.BigEndian.PutUint32(tcp[4:8], g.seq+uint32(off))
+	seq := g.seq + uint32(off)
+	binary.BigEndian.PutUint32(tcp[4:8], seq)
+	flags := g.frame[g.l4+13]
 	if k < g.segs-1 {
-		tcp[13] &^= tcpFIN | tcpPSH
+		flags &^= tcpFIN | tcpPSH
 	}
 	if k > 0 {
-		tcp[13] &^= tcpCWR
+		flags &^= tcpCWR
 	}
-	tcp[16], tcp[17] = 0, 0
-	acc += uint64(ProtoTCP) + uint64(len(tcp))
-	binary.BigEndian.PutUint16(tcp[16:18], Fold(Sum(tcp, acc)))
+	tcp[13] = flags
+	acc := g.tcpSum + uint64(len(tcp)) + uint64(seq>>16) + uint64(seq&0xffff) +
+		uint64(g.frame[g.l4+12])<<8 + uint64(flags)
+	binary.BigEndian.PutUint16(tcp[16:18], Fold(Sum(payload, acc)))
 	return total
 }

@@ -116,6 +116,7 @@ func checkSegments(t *testing.T, v6 bool, frame, slot []byte, wantSegs int) {
 			t.Fatalf("segment %d: wrote past its length", k)
 		}
 		seg := dst[:n]
+		checkSegmentChecksums(t, k, seg)
 		eth := header.Ethernet(seg)
 		if !bytes.Equal(seg[:14], orig[:14]) {
 			t.Errorf("segment %d: Ethernet header %x", k, seg[:14])
@@ -254,6 +255,34 @@ func TestGSOBounds(t *testing.T) {
 	}
 }
 
+// TestGSOChecksumsWithOptions splits an IPv4 super-segment whose header
+// carries options and whose sequence number has both halves nonzero:
+// Segment's checksums, summed from the super-segment's header fields,
+// must cover the options and every changed field.
+func TestGSOChecksumsWithOptions(t *testing.T) {
+	plain, slot := superSegment(false, 5000, 1000, fACK|fPSH)
+	opts := []byte{1, 1, 1, 0x94, 4, 0, 0, 0} // NOPs, Router Alert (RFC 2113)
+	frame := append(append(bytes.Clone(plain[:34]), opts...), plain[34:]...)
+	ip := frame[14:42]
+	ip[0] = 0x47
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(frame)-14))
+	binary.BigEndian.PutUint32(frame[42+4:], 0x12345678)
+	o := packet.OffloadOf(slot)
+	o.Set(packet.OffloadNeedsCsum, packet.GSOTCPv4, 42+32, 1000, 42, 16)
+	g, ok := packet.ParseGSO(frame, o)
+	if !ok || g.Segments() != 5 {
+		t.Fatalf("ParseGSO: ok %v, %d segments", ok, g.Segments())
+	}
+	for k := range g.Segments() {
+		seg := make([]byte, g.SegmentLen(k))
+		g.Segment(k, seg)
+		if !bytes.Equal(seg[34:42], opts) {
+			t.Fatalf("segment %d: options %x", k, seg[34:42])
+		}
+		checkSegmentChecksums(t, k, seg)
+	}
+}
+
 func TestGSOSplitECN(t *testing.T) {
 	frame, slot := superSegment(false, 4000, 1000, fACK|fCWR)
 	slot[1] |= packet.GSOECN
@@ -373,6 +402,7 @@ func FuzzGSO(f *testing.F) {
 					t.Fatalf("segment %d: wrote past its length", k)
 				}
 			}
+			checkSegmentChecksums(t, k, dst[:want])
 			total += want - g.HeaderLen()
 		}
 		if g.Segments() <= 4096 {
@@ -385,6 +415,34 @@ func FuzzGSO(f *testing.F) {
 			t.Fatal("ParseGSO/Segment modified the frame")
 		}
 	})
+}
+
+// checkSegmentChecksums checks that Segment's IPv4 header and TCP
+// checksums, computed from sums of the super-segment's headers, are the
+// ones computed over the segment as written (the fields zeroed, then
+// summed), whatever the headers hold (options included).
+func checkSegmentChecksums(t *testing.T, k int, seg []byte) {
+	t.Helper()
+	var ip, pseudo []byte
+	if binary.BigEndian.Uint16(seg[12:14]) == packet.EtherTypeIPv6 {
+		ip = seg[14:54]
+		pseudo = ip[8:40]
+	} else {
+		ip = seg[14 : 14+int(seg[14]&0x0f)*4]
+		pseudo = ip[12:20]
+		c := bytes.Clone(ip)
+		c[10], c[11] = 0, 0
+		if got, want := binary.BigEndian.Uint16(ip[10:12]), packet.Checksum(c); got != want {
+			t.Fatalf("segment %d: IPv4 header checksum %#04x, want %#04x", k, got, want)
+		}
+	}
+	tcp := bytes.Clone(seg[14+len(ip):])
+	got := binary.BigEndian.Uint16(tcp[16:18])
+	tcp[16], tcp[17] = 0, 0
+	acc := packet.Sum(pseudo, uint64(packet.ProtoTCP)+uint64(len(tcp)))
+	if want := packet.Fold(packet.Sum(tcp, acc)); got != want {
+		t.Fatalf("segment %d: TCP checksum %#04x, want %#04x", k, got, want)
+	}
 }
 
 // BenchmarkGSOSegment splits a 64 KB IPv4 super-segment into its 47

@@ -446,3 +446,41 @@ func TestHeardMemberAgesOut(t *testing.T) {
 		t.Fatalf("the member behind which nothing is learned any more got %d flooded frames", n)
 	}
 }
+
+// When two peers' datagrams interleave in one batch, each peer's receive
+// counters get exactly its own frames and bytes (a guard for any change
+// that batches the counting).
+func TestReceivePeerCountersInterleaved(t *testing.T) {
+	g := newGROReceiver(t)
+	n := g.v.Segment(testVNI)
+	n.SetPeers([]netip.Addr{vtepA, vtepC})
+	macC := packet.MAC{2, 0x42, 10, 0, 0, 0xc}
+	from := []netip.Addr{vtepA, vtepA, vtepC, vtepA, vtepC, vtepC, vtepA}
+	want := map[netip.Addr][2]uint64{}
+	msgs := g.v.rx.msgs[:len(from)]
+	for i, addr := range from {
+		src := macA
+		if addr == vtepC {
+			src = macC
+		}
+		f := udpFrame(macB, src, uint16(1000+i), 53, 10*i+1)
+		msgs[i].N = copy(msgs[i].Buf, vxlanDatagram(testVNI, f))
+		msgs[i].GSOSize = 0
+		msgs[i].Addr = netip.AddrPortFrom(addr, MemTxPortBase)
+		w := want[addr]
+		want[addr] = [2]uint64{w[0] + 1, w[1] + uint64(len(f))}
+	}
+	g.v.receive(&g.v.rx, msgs, false)
+	if len(g.frames) != len(from) {
+		t.Fatalf("%d frames delivered, want %d", len(g.frames), len(from))
+	}
+	st := n.Stats()
+	if len(st.Peers) != 2 {
+		t.Fatalf("peers %+v", st.Peers)
+	}
+	for _, p := range st.Peers {
+		if w := want[p.Addr]; p.RxPackets != w[0] || p.RxBytes != w[1] {
+			t.Errorf("peer %s: rx %d packets %d bytes, want %d, %d", p.Addr, p.RxPackets, p.RxBytes, w[0], w[1])
+		}
+	}
+}

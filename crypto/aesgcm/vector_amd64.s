@@ -83,19 +83,22 @@ partial: \
 	VAESENCLAST k, Z3, Z3 \
 	VAESENCLAST k, Z4, Z4
 
-// func ctrXOR(rk *[15 * 16]byte, rounds int, iv *[16]byte, dst, src []byte)
-TEXT ·ctrXOR(SB), NOSPLIT, $0-72
+// func ctrXOR(rk *[15 * 16]byte, rounds int, ivLo, ivHi uint64, dst, src []byte)
+TEXT ·ctrXOR(SB), NOSPLIT, $0-80
 	MOVQ  rk+0(FP), DX
 	MOVQ  rounds+8(FP), R8
-	MOVQ  iv+16(FP), BX
-	MOVQ  dst_base+24(FP), DI
-	MOVQ  src_base+48(FP), SI
-	MOVQ  src_len+56(FP), CX
+	MOVQ  dst_base+32(FP), DI
+	MOVQ  src_base+56(FP), SI
+	MOVQ  src_len+64(FP), CX
 	TESTQ CX, CX
 	JZ    ctrnone
 
 	VBROADCASTI32X4 bswap<>(SB), Z31
-	VBROADCASTI32X4 (BX), Z15
+	MOVQ            ivLo+16(FP), AX
+	VMOVQ           AX, X15
+	MOVQ            ivHi+24(FP), AX
+	VPINSRQ         $1, AX, X15, X15
+	VSHUFI64X2      $0, Z15, Z15, Z15
 	VPSHUFB         Z31, Z15, Z15
 	VPADDD          laneoff<>(SB), Z15, Z15
 	VBROADCASTI32X4 four<>(SB), Z14
@@ -249,10 +252,30 @@ ctrnone:
 	VMOVDQU64  off(R9), h \
 	MUL4(d, h, Z10, Z11, Z12, Z13, Z14, Z15, Z16)
 
-// func gcmTag(tab *[32 * 16]byte, rk *[15 * 16]byte, rounds int, j0 *[16]byte, aad, ct []byte, tag *[16]byte)
+// MULH1 adds the block X1 (byte-reversed) to the hash X0 and multiplies
+// the sum by H^1 (the table's entry 15), reduced.
+#define MULH1 \
+	VPXORQ     X1, X0, X0 \
+	VMOVDQU64  240(DX), X5 \
+	VPCLMULQDQ $0x00, X5, X0, X10 \
+	VPCLMULQDQ $0x11, X5, X0, X11 \
+	VPCLMULQDQ $0x01, X5, X0, X12 \
+	VPCLMULQDQ $0x10, X5, X0, X13 \
+	VPXORQ     X13, X12, X12 \
+	VPSRLDQ    $8, X12, X13 \
+	VPSLLDQ    $8, X12, X12 \
+	VPXORQ     X12, X10, X10 \
+	VPXORQ     X13, X11, X11 \
+	REDUCE
+
+// func gcmTag(tab *[32 * 16]byte, rk *[15 * 16]byte, rounds int, j0Lo, j0Hi, aadLo, aadHi uint64, aadLen int, aad, ct []byte, tag *[16]byte)
 //
-// GHASH of aad and ct (each zero-padded to whole blocks) and the length
-// block, XORed with the encryption of the counter block j0.
+// GHASH of the AAD, ct (each zero-padded to whole blocks) and the length
+// block, XORed with the encryption of the counter block j0 (the
+// little-endian words j0Lo and j0Hi). The AAD is the block aadLo, aadHi
+// holding its first aadLen bytes if aadLen > 0 (then aad is empty), or
+// aad: so a short AAD and the counter block come in registers, not loaded
+// back from the bytes the caller has just stored (see vector_amd64.go).
 //
 // A block is multiplied in its byte-reversed form (bit 127 of the integer
 // is the coefficient of x^0) by a power of H that the table holds times
@@ -262,10 +285,8 @@ ctrnone:
 // bits L0 are folded in as L0 * x^128 = L0 * (x^7+x^2+x+1), which poly
 // (with its implied bit 64) spreads over the next 128 bits; then the next
 // 64 the same way, leaving the result in the high 128 bits.
-TEXT ·gcmTag(SB), NOSPLIT, $0-88
+TEXT ·gcmTag(SB), NOSPLIT, $0-120
 	MOVQ tab+0(FP), DX
-	MOVQ aad_base+32(FP), SI
-	MOVQ aad_len+40(FP), CX
 	MOVQ $2, R13
 
 	VBROADCASTI32X4 bswap<>(SB), Z31
@@ -273,6 +294,20 @@ TEXT ·gcmTag(SB), NOSPLIT, $0-88
 	VPXORQ    X0, X0, X0
 	MOVQ      $-1, R11
 	XORQ      R12, R12
+
+	MOVQ    aadLen+56(FP), AX
+	TESTQ   AX, AX
+	JZ      ghaad
+	MOVQ    aadLo+40(FP), AX
+	VMOVQ   AX, X1
+	MOVQ    aadHi+48(FP), AX
+	VPINSRQ $1, AX, X1, X1
+	VPSHUFB X31, X1, X1
+	MULH1
+
+ghaad:
+	MOVQ aad_base+64(FP), SI
+	MOVQ aad_len+72(FP), CX
 
 ghseg:
 	TESTQ CX, CX
@@ -324,37 +359,29 @@ ghfold:
 ghsegdone:
 	DECQ R13
 	JZ   ghlen
-	MOVQ ct_base+56(FP), SI
-	MOVQ ct_len+64(FP), CX
+	MOVQ ct_base+88(FP), SI
+	MOVQ ct_len+96(FP), CX
 	JMP  ghseg
 
 ghlen:
-	// The length block, times H^1 (the table's entry 15).
-	MOVQ       aad_len+40(FP), AX
-	SHLQ       $3, AX
-	MOVQ       ct_len+64(FP), BX
-	SHLQ       $3, BX
-	VMOVQ      BX, X1
-	VPINSRQ    $1, AX, X1, X1
-	VPXORQ     X1, X0, X0
-	VMOVDQU64  240(DX), X5
-	VPCLMULQDQ $0x00, X5, X0, X10
-	VPCLMULQDQ $0x11, X5, X0, X11
-	VPCLMULQDQ $0x01, X5, X0, X12
-	VPCLMULQDQ $0x10, X5, X0, X13
-	VPXORQ     X13, X12, X12
-	VPSRLDQ    $8, X12, X13
-	VPSLLDQ    $8, X12, X12
-	VPXORQ     X12, X10, X10
-	VPXORQ     X13, X11, X11
-	REDUCE
-	VPSHUFB    X31, X0, X0
+	// The length block, times H^1.
+	MOVQ    aad_len+72(FP), AX
+	ADDQ    aadLen+56(FP), AX
+	SHLQ    $3, AX
+	MOVQ    ct_len+96(FP), BX
+	SHLQ    $3, BX
+	VMOVQ   BX, X1
+	VPINSRQ $1, AX, X1, X1
+	MULH1
+	VPSHUFB X31, X0, X0
 
 	// XOR in E_K(j0).
 	MOVQ        rk+8(FP), BX
 	MOVQ        rounds+16(FP), R8
-	MOVQ        j0+24(FP), AX
-	VMOVDQU     (AX), X1
+	MOVQ        j0Lo+24(FP), AX
+	VMOVQ       AX, X1
+	MOVQ        j0Hi+32(FP), AX
+	VPINSRQ     $1, AX, X1, X1
 	VPXOR       (BX), X1, X1
 	VAESENC     16(BX), X1, X1
 	VAESENC     32(BX), X1, X1
@@ -379,7 +406,7 @@ ghlast10:
 
 ghout:
 	VPXORQ  X1, X0, X0
-	MOVQ    tag+80(FP), DI
+	MOVQ    tag+112(FP), DI
 	VMOVDQU X0, (DI)
 	VZEROUPPER
 	RET
