@@ -77,8 +77,9 @@ func TestEndpointRecordsSurviveRestart(t *testing.T) {
 	}
 }
 
-// TestBadStateFileIgnored: a state file that does not parse is logged
-// and ignored; the plugin starts without records and rewrites it.
+// TestBadStateFileIgnored: a state file that does not parse is logged,
+// set aside whole (STATE.bad) and otherwise ignored; the plugin starts
+// without records and writes a new one.
 func TestBadStateFileIgnored(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "docker-plugin.json")
 	for _, bad := range []string{"{", `{"endpoints":{"zz":{"network":"web","ip":"10.1.0.5"}}}`, `{"endpoints":{"` + epID + `":{"network":"web","ip":"fd00::5"}}}`} {
@@ -94,6 +95,9 @@ func TestBadStateFileIgnored(t *testing.T) {
 	eps, err := loadState(state)
 	if err != nil || eps[epID].ip.String() != "10.1.0.5" || eps[epID].network != "web" {
 		t.Fatalf("state after CreateEndpoint: %+v, %v", eps, err)
+	}
+	if b, err := os.ReadFile(state + ".bad"); err != nil || string(b) != "{" {
+		t.Fatalf("the bad state file set aside: %q, %v; want it whole", b, err)
 	}
 }
 

@@ -44,7 +44,17 @@ func loadState(path string) (map[string]endpointInfo, error) {
 	if err != nil {
 		return out, fmt.Errorf("docker plugin state: %w", err)
 	}
-	return parseState(b)
+	eps, err := parseState(b)
+	if err != nil {
+		// Kept aside, not overwritten by the next save: what it held
+		// can still be read and repaired by hand.
+		aside := path + ".bad"
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return eps, fmt.Errorf("%w (and it could not be set aside: %v)", err, rerr)
+		}
+		return eps, fmt.Errorf("%w (set aside as %s)", err, aside)
+	}
+	return eps, nil
 }
 
 // parseState decodes a state file; a bad record is an error naming it.
