@@ -222,27 +222,16 @@ func TestStoppedWhileDownRemoved(t *testing.T) {
 // hosts resolve the container.
 func TestUnnamedEndpointNamedAfterRestart(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "docker-plugin.json")
-	b := newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"})
-	tp := newTestPlugin(t, b, &fakeEngine{})
+	tp := newTestPlugin(t, newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"}), &fakeEngine{})
 	tp.restartPlugin(state)
 	tp.createWeb()
 	tp.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID})
 	tp.ok("NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": epID, "SandboxKey": "/var/run/docker/netns/1"})
 	tp.restartPlugin(state) // before the Engine lists the container
-	if eps := b.Endpoints(); len(eps) != 1 || len(eps[0].Aliases) != 0 {
+	if eps := tp.b.Endpoints(); len(eps) != 1 || len(eps[0].Aliases) != 0 {
 		t.Fatalf("endpoints before the container is listed: %+v", eps)
 	}
 	tp.e.addContainer(epID, "d1")
 	tp.restartPlugin(state)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		eps := b.Endpoints()
-		if len(eps) == 1 && strings.Join(eps[0].Aliases, ",") == "d1" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("endpoint never got the container's name after the restart: %+v", eps)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	tp.waitAlias("d1")
 }
