@@ -266,16 +266,8 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 // beginAttach checks req against the daemon's records and reserves the
 // container's name for the attach; callers hold d.mu.
 func (d *Daemon) beginAttach(req api.AttachRequest) (*localNetwork, *container, error) {
+	d.catchUpNetworks()
 	n, ok := d.networks[req.Network]
-	if !ok && d.cl.Known(tblNetworks, req.Network) {
-		// Merged from the cluster a moment ago (another host's create
-		// waits for it: spreadRecord), not yet set up by the paced
-		// reconcile pass: set it up now.
-		if err := d.reconcile(); err != nil {
-			d.log.Error("data plane", "err", err)
-		}
-		n, ok = d.networks[req.Network]
-	}
 	if !ok {
 		return nil, nil, notFound("network %q: not found", req.Network)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/cluster"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -203,6 +204,58 @@ func TestCreatedIsUsableOnEveryHostAtOnce(t *testing.T) {
 		}
 		if _, err := ds[2].CreateNetwork(api.NetworkCreateRequest{Name: tmp, Subnet: fmt.Sprintf("10.9.%d.0/24", i)}); err != nil {
 			t.Fatalf("create of %s on h3 right after its removal on h1: %v", tmp, err)
+		}
+	}
+}
+
+// TestCreatedNetworkIsListedOnEveryHostAtOnce: what a network create or
+// remove returned for is what `network ls`, `network inspect` and
+// `network rm` on any other host see at once, not a reconcile pass later
+// (a user checks with `network ls` on another host).
+func TestCreatedNetworkIsListedOnEveryHostAtOnce(t *testing.T) {
+	ds, _ := threeNodesOn(t, tunnel.NewMemNetwork())
+	// A write is spread to the members its host sees alive: wait until
+	// every host sees the others (h3 joined last).
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" sees every member alive", func() bool {
+			alive := 0
+			for _, m := range d.cl.Members() {
+				if m.State == cluster.StateAlive {
+					alive++
+				}
+			}
+			return alive == len(ds)
+		})
+	}
+	listed := func(d *Daemon, name string) bool {
+		for _, n := range d.Networks() {
+			if n.Name == name {
+				return true
+			}
+		}
+		return false
+	}
+	for i := range 5 {
+		name := fmt.Sprintf("ls%d", i)
+		if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: name, Subnet: fmt.Sprintf("10.7.%d.0/24", i)}); err != nil {
+			t.Fatal(err)
+		}
+		if !listed(ds[1], name) {
+			t.Fatalf("network ls on h2 right after %s was created on h1: not listed", name)
+		}
+		if _, err := ds[2].Network(name); err != nil {
+			t.Fatalf("network inspect on h3 right after %s was created on h1: %v", name, err)
+		}
+		if err := ds[1].RemoveNetwork(name); err != nil {
+			t.Fatalf("network rm on h2 right after %s was created on h1: %v", name, err)
+		}
+		for _, d := range []*Daemon{ds[0], ds[2]} {
+			if listed(d, name) {
+				t.Fatalf("network ls on %s right after %s was removed on h2: still listed", d.cfg.Node, name)
+			}
+			if _, err := d.Network(name); err == nil {
+				t.Fatalf("network inspect on %s right after %s was removed on h2: still there", d.cfg.Node, name)
+			}
 		}
 	}
 }

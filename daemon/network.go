@@ -549,6 +549,7 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.Network, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.catchUpNetworks()
 	n, ok := d.networks[name]
 	if !ok {
 		return api.Network{}, notFound("network %q: not found", name)
@@ -619,6 +620,7 @@ func (d *Daemon) RemoveNetwork(name string) error {
 func (d *Daemon) removeNetwork(name string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.catchUpNetworks()
 	n, ok := d.networks[name]
 	if !ok {
 		return notFound("network %q: not found", name)
@@ -660,10 +662,40 @@ func (d *Daemon) removeNetwork(name string) error {
 	return nil
 }
 
+// catchUpNetworks sets up and takes down now the networks that the
+// cluster table gained or lost since the last reconcile pass, so that the
+// API reads what another host's create or remove returned for (it waits
+// until every host has merged the record: spreadRecord) rather than what
+// the paced pass shows a moment later. It costs a map comparison when
+// nothing changed; callers hold d.mu.
+func (d *Daemon) catchUpNetworks() {
+	want, invalid := d.networkRecords()
+	stale := false
+	for name, rec := range want {
+		if n := d.networks[name]; n == nil || n.rec.ID != rec.ID || !slices.Equal(n.rec.VTEPs, rec.VTEPs) {
+			stale = true
+			break
+		}
+	}
+	for name, n := range d.networks {
+		if _, ok := want[name]; !ok && !invalid[name] && len(d.endpointsOf(n)) == 0 {
+			stale = true // removed, and no endpoint of this node keeps it
+			break
+		}
+	}
+	if !stale {
+		return
+	}
+	if err := d.reconcile(); err != nil {
+		d.log.Error("data plane", "err", err)
+	}
+}
+
 // Networks lists every network.
 func (d *Daemon) Networks() []api.Network {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.catchUpNetworks()
 	out := []api.Network{}
 	for _, n := range d.sortedNetworks() {
 		out = append(out, d.networkView(n, false))
@@ -675,6 +707,7 @@ func (d *Daemon) Networks() []api.Network {
 func (d *Daemon) Network(name string) (api.Network, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.catchUpNetworks()
 	n, ok := d.networks[name]
 	if !ok {
 		return api.Network{}, notFound("network %q: not found", name)

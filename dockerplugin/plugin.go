@@ -149,6 +149,7 @@ func New(cfg Config) *Plugin {
 	go func() {
 		defer p.wg.Done()
 		p.removeStopped()
+		p.nameRestored()
 	}()
 	return p
 }

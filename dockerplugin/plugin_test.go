@@ -330,14 +330,20 @@ func TestJoinedEndpointGetsContainerName(t *testing.T) {
 	// The container shows up a little after Join.
 	time.Sleep(50 * time.Millisecond)
 	tp.e.addContainer(epID, "d1")
+	tp.waitAlias("d1")
+}
+
+// waitAlias waits until the only endpoint has exactly the alias want.
+func (tp *testPlugin) waitAlias(want string) {
+	tp.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		eps := tp.b.Endpoints()
-		if len(eps) == 1 && strings.Join(eps[0].Aliases, ",") == "d1" {
-			break
+		if len(eps) == 1 && strings.Join(eps[0].Aliases, ",") == want {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("endpoint never got the container's name as alias: %+v", eps)
+			tp.t.Fatalf("endpoint never got the container's name %q as alias: %+v", want, eps)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -219,3 +219,23 @@ func TestStoppedWhileDownRemoved(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestUnnamedEndpointNamedAfterRestart: a daemon stopped after Join but
+// before the Engine listed the started container (so before the endpoint
+// got the container's name) names it once it is back, so that other
+// hosts resolve the container.
+func TestUnnamedEndpointNamedAfterRestart(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "docker-plugin.json")
+	tp := newTestPlugin(t, newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"}), &fakeEngine{})
+	tp.restartPlugin(state)
+	tp.createWeb()
+	tp.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID})
+	tp.ok("NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": epID, "SandboxKey": "/var/run/docker/netns/1"})
+	tp.restartPlugin(state) // before the Engine lists the container
+	if eps := tp.b.Endpoints(); len(eps) != 1 || len(eps[0].Aliases) != 0 {
+		t.Fatalf("endpoints before the container is listed: %+v", eps)
+	}
+	tp.e.addContainer(epID, "d1")
+	tp.restartPlugin(state)
+	tp.waitAlias("d1")
+}

@@ -179,3 +179,28 @@ func (p *Plugin) removeStopped() {
 		p.log.Info("docker endpoint of a container that stopped while the daemon was down removed", "container", ctr, "network", down[ctr])
 	}
 }
+
+// nameRestored gives the restored endpoints that have no name yet their
+// container's name as alias (nameLater): a daemon stopped between Join
+// and the moment the Engine listed the started container never named it,
+// and the container ran on unresolvable from other hosts.
+func (p *Plugin) nameRestored() {
+	unnamed := map[string]string{} // container -> network
+	for _, e := range p.cfg.Backend.Endpoints() {
+		if len(e.Aliases) == 0 && strings.HasPrefix(e.Name, "docker-") {
+			unnamed[e.Name] = e.Network
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id := range p.eps {
+		ctr, _, _ := names(id)
+		if network := unnamed[ctr]; network != "" {
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				p.nameLater(ctr, network, id)
+			}()
+		}
+	}
+}

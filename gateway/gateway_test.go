@@ -308,6 +308,12 @@ func TestUDPEgress(t *testing.T) {
 	if st := h.eg.Stats(); st.ActiveUDP != 1 || st.Total != 1 {
 		t.Fatalf("two datagrams of one flow: stats %+v, want one active flow", st)
 	}
+	// Both directions count while the flow is open (a datagram is counted
+	// just after it was sent: poll).
+	poll(t, "the open flow's datagrams to count", func() bool {
+		st := h.eg.Stats()
+		return st.ActiveUDP == 1 && st.BytesOut == 6 && st.BytesIn == 18
+	})
 	poll(t, "the idle UDP flow to time out", func() bool { return h.eg.Stats().ActiveUDP == 0 })
 }
 

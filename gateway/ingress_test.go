@@ -197,6 +197,12 @@ func TestPublishUDP(t *testing.T) {
 	if st := h.eg.Stats(); st.IngressTotal != 1 || st.IngressUDP != 1 {
 		t.Fatalf("stats %+v: want one active UDP flow", st)
 	}
+	// The replies count while the flow is open, as its requests do (a
+	// reply is counted just after it was sent: poll).
+	poll(t, "the open flow's replies to count", func() bool {
+		st := h.eg.Stats()
+		return st.IngressUDP == 1 && st.IngressBytesIn == 6 && st.IngressBytesOut > 0
+	})
 	poll(t, "the idle flow to end", func() bool { return h.eg.Stats().IngressUDP == 0 })
 }
 

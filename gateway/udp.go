@@ -97,20 +97,17 @@ func (g *Gateway) spliceUDP(in *gonet.UDPConn, out net.Conn, f Flow, fl *flow) {
 	go func() {
 		defer wg.Done()
 		defer fl.abort()
-		n := copyDatagramsRecord(out, in, &last, e.cfg.UDPIdle, sent)
-		e.bytesOut.Add(n)
+		copyDatagramsRecord(out, in, &last, e.cfg.UDPIdle, sent, &e.bytesOut)
 	}()
-	n := g.copyReplies(in, out, f, &last, sent)
-	e.bytesIn.Add(n)
+	g.copyReplies(in, out, f, &last, sent, &e.bytesIn)
 	fl.abort()
 	wg.Wait()
 }
 
 // copyDatagramsRecord is copyDatagrams for a container's datagrams to
 // the outside, remembering the last one in sent (for reflected errors).
-func copyDatagramsRecord(dst io.Writer, src net.Conn, last *atomic.Int64, idle time.Duration, sent *lastDatagram) uint64 {
+func copyDatagramsRecord(dst io.Writer, src net.Conn, last *atomic.Int64, idle time.Duration, sent *lastDatagram, bytes *atomic.Uint64) {
 	buf := make([]byte, 65535)
-	var n uint64
 	for {
 		src.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
 		k, err := src.Read(buf)
@@ -118,12 +115,12 @@ func copyDatagramsRecord(dst io.Writer, src net.Conn, last *atomic.Int64, idle t
 			if timedOut(err) && time.Since(time.Unix(0, last.Load())) < idle {
 				continue // the other direction was busy
 			}
-			return n
+			return
 		}
 		last.Store(time.Now().UnixNano())
 		sent.record(buf[:k])
 		if _, err := dst.Write(buf[:k]); err == nil {
-			n += uint64(k)
+			bytes.Add(uint64(k))
 		}
 	}
 }
@@ -131,11 +128,10 @@ func copyDatagramsRecord(dst io.Writer, src net.Conn, last *atomic.Int64, idle t
 // copyReplies copies the outside's datagrams to the container until the
 // flow has been idle for UDPIdle or the outside socket fails with
 // something other than an ICMP error, which it reflects.
-func (g *Gateway) copyReplies(in net.Conn, out net.Conn, f Flow, last *atomic.Int64, sent *lastDatagram) uint64 {
+func (g *Gateway) copyReplies(in net.Conn, out net.Conn, f Flow, last *atomic.Int64, sent *lastDatagram, bytes *atomic.Uint64) {
 	idle := g.cfg.Egress.cfg.UDPIdle
 	buf := make([]byte, 65535)
 	var errs [4]extErr
-	var n uint64
 	for {
 		out.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
 		k, err := out.Read(buf)
@@ -146,11 +142,11 @@ func (g *Gateway) copyReplies(in net.Conn, out net.Conn, f Flow, last *atomic.In
 			if g.reflect(out, err, f, sent, errs[:]) {
 				continue
 			}
-			return n
+			return
 		}
 		last.Store(time.Now().UnixNano())
 		if _, err := in.Write(buf[:k]); err == nil {
-			n += uint64(k)
+			bytes.Add(uint64(k))
 		}
 	}
 }
@@ -190,10 +186,11 @@ func timedOut(err error) bool {
 }
 
 // copyDatagrams copies datagrams from src to dst until src fails or the
-// flow has been idle (last, shared by both directions) for idle.
-func copyDatagrams(dst io.Writer, src net.Conn, last *atomic.Int64, idle time.Duration) uint64 {
+// flow has been idle (last, shared by both directions) for idle, adding
+// each datagram's size to bytes as it goes (a flow's counters move while
+// it is open, not only when it ends after idle).
+func copyDatagrams(dst io.Writer, src net.Conn, last *atomic.Int64, idle time.Duration, bytes ...*atomic.Uint64) {
 	buf := make([]byte, 65535)
-	var n uint64
 	for {
 		src.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
 		k, err := src.Read(buf)
@@ -201,11 +198,13 @@ func copyDatagrams(dst io.Writer, src net.Conn, last *atomic.Int64, idle time.Du
 			if ne, ok := err.(net.Error); ok && ne.Timeout() && time.Since(time.Unix(0, last.Load())) < idle {
 				continue // the other direction was busy
 			}
-			return n
+			return
 		}
 		last.Store(time.Now().UnixNano())
 		if _, err := dst.Write(buf[:k]); err == nil {
-			n += uint64(k)
+			for _, b := range bytes {
+				b.Add(uint64(k))
+			}
 		}
 	}
 }
