@@ -429,18 +429,62 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 		return 0
 	}
 	var key [maxNameWire]byte
-	k := 0
-	i := headerLen
+	k, i := lowerName(q, &key)
+	qend := i + 5
+	if k == 0 || k+2 > maxNameWire || qend > len(q) {
+		return 0
+	}
+	qtype := binary.BigEndian.Uint16(q[i+1:])
+	if class := binary.BigEndian.Uint16(q[i+3:]); class != classINET && class != classANY {
+		return 0
+	}
+	limit, edns, ok := answerLimit(q, qend)
+	if !ok {
+		return 0
+	}
+	w, ok := v.lookup(qtype, key[:k])
+	if !ok {
+		return 0
+	}
+	size := qend + len(w.rrs)
+	if edns {
+		size += optRRLen
+	}
+	if size > limit || size > len(out) {
+		return 0 // the general path truncates
+	}
+	putAnswerHeader(out, q[:qend], w.n)
+	n := qend
+	if qtype == typePTR || w.n < 2 {
+		n += copy(out[n:], w.rrs)
+	} else {
+		r := int(rot%uint(w.n)) * aRRLen
+		n += copy(out[n:], w.rrs[r:])
+		n += copy(out[n:], w.rrs[:r])
+	}
+	if edns {
+		out[11] = 1
+		n += putOPT(out[n:])
+	}
+	return n
+}
+
+// lowerName reads the question's name from q into key, lowercased, dots
+// between its labels; it returns the key's length and the index of the
+// name's end (its root label), or 0 for a name the fast path does not
+// answer (too long, compressed, other characters).
+func lowerName(q []byte, key *[maxNameWire]byte) (k, i int) {
+	i = headerLen
 	for {
 		if i >= len(q) {
-			return 0
+			return 0, i
 		}
 		l := int(q[i])
 		if l == 0 {
-			break
+			return k, i
 		}
 		if l > 63 || i+1+l >= len(q) || k+l+1 > len(key) {
-			return 0
+			return 0, i
 		}
 		if k > 0 {
 			key[k] = '.'
@@ -452,22 +496,20 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 				c += 'a' - 'A'
 			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
 			default:
-				return 0
+				return 0, i
 			}
 			key[k] = c
 			k++
 		}
 		i += 1 + l
 	}
-	qend := i + 5
-	if k == 0 || k+2 > maxNameWire || qend > len(q) {
-		return 0
-	}
-	qtype := binary.BigEndian.Uint16(q[i+1:])
-	if class := binary.BigEndian.Uint16(q[i+3:]); class != classINET && class != classANY {
-		return 0
-	}
-	limit, edns := minUDPSize, false
+}
+
+// answerLimit returns the size an answer to q (its question ending at
+// qend) may have and whether q has an OPT record; not ok for additional
+// records the fast path does not echo.
+func answerLimit(q []byte, qend int) (limit int, edns, ok bool) {
+	limit = minUDPSize
 	switch {
 	case q[11] == 0 && qend == len(q):
 	case q[11] == 1 && qend+optRRLen == len(q) && q[qend] == 0 &&
@@ -478,48 +520,38 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 		edns = true
 		limit = max(limit, int(binary.BigEndian.Uint16(q[qend+3:])))
 	default:
-		return 0
+		return 0, false, false
 	}
-	var w wireRRs
-	var ok bool
+	return limit, edns, true
+}
+
+// lookup returns the precomputed records answering qtype for name.
+func (v *AnswerView) lookup(qtype uint16, name []byte) (wireRRs, bool) {
 	if qtype == typePTR {
-		w, ok = v.ptrs.lookup(key[:k])
-	} else {
-		w, ok = v.names.lookup(key[:k])
-		if qtype != typeA && qtype != typeANY {
-			w = wireRRs{} // a precomputed name has no other records
-		}
+		return v.ptrs.lookup(name)
 	}
-	if !ok {
-		return 0
+	w, ok := v.names.lookup(name)
+	if qtype != typeA && qtype != typeANY {
+		w = wireRRs{} // a precomputed name has no other records
 	}
-	size := qend + len(w.rrs)
-	if edns {
-		size += optRRLen
-	}
-	if size > limit || size > len(out) {
-		return 0 // the general path truncates
-	}
-	copy(out, q[:qend])
-	out[2] = 0x80 | 0x04 | q[2]&0x01 // QR, AA, RD copied
-	out[3] = 0x80 | q[3]&0x10        // RA, CD copied
-	binary.BigEndian.PutUint16(out[6:], uint16(w.n))
+	return w, ok
+}
+
+// putAnswerHeader writes the header and question of the answer to
+// question (the query up to its question's end) with n answer records.
+func putAnswerHeader(out, question []byte, n int) {
+	copy(out, question)
+	out[2] = 0x80 | 0x04 | question[2]&0x01 // QR, AA, RD copied
+	out[3] = 0x80 | question[3]&0x10        // RA, CD copied
+	binary.BigEndian.PutUint16(out[6:], uint16(n))
 	out[8], out[9], out[10], out[11] = 0, 0, 0, 0
-	n := qend
-	if qtype == typePTR || w.n < 2 {
-		n += copy(out[n:], w.rrs)
-	} else {
-		r := int(rot%uint(w.n)) * aRRLen
-		n += copy(out[n:], w.rrs[r:])
-		n += copy(out[n:], w.rrs[:r])
-	}
-	if edns {
-		out[11] = 1
-		out[n] = 0
-		binary.BigEndian.PutUint16(out[n+1:], typeOPT)
-		binary.BigEndian.PutUint16(out[n+3:], maxUDPRead)
-		clear(out[n+5 : n+optRRLen])
-		n += optRRLen
-	}
-	return n
+}
+
+// putOPT writes the answer's OPT record and returns its length.
+func putOPT(out []byte) int {
+	out[0] = 0
+	binary.BigEndian.PutUint16(out[1:], typeOPT)
+	binary.BigEndian.PutUint16(out[3:], maxUDPRead)
+	clear(out[5:optRRLen])
+	return optRRLen
 }
