@@ -270,11 +270,6 @@ type dnsBed struct {
 	dmDone     chan struct{} // closed when dnsmasq has exited
 }
 
-// withLog adds the end of the daemon's log to err.
-func (b *dnsBed) withLog(err error) error {
-	return fmt.Errorf("%w; daemon log:\n%s", err, b.h.LogTail(15))
-}
-
 // dmLogTail returns the end of dnsmasq's log.
 func (b *dnsBed) dmLogTail() string {
 	l, _ := os.ReadFile(b.dmLog)
@@ -387,7 +382,7 @@ func (b *dnsBed) waitBoth(ctx context.Context) error {
 		if err := waitResolves(ctx, dnsQuery{bin: b.dnsperfBin, netns: b.cli, server: srv.addr, queries: b.queries}, b.n, b.dmDone); err != nil {
 			err = fmt.Errorf("%s (%s): %w", srv.name, srv.addr, err)
 			if srv.name == "vxmesh" {
-				return b.withLog(err)
+				return withDaemonLog(b.h, err)
 			}
 			return fmt.Errorf("%w; dnsmasq log:\n%s", err, b.dmLogTail())
 		}
@@ -415,7 +410,7 @@ func (b *dnsBed) measure(ctx context.Context, cfg config, log io.Writer) ([]dnsR
 				}
 				switch {
 				case srv.name == "vxmesh" && !b.h.Running():
-					r.err = b.withLog(errors.Join(r.err, errors.New("the vxmesh daemon exited")))
+					r.err = withDaemonLog(b.h, errors.Join(r.err, errors.New("the vxmesh daemon exited")))
 				case srv.name == "dnsmasq" && chanClosed(b.dmDone):
 					r.err = fmt.Errorf("%v; dnsmasq exited; log:\n%s", r.err, b.dmLogTail())
 				}
