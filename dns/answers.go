@@ -438,11 +438,29 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 	if class := binary.BigEndian.Uint16(q[i+3:]); class != classINET && class != classANY {
 		return 0
 	}
-	limit, edns, ok := answerLimit(q, qend)
-	if !ok {
+	limit, edns := minUDPSize, false
+	switch {
+	case q[11] == 0 && qend == len(q):
+	case q[11] == 1 && qend+optRRLen == len(q) && q[qend] == 0 &&
+		binary.BigEndian.Uint16(q[qend+1:]) == typeOPT && q[qend+5]|q[qend+6] == 0 &&
+		q[qend+9]|q[qend+10] == 0:
+		// An OPT of extended RCODE 0 and version 0 without options (the
+		// flags, DO among them, are not echoed: the general path does not).
+		edns = true
+		limit = max(limit, int(binary.BigEndian.Uint16(q[qend+3:])))
+	default:
 		return 0
 	}
-	w, ok := v.lookup(qtype, key[:k])
+	var w wireRRs
+	var ok bool
+	if qtype == typePTR {
+		w, ok = v.ptrs.lookup(key[:k])
+	} else {
+		w, ok = v.names.lookup(key[:k])
+		if qtype != typeA && qtype != typeANY {
+			w = wireRRs{} // a precomputed name has no other records
+		}
+	}
 	if !ok {
 		return 0
 	}
@@ -503,38 +521,6 @@ func lowerName(q []byte, key *[maxNameWire]byte) (k, i int) {
 		}
 		i += 1 + l
 	}
-}
-
-// answerLimit returns the size an answer to q (its question ending at
-// qend) may have and whether q has an OPT record; not ok for additional
-// records the fast path does not echo.
-func answerLimit(q []byte, qend int) (limit int, edns, ok bool) {
-	limit = minUDPSize
-	switch {
-	case q[11] == 0 && qend == len(q):
-	case q[11] == 1 && qend+optRRLen == len(q) && q[qend] == 0 &&
-		binary.BigEndian.Uint16(q[qend+1:]) == typeOPT && q[qend+5]|q[qend+6] == 0 &&
-		q[qend+9]|q[qend+10] == 0:
-		// An OPT of extended RCODE 0 and version 0 without options (the
-		// flags, DO among them, are not echoed: the general path does not).
-		edns = true
-		limit = max(limit, int(binary.BigEndian.Uint16(q[qend+3:])))
-	default:
-		return 0, false, false
-	}
-	return limit, edns, true
-}
-
-// lookup returns the precomputed records answering qtype for name.
-func (v *AnswerView) lookup(qtype uint16, name []byte) (wireRRs, bool) {
-	if qtype == typePTR {
-		return v.ptrs.lookup(name)
-	}
-	w, ok := v.names.lookup(name)
-	if qtype != typeA && qtype != typeANY {
-		w = wireRRs{} // a precomputed name has no other records
-	}
-	return w, ok
 }
 
 // putAnswerHeader writes the header and question of the answer to
