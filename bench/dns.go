@@ -219,26 +219,79 @@ func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
 			fmt.Fprintln(log, "dns: cleanup:", cerr)
 		}
 	}()
-	h := tb.Hosts[0]
+	b := &dnsBed{h: tb.Hosts[0], dir: tb.Dir, n: d.names, dnsperfBin: dnsperfBin}
+	ips, err := b.startContainers(ctx, log)
+	if err != nil {
+		return err
+	}
+	dmArgs, err := b.writeQueries(ips, dnsmasqBin)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(log, "dns: dnsmasq on %s in the client container\n", dnsmasqResolver)
+	if err := b.startDnsmasq(dmArgs); err != nil {
+		return err
+	}
+	defer func() {
+		_ = b.dm.Process.Kill()
+		<-b.dmDone
+	}()
+	if err := b.waitBoth(ctx); err != nil {
+		return err
+	}
+	loadBefore := loadAvg()
+	runs, err := b.measure(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	printDNSTable(out, cfg, runs)
+	printLoad(out, loadBefore, loadAvg())
+	var errs []error
+	for _, r := range runs {
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", r.mode, r.server, r.err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// dnsBed is the DNS comparison's testbed: one host whose containers are
+// the names, a client container, dnsmasq in it serving the same names,
+// and the query file.
+type dnsBed struct {
+	h          *testbed.Host
+	dir        string // the testbed's directory
+	n          int    // how many names
+	dnsperfBin string
+	cli        string // the client container's netns path
+	queries    string // the query file: each name, type A
+	dm         *exec.Cmd
+	dmLog      string
+	dmDone     chan struct{} // closed when dnsmasq has exited
+}
+
+// dmLogTail returns the end of dnsmasq's log.
+func (b *dnsBed) dmLogTail() string {
+	l, _ := os.ReadFile(b.dmLog)
+	return tail(strings.TrimSpace(string(l)), 500)
+}
+
+// startContainers starts the daemon, the network, a container for each
+// name and the client, and returns the containers' addresses by name.
+func (b *dnsBed) startContainers(ctx context.Context, log io.Writer) (map[string]string, error) {
+	h := b.h
 	// Names not local go upstream; a closed port on the host's loopback
 	// keeps a stray query from leaving the machine. warn: no per-query logs.
 	if err := h.StartDaemon("--dns-upstream", "127.0.0.1:5353", "--log-level", "warn"); err != nil {
-		return err
-	}
-	withLog := func(err error) error {
-		return fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15))
+		return nil, err
 	}
 	if _, err := h.CLIContext(ctx, "network", "create", "dnsb", "--subnet", "10.88.2.0/24"); err != nil {
-		return err
+		return nil, err
 	}
-	fmt.Fprintf(log, "dns: %d containers and a client\n", d.names)
-	names := make([]string, d.names)
-	for i := range names {
-		names[i] = fmt.Sprintf("n%d", i+1)
-	}
-	for _, n := range append(append([]string(nil), names...), "cli") {
+	fmt.Fprintf(log, "dns: %d containers and a client\n", b.n)
+	for _, n := range append(b.names(), "cli") {
 		if _, err := h.CLIContext(ctx, "run", "-d", "--network", "dnsb", "--name", n, "--", "sleep", "infinity"); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	var eps []struct {
@@ -246,37 +299,57 @@ func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
 		IP   string `json:"ip"`
 	}
 	if err := h.CLIJSON(&eps, "endpoint", "ls"); err != nil {
-		return err
+		return nil, err
 	}
 	ips := map[string]string{}
 	for _, e := range eps {
 		ips[e.Name] = strings.Split(e.IP, "/")[0]
 	}
-	cli := h.ContainerNetnsPath("cli")
+	b.cli = h.ContainerNetnsPath("cli")
+	for _, n := range b.names() {
+		if ips[n] == "" {
+			return nil, fmt.Errorf("endpoint ls shows no %s: %+v", n, eps)
+		}
+	}
+	return ips, nil
+}
 
-	queries := filepath.Join(tb.Dir, "queries.txt")
+// names returns the containers' names: n1, n2, ...
+func (b *dnsBed) names() []string {
+	names := make([]string, b.n)
+	for i := range names {
+		names[i] = fmt.Sprintf("n%d", i+1)
+	}
+	return names
+}
+
+// writeQueries writes the query file and returns the arguments that run
+// dnsmasq in the client with a record for each name.
+func (b *dnsBed) writeQueries(ips map[string]string, dnsmasqBin string) ([]string, error) {
+	b.queries = filepath.Join(b.dir, "queries.txt")
 	var qf strings.Builder
 	dmArgs := []string{
-		"--net=" + cli, "--", dnsmasqBin,
+		"--net=" + b.cli, "--", dnsmasqBin,
 		"--keep-in-foreground", "--conf-file=/dev/null",
 		"--listen-address=" + dnsmasqResolver, "--bind-interfaces", "--port=53",
 		"--no-resolv", "--no-hosts", "--no-poll", "--cache-size=0", "--local-ttl=5",
-		"--pid-file=" + filepath.Join(tb.Dir, "dnsmasq.pid"),
+		"--pid-file=" + filepath.Join(b.dir, "dnsmasq.pid"),
 	}
-	for _, n := range names {
-		if ips[n] == "" {
-			return fmt.Errorf("endpoint ls shows no %s: %+v", n, eps)
-		}
+	for _, n := range b.names() {
 		fmt.Fprintf(&qf, "%s A\n", n)
 		dmArgs = append(dmArgs, "--host-record="+n+","+ips[n])
 	}
-	if err := os.WriteFile(queries, []byte(qf.String()), 0o644); err != nil {
-		return err
+	if err := os.WriteFile(b.queries, []byte(qf.String()), 0o644); err != nil {
+		return nil, err
 	}
+	return dmArgs, nil
+}
 
-	fmt.Fprintf(log, "dns: dnsmasq on %s in the client container\n", dnsmasqResolver)
-	dmLog := filepath.Join(tb.Dir, "dnsmasq.log")
-	lf, err := os.Create(dmLog)
+// startDnsmasq starts dnsmasq (nsenter with dmArgs) logging to the
+// testbed's directory; b.dmDone is closed when it exits.
+func (b *dnsBed) startDnsmasq(dmArgs []string) error {
+	b.dmLog = filepath.Join(b.dir, "dnsmasq.log")
+	lf, err := os.Create(b.dmLog)
 	if err != nil {
 		return err
 	}
@@ -290,63 +363,62 @@ func runDNS(ctx context.Context, cfg config, out, log io.Writer) (err error) {
 		return fmt.Errorf("dnsmasq: %w", err)
 	}
 	lf.Close()
-	dmDone := make(chan struct{})
-	go func() { _ = dm.Wait(); close(dmDone) }()
-	defer func() {
-		_ = dm.Process.Kill()
-		<-dmDone
-	}()
-	dmLogTail := func() string {
-		b, _ := os.ReadFile(dmLog)
-		return tail(strings.TrimSpace(string(b)), 500)
-	}
+	b.dm, b.dmDone = dm, make(chan struct{})
+	go func() { _ = dm.Wait(); close(b.dmDone) }()
+	return nil
+}
 
-	// Both resolvers must answer every name (NOERROR, each once) before
-	// anything is measured; this also waits for dnsmasq to listen.
-	for _, srv := range []struct{ name, addr string }{{"vxmesh", vxmeshResolver}, {"dnsmasq", dnsmasqResolver}} {
-		if err := waitResolves(ctx, dnsperfBin, cli, srv.addr, queries, d.names, dmDone); err != nil {
+// dnsServers returns the two resolvers compared, in the order they are
+// run.
+func dnsServers() []struct{ name, addr string } {
+	return []struct{ name, addr string }{{"vxmesh", vxmeshResolver}, {"dnsmasq", dnsmasqResolver}}
+}
+
+// waitBoth waits until both resolvers answer every name (NOERROR, each
+// once) before anything is measured; this also waits for dnsmasq to
+// listen.
+func (b *dnsBed) waitBoth(ctx context.Context) error {
+	for _, srv := range dnsServers() {
+		if err := waitResolves(ctx, dnsQuery{bin: b.dnsperfBin, netns: b.cli, server: srv.addr, queries: b.queries}, b.n, b.dmDone); err != nil {
 			err = fmt.Errorf("%s (%s): %w", srv.name, srv.addr, err)
 			if srv.name == "vxmesh" {
-				return withLog(err)
+				return withDaemonLog(b.h, err)
 			}
-			return fmt.Errorf("%w; dnsmasq log:\n%s", err, dmLogTail())
+			return fmt.Errorf("%w; dnsmasq log:\n%s", err, b.dmLogTail())
 		}
 	}
+	return nil
+}
 
+// measure runs dnsperf against each resolver in each mode, round after
+// round; a run's error (a resolver that exited among them) is kept in
+// the run.
+func (b *dnsBed) measure(ctx context.Context, cfg config, log io.Writer) ([]dnsRun, error) {
 	var runs []dnsRun
-	loadBefore := loadAvg()
-	for round := range d.rounds {
+	for round := range cfg.dns.rounds {
 		for _, mode := range []string{"max", "rate"} {
-			for _, srv := range []struct{ name, addr string }{{"vxmesh", vxmeshResolver}, {"dnsmasq", dnsmasqResolver}} {
+			for _, srv := range dnsServers() {
 				if ctx.Err() != nil {
-					return fmt.Errorf("interrupted: %w", ctx.Err())
+					return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 				}
-				args := dnsperfArgs(cfg, srv.addr, queries, mode == "rate")
+				args := dnsperfArgs(cfg, srv.addr, b.queries, mode == "rate")
 				fmt.Fprintf(log, "dns: %s: dnsperf %s (in cli)\n", srv.name, strings.Join(args, " "))
 				r := dnsRun{mode: mode, round: round, server: srv.name, addr: srv.addr}
-				r.res, r.err = dnsperf(ctx, dnsperfBin, cli, args)
+				r.res, r.err = dnsperf(ctx, b.dnsperfBin, b.cli, args)
 				if ctx.Err() != nil {
-					return fmt.Errorf("interrupted: %w", ctx.Err())
+					return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 				}
 				switch {
-				case srv.name == "vxmesh" && !h.Running():
-					r.err = withLog(errors.Join(r.err, errors.New("the vxmesh daemon exited")))
-				case srv.name == "dnsmasq" && chanClosed(dmDone):
-					r.err = fmt.Errorf("%v; dnsmasq exited; log:\n%s", r.err, dmLogTail())
+				case srv.name == "vxmesh" && !b.h.Running():
+					r.err = withDaemonLog(b.h, errors.Join(r.err, errors.New("the vxmesh daemon exited")))
+				case srv.name == "dnsmasq" && chanClosed(b.dmDone):
+					r.err = fmt.Errorf("%v; dnsmasq exited; log:\n%s", r.err, b.dmLogTail())
 				}
 				runs = append(runs, r)
 			}
 		}
 	}
-	printDNSTable(out, cfg, runs)
-	printLoad(out, loadBefore, loadAvg())
-	var errs []error
-	for _, r := range runs {
-		if r.err != nil {
-			errs = append(errs, fmt.Errorf("%s %s: %w", r.mode, r.server, r.err))
-		}
-	}
-	return errors.Join(errs...)
+	return runs, nil
 }
 
 func chanClosed(c chan struct{}) bool {
@@ -385,12 +457,18 @@ func dnsperf(ctx context.Context, bin, netns string, args []string) (DNSPerfResu
 	return r, nil
 }
 
-// waitResolves runs the query file once (dnsperf -n 1) against server until
-// every name gets a NOERROR answer, for up to 10 s.
-func waitResolves(ctx context.Context, bin, netns, server, queries string, n int, serverDone chan struct{}) error {
+// dnsQuery is where dnsperf runs (its binary, in netns) and what it asks:
+// the query file, of server.
+type dnsQuery struct {
+	bin, netns, server, queries string
+}
+
+// waitResolves runs the query file once (dnsperf -n 1) against q.server until
+// every one of the n names gets a NOERROR answer, for up to 10 s.
+func waitResolves(ctx context.Context, q dnsQuery, n int, serverDone chan struct{}) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		r, err := dnsperf(ctx, bin, netns, []string{"-s", server, "-d", queries, "-n", "1", "-t", "1"})
+		r, err := dnsperf(ctx, q.bin, q.netns, []string{"-s", q.server, "-d", q.queries, "-n", "1", "-t", "1"})
 		if err == nil {
 			if r.Completed == int64(n) && r.RCodes["NOERROR"] == int64(n) {
 				return nil

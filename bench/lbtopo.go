@@ -115,23 +115,15 @@ func lbVxmeshRows() []LBRow {
 // failure fails every row not skipped.
 func lbVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) []LBRow {
 	rows := lbVxmeshRows()
-	fail := func(err error) []LBRow {
-		for i := range rows {
-			if rows[i].ok() {
-				rows[i].Error = err.Error()
-			}
-		}
-		return rows
-	}
 	fmt.Fprintln(log, "lb vxmesh: building testbed host and daemon")
 	bin, cleanupBin, err := vxmeshBinary(cfg.binary)
 	if err != nil {
-		return fail(err)
+		return failRows(rows, err)
 	}
 	defer cleanupBin()
 	tb, err := testbed.New(testbed.Options{Hosts: 1, Binary: bin, Prefix: prefix + "-"})
 	if err != nil {
-		return fail(err)
+		return failRows(rows, err)
 	}
 	defer func() {
 		if err := tb.Close(); err != nil {
@@ -140,22 +132,21 @@ func lbVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) []L
 	}()
 	h := tb.Hosts[0]
 	if err := h.StartDaemon("--log-level", "warn"); err != nil {
-		return fail(err)
+		return failRows(rows, err)
 	}
-	withLog := func(err error) error { return fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15)) }
 	if _, err := h.CLIContext(ctx, "network", "create", "lbb", "--subnet", lbSubnet, "--mtu", fmt.Sprint(cfg.mtu)); err != nil {
-		return fail(err)
+		return failRows(rows, err)
 	}
 	svcErr := lbServices(ctx, h)
 	switch {
 	case errors.Is(svcErr, errNoServiceCmd):
 		rows[1].Skipped = svcErr.Error()
 	case svcErr != nil:
-		rows[1].Error = withLog(svcErr).Error()
+		rows[1].Error = withDaemonLog(h, svcErr).Error()
 	}
 	ips, err := lbContainers(ctx, h, svcErr == nil)
 	if err != nil {
-		return fail(withLog(err))
+		return failRows(rows, withDaemonLog(h, err))
 	}
 	var backends []lbServer
 	for i := 1; i <= lbBackends; i++ {
@@ -164,7 +155,7 @@ func lbVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) []L
 	}
 	stopServers, err := lbServers(ctx, tb.Dir, backends)
 	if err != nil {
-		return fail(err)
+		return failRows(rows, err)
 	}
 	defer stopServers()
 	var ps procs
@@ -175,13 +166,7 @@ func lbVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) []L
 		rows[2].Error = fmt.Sprintf("%v: %s", err, logTail(hapLog))
 	}
 	if svcErr == nil {
-		rows[1].Target, err = serviceVIP(h, "web", netip.MustParsePrefix(lbSubnet))
-		if err == nil {
-			rows[1].IperfTarget, err = serviceVIP(h, "perf", netip.MustParsePrefix(lbSubnet))
-		}
-		if err != nil {
-			rows[1].Error = withLog(err).Error()
-		}
+		setVIPTargets(h, &rows[1])
 	}
 	client := h.ContainerNetnsPath("cli")
 	for i := range rows {
@@ -191,7 +176,7 @@ func lbVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) []L
 		}
 		fmt.Fprintf(log, "lb vxmesh: measuring %s (%s)\n", r.Name, r.Target)
 		if err := measureLB(ctx, cfg, client, r, log); err != nil {
-			err = withLog(err)
+			err = withDaemonLog(h, err)
 			if r.Name == rowHAProxy {
 				err = fmt.Errorf("%w\nhaproxy log: %s", err, logTail(hapLog))
 			}
@@ -199,6 +184,35 @@ func lbVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) []L
 		}
 	}
 	return rows
+}
+
+// failRows marks every row not yet failed or skipped as failed with err,
+// and returns rows.
+func failRows(rows []LBRow, err error) []LBRow {
+	for i := range rows {
+		if rows[i].ok() {
+			rows[i].Error = err.Error()
+		}
+	}
+	return rows
+}
+
+// setVIPTargets points the service row r at the VIPs of the web and perf
+// services, or fails it.
+func setVIPTargets(h *testbed.Host, r *LBRow) {
+	var err error
+	r.Target, err = serviceVIP(h, "web", netip.MustParsePrefix(lbSubnet))
+	if err == nil {
+		r.IperfTarget, err = serviceVIP(h, "perf", netip.MustParsePrefix(lbSubnet))
+	}
+	if err != nil {
+		r.Error = withDaemonLog(h, err).Error()
+	}
+}
+
+// withDaemonLog adds the end of h's daemon log to err.
+func withDaemonLog(h *testbed.Host, err error) error {
+	return fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15))
 }
 
 // lbContainers makes the client, the backends (joining the services if

@@ -454,7 +454,7 @@ func setupVxmesh(ctx context.Context, cfg config, prefix string, log io.Writer) 
 		}
 	})
 	h := tb.Hosts[0]
-	b.explain = func(err error) error { return fmt.Errorf("%w; daemon log:\n%s", err, h.LogTail(15)) }
+	b.explain = func(err error) error { return withDaemonLog(h, err) }
 	if err := h.StartDaemon(cfg.daemonFlags...); err != nil {
 		return nil, err
 	}

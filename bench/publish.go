@@ -144,7 +144,7 @@ func runPublish(ctx context.Context, cfg config, prefix string, out, log io.Writ
 	if cfg.publishRounds > 0 && ctx.Err() == nil {
 		rounds = measureRounds(ctx, cfg, rows, log)
 	}
-	printPublish(out, cfg, bed.mtu, rows, rounds, loadBefore, loadAvg())
+	printPublish(out, cfg, publishReport{mtu: bed.mtu, rows: rows, rounds: rounds, loadBefore: loadBefore, loadAfter: loadAvg()})
 	var errs []string
 	for _, r := range rows {
 		if r.Err != nil {
@@ -193,6 +193,31 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 		return nil, nil, err
 	}
 	bed.client = peer.NetnsPath
+	if err = bed.createOverlay(ctx, cfg); err != nil {
+		return nil, nil, err
+	}
+	backend := lbServer{name: "b1", netns: h.ContainerNetnsPath("b1"), ip: bed.backend}
+	stop, err := lbServers(ctx, tb.Dir, []lbServer{backend})
+	if err != nil {
+		return nil, nil, err
+	}
+	stopServers = stop
+	addrs, err := bed.startRouters(ctx, peer.Addr, backend)
+	if err != nil {
+		return nil, nil, err
+	}
+	bed.closeFn = closeBed
+	rows = publishRows(addrs, []int{h.DaemonPID(), bed.ingress.DaemonPID()}, bed.client)
+	if err = ownClients(tb, rows); err != nil {
+		return nil, nil, err
+	}
+	return bed, rows, nil
+}
+
+// createOverlay makes the network, the meshed service, the backend b1
+// (publishing its ports) and the router containers hap and dnat on the
+// first host, and records the network's MTU and the backend's address.
+func (bed *publishBed) createOverlay(ctx context.Context, cfg config) error {
 	for _, args := range [][]string{
 		{"network", "create", "pub", "--subnet", "10.87.0.0/24", "--mtu", fmt.Sprint(cfg.mtu)},
 		{"service", "create", meshService, "--network", "pub", "--port", fmt.Sprint(httpPort), "--port", fmt.Sprint(iperfPort),
@@ -202,55 +227,54 @@ func newPublishBed(ctx context.Context, cfg config, prefix string) (bed *publish
 		{"run", "-d", "--network", "pub", "--name", "hap", "--", "sleep", "infinity"},
 		{"run", "-d", "--network", "pub", "--name", "dnat", "--", "sleep", "infinity"},
 	} {
-		if _, err = h.CLIContext(ctx, args...); err != nil {
-			return nil, nil, err
+		if _, err := bed.host.CLIContext(ctx, args...); err != nil {
+			return err
 		}
 	}
 	var n api.Network
-	if err = h.CLIJSON(&n, "network", "inspect", "pub"); err != nil {
-		return nil, nil, err
+	if err := bed.host.CLIJSON(&n, "network", "inspect", "pub"); err != nil {
+		return err
 	}
 	bed.mtu = n.MTU
-	ips, err := endpointIPs(h)
+	ips, err := endpointIPs(bed.host)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	bed.backend = ips["b1"]
-	backend := lbServer{name: "b1", netns: h.ContainerNetnsPath("b1"), ip: bed.backend}
-	stop, err := lbServers(ctx, tb.Dir, []lbServer{backend})
-	if err != nil {
-		return nil, nil, err
-	}
-	stopServers = stop
-	net24 := peer.Addr[:strings.LastIndexByte(peer.Addr, '.')]
+	return nil
+}
+
+// startRouters gives the routers their addresses on the outside
+// network (peerAddr's /24), starts HAProxy and the DNAT router there and
+// the remote HAProxy, once every host publishes the meshed service; it
+// returns the addresses of the rows.
+func (bed *publishBed) startRouters(ctx context.Context, peerAddr string, backend lbServer) (publishAddrs, error) {
+	h := bed.host
+	net24 := peerAddr[:strings.LastIndexByte(peerAddr, '.')]
 	addrs := publishAddrs{h1: h.Addr, h2: bed.ingress.Addr, hap: net24 + ".240", dnat: net24 + ".241", hap2: net24 + ".242"}
-	if err = bed.uplink(ctx, h, "hap", addrs.hap); err != nil {
-		return nil, nil, err
+	if err := bed.uplink(ctx, h, "hap", addrs.hap); err != nil {
+		return publishAddrs{}, err
 	}
-	if err = bed.uplink(ctx, h, "dnat", addrs.dnat); err != nil {
-		return nil, nil, err
+	if err := bed.uplink(ctx, h, "dnat", addrs.dnat); err != nil {
+		return publishAddrs{}, err
 	}
-	if err = startHAProxy(ctx, &bed.ps, tb.Dir, h.ContainerNetnsPath("hap"), []lbServer{backend}); err != nil {
-		return nil, nil, fmt.Errorf("%w: %s", err, logTail(filepath.Join(tb.Dir, "haproxy.log")))
+	if err := startHAProxy(ctx, &bed.ps, bed.tb.Dir, h.ContainerNetnsPath("hap"), []lbServer{backend}); err != nil {
+		return publishAddrs{}, fmt.Errorf("%w: %s", err, logTail(filepath.Join(bed.tb.Dir, "haproxy.log")))
 	}
 	addrs.hapPID = bed.ps.cmds[len(bed.ps.cmds)-1].Process.Pid // nsenter execs haproxy
-	if err = bed.dnat(ctx, bed.backend); err != nil {
-		return nil, nil, err
+	if err := bed.dnat(ctx, bed.backend); err != nil {
+		return publishAddrs{}, err
 	}
-	for _, hh := range tb.Hosts {
-		if err = waitMeshPublished(ctx, hh, meshService, 30*time.Second); err != nil {
-			return nil, nil, err
+	for _, hh := range bed.tb.Hosts {
+		if err := waitMeshPublished(ctx, hh, meshService, 30*time.Second); err != nil {
+			return publishAddrs{}, err
 		}
 	}
+	var err error
 	if addrs.hap2PID, err = bed.remoteHAProxy(ctx, addrs.hap2, backend); err != nil {
-		return nil, nil, err
+		return publishAddrs{}, err
 	}
-	bed.closeFn = closeBed
-	rows = publishRows(addrs, []int{h.DaemonPID(), bed.ingress.DaemonPID()}, bed.client)
-	if err = ownClients(tb, rows); err != nil {
-		return nil, nil, err
-	}
-	return bed, rows, nil
+	return addrs, nil
 }
 
 // publishAddrs are the addresses the client connects to: h1 and h2 (run
@@ -543,9 +567,28 @@ func wrkCPU(ctx context.Context, cfg config, r *PublishRow, secs string, keepAli
 // printPublish prints the rows, their ratios to the vxmesh rows and the
 // interleaved rounds (if any): a goal ratio measured in rounds is judged
 // there, its single-run ratio above is context.
-func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, rounds []PubRounds, loadBefore, loadAfter string) {
+func printPublish(out io.Writer, cfg config, rep publishReport) {
 	fmt.Fprintf(out, "\npublished port, 2 hosts: outside client -> one container on h1 (MTU %d); iperf3 TCP %s each way; wrk -t%d -c%d %s, GET / -> %d bytes\n\n",
-		mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
+		rep.mtu, cfg.duration, cfg.lb.threads, cfg.lb.conns, cfg.duration, len(httpBody))
+	by := printPublishRows(out, rep.rows)
+	fmt.Fprintln(out)
+	printPublishRatios(out, by, rep.rounds)
+	printRounds(out, cfg, rep.rounds)
+	printLoad(out, rep.loadBefore, rep.loadAfter)
+}
+
+// publishReport is what the published-port section prints: the rows, the
+// interleaved rounds, the MTU and the machine's load before and after.
+type publishReport struct {
+	mtu                   int
+	rows                  []PublishRow
+	rounds                []PubRounds
+	loadBefore, loadAfter string
+}
+
+// printPublishRows prints the table of rows and returns the rows that
+// did not fail, by name.
+func printPublishRows(out io.Writer, rows []PublishRow) map[string]PublishRow {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "row\tpath\tGbit/s in\tretrans\tGbit/s out\tretrans\tconn/s (close)\tp99\tCPU/conn daemons h1+h2\th1 / h2\tHAProxy\treq/s (keep-alive)\tp99\twrk errors\t")
 	by := map[string]PublishRow{}
@@ -559,8 +602,13 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, rounds 
 			r.Close.RequestsPerSec, fmtMs(r.Close.P99), fmtCPU(r.DaemonCPU), fmtCPUSplit(r.DaemonCPUs), fmtCPU(r.ProxyCPU), r.KeepAlive.RequestsPerSec, fmtMs(r.KeepAlive.P99), r.Close.Errors()+r.KeepAlive.Errors())
 	}
 	tw.Flush()
-	fmt.Fprintln(out)
-	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	return by
+}
+
+// printPublishRatios prints the ratios of the rows by name against their
+// goals; one the interleaved rounds measure points to them.
+func printPublishRatios(out io.Writer, by map[string]PublishRow, rounds []PubRounds) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ratio\tvalue\tgoal\t")
 	inRounds := map[string]bool{}
 	for _, p := range rounds {
@@ -575,8 +623,6 @@ func printPublish(out io.Writer, cfg config, mtu int, rows []PublishRow, rounds 
 		fmt.Fprintf(tw, "%s\t%.2f\t%s\t\n", q.name, q.value, q.goal)
 	}
 	tw.Flush()
-	printRounds(out, cfg, rounds)
-	printLoad(out, loadBefore, loadAfter)
 }
 
 // publishRatios compares each front door of vxmesh (run -p and the

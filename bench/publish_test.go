@@ -124,7 +124,7 @@ func TestPrintPublishShowsBothDaemons(t *testing.T) {
 	var b strings.Builder
 	cfg := config{duration: time.Second}
 	cfg.lb.threads, cfg.lb.conns = 1, 32
-	printPublish(&b, cfg, 1450, rows, nil, "1.0", "1.0")
+	printPublish(&b, cfg, publishReport{mtu: 1450, rows: rows, loadBefore: "1.0", loadAfter: "1.0"})
 	out := b.String()
 	for _, want := range []string{"CPU/conn daemons h1+h2", "h1 / h2", "0.300 ms", "0.100 / 0.200", "0.500 ms", "0.150 / 0.350",
 		"new conn/s mesh-remote / haproxy-remote  0.50"} {
@@ -206,7 +206,7 @@ func TestPrintPublishRounds(t *testing.T) {
 	var b strings.Builder
 	cfg := config{duration: time.Second, publishRounds: 5, publishRound: 2 * time.Second}
 	cfg.lb.threads, cfg.lb.conns = 1, 32
-	printPublish(&b, cfg, 1450, rows, rounds, "1.0", "1.0")
+	printPublish(&b, cfg, publishReport{mtu: 1450, rows: rows, rounds: rounds, loadBefore: "1.0", loadAfter: "1.0"})
 	// Compared with runs of spaces collapsed (the tables' alignment).
 	out := strings.Join(strings.Fields(b.String()), " ")
 	for _, want := range []string{

@@ -207,101 +207,18 @@ func (c *Cluster) conflictingWalkLocked(table, group, resource string) []*Entry 
 // answers or is gone (dead for NodeGrace), since a member wrongly declared
 // dead on a busy host may be claiming the same resource.
 func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, error) {
-	c.mu.Lock()
-	r := c.entries[tkey{table, claimKey(group, resource) + c.cfg.NodeName}]
-	if r == nil || r.Deleted {
-		c.mu.Unlock()
+	round, mine := c.openClaimRound(table, group, resource)
+	if round == nil {
 		return &ClaimConflict{Node: c.cfg.NodeName}, nil
 	}
-	mine := r.Entry.clone()
-	c.nextID++
-	id := c.nextID
-	peers := map[string]*memberlist.Node{}
-	for _, mi := range c.members {
-		if mi.name != c.cfg.NodeName && c.mustAnswerLocked(mi) {
-			peers[mi.name] = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
-		}
-	}
-	ch := make(chan *message, 2*len(peers)+1)
-	c.waiters[id] = ch
-	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		delete(c.waiters, id)
+		delete(c.waiters, round.id)
 		c.mu.Unlock()
 	}()
-
-	req := (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()
-	// A request or answer lost on the way (a stream a busy peer closed
-	// unread) is not waited for until ClaimTimeout: the members that have
-	// not answered are asked again, each once its previous request has
-	// been sent and the wait after it has passed, which doubles each time.
-	// Requests are not stacked on a member whose TCP is slow to accept:
-	// each would be answered, adding to the load that delays the round.
-	// Answering is idempotent.
-	sent := make(chan string, len(peers)) // at most one send per member in flight
-	asks := make(map[string]*claimAsk, len(peers))
-	send := func(name string, a *claimAsk) {
-		a.inFlight = true
-		p := peers[name]
-		c.spawn(func() {
-			if err := c.sendReliable(p, req); err != nil {
-				c.log.Debug("send claim", "node", p.Name, "table", table, "err", err)
-			}
-			sent <- name
-		})
-	}
-	for name := range peers {
-		asks[name] = &claimAsk{wait: c.dur(claimResendInterval)}
-		send(name, asks[name])
-	}
-	var held *ClaimConflict
-	deadline := time.NewTimer(c.cfg.ClaimTimeout)
-	defer deadline.Stop()
-	recheck := time.NewTicker(c.dur(50 * time.Millisecond))
-	defer recheck.Stop()
-	for len(peers) > 0 {
-		select {
-		case m := <-ch:
-			if _, waiting := peers[m.From]; !waiting {
-				continue // an answer to a request sent again
-			}
-			if m.Held && held == nil {
-				held = heldConflict(table, m)
-			}
-			delete(peers, m.From)
-		case name := <-sent:
-			a := asks[name]
-			a.inFlight, a.next = false, time.Now().Add(a.wait)
-			a.wait = min(2*a.wait, c.dur(claimResendMax))
-		case now := <-recheck.C:
-			// Members gone meanwhile (left, or dead for NodeGrace: their
-			// claims expired) no longer need to answer.
-			c.mu.Lock()
-			for name := range peers {
-				if mi := c.members[name]; mi == nil || !c.mustAnswerLocked(mi) {
-					delete(peers, name)
-				}
-			}
-			c.mu.Unlock()
-			for name := range peers {
-				if a := asks[name]; !a.inFlight && now.After(a.next) {
-					c.mu.Lock()
-					c.drops["claim-resent"]++
-					c.mu.Unlock()
-					send(name, a)
-				}
-			}
-		case <-deadline.C:
-			if names := c.aliveAmong(peers); len(names) > 0 {
-				return nil, fmt.Errorf("claim of %s in %q not confirmed by %s within %v", resource, group, strings.Join(names, ", "), c.cfg.ClaimTimeout)
-			}
-			// Only members declared dead are missing: wait until they
-			// answer or are gone (at most NodeGrace).
-			deadline.Reset(c.cfg.ClaimTimeout)
-		case <-c.stop:
-			return nil, errors.New("cluster is closed")
-		}
+	held, err := round.run(group, resource)
+	if err != nil {
+		return nil, err
 	}
 	if held != nil {
 		return held, nil
@@ -315,6 +232,136 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 		}
 	}
 	return nil, nil
+}
+
+// claimRound is one confirmation round of this node's claim: the request,
+// the members that must still answer, the state of the request sent to
+// each, and where their answers and the ends of the sends arrive.
+type claimRound struct {
+	c       *Cluster
+	table   string
+	id      uint64
+	req     []byte
+	peers   map[string]*memberlist.Node
+	asks    map[string]*claimAsk
+	answers chan *message
+	sent    chan string // at most one send per member in flight
+}
+
+// openClaimRound registers a round for this node's claim of resource
+// (its answers' waiter) with the members that must answer it, and
+// returns it with the claim; nil when this node holds no such claim.
+func (c *Cluster) openClaimRound(table, group, resource string) (*claimRound, Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.entries[tkey{table, claimKey(group, resource) + c.cfg.NodeName}]
+	if r == nil || r.Deleted {
+		return nil, Entry{}
+	}
+	mine := r.Entry.clone()
+	c.nextID++
+	id := c.nextID
+	peers := map[string]*memberlist.Node{}
+	for _, mi := range c.members {
+		if mi.name != c.cfg.NodeName && c.mustAnswerLocked(mi) {
+			peers[mi.name] = &memberlist.Node{Name: mi.name, Addr: mi.addr.Addr().AsSlice(), Port: mi.addr.Port()}
+		}
+	}
+	ch := make(chan *message, 2*len(peers)+1)
+	c.waiters[id] = ch
+	return &claimRound{c: c, table: table, id: id, peers: peers, answers: ch,
+		req: (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()}, mine
+}
+
+// run asks every member and waits until each has answered or is gone; it
+// returns the first conflicting claim a member holds, or an error when an
+// alive member does not answer within Config.ClaimTimeout or the cluster
+// closes.
+//
+// A request or answer lost on the way (a stream a busy peer closed
+// unread) is not waited for until ClaimTimeout: the members that have
+// not answered are asked again, each once its previous request has
+// been sent and the wait after it has passed, which doubles each time.
+// Requests are not stacked on a member whose TCP is slow to accept:
+// each would be answered, adding to the load that delays the round.
+// Answering is idempotent.
+func (r *claimRound) run(group, resource string) (*ClaimConflict, error) {
+	c := r.c
+	r.sent = make(chan string, len(r.peers))
+	r.asks = make(map[string]*claimAsk, len(r.peers))
+	for name := range r.peers {
+		r.asks[name] = &claimAsk{wait: c.dur(claimResendInterval)}
+		r.send(name, r.asks[name])
+	}
+	var held *ClaimConflict
+	deadline := time.NewTimer(c.cfg.ClaimTimeout)
+	defer deadline.Stop()
+	recheck := time.NewTicker(c.dur(50 * time.Millisecond))
+	defer recheck.Stop()
+	for len(r.peers) > 0 {
+		select {
+		case m := <-r.answers:
+			if _, waiting := r.peers[m.From]; !waiting {
+				continue // an answer to a request sent again
+			}
+			if m.Held && held == nil {
+				held = heldConflict(r.table, m)
+			}
+			delete(r.peers, m.From)
+		case name := <-r.sent:
+			a := r.asks[name]
+			a.inFlight, a.next = false, time.Now().Add(a.wait)
+			a.wait = min(2*a.wait, c.dur(claimResendMax))
+		case now := <-recheck.C:
+			r.recheck(now)
+		case <-deadline.C:
+			if names := c.aliveAmong(r.peers); len(names) > 0 {
+				return nil, fmt.Errorf("claim of %s in %q not confirmed by %s within %v", resource, group, strings.Join(names, ", "), c.cfg.ClaimTimeout)
+			}
+			// Only members declared dead are missing: wait until they
+			// answer or are gone (at most NodeGrace).
+			deadline.Reset(c.cfg.ClaimTimeout)
+		case <-c.stop:
+			return nil, errors.New("cluster is closed")
+		}
+	}
+	return held, nil
+}
+
+// send sends the request to member name in the background, reporting on
+// r.sent when done.
+func (r *claimRound) send(name string, a *claimAsk) {
+	c := r.c
+	a.inFlight = true
+	p := r.peers[name]
+	c.spawn(func() {
+		if err := c.sendReliable(p, r.req); err != nil {
+			c.log.Debug("send claim", "node", p.Name, "table", r.table, "err", err)
+		}
+		r.sent <- name
+	})
+}
+
+// recheck drops the members gone meanwhile (left, or dead for NodeGrace:
+// their claims expired), which no longer need to answer, and asks again
+// those whose wait has passed.
+func (r *claimRound) recheck(now time.Time) {
+	c := r.c
+	c.mu.Lock()
+	for name := range r.peers {
+		if mi := c.members[name]; mi == nil || !c.mustAnswerLocked(mi) {
+			delete(r.peers, name)
+		}
+	}
+	c.mu.Unlock()
+	for name := range r.peers {
+		if a := r.asks[name]; !a.inFlight && now.After(a.next) {
+			c.mu.Lock()
+			c.drops["claim-resent"]++
+			c.mu.Unlock()
+			r.send(name, a)
+		}
+	}
 }
 
 // mustAnswerLocked reports whether member mi must answer a claim round

@@ -295,20 +295,54 @@ type Cluster struct {
 // Start creates the local node, listening on BindAddr:GossipPort. It does
 // not contact other nodes: call Join for that.
 func Start(cfg Config) (*Cluster, error) {
+	if err := cfg.complete(); err != nil {
+		return nil, err
+	}
+	c := newCluster(cfg)
+	mc := c.memberlistConfig()
+	tr, err := c.transport(mc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: start gossip on %s: %w",
+			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
+	}
+	mc.Transport = tr
+	if g, ok := tr.(*guardedTransport); ok {
+		c.tr = g // nil on an in-memory network
+	}
+	c.setTimers(mc)
+
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		tr.Shutdown()
+		return nil, fmt.Errorf("cluster: start gossip on %s: %w",
+			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
+	}
+	c.ml.Store(ml)
+	c.fanout = mc.GossipNodes
+	c.served.Store(time.Now().UnixNano())
+	c.wg.Add(2)
+	go c.maintain()
+	go c.flushLoop(mc.GossipInterval)
+	return c, nil
+}
+
+// complete checks cfg's name, key and port and fills in the defaults of
+// what it leaves unset, scaled by TimeScale; the key is copied.
+func (cfg *Config) complete() error {
 	if cfg.NodeName == "" {
-		return nil, errors.New("cluster: node name is required")
+		return errors.New("cluster: node name is required")
 	}
 	if len(cfg.NodeName) > maxNameLen {
-		return nil, fmt.Errorf("cluster: node name longer than %d bytes", maxNameLen)
+		return fmt.Errorf("cluster: node name longer than %d bytes", maxNameLen)
 	}
 	if len(cfg.Key) != KeySize {
-		return nil, fmt.Errorf("cluster: key is %d bytes, want %d", len(cfg.Key), KeySize)
+		return fmt.Errorf("cluster: key is %d bytes, want %d", len(cfg.Key), KeySize)
 	}
 	if cfg.GossipPort == 0 {
 		cfg.GossipPort = DefaultGossipPort
 	}
 	if cfg.GossipPort < 0 || cfg.GossipPort > 65535 {
-		return nil, fmt.Errorf("cluster: invalid gossip port %d", cfg.GossipPort)
+		return fmt.Errorf("cluster: invalid gossip port %d", cfg.GossipPort)
 	}
 	if !cfg.BindAddr.IsValid() {
 		cfg.BindAddr = netip.IPv4Unspecified()
@@ -341,7 +375,12 @@ func Start(cfg Config) (*Cluster, error) {
 		}
 	}
 	cfg.Key = slices.Clone(cfg.Key)
+	return nil
+}
 
+// newCluster returns the cluster of the completed cfg with its empty
+// tables and its broadcast queue, not yet gossiping.
+func newCluster(cfg Config) *Cluster {
 	c := &Cluster{
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "cluster"),
@@ -376,7 +415,13 @@ func Start(cfg Config) (*Cluster, error) {
 		NumNodes:       func() int { return max(int(c.alive.Load()), 1) },
 		RetransmitMult: 3,
 	}
+	return c
+}
 
+// memberlistConfig returns memberlist's configuration for c: its name,
+// addresses, key and delegates (the transport and timers are set apart).
+func (c *Cluster) memberlistConfig() *memberlist.Config {
+	cfg := c.cfg
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr = cfg.BindAddr.String()
@@ -393,15 +438,13 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.Events = (*delegate)(c)
 	mc.Alive = (*delegate)(c)
 	mc.Logger = log.New(&logBridge{c: c}, "", 0)
-	tr, err := c.transport(mc)
-	if err != nil {
-		return nil, fmt.Errorf("cluster: start gossip on %s: %w",
-			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
-	}
-	mc.Transport = tr
-	if g, ok := tr.(*guardedTransport); ok {
-		c.tr = g // nil on an in-memory network
-	}
+	return mc
+}
+
+// setTimers sets mc's intervals and multipliers from c's configuration
+// (those it leaves unset keep memberlist's), scaled by TimeScale.
+func (c *Cluster) setTimers(mc *memberlist.Config) {
+	cfg := c.cfg
 	mc.DeadNodeReclaimTime = cfg.NodeGrace
 	setDur := func(dst *time.Duration, v time.Duration) {
 		if v > 0 {
@@ -427,20 +470,6 @@ func Start(cfg Config) (*Cluster, error) {
 			*d = c.dur(*d)
 		}
 	}
-
-	ml, err := memberlist.Create(mc)
-	if err != nil {
-		tr.Shutdown()
-		return nil, fmt.Errorf("cluster: start gossip on %s: %w",
-			net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.GossipPort)), err)
-	}
-	c.ml.Store(ml)
-	c.fanout = mc.GossipNodes
-	c.served.Store(time.Now().UnixNano())
-	c.wg.Add(2)
-	go c.maintain()
-	go c.flushLoop(mc.GossipInterval)
-	return c, nil
 }
 
 // dur returns d stretched by Config.TimeScale: the length of a timer of

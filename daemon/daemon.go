@@ -313,65 +313,7 @@ type Daemon struct {
 // New validates cfg, takes the state directory's lock and restores the
 // persisted networks and endpoints, reopening every container's interface.
 func New(cfg Config) (*Daemon, error) {
-	if cfg.Node == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return nil, fmt.Errorf("node name: %w", err)
-		}
-		cfg.Node = h
-	}
-	if cfg.StateDir == "" {
-		return nil, errors.New("state dir: not set")
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.Sandbox == nil {
-		cfg.Sandbox = linuxSandbox{dockerSocket: cfg.DockerSocket}
-	}
-	if !cfg.Advertise.IsValid() {
-		cfg.Advertise = detectAdvertise()
-	}
-	if cfg.UnderlayMTU == 0 {
-		cfg.UnderlayMTU = underlayMTU(cfg.Advertise)
-	}
-	if cfg.GossipPort == 0 {
-		cfg.GossipPort = 7946
-	}
-	if cfg.DataPort == 0 {
-		cfg.DataPort = packet.VXLANPort
-	}
-	if cfg.ESPPort == 0 {
-		cfg.ESPPort = esp.Port
-	}
-	if cfg.RxSockets == 0 {
-		cfg.RxSockets = DefaultRxSockets
-	}
-	if cfg.RxSockets < 0 || cfg.RxSockets > MaxRxSockets {
-		return nil, fmt.Errorf("rx sockets %d: out of range 1-%d", cfg.RxSockets, MaxRxSockets)
-	}
-	if cfg.ESPPort == cfg.DataPort {
-		return nil, fmt.Errorf("esp port %d: the same as the data port", cfg.ESPPort)
-	}
-	if cfg.NodeGrace == 0 {
-		cfg.NodeGrace = 30 * time.Second
-	}
-	if cfg.KeyRotationInterval == 0 {
-		cfg.KeyRotationInterval = DefaultKeyRotationInterval
-	}
-	if cfg.KeyRotationInterval < time.Second {
-		return nil, fmt.Errorf("key rotation interval %s: at least 1s", cfg.KeyRotationInterval)
-	}
-	if cfg.ConntrackMax < 0 {
-		return nil, fmt.Errorf("conntrack max %d: want a positive number of entries", cfg.ConntrackMax)
-	}
-	if cfg.ConntrackMax == 0 {
-		cfg.ConntrackMax = lb.DefaultMax
-	}
-	if cfg.apiTimeouts == nil {
-		cfg.apiTimeouts = &apiTimeouts{header: apiHeaderTimeout, request: apiRequestTimeout, idle: apiIdleTimeout}
-	}
-	if err := validMountTemplate(cfg.MountTemplate); err != nil {
+	if err := cfg.complete(); err != nil {
 		return nil, err
 	}
 	// A daemon already answering on the socket keeps it: refuse before
@@ -392,6 +334,111 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	d := newDaemon(cfg, lock, keys)
+	if err := d.listenMetrics(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.setupMountTemplate()
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	if err := d.start(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// complete fills in the defaults of the fields cfg leaves unset and
+// refuses values out of range, in the order New always has.
+func (cfg *Config) complete() error {
+	if err := cfg.completeHost(); err != nil {
+		return err
+	}
+	if err := cfg.completePorts(); err != nil {
+		return err
+	}
+	return cfg.completeLimits()
+}
+
+// completeHost fills in the node name, logger, sandbox, advertised
+// address and underlay MTU, and requires the state dir.
+func (cfg *Config) completeHost() error {
+	if cfg.Node == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("node name: %w", err)
+		}
+		cfg.Node = h
+	}
+	if cfg.StateDir == "" {
+		return errors.New("state dir: not set")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Sandbox == nil {
+		cfg.Sandbox = linuxSandbox{dockerSocket: cfg.DockerSocket}
+	}
+	if !cfg.Advertise.IsValid() {
+		cfg.Advertise = detectAdvertise()
+	}
+	if cfg.UnderlayMTU == 0 {
+		cfg.UnderlayMTU = underlayMTU(cfg.Advertise)
+	}
+	return nil
+}
+
+// completePorts fills in the gossip, data and ESP ports and the number of
+// receive sockets, and checks them.
+func (cfg *Config) completePorts() error {
+	if cfg.GossipPort == 0 {
+		cfg.GossipPort = 7946
+	}
+	if cfg.DataPort == 0 {
+		cfg.DataPort = packet.VXLANPort
+	}
+	if cfg.ESPPort == 0 {
+		cfg.ESPPort = esp.Port
+	}
+	if cfg.RxSockets == 0 {
+		cfg.RxSockets = DefaultRxSockets
+	}
+	if cfg.RxSockets < 0 || cfg.RxSockets > MaxRxSockets {
+		return fmt.Errorf("rx sockets %d: out of range 1-%d", cfg.RxSockets, MaxRxSockets)
+	}
+	if cfg.ESPPort == cfg.DataPort {
+		return fmt.Errorf("esp port %d: the same as the data port", cfg.ESPPort)
+	}
+	return nil
+}
+
+// completeLimits fills in and checks the node grace, key rotation,
+// conntrack size, API timeouts and mount template.
+func (cfg *Config) completeLimits() error {
+	if cfg.NodeGrace == 0 {
+		cfg.NodeGrace = 30 * time.Second
+	}
+	if cfg.KeyRotationInterval == 0 {
+		cfg.KeyRotationInterval = DefaultKeyRotationInterval
+	}
+	if cfg.KeyRotationInterval < time.Second {
+		return fmt.Errorf("key rotation interval %s: at least 1s", cfg.KeyRotationInterval)
+	}
+	if cfg.ConntrackMax < 0 {
+		return fmt.Errorf("conntrack max %d: want a positive number of entries", cfg.ConntrackMax)
+	}
+	if cfg.ConntrackMax == 0 {
+		cfg.ConntrackMax = lb.DefaultMax
+	}
+	if cfg.apiTimeouts == nil {
+		cfg.apiTimeouts = &apiTimeouts{header: apiHeaderTimeout, request: apiRequestTimeout, idle: apiIdleTimeout}
+	}
+	return validMountTemplate(cfg.MountTemplate)
+}
+
+// newDaemon returns the daemon of the completed cfg with its empty
+// tables, holding the state dir's lock, not yet started.
+func newDaemon(cfg Config, lock *os.File, keys *keyState) *Daemon {
 	_, underlayLAN, _ := underlayIfc(cfg.Advertise)
 	d := &Daemon{
 		cfg:         cfg,
@@ -414,17 +461,7 @@ func New(cfg Config) (*Daemon, error) {
 	if dev, ino, err := d.sb.NetnsIdentity("/proc/self/ns/net"); err == nil {
 		d.selfNs = [2]uint64{dev, ino}
 	}
-	if err := d.listenMetrics(); err != nil {
-		d.Close()
-		return nil, err
-	}
-	d.setupMountTemplate()
-	d.ctx, d.cancel = context.WithCancel(context.Background())
-	if err := d.start(); err != nil {
-		d.Close()
-		return nil, err
-	}
-	return d, nil
+	return d
 }
 
 // start brings up the VTEP and the cluster membership, restores the
@@ -442,15 +479,48 @@ func (d *Daemon) start() error {
 	if err != nil {
 		return err
 	}
-	ul := d.cfg.Underlay
+	ul, eul, err := d.openUnderlays()
+	if err != nil {
+		return err
+	}
+	super := d.startDataplane(ul, eul, tcpSecret)
+	if err := d.startCluster(key); err != nil {
+		return err
+	}
+	d.startDNS()
+	saved, err := d.restore()
+	if err != nil {
+		return err
+	}
+	d.sweep()
+	if len(d.cfg.Join) > 0 {
+		if _, err := d.cl.Join(d.cfg.Join); err != nil && !d.joinLater(err) {
+			return err
+		}
+	}
+	d.rejoinSavedMembers()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.republish(saved); err != nil {
+		return err
+	}
+	d.startWatchers(super != nil)
+	d.log.Info("node started", "node", d.cfg.Node, "advertise", d.cfg.Advertise, "data_port", d.cfg.DataPort, "gossip_port", d.cfg.GossipPort)
+	return nil
+}
+
+// openUnderlays returns the VXLAN and ESP sockets: those the config
+// gives (tests), else new ones on the advertised address.
+func (d *Daemon) openUnderlays() (ul, eul tunnel.Underlay, err error) {
+	ul = d.cfg.Underlay
 	if ul == nil {
 		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.DataPort, RxSockets: d.cfg.RxSockets, BusyPoll: d.cfg.BusyPoll})
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		ul = u
 	}
-	eul := d.cfg.ESPUnderlay
+	eul = d.cfg.ESPUnderlay
 	if eul == nil {
 		// With UDP_GRO: a coalesced read is opened datagram by datagram
 		// in place, in its one buffer. ESP datagrams are sent from this
@@ -458,10 +528,17 @@ func (d *Daemon) start() error {
 		u, err := tunnel.ListenUDP(tunnel.UDPConfig{Addr: d.cfg.Advertise, Port: d.cfg.ESPPort, TxFromRx: true, BusyPoll: d.cfg.BusyPoll})
 		if err != nil {
 			ul.Close()
-			return fmt.Errorf("esp port: %w (--esp-port)", err)
+			return nil, nil, fmt.Errorf("esp port: %w (--esp-port)", err)
 		}
 		eul = u
 	}
+	return ul, eul, nil
+}
+
+// startDataplane opens the kernel tunnel if it can, makes the egress
+// gateway and the data plane on the underlays and runs the data plane;
+// it returns the kernel tunnel's writer (nil without one).
+func (d *Daemon) startDataplane(ul, eul tunnel.Underlay, tcpSecret []byte) tunnel.SuperWriter {
 	super := d.openKernelTunnel(ul)
 	d.egress = gateway.NewEgress(gateway.EgressConfig{MaxFlows: d.cfg.EgressMaxFlows, TCPSecret: tcpSecret})
 	d.dp = dataplane.New(dataplane.Options{
@@ -480,26 +557,14 @@ func (d *Daemon) start() error {
 		defer d.done.Done()
 		d.dp.Run(d.ctx)
 	}()
-	if err := d.startCluster(key); err != nil {
-		return err
-	}
-	d.startDNS()
-	saved, err := d.restore()
-	if err != nil {
-		return err
-	}
-	d.sweep()
-	if len(d.cfg.Join) > 0 {
-		if _, err := d.cl.Join(d.cfg.Join); err != nil && !d.joinLater(err) {
-			return err
-		}
-	}
-	d.rejoinSavedMembers()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	// Networks this node knew that the cluster has never heard of (a
-	// standalone node restarting, or the first node of a new cluster) are
-	// announced again; one deleted elsewhere meanwhile stays deleted.
+	return super
+}
+
+// republish announces again the saved networks the cluster has never
+// heard of (a standalone node restarting, or the first node of a new
+// cluster; one deleted elsewhere meanwhile stays deleted) and this node's
+// endpoints, then sets the data plane up; callers hold d.mu.
+func (d *Daemon) republish(saved []savedNetwork) error {
 	for _, rec := range saved {
 		if !d.cl.Known(tblNetworks, rec.Name) {
 			if err := d.publishNetwork(rec.record()); err != nil {
@@ -515,20 +580,24 @@ func (d *Daemon) start() error {
 	if err := d.reconcile(); err != nil {
 		d.log.Error("data plane", "err", err)
 	}
+	return nil
+}
+
+// startWatchers runs the cluster watch, and the kernel tunnel's watch
+// when the tunnel is there.
+func (d *Daemon) startWatchers(kernelTunnel bool) {
 	d.done.Add(1)
 	go func() {
 		defer d.done.Done()
 		d.watchCluster(d.ctx)
 	}()
-	if super != nil {
+	if kernelTunnel {
 		d.done.Add(1)
 		go func() {
 			defer d.done.Done()
 			d.watchKernelTunnel(d.ctx)
 		}()
 	}
-	d.log.Info("node started", "node", d.cfg.Node, "advertise", d.cfg.Advertise, "data_port", d.cfg.DataPort, "gossip_port", d.cfg.GossipPort)
-	return nil
 }
 
 // sweep removes what an interrupted `run` or attach (a daemon killed

@@ -184,107 +184,150 @@ func (b *dnsBuilder) takeAll(accepted []*epRecord) (gone, added []epRecord) {
 func (b *dnsBuilder) apply(node string, gone, added []epRecord, svcs []dnsService, sameSvcs bool) *dnsIndex {
 	old := b.x
 	x := &dnsIndex{networks: old.networks, names: maps.Clone(old.names), ptrs: maps.Clone(old.ptrs), services: old.services, vips: old.vips}
-	changes := map[string]*dnsChange{}
-	// The writers of the changed networks' maps: copies of the old ones,
-	// shard by shard as they are written.
-	nameW := map[string]*cowmap.Writer[string, []netip.Addr, cowmap.Strings]{}
-	ptrW := map[string]*cowmap.Writer[netip.Addr, []string, cowmap.Addrs]{}
-	changeOf := func(nw string) *dnsChange {
-		if changes[nw] == nil {
-			changes[nw] = &dnsChange{names: map[string]bool{}, addrs: map[netip.Addr]bool{}}
-			nameW[nw], ptrW[nw] = cowmap.NewWriter(old.names[nw]), cowmap.NewWriter(old.ptrs[nw])
-		}
-		return changes[nw]
-	}
-	askers := map[string]bool{} // local containers whose networks changed
+	e := dnsEdit{b: b, node: node, old: old, changes: map[string]*dnsChange{},
+		nameW:  map[string]*cowmap.Writer[string, []netip.Addr, cowmap.Strings]{},
+		ptrW:   map[string]*cowmap.Writer[netip.Addr, []string, cowmap.Addrs]{},
+		askers: map[string]bool{}}
 	for i := range gone {
-		rec := &gone[i]
-		ip, _ := dnsIndexed(rec)
-		nw := strings.ToLower(rec.Network)
-		c := changeOf(nw)
-		names, ptrs := nameW[nw], ptrW[nw]
-		for _, name := range dnsNames(rec) {
-			c.names[name] = true
-			r := dnsRef{nw, name, ip}
-			if b.refs[r]--; b.refs[r] <= 0 {
-				delete(b.refs, r)
-				cur, _ := names.Map().Get(name)
-				if l := slices.DeleteFunc(slices.Clone(cur), func(a netip.Addr) bool { return a == ip }); len(l) > 0 {
-					names.Set(name, l)
-				} else {
-					names.Delete(name)
-				}
-			}
-		}
-		c.addrs[ip] = true
-		ptr := strings.ToLower(rec.Name) + "." + nw
-		cur, _ := ptrs.Map().Get(ip)
-		l := slices.Clone(cur)
-		if j := slices.Index(l, ptr); j >= 0 {
-			l = slices.Delete(l, j, j+1)
-		}
-		if len(l) > 0 {
-			ptrs.Set(ip, l)
-		} else {
-			ptrs.Delete(ip)
-		}
-		if rec.Node == node {
-			askers[rec.Name] = true
-			if b.local[rec.Name][nw]--; b.local[rec.Name][nw] <= 0 {
-				delete(b.local[rec.Name], nw)
-			}
-		}
+		e.remove(&gone[i])
 	}
 	for i := range added {
-		rec := &added[i]
-		ip, _ := dnsIndexed(rec)
-		nw := strings.ToLower(rec.Network)
-		c := changeOf(nw)
-		names, ptrs := nameW[nw], ptrW[nw]
-		for _, name := range dnsNames(rec) {
-			c.names[name] = true
-			r := dnsRef{nw, name, ip}
-			if b.refs[r]++; b.refs[r] == 1 {
-				cur, _ := names.Map().Get(name)
-				l := append(slices.Clone(cur), ip)
-				slices.SortFunc(l, netip.Addr.Compare)
+		e.add(&added[i])
+	}
+	e.commitMaps(x)
+	e.commitNetworks(x)
+	b.applyServices(x, old, svcs, sameSvcs, e.changes)
+	x.answers = b.answers(x, old, e.changes)
+	return x
+}
+
+// dnsEdit is one change of the index in progress (apply): what changed
+// on each network, the writers of the changed networks' maps (copies of
+// the old ones, shard by shard as they are written) and the local
+// containers whose networks changed.
+type dnsEdit struct {
+	b       *dnsBuilder
+	node    string
+	old     *dnsIndex
+	changes map[string]*dnsChange
+	nameW   map[string]*cowmap.Writer[string, []netip.Addr, cowmap.Strings]
+	ptrW    map[string]*cowmap.Writer[netip.Addr, []string, cowmap.Addrs]
+	askers  map[string]bool
+}
+
+// changeOf returns the change of network nw, starting it (and its
+// writers) on first use.
+func (e *dnsEdit) changeOf(nw string) *dnsChange {
+	if e.changes[nw] == nil {
+		e.changes[nw] = &dnsChange{names: map[string]bool{}, addrs: map[netip.Addr]bool{}}
+		e.nameW[nw], e.ptrW[nw] = cowmap.NewWriter(e.old.names[nw]), cowmap.NewWriter(e.old.ptrs[nw])
+	}
+	return e.changes[nw]
+}
+
+// touch returns rec's address, its network's key and that network's
+// change, with the address marked as changed.
+func (e *dnsEdit) touch(rec *epRecord) (netip.Addr, string, *dnsChange) {
+	ip, _ := dnsIndexed(rec)
+	nw := strings.ToLower(rec.Network)
+	c := e.changeOf(nw)
+	c.addrs[ip] = true
+	return ip, nw, c
+}
+
+// remove takes a gone record's names and PTR name out of its network's
+// maps (a name's address only when no other record gives it).
+func (e *dnsEdit) remove(rec *epRecord) {
+	b := e.b
+	ip, nw, c := e.touch(rec)
+	names, ptrs := e.nameW[nw], e.ptrW[nw]
+	for _, name := range dnsNames(rec) {
+		c.names[name] = true
+		r := dnsRef{nw, name, ip}
+		if b.refs[r]--; b.refs[r] <= 0 {
+			delete(b.refs, r)
+			cur, _ := names.Map().Get(name)
+			if l := slices.DeleteFunc(slices.Clone(cur), func(a netip.Addr) bool { return a == ip }); len(l) > 0 {
 				names.Set(name, l)
+			} else {
+				names.Delete(name)
 			}
-		}
-		c.addrs[ip] = true
-		cur, _ := ptrs.Map().Get(ip)
-		l := append(slices.Clone(cur), strings.ToLower(rec.Name)+"."+nw)
-		slices.Sort(l)
-		ptrs.Set(ip, l)
-		if rec.Node == node {
-			askers[rec.Name] = true
-			if b.local[rec.Name] == nil {
-				b.local[rec.Name] = map[string]int{}
-			}
-			b.local[rec.Name][nw]++
 		}
 	}
-	for nw := range changes {
-		if nameW[nw].Map().Len() == 0 && ptrW[nw].Map().Len() == 0 {
+	ptr := strings.ToLower(rec.Name) + "." + nw
+	cur, _ := ptrs.Map().Get(ip)
+	l := slices.Clone(cur)
+	if j := slices.Index(l, ptr); j >= 0 {
+		l = slices.Delete(l, j, j+1)
+	}
+	if len(l) > 0 {
+		ptrs.Set(ip, l)
+	} else {
+		ptrs.Delete(ip)
+	}
+	if rec.Node == e.node {
+		e.askers[rec.Name] = true
+		if b.local[rec.Name][nw]--; b.local[rec.Name][nw] <= 0 {
+			delete(b.local[rec.Name], nw)
+		}
+	}
+}
+
+// add puts an added record's names and PTR name into its network's maps.
+func (e *dnsEdit) add(rec *epRecord) {
+	b := e.b
+	ip, nw, c := e.touch(rec)
+	names, ptrs := e.nameW[nw], e.ptrW[nw]
+	for _, name := range dnsNames(rec) {
+		c.names[name] = true
+		r := dnsRef{nw, name, ip}
+		if b.refs[r]++; b.refs[r] == 1 {
+			cur, _ := names.Map().Get(name)
+			l := append(slices.Clone(cur), ip)
+			slices.SortFunc(l, netip.Addr.Compare)
+			names.Set(name, l)
+		}
+	}
+	cur, _ := ptrs.Map().Get(ip)
+	l := append(slices.Clone(cur), strings.ToLower(rec.Name)+"."+nw)
+	slices.Sort(l)
+	ptrs.Set(ip, l)
+	if rec.Node == e.node {
+		e.askers[rec.Name] = true
+		if b.local[rec.Name] == nil {
+			b.local[rec.Name] = map[string]int{}
+		}
+		b.local[rec.Name][nw]++
+	}
+}
+
+// commitMaps puts the changed networks' written maps into x, leaving out
+// those left empty.
+func (e *dnsEdit) commitMaps(x *dnsIndex) {
+	for nw := range e.changes {
+		if e.nameW[nw].Map().Len() == 0 && e.ptrW[nw].Map().Len() == 0 {
 			delete(x.names, nw)
 			delete(x.ptrs, nw)
 		} else {
-			x.names[nw], x.ptrs[nw] = nameW[nw].Map(), ptrW[nw].Map()
+			x.names[nw], x.ptrs[nw] = e.nameW[nw].Map(), e.ptrW[nw].Map()
 		}
 	}
-	if len(askers) > 0 {
-		nets := cowmap.NewWriter(old.networks)
-		for asker := range askers {
-			b.setNetworks(nets, asker)
-		}
-		x.networks = nets.Map()
-		if x.networks.Len() == 0 {
-			x.networks = nil
-		}
+}
+
+// commitNetworks sets again in x the networks each asker whose networks
+// changed sees.
+func (e *dnsEdit) commitNetworks(x *dnsIndex) {
+	if len(e.askers) == 0 {
+		return
 	}
-	b.applyServices(x, old, svcs, sameSvcs, changes)
-	x.answers = b.answers(x, old, changes)
-	return x
+	nets := cowmap.NewWriter(e.old.networks)
+	for asker := range e.askers {
+		e.b.setNetworks(nets, asker)
+	}
+	x.networks = nets.Map()
+	if x.networks.Len() == 0 {
+		x.networks = nil
+	}
 }
 
 // setNetworks sets the networks of local container asker in nets: each

@@ -132,28 +132,8 @@ func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
 
 // attach is Attach, or AttachHostTAP with hostTAP.
 func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, err error) {
-	if err := checkName("container", req.Name); err != nil {
+	if err := checkAttachRequest(req, hostTAP); err != nil {
 		return api.Endpoint{}, err
-	}
-	sources := 0
-	for _, set := range []bool{req.Netns != "", req.PID != 0, req.Docker != "", req.Create} {
-		if set {
-			sources++
-		}
-	}
-	if sources != 1 {
-		return api.Endpoint{}, invalid("container %q: name exactly one of --netns, --pid or --docker", req.Name)
-	}
-	if hostTAP && (req.Netns == "" || req.IfName == "" || len(req.Publish) > 0) {
-		return api.Endpoint{}, invalid("container %q: a host TAP attach needs the sandbox key and the interface name, and publishes no port", req.Name)
-	}
-	if req.IfName != "" && (len(req.IfName) > 15 || !validName.MatchString(req.IfName)) {
-		return api.Endpoint{}, invalid("container %q: interface name %q: invalid", req.Name, req.IfName)
-	}
-	for _, a := range req.Aliases {
-		if err := checkName("alias", a); err != nil {
-			return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
-		}
 	}
 
 	st := d.stepTimer()
@@ -174,14 +154,7 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 	}()
 
 	st.step("ports")
-	st.lock(&d.mu)
-	n, c, err := d.beginAttach(req)
-	if err == nil {
-		if _, err = d.attachMembers(req, n); err != nil {
-			d.endAttach(req.Name)
-		}
-	}
-	d.mu.Unlock()
+	n, c, err := d.reserveAttach(req, st)
 	if err != nil {
 		return api.Endpoint{}, err
 	}
@@ -203,19 +176,8 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 	// others may change meanwhile is checked again in commitAttach.
 	st.step("begin")
 	newCtr := c == nil
-	switch {
-	case newCtr && hostTAP:
-		c = &container{name: req.Name, netns: req.Netns, hostTAP: true, endpoints: map[string]*endpoint{}}
-	case newCtr:
-		if c, err = d.containerNetns(req, &undo); err != nil {
-			return api.Endpoint{}, err
-		}
-	case hostTAP || c.hostTAP:
-		return api.Endpoint{}, conflict("container %q: exists; a Docker endpoint's container has that one network only", req.Name)
-	default:
-		if err := d.checkSameNetns(c, req); err != nil {
-			return api.Endpoint{}, err
-		}
+	if c, err = d.attachNetns(req, c, hostTAP, &undo); err != nil {
+		return api.Endpoint{}, err
 	}
 	st.step("netns")
 	ip, err := d.reserveIP(req.Name, n, req.IP)
@@ -223,18 +185,7 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
 	}
 	st.step("ip")
-	st.lock(&d.mu)
-	e, cfg, err := d.prepareEndpoint(req, n, c, ip)
-	if err == nil {
-		// The services again: one may have gone meanwhile.
-		e.services, err = d.attachMembers(req, n)
-		e.ports = ports
-		for _, pp := range ports {
-			pp.ip.Store(&ip)
-			pp.ctr.Store(c)
-		}
-	}
-	d.mu.Unlock()
+	e, cfg, err := d.prepareAttach(req, n, c, ip, ports, st)
 	if err != nil {
 		return api.Endpoint{}, err
 	}
@@ -247,10 +198,96 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 		undo = append(undo, func() { d.sb.Unplug(c.netns, e.ifname) })
 	}
 	st.step("plug")
+	return d.finishAttach(n, c, e, dev, newCtr, st)
+}
+
+// checkAttachRequest refuses an attach request that is malformed in
+// itself: its names, its one namespace source, a host TAP's needs.
+func checkAttachRequest(req api.AttachRequest, hostTAP bool) error {
+	if err := checkName("container", req.Name); err != nil {
+		return err
+	}
+	sources := 0
+	for _, set := range []bool{req.Netns != "", req.PID != 0, req.Docker != "", req.Create} {
+		if set {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return invalid("container %q: name exactly one of --netns, --pid or --docker", req.Name)
+	}
+	if hostTAP && (req.Netns == "" || req.IfName == "" || len(req.Publish) > 0) {
+		return invalid("container %q: a host TAP attach needs the sandbox key and the interface name, and publishes no port", req.Name)
+	}
+	if req.IfName != "" && (len(req.IfName) > 15 || !validName.MatchString(req.IfName)) {
+		return invalid("container %q: interface name %q: invalid", req.Name, req.IfName)
+	}
+	for _, a := range req.Aliases {
+		if err := checkName("alias", a); err != nil {
+			return fmt.Errorf("container %q: %w", req.Name, err)
+		}
+	}
+	return nil
+}
+
+// reserveAttach takes d.mu, reserves the container name for this attach
+// and checks the network and its services; it returns the network and
+// the existing container (nil for a new one). On error nothing stays
+// reserved.
+func (d *Daemon) reserveAttach(req api.AttachRequest, st *stepTimer) (*localNetwork, *container, error) {
+	st.lock(&d.mu)
+	defer d.mu.Unlock()
+	n, c, err := d.beginAttach(req)
+	if err == nil {
+		if _, err = d.attachMembers(req, n); err != nil {
+			d.endAttach(req.Name)
+		}
+	}
+	return n, c, err
+}
+
+// attachNetns returns the container the endpoint goes into: c when it
+// exists (in the namespace req names), else a new one, for a host TAP or
+// in a namespace found or made (its undo appended to undo). Without d.mu.
+func (d *Daemon) attachNetns(req api.AttachRequest, c *container, hostTAP bool, undo *[]func()) (*container, error) {
+	switch {
+	case c == nil && hostTAP:
+		return &container{name: req.Name, netns: req.Netns, hostTAP: true, endpoints: map[string]*endpoint{}}, nil
+	case c == nil:
+		return d.containerNetns(req, undo)
+	case hostTAP || c.hostTAP:
+		return c, conflict("container %q: exists; a Docker endpoint's container has that one network only", req.Name)
+	default:
+		return c, d.checkSameNetns(c, req)
+	}
+}
+
+// prepareAttach takes d.mu, makes the endpoint and its interface's
+// configuration, checks the services again (one may have gone meanwhile)
+// and points the published ports at the endpoint.
+func (d *Daemon) prepareAttach(req api.AttachRequest, n *localNetwork, c *container, ip netip.Addr, ports []*publishedPort, st *stepTimer) (*endpoint, sandbox.IfaceConfig, error) {
+	st.lock(&d.mu)
+	defer d.mu.Unlock()
+	e, cfg, err := d.prepareEndpoint(req, n, c, ip)
+	if err == nil {
+		// The services again: one may have gone meanwhile.
+		e.services, err = d.attachMembers(req, n)
+		e.ports = ports
+		for _, pp := range ports {
+			pp.ip.Store(&ip)
+			pp.ctr.Store(c)
+		}
+	}
+	return e, cfg, err
+}
+
+// finishAttach takes d.mu, commits the plugged endpoint, publishes it
+// and its DNS records and logs the attach.
+func (d *Daemon) finishAttach(n *localNetwork, c *container, e *endpoint, dev netdev.Device, newCtr bool, st *stepTimer) (api.Endpoint, error) {
 	st.lock(&d.mu)
 	defer d.mu.Unlock()
 	if err := d.commitAttach(n, c, e, dev, newCtr, st); err != nil {
-		return api.Endpoint{}, fmt.Errorf("container %q: %w", req.Name, err)
+		return api.Endpoint{}, fmt.Errorf("container %q: %w", c.name, err)
 	}
 	d.publishEndpoint(e)
 	st.step("publish")
@@ -259,7 +296,7 @@ func (d *Daemon) attach(req api.AttachRequest, hostTAP bool) (ep api.Endpoint, e
 	d.dnsAttached(c)
 	st.step("dns-listen")
 	st.log(d.log, "attach steps", "container", c.name, "network", n.rec.Name, "containers", len(d.containers))
-	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", ip, "ifname", e.ifname, "netns", c.netns)
+	d.log.Info("endpoint attached", "container", c.name, "network", n.rec.Name, "ip", e.ip, "ifname", e.ifname, "netns", c.netns)
 	return d.endpointView(e), nil
 }
 

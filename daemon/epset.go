@@ -90,13 +90,33 @@ func sameRecord(a, b epRecord) bool {
 // last call, and returns it. The returned set is not changed afterwards.
 func (g *epSetBuilder) update(in epSetInput) endpointSet {
 	if !g.ok {
-		*g = epSetBuilder{ok: true, nets: map[string]netRecord{}, blocks: map[string]map[netip.Prefix]string{},
-			recs: map[epID]epRecord{}, ips: map[epID]netip.Addr{}, atAddr: map[epAt]map[epID]bool{},
-			byNet: map[string]map[epID]bool{}, passed: map[epID]bool{}, claims: map[epAt]int{}, refusedBy: map[epID]string{},
-			set: endpointSet{refused: map[string][]string{}}}
+		g.init()
 	}
 	dirty := map[epID]bool{} // records to judge again
-	// Networks whose record or block table changed: all their records.
+	g.dirtyNetworks(in, dirty)
+	gone := map[epID]bool{}
+	g.takeRecords(in, dirty, gone)
+	if len(dirty) == 0 && len(gone) == 0 {
+		return g.set
+	}
+	g.judgeBlocks(in, dirty)
+	g.judgeDuplicates(in, dirty)
+	g.publish(dirty, gone)
+	return g.set
+}
+
+// init makes the builder's empty maps on its first update.
+func (g *epSetBuilder) init() {
+	*g = epSetBuilder{ok: true, nets: map[string]netRecord{}, blocks: map[string]map[netip.Prefix]string{},
+		recs: map[epID]epRecord{}, ips: map[epID]netip.Addr{}, atAddr: map[epAt]map[epID]bool{},
+		byNet: map[string]map[epID]bool{}, passed: map[epID]bool{}, claims: map[epAt]int{}, refusedBy: map[epID]string{},
+		set: endpointSet{refused: map[string][]string{}}}
+}
+
+// dirtyNetworks adds to dirty the records of every network whose record
+// or block table changed (or that went), and takes in's networks and
+// blocks.
+func (g *epSetBuilder) dirtyNetworks(in epSetInput, dirty map[epID]bool) {
 	for name := range g.byNet {
 		if _, ok := in.nets[name]; !ok {
 			if _, had := g.nets[name]; had {
@@ -117,8 +137,11 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 		}
 	}
 	g.nets, g.blocks = in.nets, newBlocks
-	// Changed, new and removed records.
-	gone := map[epID]bool{}
+}
+
+// takeRecords takes in's changed, new and removed records (its delta, or
+// the whole table), marking them in dirty and the removed ones in gone.
+func (g *epSetBuilder) takeRecords(in epSetInput, dirty, gone map[epID]bool) {
 	if in.delta != nil {
 		for _, k := range in.delta.gone {
 			g.remove(k, dirty, gone)
@@ -126,26 +149,27 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 		for _, rec := range in.delta.live {
 			g.put(*rec, dirty)
 		}
-	} else {
+		return
+	}
+	for _, rec := range in.recs {
+		g.put(*rec, dirty)
+	}
+	if len(in.recs) != len(g.recs) {
+		seen := make(map[epID]bool, len(in.recs))
 		for _, rec := range in.recs {
-			g.put(*rec, dirty)
+			seen[idOf(*rec)] = true
 		}
-		if len(in.recs) != len(g.recs) {
-			seen := make(map[epID]bool, len(in.recs))
-			for _, rec := range in.recs {
-				seen[idOf(*rec)] = true
-			}
-			for k := range g.recs {
-				if !seen[k] {
-					g.remove(k, dirty, gone)
-				}
+		for k := range g.recs {
+			if !seen[k] {
+				g.remove(k, dirty, gone)
 			}
 		}
 	}
-	if len(dirty) == 0 && len(gone) == 0 {
-		return g.set
-	}
-	// The block check, then the claim counts it changes.
+}
+
+// judgeBlocks runs the block check on the dirty records, then adds to
+// dirty every record at an address whose claim count that changed.
+func (g *epSetBuilder) judgeBlocks(in epSetInput, dirty map[epID]bool) {
 	counted := map[epAt]bool{}
 	for k := range dirty {
 		rec, ok := g.recs[k]
@@ -178,7 +202,11 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 	for a := range counted {
 		maps.Copy(dirty, g.atAddr[a])
 	}
-	// The duplicate-address rule, for the records that passed.
+}
+
+// judgeDuplicates applies the duplicate-address rule to the dirty
+// records that passed the block check.
+func (g *epSetBuilder) judgeDuplicates(in epSetInput, dirty map[epID]bool) {
 	for k := range dirty {
 		if !g.passed[k] {
 			continue
@@ -191,6 +219,11 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 			in.refuse(rec, err)
 		}
 	}
+}
+
+// publish makes the next set from the judged records and logs which
+// records the change touched.
+func (g *epSetBuilder) publish(dirty, gone map[epID]bool) {
 	seq := g.set.seq + 1
 	g.set = g.snapshot(dirty, gone)
 	g.set.seq = seq
@@ -204,7 +237,6 @@ func (g *epSetBuilder) update(in epSetInput) endpointSet {
 		g.log = slices.Delete(g.log, 0, 1)
 	}
 	g.log = append(g.log, epSetChange{seq, ids})
-	return g.set
 }
 
 // changedBlocks lists the blocks that are in a or b with another holder
@@ -392,20 +424,19 @@ func (g *epSetBuilder) snapshot(dirty, gone map[epID]bool) endpointSet {
 	}
 	slices.Sort(drop)
 	drop = slices.Compact(drop)
-	prev, prevKeys := g.set.accepted, g.acceptedKeys
-	n := len(prev) - len(drop) + len(in)
-	out := endpointSet{accepted: make([]*epRecord, 0, n), refused: map[string][]string{}}
-	keys := make([]string, 0, n)
+	m := acceptedMerge{prevKeys: g.acceptedKeys, prev: g.set.accepted, drop: drop}
+	n := len(m.prev) - len(drop) + len(in)
+	m.keys, m.recs = make([]string, 0, n), make([]*epRecord, 0, n)
 	i := 0 // next previous record to copy
 	for _, x := range in {
-		j := i + sort.SearchStrings(prevKeys[i:], x.key)
-		keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, j, &drop)
-		keys, out.accepted = append(keys, x.key), append(out.accepted, x.rec)
+		j := i + sort.SearchStrings(m.prevKeys[i:], x.key)
+		m.copyKept(i, j)
+		m.keys, m.recs = append(m.keys, x.key), append(m.recs, x.rec)
 		i = j
 	}
-	keys, out.accepted = copyKept(keys, out.accepted, prevKeys, prev, i, len(prev), &drop)
-	g.acceptedKeys = keys
-	out.keys = keys
+	m.copyKept(i, len(m.prev))
+	out := endpointSet{accepted: m.recs, keys: m.keys, refused: map[string][]string{}}
+	g.acceptedKeys = m.keys
 	for k, why := range g.refusedBy {
 		rec := g.recs[k]
 		if _, known := g.nets[rec.Network]; !known {
@@ -419,16 +450,27 @@ func (g *epSetBuilder) snapshot(dirty, gone map[epID]bool) endpointSet {
 	return out
 }
 
-// copyKept appends keys[i:j] and recs[i:j] to the outputs, leaving out the
-// positions in drop (sorted; those consumed are removed from it).
-func copyKept(outKeys []string, out []*epRecord, keys []string, recs []*epRecord, i, j int, drop *[]int) ([]string, []*epRecord) {
-	for len(*drop) > 0 && (*drop)[0] < j {
-		d := (*drop)[0]
-		*drop = (*drop)[1:]
-		outKeys, out = append(outKeys, keys[i:d]...), append(out, recs[i:d]...)
+// acceptedMerge builds the next accepted list from the previous one:
+// the previous records (keys and records, in key order) less those at the
+// positions in drop, with the newly accepted ones put in between.
+type acceptedMerge struct {
+	prevKeys []string
+	prev     []*epRecord
+	drop     []int // positions in prev to leave out, sorted; consumed as passed
+	keys     []string
+	recs     []*epRecord
+}
+
+// copyKept appends prevKeys[i:j] and prev[i:j] to the outputs, leaving
+// out the positions in drop.
+func (m *acceptedMerge) copyKept(i, j int) {
+	for len(m.drop) > 0 && m.drop[0] < j {
+		d := m.drop[0]
+		m.drop = m.drop[1:]
+		m.keys, m.recs = append(m.keys, m.prevKeys[i:d]...), append(m.recs, m.prev[i:d]...)
 		i = d + 1
 	}
-	return append(outKeys, keys[i:j]...), append(out, recs[i:j]...)
+	m.keys, m.recs = append(m.keys, m.prevKeys[i:j]...), append(m.recs, m.prev[i:j]...)
 }
 
 // fullEndpointSet derives the endpoint set from scratch (the reference the

@@ -85,87 +85,24 @@ func readRequestFirst(h http.Handler) http.Handler {
 // Handler returns the API's HTTP handler (see package api for the routes).
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/networks", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, d.Networks(), nil)
-	})
-	mux.HandleFunc("POST /v1/networks", func(w http.ResponseWriter, r *http.Request) {
-		var req api.NetworkCreateRequest
-		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
-		}
-		n, err := d.CreateNetwork(req)
-		reply(w, n, err)
-	})
-	mux.HandleFunc("GET /v1/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
-		n, err := d.Network(r.PathValue("name"))
-		reply(w, n, err)
-	})
-	mux.HandleFunc("DELETE /v1/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, struct{}{}, d.RemoveNetwork(r.PathValue("name")))
-	})
-	mux.HandleFunc("PATCH /v1/networks/{name}", func(w http.ResponseWriter, r *http.Request) {
-		var req api.NetworkUpdateRequest
-		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
-		}
-		n, err := d.UpdateNetwork(r.PathValue("name"), req)
-		reply(w, n, err)
-	})
-	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, d.Services(), nil)
-	})
-	mux.HandleFunc("POST /v1/services", func(w http.ResponseWriter, r *http.Request) {
-		var req api.ServiceCreateRequest
-		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
-		}
-		s, err := d.CreateService(req)
-		reply(w, s, err)
-	})
-	mux.HandleFunc("GET /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
-		s, err := d.Service(r.PathValue("name"))
-		reply(w, s, err)
-	})
-	mux.HandleFunc("PATCH /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
-		var req api.ServiceUpdateRequest
-		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
-		}
-		s, err := d.UpdateService(r.PathValue("name"), req)
-		reply(w, s, err)
-	})
-	mux.HandleFunc("DELETE /v1/services/{name}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, struct{}{}, d.RemoveService(r.PathValue("name")))
-	})
-	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, d.Nodes(), nil)
-	})
-	mux.HandleFunc("GET /v1/networks/{name}/fdb", func(w http.ResponseWriter, r *http.Request) {
-		f, err := d.FDB(r.PathValue("name"))
-		reply(w, f, err)
-	})
-	mux.HandleFunc("GET /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, d.Endpoints(), nil)
-	})
-	mux.HandleFunc("POST /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
-		var req api.AttachRequest
-		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
-		}
-		ep, err := d.Attach(req)
-		reply(w, ep, err)
-	})
+	mux.HandleFunc("GET /v1/networks", listed(d.Networks))
+	mux.HandleFunc("POST /v1/networks", withBody(d.CreateNetwork))
+	mux.HandleFunc("GET /v1/networks/{name}", named(d.Network))
+	mux.HandleFunc("DELETE /v1/networks/{name}", namedDone(d.RemoveNetwork))
+	mux.HandleFunc("PATCH /v1/networks/{name}", namedWithBody(d.UpdateNetwork))
+	mux.HandleFunc("GET /v1/services", listed(d.Services))
+	mux.HandleFunc("POST /v1/services", withBody(d.CreateService))
+	mux.HandleFunc("GET /v1/services/{name}", named(d.Service))
+	mux.HandleFunc("PATCH /v1/services/{name}", namedWithBody(d.UpdateService))
+	mux.HandleFunc("DELETE /v1/services/{name}", namedDone(d.RemoveService))
+	mux.HandleFunc("GET /v1/nodes", listed(d.Nodes))
+	mux.HandleFunc("GET /v1/networks/{name}/fdb", named(d.FDB))
+	mux.HandleFunc("GET /v1/endpoints", listed(d.Endpoints))
+	mux.HandleFunc("POST /v1/endpoints", withBody(d.Attach))
 	mux.HandleFunc("DELETE /v1/containers/{name}/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, d.Detach(r.PathValue("name"), r.URL.Query().Get("network")))
 	})
-	mux.HandleFunc("GET /v1/containers", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, d.Containers(), nil)
-	})
+	mux.HandleFunc("GET /v1/containers", listed(d.Containers))
 	mux.HandleFunc("GET /v1/containers/{name}", func(w http.ResponseWriter, r *http.Request) {
 		get := d.Container
 		if r.URL.Query().Get("processes") == "false" {
@@ -174,50 +111,86 @@ func (d *Daemon) Handler() http.Handler {
 		c, err := get(r.PathValue("name"))
 		reply(w, c, err)
 	})
-	mux.HandleFunc("POST /v1/containers/{name}/main-process", func(w http.ResponseWriter, r *http.Request) {
-		var p api.MainProcess
-		if err := decode(r, &p); err != nil {
-			fail(w, err)
-			return
-		}
-		reply(w, struct{}{}, d.SetMainProcess(r.PathValue("name"), p))
-	})
-	mux.HandleFunc("DELETE /v1/containers/{name}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, struct{}{}, d.RemoveContainer(r.PathValue("name")))
-	})
-	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, d.Stats(), nil)
-	})
+	mux.HandleFunc("POST /v1/containers/{name}/main-process", namedWithBody(func(name string, p api.MainProcess) (struct{}, error) {
+		return struct{}{}, d.SetMainProcess(name, p)
+	}))
+	mux.HandleFunc("DELETE /v1/containers/{name}", namedDone(d.RemoveContainer))
+	mux.HandleFunc("GET /v1/stats", listed(d.Stats))
 	mux.HandleFunc("GET /v1/capture", d.serveCapture)
-	mux.HandleFunc("POST /v1/trace", func(w http.ResponseWriter, r *http.Request) {
-		var req api.TraceRequest
-		if err := decode(r, &req); err != nil {
-			fail(w, err)
-			return
-		}
-		t, err := d.Trace(req)
-		reply(w, t, err)
-	})
-	mux.HandleFunc("GET /v1/keys", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, d.Keys(), nil)
-	})
+	mux.HandleFunc("POST /v1/trace", withBody(d.Trace))
+	mux.HandleFunc("GET /v1/keys", listed(d.Keys))
 	mux.HandleFunc("POST /v1/keys/rotate", func(w http.ResponseWriter, r *http.Request) {
 		k, err := d.RotateKey(r.Context())
 		reply(w, k, err)
 	})
-	mux.HandleFunc("GET /v1/keys/export", func(w http.ResponseWriter, r *http.Request) {
-		if f := r.URL.Query().Get("format"); f != "wireshark" {
-			fail(w, badRequest{fmt.Errorf("key export: format %q: want wireshark", f)})
-			return
-		}
-		if uid, ok := r.Context().Value(peerUIDKey{}).(uint32); !ok || uid != 0 {
-			fail(w, forbidden{errors.New("key export: root only")})
-			return
-		}
-		s, err := d.ExportWireshark()
-		reply(w, api.KeyExport{ESPSA: s}, err)
-	})
+	mux.HandleFunc("GET /v1/keys/export", d.serveKeyExport)
 	return mux
+}
+
+// listed is the handler of a request that names nothing and cannot fail:
+// it replies with what get returns.
+func listed[R any](get func() R) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		reply(w, get(), nil)
+	}
+}
+
+// named is the handler of a request for the object the path names.
+func named[R any](get func(name string) (R, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := get(r.PathValue("name"))
+		reply(w, v, err)
+	}
+}
+
+// namedDone is the handler of a request that acts on the object the path
+// names and replies with no body but its error.
+func namedDone(do func(name string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, do(r.PathValue("name")))
+	}
+}
+
+// withBody is the handler of a request whose JSON body is a T: a body
+// that does not decode is refused before call.
+func withBody[T, R any](call func(req T) (R, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req T
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		v, err := call(req)
+		reply(w, v, err)
+	}
+}
+
+// namedWithBody is withBody for a request on the object the path names.
+func namedWithBody[T, R any](call func(name string, req T) (R, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req T
+		if err := decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		v, err := call(r.PathValue("name"), req)
+		reply(w, v, err)
+	}
+}
+
+// serveKeyExport answers GET /v1/keys/export: the ESP keys in Wireshark's
+// format, to root only.
+func (d *Daemon) serveKeyExport(w http.ResponseWriter, r *http.Request) {
+	if f := r.URL.Query().Get("format"); f != "wireshark" {
+		fail(w, badRequest{fmt.Errorf("key export: format %q: want wireshark", f)})
+		return
+	}
+	if uid, ok := r.Context().Value(peerUIDKey{}).(uint32); !ok || uid != 0 {
+		fail(w, forbidden{errors.New("key export: root only")})
+		return
+	}
+	s, err := d.ExportWireshark()
+	reply(w, api.KeyExport{ESPSA: s}, err)
 }
 
 // peerUIDKey is the request context key of the uid of the process at the

@@ -169,29 +169,15 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 	if err != nil {
 		return api.Service{}, err
 	}
-	nets := append([]string(nil), req.Networks...)
-	sort.Strings(nets)
-	if len(nets) == 0 {
-		return api.Service{}, invalid("service %q: want at least one --network", req.Name)
-	}
-	for i := 1; i < len(nets); i++ {
-		if nets[i] == nets[i-1] {
-			return api.Service{}, invalid("service %q: network %q given twice", req.Name, nets[i])
-		}
+	nets, err := serviceNetworks(req.Name, req.Networks)
+	if err != nil {
+		return api.Service{}, err
 	}
 	want, err := parseVIPRequests(req.Name, req.VIPs, nets)
 	if err != nil {
 		return api.Service{}, err
 	}
-	d.mu.Lock()
-	err = d.planService(req.Name, nets)
-	if err == nil {
-		if err = d.checkMeshRecord(rec); err != nil {
-			delete(d.svcCreating, strings.ToLower(req.Name))
-		}
-	}
-	d.mu.Unlock()
-	if err != nil {
+	if err := d.planServiceCreate(rec, nets); err != nil {
 		return api.Service{}, err
 	}
 	owner := vipOwner(req.Name)
@@ -202,12 +188,8 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 		d.mu.Unlock()
 	}()
 	// The confirmation round and the VIPs' block claims, without d.mu.
-	if err := d.cl.Claim(tblSvcClaims, svcClaimGroup, req.Name); err != nil {
-		var lost *cluster.ClaimConflict
-		if errors.As(err, &lost) {
-			return api.Service{}, conflict("service %q: created concurrently on node %s", req.Name, lost.Node)
-		}
-		return api.Service{}, fmt.Errorf("service %q: %w", req.Name, err)
+	if err := d.claimService(req.Name); err != nil {
+		return api.Service{}, err
 	}
 	// Once created, the record and the claim's release are spread to
 	// the other hosts before the create returns (this defer runs last).
@@ -228,34 +210,99 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 	if err != nil {
 		return api.Service{}, err
 	}
-	for _, network := range nets {
-		v := svcVIP{Network: network}
-		if rec.Mode == modeVIP {
-			a, err := d.reserveVIP(req.Name, network, want[network])
-			if err != nil {
-				return api.Service{}, err
-			}
-			v.VIP = a.String()
-		}
-		rec.VIPs = append(rec.VIPs, v)
+	if err := d.reserveServiceVIPs(&rec, nets, want); err != nil {
+		return api.Service{}, err
 	}
-	id := make([]byte, networkIDBytes)
-	rand.Read(id)
-	rec.ID = hex.EncodeToString(id)
-	rec.Created, rec.CreatedBy = time.Now().UTC().Truncate(time.Second), d.cfg.Node
-	d.mu.Lock()
-	spec, err := d.commitService(rec, nil)
-	var view api.Service
-	if err == nil {
-		view = d.serviceView(spec, nil, false)
-	}
-	d.mu.Unlock()
+	d.stampService(&rec)
+	view, err := d.commitServiceView(rec)
 	if err != nil {
 		return api.Service{}, err
 	}
 	d.log.Info("service created", "service", rec.Name, "mode", rec.Mode, "vips", fmt.Sprint(rec.VIPs))
 	created = true
 	return view, nil
+}
+
+// serviceNetworks returns the networks a service create names, sorted,
+// refusing none and any named twice.
+func serviceNetworks(service string, networks []string) ([]string, error) {
+	nets := append([]string(nil), networks...)
+	sort.Strings(nets)
+	if len(nets) == 0 {
+		return nil, invalid("service %q: want at least one --network", service)
+	}
+	for i := 1; i < len(nets); i++ {
+		if nets[i] == nets[i-1] {
+			return nil, invalid("service %q: network %q given twice", service, nets[i])
+		}
+	}
+	return nets, nil
+}
+
+// planServiceCreate reserves rec's name (d.svcCreating) and checks its
+// published ports against the mesh, under d.mu; on error nothing stays
+// reserved.
+func (d *Daemon) planServiceCreate(rec svcRecord, nets []string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	err := d.planService(rec.Name, nets)
+	if err == nil {
+		if err = d.checkMeshRecord(rec); err != nil {
+			delete(d.svcCreating, strings.ToLower(rec.Name))
+		}
+	}
+	return err
+}
+
+// claimService confirms the service name with every member (the
+// confirmation round), without d.mu.
+func (d *Daemon) claimService(name string) error {
+	if err := d.cl.Claim(tblSvcClaims, svcClaimGroup, name); err != nil {
+		var lost *cluster.ClaimConflict
+		if errors.As(err, &lost) {
+			return conflict("service %q: created concurrently on node %s", name, lost.Node)
+		}
+		return fmt.Errorf("service %q: %w", name, err)
+	}
+	return nil
+}
+
+// reserveServiceVIPs appends one VIP entry per network to rec, reserving
+// an address on each when rec is in VIP mode (want[network], or the
+// lowest free one).
+func (d *Daemon) reserveServiceVIPs(rec *svcRecord, nets []string, want map[string]string) error {
+	for _, network := range nets {
+		v := svcVIP{Network: network}
+		if rec.Mode == modeVIP {
+			a, err := d.reserveVIP(rec.Name, network, want[network])
+			if err != nil {
+				return err
+			}
+			v.VIP = a.String()
+		}
+		rec.VIPs = append(rec.VIPs, v)
+	}
+	return nil
+}
+
+// stampService gives rec a fresh ID and this node's creation stamp.
+func (d *Daemon) stampService(rec *svcRecord) {
+	id := make([]byte, networkIDBytes)
+	rand.Read(id)
+	rec.ID = hex.EncodeToString(id)
+	rec.Created, rec.CreatedBy = time.Now().UTC().Truncate(time.Second), d.cfg.Node
+}
+
+// commitServiceView publishes rec and returns the service's view, under
+// d.mu.
+func (d *Daemon) commitServiceView(rec svcRecord) (api.Service, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	spec, err := d.commitService(rec, nil)
+	if err != nil {
+		return api.Service{}, err
+	}
+	return d.serviceView(spec, nil, false), nil
 }
 
 // planService checks a create's name and networks against what this node

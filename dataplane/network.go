@@ -121,8 +121,14 @@ func (dp *Dataplane) removeNetwork(n *network) {
 func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 	fail := func(obj string, err error) { *errs = append(*errs, &Error{Network: w.Name, Object: obj, Err: err}) }
 	want := wantedRemotes(w.Remotes, fail)
+	dp.dropRemotes(n, want, fail)
+	dp.applyVTEPs(n, w, want, fail)
+	dp.addRemotes(n, want, fail)
+}
 
-	// 1. Tunnel remotes that go or change, then their switch statics.
+// dropRemotes is applyRemotes' first step: the tunnel remotes that go or
+// change, then their switch statics.
+func (dp *Dataplane) dropRemotes(n *network, want map[packet.MAC]Remote, fail func(string, error)) {
 	keep := make(map[packet.MAC]netip.Addr, len(n.remotes))
 	for mac, vtep := range n.remotes {
 		if r, ok := want[mac]; ok && r.VTEP == vtep && r.IP == n.statics[mac] && r.Gateway == n.gwHosts[mac] {
@@ -138,9 +144,11 @@ func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 			delete(n.gwHosts, mac)
 		}
 	}
+}
 
-	// 2. This host's own MACs, which no VTEP may send from; flooding
-	// peers, member and external VTEPs.
+// applyVTEPs is applyRemotes' second step: this host's own MACs, which no
+// VTEP may send from; flooding peers, member and external VTEPs.
+func (dp *Dataplane) applyVTEPs(n *network, w *NetworkConfig, want map[packet.MAC]Remote, fail func(string, error)) {
 	if locals := localMACs(w); !slices.Equal(locals, n.locals) {
 		dp.changes++
 		if err := n.tn.SetLocals(locals); err != nil {
@@ -181,8 +189,11 @@ func (dp *Dataplane) applyRemotes(n *network, w *NetworkConfig, errs *[]error) {
 			n.external = ext
 		}
 	}
+}
 
-	// 3. Switch statics, then the tunnel remotes of those that made it.
+// addRemotes is applyRemotes' third step: the switch statics, in MAC
+// order, then the tunnel remotes of those that made it and are flooded.
+func (dp *Dataplane) addRemotes(n *network, want map[packet.MAC]Remote, fail func(string, error)) {
 	macs := make([]packet.MAC, 0, len(want))
 	for mac := range want {
 		macs = append(macs, mac)

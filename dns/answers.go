@@ -429,36 +429,7 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 		return 0
 	}
 	var key [maxNameWire]byte
-	k := 0
-	i := headerLen
-	for {
-		if i >= len(q) {
-			return 0
-		}
-		l := int(q[i])
-		if l == 0 {
-			break
-		}
-		if l > 63 || i+1+l >= len(q) || k+l+1 > len(key) {
-			return 0
-		}
-		if k > 0 {
-			key[k] = '.'
-			k++
-		}
-		for _, c := range q[i+1 : i+1+l] {
-			switch {
-			case c >= 'A' && c <= 'Z':
-				c += 'a' - 'A'
-			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
-			default:
-				return 0
-			}
-			key[k] = c
-			k++
-		}
-		i += 1 + l
-	}
+	k, i := lowerName(q, &key)
 	qend := i + 5
 	if k == 0 || k+2 > maxNameWire || qend > len(q) {
 		return 0
@@ -500,11 +471,7 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 	if size > limit || size > len(out) {
 		return 0 // the general path truncates
 	}
-	copy(out, q[:qend])
-	out[2] = 0x80 | 0x04 | q[2]&0x01 // QR, AA, RD copied
-	out[3] = 0x80 | q[3]&0x10        // RA, CD copied
-	binary.BigEndian.PutUint16(out[6:], uint16(w.n))
-	out[8], out[9], out[10], out[11] = 0, 0, 0, 0
+	putAnswerHeader(out, q[:qend], w.n)
 	n := qend
 	if qtype == typePTR || w.n < 2 {
 		n += copy(out[n:], w.rrs)
@@ -515,11 +482,62 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 	}
 	if edns {
 		out[11] = 1
-		out[n] = 0
-		binary.BigEndian.PutUint16(out[n+1:], typeOPT)
-		binary.BigEndian.PutUint16(out[n+3:], maxUDPRead)
-		clear(out[n+5 : n+optRRLen])
-		n += optRRLen
+		n += putOPT(out[n:])
 	}
 	return n
+}
+
+// lowerName reads the question's name from q into key, lowercased, dots
+// between its labels; it returns the key's length and the index of the
+// name's end (its root label), or 0 for a name the fast path does not
+// answer (too long, compressed, other characters).
+func lowerName(q []byte, key *[maxNameWire]byte) (k, i int) {
+	i = headerLen
+	for {
+		if i >= len(q) {
+			return 0, i
+		}
+		l := int(q[i])
+		if l == 0 {
+			return k, i
+		}
+		if l > 63 || i+1+l >= len(q) || k+l+1 > len(key) {
+			return 0, i
+		}
+		if k > 0 {
+			key[k] = '.'
+			k++
+		}
+		for _, c := range q[i+1 : i+1+l] {
+			switch {
+			case c >= 'A' && c <= 'Z':
+				c += 'a' - 'A'
+			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+			default:
+				return 0, i
+			}
+			key[k] = c
+			k++
+		}
+		i += 1 + l
+	}
+}
+
+// putAnswerHeader writes the header and question of the answer to
+// question (the query up to its question's end) with n answer records.
+func putAnswerHeader(out, question []byte, n int) {
+	copy(out, question)
+	out[2] = 0x80 | 0x04 | question[2]&0x01 // QR, AA, RD copied
+	out[3] = 0x80 | question[3]&0x10        // RA, CD copied
+	binary.BigEndian.PutUint16(out[6:], uint16(n))
+	out[8], out[9], out[10], out[11] = 0, 0, 0, 0
+}
+
+// putOPT writes the answer's OPT record and returns its length.
+func putOPT(out []byte) int {
+	out[0] = 0
+	binary.BigEndian.PutUint16(out[1:], typeOPT)
+	binary.BigEndian.PutUint16(out[3:], maxUDPRead)
+	clear(out[5:optRRLen])
+	return optRRLen
 }

@@ -54,20 +54,9 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 	if cfg.IfName == "" {
 		cfg.IfName = DefaultIfName
 	}
-	fail := func(format string, args ...any) error {
-		return fmt.Errorf("netns %q: interface %q: %s", nsPath, cfg.IfName, fmt.Sprintf(format, args...))
-	}
-	if len(cfg.IfName) >= unix.IFNAMSIZ {
-		return nil, fail("name longer than %d bytes", unix.IFNAMSIZ-1)
-	}
-	if cfg.MAC != nil && len(cfg.MAC) != 6 {
-		return nil, fail("MAC %v is not a 6-byte Ethernet address", cfg.MAC)
-	}
-	if cfg.MTU < 0 {
-		return nil, fail("invalid MTU %d", cfg.MTU)
-	}
-	if cfg.Gateway.IsValid() && cfg.Addr.IsValid() && cfg.Gateway.Is4() != cfg.Addr.Addr().Is4() {
-		return nil, fail("gateway %v and address %v are of different families", cfg.Gateway, cfg.Addr)
+	t := plugTarget{nsPath: nsPath, cfg: cfg}
+	if err := t.check(); err != nil {
+		return nil, err
 	}
 
 	nsh, err := netns.GetFromPath(nsPath)
@@ -75,12 +64,12 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 		return nil, fmt.Errorf("netns %q: %w", nsPath, err)
 	}
 	defer nsh.Close()
-	in, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
+	t.in, err = netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netns %q: netlink: %w", nsPath, err)
 	}
-	defer in.Close()
-	if _, err := in.LinkByName(cfg.IfName); err == nil {
+	defer t.in.Close()
+	if _, err := t.in.LinkByName(cfg.IfName); err == nil {
 		return nil, fmt.Errorf("netns %q: interface %q already exists", nsPath, cfg.IfName)
 	}
 
@@ -89,7 +78,7 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 		if strings.Contains(err.Error(), "already exists") {
 			return nil, fmt.Errorf("netns %q: interface %q already exists", nsPath, cfg.IfName)
 		}
-		return nil, fail("%v", err)
+		return nil, t.fail("%v", err)
 	}
 	defer func() {
 		if err != nil {
@@ -99,22 +88,70 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 			tap.Close()
 		}
 	}()
-	link, err := in.LinkByName(cfg.IfName)
+	link, err := t.in.LinkByName(cfg.IfName)
 	if err != nil {
-		return nil, fail("find new TAP: %v", err)
+		return nil, t.fail("find new TAP: %v", err)
 	}
+	if err := t.configure(link); err != nil {
+		return nil, err
+	}
+	if err := t.route(link); err != nil {
+		return nil, err
+	}
+	if err := tap.SetPersist(true); err != nil {
+		return nil, t.fail("%v", err)
+	}
+	return tap, nil
+}
+
+// plugTarget is the interface one Plug makes: its namespace, its
+// configuration and the netlink handle in that namespace.
+type plugTarget struct {
+	nsPath string
+	cfg    IfaceConfig
+	in     *netlink.Handle
+}
+
+// fail returns an error about the interface, naming its namespace.
+func (t plugTarget) fail(format string, args ...any) error {
+	return fmt.Errorf("netns %q: interface %q: %s", t.nsPath, t.cfg.IfName, fmt.Sprintf(format, args...))
+}
+
+// check refuses a configuration that cannot be applied: a name too long,
+// a MAC not of 6 bytes, a negative MTU, a gateway of the other family.
+func (t plugTarget) check() error {
+	cfg := t.cfg
+	if len(cfg.IfName) >= unix.IFNAMSIZ {
+		return t.fail("name longer than %d bytes", unix.IFNAMSIZ-1)
+	}
+	if cfg.MAC != nil && len(cfg.MAC) != 6 {
+		return t.fail("MAC %v is not a 6-byte Ethernet address", cfg.MAC)
+	}
+	if cfg.MTU < 0 {
+		return t.fail("invalid MTU %d", cfg.MTU)
+	}
+	if cfg.Gateway.IsValid() && cfg.Addr.IsValid() && cfg.Gateway.Is4() != cfg.Addr.Addr().Is4() {
+		return t.fail("gateway %v and address %v are of different families", cfg.Gateway, cfg.Addr)
+	}
+	return nil
+}
+
+// configure gives the new link its MAC, MTU, hardening and address, and
+// sets it up.
+func (t plugTarget) configure(link netlink.Link) error {
+	cfg, in := t.cfg, t.in
 	if cfg.MAC != nil {
 		if err := in.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
-			return nil, fail("set MAC %v: %v", cfg.MAC, err)
+			return t.fail("set MAC %v: %v", cfg.MAC, err)
 		}
 	}
 	if cfg.MTU > 0 {
 		if err := in.LinkSetMTU(link, cfg.MTU); err != nil {
-			return nil, fail("set MTU %d: %v", cfg.MTU, err)
+			return t.fail("set MTU %d: %v", cfg.MTU, err)
 		}
 	}
-	if err := hardenLink(nsPath, in, link, cfg); err != nil {
-		return nil, fail("%v", err)
+	if err := hardenLink(t.nsPath, in, link, cfg); err != nil {
+		return t.fail("%v", err)
 	}
 	if cfg.Addr.IsValid() {
 		a := &netlink.Addr{IPNet: prefixToIPNet(cfg.Addr)}
@@ -122,18 +159,26 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 			a.Flags = unix.IFA_F_NODAD // usable at once, like Docker's
 		}
 		if err := in.AddrAdd(link, a); err != nil {
-			return nil, fail("add address %v: %v", cfg.Addr, err)
+			return t.fail("add address %v: %v", cfg.Addr, err)
 		}
 	}
 	if err := in.LinkSetUp(link); err != nil {
-		return nil, fail("set up: %v", err)
+		return t.fail("set up: %v", err)
 	}
+	return nil
+}
+
+// route sets the namespace's loopback up and adds the default route via
+// the gateway, if there is one (on-link when the address's subnet does
+// not hold it).
+func (t plugTarget) route(link netlink.Link) error {
+	cfg, in := t.cfg, t.in
 	lo, err := in.LinkByName("lo")
 	if err == nil {
 		err = in.LinkSetUp(lo)
 	}
 	if err != nil {
-		return nil, fail("set loopback up: %v", err)
+		return t.fail("set loopback up: %v", err)
 	}
 	if cfg.Gateway.IsValid() {
 		r := &netlink.Route{
@@ -145,13 +190,10 @@ func Plug(nsPath string, cfg IfaceConfig) (_ *netdev.TAP, err error) {
 			r.Flags = int(netlink.FLAG_ONLINK)
 		}
 		if err := in.RouteAdd(r); err != nil {
-			return nil, fail("add default route via %v: %v", cfg.Gateway, err)
+			return t.fail("add default route via %v: %v", cfg.Gateway, err)
 		}
 	}
-	if err := tap.SetPersist(true); err != nil {
-		return nil, fail("%v", err)
-	}
-	return tap, nil
+	return nil
 }
 
 // hardenLink applies the data plane's limits to the container's side of

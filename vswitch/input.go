@@ -145,11 +145,7 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 	sc := &r.sc
 	var rxBytes, forwarded, flooded, suppressed uint64
 	if s.closed.Load() || r.removed.Load() {
-		for i := range n {
-			rxBytes += uint64(max(sizes[i], 0))
-		}
-		sc.drops[dropPortDown] += uint64(n)
-		r.account(rxBytes, n, 0, 0, 0)
+		r.dropDown(sizes[:n])
 		return
 	}
 	if offset < packet.OffloadLen {
@@ -224,6 +220,25 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 			}
 		}
 	}
+	r.endBatch(offset, now)
+	r.account(rxBytes, n, forwarded, flooded, suppressed)
+}
+
+// dropDown drops a batch that came in while the switch or the port is
+// closing, counting its bytes.
+func (r *Port) dropDown(sizes []int) {
+	var rxBytes uint64
+	for _, size := range sizes {
+		rxBytes += uint64(max(size, 0))
+	}
+	r.sc.drops[dropPortDown] += uint64(len(sizes))
+	r.account(rxBytes, len(sizes), 0, 0, 0)
+}
+
+// endBatch sends the frames queued for the other ports, gives the queues
+// back and commits the MACs the batch learned.
+func (r *Port) endBatch(offset int, now int64) {
+	s, sc := r.sw, &r.sc
 	r.flush(offset)
 	s.putQueues(sc.dq)
 	sc.dq = nil
@@ -233,7 +248,6 @@ func (r *Port) Input(bufs [][]byte, sizes []int, offset int) {
 		clear(sc.learn)
 		sc.learn = sc.learn[:0]
 	}
-	r.account(rxBytes, n, forwarded, flooded, suppressed)
 }
 
 // admit checks frame eth (in buf) from r: its source (which it learns),

@@ -16,26 +16,17 @@ import (
 
 func cmdRun(env *cliEnv, args []string) error {
 	fs := newFlags(env, "run", false)
-	detach := fs.Bool("d", false, "detach: start the command in the background and print the container name")
-	var netws stringList
-	fs.Var(&netws, "network", "network `NET` to attach the new container to (repeatable: eth0, eth1, ...; the first gives the default route)")
-	netMode := fs.String("net", "", "container:NAME joins an existing container's network namespace")
-	name := fs.String("name", "", "container name")
-	ip := fs.String("ip", "", "IPv4 address (default: the next free one; with one --network only)")
-	remove := fs.Bool("rm", false, "remove the container when the command exits (not with -d)")
-	var aliases, services, publish stringList
-	fs.Var(&aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
-	fs.Var(&services, "service", "join service `NAME[:WEIGHT]` as a backend on the networks it shares with the container (repeatable; weight 1-1000, default 1)")
-	fs.Var(&publish, "p", "publish the container's port on this host: `[HOSTIP:]HOSTPORT:PORT[/udp]` (repeatable; clients keep their address)")
+	var f runFlags
+	f.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	for _, s := range publish {
+	for _, s := range f.publish {
 		if _, err := gateway.ParsePublish(s); err != nil {
 			return usagef("-p: %s", err)
 		}
 	}
-	members, err := parseServiceFlags(services)
+	members, err := parseServiceFlags(f.services)
 	if err != nil {
 		return err
 	}
@@ -43,7 +34,7 @@ func cmdRun(env *cliEnv, args []string) error {
 	if len(argv) == 0 {
 		return usagef("want a command after --")
 	}
-	if *detach && *remove {
+	if f.detach && f.remove {
 		return usagef("-d and --rm: choose one")
 	}
 	// Refuse a command that cannot start before anything is created.
@@ -51,56 +42,89 @@ func cmdRun(env *cliEnv, args []string) error {
 		return err
 	}
 	c := fs.client()
-	if *netMode != "" {
-		target, ok := strings.CutPrefix(*netMode, "container:")
-		if !ok || target == "" {
-			return usagef("--net %q: want container:NAME", *netMode)
-		}
-		// No container is made: --name and --rm would name or remove
-		// nothing of this command's own, so they are refused rather than
-		// ignored (the command's output names the target).
-		if len(netws) > 0 || *ip != "" || len(aliases) > 0 || len(members) > 0 || len(publish) > 0 || *name != "" || *remove {
-			return usagef("--net container:%s runs the command in that container, making no new one; --name, --rm, --network, --ip, --alias, --service and -p do not apply", target)
-		}
-		ctr, err := c.ContainerNamespace(target)
-		if err != nil {
-			return err
-		}
-		if err := notGone(ctr); err != nil {
-			return err
-		}
-		return startIn(env, containerPaths(ctr), argv, *detach, target, nil)
+	if f.netMode != "" {
+		return f.runInContainer(env, c, argv, members)
 	}
-	if len(netws) == 0 || *name == "" {
+	return f.runNew(env, c, fs.socket, argv, members)
+}
+
+// runFlags are the flags of `vxmesh run`.
+type runFlags struct {
+	detach, remove                    bool
+	netws, aliases, services, publish stringList
+	netMode, name, ip                 string
+}
+
+// register defines the flags on fs.
+func (f *runFlags) register(fs *flagSet) {
+	fs.BoolVar(&f.detach, "d", false, "detach: start the command in the background and print the container name")
+	fs.Var(&f.netws, "network", "network `NET` to attach the new container to (repeatable: eth0, eth1, ...; the first gives the default route)")
+	fs.StringVar(&f.netMode, "net", "", "container:NAME joins an existing container's network namespace")
+	fs.StringVar(&f.name, "name", "", "container name")
+	fs.StringVar(&f.ip, "ip", "", "IPv4 address (default: the next free one; with one --network only)")
+	fs.BoolVar(&f.remove, "rm", false, "remove the container when the command exits (not with -d)")
+	fs.Var(&f.aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
+	fs.Var(&f.services, "service", "join service `NAME[:WEIGHT]` as a backend on the networks it shares with the container (repeatable; weight 1-1000, default 1)")
+	fs.Var(&f.publish, "p", "publish the container's port on this host: `[HOSTIP:]HOSTPORT:PORT[/udp]` (repeatable; clients keep their address)")
+}
+
+// runInContainer is run --net container:NAME: the command starts in that
+// container's namespaces, and no container is made.
+func (f *runFlags) runInContainer(env *cliEnv, c *api.Client, argv []string, members []api.ServiceMember) error {
+	target, ok := strings.CutPrefix(f.netMode, "container:")
+	if !ok || target == "" {
+		return usagef("--net %q: want container:NAME", f.netMode)
+	}
+	// No container is made: --name and --rm would name or remove
+	// nothing of this command's own, so they are refused rather than
+	// ignored (the command's output names the target).
+	if len(f.netws) > 0 || f.ip != "" || len(f.aliases) > 0 || len(members) > 0 || len(f.publish) > 0 || f.name != "" || f.remove {
+		return usagef("--net container:%s runs the command in that container, making no new one; --name, --rm, --network, --ip, --alias, --service and -p do not apply", target)
+	}
+	ctr, err := c.ContainerNamespace(target)
+	if err != nil {
+		return err
+	}
+	if err := notGone(ctr); err != nil {
+		return err
+	}
+	return startIn(env, containerPaths(ctr), argv, f.detach, target, nil)
+}
+
+// runNew makes the container on its networks, starts the command in it
+// and removes it again when the command did not start (or, with --rm,
+// when it exits).
+func (f *runFlags) runNew(env *cliEnv, c *api.Client, socket string, argv []string, members []api.ServiceMember) error {
+	if len(f.netws) == 0 || f.name == "" {
 		return usagef("want --network NET and --name NAME (or --net container:NAME)")
 	}
-	if *ip != "" && len(netws) > 1 {
-		return usagef("--ip %s: only with a single --network", *ip)
+	if f.ip != "" && len(f.netws) > 1 {
+		return usagef("--ip %s: only with a single --network", f.ip)
 	}
-	svcs, err := splitServices(c, netws, members)
+	svcs, err := splitServices(c, f.netws, members)
 	if err != nil {
 		return err
 	}
 	t0 := time.Now()
-	ep, err := attachAll(env, c, attachSpec{name: *name, netws: netws, ip: *ip, aliases: aliases, publish: publish}, svcs)
+	ep, err := attachAll(env, c, attachSpec{name: f.name, netws: f.netws, ip: f.ip, aliases: f.aliases, publish: f.publish}, svcs)
 	if err != nil {
 		return err
 	}
 	t1 := time.Now()
-	rep := &exitReport{socket: fs.socket, container: *name, timing: &monitorTiming{}}
-	err = startIn(env, nsPaths{netns: ep.Netns, resolvConf: ep.ResolvConf, mountNS: ep.MountNS}, argv, *detach, *name, rep)
-	if path := os.Getenv(runTimingEnv); path != "" && err == nil && *detach {
-		writeRunTiming(path, *name, t1.Sub(t0), time.Since(t1), *rep.timing)
+	rep := &exitReport{socket: socket, container: f.name, timing: &monitorTiming{}}
+	err = startIn(env, nsPaths{netns: ep.Netns, resolvConf: ep.ResolvConf, mountNS: ep.MountNS}, argv, f.detach, f.name, rep)
+	if path := os.Getenv(runTimingEnv); path != "" && err == nil && f.detach {
+		writeRunTiming(path, f.name, t1.Sub(t0), time.Since(t1), *rep.timing)
 	}
 	if _, exited := err.(exitError); err != nil && !exited {
 		// The command never started: take the container away again.
-		if rmErr := c.RemoveContainer(*name); rmErr != nil {
-			fmt.Fprintf(env.stderr, "vxmesh run: removing container %q after the failed start: %v\n", *name, rmErr)
+		if rmErr := c.RemoveContainer(f.name); rmErr != nil {
+			fmt.Fprintf(env.stderr, "vxmesh run: removing container %q after the failed start: %v\n", f.name, rmErr)
 		}
 		return err
 	}
-	if *remove {
-		if rmErr := c.RemoveContainer(*name); rmErr != nil {
+	if f.remove {
+		if rmErr := c.RemoveContainer(f.name); rmErr != nil {
 			fmt.Fprintf(env.stderr, "vxmesh run: --rm: %v\n", rmErr)
 		}
 	}

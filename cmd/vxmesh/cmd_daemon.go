@@ -33,153 +33,236 @@ import (
 
 func cmdDaemon(env *cliEnv, args []string) error {
 	fs := newFlags(env, "daemon", false)
-	node := fs.String("node", "", "node name (default: the hostname)")
-	stateDir := fs.String("state-dir", "/var/lib/vxmesh", "directory for persisted state")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	prefix := fs.String("netns-prefix", "", "prefix for the named netns of containers made by run")
-	fastPath := fs.Bool("publish-fast-path", true, "dial published TCP connections to a container on this host from inside its namespace over its loopback (one ip rule and table there, at its first published connection); false: through its interface from the gateway, as UDP")
-	mountTemplate := fs.String("mount-template", daemon.MountTemplateAuto, "start containers' processes from a mount namespace made once without /run/netns, so a start does not copy every container's netns mount: auto (when the host's root mount is shared, so later mounts still reach containers), always (on a private root containers see the mounts of the daemon's start) or never")
-	advertise := fs.String("advertise", "", "underlay address other hosts reach this one at (default: the default-route interface's address)")
-	join := fs.String("join", "", "comma-separated HOST[:PORT] of cluster members to join")
-	gossipPort := fs.Int("gossip-port", 7946, "memberlist gossip port (TCP and UDP)")
-	keyFile := fs.String("cluster-key-file", "", "file holding the cluster key (default: STATE_DIR/cluster.key, created if missing)")
-	grace := fs.Duration("node-grace", 30*time.Second, "how long a dead node's endpoints stay before they are removed")
-	dataPort := fs.Uint("data-port", 4789, "VXLAN UDP port (the same on every node)")
-	rxSockets := fs.Int("rx-sockets", daemon.DefaultRxSockets, fmt.Sprintf("VXLAN receive sockets on --data-port (SO_REUSEPORT), each read by its own loop: the kernel spreads flows over them (1-%d)", daemon.MaxRxSockets))
-	kernelTunnel := kernelTunnelFlag(daemon.KernelTunnelAuto)
-	fs.Var(&kernelTunnel, "kernel-tunnel", "auto, on or off: send TCP super-segments to one peer as whole VXLAN super-packets for the kernel to segment at the underlay device (Linux 6.17+ UDP tunnel GSO, through a TAP the kernel forwards from; needs net.ipv4.conf.all.rp_filter=0). auto: only while no nftables chain on the prerouting, forward or postrouting hook (family ip, inet) and no legacy iptables table could filter the forwarded packets, checked after every nftables change and every --kernel-tunnel-recheck; on: whenever the kernel can (open the forward firewall for UDP to the data port from this node's address first); bare --kernel-tunnel means on. Falls back to userspace segmentation where unavailable")
-	ktnlRecheck := fs.Duration("kernel-tunnel-recheck", daemon.DefaultKernelTunnelRecheck, "how often --kernel-tunnel checks its conditions again (rp_filter, legacy iptables, which send no change notification; nftables changes are followed at once)")
-	busyPoll := fs.Duration("busy-poll", 0, "how long each data-path reader (container TAP, VTEP socket) keeps polling after a frame before it sleeps: lower request/response latency for CPU spent after traffic (e.g. 50us; 0: off, idle CPU is zero either way)")
-	espPort := fs.Uint("esp-port", 4500, "UDP port of encrypted networks' ESP (RFC 3948; the same on every node)")
-	dnsUpstream := fs.String("dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
-	dnsTimeout := fs.Duration("dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
-	keyInterval := fs.Duration("key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
-	dockerHost := fs.String("docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
-	dockerPlugin := fs.Bool("docker-plugin", false, "serve Docker's network and IPAM plugin protocol (docker network create -d vxmesh --ipam-driver vxmesh ...), asking the Docker Engine at --docker-host for network names")
-	dockerPluginSocket := fs.String("docker-plugin-socket", dockerplugin.DefaultSocket, "the plugin's socket with --docker-plugin; Docker knows the driver by the socket's name (vxmesh.sock: -d vxmesh)")
-	egressMax := fs.Int("egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) and published-port flows open at once on this host; more are refused")
-	metricsAddr := fs.String("metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
-	debugAddr := fs.String("debug-addr", "", "HOST:PORT to serve Go runtime profiles on at /debug/pprof/ and memory statistics at /debug/memstats (plain HTTP, unauthenticated: bind to loopback; default: off)")
-	ctMax := fs.Int("conntrack-max", lb.DefaultMax, "entries of the service connection table (least recently used evicted when full)")
-	ctTimeouts := fs.String("conntrack-timeouts", "", "service connection timeouts as `NAME=DURATION,...`: "+strings.Join(conntrackTimeoutNames(), ", ")+
-		" (defaults tcp-established=24h, tcp-syn=30s, tcp-closing=2m, tcp-close=10s, udp=120s, icmp=30s, syn-retry=900ms, eject=10s)")
+	var f daemonFlags
+	f.register(fs)
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
+	if err := checkDaemonArgs(pos); err != nil {
+		return err
+	}
+	cfg, level, err := f.config()
+	if err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("must run as root (it creates TAP devices and network namespaces)")
+	}
+	cfg.Socket = fs.socket
+	if cfg.Socket == "" {
+		cfg.Socket = os.Getenv(api.SocketEnv)
+	}
+	if cfg.Socket == "" {
+		cfg.Socket = api.DefaultSocket
+	}
+	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level}))
+	raiseOpenFiles(log)
+	if f.debugAddr != "" {
+		stopDebug, err := serveDebug(f.debugAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopDebug()
+	}
+	cfg.Logger = log
+	cfg.Ready = func() { notify(log, sdnotify.Ready) }
+	d, err := daemon.New(cfg)
+	if err != nil {
+		return err
+	}
+	return serveDaemon(d, f, cfg.DockerSocket, log)
+}
+
+// daemonFlags are the flags of `vxmesh daemon`.
+type daemonFlags struct {
+	node               string
+	stateDir           string
+	logLevel           string
+	prefix             string
+	fastPath           bool
+	mountTemplate      string
+	advertise          string
+	join               string
+	gossipPort         int
+	keyFile            string
+	grace              time.Duration
+	dataPort           uint
+	rxSockets          int
+	kernelTunnel       kernelTunnelFlag
+	ktnlRecheck        time.Duration
+	busyPoll           time.Duration
+	espPort            uint
+	dnsUpstream        string
+	dnsTimeout         time.Duration
+	keyInterval        time.Duration
+	dockerHost         string
+	dockerPlugin       bool
+	dockerPluginSocket string
+	egressMax          int
+	metricsAddr        string
+	debugAddr          string
+	ctMax              int
+	ctTimeouts         string
+}
+
+// register defines the flags on fs.
+func (f *daemonFlags) register(fs *flagSet) {
+	fs.StringVar(&f.node, "node", "", "node name (default: the hostname)")
+	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/vxmesh", "directory for persisted state")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.prefix, "netns-prefix", "", "prefix for the named netns of containers made by run")
+	fs.BoolVar(&f.fastPath, "publish-fast-path", true, "dial published TCP connections to a container on this host from inside its namespace over its loopback (one ip rule and table there, at its first published connection); false: through its interface from the gateway, as UDP")
+	fs.StringVar(&f.mountTemplate, "mount-template", daemon.MountTemplateAuto, "start containers' processes from a mount namespace made once without /run/netns, so a start does not copy every container's netns mount: auto (when the host's root mount is shared, so later mounts still reach containers), always (on a private root containers see the mounts of the daemon's start) or never")
+	fs.StringVar(&f.advertise, "advertise", "", "underlay address other hosts reach this one at (default: the default-route interface's address)")
+	fs.StringVar(&f.join, "join", "", "comma-separated HOST[:PORT] of cluster members to join")
+	fs.IntVar(&f.gossipPort, "gossip-port", 7946, "memberlist gossip port (TCP and UDP)")
+	fs.StringVar(&f.keyFile, "cluster-key-file", "", "file holding the cluster key (default: STATE_DIR/cluster.key, created if missing)")
+	fs.DurationVar(&f.grace, "node-grace", 30*time.Second, "how long a dead node's endpoints stay before they are removed")
+	fs.UintVar(&f.dataPort, "data-port", 4789, "VXLAN UDP port (the same on every node)")
+	fs.IntVar(&f.rxSockets, "rx-sockets", daemon.DefaultRxSockets, fmt.Sprintf("VXLAN receive sockets on --data-port (SO_REUSEPORT), each read by its own loop: the kernel spreads flows over them (1-%d)", daemon.MaxRxSockets))
+	f.kernelTunnel = kernelTunnelFlag(daemon.KernelTunnelAuto)
+	fs.Var(&f.kernelTunnel, "kernel-tunnel", "auto, on or off: send TCP super-segments to one peer as whole VXLAN super-packets for the kernel to segment at the underlay device (Linux 6.17+ UDP tunnel GSO, through a TAP the kernel forwards from; needs net.ipv4.conf.all.rp_filter=0). auto: only while no nftables chain on the prerouting, forward or postrouting hook (family ip, inet) and no legacy iptables table could filter the forwarded packets, checked after every nftables change and every --kernel-tunnel-recheck; on: whenever the kernel can (open the forward firewall for UDP to the data port from this node's address first); bare --kernel-tunnel means on. Falls back to userspace segmentation where unavailable")
+	fs.DurationVar(&f.ktnlRecheck, "kernel-tunnel-recheck", daemon.DefaultKernelTunnelRecheck, "how often --kernel-tunnel checks its conditions again (rp_filter, legacy iptables, which send no change notification; nftables changes are followed at once)")
+	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each data-path reader (container TAP, VTEP socket) keeps polling after a frame before it sleeps: lower request/response latency for CPU spent after traffic (e.g. 50us; 0: off, idle CPU is zero either way)")
+	fs.UintVar(&f.espPort, "esp-port", 4500, "UDP port of encrypted networks' ESP (RFC 3948; the same on every node)")
+	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "comma-separated IP[:PORT] the containers' resolver (127.0.0.11) forwards other names to (default: the nameservers of /etc/resolv.conf)")
+	fs.DurationVar(&f.dnsTimeout, "dns-timeout", dns.DefaultTimeout, "how long a forwarded DNS query may take, retries across upstreams included")
+	fs.DurationVar(&f.keyInterval, "key-rotation-interval", daemon.DefaultKeyRotationInterval, "how often the data keys of encrypted networks are rotated")
+	fs.StringVar(&f.dockerHost, "docker-host", "", "the Docker Engine that attach --docker asks: unix:///PATH (default $"+sandbox.DockerHostEnv+", else unix://"+sandbox.DefaultDockerSocket+")")
+	fs.BoolVar(&f.dockerPlugin, "docker-plugin", false, "serve Docker's network and IPAM plugin protocol (docker network create -d vxmesh --ipam-driver vxmesh ...), asking the Docker Engine at --docker-host for network names")
+	fs.StringVar(&f.dockerPluginSocket, "docker-plugin-socket", dockerplugin.DefaultSocket, "the plugin's socket with --docker-plugin; Docker knows the driver by the socket's name (vxmesh.sock: -d vxmesh)")
+	fs.IntVar(&f.egressMax, "egress-max-flows", gateway.DefaultMaxFlows, "egress flows (TCP, UDP, ICMP echo from containers to outside the overlay) and published-port flows open at once on this host; more are refused")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "HOST:PORT to serve Prometheus metrics on at /metrics (plain HTTP, unauthenticated, no secrets; default: off)")
+	fs.StringVar(&f.debugAddr, "debug-addr", "", "HOST:PORT to serve Go runtime profiles on at /debug/pprof/ and memory statistics at /debug/memstats (plain HTTP, unauthenticated: bind to loopback; default: off)")
+	fs.IntVar(&f.ctMax, "conntrack-max", lb.DefaultMax, "entries of the service connection table (least recently used evicted when full)")
+	fs.StringVar(&f.ctTimeouts, "conntrack-timeouts", "", "service connection timeouts as `NAME=DURATION,...`: "+strings.Join(conntrackTimeoutNames(), ", ")+
+		" (defaults tcp-established=24h, tcp-syn=30s, tcp-closing=2m, tcp-close=10s, udp=120s, icmp=30s, syn-retry=900ms, eject=10s)")
+}
+
+// checkDaemonArgs refuses positional arguments, with a hint when one is a
+// --kernel-tunnel mode given without '='.
+func checkDaemonArgs(pos []string) error {
 	if len(pos) > 0 {
 		switch m := daemon.KernelTunnelMode(pos[0]); m {
 		case daemon.KernelTunnelAuto, daemon.KernelTunnelOn, daemon.KernelTunnelOff:
 			return usagef("unexpected argument %q: give the mode with '=': --kernel-tunnel=%s", m, m)
 		}
 	}
-	if err := wantArgs(pos, 0, "no arguments"); err != nil {
-		return err
+	return wantArgs(pos, 0, "no arguments")
+}
+
+// config checks the flags, in the order their errors have always come,
+// and returns the daemon's configuration (its socket, logger and Ready
+// left to the caller) and the log level.
+func (f *daemonFlags) config() (daemon.Config, slog.Level, error) {
+	cfg := daemon.Config{
+		Node: f.node, StateDir: f.stateDir, NetnsPrefix: f.prefix, NoFastPath: !f.fastPath, MountTemplate: f.mountTemplate,
+		GossipPort: f.gossipPort, ClusterKeyFile: f.keyFile,
+		NodeGrace: f.grace, DataPort: uint16(f.dataPort), RxSockets: f.rxSockets, KernelTunnel: daemon.KernelTunnelMode(f.kernelTunnel), KernelTunnelRecheck: f.ktnlRecheck, BusyPoll: f.busyPoll, DNSTimeout: f.dnsTimeout,
+		KeyRotationInterval: f.keyInterval, ESPPort: uint16(f.espPort),
+		MetricsAddr: f.metricsAddr, ConntrackMax: f.ctMax, EgressMaxFlows: f.egressMax,
 	}
-	if *ctMax < 1 {
-		return usagef("--conntrack-max %d: want a positive number of entries", *ctMax)
-	}
-	timeouts, err := parseConntrackTimeouts(*ctTimeouts)
+	level, err := f.checkFirst(&cfg)
 	if err != nil {
-		return usagef("--conntrack-timeouts: %v", err)
+		return daemon.Config{}, 0, err
 	}
-	if *dockerHost == "" {
-		*dockerHost = os.Getenv(sandbox.DockerHostEnv)
+	if err := f.checkRest(&cfg); err != nil {
+		return daemon.Config{}, 0, err
 	}
-	dockerSocket, err := sandbox.DockerSocket(*dockerHost)
-	if err != nil {
-		return usagef("--docker-host (or $%s): %v", sandbox.DockerHostEnv, err)
-	}
-	if *keyInterval < time.Second {
-		return usagef("--key-rotation-interval %s: at least 1s", *keyInterval)
-	}
-	if *ktnlRecheck < 100*time.Millisecond {
-		return usagef("--kernel-tunnel-recheck %s: at least 100ms", *ktnlRecheck)
-	}
+	return cfg, level, nil
+}
+
+// checkFirst checks the conntrack, Docker, key, kernel tunnel, log and
+// advertise flags, setting the parsed ones in cfg.
+func (f *daemonFlags) checkFirst(cfg *daemon.Config) (slog.Level, error) {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return usagef("--log-level %q: want debug, info, warn or error", *logLevel)
+	if f.ctMax < 1 {
+		return level, usagef("--conntrack-max %d: want a positive number of entries", f.ctMax)
 	}
-	var adv netip.Addr
-	if *advertise != "" {
-		if adv, err = netip.ParseAddr(*advertise); err != nil || !adv.Is4() {
-			return usagef("--advertise %q: not an IPv4 address", *advertise)
+	timeouts, err := parseConntrackTimeouts(f.ctTimeouts)
+	if err != nil {
+		return level, usagef("--conntrack-timeouts: %v", err)
+	}
+	cfg.ConntrackTimeouts = timeouts
+	if f.dockerHost == "" {
+		f.dockerHost = os.Getenv(sandbox.DockerHostEnv)
+	}
+	if cfg.DockerSocket, err = sandbox.DockerSocket(f.dockerHost); err != nil {
+		return level, usagef("--docker-host (or $%s): %v", sandbox.DockerHostEnv, err)
+	}
+	if f.keyInterval < time.Second {
+		return level, usagef("--key-rotation-interval %s: at least 1s", f.keyInterval)
+	}
+	if f.ktnlRecheck < 100*time.Millisecond {
+		return level, usagef("--kernel-tunnel-recheck %s: at least 100ms", f.ktnlRecheck)
+	}
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return level, usagef("--log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	if f.advertise != "" {
+		adv, err := netip.ParseAddr(f.advertise)
+		if err != nil || !adv.Is4() {
+			return level, usagef("--advertise %q: not an IPv4 address", f.advertise)
 		}
+		cfg.Advertise = adv
 	}
-	if *dataPort == 0 || *dataPort > 65535 {
-		return usagef("--data-port %d: out of range 1-65535", *dataPort)
+	return level, nil
+}
+
+// checkRest checks the port, timing, DNS, egress and address flags and
+// --join, setting the parsed ones in cfg.
+func (f *daemonFlags) checkRest(cfg *daemon.Config) error {
+	if f.dataPort == 0 || f.dataPort > 65535 {
+		return usagef("--data-port %d: out of range 1-65535", f.dataPort)
 	}
-	if *busyPoll < 0 || *busyPoll > time.Second {
-		return usagef("--busy-poll %v: out of range 0-1s", *busyPoll)
+	if f.busyPoll < 0 || f.busyPoll > time.Second {
+		return usagef("--busy-poll %v: out of range 0-1s", f.busyPoll)
 	}
-	if *rxSockets < 1 || *rxSockets > daemon.MaxRxSockets {
-		return usagef("--rx-sockets %d: out of range 1-%d", *rxSockets, daemon.MaxRxSockets)
+	if f.rxSockets < 1 || f.rxSockets > daemon.MaxRxSockets {
+		return usagef("--rx-sockets %d: out of range 1-%d", f.rxSockets, daemon.MaxRxSockets)
 	}
-	if *espPort == 0 || *espPort > 65535 || *espPort == *dataPort {
-		return usagef("--esp-port %d: out of range 1-65535 or the same as --data-port", *espPort)
+	if f.espPort == 0 || f.espPort > 65535 || f.espPort == f.dataPort {
+		return usagef("--esp-port %d: out of range 1-65535 or the same as --data-port", f.espPort)
 	}
-	if *gossipPort <= 0 || *gossipPort > 65535 {
-		return usagef("--gossip-port %d: out of range 1-65535", *gossipPort)
+	if f.gossipPort <= 0 || f.gossipPort > 65535 {
+		return usagef("--gossip-port %d: out of range 1-65535", f.gossipPort)
 	}
-	if *grace <= 0 {
-		return usagef("--node-grace %s: must be positive", *grace)
+	if f.grace <= 0 {
+		return usagef("--node-grace %s: must be positive", f.grace)
 	}
-	ups, err := dns.ParseUpstreams(*dnsUpstream)
+	ups, err := dns.ParseUpstreams(f.dnsUpstream)
 	if err != nil {
 		return usagef("--dns-upstream: %v", err)
 	}
-	if *dnsTimeout <= 0 {
-		return usagef("--dns-timeout %s: must be positive", *dnsTimeout)
+	cfg.DNSUpstreams = ups
+	if f.dnsTimeout <= 0 {
+		return usagef("--dns-timeout %s: must be positive", f.dnsTimeout)
 	}
-	if *egressMax < 1 || *egressMax > maxEgressFlows {
-		return usagef("--egress-max-flows %d: out of range 1-%d", *egressMax, maxEgressFlows)
+	if f.egressMax < 1 || f.egressMax > maxEgressFlows {
+		return usagef("--egress-max-flows %d: out of range 1-%d", f.egressMax, maxEgressFlows)
 	}
-	if *metricsAddr != "" {
-		if _, port, err := net.SplitHostPort(*metricsAddr); err != nil || port == "" {
-			return usagef("--metrics-addr %q: want HOST:PORT", *metricsAddr)
+	if f.metricsAddr != "" {
+		if _, port, err := net.SplitHostPort(f.metricsAddr); err != nil || port == "" {
+			return usagef("--metrics-addr %q: want HOST:PORT", f.metricsAddr)
 		}
 	}
-	if *debugAddr != "" {
-		if _, port, err := net.SplitHostPort(*debugAddr); err != nil || port == "" {
-			return usagef("--debug-addr %q: want HOST:PORT", *debugAddr)
+	if f.debugAddr != "" {
+		if _, port, err := net.SplitHostPort(f.debugAddr); err != nil || port == "" {
+			return usagef("--debug-addr %q: want HOST:PORT", f.debugAddr)
 		}
 	}
-	var peers []string
-	for _, p := range strings.Split(*join, ",") {
+	for _, p := range strings.Split(f.join, ",") {
 		if p = strings.TrimSpace(p); p != "" {
-			peers = append(peers, p)
+			cfg.Join = append(cfg.Join, p)
 		}
 	}
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("must run as root (it creates TAP devices and network namespaces)")
-	}
-	socket := fs.socket
-	if socket == "" {
-		socket = os.Getenv(api.SocketEnv)
-	}
-	if socket == "" {
-		socket = api.DefaultSocket
-	}
-	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level}))
-	raiseOpenFiles(log)
-	if *debugAddr != "" {
-		stopDebug, err := serveDebug(*debugAddr, log)
-		if err != nil {
-			return err
-		}
-		defer stopDebug()
-	}
-	d, err := daemon.New(daemon.Config{
-		Node: *node, Socket: socket, StateDir: *stateDir, NetnsPrefix: *prefix, NoFastPath: !*fastPath, MountTemplate: *mountTemplate, Logger: log,
-		Advertise: adv, Join: peers, GossipPort: *gossipPort, ClusterKeyFile: *keyFile,
-		NodeGrace: *grace, DataPort: uint16(*dataPort), RxSockets: *rxSockets, KernelTunnel: daemon.KernelTunnelMode(kernelTunnel), KernelTunnelRecheck: *ktnlRecheck, BusyPoll: *busyPoll, DNSUpstreams: ups, DNSTimeout: *dnsTimeout,
-		KeyRotationInterval: *keyInterval, ESPPort: uint16(*espPort), DockerSocket: dockerSocket,
-		MetricsAddr: *metricsAddr, ConntrackMax: *ctMax, ConntrackTimeouts: timeouts, EgressMaxFlows: *egressMax,
-		Ready: func() { notify(log, sdnotify.Ready) },
-	})
-	if err != nil {
-		return err
-	}
+	return nil
+}
+
+// serveDaemon serves d (and the Docker plugin, with --docker-plugin)
+// until a signal stops it, telling systemd when it is stopping.
+func serveDaemon(d *daemon.Daemon, f daemonFlags, dockerSocket string, log *slog.Logger) error {
 	ctx, stop := handleSignals(log)
 	defer stop()
 	stopped := make(chan struct{})
@@ -192,8 +275,9 @@ func cmdDaemon(env *cliEnv, args []string) error {
 		}
 	}()
 	var pluginDone chan error
-	if *dockerPlugin {
-		if pluginDone, err = serveDockerPlugin(ctx, d, dockerSocket, *dockerPluginSocket, filepath.Join(*stateDir, dockerPluginState), log); err != nil {
+	var err error
+	if f.dockerPlugin {
+		if pluginDone, err = serveDockerPlugin(ctx, d, dockerSocket, f.dockerPluginSocket, filepath.Join(f.stateDir, dockerPluginState), log); err != nil {
 			d.Close()
 			return err
 		}

@@ -113,9 +113,40 @@ func (d *demo) cli(h *testbed.Host, args ...string) (string, error) {
 	return out, nil
 }
 
+// steps runs the demo's steps in order, each printing what it runs and
+// what that shows.
 func (d *demo) steps() error {
 	hosts := d.tb.Hosts
-	h1 := hosts[0]
+	if err := d.startDaemons(); err != nil {
+		return err
+	}
+	if err := d.createNetwork(); err != nil {
+		return err
+	}
+	ips, err := d.runContainers()
+	if err != nil {
+		return err
+	}
+	if err := d.pingAcross(ips); err != nil {
+		return err
+	}
+	if err := d.resolveByName(); err != nil {
+		return err
+	}
+	d.step("TCP throughput c1 (h1) -> c2 (h2) with iperf3 (%d s), across hosts", iperfSeconds)
+	if err := d.iperf(hosts[0], hosts[1], ips["c2"]); err != nil {
+		return err
+	}
+	if err := d.services(hosts); err != nil {
+		return err
+	}
+	return d.showState()
+}
+
+// startDaemons is the first step: a daemon on each host, h2 and h3
+// joining h1, and the cluster's nodes listed.
+func (d *demo) startDaemons() error {
+	hosts := d.tb.Hosts
 	d.step("Starting a vxmesh daemon on each of %d hosts (network namespaces on one underlay bridge)", len(hosts))
 	fmt.Fprintf(d.out, "    every daemon gets the same cluster key (made like `vxmesh keygen > %s`); h2 and h3 join h1\n", d.tb.KeyFile)
 	for _, h := range hosts {
@@ -128,12 +159,16 @@ func (d *demo) steps() error {
 	if err := d.tb.WaitCluster(20 * time.Second); err != nil {
 		return err
 	}
-	if _, err := d.cli(h1, "node", "ls"); err != nil {
-		return err
-	}
+	_, err := d.cli(hosts[0], "node", "ls")
+	return err
+}
 
+// createNetwork creates the network demo on h1 and waits until every
+// host has it.
+func (d *demo) createNetwork() error {
+	hosts := d.tb.Hosts
 	d.step("Creating an overlay network on h1; it appears on every host")
-	if _, err := d.cli(h1, "network", "create", "demo", "--subnet", "10.42.0.0/24"); err != nil {
+	if _, err := d.cli(hosts[0], "network", "create", "demo", "--subnet", "10.42.0.0/24"); err != nil {
 		return err
 	}
 	d.network = "demo"
@@ -145,16 +180,20 @@ func (d *demo) steps() error {
 			return fmt.Errorf("demo: network demo did not reach %s: %w", h.Name, err)
 		}
 	}
-	if _, err := d.cli(hosts[len(hosts)-1], "network", "ls"); err != nil {
-		return err
-	}
+	_, err := d.cli(hosts[len(hosts)-1], "network", "ls")
+	return err
+}
 
+// runContainers starts container cN on host hN and returns their
+// addresses by name.
+func (d *demo) runContainers() (map[string]string, error) {
+	hosts := d.tb.Hosts
 	d.step("Starting one container per host (named network namespaces with eth0 on the network)")
 	ips := map[string]string{}
 	for i, h := range hosts {
 		c := fmt.Sprintf("c%d", i+1)
 		if _, err := d.cli(h, "run", "-d", "--network", "demo", "--name", c, "--", "sleep", "infinity"); err != nil {
-			return err
+			return nil, err
 		}
 		d.made = append(d.made, made{h, c})
 		var eps []struct {
@@ -162,7 +201,7 @@ func (d *demo) steps() error {
 			IP   string `json:"ip"`
 		}
 		if err := h.CLIJSON(&eps, "endpoint", "ls"); err != nil {
-			return err
+			return nil, err
 		}
 		for _, e := range eps {
 			if e.Name == c {
@@ -170,21 +209,26 @@ func (d *demo) steps() error {
 			}
 		}
 		if ips[c] == "" {
-			return fmt.Errorf("demo: endpoint ls on %s does not show %s: %+v", h.Name, c, eps)
+			return nil, fmt.Errorf("demo: endpoint ls on %s does not show %s: %+v", h.Name, c, eps)
 		}
 	}
-	if _, err := d.cli(h1, "ps"); err != nil {
-		return err
+	if _, err := d.cli(hosts[0], "ps"); err != nil {
+		return nil, err
 	}
-	if _, err := d.cli(h1, "exec", "c1", "--", "ip", "-brief", "address", "show", "eth0"); err != nil {
-		return err
+	if _, err := d.cli(hosts[0], "exec", "c1", "--", "ip", "-brief", "address", "show", "eth0"); err != nil {
+		return nil, err
 	}
+	return ips, nil
+}
 
+// pingAcross pings c1 -> c2, c1 -> c3 and c3 -> c2 across hosts.
+func (d *demo) pingAcross(ips map[string]string) error {
+	hosts := d.tb.Hosts
 	d.step("Ping across hosts: c1 (h1) -> c2 (%s, on h2) and c3 (%s, on h3), c3 -> c2, in VXLAN over the underlay", ips["c2"], ips["c3"])
 	for _, p := range []struct {
 		h        *testbed.Host
 		from, to string
-	}{{h1, "c1", "c2"}, {h1, "c1", "c3"}, {hosts[2], "c3", "c2"}} {
+	}{{hosts[0], "c1", "c2"}, {hosts[0], "c1", "c3"}, {hosts[2], "c3", "c2"}} {
 		// The first packets may wait for the remote endpoints to arrive.
 		if err := waitFor(d.ctx, 10*time.Second, func() error {
 			_, err := p.h.CLIContext(d.ctx, "exec", p.from, "--", "ping", "-c", "1", "-W", "1", ips[p.to])
@@ -196,36 +240,32 @@ func (d *demo) steps() error {
 			return err
 		}
 	}
+	return nil
+}
 
+// resolveByName pings c1 from c3 by name, through the embedded DNS.
+func (d *demo) resolveByName() error {
+	h3 := d.tb.Hosts[2]
 	d.step("Names resolve through the embedded DNS at 127.0.0.11 in every container: c3 (h3) pings c1 (h1) by name")
 	if err := waitFor(d.ctx, 10*time.Second, func() error {
-		_, err := hosts[2].CLIContext(d.ctx, "exec", "c3", "--", "ping", "-c", "1", "-W", "1", "c1")
+		_, err := h3.CLIContext(d.ctx, "exec", "c3", "--", "ping", "-c", "1", "-W", "1", "c1")
 		return err
 	}); err != nil {
 		return fmt.Errorf("demo: c3 cannot reach c1 by name: %w", err)
 	}
-	if _, err := d.cli(hosts[2], "exec", "c3", "--", "ping", "-c", "2", "-i", "0.2", "-W", "2", "c1"); err != nil {
-		return err
-	}
+	_, err := d.cli(h3, "exec", "c3", "--", "ping", "-c", "2", "-i", "0.2", "-W", "2", "c1")
+	return err
+}
 
-	d.step("TCP throughput c1 (h1) -> c2 (h2) with iperf3 (%d s), across hosts", iperfSeconds)
-	if err := d.iperf(h1, hosts[1], ips["c2"]); err != nil {
-		return err
-	}
-
-	if err := d.services(hosts); err != nil {
-		return err
-	}
-
+// showState is the last step: what h1 knows of the network, its
+// forwarding database and its counters.
+func (d *demo) showState() error {
+	h1 := d.tb.Hosts[0]
 	d.step("What h1 knows: the network's endpoints on every node and its peer VTEPs, the forwarding database (remote entries point at the other hosts' VTEPs), counters")
-	if _, err := d.cli(h1, "network", "inspect", "demo"); err != nil {
-		return err
-	}
-	if _, err := d.cli(h1, "fdb", "demo"); err != nil {
-		return err
-	}
-	if _, err := d.cli(h1, "stats"); err != nil {
-		return err
+	for _, args := range [][]string{{"network", "inspect", "demo"}, {"fdb", "demo"}, {"stats"}} {
+		if _, err := d.cli(h1, args...); err != nil {
+			return err
+		}
 	}
 	return nil
 }
