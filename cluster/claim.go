@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -294,6 +295,7 @@ func (r *claimRound) run(group, resource string) (*ClaimConflict, error) {
 		r.send(name, r.asks[name])
 	}
 	var held *ClaimConflict
+	waitLogged := false
 	deadline := time.NewTimer(c.cfg.ClaimTimeout)
 	defer deadline.Stop()
 	recheck := time.NewTicker(c.dur(50 * time.Millisecond))
@@ -316,10 +318,16 @@ func (r *claimRound) run(group, resource string) (*ClaimConflict, error) {
 			r.recheck(now)
 		case <-deadline.C:
 			if names := c.aliveAmong(r.peers); len(names) > 0 {
-				return nil, fmt.Errorf("claim of %s in %q not confirmed by %s within %v", resource, group, strings.Join(names, ", "), c.cfg.ClaimTimeout)
+				return nil, fmt.Errorf("not confirmed by %s within %v (down or unreachable? once the cluster declares it dead, "+
+					"a claim waits for it at most the node grace, %v, then goes on without it)", strings.Join(names, ", "), c.cfg.ClaimTimeout, c.cfg.NodeGrace)
 			}
 			// Only members declared dead are missing: wait until they
 			// answer or are gone (at most NodeGrace).
+			if !waitLogged {
+				waitLogged = true
+				c.log.Warn("a claim waits for members declared dead: until they answer or have been dead for the node grace",
+					"members", strings.Join(slices.Sorted(maps.Keys(r.peers)), ","), "node_grace", c.cfg.NodeGrace, "group", group, "resource", resource)
+			}
 			deadline.Reset(c.cfg.ClaimTimeout)
 		case <-c.stop:
 			return nil, errors.New("cluster is closed")

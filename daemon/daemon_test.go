@@ -321,8 +321,8 @@ func nodeConfig(t testing.TB, mem *tunnel.MemNetwork, name string, addr netip.Ad
 			c.ReconnectInterval = 500 * time.Millisecond
 			// A claim waits for every member's answer; the default 5 s
 			// is not always enough for a race-instrumented daemon
-			// sharing a loaded machine ("claim of 10.4.0.8/29 in
-			// \"sec\" not confirmed by h1, h3 within 5s").
+			// sharing a loaded machine ("not confirmed by h1, h3
+			// within 5s").
 			c.ClaimTimeout = 30 * time.Second
 		},
 	}

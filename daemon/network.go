@@ -346,34 +346,39 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	if err := d.claimNetwork(&rec, createChoice{autoSubnet: req.Subnet == "" && req.Gateway == "", autoVNI: req.VNI == 0}); err != nil {
 		return api.Network{}, err
 	}
-	view, err := d.commitNetwork(rec)
+	view, published, err := d.commitNetwork(rec)
+	// The claim goes only once every alive host has the record (or
+	// spreadTimeout passed): a host that learnt of the release first
+	// would find the name, subnet and VNI free for another create.
+	if published {
+		d.spreadRecord("network", rec.Name, cluster.Ref{Table: tblNetworks, Key: rec.Name})
+	}
+	d.releaseNetworkClaim(rec)
+	d.spreadRecord("network claim", rec.Name, d.netClaimRef(rec))
 	if err != nil {
 		return api.Network{}, err
 	}
-	d.spreadRecord("network", rec.Name, cluster.Ref{Table: tblNetworks, Key: rec.Name}, d.netClaimRef(rec))
 	return view, nil
 }
 
-// commitNetwork publishes a confirmed network record, releases its claim
-// and sets the network up on this node.
-func (d *Daemon) commitNetwork(rec netRecord) (api.Network, error) {
+// commitNetwork publishes a confirmed network record and sets the network
+// up on this node; published says whether the record was written.
+func (d *Daemon) commitNetwork(rec netRecord) (view api.Network, published bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	err := d.publishNetwork(rec)
-	d.releaseNetworkClaim(rec)
-	if err != nil {
-		return api.Network{}, fmt.Errorf("network %q: %w", rec.Name, err)
+	if err := d.publishNetwork(rec); err != nil {
+		return api.Network{}, false, fmt.Errorf("network %q: %w", rec.Name, err)
 	}
 	applyErr := d.reconcile()
 	n, ok := d.networks[rec.Name]
 	if !ok {
-		return api.Network{}, fmt.Errorf("network %q: removed again while it was being created", rec.Name)
+		return api.Network{}, true, fmt.Errorf("network %q: removed again while it was being created", rec.Name)
 	}
 	if err := networkError(applyErr, rec.Name); err != nil {
-		return api.Network{}, fmt.Errorf("network %q: created, but not set up on this node: %w", rec.Name, err)
+		return api.Network{}, true, fmt.Errorf("network %q: created, but not set up on this node: %w", rec.Name, err)
 	}
 	d.log.Info("network created", "network", rec.Name, "subnet", rec.Subnet, "vni", rec.VNI, "mtu", rec.MTU)
-	return d.networkView(n, false), nil
+	return d.networkView(n, false), true, nil
 }
 
 // spreadTimeout bounds how long a create waits for the other hosts to

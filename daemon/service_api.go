@@ -191,13 +191,15 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 	if err := d.claimService(req.Name); err != nil {
 		return api.Service{}, err
 	}
-	// Once created, the record and the claim's release are spread to
-	// the other hosts before the create returns (this defer runs last).
+	// Once created, the record is spread to the other hosts before the
+	// claims are released (below, at return), and the name claim's
+	// release after that (this defer runs last): a host that learnt of
+	// a release before the record would find the name (or a published
+	// port) free for another create.
 	var created bool
 	defer func() {
 		if created {
-			d.spreadRecord("service", req.Name, cluster.Ref{Table: tblServices, Key: req.Name},
-				d.cl.ClaimRef(tblSvcClaims, svcClaimGroup, req.Name))
+			d.spreadRecord("service claim", req.Name, d.cl.ClaimRef(tblSvcClaims, svcClaimGroup, req.Name))
 		}
 	}()
 	defer func() {
@@ -219,6 +221,7 @@ func (d *Daemon) CreateService(req api.ServiceCreateRequest) (api.Service, error
 		return api.Service{}, err
 	}
 	d.log.Info("service created", "service", rec.Name, "mode", rec.Mode, "vips", fmt.Sprint(rec.VIPs))
+	d.spreadRecord("service", req.Name, cluster.Ref{Table: tblServices, Key: req.Name})
 	created = true
 	return view, nil
 }
