@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -174,6 +175,11 @@ func TestEncryptedNetworkKeyRotationLosesNothing(t *testing.T) {
 	h1.network("sec", "10.74.0.0/24", "--encrypted", "--cipher", "aes256-gcm")
 	h2.waitNetwork("sec")
 	h3.waitNetwork("sec")
+	// The network is on every host once the create returns, its SAs a
+	// moment later (each host publishes its key state by gossip): a frame
+	// sent before then is dropped as no-sa, which this test, about
+	// rotations, must not count.
+	waitOutboundSAs(t, es, "sec")
 	h1.run("c1", "sec")
 	h3.run("c3", "sec")
 	c1, c3 := h1.endpoint("c1"), h3.endpoint("c3")
@@ -349,5 +355,26 @@ func sendUDPFromNetns(t *testing.T, nsPath string, dst netip.Addr, port int, pay
 	}()
 	if err := <-errc; err != nil {
 		t.Fatalf("sending from %s: %v", nsPath, err)
+	}
+}
+
+// waitOutboundSAs waits until every host of es has an outbound SA to every
+// other host on network.
+func waitOutboundSAs(t *testing.T, es []*env, network string) {
+	t.Helper()
+	for _, e := range es {
+		eventually(t, 10*time.Second, func() error {
+			var n api.Network
+			if err := e.h.CLIJSON(&n, "network", "inspect", network); err != nil {
+				return err
+			}
+			for _, o := range es {
+				if o == e || slices.ContainsFunc(n.SAs, func(sa api.SA) bool { return sa.Node == o.h.Name && sa.Direction == "out" }) {
+					continue
+				}
+				return fmt.Errorf("no outbound SA to %s yet", o.h.Name)
+			}
+			return nil
+		}, "outbound SAs of %s on %s", network, e.h.Name)
 	}
 }

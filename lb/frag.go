@@ -306,10 +306,22 @@ func (t *Table) forwardLater(c *service, p *pkt, now int64) Verdict {
 	case !ok:
 		return t.holdLater(p, dirFwd, now)
 	}
-	copy(p.f[0:6], v.MAC[:])
-	fix(p.f[offIPCsum:], put4(p.f[offIPDst:], v.Addr))
+	rewriteLater(p.f, dirFwd, v)
 	countFrag(c, be, len(p.f))
 	return Forward
+}
+
+// rewriteLater gives the later fragment f (an Ethernet frame) going in
+// direction dir what its first fragment got: the destination MAC and
+// address (the backend's) towards a VIP, the source ones (the VIP's) on
+// a reply.
+func rewriteLater(f []byte, dir uint32, v FragVal) {
+	mac, addr := 0, offIPDst
+	if dir == dirRev {
+		mac, addr = 6, offIPSrc
+	}
+	copy(f[mac:mac+6], v.MAC[:])
+	fix(f[offIPCsum:], put4(f[addr:], v.Addr))
 }
 
 // countFrag counts a translated later fragment of n bytes on its service
@@ -367,8 +379,7 @@ func (t *Table) untranslateLater(p *pkt, now int64) Verdict {
 	case v.Addr == [4]byte{}:
 		return Pass // its first fragment was no translated flow's
 	}
-	copy(p.f[6:12], v.MAC[:])
-	fix(p.f[offIPCsum:], put4(p.f[offIPSrc:], v.Addr))
+	rewriteLater(p.f, dirRev, v)
 	countFrag(t.snap.Load().get(v.Addr), be, len(p.f))
 	return Forward
 }

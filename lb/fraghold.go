@@ -90,13 +90,11 @@ func (h *fragHold) release(t *Table, k fragKey, pass bool, now int64) {
 			if !ok {
 				continue
 			}
-			if k.ns&1 == dirFwd {
-				copy(f[0:6], v.MAC[:])
-				fix(f[offIPCsum:], put4(f[offIPDst:], v.Addr))
+			dir := k.ns & 1
+			rewriteLater(f, dir, v)
+			if dir == dirFwd {
 				countFrag(t.snap.Load().get(k.dst), be, len(f))
 			} else {
-				copy(f[6:12], v.MAC[:])
-				fix(f[offIPCsum:], put4(f[offIPSrc:], v.Addr))
 				countFrag(t.snap.Load().get(v.Addr), be, len(f))
 			}
 		}
