@@ -169,10 +169,11 @@ func TestFailedSaveLeavesRemovableContainer(t *testing.T) {
 	}
 }
 
-// TestSecondNetworkAddsNoDefaultRoute: a container's first network gives
-// its default route, a second one only its subnet (a second default route
-// would fail with "file exists").
-func TestSecondNetworkAddsNoDefaultRoute(t *testing.T) {
+// TestSecondNetworkGetsEth1: a container's second network is eth1 with its
+// own address, and each interface is offered its network's gateway: Plug
+// adds the default route only where the namespace has none
+// (TestPlugAddsADefaultRouteOnlyWhereNone), so the first network keeps it.
+func TestSecondNetworkGetsEth1(t *testing.T) {
 	sb := newFakeSandbox()
 	d := newTestDaemon(t, sb, t.TempDir())
 	defer d.Close()
@@ -184,8 +185,8 @@ func TestSecondNetworkAddsNoDefaultRoute(t *testing.T) {
 		t.Fatalf("second interface %q, want eth1", ep.IfName)
 	}
 	eth0, eth1 := sb.iface("/run/netns/c1", "eth0"), sb.iface("/run/netns/c1", "eth1")
-	if eth0.cfg.Gateway.String() != "10.1.0.1" || eth1.cfg.Gateway.IsValid() || eth1.cfg.Addr.String() != "10.2.0.2/24" {
-		t.Fatalf("eth0 %+v, eth1 %+v: want the default route on eth0 only", eth0.cfg, eth1.cfg)
+	if eth0.cfg.Gateway.String() != "10.1.0.1" || eth1.cfg.Gateway.String() != "10.2.0.1" || eth1.cfg.Addr.String() != "10.2.0.2/24" {
+		t.Fatalf("eth0 %+v, eth1 %+v: want each with its network's gateway", eth0.cfg, eth1.cfg)
 	}
 }
 

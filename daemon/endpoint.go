@@ -399,11 +399,12 @@ func (d *Daemon) prepareEndpoint(req api.AttachRequest, n *localNetwork, c *cont
 	cfg := sandbox.IfaceConfig{
 		IfName: ifname, MAC: net.HardwareAddr(e.mac[:]), Addr: netip.PrefixFrom(ip, n.subnet.Bits()), MTU: n.rec.MTU,
 	}
-	// The first network gives the default route; later ones only their
-	// subnet's (the address's own route).
-	if len(c.endpoints) == 0 {
-		cfg.Gateway = n.gw
-	}
+	// The default route goes via the gateway of the first network
+	// attached while the namespace has none (Plug checks): later networks
+	// get only their subnet's route (the address's own), a namespace that
+	// came with a default route keeps it, and one whose default route went
+	// with a detached network gets it back from the next attach.
+	cfg.Gateway = n.gw
 	return e, cfg, nil
 }
 
