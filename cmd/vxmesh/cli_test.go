@@ -487,6 +487,7 @@ func TestCommandThatCannotStartExits127Or126(t *testing.T) {
 		{[]string{"run", "--network", "web", "--name", "x", "--socket", "/nonexistent.sock", "--", "no-such-command-xyz"}, 127, `vxmesh run: command "no-such-command-xyz": executable file not found in $PATH`},
 		{[]string{"exec", "--socket", "/nonexistent.sock", "c1", "--", "no-such-command-xyz"}, 127, `vxmesh exec: command "no-such-command-xyz": executable file not found in $PATH`},
 		{[]string{"exec", "--socket", "/nonexistent.sock", "c1", "--", notExec}, 126, `vxmesh exec: command "` + notExec + `": permission denied`},
+		{[]string{"exec", "--socket", "/nonexistent.sock", "c1", "--", filepath.Dir(notExec)}, 126, `vxmesh exec: command "` + filepath.Dir(notExec) + `": is a directory`},
 	} {
 		code, out, errs := cli(tc.args...)
 		if code != tc.code || out != "" || errs != tc.want+"\n" {
