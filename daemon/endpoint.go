@@ -703,11 +703,28 @@ func (d *Daemon) Detach(name, network string) error {
 	d.mu.Lock()
 	ep, nsPath, release, err := d.detachRecord(name, network, drained != nil)
 	d.flushDrained(drained)
+	var next *endpoint // the remaining network that gets the default route
+	if err == nil && !ep.ctr.hostTAP {
+		if rest := ep.ctr.sortedEndpoints(); len(rest) > 0 {
+			next = rest[0]
+		}
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	d.teardown(name, nsPath, release, []string{ep.ifname}, nil)
+	var then func(string)
+	if next != nil {
+		// The container is marked tearingDown until teardown ends, so
+		// next stays attached meanwhile.
+		then = func(nsPath string) {
+			addr := netip.PrefixFrom(next.ip, next.net.subnet.Bits())
+			if err := d.sb.DefaultRoute(nsPath, next.ifname, addr, next.net.gw); err != nil {
+				d.log.Warn("default route via the remaining network", "container", name, "network", next.net.rec.Name, "err", err)
+			}
+		}
+	}
+	d.teardown(name, nsPath, release, []string{ep.ifname}, nil, then)
 	return nil
 }
 
@@ -781,10 +798,11 @@ func (d *Daemon) checkChangeable(name string) error {
 // pinned path; "" when the namespace is gone, and the interfaces with it),
 // then, if owned is given (a managed container whose namespace was
 // there), its named namespace, and ends the container's tearingDown
-// mark. Link deletions and namespace teardown wait on the
+// mark. then, if not nil, runs in the namespace's pinned path after the
+// interfaces are gone. Link deletions and namespace teardown wait on the
 // kernel's rtnl lock, which every namespace of the machine shares: under
 // d.mu they would stop every other request of the daemon meanwhile.
-func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string, owned *container) {
+func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string, owned *container, then func(nsPath string)) {
 	d.dropFast(name, nsPath, owned != nil)
 	for _, ifname := range ifnames {
 		if nsPath == "" {
@@ -793,6 +811,9 @@ func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string,
 		if err := d.sb.Unplug(nsPath, ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("removing interface", "container", name, "ifname", ifname, "err", err)
 		}
+	}
+	if then != nil && nsPath != "" {
+		then(nsPath)
 	}
 	// The name is deleted only while it still names the container's
 	// namespace (KillNetns may have taken a while).
@@ -887,7 +908,7 @@ func (d *Daemon) RemoveContainer(name string) error {
 	if c.managed && nsErr == nil {
 		owned = c
 	}
-	d.teardown(name, nsPath, release, ifnames, owned)
+	d.teardown(name, nsPath, release, ifnames, owned, nil)
 	d.log.Info("container removed", "container", name)
 	return nil
 }

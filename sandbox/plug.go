@@ -335,6 +335,24 @@ func prefixToIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
+// DefaultRoute adds, in the namespace at nsPath, the IPv4 default route
+// via gw on the interface ifname (whose address is addr), unless the
+// namespace has one: after the interface that held it was removed, a
+// container's remaining network gives it, as Docker does.
+func DefaultRoute(nsPath, ifname string, addr netip.Prefix, gw netip.Addr) error {
+	in, err := handleAt(nsPath)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	link, err := in.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("netns %q: interface %q: %w", nsPath, ifname, err)
+	}
+	t := plugTarget{nsPath: nsPath, cfg: IfaceConfig{IfName: ifname, Addr: addr, Gateway: gw}, in: in}
+	return t.route(link)
+}
+
 // hasDefaultRoute reports whether the main routing table of in's
 // namespace has an IPv4 default route.
 func hasDefaultRoute(in *netlink.Handle) (bool, error) {

@@ -509,6 +509,19 @@ func TestPlugAddsADefaultRouteOnlyWhereNone(t *testing.T) {
 	if got := defaultVia(); got != "10.0.2.1" {
 		t.Errorf("default route via %q after Plug into a namespace without one, want 10.0.2.1", got)
 	}
+
+	// DefaultRoute (a detach's remaining network): none added while one
+	// is there; once eth1 and its route are gone, via eth0's gateway.
+	eth0Addr, eth0GW := netip.MustParsePrefix("10.0.1.5/24"), netip.MustParseAddr("10.0.1.1")
+	if err := DefaultRoute(ctrNS, "eth0", eth0Addr, eth0GW); err != nil || defaultVia() != "10.0.2.1" {
+		t.Errorf("DefaultRoute with one in place: %v, default route via %q, want 10.0.2.1 kept", err, defaultVia())
+	}
+	if err := Unplug(ctrNS, "eth1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := DefaultRoute(ctrNS, "eth0", eth0Addr, eth0GW); err != nil || defaultVia() != "10.0.1.1" {
+		t.Errorf("DefaultRoute without one: %v, default route via %q, want 10.0.1.1", err, defaultVia())
+	}
 }
 
 func TestCommandResolvConf(t *testing.T) {
