@@ -26,24 +26,24 @@ func (d *Daemon) captureTarget(container, network string, tunnel bool) (string, 
 	if tunnel {
 		switch {
 		case container != "":
-			return "", "", invalid("capture: give a container or --tunnel, not both")
+			return "", "", invalid("give a container or --tunnel, not both")
 		case network == "":
-			return "", "", invalid("capture: --tunnel needs --network")
+			return "", "", invalid("--tunnel needs --network")
 		case d.networks[network] == nil:
-			return "", "", notFound("capture: network %q not found", network)
+			return "", "", notFound("network %q not found", network)
 		}
 		return network, dataplane.TunnelPortName, nil
 	}
 	if container == "" {
-		return "", "", invalid("capture: which container? (or --network NET --tunnel)")
+		return "", "", invalid("which container? (or --network NET --tunnel)")
 	}
 	c := d.containers[container]
 	if c == nil {
-		return "", "", notFound("capture: container %q not found on this host", container)
+		return "", "", notFound("container %q not found on this host", container)
 	}
 	if network == "" {
 		if len(c.endpoints) != 1 {
-			return "", "", invalid("capture: container %q has %d networks: give --network", container, len(c.endpoints))
+			return "", "", invalid("container %q has %d networks: give --network", container, len(c.endpoints))
 		}
 		for n := range c.endpoints {
 			network = n
@@ -51,7 +51,7 @@ func (d *Daemon) captureTarget(container, network string, tunnel bool) (string, 
 	}
 	ep := c.endpoints[network]
 	if ep == nil {
-		return "", "", notFound("capture: container %q has no endpoint on network %q", container, network)
+		return "", "", notFound("container %q has no endpoint on network %q", container, network)
 	}
 	return network, ep.portName(), nil
 }
@@ -126,7 +126,7 @@ func queryInt(s, name string) (int, error) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
-		return 0, invalid("capture: %s %q: want a non-negative integer", name, s)
+		return 0, invalid("%s %q: want a non-negative integer", name, s)
 	}
 	return n, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/gopacket/gopacket"
@@ -37,9 +38,15 @@ func TestCaptureStreamsPcap(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		msg, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode < 400 || resp.StatusCode >= 500 {
 			t.Errorf("capture?%s: status %d, want a 4xx", bad, resp.StatusCode)
+		}
+		// The CLI prefixes "vxmesh capture: ", so the message must not
+		// say "capture: " again.
+		if strings.Contains(string(msg), "capture: ") {
+			t.Errorf("capture?%s: message %q repeats the command", bad, msg)
 		}
 	}
 

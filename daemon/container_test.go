@@ -169,10 +169,13 @@ func TestFailedSaveLeavesRemovableContainer(t *testing.T) {
 	}
 }
 
-// TestSecondNetworkAddsNoDefaultRoute: a container's first network gives
-// its default route, a second one only its subnet (a second default route
-// would fail with "file exists").
-func TestSecondNetworkAddsNoDefaultRoute(t *testing.T) {
+// TestSecondNetworkGetsEth1: a container's second network is eth1 with its
+// own address, and each interface is offered its network's gateway: Plug
+// adds the default route only where the namespace has none
+// (TestPlugAddsADefaultRouteOnlyWhereNone), so the first network keeps it.
+// Detaching the first then asks for the default route via the remaining
+// network's gateway (added if the namespace has none), as Docker moves it.
+func TestSecondNetworkGetsEth1(t *testing.T) {
 	sb := newFakeSandbox()
 	d := newTestDaemon(t, sb, t.TempDir())
 	defer d.Close()
@@ -184,8 +187,25 @@ func TestSecondNetworkAddsNoDefaultRoute(t *testing.T) {
 		t.Fatalf("second interface %q, want eth1", ep.IfName)
 	}
 	eth0, eth1 := sb.iface("/run/netns/c1", "eth0"), sb.iface("/run/netns/c1", "eth1")
-	if eth0.cfg.Gateway.String() != "10.1.0.1" || eth1.cfg.Gateway.IsValid() || eth1.cfg.Addr.String() != "10.2.0.2/24" {
-		t.Fatalf("eth0 %+v, eth1 %+v: want the default route on eth0 only", eth0.cfg, eth1.cfg)
+	if eth0.cfg.Gateway.String() != "10.1.0.1" || eth1.cfg.Gateway.String() != "10.2.0.1" || eth1.cfg.Addr.String() != "10.2.0.2/24" {
+		t.Fatalf("eth0 %+v, eth1 %+v: want each with its network's gateway", eth0.cfg, eth1.cfg)
+	}
+	if err := d.Detach("c1", "web"); err != nil {
+		t.Fatal(err)
+	}
+	sb.mu.Lock()
+	got := strings.Join(sb.defaultRoutes, ",")
+	sb.mu.Unlock()
+	if got != "/run/netns/c1/eth1 via 10.2.0.1" {
+		t.Fatalf("default routes asked for after web's detach: %q, want eth1 via 10.2.0.1", got)
+	}
+	if err := d.Detach("c1", "db"); err != nil {
+		t.Fatal(err)
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if len(sb.defaultRoutes) != 1 {
+		t.Fatalf("default routes asked for after the last detach: %q", sb.defaultRoutes)
 	}
 }
 

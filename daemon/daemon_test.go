@@ -37,14 +37,15 @@ type fakeSandbox struct {
 	failPlug error
 	// pids are the processes in each namespace (by inode); killed and
 	// deleted record what KillNetns, Unplug and DeleteNamedNetns touched.
-	pids     map[uint64][]int
-	killed   []uint64
-	unplugs  []string
-	deleted  []string
-	taps     []string // unused half-made TAPs of the daemon's namespace
-	killWait time.Duration
-	scans    int // calls of NetnsPIDs
-	pins     int // calls of PinNetns (each opens the namespace)
+	pids          map[uint64][]int
+	killed        []uint64
+	unplugs       []string
+	defaultRoutes []string // DefaultRoute calls: "NSPATH/IFNAME via GW"
+	deleted       []string
+	taps          []string // unused half-made TAPs of the daemon's namespace
+	killWait      time.Duration
+	scans         int // calls of NetnsPIDs
+	pins          int // calls of PinNetns (each opens the namespace)
 	// useNetstack makes Plug give each interface a gVisor netstack
 	// container instead of a bare pipe end.
 	useNetstack bool
@@ -233,6 +234,13 @@ func (f *fakeSandbox) Unplug(nsPath, ifname string) error {
 	defer f.mu.Unlock()
 	delete(f.ifaces, nsPath+"/"+ifname)
 	f.unplugs = append(f.unplugs, nsPath+"/"+ifname)
+	return nil
+}
+
+func (f *fakeSandbox) DefaultRoute(nsPath, ifname string, addr netip.Prefix, gw netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.defaultRoutes = append(f.defaultRoutes, nsPath+"/"+ifname+" via "+gw.String())
 	return nil
 }
 

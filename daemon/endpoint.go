@@ -399,11 +399,12 @@ func (d *Daemon) prepareEndpoint(req api.AttachRequest, n *localNetwork, c *cont
 	cfg := sandbox.IfaceConfig{
 		IfName: ifname, MAC: net.HardwareAddr(e.mac[:]), Addr: netip.PrefixFrom(ip, n.subnet.Bits()), MTU: n.rec.MTU,
 	}
-	// The first network gives the default route; later ones only their
-	// subnet's (the address's own route).
-	if len(c.endpoints) == 0 {
-		cfg.Gateway = n.gw
-	}
+	// The default route goes via the gateway of the first network
+	// attached while the namespace has none (Plug checks): later networks
+	// get only their subnet's route (the address's own), a namespace that
+	// came with a default route keeps it, and one whose default route went
+	// with a detached network gets it back from the next attach.
+	cfg.Gateway = n.gw
 	return e, cfg, nil
 }
 
@@ -702,11 +703,28 @@ func (d *Daemon) Detach(name, network string) error {
 	d.mu.Lock()
 	ep, nsPath, release, err := d.detachRecord(name, network, drained != nil)
 	d.flushDrained(drained)
+	var next *endpoint // the remaining network that gets the default route
+	if err == nil && !ep.ctr.hostTAP {
+		if rest := ep.ctr.sortedEndpoints(); len(rest) > 0 {
+			next = rest[0]
+		}
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	d.teardown(name, nsPath, release, []string{ep.ifname}, nil)
+	var then func(string)
+	if next != nil {
+		// The container is marked tearingDown until teardown ends, so
+		// next stays attached meanwhile.
+		then = func(nsPath string) {
+			addr := netip.PrefixFrom(next.ip, next.net.subnet.Bits())
+			if err := d.sb.DefaultRoute(nsPath, next.ifname, addr, next.net.gw); err != nil {
+				d.log.Warn("default route via the remaining network", "container", name, "network", next.net.rec.Name, "err", err)
+			}
+		}
+	}
+	d.teardown(name, nsPath, release, []string{ep.ifname}, nil, then)
 	return nil
 }
 
@@ -780,10 +798,11 @@ func (d *Daemon) checkChangeable(name string) error {
 // pinned path; "" when the namespace is gone, and the interfaces with it),
 // then, if owned is given (a managed container whose namespace was
 // there), its named namespace, and ends the container's tearingDown
-// mark. Link deletions and namespace teardown wait on the
+// mark. then, if not nil, runs in the namespace's pinned path after the
+// interfaces are gone. Link deletions and namespace teardown wait on the
 // kernel's rtnl lock, which every namespace of the machine shares: under
 // d.mu they would stop every other request of the daemon meanwhile.
-func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string, owned *container) {
+func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string, owned *container, then func(nsPath string)) {
 	d.dropFast(name, nsPath, owned != nil)
 	for _, ifname := range ifnames {
 		if nsPath == "" {
@@ -792,6 +811,9 @@ func (d *Daemon) teardown(name, nsPath string, release func(), ifnames []string,
 		if err := d.sb.Unplug(nsPath, ifname); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("removing interface", "container", name, "ifname", ifname, "err", err)
 		}
+	}
+	if then != nil && nsPath != "" {
+		then(nsPath)
 	}
 	// The name is deleted only while it still names the container's
 	// namespace (KillNetns may have taken a while).
@@ -886,7 +908,7 @@ func (d *Daemon) RemoveContainer(name string) error {
 	if c.managed && nsErr == nil {
 		owned = c
 	}
-	d.teardown(name, nsPath, release, ifnames, owned)
+	d.teardown(name, nsPath, release, ifnames, owned, nil)
 	d.log.Info("container removed", "container", name)
 	return nil
 }

@@ -774,7 +774,7 @@ func (d *Daemon) RotateKey(ctx context.Context) (api.Keys, error) {
 	r := d.clusterRing()
 	if r == nil {
 		d.mu.Unlock()
-		return api.Keys{}, conflict("key rotate: there are no data keys yet (they are created with the first encrypted network)")
+		return api.Keys{}, conflict("there are no data keys yet (they are created with the first encrypted network)")
 	}
 	newest := r.Keys[0].ID
 	id := make([]byte, 8)
@@ -782,7 +782,7 @@ func (d *Daemon) RotateKey(ctx context.Context) (api.Keys, error) {
 	b, _ := json.Marshal(rotateRequest{ID: hex.EncodeToString(id), Node: d.cfg.Node, At: time.Now().UTC()})
 	if err := d.cl.Put(tblKeys, keyRotate, b); err != nil {
 		d.mu.Unlock()
-		return api.Keys{}, fmt.Errorf("key rotate: %w", err)
+		return api.Keys{}, fmt.Errorf("asking for a new key: %w", err)
 	}
 	if err := d.reconcile(); err != nil {
 		d.log.Error("data plane", "err", err)
@@ -802,7 +802,7 @@ func (d *Daemon) RotateKey(ctx context.Context) (api.Keys, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return v, fmt.Errorf("key rotate: requested, but no key newer than %d is primary after %s (the rotator %q waits until every alive node has installed the new key)", newest, rotateWait, v.Rotator)
+			return v, fmt.Errorf("requested, but no key newer than %d is primary after %s (the rotator %q waits until every alive node has installed the new key)", newest, rotateWait, v.Rotator)
 		case <-t.C:
 		}
 	}

@@ -36,6 +36,9 @@ type Sandbox interface {
 	Reopen(nsPath, ifname string) (netdev.Device, error)
 	// Unplug deletes the interface from the namespace.
 	Unplug(nsPath, ifname string) error
+	// DefaultRoute adds the default route via gw on the interface
+	// ifname (address addr) unless the namespace has one.
+	DefaultRoute(nsPath, ifname string, addr netip.Prefix, gw netip.Addr) error
 	// KillNetns stops every process in the namespace.
 	KillNetns(nsPath string) error
 	// NetnsPIDs maps every network namespace with processes to their
@@ -109,6 +112,9 @@ func (linuxSandbox) Reopen(nsPath, ifname string) (netdev.Device, error) {
 	return sandbox.Reopen(nsPath, ifname)
 }
 func (linuxSandbox) Unplug(nsPath, ifname string) error { return sandbox.Unplug(nsPath, ifname) }
+func (linuxSandbox) DefaultRoute(nsPath, ifname string, addr netip.Prefix, gw netip.Addr) error {
+	return sandbox.DefaultRoute(nsPath, ifname, addr, gw)
+}
 func (linuxSandbox) InboundTCPConns(nsPath string, ip netip.Addr, listening map[uint16]bool) (int, error) {
 	return sandbox.InboundTCPConns(nsPath, ip, listening)
 }

@@ -182,11 +182,11 @@ func namedWithBody[T, R any](call func(name string, req T) (R, error)) http.Hand
 // format, to root only.
 func (d *Daemon) serveKeyExport(w http.ResponseWriter, r *http.Request) {
 	if f := r.URL.Query().Get("format"); f != "wireshark" {
-		fail(w, badRequest{fmt.Errorf("key export: format %q: want wireshark", f)})
+		fail(w, badRequest{fmt.Errorf("format %q: want wireshark", f)})
 		return
 	}
 	if uid, ok := r.Context().Value(peerUIDKey{}).(uint32); !ok || uid != 0 {
-		fail(w, forbidden{errors.New("key export: root only")})
+		fail(w, forbidden{errors.New("root only")})
 		return
 	}
 	s, err := d.ExportWireshark()

@@ -23,10 +23,10 @@ const maxTraceSize = 65535
 func (d *Daemon) Trace(req api.TraceRequest) (api.Trace, error) {
 	dst, proto, dport, err := api.ParseTraceTarget(req.To)
 	if err != nil {
-		return api.Trace{}, invalid("trace: %v", err)
+		return api.Trace{}, invalid("%v", err)
 	}
 	if req.Size < 0 || req.Size > maxTraceSize {
-		return api.Trace{}, invalid("trace: size %d: want 0-%d", req.Size, maxTraceSize)
+		return api.Trace{}, invalid("size %d: want 0-%d", req.Size, maxTraceSize)
 	}
 	ep, err := d.traceSource(req.Network, req.From)
 	if err != nil {
@@ -91,11 +91,11 @@ func (d *Daemon) traceSource(network, from string) (traceEndpoint, error) {
 	defer d.mu.Unlock()
 	switch {
 	case network == "":
-		return traceEndpoint{}, invalid("trace: which network? (--network)")
+		return traceEndpoint{}, invalid("which network? (--network)")
 	case from == "":
-		return traceEndpoint{}, invalid("trace: from which container? (--from)")
+		return traceEndpoint{}, invalid("from which container? (--from)")
 	case d.networks[network] == nil:
-		return traceEndpoint{}, notFound("trace: network %q not found", network)
+		return traceEndpoint{}, notFound("network %q not found", network)
 	}
 	if ip, err := netip.ParseAddr(from); err == nil {
 		for _, c := range d.containers {
@@ -103,15 +103,15 @@ func (d *Daemon) traceSource(network, from string) (traceEndpoint, error) {
 				return traceEndpoint{c.name, ep.portName()}, nil
 			}
 		}
-		return traceEndpoint{}, notFound("trace: no endpoint of this host has address %s on network %q", ip, network)
+		return traceEndpoint{}, notFound("no endpoint of this host has address %s on network %q", ip, network)
 	}
 	c := d.containers[from]
 	if c == nil {
-		return traceEndpoint{}, notFound("trace: container %q not found on this host", from)
+		return traceEndpoint{}, notFound("container %q not found on this host", from)
 	}
 	ep := c.endpoints[network]
 	if ep == nil {
-		return traceEndpoint{}, notFound("trace: container %q has no endpoint on network %q", from, network)
+		return traceEndpoint{}, notFound("container %q has no endpoint on network %q", from, network)
 	}
 	return traceEndpoint{c.name, ep.portName()}, nil
 }

@@ -47,7 +47,8 @@ func TestKeyExportNeedsRootCredentials(t *testing.T) {
 		}
 		if tc.want == http.StatusForbidden {
 			var e api.Error
-			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || !strings.Contains(e.Error, "root only") {
+			// The CLI prefixes "vxmesh key export: ".
+			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || !strings.Contains(e.Error, "root only") || strings.Contains(e.Error, "key export: ") {
 				t.Errorf("%s: body %s does not say why", tc.name, rec.Body)
 			}
 		}

@@ -486,6 +486,64 @@ func TestAttachNamedNetnsAndDetach(t *testing.T) {
 	e.cliFails([]string{"x1"}, "detach", "x1")
 }
 
+// TestAttachKeepsOrRestoresTheDefaultRoute: attaching a namespace that
+// already has a default route (another runtime's network) keeps it and
+// succeeds, and a detach of the network holding a container's default
+// route gives it to the container's remaining network (as Docker does),
+// which keeps it when the first network is attached again.
+func TestAttachKeepsOrRestoresTheDefaultRoute(t *testing.T) {
+	e := newEnv(t)
+	e.network("web", "10.33.0.0/24")
+	e.network("db", "10.34.0.0/24")
+	defaultRoute := func(path string) string {
+		t.Helper()
+		out, err := testbed.InNetns(context.Background(), path, "ip", "-4", "route", "show", "default")
+		if err != nil {
+			t.Fatalf("ip route in %s: %v: %s", path, err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+
+	// Another runtime's network: a veth with its own default route.
+	other, err := e.tb.AddNetns("dr1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, argv := range [][]string{
+		{"ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext1"},
+		{"ip", "link", "set", "ext0", "up"},
+		{"ip", "addr", "add", "192.168.77.2/24", "dev", "ext0"},
+		{"ip", "route", "add", "default", "via", "192.168.77.1"},
+	} {
+		if out, err := testbed.InNetns(context.Background(), other, argv...); err != nil {
+			t.Fatalf("%v: %v: %s", argv, err, out)
+		}
+	}
+	e.cli("attach", "--network", "web", "--name", "dr1", "--netns", other)
+	if got := defaultRoute(other); !strings.HasPrefix(got, "default via 192.168.77.1 dev ext0") {
+		t.Errorf("default route after attaching a namespace that had one: %q", got)
+	}
+
+	// Detach the network holding the default route, then attach it again.
+	path, err := e.tb.AddNetns("dr2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cli("attach", "--network", "web", "--name", "dr2", "--netns", path)
+	e.cli("attach", "--network", "db", "--name", "dr2", "--netns", path)
+	if got := defaultRoute(path); !strings.HasPrefix(got, "default via 10.33.0.1 dev eth0") {
+		t.Fatalf("default route with web and db: %q", got)
+	}
+	e.cli("detach", "--network", "web", "dr2")
+	if got := defaultRoute(path); !strings.HasPrefix(got, "default via 10.34.0.1 dev eth1") {
+		t.Fatalf("default route after web's detach: %q, want via db's gateway 10.34.0.1", got)
+	}
+	e.cli("attach", "--network", "web", "--name", "dr2", "--netns", path)
+	if got := defaultRoute(path); !strings.HasPrefix(got, "default via 10.34.0.1 dev eth1") {
+		t.Errorf("default route after web attached again: %q, want it kept via 10.34.0.1", got)
+	}
+}
+
 func TestAttachByPID(t *testing.T) {
 	e := newEnv(t)
 	e.network("web", "10.27.0.0/24")

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 
 	"github.com/vishvananda/netlink"
@@ -127,18 +126,9 @@ func RecreateHost(nsPath, prefix string, cfg IfaceConfig) (*netdev.TAP, string, 
 	if err != nil {
 		return nil, "", err
 	}
+	// Plug adds the default route via cfg.Gateway only if the namespace
+	// has none.
 	links, err := in.LinkList()
-	if err == nil && cfg.Gateway.IsValid() {
-		var routes []netlink.Route
-		routes, err = in.RouteList(nil, netlink.FAMILY_V4)
-		for _, r := range routes {
-			if r.Dst == nil {
-				cfg.Gateway = netip.Addr{}
-			} else if ones, _ := r.Dst.Mask.Size(); ones == 0 {
-				cfg.Gateway = netip.Addr{}
-			}
-		}
-	}
 	in.Close()
 	if err != nil {
 		return nil, "", fmt.Errorf("netns %q: %w", nsPath, err)

@@ -27,7 +27,7 @@ type IfaceConfig struct {
 	IfName  string           // name inside the namespace; DefaultIfName if empty
 	MAC     net.HardwareAddr // nil keeps the kernel's random address
 	Addr    netip.Prefix     // address and subnet; none if invalid
-	Gateway netip.Addr       // default route via Gateway if valid
+	Gateway netip.Addr       // default route via Gateway if valid and the namespace has none
 	MTU     int              // 0 keeps the kernel default
 }
 
@@ -170,7 +170,9 @@ func (t plugTarget) configure(link netlink.Link) error {
 
 // route sets the namespace's loopback up and adds the default route via
 // the gateway, if there is one (on-link when the address's subnet does
-// not hold it).
+// not hold it) and the namespace has no IPv4 default route yet: a
+// container's other network, or whoever made the namespace, keeps the one
+// it has.
 func (t plugTarget) route(link netlink.Link) error {
 	cfg, in := t.cfg, t.in
 	lo, err := in.LinkByName("lo")
@@ -181,6 +183,13 @@ func (t plugTarget) route(link netlink.Link) error {
 		return t.fail("set loopback up: %v", err)
 	}
 	if cfg.Gateway.IsValid() {
+		has, err := hasDefaultRoute(in)
+		if err != nil {
+			return t.fail("list routes: %v", err)
+		}
+		if has {
+			return nil
+		}
 		r := &netlink.Route{
 			LinkIndex: link.Attrs().Index,
 			Gw:        cfg.Gateway.AsSlice(),
@@ -324,4 +333,40 @@ func prefixToIPNet(p netip.Prefix) *net.IPNet {
 		bits = 128
 	}
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
+}
+
+// DefaultRoute adds, in the namespace at nsPath, the IPv4 default route
+// via gw on the interface ifname (whose address is addr), unless the
+// namespace has one: after the interface that held it was removed, a
+// container's remaining network gives it, as Docker does.
+func DefaultRoute(nsPath, ifname string, addr netip.Prefix, gw netip.Addr) error {
+	in, err := handleAt(nsPath)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	link, err := in.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("netns %q: interface %q: %w", nsPath, ifname, err)
+	}
+	t := plugTarget{nsPath: nsPath, cfg: IfaceConfig{IfName: ifname, Addr: addr, Gateway: gw}, in: in}
+	return t.route(link)
+}
+
+// hasDefaultRoute reports whether the main routing table of in's
+// namespace has an IPv4 default route.
+func hasDefaultRoute(in *netlink.Handle) (bool, error) {
+	routes, err := in.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			return true, nil
+		}
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -452,6 +452,78 @@ func TestPlugFailureLeavesNothing(t *testing.T) {
 	}
 }
 
+// TestPlugAddsADefaultRouteOnlyWhereNone: Plug with a gateway into a
+// namespace that has an IPv4 default route (a container's first network,
+// or another runtime's) keeps that route and succeeds; into one without,
+// it adds the route.
+func TestPlugAddsADefaultRouteOnlyWhereNone(t *testing.T) {
+	requireRoot(t)
+	_, ctrNS := newNamedNetns(t)
+	h := handle(t, ctrNS)
+	defaultVia := func() string {
+		t.Helper()
+		routes, err := h.RouteList(nil, unix.AF_INET)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gws []string
+		for _, r := range routes {
+			if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" {
+				gws = append(gws, r.Gw.String())
+			}
+		}
+		return strings.Join(gws, ",")
+	}
+	plug := func(cfg IfaceConfig) {
+		t.Helper()
+		tap, err := Plug(ctrNS, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tap.SetPersist(false)
+		t.Cleanup(func() { tap.Close() })
+	}
+
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ext0"}, PeerName: "ext1"}
+	if err := h.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(veth); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(veth, &netlink.Addr{IPNet: prefixToIPNet(netip.MustParsePrefix("192.168.77.2/24"))}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{Gw: net.ParseIP("192.168.77.1")}); err != nil {
+		t.Fatal(err)
+	}
+	plug(IfaceConfig{IfName: "eth0", Addr: netip.MustParsePrefix("10.0.1.5/24"), Gateway: netip.MustParseAddr("10.0.1.1")})
+	if got := defaultVia(); got != "192.168.77.1" {
+		t.Errorf("default route via %q after Plug into a namespace that had one, want 192.168.77.1", got)
+	}
+
+	if err := h.LinkDel(veth); err != nil { // its default route goes with it
+		t.Fatal(err)
+	}
+	plug(IfaceConfig{IfName: "eth1", Addr: netip.MustParsePrefix("10.0.2.5/24"), Gateway: netip.MustParseAddr("10.0.2.1")})
+	if got := defaultVia(); got != "10.0.2.1" {
+		t.Errorf("default route via %q after Plug into a namespace without one, want 10.0.2.1", got)
+	}
+
+	// DefaultRoute (a detach's remaining network): none added while one
+	// is there; once eth1 and its route are gone, via eth0's gateway.
+	eth0Addr, eth0GW := netip.MustParsePrefix("10.0.1.5/24"), netip.MustParseAddr("10.0.1.1")
+	if err := DefaultRoute(ctrNS, "eth0", eth0Addr, eth0GW); err != nil || defaultVia() != "10.0.2.1" {
+		t.Errorf("DefaultRoute with one in place: %v, default route via %q, want 10.0.2.1 kept", err, defaultVia())
+	}
+	if err := Unplug(ctrNS, "eth1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := DefaultRoute(ctrNS, "eth0", eth0Addr, eth0GW); err != nil || defaultVia() != "10.0.1.1" {
+		t.Errorf("DefaultRoute without one: %v, default route via %q, want 10.0.1.1", err, defaultVia())
+	}
+}
+
 func TestCommandResolvConf(t *testing.T) {
 	requireRoot(t)
 	_, ns := newNamedNetns(t)

@@ -110,6 +110,8 @@ func TestUsageErrorsExit2OnOneLineWithFullCommand(t *testing.T) {
 		{[]string{"network", "lss"}, `vxmesh network: unknown subcommand "lss": did you mean "ls"?`},
 		{[]string{"network", "inpsect", "web"}, `vxmesh network: unknown subcommand "inpsect": did you mean "inspect"?`},
 		{[]string{"network"}, "vxmesh network: want a subcommand: create, ls, inspect, update, rm"},
+		{[]string{"--socket", "/s", "node"}, "vxmesh node: want a subcommand: ls"},
+		{[]string{"node", "--socket", "/s", "ls"}, `vxmesh node: want a subcommand (ls) before the flags, got "--socket"`},
 		{[]string{"key", "rotat"}, `vxmesh key: unknown subcommand "rotat": did you mean "rotate"?`},
 		{[]string{"network", "create", "a", "b"}, "vxmesh network create: want a network name, got 2 argument(s): a b (see vxmesh help network create)"},
 		{[]string{"network", "create", "web", "--vni", "99999999"}, "vxmesh network create: network \"web\": --vni 99999999: out of range"},
@@ -485,6 +487,7 @@ func TestCommandThatCannotStartExits127Or126(t *testing.T) {
 		{[]string{"run", "--network", "web", "--name", "x", "--socket", "/nonexistent.sock", "--", "no-such-command-xyz"}, 127, `vxmesh run: command "no-such-command-xyz": executable file not found in $PATH`},
 		{[]string{"exec", "--socket", "/nonexistent.sock", "c1", "--", "no-such-command-xyz"}, 127, `vxmesh exec: command "no-such-command-xyz": executable file not found in $PATH`},
 		{[]string{"exec", "--socket", "/nonexistent.sock", "c1", "--", notExec}, 126, `vxmesh exec: command "` + notExec + `": permission denied`},
+		{[]string{"exec", "--socket", "/nonexistent.sock", "c1", "--", filepath.Dir(notExec)}, 126, `vxmesh exec: command "` + filepath.Dir(notExec) + `": is a directory`},
 	} {
 		code, out, errs := cli(tc.args...)
 		if code != tc.code || out != "" || errs != tc.want+"\n" {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -226,15 +227,15 @@ func notGone(ctr api.Container) error {
 }
 
 // lookCommand checks that argv0 can be started: a command that cannot is
-// a failure that exits 127 (not found) or 126 (found, not executable), as
-// in a shell and docker run.
+// a failure that exits 127 (not found) or 126 (found, not executable: a
+// directory too), as in a shell and docker run.
 func lookCommand(argv0 string) error {
 	_, err := exec.LookPath(argv0)
 	if err == nil {
 		return nil
 	}
 	code := exitNotFound
-	if errors.Is(err, fs.ErrPermission) {
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EISDIR) {
 		code = exitCannotExecute
 	}
 	return statusError{code: code, err: fmt.Errorf("command %q: %w", argv0, unwrapExec(err))}

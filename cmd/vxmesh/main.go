@@ -250,6 +250,9 @@ func lookup(cmds []command, args []string) (path []string, c command, rest []str
 		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 			return path, c, nil, nil
 		}
+		if strings.HasPrefix(args[0], "-") {
+			return path, c, nil, fmt.Errorf("want a subcommand (%s) before the flags, got %q", names(found.subs), args[0])
+		}
 		cmds = found.subs
 	}
 }
@@ -463,7 +466,11 @@ func globalSocket(args []string) ([]string, error) {
 	}
 	out := append([]string{args[0]}, "--socket="+val)
 	// Subcommand groups take their verb first: network create, endpoint ls.
-	if c, ok := find(commands(), args[0]); ok && c.subs != nil && len(args) > 1 {
+	// A group without one is left bare, for lookup to ask for the verb.
+	if c, ok := find(commands(), args[0]); ok && c.subs != nil {
+		if len(args) == 1 {
+			return args, nil
+		}
 		out = append([]string{args[0], args[1]}, "--socket="+val)
 		return append(out, args[2:]...), nil
 	}
