@@ -48,6 +48,7 @@ type StatusError struct {
 	Msg  string
 }
 
+// Error implements error.
 func (e *StatusError) Error() string { return e.Msg }
 
 // UnreachableError is a request that got no answer from the daemon: no
@@ -57,8 +58,10 @@ type UnreachableError struct {
 	Err error
 }
 
+// Error implements error.
 func (e *UnreachableError) Error() string { return e.Msg }
 
+// Unwrap returns the error underneath, for errors.Is and errors.As.
 func (e *UnreachableError) Unwrap() error { return e.Err }
 
 // IsNotFound reports whether err is the daemon's "not found" (404) answer.

@@ -39,6 +39,7 @@ type ClaimConflict struct {
 	Resource string
 }
 
+// Error implements error.
 func (e *ClaimConflict) Error() string {
 	if e.Resource == "" {
 		return fmt.Sprintf("claimed concurrently on node %s", e.Node)

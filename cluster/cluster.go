@@ -500,6 +500,7 @@ type JoinError struct {
 	Err   error    // memberlist's error for each address
 }
 
+// Error implements error.
 func (e *JoinError) Error() string {
 	return fmt.Sprintf("join %s: no node answered; wrong cluster key or unreachable", strings.Join(e.Addrs, ", "))
 }

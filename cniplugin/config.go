@@ -60,6 +60,7 @@ var knownKeys = map[string]bool{
 // code 7).
 type ConfigError struct{ msg string }
 
+// Error implements error.
 func (e *ConfigError) Error() string { return e.msg }
 
 func configErr(name, format string, args ...any) error {

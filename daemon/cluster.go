@@ -341,6 +341,8 @@ func (d *Daemon) reconcileTables() error {
 		if err := d.save(); err != nil {
 			d.log.Error("saving state", "err", err)
 		}
+	} else if err := d.saveServices(); err != nil {
+		d.log.Error("saving state", "err", err)
 	}
 	d.holdBlocks()
 	return d.reconcileKeys()

@@ -8,6 +8,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -560,17 +561,35 @@ func (d *Daemon) startDataplane(ul, eul tunnel.Underlay, tcpSecret []byte) tunne
 	return super
 }
 
-// republish announces again the saved networks the cluster has never
-// heard of (a standalone node restarting, or the first node of a new
-// cluster; one deleted elsewhere meanwhile stays deleted) and this node's
-// endpoints, then sets the data plane up; callers hold d.mu.
-func (d *Daemon) republish(saved []savedNetwork) error {
-	for _, rec := range saved {
+// republish announces again the saved networks and services the cluster
+// has never heard of (a standalone node restarting, or the first node of a
+// cluster whose nodes all stopped; one deleted elsewhere meanwhile stays
+// deleted: the cluster knows its tombstone) and this node's endpoints,
+// then sets the data plane up; callers hold d.mu.
+func (d *Daemon) republish(saved *savedState) error {
+	for _, rec := range saved.Networks {
 		if !d.cl.Known(tblNetworks, rec.Name) {
 			if err := d.publishNetwork(rec.record()); err != nil {
 				return err
 			}
 		}
+	}
+	for _, rec := range saved.Services {
+		if d.cl.Known(tblServices, rec.Name) {
+			continue
+		}
+		if _, err := validateService(&rec); err != nil {
+			d.log.Warn("saved service not announced again", "service", rec.Name, "err", err)
+			continue
+		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		if err := d.cl.Put(tblServices, rec.Name, b); err != nil {
+			return fmt.Errorf("service %q: %w", rec.Name, err)
+		}
+		d.log.Info("service restored from the state", "service", rec.Name, "id", rec.ID)
 	}
 	for _, c := range d.containers {
 		for _, ep := range c.endpoints {

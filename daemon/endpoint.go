@@ -1100,7 +1100,7 @@ func (d *Daemon) SetMainProcess(name string, p api.MainProcess) error {
 // reopens every endpoint's persistent TAP inside its namespace. An
 // endpoint whose namespace or interface is gone is kept, marked down, so
 // the operator sees it and can remove it.
-func (d *Daemon) restore() ([]savedNetwork, error) {
+func (d *Daemon) restore() (*savedState, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st, s, err := openStateStore(d.cfg.StateDir, d.log)
@@ -1185,5 +1185,5 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 	if err := d.applyDataplane(); err != nil {
 		d.log.Error("data plane", "err", err)
 	}
-	return s.Networks, nil
+	return s, nil
 }

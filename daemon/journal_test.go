@@ -204,6 +204,8 @@ func FuzzParseJournal(f *testing.F) {
 	f.Add(rec)
 	f.Add(appendRecord(rec, []byte(`{"delete_container":"c1"}`)))
 	f.Add(rec[:len(rec)-3])
+	svc := appendRecord(nil, []byte(`{"service":{"name":"api","id":"x","endpoint_mode":"vip","vips":[{"network":"web","vip":"10.0.0.9"}],"scheduler":"rr","stop_grace_period":"10s","dns_ttl":"10s","created":"2026-01-01T00:00:00Z","created_by":"h1"}}`))
+	f.Add(appendRecord(svc, []byte(`{"delete_service":"api"}`)))
 	f.Add([]byte{0, 0, 0, 2, 0, 0, 0, 0, '{', '}'})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {

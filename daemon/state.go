@@ -22,6 +22,12 @@ type savedState struct {
 	Version    int              `json:"version"`
 	Networks   []savedNetwork   `json:"networks"`
 	Containers []savedContainer `json:"containers"`
+	// Services are the cluster's services as this node last knew them,
+	// each in the cluster's own record schema (svcRecord, which already
+	// stays readable across versions, since nodes of two versions gossip
+	// it): a cluster whose nodes all stopped gets them back from whichever
+	// node starts first (see Daemon.republish).
+	Services []svcRecord `json:"services,omitempty"`
 }
 
 // savedNetwork is a network in state.json. It is the on-disk schema:
@@ -99,8 +105,8 @@ type savedEndpoint struct {
 // CRC-32C (4 bytes, big-endian) and the payload, a journalRecord in JSON.
 // A crash can leave the last record torn: it fails its length or checksum
 // and is dropped (with a log line) when the daemon starts, with anything
-// after it. Records are whole puts or deletes of one network or container,
-// so replaying a journal over a snapshot that already holds its changes (a
+// after it. Records are whole puts or deletes of one network, container or
+// service, so replaying a journal over a snapshot that already holds its changes (a
 // crash between writing the snapshot and emptying the journal) yields the
 // same state.
 const (
@@ -118,13 +124,15 @@ const (
 
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
-// journalRecord is one change: a network or container written (whole) or
-// removed, by name.
+// journalRecord is one change: a network, container or service written
+// (whole) or removed, by name.
 type journalRecord struct {
 	Network         *savedNetwork   `json:"network,omitempty"`
 	Container       *savedContainer `json:"container,omitempty"`
+	Service         *svcRecord      `json:"service,omitempty"`
 	DeleteNetwork   string          `json:"delete_network,omitempty"`
 	DeleteContainer string          `json:"delete_container,omitempty"`
+	DeleteService   string          `json:"delete_service,omitempty"`
 }
 
 // appendRecord appends the framed payload to b.
@@ -204,8 +212,8 @@ func loadStateJournal(dir string) (*savedState, journalInfo, error) {
 	return s, info, nil
 }
 
-// apply replays journal records over s; networks and containers stay
-// sorted by name.
+// apply replays journal records over s; networks, containers and
+// services stay sorted by name.
 func (s *savedState) apply(recs []journalRecord) {
 	nets := map[string]savedNetwork{}
 	for _, n := range s.Networks {
@@ -215,36 +223,50 @@ func (s *savedState) apply(recs []journalRecord) {
 	for _, c := range s.Containers {
 		ctrs[c.Name] = c
 	}
+	svcs := map[string]svcRecord{}
+	for _, v := range s.Services {
+		svcs[v.Name] = v
+	}
 	for _, r := range recs {
 		switch {
 		case r.Network != nil:
 			nets[r.Network.Name] = *r.Network
 		case r.Container != nil:
 			ctrs[r.Container.Name] = *r.Container
+		case r.Service != nil:
+			svcs[r.Service.Name] = *r.Service
 		case r.DeleteNetwork != "":
 			delete(nets, r.DeleteNetwork)
 		case r.DeleteContainer != "":
 			delete(ctrs, r.DeleteContainer)
+		case r.DeleteService != "":
+			delete(svcs, r.DeleteService)
 		}
 	}
-	s.Networks, s.Containers = s.Networks[:0], s.Containers[:0]
+	s.Networks, s.Containers, s.Services = s.Networks[:0], s.Containers[:0], s.Services[:0]
 	for _, n := range nets {
 		s.Networks = append(s.Networks, n)
 	}
 	for _, c := range ctrs {
 		s.Containers = append(s.Containers, c)
 	}
+	for _, v := range svcs {
+		s.Services = append(s.Services, v)
+	}
 	sort.Slice(s.Networks, func(i, j int) bool { return s.Networks[i].Name < s.Networks[j].Name })
 	sort.Slice(s.Containers, func(i, j int) bool { return s.Containers[i].Name < s.Containers[j].Name })
+	sort.Slice(s.Services, func(i, j int) bool { return s.Services[i].Name < s.Services[j].Name })
 }
 
 // stateStore writes the state of a state directory as snapshot and
-// journal. It remembers what is on disk (each network's and container's
-// encoded record) to write only what changed. The daemon's d.mu guards it.
+// journal. It remembers what is on disk (each network's, container's and
+// service's encoded record) to write only what changed. The daemon's d.mu
+// guards it.
 type stateStore struct {
 	dir        string
 	networks   map[string][]byte
 	containers map[string][]byte
+	services   map[string][]byte
 	// snapshot and journal are the sizes of state.json and of the
 	// journal's valid part.
 	snapshot, journal int64
@@ -285,12 +307,15 @@ func openStateStore(dir string, log *slog.Logger) (*stateStore, *savedState, err
 
 // remember records s as what is on disk.
 func (st *stateStore) remember(s *savedState) {
-	st.networks, st.containers = map[string][]byte{}, map[string][]byte{}
+	st.networks, st.containers, st.services = map[string][]byte{}, map[string][]byte{}, map[string][]byte{}
 	for _, n := range s.Networks {
 		st.networks[n.Name], _ = json.Marshal(n)
 	}
 	for _, c := range s.Containers {
 		st.containers[c.Name], _ = json.Marshal(c)
+	}
+	for _, v := range s.Services {
+		st.services[v.Name], _ = json.Marshal(v)
 	}
 }
 
@@ -299,24 +324,23 @@ type pending struct {
 	buf        []byte
 	networks   map[string][]byte // nil value: deleted
 	containers map[string][]byte
+	services   map[string][]byte
 }
 
-func (p *pending) add(rec journalRecord, encoded []byte, nets bool, name string) error {
+// add appends rec and notes name's new encoding (nil: deleted) in cache,
+// one of p's maps.
+func (p *pending) add(rec journalRecord, encoded []byte, cache map[string][]byte, name string) error {
 	payload, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
 	p.buf = appendRecord(p.buf, payload)
-	if nets {
-		p.networks[name] = encoded
-	} else {
-		p.containers[name] = encoded
-	}
+	cache[name] = encoded
 	return nil
 }
 
 func newPending() *pending {
-	return &pending{networks: map[string][]byte{}, containers: map[string][]byte{}}
+	return &pending{networks: map[string][]byte{}, containers: map[string][]byte{}, services: map[string][]byte{}}
 }
 
 // putContainer adds c to p if it differs from what is on disk; a nil c
@@ -327,7 +351,7 @@ func (st *stateStore) putContainer(p *pending, name string, c *savedContainer) e
 		if !had {
 			return nil
 		}
-		return p.add(journalRecord{DeleteContainer: name}, nil, false, name)
+		return p.add(journalRecord{DeleteContainer: name}, nil, p.containers, name)
 	}
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -336,7 +360,7 @@ func (st *stateStore) putContainer(p *pending, name string, c *savedContainer) e
 	if had && bytes.Equal(old, b) {
 		return nil
 	}
-	return p.add(journalRecord{Container: c}, b, false, name)
+	return p.add(journalRecord{Container: c}, b, p.containers, name)
 }
 
 // putNetwork is putContainer for a network.
@@ -346,7 +370,7 @@ func (st *stateStore) putNetwork(p *pending, name string, n *savedNetwork) error
 		if !had {
 			return nil
 		}
-		return p.add(journalRecord{DeleteNetwork: name}, nil, true, name)
+		return p.add(journalRecord{DeleteNetwork: name}, nil, p.networks, name)
 	}
 	b, err := json.Marshal(n)
 	if err != nil {
@@ -355,7 +379,44 @@ func (st *stateStore) putNetwork(p *pending, name string, n *savedNetwork) error
 	if had && bytes.Equal(old, b) {
 		return nil
 	}
-	return p.add(journalRecord{Network: n}, b, true, name)
+	return p.add(journalRecord{Network: n}, b, p.networks, name)
+}
+
+// putService is putContainer for a service.
+func (st *stateStore) putService(p *pending, name string, v *svcRecord) error {
+	old, had := st.services[name]
+	if v == nil {
+		if !had {
+			return nil
+		}
+		return p.add(journalRecord{DeleteService: name}, nil, p.services, name)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if had && bytes.Equal(old, b) {
+		return nil
+	}
+	return p.add(journalRecord{Service: v}, b, p.services, name)
+}
+
+// diffServices adds to p every difference between svcs and the services
+// on disk.
+func (st *stateStore) diffServices(p *pending, svcs []svcRecord) error {
+	seen := map[string]bool{}
+	for i := range svcs {
+		seen[svcs[i].Name] = true
+		if err := st.putService(p, svcs[i].Name, &svcs[i]); err != nil {
+			return err
+		}
+	}
+	for name := range st.services {
+		if !seen[name] {
+			st.putService(p, name, nil)
+		}
+	}
+	return nil
 }
 
 // diff adds to p every difference between s and what is on disk.
@@ -384,7 +445,7 @@ func (st *stateStore) diff(p *pending, s *savedState) error {
 			st.putContainer(p, name, nil)
 		}
 	}
-	return nil
+	return st.diffServices(p, s.Services)
 }
 
 // needsSnapshot reports whether the journal, grown by n bytes, should be
@@ -425,18 +486,13 @@ func (st *stateStore) commit(p *pending) error {
 	}
 	st.journal += int64(len(p.buf))
 	st.written += int64(len(p.buf))
-	for name, b := range p.networks {
-		if b == nil {
-			delete(st.networks, name)
-		} else {
-			st.networks[name] = b
-		}
-	}
-	for name, b := range p.containers {
-		if b == nil {
-			delete(st.containers, name)
-		} else {
-			st.containers[name] = b
+	for _, c := range []struct{ from, to map[string][]byte }{{p.networks, st.networks}, {p.containers, st.containers}, {p.services, st.services}} {
+		for name, b := range c.from {
+			if b == nil {
+				delete(c.to, name)
+			} else {
+				c.to[name] = b
+			}
 		}
 	}
 	return nil
@@ -524,7 +580,41 @@ func (d *Daemon) currentState() *savedState {
 	for _, c := range d.sortedContainers() {
 		s.Containers = append(s.Containers, c.saved())
 	}
+	s.Services = d.savedServices()
 	return s
+}
+
+// savedServices is the cluster's valid service records, sorted by name,
+// as the state keeps them; callers hold d.mu.
+func (d *Daemon) savedServices() []svcRecord {
+	var out []svcRecord
+	for _, v := range d.clusterServices() {
+		out = append(out, v.rec)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// saveServices persists the changes of the cluster's services alone (the
+// reconcile pass calls it on every change of the tables): its cost grows
+// with the number of services, not of containers. Callers hold d.mu.
+func (d *Daemon) saveServices() error {
+	if d.store == nil {
+		return nil // not restored yet: the first save writes everything
+	}
+	p := newPending()
+	err := d.store.diffServices(p, d.savedServices())
+	if err == nil && len(p.buf) > 0 {
+		if d.store.needsSnapshot(len(p.buf)) {
+			err = d.store.compact(d.currentState())
+		} else {
+			err = d.store.commit(p)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("saving services: %w", err)
+	}
+	return nil
 }
 
 // saved is the container as the state keeps it.

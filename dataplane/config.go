@@ -145,6 +145,7 @@ type Error struct {
 	Err    error
 }
 
+// Error implements error.
 func (e *Error) Error() string {
 	if e.Network == "" {
 		return fmt.Sprintf("%s: %v", e.Object, e.Err)
@@ -155,6 +156,7 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("network %q: %s: %v", e.Network, e.Object, e.Err)
 }
 
+// Unwrap returns the error underneath, for errors.Is and errors.As.
 func (e *Error) Unwrap() error { return e.Err }
 
 // portKey identifies a port across networks.

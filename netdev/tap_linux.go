@@ -547,6 +547,10 @@ func (t *TAP) readBatch(fd uintptr) bool {
 	return true
 }
 
+// WriteFrames implements vswitch.Sink with Write, which hands the frames
+// to the kernel unchanged.
+func (t *TAP) WriteFrames(f packet.Frames) (int, error) { return t.Write(f.Bufs(), f.Offset()) }
+
 // Write implements Device. Each frame bufs[i][offset:] is written with one
 // writev(2) behind its metadata slot bufs[i][0:VirtioNetHdrLen], which the
 // kernel takes as the frame's virtio-net header: a super-segment or a
@@ -554,10 +558,6 @@ func (t *TAP) readBatch(fd uintptr) bool {
 // cleared slot sends a complete frame. Nothing is copied or modified. A
 // refused frame is counted and skipped; the first refusal is returned
 // along with the number of frames accepted.
-// WriteFrames implements vswitch.Sink with Write, which hands the frames
-// to the kernel unchanged.
-func (t *TAP) WriteFrames(f packet.Frames) (int, error) { return t.Write(f.Bufs(), f.Offset()) }
-
 func (t *TAP) Write(bufs [][]byte, offset int) (int, error) {
 	if offset < VirtioNetHdrLen {
 		return 0, fmt.Errorf("tap %q: write offset %d smaller than the virtio-net header", t.name, offset)

@@ -33,6 +33,7 @@ type RefusedError struct {
 	reason    string
 }
 
+// Error implements error.
 func (e *RefusedError) Error() string {
 	return fmt.Sprintf("keyring: refusing ring v%d: %s", e.Version, e.reason)
 }

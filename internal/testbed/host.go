@@ -270,10 +270,12 @@ type CLIError struct {
 	Err      error
 }
 
+// Error implements error.
 func (e *CLIError) Error() string {
 	return fmt.Sprintf("vxmesh %s: %v: %s", strings.Join(e.Args, " "), e.Err, strings.TrimSpace(e.Stderr))
 }
 
+// Unwrap returns the error underneath, for errors.Is and errors.As.
 func (e *CLIError) Unwrap() error { return e.Err }
 
 // CLI runs `vxmesh args...` with `--socket <Socket>` inside the host's network

@@ -57,11 +57,11 @@ func (d *Device) Name() string { return d.name }
 // BatchSize returns packet.BatchSize.
 func (d *Device) BatchSize() int { return packet.BatchSize }
 
-// Write copies the slot bufs[i][0:packet.OffloadLen] and the frame
-// bufs[i][offset:] for every i and queues them for the peer.
 // WriteFrames is Write: it only copies the frames.
 func (d *Device) WriteFrames(f packet.Frames) (int, error) { return d.Write(f.Bufs(), f.Offset()) }
 
+// Write copies the slot bufs[i][0:packet.OffloadLen] and the frame
+// bufs[i][offset:] for every i and queues them for the peer.
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil

@@ -19,10 +19,10 @@ type Recorder struct {
 	changed chan struct{} // closed and replaced on every Write
 }
 
-// Write records a copy of bufs[i][offset:] for every i.
 // WriteFrames is Write: it only copies the frames.
 func (r *Recorder) WriteFrames(f packet.Frames) (int, error) { return r.Write(f.Bufs(), f.Offset()) }
 
+// Write records a copy of bufs[i][offset:] for every i.
 func (r *Recorder) Write(bufs [][]byte, offset int) (int, error) {
 	if r.Err != nil {
 		return 0, r.Err
@@ -95,10 +95,10 @@ type Counter struct {
 	last []byte
 }
 
-// Write counts bufs and keeps a copy of the last frame.
 // WriteFrames is Write: it only copies the frames.
 func (c *Counter) WriteFrames(f packet.Frames) (int, error) { return c.Write(f.Bufs(), f.Offset()) }
 
+// Write counts bufs and keeps a copy of the last frame.
 func (c *Counter) Write(bufs [][]byte, offset int) (int, error) {
 	var n uint64
 	for _, b := range bufs {

@@ -1,0 +1,113 @@
+package daemon
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/tunnel"
+)
+
+// serviceSummary is what a user compares of a service across a restart:
+// its identity, VIPs, published ports and backends.
+func serviceSummary(t *testing.T, d *Daemon, name string) string {
+	t.Helper()
+	s, err := d.Service(name)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var backends []string
+	for _, b := range s.Backends {
+		backends = append(backends, b.Node+"/"+b.Container+"/"+b.IP+"/"+b.State)
+	}
+	return fmt.Sprintf("id=%s vips=%v publish=%v backends=%v", s.ID, s.VIPs, s.Published, backends)
+}
+
+// TestOneNodeRestartKeepsServices: a one-host cluster's daemon restarted
+// comes back with its services (same ID, VIP, published port), and the
+// restored container is their backend again, as it was.
+func TestOneNodeRestartKeepsServices(t *testing.T) {
+	sb := newFakeSandbox()
+	dir := t.TempDir()
+	d := newTestDaemon(t, sb, dir)
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.31.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
+	setPublish(t, d, "api", []string{"published=8080,target=80,protocol=tcp,mode=ingress,client-ip=snat"})
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "gone", Networks: []string{"web"}})
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+	if err := d.RemoveService("gone"); err != nil {
+		t.Fatal(err)
+	}
+	before := serviceSummary(t, d, "api")
+	if !strings.Contains(before, "c1") || !strings.Contains(before, "8080") {
+		t.Fatalf("before the restart: %s", before)
+	}
+	d.Close()
+
+	d2 := newTestDaemon(t, sb, dir)
+	defer d2.Close()
+	if after := serviceSummary(t, d2, "api"); after != before {
+		t.Fatalf("after the restart:\n  %s\nbefore:\n  %s", after, before)
+	}
+	if _, err := d2.Service("gone"); err == nil {
+		t.Fatal("a service removed before the restart came back")
+	}
+	// Removed after the restart, it stays removed across the next one.
+	if err := d2.RemoveService("api"); err != nil {
+		t.Fatal(err)
+	}
+	d2.Close()
+	d3 := newTestDaemon(t, sb, dir)
+	defer d3.Close()
+	if got := d3.Services(); len(got) != 0 {
+		t.Fatalf("after rm and a restart: %+v", got)
+	}
+}
+
+// TestWholeClusterRestartKeepsServices: a service removed while a node
+// was down stays removed when that node comes back to the running
+// cluster; then every node stopped and started again (in another order,
+// without --join) has the remaining service again, with the same ID and
+// its backend on another node.
+func TestWholeClusterRestartKeepsServices(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	ds, sbs := threeNodesOn(t, mem)
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+	}
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.32.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
+	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
+	mustAttach(t, ds[2], api.AttachRequest{Network: "web", Name: "c3", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+	waitFor(t, "h1 seeing c3 as api's backend", func() bool { return strings.Contains(serviceSummary(t, ds[0], "api"), "c3") })
+	before := serviceSummary(t, ds[0], "api")
+
+	ds[1].Close()
+	if err := ds[0].RemoveService("old"); err != nil {
+		t.Fatal(err)
+	}
+	h2 := startAgain(t, mem, ds[1].cfg, sbs[1]) // it still has "old" saved
+	waitFor(t, "h2 back", func() bool { return allAlive(h2, 3) })
+	for _, d := range []*Daemon{ds[0], h2, ds[2]} {
+		waitFor(t, d.cfg.Node+" without the service removed while h2 was down", func() bool { _, err := d.Service("old"); return err != nil })
+	}
+
+	for _, d := range []*Daemon{ds[0], h2, ds[2]} {
+		d.Close()
+	}
+	h3 := startAgain(t, mem, ds[2].cfg, sbs[2])
+	h2 = startAgain(t, mem, h2.cfg, sbs[1])
+	h1 := startAgain(t, mem, ds[0].cfg, sbs[0])
+	for _, d := range []*Daemon{h1, h2, h3} {
+		waitFor(t, d.cfg.Node+" seeing three alive after the restart", func() bool { return allAlive(d, 3) })
+		waitFor(t, d.cfg.Node+" having api as before", func() bool { return serviceSummary(t, d, "api") == before })
+		if _, err := d.Service("old"); err == nil {
+			t.Errorf("%s: the removed service is back", d.cfg.Node)
+		}
+	}
+}
