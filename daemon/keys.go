@@ -274,6 +274,9 @@ type keyState struct {
 	// (clusterKeyStates).
 	states       map[string]keyStateRecord
 	statesCursor uint64
+	// givenUp are the pairs an SA wait gave up on (awaitSAs): not waited
+	// for again until they have their SA.
+	givenUp map[saPair]bool
 }
 
 // maxGoodPubs bounds goodPubs: past it the set starts over.

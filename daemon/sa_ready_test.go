@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/crypto/esp"
 	"github.com/vxmesh/vxmesh/tunnel"
 )
 
@@ -84,5 +85,33 @@ func TestAttachOnAJoiningHostWaitsForItsSAs(t *testing.T) {
 		if m := missingOutboundSAs(d, ds, "sec"); len(m) > 0 {
 			t.Errorf("%s right after an attach on h3, which just joined: no outbound SA to %v", d.cfg.Node, m)
 		}
+	}
+}
+
+// TestSAWaitsDoNotWaitAgainForPairsGivenUpOn: once a wait gave up on a
+// pair (a host that is alive but makes no SAs), later waits in its scope
+// skip it, so not every attach waits the whole timeout again; once the
+// pair has its SA it is forgotten and waited for again should it lose it.
+func TestSAWaitsDoNotWaitAgainForPairsGivenUpOn(t *testing.T) {
+	ks := &keyState{}
+	c := esp.AES128GCM
+	h1h3, h3h1, h1h2 := saPair{"h1", "h3", c}, saPair{"h3", "h1", c}, saPair{"h1", "h2", c}
+	if got := ks.notGivenUp([]saPair{h1h3, h3h1}, c, ""); len(got) != 2 {
+		t.Fatalf("nothing given up on: %v, want both gaps", got)
+	}
+	ks.givenUp = map[saPair]bool{h1h3: true, h3h1: true}
+	if got := ks.notGivenUp([]saPair{h1h3, h3h1, h1h2}, c, "h1"); !slices.Equal(got, []saPair{h1h2}) {
+		t.Fatalf("with h1<->h3 given up on: %v, want h1->h2 alone", got)
+	}
+	if got := ks.notGivenUp([]saPair{{"h1", "h3", esp.AES256GCM}}, esp.AES256GCM, ""); len(got) != 1 {
+		t.Fatalf("another cipher: %v, want the gap", got)
+	}
+	// h3->h1 has its SA now: forgotten, so waited for if it goes again.
+	ks.notGivenUp([]saPair{h1h3}, c, "h1")
+	if ks.givenUp[h3h1] || !ks.givenUp[h1h3] {
+		t.Fatalf("given up on after h3->h1 got its SA: %v", ks.givenUp)
+	}
+	if got := ks.notGivenUp([]saPair{h1h3, h3h1}, c, ""); !slices.Equal(got, []saPair{h3h1}) {
+		t.Fatalf("h3->h1 lost its SA again: %v, want it waited for", got)
 	}
 }

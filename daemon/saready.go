@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -23,17 +24,30 @@ import (
 // network waits the same way for the pairs its own host is in (a host
 // that joined the cluster a moment ago).
 
+// A pair that a wait gave up on (a host that is alive but makes no SAs:
+// an older version, or one stuck) is not waited for again until it has
+// its SA: otherwise every attach on the network would wait the whole
+// timeout again.
+
 // saReadyTimeout bounds that wait. It covers four hops (record, ring,
 // SPIs, outbound SAs), each a push and a reconcile pass; past it the
 // command still succeeds, with a WARN naming the pairs still missing.
 const saReadyTimeout = 3 * time.Second
 
-// saGaps returns, as "sender->receiver", the pairs of alive nodes between
-// which a frame of cipher c cannot be sealed yet as this node sees the
-// cluster: the sender's key state lists no outbound SA to the receiver's
-// current run under a key of the cluster's ring. With node set, only the
-// pairs node is in. Callers hold d.mu.
-func (d *Daemon) saGaps(c esp.Cipher, node string) []string {
+// saPair is a sender and a receiver of frames under cipher c.
+type saPair struct {
+	from, to string
+	c        esp.Cipher
+}
+
+func (p saPair) String() string { return p.from + "->" + p.to }
+
+// saGaps returns the pairs of alive nodes between which a frame of cipher
+// c cannot be sealed yet as this node sees the cluster: the sender's key
+// state lists no outbound SA to the receiver's current run under a key of
+// the cluster's ring. With node set, only the pairs node is in. Callers
+// hold d.mu.
+func (d *Daemon) saGaps(c esp.Cipher, node string) []saPair {
 	ring := d.clusterRing()
 	states := d.clusterKeyStates()
 	var live []string
@@ -47,7 +61,7 @@ func (d *Daemon) saGaps(c esp.Cipher, node string) []string {
 		_, ok := ring.Key(key)
 		return ok
 	}
-	var gaps []string
+	var gaps []saPair
 	for _, from := range live {
 		for _, to := range live {
 			if from == to || node != "" && from != node && to != node {
@@ -56,7 +70,7 @@ func (d *Daemon) saGaps(c esp.Cipher, node string) []string {
 			s, okS := states[from]
 			r, okR := states[to]
 			if ring == nil || !okS || !okR || !s.sendsTo(r.Pub, c, inRing) {
-				gaps = append(gaps, from+"->"+to)
+				gaps = append(gaps, saPair{from, to, c})
 			}
 		}
 	}
@@ -76,7 +90,7 @@ func (d *Daemon) awaitSAs(what, name string, c esp.Cipher, node string) {
 	defer t.Stop()
 	for {
 		d.mu.Lock()
-		gaps := d.saGaps(c, node)
+		gaps := d.keys.notGivenUp(d.saGaps(c, node), c, node)
 		d.mu.Unlock()
 		if len(gaps) == 0 {
 			return
@@ -87,10 +101,40 @@ func (d *Daemon) awaitSAs(what, name string, c esp.Cipher, node string) {
 				return
 			}
 		case <-t.C:
-			d.log.Warn("done, but some hosts cannot encrypt to each other yet (frames between them are dropped as no-sa until they can)", what, name, "missing", strings.Join(gaps, " "), "after", saReadyTimeout)
+			d.mu.Lock()
+			if d.keys.givenUp == nil {
+				d.keys.givenUp = map[saPair]bool{}
+			}
+			for _, p := range gaps {
+				d.keys.givenUp[p] = true
+			}
+			d.mu.Unlock()
+			names := make([]string, len(gaps))
+			for i, p := range gaps {
+				names[i] = p.String()
+			}
+			d.log.Warn("done, but some hosts cannot encrypt to each other yet (frames between them are dropped as no-sa until they can)", what, name, "missing", strings.Join(names, " "), "after", saReadyTimeout)
 			return
 		}
 	}
+}
+
+// notGivenUp returns the gaps of cipher c (saGaps with node) that no wait
+// gave up on, and forgets the pairs given up on that are in the same scope
+// but no longer gaps. Callers hold d.mu.
+func (ks *keyState) notGivenUp(gaps []saPair, c esp.Cipher, node string) []saPair {
+	for p := range ks.givenUp {
+		if p.c == c && (node == "" || p.from == node || p.to == node) && !slices.Contains(gaps, p) {
+			delete(ks.givenUp, p)
+		}
+	}
+	out := gaps[:0]
+	for _, p := range gaps {
+		if !ks.givenUp[p] {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // awaitNetworkSAs is awaitSAs for an attach of container name to network
