@@ -33,8 +33,10 @@ import (
 //     `vxmesh key rotate`; the rotator serves and deletes it).
 //   - Table "keystate" (node-scoped): one entry per node (keyStateRecord)
 //     with the X25519 public key of its current run (keyring.RunKey), the
-//     SPIs it chose for its inbound SAs, the newest key it has installed
-//     inbound SAs for, and the rings it refused.
+//     SPIs it chose for its inbound SAs, the peers it has outbound SAs to,
+//     the newest key it has installed inbound SAs for, and the rings it
+//     refused. While a node has SAs it pushes the record to every member
+//     (saready.go).
 //
 // Nonces never repeat under a key: SA key material comes from the ring
 // secret and the X25519 shared secret of the two runs, so every
