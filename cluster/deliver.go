@@ -112,20 +112,9 @@ func (c *Cluster) ClaimRef(table, group, resource string) Ref {
 // writes keep spreading after timeout; the error then names the members
 // that had not merged them yet.
 func (c *Cluster) Spread(timeout time.Duration, refs ...Ref) error {
-	var ds []*delivery
-	for _, ref := range refs {
-		c.mu.Lock()
-		r := c.entries[tkey{ref.Table, ref.Key}]
-		mine := r != nil && r.Owner == c.cfg.NodeName
-		var e Entry
-		if mine {
-			e = r.Entry.clone()
-		}
-		c.mu.Unlock()
-		if !mine {
-			return fmt.Errorf("table %q, key %q: no write of this node's to spread", ref.Table, ref.Key)
-		}
-		ds = append(ds, c.deliverOwn(e)...)
+	ds, err := c.push(refs)
+	if err != nil {
+		return err
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -154,6 +143,36 @@ wait:
 		return fmt.Errorf("not yet acknowledged by %s after %v", strings.Join(late, ", "), timeout)
 	}
 	return nil
+}
+
+// Push starts what Spread does and returns at once: this node's newest
+// write of each entry named goes to every alive member over TCP, each
+// until it acknowledges. A node pushes a write that other members need
+// promptly but that no command waits for here (its key state, which the
+// command on the host that created an encrypted network waits to see).
+func (c *Cluster) Push(refs ...Ref) error {
+	_, err := c.push(refs)
+	return err
+}
+
+// push starts the deliveries of Spread and Push and returns them.
+func (c *Cluster) push(refs []Ref) ([]*delivery, error) {
+	var ds []*delivery
+	for _, ref := range refs {
+		c.mu.Lock()
+		r := c.entries[tkey{ref.Table, ref.Key}]
+		mine := r != nil && r.Owner == c.cfg.NodeName
+		var e Entry
+		if mine {
+			e = r.Entry.clone()
+		}
+		c.mu.Unlock()
+		if !mine {
+			return ds, fmt.Errorf("table %q, key %q: no write of this node's to spread", ref.Table, ref.Key)
+		}
+		ds = append(ds, c.deliverOwn(e)...)
+	}
+	return ds, nil
 }
 
 // deliver sends d until it is acknowledged, replaced by nothing newer

@@ -169,18 +169,28 @@ func TestRegossipWaitsWhileTheQueueIsBackedUp(t *testing.T) {
 	}
 }
 
+// deafToGossip starts three nodes, the third of which loses every gossiped
+// entry (push/pull is a minute apart), and writes networks/web on the
+// first: what reaches the third came by acknowledged delivery. drop is
+// the third node's filter, for its streams too.
+func deafToGossip(t *testing.T) (nodes []*testNode, drop *func() bool) {
+	t.Helper()
+	nodes = startCluster(t, mustKey(t), 3, func(c *Config) { c.PushPullInterval = time.Minute })
+	f := func() bool { return true }
+	nodes[2].dropEntries.Store(&f)
+	if err := nodes[0].Put("networks", "web", []byte("10.0.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	return nodes, &f
+}
+
 // TestSpreadReturnsOnceEveryMemberHasTheWrite: a write that Spread
 // returned for is on every alive member at that moment, even one that
 // loses every gossiped entry; a member that reads no stream is named in
 // the error once the wait is over.
 func TestSpreadReturnsOnceEveryMemberHasTheWrite(t *testing.T) {
-	nodes := startCluster(t, mustKey(t), 3, func(c *Config) { c.PushPullInterval = time.Minute })
+	nodes, drop := deafToGossip(t)
 	n1, n3 := nodes[0], nodes[2]
-	drop := func() bool { return true }
-	n3.dropEntries.Store(&drop)
-	if err := n1.Put("networks", "web", []byte("10.0.1.0/24")); err != nil {
-		t.Fatal(err)
-	}
 	if err := n1.Spread(5*time.Second, Ref{"networks", "web"}); err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +200,7 @@ func TestSpreadReturnsOnceEveryMemberHasTheWrite(t *testing.T) {
 		}
 	}
 
-	n3.tr.dropStream.Store(&drop)
+	n3.tr.dropStream.Store(drop)
 	if err := n1.Put("networks", "web", []byte("10.0.2.0/24")); err != nil {
 		t.Fatal(err)
 	}
@@ -200,5 +210,23 @@ func TestSpreadReturnsOnceEveryMemberHasTheWrite(t *testing.T) {
 	}
 	if err := n1.Spread(time.Second, Ref{"networks", "nosuchkey"}); err == nil {
 		t.Fatal("Spread of a key this node never wrote: no error")
+	}
+}
+
+// TestPushReachesAMemberThatLosesItsGossip: a pushed write reaches a
+// member that loses every gossiped entry (so over the acknowledged TCP
+// delivery, not by gossip), without the writer waiting for it.
+func TestPushReachesAMemberThatLosesItsGossip(t *testing.T) {
+	nodes, _ := deafToGossip(t)
+	n1, n3 := nodes[0], nodes[2]
+	if err := n1.Push(Ref{"networks", "web"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the pushed write on n3", func() bool {
+		e, ok := n3.Get("networks", "web")
+		return ok && string(e.Value) == "10.0.1.0/24"
+	})
+	if err := n1.Push(Ref{"networks", "nosuchkey"}); err == nil {
+		t.Fatal("Push of a key this node never wrote: no error")
 	}
 }

@@ -127,7 +127,10 @@ func (d *Daemon) endpointView(ep *endpoint) api.Endpoint {
 // when req.Create asks for a new container). On any failure nothing it made
 // is left behind.
 func (d *Daemon) Attach(req api.AttachRequest) (ep api.Endpoint, err error) {
-	return d.attach(req, false)
+	if ep, err = d.attach(req, false); err == nil {
+		d.awaitNetworkSAs(req.Network, req.Name)
+	}
+	return ep, err
 }
 
 // attach is Attach, or AttachHostTAP with hostTAP.

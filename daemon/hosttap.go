@@ -143,6 +143,9 @@ func (d *Daemon) AttachHostTAP(req api.AttachRequest) (api.Endpoint, error) {
 		// Docker's IPAM still owns the address: ReleaseAddress frees it.
 		d.moveHold(req.Network, req.IP, req.Name, ipamOwner)
 	}
+	if err == nil {
+		d.awaitNetworkSAs(req.Network, req.Name)
+	}
 	return ep, err
 }
 

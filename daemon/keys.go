@@ -33,8 +33,10 @@ import (
 //     `vxmesh key rotate`; the rotator serves and deletes it).
 //   - Table "keystate" (node-scoped): one entry per node (keyStateRecord)
 //     with the X25519 public key of its current run (keyring.RunKey), the
-//     SPIs it chose for its inbound SAs, the newest key it has installed
-//     inbound SAs for, and the rings it refused.
+//     SPIs it chose for its inbound SAs, the peers it has outbound SAs to,
+//     the newest key it has installed inbound SAs for, and the rings it
+//     refused. While a node has SAs it pushes the record to every member
+//     (saready.go).
 //
 // Nonces never repeat under a key: SA key material comes from the ring
 // secret and the X25519 shared secret of the two runs, so every
@@ -71,6 +73,11 @@ type keyStateRecord struct {
 	// SPIs are the SPIs of the node's inbound SAs, spiEntryLen bytes each
 	// (appendSPI): senders seal with the SPI their receiver chose.
 	SPIs []byte `json:"spis,omitempty"`
+	// Out lists the node's outbound SAs in its data plane, outEntryLen
+	// bytes each (appendOut): the peers it can seal frames to. The create
+	// of an encrypted network waits until every alive node lists every
+	// other (awaitSAs).
+	Out []byte `json:"out,omitempty"`
 	// SeenVersion and SeenKey are the version and newest key ID of the
 	// newest ring the node accepted in this run: the rotator's answer to a
 	// refused ring must not be below them.
@@ -92,6 +99,11 @@ const (
 	spiEntryLen = spiPeerLen + 4 + 1 + 4
 )
 
+// outEntryLen is the length of one entry of keyStateRecord.Out: the first
+// spiPeerLen bytes of the receiving run's public key, the key ID (4) and
+// the cipher (1), the key ID big-endian.
+const outEntryLen = spiPeerLen + 4 + 1
+
 // appendSPI appends the entry of the inbound SA with spi from the run with
 // public key peer, under key and cipher c.
 func appendSPI(b, peer []byte, key uint32, c esp.Cipher, spi uint32) []byte {
@@ -112,10 +124,29 @@ func (r *keyStateRecord) spiFor(peer []byte, key uint32, c esp.Cipher) (uint32, 
 	return 0, false
 }
 
+// appendOut appends the entry of the outbound SA to the run with public key
+// peer, under key and cipher c.
+func appendOut(b, peer []byte, key uint32, c esp.Cipher) []byte {
+	b = append(b, peer[:spiPeerLen]...)
+	b = binary.BigEndian.AppendUint32(b, key)
+	return append(b, byte(c))
+}
+
+// sendsTo reports whether the node has an outbound SA of cipher c to the
+// run with public key peer under a key that ok accepts.
+func (r *keyStateRecord) sendsTo(peer []byte, c esp.Cipher, ok func(key uint32) bool) bool {
+	for e := r.Out; len(e) >= outEntryLen; e = e[outEntryLen:] {
+		if bytes.Equal(e[:spiPeerLen], peer[:spiPeerLen]) && esp.Cipher(e[spiPeerLen+4]) == c && ok(binary.BigEndian.Uint32(e[spiPeerLen:])) {
+			return true
+		}
+	}
+	return false
+}
+
 // decodeKeyState parses and checks a keystate value: a valid public key
-// (keyring.CheckPublic: length, not of small order), whole SPI entries
-// with known ciphers, nonzero keys and unreserved SPIs. Errors never quote
-// the input.
+// (keyring.CheckPublic: length, not of small order), whole SPI and
+// outbound entries with known ciphers and nonzero keys, unreserved SPIs.
+// Errors never quote the input.
 func decodeKeyState(b []byte) (keyStateRecord, error) {
 	return decodeKeyStateWith(b, keyring.CheckPublic)
 }
@@ -140,11 +171,22 @@ func decodeKeyStateWith(b []byte, checkPub func([]byte) error) (keyStateRecord, 
 			return keyStateRecord{}, fmt.Errorf("SPI entry: key %d, %v, SPI %d", key, c, spi)
 		}
 	}
+	if len(rec.Out)%outEntryLen != 0 {
+		return keyStateRecord{}, fmt.Errorf("outbound SA list of %d bytes", len(rec.Out))
+	}
+	for e := rec.Out; len(e) > 0; e = e[outEntryLen:] {
+		if key, c := binary.BigEndian.Uint32(e[spiPeerLen:]), esp.Cipher(e[spiPeerLen+4]); key == 0 || c.KeyLen() == 0 {
+			return keyStateRecord{}, fmt.Errorf("outbound SA entry: key %d, %v", key, c)
+		}
+	}
 	if len(rec.RefusedKeys) > keyring.MaxKeys {
 		return keyStateRecord{}, fmt.Errorf("%d refused keys", len(rec.RefusedKeys))
 	}
 	if len(rec.SPIs) == 0 {
 		rec.SPIs = nil
+	}
+	if len(rec.Out) == 0 {
+		rec.Out = nil
 	}
 	if len(rec.RefusedKeys) == 0 {
 		rec.RefusedKeys = nil
@@ -234,6 +276,9 @@ type keyState struct {
 	// (clusterKeyStates).
 	states       map[string]keyStateRecord
 	statesCursor uint64
+	// givenUp are the pairs an SA wait gave up on (awaitSAs): not waited
+	// for again until they have their SA.
+	givenUp map[saPair]bool
 }
 
 // maxGoodPubs bounds goodPubs: past it the set starts over.
@@ -275,8 +320,12 @@ func defineKeyTables(cl *cluster.Cluster) error {
 	return cl.DefineTable(tblKeyState, cluster.TableOptions{NodeScoped: true})
 }
 
-// publishKeyState announces this node's run key, inbound SPIs, installed
-// key and refusals, if they changed.
+// publishKeyState announces this node's run key, inbound SPIs, outbound
+// SAs, installed key and refusals, if they changed. While it has SAs the
+// record is pushed to every alive member (cluster.Push) rather than left
+// to gossip: a sender needs its receiver's SPI before it can seal the
+// first frame, and the create of an encrypted network waits for every
+// node's record (awaitSAs).
 func (d *Daemon) publishKeyState(rec keyStateRecord) {
 	b, _ := json.Marshal(rec)
 	if bytes.Equal(b, d.keys.published) {
@@ -287,6 +336,11 @@ func (d *Daemon) publishKeyState(rec keyStateRecord) {
 		return
 	}
 	d.keys.published = b
+	if len(rec.SPIs) > 0 || len(rec.Out) > 0 {
+		if err := d.cl.Push(cluster.Ref{Table: tblKeyState, Key: d.cfg.Node}); err != nil {
+			d.log.Error("pushing key state", "err", err)
+		}
+	}
 }
 
 // clusterRing decodes the ring entry, or returns nil.
@@ -365,16 +419,21 @@ func (d *Daemon) ownKeyState(installed uint32) keyStateRecord {
 		ciphers = append(ciphers, c)
 	}
 	slices.Sort(ciphers)
-	var entries [][]byte
+	var entries, outs [][]byte
 	for _, c := range ciphers {
 		for _, ps := range ks.installed[c] {
 			for i, o := range ps.in {
 				entries = append(entries, appendSPI(nil, ps.pub, ps.inKeys[i], c, o.spec.SPI))
 			}
+			if ps.out != nil {
+				outs = append(outs, appendOut(nil, ps.pub, ps.outKey, c))
+			}
 		}
 	}
 	slices.SortFunc(entries, bytes.Compare) // a stable value: republished only on change
+	slices.SortFunc(outs, bytes.Compare)
 	rec.SPIs = bytes.Join(entries, nil)
+	rec.Out = bytes.Join(outs, nil)
 	return rec
 }
 
@@ -470,6 +529,11 @@ func (d *Daemon) rotateKeys(cr *keyring.Ring, members []cluster.Member, states m
 	if err := d.cl.Put(tblKeys, keyRingKey, next.Marshal()); err != nil {
 		d.log.Error("publishing the data key ring", "err", err)
 		return
+	}
+	// Every node needs the ring before it can make SAs (and the create
+	// of the first encrypted network waits for them): not by gossip.
+	if err := d.cl.Push(cluster.Ref{Table: tblKeys, Key: keyRingKey}); err != nil {
+		d.log.Error("pushing the data key ring", "err", err)
 	}
 	if served {
 		d.cl.Delete(tblKeys, keyRotate)

@@ -13,14 +13,15 @@ import (
 
 // FuzzKeyState feeds arbitrary keystate values (written by other nodes) to
 // decodeKeyState: it never panics, and what it accepts has a usable public
-// key and well-formed SPI entries, each found by spiFor, and survives a
-// round trip.
+// key and well-formed SPI and outbound entries, each found by spiFor and
+// sendsTo, and survives a round trip.
 func FuzzKeyState(f *testing.F) {
 	run, _ := keyring.NewRunKey(rand.Reader)
 	peer, _ := keyring.NewRunKey(rand.Reader)
 	good := keyStateRecord{Pub: run.Public(), Installed: 3, SeenVersion: 9, SeenKey: 3}
 	good.SPIs = appendSPI(good.SPIs, peer.Public(), 3, esp.AES128GCM, 0x12345678)
 	good.SPIs = appendSPI(good.SPIs, peer.Public(), 2, esp.AES256GCM, 0x100)
+	good.Out = appendOut(good.Out, peer.Public(), 3, esp.AES128GCM)
 	b, _ := json.Marshal(good)
 	f.Add(b)
 	refused := good
@@ -49,6 +50,17 @@ func FuzzKeyState(f *testing.F) {
 				t.Fatalf("spiFor does not find SPI %d", spi)
 			}
 		}
+		for e := rec.Out; len(e) > 0; e = e[outEntryLen:] {
+			key, c := binary.BigEndian.Uint32(e[spiPeerLen:]), esp.Cipher(e[spiPeerLen+4])
+			if c.KeyLen() == 0 || key == 0 {
+				t.Fatalf("accepted outbound entry key %d %v", key, c)
+			}
+			pub := make([]byte, keyring.PubLen)
+			copy(pub, e[:spiPeerLen])
+			if !rec.sendsTo(pub, c, func(k uint32) bool { return k == key }) {
+				t.Fatalf("sendsTo does not find key %d %v", key, c)
+			}
+		}
 		again, _ := json.Marshal(rec)
 		rec2, err := decodeKeyState(again)
 		if err != nil || !reflect.DeepEqual(rec, rec2) {
@@ -70,17 +82,18 @@ func earlierEntry(all, e []byte, key uint32, c esp.Cipher) bool {
 
 // TestDecodeKeyStateRefusesBadRecords: a keystate record whose public key
 // has the wrong length or is of small order, or whose SPI entries are cut
-// or name a reserved SPI, an unknown cipher or key 0, counts as missing.
+// or name a reserved SPI, an unknown cipher or key 0, or whose outbound
+// entries are cut or name an unknown cipher or key 0, counts as missing.
 func TestDecodeKeyStateRefusesBadRecords(t *testing.T) {
 	run, _ := keyring.NewRunKey(rand.Reader)
-	good := keyStateRecord{Pub: run.Public(), Installed: 1, SPIs: appendSPI(nil, run.Public(), 1, esp.AES128GCM, 0x1000)}
+	good := keyStateRecord{Pub: run.Public(), Installed: 1, SPIs: appendSPI(nil, run.Public(), 1, esp.AES128GCM, 0x1000), Out: appendOut(nil, run.Public(), 1, esp.AES128GCM)}
 	enc := func(r keyStateRecord) []byte { b, _ := json.Marshal(r); return b }
 	if _, err := decodeKeyState(enc(good)); err != nil {
 		t.Fatal(err)
 	}
 	mod := func(f func(r *keyStateRecord)) []byte {
 		r := good
-		r.Pub, r.SPIs = append([]byte{}, good.Pub...), append([]byte{}, good.SPIs...)
+		r.Pub, r.SPIs, r.Out = append([]byte{}, good.Pub...), append([]byte{}, good.SPIs...), append([]byte{}, good.Out...)
 		f(&r)
 		return enc(r)
 	}
@@ -95,6 +108,9 @@ func TestDecodeKeyStateRefusesBadRecords(t *testing.T) {
 		"reserved SPI":    mod(func(r *keyStateRecord) { r.SPIs[spiEntryLen-2], r.SPIs[spiEntryLen-1] = 0, 7 }),
 		"unknown cipher":  mod(func(r *keyStateRecord) { r.SPIs[spiPeerLen+4] = 9 }),
 		"key 0":           mod(func(r *keyStateRecord) { copy(r.SPIs[spiPeerLen:], []byte{0, 0, 0, 0}) }),
+		"cut out entry":   mod(func(r *keyStateRecord) { r.Out = r.Out[:outEntryLen-1] }),
+		"out cipher":      mod(func(r *keyStateRecord) { r.Out[spiPeerLen+4] = 9 }),
+		"out key 0":       mod(func(r *keyStateRecord) { copy(r.Out[spiPeerLen:], []byte{0, 0, 0, 0}) }),
 		"too many keys":   mod(func(r *keyStateRecord) { r.RefusedKeys = []uint32{1, 2, 3, 4} }),
 		"old epoch field": []byte(`{"epoch":12345,"installed":1}`),
 	}

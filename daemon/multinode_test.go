@@ -34,37 +34,59 @@ func threeNodes(t *testing.T) ([]*Daemon, []*fakeSandbox) {
 // given, adjusts each node's configuration.
 func threeNodesOn(t *testing.T, mem *tunnel.MemNetwork, tune ...func(*Config)) ([]*Daemon, []*fakeSandbox) {
 	t.Helper()
-	keyDir := t.TempDir()
 	var ds []*Daemon
 	var sbs []*fakeSandbox
 	for i := 1; i <= 3; i++ {
-		sb := newFakeSandbox()
-		sb.useNetstack = true
-		dir := t.TempDir()
-		// Every node uses the first node's key.
-		if i > 1 {
-			key, _ := readFile(keyDir + "/cluster.key")
-			writeFile(t, dir+"/cluster.key", key)
-		}
-		addr := netip.AddrFrom4([4]byte{127, 0, 0, byte(i)})
-		var join []string
-		if i > 1 {
-			join = []string{ds[0].cfg.Advertise.String() + ":" + fmt.Sprint(ds[0].cfg.GossipPort)}
-		}
-		cfg := nodeConfig(t, mem, fmt.Sprintf("h%d", i), addr, sb, dir, join...)
-		for _, f := range tune {
-			f(&cfg)
-		}
-		d := startNode(t, cfg)
-		if i == 1 {
-			key, _ := readFile(dir + "/cluster.key")
-			writeFile(t, keyDir+"/cluster.key", key)
-		}
-		t.Cleanup(d.Close)
+		d, sb := addNode(t, mem, ds, i, tune...)
 		ds = append(ds, d)
 		sbs = append(sbs, sb)
 	}
 	return ds, sbs
+}
+
+// addNode starts daemon h<i> at 127.0.0.<i> on mem, with netstack
+// containers; after the first node (which makes the cluster key) it uses
+// ds[0]'s key and joins ds[0].
+func addNode(t *testing.T, mem *tunnel.MemNetwork, ds []*Daemon, i int, tune ...func(*Config)) (*Daemon, *fakeSandbox) {
+	t.Helper()
+	sb := newFakeSandbox()
+	sb.useNetstack = true
+	dir := t.TempDir()
+	var join []string
+	if len(ds) > 0 {
+		key, err := readFile(ds[0].cfg.StateDir + "/cluster.key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, dir+"/cluster.key", key)
+		join = []string{ds[0].cfg.Advertise.String() + ":" + fmt.Sprint(ds[0].cfg.GossipPort)}
+	}
+	addr := netip.AddrFrom4([4]byte{127, 0, 0, byte(i)})
+	cfg := nodeConfig(t, mem, fmt.Sprintf("h%d", i), addr, sb, dir, join...)
+	for _, f := range tune {
+		f(&cfg)
+	}
+	d := startNode(t, cfg)
+	t.Cleanup(d.Close)
+	return d, sb
+}
+
+// everyMemberAlive waits until each of ds sees every one of them alive: a
+// write is spread to the members its host sees alive (the last node to
+// join is seen a moment later).
+func everyMemberAlive(t *testing.T, ds []*Daemon) {
+	t.Helper()
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" sees every member alive", func() bool {
+			alive := 0
+			for _, m := range d.cl.Members() {
+				if m.State == cluster.StateAlive {
+					alive++
+				}
+			}
+			return alive == len(ds)
+		})
+	}
 }
 
 // claimSafeGrace is the NodeGrace of the tests that race claims across
@@ -214,19 +236,7 @@ func TestCreatedIsUsableOnEveryHostAtOnce(t *testing.T) {
 // (a user checks with `network ls` on another host).
 func TestCreatedNetworkIsListedOnEveryHostAtOnce(t *testing.T) {
 	ds, _ := threeNodesOn(t, tunnel.NewMemNetwork())
-	// A write is spread to the members its host sees alive: wait until
-	// every host sees the others (h3 joined last).
-	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" sees every member alive", func() bool {
-			alive := 0
-			for _, m := range d.cl.Members() {
-				if m.State == cluster.StateAlive {
-					alive++
-				}
-			}
-			return alive == len(ds)
-		})
-	}
+	everyMemberAlive(t, ds)
 	listed := func(d *Daemon, name string) bool {
 		for _, n := range d.Networks() {
 			if n.Name == name {

@@ -358,6 +358,11 @@ func (d *Daemon) CreateNetwork(req api.NetworkCreateRequest) (api.Network, error
 	if err != nil {
 		return api.Network{}, err
 	}
+	// Every host has the record; an encrypted network is usable once
+	// they can also seal frames to each other.
+	if c, cerr := esp.ParseCipher(rec.Cipher); rec.Encrypted && cerr == nil {
+		d.awaitSAs("network", rec.Name, c, "")
+	}
 	return view, nil
 }
 
