@@ -424,8 +424,13 @@ type ConntrackStats struct {
 	// FragEvictions counts fragmented datagrams to or from a VIP that
 	// were still incomplete when the fragment table forgot them for new
 	// ones (their later fragments are dropped as "fragment").
-	FragEvictions uint64            `json:"frag_evictions"`
-	Drops         map[string]uint64 `json:"drops,omitempty"`
+	FragEvictions uint64 `json:"frag_evictions"`
+	// FragHeld counts later fragments to or from a VIP that came before
+	// their datagram's first fragment and were held until it came. They
+	// are not drops: one given up is counted in the drops ("fragment",
+	// "frag-timeout", or the reason its first fragment was refused).
+	FragHeld uint64            `json:"frag_held"`
+	Drops    map[string]uint64 `json:"drops,omitempty"`
 }
 
 // EgressStats are the counters of a host's egress (package gateway).

@@ -36,7 +36,9 @@ const (
 	// first fragment, was copied and is held until the first comes (at
 	// most the fragment timeout); drop it (it is not lost) and, after the
 	// frame that is that first fragment, send what TakeHeld gives.
-	// Counted as ReasonFragHeld.
+	// Counted by Conntrack.FragHeld, not as a drop: a held fragment is
+	// counted as dropped only when it is given up (ReasonFragment,
+	// ReasonFragTimeout, or its first fragment's reason).
 	Hold
 )
 
@@ -55,11 +57,10 @@ const (
 	ReasonRetried                       // a backend's RST to a SYN, hidden: the attempt moved on
 	ReasonFragTiny                      // a first fragment without its whole L4 header, or a later one overlapping it (RFC 1858)
 	ReasonFragTimeout                   // a later IP fragment after its datagram's entry expired, or held too long for its first
-	ReasonFragHeld                      // a later IP fragment held until its first fragment comes (not a drop)
 	numReasons
 )
 
-var reasonNames = [numReasons]string{"", "malformed", "fragment", "bad-offload", "unsupported", "no-conn", "port", "no-backend", "retried", "frag-tiny", "frag-timeout", "frag-held"}
+var reasonNames = [numReasons]string{"", "malformed", "fragment", "bad-offload", "unsupported", "no-conn", "port", "no-backend", "retried", "frag-tiny", "frag-timeout"}
 
 // String returns the reason's metric label.
 func (r Reason) String() string {
@@ -149,8 +150,10 @@ func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
 	bport, v, r := c.match(frame, o, &p)
 	switch {
 	case v == Reject:
+		t.refused(&p, r, now)
 		return t.reject(c, r)
 	case v == Drop:
+		t.refused(&p, r, now)
 		return t.count(r, Drop)
 	case p.frag == Later:
 		return t.forwardLater(c, &p, now)
@@ -214,6 +217,7 @@ func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64)
 		var r Reason
 		if i, r = t.create(s, c, p, k, bport, now); i == 0 {
 			s.mu.Unlock()
+			t.refused(p, r, now)
 			if r == ReasonNoConn && p.flags&tcpRST != 0 {
 				return t.count(r, Drop) // never answer a RST
 			}
