@@ -157,6 +157,17 @@ type Node struct {
 	Networks []string `json:"networks"`
 }
 
+// ClaimWait is a node declared dead that a create on this host waits for
+// (GET /v1/claim-waits): the create's claim goes on without it once it
+// has been dead for the node grace, unless it answers first.
+type ClaimWait struct {
+	Node string `json:"node"`
+	// DeadSeconds is how long ago this host declared it dead.
+	DeadSeconds float64 `json:"dead_seconds"`
+	// LeftSeconds is how much longer the claim waits for it at most.
+	LeftSeconds float64 `json:"left_seconds"`
+}
+
 // NetworkCreateRequest asks for a new network. Empty fields get defaults.
 type NetworkCreateRequest struct {
 	Name    string `json:"name"`
