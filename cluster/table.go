@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -520,10 +521,29 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	}
 }
 
+// pullSpreadPerMember and pullSpreadMax spread the pulls of the members
+// that all expired a returning node's entries (a node back after a long
+// outage): each waits a random time up to pullSpreadPerMember times the
+// alive members, at most pullSpreadMax (stretched by TimeScale), so that
+// the node does not answer every member's push/pull at once.
+const (
+	pullSpreadPerMember = 10 * time.Millisecond
+	pullSpreadMax       = 10 * time.Second
+)
+
 // pullFrom exchanges table states with the member name at addr (a
-// push/pull, through memberlist's Join), counted as "state-pulled"; a
-// failure is left to the periodic push/pull.
+// push/pull, through memberlist's Join), after a random spread (see
+// pullSpreadPerMember), counted as "state-pulled"; a failure is left to
+// the periodic push/pull.
 func (c *Cluster) pullFrom(name string, addr netip.AddrPort) {
+	spread := c.dur(min(pullSpreadPerMember*time.Duration(c.alive.Load()), pullSpreadMax))
+	t := time.NewTimer(rand.N(spread + 1))
+	select {
+	case <-c.stop:
+		t.Stop()
+		return
+	case <-t.C:
+	}
 	ml := c.ml.Load()
 	if ml == nil {
 		return
