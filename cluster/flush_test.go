@@ -57,8 +57,9 @@ func TestTableBroadcastsNotStarvedByMemberlist(t *testing.T) {
 			break
 		}
 		if time.Since(start) > bound {
-			t.Fatalf("after %v (%d gossip intervals) %d of %d nodes lack some of the 4 entries; the writer's counters %v; packets lost on the network %d of %d",
-				time.Since(start).Round(time.Millisecond), bound/gossip, missing, count, cs[0].Drops(), mem.Stats().Lost, mem.Stats().Packets)
+			t.Fatalf("after %v (%d gossip intervals) %d of %d nodes lack some of the 4 entries; packets lost on the network %d of %d; each node:%s",
+				time.Since(start).Round(time.Millisecond), bound/gossip, missing, count, mem.Stats().Lost, mem.Stats().Packets,
+				tableReport(cs, "endpoints", []string{"e0", "e1", "e2", "e3"}))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
