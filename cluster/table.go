@@ -517,7 +517,9 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 		})
 	}
 	if refetch {
-		c.spawn(func() { c.pullFrom(n.Name, memberAddr(n)) })
+		// n is memberlist's: read it here, not on the goroutine.
+		name, addr := n.Name, memberAddr(n)
+		c.spawn(func() { c.pullFrom(name, addr) })
 	}
 }
 
