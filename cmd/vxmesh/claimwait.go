@@ -44,14 +44,16 @@ func noteClaimWaits(env *cliEnv, c *api.Client, create func() error) error {
 					continue
 				}
 				told[w.Node] = true
+				// How long ago rounded down, how much longer rounded up:
+				// the two add up to the node grace.
 				fmt.Fprintf(env.stderr, "waiting for %s (declared dead %s ago) to be released from the cluster, at most %s more\n",
-					w.Node, wholeSeconds(w.DeadSeconds), wholeSeconds(w.LeftSeconds))
+					w.Node, wholeSeconds(math.Floor(w.DeadSeconds)), wholeSeconds(math.Ceil(w.LeftSeconds)))
 			}
 		}
 	}
 }
 
-// wholeSeconds prints s seconds rounded up, as "26s".
+// wholeSeconds prints s whole seconds, as "26s" (never negative).
 func wholeSeconds(s float64) string {
-	return fmt.Sprintf("%.0fs", math.Ceil(max(s, 0)))
+	return fmt.Sprintf("%.0fs", max(s, 0))
 }

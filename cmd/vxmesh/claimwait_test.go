@@ -55,7 +55,7 @@ func TestCreateSaysWhichDeadMemberItWaitsFor(t *testing.T) {
 			if asked.Load() < 3 {
 				t.Fatalf("the CLI asked %d times what the create waits for", asked.Load())
 			}
-			want := "waiting for h3 (declared dead 5s ago) to be released from the cluster, at most 26s more\n"
+			want := "waiting for h3 (declared dead 4s ago) to be released from the cluster, at most 26s more\n"
 			if errb.String() != want {
 				t.Fatalf("stderr %q, want %q (once)", errb.String(), want)
 			}
