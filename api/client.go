@@ -254,6 +254,13 @@ func (c *Client) Nodes() ([]Node, error) {
 	return n, c.do(http.MethodGet, "/v1/nodes", nil, &n)
 }
 
+// ClaimWaits returns the nodes declared dead that a create on the daemon's
+// host waits for (empty when none).
+func (c *Client) ClaimWaits() ([]ClaimWait, error) {
+	var w []ClaimWait
+	return w, c.do(http.MethodGet, "/v1/claim-waits", nil, &w)
+}
+
 // Keys returns the state of the cluster's data keys (no key material).
 func (c *Client) Keys() (Keys, error) {
 	var k Keys

@@ -157,6 +157,17 @@ type Node struct {
 	Networks []string `json:"networks"`
 }
 
+// ClaimWait is a node declared dead that a create on this host waits for
+// (GET /v1/claim-waits): the create's claim goes on without it once it
+// has been dead for the node grace, unless it answers first.
+type ClaimWait struct {
+	Node string `json:"node"`
+	// DeadSeconds is how long ago this host declared it dead.
+	DeadSeconds float64 `json:"dead_seconds"`
+	// LeftSeconds is how much longer the claim waits for it at most.
+	LeftSeconds float64 `json:"left_seconds"`
+}
+
 // NetworkCreateRequest asks for a new network. Empty fields get defaults.
 type NetworkCreateRequest struct {
 	Name    string `json:"name"`
@@ -424,8 +435,13 @@ type ConntrackStats struct {
 	// FragEvictions counts fragmented datagrams to or from a VIP that
 	// were still incomplete when the fragment table forgot them for new
 	// ones (their later fragments are dropped as "fragment").
-	FragEvictions uint64            `json:"frag_evictions"`
-	Drops         map[string]uint64 `json:"drops,omitempty"`
+	FragEvictions uint64 `json:"frag_evictions"`
+	// FragHeld counts later fragments to or from a VIP that came before
+	// their datagram's first fragment and were held until it came. They
+	// are not drops: one given up is counted in the drops ("fragment",
+	// "frag-timeout", or the reason its first fragment was refused).
+	FragHeld uint64            `json:"frag_held"`
+	Drops    map[string]uint64 `json:"drops,omitempty"`
 }
 
 // EgressStats are the counters of a host's egress (package gateway).

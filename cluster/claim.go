@@ -216,6 +216,7 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 	defer func() {
 		c.mu.Lock()
 		delete(c.waiters, round.id)
+		c.round = nil
 		c.mu.Unlock()
 	}()
 	held, err := round.run(group, resource)
@@ -237,7 +238,8 @@ func (c *Cluster) settleClaim(table, group, resource string) (*ClaimConflict, er
 }
 
 // claimRound is one confirmation round of this node's claim: the request,
-// the members that must still answer, the state of the request sent to
+// the members that must still answer (peers: changed under Cluster.mu,
+// which ClaimWaits reads it under), the state of the request sent to
 // each, and where their answers and the ends of the sends arrive.
 type claimRound struct {
 	c       *Cluster
@@ -271,8 +273,37 @@ func (c *Cluster) openClaimRound(table, group, resource string) (*claimRound, En
 	}
 	ch := make(chan *message, 2*len(peers)+1)
 	c.waiters[id] = ch
-	return &claimRound{c: c, table: table, id: id, peers: peers, answers: ch,
-		req: (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()}, mine
+	c.round = &claimRound{c: c, table: table, id: id, peers: peers, answers: ch,
+		req: (&message{Type: msgClaimReq, ID: id, From: c.cfg.NodeName, Entries: []Entry{mine}}).encode()}
+	return c.round, mine
+}
+
+// ClaimWait is a member declared dead that this node's claim in progress
+// still waits for (see Claim): the claim goes on without it once it has
+// been dead for NodeGrace, unless it answers first.
+type ClaimWait struct {
+	Member    string
+	DeadSince time.Time // when this node declared it dead
+	Until     time.Time // DeadSince + NodeGrace: the claim waits no longer
+}
+
+// ClaimWaits returns, sorted by name, the members declared dead that this
+// node's claim in progress waits for (none when no claim waits), so that
+// a caller whose create is held up can say why and for how long at most.
+func (c *Cluster) ClaimWaits() []ClaimWait {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.round == nil {
+		return nil
+	}
+	var out []ClaimWait
+	for name := range c.round.peers {
+		if mi := c.members[name]; mi != nil && mi.state == StateDead {
+			out = append(out, ClaimWait{Member: name, DeadSince: mi.since, Until: mi.since.Add(c.cfg.NodeGrace)})
+		}
+	}
+	slices.SortFunc(out, func(a, b ClaimWait) int { return strings.Compare(a.Member, b.Member) })
+	return out
 }
 
 // run asks every member and waits until each has answered or is gone; it
@@ -310,7 +341,9 @@ func (r *claimRound) run(group, resource string) (*ClaimConflict, error) {
 			if m.Held && held == nil {
 				held = heldConflict(r.table, m)
 			}
+			c.mu.Lock() // ClaimWaits reads r.peers
 			delete(r.peers, m.From)
+			c.mu.Unlock()
 		case name := <-r.sent:
 			a := r.asks[name]
 			a.inFlight, a.next = false, time.Now().Add(a.wait)

@@ -210,3 +210,40 @@ func TestClaimAsksAMemberAgainOnlyOnceItsSendIsDone(t *testing.T) {
 		}
 	})
 }
+
+// A claim held up by a member declared dead says so through ClaimWaits
+// (the member, since when it is dead, until when the claim waits at most)
+// while it waits, and ClaimWaits is empty once the claim went on without
+// it after NodeGrace.
+func TestClaimWaitsReportsTheDeadMember(t *testing.T) {
+	const grace = 3 * time.Second
+	mem, cs := memCluster(t, 2, func(c *Config) { c.NodeGrace = grace })
+	if w := cs[0].ClaimWaits(); w != nil {
+		t.Fatalf("waits %v with no claim running", w)
+	}
+	mem.Cut(simAddr(1), true)
+	waitFor(t, 10*time.Second, "the cut member declared dead", func() bool {
+		return countState(cs[0].Members(), StateDead) == 1
+	})
+	done := make(chan error, 1)
+	go func() { done <- cs[0].ClaimBlockAt("web", netip.MustParsePrefix("10.5.0.0/24")) }()
+	var waits []ClaimWait
+	waitFor(t, grace, "the claim reporting its wait", func() bool {
+		waits = cs[0].ClaimWaits()
+		return len(waits) > 0
+	})
+	if len(waits) != 1 || waits[0].Member != simName(1) || waits[0].Until.Sub(waits[0].DeadSince) != grace {
+		t.Fatalf("waits %+v, want %s until %v after its death", waits, simName(1), grace)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("claim after the grace: %v", err)
+		}
+	case <-time.After(3 * grace):
+		t.Fatal("the claim still waits three node graces later")
+	}
+	if w := cs[0].ClaimWaits(); w != nil {
+		t.Fatalf("waits %v after the claim ended", w)
+	}
+}

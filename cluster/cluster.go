@@ -261,6 +261,7 @@ type Cluster struct {
 
 	// Also guarded by mu:
 	claimRules map[string]claimRules       // by claim table
+	round      *claimRound                 // the claim round in progress (claimMu serializes them)
 	rejoin     map[netip.AddrPort]*backoff // addresses being retried
 	rejoinWant map[netip.AddrPort]bool     // given to Rejoin, until alive
 

@@ -204,7 +204,10 @@ func TestSpreadReturnsOnceEveryMemberHasTheWrite(t *testing.T) {
 	if err := n1.Put("networks", "web", []byte("10.0.2.0/24")); err != nil {
 		t.Fatal(err)
 	}
-	err := n1.Spread(300*time.Millisecond, Ref{"networks", "web"})
+	// n3 never acknowledges, so Spread waits the whole timeout: 2 s, for
+	// n2's acknowledgement to come in time on a loaded machine (300 ms
+	// did not, once at load 11 with the race detector).
+	err := n1.Spread(2*time.Second, Ref{"networks", "web"})
 	if err == nil || !strings.Contains(err.Error(), "n3") || strings.Contains(err.Error(), "n2") {
 		t.Fatalf("Spread with n3 deaf: %v, want an error naming n3 alone", err)
 	}

@@ -57,8 +57,9 @@ func TestTableBroadcastsNotStarvedByMemberlist(t *testing.T) {
 			break
 		}
 		if time.Since(start) > bound {
-			t.Fatalf("after %v (%d gossip intervals) %d of %d nodes lack some of the 4 entries; the writer's counters %v; packets lost on the network %d of %d",
-				time.Since(start).Round(time.Millisecond), bound/gossip, missing, count, cs[0].Drops(), mem.Stats().Lost, mem.Stats().Packets)
+			t.Fatalf("after %v (%d gossip intervals) %d of %d nodes lack some of the 4 entries; packets lost on the network %d of %d; each node:%s",
+				time.Since(start).Round(time.Millisecond), bound/gossip, missing, count, mem.Stats().Lost, mem.Stats().Packets,
+				tableReport(cs, "endpoints", []string{"e0", "e1", "e2", "e3"}))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -86,19 +87,32 @@ func TestHealthyClusterDoesNotFlush(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 60*time.Second, "every node holds the 40 entries", func() bool {
-		for _, c := range cs {
-			if len(c.List("endpoints")) != 40 {
-				return false
-			}
+	var want []string
+	for i := range 40 {
+		want = append(want, "e"+itoa(i))
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !allHold(cs, "endpoints", len(want)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 60 s not every node holds the 40 entries:%s", tableReport(cs, "endpoints", want))
 		}
-		return true
-	})
+		time.Sleep(10 * time.Millisecond)
+	}
 	for _, c := range cs {
 		if n := c.Drops()["broadcast-flushed"]; n != 0 {
 			t.Errorf("%s flushed %d packets of table broadcasts in a healthy cluster", c.LocalName(), n)
 		}
 	}
+}
+
+// allHold reports whether every node of cs holds n live entries of table.
+func allHold(cs []*Cluster, table string, n int) bool {
+	for _, c := range cs {
+		if len(c.List(table)) != n {
+			return false
+		}
+	}
+	return true
 }
 
 // A flushed packet carries as many queued broadcasts as fit flushBudget,

@@ -35,7 +35,10 @@ func memCluster(t *testing.T, count int, tune func(*Config)) (*MemNetwork, []*Cl
 		}
 		cs = append(cs, c)
 	}
-	waitFor(t, 10*time.Second, "all members alive", func() bool {
+	// 30 s: at load 10 with the race detector the 100 ms probes make
+	// suspicions often enough that every node seeing every member alive
+	// at once took over 10 s in 1 run of 240.
+	waitFor(t, 30*time.Second, "all members alive", func() bool {
 		for _, c := range cs {
 			if countState(c.Members(), StateAlive) != count {
 				return false

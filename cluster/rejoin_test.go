@@ -57,3 +57,50 @@ func TestRejoinBacksOff(t *testing.T) {
 		c.reconnect(now) // the next attempt is due
 	}
 }
+
+// A member that one node alone declared dead for NodeGrace (its probes
+// lost on a loaded machine) has its entries expired there, and that node
+// refuses its writes meanwhile; the member itself saw nothing wrong, so it
+// does not announce its entries again when it is back. The node gets them
+// back at once, not at the next periodic push/pull (an hour here). Here the
+// node's event delegate is told of the death and the return, as memberlist
+// would after a refuted false death.
+func TestMemberBackFromGoneGetsItsEntriesBack(t *testing.T) {
+	_, cs := memCluster(t, 3, func(c *Config) {
+		c.PushPullInterval = time.Hour
+		// Patient probes: memberlist's own verdicts on a loaded machine
+		// would mix with the ones this test makes.
+		c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult = time.Second, 500*time.Millisecond, 6
+	})
+	w, x := cs[0], cs[1]
+	if err := w.Put("endpoints", "before", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "every node holds the first entry", func() bool { return allHold(cs, "endpoints", 1) })
+	// An old entry: w broadcasts it again no more.
+	w.mu.Lock()
+	clear(w.regossip)
+	w.mu.Unlock()
+	d := (*delegate)(x)
+	d.NotifyLeave(fakeMember(0))
+	waitFor(t, 10*time.Second, "x expired w's entries", func() bool {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		return x.gone[w.LocalName()]
+	})
+	if err := w.Put("endpoints", "while", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the third node holds the second entry", func() bool { return allHold(cs[2:], "endpoints", 2) })
+	d.NotifyJoin(fakeMember(0))
+	deadline := time.Now().Add(10 * time.Second)
+	for !allHold(cs, "endpoints", 2) {
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after w came back, x lacks w's entries:%s", tableReport(cs, "endpoints", []string{"before", "while"}))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := x.Drops()["state-pulled"]; n != 1 {
+		t.Fatalf("x pulled w's state %d times, want once", n)
+	}
+}

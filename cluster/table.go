@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -478,6 +479,13 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 	c.members[n.Name] = &memberInfo{name: n.Name, addr: memberAddr(n), meta: meta, state: StateAlive, since: time.Now()}
 	delete(c.unknown, n.Name)
 	delete(c.leaving, n.Name)
+	// A member whose entries this node expired (dead for NodeGrace, or
+	// left) and whose writes it refused meanwhile: this node holds none of
+	// them now, and the member may not know (only this node declared it
+	// dead, its probes lost on a loaded host), so it does not announce them
+	// again. Exchange states with it (a push/pull), rather than wait for the
+	// periodic one.
+	refetch := c.gone[n.Name] && n.Name != c.cfg.NodeName
 	if c.gone[n.Name] {
 		delete(c.gone, n.Name)
 		for k, r := range c.entries {
@@ -507,6 +515,46 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 				c.broadcast(e)
 			}
 		})
+	}
+	if refetch {
+		// n is memberlist's: read it here, not on the goroutine.
+		name, addr := n.Name, memberAddr(n)
+		c.spawn(func() { c.pullFrom(name, addr) })
+	}
+}
+
+// pullSpreadPerMember and pullSpreadMax spread the pulls of the members
+// that all expired a returning node's entries (a node back after a long
+// outage): each waits a random time up to pullSpreadPerMember times the
+// alive members, at most pullSpreadMax (stretched by TimeScale), so that
+// the node does not answer every member's push/pull at once.
+const (
+	pullSpreadPerMember = 10 * time.Millisecond
+	pullSpreadMax       = 10 * time.Second
+)
+
+// pullFrom exchanges table states with the member name at addr (a
+// push/pull, through memberlist's Join), after a random spread (see
+// pullSpreadPerMember), counted as "state-pulled"; a failure is left to
+// the periodic push/pull.
+func (c *Cluster) pullFrom(name string, addr netip.AddrPort) {
+	spread := c.dur(min(pullSpreadPerMember*time.Duration(c.alive.Load()), pullSpreadMax))
+	t := time.NewTimer(rand.N(spread + 1))
+	select {
+	case <-c.stop:
+		t.Stop()
+		return
+	case <-t.C:
+	}
+	ml := c.ml.Load()
+	if ml == nil {
+		return
+	}
+	c.mu.Lock()
+	c.drops["state-pulled"]++
+	c.mu.Unlock()
+	if _, err := ml.Join([]string{addr.String()}); err != nil {
+		c.log.Debug("pull the state of a member back from gone", "node", name, "err", err)
 	}
 }
 
@@ -604,7 +652,8 @@ func (c *Cluster) refuseLocked(reason string, e Entry, detail string) {
 // digest differed, "catchup-returned" the states sent back to a member
 // whose answer lacked entries (returnState), and "catchup-busy" the
 // requests and returns left undone because maxCatchUpAnswers answers were
-// in flight; "broadcast-flushed" counts the
+// in flight; "state-pulled" counts the push/pulls with a member back from
+// gone (its entries expired here: NotifyJoin); "broadcast-flushed" counts the
 // packets of table broadcasts this node sent itself because memberlist's
 // own broadcasts left them no room for flushStarved gossip intervals
 // (flush.go).

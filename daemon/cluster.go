@@ -372,6 +372,19 @@ func (d *Daemon) Nodes() []api.Node {
 	return out
 }
 
+// ClaimWaits returns the members declared dead that this host's claim in
+// progress (a network or service create, an address block) waits for:
+// the CLI polls it while a create takes long, to say what it waits for.
+func (d *Daemon) ClaimWaits() []api.ClaimWait {
+	out := []api.ClaimWait{}
+	now := time.Now()
+	for _, w := range d.cl.ClaimWaits() {
+		out = append(out, api.ClaimWait{Node: w.Member, DeadSeconds: now.Sub(w.DeadSince).Seconds(),
+			LeftSeconds: max(0, w.Until.Sub(now).Seconds())})
+	}
+	return out
+}
+
 // loadClusterKey reads the cluster key (creating a key in the state
 // directory for a first, standalone node).
 func (d *Daemon) loadClusterKey() ([]byte, error) {

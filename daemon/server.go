@@ -96,6 +96,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("PATCH /v1/services/{name}", namedWithBody(d.UpdateService))
 	mux.HandleFunc("DELETE /v1/services/{name}", namedDone(d.RemoveService))
 	mux.HandleFunc("GET /v1/nodes", listed(d.Nodes))
+	mux.HandleFunc("GET /v1/claim-waits", listed(d.ClaimWaits))
 	mux.HandleFunc("GET /v1/networks/{name}/fdb", named(d.FDB))
 	mux.HandleFunc("GET /v1/endpoints", listed(d.Endpoints))
 	mux.HandleFunc("POST /v1/endpoints", withBody(d.Attach))

@@ -76,7 +76,7 @@ func (d *Daemon) Stats() api.Stats {
 			out.Services = append(out.Services, serviceStatsView(n.rec.Name, st))
 		}
 	}
-	out.Conntrack = api.ConntrackStats{Max: d.cfg.ConntrackMax, Entries: lbs.ConntrackEntries, Evictions: lbs.ConntrackEvictions, FragEvictions: lbs.FragEvictions}
+	out.Conntrack = api.ConntrackStats{Max: d.cfg.ConntrackMax, Entries: lbs.ConntrackEntries, Evictions: lbs.ConntrackEvictions, FragEvictions: lbs.FragEvictions, FragHeld: lbs.FragHeld}
 	for _, ns := range lbs.Networks {
 		for reason, n := range ns.Reasons {
 			if out.Conntrack.Drops == nil {

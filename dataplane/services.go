@@ -291,13 +291,15 @@ type ServiceStats struct {
 	// ConntrackEntries is how many connections the host's conntrack
 	// holds (live, or expired and not swept yet), ConntrackMax its size,
 	// ConntrackEvictions how many live ones were evicted because it was
-	// full. FragEvictions is how many fragmented datagrams still
+	// full. FragHeld is how many later fragments its balancers held
+	// for their first fragment (not drops). FragEvictions is how many fragmented datagrams still
 	// incomplete its fragment table forgot to make room for new ones.
 	// All zero until a network has services.
 	ConntrackEntries   int
 	ConntrackMax       int
 	ConntrackEvictions uint64
 	FragEvictions      uint64
+	FragHeld           uint64
 }
 
 // NetworkServiceStats is one network's balancer.
@@ -329,7 +331,7 @@ func (dp *Dataplane) ServiceStats() ServiceStats {
 	}
 	if ct != nil {
 		st.ConntrackEntries, st.ConntrackEvictions = ct.Len(), ct.Evictions()
-		st.FragEvictions = ct.FragEvictions()
+		st.FragEvictions, st.FragHeld = ct.FragEvictions(), ct.FragHeld()
 	}
 	return st
 }

@@ -227,6 +227,40 @@ func TestStoppedNodesEndpointsLeaveWithinGraceAndReturn(t *testing.T) {
 	}
 }
 
+// TestCreateSaysWhichDeadHostItWaitsFor: with h3's daemon killed and
+// declared dead, a network create on h1 waits for it (a host wrongly
+// declared dead may be creating the same), at most the node grace, and
+// says so on stderr meanwhile; then it succeeds.
+func TestCreateSaysWhichDeadHostItWaitsFor(t *testing.T) {
+	const grace = 8 * time.Second
+	es := newCluster(t, 3, "--node-grace", grace.String())
+	h1, h3 := es[0], es[2]
+	if err := h3.h.KillDaemon(); err != nil {
+		t.Fatalf("SIGKILL h3: %v", err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		if nd, ok := findNode(h1.nodes(), "h3"); !ok || nd.State != "dead" {
+			return fmt.Errorf("node ls on h1 shows h3 as %q", nd.State)
+		}
+		return nil
+	}, "h1 declares h3 dead")
+	cmd := h1.h.Command(context.Background(), "network", "create", "w2", "--subnet", "10.74.0.0/24")
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("network create w2 with h3 dead: %v; stderr %q", err, errb.String())
+	}
+	msg := errb.String()
+	if !strings.HasPrefix(msg, "waiting for h3 (declared dead ") || !strings.Contains(msg, " ago) to be released from the cluster, at most ") ||
+		strings.Count(msg, "\n") != 1 {
+		t.Fatalf("stderr of the create %q, want one line saying it waits for h3", msg)
+	}
+	if strings.TrimSpace(out.String()) != "w2" {
+		t.Fatalf("stdout of the create %q, want w2", out.String())
+	}
+	t.Logf("the create said: %s", strings.TrimSpace(msg))
+}
+
 // TestSeedRestartRejoinsTheCluster stops, with SIGTERM, the host the others
 // joined through (started without --join) and starts it again: it must find
 // the others from the members it saved, and they it.

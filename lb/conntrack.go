@@ -429,8 +429,12 @@ func unlink(head *uint32, i uint32, es []entry, next func(*entry) *uint32) {
 // Sweep frees every entry that expired before now and returns how many.
 // Call it periodically (say every second); lookups also drop expired
 // entries they meet, but only Sweep takes every idle connection out of
-// the active counts.
+// the active counts. It also gives up the IP fragments held past the
+// fragment timeout (counted as "frag-timeout" on their network's
+// balancer), so that they are counted within one sweep interval of
+// expiring.
 func (c *Conntrack) Sweep(now int64) int {
+	c.hold.sweep(now)
 	n := 0
 	for k := range c.shards {
 		s := &c.shards[k]
@@ -483,6 +487,13 @@ func (c *Conntrack) Len() int {
 // were forgotten to make room for new ones (see FragTable): their later
 // fragments are dropped ("fragment").
 func (c *Conntrack) FragEvictions() uint64 { return c.frags.Evictions() }
+
+// FragHeld returns how many later fragments were held because they came
+// before their datagram's first fragment (Verdict Hold). A held fragment
+// is sent when its first comes; one given up is counted as a drop of its
+// network's balancer ("fragment", "frag-timeout", or the reason its
+// first fragment was refused).
+func (c *Conntrack) FragHeld() uint64 { return c.hold.held.Load() }
 
 // Evictions returns how many live entries were evicted because the table
 // was full.

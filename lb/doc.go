@@ -105,8 +105,13 @@
 // datagrams, Config.FragTimeout) by source, destination, protocol and IP
 // ID; later fragments get their address, header checksum and MAC from
 // it, both ways, without reassembly. A later fragment that comes before
-// its first is held (Verdict Hold, Config.FragHeld slots) and given back
-// rewritten by TakeHeld once its first passed. Tiny or overlapping
+// its first is held (Verdict Hold, Config.FragHeld slots, counted by
+// Conntrack.FragHeld, not as a drop) and given back rewritten by TakeHeld
+// once its first passed; one held past the fragment timeout is counted
+// as ReasonFragTimeout by the next Conntrack.Sweep. When the first is
+// refused (Drop or Reject), the fragments held for it are dropped at
+// once and the later ones are dropped as they come, all counted under
+// the first's reason. Tiny or overlapping
 // fragments that would hide or change the L4 header (RFC 1858) are
 // dropped (ReasonFragTiny).
 //

@@ -56,6 +56,7 @@ type fragEntry struct {
 	total   uint32   // the datagram's payload length, once its last fragment was seen
 	expires int64    // 0: free
 	next    uint32   // hash chain
+	refused Reason   // the balancer refused the first fragment for this reason: drop the later ones
 }
 
 type fragShard struct {
@@ -202,6 +203,19 @@ func (sh *fragShard) account(i, h, off, n uint32, last bool) {
 // remember records v for the datagram of the first fragment ip (valid,
 // trimmed) in namespace ns at now.
 func (t *FragTable) remember(ns uint32, ip packet.IPv4, v FragVal, be *beState, now int64) {
+	t.put(ns, ip, v, be, 0, now)
+}
+
+// refuse records that the first fragment ip (valid, trimmed) in
+// namespace ns was refused for reason r at now: its later fragments are
+// to be dropped, counted under r.
+func (t *FragTable) refuse(ns uint32, ip packet.IPv4, r Reason, now int64) {
+	t.put(ns, ip, FragVal{}, nil, r, now)
+}
+
+// put records what the first fragment ip (valid, trimmed) in namespace
+// ns decided at now: v and be, or the reason it was refused.
+func (t *FragTable) put(ns uint32, ip packet.IPv4, v FragVal, be *beState, refused Reason, now int64) {
 	k, off, n, last := fragInfo(ns, ip)
 	sh, h := t.shard(&k)
 	sh.mu.Lock()
@@ -222,28 +236,39 @@ func (t *FragTable) remember(ns uint32, ip packet.IPv4, v FragVal, be *beState, 
 		e.k, e.expires = k, now+t.ttl
 		e.next, sh.idx[h&sh.mask] = sh.idx[h&sh.mask], i
 	}
-	sh.e[i].v, sh.e[i].be = v, be
+	sh.e[i].v, sh.e[i].be, sh.e[i].refused = v, be, refused
 	sh.account(i, h, off, n, last)
 	sh.mu.Unlock()
 }
 
+// fragHit is what recall found for a later fragment.
+type fragHit struct {
+	v       FragVal
+	be      *beState
+	ok      bool   // the first fragment was seen
+	expired bool   // its entry had expired
+	refused Reason // the first fragment was refused for this reason
+}
+
 // recall returns what the first fragment of the later fragment ip
-// (valid, trimmed) in namespace ns decided, or false (expired: its entry
-// had expired).
-func (t *FragTable) recall(ns uint32, ip packet.IPv4, now int64) (v FragVal, be *beState, ok, expired bool) {
+// (valid, trimmed) in namespace ns decided.
+func (t *FragTable) recall(ns uint32, ip packet.IPv4, now int64) fragHit {
 	k, off, n, last := fragInfo(ns, ip)
 	sh, h := t.shard(&k)
+	var hit fragHit
 	sh.mu.Lock()
 	i, exp := sh.lookup(&k, h, now)
 	if i != 0 {
-		v, be, ok = sh.e[i].v, sh.e[i].be, true
+		e := &sh.e[i]
+		hit = fragHit{v: e.v, be: e.be, ok: true, refused: e.refused}
 		sh.account(i, h, off, n, last)
 	}
 	sh.mu.Unlock()
 	if exp {
 		t.expired.Add(1)
+		hit.expired = true
 	}
-	return v, be, ok, exp
+	return hit
 }
 
 // Remember records v for the datagram whose first fragment is the
@@ -268,8 +293,8 @@ func (t *FragTable) Recall(ns uint32, f []byte, now int64) (FragVal, bool) {
 	if !ok || FragOf(ip) != Later || int(binary.BigEndian.Uint16(ip[6:8])&0x1fff)*8 < minLaterFrag {
 		return FragVal{}, false
 	}
-	v, _, ok, _ := t.recall(ns, ip, now)
-	return v, ok
+	hit := t.recall(ns, ip, now)
+	return hit.v, hit.ok
 }
 
 // fragIP returns the IPv4 packet of Ethernet frame f, trimmed to its
@@ -299,15 +324,17 @@ func fragNS(net uint32, dir uint32) uint32 { return net<<1 | dir }
 // whole datagram, was updated in the first fragment).
 func (t *Table) forwardLater(c *service, p *pkt, now int64) Verdict {
 	ip := packet.IPv4(p.f[offIP:p.end])
-	v, be, ok, exp := t.ct.frags.recall(fragNS(t.net, dirFwd), ip, now)
+	hit := t.ct.frags.recall(fragNS(t.net, dirFwd), ip, now)
 	switch {
-	case exp:
+	case hit.expired:
 		return t.count(ReasonFragTimeout, Drop)
-	case !ok:
+	case !hit.ok:
 		return t.holdLater(p, dirFwd, now)
+	case hit.refused != 0:
+		return t.count(hit.refused, Drop)
 	}
-	rewriteLater(p.f, dirFwd, v)
-	countFrag(c, be, len(p.f))
+	rewriteLater(p.f, dirFwd, hit.v)
+	countFrag(c, hit.be, len(p.f))
 	return Forward
 }
 
@@ -338,11 +365,33 @@ func countFrag(c *service, be *beState, n int) {
 }
 
 // holdLater holds the later fragment p, whose first fragment has not
-// come, until it comes (see TakeHeld).
+// come, until it comes (see TakeHeld); it is counted as held
+// (Conntrack.FragHeld), not as a drop.
 func (t *Table) holdLater(p *pkt, dir uint32, now int64) Verdict {
 	k, _, _, _ := fragInfo(fragNS(t.net, dir), packet.IPv4(p.f[offIP:p.end]))
 	t.ct.hold.hold(t, k, p.f, now, t.ct.frags.ttl)
-	return t.count(ReasonFragHeld, Hold)
+	return Hold
+}
+
+// refused is called with a frame to a VIP that Translate refuses (Drop
+// or Reject) for reason r: when it is a first fragment, its datagram's
+// later fragments are refused as well, counted under r, those held now
+// at once and those still to come as they come, instead of being held
+// for a first fragment that will not come again.
+func (t *Table) refused(p *pkt, r Reason, now int64) {
+	if p.frag == First && p.end != 0 {
+		t.refuseFirst(p, r, now)
+	}
+}
+
+func (t *Table) refuseFirst(p *pkt, r Reason, now int64) {
+	ip := packet.IPv4(p.f[offIP:p.end])
+	ns := fragNS(t.net, dirFwd)
+	t.ct.frags.refuse(ns, ip, r, now)
+	if t.ct.hold.n.Load() != 0 {
+		k, _, _, _ := fragInfo(ns, ip)
+		t.ct.hold.discard(t, k, r)
+	}
 }
 
 // releaseFirst is called for the first fragment p of a datagram as it
@@ -370,16 +419,16 @@ func (t *Table) passFirst(p *pkt, now int64) {
 // source its first fragment got (the VIP's address and MAC); a fragment
 // of no translated datagram gets Pass.
 func (t *Table) untranslateLater(p *pkt, now int64) Verdict {
-	v, be, ok, exp := t.ct.frags.recall(fragNS(t.net, dirRev), packet.IPv4(p.f[offIP:p.end]), now)
+	hit := t.ct.frags.recall(fragNS(t.net, dirRev), packet.IPv4(p.f[offIP:p.end]), now)
 	switch {
-	case exp:
+	case hit.expired:
 		return Pass
-	case !ok:
+	case !hit.ok:
 		return t.holdLater(p, dirRev, now)
-	case v.Addr == [4]byte{}:
+	case hit.v.Addr == [4]byte{}:
 		return Pass // its first fragment was no translated flow's
 	}
-	rewriteLater(p.f, dirRev, v)
-	countFrag(t.snap.Load().get(v.Addr), be, len(p.f))
+	rewriteLater(p.f, dirRev, hit.v)
+	countFrag(t.snap.Load().get(hit.v.Addr), hit.be, len(p.f))
 	return Forward
 }

@@ -301,8 +301,8 @@ func TestFragmentsOutOfOrderHeld(t *testing.T) {
 	if v := tb.Untranslate(dfrags[2], nil, t0); v != Pass {
 		t.Fatalf("direct last fragment after its first: verdict %d", v)
 	}
-	if r := tb.Reasons(); r["frag-held"] != 5 || r["fragment"]+r["frag-timeout"] != 0 {
-		t.Fatalf("reasons %v", r)
+	if r, h := tb.Reasons(), tb.ct.FragHeld(); h != 5 || r["fragment"]+r["frag-timeout"] != 0 {
+		t.Fatalf("held %d, reasons %v; want 5 held and no drop", h, r)
 	}
 }
 
@@ -336,6 +336,62 @@ func TestFragmentsHeldBounded(t *testing.T) {
 	}
 	if r := tb.Reasons(); r["frag-timeout"] != 1 {
 		t.Fatalf("reasons %v, want one frag-timeout", r)
+	}
+}
+
+// A held fragment whose first never comes is counted as "frag-timeout"
+// by the first conntrack sweep after it expired, not when its slot is
+// next needed; a sweep before then leaves it held.
+func TestHeldFragmentTimeoutCountedBySweep(t *testing.T) {
+	tb := newTest(t, Config{Max: 4096, FragTimeout: time.Second}, Service{}, 2)
+	frags := fragment(bigFlow(packet.ProtoUDP, 1000, 3000), 1500, 3)
+	if v := tb.Translate(frags[1], nil, t0); v != Hold {
+		t.Fatalf("later fragment: verdict %d", v)
+	}
+	tb.ct.Sweep(t0 + int64(time.Second) - 1)
+	if r := tb.Reasons(); r["frag-timeout"] != 0 {
+		t.Fatalf("counted before it expired: %v", r)
+	}
+	tb.ct.Sweep(t0 + int64(time.Second))
+	if r := tb.Reasons(); r["frag-timeout"] != 1 {
+		t.Fatalf("reasons %v after the sweep, want one frag-timeout", r)
+	}
+	tb.ct.Sweep(t0 + 2*int64(time.Second))
+	tb.Translate(frags[0], nil, t0+2*int64(time.Second))
+	if n := len(takeAll(t, tb, frags[0])); n != 0 || tb.Reasons()["frag-timeout"] != 1 {
+		t.Fatalf("after the first came late: %d taken, reasons %v (want none, one frag-timeout)", n, tb.Reasons())
+	}
+}
+
+// The later fragments of a datagram whose first fragment the balancer
+// refuses (a port the service does not list) are dropped and counted
+// under the first's reason: those held before it at once, those after it
+// as they come. None waits out the fragment timeout.
+func TestFragmentsOfRefusedFirstDropped(t *testing.T) {
+	tb := newTest(t, Config{Max: 4096}, Service{Ports: []Port{{Proto: packet.ProtoUDP, Port: 5353}}}, 2)
+	frags := fragment(bigFlow(packet.ProtoUDP, 1000, 5000), 1500, 4)
+	if len(frags) != 4 {
+		t.Fatalf("%d fragments, want 4", len(frags))
+	}
+	for _, i := range []int{2, 1} {
+		if v := tb.Translate(frags[i], nil, t0); v != Hold {
+			t.Fatalf("fragment %d before the first: verdict %d", i, v)
+		}
+	}
+	if v := tb.Translate(frags[0], nil, t0); v != Reject {
+		t.Fatalf("first fragment to an unlisted port: verdict %d", v)
+	}
+	if n := len(takeAll(t, tb, frags[0])); n != 0 {
+		t.Fatalf("%d held fragments of a refused datagram given back", n)
+	}
+	if n := tb.ct.hold.n.Load(); n != 0 {
+		t.Fatalf("%d fragments still held", n)
+	}
+	if v := tb.Translate(frags[3], nil, t0); v != Drop {
+		t.Fatalf("fragment after the refused first: verdict %d", v)
+	}
+	if r := tb.Reasons(); r["port"] != 4 || r["frag-timeout"]+r["fragment"] != 0 {
+		t.Fatalf("reasons %v, want port=4 (the first and its 3 later fragments)", r)
 	}
 }
 

@@ -28,6 +28,7 @@ type heldFrag struct {
 type fragHold struct {
 	mu    sync.Mutex
 	n     atomic.Int32 // slots in use: TakeHeld costs one load when none is
+	held  atomic.Uint64
 	slots []heldFrag
 }
 
@@ -61,6 +62,40 @@ func (h *fragHold) hold(t *Table, k fragKey, f []byte, now, ttl int64) {
 	}
 	at.k, at.t, at.buf, at.expires, at.ready = k, t, append(at.buf[:0], f...), now+ttl, false
 	h.n.Add(1)
+	h.held.Add(1)
+}
+
+// sweep gives up the fragments that have been held past their time
+// (counted on their tables as ReasonFragTimeout), so that they are
+// counted when they expire rather than when their slot is next needed.
+// It costs one atomic load while nothing is held.
+func (h *fragHold) sweep(now int64) {
+	if h.n.Load() == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range h.slots {
+		if s := &h.slots[i]; s.expires != 0 && s.expires <= now {
+			s.t.count(ReasonFragTimeout, Drop)
+			s.expires = 0
+			h.n.Add(-1)
+		}
+	}
+}
+
+// discard gives up the fragments held for datagram k of t, whose first
+// fragment was refused for reason r: each is counted under r.
+func (h *fragHold) discard(t *Table, k fragKey, r Reason) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range h.slots {
+		if s := &h.slots[i]; s.expires != 0 && !s.ready && s.t == t && s.k == k {
+			t.count(r, Drop)
+			s.expires = 0
+			h.n.Add(-1)
+		}
+	}
 }
 
 // release readies the fragments held for datagram k of t: rewritten from
@@ -86,16 +121,16 @@ func (h *fragHold) release(t *Table, k fragKey, pass bool, now int64) {
 		f := s.buf
 		ip := packet.IPv4(f[offIP:])
 		if !pass {
-			v, be, ok, _ := t.ct.frags.recall(k.ns, ip[:ip.TotalLen()], now)
-			if !ok {
+			hit := t.ct.frags.recall(k.ns, ip[:ip.TotalLen()], now)
+			if !hit.ok {
 				continue
 			}
 			dir := k.ns & 1
-			rewriteLater(f, dir, v)
+			rewriteLater(f, dir, hit.v)
 			if dir == dirFwd {
-				countFrag(t.snap.Load().get(k.dst), be, len(f))
+				countFrag(t.snap.Load().get(k.dst), hit.be, len(f))
 			} else {
-				countFrag(t.snap.Load().get(v.Addr), be, len(f))
+				countFrag(t.snap.Load().get(hit.v.Addr), hit.be, len(f))
 			}
 		}
 		s.ready = true

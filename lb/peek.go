@@ -58,7 +58,7 @@ func (t *Table) Peek(frame []byte, o packet.Offload, now int64) Peek {
 	if i := t.ct.lookupFwd(s, &k); i != 0 && s.e[i].expires > now {
 		e := &s.e[i]
 		addr, bport, mac, out.Existing = e.backend, e.bport, e.mac, true
-	} else if bi, _, why := t.schedule(s, c, &p, &k, bport, now, true); why != 0 {
+	} else if bi, _, why := t.schedule(&flowPick{s: s, c: c, k: &k, bport: bport, now: now, peek: true}, &p); why != 0 {
 		s.mu.Unlock()
 		out.Verdict, out.Reason = Reject, why
 		if why == ReasonNoConn && p.flags&tcpRST != 0 {

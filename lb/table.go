@@ -36,7 +36,9 @@ const (
 	// first fragment, was copied and is held until the first comes (at
 	// most the fragment timeout); drop it (it is not lost) and, after the
 	// frame that is that first fragment, send what TakeHeld gives.
-	// Counted as ReasonFragHeld.
+	// Counted by Conntrack.FragHeld, not as a drop: a held fragment is
+	// counted as dropped only when it is given up (ReasonFragment,
+	// ReasonFragTimeout, or its first fragment's reason).
 	Hold
 )
 
@@ -55,11 +57,10 @@ const (
 	ReasonRetried                       // a backend's RST to a SYN, hidden: the attempt moved on
 	ReasonFragTiny                      // a first fragment without its whole L4 header, or a later one overlapping it (RFC 1858)
 	ReasonFragTimeout                   // a later IP fragment after its datagram's entry expired, or held too long for its first
-	ReasonFragHeld                      // a later IP fragment held until its first fragment comes (not a drop)
 	numReasons
 )
 
-var reasonNames = [numReasons]string{"", "malformed", "fragment", "bad-offload", "unsupported", "no-conn", "port", "no-backend", "retried", "frag-tiny", "frag-timeout", "frag-held"}
+var reasonNames = [numReasons]string{"", "malformed", "fragment", "bad-offload", "unsupported", "no-conn", "port", "no-backend", "retried", "frag-tiny", "frag-timeout"}
 
 // String returns the reason's metric label.
 func (r Reason) String() string {
@@ -149,8 +150,10 @@ func (t *Table) Translate(frame []byte, o packet.Offload, now int64) Verdict {
 	bport, v, r := c.match(frame, o, &p)
 	switch {
 	case v == Reject:
+		t.refused(&p, r, now)
 		return t.reject(c, r)
 	case v == Drop:
+		t.refused(&p, r, now)
 		return t.count(r, Drop)
 	case p.frag == Later:
 		return t.forwardLater(c, &p, now)
@@ -214,6 +217,7 @@ func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64)
 		var r Reason
 		if i, r = t.create(s, c, p, k, bport, now); i == 0 {
 			s.mu.Unlock()
+			t.refused(p, r, now)
 			if r == ReasonNoConn && p.flags&tcpRST != 0 {
 				return t.count(r, Drop) // never answer a RST
 			}
@@ -246,7 +250,7 @@ func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64)
 // create schedules a new flow and inserts its entry; 0 and the reason if
 // the flow cannot be created.
 func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, now int64) (uint32, Reason) {
-	bi, st, r := t.schedule(s, c, p, k, bport, now, false)
+	bi, st, r := t.schedule(&flowPick{s: s, c: c, k: k, bport: bport, now: now}, p)
 	if r != 0 {
 		return 0, r
 	}
@@ -260,10 +264,23 @@ func (t *Table) create(s *shard, c *service, p *pkt, k *flowKey, bport uint16, n
 	return t.ct.insert(s, &tmpl), 0
 }
 
-// schedule decides a new flow k of c: its backend index and first state,
-// or why it gets none. With peek (Peek) it changes nothing: scheduler
-// positions, weights and affinity stay as they are. s is k's shard, locked.
-func (t *Table) schedule(s *shard, c *service, p *pkt, k *flowKey, bport uint16, now int64, peek bool) (int32, uint8, Reason) {
+// flowPick is the choice of a backend for flow k to service c, with
+// backend port bport, at now, under k's shard s (locked). With peek
+// (Peek) the choice changes nothing: scheduler positions, weights and
+// affinity stay as they are.
+type flowPick struct {
+	s     *shard
+	c     *service
+	k     *flowKey
+	bport uint16
+	now   int64
+	peek  bool
+}
+
+// schedule decides the new flow of d, whose first packet is p: its
+// backend index and first state, or why it gets none.
+func (t *Table) schedule(d *flowPick, p *pkt) (int32, uint8, Reason) {
+	c := d.c
 	st := uint8(stOther)
 	if p.proto == protoTCP {
 		switch {
@@ -279,45 +296,46 @@ func (t *Table) schedule(s *shard, c *service, p *pkt, k *flowKey, bport uint16,
 	// translated packet would arrive with its own address as the source,
 	// which its kernel drops as martian (there is no SNAT to avoid it).
 	var av avoid
-	if i, ok := c.index(k.client); ok {
+	if i, ok := c.index(d.k.client); ok {
 		av.add(i)
 	}
-	bi := t.chooseFree(s, c, k, bport, now, &av, peek)
+	bi := t.chooseFree(d, &av)
 	if bi == none {
 		return none, 0, ReasonNoBackend
 	}
 	return bi, st, 0
 }
 
-// chooseFree is choose for k's client port with backend port bport: if
-// the backend chosen already has a connection from that port (revTaken),
-// it is added to av and a second one is chosen; none if that one has
-// too. s is k's shard, locked.
-func (t *Table) chooseFree(s *shard, c *service, k *flowKey, bport uint16, now int64, av *avoid, peek bool) int32 {
-	bi := t.choose(c, k, now, av, peek)
-	if bi == none || !t.revTaken(s, k, c.backends[bi].ip, bport, now, peek) {
+// chooseFree is choose for d's client port and backend port: if the
+// backend chosen already has a connection from that port (revTaken), it
+// is added to av and a second one is chosen; none if that one has too.
+func (t *Table) chooseFree(d *flowPick, av *avoid) int32 {
+	c := d.c
+	bi := t.choose(c, d.k, d.now, av, d.peek)
+	if bi == none || !t.revTaken(d, c.backends[bi].ip) {
 		return bi
 	}
 	av.add(bi)
-	bi = t.choose(c, k, now, av, peek)
-	if bi != none && t.revTaken(s, k, c.backends[bi].ip, bport, now, peek) {
+	bi = t.choose(c, d.k, d.now, av, d.peek)
+	if bi != none && t.revTaken(d, c.backends[bi].ip) {
 		return none
 	}
 	return bi
 }
 
-// revTaken reports whether another connection of the client's port
-// already goes to backend ip:bport (the same client port to two VIPs
-// that share a backend): the backend could not tell the two apart, and
-// neither could the reply path.
+// revTaken reports whether another connection of d's client port
+// already goes to backend ip at d's backend port (the same client port
+// to two VIPs that share a backend): the backend could not tell the two
+// apart, and neither could the reply path.
 // With peek an expired entry is left for the sweeper.
-func (t *Table) revTaken(s *shard, k *flowKey, ip [4]byte, bport uint16, now int64, peek bool) bool {
-	r := revKey{net: k.net, proto: k.proto, backend: ip, bport: bport, client: k.client, cport: k.cport}
-	if peek {
-		i := t.ct.lookupRev(s, &r)
-		return i != 0 && s.e[i].expires > now
+func (t *Table) revTaken(d *flowPick, ip [4]byte) bool {
+	k := d.k
+	r := revKey{net: k.net, proto: k.proto, backend: ip, bport: d.bport, client: k.client, cport: k.cport}
+	if d.peek {
+		i := t.ct.lookupRev(d.s, &r)
+		return i != 0 && d.s.e[i].expires > d.now
 	}
-	return t.ct.findRev(s, &r, now) != 0
+	return t.ct.findRev(d.s, &r, d.now) != 0
 }
 
 // choose applies client-IP affinity, then the scheduler, avoiding the
@@ -416,7 +434,7 @@ func (t *Table) move(s *shard, i uint32, c *service, k *flowKey, now int64) bool
 			av.add(bi)
 		}
 	}
-	bi := t.chooseFree(s, c, k, e.bport, now, &av, false)
+	bi := t.chooseFree(&flowPick{s: s, c: c, k: k, bport: e.bport, now: now}, &av)
 	if bi == none || av.has(bi) {
 		return false
 	}

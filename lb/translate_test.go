@@ -316,8 +316,8 @@ func TestMalformedAndOffloadDrops(t *testing.T) {
 		t.Fatalf("truncated: verdict %d", v)
 	}
 	r := tb.Reasons()
-	if r["frag-held"] != 1 || r["bad-offload"] != 1 || r["malformed"] != 1 {
-		t.Fatalf("reasons %v", r)
+	if tb.ct.FragHeld() != 1 || r["bad-offload"] != 1 || r["malformed"] != 1 {
+		t.Fatalf("held %d, reasons %v", tb.ct.FragHeld(), r)
 	}
 	_ = time.Second
 }

@@ -25,10 +25,12 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 	p, r := parse(frame, o)
 	switch {
 	case r != 0:
-		return Pass // not ours to judge: the switch delivers it as it would without a balancer
+		t.passFirst(&p, now) // its later fragments pass too, not held
+		return Pass          // not ours to judge: the switch delivers it as it would without a balancer
 	case p.frag == Later:
 		return t.untranslateLater(&p, now)
 	case p.isICMPError() && p.frag == First:
+		t.passFirst(&p, now)
 		return Pass // no ICMP error is that long
 	case p.isICMPError():
 		return t.untranslateICMP(&p, now)

@@ -25,7 +25,7 @@ var (
 type serviceDescs struct {
 	conns, active, packets, bytes, retries, rejects, ejections *prometheus.Desc
 	backends, drops, omitted, healthLatency                    *prometheus.Desc
-	ctEntries, ctMax, ctEvictions, fragEvictions               *prometheus.Desc
+	ctEntries, ctMax, ctEvictions, fragEvictions, fragHeld     *prometheus.Desc
 }
 
 func newServiceDescs() serviceDescs {
@@ -49,12 +49,14 @@ func newServiceDescs() serviceDescs {
 		ctEvictions: desc("conntrack_evictions_total", "Live connections evicted because the conntrack was full."),
 		fragEvictions: desc("conntrack_frag_evictions_total",
 			"Fragmented datagrams to or from a VIP forgotten while incomplete because the fragment table was full."),
+		fragHeld: desc("conntrack_frag_held_total",
+			"Later fragments to or from a VIP held until their datagram's first fragment came (not drops: one given up counts in balancer_drops_total)."),
 	}
 }
 
 func (d *serviceDescs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{d.conns, d.active, d.packets, d.bytes, d.retries, d.rejects, d.ejections,
-		d.backends, d.drops, d.omitted, d.healthLatency, d.ctEntries, d.ctMax, d.ctEvictions, d.fragEvictions}
+		d.backends, d.drops, d.omitted, d.healthLatency, d.ctEntries, d.ctMax, d.ctEvictions, d.fragEvictions, d.fragHeld}
 }
 
 // svcKey is one exported (service, network) pair.
@@ -68,6 +70,7 @@ func (d *serviceDescs) collect(e emitter, st *api.Stats, svcs []api.Service, max
 	e.gauge(d.ctMax, float64(st.Conntrack.Max))
 	e.counter(d.ctEvictions, st.Conntrack.Evictions)
 	e.counter(d.fragEvictions, st.Conntrack.FragEvictions)
+	e.counter(d.fragHeld, st.Conntrack.FragHeld)
 	for _, ns := range st.Networks {
 		e.byReason(d.drops, ns.BalancerDrops, ns.Network)
 	}

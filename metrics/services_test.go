@@ -22,7 +22,7 @@ func withServices() *fakeSource {
 	src := testSource()
 	src.stats.Services = []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200",
 		NewConns: 9, Active: 2, Packets: 40, Bytes: 4000, Retries: 3, Rejects: 4, Ejections: 1}}
-	src.stats.Conntrack = api.ConntrackStats{Max: 262144, Entries: 2, Evictions: 5, FragEvictions: 6, Drops: map[string]uint64{"port": 4}}
+	src.stats.Conntrack = api.ConntrackStats{Max: 262144, Entries: 2, Evictions: 5, FragEvictions: 6, FragHeld: 7, Drops: map[string]uint64{"port": 4}}
 	src.stats.Networks[0].BalancerDrops = map[string]uint64{"port": 4, "no-backend": 0, "no-conn": 2}
 	src.stats.HealthChecks = []api.HealthCheckStats{{Service: "api", Network: "web", Latency: api.LatencyStats{Count: 4, AvgMs: 20,
 		Buckets: []api.LatencyBucket{{LeMs: 1, Count: 1}, {LeMs: 5}, {LeMs: 25, Count: 2}, {LeMs: 100, Count: 1}, {LeMs: 500}, {LeMs: 1000}, {}}}}}
@@ -67,6 +67,7 @@ func TestServiceExposition(t *testing.T) {
 		{"vxmesh_conntrack_max", G, "", 262144},
 		{"vxmesh_conntrack_evictions_total", C, "", 5},
 		{"vxmesh_conntrack_frag_evictions_total", C, "", 6},
+		{"vxmesh_conntrack_frag_held_total", C, "", 7},
 		{"vxmesh_metrics_services_omitted", G, "", 0},
 	} {
 		if got := value(t, fams, c.name, c.typ, c.labels); got != c.want {

@@ -145,6 +145,10 @@ type rxState struct {
 	// deliver.
 	ndrops [numDrops]uint64
 	supers uint64 // super-segments received whole in the batch
+	// esp says the batch came from the ESP socket, whose datagrams are
+	// opened in place with sec's SAs.
+	esp bool
+	sec *secState
 }
 
 // New returns a VTEP with no networks. Call Run to start receiving.
@@ -438,9 +442,9 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 	r.nets = *v.nets.Load()
 	r.now = v.clock()
 	r.cur, r.st = nil, nil
-	var sec *secState
+	r.esp, r.sec = fromESP, nil
 	if fromESP {
-		sec = v.sec.Load()
+		r.sec = v.sec.Load()
 	}
 	var bytes, dgrams uint64
 	for i := range msgs {
@@ -466,7 +470,7 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 		}
 		for off := 0; ; off += seg {
 			dgrams++
-			v.receiveOne(r, sec, i, off, m.Buf[off:min(off+seg, m.N)], m.Addr, fromESP)
+			v.receiveOne(r, i, off, m.Buf[off:min(off+seg, m.N)], m.Addr)
 			if seg == 0 || off+seg >= m.N {
 				break
 			}
@@ -496,23 +500,23 @@ func (v *VTEP) receive(r *rxState, msgs []Message, fromESP bool) {
 }
 
 // receiveOne handles datagram d from addr, at offset off of message i:
-// with fromESP it is opened in place first (sec holds the SAs) and comes
-// from the peer its SA authenticates.
-func (v *VTEP) receiveOne(r *rxState, sec *secState, i, off int, d []byte, addr netip.AddrPort, fromESP bool) {
-	if fromESP {
+// in an ESP batch (r.esp) it is opened in place first (r.sec holds the
+// SAs) and comes from the peer its SA authenticates.
+func (v *VTEP) receiveOne(r *rxState, i, off int, d []byte, addr netip.AddrPort) {
+	if r.esp {
 		start := packet.Headroom - espRxFront + off
 		var peer netip.Addr
-		if d, peer = v.openESP(sec, r.bufs[i], start, start+len(d), &r.drops); d == nil {
+		if d, peer = v.openESP(r.sec, r.bufs[i], start, start+len(d), &r.drops); d == nil {
 			return
 		}
 		addr = netip.AddrPortFrom(peer, 0)
 	}
-	v.receiveDatagram(r, d, addr, i, off == 0, fromESP)
+	v.receiveDatagram(r, d, addr, i, off == 0)
 }
 
 // receiveDatagram validates one datagram d from addr, read into
 // r.bufs[i] (at its start if first), and adds its frame to the group.
-func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int, first, fromESP bool) {
+func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int, first bool) {
 	if len(d) < packet.VXLANHeaderLen+packet.EthernetHeaderLen {
 		r.drops[dropMalformed]++
 		return
@@ -531,7 +535,7 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 		v.deliver(r, r.cur)
 		r.cur, r.st = nw, nw.state.Load()
 	}
-	if !fromESP && nw.cipher.Load() != 0 {
+	if !r.esp && nw.cipher.Load() != 0 {
 		r.ndrops[dropCleartext]++
 		return
 	}

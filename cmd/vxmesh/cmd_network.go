@@ -33,7 +33,12 @@ func networkCreate(env *cliEnv, args []string) error {
 	if *vni > 1<<24-1 {
 		return usagef("network %q: --vni %d: out of range 1-16777215", req.Name, *vni)
 	}
-	n, err := fs.client().CreateNetwork(req)
+	c := fs.client()
+	var n api.Network
+	err = noteClaimWaits(env, c, func() (err error) {
+		n, err = c.CreateNetwork(req)
+		return err
+	})
 	if err != nil {
 		return err
 	}

@@ -66,7 +66,12 @@ func serviceCreate(env *cliEnv, args []string) error {
 		Ports: f.ports, HealthTCP: f.healthTCP, HealthHTTP: f.healthHTTP, StopGracePeriod: f.stopGrace, DNSTTL: f.dnsTTL,
 		Publish: f.publish,
 	}
-	s, err := fs.client().CreateService(req)
+	c := fs.client()
+	var s api.Service
+	err = noteClaimWaits(env, c, func() (err error) {
+		s, err = c.CreateService(req)
+		return err
+	})
 	if err != nil {
 		return err
 	}

@@ -76,7 +76,8 @@ func printStats(w io.Writer, s api.Stats) error {
 		fmt.Fprintf(w, "Gossip: %s\n", formatDrops(s.GossipDrops))
 	}
 	c := s.Conntrack
-	fmt.Fprintf(w, "Conntrack: %d of %d entries, %d evictions, %d fragment evictions, drops %s\n", c.Entries, c.Max, c.Evictions, c.FragEvictions, formatDrops(c.Drops))
+	fmt.Fprintf(w, "Conntrack: %d of %d entries, %d evictions, %d fragment evictions, %d fragments held, drops %s\n",
+		c.Entries, c.Max, c.Evictions, c.FragEvictions, c.FragHeld, formatDrops(c.Drops))
 	if len(s.Services) > 0 {
 		fmt.Fprintln(w, "\nServices:")
 		t := newTable(w, "SERVICE", "NETWORK", "VIP", "NEW CONNS", "ACTIVE CONNS", "PACKETS", "BYTES", "RETRIES", "REJECTS", "EJECTIONS")

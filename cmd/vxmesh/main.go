@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/sandbox"
@@ -63,10 +64,12 @@ type command struct {
 	subs    []command
 }
 
-// cliEnv is what every subcommand gets: its output streams.
+// cliEnv is what every subcommand gets: its output streams, and how often
+// a create that takes long asks what it waits for (0: claimPollEvery).
 type cliEnv struct {
-	stdout io.Writer
-	stderr io.Writer
+	stdout    io.Writer
+	stderr    io.Writer
+	claimPoll time.Duration
 }
 
 func commands() []command {
