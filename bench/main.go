@@ -131,6 +131,7 @@ func main() {
 	flag.IntVar(&cfg.streams, "streams", 4, "iperf3 -P of the multi-stream run per topology (0 or 1: none)")
 	flag.IntVar(&cfg.rxSockets, "rx-sockets", 2, "daemons' --rx-sockets of the vxmesh-overlay-rxq row, beside vxmesh-overlay's default (0 or 1: no such row)")
 	flag.BoolVar(&cfg.rr, "rr", true, "run the request/response (TCP_RR-style) measurement per topology")
+	flag.StringVar(&cfg.abBinary, "ab", "", "A/B mode: measure this vxmesh binary against -binary on the vxmesh topologies of -only (default vxmesh,vxmesh-overlay,vxmesh-esp), both kept up, in -rounds interleaved rounds of -round, order alternating; nothing else runs")
 	if len(os.Args) > 1 && (os.Args[1] == rrServerCmd || os.Args[1] == rrClientCmd) {
 		os.Exit(rrMain(os.Args[1], os.Args[2:], os.Stdout, os.Stderr))
 	}
@@ -153,6 +154,13 @@ func main() {
 		runMode = runDNS
 	case *lbMode:
 		runMode = runLBMode
+	}
+	if cfg.abBinary != "" {
+		if *dnsMode || *lbMode || *scaleMode {
+			fmt.Fprintln(os.Stderr, "bench: -ab is a mode of its own; give it without -dns, -lb or -scale")
+			os.Exit(2)
+		}
+		runMode = runAB
 	}
 	if err := runMode(ctx, cfg, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -198,6 +206,9 @@ type config struct {
 	// (perfrounds.go): how many, and the run time of each measurement.
 	rounds int
 	round  time.Duration
+	// abBinary is the vxmesh binary -ab compares with binary
+	// (abrounds.go); empty: no A/B mode.
+	abBinary string
 }
 
 // result is one row of the table.

@@ -166,6 +166,12 @@ func measurePerfRounds(ctx context.Context, cfg config, want map[string]bool, pr
 // pairRounds builds the rows of goals (all of one pair) and measures
 // them in rounds.
 func pairRounds(ctx context.Context, cfg config, goals []perfGoal, prefix string, log io.Writer) []perfRound {
+	return roundsOf(ctx, cfg, goals, [2]setupFunc{perfSetup(goals[0].a), perfSetup(goals[0].b)}, prefix, log)
+}
+
+// roundsOf builds goals' rows a and b (all goals of one pair) with
+// setups and measures them in rounds.
+func roundsOf(ctx context.Context, cfg config, goals []perfGoal, setups [2]setupFunc, prefix string, log io.Writer) []perfRound {
 	res := make([]perfRound, len(goals))
 	for i, g := range goals {
 		res[i].goal = g
@@ -180,7 +186,7 @@ func pairRounds(ctx context.Context, cfg config, goals []perfGoal, prefix string
 	fmt.Fprintf(log, "rounds: %d interleaved rounds of %v per measurement, %s and %s\n", cfg.rounds, cfg.duration, a, b)
 	var sides [2]*built
 	for i, name := range []string{a, b} {
-		bt, err := perfSetup(name)(ctx, cfg, fmt.Sprintf("%s%c", prefix, 'a'+i), log)
+		bt, err := setups[i](ctx, cfg, fmt.Sprintf("%s%c", prefix, 'a'+i), log)
 		if err != nil {
 			return fail(fmt.Errorf("%s: %w", name, err))
 		}
@@ -226,6 +232,11 @@ func printPerfRounds(out io.Writer, cfg config, rounds []perfRound) {
 	}
 	fmt.Fprintf(out, "\nissue 12 goals, interleaved: %d rounds of %v per row and measurement, the two rows back to back, order alternating; value = median of the rounds' ratios (throughput) or differences (request/response mean)\n\n",
 		cfg.rounds, cfg.round)
+	printRoundsTable(out, cfg, rounds)
+}
+
+// printRoundsTable prints the table of printPerfRounds, without its title.
+func printRoundsTable(out io.Writer, cfg config, rounds []perfRound) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "goal\tmeasure\tvalue (median)\tmin - max\trounds meeting\ta (median)\tb (median)\tCPU s/GB a\tCPU s/GB b\tgoal\t")
 	var failed []string

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/netdev/netdevtest"
+	"github.com/vxmesh/vxmesh/packet"
 )
 
 // waitingDevice is a pipe end that, like a TAP, can wait for frames
@@ -82,5 +83,47 @@ func TestIdlePortsHoldNoReadBuffers(t *testing.T) {
 	}
 	if made := tb.dp.batches.made.Load(); made != 1 {
 		t.Errorf("one port reading allocated %d read batches, want 1 (then reused)", made)
+	}
+}
+
+// TestBatchPoolLendsTheWarmestBatch: the pool lends the batch given back
+// last, whose buffers were just written out and are still in the CPU's
+// cache, so a busy reader keeps reusing one batch while others sit idle
+// in the pool, and it never keeps more than poolKeep.
+func TestBatchPoolLendsTheWarmestBatch(t *testing.T) {
+	bp := newBatchPool()
+	a, b, c := bp.get(), bp.get(), bp.get()
+	bp.put(a)
+	bp.put(b)
+	bp.put(c)
+	for range 5 {
+		got := bp.get()
+		if got != c {
+			t.Fatalf("lent a batch given back earlier, want the last one given back")
+		}
+		bp.put(got)
+	}
+	if got := bp.get(); got != c {
+		t.Fatal("lent another batch than the last one given back")
+	}
+	if got := bp.get(); got != b {
+		t.Fatal("second get: want the batch given back before the last")
+	}
+	if made := bp.made.Load(); made != 3 {
+		t.Fatalf("made %d batches, want 3", made)
+	}
+	for range poolKeep + 5 {
+		bp.put(packet.NewBatch(pooledBatch))
+	}
+	if n := len(bp.free); n != poolKeep {
+		t.Fatalf("pool keeps %d free batches, want at most %d", n, poolKeep)
+	}
+}
+
+func TestBatchPoolDoesNotAllocate(t *testing.T) {
+	bp := newBatchPool()
+	bp.put(bp.get())
+	if n := testing.AllocsPerRun(1000, func() { bp.put(bp.get()) }); n != 0 {
+		t.Fatalf("get and put allocate %v times, want 0", n)
 	}
 }
