@@ -337,6 +337,7 @@ func (d *Daemon) reconcileTables() error {
 	if d.syncGatewayHosts() {
 		changed = true
 	}
+	d.removeAgain()
 	if changed {
 		if err := d.save(); err != nil {
 			d.log.Error("saving state", "err", err)

@@ -276,6 +276,8 @@ type Daemon struct {
 	networks map[string]*localNetwork
 	// restoredAt is when the saved state was read (gateway_host.go).
 	restoredAt time.Time
+	// removals are the service removals this node saw (service_persist.go).
+	removals removals
 	containers map[string]*container
 	// attaching names the containers an Attach is in flight for, with the
 	// network it attaches to; reservedIPs the addresses such Attaches
@@ -453,6 +455,7 @@ func newDaemon(cfg Config, lock *os.File, keys *keyState) *Daemon {
 		attaching:   map[string]string{},
 		reservedIPs: map[string]map[netip.Addr]string{},
 		tearingDown: map[string]bool{},
+		removals:    removals{},
 		creating:    map[string]netClaim{},
 		svcCreating: map[string]bool{},
 		leaving:     map[string]bool{},
@@ -756,6 +759,13 @@ func (d *Daemon) close() {
 	// again the ports and networks shutdown is taking down.
 	d.mu.Lock()
 	d.stopping = true
+	// The services as the cluster has them now: the reconcile pass that
+	// would have saved the latest change may not have run yet.
+	if d.cl != nil {
+		if err := d.saveServices(); err != nil {
+			d.log.Error("saving state", "err", err)
+		}
+	}
 	d.mu.Unlock()
 	if d.prober != nil {
 		d.prober.Close() // not under d.mu: it waits for onHealth

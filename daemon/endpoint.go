@@ -1112,6 +1112,9 @@ func (d *Daemon) restore() (*savedState, error) {
 	}
 	d.restoredAt = time.Now()
 	d.store = st
+	for _, r := range s.RemovedServices {
+		d.removals.add(r)
+	}
 	for _, rec := range s.Networks {
 		if err := d.addLocalNetwork(rec.record()); err != nil {
 			return nil, err

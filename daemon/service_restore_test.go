@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vxmesh/vxmesh/api"
 	"github.com/vxmesh/vxmesh/tunnel"
@@ -42,7 +43,7 @@ func TestOneNodeRestartKeepsServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := serviceSummary(t, d, "api")
-	if !strings.Contains(before, "c1") || !strings.Contains(before, "8080") {
+	if !strings.Contains(before, "/c1/") || !strings.Contains(before, "8080") {
 		t.Fatalf("before the restart: %s", before)
 	}
 	d.Close()
@@ -84,7 +85,7 @@ func TestWholeClusterRestartKeepsServices(t *testing.T) {
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
 	mustAttach(t, ds[2], api.AttachRequest{Network: "web", Name: "c3", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
-	waitFor(t, "h1 seeing c3 as api's backend", func() bool { return strings.Contains(serviceSummary(t, ds[0], "api"), "c3") })
+	waitFor(t, "h1 seeing c3 as api's backend", func() bool { return strings.Contains(serviceSummary(t, ds[0], "api"), "/c3/") })
 	before := serviceSummary(t, ds[0], "api")
 
 	ds[1].Close()
@@ -105,9 +106,65 @@ func TestWholeClusterRestartKeepsServices(t *testing.T) {
 	h1 := startAgain(t, mem, ds[0].cfg, sbs[0])
 	for _, d := range []*Daemon{h1, h2, h3} {
 		waitFor(t, d.cfg.Node+" seeing three alive after the restart", func() bool { return allAlive(d, 3) })
-		waitFor(t, d.cfg.Node+" having api as before", func() bool { return serviceSummary(t, d, "api") == before })
+		ok := false
+		for i := 0; i < 50 && !ok; i++ {
+			ok = serviceSummary(t, d, "api") == before
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !ok {
+			t.Fatalf("%s: %s, want %s", d.cfg.Node, serviceSummary(t, d, "api"), before)
+		}
 		if _, err := d.Service("old"); err == nil {
 			t.Errorf("%s: the removed service is back", d.cfg.Node)
 		}
+	}
+}
+
+// TestServiceRemovalMissedByTheFirstToStartHolds: h2 is down while a
+// service is removed, then the whole cluster stops and h2 starts first,
+// alone, and announces the service it still has saved. The nodes that saw
+// the removal remove it again as they come back: it ends removed on every
+// node, and the other service is kept.
+func TestServiceRemovalMissedByTheFirstToStartHolds(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	ds, sbs := threeNodesOn(t, mem)
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+	}
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.33.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
+	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" having old", func() bool { _, err := d.Service("old"); return err == nil })
+	}
+	ds[1].Close()
+	if err := ds[0].RemoveService("old"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "h3 seeing old removed", func() bool { _, err := ds[2].Service("old"); return err != nil })
+	ds[0].Close()
+	ds[2].Close()
+
+	h2 := startAgain(t, mem, ds[1].cfg, sbs[1])
+	if _, err := h2.Service("old"); err != nil {
+		t.Fatalf("h2, alone, lost the service it had saved: %v", err)
+	}
+	h3 := startAgain(t, mem, ds[2].cfg, sbs[2])
+	h1 := startAgain(t, mem, ds[0].cfg, sbs[0])
+	for _, d := range []*Daemon{h1, h2, h3} {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+		waitFor(t, d.cfg.Node+" without the removed service", func() bool { _, err := d.Service("old"); return err != nil })
+		if _, err := d.Service("api"); err != nil {
+			t.Errorf("%s lost api: %v", d.cfg.Node, err)
+		}
+	}
+	// Created again under the name, it is another service, and stays.
+	mustCreateService(t, h3, api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
+	h1 = restartNode(t, mem, h1, sbs[0])
+	waitFor(t, "h1 back", func() bool { return allAlive(h1, 3) })
+	for _, d := range []*Daemon{h1, h2, h3} {
+		waitFor(t, d.cfg.Node+" having the new old", func() bool { _, err := d.Service("old"); return err == nil })
 	}
 }

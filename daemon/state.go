@@ -28,7 +28,31 @@ type savedState struct {
 	// it): a cluster whose nodes all stopped gets them back from whichever
 	// node starts first (see Daemon.republish).
 	Services []svcRecord `json:"services,omitempty"`
+	// RemovedServices are the services this node saw removed (by a
+	// tombstone, or replaced under their name), kept for
+	// removalRetention: a node that missed the removal and announces one
+	// again after the whole cluster stopped sees it removed once more.
+	RemovedServices []savedRemoval `json:"removed_services,omitempty"`
 }
+
+// savedRemoval is one removed service: its name and the ID of the
+// removed incarnation (a service created again under the name has
+// another), and when this node saw it go.
+type savedRemoval struct {
+	Name string    `json:"name"`
+	ID   string    `json:"id"`
+	At   time.Time `json:"at"`
+}
+
+// key identifies the removal among others.
+func (r savedRemoval) key() string { return r.Name + "\x00" + r.ID }
+
+// removalRetention is how long a removal is remembered; maxRemovals
+// bounds how many (the newest are kept).
+const (
+	removalRetention = 30 * 24 * time.Hour
+	maxRemovals      = 4096
+)
 
 // savedNetwork is a network in state.json. It is the on-disk schema:
 // fields are only ever added (with omitempty), so that a file written by
@@ -133,6 +157,7 @@ type journalRecord struct {
 	DeleteNetwork   string          `json:"delete_network,omitempty"`
 	DeleteContainer string          `json:"delete_container,omitempty"`
 	DeleteService   string          `json:"delete_service,omitempty"`
+	RemovedService  *savedRemoval   `json:"removed_service,omitempty"`
 }
 
 // appendRecord appends the framed payload to b.
@@ -227,6 +252,10 @@ func (s *savedState) apply(recs []journalRecord) {
 	for _, v := range s.Services {
 		svcs[v.Name] = v
 	}
+	removed := map[string]savedRemoval{}
+	for _, r := range s.RemovedServices {
+		removed[r.key()] = r
+	}
 	for _, r := range recs {
 		switch {
 		case r.Network != nil:
@@ -241,8 +270,15 @@ func (s *savedState) apply(recs []journalRecord) {
 			delete(ctrs, r.DeleteContainer)
 		case r.DeleteService != "":
 			delete(svcs, r.DeleteService)
+		case r.RemovedService != nil:
+			removed[r.RemovedService.key()] = *r.RemovedService
 		}
 	}
+	s.RemovedServices = s.RemovedServices[:0]
+	for _, r := range removed {
+		s.RemovedServices = append(s.RemovedServices, r)
+	}
+	sort.Slice(s.RemovedServices, func(i, j int) bool { return s.RemovedServices[i].key() < s.RemovedServices[j].key() })
 	s.Networks, s.Containers, s.Services = s.Networks[:0], s.Containers[:0], s.Services[:0]
 	for _, n := range nets {
 		s.Networks = append(s.Networks, n)
@@ -267,6 +303,7 @@ type stateStore struct {
 	networks   map[string][]byte
 	containers map[string][]byte
 	services   map[string][]byte
+	removed    map[string][]byte // by savedRemoval.key
 	// snapshot and journal are the sizes of state.json and of the
 	// journal's valid part.
 	snapshot, journal int64
@@ -307,7 +344,7 @@ func openStateStore(dir string, log *slog.Logger) (*stateStore, *savedState, err
 
 // remember records s as what is on disk.
 func (st *stateStore) remember(s *savedState) {
-	st.networks, st.containers, st.services = map[string][]byte{}, map[string][]byte{}, map[string][]byte{}
+	st.networks, st.containers, st.services, st.removed = map[string][]byte{}, map[string][]byte{}, map[string][]byte{}, map[string][]byte{}
 	for _, n := range s.Networks {
 		st.networks[n.Name], _ = json.Marshal(n)
 	}
@@ -317,6 +354,9 @@ func (st *stateStore) remember(s *savedState) {
 	for _, v := range s.Services {
 		st.services[v.Name], _ = json.Marshal(v)
 	}
+	for _, r := range s.RemovedServices {
+		st.removed[r.key()], _ = json.Marshal(r)
+	}
 }
 
 // pending is the records of one save and the cache changes they make.
@@ -325,6 +365,7 @@ type pending struct {
 	networks   map[string][]byte // nil value: deleted
 	containers map[string][]byte
 	services   map[string][]byte
+	removed    map[string][]byte
 }
 
 // add appends rec and notes name's new encoding (nil: deleted) in cache,
@@ -340,7 +381,7 @@ func (p *pending) add(rec journalRecord, encoded []byte, cache map[string][]byte
 }
 
 func newPending() *pending {
-	return &pending{networks: map[string][]byte{}, containers: map[string][]byte{}, services: map[string][]byte{}}
+	return &pending{networks: map[string][]byte{}, containers: map[string][]byte{}, services: map[string][]byte{}, removed: map[string][]byte{}}
 }
 
 // putContainer adds c to p if it differs from what is on disk; a nil c
@@ -402,8 +443,9 @@ func (st *stateStore) putService(p *pending, name string, v *svcRecord) error {
 }
 
 // diffServices adds to p every difference between svcs and the services
-// on disk.
-func (st *stateStore) diffServices(p *pending, svcs []svcRecord) error {
+// on disk, and the removals not on disk yet (expired ones are dropped by
+// the next snapshot).
+func (st *stateStore) diffServices(p *pending, svcs []svcRecord, removed []savedRemoval) error {
 	seen := map[string]bool{}
 	for i := range svcs {
 		seen[svcs[i].Name] = true
@@ -414,6 +456,18 @@ func (st *stateStore) diffServices(p *pending, svcs []svcRecord) error {
 	for name := range st.services {
 		if !seen[name] {
 			st.putService(p, name, nil)
+		}
+	}
+	for i := range removed {
+		if _, had := st.removed[removed[i].key()]; had {
+			continue
+		}
+		b, err := json.Marshal(removed[i])
+		if err != nil {
+			return err
+		}
+		if err := p.add(journalRecord{RemovedService: &removed[i]}, b, p.removed, removed[i].key()); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -445,7 +499,7 @@ func (st *stateStore) diff(p *pending, s *savedState) error {
 			st.putContainer(p, name, nil)
 		}
 	}
-	return st.diffServices(p, s.Services)
+	return st.diffServices(p, s.Services, s.RemovedServices)
 }
 
 // needsSnapshot reports whether the journal, grown by n bytes, should be
@@ -486,7 +540,7 @@ func (st *stateStore) commit(p *pending) error {
 	}
 	st.journal += int64(len(p.buf))
 	st.written += int64(len(p.buf))
-	for _, c := range []struct{ from, to map[string][]byte }{{p.networks, st.networks}, {p.containers, st.containers}, {p.services, st.services}} {
+	for _, c := range []struct{ from, to map[string][]byte }{{p.networks, st.networks}, {p.containers, st.containers}, {p.services, st.services}, {p.removed, st.removed}} {
 		for name, b := range c.from {
 			if b == nil {
 				delete(c.to, name)
@@ -580,41 +634,9 @@ func (d *Daemon) currentState() *savedState {
 	for _, c := range d.sortedContainers() {
 		s.Containers = append(s.Containers, c.saved())
 	}
-	s.Services = d.savedServices()
+	s.Services = d.servicesToSave()
+	s.RemovedServices = d.removals.list(time.Now())
 	return s
-}
-
-// savedServices is the cluster's valid service records, sorted by name,
-// as the state keeps them; callers hold d.mu.
-func (d *Daemon) savedServices() []svcRecord {
-	var out []svcRecord
-	for _, v := range d.clusterServices() {
-		out = append(out, v.rec)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
-
-// saveServices persists the changes of the cluster's services alone (the
-// reconcile pass calls it on every change of the tables): its cost grows
-// with the number of services, not of containers. Callers hold d.mu.
-func (d *Daemon) saveServices() error {
-	if d.store == nil {
-		return nil // not restored yet: the first save writes everything
-	}
-	p := newPending()
-	err := d.store.diffServices(p, d.savedServices())
-	if err == nil && len(p.buf) > 0 {
-		if d.store.needsSnapshot(len(p.buf)) {
-			err = d.store.compact(d.currentState())
-		} else {
-			err = d.store.commit(p)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("saving services: %w", err)
-	}
-	return nil
 }
 
 // saved is the container as the state keeps it.

@@ -1,0 +1,129 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Services are saved in the state, with the removals this node saw, so
+// that a cluster whose nodes all stopped gets its services back and not
+// those removed meanwhile (docs/architecture.md, "Services are kept").
+
+// removals is the set of service removals this node remembers, by
+// savedRemoval.key. The daemon's d.mu guards it.
+type removals map[string]savedRemoval
+
+// add notes r; it reports whether r is new.
+func (rs removals) add(r savedRemoval) bool {
+	if _, ok := rs[r.key()]; ok {
+		return false
+	}
+	rs[r.key()] = r
+	return true
+}
+
+// has reports whether the incarnation id of service name was removed.
+func (rs removals) has(name, id string) bool {
+	_, ok := rs[savedRemoval{Name: name, ID: id}.key()]
+	return ok
+}
+
+// list returns the removals still within removalRetention at now, the
+// newest maxRemovals, sorted by key; it forgets the others.
+func (rs removals) list(now time.Time) []savedRemoval {
+	out := make([]savedRemoval, 0, len(rs))
+	for k, r := range rs {
+		if now.Sub(r.At) > removalRetention {
+			delete(rs, k)
+			continue
+		}
+		out = append(out, r)
+	}
+	if len(out) > maxRemovals {
+		sort.Slice(out, func(i, j int) bool { return out[i].At.After(out[j].At) })
+		for _, r := range out[maxRemovals:] {
+			delete(rs, r.key())
+		}
+		out = out[:maxRemovals]
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].key() < out[j].key() })
+	return out
+}
+
+// savedServices is the cluster's valid service records, sorted by name,
+// as the state keeps them; callers hold d.mu.
+func (d *Daemon) savedServices() []svcRecord {
+	var out []svcRecord
+	for _, v := range d.clusterServices() {
+		out = append(out, v.rec)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// servicesToSave returns the cluster's valid services that this node
+// did not see removed, after noting the removals of those on disk: a
+// tombstone under their name, or another service under it. Callers hold
+// d.mu, with d.store open.
+func (d *Daemon) servicesToSave() []svcRecord {
+	live := d.savedServices()
+	byName := map[string]string{}
+	for _, v := range live {
+		byName[v.Name] = v.ID
+	}
+	for name, b := range d.store.services {
+		var old svcRecord
+		if json.Unmarshal(b, &old) != nil || old.ID == "" || byName[name] == old.ID {
+			continue
+		}
+		if _, isLive := byName[name]; isLive || d.cl.Known(tblServices, name) {
+			d.removals.add(savedRemoval{Name: name, ID: old.ID, At: time.Now()})
+		}
+	}
+	kept := live[:0]
+	for _, v := range live {
+		if !d.removals.has(v.Name, v.ID) {
+			kept = append(kept, v)
+		}
+	}
+	return kept
+}
+
+// removeAgain removes each live service whose incarnation this node saw
+// removed: a node that missed the removal announced it again when the
+// cluster restarted without the nodes that knew. Callers hold d.mu.
+func (d *Daemon) removeAgain() {
+	for _, v := range d.savedServices() {
+		if !d.removals.has(v.Name, v.ID) {
+			continue
+		}
+		d.log.Warn("removing again a service that a node announced after missing its removal", "service", v.Name, "id", v.ID)
+		if err := d.cl.Delete(tblServices, v.Name); err != nil {
+			d.log.Error("removing service", "service", v.Name, "err", err)
+		}
+	}
+}
+
+// saveServices persists the changes of the cluster's services alone (the
+// reconcile pass calls it on every change of the tables): its cost grows
+// with the number of services, not of containers. Callers hold d.mu.
+func (d *Daemon) saveServices() error {
+	if d.store == nil {
+		return nil // not restored yet: the first save writes everything
+	}
+	p := newPending()
+	err := d.store.diffServices(p, d.servicesToSave(), d.removals.list(time.Now()))
+	if err == nil && len(p.buf) > 0 {
+		if d.store.needsSnapshot(len(p.buf)) {
+			err = d.store.compact(d.currentState())
+		} else {
+			err = d.store.commit(p)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("saving services: %w", err)
+	}
+	return nil
+}
