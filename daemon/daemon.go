@@ -277,7 +277,7 @@ type Daemon struct {
 	// restoredAt is when the saved state was read (gateway_host.go).
 	restoredAt time.Time
 	// removals are the service removals this node saw (service_persist.go).
-	removals removals
+	removals   removals
 	containers map[string]*container
 	// attaching names the containers an Attach is in flight for, with the
 	// network it attaches to; reservedIPs the addresses such Attaches
