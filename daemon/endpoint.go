@@ -1114,7 +1114,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 			if dev, ino, err := d.sb.NetnsIdentity(c.netns); err != nil {
 				nsErr = err
 			} else if dev != c.nsDev || ino != c.nsIno {
-				nsErr = errors.New("the namespace at that path is not the container's any more")
+				nsErr = fmt.Errorf("netns %q: the namespace at that path is not the container's any more", c.netns)
 			}
 		}
 		for _, se := range sc.Endpoints {
@@ -1146,7 +1146,7 @@ func (d *Daemon) restore() ([]savedNetwork, error) {
 				// Withdrawn (see withdrawGone): republish leaves it out,
 				// so the cluster drops what it still holds of it.
 				c.nsGone = true
-				ep.down = downNetnsGone + ": netns " + c.netns + ": " + nsErr.Error()
+				ep.down = downNetnsGone + ": " + nsErr.Error()
 				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", nsErr)
 				continue
 			}
