@@ -79,8 +79,12 @@ type epRecord struct {
 
 func epKey(node, network, name string) string { return node + "/" + network + "/" + name }
 
-// publishEndpoint announces a local endpoint to the cluster.
+// publishEndpoint announces a local endpoint to the cluster; not one of a
+// container whose namespace is gone (withdrawGone).
 func (d *Daemon) publishEndpoint(ep *endpoint) {
+	if ep.ctr.nsGone {
+		return
+	}
 	rec := epRecord{Name: ep.ctr.name, Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), Node: d.cfg.Node, Aliases: ep.aliases}
 	for _, m := range ep.services {
 		rec.Services = append(rec.Services, m.record())

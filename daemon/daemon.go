@@ -605,13 +605,17 @@ func (d *Daemon) republish(saved *savedState) error {
 	return nil
 }
 
-// startWatchers runs the cluster watch, and the kernel tunnel's watch
-// when the tunnel is there.
+// startWatchers runs the cluster watch, the namespaces' watch, and the
+// kernel tunnel's watch when the tunnel is there.
 func (d *Daemon) startWatchers(kernelTunnel bool) {
-	d.done.Add(1)
+	d.done.Add(2)
 	go func() {
 		defer d.done.Done()
 		d.watchCluster(d.ctx)
+	}()
+	go func() {
+		defer d.done.Done()
+		d.watchNamespaces(d.ctx)
 	}()
 	if kernelTunnel {
 		d.done.Add(1)

@@ -43,6 +43,12 @@ type container struct {
 	// gone is set once the container leaves the records, before its
 	// teardown: no fast path is set up in its namespace after that.
 	gone atomic.Bool
+	// nsGone is set (under the daemon's mu) once its namespace was found
+	// gone, at restore or by watchNamespaces: its endpoints are withdrawn
+	// from the cluster and the data plane until it is removed
+	// (withdrawGone). A namespace does not come back: a new one at the
+	// same path is another.
+	nsGone bool
 }
 
 func (c *container) sortedEndpoints() []*endpoint {
@@ -1136,7 +1142,7 @@ func (d *Daemon) restore() (*savedState, error) {
 			if dev, ino, err := d.sb.NetnsIdentity(c.netns); err != nil {
 				nsErr = err
 			} else if dev != c.nsDev || ino != c.nsIno {
-				nsErr = errors.New("the namespace at that path is not the container's any more")
+				nsErr = fmt.Errorf("netns %q: the namespace at that path is not the container's any more", c.netns)
 			}
 		}
 		for _, se := range sc.Endpoints {
@@ -1165,7 +1171,10 @@ func (d *Daemon) restore() (*savedState, error) {
 			d.endpointsChanged()
 			d.restorePorts(ep, se.Published)
 			if nsErr != nil {
-				ep.down = "down: netns " + c.netns + ": " + nsErr.Error()
+				// Withdrawn (see withdrawGone): republish leaves it out,
+				// so the cluster drops what it still holds of it.
+				c.nsGone = true
+				ep.down = downNetnsGone + ": " + nsErr.Error()
 				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", nsErr)
 				continue
 			}

@@ -96,7 +96,9 @@ func (d *Daemon) drainBackends(name, network string) (*drained, error) {
 	d.mu.Lock()
 	c := d.containers[name]
 	_, busy := d.attaching[name]
-	if c == nil || busy || d.leaving[name] || d.tearingDown[name] {
+	// A container whose namespace is gone was withdrawn already, and
+	// serves nothing: no drain.
+	if c == nil || busy || d.leaving[name] || d.tearingDown[name] || c.nsGone {
 		d.mu.Unlock()
 		return nil, nil
 	}

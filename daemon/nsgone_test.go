@@ -1,0 +1,157 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+
+	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/tunnel"
+)
+
+// vanishNetns makes the namespace at path gone, as the exit of the last
+// process of an attach --pid namespace (/proc/PID/ns/net) or `ip netns
+// del` does: its path no longer names it. The device stays open, as the
+// daemon's TAP does (its descriptor holds the namespace).
+func (f *fakeSandbox) vanishNetns(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.ns, path)
+}
+
+// backendIPs returns the backends' addresses of the balancer services of
+// network in d's desired data plane.
+func backendIPs(d *Daemon, network string) []string {
+	var out []string
+	for _, s := range desiredServices(d, network) {
+		for _, b := range s.Backends {
+			out = append(out, b.IP.String())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestGoneNamespaceIsWithdrawnEverywhere: a container whose namespace is
+// gone stops being a name and a backend on every host, shows its endpoint
+// down, stays withdrawn across a restart of its daemon and is still
+// removed by rm.
+func TestGoneNamespaceIsWithdrawnEverywhere(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	up := nxUpstream(t)
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	sb1 := &dnsSandbox{fakeSandbox: newFakeSandbox(), addrs: map[string]string{}}
+	sb2 := &dnsSandbox{fakeSandbox: newFakeSandbox(), addrs: map[string]string{}}
+	h1 := newDNSNode(t, mem, "h1", netip.MustParseAddr("127.0.0.1"), sb1, dir1, []netip.AddrPort{up})
+	key, _ := readFile(dir1 + "/cluster.key")
+	writeFile(t, dir2+"/cluster.key", key)
+	h2 := newDNSNode(t, mem, "h2", netip.MustParseAddr("127.0.0.2"), sb2, dir2, []netip.AddrPort{up},
+		fmt.Sprintf("127.0.0.1:%d", h1.cfg.GossipPort))
+	if _, err := h1.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.9.7.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the network on h2", func() bool { _, err := h2.Network("web"); return err == nil })
+	mustCreateService(t, h1, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, StopGracePeriod: "10m"})
+	waitFor(t, "the service on h2", func() bool { _, err := h2.Service("api"); return err == nil })
+
+	// ap: a namespace another runtime made (attach --pid), a backend.
+	const apNs = "/proc/4242/ns/net"
+	sb1.addNetns(apNs)
+	ap := mustAttach(t, h1, api.AttachRequest{Network: "web", Name: "ap", Netns: apNs, Aliases: []string{"apx"}, Services: []api.ServiceMember{{Name: "api"}}})
+	b := mustAttach(t, h2, api.AttachRequest{Network: "web", Name: "b", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+	mustAttach(t, h2, api.AttachRequest{Network: "web", Name: "client", Create: true})
+	r := sb2.addr("/run/netns/client")
+	both := []string{ap.IP, b.IP}
+	slices.Sort(both)
+	for _, d := range []*Daemon{h1, h2} {
+		waitFor(t, d.cfg.Node+" balancing to ap and b", func() bool { return slices.Equal(backendIPs(d, "web"), both) })
+	}
+	waitFor(t, "ap in client's resolver", func() bool {
+		_, got := ask(t, r, "ap", mdns.TypeA)
+		return slices.Equal(got, []string{ap.IP})
+	})
+
+	sb1.vanishNetns(apNs)
+
+	for _, name := range []string{"ap", "apx", "ap.web"} {
+		waitFor(t, name+" to stop resolving on h2", func() bool {
+			rcode, got := ask(t, r, name, mdns.TypeA)
+			return rcode == "NXDOMAIN" && len(got) == 0
+		})
+	}
+	if rcode, got := ask(t, r, reverse(ap.IP), mdns.TypePTR); rcode != "NXDOMAIN" || len(got) != 0 {
+		t.Errorf("PTR of ap's address on h2: %s %v, want NXDOMAIN", rcode, got)
+	}
+	for _, d := range []*Daemon{h1, h2} {
+		waitFor(t, d.cfg.Node+" balancing to b only", func() bool { return slices.Equal(backendIPs(d, "web"), []string{b.IP}) })
+	}
+	if s, _ := h2.Service("api"); len(s.Backends) != 1 || s.Backends[0].IP != b.IP {
+		t.Errorf("service inspect on h2: backends %+v, want b only", s.Backends)
+	}
+	checkGone := func(when string) {
+		t.Helper()
+		c, err := h1.Container("ap")
+		if err != nil {
+			t.Fatalf("%s: ps ap: %v", when, err)
+		}
+		if c.Status != api.StatusGone || len(c.Endpoints) != 1 || c.Endpoints[0].IP != ap.IP {
+			t.Errorf("%s: ps ap: %+v, want gone with its address", when, c)
+		}
+		for _, ep := range h1.Endpoints() {
+			if ep.Name == "ap" && ep.State != downNetnsGone && !strings.HasPrefix(ep.State, downNetnsGone+": ") {
+				t.Errorf("%s: endpoint ls: ap is %q, want %q", when, ep.State, downNetnsGone)
+			}
+		}
+	}
+	checkGone("after the namespace went")
+	// Its address stays reserved until rm.
+	if other := mustAttach(t, h1, api.AttachRequest{Network: "web", Name: "other", Create: true}); other.IP == ap.IP {
+		t.Errorf("ap's address %s was handed out again before rm", ap.IP)
+	}
+
+	// A restart keeps it withdrawn: h1 does not announce it again. "late",
+	// attached after the restart, tells when h2 has heard from the new h1.
+	h1.Close()
+	h1 = newDNSNode(t, mem, "h1", netip.MustParseAddr("127.0.0.1"), sb1, dir1, []netip.AddrPort{up},
+		fmt.Sprintf("127.0.0.2:%d", h2.cfg.GossipPort))
+	late := mustAttach(t, h1, api.AttachRequest{Network: "web", Name: "late", Create: true})
+	waitFor(t, "late in client's resolver", func() bool {
+		_, got := ask(t, r, "late", mdns.TypeA)
+		return slices.Equal(got, []string{late.IP})
+	})
+	// Two reconcile intervals for a republished record to come back.
+	for deadline := time.Now().Add(2 * reconcileInterval); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if rcode, got := ask(t, r, "ap", mdns.TypeA); rcode != "NXDOMAIN" || len(got) != 0 {
+			t.Fatalf("after h1 restarted, ap resolves on h2 again: %s %v", rcode, got)
+		}
+		if got := backendIPs(h2, "web"); !slices.Equal(got, []string{b.IP}) {
+			t.Fatalf("after h1 restarted, h2 balances to %v, want b only", got)
+		}
+	}
+	checkGone("after a restart")
+
+	// rm forgets it without a drain: a drained backend would hold rm for
+	// the service's 10 minutes of stop grace.
+	rm := make(chan error, 1)
+	go func() { rm <- h1.RemoveContainer("ap") }()
+	var rmErr error
+	waitFor(t, "rm of ap", func() bool {
+		select {
+		case rmErr = <-rm:
+			return true
+		default:
+			return false
+		}
+	})
+	if rmErr != nil {
+		t.Fatal(rmErr)
+	}
+	if _, err := h1.Container("ap"); err == nil {
+		t.Error("ap still listed after rm")
+	}
+}
