@@ -368,6 +368,24 @@ func TestExternalVTEPInteroperates(t *testing.T) {
 	}, "external VTEP's %s cannot ping c1 (%s)", extIP, c1)
 	e.mustPing("c1", extIP)
 
+	// TCP data through the Linux VTEP to c1, whose checksum offload is
+	// on (the default): it leaves each inner TCP checksum for a NIC to
+	// finish, which the veth under it never does; the daemon finishes it,
+	// or c1's kernel would drop every segment.
+	recv := startBackground(t, e.h.Command(context.Background(), "exec", "c1", "--", suite.self, helperArg, "recv", "0.0.0.0:7000"))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := testbed.WaitTCPListen(ctx, e.h.ContainerNetnsPath("c1"), 7000); err != nil {
+		t.Fatalf("receiver in c1: %v: %s", err, recv.out.String())
+	}
+	sent, err := testbed.InNetns(ctx, peer.NetnsPath, suite.self, helperArg, "send", c1+":7000", strconv.Itoa(1<<20), "7")
+	if err != nil {
+		t.Fatalf("TCP from the external VTEP's side to c1: %v", err)
+	}
+	if exited, err := recv.wait(30 * time.Second); !exited || err != nil || strings.TrimSpace(recv.out.String()) != strings.TrimSpace(sent) {
+		t.Fatalf("TCP from the external VTEP's side: sent %q, c1 received %q (exited %v, %v)", sent, recv.out.String(), exited, err)
+	}
+
 	f, ok := e.fdbEntry("web", extMAC)
 	if !ok || f.Kind != "learned" || !sameAddr(f.VTEP, peer.Addr) {
 		t.Errorf("fdb web: external MAC %s is %+v (found %v), want learned behind VTEP %s", extMAC, f, ok, peer.Addr)

@@ -575,11 +575,18 @@ func (v *VTEP) receiveDatagram(r *rxState, d []byte, addr netip.AddrPort, i int,
 	p.rxBytes.Add(uint64(len(frame)))
 	g := &r.group
 	if first && len(frame) > nw.mtu+packet.EthernetHeaderLen && packet.ParseTunnelSuper(frame, nw.mtu, packet.OffloadOf(r.bufs[i])) {
-		// A super-segment the sending kernel left whole (SuperWriter):
-		// handed on as one GSO frame.
+		// A super-segment the sending kernel left whole (SuperWriter, or
+		// a Linux VTEP over a veth): handed on as one GSO frame.
 		g.addSuper(r.bufs[i], frame)
 		r.supers++
 		return
+	}
+	if p.external.Load() {
+		// A Linux VTEP with checksum offload over a veth also leaves the
+		// inner TCP and UDP checksums of its other frames unfinished (a
+		// NIC would finish them): finish them, or the container's kernel
+		// drops the frame.
+		packet.CompletePartialChecksum(frame)
 	}
 	if g.merge(frame) {
 		return
