@@ -95,3 +95,43 @@ func TestConcurrentAllocationsNeverUseABlockStillBeingClaimed(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentAllocationsShareTheBlockOneClaims starts several
+// allocations at once on a node holding no block of the network: one
+// claims a block, and the others, which found no room either, take their
+// addresses from it once it is won rather than claiming a block each (a
+// compose file's containers starting together on a /24 would otherwise
+// take as many of its 32 blocks).
+func TestConcurrentAllocationsShareTheBlockOneClaims(t *testing.T) {
+	ds, _ := threeNodes(t)
+	everyMemberAlive(t, ds)
+	for round := range 5 {
+		name := fmt.Sprintf("web%d", round)
+		if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: name, Subnet: fmt.Sprintf("10.88.%d.0/24", round)}); err != nil {
+			t.Fatal(err)
+		}
+		d := ds[2]
+		var n *localNetwork
+		waitFor(t, "h3 knows the network", func() bool {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			n = d.networks[name]
+			return n != nil
+		})
+		const runs = 4 // a /29 holds 6 host addresses
+		addrs := make([]netip.Addr, runs)
+		var wg sync.WaitGroup
+		for i := range runs {
+			wg.Go(func() {
+				var err error
+				if addrs[i], err = d.allocateIP(fmt.Sprintf("c%d", i), n); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if held := d.cl.ClaimedBlocks(name); len(held) != 1 {
+			t.Fatalf("round %d: %d runs at once got %v and claimed blocks %v, want one block", round, runs, addrs, held)
+		}
+	}
+}
