@@ -88,6 +88,14 @@ func (c *Cluster) Claim(table, group, resource string) error {
 // claimLocked writes, confirms and settles one claim; c.claimMu is held.
 func (c *Cluster) claimLocked(table, group, resource string) error {
 	key := claimKey(group, resource) + c.cfg.NodeName
+	c.mu.Lock()
+	c.claiming = settledKey(table, group, resource)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.claiming = ""
+		c.mu.Unlock()
+	}()
 	if err := c.Put(table, key, nil); err != nil {
 		return err
 	}

@@ -247,3 +247,46 @@ func TestClaimWaitsReportsTheDeadMember(t *testing.T) {
 		t.Fatalf("waits %v after the claim ended", w)
 	}
 }
+
+// TestClaimedBlocksLeavesOutTheBlockBeingConfirmed holds n1's claim round
+// at n2 and checks that n1 does not report the block as its own
+// (ClaimedBlocks: the blocks it allocates from) before the round has
+// decided it: another node's earlier claim, heard of only in n2's answer,
+// may still win it. Once the round is won, the block is n1's.
+func TestClaimedBlocksLeavesOutTheBlockBeingConfirmed(t *testing.T) {
+	nodes := startCluster(t, mustKey(t), 2)
+	subnet := netip.MustParsePrefix("10.9.0.0/24")
+	gate := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release) // before the nodes close: n2's streams wait on it
+	hold := func() bool { <-gate; return false }
+	nodes[1].tr.dropStream.Store(&hold)
+
+	type result struct {
+		block netip.Prefix
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := nodes[0].ClaimBlock("web", subnet, 28)
+		done <- result{b, err}
+	}()
+	waitFor(t, 5*time.Second, "n1's claim written", func() bool {
+		return len(nodes[0].Blocks("web")) > 0
+	})
+	if got := nodes[0].Blocks("web"); got[netip.MustParsePrefix("10.9.0.0/28")] != "n1" {
+		t.Fatalf("blocks %v while n1 claims, want 10.9.0.0/28 claimed by n1", got)
+	}
+	if held := nodes[0].ClaimedBlocks("web"); len(held) != 0 {
+		t.Fatalf("n1 reports %v as its blocks while n2 has not confirmed its claim yet", held)
+	}
+	release()
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if held := nodes[0].ClaimedBlocks("web"); len(held) != 1 || held[0] != r.block {
+		t.Fatalf("n1 holds %v after winning %s", held, r.block)
+	}
+}

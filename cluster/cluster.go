@@ -264,6 +264,10 @@ type Cluster struct {
 	round      *claimRound                 // the claim round in progress (claimMu serializes them)
 	rejoin     map[netip.AddrPort]*backoff // addresses being retried
 	rejoinWant map[netip.AddrPort]bool     // given to Rejoin, until alive
+	// claiming is the settledKey of this node's claim being written and
+	// confirmed (claimMu serializes them), "" when none: ClaimedBlocks
+	// leaves its block out until the round has decided it.
+	claiming string
 
 	claimMu     sync.Mutex
 	reconnectOn atomic.Bool

@@ -402,13 +402,19 @@ func (c *Cluster) checkBlockName(network string, p netip.Prefix) error {
 }
 
 // ClaimedBlocks returns the blocks of network this node has claimed and
-// still wins, lowest address first.
+// still wins, lowest address first: the blocks it may allocate from.
+//
+// A block whose claim this node is still confirming is left out, although
+// Blocks already names this node its winner: the round may yet lose it to
+// an earlier claim of another node (which this node has not heard of
+// until that node answers), and an address handed out from it meanwhile
+// would then lie in the other node's block.
 func (c *Cluster) ClaimedBlocks(network string) []netip.Prefix {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []netip.Prefix
 	for b, owner := range c.blocksLocked(network) {
-		if owner == c.cfg.NodeName {
+		if owner == c.cfg.NodeName && (c.claiming == "" || c.claiming != settledKey(ipamTable, network, b.String())) {
 			out = append(out, b)
 		}
 	}

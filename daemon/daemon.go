@@ -267,6 +267,11 @@ type Daemon struct {
 	// and the cluster watcher use it.
 	known map[string]savedMember
 
+	// blockClaim is held by an allocation that found no room in this
+	// node's blocks from its check of them to the end of its block claim
+	// (allocateIP); it is taken before mu, never under it.
+	blockClaim sync.Mutex
+
 	// mu guards the daemon's decisions. It is never held across a
 	// cluster round trip, the Docker API or plugging an interface: Attach
 	// and CreateNetwork reserve what they decide (attaching, reservedIPs,

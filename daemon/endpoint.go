@@ -600,20 +600,50 @@ const maxFreshBlocks = 4
 // full after its claim (endpoints learnt during the claim round) is given
 // back and the next one tried, within the same request. Blocks being
 // released (releaseEmptyBlocks) are skipped.
+//
+// Claims are made one at a time (d.blockClaim): a block is this node's to
+// allocate from only once its claim round has won it (ClaimedBlocks), so
+// an allocation that waited for another one's claim looks at the blocks
+// held again and takes its address from the block just won when it has
+// room, instead of claiming one more block for each allocation in flight.
 func (d *Daemon) allocateIP(owner string, n *localNetwork) (netip.Addr, error) {
 	d.mu.Lock()
+	a, ok := d.allocateHeld(owner, n)
+	d.mu.Unlock()
+	if ok {
+		return a, nil
+	}
+	d.blockClaim.Lock()
+	defer d.blockClaim.Unlock()
+	d.mu.Lock()
+	if a, ok := d.allocateHeld(owner, n); ok {
+		d.mu.Unlock()
+		return a, nil
+	}
+	return d.allocateFresh(owner, n)
+}
+
+// allocateHeld reserves the lowest free address of the blocks this node
+// holds, if there is one; callers hold d.mu.
+func (d *Daemon) allocateHeld(owner string, n *localNetwork) (netip.Addr, bool) {
 	taken := d.ipTaken(n)
-	held := d.cl.ClaimedBlocks(n.rec.Name)
-	for _, b := range held {
+	for _, b := range d.cl.ClaimedBlocks(n.rec.Name) {
 		if d.blocks.releasing[blockRef{n.rec.Name, b}] || d.blockFull(n, b) {
 			continue
 		}
 		if a, err := allocateFunc(b, taken, n.subnet); err == nil {
 			d.reserveIPFor(owner, n, a)
-			d.mu.Unlock()
-			return a, nil
+			return a, true
 		}
 	}
+	return netip.Addr{}, false
+}
+
+// allocateFresh is allocateIP when every block held is full: it claims a
+// block with a free address and reserves one. Callers hold d.blockClaim
+// and d.mu, which it releases.
+func (d *Daemon) allocateFresh(owner string, n *localNetwork) (netip.Addr, error) {
+	held := d.cl.ClaimedBlocks(n.rec.Name)
 	// Every block held is full: a look-up of the addresses in use outside
 	// them, for choosing a block to claim (outside d.mu).
 	takenOutside := d.claimTaken(n, held)
