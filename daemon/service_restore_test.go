@@ -75,13 +75,7 @@ func TestOneNodeRestartKeepsServices(t *testing.T) {
 // its backend on another node.
 func TestWholeClusterRestartKeepsServices(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
-	ds, sbs := threeNodesOn(t, mem)
-	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-	}
-	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.32.0.0/24"}); err != nil {
-		t.Fatal(err)
-	}
+	ds, sbs := threeWithWeb(t, mem, "10.32.0.0/24")
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
 	mustAttach(t, ds[2], api.AttachRequest{Network: "web", Name: "c3", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
@@ -127,13 +121,7 @@ func TestWholeClusterRestartKeepsServices(t *testing.T) {
 // node, and the other service is kept.
 func TestServiceRemovalMissedByTheFirstToStartHolds(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
-	ds, sbs := threeNodesOn(t, mem)
-	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-	}
-	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.33.0.0/24"}); err != nil {
-		t.Fatal(err)
-	}
+	ds, sbs := threeWithWeb(t, mem, "10.33.0.0/24")
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
 	for _, d := range ds {
@@ -176,13 +164,7 @@ func TestServiceRemovalMissedByTheFirstToStartHolds(t *testing.T) {
 // the service created last, with its ports.
 func TestServiceRecreatedWhileANodeWasDownHolds(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
-	ds, sbs := threeNodesOn(t, mem)
-	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-	}
-	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.33.0.0/24"}); err != nil {
-		t.Fatal(err)
-	}
+	ds, sbs := threeWithWeb(t, mem, "10.33.0.0/24")
 	first := mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, Ports: []string{"80"}})
 	for _, d := range ds {
 		waitFor(t, d.cfg.Node+" having api", func() bool { _, err := d.Service("api"); return err == nil })
@@ -226,4 +208,18 @@ func TestServiceRecreatedWhileANodeWasDownHolds(t *testing.T) {
 	// And it is what each node saved: a restart of one keeps it.
 	h3 = restartNode(t, mem, h3, sbs[2])
 	waitFor(t, "h3 back with the api created last", func() bool { s, err := h3.Service("api"); return err == nil && s.ID == second.ID })
+}
+
+// threeWithWeb starts three nodes on mem, waits until each sees all
+// three alive, and creates network web on subnet.
+func threeWithWeb(t *testing.T, mem *tunnel.MemNetwork, subnet string) ([]*Daemon, []*fakeSandbox) {
+	t.Helper()
+	ds, sbs := threeNodesOn(t, mem)
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+	}
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: subnet}); err != nil {
+		t.Fatal(err)
+	}
+	return ds, sbs
 }
