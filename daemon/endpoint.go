@@ -324,6 +324,9 @@ func (d *Daemon) beginAttach(req api.AttachRequest) (*localNetwork, *container, 
 		return nil, nil, conflict("container %q: being removed or detached; try again", req.Name)
 	}
 	c := d.containers[req.Name]
+	if c != nil && c.nsGone {
+		return nil, nil, conflict("container %q: its network namespace %s is gone (remove it with vxmesh rm)", req.Name, c.netns)
+	}
 	if c != nil && req.Create {
 		return nil, nil, conflict("container %q: already exists", req.Name)
 	}

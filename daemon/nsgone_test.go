@@ -188,6 +188,17 @@ func TestGoneNamespacesInodeServesANewNamespace(t *testing.T) {
 	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "bp", Netns: newNs}); err != nil {
 		t.Fatalf("attach of a new namespace that has a gone one's inode number: %v", err)
 	}
+	// The gone container's name is not reusable until rm, and says so,
+	// on its network or another.
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "db", Subnet: "10.9.9.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, network := range []string{"web", "db"} {
+		_, err := d.Attach(api.AttachRequest{Network: network, Name: "ap", Netns: newNs})
+		if err == nil || !strings.Contains(err.Error(), "namespace "+oldNs+" is gone") || !strings.Contains(err.Error(), "vxmesh rm") {
+			t.Errorf("attach of gone ap to %s: %v; want it said gone, with rm", network, err)
+		}
+	}
 	if c, err := d.Container("ap"); err != nil || c.Status != api.StatusGone {
 		t.Errorf("ps ap after bp's attach: %+v, %v; want gone", c, err)
 	}
