@@ -324,6 +324,9 @@ func (d *Daemon) beginAttach(req api.AttachRequest) (*localNetwork, *container, 
 		return nil, nil, conflict("container %q: being removed or detached; try again", req.Name)
 	}
 	c := d.containers[req.Name]
+	if c != nil && c.nsGone {
+		return nil, nil, conflict("container %q: its network namespace %s is gone (remove it with vxmesh rm)", req.Name, c.netns)
+	}
 	if c != nil && req.Create {
 		return nil, nil, conflict("container %q: already exists", req.Name)
 	}
@@ -702,7 +705,9 @@ func (c *container) freeIfName() string {
 
 // containerByNetns returns a container (not a host TAP) whose namespace is
 // (dev, ino), or nil, from an index kept by containerChanged and made
-// again after endpointsChanged. Callers hold d.mu.
+// again after endpointsChanged. A gone container is not returned: its
+// namespace was freed, and the kernel hands its inode number to a later
+// namespace. Callers hold d.mu.
 func (d *Daemon) containerByNetns(dev, ino uint64) *container {
 	if d.byNetns == nil {
 		d.byNetns = map[[2]uint64][]*container{}
@@ -713,8 +718,10 @@ func (d *Daemon) containerByNetns(dev, ino uint64) *container {
 			}
 		}
 	}
-	if l := d.byNetns[[2]uint64{dev, ino}]; len(l) > 0 {
-		return l[0]
+	for _, c := range d.byNetns[[2]uint64{dev, ino}] {
+		if !c.nsGone {
+			return c
+		}
 	}
 	return nil
 }

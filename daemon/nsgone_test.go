@@ -155,3 +155,54 @@ func TestGoneNamespaceIsWithdrawnEverywhere(t *testing.T) {
 		t.Error("ap still listed after rm")
 	}
 }
+
+// TestGoneNamespacesInodeServesANewNamespace: once a container's
+// namespace is gone the kernel may give its inode number to the next
+// namespace made; attaching that one under another name works (it is not
+// the gone container's), and the gone container is still gone.
+func TestGoneNamespacesInodeServesANewNamespace(t *testing.T) {
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.9.8.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	const oldNs, newNs = "/proc/4242/ns/net", "/proc/5151/ns/net"
+	sb.addNetns(oldNs)
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "ap", Netns: oldNs})
+	sb.mu.Lock()
+	ino := sb.ns[oldNs]
+	sb.mu.Unlock()
+	sb.vanishNetns(oldNs)
+	waitFor(t, "ap's endpoint down: namespace gone", func() bool {
+		for _, ep := range d.Endpoints() {
+			if ep.Name == "ap" && ep.State == downNetnsGone {
+				return true
+			}
+		}
+		return false
+	})
+
+	sb.mu.Lock()
+	sb.ns[newNs] = ino // the freed inode number, handed out again
+	sb.mu.Unlock()
+	if _, err := d.Attach(api.AttachRequest{Network: "web", Name: "bp", Netns: newNs}); err != nil {
+		t.Fatalf("attach of a new namespace that has a gone one's inode number: %v", err)
+	}
+	// The gone container's name is not reusable until rm, and says so,
+	// on its network or another.
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "db", Subnet: "10.9.9.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, network := range []string{"web", "db"} {
+		_, err := d.Attach(api.AttachRequest{Network: network, Name: "ap", Netns: newNs})
+		if err == nil || !strings.Contains(err.Error(), "namespace "+oldNs+" is gone") || !strings.Contains(err.Error(), "vxmesh rm") {
+			t.Errorf("attach of gone ap to %s: %v; want it said gone, with rm", network, err)
+		}
+	}
+	if c, err := d.Container("ap"); err != nil || c.Status != api.StatusGone {
+		t.Errorf("ps ap after bp's attach: %+v, %v; want gone", c, err)
+	}
+	if c, err := d.Container("bp"); err != nil || c.Status == api.StatusGone {
+		t.Errorf("ps bp: %+v, %v; want it there", c, err)
+	}
+}

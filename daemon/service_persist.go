@@ -65,8 +65,11 @@ func (d *Daemon) savedServices() []svcRecord {
 
 // servicesToSave returns the cluster's valid services that this node
 // did not see removed, after noting the removals of those on disk: a
-// tombstone under their name, or another service under it. Callers hold
-// d.mu, with d.store open.
+// tombstone under their name, or another service under it. Where the
+// cluster holds an incarnation this node saw removed (announced by a node
+// that missed the removal) and this node has a later one saved under the
+// name, the saved one is kept: removeAgain announces it in place of the
+// stale one. Callers hold d.mu, with d.store open.
 func (d *Daemon) servicesToSave() []svcRecord {
 	live := d.savedServices()
 	byName := map[string]string{}
@@ -78,6 +81,9 @@ func (d *Daemon) servicesToSave() []svcRecord {
 		if json.Unmarshal(b, &old) != nil || old.ID == "" || byName[name] == old.ID {
 			continue
 		}
+		if d.removals.has(name, byName[name]) {
+			continue // a stale incarnation in the cluster does not remove ours
+		}
 		if _, isLive := byName[name]; isLive || d.cl.Known(tblServices, name) {
 			d.removals.add(savedRemoval{Name: name, ID: old.ID, At: time.Now()})
 		}
@@ -86,9 +92,28 @@ func (d *Daemon) servicesToSave() []svcRecord {
 	for _, v := range live {
 		if !d.removals.has(v.Name, v.ID) {
 			kept = append(kept, v)
+		} else if later, ok := d.laterSaved(v.Name); ok {
+			kept = append(kept, later)
 		}
 	}
 	return kept
+}
+
+// laterSaved returns the service saved under name if this node did not
+// see that incarnation removed. Callers hold d.mu.
+func (d *Daemon) laterSaved(name string) (svcRecord, bool) {
+	if d.store == nil {
+		return svcRecord{}, false
+	}
+	b, ok := d.store.services[name]
+	if !ok {
+		return svcRecord{}, false
+	}
+	var rec svcRecord
+	if json.Unmarshal(b, &rec) != nil || rec.ID == "" || d.removals.has(name, rec.ID) {
+		return svcRecord{}, false
+	}
+	return rec, true
 }
 
 // removeAgain removes each live service whose incarnation this node saw
@@ -98,6 +123,21 @@ func (d *Daemon) removeAgain() {
 	for _, v := range d.savedServices() {
 		if !d.removals.has(v.Name, v.ID) {
 			continue
+		}
+		if later, ok := d.laterSaved(v.Name); ok {
+			// Removed and created again while that node was down: the
+			// later incarnation is the service, not a removal.
+			if _, err := validateService(&later); err == nil {
+				b, err := json.Marshal(later)
+				if err == nil {
+					err = d.cl.Put(tblServices, later.Name, b)
+				}
+				if err == nil {
+					d.log.Warn("announcing again the later service that a node replaced after missing its removal", "service", v.Name, "id", later.ID, "stale_id", v.ID)
+					continue
+				}
+				d.log.Error("announcing service", "service", v.Name, "err", err)
+			}
 		}
 		d.log.Warn("removing again a service that a node announced after missing its removal", "service", v.Name, "id", v.ID)
 		if err := d.cl.Delete(tblServices, v.Name); err != nil {

@@ -75,13 +75,7 @@ func TestOneNodeRestartKeepsServices(t *testing.T) {
 // its backend on another node.
 func TestWholeClusterRestartKeepsServices(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
-	ds, sbs := threeNodesOn(t, mem)
-	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-	}
-	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.32.0.0/24"}); err != nil {
-		t.Fatal(err)
-	}
+	ds, sbs := threeWithWeb(t, mem, "10.32.0.0/24")
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
 	mustAttach(t, ds[2], api.AttachRequest{Network: "web", Name: "c3", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
@@ -127,13 +121,7 @@ func TestWholeClusterRestartKeepsServices(t *testing.T) {
 // node, and the other service is kept.
 func TestServiceRemovalMissedByTheFirstToStartHolds(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
-	ds, sbs := threeNodesOn(t, mem)
-	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-	}
-	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.33.0.0/24"}); err != nil {
-		t.Fatal(err)
-	}
+	ds, sbs := threeWithWeb(t, mem, "10.33.0.0/24")
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
 	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
 	for _, d := range ds {
@@ -167,4 +155,71 @@ func TestServiceRemovalMissedByTheFirstToStartHolds(t *testing.T) {
 	for _, d := range []*Daemon{h1, h2, h3} {
 		waitFor(t, d.cfg.Node+" having the new old", func() bool { _, err := d.Service("old"); return err == nil })
 	}
+}
+
+// TestServiceRecreatedWhileANodeWasDownHolds: h2 is down while a service
+// is removed and created again under its name, then the whole cluster
+// stops and h2 starts first and announces the removed incarnation. The
+// nodes that saw the change put the later one back: every node ends with
+// the service created last, with its ports.
+func TestServiceRecreatedWhileANodeWasDownHolds(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	ds, sbs := threeWithWeb(t, mem, "10.33.0.0/24")
+	first := mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, Ports: []string{"80"}})
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" having api", func() bool { _, err := d.Service("api"); return err == nil })
+	}
+	ds[1].Close()
+	if err := ds[0].RemoveService("api"); err != nil {
+		t.Fatal(err)
+	}
+	second := mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, Ports: []string{"8080"}})
+	if second.ID == first.ID {
+		t.Fatal("the service created again has the removed one's ID")
+	}
+	waitFor(t, "h3 seeing the second api", func() bool { s, err := ds[2].Service("api"); return err == nil && s.ID == second.ID })
+	ds[0].Close()
+	ds[2].Close()
+
+	h2 := startAgain(t, mem, ds[1].cfg, sbs[1])
+	if s, err := h2.Service("api"); err != nil || s.ID != first.ID {
+		t.Fatalf("h2, alone, has api %+v, %v; want the first one it had saved", s, err)
+	}
+	// The others join h2, so they learn its api before they would
+	// announce their own.
+	seed := h2.cfg.Advertise.String() + ":" + fmt.Sprint(h2.cfg.GossipPort)
+	var h1, h3 *Daemon
+	for i, d := range []**Daemon{&h1, nil, &h3} {
+		if d == nil {
+			continue
+		}
+		cfg := nodeConfig(t, mem, ds[i].cfg.Node, ds[i].cfg.Advertise, sbs[i], ds[i].cfg.StateDir, seed)
+		cfg.GossipPort = ds[i].cfg.GossipPort
+		*d = startNode(t, cfg)
+		t.Cleanup((*d).Close)
+	}
+	for _, d := range []*Daemon{h1, h2, h3} {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+		waitFor(t, d.cfg.Node+" having the api created last", func() bool {
+			s, err := d.Service("api")
+			return err == nil && s.ID == second.ID && len(s.Ports) == 1 && strings.HasPrefix(s.Ports[0], "8080")
+		})
+	}
+	// And it is what each node saved: a restart of one keeps it.
+	h3 = restartNode(t, mem, h3, sbs[2])
+	waitFor(t, "h3 back with the api created last", func() bool { s, err := h3.Service("api"); return err == nil && s.ID == second.ID })
+}
+
+// threeWithWeb starts three nodes on mem, waits until each sees all
+// three alive, and creates network web on subnet.
+func threeWithWeb(t *testing.T, mem *tunnel.MemNetwork, subnet string) ([]*Daemon, []*fakeSandbox) {
+	t.Helper()
+	ds, sbs := threeNodesOn(t, mem)
+	for _, d := range ds {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+	}
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: subnet}); err != nil {
+		t.Fatal(err)
+	}
+	return ds, sbs
 }
