@@ -61,6 +61,31 @@ func newDNSNode(t *testing.T, mem *tunnel.MemNetwork, name string, addr netip.Ad
 	return startNode(t, cfg)
 }
 
+// dnsPair is two nodes of one cluster that answer DNS (h2 joined h1), with
+// their sandboxes and h1's state directory.
+type dnsPair struct {
+	h1, h2   *Daemon
+	sb1, sb2 *dnsSandbox
+	dir1     string
+}
+
+// newDNSPair starts a dnsPair forwarding to up.
+func newDNSPair(t *testing.T, mem *tunnel.MemNetwork, up netip.AddrPort) dnsPair {
+	t.Helper()
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	p := dnsPair{
+		sb1:  &dnsSandbox{fakeSandbox: newFakeSandbox(), addrs: map[string]string{}},
+		sb2:  &dnsSandbox{fakeSandbox: newFakeSandbox(), addrs: map[string]string{}},
+		dir1: dir1,
+	}
+	p.h1 = newDNSNode(t, mem, "h1", netip.MustParseAddr("127.0.0.1"), p.sb1, dir1, []netip.AddrPort{up})
+	key, _ := readFile(dir1 + "/cluster.key")
+	writeFile(t, dir2+"/cluster.key", key)
+	p.h2 = newDNSNode(t, mem, "h2", netip.MustParseAddr("127.0.0.2"), p.sb2, dir2, []netip.AddrPort{up},
+		fmt.Sprintf("127.0.0.1:%d", p.h1.cfg.GossipPort))
+	return p
+}
+
 // nxUpstream answers NXDOMAIN to everything but outside.example.
 func nxUpstream(t *testing.T) netip.AddrPort {
 	t.Helper()
@@ -116,14 +141,8 @@ func ask(t *testing.T, addr, name string, qtype uint16) (string, []string) {
 func TestDNSAnswersNamesOfSharedNetworksAcrossNodes(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
 	up := nxUpstream(t)
-	dir1, dir2 := t.TempDir(), t.TempDir()
-	sb1 := &dnsSandbox{fakeSandbox: newFakeSandbox(), addrs: map[string]string{}}
-	sb2 := &dnsSandbox{fakeSandbox: newFakeSandbox(), addrs: map[string]string{}}
-	h1 := newDNSNode(t, mem, "h1", netip.MustParseAddr("127.0.0.1"), sb1, dir1, []netip.AddrPort{up})
-	key, _ := readFile(dir1 + "/cluster.key")
-	writeFile(t, dir2+"/cluster.key", key)
-	h2 := newDNSNode(t, mem, "h2", netip.MustParseAddr("127.0.0.2"), sb2, dir2, []netip.AddrPort{up},
-		fmt.Sprintf("127.0.0.1:%d", h1.cfg.GossipPort))
+	p := newDNSPair(t, mem, up)
+	h1, h2, sb1, dir1 := p.h1, p.h2, p.sb1, p.dir1
 	t.Cleanup(h2.Close)
 	for _, n := range []api.NetworkCreateRequest{{Name: "web", Subnet: "10.9.1.0/24"}, {Name: "db", Subnet: "10.9.2.0/24"}} {
 		if _, err := h1.CreateNetwork(n); err != nil {

@@ -44,14 +44,8 @@ func backendIPs(d *Daemon, network string) []string {
 func TestGoneNamespaceIsWithdrawnEverywhere(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
 	up := nxUpstream(t)
-	dir1, dir2 := t.TempDir(), t.TempDir()
-	sb1 := &dnsSandbox{fakeSandbox: newFakeSandbox(), addrs: map[string]string{}}
-	sb2 := &dnsSandbox{fakeSandbox: newFakeSandbox(), addrs: map[string]string{}}
-	h1 := newDNSNode(t, mem, "h1", netip.MustParseAddr("127.0.0.1"), sb1, dir1, []netip.AddrPort{up})
-	key, _ := readFile(dir1 + "/cluster.key")
-	writeFile(t, dir2+"/cluster.key", key)
-	h2 := newDNSNode(t, mem, "h2", netip.MustParseAddr("127.0.0.2"), sb2, dir2, []netip.AddrPort{up},
-		fmt.Sprintf("127.0.0.1:%d", h1.cfg.GossipPort))
+	p := newDNSPair(t, mem, up)
+	h1, h2, sb1, sb2, dir1 := p.h1, p.h2, p.sb1, p.sb2, p.dir1
 	if _, err := h1.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.9.7.0/24"}); err != nil {
 		t.Fatal(err)
 	}

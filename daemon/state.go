@@ -384,53 +384,16 @@ func newPending() *pending {
 	return &pending{networks: map[string][]byte{}, containers: map[string][]byte{}, services: map[string][]byte{}, removed: map[string][]byte{}}
 }
 
-// putContainer adds c to p if it differs from what is on disk; a nil c
-// with name removes it.
-func (st *stateStore) putContainer(p *pending, name string, c *savedContainer) error {
-	old, had := st.containers[name]
-	if c == nil {
-		if !had {
-			return nil
-		}
-		return p.add(journalRecord{DeleteContainer: name}, nil, p.containers, name)
-	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		return err
-	}
-	if had && bytes.Equal(old, b) {
-		return nil
-	}
-	return p.add(journalRecord{Container: c}, b, p.containers, name)
-}
-
-// putNetwork is putContainer for a network.
-func (st *stateStore) putNetwork(p *pending, name string, n *savedNetwork) error {
-	old, had := st.networks[name]
-	if n == nil {
-		if !had {
-			return nil
-		}
-		return p.add(journalRecord{DeleteNetwork: name}, nil, p.networks, name)
-	}
-	b, err := json.Marshal(n)
-	if err != nil {
-		return err
-	}
-	if had && bytes.Equal(old, b) {
-		return nil
-	}
-	return p.add(journalRecord{Network: n}, b, p.networks, name)
-}
-
-// putService is putContainer for a service.
-func (st *stateStore) putService(p *pending, name string, v *svcRecord) error {
-	old, had := st.services[name]
+// putRecord adds to p the record of v under name (made by put) if its
+// encoding differs from disk's, what is on disk; a nil v with name adds
+// del instead, if disk has name. pend is p's map of the same kind.
+func putRecord[T any](p *pending, disk, pend map[string][]byte, name string, v *T, put func(*T) journalRecord, del journalRecord) error {
+	old, had := disk[name]
 	if v == nil {
 		if !had {
 			return nil
 		}
-		return p.add(journalRecord{DeleteService: name}, nil, p.services, name)
+		return p.add(del, nil, pend, name)
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -439,7 +402,26 @@ func (st *stateStore) putService(p *pending, name string, v *svcRecord) error {
 	if had && bytes.Equal(old, b) {
 		return nil
 	}
-	return p.add(journalRecord{Service: v}, b, p.services, name)
+	return p.add(put(v), b, pend, name)
+}
+
+// putContainer adds c to p if it differs from what is on disk; a nil c
+// with name removes it.
+func (st *stateStore) putContainer(p *pending, name string, c *savedContainer) error {
+	return putRecord(p, st.containers, p.containers, name, c,
+		func(c *savedContainer) journalRecord { return journalRecord{Container: c} }, journalRecord{DeleteContainer: name})
+}
+
+// putNetwork is putContainer for a network.
+func (st *stateStore) putNetwork(p *pending, name string, n *savedNetwork) error {
+	return putRecord(p, st.networks, p.networks, name, n,
+		func(n *savedNetwork) journalRecord { return journalRecord{Network: n} }, journalRecord{DeleteNetwork: name})
+}
+
+// putService is putContainer for a service.
+func (st *stateStore) putService(p *pending, name string, v *svcRecord) error {
+	return putRecord(p, st.services, p.services, name, v,
+		func(v *svcRecord) journalRecord { return journalRecord{Service: v} }, journalRecord{DeleteService: name})
 }
 
 // diffServices adds to p every difference between svcs and the services
