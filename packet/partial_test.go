@@ -121,9 +121,10 @@ func TestCompletePartialChecksum(t *testing.T) {
 	if CompletePartialChecksum(frag) || !bytes.Equal(frag, orig) {
 		t.Error("an IPv4 fragment was changed")
 	}
-	p := partialOf(f, at)
-	if n := testing.AllocsPerRun(100, func() { copy(p, partialOf(f, at)); CompletePartialChecksum(p) }); n > 1 {
-		t.Errorf("CompletePartialChecksum allocates (%v allocations a run with the test's one)", n)
+	src := partialOf(f, at)
+	p := bytes.Clone(src)
+	if n := testing.AllocsPerRun(100, func() { copy(p, src); CompletePartialChecksum(p) }); n != 0 {
+		t.Errorf("CompletePartialChecksum allocates %v times a frame", n)
 	}
 }
 
