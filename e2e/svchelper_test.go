@@ -62,7 +62,9 @@ type connReport struct {
 	// Errors counts the connections that could not be made (dial: what
 	// a client sees as a connect error), FirstErr says how the first
 	// failed. Resets counts connections that were made but reset before
-	// the backend's line arrived (a backend killed while it held them).
+	// the backend's line arrived (a backend killed while it held them),
+	// including those reset so soon after the handshake that Go's dial
+	// returns the reset.
 	Errors   int    `json:"errors"`
 	FirstErr string `json:"first_err,omitempty"`
 	Resets   int    `json:"resets"`
@@ -318,6 +320,13 @@ type errDial struct{ error }
 // connect is an errDial.
 func dialLine(addr string, wait time.Duration) (name, peer string, c net.Conn, err error) {
 	c, err = net.DialTimeout("tcp4", addr, wait)
+	if errors.Is(err, syscall.ECONNRESET) {
+		// Go's connect reads the socket's error after the handshake
+		// completes: a reset that follows the SYN-ACK at once (a
+		// backend killed with the connection in its accept queue)
+		// surfaces here, though the connection was made.
+		return "", "", nil, err
+	}
 	if err != nil {
 		return "", "", nil, errDial{err}
 	}
