@@ -555,8 +555,18 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 	return rec, rules.checkUnderlay(req.Name, rec.Subnet)
 }
 
-// UpdateNetwork adds and removes a network's external VTEPs.
+// UpdateNetwork adds and removes a network's external VTEPs; it returns
+// once the other hosts know (spreadRecord), as create and remove do.
 func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.Network, error) {
+	v, err := d.updateNetwork(name, req)
+	if err == nil {
+		d.spreadRecord("network", name, cluster.Ref{Table: tblNetworks, Key: name})
+	}
+	return v, err
+}
+
+// updateNetwork is UpdateNetwork's work on this node.
+func (d *Daemon) updateNetwork(name string, req api.NetworkUpdateRequest) (api.Network, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.catchUpNetworks()
