@@ -33,11 +33,12 @@ func NewUnixEngine(socket string) *UnixEngine {
 
 // engineNetwork is a network in the Engine's /networks list.
 type engineNetwork struct {
-	ID      string `json:"Id"`
-	Name    string
-	Driver  string
-	Options map[string]string
-	IPAM    struct {
+	ID       string `json:"Id"`
+	Name     string
+	Driver   string
+	Options  map[string]string
+	Internal bool
+	IPAM     struct {
 		Config []struct {
 			Subnet  string
 			Gateway string
@@ -74,7 +75,7 @@ func parseNetworks(body []byte) ([]EngineNetwork, error) {
 	}
 	out := make([]EngineNetwork, 0, len(list))
 	for _, n := range list {
-		en := EngineNetwork{ID: n.ID, Name: n.Name, Driver: n.Driver, Options: n.Options}
+		en := EngineNetwork{ID: n.ID, Name: n.Name, Driver: n.Driver, Options: n.Options, Internal: n.Internal}
 		if len(n.IPAM.Config) > 0 {
 			en.Subnet, en.Gateway = n.IPAM.Config[0].Subnet, n.IPAM.Config[0].Gateway
 		}

@@ -71,8 +71,8 @@ func FuzzParseNetworks(f *testing.F) {
 }
 
 func TestParseNetworks(t *testing.T) {
-	nets, err := parseNetworks([]byte(`[{"Name":"web","Id":"6180","Driver":"vxmesh","IPAM":{"Config":[{"Subnet":"10.99.0.0/24","Gateway":"10.99.0.1"}]},"Options":{"vxmesh.network":"w"}},{"Name":"none","Id":"1","Driver":"null","IPAM":{"Config":[]}}]`))
-	if err != nil || len(nets) != 2 || nets[0].ID != "6180" || nets[0].Name != "web" || nets[0].Driver != "vxmesh" || nets[0].Subnet != "10.99.0.0/24" || nets[0].Gateway != "10.99.0.1" || nets[0].Options["vxmesh.network"] != "w" || nets[1].Subnet != "" {
+	nets, err := parseNetworks([]byte(`[{"Name":"web","Id":"6180","Driver":"vxmesh","IPAM":{"Config":[{"Subnet":"10.99.0.0/24","Gateway":"10.99.0.1"}]},"Options":{"vxmesh.network":"w"},"Internal":true},{"Name":"none","Id":"1","Driver":"null","IPAM":{"Config":[]},"Internal":false}]`))
+	if err != nil || len(nets) != 2 || nets[0].ID != "6180" || nets[0].Name != "web" || nets[0].Driver != "vxmesh" || nets[0].Subnet != "10.99.0.0/24" || nets[0].Gateway != "10.99.0.1" || nets[0].Options["vxmesh.network"] != "w" || !nets[0].Internal || nets[1].Subnet != "" || nets[1].Internal {
 		t.Fatalf("parseNetworks = %+v, %v", nets, err)
 	}
 	if _, err := parseNetworks([]byte(`{`)); err == nil {

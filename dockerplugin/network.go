@@ -27,11 +27,13 @@ func parseAddr(s string) (netip.Addr, error) {
 	return netip.ParseAddr(s)
 }
 
-// clusterNet is a cluster network's addressing.
+// clusterNet is a cluster network's addressing, and whether it is
+// internal (no egress).
 type clusterNet struct {
-	name   string
-	subnet netip.Prefix
-	gw     netip.Addr
+	name     string
+	subnet   netip.Prefix
+	gw       netip.Addr
+	internal bool
 }
 
 func (p *Plugin) clusterNets() []clusterNet {
@@ -40,7 +42,7 @@ func (p *Plugin) clusterNets() []clusterNet {
 		s, err1 := netip.ParsePrefix(n.Subnet)
 		g, err2 := netip.ParseAddr(n.Gateway)
 		if err1 == nil && err2 == nil {
-			out = append(out, clusterNet{n.Name, s.Masked(), g})
+			out = append(out, clusterNet{n.Name, s.Masked(), g, n.Internal})
 		}
 	}
 	return out
@@ -63,18 +65,17 @@ func (p *Plugin) checkNetwork(name string, subnet netip.Prefix, gw netip.Addr) e
 	return nil
 }
 
-// ensure makes the cluster network name with subnet and gw (if valid)
-// unless it exists with that addressing.
-func (p *Plugin) ensure(name string, subnet netip.Prefix, gw netip.Addr) error {
+// ensure makes the cluster network name with subnet and gw (if valid),
+// internal (docker network create --internal) or not, unless it exists
+// so; one that exists otherwise is refused.
+func (p *Plugin) ensure(name string, subnet netip.Prefix, gw netip.Addr, internal bool) error {
 	if err := p.checkNetwork(name, subnet, gw); err != nil {
 		return err
 	}
-	for _, n := range p.clusterNets() {
-		if n.name == name {
-			return nil
-		}
+	if found, err := p.adopt(name, internal); found || err != nil {
+		return err
 	}
-	req := api.NetworkCreateRequest{Name: name, Subnet: subnet.String()}
+	req := api.NetworkCreateRequest{Name: name, Subnet: subnet.String(), Internal: internal}
 	if gw.IsValid() {
 		req.Gateway = gw.String()
 	}
@@ -84,15 +85,39 @@ func (p *Plugin) ensure(name string, subnet netip.Prefix, gw netip.Addr) error {
 		if err2 := p.checkNetwork(name, subnet, gw); err2 != nil {
 			return err2
 		}
-		for _, n := range p.clusterNets() {
-			if n.name == name {
-				return nil
-			}
+		if found, err2 := p.adopt(name, internal); found || err2 != nil {
+			return err2
 		}
 		return fmt.Errorf("network %q: %w", name, err)
 	}
 	p.log.Info("docker network made a cluster network", "network", name, "subnet", subnet)
 	return nil
+}
+
+// adopt reports whether the cluster network name exists, failing when
+// it is internal and the Docker network is not, or the other way round:
+// adopting it would give a Docker --internal network egress, or take it
+// from one made without.
+func (p *Plugin) adopt(name string, internal bool) (bool, error) {
+	for _, n := range p.clusterNets() {
+		switch {
+		case n.name != name:
+		case n.internal && !internal:
+			return true, fmt.Errorf("network %q: the cluster network of that name is internal (no egress): create the Docker network with --internal", name)
+		case !n.internal && internal:
+			return true, fmt.Errorf("network %q: the cluster network of that name is not internal: create the Docker network without --internal, or under another name", name)
+		default:
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// internalOption reports whether a CreateNetwork request's options mark
+// the network internal (docker network create --internal).
+func internalOption(opts map[string]any) bool {
+	v, _ := opts[internalOptionKey].(bool)
+	return v
 }
 
 // ipv4Data checks a CreateNetwork request's addressing: one IPv4 pool.
@@ -148,7 +173,7 @@ func (p *Plugin) createNetwork(req createNetworkRequest) (any, error) {
 		}()
 		return struct{}{}, nil
 	}
-	if err := p.ensure(name, subnet, gw); err != nil {
+	if err := p.ensure(name, subnet, gw, internalOption(req.Options)); err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
@@ -211,7 +236,7 @@ func (p *Plugin) resolve(id string) (string, error) {
 				return "", fmt.Errorf("docker network %q: gateway %q: %w", n.Name, n.Gateway, err)
 			}
 		}
-		if err := p.ensure(name, subnet, gw); err != nil {
+		if err := p.ensure(name, subnet, gw, n.Internal); err != nil {
 			return "", err
 		}
 		p.mu.Lock()

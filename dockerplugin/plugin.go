@@ -32,6 +32,9 @@ const (
 	gatewayRequest = "com.docker.network.gateway"
 	// genericOptions holds the driver options (`docker network create -o`).
 	genericOptions = "com.docker.network.generic"
+	// internalOptionKey is true in a CreateNetwork request's options for
+	// docker network create --internal.
+	internalOptionKey = "com.docker.network.internal"
 	// NetworkOption (`-o vxmesh.network=NAME`) names the cluster network
 	// when it is not the Docker network's name.
 	NetworkOption = "vxmesh.network"
@@ -80,6 +83,8 @@ type EngineNetwork struct {
 	Options          map[string]string
 	// Subnet and Gateway are of its first IPAM config ("" if none).
 	Subnet, Gateway string
+	// Internal is docker network create --internal: no egress.
+	Internal bool
 }
 
 // Engine is the Docker Engine API the plugin asks for network names

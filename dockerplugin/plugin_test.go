@@ -273,6 +273,40 @@ func TestNetworkOptionNamesTheClusterNetwork(t *testing.T) {
 	}
 }
 
+// TestInternalNetworkStaysInternal: docker network create --internal
+// makes an internal cluster network (no egress), with or without -o
+// vxmesh.network, and adopts an existing one only when both agree.
+func TestInternalNetworkStaysInternal(t *testing.T) {
+	b := newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"})
+	tp := newTestPlugin(t, b, &fakeEngine{})
+	internal := func(id string, generic map[string]any, pool string) map[string]any {
+		return map[string]any{
+			"NetworkID": id, "Options": map[string]any{"com.docker.network.generic": generic, "com.docker.network.internal": true},
+			"IPv4Data": []map[string]any{{"Pool": pool, "Gateway": strings.Replace(pool, ".0/24", ".1/24", 1)}},
+		}
+	}
+	// Named by Docker: made once the Engine lists it, internal.
+	tp.ok("NetworkDriver.CreateNetwork", internal(netID, map[string]any{}, "10.4.0.0/24"))
+	tp.e.add(EngineNetwork{ID: netID, Name: "priv", Driver: "vxmesh", Subnet: "10.4.0.0/24", Gateway: "10.4.0.1", Internal: true})
+	if n := waitNetwork(t, b, "priv"); !n.Internal {
+		t.Fatalf("docker network create --internal made %+v, not internal", n)
+	}
+	// Named by option: made at create, internal.
+	other := strings.Repeat("c", 64)
+	tp.ok("NetworkDriver.CreateNetwork", internal(strings.Repeat("d", 64), map[string]any{"vxmesh.network": "back"}, "10.5.0.0/24"))
+	if n, _ := tp.b.network("back"); !n.Internal {
+		t.Fatalf("--internal -o vxmesh.network=back made %+v, not internal", n)
+	}
+	// An existing network is adopted only when both are internal or neither.
+	tp.refused("NetworkDriver.CreateNetwork", map[string]any{
+		"NetworkID": other, "Options": map[string]any{"com.docker.network.generic": map[string]any{"vxmesh.network": "web"}, "com.docker.network.internal": true},
+		"IPv4Data": []map[string]any{{"Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}},
+	}, `network "web": the cluster network of that name is not internal`)
+	tp.e.add(EngineNetwork{ID: other, Name: "back", Driver: "vxmesh", Subnet: "10.5.0.0/24", Gateway: "10.5.0.1"})
+	tp.refused("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": other, "EndpointID": epID, "Interface": map[string]string{"Address": "10.5.0.7/24"}},
+		`network "back": the cluster network of that name is internal (no egress): create the Docker network with --internal`)
+}
+
 // TestBadRequestsRefused: malformed or unsupported requests get one clear
 // Err and change nothing.
 func TestBadRequestsRefused(t *testing.T) {
