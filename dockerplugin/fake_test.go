@@ -48,7 +48,10 @@ func (b *fakeBackend) CreateNetwork(req api.NetworkCreateRequest) (api.Network, 
 	if gw == "" {
 		gw = s.Addr().Next().String()
 	}
-	n := api.Network{Name: req.Name, Subnet: req.Subnet, Gateway: gw, MTU: 1450, Internal: req.Internal}
+	n := api.Network{Name: req.Name, Subnet: req.Subnet, Gateway: gw, MTU: 1450, Internal: req.Internal, Encrypted: req.Encrypted}
+	if req.MTU != 0 {
+		n.MTU = req.MTU
+	}
 	b.nets = append(b.nets, n)
 	b.creates++
 	return n, nil

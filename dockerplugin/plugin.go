@@ -38,6 +38,12 @@ const (
 	// NetworkOption (`-o vxmesh.network=NAME`) names the cluster network
 	// when it is not the Docker network's name.
 	NetworkOption = "vxmesh.network"
+	// EncryptedOption (`-o encrypted`, as Docker's overlay driver takes
+	// it) makes an encrypted cluster network.
+	EncryptedOption = "encrypted"
+	// MTUOption (`-o com.docker.network.driver.mtu=N`, Docker's) sets
+	// the cluster network's MTU.
+	MTUOption = "com.docker.network.driver.mtu"
 	// portMapOption lists a container's published ports (`docker run
 	// -p`), given to ProgramExternalConnectivity.
 	portMapOption = "com.docker.network.portmap"

@@ -307,6 +307,55 @@ func TestInternalNetworkStaysInternal(t *testing.T) {
 		`network "back": the cluster network of that name is internal (no egress): create the Docker network with --internal`)
 }
 
+// TestDriverOptions: -o encrypted and -o com.docker.network.driver.mtu
+// make the cluster network so, whether Docker or -o vxmesh.network names
+// it; an existing one that differs, and an option vxmesh does not
+// implement, are refused rather than ignored.
+func TestDriverOptions(t *testing.T) {
+	b := newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1", MTU: 1450})
+	tp := newTestPlugin(t, b, &fakeEngine{})
+	create := func(id string, generic map[string]any, pool string) map[string]any {
+		return map[string]any{
+			"NetworkID": id, "Options": map[string]any{"com.docker.network.generic": generic},
+			"IPv4Data": []map[string]any{{"Pool": pool, "Gateway": strings.Replace(pool, ".0/24", ".1/24", 1)}},
+		}
+	}
+	opts := map[string]any{"encrypted": "", "com.docker.network.driver.mtu": "1300"}
+	tp.ok("NetworkDriver.CreateNetwork", create(netID, opts, "10.4.0.0/24"))
+	tp.e.add(EngineNetwork{ID: netID, Name: "sec", Driver: "vxmesh", Subnet: "10.4.0.0/24", Gateway: "10.4.0.1",
+		Options: map[string]string{"encrypted": "", "com.docker.network.driver.mtu": "1300"}})
+	if n := waitNetwork(t, b, "sec"); !n.Encrypted || n.MTU != 1300 {
+		t.Fatalf("-o encrypted -o com.docker.network.driver.mtu=1300 made %+v", n)
+	}
+	tp.ok("NetworkDriver.CreateNetwork", create(strings.Repeat("c", 64), map[string]any{"vxmesh.network": "sec2", "encrypted": "true"}, "10.5.0.0/24"))
+	if n, _ := tp.b.network("sec2"); !n.Encrypted {
+		t.Fatalf("-o encrypted -o vxmesh.network=sec2 made %+v", n)
+	}
+	other := strings.Repeat("d", 64)
+	for _, c := range []struct {
+		generic map[string]any
+		want    string
+	}{
+		{map[string]any{"vxmesh.network": "web", "encrypted": ""}, `network "web": the cluster network of that name is not encrypted`},
+		{map[string]any{"vxmesh.network": "sec2"}, `network "sec2": the cluster network of that name is encrypted: create the Docker network with -o encrypted`},
+		{map[string]any{"vxmesh.network": "web", "com.docker.network.driver.mtu": "9000"}, `network "web": the cluster network of that name has MTU 1450, not 9000`},
+		{map[string]any{"com.docker.network.driver.mtu": "big"}, `option com.docker.network.driver.mtu="big": want a number of bytes`},
+		{map[string]any{"foo": "bar"}, `option "foo": not supported (vxmesh takes vxmesh.network, encrypted and com.docker.network.driver.mtu)`},
+		{map[string]any{"vxmesh.network": 7}, `option vxmesh.network: want a string`},
+	} {
+		pool := "10.1.0.0/24"
+		if c.generic["vxmesh.network"] == "sec2" {
+			pool = "10.5.0.0/24"
+		} else if c.generic["vxmesh.network"] == nil {
+			pool = "10.6.0.0/24"
+		}
+		tp.refused("NetworkDriver.CreateNetwork", create(other, c.generic, pool), c.want)
+	}
+	if len(b.Networks()) != 3 {
+		t.Fatalf("refusals changed the networks: %+v", b.Networks())
+	}
+}
+
 // TestBadRequestsRefused: malformed or unsupported requests get one clear
 // Err and change nothing.
 func TestBadRequestsRefused(t *testing.T) {
