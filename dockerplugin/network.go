@@ -370,8 +370,10 @@ func (p *Plugin) networkForPool(subnet netip.Prefix) (clusterNet, error) {
 	if n, ok := find(); ok {
 		return n, nil
 	}
-	return clusterNet{}, fmt.Errorf("subnet %s: no vxmesh network has it", subnet)
+	return clusterNet{}, fmt.Errorf("subnet %s: %w", subnet, errNoNetwork)
 }
+
+var errNoNetwork = errors.New("no vxmesh network has it")
 
 // requestAddress answers the gateway request with the cluster network's
 // gateway (or the one asked for, or the subnet's first address, which is
@@ -404,6 +406,11 @@ func (p *Plugin) requestAddress(req requestAddressRequest) (any, error) {
 		return requestAddressResponse{Address: netip.PrefixFrom(gw, subnet.Bits()).String(), Data: map[string]string{}}, nil
 	}
 	n, err := p.networkForPool(subnet)
+	if err != nil && want.IsValid() && errors.Is(err, errNoNetwork) {
+		// Docker asks for the --aux-address ones while it creates the
+		// network, before any cluster network has the subnet.
+		return nil, fmt.Errorf("address %s: no vxmesh network has subnet %s yet: docker network create --aux-address is not supported (vxmesh reserves addresses for its containers only)", want, subnet)
+	}
 	if err != nil {
 		return nil, err
 	}

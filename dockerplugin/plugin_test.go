@@ -379,6 +379,7 @@ func TestBadRequestsRefused(t *testing.T) {
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "banana"}, `pool subnet "banana"`},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "10.1.0.0/24", "Address": "10.2.0.1"}, "not an address of 10.1.0.0/24"},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "10.9.0.0/24"}, "subnet 10.9.0.0/24: no vxmesh network has it"},
+		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "10.9.0.0/24", "Address": "10.9.0.200"}, "address 10.9.0.200: no vxmesh network has subnet 10.9.0.0/24 yet: docker network create --aux-address is not supported"},
 		{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": "zz"}, `endpoint ID "zz"`},
 		{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": strings.Repeat("c", 64), "EndpointID": epID}, "the Docker Engine does not list it"},
 		{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID, "Interface": map[string]string{"Address": "10.1.0.5/24", "MacAddress": "02:00:00:00:00:01"}}, "derives an endpoint's MAC"},
