@@ -169,6 +169,14 @@ type fakeEngine struct {
 	err   error
 	// ctrs maps endpoint IDs to container names.
 	ctrs map[string]string
+	// aliases maps endpoint IDs to their network aliases.
+	aliases map[string][]string
+}
+
+func (e *fakeEngine) EndpointAliases(_ context.Context, _, id string) ([]string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.aliases[id], nil
 }
 
 func (e *fakeEngine) ContainerName(_ context.Context, id string) (string, bool, error) {

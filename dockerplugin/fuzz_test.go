@@ -94,6 +94,35 @@ func FuzzContainerOfEndpoint(f *testing.F) {
 	})
 }
 
+// FuzzAliasesOfEndpoint: any Engine container inspect parses or fails,
+// never panics.
+func FuzzAliasesOfEndpoint(f *testing.F) {
+	f.Add([]byte(`{"Name":"/d1","NetworkSettings":{"Networks":{"web":{"EndpointID":"ab12","Aliases":["7f3c2a9d1e0b","api"]}}}}`), "ab12")
+	f.Add([]byte(`{"NetworkSettings":{"Networks":null}}`), "")
+	f.Add([]byte(`null`), "x")
+	f.Fuzz(func(t *testing.T, b []byte, id string) {
+		if a, err := aliasesOfEndpoint(b, id); err != nil && a != nil {
+			t.Fatalf("aliasesOfEndpoint = %v with error %v", a, err)
+		}
+	})
+}
+
+func TestAliasesOfEndpoint(t *testing.T) {
+	body := []byte(`{"Name":"/d1","NetworkSettings":{"Networks":{"web":{"EndpointID":"ab12","Aliases":["7f3c2a9d1e0b","api"]},"db":{"EndpointID":"cd34","Aliases":null}}}}`)
+	if a, err := aliasesOfEndpoint(body, "ab12"); err != nil || strings.Join(a, ",") != "7f3c2a9d1e0b,api" {
+		t.Fatalf("aliases of ab12 = %v, %v", a, err)
+	}
+	if a, err := aliasesOfEndpoint(body, "cd34"); err != nil || len(a) != 0 {
+		t.Fatalf("aliases of cd34 = %v, %v", a, err)
+	}
+	if a, err := aliasesOfEndpoint(body, ""); err != nil || len(a) != 0 {
+		t.Fatalf("aliases of no endpoint = %v, %v", a, err)
+	}
+	if _, err := aliasesOfEndpoint([]byte(`[`), "ab12"); err == nil {
+		t.Fatal("a truncated answer parsed")
+	}
+}
+
 func TestContainerOfEndpoint(t *testing.T) {
 	body := []byte(`[{"Names":["/d1"],"NetworkSettings":{"Networks":{"web":{"EndpointID":"aaaa"}}}},{"Names":["/d2"],"NetworkSettings":{"Networks":{"db":{"EndpointID":"bbbb"},"web":{"EndpointID":"cccc"}}}}]`)
 	for id, want := range map[string]string{"aaaa": "d1", "cccc": "d2", "dddd": "", "": ""} {

@@ -100,6 +100,9 @@ type Engine interface {
 	// ContainerName returns the name of the running container that has
 	// endpoint id, and whether one has it.
 	ContainerName(ctx context.Context, id string) (string, bool, error)
+	// EndpointAliases returns the network aliases container has on its
+	// endpoint id.
+	EndpointAliases(ctx context.Context, container, id string) ([]string, error)
 }
 
 // Config configures a Plugin.

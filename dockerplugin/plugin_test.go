@@ -417,6 +417,20 @@ func TestJoinedEndpointGetsContainerName(t *testing.T) {
 	tp.waitAlias("d1")
 }
 
+// TestJoinedEndpointGetsNetworkAliases: the container's network aliases
+// (docker run --network-alias, with the short container ID Docker adds)
+// become aliases of the endpoint after its name, so that other hosts
+// resolve them as Docker's own resolver does on this one.
+func TestJoinedEndpointGetsNetworkAliases(t *testing.T) {
+	tp := newTestPlugin(t, newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"}), &fakeEngine{})
+	tp.e.add(EngineNetwork{ID: netID, Name: "web", Driver: "vxmesh", Subnet: "10.1.0.0/24"})
+	tp.e.aliases = map[string][]string{epID: {"7f3c2a9d1e0b", "api", "d1"}}
+	tp.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID, "Interface": map[string]string{"Address": "10.1.0.2/24"}})
+	tp.ok("NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": epID, "SandboxKey": "/var/run/docker/netns/1"})
+	tp.e.addContainer(epID, "d1")
+	tp.waitAlias("d1,7f3c2a9d1e0b,api")
+}
+
 // waitAlias waits until the only endpoint has exactly the alias want.
 func (tp *testPlugin) waitAlias(want string) {
 	tp.t.Helper()
