@@ -43,6 +43,8 @@ func TestAPIStatusCodes(t *testing.T) {
 		{"POST", "/v1/networks", `{"name":"x","subnet":"banana"}`, 400, `not an IPv4 CIDR`},
 		{"POST", "/v1/networks", `{"name":"x","mtu":50}`, 400, `out of range`},
 		{"POST", "/v1/networks", `{"name":"x","subnet":"10.8.0.0/24","mtu":100}`, 400, `network "x": mtu 100: out of range 576-`},
+		{"POST", "/v1/networks", `{"name":"x","subnet":"10.8.0.0/24","mtu":1451}`, 400, `network "x": mtu 1451: more than the underlay carries between hosts (1450: this host's underlay MTU 1500 less 50 of VXLAN); give at most 1450`},
+		{"POST", "/v1/networks", `{"name":"x","subnet":"10.8.0.0/24","mtu":1406,"encrypted":true}`, 400, `(1405: this host's underlay MTU 1500 less 95 of VXLAN and ESP)`},
 		{"POST", "/v1/networks", `{"name":"web","subnet":"10.9.0.0/24"}`, 200, ``},
 		{"POST", "/v1/networks", `{"name":"web"}`, 409, `network "web": already exists`},
 		{"POST", "/v1/networks", `{"name":"x","subnet":"10.9.0.0/25"}`, 409, `overlaps network "web"`},

@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -265,6 +266,50 @@ func TestCreatedNetworkIsListedOnEveryHostAtOnce(t *testing.T) {
 			}
 			if _, err := d.Network(name); err == nil {
 				t.Fatalf("network inspect on %s right after %s was removed on h2: still there", d.cfg.Node, name)
+			}
+		}
+	}
+}
+
+// TestUpdateIsSeenOnEveryHostAtOnce: what a service or network update
+// returned for is what `service inspect` and `network inspect` show on
+// any other host at once, as after a create (a user checks the change,
+// or curls an added published port, through another host).
+func TestUpdateIsSeenOnEveryHostAtOnce(t *testing.T) {
+	ds, _ := threeNodesOn(t, tunnel.NewMemNetwork())
+	everyMemberAlive(t, ds)
+	if _, err := ds[0].CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.7.0.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ds[0].CreateService(api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}}); err != nil {
+		t.Fatal(err)
+	}
+	for i, sched := range []string{"lc", "maglev", "wrr", "p2c", "rr"} {
+		publish := fmt.Sprintf("%d:80", 18000+i)
+		if _, err := ds[i%3].UpdateService("api", api.ServiceUpdateRequest{Scheduler: &sched, PublishAdd: []string{publish}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			s, err := d.Service("api")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Scheduler != sched || len(s.Published) != i+1 {
+				t.Fatalf("service inspect on %s right after an update to %s with %s on %s: scheduler %s, published %v",
+					d.cfg.Node, sched, publish, ds[i%3].cfg.Node, s.Scheduler, s.Published)
+			}
+		}
+		vtep := fmt.Sprintf("192.0.2.%d", 10+i)
+		if _, err := ds[i%3].UpdateNetwork("web", api.NetworkUpdateRequest{AddVTEPs: []string{vtep}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			n, err := d.Network("web")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(n.VTEPs, vtep) {
+				t.Fatalf("network inspect on %s right after --add-vtep %s on %s: vteps %v", d.cfg.Node, vtep, ds[i%3].cfg.Node, n.VTEPs)
 			}
 		}
 	}

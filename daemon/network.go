@@ -492,6 +492,22 @@ func stormLimit(req api.NetworkCreateRequest) (int, error) {
 	}
 }
 
+// checkMTUFits refuses a create's --mtu that this host's underlay cannot
+// carry between hosts: the tunnel sends with DF and never fragments, so
+// every frame above it to another host would be dropped ("tx-error"),
+// a TCP connection across hosts stalling at its first full segment.
+func (d *Daemon) checkMTUFits(req api.NetworkCreateRequest) error {
+	overhead, what := vxlanOverhead, "VXLAN"
+	if req.Encrypted {
+		overhead, what = vxlanOverhead+espOverhead, "VXLAN and ESP"
+	}
+	if most := d.cfg.UnderlayMTU - overhead; req.MTU > most {
+		return fmt.Errorf("network %q: mtu %d: more than the underlay carries between hosts (%d: this host's underlay MTU %d less %d of %s); give at most %d or raise the underlay's MTU",
+			req.Name, req.MTU, most, d.cfg.UnderlayMTU, overhead, what, most)
+	}
+	return nil
+}
+
 // networkFromRequest fills in the defaults of a create request and
 // returns the record, checked by validateNetwork like every record read
 // from the cluster; callers hold d.mu.
@@ -527,6 +543,9 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 			rec.Cipher = c.String()
 		}
 	}
+	if err := d.checkMTUFits(req); err != nil {
+		return rec, err
+	}
 	if rec.MTU == 0 {
 		rec.MTU = d.cfg.UnderlayMTU - vxlanOverhead
 		if req.Encrypted {
@@ -555,8 +574,18 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 	return rec, rules.checkUnderlay(req.Name, rec.Subnet)
 }
 
-// UpdateNetwork adds and removes a network's external VTEPs.
+// UpdateNetwork adds and removes a network's external VTEPs; it returns
+// once the other hosts know (spreadRecord), as create and remove do.
 func (d *Daemon) UpdateNetwork(name string, req api.NetworkUpdateRequest) (api.Network, error) {
+	v, err := d.updateNetwork(name, req)
+	if err == nil {
+		d.spreadRecord("network", name, cluster.Ref{Table: tblNetworks, Key: name})
+	}
+	return v, err
+}
+
+// updateNetwork is UpdateNetwork's work on this node.
+func (d *Daemon) updateNetwork(name string, req api.NetworkUpdateRequest) (api.Network, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.catchUpNetworks()

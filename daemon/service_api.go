@@ -434,7 +434,8 @@ func (d *Daemon) clusterServices() map[string]*svcSpec {
 }
 
 // UpdateService changes a service: its policy, and its networks (an added
-// network gets a VIP, a removed one loses its VIP).
+// network gets a VIP, a removed one loses its VIP). It returns once the
+// other hosts know, as create and remove do.
 func (d *Daemon) UpdateService(name string, req api.ServiceUpdateRequest) (api.Service, error) {
 	d.mu.Lock()
 	old := d.findService(name)
@@ -473,13 +474,19 @@ func (d *Daemon) UpdateService(name string, req api.ServiceUpdateRequest) (api.S
 		rec.VIPs[i].VIP = a.String()
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	spec, err := d.commitService(rec, old)
 	if err != nil {
+		d.mu.Unlock()
 		return api.Service{}, err
 	}
 	d.log.Info("service updated", "service", rec.Name, "vips", fmt.Sprint(rec.VIPs))
-	return d.serviceView(spec, nil, false), nil
+	view := d.serviceView(spec, nil, false)
+	d.mu.Unlock()
+	// As after a create: the other hosts have the new record before the
+	// call returns and before the published ports' claims are released
+	// (deferred above), so no host finds an added port free meanwhile.
+	d.spreadRecord("service", rec.Name, cluster.Ref{Table: tblServices, Key: rec.Name})
+	return view, nil
 }
 
 // updatedService applies req to old's record; VIPs still to reserve are

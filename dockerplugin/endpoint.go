@@ -108,10 +108,10 @@ func (p *Plugin) join(req joinRequest) (any, error) {
 	return resp, nil
 }
 
-// nameLater gives the endpoint the Docker container's name as a DNS
-// alias, so that containers on other hosts resolve it, once the Engine
-// lists the container with the endpoint (after Join: Docker starts the
-// container then).
+// nameLater gives the endpoint the Docker container's name and its
+// network aliases as DNS aliases, so that containers on other hosts
+// resolve them, once the Engine lists the container with the endpoint
+// (after Join: Docker starts the container then).
 func (p *Plugin) nameLater(ctr, network, id string) {
 	deadline := time.Now().Add(nameTimeout)
 	for {
@@ -120,6 +120,7 @@ func (p *Plugin) nameLater(ctr, network, id string) {
 			if err := p.cfg.Backend.AddAlias(ctr, network, name); err != nil {
 				p.log.Warn("docker endpoint: container name not added as an alias", "container", ctr, "name", name, "err", err)
 			}
+			p.addNetworkAliases(ctr, network, name, id)
 			return
 		}
 		if _, attached := p.attached(ctr); !attached || time.Now().After(deadline) {
@@ -132,6 +133,25 @@ func (p *Plugin) nameLater(ctr, network, id string) {
 		case <-p.ctx.Done():
 			return
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// addNetworkAliases gives the endpoint the aliases Docker's container
+// name has on it (Docker adds the short container ID to those it was
+// given); one vxmesh cannot take is logged and skipped.
+func (p *Plugin) addNetworkAliases(ctr, network, name, id string) {
+	aliases, err := p.cfg.Engine.EndpointAliases(p.ctx, name, id)
+	if err != nil {
+		p.log.Warn("docker endpoint: network aliases not learnt", "container", ctr, "err", err)
+		return
+	}
+	for _, a := range aliases {
+		if a == name {
+			continue
+		}
+		if err := p.cfg.Backend.AddAlias(ctr, network, a); err != nil {
+			p.log.Warn("docker endpoint: network alias not added", "container", ctr, "alias", a, "err", err)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -33,11 +34,12 @@ func NewUnixEngine(socket string) *UnixEngine {
 
 // engineNetwork is a network in the Engine's /networks list.
 type engineNetwork struct {
-	ID      string `json:"Id"`
-	Name    string
-	Driver  string
-	Options map[string]string
-	IPAM    struct {
+	ID       string `json:"Id"`
+	Name     string
+	Driver   string
+	Options  map[string]string
+	Internal bool
+	IPAM     struct {
 		Config []struct {
 			Subnet  string
 			Gateway string
@@ -45,9 +47,10 @@ type engineNetwork struct {
 	}
 }
 
-// Networks lists the Engine's networks.
-func (e *UnixEngine) Networks(ctx context.Context) ([]EngineNetwork, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/networks", nil)
+// get reads the body of the Engine's answer to GET path (at most limit
+// bytes); what names the request in errors.
+func (e *UnixEngine) get(ctx context.Context, path, what string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker"+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -56,12 +59,21 @@ func (e *UnixEngine) Networks(ctx context.Context) ([]EngineNetwork, error) {
 		return nil, fmt.Errorf("docker engine at %s: %w", e.socket, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
 		return nil, fmt.Errorf("docker engine at %s: %w", e.socket, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("docker engine at %s: networks: %s", e.socket, resp.Status)
+		return nil, fmt.Errorf("docker engine at %s: %s: %s", e.socket, what, resp.Status)
+	}
+	return body, nil
+}
+
+// Networks lists the Engine's networks.
+func (e *UnixEngine) Networks(ctx context.Context) ([]EngineNetwork, error) {
+	body, err := e.get(ctx, "/networks", "networks", 16<<20)
+	if err != nil {
+		return nil, err
 	}
 	return parseNetworks(body)
 }
@@ -74,7 +86,7 @@ func parseNetworks(body []byte) ([]EngineNetwork, error) {
 	}
 	out := make([]EngineNetwork, 0, len(list))
 	for _, n := range list {
-		en := EngineNetwork{ID: n.ID, Name: n.Name, Driver: n.Driver, Options: n.Options}
+		en := EngineNetwork{ID: n.ID, Name: n.Name, Driver: n.Driver, Options: n.Options, Internal: n.Internal}
 		if len(n.IPAM.Config) > 0 {
 			en.Subnet, en.Gateway = n.IPAM.Config[0].Subnet, n.IPAM.Config[0].Gateway
 		}
@@ -89,6 +101,7 @@ type engineContainer struct {
 	NetworkSettings struct {
 		Networks map[string]struct {
 			EndpointID string
+			Aliases    []string
 		}
 	}
 }
@@ -96,23 +109,37 @@ type engineContainer struct {
 // ContainerName returns the name of the running container that has
 // endpoint id, and whether one has it.
 func (e *UnixEngine) ContainerName(ctx context.Context, id string) (string, bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/containers/json", nil)
+	body, err := e.get(ctx, "/containers/json", "containers", 64<<20)
 	if err != nil {
 		return "", false, err
 	}
-	resp, err := e.client.Do(req)
-	if err != nil {
-		return "", false, fmt.Errorf("docker engine at %s: %w", e.socket, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return "", false, fmt.Errorf("docker engine at %s: %w", e.socket, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", false, fmt.Errorf("docker engine at %s: containers: %s", e.socket, resp.Status)
-	}
 	return containerOfEndpoint(body, id)
+}
+
+// EndpointAliases returns the network aliases (`--network-alias`,
+// `network connect --alias`) container has on its endpoint id: the
+// container list leaves them out, its inspect has them.
+func (e *UnixEngine) EndpointAliases(ctx context.Context, container, id string) ([]string, error) {
+	body, err := e.get(ctx, "/containers/"+url.PathEscape(container)+"/json", "container "+container, 16<<20)
+	if err != nil {
+		return nil, err
+	}
+	return aliasesOfEndpoint(body, id)
+}
+
+// aliasesOfEndpoint reads from a container's inspect the aliases of its
+// endpoint id (none if it has no such endpoint).
+func aliasesOfEndpoint(body []byte, id string) ([]string, error) {
+	var c engineContainer
+	if err := json.Unmarshal(body, &c); err != nil {
+		return nil, fmt.Errorf("docker engine: container: %v", err)
+	}
+	for _, n := range c.NetworkSettings.Networks {
+		if n.EndpointID == id && id != "" {
+			return n.Aliases, nil
+		}
+	}
+	return nil, nil
 }
 
 // containerOfEndpoint finds in the Engine's container list the name of

@@ -48,7 +48,10 @@ func (b *fakeBackend) CreateNetwork(req api.NetworkCreateRequest) (api.Network, 
 	if gw == "" {
 		gw = s.Addr().Next().String()
 	}
-	n := api.Network{Name: req.Name, Subnet: req.Subnet, Gateway: gw, MTU: 1450}
+	n := api.Network{Name: req.Name, Subnet: req.Subnet, Gateway: gw, MTU: 1450, Internal: req.Internal, Encrypted: req.Encrypted}
+	if req.MTU != 0 {
+		n.MTU = req.MTU
+	}
 	b.nets = append(b.nets, n)
 	b.creates++
 	return n, nil
@@ -166,6 +169,14 @@ type fakeEngine struct {
 	err   error
 	// ctrs maps endpoint IDs to container names.
 	ctrs map[string]string
+	// aliases maps endpoint IDs to their network aliases.
+	aliases map[string][]string
+}
+
+func (e *fakeEngine) EndpointAliases(_ context.Context, _, id string) ([]string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.aliases[id], nil
 }
 
 func (e *fakeEngine) ContainerName(_ context.Context, id string) (string, bool, error) {

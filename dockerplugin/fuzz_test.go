@@ -71,8 +71,8 @@ func FuzzParseNetworks(f *testing.F) {
 }
 
 func TestParseNetworks(t *testing.T) {
-	nets, err := parseNetworks([]byte(`[{"Name":"web","Id":"6180","Driver":"vxmesh","IPAM":{"Config":[{"Subnet":"10.99.0.0/24","Gateway":"10.99.0.1"}]},"Options":{"vxmesh.network":"w"}},{"Name":"none","Id":"1","Driver":"null","IPAM":{"Config":[]}}]`))
-	if err != nil || len(nets) != 2 || nets[0].ID != "6180" || nets[0].Name != "web" || nets[0].Driver != "vxmesh" || nets[0].Subnet != "10.99.0.0/24" || nets[0].Gateway != "10.99.0.1" || nets[0].Options["vxmesh.network"] != "w" || nets[1].Subnet != "" {
+	nets, err := parseNetworks([]byte(`[{"Name":"web","Id":"6180","Driver":"vxmesh","IPAM":{"Config":[{"Subnet":"10.99.0.0/24","Gateway":"10.99.0.1"}]},"Options":{"vxmesh.network":"w"},"Internal":true},{"Name":"none","Id":"1","Driver":"null","IPAM":{"Config":[]},"Internal":false}]`))
+	if err != nil || len(nets) != 2 || nets[0].ID != "6180" || nets[0].Name != "web" || nets[0].Driver != "vxmesh" || nets[0].Subnet != "10.99.0.0/24" || nets[0].Gateway != "10.99.0.1" || nets[0].Options["vxmesh.network"] != "w" || !nets[0].Internal || nets[1].Subnet != "" || nets[1].Internal {
 		t.Fatalf("parseNetworks = %+v, %v", nets, err)
 	}
 	if _, err := parseNetworks([]byte(`{`)); err == nil {
@@ -92,6 +92,35 @@ func FuzzContainerOfEndpoint(f *testing.F) {
 			t.Fatalf("containerOfEndpoint = %q, %v, %v", name, ok, err)
 		}
 	})
+}
+
+// FuzzAliasesOfEndpoint: any Engine container inspect parses or fails,
+// never panics.
+func FuzzAliasesOfEndpoint(f *testing.F) {
+	f.Add([]byte(`{"Name":"/d1","NetworkSettings":{"Networks":{"web":{"EndpointID":"ab12","Aliases":["7f3c2a9d1e0b","api"]}}}}`), "ab12")
+	f.Add([]byte(`{"NetworkSettings":{"Networks":null}}`), "")
+	f.Add([]byte(`null`), "x")
+	f.Fuzz(func(t *testing.T, b []byte, id string) {
+		if a, err := aliasesOfEndpoint(b, id); err != nil && a != nil {
+			t.Fatalf("aliasesOfEndpoint = %v with error %v", a, err)
+		}
+	})
+}
+
+func TestAliasesOfEndpoint(t *testing.T) {
+	body := []byte(`{"Name":"/d1","NetworkSettings":{"Networks":{"web":{"EndpointID":"ab12","Aliases":["7f3c2a9d1e0b","api"]},"db":{"EndpointID":"cd34","Aliases":null}}}}`)
+	if a, err := aliasesOfEndpoint(body, "ab12"); err != nil || strings.Join(a, ",") != "7f3c2a9d1e0b,api" {
+		t.Fatalf("aliases of ab12 = %v, %v", a, err)
+	}
+	if a, err := aliasesOfEndpoint(body, "cd34"); err != nil || len(a) != 0 {
+		t.Fatalf("aliases of cd34 = %v, %v", a, err)
+	}
+	if a, err := aliasesOfEndpoint(body, ""); err != nil || len(a) != 0 {
+		t.Fatalf("aliases of no endpoint = %v, %v", a, err)
+	}
+	if _, err := aliasesOfEndpoint([]byte(`[`), "ab12"); err == nil {
+		t.Fatal("a truncated answer parsed")
+	}
 }
 
 func TestContainerOfEndpoint(t *testing.T) {

@@ -4,7 +4,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -27,11 +30,15 @@ func parseAddr(s string) (netip.Addr, error) {
 	return netip.ParseAddr(s)
 }
 
-// clusterNet is a cluster network's addressing.
+// clusterNet is a cluster network's addressing and what netSpec
+// compares.
 type clusterNet struct {
-	name   string
-	subnet netip.Prefix
-	gw     netip.Addr
+	name      string
+	subnet    netip.Prefix
+	gw        netip.Addr
+	internal  bool
+	encrypted bool
+	mtu       int
 }
 
 func (p *Plugin) clusterNets() []clusterNet {
@@ -40,7 +47,7 @@ func (p *Plugin) clusterNets() []clusterNet {
 		s, err1 := netip.ParsePrefix(n.Subnet)
 		g, err2 := netip.ParseAddr(n.Gateway)
 		if err1 == nil && err2 == nil {
-			out = append(out, clusterNet{n.Name, s.Masked(), g})
+			out = append(out, clusterNet{n.Name, s.Masked(), g, n.Internal, n.Encrypted, n.MTU})
 		}
 	}
 	return out
@@ -63,18 +70,16 @@ func (p *Plugin) checkNetwork(name string, subnet netip.Prefix, gw netip.Addr) e
 	return nil
 }
 
-// ensure makes the cluster network name with subnet and gw (if valid)
-// unless it exists with that addressing.
-func (p *Plugin) ensure(name string, subnet netip.Prefix, gw netip.Addr) error {
+// ensure makes the cluster network name with subnet and gw (if valid) as
+// spec asks, unless it exists so; one that exists otherwise is refused.
+func (p *Plugin) ensure(name string, subnet netip.Prefix, gw netip.Addr, spec netSpec) error {
 	if err := p.checkNetwork(name, subnet, gw); err != nil {
 		return err
 	}
-	for _, n := range p.clusterNets() {
-		if n.name == name {
-			return nil
-		}
+	if found, err := p.adopt(name, spec); found || err != nil {
+		return err
 	}
-	req := api.NetworkCreateRequest{Name: name, Subnet: subnet.String()}
+	req := api.NetworkCreateRequest{Name: name, Subnet: subnet.String(), Internal: spec.internal, Encrypted: spec.encrypted, MTU: spec.mtu}
 	if gw.IsValid() {
 		req.Gateway = gw.String()
 	}
@@ -84,15 +89,98 @@ func (p *Plugin) ensure(name string, subnet netip.Prefix, gw netip.Addr) error {
 		if err2 := p.checkNetwork(name, subnet, gw); err2 != nil {
 			return err2
 		}
-		for _, n := range p.clusterNets() {
-			if n.name == name {
-				return nil
-			}
+		if found, err2 := p.adopt(name, spec); found || err2 != nil {
+			return err2
 		}
 		return fmt.Errorf("network %q: %w", name, err)
 	}
 	p.log.Info("docker network made a cluster network", "network", name, "subnet", subnet)
 	return nil
+}
+
+// adopt reports whether the cluster network name exists, failing when
+// it is not what spec asks: adopting it would give a Docker --internal
+// network egress, leave one made with -o encrypted in the clear, or the
+// other way round.
+func (p *Plugin) adopt(name string, spec netSpec) (bool, error) {
+	for _, n := range p.clusterNets() {
+		if n.name != name {
+			continue
+		}
+		switch {
+		case n.internal && !spec.internal:
+			return true, fmt.Errorf("network %q: the cluster network of that name is internal (no egress): create the Docker network with --internal", name)
+		case !n.internal && spec.internal:
+			return true, fmt.Errorf("network %q: the cluster network of that name is not internal: create the Docker network without --internal, or under another name", name)
+		case n.encrypted && !spec.encrypted:
+			return true, fmt.Errorf("network %q: the cluster network of that name is encrypted: create the Docker network with -o %s", name, EncryptedOption)
+		case !n.encrypted && spec.encrypted:
+			return true, fmt.Errorf("network %q: the cluster network of that name is not encrypted: create the Docker network without -o %s, or under another name", name, EncryptedOption)
+		case spec.mtu != 0 && n.mtu != spec.mtu:
+			return true, fmt.Errorf("network %q: the cluster network of that name has MTU %d, not %d", name, n.mtu, spec.mtu)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// netSpec is what a Docker network asks of its cluster network besides
+// its addressing: docker network create --internal and the driver
+// options (-o).
+type netSpec struct {
+	// name is -o vxmesh.network ("": the Docker network's name).
+	name      string
+	internal  bool
+	encrypted bool
+	// mtu is -o com.docker.network.driver.mtu (0: the default).
+	mtu int
+}
+
+// parseNetSpec reads a Docker network's driver options; an option vxmesh
+// does not implement is refused rather than ignored (an ignored -o
+// encrypted would carry the traffic in the clear).
+func parseNetSpec(opts map[string]string, internal bool) (netSpec, error) {
+	spec := netSpec{internal: internal}
+	for _, k := range slices.Sorted(maps.Keys(opts)) {
+		v := opts[k]
+		switch k {
+		case NetworkOption:
+			if v == "" {
+				return spec, fmt.Errorf("option %s: want a network name", NetworkOption)
+			}
+			spec.name = v
+		case EncryptedOption:
+			// As Docker's overlay driver: the option's presence.
+			spec.encrypted = true
+		case MTUOption:
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return spec, fmt.Errorf("option %s=%q: want a number of bytes", MTUOption, v)
+			}
+			spec.mtu = n
+		default:
+			return spec, fmt.Errorf("option %q: not supported (vxmesh takes %s, %s and %s)", k, NetworkOption, EncryptedOption, MTUOption)
+		}
+	}
+	return spec, nil
+}
+
+// requestSpec reads a CreateNetwork request's netSpec: the driver
+// options (generic, strings as the Docker CLI sends them) and
+// --internal.
+func requestSpec(opts map[string]any) (netSpec, error) {
+	internal, _ := opts[internalOptionKey].(bool)
+	generic := map[string]string{}
+	if g, ok := opts[genericOptions].(map[string]any); ok {
+		for k, v := range g {
+			s, ok := v.(string)
+			if !ok {
+				return netSpec{}, fmt.Errorf("option %s: want a string, got %v", k, v)
+			}
+			generic[k] = s
+		}
+	}
+	return parseNetSpec(generic, internal)
 }
 
 // ipv4Data checks a CreateNetwork request's addressing: one IPv4 pool.
@@ -126,14 +214,11 @@ func (p *Plugin) createNetwork(req createNetworkRequest) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := ""
-	if g, ok := req.Options[genericOptions].(map[string]any); ok {
-		if v, ok := g[NetworkOption]; ok {
-			if name, ok = v.(string); !ok || name == "" {
-				return nil, fmt.Errorf("option %s: want a network name", NetworkOption)
-			}
-		}
+	spec, err := requestSpec(req.Options)
+	if err != nil {
+		return nil, err
 	}
+	name := spec.name
 	if _, err := hex.DecodeString(req.NetworkID); err != nil || len(req.NetworkID) < 12 {
 		return nil, fmt.Errorf("network ID %q: want Docker's hex ID", req.NetworkID)
 	}
@@ -148,7 +233,7 @@ func (p *Plugin) createNetwork(req createNetworkRequest) (any, error) {
 		}()
 		return struct{}{}, nil
 	}
-	if err := p.ensure(name, subnet, gw); err != nil {
+	if err := p.ensure(name, subnet, gw, spec); err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
@@ -197,9 +282,13 @@ func (p *Plugin) resolve(id string) (string, error) {
 		if n.ID != id {
 			continue
 		}
+		spec, err := parseNetSpec(n.Options, n.Internal)
+		if err != nil {
+			return "", fmt.Errorf("docker network %q: %w", n.Name, err)
+		}
 		name := n.Name
-		if v := n.Options[NetworkOption]; v != "" {
-			name = v
+		if spec.name != "" {
+			name = spec.name
 		}
 		subnet, err := parsePool(n.Subnet)
 		if err != nil {
@@ -211,7 +300,7 @@ func (p *Plugin) resolve(id string) (string, error) {
 				return "", fmt.Errorf("docker network %q: gateway %q: %w", n.Name, n.Gateway, err)
 			}
 		}
-		if err := p.ensure(name, subnet, gw); err != nil {
+		if err := p.ensure(name, subnet, gw, spec); err != nil {
 			return "", err
 		}
 		p.mu.Lock()
@@ -281,8 +370,10 @@ func (p *Plugin) networkForPool(subnet netip.Prefix) (clusterNet, error) {
 	if n, ok := find(); ok {
 		return n, nil
 	}
-	return clusterNet{}, fmt.Errorf("subnet %s: no vxmesh network has it", subnet)
+	return clusterNet{}, fmt.Errorf("subnet %s: %w", subnet, errNoNetwork)
 }
+
+var errNoNetwork = errors.New("no vxmesh network has it")
 
 // requestAddress answers the gateway request with the cluster network's
 // gateway (or the one asked for, or the subnet's first address, which is
@@ -315,6 +406,11 @@ func (p *Plugin) requestAddress(req requestAddressRequest) (any, error) {
 		return requestAddressResponse{Address: netip.PrefixFrom(gw, subnet.Bits()).String(), Data: map[string]string{}}, nil
 	}
 	n, err := p.networkForPool(subnet)
+	if err != nil && want.IsValid() && errors.Is(err, errNoNetwork) {
+		// Docker asks for the --aux-address ones while it creates the
+		// network, before any cluster network has the subnet.
+		return nil, fmt.Errorf("address %s: no vxmesh network has subnet %s yet: docker network create --aux-address is not supported (vxmesh reserves addresses for its containers only)", want, subnet)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -32,9 +32,18 @@ const (
 	gatewayRequest = "com.docker.network.gateway"
 	// genericOptions holds the driver options (`docker network create -o`).
 	genericOptions = "com.docker.network.generic"
+	// internalOptionKey is true in a CreateNetwork request's options for
+	// docker network create --internal.
+	internalOptionKey = "com.docker.network.internal"
 	// NetworkOption (`-o vxmesh.network=NAME`) names the cluster network
 	// when it is not the Docker network's name.
 	NetworkOption = "vxmesh.network"
+	// EncryptedOption (`-o encrypted`, as Docker's overlay driver takes
+	// it) makes an encrypted cluster network.
+	EncryptedOption = "encrypted"
+	// MTUOption (`-o com.docker.network.driver.mtu=N`, Docker's) sets
+	// the cluster network's MTU.
+	MTUOption = "com.docker.network.driver.mtu"
 	// portMapOption lists a container's published ports (`docker run
 	// -p`), given to ProgramExternalConnectivity.
 	portMapOption = "com.docker.network.portmap"
@@ -80,6 +89,8 @@ type EngineNetwork struct {
 	Options          map[string]string
 	// Subnet and Gateway are of its first IPAM config ("" if none).
 	Subnet, Gateway string
+	// Internal is docker network create --internal: no egress.
+	Internal bool
 }
 
 // Engine is the Docker Engine API the plugin asks for network names
@@ -89,6 +100,9 @@ type Engine interface {
 	// ContainerName returns the name of the running container that has
 	// endpoint id, and whether one has it.
 	ContainerName(ctx context.Context, id string) (string, bool, error)
+	// EndpointAliases returns the network aliases container has on its
+	// endpoint id.
+	EndpointAliases(ctx context.Context, container, id string) ([]string, error)
 }
 
 // Config configures a Plugin.

@@ -273,6 +273,89 @@ func TestNetworkOptionNamesTheClusterNetwork(t *testing.T) {
 	}
 }
 
+// TestInternalNetworkStaysInternal: docker network create --internal
+// makes an internal cluster network (no egress), with or without -o
+// vxmesh.network, and adopts an existing one only when both agree.
+func TestInternalNetworkStaysInternal(t *testing.T) {
+	b := newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"})
+	tp := newTestPlugin(t, b, &fakeEngine{})
+	internal := func(id string, generic map[string]any, pool string) map[string]any {
+		return map[string]any{
+			"NetworkID": id, "Options": map[string]any{"com.docker.network.generic": generic, "com.docker.network.internal": true},
+			"IPv4Data": []map[string]any{{"Pool": pool, "Gateway": strings.Replace(pool, ".0/24", ".1/24", 1)}},
+		}
+	}
+	// Named by Docker: made once the Engine lists it, internal.
+	tp.ok("NetworkDriver.CreateNetwork", internal(netID, map[string]any{}, "10.4.0.0/24"))
+	tp.e.add(EngineNetwork{ID: netID, Name: "priv", Driver: "vxmesh", Subnet: "10.4.0.0/24", Gateway: "10.4.0.1", Internal: true})
+	if n := waitNetwork(t, b, "priv"); !n.Internal {
+		t.Fatalf("docker network create --internal made %+v, not internal", n)
+	}
+	// Named by option: made at create, internal.
+	other := strings.Repeat("c", 64)
+	tp.ok("NetworkDriver.CreateNetwork", internal(strings.Repeat("d", 64), map[string]any{"vxmesh.network": "back"}, "10.5.0.0/24"))
+	if n, _ := tp.b.network("back"); !n.Internal {
+		t.Fatalf("--internal -o vxmesh.network=back made %+v, not internal", n)
+	}
+	// An existing network is adopted only when both are internal or neither.
+	tp.refused("NetworkDriver.CreateNetwork", map[string]any{
+		"NetworkID": other, "Options": map[string]any{"com.docker.network.generic": map[string]any{"vxmesh.network": "web"}, "com.docker.network.internal": true},
+		"IPv4Data": []map[string]any{{"Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}},
+	}, `network "web": the cluster network of that name is not internal`)
+	tp.e.add(EngineNetwork{ID: other, Name: "back", Driver: "vxmesh", Subnet: "10.5.0.0/24", Gateway: "10.5.0.1"})
+	tp.refused("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": other, "EndpointID": epID, "Interface": map[string]string{"Address": "10.5.0.7/24"}},
+		`network "back": the cluster network of that name is internal (no egress): create the Docker network with --internal`)
+}
+
+// TestDriverOptions: -o encrypted and -o com.docker.network.driver.mtu
+// make the cluster network so, whether Docker or -o vxmesh.network names
+// it; an existing one that differs, and an option vxmesh does not
+// implement, are refused rather than ignored.
+func TestDriverOptions(t *testing.T) {
+	b := newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1", MTU: 1450})
+	tp := newTestPlugin(t, b, &fakeEngine{})
+	create := func(id string, generic map[string]any, pool string) map[string]any {
+		return map[string]any{
+			"NetworkID": id, "Options": map[string]any{"com.docker.network.generic": generic},
+			"IPv4Data": []map[string]any{{"Pool": pool, "Gateway": strings.Replace(pool, ".0/24", ".1/24", 1)}},
+		}
+	}
+	opts := map[string]any{"encrypted": "", "com.docker.network.driver.mtu": "1300"}
+	tp.ok("NetworkDriver.CreateNetwork", create(netID, opts, "10.4.0.0/24"))
+	tp.e.add(EngineNetwork{ID: netID, Name: "sec", Driver: "vxmesh", Subnet: "10.4.0.0/24", Gateway: "10.4.0.1",
+		Options: map[string]string{"encrypted": "", "com.docker.network.driver.mtu": "1300"}})
+	if n := waitNetwork(t, b, "sec"); !n.Encrypted || n.MTU != 1300 {
+		t.Fatalf("-o encrypted -o com.docker.network.driver.mtu=1300 made %+v", n)
+	}
+	tp.ok("NetworkDriver.CreateNetwork", create(strings.Repeat("c", 64), map[string]any{"vxmesh.network": "sec2", "encrypted": "true"}, "10.5.0.0/24"))
+	if n, _ := tp.b.network("sec2"); !n.Encrypted {
+		t.Fatalf("-o encrypted -o vxmesh.network=sec2 made %+v", n)
+	}
+	other := strings.Repeat("d", 64)
+	for _, c := range []struct {
+		generic map[string]any
+		want    string
+	}{
+		{map[string]any{"vxmesh.network": "web", "encrypted": ""}, `network "web": the cluster network of that name is not encrypted`},
+		{map[string]any{"vxmesh.network": "sec2"}, `network "sec2": the cluster network of that name is encrypted: create the Docker network with -o encrypted`},
+		{map[string]any{"vxmesh.network": "web", "com.docker.network.driver.mtu": "9000"}, `network "web": the cluster network of that name has MTU 1450, not 9000`},
+		{map[string]any{"com.docker.network.driver.mtu": "big"}, `option com.docker.network.driver.mtu="big": want a number of bytes`},
+		{map[string]any{"foo": "bar"}, `option "foo": not supported (vxmesh takes vxmesh.network, encrypted and com.docker.network.driver.mtu)`},
+		{map[string]any{"vxmesh.network": 7}, `option vxmesh.network: want a string`},
+	} {
+		pool := "10.1.0.0/24"
+		if c.generic["vxmesh.network"] == "sec2" {
+			pool = "10.5.0.0/24"
+		} else if c.generic["vxmesh.network"] == nil {
+			pool = "10.6.0.0/24"
+		}
+		tp.refused("NetworkDriver.CreateNetwork", create(other, c.generic, pool), c.want)
+	}
+	if len(b.Networks()) != 3 {
+		t.Fatalf("refusals changed the networks: %+v", b.Networks())
+	}
+}
+
 // TestBadRequestsRefused: malformed or unsupported requests get one clear
 // Err and change nothing.
 func TestBadRequestsRefused(t *testing.T) {
@@ -296,6 +379,7 @@ func TestBadRequestsRefused(t *testing.T) {
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "banana"}, `pool subnet "banana"`},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "10.1.0.0/24", "Address": "10.2.0.1"}, "not an address of 10.1.0.0/24"},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "10.9.0.0/24"}, "subnet 10.9.0.0/24: no vxmesh network has it"},
+		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "10.9.0.0/24", "Address": "10.9.0.200"}, "address 10.9.0.200: no vxmesh network has subnet 10.9.0.0/24 yet: docker network create --aux-address is not supported"},
 		{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": "zz"}, `endpoint ID "zz"`},
 		{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": strings.Repeat("c", 64), "EndpointID": epID}, "the Docker Engine does not list it"},
 		{"NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID, "Interface": map[string]string{"Address": "10.1.0.5/24", "MacAddress": "02:00:00:00:00:01"}}, "derives an endpoint's MAC"},
@@ -331,6 +415,20 @@ func TestJoinedEndpointGetsContainerName(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	tp.e.addContainer(epID, "d1")
 	tp.waitAlias("d1")
+}
+
+// TestJoinedEndpointGetsNetworkAliases: the container's network aliases
+// (docker run --network-alias, with the short container ID Docker adds)
+// become aliases of the endpoint after its name, so that other hosts
+// resolve them as Docker's own resolver does on this one.
+func TestJoinedEndpointGetsNetworkAliases(t *testing.T) {
+	tp := newTestPlugin(t, newFakeBackend(api.Network{Name: "web", Subnet: "10.1.0.0/24", Gateway: "10.1.0.1"}), &fakeEngine{})
+	tp.e.add(EngineNetwork{ID: netID, Name: "web", Driver: "vxmesh", Subnet: "10.1.0.0/24"})
+	tp.e.aliases = map[string][]string{epID: {"7f3c2a9d1e0b", "api", "d1"}}
+	tp.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID, "Interface": map[string]string{"Address": "10.1.0.2/24"}})
+	tp.ok("NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": epID, "SandboxKey": "/var/run/docker/netns/1"})
+	tp.e.addContainer(epID, "d1")
+	tp.waitAlias("d1,7f3c2a9d1e0b,api")
 }
 
 // waitAlias waits until the only endpoint has exactly the alias want.
