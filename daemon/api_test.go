@@ -58,6 +58,8 @@ func TestAPIStatusCodes(t *testing.T) {
 		{"DELETE", "/v1/networks/web", ``, 409, `still has 1 endpoint(s) attached (c1)`},
 		{"DELETE", "/v1/containers/nosuch", ``, 404, `container "nosuch": not found`},
 		{"POST", "/v1/networks", `{"name":"x","bogus":1}`, 400, `unknown field`},
+		{"GET", "/v1/nosuch", ``, 404, `GET /v1/nosuch: no such API path`},
+		{"PUT", "/v1/networks", ``, 405, `PUT /v1/networks: method not allowed (allowed: GET, HEAD, POST)`},
 	}
 	for _, s := range steps {
 		code, msg := do(s.method, s.path, s.body)
@@ -193,5 +195,23 @@ func TestAttachMissingNamespaceSaysWhy(t *testing.T) {
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("attach %+v: %v, want %q", tc.req, err, tc.want)
 		}
+	}
+}
+
+// TestAPIRefusesAnOversizedBody: a request body over maxRequestBody is
+// refused with 413 and an api.Error saying why, before any handler runs.
+func TestAPIRefusesAnOversizedBody(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	defer d.Close()
+	body := `{"name":"` + strings.Repeat("x", maxRequestBody) + `"}`
+	r := httptest.NewRequest("POST", "/v1/networks", strings.NewReader(body))
+	w := httptest.NewRecorder()
+	readRequestFirst(d.Handler()).ServeHTTP(w, r)
+	var e api.Error
+	if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || w.Code != 413 || !strings.Contains(e.Error, "larger than") {
+		t.Fatalf("oversized body: %d %q (%v), want 413 and why", w.Code, w.Body.String(), err)
+	}
+	if len(d.Networks()) != 0 {
+		t.Fatalf("networks after a refused create: %v", d.Networks())
 	}
 }

@@ -73,7 +73,7 @@ func readRequestFirst(h http.Handler) http.Handler {
 			return
 		}
 		if len(b) > maxRequestBody {
-			fail(w, badRequest{fmt.Errorf("request body: larger than %d bytes", maxRequestBody)})
+			fail(w, tooLarge{fmt.Errorf("request body: larger than %d bytes", maxRequestBody)})
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(b))
@@ -125,8 +125,42 @@ func (d *Daemon) Handler() http.Handler {
 		reply(w, k, err)
 	})
 	mux.HandleFunc("GET /v1/keys/export", d.serveKeyExport)
-	return mux
+	return jsonUnrouted(mux)
 }
+
+// jsonUnrouted answers a request that matches no route (404) or none
+// for its method (405, with the mux's Allow header) with an api.Error
+// body, as every other refusal, instead of the mux's plain text.
+func jsonUnrouted(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		rec := &statusOnly{header: http.Header{}, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		if allow := rec.header.Get("Allow"); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		msg := fmt.Sprintf("%s %s: no such API path", r.Method, r.URL.Path)
+		if rec.code == http.StatusMethodNotAllowed {
+			msg = fmt.Sprintf("%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, rec.header.Get("Allow"))
+		}
+		failCode(w, rec.code, msg)
+	})
+}
+
+// statusOnly is a ResponseWriter that keeps the status and headers the
+// mux's own unrouted reply sets and drops its body.
+type statusOnly struct {
+	header http.Header
+	code   int
+}
+
+func (s *statusOnly) Header() http.Header         { return s.header }
+func (s *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusOnly) WriteHeader(code int)        { s.code = code }
 
 // listed is the handler of a request that names nothing and cannot fail:
 // it replies with what get returns.
@@ -238,6 +272,9 @@ func decode(r *http.Request, v any) error {
 
 type badRequest struct{ error }
 
+// tooLarge is a request whose body exceeds maxRequestBody (413).
+type tooLarge struct{ error }
+
 func reply(w http.ResponseWriter, v any, err error) {
 	if err != nil {
 		fail(w, err)
@@ -257,6 +294,7 @@ func fail(w http.ResponseWriter, err error) {
 	var inv invalidError
 	var cf conflictError
 	var fb forbidden
+	var tl tooLarge
 	switch {
 	case errors.As(err, &fb):
 		code = http.StatusForbidden
@@ -266,8 +304,15 @@ func fail(w http.ResponseWriter, err error) {
 		code = http.StatusBadRequest
 	case errors.As(err, &cf):
 		code = http.StatusConflict
+	case errors.As(err, &tl):
+		code = http.StatusRequestEntityTooLarge
 	}
+	failCode(w, code, err.Error())
+}
+
+// failCode writes an api.Error reply with status code.
+func failCode(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(api.Error{Error: err.Error()})
+	json.NewEncoder(w).Encode(api.Error{Error: msg})
 }
