@@ -290,6 +290,7 @@ func (d *Daemon) reconcile() (err error) {
 // reconcileTables is reconcile without its safety net.
 func (d *Daemon) reconcileTables() error {
 	want, invalid := d.networkRecords()
+	want = d.removeNetworksAgain(want)
 	changed := false
 	for name, rec := range want {
 		n := d.networks[name]
@@ -315,6 +316,7 @@ func (d *Daemon) reconcileTables() error {
 				d.log.Error("network replaced in the cluster while this node has endpoints on it", "network", name)
 				continue
 			}
+			d.networkGone(n)
 			d.removeLocalNetwork(n)
 			if err := d.addLocalNetwork(rec); err != nil {
 				d.log.Error("network from the cluster", "network", name, "err", err)
@@ -335,6 +337,7 @@ func (d *Daemon) reconcileTables() error {
 			d.publishNetwork(n.rec)
 			continue
 		}
+		d.networkGone(n)
 		d.removeLocalNetwork(n)
 		changed = true
 	}

@@ -10,9 +10,11 @@ import (
 // Services are saved in the state, with the removals this node saw, so
 // that a cluster whose nodes all stopped gets its services back and not
 // those removed meanwhile (docs/architecture.md, "Services are kept").
+// Networks are saved with the rest of the state; their removals are kept
+// in the same set (network_persist.go).
 
-// removals is the set of service removals this node remembers, by
-// savedRemoval.key. The daemon's d.mu guards it.
+// removals is the set of service and network removals this node
+// remembers, by savedRemoval.key. The daemon's d.mu guards it.
 type removals map[string]savedRemoval
 
 // add notes r; it reports whether r is new.
@@ -24,9 +26,10 @@ func (rs removals) add(r savedRemoval) bool {
 	return true
 }
 
-// has reports whether the incarnation id of service name was removed.
-func (rs removals) has(name, id string) bool {
-	_, ok := rs[savedRemoval{Name: name, ID: id}.key()]
+// has reports whether the incarnation id of the service or network
+// (kind) name was removed.
+func (rs removals) has(kind, name, id string) bool {
+	_, ok := rs[savedRemoval{Kind: kind, Name: name, ID: id}.key()]
 	return ok
 }
 
@@ -81,16 +84,16 @@ func (d *Daemon) servicesToSave() []svcRecord {
 		if json.Unmarshal(b, &old) != nil || old.ID == "" || byName[name] == old.ID {
 			continue
 		}
-		if d.removals.has(name, byName[name]) {
+		if d.removals.has(removedService, name, byName[name]) {
 			continue // a stale incarnation in the cluster does not remove ours
 		}
 		if _, isLive := byName[name]; isLive || d.cl.Known(tblServices, name) {
-			d.removals.add(savedRemoval{Name: name, ID: old.ID, At: time.Now()})
+			d.removals.add(savedRemoval{Kind: removedService, Name: name, ID: old.ID, At: time.Now()})
 		}
 	}
 	kept := live[:0]
 	for _, v := range live {
-		if !d.removals.has(v.Name, v.ID) {
+		if !d.removals.has(removedService, v.Name, v.ID) {
 			kept = append(kept, v)
 		} else if later, ok := d.laterSaved(v.Name); ok {
 			kept = append(kept, later)
@@ -110,7 +113,7 @@ func (d *Daemon) laterSaved(name string) (svcRecord, bool) {
 		return svcRecord{}, false
 	}
 	var rec svcRecord
-	if json.Unmarshal(b, &rec) != nil || rec.ID == "" || d.removals.has(name, rec.ID) {
+	if json.Unmarshal(b, &rec) != nil || rec.ID == "" || d.removals.has(removedService, name, rec.ID) {
 		return svcRecord{}, false
 	}
 	return rec, true
@@ -121,7 +124,7 @@ func (d *Daemon) laterSaved(name string) (svcRecord, bool) {
 // cluster restarted without the nodes that knew. Callers hold d.mu.
 func (d *Daemon) removeAgain() {
 	for _, v := range d.savedServices() {
-		if !d.removals.has(v.Name, v.ID) {
+		if !d.removals.has(removedService, v.Name, v.ID) {
 			continue
 		}
 		if later, ok := d.laterSaved(v.Name); ok {

@@ -28,24 +28,36 @@ type savedState struct {
 	// it): a cluster whose nodes all stopped gets them back from whichever
 	// node starts first (see Daemon.republish).
 	Services []svcRecord `json:"services,omitempty"`
-	// RemovedServices are the services this node saw removed (by a
-	// tombstone, or replaced under their name), kept for
+	// RemovedServices are the services and networks this node saw
+	// removed (by a tombstone, or replaced under their name), kept for
 	// removalRetention: a node that missed the removal and announces one
 	// again after the whole cluster stopped sees it removed once more.
+	// The name is older than network removals; a version that knows only
+	// services reads a network's as the removal of a service ID that no
+	// service has.
 	RemovedServices []savedRemoval `json:"removed_services,omitempty"`
 }
 
-// savedRemoval is one removed service: its name and the ID of the
-// removed incarnation (a service created again under the name has
-// another), and when this node saw it go.
+// savedRemoval is one removed service or network: its kind, its name
+// and the ID of the removed incarnation (one created again under the
+// name has another), and when this node saw it go.
 type savedRemoval struct {
+	// Kind is removedService (empty: written before networks had
+	// removals) or removedNetwork.
+	Kind string    `json:"kind,omitempty"`
 	Name string    `json:"name"`
 	ID   string    `json:"id"`
 	At   time.Time `json:"at"`
 }
 
+// Kinds of savedRemoval.
+const (
+	removedService = ""
+	removedNetwork = "network"
+)
+
 // key identifies the removal among others.
-func (r savedRemoval) key() string { return r.Name + "\x00" + r.ID }
+func (r savedRemoval) key() string { return r.Kind + "\x00" + r.Name + "\x00" + r.ID }
 
 // removalRetention is how long a removal is remembered; maxRemovals
 // bounds how many (the newest are kept).
