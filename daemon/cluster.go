@@ -80,9 +80,10 @@ type epRecord struct {
 func epKey(node, network, name string) string { return node + "/" + network + "/" + name }
 
 // publishEndpoint announces a local endpoint to the cluster; not one of a
-// container whose namespace is gone (withdrawGone).
+// container whose namespace is gone (withdrawGone) or that is stopped
+// (exited.go).
 func (d *Daemon) publishEndpoint(ep *endpoint) {
-	if ep.ctr.nsGone {
+	if ep.ctr.withdrawn() {
 		return
 	}
 	rec := epRecord{Name: ep.ctr.name, Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), Node: d.cfg.Node, Aliases: ep.aliases}

@@ -112,6 +112,12 @@ type savedContainer struct {
 	Managed bool   `json:"managed"`
 	// HostTAP marks a Docker endpoint's container (see container.hostTAP).
 	HostTAP bool `json:"host_tap,omitempty"`
+	// MainPID, ExitStatus and Stopped are the main process of a container
+	// made by run, its exit status once it exited, and whether the
+	// container is stopped (see container.stopped).
+	MainPID    int  `json:"main_pid,omitempty"`
+	ExitStatus *int `json:"exit_status,omitempty"`
+	Stopped    bool `json:"stopped,omitempty"`
 	// Endpoints are the container's interfaces, one per network.
 	Endpoints []savedEndpoint `json:"endpoints"`
 }
@@ -635,7 +641,8 @@ func (d *Daemon) currentState() *savedState {
 
 // saved is the container as the state keeps it.
 func (c *container) saved() savedContainer {
-	sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed, HostTAP: c.hostTAP}
+	sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed, HostTAP: c.hostTAP,
+		MainPID: c.mainPID, ExitStatus: c.exitStatus, Stopped: c.stopped}
 	for _, ep := range c.sortedEndpoints() {
 		sc.Endpoints = append(sc.Endpoints, ep.saved())
 	}
