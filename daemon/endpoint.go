@@ -39,6 +39,9 @@ type container struct {
 	// from the cluster and its published ports closed until a main process
 	// is reported started again (exited.go); saved.
 	stopped bool
+	// exitRecheck is when checkNamespaces looks again whether the
+	// processes an exited main process left are gone.
+	exitRecheck exitRecheck
 	// hostTAP containers are Docker's (the network plugin, AttachHostTAP):
 	// their interface is a TAP device made in the daemon's namespace for
 	// Docker to move into the container's; netns is Docker's sandbox key

@@ -165,3 +165,30 @@ func TestExitedContainerIsWithdrawnUntilItStartsAgain(t *testing.T) {
 		t.Error("x still listed after rm")
 	}
 }
+
+// TestExitRecheckBacksOff: a container whose main process left others
+// running is looked at again after 1 s, then twice as long each time, up
+// to 32 s: a daemonized server costs a scan of the host's processes every
+// 32 s, not every second.
+func TestExitRecheckBacksOff(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var r exitRecheck
+	if !r.due(now) {
+		t.Fatal("a first check is not due at once")
+	}
+	var got []time.Duration
+	for range 8 {
+		r = r.next(now)
+		if r.due(now) || !r.due(now.Add(r.every)) {
+			t.Fatalf("%+v due at the wrong time from %v", r, now)
+		}
+		got = append(got, r.at.Sub(now))
+	}
+	want := []time.Duration{1, 2, 4, 8, 16, 32, 32, 32}
+	for i := range want {
+		want[i] *= time.Second
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("intervals %v, want %v", got, want)
+	}
+}

@@ -57,12 +57,13 @@ func (d *Daemon) checkNamespaces() {
 	}
 	checks := make([]nsCheck, 0, len(d.containers))
 	var exited []*container
+	now := time.Now()
 	for _, c := range d.containers {
 		if c.hostTAP || c.nsGone {
 			continue // Docker owns a host TAP container's namespace
 		}
 		checks = append(checks, nsCheck{c: c, path: c.netns, dev: c.nsDev, ino: c.nsIno})
-		if c.exitPending() {
+		if c.exitPending() && c.exitRecheck.due(now) {
 			exited = append(exited, c)
 		}
 	}
@@ -75,7 +76,7 @@ func (d *Daemon) checkNamespaces() {
 	}
 	d.withdrawGoneOnes(gone)
 	// Those whose main process exited while others it left ran on
-	// (exited.go): one scan of the processes, only while there are any.
+	// (exited.go): one scan of the processes, only while one is due.
 	d.checkExited(exited)
 }
 
