@@ -25,7 +25,8 @@ func (d *Daemon) networkGone(n *localNetwork) {
 // (removed and created again while that node was down), it announces
 // that one in its place; else it removes the network again, unless
 // endpoints use the name (a node's containers keep a network removed
-// while it was down: reconcileTables). It returns want as this node
+// while it was down: reconcileTables), in which case it forgets the
+// removal. It returns want as this node
 // should now take it, a copy if changed (want is shared). Callers hold
 // d.mu.
 func (d *Daemon) removeNetworksAgain(want map[string]netRecord) map[string]netRecord {
@@ -46,6 +47,11 @@ func (d *Daemon) removeNetworksAgain(want map[string]netRecord) map[string]netRe
 			continue
 		}
 		if d.networkInUse(name) {
+			// Kept for the containers on it, as a running cluster keeps
+			// it: a network again, that their leaving does not remove.
+			if d.removals.forget(savedRemoval{Kind: removedNetwork, Name: name, ID: rec.ID}) {
+				d.log.Info("keeping a network removed while a node was down: that node's containers use it", "network", name, "id", rec.ID)
+			}
 			continue
 		}
 		d.log.Warn("removing again a network that a node announced after missing its removal", "network", name, "id", rec.ID)

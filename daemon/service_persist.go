@@ -33,6 +33,15 @@ func (rs removals) has(kind, name, id string) bool {
 	return ok
 }
 
+// forget drops the removal r; it reports whether there was one.
+func (rs removals) forget(r savedRemoval) bool {
+	if _, ok := rs[r.key()]; !ok {
+		return false
+	}
+	delete(rs, r.key())
+	return true
+}
+
 // list returns the removals still within removalRetention at now, the
 // newest maxRemovals, sorted by key; it forgets the others.
 func (rs removals) list(now time.Time) []savedRemoval {
@@ -158,8 +167,8 @@ func (d *Daemon) saveServices() error {
 	}
 	p := newPending()
 	err := d.store.diffServices(p, d.servicesToSave(), d.removals.list(time.Now()))
-	if err == nil && len(p.buf) > 0 {
-		if d.store.needsSnapshot(len(p.buf)) {
+	if err == nil && (len(p.buf) > 0 || p.snapshot) {
+		if p.snapshot || d.store.needsSnapshot(len(p.buf)) {
 			err = d.store.compact(d.currentState())
 		} else {
 			err = d.store.commit(p)

@@ -316,13 +316,27 @@ func TestNetworkRemovedWhileItsNodeWasDownIsKeptForItsContainers(t *testing.T) {
 		})
 	}
 	// It stays: no node removes it again (h2 would announce it again,
-	// and so on).
-	for range 20 {
-		for _, d := range all {
-			if _, err := d.Network("old"); err != nil {
-				t.Fatalf("%s: %v", d.cfg.Node, err)
+	// and so on), nor once c2 is gone: kept, it is a network again, also
+	// across a restart of a node that saw it removed.
+	stays := func(when string) {
+		t.Helper()
+		for range 20 {
+			for _, d := range all {
+				if _, err := d.Network("old"); err != nil {
+					t.Fatalf("%s: %s: %v", when, d.cfg.Node, err)
+				}
 			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	stays("with c2")
+	if err := h2.RemoveContainer("c2"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "h1 seeing c2 gone", func() bool { n, err := h1.Network("old"); return err == nil && len(n.Endpoints) == 0 })
+	stays("after c2's rm")
+	all[0] = restartNode(t, mem, h1, sbs[0])
+	waitFor(t, "h1 back", func() bool { return allAlive(all[0], 3) })
+	waitFor(t, "h1 having old", func() bool { _, err := all[0].Network("old"); return err == nil })
+	stays("after h1's restart")
 }

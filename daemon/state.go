@@ -384,6 +384,9 @@ type pending struct {
 	containers map[string][]byte
 	services   map[string][]byte
 	removed    map[string][]byte
+	// snapshot says the save must write a snapshot: disk holds what no
+	// journal record can take away.
+	snapshot bool
 }
 
 // add appends rec and notes name's new encoding (nil: deleted) in cache,
@@ -458,8 +461,10 @@ func (st *stateStore) diffServices(p *pending, svcs []svcRecord, removed []saved
 			st.putService(p, name, nil)
 		}
 	}
+	kept := 0
 	for i := range removed {
 		if _, had := st.removed[removed[i].key()]; had {
+			kept++
 			continue
 		}
 		b, err := json.Marshal(removed[i])
@@ -470,6 +475,10 @@ func (st *stateStore) diffServices(p *pending, svcs []svcRecord, removed []saved
 			return err
 		}
 	}
+	// A removal forgotten (a network kept for the containers on it) or
+	// expired is still on disk: the journal cannot drop one, a snapshot
+	// does.
+	p.snapshot = p.snapshot || kept < len(st.removed)
 	return nil
 }
 
@@ -685,7 +694,7 @@ func (d *Daemon) persist(only []string) error {
 			err = d.store.putContainer(p, name, nil)
 		}
 	}
-	if err == nil && d.store.needsSnapshot(len(p.buf)) {
+	if err == nil && (p.snapshot || d.store.needsSnapshot(len(p.buf))) {
 		if full == nil {
 			full = d.currentState()
 		}
