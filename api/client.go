@@ -175,8 +175,9 @@ func (c *Client) Container(name string) (Container, error) {
 }
 
 // ContainerNamespace returns a container without its processes (PIDs nil,
-// Status empty): its namespace and State, found without the scan of every
-// process on the host that listing its processes takes.
+// Status empty but for a stopped container's "exited N"): its namespace
+// and State, found without the scan of every process on the host that
+// listing its processes takes.
 func (c *Client) ContainerNamespace(name string) (Container, error) {
 	var ct Container
 	return ct, c.do(http.MethodGet, "/v1/containers/"+url.PathEscape(name)+"?processes=false", nil, &ct)

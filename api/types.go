@@ -263,12 +263,15 @@ type Container struct {
 	// exists or its path names another namespace (after a reboot or `ip
 	// netns del`): then PIDs is empty and `rm` only forgets the container.
 	State string `json:"state"`
-	// Status is what ps shows (empty from Client.ContainerNamespace, which
-	// lists no processes): "running" while processes are in the
-	// namespace; "exited N" when none is and the main process of a
-	// container made by `run -d` exited with status N (128+SIG if killed
-	// by signal SIG); "gone" when State is; else "up" (a namespace with no
-	// process, and no exit status known).
+	// Status is what ps shows (from Client.ContainerNamespace, which
+	// lists no processes, only "exited N" of a stopped container, else
+	// empty): "running" while processes are in the namespace; "exited N"
+	// when none is and the main process of a container made by `run`
+	// exited with status N (128+SIG if killed by signal SIG), and from
+	// then on until a main process is reported started again (the
+	// container is stopped: withdrawn from DNS and balancing); "gone"
+	// when State is; else "up" (a namespace with no process, and no exit
+	// status known).
 	Status string `json:"status"`
 	// ExitStatus is the main process's exit status, once known.
 	ExitStatus *int `json:"exit_status,omitempty"`

@@ -80,9 +80,10 @@ type epRecord struct {
 func epKey(node, network, name string) string { return node + "/" + network + "/" + name }
 
 // publishEndpoint announces a local endpoint to the cluster; not one of a
-// container whose namespace is gone (withdrawGone).
+// container whose namespace is gone (withdrawGone) or that is stopped
+// (exited.go).
 func (d *Daemon) publishEndpoint(ep *endpoint) {
-	if ep.ctr.nsGone {
+	if ep.ctr.withdrawn() {
 		return
 	}
 	rec := epRecord{Name: ep.ctr.name, Network: ep.net.rec.Name, IP: ep.ip.String(), MAC: ep.mac.String(), Node: d.cfg.Node, Aliases: ep.aliases}
@@ -290,6 +291,7 @@ func (d *Daemon) reconcile() (err error) {
 // reconcileTables is reconcile without its safety net.
 func (d *Daemon) reconcileTables() error {
 	want, invalid := d.networkRecords()
+	want = d.removeNetworksAgain(want)
 	changed := false
 	for name, rec := range want {
 		n := d.networks[name]
@@ -315,6 +317,7 @@ func (d *Daemon) reconcileTables() error {
 				d.log.Error("network replaced in the cluster while this node has endpoints on it", "network", name)
 				continue
 			}
+			d.networkGone(n)
 			d.removeLocalNetwork(n)
 			if err := d.addLocalNetwork(rec); err != nil {
 				d.log.Error("network from the cluster", "network", name, "err", err)
@@ -335,6 +338,7 @@ func (d *Daemon) reconcileTables() error {
 			d.publishNetwork(n.rec)
 			continue
 		}
+		d.networkGone(n)
 		d.removeLocalNetwork(n)
 		changed = true
 	}

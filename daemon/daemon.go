@@ -775,6 +775,9 @@ func (d *Daemon) close() {
 			d.log.Error("saving state", "err", err)
 		}
 	}
+	if d.store != nil {
+		d.saveMainProcesses()
+	}
 	d.mu.Unlock()
 	if d.prober != nil {
 		d.prober.Close() // not under d.mu: it waits for onHealth

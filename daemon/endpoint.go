@@ -30,11 +30,18 @@ type container struct {
 	managed   bool
 	endpoints map[string]*endpoint // by network name
 	// mainPID and exitStatus are the main process of a container made by
-	// `run -d` and, once it exited, its exit status, as its monitor
-	// reported them (see SetMainProcess). They are not persisted: after a
-	// daemon restart the status of an exited main process is unknown.
+	// `run` and, once it exited, its exit status, as its monitor (or the
+	// foreground run) reported them (see SetMainProcess); saved.
 	mainPID    int
 	exitStatus *int
+	// stopped is set (under the daemon's mu) once the main process exited
+	// and no process is left in the namespace: its endpoints are withdrawn
+	// from the cluster and its published ports closed until a main process
+	// is reported started again (exited.go); saved.
+	stopped bool
+	// exitRecheck is when checkNamespaces looks again whether the
+	// processes an exited main process left are gone.
+	exitRecheck exitRecheck
 	// hostTAP containers are Docker's (the network plugin, AttachHostTAP):
 	// their interface is a TAP device made in the daemon's namespace for
 	// Docker to move into the container's; netns is Docker's sandbox key
@@ -95,6 +102,9 @@ func (ep *endpoint) portName() string {
 
 // endpointState is "up", or "down: " and why.
 func (d *Daemon) endpointState(ep *endpoint) string {
+	if ep.ctr.stopped && !ep.ctr.nsGone {
+		return downExited
+	}
 	if ep.dev == nil {
 		if ep.down != "" {
 			return ep.down
@@ -1055,7 +1065,12 @@ func (d *Daemon) container(name string, processes bool) (api.Container, error) {
 	}
 	v := d.containerView(c, pids)
 	if !processes {
-		v.PIDs, v.Status = nil, ""
+		// A stopped container's status needs no processes: "exited N"
+		// tells exec and --net container: that it is not running.
+		v.PIDs = nil
+		if !c.stopped || v.State == api.ContainerGone {
+			v.Status = ""
+		}
 	}
 	return v, nil
 }
@@ -1085,15 +1100,17 @@ func (d *Daemon) containerView(c *container, pids map[sandbox.NetnsID][]int) api
 			v.PIDs = p
 		}
 	}
-	v.Status, v.ExitStatus = containerStatus(v.State, len(v.PIDs), c.exitStatus)
+	v.Status, v.ExitStatus = containerStatus(v.State, len(v.PIDs), c.exitStatus, c.stopped)
 	for _, ep := range c.sortedEndpoints() {
 		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
 	}
 	return v
 }
 
-// containerStatus is what ps shows (see api.Container.Status).
-func containerStatus(state string, pids int, exit *int) (string, *int) {
+// containerStatus is what ps shows (see api.Container.Status): a
+// stopped container stays "exited N" whatever process entered its
+// namespace since, until a main process is reported started again.
+func containerStatus(state string, pids int, exit *int, stopped bool) (string, *int) {
 	var e *int
 	if exit != nil {
 		v := *exit
@@ -1102,44 +1119,14 @@ func containerStatus(state string, pids int, exit *int) (string, *int) {
 	switch {
 	case state == api.ContainerGone:
 		return api.StatusGone, e
+	case e != nil && stopped:
+		return fmt.Sprintf("exited %d", *e), e
 	case pids > 0:
 		return api.StatusRunning, e
 	case e != nil:
 		return fmt.Sprintf("exited %d", *e), e
 	}
 	return api.StatusUp, e
-}
-
-// SetMainProcess records the main process of a container made by `run
-// -d` (p.ExitStatus nil: it started) or its exit status. An exit is only
-// taken for the PID last reported as started, so a late report of an
-// earlier container of the same name changes nothing.
-func (d *Daemon) SetMainProcess(name string, p api.MainProcess) error {
-	if p.PID <= 0 {
-		return invalid("container %q: main process: pid %d: want a positive PID", name, p.PID)
-	}
-	if p.ExitStatus != nil && (*p.ExitStatus < 0 || *p.ExitStatus > 255) {
-		return invalid("container %q: main process %d: exit status %d: out of range 0-255", name, p.PID, *p.ExitStatus)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	c, ok := d.containers[name]
-	if !ok {
-		return notFound("container %q: not found", name)
-	}
-	if !c.managed {
-		return invalid("container %q: not made by run: its processes are not vxmesh's", name)
-	}
-	if p.ExitStatus == nil {
-		c.mainPID, c.exitStatus = p.PID, nil
-		return nil
-	}
-	if p.PID != c.mainPID {
-		return conflict("container %q: process %d is not its main process", name, p.PID)
-	}
-	v := *p.ExitStatus
-	c.exitStatus = &v
-	return nil
 }
 
 // restore rebuilds networks and containers from the state directory and
@@ -1169,7 +1156,8 @@ func (d *Daemon) restore() (*savedState, error) {
 		}
 	}
 	for _, sc := range s.Containers {
-		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{}}
+		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{},
+			mainPID: sc.MainPID, exitStatus: sc.ExitStatus, stopped: sc.Stopped && sc.ExitStatus != nil}
 		d.containers[c.name] = c
 		d.endpointsChanged()
 		// A Docker endpoint's namespace has no recorded identity: its

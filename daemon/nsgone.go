@@ -8,7 +8,8 @@ import (
 // netnsCheckInterval is how often the daemon looks whether each
 // container's namespace is still there (watchNamespaces): the bound on how
 // long a gone container stays a name and a backend, plus the cluster's
-// propagation.
+// propagation. The same pass stops the containers whose main process
+// exited once the processes it left are gone too (exited.go).
 //
 // It is a poll, not an event, because nothing reports the loss: the
 // daemon's own TAP descriptor, opened inside the namespace, holds a
@@ -55,11 +56,16 @@ func (d *Daemon) checkNamespaces() {
 		return
 	}
 	checks := make([]nsCheck, 0, len(d.containers))
+	var exited []*container
+	now := time.Now()
 	for _, c := range d.containers {
 		if c.hostTAP || c.nsGone {
 			continue // Docker owns a host TAP container's namespace
 		}
 		checks = append(checks, nsCheck{c: c, path: c.netns, dev: c.nsDev, ino: c.nsIno})
+		if c.exitPending() && c.exitRecheck.due(now) {
+			exited = append(exited, c)
+		}
 	}
 	d.mu.Unlock()
 	var gone []*container
@@ -68,6 +74,15 @@ func (d *Daemon) checkNamespaces() {
 			gone = append(gone, k.c)
 		}
 	}
+	d.withdrawGoneOnes(gone)
+	// Those whose main process exited while others it left ran on
+	// (exited.go): one scan of the processes, only while one is due.
+	d.checkExited(exited)
+}
+
+// withdrawGoneOnes withdraws those of gone (found without d.mu) whose
+// namespace is still gone under it.
+func (d *Daemon) withdrawGoneOnes(gone []*container) {
 	if len(gone) == 0 {
 		return
 	}
@@ -86,13 +101,31 @@ func (d *Daemon) checkNamespaces() {
 		changed = true
 		d.log.Warn("container's namespace is gone; its names and backends are withdrawn until it is removed", "container", c.name, "netns", c.netns)
 	}
-	if !changed {
-		return
+	if changed {
+		d.applyPublication()
 	}
+}
+
+// applyPublication applies the data plane and DNS after containers were
+// withdrawn or published again; callers hold d.mu.
+func (d *Daemon) applyPublication() {
 	if err := d.applyDataplane(); err != nil {
 		d.log.Error("data plane", "err", err)
 	}
 	d.refreshDNS()
+}
+
+// withdrawEndpoints takes c's endpoints out of the cluster (every host's
+// DNS, FDB and balancers drop them as after a removal) and closes its
+// published ports, shown down with why. Callers hold d.mu.
+func (d *Daemon) withdrawEndpoints(c *container, down string) {
+	for _, ep := range c.sortedEndpoints() {
+		d.unpublishEndpoint(ep)
+		closePorts(ep.ports)
+		for _, pp := range ep.ports {
+			pp.down = down
+		}
+	}
 }
 
 // withdrawGone marks c's namespace gone and takes its endpoints out of the
@@ -105,12 +138,8 @@ func (d *Daemon) checkNamespaces() {
 // after.
 func (d *Daemon) withdrawGone(c *container) {
 	c.nsGone = true
+	d.withdrawEndpoints(c, downNetnsGone)
 	for _, ep := range c.sortedEndpoints() {
-		d.unpublishEndpoint(ep)
-		closePorts(ep.ports)
-		for _, pp := range ep.ports {
-			pp.down = downNetnsGone
-		}
 		ep.dev, ep.down = nil, downNetnsGone
 		// The port lists are made again without its device.
 		delete(d.portsOf, ep.net.rec.Name)

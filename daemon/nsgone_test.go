@@ -45,7 +45,7 @@ func TestGoneNamespaceIsWithdrawnEverywhere(t *testing.T) {
 	mem := tunnel.NewMemNetwork()
 	up := nxUpstream(t)
 	p := newDNSPair(t, mem, up)
-	h1, h2, sb1, sb2, dir1 := p.h1, p.h2, p.sb1, p.sb2, p.dir1
+	h1, h2, sb1, sb2 := p.h1, p.h2, p.sb1, p.sb2
 	if _, err := h1.CreateNetwork(api.NetworkCreateRequest{Name: "web", Subnet: "10.9.7.0/24"}); err != nil {
 		t.Fatal(err)
 	}
@@ -108,33 +108,60 @@ func TestGoneNamespaceIsWithdrawnEverywhere(t *testing.T) {
 		t.Errorf("ap's address %s was handed out again before rm", ap.IP)
 	}
 
-	// A restart keeps it withdrawn: h1 does not announce it again. "late",
-	// attached after the restart, tells when h2 has heard from the new h1.
-	h1.Close()
-	h1 = newDNSNode(t, mem, "h1", netip.MustParseAddr("127.0.0.1"), sb1, dir1, []netip.AddrPort{up},
-		fmt.Sprintf("127.0.0.2:%d", h2.cfg.GossipPort))
+	// A restart keeps it withdrawn: h1 does not announce it again.
+	p.h1 = h1
+	h1 = restartKeepsWithdrawn(t, mem, &p, up, r, "ap", b.IP)
+	checkGone("after a restart")
+
+	rmWithoutDrain(t, h1, "ap")
+	if _, err := h1.Container("ap"); err == nil {
+		t.Error("ap still listed after rm")
+	}
+}
+
+// restartH1 restarts p's h1 with its state, joining h2, and returns it.
+func restartH1(t *testing.T, mem *tunnel.MemNetwork, p *dnsPair, up netip.AddrPort) *Daemon {
+	t.Helper()
+	p.h1.Close()
+	p.h1 = newDNSNode(t, mem, "h1", netip.MustParseAddr("127.0.0.1"), p.sb1, p.dir1, []netip.AddrPort{up},
+		fmt.Sprintf("127.0.0.2:%d", p.h2.cfg.GossipPort))
+	return p.h1
+}
+
+// restartKeepsWithdrawn restarts p's h1 and checks that it does not
+// announce withdrawn container name again: for two reconcile intervals
+// (for a republished record to come back) after h2 heard from the new h1
+// (a container "late" attached after the restart resolves in h2's
+// resolver r), name answers NXDOMAIN in r and h2 balances to left only.
+// It returns the new h1.
+func restartKeepsWithdrawn(t *testing.T, mem *tunnel.MemNetwork, p *dnsPair, up netip.AddrPort, r, name, left string) *Daemon {
+	t.Helper()
+	h1 := restartH1(t, mem, p, up)
 	late := mustAttach(t, h1, api.AttachRequest{Network: "web", Name: "late", Create: true})
 	waitFor(t, "late in client's resolver", func() bool {
 		_, got := ask(t, r, "late", mdns.TypeA)
 		return slices.Equal(got, []string{late.IP})
 	})
-	// Two reconcile intervals for a republished record to come back.
 	for deadline := time.Now().Add(2 * reconcileInterval); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if rcode, got := ask(t, r, "ap", mdns.TypeA); rcode != "NXDOMAIN" || len(got) != 0 {
-			t.Fatalf("after h1 restarted, ap resolves on h2 again: %s %v", rcode, got)
+		if rcode, got := ask(t, r, name, mdns.TypeA); rcode != "NXDOMAIN" || len(got) != 0 {
+			t.Fatalf("after h1 restarted, %s resolves on h2 again: %s %v", name, rcode, got)
 		}
-		if got := backendIPs(h2, "web"); !slices.Equal(got, []string{b.IP}) {
-			t.Fatalf("after h1 restarted, h2 balances to %v, want b only", got)
+		if got := backendIPs(p.h2, "web"); !slices.Equal(got, []string{left}) {
+			t.Fatalf("after h1 restarted, h2 balances to %v, want %s only", got, left)
 		}
 	}
-	checkGone("after a restart")
+	return h1
+}
 
-	// rm forgets it without a drain: a drained backend would hold rm for
-	// the service's 10 minutes of stop grace.
+// rmWithoutDrain removes withdrawn container name from d, which must not
+// drain it: a drained backend would hold rm for its services' stop grace
+// period (the tests give 10 minutes).
+func rmWithoutDrain(t *testing.T, d *Daemon, name string) {
+	t.Helper()
 	rm := make(chan error, 1)
-	go func() { rm <- h1.RemoveContainer("ap") }()
+	go func() { rm <- d.RemoveContainer(name) }()
 	var rmErr error
-	waitFor(t, "rm of ap", func() bool {
+	waitFor(t, "rm of "+name, func() bool {
 		select {
 		case rmErr = <-rm:
 			return true
@@ -144,9 +171,6 @@ func TestGoneNamespaceIsWithdrawnEverywhere(t *testing.T) {
 	})
 	if rmErr != nil {
 		t.Fatal(rmErr)
-	}
-	if _, err := h1.Container("ap"); err == nil {
-		t.Error("ap still listed after rm")
 	}
 }
 

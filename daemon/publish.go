@@ -104,12 +104,26 @@ func (d *Daemon) restorePorts(ep *endpoint, specs []string) {
 		ip := ep.ip
 		pp.ip.Store(&ip)
 		pp.ctr.Store(ep.ctr)
-		if pp.port, err = d.egress.PublishFast(spec, d.portTarget(ep.net.rec.Name, pp), d.portFast(pp)); err != nil {
-			pp.down = "down: " + err.Error()
-			d.log.Warn("published port down", "container", ep.ctr.name, "err", err)
+		if ep.ctr.stopped {
+			pp.down = downExited
+		} else {
+			d.openPort(ep, pp)
 		}
 		ep.ports = append(ep.ports, pp)
 	}
+}
+
+// openPort listens for pp, one of ep's published ports, after a restart
+// or a stop; one whose host port is taken now stays down, shown with the
+// cause.
+func (d *Daemon) openPort(ep *endpoint, pp *publishedPort) {
+	p, err := d.egress.PublishFast(pp.spec, d.portTarget(ep.net.rec.Name, pp), d.portFast(pp))
+	if err != nil {
+		pp.down = "down: " + err.Error()
+		d.log.Warn("published port down", "container", ep.ctr.name, "err", err)
+		return
+	}
+	pp.port, pp.down = p, ""
 }
 
 // savedPorts returns ep's published ports as saved.

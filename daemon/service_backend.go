@@ -96,9 +96,9 @@ func (d *Daemon) drainBackends(name, network string) (*drained, error) {
 	d.mu.Lock()
 	c := d.containers[name]
 	_, busy := d.attaching[name]
-	// A container whose namespace is gone was withdrawn already, and
-	// serves nothing: no drain.
-	if c == nil || busy || d.leaving[name] || d.tearingDown[name] || c.nsGone {
+	// A container whose namespace is gone, or that is stopped, was
+	// withdrawn already, and serves nothing: no drain.
+	if c == nil || busy || d.leaving[name] || d.tearingDown[name] || c.withdrawn() {
 		d.mu.Unlock()
 		return nil, nil
 	}

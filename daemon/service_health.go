@@ -77,8 +77,8 @@ func (d *Daemon) syncHealth() bool {
 					}
 					continue
 				}
-				if ep.down != "" {
-					continue
+				if ep.down != "" || c.stopped {
+					continue // nothing to check: no backend until it runs
 				}
 				key := healthKey(c, ep.net.rec.Name, m.name)
 				refs[key] = healthRef{container: c.name, network: ep.net.rec.Name, service: m.name, id: m.id}

@@ -10,9 +10,11 @@ import (
 // Services are saved in the state, with the removals this node saw, so
 // that a cluster whose nodes all stopped gets its services back and not
 // those removed meanwhile (docs/architecture.md, "Services are kept").
+// Networks are saved with the rest of the state; their removals are kept
+// in the same set (network_persist.go).
 
-// removals is the set of service removals this node remembers, by
-// savedRemoval.key. The daemon's d.mu guards it.
+// removals is the set of service and network removals this node
+// remembers, by savedRemoval.key. The daemon's d.mu guards it.
 type removals map[string]savedRemoval
 
 // add notes r; it reports whether r is new.
@@ -24,10 +26,20 @@ func (rs removals) add(r savedRemoval) bool {
 	return true
 }
 
-// has reports whether the incarnation id of service name was removed.
-func (rs removals) has(name, id string) bool {
-	_, ok := rs[savedRemoval{Name: name, ID: id}.key()]
+// has reports whether the incarnation id of the service or network
+// (kind) name was removed.
+func (rs removals) has(kind, name, id string) bool {
+	_, ok := rs[savedRemoval{Kind: kind, Name: name, ID: id}.key()]
 	return ok
+}
+
+// forget drops the removal r; it reports whether there was one.
+func (rs removals) forget(r savedRemoval) bool {
+	if _, ok := rs[r.key()]; !ok {
+		return false
+	}
+	delete(rs, r.key())
+	return true
 }
 
 // list returns the removals still within removalRetention at now, the
@@ -81,16 +93,16 @@ func (d *Daemon) servicesToSave() []svcRecord {
 		if json.Unmarshal(b, &old) != nil || old.ID == "" || byName[name] == old.ID {
 			continue
 		}
-		if d.removals.has(name, byName[name]) {
+		if d.removals.has(removedService, name, byName[name]) {
 			continue // a stale incarnation in the cluster does not remove ours
 		}
 		if _, isLive := byName[name]; isLive || d.cl.Known(tblServices, name) {
-			d.removals.add(savedRemoval{Name: name, ID: old.ID, At: time.Now()})
+			d.removals.add(savedRemoval{Kind: removedService, Name: name, ID: old.ID, At: time.Now()})
 		}
 	}
 	kept := live[:0]
 	for _, v := range live {
-		if !d.removals.has(v.Name, v.ID) {
+		if !d.removals.has(removedService, v.Name, v.ID) {
 			kept = append(kept, v)
 		} else if later, ok := d.laterSaved(v.Name); ok {
 			kept = append(kept, later)
@@ -110,7 +122,7 @@ func (d *Daemon) laterSaved(name string) (svcRecord, bool) {
 		return svcRecord{}, false
 	}
 	var rec svcRecord
-	if json.Unmarshal(b, &rec) != nil || rec.ID == "" || d.removals.has(name, rec.ID) {
+	if json.Unmarshal(b, &rec) != nil || rec.ID == "" || d.removals.has(removedService, name, rec.ID) {
 		return svcRecord{}, false
 	}
 	return rec, true
@@ -121,7 +133,7 @@ func (d *Daemon) laterSaved(name string) (svcRecord, bool) {
 // cluster restarted without the nodes that knew. Callers hold d.mu.
 func (d *Daemon) removeAgain() {
 	for _, v := range d.savedServices() {
-		if !d.removals.has(v.Name, v.ID) {
+		if !d.removals.has(removedService, v.Name, v.ID) {
 			continue
 		}
 		if later, ok := d.laterSaved(v.Name); ok {
@@ -155,8 +167,8 @@ func (d *Daemon) saveServices() error {
 	}
 	p := newPending()
 	err := d.store.diffServices(p, d.servicesToSave(), d.removals.list(time.Now()))
-	if err == nil && len(p.buf) > 0 {
-		if d.store.needsSnapshot(len(p.buf)) {
+	if err == nil && (len(p.buf) > 0 || p.snapshot) {
+		if p.snapshot || d.store.needsSnapshot(len(p.buf)) {
 			err = d.store.compact(d.currentState())
 		} else {
 			err = d.store.commit(p)

@@ -114,46 +114,99 @@ func TestWholeClusterRestartKeepsServices(t *testing.T) {
 	}
 }
 
+// removable is a kind of cluster object whose removals a node keeps
+// (savedRemoval), as a test makes and looks at one.
+type removable struct {
+	kind string
+	// create makes name on d, variant i of it (another subnet, another
+	// port), and returns its ID.
+	create func(t *testing.T, d *Daemon, name string, i int) string
+	remove func(d *Daemon, name string) error
+	// id returns name's ID as d knows it.
+	id func(d *Daemon, name string) (string, error)
+}
+
+var (
+	removableService = removable{
+		kind: "service",
+		create: func(t *testing.T, d *Daemon, name string, i int) string {
+			return mustCreateService(t, d, api.ServiceCreateRequest{Name: name, Networks: []string{"web"}, Ports: []string{fmt.Sprint(8080 + i)}}).ID
+		},
+		remove: (*Daemon).RemoveService,
+		id: func(d *Daemon, name string) (string, error) {
+			s, err := d.Service(name)
+			return s.ID, err
+		},
+	}
+	removableNetwork = removable{
+		kind: "network",
+		create: func(t *testing.T, d *Daemon, name string, i int) string {
+			t.Helper()
+			n, err := d.CreateNetwork(api.NetworkCreateRequest{Name: name, Subnet: fmt.Sprintf("10.%d.0.0/24", 40+i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n.ID
+		},
+		remove: (*Daemon).RemoveNetwork,
+		id: func(d *Daemon, name string) (string, error) {
+			n, err := d.Network(name)
+			return n.ID, err
+		},
+	}
+)
+
 // TestServiceRemovalMissedByTheFirstToStartHolds: h2 is down while a
 // service is removed, then the whole cluster stops and h2 starts first,
 // alone, and announces the service it still has saved. The nodes that saw
 // the removal remove it again as they come back: it ends removed on every
 // node, and the other service is kept.
 func TestServiceRemovalMissedByTheFirstToStartHolds(t *testing.T) {
+	testRemovalMissedByTheFirstToStartHolds(t, removableService)
+}
+
+// TestNetworkRemovalMissedByTheFirstToStartHolds is the same for a
+// network.
+func TestNetworkRemovalMissedByTheFirstToStartHolds(t *testing.T) {
+	testRemovalMissedByTheFirstToStartHolds(t, removableNetwork)
+}
+
+func testRemovalMissedByTheFirstToStartHolds(t *testing.T, k removable) {
 	mem := tunnel.NewMemNetwork()
 	ds, sbs := threeWithWeb(t, mem, "10.33.0.0/24")
-	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
-	mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
+	k.create(t, ds[0], "kept", 0)
+	k.create(t, ds[0], "old", 1)
 	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" having old", func() bool { _, err := d.Service("old"); return err == nil })
+		waitFor(t, d.cfg.Node+" having old", func() bool { _, err := k.id(d, "old"); return err == nil })
 	}
 	ds[1].Close()
-	if err := ds[0].RemoveService("old"); err != nil {
+	if err := k.remove(ds[0], "old"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "h3 seeing old removed", func() bool { _, err := ds[2].Service("old"); return err != nil })
+	waitFor(t, "h3 seeing old removed", func() bool { _, err := k.id(ds[2], "old"); return err != nil })
 	ds[0].Close()
 	ds[2].Close()
 
 	h2 := startAgain(t, mem, ds[1].cfg, sbs[1])
-	if _, err := h2.Service("old"); err != nil {
-		t.Fatalf("h2, alone, lost the service it had saved: %v", err)
+	if _, err := k.id(h2, "old"); err != nil {
+		t.Fatalf("h2, alone, lost the %s it had saved: %v", k.kind, err)
 	}
 	h3 := startAgain(t, mem, ds[2].cfg, sbs[2])
 	h1 := startAgain(t, mem, ds[0].cfg, sbs[0])
 	for _, d := range []*Daemon{h1, h2, h3} {
 		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-		waitFor(t, d.cfg.Node+" without the removed service", func() bool { _, err := d.Service("old"); return err != nil })
-		if _, err := d.Service("api"); err != nil {
-			t.Errorf("%s lost api: %v", d.cfg.Node, err)
+		waitFor(t, d.cfg.Node+" without the removed "+k.kind, func() bool { _, err := k.id(d, "old"); return err != nil })
+		if _, err := k.id(d, "kept"); err != nil {
+			t.Errorf("%s lost kept: %v", d.cfg.Node, err)
 		}
 	}
-	// Created again under the name, it is another service, and stays.
-	mustCreateService(t, h3, api.ServiceCreateRequest{Name: "old", Networks: []string{"web"}})
+	// Created again under the name, it is another one, and stays
+	// across the restart of a node that saw the first one removed.
+	again := k.create(t, h3, "old", 2)
 	h1 = restartNode(t, mem, h1, sbs[0])
 	waitFor(t, "h1 back", func() bool { return allAlive(h1, 3) })
 	for _, d := range []*Daemon{h1, h2, h3} {
-		waitFor(t, d.cfg.Node+" having the new old", func() bool { _, err := d.Service("old"); return err == nil })
+		waitFor(t, d.cfg.Node+" having the new old", func() bool { id, err := k.id(d, "old"); return err == nil && id == again })
 	}
 }
 
@@ -163,51 +216,60 @@ func TestServiceRemovalMissedByTheFirstToStartHolds(t *testing.T) {
 // nodes that saw the change put the later one back: every node ends with
 // the service created last, with its ports.
 func TestServiceRecreatedWhileANodeWasDownHolds(t *testing.T) {
+	testRecreatedWhileANodeWasDownHolds(t, removableService)
+}
+
+// TestNetworkRecreatedWhileANodeWasDownHolds is the same for a network
+// (created again on another subnet).
+func TestNetworkRecreatedWhileANodeWasDownHolds(t *testing.T) {
+	testRecreatedWhileANodeWasDownHolds(t, removableNetwork)
+}
+
+func testRecreatedWhileANodeWasDownHolds(t *testing.T, k removable) {
 	mem := tunnel.NewMemNetwork()
 	ds, sbs := threeWithWeb(t, mem, "10.33.0.0/24")
-	first := mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, Ports: []string{"80"}})
+	first := k.create(t, ds[0], "api", 0)
 	for _, d := range ds {
-		waitFor(t, d.cfg.Node+" having api", func() bool { _, err := d.Service("api"); return err == nil })
+		waitFor(t, d.cfg.Node+" having api", func() bool { _, err := k.id(d, "api"); return err == nil })
 	}
 	ds[1].Close()
-	if err := ds[0].RemoveService("api"); err != nil {
+	if err := k.remove(ds[0], "api"); err != nil {
 		t.Fatal(err)
 	}
-	second := mustCreateService(t, ds[0], api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}, Ports: []string{"8080"}})
-	if second.ID == first.ID {
-		t.Fatal("the service created again has the removed one's ID")
+	second := k.create(t, ds[0], "api", 1)
+	if second == first {
+		t.Fatalf("the %s created again has the removed one's ID", k.kind)
 	}
-	waitFor(t, "h3 seeing the second api", func() bool { s, err := ds[2].Service("api"); return err == nil && s.ID == second.ID })
+	waitFor(t, "h3 seeing the second api", func() bool { id, err := k.id(ds[2], "api"); return err == nil && id == second })
 	ds[0].Close()
 	ds[2].Close()
 
 	h2 := startAgain(t, mem, ds[1].cfg, sbs[1])
-	if s, err := h2.Service("api"); err != nil || s.ID != first.ID {
-		t.Fatalf("h2, alone, has api %+v, %v; want the first one it had saved", s, err)
+	if id, err := k.id(h2, "api"); err != nil || id != first {
+		t.Fatalf("h2, alone, has api %s, %v; want the first one it had saved, %s", id, err, first)
 	}
 	// The others join h2, so they learn its api before they would
 	// announce their own.
-	seed := h2.cfg.Advertise.String() + ":" + fmt.Sprint(h2.cfg.GossipPort)
-	var h1, h3 *Daemon
-	for i, d := range []**Daemon{&h1, nil, &h3} {
-		if d == nil {
-			continue
-		}
-		cfg := nodeConfig(t, mem, ds[i].cfg.Node, ds[i].cfg.Advertise, sbs[i], ds[i].cfg.StateDir, seed)
-		cfg.GossipPort = ds[i].cfg.GossipPort
-		*d = startNode(t, cfg)
-		t.Cleanup((*d).Close)
-	}
+	h1, h3 := startJoining(t, mem, ds[0], sbs[0], h2), startJoining(t, mem, ds[2], sbs[2], h2)
 	for _, d := range []*Daemon{h1, h2, h3} {
 		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
-		waitFor(t, d.cfg.Node+" having the api created last", func() bool {
-			s, err := d.Service("api")
-			return err == nil && s.ID == second.ID && len(s.Ports) == 1 && strings.HasPrefix(s.Ports[0], "8080")
-		})
+		waitFor(t, d.cfg.Node+" having the api created last", func() bool { id, err := k.id(d, "api"); return err == nil && id == second })
 	}
 	// And it is what each node saved: a restart of one keeps it.
 	h3 = restartNode(t, mem, h3, sbs[2])
-	waitFor(t, "h3 back with the api created last", func() bool { s, err := h3.Service("api"); return err == nil && s.ID == second.ID })
+	waitFor(t, "h3 back with the api created last", func() bool { id, err := k.id(h3, "api"); return err == nil && id == second })
+}
+
+// startJoining starts stopped node d again with its state, joining seed
+// first, so that it learns seed's records before it would announce its
+// own.
+func startJoining(t *testing.T, mem *tunnel.MemNetwork, d *Daemon, sb *fakeSandbox, seed *Daemon) *Daemon {
+	t.Helper()
+	cfg := nodeConfig(t, mem, d.cfg.Node, d.cfg.Advertise, sb, d.cfg.StateDir, seed.cfg.Advertise.String()+":"+fmt.Sprint(seed.cfg.GossipPort))
+	cfg.GossipPort = d.cfg.GossipPort
+	n := startNode(t, cfg)
+	t.Cleanup(n.Close)
+	return n
 }
 
 // threeWithWeb starts three nodes on mem, waits until each sees all
@@ -222,4 +284,59 @@ func threeWithWeb(t *testing.T, mem *tunnel.MemNetwork, subnet string) ([]*Daemo
 		t.Fatal(err)
 	}
 	return ds, sbs
+}
+
+// TestNetworkRemovedWhileItsNodeWasDownIsKeptForItsContainers: h2 is
+// down, with a container on network old, while old is removed (h2's
+// endpoints left the cluster after --node-grace). After a whole-cluster
+// stop in which h2 starts first, its container keeps the network, as when
+// h2 rejoins a running cluster: the nodes that saw the removal do not
+// remove it again while an endpoint uses it.
+func TestNetworkRemovedWhileItsNodeWasDownIsKeptForItsContainers(t *testing.T) {
+	mem := tunnel.NewMemNetwork()
+	ds, sbs := threeWithWeb(t, mem, "10.33.0.0/24")
+	removableNetwork.create(t, ds[0], "old", 1)
+	waitFor(t, "h2 having old", func() bool { _, err := ds[1].Network("old"); return err == nil })
+	mustAttach(t, ds[1], api.AttachRequest{Network: "old", Name: "c2", Create: true})
+	ds[1].Close()
+	waitFor(t, "h1 forgetting h2's endpoints", func() bool { return ds[0].RemoveNetwork("old") == nil })
+	waitFor(t, "h3 seeing old removed", func() bool { _, err := ds[2].Network("old"); return err != nil })
+	ds[0].Close()
+	ds[2].Close()
+
+	h2 := startAgain(t, mem, ds[1].cfg, sbs[1])
+	h3 := startAgain(t, mem, ds[2].cfg, sbs[2])
+	h1 := startAgain(t, mem, ds[0].cfg, sbs[0])
+	all := []*Daemon{h1, h2, h3}
+	for _, d := range all {
+		waitFor(t, d.cfg.Node+" seeing three alive", func() bool { return allAlive(d, 3) })
+		waitFor(t, d.cfg.Node+" having old with c2", func() bool {
+			n, err := d.Network("old")
+			return err == nil && len(n.Endpoints) == 1 && n.Endpoints[0].Name == "c2"
+		})
+	}
+	// It stays: no node removes it again (h2 would announce it again,
+	// and so on), nor once c2 is gone: kept, it is a network again, also
+	// across a restart of a node that saw it removed.
+	stays := func(when string) {
+		t.Helper()
+		for range 20 {
+			for _, d := range all {
+				if _, err := d.Network("old"); err != nil {
+					t.Fatalf("%s: %s: %v", when, d.cfg.Node, err)
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	stays("with c2")
+	if err := h2.RemoveContainer("c2"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "h1 seeing c2 gone", func() bool { n, err := h1.Network("old"); return err == nil && len(n.Endpoints) == 0 })
+	stays("after c2's rm")
+	all[0] = restartNode(t, mem, h1, sbs[0])
+	waitFor(t, "h1 back", func() bool { return allAlive(all[0], 3) })
+	waitFor(t, "h1 having old", func() bool { _, err := all[0].Network("old"); return err == nil })
+	stays("after h1's restart")
 }

@@ -28,24 +28,36 @@ type savedState struct {
 	// it): a cluster whose nodes all stopped gets them back from whichever
 	// node starts first (see Daemon.republish).
 	Services []svcRecord `json:"services,omitempty"`
-	// RemovedServices are the services this node saw removed (by a
-	// tombstone, or replaced under their name), kept for
+	// RemovedServices are the services and networks this node saw
+	// removed (by a tombstone, or replaced under their name), kept for
 	// removalRetention: a node that missed the removal and announces one
 	// again after the whole cluster stopped sees it removed once more.
+	// The name is older than network removals; a version that knows only
+	// services reads a network's as the removal of a service ID that no
+	// service has.
 	RemovedServices []savedRemoval `json:"removed_services,omitempty"`
 }
 
-// savedRemoval is one removed service: its name and the ID of the
-// removed incarnation (a service created again under the name has
-// another), and when this node saw it go.
+// savedRemoval is one removed service or network: its kind, its name
+// and the ID of the removed incarnation (one created again under the
+// name has another), and when this node saw it go.
 type savedRemoval struct {
+	// Kind is removedService (empty: written before networks had
+	// removals) or removedNetwork.
+	Kind string    `json:"kind,omitempty"`
 	Name string    `json:"name"`
 	ID   string    `json:"id"`
 	At   time.Time `json:"at"`
 }
 
+// Kinds of savedRemoval.
+const (
+	removedService = ""
+	removedNetwork = "network"
+)
+
 // key identifies the removal among others.
-func (r savedRemoval) key() string { return r.Name + "\x00" + r.ID }
+func (r savedRemoval) key() string { return r.Kind + "\x00" + r.Name + "\x00" + r.ID }
 
 // removalRetention is how long a removal is remembered; maxRemovals
 // bounds how many (the newest are kept).
@@ -100,6 +112,12 @@ type savedContainer struct {
 	Managed bool   `json:"managed"`
 	// HostTAP marks a Docker endpoint's container (see container.hostTAP).
 	HostTAP bool `json:"host_tap,omitempty"`
+	// MainPID, ExitStatus and Stopped are the main process of a container
+	// made by run, its exit status once it exited, and whether the
+	// container is stopped (see container.stopped).
+	MainPID    int  `json:"main_pid,omitempty"`
+	ExitStatus *int `json:"exit_status,omitempty"`
+	Stopped    bool `json:"stopped,omitempty"`
 	// Endpoints are the container's interfaces, one per network.
 	Endpoints []savedEndpoint `json:"endpoints"`
 }
@@ -366,6 +384,9 @@ type pending struct {
 	containers map[string][]byte
 	services   map[string][]byte
 	removed    map[string][]byte
+	// snapshot says the save must write a snapshot: disk holds what no
+	// journal record can take away.
+	snapshot bool
 }
 
 // add appends rec and notes name's new encoding (nil: deleted) in cache,
@@ -440,8 +461,10 @@ func (st *stateStore) diffServices(p *pending, svcs []svcRecord, removed []saved
 			st.putService(p, name, nil)
 		}
 	}
+	kept := 0
 	for i := range removed {
 		if _, had := st.removed[removed[i].key()]; had {
+			kept++
 			continue
 		}
 		b, err := json.Marshal(removed[i])
@@ -452,6 +475,10 @@ func (st *stateStore) diffServices(p *pending, svcs []svcRecord, removed []saved
 			return err
 		}
 	}
+	// A removal forgotten (a network kept for the containers on it) or
+	// expired is still on disk: the journal cannot drop one, a snapshot
+	// does.
+	p.snapshot = p.snapshot || kept < len(st.removed)
 	return nil
 }
 
@@ -623,7 +650,8 @@ func (d *Daemon) currentState() *savedState {
 
 // saved is the container as the state keeps it.
 func (c *container) saved() savedContainer {
-	sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed, HostTAP: c.hostTAP}
+	sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed, HostTAP: c.hostTAP,
+		MainPID: c.mainPID, ExitStatus: c.exitStatus, Stopped: c.stopped}
 	for _, ep := range c.sortedEndpoints() {
 		sc.Endpoints = append(sc.Endpoints, ep.saved())
 	}
@@ -666,7 +694,7 @@ func (d *Daemon) persist(only []string) error {
 			err = d.store.putContainer(p, name, nil)
 		}
 	}
-	if err == nil && d.store.needsSnapshot(len(p.buf)) {
+	if err == nil && (p.snapshot || d.store.needsSnapshot(len(p.buf))) {
 		if full == nil {
 			full = d.currentState()
 		}

@@ -34,8 +34,9 @@ func status(t *testing.T, d *Daemon, name string) api.Container {
 
 // TestContainerStatusFromMainProcess: ps's STATUS is running while
 // processes are in the namespace, "exited N" once the main process a
-// monitor reported exited with N and none is left, gone with the
-// namespace; reports that do not fit change nothing.
+// monitor reported exited with N and none is left (until one is reported
+// started again), gone with the namespace; reports that do not fit
+// change nothing.
 func TestContainerStatusFromMainProcess(t *testing.T) {
 	sb := newFakeSandbox()
 	d := newTestDaemon(t, sb, t.TempDir())
@@ -77,9 +78,18 @@ func TestContainerStatusFromMainProcess(t *testing.T) {
 	if c := status(t, d, "c1"); c.Status != "exited 3" || c.ExitStatus == nil || *c.ExitStatus != 3 {
 		t.Fatalf("after the exit: %+v, want exited 3", c)
 	}
-	sb.setPIDs(ep.Netns, 5000) // exec -d: the namespace is in use again
+	// Stopped (exited.go): a process entering the namespace some other
+	// way (exec refuses) does not make it running; a main process
+	// reported started does.
+	sb.setPIDs(ep.Netns, 5000)
+	if c := status(t, d, "c1"); c.Status != "exited 3" {
+		t.Fatalf("a process in the stopped container's namespace: %+v, want exited 3", c)
+	}
+	if err := d.SetMainProcess("c1", api.MainProcess{PID: 5000}); err != nil {
+		t.Fatal(err)
+	}
 	if c := status(t, d, "c1"); c.Status != api.StatusRunning {
-		t.Fatalf("exec'd process after the exit: %+v, want running", c)
+		t.Fatalf("started again: %+v, want running", c)
 	}
 	sb.DeleteNamedNetns("c1")
 	if c := status(t, d, "c1"); c.Status != api.StatusGone {

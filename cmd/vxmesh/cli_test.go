@@ -495,3 +495,22 @@ func TestCommandThatCannotStartExits127Or126(t *testing.T) {
 		}
 	}
 }
+
+// TestEnterableRefusesGoneAndStopped: exec and --net container: enter a
+// container that is up or running, and refuse one whose namespace is gone
+// or that is stopped (as the namespace look-up shows it), saying why.
+func TestEnterableRefusesGoneAndStopped(t *testing.T) {
+	for _, tc := range []struct {
+		ctr  api.Container
+		want string
+	}{
+		{api.Container{Name: "c", State: api.ContainerUp}, ""},
+		{api.Container{Name: "c", State: api.ContainerGone, Netns: "/run/netns/c"}, `container "c": its network namespace /run/netns/c is gone`},
+		{api.Container{Name: "c", State: api.ContainerUp, Status: "exited 137"}, `container "c" is not running (exited 137; remove it with vxmesh rm)`},
+	} {
+		err := enterable(tc.ctr)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("enterable(%+v) = %v, want %q", tc.ctr, err, tc.want)
+		}
+	}
+}

@@ -86,7 +86,7 @@ func (f *runFlags) runInContainer(env *cliEnv, c *api.Client, argv []string, mem
 	if err != nil {
 		return err
 	}
-	if err := notGone(ctr); err != nil {
+	if err := enterable(ctr); err != nil {
 		return err
 	}
 	return startIn(env, containerPaths(ctr), argv, f.detach, target, nil)
@@ -217,11 +217,16 @@ func containerPaths(ctr api.Container) nsPaths {
 	return nsPaths{netns: ctr.Netns, resolvConf: ctr.ResolvConf, mountNS: ctr.MountNS}
 }
 
-// notGone refuses to enter a container whose namespace is gone: its path
-// may name someone else's namespace now.
-func notGone(ctr api.Container) error {
+// enterable refuses to enter a container whose namespace is gone (its
+// path may name someone else's namespace now) or that is stopped (its
+// main process exited: it is no name or backend any more; Docker refuses
+// exec in a stopped container too). ctr is from ContainerNamespace.
+func enterable(ctr api.Container) error {
 	if ctr.State == api.ContainerGone {
 		return fmt.Errorf("container %q: its network namespace %s is gone (remove it with vxmesh rm)", ctr.Name, ctr.Netns)
+	}
+	if strings.HasPrefix(ctr.Status, "exited ") {
+		return fmt.Errorf("container %q is not running (%s; remove it with vxmesh rm)", ctr.Name, ctr.Status)
 	}
 	return nil
 }
@@ -272,7 +277,7 @@ func cmdExec(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := notGone(ctr); err != nil {
+	if err := enterable(ctr); err != nil {
 		return err
 	}
 	if *detach {
