@@ -188,7 +188,9 @@ func (d *Daemon) endpointsSince(rev uint64) ([]*epRecord, *epDelta, uint64) {
 }
 
 // watchCluster reconciles the local data plane with the cluster's tables
-// whenever they or the membership change, and periodically.
+// whenever they or the membership change, and periodically; after each
+// pass, without d.mu, it keeps the blocks of this node's addresses
+// (holdBlocks) and gives back the empty ones (releaseEmptyBlocks).
 func (d *Daemon) watchCluster(ctx context.Context) {
 	ch, cancel := d.cl.Subscribe()
 	defer cancel()
@@ -219,6 +221,7 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 		d.mu.Unlock()
 		// How long the pass held d.mu: an attach waits for it.
 		d.log.Debug("reconcile pass", "took", time.Since(start), "containers", ctrs)
+		d.holdBlocks()
 		d.releaseEmptyBlocks(time.Now())
 		d.saveMembers()
 	}
@@ -349,7 +352,6 @@ func (d *Daemon) reconcileTables() error {
 	} else if err := d.saveServices(); err != nil {
 		d.log.Error("saving state", "err", err)
 	}
-	d.holdBlocks()
 	return d.reconcileKeys()
 }
 

@@ -509,10 +509,14 @@ func (d *Daemon) start() error {
 	}
 	d.rejoinSavedMembers()
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.republish(saved); err != nil {
+	err = d.republish(saved)
+	d.mu.Unlock()
+	if err != nil {
 		return err
 	}
+	// The restored endpoints' blocks, before the other nodes judge their
+	// records; the cluster watch keeps them held from here on.
+	d.holdBlocks()
 	d.startWatchers(super != nil)
 	d.log.Info("node started", "node", d.cfg.Node, "advertise", d.cfg.Advertise, "data_port", d.cfg.DataPort, "gossip_port", d.cfg.GossipPort)
 	return nil
