@@ -170,7 +170,8 @@ type apiTimeouts struct {
 	header, request, idle time.Duration
 }
 
-// The API server's timeouts (see apiTimeouts).
+// The API server's timeouts (see apiTimeouts). api.Client lets idle
+// connections go sooner (api.ClientIdleTimeout).
 const (
 	apiHeaderTimeout  = 10 * time.Second
 	apiRequestTimeout = 30 * time.Second
