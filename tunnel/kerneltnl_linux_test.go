@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -209,6 +210,13 @@ func TestKernelTunnelSegmentsOnTheWire(t *testing.T) {
 	})
 	msgs := readN(t, ub, segs)
 	checkTCPSegments(t, msgs, 1450, orig[packet.Headroom+14+20+32:])
+	// The kernel's datagrams leave from one of the transmit sockets'
+	// ports (RFC 7348's dynamic range), as the flow's others would.
+	for _, m := range msgs {
+		if p := m.Addr.Port(); !slices.Contains(ua.TxPorts(), p) || p < txPortMin {
+			t.Fatalf("a segment's source port %d is not one of the transmit sockets' %v", p, ua.TxPorts())
+		}
+	}
 	if sa := va.Stats(); sa.TxSupers != 1 {
 		t.Errorf("A sent %d super-packets through the kernel, want 1", sa.TxSupers)
 	}
