@@ -143,9 +143,9 @@ func TestConcurrentAllocationsShareTheBlockOneClaims(t *testing.T) {
 // hold a block again (an endpoint of this node outside the blocks it
 // holds, as after a restart) waits for this node's claim round in
 // progress, which lasts as long as a member does not answer (here h2, cut
-// off). The API answers meanwhile, and the block is held once the round
-// ended. (The pass kept the block with d.mu held: `network ls` and `ps`
-// waited for the claim round.)
+// off). The API answers meanwhile, reconcile passes go on, and the block
+// is held once the round ended. (The pass kept the block with d.mu held:
+// `network ls`, `ps` and the next passes waited for the claim round.)
 func TestAPIAnswersWhileABlockWaitsToBeHeldAgain(t *testing.T) {
 	cmem := cluster.NewMemNetwork()
 	onMem := func(c *Config) {
@@ -189,9 +189,10 @@ func TestAPIAnswersWhileABlockWaitsToBeHeldAgain(t *testing.T) {
 	h1.containers["c2"] = c
 	h1.containerChanged(c)
 	h1.mu.Unlock()
+	// The pass after the one that saw c2 ran too: the keep waits aside.
 	passes := h1.passes.reconcile.Load()
-	waitFor(t, "a reconcile pass that saw c2", func() bool {
-		return h1.passes.reconcile.Load() > passes
+	waitFor(t, "two reconcile passes after c2 came", func() bool {
+		return h1.passes.reconcile.Load() > passes+1
 	})
 	if got := len(h1.Containers()); got != 1 {
 		t.Fatalf("ps lists %d containers, want c2", got)
