@@ -512,15 +512,17 @@ func (d *Daemon) start() error {
 		}
 	}
 	d.rejoinSavedMembers()
+	// The restored endpoints' blocks, before their records go out: the
+	// other nodes judge a record by its writer's blocks. The cluster
+	// watch keeps them held from here on (and the VIPs of services
+	// republished below).
+	d.holdBlocks()
 	d.mu.Lock()
 	err = d.republish(saved)
 	d.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	// The restored endpoints' blocks, before the other nodes judge their
-	// records; the cluster watch keeps them held from here on.
-	d.holdBlocks()
 	d.startWatchers(super != nil)
 	d.log.Info("node started", "node", d.cfg.Node, "advertise", d.cfg.Advertise, "data_port", d.cfg.DataPort, "gossip_port", d.cfg.GossipPort)
 	return nil
