@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,9 +37,29 @@ func NewClient(socket string) *Client {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		},
+		IdleConnTimeout: ClientIdleTimeout,
 	}
 	return &Client{socket: socket, http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
 }
+
+// ClientIdleTimeout is how long a Client keeps an idle connection to the
+// daemon for the next request: well below the daemon's own idle timeout
+// (2 minutes), so that a long-lived client does not send a request on a
+// connection the daemon is closing at that moment.
+const ClientIdleTimeout = 30 * time.Second
+
+// IdempotencyHeader is the header of the unique key every Client request
+// carries. With it Go's HTTP client sends a request again, once, on a new
+// connection when the kept-alive connection it went out on was closed
+// before any answer (net/http retries GET requests so, and any request
+// with such a header). The daemon closes a connection idle for its idle
+// timeout without reading what arrives as it closes: the request was not
+// made, and a POST failed with "EOF" or "connection reset by peer"
+// (a long-lived client sending just then, e.g. the Docker plugin, or the
+// CLI on a daemon shutting down). The daemon does not look at the key;
+// a request whose handler panicked (the server drops the connection
+// unanswered) may be made twice.
+const IdempotencyHeader = "Idempotency-Key"
 
 // StatusError is the daemon's answer to a refused request: the HTTP status
 // (400 invalid, 403, 404 unknown object, 409 conflict with the current
@@ -90,6 +111,7 @@ func (c *Client) do(method, path string, in, out any) error {
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	req.Header.Set(IdempotencyHeader, rand.Text())
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return c.unreachable(err)

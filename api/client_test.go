@@ -1,10 +1,14 @@
 package api
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -123,5 +127,63 @@ func TestCloseIdleConnectionsLeavesDaemonNoConnection(t *testing.T) {
 			t.Fatalf("the daemon still holds %d connection(s) from an idle client", n)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestClientSendsAgainOnAConnectionClosedIdle: the daemon closes a
+// kept-alive connection that was idle for its idle timeout just as the
+// client sends a request on it, which it does not read. The client sends
+// the request (a POST) again on a new connection and gets the answer, not
+// an error.
+func TestClientSendsAgainOnAConnectionClosedIdle(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var mu sync.Mutex
+	var answered []string // connection number and body of each request answered
+	go func() {
+		for n := 1; ; n++ {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for i := 0; ; i++ {
+					if n == 1 && i == 1 {
+						// The next request has arrived: the idle
+						// timeout closes the connection unread.
+						br.Peek(1)
+						return
+					}
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					body, _ := io.ReadAll(req.Body)
+					mu.Lock()
+					answered = append(answered, fmt.Sprintf("%d %s", n, body))
+					mu.Unlock()
+					if _, err := io.WriteString(conn, "HTTP/1.1 204 No Content\r\n\r\n"); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	c := NewClient(sock)
+	for _, pid := range []int{41, 42} {
+		if err := c.MainProcess("web", MainProcess{PID: pid}); err != nil {
+			t.Fatalf("POST with PID %d: %v", pid, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{`1 {"pid":41}`, `2 {"pid":42}`}; !slices.Equal(answered, want) {
+		t.Fatalf("the daemon answered %q, want %q", answered, want)
 	}
 }

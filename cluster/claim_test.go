@@ -21,9 +21,12 @@ func TestClaimRightAfterJoiningThroughAnotherNode(t *testing.T) {
 	nodes := startCluster(t, key, 2)
 	for round := range 3 {
 		n := startNode(t, "late"+itoa(round), key, 0)
-		if _, err := n.Join([]string{nodes[0].addr()}); err != nil {
-			t.Fatal(err)
-		}
+		// One join is one push/pull within TCPTimeout, which a loaded
+		// machine can miss (see startCluster).
+		waitFor(t, 10*time.Second, "late"+itoa(round)+" joined", func() bool {
+			_, err := n.Join([]string{nodes[0].addr()})
+			return err == nil
+		})
 		start := time.Now()
 		if _, err := n.ClaimBlock("web", netip.MustParsePrefix("10.0.0.0/16"), 24); err != nil {
 			t.Fatalf("claim right after joining: %v", err)

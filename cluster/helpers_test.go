@@ -143,7 +143,9 @@ func startCluster(t *testing.T, key []byte, count int, tune ...func(*Config)) []
 		}
 		nodes = append(nodes, n)
 	}
-	waitFor(t, 10*time.Second, "all members alive", func() bool {
+	// Probes and gossip of every node on a loaded machine (load 18 on
+	// two cores) took over 10 s to agree.
+	waitFor(t, 30*time.Second, "all members alive", func() bool {
 		for _, n := range nodes {
 			if countState(n.Members(), StateAlive) != count {
 				return false

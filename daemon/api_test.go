@@ -177,6 +177,15 @@ func TestAPITimeouts(t *testing.T) {
 	}
 }
 
+// TestClientLetsIdleConnectionsGoBeforeTheDaemon: api.Client drops an
+// idle connection before the daemon would close it, so that a long-lived
+// client does not send a request on a connection being closed.
+func TestClientLetsIdleConnectionsGoBeforeTheDaemon(t *testing.T) {
+	if api.ClientIdleTimeout >= apiIdleTimeout {
+		t.Fatalf("the client keeps idle connections %v, the daemon %v", api.ClientIdleTimeout, apiIdleTimeout)
+	}
+}
+
 // An attach whose namespace cannot be opened says why once: a --pid of no
 // process says "no such process", a path is named once.
 func TestAttachMissingNamespaceSaysWhy(t *testing.T) {

@@ -80,17 +80,17 @@ func TestHoldBlocksLooksAtAddedEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true})
+	d.holdBlocks()
+	d.holdBlocks()
 	d.mu.Lock()
-	d.holdBlocks()
-	d.holdBlocks()
 	n := d.networks["web"]
 	ip := netip.MustParseAddr("10.30.200.5")
 	c := &container{name: "c2", endpoints: map[string]*endpoint{}}
 	c.endpoints["web"] = &endpoint{ctr: c, net: n, ip: ip, mac: macForIP(ip), ifname: "eth0"}
 	d.containers["c2"] = c
 	d.containerChanged(c)
-	d.holdBlocks()
 	d.mu.Unlock()
+	d.holdBlocks()
 	if _, holder, _ := holderOf(d.cl.Blocks("web"), ip); holder != d.cfg.Node {
 		t.Fatalf("the block of c2's %s is held by %q after a reconcile, want this node", ip, holder)
 	}

@@ -102,10 +102,11 @@ func TestUnheldEndpointsEqualFresh(t *testing.T) {
 				}
 			}
 		}
-		if rng.IntN(2) == 0 {
+		hold := rng.IntN(2) == 0
+		d.mu.Unlock()
+		if hold {
 			d.holdBlocks()
 		}
-		d.mu.Unlock()
 		slices.Sort(got)
 		slices.Sort(want)
 		if !slices.Equal(got, want) {

@@ -189,7 +189,9 @@ func (d *Daemon) endpointsSince(rev uint64) ([]*epRecord, *epDelta, uint64) {
 }
 
 // watchCluster reconciles the local data plane with the cluster's tables
-// whenever they or the membership change, and periodically.
+// whenever they or the membership change, and periodically; after each
+// pass it has the blocks of this node's addresses kept (keepBlocks) and,
+// without d.mu, gives back the empty ones (releaseEmptyBlocks).
 func (d *Daemon) watchCluster(ctx context.Context) {
 	ch, cancel := d.cl.Subscribe()
 	defer cancel()
@@ -220,8 +222,27 @@ func (d *Daemon) watchCluster(ctx context.Context) {
 		d.mu.Unlock()
 		// How long the pass held d.mu: an attach waits for it.
 		d.log.Debug("reconcile pass", "took", time.Since(start), "containers", ctrs)
+		select {
+		case d.holdKick <- struct{}{}:
+		default: // a run is asked for already
+		}
 		d.releaseEmptyBlocks(time.Now())
 		d.saveMembers()
+	}
+}
+
+// keepBlocks runs holdBlocks when watchCluster asks (holdKick), until ctx
+// is done. It runs beside the cluster watch: a keep that waits for this
+// node's claim round in progress holds up neither the API nor the
+// reconcile passes.
+func (d *Daemon) keepBlocks(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.holdKick:
+		}
+		d.holdBlocks()
 	}
 }
 
@@ -353,7 +374,6 @@ func (d *Daemon) reconcileTables() error {
 	} else if err := d.saveServices(); err != nil {
 		d.log.Error("saving state", "err", err)
 	}
-	d.holdBlocks()
 	return d.reconcileKeys()
 }
 

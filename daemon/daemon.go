@@ -170,7 +170,8 @@ type apiTimeouts struct {
 	header, request, idle time.Duration
 }
 
-// The API server's timeouts (see apiTimeouts).
+// The API server's timeouts (see apiTimeouts). api.Client lets idle
+// connections go sooner (api.ClientIdleTimeout).
 const (
 	apiHeaderTimeout  = 10 * time.Second
 	apiRequestTimeout = 30 * time.Second
@@ -215,6 +216,9 @@ type Daemon struct {
 	// heldChecked lets holdBlocks skip the networks whose endpoints and
 	// blocks did not change since all were found held.
 	heldChecked map[string]heldCheck
+	// holdKick asks the block keeper (keepBlocks) for a holdBlocks run;
+	// made by startWatchers.
+	holdKick chan struct{}
 	// mesh are the services' published ports this host serves, by
 	// meshWant.key, and meshPublished the state record last published
 	// (mesh_listen.go); guarded by mu.
@@ -508,9 +512,15 @@ func (d *Daemon) start() error {
 		}
 	}
 	d.rejoinSavedMembers()
+	// The restored endpoints' blocks, before their records go out: the
+	// other nodes judge a record by its writer's blocks. The cluster
+	// watch keeps them held from here on (and the VIPs of services
+	// republished below).
+	d.holdBlocks()
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.republish(saved); err != nil {
+	err = d.republish(saved)
+	d.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	d.startWatchers(super != nil)
@@ -610,13 +620,19 @@ func (d *Daemon) republish(saved *savedState) error {
 	return nil
 }
 
-// startWatchers runs the cluster watch, the namespaces' watch, and the
-// kernel tunnel's watch when the tunnel is there.
+// startWatchers runs the cluster watch, its block keeper, the
+// namespaces' watch, and the kernel tunnel's watch when the tunnel is
+// there.
 func (d *Daemon) startWatchers(kernelTunnel bool) {
-	d.done.Add(2)
+	d.holdKick = make(chan struct{}, 1)
+	d.done.Add(3)
 	go func() {
 		defer d.done.Done()
 		d.watchCluster(d.ctx)
+	}()
+	go func() {
+		defer d.done.Done()
+		d.keepBlocks(d.ctx)
 	}()
 	go func() {
 		defer d.done.Done()

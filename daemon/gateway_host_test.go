@@ -279,11 +279,7 @@ func TestHoldBlocksTakesBackAReleasedBlock(t *testing.T) {
 	if holder != d.cfg.Node {
 		t.Fatalf("c1's block %s is held by %q, want this node", b, holder)
 	}
-	reconcile := func() {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		d.holdBlocks()
-	}
+	reconcile := d.holdBlocks
 	reconcile()
 	reconcile()
 	if err := d.cl.ReleaseBlock("web", b); err != nil {

@@ -158,15 +158,57 @@ type heldCheck struct {
 }
 
 // holdBlocks makes this node hold the IPAM block of every address its
-// endpoints use (and of the VIPs of the services it created): after a restart its claims from the previous run are gone
-// (the cluster overwrites them), but the endpoints kept their addresses.
-// A block another node holds is reported once: that endpoint's record is
-// then refused by the other nodes. Callers hold d.mu; nothing here waits
-// for other nodes.
+// endpoints use (and of the VIPs of the services it created): after a
+// restart its claims from the previous run are gone (the cluster
+// overwrites them), but the endpoints kept their addresses. A block
+// another node holds is reported once: that endpoint's record is then
+// refused by the other nodes.
+//
+// It decides under d.mu (blocksToKeep) and keeps the blocks without it:
+// KeepBlock waits for a claim round of this node in progress (the
+// cluster's claims are one at a time), which lasts seconds, or up to the
+// node grace while a dead member is waited for; with d.mu held, every API
+// request waited that long too. Callers do not hold d.mu.
 func (d *Daemon) holdBlocks() {
+	d.mu.Lock()
+	var keep []blockKeep
+	if !d.stopping {
+		keep = d.blocksToKeep()
+	}
+	d.mu.Unlock()
+	for _, k := range keep {
+		if err := d.cl.KeepBlock(k.network, k.block); err != nil && k.what != "" {
+			d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, k.network, k.name), d.cfg.Node, 0,
+				fmt.Errorf("this node's %s: the other nodes refuse it: %w", k.what, err))
+		}
+	}
+}
+
+// blockKeep is a block holdBlocks keeps, and what a refusal of it is
+// reported as: the endpoint record name and the address's description
+// ("" for a service VIP, not reported).
+type blockKeep struct {
+	network    string
+	block      netip.Prefix
+	name, what string
+}
+
+// blocksToKeep returns the blocks holdBlocks keeps, each once, in the
+// order it keeps them: those of this node's endpoints (by container and
+// interface name), of its gateway host addresses and of the VIPs of the
+// services it created, where this node holds none. Callers hold d.mu.
+func (d *Daemon) blocksToKeep() []blockKeep {
 	held := map[string]map[netip.Prefix]string{}
 	for name := range d.networks {
 		held[name] = d.cl.Blocks(name)
+	}
+	var keep []blockKeep
+	listed := map[blockRef]bool{}
+	add := func(k blockKeep) {
+		if r := (blockRef{k.network, k.block}); !listed[r] {
+			listed[r] = true
+			keep = append(keep, k)
+		}
 	}
 	unheld := d.unheldEndpoints(held)
 	sort.Slice(unheld, func(i, j int) bool {
@@ -176,11 +218,7 @@ func (d *Daemon) holdBlocks() {
 		return unheld[i].ifname < unheld[j].ifname
 	})
 	for _, ep := range unheld {
-		name := ep.net.rec.Name
-		if err := d.cl.KeepBlock(name, blockOf(ep.net.subnet, ep.ip)); err != nil {
-			d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, ep.ctr.name), d.cfg.Node, 0,
-				fmt.Errorf("this node's endpoint %s: the other nodes refuse it: %w", ep.ip, err))
-		}
+		add(blockKeep{ep.net.rec.Name, blockOf(ep.net.subnet, ep.ip), ep.ctr.name, "endpoint " + ep.ip.String()})
 	}
 	// So do this node's gateway host addresses (the routing mesh).
 	for _, n := range d.sortedNetworks() {
@@ -192,10 +230,7 @@ func (d *Daemon) holdBlocks() {
 			held[name] = d.cl.Blocks(name)
 		}
 		if b := blockOf(n.subnet, n.gwHost); held[name][b] != d.cfg.Node {
-			if err := d.cl.KeepBlock(name, b); err != nil {
-				d.refused.note(d.log, "own-endpoint-conflict", epKey(d.cfg.Node, name, gatewayRecordName), d.cfg.Node, 0,
-					fmt.Errorf("this node's gateway host address %s: the other nodes refuse it: %w", n.gwHost, err))
-			}
+			add(blockKeep{name, b, gatewayRecordName, "gateway host address " + n.gwHost.String()})
 		}
 	}
 	// The VIPs of the services this node created came from its blocks:
@@ -215,13 +250,11 @@ func (d *Daemon) holdBlocks() {
 				held[network] = d.cl.Blocks(network)
 			}
 			if _, _, ok := holderOf(held[network], vip); !ok {
-				b := blockOf(n.subnet, vip)
-				if err := d.cl.KeepBlock(network, b); err == nil {
-					held[network][b] = d.cfg.Node
-				}
+				add(blockKeep{network: network, block: blockOf(n.subnet, vip)})
 			}
 		}
 	}
+	return keep
 }
 
 // unheldEndpoints returns this node's endpoints whose address lies in no

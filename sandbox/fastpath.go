@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -222,8 +221,9 @@ func NewFastSockets(nsPath string, prep func(fd int) error) (*FastSockets, error
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		// Never unlocked: the thread leaves the namespace by ending.
-		runtime.LockOSThread()
+		// Never unlocked: the thread leaves the namespace by ending (and
+		// back in its own namespace, should it be the main thread).
+		defer lockThreadForGood()()
 		err := unix.Setns(target, unix.CLONE_NEWNET)
 		unix.Close(target)
 		errc <- err

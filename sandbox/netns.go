@@ -434,6 +434,25 @@ func parseNetnsLink(b []byte) (uint64, bool) {
 // period is given.
 const DefaultKillGrace = 10 * time.Second
 
+// lockThreadForGood locks the calling goroutine to its thread for good
+// and returns the function to defer that puts the thread back in the
+// network namespace it is in now. A goroutine that ends locked ends its
+// thread, except the main thread, which the Go runtime keeps, unused: left
+// in another namespace, it would make /proc/PID/ns/net name that
+// namespace (the daemon's PID listed among a container's processes) and
+// keep the namespace alive after its container.
+func lockThreadForGood() (back func()) {
+	runtime.LockOSThread()
+	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return func() {}
+	}
+	return func() {
+		unix.Setns(orig, unix.CLONE_NEWNET)
+		unix.Close(orig)
+	}
+}
+
 // KillNetns stops every process in the network namespace at nsPath (except
 // the caller): SIGTERM first, then SIGKILL for those still there after
 // grace (DefaultKillGrace if grace <= 0). It polls until the namespace is

@@ -131,9 +131,10 @@ func putInnerUDP(b []byte, hash uint32, dport uint16) {
 	b[6], b[7] = 0, 0
 }
 
-// innerSrcPort maps a flow hash into the dynamic port range, as the
-// underlay does for the outer source port.
-func innerSrcPort(hash uint32) uint16 { return uint16(49152 + hash%16384) }
+// innerSrcPort maps a flow hash into the dynamic port range, where the
+// underlay's transmit sockets have the outer source ports (RFC 7348
+// section 5).
+func innerSrcPort(hash uint32) uint16 { return uint16(txPortMin + hash%(txPortMax-txPortMin+1)) }
 
 // espDropReason maps an esp refusal to the VTEP drop reason.
 func espDropReason(err error) dropReason {

@@ -126,7 +126,7 @@ func superSourcePort(ports []uint16, hash uint32) uint16 {
 	if len(ports) > 0 {
 		return ports[hash%uint32(len(ports))]
 	}
-	return uint16(49152 + hash%16384)
+	return uint16(txPortMin + hash%(txPortMax-txPortMin+1))
 }
 
 // errSuperUnsuitable is returned by WriteSuper for a frame that cannot go

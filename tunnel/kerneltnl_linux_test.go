@@ -8,10 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/vxmesh/vxmesh/internal/testenv"
 	"github.com/vxmesh/vxmesh/packet"
@@ -95,6 +98,16 @@ func (s *slotSink) input(bufs [][]byte, sizes []int, offset int) {
 // anything.
 func TestKernelTunnelCarriesSuperPacketWhole(t *testing.T) {
 	nsA, nsB, _ := ktnlHosts(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, ns := range []string{nsA, nsB} {
+				out, _ := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "nstat -az | grep -v ' 0 '; ip -s link").CombinedOutput()
+				t.Logf("%s:\n%s", ns, out)
+			}
+			out, _ := os.ReadFile("/proc/net/softnet_stat")
+			t.Logf("softnet_stat (the second column counts input queue drops):\n%s", out)
+		}
+	})
 	ua, k, err := openKernelTunnelIn(t, nsA, ktnlA)
 	if err != nil {
 		t.Fatalf("OpenKernelTunnel on this kernel: %v", err)
@@ -115,9 +128,17 @@ func TestKernelTunnelCarriesSuperPacketWhole(t *testing.T) {
 	nb.SetInput(s.input)
 	(&node{v: vb}).run(t)
 
+	// A datagram may be lost: the kernel drops what arrives while its
+	// per-CPU input queue is full (netdev_max_backlog), shared with every
+	// namespace, which other tests' floods fill under load. A
+	// super-segment not received within a second is sent again; every
+	// send must go as one super-packet, and every one received must be
+	// whole, in one datagram, byte-equal.
 	var b []byte
-	var dgrams uint64
-	for i, v6 := range []bool{false, true} {
+	var origs [][]byte
+	var sent, dgrams uint64
+	deadline := time.Now().Add(20 * time.Second)
+	for _, v6 := range []bool{false, true} {
 		ipLen, typ := 20, uint8(packet.GSOTCPv4)
 		if v6 {
 			ipLen, typ = 40, packet.GSOTCPv6
@@ -125,31 +146,57 @@ func TestKernelTunnelCarriesSuperPacketWhole(t *testing.T) {
 		mss := 1450 - ipLen - 32
 		b = tsoBuffer(macB, macA, v6, 30000, mss)
 		orig := bytes.Clone(b)
-		if n, err := na.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
-			t.Fatalf("v6=%v: Write = %d, %v", v6, n, err)
-		}
-		dgrams += uint64((30000 + mss - 1) / mss)
-		deadline := time.Now().Add(5 * time.Second)
-		for vb.Stats().Segments[0].RxPackets == uint64(i) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
+		origs = append(origs, orig[packet.Headroom:])
+		got := -1 // the index of the super-segment among the frames received
+		for got < 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("v6=%v: the super-segment did not arrive byte-equal in %d sends", v6, sent)
+			}
+			copy(b, orig)
+			if n, err := na.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
+				t.Fatalf("v6=%v: Write = %d, %v", v6, n, err)
+			}
+			sent++
+			dgrams += uint64((30000 + mss - 1) / mss)
+			for wait := time.Now().Add(time.Second); got < 0 && time.Now().Before(wait); {
+				time.Sleep(10 * time.Millisecond)
+				s.mu.Lock()
+				got = slices.IndexFunc(s.frames, func(f []byte) bool { return bytes.Equal(f, orig[packet.Headroom:]) })
+				s.mu.Unlock()
+			}
 		}
 		s.mu.Lock()
-		frames, slots := s.frames, s.slots
+		o := packet.Offload(s.slots[got])
 		s.mu.Unlock()
-		if len(frames) != i+1 || !bytes.Equal(frames[i], orig[packet.Headroom:]) {
-			t.Fatalf("v6=%v: received %d frames, want the super-segment byte-equal", v6, len(frames))
-		}
-		o := packet.Offload(slots[i])
 		if o.GSOType() != typ || !o.NeedsCsum() || o.GSOSize() != mss || o.CsumStart() != 14+ipLen || o.CsumOffset() != 16 {
-			t.Errorf("v6=%v: slot %v, want GSO type %d, NeedsCsum at %d+16, GSOSize %d", v6, slots[i], typ, 14+ipLen, mss)
+			t.Errorf("v6=%v: slot %v, want GSO type %d, NeedsCsum at %d+16, GSOSize %d", v6, o, typ, 14+ipLen, mss)
 		}
 	}
-	if sa, sb := va.Stats(), vb.Stats(); sa.TxSupers != 2 || sa.SuperFallbacks != 0 || sb.RxSupers != 2 || sb.RxDatagrams != 2 {
-		t.Errorf("A sent %d super-packets (%d refused), B received %d whole in %d datagrams; want 2, 0, 2, 2",
-			sa.TxSupers, sa.SuperFallbacks, sb.RxSupers, sb.RxDatagrams)
+	// B counts a batch's datagrams after it delivered its frames.
+	var received int
+	for {
+		s.mu.Lock()
+		received = len(s.frames)
+		for i, f := range s.frames {
+			if !slices.ContainsFunc(origs, func(o []byte) bool { return bytes.Equal(f, o) }) {
+				t.Fatalf("frame %d received is not one of the super-segments sent", i)
+			}
+		}
+		s.mu.Unlock()
+		if vb.Stats().RxDatagrams == uint64(received) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if st := na.Stats(); st.TxPackets != 2 || st.TxDatagrams != dgrams {
-		t.Errorf("A's network sent %d frames in %d datagrams, want 2 in %d", st.TxPackets, st.TxDatagrams, dgrams)
+	if sa, sb := va.Stats(), vb.Stats(); sa.TxSupers != sent || sa.SuperFallbacks != 0 || sb.RxSupers != uint64(received) || sb.RxDatagrams != uint64(received) {
+		t.Errorf("A sent %d super-packets (%d refused), B received %d whole in %d datagrams; want %d, 0, %d, %d",
+			sa.TxSupers, sa.SuperFallbacks, sb.RxSupers, sb.RxDatagrams, sent, received, received)
+	}
+	if st := na.Stats(); st.TxPackets != sent || st.TxDatagrams != dgrams {
+		t.Errorf("A's network sent %d frames in %d datagrams, want %d in %d", st.TxPackets, st.TxDatagrams, sent, dgrams)
+	}
+	if sent > 2 {
+		t.Logf("%d sends for 2 super-segments (%d received)", sent, received)
 	}
 
 	// Writing a super-packet does not allocate. AllocsPerRun counts the
@@ -197,9 +244,6 @@ func TestKernelTunnelSegmentsOnTheWire(t *testing.T) {
 	const mss, payload = 1450 - 20 - 32, 30000
 	b := tsoBuffer(macB, macA, false, payload, mss)
 	orig := bytes.Clone(b)
-	if n, err := na.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
-		t.Fatalf("Write = %d, %v", n, err)
-	}
 	segs := (payload + mss - 1) / mss
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -207,11 +251,100 @@ func TestKernelTunnelSegmentsOnTheWire(t *testing.T) {
 			t.Logf("A:\n%s", out)
 		}
 	})
-	msgs := readN(t, ub, segs)
-	checkTCPSegments(t, msgs, 1450, orig[packet.Headroom+14+20+32:])
-	if sa := va.Stats(); sa.TxSupers != 1 {
-		t.Errorf("A sent %d super-packets through the kernel, want 1", sa.TxSupers)
+	// A datagram may be lost (the kernel's per-CPU input queue, see
+	// TestKernelTunnelCarriesSuperPacketWhole): the super-packet is sent
+	// again until one send's segments all arrive.
+	rx := make(chan Message, 4*segs)
+	go func() {
+		msgs := make([]Message, 16)
+		for i := range msgs {
+			msgs[i].Buf = make([]byte, 2048)
+		}
+		for {
+			k, err := ub.ReadBatch(msgs)
+			if err != nil {
+				close(rx)
+				return
+			}
+			for _, m := range msgs[:k] {
+				select {
+				case rx <- Message{Buf: bytes.Clone(m.Buf[:m.N]), N: m.N, Addr: m.Addr}:
+				default: // more than the test reads
+				}
+			}
+		}
+	}()
+	var got, msgs []Message
+	deadline := time.Now().Add(20 * time.Second)
+	sent := uint64(0)
+	for msgs == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no send's %d segments all arrived in %d sends (%d datagrams)", segs, sent, len(got))
+		}
+		copy(b, orig)
+		if n, err := na.Write([][]byte{b}, packet.Headroom); n != 1 || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+		sent++
+		for wait := time.After(2 * time.Second); msgs == nil; {
+			select {
+			case m := <-rx:
+				got = append(got, m)
+				msgs = lastWholeSend(got, segs)
+				continue
+			case <-wait:
+			}
+			break
+		}
 	}
+	checkTCPSegments(t, msgs, 1450, orig[packet.Headroom+14+20+32:])
+	if sent > 1 {
+		t.Logf("%d sends, %d datagrams received", sent, len(got))
+	}
+	// The kernel's datagrams leave from one of the transmit sockets'
+	// ports (RFC 7348's dynamic range), as the flow's others would.
+	for _, m := range msgs {
+		if p := m.Addr.Port(); !slices.Contains(ua.TxPorts(), p) || p < txPortMin {
+			t.Fatalf("a segment's source port %d is not one of the transmit sockets' %v", p, ua.TxPorts())
+		}
+	}
+	if sa := va.Stats(); sa.TxSupers != sent {
+		t.Errorf("A sent %d super-packets through the kernel, want %d", sa.TxSupers, sent)
+	}
+}
+
+// lastWholeSend returns the last n datagrams of got that are one send's
+// TCP segments, from the first (sequence number 1000, as tsoBuffer
+// numbers them) on, each following the one before; nil if there are none.
+func lastWholeSend(got []Message, n int) []Message {
+	seq := func(m Message) (uint32, int, bool) {
+		x := packet.VXLAN(m.Buf)
+		if !x.Valid() || len(x.Payload()) < 14+header.IPv4MinimumSize {
+			return 0, 0, false
+		}
+		ip := header.IPv4(x.Payload()[14:])
+		if !ip.IsValid(len(x.Payload())-14) || len(ip.Payload()) < header.TCPMinimumSize {
+			return 0, 0, false
+		}
+		tcp := header.TCP(ip.Payload())
+		return tcp.SequenceNumber(), len(tcp.Payload()), true
+	}
+	for i := len(got) - n; i >= 0; i-- {
+		if s, _, ok := seq(got[i]); !ok || s != 1000 {
+			continue
+		}
+		w := got[i : i+n]
+		next := uint32(1000)
+		for _, m := range w {
+			s, l, ok := seq(m)
+			if !ok || s != next {
+				return nil
+			}
+			next += uint32(l)
+		}
+		return w
+	}
+	return nil
 }
 
 // TestKernelTunnelRefusedUnderStrictRPFilter: where the host's

@@ -5,6 +5,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -29,8 +30,9 @@ type UDPConfig struct {
 	// Port is the data port the receive socket binds; 0 means 4789.
 	Port uint16
 	// TxSockets is the number of transmit sockets, each bound to its own
-	// ephemeral port; the inner flow hash picks one, which sets the outer
-	// source port. 0 means 8.
+	// port of the dynamic range 49152-65535 (RFC 7348 section 5: free
+	// ones, from a random one on); the inner flow hash picks one, which
+	// sets the outer source port. 0 means 8.
 	TxSockets int
 	// BatchSize bounds the datagrams per recvmmsg/sendmmsg; 0 means
 	// packet.BatchSize.
@@ -178,13 +180,9 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 		}
 		cfg.TxSockets = 0
 	}
-	for range cfg.TxSockets {
-		s, err := u.open(netip.AddrPortFrom(addr, 0), cfg.SocketBuffer, true, false)
-		if err != nil {
-			u.Close()
-			return nil, err
-		}
-		u.tx = append(u.tx, s)
+	if err := u.openTx(addr, cfg.SocketBuffer, cfg.TxSockets, txPortMin, txPortMax, rand.N(txPortMax-txPortMin+1)); err != nil {
+		u.Close()
+		return nil, err
 	}
 	// UDP segmentation offload (Linux 4.18+) on send, GRO (5.0+) on
 	// receive; without them every datagram is its own message.
@@ -206,6 +204,28 @@ func ListenUDP(cfg UDPConfig) (*UDP, error) {
 		u.rq[i].s.poll = busypoll.New(cfg.BusyPoll)
 	}
 	return u, nil
+}
+
+// openTx opens n transmit sockets on addr, bound to ports of lo..hi: from
+// the start-th one on, in order and wrapping around, skipping ports in
+// use. It fails, saying so, if the range has fewer than n free ports.
+func (u *UDP) openTx(addr netip.Addr, bufSize, n int, lo, hi uint16, start int) error {
+	span := int(hi) - int(lo) + 1
+	for i := 0; i < span && len(u.tx) < n; i++ {
+		port := lo + uint16((start+i)%span)
+		s, err := u.open(netip.AddrPortFrom(addr, port), bufSize, true, false)
+		if errors.Is(err, unix.EADDRINUSE) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		u.tx = append(u.tx, s)
+	}
+	if len(u.tx) < n {
+		return fmt.Errorf("udp %s: transmit sockets: %d of %d ports free in %d-%d (the VXLAN source ports, RFC 7348)", addr, len(u.tx), n, lo, hi)
+	}
+	return nil
 }
 
 // sendFromRx makes the first receive socket the only transmit socket,

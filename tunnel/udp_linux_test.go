@@ -76,6 +76,58 @@ func readN(t *testing.T, u *UDP, n int) []Message {
 	return out
 }
 
+// TestUDPTxPortsSkipPortsInUse: the transmit sockets take the free ports
+// of their range in order from the start given, and fail with a clear
+// error when there are too few.
+func TestUDPTxPortsSkipPortsInUse(t *testing.T) {
+	addr := netip.MustParseAddr("127.0.0.1")
+	// Three free ports in a row, the first two then held here.
+	var lo uint16
+	var held []net.PacketConn
+	for try := 0; lo == 0; try++ {
+		if try == 50 {
+			t.Fatal("no three free ports in a row found in 49152-65535")
+		}
+		p := uint16(49152 + (try*997)%16000)
+		var cs []net.PacketConn
+		for i := range uint16(3) {
+			c, err := net.ListenPacket("udp4", netip.AddrPortFrom(addr, p+i).String())
+			if err != nil {
+				break
+			}
+			cs = append(cs, c)
+		}
+		if len(cs) == 3 {
+			lo, held = p, cs[:2]
+			cs[2].Close()
+		} else {
+			for _, c := range cs {
+				c.Close()
+			}
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	u := &UDP{family: unix.AF_INET}
+	t.Cleanup(func() { u.Close() })
+	if err := u.openTx(addr, 0, 1, lo, lo+2, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := u.TxPorts(); !slices.Equal(got, []uint16{lo + 2}) {
+		t.Fatalf("ports %v with %d and %d in use, want [%d]", got, lo, lo+1, lo+2)
+	}
+	u2 := &UDP{family: unix.AF_INET}
+	t.Cleanup(func() { u2.Close() })
+	err := u2.openTx(addr, 0, 1, lo, lo+2, 0)
+	want := fmt.Sprintf("0 of 1 ports free in %d-%d", lo, lo+2)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("openTx with every port in use: %v, want an error saying %q", err, want)
+	}
+}
+
 func TestUDPSourcePortPerFlowAndWire(t *testing.T) {
 	port := freeUDPPort(t)
 	ua := listenUDP(t, "127.0.0.1", port)
@@ -98,6 +150,9 @@ func TestUDPSourcePortPerFlowAndWire(t *testing.T) {
 	for _, m := range got {
 		if m.Addr.Addr() != netip.MustParseAddr("127.0.0.1") || !slices.Contains(ua.TxPorts(), m.Addr.Port()) {
 			t.Fatalf("source %s not one of %v", m.Addr, ua.TxPorts())
+		}
+		if p := m.Addr.Port(); p < 49152 {
+			t.Fatalf("source port %d outside RFC 7348's 49152-65535", p)
 		}
 		if !bytes.Equal(m.Buf[:8], []byte{0x08, 0, 0, 0, 0x00, 0x10, 0x01, 0}) {
 			t.Fatalf("header % x", m.Buf[:8])

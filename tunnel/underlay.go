@@ -5,6 +5,16 @@ import (
 	"net/netip"
 )
 
+// The outer UDP source ports of VXLAN datagrams (the Linux underlay's
+// transmit sockets, the kernel tunnel's super-packets): the dynamic ports
+// (RFC 6335), where RFC 7348 section 5 wants them. The kernel's ephemeral
+// ports (net.ipv4.ip_local_port_range, 32768-60999 by default) are not all
+// in it.
+const (
+	txPortMin = 49152
+	txPortMax = 65535
+)
+
 // Message is one UDP datagram moved by an Underlay. A slice of Messages is
 // owned by the caller and reused for every batch, so moving datagrams does
 // not allocate.
