@@ -145,3 +145,60 @@ func (t *tcpIn) connectFast(fd int, dst netip.AddrPort) (*finConn, error) {
 	f.SetWriteDeadline(time.Time{})
 	return &finConn{f: f, rc: rc}, nil
 }
+
+// Picker picks the backend of a published TCP flow from src to dst (a
+// service's VIP and port) as the network's balancer would pick it for
+// the flow's SYN, and makes it the balancer's connection, counted as
+// such: a dial of dst from the gateway's stack afterwards follows the
+// pick. It reports false when it picked none (the balancer picks from
+// the dial's frames, as without a Picker).
+type Picker func(src, dst netip.AddrPort) (Picked, bool)
+
+// Picked is a flow's backend chosen by a Picker. When the flow reaches
+// it on the fast path, no frame of it crosses the balancer, so the port
+// tells the pick what the frames would have: Connected, Failed, Closed.
+// When it takes the gateway's stack, the port tells it nothing.
+type Picked interface {
+	// Backend is the backend's address and port.
+	Backend() netip.AddrPort
+	// Connected: the backend accepted the flow.
+	Connected()
+	// Failed: the backend refused the flow or did not answer; it
+	// reports whether the flow moved to another backend (Backend).
+	Failed() bool
+	// Closed: the flow ended (or was given up while connecting).
+	Closed()
+}
+
+// dialPicked dials t's flow from src to dst, a VIP, on the fast path to
+// the backend p's Picker picks, when that is a container the FastPath
+// knows. A backend that refuses it or does not answer is reported
+// (Picked.Failed) and the flow goes to the next one the balancer picks,
+// by the same rule. handled is false when the flow is to dial dst from
+// the gateway's stack (no pick, a source whose port the stack chooses,
+// a backend without a fast path: the balancer follows the pick).
+func (p *Port) dialPicked(t *tcpIn, src, dst netip.AddrPort) (c *finConn, handled bool, err error) {
+	if p.pick == nil || p.fast == nil || src.Port() == 0 {
+		return nil, false, nil
+	}
+	pk, ok := p.pick(src, dst)
+	if !ok {
+		return nil, false, nil
+	}
+	for {
+		c, handled, err = p.dialFast(t, src, pk.Backend())
+		switch {
+		case !handled:
+			return nil, false, nil
+		case err == nil:
+			pk.Connected()
+			t.picked = pk
+			return c, true, nil
+		case t.isAborted():
+			pk.Closed()
+			return nil, true, err
+		case !pk.Failed():
+			return nil, true, err
+		}
+	}
+}
