@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -127,24 +128,9 @@ func TestRoutingMeshLocalBackendFastPath(t *testing.T) {
 	}
 
 	// Two held connections, one to each backend (round robin): active.
-	hold := exec.Command("ip", "netns", "exec", peer.Netns, suite.self, helperArg, "hold", addr, "2", "1")
-	stdin, err := hold.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := hold.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	hold.Stderr = &stderr
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hold.Process.Kill(); hold.Wait() })
-	out := bufio.NewReader(stdout)
-	if line, err := out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "held 2" {
-		t.Fatalf("hold helper: %q, %v; stderr: %s", line, err, stderr.String())
+	hold := startHold(t, exec.Command("ip", "netns", "exec", peer.Netns, suite.self, helperArg, "hold", addr, "2", "1"))
+	if hold.line != "held 2" {
+		t.Fatalf("hold helper: %q", hold.line)
 	}
 	if m := h1.meshCountersOf("api", "web"); m.active != 2 || m.beActive["b1"] != 1 || m.beActive["b2"] != 1 {
 		t.Errorf("h1 with one connection held to each backend: api %d active, backends %v; want 2, one each", m.active, m.beActive)
@@ -156,11 +142,7 @@ func TestRoutingMeshLocalBackendFastPath(t *testing.T) {
 	if exited, err := rm.wait(3 * time.Second); exited {
 		t.Fatalf("rm of a backend serving a fast-path connection returned after %v (%v): %s", time.Since(start), err, rm.out.String())
 	}
-	stdin.Close()
-	var rep connReport
-	if err := json.NewDecoder(out).Decode(&rep); err != nil {
-		t.Fatalf("hold helper report: %v; stderr: %s", err, stderr.String())
-	}
+	rep := hold.release()
 	if rep.Counts["b1"] != 1 || rep.Counts["b2"] != 1 || rep.Errors+rep.Resets != 0 {
 		t.Errorf("held connections: %+v, want one answered by each backend", rep)
 	}
@@ -172,4 +154,53 @@ func TestRoutingMeshLocalBackendFastPath(t *testing.T) {
 	if r := peerConns(t, peer, addr, 6, 2); r.Errors+r.Resets != 0 || r.Counts["b2"] != 6 {
 		t.Errorf("6 connections through h1 after rm b1: %+v; want all to b2", r)
 	}
+}
+
+// heldConns is the hold helper at work: connections held open until
+// release.
+type heldConns struct {
+	t      *testing.T
+	stdin  io.WriteCloser
+	out    *bufio.Reader
+	stderr strings.Builder
+	// line is the helper's first line: "held N".
+	line string
+}
+
+// startHold starts cmd, the hold helper (in the client's namespace), and
+// waits until it holds its connections; the test's end kills it.
+func startHold(t *testing.T, cmd *exec.Cmd) *heldConns {
+	t.Helper()
+	h := &heldConns{t: t}
+	var err error
+	if h.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = &h.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	h.out = bufio.NewReader(stdout)
+	line, err := h.out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("hold helper: %q, %v; stderr: %s", line, err, h.stderr.String())
+	}
+	h.line = strings.TrimSpace(line)
+	return h
+}
+
+// release closes the held connections and returns the helper's report.
+func (h *heldConns) release() connReport {
+	h.t.Helper()
+	h.stdin.Close()
+	var r connReport
+	if err := json.NewDecoder(h.out).Decode(&r); err != nil {
+		h.t.Fatalf("hold helper report: %v; stderr: %s", err, h.stderr.String())
+	}
+	return r
 }
