@@ -371,11 +371,7 @@ func flatten(err error) []error {
 // that left keeps its TCP connection until FlushBackend.
 func TestServiceSwapKeepsFlowsUntilFlush(t *testing.T) {
 	tb := newTestbed(t)
-	c, dc := newCtr(t, "c", 2)
-	b1, d1 := newCtr(t, "b1", 3)
-	b2, d2 := newCtr(t, "b2", 4)
-	n := testNetwork("a", 4096, 1)
-	n.Ports = []PortConfig{c.port("c", dc), b1.port("b1", d1), b2.port("b2", d2)}
+	n, c, b1, b2 := clientAndTwo(t)
 	n.Services = []lb.Service{web(b1)}
 	cfg := Config{Networks: []NetworkConfig{n}}
 	if err := tb.dp.Reconfig(cfg); err != nil {
@@ -536,6 +532,17 @@ func TestServiceRetryAcrossHosts(t *testing.T) {
 	}
 }
 
+// clientAndTwo is network "a" with a client c and two more containers
+// b1 and b2 on its ports.
+func clientAndTwo(t *testing.T) (n NetworkConfig, c, b1, b2 *ctr) {
+	c, dc := newCtr(t, "c", 2)
+	b1, d1 := newCtr(t, "b1", 3)
+	b2, d2 := newCtr(t, "b2", 4)
+	n = testNetwork("a", 4096, 1)
+	n.Ports = []PortConfig{c.port("c", dc), b1.port("b1", d1), b2.port("b2", d2)}
+	return n, c, b1, b2
+}
+
 // TestOpenConn: a connection opened before its dial gets the backend the
 // switch's balancer would give it, in the same round robin as frames; a
 // SYN of that flow through the switch afterwards follows the pick; the
@@ -543,11 +550,7 @@ func TestServiceRetryAcrossHosts(t *testing.T) {
 // (PickedConn.Closed) leaves the active count.
 func TestOpenConn(t *testing.T) {
 	tb := newTestbed(t)
-	c, dc := newCtr(t, "c", 2)
-	b1, d1 := newCtr(t, "b1", 3)
-	b2, d2 := newCtr(t, "b2", 4)
-	n := testNetwork("a", 4096, 1)
-	n.Ports = []PortConfig{c.port("c", dc), b1.port("b1", d1), b2.port("b2", d2)}
+	n, c, b1, b2 := clientAndTwo(t)
 	n.Services = []lb.Service{web(b1, b2)}
 	if err := tb.dp.Reconfig(Config{Networks: []NetworkConfig{n}}); err != nil {
 		t.Fatal(err)
