@@ -390,6 +390,9 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 		fl.abort()
 		return
 	}
+	if t.picked != nil {
+		defer t.picked.Closed()
+	}
 	if p.spec.ClientIP == ClientIPProxyV2 {
 		local := t.c.LocalAddr().(*net.TCPAddr).AddrPort()
 		if _, err := in.Write(AppendProxyV2(make([]byte, 0, 28), client, local)); err != nil {
@@ -412,9 +415,6 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 	defer p.active.Add(-1)
 	defer e.ingressTCP.Add(-1)
 	toClient, toCtr := splice(in, t.c, fl, e.workers)
-	if t.picked != nil {
-		t.picked.Closed()
-	}
 	e.ingressBytesIn.Add(uint64(toCtr))
 	e.ingressBytesOut.Add(uint64(toClient))
 	p.bytesIn.Add(uint64(toCtr))
