@@ -283,7 +283,7 @@ func (d *Daemon) syncMesh() {
 		if w.spec.mode == meshIngress {
 			locals = w.local
 		}
-		if ctrs == nil {
+		if ctrs == nil && len(locals) > 0 {
 			ctrs = d.localContainers()
 		}
 		local := map[netip.Addr]*container{}
