@@ -51,6 +51,15 @@ func TestOpenSharesTheSchedulerWithTranslate(t *testing.T) {
 	if st.NewConns != 40 || st.Active != 40 {
 		t.Fatalf("service: %d new, %d active, want 40 and 40", st.NewConns, st.Active)
 	}
+	// Opens alone move the round robin too.
+	clear(seen)
+	for i := range 10 {
+		c, _ := tb.Open(meshClient(uint16(2100+i)), netip.AddrPortFrom(vip, 80), t0)
+		seen[c.Backend.Addr()]++
+	}
+	if seen[beIP(1)] != 5 || seen[beIP(2)] != 5 {
+		t.Fatalf("10 connections opened in a row: %v, want 5 each", seen)
+	}
 }
 
 // A connection opened with Open counts as active until Closed, so
