@@ -186,13 +186,18 @@ func (p *Port) dialPicked(t *tcpIn, src, dst netip.AddrPort) (c *finConn, handle
 		return nil, false, nil
 	}
 	for {
-		c, handled, err = p.dialFast(t, src, pk.Backend())
+		be := pk.Backend()
+		twe := p.timeWaitEnder(be.Addr())
+		if twe != nil {
+			twe.EndTimeWait(be, src)
+		}
+		c, handled, err = p.dialFast(t, src, be)
 		switch {
 		case !handled:
 			return nil, false, nil
 		case err == nil:
 			pk.Connected()
-			t.picked = pk
+			t.picked, t.pickedTW, t.pickedAt = pk, twe, be
 			return c, true, nil
 		case t.isAborted():
 			pk.Closed()
@@ -200,5 +205,42 @@ func (p *Port) dialPicked(t *tcpIn, src, dst netip.AddrPort) (c *finConn, handle
 		case !pk.Failed():
 			return nil, true, err
 		}
+	}
+}
+
+// TimeWaitEnder is what a LocalSockets may do besides (sandbox.FastSockets
+// does): end the namespace's TIME-WAIT socket of the TCP connection from
+// local to remote, if there is one, reporting whether it did.
+//
+// A routing-mesh flow on the fast path reaches its backend with the
+// namespace's kernel TCP, whose timestamps and ISNs are the kernel's own;
+// the gateways of every host share theirs (tcpsync.go), the kernel cannot
+// be made to. When the client uses the same port again through another
+// host within the backend's TIME-WAIT (the backend closed first), the
+// backend's kernel would drop the new SYN for an older timestamp (PAWS)
+// half of the time, in either order (fast path then gateway, or gateway
+// then fast path). So the backend's TIME-WAIT socket of a picked flow is
+// ended before the fast path's connect and after the flow, as the kernel
+// ends one itself when it takes a new SYN for it.
+type TimeWaitEnder interface {
+	EndTimeWait(local, remote netip.AddrPort) (bool, error)
+}
+
+// timeWaitEnder is the TimeWaitEnder of dst's fast path, or nil.
+func (p *Port) timeWaitEnder(dst netip.Addr) TimeWaitEnder {
+	ns, err := p.fast(dst)
+	if err != nil || ns == nil {
+		return nil
+	}
+	te, _ := ns.(TimeWaitEnder)
+	return te
+}
+
+// endPicked tells t's picked backend that the flow ended and ends the
+// backend's TIME-WAIT socket of it (see TimeWaitEnder).
+func (t *tcpIn) endPicked(src netip.AddrPort) {
+	t.picked.Closed()
+	if t.pickedTW != nil {
+		t.pickedTW.EndTimeWait(t.pickedAt, src)
 	}
 }

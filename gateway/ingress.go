@@ -330,6 +330,10 @@ type tcpIn struct {
 	// picked is the flow's backend picked before the dial (Picker),
 	// when the flow took the fast path to it: told when the flow ends.
 	picked Picked
+	// pickedTW and pickedAt end the picked backend's TIME-WAIT socket
+	// of the flow after it (TimeWaitEnder; nil: none).
+	pickedTW TimeWaitEnder
+	pickedAt netip.AddrPort
 	// aborted is closed when the flow is aborted: a connect into the
 	// network in progress gives up at once (Port.Close does not wait
 	// for it).
@@ -391,7 +395,7 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 		return
 	}
 	if t.picked != nil {
-		defer t.picked.Closed()
+		defer t.endPicked(src)
 	}
 	if p.spec.ClientIP == ClientIPProxyV2 {
 		local := t.c.LocalAddr().(*net.TCPAddr).AddrPort()

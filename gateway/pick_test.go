@@ -2,12 +2,15 @@ package gateway
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // fakePick is a Picked whose backends are given in order: Failed moves
@@ -151,5 +154,48 @@ func TestPublishPickedElsewhere(t *testing.T) {
 	poll(t, "the failure counted", func() bool { return h.eg.Stats().IngressFailed == 1 })
 	if got := refusing.counts(); got != [3]int{0, 2, 0} {
 		t.Fatalf("two refusing backends: told connected/failed/closed %v, want 2 failures", got)
+	}
+}
+
+// TestPublishPickedEndsTimeWait: a picked flow on the fast path whose
+// backend closed first leaves no TIME-WAIT socket in the backend's
+// namespace (see TimeWaitEnder): the client's port may come back through
+// another host's gateway.
+func TestPublishPickedEndsTimeWait(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	f := newFastCtr(t, h.eg)
+	ha := publicAddr(t)
+	acceptEach(f.listen(t, 82), func(c net.Conn) {
+		io.WriteString(c, "bye\n")
+		c.Close()
+	})
+	vip := netip.AddrPortFrom(netip.MustParseAddr("10.0.1.100"), 82)
+	pk := &fakePick{backends: []netip.AddrPort{netip.AddrPortFrom(ctrAddr.Addr(), 82)}}
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: vip.Port(), Proto: "tcp"}
+	target := func() (*Gateway, netip.Addr, bool) { return h.gw, vip.Addr(), true }
+	p, err := h.eg.PublishMesh(spec, target, f.path(), pk.picker())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "bye\n" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	c.Close()
+	poll(t, "the flow ended", func() bool { return h.eg.Stats().IngressTCP == 0 })
+	if got := pk.counts(); got != [3]int{1, 0, 1} {
+		t.Fatalf("the pick was told connected/failed/closed %v", got)
+	}
+	out, err := exec.Command("nsenter", "--net="+f.ns, "ss", "-Htn", "state", "time-wait").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss: %v: %s", err, out)
+	}
+	if strings.Contains(string(out), pk.src.String()) {
+		t.Fatalf("the backend's namespace still has a TIME-WAIT socket of the flow from %v:\n%s", pk.src, out)
 	}
 }
