@@ -63,6 +63,20 @@ func (f *fakePick) picker() Picker {
 	}
 }
 
+// publishPicked publishes a free host port to vip through h's gateway,
+// with f's fast path and pk as the Picker, until the test ends.
+func publishPicked(t *testing.T, h *harness, f *fastCtr, vip netip.AddrPort, pk *fakePick) Publish {
+	t.Helper()
+	spec := Publish{HostPort: freePort(t, "tcp"), Port: vip.Port(), Proto: "tcp"}
+	target := func() (*Gateway, netip.Addr, bool) { return h.gw, vip.Addr(), true }
+	p, err := h.eg.PublishMesh(spec, target, f.path(), pk.picker())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return spec
+}
+
 // TestPublishPicked: a published flow to a VIP whose picked backend is a
 // container the fast path knows goes there on the fast path, from the
 // client's address; the pick hears that it connected and, at the end,
@@ -84,13 +98,7 @@ func TestPublishPicked(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pk := &fakePick{backends: tc.backends}
-			spec := Publish{HostPort: freePort(t, "tcp"), Port: vip.Port(), Proto: "tcp"}
-			target := func() (*Gateway, netip.Addr, bool) { return h.gw, vip.Addr(), true }
-			p, err := h.eg.PublishMesh(spec, target, f.path(), pk.picker())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			spec := publishPicked(t, h, f, vip, pk)
 			fast := h.eg.Stats().IngressFast
 			peer := checkEcho(t, netip.AddrPortFrom(ha, spec.HostPort), "hello")
 			poll(t, "the flow ended", func() bool { return h.eg.Stats().IngressTCP == 0 })
@@ -171,13 +179,7 @@ func TestPublishPickedEndsTimeWait(t *testing.T) {
 	})
 	vip := netip.AddrPortFrom(netip.MustParseAddr("10.0.1.100"), 82)
 	pk := &fakePick{backends: []netip.AddrPort{netip.AddrPortFrom(ctrAddr.Addr(), 82)}}
-	spec := Publish{HostPort: freePort(t, "tcp"), Port: vip.Port(), Proto: "tcp"}
-	target := func() (*Gateway, netip.Addr, bool) { return h.gw, vip.Addr(), true }
-	p, err := h.eg.PublishMesh(spec, target, f.path(), pk.picker())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	spec := publishPicked(t, h, f, vip, pk)
 	c, err := net.Dial("tcp4", netip.AddrPortFrom(ha, spec.HostPort).String())
 	if err != nil {
 		t.Fatal(err)
