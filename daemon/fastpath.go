@@ -93,8 +93,9 @@ func (d *Daemon) portFast(pp *publishedPort) gateway.FastPath {
 }
 
 // meshFast is l's fast path: to the containers of this host among its
-// destinations (mode=host's backends; a VIP's flows take the gateway,
-// whose switch balances them). It is nil when the fast path is off.
+// destinations (mode=host's backends) or its service's backends
+// (mode=ingress: the backend meshPick picked). It is nil when the fast
+// path is off.
 func (d *Daemon) meshFast(l *meshListener) gateway.FastPath {
 	fsb, ok := d.sb.(fastPathSandbox)
 	if !ok || d.cfg.NoFastPath {
@@ -106,6 +107,27 @@ func (d *Daemon) meshFast(l *meshListener) gateway.FastPath {
 			return nil, nil
 		}
 		return d.fastFor(fsb, (*m)[dst])
+	}
+}
+
+// meshPick is l's Picker (mode=ingress, with the fast path on): while
+// the service has backends on this host, each flow's backend is picked
+// by the network's balancer before the dial (Dataplane.OpenConn), so that
+// a local one takes the fast path; flows to a service with none here
+// are balanced from their frames, as before. It is nil otherwise.
+func (d *Daemon) meshPick(l *meshListener) gateway.Picker {
+	if _, ok := d.sb.(fastPathSandbox); !ok || d.cfg.NoFastPath || l.spec.mode != meshIngress {
+		return nil
+	}
+	return func(src, dst netip.AddrPort) (gateway.Picked, bool) {
+		if m := l.local.Load(); m == nil || len(*m) == 0 {
+			return nil, false
+		}
+		c, ok := d.dp.OpenConn(l.network, src, dst)
+		if !ok {
+			return nil, false
+		}
+		return c, true
 	}
 }
 

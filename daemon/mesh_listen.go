@@ -48,7 +48,8 @@ type meshListener struct {
 	// the VIP (mode=ingress) or the local healthy backends (mode=host).
 	dests atomic.Pointer[[]netip.Addr]
 	next  atomic.Uint32
-	// local are this host's containers among dests (the fast path).
+	// local are this host's containers among dests (mode=host) or among
+	// the service's backends on network (mode=ingress): the fast path.
 	local atomic.Pointer[map[netip.Addr]*container]
 }
 
@@ -59,7 +60,10 @@ type meshWant struct {
 	network     string
 	port        uint16 // the destination port
 	dests       []netip.Addr
-	down        string // not opened, why
+	// local are the service's backends on this host (mode=ingress: the
+	// fast path's candidates).
+	local []netip.Addr
+	down  string // not opened, why
 }
 
 func (w meshWant) key() string {
@@ -207,18 +211,27 @@ func (d *Daemon) wantedMesh(set serviceSet) []meshWant {
 					w.down = fmt.Sprintf("down: no usable VIP on network %q", network)
 				}
 				w.dests = []netip.Addr{vip}
+				w.local = localBackends(set, name, network, d.cfg.Node)
 			default:
 				w.port = backendPort(s, m)
-				for _, b := range set.backends[name] {
-					if b.rec.Node == d.cfg.Node && b.rec.Network == network && b.serves() {
-						w.dests = append(w.dests, b.ip)
-					}
-				}
+				w.dests = localBackends(set, name, network, d.cfg.Node)
 				if len(w.dests) == 0 {
 					continue // mode=host: only hosts with a local backend
 				}
 			}
 			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// localBackends are the addresses of service's active and healthy
+// backends on network on node.
+func localBackends(set serviceSet, service, network, node string) []netip.Addr {
+	var out []netip.Addr
+	for _, b := range set.backends[service] {
+		if b.rec.Node == node && b.rec.Network == network && b.serves() {
+			out = append(out, b.ip)
 		}
 	}
 	return out
@@ -266,18 +279,20 @@ func (d *Daemon) syncMesh() {
 			d.mesh[k] = l
 		}
 		l.dests.Store(&w.dests)
-		if w.spec.mode != meshIngress {
-			if ctrs == nil {
-				ctrs = d.localContainers()
-			}
-			local := map[netip.Addr]*container{}
-			for _, ip := range w.dests {
-				if c := ctrs[w.network][ip]; c != nil {
-					local[ip] = c
-				}
-			}
-			l.local.Store(&local)
+		locals := w.dests
+		if w.spec.mode == meshIngress {
+			locals = w.local
 		}
+		if ctrs == nil && len(locals) > 0 {
+			ctrs = d.localContainers()
+		}
+		local := map[netip.Addr]*container{}
+		for _, ip := range locals {
+			if c := ctrs[w.network][ip]; c != nil {
+				local[ip] = c
+			}
+		}
+		l.local.Store(&local)
 		if w.down != "" {
 			l.close()
 			d.setMeshDown(l, w.down)
@@ -287,7 +302,7 @@ func (d *Daemon) syncMesh() {
 			continue
 		}
 		spec := gateway.Publish{HostPort: w.spec.published, Port: w.port, Proto: w.spec.proto, ClientIP: clientIPMode(w.spec.clientIP)}
-		p, err := d.egress.PublishFast(spec, d.meshTarget(l), d.meshFast(l))
+		p, err := d.egress.PublishMesh(spec, d.meshTarget(l), d.meshFast(l), d.meshPick(l))
 		if err != nil {
 			d.setMeshDown(l, "down: "+strings.TrimPrefix(err.Error(), "publish "+spec.String()+": "))
 			continue

@@ -335,3 +335,44 @@ func (dp *Dataplane) ServiceStats() ServiceStats {
 	}
 	return st
 }
+
+// PickedConn is a TCP connection whose backend network's balancer picked
+// before it was dialled (OpenConn), as gateway.Picked: the routing mesh
+// reaches a backend on this host on the published-port fast path, and
+// tells the balancer what its frames would have (lb.Conn).
+type PickedConn struct {
+	dp *Dataplane
+	c  lb.Conn
+}
+
+// OpenConn picks the backend of a new TCP connection from client to vip
+// (a VIP and port of one of network's services) and makes it the
+// balancer's connection (lb.Table.Open), at the balancers' clock. It
+// reports false when the balancer would not forward the connection's
+// SYN (or network has no balancer): nothing was counted.
+func (dp *Dataplane) OpenConn(network string, client, vip netip.AddrPort) (*PickedConn, bool) {
+	dp.mu.Lock()
+	b := dp.lbs[network]
+	dp.mu.Unlock()
+	if b == nil {
+		return nil, false
+	}
+	c, ok := b.t.Open(client, vip, dp.lbNow())
+	if !ok {
+		return nil, false
+	}
+	return &PickedConn{dp: dp, c: c}, true
+}
+
+// Backend is the connection's backend address and port now.
+func (p *PickedConn) Backend() netip.AddrPort { return p.c.Backend }
+
+// Connected records that the backend accepted the connection.
+func (p *PickedConn) Connected() { p.c.Connected(p.dp.lbNow()) }
+
+// Failed records that the backend refused the connection or did not
+// answer; it reports whether the connection moved to another backend.
+func (p *PickedConn) Failed() bool { return p.c.Failed(p.dp.lbNow()) }
+
+// Closed records that the connection ended.
+func (p *PickedConn) Closed() { p.c.Closed(p.dp.lbNow()) }

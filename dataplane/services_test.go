@@ -371,11 +371,7 @@ func flatten(err error) []error {
 // that left keeps its TCP connection until FlushBackend.
 func TestServiceSwapKeepsFlowsUntilFlush(t *testing.T) {
 	tb := newTestbed(t)
-	c, dc := newCtr(t, "c", 2)
-	b1, d1 := newCtr(t, "b1", 3)
-	b2, d2 := newCtr(t, "b2", 4)
-	n := testNetwork("a", 4096, 1)
-	n.Ports = []PortConfig{c.port("c", dc), b1.port("b1", d1), b2.port("b2", d2)}
+	n, c, b1, b2 := clientAndTwo(t)
 	n.Services = []lb.Service{web(b1)}
 	cfg := Config{Networks: []NetworkConfig{n}}
 	if err := tb.dp.Reconfig(cfg); err != nil {
@@ -534,4 +530,63 @@ func TestServiceRetryAcrossHosts(t *testing.T) {
 	if st.Reasons["retried"] != 1 || len(st.Services) != 1 || st.Services[0].Retries != 1 {
 		t.Errorf("host 1 service stats: reasons %v, services %+v", st.Reasons, st.Services)
 	}
+}
+
+// clientAndTwo is network "a" with a client c and two more containers
+// b1 and b2 on its ports.
+func clientAndTwo(t *testing.T) (n NetworkConfig, c, b1, b2 *ctr) {
+	c, dc := newCtr(t, "c", 2)
+	b1, d1 := newCtr(t, "b1", 3)
+	b2, d2 := newCtr(t, "b2", 4)
+	n = testNetwork("a", 4096, 1)
+	n.Ports = []PortConfig{c.port("c", dc), b1.port("b1", d1), b2.port("b2", d2)}
+	return n, c, b1, b2
+}
+
+// TestOpenConn: a connection opened before its dial gets the backend the
+// switch's balancer would give it, in the same round robin as frames; a
+// SYN of that flow through the switch afterwards follows the pick; the
+// connections count in ServiceStats, and one closed on its own
+// (PickedConn.Closed) leaves the active count.
+func TestOpenConn(t *testing.T) {
+	tb := newTestbed(t)
+	n, c, b1, b2 := clientAndTwo(t)
+	n.Services = []lb.Service{web(b1, b2)}
+	if err := tb.dp.Reconfig(Config{Networks: []NetworkConfig{n}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := tb.dp.OpenConn("nope", netip.AddrPortFrom(c.ip, 1), netip.AddrPortFrom(vip, 80)); ok {
+		t.Fatal("OpenConn on a network without a balancer")
+	}
+	first, ok := tb.dp.OpenConn("a", netip.AddrPortFrom(c.ip, 40000), netip.AddrPortFrom(vip, 80))
+	if !ok {
+		t.Fatal("OpenConn refused")
+	}
+	at, other := b1, b2
+	if first.Backend().Addr() == b2.ip {
+		at, other = b2, b1
+	}
+	if first.Backend() != netip.AddrPortFrom(at.ip, 8080) {
+		t.Fatalf("picked %v", first.Backend())
+	}
+	c.send(t, tcpSeg(c.mac, vipMAC, c.ip, vip, 40000, 80, true, false, false))
+	if got := readTCP(t, at.recv(t, "the picked flow's SYN")); got.dst != at.ip || got.dport != 8080 {
+		t.Fatalf("the picked flow's SYN went to %+v", got)
+	}
+	second, _ := tb.dp.OpenConn("a", netip.AddrPortFrom(c.ip, 40001), netip.AddrPortFrom(vip, 80))
+	if second.Backend().Addr() != other.ip {
+		t.Fatalf("second pick %v, want %v (round robin)", second.Backend(), other.ip)
+	}
+	second.Connected()
+	c.send(t, tcpSeg(c.mac, vipMAC, c.ip, vip, 40002, 80, true, false, false))
+	readTCP(t, at.recv(t, "the next SYN (round robin)"))
+	st := tb.dp.ServiceStats().Networks["a"].Services[0]
+	if st.NewConns != 3 || st.Active != 3 {
+		t.Fatalf("service stats %+v: want 3 new, 3 active", st)
+	}
+	second.Closed()
+	if st := tb.dp.ServiceStats().Networks["a"].Services[0]; st.Active != 2 {
+		t.Fatalf("after one closed: %d active, want 2", st.Active)
+	}
+	other.none(t, "the closed connection's backend")
 }

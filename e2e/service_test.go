@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -391,35 +390,16 @@ func TestServiceRmOfABackendWaitsOnlyForItsConnections(t *testing.T) {
 
 	// One connection from h1's client through the VIP, to busy on h2.
 	target := h1.vip("api", "web") + ":" + strconv.Itoa(svcPort)
-	hold := exec.Command("nsenter", "--net="+h1.h.ContainerNetnsPath("client"), "--", suite.self, helperArg, "hold", target, "1", "1")
-	stdin, err := hold.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := hold.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	hold.Stderr = &stderr
-	if err := hold.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hold.Process.Kill(); hold.Wait() })
-	out := bufio.NewReader(stdout)
-	if line, err := out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "held 1" {
-		t.Fatalf("hold helper: %q, %v; stderr: %s", line, err, stderr.String())
+	hold := startHold(t, exec.Command("nsenter", "--net="+h1.h.ContainerNetnsPath("client"), "--", suite.self, helperArg, "hold", target, "1", "1"))
+	if hold.line != "held 1" {
+		t.Fatalf("hold helper: %q", hold.line)
 	}
 	start = time.Now()
 	rm := startBackground(t, h2.h.Command(context.Background(), "rm", "busy"))
 	if exited, err := rm.wait(3 * time.Second); exited {
 		t.Fatalf("rm of a backend serving a connection returned after %v (%v): %s", time.Since(start), err, rm.out.String())
 	}
-	stdin.Close()
-	var r connReport
-	if err := json.NewDecoder(out).Decode(&r); err != nil {
-		t.Fatalf("hold helper report: %v; stderr: %s", err, stderr.String())
-	}
+	r := hold.release()
 	if r.Counts["busy"] != 1 || r.Errors+r.Resets != 0 {
 		t.Errorf("held connection: %+v, want one answered by busy", r)
 	}

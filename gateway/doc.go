@@ -78,5 +78,10 @@
 // lo), bound to the same source the stack would use, and spliced with the
 // client's socket: no frame crosses the switch or the stack. A fast path
 // that cannot be set up, or a bind/connect that meets the namespace's own
-// TIME-WAIT twin, falls back to the stack (IngressFastFallback).
+// TIME-WAIT twin, falls back to the stack (IngressFastFallback). A
+// routing-mesh port with a Picker (Egress.PublishMesh) asks the
+// balancer for a flow's backend before it dials the VIP; a pick that the
+// FastPath knows takes the fast path (Port.dialPicked), and the pick is
+// told how it went (Picked); any other dials the VIP, whose balancer
+// follows the pick.
 package gateway

@@ -145,3 +145,102 @@ func (t *tcpIn) connectFast(fd int, dst netip.AddrPort) (*finConn, error) {
 	f.SetWriteDeadline(time.Time{})
 	return &finConn{f: f, rc: rc}, nil
 }
+
+// Picker picks the backend of a published TCP flow from src to dst (a
+// service's VIP and port) as the network's balancer would pick it for
+// the flow's SYN, and makes it the balancer's connection, counted as
+// such: a dial of dst from the gateway's stack afterwards follows the
+// pick. It reports false when it picked none (the balancer picks from
+// the dial's frames, as without a Picker).
+type Picker func(src, dst netip.AddrPort) (Picked, bool)
+
+// Picked is a flow's backend chosen by a Picker. When the flow reaches
+// it on the fast path, no frame of it crosses the balancer, so the port
+// tells the pick what the frames would have: Connected, Failed, Closed.
+// When it takes the gateway's stack, the port tells it nothing.
+type Picked interface {
+	// Backend is the backend's address and port.
+	Backend() netip.AddrPort
+	// Connected: the backend accepted the flow.
+	Connected()
+	// Failed: the backend refused the flow or did not answer; it
+	// reports whether the flow moved to another backend (Backend).
+	Failed() bool
+	// Closed: the flow ended (or was given up while connecting).
+	Closed()
+}
+
+// dialPicked dials t's flow from src to dst, a VIP, on the fast path to
+// the backend p's Picker picks, when that is a container the FastPath
+// knows. A backend that refuses it or does not answer is reported
+// (Picked.Failed) and the flow goes to the next one the balancer picks,
+// by the same rule. handled is false when the flow is to dial dst from
+// the gateway's stack (no pick, a source whose port the stack chooses,
+// a backend without a fast path: the balancer follows the pick).
+func (p *Port) dialPicked(t *tcpIn, src, dst netip.AddrPort) (c *finConn, handled bool, err error) {
+	if p.pick == nil || p.fast == nil || src.Port() == 0 {
+		return nil, false, nil
+	}
+	pk, ok := p.pick(src, dst)
+	if !ok {
+		return nil, false, nil
+	}
+	for {
+		be := pk.Backend()
+		twe := p.timeWaitEnder(be.Addr())
+		if twe != nil {
+			twe.EndTimeWait(be, src)
+		}
+		c, handled, err = p.dialFast(t, src, be)
+		switch {
+		case !handled:
+			return nil, false, nil
+		case err == nil:
+			pk.Connected()
+			t.picked, t.pickedTW, t.pickedAt = pk, twe, be
+			return c, true, nil
+		case t.isAborted():
+			pk.Closed()
+			return nil, true, err
+		case !pk.Failed():
+			return nil, true, err
+		}
+	}
+}
+
+// TimeWaitEnder is what a LocalSockets may do besides (sandbox.FastSockets
+// does): end the namespace's TIME-WAIT socket of the TCP connection from
+// local to remote, if there is one, reporting whether it did.
+//
+// A routing-mesh flow on the fast path reaches its backend with the
+// namespace's kernel TCP, whose timestamps and ISNs are the kernel's own;
+// the gateways of every host share theirs (tcpsync.go), the kernel cannot
+// be made to. When the client uses the same port again through another
+// host within the backend's TIME-WAIT (the backend closed first), the
+// backend's kernel would drop the new SYN for an older timestamp (PAWS)
+// half of the time, in either order (fast path then gateway, or gateway
+// then fast path). So the backend's TIME-WAIT socket of a picked flow is
+// ended before the fast path's connect and after the flow, as the kernel
+// ends one itself when it takes a new SYN for it.
+type TimeWaitEnder interface {
+	EndTimeWait(local, remote netip.AddrPort) (bool, error)
+}
+
+// timeWaitEnder is the TimeWaitEnder of dst's fast path, or nil.
+func (p *Port) timeWaitEnder(dst netip.Addr) TimeWaitEnder {
+	ns, err := p.fast(dst)
+	if err != nil || ns == nil {
+		return nil
+	}
+	te, _ := ns.(TimeWaitEnder)
+	return te
+}
+
+// endPicked tells t's picked backend that the flow ended and ends the
+// backend's TIME-WAIT socket of it (see TimeWaitEnder).
+func (t *tcpIn) endPicked(src netip.AddrPort) {
+	t.picked.Closed()
+	if t.pickedTW != nil {
+		t.pickedTW.EndTimeWait(t.pickedAt, src)
+	}
+}

@@ -39,6 +39,7 @@ type Port struct {
 	e      *Egress
 	target Target
 	fast   FastPath // nil: none
+	pick   Picker   // nil: none
 	ln     net.Listener
 	pc     *net.UDPConn
 
@@ -86,7 +87,15 @@ func (e *Egress) Publish(spec Publish, target Target) (*Port, error) {
 // destinations it knows (see FastPath); UDP flows take the gateway's
 // stack.
 func (e *Egress) PublishFast(spec Publish, target Target, fast FastPath) (*Port, error) {
-	p := &Port{spec: spec, e: e, target: target, fast: fast, flows: map[*flow]struct{}{}, udp: map[netip.AddrPort]*udpIn{}}
+	return e.PublishMesh(spec, target, fast, nil)
+}
+
+// PublishMesh is PublishFast whose TCP flows to a service's VIP have
+// their backend picked before the dial by pick (if not nil, see Picker),
+// so that one whose backend is a container fast knows takes the fast
+// path to it.
+func (e *Egress) PublishMesh(spec Publish, target Target, fast FastPath, pick Picker) (*Port, error) {
+	p := &Port{spec: spec, e: e, target: target, fast: fast, pick: pick, flows: map[*flow]struct{}{}, udp: map[netip.AddrPort]*udpIn{}}
 	var err error
 	if spec.Proto == "udp" {
 		var a *net.UDPAddr
@@ -318,6 +327,13 @@ type tcpIn struct {
 	ep      atomic.Pointer[tcpip.Endpoint]
 	out     atomic.Pointer[finConn]
 	dialing atomic.Pointer[os.File]
+	// picked is the flow's backend picked before the dial (Picker),
+	// when the flow took the fast path to it: told when the flow ends.
+	picked Picked
+	// pickedTW and pickedAt end the picked backend's TIME-WAIT socket
+	// of the flow after it (TimeWaitEnder; nil: none).
+	pickedTW TimeWaitEnder
+	pickedAt netip.AddrPort
 	// aborted is closed when the flow is aborted: a connect into the
 	// network in progress gives up at once (Port.Close does not wait
 	// for it).
@@ -378,6 +394,9 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 		fl.abort()
 		return
 	}
+	if t.picked != nil {
+		defer t.endPicked(src)
+	}
 	if p.spec.ClientIP == ClientIPProxyV2 {
 		local := t.c.LocalAddr().(*net.TCPAddr).AddrPort()
 		if _, err := in.Write(AppendProxyV2(make([]byte, 0, 28), client, local)); err != nil {
@@ -407,10 +426,14 @@ func (p *Port) serveTCP(t *tcpIn, fl *flow) {
 }
 
 // dial connects t's flow from src to dst, on the fast path if p has one
-// to dst, else from g's stack. A flow aborted meanwhile is an error, its
-// network side reset.
+// to dst (or, with a Picker, to the backend it picks for dst), else from
+// g's stack. A flow aborted meanwhile is an error, its network side
+// reset.
 func (p *Port) dial(g *Gateway, t *tcpIn, src, dst netip.AddrPort) (io.ReadWriteCloser, error) {
-	out, handled, err := p.dialFast(t, src, dst)
+	out, handled, err := p.dialPicked(t, src, dst)
+	if !handled {
+		out, handled, err = p.dialFast(t, src, dst)
+	}
 	if handled {
 		if err != nil {
 			return nil, err
@@ -419,6 +442,10 @@ func (p *Port) dial(g *Gateway, t *tcpIn, src, dst netip.AddrPort) (io.ReadWrite
 		if t.isAborted() {
 			// Aborted while dialling: reset never saw the socket.
 			out.reset()
+			if t.picked != nil {
+				t.picked.Closed()
+				t.picked = nil
+			}
 			return nil, errDialStopped
 		}
 		return out, nil

@@ -58,6 +58,17 @@
 // every host would choose. A port the service does not list gets Reject
 // too (RST, or ICMP port unreachable for UDP).
 //
+// # Connections opened without a frame
+//
+// Open is Translate's decision for a TCP SYN made before any frame: the
+// routing mesh's ingress host asks it for a connection's backend before
+// it dials, so that a backend on its own host can be reached without the
+// switch (the published-port fast path). It makes the entry the SYN would
+// make, with the same key, scheduler state and counters; the caller then
+// either dials the VIP after all (its SYN finds the entry and follows
+// it: one pick, counted once) or tells the entry what frames would have
+// (Conn.Connected, Conn.Failed, Conn.Closed).
+//
 // # Reply path: no SNAT
 //
 // Backends see the client's own address. Their replies are addressed to

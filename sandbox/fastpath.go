@@ -192,6 +192,7 @@ func fastPathRoutes(h *netlink.Handle) ([]netlink.Route, error) {
 // with IP_TRANSPARENT (it may bind a non-local address), SO_MARK
 // FastPathMark and SO_REUSEADDR, and whatever the prep function set.
 type FastSockets struct {
+	diag  *sockDiag // made in the namespace (EndTimeWait)
 	ready chan fastSocket
 	done  chan struct{}
 	wg    sync.WaitGroup
@@ -226,6 +227,9 @@ func NewFastSockets(nsPath string, prep func(fd int) error) (*FastSockets, error
 		defer lockThreadForGood()()
 		err := unix.Setns(target, unix.CLONE_NEWNET)
 		unix.Close(target)
+		if err == nil {
+			f.diag, err = newSockDiag()
+		}
 		errc <- err
 		if err == nil {
 			f.make(prep)
@@ -292,6 +296,14 @@ func (f *FastSockets) Socket() (int, error) {
 func (f *FastSockets) Close() {
 	f.once.Do(func() { close(f.done) })
 	f.wg.Wait()
+	if d := f.diag; d != nil {
+		d.mu.Lock()
+		if d.fd >= 0 {
+			unix.Close(d.fd)
+			d.fd = -1
+		}
+		d.mu.Unlock()
+	}
 	for {
 		select {
 		case s := <-f.ready:
