@@ -162,15 +162,28 @@ func (d *Daemon) checkExited(cs []*container) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.stopExited(cs, pids, true)
+}
+
+// stopExited stops those of cs whose main process exited and whose
+// namespace has no process in pids (a scan of the processes; nil: none
+// made, nothing is stopped). recheck: one that still has processes is
+// looked at again later (see exitRecheck). Callers hold d.mu.
+func (d *Daemon) stopExited(cs []*container, pids map[sandbox.NetnsID][]int, recheck bool) {
+	if pids == nil {
+		return
+	}
 	changed := false
 	for _, c := range cs {
 		if d.stopping || d.containers[c.name] != c || d.tearingDown[c.name] || !c.exitPending() {
 			continue
 		}
 		if len(pids[sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}]) > 0 {
-			// What the main process left still runs: ps says running.
-			c.exitRecheck = c.exitRecheck.next(time.Now())
-			d.saveMainProcess(c) // its exit status
+			if recheck {
+				// What the main process left still runs: ps says running.
+				c.exitRecheck = c.exitRecheck.next(time.Now())
+				d.saveMainProcess(c) // its exit status
+			}
 			continue
 		}
 		d.stop(c)
