@@ -1032,8 +1032,13 @@ func (d *Daemon) Containers() []api.Container {
 	pids := d.netnsPIDs()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	cs := d.sortedContainers()
+	// A container whose daemonized processes left since its last recheck
+	// is stopped now, with this scan: ps never says "exited" of one still
+	// resolving and balanced to.
+	d.stopExited(cs, pids, false)
 	out := []api.Container{}
-	for _, c := range d.sortedContainers() {
+	for _, c := range cs {
 		out = append(out, d.containerView(c, pids))
 	}
 	return out
@@ -1063,6 +1068,7 @@ func (d *Daemon) container(name string, processes bool) (api.Container, error) {
 	if !ok {
 		return api.Container{}, notFound("container %q: not found", name)
 	}
+	d.stopExited([]*container{c}, pids, false) // as Containers
 	v := d.containerView(c, pids)
 	if !processes {
 		// A stopped container's status needs no processes: "exited N"

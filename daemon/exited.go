@@ -23,7 +23,8 @@ const downExited = "down: container exited"
 // SetMainProcess records the main process of a container made by `run`
 // (p.ExitStatus nil: it started) or its exit status. An exit is only
 // taken for the PID last reported as started, so a late report of an
-// earlier container of the same name changes nothing. A container whose
+// earlier container of the same name changes nothing; a container with
+// no known main process (see setMainProcess) takes any. A container whose
 // main process exited with no process left is withdrawn before the call
 // returns (see stopped); one started again is published again.
 func (d *Daemon) SetMainProcess(name string, p api.MainProcess) error {
@@ -67,9 +68,15 @@ func (d *Daemon) setMainProcess(name string, p api.MainProcess) (*container, err
 		}
 		return c, nil
 	}
-	if p.PID != c.mainPID {
+	// A running container whose main process is not known takes the exit
+	// its monitor reports: the start was reported to a daemon that then
+	// died before its next save (kill -9, a crash), or to one older than
+	// the saving of main processes (an upgrade). Refused, the exit would
+	// leave the container up and a backend for good.
+	if c.mainPID != 0 && p.PID != c.mainPID {
 		return nil, conflict("container %q: process %d is not its main process", name, p.PID)
 	}
+	c.mainPID = p.PID
 	v := *p.ExitStatus
 	c.exitStatus = &v
 	c.exitRecheck = exitRecheck{}
@@ -155,15 +162,28 @@ func (d *Daemon) checkExited(cs []*container) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.stopExited(cs, pids, true)
+}
+
+// stopExited stops those of cs whose main process exited and whose
+// namespace has no process in pids (a scan of the processes; nil: none
+// made, nothing is stopped). recheck: one that still has processes is
+// looked at again later (see exitRecheck). Callers hold d.mu.
+func (d *Daemon) stopExited(cs []*container, pids map[sandbox.NetnsID][]int, recheck bool) {
+	if pids == nil {
+		return
+	}
 	changed := false
 	for _, c := range cs {
 		if d.stopping || d.containers[c.name] != c || d.tearingDown[c.name] || !c.exitPending() {
 			continue
 		}
 		if len(pids[sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}]) > 0 {
-			// What the main process left still runs: ps says running.
-			c.exitRecheck = c.exitRecheck.next(time.Now())
-			d.saveMainProcess(c) // its exit status
+			if recheck {
+				// What the main process left still runs: ps says running.
+				c.exitRecheck = c.exitRecheck.next(time.Now())
+				d.saveMainProcess(c) // its exit status
+			}
 			continue
 		}
 		d.stop(c)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -191,4 +192,85 @@ func TestExitRecheckBacksOff(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("intervals %v, want %v", got, want)
 	}
+}
+
+// TestExitOfUnknownMainProcessIsTaken: a container whose main process
+// the daemon does not know (its start was reported to a daemon killed
+// before it saved it, or to a version that saved none) is stopped by the
+// exit its monitor reports, instead of staying up and a backend; that
+// PID is its main process then, so another exit changes nothing.
+func TestExitOfUnknownMainProcessIsTaken(t *testing.T) {
+	d, sb := newServiceDaemon(t)
+	ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: "c1", Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+	sb.setPIDs(ep.Netns, 4242)
+	if c := status(t, d, "c1"); c.Status != api.StatusRunning {
+		t.Fatalf("with a process, none reported: %+v, want running", c)
+	}
+	sb.setPIDs(ep.Netns)
+	three, four := 3, 4
+	if err := d.SetMainProcess("c1", api.MainProcess{PID: 4242, ExitStatus: &three}); err != nil {
+		t.Fatalf("the exit of a main process the daemon did not know: %v", err)
+	}
+	if c := status(t, d, "c1"); c.Status != "exited 3" || c.Endpoints[0].State != downExited {
+		t.Errorf("after the exit: %+v, want exited 3 and its endpoint %q", c, downExited)
+	}
+	if got := backendIPs(d, "web"); len(got) != 0 {
+		t.Errorf("after the exit: balancing to %v, want nothing", got)
+	}
+	if err := d.SetMainProcess("c1", api.MainProcess{PID: 5000, ExitStatus: &four}); err == nil || !strings.Contains(err.Error(), "not its main process") {
+		t.Errorf("another exit for the stopped container: %v, want refused", err)
+	}
+	if c := status(t, d, "c1"); c.Status != "exited 3" {
+		t.Errorf("after another exit: %+v, want exited 3", c)
+	}
+}
+
+// TestPsNeverShowsExitedWhileBalanced: once the processes a daemonized
+// main process left are gone, the ps that first sees it "exited" has
+// withdrawn it too, not up to 32 s later at its next recheck: no
+// "exited 0" container still balanced to.
+func TestPsNeverShowsExitedWhileBalanced(t *testing.T) {
+	d, sb := newServiceDaemon(t)
+	for _, name := range []string{"a", "b"} {
+		ep := mustAttach(t, d, api.AttachRequest{Network: "web", Name: name, Create: true, Services: []api.ServiceMember{{Name: "api"}}})
+		sb.setPIDs(ep.Netns, 4242, 4243)
+		if err := d.SetMainProcess(name, api.MainProcess{PID: 4242}); err != nil {
+			t.Fatal(err)
+		}
+		zero := 0
+		sb.setPIDs(ep.Netns, 4243) // the server it left runs on
+		if err := d.SetMainProcess(name, api.MainProcess{PID: 4242, ExitStatus: &zero}); err != nil {
+			t.Fatal(err)
+		}
+		if got := backendIPs(d, "web"); !slices.Contains(got, ep.IP) {
+			t.Fatalf("%s left a process running: balancing to %v, want it too", name, got)
+		}
+		sb.setPIDs(ep.Netns) // and it is gone
+	}
+	// b through the one-container look-up, a through the list.
+	if c := status(t, d, "b"); c.Status != "exited 0" || c.Endpoints[0].State != downExited {
+		t.Errorf("ps b: %+v, want exited 0 and its endpoint %q", c, downExited)
+	}
+	for _, c := range d.Containers() {
+		if c.Status != "exited 0" || c.Endpoints[0].State != downExited {
+			t.Errorf("ps: %+v, want exited 0 and its endpoint %q", c, downExited)
+		}
+	}
+	if got := backendIPs(d, "web"); len(got) != 0 {
+		t.Errorf("ps says exited: balancing to %v, want nothing", got)
+	}
+}
+
+// newServiceDaemon is one daemon with network web and service api on it;
+// it is closed when the test ends.
+func newServiceDaemon(t *testing.T) (*Daemon, *fakeSandbox) {
+	t.Helper()
+	sb := newFakeSandbox()
+	d := newTestDaemon(t, sb, t.TempDir())
+	t.Cleanup(func() { d.Close() })
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreateService(t, d, api.ServiceCreateRequest{Name: "api", Networks: []string{"web"}})
+	return d, sb
 }
