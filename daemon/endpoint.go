@@ -1162,69 +1162,8 @@ func (d *Daemon) restore() (*savedState, error) {
 		}
 	}
 	for _, sc := range s.Containers {
-		c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{},
-			mainPID: sc.MainPID, exitStatus: sc.ExitStatus, stopped: sc.Stopped && sc.ExitStatus != nil}
-		d.containers[c.name] = c
-		d.endpointsChanged()
-		// A Docker endpoint's namespace has no recorded identity: its
-		// device is looked for by MAC in Docker's sandbox, below.
-		nsErr := error(nil)
-		if !c.hostTAP {
-			if dev, ino, err := d.sb.NetnsIdentity(c.netns); err != nil {
-				nsErr = err
-			} else if dev != c.nsDev || ino != c.nsIno {
-				nsErr = fmt.Errorf("netns %q: the namespace at that path is not the container's any more", c.netns)
-			}
-		}
-		for _, se := range sc.Endpoints {
-			n, ok := d.networks[se.Network]
-			if !ok {
-				return nil, fmt.Errorf("state: container %q: unknown network %q", sc.Name, se.Network)
-			}
-			ip, err := netip.ParseAddr(se.IP)
-			if err != nil {
-				return nil, fmt.Errorf("state: container %q: %w", sc.Name, err)
-			}
-			mac, err := packet.ParseMAC(se.MAC)
-			if err != nil {
-				return nil, fmt.Errorf("state: container %q: %w", sc.Name, err)
-			}
-			ep := &endpoint{ctr: c, net: n, ip: ip, mac: mac, ifname: se.IfName, aliases: se.Aliases}
-			ep.port = ep.portName()
-			for _, m := range se.Services {
-				h := m.Health
-				if !knownHealth(h) {
-					h = backendHealthy
-				}
-				ep.services = append(ep.services, svcMember{name: m.Name, id: m.ID, weight: m.Weight, health: h})
-			}
-			c.endpoints[n.rec.Name] = ep
-			d.endpointsChanged()
-			d.restorePorts(ep, se.Published)
-			if nsErr != nil {
-				// Withdrawn (see withdrawGone): republish leaves it out,
-				// so the cluster drops what it still holds of it.
-				c.nsGone = true
-				ep.down = downNetnsGone + ": " + nsErr.Error()
-				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", nsErr)
-				continue
-			}
-			var dev netdev.Device
-			if c.hostTAP {
-				dev, err = d.reopenHost(ep)
-			} else {
-				dev, err = d.sb.Reopen(c.netns, ep.ifname)
-			}
-			if err != nil {
-				ep.down = "down: " + err.Error()
-				d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", err)
-				continue
-			}
-			ep.dev = dev
-			d.log.Info("endpoint restored", "container", c.name, "network", n.rec.Name, "ip", ip)
-		}
-		if nsErr == nil && len(c.endpoints) > 0 {
-			d.dnsAttached(c)
+		if err := d.restoreContainer(sc); err != nil {
+			return nil, err
 		}
 	}
 	// Forward at once; the cluster's part follows with reconcile.
@@ -1232,4 +1171,74 @@ func (d *Daemon) restore() (*savedState, error) {
 		d.log.Error("data plane", "err", err)
 	}
 	return s, nil
+}
+
+// restoreContainer rebuilds one saved container and reopens its
+// endpoints' devices (see restore); callers hold d.mu.
+func (d *Daemon) restoreContainer(sc savedContainer) error {
+	c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{},
+		mainPID: sc.MainPID, exitStatus: sc.ExitStatus, stopped: sc.Stopped && sc.ExitStatus != nil}
+	d.containers[c.name] = c
+	d.endpointsChanged()
+	// A Docker endpoint's namespace has no recorded identity: its
+	// device is looked for by MAC in Docker's sandbox, below.
+	nsErr := error(nil)
+	if !c.hostTAP {
+		if dev, ino, err := d.sb.NetnsIdentity(c.netns); err != nil {
+			nsErr = err
+		} else if dev != c.nsDev || ino != c.nsIno {
+			nsErr = fmt.Errorf("netns %q: the namespace at that path is not the container's any more", c.netns)
+		}
+	}
+	for _, se := range sc.Endpoints {
+		n, ok := d.networks[se.Network]
+		if !ok {
+			return fmt.Errorf("state: container %q: unknown network %q", sc.Name, se.Network)
+		}
+		ip, err := netip.ParseAddr(se.IP)
+		if err != nil {
+			return fmt.Errorf("state: container %q: %w", sc.Name, err)
+		}
+		mac, err := packet.ParseMAC(se.MAC)
+		if err != nil {
+			return fmt.Errorf("state: container %q: %w", sc.Name, err)
+		}
+		ep := &endpoint{ctr: c, net: n, ip: ip, mac: mac, ifname: se.IfName, aliases: se.Aliases}
+		ep.port = ep.portName()
+		for _, m := range se.Services {
+			h := m.Health
+			if !knownHealth(h) {
+				h = backendHealthy
+			}
+			ep.services = append(ep.services, svcMember{name: m.Name, id: m.ID, weight: m.Weight, health: h})
+		}
+		c.endpoints[n.rec.Name] = ep
+		d.endpointsChanged()
+		d.restorePorts(ep, se.Published)
+		if nsErr != nil {
+			// Withdrawn (see withdrawGone): republish leaves it out,
+			// so the cluster drops what it still holds of it.
+			c.nsGone = true
+			ep.down = downNetnsGone + ": " + nsErr.Error()
+			d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", nsErr)
+			continue
+		}
+		var dev netdev.Device
+		if c.hostTAP {
+			dev, err = d.reopenHost(ep)
+		} else {
+			dev, err = d.sb.Reopen(c.netns, ep.ifname)
+		}
+		if err != nil {
+			ep.down = "down: " + err.Error()
+			d.log.Warn("endpoint down", "container", c.name, "network", n.rec.Name, "err", err)
+			continue
+		}
+		ep.dev = dev
+		d.log.Info("endpoint restored", "container", c.name, "network", n.rec.Name, "ip", ip)
+	}
+	if nsErr == nil && len(c.endpoints) > 0 {
+		d.dnsAttached(c)
+	}
+	return nil
 }
