@@ -42,6 +42,27 @@ type container struct {
 	// exitRecheck is when checkNamespaces looks again whether the
 	// processes an exited main process left are gone.
 	exitRecheck exitRecheck
+	// command is the main process `run` started (nil: attached, or made
+	// by a vxmesh that did not save it), which start and the restart
+	// policy start again; policy is the restart policy; both saved
+	// (lifecycle.go).
+	command *api.Command
+	policy  api.RestartPolicy
+	// restarts counts the policy's restarts (saved); startedAt is when
+	// the main process was last reported started (saved).
+	restarts  restarts
+	startedAt time.Time
+	// manualStop is set by `vxmesh stop` until the next start: the
+	// policy starts it no more (saved).
+	manualStop bool
+	// restartTimer is the policy's pending start (restartGen numbers
+	// them); restartDue that one was pending when the daemon stopped
+	// (saved; taken at start). starting is set while a start is made
+	// without d.mu.
+	restartTimer *time.Timer
+	restartGen   uint64
+	restartDue   bool
+	starting     bool
 	// hostTAP containers are Docker's (the network plugin, AttachHostTAP):
 	// their interface is a TAP device made in the daemon's namespace for
 	// Docker to move into the container's; netns is Docker's sandbox key
@@ -238,6 +259,9 @@ func checkAttachRequest(req api.AttachRequest, hostTAP bool) error {
 	if hostTAP && (req.Netns == "" || req.IfName == "" || len(req.Publish) > 0) {
 		return invalid("container %q: a host TAP attach needs the sandbox key and the interface name, and publishes no port", req.Name)
 	}
+	if err := checkLifecycleRequest(req); err != nil {
+		return err
+	}
 	if req.IfName != "" && (len(req.IfName) > 15 || !validName.MatchString(req.IfName)) {
 		return invalid("container %q: interface name %q: invalid", req.Name, req.IfName)
 	}
@@ -376,6 +400,7 @@ func (d *Daemon) containerNetns(req api.AttachRequest, undo *[]func()) (*contain
 		}
 		*undo = append(*undo, func() { d.sb.DeleteNamedNetns(nsName) })
 		c.netns, c.managed = path, true
+		setLifecycle(c, req)
 	case req.Netns != "":
 		c.netns = req.Netns
 	case req.PID != 0:
@@ -944,7 +969,7 @@ func (d *Daemon) RemoveContainer(name string) error {
 		d.mu.Unlock()
 	}
 	if c.managed && nsErr == nil {
-		if err := d.sb.KillNetns(nsPath); err != nil {
+		if err := d.sb.KillNetns(nsPath, sandbox.DefaultKillGrace); err != nil {
 			d.mu.Lock()
 			d.flushDrained(drained)
 			d.mu.Unlock()
@@ -1107,6 +1132,15 @@ func (d *Daemon) containerView(c *container, pids map[sandbox.NetnsID][]int) api
 		}
 	}
 	v.Status, v.ExitStatus = containerStatus(v.State, len(v.PIDs), c.exitStatus, c.stopped)
+	if c.managed {
+		v.Restart, v.RestartCount = c.policy.String(), c.restarts.count
+		if c.command != nil {
+			v.Command = append([]string(nil), c.command.Argv...)
+		}
+		if v.State != api.ContainerGone && c.restarting() {
+			v.Status = api.StatusRestarting
+		}
+	}
 	for _, ep := range c.sortedEndpoints() {
 		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
 	}
@@ -1127,6 +1161,9 @@ func containerStatus(state string, pids int, exit *int, stopped bool) (string, *
 		return api.StatusGone, e
 	case e != nil && stopped:
 		return fmt.Sprintf("exited %d", *e), e
+	case stopped:
+		// Stopped by `vxmesh stop`, its main process's status unknown.
+		return api.StatusStopped, e
 	case pids > 0:
 		return api.StatusRunning, e
 	case e != nil:
@@ -1177,7 +1214,10 @@ func (d *Daemon) restore() (*savedState, error) {
 // endpoints' devices (see restore); callers hold d.mu.
 func (d *Daemon) restoreContainer(sc savedContainer) error {
 	c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{},
-		mainPID: sc.MainPID, exitStatus: sc.ExitStatus, stopped: sc.Stopped && sc.ExitStatus != nil}
+		mainPID: sc.MainPID, exitStatus: sc.ExitStatus, stopped: sc.Stopped && (sc.ExitStatus != nil || sc.ManualStop)}
+	if err := restoreLifecycle(c, sc); err != nil {
+		return err
+	}
 	d.containers[c.name] = c
 	d.endpointsChanged()
 	// A Docker endpoint's namespace has no recorded identity: its
