@@ -286,9 +286,11 @@ type Container struct {
 	// when none is and the main process of a container made by `run`
 	// exited with status N (128+SIG if killed by signal SIG), and from
 	// then on until a main process is reported started again (the
-	// container is stopped: withdrawn from DNS and balancing); "gone"
-	// when State is; else "up" (a namespace with no process, and no exit
-	// status known).
+	// container is stopped: withdrawn from DNS and balancing);
+	// "restarting" while its restart policy is about to start it again;
+	// "stopped" after `vxmesh stop` when no exit status was reported;
+	// "gone" when State is; else "up" (a namespace with no process, and
+	// no exit status known).
 	Status string `json:"status"`
 	// ExitStatus is the main process's exit status, once known.
 	ExitStatus *int `json:"exit_status,omitempty"`

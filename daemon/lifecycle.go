@@ -239,10 +239,8 @@ func (d *Daemon) StopContainer(name string, req api.StopRequest) error {
 		}
 		grace = t
 	}
-	d.mu.Lock()
-	c, err := d.lifecycleTarget(name, "stop")
+	c, err := d.lockNotStarting(name, "stop")
 	if err != nil {
-		d.mu.Unlock()
 		return err
 	}
 	if !c.manualStop {
@@ -269,6 +267,25 @@ func (d *Daemon) StopContainer(name string, req api.StopRequest) error {
 	d.awaitStopped(c)
 	d.log.Info("container stopped", "container", name)
 	return nil
+}
+
+// lockNotStarting takes d.mu and returns the lifecycleTarget name once
+// no start of it is in flight (a stop must come after the start's
+// report, or the start would undo it); on error d.mu is not held.
+func (d *Daemon) lockNotStarting(name, verb string) (*container, error) {
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		d.mu.Lock()
+		c, err := d.lifecycleTarget(name, verb)
+		if err != nil {
+			d.mu.Unlock()
+			return nil, err
+		}
+		if !c.starting {
+			return c, nil
+		}
+		d.mu.Unlock()
+		time.Sleep(delay)
+	}
 }
 
 // lifecycleTarget is the container that stop, start or restart (verb)
