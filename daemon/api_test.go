@@ -207,6 +207,29 @@ func TestAttachMissingNamespaceSaysWhy(t *testing.T) {
 	}
 }
 
+// TestAttachRefusesNamesThatCannotResolve: a container name or alias
+// with a part longer than a DNS label (63) or an empty part is refused
+// (it would be a container no one can reach by name); 63 passes.
+func TestAttachRefusesNamesThatCannotResolve(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	defer d.Close()
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("a", 64)
+	for _, req := range []api.AttachRequest{
+		{Network: "web", Name: long, Create: true},
+		{Network: "web", Name: "c1", Create: true, Aliases: []string{long}},
+		{Network: "web", Name: "a..b", Create: true},
+		{Network: "web", Name: "c1.", Create: true},
+	} {
+		if _, err := d.Attach(req); err == nil || !strings.Contains(err.Error(), "could never resolve") {
+			t.Errorf("attach %s aliases %v: %v, want refused", req.Name, req.Aliases, err)
+		}
+	}
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: long[:63], Create: true, Aliases: []string{"x." + long[:60]}})
+}
+
 // TestAPIRefusesAnOversizedBody: a request body over maxRequestBody is
 // refused with 413 and an api.Error saying why, before any handler runs.
 func TestAPIRefusesAnOversizedBody(t *testing.T) {

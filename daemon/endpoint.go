@@ -270,6 +270,35 @@ func checkAttachRequest(req api.AttachRequest, hostTAP bool) error {
 			return fmt.Errorf("container %q: %w", req.Name, err)
 		}
 	}
+	if hostTAP {
+		return nil // Docker's names: the plugin keeps what it is given
+	}
+	for i, n := range append([]string{req.Name}, req.Aliases...) {
+		kind := "container"
+		if i > 0 {
+			kind = "alias"
+		}
+		if err := checkResolvable(kind, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxDNSLabel is the longest DNS label (RFC 1035).
+const maxDNSLabel = 63
+
+// checkResolvable refuses a new container's name or alias that could
+// never resolve (checkName lets 64 characters pass, and dots anywhere): a
+// dot-separated part of more than 63 characters, or an empty one. Names
+// saved or gossiped are not held to it: one made by an older vxmesh
+// still loads.
+func checkResolvable(kind, name string) error {
+	for _, l := range strings.Split(name, ".") {
+		if l == "" || len(l) > maxDNSLabel {
+			return invalid("%s %q: not a DNS name (each dot-separated part 1-%d characters): it could never resolve", kind, name, maxDNSLabel)
+		}
+	}
 	return nil
 }
 
