@@ -1154,9 +1154,21 @@ func (d *Daemon) containerView(c *container, pids map[sandbox.NetnsID][]int) api
 	// its own namespace, and only those of that namespace (by identity),
 	// never those of another one that took its name. The name is checked
 	// with one look-up, not opened: a listing does nothing in it.
+	id := sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}
+	if c.hostTAP {
+		// Docker makes the namespace its sandbox key names after the
+		// Join, so a Docker container has no recorded identity: it is
+		// looked up now (one stat), for its processes.
+		id = sandbox.NetnsID{}
+		if pids != nil {
+			if dev, ino, err := d.sb.NetnsIdentity(c.netns); err == nil {
+				id = sandbox.NetnsID{Dev: dev, Ino: ino}
+			}
+		}
+	}
 	if c.hostTAP || d.sb.NetnsIs(c.netns, c.nsDev, c.nsIno) {
 		v.State = api.ContainerUp
-		if p := pids[sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}]; p != nil {
+		if p := pids[id]; p != nil && id != (sandbox.NetnsID{}) {
 			v.PIDs = p
 		}
 	}
