@@ -345,14 +345,18 @@ func (d *Daemon) awaitStopped(c *container) {
 // `docker start`: its saved command in its namespace, through
 // Config.StartMain, which returns once the main process runs and the
 // container is a name, a backend and a published port again. A running
-// container is left as it is. The restarts are counted from 0 again.
+// container (one with processes) is left as it is. The restarts are
+// counted from 0 again.
 func (d *Daemon) StartContainer(name string) error {
+	// A container that is not stopped but has no process (its main
+	// process's exit was never reported: ps says up) is started too.
+	pids := d.netnsPIDs()
 	d.mu.Lock()
 	c, err := d.lifecycleTarget(name, "start")
 	if err == nil {
 		err = d.startable(c)
 	}
-	if err != nil || !c.stopped {
+	if err != nil || !c.stopped && (pids == nil || len(pids[sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}]) > 0) {
 		d.mu.Unlock()
 		return err
 	}

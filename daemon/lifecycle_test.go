@@ -322,6 +322,17 @@ func TestStoppedContainerIsNotRestartedByItsPolicy(t *testing.T) {
 		t.Errorf("after start: ps u %q, want running", c.Status)
 	}
 
+	// A container whose main process's exit was never reported (up, no
+	// process) is started too; a running one is left alone.
+	up := h.run("up", "no")
+	h.sb.setPIDs(up.Netns)
+	if err := h.d.StartContainer("up"); err != nil || h.started("up") != 1 {
+		t.Errorf("start of an up container with no process: %v, %d starts; want one", err, h.started("up"))
+	}
+	if err := h.d.StartContainer("up"); err != nil || h.started("up") != 1 {
+		t.Errorf("start of a running container: %v, %d starts; want none more", err, h.started("up"))
+	}
+
 	h.sb.addNetns("/run/netns/ext")
 	mustAttach(t, h.d, api.AttachRequest{Network: "web", Name: "ext", Netns: "/run/netns/ext"})
 	for _, op := range []func(string) error{
