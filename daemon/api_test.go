@@ -207,9 +207,10 @@ func TestAttachMissingNamespaceSaysWhy(t *testing.T) {
 	}
 }
 
-// TestAttachRefusesNamesThatCannotResolve: a container name or alias
-// with a part longer than a DNS label (63) or an empty part is refused
-// (it would be a container no one can reach by name); 63 passes.
+// TestAttachRefusesNamesThatCannotResolve: the name of a container run
+// makes, or an alias, with a part longer than a DNS label (63) or an
+// empty part is refused (no one could reach it by that name); 63 passes,
+// and an attached namespace's name is not held to it.
 func TestAttachRefusesNamesThatCannotResolve(t *testing.T) {
 	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
 	defer d.Close()
@@ -228,6 +229,10 @@ func TestAttachRefusesNamesThatCannotResolve(t *testing.T) {
 		}
 	}
 	mustAttach(t, d, api.AttachRequest{Network: "web", Name: long[:63], Create: true, Aliases: []string{"x." + long[:60]}})
+	// An attached namespace's name may be an internal one (the CNI
+	// plugin's are 64 characters).
+	d.sb.(*fakeSandbox).addNetns("/run/netns/pod")
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: long, Netns: "/run/netns/pod"})
 }
 
 // TestAPIRefusesAnOversizedBody: a request body over maxRequestBody is

@@ -273,13 +273,17 @@ func checkAttachRequest(req api.AttachRequest, hostTAP bool) error {
 	if hostTAP {
 		return nil // Docker's names: the plugin keeps what it is given
 	}
-	for i, n := range append([]string{req.Name}, req.Aliases...) {
-		kind := "container"
-		if i > 0 {
-			kind = "alias"
-		}
-		if err := checkResolvable(kind, n); err != nil {
+	// The name of a container run makes must resolve; an attached
+	// namespace's may be an internal one (the CNI plugin's are 64
+	// characters), reached by its aliases.
+	if req.Create {
+		if err := checkResolvable("container", req.Name); err != nil {
 			return err
+		}
+	}
+	for _, a := range req.Aliases {
+		if err := checkResolvable("alias", a); err != nil {
+			return fmt.Errorf("container %q: %w", req.Name, err)
 		}
 	}
 	return nil

@@ -69,7 +69,8 @@ func TestStopThenStartServesAgainEverywhere(t *testing.T) {
 	target := withB2AndClient(t, es, "sb")
 
 	h1.cli("stop", "sb")
-	h2.wantDig(10*time.Second, "client", "NXDOMAIN", nil, "sb")
+	took := h2.wantDig(10*time.Second, "client", "NXDOMAIN", nil, "sb")
+	t.Logf("sb stopped resolving on h2 %v after stop returned", took.Round(10*time.Millisecond))
 	for _, e := range es {
 		e.waitBackends("api", "b2")
 	}
@@ -78,11 +79,14 @@ func TestStopThenStartServesAgainEverywhere(t *testing.T) {
 		t.Errorf("ps STATUS of the stopped sb = %q, want exited 143", got)
 	}
 
+	start := time.Now()
 	h1.cli("start", "sb")
+	took = time.Since(start)
 	if got := psStatus(h1, "sb"); got != "running" {
 		t.Errorf("ps STATUS of the started sb = %q, want running", got)
 	}
-	h2.wantDig(10*time.Second, "client", "NOERROR", []string{ip}, "sb")
+	took2 := h2.wantDig(10*time.Second, "client", "NOERROR", []string{ip}, "sb")
+	t.Logf("start took %v; sb resolved on h2 %v after it returned", took.Round(time.Millisecond), took2.Round(10*time.Millisecond))
 	for _, e := range es {
 		e.waitBackends("api", "sb", "b2")
 	}
@@ -147,4 +151,56 @@ func TestStopKillsWhatIgnoresSIGTERMAfterTheTimeout(t *testing.T) {
 		t.Errorf("after stop -t 0: ps STATUS = %q, want exited 137", got)
 	}
 	h.cliFails([]string{strconv.Quote("nope"), "not found"}, "stop", "nope")
+}
+
+// TestRestartPolicyTakesAnExitMadeWhileTheDaemonWasDown: the main process
+// of an on-failure:1 container exits 3 while its daemon is stopped; its
+// monitor reports the exit once the daemon is back, whose policy then
+// starts the command again once (it exits 3 at once), and the container
+// stays exited 3 with 1 restart.
+func TestRestartPolicyTakesAnExitMadeWhileTheDaemonWasDown(t *testing.T) {
+	e := newEnv(t)
+	e.network("web", "10.98.0.0/24")
+	dir := t.TempDir()
+	gate, runs := filepath.Join(dir, "gate"), filepath.Join(dir, "runs")
+	e.cli("run", "-d", "--restart", "on-failure:1", "--network", "web", "--name", "gated",
+		"--", "sh", "-c", "echo run >> "+runs+"; while [ ! -e "+gate+" ]; do sleep 0.05; done; exit 3")
+	lines := func() int {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), "\n")
+	}
+	eventually(t, 5*time.Second, func() error {
+		if n := lines(); n != 1 {
+			return fmt.Errorf("%d runs", n)
+		}
+		return nil
+	}, "gated's first run")
+	c, _ := e.container("gated")
+	if len(c.PIDs) == 0 {
+		t.Fatalf("ps gated: %+v, want its process", c)
+	}
+	if err := e.h.StopDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() error {
+		for _, pid := range c.PIDs {
+			if alive(pid) {
+				return fmt.Errorf("process %d alive", pid)
+			}
+		}
+		return nil
+	}, "gated's exit while the daemon is down")
+	if err := e.h.StartDaemon(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, func() error {
+		c, _ := e.container("gated")
+		if c.Status != "exited 3" || c.RestartCount != 1 || lines() != 2 {
+			return fmt.Errorf("ps gated: %s, %d restarts; %d runs", c.Status, c.RestartCount, lines())
+		}
+		return nil
+	}, "gated restarted once by its policy, then exited 3")
 }
