@@ -241,16 +241,6 @@ func TestHostTAPEndpointSurvivesRestart(t *testing.T) {
 	if re == nil || re.cfg.MAC.String() != ep1.MAC || re.cfg.Addr.String() != ep1.IP+"/24" || re.cfg.Gateway.String() != "10.1.0.1" || re.cfg.MTU != 1450 {
 		t.Fatalf("interface made again: %+v", re)
 	}
-	// ps: running with the processes of Docker's namespace once it is
-	// there (Docker makes it after the Join), up without one.
-	if c := status(t, d, "docker-aaaaaaaaaaaa"); c.Status != api.StatusUp || len(c.PIDs) != 0 {
-		t.Errorf("ps before Docker made the namespace: %s %v, want up and no processes", c.Status, c.PIDs)
-	}
-	sb.addNetns("/var/run/docker/netns/1")
-	sb.setPIDs("/var/run/docker/netns/1", 4321)
-	if c := status(t, d, "docker-aaaaaaaaaaaa"); c.Status != api.StatusRunning || !slices.Equal(c.PIDs, []int{4321}) {
-		t.Errorf("ps of a running Docker container: %s %v, want running [4321]", c.Status, c.PIDs)
-	}
 	mac1, _ := packet.ParseMAC(ep1.MAC)
 	mac2, _ := packet.ParseMAC(ep2.MAC)
 	frame := ipv4Frame(mac1, mac2, netip.MustParseAddr(ep1.IP), netip.MustParseAddr(ep2.IP), []byte("after the restart"))
