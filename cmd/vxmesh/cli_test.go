@@ -126,7 +126,7 @@ func TestUsageErrorsExit2OnOneLineWithFullCommand(t *testing.T) {
 		{[]string{"rm"}, "vxmesh rm: want one or more container names"},
 		{[]string{"stop"}, "vxmesh stop: want one or more container names"},
 		{[]string{"start", "-t", "3", "c1"}, "vxmesh start: flag provided but not defined: -t"},
-		{[]string{"restart", "-t", "-2", "c1"}, "vxmesh restart: -t -2: want seconds, 0 or more"},
+		{[]string{"restart", "-t", "-2", "c1"}, `vxmesh restart: invalid value "-2" for flag -t: want seconds, 0 or more`},
 		{[]string{"run", "--rm", "--restart", "always", "--network", "web", "--name", "c1", "--", "true"}, "vxmesh run: --rm and --restart always: choose one"},
 		{[]string{"run", "--restart", "sometimes", "--network", "web", "--name", "c1", "--", "true"}, `vxmesh run: --restart: restart policy "sometimes": want no, on-failure[:MAX], always or unless-stopped`},
 		{[]string{"run", "--restart", "always:2", "--network", "web", "--name", "c1", "--", "true"}, `vxmesh run: --restart: restart policy "always:2": only on-failure takes a maximum retry count`},

@@ -384,23 +384,37 @@ func cmdRm(env *cliEnv, args []string) error {
 	return removeEach(env, pos, fs.client().RemoveContainer)
 }
 
-// stopFlags are the flags of stop and restart: -t, the seconds the
-// processes get after SIGTERM (Docker's -t, --time).
-func stopFlags(fs *flagSet) *int {
-	t := fs.Int("t", -1, "seconds to wait after SIGTERM before SIGKILL (default 10)")
-	fs.IntVar(t, "time", -1, "same as -t")
-	return t
+// stopTimeout is the -t (--time) flag of stop and restart: the seconds
+// the processes get after SIGTERM (Docker's); unset, the daemon's
+// default.
+type stopTimeout struct {
+	secs int
+	set  bool
 }
 
-// stopRequest is the request of stop and restart for -t t (-1: unset).
-func stopRequest(t int) (api.StopRequest, error) {
-	if t == -1 {
-		return api.StopRequest{}, nil
+func (s *stopTimeout) String() string {
+	if s == nil || !s.set {
+		return ""
 	}
-	if t < 0 {
-		return api.StopRequest{}, usagef("-t %d: want seconds, 0 or more", t)
+	return strconv.Itoa(s.secs)
+}
+
+func (s *stopTimeout) Set(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return fmt.Errorf("want seconds, 0 or more")
 	}
-	return api.StopRequest{Timeout: &t}, nil
+	s.secs, s.set = n, true
+	return nil
+}
+
+// request is the request of stop and restart with s.
+func (s *stopTimeout) request() api.StopRequest {
+	if !s.set {
+		return api.StopRequest{}
+	}
+	secs := s.secs
+	return api.StopRequest{Timeout: &secs}
 }
 
 func cmdStop(env *cliEnv, args []string) error {
@@ -426,10 +440,10 @@ func cmdRestart(env *cliEnv, args []string) error {
 // stop the ones after it. withTimeout: the command takes -t.
 func lifecycleCommand(env *cliEnv, name string, args []string, withTimeout bool, do func(*api.Client, string, api.StopRequest) error) error {
 	fs := newFlags(env, name, false)
-	t := new(int)
-	*t = -1
+	var t stopTimeout
 	if withTimeout {
-		t = stopFlags(fs)
+		fs.Var(&t, "t", "`SECONDS` to wait after SIGTERM before SIGKILL (default 10; 0: SIGKILL at once)")
+		fs.Var(&t, "time", "`SECONDS`, same as -t")
 	}
 	pos, _, err := fs.parse(args)
 	if err != nil {
@@ -438,10 +452,7 @@ func lifecycleCommand(env *cliEnv, name string, args []string, withTimeout bool,
 	if len(pos) == 0 {
 		return usagef("want one or more container names")
 	}
-	req, err := stopRequest(*t)
-	if err != nil {
-		return err
-	}
+	req := t.request()
 	c := fs.client()
 	return removeEach(env, pos, func(ctr string) error { return do(c, ctr, req) })
 }
