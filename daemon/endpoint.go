@@ -982,6 +982,9 @@ func (d *Daemon) endpointGone(ep *endpoint) {
 // the interfaces and the namespace are done without d.mu (see teardown):
 // meanwhile the container is listed, and its name refused to changes.
 func (d *Daemon) RemoveContainer(name string) error {
+	// A start in flight (lifecycle.go) first: its process would outlive
+	// the kill below.
+	d.awaitStart(name)
 	drained, err := d.drainBackends(name, "*")
 	if err != nil {
 		return err

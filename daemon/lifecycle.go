@@ -167,7 +167,7 @@ func (d *Daemon) restartByPolicy(c *container, gen uint64) {
 		return // cancelled, or another one replaced it
 	}
 	c.restartTimer = nil
-	if d.stopping || d.containers[c.name] != c || d.tearingDown[c.name] || c.manualStop || !c.stopped || c.starting || c.nsGone {
+	if d.stopping || d.containers[c.name] != c || d.tearingDown[c.name] || d.leaving[c.name] || c.manualStop || !c.stopped || c.starting || c.nsGone {
 		d.mu.Unlock()
 		return
 	}
@@ -273,7 +273,8 @@ func (d *Daemon) StopContainer(name string, req api.StopRequest) error {
 // no start of it is in flight (a stop must come after the start's
 // report, or the start would undo it); on error d.mu is not held.
 func (d *Daemon) lockNotStarting(name, verb string) (*container, error) {
-	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+	d.awaitStart(name)
+	for {
 		d.mu.Lock()
 		c, err := d.lifecycleTarget(name, verb)
 		if err != nil {
@@ -284,6 +285,21 @@ func (d *Daemon) lockNotStarting(name, verb string) (*container, error) {
 			return c, nil
 		}
 		d.mu.Unlock()
+		d.awaitStart(name)
+	}
+}
+
+// awaitStart waits until no start of container name is in flight (its
+// monitor reported it, or failed). It does not hold d.mu on return.
+func (d *Daemon) awaitStart(name string) {
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		d.mu.Lock()
+		c := d.containers[name]
+		starting := c != nil && c.starting
+		d.mu.Unlock()
+		if !starting {
+			return
+		}
 		time.Sleep(delay)
 	}
 }
