@@ -253,6 +253,25 @@ func (c *Client) RemoveService(name string) error {
 	return c.do(http.MethodDelete, "/v1/services/"+url.PathEscape(name), nil, nil)
 }
 
+// StopContainer stops a container made by run: SIGTERM to its processes,
+// SIGKILL to those left after the request's timeout. Its restart policy
+// does not start it again. The call lasts as long as the processes do.
+func (c *Client) StopContainer(name string, req StopRequest) error {
+	return c.long().do(http.MethodPost, "/v1/containers/"+url.PathEscape(name)+"/stop", req, nil)
+}
+
+// StartContainer starts a stopped container made by run again: its
+// command in its namespace, with its addresses and published ports.
+func (c *Client) StartContainer(name string) error {
+	return c.do(http.MethodPost, "/v1/containers/"+url.PathEscape(name)+"/start", struct{}{}, nil)
+}
+
+// RestartContainer stops a container made by run (as StopContainer; a
+// stopped one stays so) and starts it again.
+func (c *Client) RestartContainer(name string, req StopRequest) error {
+	return c.long().do(http.MethodPost, "/v1/containers/"+url.PathEscape(name)+"/restart", req, nil)
+}
+
 // MainProcess tells the daemon the PID of a container's main process, or
 // its exit status (the container's monitor does, see `run -d`).
 func (c *Client) MainProcess(container string, p MainProcess) error {

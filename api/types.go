@@ -235,6 +235,23 @@ type AttachRequest struct {
 	// Publish are ports published on this host (`run -p`,
 	// `[HOSTIP:]HOSTPORT:PORT[/udp]`); only with Create.
 	Publish []string `json:"publish,omitempty"`
+	// Command is the command `run` starts as the container's main
+	// process, which `start` and the restart policy start again; only
+	// with Create. Without it the container cannot be started again.
+	Command *Command `json:"command,omitempty"`
+	// Restart is the restart policy (`run --restart`): "no" (also ""),
+	// "on-failure[:MAX]", "always" or "unless-stopped", with Docker's
+	// meaning; only with Create and Command.
+	Restart string `json:"restart,omitempty"`
+}
+
+// Command is a container's main process as `run` started it: its
+// arguments (Argv[0] looked up in Env's PATH), environment and working
+// directory.
+type Command struct {
+	Argv []string `json:"argv"`
+	Env  []string `json:"env,omitempty"`
+	Dir  string   `json:"dir,omitempty"`
 }
 
 // PublishedPort is a port of a container published on its host: Spec
@@ -269,12 +286,23 @@ type Container struct {
 	// when none is and the main process of a container made by `run`
 	// exited with status N (128+SIG if killed by signal SIG), and from
 	// then on until a main process is reported started again (the
-	// container is stopped: withdrawn from DNS and balancing); "gone"
-	// when State is; else "up" (a namespace with no process, and no exit
-	// status known).
+	// container is stopped: withdrawn from DNS and balancing);
+	// "restarting" while its restart policy is about to start it again;
+	// "stopped" after `vxmesh stop` when no exit status was reported;
+	// "gone" when State is; else "up" (a namespace with no process, and
+	// no exit status known).
 	Status string `json:"status"`
 	// ExitStatus is the main process's exit status, once known.
 	ExitStatus *int `json:"exit_status,omitempty"`
+	// Restart is the container's restart policy ("no" for none; only for
+	// a container made by run), RestartCount how many times the policy
+	// started it since `run` or the last `start`, and Restarting whether
+	// it is waiting for the policy's next start (Status "restarting").
+	Restart      string `json:"restart,omitempty"`
+	RestartCount int    `json:"restart_count"`
+	// Command is the command start and the restart policy run (argv
+	// only; a container made by an older vxmesh, or attached, has none).
+	Command []string `json:"command,omitempty"`
 	// ResolvConf is bind-mounted over /etc/resolv.conf for processes
 	// started by `run` and `exec`.
 	ResolvConf string `json:"resolv_conf"`
@@ -293,7 +321,20 @@ const (
 	StatusRunning = "running"
 	StatusUp      = "up"
 	StatusGone    = "gone"
+	// StatusRestarting is a stopped container whose restart policy
+	// starts it again after its delay.
+	StatusRestarting = "restarting"
+	// StatusStopped is a container stopped by `vxmesh stop` whose main
+	// process's exit status never arrived.
+	StatusStopped = "stopped"
 )
+
+// StopRequest is a `vxmesh stop` or `restart`: how long the container's
+// processes get after SIGTERM before SIGKILL (seconds; nil: the default,
+// 10; 0: SIGKILL at once).
+type StopRequest struct {
+	Timeout *int `json:"timeout,omitempty"`
+}
 
 // MainProcess reports the main process of a container made by `run -d`:
 // once when it started (ExitStatus nil), then when it exited.

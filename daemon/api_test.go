@@ -207,6 +207,34 @@ func TestAttachMissingNamespaceSaysWhy(t *testing.T) {
 	}
 }
 
+// TestAttachRefusesNamesThatCannotResolve: the name of a container run
+// makes, or an alias, with a part longer than a DNS label (63) or an
+// empty part is refused (no one could reach it by that name); 63 passes,
+// and an attached namespace's name is not held to it.
+func TestAttachRefusesNamesThatCannotResolve(t *testing.T) {
+	d := newTestDaemon(t, newFakeSandbox(), t.TempDir())
+	defer d.Close()
+	if _, err := d.CreateNetwork(api.NetworkCreateRequest{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("a", 64)
+	for _, req := range []api.AttachRequest{
+		{Network: "web", Name: long, Create: true},
+		{Network: "web", Name: "c1", Create: true, Aliases: []string{long}},
+		{Network: "web", Name: "a..b", Create: true},
+		{Network: "web", Name: "c1.", Create: true},
+	} {
+		if _, err := d.Attach(req); err == nil || !strings.Contains(err.Error(), "could never resolve") {
+			t.Errorf("attach %s aliases %v: %v, want refused", req.Name, req.Aliases, err)
+		}
+	}
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: long[:63], Create: true, Aliases: []string{"x." + long[:60]}})
+	// An attached namespace's name may be an internal one (the CNI
+	// plugin's are 64 characters).
+	d.sb.(*fakeSandbox).addNetns("/run/netns/pod")
+	mustAttach(t, d, api.AttachRequest{Network: "web", Name: long, Netns: "/run/netns/pod"})
+}
+
 // TestAPIRefusesAnOversizedBody: a request body over maxRequestBody is
 // refused with 413 and an api.Error saying why, before any handler runs.
 func TestAPIRefusesAnOversizedBody(t *testing.T) {

@@ -74,6 +74,12 @@ type Config struct {
 	// --docker` asks (the real Sandbox only); empty means
 	// sandbox.DefaultDockerSocket.
 	DockerSocket string
+	// StartMain, if set, starts a container's main process as `run -d`
+	// does (a monitor that reports its start and its exit to this
+	// daemon's API) and returns once its start was reported: `vxmesh
+	// start`, `restart` and restart policies use it. Without it they are
+	// refused. `vxmesh daemon` sets it.
+	StartMain func(MainStart) error
 	// Ready, if set, is called once the API is serving (the daemon's
 	// command sends systemd's READY=1 from it).
 	Ready func()
@@ -157,6 +163,8 @@ type Config struct {
 	EgressMaxFlows int
 
 	tuneCluster func(*cluster.Config)
+	// now replaces time.Now for the restart policy's clock (tests).
+	now func() time.Time
 	// blockHoldDown replaces defaultBlockHoldDown (tests).
 	blockHoldDown time.Duration
 	// apiTimeouts replaces the API server's timeouts (tests).
@@ -524,6 +532,9 @@ func (d *Daemon) start() error {
 		return err
 	}
 	d.startWatchers(super != nil)
+	d.mu.Lock()
+	d.startAtDaemonStart()
+	d.mu.Unlock()
 	d.log.Info("node started", "node", d.cfg.Node, "advertise", d.cfg.Advertise, "data_port", d.cfg.DataPort, "gossip_port", d.cfg.GossipPort)
 	return nil
 }
@@ -793,6 +804,9 @@ func (d *Daemon) close() {
 	}
 	if d.store != nil {
 		d.saveMainProcesses()
+	}
+	for _, c := range d.containers {
+		d.cancelRestart(c) // saved as due: the next start makes it
 	}
 	d.mu.Unlock()
 	if d.prober != nil {

@@ -244,7 +244,7 @@ func (f *fakeSandbox) DefaultRoute(nsPath, ifname string, addr netip.Prefix, gw 
 	return nil
 }
 
-func (f *fakeSandbox) KillNetns(path string) error {
+func (f *fakeSandbox) KillNetns(path string, grace time.Duration) error {
 	f.waitSlow("kill")
 	time.Sleep(f.killWait)
 	f.mu.Lock()

@@ -42,6 +42,27 @@ type container struct {
 	// exitRecheck is when checkNamespaces looks again whether the
 	// processes an exited main process left are gone.
 	exitRecheck exitRecheck
+	// command is the main process `run` started (nil: attached, or made
+	// by a vxmesh that did not save it), which start and the restart
+	// policy start again; policy is the restart policy; both saved
+	// (lifecycle.go).
+	command *api.Command
+	policy  api.RestartPolicy
+	// restarts counts the policy's restarts (saved); startedAt is when
+	// the main process was last reported started (saved).
+	restarts  restarts
+	startedAt time.Time
+	// manualStop is set by `vxmesh stop` until the next start: the
+	// policy starts it no more (saved).
+	manualStop bool
+	// restartTimer is the policy's pending start (restartGen numbers
+	// them); restartDue that one was pending when the daemon stopped
+	// (saved; taken at start). starting is set while a start is made
+	// without d.mu.
+	restartTimer *time.Timer
+	restartGen   uint64
+	restartDue   bool
+	starting     bool
 	// hostTAP containers are Docker's (the network plugin, AttachHostTAP):
 	// their interface is a TAP device made in the daemon's namespace for
 	// Docker to move into the container's; netns is Docker's sandbox key
@@ -238,12 +259,48 @@ func checkAttachRequest(req api.AttachRequest, hostTAP bool) error {
 	if hostTAP && (req.Netns == "" || req.IfName == "" || len(req.Publish) > 0) {
 		return invalid("container %q: a host TAP attach needs the sandbox key and the interface name, and publishes no port", req.Name)
 	}
+	if err := checkLifecycleRequest(req); err != nil {
+		return err
+	}
 	if req.IfName != "" && (len(req.IfName) > 15 || !validName.MatchString(req.IfName)) {
 		return invalid("container %q: interface name %q: invalid", req.Name, req.IfName)
 	}
 	for _, a := range req.Aliases {
 		if err := checkName("alias", a); err != nil {
 			return fmt.Errorf("container %q: %w", req.Name, err)
+		}
+	}
+	if hostTAP {
+		return nil // Docker's names: the plugin keeps what it is given
+	}
+	// The name of a container run makes must resolve; an attached
+	// namespace's may be an internal one (the CNI plugin's are 64
+	// characters), reached by its aliases.
+	if req.Create {
+		if err := checkResolvable("container", req.Name); err != nil {
+			return err
+		}
+	}
+	for _, a := range req.Aliases {
+		if err := checkResolvable("alias", a); err != nil {
+			return fmt.Errorf("container %q: %w", req.Name, err)
+		}
+	}
+	return nil
+}
+
+// maxDNSLabel is the longest DNS label (RFC 1035).
+const maxDNSLabel = 63
+
+// checkResolvable refuses a new container's name or alias that could
+// never resolve (checkName lets 64 characters pass, and dots anywhere): a
+// dot-separated part of more than 63 characters, or an empty one. Names
+// saved or gossiped are not held to it: one made by an older vxmesh
+// still loads.
+func checkResolvable(kind, name string) error {
+	for _, l := range strings.Split(name, ".") {
+		if l == "" || len(l) > maxDNSLabel {
+			return invalid("%s %q: not a DNS name (each dot-separated part 1-%d characters): it could never resolve", kind, name, maxDNSLabel)
 		}
 	}
 	return nil
@@ -376,6 +433,7 @@ func (d *Daemon) containerNetns(req api.AttachRequest, undo *[]func()) (*contain
 		}
 		*undo = append(*undo, func() { d.sb.DeleteNamedNetns(nsName) })
 		c.netns, c.managed = path, true
+		setLifecycle(c, req)
 	case req.Netns != "":
 		c.netns = req.Netns
 	case req.PID != 0:
@@ -924,6 +982,9 @@ func (d *Daemon) endpointGone(ep *endpoint) {
 // the interfaces and the namespace are done without d.mu (see teardown):
 // meanwhile the container is listed, and its name refused to changes.
 func (d *Daemon) RemoveContainer(name string) error {
+	// A start in flight (lifecycle.go) first: its process would outlive
+	// the kill below.
+	d.awaitStart(name)
 	drained, err := d.drainBackends(name, "*")
 	if err != nil {
 		return err
@@ -944,7 +1005,7 @@ func (d *Daemon) RemoveContainer(name string) error {
 		d.mu.Unlock()
 	}
 	if c.managed && nsErr == nil {
-		if err := d.sb.KillNetns(nsPath); err != nil {
+		if err := d.sb.KillNetns(nsPath, sandbox.DefaultKillGrace); err != nil {
 			d.mu.Lock()
 			d.flushDrained(drained)
 			d.mu.Unlock()
@@ -1100,13 +1161,34 @@ func (d *Daemon) containerView(c *container, pids map[sandbox.NetnsID][]int) api
 	// its own namespace, and only those of that namespace (by identity),
 	// never those of another one that took its name. The name is checked
 	// with one look-up, not opened: a listing does nothing in it.
+	id := sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}
+	if c.hostTAP {
+		// Docker makes the namespace its sandbox key names after the
+		// Join, so a Docker container has no recorded identity: it is
+		// looked up now (one stat), for its processes.
+		id = sandbox.NetnsID{}
+		if pids != nil {
+			if dev, ino, err := d.sb.NetnsIdentity(c.netns); err == nil {
+				id = sandbox.NetnsID{Dev: dev, Ino: ino}
+			}
+		}
+	}
 	if c.hostTAP || d.sb.NetnsIs(c.netns, c.nsDev, c.nsIno) {
 		v.State = api.ContainerUp
-		if p := pids[sandbox.NetnsID{Dev: c.nsDev, Ino: c.nsIno}]; p != nil {
+		if p := pids[id]; p != nil && id != (sandbox.NetnsID{}) {
 			v.PIDs = p
 		}
 	}
 	v.Status, v.ExitStatus = containerStatus(v.State, len(v.PIDs), c.exitStatus, c.stopped)
+	if c.managed {
+		v.Restart, v.RestartCount = c.policy.String(), c.restarts.count
+		if c.command != nil {
+			v.Command = append([]string(nil), c.command.Argv...)
+		}
+		if v.State != api.ContainerGone && c.restarting() {
+			v.Status = api.StatusRestarting
+		}
+	}
 	for _, ep := range c.sortedEndpoints() {
 		v.Endpoints = append(v.Endpoints, d.endpointView(ep))
 	}
@@ -1127,6 +1209,9 @@ func containerStatus(state string, pids int, exit *int, stopped bool) (string, *
 		return api.StatusGone, e
 	case e != nil && stopped:
 		return fmt.Sprintf("exited %d", *e), e
+	case stopped:
+		// Stopped by `vxmesh stop`, its main process's status unknown.
+		return api.StatusStopped, e
 	case pids > 0:
 		return api.StatusRunning, e
 	case e != nil:
@@ -1177,7 +1262,10 @@ func (d *Daemon) restore() (*savedState, error) {
 // endpoints' devices (see restore); callers hold d.mu.
 func (d *Daemon) restoreContainer(sc savedContainer) error {
 	c := &container{name: sc.Name, netns: sc.Netns, nsDev: sc.NsDev, nsIno: sc.NsIno, managed: sc.Managed, hostTAP: sc.HostTAP, endpoints: map[string]*endpoint{},
-		mainPID: sc.MainPID, exitStatus: sc.ExitStatus, stopped: sc.Stopped && sc.ExitStatus != nil}
+		mainPID: sc.MainPID, exitStatus: sc.ExitStatus, stopped: sc.Stopped && (sc.ExitStatus != nil || sc.ManualStop)}
+	if err := restoreLifecycle(c, sc); err != nil {
+		return err
+	}
 	d.containers[c.name] = c
 	d.endpointsChanged()
 	// A Docker endpoint's namespace has no recorded identity: its

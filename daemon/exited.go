@@ -59,7 +59,11 @@ func (d *Daemon) setMainProcess(name string, p api.MainProcess) (*container, err
 		// Saved with the container's next save, or when the daemon
 		// stops (saveMainProcesses): not one more write per run.
 		c.mainPID, c.exitStatus = p.PID, nil
+		c.startedAt = d.now()
 		if c.stopped {
+			// A start, whoever made it: a pending restart is moot.
+			d.cancelRestart(c)
+			c.manualStop = false
 			if !c.nsGone {
 				d.publishAgain(c)
 			}
@@ -196,12 +200,14 @@ func (d *Daemon) stopExited(cs []*container, pids map[sandbox.NetnsID][]int, rec
 }
 
 // stop marks c stopped, takes its endpoints out of the cluster and closes
-// its published ports (see downExited), and saves it. Its devices stay:
+// its published ports (see downExited), applies its restart policy
+// (lifecycle.go) and saves it. Its devices stay:
 // its namespace is there and may run again. Callers hold d.mu and apply
 // the data plane after.
 func (d *Daemon) stop(c *container) {
 	c.stopped = true
 	d.withdrawEndpoints(c, downExited)
+	d.afterExit(c)
 	d.saveMainProcess(c)
 }
 

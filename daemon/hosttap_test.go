@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,6 +100,16 @@ func TestHostTAPEndpoint(t *testing.T) {
 	}
 	if ep1.IfName != "vxdaaaaaaaaaaaa" || ep1.Netns != "/var/run/docker/netns/1" || ep1.State != "up" || ep1.Managed {
 		t.Fatalf("endpoint view: %+v", ep1)
+	}
+	// ps: running with the processes of Docker's namespace once it is
+	// there (Docker makes it after the Join), up without one.
+	if c := status(t, d, "docker-aaaaaaaaaaaa"); c.Status != api.StatusUp || len(c.PIDs) != 0 {
+		t.Errorf("ps before Docker made the namespace: %s %v, want up and no processes", c.Status, c.PIDs)
+	}
+	sb.addNetns("/var/run/docker/netns/1")
+	sb.setPIDs("/var/run/docker/netns/1", 4321)
+	if c := status(t, d, "docker-aaaaaaaaaaaa"); c.Status != api.StatusRunning || !slices.Equal(c.PIDs, []int{4321}) {
+		t.Errorf("ps of a running Docker container: %s %v, want running [4321]", c.Status, c.PIDs)
 	}
 	mac1, _ := packet.ParseMAC(ep1.MAC)
 	mac2, _ := packet.ParseMAC(ep2.MAC)

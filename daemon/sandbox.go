@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/netdev"
@@ -39,8 +40,9 @@ type Sandbox interface {
 	// DefaultRoute adds the default route via gw on the interface
 	// ifname (address addr) unless the namespace has one.
 	DefaultRoute(nsPath, ifname string, addr netip.Prefix, gw netip.Addr) error
-	// KillNetns stops every process in the namespace.
-	KillNetns(nsPath string) error
+	// KillNetns stops every process in the namespace: SIGTERM, then
+	// SIGKILL to those left after grace (at once if grace is 0).
+	KillNetns(nsPath string, grace time.Duration) error
 	// NetnsPIDs maps every network namespace with processes to their
 	// PIDs, in ascending order, with one scan of the processes.
 	NetnsPIDs() (map[sandbox.NetnsID][]int, error)
@@ -118,8 +120,8 @@ func (linuxSandbox) DefaultRoute(nsPath, ifname string, addr netip.Prefix, gw ne
 func (linuxSandbox) InboundTCPConns(nsPath string, ip netip.Addr, listening map[uint16]bool) (int, error) {
 	return sandbox.InboundTCPConns(nsPath, ip, listening)
 }
-func (linuxSandbox) KillNetns(nsPath string) error {
-	return sandbox.KillNetns(nsPath, sandbox.DefaultKillGrace)
+func (linuxSandbox) KillNetns(nsPath string, grace time.Duration) error {
+	return sandbox.KillNetns(nsPath, grace)
 }
 func (linuxSandbox) NetnsPIDs() (map[sandbox.NetnsID][]int, error) { return sandbox.NetnsPIDs() }
 func (s linuxSandbox) DockerPID(container string) (int, error) {

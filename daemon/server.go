@@ -115,6 +115,13 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/containers/{name}/main-process", namedWithBody(func(name string, p api.MainProcess) (struct{}, error) {
 		return struct{}{}, d.SetMainProcess(name, p)
 	}))
+	mux.HandleFunc("POST /v1/containers/{name}/stop", namedWithBody(func(name string, req api.StopRequest) (struct{}, error) {
+		return struct{}{}, d.StopContainer(name, req)
+	}))
+	mux.HandleFunc("POST /v1/containers/{name}/start", namedDone(d.StartContainer))
+	mux.HandleFunc("POST /v1/containers/{name}/restart", namedWithBody(func(name string, req api.StopRequest) (struct{}, error) {
+		return struct{}{}, d.RestartContainer(name, req)
+	}))
 	mux.HandleFunc("DELETE /v1/containers/{name}", namedDone(d.RemoveContainer))
 	mux.HandleFunc("GET /v1/stats", listed(d.Stats))
 	mux.HandleFunc("GET /v1/capture", d.serveCapture)

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/vxmesh/vxmesh/api"
 )
 
 // stateFile is the name of the persisted state inside --state-dir.
@@ -118,6 +120,19 @@ type savedContainer struct {
 	MainPID    int  `json:"main_pid,omitempty"`
 	ExitStatus *int `json:"exit_status,omitempty"`
 	Stopped    bool `json:"stopped,omitempty"`
+	// Command is the main process run started, for start and the restart
+	// policy; Restart the policy (absent: no), RestartCount and
+	// RestartDelay (ns) its state, RestartDue a restart it had decided,
+	// ManualStop a stop by `vxmesh stop`, StartedAt (Unix ns) the last
+	// start of the main process (see container). A state saved before
+	// them has none: such a container cannot be started again.
+	Command      *api.Command `json:"command,omitempty"`
+	Restart      string       `json:"restart,omitempty"`
+	RestartCount int          `json:"restart_count,omitempty"`
+	RestartDelay int64        `json:"restart_delay,omitempty"`
+	RestartDue   bool         `json:"restart_due,omitempty"`
+	ManualStop   bool         `json:"manual_stop,omitempty"`
+	StartedAt    int64        `json:"started_at,omitempty"`
 	// Endpoints are the container's interfaces, one per network.
 	Endpoints []savedEndpoint `json:"endpoints"`
 }
@@ -651,7 +666,15 @@ func (d *Daemon) currentState() *savedState {
 // saved is the container as the state keeps it.
 func (c *container) saved() savedContainer {
 	sc := savedContainer{Name: c.name, Netns: c.netns, NsDev: c.nsDev, NsIno: c.nsIno, Managed: c.managed, HostTAP: c.hostTAP,
-		MainPID: c.mainPID, ExitStatus: c.exitStatus, Stopped: c.stopped}
+		MainPID: c.mainPID, ExitStatus: c.exitStatus, Stopped: c.stopped,
+		Command: c.command, RestartCount: c.restarts.count, RestartDelay: int64(c.restarts.delay),
+		RestartDue: c.restartTimer != nil || c.restartDue, ManualStop: c.manualStop}
+	if c.policy.Name != "" && c.policy.Name != api.RestartNo {
+		sc.Restart = c.policy.String()
+	}
+	if !c.startedAt.IsZero() {
+		sc.StartedAt = c.startedAt.UnixNano()
+	}
 	for _, ep := range c.sortedEndpoints() {
 		sc.Endpoints = append(sc.Endpoints, ep.saved())
 	}

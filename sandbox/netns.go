@@ -455,10 +455,11 @@ func lockThreadForGood() (back func()) {
 
 // KillNetns stops every process in the network namespace at nsPath (except
 // the caller): SIGTERM first, then SIGKILL for those still there after
-// grace (DefaultKillGrace if grace <= 0). It polls until the namespace is
-// empty and fails if processes survive SIGKILL for another grace period.
+// grace (at once if grace is 0; DefaultKillGrace if grace < 0). It polls
+// until the namespace is empty and fails if processes survive SIGKILL for
+// DefaultKillGrace (or grace, if longer).
 func KillNetns(nsPath string, grace time.Duration) error {
-	if grace <= 0 {
+	if grace < 0 {
 		grace = DefaultKillGrace
 	}
 	self := os.Getpid()
@@ -466,7 +467,14 @@ func KillNetns(nsPath string, grace time.Duration) error {
 		pids, err := PIDsInNetns(nsPath)
 		return slices.DeleteFunc(pids, func(p int) bool { return p == self }), err
 	}
-	for _, sig := range []syscall.Signal{unix.SIGTERM, unix.SIGKILL} {
+	steps := []struct {
+		sig  syscall.Signal
+		wait time.Duration
+	}{{unix.SIGTERM, grace}, {unix.SIGKILL, max(grace, DefaultKillGrace)}}
+	if grace == 0 {
+		steps = steps[1:]
+	}
+	for _, step := range steps {
 		pids, err := others()
 		if err != nil {
 			return err
@@ -475,9 +483,9 @@ func KillNetns(nsPath string, grace time.Duration) error {
 			return nil
 		}
 		for _, pid := range pids {
-			unix.Kill(pid, sig) // ESRCH: already gone
+			unix.Kill(pid, step.sig) // ESRCH: already gone
 		}
-		deadline := time.Now().Add(grace)
+		deadline := time.Now().Add(step.wait)
 		for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
 			pids, err = others()
 			if err != nil || len(pids) == 0 {

@@ -124,6 +124,13 @@ func TestUsageErrorsExit2OnOneLineWithFullCommand(t *testing.T) {
 		{[]string{"run", "--net", "container:c1", "--network", "web", "--", "true"}, "vxmesh run: --net container:c1 runs the command in that container, making no new one;"},
 		{[]string{"exec"}, "vxmesh exec: want a container name, then the command"},
 		{[]string{"rm"}, "vxmesh rm: want one or more container names"},
+		{[]string{"stop"}, "vxmesh stop: want one or more container names"},
+		{[]string{"start", "-t", "3", "c1"}, "vxmesh start: flag provided but not defined: -t"},
+		{[]string{"restart", "-t", "-2", "c1"}, `vxmesh restart: invalid value "-2" for flag -t: want seconds, 0 or more`},
+		{[]string{"run", "--rm", "--restart", "always", "--network", "web", "--name", "c1", "--", "true"}, "vxmesh run: --rm and --restart always: choose one"},
+		{[]string{"run", "--restart", "sometimes", "--network", "web", "--name", "c1", "--", "true"}, `vxmesh run: --restart: restart policy "sometimes": want no, on-failure[:MAX], always or unless-stopped`},
+		{[]string{"run", "--restart", "always:2", "--network", "web", "--name", "c1", "--", "true"}, `vxmesh run: --restart: restart policy "always:2": only on-failure takes a maximum retry count`},
+		{[]string{"run", "--net", "container:c1", "--restart", "always", "--", "true"}, "vxmesh run: --net container:c1 runs the command in that container, making no new one; --name, --rm, --restart,"},
 		{[]string{"key", "export"}, "vxmesh key export: want --wireshark"},
 		{[]string{"daemon", "--data-port", "0"}, "vxmesh daemon: --data-port 0: out of range"},
 		{[]string{"daemon", "--metrics-addr", "9100"}, `vxmesh daemon: --metrics-addr "9100": want HOST:PORT`},
@@ -506,7 +513,9 @@ func TestEnterableRefusesGoneAndStopped(t *testing.T) {
 	}{
 		{api.Container{Name: "c", State: api.ContainerUp}, ""},
 		{api.Container{Name: "c", State: api.ContainerGone, Netns: "/run/netns/c"}, `container "c": its network namespace /run/netns/c is gone`},
-		{api.Container{Name: "c", State: api.ContainerUp, Status: "exited 137"}, `container "c" is not running (exited 137; remove it with vxmesh rm)`},
+		{api.Container{Name: "c", State: api.ContainerUp, Status: "exited 137"}, `container "c" is not running (exited 137; start it with vxmesh start, or remove it with vxmesh rm)`},
+		{api.Container{Name: "c", State: api.ContainerUp, Status: api.StatusRestarting}, `container "c" is not running (restarting;`},
+		{api.Container{Name: "c", State: api.ContainerUp, Status: api.StatusStopped}, `container "c" is not running (stopped;`},
 	} {
 		err := enterable(tc.ctr)
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {

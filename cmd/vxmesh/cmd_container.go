@@ -38,6 +38,13 @@ func cmdRun(env *cliEnv, args []string) error {
 	if f.detach && f.remove {
 		return usagef("-d and --rm: choose one")
 	}
+	policy, err := api.ParseRestartPolicy(f.restart)
+	if err != nil {
+		return usagef("--restart: %v", err)
+	}
+	if f.remove && policy.Name != api.RestartNo {
+		return usagef("--rm and --restart %s: choose one (a container removed at its exit cannot be restarted)", policy)
+	}
 	// Refuse a command that cannot start before anything is created.
 	if err := lookCommand(argv[0]); err != nil {
 		return err
@@ -53,7 +60,7 @@ func cmdRun(env *cliEnv, args []string) error {
 type runFlags struct {
 	detach, remove                    bool
 	netws, aliases, services, publish stringList
-	netMode, name, ip                 string
+	netMode, name, ip, restart        string
 }
 
 // register defines the flags on fs.
@@ -63,7 +70,8 @@ func (f *runFlags) register(fs *flagSet) {
 	fs.StringVar(&f.netMode, "net", "", "container:NAME joins an existing container's network namespace")
 	fs.StringVar(&f.name, "name", "", "container name")
 	fs.StringVar(&f.ip, "ip", "", "IPv4 address (default: the next free one; with one --network only)")
-	fs.BoolVar(&f.remove, "rm", false, "remove the container when the command exits (not with -d)")
+	fs.BoolVar(&f.remove, "rm", false, "remove the container when the command exits (not with -d or --restart)")
+	fs.StringVar(&f.restart, "restart", "", "restart `POLICY` when the command exits: no, on-failure[:MAX], always or unless-stopped (as Docker's)")
 	fs.Var(&f.aliases, "alias", "additional DNS `NAME` on the network (repeatable)")
 	fs.Var(&f.services, "service", "join service `NAME[:WEIGHT]` as a backend on the networks it shares with the container (repeatable; weight 1-1000, default 1)")
 	fs.Var(&f.publish, "p", "publish the container's port on this host: `[HOSTIP:]HOSTPORT:PORT[/udp]` (repeatable; clients keep their address)")
@@ -79,8 +87,8 @@ func (f *runFlags) runInContainer(env *cliEnv, c *api.Client, argv []string, mem
 	// No container is made: --name and --rm would name or remove
 	// nothing of this command's own, so they are refused rather than
 	// ignored (the command's output names the target).
-	if len(f.netws) > 0 || f.ip != "" || len(f.aliases) > 0 || len(members) > 0 || len(f.publish) > 0 || f.name != "" || f.remove {
-		return usagef("--net container:%s runs the command in that container, making no new one; --name, --rm, --network, --ip, --alias, --service and -p do not apply", target)
+	if len(f.netws) > 0 || f.ip != "" || len(f.aliases) > 0 || len(members) > 0 || len(f.publish) > 0 || f.name != "" || f.remove || f.restart != "" {
+		return usagef("--net container:%s runs the command in that container, making no new one; --name, --rm, --restart, --network, --ip, --alias, --service and -p do not apply", target)
 	}
 	ctr, err := c.ContainerNamespace(target)
 	if err != nil {
@@ -106,8 +114,16 @@ func (f *runFlags) runNew(env *cliEnv, c *api.Client, socket string, argv []stri
 	if err != nil {
 		return err
 	}
+	// The command as it starts now (environment, working directory):
+	// what start and the restart policy run again.
+	dir, err := os.Getwd()
+	if err != nil {
+		return fmt.Errorf("working directory: %w", err)
+	}
+	command := &api.Command{Argv: argv, Env: os.Environ(), Dir: dir}
 	t0 := time.Now()
-	ep, err := attachAll(env, c, attachSpec{name: f.name, netws: f.netws, ip: f.ip, aliases: f.aliases, publish: f.publish}, svcs)
+	ep, err := attachAll(env, c, attachSpec{name: f.name, netws: f.netws, ip: f.ip, aliases: f.aliases, publish: f.publish,
+		command: command, restart: f.restart}, svcs)
 	if err != nil {
 		return err
 	}
@@ -141,6 +157,8 @@ type attachSpec struct {
 	ip      string
 	aliases []string
 	publish []string
+	command *api.Command
+	restart string
 }
 
 // attachAll makes container name on the first network and attaches it to
@@ -150,7 +168,8 @@ type attachSpec struct {
 // again.
 func attachAll(env *cliEnv, c *api.Client, a attachSpec, svcs map[string][]api.ServiceMember) (api.Endpoint, error) {
 	name, netws, aliases := a.name, a.netws, a.aliases
-	ep, err := c.Attach(api.AttachRequest{Network: netws[0], Name: name, Create: true, IP: a.ip, Aliases: aliases, Services: svcs[netws[0]], Publish: a.publish})
+	ep, err := c.Attach(api.AttachRequest{Network: netws[0], Name: name, Create: true, IP: a.ip, Aliases: aliases, Services: svcs[netws[0]], Publish: a.publish,
+		Command: a.command, Restart: a.restart})
 	if err != nil {
 		return ep, err
 	}
@@ -225,8 +244,8 @@ func enterable(ctr api.Container) error {
 	if ctr.State == api.ContainerGone {
 		return fmt.Errorf("container %q: its network namespace %s is gone (remove it with vxmesh rm)", ctr.Name, ctr.Netns)
 	}
-	if strings.HasPrefix(ctr.Status, "exited ") {
-		return fmt.Errorf("container %q is not running (%s; remove it with vxmesh rm)", ctr.Name, ctr.Status)
+	if strings.HasPrefix(ctr.Status, "exited ") || ctr.Status == api.StatusStopped || ctr.Status == api.StatusRestarting {
+		return fmt.Errorf("container %q is not running (%s; start it with vxmesh start, or remove it with vxmesh rm)", ctr.Name, ctr.Status)
 	}
 	return nil
 }
@@ -365,9 +384,82 @@ func cmdRm(env *cliEnv, args []string) error {
 	return removeEach(env, pos, fs.client().RemoveContainer)
 }
 
-// removeEach removes every one of names with remove, as docker rm does:
-// a name that fails does not stop the ones after it. The removed names
-// are printed; the errors are returned together (the exit status is 1 if
+// stopTimeout is the -t (--time) flag of stop and restart: the seconds
+// the processes get after SIGTERM (Docker's); unset, the daemon's
+// default.
+type stopTimeout struct {
+	secs int
+	set  bool
+}
+
+func (s *stopTimeout) String() string {
+	if s == nil || !s.set {
+		return ""
+	}
+	return strconv.Itoa(s.secs)
+}
+
+func (s *stopTimeout) Set(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return fmt.Errorf("want seconds, 0 or more")
+	}
+	s.secs, s.set = n, true
+	return nil
+}
+
+// request is the request of stop and restart with s.
+func (s *stopTimeout) request() api.StopRequest {
+	if !s.set {
+		return api.StopRequest{}
+	}
+	secs := s.secs
+	return api.StopRequest{Timeout: &secs}
+}
+
+func cmdStop(env *cliEnv, args []string) error {
+	return lifecycleCommand(env, "stop", args, true, func(c *api.Client, name string, req api.StopRequest) error {
+		return c.StopContainer(name, req)
+	})
+}
+
+func cmdStart(env *cliEnv, args []string) error {
+	return lifecycleCommand(env, "start", args, false, func(c *api.Client, name string, _ api.StopRequest) error {
+		return c.StartContainer(name)
+	})
+}
+
+func cmdRestart(env *cliEnv, args []string) error {
+	return lifecycleCommand(env, "restart", args, true, func(c *api.Client, name string, req api.StopRequest) error {
+		return c.RestartContainer(name, req)
+	})
+}
+
+// lifecycleCommand is stop, start or restart (name) of every container
+// args name, printing each done, as Docker's do: one that fails does not
+// stop the ones after it. withTimeout: the command takes -t.
+func lifecycleCommand(env *cliEnv, name string, args []string, withTimeout bool, do func(*api.Client, string, api.StopRequest) error) error {
+	fs := newFlags(env, name, false)
+	var t stopTimeout
+	if withTimeout {
+		fs.Var(&t, "t", "`SECONDS` to wait after SIGTERM before SIGKILL (default 10; 0: SIGKILL at once)")
+		fs.Var(&t, "time", "`SECONDS`, same as -t")
+	}
+	pos, _, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usagef("want one or more container names")
+	}
+	req := t.request()
+	c := fs.client()
+	return removeEach(env, pos, func(ctr string) error { return do(c, ctr, req) })
+}
+
+// removeEach removes (or stops, starts...) every one of names with
+// remove, as docker rm does: a name that fails does not stop the ones
+// after it. The names done are printed; the errors are returned together (the exit status is 1 if
 // any failed). A daemon that does not answer stops it at once.
 func removeEach(env *cliEnv, names []string, remove func(string) error) error {
 	var errs []error
@@ -418,7 +510,11 @@ func cmdPs(env *cliEnv, args []string) error {
 			for i, p := range c.PIDs {
 				pids[i] = strconv.Itoa(p)
 			}
-			t.row(c.Name, dash(c.Status), dash(strings.Join(eps, ",")), dash(strings.Join(ports, ",")), dash(strings.Join(pids, ",")), c.Netns)
+			status := c.Status
+			if c.RestartCount > 0 {
+				status = fmt.Sprintf("%s (restarts %d)", status, c.RestartCount)
+			}
+			t.row(c.Name, dash(status), dash(strings.Join(eps, ",")), dash(strings.Join(ports, ",")), dash(strings.Join(pids, ",")), c.Netns)
 		}
 		return t.flush()
 	})

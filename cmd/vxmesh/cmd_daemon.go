@@ -161,7 +161,7 @@ func (f *daemonFlags) config() (daemon.Config, slog.Level, error) {
 		GossipPort: f.gossipPort, ClusterKeyFile: f.keyFile,
 		NodeGrace: f.grace, DataPort: uint16(f.dataPort), RxSockets: f.rxSockets, KernelTunnel: daemon.KernelTunnelMode(f.kernelTunnel), KernelTunnelRecheck: f.ktnlRecheck, BusyPoll: f.busyPoll, DNSTimeout: f.dnsTimeout,
 		KeyRotationInterval: f.keyInterval, ESPPort: uint16(f.espPort),
-		MetricsAddr: f.metricsAddr, ConntrackMax: f.ctMax, EgressMaxFlows: f.egressMax,
+		MetricsAddr: f.metricsAddr, ConntrackMax: f.ctMax, EgressMaxFlows: f.egressMax, StartMain: startMain,
 	}
 	level, err := f.checkFirst(&cfg)
 	if err != nil {

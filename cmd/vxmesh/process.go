@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/daemon"
 	"github.com/vxmesh/vxmesh/sandbox"
 )
 
@@ -75,6 +77,14 @@ func startDetached(ns nsPaths, argv []string, warn io.Writer) (int, error) {
 type exitReport struct {
 	socket    string
 	container string
+	// env and dir, if set, are the monitor's (and so the command's)
+	// environment and working directory instead of the caller's (the
+	// daemon starting a container again, startMain).
+	env []string
+	dir string
+	// reap: the caller outlives the monitor and must wait for it (the
+	// daemon); the CLI leaves it to init.
+	reap bool
 	// timing, if set, receives the monitor's timings (runTimingEnv).
 	timing *monitorTiming
 }
@@ -122,6 +132,8 @@ func startMonitored(ns nsPaths, argv []string, rep exitReport, warn io.Writer) (
 	cmd := &exec.Cmd{
 		Path:        sandbox.DefaultInitPath,
 		Args:        args,
+		Env:         rep.env,
+		Dir:         rep.dir,
 		ExtraFiles:  []*os.File{w}, // fd 3 = monitorStatusFD
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
@@ -130,7 +142,11 @@ func startMonitored(ns nsPaths, argv []string, rep exitReport, warn io.Writer) (
 	if err != nil {
 		return 0, mt, fmt.Errorf("starting the monitor of %q: %w", argv[0], err)
 	}
-	defer cmd.Process.Release()
+	if rep.reap {
+		go cmd.Wait()
+	} else {
+		defer cmd.Process.Release()
+	}
 	// "warn MESSAGE" lines, then the answer.
 	br := bufio.NewReader(io.LimitReader(r, 4096))
 	var line string
@@ -189,8 +205,10 @@ func monitorMain(args []string) int {
 	pid := c.PID()
 	client := api.NewClient(socket)
 	// Errors are not reported: the command runs, and nobody listens to
-	// the monitor any more once the CLI has returned.
-	client.MainProcess(name, api.MainProcess{PID: pid})
+	// the monitor any more once the CLI has returned. A daemon that does
+	// not answer yet (one starting containers again as it starts) is
+	// asked again for a while.
+	reportMain(client, name, api.MainProcess{PID: pid}, startReportPatience)
 	// The monitor lives as long as the command: it must not keep the
 	// daemon holding its idle connection (one per container) meanwhile.
 	client.CloseIdleConnections()
@@ -201,8 +219,47 @@ func monitorMain(args []string) int {
 	}
 	status.Close()
 	code := sandbox.ExitStatus(c.Wait())
-	client.MainProcess(name, api.MainProcess{PID: pid, ExitStatus: &code})
+	// A daemon being restarted gets the exit once it is back: its
+	// restart policy then sees it.
+	reportMain(client, name, api.MainProcess{PID: pid, ExitStatus: &code}, exitReportPatience)
 	return 0
+}
+
+// How long the monitor keeps asking a daemon that does not answer to
+// take its report of the main process's start (the CLI waits for it),
+// and of its exit.
+const (
+	startReportPatience = 30 * time.Second
+	exitReportPatience  = 10 * time.Minute
+)
+
+// reportMain reports p of container name to the daemon, asking again
+// while the daemon cannot be reached, for up to patience (after 100 ms,
+// then twice as long each time up to 5 s). A refusal is final.
+func reportMain(client *api.Client, name string, p api.MainProcess, patience time.Duration) {
+	deadline := time.Now().Add(patience)
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		err := client.MainProcess(name, p)
+		var unreachable *api.UnreachableError
+		if !errors.As(err, &unreachable) || time.Now().Add(delay).After(deadline) {
+			return
+		}
+		time.Sleep(delay)
+	}
+}
+
+// startMain is the daemon's Config.StartMain: the monitor of a container
+// made by run started again, with the command, environment and working
+// directory run saved; warnings go to the daemon's log stream.
+func startMain(ms daemon.MainStart) error {
+	ns := nsPaths{netns: ms.Netns, resolvConf: ms.ResolvConf, mountNS: ms.MountNS}
+	env := ms.Command.Env
+	if env == nil {
+		env = []string{}
+	}
+	rep := exitReport{socket: ms.Socket, container: ms.Container, env: env, dir: ms.Command.Dir, reap: true}
+	_, _, err := startMonitored(ns, ms.Command.Argv, rep, os.Stderr)
+	return err
 }
 
 // runAttached runs argv in the container's namespace with this process's
