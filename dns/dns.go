@@ -240,7 +240,12 @@ func (s *Server) serve(askerOf func(net.Addr) string, fast string, pc net.Packet
 		}
 	}
 	if ln != nil {
-		start(&mdns.Server{Listener: ln, IdleTimeout: func() time.Duration { return 8 * time.Second }}, true)
+		// No bound on the queries of one connection (the library's
+		// default closes it after 128): a client that pipelines more
+		// (RFC 7766 §6.2.1) would lose the ones in flight at the close.
+		// An idle connection still ends after 8 s.
+		start(&mdns.Server{Listener: ln, MaxTCPQueries: -1,
+			IdleTimeout: func() time.Duration { return 8 * time.Second }}, true)
 	}
 	return l
 }

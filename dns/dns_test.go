@@ -768,3 +768,36 @@ func TestNoForwardingForAskersWithoutEgress(t *testing.T) {
 		t.Errorf("stats %+v, want 2 not forwarded (no egress), 1 forwarded, 2 servfail", st)
 	}
 }
+
+// TestPipelinedTCPQueriesAreAllAnswered sends many queries on one TCP
+// connection without waiting (RFC 7766 §6.2.1 pipelining, as dnsperf and
+// stub resolvers that keep a connection do): every one is answered, and
+// the connection is not closed under the client after some count.
+func TestPipelinedTCPQueriesAreAllAnswered(t *testing.T) {
+	s := New(Config{}, testSource)
+	addr := serve(t, s, "c1")
+	conn, err := mdns.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	const n = 300
+	for i := range n {
+		m := new(mdns.Msg)
+		m.SetQuestion("c2.", mdns.TypeA)
+		m.Id = uint16(i + 1)
+		if err := conn.WriteMsg(m); err != nil {
+			t.Fatalf("query %d: %v", i+1, err)
+		}
+	}
+	for i := range n {
+		r, err := conn.ReadMsg()
+		if err != nil {
+			t.Fatalf("answer %d of %d pipelined queries: %v", i+1, n, err)
+		}
+		if r.Id != uint16(i+1) || len(r.Answer) != 1 {
+			t.Fatalf("answer %d: id %d, %d records; want id %d, 1 record", i+1, r.Id, len(r.Answer), i+1)
+		}
+	}
+}
