@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -336,6 +340,68 @@ func TestMTUDropsAreCounted(t *testing.T) {
 	st := a.n.Stats()
 	if st.Drops["mtu"] != 2 || st.TxPackets != 1 || st.Peers[0].TxDrops != 1 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written from the data path.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestUnderlayMTUDropIsLoggedOnce: datagrams the underlay refuses as over
+// its path MTU (an underlay lowered below what the network's MTU needs)
+// were only counted, so a connection that stalled across hosts had no
+// cause in the log. The first such drop of a network is logged, once; a
+// frame over the network's own MTU (a container's doing, refused before
+// the underlay) is not.
+func TestUnderlayMTUDropIsLoggedOnce(t *testing.T) {
+	mn := NewMemNetwork()
+	u, err := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	v := New(Config{Underlay: u, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	defer v.Close()
+	n, err := v.AddSegment(testVNI, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetPeers([]netip.Addr{vtepB}); err != nil {
+		t.Fatal(err)
+	}
+	newRaw(t, mn, vtepB)
+	fits := udpFrame(packet.Broadcast, macA, 1, 2, DefaultMTU-28)
+	big := udpFrame(packet.Broadcast, macA, 1, 2, DefaultMTU-28+1)
+	n.Write(withHeadroom(big), packet.Headroom)
+	if strings.Contains(logs.String(), "too large for the underlay") {
+		t.Fatalf("a frame over the network's MTU was logged as an underlay drop: %s", logs.String())
+	}
+	mn.SetMTU(1400)
+	for range 3 {
+		n.Write(withHeadroom(fits), packet.Headroom)
+	}
+	if got := strings.Count(logs.String(), "too large for the underlay"); got != 1 {
+		t.Fatalf("%d log lines for 3 datagrams over the underlay MTU, want 1:\n%s", got, logs.String())
+	}
+	if want := fmt.Sprintf("vni=%d mtu=%d", testVNI, DefaultMTU); !strings.Contains(logs.String(), want) {
+		t.Errorf("the line does not name %q:\n%s", want, logs.String())
+	}
+	if st := n.Stats(); st.Drops["mtu"] != 4 {
+		t.Errorf("mtu drops %d, want 4", st.Drops["mtu"])
 	}
 }
 
