@@ -330,8 +330,8 @@ func reply(req *mdns.Msg, rcode int) *mdns.Msg {
 	if len(req.Question) > 1 {
 		m.Question = nil
 	}
-	if req.IsEdns0() != nil {
-		m.SetEdns0(maxUDPRead, false)
+	if opt := req.IsEdns0(); opt != nil {
+		m.SetEdns0(maxUDPRead, opt.Do()) // DO copied: RFC 3225 §3
 	}
 	return m
 }

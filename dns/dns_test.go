@@ -801,3 +801,33 @@ func TestPipelinedTCPQueriesAreAllAnswered(t *testing.T) {
 		}
 	}
 }
+
+// TestDOBitIsCopied: an answer to a query with EDNS0 copies its DO bit
+// (RFC 3225 §3: "MUST be copied in the response"), on the fast UDP path
+// (a plain A query for a local name), the general path (TCP, PTR, an
+// empty answer) and when there is none to copy.
+func TestDOBitIsCopied(t *testing.T) {
+	s := New(Config{}, precomputed(testSource)) // with the fast UDP path
+	addr := serve(t, s, "c1")
+	for _, network := range []string{"udp", "tcp"} {
+		for _, q := range []struct {
+			name  string
+			qtype uint16
+		}{{"c2.", mdns.TypeA}, {"c2.", mdns.TypeAAAA}, {"3.0.1.10.in-addr.arpa.", mdns.TypePTR}} {
+			for _, do := range []bool{true, false} {
+				m := new(mdns.Msg)
+				m.SetQuestion(q.name, q.qtype)
+				m.SetEdns0(1232, do)
+				c := &mdns.Client{Net: network, Timeout: 5 * time.Second}
+				r, _, err := c.Exchange(m, addr)
+				if err != nil {
+					t.Fatalf("%s %s: %v", network, q.name, err)
+				}
+				opt := r.IsEdns0()
+				if opt == nil || opt.Do() != do {
+					t.Errorf("%s %s %s with DO=%v: answer has OPT %v, DO %v", network, q.name, mdns.TypeToString[q.qtype], do, opt != nil, opt != nil && opt.Do())
+				}
+			}
+		}
+	}
+}
