@@ -60,13 +60,19 @@ type Link struct {
 type Plugin struct {
 	Dial    func(socket string) Daemon
 	Inspect func(netns, ifname string) (Link, error)
+	// StateDir is where ADD records which configuration (by its CNI
+	// name) made each attachment, so that one configuration's GC leaves
+	// the attachments another made on the same vxmesh network; empty:
+	// nothing is recorded, and GC goes by the vxmesh network alone.
+	StateDir string
 }
 
 // New returns the plugin as the binary runs it.
 func New() *Plugin {
 	return &Plugin{
-		Dial:    func(s string) Daemon { return api.NewClient(s) },
-		Inspect: InspectLink,
+		Dial:     func(s string) Daemon { return api.NewClient(s) },
+		Inspect:  InspectLink,
+		StateDir: DefaultStateDir,
 	}
 }
 
@@ -182,6 +188,9 @@ func (p *Plugin) add(c *Config, args *skel.CmdArgs) (*current.Result, error) {
 	if err != nil {
 		return nil, daemonErr(err, types.ErrInvalidNetworkConfig)
 	}
+	if err := p.record(c.Name, req.Name, ep.IfName); err != nil {
+		return nil, cniErr(types.ErrInternal, "vxmesh-cni: attached, but recording it for GC: %v", err)
+	}
 	link, err := p.Inspect(args.Netns, ep.IfName)
 	if err != nil {
 		return nil, cniErr(types.ErrInternal, "vxmesh-cni: attached, but reading %s in netns %s: %v", ep.IfName, args.Netns, err)
@@ -290,18 +299,18 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	name := ContainerName(args.ContainerID)
 	ct, err := d.Container(name)
 	if api.IsNotFound(err) {
-		return nil
+		return p.forget(c.Name, name, args.IfName)
 	}
 	if err != nil {
 		return daemonErr(err, types.ErrInternal)
 	}
 	if _, ok := endpointOf(ct, c.Network, args.IfName); !ok {
-		return nil
+		return p.forget(c.Name, name, args.IfName)
 	}
 	if err := d.Detach(name, c.Network); err != nil && !api.IsNotFound(err) {
 		return daemonErr(err, types.ErrInternal)
 	}
-	return nil
+	return p.forget(c.Name, name, args.IfName)
 }
 
 // Check verifies that the attachment in prevResult is still what the
@@ -407,7 +416,9 @@ func matchLink(l Link, want *current.Result) error {
 
 // GC detaches, from the configured network, every interface of a
 // container vxmesh-cni attached (named NamePrefix...) that the runtime
-// does not list as valid. Containers attached otherwise are never touched.
+// does not list as valid, but those another configuration (another CNI
+// name) recorded as its own. Containers attached otherwise are never
+// touched.
 func (p *Plugin) GC(args *skel.CmdArgs) error {
 	c, err := parse(args)
 	if err != nil {
@@ -423,19 +434,24 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		return daemonErr(err, types.ErrInternal)
 	}
 	var errs []error
+	exist := map[string]bool{}
 	for _, ct := range cts {
 		if ct.Managed || !strings.HasPrefix(ct.Name, NamePrefix) {
 			continue
 		}
 		for _, ep := range ct.Endpoints {
-			if ep.Network != c.Network || valid[[2]string{ct.Name, ep.IfName}] {
+			if ep.Network != c.Network || valid[[2]string{ct.Name, ep.IfName}] ||
+				p.recordedByOther(c.Name, ct.Name, ep.IfName) {
+				exist[recordName(ct.Name, ep.IfName)] = true
 				continue
 			}
 			if err := d.Detach(ct.Name, c.Network); err != nil && !api.IsNotFound(err) {
 				errs = append(errs, err)
+				exist[recordName(ct.Name, ep.IfName)] = true
 			}
 		}
 	}
+	p.forgetGone(c.Name, exist)
 	if err := errors.Join(errs...); err != nil {
 		return daemonErr(err, types.ErrInternal)
 	}

@@ -3,6 +3,7 @@ package cniplugin
 import (
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -424,6 +425,58 @@ func TestGC(t *testing.T) {
 	}
 	if strings.Join(f.detached, ",") != "cni-stale/web" {
 		t.Fatalf("GC detached %v, want only cni-stale/web", f.detached)
+	}
+}
+
+// TestGCLeavesAnotherConfigurationsAttachments: two CNI configurations
+// (webnet, webnet2) attach to the same vxmesh network. A GC of webnet2
+// lists only its own attachments as valid; it used to detach webnet's
+// too, since the daemon knows only the vxmesh network. Now each keeps
+// its own: webnet2's GC leaves webnet's container, webnet's GC removes
+// it, an attachment no configuration recorded (made before the records)
+// goes as before, and DEL and GC leave no record behind.
+func TestGCLeavesAnotherConfigurationsAttachments(t *testing.T) {
+	f := newFake()
+	p := plugin(f, attachedLink)
+	p.StateDir = t.TempDir()
+	conf1 := `{"cniVersion":"1.1.0","name":"webnet","network":"web"}`
+	conf2 := `{"cniVersion":"1.1.0","name":"webnet2","network":"web"}`
+	for _, a := range []struct{ conf, id string }{{conf1, "a1"}, {conf2, "b1"}, {conf2, "b2"}} {
+		c, _ := ParseConfig([]byte(a.conf))
+		ca := args(a.conf)
+		ca.ContainerID = a.id
+		if _, err := p.add(c, ca); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.ctrs["cni-old"] = api.Container{Name: "cni-old", Endpoints: []api.Endpoint{{Network: "web", IfName: "eth0"}}}
+	gc := func(conf string) {
+		t.Helper()
+		f.detached = nil
+		if err := p.GC(args(conf)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gc(`{"cniVersion":"1.1.0","name":"webnet2","network":"web","cni.dev/valid-attachments":[{"containerID":"b1","ifname":"eth0"}]}`)
+	if got := strings.Join(f.detached, ","); got != "cni-b2/web,cni-old/web" && got != "cni-old/web,cni-b2/web" {
+		t.Fatalf("webnet2's GC detached %q, want cni-b2 and cni-old (not webnet's cni-a1)", got)
+	}
+	gc(`{"cniVersion":"1.1.0","name":"webnet","network":"web"}`)
+	if got := strings.Join(f.detached, ","); got != "cni-a1/web" {
+		t.Fatalf("webnet's GC detached %q, want cni-a1", got)
+	}
+	if err := p.Del(&skel.CmdArgs{ContainerID: "b1", Netns: "/proc/self/ns/net", IfName: "eth0", StdinData: []byte(conf2)}); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	filepath.WalkDir(p.StateDir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && path != p.StateDir {
+			left = append(left, path)
+		}
+		return nil
+	})
+	if len(left) != 0 {
+		t.Errorf("records left after DEL and GC: %v", left)
 	}
 }
 

@@ -64,7 +64,8 @@ type Config struct {
 	MountTemplate string
 	// UnderlayMTU is the MTU networks are derived from (network MTU
 	// defaults to UnderlayMTU-50); zero means detect it from the interface
-	// holding the default route, or 1500.
+	// holding the advertised address (or 1500), again at every network
+	// create.
 	UnderlayMTU int
 	// Logger receives the daemon's log; nil means slog.Default().
 	Logger *slog.Logger
@@ -165,6 +166,10 @@ type Config struct {
 	tuneCluster func(*cluster.Config)
 	// now replaces time.Now for the restart policy's clock (tests).
 	now func() time.Time
+	// underlayMTUNow reads the underlay MTU at each network create;
+	// nil means UnderlayMTU, as configured (set when UnderlayMTU was
+	// left to detection, and by tests).
+	underlayMTUNow func() int
 	// blockHoldDown replaces defaultBlockHoldDown (tests).
 	blockHoldDown time.Duration
 	// apiTimeouts replaces the API server's timeouts (tests).
@@ -402,10 +407,26 @@ func (cfg *Config) completeHost() error {
 	if !cfg.Advertise.IsValid() {
 		cfg.Advertise = detectAdvertise()
 	}
+	if cfg.UnderlayMTU == 0 && cfg.underlayMTUNow == nil {
+		// Detected, so read again where it counts (network create): an
+		// MTU set after the daemon started (DHCP's, a VPN's) is the one
+		// the tunnel's packets meet.
+		adv := cfg.Advertise
+		cfg.underlayMTUNow = func() int { return underlayMTU(adv) }
+	}
 	if cfg.UnderlayMTU == 0 {
-		cfg.UnderlayMTU = underlayMTU(cfg.Advertise)
+		cfg.UnderlayMTU = cfg.underlayMTUNow()
 	}
 	return nil
+}
+
+// underlayMTU is this host's underlay MTU now: the configured one, or the
+// advertised address's interface's as it is at this moment.
+func (d *Daemon) underlayMTU() int {
+	if d.cfg.underlayMTUNow != nil {
+		return d.cfg.underlayMTUNow()
+	}
+	return d.cfg.UnderlayMTU
 }
 
 // completePorts fills in the gossip, data and ESP ports and the number of

@@ -496,14 +496,14 @@ func stormLimit(req api.NetworkCreateRequest) (int, error) {
 // carry between hosts: the tunnel sends with DF and never fragments, so
 // every frame above it to another host would be dropped ("tx-error"),
 // a TCP connection across hosts stalling at its first full segment.
-func (d *Daemon) checkMTUFits(req api.NetworkCreateRequest) error {
+func (d *Daemon) checkMTUFits(req api.NetworkCreateRequest, underlay int) error {
 	overhead, what := vxlanOverhead, "VXLAN"
 	if req.Encrypted {
 		overhead, what = vxlanOverhead+espOverhead, "VXLAN and ESP"
 	}
-	if most := d.cfg.UnderlayMTU - overhead; req.MTU > most {
+	if most := underlay - overhead; req.MTU > most {
 		return fmt.Errorf("network %q: mtu %d: more than the underlay carries between hosts (%d: this host's underlay MTU %d less %d of %s); give at most %d or raise the underlay's MTU",
-			req.Name, req.MTU, most, d.cfg.UnderlayMTU, overhead, what, most)
+			req.Name, req.MTU, most, underlay, overhead, what, most)
 	}
 	return nil
 }
@@ -543,11 +543,12 @@ func (d *Daemon) networkFromRequest(req api.NetworkCreateRequest) (netRecord, er
 			rec.Cipher = c.String()
 		}
 	}
-	if err := d.checkMTUFits(req); err != nil {
+	underlay := d.underlayMTU()
+	if err := d.checkMTUFits(req, underlay); err != nil {
 		return rec, err
 	}
 	if rec.MTU == 0 {
-		rec.MTU = d.cfg.UnderlayMTU - vxlanOverhead
+		rec.MTU = underlay - vxlanOverhead
 		if req.Encrypted {
 			rec.MTU -= espOverhead
 		}

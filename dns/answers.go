@@ -438,15 +438,17 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 	if class := binary.BigEndian.Uint16(q[i+3:]); class != classINET && class != classANY {
 		return 0
 	}
-	limit, edns := minUDPSize, false
+	limit, edns, do := minUDPSize, false, false
 	switch {
 	case q[11] == 0 && qend == len(q):
 	case q[11] == 1 && qend+optRRLen == len(q) && q[qend] == 0 &&
 		binary.BigEndian.Uint16(q[qend+1:]) == typeOPT && q[qend+5]|q[qend+6] == 0 &&
 		q[qend+9]|q[qend+10] == 0:
-		// An OPT of extended RCODE 0 and version 0 without options (the
-		// flags, DO among them, are not echoed: the general path does not).
+		// An OPT of extended RCODE 0 and version 0 without options; its
+		// DO bit is copied into the answer's (RFC 3225 §3), as the
+		// general path does.
 		edns = true
+		do = q[qend+7]&0x80 != 0
 		limit = max(limit, int(binary.BigEndian.Uint16(q[qend+3:])))
 	default:
 		return 0
@@ -482,7 +484,7 @@ func (v *AnswerView) answer(q, out []byte, rot uint) int {
 	}
 	if edns {
 		out[11] = 1
-		n += putOPT(out[n:])
+		n += putOPT(out[n:], do)
 	}
 	return n
 }
@@ -533,11 +535,15 @@ func putAnswerHeader(out, question []byte, n int) {
 	out[8], out[9], out[10], out[11] = 0, 0, 0, 0
 }
 
-// putOPT writes the answer's OPT record and returns its length.
-func putOPT(out []byte) int {
+// putOPT writes the answer's OPT record, with the DO bit when do, and
+// returns its length.
+func putOPT(out []byte, do bool) int {
 	out[0] = 0
 	binary.BigEndian.PutUint16(out[1:], typeOPT)
 	binary.BigEndian.PutUint16(out[3:], maxUDPRead)
 	clear(out[5:optRRLen])
+	if do {
+		out[7] = 0x80
+	}
 	return optRRLen
 }

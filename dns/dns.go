@@ -240,7 +240,12 @@ func (s *Server) serve(askerOf func(net.Addr) string, fast string, pc net.Packet
 		}
 	}
 	if ln != nil {
-		start(&mdns.Server{Listener: ln, IdleTimeout: func() time.Duration { return 8 * time.Second }}, true)
+		// No bound on the queries of one connection (the library's
+		// default closes it after 128): a client that pipelines more
+		// (RFC 7766 §6.2.1) would lose the ones in flight at the close.
+		// An idle connection still ends after 8 s.
+		start(&mdns.Server{Listener: ln, MaxTCPQueries: -1,
+			IdleTimeout: func() time.Duration { return 8 * time.Second }}, true)
 	}
 	return l
 }
@@ -325,8 +330,8 @@ func reply(req *mdns.Msg, rcode int) *mdns.Msg {
 	if len(req.Question) > 1 {
 		m.Question = nil
 	}
-	if req.IsEdns0() != nil {
-		m.SetEdns0(maxUDPRead, false)
+	if opt := req.IsEdns0(); opt != nil {
+		m.SetEdns0(maxUDPRead, opt.Do()) // DO copied: RFC 3225 §3
 	}
 	return m
 }

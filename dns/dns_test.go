@@ -768,3 +768,66 @@ func TestNoForwardingForAskersWithoutEgress(t *testing.T) {
 		t.Errorf("stats %+v, want 2 not forwarded (no egress), 1 forwarded, 2 servfail", st)
 	}
 }
+
+// TestPipelinedTCPQueriesAreAllAnswered sends many queries on one TCP
+// connection without waiting (RFC 7766 §6.2.1 pipelining, as dnsperf and
+// stub resolvers that keep a connection do): every one is answered, and
+// the connection is not closed under the client after some count.
+func TestPipelinedTCPQueriesAreAllAnswered(t *testing.T) {
+	s := New(Config{}, testSource)
+	addr := serve(t, s, "c1")
+	conn, err := mdns.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	const n = 300
+	for i := range n {
+		m := new(mdns.Msg)
+		m.SetQuestion("c2.", mdns.TypeA)
+		m.Id = uint16(i + 1)
+		if err := conn.WriteMsg(m); err != nil {
+			t.Fatalf("query %d: %v", i+1, err)
+		}
+	}
+	for i := range n {
+		r, err := conn.ReadMsg()
+		if err != nil {
+			t.Fatalf("answer %d of %d pipelined queries: %v", i+1, n, err)
+		}
+		if r.Id != uint16(i+1) || len(r.Answer) != 1 {
+			t.Fatalf("answer %d: id %d, %d records; want id %d, 1 record", i+1, r.Id, len(r.Answer), i+1)
+		}
+	}
+}
+
+// TestDOBitIsCopied: an answer to a query with EDNS0 copies its DO bit
+// (RFC 3225 §3: "MUST be copied in the response"), on the fast UDP path
+// (a plain A query for a local name), the general path (TCP, PTR, an
+// empty answer) and when there is none to copy.
+func TestDOBitIsCopied(t *testing.T) {
+	s := New(Config{}, precomputed(testSource)) // with the fast UDP path
+	addr := serve(t, s, "c1")
+	for _, network := range []string{"udp", "tcp"} {
+		for _, q := range []struct {
+			name  string
+			qtype uint16
+		}{{"c2.", mdns.TypeA}, {"c2.", mdns.TypeAAAA}, {"3.0.1.10.in-addr.arpa.", mdns.TypePTR}} {
+			for _, do := range []bool{true, false} {
+				m := new(mdns.Msg)
+				m.SetQuestion(q.name, q.qtype)
+				m.SetEdns0(1232, do)
+				c := &mdns.Client{Net: network, Timeout: 5 * time.Second}
+				r, _, err := c.Exchange(m, addr)
+				if err != nil {
+					t.Fatalf("%s %s: %v", network, q.name, err)
+				}
+				opt := r.IsEdns0()
+				if opt == nil || opt.Do() != do {
+					t.Errorf("%s %s %s with DO=%v: answer has OPT %v, DO %v", network, q.name, mdns.TypeToString[q.qtype], do, opt != nil, opt != nil && opt.Do())
+				}
+			}
+		}
+	}
+}

@@ -256,6 +256,16 @@ func TestCNI(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.cli("attach", "--network", "cniweb", "--name", "plain", "--netns", nsP)
+	// Nor one that another CNI configuration attached to the same vxmesh
+	// network.
+	nsC, err := e.tb.AddNetns("cc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c3 := &cniEnv{t: t, tool: tool, pluginDir: pluginDir, confDir: t.TempDir(), net: c.net + "-c"}
+	c3.writeConf("cniweb", e.h.Socket)
+	c3.must("add", nsC)
+	ctrC := "cni-" + cnitoolContainerID(nsC)
 	c.must("gc", nsB)
 	if _, ok := e.container(ctrB); ok {
 		t.Fatal("gc left the cnitool container attached")
@@ -263,7 +273,11 @@ func TestCNI(t *testing.T) {
 	if _, ok := e.container("plain"); !ok {
 		t.Fatal("gc detached a container the plugin did not attach")
 	}
+	if _, ok := e.container(ctrC); !ok {
+		t.Fatal("gc of one configuration detached a container another configuration attached to the same network")
+	}
 	c.must("del", nsB, "CNI_IFNAME=net0")
+	c3.must("del", nsC)
 
 	checkCNIErrors(t, pluginDir, nsA, e.h.Socket)
 }

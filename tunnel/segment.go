@@ -30,6 +30,10 @@ type Segment struct {
 	state   atomic.Pointer[netState] // immutable forwarding state
 	learned *aging.Table[*peer]      // inner MACs in no static entry, by the VTEP they came from
 
+	// mtuWarned: a datagram over the underlay's path MTU was logged
+	// (once per network: the drops themselves are counted, "mtu").
+	mtuWarned atomic.Bool
+
 	mu      sync.Mutex // serialises control-plane writers of state and learned
 	peerSet []netip.Addr
 	extSet  map[netip.Addr]bool // external VTEPs, see SetExternal

@@ -371,6 +371,7 @@ func (n *Segment) send(sc *txScratch) {
 			sc.why[i] = dropTxError
 			if errors.Is(m.Err, ErrMessageSize) {
 				sc.why[i] = dropMTU
+				n.warnMTU()
 			}
 		}
 	}
@@ -378,4 +379,18 @@ func (n *Segment) send(sc *txScratch) {
 	clear(msgs)
 	clear(sc.peers)
 	sc.msgs, sc.peers, sc.frame, sc.fsize, sc.used, sc.sealed = msgs[:0], sc.peers[:0], sc.frame[:0], sc.fsize[:0], 0, 0
+}
+
+// warnMTU logs, once per network, that the underlay refused a datagram
+// as larger than its path MTU: the network's MTU is more than the
+// underlay carries now (lowered since the network was made, or a smaller
+// hop on the path), and every frame past it is lost between hosts. The
+// drops are only counted ("mtu", and "tx-error" at the switch's tunnel
+// port); without this line a stalled connection would have no cause in
+// the log.
+func (n *Segment) warnMTU() {
+	if n.mtuWarned.CompareAndSwap(false, true) {
+		n.v.log.Warn("frames too large for the underlay are dropped: the network's MTU is more than the underlay's path MTU carries; lower it (make the network again) or raise the underlay's MTU",
+			"vni", n.vni, "mtu", n.mtu)
+	}
 }

@@ -4,7 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -336,6 +341,59 @@ func TestMTUDropsAreCounted(t *testing.T) {
 	st := a.n.Stats()
 	if st.Drops["mtu"] != 2 || st.TxPackets != 1 || st.Peers[0].TxDrops != 1 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestUnderlayMTUDropIsLoggedOnce: datagrams the underlay refuses as over
+// its path MTU (an underlay lowered below what the network's MTU needs)
+// were only counted, so a connection that stalled across hosts had no
+// cause in the log. The first such drop of a network is logged, once; a
+// frame over the network's own MTU (a container's doing, refused before
+// the underlay) is not.
+func TestUnderlayMTUDropIsLoggedOnce(t *testing.T) {
+	mn := NewMemNetwork()
+	u, err := mn.Listen(netip.AddrPortFrom(vtepA, packet.VXLANPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file, which the data path may write while the test reads it.
+	logf, err := os.Create(filepath.Join(t.TempDir(), "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	logs := func() string {
+		b, _ := os.ReadFile(logf.Name())
+		return string(b)
+	}
+	v := New(Config{Underlay: u, Logger: slog.New(slog.NewTextHandler(logf, nil))})
+	defer v.Close()
+	n, err := v.AddSegment(testVNI, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetPeers([]netip.Addr{vtepB}); err != nil {
+		t.Fatal(err)
+	}
+	newRaw(t, mn, vtepB)
+	fits := udpFrame(packet.Broadcast, macA, 1, 2, DefaultMTU-28)
+	big := udpFrame(packet.Broadcast, macA, 1, 2, DefaultMTU-28+1)
+	n.Write(withHeadroom(big), packet.Headroom)
+	if strings.Contains(logs(), "too large for the underlay") {
+		t.Fatalf("a frame over the network's MTU was logged as an underlay drop: %s", logs())
+	}
+	mn.SetMTU(1400)
+	for range 3 {
+		n.Write(withHeadroom(fits), packet.Headroom)
+	}
+	if got := strings.Count(logs(), "too large for the underlay"); got != 1 {
+		t.Fatalf("%d log lines for 3 datagrams over the underlay MTU, want 1:\n%s", got, logs())
+	}
+	if want := fmt.Sprintf("vni=%d mtu=%d", testVNI, DefaultMTU); !strings.Contains(logs(), want) {
+		t.Errorf("the line does not name %q:\n%s", want, logs())
+	}
+	if st := n.Stats(); st.Drops["mtu"] != 4 {
+		t.Errorf("mtu drops %d, want 4", st.Drops["mtu"])
 	}
 }
 
