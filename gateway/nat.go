@@ -101,8 +101,10 @@ type NATConfig struct {
 
 // NATStats are the NAT's counters.
 type NATStats struct {
-	// Flows are the entries now, Max the bound.
+	// Flows are the entries now (closing ones too), Max the bound, Open
+	// the connections open (no RST, not both FINs seen).
 	Flows int64 `json:"flows"`
+	Open  int64 `json:"open"`
 	Max   int   `json:"max"`
 	// Total counts the flows started (SYNs that made an entry),
 	// Evicted the closing flows freed early to make room.
@@ -165,6 +167,7 @@ type NAT struct {
 	max     int
 	tsKey   [16]byte
 	n       atomic.Int64 // entries
+	open    atomic.Int64 // entries counted open in their ports
 	total   atomic.Uint64
 	evicted atomic.Uint64
 	in, out atomic.Uint64
@@ -290,10 +293,14 @@ func (n *NAT) unsteer(p *Port) {
 			m[k] = v
 		}
 	}
-	n.ports.Store(&m)
 	if b := n.uplinks.Load(); b != nil {
-		_ = b.u.Sync(n.portList())
+		ports := make([]uint16, 0, len(m))
+		for k := range m {
+			ports = append(ports, k)
+		}
+		_ = b.u.Sync(ports)
 	}
+	n.ports.Store(&m)
 	n.forget(func(e *natEntry) bool { return e.port == p })
 }
 
@@ -306,7 +313,7 @@ func (n *NAT) Ports() []uint16 {
 
 // Stats returns the NAT's counters.
 func (n *NAT) Stats() NATStats {
-	st := NATStats{Flows: n.n.Load(), Max: n.max, Total: n.total.Load(), Evicted: n.evicted.Load(),
+	st := NATStats{Flows: n.n.Load(), Open: n.open.Load(), Max: n.max, Total: n.total.Load(), Evicted: n.evicted.Load(),
 		In: n.in.Load(), Out: n.out.Load(), Ports: len(*n.ports.Load())}
 	for i := range n.drops {
 		if v := n.drops[i].Load(); v > 0 {
@@ -376,6 +383,7 @@ func (n *NAT) end(e *natEntry) {
 	}
 	e.open = false
 	e.port.active.Add(-1)
+	n.open.Add(-1)
 	if e.state == natSyn {
 		e.port.failed.Add(1)
 	}
@@ -665,6 +673,7 @@ func (n *NAT) forward(ifindex int, buf []byte, offset, size int, ports map[uint1
 			n.total.Add(1)
 			port.total.Add(1)
 			port.active.Add(1)
+			n.open.Add(1)
 		}
 		e := &sh.e[i]
 		e.expires = now + n.to[natSyn]
