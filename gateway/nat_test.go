@@ -416,3 +416,31 @@ func FuzzNATFrame(f *testing.F) {
 		natRewrite(b, &p, false, p.l3+16, [4]byte{10, 0, 1, 100}, p.l4+2, 80, p.ts, 7)
 	})
 }
+
+// BenchmarkNATSegmentPair: one client segment translated into the
+// network and one reply out (the recorder and the fake uplink count
+// only), the NAT's own cost per frame pair.
+func BenchmarkNATSegmentPair(b *testing.B) {
+	h := newNATHarness(b, NATConfig{})
+	h.up.noCopy = true
+	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, &[2]uint32{1, 0}, 0))
+	seg := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK, &[2]uint32{5, 0}, 1000)
+	rep := natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, tcpACK, &[2]uint32{5, 0}, 1000)
+	segCopy, repCopy := slices.Clone(seg), slices.Clone(rep)
+	bufs, sizes := [][]byte{seg}, []int{len(seg) - packet.Headroom}
+	rbufs := [][]byte{rep}
+	out := &countOutput{}
+	h.gw.dev.out.o.Store(func() *Output { var o Output = out; return &o }())
+	b.ReportAllocs()
+	for b.Loop() {
+		copy(seg, segCopy)
+		copy(rep, repCopy)
+		bufs[0] = seg
+		h.nat.Input(1, bufs, sizes, packet.Headroom)
+		h.gw.dev.Write(rbufs, packet.Headroom)
+	}
+	if out.n == 0 {
+		b.Fatal("nothing reached the switch")
+	}
+}
+
