@@ -443,4 +443,3 @@ func BenchmarkNATSegmentPair(b *testing.B) {
 		b.Fatal("nothing reached the switch")
 	}
 }
-
