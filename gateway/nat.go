@@ -174,6 +174,10 @@ type NAT struct {
 	drops   [natDrops]atomic.Uint64
 
 	ports   atomic.Pointer[map[uint16]*Port] // steered ports by published port
+	// targets has a bit set for each steered port's target port: a
+	// frame to the gateway from another source port is no reply of a
+	// NAT flow (egress traffic skips the lookup).
+	targets atomic.Pointer[[1024]uint64]
 	pmu     sync.Mutex                       // serializes port changes and uplink syncs
 	uplinks atomic.Pointer[uplinksBox]
 	outPool sync.Pool // *natOut
@@ -225,7 +229,7 @@ func NewNAT(cfg NATConfig) *NAT {
 		}
 		sh.free = 1
 	}
-	n.ports.Store(&map[uint16]*Port{})
+	n.setPorts(map[uint16]*Port{})
 	n.outPool.New = func() any { return &natOut{} }
 	return n
 }
@@ -271,7 +275,7 @@ func (n *NAT) steer(p *Port) error {
 		m[k] = v
 	}
 	m[p.spec.HostPort] = p
-	n.ports.Store(&m)
+	n.setPorts(m)
 	if b := n.uplinks.Load(); b != nil {
 		return b.u.Sync(n.portList())
 	}
@@ -300,8 +304,18 @@ func (n *NAT) unsteer(p *Port) {
 		}
 		_ = b.u.Sync(ports)
 	}
-	n.ports.Store(&m)
+	n.setPorts(m)
 	n.forget(func(e *natEntry) bool { return e.port == p })
+}
+
+// setPorts publishes the steered ports m and their target ports.
+func (n *NAT) setPorts(m map[uint16]*Port) {
+	var t [1024]uint64
+	for _, p := range m {
+		t[p.spec.Port>>6] |= 1 << (p.spec.Port & 63)
+	}
+	n.targets.Store(&t)
+	n.ports.Store(&m)
 }
 
 // Ports returns the steered published ports.
@@ -792,8 +806,11 @@ func (n *NAT) reply(buf []byte, offset int, o **natOut) bool {
 		return false
 	}
 	var k natKey
-	k.vip = [4]byte(f[p.l3+12 : p.l3+16])
 	k.vport = binary.BigEndian.Uint16(f[p.l4:])
+	if n.targets.Load()[k.vport>>6]&(1<<(k.vport&63)) == 0 {
+		return false
+	}
+	k.vip = [4]byte(f[p.l3+12 : p.l3+16])
 	k.client = [4]byte(f[p.l3+16 : p.l3+20])
 	k.cport = binary.BigEndian.Uint16(f[p.l4+2:])
 	h := n.hash(&k)
