@@ -173,12 +173,12 @@ type NAT struct {
 	in, out atomic.Uint64
 	drops   [natDrops]atomic.Uint64
 
-	ports   atomic.Pointer[map[uint16]*Port] // steered ports by published port
+	ports atomic.Pointer[map[uint16]*Port] // steered ports by published port
 	// targets has a bit set for each steered port's target port: a
 	// frame to the gateway from another source port is no reply of a
 	// NAT flow (egress traffic skips the lookup).
 	targets atomic.Pointer[[1024]uint64]
-	pmu     sync.Mutex                       // serializes port changes and uplink syncs
+	pmu     sync.Mutex // serializes port changes and uplink syncs
 	uplinks atomic.Pointer[uplinksBox]
 	outPool sync.Pool // *natOut
 }
