@@ -530,6 +530,25 @@ type EgressStats struct {
 	// up.
 	IngressFast         uint64 `json:"ingress_fast"`
 	IngressFastFallback uint64 `json:"ingress_fast_fallback"`
+	// NAT are the counters of the routing mesh's per-packet NAT of
+	// steered published ports (--mesh-nat), nil without it.
+	NAT *NATStats `json:"nat,omitempty"`
+}
+
+// NATStats are the per-packet NAT's counters: flows in its table (closing
+// ones too), connections open, the table's bound, flows started, closing flows evicted to make room, frames
+// translated towards the network (in) and the clients (out), the ports
+// steered now and dropped frames by reason.
+type NATStats struct {
+	Flows     int64             `json:"flows"`
+	Open      int64             `json:"open"`
+	Max       int               `json:"max"`
+	Total     uint64            `json:"total"`
+	Evicted   uint64            `json:"evicted"`
+	FramesIn  uint64            `json:"frames_in"`
+	FramesOut uint64            `json:"frames_out"`
+	Ports     int               `json:"ports"`
+	Drops     map[string]uint64 `json:"drops,omitempty"`
 }
 
 // DNSStats are the embedded resolver's counters.

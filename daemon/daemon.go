@@ -31,6 +31,7 @@ import (
 	"github.com/vxmesh/vxmesh/gateway"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/lb/health"
+	"github.com/vxmesh/vxmesh/netdev"
 	"github.com/vxmesh/vxmesh/packet"
 	"github.com/vxmesh/vxmesh/sandbox"
 	"github.com/vxmesh/vxmesh/tunnel"
@@ -58,6 +59,10 @@ type Config struct {
 	// connections then enter containers through their interface, from
 	// the gateway's stack, like UDP (see fastpath.go).
 	NoFastPath bool
+	// MeshNAT translates the routing mesh's mode=ingress,
+	// client-ip=preserve TCP ports per packet on this host's uplinks
+	// instead of terminating their connections (mesh_nat.go).
+	MeshNAT bool
 	// MountTemplate says whether container processes start from a mount
 	// template (MountTemplateAuto when "", MountTemplateAlways or
 	// MountTemplateNever; see mnttemplate.go).
@@ -223,6 +228,10 @@ type Daemon struct {
 	// fast are the containers' published-port fast paths, by container
 	// name (fastpath.go).
 	fast fastPaths
+	// meshSteer is the published-port NAT's steering (mesh_nat.go),
+	// meshSteerErr its last error logged.
+	meshSteer    *netdev.Steer
+	meshSteerErr string
 	// gwDNS are the resolvers at the networks' gateway addresses
 	// (gateway_dns.go); guarded by mu.
 	gwDNS map[string]*gatewayResolver
@@ -592,6 +601,7 @@ func (d *Daemon) openUnderlays() (ul, eul tunnel.Underlay, err error) {
 func (d *Daemon) startDataplane(ul, eul tunnel.Underlay, tcpSecret []byte) tunnel.SuperWriter {
 	super := d.openKernelTunnel(ul)
 	d.egress = gateway.NewEgress(gateway.EgressConfig{MaxFlows: d.cfg.EgressMaxFlows, TCPSecret: tcpSecret})
+	d.startMeshNAT(tcpSecret)
 	d.dp = dataplane.New(dataplane.Options{
 		Egress: d.egress,
 		Tunnel: tunnel.Config{

@@ -8,7 +8,12 @@ func (d *Daemon) egressStats() api.EgressStats {
 		return api.EgressStats{}
 	}
 	s := d.egress.Stats()
+	var nat *api.NATStats
+	if n := s.NAT; n != nil {
+		nat = &api.NATStats{Flows: n.Flows, Open: n.Open, Max: n.Max, Total: n.Total, Evicted: n.Evicted, FramesIn: n.In, FramesOut: n.Out, Ports: n.Ports, Drops: n.Drops}
+	}
 	return api.EgressStats{
+		NAT:      nat,
 		MaxFlows: s.MaxFlows, ActiveTCP: s.ActiveTCP, ActiveUDP: s.ActiveUDP, ActiveICMP: s.ActiveICMP,
 		Total: s.Total, Refused: s.Refused, BytesOut: s.BytesOut, BytesIn: s.BytesIn, ICMPErrors: s.ICMPErrors,
 		IngressTCP: s.IngressTCP, IngressUDP: s.IngressUDP, IngressTotal: s.IngressTotal, IngressSNAT: s.IngressSNAT,

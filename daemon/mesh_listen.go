@@ -308,8 +308,10 @@ func (d *Daemon) syncMesh() {
 			continue
 		}
 		l.port, l.down = p, ""
-		d.log.Info("published port open", "service", l.service, "publish", l.spec.String(), "network", l.network)
+		d.steerMesh(l)
+		d.log.Info("published port open", "service", l.service, "publish", l.spec.String(), "network", l.network, "nat", p.Steered())
 	}
+	d.resyncMeshNAT()
 	d.publishMeshState()
 }
 
@@ -420,4 +422,5 @@ func (d *Daemon) closeMesh() {
 		l.close()
 		delete(d.mesh, k)
 	}
+	d.stopMeshNAT()
 }

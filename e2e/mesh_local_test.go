@@ -58,7 +58,10 @@ func (e *env) meshCountersOf(service, network string) meshCounters {
 // An unhealthy b1 gets none. `rm b1` waits for its held fast-path
 // connection, which lives on, and ends soon after it closes.
 func TestRoutingMeshLocalBackendFastPath(t *testing.T) {
-	es := newCluster(t, 2)
+	// Per-packet NAT off: with it the outside client's connections are
+	// translated instead (TestRoutingMeshNAT); this is the path of
+	// daemons without it and of clients it does not steer.
+	es := newCluster(t, 2, "--mesh-nat=false")
 	h1, h2 := es[0], es[1]
 	peer, err := h1.tb.AddUnderlayPeer("client")
 	if err != nil {

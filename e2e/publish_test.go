@@ -256,8 +256,8 @@ func holdPublished(t *testing.T, e *env, peer *testbed.UnderlayPeer, addr string
 	t.Logf("%s after %v", strings.TrimSpace(line), time.Since(start).Round(time.Millisecond))
 	var held api.Stats
 	e.json(&held, "stats")
-	if held.Egress.IngressTCP != publishedConns {
-		t.Errorf("while %s held: %d published TCP flows open on %s, want %d", strings.TrimSpace(line), held.Egress.IngressTCP, e.h.Name, publishedConns)
+	if open := publishedOpen(held); open != publishedConns {
+		t.Errorf("while %s held: %d published TCP flows open on %s, want %d", strings.TrimSpace(line), open, e.h.Name, publishedConns)
 	}
 	stdin.Close()
 	var r connReport
@@ -280,8 +280,8 @@ func holdPublished(t *testing.T, e *env, peer *testbed.UnderlayPeer, addr string
 		after = api.Stats{}
 		e.json(&after, "stats")
 		switch {
-		case after.Egress.IngressTCP != 0:
-			return fmt.Errorf("%d published TCP flows still open", after.Egress.IngressTCP)
+		case publishedOpen(after) != 0:
+			return fmt.Errorf("%d published TCP flows still open", publishedOpen(after))
 		case after.OpenFDs > base.OpenFDs+fdSlack:
 			return fmt.Errorf("%d open fds, baseline %d", after.OpenFDs, base.OpenFDs)
 		case after.Goroutines > base.Goroutines+goroutineSlack:
@@ -294,6 +294,16 @@ func holdPublished(t *testing.T, e *env, peer *testbed.UnderlayPeer, addr string
 	return after
 }
 
+// publishedOpen is the published TCP connections open in st: the
+// gateway's and the NAT's.
+func publishedOpen(st api.Stats) int64 {
+	n := st.Egress.IngressTCP
+	if st.Egress.NAT != nil {
+		n += st.Egress.NAT.Open
+	}
+	return n
+}
+
 // quietStats waits until no published flow is open and the daemon's
 // descriptor and goroutine counts hold still for a moment, and returns
 // its stats then.
@@ -304,8 +314,8 @@ func (e *env) quietStats() api.Stats {
 		var st api.Stats
 		e.json(&st, "stats")
 		defer func() { prev = st }()
-		if st.Egress.IngressTCP != 0 || st.OpenFDs != prev.OpenFDs || st.Goroutines != prev.Goroutines {
-			return fmt.Errorf("stats still moving: %d flows, %d fds, %d goroutines", st.Egress.IngressTCP, st.OpenFDs, st.Goroutines)
+		if publishedOpen(st) != 0 || st.OpenFDs != prev.OpenFDs || st.Goroutines != prev.Goroutines {
+			return fmt.Errorf("stats still moving: %d flows, %d fds, %d goroutines", publishedOpen(st), st.OpenFDs, st.Goroutines)
 		}
 		return nil
 	}, "daemon never settled")

@@ -125,8 +125,14 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 		}
 	}()
 	sent := 0
+	nat := d.g.natReplies()
+	var natOut *natOut
 	for i := range f.Len() {
 		buf := f.Buf(i)
+		if nat != nil && !f.Shared(i) && nat.reply(buf, offset, &natOut) {
+			sent++
+			continue
+		}
 		frame := buf[offset:]
 		o := packet.OffloadOf(buf)
 		if o.NeedsCsum() || o.IsGSO() {
@@ -154,8 +160,23 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 		pkt.DecRef()
 		sent++
 	}
+	if natOut != nil {
+		nat.flush(natOut, offset)
+	}
 	d.rx.Add(uint64(sent))
 	return sent, nil
+}
+
+// natReplies returns the NAT whose replies may reach g now: nil unless
+// it has flows.
+func (g *Gateway) natReplies() *NAT {
+	if g.cfg.Egress == nil {
+		return nil
+	}
+	if n := g.cfg.Egress.nat.Load(); n != nil && n.n.Load() > 0 {
+		return n
+	}
+	return nil
 }
 
 // scratchPool holds the device's scratch buffers, one per concurrent

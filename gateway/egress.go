@@ -105,6 +105,9 @@ type Stats struct {
 	// the fast path could not be set up for them.
 	IngressFast         uint64 `json:"ingress_fast"`
 	IngressFastFallback uint64 `json:"ingress_fast_fallback"`
+	// NAT are the counters of the NAT of steered published ports (nil
+	// without one).
+	NAT *NATStats `json:"nat,omitempty"`
 }
 
 // Egress is the host's egress state, shared by every network's gateway:
@@ -129,6 +132,8 @@ type Egress struct {
 	ingressFast, ingressFastFallback atomic.Uint64
 
 	workers *workers // run TCP flows' goroutines
+	// nat translates steered published ports per packet (SetNAT).
+	nat atomic.Pointer[NAT]
 	// dialTimers are published connections' connect timeouts (see
 	// newDialTimers).
 	dialTimers *sync.Pool
@@ -157,6 +162,13 @@ func NewEgress(cfg EgressConfig) *Egress {
 	return e
 }
 
+// SetNAT gives e the NAT that published ports may be steered to
+// (Port.SteerNAT) and that its gateways hand the replies of NAT flows to.
+func (e *Egress) SetNAT(n *NAT) { e.nat.Store(n) }
+
+// NAT returns e's NAT, nil if it has none.
+func (e *Egress) NAT() *NAT { return e.nat.Load() }
+
 // SetOverlay sets the subnets of every overlay network: destinations in
 // them belong to the overlay and are never egressed.
 func (e *Egress) SetOverlay(subnets []netip.Prefix) {
@@ -179,6 +191,10 @@ func (e *Egress) Stats() Stats {
 		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),
 		IngressRefused: e.ingressRefused.Load(),
 		IngressFast:    e.ingressFast.Load(), IngressFastFallback: e.ingressFastFallback.Load(),
+	}
+	if n := e.nat.Load(); n != nil {
+		ns := n.Stats()
+		st.NAT = &ns
 	}
 	e.mu.Lock()
 	if len(e.refused) > 0 {

@@ -52,6 +52,11 @@ type Port struct {
 	active            atomic.Int64
 	total, failed     atomic.Uint64
 	bytesIn, bytesOut atomic.Uint64
+
+	// nat is the NAT steering p's connections (SteerNAT), nil if none;
+	// natVIP the VIP its flows went to last.
+	nat    atomic.Pointer[NAT]
+	natVIP atomic.Pointer[[4]byte]
 }
 
 // PortStats are one published port's counters: open flows, flows
@@ -123,8 +128,33 @@ func (e *Egress) PublishMesh(spec Publish, target Target, fast FastPath, pick Pi
 // Spec returns what p publishes.
 func (p *Port) Spec() Publish { return p.spec }
 
+// SteerNAT has p's TCP connections that reach this host's uplinks
+// translated per packet by the egress's NAT (see NAT) instead of
+// accepted by the listener, which stays for everything not steered.
+// Only a client-ip=preserve TCP port whose target is a service VIP
+// (mode=ingress) may be steered.
+func (p *Port) SteerNAT() error {
+	n := p.e.NAT()
+	switch {
+	case n == nil:
+		return fmt.Errorf("publish %s: no NAT", p.spec)
+	case p.spec.Proto != "tcp" || p.spec.ClientIP != ClientIPPreserve:
+		return fmt.Errorf("publish %s: only client-ip=preserve TCP ports are translated per packet", p.spec)
+	}
+	if !p.nat.CompareAndSwap(nil, n) {
+		return nil
+	}
+	return n.steer(p)
+}
+
+// Steered reports whether p's connections are steered to the NAT.
+func (p *Port) Steered() bool { return p.nat.Load() != nil }
+
 // Close stops listening and aborts p's open flows.
 func (p *Port) Close() {
+	if n := p.nat.Swap(nil); n != nil {
+		n.unsteer(p)
+	}
 	p.mu.Lock()
 	p.closed = true
 	for f := range p.flows {

@@ -99,29 +99,63 @@ func (d *device) output(o Output, pkts []*stack.PacketBuffer) {
 		pkts = nil
 	}
 	for {
-		if s.queued.Load() > 0 {
-			q := d.takeQueued()
-			d.emit(o, q)
-			for i, p := range q {
-				p.DecRef()
-				q[i] = nil
-			}
-			s.qmu.Lock()
-			s.spare = q[:0]
-			s.qmu.Unlock()
-		}
+		d.sendQueued(o)
 		if pkts != nil {
 			d.emit(o, pkts)
 			pkts = nil
 		}
-		s.mu.Unlock()
-		// Frames queued while we held mu (by other goroutines, or by
-		// the stack replying within Input to a frame the switch sent
-		// back) are ours unless someone else took mu.
-		if s.queued.Load() == 0 || !s.mu.TryLock() {
+		if !d.unlockOutput() {
 			return
 		}
 	}
+}
+
+// unlockOutput releases mu; it reports whether the caller holds it
+// again to send frames queued while it was held (by other goroutines,
+// or by the stack replying within Input to a frame the switch sent
+// back), which are its own unless someone else took mu.
+func (d *device) unlockOutput() bool {
+	s := &d.out
+	s.mu.Unlock()
+	return s.queued.Load() != 0 && s.mu.TryLock()
+}
+
+// inject hands frames that are not the stack's (the NAT's, nat.go) to
+// the attached Output as the gateway's own, in order with the stack's:
+// it waits for mu, then sends what the stack queued meanwhile. It
+// reports false when the gateway has no Output or is closing.
+func (g *Gateway) inject(bufs [][]byte, sizes []int, offset int) bool {
+	d := g.dev
+	op := d.out.o.Load()
+	if op == nil || g.stopping.Load() {
+		return false
+	}
+	s := &d.out
+	s.mu.Lock()
+	d.tx.Add(uint64(len(bufs)))
+	(*op).Input(bufs, sizes, offset)
+	for d.unlockOutput() {
+		d.sendQueued(*op)
+	}
+	return true
+}
+
+// sendQueued sends the frames queued for the holder of mu; the caller
+// holds it.
+func (d *device) sendQueued(o Output) {
+	s := &d.out
+	if s.queued.Load() == 0 {
+		return
+	}
+	q := d.takeQueued()
+	d.emit(o, q)
+	for i, p := range q {
+		p.DecRef()
+		q[i] = nil
+	}
+	s.qmu.Lock()
+	s.spare = q[:0]
+	s.qmu.Unlock()
 }
 
 // takeQueued takes the queued frames; the caller holds mu.

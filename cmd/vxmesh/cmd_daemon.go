@@ -81,6 +81,7 @@ type daemonFlags struct {
 	logLevel           string
 	prefix             string
 	fastPath           bool
+	meshNAT            bool
 	mountTemplate      string
 	advertise          string
 	join               string
@@ -112,6 +113,7 @@ func (f *daemonFlags) register(fs *flagSet) {
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/vxmesh", "directory for persisted state")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.prefix, "netns-prefix", "", "prefix for the named netns of containers made by run")
+	fs.BoolVar(&f.meshNAT, "mesh-nat", true, "translate the routing mesh's mode=ingress,client-ip=preserve TCP ports per packet: tc filters on this host's uplinks steer their segments to the daemon, which sends them to the service's VIP and the replies back, without terminating TCP (the listener stays for what is not steered)")
 	fs.BoolVar(&f.fastPath, "publish-fast-path", true, "dial published TCP connections to a container on this host from inside its namespace over its loopback (one ip rule and table there, at its first published connection); false: through its interface from the gateway, as UDP")
 	fs.StringVar(&f.mountTemplate, "mount-template", daemon.MountTemplateAuto, "start containers' processes from a mount namespace made once without /run/netns, so a start does not copy every container's netns mount: auto (when the host's root mount is shared, so later mounts still reach containers), always (on a private root containers see the mounts of the daemon's start) or never")
 	fs.StringVar(&f.advertise, "advertise", "", "underlay address other hosts reach this one at (default: the default-route interface's address)")
@@ -157,7 +159,7 @@ func checkDaemonArgs(pos []string) error {
 // left to the caller) and the log level.
 func (f *daemonFlags) config() (daemon.Config, slog.Level, error) {
 	cfg := daemon.Config{
-		Node: f.node, StateDir: f.stateDir, NetnsPrefix: f.prefix, NoFastPath: !f.fastPath, MountTemplate: f.mountTemplate,
+		Node: f.node, StateDir: f.stateDir, NetnsPrefix: f.prefix, NoFastPath: !f.fastPath, MeshNAT: f.meshNAT, MountTemplate: f.mountTemplate,
 		GossipPort: f.gossipPort, ClusterKeyFile: f.keyFile,
 		NodeGrace: f.grace, DataPort: uint16(f.dataPort), RxSockets: f.rxSockets, KernelTunnel: daemon.KernelTunnelMode(f.kernelTunnel), KernelTunnelRecheck: f.ktnlRecheck, BusyPoll: f.busyPoll, DNSTimeout: f.dnsTimeout,
 		KeyRotationInterval: f.keyInterval, ESPPort: uint16(f.espPort),
