@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -157,6 +158,16 @@ func commands() []command {
 			example: "vxmesh help network create"},
 	}
 }
+
+// init keeps main on the process's main thread for good (init functions
+// run on it; see runtime.LockOSThread), so that no other goroutine ever
+// runs there. The daemon's goroutines that work in a container's network
+// namespace switch their thread into it, some for as long as the container
+// has published ports (FastSockets). /proc/PID/ns/net is the main thread's
+// namespace: on the main thread, such a goroutine made the daemon one of
+// the container's processes for `ip netns pids` (and any tool that kills
+// a namespace's processes so) and kept the namespace alive.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == sandbox.NSInitArg {
