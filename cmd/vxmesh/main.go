@@ -118,7 +118,7 @@ func commands() []command {
 			example: "vxmesh start c1", run: cmdStart},
 		{name: "restart", args: "[-t SECONDS] CONTAINER...", summary: "stop and start containers made by run",
 			example: "vxmesh restart c1", run: cmdRestart},
-		{name: "rm", args: "CONTAINER...", summary: "remove containers (their processes are stopped)",
+		{name: "rm", args: "[-f] CONTAINER...", summary: "remove containers (their processes are stopped)",
 			example: "vxmesh rm c1 c2", run: cmdRm},
 		{name: "ps", args: "[flags]", summary: "list containers with their status",
 			example: "vxmesh ps --format 'table {{.Name}}\\t{{.Status}}'", run: cmdPs},
