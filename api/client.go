@@ -332,6 +332,9 @@ func (c *Client) unreachable(err error) error {
 	if errors.Is(err, syscall.EACCES) {
 		return &UnreachableError{Msg: fmt.Sprintf("cannot reach the vxmesh daemon at %s: permission denied (the API is for root)", c.socket), Err: err}
 	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		return &UnreachableError{Msg: fmt.Sprintf("the vxmesh daemon at %s closed the connection without answering (did it stop or restart?): the request may have been carried out in part", c.socket), Err: err}
+	}
 	return &UnreachableError{Msg: fmt.Sprintf("daemon at %s: %v", c.socket, err), Err: err}
 }
 

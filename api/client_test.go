@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,34 @@ func TestClientErrors(t *testing.T) {
 	var ue *UnreachableError
 	if !errors.As(err, &ue) || IsNotFound(err) {
 		t.Fatalf("no daemon: %v (%T)", err, err)
+	}
+}
+
+// TestClientSaysTheDaemonHungUp: a daemon that closes the connection
+// before it answers (stopped during a long stop -t) is told as such, not
+// as `Post "http://vxmesh/...": EOF`, and is still unreachable (a monitor
+// asks again).
+func TestClientSaysTheDaemonHungUp(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			http.ReadRequest(bufio.NewReader(conn))
+			conn.Close()
+		}
+	}()
+	err = NewClient(sock).StopContainer("c1", StopRequest{})
+	var ue *UnreachableError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "closed the connection without answering") {
+		t.Fatalf("daemon hung up: %v (%T)", err, err)
 	}
 }
 

@@ -341,17 +341,27 @@ func PIDsInNetns(nsPath string) ([]int, error) {
 	return pids, nil
 }
 
-// NetnsPIDs maps the network namespace of every process to its PIDs, in
-// ascending order, with one scan of /proc: listing the processes of many
-// namespaces costs one scan, not one per namespace.
+// NetnsPIDs maps the network namespace of every process but the calling
+// one to its PIDs, in ascending order, with one scan of /proc: listing the
+// processes of many namespaces costs one scan, not one per namespace.
+//
+// The caller is left out: /proc/PID/ns/net is its main thread's namespace,
+// and a daemon whose main thread runs a goroutine that works in a
+// container's namespace (one that makes sockets there) would be listed as
+// that container's process, keeping it "running" after its command exited.
 func NetnsPIDs() (map[NetnsID][]int, error) {
-	return procNetnsPIDs("/proc")
+	return procNetnsPIDs("/proc", os.Getpid())
 }
 
-// procNetnsPIDs is NetnsPIDs of the proc file system at proc.
-func procNetnsPIDs(proc string) (map[NetnsID][]int, error) {
+// procNetnsPIDs is NetnsPIDs of the proc file system at proc, leaving out
+// process self.
+func procNetnsPIDs(proc string, self int) (map[NetnsID][]int, error) {
 	m := map[NetnsID][]int{}
-	err := scanProcNetns(proc, func(pid int, ns NetnsID) { m[ns] = append(m[ns], pid) })
+	err := scanProcNetns(proc, func(pid int, ns NetnsID) {
+		if pid != self {
+			m[ns] = append(m[ns], pid)
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("network namespaces of processes: %w", err)
 	}

@@ -76,7 +76,7 @@ func fakeProc(t testing.TB, procs, namespaces int) (string, map[NetnsID][]int) {
 // namespace's.
 func TestProcNetnsPIDsMapsEveryNamespaceInOneScan(t *testing.T) {
 	dir, want := fakeProc(t, 40, 10)
-	got, err := procNetnsPIDs(dir)
+	got, err := procNetnsPIDs(dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +88,28 @@ func TestProcNetnsPIDsMapsEveryNamespaceInOneScan(t *testing.T) {
 			t.Errorf("namespace %v: pids %v, want %v", id, got[id], pids)
 		}
 	}
-	if _, err := procNetnsPIDs(filepath.Join(dir, "missing")); err == nil {
+	if _, err := procNetnsPIDs(filepath.Join(dir, "missing"), 0); err == nil {
 		t.Error("a missing proc directory gave no error")
+	}
+}
+
+// TestProcNetnsPIDsLeavesOutTheCaller: the calling process is no
+// namespace's process, even when its main thread is in a container's
+// namespace (the daemon's main thread running a goroutine that makes
+// sockets there): listed, it kept an exited container "running" and made
+// `start` take it for one still running.
+func TestProcNetnsPIDsLeavesOutTheCaller(t *testing.T) {
+	dir, want := fakeProc(t, 40, 10)
+	const self = 13
+	got, err := procNetnsPIDs(dir, self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, pids := range want {
+		pids = slices.DeleteFunc(slices.Clone(pids), func(p int) bool { return p == self })
+		if !slices.Equal(got[id], pids) {
+			t.Errorf("namespace %v: pids %v, want %v", id, got[id], pids)
+		}
 	}
 }
 
@@ -112,7 +132,7 @@ func BenchmarkListPIDs(b *testing.B) {
 	})
 	b.Run("one-scan", func(b *testing.B) {
 		for b.Loop() {
-			m, _ := procNetnsPIDs(dir)
+			m, _ := procNetnsPIDs(dir, 0)
 			for id := range want {
 				_ = m[id]
 			}

@@ -427,6 +427,38 @@ func TestVersionString(t *testing.T) {
 	}
 }
 
+// TestRmTakesDockersForceFlag: rm -f and rm --force remove as rm does
+// (rm always stops the processes, as docker rm -f) instead of a usage
+// error for a Docker user's habit.
+func TestRmTakesDockersForceFlag(t *testing.T) {
+	var mu sync.Mutex
+	var deleted []string
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		deleted = append(deleted, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+	}))
+	srv.Listener = l
+	srv.Start()
+	defer srv.Close()
+	for _, f := range []string{"-f", "--force"} {
+		code, out, errs := cli("--socket", sock, "rm", f, "c1")
+		if code != 0 || out != "c1\n" || errs != "" {
+			t.Errorf("vxmesh rm %s c1: exit %d, stdout %q, stderr %q; want c1 removed", f, code, out, errs)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := "DELETE /v1/containers/c1,DELETE /v1/containers/c1"; strings.Join(deleted, ",") != want {
+		t.Errorf("requests %q, want %q", deleted, want)
+	}
+}
+
 // TestRmGoesOnPastAFailure: rm, network rm and service rm of several
 // names remove every name they can, as docker rm does: an unknown name
 // first does not leave the others in place. The failures are reported on

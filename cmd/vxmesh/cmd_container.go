@@ -374,6 +374,10 @@ func cmdDetach(env *cliEnv, args []string) error {
 
 func cmdRm(env *cliEnv, args []string) error {
 	fs := newFlags(env, "rm", false)
+	// Docker's docker rm -f: rm always stops the processes, so -f only
+	// spares a Docker user's habit a usage error.
+	fs.Bool("f", false, "accepted as in docker rm -f (rm always stops the container's processes)")
+	fs.Bool("force", false, "same as -f")
 	pos, _, err := fs.parse(args)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -117,7 +118,7 @@ func commands() []command {
 			example: "vxmesh start c1", run: cmdStart},
 		{name: "restart", args: "[-t SECONDS] CONTAINER...", summary: "stop and start containers made by run",
 			example: "vxmesh restart c1", run: cmdRestart},
-		{name: "rm", args: "CONTAINER...", summary: "remove containers (their processes are stopped)",
+		{name: "rm", args: "[-f] CONTAINER...", summary: "remove containers (their processes are stopped)",
 			example: "vxmesh rm c1 c2", run: cmdRm},
 		{name: "ps", args: "[flags]", summary: "list containers with their status",
 			example: "vxmesh ps --format 'table {{.Name}}\\t{{.Status}}'", run: cmdPs},
@@ -157,6 +158,16 @@ func commands() []command {
 			example: "vxmesh help network create"},
 	}
 }
+
+// init keeps main on the process's main thread for good (init functions
+// run on it; see runtime.LockOSThread), so that no other goroutine ever
+// runs there. The daemon's goroutines that work in a container's network
+// namespace switch their thread into it, some for as long as the container
+// has published ports (FastSockets). /proc/PID/ns/net is the main thread's
+// namespace: on the main thread, such a goroutine made the daemon one of
+// the container's processes for `ip netns pids` (and any tool that kills
+// a namespace's processes so) and kept the namespace alive.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == sandbox.NSInitArg {

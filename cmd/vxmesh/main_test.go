@@ -3,8 +3,14 @@ package main
 import (
 	"bytes"
 	"flag"
+	"os"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseInterleavedFlags(t *testing.T) {
@@ -62,5 +68,29 @@ func TestGlobalSocketFlag(t *testing.T) {
 	}
 	if _, err := globalSocket([]string{"--socket", "/s"}); err == nil {
 		t.Error("--socket without a command accepted")
+	}
+}
+
+// TestNoGoroutineRunsOnTheMainThread: main keeps the main thread, so a
+// goroutine that switches its thread into a container's namespace never
+// moves the whole process there (/proc/PID/ns/net is the main thread's).
+// Without init's lock, several of these goroutines land on it in a run.
+func TestNoGoroutineRunsOnTheMainThread(t *testing.T) {
+	var onMain atomic.Int64
+	for range 50 {
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Go(func() {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				if unix.Gettid() == os.Getpid() {
+					onMain.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if n := onMain.Load(); n > 0 {
+		t.Errorf("%d goroutines ran on the main thread", n)
 	}
 }

@@ -257,6 +257,13 @@ func startMain(ms daemon.MainStart) error {
 	if env == nil {
 		env = []string{}
 	}
+	// exec names the binary, not the directory, when it cannot enter the
+	// directory: "fork/exec /proc/self/exe: no such file or directory".
+	if ms.Command.Dir != "" {
+		if _, err := os.Stat(ms.Command.Dir); err != nil {
+			return fmt.Errorf("the working directory run saved: %w", err)
+		}
+	}
 	rep := exitReport{socket: ms.Socket, container: ms.Container, env: env, dir: ms.Command.Dir, reap: true}
 	_, _, err := startMonitored(ns, ms.Command.Argv, rep, os.Stderr)
 	return err

@@ -5,12 +5,26 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/daemon"
 )
+
+// TestStartMainNamesAMissingWorkingDirectory: a container started again
+// from a working directory removed since run says so, instead of exec's
+// "fork/exec /proc/self/exe: no such file or directory".
+func TestStartMainNamesAMissingWorkingDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gone")
+	err := startMain(daemon.MainStart{Socket: filepath.Join(t.TempDir(), "d.sock"), Container: "c1",
+		Command: api.Command{Argv: []string{"true"}, Dir: dir}})
+	if err == nil || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("start from a missing directory: %v, want an error naming %s", err, dir)
+	}
+}
 
 // TestMonitorReportWaitsForTheDaemon: a monitor whose daemon does not
 // answer yet (restarting) asks again until it does, and the report
