@@ -83,6 +83,14 @@ type Stats struct {
 	// ICMPErrors counts the ICMP destination unreachables reflected to
 	// containers (see icmperr.go).
 	ICMPErrors uint64 `json:"icmp_errors,omitempty"`
+	// TTLExceeded counts the ICMP time exceeded the gateways sent for
+	// packets to outside addresses whose TTL expired there (also in
+	// ICMPErrors); TTLDropped the later fragments of such packets,
+	// dropped without one; ICMPRateLimited the ICMP errors not sent
+	// because a gateway's rate limit was spent (see ttl.go).
+	TTLExceeded     uint64 `json:"ttl_exceeded,omitempty"`
+	TTLDropped      uint64 `json:"ttl_dropped,omitempty"`
+	ICMPRateLimited uint64 `json:"icmp_rate_limited,omitempty"`
 
 	// Ingress counts published ports' flows: active TCP connections and
 	// UDP flows, all accepted ones, those that entered with the
@@ -119,6 +127,9 @@ type Egress struct {
 	total             atomic.Uint64
 	bytesOut, bytesIn atomic.Uint64
 	icmpErrors        atomic.Uint64
+	ttlExceeded       atomic.Uint64 // time exceeded sent (ttl.go)
+	ttlDropped        atomic.Uint64 // later fragments whose TTL expired
+	icmpLimited       atomic.Uint64 // ICMP errors the rate limit held back
 	mu                sync.Mutex
 	refused           map[string]uint64
 
@@ -174,6 +185,7 @@ func (e *Egress) Stats() Stats {
 	st := Stats{
 		MaxFlows: e.cfg.MaxFlows, ActiveTCP: e.tcp.Load(), ActiveUDP: e.udp.Load(), ActiveICMP: e.icmp.Load(),
 		Total: e.total.Load(), BytesOut: e.bytesOut.Load(), BytesIn: e.bytesIn.Load(), ICMPErrors: e.icmpErrors.Load(),
+		TTLExceeded: e.ttlExceeded.Load(), TTLDropped: e.ttlDropped.Load(), ICMPRateLimited: e.icmpLimited.Load(),
 		IngressTCP: e.ingressTCP.Load(), IngressUDP: e.ingressUDP.Load(), IngressTotal: e.ingressTotal.Load(),
 		IngressSNAT: e.ingressSNAT.Load(), IngressFailed: e.ingressFailed.Load(),
 		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),
