@@ -45,7 +45,10 @@ type EgressConfig struct {
 	// as one host's would, and the backend's TIME-WAIT takes the next
 	// one. Nil: each stack has random secrets.
 	TCPSecret []byte
-	// Dial opens the outside socket; nil means a net.Dialer. For tests.
+	// Dial opens the outside socket; nil means a net.Dialer (which
+	// sends a TCP connect's SYN with the container's SYN's TTL less one
+	// and learns which router a TTL expired at: see dialControl). For
+	// tests.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
@@ -160,7 +163,7 @@ func NewEgress(cfg EgressConfig) *Egress {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	if cfg.Dial == nil {
-		d := &net.Dialer{KeepAlive: 30 * time.Second}
+		d := &net.Dialer{KeepAlive: 30 * time.Second, ControlContext: dialControl}
 		cfg.Dial = d.DialContext
 	}
 	e := &Egress{cfg: cfg, refused: map[string]uint64{}, workers: newWorkers(), dialTimers: newDialTimers()}

@@ -130,7 +130,7 @@ func readErrQueue(c net.Conn, out []extErr) int {
 			if err != nil {
 				return
 			}
-			if ee, ok := parseErrQueue(oob[:oobn]); ok && ee.origin == eeOriginICMP && ee.typ == uint8(header.ICMPv4DstUnreachable) {
+			if ee, ok := parseErrQueue(oob[:oobn]); ok && ee.origin == eeOriginICMP && (ee.typ == icmpDstUnreach || ee.typ == icmpTimeExceeded) {
 				out[n] = ee
 				n++
 			}

@@ -1,9 +1,12 @@
 package gateway
 
 import (
+	"context"
 	"encoding/binary"
+	"io"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -11,6 +14,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -173,4 +178,131 @@ func hostTTL(ttl uint8) int {
 		return 0
 	}
 	return int(ttl) - 1
+}
+
+// setTTL sets the TTL of c's socket to ttl (IP_TTL); 0 leaves it. It
+// reports false for a conn that is not a socket or a refused option.
+func setTTL(c any, ttl int) bool {
+	if ttl <= 0 {
+		return true
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL, ttl)
+	}); err != nil || serr != nil {
+		return false
+	}
+	return true
+}
+
+// firstTTL is the TTL of the datagram a UDP forwarder's endpoint ep holds
+// first (the flow's first), left queued; 0 if there is none.
+func firstTTL(ep tcpip.Endpoint) uint8 {
+	ep.SocketOptions().SetReceiveTTL(true)
+	res, err := ep.Read(io.Discard, tcpip.ReadOptions{Peek: true})
+	if err != nil || !res.ControlMessages.HasTTL {
+		return 0
+	}
+	return res.ControlMessages.TTL
+}
+
+// dialTTL carries a TCP connect's TTL to dialControl, through the dial's
+// context, and what dialControl kept of the socket: a duplicate of its
+// descriptor, from which finish reads the ICMP error that failed the
+// connect after the dialer closed its own.
+type dialTTL struct {
+	ttl int
+	mu  sync.Mutex
+	fd  int // -1: none
+}
+
+type dialTTLKey struct{}
+
+// withDialTTL returns ctx carrying the TTL a connect for a container's
+// SYN of TTL ttl sends with; nil (and ctx) if the SYN's is not known.
+func withDialTTL(ctx context.Context, ttl uint8) (context.Context, *dialTTL) {
+	t := hostTTL(ttl)
+	if t == 0 {
+		return ctx, nil
+	}
+	dt := &dialTTL{ttl: t, fd: -1}
+	return context.WithValue(ctx, dialTTLKey{}, dt), dt
+}
+
+// dialControl is the default Dial's control: for a connect whose context
+// carries a dialTTL, it sets the socket's TTL and IP_RECVERR (the kernel
+// then queues the ICMP error that ends a connect, with the router's
+// address) and keeps a duplicate of the descriptor.
+func dialControl(ctx context.Context, _, _ string, c syscall.RawConn) error {
+	dt, _ := ctx.Value(dialTTLKey{}).(*dialTTL)
+	if dt == nil {
+		return nil
+	}
+	return c.Control(func(fd uintptr) {
+		if syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL, dt.ttl) != nil {
+			return
+		}
+		syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_RECVERR, 1)
+		if dup, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			dt.mu.Lock()
+			if dt.fd >= 0 {
+				unix.Close(dt.fd) // a second address's attempt
+			}
+			dt.fd = dup
+			dt.mu.Unlock()
+		}
+	})
+}
+
+// finish ends a connect dialControl saw: a connected socket goes back to
+// the host's default TTL and to not failing on soft ICMP errors; for a
+// failed connect it returns the time exceeded that failed it, if that was
+// what did. The duplicate descriptor is closed.
+func (dt *dialTTL) finish(err error) extErr {
+	if dt == nil {
+		return extErr{}
+	}
+	dt.mu.Lock()
+	fd := dt.fd
+	dt.fd = -1
+	dt.mu.Unlock()
+	if fd < 0 {
+		return extErr{}
+	}
+	defer unix.Close(fd)
+	if err == nil {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 0)
+		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, -1)
+		return extErr{}
+	}
+	var data [64]byte
+	var oob [128]byte
+	for range 4 {
+		_, oobn, _, _, rerr := unix.Recvmsg(fd, data[:], oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if rerr != nil {
+			return extErr{}
+		}
+		if e, ok := parseErrQueue(oob[:oobn]); ok && e.origin == eeOriginICMP && e.typ == icmpTimeExceeded && e.offender.Is4() {
+			return e
+		}
+	}
+	return extErr{}
+}
+
+// reflectConnectTTL answers flow f's SYN with the time exceeded that
+// failed its outside connect (ee), from the router that sent it, and
+// reports whether it did.
+func (g *Gateway) reflectConnectTTL(f Flow, syn synInfo, haveSYN bool, ee extErr) bool {
+	if !haveSYN || ee.typ != icmpTimeExceeded || !ee.offender.Is4() {
+		return false
+	}
+	return g.sendICMPError(ee.offender, f.Src.Addr(), icmpTimeExceeded, ee.code, 0, tcpQuote(f, syn))
 }

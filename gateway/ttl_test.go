@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -197,5 +200,136 @@ func TestTTLCheckAllocs(t *testing.T) {
 		}
 	}); a != 0 {
 		t.Errorf("%v allocations per packet", a)
+	}
+}
+
+// TestUDPFlowSendsWithTTL: an egress UDP flow's host socket sends with
+// the TTL of the container's first datagram less one (the gateway's
+// hop), so the path beyond the gateway sees the container's TTL.
+func TestUDPFlowSendsWithTTL(t *testing.T) {
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	rc, _ := srv.SyscallConn()
+	rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_RECVTTL, 1) })
+	port := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
+	h := newHarness(t, false, EgressConfig{Dial: redirect(map[uint16]uint16{9999: port})})
+	_, ref, mac, ip := h.pinger(t)
+	sendFrame(ref, ipFrame(mac, ip, outside, packet.ProtoUDP, 7, 0, udpPayload(40000, 9999, "ttl")))
+	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf, oob := make([]byte, 64), make([]byte, 64)
+	n, oobn, _, _, err := srv.ReadMsgUDP(buf, oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 || msgs[0].Header.Type != syscall.IP_TTL || len(msgs[0].Data) < 4 {
+		t.Fatalf("%q: control messages %v, %v; want an IP_TTL", buf[:n], msgs, err)
+	}
+	if ttl := binary.NativeEndian.Uint32(msgs[0].Data); ttl != 6 {
+		t.Errorf("the outside got the datagram with TTL %d, want 6 (the container's 7 less the gateway)", ttl)
+	}
+}
+
+// ttlOf returns c's socket's IP_TTL.
+func ttlOf(t *testing.T, c net.Conn) int {
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ttl int
+	var serr error
+	rc.Control(func(fd uintptr) { ttl, serr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return ttl
+}
+
+// TestTCPConnectSendsWithTTL: the default Dial connects with the TTL of
+// the container's SYN less one, then the connection goes back to the
+// host's default TTL.
+func TestTCPConnectSendsWithTTL(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	plain, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	def := ttlOf(t, plain)
+	ctx, dt := withDialTTL(context.Background(), 9)
+	d := net.Dialer{ControlContext: dialControl}
+	c, err := d.DialContext(ctx, "tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := ttlOf(t, c); got != 8 {
+		t.Errorf("connect TTL %d, want 8", got)
+	}
+	if ee := dt.finish(nil); ee.typ != 0 {
+		t.Errorf("finish of a connected socket: %+v", ee)
+	}
+	if got := ttlOf(t, c); got != def {
+		t.Errorf("TTL after connect %d, want the default %d", got, def)
+	}
+	if _, dt := withDialTTL(context.Background(), 1); dt != nil {
+		t.Error("a TTL of 1 (answered by the gateway) carried to a connect")
+	}
+}
+
+// TestEchoErrorReflected: an ICMP error the host's echo socket gets about
+// the echo it sent for a container (a time exceeded at a router on the
+// path, a network unreachable) reaches the container as the same error
+// from the same router, quoting the container's own echo request; an
+// error about another echo does not.
+func TestEchoErrorReflected(t *testing.T) {
+	h := newHarness(t, false, EgressConfig{})
+	rec, _, mac, ip := h.pinger(t)
+	req := echoFrame(mac, ip, outside, 31, 4)
+	r, ok := parseEcho(req)
+	if !ok {
+		t.Fatal("echo frame does not parse")
+	}
+	router := netip.MustParseAddr("198.51.100.1")
+	hostErr := func(typ, code uint8, seq uint16) []byte {
+		m := make([]byte, 8+20+8)
+		m[0], m[1] = typ, code
+		q := packet.IPv4(m[8:])
+		q[0], q[8], q[9] = 0x45, 1, packet.ProtoICMP
+		binary.BigEndian.PutUint16(q[2:], 20+8+16)
+		q.SetSrc(netip.MustParseAddr("203.0.113.5")) // the host's address
+		q.SetDst(outside)
+		q[20] = 8
+		binary.BigEndian.PutUint16(q[24:], 31)
+		binary.BigEndian.PutUint16(q[26:], seq)
+		return m
+	}
+	if h.gw.echoError(r, router, hostErr(11, 0, 5)) {
+		t.Error("an error about another echo (seq 5) was taken")
+	}
+	if h.gw.echoError(r, router, []byte{0, 0, 0, 0, 0, 31, 0, 4}) {
+		t.Error("an echo reply was taken as an error")
+	}
+	for _, c := range []struct{ typ, code uint8 }{{11, 0}, {3, codeNetUnreachable}} {
+		if !h.gw.echoError(r, router, hostErr(c.typ, c.code, 4)) {
+			t.Fatalf("type %d code %d about the echo not taken", c.typ, c.code)
+		}
+		poll(t, "the reflected error", func() bool {
+			for _, f := range rec.Frames() {
+				icmp := icmpFrom(f, router)
+				if len(icmp) > 8 && icmp[0] == c.typ && icmp[1] == c.code && packet.Fold(packet.Sum(icmp, 0)) == 0 &&
+					bytes.Equal(icmp[8:], req[packet.EthernetHeaderLen:]) {
+					return true
+				}
+			}
+			return false
+		})
 	}
 }
