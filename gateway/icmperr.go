@@ -93,6 +93,12 @@ func parseErrQueue(oob []byte) (extErr, bool) {
 // unreachable, fails the next read and can be told apart. It reports
 // false for a conn that is not a socket.
 func setRecvErr(c net.Conn) bool {
+	return setIPOption(c, syscall.IP_RECVERR, 1)
+}
+
+// setIPOption sets the IPPROTO_IP option opt of c's socket to v; it
+// reports false for a conn that is not a socket or a refused option.
+func setIPOption(c any, opt, v int) bool {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
@@ -103,7 +109,7 @@ func setRecvErr(c net.Conn) bool {
 	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_RECVERR, 1)
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, opt, v)
 	}); err != nil || serr != nil {
 		return false
 	}

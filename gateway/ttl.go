@@ -183,24 +183,7 @@ func hostTTL(ttl uint8) int {
 // setTTL sets the TTL of c's socket to ttl (IP_TTL); 0 leaves it. It
 // reports false for a conn that is not a socket or a refused option.
 func setTTL(c any, ttl int) bool {
-	if ttl <= 0 {
-		return true
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL, ttl)
-	}); err != nil || serr != nil {
-		return false
-	}
-	return true
+	return ttl <= 0 || setIPOption(c, syscall.IP_TTL, ttl)
 }
 
 // firstTTL is the TTL of the datagram a UDP forwarder's endpoint ep holds

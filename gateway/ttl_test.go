@@ -333,3 +333,41 @@ func TestEchoErrorReflected(t *testing.T) {
 		})
 	}
 }
+
+// FuzzTTLExpired: the TTL check takes any frame from a container without
+// panicking.
+func FuzzTTLExpired(f *testing.F) {
+	f.Add(ipFrame(ctrMAC, ctrAddr.Addr(), outside, packet.ProtoUDP, 1, 0, udpPayload(1, 2, "x")))
+	f.Add(ipFrame(ctrMAC, ctrAddr.Addr(), outside, packet.ProtoTCP, 0, 0, synPayload(1, 2, 0x02)))
+	f.Add(withTTL(echoFrame(ctrMAC, ctrAddr.Addr(), outside, 1, 2), 1))
+	h := newHarness(f, false, EgressConfig{})
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		h.gw.ttlExpired(frame)
+	})
+}
+
+// FuzzEchoError: echoError takes any ICMP message the host's raw socket
+// reads without panicking, and takes only errors about the echo.
+func FuzzEchoError(f *testing.F) {
+	r, _ := parseEcho(echoFrame(ctrMAC, ctrAddr.Addr(), outside, 31, 4))
+	m := make([]byte, 8+28)
+	m[0] = 11
+	q := packet.IPv4(m[8:])
+	q[0], q[9] = 0x45, packet.ProtoICMP
+	q.SetDst(outside)
+	q[20] = 8
+	binary.BigEndian.PutUint16(q[24:], 31)
+	binary.BigEndian.PutUint16(q[26:], 4)
+	f.Add(m)
+	f.Add([]byte{3, 0, 0, 0, 0, 0, 0, 0})
+	h := newHarness(f, false, EgressConfig{})
+	router := netip.MustParseAddr("198.51.100.1")
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) < 8 {
+			return // echo reads at least 8 bytes
+		}
+		if h.gw.echoError(r, router, msg) && msg[0] != 3 && msg[0] != 11 {
+			t.Fatalf("type %d taken as an error", msg[0])
+		}
+	})
+}
