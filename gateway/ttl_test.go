@@ -371,3 +371,14 @@ func FuzzEchoError(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkTTLCheck: the TTL check on a frame whose TTL does not expire,
+// what every frame to the gateway pays.
+func BenchmarkTTLCheck(b *testing.B) {
+	h := newHarness(b, false, EgressConfig{})
+	f := ipFrame(ctrMAC, ctrAddr.Addr(), outside, packet.ProtoUDP, 64, 0, udpPayload(40000, 53, "q"))
+	b.ReportAllocs()
+	for b.Loop() {
+		h.gw.ttlExpired(f)
+	}
+}
