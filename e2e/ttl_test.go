@@ -80,7 +80,7 @@ func TestGatewayTraceroute(t *testing.T) {
 		if len(method) > 0 && method[0] == "-T" && len(got) > 2 {
 			// TCP: the gateway and the router are this change's
 			// (the SYN's TTL, the connect's time exceeded); the
-			// destination's reset showed "*" in 1 of ~15 runs, cause
+			// destination's reset showed "*" twice in ~35 runs, cause
 			// not found (see the s16-ttl notes).
 			got, w = got[:2], want[:2]
 		}
