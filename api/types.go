@@ -506,9 +506,18 @@ type EgressStats struct {
 	// BytesOut and BytesIn count payload bytes to and from the outside.
 	BytesOut uint64 `json:"bytes_out"`
 	BytesIn  uint64 `json:"bytes_in"`
-	// ICMPErrors counts the ICMP destination unreachables (a closed port,
-	// an unreachable host) reflected to containers' egress flows.
+	// ICMPErrors counts the ICMP errors (a closed port, an unreachable
+	// host, a TTL expired on the path) reflected to containers' egress
+	// flows or sent by the gateways.
 	ICMPErrors uint64 `json:"icmp_errors,omitempty"`
+	// TTLExceeded counts the ICMP time exceeded the gateways sent for
+	// packets to outside addresses whose TTL expired there (traceroute,
+	// ping -t 1; also in ICMPErrors); TTLDropped the later fragments of
+	// such packets, dropped silently; ICMPRateLimited the ICMP errors a
+	// gateway's rate limit (1000/s, burst 50) held back.
+	TTLExceeded     uint64 `json:"ttl_exceeded,omitempty"`
+	TTLDropped      uint64 `json:"ttl_dropped,omitempty"`
+	ICMPRateLimited uint64 `json:"icmp_rate_limited,omitempty"`
 	// Ingress counts the flows of published ports (`run -p`): open TCP
 	// connections and UDP flows, all accepted, those that entered the
 	// network from the gateway's address instead of the client's (a

@@ -16,6 +16,7 @@ func (d *Daemon) egressStats() api.EgressStats {
 		NAT:      nat,
 		MaxFlows: s.MaxFlows, ActiveTCP: s.ActiveTCP, ActiveUDP: s.ActiveUDP, ActiveICMP: s.ActiveICMP,
 		Total: s.Total, Refused: s.Refused, BytesOut: s.BytesOut, BytesIn: s.BytesIn, ICMPErrors: s.ICMPErrors,
+		TTLExceeded: s.TTLExceeded, TTLDropped: s.TTLDropped, ICMPRateLimited: s.ICMPRateLimited,
 		IngressTCP: s.IngressTCP, IngressUDP: s.IngressUDP, IngressTotal: s.IngressTotal, IngressSNAT: s.IngressSNAT,
 		IngressFailed: s.IngressFailed, IngressBytesIn: s.IngressBytesIn, IngressBytesOut: s.IngressBytesOut,
 		IngressRefused: s.IngressRefused, IngressFast: s.IngressFast, IngressFastFallback: s.IngressFastFallback,

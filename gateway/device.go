@@ -148,7 +148,7 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 				continue
 			}
 		}
-		if d.g.echoOut(frame) {
+		if d.g.ttlExpired(frame) || d.g.echoOut(frame) {
 			sent++
 			continue
 		}

@@ -2,11 +2,13 @@ package gateway
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/vxmesh/vxmesh/packet"
@@ -21,7 +23,11 @@ type echoRequest struct {
 	srcMAC   packet.MAC
 	src, dst netip.Addr
 	id, seq  uint16
+	ttl      uint8
 	data     []byte // a copy
+	// quote is the start of the request's IP packet, as an ICMP error
+	// about it quotes it (a copy, at most quoteMax bytes).
+	quote []byte
 }
 
 // parseEcho parses an Ethernet frame holding an unfragmented IPv4 ICMP
@@ -43,7 +49,9 @@ func parseEcho(frame []byte) (echoRequest, bool) {
 	return echoRequest{
 		srcMAC: eth.Src(), src: ip.Src(), dst: ip.Dst(),
 		id: binary.BigEndian.Uint16(icmp[4:]), seq: binary.BigEndian.Uint16(icmp[6:]),
-		data: append([]byte(nil), icmp[8:]...),
+		ttl:   ip.TTL(),
+		data:  append([]byte(nil), icmp[8:]...),
+		quote: append([]byte(nil), ip[:min(ip.TotalLen(), quoteMax)]...),
 	}, true
 }
 
@@ -108,7 +116,7 @@ func (g *Gateway) echoOut(frame []byte) bool {
 	go func() {
 		defer g.untrack(fl)
 		defer e.done(f)
-		if reply, ok := g.echo(r); ok {
+		if reply, ok := g.echo(r); ok && reply != nil {
 			for _, f := range fragmentFrame(reply, g.cfg.MTU, uint16(g.echoID.Add(1))) {
 				g.sendFrame(f)
 			}
@@ -117,8 +125,12 @@ func (g *Gateway) echoOut(frame []byte) bool {
 	return true
 }
 
-// echo sends r's echo from the host and waits for the matching reply; it
-// returns the reply frame for the container.
+// echo sends r's echo from the host, with r's TTL less the gateway's
+// hop, and waits for the matching reply; it returns the reply frame for
+// the container. An ICMP error about the echo that comes instead (an
+// unreachable, a TTL that expired on the path) is sent to the container
+// from the router that sent it, quoting the container's request (see
+// echoError), and echo returns nil, true.
 func (g *Gateway) echo(r echoRequest) ([]byte, bool) {
 	e := g.cfg.Egress
 	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
@@ -127,6 +139,7 @@ func (g *Gateway) echo(r echoRequest) ([]byte, bool) {
 		return nil, false
 	}
 	defer c.Close()
+	setTTL(c, hostTTL(r.ttl))
 	msg := make([]byte, 8+len(r.data))
 	msg[0] = 8
 	binary.BigEndian.PutUint16(msg[4:], r.id)
@@ -141,23 +154,66 @@ func (g *Gateway) echo(r echoRequest) ([]byte, bool) {
 	deadline := time.Now().Add(echoTimeout)
 	c.SetReadDeadline(deadline)
 	buf := make([]byte, 65535)
-	for {
+	for errs := 0; ; {
 		n, from, err := c.ReadFrom(buf)
 		if err != nil {
+			if errs++; errs < 16 && !timedOut(err) && !errors.Is(err, net.ErrClosed) {
+				// The socket's pending error (a hard ICMP error
+				// about this or another echo); the ICMP message
+				// itself is still queued.
+				continue
+			}
 			return nil, false // no reply: the container's ping times out too
 		}
 		a, ok := from.(*net.IPAddr)
 		got := buf[:n]
-		if !ok || len(got) < 8 || got[0] != 0 || binary.BigEndian.Uint16(got[4:]) != r.id ||
-			binary.BigEndian.Uint16(got[6:]) != r.seq {
+		if !ok || len(got) < 8 {
 			continue
 		}
-		if ip, ok := netip.AddrFromSlice(a.IP); !ok || ip.Unmap() != r.dst {
+		fromAddr, _ := netip.AddrFromSlice(a.IP)
+		fromAddr = fromAddr.Unmap()
+		if got[0] != 0 {
+			if g.echoError(r, fromAddr, got) {
+				return nil, true
+			}
+			continue
+		}
+		if binary.BigEndian.Uint16(got[4:]) != r.id || binary.BigEndian.Uint16(got[6:]) != r.seq || fromAddr != r.dst {
 			continue
 		}
 		e.bytesIn.Add(uint64(n))
 		return echoReply(g.cfg.MAC, r, got[8:]), true
 	}
+}
+
+// echoError reflects msg, an ICMP message from the router at from that
+// the host's echo socket got, to the container if it is an error about
+// r's echo (a destination unreachable or a time exceeded whose quote is
+// the host's echo request to r.dst with r's identifier and sequence):
+// as the same error from the same router, quoting the container's
+// request. It reports whether msg was one.
+func (g *Gateway) echoError(r echoRequest, from netip.Addr, msg []byte) bool {
+	typ, code := msg[0], msg[1]
+	if typ != icmpDstUnreach && typ != icmpTimeExceeded || len(msg) < 8+header.IPv4MinimumSize+8 || !from.Is4() {
+		return false
+	}
+	q := packet.IPv4(msg[8:])
+	hl := q.HeaderLen()
+	if hl < header.IPv4MinimumSize || len(q) < hl+8 || q.Protocol() != packet.ProtoICMP || q.Dst() != r.dst {
+		return false
+	}
+	echo := q[hl:]
+	if echo[0] != 8 || binary.BigEndian.Uint16(echo[4:]) != r.id || binary.BigEndian.Uint16(echo[6:]) != r.seq {
+		return false
+	}
+	mtu := binary.BigEndian.Uint16(msg[6:])
+	if typ == icmpDstUnreach && code == codeFragNeeded && binary.BigEndian.Uint16(r.quote[6:])&0x4000 == 0 {
+		// The host sent with DF (path MTU discovery) what the
+		// container let be fragmented: not its error.
+		return true
+	}
+	g.sendICMPError(from, r.src, typ, code, mtu, r.quote)
+	return true
 }
 
 // echoReply builds the echo reply frame from r.dst to the container.

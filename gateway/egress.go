@@ -45,7 +45,10 @@ type EgressConfig struct {
 	// as one host's would, and the backend's TIME-WAIT takes the next
 	// one. Nil: each stack has random secrets.
 	TCPSecret []byte
-	// Dial opens the outside socket; nil means a net.Dialer. For tests.
+	// Dial opens the outside socket; nil means a net.Dialer (which
+	// sends a TCP connect's SYN with the container's SYN's TTL less one
+	// and learns which router a TTL expired at: see dialControl). For
+	// tests.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
@@ -83,6 +86,14 @@ type Stats struct {
 	// ICMPErrors counts the ICMP destination unreachables reflected to
 	// containers (see icmperr.go).
 	ICMPErrors uint64 `json:"icmp_errors,omitempty"`
+	// TTLExceeded counts the ICMP time exceeded the gateways sent for
+	// packets to outside addresses whose TTL expired there (also in
+	// ICMPErrors); TTLDropped the later fragments of such packets,
+	// dropped without one; ICMPRateLimited the ICMP errors not sent
+	// because a gateway's rate limit was spent (see ttl.go).
+	TTLExceeded     uint64 `json:"ttl_exceeded,omitempty"`
+	TTLDropped      uint64 `json:"ttl_dropped,omitempty"`
+	ICMPRateLimited uint64 `json:"icmp_rate_limited,omitempty"`
 
 	// Ingress counts published ports' flows: active TCP connections and
 	// UDP flows, all accepted ones, those that entered with the
@@ -122,6 +133,9 @@ type Egress struct {
 	total             atomic.Uint64
 	bytesOut, bytesIn atomic.Uint64
 	icmpErrors        atomic.Uint64
+	ttlExceeded       atomic.Uint64 // time exceeded sent (ttl.go)
+	ttlDropped        atomic.Uint64 // later fragments whose TTL expired
+	icmpLimited       atomic.Uint64 // ICMP errors the rate limit held back
 	mu                sync.Mutex
 	refused           map[string]uint64
 
@@ -154,7 +168,7 @@ func NewEgress(cfg EgressConfig) *Egress {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	if cfg.Dial == nil {
-		d := &net.Dialer{KeepAlive: 30 * time.Second}
+		d := &net.Dialer{KeepAlive: 30 * time.Second, ControlContext: dialControl}
 		cfg.Dial = d.DialContext
 	}
 	e := &Egress{cfg: cfg, refused: map[string]uint64{}, workers: newWorkers(), dialTimers: newDialTimers()}
@@ -186,6 +200,7 @@ func (e *Egress) Stats() Stats {
 	st := Stats{
 		MaxFlows: e.cfg.MaxFlows, ActiveTCP: e.tcp.Load(), ActiveUDP: e.udp.Load(), ActiveICMP: e.icmp.Load(),
 		Total: e.total.Load(), BytesOut: e.bytesOut.Load(), BytesIn: e.bytesIn.Load(), ICMPErrors: e.icmpErrors.Load(),
+		TTLExceeded: e.ttlExceeded.Load(), TTLDropped: e.ttlDropped.Load(), ICMPRateLimited: e.icmpLimited.Load(),
 		IngressTCP: e.ingressTCP.Load(), IngressUDP: e.ingressUDP.Load(), IngressTotal: e.ingressTotal.Load(),
 		IngressSNAT: e.ingressSNAT.Load(), IngressFailed: e.ingressFailed.Load(),
 		IngressBytesIn: e.ingressBytesIn.Load(), IngressBytesOut: e.ingressBytesOut.Load(),

@@ -79,6 +79,8 @@ type Gateway struct {
 	// addresses; echoID numbers the fragmented replies.
 	echoFrags echoFrags
 	echoID    atomic.Uint32
+	// icmpLimit rate-limits the ICMP errors the gateway sends (ttl.go).
+	icmpLimit icmpBucket
 }
 
 // MinMTU is the smallest network MTU a gateway takes: the IPv4 datagram

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -92,6 +93,12 @@ func parseErrQueue(oob []byte) (extErr, bool) {
 // unreachable, fails the next read and can be told apart. It reports
 // false for a conn that is not a socket.
 func setRecvErr(c net.Conn) bool {
+	return setIPOption(c, syscall.IP_RECVERR, 1)
+}
+
+// setIPOption sets the IPPROTO_IP option opt of c's socket to v; it
+// reports false for a conn that is not a socket or a refused option.
+func setIPOption(c any, opt, v int) bool {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
@@ -102,7 +109,7 @@ func setRecvErr(c net.Conn) bool {
 	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_RECVERR, 1)
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, opt, v)
 	}); err != nil || serr != nil {
 		return false
 	}
@@ -129,7 +136,7 @@ func readErrQueue(c net.Conn, out []extErr) int {
 			if err != nil {
 				return
 			}
-			if ee, ok := parseErrQueue(oob[:oobn]); ok && ee.origin == eeOriginICMP && ee.typ == uint8(header.ICMPv4DstUnreachable) {
+			if ee, ok := parseErrQueue(oob[:oobn]); ok && ee.origin == eeOriginICMP && (ee.typ == icmpDstUnreach || ee.typ == icmpTimeExceeded) {
 				out[n] = ee
 				n++
 			}
@@ -213,13 +220,13 @@ func (l *lastDatagram) udpQuote(f Flow) ([]byte, bool) {
 	return q, true
 }
 
-// unreachableMsg builds an ICMP destination unreachable message (no IP
-// header) of code, quoting quote; mtu is the next-hop MTU of a
-// fragmentation needed.
-func unreachableMsg(code uint8, mtu uint16, quote []byte) []byte {
+// icmpErrorMsg builds an ICMP error message (no IP header) of type typ
+// and code, quoting quote (at most quoteMax bytes of it); mtu is the
+// next-hop MTU of a fragmentation needed.
+func icmpErrorMsg(typ, code uint8, mtu uint16, quote []byte) []byte {
 	m := make([]byte, header.ICMPv4MinimumSize+min(len(quote), quoteMax))
-	m[0], m[1] = uint8(header.ICMPv4DstUnreachable), code
-	if code == codeFragNeeded {
+	m[0], m[1] = typ, code
+	if typ == icmpDstUnreach && code == codeFragNeeded {
 		binary.BigEndian.PutUint16(m[6:], mtu)
 	}
 	copy(m[header.ICMPv4MinimumSize:], quote)
@@ -238,11 +245,26 @@ func (g *Gateway) errorSource(code uint8, dst, offender netip.Addr) netip.Addr {
 }
 
 // sendUnreachable sends the container (f.Src) an ICMP destination
-// unreachable of code from src about its datagram quote, through the
-// stack (which resolves the container's MAC and writes the IP header).
+// unreachable of code from src about its datagram quote.
 func (g *Gateway) sendUnreachable(src netip.Addr, f Flow, code uint8, mtu uint16, quote []byte) bool {
-	msg := unreachableMsg(code, mtu, quote)
-	r, tErr := g.stack.FindRoute(nicID, tcpip.AddrFrom4(src.As4()), tcpip.AddrFrom4(f.Src.Addr().As4()), ipv4.ProtocolNumber, false)
+	return g.sendICMPError(src, f.Src.Addr(), icmpDstUnreach, code, mtu, quote)
+}
+
+// sendICMPError sends the container at to an ICMP error of type typ and
+// code from src about its datagram quote, through the stack (which
+// resolves the container's MAC and writes the IP header), unless the
+// gateway's rate limit (icmpBucket) is spent. Sent errors and those the
+// limit held back are counted.
+func (g *Gateway) sendICMPError(src, to netip.Addr, typ, code uint8, mtu uint16, quote []byte) bool {
+	e := g.cfg.Egress
+	if !g.icmpLimit.allow(time.Now()) {
+		if e != nil {
+			e.icmpLimited.Add(1)
+		}
+		return false
+	}
+	msg := icmpErrorMsg(typ, code, mtu, quote)
+	r, tErr := g.stack.FindRoute(nicID, tcpip.AddrFrom4(src.As4()), tcpip.AddrFrom4(to.As4()), ipv4.ProtocolNumber, false)
 	if tErr != nil {
 		return false
 	}
@@ -254,8 +276,8 @@ func (g *Gateway) sendUnreachable(src netip.Addr, f Flow, code uint8, mtu uint16
 	defer pkt.DecRef()
 	pkt.TransportProtocolNumber = header.ICMPv4ProtocolNumber
 	err := r.WritePacket(stack.NetworkHeaderParams{Protocol: header.ICMPv4ProtocolNumber, TTL: 64}, pkt)
-	if err == nil {
-		g.cfg.Egress.icmpErrors.Add(1)
+	if err == nil && e != nil {
+		e.icmpErrors.Add(1)
 	}
 	return err == nil
 }

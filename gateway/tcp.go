@@ -64,14 +64,17 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, e.cfg.DialTimeout)
+	ctx, dt := withDialTTL(ctx, syn.ttl)
 	out, err := e.cfg.Dial(ctx, "tcp", f.Dst.String())
 	cancel()
+	expired := dt.finish(err)
 	if err != nil {
 		e.done(f)
 		e.refuse(RefuseConnect)
 		// An unreachable host or network is an ICMP error, a refusal a
-		// reset, as from a router and the host behind it.
-		r.Complete(!g.reflectConnectError(f, syn, haveSYN, err))
+		// reset, as from a router and the host behind it; so is a TTL
+		// that expired on the path (traceroute -T).
+		r.Complete(!g.reflectConnectTTL(f, syn, haveSYN, expired) && !g.reflectConnectError(f, syn, haveSYN, err))
 		return
 	}
 	var wq waiter.Queue

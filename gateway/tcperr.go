@@ -27,6 +27,7 @@ type synKey struct{ src, dst netip.AddrPort }
 type synInfo struct {
 	seq   uint32
 	ipLen uint16 // the SYN's IP total length
+	ttl   uint8
 }
 
 // synTable holds the SYNs the stack's TCP forwarder has yet to decide.
@@ -52,7 +53,7 @@ func (t *synTable) note(frame []byte, gw netip.Addr) {
 		src: netip.AddrPortFrom(ip.Src(), binary.BigEndian.Uint16(tcp[0:])),
 		dst: netip.AddrPortFrom(ip.Dst(), binary.BigEndian.Uint16(tcp[2:])),
 	}
-	v := synInfo{seq: binary.BigEndian.Uint32(tcp[4:]), ipLen: binary.BigEndian.Uint16(ip[2:])}
+	v := synInfo{seq: binary.BigEndian.Uint32(tcp[4:]), ipLen: binary.BigEndian.Uint16(ip[2:]), ttl: ip.TTL()}
 	t.mu.Lock()
 	if t.syn == nil || len(t.syn) >= synTableMax {
 		t.syn = make(map[synKey]synInfo)

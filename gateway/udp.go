@@ -37,6 +37,7 @@ func (g *Gateway) handleUDP(r *udp.ForwarderRequest) bool {
 		e.done(f)
 		return false
 	}
+	ttl := firstTTL(ep)
 	in := gonet.NewUDPConn(&wq, ep)
 	ctx, cancel := context.WithTimeout(g.ctx, e.cfg.DialTimeout)
 	out, err := e.cfg.Dial(ctx, "udp", f.Dst.String())
@@ -49,6 +50,7 @@ func (g *Gateway) handleUDP(r *udp.ForwarderRequest) bool {
 		return true
 	}
 	setRecvErr(out)
+	setTTL(out, hostTTL(ttl))
 	fl := &flow{close: func() { in.Close(); out.Close() }}
 	if !g.track(fl) {
 		e.done(f)
@@ -172,10 +174,19 @@ func (g *Gateway) reflect(out net.Conn, err error, f Flow, sent *lastDatagram, e
 		return true
 	}
 	for _, ee := range errs[:k] {
-		if ee.code == codeFragNeeded {
+		switch {
+		case ee.typ == icmpTimeExceeded:
+			// The TTL the flow got from the container's first
+			// datagram (less the gateway's hop) expired at the
+			// offender: traceroute's next hops.
+			if ee.offender.Is4() {
+				g.sendICMPError(ee.offender, f.Src.Addr(), icmpTimeExceeded, ee.code, 0, q)
+			}
+		case ee.code == codeFragNeeded:
 			continue // the host's socket fragments; the container's datagram fitted its MTU
+		default:
+			g.sendUnreachable(g.errorSource(ee.code, f.Dst.Addr(), ee.offender), f, ee.code, 0, q)
 		}
-		g.sendUnreachable(g.errorSource(ee.code, f.Dst.Addr(), ee.offender), f, ee.code, 0, q)
 	}
 	return true
 }

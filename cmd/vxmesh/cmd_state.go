@@ -89,8 +89,8 @@ func printStats(w io.Writer, s api.Stats) error {
 		}
 	}
 	eg := s.Egress
-	fmt.Fprintf(w, "Egress: %d tcp, %d udp, %d icmp flows open of %d; %d flows, %d bytes out, %d bytes in, %d icmp errors reflected; refused %s\n",
-		eg.ActiveTCP, eg.ActiveUDP, eg.ActiveICMP, eg.MaxFlows, eg.Total, eg.BytesOut, eg.BytesIn, eg.ICMPErrors, formatDrops(eg.Refused))
+	fmt.Fprintf(w, "Egress: %d tcp, %d udp, %d icmp flows open of %d; %d flows, %d bytes out, %d bytes in, %d icmp errors (%d ttl exceeded, %d held by the rate limit); refused %s\n",
+		eg.ActiveTCP, eg.ActiveUDP, eg.ActiveICMP, eg.MaxFlows, eg.Total, eg.BytesOut, eg.BytesIn, eg.ICMPErrors, eg.TTLExceeded, eg.ICMPRateLimited, formatDrops(eg.Refused))
 	fmt.Fprintf(w, "Published ports: %d tcp, %d udp flows open; %d flows (%d from the gateway address), %d failed (%d refused: no host address), %d bytes in, %d bytes out; %d tcp on the fast path, %d fell back\n",
 		eg.IngressTCP, eg.IngressUDP, eg.IngressTotal, eg.IngressSNAT, eg.IngressFailed, eg.IngressRefused, eg.IngressBytesIn, eg.IngressBytesOut, eg.IngressFast, eg.IngressFastFallback)
 	if n := eg.NAT; n != nil {
