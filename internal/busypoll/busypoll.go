@@ -26,6 +26,7 @@ type Window struct {
 	last   time.Duration // since epoch: when the last read returned data
 	polled bool          // Again said "read again" since the last Seen
 	caught atomic.Uint64
+	spins  atomic.Uint64
 }
 
 // New returns a window that polls for span after each read that returned
@@ -61,8 +62,19 @@ func (w *Window) Again() bool {
 		return false
 	}
 	w.polled = true
+	w.spins.Add(1)
 	runtime.Gosched()
 	return true
+}
+
+// Spins returns how many times Again said "read again": it grows while
+// the reader polls, which is how a test knows that a frame it sends now
+// meets a polling reader.
+func (w *Window) Spins() uint64 {
+	if w == nil {
+		return 0
+	}
+	return w.spins.Load()
 }
 
 // Caught returns how many reads found data by polling, each a wake-up
