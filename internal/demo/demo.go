@@ -53,11 +53,16 @@ func CheckPrereqs() error {
 
 // Run runs the demo with the vxmesh binary at binary, writing a narrated
 // transcript to out. Cancelling ctx stops it; cleanup happens either way.
-func Run(ctx context.Context, out io.Writer, binary string) (err error) {
+func Run(ctx context.Context, out io.Writer, binary string) error {
+	return run(ctx, out, binary, "vxdemo"+testbed.RandomID(2)+"-")
+}
+
+// run is Run with the prefix of the demo's namespace names.
+func run(ctx context.Context, out io.Writer, binary, prefix string) (err error) {
 	if err := CheckPrereqs(); err != nil {
 		return err
 	}
-	tb, err := testbed.New(testbed.Options{Hosts: demoHosts, Binary: binary, Prefix: "vxdemo" + testbed.RandomID(2) + "-"})
+	tb, err := testbed.New(testbed.Options{Hosts: demoHosts, Binary: binary, Prefix: prefix})
 	if err != nil {
 		return err
 	}

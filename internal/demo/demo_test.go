@@ -15,7 +15,10 @@ func TestRunFailsClearlyAndLeavesNothing(t *testing.T) {
 		testenv.Missing(t, "%v", err)
 	}
 	var out bytes.Buffer
-	err := Run(context.Background(), &out, "/nonexistent/vxmesh")
+	// A prefix of its own: a demo run at the same time by someone else
+	// (vxdemoXXXX-) is not this run's leftovers.
+	prefix := "vxdemotest" + testbed.RandomID(2) + "-"
+	err := run(context.Background(), &out, "/nonexistent/vxmesh", prefix)
 	if err == nil {
 		t.Fatalf("demo with a missing binary succeeded:\n%s", out.String())
 	}
@@ -25,7 +28,7 @@ func TestRunFailsClearlyAndLeavesNothing(t *testing.T) {
 	if !strings.Contains(out.String(), "nothing left behind") {
 		t.Errorf("transcript does not report cleanup:\n%s", out.String())
 	}
-	if left, _ := testbed.ListNetns("vxdemo"); len(left) != 0 {
+	if left, _ := testbed.ListNetns(prefix); len(left) != 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
 }
