@@ -130,10 +130,12 @@ func (d *Daemon) startMeshNAT(tcpSecret []byte) {
 // recheckMeshNAT checks the steering's condition once and, where the
 // answer changed, adds or removes the filters and logs the change once.
 // Connections the NAT has open when the filters go lose their later
-// segments to the kernel, which resets them: counted and logged.
+// segments to the kernel, which resets them: counted and logged. The
+// check runs without d.mu; the switch holds it, so that it cannot put
+// filters back after shutdown removed them (stopMeshNAT).
 func (d *Daemon) recheckMeshNAT() {
 	cur := d.meshNAT.Load()
-	if cur == nil || !cur.open || d.meshGate == nil {
+	if cur == nil || !cur.open {
 		return
 	}
 	check := d.meshNATCheck
@@ -143,6 +145,11 @@ func (d *Daemon) recheckMeshNAT() {
 	active, reason := check(cur.mode)
 	if active == cur.active && reason == cur.reason {
 		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.meshGate == nil {
+		return // shut down
 	}
 	next := *cur
 	next.active, next.reason = active, reason
@@ -200,8 +207,9 @@ func (d *Daemon) resyncMeshNAT() {
 }
 
 // stopMeshNAT removes the steering's filters and TAPs (shutdown, after
-// the ports closed).
+// the ports closed); callers hold d.mu.
 func (d *Daemon) stopMeshNAT() {
+	d.meshGate = nil // no recheck switches the steering on again
 	if d.meshSteer != nil {
 		if err := d.meshSteer.Close(); err != nil {
 			d.log.Warn("removing published-port steering", "err", err)
