@@ -544,11 +544,20 @@ type EgressStats struct {
 	NAT *NATStats `json:"nat,omitempty"`
 }
 
-// NATStats are the per-packet NAT's counters: flows in its table (closing
+// NATStats are the per-packet NAT's state and counters: flows in its table (closing
 // ones too), connections open, the table's bound, flows started, closing flows evicted to make room, frames
 // translated towards the network (in) and the clients (out), the ports
 // steered now and dropped frames by reason.
 type NATStats struct {
+	// Mode is the daemon's --mesh-nat ("auto" or "on"); Active is true
+	// while the steering's filters are on the uplinks, Reason says why
+	// it is or is not (auto's firewall rule, a failure to set it up).
+	// Cut counts the connections the NAT had open when steering stopped
+	// (a firewall appeared): the kernel resets them.
+	Mode      string            `json:"mode,omitempty"`
+	Active    bool              `json:"active"`
+	Reason    string            `json:"reason,omitempty"`
+	Cut       uint64            `json:"cut"`
 	Flows     int64             `json:"flows"`
 	Open      int64             `json:"open"`
 	Max       int               `json:"max"`

@@ -59,10 +59,11 @@ type Config struct {
 	// connections then enter containers through their interface, from
 	// the gateway's stack, like UDP (see fastpath.go).
 	NoFastPath bool
-	// MeshNAT translates the routing mesh's mode=ingress,
-	// client-ip=preserve TCP ports per packet on this host's uplinks
-	// instead of terminating their connections (mesh_nat.go).
-	MeshNAT bool
+	// MeshNAT says when the routing mesh's mode=ingress,
+	// client-ip=preserve TCP ports are translated per packet on this
+	// host's uplinks instead of their connections terminated
+	// (mesh_nat.go): MeshNATAuto, MeshNATOn or MeshNATOff ("" is off).
+	MeshNAT MeshNATMode
 	// MountTemplate says whether container processes start from a mount
 	// template (MountTemplateAuto when "", MountTemplateAlways or
 	// MountTemplateNever; see mnttemplate.go).
@@ -209,7 +210,7 @@ type Daemon struct {
 	// never a container's.
 	selfNs [2]uint64
 	// ktnl is the state of kernel tunnel segmentation (kerneltnl.go),
-	// set by start and by watchKernelTunnel.
+	// set by start and by watchFirewall.
 	ktnl atomic.Pointer[ktnlState]
 	// ktnlCheck replaces kernelTunnelAllowed (tests); nil: that.
 	ktnlCheck func(KernelTunnelMode) (bool, string)
@@ -232,6 +233,12 @@ type Daemon struct {
 	// meshSteerErr its last error logged.
 	meshSteer    *netdev.Steer
 	meshSteerErr string
+	// meshGate switches the steering on and off (--mesh-nat=auto) and
+	// meshNAT is its state, set by start and by watchFirewall;
+	// meshNATCheck replaces meshNATAllowed (tests); nil: that.
+	meshGate     *gatedUplinks
+	meshNAT      atomic.Pointer[meshNATState]
+	meshNATCheck func(MeshNATMode) (bool, string)
 	// gwDNS are the resolvers at the networks' gateway addresses
 	// (gateway_dns.go); guarded by mu.
 	gwDNS map[string]*gatewayResolver
@@ -663,8 +670,8 @@ func (d *Daemon) republish(saved *savedState) error {
 }
 
 // startWatchers runs the cluster watch, its block keeper, the
-// namespaces' watch, and the kernel tunnel's watch when the tunnel is
-// there.
+// namespaces' watch, and the firewall's watch (watchFirewall) when the
+// kernel tunnel is there or the published-port NAT steers in auto mode.
 func (d *Daemon) startWatchers(kernelTunnel bool) {
 	d.holdKick = make(chan struct{}, 1)
 	d.done.Add(3)
@@ -680,11 +687,11 @@ func (d *Daemon) startWatchers(kernelTunnel bool) {
 		defer d.done.Done()
 		d.watchNamespaces(d.ctx)
 	}()
-	if kernelTunnel {
+	if m := d.meshNAT.Load(); kernelTunnel || m != nil && m.open && m.mode == MeshNATAuto {
 		d.done.Add(1)
 		go func() {
 			defer d.done.Done()
-			d.watchKernelTunnel(d.ctx)
+			d.watchFirewall(d.ctx)
 		}()
 	}
 }

@@ -12,6 +12,12 @@ func (d *Daemon) egressStats() api.EgressStats {
 	if n := s.NAT; n != nil {
 		nat = &api.NATStats{Flows: n.Flows, Open: n.Open, Max: n.Max, Total: n.Total, Evicted: n.Evicted, FramesIn: n.In, FramesOut: n.Out, Ports: n.Ports, Drops: n.Drops}
 	}
+	if m := d.meshNAT.Load(); m != nil && m.mode != MeshNATOff {
+		if nat == nil {
+			nat = &api.NATStats{} // the steering failed at start
+		}
+		nat.Mode, nat.Active, nat.Reason, nat.Cut = string(m.mode), m.active, m.reason, m.cut
+	}
 	return api.EgressStats{
 		NAT:      nat,
 		MaxFlows: s.MaxFlows, ActiveTCP: s.ActiveTCP, ActiveUDP: s.ActiveUDP, ActiveICMP: s.ActiveICMP,

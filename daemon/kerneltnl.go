@@ -2,9 +2,6 @@ package daemon
 
 import (
 	"context"
-	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
@@ -48,17 +45,8 @@ const DefaultKernelTunnelRecheck = time.Second
 // the flag had before it took a mode (true, false, 1, 0, ...) as on and
 // off.
 func ParseKernelTunnelMode(s string) (KernelTunnelMode, error) {
-	switch m := KernelTunnelMode(strings.ToLower(strings.TrimSpace(s))); m {
-	case KernelTunnelOff, KernelTunnelAuto, KernelTunnelOn:
-		return m, nil
-	}
-	if b, err := strconv.ParseBool(s); err == nil {
-		if b {
-			return KernelTunnelOn, nil
-		}
-		return KernelTunnelOff, nil
-	}
-	return "", fmt.Errorf("%q: want auto, on or off", s)
+	m, err := parseAutoOnOff(s)
+	return KernelTunnelMode(m), err
 }
 
 // ktnlState is the state of kernel tunnel segmentation, replaced whole.
@@ -119,13 +107,15 @@ func (d *Daemon) kernelTunnelAllowed(mode KernelTunnelMode) (bool, string) {
 	return v.Clear, v.Reason
 }
 
-// watchKernelTunnel checks the kernel tunnel's conditions again every
-// Config.KernelTunnelRecheck until ctx is done and, in auto mode, at once
-// after every nftables change in the host's namespace (fwprobe.Watch), so
-// a firewall that appears (Docker starting) turns the kernel path off
-// within a netlink round trip rather than the interval. Legacy iptables
-// and the sysctls send no notification: the interval covers them.
-func (d *Daemon) watchKernelTunnel(ctx context.Context) {
+// watchFirewall checks the conditions of the kernel tunnel and of the
+// published-port NAT's steering (mesh_nat.go) again every
+// Config.KernelTunnelRecheck until ctx is done and, where either is in
+// auto mode, at once after every nftables change in the host's namespace
+// (fwprobe.Watch), so a firewall that appears (Docker starting) turns
+// them off within a netlink round trip rather than the interval. Legacy
+// iptables and the sysctls send no notification: the interval covers
+// them. One watcher serves both.
+func (d *Daemon) watchFirewall(ctx context.Context) {
 	every := d.cfg.KernelTunnelRecheck
 	if every <= 0 {
 		every = DefaultKernelTunnelRecheck
@@ -133,16 +123,19 @@ func (d *Daemon) watchKernelTunnel(ctx context.Context) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var changed <-chan struct{}
-	if cur := d.ktnl.Load(); cur != nil && cur.mode == KernelTunnelAuto && d.ktnlCheck == nil {
+	k, m := d.ktnl.Load(), d.meshNAT.Load()
+	auto := k != nil && k.open && k.mode == KernelTunnelAuto && d.ktnlCheck == nil ||
+		m != nil && m.open && m.mode == MeshNATAuto && d.meshNATCheck == nil
+	if auto {
 		c, err := fwprobe.Watch(ctx)
 		if err != nil {
-			d.log.Warn("kernel tunnel: no nftables change notifications; checking every interval only", "interval", every, "err", err)
+			d.log.Warn("firewall watch: no nftables change notifications; checking every interval only", "interval", every, "err", err)
 		}
 		changed = c
 		if err == nil {
 			// A change between the first check and the subscription
 			// sent no notification to this socket.
-			d.recheckKernelTunnel()
+			d.recheckFirewall()
 		}
 	}
 	for {
@@ -156,8 +149,14 @@ func (d *Daemon) watchKernelTunnel(ctx context.Context) {
 				continue
 			}
 		}
-		d.recheckKernelTunnel()
+		d.recheckFirewall()
 	}
+}
+
+// recheckFirewall checks both consumers' conditions once.
+func (d *Daemon) recheckFirewall() {
+	d.recheckKernelTunnel()
+	d.recheckMeshNAT()
 }
 
 // recheckKernelTunnel checks the conditions once and, where the answer

@@ -80,6 +80,7 @@ type descs struct {
 	ringVersion, ringPrimary, ringPending, ringKeys                               *prometheus.Desc
 	ringRefused, members                                                          *prometheus.Desc
 	ktnlActive, ktnlSupers, ktnlFallbacks                                         *prometheus.Desc
+	natActive, natCut                                                             *prometheus.Desc
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -134,6 +135,8 @@ func NewCollector(src Source) *Collector {
 		ktnlActive:           desc("kernel_tunnel_active", "1 while TCP super-segments to one peer go to the kernel whole (daemon --kernel-tunnel; auto follows the host's forward firewall).", "state"),
 		ktnlSupers:           desc("kernel_tunnel_super_packets_total", "TCP super-segments sent through the kernel whole (tx) and received whole (rx).", "direction"),
 		ktnlFallbacks:        desc("kernel_tunnel_fallbacks_total", "TCP super-segments the kernel path refused, split by the daemon instead."),
+		natActive:            desc("mesh_nat_active", "1 while the routing mesh's per-packet NAT steers published ports at the uplinks (daemon --mesh-nat; auto follows the host's input firewall).", "state"),
+		natCut:               desc("mesh_nat_cut_total", "Connections open through the per-packet NAT when its steering stopped (a firewall appeared); the kernel resets them."),
 	}}
 }
 
@@ -147,6 +150,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		d.saSeq, d.dnsQueries, d.dnsLocal, d.dnsForwarded, d.dnsNX, d.dnsFail, d.dnsOverloaded, d.dnsNoEgress,
 		d.dnsUpErrors, d.dnsCoalesced, d.dnsInflight, d.dnsListen, d.dnsLatency, d.ringVersion, d.ringPrimary,
 		d.ringPending, d.ringKeys, d.ringRefused, d.members, d.ktnlActive, d.ktnlSupers, d.ktnlFallbacks,
+		d.natActive, d.natCut,
 	} {
 		ch <- x
 	}
@@ -202,6 +206,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		e.counter(c.d.ktnlSupers, k.TxSupers, "tx")
 		e.counter(c.d.ktnlSupers, k.RxSupers, "rx")
 		e.counter(c.d.ktnlFallbacks, k.SuperFallbacks)
+	}
+	if n := st.Egress.NAT; n != nil && n.Mode != "" {
+		// state is the mode (auto, on): one series, bounded.
+		e.gauge(c.d.natActive, b2f(n.Active), n.Mode)
+		e.counter(c.d.natCut, n.Cut)
 	}
 }
 

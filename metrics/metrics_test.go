@@ -44,6 +44,7 @@ func testSource() *fakeSource {
 		stats: api.Stats{
 			Node:         "h1",
 			KernelTunnel: &api.KernelTunnelStats{Mode: "auto", Active: true, Reason: "clear", TxSupers: 5, SuperFallbacks: 1, RxSupers: 4},
+			Egress:       api.EgressStats{NAT: &api.NATStats{Mode: "auto", Reason: "nftables chain", Cut: 3}},
 			Networks: []api.NetworkStats{{
 				Network: "web", Flooded: 7, ARPSuppressed: 3, FloodNoPeers: 2, IngressReturn: 6, IngressReturnEvicted: 4,
 				Drops: map[string]uint64{"storm": 5, "port-security": 1},
@@ -200,6 +201,8 @@ func TestExposition(t *testing.T) {
 		{"vxmesh_kernel_tunnel_super_packets_total", C, "direction=tx", 5},
 		{"vxmesh_kernel_tunnel_super_packets_total", C, "direction=rx", 4},
 		{"vxmesh_kernel_tunnel_fallbacks_total", C, "", 1},
+		{"vxmesh_mesh_nat_active", G, "state=auto", 0},
+		{"vxmesh_mesh_nat_cut_total", C, "", 3},
 	} {
 		if got := value(t, fams, c.name, c.typ, c.labels); got != c.want {
 			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)

@@ -218,7 +218,8 @@ func fakeDaemon(t *testing.T) string {
 			GossipDrops:  map[string]uint64{"entry-resent": 3},
 			KernelTunnel: &api.KernelTunnelStats{Mode: "auto", Reason: `nftables chain "inet f fw" on the forward hook can filter forwarded packets`, TxSupers: 5, SuperFallbacks: 1, RxSupers: 4}, ESPHelperSealed: 11, ESPAESGCM: "vaes-avx512",
 			Services:  []api.ServiceStats{{Service: "api", Network: "web", VIP: "10.0.1.200", NewConns: 9, Active: 2}},
-			Conntrack: api.ConntrackStats{Max: 262144, Entries: 2}},
+			Conntrack: api.ConntrackStats{Max: 262144, Entries: 2},
+			Egress:    api.EgressStats{NAT: &api.NATStats{Mode: "auto", Reason: `nftables chain "inet filter input" on the input hook can filter packets to this host`, Cut: 2, Ports: 1}}},
 		"/v1/services": []api.Service{
 			{Name: "api", ID: "00112233445566778899aabbccddeeff", EndpointMode: "vip", VIPs: []api.ServiceVIP{{Network: "web", VIP: "10.0.1.200"}},
 				Scheduler: "rr", StopGracePeriod: "10s", DNSTTL: "10s", Created: created, CreatedBy: "h1",
@@ -283,6 +284,9 @@ func TestStatsShowsOpenFilesAgainstLimit(t *testing.T) {
 	}
 	if !strings.Contains(out, "Kernel tunnel segmentation: 5 super-packets sent, 1 refused (split here), 4 received whole\n") {
 		t.Fatalf("vxmesh stats does not show the kernel tunnel segmentation counters:\n%s", out)
+	}
+	if !strings.Contains(out, "Published-port NAT (--mesh-nat=auto): steering off: nftables chain \"inet filter input\" on the input hook can filter packets to this host; 2 open connections cut by switching off\n") {
+		t.Fatalf("vxmesh stats does not show the published-port NAT's steering state:\n%s", out)
 	}
 	if !strings.Contains(out, "ESP: AES-GCM by vaes-avx512; 11 datagrams sealed by helper goroutines\n") {
 		t.Fatalf("vxmesh stats does not show the ESP datagrams sealed on helper goroutines:\n%s", out)

@@ -81,7 +81,7 @@ type daemonFlags struct {
 	logLevel           string
 	prefix             string
 	fastPath           bool
-	meshNAT            bool
+	meshNAT            daemon.MeshNATMode
 	mountTemplate      string
 	advertise          string
 	join               string
@@ -90,7 +90,7 @@ type daemonFlags struct {
 	grace              time.Duration
 	dataPort           uint
 	rxSockets          int
-	kernelTunnel       kernelTunnelFlag
+	kernelTunnel       daemon.KernelTunnelMode
 	ktnlRecheck        time.Duration
 	busyPoll           time.Duration
 	espPort            uint
@@ -113,7 +113,8 @@ func (f *daemonFlags) register(fs *flagSet) {
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/vxmesh", "directory for persisted state")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.prefix, "netns-prefix", "", "prefix for the named netns of containers made by run")
-	fs.BoolVar(&f.meshNAT, "mesh-nat", true, "translate the routing mesh's mode=ingress,client-ip=preserve TCP ports per packet: tc filters on this host's uplinks steer their segments to the daemon, which sends them to the service's VIP and the replies back, without terminating TCP (the listener stays for what is not steered)")
+	f.meshNAT = daemon.MeshNATAuto
+	fs.Var(modeFlag[daemon.MeshNATMode]{&f.meshNAT, daemon.ParseMeshNATMode}, "mesh-nat", "auto, on or off: translate the routing mesh's mode=ingress,client-ip=preserve TCP ports per packet: tc filters on this host's uplinks steer their segments to the daemon, which sends them to the service's VIP and the replies back, without terminating TCP (the listener stays for what is not steered). The filters take the segments before netfilter sees them, so auto steers only while no nftables chain on the prerouting or input hook (family ip, inet), no netdev chain and no legacy iptables table could filter them, checked after every nftables change and every --kernel-tunnel-recheck (new connections take the listener's path, through the firewall, while one could; connections open through the NAT when one appears are reset); on: steer past the host's input firewall; bare --mesh-nat means on")
 	fs.BoolVar(&f.fastPath, "publish-fast-path", true, "dial published TCP connections to a container on this host from inside its namespace over its loopback (one ip rule and table there, at its first published connection); false: through its interface from the gateway, as UDP")
 	fs.StringVar(&f.mountTemplate, "mount-template", daemon.MountTemplateAuto, "start containers' processes from a mount namespace made once without /run/netns, so a start does not copy every container's netns mount: auto (when the host's root mount is shared, so later mounts still reach containers), always (on a private root containers see the mounts of the daemon's start) or never")
 	fs.StringVar(&f.advertise, "advertise", "", "underlay address other hosts reach this one at (default: the default-route interface's address)")
@@ -123,8 +124,8 @@ func (f *daemonFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.grace, "node-grace", 30*time.Second, "how long a dead node's endpoints stay before they are removed")
 	fs.UintVar(&f.dataPort, "data-port", 4789, "VXLAN UDP port (the same on every node)")
 	fs.IntVar(&f.rxSockets, "rx-sockets", daemon.DefaultRxSockets, fmt.Sprintf("VXLAN receive sockets on --data-port (SO_REUSEPORT), each read by its own loop: the kernel spreads flows over them (1-%d)", daemon.MaxRxSockets))
-	f.kernelTunnel = kernelTunnelFlag(daemon.KernelTunnelAuto)
-	fs.Var(&f.kernelTunnel, "kernel-tunnel", "auto, on or off: send TCP super-segments to one peer as whole VXLAN super-packets for the kernel to segment at the underlay device (Linux 6.17+ UDP tunnel GSO, through a TAP the kernel forwards from; needs net.ipv4.conf.all.rp_filter=0). auto: only while no nftables chain on the prerouting, forward or postrouting hook (family ip, inet) and no legacy iptables table could filter the forwarded packets, checked after every nftables change and every --kernel-tunnel-recheck; on: whenever the kernel can (open the forward firewall for UDP to the data port from this node's address first); bare --kernel-tunnel means on. Falls back to userspace segmentation where unavailable")
+	f.kernelTunnel = daemon.KernelTunnelAuto
+	fs.Var(modeFlag[daemon.KernelTunnelMode]{&f.kernelTunnel, daemon.ParseKernelTunnelMode}, "kernel-tunnel", "auto, on or off: send TCP super-segments to one peer as whole VXLAN super-packets for the kernel to segment at the underlay device (Linux 6.17+ UDP tunnel GSO, through a TAP the kernel forwards from; needs net.ipv4.conf.all.rp_filter=0). auto: only while no nftables chain on the prerouting, forward or postrouting hook (family ip, inet) and no legacy iptables table could filter the forwarded packets, checked after every nftables change and every --kernel-tunnel-recheck; on: whenever the kernel can (open the forward firewall for UDP to the data port from this node's address first); bare --kernel-tunnel means on. Falls back to userspace segmentation where unavailable")
 	fs.DurationVar(&f.ktnlRecheck, "kernel-tunnel-recheck", daemon.DefaultKernelTunnelRecheck, "how often --kernel-tunnel checks its conditions again (rp_filter, legacy iptables, which send no change notification; nftables changes are followed at once)")
 	fs.DurationVar(&f.busyPoll, "busy-poll", 0, "how long each data-path reader (container TAP, VTEP socket) keeps polling after a frame before it sleeps: lower request/response latency for CPU spent after traffic (e.g. 50us; 0: off, idle CPU is zero either way)")
 	fs.UintVar(&f.espPort, "esp-port", 4500, "UDP port of encrypted networks' ESP (RFC 3948; the same on every node)")
@@ -143,12 +144,12 @@ func (f *daemonFlags) register(fs *flagSet) {
 }
 
 // checkDaemonArgs refuses positional arguments, with a hint when one is a
-// --kernel-tunnel mode given without '='.
+// --kernel-tunnel or --mesh-nat mode given without '='.
 func checkDaemonArgs(pos []string) error {
 	if len(pos) > 0 {
 		switch m := daemon.KernelTunnelMode(pos[0]); m {
 		case daemon.KernelTunnelAuto, daemon.KernelTunnelOn, daemon.KernelTunnelOff:
-			return usagef("unexpected argument %q: give the mode with '=': --kernel-tunnel=%s", m, m)
+			return usagef("unexpected argument %q: give the mode with '=': --kernel-tunnel=%s, --mesh-nat=%s", m, m, m)
 		}
 	}
 	return wantArgs(pos, 0, "no arguments")
@@ -161,7 +162,7 @@ func (f *daemonFlags) config() (daemon.Config, slog.Level, error) {
 	cfg := daemon.Config{
 		Node: f.node, StateDir: f.stateDir, NetnsPrefix: f.prefix, NoFastPath: !f.fastPath, MeshNAT: f.meshNAT, MountTemplate: f.mountTemplate,
 		GossipPort: f.gossipPort, ClusterKeyFile: f.keyFile,
-		NodeGrace: f.grace, DataPort: uint16(f.dataPort), RxSockets: f.rxSockets, KernelTunnel: daemon.KernelTunnelMode(f.kernelTunnel), KernelTunnelRecheck: f.ktnlRecheck, BusyPoll: f.busyPoll, DNSTimeout: f.dnsTimeout,
+		NodeGrace: f.grace, DataPort: uint16(f.dataPort), RxSockets: f.rxSockets, KernelTunnel: f.kernelTunnel, KernelTunnelRecheck: f.ktnlRecheck, BusyPoll: f.busyPoll, DNSTimeout: f.dnsTimeout,
 		KeyRotationInterval: f.keyInterval, ESPPort: uint16(f.espPort),
 		MetricsAddr: f.metricsAddr, ConntrackMax: f.ctMax, EgressMaxFlows: f.egressMax, StartMain: startMain,
 	}
@@ -294,25 +295,33 @@ func serveDaemon(d *daemon.Daemon, f daemonFlags, dockerSocket string, log *slog
 	return err
 }
 
-// kernelTunnelFlag is --kernel-tunnel: a mode (auto, on, off) that also
-// takes the boolean spellings of the flag it was (bare --kernel-tunnel is
-// on, --kernel-tunnel=false off).
-type kernelTunnelFlag daemon.KernelTunnelMode
+// modeFlag is a mode flag (--kernel-tunnel, --mesh-nat: auto, on, off)
+// that also takes the boolean spellings of the bool flag it was (bare
+// --mesh-nat is on, --mesh-nat=false off).
+type modeFlag[M ~string] struct {
+	m     *M
+	parse func(string) (M, error)
+}
 
-func (f *kernelTunnelFlag) String() string { return string(*f) }
+func (f modeFlag[M]) String() string {
+	if f.m == nil {
+		return ""
+	}
+	return string(*f.m)
+}
 
-func (f *kernelTunnelFlag) Set(s string) error {
-	m, err := daemon.ParseKernelTunnelMode(s)
+func (f modeFlag[M]) Set(s string) error {
+	m, err := f.parse(s)
 	if err != nil {
 		// The flag package names the value and the flag before it.
 		return errors.New("want auto, on or off")
 	}
-	*f = kernelTunnelFlag(m)
+	*f.m = m
 	return nil
 }
 
-// IsBoolFlag lets --kernel-tunnel stand alone, meaning true (on).
-func (f *kernelTunnelFlag) IsBoolFlag() bool { return true }
+// IsBoolFlag lets the flag stand alone, meaning true (on).
+func (f modeFlag[M]) IsBoolFlag() bool { return true }
 
 // dockerPluginState is the Docker plugin's file in the state directory:
 // its endpoint records.

@@ -94,6 +94,9 @@ func printStats(w io.Writer, s api.Stats) error {
 	fmt.Fprintf(w, "Published ports: %d tcp, %d udp flows open; %d flows (%d from the gateway address), %d failed (%d refused: no host address), %d bytes in, %d bytes out; %d tcp on the fast path, %d fell back\n",
 		eg.IngressTCP, eg.IngressUDP, eg.IngressTotal, eg.IngressSNAT, eg.IngressFailed, eg.IngressRefused, eg.IngressBytesIn, eg.IngressBytesOut, eg.IngressFast, eg.IngressFastFallback)
 	if n := eg.NAT; n != nil {
+		if n.Mode != "" {
+			fmt.Fprintf(w, "Published-port NAT (--mesh-nat=%s): steering %s: %s; %d open connections cut by switching off\n", n.Mode, onOff(n.Active), dash(n.Reason), n.Cut)
+		}
 		fmt.Fprintf(w, "Published-port NAT: %d ports steered; %d connections open, %d flows of %d, %d started, %d evicted; %d frames in, %d out; drops %s\n",
 			n.Ports, n.Open, n.Flows, n.Max, n.Total, n.Evicted, n.FramesIn, n.FramesOut, formatDrops(n.Drops))
 	}

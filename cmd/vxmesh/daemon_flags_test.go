@@ -56,11 +56,41 @@ func TestKernelTunnelFlag(t *testing.T) {
 		{[]string{"--kernel-tunnel=OFF"}, daemon.KernelTunnelOff},
 	} {
 		fs := flag.NewFlagSet("t", flag.ContinueOnError)
-		f := kernelTunnelFlag(daemon.KernelTunnelAuto)
-		fs.Var(&f, "kernel-tunnel", "")
-		if err := fs.Parse(tc.args); err != nil || daemon.KernelTunnelMode(f) != tc.want || fs.NArg() != 0 {
+		f := daemon.KernelTunnelAuto
+		fs.Var(modeFlag[daemon.KernelTunnelMode]{&f, daemon.ParseKernelTunnelMode}, "kernel-tunnel", "")
+		if err := fs.Parse(tc.args); err != nil || f != tc.want || fs.NArg() != 0 {
 			t.Errorf("%q: %q, %v, %d arguments left; want %q", tc.args, f, err, fs.NArg(), tc.want)
 		}
+	}
+}
+
+// TestMeshNATFlag: the daemon's --mesh-nat takes a mode and the boolean
+// spellings it had as a bool flag; it defaults to auto; a bad one is
+// refused with a usage error.
+func TestMeshNATFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want daemon.MeshNATMode
+	}{
+		{nil, daemon.MeshNATAuto},
+		{[]string{"--mesh-nat"}, daemon.MeshNATOn},
+		{[]string{"--mesh-nat=true"}, daemon.MeshNATOn},
+		{[]string{"--mesh-nat=false"}, daemon.MeshNATOff},
+		{[]string{"--mesh-nat=auto"}, daemon.MeshNATAuto},
+		{[]string{"--mesh-nat=off"}, daemon.MeshNATOff},
+		{[]string{"--mesh-nat=On"}, daemon.MeshNATOn},
+	} {
+		var f daemonFlags
+		fs := &flagSet{FlagSet: flag.NewFlagSet("t", flag.ContinueOnError)}
+		f.register(fs)
+		if err := fs.Parse(tc.args); err != nil || f.meshNAT != tc.want || fs.NArg() != 0 {
+			t.Errorf("%q: %q, %v, %d arguments left; want %q", tc.args, f.meshNAT, err, fs.NArg(), tc.want)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, []string{"daemon", "--mesh-nat=maybe"}); code != 2 ||
+		!strings.Contains(errb.String(), `"maybe" for -mesh-nat: want auto, on or off`) {
+		t.Errorf("daemon --mesh-nat=maybe: code %d, stderr %q; want 2 and the modes", code, errb.String())
 	}
 }
 
@@ -70,7 +100,7 @@ func TestDaemonRefusesBadKernelTunnel(t *testing.T) {
 		want string
 	}{
 		{[]string{"--kernel-tunnel=maybe"}, `"maybe" for -kernel-tunnel: want auto, on or off`},
-		{[]string{"--kernel-tunnel", "off"}, `unexpected argument "off": give the mode with '=': --kernel-tunnel=off`},
+		{[]string{"--kernel-tunnel", "off"}, `unexpected argument "off": give the mode with '=': --kernel-tunnel=off, --mesh-nat=off`},
 	} {
 		var out, errb bytes.Buffer
 		code := runCLI(&cliEnv{stdout: &out, stderr: &errb}, append([]string{"daemon"}, tc.args...))

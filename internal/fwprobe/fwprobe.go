@@ -16,6 +16,13 @@
 // underlay device. Where the ruleset cannot be read the answer is "not
 // clear". Watch reports nftables changes as they happen, so a caller can
 // check again at once rather than on a timer.
+//
+// DecideLocal is the rule for the other consumer, the routing mesh's
+// per-packet NAT, whose tc filters take TCP segments to this host's own
+// addresses away at the uplinks' ingress, before netfilter: it is clear
+// only while nothing could filter a locally delivered packet (no base
+// chain of family ip or inet on the prerouting or input hook, no netdev
+// base chain, no legacy iptables table).
 package fwprobe
 
 import (
@@ -163,6 +170,65 @@ func Decide(chains []Chain, chainsErr error, legacy []string, legacyErr error) V
 		return Verdict{Reason: fmt.Sprintf("legacy iptables tables loaded (%s) can filter forwarded packets", strings.Join(legacy, ", "))}
 	}
 	return Verdict{Clear: true, Reason: "no nftables chain on the prerouting, forward or postrouting hook of family ip or inet, no legacy iptables table"}
+}
+
+// FiltersLocal reports whether c can see a TCP segment that tc steered
+// away at an uplink's ingress before the kernel delivered it locally
+// (DecideLocal): a base chain of family ip or inet on the prerouting or
+// input hook, or any base chain of family netdev (its ingress hook runs
+// after tc's ingress, so steering skips it; the chain dump does not say
+// which devices a netdev chain is bound to, so every one counts).
+func (c Chain) FiltersLocal() bool {
+	switch {
+	case !c.Base:
+		return false
+	case c.Family == FamilyNetdev:
+		return true
+	case c.Family == FamilyIPv4, c.Family == FamilyInet:
+		return c.Hook == HookPrerouting || c.Hook == HookInput
+	}
+	return false
+}
+
+// DecideLocal is the rule for steering TCP segments to this host's own
+// addresses away from the kernel at the uplinks' tc ingress (the routing
+// mesh's per-packet NAT): such segments skip netfilter, so steering is
+// clear only where nothing could have filtered them on their way to a
+// local socket: no chain of which FiltersLocal is true and no legacy
+// iptables table (every legacy table has a chain on the prerouting or
+// input hook, or could be given one). Ruleset and legacy table errors are
+// "not clear", as for Decide.
+func DecideLocal(chains []Chain, chainsErr error, legacy []string, legacyErr error) Verdict {
+	if chainsErr != nil {
+		return Verdict{Reason: "cannot read the nftables ruleset, so an input firewall cannot be ruled out: " + chainsErr.Error()}
+	}
+	for _, c := range chains {
+		if !c.FiltersLocal() {
+			continue
+		}
+		if c.Family == FamilyNetdev {
+			return Verdict{Reason: fmt.Sprintf("nftables chain %q on a device's %s hook can filter packets to this host", c.String(), netdevHookName(c.Hook))}
+		}
+		return Verdict{Reason: fmt.Sprintf("nftables chain %q on the %s hook can filter packets to this host", c.String(), hookName(c.Hook))}
+	}
+	if legacyErr != nil {
+		return Verdict{Reason: "cannot read the legacy iptables tables, so an input firewall cannot be ruled out: " + legacyErr.Error()}
+	}
+	if len(legacy) > 0 {
+		return Verdict{Reason: fmt.Sprintf("legacy iptables tables loaded (%s) can filter packets to this host", strings.Join(legacy, ", "))}
+	}
+	return Verdict{Clear: true, Reason: "no nftables chain on the prerouting or input hook of family ip or inet, no netdev chain, no legacy iptables table"}
+}
+
+// netdevHookName names a netdev-family hook (enum nf_dev_hooks).
+func netdevHookName(h uint32) string {
+	switch h {
+	case 0:
+		return "ingress"
+	case 1:
+		return "egress"
+	}
+	return fmt.Sprintf("hook-%d", h)
 }
 
 // ParseLegacyTables parses /proc/net/ip_tables_names: one table name a

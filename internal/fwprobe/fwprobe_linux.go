@@ -22,12 +22,25 @@ const LegacyTablesFile = "/proc/thread-self/net/ip_tables_names"
 // daemon's, which is the host's. A dump interrupted by a concurrent change
 // is asked again, up to three times.
 func Check() Verdict {
+	return check(Decide)
+}
+
+// CheckLocal decides by DecideLocal for the calling thread's network
+// namespace, like Check.
+func CheckLocal() Verdict {
+	return check(DecideLocal)
+}
+
+// check reads the nftables chains (a dump interrupted by a concurrent
+// change is asked again, up to three times) and the legacy tables and
+// applies decide.
+func check(decide func([]Chain, error, []string, error) Verdict) Verdict {
 	chains, err := ListChains()
 	for try := 0; try < 2 && errors.Is(err, ErrDumpInterrupted); try++ {
 		chains, err = ListChains()
 	}
 	legacy, lerr := LegacyTables()
-	return Decide(chains, err, legacy, lerr)
+	return decide(chains, err, legacy, lerr)
 }
 
 // LegacyTables returns the legacy iptables tables loaded in this network

@@ -20,7 +20,8 @@ import (
 // TestCheckInANamespace asks the kernel of a fresh network namespace: clear
 // while empty, not clear with an nftables forward chain (`nft add chain
 // inet f fw { type filter hook forward priority 0; policy drop; }`), clear
-// again with only an input chain, not clear with the legacy filter table.
+// again with only an input chain (which CheckLocal, the NAT's rule, heeds),
+// not clear with the legacy filter table.
 func TestCheckInANamespace(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "nft", "nftables")
@@ -47,6 +48,14 @@ func TestCheckInANamespace(t *testing.T) {
 	check(false, `"inet f fw" on the forward hook`)
 	in("nft", "delete chain inet f fw")
 	check(true, "no nftables chain")
+	// The input chain left is what CheckLocal (the NAT's rule) heeds.
+	if v := CheckLocal(); v.Clear || !strings.Contains(v.Reason, `"inet f in" on the input hook`) {
+		t.Errorf("CheckLocal with an input chain = %+v; want not clear, naming it", v)
+	}
+	in("nft", "delete table inet f")
+	if v := CheckLocal(); !v.Clear {
+		t.Errorf("CheckLocal without chains = %+v; want clear", v)
+	}
 	if _, err := exec.LookPath("iptables-legacy"); err == nil {
 		in("iptables-legacy", "-L", "FORWARD")
 		check(false, "legacy iptables tables loaded (filter)")

@@ -162,6 +162,51 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+// TestDecideLocal runs the per-packet NAT's rule on fake rulesets: a
+// chain that could filter a locally delivered packet (ip or inet
+// prerouting or input, any netdev base chain), a legacy table or an
+// unreadable ruleset stops steering; the forward path's chains do not.
+func TestDecideLocal(t *testing.T) {
+	in := Chain{Family: FamilyInet, Table: "filter", Name: "input", Type: "filter", Base: true, Hook: HookInput}
+	ipIn := Chain{Family: FamilyIPv4, Table: "filter", Name: "INPUT", Type: "filter", Base: true, Hook: HookInput}
+	pre := Chain{Family: FamilyIPv4, Table: "nat", Name: "PREROUTING", Type: "nat", Base: true, Hook: HookPrerouting}
+	ing := Chain{Family: FamilyNetdev, Table: "n", Name: "ing", Type: "filter", Base: true, Hook: 0}
+	harmless := []Chain{
+		{Family: FamilyInet, Table: "f", Name: "fw", Type: "filter", Base: true, Hook: HookForward},
+		{Family: FamilyIPv4, Table: "f", Name: "out", Type: "filter", Base: true, Hook: HookOutput},
+		{Family: FamilyInet, Table: "nat", Name: "post", Type: "nat", Base: true, Hook: HookPostrouting},
+		{Family: FamilyIPv4, Table: "f", Name: "jump-target"},                                            // regular chain
+		{Family: FamilyNetdev, Table: "n", Name: "regular"},                                              // regular netdev chain
+		{Family: FamilyIPv6, Table: "f", Name: "in6", Type: "filter", Base: true, Hook: HookInput},       // steering is IPv4
+		{Family: FamilyBridge, Table: "b", Name: "inb", Type: "filter", Base: true, Hook: HookInput},     // bridged frames only
+		{Family: FamilyARP, Table: "a", Name: "arpin", Type: "filter", Base: true, Hook: HookPrerouting}, // ARP's input is hook 0
+	}
+	for _, tc := range []struct {
+		name      string
+		chains    []Chain
+		chainsErr error
+		legacy    []string
+		legacyErr error
+		clear     bool
+		reason    string
+	}{
+		{name: "empty", clear: true, reason: "no nftables chain on the prerouting or input hook"},
+		{name: "chains off the local path", chains: harmless, clear: true, reason: "no netdev chain"},
+		{name: "inet filter input", chains: append(harmless, in), reason: `nftables chain "inet filter input" on the input hook can filter packets to this host`},
+		{name: "ip filter INPUT", chains: []Chain{ipIn}, reason: `"ip filter INPUT" on the input hook`},
+		{name: "ip nat PREROUTING", chains: []Chain{pre}, reason: "prerouting hook"},
+		{name: "netdev ingress", chains: []Chain{ing}, reason: `"netdev n ing" on a device's ingress hook`},
+		{name: "legacy filter table", legacy: []string{"filter"}, reason: "legacy iptables tables loaded (filter) can filter packets to this host"},
+		{name: "query error", chainsErr: syscall.EPERM, reason: "cannot read the nftables ruleset, so an input firewall"},
+		{name: "legacy read error", legacyErr: syscall.EACCES, reason: "cannot read the legacy iptables tables"},
+	} {
+		v := DecideLocal(tc.chains, tc.chainsErr, tc.legacy, tc.legacyErr)
+		if v.Clear != tc.clear || !strings.Contains(v.Reason, tc.reason) {
+			t.Errorf("%s: %+v; want clear %v, reason with %q", tc.name, v, tc.clear, tc.reason)
+		}
+	}
+}
+
 func TestParseLegacyTables(t *testing.T) {
 	got := ParseLegacyTables([]byte("filter\nnat\n\n"))
 	if strings.Join(got, ",") != "filter,nat" {
