@@ -94,8 +94,8 @@ func printStats(w io.Writer, s api.Stats) error {
 	fmt.Fprintf(w, "Published ports: %d tcp, %d udp flows open; %d flows (%d from the gateway address), %d failed (%d refused: no host address), %d bytes in, %d bytes out; %d tcp on the fast path, %d fell back\n",
 		eg.IngressTCP, eg.IngressUDP, eg.IngressTotal, eg.IngressSNAT, eg.IngressFailed, eg.IngressRefused, eg.IngressBytesIn, eg.IngressBytesOut, eg.IngressFast, eg.IngressFastFallback)
 	if n := eg.NAT; n != nil {
-		fmt.Fprintf(w, "Published-port NAT: %d ports steered; %d connections open, %d flows of %d, %d started, %d evicted; %d frames in, %d out; drops %s\n",
-			n.Ports, n.Open, n.Flows, n.Max, n.Total, n.Evicted, n.FramesIn, n.FramesOut, formatDrops(n.Drops))
+		fmt.Fprintf(w, "Published-port NAT: %d ports steered; %d connections open, %d flows of %d, %d started, %d evicted; %d frames in, %d out; drops %s; %d resets\n",
+			n.Ports, n.Open, n.Flows, n.Max, n.Total, n.Evicted, n.FramesIn, n.FramesOut, formatDrops(n.Drops), n.Resets)
 	}
 	for _, n := range s.Networks {
 		fmt.Fprintf(w, "\nNetwork %s: flooded %d, flood without peers %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.FloodNoPeers, n.ARPSuppressed, formatDrops(n.Drops))
