@@ -547,7 +547,8 @@ type EgressStats struct {
 // NATStats are the per-packet NAT's state and counters: flows in its table (closing
 // ones too), connections open, the table's bound, flows started, closing flows evicted to make room, frames
 // translated towards the network (in) and the clients (out), the ports
-// steered now and dropped frames by reason.
+// steered now, dropped frames by reason and the RSTs sent for segments of
+// no flow.
 type NATStats struct {
 	// Mode is the daemon's --mesh-nat ("auto" or "on"); Active is true
 	// while the steering's filters are on the uplinks, Reason says why
@@ -567,6 +568,7 @@ type NATStats struct {
 	FramesOut uint64            `json:"frames_out"`
 	Ports     int               `json:"ports"`
 	Drops     map[string]uint64 `json:"drops,omitempty"`
+	Resets    uint64            `json:"resets"`
 }
 
 // DNSStats are the embedded resolver's counters.

@@ -10,7 +10,7 @@ func (d *Daemon) egressStats() api.EgressStats {
 	s := d.egress.Stats()
 	var nat *api.NATStats
 	if n := s.NAT; n != nil {
-		nat = &api.NATStats{Flows: n.Flows, Open: n.Open, Max: n.Max, Total: n.Total, Evicted: n.Evicted, FramesIn: n.In, FramesOut: n.Out, Ports: n.Ports, Drops: n.Drops}
+		nat = &api.NATStats{Flows: n.Flows, Open: n.Open, Max: n.Max, Total: n.Total, Evicted: n.Evicted, FramesIn: n.In, FramesOut: n.Out, Ports: n.Ports, Drops: n.Drops, Resets: n.Resets}
 	}
 	if m := d.meshNAT.Load(); m != nil && m.mode != MeshNATOff {
 		if nat == nil {

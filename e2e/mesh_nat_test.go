@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,7 +57,10 @@ func steerFilters(t *testing.T, e *env) (filters, taps []string) {
 // counters in service inspect and the NAT's count the connections; the
 // steering's filters are on h2's uplink while the port is published, one
 // per host address and port, replaced (not doubled) after a kill -9 and
-// restart, and gone with its TAP once the daemon stops.
+// restart, and gone with its TAP once the daemon stops. A connection
+// open through h2 when its daemon is killed is reset at the client's next
+// segment after the restart (the NAT lost the flow), not left to
+// retransmit into silence.
 func TestRoutingMeshNAT(t *testing.T) {
 	es := newCluster(t, 2, "--mesh-nat")
 	h1, h2 := es[0], es[1]
@@ -111,6 +116,8 @@ func TestRoutingMeshNAT(t *testing.T) {
 	if len(filters) != 1 || len(taps) != 1 {
 		t.Fatalf("h2 steers with filters %q and TAPs %v; want one filter (one address, one port) and one TAP", filters, taps)
 	}
+	held, heldR, _ := publishedLine(t, peer, addr)
+	defer held.Close()
 	if err := h2.h.KillDaemon(); err != nil {
 		t.Fatal(err)
 	}
@@ -127,6 +134,13 @@ func TestRoutingMeshNAT(t *testing.T) {
 		}
 		return nil
 	}, "h2's steering after a restart")
+	if _, err := held.Write([]byte("hi\n")); err != nil {
+		t.Fatal(err)
+	}
+	held.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := heldR.ReadString('\n'); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("a connection open across h2's restart read %q, %v; want a reset", line, err)
+	}
 	c, _, line := publishedLine(t, peer, addr)
 	c.Close()
 	if want := "b1 " + peer.Addr; line != want {

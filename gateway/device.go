@@ -161,7 +161,7 @@ func (d *device) WriteFrames(f packet.Frames) (int, error) {
 		sent++
 	}
 	if natOut != nil {
-		nat.flush(natOut, offset)
+		nat.flush(natOut, offset, nil)
 	}
 	d.rx.Add(uint64(sent))
 	return sent, nil

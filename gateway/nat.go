@@ -53,7 +53,7 @@ const (
 const (
 	NATDropMalformed   = "malformed"    // not an IPv4 TCP frame the NAT can rewrite
 	NATDropNoPort      = "no-port"      // a steered frame to a port the NAT no longer serves
-	NATDropNoFlow      = "no-flow"      // a segment other than a SYN with no entry
+	NATDropNoFlow      = "no-flow"      // a segment other than a SYN with no entry (answered with a RST)
 	NATDropNoTarget    = "no-target"    // the port has no gateway or VIP now
 	NATDropUnspoofable = "unspoofable"  // a client address that cannot enter the overlay as itself
 	NATDropFull        = "full"         // a new flow met a shard full of open flows
@@ -116,8 +116,10 @@ type NATStats struct {
 	Out uint64 `json:"frames_out"`
 	// Ports are the published ports steered now.
 	Ports int `json:"ports"`
-	// Drops count dropped frames by reason (NATDrop*).
-	Drops map[string]uint64 `json:"drops,omitempty"`
+	// Drops count dropped frames by reason (NATDrop*); Resets the RSTs
+	// sent to clients for their segments of no flow (NATDropNoFlow).
+	Drops  map[string]uint64 `json:"drops,omitempty"`
+	Resets uint64            `json:"resets"`
 }
 
 // natKey is a flow as the network sees it: client address and port, the
@@ -171,6 +173,7 @@ type NAT struct {
 	total   atomic.Uint64
 	evicted atomic.Uint64
 	in, out atomic.Uint64
+	resets  atomic.Uint64
 	drops   [natDrops]atomic.Uint64
 
 	ports atomic.Pointer[map[uint16]*Port] // steered ports by published port
@@ -328,7 +331,7 @@ func (n *NAT) Ports() []uint16 {
 // Stats returns the NAT's counters.
 func (n *NAT) Stats() NATStats {
 	st := NATStats{Flows: n.n.Load(), Open: n.open.Load(), Max: n.max, Total: n.total.Load(), Evicted: n.evicted.Load(),
-		In: n.in.Load(), Out: n.out.Load(), Ports: len(*n.ports.Load())}
+		In: n.in.Load(), Out: n.out.Load(), Ports: len(*n.ports.Load()), Resets: n.resets.Load()}
 	for i := range n.drops {
 		if v := n.drops[i].Load(); v > 0 {
 			if st.Drops == nil {
@@ -586,6 +589,7 @@ func (n *NAT) Input(ifindex int, bufs [][]byte, sizes []int, offset int) {
 	t := n.now()
 	now := t.UnixNano()
 	var run *Gateway
+	var resets *natOut
 	start, k := 0, 0
 	flush := func() {
 		if k > start && run != nil {
@@ -598,7 +602,7 @@ func (n *NAT) Input(ifindex int, bufs [][]byte, sizes []int, offset int) {
 		start = k
 	}
 	for i := range bufs {
-		g := n.forward(ifindex, bufs[i], offset, sizes[i], ports, t, now)
+		g := n.forward(ifindex, bufs[i], offset, sizes[i], ports, t, now, &resets)
 		if g == nil {
 			continue
 		}
@@ -611,11 +615,15 @@ func (n *NAT) Input(ifindex int, bufs [][]byte, sizes []int, offset int) {
 		k++
 	}
 	flush()
+	if resets != nil {
+		n.flush(resets, offset, &n.resets)
+	}
 }
 
 // forward translates one steered frame and returns the gateway it enters
-// (nil: dropped).
-func (n *NAT) forward(ifindex int, buf []byte, offset, size int, ports map[uint16]*Port, t time.Time, now int64) *Gateway {
+// (nil: dropped). A segment of no flow is turned into the RST that
+// answers it, queued in resets for uplink ifindex.
+func (n *NAT) forward(ifindex int, buf []byte, offset, size int, ports map[uint16]*Port, t time.Time, now int64, resets **natOut) *Gateway {
 	f := buf[offset : offset+size]
 	p, ok := parseNAT(f)
 	if !ok {
@@ -701,6 +709,7 @@ func (n *NAT) forward(ifindex int, buf []byte, offset, size int, ports map[uint1
 		var e natEntry
 		if !n.lookupForward(&k, port, local, &p, now, &e) {
 			n.drops[natDropNoFlow].Add(1)
+			n.reset(ifindex, buf[:offset+size], offset, &p, resets)
 			return nil
 		}
 		g, vip, tsDelta = e.gw, e.key.vip, e.tsDelta
@@ -786,6 +795,65 @@ func (p *Port) setVIP(vip [4]byte) {
 	p.natVIP.Store(&v)
 }
 
+// reset turns the steered segment p in buf[offset:], which belongs to
+// no flow, into the RST a TCP without that connection answers it with
+// (RFC 9293, 3.10.7.1), and queues it in *o for uplink ifindex: the
+// client of a flow the NAT does not know (its daemon restarted, the
+// entry expired) learns at once that the connection is gone, as it
+// would from the kernel or the gateway's stack, instead of
+// retransmitting into silence. A RST is not answered.
+func (n *NAT) reset(ifindex int, buf []byte, offset int, p *natPkt, o **natOut) {
+	f := buf[offset:]
+	if p.flags&tcpRST != 0 {
+		return
+	}
+	l3, l4 := p.l3, p.l4
+	src, dst := [4]byte(f[l3+12:l3+16]), [4]byte(f[l3+16:l3+20])
+	sport, dport := binary.BigEndian.Uint16(f[l4:]), binary.BigEndian.Uint16(f[l4+2:])
+	seq, ack := binary.BigEndian.Uint32(f[l4+4:]), binary.BigEndian.Uint32(f[l4+8:])
+	flags := uint8(tcpRST)
+	if p.flags&tcpACK != 0 {
+		seq, ack = ack, 0
+	} else {
+		ack = seq + uint32(p.payload)
+		if p.flags&tcpSYN != 0 {
+			ack++
+		}
+		if p.flags&tcpFIN != 0 {
+			ack++
+		}
+		seq, flags = 0, tcpRST|tcpACK
+	}
+	eth := packet.Ethernet(f)
+	cmac, lmac := eth.Src(), eth.Dst()
+	eth.SetDst(cmac)
+	eth.SetSrc(lmac)
+	ip := f[l3 : l3+20]
+	ip[0], ip[1] = 0x45, 0
+	binary.BigEndian.PutUint16(ip[2:], 40)
+	binary.BigEndian.PutUint32(ip[4:], 0x4000) // id 0, DF
+	ip[8], ip[9] = 64, packet.ProtoTCP
+	binary.BigEndian.PutUint16(ip[10:], 0)
+	copy(ip[12:16], dst[:])
+	copy(ip[16:20], src[:])
+	binary.BigEndian.PutUint16(ip[10:], packet.Checksum(ip))
+	tcp := f[l3+20 : l3+40]
+	binary.BigEndian.PutUint16(tcp[0:], dport)
+	binary.BigEndian.PutUint16(tcp[2:], sport)
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	binary.BigEndian.PutUint32(tcp[8:], ack)
+	tcp[12], tcp[13] = 5<<4, flags
+	clear(tcp[14:])
+	sum := packet.Sum(tcp, packet.PseudoHeaderSum(netip.AddrFrom4(dst), netip.AddrFrom4(src), packet.ProtoTCP, 20))
+	binary.BigEndian.PutUint16(tcp[16:], packet.Fold(sum))
+	packet.OffloadOf(buf).Set(0, packet.GSONone, 0, 0, 0, 0)
+	if *o == nil {
+		*o = n.outPool.Get().(*natOut)
+	}
+	(*o).ifindex = append((*o).ifindex, ifindex)
+	(*o).bufs = append((*o).bufs, buf[:offset+l3+40])
+}
+
 // natOut collects the replies of one WriteFrames call for the uplinks.
 type natOut struct {
 	ifindex []int
@@ -844,22 +912,25 @@ func (n *NAT) reply(buf []byte, offset int, o **natOut) bool {
 	return true
 }
 
-// flush sends o's replies out of their uplinks and returns o to the
-// pool.
-func (n *NAT) flush(o *natOut, offset int) {
+// flush sends o's frames out of their uplinks, counts those sent in
+// sent (nil: the NAT's frames out) and returns o to the pool.
+func (n *NAT) flush(o *natOut, offset int, sent *atomic.Uint64) {
+	if sent == nil {
+		sent = &n.out
+	}
 	b := n.uplinks.Load()
 	for start := 0; start < len(o.bufs); {
 		end := start + 1
 		for end < len(o.bufs) && o.ifindex[end] == o.ifindex[start] {
 			end++
 		}
-		sent := 0
+		w := 0
 		if b != nil {
-			sent, _ = b.u.Write(o.ifindex[start], o.bufs[start:end], offset)
+			w, _ = b.u.Write(o.ifindex[start], o.bufs[start:end], offset)
 		}
-		n.out.Add(uint64(sent))
-		if sent < end-start {
-			n.drops[natDropUplink].Add(uint64(end - start - sent))
+		sent.Add(uint64(w))
+		if w < end-start {
+			n.drops[natDropUplink].Add(uint64(end - start - w))
 		}
 		start = end
 	}

@@ -317,6 +317,7 @@ func TestNATStrays(t *testing.T) {
 	if d[NATDropNoFlow] != 1 || d[NATDropNoPort] != 1 || d[NATDropUnspoofable] != 1 {
 		t.Fatalf("drops %v", d)
 	}
+	h.up.take() // the no-flow segment's RST (TestNATResetsNoFlow)
 	// A reply of no NAT flow goes to the stack (the uplinks see nothing).
 	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, nil, 0)) // one flow, so replies are looked up
 	h.out.take()
@@ -333,6 +334,57 @@ func TestNATStrays(t *testing.T) {
 	h.nat.unsteer(h.port) // what Port.Close does first
 	if len(h.up.ports) != 0 || h.nat.Stats().Flows != 0 || h.nat.Stats().Ports != 0 {
 		t.Fatalf("after close: steered %v, flows %d", h.up.ports, h.nat.Stats().Flows)
+	}
+}
+
+// TestNATResetsNoFlow: a segment of a connection the NAT has no entry
+// for (its daemon restarted, the entry expired) is answered on the uplink
+// it came from with the RST the kernel would send: from the host's
+// address and published port, sequence number = the segment's ACK (RST|ACK
+// acknowledging it when it has no ACK), no options, right checksums; a
+// RST gets no answer.
+func TestNATResetsNoFlow(t *testing.T) {
+	h := newNATHarness(t, NATConfig{})
+	seg := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK|0x08, &[2]uint32{7, 9}, 100)
+	binary.BigEndian.PutUint32(seg[packet.Headroom+34+8:], 5555) // ACK number
+	tcp := seg[packet.Headroom+34:]
+	binary.BigEndian.PutUint16(tcp[16:], 0)
+	binary.BigEndian.PutUint16(tcp[16:], packet.Fold(packet.Sum(tcp, packet.PseudoHeaderSum(natClient, natHost, packet.ProtoTCP, len(tcp)))))
+	h.in(3, seg)
+	h.in(3, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpFIN, nil, 10)) // no ACK: seq 1000 + 10 + FIN
+	h.in(3, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpRST|tcpACK, nil, 0))
+	if got := h.out.take(); len(got) != 0 {
+		t.Fatalf("%d segments of no flow entered the network", len(got))
+	}
+	idx, out := h.up.take()
+	if len(out) != 2 {
+		t.Fatalf("%d frames to the uplinks, want 2 RSTs (none for the RST)", len(out))
+	}
+	for i, want := range []struct {
+		flags    uint8
+		seq, ack uint32
+	}{{tcpRST, 5555, 0}, {tcpRST | tcpACK, 0, 1011}} {
+		f := out[i]
+		if idx[i] != 3 || len(f) != 54 {
+			t.Fatalf("RST %d: %d bytes to uplink %d, want 54 to 3", i, len(f), idx[i])
+		}
+		checkSums(t, f)
+		e := packet.Ethernet(f)
+		ip := packet.IPv4(f[14:])
+		tcp := f[34:]
+		if e.Src() != natHostMAC || e.Dst() != natClientMAC || ip.Src() != natHost || ip.Dst() != natClient {
+			t.Fatalf("RST %d from %v %v to %v %v", i, e.Src(), ip.Src(), e.Dst(), ip.Dst())
+		}
+		if s, d := ports(f); s != natHAP.Port() || d != natCAP.Port() {
+			t.Fatalf("RST %d from port %d to %d", i, s, d)
+		}
+		if tcp[13] != want.flags || binary.BigEndian.Uint32(tcp[4:]) != want.seq || binary.BigEndian.Uint32(tcp[8:]) != want.ack || tcp[12] != 5<<4 {
+			t.Fatalf("RST %d: flags %#x seq %d ack %d offset %d; want %#x, %d, %d, 20 bytes", i, tcp[13],
+				binary.BigEndian.Uint32(tcp[4:]), binary.BigEndian.Uint32(tcp[8:]), tcp[12]>>4*4, want.flags, want.seq, want.ack)
+		}
+	}
+	if st := h.nat.Stats(); st.Resets != 2 || st.Drops[NATDropNoFlow] != 3 || st.Out != 0 {
+		t.Fatalf("stats %+v: want 2 resets, 3 no-flow drops, no frame translated out", st)
 	}
 }
 
@@ -405,10 +457,21 @@ func TestNATAllocs(t *testing.T) {
 func FuzzNATFrame(f *testing.F) {
 	f.Add(natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, &[2]uint32{1, 0}, 0)[packet.Headroom:])
 	f.Add(natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK, nil, 30)[packet.Headroom:])
+	n := NewNAT(NATConfig{Max: natShards})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, ok := parseNAT(b)
 		if !ok {
 			return
+		}
+		// The RST answering it (a segment of no flow) is well formed.
+		buf := append(make([]byte, packet.Headroom), b...)
+		var o *natOut
+		n.reset(1, buf, packet.Headroom, &p, &o)
+		if o != nil {
+			checkSums(t, o.bufs[0][packet.Headroom:])
+			if len(o.bufs[0]) != packet.Headroom+p.l3+40 {
+				t.Fatalf("RST of %d bytes", len(o.bufs[0])-packet.Headroom)
+			}
 		}
 		if p.l4+20 > p.end || p.end > len(b) || (p.ts != 0 && p.ts+8 > p.end) {
 			t.Fatalf("parse %+v out of a %d-byte frame", p, len(b))

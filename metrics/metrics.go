@@ -135,8 +135,8 @@ func NewCollector(src Source) *Collector {
 		ktnlActive:           desc("kernel_tunnel_active", "1 while TCP super-segments to one peer go to the kernel whole (daemon --kernel-tunnel; auto follows the host's forward firewall).", "state"),
 		ktnlSupers:           desc("kernel_tunnel_super_packets_total", "TCP super-segments sent through the kernel whole (tx) and received whole (rx).", "direction"),
 		ktnlFallbacks:        desc("kernel_tunnel_fallbacks_total", "TCP super-segments the kernel path refused, split by the daemon instead."),
-		natActive:            desc("mesh_nat_active", "1 while the routing mesh's per-packet NAT steers published ports at the uplinks (daemon --mesh-nat; auto follows the host's input firewall).", "state"),
-		natCut:               desc("mesh_nat_cut_total", "Connections open through the per-packet NAT when its steering stopped (a firewall appeared); the kernel resets them."),
+		natActive:            desc("published_nat_active", "1 while the routing mesh's per-packet NAT steers published ports at the uplinks (daemon --mesh-nat; auto follows the host's input firewall).", "state"),
+		natCut:               desc("published_nat_cut_total", "Connections open through the per-packet NAT when its steering stopped (a firewall appeared); the kernel resets them."),
 	}}
 }
 

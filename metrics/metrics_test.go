@@ -44,7 +44,6 @@ func testSource() *fakeSource {
 		stats: api.Stats{
 			Node:         "h1",
 			KernelTunnel: &api.KernelTunnelStats{Mode: "auto", Active: true, Reason: "clear", TxSupers: 5, SuperFallbacks: 1, RxSupers: 4},
-			Egress:       api.EgressStats{NAT: &api.NATStats{Mode: "auto", Reason: "nftables chain", Cut: 3}},
 			Networks: []api.NetworkStats{{
 				Network: "web", Flooded: 7, ARPSuppressed: 3, FloodNoPeers: 2, IngressReturn: 6, IngressReturnEvicted: 4,
 				Drops: map[string]uint64{"storm": 5, "port-security": 1},
@@ -62,6 +61,8 @@ func testSource() *fakeSource {
 				}},
 			},
 			TunnelDrops: map[string]uint64{"unknown-vni": 9},
+			Egress: api.EgressStats{IngressTCP: 1, IngressTotal: 3, NAT: &api.NATStats{Mode: "auto", Reason: "nftables chain", Cut: 3, Open: 2, Flows: 5, Max: 64, Total: 8, Evicted: 1,
+				FramesIn: 40, FramesOut: 41, Ports: 1, Drops: map[string]uint64{"no-flow": 6}, Resets: 4}},
 		},
 		nets: map[string]api.Network{"web": {
 			Name: "web", Encrypted: true, Drops: map[string]uint64{"no-sa": 4}, FloodNoPeers: 2,
@@ -201,8 +202,20 @@ func TestExposition(t *testing.T) {
 		{"vxmesh_kernel_tunnel_super_packets_total", C, "direction=tx", 5},
 		{"vxmesh_kernel_tunnel_super_packets_total", C, "direction=rx", 4},
 		{"vxmesh_kernel_tunnel_fallbacks_total", C, "", 1},
-		{"vxmesh_mesh_nat_active", G, "state=auto", 0},
-		{"vxmesh_mesh_nat_cut_total", C, "", 3},
+		{"vxmesh_published_nat_active", G, "state=auto", 0},
+		{"vxmesh_published_nat_cut_total", C, "", 3},
+		{"vxmesh_published_flows", G, "proto=tcp", 1},
+		{"vxmesh_published_flows_total", C, "", 3},
+		{"vxmesh_published_nat_connections", G, "", 2},
+		{"vxmesh_published_nat_flows", G, "", 5},
+		{"vxmesh_published_nat_max_flows", G, "", 64},
+		{"vxmesh_published_nat_flows_total", C, "", 8},
+		{"vxmesh_published_nat_evicted_total", C, "", 1},
+		{"vxmesh_published_nat_frames_total", C, "direction=in", 40},
+		{"vxmesh_published_nat_frames_total", C, "direction=out", 41},
+		{"vxmesh_published_nat_drops_total", C, "reason=no-flow", 6},
+		{"vxmesh_published_nat_resets_total", C, "", 4},
+		{"vxmesh_published_nat_ports", G, "", 1},
 	} {
 		if got := value(t, fams, c.name, c.typ, c.labels); got != c.want {
 			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/vxmesh/vxmesh/packet"
@@ -53,6 +55,10 @@ type Steer struct {
 	links map[int]*steerLink
 	gen   int    // SteerPriorities[gen] holds the filters now
 	sig   string // the set they steer
+	ports []uint16
+	// stop ends the watcher of the host's links and addresses (nil:
+	// none runs), which re-syncs at once when they change.
+	stop chan struct{}
 	// taps maps uplink ifindexes to their TAPs for Write, lock-free.
 	taps atomic.Pointer[map[int]*TAP]
 	wg   sync.WaitGroup
@@ -138,10 +144,88 @@ func hostState() (uplinks []netlink.Link, addrs []netip.Addr, err error) {
 }
 
 // Sync steers TCP segments to ports (and any address of the host) on
-// every uplink from now on; no ports unhooks everything.
+// every uplink from now on; no ports unhooks everything. While ports are
+// steered, a change of the host's links or addresses re-syncs at once
+// (not only at the caller's next Sync): a connection the listener
+// accepts on a new address before its filters would lose its later
+// segments to the NAT.
 func (s *Steer) Sync(ports []uint16) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.ports = slices.Clone(ports)
+	switch {
+	case len(ports) > 0 && s.stop == nil:
+		s.stop = make(chan struct{})
+		s.watch(s.stop)
+	case len(ports) == 0 && s.stop != nil:
+		close(s.stop)
+		s.stop = nil
+	}
+	return s.sync(ports)
+}
+
+// watch re-syncs s with its last ports whenever a link or an address of
+// the calling thread's namespace changes, until stop closes.
+func (s *Steer) watch(stop chan struct{}) {
+	ns, err := netns.Get()
+	if err != nil {
+		return // the caller's Syncs still follow the host
+	}
+	go func() {
+		defer ns.Close()
+		// Sync lists links and addresses of the thread's namespace:
+		// this goroutine's thread joins the caller's for good (a thread
+		// locked at exit is discarded).
+		runtime.LockOSThread()
+		if err := netns.Set(ns); err != nil {
+			return
+		}
+		addrs := make(chan netlink.AddrUpdate, 64)
+		links := make(chan netlink.LinkUpdate, 64)
+		if netlink.AddrSubscribeWithOptions(addrs, stop, netlink.AddrSubscribeOptions{Namespace: &ns}) != nil ||
+			netlink.LinkSubscribeWithOptions(links, stop, netlink.LinkSubscribeOptions{Namespace: &ns}) != nil {
+			return
+		}
+		for {
+			select {
+			case <-stop:
+				return
+			case _, ok := <-addrs:
+				if !ok {
+					return
+				}
+			case _, ok := <-links:
+				if !ok {
+					return
+				}
+			}
+			// One Sync for a burst of changes.
+		drain:
+			for {
+				select {
+				case _, ok := <-addrs:
+					if !ok {
+						break drain
+					}
+				case _, ok := <-links:
+					if !ok {
+						break drain
+					}
+				default:
+					break drain
+				}
+			}
+			s.mu.Lock()
+			if s.stop == stop {
+				_ = s.sync(s.ports) // errors show at the caller's next Sync
+			}
+			s.mu.Unlock()
+		}
+	}()
+}
+
+// sync is Sync's work; s.mu is held.
+func (s *Steer) sync(ports []uint16) error {
 	var uplinks []netlink.Link
 	var addrs []netip.Addr
 	if len(ports) > 0 {

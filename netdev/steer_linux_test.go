@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -33,6 +34,105 @@ func steerFilters(t *testing.T, link int) map[uint16]int {
 		}
 	}
 	return out
+}
+
+// TestSteerFollowsHost: while ports are steered, a new address, an
+// uplink going down and coming back up are followed without another
+// Sync (a connection on a new address must not be served by the
+// listener until the next reconcile and then lose its segments to the
+// NAT); once nothing is steered, nothing follows.
+func TestSteerFollowsHost(t *testing.T) {
+	requireTAP(t)
+	ns := newNetns(t)
+	var err error
+	inNetns(t, ns, func() { err = steerFollowsHost(t) })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func steerFollowsHost(t *testing.T) error {
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "up0"}, PeerName: "up0p"}); err != nil {
+		return err
+	}
+	up, err := netlink.LinkByName("up0")
+	if err != nil {
+		return err
+	}
+	peer, err := netlink.LinkByName("up0p")
+	if err != nil {
+		return err
+	}
+	for _, l := range []netlink.Link{up, peer} {
+		if err := netlink.LinkSetUp(l); err != nil {
+			return err
+		}
+	}
+	addr := func(a string) *netlink.Addr {
+		ip, n, _ := net.ParseCIDR(a)
+		n.IP = ip
+		return &netlink.Addr{IPNet: n}
+	}
+	if err := netlink.AddrAdd(up, addr("192.0.2.1/24")); err != nil {
+		return err
+	}
+	idx := up.Attrs().Index
+	total := func() int {
+		n := 0
+		for _, c := range steerFilters(t, idx) {
+			n += c
+		}
+		return n
+	}
+	// poll waits (up to 10 s: a condition, not a timing) for want
+	// filters on up0.
+	poll := func(want int, what string) error {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if total() == want {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: %d filters on up0, want %d", what, total(), want)
+			}
+		}
+	}
+	s := NewSteer(func(int, [][]byte, []int, int) {})
+	defer s.Close()
+	if err := s.Sync([]uint16{8080}); err != nil {
+		return err
+	}
+	if err := poll(1, "after Sync"); err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(up, addr("192.0.2.9/24")); err != nil {
+		return err
+	}
+	if err := poll(2, "a new address, no Sync"); err != nil {
+		return err
+	}
+	if err := netlink.LinkSetDown(up); err != nil {
+		return err
+	}
+	if err := poll(0, "uplink down, no Sync"); err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(up); err != nil {
+		return err
+	}
+	if err := poll(2, "uplink up again, no Sync"); err != nil {
+		return err
+	}
+	if err := s.Sync(nil); err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(up, addr("192.0.2.10/24")); err != nil {
+		return err
+	}
+	time.Sleep(200 * time.Millisecond) // nothing should come: give it the chance
+	if n := total(); n != 0 {
+		return fmt.Errorf("nothing steered, a new address: %d filters", n)
+	}
+	return nil
 }
 
 // TestSteerLifecycle: Sync adds one filter per host address and port on

@@ -97,8 +97,8 @@ func printStats(w io.Writer, s api.Stats) error {
 		if n.Mode != "" {
 			fmt.Fprintf(w, "Published-port NAT (--mesh-nat=%s): steering %s: %s; %d open connections cut by switching off\n", n.Mode, onOff(n.Active), dash(n.Reason), n.Cut)
 		}
-		fmt.Fprintf(w, "Published-port NAT: %d ports steered; %d connections open, %d flows of %d, %d started, %d evicted; %d frames in, %d out; drops %s\n",
-			n.Ports, n.Open, n.Flows, n.Max, n.Total, n.Evicted, n.FramesIn, n.FramesOut, formatDrops(n.Drops))
+		fmt.Fprintf(w, "Published-port NAT: %d ports steered; %d connections open, %d flows of %d, %d started, %d evicted; %d frames in, %d out; drops %s; %d resets\n",
+			n.Ports, n.Open, n.Flows, n.Max, n.Total, n.Evicted, n.FramesIn, n.FramesOut, formatDrops(n.Drops), n.Resets)
 	}
 	for _, n := range s.Networks {
 		fmt.Fprintf(w, "\nNetwork %s: flooded %d, flood without peers %d, arp suppressed %d, drops %s\n", n.Network, n.Flooded, n.FloodNoPeers, n.ARPSuppressed, formatDrops(n.Drops))
