@@ -185,6 +185,19 @@ func (h *lifecycleHost) run(name, policy string) api.Endpoint {
 	return ep
 }
 
+// launched reports whether name runs and the daemon's start of it has
+// returned: an exit before that (a process that dies at once) is shown
+// "restarting" until the start returns.
+func (h *lifecycleHost) launched(name string) bool {
+	h.t.Helper()
+	if status(h.t, h.d, name).Status != api.StatusRunning {
+		return false
+	}
+	h.d.mu.Lock()
+	defer h.d.mu.Unlock()
+	return !h.d.containers[name].starting
+}
+
 // exit makes name's main process exit with code, leaving no process.
 func (h *lifecycleHost) exit(name string, code int) {
 	h.t.Helper()
@@ -214,7 +227,7 @@ func TestRestartPolicyRestartsOnFailureUpToItsMaximum(t *testing.T) {
 		if got := backendIPs(h.d, "web"); len(got) != 0 {
 			t.Errorf("exit %d: restarting, yet balanced to: %v", i, got)
 		}
-		waitFor(t, "the policy's start", func() bool { return h.started("c1") == i && status(t, h.d, "c1").Status == api.StatusRunning })
+		waitFor(t, "the policy's start", func() bool { return h.started("c1") == i && h.launched("c1") })
 		waitFor(t, "c1 a backend again", func() bool { return slices.Equal(backendIPs(h.d, "web"), []string{ep.IP}) })
 		if c := status(t, h.d, "c1"); c.Status != api.StatusRunning {
 			t.Errorf("after restart %d: ps %q, want running", i, c.Status)
@@ -242,7 +255,7 @@ func TestRestartPolicyRestartsOnFailureUpToItsMaximum(t *testing.T) {
 		return h.d.containers["c1"].restarts.delay
 	}
 	h.exit("c1", 1)
-	waitFor(t, "the first restart", func() bool { return status(t, h.d, "c1").Status == api.StatusRunning })
+	waitFor(t, "the first restart", func() bool { return h.launched("c1") })
 	h.clock.Add(int64(10 * time.Second))
 	h.exit("c1", 1)
 	if c := status(t, h.d, "c1"); c.Status != api.StatusRestarting || c.RestartCount != 2 {
