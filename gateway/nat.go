@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vxmesh/vxmesh/internal/hashmix"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -343,19 +344,10 @@ func (n *NAT) Stats() NATStats {
 	return st
 }
 
-func natMix(x uint64) uint64 {
-	x ^= x >> 33
-	x *= 0xff51afd7ed558ccd
-	x ^= x >> 33
-	x *= 0xc4ceb9fe1a85ec53
-	x ^= x >> 33
-	return x
-}
-
 func (n *NAT) hash(k *natKey) uint64 {
 	a := uint64(binary.BigEndian.Uint32(k.client[:]))<<32 | uint64(binary.BigEndian.Uint32(k.vip[:]))
 	b := uint64(k.cport)<<16 | uint64(k.vport)
-	return natMix(a ^ natMix(b^n.seed))
+	return hashmix.Mix(a ^ hashmix.Mix(b^n.seed))
 }
 
 func (sh *natShard) bucket(h uint64) *uint32 { return &sh.idx[uint32(h>>32)&sh.mask] }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/vxmesh/vxmesh/internal/hashmix"
 	"github.com/vxmesh/vxmesh/lb"
 	"github.com/vxmesh/vxmesh/packet"
 )
@@ -140,19 +141,10 @@ func newMeshTable(max int, to lb.Timeouts) *meshTable {
 	return t
 }
 
-func mix(x uint64) uint64 {
-	x ^= x >> 33
-	x *= 0xff51afd7ed558ccd
-	x ^= x >> 33
-	x *= 0xc4ceb9fe1a85ec53
-	x ^= x >> 33
-	return x
-}
-
 func (t *meshTable) hash(k *meshKey) uint64 {
 	x := uint64(binary.BigEndian.Uint32(k.backend[:]))<<32 | uint64(binary.BigEndian.Uint32(k.client[:]))
 	y := uint64(k.proto)<<32 | uint64(k.bport)<<16 | uint64(k.cport)
-	return mix(mix(x^t.seed) ^ y)
+	return hashmix.Mix(hashmix.Mix(x^t.seed) ^ y)
 }
 
 // bucket returns the head of hash h's chain in sh. Its index takes h's
@@ -161,7 +153,7 @@ func (t *meshTable) hash(k *meshKey) uint64 {
 func (sh *meshShard) bucket(h uint64) *uint32 { return &sh.idx[uint32(h>>32)&sh.mask] }
 
 func (t *meshTable) clientSlot(ip [4]byte) *atomic.Int32 {
-	return &t.clients[mix(t.seed^uint64(binary.BigEndian.Uint32(ip[:])))%meshClientSlots]
+	return &t.clients[hashmix.Mix(t.seed^uint64(binary.BigEndian.Uint32(ip[:])))%meshClientSlots]
 }
 
 // find returns k's live entry in sh (locked) and its chain link, or 0.
