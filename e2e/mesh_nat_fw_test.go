@@ -35,21 +35,7 @@ func (e *env) natState() api.NATStats {
 // translated by the NAT again.
 func TestRoutingMeshNATHeedsTheInputFirewall(t *testing.T) {
 	testenv.RequireCommand(t, "nft", "nftables")
-	es := newCluster(t, 2, "--kernel-tunnel-recheck", recheckSlow)
-	h1, h2 := es[0], es[1]
-	peer, err := h1.tb.AddUnderlayPeer("client")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h1.network("web", "10.87.0.0/24")
-	h2.waitNetwork("web")
-	h1.cli("service", "create", "api", "--network", "web", "--port", "7000", "--publish", "8080:7000")
-	h2.waitService("api")
-	h1.meshBackend("b1", "web", "api", "serve")
-	for _, e := range es {
-		e.waitBackends("api", "b1")
-		e.waitPublishState("api", e.h.Name, "published=8080,", "up")
-	}
+	h2, peer := natMeshCluster(t, "10.87.0.0/24", "--kernel-tunnel-recheck", recheckSlow)
 	addr := h2.h.Addr + ":8080"
 	want := "b1 " + peer.Addr
 	steered := func(what string) api.NATStats {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vxmesh/vxmesh/api"
+	"github.com/vxmesh/vxmesh/internal/testbed"
 	"github.com/vxmesh/vxmesh/netdev"
 )
 
@@ -62,21 +63,7 @@ func steerFilters(t *testing.T, e *env) (filters, taps []string) {
 // segment after the restart (the NAT lost the flow), not left to
 // retransmit into silence.
 func TestRoutingMeshNAT(t *testing.T) {
-	es := newCluster(t, 2, "--mesh-nat")
-	h1, h2 := es[0], es[1]
-	peer, err := h1.tb.AddUnderlayPeer("client")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h1.network("web", "10.86.0.0/24")
-	h2.waitNetwork("web")
-	h1.cli("service", "create", "api", "--network", "web", "--port", "7000", "--publish", "8080:7000")
-	h2.waitService("api")
-	h1.meshBackend("b1", "web", "api", "serve")
-	for _, e := range es {
-		e.waitBackends("api", "b1")
-		e.waitPublishState("api", e.h.Name, "published=8080,", "up")
-	}
+	h2, peer := natMeshCluster(t, "10.86.0.0/24", "--mesh-nat")
 	addr := h2.h.Addr + ":8080"
 	const n = 20
 	for i := range n {
@@ -152,4 +139,29 @@ func TestRoutingMeshNAT(t *testing.T) {
 	if filters, taps := steerFilters(t, h2); len(filters) != 0 || len(taps) != 0 {
 		t.Errorf("after the daemon stopped: filters %q, TAPs %v; want none", filters, taps)
 	}
+}
+
+// natMeshCluster starts two hosts with daemon flags, network web (subnet)
+// and service api publishing 8080 -> 7000 with one backend, b1, on h1,
+// and an outside client on the underlay; it returns h2 (the ingress host
+// without a backend) and the client once both hosts balance to b1 and
+// have the port up.
+func natMeshCluster(t *testing.T, subnet string, flags ...string) (*env, *testbed.UnderlayPeer) {
+	t.Helper()
+	es := newCluster(t, 2, flags...)
+	h1, h2 := es[0], es[1]
+	peer, err := h1.tb.AddUnderlayPeer("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1.network("web", subnet)
+	h2.waitNetwork("web")
+	h1.cli("service", "create", "api", "--network", "web", "--port", "7000", "--publish", "8080:7000")
+	h2.waitService("api")
+	h1.meshBackend("b1", "web", "api", "serve")
+	for _, e := range es {
+		e.waitBackends("api", "b1")
+		e.waitPublishState("api", e.h.Name, "published=8080,", "up")
+	}
+	return h2, peer
 }
