@@ -93,7 +93,7 @@ func (d *Daemon) meshNATAllowed(mode MeshNATMode) (bool, string) {
 
 // startMeshNAT gives the egress the routing mesh's per-packet NAT and its
 // steering on this host's uplinks (Config.MeshNAT; docs/architecture.md,
-// "Per-packet NAT for mode=ingress"), after removing the filters and
+// "Routing mesh: per-packet NAT on the ingress host"), after removing the filters and
 // TAPs a daemon that did not stop cleanly left. Without it (or when the
 // steering cannot be set up) published ports keep the listener's path;
 // in auto mode they keep it while a firewall could filter them.

@@ -15,7 +15,7 @@ import (
 )
 
 // The routing mesh's ingress host without TCP termination (see
-// docs/architecture.md, "Per-packet NAT for mode=ingress"): the client's
+// docs/architecture.md, "Routing mesh: per-packet NAT on the ingress host"): the client's
 // segments to a steered published TCP port are taken off the host's
 // uplinks before the kernel sees them (Uplinks), rewritten from the
 // host's address and published port to the service's VIP and target
