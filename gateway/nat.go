@@ -33,14 +33,6 @@ const DefaultNATMax = 65536
 // natShards is the number of NAT table shards, each with its own lock.
 const natShards = 16
 
-// TCP flags the NAT follows.
-const (
-	tcpFIN = 0x01
-	tcpSYN = 0x02
-	tcpRST = 0x04
-	tcpACK = 0x10
-)
-
 // NAT entry states, with the conntrack's timeouts.
 const (
 	natSyn     = iota // client SYN seen, no answer yet
@@ -539,16 +531,26 @@ func natFix(b []byte, d uint64) {
 	binary.BigEndian.PutUint16(b, packet.Fold(uint64(^binary.BigEndian.Uint16(b))+d))
 }
 
-// natRewrite rewrites the address at addrAt, the port at portAt and, if
-// tsAt is not 0, the 32-bit timestamp word at tsAt of p in f, updating
-// the checksums: a partial TCP checksum (offload) covers the
-// pseudo-header only.
-func natRewrite(f []byte, p *natPkt, partial bool, addrAt int, addr [4]byte, portAt int, port uint16, tsAt int, ts uint32) {
-	da := natPut32(f[addrAt:], binary.BigEndian.Uint32(addr[:]))
+// natEdit is one direction's rewrite of a NAT segment: the address at
+// addrAt, the port at portAt and, if tsAt is not 0, the 32-bit timestamp
+// word at tsAt.
+type natEdit struct {
+	addrAt int
+	addr   [4]byte
+	portAt int
+	port   uint16
+	tsAt   int
+	ts     uint32
+}
+
+// apply makes e in f (parsed as p), updating the checksums: a partial
+// TCP checksum (offload) covers the pseudo-header only.
+func (e *natEdit) apply(f []byte, p *natPkt, partial bool) {
+	da := natPut32(f[e.addrAt:], binary.BigEndian.Uint32(e.addr[:]))
 	natFix(f[p.l3+10:], da)
-	d := natPut16(f[portAt:], port)
-	if tsAt != 0 {
-		d += natPut32(f[tsAt:], ts)
+	d := natPut16(f[e.portAt:], e.port)
+	if e.tsAt != 0 {
+		d += natPut32(f[e.tsAt:], e.ts)
 	}
 	cs := f[p.l4+16:]
 	if partial {
@@ -572,16 +574,23 @@ func (n *NAT) tsTarget(client, vip [4]byte, now time.Time) uint32 {
 	return uint32(now.UnixMilli()) + binary.LittleEndian.Uint32(h[:4])
 }
 
+// natBatch is what the frames of one Input call share.
+type natBatch struct {
+	ifindex int // the uplink they came from
+	ports   map[uint16]*Port
+	t       time.Time
+	now     int64   // t in Unix nanoseconds
+	resets  *natOut // the RSTs answering segments of no flow
+}
+
 // Input translates frames steered from uplink ifindex (bufs[i][offset:
 // offset+sizes[i]], offload metadata in front) and hands them to their
 // networks' switches as the gateways' own frames; the buffers are only
 // borrowed. Frames it cannot translate are dropped and counted.
 func (n *NAT) Input(ifindex int, bufs [][]byte, sizes []int, offset int) {
-	ports := *n.ports.Load()
-	t := n.now()
-	now := t.UnixNano()
+	b := natBatch{ifindex: ifindex, ports: *n.ports.Load(), t: n.now()}
+	b.now = b.t.UnixNano()
 	var run *Gateway
-	var resets *natOut
 	start, k := 0, 0
 	flush := func() {
 		if k > start && run != nil {
@@ -594,7 +603,7 @@ func (n *NAT) Input(ifindex int, bufs [][]byte, sizes []int, offset int) {
 		start = k
 	}
 	for i := range bufs {
-		g := n.forward(ifindex, bufs[i], offset, sizes[i], ports, t, now, &resets)
+		g := n.forward(&b, bufs[i], offset, sizes[i])
 		if g == nil {
 			continue
 		}
@@ -607,22 +616,22 @@ func (n *NAT) Input(ifindex int, bufs [][]byte, sizes []int, offset int) {
 		k++
 	}
 	flush()
-	if resets != nil {
-		n.flush(resets, offset, &n.resets)
+	if b.resets != nil {
+		n.flush(b.resets, offset, &n.resets)
 	}
 }
 
 // forward translates one steered frame and returns the gateway it enters
 // (nil: dropped). A segment of no flow is turned into the RST that
-// answers it, queued in resets for uplink ifindex.
-func (n *NAT) forward(ifindex int, buf []byte, offset, size int, ports map[uint16]*Port, t time.Time, now int64, resets **natOut) *Gateway {
+// answers it, queued in b.resets.
+func (n *NAT) forward(b *natBatch, buf []byte, offset, size int) *Gateway {
 	f := buf[offset : offset+size]
 	p, ok := parseNAT(f)
 	if !ok {
 		n.drops[natDropMalformed].Add(1)
 		return nil
 	}
-	port := ports[binary.BigEndian.Uint16(f[p.l4+2:])]
+	port := b.ports[binary.BigEndian.Uint16(f[p.l4+2:])]
 	if port == nil {
 		n.drops[natDropNoPort].Add(1)
 		return nil
@@ -632,90 +641,89 @@ func (n *NAT) forward(ifindex int, buf []byte, offset, size int, ports map[uint1
 	k.cport = binary.BigEndian.Uint16(f[p.l4:])
 	k.vport = port.spec.Port
 	local := [4]byte(f[p.l3+16 : p.l3+20])
-	syn := p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN
 	var g *Gateway
-	var vip [4]byte
-	if syn {
-		var dst netip.Addr
-		var ok bool
-		if g, dst, ok = port.target(); !ok || g == nil || !dst.Is4() {
-			n.drops[natDropNoTarget].Add(1)
-			return nil
-		}
-		if _, spoofed := port.e.ingressSource(g, netip.AddrPortFrom(netip.AddrFrom4(k.client), k.cport)); !spoofed {
-			n.drops[natDropUnspoofable].Add(1)
-			return nil
-		}
-		vip = dst.As4()
-		k.vip = vip
-		if v := port.natVIP.Load(); v == nil || *v != vip {
-			port.setVIP(vip)
-		}
-	}
 	var tsDelta uint32
-	h := uint64(0)
-	var sh *natShard
-	if syn {
-		h = n.hash(&k)
-		sh = &n.shards[h&(natShards-1)]
-		sh.mu.Lock()
-		if p.ts != 0 {
-			tsDelta = n.tsTarget(k.client, vip, t) - binary.BigEndian.Uint32(f[p.ts:])
-		}
-		i := n.find(sh, &k, h, now)
-		if i != 0 && (sh.e[i].state != natSyn || sh.e[i].local != local || sh.e[i].lport != port.spec.HostPort) {
-			// The client's port used again: the old flow ends.
-			n.unlink(sh, i)
-			i = 0
-		}
-		if i == 0 {
-			if sh.free == 0 && !n.reclaim(sh, now) {
-				sh.mu.Unlock()
-				n.drops[natDropFull].Add(1)
-				return nil
-			}
-			i = sh.free
-			e := &sh.e[i]
-			sh.free = e.next
-			*e = natEntry{key: k, local: local, lport: port.spec.HostPort, ifindex: int32(ifindex),
-				cmac: packet.Ethernet(f).Src(), lmac: packet.Ethernet(f).Dst(), gw: g, port: port,
-				tsDelta: tsDelta, state: natSyn, open: true}
-			b := sh.bucket(h)
-			e.next, *b = *b, i
-			sh.n++
-			n.n.Add(1)
-			n.total.Add(1)
-			port.total.Add(1)
-			port.active.Add(1)
-			n.open.Add(1)
-		}
-		e := &sh.e[i]
-		e.expires = now + n.to[natSyn]
-		tsDelta = e.tsDelta
-		sh.mu.Unlock()
-	} else {
-		// Not a SYN: the flow's entry, found by its VIP through the
-		// port's target: the key holds the VIP, which only the entry
-		// knows, so look it up under each candidate VIP the port has had;
-		// in practice one (mode=ingress: the service's VIP).
-		var e natEntry
-		if !n.lookupForward(&k, port, local, &p, now, &e) {
-			n.drops[natDropNoFlow].Add(1)
-			n.reset(ifindex, buf[:offset+size], offset, &p, resets)
+	if p.flags&(packet.TCPSYN|packet.TCPACK|packet.TCPRST) == packet.TCPSYN {
+		if g, tsDelta, ok = n.openFlow(b, &k, local, port, f, &p); !ok {
 			return nil
 		}
-		g, vip, tsDelta = e.gw, e.key.vip, e.tsDelta
+	} else {
+		// Not a SYN: the flow's entry, under the port's current VIP (the
+		// key holds the VIP, which only the entry knows).
+		var e natEntry
+		if !n.lookupForward(&k, port, local, &p, b.now, &e) {
+			n.drops[natDropNoFlow].Add(1)
+			n.reset(b.ifindex, buf[:offset+size], offset, &p, &b.resets)
+			return nil
+		}
+		g, k.vip, tsDelta = e.gw, e.key.vip, e.tsDelta
 	}
 	port.bytesIn.Add(uint64(p.payload))
-	tsAt, ts := 0, uint32(0)
+	ed := natEdit{addrAt: p.l3 + 16, addr: k.vip, portAt: p.l4 + 2, port: k.vport}
 	if p.ts != 0 && tsDelta != 0 {
-		tsAt, ts = p.ts, binary.BigEndian.Uint32(f[p.ts:])+tsDelta
+		ed.tsAt, ed.ts = p.ts, binary.BigEndian.Uint32(f[p.ts:])+tsDelta
 	}
-	natRewrite(f, &p, packet.OffloadOf(buf).NeedsCsum(), p.l3+16, vip, p.l4+2, k.vport, tsAt, ts)
+	ed.apply(f, &p, packet.OffloadOf(buf).NeedsCsum())
 	eth := packet.Ethernet(f)
-	eth.SetDst(lb.VIPMAC(netip.AddrFrom4(vip)))
+	eth.SetDst(lb.VIPMAC(netip.AddrFrom4(k.vip)))
 	eth.SetSrc(g.cfg.MAC)
 	return g
+}
+
+// openFlow makes (or, for a SYN sent again, finds) the entry of a client's
+// SYN to port, keyed k (its VIP filled in here), from local, and returns
+// the gateway it enters and its timestamp delta; false: dropped, counted.
+func (n *NAT) openFlow(b *natBatch, k *natKey, local [4]byte, port *Port, f []byte, p *natPkt) (*Gateway, uint32, bool) {
+	g, dst, ok := port.target()
+	if !ok || g == nil || !dst.Is4() {
+		n.drops[natDropNoTarget].Add(1)
+		return nil, 0, false
+	}
+	if _, spoofed := port.e.ingressSource(g, netip.AddrPortFrom(netip.AddrFrom4(k.client), k.cport)); !spoofed {
+		n.drops[natDropUnspoofable].Add(1)
+		return nil, 0, false
+	}
+	k.vip = dst.As4()
+	if v := port.natVIP.Load(); v == nil || *v != k.vip {
+		port.setVIP(k.vip)
+	}
+	h := n.hash(k)
+	sh := &n.shards[h&(natShards-1)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	i := n.find(sh, k, h, b.now)
+	if i != 0 && (sh.e[i].state != natSyn || sh.e[i].local != local || sh.e[i].lport != port.spec.HostPort) {
+		// The client's port used again: the old flow ends.
+		n.unlink(sh, i)
+		i = 0
+	}
+	if i == 0 {
+		if sh.free == 0 && !n.reclaim(sh, b.now) {
+			n.drops[natDropFull].Add(1)
+			return nil, 0, false
+		}
+		var tsDelta uint32
+		if p.ts != 0 {
+			tsDelta = n.tsTarget(k.client, k.vip, b.t) - binary.BigEndian.Uint32(f[p.ts:])
+		}
+		i = sh.free
+		e := &sh.e[i]
+		sh.free = e.next
+		*e = natEntry{key: *k, local: local, lport: port.spec.HostPort, ifindex: int32(b.ifindex),
+			cmac: packet.Ethernet(f).Src(), lmac: packet.Ethernet(f).Dst(), gw: g, port: port,
+			tsDelta: tsDelta, state: natSyn, open: true}
+		bk := sh.bucket(h)
+		e.next, *bk = *bk, i
+		sh.n++
+		n.n.Add(1)
+		n.total.Add(1)
+		port.total.Add(1)
+		port.active.Add(1)
+		n.open.Add(1)
+	}
+	e := &sh.e[i]
+	e.expires = b.now + n.to[natSyn]
+	return g, e.tsDelta, true
 }
 
 // lookupForward finds the entry of a client's non-SYN segment: its key's
@@ -748,13 +756,13 @@ func (n *NAT) lookupForward(k *natKey, port *Port, local [4]byte, p *natPkt, now
 // 2: backend).
 func (n *NAT) track(e *natEntry, flags, side uint8, now int64) {
 	switch {
-	case flags&tcpRST != 0:
+	case flags&packet.TCPRST != 0:
 		if side == 1 {
 			e.state = natClosed // the client giving up is no failure
 		}
 		n.end(e)
 		e.state = natClosed
-	case flags&tcpFIN != 0:
+	case flags&packet.TCPFIN != 0:
 		if e.fins == 0 {
 			e.finnedAt = now
 		}
@@ -765,9 +773,9 @@ func (n *NAT) track(e *natEntry, flags, side uint8, now int64) {
 		if e.fins == 3 {
 			n.end(e)
 		}
-	case e.state == natSyn && side == 2 && flags&(tcpSYN|tcpACK) == tcpSYN|tcpACK:
+	case e.state == natSyn && side == 2 && flags&(packet.TCPSYN|packet.TCPACK) == packet.TCPSYN|packet.TCPACK:
 		e.state = natEst
-	case e.state == natSyn && side == 1 && flags&tcpACK != 0 && flags&tcpSYN == 0:
+	case e.state == natSyn && side == 1 && flags&packet.TCPACK != 0 && flags&packet.TCPSYN == 0:
 		e.state = natEst
 	}
 	e.expires = now + n.to[e.state]
@@ -796,25 +804,25 @@ func (p *Port) setVIP(vip [4]byte) {
 // retransmitting into silence. A RST is not answered.
 func (n *NAT) reset(ifindex int, buf []byte, offset int, p *natPkt, o **natOut) {
 	f := buf[offset:]
-	if p.flags&tcpRST != 0 {
+	if p.flags&packet.TCPRST != 0 {
 		return
 	}
 	l3, l4 := p.l3, p.l4
 	src, dst := [4]byte(f[l3+12:l3+16]), [4]byte(f[l3+16:l3+20])
 	sport, dport := binary.BigEndian.Uint16(f[l4:]), binary.BigEndian.Uint16(f[l4+2:])
 	seq, ack := binary.BigEndian.Uint32(f[l4+4:]), binary.BigEndian.Uint32(f[l4+8:])
-	flags := uint8(tcpRST)
-	if p.flags&tcpACK != 0 {
+	flags := uint8(packet.TCPRST)
+	if p.flags&packet.TCPACK != 0 {
 		seq, ack = ack, 0
 	} else {
 		ack = seq + uint32(p.payload)
-		if p.flags&tcpSYN != 0 {
+		if p.flags&packet.TCPSYN != 0 {
 			ack++
 		}
-		if p.flags&tcpFIN != 0 {
+		if p.flags&packet.TCPFIN != 0 {
 			ack++
 		}
-		seq, flags = 0, tcpRST|tcpACK
+		seq, flags = 0, packet.TCPRST|packet.TCPACK
 	}
 	eth := packet.Ethernet(f)
 	cmac, lmac := eth.Src(), eth.Dst()
@@ -887,12 +895,12 @@ func (n *NAT) reply(buf []byte, offset int, o **natOut) bool {
 	local, lport, ifindex, cmac, lmac, tsDelta, port := e.local, e.lport, int(e.ifindex), e.cmac, e.lmac, e.tsDelta, e.port
 	sh.mu.Unlock()
 	port.bytesOut.Add(uint64(p.payload))
-	tsAt, ts := 0, uint32(0)
+	ed := natEdit{addrAt: p.l3 + 12, addr: local, portAt: p.l4, port: lport}
 	if p.ts != 0 && tsDelta != 0 {
 		// TSecr echoes the client's (rewritten) TSval.
-		tsAt, ts = p.ts+4, binary.BigEndian.Uint32(f[p.ts+4:])-tsDelta
+		ed.tsAt, ed.ts = p.ts+4, binary.BigEndian.Uint32(f[p.ts+4:])-tsDelta
 	}
-	natRewrite(f, &p, packet.OffloadOf(buf).NeedsCsum(), p.l3+12, local, p.l4, lport, tsAt, ts)
+	ed.apply(f, &p, packet.OffloadOf(buf).NeedsCsum())
 	eth := packet.Ethernet(f)
 	eth.SetDst(cmac)
 	eth.SetSrc(lmac)

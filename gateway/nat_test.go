@@ -213,7 +213,7 @@ func TestNATBothWays(t *testing.T) {
 		t.Fatalf("steered ports %v, want [8080]", got)
 	}
 	const clientTS = 123456
-	h.in(7, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, &[2]uint32{clientTS, 0}, 0))
+	h.in(7, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPSYN, &[2]uint32{clientTS, 0}, 0))
 	got := h.out.take()
 	if len(got) != 1 {
 		t.Fatalf("switch got %d frames, want 1", len(got))
@@ -236,7 +236,7 @@ func TestNATBothWays(t *testing.T) {
 	}
 
 	rx := h.gw.dev.rx.Load()
-	h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, tcpSYN|tcpACK, &[2]uint32{999, want}, 0))
+	h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, packet.TCPSYN|packet.TCPACK, &[2]uint32{999, want}, 0))
 	idx, out := h.up.take()
 	if len(out) != 1 || idx[0] != 7 {
 		t.Fatalf("uplink writes %v %d, want one to ifindex 7", idx, len(out))
@@ -259,14 +259,14 @@ func TestNATBothWays(t *testing.T) {
 
 	// Data both ways, then both FINs: the port's counters follow.
 	h.now = h.now.Add(10 * time.Millisecond)
-	h.in(7, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK, &[2]uint32{clientTS + 10, 999}, 100))
+	h.in(7, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPACK, &[2]uint32{clientTS + 10, 999}, 100))
 	f = h.out.take()[0]
 	checkSums(t, f)
 	if tsv, _ := tcpTS(f); tsv != want+10 {
 		t.Fatalf("TSval %d, want %d", tsv, want+10)
 	}
-	h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, tcpACK|tcpFIN, &[2]uint32{1009, want + 10}, 300))
-	h.in(7, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK|tcpFIN, &[2]uint32{clientTS + 20, 1009}, 0))
+	h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, packet.TCPACK|packet.TCPFIN, &[2]uint32{1009, want + 10}, 300))
+	h.in(7, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPACK|packet.TCPFIN, &[2]uint32{clientTS + 20, 1009}, 0))
 	if _, out = h.up.take(); len(out) != 1 {
 		t.Fatalf("FIN not sent to the client")
 	}
@@ -287,7 +287,7 @@ func TestNATBothWays(t *testing.T) {
 // one: only the pseudo-header's change is applied.
 func TestNATPartialChecksum(t *testing.T) {
 	h := newNATHarness(t, NATConfig{})
-	buf := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, nil, 0)
+	buf := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPSYN, nil, 0)
 	f := buf[packet.Headroom:]
 	l4 := f[34:]
 	binary.BigEndian.PutUint16(l4[16:], ^packet.Fold(packet.PseudoHeaderSum(natClient, natHost, packet.ProtoTCP, len(l4))))
@@ -307,9 +307,9 @@ func TestNATPartialChecksum(t *testing.T) {
 // no flow are not taken; a client that cannot enter as itself is dropped.
 func TestNATStrays(t *testing.T) {
 	h := newNATHarness(t, NATConfig{})
-	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK, nil, 10))
-	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, netip.AddrPortFrom(natHost, 9090), tcpSYN, nil, 0))
-	h.in(1, natSeg(natClientMAC, natHostMAC, netip.AddrPortFrom(netip.MustParseAddr("10.0.1.9"), 5), natHAP, tcpSYN, nil, 0))
+	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPACK, nil, 10))
+	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, netip.AddrPortFrom(natHost, 9090), packet.TCPSYN, nil, 0))
+	h.in(1, natSeg(natClientMAC, natHostMAC, netip.AddrPortFrom(netip.MustParseAddr("10.0.1.9"), 5), natHAP, packet.TCPSYN, nil, 0))
 	if got := h.out.take(); len(got) != 0 {
 		t.Fatalf("%d stray frames entered the network", len(got))
 	}
@@ -319,14 +319,14 @@ func TestNATStrays(t *testing.T) {
 	}
 	h.up.take() // the no-flow segment's RST (TestNATResetsNoFlow)
 	// A reply of no NAT flow goes to the stack (the uplinks see nothing).
-	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, nil, 0)) // one flow, so replies are looked up
+	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPSYN, nil, 0)) // one flow, so replies are looked up
 	h.out.take()
-	h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, netip.AddrPortFrom(natClient, 40001), tcpSYN|tcpACK, nil, 0))
+	h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, netip.AddrPortFrom(natClient, 40001), packet.TCPSYN|packet.TCPACK, nil, 0))
 	if _, out := h.up.take(); len(out) != 0 {
 		t.Fatal("a reply of no flow went to the uplink")
 	}
 	// A RST answering the SYN fails the flow.
-	h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, tcpRST|tcpACK, nil, 0))
+	h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, packet.TCPRST|packet.TCPACK, nil, 0))
 	if st := h.port.Stats(); st.Failed != 1 || st.Active != 0 {
 		t.Fatalf("port stats after a refused SYN %+v", st)
 	}
@@ -345,14 +345,14 @@ func TestNATStrays(t *testing.T) {
 // RST gets no answer.
 func TestNATResetsNoFlow(t *testing.T) {
 	h := newNATHarness(t, NATConfig{})
-	seg := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK|0x08, &[2]uint32{7, 9}, 100)
+	seg := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPACK|0x08, &[2]uint32{7, 9}, 100)
 	binary.BigEndian.PutUint32(seg[packet.Headroom+34+8:], 5555) // ACK number
 	tcp := seg[packet.Headroom+34:]
 	binary.BigEndian.PutUint16(tcp[16:], 0)
 	binary.BigEndian.PutUint16(tcp[16:], packet.Fold(packet.Sum(tcp, packet.PseudoHeaderSum(natClient, natHost, packet.ProtoTCP, len(tcp)))))
 	h.in(3, seg)
-	h.in(3, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpFIN, nil, 10)) // no ACK: seq 1000 + 10 + FIN
-	h.in(3, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpRST|tcpACK, nil, 0))
+	h.in(3, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPFIN, nil, 10)) // no ACK: seq 1000 + 10 + FIN
+	h.in(3, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPRST|packet.TCPACK, nil, 0))
 	if got := h.out.take(); len(got) != 0 {
 		t.Fatalf("%d segments of no flow entered the network", len(got))
 	}
@@ -363,7 +363,7 @@ func TestNATResetsNoFlow(t *testing.T) {
 	for i, want := range []struct {
 		flags    uint8
 		seq, ack uint32
-	}{{tcpRST, 5555, 0}, {tcpRST | tcpACK, 0, 1011}} {
+	}{{packet.TCPRST, 5555, 0}, {packet.TCPRST | packet.TCPACK, 0, 1011}} {
 		f := out[i]
 		if idx[i] != 3 || len(f) != 54 {
 			t.Fatalf("RST %d: %d bytes to uplink %d, want 54 to 3", i, len(f), idx[i])
@@ -394,7 +394,7 @@ func TestNATFullTable(t *testing.T) {
 	h := newNATHarness(t, NATConfig{Max: natShards}) // one entry per shard
 	open := 0
 	for p := uint16(1000); open < 200; p++ {
-		h.in(1, natSeg(natClientMAC, natHostMAC, netip.AddrPortFrom(natClient, p), natHAP, tcpSYN, nil, 0))
+		h.in(1, natSeg(natClientMAC, natHostMAC, netip.AddrPortFrom(natClient, p), natHAP, packet.TCPSYN, nil, 0))
 		open++
 	}
 	st := h.nat.Stats()
@@ -404,14 +404,14 @@ func TestNATFullTable(t *testing.T) {
 	// Close every flow with FINs from both sides: the next SYNs evict.
 	for p := uint16(1000); p < 1200; p++ {
 		cap := netip.AddrPortFrom(natClient, p)
-		h.in(1, natSeg(natClientMAC, natHostMAC, cap, natHAP, tcpACK|tcpFIN, nil, 0))
-		h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, cap, tcpACK|tcpFIN, nil, 0))
+		h.in(1, natSeg(natClientMAC, natHostMAC, cap, natHAP, packet.TCPACK|packet.TCPFIN, nil, 0))
+		h.reply(t, natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, cap, packet.TCPACK|packet.TCPFIN, nil, 0))
 	}
 	h.out.take()
 	h.up.take()
 	before := h.nat.Stats().Drops[NATDropFull]
 	for p := uint16(2000); p < 2100; p++ {
-		h.in(1, natSeg(natClientMAC, natHostMAC, netip.AddrPortFrom(natClient, p), natHAP, tcpSYN, nil, 0))
+		h.in(1, natSeg(natClientMAC, natHostMAC, netip.AddrPortFrom(natClient, p), natHAP, packet.TCPSYN, nil, 0))
 	}
 	st = h.nat.Stats()
 	if st.Evicted == 0 || st.Drops[NATDropFull] != before+uint64(100-st.Evicted) {
@@ -430,9 +430,9 @@ func TestNATAllocs(t *testing.T) {
 	}
 	h := newNATHarness(t, NATConfig{})
 	h.up.noCopy = true
-	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, &[2]uint32{1, 0}, 0))
-	seg := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK, &[2]uint32{5, 0}, 1000)
-	rep := natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, tcpACK, &[2]uint32{5, 0}, 1000)
+	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPSYN, &[2]uint32{1, 0}, 0))
+	seg := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPACK, &[2]uint32{5, 0}, 1000)
+	rep := natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, packet.TCPACK, &[2]uint32{5, 0}, 1000)
 	segCopy, repCopy := slices.Clone(seg), slices.Clone(rep)
 	bufs, sizes := [][]byte{seg}, []int{len(seg) - packet.Headroom}
 	rbufs := [][]byte{rep}
@@ -455,8 +455,8 @@ func TestNATAllocs(t *testing.T) {
 // FuzzNATFrame: any bytes from an uplink or the switch are either
 // translated into a frame with right checksums or left alone.
 func FuzzNATFrame(f *testing.F) {
-	f.Add(natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, &[2]uint32{1, 0}, 0)[packet.Headroom:])
-	f.Add(natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK, nil, 30)[packet.Headroom:])
+	f.Add(natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPSYN, &[2]uint32{1, 0}, 0)[packet.Headroom:])
+	f.Add(natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPACK, nil, 30)[packet.Headroom:])
 	n := NewNAT(NATConfig{Max: natShards})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, ok := parseNAT(b)
@@ -476,7 +476,8 @@ func FuzzNATFrame(f *testing.F) {
 		if p.l4+20 > p.end || p.end > len(b) || (p.ts != 0 && p.ts+8 > p.end) {
 			t.Fatalf("parse %+v out of a %d-byte frame", p, len(b))
 		}
-		natRewrite(b, &p, false, p.l3+16, [4]byte{10, 0, 1, 100}, p.l4+2, 80, p.ts, 7)
+		ed := natEdit{addrAt: p.l3 + 16, addr: [4]byte{10, 0, 1, 100}, portAt: p.l4 + 2, port: 80, tsAt: p.ts, ts: 7}
+		ed.apply(b, &p, false)
 	})
 }
 
@@ -486,9 +487,9 @@ func FuzzNATFrame(f *testing.F) {
 func BenchmarkNATSegmentPair(b *testing.B) {
 	h := newNATHarness(b, NATConfig{})
 	h.up.noCopy = true
-	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpSYN, &[2]uint32{1, 0}, 0))
-	seg := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, tcpACK, &[2]uint32{5, 0}, 1000)
-	rep := natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, tcpACK, &[2]uint32{5, 0}, 1000)
+	h.in(1, natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPSYN, &[2]uint32{1, 0}, 0))
+	seg := natSeg(natClientMAC, natHostMAC, natCAP, natHAP, packet.TCPACK, &[2]uint32{5, 0}, 1000)
+	rep := natSeg(lb.VIPMAC(natVIP), gwMAC, natVAP, natCAP, packet.TCPACK, &[2]uint32{5, 0}, 1000)
 	segCopy, repCopy := slices.Clone(seg), slices.Clone(rep)
 	bufs, sizes := [][]byte{seg}, []int{len(seg) - packet.Headroom}
 	rbufs := [][]byte{rep}

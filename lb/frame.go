@@ -12,14 +12,6 @@ const (
 	protoUDP  = packet.ProtoUDP
 )
 
-// TCP flags.
-const (
-	tcpFIN = 0x01
-	tcpSYN = 0x02
-	tcpRST = 0x04
-	tcpACK = 0x10
-)
-
 // ICMPv4 types handled.
 const (
 	icmpEchoReply   = 0

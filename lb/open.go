@@ -54,7 +54,7 @@ func (t *Table) Open(client, vip netip.AddrPort, now int64) (Conn, bool) {
 	if !ok {
 		return Conn{}, false
 	}
-	p := pkt{proto: protoTCP, flags: tcpSYN, sport: client.Port(), dport: vip.Port(), csum: -1}
+	p := pkt{proto: protoTCP, flags: packet.TCPSYN, sport: client.Port(), dport: vip.Port(), csum: -1}
 	k := flowKey{net: t.net, proto: protoTCP, client: client.Addr().As4(), cport: client.Port(), vip: c.vip, vport: vip.Port()}
 	s := t.ct.shardOf(k.net, k.proto, k.client, k.cport)
 	s.mu.Lock()

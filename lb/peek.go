@@ -61,7 +61,7 @@ func (t *Table) Peek(frame []byte, o packet.Offload, now int64) Peek {
 	} else if bi, _, why := t.schedule(&flowPick{s: s, c: c, k: &k, bport: bport, now: now, peek: true}, &p); why != 0 {
 		s.mu.Unlock()
 		out.Verdict, out.Reason = Reject, why
-		if why == ReasonNoConn && p.flags&tcpRST != 0 {
+		if why == ReasonNoConn && p.flags&packet.TCPRST != 0 {
 			out.Verdict = Drop // never answer a RST
 		}
 		return out

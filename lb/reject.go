@@ -58,7 +58,7 @@ func replyHeaders(dst, frame []byte, proto uint8, n int) {
 
 func rejectTCP(dst []byte, p *pkt) int {
 	const n = minIPFrame + 20
-	if len(dst) < n || p.flags&tcpRST != 0 {
+	if len(dst) < n || p.flags&packet.TCPRST != 0 {
 		return 0
 	}
 	f := p.f
@@ -67,19 +67,19 @@ func rejectTCP(dst []byte, p *pkt) int {
 	clear(tcp)
 	binary.BigEndian.PutUint16(tcp[0:], p.dport)
 	binary.BigEndian.PutUint16(tcp[2:], p.sport)
-	if p.flags&tcpACK != 0 {
+	if p.flags&packet.TCPACK != 0 {
 		copy(tcp[4:8], f[p.l4+8:p.l4+12]) // seq = their ack
-		tcp[13] = tcpRST
+		tcp[13] = packet.TCPRST
 	} else {
 		seglen := uint32(p.end - p.l4 - int(f[p.l4+12]>>4)*4)
-		if p.flags&tcpSYN != 0 {
+		if p.flags&packet.TCPSYN != 0 {
 			seglen++
 		}
-		if p.flags&tcpFIN != 0 {
+		if p.flags&packet.TCPFIN != 0 {
 			seglen++
 		}
 		binary.BigEndian.PutUint32(tcp[8:], binary.BigEndian.Uint32(f[p.l4+4:])+seglen)
-		tcp[13] = tcpRST | tcpACK
+		tcp[13] = packet.TCPRST | packet.TCPACK
 	}
 	tcp[12] = 5 << 4
 	sum := packet.Sum(tcp, packet.Sum(dst[offIPSrc:offIPSrc+8], uint64(protoTCP)+20))

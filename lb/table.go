@@ -218,7 +218,7 @@ func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64)
 		if i, r = t.create(s, c, p, k, bport, now); i == 0 {
 			s.mu.Unlock()
 			t.refused(p, r, now)
-			if r == ReasonNoConn && p.flags&tcpRST != 0 {
+			if r == ReasonNoConn && p.flags&packet.TCPRST != 0 {
 				return t.count(r, Drop) // never answer a RST
 			}
 			return t.reject(c, r)
@@ -235,7 +235,7 @@ func (t *Table) forward(c *service, p *pkt, k *flowKey, bport uint16, now int64)
 	case p.frag == First:
 		t.ct.frags.remember(fragNS(t.net, dirFwd), packet.IPv4(p.f[offIP:p.end]), FragVal{Addr: addr, MAC: mac}, be, now)
 		t.releaseFirst(p, dirFwd, false, now)
-	case p.proto == protoTCP && p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
+	case p.proto == protoTCP && p.flags&(packet.TCPSYN|packet.TCPACK|packet.TCPRST) == packet.TCPSYN:
 		t.ct.syns.put(t.net, p, now)
 	}
 	p.rewriteDst(addr, port, mac)
@@ -284,9 +284,9 @@ func (t *Table) schedule(d *flowPick, p *pkt) (int32, uint8, Reason) {
 	st := uint8(stOther)
 	if p.proto == protoTCP {
 		switch {
-		case p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
+		case p.flags&(packet.TCPSYN|packet.TCPACK|packet.TCPRST) == packet.TCPSYN:
 			st = stSynSent
-		case c.sched == Maglev && p.flags&tcpRST == 0:
+		case c.sched == Maglev && p.flags&packet.TCPRST == 0:
 			st = stEstablished // the backend any host would pick
 		default:
 			return none, 0, ReasonNoConn
@@ -370,11 +370,11 @@ func (t *Table) hit(s *shard, i uint32, c *service, p *pkt, k *flowKey, now int6
 		return
 	}
 	switch {
-	case p.flags&(tcpSYN|tcpACK) == tcpSYN:
+	case p.flags&(packet.TCPSYN|packet.TCPACK) == packet.TCPSYN:
 		t.clientSyn(s, i, c, k, now)
-	case p.flags&tcpRST != 0:
+	case p.flags&packet.TCPRST != 0:
 		e.tcpClose(true, 0)
-	case p.flags&tcpFIN != 0:
+	case p.flags&packet.TCPFIN != 0:
 		e.tcpClose(false, flFinClient)
 	}
 }

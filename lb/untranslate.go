@@ -81,7 +81,7 @@ func (t *Table) Untranslate(frame []byte, o packet.Offload, now int64) Verdict {
 func (t *Table) backendTCP(s *shard, i uint32, flags uint8, now int64) bool {
 	e := &s.e[i]
 	switch {
-	case e.state == stSynSent && flags&tcpRST != 0:
+	case e.state == stSynSent && flags&packet.TCPRST != 0:
 		t.fail(e.be, now)
 		if e.retries < MaxRetries {
 			if c := t.snap.Load().get(e.vip); c != nil {
@@ -94,15 +94,15 @@ func (t *Table) backendTCP(s *shard, i uint32, flags uint8, now int64) bool {
 			}
 		}
 		e.tcpClose(true, 0)
-	case flags&tcpRST != 0:
+	case flags&packet.TCPRST != 0:
 		e.tcpClose(true, 0)
-	case e.state == stSynSent && flags&tcpACK != 0:
+	case e.state == stSynSent && flags&packet.TCPACK != 0:
 		e.state = stEstablished
 		e.be.fails.Store(0)
-		if flags&tcpFIN != 0 {
+		if flags&packet.TCPFIN != 0 {
 			e.tcpClose(false, flFinBack)
 		}
-	case flags&tcpFIN != 0:
+	case flags&packet.TCPFIN != 0:
 		e.tcpClose(false, flFinBack)
 	}
 	return false

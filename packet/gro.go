@@ -24,8 +24,6 @@ import "encoding/binary"
 // carries a partial checksum (NeedsCsum) the kernel does not check;
 // unless the head is trusted (GROHead.Trust).
 
-const tcpACK = 0x10
-
 // groMaxIPLen is the largest IP packet a super-segment may become.
 const groMaxIPLen = 65535
 
@@ -65,7 +63,7 @@ func groSegment(f []byte) (doff, payload int, ok bool) {
 	if doff < 20 || doff > len(tcp) || tcp[12]&0x0f != 0 {
 		return 0, 0, false
 	}
-	if fl := tcp[13]; fl != tcpACK && fl != tcpACK|tcpPSH {
+	if fl := tcp[13]; fl != TCPACK && fl != TCPACK|TCPPSH {
 		return 0, 0, false
 	}
 	payload = len(tcp) - doff
@@ -101,7 +99,7 @@ func (h *GROHead) Start(frame []byte) bool {
 	h.nextID = binary.BigEndian.Uint16(frame[EthernetHeaderLen+4:]) + 1
 	// Within the GSO bounds: the super-segment must pass ParseGSO
 	// wherever it goes next.
-	h.ok = tcp[13]&tcpPSH == 0 && payload >= GSOMinSizeIPv4
+	h.ok = tcp[13]&TCPPSH == 0 && payload >= GSOMinSizeIPv4
 	return true
 }
 
@@ -175,14 +173,14 @@ func (h *GROHead) Append(buf, seg []byte) bool {
 	if !h.trusted && !groChecksumsValid(seg) {
 		return false
 	}
-	psh := st[13]&tcpPSH != 0 // seg's headers may be overwritten by the copy
+	psh := st[13]&TCPPSH != 0 // seg's headers may be overwritten by the copy
 	copy(buf[h.len:], seg[EthernetHeaderLen+20+doff:])
 	h.len += payload
 	h.segs++
 	h.nextSeq += uint32(payload)
 	h.nextID++
 	if psh {
-		ht[13] |= tcpPSH
+		ht[13] |= TCPPSH
 		h.ok = false
 	}
 	if payload < h.mss {

@@ -2,13 +2,6 @@ package packet
 
 import "encoding/binary"
 
-// TCP flags rewritten by segmentation.
-const (
-	tcpFIN = 0x01
-	tcpPSH = 0x08
-	tcpCWR = 0x80
-)
-
 // GSO bounds: a super-segment is refused unless its segments carry at
 // least the minimum segment size of its IP version (the IPv4 default MSS of
 // RFC 879, the IPv6 minimum MTU's MSS) and it splits into at most
@@ -174,10 +167,10 @@ func (g *GSO) Segment(k int, dst []byte) int {
 	binary.BigEndian.PutUint32(tcp[4:8], seq)
 	flags := g.frame[g.l4+13]
 	if k < g.segs-1 {
-		flags &^= tcpFIN | tcpPSH
+		flags &^= TCPFIN | TCPPSH
 	}
 	if k > 0 {
-		flags &^= tcpCWR
+		flags &^= TCPCWR
 	}
 	tcp[13] = flags
 	acc := g.tcpSum + uint64(len(tcp)) + uint64(seq>>16) + uint64(seq&0xffff) +

@@ -34,14 +34,6 @@ const meshShards = 16
 // meshClientSlots is the size of meshTable.clients.
 const meshClientSlots = 4096
 
-// TCP flags the table follows.
-const (
-	tcpFIN = 0x01
-	tcpSYN = 0x02
-	tcpRST = 0x04
-	tcpACK = 0x10
-)
-
 // Entry states, with the conntrack's timeouts.
 const (
 	meshSyn     = iota // client SYN seen, no answer yet
@@ -238,7 +230,7 @@ func (t *meshTable) learn(k *meshKey, mac packet.MAC, flags uint8, now int64) bo
 	defer sh.mu.Unlock()
 	i := t.find(sh, k, h, now)
 	if i == 0 {
-		if k.proto == packet.ProtoTCP && flags&tcpRST != 0 {
+		if k.proto == packet.ProtoTCP && flags&packet.TCPRST != 0 {
 			return true
 		}
 		if sh.free == 0 && !t.reclaim(sh, now) {
@@ -255,7 +247,7 @@ func (t *meshTable) learn(k *meshKey, mac packet.MAC, flags uint8, now int64) bo
 		t.clientSlot(k.client).Add(1)
 		if k.proto == packet.ProtoTCP {
 			e.state = meshEst // picked up mid-flow (this host restarted)
-			if flags&(tcpSYN|tcpACK) == tcpSYN {
+			if flags&(packet.TCPSYN|packet.TCPACK) == packet.TCPSYN {
 				e.state = meshSyn
 			}
 		}
@@ -264,11 +256,11 @@ func (t *meshTable) learn(k *meshKey, mac packet.MAC, flags uint8, now int64) bo
 	e.mac = mac
 	if k.proto == packet.ProtoTCP {
 		switch {
-		case flags&tcpRST != 0:
+		case flags&packet.TCPRST != 0:
 			e.state = meshClosed
-		case flags&(tcpSYN|tcpACK) == tcpSYN && e.state >= meshClosing:
+		case flags&(packet.TCPSYN|packet.TCPACK) == packet.TCPSYN && e.state >= meshClosing:
 			e.state = meshSyn // the tuple is reused for a new connection
-		case flags&tcpFIN != 0 && e.state < meshClosing:
+		case flags&packet.TCPFIN != 0 && e.state < meshClosing:
 			e.state = meshClosing
 		}
 	}
@@ -294,11 +286,11 @@ func (t *meshTable) steer(k *meshKey, flags uint8, now int64) (packet.MAC, bool)
 	e := &sh.e[i]
 	if k.proto == packet.ProtoTCP {
 		switch {
-		case flags&tcpRST != 0:
+		case flags&packet.TCPRST != 0:
 			e.state = meshClosed
-		case flags&tcpFIN != 0 && e.state < meshClosing:
+		case flags&packet.TCPFIN != 0 && e.state < meshClosing:
 			e.state = meshClosing
-		case e.state == meshSyn && flags&tcpACK != 0:
+		case e.state == meshSyn && flags&packet.TCPACK != 0:
 			e.state = meshEst
 		}
 	}
@@ -468,7 +460,7 @@ func (r *Port) meshIn(v *view, mt *meshTable, eth packet.Ethernet, out *Port, tr
 		}
 		eth.SetSrc(v.hostMAC)
 	case mt != nil && r.gateway && out.security:
-		if src, dst, sport, dport, proto, flags, ok := meshFlow(eth); ok && (proto == packet.ProtoUDP || flags&(tcpSYN|tcpACK) == tcpSYN) {
+		if src, dst, sport, dport, proto, flags, ok := meshFlow(eth); ok && (proto == packet.ProtoUDP || flags&(packet.TCPSYN|packet.TCPACK) == packet.TCPSYN) {
 			mt.drop(&meshKey{backend: dst, client: src, bport: dport, cport: sport, proto: proto})
 		}
 	case mt != nil && !r.security && !r.gateway && out.security && len(v.gwHosts) > 0:

@@ -519,7 +519,7 @@ func TestMeshTableSpreadsEachShardOverItsBuckets(t *testing.T) {
 	n := 0
 	for c := 0; n < mt.max(); c++ {
 		k := meshKey{backend: ipB.As4(), client: [4]byte{198, 51, byte(c >> 8), byte(c)}, bport: 8080, cport: uint16(40000 + c%1000), proto: packet.ProtoTCP}
-		if !mt.learn(&k, hostMACI, tcpSYN, 0) {
+		if !mt.learn(&k, hostMACI, packet.TCPSYN, 0) {
 			if mt.shards[mt.hash(&k)%meshShards].n < len(mt.shards[0].e)-1 {
 				t.Fatalf("learn refused a flow with room in its shard")
 			}
@@ -560,12 +560,12 @@ func TestMeshFullTableMakesRoomFromClosingFlows(t *testing.T) {
 		var ks []meshKey
 		for c := 0; mt.n.Load() < int64(mt.max()); c++ {
 			k := key(c)
-			if mt.learn(&k, hostMACI, tcpSYN, 0) {
+			if mt.learn(&k, hostMACI, packet.TCPSYN, 0) {
 				ks = append(ks, k)
 			}
 		}
 		for i := range ks {
-			if _, ok := mt.steer(&ks[i], tcpSYN|tcpACK, 0); !ok {
+			if _, ok := mt.steer(&ks[i], packet.TCPSYN|packet.TCPACK, 0); !ok {
 				t.Fatalf("flow %d not found after its SYN", i)
 			}
 		}
@@ -579,18 +579,18 @@ func TestMeshFullTableMakesRoomFromClosingFlows(t *testing.T) {
 		mt := newMeshTable(meshShards*64, meshTimes)
 		ks := fill(mt)
 		for i := range ks {
-			flag := uint8(tcpFIN | tcpACK)
+			flag := uint8(packet.TCPFIN | packet.TCPACK)
 			if rstEvery > 0 && i%rstEvery == 0 {
-				flag = tcpRST
+				flag = packet.TCPRST
 			}
 			mt.learn(&ks[i], hostMACI, flag, sec)
 		}
 		for c := 100000; c < 100000+4*meshShards; c++ {
 			k := key(c)
-			if !mt.learn(&k, hostMACI, tcpSYN, 2*sec) {
+			if !mt.learn(&k, hostMACI, packet.TCPSYN, 2*sec) {
 				t.Fatalf("a table full of closed flows (RST every %d) refused new flow %d", rstEvery, c-100000)
 			}
-			if _, ok := mt.steer(&k, tcpSYN|tcpACK, 2*sec); !ok {
+			if _, ok := mt.steer(&k, packet.TCPSYN|packet.TCPACK, 2*sec); !ok {
 				t.Fatalf("new flow %d not found after it was taken", c-100000)
 			}
 		}
@@ -603,12 +603,12 @@ func TestMeshFullTableMakesRoomFromClosingFlows(t *testing.T) {
 	ks := fill(mt)
 	for c := 100000; c < 100000+4*meshShards; c++ {
 		k := key(c)
-		if mt.learn(&k, hostMACI, tcpSYN, sec) {
+		if mt.learn(&k, hostMACI, packet.TCPSYN, sec) {
 			t.Fatalf("a table full of established flows took new flow %d", c-100000)
 		}
 	}
 	for i := range ks {
-		if _, ok := mt.steer(&ks[i], tcpACK, sec); !ok {
+		if _, ok := mt.steer(&ks[i], packet.TCPACK, sec); !ok {
 			t.Fatalf("established flow %d lost", i)
 		}
 	}
